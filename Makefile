@@ -1,0 +1,144 @@
+# dosomethingd: build, deps, run, test, bench, install.
+#
+#   make            build build/dosomethingd
+#   make run        the daemon in the foreground on conf/dosomething.yaml
+#   make test       unit tests (plain and under valgrind), then the integration suite
+#   make check-asan the whole suite against an ASan+UBSan build
+#   make bench      the benchmark table (see bench/)
+#   make install    PREFIX=/usr/local DESTDIR=
+#
+# `make run` and `make test` install missing Debian packages first (make deps).
+
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+BUILD      ?= build
+PYTHON     ?= /usr/bin/python3
+
+CC         ?= cc
+PKGS        = grpc libprotobuf-c yaml-0.1 libevent libevent_pthreads libcrypto libsystemd
+OPTFLAGS   ?= -O2 -g
+WARNFLAGS   = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+              -Wno-unused-parameter
+CFLAGS_ALL  = -std=gnu11 $(OPTFLAGS) $(WARNFLAGS) $(SANFLAGS) -D_GNU_SOURCE \
+              -iquote src -Iinclude -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
+              $(CFLAGS)
+LDLIBS_ALL  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -ldl -lm $(LDLIBS)
+
+# Where the binary looks for its config when -c is not given: PREFIX/CONF_PATH.
+# A build in the source tree uses the tree itself; `make install` rebuilds
+# with the installed prefix.
+DS_PREFIX  ?= $(CURDIR)
+DS_CONF    ?= conf/dosomething.yaml
+VERSION     = 0.1.0
+DEFINES     = -DDS_PREFIX='"$(DS_PREFIX)"' -DDS_CONF_PATH='"$(DS_CONF)"' -DDS_VERSION='"$(VERSION)"'
+
+# Debian packages: to build, and to test.
+DEB_BUILD   = gcc make pkg-config libgrpc-dev libprotobuf-c-dev protobuf-c-compiler \
+              libyaml-dev libevent-dev libssl-dev libsystemd-dev
+DEB_TEST    = libcmocka-dev valgrind python3-grpcio python3-protobuf python3-grpc-tools \
+              python3-pytest python3-yaml
+
+PROTO       = proto/com/agrounds/dosomething/v1/do_something.proto
+PROTO_C     = $(BUILD)/gen/com/agrounds/dosomething/v1/do_something.pb-c.c
+PROTO_H     = $(PROTO_C:.c=.h)
+
+CORE_SRC    = $(wildcard src/core/*.c) $(wildcard src/ipc/*.c)
+DAEMON_SRC  = $(CORE_SRC) $(wildcard src/master/*.c) $(wildcard src/grpc/*.c) \
+              $(wildcard src/workers/*.c)
+DAEMON_OBJ  = $(patsubst %.c,$(BUILD)/obj/%.o,$(DAEMON_SRC)) $(BUILD)/obj/proto.o
+LIB_OBJ     = $(filter-out $(BUILD)/obj/src/master/main.o,$(DAEMON_OBJ))
+
+UNIT_SRC    = $(wildcard tests/unit/test_*.c)
+UNIT_BIN    = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+
+.PHONY: all deps deps-test run test unit valgrind integration check-asan bench bench-quick \
+        install clean pystubs
+
+all: $(BUILD)/dosomethingd
+
+$(PROTO_C) $(PROTO_H): $(PROTO)
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen -Iproto $(PROTO)
+
+$(BUILD)/obj/proto.o: $(PROTO_C)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Wno-missing-prototypes -c -o $@ $<
+
+$(BUILD)/obj/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(DEFINES) -MMD -MP -c -o $@ $<
+
+$(BUILD)/dosomethingd: $(DAEMON_OBJ)
+	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(DEFINES) -Wno-missing-prototypes -o $@ $^ $(LDLIBS_ALL) -lcmocka
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# Install what is missing, once, as root or through sudo.
+deps:
+	@missing=""; \
+	for p in $(DEB_BUILD) $(if $(filter deps-test,$(MAKECMDGOALS))$(WITH_TEST),$(DEB_TEST)); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' \
+	        || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	    $$sudo apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; \
+	fi
+
+deps-test:
+	@$(MAKE) --no-print-directory deps WITH_TEST=1
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/dosomethingd -c conf/dosomething.yaml
+
+pystubs: $(BUILD)/py/.stamp
+$(BUILD)/py/.stamp: $(PROTO)
+	@mkdir -p $(BUILD)/py
+	$(PYTHON) -m grpc_tools.protoc -Iproto --python_out=$(BUILD)/py --grpc_python_out=$(BUILD)/py $(PROTO)
+	@touch $@
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+valgrind: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do \
+	    echo "== valgrind $$t"; \
+	    valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+	        $$t >/dev/null; \
+	done; echo "valgrind: unit tests clean"
+
+integration: $(BUILD)/dosomethingd pystubs
+	DS_BINARY=$(CURDIR)/$(BUILD)/dosomethingd DS_PYSTUBS=$(CURDIR)/$(BUILD)/py \
+	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+test: deps-test
+	@$(MAKE) --no-print-directory all unit valgrind
+	@$(MAKE) --no-print-directory integration
+
+check-asan: deps-test
+	@$(MAKE) --no-print-directory BUILD=build/asan OPTFLAGS="-O1 -g -fno-omit-frame-pointer" \
+	    SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all unit
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(MAKE) --no-print-directory BUILD=build/asan \
+	    SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	    OPTFLAGS="-O1 -g -fno-omit-frame-pointer" integration
+
+install:
+	@$(MAKE) --no-print-directory BUILD=build/install DS_PREFIX=$(PREFIX) \
+	    DS_CONF=etc/dosomething/dosomething.yaml all
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/etc/dosomething \
+	    $(DESTDIR)$(PREFIX)/include/dosomething
+	install -m 755 build/install/dosomethingd $(DESTDIR)$(PREFIX)/sbin/dosomethingd
+	[ -e $(DESTDIR)$(PREFIX)/etc/dosomething/dosomething.yaml ] || \
+	    install -m 644 conf/dosomething.yaml $(DESTDIR)$(PREFIX)/etc/dosomething/dosomething.yaml
+	install -m 644 include/dosomething/*.h $(DESTDIR)$(PREFIX)/include/dosomething/ 2>/dev/null || true
+
+clean:
+	rm -rf build

@@ -1,0 +1,2285 @@
+/*
+ * dosomething.yaml -> struct ds_config.
+ *
+ * libyaml's event API feeds a small tree of nodes (each with its line and
+ * column) built in a scratch pool; tables of keys then walk that tree into a
+ * fresh config whose every byte lives in config->pool. Errors are collected,
+ * not fatal, so one `dosomethingd -t` shows all of them.
+ */
+#include "core/config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <yaml.h>
+
+/* Limits against hostile or broken files. */
+#define CONFIG_FILE_MAX      (1024 * 1024)
+#define CONFIG_SCALAR_MAX    (64 * 1024)
+#define CONFIG_DEPTH_MAX     32
+
+#define CONFIG_LISTEN_MAX    16
+#define CONFIG_KINDS_MAX     256
+#define CONFIG_NAME_MAX      64
+#define CONFIG_KEY_PATH_MAX  256
+
+#define MS_SECOND            1000ull
+#define MS_MINUTE            (60 * MS_SECOND)
+#define MS_HOUR              (60 * MS_MINUTE)
+
+enum node_type {
+    NODE_SCALAR,
+    NODE_MAPPING,
+    NODE_SEQUENCE,
+};
+
+/* One YAML node. A mapping's children alternate key, value, key, value. */
+struct node {
+    enum node_type type;
+    size_t line;                  /* 1-based, of the node's first character */
+    size_t column;
+    size_t order;                 /* document order */
+    int plain;                    /* a plain scalar: may be a null */
+    struct node *duplicate_of;    /* a key: the first key of that name */
+    char *value;                  /* a scalar: NUL-terminated, no NUL inside */
+    size_t count;
+    struct node *first;
+    struct node *last;
+    struct node *next;
+};
+
+/* Where a key's value was, for errors found after the walk. */
+struct key_position {
+    char *path;
+    const struct node *node;
+    struct key_position *next;
+};
+
+struct loader {
+    const char *file;             /* as the caller named it, for messages */
+    struct ds_config *config;
+    struct ds_pool *scratch;      /* the tree and positions: freed after loading */
+    char *errors;
+    size_t errors_size;
+    size_t errors_len;
+    int errors_full;
+    unsigned error_count;
+    size_t node_count;
+    struct key_position *positions;
+    unsigned handler_types;       /* builtin/exec/module keys in the current handler */
+};
+
+enum parse_result {
+    PARSE_OK,
+    PARSE_SYNTAX,
+    PARSE_NO_UNIT,
+    PARSE_OVERFLOW,
+};
+
+enum value_type {
+    VALUE_BOOL,
+    VALUE_UINT,
+    VALUE_SIZE,
+    VALUE_DURATION,
+    VALUE_ENUM,
+    VALUE_STRING,
+    VALUE_PATH,
+    VALUE_OFF_PATH,               /* off (NULL) or a path */
+    VALUE_SECTION,
+    VALUE_CUSTOM,
+};
+
+/*
+ * One key of a mapping: where its value goes (offset and width into the
+ * struct being filled) and how it is read. min and max bound numbers, sizes
+ * and durations (in ms).
+ */
+struct key_rule {
+    const char *name;
+    enum value_type type;
+    size_t offset;
+    size_t width;
+    uint64_t min;
+    uint64_t max;
+    const char *const *names;     /* VALUE_ENUM: NULL-terminated, index = value */
+    const struct key_rule *section;
+    void (*parse)(struct loader *ld, struct node *value, const char *path, void *base);
+    int required;
+};
+
+#define CONFIG_FIELD(f)                                                 \
+    .offset = offsetof(struct ds_config, f),                            \
+    .width = sizeof(((struct ds_config *)0)->f)
+#define HANDLER_FIELD(f)                                                \
+    .offset = offsetof(struct ds_handler_config, f),                    \
+    .width = sizeof(((struct ds_handler_config *)0)->f)
+
+static const char *const level_names[] = {
+    "error", "warn", "notice", "info", "debug", NULL
+};
+static const char *const on_full_names[] = { "block", "reject", NULL };
+static const char *const affinity_names[] = { "off", "auto", NULL };
+/* Index = enum ds_handler_type. */
+static const char *const builtin_names[] = { "echo", "sha256", "sleep", NULL };
+
+static const struct {
+    const char *kind;
+    enum ds_handler_type type;
+    uint64_t timeout_ms;
+} default_handlers[] = {
+    { "echo", DS_HANDLER_ECHO, 0 },
+    { "sha256", DS_HANDLER_SHA256, 30 * MS_SECOND },
+    { "sleep", DS_HANDLER_SLEEP, 0 },
+};
+
+
+/* Errors. */
+
+static void
+append_error(struct loader *ld, char *line)
+{
+    size_t len, room;
+    char *p;
+
+    ld->error_count++;
+    if (ld->errors == NULL || ld->errors_size == 0 || ld->errors_full)
+        return;
+
+    /* Bytes from the file must not forge extra lines in a log. */
+    for (p = line; *p != '\0'; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+
+    len = strlen(line);
+    room = ld->errors_size - 1 - ld->errors_len;
+    if (ld->errors_len > 0) {
+        if (room == 0) {
+            ld->errors_full = 1;
+            return;
+        }
+        ld->errors[ld->errors_len++] = '\n';
+        room--;
+    }
+    if (len > room) {
+        len = room;
+        ld->errors_full = 1;
+    }
+    memcpy(ld->errors + ld->errors_len, line, len);
+    ld->errors_len += len;
+    ld->errors[ld->errors_len] = '\0';
+}
+
+static size_t
+advance(size_t used, int n, size_t size)
+{
+    if (n < 0)
+        return used;
+    used += (size_t)n;
+    return used < size ? used : size - 1;
+}
+
+/* "FILE:LINE:COL: path: reason", or "FILE: path: reason" when line is 0. */
+static void
+verror_at(struct loader *ld, size_t line, size_t column, const char *path,
+          const char *fmt, va_list ap)
+{
+    char buf[1024];
+    size_t n;
+
+    if (line > 0)
+        n = advance(0, snprintf(buf, sizeof buf, "%s:%zu:%zu: ", ld->file, line, column),
+                    sizeof buf);
+    else
+        n = advance(0, snprintf(buf, sizeof buf, "%s: ", ld->file), sizeof buf);
+    if (path != NULL && path[0] != '\0')
+        n = advance(n, snprintf(buf + n, sizeof buf - n, "%s: ", path), sizeof buf);
+    vsnprintf(buf + n, sizeof buf - n, fmt, ap);
+    append_error(ld, buf);
+}
+
+static void error_at(struct loader *ld, const struct node *node, const char *path,
+                     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void error_mark(struct loader *ld, size_t line, size_t column,
+                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void
+error_at(struct loader *ld, const struct node *node, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    verror_at(ld, node != NULL ? node->line : 0, node != NULL ? node->column : 0,
+              path, fmt, ap);
+    va_end(ap);
+}
+
+static void
+error_mark(struct loader *ld, size_t line, size_t column, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    verror_at(ld, line, column, NULL, fmt, ap);
+    va_end(ap);
+}
+
+/* A value quoted in a message: long ones are cut. */
+static const char *
+excerpt(const char *s, char *buf, size_t size)
+{
+    size_t len = strlen(s);
+
+    if (len < size)
+        return s;
+    snprintf(buf, size, "%.*s...", (int)(size - 4), s);
+    return buf;
+}
+
+
+/* Paths. */
+
+static char *
+pool_join(struct ds_pool *pool, const char *a, const char *b, const char *c)
+{
+    size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
+    char *s = pool_alloc(pool, la + lb + lc + 1);
+
+    memcpy(s, a, la);
+    memcpy(s + la, b, lb);
+    memcpy(s + la + lb, c, lc);
+    return s;
+}
+
+/* The config's path and directory, absolute, whether or not the file exists. */
+static int
+set_paths(struct loader *ld, const char *file)
+{
+    struct ds_config *c = ld->config;
+    const char *slash = strrchr(file, '/');
+    const char *base = slash != NULL ? slash + 1 : file;
+    char cwd[PATH_MAX], real[PATH_MAX];
+    char *dir;
+
+    if (slash == NULL)
+        dir = pool_strdup(c->pool, ".");
+    else if (slash == file)
+        dir = pool_strdup(c->pool, "/");
+    else
+        dir = pool_strndup(c->pool, file, (size_t)(slash - file));
+
+    if (realpath(dir, real) != NULL) {
+        dir = pool_strdup(c->pool, real);
+    } else if (dir[0] != '/') {
+        if (getcwd(cwd, sizeof cwd) == NULL) {
+            error_mark(ld, 0, 0, "cannot get the current directory: %s", strerror(errno));
+            return -1;
+        }
+        dir = pool_join(c->pool, cwd, "/", dir);
+    }
+    c->dir = dir;
+    c->path = pool_join(c->pool, dir, strcmp(dir, "/") == 0 ? "" : "/", base);
+    return 0;
+}
+
+static char *
+resolve_path(struct loader *ld, const char *text)
+{
+    const char *dir = ld->config->dir;
+
+    if (text[0] == '/')
+        return pool_strdup(ld->config->pool, text);
+    while (text[0] == '.' && text[1] == '/') {
+        text += 2;
+        while (*text == '/')
+            text++;
+    }
+    if (*text == '\0')
+        return pool_strdup(ld->config->pool, dir);
+    return pool_join(ld->config->pool, dir, strcmp(dir, "/") == 0 ? "" : "/", text);
+}
+
+
+/* Numbers, sizes, durations. */
+
+static enum parse_result
+parse_digits(const char **text, uint64_t *value)
+{
+    const char *p = *text;
+    uint64_t v = 0;
+
+    if (*p < '0' || *p > '9')
+        return PARSE_SYNTAX;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return PARSE_OVERFLOW;
+        v = v * 10 + d;
+    }
+    *text = p;
+    *value = v;
+    return PARSE_OK;
+}
+
+static int
+parse_uint(const char *text, uint64_t *value)
+{
+    return parse_digits(&text, value) == PARSE_OK && *text == '\0' ? 0 : -1;
+}
+
+/* NUMBER then UNIT, from a table; spaces between the two are allowed. */
+static enum parse_result
+parse_with_unit(const char *text, const char *const *units, const uint64_t *scales,
+                int unit_required, uint64_t *value)
+{
+    const char *p = text;
+    enum parse_result r;
+    uint64_t n;
+    size_t i;
+
+    r = parse_digits(&p, &n);
+    if (r != PARSE_OK)
+        return r;
+    while (*p == ' ')
+        p++;
+    if (*p == '\0') {
+        if (unit_required)
+            return p == text ? PARSE_SYNTAX : PARSE_NO_UNIT;
+        *value = n;
+        return PARSE_OK;
+    }
+    for (i = 0; units[i] != NULL; i++) {
+        if (strcmp(p, units[i]) == 0) {
+            if (n > UINT64_MAX / scales[i])
+                return PARSE_OVERFLOW;
+            *value = n * scales[i];
+            return PARSE_OK;
+        }
+    }
+    return PARSE_SYNTAX;
+}
+
+static const char *const duration_units[] = { "ms", "s", "m", "h", NULL };
+static const uint64_t duration_scales[] = { 1, MS_SECOND, MS_MINUTE, MS_HOUR };
+static const char *const size_units[] = { "KiB", "MiB", "GiB", NULL };
+static const uint64_t size_scales[] = { 1ull << 10, 1ull << 20, 1ull << 30 };
+
+static enum parse_result
+parse_duration(const char *text, uint64_t *ms)
+{
+    return parse_with_unit(text, duration_units, duration_scales, 1, ms);
+}
+
+static enum parse_result
+parse_size(const char *text, uint64_t *bytes)
+{
+    return parse_with_unit(text, size_units, size_scales, 0, bytes);
+}
+
+int
+config_parse_duration_ms(const char *text, uint64_t *ms)
+{
+    return parse_duration(text, ms) == PARSE_OK ? 0 : -1;
+}
+
+int
+config_parse_size(const char *text, uint64_t *bytes)
+{
+    return parse_size(text, bytes) == PARSE_OK ? 0 : -1;
+}
+
+/* The largest unit that is exact: 30s, 100ms, 1h. */
+static const char *
+format_duration(uint64_t ms, char *buf, size_t size)
+{
+    if (ms == 0)
+        snprintf(buf, size, "0s");
+    else if (ms % MS_HOUR == 0)
+        snprintf(buf, size, "%lluh", (unsigned long long)(ms / MS_HOUR));
+    else if (ms % MS_MINUTE == 0)
+        snprintf(buf, size, "%llum", (unsigned long long)(ms / MS_MINUTE));
+    else if (ms % MS_SECOND == 0)
+        snprintf(buf, size, "%llus", (unsigned long long)(ms / MS_SECOND));
+    else
+        snprintf(buf, size, "%llums", (unsigned long long)ms);
+    return buf;
+}
+
+static const char *
+format_size(uint64_t bytes, char *buf, size_t size)
+{
+    int i;
+
+    for (i = 2; i >= 0; i--) {
+        if (bytes != 0 && bytes % size_scales[i] == 0) {
+            snprintf(buf, size, "%llu%s", (unsigned long long)(bytes / size_scales[i]),
+                     size_units[i]);
+            return buf;
+        }
+    }
+    snprintf(buf, size, "%llu", (unsigned long long)bytes);
+    return buf;
+}
+
+static void
+store_uint(void *field, size_t width, uint64_t v)
+{
+    uint8_t u8 = (uint8_t)v;
+    uint16_t u16 = (uint16_t)v;
+    uint32_t u32 = (uint32_t)v;
+
+    switch (width) {
+    case 1: memcpy(field, &u8, 1); break;
+    case 2: memcpy(field, &u16, 2); break;
+    case 4: memcpy(field, &u32, 4); break;
+    default: memcpy(field, &v, 8); break;
+    }
+}
+
+
+/* The tree. */
+
+static struct node *
+new_node(struct loader *ld, enum node_type type, const yaml_event_t *event)
+{
+    struct node *n = pool_alloc(ld->scratch, sizeof *n);
+
+    n->type = type;
+    n->line = event->start_mark.line + 1;
+    n->column = event->start_mark.column + 1;
+    n->order = ld->node_count++;
+    return n;
+}
+
+static void
+append_child(struct node *parent, struct node *child)
+{
+    if (parent->last == NULL)
+        parent->first = child;
+    else
+        parent->last->next = child;
+    parent->last = child;
+    parent->count++;
+}
+
+/* libyaml counts from 0 and gives reader errors as byte offsets. */
+static void
+offset_position(const char *text, size_t len, size_t offset, size_t *line, size_t *column)
+{
+    size_t i, start = 0;
+
+    *line = 1;
+    if (offset > len)
+        offset = len;
+    for (i = 0; i < offset; i++) {
+        if (text[i] == '\n') {
+            (*line)++;
+            start = i + 1;
+        }
+    }
+    *column = offset - start + 1;
+}
+
+static void
+syntax_error(struct loader *ld, const yaml_parser_t *parser, const char *text, size_t len)
+{
+    const char *problem = parser->problem != NULL ? parser->problem : "unknown problem";
+    size_t line, column;
+
+    switch (parser->error) {
+    case YAML_MEMORY_ERROR:
+        error_mark(ld, 0, 0, "out of memory while parsing");
+        return;
+    case YAML_READER_ERROR:
+        offset_position(text, len, parser->problem_offset, &line, &column);
+        if (parser->problem_value != -1)
+            error_mark(ld, line, column, "syntax error: %s (#x%X)", problem,
+                       (unsigned)parser->problem_value);
+        else
+            error_mark(ld, line, column, "syntax error: %s", problem);
+        return;
+    default:
+        line = parser->problem_mark.line + 1;
+        column = parser->problem_mark.column + 1;
+        if (parser->context != NULL)
+            error_mark(ld, line, column, "syntax error: %s (%s at line %zu, column %zu)",
+                       problem, parser->context, parser->context_mark.line + 1,
+                       parser->context_mark.column + 1);
+        else
+            error_mark(ld, line, column, "syntax error: %s", problem);
+        return;
+    }
+}
+
+/*
+ * Build the tree of TEXT's single document; *root is NULL for an empty
+ * stream. Stops at the first error: past a syntax error or a refused
+ * construct there is nothing sound left to check.
+ */
+static int
+parse_tree(struct loader *ld, const char *text, size_t len, struct node **root)
+{
+    struct node *stack[CONFIG_DEPTH_MAX];
+    yaml_parser_t parser;
+    yaml_event_t event;
+    size_t depth = 0;
+    int documents = 0, done = 0, rc = 0;
+    struct node *n;
+    unsigned char *anchor, *tag;
+    size_t line, column;
+
+    *root = NULL;
+    if (!yaml_parser_initialize(&parser)) {
+        error_mark(ld, 0, 0, "out of memory while parsing");
+        return -1;
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING);
+
+    while (!done) {
+        if (!yaml_parser_parse(&parser, &event)) {
+            syntax_error(ld, &parser, text, len);
+            rc = -1;
+            break;
+        }
+        n = NULL;
+        anchor = tag = NULL;
+        line = event.start_mark.line + 1;
+        column = event.start_mark.column + 1;
+
+        switch (event.type) {
+        case YAML_STREAM_END_EVENT:
+            done = 1;
+            break;
+        case YAML_DOCUMENT_START_EVENT:
+            if (++documents > 1) {
+                error_mark(ld, line, column, "multiple documents are not supported");
+                rc = -1;
+            }
+            break;
+        case YAML_ALIAS_EVENT:
+            error_mark(ld, line, column, "anchors and aliases are not supported");
+            rc = -1;
+            break;
+        case YAML_SCALAR_EVENT:
+            anchor = event.data.scalar.anchor;
+            tag = event.data.scalar.tag;
+            if (event.data.scalar.length > CONFIG_SCALAR_MAX) {
+                error_mark(ld, line, column, "value too long (more than %d KiB)",
+                           CONFIG_SCALAR_MAX / 1024);
+                rc = -1;
+                break;
+            }
+            if (memchr(event.data.scalar.value, '\0', event.data.scalar.length) != NULL) {
+                error_mark(ld, line, column, "a value contains a NUL character");
+                rc = -1;
+                break;
+            }
+            n = new_node(ld, NODE_SCALAR, &event);
+            n->plain = event.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+            n->value = pool_strndup(ld->scratch, (const char *)event.data.scalar.value,
+                                    event.data.scalar.length);
+            break;
+        case YAML_MAPPING_START_EVENT:
+            anchor = event.data.mapping_start.anchor;
+            tag = event.data.mapping_start.tag;
+            n = new_node(ld, NODE_MAPPING, &event);
+            break;
+        case YAML_SEQUENCE_START_EVENT:
+            anchor = event.data.sequence_start.anchor;
+            tag = event.data.sequence_start.tag;
+            n = new_node(ld, NODE_SEQUENCE, &event);
+            break;
+        case YAML_MAPPING_END_EVENT:
+        case YAML_SEQUENCE_END_EVENT:
+            depth--;
+            break;
+        default:
+            break;
+        }
+
+        if (rc == 0 && anchor != NULL) {
+            error_mark(ld, line, column, "anchors and aliases are not supported");
+            rc = -1;
+        } else if (rc == 0 && tag != NULL) {
+            error_mark(ld, line, column, "tags are not supported");
+            rc = -1;
+        } else if (rc == 0 && n != NULL) {
+            if (depth == 0)
+                *root = n;
+            else
+                append_child(stack[depth - 1], n);
+            if (n->type != NODE_SCALAR) {
+                if (depth == CONFIG_DEPTH_MAX) {
+                    error_mark(ld, line, column, "nesting too deep (more than %d levels)",
+                               CONFIG_DEPTH_MAX);
+                    rc = -1;
+                } else {
+                    stack[depth++] = n;
+                }
+            }
+        }
+        yaml_event_delete(&event);
+        if (rc == -1)
+            break;
+    }
+    yaml_parser_delete(&parser);
+    return rc;
+}
+
+
+/* Reading nodes. */
+
+static int
+is_null(const struct node *n)
+{
+    if (n->type != NODE_SCALAR || !n->plain)
+        return 0;
+    return n->value[0] == '\0' || strcmp(n->value, "~") == 0
+           || strcmp(n->value, "null") == 0 || strcmp(n->value, "Null") == 0
+           || strcmp(n->value, "NULL") == 0;
+}
+
+static const char *
+node_kind(const struct node *n)
+{
+    switch (n->type) {
+    case NODE_MAPPING: return "a mapping";
+    case NODE_SEQUENCE: return "a list";
+    default: return "a scalar";
+    }
+}
+
+/* Key paths for messages: cutting a hostile 64 KiB key short is fine. */
+static void format_key(char *buf, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+format_key(char *buf, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+}
+
+static void
+join_key(char *buf, size_t size, const char *path, const char *key)
+{
+    if (path[0] == '\0')
+        format_key(buf, size, "%s", key);
+    else
+        format_key(buf, size, "%s.%s", path, key);
+}
+
+static void
+record_position(struct loader *ld, const char *path, const struct node *node)
+{
+    struct key_position *p = pool_alloc(ld->scratch, sizeof *p);
+
+    p->path = pool_strdup(ld->scratch, path);
+    p->node = node;
+    p->next = ld->positions;
+    ld->positions = p;
+}
+
+static const struct node *
+find_position(const struct loader *ld, const char *path)
+{
+    const struct key_position *p;
+
+    for (p = ld->positions; p != NULL; p = p->next)
+        if (strcmp(p->path, path) == 0)
+            return p->node;
+    return NULL;
+}
+
+/* A single value: not a mapping, not a list, not missing. */
+static const char *
+scalar(struct loader *ld, const struct node *n, const char *path)
+{
+    if (n->type != NODE_SCALAR) {
+        error_at(ld, n, path, "must be a scalar, got %s", node_kind(n));
+        return NULL;
+    }
+    if (is_null(n)) {
+        error_at(ld, n, path, "missing value");
+        return NULL;
+    }
+    return n->value;
+}
+
+static int
+get_bool(struct loader *ld, const struct node *n, const char *path, int *out)
+{
+    static const char *const yes[] = { "on", "true", "yes" };
+    static const char *const no[] = { "off", "false", "no" };
+    const char *s = scalar(ld, n, path);
+    char buf[48];
+    size_t i;
+
+    if (s == NULL)
+        return -1;
+    for (i = 0; i < 3; i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = 1;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = 0;
+            return 0;
+        }
+    }
+    error_at(ld, n, path, "must be on or off, got %s", excerpt(s, buf, sizeof buf));
+    return -1;
+}
+
+static int
+get_uint(struct loader *ld, const struct node *n, const char *path, uint64_t min,
+         uint64_t max, uint64_t *out)
+{
+    const char *s = scalar(ld, n, path);
+    char buf[48];
+    uint64_t v;
+
+    if (s == NULL)
+        return -1;
+    if (parse_uint(s, &v) == 0 && v >= min && v <= max) {
+        *out = v;
+        return 0;
+    }
+    if (max == UINT64_MAX)
+        error_at(ld, n, path, "must be an integer >= %llu, got %s",
+                 (unsigned long long)min, excerpt(s, buf, sizeof buf));
+    else
+        error_at(ld, n, path, "must be an integer %llu..%llu, got %s",
+                 (unsigned long long)min, (unsigned long long)max,
+                 excerpt(s, buf, sizeof buf));
+    return -1;
+}
+
+static int
+get_duration(struct loader *ld, const struct node *n, const char *path, uint64_t min,
+             uint64_t max, uint64_t *out)
+{
+    const char *s = scalar(ld, n, path);
+    char buf[48], lo[32], hi[32];
+    uint64_t v = 0;
+
+    if (s == NULL)
+        return -1;
+    switch (parse_duration(s, &v)) {
+    case PARSE_OK:
+        if (v >= min && v <= max) {
+            *out = v;
+            return 0;
+        }
+        break;
+    case PARSE_NO_UNIT:
+        error_at(ld, n, path, "needs a unit: ms, s, m or h, got %s",
+                 excerpt(s, buf, sizeof buf));
+        return -1;
+    case PARSE_SYNTAX:
+        error_at(ld, n, path, "must be a duration such as 500ms, 30s, 5m or 1h, got %s",
+                 excerpt(s, buf, sizeof buf));
+        return -1;
+    case PARSE_OVERFLOW:
+        break;
+    }
+    if (max == UINT64_MAX)
+        error_at(ld, n, path, "too large, got %s", excerpt(s, buf, sizeof buf));
+    else
+        error_at(ld, n, path, "must be %s..%s, got %s", format_duration(min, lo, sizeof lo),
+                 format_duration(max, hi, sizeof hi), excerpt(s, buf, sizeof buf));
+    return -1;
+}
+
+static int
+get_size(struct loader *ld, const struct node *n, const char *path, uint64_t min,
+         uint64_t max, uint64_t *out)
+{
+    const char *s = scalar(ld, n, path);
+    char buf[48], lo[32], hi[32];
+    uint64_t v = 0;
+
+    if (s == NULL)
+        return -1;
+    switch (parse_size(s, &v)) {
+    case PARSE_OK:
+        if (v >= min && v <= max) {
+            *out = v;
+            return 0;
+        }
+        break;
+    case PARSE_SYNTAX:
+    case PARSE_NO_UNIT:
+        error_at(ld, n, path, "must be a size in bytes or with KiB, MiB or GiB, got %s",
+                 excerpt(s, buf, sizeof buf));
+        return -1;
+    case PARSE_OVERFLOW:
+        break;
+    }
+    error_at(ld, n, path, "must be %s..%s, got %s", format_size(min, lo, sizeof lo),
+             format_size(max, hi, sizeof hi), excerpt(s, buf, sizeof buf));
+    return -1;
+}
+
+/* "a, b or c" */
+static const char *
+format_names(const char *const *names, char *buf, size_t size)
+{
+    size_t i, n = 0, count = 0;
+
+    while (names[count] != NULL)
+        count++;
+    buf[0] = '\0';
+    for (i = 0; i < count; i++) {
+        const char *sep = i == 0 ? "" : i == count - 1 ? " or " : ", ";
+        n = advance(n, snprintf(buf + n, size - n, "%s%s", sep, names[i]), size);
+    }
+    return buf;
+}
+
+static int
+get_enum(struct loader *ld, const struct node *n, const char *path,
+         const char *const *names, uint64_t *out)
+{
+    const char *s = scalar(ld, n, path);
+    char buf[48], list[128];
+    uint64_t i;
+
+    if (s == NULL)
+        return -1;
+    for (i = 0; names[i] != NULL; i++) {
+        if (strcmp(s, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    }
+    error_at(ld, n, path, "must be %s, got %s", format_names(names, list, sizeof list),
+             excerpt(s, buf, sizeof buf));
+    return -1;
+}
+
+static int
+get_path(struct loader *ld, const struct node *n, const char *path, char **out)
+{
+    const char *s = scalar(ld, n, path);
+    char *resolved;
+
+    if (s == NULL)
+        return -1;
+    if (s[0] == '\0') {
+        error_at(ld, n, path, "must be a path, got an empty string");
+        return -1;
+    }
+    resolved = resolve_path(ld, s);
+    if (strlen(resolved) >= PATH_MAX) {
+        error_at(ld, n, path, "path too long");
+        return -1;
+    }
+    *out = resolved;
+    return 0;
+}
+
+static int
+is_off(const struct node *n)
+{
+    return n->type == NODE_SCALAR && strcmp(n->value, "off") == 0;
+}
+
+/* 1..64 characters of [A-Za-z0-9_.-]: kind and cluster names. */
+static int
+valid_name(const char *s)
+{
+    size_t len = strlen(s);
+
+    if (len == 0 || len > CONFIG_NAME_MAX)
+        return 0;
+    for (; *s != '\0'; s++) {
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9')
+              || *s == '_' || *s == '.' || *s == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int
+valid_env_name(const char *s)
+{
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_'))
+        return 0;
+    for (s++; *s != '\0'; s++) {
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9')
+              || *s == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+static int
+compare_keys(const void *a, const void *b)
+{
+    const struct node *x = *(struct node *const *)a;
+    const struct node *y = *(struct node *const *)b;
+    int c = strcmp(x->value, y->value);
+
+    if (c != 0)
+        return c;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* Sorting, not pairwise comparing: a hostile file may hold 100k keys. */
+static void
+mark_duplicates(struct loader *ld, struct node *map)
+{
+    struct node **keys, *k;
+    size_t n = 0, i, first = 0;
+
+    if (map->count < 4)
+        return;
+    keys = pool_alloc(ld->scratch, map->count / 2 * sizeof *keys);
+    for (k = map->first; k != NULL; k = k->next->next)
+        if (k->type == NODE_SCALAR)
+            keys[n++] = k;
+    qsort(keys, n, sizeof *keys, compare_keys);
+    for (i = 1; i < n; i++) {
+        if (strcmp(keys[first]->value, keys[i]->value) == 0)
+            keys[i]->duplicate_of = keys[first];
+        else
+            first = i;
+    }
+}
+
+/*
+ * Iterate over a mapping's pairs, reporting non-scalar and duplicate keys.
+ * Returns the next usable key after *key (NULL at the end); its value is
+ * key->next and sub holds its path.
+ */
+static struct node *
+next_key(struct loader *ld, struct node *key, const char *path, char *sub, size_t size)
+{
+    for (; key != NULL; key = key->next->next) {
+        if (key->type != NODE_SCALAR) {
+            error_at(ld, key, path, "keys must be scalars, got %s", node_kind(key));
+            continue;
+        }
+        join_key(sub, size, path, key->value);
+        if (key->duplicate_of != NULL) {
+            error_at(ld, key, sub, "duplicate key (first at line %zu)", key->duplicate_of->line);
+            continue;
+        }
+        return key;
+    }
+    return NULL;
+}
+
+static void walk_mapping(struct loader *ld, struct node *map, const char *path,
+                         const struct key_rule *rules, void *base);
+
+static void
+apply_rule(struct loader *ld, const struct key_rule *rule, struct node *value,
+           const char *path, void *base)
+{
+    void *field = (char *)base + rule->offset;
+    uint64_t v;
+    int b;
+
+    switch (rule->type) {
+    case VALUE_BOOL:
+        if (get_bool(ld, value, path, &b) == 0)
+            store_uint(field, rule->width, (uint64_t)b);
+        break;
+    case VALUE_UINT:
+        if (get_uint(ld, value, path, rule->min, rule->max, &v) == 0)
+            store_uint(field, rule->width, v);
+        break;
+    case VALUE_SIZE:
+        if (get_size(ld, value, path, rule->min, rule->max, &v) == 0)
+            store_uint(field, rule->width, v);
+        break;
+    case VALUE_DURATION:
+        if (get_duration(ld, value, path, rule->min, rule->max, &v) == 0)
+            store_uint(field, rule->width, v);
+        break;
+    case VALUE_ENUM:
+        if (get_enum(ld, value, path, rule->names, &v) == 0)
+            store_uint(field, rule->width, v);
+        break;
+    case VALUE_STRING: {
+        const char *s = scalar(ld, value, path);
+        if (s != NULL)
+            *(char **)field = pool_strdup(ld->config->pool, s);
+        break;
+    }
+    case VALUE_PATH:
+        get_path(ld, value, path, (char **)field);
+        break;
+    case VALUE_OFF_PATH:
+        if (is_off(value))
+            *(char **)field = NULL;
+        else
+            get_path(ld, value, path, (char **)field);
+        break;
+    case VALUE_SECTION:
+        walk_mapping(ld, value, path, rule->section, base);
+        break;
+    case VALUE_CUSTOM:
+        rule->parse(ld, value, path, base);
+        break;
+    }
+}
+
+/* A mapping whose keys are RULES; a null value is an empty mapping. */
+static void
+walk_mapping(struct loader *ld, struct node *map, const char *path,
+             const struct key_rule *rules, void *base)
+{
+    char sub[CONFIG_KEY_PATH_MAX];
+    const struct key_rule *rule;
+    unsigned long seen = 0;
+    struct node *key;
+    size_t i;
+
+    if (!is_null(map)) {
+        if (map->type != NODE_MAPPING) {
+            error_at(ld, map, path, "must be a mapping, got %s", node_kind(map));
+            return;
+        }
+        mark_duplicates(ld, map);
+        for (key = next_key(ld, map->first, path, sub, sizeof sub); key != NULL;
+             key = next_key(ld, key->next->next, path, sub, sizeof sub)) {
+            for (rule = rules; rule->name != NULL; rule++)
+                if (strcmp(rule->name, key->value) == 0)
+                    break;
+            if (rule->name == NULL) {
+                error_at(ld, key, sub, "unknown key");
+                continue;
+            }
+            seen |= 1ul << (rule - rules);
+            record_position(ld, sub, key->next);
+            apply_rule(ld, rule, key->next, sub, base);
+        }
+    }
+    for (i = 0; rules[i].name != NULL; i++)
+        if (rules[i].required && !(seen & (1ul << i)))
+            error_at(ld, map, path, "%s is required", rules[i].name);
+}
+
+
+/* Keys that need more than a table entry. */
+
+static uint32_t
+cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+    if (n < 1)
+        return 1;
+    return n > DS_WORKERS_MAX ? DS_WORKERS_MAX : (uint32_t)n;
+}
+
+static void
+parse_log_file(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+
+    if (value->type == NODE_SCALAR && strcmp(value->value, "stderr") == 0)
+        c->log.file = pool_strdup(c->pool, "stderr");
+    else
+        get_path(ld, value, path, &c->log.file);
+}
+
+static void
+parse_workers_count(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    const char *s = scalar(ld, value, path);
+    char buf[48];
+    uint64_t v;
+
+    if (s == NULL)
+        return;
+    if (strcmp(s, "auto") == 0) {
+        c->workers.count = cpu_count();
+        c->workers.count_auto = 1;
+        return;
+    }
+    if (parse_uint(s, &v) == -1 || v < 1 || v > DS_WORKERS_MAX) {
+        error_at(ld, value, path, "must be auto or 1..%d, got %s", DS_WORKERS_MAX,
+                 excerpt(s, buf, sizeof buf));
+        return;
+    }
+    c->workers.count = (uint32_t)v;
+    c->workers.count_auto = 0;
+}
+
+static void
+parse_workers_nice(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    const char *s = scalar(ld, value, path);
+    int negative = 0;
+    char buf[48];
+    uint64_t v;
+
+    if (s == NULL)
+        return;
+    if (s[0] == '-' || s[0] == '+')
+        negative = s[0] == '-';
+    if (parse_uint(s + (s[0] == '-' || s[0] == '+'), &v) == -1
+        || (negative && v > 20) || (!negative && v > 19)) {
+        error_at(ld, value, path, "must be an integer -20..19, got %s",
+                 excerpt(s, buf, sizeof buf));
+        return;
+    }
+    c->workers.nice = negative ? -(int)v : (int)v;
+}
+
+/* `inherit` is the default; it exists so that -T can print it. */
+static void
+parse_core_dumps(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    int b;
+
+    if (value->type == NODE_SCALAR && strcmp(value->value, "inherit") == 0)
+        c->workers.core_dumps = -1;
+    else if (get_bool(ld, value, path, &b) == 0)
+        c->workers.core_dumps = b;
+}
+
+/* "host:port", "[v6]:port", or (when allow_unix) "unix:PATH" made absolute. */
+static char *
+listen_address(struct loader *ld, const struct node *n, const char *path, int allow_unix)
+{
+    const char *s = scalar(ld, n, path), *host, *port, *end, *p;
+    char buf[80], addr[INET6_ADDRSTRLEN];
+    struct in6_addr in6;
+    size_t host_len;
+    uint64_t v;
+
+    if (s == NULL)
+        return NULL;
+    if (strncmp(s, "unix:", 5) == 0 && !allow_unix) {
+        error_at(ld, n, path, "must be host:port or [IPv6]:port, got %s",
+                 excerpt(s, buf, sizeof buf));
+        return NULL;
+    }
+    if (strncmp(s, "unix:", 5) == 0) {
+        char *abs;
+        if (s[5] == '\0') {
+            error_at(ld, n, path, "unix: needs a socket path");
+            return NULL;
+        }
+        abs = resolve_path(ld, s + 5);
+        if (strlen(abs) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+            error_at(ld, n, path, "socket path too long (at most %zu bytes), got %s",
+                     sizeof(((struct sockaddr_un *)0)->sun_path) - 1,
+                     excerpt(abs, buf, sizeof buf));
+            return NULL;
+        }
+        return pool_join(ld->config->pool, "unix:", abs, "");
+    }
+    if (s[0] == '[') {
+        end = strchr(s, ']');
+        if (end == NULL || end[1] != ':') {
+            error_at(ld, n, path, "must be [IPv6]:port, got %s", excerpt(s, buf, sizeof buf));
+            return NULL;
+        }
+        host_len = (size_t)(end - s - 1);
+        if (host_len == 0 || host_len >= sizeof addr) {
+            error_at(ld, n, path, "not an IPv6 address: %s", excerpt(s, buf, sizeof buf));
+            return NULL;
+        }
+        memcpy(addr, s + 1, host_len);
+        addr[host_len] = '\0';
+        if (inet_pton(AF_INET6, addr, &in6) != 1) {
+            error_at(ld, n, path, "not an IPv6 address: %s", excerpt(addr, buf, sizeof buf));
+            return NULL;
+        }
+        port = end + 2;
+    } else {
+        end = strrchr(s, ':');
+        if (end == NULL) {
+            error_at(ld, n, path, "must be %s, got %s",
+                     allow_unix ? "host:port, [IPv6]:port or unix:/path"
+                                : "host:port or [IPv6]:port", excerpt(s, buf, sizeof buf));
+            return NULL;
+        }
+        host = s;
+        host_len = (size_t)(end - s);
+        if (memchr(host, ':', host_len) != NULL) {
+            error_at(ld, n, path, "an IPv6 address needs brackets, as in [::1]:8080, got %s",
+                     excerpt(s, buf, sizeof buf));
+            return NULL;
+        }
+        for (p = host; p < end; p++)
+            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+                  || (*p >= '0' && *p <= '9') || *p == '.' || *p == '-' || *p == '_'))
+                break;
+        if (host_len == 0 || host_len > 253 || p < end) {
+            error_at(ld, n, path, "bad host in %s", excerpt(s, buf, sizeof buf));
+            return NULL;
+        }
+        port = end + 1;
+    }
+    if (parse_uint(port, &v) == -1 || v < 1 || v > 65535) {
+        error_at(ld, n, path, "port must be 1..65535, got %s", excerpt(port, buf, sizeof buf));
+        return NULL;
+    }
+    return pool_strdup(ld->config->pool, s);
+}
+
+static void
+parse_grpc_listen(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    char sub[CONFIG_KEY_PATH_MAX];
+    size_t count, n = 0, i, j;
+    struct node *item;
+    char **list, *addr;
+    int ok = 1;
+
+    if (value->type == NODE_MAPPING) {
+        error_at(ld, value, path, "must be an address or a list of addresses, got a mapping");
+        return;
+    }
+    count = value->type == NODE_SEQUENCE ? value->count : 1;
+    if (count == 0 || count > CONFIG_LISTEN_MAX) {
+        error_at(ld, value, path, "must have 1..%d addresses, got %zu", CONFIG_LISTEN_MAX,
+                 count);
+        return;
+    }
+    list = pool_alloc(c->pool, (count + 1) * sizeof *list);
+    item = value->type == NODE_SEQUENCE ? value->first : value;
+    for (i = 0; i < count; i++, item = item->next) {
+        if (value->type == NODE_SEQUENCE)
+            format_key(sub, sizeof sub, "%s[%zu]", path, i);
+        else
+            format_key(sub, sizeof sub, "%s", path);
+        addr = listen_address(ld, item, sub, 1);
+        if (addr == NULL) {
+            ok = 0;
+            continue;
+        }
+        for (j = 0; j < n; j++)
+            if (strcmp(list[j], addr) == 0)
+                break;
+        if (j < n) {
+            error_at(ld, item, sub, "duplicate address %s", addr);
+            ok = 0;
+            continue;
+        }
+        list[n++] = addr;
+    }
+    if (ok) {
+        c->grpc.listen = list;
+        c->grpc.listen_count = n;
+    }
+}
+
+static void
+parse_journal_sync(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    char buf[48];
+    uint64_t ms;
+
+    if (value->type == NODE_SCALAR && strcmp(value->value, "always") == 0) {
+        c->queue.journal_sync = DS_JOURNAL_SYNC_ALWAYS;
+    } else if (value->type == NODE_SCALAR && strcmp(value->value, "never") == 0) {
+        c->queue.journal_sync = DS_JOURNAL_SYNC_NEVER;
+    } else if (value->type == NODE_SCALAR && !is_null(value)
+               && parse_duration(value->value, &ms) == PARSE_OK) {
+        if (ms < 1 || ms > MS_HOUR) {
+            error_at(ld, value, path, "must be 1ms..1h, got %s",
+                     excerpt(value->value, buf, sizeof buf));
+            return;
+        }
+        c->queue.journal_sync = DS_JOURNAL_SYNC_INTERVAL;
+        c->queue.journal_sync_interval_ms = ms;
+    } else if (scalar(ld, value, path) != NULL) {
+        error_at(ld, value, path, "must be always, never or a duration such as 50ms, got %s",
+                 excerpt(value->value, buf, sizeof buf));
+    }
+}
+
+static const struct key_rule tls_rules[] = {
+    { .name = "cert", .type = VALUE_PATH, CONFIG_FIELD(grpc.tls_cert), .required = 1 },
+    { .name = "key", .type = VALUE_PATH, CONFIG_FIELD(grpc.tls_key), .required = 1 },
+    { .name = "client_ca", .type = VALUE_PATH, CONFIG_FIELD(grpc.tls_client_ca) },
+    { .name = NULL }
+};
+
+static void
+parse_tls(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+
+    if (is_off(value)) {
+        c->grpc.tls = 0;
+        c->grpc.tls_cert = c->grpc.tls_key = c->grpc.tls_client_ca = NULL;
+        return;
+    }
+    if (value->type != NODE_MAPPING) {
+        error_at(ld, value, path, "must be off or a mapping {cert: PATH, key: PATH}, got %s",
+                 is_null(value) ? "nothing" : node_kind(value));
+        return;
+    }
+    c->grpc.tls = 1;
+    walk_mapping(ld, value, path, tls_rules, base);
+}
+
+static void
+parse_status_listen(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+
+    if (is_off(value))
+        c->status.listen = NULL;
+    else
+        c->status.listen = listen_address(ld, value, path, 0);
+}
+
+static const struct key_rule status_rules[] = {
+    { .name = "listen", .type = VALUE_CUSTOM, .parse = parse_status_listen },
+    { .name = NULL }
+};
+
+static void
+parse_status(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+
+    if (is_off(value)) {
+        c->status.listen = NULL;
+        return;
+    }
+    if (value->type == NODE_SCALAR && !is_null(value)) {
+        error_at(ld, value, path, "must be off or a mapping, got a scalar");
+        return;
+    }
+    walk_mapping(ld, value, path, status_rules, base);
+}
+
+static void
+parse_cluster_redis(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    const char *s = scalar(ld, value, path);
+    char buf[48];
+
+    if (s == NULL)
+        return;
+    if (strncmp(s, "redis://", 8) != 0 || s[8] == '\0') {
+        error_at(ld, value, path, "must be redis://HOST:PORT, got %s",
+                 excerpt(s, buf, sizeof buf));
+        return;
+    }
+    c->cluster.redis = pool_strdup(c->pool, s);
+}
+
+static void
+parse_cluster_name(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    const char *s = scalar(ld, value, path);
+    char buf[48];
+
+    if (s == NULL)
+        return;
+    if (!valid_name(s)) {
+        error_at(ld, value, path, "must be 1..%d characters of A-Z a-z 0-9 _ . -, got %s",
+                 CONFIG_NAME_MAX, excerpt(s, buf, sizeof buf));
+        return;
+    }
+    c->cluster.name = pool_strdup(c->pool, s);
+}
+
+static const struct key_rule cluster_rules[] = {
+    { .name = "redis", .type = VALUE_CUSTOM, .parse = parse_cluster_redis, .required = 1 },
+    { .name = "name", .type = VALUE_CUSTOM, .parse = parse_cluster_name },
+    { .name = NULL }
+};
+
+static void
+parse_cluster(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+
+    if (is_off(value)) {
+        c->cluster.redis = NULL;
+        return;
+    }
+    if (value->type != NODE_MAPPING) {
+        error_at(ld, value, path, "must be off or a mapping {redis: URL, name: NAME}, got %s",
+                 is_null(value) ? "nothing" : node_kind(value));
+        return;
+    }
+    walk_mapping(ld, value, path, cluster_rules, base);
+}
+
+
+/* Handlers. */
+
+/* builtin, exec and module are one choice. */
+static int
+handler_type_key(struct loader *ld, const struct node *value, const char *path)
+{
+    if (ld->handler_types++ > 0) {
+        error_at(ld, value, path, "only one of builtin, exec or module may be given");
+        return -1;
+    }
+    return 0;
+}
+
+static void
+parse_builtin(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_handler_config *h = base;
+    const char *s;
+    char buf[48], list[64];
+    size_t i;
+
+    if (handler_type_key(ld, value, path) == -1)
+        return;
+    s = scalar(ld, value, path);
+    if (s == NULL)
+        return;
+    for (i = 0; builtin_names[i] != NULL; i++) {
+        if (strcmp(s, builtin_names[i]) == 0) {
+            h->type = (enum ds_handler_type)i;
+            return;
+        }
+    }
+    error_at(ld, value, path, "unknown builtin %s (there are %s)", excerpt(s, buf, sizeof buf),
+             format_names(builtin_names, list, sizeof list));
+}
+
+static void
+parse_exec(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_handler_config *h = base;
+    char sub[CONFIG_KEY_PATH_MAX];
+    size_t count, i;
+    struct node *item;
+    const char *s;
+    char **argv;
+    int ok = 1;
+
+    if (handler_type_key(ld, value, path) == -1)
+        return;
+    h->type = DS_HANDLER_EXEC;
+    if (value->type == NODE_MAPPING) {
+        error_at(ld, value, path, "must be a list [PROGRAM, ARG...], got a mapping");
+        return;
+    }
+    count = value->type == NODE_SEQUENCE ? value->count : 1;
+    if (count == 0) {
+        error_at(ld, value, path, "must be a non-empty list [PROGRAM, ARG...]");
+        return;
+    }
+    argv = pool_alloc(ld->config->pool, (count + 1) * sizeof *argv);
+    item = value->type == NODE_SEQUENCE ? value->first : value;
+    for (i = 0; i < count; i++, item = item->next) {
+        if (value->type == NODE_SEQUENCE)
+            format_key(sub, sizeof sub, "%s[%zu]", path, i);
+        else
+            format_key(sub, sizeof sub, "%s", path);
+        s = scalar(ld, item, sub);
+        if (s == NULL) {
+            ok = 0;
+        } else if (i > 0) {
+            argv[i] = pool_strdup(ld->config->pool, s);
+        } else if (s[0] == '\0') {
+            error_at(ld, item, sub, "the program must not be empty");
+            ok = 0;
+        } else if (s[0] != '/' && strchr(s, '/') != NULL) {
+            /* "bin/x" is the config's; a bare "cat" is PATH's. */
+            argv[i] = resolve_path(ld, s);
+        } else {
+            argv[i] = pool_strdup(ld->config->pool, s);
+        }
+    }
+    if (ok) {
+        h->argv = argv;
+        h->argc = count;
+    }
+}
+
+static void
+parse_module(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_handler_config *h = base;
+
+    if (handler_type_key(ld, value, path) == -1)
+        return;
+    h->type = DS_HANDLER_MODULE;
+    get_path(ld, value, path, &h->module_path);
+}
+
+/* A mapping of strings to scalars, kept as written and in order. */
+static void
+parse_string_map(struct loader *ld, struct node *map, const char *path, int env,
+                 struct ds_env_var **out, size_t *out_count)
+{
+    char sub[CONFIG_KEY_PATH_MAX], buf[48];
+    struct ds_env_var *vars;
+    struct node *key;
+    size_t n = 0;
+
+    if (is_null(map))
+        return;
+    if (map->type != NODE_MAPPING) {
+        error_at(ld, map, path, "must be a mapping, got %s", node_kind(map));
+        return;
+    }
+    mark_duplicates(ld, map);
+    vars = pool_alloc(ld->config->pool, (map->count / 2 + 1) * sizeof *vars);
+    for (key = next_key(ld, map->first, path, sub, sizeof sub); key != NULL;
+         key = next_key(ld, key->next->next, path, sub, sizeof sub)) {
+        if (env ? !valid_env_name(key->value) : key->value[0] == '\0') {
+            error_at(ld, key, path, "%s, got \"%s\"",
+                     env ? "not an environment variable name" : "option names must not be empty",
+                     excerpt(key->value, buf, sizeof buf));
+            continue;
+        }
+        if (key->next->type != NODE_SCALAR) {
+            error_at(ld, key->next, sub, "must be a scalar, got %s", node_kind(key->next));
+            continue;
+        }
+        vars[n].name = pool_strdup(ld->config->pool, key->value);
+        vars[n].value = pool_strdup(ld->config->pool, key->next->value);
+        n++;
+    }
+    *out = vars;
+    *out_count = n;
+}
+
+static void
+parse_env(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_handler_config *h = base;
+
+    parse_string_map(ld, value, path, 1, &h->env, &h->env_count);
+}
+
+static void
+parse_options(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_handler_config *h = base;
+
+    parse_string_map(ld, value, path, 0, &h->options, &h->option_count);
+}
+
+static const struct key_rule handler_rules[] = {
+    { .name = "builtin", .type = VALUE_CUSTOM, .parse = parse_builtin },
+    { .name = "exec", .type = VALUE_CUSTOM, .parse = parse_exec },
+    { .name = "module", .type = VALUE_CUSTOM, .parse = parse_module },
+    { .name = "timeout", .type = VALUE_DURATION, HANDLER_FIELD(timeout_ms), .min = 0,
+      .max = UINT64_MAX },
+    { .name = "env", .type = VALUE_CUSTOM, .parse = parse_env },
+    { .name = "options", .type = VALUE_CUSTOM, .parse = parse_options },
+    { .name = NULL }
+};
+
+static void
+parse_handler(struct loader *ld, struct node *value, const char *path,
+              struct ds_handler_config *h)
+{
+    char sub[CONFIG_KEY_PATH_MAX];
+    const struct node *n;
+
+    if (value->type != NODE_MAPPING) {
+        error_at(ld, value, path, "must be a mapping such as {builtin: echo}, got %s",
+                 is_null(value) ? "nothing" : node_kind(value));
+        return;
+    }
+    ld->handler_types = 0;
+    walk_mapping(ld, value, path, handler_rules, h);
+    if (ld->handler_types == 0)
+        error_at(ld, value, path, "needs one of builtin, exec or module");
+
+    join_key(sub, sizeof sub, path, "env");
+    n = find_position(ld, sub);
+    if (n != NULL && h->type != DS_HANDLER_EXEC)
+        error_at(ld, n, sub, "only for exec handlers");
+    join_key(sub, sizeof sub, path, "options");
+    n = find_position(ld, sub);
+    if (n != NULL && h->type != DS_HANDLER_MODULE)
+        error_at(ld, n, sub, "only for module handlers");
+}
+
+/* Given, `handlers:` replaces the default set whole. */
+static void
+parse_handlers(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    char sub[CONFIG_KEY_PATH_MAX], buf[48];
+    const struct ds_handler_config *found;
+    struct ds_handler_config *list;
+    struct node *key, *default_node = NULL;
+    size_t n = 0, max;
+    const char *s;
+    int too_many = 0;
+
+    if (is_null(value))
+        return;
+    if (value->type != NODE_MAPPING) {
+        error_at(ld, value, path, "must be a mapping of kinds to handlers, got %s",
+                 node_kind(value));
+        return;
+    }
+    mark_duplicates(ld, value);
+    max = value->count / 2 < CONFIG_KINDS_MAX ? value->count / 2 : CONFIG_KINDS_MAX;
+    list = pool_alloc(c->pool, (max + 1) * sizeof *list);
+    c->handlers = list;
+    c->handler_count = 0;
+    c->default_handler = NULL;
+
+    for (key = next_key(ld, value->first, path, sub, sizeof sub); key != NULL;
+         key = next_key(ld, key->next->next, path, sub, sizeof sub)) {
+        record_position(ld, sub, key->next);
+        if (strcmp(key->value, "default") == 0) {
+            default_node = key->next;
+            continue;
+        }
+        if (!valid_name(key->value)) {
+            error_at(ld, key, path, "a kind name must be 1..%d characters of "
+                     "A-Z a-z 0-9 _ . -, got \"%s\"", CONFIG_NAME_MAX,
+                     excerpt(key->value, buf, sizeof buf));
+            continue;
+        }
+        if (n == CONFIG_KINDS_MAX) {
+            if (!too_many)
+                error_at(ld, key, path, "more than %d kinds", CONFIG_KINDS_MAX);
+            too_many = 1;
+            continue;
+        }
+        list[n].kind = pool_strdup(c->pool, key->value);
+        c->handler_count = ++n;
+        parse_handler(ld, key->next, sub, &list[n - 1]);
+    }
+
+    join_key(sub, sizeof sub, path, "default");
+    if (default_node != NULL) {
+        s = scalar(ld, default_node, sub);
+        if (s == NULL)
+            return;
+        found = config_handler(c, s);
+        if (found == NULL) {
+            error_at(ld, default_node, sub, "kind %s is not defined in handlers",
+                     excerpt(s, buf, sizeof buf));
+            return;
+        }
+    } else {
+        found = config_handler(c, "echo");
+        if (found == NULL) {
+            error_at(ld, value, sub, "missing, and there is no kind echo to default to");
+            return;
+        }
+    }
+    c->default_handler = found->kind;
+}
+
+
+/* The whole file. */
+
+static const struct key_rule log_rules[] = {
+    { .name = "level", .type = VALUE_ENUM, CONFIG_FIELD(log.level), .names = level_names },
+    { .name = "file", .type = VALUE_CUSTOM, .parse = parse_log_file },
+    { .name = "access", .type = VALUE_OFF_PATH, CONFIG_FIELD(log.access) },
+    { .name = NULL }
+};
+
+static const struct key_rule workers_rules[] = {
+    { .name = "count", .type = VALUE_CUSTOM, .parse = parse_workers_count },
+    { .name = "prefetch", .type = VALUE_UINT, CONFIG_FIELD(workers.prefetch), .min = 1,
+      .max = 1024 },
+    { .name = "max_items", .type = VALUE_UINT, CONFIG_FIELD(workers.max_items), .min = 0,
+      .max = UINT64_MAX },
+    { .name = "cpu_affinity", .type = VALUE_ENUM, CONFIG_FIELD(workers.cpu_affinity),
+      .names = affinity_names },
+    { .name = "nice", .type = VALUE_CUSTOM, .parse = parse_workers_nice },
+    { .name = "rlimit_nofile", .type = VALUE_UINT, CONFIG_FIELD(workers.rlimit_nofile),
+      .min = 0, .max = UINT64_MAX },
+    { .name = "core_dumps", .type = VALUE_CUSTOM, .parse = parse_core_dumps },
+    { .name = NULL }
+};
+
+static const struct key_rule grpc_rules[] = {
+    { .name = "listen", .type = VALUE_CUSTOM, .parse = parse_grpc_listen },
+    { .name = "max_message_size", .type = VALUE_SIZE, CONFIG_FIELD(grpc.max_message_size),
+      .min = DS_MESSAGE_SIZE_MIN, .max = DS_MESSAGE_SIZE_MAX },
+    { .name = "tls", .type = VALUE_CUSTOM, .parse = parse_tls },
+    { .name = NULL }
+};
+
+static const struct key_rule queue_rules[] = {
+    { .name = "capacity", .type = VALUE_UINT, CONFIG_FIELD(queue.capacity), .min = 1,
+      .max = 100000000 },
+    { .name = "on_full", .type = VALUE_ENUM, CONFIG_FIELD(queue.on_full),
+      .names = on_full_names },
+    { .name = "max_attempts", .type = VALUE_UINT, CONFIG_FIELD(queue.max_attempts), .min = 1,
+      .max = 1000 },
+    { .name = "journal", .type = VALUE_OFF_PATH, CONFIG_FIELD(queue.journal) },
+    { .name = "journal_sync", .type = VALUE_CUSTOM, .parse = parse_journal_sync },
+    { .name = NULL }
+};
+
+static const struct key_rule updates_rules[] = {
+    { .name = "history", .type = VALUE_UINT, CONFIG_FIELD(updates.history), .min = 1,
+      .max = 100000000 },
+    { .name = "subscriber_buffer", .type = VALUE_UINT, CONFIG_FIELD(updates.subscriber_buffer),
+      .min = 1, .max = 100000000 },
+    { .name = NULL }
+};
+
+static const struct key_rule respawn_rules[] = {
+    { .name = "backoff_min", .type = VALUE_DURATION, CONFIG_FIELD(respawn.backoff_min_ms),
+      .min = 1, .max = MS_HOUR },
+    { .name = "backoff_max", .type = VALUE_DURATION, CONFIG_FIELD(respawn.backoff_max_ms),
+      .min = 1, .max = MS_HOUR },
+    { .name = "stable_after", .type = VALUE_DURATION, CONFIG_FIELD(respawn.stable_after_ms),
+      .min = 1, .max = MS_HOUR },
+    { .name = "crash_limit", .type = VALUE_UINT, CONFIG_FIELD(respawn.crash_limit), .min = 1,
+      .max = 1000 },
+    { .name = NULL }
+};
+
+static const struct key_rule top_rules[] = {
+    { .name = "daemon", .type = VALUE_BOOL, CONFIG_FIELD(daemon) },
+    { .name = "pid_file", .type = VALUE_PATH, CONFIG_FIELD(pid_file) },
+    { .name = "user", .type = VALUE_STRING, CONFIG_FIELD(user) },
+    { .name = "log", .type = VALUE_SECTION, .section = log_rules },
+    { .name = "workers", .type = VALUE_SECTION, .section = workers_rules },
+    { .name = "grpc", .type = VALUE_SECTION, .section = grpc_rules },
+    { .name = "queue", .type = VALUE_SECTION, .section = queue_rules },
+    { .name = "updates", .type = VALUE_SECTION, .section = updates_rules },
+    { .name = "handlers", .type = VALUE_CUSTOM, .parse = parse_handlers },
+    { .name = "status", .type = VALUE_CUSTOM, .parse = parse_status },
+    { .name = "cluster", .type = VALUE_CUSTOM, .parse = parse_cluster },
+    { .name = "respawn", .type = VALUE_SECTION, .section = respawn_rules },
+    { .name = "shutdown_timeout", .type = VALUE_DURATION, CONFIG_FIELD(shutdown_timeout_ms),
+      .min = 0, .max = MS_HOUR },
+    { .name = NULL }
+};
+
+static void
+set_defaults(struct loader *ld)
+{
+    struct ds_config *c = ld->config;
+    size_t i, n = sizeof default_handlers / sizeof default_handlers[0];
+
+    c->daemon = 0;
+    c->pid_file = resolve_path(ld, "dosomething.pid");
+    c->user = pool_strdup(c->pool, "");
+
+    c->log.level = DS_LOG_INFO;
+    c->log.file = pool_strdup(c->pool, "stderr");
+    c->log.access = NULL;
+
+    c->workers.count = cpu_count();
+    c->workers.count_auto = 1;
+    c->workers.prefetch = 2;
+    c->workers.max_items = 0;
+    c->workers.cpu_affinity = 0;
+    c->workers.nice = 0;
+    c->workers.rlimit_nofile = 0;
+    c->workers.core_dumps = -1;
+
+    c->grpc.listen = pool_alloc(c->pool, 2 * sizeof(char *));
+    c->grpc.listen[0] = pool_strdup(c->pool, "127.0.0.1:8080");
+    c->grpc.listen_count = 1;
+    c->grpc.max_message_size = 4u << 20;
+    c->grpc.tls = 0;
+
+    c->queue.capacity = 10000;
+    c->queue.on_full = DS_ON_FULL_BLOCK;
+    c->queue.max_attempts = 3;
+    c->queue.journal = NULL;
+    c->queue.journal_sync = DS_JOURNAL_SYNC_INTERVAL;
+    c->queue.journal_sync_interval_ms = 50;
+
+    c->updates.history = 65536;
+    c->updates.subscriber_buffer = 4096;
+
+    c->handlers = pool_alloc(c->pool, n * sizeof *c->handlers);
+    for (i = 0; i < n; i++) {
+        c->handlers[i].kind = pool_strdup(c->pool, default_handlers[i].kind);
+        c->handlers[i].type = default_handlers[i].type;
+        c->handlers[i].timeout_ms = default_handlers[i].timeout_ms;
+    }
+    c->handler_count = n;
+    c->default_handler = c->handlers[0].kind;
+
+    c->status.listen = NULL;
+    c->cluster.redis = NULL;
+    c->cluster.name = pool_strdup(c->pool, "dosomething");
+
+    c->respawn.backoff_min_ms = 100;
+    c->respawn.backoff_max_ms = 10 * MS_SECOND;
+    c->respawn.stable_after_ms = 10 * MS_SECOND;
+    c->respawn.crash_limit = 10;
+
+    c->shutdown_timeout_ms = 30 * MS_SECOND;
+}
+
+/* Rules between keys, once every key is read. */
+static void
+check_config(struct loader *ld)
+{
+    const struct ds_config *c = ld->config;
+    char a[32], b[32];
+
+    if (c->respawn.backoff_max_ms < c->respawn.backoff_min_ms) {
+        const struct node *n = find_position(ld, "respawn.backoff_max");
+        if (n == NULL)
+            n = find_position(ld, "respawn.backoff_min");
+        error_at(ld, n, "respawn.backoff_max", "must be >= respawn.backoff_min (%s), got %s",
+                 format_duration(c->respawn.backoff_min_ms, a, sizeof a),
+                 format_duration(c->respawn.backoff_max_ms, b, sizeof b));
+    }
+}
+
+static void
+unsupported(struct loader *ld, const char *key, int set)
+{
+    if (set)
+        error_at(ld, find_position(ld, key), key, "not supported by this build yet");
+}
+
+/*
+ * ---- Features parsed but not built yet. ----
+ *
+ * Setting one is an error rather than silently nothing: nobody should believe
+ * a journal keeps their items when there is none. Delete a line when its
+ * feature lands.
+ */
+static void
+check_unsupported(struct loader *ld)
+{
+    const struct ds_config *c = ld->config;
+    char key[CONFIG_KEY_PATH_MAX];
+    size_t i;
+
+    unsupported(ld, "user", c->user[0] != '\0');
+    unsupported(ld, "log.access", c->log.access != NULL);
+    unsupported(ld, "workers.cpu_affinity", c->workers.cpu_affinity != 0);
+    unsupported(ld, "workers.rlimit_nofile", c->workers.rlimit_nofile != 0);
+    unsupported(ld, "workers.core_dumps", c->workers.core_dumps != -1);
+    unsupported(ld, "grpc.tls", c->grpc.tls != 0);
+    unsupported(ld, "queue.journal", c->queue.journal != NULL);
+    unsupported(ld, "status.listen", c->status.listen != NULL);
+    unsupported(ld, "cluster", c->cluster.redis != NULL);
+    for (i = 0; i < c->handler_count; i++) {
+        const struct ds_handler_config *h = &c->handlers[i];
+        if (h->type == DS_HANDLER_EXEC) {
+            format_key(key, sizeof key, "handlers.%s.exec", h->kind);
+            unsupported(ld, key, 1);
+        } else if (h->type == DS_HANDLER_MODULE) {
+            format_key(key, sizeof key, "handlers.%s.module", h->kind);
+            unsupported(ld, key, 1);
+        }
+    }
+}
+
+static void
+walk_root(struct loader *ld, struct node *root)
+{
+    if (root == NULL || is_null(root))
+        return;
+    if (root->type != NODE_MAPPING) {
+        error_at(ld, root, NULL, "the top level must be a mapping, got %s", node_kind(root));
+        return;
+    }
+    walk_mapping(ld, root, "", top_rules, ld->config);
+}
+
+static void
+reset_errors(char *errors, size_t errors_size)
+{
+    if (errors != NULL && errors_size > 0)
+        errors[0] = '\0';
+}
+
+static struct ds_config *
+load(const char *file, const char *text, size_t len, char *errors, size_t errors_size,
+     int check)
+{
+    struct ds_config *c;
+    struct ds_pool *pool;
+    struct node *root;
+    struct loader ld;
+
+    memset(&ld, 0, sizeof ld);
+    ld.file = file;
+    ld.errors = errors;
+    ld.errors_size = errors_size;
+    reset_errors(errors, errors_size);
+
+    if (len > CONFIG_FILE_MAX) {
+        error_mark(&ld, 0, 0, "too large (more than %d MiB)", CONFIG_FILE_MAX >> 20);
+        return NULL;
+    }
+
+    pool = pool_create();
+    c = pool_alloc(pool, sizeof *c);
+    c->pool = pool;
+    ld.config = c;
+    if (set_paths(&ld, file) == -1) {
+        pool_destroy(pool);
+        return NULL;
+    }
+    set_defaults(&ld);
+
+    ld.scratch = pool_create();
+    if (parse_tree(&ld, text, len, &root) == 0) {
+        walk_root(&ld, root);
+        check_config(&ld);
+        if (check)
+            check_unsupported(&ld);
+    }
+    pool_destroy(ld.scratch);
+
+    if (ld.error_count > 0) {
+        pool_destroy(pool);
+        return NULL;
+    }
+    c->source = pool_strndup(pool, text, len);
+    c->source_len = len;
+    return c;
+}
+
+/* At most CONFIG_FILE_MAX bytes; a larger file is an error, not cut short. */
+static char *
+read_file(struct loader *ld, size_t *len)
+{
+    size_t n = 0;
+    ssize_t r;
+    char *text;
+    int fd;
+
+    fd = open(ld->file, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        error_mark(ld, 0, 0, "cannot open: %s", strerror(errno));
+        return NULL;
+    }
+    text = ds_malloc(CONFIG_FILE_MAX + 1);
+    while (n < CONFIG_FILE_MAX + 1) {
+        r = read(fd, text + n, CONFIG_FILE_MAX + 1 - n);
+        if (r == -1 && errno == EINTR)
+            continue;
+        if (r == -1) {
+            error_mark(ld, 0, 0, "cannot read: %s", strerror(errno));
+            close(fd);
+            free(text);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    close(fd);
+    if (n > CONFIG_FILE_MAX) {
+        error_mark(ld, 0, 0, "too large (more than %d MiB)", CONFIG_FILE_MAX >> 20);
+        free(text);
+        return NULL;
+    }
+    *len = n;
+    return text;
+}
+
+struct ds_config *
+config_load(const char *file, char *errors, size_t errors_size)
+{
+    struct ds_config *c;
+    struct loader ld;
+    size_t len = 0;
+    char *text;
+
+    memset(&ld, 0, sizeof ld);
+    ld.file = file;
+    ld.errors = errors;
+    ld.errors_size = errors_size;
+    reset_errors(errors, errors_size);
+
+    text = read_file(&ld, &len);
+    if (text == NULL)
+        return NULL;
+    c = load(file, text, len, errors, errors_size, 1);
+    free(text);
+    return c;
+}
+
+struct ds_config *
+config_load_text(const char *file, const char *text, size_t len, char *errors,
+                 size_t errors_size)
+{
+    return load(file, text, len, errors, errors_size, 1);
+}
+
+struct ds_config *
+config_load_text_unchecked(const char *file, const char *text, size_t len, char *errors,
+                           size_t errors_size)
+{
+    return load(file, text, len, errors, errors_size, 0);
+}
+
+void
+config_free(struct ds_config *config)
+{
+    if (config != NULL)
+        pool_destroy(config->pool);
+}
+
+const struct ds_handler_config *
+config_handler(const struct ds_config *config, const char *kind)
+{
+    size_t i;
+
+    for (i = 0; i < config->handler_count; i++)
+        if (strcmp(config->handlers[i].kind, kind) == 0)
+            return &config->handlers[i];
+    return NULL;
+}
+
+
+/* Printing. */
+
+/*
+ * A YAML double-quoted string. Code points YAML does not allow raw (C0 and
+ * C1 controls, line and paragraph separators, BOM, non-characters) are
+ * escaped; other UTF-8 passes as is.
+ */
+static void
+print_string(FILE *out, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    uint32_t cp;
+    size_t n, i;
+
+    putc('"', out);
+    while (*p != '\0') {
+        if (*p == '"' || *p == '\\') {
+            putc('\\', out);
+            putc(*p++, out);
+            continue;
+        }
+        if (*p < 0x80) {
+            if (*p == '\n')
+                fputs("\\n", out);
+            else if (*p == '\t')
+                fputs("\\t", out);
+            else if (*p < 0x20 || *p == 0x7f)
+                fprintf(out, "\\x%02X", *p);
+            else
+                putc(*p, out);
+            p++;
+            continue;
+        }
+        if ((*p & 0xe0) == 0xc0) {
+            n = 2;
+            cp = *p & 0x1f;
+        } else if ((*p & 0xf0) == 0xe0) {
+            n = 3;
+            cp = *p & 0x0f;
+        } else if ((*p & 0xf8) == 0xf0) {
+            n = 4;
+            cp = *p & 0x07;
+        } else {
+            n = 0;
+            cp = 0;
+        }
+        for (i = 1; i < n; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                break;
+            cp = cp << 6 | (p[i] & 0x3f);
+        }
+        if (n == 0 || i < n) {
+            /* Not UTF-8 (a directory name, say): nothing in YAML says it. */
+            putc(*p++, out);
+            continue;
+        }
+        if (cp >= 0x80 && cp <= 0x9f)
+            fprintf(out, "\\x%02X", (unsigned)cp);
+        else if (cp == 0x2028 || cp == 0x2029 || cp == 0xfeff || cp == 0xfffe || cp == 0xffff)
+            fprintf(out, "\\u%04X", (unsigned)cp);
+        else
+            fwrite(p, 1, n, out);
+        p += n;
+    }
+    putc('"', out);
+}
+
+static void
+print_key_string(FILE *out, const char *indent, const char *key, const char *value)
+{
+    fprintf(out, "%s%s: ", indent, key);
+    print_string(out, value);
+    putc('\n', out);
+}
+
+static void
+print_key_off(FILE *out, const char *indent, const char *key, const char *value)
+{
+    if (value == NULL)
+        fprintf(out, "%s%s: off\n", indent, key);
+    else
+        print_key_string(out, indent, key, value);
+}
+
+static void
+print_string_map(FILE *out, const char *key, const struct ds_env_var *vars, size_t count)
+{
+    size_t i;
+
+    if (count == 0)
+        return;
+    fprintf(out, "    %s:\n", key);
+    for (i = 0; i < count; i++) {
+        fputs("      ", out);
+        print_string(out, vars[i].name);
+        fputs(": ", out);
+        print_string(out, vars[i].value);
+        putc('\n', out);
+    }
+}
+
+static void
+print_handler(FILE *out, const struct ds_handler_config *h)
+{
+    char buf[32];
+    size_t i;
+
+    fputs("  ", out);
+    print_string(out, h->kind);
+    fputs(":\n", out);
+    switch (h->type) {
+    case DS_HANDLER_EXEC:
+        fputs("    exec: [", out);
+        for (i = 0; i < h->argc; i++) {
+            if (i > 0)
+                fputs(", ", out);
+            print_string(out, h->argv[i]);
+        }
+        fputs("]\n", out);
+        break;
+    case DS_HANDLER_MODULE:
+        print_key_string(out, "    ", "module", h->module_path);
+        break;
+    default:
+        fprintf(out, "    builtin: %s\n", builtin_names[h->type]);
+        break;
+    }
+    fprintf(out, "    timeout: %s\n", format_duration(h->timeout_ms, buf, sizeof buf));
+    if (h->type == DS_HANDLER_EXEC)
+        print_string_map(out, "env", h->env, h->env_count);
+    if (h->type == DS_HANDLER_MODULE)
+        print_string_map(out, "options", h->options, h->option_count);
+}
+
+int
+config_print(const struct ds_config *c, FILE *out)
+{
+    char buf[32];
+    size_t i;
+
+    fputs("# effective configuration of ", out);
+    print_string(out, c->path);
+    putc('\n', out);
+
+    fprintf(out, "daemon: %s\n", c->daemon ? "on" : "off");
+    print_key_string(out, "", "pid_file", c->pid_file);
+    print_key_string(out, "", "user", c->user);
+
+    fputs("log:\n", out);
+    fprintf(out, "  level: %s\n", level_names[c->log.level]);
+    print_key_string(out, "  ", "file", c->log.file);
+    print_key_off(out, "  ", "access", c->log.access);
+
+    fputs("workers:\n", out);
+    if (c->workers.count_auto)
+        fputs("  count: auto\n", out);
+    else
+        fprintf(out, "  count: %u\n", (unsigned)c->workers.count);
+    fprintf(out, "  prefetch: %u\n", (unsigned)c->workers.prefetch);
+    fprintf(out, "  max_items: %llu\n", (unsigned long long)c->workers.max_items);
+    fprintf(out, "  cpu_affinity: %s\n", affinity_names[c->workers.cpu_affinity ? 1 : 0]);
+    fprintf(out, "  nice: %d\n", c->workers.nice);
+    fprintf(out, "  rlimit_nofile: %llu\n", (unsigned long long)c->workers.rlimit_nofile);
+    fprintf(out, "  core_dumps: %s\n", c->workers.core_dumps == -1 ? "inherit"
+                                        : c->workers.core_dumps ? "on" : "off");
+
+    fputs("grpc:\n  listen: [", out);
+    for (i = 0; i < c->grpc.listen_count; i++) {
+        if (i > 0)
+            fputs(", ", out);
+        print_string(out, c->grpc.listen[i]);
+    }
+    fputs("]\n", out);
+    fprintf(out, "  max_message_size: %s\n",
+            format_size(c->grpc.max_message_size, buf, sizeof buf));
+    if (!c->grpc.tls) {
+        fputs("  tls: off\n", out);
+    } else {
+        fputs("  tls:\n", out);
+        print_key_string(out, "    ", "cert", c->grpc.tls_cert);
+        print_key_string(out, "    ", "key", c->grpc.tls_key);
+        if (c->grpc.tls_client_ca != NULL)
+            print_key_string(out, "    ", "client_ca", c->grpc.tls_client_ca);
+    }
+
+    fputs("queue:\n", out);
+    fprintf(out, "  capacity: %llu\n", (unsigned long long)c->queue.capacity);
+    fprintf(out, "  on_full: %s\n", on_full_names[c->queue.on_full]);
+    fprintf(out, "  max_attempts: %u\n", (unsigned)c->queue.max_attempts);
+    print_key_off(out, "  ", "journal", c->queue.journal);
+    if (c->queue.journal_sync == DS_JOURNAL_SYNC_ALWAYS)
+        fputs("  journal_sync: always\n", out);
+    else if (c->queue.journal_sync == DS_JOURNAL_SYNC_NEVER)
+        fputs("  journal_sync: never\n", out);
+    else
+        fprintf(out, "  journal_sync: %s\n",
+                format_duration(c->queue.journal_sync_interval_ms, buf, sizeof buf));
+
+    fputs("updates:\n", out);
+    fprintf(out, "  history: %llu\n", (unsigned long long)c->updates.history);
+    fprintf(out, "  subscriber_buffer: %llu\n", (unsigned long long)c->updates.subscriber_buffer);
+
+    fputs("handlers:\n", out);
+    print_key_string(out, "  ", "default", c->default_handler);
+    for (i = 0; i < c->handler_count; i++)
+        print_handler(out, &c->handlers[i]);
+
+    fputs("status:\n", out);
+    print_key_off(out, "  ", "listen", c->status.listen);
+
+    if (c->cluster.redis == NULL) {
+        fputs("cluster: off\n", out);
+    } else {
+        fputs("cluster:\n", out);
+        print_key_string(out, "  ", "redis", c->cluster.redis);
+        print_key_string(out, "  ", "name", c->cluster.name);
+    }
+
+    fputs("respawn:\n", out);
+    fprintf(out, "  backoff_min: %s\n", format_duration(c->respawn.backoff_min_ms, buf, sizeof buf));
+    fprintf(out, "  backoff_max: %s\n", format_duration(c->respawn.backoff_max_ms, buf, sizeof buf));
+    fprintf(out, "  stable_after: %s\n",
+            format_duration(c->respawn.stable_after_ms, buf, sizeof buf));
+    fprintf(out, "  crash_limit: %u\n", (unsigned)c->respawn.crash_limit);
+
+    fprintf(out, "shutdown_timeout: %s\n", format_duration(c->shutdown_timeout_ms, buf, sizeof buf));
+
+    return fflush(out) == EOF || ferror(out) ? -1 : 0;
+}

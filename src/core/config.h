@@ -1,0 +1,184 @@
+/*
+ * The configuration: dosomething.yaml parsed into one value.
+ *
+ * A config is loaded whole into a fresh struct ds_config whose every string
+ * and array lives in the config's own pool, validated, and either swapped in
+ * or thrown away with one config_free(). Nothing outside this file keeps
+ * pointers into a config it does not own.
+ */
+#ifndef DS_CORE_CONFIG_H
+#define DS_CORE_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdint.h>
+
+#include "core/alloc.h"
+
+#define DS_WORKERS_MAX        1024
+#define DS_PREFETCH_MAX       1024
+#define DS_MESSAGE_SIZE_MIN   1024u
+#define DS_MESSAGE_SIZE_MAX   (64u << 20)
+
+enum ds_log_level {
+    DS_LOG_ERROR,
+    DS_LOG_WARN,
+    DS_LOG_NOTICE,
+    DS_LOG_INFO,
+    DS_LOG_DEBUG,
+};
+
+enum ds_on_full {
+    DS_ON_FULL_BLOCK,
+    DS_ON_FULL_REJECT,
+};
+
+enum ds_journal_sync {
+    DS_JOURNAL_SYNC_ALWAYS,
+    DS_JOURNAL_SYNC_INTERVAL,
+    DS_JOURNAL_SYNC_NEVER,
+};
+
+enum ds_handler_type {
+    DS_HANDLER_ECHO,
+    DS_HANDLER_SHA256,
+    DS_HANDLER_SLEEP,
+    DS_HANDLER_EXEC,
+    DS_HANDLER_MODULE,
+};
+
+struct ds_env_var {
+    char *name;
+    char *value;
+};
+
+/* One entry of `handlers:`: the kind name and what runs it. */
+struct ds_handler_config {
+    char *kind;
+    enum ds_handler_type type;
+    uint64_t timeout_ms;          /* 0: no timeout */
+    /* exec */
+    char **argv;                  /* NULL-terminated */
+    size_t argc;
+    struct ds_env_var *env;
+    size_t env_count;
+    /* module */
+    char *module_path;            /* resolved against the config directory */
+    struct ds_env_var *options;   /* the module's `options:` map, as strings */
+    size_t option_count;
+};
+
+struct ds_config {
+    struct ds_pool *pool;         /* owns everything below */
+
+    char *path;                   /* the config file, absolute */
+    char *dir;                    /* its directory: relative paths start here */
+    char *source;                 /* the file's text, as parsed */
+    size_t source_len;
+
+    int daemon;
+    char *pid_file;               /* absolute */
+    char *user;                   /* "" : keep the current user */
+
+    struct {
+        enum ds_log_level level;
+        char *file;               /* "stderr" or an absolute path */
+        char *access;             /* NULL: off; else an absolute path */
+    } log;
+
+    struct {
+        uint32_t count;           /* resolved: never 0 */
+        int count_auto;           /* count came from `auto` */
+        uint32_t prefetch;        /* 1..1024 */
+        uint64_t max_items;       /* 0: never recycle */
+        int cpu_affinity;         /* 0 off, 1 auto */
+        int nice;                 /* -20..19 */
+        uint64_t rlimit_nofile;   /* 0: inherit */
+        int core_dumps;           /* -1 inherit, 0 off, 1 on */
+    } workers;
+
+    struct {
+        char **listen;            /* "host:port", "[v6]:port", "unix:/abs/path" */
+        size_t listen_count;
+        uint64_t max_message_size;
+        int tls;                  /* 0: off */
+        char *tls_cert;
+        char *tls_key;
+        char *tls_client_ca;      /* NULL: no client certificates required */
+    } grpc;
+
+    struct {
+        uint64_t capacity;
+        enum ds_on_full on_full;
+        uint32_t max_attempts;    /* 1..1000 */
+        char *journal;            /* NULL: off; else an absolute directory */
+        enum ds_journal_sync journal_sync;
+        uint64_t journal_sync_interval_ms;
+    } queue;
+
+    struct {
+        uint64_t history;         /* retained updates, >= 1 */
+        uint64_t subscriber_buffer;
+    } updates;
+
+    char *default_handler;        /* a kind present in handlers[] */
+    struct ds_handler_config *handlers;
+    size_t handler_count;
+
+    struct {
+        char *listen;             /* NULL: off */
+    } status;
+
+    struct {
+        char *redis;              /* NULL: off */
+        char *name;
+    } cluster;
+
+    struct {
+        uint64_t backoff_min_ms;  /* first respawn delay after a crash */
+        uint64_t backoff_max_ms;  /* the delay doubles up to this */
+        uint64_t stable_after_ms; /* running this long resets the backoff */
+        uint32_t crash_limit;     /* crashes of one slot in a row, then give up */
+    } respawn;
+
+    uint64_t shutdown_timeout_ms;
+};
+
+/*
+ * Load and validate FILE. On success returns a new config. On failure
+ * returns NULL and appends every error found, one per line, each
+ * "FILE:LINE:COL: key: reason", to errors (a NUL-terminated buffer of
+ * errors_size bytes, truncated if need be).
+ */
+struct ds_config *config_load(const char *file, char *errors, size_t errors_size);
+
+/*
+ * As config_load, but parse TEXT (len bytes) as if it were the contents of
+ * FILE: used by a child that receives the text the master validated.
+ */
+struct ds_config *config_load_text(const char *file, const char *text, size_t len,
+                                   char *errors, size_t errors_size);
+
+/*
+ * As config_load_text, but without refusing the keys this build parses and
+ * does not implement yet (check_unsupported() in config.c): for tests.
+ */
+struct ds_config *config_load_text_unchecked(const char *file, const char *text, size_t len,
+                                             char *errors, size_t errors_size);
+
+void config_free(struct ds_config *config);
+
+/* Print the effective config (defaults filled in) as YAML that loads back
+ * to the same config. Returns 0, or -1 if writing failed. */
+int config_print(const struct ds_config *config, FILE *out);
+
+const struct ds_handler_config *config_handler(const struct ds_config *config,
+                                               const char *kind);
+
+/* "5s" -> 5000 and the like; for tests and for the command line. */
+int config_parse_duration_ms(const char *text, uint64_t *ms);
+int config_parse_size(const char *text, uint64_t *bytes);
+
+const char *log_level_name(enum ds_log_level level);
+
+#endif

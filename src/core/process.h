@@ -1,0 +1,49 @@
+/*
+ * What the master and its children agree on: roles, the exit-code contract,
+ * and how a child starts.
+ */
+#ifndef DS_CORE_PROCESS_H
+#define DS_CORE_PROCESS_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "core/config.h"
+
+/* Exit codes of every process. */
+#define DS_EXIT_OK      0   /* clean exit: respawn only if the slot is still wanted */
+#define DS_EXIT_FAILURE 1   /* the master gave up (crash loop, cannot start) */
+#define DS_EXIT_FATAL   2   /* boot or config error: respawning would not help */
+
+/* Update seqs are reserved from the master this many at a time, so that a
+ * respawned grpc process never reuses one. */
+#define SEQ_RESERVE_CHUNK 65536
+
+enum ds_role {
+    DS_ROLE_GRPC,
+    DS_ROLE_WORKER,
+};
+
+/* What a child is given at fork. The config belongs to the child from then on. */
+struct ds_child_start {
+    enum ds_role role;
+    struct ds_config *config;
+    uint64_t generation;
+    uint32_t slot;              /* worker slot, from 1 */
+    int control_fd;             /* to the master */
+    int data_fd;                /* worker: to the grpc process; -1 otherwise */
+    uint64_t seq_start;         /* grpc: the first update seq it may use is seq_start + 1 */
+};
+
+void grpc_process_main(struct ds_child_start *start) __attribute__((noreturn));
+void worker_process_main(struct ds_child_start *start) __attribute__((noreturn));
+
+/* Set the title `ps` shows (proctitle.c). proctitle_init must run first
+ * thing in main. */
+void proctitle_init(int argc, char **argv);
+void proctitle_set(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Describe a wait() status: "exited with status 3", "killed by signal 9". */
+const char *process_status_text(int status, char *buf, size_t size);
+
+#endif

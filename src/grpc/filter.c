@@ -1,0 +1,73 @@
+#include "grpc/filter.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+
+static int
+compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char **
+sorted_copy(char **strings, size_t count)
+{
+    if (count == 0)
+        return NULL;
+    char **copy = ds_malloc(count * sizeof *copy);
+    memcpy(copy, strings, count * sizeof *copy);
+    qsort(copy, count, sizeof *copy, compare_strings);
+    return copy;
+}
+
+int
+filter_init(struct filter *f, const wire_updates_request *request, char *err, size_t err_size)
+{
+    memset(f, 0, sizeof *f);
+    for (size_t i = 0; i < request->n_states; i++) {
+        int s = (int)request->states[i];
+        if (s < STATE_QUEUED || s > STATE_MAX) {
+            snprintf(err, err_size, "states[%zu]: %d is not a state an update can have", i, s);
+            return -1;
+        }
+        f->states |= 1u << s;
+    }
+    f->item_ids = sorted_copy(request->item_ids, request->n_item_ids);
+    f->item_id_count = request->n_item_ids;
+    f->kinds = sorted_copy(request->kinds, request->n_kinds);
+    f->kind_count = request->n_kinds;
+    f->batches = sorted_copy(request->batches, request->n_batches);
+    f->batch_count = request->n_batches;
+    return 0;
+}
+
+void
+filter_free(struct filter *f)
+{
+    free(f->item_ids);
+    free(f->kinds);
+    free(f->batches);
+    memset(f, 0, sizeof *f);
+}
+
+static int
+in_list(char **list, size_t count, const char *s)
+{
+    if (count == 0)
+        return 1;
+    return bsearch(&s, list, count, sizeof *list, compare_strings) != NULL;
+}
+
+int
+filter_match(const struct filter *f, const char *item_id, const char *kind, const char *batch,
+             unsigned state)
+{
+    if (f->states != 0 && (state > 31 || !(f->states & (1u << state))))
+        return 0;
+    return in_list(f->kinds, f->kind_count, kind) &&
+           in_list(f->batches, f->batch_count, batch) &&
+           in_list(f->item_ids, f->item_id_count, item_id);
+}

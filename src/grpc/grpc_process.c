@@ -1,0 +1,346 @@
+/*
+ * The grpc process: start-up, messages from the master, signals, stops.
+ *
+ * It never forks. It calls grpc_init() only here, after the master forked
+ * it, with the signals still blocked (inherited), so gRPC's threads never
+ * take one; the loop reads them from a signalfd.
+ *
+ * Stops: a fast stop (TERM, or the master gone) cancels every call
+ * (clients see UNAVAILABLE) and exits. A graceful stop (DRAIN from the
+ * master on QUIT) stops taking calls and items, lets the queue run empty,
+ * delivers the updates, ends the subscriber streams with OK, releases the
+ * workers and exits; bounded by shutdown_timeout, after which it logs what
+ * is left and stops fast.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/process.h"
+#include "grpc/grpc_process.h"
+#include "ipc/channel.h"
+
+/* After cancelling every call, wait at most this long for them to end. */
+#define FAST_STOP_GRACE_MS 3000
+
+struct grpc_process gp;
+
+static struct {
+    int signal_fd;
+    struct event *signal_event;
+    struct event *stop_timer;
+    int subscribers_ended;
+    int done;
+} proc;
+
+void
+master_send(unsigned type, const void *body, size_t len)
+{
+    if (gp.control != NULL)
+        channel_send(gp.control, type, body, len);
+}
+
+void
+master_send_now(unsigned type, const void *body, size_t len)
+{
+    if (gp.control == NULL)
+        return;
+    channel_send(gp.control, type, body, len);
+    channel_flush(gp.control);
+}
+
+static void
+finish(void)
+{
+    if (proc.done)
+        return;
+    proc.done = 1;
+    event_base_loopbreak(gp.base);
+}
+
+/* Is a stop under way, and is everything it waits for done? */
+void
+grpc_process_check_done(void)
+{
+    if (gp.draining && !gp.stopping && queue_count() == 0) {
+        if (!proc.subscribers_ended) {
+            proc.subscribers_ended = 1;
+            subscribers_end_all();
+        }
+        workers_close_all();
+    }
+    if ((gp.stopping || gp.draining) && gp.calls == 0 && server_is_shut_down() &&
+        (gp.stopping || queue_count() == 0))
+        finish();
+}
+
+void
+grpc_process_call_ended(void)
+{
+    if (gp.calls > 0)
+        gp.calls--;
+    grpc_process_check_done();
+}
+
+static void
+on_stop_timer(evutil_socket_t fd, short what, void *arg)
+{
+    if (gp.stopping) {
+        log_warn("%llu calls did not end after being cancelled; exiting anyway",
+                 (unsigned long long)gp.calls);
+        finish();
+        return;
+    }
+    log_warn("shutdown_timeout (%llu ms) reached with %llu items unfinished; stopping fast",
+             (unsigned long long)gp.config->shutdown_timeout_ms,
+             (unsigned long long)queue_count());
+    gp.stopping = 1;
+    server_shutdown(1);
+    struct timeval tv = clock_timeval_ms(FAST_STOP_GRACE_MS);
+    evtimer_add(proc.stop_timer, &tv);
+    grpc_process_check_done();
+}
+
+static void
+stop_fast(const char *why)
+{
+    if (gp.stopping)
+        return;
+    log_info("fast stop: %s", why);
+    gp.stopping = 1;
+    server_shutdown(1);
+    struct timeval tv = clock_timeval_ms(FAST_STOP_GRACE_MS);
+    evtimer_add(proc.stop_timer, &tv);
+    grpc_process_check_done();
+}
+
+static void
+stop_graceful(void)
+{
+    if (gp.draining || gp.stopping)
+        return;
+    log_info("graceful stop: %llu items to finish", (unsigned long long)queue_count());
+    gp.draining = 1;
+    server_shutdown(0);
+    submit_end_all("the server is shutting down");
+    struct timeval tv = clock_timeval_ms(gp.config->shutdown_timeout_ms);
+    evtimer_add(proc.stop_timer, &tv);
+    grpc_process_check_done();
+}
+
+/* A new config generation, validated by the master: apply in place. */
+static void
+apply_config(uint64_t generation, const char *text, size_t len)
+{
+    char errors[4096];
+    struct ds_config *config = config_load_text(gp.config->path, text, len, errors,
+                                                sizeof errors);
+    if (config == NULL) {
+        log_error("config generation %llu does not load here: %s",
+                  (unsigned long long)generation, errors);
+        return;
+    }
+    int listen_changed = config->grpc.listen_count != gp.config->grpc.listen_count;
+    for (size_t i = 0; !listen_changed && i < config->grpc.listen_count; i++)
+        listen_changed = strcmp(config->grpc.listen[i], gp.config->grpc.listen[i]) != 0;
+    if (listen_changed || config->grpc.max_message_size != gp.config->grpc.max_message_size)
+        log_warn("grpc.listen and grpc.max_message_size changes take effect when the grpc "
+                 "process restarts; keeping the current ones");
+
+    struct ds_config *old = gp.config;
+    gp.config = config;
+    gp.generation = generation;
+    log_open(config->log.file, config->log.level);
+    updates_configure();
+    queue_room_available();
+    config_free(old);
+    log_info("config generation %llu applied", (unsigned long long)generation);
+}
+
+static int
+on_control_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
+                 const uint8_t *body, int fd)
+{
+    struct ipc_worker w;
+    switch (h->type) {
+    case IPC_WORKER_ATTACH:
+        if (fd == -1 || h->length != sizeof w)
+            break;
+        memcpy(&w, body, sizeof w);
+        if (gp.stopping)
+            close(fd);
+        else
+            workers_attach(w.pid, w.slot, fd);
+        return 0;
+    case IPC_WORKER_EXITED: {
+        if (h->length < sizeof w)
+            break;
+        memcpy(&w, body, sizeof w);
+        char reason[256];
+        size_t n = h->length - sizeof w < sizeof reason - 1 ? h->length - sizeof w
+                                                            : sizeof reason - 1;
+        memcpy(reason, body + sizeof w, n);
+        reason[n] = '\0';
+        workers_exited(w.pid, reason);
+        grpc_process_check_done();
+        return 0;
+    }
+    case IPC_WORKER_RETIRE:
+        if (h->length != sizeof w)
+            break;
+        memcpy(&w, body, sizeof w);
+        workers_retire(w.pid);
+        return 0;
+    case IPC_CONFIG: {
+        struct ipc_config c;
+        if (h->length < sizeof c)
+            break;
+        memcpy(&c, body, sizeof c);
+        apply_config(c.generation, (const char *)body + sizeof c, h->length - sizeof c);
+        return 0;
+    }
+    case IPC_DRAIN:
+        stop_graceful();
+        return 0;
+    case IPC_REOPEN_LOGS:
+        log_reopen();
+        return 0;
+    default:
+        break;
+    }
+    if (fd != -1)
+        close(fd);
+    log_error("control channel: unexpected %s frame of %u bytes", ipc_type_name(h->type),
+              h->length);
+    return -1;
+}
+
+static void
+on_control_close(void *arg, struct ipc_channel *ch, const char *reason)
+{
+    channel_free(ch);
+    gp.control = NULL;
+    stop_fast(strcmp(reason, "EOF") == 0 ? "the master is gone" : reason);
+}
+
+static void
+on_signal(evutil_socket_t fd, short what, void *arg)
+{
+    struct signalfd_siginfo si;
+    while (read(proc.signal_fd, &si, sizeof si) == sizeof si) {
+        switch (si.ssi_signo) {
+        case SIGTERM:
+        case SIGINT:
+            stop_fast(strsignal((int)si.ssi_signo));
+            break;
+        case SIGQUIT:
+            stop_graceful();
+            break;
+        case SIGUSR1:
+            log_reopen();
+            break;
+        default:
+            break;      /* HUP and the rest are the master's */
+        }
+    }
+}
+
+static int
+signals_init(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGQUIT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
+    sigaddset(&set, SIGTTIN);
+    sigaddset(&set, SIGTTOU);
+    sigaddset(&set, SIGWINCH);
+    /* Blocked before any thread exists, so every thread inherits it. */
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    proc.signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (proc.signal_fd == -1) {
+        log_syserr("signalfd() failed");
+        return -1;
+    }
+    proc.signal_event = event_new(gp.base, proc.signal_fd, EV_READ | EV_PERSIST, on_signal, NULL);
+    event_add(proc.signal_event, NULL);
+    return 0;
+}
+
+void
+grpc_process_main(struct ds_child_start *start)
+{
+    log_set_role("grpc");
+    proctitle_set("dosomethingd: grpc");
+    gp.config = start->config;
+    gp.generation = start->generation;
+
+    if (evthread_use_pthreads() == -1)
+        fatal(DS_EXIT_FATAL, "evthread_use_pthreads() failed");
+    gp.base = event_base_new();
+    if (gp.base == NULL)
+        fatal(DS_EXIT_FATAL, "event_base_new() failed");
+    if (signals_init() == -1)
+        exit(DS_EXIT_FATAL);
+    proc.stop_timer = evtimer_new(gp.base, on_stop_timer, NULL);
+    gp.control = channel_new(gp.base, start->control_fd, "control", IPC_CONTROL_MAX +
+                             (uint32_t)gp.config->grpc.max_message_size, on_control_frame,
+                             on_control_close, NULL);
+
+    grpc_init();
+    gp.cq = grpc_completion_queue_create_for_next(NULL);
+    queue_init();
+    updates_init(start->seq_start);
+    int status = DS_EXIT_OK;
+    if (server_start() == -1) {
+        status = DS_EXIT_FATAL;
+        gp.stopping = 1;
+        server_shutdown(1);
+    }
+    if (cq_start() == -1)
+        fatal(DS_EXIT_FATAL, "cannot start the completion queue thread");
+    if (status == DS_EXIT_OK) {
+        master_send(IPC_READY, NULL, 0);
+        event_base_dispatch(gp.base);
+    }
+
+    if (!server_is_shut_down()) {
+        /* Calls outlived the grace: leave their teardown to exit(). */
+        log_warn("exiting with %llu calls still open", (unsigned long long)gp.calls);
+        exit(status);
+    }
+    /* Every call has ended: take gRPC down in its order. */
+    cq_stop();
+    server_destroy();
+    grpc_completion_queue_destroy(gp.cq);
+    gp.cq = NULL;
+    queue_shutdown();
+    updates_shutdown();
+    grpc_shutdown();
+
+    if (gp.control != NULL) {
+        channel_flush(gp.control);
+        channel_free(gp.control);
+    }
+    event_free(proc.stop_timer);
+    event_free(proc.signal_event);
+    close(proc.signal_fd);
+    event_base_free(gp.base);
+    config_free(gp.config);
+    log_info("exiting");
+    exit(status);
+}

@@ -1,0 +1,163 @@
+/*
+ * The grpc process: the only process that calls gRPC. It owns the servers,
+ * the queue, dispatch to the workers, the update log and the subscribers.
+ *
+ * Threads: the libevent thread owns every structure here and issues every
+ * gRPC operation. A second thread only blocks in grpc_completion_queue_next()
+ * and hands what it gets to the libevent thread (cq.c); nothing else crosses
+ * threads.
+ */
+#ifndef DS_GRPC_GRPC_PROCESS_H
+#define DS_GRPC_GRPC_PROCESS_H
+
+#include <stdint.h>
+
+#include <grpc/grpc.h>
+
+#include "core/config.h"
+#include "core/wire.h"
+#include "ipc/frame.h"
+
+struct event_base;
+struct ipc_channel;
+struct worker;
+
+/* Every operation's tag: the completion calls done(tag, ok). */
+struct tag {
+    void (*done)(struct tag *tag, int ok);
+};
+
+/* ---- items and the queue (queue.c) ------------------------------------ */
+
+struct item {
+    struct item *next;          /* in the queue, or in its worker's list */
+    uint64_t key;
+    grpc_slice raw;             /* the WorkItem as the client sent it */
+    char *id;                   /* one allocation: id, kind, batch */
+    const char *kind;
+    const char *batch;
+    struct worker *worker;      /* while dispatched */
+    uint64_t dispatched_ms;
+    uint32_t attempt;           /* the attempt running, or the next one */
+    uint32_t max_attempts;
+    uint32_t timeout_ms;        /* 0: none */
+};
+
+struct worker {
+    struct worker *next;
+    pid_t pid;
+    uint32_t slot;
+    struct ipc_channel *channel;    /* NULL once closed */
+    struct item *head, *tail;       /* held, in the order it runs them */
+    uint32_t held;
+    int retiring;
+    uint64_t timeout_key;           /* the item it is being killed for */
+    uint32_t timeout_ms;
+    struct event *timer;            /* the running item's timeout */
+};
+
+void queue_init(void);
+void queue_shutdown(void);
+/* Is there room for one more accepted item? */
+int queue_has_room(void);
+/* Take ITEM (accepted, QUEUED published) into the queue and dispatch. */
+void queue_push(struct item *item);
+uint64_t queue_count(void);
+/* Called when room frees up: the submit side resumes blocked calls. */
+void queue_room_available(void);
+
+void workers_attach(pid_t pid, uint32_t slot, int fd);
+void workers_exited(pid_t pid, const char *reason);
+void workers_retire(pid_t pid);
+/* Close every worker channel (they exit): the end of a graceful stop. */
+void workers_close_all(void);
+
+struct item *item_new(const wire_work_item *msg, grpc_slice raw, const char *kind,
+                      uint32_t max_attempts, uint32_t timeout_ms, const char *assigned_id);
+void item_free(struct item *item);
+
+/* ---- updates (updates.c) ----------------------------------------------- */
+
+/* One update, encoded once and shared by the log and every subscriber
+ * queue that holds it. */
+struct update {
+    uint32_t refs;
+    uint8_t state;
+    uint64_t seq;
+    grpc_slice encoded;         /* the Update message */
+    const char *item_id;        /* these point into strings */
+    const char *kind;
+    const char *batch;
+    char strings[];
+};
+
+struct update *update_ref(struct update *update);
+void update_unref(struct update *update);
+/* The retained update with this seq, or NULL. */
+struct update *updates_get(uint64_t seq);
+/* The oldest seq retained (updates_last_seq() + 1 when none is). */
+uint64_t updates_first_seq(void);
+
+void updates_init(uint64_t seq_start);
+void updates_shutdown(void);
+/* Publish one update of ITEM to the log and every subscriber. */
+void updates_publish(const struct item *item, enum wire_state state, pid_t worker_pid,
+                     const void *result, size_t result_len, const char *error, float progress);
+uint64_t updates_last_seq(void);
+/* Apply a new updates.history. */
+void updates_configure(void);
+
+/* ---- calls (submit.c, subscribe.c, server.c) --------------------------- */
+
+void submit_call_start(grpc_call *call, const char *peer);
+void submit_resume_blocked(void);
+/* Finish every submit call now (graceful stop): what was read is accepted. */
+void submit_end_all(const char *why);
+uint64_t submit_active(void);
+
+void subscribe_call_start(grpc_call *call, grpc_byte_buffer *request);
+/* Deliver an update to every subscriber whose filter matches. */
+void subscribers_publish(struct update *update);
+/* End every subscriber stream with OK once it has been sent all it holds. */
+void subscribers_end_all(void);
+int subscribers_flushed(void);
+uint64_t subscribers_active(void);
+
+int server_start(void);
+void server_shutdown(int cancel_calls);
+int server_is_shut_down(void);
+void server_destroy(void);
+
+/* ---- the process (grpc_process.c) -------------------------------------- */
+
+struct grpc_process {
+    struct event_base *base;
+    struct ds_config *config;
+    uint64_t generation;
+    grpc_completion_queue *cq;
+    struct ipc_channel *control;
+    int draining;               /* graceful stop under way */
+    int stopping;               /* fast stop under way */
+    uint64_t calls;             /* gRPC calls alive: the process waits for 0 */
+};
+
+extern struct grpc_process gp;
+
+/* The cq thread's events reach the loop here (cq.c). */
+int cq_start(void);
+void cq_stop(void);
+
+/* Send frames to the master. */
+void master_send(unsigned type, const void *body, size_t len);
+void master_send_now(unsigned type, const void *body, size_t len);
+
+/* A call is gone: the process may be done stopping. */
+void grpc_process_call_ended(void);
+/* Something a stop waits for happened. */
+void grpc_process_check_done(void);
+
+/* Start BATCH of COUNT ops on CALL with TAG; a failure to start is a bug
+ * in this process (logged, and fatal). */
+void call_start_batch(grpc_call *call, const grpc_op *ops, size_t count, struct tag *tag);
+
+#endif

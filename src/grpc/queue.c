@@ -1,0 +1,421 @@
+/*
+ * The queue and dispatch: accepted items wait here until a worker has
+ * room, run there, and leave when their final update is published.
+ *
+ * The queue's capacity counts every accepted item that is not final yet,
+ * waiting or running. Each worker holds at most workers.prefetch items and
+ * runs them in the order it got them; a new item goes to the worker
+ * holding fewest. An item whose worker dies, or that outlives its timeout
+ * (the worker is then killed), is RETRYING and queued again at the front,
+ * until its max_attempts, then FAILED. An update from an attempt that is no
+ * longer the item's is dropped.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "grpc/grpc_process.h"
+#include "ipc/channel.h"
+
+static struct {
+    struct item *head, *tail;   /* waiting for a worker */
+    uint64_t waiting;
+    uint64_t count;             /* accepted and not final: waiting + held */
+    uint64_t next_key;
+    struct worker *workers;
+} q;
+
+/* ---- items --------------------------------------------------------------- */
+
+struct item *
+item_new(const wire_work_item *msg, grpc_slice raw, const char *kind, uint32_t max_attempts,
+         uint32_t timeout_ms, const char *assigned_id)
+{
+    const char *id = assigned_id != NULL ? assigned_id : msg->id;
+    size_t id_len = strlen(id), kind_len = strlen(kind), batch_len = strlen(msg->batch);
+    struct item *item = ds_calloc(1, sizeof *item);
+    item->id = ds_malloc(id_len + kind_len + batch_len + 3);
+    memcpy(item->id, id, id_len + 1);
+    item->kind = memcpy(item->id + id_len + 1, kind, kind_len + 1);
+    item->batch = memcpy(item->id + id_len + kind_len + 2, msg->batch, batch_len + 1);
+    item->raw = raw;
+    item->key = ++q.next_key;
+    item->attempt = 1;
+    item->max_attempts = max_attempts;
+    item->timeout_ms = timeout_ms;
+    return item;
+}
+
+void
+item_free(struct item *item)
+{
+    grpc_slice_unref(item->raw);
+    free(item->id);
+    free(item);
+}
+
+uint64_t
+queue_count(void)
+{
+    return q.count;
+}
+
+int
+queue_has_room(void)
+{
+    return q.count < gp.config->queue.capacity;
+}
+
+/* ---- workers ------------------------------------------------------------- */
+
+static void dispatch(void);
+
+static struct worker *
+worker_find(pid_t pid)
+{
+    for (struct worker *w = q.workers; w != NULL; w = w->next)
+        if (w->pid == pid)
+            return w;
+    return NULL;
+}
+
+static void
+on_item_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct item *item = w->head;
+    if (item == NULL || w->timeout_key != 0)
+        return;
+    w->timeout_key = item->key;
+    w->timeout_ms = item->timeout_ms;
+    log_warn("item %s (attempt %u) timed out after %u ms on worker %ld; killing it", item->id,
+             item->attempt, item->timeout_ms, (long)w->pid);
+    char reason[96];
+    int n = snprintf(reason, sizeof reason, "timed out after %u ms", item->timeout_ms);
+    struct ipc_worker msg = { .pid = w->pid, .slot = w->slot };
+    char body[sizeof msg + sizeof reason];
+    memcpy(body, &msg, sizeof msg);
+    memcpy(body + sizeof msg, reason, (size_t)n);
+    master_send(IPC_KILL_WORKER, body, sizeof msg + (size_t)n);
+}
+
+/* The worker's first item is the one running (or about to): time it. */
+static void
+worker_arm_timer(struct worker *w)
+{
+    evtimer_del(w->timer);
+    if (w->head == NULL || w->head->timeout_ms == 0 || w->timeout_key != 0)
+        return;
+    struct timeval tv = clock_timeval_ms(w->head->timeout_ms);
+    evtimer_add(w->timer, &tv);
+}
+
+static void
+worker_send_item(struct worker *w, struct item *item)
+{
+    struct ipc_item head = { .key = item->key, .attempt = item->attempt,
+                             .kind_len = (uint32_t)strlen(item->kind) };
+    struct iovec parts[3] = {
+        { .iov_base = &head, .iov_len = sizeof head },
+        { .iov_base = (void *)item->kind, .iov_len = head.kind_len },
+        { .iov_base = GRPC_SLICE_START_PTR(item->raw), .iov_len = GRPC_SLICE_LENGTH(item->raw) },
+    };
+    channel_sendv(w->channel, IPC_ITEM, parts, 3);
+    item->worker = w;
+    item->dispatched_ms = clock_monotonic_ms();
+    item->next = NULL;
+    if (w->tail != NULL)
+        w->tail->next = item;
+    else
+        w->head = item;
+    w->tail = item;
+    if (w->held++ == 0)
+        worker_arm_timer(w);
+}
+
+/* Unlink ITEM from W's list; it must be there. */
+static void
+worker_remove(struct worker *w, struct item *item)
+{
+    struct item **pp = &w->head, *prev = NULL;
+    while (*pp != item) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    *pp = item->next;
+    if (w->tail == item)
+        w->tail = prev;
+    w->held--;
+    item->next = NULL;
+    item->worker = NULL;
+    if (prev == NULL) {
+        w->timeout_key = 0;
+        worker_arm_timer(w);
+    }
+}
+
+static void
+worker_free(struct worker *w)
+{
+    for (struct worker **pp = &q.workers; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    }
+    if (w->channel != NULL)
+        channel_free(w->channel);
+    event_free(w->timer);
+    free(w);
+}
+
+/* A retired worker holding nothing is let go: closing its channel ends it. */
+static void
+worker_maybe_release(struct worker *w)
+{
+    if ((w->retiring || gp.draining) && w->held == 0 && w->channel != NULL && q.waiting == 0) {
+        channel_free(w->channel);
+        w->channel = NULL;
+    }
+}
+
+static void
+item_finished(struct item *item)
+{
+    item_free(item);
+    q.count--;
+    queue_room_available();
+    grpc_process_check_done();
+}
+
+/* Attempt failed for REASON: retry it or fail it. */
+static void
+item_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
+{
+    char error[512];
+    if (item->attempt >= item->max_attempts) {
+        snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, item->attempt,
+                 item->max_attempts);
+        updates_publish(item, STATE_FAILED, worker_pid, NULL, 0, error, 0);
+        item_finished(item);
+        return;
+    }
+    updates_publish(item, STATE_RETRYING, worker_pid, NULL, 0, reason, 0);
+    item->attempt++;
+    item->next = q.head;
+    q.head = item;
+    if (q.tail == NULL)
+        q.tail = item;
+    q.waiting++;
+}
+
+static int
+on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
+                const uint8_t *body, int fd)
+{
+    struct worker *w = arg;
+    if (fd != -1)
+        close(fd);
+    struct ipc_update u;
+    if (h->type != IPC_UPDATE || h->length < sizeof u) {
+        log_error("worker %ld: unexpected %s frame of %u bytes", (long)w->pid,
+                  ipc_type_name(h->type), h->length);
+        return -1;
+    }
+    memcpy(&u, body, sizeof u);
+    const uint8_t *rest = body + sizeof u;
+    size_t rest_len = h->length - sizeof u;
+
+    struct item *item = w->head;
+    while (item != NULL && item->key != u.key)
+        item = item->next;
+    if (item == NULL || item->attempt != u.attempt) {
+        log_debug("worker %ld: dropping an update of a superseded attempt", (long)w->pid);
+        return 0;
+    }
+    switch (u.state) {
+    case STATE_STARTED:
+        updates_publish(item, STATE_STARTED, w->pid, NULL, 0, NULL, 0);
+        return 0;
+    case STATE_PROGRESS:
+        updates_publish(item, STATE_PROGRESS, w->pid, NULL, 0, NULL, u.progress);
+        return 0;
+    case STATE_SUCCEEDED:
+    case STATE_FAILED: {
+        worker_remove(w, item);
+        char error[1024];
+        if (u.state == STATE_FAILED) {
+            size_t n = rest_len < sizeof error - 1 ? rest_len : sizeof error - 1;
+            memcpy(error, rest, n);
+            error[n] = '\0';
+            updates_publish(item, STATE_FAILED, w->pid, NULL, 0, error, 0);
+        } else {
+            updates_publish(item, STATE_SUCCEEDED, w->pid, rest, rest_len, NULL, 1);
+        }
+        item_finished(item);
+        dispatch();
+        worker_maybe_release(w);
+        return 0;
+    }
+    default:
+        log_error("worker %ld: update with invalid state %u", (long)w->pid, u.state);
+        return -1;
+    }
+}
+
+static void
+on_worker_close(void *arg, struct ipc_channel *ch, const char *reason)
+{
+    struct worker *w = arg;
+    if (strcmp(reason, "EOF") != 0) {
+        log_error("worker %ld: data channel closed: %s; killing it", (long)w->pid, reason);
+        struct ipc_worker msg = { .pid = w->pid, .slot = w->slot };
+        char body[sizeof msg + 64];
+        memcpy(body, &msg, sizeof msg);
+        int n = snprintf(body + sizeof msg, 64, "it broke the IPC protocol");
+        master_send(IPC_KILL_WORKER, body, sizeof msg + (size_t)n);
+    }
+    /* Its items wait for WORKER_EXITED, which says how it died. */
+    channel_free(ch);
+    w->channel = NULL;
+}
+
+void
+workers_attach(pid_t pid, uint32_t slot, int fd)
+{
+    struct worker *w = ds_calloc(1, sizeof *w);
+    char name[64];
+    snprintf(name, sizeof name, "worker %ld", (long)pid);
+    w->pid = pid;
+    w->slot = slot;
+    w->timer = evtimer_new(gp.base, on_item_timeout, w);
+    w->channel = channel_new(gp.base, fd, name, IPC_CONTROL_MAX +
+                             (uint32_t)gp.config->grpc.max_message_size, on_worker_frame,
+                             on_worker_close, w);
+    w->next = q.workers;
+    q.workers = w;
+    log_debug("worker %ld (slot %u) attached", (long)pid, slot);
+    dispatch();
+}
+
+void
+workers_exited(pid_t pid, const char *reason)
+{
+    struct worker *w = worker_find(pid);
+    if (w == NULL)
+        return;
+    /* What it wrote before it died counts: read it first. */
+    if (w->channel != NULL)
+        channel_read_now(w->channel);
+    char timed_out[96];
+    snprintf(timed_out, sizeof timed_out, "timed out after %u ms", w->timeout_ms);
+    uint64_t timeout_key = w->timeout_key;
+    /* Retry in reverse: each goes to the front of the queue, so they keep
+     * their order there. prefetch bounds what a worker holds. */
+    struct item *held[DS_PREFETCH_MAX], *item;
+    uint32_t n = 0;
+    while ((item = w->head) != NULL) {
+        worker_remove(w, item);
+        held[n++] = item;
+    }
+    while (n > 0) {
+        item = held[--n];
+        item_attempt_failed(item, pid, item->key == timeout_key ? timed_out : reason);
+    }
+    worker_free(w);
+    dispatch();
+}
+
+void
+workers_retire(pid_t pid)
+{
+    struct worker *w = worker_find(pid);
+    if (w == NULL)
+        return;
+    w->retiring = 1;
+    worker_maybe_release(w);
+}
+
+void
+workers_close_all(void)
+{
+    for (struct worker *w = q.workers; w != NULL; w = w->next)
+        worker_maybe_release(w);
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+static struct worker *
+least_loaded(void)
+{
+    struct worker *best = NULL;
+    uint32_t prefetch = gp.config->workers.prefetch;
+    for (struct worker *w = q.workers; w != NULL; w = w->next) {
+        if (w->channel == NULL || w->retiring || w->held >= prefetch)
+            continue;
+        if (best == NULL || w->held < best->held)
+            best = w;
+    }
+    return best;
+}
+
+static void
+dispatch(void)
+{
+    struct worker *w;
+    while (q.head != NULL && (w = least_loaded()) != NULL) {
+        struct item *item = q.head;
+        q.head = item->next;
+        if (q.head == NULL)
+            q.tail = NULL;
+        q.waiting--;
+        worker_send_item(w, item);
+    }
+    if (gp.draining)
+        workers_close_all();
+}
+
+void
+queue_push(struct item *item)
+{
+    item->next = NULL;
+    if (q.tail != NULL)
+        q.tail->next = item;
+    else
+        q.head = item;
+    q.tail = item;
+    q.waiting++;
+    q.count++;
+    dispatch();
+}
+
+void
+queue_init(void)
+{
+    memset(&q, 0, sizeof q);
+}
+
+void
+queue_shutdown(void)
+{
+    struct item *item;
+    while ((item = q.head) != NULL) {
+        q.head = item->next;
+        item_free(item);
+    }
+    while (q.workers != NULL) {
+        struct worker *w = q.workers;
+        while ((item = w->head) != NULL) {
+            worker_remove(w, item);
+            item_free(item);
+        }
+        worker_free(w);
+    }
+}

@@ -1,0 +1,397 @@
+/*
+ * doSomething: a client streams WorkItems and half-closes; the reply counts
+ * what was accepted and what was rejected, and why.
+ *
+ * Backpressure: a receive is posted only while the queue has room for the
+ * item it may bring (room is reserved per posted receive). While the queue
+ * is full the call is parked, nothing is read, and HTTP/2 flow control
+ * pushes back on the client; with queue.on_full: reject, items are read and
+ * rejected instead. Nothing is ever dropped.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "grpc/grpc_process.h"
+#include "workers/handler.h"
+
+/* The reply lists at most this many rejections; `rejected` is exact. */
+#define REJECTIONS_MAX 1000
+#define ID_MAX         256
+#define BATCH_MAX      256
+
+struct submit_call {
+    struct submit_call *prev, *next;    /* every live call */
+    struct submit_call *next_blocked;
+    grpc_call *call;
+    int refs;                   /* one per operation in flight */
+    struct tag recv_tag;
+    struct tag reply_tag;
+    struct tag close_tag;
+    grpc_byte_buffer *recv_buffer;
+    int receiving;
+    int reserved;               /* queue room held for the receive in flight */
+    int blocked;
+    int replied;
+    int closed;
+    int cancelled;
+    uint32_t index;             /* of the next item in the stream */
+    uint64_t accepted;
+    uint64_t rejected;
+    wire_rejection *rejections;
+    wire_rejection **rejection_ptrs;
+    size_t rejection_count;
+    grpc_byte_buffer *reply_buffer;
+    grpc_slice status_details;
+    int has_details;
+};
+
+static struct {
+    struct submit_call *list;
+    struct submit_call *blocked_head, *blocked_tail;
+    uint64_t reserved;          /* queue room held by receives in flight */
+    uint64_t active;
+    uint64_t id_counter;
+    char id_prefix[32];
+} sub;
+
+static void try_receive(struct submit_call *c);
+
+static void
+call_unref(struct submit_call *c)
+{
+    if (--c->refs > 0)
+        return;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        sub.list = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    sub.active--;
+    for (size_t i = 0; i < c->rejection_count; i++) {
+        free(c->rejections[i].id);
+        free(c->rejections[i].reason);
+    }
+    free(c->rejections);
+    free(c->rejection_ptrs);
+    if (c->reply_buffer != NULL)
+        grpc_byte_buffer_destroy(c->reply_buffer);
+    if (c->has_details)
+        grpc_slice_unref(c->status_details);
+    grpc_call_unref(c->call);
+    free(c);
+    grpc_process_call_ended();
+}
+
+#define CALL_OF(tag, field) \
+    ((struct submit_call *)((char *)(tag) - offsetof(struct submit_call, field)))
+
+static void
+add_rejection(struct submit_call *c, const char *id, const char *reason)
+{
+    c->rejected++;
+    if (c->rejection_count >= REJECTIONS_MAX)
+        return;
+    if (c->rejections == NULL) {
+        c->rejections = ds_calloc(REJECTIONS_MAX, sizeof *c->rejections);
+        c->rejection_ptrs = ds_calloc(REJECTIONS_MAX, sizeof *c->rejection_ptrs);
+    }
+    wire_rejection *r = &c->rejections[c->rejection_count];
+    wire_rejection_init(r);
+    r->id = ds_strndup(id, strnlen(id, ID_MAX));
+    r->index = c->index;
+    r->reason = ds_strdup(reason);
+    c->rejection_ptrs[c->rejection_count++] = r;
+}
+
+static void
+on_reply_done(struct tag *tag, int ok)
+{
+    call_unref(CALL_OF(tag, reply_tag));
+}
+
+/* Send the reply and the status; the call ends when the client has them. */
+static void
+reply(struct submit_call *c, grpc_status_code status, const char *details)
+{
+    if (c->replied || c->closed)
+        return;
+    c->replied = 1;
+    wire_submit_reply msg;
+    wire_submit_reply_init(&msg);
+    msg.accepted = c->accepted;
+    msg.rejected = c->rejected;
+    msg.n_rejections = c->rejection_count;
+    msg.rejections = c->rejection_ptrs;
+    grpc_slice slice = grpc_slice_malloc(wire_submit_reply_size(&msg));
+    wire_submit_reply_pack(&msg, GRPC_SLICE_START_PTR(slice));
+    c->reply_buffer = grpc_raw_byte_buffer_create(&slice, 1);
+    grpc_slice_unref(slice);
+    if (details != NULL) {
+        c->status_details = grpc_slice_from_copied_string(details);
+        c->has_details = 1;
+    }
+
+    grpc_op ops[3];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = c->reply_buffer;
+    ops[2].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[2].data.send_status_from_server.status = status;
+    ops[2].data.send_status_from_server.status_details = c->has_details ? &c->status_details : NULL;
+    c->refs++;
+    /* A status other than OK goes without the message: clients ignore it. */
+    if (status == GRPC_STATUS_OK)
+        call_start_batch(c->call, ops, 3, &c->reply_tag);
+    else {
+        ops[1] = ops[2];
+        call_start_batch(c->call, ops, 2, &c->reply_tag);
+    }
+}
+
+static void
+make_id(char *buf, size_t size)
+{
+    snprintf(buf, size, "%s-%llu", sub.id_prefix, (unsigned long long)++sub.id_counter);
+}
+
+/* Validate and take one item. Returns -1 if the bytes are no WorkItem. */
+static int
+take_item(struct submit_call *c, grpc_slice raw)
+{
+    wire_work_item *msg = wire_work_item_unpack(NULL, GRPC_SLICE_LENGTH(raw),
+                                                GRPC_SLICE_START_PTR(raw));
+    if (msg == NULL)
+        return -1;
+
+    const struct ds_config *config = gp.config;
+    const char *kind = msg->kind[0] ? msg->kind : config->default_handler;
+    const struct ds_handler_config *handler = config_handler(config, kind);
+    char reason[512];
+    reason[0] = '\0';
+    if (handler == NULL)
+        snprintf(reason, sizeof reason, "unknown kind \"%.64s\"", kind);
+    else if (strlen(msg->id) > ID_MAX)
+        snprintf(reason, sizeof reason, "id is longer than %d bytes", ID_MAX);
+    else if (strlen(msg->batch) > BATCH_MAX)
+        snprintf(reason, sizeof reason, "batch is longer than %d bytes", BATCH_MAX);
+    else if (msg->max_attempts > 1000)
+        snprintf(reason, sizeof reason, "max_attempts %u is over 1000", msg->max_attempts);
+    else if (handler_check(handler, msg, reason, sizeof reason) == -1)
+        ;   /* the reason is set */
+    else if (gp.draining)
+        snprintf(reason, sizeof reason, "the server is shutting down");
+    else if (!queue_has_room())
+        snprintf(reason, sizeof reason, "queue full (capacity %llu)",
+                 (unsigned long long)config->queue.capacity);
+
+    if (reason[0] != '\0') {
+        add_rejection(c, msg->id, reason);
+        wire_work_item_free(msg, NULL);
+        grpc_slice_unref(raw);
+        return 0;
+    }
+    char id[64];
+    if (msg->id[0] == '\0')
+        make_id(id, sizeof id);
+    uint32_t timeout_ms = msg->timeout_ms ? msg->timeout_ms : (uint32_t)handler->timeout_ms;
+    uint32_t max_attempts = msg->max_attempts ? msg->max_attempts : config->queue.max_attempts;
+    struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,
+                                 msg->id[0] == '\0' ? id : NULL);
+    wire_work_item_free(msg, NULL);
+    c->accepted++;
+    updates_publish(item, STATE_QUEUED, 0, NULL, 0, NULL, 0);
+    queue_push(item);
+    return 0;
+}
+
+/* The bytes of a received message, as one slice we hold a reference to. */
+static grpc_slice
+message_slice(grpc_byte_buffer *bb)
+{
+    if (bb->type == GRPC_BB_RAW && bb->data.raw.compression == GRPC_COMPRESS_NONE &&
+        bb->data.raw.slice_buffer.count == 1)
+        return grpc_slice_ref(bb->data.raw.slice_buffer.slices[0]);
+    grpc_byte_buffer_reader reader;
+    if (!grpc_byte_buffer_reader_init(&reader, bb))
+        return grpc_empty_slice();
+    grpc_slice s = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+    return s;
+}
+
+static void
+release_reservation(struct submit_call *c)
+{
+    if (c->reserved) {
+        c->reserved = 0;
+        sub.reserved--;
+    }
+}
+
+static void
+on_recv_done(struct tag *tag, int ok)
+{
+    struct submit_call *c = CALL_OF(tag, recv_tag);
+    grpc_byte_buffer *bb = c->recv_buffer;
+    c->recv_buffer = NULL;
+    c->receiving = 0;
+    release_reservation(c);
+
+    if (!ok || c->closed) {
+        /* Cancelled or broken: what was accepted stays accepted. */
+        if (bb != NULL)
+            grpc_byte_buffer_destroy(bb);
+        queue_room_available();
+        call_unref(c);
+        return;
+    }
+    if (bb == NULL) {
+        reply(c, GRPC_STATUS_OK, NULL);             /* the client half-closed */
+        queue_room_available();
+        call_unref(c);
+        return;
+    }
+    grpc_slice raw = message_slice(bb);
+    grpc_byte_buffer_destroy(bb);
+    if (take_item(c, raw) == -1) {
+        grpc_slice_unref(raw);
+        char details[160];
+        snprintf(details, sizeof details, "item %u is not a valid WorkItem; %llu items of this "
+                 "call were accepted before it", c->index, (unsigned long long)c->accepted);
+        reply(c, GRPC_STATUS_INVALID_ARGUMENT, details);
+        queue_room_available();
+        call_unref(c);
+        return;
+    }
+    c->index++;
+    try_receive(c);
+    call_unref(c);
+}
+
+static void
+block(struct submit_call *c)
+{
+    if (c->blocked)
+        return;
+    c->blocked = 1;
+    c->refs++;
+    c->next_blocked = NULL;
+    if (sub.blocked_tail != NULL)
+        sub.blocked_tail->next_blocked = c;
+    else
+        sub.blocked_head = c;
+    sub.blocked_tail = c;
+}
+
+/* Post the next receive if the queue can take what it brings. */
+static void
+try_receive(struct submit_call *c)
+{
+    if (c->receiving || c->replied || c->closed)
+        return;
+    if (gp.draining) {
+        char details[160];
+        snprintf(details, sizeof details, "the server is shutting down; %llu items of this call "
+                 "were accepted, the rest were not read", (unsigned long long)c->accepted);
+        reply(c, GRPC_STATUS_UNAVAILABLE, details);
+        return;
+    }
+    if (gp.config->queue.on_full == DS_ON_FULL_BLOCK) {
+        if (queue_count() + sub.reserved >= gp.config->queue.capacity) {
+            block(c);
+            return;
+        }
+        c->reserved = 1;
+        sub.reserved++;
+    }
+    c->receiving = 1;
+    c->refs++;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->recv_buffer;
+    call_start_batch(c->call, &op, 1, &c->recv_tag);
+}
+
+/* Room in the queue: let parked calls read again, oldest first. */
+void
+queue_room_available(void)
+{
+    while (sub.blocked_head != NULL &&
+           (gp.draining || queue_count() + sub.reserved < gp.config->queue.capacity ||
+            gp.config->queue.on_full == DS_ON_FULL_REJECT)) {
+        struct submit_call *c = sub.blocked_head;
+        sub.blocked_head = c->next_blocked;
+        if (sub.blocked_head == NULL)
+            sub.blocked_tail = NULL;
+        c->blocked = 0;
+        try_receive(c);
+        call_unref(c);
+    }
+}
+
+void
+submit_resume_blocked(void)
+{
+    queue_room_available();
+}
+
+static void
+on_close(struct tag *tag, int ok)
+{
+    struct submit_call *c = CALL_OF(tag, close_tag);
+    c->closed = 1;
+    call_unref(c);
+}
+
+void
+submit_call_start(grpc_call *call, const char *peer)
+{
+    if (sub.id_prefix[0] == '\0')
+        snprintf(sub.id_prefix, sizeof sub.id_prefix, "%llx%lx",
+                 (unsigned long long)(clock_wall_ns() / 1000000), (long)getpid() & 0xfff);
+    struct submit_call *c = ds_calloc(1, sizeof *c);
+    c->call = call;
+    c->refs = 1;
+    c->recv_tag.done = on_recv_done;
+    c->reply_tag.done = on_reply_done;
+    c->close_tag.done = on_close;
+    c->next = sub.list;
+    if (sub.list != NULL)
+        sub.list->prev = c;
+    sub.list = c;
+    sub.active++;
+
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &c->cancelled;
+    call_start_batch(call, &op, 1, &c->close_tag);
+    try_receive(c);
+}
+
+void
+submit_end_all(const char *why)
+{
+    for (struct submit_call *c = sub.list; c != NULL; c = c->next)
+        if (!c->receiving)
+            try_receive(c);
+    queue_room_available();
+}
+
+uint64_t
+submit_active(void)
+{
+    return sub.active;
+}

@@ -1,0 +1,397 @@
+/*
+ * getUpdates: every subscriber receives every update its filter matches,
+ * in seq order.
+ *
+ * A replaying subscriber reads the update log from after_seq with a cursor;
+ * once the cursor reaches the newest update, it switches to live updates,
+ * which are queued for it as they are published. Both happen on this one
+ * thread, so the seam has no gap and no duplicate.
+ *
+ * A subscriber more than updates.subscriber_buffer updates behind (or whose
+ * replay cursor falls out of the log) is ended with RESOURCE_EXHAUSTED
+ * naming the last seq it was sent, so it can resume from there. The
+ * workers never wait for a subscriber.
+ *
+ * One message is in flight per call. GRPC_WRITE_BUFFER_HINT lets gRPC
+ * coalesce writes, and is set only while another message is already
+ * waiting, so that the last one is always flushed.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "grpc/filter.h"
+#include "grpc/grpc_process.h"
+
+struct subscriber {
+    struct subscriber *prev, *next;
+    grpc_call *call;
+    int refs;                   /* one per operation in flight, one for the list */
+    struct tag metadata_tag;
+    struct tag send_tag;
+    struct tag status_tag;
+    struct tag close_tag;
+    wire_updates_request *request;
+    struct filter filter;
+    int replaying;
+    uint64_t cursor;            /* while replaying: the next seq to look at */
+    struct update **queue;      /* live updates waiting to be sent */
+    uint64_t queue_size;        /* allocated */
+    uint64_t queue_head;
+    uint64_t queue_count;
+    uint64_t last_sent;         /* the last seq sent (0: none yet) */
+    uint64_t sending_seq;
+    grpc_byte_buffer *send_buffer;
+    int ending;                 /* the status goes once what must be sent is */
+    int status_sent;
+    int closed;                 /* the call is over */
+    int cancelled;
+    grpc_status_code status;
+    grpc_slice status_details;
+    int has_details;
+};
+
+static struct {
+    struct subscriber *list;
+    uint64_t count;
+    uint64_t cut_off;
+} subs;
+
+static void pump(struct subscriber *s);
+
+static void
+list_remove(struct subscriber *s)
+{
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else if (subs.list == s)
+        subs.list = s->next;
+    else
+        return;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    subs.count--;
+}
+
+static void
+queue_clear(struct subscriber *s)
+{
+    while (s->queue_count > 0) {
+        update_unref(s->queue[s->queue_head]);
+        s->queue_head = (s->queue_head + 1) % s->queue_size;
+        s->queue_count--;
+    }
+}
+
+static void
+subscriber_unref(struct subscriber *s)
+{
+    if (--s->refs > 0)
+        return;
+    queue_clear(s);
+    free(s->queue);
+    filter_free(&s->filter);
+    if (s->request != NULL)
+        wire_updates_request_free(s->request, NULL);
+    if (s->has_details)
+        grpc_slice_unref(s->status_details);
+    grpc_call_unref(s->call);
+    free(s);
+    grpc_process_call_ended();
+}
+
+/* Send the final status now if nothing else is in flight; else after it. */
+static void
+send_status(struct subscriber *s)
+{
+    if (s->status_sent || s->closed || s->send_buffer != NULL)
+        return;
+    s->status_sent = 1;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    op.data.send_status_from_server.status = s->status;
+    op.data.send_status_from_server.status_details = s->has_details ? &s->status_details : NULL;
+    s->refs++;
+    call_start_batch(s->call, &op, 1, &s->status_tag);
+}
+
+/* End the stream with STATUS once what must still be sent is (drop_queue:
+ * nothing more is). */
+static void
+subscriber_end(struct subscriber *s, grpc_status_code status, const char *details,
+               int drop_queue)
+{
+    if (s->ending)
+        return;
+    s->ending = 1;
+    s->status = status;
+    if (details != NULL) {
+        s->status_details = grpc_slice_from_copied_string(details);
+        s->has_details = 1;
+    }
+    if (drop_queue) {
+        queue_clear(s);
+        s->replaying = 0;
+    }
+    list_remove(s);
+    if (!drop_queue)
+        return;     /* pump() sends the status when the queue is empty */
+    send_status(s);
+}
+
+static void
+cut_off(struct subscriber *s, const char *why)
+{
+    char text[512];
+    snprintf(text, sizeof text, "subscriber too slow: %s; last seq sent %llu; resume with "
+             "replay=true, after_seq=%llu", why, (unsigned long long)s->last_sent,
+             (unsigned long long)s->last_sent);
+    log_notice("dropping a slow subscriber: %s (last seq sent %llu)", why,
+               (unsigned long long)s->last_sent);
+    subs.cut_off++;
+    subscriber_end(s, GRPC_STATUS_RESOURCE_EXHAUSTED, text, 1);
+}
+
+static int
+matches(const struct subscriber *s, const struct update *u)
+{
+    return filter_match(&s->filter, u->item_id, u->kind, u->batch, u->state);
+}
+
+/* The next update to send, with a reference for the caller, or NULL. */
+static struct update *
+next_update(struct subscriber *s, int *more)
+{
+    *more = 0;
+    if (s->replaying) {
+        if (s->cursor < updates_first_seq()) {
+            char why[128];
+            snprintf(why, sizeof why, "its replay fell out of the update log (history %llu)",
+                     (unsigned long long)gp.config->updates.history);
+            cut_off(s, why);
+            return NULL;
+        }
+        uint64_t last = updates_last_seq();
+        while (s->cursor <= last) {
+            struct update *u = updates_get(s->cursor++);
+            if (u != NULL && matches(s, u)) {
+                *more = s->cursor <= last;
+                if (s->cursor > last)
+                    s->replaying = 0;
+                return update_ref(u);
+            }
+        }
+        s->replaying = 0;
+    }
+    if (s->queue_count == 0)
+        return NULL;
+    struct update *u = s->queue[s->queue_head];
+    s->queue_head = (s->queue_head + 1) % s->queue_size;
+    s->queue_count--;
+    *more = s->queue_count > 0;
+    return u;
+}
+
+static void
+pump(struct subscriber *s)
+{
+    if (s->send_buffer != NULL || s->closed || s->status_sent)
+        return;
+    int more;
+    struct update *u = next_update(s, &more);
+    if (u == NULL) {
+        if (s->ending)
+            send_status(s);
+        return;
+    }
+    s->send_buffer = grpc_raw_byte_buffer_create(&u->encoded, 1);
+    s->sending_seq = u->seq;
+    update_unref(u);
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_MESSAGE;
+    op.flags = more ? GRPC_WRITE_BUFFER_HINT : 0;
+    op.data.send_message.send_message = s->send_buffer;
+    s->refs++;
+    call_start_batch(s->call, &op, 1, &s->send_tag);
+}
+
+static void
+on_send_done(struct tag *tag, int ok)
+{
+    struct subscriber *s = (struct subscriber *)((char *)tag - offsetof(struct subscriber, send_tag));
+    grpc_byte_buffer_destroy(s->send_buffer);
+    s->send_buffer = NULL;
+    if (ok) {
+        s->last_sent = s->sending_seq;
+        pump(s);
+    }
+    subscriber_unref(s);
+}
+
+static void
+on_status_done(struct tag *tag, int ok)
+{
+    struct subscriber *s = (struct subscriber *)((char *)tag - offsetof(struct subscriber, status_tag));
+    subscriber_unref(s);
+}
+
+static void
+on_metadata_done(struct tag *tag, int ok)
+{
+    struct subscriber *s = (struct subscriber *)((char *)tag - offsetof(struct subscriber, metadata_tag));
+    subscriber_unref(s);
+}
+
+static void
+on_close(struct tag *tag, int ok)
+{
+    struct subscriber *s = (struct subscriber *)((char *)tag - offsetof(struct subscriber, close_tag));
+    s->closed = 1;
+    list_remove(s);
+    queue_clear(s);
+    subscriber_unref(s);
+}
+
+void
+subscribers_publish(struct update *u)
+{
+    uint64_t limit = gp.config->updates.subscriber_buffer;
+    struct subscriber *s = subs.list, *next;
+    for (; s != NULL; s = next) {
+        next = s->next;
+        if (s->replaying || !matches(s, u))
+            continue;
+        if (s->queue_count >= limit) {
+            char why[128];
+            snprintf(why, sizeof why, "more than %llu updates waited for it",
+                     (unsigned long long)limit);
+            cut_off(s, why);
+            continue;
+        }
+        if (s->queue_count == s->queue_size) {
+            /* Grow, unrolling the ring. */
+            uint64_t size = s->queue_size ? s->queue_size * 2 : 16;
+            struct update **q = ds_malloc(size * sizeof *q);
+            for (uint64_t i = 0; i < s->queue_count; i++)
+                q[i] = s->queue[(s->queue_head + i) % s->queue_size];
+            free(s->queue);
+            s->queue = q;
+            s->queue_size = size;
+            s->queue_head = 0;
+        }
+        s->queue[(s->queue_head + s->queue_count) % s->queue_size] = update_ref(u);
+        s->queue_count++;
+        pump(s);
+    }
+}
+
+static void
+reject_call(struct subscriber *s, grpc_status_code status, const char *details)
+{
+    s->ending = 1;
+    s->status = status;
+    s->status_details = grpc_slice_from_copied_string(details);
+    s->has_details = 1;
+    send_status(s);
+}
+
+static wire_updates_request *
+decode_request(grpc_byte_buffer *bb)
+{
+    grpc_byte_buffer_reader reader;
+    if (!grpc_byte_buffer_reader_init(&reader, bb))
+        return NULL;
+    grpc_slice slice = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+    wire_updates_request *r = wire_updates_request_unpack(NULL, GRPC_SLICE_LENGTH(slice),
+                                                          GRPC_SLICE_START_PTR(slice));
+    grpc_slice_unref(slice);
+    return r;
+}
+
+void
+subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
+{
+    struct subscriber *s = ds_calloc(1, sizeof *s);
+    s->call = call;
+    s->refs = 1;
+    s->metadata_tag.done = on_metadata_done;
+    s->send_tag.done = on_send_done;
+    s->status_tag.done = on_status_done;
+    s->close_tag.done = on_close;
+
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[0].data.recv_close_on_server.cancelled = &s->cancelled;
+    call_start_batch(call, ops, 1, &s->close_tag);
+    /* Headers go alone: a later message may carry the write-buffer hint. */
+    ops[1].op = GRPC_OP_SEND_INITIAL_METADATA;
+    s->refs++;
+    call_start_batch(call, &ops[1], 1, &s->metadata_tag);
+
+    char err[160];
+    if (request == NULL) {
+        reject_call(s, GRPC_STATUS_INVALID_ARGUMENT, "getUpdates needs an UpdatesRequest");
+        return;
+    }
+    s->request = decode_request(request);
+    grpc_byte_buffer_destroy(request);
+    if (s->request == NULL) {
+        reject_call(s, GRPC_STATUS_INVALID_ARGUMENT, "the request is not a valid UpdatesRequest");
+        return;
+    }
+    if (filter_init(&s->filter, s->request, err, sizeof err) == -1) {
+        reject_call(s, GRPC_STATUS_INVALID_ARGUMENT, err);
+        return;
+    }
+    if (gp.draining) {
+        reject_call(s, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+        return;
+    }
+    if (s->request->replay) {
+        uint64_t first = updates_first_seq();
+        s->cursor = s->request->after_seq + 1 > first ? s->request->after_seq + 1 : first;
+        s->replaying = 1;
+    }
+    s->next = subs.list;
+    if (subs.list != NULL)
+        subs.list->prev = s;
+    subs.list = s;
+    subs.count++;
+    pump(s);
+}
+
+void
+subscribers_end_all(void)
+{
+    struct subscriber *s = subs.list, *next;
+    for (; s != NULL; s = next) {
+        next = s->next;
+        subscriber_end(s, GRPC_STATUS_OK, NULL, 0);
+        pump(s);
+    }
+}
+
+int
+subscribers_flushed(void)
+{
+    for (struct subscriber *s = subs.list; s != NULL; s = s->next)
+        if (s->replaying || s->queue_count > 0 || s->send_buffer != NULL)
+            return 0;
+    return 1;
+}
+
+uint64_t
+subscribers_active(void)
+{
+    return subs.count;
+}

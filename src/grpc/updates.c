@@ -1,0 +1,167 @@
+/*
+ * The update log: every update gets the next seq, is encoded once, kept in
+ * a ring of the last updates.history, and handed to the subscribers.
+ *
+ * Seqs come in chunks reserved from the master ahead of use, so a
+ * respawned grpc process continues past every seq the last one could have
+ * sent: seq never goes backwards.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/process.h"
+#include "grpc/grpc_process.h"
+
+static struct {
+    struct update **ring;
+    uint64_t capacity;
+    uint64_t count;
+    uint64_t first;             /* index of the oldest in ring */
+    uint64_t last_seq;          /* the newest seq used */
+    uint64_t reserved;          /* seqs up to this are reserved at the master */
+} log_;
+
+struct update *
+update_ref(struct update *u)
+{
+    u->refs++;
+    return u;
+}
+
+void
+update_unref(struct update *u)
+{
+    if (--u->refs > 0)
+        return;
+    grpc_slice_unref(u->encoded);
+    free(u);
+}
+
+uint64_t
+updates_last_seq(void)
+{
+    return log_.last_seq;
+}
+
+uint64_t
+updates_first_seq(void)
+{
+    return log_.last_seq - log_.count + 1;
+}
+
+struct update *
+updates_get(uint64_t seq)
+{
+    uint64_t first = updates_first_seq();
+    if (seq < first || seq > log_.last_seq)
+        return NULL;
+    return log_.ring[(log_.first + (seq - first)) % log_.capacity];
+}
+
+/* Reserve the next chunk of seqs before any of it is used, and write the
+ * reservation now: the master must know it even if we die next. */
+static void
+reserve_seqs(void)
+{
+    if (log_.last_seq + SEQ_RESERVE_CHUNK / 2 < log_.reserved)
+        return;
+    log_.reserved += SEQ_RESERVE_CHUNK;
+    struct ipc_seq s = { .seq = log_.reserved };
+    master_send_now(IPC_SEQ_RESERVE, &s, sizeof s);
+}
+
+static void
+ring_append(struct update *u)
+{
+    if (log_.count == log_.capacity) {
+        update_unref(log_.ring[log_.first]);
+        log_.first = (log_.first + 1) % log_.capacity;
+        log_.count--;
+    }
+    log_.ring[(log_.first + log_.count) % log_.capacity] = u;
+    log_.count++;
+}
+
+void
+updates_publish(const struct item *item, enum wire_state state, pid_t worker_pid,
+                const void *result, size_t result_len, const char *error, float progress)
+{
+    reserve_seqs();
+
+    wire_update msg;
+    wire_update_init(&msg);
+    msg.seq = ++log_.last_seq;
+    msg.item_id = (char *)item->id;
+    msg.kind = (char *)item->kind;
+    msg.state = (Com__Agrounds__Dosomething__V1__State)state;
+    msg.result.data = (uint8_t *)result;
+    msg.result.len = result_len;
+    if (error != NULL)
+        msg.error = (char *)error;
+    msg.progress = progress;
+    msg.attempt = item->attempt;
+    msg.worker_pid = worker_pid;
+    msg.time_unix_nano = clock_wall_ns();
+    msg.batch = (char *)item->batch;
+
+    size_t id_len = strlen(item->id), kind_len = strlen(item->kind);
+    size_t batch_len = strlen(item->batch);
+    struct update *u = ds_malloc(sizeof *u + id_len + kind_len + batch_len + 3);
+    u->refs = 1;
+    u->state = (uint8_t)state;
+    u->seq = msg.seq;
+    memcpy(u->strings, item->id, id_len + 1);
+    memcpy(u->strings + id_len + 1, item->kind, kind_len + 1);
+    memcpy(u->strings + id_len + kind_len + 2, item->batch, batch_len + 1);
+    u->item_id = u->strings;
+    u->kind = u->strings + id_len + 1;
+    u->batch = u->strings + id_len + kind_len + 2;
+    u->encoded = grpc_slice_malloc(wire_update_size(&msg));
+    wire_update_pack(&msg, GRPC_SLICE_START_PTR(u->encoded));
+
+    ring_append(u);
+    subscribers_publish(u);
+}
+
+void
+updates_init(uint64_t seq_start)
+{
+    memset(&log_, 0, sizeof log_);
+    log_.last_seq = seq_start;
+    log_.reserved = seq_start + SEQ_RESERVE_CHUNK;
+    log_.capacity = gp.config->updates.history;
+    log_.ring = ds_calloc(log_.capacity, sizeof *log_.ring);
+}
+
+/* A new updates.history: keep the newest that fit. */
+void
+updates_configure(void)
+{
+    uint64_t capacity = gp.config->updates.history;
+    if (capacity == log_.capacity)
+        return;
+    struct update **ring = ds_calloc(capacity, sizeof *ring);
+    while (log_.count > capacity) {
+        update_unref(log_.ring[log_.first]);
+        log_.first = (log_.first + 1) % log_.capacity;
+        log_.count--;
+    }
+    for (uint64_t i = 0; i < log_.count; i++)
+        ring[i] = log_.ring[(log_.first + i) % log_.capacity];
+    free(log_.ring);
+    log_.ring = ring;
+    log_.capacity = capacity;
+    log_.first = 0;
+}
+
+void
+updates_shutdown(void)
+{
+    for (uint64_t i = 0; i < log_.count; i++)
+        update_unref(log_.ring[(log_.first + i) % log_.capacity]);
+    free(log_.ring);
+    memset(&log_, 0, sizeof log_);
+}

@@ -1,0 +1,90 @@
+/*
+ * Frames: what every channel carries.
+ *
+ * A frame is an 8-byte header (body length, type, flags) in host byte order
+ * (both ends are on one machine, built from one source) and a body of
+ * exactly `length` bytes. A frame is size-checked before its body is read,
+ * bodies are values, never pointers, and a frame of a type the receiver does
+ * not expect, or of a wrong size for its type, is a protocol error that
+ * closes the channel.
+ */
+#ifndef DS_IPC_FRAME_H
+#define DS_IPC_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct ipc_header {
+    uint32_t length;            /* body bytes after the header */
+    uint16_t type;              /* enum ipc_type */
+    uint16_t flags;             /* IPC_FLAG_* */
+};
+
+#define IPC_HEADER_SIZE   sizeof(struct ipc_header)
+#define IPC_FLAG_FD       0x0001    /* a descriptor travels with this frame */
+#define IPC_CONTROL_MAX   (1u << 20)
+
+enum ipc_type {
+    /* control channel, master -> grpc process */
+    IPC_WORKER_ATTACH = 1,      /* ipc_worker + the grpc end of its data channel */
+    IPC_WORKER_EXITED,          /* ipc_worker + why, as text */
+    IPC_WORKER_RETIRE,          /* ipc_worker: dispatch no more; close when it holds nothing */
+    IPC_CONFIG,                 /* ipc_config + the YAML text the master validated */
+    /* control channel, master -> any child */
+    IPC_DRAIN,                  /* graceful stop: finish the work held, then exit */
+    IPC_REOPEN_LOGS,
+    /* control channel, grpc process -> master */
+    IPC_READY,                  /* listening on every address */
+    IPC_KILL_WORKER,            /* ipc_worker + why: an item timed out there */
+    IPC_SEQ_RESERVE,            /* ipc_seq: update seqs up to this may be used */
+    IPC_FATAL,                  /* text: a boot error; the grpc process exits next */
+    /* data channel */
+    IPC_ITEM = 64,              /* grpc -> worker: ipc_item + the WorkItem message */
+    IPC_UPDATE,                 /* worker -> grpc: ipc_update + result or error */
+    IPC_TYPE_MAX
+};
+
+struct ipc_worker {
+    int32_t pid;
+    uint32_t slot;
+    uint64_t generation;
+};
+
+struct ipc_config {
+    uint64_t generation;
+};
+
+struct ipc_seq {
+    uint64_t seq;
+};
+
+/* The grpc process's handle for an item and which attempt this is, then
+ * kind_len bytes of kind (resolved: never empty), then the WorkItem as the
+ * client encoded it. */
+struct ipc_item {
+    uint64_t key;
+    uint32_t attempt;
+    uint32_t kind_len;
+};
+
+/* Then the result (SUCCEEDED) or the error text (FAILED). */
+struct ipc_update {
+    uint64_t key;
+    uint32_t attempt;
+    uint8_t state;              /* STARTED, PROGRESS, SUCCEEDED or FAILED */
+    uint8_t pad[3];
+    float progress;
+    uint32_t pad2;
+};
+
+const char *ipc_type_name(unsigned type);
+
+/*
+ * Look at the AVAIL bytes at BUF: 0 if they do not yet hold a whole frame,
+ * 1 if they do (*header filled in), -1 if the header is invalid (unknown
+ * type, unknown flags, or length over max_body), with the reason in err.
+ */
+int ipc_frame_check(const void *buf, size_t avail, uint32_t max_body,
+                    struct ipc_header *header, char *err, size_t err_size);
+
+#endif

@@ -1,0 +1,784 @@
+/*
+ * Supervision: the process table, spawning, reaping, respawn with backoff,
+ * signals, reload and stop.
+ *
+ * Every child has a control channel to the master; each worker also has a
+ * data channel to the grpc process. The master creates that channel, gives
+ * one end to the worker at fork and passes the other to the grpc process
+ * (SCM_RIGHTS), so a respawned worker is wired in while everything else
+ * keeps running. The master never calls gRPC: it forks every child,
+ * respawns included.
+ *
+ * Signals arrive through a signalfd read by the event loop: no work happens
+ * in a handler.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/process.h"
+#include "ipc/channel.h"
+#include "master/master.h"
+
+/* A fast stop waits this long for children before killing them. */
+#define FAST_STOP_GRACE_MS 5000
+
+struct process {
+    struct process *next;
+    enum ds_role role;
+    uint32_t slot;              /* worker slot from 1; 0 for the grpc process */
+    pid_t pid;
+    uint64_t generation;
+    uint64_t started_ms;
+    struct ipc_channel *control;
+    int data_fd;                /* grpc end of a worker's data channel, until passed on */
+    int retiring;               /* out of its slot: finishing its items, then exiting */
+    int killed_by_master;       /* its death is not a crash */
+    char kill_reason[160];      /* why the master killed it, for the items it held */
+};
+
+struct slot {
+    struct process *process;    /* NULL while waiting to be (re)spawned */
+    uint64_t backoff_ms;        /* the next delay after a crash */
+    uint32_t crashes;           /* in a row, without a stable run between */
+    struct event *timer;        /* respawn */
+    uint32_t index;             /* 0: grpc; else the worker slot */
+};
+
+enum master_state {
+    MASTER_RUNNING,
+    MASTER_STOPPING_FAST,
+    MASTER_STOPPING_GRACEFUL,
+};
+
+static struct {
+    struct event_base *base;
+    struct ds_config *config;
+    char *config_file;
+    uint64_t generation;
+    struct process *processes;  /* every child alive */
+    struct slot grpc;
+    struct slot *workers;       /* worker_count slots, slot i at [i - 1] */
+    uint32_t worker_count;
+    uint64_t seq_reserved;      /* every seq up to this may have been used */
+    enum master_state state;
+    int exit_status;
+    int signal_fd;
+    struct event *signal_event;
+    struct event *stop_timer;
+    struct event *retire_timer;
+    pid_t pid;
+} m;
+
+static void slot_spawn(struct slot *slot);
+static void master_stop(enum master_state how, int status);
+static int on_child_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
+                          const uint8_t *body, int fd);
+static void on_child_close(void *arg, struct ipc_channel *ch, const char *reason);
+
+static const char *
+role_name(const struct process *p, char *buf, size_t size)
+{
+    if (p->role == DS_ROLE_GRPC)
+        snprintf(buf, size, "grpc process");
+    else
+        snprintf(buf, size, "worker %u", p->slot);
+    return buf;
+}
+
+static struct process *
+process_find(pid_t pid)
+{
+    for (struct process *p = m.processes; p != NULL; p = p->next)
+        if (p->pid == pid)
+            return p;
+    return NULL;
+}
+
+static struct process *
+grpc_process(void)
+{
+    return m.grpc.process;
+}
+
+/* ---- children ---------------------------------------------------------- */
+
+/* In a new child: drop everything of the master's but KEEP (-1 ends it). */
+static void
+child_close_fds(const int *keep, int count)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return;
+    int dir_fd = dirfd(d);
+    struct dirent *e;
+    int fds[4096], n = 0;
+    while ((e = readdir(d)) != NULL && n < 4096) {
+        int fd = atoi(e->d_name);
+        if (fd <= 2 || fd == dir_fd || e->d_name[0] == '.')
+            continue;
+        int kept = 0;
+        for (int i = 0; i < count; i++)
+            kept |= keep[i] == fd;
+        if (!kept)
+            fds[n++] = fd;
+    }
+    closedir(d);
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+}
+
+static void
+child_setup(enum ds_role role, const int *keep, int count)
+{
+    /* Die with the master, even if it is SIGKILLed: no orphans. The grpc
+     * process gets TERM, its fast stop; a worker holds nothing worth saving. */
+    prctl(PR_SET_PDEATHSIG, role == DS_ROLE_GRPC ? SIGTERM : SIGKILL);
+    if (getppid() != m.pid)
+        _exit(DS_EXIT_OK);
+    child_close_fds(keep, count);
+    if (role == DS_ROLE_WORKER) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+    }
+    /* The grpc process keeps the signals blocked: its gRPC threads must never
+     * take them; it reads them with a signalfd of its own. */
+}
+
+static struct process *
+process_new(enum ds_role role, uint32_t slot)
+{
+    struct process *p = ds_calloc(1, sizeof *p);
+    p->role = role;
+    p->slot = slot;
+    p->data_fd = -1;
+    p->generation = m.generation;
+    return p;
+}
+
+static void
+process_free(struct process *p)
+{
+    channel_free(p->control);
+    if (p->data_fd != -1)
+        close(p->data_fd);
+    free(p);
+}
+
+/* Hand a worker's data channel to the grpc process. */
+static void
+worker_attach(struct process *w)
+{
+    struct process *g = grpc_process();
+    if (w->data_fd == -1 || g == NULL || g->control == NULL)
+        return;
+    struct ipc_worker msg = { .pid = w->pid, .slot = w->slot, .generation = w->generation };
+    if (channel_send_fd(g->control, IPC_WORKER_ATTACH, &msg, sizeof msg, w->data_fd) == 0) {
+        close(w->data_fd);
+        w->data_fd = -1;
+    }
+}
+
+static void
+worker_send(struct process *w, unsigned type, const char *text)
+{
+    struct process *g = grpc_process();
+    if (g == NULL || g->control == NULL)
+        return;
+    struct ipc_worker msg = { .pid = w->pid, .slot = w->slot, .generation = w->generation };
+    struct iovec parts[2] = {
+        { .iov_base = &msg, .iov_len = sizeof msg },
+        { .iov_base = (void *)text, .iov_len = text ? strlen(text) : 0 },
+    };
+    channel_sendv(g->control, type, parts, 2);
+}
+
+static struct process *
+spawn(enum ds_role role, uint32_t slot)
+{
+    int control[2], data[2] = { -1, -1 };
+    char name[64];
+
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, control) == -1) {
+        log_syserr("socketpair() failed");
+        return NULL;
+    }
+    if (role == DS_ROLE_WORKER &&
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, data) == -1) {
+        log_syserr("socketpair() failed");
+        close(control[0]);
+        close(control[1]);
+        return NULL;
+    }
+
+    struct process *p = process_new(role, slot);
+    pid_t pid = fork();
+    if (pid == -1) {
+        log_syserr("fork() failed");
+        close(control[0]);
+        close(control[1]);
+        if (data[0] != -1) {
+            close(data[0]);
+            close(data[1]);
+        }
+        free(p);
+        return NULL;
+    }
+    if (pid == 0) {
+        int keep[] = { control[1], data[1], log_file_fd() };
+        child_setup(role, keep, 3);
+        struct ds_child_start start = {
+            .role = role,
+            .config = m.config,
+            .generation = m.generation,
+            .slot = slot,
+            .control_fd = control[1],
+            .data_fd = data[1],
+            /* slot_spawn reserved one chunk past this for the grpc process */
+            .seq_start = m.seq_reserved - SEQ_RESERVE_CHUNK,
+        };
+        if (role == DS_ROLE_GRPC)
+            grpc_process_main(&start);
+        worker_process_main(&start);
+    }
+
+    close(control[1]);
+    if (data[1] != -1)
+        close(data[1]);
+    p->pid = pid;
+    p->started_ms = clock_monotonic_ms();
+    p->data_fd = data[0];
+    p->control = channel_new(m.base, control[0], role_name(p, name, sizeof name),
+                             IPC_CONTROL_MAX, on_child_frame, on_child_close, p);
+    p->next = m.processes;
+    m.processes = p;
+    log_info("started %s, pid %ld", name, (long)pid);
+    return p;
+}
+
+static void
+slot_spawn(struct slot *slot)
+{
+    if (m.state == MASTER_STOPPING_FAST || slot->process != NULL)
+        return;
+    if (slot->index == 0) {
+        if (m.state != MASTER_RUNNING)
+            return;
+        /* A new grpc process starts seqs past every one the old could use. */
+        m.seq_reserved += SEQ_RESERVE_CHUNK;
+        slot->process = spawn(DS_ROLE_GRPC, 0);
+        if (slot->process == NULL) {
+            master_stop(MASTER_STOPPING_FAST, DS_EXIT_FAILURE);
+            return;
+        }
+        for (struct process *p = m.processes; p != NULL; p = p->next)
+            if (p->role == DS_ROLE_WORKER)
+                worker_attach(p);
+        return;
+    }
+    slot->process = spawn(DS_ROLE_WORKER, slot->index);
+    if (slot->process == NULL) {
+        master_stop(MASTER_STOPPING_FAST, DS_EXIT_FAILURE);
+        return;
+    }
+    worker_attach(slot->process);
+}
+
+static void
+on_respawn_timer(evutil_socket_t fd, short what, void *arg)
+{
+    slot_spawn(arg);
+}
+
+static void
+slot_init(struct slot *slot, uint32_t index)
+{
+    memset(slot, 0, sizeof *slot);
+    slot->index = index;
+    slot->backoff_ms = m.config->respawn.backoff_min_ms;
+    slot->timer = evtimer_new(m.base, on_respawn_timer, slot);
+}
+
+static void
+slot_schedule(struct slot *slot, uint64_t delay_ms)
+{
+    if (delay_ms == 0) {
+        slot_spawn(slot);
+        return;
+    }
+    struct timeval tv = clock_timeval_ms(delay_ms);
+    evtimer_add(slot->timer, &tv);
+}
+
+static void
+kill_process(struct process *p, int sig, const char *reason)
+{
+    p->killed_by_master = 1;
+    if (reason != NULL && p->kill_reason[0] == '\0')
+        snprintf(p->kill_reason, sizeof p->kill_reason, "%s", reason);
+    if (kill(p->pid, sig) == -1 && errno != ESRCH)
+        log_syswarn("kill(%ld, %d) failed", (long)p->pid, sig);
+}
+
+/* Take a worker out of its slot: the grpc process stops giving it items
+ * and closes its channel once it holds none; it then exits. */
+static void
+worker_retire(struct process *w)
+{
+    if (w->retiring)
+        return;
+    w->retiring = 1;
+    if (w->slot >= 1 && w->slot <= m.worker_count && m.workers[w->slot - 1].process == w)
+        m.workers[w->slot - 1].process = NULL;
+    if (grpc_process() != NULL)
+        worker_send(w, IPC_WORKER_RETIRE, NULL);
+    else
+        kill_process(w, SIGKILL, NULL);
+}
+
+static void
+on_retire_timer(evutil_socket_t fd, short what, void *arg)
+{
+    char reason[160];
+    for (struct process *p = m.processes; p != NULL; p = p->next) {
+        if (!p->retiring || p->killed_by_master)
+            continue;
+        snprintf(reason, sizeof reason, "worker %ld did not finish within shutdown_timeout "
+                 "(%llu ms) after it was retired", (long)p->pid,
+                 (unsigned long long)m.config->shutdown_timeout_ms);
+        log_warn("%s: killing it", reason);
+        kill_process(p, SIGKILL, reason);
+    }
+}
+
+/* Grow or shrink the worker slots to COUNT. */
+static void
+workers_resize(uint32_t count)
+{
+    for (uint32_t i = count; i < m.worker_count; i++) {
+        struct slot *s = &m.workers[i];
+        if (s->process != NULL)
+            worker_retire(s->process);
+        event_free(s->timer);
+    }
+    if (count > m.worker_count) {
+        m.workers = ds_realloc(m.workers, count * sizeof *m.workers);
+        for (uint32_t i = m.worker_count; i < count; i++)
+            slot_init(&m.workers[i], i + 1);
+    }
+    uint32_t old = m.worker_count;
+    m.worker_count = count;
+    for (uint32_t i = old; i < count; i++)
+        slot_spawn(&m.workers[i]);
+}
+
+static void
+arm_retire_timer(void)
+{
+    struct timeval tv = clock_timeval_ms(m.config->shutdown_timeout_ms);
+    evtimer_add(m.retire_timer, &tv);
+}
+
+/* ---- deaths -------------------------------------------------------------- */
+
+static void
+process_exited(struct process *p, int status)
+{
+    char name[64], how[96], reason[256];
+    role_name(p, name, sizeof name);
+    process_status_text(status, how, sizeof how);
+    int clean = WIFEXITED(status) && WEXITSTATUS(status) == DS_EXIT_OK;
+    int fatal_exit = WIFEXITED(status) && WEXITSTATUS(status) == DS_EXIT_FATAL;
+
+    if (clean || p->retiring || m.state != MASTER_RUNNING)
+        log_info("%s (pid %ld) %s", name, (long)p->pid, how);
+    else
+        log_warn("%s (pid %ld) %s%s%s", name, (long)p->pid, how,
+                 p->kill_reason[0] ? ": " : "", p->kill_reason);
+
+    /* Unlink it first: nothing below may find it. */
+    for (struct process **pp = &m.processes; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    /* Whatever it sent before dying is still to be read (a READY, a seq
+     * reservation): take it before the channel goes. */
+    if (p->control != NULL)
+        channel_read_now(p->control);
+
+    struct slot *slot = NULL;
+    if (p->role == DS_ROLE_GRPC && m.grpc.process == p)
+        slot = &m.grpc;
+    else if (p->role == DS_ROLE_WORKER && !p->retiring && p->slot >= 1 &&
+             p->slot <= m.worker_count && m.workers[p->slot - 1].process == p)
+        slot = &m.workers[p->slot - 1];
+    if (slot != NULL)
+        slot->process = NULL;
+
+    if (p->role == DS_ROLE_WORKER) {
+        snprintf(reason, sizeof reason, "worker %ld %s", (long)p->pid,
+                 p->kill_reason[0] ? p->kill_reason : how);
+        worker_send(p, IPC_WORKER_EXITED, reason);
+    } else if (m.state == MASTER_RUNNING) {
+        /* The workers' items died with the grpc process: start them afresh
+         * with new channels for the next one. */
+        for (struct process *w = m.processes; w != NULL; w = w->next)
+            if (w->role == DS_ROLE_WORKER)
+                kill_process(w, SIGKILL, "its grpc process exited");
+    }
+    uint64_t ran_ms = clock_monotonic_ms() - p->started_ms;
+    int crash = !clean && !p->killed_by_master;
+    process_free(p);
+
+    if (m.state != MASTER_RUNNING) {
+        if (m.state == MASTER_STOPPING_GRACEFUL && slot != NULL && slot != &m.grpc &&
+            grpc_process() != NULL)
+            slot_schedule(slot, 0);     /* the queue still needs workers to drain */
+        if (m.processes == NULL)
+            event_base_loopbreak(m.base);
+        return;
+    }
+    if (fatal_exit) {
+        log_error("%s reported a fatal error; stopping", name);
+        master_stop(MASTER_STOPPING_FAST, DS_EXIT_FAILURE);
+        return;
+    }
+    if (slot == NULL)
+        return;                         /* retired, or its slot is gone */
+    if (!crash) {
+        slot->crashes = 0;
+        slot->backoff_ms = m.config->respawn.backoff_min_ms;
+        slot_schedule(slot, 0);
+        return;
+    }
+    if (ran_ms >= m.config->respawn.stable_after_ms) {
+        slot->crashes = 0;
+        slot->backoff_ms = m.config->respawn.backoff_min_ms;
+    }
+    if (++slot->crashes >= m.config->respawn.crash_limit) {
+        log_error("%s crashed %u times in a row; giving up so that the init system takes over",
+                  name, slot->crashes);
+        master_stop(MASTER_STOPPING_FAST, DS_EXIT_FAILURE);
+        return;
+    }
+    uint64_t delay = slot->backoff_ms;
+    slot->backoff_ms = delay * 2 > m.config->respawn.backoff_max_ms
+                           ? m.config->respawn.backoff_max_ms : delay * 2;
+    log_notice("respawning %s in %llu ms (crash %u of %u allowed in a row)", name,
+               (unsigned long long)delay, slot->crashes, m.config->respawn.crash_limit - 1);
+    slot_schedule(slot, delay);
+}
+
+static void
+reap(void)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        struct process *p = process_find(pid);
+        if (p != NULL)
+            process_exited(p, status);
+    }
+}
+
+/* ---- messages from children ------------------------------------------- */
+
+static int
+on_child_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
+               const uint8_t *body, int fd)
+{
+    struct process *p = arg;
+    if (fd != -1)
+        close(fd);                      /* children never send descriptors */
+
+    switch (h->type) {
+    case IPC_READY:
+        log_notice("serving (generation %llu)", (unsigned long long)m.generation);
+        return 0;
+    case IPC_SEQ_RESERVE: {
+        struct ipc_seq s;
+        if (p->role != DS_ROLE_GRPC || h->length != sizeof s)
+            break;
+        memcpy(&s, body, sizeof s);
+        if (s.seq > m.seq_reserved)
+            m.seq_reserved = s.seq;
+        return 0;
+    }
+    case IPC_KILL_WORKER: {
+        struct ipc_worker w;
+        if (p->role != DS_ROLE_GRPC || h->length < sizeof w)
+            break;
+        memcpy(&w, body, sizeof w);
+        char reason[160];
+        size_t len = h->length - sizeof w < sizeof reason - 1 ? h->length - sizeof w
+                                                              : sizeof reason - 1;
+        memcpy(reason, body + sizeof w, len);
+        reason[len] = '\0';
+        struct process *victim = process_find(w.pid);
+        if (victim != NULL && victim->role == DS_ROLE_WORKER)
+            kill_process(victim, SIGKILL, reason);
+        return 0;
+    }
+    case IPC_FATAL: {
+        log_error("%s: %.*s", channel_name(ch), (int)h->length, (const char *)body);
+        return 0;
+    }
+    default:
+        break;
+    }
+    log_error("%s: unexpected %s frame of %u bytes", channel_name(ch), ipc_type_name(h->type),
+              h->length);
+    return -1;
+}
+
+static void
+on_child_close(void *arg, struct ipc_channel *ch, const char *reason)
+{
+    struct process *p = arg;
+    if (strcmp(reason, "EOF") != 0)
+        log_error("%s: control channel closed: %s", channel_name(ch), reason);
+    /* The child exits next (or is killed): SIGCHLD does the rest. */
+    channel_free(ch);
+    p->control = NULL;
+    if (strcmp(reason, "EOF") != 0)
+        kill_process(p, SIGKILL, NULL);
+}
+
+/* ---- reload, stop, signals -------------------------------------------- */
+
+static void
+reload(void)
+{
+    char errors[8192];
+    struct ds_config *config = config_load(m.config_file, errors, sizeof errors);
+    if (config == NULL) {
+        for (char *nl; (nl = strchr(errors, '\n')) != NULL;) {
+            if (nl[1] == '\0')
+                *nl = '\0';
+            else
+                *nl = ';';
+        }
+        log_error("reload failed: %s; keeping generation %llu", errors,
+                  (unsigned long long)m.generation);
+        return;
+    }
+    char kept[256] = "";
+    if (strcmp(config->pid_file, m.config->pid_file) != 0)
+        strcat(kept, " pid_file");
+    if (config->daemon != m.config->daemon)
+        strcat(kept, " daemon");
+
+    struct ds_config *old = m.config;
+    m.config = config;
+    m.generation++;
+    log_open(config->log.file, config->log.level);
+
+    struct process *g = grpc_process();
+    if (g != NULL && g->control != NULL) {
+        struct ipc_config msg = { .generation = m.generation };
+        struct iovec parts[2] = {
+            { .iov_base = &msg, .iov_len = sizeof msg },
+            { .iov_base = config->source, .iov_len = config->source_len },
+        };
+        channel_sendv(g->control, IPC_CONFIG, parts, 2);
+    }
+    /* New workers for every slot; the old ones finish what they hold. */
+    for (uint32_t i = 0; i < m.worker_count; i++) {
+        struct slot *s = &m.workers[i];
+        evtimer_del(s->timer);
+        s->crashes = 0;
+        s->backoff_ms = config->respawn.backoff_min_ms;
+        if (s->process != NULL)
+            worker_retire(s->process);
+    }
+    m.grpc.backoff_ms = config->respawn.backoff_min_ms;
+    workers_resize(0);
+    workers_resize(config->workers.count);
+    arm_retire_timer();
+    log_notice("reloaded %s: generation %llu, %u workers%s%s", config->path,
+               (unsigned long long)m.generation, config->workers.count,
+               kept[0] ? "; these need a restart and kept their old value:" : "", kept);
+    config_free(old);
+}
+
+static void
+on_stop_timer(evutil_socket_t fd, short what, void *arg)
+{
+    for (struct process *p = m.processes; p != NULL; p = p->next) {
+        char name[64];
+        log_warn("%s (pid %ld) did not stop in time; killing it",
+                 role_name(p, name, sizeof name), (long)p->pid);
+        kill_process(p, SIGKILL, NULL);
+    }
+}
+
+static void
+master_stop(enum master_state how, int status)
+{
+    if (status > m.exit_status)
+        m.exit_status = status;
+    if (m.state == MASTER_STOPPING_FAST || m.state == how)
+        return;
+    m.state = how;
+    evtimer_del(m.grpc.timer);
+    for (uint32_t i = 0; i < m.worker_count; i++)
+        if (how == MASTER_STOPPING_FAST || grpc_process() == NULL)
+            evtimer_del(m.workers[i].timer);
+
+    uint64_t grace = how == MASTER_STOPPING_FAST ? FAST_STOP_GRACE_MS
+                                                 : m.config->shutdown_timeout_ms + 2000;
+    struct process *g = grpc_process();
+    for (struct process *p = m.processes; p != NULL; p = p->next) {
+        if (how == MASTER_STOPPING_FAST)
+            kill(p->pid, SIGTERM);
+        else if (p == g && p->control != NULL)
+            channel_send(p->control, IPC_DRAIN, NULL, 0);
+        else if (g == NULL)
+            kill(p->pid, SIGTERM);
+    }
+    if (m.processes == NULL) {
+        event_base_loopbreak(m.base);
+        return;
+    }
+    struct timeval tv = clock_timeval_ms(grace);
+    evtimer_add(m.stop_timer, &tv);
+}
+
+static void
+on_signal(evutil_socket_t fd, short what, void *arg)
+{
+    struct signalfd_siginfo si;
+    while (read(m.signal_fd, &si, sizeof si) == sizeof si) {
+        switch (si.ssi_signo) {
+        case SIGCHLD:
+            reap();
+            break;
+        case SIGHUP:
+            if (m.state == MASTER_RUNNING)
+                reload();
+            break;
+        case SIGTERM:
+        case SIGINT:
+            log_notice("%s: fast stop", strsignal((int)si.ssi_signo));
+            master_stop(MASTER_STOPPING_FAST, DS_EXIT_OK);
+            break;
+        case SIGQUIT:
+            log_notice("%s: graceful stop", strsignal((int)si.ssi_signo));
+            master_stop(MASTER_STOPPING_GRACEFUL, DS_EXIT_OK);
+            break;
+        case SIGUSR1:
+            log_reopen();
+            for (struct process *p = m.processes; p != NULL; p = p->next)
+                if (p->control != NULL)
+                    channel_send(p->control, IPC_REOPEN_LOGS, NULL, 0);
+            log_notice("log files reopened");
+            break;
+        case SIGTTIN:
+            if (m.state == MASTER_RUNNING && m.worker_count < DS_WORKERS_MAX) {
+                workers_resize(m.worker_count + 1);
+                log_notice("SIGTTIN: %u workers", m.worker_count);
+            }
+            break;
+        case SIGTTOU:
+            if (m.state == MASTER_RUNNING && m.worker_count > 1) {
+                workers_resize(m.worker_count - 1);
+                arm_retire_timer();
+                log_notice("SIGTTOU: %u workers", m.worker_count);
+            }
+            break;
+        default:
+            log_notice("ignoring %s", strsignal((int)si.ssi_signo));
+            break;
+        }
+    }
+}
+
+static int
+signals_init(void)
+{
+    static const int caught[] = { SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1,
+                                  SIGUSR2, SIGTTIN, SIGTTOU, SIGWINCH };
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < sizeof caught / sizeof caught[0]; i++)
+        sigaddset(&set, caught[i]);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) == -1) {
+        log_syserr("sigprocmask() failed");
+        return -1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    m.signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (m.signal_fd == -1) {
+        log_syserr("signalfd() failed");
+        return -1;
+    }
+    m.signal_event = event_new(m.base, m.signal_fd, EV_READ | EV_PERSIST, on_signal, NULL);
+    event_add(m.signal_event, NULL);
+    return 0;
+}
+
+int
+master_run(struct ds_config *config, const char *config_file)
+{
+    m.config = config;
+    m.config_file = ds_strdup(config_file);
+    m.generation = 1;
+    m.pid = getpid();
+    m.signal_fd = -1;
+    log_set_role("master");
+    proctitle_set("dosomethingd: master");
+
+    m.base = event_base_new();
+    if (m.base == NULL) {
+        log_error("event_base_new() failed");
+        return DS_EXIT_FATAL;
+    }
+    if (signals_init() == -1)
+        return DS_EXIT_FATAL;
+    if (pidfile_write(config->pid_file) == -1)
+        return DS_EXIT_FATAL;
+    m.stop_timer = evtimer_new(m.base, on_stop_timer, NULL);
+    m.retire_timer = evtimer_new(m.base, on_retire_timer, NULL);
+
+    log_notice("dosomethingd %s starting: %s, %u workers", DS_VERSION, config->path,
+               config->workers.count);
+    slot_init(&m.grpc, 0);
+    slot_spawn(&m.grpc);
+    workers_resize(config->workers.count);
+
+    if (m.state != MASTER_STOPPING_FAST || m.processes != NULL)
+        event_base_dispatch(m.base);
+
+    pidfile_remove(m.config->pid_file);
+    log_notice("exiting with status %d", m.exit_status);
+
+    for (uint32_t i = 0; i < m.worker_count; i++)
+        event_free(m.workers[i].timer);
+    free(m.workers);
+    event_free(m.grpc.timer);
+    event_free(m.stop_timer);
+    event_free(m.retire_timer);
+    event_free(m.signal_event);
+    close(m.signal_fd);
+    event_base_free(m.base);
+    config_free(m.config);
+    free(m.config_file);
+    return m.exit_status;
+}

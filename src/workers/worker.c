@@ -1,0 +1,258 @@
+/*
+ * A worker: takes items from its data channel, runs each with the handler
+ * of its kind, one at a time, and sends the updates back.
+ *
+ * Updates of quick items leave in batches, one write for many; before a
+ * slow item, what is pending is written first so that its STARTED is seen
+ * while it runs. The worker keeps no state worth saving: when it dies, the
+ * grpc process retries what it held.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/process.h"
+#include "core/wire.h"
+#include "ipc/channel.h"
+#include "workers/handler.h"
+
+/* A chatty handler's progress reports are sent at most this often. */
+#define PROGRESS_INTERVAL_MS 20
+/* Write pending updates once they reach this many bytes. */
+#define FLUSH_BYTES (256u * 1024)
+
+struct task {
+    struct task *next;
+    uint64_t key;
+    uint32_t attempt;
+    const struct ds_handler_config *handler;
+    wire_work_item *item;
+    char *kind;
+};
+
+static struct {
+    struct event_base *base;
+    struct ds_config *config;
+    struct ipc_channel *control;
+    struct ipc_channel *data;
+    struct event *run_event;
+    struct task *head, *tail;
+    struct task *current;
+    uint64_t last_progress_ms;
+    uint64_t items_done;
+    int stopping;
+} w;
+
+static void
+send_update(const struct task *t, int state, float progress, const void *bytes, size_t len)
+{
+    if (w.data == NULL)
+        return;
+    struct ipc_update u = {
+        .key = t->key, .attempt = t->attempt, .state = (uint8_t)state, .progress = progress,
+    };
+    struct iovec parts[2] = {
+        { .iov_base = &u, .iov_len = sizeof u },
+        { .iov_base = (void *)bytes, .iov_len = len },
+    };
+    channel_sendv(w.data, IPC_UPDATE, parts, 2);
+}
+
+static void
+flush(void)
+{
+    if (w.data != NULL && channel_output_pending(w.data) > 0)
+        channel_flush(w.data);
+}
+
+static void
+on_progress(void *arg, float fraction)
+{
+    struct task *t = arg;
+    uint64_t now = clock_monotonic_ms();
+    if (now - w.last_progress_ms < PROGRESS_INTERVAL_MS)
+        return;
+    w.last_progress_ms = now;
+    if (fraction < 0)
+        fraction = 0;
+    if (fraction > 1)
+        fraction = 1;
+    send_update(t, STATE_PROGRESS, fraction, NULL, 0);
+    flush();
+}
+
+static void
+task_free(struct task *t)
+{
+    if (t->item != NULL)
+        wire_work_item_free(t->item, NULL);
+    free(t->kind);
+    free(t);
+}
+
+static void
+run_task(struct task *t)
+{
+    send_update(t, STATE_STARTED, 0, NULL, 0);
+    if (t->handler == NULL) {
+        char err[160];
+        int n = snprintf(err, sizeof err, "kind \"%s\" is not configured in this worker's "
+                         "config generation", t->kind);
+        send_update(t, STATE_FAILED, 0, err, (size_t)n);
+        return;
+    }
+    if (!handler_is_quick(t->handler, t->item) || channel_output_pending(w.data) > FLUSH_BYTES)
+        flush();
+
+    struct handler_output out = { .progress = on_progress, .progress_arg = t };
+    w.current = t;
+    w.last_progress_ms = clock_monotonic_ms();
+    int r = handler_run(t->handler, t->item, &out);
+    w.current = NULL;
+    if (r == 0)
+        send_update(t, STATE_SUCCEEDED, 1, out.result, out.result_len);
+    else
+        send_update(t, STATE_FAILED, 0, out.error, strlen(out.error));
+    free(out.result);
+    w.items_done++;
+}
+
+static void
+on_run(evutil_socket_t fd, short what, void *arg)
+{
+    struct task *t;
+    while ((t = w.head) != NULL) {
+        w.head = t->next;
+        if (w.head == NULL)
+            w.tail = NULL;
+        run_task(t);
+        task_free(t);
+    }
+    flush();
+    if (w.stopping)
+        event_base_loopbreak(w.base);
+}
+
+static int
+take_item(const struct ipc_header *h, const uint8_t *body)
+{
+    struct ipc_item head;
+    if (h->length < sizeof head) {
+        log_error("data channel: ITEM frame of %u bytes is too short", h->length);
+        return -1;
+    }
+    memcpy(&head, body, sizeof head);
+    if (head.kind_len == 0 || head.kind_len > h->length - sizeof head) {
+        log_error("data channel: ITEM frame with a kind of %u bytes in %u", head.kind_len,
+                  h->length);
+        return -1;
+    }
+    struct task *t = ds_calloc(1, sizeof *t);
+    t->key = head.key;
+    t->attempt = head.attempt;
+    t->kind = ds_strndup((const char *)body + sizeof head, head.kind_len);
+    size_t off = sizeof head + head.kind_len;
+    t->item = wire_work_item_unpack(NULL, h->length - off, body + off);
+    if (t->item == NULL) {
+        static const char err[] = "the item could not be decoded";
+        send_update(t, STATE_FAILED, 0, err, sizeof err - 1);
+        task_free(t);
+        return 0;
+    }
+    t->handler = config_handler(w.config, t->kind);
+    if (w.tail != NULL)
+        w.tail->next = t;
+    else
+        w.head = t;
+    w.tail = t;
+    event_active(w.run_event, EV_TIMEOUT, 0);
+    return 0;
+}
+
+static int
+on_data_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
+              const uint8_t *body, int fd)
+{
+    if (fd != -1)
+        close(fd);
+    if (h->type == IPC_ITEM)
+        return take_item(h, body);
+    log_error("data channel: unexpected %s frame", ipc_type_name(h->type));
+    return -1;
+}
+
+static void
+on_data_close(void *arg, struct ipc_channel *ch, const char *reason)
+{
+    /* The grpc process retired us (it holds nothing of ours) or is gone. */
+    if (strcmp(reason, "EOF") != 0)
+        log_error("data channel closed: %s", reason);
+    channel_free(ch);
+    w.data = NULL;
+    w.stopping = 1;
+    event_active(w.run_event, EV_TIMEOUT, 0);
+}
+
+static int
+on_control_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
+                 const uint8_t *body, int fd)
+{
+    if (fd != -1)
+        close(fd);
+    switch (h->type) {
+    case IPC_REOPEN_LOGS:
+        log_reopen();
+        return 0;
+    case IPC_DRAIN:
+        return 0;       /* the grpc process closes our data channel when done */
+    default:
+        log_error("control channel: unexpected %s frame", ipc_type_name(h->type));
+        return -1;
+    }
+}
+
+static void
+on_control_close(void *arg, struct ipc_channel *ch, const char *reason)
+{
+    /* The master is gone: so are we. */
+    _exit(DS_EXIT_OK);
+}
+
+void
+worker_process_main(struct ds_child_start *start)
+{
+    char role[32];
+    snprintf(role, sizeof role, "worker %u", start->slot);
+    log_set_role(role);
+    proctitle_set("dosomethingd: worker %u", start->slot);
+
+    w.config = start->config;
+    w.base = event_base_new();
+    if (w.base == NULL)
+        fatal(DS_EXIT_FATAL, "event_base_new() failed");
+    w.run_event = event_new(w.base, -1, 0, on_run, NULL);
+    w.control = channel_new(w.base, start->control_fd, "control", IPC_CONTROL_MAX,
+                            on_control_frame, on_control_close, NULL);
+    w.data = channel_new(w.base, start->data_fd, "data",
+                         (uint32_t)w.config->grpc.max_message_size + 4096, on_data_frame,
+                         on_data_close, NULL);
+
+    event_base_dispatch(w.base);
+
+    log_debug("exiting after %llu items", (unsigned long long)w.items_done);
+    if (w.data != NULL)
+        channel_free(w.data);
+    channel_free(w.control);
+    event_free(w.run_event);
+    event_base_free(w.base);
+    config_free(w.config);
+    exit(DS_EXIT_OK);
+}

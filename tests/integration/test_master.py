@@ -1,0 +1,392 @@
+"""
+The master: process tree, supervision, signals, pid file, command line, reload.
+"""
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+import yaml
+
+from conftest import (BINARY, STARTED, SUCCEEDED, is_dosomethingd, pid_alive,
+                      proc_title, run_cli, wait_for)
+
+
+# ---- helpers ---------------------------------------------------------------
+
+def assert_serving(d, timeout=15):
+    """One echo item through the daemon, end to end."""
+    c = d.client()
+    item_id = f"alive-{uuid.uuid4().hex[:8]}"
+    payload = os.urandom(16)
+    reply, sub = c.run_items([{"id": item_id, "kind": "echo", "payload": payload}], timeout=timeout)
+    assert reply.accepted == 1, f"echo item not accepted: {reply}"
+    final = sub.final[item_id]
+    assert final.state == SUCCEEDED and final.result == payload, \
+        f"echo item ended {final}"
+    c.close()
+
+
+def assert_all_gone(pids, timeout, what):
+    try:
+        wait_for(lambda: not [p for p in pids if pid_alive(p) and is_dosomethingd(p)],
+                 timeout, what)
+    except AssertionError:
+        left = {p: proc_title(p) for p in pids if pid_alive(p)}
+        raise AssertionError(f"{what}: still running after {timeout} s: {left}") from None
+
+
+def wait_new_worker(d, slot, old_pid, timeout=5):
+    """Until slot shows a single worker other than old_pid; return its pid."""
+    def respawned():
+        pid = d.workers().get(slot)
+        return pid if pid is not None and pid != old_pid else None
+    try:
+        return wait_for(respawned, timeout, f"worker {slot} respawned")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; children {d.children()}; log:\n{d.log_tail()}") from None
+
+
+def wait_worker_count(d, n, timeout=10, not_in=()):
+    """Until exactly n workers run (slots 1..n, none of the pids in not_in)."""
+    def ok():
+        slots = d.worker_slots()
+        pids = [p for ps in slots.values() for p in ps]
+        return (sorted(slots) == list(range(1, n + 1)) and len(pids) == n
+                and not set(pids) & set(not_in))
+    try:
+        wait_for(ok, timeout, f"{n} workers")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; have {d.worker_slots()}; log:\n{d.log_tail()}") from None
+    return d.workers()
+
+
+# ---- process tree ----------------------------------------------------------
+
+def test_process_tree(start_daemon):
+    d = start_daemon({"workers": {"count": 3}})
+    assert proc_title(d.master_pid).startswith("dosomethingd: master"), \
+        f"master title is {proc_title(d.master_pid)!r}"
+    c = d.children()
+    assert len(c["grpc"]) == 1, f"expected one grpc process, have {c}"
+    assert proc_title(c["grpc"][0]).startswith("dosomethingd: grpc")
+    assert sorted(c["workers"]) == [1, 2, 3], f"worker slots {c['workers']}"
+    assert all(len(p) == 1 for p in c["workers"].values()), f"workers {c['workers']}"
+    assert not c["other"], f"unexpected children of the master: {c['other']}"
+    for slot, (pid,) in c["workers"].items():
+        assert proc_title(pid) == f"dosomethingd: worker {slot}", proc_title(pid)
+    assert d.read_pid_file() == d.master_pid, "pid file does not name the master"
+    assert_serving(d)
+
+
+# ---- supervision -----------------------------------------------------------
+
+def test_killed_worker_is_respawned_in_its_slot(daemon):
+    before = daemon.workers()
+    os.kill(before[1], signal.SIGKILL)
+    new = wait_new_worker(daemon, 1, before[1])
+    assert new != before[1]
+    assert daemon.workers().get(2) == before[2], "the other worker should be untouched"
+    daemon.wait_log(r"killed by signal 9")
+    assert_serving(daemon)
+
+
+def test_killed_grpc_process_is_respawned(daemon):
+    old = daemon.grpc_pid()
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: daemon.grpc_pid() not in (None, old), 5, "a new grpc process")
+    daemon.wait_ready()
+    assert_serving(daemon)
+
+
+def test_master_sigkill_takes_children_down(daemon):
+    children = daemon.all_child_pids()
+    assert len(children) == 3, f"expected grpc + 2 workers, have {daemon.children()}"
+    daemon.signal(signal.SIGKILL)
+    daemon.proc.wait(timeout=5)
+    assert_all_gone(children, 5, "children after the master was SIGKILLed")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_fast_stop(daemon, sig):
+    children = daemon.all_child_pids()
+    assert daemon.pid_path.exists(), "no pid file while running"
+    status = daemon.stop(sig)
+    assert status == 0, f"exit status {status} after {sig.name}; log:\n{daemon.log_tail()}"
+    assert_all_gone(children, 3, f"children after {sig.name}")
+    assert not daemon.pid_path.exists(), f"pid file left behind after {sig.name}"
+
+
+def test_graceful_stop_finishes_queued_items(daemon):
+    c = daemon.client()
+    sub = c.subscribe(sync=True)
+    ids = [f"q{i}" for i in range(6)]
+    reply = c.submit([{"id": i, "kind": "sleep", "params": {"ms": "200"}} for i in ids])
+    assert reply.accepted == len(ids), reply
+    sub.wait_state(ids[0], STARTED, timeout=5)
+    children = daemon.all_child_pids()
+    t0 = time.monotonic()
+    daemon.signal(signal.SIGQUIT)
+    status = daemon.wait_exit(timeout=10)
+    assert status == 0, f"exit status {status} after QUIT; log:\n{daemon.log_tail()}"
+    # 6 x 200 ms on 2 workers: about 600 ms of work was still queued.
+    assert time.monotonic() - t0 >= 0.3, "QUIT returned too fast to have drained the queue"
+    sub.wait_end(timeout=5)
+    done = {i: sub.final[i].state for i in ids if i in sub.final}
+    assert done == {i: SUCCEEDED for i in ids}, \
+        f"queued items not all finished before exit: {done}; stream {sub.describe_end()}"
+    assert_all_gone(children, 3, "children after QUIT")
+    assert not daemon.pid_path.exists()
+
+
+def test_crash_loop_makes_master_give_up(start_daemon):
+    limit = 3
+    d = start_daemon({"respawn": {"backoff_min": "10ms", "backoff_max": "20ms",
+                                  "stable_after": "10s", "crash_limit": limit}})
+    kills = 0
+    pid = d.workers()[1]
+
+    def respawned_or_exited():
+        if d.proc.poll() is not None:
+            return "exited"
+        new = d.workers().get(1)
+        return new if new not in (None, pid) else None
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+        except ProcessLookupError:
+            pass
+        try:
+            pid = wait_for(respawned_or_exited, 3, "a respawn or the master's exit")
+        except AssertionError:
+            raise AssertionError(f"worker 1 not respawned after kill {kills}, master still "
+                                 f"running; log:\n{d.log_tail()}") from None
+        if pid == "exited":
+            break
+    status = d.wait_exit(timeout=10)
+    assert status == 1, f"master exit status {status} after a crash loop; log:\n{d.log_tail()}"
+    assert re.search(r"crashed \d+ times in a row", d.log_text()), \
+        f"no 'crashed N times in a row' in the log:\n{d.log_tail()}"
+    assert kills == limit, f"master gave up after {kills} crashes, crash_limit is {limit}"
+    assert not d.pid_path.exists(), "pid file left behind"
+
+
+# ---- command line: -t, -T, -v, -h ----------------------------------------------
+
+def test_check_config_ok(make_daemon):
+    d = make_daemon()
+    r = run_cli("-t", "-c", d.config_path)
+    assert r.returncode == 0, f"-t failed ({r.returncode}): {r.stderr}"
+
+
+def test_shipped_config_is_valid():
+    conf = os.path.join(os.path.dirname(BINARY), "..", "conf", "dosomething.yaml")
+    if not os.path.exists(conf):
+        pytest.skip("conf/dosomething.yaml not next to the build directory")
+    r = run_cli("-t", "-c", os.path.abspath(conf))
+    assert r.returncode == 0, f"conf/dosomething.yaml fails -t ({r.returncode}): {r.stderr}"
+
+
+BAD_CONFIG = """\
+workers:
+  count: zero
+  bogus_key: 1
+queue:
+  on_full: sometimes
+"""
+
+
+def test_check_config_errors(make_daemon):
+    d = make_daemon()
+    d.write_config(text=BAD_CONFIG)
+    r = run_cli("-t", "-c", d.config_path)
+    assert r.returncode == 2, f"-t on a bad config exited {r.returncode}: {r.stderr}"
+    path = re.escape(str(d.config_path))
+    for line, key in [(2, "count"), (3, "bogus_key"), (5, "on_full")]:
+        rx = rf"(?m)^{path}:{line}:\d+: .*{key}.*: \S"
+        assert re.search(rx, r.stderr), \
+            f"no 'FILE:{line}:COL: ...{key}: reason' line in stderr:\n{r.stderr}"
+
+
+def test_check_config_syntax_error(make_daemon):
+    d = make_daemon()
+    d.write_config(text="workers:\n  count: 2\ngrpc: [unclosed\n")
+    r = run_cli("-t", "-c", d.config_path)
+    assert r.returncode == 2, f"-t on broken YAML exited {r.returncode}: {r.stderr}"
+    assert re.search(rf"{re.escape(str(d.config_path))}:\d+:\d+: ", r.stderr), r.stderr
+
+
+def test_print_config_loads_back(make_daemon):
+    d = make_daemon({"workers": {"count": 3}, "queue": {"capacity": 123}})
+    r = run_cli("-T", "-c", d.config_path)
+    assert r.returncode == 0, f"-T failed ({r.returncode}): {r.stderr}"
+    printed = yaml.safe_load(r.stdout)
+    assert isinstance(printed, dict), f"-T output is not a YAML mapping:\n{r.stdout}"
+    assert printed["workers"]["count"] == 3, printed.get("workers")
+    assert printed["queue"]["capacity"] == 123, printed.get("queue")
+    for key in ("grpc", "queue", "updates", "handlers", "respawn", "shutdown_timeout"):
+        assert key in printed, f"-T output lacks {key}:\n{r.stdout}"
+    again = d.dir / "printed.yaml"
+    again.write_text(r.stdout)
+    r2 = run_cli("-t", "-c", again)
+    assert r2.returncode == 0, f"-T output fails -t ({r2.returncode}): {r2.stderr}\n{r.stdout}"
+    r3 = run_cli("-T", "-c", again)
+    assert r3.returncode == 0 and r3.stdout == r.stdout, \
+        f"-T of the -T output differs:\n{r.stdout}\n---\n{r3.stdout}"
+
+
+def test_version_and_help():
+    r = run_cli("-v")
+    assert r.returncode == 0 and "dosomethingd" in r.stdout, (r.returncode, r.stdout, r.stderr)
+    r = run_cli("-h")
+    assert r.returncode == 0 and "-c" in r.stdout and "-s" in r.stdout, (r.returncode, r.stdout)
+
+
+# ---- -s ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("action", ["stop", "reload", "quit", "reopen"])
+def test_signal_without_daemon(make_daemon, action):
+    d = make_daemon()
+    r = run_cli("-s", action, "-c", d.config_path)
+    assert r.returncode == 1, f"-s {action} with no daemon exited {r.returncode}"
+    assert r.stderr.strip(), f"-s {action} with no daemon printed nothing on stderr"
+
+
+def test_signal_with_stale_pid_file(make_daemon):
+    d = make_daemon()
+    d.pid_path.write_text(f"{dead_pid()}\n")
+    r = run_cli("-s", "stop", "-c", d.config_path)
+    assert r.returncode == 1, f"-s stop with a stale pid file exited {r.returncode}: {r.stderr}"
+    assert r.stderr.strip()
+
+
+def test_signal_stop(daemon):
+    r = run_cli("-s", "stop", "-c", daemon.config_path)
+    assert r.returncode == 0, f"-s stop failed: {r.stderr}"
+    assert daemon.wait_exit() == 0
+    assert not daemon.pid_path.exists()
+
+
+def test_signal_reload_reopen_quit(daemon):
+    old = set(daemon.worker_pids())
+    r = run_cli("-s", "reload", "-c", daemon.config_path)
+    assert r.returncode == 0, f"-s reload failed: {r.stderr}"
+    daemon.wait_log(r"reload.*generation 2\b")
+    wait_worker_count(daemon, 2, not_in=old)
+
+    rotated = daemon.log_path.with_suffix(".log.1")
+    daemon.log_path.rename(rotated)
+    r = run_cli("-s", "reopen", "-c", daemon.config_path)
+    assert r.returncode == 0, f"-s reopen failed: {r.stderr}"
+    wait_for(lambda: daemon.log_path.exists(), 5, "the log file to be reopened")
+    daemon.wait_log(r"reopened")
+    assert_serving(daemon)
+
+    r = run_cli("-s", "quit", "-c", daemon.config_path)
+    assert r.returncode == 0, f"-s quit failed: {r.stderr}"
+    assert daemon.wait_exit() == 0
+    assert not daemon.pid_path.exists()
+
+
+# ---- pid file ------------------------------------------------------------------
+
+def dead_pid():
+    """A pid that names no process now."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_pid_file_is_replaced(make_daemon):
+    d = make_daemon()
+    d.pid_path.write_text(f"{dead_pid()}\n")
+    d.start()
+    assert d.read_pid_file() == d.master_pid, f"pid file holds {d.read_pid_file()!r}"
+    assert d.stop() == 0
+    assert not d.pid_path.exists()
+
+
+def test_second_instance_is_refused(start_daemon, make_daemon):
+    a = start_daemon(name="a")
+    b = make_daemon({"pid_file": str(a.pid_path)}, name="b")
+    b.start(wait=False)
+    try:
+        status = b.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("a second daemon with the same pid file kept running") from None
+    assert status != 0, "second daemon exited 0"
+    assert "already running" in b.log_text(), f"no 'already running' in:\n{b.log_text()}"
+    assert pid_alive(a.master_pid) and a.read_pid_file() == a.master_pid, \
+        "the first daemon or its pid file suffered"
+    assert_serving(a)
+
+
+# ---- reload and worker count ---------------------------------------------------
+
+def test_reload_with_more_workers(daemon):
+    old = set(daemon.worker_pids())
+    daemon.write_config({"workers": {"count": 3}})
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_log(r"reload.*generation 2\b")
+    wait_worker_count(daemon, 3, not_in=old)
+    assert_all_gone(old, 5, "old workers after reload")
+    assert_serving(daemon)
+
+
+def test_reload_with_invalid_config_keeps_running(daemon):
+    workers = daemon.workers()
+    grpc_pid = daemon.grpc_pid()
+    daemon.write_config(text=daemon.config_path.read_text().replace(
+        "  count: 2\n", "  count: lots\n"))
+    bad_line = daemon.config_path.read_text().splitlines().index("  count: lots") + 1
+    daemon.signal(signal.SIGHUP)
+    m = daemon.wait_log(r"reload failed:.*")
+    assert f"{daemon.config_path}:{bad_line}:" in m.group(0), \
+        f"reload failure does not name {daemon.config_path}:{bad_line}: {m.group(0)}"
+    time.sleep(0.3)
+    assert daemon.workers() == workers, f"workers changed: {workers} -> {daemon.workers()}"
+    assert daemon.grpc_pid() == grpc_pid
+    assert_serving(daemon)
+
+
+def test_ttin_ttou_change_worker_count(daemon):
+    daemon.signal(signal.SIGTTIN)
+    wait_worker_count(daemon, 3)
+    daemon.signal(signal.SIGTTOU)
+    wait_worker_count(daemon, 2)
+    daemon.signal(signal.SIGTTOU)
+    wait_worker_count(daemon, 1)
+    daemon.signal(signal.SIGTTOU)           # never below one
+    time.sleep(0.2)
+    wait_worker_count(daemon, 1)
+    assert_serving(daemon)
+
+
+# ---- daemon: on ----------------------------------------------------------------
+
+def test_daemon_mode_detaches(make_daemon):
+    d = make_daemon({"daemon": True})
+    d.start(wait=False)
+    try:
+        status = d.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("daemon: on did not detach within 10 s") from None
+    assert status == 0, f"the started process exited {status}; log:\n{d.log_tail()}"
+    pid = wait_for(d.read_pid_file, 5, "the pid file")
+    assert isinstance(pid, int) and pid != d.proc.pid, f"pid file holds {pid!r}"
+    d.master_pid = pid
+    d.known_pids.add(pid)
+    assert pid_alive(pid) and proc_title(pid).startswith("dosomethingd: master"), \
+        f"pid {pid} is {proc_title(pid)!r}"
+    d.wait_ready()
+    assert_serving(d)
+    r = run_cli("-s", "stop", "-c", d.config_path)
+    assert r.returncode == 0, f"-s stop failed: {r.stderr}"
+    d.wait_exit()
+    wait_for(lambda: not d.pid_path.exists(), 5, "the pid file to be removed")

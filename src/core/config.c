@@ -2273,13 +2273,16 @@ config_print(const struct ds_config *c, FILE *out)
     }
 
     fputs("respawn:\n", out);
-    fprintf(out, "  backoff_min: %s\n", format_duration(c->respawn.backoff_min_ms, buf, sizeof buf));
-    fprintf(out, "  backoff_max: %s\n", format_duration(c->respawn.backoff_max_ms, buf, sizeof buf));
+    fprintf(out, "  backoff_min: %s\n",
+            format_duration(c->respawn.backoff_min_ms, buf, sizeof buf));
+    fprintf(out, "  backoff_max: %s\n",
+            format_duration(c->respawn.backoff_max_ms, buf, sizeof buf));
     fprintf(out, "  stable_after: %s\n",
             format_duration(c->respawn.stable_after_ms, buf, sizeof buf));
     fprintf(out, "  crash_limit: %u\n", (unsigned)c->respawn.crash_limit);
 
-    fprintf(out, "shutdown_timeout: %s\n", format_duration(c->shutdown_timeout_ms, buf, sizeof buf));
+    fprintf(out, "shutdown_timeout: %s\n",
+            format_duration(c->shutdown_timeout_ms, buf, sizeof buf));
 
     return fflush(out) == EOF || ferror(out) ? -1 : 0;
 }

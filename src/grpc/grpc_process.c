@@ -230,7 +230,7 @@ on_control_close(void *arg, struct ipc_channel *ch, const char *reason)
 {
     channel_free(ch);
     gp.control = NULL;
-    stop_fast(strcmp(reason, "EOF") == 0 ? "the master is gone" : reason);
+    stop_fast(reason == NULL ? "the master is gone" : reason);
 }
 
 static void

@@ -41,6 +41,7 @@ struct item {
     uint32_t attempt;           /* the attempt running, or the next one */
     uint32_t max_attempts;
     uint32_t timeout_ms;        /* 0: none */
+    int started;                /* its worker said STARTED for this attempt */
 };
 
 struct worker {

@@ -76,6 +76,7 @@ queue_has_room(void)
 /* ---- workers ------------------------------------------------------------- */
 
 static void dispatch(void);
+static void queue_push_front(struct item *item);
 
 static struct worker *
 worker_find(pid_t pid)
@@ -98,7 +99,7 @@ on_item_timeout(evutil_socket_t fd, short what, void *arg)
     log_warn("item %s (attempt %u) timed out after %u ms on worker %ld; killing it", item->id,
              item->attempt, item->timeout_ms, (long)w->pid);
     char reason[96];
-    int n = snprintf(reason, sizeof reason, "timed out after %u ms", item->timeout_ms);
+    int n = snprintf(reason, sizeof reason, "item %.40s timed out", item->id);
     struct ipc_worker msg = { .pid = w->pid, .slot = w->slot };
     char body[sizeof msg + sizeof reason];
     memcpy(body, &msg, sizeof msg);
@@ -209,6 +210,14 @@ item_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
     }
     updates_publish(item, STATE_RETRYING, worker_pid, NULL, 0, reason, 0);
     item->attempt++;
+    queue_push_front(item);
+}
+
+/* Back to the front of the queue: its turn comes next. */
+static void
+queue_push_front(struct item *item)
+{
+    item->started = 0;
     item->next = q.head;
     q.head = item;
     if (q.tail == NULL)
@@ -242,6 +251,7 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     }
     switch (u.state) {
     case STATE_STARTED:
+        item->started = 1;
         updates_publish(item, STATE_STARTED, w->pid, NULL, 0, NULL, 0);
         return 0;
     case STATE_PROGRESS:
@@ -274,7 +284,7 @@ static void
 on_worker_close(void *arg, struct ipc_channel *ch, const char *reason)
 {
     struct worker *w = arg;
-    if (strcmp(reason, "EOF") != 0) {
+    if (reason != NULL) {
         log_error("worker %ld: data channel closed: %s; killing it", (long)w->pid, reason);
         struct ipc_worker msg = { .pid = w->pid, .slot = w->slot };
         char body[sizeof msg + 64];
@@ -327,7 +337,12 @@ workers_exited(pid_t pid, const char *reason)
     }
     while (n > 0) {
         item = held[--n];
-        item_attempt_failed(item, pid, item->key == timeout_key ? timed_out : reason);
+        if (item->key == timeout_key)
+            item_attempt_failed(item, pid, timed_out);
+        else if (item->started)
+            item_attempt_failed(item, pid, reason);
+        else
+            queue_push_front(item);     /* prefetched, never run: no attempt spent */
     }
     worker_free(w);
     dispatch();

@@ -177,6 +177,10 @@ channel_fill(struct ipc_channel *ch)
         evbuffer_commit_space(ch->in, vec, 0);
         if (errno == EAGAIN || errno == EINTR)
             return 0;
+        if (errno == ECONNRESET) {
+            channel_close(ch, NULL);
+            return -1;
+        }
         char reason[128];
         snprintf(reason, sizeof reason, "recvmsg() failed: %s", strerror(errno));
         channel_close(ch, reason);
@@ -188,7 +192,7 @@ channel_fill(struct ipc_channel *ch)
         log_error("%s: descriptors were lost (control data truncated)", ch->name);
     if (n == 0) {
         evbuffer_commit_space(ch->in, vec, 0);
-        channel_close(ch, evbuffer_get_length(ch->in) > 0 ? "EOF inside a frame" : "EOF");
+        channel_close(ch, evbuffer_get_length(ch->in) > 0 ? "EOF inside a frame" : NULL);
         return -1;
     }
     size_t left = (size_t)n;
@@ -287,6 +291,10 @@ channel_write_some(struct ipc_channel *ch)
         if (n == -1) {
             if (errno == EAGAIN || errno == EINTR)
                 return 1;
+            if (errno == EPIPE || errno == ECONNRESET) {
+                channel_close(ch, NULL);
+                return -1;
+            }
             char reason[128];
             snprintf(reason, sizeof reason, "write() failed: %s", strerror(errno));
             channel_close(ch, reason);

@@ -26,8 +26,9 @@ struct ipc_channel;
  * is then closed. fd is -1 unless the frame carried one. */
 typedef int (*ipc_frame_fn)(void *arg, struct ipc_channel *channel,
                             const struct ipc_header *header, const uint8_t *body, int fd);
-/* The channel is closed (EOF, error or protocol error); reason says which.
- * The callee should channel_free() it. */
+/* The channel is closed: reason is NULL if the peer closed it (EOF, or
+ * the connection reset by a peer that died), else what went wrong (a
+ * protocol error, a truncated frame). The callee should channel_free() it. */
 typedef void (*ipc_close_fn)(void *arg, struct ipc_channel *channel, const char *reason);
 
 struct ipc_channel *channel_new(struct event_base *base, int fd, const char *name,

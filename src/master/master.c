@@ -399,7 +399,7 @@ arm_retire_timer(void)
 static void
 process_exited(struct process *p, int status)
 {
-    char name[64], how[96], reason[256];
+    char name[64], how[96], reason[384];
     role_name(p, name, sizeof name);
     process_status_text(status, how, sizeof how);
     int clean = WIFEXITED(status) && WEXITSTATUS(status) == DS_EXIT_OK;
@@ -433,8 +433,8 @@ process_exited(struct process *p, int status)
         slot->process = NULL;
 
     if (p->role == DS_ROLE_WORKER) {
-        snprintf(reason, sizeof reason, "worker %ld %s", (long)p->pid,
-                 p->kill_reason[0] ? p->kill_reason : how);
+        snprintf(reason, sizeof reason, "worker %ld %s%s%s%s", (long)p->pid, how,
+                 p->kill_reason[0] ? " (" : "", p->kill_reason, p->kill_reason[0] ? ")" : "");
         worker_send(p, IPC_WORKER_EXITED, reason);
     } else if (m.state == MASTER_RUNNING) {
         /* The workers' items died with the grpc process: start them afresh
@@ -552,13 +552,13 @@ static void
 on_child_close(void *arg, struct ipc_channel *ch, const char *reason)
 {
     struct process *p = arg;
-    if (strcmp(reason, "EOF") != 0)
-        log_error("%s: control channel closed: %s", channel_name(ch), reason);
+    if (reason != NULL) {
+        log_error("%s: control channel closed: %s; killing it", channel_name(ch), reason);
+        kill_process(p, SIGKILL, "it broke the control protocol");
+    }
     /* The child exits next (or is killed): SIGCHLD does the rest. */
     channel_free(ch);
     p->control = NULL;
-    if (strcmp(reason, "EOF") != 0)
-        kill_process(p, SIGKILL, NULL);
 }
 
 /* ---- reload, stop, signals -------------------------------------------- */

@@ -193,7 +193,7 @@ static void
 on_data_close(void *arg, struct ipc_channel *ch, const char *reason)
 {
     /* The grpc process retired us (it holds nothing of ours) or is gone. */
-    if (strcmp(reason, "EOF") != 0)
+    if (reason != NULL)
         log_error("data channel closed: %s", reason);
     channel_free(ch);
     w.data = NULL;

@@ -76,6 +76,7 @@ grpc_process_check_done(void)
         if (!proc.subscribers_ended) {
             proc.subscribers_ended = 1;
             subscribers_end_all();
+            health_end_all();
         }
         workers_close_all();
     }
@@ -131,6 +132,7 @@ stop_graceful(void)
         return;
     log_info("graceful stop: %llu items to finish", (unsigned long long)queue_count());
     gp.draining = 1;
+    health_changed();
     server_shutdown(0);
     submit_end_all("the server is shutting down");
     struct timeval tv = clock_timeval_ms(gp.config->shutdown_timeout_ms);
@@ -150,18 +152,12 @@ apply_config(uint64_t generation, const char *text, size_t len)
                   (unsigned long long)generation, errors);
         return;
     }
-    int listen_changed = config->grpc.listen_count != gp.config->grpc.listen_count;
-    for (size_t i = 0; !listen_changed && i < config->grpc.listen_count; i++)
-        listen_changed = strcmp(config->grpc.listen[i], gp.config->grpc.listen[i]) != 0;
-    if (listen_changed || config->grpc.max_message_size != gp.config->grpc.max_message_size)
-        log_warn("grpc.listen and grpc.max_message_size changes take effect when the grpc "
-                 "process restarts; keeping the current ones");
-
     struct ds_config *old = gp.config;
     gp.config = config;
     gp.generation = generation;
     log_open(config->log.file, config->log.level);
     updates_configure();
+    server_reconfigure(old);
     queue_room_available();
     config_free(old);
     log_info("config generation %llu applied", (unsigned long long)generation);

@@ -110,7 +110,7 @@ void updates_configure(void);
 
 /* ---- calls (submit.c, subscribe.c, server.c) --------------------------- */
 
-void submit_call_start(grpc_call *call, const char *peer);
+void submit_call_start(grpc_call *call, grpc_byte_buffer *unused);
 void submit_resume_blocked(void);
 /* Finish every submit call now (graceful stop): what was read is accepted. */
 void submit_end_all(const char *why);
@@ -124,7 +124,16 @@ void subscribers_end_all(void);
 int subscribers_flushed(void);
 uint64_t subscribers_active(void);
 
+/* health.c: grpc.health.v1.Health */
+void health_check_start(grpc_call *call, grpc_byte_buffer *request);
+void health_watch_start(grpc_call *call, grpc_byte_buffer *request);
+/* Tell watchers the serving status changed (draining: NOT_SERVING). */
+void health_changed(void);
+/* End every Watch stream with OK (the end of a graceful stop). */
+void health_end_all(void);
+
 int server_start(void);
+void server_reconfigure(const struct ds_config *old);
 void server_shutdown(int cancel_calls);
 int server_is_shut_down(void);
 void server_destroy(void);

@@ -1,42 +1,76 @@
 /*
- * The gRPC server: listeners, and the requests that take each new call.
+ * The gRPC servers: listeners, and the requests that take each new call.
  *
  * A few requests are kept posted per method so that new calls never wait
  * for the application; every method this server does not know is answered
  * UNIMPLEMENTED at once (without a posted generic request, such a call
  * would hang until its deadline).
+ *
+ * Usually one server runs. When a reload changes grpc.listen or
+ * grpc.max_message_size, a new server is bound first (SO_REUSEPORT lets it
+ * share a port with the old one), then the old one stops taking calls
+ * (GOAWAY) and its calls get shutdown_timeout to end before they are
+ * cancelled.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <event2/event.h>
 #include <grpc/grpc_security.h>
-#include <grpc/support/alloc.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "grpc/grpc_process.h"
 
 #define REQUESTS_PER_METHOD 4
 
-#define METHOD_SUBMIT  "/com.agrounds.dosomething.v1.DoSomethingService/doSomething"
-#define METHOD_UPDATES "/com.agrounds.dosomething.v1.DoSomethingService/getUpdates"
+struct method {
+    const char *path;
+    grpc_server_register_method_payload_handling payload;
+    void (*start)(grpc_call *call, grpc_byte_buffer *payload);
+};
 
-enum request_kind {
-    REQUEST_SUBMIT,
-    REQUEST_UPDATES,
-    REQUEST_OTHER,
+static const struct method methods[] = {
+    { "/com.agrounds.dosomething.v1.DoSomethingService/doSomething", GRPC_SRM_PAYLOAD_NONE,
+      submit_call_start },
+    { "/com.agrounds.dosomething.v1.DoSomethingService/getUpdates",
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, subscribe_call_start },
+    { "/grpc.health.v1.Health/Check", GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+      health_check_start },
+    { "/grpc.health.v1.Health/Watch", GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+      health_watch_start },
+};
+
+#define METHOD_COUNT (sizeof methods / sizeof methods[0])
+#define METHOD_OTHER (-1)
+
+struct server {
+    struct server *next;
+    grpc_server *server;
+    void *handles[METHOD_COUNT];
+    char listen[512];           /* for the log */
+    uint32_t requests_posted;
+    int shutting_down;
+    int shut_down;
+    struct tag shutdown_tag;
+    struct event *cancel_timer;
 };
 
 /* One posted request for a new call. */
 struct request {
     struct tag tag;
-    enum request_kind kind;
+    struct server *server;
+    int method;                 /* index into methods, or METHOD_OTHER */
     grpc_call *call;
     gpr_timespec deadline;
     grpc_metadata_array metadata;
-    grpc_call_details details;      /* REQUEST_OTHER */
-    grpc_byte_buffer *payload;      /* REQUEST_UPDATES: the UpdatesRequest */
+    grpc_call_details details;  /* METHOD_OTHER */
+    grpc_byte_buffer *payload;
 };
 
 /* A call answered UNIMPLEMENTED. */
@@ -47,17 +81,22 @@ struct unimplemented_call {
     int cancelled;
 };
 
+/* A unix socket path bound by both the old and the new server. */
+struct kept_path {
+    char path[108];
+    char link[120];             /* a second name for the new server's socket */
+};
+
 static struct {
-    grpc_server *server;
-    void *method_submit;
-    void *method_updates;
-    int shutting_down;
-    int shut_down;
-    struct tag shutdown_tag;
-    uint32_t requests_posted;
+    struct server *current;     /* taking calls */
+    struct server *retired;     /* stopping */
+    struct kept_path kept[16];
+    int kept_count;
+    struct event *kept_timer;
 } srv;
 
-static void post_request(enum request_kind kind);
+static void post_request(struct server *s, int method);
+static void on_kept_timer(evutil_socket_t fd, short what, void *arg);
 
 void
 call_start_batch(grpc_call *call, const grpc_op *ops, size_t count, struct tag *tag)
@@ -86,7 +125,8 @@ answer_unimplemented(grpc_call *call, const grpc_call_details *details)
     u->call = call;
     char text[300];
     snprintf(text, sizeof text, "method %.*s is not implemented by dosomethingd",
-             (int)GRPC_SLICE_LENGTH(details->method), (const char *)GRPC_SLICE_START_PTR(details->method));
+             (int)GRPC_SLICE_LENGTH(details->method),
+             (const char *)GRPC_SLICE_START_PTR(details->method));
     u->details = grpc_slice_from_copied_string(text);
     grpc_op ops[3];
     memset(ops, 0, sizeof ops);
@@ -100,150 +140,305 @@ answer_unimplemented(grpc_call *call, const grpc_call_details *details)
 }
 
 static void
+server_free(struct server *s)
+{
+    if (s->server != NULL)
+        grpc_server_destroy(s->server);
+    if (s->cancel_timer != NULL)
+        event_free(s->cancel_timer);
+    free(s);
+}
+
+/* A retired server is destroyed once it is shut down and no request of
+ * its is still posted. */
+static void
+reap_retired(void)
+{
+    for (struct server **pp = &srv.retired; *pp != NULL;) {
+        struct server *s = *pp;
+        if (s->shut_down && s->requests_posted == 0 && !gp.stopping && !gp.draining) {
+            *pp = s->next;
+            log_info("stopped listening on %s", s->listen);
+            server_free(s);
+        } else {
+            pp = &s->next;
+        }
+    }
+}
+
+static void
 on_request(struct tag *tag, int ok)
 {
     struct request *r = (struct request *)tag;
-    srv.requests_posted--;
+    struct server *s = r->server;
+    s->requests_posted--;
     if (ok) {
         gp.calls++;
-        if (r->kind == REQUEST_SUBMIT) {
-            char *peer = grpc_call_get_peer(r->call);
-            submit_call_start(r->call, peer);
-            gpr_free(peer);
-        } else if (r->kind == REQUEST_UPDATES) {
-            subscribe_call_start(r->call, r->payload);
-            r->payload = NULL;
-        } else {
+        if (r->method == METHOD_OTHER)
             answer_unimplemented(r->call, &r->details);
-        }
+        else
+            methods[r->method].start(r->call, r->payload);
+        r->payload = NULL;      /* the call's now */
     }
     if (r->payload != NULL)
         grpc_byte_buffer_destroy(r->payload);
     grpc_metadata_array_destroy(&r->metadata);
-    if (r->kind == REQUEST_OTHER)
+    if (r->method == METHOD_OTHER)
         grpc_call_details_destroy(&r->details);
-    enum request_kind kind = r->kind;
+    int method = r->method;
     free(r);
     /* ok == 0: the server is shutting down; post no more. */
-    if (ok && !srv.shutting_down)
-        post_request(kind);
+    if (ok && !s->shutting_down)
+        post_request(s, method);
+    reap_retired();
 }
 
 static void
-post_request(enum request_kind kind)
+post_request(struct server *s, int method)
 {
     struct request *r = ds_calloc(1, sizeof *r);
     r->tag.done = on_request;
-    r->kind = kind;
+    r->server = s;
+    r->method = method;
     grpc_metadata_array_init(&r->metadata);
     grpc_call_error err;
-    switch (kind) {
-    case REQUEST_SUBMIT:
-        err = grpc_server_request_registered_call(srv.server, srv.method_submit, &r->call,
-                                                  &r->deadline, &r->metadata, NULL, gp.cq,
-                                                  gp.cq, &r->tag);
-        break;
-    case REQUEST_UPDATES:
-        err = grpc_server_request_registered_call(srv.server, srv.method_updates, &r->call,
-                                                  &r->deadline, &r->metadata, &r->payload,
-                                                  gp.cq, gp.cq, &r->tag);
-        break;
-    default:
+    if (method == METHOD_OTHER) {
         grpc_call_details_init(&r->details);
-        err = grpc_server_request_call(srv.server, &r->call, &r->details, &r->metadata, gp.cq,
+        err = grpc_server_request_call(s->server, &r->call, &r->details, &r->metadata, gp.cq,
                                        gp.cq, &r->tag);
-        break;
+    } else {
+        int with_payload = methods[method].payload == GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER;
+        err = grpc_server_request_registered_call(s->server, s->handles[method], &r->call,
+                                                  &r->deadline, &r->metadata,
+                                                  with_payload ? &r->payload : NULL, gp.cq,
+                                                  gp.cq, &r->tag);
     }
     if (err != GRPC_CALL_OK) {
         log_error("grpc_server_request_call() failed: %s", grpc_call_error_to_string(err));
         grpc_metadata_array_destroy(&r->metadata);
-        if (kind == REQUEST_OTHER)
+        if (method == METHOD_OTHER)
             grpc_call_details_destroy(&r->details);
         free(r);
         return;
     }
-    srv.requests_posted++;
+    s->requests_posted++;
+}
+
+/* A server on every grpc.listen address of the current config, started,
+ * or NULL (logged, and told to the master when fatal is set). */
+static struct server *
+server_create(int fatal_errors)
+{
+    const struct ds_config *config = gp.config;
+    grpc_arg args[] = {
+        { .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+          .value.integer = (int)config->grpc.max_message_size },
+        { .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, .value.integer = -1 },
+    };
+    grpc_channel_args channel_args = { .num_args = 2, .args = args };
+
+    struct server *s = ds_calloc(1, sizeof *s);
+    s->server = grpc_server_create(&channel_args, NULL);
+    for (size_t i = 0; i < METHOD_COUNT; i++)
+        s->handles[i] = grpc_server_register_method(s->server, methods[i].path, NULL,
+                                                    methods[i].payload, 0);
+    grpc_server_register_completion_queue(s->server, gp.cq, NULL);
+
+    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    int failed = 0;
+    size_t used = 0;
+    for (size_t i = 0; i < config->grpc.listen_count; i++) {
+        const char *addr = config->grpc.listen[i];
+        used += (size_t)snprintf(s->listen + used, used < sizeof s->listen ? sizeof s->listen - used : 0,
+                                 "%s%s", i ? ", " : "", addr);
+        if (used >= sizeof s->listen)
+            used = sizeof s->listen - 1;
+        if (grpc_server_add_http2_port(s->server, addr, creds) == 0) {
+            char msg[512];
+            int n = snprintf(msg, sizeof msg, "cannot listen on %s (in use, or not an address "
+                             "of this machine?)", addr);
+            log_error("%s", msg);
+            if (fatal_errors)
+                master_send_now(IPC_FATAL, msg, (size_t)n);
+            failed = 1;
+        }
+    }
+    grpc_server_credentials_release(creds);
+    if (failed) {
+        /* Never started: it can be destroyed without a shutdown. */
+        grpc_server_destroy(s->server);
+        free(s);
+        return NULL;
+    }
+    grpc_server_start(s->server);
+    for (int i = 0; i < REQUESTS_PER_METHOD; i++) {
+        for (size_t m = 0; m < METHOD_COUNT; m++)
+            post_request(s, (int)m);
+        post_request(s, METHOD_OTHER);
+    }
+    log_info("listening on %s", s->listen);
+    return s;
 }
 
 int
 server_start(void)
 {
-    char max_size[32];
-    snprintf(max_size, sizeof max_size, "%llu", (unsigned long long)gp.config->grpc.max_message_size);
-    grpc_arg args[] = {
-        { .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-          .value.integer = (int)gp.config->grpc.max_message_size },
-        { .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, .value.integer = -1 },
-    };
-    grpc_channel_args channel_args = { .num_args = 2, .args = args };
-
-    srv.server = grpc_server_create(&channel_args, NULL);
-    srv.method_submit = grpc_server_register_method(srv.server, METHOD_SUBMIT, NULL,
-                                                    GRPC_SRM_PAYLOAD_NONE, 0);
-    srv.method_updates = grpc_server_register_method(srv.server, METHOD_UPDATES, NULL,
-                                                     GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
-    grpc_server_register_completion_queue(srv.server, gp.cq, NULL);
-
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    int failed = 0;
-    for (size_t i = 0; i < gp.config->grpc.listen_count; i++) {
-        const char *addr = gp.config->grpc.listen[i];
-        if (grpc_server_add_http2_port(srv.server, addr, creds) == 0) {
-            char msg[512];
-            int n = snprintf(msg, sizeof msg, "cannot listen on %s (in use, or not an address "
-                             "of this machine?)", addr);
-            log_error("%s", msg);
-            master_send_now(IPC_FATAL, msg, (size_t)n);
-            failed = 1;
-        }
-    }
-    grpc_server_credentials_release(creds);
-    if (failed)
-        return -1;
-    grpc_server_start(srv.server);
-    for (int i = 0; i < REQUESTS_PER_METHOD; i++) {
-        post_request(REQUEST_SUBMIT);
-        post_request(REQUEST_UPDATES);
-        post_request(REQUEST_OTHER);
-    }
-    for (size_t i = 0; i < gp.config->grpc.listen_count; i++)
-        log_info("listening on %s", gp.config->grpc.listen[i]);
-    return 0;
+    srv.kept_timer = evtimer_new(gp.base, on_kept_timer, NULL);
+    srv.current = server_create(1);
+    return srv.current == NULL ? -1 : 0;
 }
 
 static void
 on_shutdown(struct tag *tag, int ok)
 {
-    srv.shut_down = 1;
+    struct server *s = (struct server *)((char *)tag - offsetof(struct server, shutdown_tag));
+    s->shut_down = 1;
+    if (s->cancel_timer != NULL)
+        evtimer_del(s->cancel_timer);
+    reap_retired();
     grpc_process_check_done();
 }
 
-/* Stop taking calls (GOAWAY); with cancel_calls, end every call now
- * (clients see UNAVAILABLE). */
+static void
+server_stop(struct server *s, int cancel_calls)
+{
+    if (!s->shutting_down) {
+        s->shutting_down = 1;
+        s->shutdown_tag.done = on_shutdown;
+        grpc_server_shutdown_and_notify(s->server, gp.cq, &s->shutdown_tag);
+    }
+    if (cancel_calls)
+        grpc_server_cancel_all_calls(s->server);
+}
+
+static void
+on_cancel_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *s = arg;
+    log_notice("calls on %s outlived shutdown_timeout; cancelling them", s->listen);
+    grpc_server_cancel_all_calls(s->server);
+}
+
+/*
+ * A unix socket path in both the old and the new config: binding the new
+ * server replaced the socket file, and the old server unlinks the path
+ * when it stops, which would leave the new one unreachable. A second name
+ * for the new socket, taken before the old server stops, puts it back.
+ */
+static void
+unix_paths_link(const struct ds_config *config, const struct ds_config *old)
+{
+    srv.kept_count = 0;
+    for (size_t i = 0; i < config->grpc.listen_count; i++) {
+        const char *addr = config->grpc.listen[i];
+        if (strncmp(addr, "unix:", 5) != 0 || srv.kept_count == 16)
+            continue;
+        for (size_t j = 0; j < old->grpc.listen_count; j++) {
+            if (strcmp(addr, old->grpc.listen[j]) != 0)
+                continue;
+            struct kept_path *k = &srv.kept[srv.kept_count];
+            snprintf(k->path, sizeof k->path, "%s", addr + 5);
+            snprintf(k->link, sizeof k->link, "%s.reload", addr + 5);
+            unlink(k->link);
+            if (link(k->path, k->link) == -1)
+                log_syswarn("link(\"%s\", \"%s\") failed", k->path, k->link);
+            else
+                srv.kept_count++;
+        }
+    }
+}
+
+static void
+unix_paths_restore(int final)
+{
+    struct stat st;
+    for (int i = 0; i < srv.kept_count; i++) {
+        struct kept_path *k = &srv.kept[i];
+        if (stat(k->path, &st) == -1 && errno == ENOENT) {
+            if (rename(k->link, k->path) == -1 && errno != ENOENT)
+                log_syserr("rename(\"%s\", \"%s\") failed", k->link, k->path);
+        } else if (final) {
+            unlink(k->link);
+        }
+    }
+    if (final)
+        srv.kept_count = 0;
+}
+
+static void
+on_kept_timer(evutil_socket_t fd, short what, void *arg)
+{
+    unix_paths_restore(1);
+}
+
+/* After a reload: rebind if the listen addresses or the message size
+ * limit changed. On failure the current server keeps running. */
+void
+server_reconfigure(const struct ds_config *old)
+{
+    const struct ds_config *config = gp.config;
+    int changed = config->grpc.listen_count != old->grpc.listen_count ||
+                  config->grpc.max_message_size != old->grpc.max_message_size;
+    for (size_t i = 0; !changed && i < config->grpc.listen_count; i++)
+        changed = strcmp(config->grpc.listen[i], old->grpc.listen[i]) != 0;
+    if (!changed || srv.current == NULL || gp.draining || gp.stopping)
+        return;
+
+    struct server *s = server_create(0);
+    if (s == NULL) {
+        log_error("reload: keeping the listeners on %s", srv.current->listen);
+        return;
+    }
+    unix_paths_link(config, old);
+    struct server *old_server = srv.current;
+    srv.current = s;
+    old_server->next = srv.retired;
+    srv.retired = old_server;
+    old_server->cancel_timer = evtimer_new(gp.base, on_cancel_timer, old_server);
+    struct timeval tv = clock_timeval_ms(config->shutdown_timeout_ms);
+    evtimer_add(old_server->cancel_timer, &tv);
+    server_stop(old_server, 0);
+    unix_paths_restore(0);
+    struct timeval later = clock_timeval_ms(1000);
+    evtimer_add(srv.kept_timer, &later);
+}
+
+/* Stop taking calls (GOAWAY) everywhere; with cancel_calls, end every call
+ * now (clients see UNAVAILABLE). */
 void
 server_shutdown(int cancel_calls)
 {
-    if (srv.server == NULL)
-        return;
-    if (!srv.shutting_down) {
-        srv.shutting_down = 1;
-        srv.shutdown_tag.done = on_shutdown;
-        grpc_server_shutdown_and_notify(srv.server, gp.cq, &srv.shutdown_tag);
-    }
-    if (cancel_calls)
-        grpc_server_cancel_all_calls(srv.server);
+    if (srv.current != NULL)
+        server_stop(srv.current, cancel_calls);
+    for (struct server *s = srv.retired; s != NULL; s = s->next)
+        server_stop(s, cancel_calls);
 }
 
 int
 server_is_shut_down(void)
 {
-    return srv.server == NULL || srv.shut_down;
+    if (srv.current != NULL && !srv.current->shut_down)
+        return 0;
+    for (struct server *s = srv.retired; s != NULL; s = s->next)
+        if (!s->shut_down)
+            return 0;
+    return 1;
 }
 
 void
 server_destroy(void)
 {
-    if (srv.server != NULL)
-        grpc_server_destroy(srv.server);
-    srv.server = NULL;
+    if (srv.kept_timer != NULL) {
+        unix_paths_restore(1);
+        event_free(srv.kept_timer);
+        srv.kept_timer = NULL;
+    }
+    if (srv.current != NULL)
+        server_free(srv.current);
+    srv.current = NULL;
+    while (srv.retired != NULL) {
+        struct server *s = srv.retired;
+        srv.retired = s->next;
+        server_free(s);
+    }
 }

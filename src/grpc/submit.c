@@ -356,7 +356,7 @@ on_close(struct tag *tag, int ok)
 }
 
 void
-submit_call_start(grpc_call *call, const char *peer)
+submit_call_start(grpc_call *call, grpc_byte_buffer *unused)
 {
     if (sub.id_prefix[0] == '\0')
         snprintf(sub.id_prefix, sizeof sub.id_prefix, "%llx%lx",

@@ -339,12 +339,12 @@ subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
     call_start_batch(call, &ops[1], 1, &s->metadata_tag);
 
     char err[160];
-    if (request == NULL) {
-        reject_call(s, GRPC_STATUS_INVALID_ARGUMENT, "getUpdates needs an UpdatesRequest");
-        return;
-    }
-    s->request = decode_request(request);
-    grpc_byte_buffer_destroy(request);
+    /* An empty message (a client that declares google.protobuf.Empty) may
+     * come as no buffer at all: it is the default UpdatesRequest. */
+    s->request = request != NULL ? decode_request(request)
+                                 : wire_updates_request_unpack(NULL, 0, (const uint8_t *)"");
+    if (request != NULL)
+        grpc_byte_buffer_destroy(request);
     if (s->request == NULL) {
         reject_call(s, GRPC_STATUS_INVALID_ARGUMENT, "the request is not a valid UpdatesRequest");
         return;

@@ -448,9 +448,11 @@ process_exited(struct process *p, int status)
     process_free(p);
 
     if (m.state != MASTER_RUNNING) {
+        /* A worker lost while the queue drains is replaced; one the grpc
+         * process released (a clean exit) is done. */
         if (m.state == MASTER_STOPPING_GRACEFUL && slot != NULL && slot != &m.grpc &&
-            grpc_process() != NULL)
-            slot_schedule(slot, 0);     /* the queue still needs workers to drain */
+            !clean && grpc_process() != NULL)
+            slot_schedule(slot, 0);
         if (m.processes == NULL)
             event_base_loopbreak(m.base);
         return;

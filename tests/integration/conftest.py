@@ -456,8 +456,8 @@ class Daemon:
 
     # ---- clients ---------------------------------------------------------
 
-    def client(self):
-        c = Client(self.address)
+    def client(self, options=()):
+        c = Client(self.address, options)
         self.clients.append(c)
         return c
 
@@ -510,6 +510,8 @@ class Subscription:
         self.cancelled = False
         self.seq_violations = []
         self.cond = threading.Condition()
+        self.running = threading.Event()    # cleared: the reader stops asking for more
+        self.running.set()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         if start:
             self.start()
@@ -518,9 +520,24 @@ class Subscription:
         self.thread.start()
         return self
 
+    def pause(self):
+        """Stop reading (after the update being read now, if any): from here
+        on the server sees a subscriber that does not read."""
+        self.running.clear()
+
+    def resume(self):
+        self.running.set()
+
     def _run(self):
         try:
-            for u in self.call:
+            while True:
+                self.running.wait()
+                if self.cancelled:
+                    break
+                try:
+                    u = next(self.call)
+                except StopIteration:
+                    break
                 with self.cond:
                     if self.updates and u.seq <= self.updates[-1].seq:
                         self.seq_violations.append((self.updates[-1].seq, u.seq))
@@ -638,6 +655,7 @@ class Subscription:
     def cancel(self):
         self.cancelled = True
         self.call.cancel()
+        self.running.set()
         if self.thread.ident is not None:
             self.thread.join(timeout=5)
 
@@ -645,9 +663,9 @@ class Subscription:
 class Client:
     """A channel to a daemon with the calls the tests make."""
 
-    def __init__(self, address):
+    def __init__(self, address, options=()):
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS + list(options))
         self.stub = pb_grpc.DoSomethingServiceStub(self.channel)
         self.subscriptions = []
 

@@ -1,0 +1,283 @@
+/*
+ * grpc.health.v1.Health, the standard service that load balancers,
+ * Kubernetes probes and grpc_health_probe ask: SERVING, or NOT_SERVING
+ * while the process drains.
+ *
+ * The two messages have one field each and are encoded here by hand:
+ * HealthCheckRequest { string service = 1; }
+ * HealthCheckResponse { ServingStatus status = 1; }
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+
+#include "core/alloc.h"
+#include "grpc/grpc_process.h"
+
+enum serving_status {
+    STATUS_UNKNOWN = 0,
+    STATUS_SERVING = 1,
+    STATUS_NOT_SERVING = 2,
+    STATUS_SERVICE_UNKNOWN = 3,
+};
+
+#define SERVICE_NAME "com.agrounds.dosomething.v1.DoSomethingService"
+
+struct health_call {
+    struct health_call *prev, *next;    /* watchers */
+    grpc_call *call;
+    int refs;
+    int watching;
+    int known;                  /* the service asked about exists */
+    int sent_status;            /* the last status sent to a watcher, -1: none */
+    int sending;
+    int ending;
+    int closed;
+    int cancelled;
+    grpc_byte_buffer *buffer;
+    grpc_slice details;
+    int has_details;
+    struct tag send_tag;
+    struct tag done_tag;
+    struct tag close_tag;
+};
+
+static struct health_call *watchers;
+
+static int
+current_status(const struct health_call *h)
+{
+    if (!h->known)
+        return STATUS_SERVICE_UNKNOWN;
+    return gp.draining || gp.stopping ? STATUS_NOT_SERVING : STATUS_SERVING;
+}
+
+/* Decode HealthCheckRequest: is the service one we serve? -1: malformed. */
+static int
+service_known(grpc_byte_buffer *bb)
+{
+    grpc_byte_buffer_reader reader;
+    if (bb == NULL)
+        return 1;               /* an empty message: service "" */
+    if (!grpc_byte_buffer_reader_init(&reader, bb))
+        return -1;
+    grpc_slice s = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+    const uint8_t *p = GRPC_SLICE_START_PTR(s), *end = p + GRPC_SLICE_LENGTH(s);
+    const uint8_t *name = (const uint8_t *)"";
+    size_t name_len = 0;
+    int r = 0;
+    while (p < end) {
+        uint8_t key = *p++;
+        if (key != 0x0a || p >= end || *p >= 0x80 || (size_t)(end - p - 1) < *p) {
+            r = -1;     /* only field 1, length-delimited, shorter than 128 */
+            break;
+        }
+        name_len = *p++;
+        name = p;
+        p += name_len;
+    }
+    if (r == 0)
+        r = name_len == 0 || (name_len == strlen(SERVICE_NAME) &&
+                              memcmp(name, SERVICE_NAME, name_len) == 0);
+    grpc_slice_unref(s);
+    return r;
+}
+
+static grpc_byte_buffer *
+encode_response(int status)
+{
+    uint8_t bytes[2] = { 0x08, (uint8_t)status };
+    grpc_slice s = grpc_slice_from_copied_buffer((const char *)bytes, status ? 2 : 0);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
+}
+
+static void
+health_unref(struct health_call *h)
+{
+    if (--h->refs > 0)
+        return;
+    if (h->buffer != NULL)
+        grpc_byte_buffer_destroy(h->buffer);
+    if (h->has_details)
+        grpc_slice_unref(h->details);
+    grpc_call_unref(h->call);
+    free(h);
+    grpc_process_call_ended();
+}
+
+static void
+watcher_remove(struct health_call *h)
+{
+    if (!h->watching)
+        return;
+    h->watching = 0;
+    if (h->prev != NULL)
+        h->prev->next = h->next;
+    else
+        watchers = h->next;
+    if (h->next != NULL)
+        h->next->prev = h->prev;
+}
+
+static void
+on_done(struct tag *tag, int ok)
+{
+    health_unref((struct health_call *)((char *)tag - offsetof(struct health_call, done_tag)));
+}
+
+static void
+on_close(struct tag *tag, int ok)
+{
+    struct health_call *h = (struct health_call *)((char *)tag - offsetof(struct health_call, close_tag));
+    h->closed = 1;
+    watcher_remove(h);
+    health_unref(h);
+}
+
+static void watch_pump(struct health_call *h);
+
+static void
+on_send(struct tag *tag, int ok)
+{
+    struct health_call *h = (struct health_call *)((char *)tag - offsetof(struct health_call, send_tag));
+    h->sending = 0;
+    grpc_byte_buffer_destroy(h->buffer);
+    h->buffer = NULL;
+    if (ok)
+        watch_pump(h);
+    health_unref(h);
+}
+
+static void
+finish(struct health_call *h, grpc_status_code status, const char *details)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    op.data.send_status_from_server.status = status;
+    if (details != NULL) {
+        h->details = grpc_slice_from_copied_string(details);
+        h->has_details = 1;
+        op.data.send_status_from_server.status_details = &h->details;
+    }
+    h->refs++;
+    call_start_batch(h->call, &op, 1, &h->done_tag);
+}
+
+/* Send the status if it changed; end the stream when asked to. */
+static void
+watch_pump(struct health_call *h)
+{
+    if (h->sending || h->closed)
+        return;
+    int status = current_status(h);
+    if (status != h->sent_status) {
+        h->sent_status = status;
+        h->buffer = encode_response(status);
+        grpc_op op;
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_SEND_MESSAGE;
+        op.data.send_message.send_message = h->buffer;
+        h->sending = 1;
+        h->refs++;
+        call_start_batch(h->call, &op, 1, &h->send_tag);
+        return;
+    }
+    if (h->ending && h->watching) {
+        watcher_remove(h);
+        finish(h, GRPC_STATUS_OK, NULL);
+    }
+}
+
+static struct health_call *
+health_call_new(grpc_call *call)
+{
+    struct health_call *h = ds_calloc(1, sizeof *h);
+    h->call = call;
+    h->refs = 1;                /* the close operation */
+    h->sent_status = -1;
+    h->send_tag.done = on_send;
+    h->done_tag.done = on_done;
+    h->close_tag.done = on_close;
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[0].data.recv_close_on_server.cancelled = &h->cancelled;
+    call_start_batch(call, ops, 1, &h->close_tag);
+    ops[1].op = GRPC_OP_SEND_INITIAL_METADATA;
+    h->refs++;
+    call_start_batch(call, &ops[1], 1, &h->done_tag);
+    return h;
+}
+
+void
+health_check_start(grpc_call *call, grpc_byte_buffer *request)
+{
+    struct health_call *h = health_call_new(call);
+    int known = service_known(request);
+    if (request != NULL)
+        grpc_byte_buffer_destroy(request);
+    if (known == -1) {
+        finish(h, GRPC_STATUS_INVALID_ARGUMENT, "not a HealthCheckRequest");
+        return;
+    }
+    if (!known) {
+        finish(h, GRPC_STATUS_NOT_FOUND, "unknown service");
+        return;
+    }
+    h->known = 1;
+    h->buffer = encode_response(current_status(h));
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_MESSAGE;
+    ops[0].data.send_message.send_message = h->buffer;
+    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[1].data.send_status_from_server.status = GRPC_STATUS_OK;
+    h->refs++;
+    call_start_batch(call, ops, 2, &h->done_tag);
+}
+
+void
+health_watch_start(grpc_call *call, grpc_byte_buffer *request)
+{
+    struct health_call *h = health_call_new(call);
+    int known = service_known(request);
+    if (request != NULL)
+        grpc_byte_buffer_destroy(request);
+    if (known == -1) {
+        finish(h, GRPC_STATUS_INVALID_ARGUMENT, "not a HealthCheckRequest");
+        return;
+    }
+    h->known = known;
+    h->watching = 1;
+    h->next = watchers;
+    if (watchers != NULL)
+        watchers->prev = h;
+    watchers = h;
+    watch_pump(h);
+}
+
+void
+health_changed(void)
+{
+    for (struct health_call *h = watchers, *next; h != NULL; h = next) {
+        next = h->next;
+        watch_pump(h);
+    }
+}
+
+void
+health_end_all(void)
+{
+    for (struct health_call *h = watchers, *next; h != NULL; h = next) {
+        next = h->next;
+        h->ending = 1;
+        watch_pump(h);
+    }
+}

@@ -21,7 +21,9 @@
  * Item ids are "<prefix><index>"; the update parser reads only the fields it
  * needs (item_id, state, error) straight from the wire.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -47,6 +49,7 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <openssl/sha.h>
 
@@ -474,7 +477,9 @@ read_name(pid_t pid, char *out, size_t size)
             buf[i] = ' ';
     while (n > 0 && (buf[n - 1] == ' ' || buf[n - 1] == '\0'))
         buf[--n] = '\0';
-    snprintf(out, size, "%s", buf);
+    size_t len = (size_t)n < size - 1 ? (size_t)n : size - 1;
+    memcpy(out, buf, len);
+    out[len] = '\0';
 }
 
 static struct proc_info *
@@ -1099,7 +1104,7 @@ thread_finish(struct thr *t, int cancel_submits)
 {
     for (size_t i = 0; i < t->n_subs; i++)
         grpc_call_cancel(t->subs[i]->call, NULL);
-    if (cancel_submits)
+    if (cancel_submits && calls != NULL)
         for (uint64_t i = 0; i < opt.calls; i++)
             if (calls[i].call != NULL)
                 grpc_call_cancel(calls[i].call, NULL);
@@ -1139,6 +1144,23 @@ cmp_i64(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of sorted nanoseconds, in milliseconds. */
+static double
+percentile_ms(const int64_t *sorted, size_t n, double p)
+{
+    if (n == 0)
+        return 0;
+    double rank = p * (double)n;
+    size_t k = (size_t)rank;
+    if ((double)k < rank)
+        k++;
+    if (k == 0)
+        k = 1;
+    if (k > n)
+        k = n;
+    return (double)sorted[k - 1] / 1e6;
 }
 
 static double
@@ -1251,7 +1273,6 @@ run_load(void)
             call_send_next(&calls[i]);
     }
 
-    int64_t last_progress = now_ns();
     while (!atomic_load(&g_abort)) {
         int replies_done = calls_done == opt.calls;
         if (replies_done && (!opt.wait_final || atomic_load(&subs_complete) == opt.subs))
@@ -1265,7 +1286,6 @@ run_load(void)
                  calls_done, opt.calls, accepted_total, atomic_load(&subs_complete), opt.subs,
                  min_finals());
         }
-        (void)last_progress;
     }
     int64_t t_end = now_ns();
     double client_cpu1 = cpu_seconds_self();
@@ -1309,8 +1329,7 @@ run_load(void)
     double sum = 0;
     for (size_t i = 0; i < n_lat; i++)
         sum += (double)lat_ns[i];
-#define PCT(p) (n_lat ? (double)lat_ns[(size_t)((p) * (double)n_lat + 0.999999) - 1 < n_lat ? \
-                (size_t)((p) * (double)n_lat + 0.999999) - 1 : n_lat - 1] / 1e6 : 0.0)
+#define PCT(p) percentile_ms(lat_ns, n_lat, p)
 
     long hz = sysconf(_SC_CLK_TCK);
     double server_cpu = 0;

@@ -7,7 +7,8 @@
  *
  * Stops: a fast stop (TERM, or the master gone) cancels every call
  * (clients see UNAVAILABLE) and exits. A graceful stop (DRAIN from the
- * master on QUIT) stops taking calls and items, lets the queue run empty,
+ * master on QUIT) stops taking calls, reads the submit calls under way to
+ * their end, lets the queue run empty,
  * delivers the updates, ends the subscriber streams with OK, releases the
  * workers and exits; bounded by shutdown_timeout, after which it logs what
  * is left and stops fast.
@@ -72,7 +73,7 @@ finish(void)
 void
 grpc_process_check_done(void)
 {
-    if (gp.draining && !gp.stopping && queue_count() == 0) {
+    if (gp.draining && !gp.stopping && queue_count() == 0 && submit_active() == 0) {
         if (!proc.subscribers_ended) {
             proc.subscribers_ended = 1;
             subscribers_end_all();
@@ -134,7 +135,6 @@ stop_graceful(void)
     gp.draining = 1;
     health_changed();
     server_shutdown(0);
-    submit_end_all("the server is shutting down");
     struct timeval tv = clock_timeval_ms(gp.config->shutdown_timeout_ms);
     evtimer_add(proc.stop_timer, &tv);
     grpc_process_check_done();

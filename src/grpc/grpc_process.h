@@ -112,8 +112,6 @@ void updates_configure(void);
 
 void submit_call_start(grpc_call *call, grpc_byte_buffer *unused);
 void submit_resume_blocked(void);
-/* Finish every submit call now (graceful stop): what was read is accepted. */
-void submit_end_all(const char *why);
 uint64_t submit_active(void);
 
 void subscribe_call_start(grpc_call *call, grpc_byte_buffer *request);

@@ -7,6 +7,11 @@
  * is full the call is parked, nothing is read, and HTTP/2 flow control
  * pushes back on the client; with queue.on_full: reject, items are read and
  * rejected instead. Nothing is ever dropped.
+ *
+ * A graceful stop takes no new calls (GOAWAY), but the calls under way are
+ * read to their end and their items run: a client's stream is accepted
+ * whole, so it never has to guess what to send again. shutdown_timeout
+ * bounds a stream that does not end.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -189,8 +194,6 @@ take_item(struct submit_call *c, grpc_slice raw)
         snprintf(reason, sizeof reason, "max_attempts %u is over 1000", msg->max_attempts);
     else if (handler_check(handler, msg, reason, sizeof reason) == -1)
         ;   /* the reason is set */
-    else if (gp.draining)
-        snprintf(reason, sizeof reason, "the server is shutting down");
     else if (!queue_has_room())
         snprintf(reason, sizeof reason, "queue full (capacity %llu)",
                  (unsigned long long)config->queue.capacity);
@@ -300,13 +303,6 @@ try_receive(struct submit_call *c)
 {
     if (c->receiving || c->replied || c->closed)
         return;
-    if (gp.draining) {
-        char details[160];
-        snprintf(details, sizeof details, "the server is shutting down; %llu items of this call "
-                 "were accepted, the rest were not read", (unsigned long long)c->accepted);
-        reply(c, GRPC_STATUS_UNAVAILABLE, details);
-        return;
-    }
     if (gp.config->queue.on_full == DS_ON_FULL_BLOCK) {
         if (queue_count() + sub.reserved >= gp.config->queue.capacity) {
             block(c);
@@ -329,7 +325,7 @@ void
 queue_room_available(void)
 {
     while (sub.blocked_head != NULL &&
-           (gp.draining || queue_count() + sub.reserved < gp.config->queue.capacity ||
+           (queue_count() + sub.reserved < gp.config->queue.capacity ||
             gp.config->queue.on_full == DS_ON_FULL_REJECT)) {
         struct submit_call *c = sub.blocked_head;
         sub.blocked_head = c->next_blocked;
@@ -379,15 +375,6 @@ submit_call_start(grpc_call *call, grpc_byte_buffer *unused)
     op.data.recv_close_on_server.cancelled = &c->cancelled;
     call_start_batch(call, &op, 1, &c->close_tag);
     try_receive(c);
-}
-
-void
-submit_end_all(const char *why)
-{
-    for (struct submit_call *c = sub.list; c != NULL; c = c->next)
-        if (!c->receiving)
-            try_receive(c);
-    queue_room_available();
 }
 
 uint64_t

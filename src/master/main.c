@@ -94,6 +94,11 @@ main(int argc, char **argv)
     const char *file = NULL, *prefix = DS_PREFIX, *signal_name = NULL;
     int test = 0, print = 0, opt;
 
+    /* Where this binary is, before anything can replace it: USR2 runs the
+     * file found there then. */
+    ssize_t n = readlink("/proc/self/exe", master_executable, sizeof master_executable - 1);
+    if (n > 0)
+        master_executable[n] = '\0';
     proctitle_init(argc, argv);
     while ((opt = getopt(argc, argv, "c:p:tTs:vh")) != -1) {
         switch (opt) {
@@ -161,7 +166,8 @@ main(int argc, char **argv)
         config_free(config);
         return DS_EXIT_FATAL;
     }
-    if (config->daemon && daemonize(config) == -1) {
+    /* A new master of a binary upgrade is already detached. */
+    if (config->daemon && getenv("DOSOMETHINGD_UPGRADE") == NULL && daemonize(config) == -1) {
         config_free(config);
         return DS_EXIT_FATAL;
     }

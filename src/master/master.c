@@ -82,13 +82,26 @@ static struct {
     struct event *stop_timer;
     struct event *retire_timer;
     pid_t pid;
+    int serving;                /* the grpc process said READY once */
+    pid_t upgrade_child;        /* the new master of a USR2 upgrade, until it takes over */
+    pid_t upgrade_parent;       /* the old master we take over from */
+    char status[512];           /* the outcome of the last reload, for systemd */
 } m;
+
+/* A new master started by USR2 gets this: "OLD_PID SEQ_START". */
+#define UPGRADE_ENV "DOSOMETHINGD_UPGRADE"
+/* How far past the old master's seqs the new one starts: the old one keeps
+ * publishing while it drains. */
+#define UPGRADE_SEQ_GAP (1ull << 32)
+
+char master_executable[4096];
 
 static void slot_spawn(struct slot *slot);
 static void master_stop(enum master_state how, int status);
 static int on_child_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
                           const uint8_t *body, int fd);
 static void on_child_close(void *arg, struct ipc_channel *ch, const char *reason);
+static void upgrade_child_exited(int status);
 
 static const char *
 role_name(const struct process *p, char *buf, size_t size)
@@ -497,6 +510,8 @@ reap(void)
         struct process *p = process_find(pid);
         if (p != NULL)
             process_exited(p, status);
+        else if (pid == m.upgrade_child && m.state == MASTER_RUNNING)
+            upgrade_child_exited(status);
     }
 }
 
@@ -513,6 +528,17 @@ on_child_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     switch (h->type) {
     case IPC_READY:
         log_notice("serving (generation %llu)", (unsigned long long)m.generation);
+        if (!m.serving) {
+            m.serving = 1;
+            if (m.upgrade_parent > 0) {
+                log_notice("binary upgrade: taking over from pid %ld, which now drains",
+                           (long)m.upgrade_parent);
+                if (kill(m.upgrade_parent, SIGQUIT) == -1)
+                    log_syswarn("kill(%ld, SIGQUIT) failed", (long)m.upgrade_parent);
+                notify("MAINPID=%ld", (long)getpid());
+            }
+            notify("READY=1\nSTATUS=serving, generation %llu", (unsigned long long)m.generation);
+        }
         return 0;
     case IPC_SEQ_RESERVE: {
         struct ipc_seq s;
@@ -569,6 +595,7 @@ static void
 reload(void)
 {
     char errors[8192];
+    notify_reloading();
     struct ds_config *config = config_load(m.config_file, errors, sizeof errors);
     if (config == NULL) {
         for (char *nl; (nl = strchr(errors, '\n')) != NULL;) {
@@ -579,6 +606,8 @@ reload(void)
         }
         log_error("reload failed: %s; keeping generation %llu", errors,
                   (unsigned long long)m.generation);
+        snprintf(m.status, sizeof m.status, "reload failed: %.480s", errors);
+        notify("READY=1\nSTATUS=%s", m.status);
         return;
     }
     char kept[256] = "";
@@ -617,6 +646,9 @@ reload(void)
     log_notice("reloaded %s: generation %llu, %u workers%s%s", config->path,
                (unsigned long long)m.generation, config->workers.count,
                kept[0] ? "; these need a restart and kept their old value:" : "", kept);
+    snprintf(m.status, sizeof m.status, "reloaded: generation %llu",
+             (unsigned long long)m.generation);
+    notify("READY=1\nSTATUS=%s", m.status);
     config_free(old);
 }
 
@@ -639,6 +671,7 @@ master_stop(enum master_state how, int status)
     if (m.state == MASTER_STOPPING_FAST || m.state == how)
         return;
     m.state = how;
+    notify("STOPPING=1\nSTATUS=%s", how == MASTER_STOPPING_FAST ? "stopping" : "draining");
     evtimer_del(m.grpc.timer);
     for (uint32_t i = 0; i < m.worker_count; i++)
         if (how == MASTER_STOPPING_FAST || grpc_process() == NULL)
@@ -661,6 +694,62 @@ master_stop(enum master_state how, int status)
     }
     struct timeval tv = clock_timeval_ms(grace);
     evtimer_add(m.stop_timer, &tv);
+}
+
+/*
+ * USR2: start the executable on disk (a deploy replaced it) beside this
+ * master. It binds the same ports (SO_REUSEPORT), and once it serves it
+ * sends us QUIT: we drain and exit. Our pid file moves to FILE.oldbin
+ * meanwhile; if the new master fails, it comes back.
+ */
+static void
+upgrade(void)
+{
+    if (m.upgrade_child > 0) {
+        log_warn("SIGUSR2: an upgrade is already under way (new master pid %ld)",
+                 (long)m.upgrade_child);
+        return;
+    }
+    char oldbin[4200];
+    snprintf(oldbin, sizeof oldbin, "%s.oldbin", m.config->pid_file);
+    if (rename(m.config->pid_file, oldbin) == -1) {
+        log_syserr("binary upgrade: rename(\"%s\", \"%s\") failed", m.config->pid_file, oldbin);
+        return;
+    }
+    char env[64];
+    snprintf(env, sizeof env, "%ld %llu", (long)getpid(),
+             (unsigned long long)(m.seq_reserved + UPGRADE_SEQ_GAP));
+    pid_t pid = fork();
+    if (pid == -1) {
+        log_syserr("binary upgrade: fork() failed");
+        rename(oldbin, m.config->pid_file);
+        return;
+    }
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        setenv(UPGRADE_ENV, env, 1);
+        char *argv[] = { master_executable, "-c", m.config->path, NULL };
+        execv(master_executable, argv);
+        log_syserr("binary upgrade: execv(\"%s\") failed", master_executable);
+        _exit(DS_EXIT_FATAL);
+    }
+    m.upgrade_child = pid;
+    log_notice("binary upgrade: started %s as pid %ld", master_executable, (long)pid);
+}
+
+static void
+upgrade_child_exited(int status)
+{
+    char how[96], oldbin[4200];
+    log_error("binary upgrade failed: the new master (pid %ld) %s; this one keeps serving",
+              (long)m.upgrade_child, process_status_text(status, how, sizeof how));
+    m.upgrade_child = 0;
+    snprintf(oldbin, sizeof oldbin, "%s.oldbin", m.config->pid_file);
+    if (rename(oldbin, m.config->pid_file) == -1)
+        log_syserr("rename(\"%s\", \"%s\") failed", oldbin, m.config->pid_file);
+    notify("MAINPID=%ld\nSTATUS=binary upgrade failed", (long)getpid());
 }
 
 static void
@@ -691,6 +780,10 @@ on_signal(evutil_socket_t fd, short what, void *arg)
                 if (p->control != NULL)
                     channel_send(p->control, IPC_REOPEN_LOGS, NULL, 0);
             log_notice("log files reopened");
+            break;
+        case SIGUSR2:
+            if (m.state == MASTER_RUNNING)
+                upgrade();
             break;
         case SIGTTIN:
             if (m.state == MASTER_RUNNING && m.worker_count < DS_WORKERS_MAX) {
@@ -744,6 +837,16 @@ master_run(struct ds_config *config, const char *config_file)
     m.generation = 1;
     m.pid = getpid();
     m.signal_fd = -1;
+    const char *upgrade_env = getenv(UPGRADE_ENV);
+    if (upgrade_env != NULL) {
+        long parent = 0;
+        unsigned long long seq = 0;
+        if (sscanf(upgrade_env, "%ld %llu", &parent, &seq) == 2 && parent > 1) {
+            m.upgrade_parent = (pid_t)parent;
+            m.seq_reserved = seq;
+        }
+        unsetenv(UPGRADE_ENV);
+    }
     log_set_role("master");
     proctitle_set("dosomethingd: master");
 
@@ -769,6 +872,9 @@ master_run(struct ds_config *config, const char *config_file)
         event_base_dispatch(m.base);
 
     pidfile_remove(m.config->pid_file);
+    char oldbin[4200];
+    snprintf(oldbin, sizeof oldbin, "%s.oldbin", m.config->pid_file);
+    pidfile_remove(oldbin);
     log_notice("exiting with status %d", m.exit_status);
 
     for (uint32_t i = 0; i < m.worker_count; i++)

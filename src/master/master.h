@@ -18,4 +18,11 @@ void pidfile_remove(const char *path);
 /* The pid the file names if that process is alive, else -1 (reason in err). */
 pid_t pidfile_read_live(const char *path, char *err, size_t err_size);
 
+/* notify.c: systemd's notify protocol; nothing without NOTIFY_SOCKET. */
+void notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void notify_reloading(void);
+
+/* The binary this master runs, for a USR2 upgrade (main.c fills it in). */
+extern char master_executable[4096];
+
 #endif

@@ -10,6 +10,8 @@
 # `make run` and `make test` install missing Debian packages first (make deps).
 
 PREFIX     ?= /usr/local
+SYSCONFDIR ?= $(PREFIX)/etc
+RUNSTATEDIR ?= /run
 DESTDIR    ?=
 BUILD      ?= build
 PYTHON     ?= /usr/bin/python3
@@ -24,9 +26,9 @@ CFLAGS_ALL  = -std=gnu11 $(OPTFLAGS) $(WARNFLAGS) $(SANFLAGS) -D_GNU_SOURCE \
               $(CFLAGS)
 LDLIBS_ALL  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -ldl -lm $(LDLIBS)
 
-# Where the binary looks for its config when -c is not given: PREFIX/CONF_PATH.
-# A build in the source tree uses the tree itself; `make install` rebuilds
-# with the installed prefix.
+# Where the binary looks for its config when -c is not given: DS_CONF, under
+# DS_PREFIX (-p) when relative. A build in the source tree uses the tree
+# itself; `make install` rebuilds with SYSCONFDIR/dosomething/dosomething.yaml.
 DS_PREFIX  ?= $(CURDIR)
 DS_CONF    ?= conf/dosomething.yaml
 VERSION     = 0.1.0
@@ -76,6 +78,9 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ)
 	$(CC) $(CFLAGS_ALL) $(DEFINES) -Wno-missing-prototypes -o $@ $^ $(LDLIBS_ALL) -lcmocka
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# Further pieces (handler modules, the CLI, benchmarks) bring their own rules.
+include $(wildcard mk/*.mk) $(wildcard bench/*.mk)
 
 # Install what is missing, once, as root or through sudo.
 deps:
@@ -130,15 +135,20 @@ check-asan: deps-test
 	    SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    OPTFLAGS="-O1 -g -fno-omit-frame-pointer" integration
 
+# make install [PREFIX=/usr/local] [SYSCONFDIR=PREFIX/etc] [DESTDIR=]
+# For the systemd unit as shipped: make install PREFIX=/usr SYSCONFDIR=/etc
 install:
 	@$(MAKE) --no-print-directory BUILD=build/install DS_PREFIX=$(PREFIX) \
-	    DS_CONF=etc/dosomething/dosomething.yaml all
-	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/etc/dosomething \
-	    $(DESTDIR)$(PREFIX)/include/dosomething
+	    DS_CONF=$(SYSCONFDIR)/dosomething/dosomething.yaml all
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(SYSCONFDIR)/dosomething \
+	    $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(SYSCONFDIR)/logrotate.d
 	install -m 755 build/install/dosomethingd $(DESTDIR)$(PREFIX)/sbin/dosomethingd
-	[ -e $(DESTDIR)$(PREFIX)/etc/dosomething/dosomething.yaml ] || \
-	    install -m 644 conf/dosomething.yaml $(DESTDIR)$(PREFIX)/etc/dosomething/dosomething.yaml
-	install -m 644 include/dosomething/*.h $(DESTDIR)$(PREFIX)/include/dosomething/ 2>/dev/null || true
+	@# An installed config keeps its pid file under RUNSTATEDIR; an existing one is kept.
+	[ -e $(DESTDIR)$(SYSCONFDIR)/dosomething/dosomething.yaml ] || \
+	    sed 's|^pid_file: .*|pid_file: $(RUNSTATEDIR)/dosomething/dosomething.pid|' \
+	        conf/dosomething.yaml > $(DESTDIR)$(SYSCONFDIR)/dosomething/dosomething.yaml
+	install -m 644 contrib/systemd/dosomethingd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/
+	install -m 644 contrib/logrotate/dosomethingd $(DESTDIR)$(SYSCONFDIR)/logrotate.d/dosomethingd
 
 clean:
 	rm -rf build

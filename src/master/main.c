@@ -22,7 +22,7 @@ usage(FILE *out)
     fprintf(out,
         "usage: dosomethingd [-c FILE] [-p PREFIX] [-t] [-T] [-s SIGNAL] [-v] [-h]\n"
         "\n"
-        "  -c FILE    the config file (default: PREFIX/%s)\n"
+        "  -c FILE    the config file (default: %s%s)\n"
         "  -p PREFIX  the prefix the default config is found under (default: %s)\n"
         "  -t         check the config and exit; binds nothing\n"
         "  -T         check the config and print it with every default filled in\n"
@@ -33,7 +33,7 @@ usage(FILE *out)
         "\n"
         "Signals: HUP reload, TERM/INT fast stop, QUIT graceful stop, USR1 reopen logs,\n"
         "TTIN/TTOU one worker more/less until the next reload.\n",
-        DS_CONF_PATH, DS_PREFIX);
+        DS_CONF_PATH[0] == '/' ? "" : "PREFIX/", DS_CONF_PATH, DS_PREFIX);
 }
 
 static int
@@ -120,7 +120,10 @@ main(int argc, char **argv)
 
     char default_file[4096];
     if (file == NULL) {
-        snprintf(default_file, sizeof default_file, "%s/%s", prefix, DS_CONF_PATH);
+        if (DS_CONF_PATH[0] == '/')
+            snprintf(default_file, sizeof default_file, "%s", DS_CONF_PATH);
+        else
+            snprintf(default_file, sizeof default_file, "%s/%s", prefix, DS_CONF_PATH);
         file = default_file;
     }
 

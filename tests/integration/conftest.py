@@ -244,6 +244,7 @@ class Daemon:
         self.master_pid = None
         self.known_pids = set()      # every dosomethingd pid this daemon ever showed us
         self.clients = []
+        self._spent_channels = []
         self.config = None
         self.write_config(overrides)
 
@@ -294,11 +295,15 @@ class Daemon:
             workers = self.worker_count_configured
         deadline = time.monotonic() + timeout
         ch = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        # Closed at teardown, not now: grpc's connectivity poller thread may
+        # still touch it for a moment and complains if it is closed under it.
+        self._spent_channels.append((ch, time.monotonic()))
+        ready = grpc.channel_ready_future(ch)
         try:
             while True:
                 self._assert_running("while waiting for it to serve")
                 try:
-                    grpc.channel_ready_future(ch).result(timeout=0.25)
+                    ready.result(timeout=0.25)
                     break
                 except grpc.FutureTimeoutError:
                     pass
@@ -306,7 +311,7 @@ class Daemon:
                     raise AssertionError(
                         f"{self.address} not serving after {timeout} s; log:\n{self.log_tail()}")
         finally:
-            ch.close()
+            ready.cancel()
         def settled():
             slots = self.worker_slots()
             return (sorted(slots) == list(range(1, workers + 1))
@@ -464,6 +469,10 @@ class Daemon:
     def close_clients(self):
         while self.clients:
             self.clients.pop().close()
+        while self._spent_channels:
+            ch, since = self._spent_channels.pop()
+            time.sleep(max(0.0, since + 0.5 - time.monotonic()))   # its poller has gone
+            ch.close()
 
 
 # --------------------------------------------------------------------------
@@ -674,9 +683,6 @@ class Client:
             if not s.done:
                 s.cancel()
         self.channel.close()
-
-    def wait_ready(self, timeout=10):
-        grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
     # ---- doSomething ------------------------------------------------------
 

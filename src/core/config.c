@@ -1873,7 +1873,6 @@ check_unsupported(struct loader *ld)
     size_t i;
 
     unsupported(ld, "user", c->user[0] != '\0');
-    unsupported(ld, "log.access", c->log.access != NULL);
     unsupported(ld, "workers.cpu_affinity", c->workers.cpu_affinity != 0);
     unsupported(ld, "workers.rlimit_nofile", c->workers.rlimit_nofile != 0);
     unsupported(ld, "workers.core_dumps", c->workers.core_dumps != -1);

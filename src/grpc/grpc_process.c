@@ -156,6 +156,7 @@ apply_config(uint64_t generation, const char *text, size_t len)
     gp.config = config;
     gp.generation = generation;
     log_open(config->log.file, config->log.level);
+    access_log_open();
     updates_configure();
     server_reconfigure(old);
     queue_room_available();
@@ -210,6 +211,7 @@ on_control_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         return 0;
     case IPC_REOPEN_LOGS:
         log_reopen();
+        access_log_open();
         return 0;
     default:
         break;
@@ -244,6 +246,7 @@ on_signal(evutil_socket_t fd, short what, void *arg)
             break;
         case SIGUSR1:
             log_reopen();
+            access_log_open();
             break;
         default:
             break;      /* HUP and the rest are the master's */
@@ -297,6 +300,7 @@ grpc_process_main(struct ds_child_start *start)
                              (uint32_t)gp.config->grpc.max_message_size, on_control_frame,
                              on_control_close, NULL);
 
+    access_log_open();
     grpc_init();
     gp.cq = grpc_completion_queue_create_for_next(NULL);
     queue_init();
@@ -336,6 +340,7 @@ grpc_process_main(struct ds_child_start *start)
     event_free(proc.signal_event);
     close(proc.signal_fd);
     event_base_free(gp.base);
+    access_log_close();
     config_free(gp.config);
     log_info("exiting");
     exit(status);

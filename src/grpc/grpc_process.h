@@ -136,6 +136,13 @@ void server_shutdown(int cancel_calls);
 int server_is_shut_down(void);
 void server_destroy(void);
 
+/* access_log.c: log.access, one line per RPC */
+void access_log_open(void);
+void access_log_close(void);
+/* COUNTS: e.g. "items=10/0" or "updates=42". */
+void access_log_call(grpc_call *call, const char *method, int status, const char *counts,
+                     uint64_t started_ms);
+
 /* ---- the process (grpc_process.c) -------------------------------------- */
 
 struct grpc_process {

@@ -49,6 +49,8 @@ struct submit_call {
     int closed;
     int cancelled;
     uint32_t index;             /* of the next item in the stream */
+    uint64_t started_ms;
+    int status;                 /* as sent; -1: none sent */
     uint64_t accepted;
     uint64_t rejected;
     wire_rejection *rejections;
@@ -75,6 +77,11 @@ call_unref(struct submit_call *c)
 {
     if (--c->refs > 0)
         return;
+    char counts[64];
+    snprintf(counts, sizeof counts, "items=%llu/%llu", (unsigned long long)c->accepted,
+             (unsigned long long)c->rejected);
+    access_log_call(c->call, "doSomething", c->status >= 0 ? c->status : GRPC_STATUS_CANCELLED,
+                    counts, c->started_ms);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -131,6 +138,7 @@ reply(struct submit_call *c, grpc_status_code status, const char *details)
     if (c->replied || c->closed)
         return;
     c->replied = 1;
+    c->status = status;
     wire_submit_reply msg;
     wire_submit_reply_init(&msg);
     msg.accepted = c->accepted;
@@ -360,6 +368,8 @@ submit_call_start(grpc_call *call, grpc_byte_buffer *unused)
     struct submit_call *c = ds_calloc(1, sizeof *c);
     c->call = call;
     c->refs = 1;
+    c->status = -1;
+    c->started_ms = clock_monotonic_ms();
     c->recv_tag.done = on_recv_done;
     c->reply_tag.done = on_reply_done;
     c->close_tag.done = on_close;

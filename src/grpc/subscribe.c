@@ -24,6 +24,7 @@
 #include <grpc/byte_buffer_reader.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "grpc/filter.h"
 #include "grpc/grpc_process.h"
@@ -54,6 +55,8 @@ struct subscriber {
     grpc_status_code status;
     grpc_slice status_details;
     int has_details;
+    uint64_t sent;
+    uint64_t started_ms;
 };
 
 static struct {
@@ -94,6 +97,10 @@ subscriber_unref(struct subscriber *s)
 {
     if (--s->refs > 0)
         return;
+    char counts[64];
+    snprintf(counts, sizeof counts, "updates=%llu", (unsigned long long)s->sent);
+    access_log_call(s->call, "getUpdates", s->status_sent ? (int)s->status : GRPC_STATUS_CANCELLED,
+                    counts, s->started_ms);
     queue_clear(s);
     free(s->queue);
     filter_free(&s->filter);
@@ -231,6 +238,7 @@ on_send_done(struct tag *tag, int ok)
     s->send_buffer = NULL;
     if (ok) {
         s->last_sent = s->sending_seq;
+        s->sent++;
         pump(s);
     }
     subscriber_unref(s);
@@ -323,6 +331,7 @@ subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
     struct subscriber *s = ds_calloc(1, sizeof *s);
     s->call = call;
     s->refs = 1;
+    s->started_ms = clock_monotonic_ms();
     s->metadata_tag.done = on_metadata_done;
     s->send_tag.done = on_send_done;
     s->status_tag.done = on_status_done;

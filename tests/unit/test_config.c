@@ -1179,7 +1179,6 @@ test_unsupported_features(void **state)
         const char *error;
     } cases[] = {
         { "user: nobody\n", "1:7: user: not supported by this build yet" },
-        { "log:\n  access: access.log\n", "2:11: log.access: not supported by this build yet" },
         { "workers:\n  cpu_affinity: auto\n",
           "2:17: workers.cpu_affinity: not supported by this build yet" },
         { "workers:\n  rlimit_nofile: 65536\n",

@@ -17,6 +17,7 @@
 #include "core/config.h"
 #include "core/wire.h"
 #include "ipc/frame.h"
+#include "grpc/metrics.h"
 
 struct event_base;
 struct ipc_channel;
@@ -42,6 +43,7 @@ struct item {
     uint32_t max_attempts;
     uint32_t timeout_ms;        /* 0: none */
     int started;                /* its worker said STARTED for this attempt */
+    uint64_t accepted_ns;       /* monotonic */
 };
 
 struct worker {
@@ -52,6 +54,8 @@ struct worker {
     struct item *head, *tail;       /* held, in the order it runs them */
     uint32_t held;
     int retiring;
+    uint64_t attached_ms;
+    uint64_t items_done;
     uint64_t timeout_key;           /* the item it is being killed for */
     uint32_t timeout_ms;
     struct event *timer;            /* the running item's timeout */
@@ -68,6 +72,9 @@ uint64_t queue_count(void);
 void queue_room_available(void);
 
 void workers_attach(pid_t pid, uint32_t slot, int fd);
+/* The workers attached now, for /status. */
+const struct worker *workers_list(void);
+uint64_t queue_waiting(void);
 void workers_exited(pid_t pid, const char *reason);
 void workers_retire(pid_t pid);
 /* Close every worker channel (they exit): the end of a graceful stop. */

@@ -50,6 +50,7 @@ item_new(const wire_work_item *msg, grpc_slice raw, const char *kind, uint32_t m
     item->attempt = 1;
     item->max_attempts = max_attempts;
     item->timeout_ms = timeout_ms;
+    item->accepted_ns = clock_monotonic_ns();
     return item;
 }
 
@@ -59,6 +60,18 @@ item_free(struct item *item)
     grpc_slice_unref(item->raw);
     free(item->id);
     free(item);
+}
+
+const struct worker *
+workers_list(void)
+{
+    return q.workers;
+}
+
+uint64_t
+queue_waiting(void)
+{
+    return q.waiting;
 }
 
 uint64_t
@@ -188,8 +201,9 @@ worker_maybe_release(struct worker *w)
 }
 
 static void
-item_finished(struct item *item)
+item_finished(struct item *item, int succeeded)
 {
+    metrics_item_final(item->kind, succeeded, clock_monotonic_ns() - item->accepted_ns);
     item_free(item);
     q.count--;
     queue_room_available();
@@ -205,9 +219,10 @@ item_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
         snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, item->attempt,
                  item->max_attempts);
         updates_publish(item, STATE_FAILED, worker_pid, NULL, 0, error, 0);
-        item_finished(item);
+        item_finished(item, 0);
         return;
     }
+    metrics_kind(item->kind)->retried++;
     updates_publish(item, STATE_RETRYING, worker_pid, NULL, 0, reason, 0);
     item->attempt++;
     queue_push_front(item);
@@ -269,7 +284,8 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         } else {
             updates_publish(item, STATE_SUCCEEDED, w->pid, rest, rest_len, NULL, 1);
         }
-        item_finished(item);
+        item_finished(item, u.state == STATE_SUCCEEDED);
+        w->items_done++;
         dispatch();
         worker_maybe_release(w);
         return 0;
@@ -305,6 +321,7 @@ workers_attach(pid_t pid, uint32_t slot, int fd)
     snprintf(name, sizeof name, "worker %ld", (long)pid);
     w->pid = pid;
     w->slot = slot;
+    w->attached_ms = clock_monotonic_ms();
     w->timer = evtimer_new(gp.base, on_item_timeout, w);
     w->channel = channel_new(gp.base, fd, name, IPC_CONTROL_MAX +
                              (uint32_t)gp.config->grpc.max_message_size, on_worker_frame,
@@ -321,6 +338,7 @@ workers_exited(pid_t pid, const char *reason)
     struct worker *w = worker_find(pid);
     if (w == NULL)
         return;
+    metrics.worker_exits++;
     /* What it wrote before it died counts: read it first. */
     if (w->channel != NULL)
         channel_read_now(w->channel);

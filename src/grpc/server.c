@@ -174,6 +174,12 @@ on_request(struct tag *tag, int ok)
     s->requests_posted--;
     if (ok) {
         gp.calls++;
+        if (r->method == 0)
+            metrics.calls_submit++;
+        else if (r->method == 1)
+            metrics.calls_updates++;
+        else
+            metrics.calls_other++;
         if (r->method == METHOD_OTHER)
             answer_unimplemented(r->call, &r->details);
         else

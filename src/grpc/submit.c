@@ -207,6 +207,10 @@ take_item(struct submit_call *c, grpc_slice raw)
                  (unsigned long long)config->queue.capacity);
 
     if (reason[0] != '\0') {
+        if (handler != NULL)
+            metrics_kind(handler->kind)->rejected++;
+        else
+            metrics.rejected_unknown_kind++;
         add_rejection(c, msg->id, reason);
         wire_work_item_free(msg, NULL);
         grpc_slice_unref(raw);
@@ -221,6 +225,7 @@ take_item(struct submit_call *c, grpc_slice raw)
                                  msg->id[0] == '\0' ? id : NULL);
     wire_work_item_free(msg, NULL);
     c->accepted++;
+    metrics_kind(handler->kind)->accepted++;
     updates_publish(item, STATE_QUEUED, 0, NULL, 0, NULL, 0);
     queue_push(item);
     return 0;

@@ -163,6 +163,7 @@ cut_off(struct subscriber *s, const char *why)
     log_notice("dropping a slow subscriber: %s (last seq sent %llu)", why,
                (unsigned long long)s->last_sent);
     subs.cut_off++;
+    metrics.subscribers_dropped++;
     subscriber_end(s, GRPC_STATUS_RESOURCE_EXHAUSTED, text, 1);
 }
 

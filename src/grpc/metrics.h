@@ -1,0 +1,47 @@
+/*
+ * Counters of the grpc process, for /metrics and /status. Plain integers
+ * bumped on the libevent thread, which is also the one that serves HTTP:
+ * no locks, no atomics on the hot path.
+ */
+#ifndef DS_GRPC_METRICS_H
+#define DS_GRPC_METRICS_H
+
+#include <stdint.h>
+
+/* Item latency, QUEUED to final, in buckets of these upper bounds (seconds). */
+#define METRICS_LATENCY_BUCKETS 14
+extern const double metrics_latency_bounds[METRICS_LATENCY_BUCKETS];
+
+/* Per kind: the counters a kind's items move. */
+struct kind_metrics {
+    char kind[65];
+    uint64_t accepted;
+    uint64_t rejected;
+    uint64_t succeeded;
+    uint64_t failed;
+    uint64_t retried;
+    uint64_t latency_buckets[METRICS_LATENCY_BUCKETS]; /* not cumulative */
+    uint64_t latency_count;
+    double latency_sum;         /* seconds */
+};
+
+struct grpc_metrics {
+    struct kind_metrics *kinds;
+    uint32_t kind_count;
+    uint64_t rejected_unknown_kind;     /* rejections with no kind to file them under */
+    uint64_t subscribers_dropped;       /* cut off for being slow */
+    uint64_t calls_submit;
+    uint64_t calls_updates;
+    uint64_t calls_other;
+    uint64_t worker_exits;              /* workers whose exit the grpc process saw */
+    uint64_t started_unix;
+};
+
+extern struct grpc_metrics metrics;
+
+/* The counters of KIND, created on first use. */
+struct kind_metrics *metrics_kind(const char *kind);
+/* An item reached its final state after LATENCY_NS since it was accepted. */
+void metrics_item_final(const char *kind, int succeeded, uint64_t latency_ns);
+
+#endif

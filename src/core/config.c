@@ -9,9 +9,11 @@
 #include "core/config.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,8 @@
 #include <unistd.h>
 
 #include <yaml.h>
+
+#include "dosomething/handler.h"
 
 /* Limits against hostile or broken files. */
 #define CONFIG_FILE_MAX      (1024 * 1024)
@@ -1553,6 +1557,11 @@ parse_string_map(struct loader *ld, struct node *map, const char *path, int env,
                      excerpt(key->value, buf, sizeof buf));
             continue;
         }
+        if (env && strncmp(key->value, "DS_", 3) == 0) {
+            error_at(ld, key, path, "names starting with DS_ are the item's (DS_ITEM_ID, "
+                     "DS_PARAM_...), got \"%s\"", excerpt(key->value, buf, sizeof buf));
+            continue;
+        }
         if (key->next->type != NODE_SCALAR) {
             error_at(ld, key->next, sub, "must be a scalar, got %s", node_kind(key->next));
             continue;
@@ -1869,27 +1878,83 @@ static void
 check_unsupported(struct loader *ld)
 {
     const struct ds_config *c = ld->config;
-    char key[CONFIG_KEY_PATH_MAX];
-    size_t i;
 
-    unsupported(ld, "user", c->user[0] != '\0');
-    unsupported(ld, "workers.cpu_affinity", c->workers.cpu_affinity != 0);
-    unsupported(ld, "workers.rlimit_nofile", c->workers.rlimit_nofile != 0);
-    unsupported(ld, "workers.core_dumps", c->workers.core_dumps != -1);
-    unsupported(ld, "grpc.tls", c->grpc.tls != 0);
     unsupported(ld, "queue.journal", c->queue.journal != NULL);
     unsupported(ld, "status.listen", c->status.listen != NULL);
     unsupported(ld, "cluster", c->cluster.redis != NULL);
-    for (i = 0; i < c->handler_count; i++) {
-        const struct ds_handler_config *h = &c->handlers[i];
-        if (h->type == DS_HANDLER_EXEC) {
-            format_key(key, sizeof key, "handlers.%s.exec", h->kind);
-            unsupported(ld, key, 1);
-        } else if (h->type == DS_HANDLER_MODULE) {
-            format_key(key, sizeof key, "handlers.%s.module", h->kind);
-            unsupported(ld, key, 1);
-        }
+}
+
+/*
+ * ---- What only the system can tell. ----
+ *
+ * config_load() (the master: -t, start, reload) also checks the config
+ * against this machine: the user exists, each module loads and speaks our
+ * handler ABI. config_load_text() (a child applying what the master
+ * validated) does not: the grpc process must never dlopen a module.
+ */
+static void
+check_user(struct loader *ld)
+{
+    const struct ds_config *c = ld->config;
+    char buf[48];
+
+    if (c->user[0] == '\0')
+        return;
+    errno = 0;
+    if (getpwnam(c->user) != NULL)
+        return;
+    if (errno != 0 && errno != ENOENT && errno != ESRCH)
+        error_at(ld, find_position(ld, "user"), "user", "cannot look up \"%s\": %s",
+                 excerpt(c->user, buf, sizeof buf), strerror(errno));
+    else
+        error_at(ld, find_position(ld, "user"), "user", "no such user \"%s\"",
+                 excerpt(c->user, buf, sizeof buf));
+}
+
+/* dlopen it, find DS_MODULE_SYMBOL, check it, dlclose: the worker does the
+ * same for real (src/workers/module.c). */
+static void
+check_module(struct loader *ld, const struct ds_handler_config *h)
+{
+    char key[CONFIG_KEY_PATH_MAX];
+    const struct ds_module *m;
+    const struct node *n;
+    const char *why;
+    void *dl;
+
+    format_key(key, sizeof key, "handlers.%s.module", h->kind);
+    n = find_position(ld, key);
+    if (h->module_path == NULL)
+        return;
+    dl = dlopen(h->module_path, RTLD_NOW | RTLD_LOCAL);
+    if (dl == NULL) {
+        why = dlerror();
+        error_at(ld, n, key, "cannot load: %s", why != NULL ? why : "unknown error");
+        return;
     }
+    m = dlsym(dl, DS_MODULE_SYMBOL);
+    if (m == NULL)
+        error_at(ld, n, key, "%s does not export " DS_MODULE_SYMBOL " (not a dosomething "
+                 "module?)", h->module_path);
+    else if (m->abi_version != DS_HANDLER_ABI_VERSION)
+        error_at(ld, n, key, "%s was built for handler ABI version %u; this dosomethingd "
+                 "loads version %d", h->module_path, (unsigned)m->abi_version,
+                 DS_HANDLER_ABI_VERSION);
+    else if (m->process == NULL)
+        error_at(ld, n, key, "%s: " DS_MODULE_SYMBOL ".process is NULL", h->module_path);
+    dlclose(dl);
+}
+
+static void
+check_system(struct loader *ld)
+{
+    const struct ds_config *c = ld->config;
+    size_t i;
+
+    check_user(ld);
+    for (i = 0; i < c->handler_count; i++)
+        if (c->handlers[i].type == DS_HANDLER_MODULE)
+            check_module(ld, &c->handlers[i]);
 }
 
 static void
@@ -1911,9 +1976,16 @@ reset_errors(char *errors, size_t errors_size)
         errors[0] = '\0';
 }
 
+/* What load() checks beyond the file itself. */
+enum load_checks {
+    LOAD_UNCHECKED,               /* for tests: unsupported features pass */
+    LOAD_CHECKED,                 /* unsupported features are errors */
+    LOAD_CHECKED_SYSTEM,          /* and check_system() */
+};
+
 static struct ds_config *
 load(const char *file, const char *text, size_t len, char *errors, size_t errors_size,
-     int check)
+     enum load_checks check)
 {
     struct ds_config *c;
     struct ds_pool *pool;
@@ -1945,8 +2017,10 @@ load(const char *file, const char *text, size_t len, char *errors, size_t errors
     if (parse_tree(&ld, text, len, &root) == 0) {
         walk_root(&ld, root);
         check_config(&ld);
-        if (check)
+        if (check != LOAD_UNCHECKED)
             check_unsupported(&ld);
+        if (check == LOAD_CHECKED_SYSTEM)
+            check_system(&ld);
     }
     pool_destroy(ld.scratch);
 
@@ -2015,7 +2089,7 @@ config_load(const char *file, char *errors, size_t errors_size)
     text = read_file(&ld, &len);
     if (text == NULL)
         return NULL;
-    c = load(file, text, len, errors, errors_size, 1);
+    c = load(file, text, len, errors, errors_size, LOAD_CHECKED_SYSTEM);
     free(text);
     return c;
 }
@@ -2024,14 +2098,14 @@ struct ds_config *
 config_load_text(const char *file, const char *text, size_t len, char *errors,
                  size_t errors_size)
 {
-    return load(file, text, len, errors, errors_size, 1);
+    return load(file, text, len, errors, errors_size, LOAD_CHECKED);
 }
 
 struct ds_config *
 config_load_text_unchecked(const char *file, const char *text, size_t len, char *errors,
                            size_t errors_size)
 {
-    return load(file, text, len, errors, errors_size, 0);
+    return load(file, text, len, errors, errors_size, LOAD_UNCHECKED);
 }
 
 void

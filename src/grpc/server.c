@@ -230,6 +230,69 @@ post_request(struct server *s, int method)
     s->requests_posted++;
 }
 
+/* The whole of a PEM file, or NULL (logged). */
+static char *
+read_pem(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (f == NULL) {
+        log_syserr("cannot open %s", path);
+        return NULL;
+    }
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (cap - len < 4096) {
+            cap = cap ? cap * 2 : 8192;
+            if (cap > (4u << 20)) {
+                log_error("%s is larger than 4 MiB: not a PEM file", path);
+                free(text);
+                fclose(f);
+                return NULL;
+            }
+            text = ds_realloc(text, cap);
+        }
+        size_t n = fread(text + len, 1, cap - len - 1, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        log_error("cannot read %s", path);
+        free(text);
+        return NULL;
+    }
+    text[len] = '\0';
+    return text;
+}
+
+/* Plaintext, or TLS (with client certificates required when client_ca is
+ * set). NULL if a file cannot be read. */
+static grpc_server_credentials *
+server_credentials(const struct ds_config *config)
+{
+    if (!config->grpc.tls)
+        return grpc_insecure_server_credentials_create();
+    char *cert = read_pem(config->grpc.tls_cert);
+    char *key = read_pem(config->grpc.tls_key);
+    char *ca = config->grpc.tls_client_ca ? read_pem(config->grpc.tls_client_ca) : NULL;
+    grpc_server_credentials *creds = NULL;
+    if (cert != NULL && key != NULL && (config->grpc.tls_client_ca == NULL || ca != NULL)) {
+        grpc_ssl_pem_key_cert_pair pair = { .private_key = key, .cert_chain = cert };
+        creds = grpc_ssl_server_credentials_create_ex(
+            ca, &pair, 1,
+            ca != NULL ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                       : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+            NULL);
+    }
+    free(cert);
+    free(key);
+    free(ca);
+    return creds;
+}
+
 /* A server on every grpc.listen address of the current config, started,
  * or NULL (logged, and told to the master when fatal is set). */
 static struct server *
@@ -250,7 +313,15 @@ server_create(int fatal_errors)
                                                     methods[i].payload, 0);
     grpc_server_register_completion_queue(s->server, gp.cq, NULL);
 
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    grpc_server_credentials *creds = server_credentials(config);
+    if (creds == NULL) {
+        const char msg[] = "cannot set up TLS (see the lines above)";
+        if (fatal_errors)
+            master_send_now(IPC_FATAL, msg, sizeof msg - 1);
+        grpc_server_destroy(s->server);
+        free(s);
+        return NULL;
+    }
     int failed = 0;
     size_t used = 0;
     for (size_t i = 0; i < config->grpc.listen_count; i++) {
@@ -384,7 +455,9 @@ server_reconfigure(const struct ds_config *old)
 {
     const struct ds_config *config = gp.config;
     int changed = config->grpc.listen_count != old->grpc.listen_count ||
-                  config->grpc.max_message_size != old->grpc.max_message_size;
+                  config->grpc.max_message_size != old->grpc.max_message_size ||
+                  config->grpc.tls != old->grpc.tls ||
+                  config->grpc.tls;     /* renewed certificates take effect */
     for (size_t i = 0; !changed && i < config->grpc.listen_count; i++)
         changed = strcmp(config->grpc.listen[i], old->grpc.listen[i]) != 0;
     if (!changed || srv.current == NULL || gp.draining || gp.stopping)

@@ -1185,7 +1185,6 @@ test_unsupported_features(void **state)
           "2:18: workers.rlimit_nofile: not supported by this build yet" },
         { "workers:\n  core_dumps: on\n", "2:15: workers.core_dumps: not supported by this build yet" },
         { "workers:\n  core_dumps: off\n", "2:15: workers.core_dumps: not supported by this build yet" },
-        { "grpc:\n  tls: {cert: c.pem, key: k.pem}\n", "2:8: grpc.tls: not supported by this build yet" },
         { "queue:\n  journal: /var/lib/ds\n", "2:12: queue.journal: not supported by this build yet" },
         { "status:\n  listen: 127.0.0.1:9090\n", "2:11: status.listen: not supported by this build yet" },
         { "cluster: {redis: \"redis://127.0.0.1:6379\", name: dosomething}\n",

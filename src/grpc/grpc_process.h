@@ -43,6 +43,7 @@ struct item {
     uint32_t max_attempts;
     uint32_t timeout_ms;        /* 0: none */
     int started;                /* its worker said STARTED for this attempt */
+    uint8_t weight;             /* of a worker's prefetch: ITEM_WEIGHT_QUICK or _FULL */
     uint64_t accepted_ns;       /* monotonic */
 };
 
@@ -53,6 +54,7 @@ struct worker {
     struct ipc_channel *channel;    /* NULL once closed */
     struct item *head, *tail;       /* held, in the order it runs them */
     uint32_t held;
+    uint32_t held_weight;
     int retiring;
     uint64_t attached_ms;
     uint64_t items_done;
@@ -80,8 +82,18 @@ void workers_retire(pid_t pid);
 /* Close every worker channel (they exit): the end of a graceful stop. */
 void workers_close_all(void);
 
+/*
+ * An item that takes microseconds (handler_is_quick) fills 1/16 of a
+ * prefetch slot: a worker then holds up to 16 x workers.prefetch of them,
+ * so quick items travel in batches instead of costing a round trip (two
+ * context switches) each, while heavy items still balance 2 at a time.
+ */
+#define ITEM_WEIGHT_QUICK 1
+#define ITEM_WEIGHT_FULL  16
+
 struct item *item_new(const wire_work_item *msg, grpc_slice raw, const char *kind,
-                      uint32_t max_attempts, uint32_t timeout_ms, const char *assigned_id);
+                      uint32_t max_attempts, uint32_t timeout_ms, const char *assigned_id,
+                      int quick);
 void item_free(struct item *item);
 
 /* ---- updates (updates.c) ----------------------------------------------- */
@@ -149,6 +161,14 @@ void access_log_close(void);
 /* COUNTS: e.g. "items=10/0" or "updates=42". */
 void access_log_call(grpc_call *call, const char *method, int status, const char *counts,
                      uint64_t started_ms);
+
+/* status.c: status.listen, HTTP on the loop: /metrics, /status, /healthz */
+/* Bind status.listen if set; -1: it cannot (logged, told to the master). */
+int status_start(void);
+/* After a reload: rebind a changed status.listen (new socket first); on
+ * failure the old one keeps serving. */
+void status_reconfigure(void);
+void status_shutdown(void);
 
 /* ---- the process (grpc_process.c) -------------------------------------- */
 

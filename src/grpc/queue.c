@@ -36,7 +36,7 @@ static struct {
 
 struct item *
 item_new(const wire_work_item *msg, grpc_slice raw, const char *kind, uint32_t max_attempts,
-         uint32_t timeout_ms, const char *assigned_id)
+         uint32_t timeout_ms, const char *assigned_id, int quick)
 {
     const char *id = assigned_id != NULL ? assigned_id : msg->id;
     size_t id_len = strlen(id), kind_len = strlen(kind), batch_len = strlen(msg->batch);
@@ -51,6 +51,7 @@ item_new(const wire_work_item *msg, grpc_slice raw, const char *kind, uint32_t m
     item->max_attempts = max_attempts;
     item->timeout_ms = timeout_ms;
     item->accepted_ns = clock_monotonic_ns();
+    item->weight = quick ? ITEM_WEIGHT_QUICK : ITEM_WEIGHT_FULL;
     return item;
 }
 
@@ -150,6 +151,7 @@ worker_send_item(struct worker *w, struct item *item)
     else
         w->head = item;
     w->tail = item;
+    w->held_weight += item->weight;
     if (w->held++ == 0)
         worker_arm_timer(w);
 }
@@ -167,6 +169,7 @@ worker_remove(struct worker *w, struct item *item)
     if (w->tail == item)
         w->tail = prev;
     w->held--;
+    w->held_weight -= item->weight;
     item->next = NULL;
     item->worker = NULL;
     if (prev == NULL) {
@@ -347,7 +350,7 @@ workers_exited(pid_t pid, const char *reason)
     uint64_t timeout_key = w->timeout_key;
     /* Retry in reverse: each goes to the front of the queue, so they keep
      * their order there. prefetch bounds what a worker holds. */
-    struct item *held[DS_PREFETCH_MAX], *item;
+    struct item **held = ds_malloc((w->held + 1) * sizeof *held), *item;
     uint32_t n = 0;
     while ((item = w->head) != NULL) {
         worker_remove(w, item);
@@ -362,6 +365,7 @@ workers_exited(pid_t pid, const char *reason)
         else
             queue_push_front(item);     /* prefetched, never run: no attempt spent */
     }
+    free(held);
     worker_free(w);
     dispatch();
 }
@@ -385,15 +389,16 @@ workers_close_all(void)
 
 /* ---- dispatch ------------------------------------------------------------ */
 
+/* The worker with most room for ITEM, or NULL if none has room. */
 static struct worker *
-least_loaded(void)
+least_loaded(const struct item *item)
 {
     struct worker *best = NULL;
-    uint32_t prefetch = gp.config->workers.prefetch;
+    uint32_t capacity = gp.config->workers.prefetch * ITEM_WEIGHT_FULL;
     for (struct worker *w = q.workers; w != NULL; w = w->next) {
-        if (w->channel == NULL || w->retiring || w->held >= prefetch)
+        if (w->channel == NULL || w->retiring || w->held_weight + item->weight > capacity)
             continue;
-        if (best == NULL || w->held < best->held)
+        if (best == NULL || w->held_weight < best->held_weight)
             best = w;
     }
     return best;
@@ -403,7 +408,7 @@ static void
 dispatch(void)
 {
     struct worker *w;
-    while (q.head != NULL && (w = least_loaded()) != NULL) {
+    while (q.head != NULL && (w = least_loaded(q.head)) != NULL) {
         struct item *item = q.head;
         q.head = item->next;
         if (q.head == NULL)

@@ -222,7 +222,7 @@ take_item(struct submit_call *c, grpc_slice raw)
     uint32_t timeout_ms = msg->timeout_ms ? msg->timeout_ms : (uint32_t)handler->timeout_ms;
     uint32_t max_attempts = msg->max_attempts ? msg->max_attempts : config->queue.max_attempts;
     struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,
-                                 msg->id[0] == '\0' ? id : NULL);
+                                 msg->id[0] == '\0' ? id : NULL, handler_is_quick(handler, msg));
     wire_work_item_free(msg, NULL);
     c->accepted++;
     metrics_kind(handler->kind)->accepted++;

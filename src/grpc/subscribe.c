@@ -156,12 +156,14 @@ subscriber_end(struct subscriber *s, grpc_status_code status, const char *detail
 static void
 cut_off(struct subscriber *s, const char *why)
 {
+    /* The message in flight still reaches the client before the status. */
+    uint64_t last = s->send_buffer != NULL ? s->sending_seq : s->last_sent;
     char text[512];
     snprintf(text, sizeof text, "subscriber too slow: %s; last seq sent %llu; resume with "
-             "replay=true, after_seq=%llu", why, (unsigned long long)s->last_sent,
-             (unsigned long long)s->last_sent);
+             "replay=true, after_seq=%llu", why, (unsigned long long)last,
+             (unsigned long long)last);
     log_notice("dropping a slow subscriber: %s (last seq sent %llu)", why,
-               (unsigned long long)s->last_sent);
+               (unsigned long long)last);
     subs.cut_off++;
     metrics.subscribers_dropped++;
     subscriber_end(s, GRPC_STATUS_RESOURCE_EXHAUSTED, text, 1);

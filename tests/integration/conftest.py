@@ -214,6 +214,38 @@ def descendants(root):
     return out
 
 
+def listening_inodes(port):
+    """Socket inodes listening on TCP port (this network namespace)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def owns_listener(pid, port):
+    """Does pid hold a socket listening on port?"""
+    wanted = {f"socket:[{i}]" for i in listening_inodes(port)}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                return True
+        except OSError:
+            pass
+    return False
+
+
 WORKER_TITLE = re.compile(r"^dosomethingd: worker (\d+)")
 
 
@@ -314,9 +346,12 @@ class Daemon:
             ready.cancel()
         def settled():
             slots = self.worker_slots()
+            grpc_pid = self.grpc_pid()
             return (sorted(slots) == list(range(1, workers + 1))
                     and all(len(p) == 1 for p in slots.values())
-                    and self.grpc_pid() is not None)
+                    and grpc_pid is not None
+                    # and the port is ours, not another test run's that raced us to it
+                    and owns_listener(grpc_pid, self.port))
         try:
             wait_for(settled, max(0.5, deadline - time.monotonic()),
                      f"{workers} workers and a grpc process")
@@ -357,33 +392,35 @@ class Daemon:
         """Finalizer: SIGKILL the master and everything it made, whatever state
         the test left them in, and reap the master."""
         self.close_clients()
-        doomed = set(self.known_pids)
-        if self.master_pid is not None:
-            doomed.add(self.master_pid)
-            doomed.update(descendants(self.master_pid))
-        # Orphans (reparented after a master died) still have their cwd here.
-        here = str(self.dir.resolve())
-        for pid in all_pids():
-            if pid != os.getpid() and proc_cwd(pid) == here:
-                doomed.add(pid)
-        doomed = {p for p in doomed if p != os.getpid() and pid_alive(p) and is_dosomethingd(p)}
+        doomed = self._ours()
+        if self.master_pid is not None and pid_alive(self.master_pid):
+            os.kill(self.master_pid, signal.SIGKILL)     # first: no more respawns
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        doomed |= self._ours()                          # anything forked meanwhile
         for pid in doomed:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if self.proc is not None:
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(pid_alive(p) for p in doomed):
             time.sleep(0.02)
+
+    def _ours(self):
+        """Live dosomethingd processes of this daemon: the master, its
+        descendants, every pid seen before, and orphans still in its directory."""
+        pids = set(self.known_pids)
+        if self.master_pid is not None:
+            pids.add(self.master_pid)
+            pids.update(descendants(self.master_pid))
+        here = str(self.dir.resolve())
+        pids.update(pid for pid in all_pids() if proc_cwd(pid) == here)
+        me = os.getpid()
+        return {p for p in pids if p != me and pid_alive(p) and is_dosomethingd(p)}
 
     # ---- process tree ---------------------------------------------------
 

@@ -96,9 +96,12 @@ def test_killed_worker_is_respawned_in_its_slot(daemon):
 
 def test_killed_grpc_process_is_respawned(daemon):
     old = daemon.grpc_pid()
+    old_workers = set(daemon.worker_pids())
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: daemon.grpc_pid() not in (None, old), 5, "a new grpc process")
     daemon.wait_ready()
+    # The workers' items died with it: they restart with fresh channels.
+    wait_worker_count(daemon, 2, not_in=old_workers)
     assert_serving(daemon)
 
 

@@ -30,6 +30,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/privileges.h"
 #include "core/process.h"
 #include "ipc/channel.h"
 #include "master/master.h"
@@ -165,6 +166,13 @@ child_setup(enum ds_role role, const int *keep, int count)
         _exit(DS_EXIT_OK);
     child_close_fds(keep, count);
     if (role == DS_ROLE_WORKER) {
+        /* A worker never needs root; the grpc process drops it once its
+         * listeners are bound. */
+        char err[256];
+        if (privileges_drop(m.config->user, err, sizeof err) == -1) {
+            log_error("%s", err);
+            _exit(DS_EXIT_FATAL);
+        }
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);

@@ -1,0 +1,159 @@
+/*
+ * dosomething/handler.h: the C ABI of dosomethingd handler modules.
+ *
+ * A module is a shared object that runs the items of a kind:
+ *
+ *     handlers:
+ *       gz: {module: /usr/local/lib/dosomething/gzip.so, options: {level: 9}}
+ *
+ * It exports one symbol, DS_MODULE_SYMBOL, a constant struct ds_module:
+ *
+ *     #include <dosomething/handler.h>
+ *
+ *     const struct ds_module dosomething_module = {
+ *         .abi_version = DS_HANDLER_ABI_VERSION,
+ *         .name = "gzip",
+ *         .init = gz_init,
+ *         .process = gz_process,
+ *         .fini = gz_fini,
+ *     };
+ *
+ * and is built with
+ *
+ *     cc -shared -fPIC $(pkg-config --cflags dosomething) -o gzip.so gzip.c
+ *
+ * Life cycle. Every worker process loads the module itself (dlopen with
+ * RTLD_NOW | RTLD_LOCAL) when it starts, after it dropped privileges, and
+ * calls init once. It then calls process once per item, one item at a time:
+ * never concurrently, never re-entrantly, so the state needs no locking. When
+ * the worker exits cleanly (recycled by workers.max_items, stopped, reloaded)
+ * it calls fini. A worker that is killed (item timeout, crash) calls nothing
+ * more: keep no state outside the process that must be cleaned up.
+ * Workers are separate processes: the state of one is never seen by another.
+ *
+ * Failure. process returning -1 fails the item (FAILED, with the message).
+ * A module that crashes or hangs kills its worker; the item is then retried
+ * on another worker up to its max_attempts, like any worker death.
+ *
+ * Validation. `dosomethingd -t`, the start and every reload dlopen the
+ * module in the master, look up DS_MODULE_SYMBOL, check abi_version and
+ * dlclose it again: a missing symbol or another ABI version is a config
+ * error, not a crash. (So a module's ELF constructors, if any, also run in
+ * the master: keep them trivial.)
+ *
+ * Versioning. DS_HANDLER_ABI_VERSION changes whenever anything in this
+ * file changes in a way that breaks a module built against the previous
+ * one; dosomethingd loads only modules whose abi_version equals its own.
+ *
+ * Ownership, in one line: what the host passes is the host's and valid only
+ * during the call; what the module returns is the module's until the host
+ * is done with it (see struct ds_module_result).
+ */
+#ifndef DOSOMETHING_HANDLER_H
+#define DOSOMETHING_HANDLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DS_HANDLER_ABI_VERSION 1
+
+/* The name of the one symbol a module exports. */
+#define DS_MODULE_SYMBOL "dosomething_module"
+
+/* struct ds_module.flags */
+/* process() takes microseconds: the host may send an item's STARTED update
+ * together with the next batch instead of on its own (more throughput, and
+ * STARTED may be seen only shortly before SUCCEEDED). */
+#define DS_MODULE_QUICK 0x1u
+
+/* One entry of the handler's `options:` map in the config, as strings. */
+struct ds_module_option {
+    const char *name;
+    const char *value;
+};
+
+/* One entry of WorkItem.params. */
+struct ds_module_param {
+    const char *key;
+    const char *value;
+};
+
+/* The item to process. Everything here is the host's, valid only during
+ * the process() call: copy what you keep. */
+struct ds_module_item {
+    const char *id;                     /* the client's id; "" when the server assigned it */
+    const char *kind;                   /* the configured kind that chose this module */
+    const uint8_t *payload;             /* payload_len bytes, not NUL-terminated */
+    size_t payload_len;
+    const struct ds_module_param *params;   /* param_count entries, in no particular order */
+    size_t param_count;
+    uint32_t attempt;                   /* 1 for the first try, 2 for the first retry, ... */
+};
+
+/* What the host offers a running process() call. */
+struct ds_module_host {
+    /* Report progress, FRACTION from 0 to 1. Call as often as you like: the
+     * host sends at most one PROGRESS update every 20 ms. */
+    void (*progress)(const struct ds_module_host *host, float fraction);
+    /* A result longer than this fails the item ("output exceeds N bytes");
+     * stop early rather than build a larger one. */
+    size_t result_max;
+    void *host_data;                    /* the host's: do not touch */
+};
+
+/*
+ * How process() answers. The host zeroes data, len and release and gives an
+ * empty error buffer before each call.
+ *
+ * Success (return 0): point data at len result bytes (data may be NULL when
+ * len is 0). The bytes stay the module's. If release is not NULL the host
+ * calls release(data) once it has copied them, before the next call into
+ * the module; if release is NULL the bytes must stay valid until the next
+ * call into the module (process or fini): a buffer kept in the state works.
+ *
+ * Failure (return -1): write a NUL-terminated message of at most error_size
+ * bytes (including the NUL) into error; the item is FAILED with it. Set data
+ * only on success.
+ */
+struct ds_module_result {
+    const void *data;
+    size_t len;
+    void (*release)(void *data);
+    char *error;                        /* the host's buffer */
+    size_t error_size;
+};
+
+struct ds_module {
+    uint32_t abi_version;               /* DS_HANDLER_ABI_VERSION */
+    uint32_t flags;                     /* DS_MODULE_* */
+    const char *name;                   /* for log lines: "gzip" */
+
+    /*
+     * Once per worker, before any item. OPTIONS (option_count entries) are
+     * the handler's `options:` from the config, valid only during the call.
+     * Set *state to what process and fini receive (it starts NULL).
+     * Return 0, or -1 with a NUL-terminated reason in err (err_size bytes):
+     * the worker then logs it and exits with the "fatal, do not respawn"
+     * status, which stops the daemon. May be NULL (no options, no state).
+     */
+    int (*init)(const struct ds_module_option *options, size_t option_count, void **state,
+                char *err, size_t err_size);
+
+    /* Once per item: fill OUT (see struct ds_module_result) and return 0
+     * or -1. HOST is valid only during the call. Required. */
+    int (*process)(void *state, const struct ds_module_item *item,
+                   struct ds_module_result *out, const struct ds_module_host *host);
+
+    /* Once, when the worker exits cleanly: free the state. May be NULL. */
+    void (*fini)(void *state);
+};
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -38,7 +38,7 @@ DEFINES     = -DDS_PREFIX='"$(DS_PREFIX)"' -DDS_CONF_PATH='"$(DS_CONF)"' -DDS_VE
 DEB_BUILD   = gcc make pkg-config libgrpc-dev libprotobuf-c-dev protobuf-c-compiler \
               libyaml-dev libevent-dev libssl-dev libsystemd-dev
 DEB_TEST    = libcmocka-dev valgrind python3-grpcio python3-protobuf python3-grpc-tools \
-              python3-pytest python3-yaml
+              python3-pytest python3-yaml python3-prometheus-client openssl
 
 PROTO       = proto/com/agrounds/dosomething/v1/do_something.proto
 PROTO_C     = $(BUILD)/gen/com/agrounds/dosomething/v1/do_something.pb-c.c

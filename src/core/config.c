@@ -1880,7 +1880,6 @@ check_unsupported(struct loader *ld)
     const struct ds_config *c = ld->config;
 
     unsupported(ld, "queue.journal", c->queue.journal != NULL);
-    unsupported(ld, "status.listen", c->status.listen != NULL);
     unsupported(ld, "cluster", c->cluster.redis != NULL);
 }
 

@@ -27,6 +27,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/privileges.h"
 #include "core/process.h"
 #include "grpc/grpc_process.h"
 #include "ipc/channel.h"
@@ -159,6 +160,7 @@ apply_config(uint64_t generation, const char *text, size_t len)
     access_log_open();
     updates_configure();
     server_reconfigure(old);
+    status_reconfigure();
     queue_room_available();
     config_free(old);
     log_info("config generation %llu applied", (unsigned long long)generation);
@@ -306,16 +308,30 @@ grpc_process_main(struct ds_child_start *start)
     queue_init();
     updates_init(start->seq_start);
     int status = DS_EXIT_OK;
+    char err[256];
+    /* Listeners are bound as whoever started us (a port under 1024 needs
+     * root); nothing after this runs as root. */
     if (server_start() == -1) {
         status = DS_EXIT_FATAL;
         gp.stopping = 1;
         server_shutdown(1);
+    } else if (status_start() == -1) {
+        status = DS_EXIT_FATAL;
+        stop_fast("status.listen cannot be bound");
     }
     if (cq_start() == -1)
         fatal(DS_EXIT_FATAL, "cannot start the completion queue thread");
+    if (status == DS_EXIT_OK && privileges_drop(gp.config->user, err, sizeof err) == -1) {
+        log_error("%s", err);
+        master_send_now(IPC_FATAL, err, strlen(err));
+        status = DS_EXIT_FATAL;
+        stop_fast("cannot drop privileges");
+    }
     if (status == DS_EXIT_OK) {
         master_send(IPC_READY, NULL, 0);
         event_base_dispatch(gp.base);
+    } else if (!server_is_shut_down()) {
+        event_base_dispatch(gp.base);   /* the server started: until it has shut down */
     }
 
     if (!server_is_shut_down()) {
@@ -331,6 +347,7 @@ grpc_process_main(struct ds_child_start *start)
     queue_shutdown();
     updates_shutdown();
     grpc_shutdown();
+    status_shutdown();
 
     if (gp.control != NULL) {
         channel_flush(gp.control);

@@ -1,0 +1,701 @@
+/*
+ * The status endpoint (status.listen): GET /metrics in the Prometheus text
+ * format 0.0.4, GET /status (the same as JSON, plus the process table),
+ * GET /healthz (200 while serving, 503 once a stop is under way).
+ *
+ * libevent's evhttp serves it on the grpc process's loop, the thread that
+ * bumps every counter, so a request reads them without locks and the data
+ * path never waits for it. A request costs the loop one pass over the
+ * counters and one read of /proc/PID/stat per process.
+ *
+ * Reload: a changed status.listen gets its new socket bound before the old
+ * one is closed; connections already accepted finish on the old one. When
+ * only the host changes and the port stays (127.0.0.1:9090 to 0.0.0.0:9090),
+ * the two cannot listen at once without SO_REUSEPORT, which would also let
+ * a second daemon of the same user share the port unnoticed; so then the
+ * old socket is closed first, and bound again if the new one fails.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "grpc/grpc_process.h"
+
+#define STATUS_BACKLOG      64
+#define STATUS_TIMEOUT_S    10      /* an idle or slow connection is closed after this */
+#define STATUS_HEADERS_MAX  8192
+#define STATUS_BODY_MAX     8192
+
+#define CONTENT_TEXT        "text/plain; charset=utf-8"
+#define CONTENT_PROMETHEUS  "text/plain; version=0.0.4; charset=utf-8"
+#define CONTENT_JSON        "application/json"
+
+static struct {
+    struct evhttp *http;                /* NULL until status.listen is first set */
+    struct evhttp_bound_socket *bound;  /* NULL: off */
+    char listen[300];                   /* the address bound; "" when off */
+    uint64_t reloads;                   /* config generations applied since start */
+} st;
+
+/* The per-kind counters, for both formats. */
+static const struct {
+    const char *json;
+    const char *metric;
+    const char *help;
+    size_t offset;
+} kind_counters[] = {
+    { "accepted", "items_accepted_total", "Items accepted, by kind.",
+      offsetof(struct kind_metrics, accepted) },
+    { "rejected", "items_rejected_total", "Items rejected (bad params, queue full), by kind.",
+      offsetof(struct kind_metrics, rejected) },
+    { "succeeded", "items_succeeded_total", "Items that ended SUCCEEDED, by kind.",
+      offsetof(struct kind_metrics, succeeded) },
+    { "failed", "items_failed_total", "Items that ended FAILED, by kind.",
+      offsetof(struct kind_metrics, failed) },
+    { "retried", "items_retried_total", "Attempts that ended RETRYING, by kind.",
+      offsetof(struct kind_metrics, retried) },
+};
+
+#define KIND_COUNTERS (sizeof kind_counters / sizeof kind_counters[0])
+
+static uint64_t
+kind_counter(const struct kind_metrics *k, size_t i)
+{
+    return *(const uint64_t *)((const char *)k + kind_counters[i].offset);
+}
+
+/* Every configured kind shows up, at 0, before its first item. */
+static void
+kinds_touch(void)
+{
+    for (size_t i = 0; i < gp.config->handler_count; i++)
+        metrics_kind(gp.config->handlers[i].kind);
+}
+
+/* ---- processes, from /proc ------------------------------------------------ */
+
+struct proc_row {
+    const char *role;
+    pid_t pid;
+    const struct worker *worker;    /* NULL: the grpc process or the master */
+    int sampled;                    /* the fields below are known */
+    double cpu_seconds;             /* user + system */
+    uint64_t rss_bytes;
+    double uptime_seconds;
+    double start_unix;
+};
+
+static double
+seconds_since_boot(void)
+{
+    char buf[64];
+    int fd = open("/proc/uptime", O_RDONLY | O_CLOEXEC);
+    if (fd == -1)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    return strtod(buf, NULL);
+}
+
+static int
+proc_sample(struct proc_row *row, double boot_seconds)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)row->pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    /* The command name may hold anything, ')' too: fields start after the last. */
+    const char *p = strrchr(buf, ')');
+    if (p == NULL || p[1] == '\0')
+        return -1;
+    /* From field 3 (state) on; utime is 14, stime 15, starttime 22, rss 24. */
+    unsigned long utime, stime;
+    unsigned long long starttime;
+    long rss;
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d "
+               "%*d %*d %llu %*u %ld", &utime, &stime, &starttime, &rss) != 4)
+        return -1;
+    double ticks = (double)sysconf(_SC_CLK_TCK);
+    row->cpu_seconds = (double)(utime + stime) / ticks;
+    row->rss_bytes = rss > 0 ? (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
+    row->uptime_seconds = boot_seconds - (double)starttime / ticks;
+    if (row->uptime_seconds < 0)
+        row->uptime_seconds = 0;
+    row->start_unix = (double)clock_wall_ns() / 1e9 - row->uptime_seconds;
+    return 0;
+}
+
+/* The grpc process, the master and every attached worker, sampled now.
+ * The caller frees the array. */
+static struct proc_row *
+proc_rows(size_t *count)
+{
+    size_t n = 2;
+    for (const struct worker *w = workers_list(); w != NULL; w = w->next)
+        n++;
+    struct proc_row *rows = ds_calloc(n, sizeof *rows);
+    rows[0].role = "grpc";
+    rows[0].pid = getpid();
+    rows[1].role = "master";
+    rows[1].pid = getppid();
+    size_t i = 2;
+    for (const struct worker *w = workers_list(); w != NULL; w = w->next, i++) {
+        rows[i].role = "worker";
+        rows[i].pid = w->pid;
+        rows[i].worker = w;
+    }
+    double boot = seconds_since_boot();
+    for (i = 0; i < n; i++)
+        rows[i].sampled = boot >= 0 && proc_sample(&rows[i], boot) == 0;
+    *count = n;
+    return rows;
+}
+
+static uint64_t
+items_done(void)
+{
+    uint64_t done = 0;
+    for (uint32_t i = 0; i < metrics.kind_count; i++)
+        done += metrics.kinds[i].succeeded + metrics.kinds[i].failed;
+    return done;
+}
+
+/* ---- GET /metrics ------------------------------------------------------- */
+
+static void
+family(struct evbuffer *b, const char *name, const char *type, const char *help)
+{
+    evbuffer_add_printf(b, "# HELP dosomething_%s %s\n# TYPE dosomething_%s %s\n", name, help,
+                        name, type);
+}
+
+static void
+sample(struct evbuffer *b, const char *name, uint64_t value)
+{
+    evbuffer_add_printf(b, "dosomething_%s %llu\n", name, (unsigned long long)value);
+}
+
+/* A label value: backslash, double quote and newline escaped. */
+static void
+label_value(struct evbuffer *b, const char *s)
+{
+    for (const char *p = s; *p != '\0'; p++) {
+        if (*p == '\\' || *p == '"')
+            evbuffer_add_printf(b, "\\%c", *p);
+        else if (*p == '\n')
+            evbuffer_add(b, "\\n", 2);
+        else
+            evbuffer_add(b, p, 1);
+    }
+}
+
+static void
+kind_sample(struct evbuffer *b, const char *name, const char *kind, const char *le,
+            const char *value)
+{
+    evbuffer_add_printf(b, "dosomething_%s{kind=\"", name);
+    label_value(b, kind);
+    if (le != NULL)
+        evbuffer_add_printf(b, "\",le=\"%s", le);
+    evbuffer_add_printf(b, "\"} %s\n", value);
+}
+
+static void
+write_metrics(struct evbuffer *b)
+{
+    char value[64], le[32];
+
+    for (size_t c = 0; c < KIND_COUNTERS; c++) {
+        family(b, kind_counters[c].metric, "counter", kind_counters[c].help);
+        for (uint32_t i = 0; i < metrics.kind_count; i++) {
+            snprintf(value, sizeof value, "%llu",
+                     (unsigned long long)kind_counter(&metrics.kinds[i], c));
+            kind_sample(b, kind_counters[c].metric, metrics.kinds[i].kind, NULL, value);
+        }
+    }
+    family(b, "items_rejected_unknown_kind_total", "counter",
+           "Items rejected for a kind no handler serves.");
+    sample(b, "items_rejected_unknown_kind_total", metrics.rejected_unknown_kind);
+
+    family(b, "item_latency_seconds", "histogram",
+           "Time from an item's QUEUED to its final update, by kind.");
+    for (uint32_t i = 0; i < metrics.kind_count; i++) {
+        const struct kind_metrics *k = &metrics.kinds[i];
+        uint64_t cumulative = 0;
+        for (int j = 0; j < METRICS_LATENCY_BUCKETS; j++) {
+            cumulative += k->latency_buckets[j];
+            snprintf(le, sizeof le, "%g", metrics_latency_bounds[j]);
+            snprintf(value, sizeof value, "%llu", (unsigned long long)cumulative);
+            kind_sample(b, "item_latency_seconds_bucket", k->kind, le, value);
+        }
+        snprintf(value, sizeof value, "%llu", (unsigned long long)k->latency_count);
+        kind_sample(b, "item_latency_seconds_bucket", k->kind, "+Inf", value);
+        kind_sample(b, "item_latency_seconds_count", k->kind, NULL, value);
+        snprintf(value, sizeof value, "%.9g", k->latency_sum);
+        kind_sample(b, "item_latency_seconds_sum", k->kind, NULL, value);
+    }
+
+    family(b, "queue_depth", "gauge", "Items accepted and not final yet, waiting or running.");
+    sample(b, "queue_depth", queue_count());
+    family(b, "queue_waiting", "gauge", "Items waiting for a worker.");
+    sample(b, "queue_waiting", queue_waiting());
+    family(b, "queue_capacity", "gauge", "queue.capacity: the most items accepted and not final.");
+    sample(b, "queue_capacity", gp.config->queue.capacity);
+
+    family(b, "worker_in_flight", "gauge", "Items a worker holds, running or prefetched.");
+    for (const struct worker *w = workers_list(); w != NULL; w = w->next)
+        evbuffer_add_printf(b, "dosomething_worker_in_flight{pid=\"%ld\",slot=\"%u\"} %u\n",
+                            (long)w->pid, w->slot, w->held);
+    family(b, "worker_items_done_total", "counter", "Items a worker finished.");
+    for (const struct worker *w = workers_list(); w != NULL; w = w->next)
+        evbuffer_add_printf(b, "dosomething_worker_items_done_total{pid=\"%ld\",slot=\"%u\"} "
+                            "%llu\n", (long)w->pid, w->slot, (unsigned long long)w->items_done);
+    family(b, "worker_exits_total", "counter",
+           "Worker exits the grpc process saw (restarts by cause are in the master's log).");
+    sample(b, "worker_exits_total", metrics.worker_exits);
+
+    family(b, "subscribers", "gauge", "Open getUpdates streams.");
+    sample(b, "subscribers", subscribers_active());
+    family(b, "subscribers_dropped_total", "counter",
+           "getUpdates streams ended for falling too far behind.");
+    sample(b, "subscribers_dropped_total", metrics.subscribers_dropped);
+    family(b, "update_seq", "gauge", "The seq of the last update published.");
+    sample(b, "update_seq", updates_last_seq());
+
+    family(b, "calls_total", "counter", "gRPC calls taken, by method.");
+    evbuffer_add_printf(b, "dosomething_calls_total{method=\"doSomething\"} %llu\n"
+                        "dosomething_calls_total{method=\"getUpdates\"} %llu\n"
+                        "dosomething_calls_total{method=\"other\"} %llu\n",
+                        (unsigned long long)metrics.calls_submit,
+                        (unsigned long long)metrics.calls_updates,
+                        (unsigned long long)metrics.calls_other);
+    family(b, "calls_open", "gauge", "gRPC calls in progress.");
+    sample(b, "calls_open", gp.calls);
+
+    family(b, "config_generation", "gauge", "The config generation in use (each reload adds one).");
+    sample(b, "config_generation", gp.generation);
+    family(b, "config_reloads_total", "counter",
+           "Config generations this grpc process applied since it started.");
+    sample(b, "config_reloads_total", st.reloads);
+    family(b, "draining", "gauge", "1 once a stop is under way.");
+    sample(b, "draining", gp.draining || gp.stopping);
+
+    size_t n;
+    struct proc_row *rows = proc_rows(&n);
+    family(b, "process_resident_memory_bytes", "gauge", "Resident memory, by process.");
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].sampled)
+            evbuffer_add_printf(b, "dosomething_process_resident_memory_bytes{role=\"%s\","
+                                "pid=\"%ld\"} %llu\n", rows[i].role, (long)rows[i].pid,
+                                (unsigned long long)rows[i].rss_bytes);
+    family(b, "process_cpu_seconds_total", "counter", "User and system CPU time, by process.");
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].sampled)
+            evbuffer_add_printf(b, "dosomething_process_cpu_seconds_total{role=\"%s\",pid=\"%ld\"}"
+                                " %.2f\n", rows[i].role, (long)rows[i].pid, rows[i].cpu_seconds);
+    family(b, "process_start_time_seconds", "gauge", "Start time since the Unix epoch, by process.");
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].sampled)
+            evbuffer_add_printf(b, "dosomething_process_start_time_seconds{role=\"%s\","
+                                "pid=\"%ld\"} %.2f\n", rows[i].role, (long)rows[i].pid,
+                                rows[i].start_unix);
+    free(rows);
+}
+
+/* ---- GET /status ---------------------------------------------------------- */
+
+/* The length of the valid UTF-8 sequence at S, or 0. */
+static size_t
+utf8_length(const unsigned char *s)
+{
+    uint32_t cp, min;
+    size_t n;
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+        n = 2, cp = s[0] & 0x1f, min = 0x80;
+    } else if ((s[0] & 0xf0) == 0xe0) {
+        n = 3, cp = s[0] & 0x0f, min = 0x800;
+    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+        n = 4, cp = s[0] & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)      /* stops at the NUL too */
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+/* A JSON string. Item ids come from clients and need not be UTF-8: a byte
+ * that is not part of a valid sequence becomes U+FFFD. */
+static void
+json_string(struct evbuffer *b, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    evbuffer_add(b, "\"", 1);
+    while (*p != '\0') {
+        size_t n = utf8_length(p);
+        if (n == 0)
+            evbuffer_add(b, "\\ufffd", 6);
+        else if (*p == '"' || *p == '\\')
+            evbuffer_add_printf(b, "\\%c", *p);
+        else if (*p == '\n')
+            evbuffer_add(b, "\\n", 2);
+        else if (*p < 0x20 || *p == 0x7f)
+            evbuffer_add_printf(b, "\\u%04x", *p);
+        else
+            evbuffer_add(b, p, n);
+        p += n == 0 ? 1 : n;
+    }
+    evbuffer_add(b, "\"", 1);
+}
+
+static void
+json_process(struct evbuffer *b, const struct proc_row *row)
+{
+    const struct worker *w = row->worker;
+    evbuffer_add_printf(b, "{\"role\":\"%s\",\"pid\":%ld", row->role, (long)row->pid);
+    if (w != NULL)
+        evbuffer_add_printf(b, ",\"slot\":%u,\"in_flight\":%u,\"retiring\":%s", w->slot, w->held,
+                            w->retiring ? "true" : "false");
+    if (row->sampled)
+        evbuffer_add_printf(b, ",\"uptime_seconds\":%.2f,\"resident_memory_bytes\":%llu,"
+                            "\"cpu_seconds\":%.2f", row->uptime_seconds,
+                            (unsigned long long)row->rss_bytes, row->cpu_seconds);
+    else
+        evbuffer_add_printf(b, ",\"uptime_seconds\":null,\"resident_memory_bytes\":null,"
+                            "\"cpu_seconds\":null");
+    /* The master runs no items; the grpc process finishes every item. */
+    if (w != NULL)
+        evbuffer_add_printf(b, ",\"items_done\":%llu", (unsigned long long)w->items_done);
+    else if (strcmp(row->role, "grpc") == 0)
+        evbuffer_add_printf(b, ",\"items_done\":%llu", (unsigned long long)items_done());
+    else
+        evbuffer_add_printf(b, ",\"items_done\":null");
+    evbuffer_add_printf(b, ",\"current_item\":");
+    if (w != NULL && w->head != NULL)
+        json_string(b, w->head->id);
+    else
+        evbuffer_add_printf(b, "null");
+    evbuffer_add(b, "}", 1);
+}
+
+static void
+write_status(struct evbuffer *b)
+{
+    evbuffer_add_printf(b, "{\"version\":\"%s\",\"generation\":%llu,\"config_reloads\":%llu,"
+                        "\"draining\":%s,\"stopping\":%s,",
+                        DS_VERSION, (unsigned long long)gp.generation,
+                        (unsigned long long)st.reloads, gp.draining ? "true" : "false",
+                        gp.stopping ? "true" : "false");
+    evbuffer_add_printf(b, "\"queue\":{\"depth\":%llu,\"waiting\":%llu,\"capacity\":%llu},",
+                        (unsigned long long)queue_count(), (unsigned long long)queue_waiting(),
+                        (unsigned long long)gp.config->queue.capacity);
+    evbuffer_add_printf(b, "\"subscribers\":{\"active\":%llu,\"dropped\":%llu},"
+                        "\"update_seq\":%llu,\"worker_exits\":%llu,",
+                        (unsigned long long)subscribers_active(),
+                        (unsigned long long)metrics.subscribers_dropped,
+                        (unsigned long long)updates_last_seq(),
+                        (unsigned long long)metrics.worker_exits);
+    evbuffer_add_printf(b, "\"calls\":{\"doSomething\":%llu,\"getUpdates\":%llu,\"other\":%llu,"
+                        "\"open\":%llu},\"rejected_unknown_kind\":%llu,\"kinds\":{",
+                        (unsigned long long)metrics.calls_submit,
+                        (unsigned long long)metrics.calls_updates,
+                        (unsigned long long)metrics.calls_other, (unsigned long long)gp.calls,
+                        (unsigned long long)metrics.rejected_unknown_kind);
+    for (uint32_t i = 0; i < metrics.kind_count; i++) {
+        const struct kind_metrics *k = &metrics.kinds[i];
+        if (i > 0)
+            evbuffer_add(b, ",", 1);
+        json_string(b, k->kind);
+        evbuffer_add(b, ":{", 2);
+        for (size_t c = 0; c < KIND_COUNTERS; c++)
+            evbuffer_add_printf(b, "\"%s\":%llu,", kind_counters[c].json,
+                                (unsigned long long)kind_counter(k, c));
+        /* Cumulative, as in /metrics; count is the +Inf bucket. */
+        evbuffer_add_printf(b, "\"latency_seconds\":{\"count\":%llu,\"sum\":%.9g,\"buckets\":[",
+                            (unsigned long long)k->latency_count, k->latency_sum);
+        uint64_t cumulative = 0;
+        for (int j = 0; j < METRICS_LATENCY_BUCKETS; j++) {
+            cumulative += k->latency_buckets[j];
+            evbuffer_add_printf(b, "%s{\"le\":%g,\"count\":%llu}", j ? "," : "",
+                                metrics_latency_bounds[j], (unsigned long long)cumulative);
+        }
+        evbuffer_add(b, "]}}", 3);
+    }
+    evbuffer_add_printf(b, "},\"processes\":[");
+    size_t n;
+    struct proc_row *rows = proc_rows(&n);
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            evbuffer_add(b, ",", 1);
+        json_process(b, &rows[i]);
+    }
+    free(rows);
+    evbuffer_add(b, "]}\n", 3);
+}
+
+/* ---- HTTP ---------------------------------------------------------------- */
+
+static void
+reply(struct evhttp_request *req, int code, const char *reason, const char *type,
+      struct evbuffer *body)
+{
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    char length[32];
+    snprintf(length, sizeof length, "%zu", evbuffer_get_length(body));
+    evhttp_add_header(headers, "Content-Type", type);
+    evhttp_add_header(headers, "Content-Length", length);
+    evhttp_add_header(headers, "Cache-Control", "no-store");
+    /* evhttp would send a body with HEAD: the length says what GET sends. */
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD)
+        evbuffer_drain(body, evbuffer_get_length(body));
+    evhttp_send_reply(req, code, reason, body);
+}
+
+static void
+on_request(struct evhttp_request *req, void *arg)
+{
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
+    enum evhttp_cmd_type method = evhttp_request_get_command(req);
+    struct evbuffer *body = evbuffer_new();
+    if (body == NULL) {
+        evhttp_send_error(req, HTTP_INTERNAL, NULL);
+        return;
+    }
+
+    if (path == NULL || (strcmp(path, "/metrics") != 0 && strcmp(path, "/status") != 0 &&
+                         strcmp(path, "/healthz") != 0)) {
+        evbuffer_add_printf(body, "not found\n");
+        reply(req, HTTP_NOTFOUND, "Not Found", CONTENT_TEXT, body);
+    } else if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+        evbuffer_add_printf(body, "method not allowed\n");
+        reply(req, 405, "Method Not Allowed", CONTENT_TEXT, body);
+    } else if (strcmp(path, "/metrics") == 0) {
+        write_metrics(body);
+        reply(req, HTTP_OK, "OK", CONTENT_PROMETHEUS, body);
+    } else if (strcmp(path, "/status") == 0) {
+        write_status(body);
+        reply(req, HTTP_OK, "OK", CONTENT_JSON, body);
+    } else if (gp.draining || gp.stopping) {
+        evbuffer_add_printf(body, "draining\n");
+        reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", CONTENT_TEXT, body);
+    } else {
+        evbuffer_add_printf(body, "ok\n");
+        reply(req, HTTP_OK, "OK", CONTENT_TEXT, body);
+    }
+    evbuffer_free(body);
+}
+
+/* ---- listening ---------------------------------------------------------- */
+
+/* "host:port" or "[v6]:port" (as the config checked it) into HOST and PORT. */
+static int
+split_address(const char *addr, char *host, size_t host_size, const char **port)
+{
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL)
+        return -1;
+    const char *start = addr;
+    size_t len = (size_t)(colon - addr);
+    if (len >= 2 && addr[0] == '[' && addr[len - 1] == ']') {
+        start++;
+        len -= 2;
+    }
+    if (len >= host_size)
+        return -1;
+    memcpy(host, start, len);
+    host[len] = '\0';
+    *port = colon + 1;
+    return 0;
+}
+
+/* A listening socket on what ADDR resolves to, or -1 with errno set and the
+ * failed call and its error in WHY. A name that resolves to several
+ * addresses gets the first this machine has: an address in use is an
+ * error, not a reason to try the next one. */
+static int
+listen_socket(const char *addr, char *why, size_t why_size)
+{
+    char host[300];
+    const char *port;
+    if (split_address(addr, host, sizeof host, &port) == -1) {
+        snprintf(why, why_size, "not host:port");
+        errno = EINVAL;
+        return -1;
+    }
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+    struct addrinfo *list;
+    int rc = getaddrinfo(host, port, &hints, &list);
+    if (rc != 0) {
+        snprintf(why, why_size, "getaddrinfo() failed: %s", gai_strerror(rc));
+        errno = EADDRNOTAVAIL;
+        return -1;
+    }
+    int fd = -1, saved = 0;
+    for (struct addrinfo *ai = list; ai != NULL; ai = ai->ai_next) {
+        const char *call = "socket";
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+        if (fd != -1) {
+            int on = 1;
+            /* Lets a restarted daemon bind while old connections sit in TIME_WAIT. */
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+            call = "bind";
+            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+                call = "listen";
+                if (listen(fd, STATUS_BACKLOG) == 0)
+                    break;
+            }
+        }
+        saved = errno;
+        snprintf(why, why_size, "%s() failed: %s", call, strerror(saved));
+        if (fd != -1)
+            close(fd);
+        fd = -1;
+        if (saved != EAFNOSUPPORT && saved != EADDRNOTAVAIL)
+            break;
+    }
+    freeaddrinfo(list);
+    if (fd == -1)
+        errno = saved;
+    return fd;
+}
+
+static void
+status_close(void)
+{
+    if (st.bound != NULL)
+        evhttp_del_accept_socket(st.http, st.bound);   /* closes the socket */
+    st.bound = NULL;
+    st.listen[0] = '\0';
+}
+
+/* Serve on ADDR, then close what served before. -1: nothing changed, errno
+ * set, the reason in WHY. */
+static int
+status_listen(const char *addr, char *why, size_t why_size)
+{
+    if (st.http == NULL) {
+        st.http = evhttp_new(gp.base);
+        if (st.http == NULL) {
+            snprintf(why, why_size, "evhttp_new() failed");
+            errno = ENOMEM;
+            return -1;
+        }
+        evhttp_set_timeout(st.http, STATUS_TIMEOUT_S);
+        evhttp_set_max_headers_size(st.http, STATUS_HEADERS_MAX);
+        evhttp_set_max_body_size(st.http, STATUS_BODY_MAX);
+        /* Every method reaches on_request, which answers 405 (evhttp: 501). */
+        evhttp_set_allowed_methods(st.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                   EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+        evhttp_set_gencb(st.http, on_request, NULL);
+    }
+    int fd = listen_socket(addr, why, why_size);
+    if (fd == -1)
+        return -1;
+    struct evhttp_bound_socket *bound = evhttp_accept_socket_with_handle(st.http, fd);
+    if (bound == NULL) {
+        snprintf(why, why_size, "evhttp_accept_socket_with_handle() failed");
+        close(fd);
+        errno = ENOMEM;
+        return -1;
+    }
+    status_close();
+    st.bound = bound;
+    snprintf(st.listen, sizeof st.listen, "%s", addr);
+    log_info("status endpoint listening on %s", addr);
+    return 0;
+}
+
+static int
+same_port(const char *a, const char *b)
+{
+    const char *pa = strrchr(a, ':'), *pb = strrchr(b, ':');
+    return pa != NULL && pb != NULL && strcmp(pa, pb) == 0;
+}
+
+int
+status_start(void)
+{
+    const char *addr = gp.config->status.listen;
+    char why[256], msg[512];
+    kinds_touch();
+    if (addr == NULL || status_listen(addr, why, sizeof why) == 0)
+        return 0;
+    int n = snprintf(msg, sizeof msg, "status.listen: cannot listen on %s: %s", addr, why);
+    log_error("%s", msg);
+    master_send_now(IPC_FATAL, msg, n < (int)sizeof msg ? (size_t)n : sizeof msg - 1);
+    return -1;
+}
+
+void
+status_reconfigure(void)
+{
+    const char *addr = gp.config->status.listen;
+    char why[256], again[256], old[sizeof st.listen];
+
+    st.reloads++;
+    kinds_touch();
+    if (addr == NULL) {
+        if (st.bound != NULL)
+            log_info("status endpoint on %s closed (status.listen is off)", st.listen);
+        status_close();
+        return;
+    }
+    if (st.bound != NULL && strcmp(addr, st.listen) == 0)
+        return;
+    if (status_listen(addr, why, sizeof why) == 0)
+        return;
+    if (errno == EADDRINUSE && st.bound != NULL && same_port(addr, st.listen)) {
+        snprintf(old, sizeof old, "%s", st.listen);
+        status_close();
+        if (status_listen(addr, why, sizeof why) == 0)
+            return;
+        if (status_listen(old, again, sizeof again) == -1) {
+            log_error("reload: status.listen: cannot listen on %s: %s; nor on %s again: %s; "
+                      "the status endpoint is off", addr, why, old, again);
+            return;
+        }
+    }
+    log_error("reload: status.listen: cannot listen on %s: %s; keeping %s", addr, why,
+              st.bound != NULL ? st.listen : "it off");
+}
+
+void
+status_shutdown(void)
+{
+    if (st.http != NULL)
+        evhttp_free(st.http);   /* closes the socket and every connection */
+    memset(&st, 0, sizeof st);
+}

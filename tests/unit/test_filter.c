@@ -63,7 +63,7 @@ test_every_list_must_match(void **state)
 static void
 test_many_ids(void **state)
 {
-    static char names[1000][8];
+    static char names[1000][16];
     static char *ids[1000];
     for (int i = 0; i < 1000; i++) {
         snprintf(names[i], sizeof names[i], "i%d", 999 - i);
@@ -74,7 +74,7 @@ test_many_ids(void **state)
     char err[128];
     assert_int_equal(filter_init(&f, &r, err, sizeof err), 0);
     for (int i = 0; i < 1000; i += 37) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof id, "i%d", i);
         assert_true(filter_match(&f, id, "k", "", STATE_STARTED));
     }

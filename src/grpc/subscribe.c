@@ -191,12 +191,20 @@ next_update(struct subscriber *s, int *more)
         uint64_t last = updates_last_seq();
         while (s->cursor <= last) {
             struct update *u = updates_get(s->cursor++);
-            if (u != NULL && matches(s, u)) {
-                *more = s->cursor <= last;
-                if (s->cursor > last)
-                    s->replaying = 0;
-                return update_ref(u);
+            if (u == NULL || !matches(s, u))
+                continue;
+            /* Look ahead to the next match, so that the write-buffer hint
+             * is only set when another message really follows. */
+            while (s->cursor <= last) {
+                struct update *next = updates_get(s->cursor);
+                if (next != NULL && matches(s, next)) {
+                    *more = 1;
+                    return update_ref(u);
+                }
+                s->cursor++;
             }
+            s->replaying = 0;
+            return update_ref(u);
         }
         s->replaying = 0;
     }

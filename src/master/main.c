@@ -32,6 +32,7 @@ usage(FILE *out)
         "  -h         this help\n"
         "\n"
         "Signals: HUP reload, TERM/INT fast stop, QUIT graceful stop, USR1 reopen logs,\n"
+        "USR2 binary upgrade (start the new executable, then drain this one),\n"
         "TTIN/TTOU one worker more/less until the next reload.\n",
         DS_CONF_PATH[0] == '/' ? "" : "PREFIX/", DS_CONF_PATH, DS_PREFIX);
 }

@@ -1,0 +1,236 @@
+/*
+ * dosomething health: grpc.health.v1.Health/Check. The two messages are
+ * tiny and fixed, so they are encoded by hand:
+ *   HealthCheckRequest  { string service = 1; }
+ *   HealthCheckResponse { ServingStatus status = 1; }
+ *     UNKNOWN = 0, SERVING = 1, NOT_SERVING = 2, SERVICE_UNKNOWN = 3
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "cli/rpc.h"
+
+#define HEALTH_CHECK "/grpc.health.v1.Health/Check"
+#define SERVICE_MAX  1024
+
+enum {
+    OPT_SERVICE = OPT_COMMAND_BASE,
+};
+
+struct health {
+    struct rpc_call call;
+    struct rpc_tag tag;
+    grpc_byte_buffer *send_buffer;
+    grpc_byte_buffer *recv_buffer;
+    grpc_metadata_array initial_metadata;
+};
+
+static size_t
+put_varint(uint8_t *out, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        out[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    out[n++] = (uint8_t)v;
+    return n;
+}
+
+static int
+get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (*p >= end)
+            return -1;
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return 0;
+    }
+    return -1;
+}
+
+/* The status field of a HealthCheckResponse; unknown fields are skipped.
+ * Returns 0, or -1 if the bytes are no such message. */
+static int
+decode_status(const uint8_t *p, size_t len, uint64_t *status)
+{
+    const uint8_t *end = p + len;
+    uint64_t key, v;
+
+    *status = 0;                        /* proto3: absent is UNKNOWN */
+    while (p < end) {
+        if (get_varint(&p, end, &key) == -1 || key >> 3 == 0)
+            return -1;
+        switch (key & 7) {
+        case 0:
+            if (get_varint(&p, end, &v) == -1)
+                return -1;
+            if (key >> 3 == 1)
+                *status = v;
+            break;
+        case 1:
+            if (end - p < 8)
+                return -1;
+            p += 8;
+            break;
+        case 2:
+            if (get_varint(&p, end, &v) == -1 || v > (uint64_t)(end - p))
+                return -1;
+            p += v;
+            break;
+        case 5:
+            if (end - p < 4)
+                return -1;
+            p += 4;
+            break;
+        default:
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static const char *
+status_name(uint64_t status)
+{
+    static const char *const names[] = { "UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" };
+    return status < 4 ? names[status] : NULL;
+}
+
+static void
+on_done(struct rpc_tag *tag, int ok)
+{
+}
+
+static int
+parse_options(int argc, char **argv, struct cli_options *global, const char **service)
+{
+    static const struct option options[] = {
+        { "service", required_argument, NULL, OPT_SERVICE },
+        CLI_GLOBAL_LONG_OPTIONS
+    };
+    int opt;
+
+    optind = 0;
+    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_SERVICE:
+            if (strlen(optarg) > SERVICE_MAX)
+                return cli_usage_error("health", "--service is longer than %d bytes",
+                                       SERVICE_MAX);
+            *service = optarg;
+            break;
+        case 'h':
+            help_print("health", stdout);
+            exit(CLI_EXIT_OK);
+        case '?':
+            return cli_usage_hint("health");
+        default:
+            if (cli_global_option(opt, optarg, global) != 0)
+                return CLI_EXIT_USAGE;
+            break;
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("health", "unexpected argument \"%s\"", argv[optind]);
+    return cli_options_check(global);
+}
+
+/* Print the answer; returns the exit status. */
+static int
+report(struct health *h)
+{
+    if (rpc_interrupted && h->call.status == GRPC_STATUS_CANCELLED)
+        return CLI_EXIT_INTERRUPTED;
+    if (h->call.status != GRPC_STATUS_OK) {
+        rpc_report(&h->call);
+        if (h->call.status == GRPC_STATUS_UNIMPLEMENTED)
+            cli_error("the server does not serve grpc.health.v1.Health");
+        return CLI_EXIT_RPC;
+    }
+    uint64_t status;
+    int bad = h->recv_buffer == NULL;
+    if (!bad) {
+        grpc_slice slice = rpc_buffer_slice(h->recv_buffer);
+        bad = decode_status(GRPC_SLICE_START_PTR(slice), GRPC_SLICE_LENGTH(slice), &status) == -1;
+        grpc_slice_unref(slice);
+    }
+    if (bad) {
+        cli_error("Health/Check (to %s): the reply is not a HealthCheckResponse", h->call.target);
+        return CLI_EXIT_RPC;
+    }
+    const char *name = status_name(status);
+    if (name != NULL)
+        printf("%s\n", name);
+    else
+        printf("%llu\n", (unsigned long long)status);
+    return status == 1 ? CLI_EXIT_OK : CLI_EXIT_NEGATIVE;
+}
+
+int
+health_main(int argc, char **argv, struct cli_options *global)
+{
+    const char *service = "";
+    struct health h;
+    struct rpc rpc;
+
+    int rc = parse_options(argc, argv, global, &service);
+    if (rc != 0)
+        return rc;
+    memset(&h, 0, sizeof h);
+    if (rpc_open(&rpc, global) == -1)
+        return CLI_EXIT_RPC;
+
+    int64_t timeout = global->timeout_ms < 0 ? CLI_DEFAULT_TIMEOUT : global->timeout_ms;
+    if (rpc_call_start(&rpc, &h.call, HEALTH_CHECK, "Health/Check",
+                       timeout > 0 ? clock_now_ms() + timeout : -1) == -1) {
+        rpc_close(&rpc);
+        return CLI_EXIT_RPC;
+    }
+
+    /* Field 1, length-delimited; proto3 leaves an empty string out. */
+    size_t len = strlen(service);
+    uint8_t request[SERVICE_MAX + 16];
+    size_t n = 0;
+    if (len > 0) {
+        request[n++] = 0x0a;
+        n += put_varint(request + n, len);
+        memcpy(request + n, service, len);
+        n += len;
+    }
+    h.send_buffer = rpc_buffer_take(grpc_slice_from_copied_buffer((const char *)request, n));
+    grpc_metadata_array_init(&h.initial_metadata);
+
+    grpc_op ops[4];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_MESSAGE;
+    ops[0].data.send_message.send_message = h.send_buffer;
+    ops[1].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[2].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[2].data.recv_initial_metadata.recv_initial_metadata = &h.initial_metadata;
+    ops[3].op = GRPC_OP_RECV_MESSAGE;
+    ops[3].data.recv_message.recv_message = &h.recv_buffer;
+    h.tag.done = on_done;
+    if (rpc_batch(&h.call, ops, 4, &h.tag) == -1)
+        rpc_call_cancel(&h.call);
+
+    while (!h.call.ended || h.call.pending > 0) {
+        if (rpc_interrupted)
+            rpc_call_cancel(&h.call);
+        rpc_poll(&rpc, 100);
+    }
+    rc = report(&h);
+    rpc_call_free(&h.call);
+    grpc_byte_buffer_destroy(h.send_buffer);
+    if (h.recv_buffer != NULL)
+        grpc_byte_buffer_destroy(h.recv_buffer);
+    grpc_metadata_array_destroy(&h.initial_metadata);
+    rpc_close(&rpc);
+    return rc;
+}

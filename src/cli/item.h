@@ -1,0 +1,50 @@
+/*
+ * Work items as the user writes them (a plain line, or a JSON line) and
+ * as the wire carries them.
+ */
+#ifndef DS_CLI_ITEM_H
+#define DS_CLI_ITEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <grpc/grpc.h>
+
+struct item_param {
+    char *key;
+    char *value;
+};
+
+/* One item; every pointer is owned (malloc'ed). NULL: not given. */
+struct item {
+    char *id;
+    char *kind;
+    uint8_t *payload;
+    size_t payload_len;
+    struct item_param *params;
+    size_t param_count;
+    char *batch;
+    uint32_t timeout_ms;
+    uint32_t max_attempts;
+};
+
+/* What applies to an item that does not say (--kind, --param, --batch). */
+struct item_defaults {
+    const char *kind;
+    const struct item_param *params;
+    size_t param_count;
+    const char *batch;
+};
+
+/* A plain line: the payload, byte for byte. */
+void item_from_line(struct item *it, const char *line, size_t len);
+/* A JSON line {"id", "kind", "payload" | "payload_b64", "params", "batch",
+ * "timeout_ms", "max_attempts"}. Returns 0, or -1 with the reason in err. */
+int item_from_json(struct item *it, const char *line, size_t len, char *err, size_t err_size);
+/* The batch the item is sent with. */
+const char *item_batch(const struct item *it, const struct item_defaults *defaults);
+/* The WorkItem's bytes, ready to send. */
+grpc_byte_buffer *item_encode(const struct item *it, const struct item_defaults *defaults);
+void item_free(struct item *it);
+
+#endif

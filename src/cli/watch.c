@@ -1,0 +1,261 @@
+/*
+ * dosomething watch: getUpdates, printed as JSON lines until interrupted,
+ * --count updates, --timeout, or the end of the stream.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "cli/cli.h"
+#include "cli/json.h"
+#include "cli/rpc.h"
+#include "cli/subscription.h"
+#include "core/alloc.h"
+
+#define FILTER_MAX 1024
+
+enum {
+    OPT_ITEM = OPT_COMMAND_BASE,
+    OPT_KIND,
+    OPT_STATE,
+    OPT_BATCH,
+    OPT_AFTER_SEQ,
+    OPT_COUNT,
+};
+
+static const char *const state_names[] = {
+    "STATE_UNSPECIFIED", "QUEUED", "STARTED", "PROGRESS", "SUCCEEDED", "FAILED", "RETRYING",
+};
+#define STATE_COUNT (sizeof state_names / sizeof state_names[0])
+
+struct watch {
+    struct subscription sub;
+    uint64_t count;                 /* 0: no limit */
+    uint64_t printed;
+    int output_failed;
+};
+
+static void
+print_field(const char *name, const char *value)
+{
+    printf(",\"%s\":", name);
+    json_write_string(stdout, value, strlen(value));
+}
+
+static void
+print_update(const wire_update *u)
+{
+    char state[32];
+    if ((unsigned)u->state < STATE_COUNT)
+        snprintf(state, sizeof state, "%s", state_names[u->state]);
+    else
+        snprintf(state, sizeof state, "%d", (int)u->state);
+
+    printf("{\"seq\":%llu", (unsigned long long)u->seq);
+    print_field("item_id", u->item_id);
+    print_field("kind", u->kind);
+    print_field("state", state);
+    printf(",\"attempt\":%u,\"worker_pid\":%d,\"time_unix_nano\":%lld", (unsigned)u->attempt,
+           (int)u->worker_pid, (long long)u->time_unix_nano);
+    print_field("batch", u->batch);
+    /* float has 24 bits: 9 digits say it exactly; NaN is no JSON number. */
+    if (u->progress == u->progress)
+        printf(",\"progress\":%.9g", (double)u->progress);
+    else
+        printf(",\"progress\":null");
+    print_field("error", u->error);
+    char *b64 = base64_encode(u->result.data, u->result.len);
+    print_field("result_b64", b64);
+    free(b64);
+    fputs("}\n", stdout);
+}
+
+static void
+on_update(void *arg, const wire_update *u)
+{
+    struct watch *w = arg;
+
+    if (w->output_failed || (w->count > 0 && w->printed >= w->count))
+        return;
+    print_update(u);
+    w->printed++;
+    if (ferror(stdout)) {
+        w->output_failed = errno ? errno : EIO;
+        subscription_cancel(&w->sub);
+    } else if (w->count > 0 && w->printed >= w->count) {
+        subscription_cancel(&w->sub);
+    }
+}
+
+static int
+parse_state(const char *name, wire_state_value *out)
+{
+    for (unsigned i = STATE_QUEUED; i < STATE_COUNT; i++) {
+        if (strcasecmp(name, state_names[i]) == 0) {
+            *out = (wire_state_value)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int
+add_filter(char **list, size_t *count, const char *what, char *value)
+{
+    if (*count == FILTER_MAX)
+        return cli_usage_error("watch", "more than %d %s", FILTER_MAX, what);
+    list[(*count)++] = value;
+    return 0;
+}
+
+struct filters {
+    char *items[FILTER_MAX];
+    char *kinds[FILTER_MAX];
+    char *batches[FILTER_MAX];
+    wire_state_value states[STATE_COUNT];
+};
+
+static int
+parse_options(int argc, char **argv, struct cli_options *global, struct filters *f,
+              wire_updates_request *request, uint64_t *count)
+{
+    static const struct option options[] = {
+        { "item", required_argument, NULL, OPT_ITEM },
+        { "kind", required_argument, NULL, OPT_KIND },
+        { "state", required_argument, NULL, OPT_STATE },
+        { "batch", required_argument, NULL, OPT_BATCH },
+        { "after-seq", required_argument, NULL, OPT_AFTER_SEQ },
+        { "count", required_argument, NULL, OPT_COUNT },
+        CLI_GLOBAL_LONG_OPTIONS
+    };
+    int opt, rc = 0;
+
+    request->item_ids = f->items;
+    request->kinds = f->kinds;
+    request->batches = f->batches;
+    request->states = f->states;
+    optind = 0;
+    while (rc == 0 && (opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_ITEM:
+            rc = add_filter(f->items, &request->n_item_ids, "--item", optarg);
+            break;
+        case OPT_KIND:
+            rc = add_filter(f->kinds, &request->n_kinds, "--kind", optarg);
+            break;
+        case OPT_BATCH:
+            rc = add_filter(f->batches, &request->n_batches, "--batch", optarg);
+            break;
+        case OPT_STATE: {
+            wire_state_value state;
+            if (parse_state(optarg, &state) == -1)
+                return cli_usage_error("watch", "--state takes QUEUED, STARTED, PROGRESS, "
+                                       "SUCCEEDED, FAILED or RETRYING, not \"%s\"", optarg);
+            size_t i = 0;
+            while (i < request->n_states && f->states[i] != state)
+                i++;
+            if (i == request->n_states)
+                f->states[request->n_states++] = state;
+            break;
+        }
+        case OPT_AFTER_SEQ:
+            if (parse_u64(optarg, &request->after_seq) == -1)
+                return cli_usage_error("watch", "--after-seq takes a seq number, not \"%s\"",
+                                       optarg);
+            request->replay = 1;
+            break;
+        case OPT_COUNT:
+            if (parse_u64(optarg, count) == -1 || *count == 0)
+                return cli_usage_error("watch", "--count takes a number >= 1, not \"%s\"",
+                                       optarg);
+            break;
+        case 'h':
+            help_print("watch", stdout);
+            exit(CLI_EXIT_OK);
+        case '?':
+            return cli_usage_hint("watch");
+        default:
+            if (cli_global_option(opt, optarg, global) != 0)
+                return CLI_EXIT_USAGE;
+            break;
+        }
+    }
+    if (rc != 0)
+        return rc;
+    if (optind < argc)
+        return cli_usage_error("watch", "unexpected argument \"%s\"", argv[optind]);
+    return cli_options_check(global);
+}
+
+/* How the stream ended; returns the exit status. */
+static int
+report(const struct watch *w, const struct cli_options *global)
+{
+    const struct rpc_call *c = &w->sub.call;
+
+    if (w->output_failed) {
+        if (w->output_failed == EPIPE)
+            return CLI_EXIT_OK;     /* the reader has all it wanted */
+        cli_error("cannot write to stdout: %s", strerror(w->output_failed));
+        return CLI_EXIT_USAGE;
+    }
+    if (rpc_interrupted || (w->count > 0 && w->printed >= w->count))
+        return CLI_EXIT_OK;
+    if (c->status == GRPC_STATUS_DEADLINE_EXCEEDED && global->timeout_ms > 0) {
+        if (w->count == 0)
+            return CLI_EXIT_OK;     /* watched for as long as asked */
+        cli_error("%llu of %llu updates within --timeout", (unsigned long long)w->printed,
+                  (unsigned long long)w->count);
+        return CLI_EXIT_NEGATIVE;
+    }
+    if (c->status == GRPC_STATUS_OK) {
+        cli_error("getUpdates (to %s): the server ended the stream", c->target);
+        return w->count > 0 ? CLI_EXIT_NEGATIVE : CLI_EXIT_OK;
+    }
+    rpc_report(c);
+    return CLI_EXIT_RPC;
+}
+
+int
+watch_main(int argc, char **argv, struct cli_options *global)
+{
+    struct filters *f = ds_calloc(1, sizeof *f);
+    struct watch w;
+    struct rpc rpc;
+    wire_updates_request request;
+
+    memset(&w, 0, sizeof w);
+    wire_updates_request_init(&request);
+    int rc = parse_options(argc, argv, global, f, &request, &w.count);
+    if (rc != 0) {
+        free(f);
+        return rc;
+    }
+    if (rpc_open(&rpc, global) == -1) {
+        free(f);
+        return CLI_EXIT_RPC;
+    }
+    int64_t deadline = global->timeout_ms > 0 ? clock_now_ms() + global->timeout_ms : -1;
+    if (subscription_start(&w.sub, &rpc, &request, deadline, on_update, &w) == -1) {
+        rpc_close(&rpc);
+        free(f);
+        return CLI_EXIT_RPC;
+    }
+    while (!w.sub.ended) {
+        if (rpc_interrupted && !w.sub.cancelled)
+            subscription_cancel(&w.sub);
+        rpc_poll(&rpc, 100);
+        if (fflush(stdout) == EOF && !w.output_failed) {
+            w.output_failed = errno ? errno : EIO;
+            subscription_cancel(&w.sub);
+        }
+    }
+    rc = report(&w, global);
+    subscription_finish(&w.sub);
+    rpc_close(&rpc);
+    free(f);
+    return rc;
+}

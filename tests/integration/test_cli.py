@@ -1,0 +1,322 @@
+"""
+dosomething, the command-line client, against the real daemon: what a user
+typing it sees (stdout, stderr, exit status), and what the daemon got.
+
+The client is build/dosomething beside DS_BINARY (or DS_CLI). The daemon
+comes from conftest.py's `daemon` fixture (2 workers, a free port, files in
+the test's tmp directory, everything SIGKILLed at teardown).
+"""
+import array
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BINARY, REPO, SUCCEEDED, free_port, pb, wait_for
+
+CLI = os.environ.get("DS_CLI") or str(Path(BINARY).with_name("dosomething"))
+
+# Exit statuses, as dosomething(1) documents them.
+EXIT_OK, EXIT_NEGATIVE, EXIT_USAGE, EXIT_RPC = 0, 1, 2, 3
+
+UPDATE_KEYS = {"seq", "item_id", "kind", "state", "attempt", "worker_pid", "time_unix_nano",
+               "batch", "progress", "error", "result_b64"}
+
+
+def run(*args, target=None, input=None, timeout=30, env=None):
+    """Run the client; return CompletedProcess (text). target: a Daemon or an address."""
+    assert os.access(CLI, os.X_OK), f"{CLI} not built: make -f Makefile -f mk/cli.mk cli"
+    argv = [CLI]
+    if target is not None:
+        argv += ["--target", target if isinstance(target, str) else target.address]
+    argv += [str(a) for a in args]
+    return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def explain(r):
+    return f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+
+
+def counts(stdout):
+    """{'accepted': n, 'rejected': n, 'succeeded': n, 'failed': n} from the report."""
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^(accepted|rejected|succeeded|failed) (\d+)$", stdout, re.M)}
+
+
+def bytes_waiting(pipe):
+    """How many bytes wait in a pipe, without reading them."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(pipe.fileno(), termios.FIONREAD, buf, True)
+    return buf[0]
+
+
+def json_lines(items):
+    return "".join(json.dumps(i) + "\n" for i in items)
+
+
+def sha256_rounds(data, rounds):
+    d = hashlib.sha256(data).digest()
+    for _ in range(rounds - 1):
+        d = hashlib.sha256(d).digest()
+    return d
+
+
+def final_updates(client, ids, timeout=10):
+    """{id: final Update} of items that are over, read back through replay."""
+    sub = client.subscribe(replay=True, after_seq=0, item_ids=ids, states=[SUCCEEDED, pb.FAILED])
+    return sub.wait_final(ids, timeout=timeout)
+
+
+# ---- submit ------------------------------------------------------------------
+
+def test_submit_plain_lines_from_stdin(daemon):
+    r = run("submit", "--id-prefix", "plain", target=daemon, input="one\ntwo\n\nfour\n")
+    assert r.returncode == EXIT_OK, explain(r)
+    assert counts(r.stdout) == {"accepted": 4, "rejected": 0}, explain(r)
+
+    # Each line, without its newline, is one payload; ids are PREFIX-N.
+    finals = final_updates(daemon.client(), ["plain-1", "plain-2", "plain-3", "plain-4"])
+    assert [finals[f"plain-{n}"].result for n in (1, 2, 3, 4)] == [b"one", b"two", b"", b"four"]
+
+
+def test_submit_files_in_order(daemon, tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("a1\na2\n")
+    b.write_bytes(b"b1\nb2")            # the last line needs no newline
+    r = run("submit", "--id-prefix", "files", a, b, target=daemon)
+    assert r.returncode == EXIT_OK, explain(r)
+    assert counts(r.stdout)["accepted"] == 4, explain(r)
+    finals = final_updates(daemon.client(), [f"files-{n}" for n in range(1, 5)])
+    assert [finals[f"files-{n}"].result for n in range(1, 5)] == [b"a1", b"a2", b"b1", b"b2"]
+
+
+def test_submit_json_with_params_and_wait(daemon):
+    items = [{"id": f"hash-{n}", "kind": "sha256", "payload": f"text {n}",
+              "params": {"rounds": 1000 + n}} for n in range(5)]
+    items.append({"id": "bytes", "kind": "echo",
+                  "payload_b64": base64.b64encode(b"\x00\x01\xfe\xff").decode()})
+    r = run("submit", "--json", "--wait", target=daemon, input=json_lines(items))
+    assert r.returncode == EXIT_OK, explain(r)
+    assert counts(r.stdout) == {"accepted": 6, "rejected": 0, "succeeded": 6, "failed": 0}, \
+        explain(r)
+
+    finals = final_updates(daemon.client(), [i["id"] for i in items])
+    for n in range(5):
+        assert finals[f"hash-{n}"].result == sha256_rounds(f"text {n}".encode(), 1000 + n)
+    assert finals["bytes"].result == b"\x00\x01\xfe\xff"
+
+
+def test_submit_param_option_and_json_override(daemon):
+    items = [{"id": "p-default", "payload": "x"},
+             {"id": "p-own", "payload": "x", "params": {"rounds": 7}}]
+    r = run("submit", "--json", "--wait", "--kind", "sha256", "--param", "rounds=3",
+            target=daemon, input=json_lines(items))
+    assert r.returncode == EXIT_OK, explain(r)
+    finals = final_updates(daemon.client(), ["p-default", "p-own"])
+    assert finals["p-default"].result == sha256_rounds(b"x", 3)
+    assert finals["p-own"].result == sha256_rounds(b"x", 7)
+
+
+def test_submit_wait_names_the_failed_item_and_exits_1(daemon):
+    items = [{"id": "fine", "kind": "echo", "payload": "ok"},
+             {"id": "too-slow", "kind": "sleep", "params": {"ms": 2000}, "timeout_ms": 100,
+              "max_attempts": 1}]
+    started = time.monotonic()
+    r = run("submit", "--json", "--wait", target=daemon, input=json_lines(items))
+    assert r.returncode == EXIT_NEGATIVE, explain(r)
+    assert time.monotonic() - started < 10, "the timeout, not the sleep, should end it"
+    assert counts(r.stdout) == {"accepted": 2, "rejected": 0, "succeeded": 1, "failed": 1}, \
+        explain(r)
+    assert re.search(r"^  too-slow: .*time", r.stdout, re.M | re.I), explain(r)
+    assert "fine:" not in r.stdout
+
+
+def test_submit_unknown_kind_shows_the_rejection(daemon):
+    r = run("submit", "--kind", "no-such-kind", "--id-prefix", "rej", target=daemon,
+            input="payload\n")
+    assert r.returncode == EXIT_NEGATIVE, explain(r)
+    assert counts(r.stdout) == {"accepted": 0, "rejected": 1}, explain(r)
+    assert re.search(r'^  0 rej-1: unknown kind "no-such-kind"$', r.stdout, re.M), explain(r)
+
+
+def test_submit_wait_with_rejections_waits_for_the_rest(daemon):
+    items = [{"id": "good", "kind": "echo", "payload": "a"},
+             {"id": "bad", "kind": "no-such-kind", "payload": "b"}]
+    r = run("submit", "--json", "--wait", target=daemon, input=json_lines(items), timeout=20)
+    assert r.returncode == EXIT_NEGATIVE, explain(r)
+    assert counts(r.stdout) == {"accepted": 1, "rejected": 1, "succeeded": 1, "failed": 0}, \
+        explain(r)
+
+
+def test_submit_wait_large_input_is_watched_by_batch(daemon):
+    """More than 1000 items: --wait labels them with a generated batch."""
+    n = 3000
+    r = run("--timeout", "60s", "submit", "--wait", "--id-prefix", "big", target=daemon,
+            input="".join(f"item {i}\n" for i in range(n)), timeout=90)
+    assert r.returncode == EXIT_OK, explain(r)
+    assert counts(r.stdout) == {"accepted": n, "rejected": 0, "succeeded": n, "failed": 0}, \
+        explain(r)
+    sub = daemon.client().subscribe(replay=True, after_seq=0)
+    batch = sub.wait_final(["big-1"])["big-1"].batch
+    assert batch, "a large --wait submission should carry a generated batch"
+
+
+def test_submit_bad_json_line_is_skipped_and_named(daemon):
+    text = ('{"id": "j1", "payload": "a"}\n'
+            'this is not json\n'
+            '{"id": "j3", "payload": "c", "colour": "red"}\n'
+            '\n'
+            '{"id": "j5", "payload": "e"}\n')
+    r = run("submit", "--json", target=daemon, input=text)
+    assert r.returncode == EXIT_USAGE, explain(r)
+    assert counts(r.stdout) == {"accepted": 2, "rejected": 0}, explain(r)
+    assert "stdin:2:" in r.stderr and "stdin:3:" in r.stderr, explain(r)
+    assert 'unknown key "colour"' in r.stderr, explain(r)
+
+
+# ---- watch ---------------------------------------------------------------------
+
+def test_watch_count_prints_json_lines(daemon):
+    r = run("submit", "--wait", "--batch", "watched", "--id-prefix", "w", target=daemon,
+            input="a\nb\nc\n")
+    assert r.returncode == EXIT_OK, explain(r)
+
+    # Replay from the start: QUEUED, STARTED, SUCCEEDED of 3 items, at least.
+    w = run("watch", "--after-seq", "0", "--batch", "watched", "--count", "7", target=daemon,
+            timeout=20)
+    assert w.returncode == EXIT_OK, explain(w)
+    lines = w.stdout.splitlines()
+    assert len(lines) == 7, explain(w)
+    updates = [json.loads(line) for line in lines]
+    for u in updates:
+        assert set(u) == UPDATE_KEYS, u
+        assert u["batch"] == "watched" and u["item_id"] in ("w-1", "w-2", "w-3"), u
+    seqs = [u["seq"] for u in updates]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 7
+    done = [u for u in updates if u["state"] == "SUCCEEDED"]
+    for u in done:
+        payload = {"w-1": b"a", "w-2": b"b", "w-3": b"c"}[u["item_id"]]
+        assert base64.b64decode(u["result_b64"]) == payload
+        assert u["worker_pid"] > 0 and u["attempt"] == 1 and u["progress"] == 1
+
+
+def test_watch_filters_by_state(daemon):
+    r = run("submit", "--wait", "--batch", "states", target=daemon, input="a\nb\n")
+    assert r.returncode == EXIT_OK, explain(r)
+    w = run("watch", "--after-seq", "0", "--batch", "states", "--state", "succeeded",
+            "--count", "2", target=daemon, timeout=20)
+    assert w.returncode == EXIT_OK, explain(w)
+    assert [json.loads(line)["state"] for line in w.stdout.splitlines()] == ["SUCCEEDED"] * 2
+
+
+def test_watch_replay_of_one_item_among_many(daemon):
+    """--after-seq with a filter that skips most of the log still shows the
+    item's updates, final one included, at once."""
+    r = run("submit", "--wait", "--id-prefix", "many", target=daemon,
+            input="".join(f"{i}\n" for i in range(2000)))
+    assert r.returncode == EXIT_OK, explain(r)
+    w = run("--timeout", "5s", "watch", "--after-seq", "0", "--item", "many-1", "--count", "3",
+            target=daemon, timeout=20)
+    assert w.returncode == EXIT_OK, explain(w)
+    states = [json.loads(line)["state"] for line in w.stdout.splitlines()]
+    assert states == ["QUEUED", "STARTED", "SUCCEEDED"], explain(w)
+
+
+def test_watch_live_until_interrupted(daemon):
+    proc = subprocess.Popen([CLI, "--target", daemon.address, "watch", "--batch", "live"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The watcher subscribes some time after it starts: submit one item
+        # a round until one shows.
+        def printed():
+            run("submit", "--batch", "live", target=daemon, input="x\n")
+            return bytes_waiting(proc.stdout)
+        wait_for(printed, 15, "the live watcher to print an update", interval=0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == EXIT_OK, f"exit {proc.returncode}\n{out}\n{err}"
+    lines = out.splitlines()
+    assert lines and all(json.loads(line)["batch"] == "live" for line in lines)
+
+
+def test_watch_timeout_without_count_is_a_normal_end(daemon):
+    started = time.monotonic()
+    w = run("--timeout", "1s", "watch", "--batch", "nothing-here", target=daemon, timeout=20)
+    assert w.returncode == EXIT_OK, explain(w)
+    assert w.stdout == ""
+    assert time.monotonic() - started < 10
+
+
+# ---- health --------------------------------------------------------------------
+
+def test_health_prints_serving(daemon):
+    r = run("health", target=daemon)
+    assert r.returncode == EXIT_OK, explain(r)
+    assert r.stdout == "SERVING\n"
+
+
+# ---- errors --------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["submit"], ["health"], ["watch", "--count", "1"]])
+def test_closed_port_is_a_clear_unavailable(command):
+    port = free_port()                   # bound once, closed again: nothing listens
+    started = time.monotonic()
+    r = run("--timeout", "5s", *command, target=f"127.0.0.1:{port}", input="x\n", timeout=20)
+    elapsed = time.monotonic() - started
+    assert r.returncode == EXIT_RPC, explain(r)
+    assert f"(to 127.0.0.1:{port}): UNAVAILABLE" in r.stderr, explain(r)
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+    assert r.stdout == ""
+
+
+def test_target_from_the_environment(daemon):
+    env = dict(os.environ, DOSOMETHING_TARGET=daemon.address)
+    r = run("submit", input="a\n", env=env)
+    assert r.returncode == EXIT_OK, explain(r)
+    assert counts(r.stdout)["accepted"] == 1
+
+
+@pytest.mark.parametrize("args", [["submit", "--param", "novalue"], ["--timeout", "5", "health"],
+                                  ["watch", "--state", "DONE"], ["frobnicate"],
+                                  ["submit", "--no-such-option"], ["watch", "--count", "0"]])
+def test_usage_errors_exit_2(args):
+    r = run(*args, target="127.0.0.1:1", input="")
+    assert r.returncode == EXIT_USAGE, explain(r)
+    assert r.stderr.startswith("dosomething: ") or "Try 'dosomething" in r.stderr, explain(r)
+
+
+def test_missing_file_exits_2_before_connecting(tmp_path):
+    r = run("submit", tmp_path / "nope.txt", target="127.0.0.1:1")
+    assert r.returncode == EXIT_USAGE, explain(r)
+    assert "nope.txt" in r.stderr
+
+
+# ---- help and the manual -------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["submit", "watch", "health"])
+def test_help_names_only_options_the_manual_documents(command):
+    r = run(command, "-h")
+    assert r.returncode == EXIT_OK and r.stdout.startswith(f"usage: dosomething {command}")
+    overview = run("--help").stdout
+    manual = (REPO / "man" / "dosomething.1").read_text().replace("\\-", "-")
+    for option in set(re.findall(r"(--[a-z][a-z-]*)", r.stdout + overview)):
+        assert option in manual, f"{option} in `dosomething {command} -h` but not in dosomething(1)"
+
+
+def test_version():
+    r = run("--version")
+    assert r.returncode == EXIT_OK and re.fullmatch(r"dosomething \d+\.\d+\.\d+\n", r.stdout)

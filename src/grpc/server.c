@@ -27,7 +27,11 @@
 #include "core/log.h"
 #include "grpc/grpc_process.h"
 
-#define REQUESTS_PER_METHOD 4
+/* Calls that arrive while none of our requests is posted wait unmatched,
+ * and a server shutdown (a graceful stop, a reload that moves the
+ * listeners) cancels those: keep enough posted that bursts of new calls
+ * find one. */
+#define REQUESTS_PER_METHOD 16
 
 struct method {
     const char *path;

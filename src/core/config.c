@@ -1879,7 +1879,6 @@ check_unsupported(struct loader *ld)
 {
     const struct ds_config *c = ld->config;
 
-    unsupported(ld, "queue.journal", c->queue.journal != NULL);
     unsupported(ld, "cluster", c->cluster.redis != NULL);
 }
 

@@ -1,5 +1,6 @@
 /*
- * The built-in handlers: echo, sha256, sleep.
+ * The built-in handlers (echo, sha256, sleep), and the dispatch to exec
+ * (exec.c) and module (module.c) handlers.
  *
  *   echo    result = payload
  *   sha256  d = SHA-256(payload), then rounds-1 times d = SHA-256(d);
@@ -18,6 +19,8 @@
 #include <openssl/sha.h>
 
 #include "core/alloc.h"
+#include "workers/exec.h"
+#include "workers/module.h"
 
 #define SHA256_ROUNDS_MAX 100000000ull
 #define SLEEP_MS_MAX      86400000ull
@@ -86,6 +89,8 @@ int
 handler_check(const struct ds_handler_config *handler, const wire_work_item *item,
               char *err, size_t err_size)
 {
+    if (handler->type == DS_HANDLER_EXEC)
+        return exec_check(handler, item, err, err_size);
     if (handler->type != DS_HANDLER_ECHO && handler->type != DS_HANDLER_SHA256 &&
         handler->type != DS_HANDLER_SLEEP)
         return 0;
@@ -118,6 +123,8 @@ handler_is_quick(const struct ds_handler_config *handler, const wire_work_item *
         return 1;
     case DS_HANDLER_SHA256:
         return param_value(item, &sha256_params[0]) * (item->payload.len / 64 + 1) <= 256;
+    case DS_HANDLER_MODULE:
+        return module_is_quick(handler);
     default:
         return 0;
     }
@@ -133,6 +140,7 @@ run_sha256(const wire_work_item *item, struct handler_output *out)
         SHA256(digest, SHA256_DIGEST_LENGTH, digest);
     out->result = digest;
     out->result_len = SHA256_DIGEST_LENGTH;
+    out->release = free;
     return 0;
 }
 
@@ -158,21 +166,73 @@ run_sleep(const wire_work_item *item, struct handler_output *out)
     return 0;
 }
 
+/* The length of the valid UTF-8 sequence at S, or 0. */
+static size_t
+utf8_sequence(const unsigned char *s)
+{
+    size_t len;
+    uint32_t cp;
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+        len = 2;
+        cp = s[0] & 0x1f;
+    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+        len = 3;
+        cp = s[0] & 0x0f;
+    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+        len = 4;
+        cp = s[0] & 0x07;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)      /* also stops at the NUL */
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;                       /* overlong, out of range, or a surrogate */
+    return len;
+}
+
+void
+handler_clean_text(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p != '\0') {
+        size_t len = utf8_sequence(p);
+        if (len == 0) {
+            *p++ = '?';
+        } else if (len == 1) {
+            if (*p < 0x20 || *p == 0x7f)
+                *p = ' ';
+            p++;
+        } else {
+            p += len;
+        }
+    }
+}
+
 int
 handler_run(const struct ds_handler_config *handler, const wire_work_item *item,
             struct handler_output *out)
 {
     switch (handler->type) {
     case DS_HANDLER_ECHO:
+        /* The payload lives as long as the item, which outlives the send. */
         out->result_len = item->payload.len;
-        out->result = ds_malloc(item->payload.len);
-        if (item->payload.len > 0)
-            memcpy(out->result, item->payload.data, item->payload.len);
+        out->result = item->payload.data;
         return 0;
     case DS_HANDLER_SHA256:
         return run_sha256(item, out);
     case DS_HANDLER_SLEEP:
         return run_sleep(item, out);
+    case DS_HANDLER_EXEC:
+        return exec_run(handler, item, out);
+    case DS_HANDLER_MODULE:
+        return module_run(handler, item, out);
     default:
         snprintf(out->error, sizeof out->error, "handler of kind \"%s\" is not supported by "
                  "this build", handler->kind);

@@ -1,7 +1,8 @@
 /*
  * Handlers: what runs an item of a kind. The grpc process checks an item's
  * params with handler_check() before accepting it; a worker runs it with
- * handler_run().
+ * handler_run(). The built-ins are in handler.c, exec in exec.c, modules in
+ * module.c.
  */
 #ifndef DS_WORKERS_HANDLER_H
 #define DS_WORKERS_HANDLER_H
@@ -12,13 +13,26 @@
 #include "core/config.h"
 #include "core/wire.h"
 
+/*
+ * One run of a handler. The caller sets the inputs; handler_run sets the
+ * outputs.
+ */
 struct handler_output {
-    uint8_t *result;            /* malloc'd; the caller frees it */
-    size_t result_len;
-    char error[512];            /* why it failed */
+    /* in */
+    uint32_t attempt;           /* of the item, from 1 */
+    size_t result_max;          /* a longer result fails the item */
     /* Report progress (0..1); the worker coalesces the reports. */
     void (*progress)(void *arg, float fraction);
     void *progress_arg;
+
+    /* out */
+    const uint8_t *result;      /* result_len bytes */
+    size_t result_len;
+    /* If not NULL, the caller calls release(result) once it has sent the
+     * result (free for the built-ins); if NULL, result stays valid until
+     * the next handler_run. */
+    void (*release)(void *result);
+    char error[512];            /* why it failed */
 };
 
 /* 0 if ITEM's params suit the handler, else -1 with the reason in err. */
@@ -32,5 +46,10 @@ int handler_run(const struct ds_handler_config *handler, const wire_work_item *i
 /* Does ITEM take microseconds? Then its STARTED may wait to be sent with
  * the next batch of updates instead of on its own. */
 int handler_is_quick(const struct ds_handler_config *handler, const wire_work_item *item);
+
+/* Make S (NUL-terminated, changed in place) fit an Update's error string:
+ * valid UTF-8 (a bad byte becomes '?'), tabs and other control characters
+ * turned into spaces. For text from programs and modules. */
+void handler_clean_text(char *s);
 
 #endif

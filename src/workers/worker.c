@@ -6,12 +6,22 @@
  * slow item, what is pending is written first so that its STARTED is seen
  * while it runs. The worker keeps no state worth saving: when it dies, the
  * grpc process retries what it held.
+ *
+ * With workers.max_items, a worker retires after its own limit, drawn from
+ * [max_items, max_items + max_items / 10] so that workers started together
+ * do not all restart together: it finishes the item that reaches it, sends
+ * what is pending and exits 0. The items it held without starting them go
+ * back to the queue without spending an attempt (the grpc process does that
+ * for any worker that exits), and the master starts a new worker in the slot.
  */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -22,12 +32,18 @@
 #include "core/process.h"
 #include "core/wire.h"
 #include "ipc/channel.h"
+#include "workers/exec.h"
 #include "workers/handler.h"
+#include "workers/hygiene.h"
+#include "workers/module.h"
 
 /* A chatty handler's progress reports are sent at most this often. */
 #define PROGRESS_INTERVAL_MS 20
 /* Write pending updates once they reach this many bytes. */
 #define FLUSH_BYTES (256u * 1024)
+/* A recycled worker waits at most this long for the grpc process to take
+ * its last updates (see linger()). */
+#define LINGER_MS 2000
 
 struct task {
     struct task *next;
@@ -48,7 +64,9 @@ static struct {
     struct task *current;
     uint64_t last_progress_ms;
     uint64_t items_done;
+    uint64_t item_limit;        /* 0: no recycling */
     int stopping;
+    int recycling;
 } w;
 
 static void
@@ -112,7 +130,12 @@ run_task(struct task *t)
     if (!handler_is_quick(t->handler, t->item) || channel_output_pending(w.data) > FLUSH_BYTES)
         flush();
 
-    struct handler_output out = { .progress = on_progress, .progress_arg = t };
+    struct handler_output out = {
+        .attempt = t->attempt,
+        .result_max = (size_t)w.config->grpc.max_message_size,
+        .progress = on_progress,
+        .progress_arg = t,
+    };
     w.current = t;
     w.last_progress_ms = clock_monotonic_ms();
     int r = handler_run(t->handler, t->item, &out);
@@ -121,15 +144,44 @@ run_task(struct task *t)
         send_update(t, STATE_SUCCEEDED, 1, out.result, out.result_len);
     else
         send_update(t, STATE_FAILED, 0, out.error, strlen(out.error));
-    free(out.result);
+    if (r == 0 && out.release != NULL)
+        out.release((void *)out.result);
     w.items_done++;
+}
+
+/* This worker's max_items, with up to 10% jitter. */
+static uint64_t
+pick_item_limit(uint64_t max_items)
+{
+    if (max_items == 0)
+        return 0;
+    uint64_t spread = max_items / 10, r;
+    if (spread == 0)
+        return max_items;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+        r = (uint64_t)getpid() * 2654435761u ^ clock_monotonic_ms();
+    uint64_t limit = max_items + r % (spread + 1);
+    return limit < max_items ? UINT64_MAX : limit;      /* overflow near UINT64_MAX */
+}
+
+static int
+recycle_due(void)
+{
+    if (w.item_limit == 0 || w.items_done < w.item_limit)
+        return 0;
+    if (!w.recycling)
+        log_info("recycling after %llu items (workers.max_items %llu)",
+                 (unsigned long long)w.items_done,
+                 (unsigned long long)w.config->workers.max_items);
+    w.recycling = 1;
+    return 1;
 }
 
 static void
 on_run(evutil_socket_t fd, short what, void *arg)
 {
     struct task *t;
-    while ((t = w.head) != NULL) {
+    while (!recycle_due() && (t = w.head) != NULL) {
         w.head = t->next;
         if (w.head == NULL)
             w.tail = NULL;
@@ -137,8 +189,47 @@ on_run(evutil_socket_t fd, short what, void *arg)
         task_free(t);
     }
     flush();
-    if (w.stopping)
+    /* Recycling: what is still queued here was never started; the grpc
+     * process requeues it when the master reports our exit. */
+    if (w.stopping || w.recycling)
         event_base_loopbreak(w.base);
+}
+
+/*
+ * Recycling: every update we sent must be read by the grpc process before it
+ * learns of our exit, and it must not see our socket vanish while it writes
+ * to it (a failed write closes its end of the channel, unread updates and
+ * all). So: write everything, shut down our sending side, and read (and
+ * drop: never started, they are requeued) whatever items still come until
+ * the grpc process, having read up to our EOF, closes its end. Bounded.
+ */
+static void
+linger(void)
+{
+    if (channel_flush(w.data) == -1)
+        return;
+    int fd = channel_fd(w.data);
+    if (shutdown(fd, SHUT_WR) == -1)
+        return;
+    uint64_t deadline = clock_monotonic_ms() + LINGER_MS;
+    char scratch[65536];
+    for (;;) {
+        uint64_t now = clock_monotonic_ms();
+        if (now >= deadline) {
+            log_warn("the grpc process did not close our data channel within %d ms",
+                     LINGER_MS);
+            return;
+        }
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        int n = poll(&p, 1, (int)(deadline - now));
+        if (n == -1 && errno != EINTR)
+            return;
+        if (n <= 0)
+            continue;
+        ssize_t r = read(fd, scratch, sizeof scratch);
+        if (r == 0 || (r == -1 && errno != EINTR && errno != EAGAIN))
+            return;
+    }
 }
 
 static int
@@ -235,6 +326,27 @@ worker_process_main(struct ds_child_start *start)
     proctitle_set("dosomethingd: worker %u", start->slot);
 
     w.config = start->config;
+    /* Before anything else: CPU, nice, limits, and `user:` if the master
+     * has not dropped us to it yet; modules and programs never run as root. */
+    worker_apply_hygiene(w.config, start->slot);
+    /* exec items write to pipes whose reader may be gone: EPIPE, not death. */
+    signal(SIGPIPE, SIG_IGN);
+    for (size_t i = 0; i < w.config->handler_count; i++) {
+        if (w.config->handlers[i].type == DS_HANDLER_EXEC) {
+            /* Before the modules, which may start threads. */
+            char title[64];
+            snprintf(title, sizeof title, "dosomethingd: exec guard of worker %u", start->slot);
+            exec_guard_start(title);
+            break;
+        }
+    }
+    char err[1024];
+    if (module_load_all(w.config, err, sizeof err) == -1) {
+        exec_guard_stop();
+        fatal(DS_EXIT_FATAL, "%s", err);
+    }
+    w.item_limit = pick_item_limit(w.config->workers.max_items);
+
     w.base = event_base_new();
     if (w.base == NULL)
         fatal(DS_EXIT_FATAL, "event_base_new() failed");
@@ -248,8 +360,18 @@ worker_process_main(struct ds_child_start *start)
     event_base_dispatch(w.base);
 
     log_debug("exiting after %llu items", (unsigned long long)w.items_done);
-    if (w.data != NULL)
+    if (w.data != NULL) {
+        if (w.recycling)
+            linger();
         channel_free(w.data);
+    }
+    while (w.head != NULL) {
+        struct task *t = w.head;
+        w.head = t->next;
+        task_free(t);
+    }
+    module_unload_all();
+    exec_guard_stop();
     channel_free(w.control);
     event_free(w.run_event);
     event_base_free(w.base);

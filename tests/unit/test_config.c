@@ -1177,7 +1177,6 @@ test_unsupported_features(void **state)
         const char *yaml;
         const char *error;
     } cases[] = {
-        { "queue:\n  journal: /var/lib/ds\n", "2:12: queue.journal: not supported by this build yet" },
         { "cluster: {redis: \"redis://127.0.0.1:6379\", name: dosomething}\n",
           "1:10: cluster: not supported by this build yet" },
     };

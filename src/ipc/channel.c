@@ -292,6 +292,14 @@ channel_write_some(struct ipc_channel *ch)
             if (errno == EAGAIN || errno == EINTR)
                 return 1;
             if (errno == EPIPE || errno == ECONNRESET) {
+                /* The peer is gone, but what it wrote before it went
+                 * still counts: read it all, then report the close. */
+                int r;
+                do {
+                    r = channel_fill(ch);
+                    if (channel_dispatch(ch) == -1)
+                        break;
+                } while (r == 1);
                 channel_close(ch, NULL);
                 return -1;
             }

@@ -59,12 +59,14 @@ struct ipc_seq {
 };
 
 /* The grpc process's handle for an item and which attempt this is, then
- * kind_len bytes of kind (resolved: never empty), then the WorkItem as the
- * client encoded it. */
+ * kind_len bytes of kind (resolved: never empty), id_len bytes of id (as
+ * assigned when the client left it empty), then the WorkItem as the client
+ * encoded it. */
 struct ipc_item {
     uint64_t key;
     uint32_t attempt;
-    uint32_t kind_len;
+    uint16_t kind_len;
+    uint16_t id_len;
 };
 
 /* Then the result (SUCCEEDED) or the error text (FAILED). */

@@ -30,7 +30,6 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
-#include "core/privileges.h"
 #include "core/process.h"
 #include "ipc/channel.h"
 #include "master/master.h"
@@ -165,14 +164,10 @@ child_setup(enum ds_role role, const int *keep, int count)
     if (getppid() != m.pid)
         _exit(DS_EXIT_OK);
     child_close_fds(keep, count);
+    /* Privileges: a worker drops them in worker_apply_hygiene(), after the
+     * root-only settings (nice, rlimits); the grpc process once its
+     * listeners are bound. */
     if (role == DS_ROLE_WORKER) {
-        /* A worker never needs root; the grpc process drops it once its
-         * listeners are bound. */
-        char err[256];
-        if (privileges_drop(m.config->user, err, sizeof err) == -1) {
-            log_error("%s", err);
-            _exit(DS_EXIT_FATAL);
-        }
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -865,6 +860,10 @@ master_run(struct ds_config *config, const char *config_file)
     }
     if (signals_init() == -1)
         return DS_EXIT_FATAL;
+    /* What a killed worker's exec'd programs leave behind is ours to reap
+     * (reap() takes any child), not init's, which may not reap at all. */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) == -1)
+        log_syswarn("prctl(PR_SET_CHILD_SUBREAPER) failed");
     if (pidfile_write(config->pid_file) == -1)
         return DS_EXIT_FATAL;
     m.stop_timer = evtimer_new(m.base, on_stop_timer, NULL);

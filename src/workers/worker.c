@@ -241,22 +241,28 @@ take_item(const struct ipc_header *h, const uint8_t *body)
         return -1;
     }
     memcpy(&head, body, sizeof head);
-    if (head.kind_len == 0 || head.kind_len > h->length - sizeof head) {
-        log_error("data channel: ITEM frame with a kind of %u bytes in %u", head.kind_len,
-                  h->length);
+    if (head.kind_len == 0 || (size_t)head.kind_len + head.id_len > h->length - sizeof head) {
+        log_error("data channel: ITEM frame with a kind of %u and an id of %u bytes in %u",
+                  head.kind_len, head.id_len, h->length);
         return -1;
     }
     struct task *t = ds_calloc(1, sizeof *t);
     t->key = head.key;
     t->attempt = head.attempt;
     t->kind = ds_strndup((const char *)body + sizeof head, head.kind_len);
-    size_t off = sizeof head + head.kind_len;
+    const char *id = (const char *)body + sizeof head + head.kind_len;
+    size_t off = sizeof head + head.kind_len + head.id_len;
     t->item = wire_work_item_unpack(NULL, h->length - off, body + off);
     if (t->item == NULL) {
         static const char err[] = "the item could not be decoded";
         send_update(t, STATE_FAILED, 0, err, sizeof err - 1);
         task_free(t);
         return 0;
+    }
+    if (t->item->id[0] == '\0' && head.id_len > 0) {
+        /* The id the grpc process assigned; protobuf-c frees it with the
+         * item (the empty string it replaces is static). */
+        t->item->id = ds_strndup(id, head.id_len);
     }
     t->handler = config_handler(w.config, t->kind);
     if (w.tail != NULL)

@@ -1,6 +1,7 @@
 #include "core/log.h"
 
 #include <errno.h>
+#include <pwd.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -93,6 +94,16 @@ int
 log_file_fd(void)
 {
     return log_fd;
+}
+
+void
+log_chown_to_user(int fd, const char *user)
+{
+    if (fd <= 2 || user == NULL || user[0] == '\0' || geteuid() != 0)
+        return;
+    struct passwd *pw = getpwnam(user);
+    if (pw != NULL && fchown(fd, pw->pw_uid, pw->pw_gid) == -1)
+        log_syswarn("fchown(log, %s) failed", user);
 }
 
 void

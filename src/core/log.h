@@ -22,6 +22,9 @@ void log_redirect_stderr(void);
 void log_close(void);
 /* The descriptor lines go to (2 for stderr): children keep it open. */
 int log_file_fd(void);
+/* When running as root, hand FD's file to USER (if any), so that children
+ * that dropped to it can still reopen it after a rotation. */
+void log_chown_to_user(int fd, const char *user);
 
 void log_write(enum ds_log_level level, int errnum, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -48,6 +48,7 @@ access_log_open(void)
         close(access_fd);
     access_fd = fd;
     snprintf(access_path, sizeof access_path, "%s", path);
+    log_chown_to_user(fd, gp.config->user);
 }
 
 void

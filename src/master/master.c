@@ -623,6 +623,7 @@ reload(void)
     m.config = config;
     m.generation++;
     log_open(config->log.file, config->log.level);
+    log_chown_to_user(log_file_fd(), config->user);
 
     struct process *g = grpc_process();
     if (g != NULL && g->control != NULL) {
@@ -866,6 +867,7 @@ master_run(struct ds_config *config, const char *config_file)
         log_syswarn("prctl(PR_SET_CHILD_SUBREAPER) failed");
     if (pidfile_write(config->pid_file) == -1)
         return DS_EXIT_FATAL;
+    log_chown_to_user(log_file_fd(), config->user);
     m.stop_timer = evtimer_new(m.base, on_stop_timer, NULL);
     m.retire_timer = evtimer_new(m.base, on_retire_timer, NULL);
 

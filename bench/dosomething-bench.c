@@ -24,6 +24,8 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+/* --hash-api lowlevel uses SHA256_Init/Update/Final, deprecated in OpenSSL 3. */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -51,6 +53,7 @@
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 
 #include "com/agrounds/dosomething/v1/do_something.pb-c.h"
@@ -178,6 +181,7 @@ static struct {
     int sub_ready_metadata;
     pid_t server_pid;
     double timeout;
+    double stall;
     const char *label;
     char id_prefix[64];
     /* modes */
@@ -185,6 +189,7 @@ static struct {
     int hash_loop;
     uint64_t procs;
     uint64_t rounds;
+    int hash_api;               /* 0 SHA256() one-shot (what the daemon calls), 1 EVP, 2 low level */
 } opt = {
     .target = "127.0.0.1:8080",
     .n = 10000,
@@ -197,6 +202,7 @@ static struct {
     .wait_final = 1,
     .sub_ready_metadata = 1,
     .timeout = 120,
+    .stall = 30,
     .label = "",
     .procs = 1,
     .rounds = 10000,
@@ -230,10 +236,14 @@ usage(FILE *f)
 "                         initial metadata arrives (default), or at once\n"
 "      --server-pid PID   measure CPU and memory of PID and its descendants\n"
 "      --timeout SEC      bound on the whole run (default 120)\n"
+"      --stall SEC        fail when nothing progresses (no send, reply or final update)\n"
+"                         for SEC seconds (default 30)\n"
 "      --label TEXT       copied into the JSON line\n"
 "      --id-prefix TEXT   item ids are TEXT<index> (default b<pid>-)\n"
 "hash loop:\n"
-"      --procs P          processes (default 1); --rounds R (default 10000)\n");
+"      --procs P          processes (default 1); --rounds R (default 10000)\n"
+"      --hash-api oneshot|evp|lowlevel  SHA256() as the daemon's handler calls it\n"
+"                         (default), EVP with a reused context, or SHA256_Init/Update/Final\n");
 }
 
 static int
@@ -277,7 +287,7 @@ parse_options(int argc, char **argv)
 {
     enum { O_SUB_THREADS = 256, O_KIND, O_PAYLOAD, O_PARAM, O_STATES, O_WINDOW, O_WAIT,
            O_SUB_READY, O_SERVER_PID, O_TIMEOUT, O_LABEL, O_ID_PREFIX, O_SINK, O_HASH_LOOP,
-           O_PROCS, O_ROUNDS };
+           O_PROCS, O_ROUNDS, O_HASH_API, O_STALL };
     static const struct option longopts[] = {
         { "target", required_argument, NULL, 't' },
         { "items", required_argument, NULL, 'n' },
@@ -294,12 +304,14 @@ parse_options(int argc, char **argv)
         { "sub-ready", required_argument, NULL, O_SUB_READY },
         { "server-pid", required_argument, NULL, O_SERVER_PID },
         { "timeout", required_argument, NULL, O_TIMEOUT },
+        { "stall", required_argument, NULL, O_STALL },
         { "label", required_argument, NULL, O_LABEL },
         { "id-prefix", required_argument, NULL, O_ID_PREFIX },
         { "sink", required_argument, NULL, O_SINK },
         { "hash-loop", no_argument, NULL, O_HASH_LOOP },
         { "procs", required_argument, NULL, O_PROCS },
         { "rounds", required_argument, NULL, O_ROUNDS },
+        { "hash-api", required_argument, NULL, O_HASH_API },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -349,6 +361,7 @@ parse_options(int argc, char **argv)
             break;
         case O_SERVER_PID: opt.server_pid = (pid_t)parse_u64("--server-pid", optarg); break;
         case O_TIMEOUT: opt.timeout = parse_double("--timeout", optarg); break;
+        case O_STALL: opt.stall = parse_double("--stall", optarg); break;
         case O_LABEL: opt.label = optarg; break;
         case O_ID_PREFIX:
             if (strlen(optarg) >= sizeof opt.id_prefix)
@@ -359,6 +372,16 @@ parse_options(int argc, char **argv)
         case O_HASH_LOOP: opt.hash_loop = 1; break;
         case O_PROCS: opt.procs = parse_u64("--procs", optarg); break;
         case O_ROUNDS: opt.rounds = parse_u64("--rounds", optarg); break;
+        case O_HASH_API:
+            if (strcmp(optarg, "oneshot") == 0)
+                opt.hash_api = 0;
+            else if (strcmp(optarg, "evp") == 0)
+                opt.hash_api = 1;
+            else if (strcmp(optarg, "lowlevel") == 0)
+                opt.hash_api = 2;
+            else
+                die("--hash-api: expected oneshot, evp or lowlevel, got '%s'", optarg);
+            break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -572,9 +595,10 @@ struct tag {
 
 struct thr;
 
-struct sub {
-    int idx;
-    struct thr *thr;
+/* One getUpdates call of a subscriber; a subscriber the server cut off as too
+ * slow resumes on a new one (replay from the last seq it got). */
+struct stream {
+    struct sub *sub;
     grpc_call *call;
     struct tag t_start, t_md, t_msg, t_status;
     grpc_byte_buffer *request;
@@ -582,10 +606,18 @@ struct sub {
     grpc_byte_buffer *msg;
     grpc_status_code status;
     grpc_slice details;
+    int ops;                    /* batches in flight */
+};
+
+struct sub {
+    int idx;
+    struct thr *thr;
+    struct stream *cur;
     int ready;
     int complete;
-    int ended;
     uint64_t finals, failed, dups, foreign, nonfinal;
+    uint64_t last_seq;
+    uint64_t resumes;
     uint8_t *seen;              /* bitmap of items with a final update */
     int64_t t_complete;
 };
@@ -629,6 +661,7 @@ static atomic_int g_abort;
 static atomic_int g_stop;
 static atomic_ulong subs_ready;
 static atomic_ulong subs_complete;
+static atomic_llong last_progress;      /* now_ns() of the last send, reply or final update */
 static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
 static char err_msg[1024];
 static atomic_int failed_prints;
@@ -705,6 +738,7 @@ read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
 }
 
 struct update_view {
+    uint64_t seq;
     const uint8_t *id;
     size_t id_len;
     int state;
@@ -727,7 +761,9 @@ parse_update(const uint8_t *p, size_t n, struct update_view *u)
         case 0:
             if (read_varint(&p, end, &v) < 0)
                 return -1;
-            if (field == 4)
+            if (field == 1)
+                u->seq = v;
+            else if (field == 4)
                 u->state = (int)v;
             break;
         case 1:
@@ -801,6 +837,8 @@ sub_on_update(struct sub *s, grpc_byte_buffer *bb)
         fail("subscriber %d: an update that is not a valid Update message", s->idx);
         return;
     }
+    if (u.seq > s->last_seq)
+        s->last_seq = u.seq;
     if (u.state != ST_SUCCEEDED && u.state != ST_FAILED) {
         s->nonfinal++;
         grpc_slice_unref(bytes);
@@ -818,6 +856,7 @@ sub_on_update(struct sub *s, grpc_byte_buffer *bb)
         return;
     }
     int64_t now = now_ns();
+    atomic_store_explicit(&last_progress, now, memory_order_relaxed);
     s->seen[i >> 3] |= (uint8_t)(1u << (i & 7));
     s->finals++;
     if (u.state == ST_FAILED) {
@@ -843,31 +882,34 @@ sub_on_update(struct sub *s, grpc_byte_buffer *bb)
 }
 
 static void
-sub_post_recv(struct sub *s)
+stream_post_recv(struct stream *st)
 {
     grpc_op op;
     memset(&op, 0, sizeof op);
     op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &s->msg;
-    start_batch(s->thr, s->call, &op, 1, &s->t_msg);
+    op.data.recv_message.recv_message = &st->msg;
+    st->ops++;
+    start_batch(st->sub->thr, st->call, &op, 1, &st->t_msg);
 }
 
-static void
-sub_start(struct sub *s)
+static struct stream *
+stream_start(struct sub *s, int replay, uint64_t after_seq)
 {
     struct thr *t = s->thr;
+    struct stream *st = xcalloc(1, sizeof *st);
+    st->sub = s;
     grpc_slice method = grpc_slice_from_static_string(METHOD_UPDATES);
-    s->call = grpc_channel_create_call(channels[s->idx % opt.channels], NULL,
-                                       GRPC_PROPAGATE_DEFAULTS, t->cq, method, NULL,
-                                       gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-    if (s->call == NULL)
+    st->call = grpc_channel_create_call(channels[s->idx % opt.channels], NULL,
+                                        GRPC_PROPAGATE_DEFAULTS, t->cq, method, NULL,
+                                        gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+    if (st->call == NULL)
         die("cannot create a getUpdates call");
-    s->t_start = (struct tag){ TK_SUB_START, s };
-    s->t_md = (struct tag){ TK_SUB_MD, s };
-    s->t_msg = (struct tag){ TK_SUB_MSG, s };
-    s->t_status = (struct tag){ TK_SUB_STATUS, s };
-    grpc_metadata_array_init(&s->md);
-    grpc_metadata_array_init(&s->trailing);
+    st->t_start = (struct tag){ TK_SUB_START, st };
+    st->t_md = (struct tag){ TK_SUB_MD, st };
+    st->t_msg = (struct tag){ TK_SUB_MSG, st };
+    st->t_status = (struct tag){ TK_SUB_STATUS, st };
+    grpc_metadata_array_init(&st->md);
+    grpc_metadata_array_init(&st->trailing);
 
     updates_request req = COM__AGROUNDS__DOSOMETHING__V1__UPDATES_REQUEST__INIT;
     Com__Agrounds__Dosomething__V1__State states[MAX_STATES];
@@ -875,10 +917,12 @@ sub_start(struct sub *s)
         states[i] = (Com__Agrounds__Dosomething__V1__State)opt.states[i];
     req.n_states = opt.n_states;
     req.states = states;
+    req.replay = replay;
+    req.after_seq = after_seq;
     size_t len = com__agrounds__dosomething__v1__updates_request__get_packed_size(&req);
     grpc_slice slice = grpc_slice_malloc(len);
     com__agrounds__dosomething__v1__updates_request__pack(&req, GRPC_SLICE_START_PTR(slice));
-    s->request = grpc_raw_byte_buffer_create(&slice, 1);
+    st->request = grpc_raw_byte_buffer_create(&slice, 1);
     grpc_slice_unref(slice);
 
     grpc_op ops[3];
@@ -886,23 +930,47 @@ sub_start(struct sub *s)
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = s->request;
+    ops[1].data.send_message.send_message = st->request;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    start_batch(t, s->call, ops, 3, &s->t_start);
+    st->ops++;
+    start_batch(t, st->call, ops, 3, &st->t_start);
 
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[0].data.recv_initial_metadata.recv_initial_metadata = &s->md;
-    start_batch(t, s->call, ops, 1, &s->t_md);
+    ops[0].data.recv_initial_metadata.recv_initial_metadata = &st->md;
+    st->ops++;
+    start_batch(t, st->call, ops, 1, &st->t_md);
 
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[0].data.recv_status_on_client.trailing_metadata = &s->trailing;
-    ops[0].data.recv_status_on_client.status = &s->status;
-    ops[0].data.recv_status_on_client.status_details = &s->details;
-    start_batch(t, s->call, ops, 1, &s->t_status);
+    ops[0].data.recv_status_on_client.trailing_metadata = &st->trailing;
+    ops[0].data.recv_status_on_client.status = &st->status;
+    ops[0].data.recv_status_on_client.status_details = &st->details;
+    st->ops++;
+    start_batch(t, st->call, ops, 1, &st->t_status);
 
-    sub_post_recv(s);
+    stream_post_recv(st);
+    return st;
+}
+
+static void
+stream_free(struct stream *st)
+{
+    if (st->request != NULL)
+        grpc_byte_buffer_destroy(st->request);
+    if (st->msg != NULL)
+        grpc_byte_buffer_destroy(st->msg);
+    grpc_metadata_array_destroy(&st->md);
+    grpc_metadata_array_destroy(&st->trailing);
+    grpc_slice_unref(st->details);
+    grpc_call_unref(st->call);
+    free(st);
+}
+
+static void
+sub_start(struct sub *s)
+{
+    s->cur = stream_start(s, 0, 0);
     if (!opt.sub_ready_metadata) {
         s->ready = 1;
         atomic_fetch_add(&subs_ready, 1);
@@ -997,6 +1065,7 @@ call_on_status(struct scall *c)
     c->done = 1;
     calls_done++;
     t_last_reply = now_ns();
+    atomic_store_explicit(&last_progress, t_last_reply, memory_order_relaxed);
     if (c->status != GRPC_STATUS_OK) {
         char *d = grpc_slice_to_c_string(c->details);
         fail("doSomething call %d ended with %s: %s (sent %" PRIu64 " of %" PRIu64 " items)",
@@ -1027,6 +1096,53 @@ call_on_status(struct scall *c)
     com__agrounds__dosomething__v1__submit_reply__free_unpacked(r, NULL);
 }
 
+#define MAX_RESUMES 1000
+
+static void
+stream_event(enum tag_kind kind, struct stream *st, int ok)
+{
+    struct sub *s = st->sub;
+    int live = !atomic_load(&g_stop) && !atomic_load(&g_abort);
+    st->ops--;
+    switch (kind) {
+    case TK_SUB_MD:
+        if (ok && opt.sub_ready_metadata && !s->ready) {
+            s->ready = 1;
+            atomic_fetch_add(&subs_ready, 1);
+        }
+        break;
+    case TK_SUB_MSG:
+        if (ok && st->msg != NULL) {
+            sub_on_update(s, st->msg);
+            grpc_byte_buffer_destroy(st->msg);
+            st->msg = NULL;
+            if (live)
+                stream_post_recv(st);
+        }
+        break;
+    case TK_SUB_STATUS:
+        if (!live || st != s->cur || (s->complete && st->status == GRPC_STATUS_OK))
+            break;
+        if (st->status == GRPC_STATUS_RESOURCE_EXHAUSTED && !s->complete && opt.sub_ready_metadata
+            && s->resumes < MAX_RESUMES) {
+            /* cut off as too slow: come back for what was missed */
+            s->resumes++;
+            s->cur = stream_start(s, 1, s->last_seq);
+        } else {
+            char *d = grpc_slice_to_c_string(st->details);
+            fail("subscriber %d ended with %s: %s (it had %" PRIu64 " of %" PRIu64
+                 " final updates, %" PRIu64 " resumes)", s->idx, status_name(st->status), d,
+                 s->finals, opt.n, s->resumes);
+            gpr_free(d);
+        }
+        break;
+    default:
+        break;
+    }
+    if (st->ops == 0 && st != s->cur)
+        stream_free(st);
+}
+
 static void
 handle_event(struct thr *t, grpc_event *ev)
 {
@@ -1035,41 +1151,16 @@ handle_event(struct thr *t, grpc_event *ev)
     t->pending--;
     switch (tag->kind) {
     case TK_SUB_START:
+    case TK_SUB_MD:
+    case TK_SUB_MSG:
+    case TK_SUB_STATUS:
+        stream_event(tag->kind, tag->owner, ok);
         break;
-    case TK_SUB_MD: {
-        struct sub *s = tag->owner;
-        if (ok && opt.sub_ready_metadata && !s->ready) {
-            s->ready = 1;
-            atomic_fetch_add(&subs_ready, 1);
-        }
-        break;
-    }
-    case TK_SUB_MSG: {
-        struct sub *s = tag->owner;
-        if (ok && s->msg != NULL) {
-            sub_on_update(s, s->msg);
-            grpc_byte_buffer_destroy(s->msg);
-            s->msg = NULL;
-            if (!atomic_load(&g_stop) && !atomic_load(&g_abort))
-                sub_post_recv(s);
-        }
-        break;
-    }
-    case TK_SUB_STATUS: {
-        struct sub *s = tag->owner;
-        s->ended = 1;
-        if (!atomic_load(&g_stop) && !atomic_load(&g_abort) && !(s->complete && s->status == GRPC_STATUS_OK)) {
-            char *d = grpc_slice_to_c_string(s->details);
-            fail("subscriber %d ended with %s: %s (it had %" PRIu64 " of %" PRIu64
-                 " final updates)", s->idx, status_name(s->status), d, s->finals, opt.n);
-            gpr_free(d);
-        }
-        break;
-    }
     case TK_CALL_MD:
         break;
     case TK_CALL_SEND: {
         struct scall *c = tag->owner;
+        atomic_store_explicit(&last_progress, now_ns(), memory_order_relaxed);
         grpc_byte_buffer_destroy(c->send_bb);
         c->send_bb = NULL;
         if (ok && !atomic_load(&g_abort))
@@ -1103,7 +1194,7 @@ static void
 thread_finish(struct thr *t, int cancel_submits)
 {
     for (size_t i = 0; i < t->n_subs; i++)
-        grpc_call_cancel(t->subs[i]->call, NULL);
+        grpc_call_cancel(t->subs[i]->cur->call, NULL);
     if (cancel_submits && calls != NULL)
         for (uint64_t i = 0; i < opt.calls; i++)
             if (calls[i].call != NULL)
@@ -1129,14 +1220,27 @@ sub_thread(void *arg)
     return NULL;
 }
 
-static uint64_t
-min_finals(void)
+/* Where the run stands, for a timeout or stall message. */
+static const char *
+progress_text(void)
 {
-    uint64_t m = UINT64_MAX;
-    for (uint64_t i = 0; i < opt.subs; i++)
-        if (subs_all[i].finals < m)
-            m = subs_all[i].finals;
-    return m == UINT64_MAX ? 0 : m;
+    static char text[512];
+    uint64_t lo = UINT64_MAX, hi = 0, resumes = 0;
+    for (uint64_t i = 0; i < opt.subs; i++) {
+        uint64_t f = subs_all[i].finals;
+        lo = f < lo ? f : lo;
+        hi = f > hi ? f : hi;
+        resumes += subs_all[i].resumes;
+    }
+    if (opt.subs == 0)
+        lo = 0;
+    snprintf(text, sizeof text, "sent %" PRIu64 " of %" PRIu64 ", %" PRIu64 " of %" PRIu64
+             " calls replied (accepted %" PRIu64 "), subscribers complete %lu of %" PRIu64
+             ", final updates per subscriber %" PRIu64 "..%" PRIu64 " of %" PRIu64
+             ", resumes after a cut-off %" PRIu64 "%s", sent, opt.n, calls_done, opt.calls,
+             accepted_total, atomic_load(&subs_complete), opt.subs, lo, hi, opt.n, resumes,
+             resumes ? " (a resumed replay skips what left the update log)" : "");
+    return text;
 }
 
 static int
@@ -1269,6 +1373,7 @@ run_load(void)
             calls[i].assigned = (opt.n - i + opt.calls - 1) / opt.calls;
             call_start(&calls[i]);
         }
+        atomic_store(&last_progress, now_ns());
         for (uint64_t i = 0; i < opt.calls; i++)
             call_send_next(&calls[i]);
     }
@@ -1279,13 +1384,11 @@ run_load(void)
             break;
         poll_once(t0, 50);
         int64_t now = now_ns();
-        if (now > t_deadline) {
-            fail("timeout after %.0f s: sent %" PRIu64 " of %" PRIu64 ", %" PRIu64 " of %" PRIu64
-                 " calls replied (accepted %" PRIu64 "), subscribers complete %lu of %" PRIu64
-                 ", fewest final updates on a subscriber %" PRIu64, opt.timeout, sent, opt.n,
-                 calls_done, opt.calls, accepted_total, atomic_load(&subs_complete), opt.subs,
-                 min_finals());
-        }
+        if (now > t_deadline)
+            fail("timeout after %.0f s: %s", opt.timeout, progress_text());
+        else if (now - atomic_load_explicit(&last_progress, memory_order_relaxed) >
+                 (int64_t)(opt.stall * 1e9))
+            fail("stalled: nothing progressed for %.0f s: %s", opt.stall, progress_text());
     }
     int64_t t_end = now_ns();
     double client_cpu1 = cpu_seconds_self();
@@ -1306,7 +1409,7 @@ run_load(void)
 
     /* Results. */
     int64_t t_last_final = 0;
-    uint64_t failed = 0, dups = 0, foreign = 0, nonfinal = 0;
+    uint64_t failed = 0, dups = 0, foreign = 0, nonfinal = 0, resumes = 0;
     for (uint64_t i = 0; i < opt.subs; i++) {
         struct sub *s = &subs_all[i];
         if (s->t_complete > t_last_final)
@@ -1315,6 +1418,7 @@ run_load(void)
         dups += s->dups;
         foreign += s->foreign;
         nonfinal += s->nonfinal;
+        resumes += s->resumes;
     }
     if (!opt.wait_final)
         t_last_final = t_last_reply;
@@ -1349,8 +1453,8 @@ run_load(void)
     fprintf(f, ",\"payload_bytes\":%" PRIu64 ",\"window\":%" PRIu64 ",\"wait\":\"%s\"",
             opt.payload, opt.window, opt.wait_final ? "final" : "accepted");
     fprintf(f, ",\"accepted\":%" PRIu64 ",\"rejected\":%" PRIu64 ",\"failed\":%" PRIu64
-            ",\"duplicates\":%" PRIu64 ",\"foreign\":%" PRIu64 ",\"nonfinal\":%" PRIu64,
-            accepted_total, rejected_total, failed, dups, foreign, nonfinal);
+            ",\"duplicates\":%" PRIu64 ",\"foreign\":%" PRIu64 ",\"nonfinal\":%" PRIu64 ",\"resumes\":%" PRIu64,
+            accepted_total, rejected_total, failed, dups, foreign, nonfinal, resumes);
     fprintf(f, ",\"submit_s\":%.6f,\"elapsed_s\":%.6f,\"submitted_per_s\":%.1f,"
             "\"items_per_s\":%.1f", submit_s, elapsed_s,
             submit_s > 0 ? (double)opt.n / submit_s : 0.0,
@@ -1768,10 +1872,37 @@ run_hash_loop(void)
             die("fork: %s", strerror(errno));
         if (pids[p] == 0) {
             uint8_t d[SHA256_DIGEST_LENGTH], acc = 0;
+            EVP_MD *md = opt.hash_api == 1 ? EVP_MD_fetch(NULL, "SHA256", NULL) : NULL;
+            EVP_MD_CTX *ctx = opt.hash_api == 1 ? EVP_MD_CTX_new() : NULL;
+            if (opt.hash_api == 1 && (md == NULL || ctx == NULL))
+                _exit(1);
             for (uint64_t i = p; i < opt.n; i += opt.procs) {
-                SHA256(payload, opt.payload, d);
-                for (uint64_t r = 1; r < opt.rounds; r++)
-                    SHA256(d, sizeof d, d);
+                if (opt.hash_api == 0) {
+                    /* exactly the handler's calls */
+                    SHA256(payload, opt.payload, d);
+                    for (uint64_t r = 1; r < opt.rounds; r++)
+                        SHA256(d, sizeof d, d);
+                } else if (opt.hash_api == 1) {
+                    unsigned int len;
+                    EVP_DigestInit_ex(ctx, md, NULL);
+                    EVP_DigestUpdate(ctx, payload, opt.payload);
+                    EVP_DigestFinal_ex(ctx, d, &len);
+                    for (uint64_t r = 1; r < opt.rounds; r++) {
+                        EVP_DigestInit_ex(ctx, md, NULL);
+                        EVP_DigestUpdate(ctx, d, sizeof d);
+                        EVP_DigestFinal_ex(ctx, d, &len);
+                    }
+                } else {
+                    SHA256_CTX c;
+                    SHA256_Init(&c);
+                    SHA256_Update(&c, payload, opt.payload);
+                    SHA256_Final(d, &c);
+                    for (uint64_t r = 1; r < opt.rounds; r++) {
+                        SHA256_Init(&c);
+                        SHA256_Update(&c, d, sizeof d);
+                        SHA256_Final(d, &c);
+                    }
+                }
                 acc ^= d[0];
             }
             _exit(acc == 0 ? 0 : 0);
@@ -1805,6 +1936,7 @@ run_hash_loop(void)
                  (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
     printf("{\"mode\":\"hash-loop\",\"label\":");
     json_string(stdout, opt.label);
+    printf(",\"hash_api\":\"%s\"", opt.hash_api == 0 ? "oneshot" : opt.hash_api == 1 ? "evp" : "lowlevel");
     printf(",\"n\":%" PRIu64 ",\"procs\":%" PRIu64 ",\"rounds\":%" PRIu64
            ",\"payload_bytes\":%" PRIu64 ",\"elapsed_s\":%.6f,\"items_per_s\":%.1f,"
            "\"cpu_s\":%.3f}\n", opt.n, opt.procs, opt.rounds, opt.payload, elapsed,

@@ -117,6 +117,8 @@ void update_unref(struct update *update);
 struct update *updates_get(uint64_t seq);
 /* The oldest seq retained (updates_last_seq() + 1 when none is). */
 uint64_t updates_first_seq(void);
+/* The first seq this process could use: older ones were another's. */
+uint64_t updates_origin_seq(void);
 
 void updates_init(uint64_t seq_start);
 void updates_shutdown(void);

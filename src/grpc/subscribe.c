@@ -379,6 +379,19 @@ subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
     }
     if (s->request->replay) {
         uint64_t first = updates_first_seq();
+        uint64_t after = s->request->after_seq;
+        if (after > 0 && after + 1 < first && after + 1 >= updates_origin_seq()) {
+            /* Updates this process published and no longer has: a replay
+             * from there would skip them without a word. Seqs from before
+             * this process (a restart, an upgrade) are not ours to judge. */
+            char text[256];
+            snprintf(text, sizeof text, "replay after seq %llu: updates up to seq %llu are no "
+                     "longer retained (updates.history %llu); the oldest retained is %llu",
+                     (unsigned long long)after, (unsigned long long)first - 1,
+                     (unsigned long long)gp.config->updates.history, (unsigned long long)first);
+            reject_call(s, GRPC_STATUS_OUT_OF_RANGE, text);
+            return;
+        }
         s->cursor = s->request->after_seq + 1 > first ? s->request->after_seq + 1 : first;
         s->replaying = 1;
     }

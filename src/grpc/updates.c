@@ -22,6 +22,7 @@ static struct {
     uint64_t first;             /* index of the oldest in ring */
     uint64_t last_seq;          /* the newest seq used */
     uint64_t reserved;          /* seqs up to this are reserved at the master */
+    uint64_t origin;            /* the first seq this process could use */
 } log_;
 
 struct update *
@@ -44,6 +45,12 @@ uint64_t
 updates_last_seq(void)
 {
     return log_.last_seq;
+}
+
+uint64_t
+updates_origin_seq(void)
+{
+    return log_.origin;
 }
 
 uint64_t
@@ -131,6 +138,7 @@ updates_init(uint64_t seq_start)
 {
     memset(&log_, 0, sizeof log_);
     log_.last_seq = seq_start;
+    log_.origin = seq_start + 1;
     log_.reserved = seq_start + SEQ_RESERVE_CHUNK;
     log_.capacity = gp.config->updates.history;
     log_.ring = ds_calloc(log_.capacity, sizeof *log_.ring);

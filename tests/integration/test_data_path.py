@@ -518,3 +518,21 @@ def test_grpc_process_death_ends_calls_with_unavailable(daemon, client):
     assert sub2.final["after"].state == SUCCEEDED
     assert sub2.final["after"].seq > seq_before, \
         f"seq went backwards across the respawn: {sub2.final['after'].seq} <= {seq_before}"
+
+
+def test_replay_from_an_evicted_seq_is_refused(start_daemon):
+    """A replay that would skip updates this process no longer has ends with
+    OUT_OF_RANGE naming the oldest retained seq, rather than a silent gap."""
+    d = start_daemon({"updates": {"history": 50}})
+    client = d.client()
+    reply, sub = client.run_items(echo_items(100, "e"))
+    assert reply.accepted == 100
+    first_seen = sub.seqs()[0]
+    late = client.subscribe(replay=True, after_seq=first_seen)
+    late.wait_end(timeout=10)
+    assert late.status_code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "no longer retained" in late.error.details()
+    # after_seq 0 means "whatever is retained": no error.
+    everything = client.subscribe(replay=True, after_seq=0)
+    everything.wait(lambda s: len(s.updates) >= 50, 10, "the 50 retained updates")
+    assert everything.error is None

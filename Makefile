@@ -47,7 +47,8 @@ PROTO_H     = $(PROTO_C:.c=.h)
 CORE_SRC    = $(wildcard src/core/*.c) $(wildcard src/ipc/*.c)
 DAEMON_SRC  = $(CORE_SRC) $(wildcard src/master/*.c) $(wildcard src/grpc/*.c) \
               $(wildcard src/workers/*.c)
-DAEMON_OBJ  = $(patsubst %.c,$(BUILD)/obj/%.o,$(DAEMON_SRC)) $(BUILD)/obj/proto.o
+DAEMON_OBJ  = $(patsubst %.c,$(BUILD)/obj/%.o,$(DAEMON_SRC)) $(BUILD)/obj/proto.o \
+              $(BUILD)/obj/descriptor.o
 LIB_OBJ     = $(filter-out $(BUILD)/obj/src/master/main.o,$(DAEMON_OBJ))
 
 UNIT_SRC    = $(wildcard tests/unit/test_*.c)
@@ -61,6 +62,20 @@ all: $(BUILD)/dosomethingd
 $(PROTO_C) $(PROTO_H): $(PROTO)
 	@mkdir -p $(BUILD)/gen
 	protoc-c --c_out=$(BUILD)/gen -Iproto $(PROTO)
+
+# The contract's FileDescriptorProto, for server reflection, as a C array.
+$(BUILD)/gen/descriptor.c: $(PROTO)
+	@mkdir -p $(BUILD)/gen
+	protoc-c --descriptor_set_out=$(BUILD)/gen/descriptor.bin -Iproto $(PROTO)
+	{ echo '#include <stddef.h>'; \
+	  echo 'const unsigned char ds_descriptor_set[] = {'; \
+	  od -An -v -tx1 $(BUILD)/gen/descriptor.bin | sed 's/\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '};'; \
+	  echo 'const size_t ds_descriptor_set_len = sizeof ds_descriptor_set;'; } > $@
+
+$(BUILD)/obj/descriptor.o: $(BUILD)/gen/descriptor.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Wno-missing-prototypes -Wno-missing-variable-declarations -c -o $@ $<
 
 $(BUILD)/obj/proto.o: $(PROTO_C)
 	@mkdir -p $(dir $@)

@@ -143,6 +143,9 @@ void subscribers_end_all(void);
 int subscribers_flushed(void);
 uint64_t subscribers_active(void);
 
+/* reflection.c: grpc.reflection ServerReflection, for grpcurl and friends */
+void reflection_call_start(grpc_call *call, grpc_byte_buffer *unused);
+
 /* health.c: grpc.health.v1.Health */
 void health_check_start(grpc_call *call, grpc_byte_buffer *request);
 void health_watch_start(grpc_call *call, grpc_byte_buffer *request);

@@ -48,6 +48,10 @@ static const struct method methods[] = {
       health_check_start },
     { "/grpc.health.v1.Health/Watch", GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
       health_watch_start },
+    { "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", GRPC_SRM_PAYLOAD_NONE,
+      reflection_call_start },
+    { "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", GRPC_SRM_PAYLOAD_NONE,
+      reflection_call_start },
 };
 
 #define METHOD_COUNT (sizeof methods / sizeof methods[0])

@@ -38,7 +38,8 @@ DEFINES     = -DDS_PREFIX='"$(DS_PREFIX)"' -DDS_CONF_PATH='"$(DS_CONF)"' -DDS_VE
 DEB_BUILD   = gcc make pkg-config libgrpc-dev libprotobuf-c-dev protobuf-c-compiler \
               libyaml-dev libevent-dev libssl-dev libsystemd-dev
 DEB_TEST    = libcmocka-dev valgrind python3-grpcio python3-protobuf python3-grpc-tools \
-              python3-pytest python3-yaml python3-prometheus-client openssl
+              python3-pytest python3-yaml python3-prometheus-client openssl \
+              clang libclang-rt-14-dev nginx
 
 PROTO       = proto/com/agrounds/dosomething/v1/do_something.proto
 PROTO_C     = $(BUILD)/gen/com/agrounds/dosomething/v1/do_something.pb-c.c
@@ -104,6 +105,10 @@ deps:
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' \
 	        || missing="$$missing $$p"; \
 	done; \
+	if [ -n "$(filter deps-test,$(MAKECMDGOALS))$(WITH_TEST)" ]; then \
+	    command -v node >/dev/null || missing="$$missing nodejs"; \
+	    command -v npm >/dev/null || missing="$$missing npm"; \
+	fi; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages:$$missing"; \
 	    sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
@@ -139,7 +144,7 @@ integration: $(BUILD)/dosomethingd pystubs
 	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
 test: deps-test
-	@$(MAKE) --no-print-directory all unit valgrind
+	@$(MAKE) --no-print-directory all unit valgrind fuzz-regressions
 	@$(MAKE) --no-print-directory integration
 
 check-asan: deps-test

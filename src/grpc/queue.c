@@ -199,7 +199,7 @@ worker_free(struct worker *w)
 static void
 worker_maybe_release(struct worker *w)
 {
-    if ((w->retiring || gp.draining) && w->held == 0 && w->channel != NULL && q.waiting == 0) {
+    if ((w->retiring || (gp.draining && q.waiting == 0)) && w->held == 0 && w->channel != NULL) {
         channel_free(w->channel);
         w->channel = NULL;
     }

@@ -47,6 +47,7 @@ struct process {
     struct ipc_channel *control;
     int data_fd;                /* grpc end of a worker's data channel, until passed on */
     int retiring;               /* out of its slot: finishing its items, then exiting */
+    uint64_t retire_deadline_ms;    /* then it is killed */
     int killed_by_master;       /* its death is not a crash */
     char kill_reason[160];      /* why the master killed it, for the items it held */
 };
@@ -359,6 +360,7 @@ worker_retire(struct process *w)
     if (w->retiring)
         return;
     w->retiring = 1;
+    w->retire_deadline_ms = clock_monotonic_ms() + m.config->shutdown_timeout_ms;
     if (w->slot >= 1 && w->slot <= m.worker_count && m.workers[w->slot - 1].process == w)
         m.workers[w->slot - 1].process = NULL;
     if (grpc_process() != NULL)
@@ -367,12 +369,15 @@ worker_retire(struct process *w)
         kill_process(w, SIGKILL, NULL);
 }
 
+static void arm_retire_timer(void);
+
 static void
 on_retire_timer(evutil_socket_t fd, short what, void *arg)
 {
     char reason[160];
+    uint64_t now = clock_monotonic_ms();
     for (struct process *p = m.processes; p != NULL; p = p->next) {
-        if (!p->retiring || p->killed_by_master)
+        if (!p->retiring || p->killed_by_master || p->retire_deadline_ms > now)
             continue;
         snprintf(reason, sizeof reason, "worker %ld did not finish within shutdown_timeout "
                  "(%llu ms) after it was retired", (long)p->pid,
@@ -380,6 +385,7 @@ on_retire_timer(evutil_socket_t fd, short what, void *arg)
         log_warn("%s: killing it", reason);
         kill_process(p, SIGKILL, reason);
     }
+    arm_retire_timer();
 }
 
 /* Grow or shrink the worker slots to COUNT. */
@@ -406,7 +412,14 @@ workers_resize(uint32_t count)
 static void
 arm_retire_timer(void)
 {
-    struct timeval tv = clock_timeval_ms(m.config->shutdown_timeout_ms);
+    uint64_t first = UINT64_MAX, now = clock_monotonic_ms();
+    for (struct process *p = m.processes; p != NULL; p = p->next)
+        if (p->retiring && !p->killed_by_master && p->retire_deadline_ms < first)
+            first = p->retire_deadline_ms;
+    evtimer_del(m.retire_timer);
+    if (first == UINT64_MAX)
+        return;
+    struct timeval tv = clock_timeval_ms(first > now ? first - now : 0);
     evtimer_add(m.retire_timer, &tv);
 }
 

@@ -92,8 +92,22 @@ static struct {
 /* A new master started by USR2 gets this: "OLD_PID SEQ_START". */
 #define UPGRADE_ENV "DOSOMETHINGD_UPGRADE"
 /* How far past the old master's seqs the new one starts: the old one keeps
- * publishing while it drains. */
-#define UPGRADE_SEQ_GAP (1ull << 32)
+ * publishing while it drains (16M updates is far more than a drain of a
+ * full default queue makes). */
+#define UPGRADE_SEQ_GAP (1ull << 24)
+
+/*
+ * Where seqs start: past the last one reserved, and never below the wall
+ * clock in microseconds, so that seq also keeps increasing across a full
+ * restart (updates are far rarer than one per microsecond) while staying
+ * below 2^53, which clients that keep it in a double can hold exactly.
+ */
+static uint64_t
+seq_floor(uint64_t reserved)
+{
+    uint64_t clock_us = (uint64_t)(clock_wall_ns() / 1000);
+    return reserved > clock_us ? reserved : clock_us;
+}
 
 char master_executable[4096];
 
@@ -735,7 +749,7 @@ upgrade(void)
     }
     char env[64];
     snprintf(env, sizeof env, "%ld %llu", (long)getpid(),
-             (unsigned long long)(m.seq_reserved + UPGRADE_SEQ_GAP));
+             (unsigned long long)seq_floor(m.seq_reserved + UPGRADE_SEQ_GAP));
     pid_t pid = fork();
     if (pid == -1) {
         log_syserr("binary upgrade: fork() failed");
@@ -854,6 +868,7 @@ master_run(struct ds_config *config, const char *config_file)
     m.generation = 1;
     m.pid = getpid();
     m.signal_fd = -1;
+    m.seq_reserved = seq_floor(0);
     const char *upgrade_env = getenv(UPGRADE_ENV);
     if (upgrade_env != NULL) {
         long parent = 0;

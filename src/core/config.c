@@ -1750,6 +1750,8 @@ static const struct key_rule updates_rules[] = {
       .max = 100000000 },
     { .name = "subscriber_buffer", .type = VALUE_UINT, CONFIG_FIELD(updates.subscriber_buffer),
       .min = 1, .max = 100000000 },
+    { .name = "history_bytes", .type = VALUE_SIZE, CONFIG_FIELD(updates.history_bytes),
+      .min = 1u << 20, .max = 1ull << 40 },
     { .name = NULL }
 };
 
@@ -1821,6 +1823,7 @@ set_defaults(struct loader *ld)
 
     c->updates.history = 65536;
     c->updates.subscriber_buffer = 4096;
+    c->updates.history_bytes = 256u << 20;
 
     c->handlers = pool_alloc(c->pool, n * sizeof *c->handlers);
     for (i = 0; i < n; i++) {
@@ -2326,6 +2329,7 @@ config_print(const struct ds_config *c, FILE *out)
     fputs("updates:\n", out);
     fprintf(out, "  history: %llu\n", (unsigned long long)c->updates.history);
     fprintf(out, "  subscriber_buffer: %llu\n", (unsigned long long)c->updates.subscriber_buffer);
+    fprintf(out, "  history_bytes: %s\n", format_size(c->updates.history_bytes, buf, sizeof buf));
 
     fputs("handlers:\n", out);
     print_key_string(out, "  ", "default", c->default_handler);

@@ -119,6 +119,7 @@ struct ds_config {
     struct {
         uint64_t history;         /* retained updates, >= 1 */
         uint64_t subscriber_buffer;
+        uint64_t history_bytes;   /* bound on the log's and each backlog's bytes */
     } updates;
 
     char *default_handler;        /* a kind present in handlers[] */

@@ -45,6 +45,7 @@ struct subscriber {
     uint64_t queue_size;        /* allocated */
     uint64_t queue_head;
     uint64_t queue_count;
+    uint64_t queue_bytes;
     uint64_t last_sent;         /* the last seq sent (0: none yet) */
     uint64_t sending_seq;
     grpc_byte_buffer *send_buffer;
@@ -90,6 +91,7 @@ queue_clear(struct subscriber *s)
         s->queue_head = (s->queue_head + 1) % s->queue_size;
         s->queue_count--;
     }
+    s->queue_bytes = 0;
 }
 
 static void
@@ -213,6 +215,7 @@ next_update(struct subscriber *s, int *more)
     struct update *u = s->queue[s->queue_head];
     s->queue_head = (s->queue_head + 1) % s->queue_size;
     s->queue_count--;
+    s->queue_bytes -= GRPC_SLICE_LENGTH(u->encoded);
     *more = s->queue_count > 0;
     return u;
 }
@@ -288,10 +291,16 @@ subscribers_publish(struct update *u)
         next = s->next;
         if (s->replaying || !matches(s, u))
             continue;
-        if (s->queue_count >= limit) {
+        if (s->queue_count >= limit ||
+            s->queue_bytes + GRPC_SLICE_LENGTH(u->encoded) > gp.config->updates.history_bytes) {
             char why[128];
-            snprintf(why, sizeof why, "more than %llu updates waited for it",
-                     (unsigned long long)limit);
+            if (s->queue_count >= limit)
+                snprintf(why, sizeof why, "more than %llu updates waited for it",
+                         (unsigned long long)limit);
+            else
+                snprintf(why, sizeof why, "more than updates.history_bytes (%llu bytes) of "
+                         "updates waited for it",
+                         (unsigned long long)gp.config->updates.history_bytes);
             cut_off(s, why);
             continue;
         }
@@ -308,6 +317,7 @@ subscribers_publish(struct update *u)
         }
         s->queue[(s->queue_head + s->queue_count) % s->queue_size] = update_ref(u);
         s->queue_count++;
+        s->queue_bytes += GRPC_SLICE_LENGTH(u->encoded);
         pump(s);
     }
 }

@@ -23,6 +23,7 @@ static struct {
     uint64_t last_seq;          /* the newest seq used */
     uint64_t reserved;          /* seqs up to this are reserved at the master */
     uint64_t origin;            /* the first seq this process could use */
+    uint64_t bytes;             /* encoded size of what the ring holds */
 } log_;
 
 struct update *
@@ -81,15 +82,27 @@ reserve_seqs(void)
 }
 
 static void
+ring_drop_oldest(void)
+{
+    struct update *old = log_.ring[log_.first];
+    log_.bytes -= GRPC_SLICE_LENGTH(old->encoded);
+    update_unref(old);
+    log_.first = (log_.first + 1) % log_.capacity;
+    log_.count--;
+}
+
+/* Keep at most updates.history updates and updates.history_bytes of them
+ * (large results would otherwise hold gigabytes), but always the newest. */
+static void
 ring_append(struct update *u)
 {
-    if (log_.count == log_.capacity) {
-        update_unref(log_.ring[log_.first]);
-        log_.first = (log_.first + 1) % log_.capacity;
-        log_.count--;
-    }
+    size_t len = GRPC_SLICE_LENGTH(u->encoded);
+    while (log_.count > 0 && (log_.count == log_.capacity ||
+                              log_.bytes + len > gp.config->updates.history_bytes))
+        ring_drop_oldest();
     log_.ring[(log_.first + log_.count) % log_.capacity] = u;
     log_.count++;
+    log_.bytes += len;
 }
 
 void
@@ -152,11 +165,8 @@ updates_configure(void)
     if (capacity == log_.capacity)
         return;
     struct update **ring = ds_calloc(capacity, sizeof *ring);
-    while (log_.count > capacity) {
-        update_unref(log_.ring[log_.first]);
-        log_.first = (log_.first + 1) % log_.capacity;
-        log_.count--;
-    }
+    while (log_.count > capacity)
+        ring_drop_oldest();
     for (uint64_t i = 0; i < log_.count; i++)
         ring[i] = log_.ring[(log_.first + i) % log_.capacity];
     free(log_.ring);

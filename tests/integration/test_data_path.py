@@ -536,3 +536,17 @@ def test_replay_from_an_evicted_seq_is_refused(start_daemon):
     everything = client.subscribe(replay=True, after_seq=0)
     everything.wait(lambda s: len(s.updates) >= 50, 10, "the 50 retained updates")
     assert everything.error is None
+
+
+def test_update_log_is_bounded_in_bytes(start_daemon):
+    """updates.history_bytes: large results do not pile up in the log."""
+    d = start_daemon({"updates": {"history_bytes": "1MiB"}})
+    client = d.client()
+    payload = b"z" * 65536
+    reply, sub = client.run_items([{"id": f"big{n}", "payload": payload} for n in range(60)])
+    assert reply.accepted == 60 and all(sub.final[f"big{n}"].result == payload for n in range(60))
+    replay = client.subscribe(replay=True, after_seq=0)
+    replay.wait(lambda s: any(u.item_id == "big59" and u.state == SUCCEEDED for u in s.updates),
+                10, "the newest result")
+    kept = [u for u in replay.snapshot() if u.state == SUCCEEDED and u.item_id.startswith("big")]
+    assert 0 < len(kept) <= 16, f"{len(kept)} results of 64 KiB kept in a 1 MiB log"

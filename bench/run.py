@@ -40,7 +40,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SEED_DIR = "/work/shared/baseline/seed-python"
+# The seed baseline lives in shared/, beside the repository (DS_SEED_DIR overrides).
+SEED_DIR = os.environ.get("DS_SEED_DIR") or next(
+    (d for d in (os.path.join(os.path.dirname(ROOT), "shared", "baseline", "seed-python"),
+                 "/work/shared/baseline/seed-python") if os.path.isdir(d)),
+    "/work/shared/baseline/seed-python")
 PYTHON = "/usr/bin/python3"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -473,7 +473,9 @@ class Runner:
         # daemon then cuts it off. Throughput scenarios give each subscriber room
         # for every item (sub_buffer=N) so that the run measures delivery.
         if sub_buffer:
-            extra += f"updates: {{subscriber_buffer: {sub_buffer}}}\n"
+            # The subscriber may hold everything: neither the count nor the
+            # byte bound (updates.history_bytes) may cut it off mid-run.
+            extra += f"updates: {{subscriber_buffer: {sub_buffer}, history_bytes: 64GiB}}\n"
         return self.start(Daemon, self.args.daemon, workers=workers, capacity=capacity,
                           extra=extra)
 
@@ -666,7 +668,7 @@ class Runner:
         out.append("")
         out.append(f"Tree {head}; {self.args.daemon} built {built}. The daemon's config is "
                    "the default but for workers, listen, queue.capacity 1M, and in scenarios 1, "
-                   "4, 5 updates.subscriber_buffer = N.")
+                   "4, 5 updates.subscriber_buffer = N and updates.history_bytes = 64GiB.")
         out.append("")
         out.append("| scenario | server | N | items/s end to end | submitted/s | p50 ms | p99 ms "
                    "| max ms | client CPU s | server CPU s | server CPU µs/item | other CPU s | peak RSS MiB | note |")

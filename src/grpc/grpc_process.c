@@ -30,6 +30,7 @@
 #include "core/privileges.h"
 #include "core/process.h"
 #include "grpc/grpc_process.h"
+#include "grpc/journal.h"
 #include "ipc/channel.h"
 
 /* After cancelling every call, wait at most this long for them to end. */
@@ -159,6 +160,7 @@ apply_config(uint64_t generation, const char *text, size_t len)
     log_open(config->log.file, config->log.level);
     access_log_open();
     updates_configure();
+    journal_configure(old);
     server_reconfigure(old);
     status_reconfigure();
     queue_room_available();
@@ -306,7 +308,12 @@ grpc_process_main(struct ds_child_start *start)
     grpc_init();
     gp.cq = grpc_completion_queue_create_for_next(NULL);
     queue_init();
-    updates_init(start->seq_start);
+    /* Recovery from the journal, if any, before serving: it may move seqs on. */
+    uint64_t seq_start = start->seq_start;
+    if (journal_open(&seq_start) == -1)
+        fatal(DS_EXIT_FATAL, "cannot open the queue journal");
+    updates_init(seq_start);
+    journal_recover();
     int status = DS_EXIT_OK;
     char err[256];
     /* Listeners are bound as whoever started us (a port under 1024 needs
@@ -337,6 +344,7 @@ grpc_process_main(struct ds_child_start *start)
     if (!server_is_shut_down()) {
         /* Calls outlived the grace: leave their teardown to exit(). */
         log_warn("exiting with %llu calls still open", (unsigned long long)gp.calls);
+        journal_shutdown();
         exit(status);
     }
     /* Every call has ended: take gRPC down in its order. */
@@ -344,6 +352,7 @@ grpc_process_main(struct ds_child_start *start)
     server_destroy();
     grpc_completion_queue_destroy(gp.cq);
     gp.cq = NULL;
+    journal_shutdown();
     queue_shutdown();
     updates_shutdown();
     grpc_shutdown();

@@ -22,12 +22,14 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "grpc/grpc_process.h"
+#include "grpc/journal.h"
 #include "ipc/channel.h"
 
 static struct {
     struct item *head, *tail;   /* waiting for a worker */
     uint64_t waiting;
     uint64_t count;             /* accepted and not final: waiting + held */
+    uint64_t journaling;        /* valid, their ACCEPT being written (journal.c) */
     uint64_t next_key;
     struct worker *workers;
 } q;
@@ -78,13 +80,26 @@ queue_waiting(void)
 uint64_t
 queue_count(void)
 {
-    return q.count;
+    return q.count + q.journaling;
 }
 
 int
 queue_has_room(void)
 {
-    return q.count < gp.config->queue.capacity;
+    return queue_count() < gp.config->queue.capacity;
+}
+
+void
+queue_journaling(int delta)
+{
+    q.journaling += (uint64_t)(int64_t)delta;
+}
+
+void
+queue_skip_keys(uint64_t key)
+{
+    if (key > q.next_key)
+        q.next_key = key;
 }
 
 /* ---- workers ------------------------------------------------------------- */
@@ -205,7 +220,7 @@ worker_maybe_release(struct worker *w)
     }
 }
 
-static void
+void
 item_finished(struct item *item, int succeeded)
 {
     metrics_item_final(item->kind, succeeded, clock_monotonic_ns() - item->accepted_ns);
@@ -223,13 +238,16 @@ item_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
     if (item->attempt >= item->max_attempts) {
         snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, item->attempt,
                  item->max_attempts);
-        updates_publish(item, STATE_FAILED, worker_pid, NULL, 0, error, 0);
-        item_finished(item, 0);
+        if (journal_final(item, STATE_FAILED, worker_pid, NULL, 0, error) == 0) {
+            updates_publish(item, STATE_FAILED, worker_pid, NULL, 0, error, 0);
+            item_finished(item, 0);
+        }
         return;
     }
     metrics_kind(item->kind)->retried++;
     updates_publish(item, STATE_RETRYING, worker_pid, NULL, 0, reason, 0);
     item->attempt++;
+    journal_attempt(item);
     queue_push_front(item);
 }
 
@@ -285,11 +303,15 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
             size_t n = rest_len < sizeof error - 1 ? rest_len : sizeof error - 1;
             memcpy(error, rest, n);
             error[n] = '\0';
-            updates_publish(item, STATE_FAILED, w->pid, NULL, 0, error, 0);
-        } else {
+            /* With a journal, published once its FINAL record is written. */
+            if (journal_final(item, STATE_FAILED, w->pid, NULL, 0, error) == 0) {
+                updates_publish(item, STATE_FAILED, w->pid, NULL, 0, error, 0);
+                item_finished(item, 0);
+            }
+        } else if (journal_final(item, STATE_SUCCEEDED, w->pid, rest, rest_len, NULL) == 0) {
             updates_publish(item, STATE_SUCCEEDED, w->pid, rest, rest_len, NULL, 1);
+            item_finished(item, 1);
         }
-        item_finished(item, u.state == STATE_SUCCEEDED);
         w->items_done++;
         dispatch();
         worker_maybe_release(w);

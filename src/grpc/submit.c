@@ -12,6 +12,10 @@
  * read to their end and their items run: a client's stream is accepted
  * whole, so it never has to guess what to send again. shutdown_timeout
  * bounds a stream that does not end.
+ *
+ * With queue.journal, a valid item counts as accepted only once its ACCEPT
+ * record is written (journal.c calls submit_item_journaled); the reply
+ * waits for the call's items still in the journal.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +30,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "grpc/grpc_process.h"
+#include "grpc/journal.h"
 #include "workers/handler.h"
 
 /* The reply lists at most this many rejections; `rejected` is exact. */
@@ -49,6 +54,10 @@ struct submit_call {
     int closed;
     int cancelled;
     uint32_t index;             /* of the next item in the stream */
+    uint32_t journaling;        /* items whose ACCEPT record is being written */
+    int reply_deferred;         /* the reply waits for them: it counts them */
+    grpc_status_code deferred_status;
+    uint32_t invalid_index;     /* of the item that was no WorkItem */
     uint64_t started_ms;
     int status;                 /* as sent; -1: none sent */
     uint64_t accepted;
@@ -108,7 +117,7 @@ call_unref(struct submit_call *c)
     ((struct submit_call *)((char *)(tag) - offsetof(struct submit_call, field)))
 
 static void
-add_rejection(struct submit_call *c, const char *id, const char *reason)
+add_rejection(struct submit_call *c, uint32_t index, const char *id, const char *reason)
 {
     c->rejected++;
     if (c->rejection_count >= REJECTIONS_MAX)
@@ -120,7 +129,7 @@ add_rejection(struct submit_call *c, const char *id, const char *reason)
     wire_rejection *r = &c->rejections[c->rejection_count];
     wire_rejection_init(r);
     r->id = ds_strndup(id, strnlen(id, ID_MAX));
-    r->index = c->index;
+    r->index = index;
     r->reason = ds_strdup(reason);
     c->rejection_ptrs[c->rejection_count++] = r;
 }
@@ -173,6 +182,53 @@ reply(struct submit_call *c, grpc_status_code status, const char *details)
 }
 
 static void
+accept_item(struct submit_call *c, struct item *item)
+{
+    c->accepted++;
+    metrics_kind(item->kind)->accepted++;
+    updates_publish(item, STATE_QUEUED, 0, NULL, 0, NULL, 0);
+    queue_push(item);
+}
+
+/* The reply (on half-close, or after an item that is no WorkItem) counts
+ * every item of the call: it waits for those still in the journal. */
+static void
+reply_when_journaled(struct submit_call *c, grpc_status_code status)
+{
+    if (c->journaling > 0) {
+        c->reply_deferred = 1;
+        c->deferred_status = status;
+        return;
+    }
+    c->reply_deferred = 0;
+    if (status == GRPC_STATUS_OK) {
+        reply(c, GRPC_STATUS_OK, NULL);
+        return;
+    }
+    char details[160];
+    snprintf(details, sizeof details, "item %u is not a valid WorkItem; %llu items of this "
+             "call were accepted before it", c->invalid_index, (unsigned long long)c->accepted);
+    reply(c, GRPC_STATUS_INVALID_ARGUMENT, details);
+}
+
+void
+submit_item_journaled(struct submit_call *c, struct item *item, uint32_t index,
+                      const char *error)
+{
+    c->journaling--;
+    if (error == NULL) {
+        accept_item(c, item);
+    } else {
+        metrics_kind(item->kind)->rejected++;
+        add_rejection(c, index, item->id, error);
+        item_free(item);
+    }
+    if (c->journaling == 0 && c->reply_deferred)
+        reply_when_journaled(c, c->deferred_status);
+    call_unref(c);
+}
+
+static void
 make_id(char *buf, size_t size)
 {
     snprintf(buf, size, "%s-%llu", sub.id_prefix, (unsigned long long)++sub.id_counter);
@@ -211,7 +267,7 @@ take_item(struct submit_call *c, grpc_slice raw)
             metrics_kind(handler->kind)->rejected++;
         else
             metrics.rejected_unknown_kind++;
-        add_rejection(c, msg->id, reason);
+        add_rejection(c, c->index, msg->id, reason);
         wire_work_item_free(msg, NULL);
         grpc_slice_unref(raw);
         return 0;
@@ -224,10 +280,12 @@ take_item(struct submit_call *c, grpc_slice raw)
     struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,
                                  msg->id[0] == '\0' ? id : NULL, handler_is_quick(handler, msg));
     wire_work_item_free(msg, NULL);
-    c->accepted++;
-    metrics_kind(handler->kind)->accepted++;
-    updates_publish(item, STATE_QUEUED, 0, NULL, 0, NULL, 0);
-    queue_push(item);
+    if (journal_accept(item, c, c->index)) {
+        c->journaling++;
+        c->refs++;
+        return 0;
+    }
+    accept_item(c, item);
     return 0;
 }
 
@@ -273,7 +331,7 @@ on_recv_done(struct tag *tag, int ok)
         return;
     }
     if (bb == NULL) {
-        reply(c, GRPC_STATUS_OK, NULL);             /* the client half-closed */
+        reply_when_journaled(c, GRPC_STATUS_OK);    /* the client half-closed */
         queue_room_available();
         call_unref(c);
         return;
@@ -282,10 +340,8 @@ on_recv_done(struct tag *tag, int ok)
     grpc_byte_buffer_destroy(bb);
     if (take_item(c, raw) == -1) {
         grpc_slice_unref(raw);
-        char details[160];
-        snprintf(details, sizeof details, "item %u is not a valid WorkItem; %llu items of this "
-                 "call were accepted before it", c->index, (unsigned long long)c->accepted);
-        reply(c, GRPC_STATUS_INVALID_ARGUMENT, details);
+        c->invalid_index = c->index;
+        reply_when_journaled(c, GRPC_STATUS_INVALID_ARGUMENT);
         queue_room_available();
         call_unref(c);
         return;
@@ -314,7 +370,7 @@ block(struct submit_call *c)
 static void
 try_receive(struct submit_call *c)
 {
-    if (c->receiving || c->replied || c->closed)
+    if (c->receiving || c->replied || c->reply_deferred || c->closed)
         return;
     if (gp.config->queue.on_full == DS_ON_FULL_BLOCK) {
         if (queue_count() + sub.reserved >= gp.config->queue.capacity) {

@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "core/process.h"
 #include "grpc/grpc_process.h"
+#include "grpc/journal.h"
 
 static struct {
     struct update **ring;
@@ -79,6 +80,7 @@ reserve_seqs(void)
     log_.reserved += SEQ_RESERVE_CHUNK;
     struct ipc_seq s = { .seq = log_.reserved };
     master_send_now(IPC_SEQ_RESERVE, &s, sizeof s);
+    journal_seq(log_.reserved);     /* for a restart of the whole daemon */
 }
 
 static void

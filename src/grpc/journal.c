@@ -1,0 +1,546 @@
+/*
+ * The journal in the grpc process: what goes in it and when, group commit
+ * on the loop, and taking over the journals of grpc processes that are
+ * gone. The records, files and rules are in journal.h and docs/journal.md;
+ * journal_store.c does the file work.
+ *
+ * Group commit: journal_accept() and journal_final() only append to the
+ * store's buffer and make the flush event active; libevent runs it after
+ * the callbacks already active (a round of completions, a read from a
+ * worker), so each loop iteration ends with one write() (and with
+ * `always`, one fdatasync()) for everything it produced. Then the items
+ * of that flush are accepted (or rejected if it failed) and the final
+ * updates whose FINAL it wrote are published.
+ *
+ * fdatasync runs on the loop thread: with `always` in the flush, with
+ * `interval` from a one-shot timer armed when something was written (an
+ * idle process does not wake up for it). docs/journal.md has what that
+ * costs.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/process.h"
+#include "grpc/grpc_process.h"
+#include "grpc/journal.h"
+#include "workers/handler.h"
+
+/* Tests and experiments only: a smaller segment size (bytes, or 256KiB). */
+#define SEGMENT_ENV "DS_JOURNAL_SEGMENT_BYTES"
+
+struct pending_accept {
+    struct item *item;
+    struct submit_call *call;
+    uint32_t index;
+};
+
+struct pending_final {
+    struct item *item;
+    enum wire_state state;
+    pid_t worker_pid;
+    void *result;
+    size_t result_len;
+    char *error;
+};
+
+static struct {
+    int enabled;
+    struct journal_store store;
+    struct event *flush_event;
+    struct event *sync_timer;
+    struct event *scan_timer;
+    int flush_scheduled;
+    struct pending_accept *accepts;
+    size_t accept_count, accept_cap;
+    struct pending_final *finals;
+    size_t final_count, final_cap;
+    /* Read by journal_open, run by journal_recover. */
+    struct journal_recovery *dead;
+    size_t dead_count;
+    /* A failing disk is logged once per burst. */
+    int failing;
+    uint64_t failed_flushes, failed_items;
+    int sync_failing;
+} jr;
+
+int
+journal_enabled(void)
+{
+    return jr.enabled;
+}
+
+static const char *
+sync_name(enum ds_journal_sync sync)
+{
+    return sync == DS_JOURNAL_SYNC_ALWAYS ? "always" : sync == DS_JOURNAL_SYNC_NEVER ? "never"
+                                                                                    : "interval";
+}
+
+static struct journal_accept
+accept_of(const struct item *item)
+{
+    struct journal_accept a = {
+        .key = item->key,
+        .attempt = item->attempt,
+        .max_attempts = item->max_attempts,
+        .timeout_ms = item->timeout_ms,
+        .quick = item->weight == ITEM_WEIGHT_QUICK,
+        .id = item->id,
+        .id_len = strlen(item->id),
+        .kind = item->kind,
+        .kind_len = strlen(item->kind),
+        .batch = item->batch,
+        .batch_len = strlen(item->batch),
+        .raw = GRPC_SLICE_START_PTR(item->raw),
+        .raw_len = GRPC_SLICE_LENGTH(item->raw),
+    };
+    return a;
+}
+
+/* ---- group commit -------------------------------------------------------- */
+
+static void
+schedule_flush(void)
+{
+    if (jr.flush_scheduled || jr.flush_event == NULL)
+        return;
+    jr.flush_scheduled = 1;
+    event_active(jr.flush_event, 0, 0);
+}
+
+static void
+arm_sync_timer(void)
+{
+    if (jr.store.sync != DS_JOURNAL_SYNC_INTERVAL || !jr.store.unsynced ||
+        jr.sync_timer == NULL || evtimer_pending(jr.sync_timer, NULL))
+        return;
+    struct timeval tv = clock_timeval_ms(gp.config->queue.journal_sync_interval_ms);
+    evtimer_add(jr.sync_timer, &tv);
+}
+
+/*
+ * Write what is buffered; FORCE_SYNC: make it durable now whatever the
+ * policy (but `never`). Then accept or reject the items waiting for it and
+ * publish the final updates it wrote. Returns 0; -1 if the write failed
+ * (the items were rejected); -2 if it was written but the forced sync
+ * failed (the items were accepted, as `interval` would have).
+ */
+static int
+flush_now(int force_sync)
+{
+    struct pending_accept *accepts = jr.accepts;
+    size_t accept_count = jr.accept_count;
+    struct pending_final *finals = jr.finals;
+    size_t final_count = jr.final_count;
+    jr.accepts = NULL;
+    jr.accept_count = jr.accept_cap = 0;
+    jr.finals = NULL;
+    jr.final_count = jr.final_cap = 0;
+
+    int wrote = journal_store_has_buffered(&jr.store);
+    int rc = journal_store_flush(&jr.store), err = errno;
+    if (rc == 0 && force_sync && jr.store.sync == DS_JOURNAL_SYNC_INTERVAL &&
+        journal_store_sync(&jr.store) == -1) {
+        err = errno;
+        rc = -2;
+        log_error("journal: fdatasync() of %s failed: %s", jr.store.dir, strerror(err));
+    }
+    arm_sync_timer();
+
+    char reason[160];
+    reason[0] = '\0';
+    if (rc == -1) {
+        snprintf(reason, sizeof reason, "journal write failed: %s", strerror(err));
+        jr.failed_flushes++;
+        jr.failed_items += accept_count;
+        if (!jr.failing) {
+            jr.failing = 1;
+            log_error("journal: writing to %s failed: %s; the items of every flush that fails "
+                      "are rejected", jr.store.dir, strerror(err));
+        }
+    } else if (jr.failing && wrote) {
+        log_notice("journal: writing to %s works again after %llu failed flushes (%llu items "
+                   "rejected)", jr.store.dir, (unsigned long long)jr.failed_flushes,
+                   (unsigned long long)jr.failed_items);
+        jr.failing = 0;
+        jr.failed_flushes = jr.failed_items = 0;
+    }
+
+    for (size_t i = 0; i < accept_count; i++) {
+        queue_journaling(-1);
+        submit_item_journaled(accepts[i].call, accepts[i].item, accepts[i].index,
+                              rc == -1 ? reason : NULL);
+    }
+    free(accepts);
+    if (rc == -1 && accept_count > 0)
+        queue_room_available();
+
+    /* Published even if the FINAL could not be written: the item did finish. */
+    for (size_t i = 0; i < final_count; i++) {
+        struct pending_final *f = &finals[i];
+        updates_publish(f->item, f->state, f->worker_pid, f->result, f->result_len, f->error,
+                        f->state == STATE_SUCCEEDED ? 1 : 0);
+        item_finished(f->item, f->state == STATE_SUCCEEDED);
+        free(f->result);
+        free(f->error);
+    }
+    free(finals);
+    return rc;
+}
+
+static void
+on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    jr.flush_scheduled = 0;
+    flush_now(0);
+}
+
+static void
+on_sync_timer(evutil_socket_t fd, short what, void *arg)
+{
+    if (journal_store_sync(&jr.store) == 0) {
+        if (jr.sync_failing)
+            log_notice("journal: fdatasync() of %s works again", jr.store.dir);
+        jr.sync_failing = 0;
+        return;
+    }
+    if (!jr.sync_failing)
+        log_error("journal: fdatasync() of %s failed: %s; items accepted since the last "
+                  "sync may not survive a power cut", jr.store.dir, strerror(errno));
+    jr.sync_failing = 1;
+}
+
+int
+journal_accept(struct item *item, struct submit_call *call, uint32_t index)
+{
+    if (!jr.enabled)
+        return 0;
+    struct journal_accept a = accept_of(item);
+    journal_store_accept(&jr.store, &a);
+    if (jr.accept_count == jr.accept_cap) {
+        jr.accept_cap = jr.accept_cap ? jr.accept_cap * 2 : 256;
+        jr.accepts = ds_realloc(jr.accepts, jr.accept_cap * sizeof *jr.accepts);
+    }
+    jr.accepts[jr.accept_count++] = (struct pending_accept){ item, call, index };
+    queue_journaling(1);
+    schedule_flush();
+    return 1;
+}
+
+int
+journal_final(struct item *item, enum wire_state state, pid_t worker_pid, const void *result,
+              size_t result_len, const char *error)
+{
+    if (!jr.enabled)
+        return 0;
+    journal_store_final(&jr.store, item->key);
+    if (jr.final_count == jr.final_cap) {
+        jr.final_cap = jr.final_cap ? jr.final_cap * 2 : 256;
+        jr.finals = ds_realloc(jr.finals, jr.final_cap * sizeof *jr.finals);
+    }
+    struct pending_final *f = &jr.finals[jr.final_count++];
+    f->item = item;
+    f->state = state;
+    f->worker_pid = worker_pid;
+    f->result = NULL;
+    f->result_len = result_len;
+    if (result_len > 0) {
+        f->result = ds_malloc(result_len);
+        memcpy(f->result, result, result_len);
+    }
+    f->error = error != NULL ? ds_strdup(error) : NULL;
+    schedule_flush();
+    return 1;
+}
+
+void
+journal_attempt(const struct item *item)
+{
+    if (!jr.enabled)
+        return;
+    journal_store_attempt(&jr.store, item->key, item->attempt);
+    schedule_flush();
+}
+
+void
+journal_seq(uint64_t reserved)
+{
+    if (!jr.enabled)
+        return;
+    journal_store_seq(&jr.store, reserved);
+    schedule_flush();
+}
+
+/* ---- taking over the journal of a dead grpc process ---------------------- */
+
+/*
+ * Its live items go into our journal (attempt + 1) and, once that is
+ * durable, are published RETRYING and queued, or FAILED if that attempt
+ * would exceed their max_attempts; then its files go. If our write fails,
+ * nothing of it is used and its lock is released: the next scan retries.
+ */
+static void
+take_over(struct journal_recovery *r)
+{
+    char reason[160];
+    snprintf(reason, sizeof reason, "recovered from the journal after a restart (grpc process "
+             "%ld is gone)", r->pid);
+    struct item **run = ds_calloc(r->count + 1, sizeof *run);
+    struct item **failed = ds_calloc(r->count + 1, sizeof *failed);
+    size_t run_count = 0, failed_count = 0, dropped = 0;
+
+    for (size_t i = 0; i < r->count; i++) {
+        struct journal_item *ji = &r->items[i];
+        wire_work_item *msg = wire_work_item_unpack(NULL, ji->raw_len, ji->raw);
+        if (msg == NULL) {
+            log_error("journal: item %s in %s is not a valid WorkItem; dropping it", ji->id,
+                      r->dir);
+            dropped++;
+            continue;
+        }
+        const struct ds_handler_config *handler = config_handler(gp.config, ji->kind);
+        grpc_slice raw = grpc_slice_from_copied_buffer((const char *)ji->raw, ji->raw_len);
+        struct item *item = item_new(msg, raw, handler != NULL ? handler->kind : ji->kind,
+                                     ji->max_attempts ? ji->max_attempts : 1, ji->timeout_ms,
+                                     ji->id, handler != NULL ? handler_is_quick(handler, msg)
+                                                             : ji->quick);
+        wire_work_item_free(msg, NULL);
+        item->attempt = ji->attempt ? ji->attempt : 1;
+        if (handler == NULL || item->attempt >= item->max_attempts) {
+            failed[failed_count++] = item;
+            continue;
+        }
+        item->attempt++;
+        struct journal_accept a = accept_of(item);
+        journal_store_accept(&jr.store, &a);
+        run[run_count++] = item;
+    }
+
+    int rc = flush_now(1);
+    if (rc != 0) {
+        /* -2: written, not durable: cancel our copies; theirs stay. */
+        for (size_t i = 0; i < run_count; i++)
+            journal_store_final(&jr.store, run[i]->key);
+        log_error("journal: cannot take over %s (%zu items) now; trying again in %d s", r->dir,
+                  r->count, JOURNAL_SCAN_MS / 1000);
+        for (size_t i = 0; i < run_count; i++)
+            item_free(run[i]);
+        for (size_t i = 0; i < failed_count; i++)
+            item_free(failed[i]);
+        free(run);
+        free(failed);
+        journal_recovery_free(r);
+        return;
+    }
+
+    char error[512];
+    for (size_t i = 0; i < failed_count; i++) {
+        struct item *item = failed[i];
+        if (config_handler(gp.config, item->kind) == NULL)
+            snprintf(error, sizeof error, "%s; kind \"%.64s\" is no longer configured", reason,
+                     item->kind);
+        else
+            snprintf(error, sizeof error, "%s; attempt %u would exceed max_attempts %u", reason,
+                     item->attempt + 1, item->max_attempts);
+        updates_publish(item, STATE_FAILED, 0, NULL, 0, error, 0);
+        metrics_item_final(item->kind, 0, 0);
+        item_free(item);
+    }
+    for (size_t i = 0; i < run_count; i++) {
+        struct item *item = run[i];
+        item->attempt--;
+        updates_publish(item, STATE_RETRYING, 0, NULL, 0, reason, 0);
+        item->attempt++;
+        metrics_kind(item->kind)->retried++;
+        queue_push(item);
+    }
+    journal_recovery_remove(r, jr.store.sync != DS_JOURNAL_SYNC_NEVER);
+    if (r->count > 0 || dropped > 0)
+        log_notice("journal: took over %s of grpc process %ld: %zu items queued again, %zu "
+                   "failed, %zu unreadable", r->dir, r->pid, run_count, failed_count, dropped);
+    else
+        log_info("journal: removed %s of grpc process %ld: nothing in it was live", r->dir,
+                 r->pid);
+    free(run);
+    free(failed);
+    journal_recovery_free(r);
+}
+
+static void
+on_scan(evutil_socket_t fd, short what, void *arg)
+{
+    if (gp.draining || gp.stopping)
+        return;             /* leave them to a grpc process that stays */
+    struct journal_recovery *dead;
+    int n = journal_find_dead(jr.store.root, jr.store.name, &dead);
+    if (n == -1) {
+        log_syserr("journal: opendir(\"%s\") failed", jr.store.root);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        if (journal_read(&dead[i]) == -1) {
+            journal_recovery_free(&dead[i]);
+            continue;
+        }
+        if (dead[i].max_seq > updates_last_seq())
+            log_warn("journal: %s reserved update seqs up to %llu, past ours (%llu)",
+                     dead[i].dir, (unsigned long long)dead[i].max_seq,
+                     (unsigned long long)updates_last_seq());
+        take_over(&dead[i]);
+    }
+    free(dead);
+}
+
+/* ---- start, reload, exit -------------------------------------------------- */
+
+int
+journal_open(uint64_t *seq_start)
+{
+    const struct ds_config *c = gp.config;
+    if (c->queue.journal == NULL)
+        return 0;
+    char name[64];
+    snprintf(name, sizeof name, "grpc-%013llu-%ld",
+             (unsigned long long)(clock_wall_ns() / 1000000), (long)getpid());
+    uint64_t segment_max = 0;
+    const char *env = getenv(SEGMENT_ENV);
+    if (env != NULL && config_parse_size(env, &segment_max) == -1) {
+        log_warn("%s=%s is not a size; using the default", SEGMENT_ENV, env);
+        segment_max = 0;
+    }
+    if (journal_store_open(&jr.store, c->queue.journal, name, c->queue.journal_sync,
+                           segment_max) == -1) {
+        log_error("queue.journal %s cannot be used: %s", c->queue.journal, strerror(errno));
+        return -1;
+    }
+    jr.enabled = 1;
+
+    uint64_t seq = journal_seq_file_read(jr.store.root), max_key = 0;
+    int n = journal_find_dead(jr.store.root, name, &jr.dead);
+    if (n == -1) {
+        log_syserr("journal: opendir(\"%s\") failed", jr.store.root);
+        n = 0;
+    }
+    jr.dead_count = (size_t)n;
+    for (size_t i = 0; i < jr.dead_count; i++) {
+        struct journal_recovery *r = &jr.dead[i];
+        if (journal_read(r) == -1) {
+            journal_recovery_free(r);
+            continue;
+        }
+        if (r->max_seq > seq)
+            seq = r->max_seq;
+        if (r->max_key > max_key)
+            max_key = r->max_key;
+    }
+    if (seq > *seq_start) {
+        log_notice("journal: update seqs continue after %llu", (unsigned long long)seq);
+        *seq_start = seq;
+        struct ipc_seq reserved = { .seq = seq + SEQ_RESERVE_CHUNK };
+        master_send(IPC_SEQ_RESERVE, &reserved, sizeof reserved);
+    }
+    queue_skip_keys(max_key);
+    /* updates_init reserves this much: a later start must continue past it. */
+    journal_store_seq(&jr.store, *seq_start + SEQ_RESERVE_CHUNK);
+
+    jr.flush_event = event_new(gp.base, -1, 0, on_flush, NULL);
+    jr.sync_timer = evtimer_new(gp.base, on_sync_timer, NULL);
+    jr.scan_timer = event_new(gp.base, -1, EV_PERSIST, on_scan, NULL);
+    log_info("journal: %s (journal_sync: %s)", jr.store.dir, sync_name(jr.store.sync));
+    return 0;
+}
+
+void
+journal_recover(void)
+{
+    if (!jr.enabled)
+        return;
+    for (size_t i = 0; i < jr.dead_count; i++)
+        if (jr.dead[i].dir != NULL)
+            take_over(&jr.dead[i]);
+    free(jr.dead);
+    jr.dead = NULL;
+    jr.dead_count = 0;
+    flush_now(1);           /* our first SEQ */
+    struct timeval tv = clock_timeval_ms(JOURNAL_SCAN_MS);
+    event_add(jr.scan_timer, &tv);
+}
+
+void
+journal_configure(const struct ds_config *old)
+{
+    const struct ds_config *c = gp.config;
+    if (!jr.enabled) {
+        if (c->queue.journal != NULL)
+            log_warn("queue.journal: set by this reload; it takes effect when the grpc process "
+                     "next starts");
+        return;
+    }
+    if (c->queue.journal == NULL || strcmp(c->queue.journal, jr.store.root) != 0)
+        log_warn("queue.journal: changed to %s by this reload; this grpc process keeps "
+                 "journaling to %s, and what it leaves there is recovered only by a grpc "
+                 "process configured with that directory", c->queue.journal != NULL
+                 ? c->queue.journal : "off", jr.store.root);
+    if (c->queue.journal_sync != jr.store.sync) {
+        if (jr.store.sync != DS_JOURNAL_SYNC_NEVER && jr.store.unsynced)
+            journal_store_sync(&jr.store);
+        log_info("journal: journal_sync %s -> %s", sync_name(jr.store.sync),
+                 sync_name(c->queue.journal_sync));
+        jr.store.sync = c->queue.journal_sync;
+    }
+}
+
+void
+journal_shutdown(void)
+{
+    if (!jr.enabled)
+        return;
+    jr.enabled = 0;
+    event_free(jr.flush_event);
+    event_free(jr.sync_timer);
+    event_free(jr.scan_timer);
+    jr.flush_event = jr.sync_timer = jr.scan_timer = NULL;
+    for (size_t i = 0; i < jr.dead_count; i++)
+        if (jr.dead[i].dir != NULL)
+            journal_recovery_free(&jr.dead[i]);
+    free(jr.dead);
+    jr.dead = NULL;
+
+    /* Only when exiting with calls still open: those never had a reply, so
+     * their items were not accepted. */
+    journal_store_discard_accepts(&jr.store);
+    for (size_t i = 0; i < jr.accept_count; i++) {
+        queue_journaling(-1);
+        item_free(jr.accepts[i].item);
+    }
+    free(jr.accepts);
+    jr.accepts = NULL;
+    jr.accept_count = jr.accept_cap = 0;
+
+    int rc = journal_store_flush(&jr.store);
+    if (rc == -1)
+        log_syserr("journal: writing to %s failed", jr.store.dir);
+    /* Finished, and nobody is left to tell. */
+    for (size_t i = 0; i < jr.final_count; i++) {
+        item_free(jr.finals[i].item);
+        free(jr.finals[i].result);
+        free(jr.finals[i].error);
+    }
+    free(jr.finals);
+    jr.finals = NULL;
+    jr.final_count = jr.final_cap = 0;
+
+    uint64_t live = journal_store_live(&jr.store);
+    if (live > 0 || rc == -1)
+        log_notice("journal: %llu items stay in %s for the next grpc process",
+                   (unsigned long long)live, jr.store.dir);
+    journal_store_close(&jr.store, live == 0 && rc == 0);
+}

@@ -1,0 +1,1435 @@
+/*
+ * The journal's pure part: records and their CRC32C, a map of item keys,
+ * the writer of one instance directory (segments, group-commit flush,
+ * rolling, copying forward, deleting dead segments), the reader that
+ * recovers an instance, and finding the instances whose process is gone.
+ * No gRPC here: tests/unit/test_journal.c drives all of it over a temporary
+ * directory. The format and the rules are in journal.h and docs/journal.md.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "grpc/journal.h"
+
+#define SEQ_FILE        "seq"
+#define SEQ_FILE_MAGIC  "DSJSEQ01"
+#define SEQ_FILE_SIZE   20
+#define LOCK_FILE       "lock"
+#define INSTANCE_PREFIX "grpc-"
+
+/* ---- CRC32C (Castagnoli, reflected 0x82F63B78) -------------------------- */
+
+static uint32_t crc_table[256];
+static int crc_table_ready;
+
+static void
+crc_table_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[i] = c;
+    }
+    crc_table_ready = 1;
+}
+
+uint32_t
+journal_crc32c_table(uint32_t crc, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    if (!crc_table_ready)
+        crc_table_init();
+    crc = ~crc;
+    while (len--)
+        crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t
+crc32c_sse42(uint32_t crc, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    uint64_t c = ~crc;
+    while (len >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_ia32_crc32di(c, v);
+        p += 8;
+        len -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (len--)
+        c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+#endif
+
+uint32_t
+journal_crc32c(uint32_t crc, const void *data, size_t len)
+{
+#if defined(__x86_64__)
+    static int have_sse42 = -1;
+    if (have_sse42 == -1)
+        have_sse42 = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+    if (have_sse42)
+        return crc32c_sse42(crc, data, len);
+#endif
+    return journal_crc32c_table(crc, data, len);
+}
+
+/* ---- little-endian fields ---------------------------------------------- */
+
+static void
+put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void
+put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void
+put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t
+get16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t
+get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t
+get64(const uint8_t *p)
+{
+    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+/* ---- records ------------------------------------------------------------ */
+
+void
+journal_buf_free(struct journal_buf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof *b);
+}
+
+static void
+buf_reserve(struct journal_buf *b, size_t more)
+{
+    if (b->len + more <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + more)
+        cap *= 2;
+    b->data = ds_realloc(b->data, cap);
+    b->cap = cap;
+}
+
+/* Start a record of BODY_LEN bytes; *body is where its body goes. */
+static size_t
+record_begin(struct journal_buf *b, enum journal_type type, size_t body_len, uint8_t **body)
+{
+    buf_reserve(b, JOURNAL_HEADER_SIZE + body_len);
+    size_t off = b->len;
+    uint8_t *h = b->data + off;
+    put32(h + 4, (uint32_t)body_len);
+    h[8] = (uint8_t)type;
+    h[9] = 0;
+    put16(h + 10, 0);
+    *body = h + JOURNAL_HEADER_SIZE;
+    b->len += JOURNAL_HEADER_SIZE + body_len;
+    return off;
+}
+
+static void
+record_end(struct journal_buf *b, size_t off)
+{
+    uint8_t *h = b->data + off;
+    put32(h, journal_crc32c(0, h + 4, 8 + get32(h + 4)));
+}
+
+static size_t
+cut16(size_t len)
+{
+    return len > 0xffff ? 0xffff : len;
+}
+
+size_t
+journal_encode_accept(struct journal_buf *b, const struct journal_accept *a)
+{
+    size_t id_len = cut16(a->id_len), kind_len = cut16(a->kind_len);
+    size_t batch_len = cut16(a->batch_len);
+    uint8_t *p;
+    size_t off = record_begin(b, JOURNAL_ACCEPT, JOURNAL_ACCEPT_FIXED + id_len + kind_len +
+                              batch_len + a->raw_len, &p);
+    put64(p, a->key);
+    put32(p + 8, a->attempt);
+    put32(p + 12, a->max_attempts);
+    put32(p + 16, a->timeout_ms);
+    p[20] = a->quick ? 1 : 0;
+    p[21] = 0;
+    put16(p + 22, (uint16_t)id_len);
+    put16(p + 24, (uint16_t)kind_len);
+    put16(p + 26, (uint16_t)batch_len);
+    put32(p + 28, (uint32_t)a->raw_len);
+    p += JOURNAL_ACCEPT_FIXED;
+    if (id_len > 0)
+        memcpy(p, a->id, id_len);
+    p += id_len;
+    if (kind_len > 0)
+        memcpy(p, a->kind, kind_len);
+    p += kind_len;
+    if (batch_len > 0)
+        memcpy(p, a->batch, batch_len);
+    p += batch_len;
+    if (a->raw_len > 0)
+        memcpy(p, a->raw, a->raw_len);
+    record_end(b, off);
+    return off;
+}
+
+size_t
+journal_encode_final(struct journal_buf *b, uint64_t key)
+{
+    uint8_t *p;
+    size_t off = record_begin(b, JOURNAL_FINAL, 8, &p);
+    put64(p, key);
+    record_end(b, off);
+    return off;
+}
+
+size_t
+journal_encode_attempt(struct journal_buf *b, uint64_t key, uint32_t attempt)
+{
+    uint8_t *p;
+    size_t off = record_begin(b, JOURNAL_ATTEMPT, 12, &p);
+    put64(p, key);
+    put32(p + 8, attempt);
+    record_end(b, off);
+    return off;
+}
+
+size_t
+journal_encode_seq(struct journal_buf *b, uint64_t seq)
+{
+    uint8_t *p;
+    size_t off = record_begin(b, JOURNAL_SEQ, 8, &p);
+    put64(p, seq);
+    record_end(b, off);
+    return off;
+}
+
+enum journal_decode
+journal_decode(const uint8_t *p, size_t avail, struct journal_record *rec, size_t *size,
+               const char **why)
+{
+    if (avail < JOURNAL_HEADER_SIZE) {
+        *why = "torn record header";
+        return JOURNAL_TORN;
+    }
+    uint32_t crc = get32(p), len = get32(p + 4);
+    uint8_t type = p[8];
+    if (len > JOURNAL_BODY_MAX) {
+        *why = "record length out of range";
+        return JOURNAL_CORRUPT;
+    }
+    if (avail - JOURNAL_HEADER_SIZE < len) {
+        *why = "torn record";
+        return JOURNAL_TORN;
+    }
+    if (journal_crc32c(0, p + 4, 8 + (size_t)len) != crc) {
+        *why = "bad checksum";
+        return JOURNAL_CORRUPT;
+    }
+    const uint8_t *body = p + JOURNAL_HEADER_SIZE;
+    memset(rec, 0, sizeof *rec);
+    rec->type = (enum journal_type)type;
+    switch (type) {
+    case JOURNAL_ACCEPT: {
+        if (len < JOURNAL_ACCEPT_FIXED) {
+            *why = "short ACCEPT record";
+            return JOURNAL_CORRUPT;
+        }
+        struct journal_accept *a = &rec->accept;
+        a->key = rec->key = get64(body);
+        a->attempt = rec->attempt = get32(body + 8);
+        a->max_attempts = get32(body + 12);
+        a->timeout_ms = get32(body + 16);
+        a->quick = body[20] & 1;
+        a->id_len = get16(body + 22);
+        a->kind_len = get16(body + 24);
+        a->batch_len = get16(body + 26);
+        a->raw_len = get32(body + 28);
+        if ((uint64_t)JOURNAL_ACCEPT_FIXED + a->id_len + a->kind_len + a->batch_len +
+            a->raw_len != len || a->key == 0) {
+            *why = "malformed ACCEPT record";
+            return JOURNAL_CORRUPT;
+        }
+        a->id = (const char *)body + JOURNAL_ACCEPT_FIXED;
+        a->kind = a->id + a->id_len;
+        a->batch = a->kind + a->kind_len;
+        a->raw = (const uint8_t *)a->batch + a->batch_len;
+        break;
+    }
+    case JOURNAL_FINAL:
+        if (len != 8 || (rec->key = get64(body)) == 0) {
+            *why = "malformed FINAL record";
+            return JOURNAL_CORRUPT;
+        }
+        break;
+    case JOURNAL_ATTEMPT:
+        if (len != 12 || (rec->key = get64(body)) == 0) {
+            *why = "malformed ATTEMPT record";
+            return JOURNAL_CORRUPT;
+        }
+        rec->attempt = get32(body + 8);
+        break;
+    case JOURNAL_SEQ:
+        if (len != 8) {
+            *why = "malformed SEQ record";
+            return JOURNAL_CORRUPT;
+        }
+        rec->seq = get64(body);
+        break;
+    default:
+        *why = "unknown record type";
+        return JOURNAL_CORRUPT;
+    }
+    *size = JOURNAL_HEADER_SIZE + (size_t)len;
+    return JOURNAL_OK;
+}
+
+/* ---- the key map: open addressing, linear probing, backward-shift delete - */
+
+static size_t
+map_home(const struct journal_map *m, uint64_t key)
+{
+    int bits = __builtin_ctzll((unsigned long long)m->capacity);
+    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> (64 - bits));
+}
+
+struct journal_entry *
+journal_map_get(const struct journal_map *m, uint64_t key)
+{
+    if (m->capacity == 0 || key == 0)
+        return NULL;
+    size_t mask = m->capacity - 1;
+    for (size_t i = map_home(m, key);; i = (i + 1) & mask) {
+        if (m->slots[i].key == key)
+            return &m->slots[i];
+        if (m->slots[i].key == 0)
+            return NULL;
+    }
+}
+
+static void
+map_grow(struct journal_map *m)
+{
+    struct journal_map bigger = { .capacity = m->capacity ? m->capacity * 2 : 64 };
+    bigger.slots = ds_calloc(bigger.capacity, sizeof *bigger.slots);
+    for (size_t i = 0; i < m->capacity; i++) {
+        if (m->slots[i].key == 0)
+            continue;
+        size_t j = map_home(&bigger, m->slots[i].key);
+        while (bigger.slots[j].key != 0)
+            j = (j + 1) & (bigger.capacity - 1);
+        bigger.slots[j] = m->slots[i];
+        bigger.count++;
+    }
+    free(m->slots);
+    *m = bigger;
+}
+
+struct journal_entry *
+journal_map_put(struct journal_map *m, uint64_t key)
+{
+    struct journal_entry *e = journal_map_get(m, key);
+    if (e != NULL)
+        return e;
+    if ((m->count + 1) * 4 > m->capacity * 3)
+        map_grow(m);
+    size_t i = map_home(m, key);
+    while (m->slots[i].key != 0)
+        i = (i + 1) & (m->capacity - 1);
+    memset(&m->slots[i], 0, sizeof m->slots[i]);
+    m->slots[i].key = key;
+    m->count++;
+    return &m->slots[i];
+}
+
+void
+journal_map_del(struct journal_map *m, uint64_t key)
+{
+    struct journal_entry *e = journal_map_get(m, key);
+    if (e == NULL)
+        return;
+    size_t mask = m->capacity - 1, i = (size_t)(e - m->slots), j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (m->slots[j].key == 0)
+            break;
+        size_t home = map_home(m, m->slots[j].key);
+        /* Move j back into the hole at i unless its home lies in (i, j]. */
+        int stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) {
+            m->slots[i] = m->slots[j];
+            i = j;
+        }
+    }
+    memset(&m->slots[i], 0, sizeof m->slots[i]);
+    m->count--;
+}
+
+void
+journal_map_free(struct journal_map *m)
+{
+    free(m->slots);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---- files -------------------------------------------------------------- */
+
+static char *
+path_join(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *p = ds_malloc(la + lb + 2);
+    memcpy(p, a, la);
+    p[la] = '/';
+    memcpy(p + la + 1, b, lb + 1);
+    return p;
+}
+
+static void
+segment_path(const char *dir, uint32_t number, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s/%08u.seg", dir, number);
+}
+
+/* NAME is a segment's file name: its number, or 0. */
+static uint32_t
+segment_number(const char *name)
+{
+    if (strlen(name) != 12 || strcmp(name + 8, ".seg") != 0)
+        return 0;
+    uint32_t n = 0;
+    for (int i = 0; i < 8; i++) {
+        if (name[i] < '0' || name[i] > '9')
+            return 0;
+        n = n * 10 + (uint32_t)(name[i] - '0');
+    }
+    return n;
+}
+
+static int
+fsync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -1)
+        return -1;
+    int rc = fsync(fd);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+static int
+mkdir_p(const char *path)
+{
+    char buf[PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char c = *p;
+        *p = '\0';
+        if (mkdir(buf, 0700) == -1 && errno != EEXIST)
+            return -1;
+        *p = c;
+        if (c == '\0')
+            return 0;
+    }
+}
+
+static int
+write_full(int fd, struct iovec *iov, int count)
+{
+    while (count > 0) {
+        ssize_t n = writev(fd, iov, count);
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0) {
+            errno = EIO;
+            return -1;
+        }
+        while (count > 0 && (size_t)n >= iov->iov_len) {
+            n -= (ssize_t)iov->iov_len;
+            iov++;
+            count--;
+        }
+        if (count > 0) {
+            iov->iov_base = (char *)iov->iov_base + n;
+            iov->iov_len -= (size_t)n;
+        }
+    }
+    return 0;
+}
+
+/* FD's file mapped read-only (its size in *size), or NULL (errno set).
+ * Mapped rather than read: a segment may be large, and only the live items
+ * are copied out. */
+static const uint8_t *
+map_file(int fd, size_t *size)
+{
+    static const uint8_t empty[1];
+    struct stat st;
+    if (fstat(fd, &st) == -1)
+        return NULL;
+    *size = (size_t)st.st_size;
+    if (*size == 0)
+        return empty;
+    void *p = mmap(NULL, *size, PROT_READ, MAP_PRIVATE, fd, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void
+unmap_file(const uint8_t *p, size_t size)
+{
+    if (size > 0)
+        munmap((void *)p, size);
+}
+
+/* ---- the seq file ------------------------------------------------------- */
+
+static int
+seq_file_decode(const uint8_t *p, size_t len, uint64_t *seq)
+{
+    if (len != SEQ_FILE_SIZE || memcmp(p, SEQ_FILE_MAGIC, 8) != 0 ||
+        journal_crc32c(0, p, 16) != get32(p + 16))
+        return -1;
+    *seq = get64(p + 8);
+    return 0;
+}
+
+uint64_t
+journal_seq_file_read(const char *root)
+{
+    char *path = path_join(root, SEQ_FILE);
+    uint64_t seq = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd != -1) {
+        uint8_t buf[SEQ_FILE_SIZE + 1];
+        ssize_t n = pread(fd, buf, sizeof buf, 0);
+        if (n > 0 && seq_file_decode(buf, (size_t)n, &seq) == -1)
+            log_warn("journal: %s is damaged; ignoring it", path);
+        close(fd);
+    }
+    free(path);
+    return seq;
+}
+
+int
+journal_seq_file_update(const char *root, uint64_t seq, int sync)
+{
+    char *path = path_join(root, SEQ_FILE);
+    int rc = -1;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd == -1) {
+        log_syswarn("journal: open(\"%s\") failed", path);
+        goto out;
+    }
+    /* Two grpc processes may record at once (an upgrade): keep the larger. */
+    while (flock(fd, LOCK_EX) == -1 && errno == EINTR)
+        ;
+    uint8_t buf[SEQ_FILE_SIZE + 1];
+    uint64_t current = 0;
+    ssize_t n = pread(fd, buf, sizeof buf, 0);
+    if (n > 0)
+        seq_file_decode(buf, (size_t)n, &current);
+    rc = 0;
+    if (seq > current) {
+        memcpy(buf, SEQ_FILE_MAGIC, 8);
+        put64(buf + 8, seq);
+        put32(buf + 16, journal_crc32c(0, buf, 16));
+        if (pwrite(fd, buf, SEQ_FILE_SIZE, 0) != SEQ_FILE_SIZE ||
+            ftruncate(fd, SEQ_FILE_SIZE) == -1 || (sync && fdatasync(fd) == -1)) {
+            log_syswarn("journal: writing %s failed", path);
+            rc = -1;
+        }
+    }
+    close(fd);
+out:
+    free(path);
+    return rc;
+}
+
+/* ---- the writer --------------------------------------------------------- */
+
+static void
+keys_push(uint64_t **keys, size_t *count, size_t *cap, uint64_t key)
+{
+    if (*count == *cap) {
+        *cap = *cap ? *cap * 2 : 256;
+        *keys = ds_realloc(*keys, *cap * sizeof **keys);
+    }
+    (*keys)[(*count)++] = key;
+}
+
+static struct journal_segment *
+segment_find(struct journal_store *s, uint32_t number)
+{
+    size_t lo = 0, hi = s->segment_count;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (s->segments[mid].number < number)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < s->segment_count && s->segments[lo].number == number ? &s->segments[lo] : NULL;
+}
+
+static void
+segment_live_dec(struct journal_store *s, uint32_t number)
+{
+    struct journal_segment *seg = segment_find(s, number);
+    if (seg != NULL && seg->live > 0)
+        seg->live--;
+}
+
+static struct journal_segment *
+current_segment(struct journal_store *s)
+{
+    if (s->segment_count == 0 || s->segments[s->segment_count - 1].number != s->segment)
+        return NULL;
+    return &s->segments[s->segment_count - 1];
+}
+
+/*
+ * Delete the oldest segments while none of their items is live. Only a
+ * prefix goes: a newer segment may hold the FINAL of an item whose ACCEPT
+ * is in an older one still there, and must stay as long as that one does.
+ * Copying forward (roll) keeps the prefix moving.
+ */
+static void
+collect(struct journal_store *s)
+{
+    size_t n = 0;
+    char path[PATH_MAX];
+    while (n + 1 < s->segment_count && s->segments[n].live == 0) {
+        segment_path(s->dir, s->segments[n].number, path, sizeof path);
+        if (unlink(path) == -1 && errno != ENOENT)
+            log_syswarn("journal: unlink(\"%s\") failed", path);
+        else
+            log_debug("journal: deleted %s: none of its items is live", path);
+        s->deleted++;
+        n++;
+    }
+    if (n > 0) {
+        memmove(s->segments, s->segments + n, (s->segment_count - n) * sizeof *s->segments);
+        s->segment_count -= n;
+    }
+}
+
+/*
+ * Live items of segments copy_after segments older than the current one
+ * are read back and appended (with their current attempt) to `other`; the
+ * flush under way writes them, and their old segment dies once it has.
+ */
+static void
+copy_forward(struct journal_store *s)
+{
+    if (s->segment <= s->copy_after || s->segment_count == 0 ||
+        s->segments[0].number > s->segment - s->copy_after)
+        return;
+    uint32_t limit = s->segment - s->copy_after;
+    int fd = -1;
+    uint32_t fd_segment = 0;
+    struct journal_buf rec = { 0 };
+    char path[PATH_MAX];
+    for (size_t i = 0; i < s->entries.capacity; i++) {
+        struct journal_entry *e = &s->entries.slots[i];
+        if (e->key == 0 || e->state != JOURNAL_ENTRY_WRITTEN || e->segment > limit)
+            continue;
+        segment_path(s->dir, e->segment, path, sizeof path);
+        if (fd_segment != e->segment) {
+            if (fd != -1)
+                close(fd);
+            fd_segment = e->segment;
+            fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd == -1)
+                log_syserr("journal: open(\"%s\") failed; its live items stay there", path);
+        }
+        if (fd == -1)
+            continue;
+        rec.len = 0;
+        buf_reserve(&rec, e->length);
+        struct journal_record r;
+        size_t size;
+        const char *why = "short read";
+        ssize_t n = pread(fd, rec.data, e->length, (off_t)e->offset);
+        if (n != (ssize_t)e->length ||
+            journal_decode(rec.data, e->length, &r, &size, &why) != JOURNAL_OK ||
+            r.type != JOURNAL_ACCEPT || r.key != e->key) {
+            log_error("journal: the record of item key %llu in %s at offset %llu does not read "
+                      "back (%s); it stays there", (unsigned long long)e->key, path,
+                      (unsigned long long)e->offset, r.type == JOURNAL_ACCEPT ? why : "not it");
+            continue;
+        }
+        r.accept.attempt = e->attempt;
+        e->aux = journal_encode_accept(&s->other, &r.accept);
+        e->state = JOURNAL_ENTRY_COPYING;
+        keys_push(&s->copy_keys, &s->copy_count, &s->copy_cap, e->key);
+        s->copied++;
+    }
+    if (fd != -1)
+        close(fd);
+    journal_buf_free(&rec);
+}
+
+static int
+roll(struct journal_store *s)
+{
+    char path[PATH_MAX];
+    uint32_t number = s->segment + 1;
+    segment_path(s->dir, number, path, sizeof path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+    if (fd == -1) {
+        log_syserr("journal: open(\"%s\") failed", path);
+        return -1;
+    }
+    struct iovec iov = { .iov_base = JOURNAL_MAGIC, .iov_len = JOURNAL_MAGIC_SIZE };
+    if (write_full(fd, &iov, 1) == -1 || (s->sync != DS_JOURNAL_SYNC_NEVER &&
+                                           (fsync(fd) == -1 || fsync_dir(s->dir) == -1))) {
+        int saved = errno;
+        log_syserr("journal: creating %s failed", path);
+        close(fd);
+        unlink(path);
+        errno = saved;
+        return -1;
+    }
+    if (s->fd != -1) {
+        if (s->unsynced && s->sync != DS_JOURNAL_SYNC_NEVER && fdatasync(s->fd) == -1)
+            log_syserr("journal: fdatasync() of segment %u failed", s->segment);
+        close(s->fd);
+    }
+    s->unsynced = 0;
+    s->fd = fd;
+    s->segment = number;
+    s->size = JOURNAL_MAGIC_SIZE;
+    s->roll_next = 0;
+    s->rolls++;
+    if (s->segment_count == s->segment_cap) {
+        s->segment_cap = s->segment_cap ? s->segment_cap * 2 : 8;
+        s->segments = ds_realloc(s->segments, s->segment_cap * sizeof *s->segments);
+    }
+    s->segments[s->segment_count++] = (struct journal_segment){ .number = number };
+    /* The segment holding the last SEQ may go: every segment repeats it. */
+    if (s->max_seq > 0)
+        journal_encode_seq(&s->other, s->max_seq);
+    copy_forward(s);
+    return 0;
+}
+
+int
+journal_store_open(struct journal_store *s, const char *root, const char *name,
+                   enum ds_journal_sync sync, uint64_t segment_max)
+{
+    memset(s, 0, sizeof *s);
+    s->fd = -1;
+    s->lock_fd = -1;
+    s->root = ds_strdup(root);
+    s->name = ds_strdup(name);
+    s->dir = path_join(root, name);
+    s->sync = sync;
+    s->segment_max = segment_max ? segment_max : JOURNAL_SEGMENT_MAX;
+    s->idle_roll = s->segment_max < JOURNAL_IDLE_ROLL ? s->segment_max : JOURNAL_IDLE_ROLL;
+    s->copy_after = JOURNAL_COPY_AFTER;
+
+    size_t dir_len = strlen(s->dir);
+    if (dir_len + 32 > PATH_MAX) {
+        log_error("journal: %s: path too long", s->dir);
+        free(s->root);
+        free(s->name);
+        free(s->dir);
+        memset(s, 0, sizeof *s);
+        s->fd = s->lock_fd = -1;
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    char *tmp = ds_malloc(dir_len + 5), *lock;
+    memcpy(tmp, s->dir, dir_len);
+    memcpy(tmp + dir_len, ".new", 5);
+    lock = path_join(tmp, LOCK_FILE);
+    int saved;
+    if (mkdir_p(root) == -1) {
+        saved = errno;
+        log_syserr("journal: cannot create %s", root);
+        goto fail;
+    }
+    /* Made under a temporary name and renamed once locked, so that nobody
+     * scanning sees it unlocked. */
+    if (mkdir(tmp, 0700) == -1) {
+        saved = errno;
+        log_syserr("journal: mkdir(\"%s\") failed", tmp);
+        goto fail;
+    }
+    s->lock_fd = open(lock, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (s->lock_fd == -1 || flock(s->lock_fd, LOCK_EX | LOCK_NB) == -1) {
+        saved = errno;
+        log_syserr("journal: locking %s failed", lock);
+        goto fail_tmp;
+    }
+    if (rename(tmp, s->dir) == -1) {
+        saved = errno;
+        log_syserr("journal: rename(\"%s\", \"%s\") failed", tmp, s->dir);
+        goto fail_tmp;
+    }
+    free(tmp);
+    free(lock);
+    if (sync != DS_JOURNAL_SYNC_NEVER && fsync_dir(root) == -1) {
+        saved = errno;
+        log_syserr("journal: fsync() of %s failed", root);
+        journal_store_close(s, 1);
+        errno = saved;
+        return -1;
+    }
+    if (roll(s) == -1) {
+        saved = errno;
+        journal_store_close(s, 1);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+
+fail_tmp:
+    unlink(lock);
+    rmdir(tmp);
+fail:
+    if (s->lock_fd != -1)
+        close(s->lock_fd);
+    free(tmp);
+    free(lock);
+    free(s->root);
+    free(s->name);
+    free(s->dir);
+    memset(s, 0, sizeof *s);
+    s->fd = s->lock_fd = -1;
+    errno = saved;
+    return -1;
+}
+
+void
+journal_store_close(struct journal_store *s, int remove)
+{
+    char path[PATH_MAX];
+    if (s->dir == NULL)
+        return;
+    if (remove) {
+        if (s->max_seq > 0)
+            journal_seq_file_update(s->root, s->max_seq, s->sync != DS_JOURNAL_SYNC_NEVER);
+        for (size_t i = 0; i < s->segment_count; i++) {
+            segment_path(s->dir, s->segments[i].number, path, sizeof path);
+            if (unlink(path) == -1 && errno != ENOENT)
+                log_syswarn("journal: unlink(\"%s\") failed", path);
+        }
+        char *lock = path_join(s->dir, LOCK_FILE);
+        unlink(lock);
+        free(lock);
+        if (rmdir(s->dir) == -1)
+            log_syswarn("journal: rmdir(\"%s\") failed", s->dir);
+    } else if (s->fd != -1 && s->unsynced && s->sync != DS_JOURNAL_SYNC_NEVER &&
+               fdatasync(s->fd) == -1) {
+        log_syserr("journal: fdatasync() of segment %u failed", s->segment);
+    }
+    if (s->fd != -1)
+        close(s->fd);
+    if (s->lock_fd != -1)
+        close(s->lock_fd);
+    journal_buf_free(&s->other);
+    journal_buf_free(&s->accepts);
+    free(s->new_keys);
+    free(s->copy_keys);
+    journal_map_free(&s->entries);
+    free(s->segments);
+    free(s->root);
+    free(s->name);
+    free(s->dir);
+    memset(s, 0, sizeof *s);
+    s->fd = s->lock_fd = -1;
+}
+
+void
+journal_store_accept(struct journal_store *s, const struct journal_accept *a)
+{
+    struct journal_entry *e = journal_map_put(&s->entries, a->key);
+    size_t off = journal_encode_accept(&s->accepts, a);
+    e->state = JOURNAL_ENTRY_NEW;
+    e->aux = off;
+    e->length = (uint32_t)(s->accepts.len - off);
+    e->attempt = a->attempt;
+    keys_push(&s->new_keys, &s->new_count, &s->new_cap, a->key);
+}
+
+void
+journal_store_attempt(struct journal_store *s, uint64_t key, uint32_t attempt)
+{
+    struct journal_entry *e = journal_map_get(&s->entries, key);
+    if (e == NULL)
+        return;
+    e->attempt = attempt;
+    journal_encode_attempt(&s->other, key, attempt);
+}
+
+void
+journal_store_final(struct journal_store *s, uint64_t key)
+{
+    struct journal_entry *e = journal_map_get(&s->entries, key);
+    if (e == NULL)
+        return;
+    if (e->state != JOURNAL_ENTRY_NEW)
+        segment_live_dec(s, e->segment);
+    journal_map_del(&s->entries, key);
+    journal_encode_final(&s->other, key);
+}
+
+void
+journal_store_seq(struct journal_store *s, uint64_t seq)
+{
+    if (seq <= s->max_seq)
+        return;
+    s->max_seq = seq;
+    journal_encode_seq(&s->other, seq);
+}
+
+void
+journal_store_discard_accepts(struct journal_store *s)
+{
+    for (size_t i = 0; i < s->new_count; i++) {
+        struct journal_entry *e = journal_map_get(&s->entries, s->new_keys[i]);
+        if (e != NULL && e->state == JOURNAL_ENTRY_NEW)
+            journal_map_del(&s->entries, s->new_keys[i]);
+    }
+    s->new_count = 0;
+    s->accepts.len = 0;
+}
+
+int
+journal_store_has_buffered(const struct journal_store *s)
+{
+    return s->other.len > 0 || s->accepts.len > 0;
+}
+
+uint64_t
+journal_store_live(const struct journal_store *s)
+{
+    return s->entries.count;
+}
+
+/* A buffer that grew for a burst does not stay big. */
+static void
+buf_settle(struct journal_buf *b)
+{
+    b->len = 0;
+    if (b->cap > (4u << 20)) {
+        free(b->data);
+        b->data = NULL;
+        b->cap = 0;
+    }
+}
+
+int
+journal_store_flush(struct journal_store *s)
+{
+    if (!journal_store_has_buffered(s))
+        return 0;
+    int err;
+    struct journal_segment *cur = current_segment(s);
+    if (s->fd == -1 || s->roll_next || s->size >= s->segment_max ||
+        (s->size >= s->idle_roll && cur != NULL && cur->live == 0)) {
+        if (roll(s) == -1) {
+            err = errno;
+            goto failed;
+        }
+    }
+    uint64_t base = s->size;
+    size_t other_len = s->other.len, total = s->other.len + s->accepts.len;
+    struct iovec iov[2] = {
+        { .iov_base = s->other.data, .iov_len = s->other.len },
+        { .iov_base = s->accepts.data, .iov_len = s->accepts.len },
+    };
+    int rc = write_full(s->fd, iov, 2);
+    if (rc == 0 && s->sync == DS_JOURNAL_SYNC_ALWAYS && fdatasync(s->fd) == -1) {
+        rc = -1;
+        s->roll_next = 1;       /* what the kernel kept of this file is in doubt */
+    }
+    if (rc == -1) {
+        err = errno;
+        if (ftruncate(s->fd, (off_t)base) == -1) {
+            log_syserr("journal: ftruncate() of segment %u after a failed write failed; "
+                       "cancelling its items there", s->segment);
+            s->roll_next = 1;
+            for (size_t i = 0; i < s->new_count; i++)
+                journal_encode_final(&s->other, s->new_keys[i]);
+        }
+        goto failed;
+    }
+
+    s->size += total;
+    s->bytes_written += total;
+    s->flushes++;
+    if (s->sync == DS_JOURNAL_SYNC_ALWAYS)
+        s->syncs++;
+    else
+        s->unsynced = 1;
+    cur = current_segment(s);
+    for (size_t i = 0; i < s->copy_count; i++) {
+        struct journal_entry *e = journal_map_get(&s->entries, s->copy_keys[i]);
+        if (e == NULL || e->state != JOURNAL_ENTRY_COPYING)
+            continue;       /* final meanwhile */
+        segment_live_dec(s, e->segment);
+        e->segment = s->segment;
+        e->offset = base + e->aux;
+        e->state = JOURNAL_ENTRY_WRITTEN;
+        cur->live++;
+    }
+    for (size_t i = 0; i < s->new_count; i++) {
+        struct journal_entry *e = journal_map_get(&s->entries, s->new_keys[i]);
+        if (e == NULL || e->state != JOURNAL_ENTRY_NEW)
+            continue;
+        e->segment = s->segment;
+        e->offset = base + other_len + e->aux;
+        e->state = JOURNAL_ENTRY_WRITTEN;
+        cur->live++;
+    }
+    s->copy_count = s->new_count = 0;
+    buf_settle(&s->other);
+    buf_settle(&s->accepts);
+    if (s->sync != DS_JOURNAL_SYNC_INTERVAL)
+        collect(s);
+    return 0;
+
+failed:
+    journal_store_discard_accepts(s);
+    /* A full disk frees up as dead segments go (unless copies still want
+     * their sync). */
+    if (s->sync == DS_JOURNAL_SYNC_NEVER || !s->unsynced)
+        collect(s);
+    errno = err;
+    return -1;
+}
+
+int
+journal_store_sync(struct journal_store *s)
+{
+    if (s->unsynced && s->fd != -1) {
+        if (fdatasync(s->fd) == -1) {
+            s->roll_next = 1;
+            return -1;
+        }
+        s->unsynced = 0;
+        s->syncs++;
+    }
+    collect(s);
+    return 0;
+}
+
+/* ---- the reader --------------------------------------------------------- */
+
+static void
+item_clear(struct journal_item *it)
+{
+    free(it->id);
+    free(it->kind);
+    free(it->batch);
+    free(it->raw);
+    it->id = it->kind = it->batch = NULL;
+    it->raw = NULL;
+    it->raw_len = 0;
+}
+
+/*
+ * The reader keeps one slot per item it has an ACCEPT or ATTEMPT of and no
+ * FINAL; a FINAL frees the slot for the next item (the map remembers the
+ * key is final), so memory follows the live items, not the segment size.
+ */
+struct reader {
+    struct journal_recovery *r;
+    struct journal_map map;     /* key -> slot + 1 in aux; final */
+    size_t *free_slots;
+    size_t free_count, free_cap;
+};
+
+static struct journal_item *
+reader_item(struct reader *rd, uint64_t key)
+{
+    struct journal_recovery *r = rd->r;
+    struct journal_entry *e = journal_map_put(&rd->map, key);
+    if (e->aux != 0)
+        return &r->items[e->aux - 1];
+    size_t slot;
+    if (rd->free_count > 0) {
+        slot = rd->free_slots[--rd->free_count];
+    } else {
+        if (r->count == r->cap) {
+            r->cap = r->cap ? r->cap * 2 : 64;
+            r->items = ds_realloc(r->items, r->cap * sizeof *r->items);
+        }
+        slot = r->count++;
+    }
+    struct journal_item *it = &r->items[slot];
+    memset(it, 0, sizeof *it);
+    it->key = key;
+    e->aux = slot + 1;
+    return it;
+}
+
+static void
+reader_apply(struct reader *rd, const struct journal_record *rec)
+{
+    struct journal_recovery *r = rd->r;
+    if (rec->key > r->max_key)
+        r->max_key = rec->key;
+    struct journal_entry *e = rec->key != 0 ? journal_map_get(&rd->map, rec->key) : NULL;
+    struct journal_item *it;
+    if (e != NULL && e->final)
+        return;         /* nothing after a FINAL counts */
+    switch (rec->type) {
+    case JOURNAL_ACCEPT: {
+        const struct journal_accept *a = &rec->accept;
+        it = reader_item(rd, rec->key);
+        item_clear(it);
+        it->id = ds_strndup(a->id, a->id_len);
+        it->kind = ds_strndup(a->kind, a->kind_len);
+        it->batch = ds_strndup(a->batch, a->batch_len);
+        it->raw = ds_malloc(a->raw_len ? a->raw_len : 1);
+        if (a->raw_len > 0)
+            memcpy(it->raw, a->raw, a->raw_len);
+        it->raw_len = a->raw_len;
+        it->max_attempts = a->max_attempts;
+        it->timeout_ms = a->timeout_ms;
+        it->quick = a->quick;
+        it->accepted = 1;
+        if (a->attempt > it->attempt)
+            it->attempt = a->attempt;
+        return;
+    }
+    case JOURNAL_FINAL:
+        e = journal_map_put(&rd->map, rec->key);
+        if (e->aux != 0) {
+            size_t slot = e->aux - 1;
+            item_clear(&r->items[slot]);
+            memset(&r->items[slot], 0, sizeof r->items[slot]);
+            if (rd->free_count == rd->free_cap) {
+                rd->free_cap = rd->free_cap ? rd->free_cap * 2 : 64;
+                rd->free_slots = ds_realloc(rd->free_slots, rd->free_cap * sizeof *rd->free_slots);
+            }
+            rd->free_slots[rd->free_count++] = slot;
+            e->aux = 0;
+        }
+        e->final = 1;
+        return;
+    case JOURNAL_ATTEMPT:
+        it = reader_item(rd, rec->key);
+        if (rec->attempt > it->attempt)
+            it->attempt = rec->attempt;
+        return;
+    case JOURNAL_SEQ:
+        if (rec->seq > r->max_seq)
+            r->max_seq = rec->seq;
+        return;
+    }
+}
+
+static void
+read_segment(struct reader *rd, uint32_t number, int newest)
+{
+    struct journal_recovery *r = rd->r;
+    char path[PATH_MAX];
+    segment_path(r->dir, number, path, sizeof path);
+    int fd = open(path, (newest ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    if (fd == -1) {
+        log_syserr("journal: open(\"%s\") failed; skipping it", path);
+        return;
+    }
+    size_t size;
+    const uint8_t *buf = map_file(fd, &size);
+    if (buf == NULL) {
+        log_syserr("journal: reading %s failed; skipping it", path);
+        close(fd);
+        return;
+    }
+    r->segments++;
+    if (size < JOURNAL_MAGIC_SIZE || memcmp(buf, JOURNAL_MAGIC, JOURNAL_MAGIC_SIZE) != 0) {
+        if (newest && size < JOURNAL_MAGIC_SIZE && memcmp(buf, JOURNAL_MAGIC, size) == 0)
+            log_info("journal: %s was being created (%zu bytes); nothing in it", path, size);
+        else
+            log_warn("journal: %s is not a journal segment (no " JOURNAL_MAGIC " at its start); "
+                     "skipping it (%zu bytes)", path, size);
+        unmap_file(buf, size);
+        close(fd);
+        return;
+    }
+    size_t off = JOURNAL_MAGIC_SIZE, cut = size;
+    while (off < size) {
+        struct journal_record rec;
+        size_t len;
+        const char *why;
+        if (journal_decode(buf + off, size - off, &rec, &len, &why) != JOURNAL_OK) {
+            if (newest) {
+                log_warn("journal: %s: %s at offset %zu; truncating the torn tail (%zu bytes)",
+                         path, why, off, size - off);
+                cut = off;
+                r->truncated += size - off;
+            } else {
+                log_warn("journal: %s: %s at offset %zu; skipping the rest of this segment "
+                         "(%zu bytes)", path, why, off, size - off);
+                r->skipped += size - off;
+            }
+            break;
+        }
+        reader_apply(rd, &rec);
+        r->records++;
+        off += len;
+    }
+    unmap_file(buf, size);
+    if (cut < size && ftruncate(fd, (off_t)cut) == -1)
+        log_syserr("journal: ftruncate(\"%s\", %zu) failed", path, cut);
+    close(fd);
+}
+
+static int
+compare_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int
+compare_items(const void *a, const void *b)
+{
+    uint64_t x = ((const struct journal_item *)a)->key, y = ((const struct journal_item *)b)->key;
+    return x < y ? -1 : x > y;
+}
+
+int
+journal_read(struct journal_recovery *r)
+{
+    DIR *d = opendir(r->dir);
+    if (d == NULL) {
+        log_syserr("journal: opendir(\"%s\") failed", r->dir);
+        return -1;
+    }
+    uint32_t *numbers = NULL;
+    size_t count = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        uint32_t n = segment_number(de->d_name);
+        if (n == 0)
+            continue;
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            numbers = ds_realloc(numbers, cap * sizeof *numbers);
+        }
+        numbers[count++] = n;
+    }
+    closedir(d);
+    qsort(numbers, count, sizeof *numbers, compare_u32);
+
+    struct reader rd = { .r = r };
+    for (size_t i = 0; i < count; i++)
+        read_segment(&rd, numbers[i], i + 1 == count);
+    free(numbers);
+
+    /* Keep what was accepted and is not final (free slots have key 0). */
+    size_t live = 0;
+    for (size_t i = 0; i < r->count; i++) {
+        struct journal_item *it = &r->items[i];
+        if (it->key != 0 && it->accepted)
+            r->items[live++] = *it;
+        else
+            item_clear(it);
+    }
+    r->count = live;
+    if (r->count > 1)
+        qsort(r->items, r->count, sizeof *r->items, compare_items);
+    journal_map_free(&rd.map);
+    free(rd.free_slots);
+    return 0;
+}
+
+void
+journal_recovery_free(struct journal_recovery *r)
+{
+    for (size_t i = 0; i < r->count; i++)
+        item_clear(&r->items[i]);
+    free(r->items);
+    free(r->dir);
+    free(r->name);
+    if (r->lock_fd != -1)
+        close(r->lock_fd);
+    memset(r, 0, sizeof *r);
+    r->lock_fd = -1;
+}
+
+int
+journal_recovery_remove(struct journal_recovery *r, int sync)
+{
+    char *root = ds_strdup(r->dir), *slash = strrchr(root, '/');
+    if (slash != NULL)
+        *slash = '\0';
+    if (r->max_seq > 0)
+        journal_seq_file_update(root, r->max_seq, sync);
+    int rc = 0;
+    DIR *d = opendir(r->dir);
+    if (d != NULL) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+                strcmp(de->d_name, LOCK_FILE) == 0)
+                continue;
+            char *path = path_join(r->dir, de->d_name);
+            if (unlink(path) == -1 && errno != ENOENT) {
+                log_syswarn("journal: unlink(\"%s\") failed", path);
+                rc = -1;
+            }
+            free(path);
+        }
+        closedir(d);
+    }
+    /* The lock goes last: whoever opens it after sees st_nlink 0 and leaves. */
+    char *lock = path_join(r->dir, LOCK_FILE);
+    unlink(lock);
+    free(lock);
+    if (rmdir(r->dir) == -1 && errno != ENOENT) {
+        log_syswarn("journal: rmdir(\"%s\") failed", r->dir);
+        rc = -1;
+    }
+    if (sync)
+        fsync_dir(root);
+    free(root);
+    return rc;
+}
+
+/* NAME.new under ROOT: an instance whose creator died before renaming it. */
+static void
+remove_stale_new(const char *root, const char *name)
+{
+    unsigned long long ms;
+    long pid;
+    if (sscanf(name, INSTANCE_PREFIX "%llu-%ld", &ms, &pid) != 2 || pid <= 0)
+        return;
+    if (kill((pid_t)pid, 0) == 0 || errno == EPERM)
+        return;         /* being created right now */
+    char *dir = path_join(root, name), *lock = path_join(dir, LOCK_FILE);
+    int fd = open(lock, O_RDWR | O_CLOEXEC);
+    if (fd == -1 || flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        unlink(lock);
+        if (rmdir(dir) == 0)
+            log_info("journal: removed %s, left by a grpc process that died starting", dir);
+    }
+    if (fd != -1)
+        close(fd);
+    free(lock);
+    free(dir);
+}
+
+static int
+compare_recoveries(const void *a, const void *b)
+{
+    return strcmp(((const struct journal_recovery *)a)->name,
+                  ((const struct journal_recovery *)b)->name);
+}
+
+int
+journal_find_dead(const char *root, const char *self, struct journal_recovery **out)
+{
+    *out = NULL;
+    DIR *d = opendir(root);
+    if (d == NULL)
+        return -1;
+    struct journal_recovery *list = NULL;
+    size_t count = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        const char *name = de->d_name;
+        size_t len = strlen(name);
+        if (strncmp(name, INSTANCE_PREFIX, strlen(INSTANCE_PREFIX)) != 0 ||
+            (self != NULL && strcmp(name, self) == 0))
+            continue;
+        if (len > 4 && strcmp(name + len - 4, ".new") == 0) {
+            remove_stale_new(root, name);
+            continue;
+        }
+        char *dir = path_join(root, name), *lock = path_join(dir, LOCK_FILE);
+        int fd = open(lock, O_RDWR | O_CLOEXEC);
+        free(lock);
+        if (fd == -1) {
+            /* A removal that got as far as the lock: only the directory is left. */
+            if (errno == ENOENT && rmdir(dir) == -1 && errno != ENOENT)
+                log_debug("journal: %s has no lock file; leaving it alone", dir);
+            free(dir);
+            continue;
+        }
+        struct stat st;
+        if (flock(fd, LOCK_EX | LOCK_NB) == -1 || fstat(fd, &st) == -1 || st.st_nlink == 0) {
+            close(fd);          /* alive, or removed by another as we looked */
+            free(dir);
+            continue;
+        }
+        if (count == cap) {
+            cap = cap ? cap * 2 : 4;
+            list = ds_realloc(list, cap * sizeof *list);
+        }
+        struct journal_recovery *r = &list[count++];
+        memset(r, 0, sizeof *r);
+        r->dir = dir;
+        r->name = ds_strdup(name);
+        r->lock_fd = fd;
+        unsigned long long ms;
+        if (sscanf(name, INSTANCE_PREFIX "%llu-%ld", &ms, &r->pid) != 2)
+            r->pid = 0;
+    }
+    closedir(d);
+    if (count > 1)
+        qsort(list, count, sizeof *list, compare_recoveries);
+    *out = list;
+    return (int)count;
+}

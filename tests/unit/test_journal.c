@@ -1,0 +1,765 @@
+/*
+ * The queue journal's pure part (src/grpc/journal_store.c): CRC32C, record
+ * encoding and decoding, the key map, the writer over a temporary
+ * directory (flush, rolling, copying forward, deleting dead segments, a
+ * failing disk), the reader (torn tails, corrupt records, recovery sets)
+ * and finding the instances whose process is gone.
+ */
+#define _XOPEN_SOURCE 700
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "core/log.h"
+#include "grpc/journal.h"
+
+static char root[256];
+
+static int
+remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    return remove(path);
+}
+
+static int
+setup(void **state)
+{
+    log_open("stderr", DS_LOG_ERROR);
+    snprintf(root, sizeof root, "/tmp/test_journal.XXXXXX");
+    assert_non_null(mkdtemp(root));
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    nftw(root, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+    return 0;
+}
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static struct journal_accept
+make_accept(uint64_t key, uint32_t attempt, char *id, size_t raw_len)
+{
+    static uint8_t raw[4096];
+    for (size_t i = 0; i < sizeof raw; i++)
+        raw[i] = (uint8_t)(i * 7 + 3);
+    snprintf(id, 32, "item-%llu", (unsigned long long)key);
+    struct journal_accept a = {
+        .key = key, .attempt = attempt, .max_attempts = 5, .timeout_ms = 1500,
+        .quick = (int)(key & 1),
+        .id = id, .id_len = strlen(id),
+        .kind = "echo", .kind_len = 4,
+        .batch = "b1", .batch_len = 2,
+        .raw = raw, .raw_len = raw_len < sizeof raw ? raw_len : sizeof raw,
+    };
+    return a;
+}
+
+static void
+accept_key(struct journal_store *s, uint64_t key, size_t raw_len)
+{
+    char id[32];
+    struct journal_accept a = make_accept(key, 1, id, raw_len);
+    journal_store_accept(s, &a);
+}
+
+static char *
+instance_dir(const char *name)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", root, name);
+    return path;
+}
+
+static int
+count_segments(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        n += strstr(e->d_name, ".seg") != NULL;
+    closedir(d);
+    return n;
+}
+
+static off_t
+file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+static void
+segment_file(const char *name, uint32_t number, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s/%s/%08u.seg", root, name, number);
+}
+
+/* Open the instance NAME (after a "crash": closed without removing). */
+static struct journal_recovery
+read_instance(const char *name)
+{
+    struct journal_recovery *dead;
+    int n = journal_find_dead(root, "grpc-self", &dead);
+    assert_true(n >= 1);
+    struct journal_recovery r = { .lock_fd = -1 };
+    for (int i = 0; i < n; i++) {
+        if (strcmp(dead[i].name, name) == 0)
+            r = dead[i];
+        else
+            journal_recovery_free(&dead[i]);
+    }
+    free(dead);
+    assert_non_null(r.dir);
+    assert_int_equal(journal_read(&r), 0);
+    return r;
+}
+
+static const struct journal_item *
+find_item(const struct journal_recovery *r, uint64_t key)
+{
+    for (size_t i = 0; i < r->count; i++)
+        if (r->items[i].key == key)
+            return &r->items[i];
+    return NULL;
+}
+
+/* ---- CRC32C -------------------------------------------------------------- */
+
+static void
+test_crc32c(void **state)
+{
+    assert_int_equal(journal_crc32c(0, "123456789", 9), 0xE3069283u);
+    assert_int_equal(journal_crc32c_table(0, "123456789", 9), 0xE3069283u);
+    assert_int_equal(journal_crc32c(0, "", 0), 0);
+    uint8_t zeros[32] = { 0 };
+    assert_int_equal(journal_crc32c(0, zeros, sizeof zeros), 0x8A9136AAu);
+    /* Incremental equals whole; hardware (if any) equals the table. */
+    uint8_t data[1000];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (uint8_t)(i * 31 + 7);
+    for (size_t len = 0; len < sizeof data; len += 37) {
+        uint32_t whole = journal_crc32c(0, data, len);
+        assert_int_equal(whole, journal_crc32c_table(0, data, len));
+        size_t half = len / 3;
+        assert_int_equal(journal_crc32c(journal_crc32c(0, data, half), data + half, len - half),
+                         whole);
+    }
+}
+
+/* ---- records ------------------------------------------------------------- */
+
+static void
+test_records_round_trip(void **state)
+{
+    struct journal_buf b = { 0 };
+    char id[32];
+    struct journal_accept a = make_accept(42, 3, id, 100);
+    size_t off[5];
+    off[0] = journal_encode_accept(&b, &a);
+    off[1] = journal_encode_final(&b, 41);
+    off[2] = journal_encode_attempt(&b, 42, 4);
+    off[3] = journal_encode_seq(&b, 1ull << 40);
+    struct journal_accept empty = { .key = 7, .attempt = 1, .id = "", .kind = "k", .kind_len = 1,
+                                    .batch = "", .raw = NULL };
+    off[4] = journal_encode_accept(&b, &empty);
+    assert_int_equal(off[0], 0);
+    assert_int_equal(off[1], JOURNAL_HEADER_SIZE + JOURNAL_ACCEPT_FIXED + strlen(id) + 4 + 2 + 100);
+
+    struct journal_record rec;
+    size_t size, pos = 0;
+    const char *why;
+    assert_int_equal(journal_decode(b.data, b.len, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(rec.type, JOURNAL_ACCEPT);
+    assert_int_equal(rec.key, 42);
+    assert_int_equal(rec.accept.attempt, 3);
+    assert_int_equal(rec.accept.max_attempts, 5);
+    assert_int_equal(rec.accept.timeout_ms, 1500);
+    assert_int_equal(rec.accept.quick, 0);
+    assert_int_equal(rec.accept.id_len, strlen(id));
+    assert_memory_equal(rec.accept.id, id, strlen(id));
+    assert_memory_equal(rec.accept.kind, "echo", 4);
+    assert_memory_equal(rec.accept.batch, "b1", 2);
+    assert_int_equal(rec.accept.raw_len, 100);
+    assert_memory_equal(rec.accept.raw, a.raw, 100);
+    pos += size;
+    assert_int_equal(pos, off[1]);
+    assert_int_equal(journal_decode(b.data + pos, b.len - pos, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(rec.type, JOURNAL_FINAL);
+    assert_int_equal(rec.key, 41);
+    pos += size;
+    assert_int_equal(journal_decode(b.data + pos, b.len - pos, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(rec.type, JOURNAL_ATTEMPT);
+    assert_int_equal(rec.key, 42);
+    assert_int_equal(rec.attempt, 4);
+    pos += size;
+    assert_int_equal(journal_decode(b.data + pos, b.len - pos, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(rec.type, JOURNAL_SEQ);
+    assert_true(rec.seq == 1ull << 40);
+    pos += size;
+    assert_int_equal(pos, off[4]);
+    assert_int_equal(journal_decode(b.data + pos, b.len - pos, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(rec.key, 7);
+    assert_int_equal(rec.accept.raw_len, 0);
+    assert_int_equal(rec.accept.id_len, 0);
+    pos += size;
+    assert_int_equal(pos, b.len);
+    journal_buf_free(&b);
+}
+
+/* A record with a valid CRC over whatever header fields and body we give. */
+static size_t
+craft(uint8_t *out, uint32_t length, uint8_t type, const uint8_t *body)
+{
+    out[4] = (uint8_t)length;
+    out[5] = (uint8_t)(length >> 8);
+    out[6] = (uint8_t)(length >> 16);
+    out[7] = (uint8_t)(length >> 24);
+    out[8] = type;
+    out[9] = out[10] = out[11] = 0;
+    memcpy(out + JOURNAL_HEADER_SIZE, body, length);
+    uint32_t crc = journal_crc32c(0, out + 4, 8 + length);
+    for (int i = 0; i < 4; i++)
+        out[i] = (uint8_t)(crc >> (8 * i));
+    return JOURNAL_HEADER_SIZE + length;
+}
+
+static void
+test_decode_errors(void **state)
+{
+    struct journal_buf b = { 0 };
+    char id[32];
+    struct journal_accept a = make_accept(9, 1, id, 64);
+    journal_encode_accept(&b, &a);
+    struct journal_record rec;
+    size_t size;
+    const char *why;
+
+    /* Every cut of a good record is torn, never corrupt, never OK. */
+    for (size_t avail = 0; avail < b.len; avail++) {
+        assert_int_equal(journal_decode(b.data, avail, &rec, &size, &why), JOURNAL_TORN);
+        assert_non_null(strstr(why, "torn"));
+    }
+    /* Any flipped bit is caught. */
+    for (size_t i = 0; i < b.len; i++) {
+        b.data[i] ^= 0x10;
+        enum journal_decode d = journal_decode(b.data, b.len, &rec, &size, &why);
+        assert_int_not_equal(d, JOURNAL_OK);
+        b.data[i] ^= 0x10;
+    }
+    assert_int_equal(journal_decode(b.data, b.len, &rec, &size, &why), JOURNAL_OK);
+
+    /* Zeros (a file extended by a crash, its data never written). */
+    uint8_t zeros[64] = { 0 };
+    assert_int_equal(journal_decode(zeros, sizeof zeros, &rec, &size, &why), JOURNAL_CORRUPT);
+    assert_string_equal(why, "bad checksum");
+
+    uint8_t rec_buf[256], body[64] = { 0 };
+    body[0] = 1;
+    size_t n = craft(rec_buf, 8, 99, body);
+    assert_int_equal(journal_decode(rec_buf, n, &rec, &size, &why), JOURNAL_CORRUPT);
+    assert_string_equal(why, "unknown record type");
+    n = craft(rec_buf, 4, JOURNAL_FINAL, body);
+    assert_int_equal(journal_decode(rec_buf, n, &rec, &size, &why), JOURNAL_CORRUPT);
+    assert_string_equal(why, "malformed FINAL record");
+    n = craft(rec_buf, 8, JOURNAL_FINAL, zeros);       /* key 0 */
+    assert_int_equal(journal_decode(rec_buf, n, &rec, &size, &why), JOURNAL_CORRUPT);
+    n = craft(rec_buf, 10, JOURNAL_ATTEMPT, body);
+    assert_int_equal(journal_decode(rec_buf, n, &rec, &size, &why), JOURNAL_CORRUPT);
+    n = craft(rec_buf, 16, JOURNAL_ACCEPT, body);
+    assert_int_equal(journal_decode(rec_buf, n, &rec, &size, &why), JOURNAL_CORRUPT);
+    assert_string_equal(why, "short ACCEPT record");
+    /* ACCEPT whose inner lengths do not add up to the record's. */
+    memset(body, 0, sizeof body);
+    body[0] = 5;
+    body[22] = 10;                                      /* id_len 10, nothing else */
+    n = craft(rec_buf, JOURNAL_ACCEPT_FIXED + 9, JOURNAL_ACCEPT, body);
+    assert_int_equal(journal_decode(rec_buf, n, &rec, &size, &why), JOURNAL_CORRUPT);
+    assert_string_equal(why, "malformed ACCEPT record");
+    n = craft(rec_buf, JOURNAL_ACCEPT_FIXED + 10, JOURNAL_ACCEPT, body);
+    assert_int_equal(journal_decode(rec_buf, n, &rec, &size, &why), JOURNAL_OK);
+    /* A length past the limit is corrupt even before the body is there. */
+    memset(rec_buf, 0xff, JOURNAL_HEADER_SIZE);
+    assert_int_equal(journal_decode(rec_buf, JOURNAL_HEADER_SIZE, &rec, &size, &why),
+                     JOURNAL_CORRUPT);
+    assert_string_equal(why, "record length out of range");
+
+    /* Random bytes: never a crash, and (CRC) essentially never OK. */
+    srand(7);
+    uint8_t junk[512];
+    int ok = 0;
+    for (int round = 0; round < 20000; round++) {
+        size_t len = (size_t)(rand() % (int)sizeof junk);
+        for (size_t i = 0; i < len; i++)
+            junk[i] = (uint8_t)rand();
+        if (len >= 8 && rand() % 2) {
+            junk[4] = (uint8_t)(rand() % 64);       /* plausible lengths too */
+            junk[5] = junk[6] = junk[7] = 0;
+        }
+        if (journal_decode(junk, len, &rec, &size, &why) == JOURNAL_OK) {
+            ok++;
+            assert_true(size <= len);
+        }
+    }
+    assert_true(ok <= 1);
+    journal_buf_free(&b);
+}
+
+/* ---- the key map --------------------------------------------------------- */
+
+static void
+test_map(void **state)
+{
+    struct journal_map m = { 0 };
+    enum { N = 20000 };
+    static uint8_t present[N + 1];
+    memset(present, 0, sizeof present);
+    assert_null(journal_map_get(&m, 1));
+    srand(3);
+    for (int round = 0; round < 200000; round++) {
+        uint64_t key = (uint64_t)(rand() % N) + 1;
+        if (rand() % 3) {
+            struct journal_entry *e = journal_map_put(&m, key);
+            assert_true(e->key == key);
+            if (!present[key])
+                e->attempt = (uint32_t)key;
+            present[key] = 1;
+        } else {
+            journal_map_del(&m, key);
+            present[key] = 0;
+        }
+    }
+    size_t count = 0;
+    for (uint64_t key = 1; key <= N; key++) {
+        struct journal_entry *e = journal_map_get(&m, key);
+        if (present[key]) {
+            assert_non_null(e);
+            assert_int_equal(e->attempt, key);
+            count++;
+        } else {
+            assert_null(e);
+        }
+    }
+    assert_int_equal(m.count, count);
+    journal_map_free(&m);
+}
+
+/* ---- writer and reader --------------------------------------------------- */
+
+static void
+test_store_recovery_set(void **state)
+{
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, "grpc-0000000000001-11",
+                                        DS_JOURNAL_SYNC_ALWAYS, 0), 0);
+    /* The instance exists under its final name only, locked. */
+    assert_int_equal(count_segments(instance_dir("grpc-0000000000001-11")), 1);
+    assert_int_equal(file_size(instance_dir("grpc-0000000000001-11.new")), -1);
+
+    journal_store_seq(&s, 65536);
+    for (uint64_t key = 1; key <= 100; key++)
+        accept_key(&s, key, 50 + key);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_live(&s), 100);
+    for (uint64_t key = 1; key <= 60; key++)
+        journal_store_final(&s, key);
+    journal_store_attempt(&s, 70, 2);
+    journal_store_attempt(&s, 70, 3);
+    journal_store_attempt(&s, 10, 9);        /* final already: ignored */
+    journal_store_seq(&s, 131072);
+    journal_store_seq(&s, 100);              /* never backwards */
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_live(&s), 40);
+    /* Nothing to write: nothing written. */
+    uint64_t written = s.bytes_written;
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(s.bytes_written, written);
+    assert_true(s.syncs >= 2);
+
+    /* Not findable while it lives (locked). */
+    struct journal_recovery *dead;
+    assert_int_equal(journal_find_dead(root, "grpc-self", &dead), 0);
+    free(dead);
+
+    journal_store_close(&s, 0);             /* as if it crashed */
+    struct journal_recovery r = read_instance("grpc-0000000000001-11");
+    assert_int_equal(r.pid, 11);
+    assert_int_equal(r.count, 40);
+    assert_int_equal(r.max_key, 100);
+    assert_int_equal(r.max_seq, 131072);
+    assert_int_equal(r.truncated, 0);
+    assert_int_equal(r.skipped, 0);
+    for (size_t i = 0; i < r.count; i++) {
+        const struct journal_item *it = &r.items[i];
+        assert_int_equal(it->key, 61 + i);          /* by key */
+        assert_int_equal(it->attempt, it->key == 70 ? 3 : 1);
+        assert_int_equal(it->max_attempts, 5);
+        assert_int_equal(it->timeout_ms, 1500);
+        assert_int_equal(it->quick, (int)(it->key & 1));
+        char want[32];
+        snprintf(want, sizeof want, "item-%llu", (unsigned long long)it->key);
+        assert_string_equal(it->id, want);
+        assert_string_equal(it->kind, "echo");
+        assert_string_equal(it->batch, "b1");
+        assert_int_equal(it->raw_len, 50 + it->key);
+        assert_int_equal(it->raw[1], 10);
+    }
+    /* While we hold it, nobody else takes it. */
+    assert_int_equal(journal_find_dead(root, "grpc-other", &dead), 0);
+    free(dead);
+
+    assert_int_equal(journal_recovery_remove(&r, 1), 0);
+    assert_int_equal(file_size(instance_dir("grpc-0000000000001-11")), -1);
+    assert_int_equal(journal_seq_file_read(root), 131072);
+    journal_recovery_free(&r);
+    assert_int_equal(journal_find_dead(root, "grpc-self", &dead), 0);
+    free(dead);
+}
+
+static void
+test_clean_close_removes_files(void **state)
+{
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, "grpc-0000000000002-12",
+                                        DS_JOURNAL_SYNC_NEVER, 0), 0);
+    journal_store_seq(&s, 5000);
+    accept_key(&s, 1, 10);
+    assert_int_equal(journal_store_flush(&s), 0);
+    journal_store_final(&s, 1);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_live(&s), 0);
+    journal_store_close(&s, 1);
+    assert_int_equal(file_size(instance_dir("grpc-0000000000002-12")), -1);
+    /* The seq survives the files: the next start continues past it. */
+    assert_int_equal(journal_seq_file_read(root), 5000);
+}
+
+static void
+test_seq_file(void **state)
+{
+    assert_int_equal(journal_seq_file_read(root), 0);
+    assert_int_equal(journal_seq_file_update(root, 100, 1), 0);
+    assert_int_equal(journal_seq_file_update(root, 50, 0), 0);     /* keeps the larger */
+    assert_int_equal(journal_seq_file_read(root), 100);
+    char path[512];
+    snprintf(path, sizeof path, "%s/seq", root);
+    int fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, "X", 1, 9), 1);
+    close(fd);
+    assert_int_equal(journal_seq_file_read(root), 0);              /* damaged: ignored */
+    assert_int_equal(journal_seq_file_update(root, 70, 0), 0);
+    assert_int_equal(journal_seq_file_read(root), 70);
+}
+
+static void
+test_torn_tail_truncated(void **state)
+{
+    const char *name = "grpc-0000000000003-13";
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    for (uint64_t key = 1; key <= 10; key++)
+        accept_key(&s, key, 30);
+    assert_int_equal(journal_store_flush(&s), 0);
+    uint64_t good = s.size;
+    journal_store_close(&s, 0);
+
+    /* Half a record, then garbage. */
+    char path[512];
+    segment_file(name, 1, path, sizeof path);
+    struct journal_buf b = { 0 };
+    char id[32];
+    struct journal_accept a = make_accept(11, 1, id, 30);
+    journal_encode_accept(&b, &a);
+    size_t half = b.len / 2;
+    int fd = open(path, O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, b.data, half), (ssize_t)half);
+    assert_int_equal(write(fd, "garbage garbage", 15), 15);
+    close(fd);
+    journal_buf_free(&b);
+
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 10);
+    assert_int_equal(r.truncated, half + 15);
+    assert_int_equal(file_size(path), (off_t)good);         /* cut at the last good record */
+    journal_recovery_free(&r);
+
+    /* Read again: clean now. */
+    r = read_instance(name);
+    assert_int_equal(r.count, 10);
+    assert_int_equal(r.truncated, 0);
+    journal_recovery_free(&r);
+
+    /* A segment torn while being created (a short magic) holds nothing. */
+    struct journal_store t;
+    assert_int_equal(journal_store_open(&t, root, "grpc-0000000000004-14",
+                                        DS_JOURNAL_SYNC_NEVER, 0), 0);
+    journal_store_close(&t, 0);
+    segment_file("grpc-0000000000004-14", 1, path, sizeof path);
+    assert_int_equal(truncate(path, 3), 0);
+    r = read_instance("grpc-0000000000004-14");
+    assert_int_equal(r.count, 0);
+    journal_recovery_free(&r);
+}
+
+static void
+test_corrupt_older_segment(void **state)
+{
+    const char *name = "grpc-0000000000005-15";
+    struct journal_store s;
+    /* Small segments: each flush of ten 200-byte items fills one. */
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 1500), 0);
+    uint64_t key = 0;
+    for (int flush = 0; flush < 3; flush++) {
+        for (int i = 0; i < 10; i++)
+            accept_key(&s, ++key, 200);
+        assert_int_equal(journal_store_flush(&s), 0);
+    }
+    assert_int_equal(s.segment, 3);
+    journal_store_close(&s, 0);
+
+    /* A flipped byte in the 4th record of segment 1: the rest of it is lost. */
+    char path[512];
+    segment_file(name, 1, path, sizeof path);
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t byte;
+    off_t where = JOURNAL_MAGIC_SIZE + 3 * (off_t)(file_size(path) - JOURNAL_MAGIC_SIZE) / 10 + 40;
+    assert_int_equal(pread(fd, &byte, 1, where), 1);
+    byte ^= 0xff;
+    assert_int_equal(pwrite(fd, &byte, 1, where), 1);
+    close(fd);
+    off_t before = file_size(path);
+
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 3 + 10 + 10);
+    assert_non_null(find_item(&r, 3));
+    assert_null(find_item(&r, 4));
+    assert_null(find_item(&r, 10));
+    assert_non_null(find_item(&r, 11));
+    assert_non_null(find_item(&r, 30));
+    assert_true(r.skipped > 0);
+    assert_int_equal(r.truncated, 0);
+    assert_int_equal(file_size(path), before);             /* an older segment is left as is */
+    journal_recovery_free(&r);
+}
+
+static void
+test_compaction_deletes_dead_segments(void **state)
+{
+    const char *name = "grpc-0000000000006-16";
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 4096), 0);
+    journal_store_seq(&s, 77);
+    /* Items come and go, a few at a time, as in a busy queue. */
+    uint64_t key = 0;
+    for (int round = 0; round < 200; round++) {
+        for (int i = 0; i < 5; i++)
+            accept_key(&s, ++key, 300);
+        assert_int_equal(journal_store_flush(&s), 0);
+        for (uint64_t k = key - 4; k <= key; k++)
+            journal_store_final(&s, k);
+    }
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_true(s.rolls > 50);
+    assert_true(s.deleted > 50);
+    assert_true(s.segment_count <= 2);
+    assert_true(count_segments(instance_dir(name)) <= 2);
+    assert_int_equal(journal_store_live(&s), 0);
+    journal_store_close(&s, 0);
+    /* What is left still says where seq stands, and holds nothing live. */
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 0);
+    assert_int_equal(r.max_seq, 77);
+    journal_recovery_free(&r);
+}
+
+static void
+test_compaction_copies_long_lived_items(void **state)
+{
+    const char *name = "grpc-0000000000007-17";
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_INTERVAL, 4096), 0);
+    /* Item 1 lives throughout, and is retried twice along the way. */
+    accept_key(&s, 1, 500);
+    uint64_t key = 1;
+    for (int round = 0; round < 300; round++) {
+        for (int i = 0; i < 4; i++)
+            accept_key(&s, ++key, 300);
+        if (round == 10)
+            journal_store_attempt(&s, 1, 2);
+        if (round == 150)
+            journal_store_attempt(&s, 1, 3);
+        assert_int_equal(journal_store_flush(&s), 0);
+        assert_int_equal(journal_store_sync(&s), 0);
+        for (uint64_t k = key - 3; k <= key; k++)
+            journal_store_final(&s, k);
+        /* Bounded: the pinned segment is copied forward, never kept. */
+        assert_true(s.segment_count <= JOURNAL_COPY_AFTER + 1);
+    }
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_true(s.copied >= 2);
+    assert_true(s.segments[0].number > 1);
+    assert_int_equal(count_segments(instance_dir(name)), (int)s.segment_count);
+    assert_int_equal(journal_store_live(&s), 1);
+    journal_store_close(&s, 0);
+
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 1);
+    assert_int_equal(r.items[0].key, 1);
+    assert_int_equal(r.items[0].attempt, 3);
+    assert_int_equal(r.items[0].raw_len, 500);
+    assert_string_equal(r.items[0].id, "item-1");
+    journal_recovery_free(&r);
+}
+
+static void
+test_idle_roll(void **state)
+{
+    const char *name = "grpc-0000000000008-18";
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    /* Past JOURNAL_IDLE_ROLL, all final: the next flush starts afresh. */
+    uint64_t key = 0;
+    while (s.size < JOURNAL_IDLE_ROLL) {
+        for (int i = 0; i < 100; i++)
+            accept_key(&s, ++key, 1000);
+        assert_int_equal(journal_store_flush(&s), 0);
+    }
+    assert_int_equal(s.segment, 1);
+    for (uint64_t k = 1; k <= key; k++)
+        journal_store_final(&s, k);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(s.segment, 2);
+    assert_int_equal(count_segments(instance_dir(name)), 1);
+    assert_true(s.size < JOURNAL_IDLE_ROLL / 8);
+    journal_store_close(&s, 1);
+}
+
+static void
+test_write_failure(void **state)
+{
+    const char *name = "grpc-0000000000009-19";
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    accept_key(&s, 1, 10);
+    accept_key(&s, 2, 10);
+    assert_int_equal(journal_store_flush(&s), 0);
+
+    /* The disk fills up: /dev/full instead of the segment. */
+    int saved = dup(s.fd), full = open("/dev/full", O_WRONLY);
+    assert_true(saved >= 0 && full >= 0);
+    assert_int_equal(dup2(full, s.fd), s.fd);
+    close(full);
+    journal_store_final(&s, 1);
+    accept_key(&s, 3, 10);
+    accept_key(&s, 4, 10);
+    errno = 0;
+    assert_int_equal(journal_store_flush(&s), -1);
+    assert_int_equal(errno, ENOSPC);
+    /* 3 and 4 are not accepted; the FINAL of 1 waits for the next flush. */
+    assert_null(journal_map_get(&s.entries, 3));
+    assert_null(journal_map_get(&s.entries, 4));
+    assert_int_equal(journal_store_live(&s), 1);
+    assert_true(journal_store_has_buffered(&s));
+    assert_int_equal(s.accepts.len, 0);
+
+    /* Space again. (/dev/full could not be truncated: the next flush rolls.) */
+    assert_int_equal(dup2(saved, s.fd), s.fd);
+    close(saved);
+    accept_key(&s, 5, 10);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_live(&s), 2);
+    journal_store_close(&s, 0);
+
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 2);
+    assert_non_null(find_item(&r, 2));
+    assert_non_null(find_item(&r, 5));
+    journal_recovery_free(&r);
+}
+
+static void
+test_find_dead_cleans_up(void **state)
+{
+    /* A creator that died before its rename (no such pid) leaves NAME.new. */
+    char path[512];
+    snprintf(path, sizeof path, "%s/grpc-0000000000010-999999999.new", root);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/grpc-0000000000010-999999999.new/lock", root);
+    close(open(path, O_CREAT | O_WRONLY, 0600));
+    /* A removal that got as far as the lock leaves the directory. */
+    snprintf(path, sizeof path, "%s/grpc-0000000000011-20", root);
+    assert_int_equal(mkdir(path, 0700), 0);
+    /* Not ours at all. */
+    snprintf(path, sizeof path, "%s/something-else", root);
+    assert_int_equal(mkdir(path, 0700), 0);
+
+    struct journal_recovery *dead;
+    assert_int_equal(journal_find_dead(root, "grpc-self", &dead), 0);
+    free(dead);
+    assert_int_equal(file_size(instance_dir("grpc-0000000000010-999999999.new")), -1);
+    assert_int_equal(file_size(instance_dir("grpc-0000000000011-20")), -1);
+    assert_true(file_size(instance_dir("something-else")) >= 0);
+
+    /* Oldest first. */
+    struct journal_store a, b;
+    assert_int_equal(journal_store_open(&b, root, "grpc-0000000000013-22", DS_JOURNAL_SYNC_NEVER,
+                                        0), 0);
+    assert_int_equal(journal_store_open(&a, root, "grpc-0000000000012-21", DS_JOURNAL_SYNC_NEVER,
+                                        0), 0);
+    journal_store_close(&b, 0);
+    journal_store_close(&a, 0);
+    assert_int_equal(journal_find_dead(root, "grpc-0000000000012-21", &dead), 1);
+    journal_recovery_free(&dead[0]);
+    free(dead);
+    assert_int_equal(journal_find_dead(root, "grpc-self", &dead), 2);
+    assert_string_equal(dead[0].name, "grpc-0000000000012-21");
+    assert_string_equal(dead[1].name, "grpc-0000000000013-22");
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(journal_read(&dead[i]), 0);
+        assert_int_equal(journal_recovery_remove(&dead[i], 0), 0);
+        journal_recovery_free(&dead[i]);
+    }
+    free(dead);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_crc32c),
+        cmocka_unit_test(test_records_round_trip),
+        cmocka_unit_test(test_decode_errors),
+        cmocka_unit_test(test_map),
+        cmocka_unit_test_setup_teardown(test_store_recovery_set, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clean_close_removes_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seq_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_torn_tail_truncated, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_older_segment, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compaction_deletes_dead_segments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compaction_copies_long_lived_items, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_roll, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_find_dead_cleans_up, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("journal", tests, NULL, NULL);
+}

@@ -2,11 +2,13 @@
  * doSomething: a client streams WorkItems and half-closes; the reply counts
  * what was accepted and what was rejected, and why.
  *
- * Backpressure: a receive is posted only while the queue has room for the
- * item it may bring (room is reserved per posted receive). While the queue
- * is full the call is parked, nothing is read, and HTTP/2 flow control
- * pushes back on the client; with queue.on_full: reject, items are read and
- * rejected instead. Nothing is ever dropped.
+ * Backpressure: every call has one receive posted. An item that arrives
+ * while the queue is full is parked with its call (one per call, not yet
+ * accepted), and nothing more is read from that call until room frees up:
+ * HTTP/2 flow control pushes back on the client. A half-close is still
+ * seen, so a call whose last item filled the queue gets its reply at once.
+ * With queue.on_full: reject, such items are rejected instead. Nothing is
+ * ever dropped.
  *
  * A graceful stop takes no new calls (GOAWAY), but the calls under way are
  * read to their end and their items run: a client's stream is accepted
@@ -48,7 +50,8 @@ struct submit_call {
     struct tag close_tag;
     grpc_byte_buffer *recv_buffer;
     int receiving;
-    int reserved;               /* queue room held for the receive in flight */
+    grpc_slice parked;          /* an item waiting for room in the queue */
+    int has_parked;
     int blocked;
     int replied;
     int closed;
@@ -73,13 +76,14 @@ struct submit_call {
 static struct {
     struct submit_call *list;
     struct submit_call *blocked_head, *blocked_tail;
-    uint64_t reserved;          /* queue room held by receives in flight */
     uint64_t active;
     uint64_t id_counter;
     char id_prefix[32];
 } sub;
 
 static void try_receive(struct submit_call *c);
+static int take_parked_or(struct submit_call *c, grpc_slice raw);
+static void block(struct submit_call *c);
 
 static void
 call_unref(struct submit_call *c)
@@ -108,6 +112,8 @@ call_unref(struct submit_call *c)
         grpc_byte_buffer_destroy(c->reply_buffer);
     if (c->has_details)
         grpc_slice_unref(c->status_details);
+    if (c->has_parked)
+        grpc_slice_unref(c->parked);
     grpc_call_unref(c->call);
     free(c);
     grpc_process_call_ended();
@@ -305,22 +311,12 @@ message_slice(grpc_byte_buffer *bb)
 }
 
 static void
-release_reservation(struct submit_call *c)
-{
-    if (c->reserved) {
-        c->reserved = 0;
-        sub.reserved--;
-    }
-}
-
-static void
 on_recv_done(struct tag *tag, int ok)
 {
     struct submit_call *c = CALL_OF(tag, recv_tag);
     grpc_byte_buffer *bb = c->recv_buffer;
     c->recv_buffer = NULL;
     c->receiving = 0;
-    release_reservation(c);
 
     if (!ok || c->closed) {
         /* Cancelled or broken: what was accepted stays accepted. */
@@ -338,17 +334,34 @@ on_recv_done(struct tag *tag, int ok)
     }
     grpc_slice raw = message_slice(bb);
     grpc_byte_buffer_destroy(bb);
+    if (gp.config->queue.on_full == DS_ON_FULL_BLOCK && !queue_has_room()) {
+        c->parked = raw;        /* taken when room frees up */
+        c->has_parked = 1;
+        block(c);
+        call_unref(c);
+        return;
+    }
+    if (take_parked_or(c, raw) == -1)
+        return;
+    try_receive(c);
+    call_unref(c);
+}
+
+/* Take RAW as the call's next item. Returns -1 (the call unreferenced and
+ * answered) if it is no WorkItem. */
+static int
+take_parked_or(struct submit_call *c, grpc_slice raw)
+{
     if (take_item(c, raw) == -1) {
         grpc_slice_unref(raw);
         c->invalid_index = c->index;
         reply_when_journaled(c, GRPC_STATUS_INVALID_ARGUMENT);
         queue_room_available();
         call_unref(c);
-        return;
+        return -1;
     }
     c->index++;
-    try_receive(c);
-    call_unref(c);
+    return 0;
 }
 
 static void
@@ -366,20 +379,12 @@ block(struct submit_call *c)
     sub.blocked_tail = c;
 }
 
-/* Post the next receive if the queue can take what it brings. */
+/* Post the next receive, unless an item is parked or the call is over. */
 static void
 try_receive(struct submit_call *c)
 {
-    if (c->receiving || c->replied || c->reply_deferred || c->closed)
+    if (c->receiving || c->has_parked || c->replied || c->reply_deferred || c->closed)
         return;
-    if (gp.config->queue.on_full == DS_ON_FULL_BLOCK) {
-        if (queue_count() + sub.reserved >= gp.config->queue.capacity) {
-            block(c);
-            return;
-        }
-        c->reserved = 1;
-        sub.reserved++;
-    }
     c->receiving = 1;
     c->refs++;
     grpc_op op;
@@ -389,21 +394,40 @@ try_receive(struct submit_call *c)
     call_start_batch(c->call, &op, 1, &c->recv_tag);
 }
 
-/* Room in the queue: let parked calls read again, oldest first. */
+/* Room in the queue: take the parked items, oldest call first, and let
+ * those calls read again. */
 void
 queue_room_available(void)
 {
+    static int running;
+    if (running)
+        return;         /* taking an item can free room and call us again */
+    running = 1;
     while (sub.blocked_head != NULL &&
-           (queue_count() + sub.reserved < gp.config->queue.capacity ||
-            gp.config->queue.on_full == DS_ON_FULL_REJECT)) {
+           (queue_has_room() || gp.config->queue.on_full == DS_ON_FULL_REJECT)) {
         struct submit_call *c = sub.blocked_head;
         sub.blocked_head = c->next_blocked;
         if (sub.blocked_head == NULL)
             sub.blocked_tail = NULL;
         c->blocked = 0;
+        if (c->has_parked) {
+            grpc_slice raw = c->parked;
+            c->has_parked = 0;
+            if (c->closed || c->replied) {
+                grpc_slice_unref(raw);  /* the client gave up: never accepted */
+            } else {
+                c->refs++;              /* for take_parked_or's failure path */
+                if (take_parked_or(c, raw) == -1) {
+                    call_unref(c);      /* and the blocked list's */
+                    continue;
+                }
+                c->refs--;
+            }
+        }
         try_receive(c);
         call_unref(c);
     }
+    running = 0;
 }
 
 void

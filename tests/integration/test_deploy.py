@@ -70,13 +70,24 @@ def submit_batches(address, prefix, total, batch, errors, accepted, kind="echo",
             items = [conftest.pb.WorkItem(id=f"{prefix}{n}", kind=kind, payload=b"p%d" % n,
                                           params=params or {})
                      for n in range(start, min(start + batch, total))]
-            try:
-                reply = stub.doSomething(iter(items), timeout=60)
-                accepted.extend(it.id for it in items[:reply.accepted])
-                if reply.rejected:
-                    errors.append(f"{reply.rejected} rejected: {list(reply.rejections)[:3]}")
-            except grpc.RpcError as e:
-                errors.append(f"call {start}: {e.code()} {e.details()}")
+            # As the README tells clients: resend a call that got UNAVAILABLE,
+            # or CANCELLED with no reply (a call reaching a server at the very
+            # moment it stops). A resend of items that had been accepted
+            # would show up as a duplicate final update below.
+            for attempt in range(20):
+                try:
+                    reply = stub.doSomething(iter(items), timeout=60)
+                    accepted.extend(it.id for it in items[:reply.accepted])
+                    if reply.rejected:
+                        errors.append(f"{reply.rejected} rejected: {list(reply.rejections)[:3]}")
+                    break
+                except grpc.RpcError as e:
+                    if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                        errors.append(f"call {start}: {e.code()} {e.details()}")
+                        break
+                    time.sleep(0.05)
+            else:
+                errors.append(f"call {start}: still failing after 20 resends")
     finally:
         channel.close()
 

@@ -14,7 +14,7 @@ and OUT/table.md as well as stdout.
 
 Every measurement runs 3 times and keeps the median (--repeat; 1 with --quick).
 Scenarios (N for the full run; --quick divides the daemon's and the sink's N
-by 20 and skips 6):
+by 20 and skips 6 and J):
   1  echo, 64 B, N=200k, 2 workers: end-to-end items/s (seed: N=10k; raw sink)
   2  idle latency: one item at a time, p50/p99 (seed: N=300, its 0.1 s poll)
   3  sha256 rounds=10000, N=4000, 1 and 2 workers, vs the same hashes in a
@@ -23,6 +23,9 @@ by 20 and skips 6):
   5  fan-out: 100 subscribers vs 1, N=50k (raw sink alongside)
   6  1M accepted items held in the queue (workers busy on a long sleep): RSS of
      the grpc process per queued item
+  J  queue.journal: scenario 1's echo load, N=100k, with the journal off and
+     journal_sync never, 50ms, always (a fresh journal directory each);
+     items/s and the ratio to off; idle latency with always (not in --quick)
   I  idle CPU of the whole daemon over 5 s
 """
 import argparse
@@ -182,7 +185,7 @@ def _zombie(pid):
 class Daemon(Server):
     kind = "dosomethingd"
 
-    def __init__(self, workdir, binary, workers=2, capacity=1000000, extra=""):
+    def __init__(self, workdir, binary, workers=2, capacity=1000000, extra="", queue=""):
         super().__init__(workdir)
         d = tempfile.mkdtemp(prefix="ds-", dir=workdir)
         self.dir = d
@@ -192,7 +195,7 @@ class Daemon(Server):
                     f"grpc: {{listen: [\"127.0.0.1:{self.port}\"]}}\n"
                     f"pid_file: {d}/ds.pid\n"
                     f"log: {{file: {d}/ds.log}}\n"
-                    f"queue: {{capacity: {capacity}}}\n" + extra)
+                    f"queue: {{capacity: {capacity}{queue}}}\n" + extra)
         self.out = open(os.path.join(d, "stderr"), "w")
         self.proc = subprocess.Popen([binary, "-c", self.cfg], stdout=self.out,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -467,7 +470,7 @@ class Runner:
     def N(self, full, quick_div=20, minimum=100):
         return max(minimum, full // quick_div) if self.args.quick else full
 
-    def daemon(self, workers=2, capacity=1000000, extra="", sub_buffer=None):
+    def daemon(self, workers=2, capacity=1000000, extra="", sub_buffer=None, queue=""):
         # The client shares the 2 cores with the daemon; at full speed a burst can
         # leave a subscriber more than the default 4096 updates behind, and the
         # daemon then cuts it off. Throughput scenarios give each subscriber room
@@ -477,7 +480,7 @@ class Runner:
             # byte bound (updates.history_bytes) may cut it off mid-run.
             extra += f"updates: {{subscriber_buffer: {sub_buffer}, history_bytes: 64GiB}}\n"
         return self.start(Daemon, self.args.daemon, workers=workers, capacity=capacity,
-                          extra=extra)
+                          extra=extra, queue=queue)
 
     def s1(self):
         calls = self.args.calls
@@ -625,6 +628,37 @@ class Runner:
                    overhead < 150)
         self.stop(d)
 
+    def sj(self):
+        """queue.journal: scenario 1's load with the journal off and each
+        journal_sync; then the idle round trip with `always`."""
+        calls = self.args.calls
+        n = self.N(100000)
+        res = {}
+        for sync in ("off", "never", "50ms", "always"):
+            queue = ""
+            if sync != "off":
+                jdir = tempfile.mkdtemp(prefix="journal-", dir=self.workdir)
+                queue = f", journal: {jdir}, journal_sync: {sync}"
+            d = self.daemon(sub_buffer=n, queue=queue)
+            res[sync] = self.record("J journal", self.client(
+                d, n, f"SJ journal {sync}", calls=calls, payload=64),
+                note="queue.journal off" if sync == "off" else f"journal_sync {sync}")
+            if sync == "always":
+                lat = self.record("J journal", self.client(
+                    d, self.N(1000, 5), "SJ idle always", calls=1, window=1),
+                    note="idle latency, one item at a time, journal_sync always")
+            self.stop(d)
+        off = res["off"]["items_per_s"]
+        for sync in ("never", "50ms", "always"):
+            ips = res[sync]["items_per_s"]
+            log(f"  journal {sync}: {ips:,.0f} items/s, {ips / off:.2f}x of off ({off:,.0f})")
+            self.check(f"SJ echo items/s, journal_sync {sync} vs off", "(report)",
+                       f"{ips / off:.2f}x ({ips:,.0f} vs {off:,.0f}/s)", None)
+        la = lat["latency_ms"]
+        log(f"  idle latency with always: p50 {la['p50']:.3f} ms, p99 {la['p99']:.3f} ms")
+        self.check("SJ idle latency p50, journal_sync always", "(report)",
+                   f"{la['p50']:.3f} ms (p99 {la['p99']:.3f} ms)", None)
+
     def idle(self):
         d = self.daemon()
         time.sleep(1.0)
@@ -767,9 +801,9 @@ def describe(r):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="N / 20, skip scenario 6")
+    ap.add_argument("--quick", action="store_true", help="N / 20, skip scenarios 6 and J")
     ap.add_argument("--only", type=lambda s: s.split(","), default=None,
-                    help="comma-separated scenario numbers (1-6, I)")
+                    help="comma-separated scenario numbers (1-6, J, I)")
     ap.add_argument("--daemon", default=os.path.join(ROOT, "build", "dosomethingd"))
     ap.add_argument("--bench", default=os.path.join(ROOT, "build", "dosomething-bench"))
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench"))
@@ -804,6 +838,7 @@ def main():
         run.scenario(5, "fan-out, 100 subscribers vs 1", run.s5)
         if not args.quick:
             run.scenario(6, "1M queued items: memory per item", run.s6)
+            run.scenario("J", "queue.journal off / never / 50ms / always", run.sj)
         run.scenario("I", "idle CPU", run.idle)
     except KeyboardInterrupt:
         run.errors.append("interrupted")

@@ -8,7 +8,7 @@
 #                           tests/fuzz/corpus/ through every target once (CI)
 #   make fuzz-build         just the binaries: $(BUILD)/fuzz/fuzz_TARGET
 #
-# FUZZ_TARGETS="config ipc items" picks targets, FUZZ_FLAGS adds libFuzzer
+# FUZZ_TARGETS="config ipc items journal" picks targets, FUZZ_FLAGS adds libFuzzer
 # options (e.g. -jobs=2). tests/fuzz/README.md says what each target checks.
 #
 # The targets (tests/fuzz/fuzz_*.c) are linked against the few sources they
@@ -19,7 +19,7 @@ FUZZ_CC       ?= clang
 FUZZ_SECONDS  ?= 60
 FUZZ_FLAGS    ?=
 FUZZ_DIR       = $(BUILD)/fuzz
-FUZZ_TARGETS   = config ipc items
+FUZZ_TARGETS   = config ipc items journal
 FUZZ_BINS      = $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_TARGETS))
 FUZZ_PKGS      = yaml-0.1 libprotobuf-c libevent libcrypto
 FUZZ_SANFLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=undefined
@@ -36,6 +36,7 @@ FUZZ_ipc_SRC    = src/ipc/frame.c src/ipc/channel.c src/core/log.c src/core/allo
 FUZZ_items_SRC  = src/workers/handler.c src/workers/exec.c src/workers/module.c \
                   src/grpc/filter.c src/core/config.c src/core/log.c src/core/alloc.c \
                   src/core/proctitle.c $(PROTO_C)
+FUZZ_journal_SRC = src/grpc/journal_store.c src/core/log.c src/core/alloc.c
 
 FUZZ_OBJ = $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(1))
 

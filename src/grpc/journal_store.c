@@ -1271,7 +1271,8 @@ journal_read(struct journal_recovery *r)
         numbers[count++] = n;
     }
     closedir(d);
-    qsort(numbers, count, sizeof *numbers, compare_u32);
+    if (count > 1)
+        qsort(numbers, count, sizeof *numbers, compare_u32);
 
     struct reader rd = { .r = r };
     for (size_t i = 0; i < count; i++)

@@ -12,6 +12,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <pwd.h>
 #include <stdarg.h>
@@ -1317,6 +1318,100 @@ parse_journal_sync(struct loader *ld, struct node *value, const char *path, void
     }
 }
 
+/* grpc.unix_mode: off, or permission bits in octal ("0660"). */
+static void
+parse_unix_mode(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    const char *s, *p;
+    unsigned long v = 0;
+    char buf[48];
+
+    if (is_off(value)) {
+        c->grpc.unix_mode = -1;
+        return;
+    }
+    s = scalar(ld, value, path);
+    if (s == NULL)
+        return;
+    for (p = s; *p >= '0' && *p <= '7' && p - s < 5; p++)
+        v = v * 8 + (unsigned long)(*p - '0');
+    if (p == s || *p != '\0' || v > 0777) {
+        error_at(ld, value, path, "must be off or an octal mode 0000..0777 such as 0660, "
+                 "got %s", excerpt(s, buf, sizeof buf));
+        return;
+    }
+    c->grpc.unix_mode = (int)v;
+}
+
+/* grpc.unix_owner: off, "user" or "user:group" (names; that they exist is
+ * check_system()'s business). */
+static void
+parse_unix_owner(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    const char *s, *colon;
+    char buf[48];
+
+    if (is_off(value)) {
+        c->grpc.unix_owner = NULL;
+        return;
+    }
+    s = scalar(ld, value, path);
+    if (s == NULL)
+        return;
+    colon = strchr(s, ':');
+    if (s[0] == '\0' || s[0] == ':' || strlen(s) > 256
+        || (colon != NULL && (colon[1] == '\0' || strchr(colon + 1, ':') != NULL))) {
+        error_at(ld, value, path, "must be off, user or user:group, got %s",
+                 excerpt(s, buf, sizeof buf));
+        return;
+    }
+    c->grpc.unix_owner = pool_strdup(c->pool, s);
+}
+
+int
+config_unix_owner(const char *owner, uid_t *uid, gid_t *gid, char *err, size_t err_size)
+{
+    char user[257];
+    const char *colon = strchr(owner, ':');
+    size_t len = colon != NULL ? (size_t)(colon - owner) : strlen(owner);
+    struct passwd *pw;
+    struct group *gr;
+
+    if (len >= sizeof user) {
+        snprintf(err, err_size, "user name too long");
+        return -1;
+    }
+    memcpy(user, owner, len);
+    user[len] = '\0';
+    errno = 0;
+    pw = getpwnam(user);
+    if (pw == NULL) {
+        if (errno != 0 && errno != ENOENT && errno != ESRCH)
+            snprintf(err, err_size, "cannot look up user \"%.64s\": %s", user, strerror(errno));
+        else
+            snprintf(err, err_size, "no such user \"%.64s\"", user);
+        return -1;
+    }
+    *uid = pw->pw_uid;
+    *gid = (gid_t)-1;
+    if (colon == NULL)
+        return 0;
+    errno = 0;
+    gr = getgrnam(colon + 1);
+    if (gr == NULL) {
+        if (errno != 0 && errno != ENOENT && errno != ESRCH)
+            snprintf(err, err_size, "cannot look up group \"%.64s\": %s", colon + 1,
+                     strerror(errno));
+        else
+            snprintf(err, err_size, "no such group \"%.64s\"", colon + 1);
+        return -1;
+    }
+    *gid = gr->gr_gid;
+    return 0;
+}
+
 static const struct key_rule tls_rules[] = {
     { .name = "cert", .type = VALUE_PATH, CONFIG_FIELD(grpc.tls_cert), .required = 1 },
     { .name = "key", .type = VALUE_PATH, CONFIG_FIELD(grpc.tls_key), .required = 1 },
@@ -1730,6 +1825,10 @@ static const struct key_rule grpc_rules[] = {
     { .name = "max_message_size", .type = VALUE_SIZE, CONFIG_FIELD(grpc.max_message_size),
       .min = DS_MESSAGE_SIZE_MIN, .max = DS_MESSAGE_SIZE_MAX },
     { .name = "tls", .type = VALUE_CUSTOM, .parse = parse_tls },
+    { .name = "max_concurrent_streams", .type = VALUE_UINT,
+      CONFIG_FIELD(grpc.max_concurrent_streams), .min = 1, .max = 100000 },
+    { .name = "unix_mode", .type = VALUE_CUSTOM, .parse = parse_unix_mode },
+    { .name = "unix_owner", .type = VALUE_CUSTOM, .parse = parse_unix_owner },
     { .name = NULL }
 };
 
@@ -1740,6 +1839,8 @@ static const struct key_rule queue_rules[] = {
       .names = on_full_names },
     { .name = "max_attempts", .type = VALUE_UINT, CONFIG_FIELD(queue.max_attempts), .min = 1,
       .max = 1000 },
+    { .name = "max_params", .type = VALUE_UINT, CONFIG_FIELD(queue.max_params), .min = 0,
+      .max = 4096 },
     { .name = "journal", .type = VALUE_OFF_PATH, CONFIG_FIELD(queue.journal) },
     { .name = "journal_sync", .type = VALUE_CUSTOM, .parse = parse_journal_sync },
     { .name = NULL }
@@ -1752,6 +1853,8 @@ static const struct key_rule updates_rules[] = {
       .min = 1, .max = 100000000 },
     { .name = "history_bytes", .type = VALUE_SIZE, CONFIG_FIELD(updates.history_bytes),
       .min = 1u << 20, .max = 1ull << 40 },
+    { .name = "max_subscribers", .type = VALUE_UINT, CONFIG_FIELD(updates.max_subscribers),
+      .min = 1, .max = 1000000 },
     { .name = NULL }
 };
 
@@ -1813,10 +1916,14 @@ set_defaults(struct loader *ld)
     c->grpc.listen_count = 1;
     c->grpc.max_message_size = 4u << 20;
     c->grpc.tls = 0;
+    c->grpc.max_concurrent_streams = 100;
+    c->grpc.unix_mode = -1;
+    c->grpc.unix_owner = NULL;
 
     c->queue.capacity = 10000;
     c->queue.on_full = DS_ON_FULL_BLOCK;
     c->queue.max_attempts = 3;
+    c->queue.max_params = 64;
     c->queue.journal = NULL;
     c->queue.journal_sync = DS_JOURNAL_SYNC_INTERVAL;
     c->queue.journal_sync_interval_ms = 50;
@@ -1824,6 +1931,7 @@ set_defaults(struct loader *ld)
     c->updates.history = 65536;
     c->updates.subscriber_buffer = 4096;
     c->updates.history_bytes = 256u << 20;
+    c->updates.max_subscribers = 1000;
 
     c->handlers = pool_alloc(c->pool, n * sizeof *c->handlers);
     for (i = 0; i < n; i++) {
@@ -1912,6 +2020,19 @@ check_user(struct loader *ld)
                  excerpt(c->user, buf, sizeof buf));
 }
 
+static void
+check_unix_owner(struct loader *ld)
+{
+    const struct ds_config *c = ld->config;
+    char why[160];
+    uid_t uid;
+    gid_t gid;
+
+    if (c->grpc.unix_owner != NULL
+        && config_unix_owner(c->grpc.unix_owner, &uid, &gid, why, sizeof why) == -1)
+        error_at(ld, find_position(ld, "grpc.unix_owner"), "grpc.unix_owner", "%s", why);
+}
+
 /* dlopen it, find DS_MODULE_SYMBOL, check it, dlclose: the worker does the
  * same for real (src/workers/module.c). */
 static void
@@ -1953,6 +2074,7 @@ check_system(struct loader *ld)
     size_t i;
 
     check_user(ld);
+    check_unix_owner(ld);
     for (i = 0; i < c->handler_count; i++)
         if (c->handlers[i].type == DS_HANDLER_MODULE)
             check_module(ld, &c->handlers[i]);
@@ -2312,11 +2434,18 @@ config_print(const struct ds_config *c, FILE *out)
         if (c->grpc.tls_client_ca != NULL)
             print_key_string(out, "    ", "client_ca", c->grpc.tls_client_ca);
     }
+    fprintf(out, "  max_concurrent_streams: %u\n", (unsigned)c->grpc.max_concurrent_streams);
+    if (c->grpc.unix_mode < 0)
+        fputs("  unix_mode: off\n", out);
+    else
+        fprintf(out, "  unix_mode: \"0%03o\"\n", (unsigned)c->grpc.unix_mode);
+    print_key_off(out, "  ", "unix_owner", c->grpc.unix_owner);
 
     fputs("queue:\n", out);
     fprintf(out, "  capacity: %llu\n", (unsigned long long)c->queue.capacity);
     fprintf(out, "  on_full: %s\n", on_full_names[c->queue.on_full]);
     fprintf(out, "  max_attempts: %u\n", (unsigned)c->queue.max_attempts);
+    fprintf(out, "  max_params: %u\n", (unsigned)c->queue.max_params);
     print_key_off(out, "  ", "journal", c->queue.journal);
     if (c->queue.journal_sync == DS_JOURNAL_SYNC_ALWAYS)
         fputs("  journal_sync: always\n", out);
@@ -2330,6 +2459,7 @@ config_print(const struct ds_config *c, FILE *out)
     fprintf(out, "  history: %llu\n", (unsigned long long)c->updates.history);
     fprintf(out, "  subscriber_buffer: %llu\n", (unsigned long long)c->updates.subscriber_buffer);
     fprintf(out, "  history_bytes: %s\n", format_size(c->updates.history_bytes, buf, sizeof buf));
+    fprintf(out, "  max_subscribers: %llu\n", (unsigned long long)c->updates.max_subscribers);
 
     fputs("handlers:\n", out);
     print_key_string(out, "  ", "default", c->default_handler);

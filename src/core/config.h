@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "core/alloc.h"
 
@@ -19,6 +20,12 @@
 #define DS_PREFETCH_MAX       1024
 #define DS_MESSAGE_SIZE_MIN   1024u
 #define DS_MESSAGE_SIZE_MAX   (64u << 20)
+
+/* What one work item may carry (checked when it is submitted). */
+#define DS_ITEM_ID_MAX          256     /* bytes of WorkItem.id */
+#define DS_ITEM_BATCH_MAX       256     /* bytes of WorkItem.batch */
+#define DS_PARAM_KEY_MAX        128     /* bytes of each params key */
+#define DS_PARAM_VALUE_MAX      4096    /* bytes of each params value */
 
 enum ds_log_level {
     DS_LOG_ERROR,
@@ -105,12 +112,16 @@ struct ds_config {
         char *tls_cert;
         char *tls_key;
         char *tls_client_ca;      /* NULL: no client certificates required */
+        uint32_t max_concurrent_streams;  /* per connection (HTTP/2 SETTINGS) */
+        int unix_mode;            /* -1: as created; else permission bits of unix: sockets */
+        char *unix_owner;         /* NULL: as created; else "user" or "user:group" */
     } grpc;
 
     struct {
         uint64_t capacity;
         enum ds_on_full on_full;
         uint32_t max_attempts;    /* 1..1000 */
+        uint32_t max_params;      /* params per item */
         char *journal;            /* NULL: off; else an absolute directory */
         enum ds_journal_sync journal_sync;
         uint64_t journal_sync_interval_ms;
@@ -120,6 +131,7 @@ struct ds_config {
         uint64_t history;         /* retained updates, >= 1 */
         uint64_t subscriber_buffer;
         uint64_t history_bytes;   /* bound on the log's and each backlog's bytes */
+        uint64_t max_subscribers; /* open getUpdates calls */
     } updates;
 
     char *default_handler;        /* a kind present in handlers[] */
@@ -181,5 +193,12 @@ int config_parse_duration_ms(const char *text, uint64_t *ms);
 int config_parse_size(const char *text, uint64_t *bytes);
 
 const char *log_level_name(enum ds_log_level level);
+
+/*
+ * grpc.unix_owner "user" or "user:group" -> uid and gid ((gid_t)-1, for
+ * chown: unchanged, when no group is named). Returns 0, or -1 with a reason
+ * in err.
+ */
+int config_unix_owner(const char *owner, uid_t *uid, gid_t *gid, char *err, size_t err_size);
 
 #endif

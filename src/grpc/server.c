@@ -104,6 +104,7 @@ static struct {
 } srv;
 
 static void post_request(struct server *s, int method);
+static void server_stop(struct server *s, int cancel_calls);
 static void on_kept_timer(evutil_socket_t fd, short what, void *arg);
 
 void
@@ -301,6 +302,59 @@ server_credentials(const struct ds_config *config)
     return creds;
 }
 
+/* grpc.unix_owner as ids, (uid_t)-1 and (gid_t)-1 when unset. Looked up
+ * before binding: a chown that cannot work (not root, on a reload after
+ * the privileges were dropped) fails here, before the old sockets are
+ * replaced. Returns -1 (logged, and told to the master when fatal). */
+static int
+unix_owner_lookup(const struct ds_config *config, int fatal_errors, uid_t *uid, gid_t *gid)
+{
+    char why[200], msg[400];
+    int has_unix = 0;
+    for (size_t i = 0; i < config->grpc.listen_count; i++)
+        has_unix |= strncmp(config->grpc.listen[i], "unix:", 5) == 0;
+    if (config->grpc.unix_owner == NULL || !has_unix)
+        return 0;
+    if (config_unix_owner(config->grpc.unix_owner, uid, gid, why, sizeof why) == 0) {
+        if (geteuid() == 0 || *uid == geteuid())
+            return 0;
+        snprintf(why, sizeof why, "running as uid %u, not root", (unsigned)geteuid());
+    }
+    int n = snprintf(msg, sizeof msg, "grpc.unix_owner %s: %s", config->grpc.unix_owner, why);
+    log_error("%s", msg);
+    if (fatal_errors)
+        master_send_now(IPC_FATAL, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    return -1;
+}
+
+/* grpc.unix_mode and grpc.unix_owner on every unix: socket just bound.
+ * Returns -1 (logged, and told to the master when fatal). */
+static int
+unix_paths_set_owner_mode(const struct ds_config *config, uid_t uid, gid_t gid,
+                          int fatal_errors)
+{
+    for (size_t i = 0; i < config->grpc.listen_count; i++) {
+        const char *addr = config->grpc.listen[i], *path = addr + 5;
+        const char *what = NULL;
+        if (strncmp(addr, "unix:", 5) != 0)
+            continue;
+        if (config->grpc.unix_owner != NULL && chown(path, uid, gid) == -1)
+            what = "chown";
+        else if (config->grpc.unix_mode >= 0 && chmod(path, (mode_t)config->grpc.unix_mode) == -1)
+            what = "chmod";
+        if (what == NULL)
+            continue;
+        char msg[400];
+        int n = snprintf(msg, sizeof msg, "cannot %s %s (grpc.unix_%s): %s", what, path,
+                         strcmp(what, "chown") == 0 ? "owner" : "mode", strerror(errno));
+        log_error("%s", msg);
+        if (fatal_errors)
+            master_send_now(IPC_FATAL, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+        return -1;
+    }
+    return 0;
+}
+
 /* A server on every grpc.listen address of the current config, started,
  * or NULL (logged, and told to the master when fatal is set). */
 static struct server *
@@ -311,8 +365,14 @@ server_create(int fatal_errors)
         { .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
           .value.integer = (int)config->grpc.max_message_size },
         { .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, .value.integer = -1 },
+        { .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_CONCURRENT_STREAMS,
+          .value.integer = (int)config->grpc.max_concurrent_streams },
     };
-    grpc_channel_args channel_args = { .num_args = 2, .args = args };
+    grpc_channel_args channel_args = { .num_args = 3, .args = args };
+    uid_t uid = (uid_t)-1;
+    gid_t gid = (gid_t)-1;
+    if (unix_owner_lookup(config, fatal_errors, &uid, &gid) == -1)
+        return NULL;
 
     struct server *s = ds_calloc(1, sizeof *s);
     s->server = grpc_server_create(&channel_args, NULL);
@@ -332,6 +392,10 @@ server_create(int fatal_errors)
     }
     int failed = 0;
     size_t used = 0;
+    /* Sockets are born with no more than grpc.unix_mode allows; the chmod
+     * below then sets exactly that. */
+    int narrow = config->grpc.unix_mode >= 0;
+    mode_t old_umask = narrow ? umask((mode_t)(~(unsigned)config->grpc.unix_mode & 0777)) : 0;
     for (size_t i = 0; i < config->grpc.listen_count; i++) {
         const char *addr = config->grpc.listen[i];
         used += (size_t)snprintf(s->listen + used, used < sizeof s->listen ? sizeof s->listen - used : 0,
@@ -348,11 +412,17 @@ server_create(int fatal_errors)
             failed = 1;
         }
     }
+    if (narrow)
+        umask(old_umask);
     grpc_server_credentials_release(creds);
+    if (!failed && unix_paths_set_owner_mode(config, uid, gid, fatal_errors) == -1)
+        failed = 1;
     if (failed) {
-        /* Never started: it can be destroyed without a shutdown. */
-        grpc_server_destroy(s->server);
-        free(s);
+        /* gRPC will not destroy a server with bound listeners before a
+         * shutdown: it goes with the retired ones. */
+        s->next = srv.retired;
+        srv.retired = s;
+        server_stop(s, 1);
         return NULL;
     }
     grpc_server_start(s->server);
@@ -456,8 +526,9 @@ on_kept_timer(evutil_socket_t fd, short what, void *arg)
     unix_paths_restore(1);
 }
 
-/* After a reload: rebind if the listen addresses or the message size
- * limit changed. On failure the current server keeps running. */
+/* After a reload: rebind if the listen addresses, the message size limit,
+ * max_concurrent_streams or the unix sockets' mode or owner changed. On
+ * failure the current server keeps running. */
 void
 server_reconfigure(const struct ds_config *old)
 {
@@ -465,7 +536,12 @@ server_reconfigure(const struct ds_config *old)
     int changed = config->grpc.listen_count != old->grpc.listen_count ||
                   config->grpc.max_message_size != old->grpc.max_message_size ||
                   config->grpc.tls != old->grpc.tls ||
-                  config->grpc.tls;     /* renewed certificates take effect */
+                  config->grpc.tls ||   /* renewed certificates take effect */
+                  config->grpc.max_concurrent_streams != old->grpc.max_concurrent_streams ||
+                  config->grpc.unix_mode != old->grpc.unix_mode ||
+                  (config->grpc.unix_owner == NULL) != (old->grpc.unix_owner == NULL) ||
+                  (config->grpc.unix_owner != NULL &&
+                   strcmp(config->grpc.unix_owner, old->grpc.unix_owner) != 0);
     for (size_t i = 0; !changed && i < config->grpc.listen_count; i++)
         changed = strcmp(config->grpc.listen[i], old->grpc.listen[i]) != 0;
     if (!changed || srv.current == NULL || gp.draining || gp.stopping)

@@ -37,8 +37,8 @@
 
 /* The reply lists at most this many rejections; `rejected` is exact. */
 #define REJECTIONS_MAX 1000
-#define ID_MAX         256
-#define BATCH_MAX      256
+#define ID_MAX         DS_ITEM_ID_MAX
+#define BATCH_MAX      DS_ITEM_BATCH_MAX
 
 struct submit_call {
     struct submit_call *prev, *next;    /* every live call */
@@ -240,6 +240,27 @@ make_id(char *buf, size_t size)
     snprintf(buf, size, "%s-%llu", sub.id_prefix, (unsigned long long)++sub.id_counter);
 }
 
+/* Each params key and value within its length limit. */
+static int
+check_params(const wire_work_item *msg, char *reason, size_t size)
+{
+    for (size_t i = 0; i < msg->n_params; i++) {
+        const char *key = msg->params[i]->key, *value = msg->params[i]->value;
+        size_t key_len = strlen(key), value_len = strlen(value);
+        if (key_len > DS_PARAM_KEY_MAX) {
+            snprintf(reason, size, "param key \"%.32s...\" is %zu bytes, longer than %d",
+                     key, key_len, DS_PARAM_KEY_MAX);
+            return -1;
+        }
+        if (value_len > DS_PARAM_VALUE_MAX) {
+            snprintf(reason, size, "param %s: value is %zu bytes, longer than %d", key,
+                     value_len, DS_PARAM_VALUE_MAX);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Validate and take one item. Returns -1 if the bytes are no WorkItem. */
 static int
 take_item(struct submit_call *c, grpc_slice raw)
@@ -262,6 +283,11 @@ take_item(struct submit_call *c, grpc_slice raw)
         snprintf(reason, sizeof reason, "batch is longer than %d bytes", BATCH_MAX);
     else if (msg->max_attempts > 1000)
         snprintf(reason, sizeof reason, "max_attempts %u is over 1000", msg->max_attempts);
+    else if (msg->n_params > config->queue.max_params)
+        snprintf(reason, sizeof reason, "%zu params, more than queue.max_params (%u)",
+                 msg->n_params, (unsigned)config->queue.max_params);
+    else if (check_params(msg, reason, sizeof reason) == -1)
+        ;   /* the reason is set */
     else if (handler_check(handler, msg, reason, sizeof reason) == -1)
         ;   /* the reason is set */
     else if (!queue_has_room())

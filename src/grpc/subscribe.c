@@ -10,7 +10,8 @@
  * A subscriber more than updates.subscriber_buffer updates behind (or whose
  * replay cursor falls out of the log) is ended with RESOURCE_EXHAUSTED
  * naming the last seq it was sent, so it can resume from there. The
- * workers never wait for a subscriber.
+ * workers never wait for a subscriber. Beyond updates.max_subscribers open
+ * calls, a new one ends at once with RESOURCE_EXHAUSTED.
  *
  * One message is in flight per call. GRPC_WRITE_BUFFER_HINT lets gRPC
  * coalesce writes, and is set only while another message is already
@@ -385,6 +386,13 @@ subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
     }
     if (gp.draining) {
         reject_call(s, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+        return;
+    }
+    if (subs.count >= gp.config->updates.max_subscribers) {
+        char text[96];
+        snprintf(text, sizeof text, "too many subscribers (max %llu)",
+                 (unsigned long long)gp.config->updates.max_subscribers);
+        reject_call(s, GRPC_STATUS_RESOURCE_EXHAUSTED, text);
         return;
     }
     if (s->request->replay) {

@@ -188,6 +188,11 @@ assert_config_equal(const struct ds_config *a, const struct ds_config *b)
     assert_string_or_null_equal(a->grpc.tls_cert, b->grpc.tls_cert);
     assert_string_or_null_equal(a->grpc.tls_key, b->grpc.tls_key);
     assert_string_or_null_equal(a->grpc.tls_client_ca, b->grpc.tls_client_ca);
+    assert_int_equal(a->grpc.max_concurrent_streams, b->grpc.max_concurrent_streams);
+    assert_int_equal(a->grpc.unix_mode, b->grpc.unix_mode);
+    assert_string_or_null_equal(a->grpc.unix_owner, b->grpc.unix_owner);
+    assert_int_equal(a->queue.max_params, b->queue.max_params);
+    assert_int_equal(a->updates.max_subscribers, b->updates.max_subscribers);
     assert_int_equal(a->queue.capacity, b->queue.capacity);
     assert_int_equal(a->queue.on_full, b->queue.on_full);
     assert_int_equal(a->queue.max_attempts, b->queue.max_attempts);
@@ -271,7 +276,12 @@ assert_defaults(const struct ds_config *c)
     assert_int_equal(c->grpc.max_message_size, 4 << 20);
     assert_int_equal(c->grpc.tls, 0);
     assert_null(c->grpc.tls_cert);
+    assert_int_equal(c->grpc.max_concurrent_streams, 100);
+    assert_int_equal(c->grpc.unix_mode, -1);
+    assert_null(c->grpc.unix_owner);
     assert_int_equal(c->queue.capacity, 10000);
+    assert_int_equal(c->queue.max_params, 64);
+    assert_int_equal(c->updates.max_subscribers, 1000);
     assert_int_equal(c->queue.on_full, DS_ON_FULL_BLOCK);
     assert_int_equal(c->queue.max_attempts, 3);
     assert_null(c->queue.journal);
@@ -545,6 +555,18 @@ test_out_of_range(void **state)
                   "2:21: grpc.max_message_size: must be 1KiB..64MiB, got 1000");
     expect_errors("grpc:\n  max_message_size: 65MiB\n",
                   "2:21: grpc.max_message_size: must be 1KiB..64MiB, got 65MiB");
+    expect_errors("grpc:\n  max_concurrent_streams: 0\n",
+                  "2:27: grpc.max_concurrent_streams: must be an integer 1..100000, got 0");
+    expect_errors("grpc:\n  max_concurrent_streams: 100001\n",
+                  "2:27: grpc.max_concurrent_streams: must be an integer 1..100000, got 100001");
+    expect_errors("queue:\n  max_params: 4097\n",
+                  "2:15: queue.max_params: must be an integer 0..4096, got 4097");
+    expect_errors("queue:\n  max_params: -1\n",
+                  "2:15: queue.max_params: must be an integer 0..4096, got -1");
+    expect_errors("updates:\n  max_subscribers: 0\n",
+                  "2:20: updates.max_subscribers: must be an integer 1..1000000, got 0");
+    expect_errors("updates:\n  max_subscribers: 1000001\n",
+                  "2:20: updates.max_subscribers: must be an integer 1..1000000, got 1000001");
     expect_errors("shutdown_timeout: 2h\n", "1:19: shutdown_timeout: must be 0s..1h, got 2h");
     expect_errors("respawn:\n  crash_limit: 0\n",
                   "2:16: respawn.crash_limit: must be an integer 1..1000, got 0");
@@ -1223,6 +1245,76 @@ test_unsupported_features(void **state)
                   "1:10: cluster: not supported by this build yet");
 }
 
+/* grpc.max_concurrent_streams, unix_mode, unix_owner; queue.max_params;
+ * updates.max_subscribers. */
+static void
+test_limits_and_unix_sockets(void **state)
+{
+    struct ds_config *c;
+
+    c = load_ok("grpc:\n"
+                "  max_concurrent_streams: 100000\n"
+                "  unix_mode: \"0660\"\n"
+                "  unix_owner: root:root\n"
+                "queue: {max_params: 0}\n"
+                "updates: {max_subscribers: 1000000}\n");
+    assert_int_equal(c->grpc.max_concurrent_streams, 100000);
+    assert_int_equal(c->grpc.unix_mode, 0660);
+    assert_string_equal(c->grpc.unix_owner, "root:root");
+    assert_int_equal(c->queue.max_params, 0);
+    assert_int_equal(c->updates.max_subscribers, 1000000);
+    round_trip(c, config_load_text);
+    config_free(c);
+
+    c = load_ok("grpc: {max_concurrent_streams: 1, unix_mode: 600, unix_owner: root}\n"
+                "queue: {max_params: 4096}\nupdates: {max_subscribers: 1}\n");
+    assert_int_equal(c->grpc.max_concurrent_streams, 1);
+    assert_int_equal(c->grpc.unix_mode, 0600);
+    assert_string_equal(c->grpc.unix_owner, "root");
+    assert_int_equal(c->queue.max_params, 4096);
+    assert_int_equal(c->updates.max_subscribers, 1);
+    round_trip(c, config_load_text);
+    config_free(c);
+
+    c = load_ok("grpc: {unix_mode: \"0000\", unix_owner: off}\n");
+    assert_int_equal(c->grpc.unix_mode, 0);
+    assert_null(c->grpc.unix_owner);
+    round_trip(c, config_load_text);
+    config_free(c);
+
+    c = load_ok("grpc: {unix_mode: off}\n");
+    assert_int_equal(c->grpc.unix_mode, -1);
+    config_free(c);
+
+    expect_errors("grpc:\n  unix_mode: \"0999\"\n",
+                  "2:14: grpc.unix_mode: must be off or an octal mode 0000..0777 such as 0660, "
+                  "got 0999");
+    expect_errors("grpc:\n  unix_mode: \"01777\"\n",
+                  "2:14: grpc.unix_mode: must be off or an octal mode 0000..0777 such as 0660, "
+                  "got 01777");
+    expect_errors("grpc:\n  unix_mode: rw\n",
+                  "2:14: grpc.unix_mode: must be off or an octal mode 0000..0777 such as 0660, "
+                  "got rw");
+    expect_errors("grpc:\n  unix_mode: \"\"\n",
+                  "2:14: grpc.unix_mode: must be off or an octal mode 0000..0777 such as 0660, "
+                  "got ");
+    expect_errors("grpc:\n  unix_mode: [1]\n", "2:14: grpc.unix_mode: must be a scalar, got a list");
+    expect_errors("grpc:\n  unix_owner: \":root\"\n",
+                  "2:15: grpc.unix_owner: must be off, user or user:group, got :root");
+    expect_errors("grpc:\n  unix_owner: \"root:\"\n",
+                  "2:15: grpc.unix_owner: must be off, user or user:group, got root:");
+    expect_errors("grpc:\n  unix_owner: \"a:b:c\"\n",
+                  "2:15: grpc.unix_owner: must be off, user or user:group, got a:b:c");
+    expect_errors("grpc:\n  unix_owner: no-such-user-ds\n",
+                  "2:15: grpc.unix_owner: no such user \"no-such-user-ds\"");
+    expect_errors("grpc:\n  unix_owner: \"root:no-such-group-ds\"\n",
+                  "2:15: grpc.unix_owner: no such group \"no-such-group-ds\"");
+    /* Only config_load() asks the system: a child takes the names as given. */
+    c = load_unchecked_ok("grpc: {unix_owner: no-such-user-ds}\n");
+    assert_string_equal(c->grpc.unix_owner, "no-such-user-ds");
+    config_free(c);
+}
+
 /* -T */
 
 static void
@@ -1238,6 +1330,10 @@ test_print_format(void **state)
     fclose(f);
     assert_non_null(strstr(text, "\nworkers:\n  count: auto\n"));
     assert_non_null(strstr(text, "\n  max_message_size: 4MiB\n"));
+    assert_non_null(strstr(text, "\n  max_concurrent_streams: 100\n  unix_mode: off\n"
+                              "  unix_owner: off\n"));
+    assert_non_null(strstr(text, "\n  max_params: 64\n"));
+    assert_non_null(strstr(text, "\n  max_subscribers: 1000\n"));
     assert_non_null(strstr(text, "\nshutdown_timeout: 30s\n"));
     assert_non_null(strstr(text, "\n  backoff_min: 100ms\n"));
     assert_non_null(strstr(text, "\n  journal_sync: 50ms\n"));
@@ -1376,6 +1472,7 @@ main(void)
         cmocka_unit_test(test_exec_and_module_values),
         cmocka_unit_test(test_status_and_cluster),
         cmocka_unit_test(test_unsupported_features),
+        cmocka_unit_test(test_limits_and_unix_sockets),
         cmocka_unit_test(test_print_format),
         cmocka_unit_test(test_round_trip_defaults),
         cmocka_unit_test(test_round_trip_nontrivial),

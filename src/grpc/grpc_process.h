@@ -30,21 +30,27 @@ struct tag {
 
 /* ---- items and the queue (queue.c) ------------------------------------ */
 
+/*
+ * One accepted item: a single allocation holding the struct, the WorkItem
+ * as the client sent it, the id and the batch (a million queued items are
+ * a million of these, so every byte counts). The kind is interned.
+ */
 struct item {
     struct item *next;          /* in the queue, or in its worker's list */
-    uint64_t key;
-    grpc_slice raw;             /* the WorkItem as the client sent it */
-    char *id;                   /* one allocation: id, kind, batch */
-    const char *kind;
-    const char *batch;
     struct worker *worker;      /* while dispatched */
-    uint64_t dispatched_ms;
+    const char *id;             /* these point into data[] */
+    const char *batch;
+    const uint8_t *raw;         /* the WorkItem as the client sent it */
+    const char *kind;           /* interned: never freed */
+    uint64_t key;
+    uint64_t accepted_ns;       /* monotonic */
+    uint32_t raw_len;
     uint32_t attempt;           /* the attempt running, or the next one */
     uint32_t max_attempts;
     uint32_t timeout_ms;        /* 0: none */
-    int started;                /* its worker said STARTED for this attempt */
+    uint8_t started;            /* its worker said STARTED for this attempt */
     uint8_t weight;             /* of a worker's prefetch: ITEM_WEIGHT_QUICK or _FULL */
-    uint64_t accepted_ns;       /* monotonic */
+    char data[];
 };
 
 struct worker {

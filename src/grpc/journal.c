@@ -99,8 +99,8 @@ accept_of(const struct item *item)
         .kind_len = strlen(item->kind),
         .batch = item->batch,
         .batch_len = strlen(item->batch),
-        .raw = GRPC_SLICE_START_PTR(item->raw),
-        .raw_len = GRPC_SLICE_LENGTH(item->raw),
+        .raw = item->raw,
+        .raw_len = item->raw_len,
     };
     return a;
 }

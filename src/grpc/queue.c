@@ -41,13 +41,22 @@ item_new(const wire_work_item *msg, grpc_slice raw, const char *kind, uint32_t m
          uint32_t timeout_ms, const char *assigned_id, int quick)
 {
     const char *id = assigned_id != NULL ? assigned_id : msg->id;
-    size_t id_len = strlen(id), kind_len = strlen(kind), batch_len = strlen(msg->batch);
-    struct item *item = ds_calloc(1, sizeof *item);
-    item->id = ds_malloc(id_len + kind_len + batch_len + 3);
-    memcpy(item->id, id, id_len + 1);
-    item->kind = memcpy(item->id + id_len + 1, kind, kind_len + 1);
-    item->batch = memcpy(item->id + id_len + kind_len + 2, msg->batch, batch_len + 1);
-    item->raw = raw;
+    size_t id_len = strlen(id), batch_len = strlen(msg->batch);
+    size_t raw_len = GRPC_SLICE_LENGTH(raw);
+    /* Copied, not referenced: the slice gRPC received may be part of a
+     * larger buffer, and its header costs as much as a small item. */
+    struct item *item = ds_malloc(sizeof *item + raw_len + id_len + batch_len + 2);
+    memset(item, 0, sizeof *item);
+    char *p = item->data;
+    memcpy(p, GRPC_SLICE_START_PTR(raw), raw_len);
+    item->raw = (const uint8_t *)p;
+    item->raw_len = (uint32_t)raw_len;
+    p += raw_len;
+    item->id = memcpy(p, id, id_len + 1);
+    p += id_len + 1;
+    item->batch = memcpy(p, msg->batch, batch_len + 1);
+    item->kind = metrics_kind(kind)->kind;
+    grpc_slice_unref(raw);
     item->key = ++q.next_key;
     item->attempt = 1;
     item->max_attempts = max_attempts;
@@ -60,8 +69,6 @@ item_new(const wire_work_item *msg, grpc_slice raw, const char *kind, uint32_t m
 void
 item_free(struct item *item)
 {
-    grpc_slice_unref(item->raw);
-    free(item->id);
     free(item);
 }
 
@@ -156,12 +163,11 @@ worker_send_item(struct worker *w, struct item *item)
     struct iovec parts[4] = {
         { .iov_base = &head, .iov_len = sizeof head },
         { .iov_base = (void *)item->kind, .iov_len = head.kind_len },
-        { .iov_base = item->id, .iov_len = head.id_len },
-        { .iov_base = GRPC_SLICE_START_PTR(item->raw), .iov_len = GRPC_SLICE_LENGTH(item->raw) },
+        { .iov_base = (void *)item->id, .iov_len = head.id_len },
+        { .iov_base = (void *)item->raw, .iov_len = item->raw_len },
     };
     channel_sendv(w->channel, IPC_ITEM, parts, 4);
     item->worker = w;
-    item->dispatched_ms = clock_monotonic_ms();
     item->next = NULL;
     if (w->tail != NULL)
         w->tail->next = item;

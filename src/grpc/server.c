@@ -100,6 +100,8 @@ static struct {
     struct server *retired;     /* stopping */
     struct kept_path kept[16];
     int kept_count;
+    struct kept_path saved[16];     /* the old sockets, while a rebind may fail */
+    int saved_count;
     struct event *kept_timer;
 } srv;
 
@@ -520,10 +522,55 @@ unix_paths_restore(int final)
         srv.kept_count = 0;
 }
 
+/*
+ * A rebind that fails after binding a unix socket has already replaced the
+ * old server's socket file, and the failed server unlinks it as it goes.
+ * A second name for each old socket, taken before the rebind, puts it back
+ * (now, and again when the failed server is surely gone).
+ */
+static void
+unix_paths_save(const struct ds_config *old)
+{
+    srv.saved_count = 0;
+    for (size_t i = 0; i < old->grpc.listen_count && srv.saved_count < 16; i++) {
+        const char *addr = old->grpc.listen[i];
+        if (strncmp(addr, "unix:", 5) != 0)
+            continue;
+        struct kept_path *k = &srv.saved[srv.saved_count];
+        snprintf(k->path, sizeof k->path, "%s", addr + 5);
+        snprintf(k->link, sizeof k->link, "%s.old", addr + 5);
+        unlink(k->link);
+        if (link(k->path, k->link) == 0)
+            srv.saved_count++;
+    }
+}
+
+/* put_back: the rebind failed; else it worked and the names go. */
+static void
+unix_paths_settle(int put_back, int final)
+{
+    for (int i = 0; i < srv.saved_count; i++) {
+        struct kept_path *k = &srv.saved[i];
+        if (put_back) {
+            struct stat a, b;
+            if (stat(k->link, &a) == 0 && (stat(k->path, &b) == -1 || a.st_ino != b.st_ino)) {
+                unlink(k->path);
+                if (link(k->link, k->path) == -1)
+                    log_syserr("link(\"%s\", \"%s\") failed", k->link, k->path);
+            }
+        }
+        if (!put_back || final)
+            unlink(k->link);
+    }
+    if (!put_back || final)
+        srv.saved_count = 0;
+}
+
 static void
 on_kept_timer(evutil_socket_t fd, short what, void *arg)
 {
     unix_paths_restore(1);
+    unix_paths_settle(1, 1);
 }
 
 /* After a reload: rebind if the listen addresses, the message size limit,
@@ -547,11 +594,16 @@ server_reconfigure(const struct ds_config *old)
     if (!changed || srv.current == NULL || gp.draining || gp.stopping)
         return;
 
+    unix_paths_save(old);
     struct server *s = server_create(0);
     if (s == NULL) {
         log_error("reload: keeping the listeners on %s", srv.current->listen);
+        unix_paths_settle(1, 0);
+        struct timeval later = clock_timeval_ms(1000);
+        evtimer_add(srv.kept_timer, &later);
         return;
     }
+    unix_paths_settle(0, 1);
     unix_paths_link(config, old);
     struct server *old_server = srv.current;
     srv.current = s;
@@ -593,6 +645,7 @@ server_destroy(void)
 {
     if (srv.kept_timer != NULL) {
         unix_paths_restore(1);
+        unix_paths_settle(0, 1);
         event_free(srv.kept_timer);
         srv.kept_timer = NULL;
     }

@@ -255,3 +255,35 @@ def test_sd_notify_protocol(start_daemon, monkeypatch, tmp_path):
         assert d.wait_exit() == 0
     finally:
         sock.close()
+
+
+def test_failed_rebind_keeps_the_unix_socket(start_daemon, tmp_path):
+    """A reload whose new listeners fail after the unix socket was bound again
+    must leave the old socket reachable at its path."""
+    path = tmp_path / "ds.sock"
+    d = start_daemon({"grpc": {"listen": [d_addr := f"unix:{path}"]}}, wait=False)
+    conftest.wait_for(lambda: path.exists(), 10, "the unix socket")
+
+    def serves():
+        channel = grpc.insecure_channel(d_addr)
+        try:
+            stub = conftest.pb_grpc.DoSomethingServiceStub(channel)
+            return stub.doSomething(iter([conftest.pb.WorkItem(payload=b"x")]), timeout=5).accepted == 1
+        finally:
+            channel.close()
+
+    assert serves()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+        d.write_config({"grpc": {"listen": [d_addr, taken]}})
+        d.send_signal(signal.SIGHUP)
+        d.wait_log(r"reload: keeping the listeners")
+        assert serves(), "the socket path was lost right after the failed rebind"
+        time.sleep(1.5)
+        assert serves(), "the socket path was lost after the failed server went"
+        assert not (tmp_path / "ds.sock.old").exists()
+    finally:
+        busy.close()

@@ -216,8 +216,10 @@ health_call_new(grpc_call *call)
     return h;
 }
 
-void
-health_check_start(grpc_call *call, grpc_byte_buffer *request)
+/* A new Check or Watch call with its request decoded (and freed): NULL if
+ * the request is malformed (the call is then answered INVALID_ARGUMENT). */
+static struct health_call *
+health_call_start(grpc_call *call, grpc_byte_buffer *request)
 {
     struct health_call *h = health_call_new(call);
     int known = service_known(request);
@@ -225,13 +227,22 @@ health_check_start(grpc_call *call, grpc_byte_buffer *request)
         grpc_byte_buffer_destroy(request);
     if (known == -1) {
         finish(h, GRPC_STATUS_INVALID_ARGUMENT, "not a HealthCheckRequest");
-        return;
+        return NULL;
     }
-    if (!known) {
+    h->known = known;
+    return h;
+}
+
+void
+health_check_start(grpc_call *call, grpc_byte_buffer *request)
+{
+    struct health_call *h = health_call_start(call, request);
+    if (h == NULL)
+        return;
+    if (!h->known) {
         finish(h, GRPC_STATUS_NOT_FOUND, "unknown service");
         return;
     }
-    h->known = 1;
     h->buffer = encode_response(current_status(h));
     grpc_op ops[2];
     memset(ops, 0, sizeof ops);
@@ -246,15 +257,9 @@ health_check_start(grpc_call *call, grpc_byte_buffer *request)
 void
 health_watch_start(grpc_call *call, grpc_byte_buffer *request)
 {
-    struct health_call *h = health_call_new(call);
-    int known = service_known(request);
-    if (request != NULL)
-        grpc_byte_buffer_destroy(request);
-    if (known == -1) {
-        finish(h, GRPC_STATUS_INVALID_ARGUMENT, "not a HealthCheckRequest");
+    struct health_call *h = health_call_start(call, request);
+    if (h == NULL)
         return;
-    }
-    h->known = known;
     h->watching = 1;
     h->next = watchers;
     if (watchers != NULL)

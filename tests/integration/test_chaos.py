@@ -261,11 +261,11 @@ def daemon_processes(d):
         st = proc_stat(pid)
         if st is not None:
             children.setdefault(st[1], []).append(pid)
-    todo = [d.master_pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
+    pending = [d.master_pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
             found.add(child)
-            todo.append(child)
+            pending.append(child)
     found |= set(d.known_pids)
     found |= {pid for pid in all_pids() if proc_cwd(pid) == here}
     found.add(d.master_pid)

@@ -143,8 +143,11 @@ struct ds_config {
     } status;
 
     struct {
-        char *redis;              /* NULL: off */
-        char *name;
+        char *redis;              /* NULL: off; else the URL as written */
+        char *host;               /* from the URL */
+        int port;
+        char *name;               /* prefix of the Redis keys */
+        uint64_t lease_ms;        /* unrenewed this long, an item is claimed by another */
     } cluster;
 
     struct {

@@ -29,6 +29,7 @@
 #include "core/log.h"
 #include "core/privileges.h"
 #include "core/process.h"
+#include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
 #include "ipc/channel.h"
@@ -75,7 +76,8 @@ finish(void)
 void
 grpc_process_check_done(void)
 {
-    if (gp.draining && !gp.stopping && queue_count() == 0 && submit_active() == 0) {
+    if (gp.draining && !gp.stopping && queue_count() == 0 && submit_active() == 0 &&
+        cluster_idle()) {
         if (!proc.subscribers_ended) {
             proc.subscribers_ended = 1;
             subscribers_end_all();
@@ -84,7 +86,7 @@ grpc_process_check_done(void)
         workers_close_all();
     }
     if ((gp.stopping || gp.draining) && gp.calls == 0 && server_is_shut_down() &&
-        (gp.stopping || queue_count() == 0))
+        (gp.stopping || (queue_count() == 0 && cluster_idle())))
         finish();
 }
 
@@ -161,6 +163,7 @@ apply_config(uint64_t generation, const char *text, size_t len)
     access_log_open();
     updates_configure();
     journal_configure(old);
+    cluster_configure(old);
     server_reconfigure(old);
     status_reconfigure();
     queue_room_available();
@@ -314,6 +317,7 @@ grpc_process_main(struct ds_child_start *start)
         fatal(DS_EXIT_FATAL, "cannot open the queue journal");
     updates_init(seq_start);
     journal_recover();
+    cluster_start();
     int status = DS_EXIT_OK;
     char err[256];
     /* Listeners are bound as whoever started us (a port under 1024 needs
@@ -353,6 +357,7 @@ grpc_process_main(struct ds_child_start *start)
     grpc_completion_queue_destroy(gp.cq);
     gp.cq = NULL;
     journal_shutdown();
+    cluster_shutdown();
     queue_shutdown();
     updates_shutdown();
     grpc_shutdown();

@@ -132,6 +132,19 @@ void updates_shutdown(void);
 void updates_publish(const struct item *item, enum wire_state state, pid_t worker_pid,
                      const void *result, size_t result_len, const char *error, float progress);
 uint64_t updates_last_seq(void);
+/* Cluster mode: ITEM's Update encoded without its seq (ds_malloc'ed, *len
+ * bytes), and an update from the cluster's stream, delivered as if
+ * published here: seq is the stream's. */
+uint8_t *updates_encode(const struct item *item, enum wire_state state, pid_t worker_pid,
+                        const void *result, size_t result_len, const char *error,
+                        float progress, size_t *len);
+void updates_deliver(uint64_t seq, enum wire_state state, const uint8_t *encoded, size_t len,
+                     const char *id, size_t id_len, const char *kind, size_t kind_len,
+                     const char *batch, size_t batch_len);
+/* Forget the retained updates: the next one delivered has seq LAST_SEQ + 1.
+ * Seqs from ORIGIN on are this log's to judge (a replay from an evicted one
+ * is refused). */
+void updates_restart(uint64_t last_seq, uint64_t origin);
 /* Apply a new updates.history. */
 void updates_configure(void);
 
@@ -144,6 +157,9 @@ uint64_t submit_active(void);
 void subscribe_call_start(grpc_call *call, grpc_byte_buffer *request);
 /* Deliver an update to every subscriber whose filter matches. */
 void subscribers_publish(struct update *update);
+/* End every subscriber stream with RESOURCE_EXHAUSTED for WHY, naming the
+ * last seq each was sent. */
+void subscribers_cut_all(const char *why);
 /* End every subscriber stream with OK once it has been sent all it holds. */
 void subscribers_end_all(void);
 int subscribers_flushed(void);

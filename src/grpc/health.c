@@ -15,6 +15,7 @@
 #include <grpc/byte_buffer_reader.h>
 
 #include "core/alloc.h"
+#include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 
 enum serving_status {
@@ -52,7 +53,8 @@ current_status(const struct health_call *h)
 {
     if (!h->known)
         return STATUS_SERVICE_UNKNOWN;
-    return gp.draining || gp.stopping ? STATUS_NOT_SERVING : STATUS_SERVING;
+    return gp.draining || gp.stopping || !cluster_serving(NULL) ? STATUS_NOT_SERVING
+                                                                : STATUS_SERVING;
 }
 
 /* Decode HealthCheckRequest: is the service one we serve? -1: malformed. */

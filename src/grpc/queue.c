@@ -21,6 +21,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
 #include "ipc/channel.h"
@@ -28,6 +29,7 @@
 static struct {
     struct item *head, *tail;   /* waiting for a worker */
     uint64_t waiting;
+    uint64_t waiting_weight;
     uint64_t count;             /* accepted and not final: waiting + held */
     uint64_t journaling;        /* valid, their ACCEPT being written (journal.c) */
     uint64_t next_key;
@@ -37,32 +39,41 @@ static struct {
 /* ---- items --------------------------------------------------------------- */
 
 struct item *
-item_new(const wire_work_item *msg, grpc_slice raw, const char *kind, uint32_t max_attempts,
-         uint32_t timeout_ms, const char *assigned_id, int quick)
+item_make(const uint8_t *raw, size_t raw_len, const char *id, const char *batch,
+          const char *kind, uint32_t max_attempts, uint32_t timeout_ms, int quick)
 {
-    const char *id = assigned_id != NULL ? assigned_id : msg->id;
-    size_t id_len = strlen(id), batch_len = strlen(msg->batch);
-    size_t raw_len = GRPC_SLICE_LENGTH(raw);
-    /* Copied, not referenced: the slice gRPC received may be part of a
-     * larger buffer, and its header costs as much as a small item. */
+    size_t id_len = strlen(id), batch_len = strlen(batch);
     struct item *item = ds_malloc(sizeof *item + raw_len + id_len + batch_len + 2);
     memset(item, 0, sizeof *item);
     char *p = item->data;
-    memcpy(p, GRPC_SLICE_START_PTR(raw), raw_len);
+    if (raw_len > 0)
+        memcpy(p, raw, raw_len);
     item->raw = (const uint8_t *)p;
     item->raw_len = (uint32_t)raw_len;
     p += raw_len;
     item->id = memcpy(p, id, id_len + 1);
     p += id_len + 1;
-    item->batch = memcpy(p, msg->batch, batch_len + 1);
+    item->batch = memcpy(p, batch, batch_len + 1);
     item->kind = metrics_kind(kind)->kind;
-    grpc_slice_unref(raw);
     item->key = ++q.next_key;
     item->attempt = 1;
     item->max_attempts = max_attempts;
     item->timeout_ms = timeout_ms;
     item->accepted_ns = clock_monotonic_ns();
     item->weight = quick ? ITEM_WEIGHT_QUICK : ITEM_WEIGHT_FULL;
+    return item;
+}
+
+struct item *
+item_new(const wire_work_item *msg, grpc_slice raw, const char *kind, uint32_t max_attempts,
+         uint32_t timeout_ms, const char *assigned_id, int quick)
+{
+    /* Copied, not referenced: the slice gRPC received may be part of a
+     * larger buffer, and its header costs as much as a small item. */
+    struct item *item = item_make(GRPC_SLICE_START_PTR(raw), GRPC_SLICE_LENGTH(raw),
+                                  assigned_id != NULL ? assigned_id : msg->id, msg->batch, kind,
+                                  max_attempts, timeout_ms, quick);
+    grpc_slice_unref(raw);
     return item;
 }
 
@@ -93,6 +104,8 @@ queue_count(void)
 int
 queue_has_room(void)
 {
+    if (cluster_enabled())
+        return cluster_has_room();
     return queue_count() < gp.config->queue.capacity;
 }
 
@@ -236,6 +249,39 @@ item_finished(struct item *item, int succeeded)
     grpc_process_check_done();
 }
 
+/* ITEM is final: with a journal or a cluster, published once written
+ * there; else now. */
+static void
+item_final(struct item *item, enum wire_state state, pid_t worker_pid, const void *result,
+           size_t result_len, const char *error)
+{
+    if (journal_final(item, state, worker_pid, result, result_len, error) ||
+        cluster_final(item, state, worker_pid, result, result_len, error))
+        return;
+    updates_publish(item, state, worker_pid, result, result_len, error,
+                    state == STATE_SUCCEEDED ? 1 : 0);
+    item_finished(item, state == STATE_SUCCEEDED);
+}
+
+void
+queue_fail_now(struct item *item, const char *error)
+{
+    q.count++;
+    item_final(item, STATE_FAILED, 0, NULL, 0, error);
+}
+
+void
+item_dropped(struct item *item)
+{
+    log_debug("item %s (attempt %u) was taken over by another instance; dropping our copy",
+              item->id, item->attempt);
+    item_free(item);
+    q.count--;
+    queue_room_available();
+    grpc_process_check_done();
+    dispatch();
+}
+
 /* Attempt failed for REASON: retry it or fail it. */
 static void
 item_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
@@ -244,13 +290,12 @@ item_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
     if (item->attempt >= item->max_attempts) {
         snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, item->attempt,
                  item->max_attempts);
-        if (journal_final(item, STATE_FAILED, worker_pid, NULL, 0, error) == 0) {
-            updates_publish(item, STATE_FAILED, worker_pid, NULL, 0, error, 0);
-            item_finished(item, 0);
-        }
+        item_final(item, STATE_FAILED, worker_pid, NULL, 0, error);
         return;
     }
     metrics_kind(item->kind)->retried++;
+    if (cluster_retry(item, worker_pid, reason))
+        return;         /* queue_retry() follows once Redis has it */
     updates_publish(item, STATE_RETRYING, worker_pid, NULL, 0, reason, 0);
     item->attempt++;
     journal_attempt(item);
@@ -267,6 +312,14 @@ queue_push_front(struct item *item)
     if (q.tail == NULL)
         q.tail = item;
     q.waiting++;
+    q.waiting_weight += item->weight;
+}
+
+void
+queue_retry(struct item *item)
+{
+    queue_push_front(item);
+    dispatch();
 }
 
 static int
@@ -304,19 +357,14 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     case STATE_SUCCEEDED:
     case STATE_FAILED: {
         worker_remove(w, item);
-        char error[1024];
         if (u.state == STATE_FAILED) {
+            char error[1024];
             size_t n = rest_len < sizeof error - 1 ? rest_len : sizeof error - 1;
             memcpy(error, rest, n);
             error[n] = '\0';
-            /* With a journal, published once its FINAL record is written. */
-            if (journal_final(item, STATE_FAILED, w->pid, NULL, 0, error) == 0) {
-                updates_publish(item, STATE_FAILED, w->pid, NULL, 0, error, 0);
-                item_finished(item, 0);
-            }
-        } else if (journal_final(item, STATE_SUCCEEDED, w->pid, rest, rest_len, NULL) == 0) {
-            updates_publish(item, STATE_SUCCEEDED, w->pid, rest, rest_len, NULL, 1);
-            item_finished(item, 1);
+            item_final(item, STATE_FAILED, w->pid, NULL, 0, error);
+        } else {
+            item_final(item, STATE_SUCCEEDED, w->pid, rest, rest_len, NULL);
         }
         w->items_done++;
         dispatch();
@@ -444,10 +492,12 @@ dispatch(void)
         if (q.head == NULL)
             q.tail = NULL;
         q.waiting--;
+        q.waiting_weight -= item->weight;
         worker_send_item(w, item);
     }
     if (gp.draining)
         workers_close_all();
+    cluster_pull();
 }
 
 void
@@ -460,8 +510,44 @@ queue_push(struct item *item)
         q.head = item;
     q.tail = item;
     q.waiting++;
+    q.waiting_weight += item->weight;
     q.count++;
     dispatch();
+}
+
+uint32_t
+queue_local_room(void)
+{
+    uint64_t room = 0, capacity = gp.config->workers.prefetch * ITEM_WEIGHT_FULL;
+    for (struct worker *w = q.workers; w != NULL; w = w->next)
+        if (w->channel != NULL && !w->retiring && w->held_weight < capacity)
+            room += capacity - w->held_weight;
+    return room > q.waiting_weight ? (uint32_t)(room - q.waiting_weight) : 0;
+}
+
+void
+queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
+{
+    for (struct item *item = q.head; item != NULL; item = item->next)
+        fn(item, arg);
+    for (struct worker *w = q.workers; w != NULL; w = w->next)
+        for (struct item *item = w->head; item != NULL; item = item->next)
+            fn(item, arg);
+}
+
+static void
+match_key(const struct item *item, void *arg)
+{
+    uint64_t *key = arg;
+    if (item->key == *key)
+        *key = 0;
+}
+
+int
+queue_holds(uint64_t key)
+{
+    queue_for_each(match_key, &key);
+    return key == 0;
 }
 
 void

@@ -31,6 +31,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 
 #define STATUS_BACKLOG      64
@@ -298,6 +299,7 @@ write_metrics(struct evbuffer *b)
     family(b, "config_reloads_total", "counter",
            "Config generations this grpc process applied since it started.");
     sample(b, "config_reloads_total", st.reloads);
+    cluster_metrics(b);
     family(b, "draining", "gauge", "1 once a stop is under way.");
     sample(b, "draining", gp.draining || gp.stopping);
 
@@ -417,6 +419,7 @@ write_status(struct evbuffer *b)
     evbuffer_add_printf(b, "\"queue\":{\"depth\":%llu,\"waiting\":%llu,\"capacity\":%llu},",
                         (unsigned long long)queue_count(), (unsigned long long)queue_waiting(),
                         (unsigned long long)gp.config->queue.capacity);
+    cluster_status_json(b);
     evbuffer_add_printf(b, "\"subscribers\":{\"active\":%llu,\"dropped\":%llu},"
                         "\"update_seq\":%llu,\"worker_exits\":%llu,",
                         (unsigned long long)subscribers_active(),
@@ -484,6 +487,7 @@ on_request(struct evhttp_request *req, void *arg)
 {
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
+    const char *why = NULL;
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
     struct evbuffer *body = evbuffer_new();
     if (body == NULL) {
@@ -507,6 +511,9 @@ on_request(struct evhttp_request *req, void *arg)
         reply(req, HTTP_OK, "OK", CONTENT_JSON, body);
     } else if (gp.draining || gp.stopping) {
         evbuffer_add_printf(body, "draining\n");
+        reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", CONTENT_TEXT, body);
+    } else if (!cluster_serving(&why)) {
+        evbuffer_add_printf(body, "%s\n", why);
         reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", CONTENT_TEXT, body);
     } else {
         evbuffer_add_printf(body, "ok\n");

@@ -31,6 +31,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
 #include "workers/handler.h"
@@ -61,6 +62,8 @@ struct submit_call {
     int reply_deferred;         /* the reply waits for them: it counts them */
     grpc_status_code deferred_status;
     uint32_t invalid_index;     /* of the item that was no WorkItem */
+    char *unavailable;          /* cluster mode: why the call ends with UNAVAILABLE */
+    uint32_t uncertain;         /* items Redis may or may not have taken */
     uint64_t started_ms;
     int status;                 /* as sent; -1: none sent */
     uint64_t accepted;
@@ -108,6 +111,7 @@ call_unref(struct submit_call *c)
     }
     free(c->rejections);
     free(c->rejection_ptrs);
+    free(c->unavailable);
     if (c->reply_buffer != NULL)
         grpc_byte_buffer_destroy(c->reply_buffer);
     if (c->has_details)
@@ -192,6 +196,10 @@ accept_item(struct submit_call *c, struct item *item)
 {
     c->accepted++;
     metrics_kind(item->kind)->accepted++;
+    if (cluster_enabled()) {
+        item_free(item);        /* it is in Redis, with its QUEUED update */
+        return;
+    }
     updates_publish(item, STATE_QUEUED, 0, NULL, 0, NULL, 0);
     queue_push(item);
 }
@@ -207,6 +215,19 @@ reply_when_journaled(struct submit_call *c, grpc_status_code status)
         return;
     }
     c->reply_deferred = 0;
+    if (c->unavailable != NULL) {
+        char details[640];
+        if (c->uncertain > 0)
+            snprintf(details, sizeof details, "%s; %llu items of this call were accepted, and "
+                     "whether the %u after them were is unknown (resend them: an item runs at "
+                     "least once)", c->unavailable, (unsigned long long)c->accepted,
+                     c->uncertain);
+        else
+            snprintf(details, sizeof details, "%s; %llu items of this call were accepted",
+                     c->unavailable, (unsigned long long)c->accepted);
+        reply(c, GRPC_STATUS_UNAVAILABLE, details);
+        return;
+    }
     if (status == GRPC_STATUS_OK) {
         reply(c, GRPC_STATUS_OK, NULL);
         return;
@@ -231,6 +252,19 @@ submit_item_journaled(struct submit_call *c, struct item *item, uint32_t index,
     }
     if (c->journaling == 0 && c->reply_deferred)
         reply_when_journaled(c, c->deferred_status);
+    call_unref(c);
+}
+
+void
+submit_item_unavailable(struct submit_call *c, struct item *item, const char *why, int uncertain)
+{
+    c->journaling--;
+    if (uncertain)
+        c->uncertain++;
+    if (c->unavailable == NULL)
+        c->unavailable = ds_strdup(why);
+    item_free(item);
+    reply_when_journaled(c, GRPC_STATUS_UNAVAILABLE);
     call_unref(c);
 }
 
@@ -312,7 +346,7 @@ take_item(struct submit_call *c, grpc_slice raw)
     struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,
                                  msg->id[0] == '\0' ? id : NULL, handler_is_quick(handler, msg));
     wire_work_item_free(msg, NULL);
-    if (journal_accept(item, c, c->index)) {
+    if (journal_accept(item, c, c->index) || cluster_accept(item, c, c->index)) {
         c->journaling++;
         c->refs++;
         return 0;
@@ -355,6 +389,16 @@ on_recv_done(struct tag *tag, int ok)
     if (bb == NULL) {
         reply_when_journaled(c, GRPC_STATUS_OK);    /* the client half-closed */
         queue_room_available();
+        call_unref(c);
+        return;
+    }
+    const char *why = c->unavailable;
+    if (why != NULL || !cluster_serving(&why)) {
+        /* Never queued here instead: the client must know. */
+        grpc_byte_buffer_destroy(bb);
+        if (c->unavailable == NULL)
+            c->unavailable = ds_strdup(why);
+        reply_when_journaled(c, GRPC_STATUS_UNAVAILABLE);
         call_unref(c);
         return;
     }
@@ -409,7 +453,8 @@ block(struct submit_call *c)
 static void
 try_receive(struct submit_call *c)
 {
-    if (c->receiving || c->has_parked || c->replied || c->reply_deferred || c->closed)
+    if (c->receiving || c->has_parked || c->replied || c->reply_deferred || c->closed ||
+        c->unavailable != NULL)
         return;
     c->receiving = 1;
     c->refs++;

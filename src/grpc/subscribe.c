@@ -27,6 +27,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "grpc/cluster.h"
 #include "grpc/filter.h"
 #include "grpc/grpc_process.h"
 
@@ -156,20 +157,29 @@ subscriber_end(struct subscriber *s, grpc_status_code status, const char *detail
     send_status(s);
 }
 
+/* End S with RESOURCE_EXHAUSTED: WHAT (e.g. "subscriber too slow: ...")
+ * and where to resume. */
 static void
-cut_off(struct subscriber *s, const char *why)
+end_resumable(struct subscriber *s, const char *what)
 {
     /* The message in flight still reaches the client before the status. */
     uint64_t last = s->send_buffer != NULL ? s->sending_seq : s->last_sent;
-    char text[512];
-    snprintf(text, sizeof text, "subscriber too slow: %s; last seq sent %llu; resume with "
-             "replay=true, after_seq=%llu", why, (unsigned long long)last,
-             (unsigned long long)last);
+    char text[640];
+    snprintf(text, sizeof text, "%s; last seq sent %llu; resume with replay=true, "
+             "after_seq=%llu", what, (unsigned long long)last, (unsigned long long)last);
+    subscriber_end(s, GRPC_STATUS_RESOURCE_EXHAUSTED, text, 1);
+}
+
+static void
+cut_off(struct subscriber *s, const char *why)
+{
+    char what[512];
+    snprintf(what, sizeof what, "subscriber too slow: %s", why);
     log_notice("dropping a slow subscriber: %s (last seq sent %llu)", why,
-               (unsigned long long)last);
+               (unsigned long long)(s->send_buffer != NULL ? s->sending_seq : s->last_sent));
     subs.cut_off++;
     metrics.subscribers_dropped++;
-    subscriber_end(s, GRPC_STATUS_RESOURCE_EXHAUSTED, text, 1);
+    end_resumable(s, what);
 }
 
 static int
@@ -388,6 +398,11 @@ subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
         reject_call(s, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
         return;
     }
+    const char *why;
+    if (!cluster_serving(&why)) {
+        reject_call(s, GRPC_STATUS_UNAVAILABLE, why);
+        return;
+    }
     if (subs.count >= gp.config->updates.max_subscribers) {
         char text[96];
         snprintf(text, sizeof text, "too many subscribers (max %llu)",
@@ -419,6 +434,16 @@ subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
     subs.list = s;
     subs.count++;
     pump(s);
+}
+
+void
+subscribers_cut_all(const char *why)
+{
+    struct subscriber *s = subs.list, *next;
+    for (; s != NULL; s = next) {
+        next = s->next;
+        end_resumable(s, why);
+    }
 }
 
 void

@@ -13,6 +13,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/process.h"
+#include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
 
@@ -107,45 +108,123 @@ ring_append(struct update *u)
     log_.bytes += len;
 }
 
+static void
+message_of(wire_update *msg, const struct item *item, enum wire_state state, pid_t worker_pid,
+           const void *result, size_t result_len, const char *error, float progress)
+{
+    wire_update_init(msg);
+    msg->item_id = (char *)item->id;
+    msg->kind = (char *)item->kind;
+    msg->state = (Com__Agrounds__Dosomething__V1__State)state;
+    msg->result.data = (uint8_t *)result;
+    msg->result.len = result_len;
+    if (error != NULL)
+        msg->error = (char *)error;
+    msg->progress = progress;
+    msg->attempt = item->attempt;
+    msg->worker_pid = worker_pid;
+    msg->time_unix_nano = clock_wall_ns();
+    msg->batch = (char *)item->batch;
+}
+
+/* The update's struct, its strings copied, ENCODED_LEN bytes of slice to fill. */
+static struct update *
+update_new(uint64_t seq, enum wire_state state, const char *id, size_t id_len, const char *kind,
+           size_t kind_len, const char *batch, size_t batch_len, size_t encoded_len)
+{
+    struct update *u = ds_malloc(sizeof *u + id_len + kind_len + batch_len + 3);
+    u->refs = 1;
+    u->state = (uint8_t)state;
+    u->seq = seq;
+    char *p = u->strings;
+    u->item_id = p;
+    memcpy(p, id, id_len);
+    p[id_len] = '\0';
+    p += id_len + 1;
+    u->kind = p;
+    memcpy(p, kind, kind_len);
+    p[kind_len] = '\0';
+    p += kind_len + 1;
+    u->batch = p;
+    memcpy(p, batch, batch_len);
+    p[batch_len] = '\0';
+    u->encoded = grpc_slice_malloc(encoded_len);
+    return u;
+}
+
+static void
+deliver(struct update *u)
+{
+    log_.last_seq = u->seq;
+    ring_append(u);
+    subscribers_publish(u);
+}
+
 void
 updates_publish(const struct item *item, enum wire_state state, pid_t worker_pid,
                 const void *result, size_t result_len, const char *error, float progress)
 {
+    if (cluster_enabled()) {
+        /* Every update comes back through the cluster's stream, in its order. */
+        cluster_publish(item, state, worker_pid, progress);
+        return;
+    }
     reserve_seqs();
 
     wire_update msg;
-    wire_update_init(&msg);
-    msg.seq = ++log_.last_seq;
-    msg.item_id = (char *)item->id;
-    msg.kind = (char *)item->kind;
-    msg.state = (Com__Agrounds__Dosomething__V1__State)state;
-    msg.result.data = (uint8_t *)result;
-    msg.result.len = result_len;
-    if (error != NULL)
-        msg.error = (char *)error;
-    msg.progress = progress;
-    msg.attempt = item->attempt;
-    msg.worker_pid = worker_pid;
-    msg.time_unix_nano = clock_wall_ns();
-    msg.batch = (char *)item->batch;
-
-    size_t id_len = strlen(item->id), kind_len = strlen(item->kind);
-    size_t batch_len = strlen(item->batch);
-    struct update *u = ds_malloc(sizeof *u + id_len + kind_len + batch_len + 3);
-    u->refs = 1;
-    u->state = (uint8_t)state;
-    u->seq = msg.seq;
-    memcpy(u->strings, item->id, id_len + 1);
-    memcpy(u->strings + id_len + 1, item->kind, kind_len + 1);
-    memcpy(u->strings + id_len + kind_len + 2, item->batch, batch_len + 1);
-    u->item_id = u->strings;
-    u->kind = u->strings + id_len + 1;
-    u->batch = u->strings + id_len + kind_len + 2;
-    u->encoded = grpc_slice_malloc(wire_update_size(&msg));
+    message_of(&msg, item, state, worker_pid, result, result_len, error, progress);
+    msg.seq = log_.last_seq + 1;
+    struct update *u = update_new(msg.seq, state, item->id, strlen(item->id), item->kind,
+                                  strlen(item->kind), item->batch, strlen(item->batch),
+                                  wire_update_size(&msg));
     wire_update_pack(&msg, GRPC_SLICE_START_PTR(u->encoded));
+    deliver(u);
+}
 
-    ring_append(u);
-    subscribers_publish(u);
+uint8_t *
+updates_encode(const struct item *item, enum wire_state state, pid_t worker_pid,
+               const void *result, size_t result_len, const char *error, float progress,
+               size_t *len)
+{
+    wire_update msg;
+    message_of(&msg, item, state, worker_pid, result, result_len, error, progress);
+    *len = wire_update_size(&msg);
+    uint8_t *out = ds_malloc(*len + 1);
+    wire_update_pack(&msg, out);
+    return out;
+}
+
+void
+updates_deliver(uint64_t seq, enum wire_state state, const uint8_t *encoded, size_t len,
+                const char *id, size_t id_len, const char *kind, size_t kind_len,
+                const char *batch, size_t batch_len)
+{
+    /* Field 1 (seq, a varint) goes in front: protobuf takes fields in any order. */
+    uint8_t head[11];
+    size_t n = 0;
+    head[n++] = 0x08;
+    for (uint64_t v = seq; ; v >>= 7) {
+        if (v < 0x80) {
+            head[n++] = (uint8_t)v;
+            break;
+        }
+        head[n++] = (uint8_t)(v | 0x80);
+    }
+    struct update *u = update_new(seq, state, id, id_len, kind, kind_len, batch, batch_len,
+                                  n + len);
+    memcpy(GRPC_SLICE_START_PTR(u->encoded), head, n);
+    memcpy(GRPC_SLICE_START_PTR(u->encoded) + n, encoded, len);
+    deliver(u);
+}
+
+void
+updates_restart(uint64_t last_seq, uint64_t origin)
+{
+    while (log_.count > 0)
+        ring_drop_oldest();
+    log_.first = 0;
+    log_.last_seq = last_seq;
+    log_.origin = origin;
 }
 
 void

@@ -1158,6 +1158,44 @@ test_exec_and_module_values(void **state)
     check_errors("3:27: handlers.r.env.A: must be a scalar, got a list");
 }
 
+/* The off forms of optional features, and their values. */
+static void
+test_optional_features(void **state)
+{
+    struct ds_config *c;
+
+    c = load_ok("user: \"\"\nlog: {access: off}\nworkers: {cpu_affinity: off, rlimit_nofile: 0,"
+                " core_dumps: inherit}\ngrpc: {tls: off}\nqueue: {journal: off}\n"
+                "status: {listen: off}\ncluster: off\n");
+    config_free(c);
+    /* The values themselves parse. */
+    c = load_unchecked_ok("user: nobody\n"
+                          "workers: {cpu_affinity: auto, rlimit_nofile: 65536, core_dumps: on}\n");
+    assert_string_equal(c->user, "nobody");
+    assert_int_equal(c->workers.cpu_affinity, 1);
+    assert_int_equal(c->workers.rlimit_nofile, 65536);
+    assert_int_equal(c->workers.core_dumps, 1);
+    config_free(c);
+    c = load_unchecked_ok("workers: {core_dumps: off}\n");
+    assert_int_equal(c->workers.core_dumps, 0);
+    config_free(c);
+    c = load_unchecked_ok("queue: {journal: /var/lib/ds, journal_sync: always}\n"
+                          "grpc: {tls: {cert: /c.pem, key: /k.pem}}\n");
+    assert_string_equal(c->queue.journal, "/var/lib/ds");
+    assert_int_equal(c->grpc.tls, 1);
+    assert_string_equal(c->grpc.tls_cert, "/c.pem");
+    assert_string_equal(c->grpc.tls_key, "/k.pem");
+    assert_null(c->grpc.tls_client_ca);
+    config_free(c);
+
+    /* With other errors, all are reported. */
+    expect_errors("cluster: {redis: \"redis://127.0.0.1:6379\"}\nworkers: {count: 0}\n"
+                  "queue: {journal: /j}\n",
+                  "2:18: workers.count: must be auto or 1..1024, got 0\n"
+                  "1:10: cluster: cannot be used with queue.journal: in cluster mode the queue "
+                  "lives in Redis; set one of them off");
+}
+
 static void
 test_status_and_cluster(void **state)
 {
@@ -1186,64 +1224,35 @@ test_status_and_cluster(void **state)
     assert_null(load_unchecked("cluster: {name: x}\n"));
     check_errors("1:10: cluster: redis is required");
     assert_null(load_unchecked("cluster: {redis: \"http://x:1\"}\n"));
-    check_errors("1:18: cluster.redis: must be redis://HOST:PORT, got http://x:1");
+    check_errors("1:18: cluster.redis: must be redis://HOST[:PORT], got http://x:1");
+    c = load_ok("cluster: {redis: \"redis://[::1]:7000/\", lease: 2s}\n");
+    assert_string_equal(c->cluster.host, "::1");
+    assert_int_equal(c->cluster.port, 7000);
+    assert_int_equal(c->cluster.lease_ms, 2000);
+    config_free(c);
+    c = load_ok("cluster: {redis: \"redis://redis.internal\"}\n");
+    assert_string_equal(c->cluster.host, "redis.internal");
+    assert_int_equal(c->cluster.port, 6379);
+    assert_int_equal(c->cluster.lease_ms, 10000);
+    config_free(c);
+    static const char *const bad_urls[] = { "redis://", "redis://:1", "redis://h:0",
+                                            "redis://h:65536", "redis://h:1x", "redis://[::1",
+                                            "redis://h/3", "redis://[]:1" };
+    for (size_t i = 0; i < sizeof bad_urls / sizeof bad_urls[0]; i++) {
+        char yaml[96];
+        snprintf(yaml, sizeof yaml, "cluster: {redis: \"%s\"}\n", bad_urls[i]);
+        assert_null(load_unchecked(yaml));
+        assert_non_null(strstr(errors, "cluster.redis: must be redis://HOST[:PORT]"));
+    }
+    assert_null(load_unchecked("cluster: {redis: \"redis://h\", lease: 10ms}\n"));
+    assert_non_null(strstr(errors, "cluster.lease"));
+    assert_null(load_unchecked("queue: {journal: /tmp/j}\ncluster: {redis: \"redis://h\"}\n"));
+    check_errors("2:10: cluster: cannot be used with queue.journal: in cluster mode the queue "
+                 "lives in Redis; set one of them off");
     assert_null(load_unchecked("grpc:\n  tls: {cert: c.pem}\n"));
     check_errors("2:8: grpc.tls: key is required");
 }
 
-/* Features parsed but not built: the only error is "not supported". */
-static void
-test_unsupported_features(void **state)
-{
-    static const struct {
-        const char *yaml;
-        const char *error;
-    } cases[] = {
-        { "cluster: {redis: \"redis://127.0.0.1:6379\", name: dosomething}\n",
-          "1:10: cluster: not supported by this build yet" },
-    };
-    struct ds_config *c;
-    size_t i;
-
-    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        expect_errors(cases[i].yaml, cases[i].error);
-        c = load_unchecked(cases[i].yaml);
-        if (c == NULL)
-            fail_msg("unchecked load failed:\n%s\nfor:\n%s", errors, cases[i].yaml);
-        config_free(c);
-    }
-
-    /* Their off forms are fine. */
-    c = load_ok("user: \"\"\nlog: {access: off}\nworkers: {cpu_affinity: off, rlimit_nofile: 0,"
-                " core_dumps: inherit}\ngrpc: {tls: off}\nqueue: {journal: off}\n"
-                "status: {listen: off}\ncluster: off\n");
-    config_free(c);
-
-    /* The values themselves parse. */
-    c = load_unchecked_ok("user: nobody\n"
-                          "workers: {cpu_affinity: auto, rlimit_nofile: 65536, core_dumps: on}\n");
-    assert_string_equal(c->user, "nobody");
-    assert_int_equal(c->workers.cpu_affinity, 1);
-    assert_int_equal(c->workers.rlimit_nofile, 65536);
-    assert_int_equal(c->workers.core_dumps, 1);
-    config_free(c);
-    c = load_unchecked_ok("workers: {core_dumps: off}\n");
-    assert_int_equal(c->workers.core_dumps, 0);
-    config_free(c);
-    c = load_unchecked_ok("queue: {journal: /var/lib/ds, journal_sync: always}\n"
-                          "grpc: {tls: {cert: /c.pem, key: /k.pem}}\n");
-    assert_string_equal(c->queue.journal, "/var/lib/ds");
-    assert_int_equal(c->grpc.tls, 1);
-    assert_string_equal(c->grpc.tls_cert, "/c.pem");
-    assert_string_equal(c->grpc.tls_key, "/k.pem");
-    assert_null(c->grpc.tls_client_ca);
-    config_free(c);
-
-    /* With other errors, all are reported. */
-    expect_errors("cluster: {redis: \"redis://127.0.0.1:6379\"}\nworkers: {count: 0}\n",
-                  "2:18: workers.count: must be auto or 1..1024, got 0\n"
-                  "1:10: cluster: not supported by this build yet");
-}
 
 /* grpc.max_concurrent_streams, unix_mode, unix_owner; queue.max_params;
  * updates.max_subscribers. */
@@ -1394,7 +1403,6 @@ test_round_trip_everything(void **state)
         "grpc: {tls: {cert: c.pem, key: k.pem, client_ca: ca.pem}, max_message_size: 64MiB}\n"
         "queue: {journal: j, journal_sync: 1500ms}\n"
         "status: {listen: \"[::1]:9090\"}\n"
-        "cluster: {redis: \"redis://r:6379\", name: green}\n"
         "handlers:\n"
         "  default: run\n"
         "  run:\n"
@@ -1403,6 +1411,13 @@ test_round_trip_everything(void **state)
         "  mod: {module: m.so, options: {k: v, n: 2}, timeout: 3h}\n"
         "  bare: {exec: true}\n");
 
+    round_trip(c, config_load_text_unchecked);
+    config_free(c);
+
+    /* cluster excludes queue.journal */
+    c = load_unchecked_ok("cluster: {redis: \"redis://[::1]:6380/\", name: green, lease: 2500ms}\n");
+    assert_int_equal(c->cluster.port, 6380);
+    assert_int_equal(c->cluster.lease_ms, 2500);
     round_trip(c, config_load_text_unchecked);
     config_free(c);
 }
@@ -1470,8 +1485,8 @@ main(void)
         cmocka_unit_test(test_handler_errors),
         cmocka_unit_test(test_handler_kind_limit),
         cmocka_unit_test(test_exec_and_module_values),
+        cmocka_unit_test(test_optional_features),
         cmocka_unit_test(test_status_and_cluster),
-        cmocka_unit_test(test_unsupported_features),
         cmocka_unit_test(test_limits_and_unix_sockets),
         cmocka_unit_test(test_print_format),
         cmocka_unit_test(test_round_trip_defaults),

@@ -1,0 +1,1383 @@
+/*
+ * Cluster mode: the queue and the update log in Redis Streams (cluster.h
+ * has the contract, docs/scaling.md the story).
+ *
+ * Three connections, all on the loop through hiredis's libevent adapter:
+ * `command` carries the scripts (accept, update, renew, claim) and the
+ * capacity poll, in order; `work` blocks in XREADGROUP for new items;
+ * `updates` blocks in XREAD on the update stream. They live and die
+ * together as one session: any of them failing drops all three (every
+ * reply still owed arrives as NULL and is handled as "unknown"), and a new
+ * session is started with backoff. Items held here are never renewed
+ * without a session, so another instance takes them over after the lease.
+ *
+ * The scripts make every check-and-write atomic: a seq and its update
+ * entry, an item's entry and its QUEUED update, an update and the check
+ * that the attempt is still this instance's, a final update and the XACK.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/adapters/libevent.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/process.h"
+#include "grpc/cluster.h"
+#include "grpc/grpc_process.h"
+#include "grpc/journal.h"
+#include "workers/handler.h"
+
+#define CONNECT_TIMEOUT_MS  3000    /* for the three connections and the setup */
+#define PING_EVERY_MS       1000
+#define PING_TIMEOUT_MS     3000    /* no answer: the session is dropped */
+#define BACKOFF_MIN_MS      100
+#define BACKOFF_MAX_MS      5000
+#define BLOCK_MS            "1000"  /* XREAD(GROUP) BLOCK: an idle round trip a second */
+#define READ_COUNT          1000    /* updates per XREAD */
+#define PULL_MAX            1000    /* items per XREADGROUP */
+#define CLAIM_COUNT         100     /* entries per claim pass */
+#define RENEW_CHUNK         500     /* ids per renew script */
+#define POLL_MS             100     /* XLEN while submissions are under way */
+
+/*
+ * KEYS: work, updates, seq, origin. Every script that publishes an update
+ * starts with this: the seq counter, created on first use no lower than
+ * the caller's floor (ARGV[1]) nor than the stream's newest entry (a Redis
+ * that lost the counter and kept the stream), then the next seq.
+ */
+#define LUA_NEXT_SEQ                                                                    \
+    "if redis.call('EXISTS', KEYS[3]) == 0 then\n"                                      \
+    "  local start = tonumber(ARGV[1])\n"                                               \
+    "  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)\n"            \
+    "  if #top > 0 then\n"                                                              \
+    "    local t = tonumber(string.match(top[1][1], '^0%-(%d+)$'))\n"                   \
+    "    if t ~= nil and t > start then start = t end\n"                                \
+    "  end\n"                                                                           \
+    "  redis.call('SET', KEYS[3], string.format('%.0f', start))\n"                      \
+    "  redis.call('SET', KEYS[4], string.format('%.0f', start))\n"                      \
+    "end\n"                                                                             \
+    "local seq = redis.call('INCR', KEYS[3])\n"
+
+/* ARGV[2] maxlen, then the update: ARGV[3..7] = u i k b s. */
+#define LUA_ADD_UPDATE                                                                  \
+    "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. string.format('%.0f', " \
+    "seq), 'u', ARGV[3], 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7])\n"
+
+/* accept: the QUEUED update, then the work entry (ARGV[8..11] = m t q w). */
+static const char script_accept[] =
+    LUA_NEXT_SEQ LUA_ADD_UPDATE
+    "redis.call('XADD', KEYS[1], '0-*', 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], "
+    "'m', ARGV[8], 't', ARGV[9], 'q', ARGV[10], 'w', ARGV[11])\n"
+    "return seq\n";
+
+/*
+ * update: ARGV[8] mode (u: update, r: retry, f: final), ARGV[9] group,
+ * ARGV[10] consumer, ARGV[11] entry id, ARGV[12] attempt. Only while the
+ * entry is pending here with that delivery count; 0 if it is not.
+ */
+static const char script_update[] =
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[9], ARGV[11], ARGV[11], 1)\n"
+    "if #p == 0 or p[1][2] ~= ARGV[10] or p[1][4] ~= tonumber(ARGV[12]) then return 0 end\n"
+    LUA_NEXT_SEQ LUA_ADD_UPDATE
+    "if ARGV[8] == 'f' then\n"
+    "  redis.call('XACK', KEYS[1], ARGV[9], ARGV[11])\n"
+    "  redis.call('XDEL', KEYS[1], ARGV[11])\n"
+    "elseif ARGV[8] == 'r' then\n"
+    "  redis.call('XCLAIM', KEYS[1], ARGV[9], ARGV[10], 0, ARGV[11], 'JUSTID', "
+    "'RETRYCOUNT', tonumber(ARGV[12]) + 1)\n"
+    "end\n"
+    "return seq\n";
+
+/* renew: KEYS work; ARGV group, consumer, ids: reset the idle time of those
+ * still pending here. */
+static const char script_renew[] =
+    "local n = 0\n"
+    "for i = 3, #ARGV do\n"
+    "  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)\n"
+    "  if #p > 0 and p[1][2] == ARGV[2] then\n"
+    "    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+/*
+ * claim: KEYS work; ARGV group, consumer, lease ms, count. Entries idle for
+ * the lease (their holder stopped renewing them) become ours, each as
+ * {id, fields, delivery count, previous holder, idle ms}. Then consumers
+ * that hold nothing and were not seen for the lease are removed (a live
+ * one is recreated by its next read).
+ */
+static const char script_claim[] =
+    "local out = {}\n"
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])\n"
+    "for _, e in ipairs(p) do\n"
+    "  local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], e[1])\n"
+    "  if #c > 0 and c[1] then\n"
+    "    out[#out + 1] = {c[1][1], c[1][2], e[4] + 1, e[2], e[3]}\n"
+    "  end\n"
+    "end\n"
+    "local cs = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])\n"
+    "for _, c in ipairs(cs) do\n"
+    "  local f = {}\n"
+    "  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end\n"
+    "  if f['pending'] == 0 and f['idle'] > tonumber(ARGV[3]) and f['name'] ~= ARGV[2] then\n"
+    "    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+enum script { SCRIPT_ACCEPT, SCRIPT_UPDATE, SCRIPT_RENEW, SCRIPT_CLAIM, SCRIPT_COUNT };
+
+static const char *const script_text[SCRIPT_COUNT] = {
+    script_accept, script_update, script_renew, script_claim,
+};
+
+struct conn {
+    redisAsyncContext *ac;      /* NULL once hiredis freed it, or before connecting */
+    const char *name;
+    int connected;
+};
+
+/* A reply owed for an item. */
+struct item_op {
+    struct item *item;
+    struct submit_call *call;   /* accept */
+    uint32_t index;
+    enum wire_state state;      /* final */
+};
+
+static struct {
+    int enabled;
+    int shutting_down;
+    char consumer[160];
+    char key_work[96], key_updates[96], key_seq[96], key_origin[96];
+    char floor[24];             /* the seq counter starts no lower than this */
+    struct conn cmd, work, upd;
+    int up;                     /* connected and set up */
+    int failing;                /* the session is being dropped */
+    int caught_up;              /* the update stream was read to its end */
+    int setup_pending;
+    char sha[SCRIPT_COUNT][48];
+    struct event *reset_event, *retry_timer, *setup_timer, *ping_timer;
+    struct event *renew_timer, *claim_timer, *poll_timer;
+    uint64_t backoff_ms;
+    /* the update stream */
+    int reading;
+    uint64_t last_seq;          /* delivered; 0: none yet */
+    uint64_t origin;
+    uint64_t seq_reported;      /* to the master */
+    /* the work stream */
+    int pulling;
+    uint32_t pull_unit;         /* weight of the items lately taken */
+    int claiming;
+    int polling;
+    uint64_t xlen;              /* items not final, cluster-wide, as last seen */
+    uint64_t accepts_sent, accepts_at_poll;
+    /* a drain waits for these */
+    uint64_t inflight;
+    uint64_t max_published_seq;
+    /* for /status and the log */
+    uint64_t ping_sent_ms;
+    int ping_outstanding;
+    uint64_t reconnects, claimed, lost_updates, superseded, sessions;
+    char last_error[256];
+    char why[400];
+} cl;
+
+int
+cluster_enabled(void)
+{
+    return cl.enabled;
+}
+
+static void session_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void read_updates(void);
+static void check_done(void);
+
+/* ---- commands ------------------------------------------------------------ */
+
+/* Send ARGC strings on CONN. -1: it cannot take commands (the session is
+ * down or going): the callback will not run. */
+static int
+command(struct conn *conn, redisCallbackFn *fn, void *arg, int argc, const char **argv,
+        const size_t *lens)
+{
+    if (!cl.up || cl.failing || conn->ac == NULL)
+        return -1;
+    if (redisAsyncCommandArgv(conn->ac, fn, arg, argc, argv, lens) != REDIS_OK) {
+        session_fail("%s connection: cannot send a command", conn->name);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+is_error(const redisReply *r, const char *prefix)
+{
+    return r->type == REDIS_REPLY_ERROR && strncmp(r->str, prefix, strlen(prefix)) == 0;
+}
+
+/* The "N" of a stream ID "0-N", or 0 if it is not one. */
+static uint64_t
+id_number(const char *s, size_t len)
+{
+    if (len < 3 || len > 22 || s[0] != '0' || s[1] != '-')
+        return 0;
+    uint64_t n = 0;
+    for (size_t i = 2; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9' || n > (UINT64_MAX - 9) / 10)
+            return 0;
+        n = n * 10 + (uint64_t)(s[i] - '0');
+    }
+    return n;
+}
+
+static void
+inflight_done(void)
+{
+    cl.inflight--;
+    check_done();
+}
+
+/* ---- publishing ---------------------------------------------------------- */
+
+/*
+ * The update script for ITEM: MODE u/r/f, the attempt the entry must be at
+ * (CHECK_ATTEMPT), the update encoded without its seq.
+ */
+static int
+send_update(const struct item *item, char mode, uint32_t check_attempt, enum wire_state state,
+            const uint8_t *encoded, size_t encoded_len, redisCallbackFn *fn, void *arg)
+{
+    char maxlen[24], state_s[8], mode_s[2] = { mode, '\0' }, entry[32], attempt[16];
+    snprintf(maxlen, sizeof maxlen, "%" PRIu64, gp.config->updates.history);
+    snprintf(state_s, sizeof state_s, "%d", (int)state);
+    snprintf(entry, sizeof entry, "0-%" PRIu64, item->key);
+    snprintf(attempt, sizeof attempt, "%u", check_attempt);
+    const char *argv[] = {
+        "EVALSHA", cl.sha[SCRIPT_UPDATE], "4", cl.key_work, cl.key_updates, cl.key_seq,
+        cl.key_origin, cl.floor, maxlen, (const char *)encoded, item->id, item->kind,
+        item->batch, state_s, mode_s, CLUSTER_GROUP, cl.consumer, entry, attempt,
+    };
+    size_t lens[sizeof argv / sizeof argv[0]];
+    for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
+        lens[i] = strlen(argv[i]);
+    lens[9] = encoded_len;
+    if (command(&cl.cmd, fn, arg, (int)(sizeof argv / sizeof argv[0]), argv, lens) == -1)
+        return -1;
+    cl.inflight++;
+    return 0;
+}
+
+/* The reply of the update script: the seq used, 0 if superseded, -1 if
+ * unknown (no reply, or an error: logged). */
+static int64_t
+update_result(const redisReply *r, const char *what)
+{
+    if (r == NULL)
+        return -1;
+    if (r->type == REDIS_REPLY_INTEGER) {
+        if (r->integer == 0) {
+            cl.superseded++;
+            return 0;
+        }
+        if ((uint64_t)r->integer > cl.max_published_seq)
+            cl.max_published_seq = (uint64_t)r->integer;
+        return r->integer;
+    }
+    log_error("cluster: publishing %s failed: %s", what,
+              r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    if (is_error(r, "NOSCRIPT"))
+        session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
+    return -1;
+}
+
+static void
+note_lost_update(void)
+{
+    if (cl.lost_updates++ == 0 || cl.lost_updates % 1000 == 0)
+        log_warn("cluster: %" PRIu64 " updates of running items could not be published "
+                 "(redis unreachable); their final updates still will be", cl.lost_updates);
+}
+
+static void
+on_published(redisAsyncContext *ac, void *reply, void *arg)
+{
+    if (cl.shutting_down)
+        return;
+    if (update_result(reply, "an update") == -1)
+        note_lost_update();
+    inflight_done();
+}
+
+void
+cluster_publish(const struct item *item, enum wire_state state, pid_t worker_pid,
+                float progress)
+{
+    size_t len;
+    uint8_t *encoded = updates_encode(item, state, worker_pid, NULL, 0, NULL, progress, &len);
+    if (send_update(item, 'u', item->attempt, state, encoded, len, on_published, NULL) == -1)
+        note_lost_update();
+    free(encoded);
+}
+
+/* Run FN(ARG) from the loop, not from inside the caller. */
+static void
+later(void (*fn)(evutil_socket_t, short, void *), void *arg)
+{
+    struct timeval now = { 0, 0 };
+    event_base_once(gp.base, -1, EV_TIMEOUT, fn, arg, &now);
+}
+
+static void
+drop_later(evutil_socket_t fd, short what, void *arg)
+{
+    struct item_op *op = arg;
+    item_dropped(op->item);
+    free(op);
+}
+
+static void
+on_final(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct item_op *op = arg;
+    if (cl.shutting_down) {
+        item_free(op->item);
+        free(op);
+        return;
+    }
+    int64_t seq = update_result(reply, "a final update");
+    if (seq > 0) {
+        item_finished(op->item, op->state == STATE_SUCCEEDED);
+    } else {
+        if (seq == -1)
+            log_warn("cluster: item %s (attempt %u) finished, but whether redis has its final "
+                     "update is unknown; if not, another instance runs it again after the "
+                     "lease", op->item->id, op->item->attempt);
+        item_dropped(op->item);
+    }
+    free(op);
+    inflight_done();
+}
+
+int
+cluster_final(struct item *item, enum wire_state state, pid_t worker_pid, const void *result,
+              size_t result_len, const char *error)
+{
+    if (!cl.enabled)
+        return 0;
+    struct item_op *op = ds_calloc(1, sizeof *op);
+    op->item = item;
+    op->state = state;
+    size_t len;
+    uint8_t *encoded = updates_encode(item, state, worker_pid, result, result_len, error,
+                                      state == STATE_SUCCEEDED ? 1 : 0, &len);
+    if (send_update(item, 'f', item->attempt, state, encoded, len, on_final, op) == -1) {
+        log_warn("cluster: item %s finished while redis is unreachable; another instance runs "
+                 "it again after the lease", item->id);
+        later(drop_later, op);
+    }
+    free(encoded);
+    return 1;
+}
+
+static void
+on_retried(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct item_op *op = arg;
+    if (cl.shutting_down) {
+        item_free(op->item);
+        free(op);
+        return;
+    }
+    if (update_result(reply, "a RETRYING update") > 0) {
+        op->item->attempt++;
+        queue_retry(op->item);
+    } else {
+        item_dropped(op->item);     /* another instance retries it, after the lease */
+    }
+    free(op);
+    inflight_done();
+}
+
+int
+cluster_retry(struct item *item, pid_t worker_pid, const char *reason)
+{
+    if (!cl.enabled)
+        return 0;
+    struct item_op *op = ds_calloc(1, sizeof *op);
+    op->item = item;
+    size_t len;
+    uint8_t *encoded = updates_encode(item, STATE_RETRYING, worker_pid, NULL, 0, reason, 0,
+                                      &len);
+    if (send_update(item, 'r', item->attempt, STATE_RETRYING, encoded, len, on_retried,
+                    op) == -1)
+        later(drop_later, op);
+    free(encoded);
+    return 1;
+}
+
+/* ---- accepting ----------------------------------------------------------- */
+
+static void
+unavailable_later(evutil_socket_t fd, short what, void *arg)
+{
+    struct item_op *op = arg;
+    queue_journaling(-1);
+    submit_item_unavailable(op->call, op->item, cl.why, 0);
+    free(op);
+}
+
+static void
+on_accepted(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct item_op *op = arg;
+    redisReply *r = reply;
+    if (cl.shutting_down) {
+        item_free(op->item);
+        free(op);
+        return;
+    }
+    queue_journaling(-1);
+    if (r == NULL) {
+        submit_item_unavailable(op->call, op->item, "cluster: the connection to redis was lost",
+                                1);
+    } else if (r->type == REDIS_REPLY_INTEGER) {
+        if ((uint64_t)r->integer > cl.max_published_seq)
+            cl.max_published_seq = (uint64_t)r->integer;
+        submit_item_journaled(op->call, op->item, op->index, NULL);
+    } else if (is_error(r, "NOSCRIPT")) {
+        session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
+        submit_item_unavailable(op->call, op->item, cl.why, 0);
+    } else {
+        char why[300];
+        snprintf(why, sizeof why, "cluster: redis refused the item: %.200s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        submit_item_journaled(op->call, op->item, op->index, why);
+    }
+    free(op);
+    inflight_done();
+}
+
+int
+cluster_accept(struct item *item, struct submit_call *call, uint32_t index)
+{
+    if (!cl.enabled)
+        return 0;
+    struct item_op *op = ds_calloc(1, sizeof *op);
+    op->item = item;
+    op->call = call;
+    op->index = index;
+    queue_journaling(1);
+
+    size_t len;
+    uint8_t *encoded = updates_encode(item, STATE_QUEUED, 0, NULL, 0, NULL, 0, &len);
+    char maxlen[24], state_s[8], max_attempts[16], timeout[16];
+    snprintf(maxlen, sizeof maxlen, "%" PRIu64, gp.config->updates.history);
+    snprintf(state_s, sizeof state_s, "%d", (int)STATE_QUEUED);
+    snprintf(max_attempts, sizeof max_attempts, "%u", item->max_attempts);
+    snprintf(timeout, sizeof timeout, "%u", item->timeout_ms);
+    const char *argv[] = {
+        "EVALSHA", cl.sha[SCRIPT_ACCEPT], "4", cl.key_work, cl.key_updates, cl.key_seq,
+        cl.key_origin, cl.floor, maxlen, (const char *)encoded, item->id, item->kind,
+        item->batch, state_s, max_attempts, timeout,
+        item->weight == ITEM_WEIGHT_QUICK ? "1" : "0", (const char *)item->raw,
+    };
+    size_t lens[sizeof argv / sizeof argv[0]];
+    for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
+        lens[i] = i == 9 || i == 17 ? 0 : strlen(argv[i]);
+    lens[9] = len;
+    lens[17] = item->raw_len;
+    if (command(&cl.cmd, on_accepted, op, (int)(sizeof argv / sizeof argv[0]), argv,
+                lens) == -1) {
+        later(unavailable_later, op);
+    } else {
+        cl.inflight++;
+        cl.accepts_sent++;
+    }
+    free(encoded);
+    return 1;
+}
+
+/* ---- taking items -------------------------------------------------------- */
+
+static const redisReply *
+field(const redisReply *fields, const char *name)
+{
+    if (fields == NULL || fields->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+        const redisReply *k = fields->element[i], *v = fields->element[i + 1];
+        if (k->type == REDIS_REPLY_STRING && k->len == strlen(name) &&
+            memcmp(k->str, name, k->len) == 0 && v->type == REDIS_REPLY_STRING)
+            return v;
+    }
+    return NULL;
+}
+
+/* A field as a NUL-terminated string of at most MAX bytes, or NULL. */
+static const char *
+field_string(const redisReply *fields, const char *name, size_t max, char *buf)
+{
+    const redisReply *v = field(fields, name);
+    if (v == NULL || v->len > max || memchr(v->str, '\0', v->len) != NULL)
+        return NULL;
+    memcpy(buf, v->str, v->len);
+    buf[v->len] = '\0';
+    return buf;
+}
+
+static int
+field_uint(const redisReply *fields, const char *name, uint32_t max, uint32_t *out)
+{
+    char buf[16], *end;
+    if (field_string(fields, name, 10, buf) == NULL || buf[0] == '\0')
+        return -1;
+    errno = 0;
+    unsigned long v = strtoul(buf, &end, 10);
+    if (*end != '\0' || errno != 0 || v > max)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/*
+ * An entry of the work stream becomes an item here, at attempt DELIVERIES.
+ * PREVIOUS: the instance it was claimed from (NULL: read fresh), idle for
+ * IDLE_MS. Returns the item's weight, or 0 if it was not queued.
+ */
+static uint32_t
+take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, uint64_t idle_ms)
+{
+    if (entry == NULL || entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 ||
+        entry->element[0]->type != REDIS_REPLY_STRING)
+        return 0;
+    const redisReply *idr = entry->element[0], *fields = entry->element[1];
+    uint64_t key = id_number(idr->str, idr->len);
+    char id[DS_ITEM_ID_MAX + 1], kind[80], batch[DS_ITEM_BATCH_MAX + 1];
+    uint32_t max_attempts = 0, timeout_ms = 0, quick = 0;
+    const redisReply *raw = field(fields, "w");
+    const char *bad = NULL;
+    if (key == 0)
+        bad = "its ID is not 0-N";
+    else if (field_string(fields, "i", DS_ITEM_ID_MAX, id) == NULL)
+        bad = "field i (id) is missing or too long";
+    else if (field_string(fields, "k", 64, kind) == NULL)
+        bad = "field k (kind) is missing or too long";
+    else if (field_string(fields, "b", DS_ITEM_BATCH_MAX, batch) == NULL)
+        bad = "field b (batch) is missing or too long";
+    else if (field_uint(fields, "m", 1000, &max_attempts) == -1 || max_attempts == 0)
+        bad = "field m (max_attempts) is not 1..1000";
+    else if (field_uint(fields, "t", UINT32_MAX, &timeout_ms) == -1)
+        bad = "field t (timeout_ms) is not a number";
+    else if (field_uint(fields, "q", 1, &quick) == -1)
+        bad = "field q is not 0 or 1";
+    else if (raw == NULL || raw->len > gp.config->grpc.max_message_size)
+        bad = "field w (the WorkItem) is missing or larger than grpc.max_message_size";
+    if (bad != NULL && key == 0) {
+        log_error("cluster: %s has an entry %.*s that is no item (%s); leaving it", cl.key_work,
+                  (int)(idr->len < 40 ? idr->len : 40), idr->str, bad);
+        return 0;
+    }
+
+    struct item *item = item_make(raw != NULL && bad == NULL ? (const uint8_t *)raw->str : NULL,
+                                  raw != NULL && bad == NULL ? raw->len : 0,
+                                  bad == NULL ? id : "", bad == NULL ? batch : "",
+                                  bad == NULL ? kind : "", max_attempts ? max_attempts : 1,
+                                  timeout_ms, (int)quick);
+    item->key = key;
+    item->attempt = deliveries;
+    char error[600];
+    if (bad != NULL) {
+        snprintf(error, sizeof error, "cluster: entry 0-%" PRIu64 " of %s is not a valid item: "
+                 "%s", key, cl.key_work, bad);
+        log_error("%s", error);
+        queue_fail_now(item, error);
+        return 0;
+    }
+    if (config_handler(gp.config, item->kind) == NULL) {
+        snprintf(error, sizeof error, "kind \"%s\" is not configured on instance %s (every "
+                 "instance of a cluster needs the same handlers)", item->kind, cl.consumer);
+        queue_fail_now(item, error);
+        return 0;
+    }
+    if (previous != NULL) {
+        char reason[320];
+        snprintf(reason, sizeof reason, "instance %.200s stopped renewing it (idle %" PRIu64
+                 " ms)", previous, idle_ms);
+        cl.claimed++;
+        if (deliveries - 1 >= max_attempts) {
+            snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, deliveries - 1,
+                     max_attempts);
+            queue_fail_now(item, error);
+            return 0;
+        }
+        metrics_kind(item->kind)->retried++;
+        item->attempt = deliveries - 1;
+        size_t len;
+        uint8_t *encoded = updates_encode(item, STATE_RETRYING, 0, NULL, 0, reason, 0, &len);
+        item->attempt = deliveries;
+        if (send_update(item, 'u', deliveries, STATE_RETRYING, encoded, len, on_published,
+                        NULL) == -1)
+            note_lost_update();
+        free(encoded);
+    }
+    uint32_t weight = item->weight;
+    queue_push(item);
+    return weight;
+}
+
+static void
+on_pulled(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    cl.pulling = 0;
+    if (r == NULL || cl.shutting_down)
+        return;
+    if (r->type == REDIS_REPLY_ERROR) {
+        log_error("cluster: XREADGROUP on %s failed: %s", cl.key_work, r->str);
+        session_fail("XREADGROUP failed: %.200s", r->str);
+        return;
+    }
+    uint32_t taken = 0, weight = 0;
+    if (r->type == REDIS_REPLY_ARRAY) {
+        for (size_t s = 0; s < r->elements; s++) {
+            const redisReply *stream = r->element[s];
+            if (stream->type != REDIS_REPLY_ARRAY || stream->elements < 2 ||
+                stream->element[1]->type != REDIS_REPLY_ARRAY)
+                continue;
+            const redisReply *entries = stream->element[1];
+            for (size_t i = 0; i < entries->elements; i++) {
+                uint32_t w = take_entry(entries->element[i], 1, NULL, 0);
+                if (w > 0) {
+                    taken++;
+                    weight += w;
+                }
+            }
+        }
+    }
+    if (taken > 0)
+        cl.pull_unit = weight / taken > 0 ? weight / taken : ITEM_WEIGHT_QUICK;
+    cluster_pull();
+}
+
+void
+cluster_pull(void)
+{
+    if (!cl.enabled || !cl.up || cl.failing || cl.pulling || gp.draining || gp.stopping)
+        return;
+    uint32_t room = queue_local_room(), unit = cl.pull_unit ? cl.pull_unit : ITEM_WEIGHT_FULL;
+    if (room < unit)
+        return;
+    uint32_t count = room / unit;
+    if (count > PULL_MAX)
+        count = PULL_MAX;
+    char count_s[16];
+    snprintf(count_s, sizeof count_s, "%u", count);
+    const char *argv[] = { "XREADGROUP", "GROUP", CLUSTER_GROUP, cl.consumer, "COUNT", count_s,
+                           "BLOCK", BLOCK_MS, "STREAMS", cl.key_work, ">" };
+    size_t lens[sizeof argv / sizeof argv[0]];
+    for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
+        lens[i] = strlen(argv[i]);
+    if (command(&cl.work, on_pulled, NULL, (int)(sizeof argv / sizeof argv[0]), argv,
+                lens) == 0)
+        cl.pulling = 1;
+}
+
+/* ---- leases -------------------------------------------------------------- */
+
+struct renew_batch {
+    const char **argv;
+    size_t *lens;
+    char (*ids)[24];
+    int argc;
+};
+
+static void
+on_renewed(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && !cl.shutting_down)
+        log_error("cluster: renewing our items failed: %s", r->str);
+}
+
+static void
+renew_flush(struct renew_batch *b)
+{
+    if (b->argc > 6)
+        command(&cl.cmd, on_renewed, NULL, b->argc, b->argv, b->lens);
+    b->argc = 6;
+}
+
+static void
+renew_one(const struct item *item, void *arg)
+{
+    struct renew_batch *b = arg;
+    int i = b->argc - 6;
+    snprintf(b->ids[i], sizeof b->ids[i], "0-%" PRIu64, item->key);
+    b->argv[b->argc] = b->ids[i];
+    b->lens[b->argc] = strlen(b->ids[i]);
+    if (++b->argc == 6 + RENEW_CHUNK)
+        renew_flush(b);
+}
+
+static void
+on_renew_timer(evutil_socket_t fd, short what, void *arg)
+{
+    static const char *argv[6 + RENEW_CHUNK];
+    static size_t lens[6 + RENEW_CHUNK];
+    static char ids[RENEW_CHUNK][24];
+    struct renew_batch b = { argv, lens, ids, 6 };
+    argv[0] = "EVALSHA";
+    argv[1] = cl.sha[SCRIPT_RENEW];
+    argv[2] = "1";
+    argv[3] = cl.key_work;
+    argv[4] = CLUSTER_GROUP;
+    argv[5] = cl.consumer;
+    for (int i = 0; i < 6; i++)
+        lens[i] = strlen(argv[i]);
+    queue_for_each(renew_one, &b);
+    renew_flush(&b);
+}
+
+static void
+on_claimed(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    cl.claiming = 0;
+    if (r == NULL || cl.shutting_down)
+        return;
+    if (r->type != REDIS_REPLY_ARRAY) {
+        log_error("cluster: claiming the items of lost instances failed: %s",
+                  r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        return;
+    }
+    size_t claimed = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 5 ||
+            e->element[0]->type != REDIS_REPLY_STRING ||
+            e->element[2]->type != REDIS_REPLY_INTEGER ||
+            e->element[3]->type != REDIS_REPLY_STRING ||
+            e->element[4]->type != REDIS_REPLY_INTEGER)
+            continue;
+        uint64_t key = id_number(e->element[0]->str, e->element[0]->len);
+        if (key != 0 && queue_holds(key))
+            continue;   /* ours, renewed late: our copy runs on */
+        redisReply entry = { .type = REDIS_REPLY_ARRAY, .elements = 2, .element = e->element };
+        long long deliveries = e->element[2]->integer;
+        take_entry(&entry, deliveries > 0 && deliveries < UINT32_MAX ? (uint32_t)deliveries : 1,
+                   e->element[3]->str, (uint64_t)e->element[4]->integer);
+        claimed++;
+    }
+    if (claimed > 0)
+        log_notice("cluster: took over %zu items from instances that stopped renewing them",
+                   claimed);
+    if (r->elements == CLAIM_COUNT)
+        event_active(cl.claim_timer, EV_TIMEOUT, 0);   /* more are waiting */
+}
+
+static void
+on_claim_timer(evutil_socket_t fd, short what, void *arg)
+{
+    if (cl.claiming || gp.draining || gp.stopping)
+        return;     /* a leaving instance leaves them to the others */
+    char lease[24], count[16];
+    snprintf(lease, sizeof lease, "%" PRIu64, gp.config->cluster.lease_ms);
+    snprintf(count, sizeof count, "%d", CLAIM_COUNT);
+    const char *argv[] = { "EVALSHA", cl.sha[SCRIPT_CLAIM], "1", cl.key_work, CLUSTER_GROUP,
+                           cl.consumer, lease, count };
+    size_t lens[sizeof argv / sizeof argv[0]];
+    for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
+        lens[i] = strlen(argv[i]);
+    if (command(&cl.cmd, on_claimed, NULL, (int)(sizeof argv / sizeof argv[0]), argv,
+                lens) == 0)
+        cl.claiming = 1;
+}
+
+/* ---- capacity ------------------------------------------------------------ */
+
+static uint64_t
+outstanding(void)
+{
+    return cl.xlen + (cl.accepts_sent - cl.accepts_at_poll);
+}
+
+int
+cluster_has_room(void)
+{
+    return outstanding() < gp.config->queue.capacity;
+}
+
+static void
+on_polled(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    uint64_t *at = arg;
+    cl.polling = 0;
+    if (r != NULL && !cl.shutting_down && r->type == REDIS_REPLY_INTEGER && r->integer >= 0) {
+        cl.xlen = (uint64_t)r->integer;
+        cl.accepts_at_poll = *at;
+        if (cluster_has_room())
+            queue_room_available();
+    }
+    free(at);
+}
+
+static void
+on_poll_timer(evutil_socket_t fd, short what, void *arg)
+{
+    if (cl.polling || submit_active() == 0)
+        return;
+    /* The reply counts every accept sent before it on this connection. */
+    uint64_t *at = ds_malloc(sizeof *at);
+    *at = cl.accepts_sent;
+    const char *argv[] = { "XLEN", cl.key_work };
+    size_t lens[] = { 4, strlen(cl.key_work) };
+    if (command(&cl.cmd, on_polled, at, 2, argv, lens) == 0)
+        cl.polling = 1;
+    else
+        free(at);
+}
+
+/* ---- the update stream --------------------------------------------------- */
+
+static void
+report_seq(void)
+{
+    /* A grpc process started after us (even without cluster) continues past it. */
+    if (cl.last_seq + SEQ_RESERVE_CHUNK / 2 < cl.seq_reported)
+        return;
+    cl.seq_reported = cl.last_seq + SEQ_RESERVE_CHUNK;
+    struct ipc_seq s = { .seq = cl.seq_reported };
+    master_send(IPC_SEQ_RESERVE, &s, sizeof s);
+}
+
+static void
+deliver_entry(const redisReply *entry)
+{
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 ||
+        entry->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const redisReply *fields = entry->element[1];
+    uint64_t seq = id_number(entry->element[0]->str, entry->element[0]->len);
+    const redisReply *u = field(fields, "u"), *i = field(fields, "i"), *k = field(fields, "k");
+    const redisReply *b = field(fields, "b"), *s = field(fields, "s");
+    uint32_t state = 0;
+    if (s != NULL && s->len == 1 && s->str[0] >= '1' && s->str[0] <= '6')
+        state = (uint32_t)(s->str[0] - '0');
+    if (seq == 0 || u == NULL || i == NULL || k == NULL || b == NULL || state == 0) {
+        log_error("cluster: skipping entry %.*s of %s: it is no update",
+                  (int)(entry->element[0]->len < 40 ? entry->element[0]->len : 40),
+                  entry->element[0]->str, cl.key_updates);
+        if (seq > cl.last_seq)
+            cl.last_seq = seq;  /* its seq is used up all the same */
+        return;
+    }
+    if (cl.last_seq != 0 && seq <= cl.last_seq)
+        return;
+    if (cl.last_seq == 0 || seq != cl.last_seq + 1) {
+        if (cl.last_seq != 0) {
+            char why[256];
+            snprintf(why, sizeof why, "updates %" PRIu64 "..%" PRIu64 " were trimmed from the "
+                     "cluster's update stream before this instance read them", cl.last_seq + 1,
+                     seq - 1);
+            log_warn("cluster: %s; ending every subscriber stream", why);
+            subscribers_cut_all(why);
+        }
+        updates_restart(seq - 1, cl.origin + 1);
+    }
+    cl.last_seq = seq;
+    updates_deliver(seq, (enum wire_state)state, (const uint8_t *)u->str, u->len, i->str, i->len,
+                    k->str, k->len, b->str, b->len);
+}
+
+static void
+on_updates(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    cl.reading = 0;
+    if (r == NULL || cl.shutting_down)
+        return;
+    if (r->type == REDIS_REPLY_ERROR) {
+        session_fail("XREAD on %s failed: %.200s", cl.key_updates, r->str);
+        return;
+    }
+    size_t n = 0;
+    if (r->type == REDIS_REPLY_ARRAY) {
+        for (size_t s = 0; s < r->elements; s++) {
+            const redisReply *stream = r->element[s];
+            if (stream->type != REDIS_REPLY_ARRAY || stream->elements < 2 ||
+                stream->element[1]->type != REDIS_REPLY_ARRAY)
+                continue;
+            const redisReply *entries = stream->element[1];
+            for (size_t i = 0; i < entries->elements; i++)
+                deliver_entry(entries->element[i]);
+            n += entries->elements;
+        }
+    }
+    if (cl.last_seq > 0)
+        report_seq();
+    if (n < READ_COUNT && !cl.caught_up) {
+        cl.caught_up = 1;
+        log_notice("cluster: serving; the update stream %s is read up to seq %" PRIu64,
+                   cl.key_updates, cl.last_seq);
+        health_changed();
+        submit_resume_blocked();
+    }
+    read_updates();
+    check_done();
+}
+
+static void
+read_updates(void)
+{
+    if (cl.reading)
+        return;
+    char after[32];
+    snprintf(after, sizeof after, "0-%" PRIu64, cl.last_seq);
+    char count[16];
+    snprintf(count, sizeof count, "%d", READ_COUNT);
+    /* Catching up does not wait: a short read means we are there. */
+    const char *block[] = { "XREAD", "COUNT", count, "BLOCK", BLOCK_MS, "STREAMS",
+                            cl.key_updates, after };
+    const char *now[] = { "XREAD", "COUNT", count, "STREAMS", cl.key_updates, after };
+    const char **argv = cl.caught_up ? block : now;
+    int argc = cl.caught_up ? 8 : 6;
+    size_t lens[8];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    if (command(&cl.upd, on_updates, NULL, argc, argv, lens) == 0)
+        cl.reading = 1;
+}
+
+/* ---- the session --------------------------------------------------------- */
+
+static void
+set_why(void)
+{
+    if (cl.up && !cl.caught_up)
+        snprintf(cl.why, sizeof cl.why, "cluster: this instance is still reading the update "
+                 "stream %s; try again shortly", cl.key_updates);
+    else
+        snprintf(cl.why, sizeof cl.why, "cluster: redis %s:%d is unreachable (%s); nothing is "
+                 "accepted until it is back", gp.config->cluster.host, gp.config->cluster.port,
+                 cl.last_error[0] ? cl.last_error : "connecting");
+}
+
+static void
+stop_timers(void)
+{
+    evtimer_del(cl.setup_timer);
+    evtimer_del(cl.ping_timer);
+    evtimer_del(cl.renew_timer);
+    evtimer_del(cl.claim_timer);
+    evtimer_del(cl.poll_timer);
+}
+
+static void
+session_fail(const char *fmt, ...)
+{
+    if (cl.failing || cl.shutting_down)
+        return;
+    char why[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    int was_up = cl.up && cl.caught_up;
+    if (was_up || strcmp(why, cl.last_error) != 0)
+        log_error("cluster: redis %s:%d: %s%s", gp.config->cluster.host,
+                  gp.config->cluster.port, why, was_up ? "; doSomething answers UNAVAILABLE "
+                  "until it is back" : "");
+    snprintf(cl.last_error, sizeof cl.last_error, "%s", why);
+    cl.failing = 1;
+    cl.up = 0;
+    set_why();
+    if (was_up)
+        health_changed();
+    event_active(cl.reset_event, EV_TIMEOUT, 0);
+}
+
+static void
+free_conn(struct conn *conn)
+{
+    redisAsyncContext *ac = conn->ac;
+    conn->ac = NULL;
+    conn->connected = 0;
+    if (ac != NULL) {
+        ac->data = NULL;
+        redisAsyncFree(ac);     /* replies still owed come back as NULL */
+    }
+}
+
+/* Outside every hiredis callback: drop the session, try again later. */
+static void
+on_reset(evutil_socket_t fd, short what, void *arg)
+{
+    stop_timers();
+    free_conn(&cl.cmd);
+    free_conn(&cl.work);
+    free_conn(&cl.upd);
+    cl.reading = cl.pulling = cl.claiming = cl.polling = cl.ping_outstanding = 0;
+    cl.setup_pending = 0;
+    if (cl.shutting_down)
+        return;
+    struct timeval tv = clock_timeval_ms(cl.backoff_ms);
+    evtimer_add(cl.retry_timer, &tv);
+    cl.backoff_ms = cl.backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : cl.backoff_ms * 2;
+    check_done();
+}
+
+static void
+on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct conn *conn = ac->data;
+    if (conn == NULL)
+        return;     /* we freed it */
+    conn->ac = NULL;
+    conn->connected = 0;
+    session_fail("%s connection lost: %s", conn->name,
+                 ac->errstr[0] ? ac->errstr : "closed by the server");
+}
+
+static void session_up(void);
+
+static void
+on_setup(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    intptr_t which = (intptr_t)arg;
+    if (r == NULL || cl.failing)
+        return;
+    if (which < SCRIPT_COUNT) {
+        if (r->type != REDIS_REPLY_STRING || r->len >= sizeof cl.sha[0]) {
+            session_fail("SCRIPT LOAD failed: %.200s",
+                         r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            return;
+        }
+        memcpy(cl.sha[which], r->str, r->len);
+        cl.sha[which][r->len] = '\0';
+    } else if (which == SCRIPT_COUNT) {
+        if (r->type == REDIS_REPLY_ERROR && !is_error(r, "BUSYGROUP")) {
+            session_fail("XGROUP CREATE %s %s failed: %.200s", cl.key_work, CLUSTER_GROUP,
+                         r->str);
+            return;
+        }
+    } else {
+        uint64_t origin = 0;
+        if (r->type == REDIS_REPLY_STRING)
+            origin = strtoull(r->str, NULL, 10);
+        cl.origin = origin;
+    }
+    if (--cl.setup_pending == 0)
+        session_up();
+}
+
+static void
+on_pong(redisAsyncContext *ac, void *reply, void *arg)
+{
+    cl.ping_outstanding = 0;
+}
+
+static void
+on_ping_timer(evutil_socket_t fd, short what, void *arg)
+{
+    if (cl.ping_outstanding) {
+        if (clock_monotonic_ms() - cl.ping_sent_ms >= PING_TIMEOUT_MS)
+            session_fail("no answer to PING within %d ms", PING_TIMEOUT_MS);
+        return;
+    }
+    const char *argv[] = { "PING" };
+    size_t lens[] = { 4 };
+    if (command(&cl.cmd, on_pong, NULL, 1, argv, lens) == 0) {
+        cl.ping_outstanding = 1;
+        cl.ping_sent_ms = clock_monotonic_ms();
+    }
+}
+
+static void
+arm_lease_timers(void)
+{
+    uint64_t lease = gp.config->cluster.lease_ms;
+    struct timeval renew = clock_timeval_ms(lease / 3), claim = clock_timeval_ms(lease / 2);
+    evtimer_add(cl.renew_timer, &renew);
+    evtimer_add(cl.claim_timer, &claim);
+}
+
+static void
+session_up(void)
+{
+    evtimer_del(cl.setup_timer);
+    cl.up = 1;
+    cl.backoff_ms = BACKOFF_MIN_MS;
+    if (cl.sessions++ > 0)
+        cl.reconnects++;
+    log_notice("cluster: connected to redis %s:%d as %s (group %s on %s)",
+               gp.config->cluster.host, gp.config->cluster.port, cl.consumer, CLUSTER_GROUP,
+               cl.key_work);
+    cl.last_error[0] = '\0';
+    set_why();
+    struct timeval ping = clock_timeval_ms(PING_EVERY_MS), poll = clock_timeval_ms(POLL_MS);
+    evtimer_add(cl.ping_timer, &ping);
+    evtimer_add(cl.poll_timer, &poll);
+    arm_lease_timers();
+    on_renew_timer(-1, 0, NULL);    /* what we held before: renew it before anyone claims it */
+    read_updates();
+    cluster_pull();
+    if (cl.caught_up) {
+        health_changed();
+        submit_resume_blocked();
+    }
+}
+
+static void
+on_connect(const redisAsyncContext *ac, int status)
+{
+    struct conn *conn = ac->data;
+    if (conn == NULL)
+        return;
+    if (status != REDIS_OK) {
+        conn->ac = NULL;    /* hiredis frees it */
+        session_fail("connecting: %s", ac->errstr);
+        return;
+    }
+    conn->connected = 1;
+    if (!cl.cmd.connected || !cl.work.connected || !cl.upd.connected)
+        return;
+    /* Everything the session needs, pipelined; session_up() after the last reply. */
+    cl.up = 1;
+    cl.setup_pending = SCRIPT_COUNT + 2;
+    for (intptr_t i = 0; i < SCRIPT_COUNT; i++) {
+        const char *argv[] = { "SCRIPT", "LOAD", script_text[i] };
+        size_t lens[] = { 6, 4, strlen(script_text[i]) };
+        command(&cl.cmd, on_setup, (void *)i, 3, argv, lens);
+    }
+    const char *group[] = { "XGROUP", "CREATE", cl.key_work, CLUSTER_GROUP, "0", "MKSTREAM" };
+    size_t group_lens[] = { 6, 6, strlen(cl.key_work), strlen(CLUSTER_GROUP), 1, 8 };
+    command(&cl.cmd, on_setup, (void *)(intptr_t)SCRIPT_COUNT, 6, group, group_lens);
+    const char *get[] = { "GET", cl.key_origin };
+    size_t get_lens[] = { 3, strlen(cl.key_origin) };
+    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 1), 2, get, get_lens);
+    cl.up = 0;      /* until session_up() */
+}
+
+static int
+open_conn(struct conn *conn)
+{
+    const struct ds_config *c = gp.config;
+    redisAsyncContext *ac = redisAsyncConnect(c->cluster.host, c->cluster.port);
+    if (ac == NULL) {
+        session_fail("out of memory");
+        return -1;
+    }
+    if (ac->err) {
+        char why[160];
+        snprintf(why, sizeof why, "connecting: %s", ac->errstr);
+        redisAsyncFree(ac);
+        session_fail("%s", why);
+        return -1;
+    }
+    conn->ac = ac;
+    conn->connected = 0;
+    ac->data = conn;
+    redisLibeventAttach(ac, gp.base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    return 0;
+}
+
+static void
+on_setup_timer(evutil_socket_t fd, short what, void *arg)
+{
+    session_fail("no connection after %d ms", CONNECT_TIMEOUT_MS);
+}
+
+static void
+on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    cl.failing = 0;
+    struct timeval tv = clock_timeval_ms(CONNECT_TIMEOUT_MS);
+    evtimer_add(cl.setup_timer, &tv);
+    if (open_conn(&cl.cmd) == -1 || open_conn(&cl.work) == -1 || open_conn(&cl.upd) == -1)
+        return;
+}
+
+/* While cl.up is set inside on_connect, command() sends: the setup needs it. */
+
+/* ---- start, reload, stop ------------------------------------------------- */
+
+void
+cluster_start(void)
+{
+    const struct ds_config *c = gp.config;
+    if (c->cluster.redis == NULL)
+        return;
+    memset(&cl, 0, sizeof cl);
+    cl.enabled = 1;
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    snprintf(cl.consumer, sizeof cl.consumer, "%s-%ld-%llu", host[0] ? host : "host",
+             (long)getpid(), (unsigned long long)(clock_wall_ns() / 1000000));
+    snprintf(cl.key_work, sizeof cl.key_work, "{%s}:work", c->cluster.name);
+    snprintf(cl.key_updates, sizeof cl.key_updates, "{%s}:updates", c->cluster.name);
+    snprintf(cl.key_seq, sizeof cl.key_seq, "{%s}:seq", c->cluster.name);
+    snprintf(cl.key_origin, sizeof cl.key_origin, "{%s}:origin", c->cluster.name);
+    snprintf(cl.floor, sizeof cl.floor, "%" PRIu64, updates_last_seq());
+    cl.backoff_ms = BACKOFF_MIN_MS;
+    cl.pull_unit = ITEM_WEIGHT_FULL;
+    cl.reset_event = event_new(gp.base, -1, 0, on_reset, NULL);
+    cl.retry_timer = evtimer_new(gp.base, on_retry, NULL);
+    cl.setup_timer = evtimer_new(gp.base, on_setup_timer, NULL);
+    cl.ping_timer = event_new(gp.base, -1, EV_PERSIST, on_ping_timer, NULL);
+    cl.renew_timer = event_new(gp.base, -1, EV_PERSIST, on_renew_timer, NULL);
+    cl.claim_timer = event_new(gp.base, -1, EV_PERSIST, on_claim_timer, NULL);
+    cl.poll_timer = event_new(gp.base, -1, EV_PERSIST, on_poll_timer, NULL);
+    set_why();
+    log_info("cluster: redis %s:%d, keys {%s}:*, consumer %s, lease %llu ms", c->cluster.host,
+             c->cluster.port, c->cluster.name, cl.consumer,
+             (unsigned long long)c->cluster.lease_ms);
+    on_retry(-1, 0, NULL);
+}
+
+void
+cluster_configure(const struct ds_config *old)
+{
+    const struct ds_config *c = gp.config;
+    if (!cl.enabled) {
+        if (c->cluster.redis != NULL)
+            log_warn("cluster: set by this reload; it takes effect when the grpc process next "
+                     "starts");
+        return;
+    }
+    if (c->cluster.redis == NULL || strcmp(c->cluster.redis, old->cluster.redis) != 0 ||
+        strcmp(c->cluster.name, old->cluster.name) != 0)
+        log_warn("cluster: redis or name changed by this reload; this grpc process stays with "
+                 "%s and {%s}:* until it next starts", old->cluster.redis, old->cluster.name);
+    if (c->cluster.lease_ms != old->cluster.lease_ms && cl.up)
+        arm_lease_timers();
+}
+
+void
+cluster_shutdown(void)
+{
+    if (!cl.enabled)
+        return;
+    cl.shutting_down = 1;
+    stop_timers();
+    evtimer_del(cl.retry_timer);
+    free_conn(&cl.cmd);
+    free_conn(&cl.work);
+    free_conn(&cl.upd);
+    event_free(cl.reset_event);
+    event_free(cl.retry_timer);
+    event_free(cl.setup_timer);
+    event_free(cl.ping_timer);
+    event_free(cl.renew_timer);
+    event_free(cl.claim_timer);
+    event_free(cl.poll_timer);
+    cl.enabled = 0;
+}
+
+/* ---- what the rest of the process asks ------------------------------------ */
+
+int
+cluster_serving(const char **why)
+{
+    if (!cl.enabled || (cl.up && cl.caught_up))
+        return 1;
+    if (why != NULL)
+        *why = cl.why;
+    return 0;
+}
+
+int
+cluster_idle(void)
+{
+    if (!cl.enabled)
+        return 1;
+    return cl.inflight == 0 && (!cl.up || cl.last_seq >= cl.max_published_seq);
+}
+
+static void
+check_done(void)
+{
+    if (gp.draining && cluster_idle())
+        grpc_process_check_done();
+}
+
+void
+cluster_status_json(struct evbuffer *b)
+{
+    if (!cl.enabled) {
+        evbuffer_add_printf(b, "\"cluster\":null,");
+        return;
+    }
+    const struct ds_config *c = gp.config;
+    evbuffer_add_printf(b, "\"cluster\":{\"redis\":\"%s:%d\",\"name\":\"%s\",\"consumer\":\"%s\","
+                        "\"connected\":%s,\"serving\":%s,\"outstanding\":%" PRIu64 ","
+                        "\"claimed\":%" PRIu64 ",\"reconnects\":%" PRIu64 ","
+                        "\"superseded\":%" PRIu64 ",\"lost_updates\":%" PRIu64 ","
+                        "\"last_error\":", c->cluster.host, c->cluster.port, c->cluster.name,
+                        cl.consumer, cl.up ? "true" : "false",
+                        cl.up && cl.caught_up ? "true" : "false", outstanding(), cl.claimed,
+                        cl.reconnects, cl.superseded, cl.lost_updates);
+    if (cl.last_error[0] == '\0') {
+        evbuffer_add_printf(b, "null},");
+        return;
+    }
+    evbuffer_add(b, "\"", 1);
+    for (const char *p = cl.last_error; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            evbuffer_add_printf(b, "\\%c", *p);
+        else if ((unsigned char)*p < 0x20)
+            evbuffer_add_printf(b, "\\u%04x", (unsigned)(unsigned char)*p);
+        else
+            evbuffer_add(b, p, 1);
+    }
+    evbuffer_add_printf(b, "\"},");
+}
+
+void
+cluster_metrics(struct evbuffer *b)
+{
+    if (!cl.enabled)
+        return;
+    evbuffer_add_printf(b,
+        "# HELP dosomething_cluster_connected 1 while connected to redis and serving.\n"
+        "# TYPE dosomething_cluster_connected gauge\n"
+        "dosomething_cluster_connected %d\n"
+        "# HELP dosomething_cluster_outstanding Items not final in the cluster's queue, as "
+        "last seen.\n"
+        "# TYPE dosomething_cluster_outstanding gauge\n"
+        "dosomething_cluster_outstanding %" PRIu64 "\n"
+        "# HELP dosomething_cluster_claimed_total Items taken over from instances that stopped "
+        "renewing them.\n"
+        "# TYPE dosomething_cluster_claimed_total counter\n"
+        "dosomething_cluster_claimed_total %" PRIu64 "\n"
+        "# HELP dosomething_cluster_reconnects_total Sessions with redis after the first.\n"
+        "# TYPE dosomething_cluster_reconnects_total counter\n"
+        "dosomething_cluster_reconnects_total %" PRIu64 "\n"
+        "# HELP dosomething_cluster_superseded_total Updates dropped because another instance "
+        "had taken the item over.\n"
+        "# TYPE dosomething_cluster_superseded_total counter\n"
+        "dosomething_cluster_superseded_total %" PRIu64 "\n"
+        "# HELP dosomething_cluster_lost_updates_total Updates of running items not published "
+        "because redis was unreachable.\n"
+        "# TYPE dosomething_cluster_lost_updates_total counter\n"
+        "dosomething_cluster_lost_updates_total %" PRIu64 "\n",
+        cl.up && cl.caught_up ? 1 : 0, outstanding(), cl.claimed, cl.reconnects, cl.superseded,
+        cl.lost_updates);
+}

@@ -79,6 +79,7 @@ enum {
 #define MAX_PARAMS   16
 #define MAX_STATES   8
 #define MAX_PROCS    4096
+#define MAX_TARGETS  16
 
 /* ------------------------------------------------------------------------ */
 /* Small helpers                                                            */
@@ -163,7 +164,8 @@ json_string(FILE *f, const char *s)
 /* Options                                                                  */
 
 static struct {
-    const char *target;
+    const char *targets[MAX_TARGETS];   /* calls take turns; subscribers on the first */
+    size_t n_targets;
     uint64_t n;
     uint64_t calls;
     uint64_t channels;
@@ -179,7 +181,8 @@ static struct {
     uint64_t window;
     int wait_final;
     int sub_ready_metadata;
-    pid_t server_pid;
+    pid_t server_pids[MAX_TARGETS];
+    size_t n_server_pids;
     double timeout;
     double stall;
     const char *label;
@@ -191,7 +194,6 @@ static struct {
     uint64_t rounds;
     int hash_api;               /* 0 SHA256() one-shot (what the daemon calls), 1 EVP, 2 low level */
 } opt = {
-    .target = "127.0.0.1:8080",
     .n = 10000,
     .calls = 4,
     .channels = 1,
@@ -217,7 +219,8 @@ usage(FILE *f)
 "       dosomething-bench --hash-loop [-n N] [--procs P] [--rounds R] [--payload B]\n"
 "\n"
 "load client:\n"
-"  -t, --target ADDR      server address (default 127.0.0.1:8080)\n"
+"  -t, --target ADDR      server address (default 127.0.0.1:8080); repeatable: call i\n"
+"                         goes to target i mod T, every subscriber to the first\n"
 "  -n, --items N          items to submit (default 10000)\n"
 "  -c, --calls C          concurrent doSomething calls (default 4)\n"
 "  -k, --channels K       connections; calls and subscribers spread over them (default 1)\n"
@@ -234,7 +237,7 @@ usage(FILE *f)
 "                         every doSomething reply\n"
 "      --sub-ready metadata|none  subscribers count as registered when the server's\n"
 "                         initial metadata arrives (default), or at once\n"
-"      --server-pid PID   measure CPU and memory of PID and its descendants\n"
+"      --server-pid PID   measure CPU and memory of PID and its descendants (repeatable)\n"
 "      --timeout SEC      bound on the whole run (default 120)\n"
 "      --stall SEC        fail when nothing progresses (no send, reply or final update)\n"
 "                         for SEC seconds (default 30)\n"
@@ -322,7 +325,11 @@ parse_options(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "t:n:c:k:s:h", longopts, NULL)) != -1) {
         switch (c) {
-        case 't': opt.target = optarg; break;
+        case 't':
+            if (opt.n_targets == MAX_TARGETS)
+                die("--target: at most %d targets", MAX_TARGETS);
+            opt.targets[opt.n_targets++] = optarg;
+            break;
         case 'n': opt.n = parse_u64("--items", optarg); break;
         case 'c': opt.calls = parse_u64("--calls", optarg); break;
         case 'k': opt.channels = parse_u64("--channels", optarg); break;
@@ -359,7 +366,11 @@ parse_options(int argc, char **argv)
             else
                 die("--sub-ready: expected metadata or none, got '%s'", optarg);
             break;
-        case O_SERVER_PID: opt.server_pid = (pid_t)parse_u64("--server-pid", optarg); break;
+        case O_SERVER_PID:
+            if (opt.n_server_pids == MAX_TARGETS)
+                die("--server-pid: at most %d", MAX_TARGETS);
+            opt.server_pids[opt.n_server_pids++] = (pid_t)parse_u64("--server-pid", optarg);
+            break;
         case O_TIMEOUT: opt.timeout = parse_double("--timeout", optarg); break;
         case O_STALL: opt.stall = parse_double("--stall", optarg); break;
         case O_LABEL: opt.label = optarg; break;
@@ -388,6 +399,8 @@ parse_options(int argc, char **argv)
     }
     if (optind < argc)
         die("unexpected argument '%s' (see --help)", argv[optind]);
+    if (opt.n_targets == 0)
+        opt.targets[opt.n_targets++] = "127.0.0.1:8080";
     if (opt.sink || opt.hash_loop)
         return;
     if (opt.n == 0)
@@ -899,6 +912,7 @@ stream_start(struct sub *s, int replay, uint64_t after_seq)
     struct stream *st = xcalloc(1, sizeof *st);
     st->sub = s;
     grpc_slice method = grpc_slice_from_static_string(METHOD_UPDATES);
+    /* every subscriber is on the first target: channels[0 .. opt.channels - 1] */
     st->call = grpc_channel_create_call(channels[s->idx % opt.channels], NULL,
                                         GRPC_PROPAGATE_DEFAULTS, t->cq, method, NULL,
                                         gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
@@ -1029,7 +1043,10 @@ call_start(struct scall *c)
 {
     struct thr *t = &thrs[0];
     grpc_slice method = grpc_slice_from_static_string(METHOD_SUBMIT);
-    c->call = grpc_channel_create_call(channels[c->idx % opt.channels], NULL,
+    /* call i: target i mod T, and on it channel (i / T) mod K (T = 1: i mod K) */
+    size_t target = (size_t)c->idx % opt.n_targets;
+    size_t chan = target * opt.channels + ((size_t)c->idx / opt.n_targets) % opt.channels;
+    c->call = grpc_channel_create_call(channels[chan], NULL,
                                        GRPC_PROPAGATE_DEFAULTS, t->cq, method, NULL,
                                        gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
     if (c->call == NULL)
@@ -1068,8 +1085,9 @@ call_on_status(struct scall *c)
     atomic_store_explicit(&last_progress, t_last_reply, memory_order_relaxed);
     if (c->status != GRPC_STATUS_OK) {
         char *d = grpc_slice_to_c_string(c->details);
-        fail("doSomething call %d ended with %s: %s (sent %" PRIu64 " of %" PRIu64 " items)",
-             c->idx, status_name(c->status), d, sent, opt.n);
+        fail("doSomething call %d (to %s) ended with %s: %s (sent %" PRIu64 " of %" PRIu64
+             " items)", c->idx, opt.targets[(size_t)c->idx % opt.n_targets],
+             status_name(c->status), d, sent, opt.n);
         gpr_free(d);
         return;
     }
@@ -1323,11 +1341,12 @@ run_load(void)
     };
     grpc_channel_args chargs = { .num_args = 3, .args = args };
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    channels = xcalloc(opt.channels, sizeof *channels);
-    for (uint64_t i = 0; i < opt.channels; i++) {
-        channels[i] = grpc_channel_create(opt.target, creds, &chargs);
+    channels = xcalloc(opt.n_targets * opt.channels, sizeof *channels);
+    for (uint64_t i = 0; i < opt.n_targets * opt.channels; i++) {
+        const char *target = opt.targets[i / opt.channels];
+        channels[i] = grpc_channel_create(target, creds, &chargs);
         if (channels[i] == NULL)
-            die("cannot create a channel to %s", opt.target);
+            die("cannot create a channel to %s", target);
     }
     grpc_channel_credentials_release(creds);
 
@@ -1358,13 +1377,13 @@ run_load(void)
         if (now_ns() > t_deadline)
             fail("timeout: only %lu of %" PRIu64 " subscribers were registered after %.0f s "
                  "(is the server up at %s?)", atomic_load(&subs_ready), opt.subs, opt.timeout,
-                 opt.target);
+                 opt.targets[0]);
     }
 
     double client_cpu0 = 0;
     if (!atomic_load(&g_abort)) {
-        if (opt.server_pid > 0)
-            snapshot_procs(opt.server_pid, 0);
+        for (size_t i = 0; i < opt.n_server_pids; i++)
+            snapshot_procs(opt.server_pids[i], 0);
         client_cpu0 = cpu_seconds_self();
         calls = xcalloc(opt.calls, sizeof *calls);
         for (uint64_t i = 0; i < opt.calls; i++) {
@@ -1392,8 +1411,8 @@ run_load(void)
     }
     int64_t t_end = now_ns();
     double client_cpu1 = cpu_seconds_self();
-    if (opt.server_pid > 0 && !atomic_load(&g_abort))
-        snapshot_procs(opt.server_pid, 1);
+    for (size_t i = 0; i < opt.n_server_pids && !atomic_load(&g_abort); i++)
+        snapshot_procs(opt.server_pids[i], 1);
 
     atomic_store(&g_stop, 1);
     thread_finish(t0, atomic_load(&g_abort));
@@ -1445,7 +1464,13 @@ run_load(void)
     fprintf(f, "{\"mode\":\"load\",\"label\":");
     json_string(f, opt.label);
     fprintf(f, ",\"target\":");
-    json_string(f, opt.target);
+    json_string(f, opt.targets[0]);
+    fprintf(f, ",\"targets\":[");
+    for (size_t i = 0; i < opt.n_targets; i++) {
+        fprintf(f, "%s", i ? "," : "");
+        json_string(f, opt.targets[i]);
+    }
+    fprintf(f, "]");
     fprintf(f, ",\"n\":%" PRIu64 ",\"calls\":%" PRIu64 ",\"channels\":%" PRIu64
             ",\"subscribers\":%" PRIu64 ",\"sub_threads\":%" PRIu64 ",\"kind\":", opt.n,
             opt.calls, opt.channels, opt.subs, opt.threads);

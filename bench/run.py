@@ -26,6 +26,11 @@ by 20 and skips 6 and J):
   J  queue.journal: scenario 1's echo load, N=100k, with the journal off and
      journal_sync never, 50ms, always (a fresh journal directory each);
      items/s and the ratio to off; idle latency with always (not in --quick)
+  C  cluster mode (Redis Streams): scenario 1's echo load, N=100k, on one
+     instance without cluster, 1 instance in cluster mode on a fresh
+     redis-server, 2 instances on one fresh redis-server (half the calls to
+     each, the subscriber on the first); items/s, 1 vs single and 2 vs 1
+     (skipped when the build refuses `cluster:` or there is no redis-server)
   I  idle CPU of the whole daemon over 5 s
 """
 import argparse
@@ -40,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -49,6 +55,7 @@ SEED_DIR = os.environ.get("DS_SEED_DIR") or next(
                  "/work/shared/baseline/seed-python") if os.path.isdir(d)),
     "/work/shared/baseline/seed-python")
 PYTHON = "/usr/bin/python3"
+REDIS = "/usr/bin/redis-server"   # Debian's
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -160,6 +167,16 @@ class Server:
     def target(self):
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def targets(self):
+        """Where the client submits (calls take turns; subscribers on the first)."""
+        return [self.target]
+
+    @property
+    def measure_pids(self):
+        """Roots of the process trees whose CPU and memory count as the server's."""
+        return [self.root_pid]
+
     def _reap(self, pids, timeout):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -185,14 +202,19 @@ def _zombie(pid):
 class Daemon(Server):
     kind = "dosomethingd"
 
-    def __init__(self, workdir, binary, workers=2, capacity=1000000, extra="", queue=""):
+    def __init__(self, workdir, binary, workers=2, capacity=1000000, extra="", queue="",
+                 grpc="", status=False):
         super().__init__(workdir)
         d = tempfile.mkdtemp(prefix="ds-", dir=workdir)
         self.dir = d
         self.cfg = os.path.join(d, "dosomething.yaml")
+        # status.listen: only where the bench needs /status (cluster: is it serving?)
+        self.status_port = free_port() if status else None
+        if status:
+            extra += f"status: {{listen: \"127.0.0.1:{self.status_port}\"}}\n"
         with open(self.cfg, "w") as f:
             f.write(f"workers: {{count: {workers}}}\n"
-                    f"grpc: {{listen: [\"127.0.0.1:{self.port}\"]}}\n"
+                    f"grpc: {{listen: [\"127.0.0.1:{self.port}\"]{grpc}}}\n"
                     f"pid_file: {d}/ds.pid\n"
                     f"log: {{file: {d}/ds.log}}\n"
                     f"queue: {{capacity: {capacity}{queue}}}\n" + extra)
@@ -223,6 +245,47 @@ class Daemon(Server):
             except OSError:
                 pass
         return " | ".join(lines[-n:])
+
+    def status(self):
+        """GET /status (needs status=True), parsed."""
+        url = f"http://127.0.0.1:{self.status_port}/status"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def wait_cluster_serving(self, timeout=20.0):
+        """Until /status says cluster.serving: before that the instance answers
+        doSomething and getUpdates with UNAVAILABLE."""
+        end = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise BenchError(f"dosomethingd exited with status {self.proc.returncode}; "
+                                 f"log: {self.log_tail()}")
+            try:
+                st = self.status()
+            except (OSError, ValueError) as e:   # not listening yet, or a torn answer
+                last = str(e)
+                time.sleep(0.05)
+                continue
+            cl = st.get("cluster")
+            if not isinstance(cl, dict):
+                raise BenchError("dosomethingd accepted the cluster: section but its /status has "
+                                 "no \"cluster\" object: is cluster mode built? "
+                                 f"log: {self.log_tail()}")
+            if cl.get("serving"):
+                return cl
+            last = f"cluster {json.dumps(cl)}"
+            time.sleep(0.05)
+        raise BenchError(f"dosomethingd is not serving in cluster mode after {timeout:.0f} s "
+                         f"({last}); log: {self.log_tail()}")
+
+    def items_done(self):
+        """Items its workers have run (from /status), or None."""
+        try:
+            procs = self.status().get("processes", [])
+        except (OSError, ValueError):
+            return None
+        return sum(p.get("items_done") or 0 for p in procs if p.get("role") == "worker")
 
     def grpc_pid(self):
         for p in descendants(self.root_pid):
@@ -342,6 +405,118 @@ class Sink(Server):
         self.proc = None
 
 
+class Redis(Server):
+    """Debian's redis-server on a free loopback port, in its own temp dir,
+    persistence off (no RDB snapshots, no AOF); stopped with SIGTERM."""
+    kind = "redis-server"
+
+    def __init__(self, workdir):
+        super().__init__(workdir)
+        d = tempfile.mkdtemp(prefix="redis-", dir=workdir)
+        self.dir = d
+        self.proc = subprocess.Popen(
+            [REDIS, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", d, "--logfile", os.path.join(d, "redis.log"),
+             "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self.root_pid = self.proc.pid
+        self.pids = [self.root_pid]
+        try:
+            wait_port(self.port, self.proc, "redis-server")
+            end = time.monotonic() + 10
+            while True:   # answers -LOADING until ready (nothing to load here)
+                try:
+                    if self.command("PING") == "PONG":
+                        break
+                except (OSError, BenchError):
+                    pass
+                if time.monotonic() > end:
+                    raise BenchError("redis-server does not answer PING")
+                time.sleep(0.05)
+        except BenchError as e:
+            self.stop()
+            raise BenchError(f"{e}; log: {self.log_tail()}")
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def log_tail(self, n=5):
+        try:
+            with open(os.path.join(self.dir, "redis.log")) as f:
+                return " | ".join(f.read().splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def command(self, *args):
+        """One command over RESP; the reply as str, int or list ("-ERR" raises)."""
+        req = f"*{len(args)}\r\n".encode()
+        for a in args:
+            a = str(a).encode()
+            req += b"$%d\r\n%s\r\n" % (len(a), a)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(req)
+            f = sock.makefile("rb")
+            return _resp(f)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log(f"redis-server {self.root_pid} did not stop in 10 s after SIGTERM: killing it")
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.proc = None
+
+
+def _resp(f):
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise BenchError("redis: connection closed mid-reply")
+    kind, body = line[:1], line[1:-2].decode()
+    if kind == b"+":
+        return body
+    if kind == b"-":
+        raise BenchError(f"redis: {body}")
+    if kind == b":":
+        return int(body)
+    if kind == b"$":
+        n = int(body)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2].decode(errors="replace")
+    if kind == b"*":
+        n = int(body)
+        return None if n < 0 else [_resp(f) for _ in range(n)]
+    raise BenchError(f"redis: unexpected reply {line!r}")
+
+
+class Group:
+    """Several servers measured as one (cluster mode: the instances and their
+    Redis): the client submits to every instance in `targets` (call i to
+    instance i mod T, its subscribers on the first), and the CPU and memory
+    of every member count as the server's. The members are started and
+    stopped by the Runner; a Group owns no process."""
+
+    def __init__(self, kind, instances, others=()):
+        self.kind = kind
+        self.instances = list(instances)
+        self.others = list(others)
+
+    @property
+    def targets(self):
+        return [s.target for s in self.instances]
+
+    @property
+    def measure_pids(self):
+        return [s.root_pid for s in self.instances + self.others]
+
+
 # --- the client -------------------------------------------------------------
 
 class Runner:
@@ -366,7 +541,7 @@ class Runner:
                 self.live.remove(s)
 
     def stop_all(self):
-        for s in list(self.live):
+        for s in reversed(list(self.live)):   # the last started first: instances before their Redis
             try:
                 self.stop(s)
             except Exception as e:   # keep stopping the others
@@ -379,8 +554,13 @@ class Runner:
         return median_run(runs)
 
     def client_once(self, server, n, label, timeout, **opts):
-        cmd = [self.args.bench, "--target", server.target, "--items", str(n),
-               "--timeout", str(timeout), "--server-pid", str(server.root_pid), "--label", label]
+        cmd = [self.args.bench]
+        for t in server.targets:
+            cmd += ["--target", t]
+        cmd += ["--items", str(n), "--timeout", str(timeout)]
+        for pid in server.measure_pids:
+            cmd += ["--server-pid", str(pid)]
+        cmd += ["--label", label]
         if isinstance(server, Seed):
             # the seed sends no headers before its first update; its queue keeps
             # the updates until the one subscriber drains them
@@ -470,7 +650,8 @@ class Runner:
     def N(self, full, quick_div=20, minimum=100):
         return max(minimum, full // quick_div) if self.args.quick else full
 
-    def daemon(self, workers=2, capacity=1000000, extra="", sub_buffer=None, queue=""):
+    def daemon(self, workers=2, capacity=1000000, extra="", sub_buffer=None, queue="", grpc="",
+               status=False):
         # The client shares the 2 cores with the daemon; at full speed a burst can
         # leave a subscriber more than the default 4096 updates behind, and the
         # daemon then cuts it off. Throughput scenarios give each subscriber room
@@ -480,7 +661,7 @@ class Runner:
             # byte bound (updates.history_bytes) may cut it off mid-run.
             extra += f"updates: {{subscriber_buffer: {sub_buffer}, history_bytes: 64GiB}}\n"
         return self.start(Daemon, self.args.daemon, workers=workers, capacity=capacity,
-                          extra=extra, queue=queue)
+                          extra=extra, queue=queue, grpc=grpc, status=status)
 
     def s1(self):
         calls = self.args.calls
@@ -585,7 +766,10 @@ class Runner:
         subs = 100
         res = {}
         for s in (1, subs):
-            d = self.daemon(sub_buffer=n)
+            # 100 subscribers and the calls share one connection: more than the
+            # default grpc.max_concurrent_streams (100), and the calls would wait
+            # in the client for a stream that never frees (no call ever started)
+            d = self.daemon(sub_buffer=n, grpc=", max_concurrent_streams: 1000")
             res[s] = self.record("5 fan-out", self.client(
                 d, n, f"S5 daemon {s} sub", calls=self.args.calls, subscribers=s,
                 sub_threads=self.args.sub_threads, timeout=150),
@@ -659,6 +843,69 @@ class Runner:
         self.check("SJ idle latency p50, journal_sync always", "(report)",
                    f"{la['p50']:.3f} ms (p99 {la['p99']:.3f} ms)", None)
 
+    def cluster_unsupported(self):
+        """Why scenario C cannot run here (a str), or None."""
+        if not os.access(REDIS, os.X_OK):
+            return f"no {REDIS} (Debian package redis-server)"
+        return None
+
+    def cluster_daemon(self, redis, n):
+        return self.daemon(sub_buffer=n, status=True,
+                           extra=f"cluster: {{redis: \"{redis.url}\", name: bench, lease: 10s}}\n")
+
+    def sc(self):
+        """cluster mode on Redis Streams: scenario 1's echo load on one
+        instance without cluster (the baseline), on 1 instance in cluster mode
+        and on 2 instances on the same Redis (a fresh redis-server for each)."""
+        why = self.cluster_unsupported()
+        if why:
+            log(f"  skipped: {why}")
+            self.check("SC cluster mode", "(report)", f"skipped: {why}", None)
+            return
+        calls = max(2, self.args.calls)   # at least one call per instance
+        n = self.N(100000)
+        d = self.daemon(sub_buffer=n)
+        res = {0: self.record("C cluster", self.client(d, n, "SC single", calls=calls, payload=64),
+                              note="no cluster")}
+        self.stop(d)
+        for k in (1, 2):
+            redis = self.start(Redis)
+            inst = [self.cluster_daemon(redis, n) for _ in range(k)]
+            for i in inst:
+                i.wait_cluster_serving()
+            done0 = [i.items_done() for i in inst]
+            kind = f"{k} dosomethingd + redis-server" if k > 1 else "dosomethingd + redis-server"
+            r = self.client(Group(kind, inst, [redis]), n, f"SC cluster {k}", calls=calls,
+                            payload=64)
+            # an entry goes (XACK, XDEL) once its item is final: give the last ones a moment
+            end = time.monotonic() + 2
+            while (xlen := redis.command("XLEN", "{bench}:work")) and time.monotonic() < end:
+                time.sleep(0.05)
+            r["redis_work_xlen_after"] = xlen
+            note = "cluster, 1 instance" if k == 1 else (
+                f"cluster, {k} instances ({calls // k}{'+' if calls % k else ''} calls to each, "
+                f"the subscriber on the first)")
+            done = [i.items_done() for i in inst]
+            if k > 1 and None not in done + done0:
+                runs = [b - a for a, b in zip(done0, done)]
+                r["items_run_per_instance"] = runs
+                note += ", items run by each: " + " / ".join(f"{x:,}" for x in runs)
+                if self.args.repeat > 1:
+                    note += f" (all {self.args.repeat} runs)"
+            if xlen:
+                note += f", {xlen} entries left in the work stream"
+            res[k] = self.record("C cluster", r, note=note)
+            for i in inst:
+                self.stop(i)
+            self.stop(redis)
+        a, b, c = (res[k]["items_per_s"] for k in (0, 1, 2))
+        log(f"  single {a:,.0f}, cluster 1 instance {b:,.0f} ({b / a:.2f}x), "
+            f"2 instances {c:,.0f} items/s ({c / b:.2f}x of 1)")
+        self.check("SC echo items/s, cluster 1 instance vs single machine", "(report)",
+                   f"{b / a:.2f}x ({b:,.0f} vs {a:,.0f}/s)", None)
+        self.check("SC echo items/s, cluster 2 instances vs 1", "(report)",
+                   f"{c / b:.2f}x ({c:,.0f} vs {b:,.0f}/s)", None)
+
     def idle(self):
         d = self.daemon()
         time.sleep(1.0)
@@ -702,7 +949,8 @@ class Runner:
         out.append("")
         out.append(f"Tree {head}; {self.args.daemon} built {built}. The daemon's config is "
                    "the default but for workers, listen, queue.capacity 1M, and in scenarios 1, "
-                   "4, 5 updates.subscriber_buffer = N and updates.history_bytes = 64GiB.")
+                   "4, 5, J, C updates.subscriber_buffer = N and updates.history_bytes = 64GiB "
+                   "(5: grpc.max_concurrent_streams 1000; C: cluster, status.listen).")
         out.append("")
         out.append("| scenario | server | N | items/s end to end | submitted/s | p50 ms | p99 ms "
                    "| max ms | client CPU s | server CPU s | server CPU µs/item | other CPU s | peak RSS MiB | note |")
@@ -742,7 +990,8 @@ class Runner:
         out.append("")
         out.append("Latency: send -> SUCCEEDED on subscriber 0 (under load it includes the time "
                    "queued). Server CPU: utime+stime of all the server's processes during the "
-                   "run. Peak RSS: VmHWM, grpc process / largest worker for dosomethingd, "
+                   "run. Peak RSS: VmHWM, grpc process / largest worker for dosomethingd (the "
+                   "largest over the instances, then redis-server, in cluster rows), "
                    "server / largest worker for the seed. Other CPU: what the rest of the machine "
                    "used during the run (noise from other jobs; the client and server excluded); "
                    "**noisy**: more than 0.25 CPU of it on average.")
@@ -765,10 +1014,13 @@ def noisy(r):
 
 def peak_rss(r):
     procs = r.get("server_procs", [])
-    if r["server"] == "dosomethingd":
+    if "dosomethingd" in r["server"]:
+        # the largest over the instances of a cluster; then its redis-server
         g = [p["hwm_kb"] for p in procs if "grpc" in p["name"]]
         w = [p["hwm_kb"] for p in procs if "worker" in p["name"]]
-        return f"{(g[0] if g else 0) / 1024:.0f} / {max(w or [0]) / 1024:.0f}"
+        rd = [p["hwm_kb"] for p in procs if "redis-server" in p["name"]]
+        return (f"{max(g or [0]) / 1024:.0f} / {max(w or [0]) / 1024:.0f}"
+                + (f" / {max(rd) / 1024:.0f}" if rd else ""))
     if r["server"] == "seed-python" and len(procs) >= 2:
         return f"{procs[1]['hwm_kb'] / 1024:.0f} / {max(p['hwm_kb'] for p in procs[2:]) / 1024:.0f}"
     return f"{max([p['hwm_kb'] for p in procs] or [0]) / 1024:.0f}"
@@ -803,7 +1055,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="N / 20, skip scenarios 6 and J")
     ap.add_argument("--only", type=lambda s: s.split(","), default=None,
-                    help="comma-separated scenario numbers (1-6, J, I)")
+                    help="comma-separated scenario numbers (1-6, J, C, I)")
     ap.add_argument("--daemon", default=os.path.join(ROOT, "build", "dosomethingd"))
     ap.add_argument("--bench", default=os.path.join(ROOT, "build", "dosomething-bench"))
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench"))
@@ -839,6 +1091,7 @@ def main():
         if not args.quick:
             run.scenario(6, "1M queued items: memory per item", run.s6)
             run.scenario("J", "queue.journal off / never / 50ms / always", run.sj)
+        run.scenario("C", "cluster mode: 1 instance vs single machine, 2 instances vs 1", run.sc)
         run.scenario("I", "idle CPU", run.idle)
     except KeyboardInterrupt:
         run.errors.append("interrupted")

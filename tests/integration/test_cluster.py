@@ -494,6 +494,46 @@ def test_items_of_a_killed_instance_finish_on_the_other(redis, start_daemon):
     wait_work_empty(redis, name)
 
 
+@pytest.mark.deadline(60)
+def test_a_graceful_stop_finishes_what_it_holds_and_leaves_the_rest(redis, start_daemon):
+    """QUIT on B while its workers run items: B finishes those (attempt 1,
+    no RETRYING, no take-over), exits 0, and the items it never took run
+    on A."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", workers=1,
+                       overrides={"workers": {"prefetch": 1}})
+    b = start_instance(start_daemon, redis, name, "b", workers=2,
+                       overrides={"workers": {"prefetch": 1}})
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    a_workers, b_workers = set(a.worker_pids()), set(b.worker_pids())
+
+    items = sleep_items("t3q", 12, ms=600)
+    reply = b.client().submit(items)
+    assert (reply.accepted, reply.rejected) == (12, 0), reply
+
+    def started_on_b(s):
+        return {u.item_id for u in s.updates if u.state == STARTED and u.worker_pid in b_workers
+                and u.item_id.startswith("t3q-")}
+    sub.wait(lambda s: len(started_on_b(s)) >= 2, 10, "two sleeps started on b's workers")
+    b.send_signal(signal.SIGQUIT)
+    assert b.wait_exit(timeout=20) == 0, f"b exited badly; log:\n{b.log_tail()}"
+    sub.wait_final([it["id"] for it in items], timeout=30)
+
+    for it in items:
+        ups = sub.of(it["id"])
+        assert [state_name(u.state) for u in ups if u.state in (SUCCEEDED, FAILED, RETRYING)] \
+            == ["SUCCEEDED"], f"{it['id']} went {[brief(u) for u in ups]}"
+        final = ups[-1]
+        assert final.attempt == 1, f"{it['id']} went {[brief(u) for u in ups]}"
+        assert final.worker_pid in a_workers | b_workers
+    ran_on_b = {i for i in (it["id"] for it in items) if sub.final[i].worker_pid in b_workers}
+    assert started_on_b(sub) <= ran_on_b, "an item b had started did not finish on b"
+    assert any(sub.final[it["id"]].worker_pid in a_workers for it in items), \
+        "a ran none of the items b left in redis"
+    sub.assert_seq_increasing()
+    wait_work_empty(redis, name)
+
+
 # --------------------------------------------------------------------------
 # 4. replay on another instance
 # --------------------------------------------------------------------------

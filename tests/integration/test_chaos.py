@@ -21,6 +21,7 @@ What that cannot give:
   process") only if the last update the subscriber saw of it came on a
   stream that a grpc kill ended; one silent on the live stream is a bug.
 """
+import collections
 import hashlib
 import os
 import random
@@ -390,7 +391,7 @@ def test_chaos_kills_and_reloads_under_load(start_daemon, tmp_path, capsys):
                f"({uncertain_final} ran), succeeded {succeeded}, failed {len(failed)}; "
                f"calls {load.calls}, UNAVAILABLE retried {load.unavailable}; "
                f"updates {sub.count}, RETRYING seen {sub.retrying} {sub.retry_reasons}, "
-               f"subscriber resumes {sub.resumes} {sub.errors}; "
+               f"subscriber resumes {sub.resumes} {dict(collections.Counter(map(str, sub.errors)))}; "
                f"kills {kills} (missed {kill_misses}), grpc process kills {grpc_kills} "
                f"(missed {grpc_misses}), recovered from the journal {sub.recovered}, "
                f"final lost with a killed grpc process {len(silenced)}, reloads {reloads}, "

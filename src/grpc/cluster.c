@@ -273,8 +273,7 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
     };
     size_t lens[sizeof argv / sizeof argv[0]];
     for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
-        lens[i] = strlen(argv[i]);
-    lens[9] = encoded_len;
+        lens[i] = i == 9 ? encoded_len : strlen(argv[i]);     /* 9: bytes, not a string */
     if (command(&cl.cmd, fn, arg, (int)(sizeof argv / sizeof argv[0]), argv, lens) == -1)
         return -1;
     cl.inflight++;
@@ -497,9 +496,7 @@ cluster_accept(struct item *item, struct submit_call *call, uint32_t index)
     };
     size_t lens[sizeof argv / sizeof argv[0]];
     for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
-        lens[i] = i == 9 || i == 17 ? 0 : strlen(argv[i]);
-    lens[9] = len;
-    lens[17] = item->raw_len;
+        lens[i] = i == 9 ? len : i == 17 ? item->raw_len : strlen(argv[i]);   /* bytes */
     if (command(&cl.cmd, on_accepted, op, (int)(sizeof argv / sizeof argv[0]), argv,
                 lens) == -1) {
         later(unavailable_later, op);

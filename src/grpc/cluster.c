@@ -163,7 +163,8 @@ static struct {
     int shutting_down;
     char consumer[160];
     char key_work[96], key_updates[96], key_seq[96], key_origin[96];
-    char floor[24];             /* the seq counter starts no lower than this */
+    uint64_t floor_start;       /* updates_last_seq() when we started */
+    char floor[24];             /* the seq counter starts no lower than this: floor_arg() */
     struct conn cmd, work, upd;
     int up;                     /* connected and set up */
     int failing;                /* the session is being dropped */
@@ -244,6 +245,26 @@ id_number(const char *s, size_t len)
     return n;
 }
 
+/*
+ * The floor for a seq counter that Redis lost (a restart without
+ * persistence): past every seq this instance has seen, and not below the
+ * wall clock in microseconds, as the master does for a fresh start, so that
+ * no instance of the cluster sees seq go back whichever reconnects first.
+ */
+static const char *
+floor_arg(void)
+{
+    uint64_t floor = clock_wall_ns() / 1000;
+    if (cl.floor_start > floor)
+        floor = cl.floor_start;
+    if (cl.last_seq > floor)
+        floor = cl.last_seq;
+    if (cl.max_published_seq > floor)
+        floor = cl.max_published_seq;
+    snprintf(cl.floor, sizeof cl.floor, "%" PRIu64, floor);
+    return cl.floor;
+}
+
 static void
 inflight_done(void)
 {
@@ -268,7 +289,7 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
     snprintf(attempt, sizeof attempt, "%u", check_attempt);
     const char *argv[] = {
         "EVALSHA", cl.sha[SCRIPT_UPDATE], "4", cl.key_work, cl.key_updates, cl.key_seq,
-        cl.key_origin, cl.floor, maxlen, (const char *)encoded, item->id, item->kind,
+        cl.key_origin, floor_arg(), maxlen, (const char *)encoded, item->id, item->kind,
         item->batch, state_s, mode_s, CLUSTER_GROUP, cl.consumer, entry, attempt,
     };
     size_t lens[sizeof argv / sizeof argv[0]];
@@ -490,7 +511,7 @@ cluster_accept(struct item *item, struct submit_call *call, uint32_t index)
     snprintf(timeout, sizeof timeout, "%u", item->timeout_ms);
     const char *argv[] = {
         "EVALSHA", cl.sha[SCRIPT_ACCEPT], "4", cl.key_work, cl.key_updates, cl.key_seq,
-        cl.key_origin, cl.floor, maxlen, (const char *)encoded, item->id, item->kind,
+        cl.key_origin, floor_arg(), maxlen, (const char *)encoded, item->id, item->kind,
         item->batch, state_s, max_attempts, timeout,
         item->weight == ITEM_WEIGHT_QUICK ? "1" : "0", (const char *)item->raw,
     };
@@ -888,9 +909,9 @@ deliver_entry(const redisReply *entry)
     if (cl.last_seq == 0 || seq != cl.last_seq + 1) {
         if (cl.last_seq != 0) {
             char why[256];
-            snprintf(why, sizeof why, "updates %" PRIu64 "..%" PRIu64 " were trimmed from the "
-                     "cluster's update stream before this instance read them", cl.last_seq + 1,
-                     seq - 1);
+            snprintf(why, sizeof why, "updates %" PRIu64 "..%" PRIu64 " are not in the "
+                     "cluster's update stream (trimmed before this instance read them, or redis "
+                     "lost them)", cl.last_seq + 1, seq - 1);
             log_warn("cluster: %s; ending every subscriber stream", why);
             subscribers_cut_all(why);
         }
@@ -1232,7 +1253,7 @@ cluster_start(void)
     snprintf(cl.key_updates, sizeof cl.key_updates, "{%s}:updates", c->cluster.name);
     snprintf(cl.key_seq, sizeof cl.key_seq, "{%s}:seq", c->cluster.name);
     snprintf(cl.key_origin, sizeof cl.key_origin, "{%s}:origin", c->cluster.name);
-    snprintf(cl.floor, sizeof cl.floor, "%" PRIu64, updates_last_seq());
+    cl.floor_start = updates_last_seq();
     cl.backoff_ms = BACKOFF_MIN_MS;
     cl.pull_unit = ITEM_WEIGHT_FULL;
     cl.reset_event = event_new(gp.base, -1, 0, on_reset, NULL);

@@ -603,11 +603,17 @@ def test_redis_unreachable_then_back(redis, start_daemon):
     status = f"127.0.0.1:{free_port()}"
     a = start_instance(start_daemon, redis, name, "a", overrides={"status": {"listen": status}})
     c = a.client()
+    # b started later and has seen more seqs than a's start: whichever
+    # instance recreates the counter, seq must not go back for either
+    b = start_instance(start_daemon, redis, name, "b")
     sub = c.subscribe(sync=True, name="before")
+    sub_b = b.client().subscribe(sync=True, name="before-b")
     assert health(c) == SERVING
     assert http_get(status, "/healthz") == (200, b"ok\n")
-    seq_before = sub.last_seq()
+    seq_before = max(sub.last_seq(), sub_b.last_seq())
     sub.cancel()
+    sub_b.cancel()
+    b.stop()
 
     redis.kill()
     outcomes = []

@@ -39,7 +39,7 @@ import grpc
 import pytest
 
 import conftest
-from conftest import (CHANNEL_OPTIONS, FAILED, RETRYING, STARTED, SUCCEEDED, deep_merge, free_port,
+from conftest import (FAILED, RETRYING, STARTED, SUCCEEDED, deep_merge, free_port,
                       pid_alive, run_cli, state_name, wait_for)
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -181,8 +181,9 @@ def redis(tmp_path):
     """A started Redis for this test; SIGKILLed at teardown."""
     binary = redis_binary()
     if binary is None:
-        pytest.skip(f"{REDIS_SERVER} is not installed (Debian package redis-server; "
-                    f"`make deps` installs it)")
+        # `make test` installs it (deps-test): this only skips a bare pytest run
+        pytest.skip(f"{REDIS_SERVER} is not installed (Debian package redis-server, which "
+                    f"`make test` installs)")
     r = Redis(binary, tmp_path / "redis")
     try:
         r.start()
@@ -727,20 +728,18 @@ def test_nginx_in_front_of_two_cluster_instances(redis, start_daemon, tmp_path):
     front = test_nginx.Nginx(tmp_path / "nginx", [d.address for d in instances])
     try:
         front.start()
-        channels = [grpc.insecure_channel(front.address, options=CHANNEL_OPTIONS)
-                    for _ in range(4)]
+        clients = [conftest.Client(front.address) for _ in range(4)]   # 4 connections
         items = {}
         try:
             for call in range(3):
-                for n, ch in enumerate(channels):
+                for n, client in enumerate(clients):
                     batch = echo_items(f"t7-{n}-{call}", 10)
-                    stub = conftest.pb_grpc.DoSomethingServiceStub(ch)
-                    reply = stub.doSomething((conftest.work_item(i) for i in batch), timeout=30)
+                    reply = client.submit(batch, timeout=30)
                     assert (reply.accepted, reply.rejected) == (10, 0), reply
                     items.update((it["id"], it) for it in batch)
         finally:
-            for ch in channels:
-                ch.close()
+            for client in clients:
+                client.close()
         for s in subs:
             s.wait_final(items, timeout=20)
             for item_id, it in items.items():

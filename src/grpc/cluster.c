@@ -224,6 +224,30 @@ command(struct conn *conn, redisCallbackFn *fn, void *arg, int argc, const char 
     return 0;
 }
 
+/* command() for ARGC NUL-terminated strings (at most 16). */
+static int
+command_strings(struct conn *conn, redisCallbackFn *fn, void *arg, int argc, const char **argv)
+{
+    size_t lens[16];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    return command(conn, fn, arg, argc, argv, lens);
+}
+
+/* The entries of an XREAD or XREADGROUP reply on one stream, or NULL (none,
+ * or a reply of another shape). */
+static const redisReply *
+stream_entries(const redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1)
+        return NULL;
+    const redisReply *stream = r->element[0];
+    if (stream->type != REDIS_REPLY_ARRAY || stream->elements < 2 ||
+        stream->element[1]->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    return stream->element[1];
+}
+
 static int
 is_error(const redisReply *r, const char *prefix)
 {
@@ -670,20 +694,12 @@ on_pulled(redisAsyncContext *ac, void *reply, void *arg)
         return;
     }
     uint32_t taken = 0, weight = 0;
-    if (r->type == REDIS_REPLY_ARRAY) {
-        for (size_t s = 0; s < r->elements; s++) {
-            const redisReply *stream = r->element[s];
-            if (stream->type != REDIS_REPLY_ARRAY || stream->elements < 2 ||
-                stream->element[1]->type != REDIS_REPLY_ARRAY)
-                continue;
-            const redisReply *entries = stream->element[1];
-            for (size_t i = 0; i < entries->elements; i++) {
-                uint32_t w = take_entry(entries->element[i], 1, NULL, 0);
-                if (w > 0) {
-                    taken++;
-                    weight += w;
-                }
-            }
+    const redisReply *entries = stream_entries(r);
+    for (size_t i = 0; entries != NULL && i < entries->elements; i++) {
+        uint32_t w = take_entry(entries->element[i], 1, NULL, 0);
+        if (w > 0) {
+            taken++;
+            weight += w;
         }
     }
     if (taken > 0)
@@ -706,11 +722,8 @@ cluster_pull(void)
     snprintf(count_s, sizeof count_s, "%u", count);
     const char *argv[] = { "XREADGROUP", "GROUP", CLUSTER_GROUP, cl.consumer, "COUNT", count_s,
                            "BLOCK", BLOCK_MS, "STREAMS", cl.key_work, ">" };
-    size_t lens[sizeof argv / sizeof argv[0]];
-    for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
-        lens[i] = strlen(argv[i]);
-    if (command(&cl.work, on_pulled, NULL, (int)(sizeof argv / sizeof argv[0]), argv,
-                lens) == 0)
+    if (command_strings(&cl.work, on_pulled, NULL, (int)(sizeof argv / sizeof argv[0]),
+                        argv) == 0)
         cl.pulling = 1;
 }
 
@@ -817,11 +830,8 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
     snprintf(count, sizeof count, "%d", CLAIM_COUNT);
     const char *argv[] = { "EVALSHA", cl.sha[SCRIPT_CLAIM], "1", cl.key_work, CLUSTER_GROUP,
                            cl.consumer, lease, count };
-    size_t lens[sizeof argv / sizeof argv[0]];
-    for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
-        lens[i] = strlen(argv[i]);
-    if (command(&cl.cmd, on_claimed, NULL, (int)(sizeof argv / sizeof argv[0]), argv,
-                lens) == 0)
+    if (command_strings(&cl.cmd, on_claimed, NULL, (int)(sizeof argv / sizeof argv[0]),
+                        argv) == 0)
         cl.claiming = 1;
 }
 
@@ -863,8 +873,7 @@ on_poll_timer(evutil_socket_t fd, short what, void *arg)
     uint64_t *at = ds_malloc(sizeof *at);
     *at = cl.accepts_sent;
     const char *argv[] = { "XLEN", cl.key_work };
-    size_t lens[] = { 4, strlen(cl.key_work) };
-    if (command(&cl.cmd, on_polled, at, 2, argv, lens) == 0)
+    if (command_strings(&cl.cmd, on_polled, at, 2, argv) == 0)
         cl.polling = 1;
     else
         free(at);
@@ -933,19 +942,10 @@ on_updates(redisAsyncContext *ac, void *reply, void *arg)
         session_fail("XREAD on %s failed: %.200s", cl.key_updates, r->str);
         return;
     }
-    size_t n = 0;
-    if (r->type == REDIS_REPLY_ARRAY) {
-        for (size_t s = 0; s < r->elements; s++) {
-            const redisReply *stream = r->element[s];
-            if (stream->type != REDIS_REPLY_ARRAY || stream->elements < 2 ||
-                stream->element[1]->type != REDIS_REPLY_ARRAY)
-                continue;
-            const redisReply *entries = stream->element[1];
-            for (size_t i = 0; i < entries->elements; i++)
-                deliver_entry(entries->element[i]);
-            n += entries->elements;
-        }
-    }
+    const redisReply *entries = stream_entries(r);
+    size_t n = entries != NULL ? entries->elements : 0;
+    for (size_t i = 0; i < n; i++)
+        deliver_entry(entries->element[i]);
     if (cl.last_seq > 0)
         report_seq();
     if (n < READ_COUNT && !cl.caught_up) {
@@ -974,10 +974,7 @@ read_updates(void)
     const char *now[] = { "XREAD", "COUNT", count, "STREAMS", cl.key_updates, after };
     const char **argv = cl.caught_up ? block : now;
     int argc = cl.caught_up ? 8 : 6;
-    size_t lens[8];
-    for (int i = 0; i < argc; i++)
-        lens[i] = strlen(argv[i]);
-    if (command(&cl.upd, on_updates, NULL, argc, argv, lens) == 0)
+    if (command_strings(&cl.upd, on_updates, NULL, argc, argv) == 0)
         cl.reading = 1;
 }
 
@@ -1119,8 +1116,7 @@ on_ping_timer(evutil_socket_t fd, short what, void *arg)
         return;
     }
     const char *argv[] = { "PING" };
-    size_t lens[] = { 4 };
-    if (command(&cl.cmd, on_pong, NULL, 1, argv, lens) == 0) {
+    if (command_strings(&cl.cmd, on_pong, NULL, 1, argv) == 0) {
         cl.ping_outstanding = 1;
         cl.ping_sent_ms = clock_monotonic_ms();
     }
@@ -1180,15 +1176,12 @@ on_connect(const redisAsyncContext *ac, int status)
     cl.setup_pending = SCRIPT_COUNT + 2;
     for (intptr_t i = 0; i < SCRIPT_COUNT; i++) {
         const char *argv[] = { "SCRIPT", "LOAD", script_text[i] };
-        size_t lens[] = { 6, 4, strlen(script_text[i]) };
-        command(&cl.cmd, on_setup, (void *)i, 3, argv, lens);
+        command_strings(&cl.cmd, on_setup, (void *)i, 3, argv);
     }
     const char *group[] = { "XGROUP", "CREATE", cl.key_work, CLUSTER_GROUP, "0", "MKSTREAM" };
-    size_t group_lens[] = { 6, 6, strlen(cl.key_work), strlen(CLUSTER_GROUP), 1, 8 };
-    command(&cl.cmd, on_setup, (void *)(intptr_t)SCRIPT_COUNT, 6, group, group_lens);
+    command_strings(&cl.cmd, on_setup, (void *)(intptr_t)SCRIPT_COUNT, 6, group);
     const char *get[] = { "GET", cl.key_origin };
-    size_t get_lens[] = { 3, strlen(cl.key_origin) };
-    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 1), 2, get, get_lens);
+    command_strings(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 1), 2, get);
     cl.up = 0;      /* until session_up() */
 }
 

@@ -141,16 +141,18 @@ valgrind: $(UNIT_BIN)
 
 integration: $(BUILD)/dosomethingd pystubs
 	DS_BINARY=$(CURDIR)/$(BUILD)/dosomethingd DS_PYSTUBS=$(CURDIR)/$(BUILD)/py \
-	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	    $(PYTHON) -m pytest -q -rs -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
+# make test installed every dependency: a test that finds one missing fails
+# (DS_STRICT_DEPS) instead of skipping, so a broken set-up cannot look green.
 test: deps-test
 	@$(MAKE) --no-print-directory all unit valgrind fuzz-regressions
-	@$(MAKE) --no-print-directory integration
+	@DS_STRICT_DEPS=1 $(MAKE) --no-print-directory integration
 
 check-asan: deps-test
 	@$(MAKE) --no-print-directory BUILD=build/asan OPTFLAGS="-O1 -g -fno-omit-frame-pointer" \
 	    SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all unit
-	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 DS_STRICT_DEPS=1 \
 	    $(MAKE) --no-print-directory BUILD=build/asan \
 	    SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    OPTFLAGS="-O1 -g -fno-omit-frame-pointer" integration

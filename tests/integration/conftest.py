@@ -111,6 +111,18 @@ def pytest_collection_modifyitems(config, items):
 # small helpers
 # --------------------------------------------------------------------------
 
+STRICT_DEPS = os.environ.get("DS_STRICT_DEPS") == "1"
+
+
+def missing_dependency(reason):
+    """A dependency of a test is missing. Under `make test` (DS_STRICT_DEPS=1),
+    which installs every dependency itself, that is a broken set-up and the
+    test fails; a bare pytest run skips it with REASON."""
+    if STRICT_DEPS:
+        pytest.fail(f"missing dependency (make test installs it): {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def wait_for(predicate, timeout, what="condition", interval=0.02):
     """Poll predicate() until it returns something truthy; return that value.
     Raise AssertionError naming `what` after `timeout` seconds."""

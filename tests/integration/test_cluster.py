@@ -40,7 +40,7 @@ import pytest
 
 import conftest
 from conftest import (FAILED, RETRYING, STARTED, SUCCEEDED, deep_merge, free_port,
-                      pid_alive, run_cli, state_name, wait_for)
+                      missing_dependency, pid_alive, run_cli, state_name, wait_for)
 
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_START_TIMEOUT = 10
@@ -182,8 +182,8 @@ def redis(tmp_path):
     binary = redis_binary()
     if binary is None:
         # `make test` installs it (deps-test): this only skips a bare pytest run
-        pytest.skip(f"{REDIS_SERVER} is not installed (Debian package redis-server, which "
-                    f"`make test` installs)")
+        missing_dependency(f"{REDIS_SERVER} is not installed (Debian package redis-server, "
+                           f"which `make test` installs)")
     r = Redis(binary, tmp_path / "redis")
     try:
         r.start()

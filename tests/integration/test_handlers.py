@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (BINARY, FAILED, PROGRESS, REPO, RETRYING, STARTED, SUCCEEDED, pid_alive,
-                      proc_stat, proc_title, run_cli, state_name, wait_for)
+from conftest import (BINARY, FAILED, PROGRESS, REPO, RETRYING, STARTED, SUCCEEDED,
+                      missing_dependency, pid_alive, proc_stat, proc_title, run_cli, state_name,
+                      wait_for)
 
 BUILD = Path(BINARY).resolve().parent
 GZIP_MODULE = BUILD / "modules" / "gzip.so"
@@ -45,7 +46,7 @@ def test_modules():
         return
     cc = shutil.which(os.environ.get("CC", "cc"))
     if cc is None:
-        pytest.skip("no C compiler to build the test module")
+        missing_dependency("no C compiler to build the test module")
     out = Path(tempfile.mkdtemp(prefix="ds-test-modules-"))
     out.chmod(0o755)
     flags = {"ok": [], "abi99": ["-DDS_TEST_MODULE_ABI=99"], "nosym": ["-DDS_TEST_MODULE_NOSYM"]}
@@ -63,7 +64,7 @@ def test_modules():
 @pytest.fixture
 def gzip_module():
     if not GZIP_MODULE.exists():
-        pytest.skip(f"{GZIP_MODULE} not built; run `make`")
+        missing_dependency(f"{GZIP_MODULE} not built; run `make`")
     return GZIP_MODULE
 
 

@@ -24,7 +24,8 @@ import grpc
 import pytest
 
 import conftest
-from conftest import FAILED, REPO, SUCCEEDED, descendants, pid_alive, wait_for
+from conftest import (FAILED, REPO, SUCCEEDED, descendants, missing_dependency, pid_alive,
+                      wait_for)
 from test_clients import kind, run_client, write_lines  # noqa: F401 (fixtures)
 
 SHIPPED_CONF = REPO / "contrib" / "nginx" / "dosomething.conf"
@@ -45,7 +46,7 @@ def nginx_binary():
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
     if found is None:
         if os.geteuid() != 0:
-            pytest.skip("nginx is not installed and this is not root: apt-get install nginx")
+            missing_dependency("nginx is not installed and this is not root: apt-get install nginx")
         pid_file = "/run/nginx.pid"
         had_service = os.path.exists(pid_file)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -57,7 +58,7 @@ def nginx_binary():
                 r = subprocess.run(cmd, capture_output=True, text=True, env=env,
                                    timeout=APT_TIMEOUT, stdin=subprocess.DEVNULL)
             except subprocess.TimeoutExpired:
-                pytest.skip(f"nginx is not installed and `{' '.join(cmd)}` took over "
+                missing_dependency(f"nginx is not installed and `{' '.join(cmd)}` took over "
                             f"{APT_TIMEOUT} s")
             out = r.stdout + r.stderr
             if cmd[1] == "install" and r.returncode == 0:
@@ -66,7 +67,7 @@ def nginx_binary():
                                           if os.access("/usr/sbin/nginx", os.X_OK) else None)
         if found is None:
             tail = "\n".join(out.strip().splitlines()[-10:])
-            pytest.skip(f"nginx is not installed and the nginx package could not be "
+            missing_dependency(f"nginx is not installed and the nginx package could not be "
                         f"installed:\n{tail}")
         # The package's postinst may have started the system service (port 80);
         # that one we started, so we stop it.

@@ -7,6 +7,7 @@
 #   make bench-bin      just build/dosomething-bench
 #
 # BENCH_ARGS passes options to bench/run.py (e.g. BENCH_ARGS="--only 1,2").
+#   make bench BASELINE=REV   also scenario B: this tree against git revision REV
 
 BENCH_BIN     = $(BUILD)/dosomething-bench
 BENCH_PKGS    = grpc libprotobuf-c libcrypto
@@ -32,10 +33,26 @@ $(BUILD)/bench/proto.o: $(PROTO_C) $(PROTO_H)
 $(BENCH_BIN): $(BENCH_OBJ)
 	$(CC) -o $@ $^ $(BENCH_LDLIBS)
 
-bench: $(BUILD)/dosomethingd $(BENCH_BIN)
-	$(PYTHON) bench/run.py --daemon $(BUILD)/dosomethingd --bench $(BENCH_BIN) \
-	    --out $(BUILD)/bench $(BENCH_ARGS)
+# make bench BASELINE=REV also builds REV (a git revision) in
+# $(BUILD)/baseline/REV and adds scenario B: this tree against it, in the same run.
+BASELINE_DIR  = $(BUILD)/baseline/$(BASELINE)
+BASELINE_ARGS = $(if $(BASELINE),--baseline-daemon $(BASELINE_DIR)/build/dosomethingd \
+                    --baseline-name $(BASELINE))
 
-bench-quick: $(BUILD)/dosomethingd $(BENCH_BIN)
+bench: $(BUILD)/dosomethingd $(BENCH_BIN) $(if $(BASELINE),bench-baseline)
+	$(PYTHON) bench/run.py --daemon $(BUILD)/dosomethingd --bench $(BENCH_BIN) \
+	    --out $(BUILD)/bench $(BASELINE_ARGS) $(BENCH_ARGS)
+
+.PHONY: bench-baseline
+bench-baseline:
+	@test -n "$(BASELINE)" || { echo "bench-baseline: set BASELINE=<git rev>"; exit 2; }
+	@rev=$$(git rev-parse --verify "$(BASELINE)^{commit}") || exit 2; \
+	if [ ! -x $(BASELINE_DIR)/build/dosomethingd ]; then \
+	    rm -rf $(BASELINE_DIR) && mkdir -p $(BASELINE_DIR) && \
+	    git archive $$rev | tar -x -C $(BASELINE_DIR) && \
+	    $(MAKE) --no-print-directory -C $(BASELINE_DIR) all; \
+	fi
+
+bench-quick: $(BUILD)/dosomethingd $(BENCH_BIN) $(if $(BASELINE),bench-baseline)
 	$(PYTHON) bench/run.py --quick --daemon $(BUILD)/dosomethingd --bench $(BENCH_BIN) \
-	    --out $(BUILD)/bench $(BENCH_ARGS)
+	    --out $(BUILD)/bench $(BASELINE_ARGS) $(BENCH_ARGS)

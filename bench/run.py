@@ -906,6 +906,61 @@ class Runner:
         self.check("SC echo items/s, cluster 2 instances vs 1", "(report)",
                    f"{c / b:.2f}x ({c:,.0f} vs {b:,.0f}/s)", None)
 
+    def sb(self):
+        """This tree against another build (make bench BASELINE=REV), in the same
+        run: scenario 1's echo load, scenario 2's idle round trip, scenario J's
+        journal_sync 50ms and scenario C's one cluster instance, each measured
+        on both builds in turn, --repeat times, keeping the median."""
+        base = self.args.baseline_daemon
+        name = self.args.baseline_name or base
+        calls = self.args.calls
+        n = self.N(100000)
+        redis_ok = self.cluster_unsupported() is None
+
+        def measure(binary, what):
+            saved, self.args.daemon = self.args.daemon, binary
+            redis = None
+            try:
+                if what == "echo":
+                    d = self.daemon(sub_buffer=n)
+                    return self.client_once(d, n, "SB echo", 120, calls=calls, payload=64)
+                if what == "idle":
+                    d = self.daemon()
+                    return self.client_once(d, self.N(1000, 5), "SB idle", 120, calls=1, window=1)
+                if what == "journal":
+                    jdir = tempfile.mkdtemp(prefix="journal-", dir=self.workdir)
+                    d = self.daemon(sub_buffer=n, queue=f", journal: {jdir}, journal_sync: 50ms")
+                    return self.client_once(d, n, "SB journal", 120, calls=calls, payload=64)
+                redis = self.start(Redis)
+                d = self.cluster_daemon(redis, n)
+                d.wait_cluster_serving()
+                return self.client_once(Group("dosomethingd + redis-server", [d], [redis]), n,
+                                        "SB cluster", 120, calls=max(2, calls), payload=64)
+            finally:
+                self.args.daemon = saved
+                self.stop_all()
+
+        whats = ["echo", "idle", "journal"] + (["cluster"] if redis_ok else [])
+        for what in whats:
+            runs = {"this tree": [], name: []}
+            for _ in range(self.args.repeat):       # interleaved: noise hits both alike
+                runs["this tree"].append(measure(self.args.daemon, what))
+                runs[name].append(measure(base, what))
+            res = {}
+            for who, rs in runs.items():
+                r = median_run(rs)
+                r["server"] = f"dosomethingd ({who})"
+                res[who] = self.record("B vs baseline", r, note=f"{what}")
+            a, b = res["this tree"], res[name]
+            if what == "idle":
+                pa, pb = a["latency_ms"]["p50"], b["latency_ms"]["p50"]
+                self.check(f"SB idle latency p50, this tree vs {name}", "(report)",
+                           f"{pa / pb:.2f}x ({pa:.3f} vs {pb:.3f} ms)", None)
+            else:
+                ia, ib = a["items_per_s"], b["items_per_s"]
+                self.check(f"SB {what} items/s, this tree vs {name}", "(report)",
+                           f"{ia / ib:.2f}x ({ia:,.0f} vs {ib:,.0f}/s)", None)
+
     def idle(self):
         d = self.daemon()
         time.sleep(1.0)
@@ -1055,12 +1110,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="N / 20, skip scenarios 6 and J")
     ap.add_argument("--only", type=lambda s: s.split(","), default=None,
-                    help="comma-separated scenario numbers (1-6, J, C, I)")
+                    help="comma-separated scenario numbers (1-6, J, C, I, B)")
     ap.add_argument("--daemon", default=os.path.join(ROOT, "build", "dosomethingd"))
     ap.add_argument("--bench", default=os.path.join(ROOT, "build", "dosomething-bench"))
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench"))
     ap.add_argument("--calls", type=int, default=4, help="concurrent doSomething calls")
     ap.add_argument("--sub-threads", type=int, default=1, help="client threads for subscribers")
+    ap.add_argument("--baseline-daemon", default=None,
+                    help="another build's dosomethingd: scenario B compares this tree with it")
+    ap.add_argument("--baseline-name", default=None, help="what to call it in the table")
     ap.add_argument("--repeat", type=int, default=None,
                     help="run each measurement K times, keep the median (default 3, "
                          "1 with --quick; never for scenario 6 and the seed's idle latency)")
@@ -1069,7 +1127,7 @@ def main():
         args.repeat = 1 if args.quick else 3
     if args.repeat < 1:
         sys.exit("run.py: --repeat must be at least 1")
-    for path in (args.daemon, args.bench):
+    for path in (args.daemon, args.bench) + ((args.baseline_daemon,) if args.baseline_daemon else ()):
         if not os.access(path, os.X_OK):
             sys.exit(f"run.py: {path} is not there (make all bench-bin)")
     if not os.path.isdir(SEED_DIR):
@@ -1093,6 +1151,9 @@ def main():
             run.scenario("J", "queue.journal off / never / 50ms / always", run.sj)
         run.scenario("C", "cluster mode: 1 instance vs single machine, 2 instances vs 1", run.sc)
         run.scenario("I", "idle CPU", run.idle)
+        if args.baseline_daemon:
+            run.scenario("B", f"this tree vs {args.baseline_name or args.baseline_daemon}",
+                         run.sb)
     except KeyboardInterrupt:
         run.errors.append("interrupted")
     finally:

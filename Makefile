@@ -3,6 +3,7 @@
 #   make            build build/dosomethingd
 #   make run        the daemon in the foreground on conf/dosomething.yaml
 #   make test       unit tests (plain and under valgrind), then the integration suite
+#   make integration TESTS=tests/integration/test_x.py   some of the suite
 #   make check-asan the whole suite against an ASan+UBSan build
 #   make bench      the benchmark table (see bench/)
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -44,12 +45,17 @@ DEB_TEST    = libcmocka-dev valgrind python3-grpcio python3-protobuf python3-grp
 PROTO       = proto/com/agrounds/dosomething/v1/do_something.proto
 PROTO_C     = $(BUILD)/gen/com/agrounds/dosomething/v1/do_something.pb-c.c
 PROTO_H     = $(PROTO_C:.c=.h)
+# gRPC's own services the grpc process serves (vendored under proto/grpc).
+GRPC_PROTOS = proto/grpc/health/v1/health.proto proto/grpc/reflection/v1/reflection.proto
+GRPC_PROTO_C = $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(GRPC_PROTOS))
+GRPC_PROTO_H = $(GRPC_PROTO_C:.c=.h)
+GRPC_PROTO_OBJ = $(patsubst $(BUILD)/gen/%.c,$(BUILD)/obj/gen/%.o,$(GRPC_PROTO_C))
 
 CORE_SRC    = $(wildcard src/core/*.c) $(wildcard src/ipc/*.c)
 DAEMON_SRC  = $(CORE_SRC) $(wildcard src/master/*.c) $(wildcard src/grpc/*.c) \
               $(wildcard src/workers/*.c)
 DAEMON_OBJ  = $(patsubst %.c,$(BUILD)/obj/%.o,$(DAEMON_SRC)) $(BUILD)/obj/proto.o \
-              $(BUILD)/obj/descriptor.o
+              $(BUILD)/obj/descriptor.o $(GRPC_PROTO_OBJ)
 LIB_OBJ     = $(filter-out $(BUILD)/obj/src/master/main.o,$(DAEMON_OBJ))
 
 UNIT_SRC    = $(wildcard tests/unit/test_*.c)
@@ -63,6 +69,16 @@ all: $(BUILD)/dosomethingd
 $(PROTO_C) $(PROTO_H): $(PROTO)
 	@mkdir -p $(BUILD)/gen
 	protoc-c --c_out=$(BUILD)/gen -Iproto $(PROTO)
+
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen -Iproto $<
+
+.SECONDARY: $(GRPC_PROTO_C) $(GRPC_PROTO_H)
+
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Wno-missing-prototypes -c -o $@ $<
 
 # The contract's FileDescriptorProto, for server reflection, as a C array.
 $(BUILD)/gen/descriptor.c: $(PROTO)
@@ -82,7 +98,7 @@ $(BUILD)/obj/proto.o: $(PROTO_C)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Wno-missing-prototypes -c -o $@ $<
 
-$(BUILD)/obj/%.o: %.c $(PROTO_H)
+$(BUILD)/obj/%.o: %.c $(PROTO_H) $(GRPC_PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $(DEFINES) -MMD -MP -c -o $@ $<
 
@@ -141,7 +157,7 @@ valgrind: $(UNIT_BIN)
 
 integration: $(BUILD)/dosomethingd pystubs
 	DS_BINARY=$(CURDIR)/$(BUILD)/dosomethingd DS_PYSTUBS=$(CURDIR)/$(BUILD)/py \
-	    $(PYTHON) -m pytest -q -rs -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	    $(PYTHON) -m pytest -q -rs -p no:cacheprovider $(or $(TESTS),tests/integration) $(PYTEST_ARGS)
 
 # make test installed every dependency: a test that finds one missing fails
 # (DS_STRICT_DEPS) instead of skipping, so a broken set-up cannot look green.

@@ -3,9 +3,8 @@
  * Kubernetes probes and grpc_health_probe ask: SERVING, or NOT_SERVING
  * while the process drains.
  *
- * The two messages have one field each and are encoded here by hand:
- * HealthCheckRequest { string service = 1; }
- * HealthCheckResponse { ServingStatus status = 1; }
+ * The messages come from grpc's health.proto (proto/grpc/health/v1),
+ * compiled with protoc-c.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,14 +14,15 @@
 #include <grpc/byte_buffer_reader.h>
 
 #include "core/alloc.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 
 enum serving_status {
-    STATUS_UNKNOWN = 0,
-    STATUS_SERVING = 1,
-    STATUS_NOT_SERVING = 2,
-    STATUS_SERVICE_UNKNOWN = 3,
+    STATUS_SERVING = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING,
+    STATUS_NOT_SERVING = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING,
+    STATUS_SERVICE_UNKNOWN =
+        GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN,
 };
 
 #define SERVICE_NAME "com.agrounds.dosomething.v1.DoSomethingService"
@@ -68,32 +68,24 @@ service_known(grpc_byte_buffer *bb)
         return -1;
     grpc_slice s = grpc_byte_buffer_reader_readall(&reader);
     grpc_byte_buffer_reader_destroy(&reader);
-    const uint8_t *p = GRPC_SLICE_START_PTR(s), *end = p + GRPC_SLICE_LENGTH(s);
-    const uint8_t *name = (const uint8_t *)"";
-    size_t name_len = 0;
-    int r = 0;
-    while (p < end) {
-        uint8_t key = *p++;
-        if (key != 0x0a || p >= end || *p >= 0x80 || (size_t)(end - p - 1) < *p) {
-            r = -1;     /* only field 1, length-delimited, shorter than 128 */
-            break;
-        }
-        name_len = *p++;
-        name = p;
-        p += name_len;
-    }
-    if (r == 0)
-        r = name_len == 0 || (name_len == strlen(SERVICE_NAME) &&
-                              memcmp(name, SERVICE_NAME, name_len) == 0);
+    Grpc__Health__V1__HealthCheckRequest *req = grpc__health__v1__health_check_request__unpack(
+        NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
     grpc_slice_unref(s);
-    return r;
+    if (req == NULL)
+        return -1;
+    int known = req->service[0] == '\0' || strcmp(req->service, SERVICE_NAME) == 0;
+    grpc__health__v1__health_check_request__free_unpacked(req, NULL);
+    return known;
 }
 
 static grpc_byte_buffer *
 encode_response(int status)
 {
-    uint8_t bytes[2] = { 0x08, (uint8_t)status };
-    grpc_slice s = grpc_slice_from_copied_buffer((const char *)bytes, status ? 2 : 0);
+    Grpc__Health__V1__HealthCheckResponse msg = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    msg.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
+    uint8_t bytes[16];
+    size_t len = grpc__health__v1__health_check_response__pack(&msg, bytes);
+    grpc_slice s = grpc_slice_from_copied_buffer((const char *)bytes, len);
     grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
     grpc_slice_unref(s);
     return bb;

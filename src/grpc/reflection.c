@@ -4,18 +4,10 @@
  * the service and serves the FileDescriptorProto of do_something.proto,
  * which protoc-c writes at build time (descriptor.c under build/gen).
  *
- * The messages are encoded and decoded here by hand; only the requests a
- * client can make of this server get a real answer:
- *
- *   ServerReflectionRequest { string host = 1; oneof { string
- *     file_by_filename = 3; string file_containing_symbol = 4;
- *     ExtensionRequest file_containing_extension = 5; string
- *     all_extension_numbers_of_type = 6; string list_services = 7; } }
- *   ServerReflectionResponse { string valid_host = 1;
- *     ServerReflectionRequest original_request = 2; oneof {
- *     FileDescriptorResponse file_descriptor_response = 4;
- *     ListServiceResponse list_services_response = 6;
- *     ErrorResponse error_response = 7; } }
+ * The messages come from grpc's reflection.proto (proto/grpc/reflection/v1),
+ * compiled with protoc-c; v1alpha's are the same on the wire. Only the
+ * requests a client can make of this server get a real answer: the service
+ * list, and the file of our package by name or by one of its symbols.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +19,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "grpc/grpc_process.h"
+#include "grpc/reflection/v1/reflection.pb-c.h"
 
 /* build/gen/descriptor.c: a FileDescriptorSet holding one file. */
 extern const unsigned char ds_descriptor_set[];
@@ -49,47 +42,10 @@ struct reflection_call {
     uint64_t started_ms;
 };
 
-/* ---- encoding ------------------------------------------------------------ */
+/* ---- the answer ------------------------------------------------------------ */
 
-struct out {
-    uint8_t *data;
-    size_t len;
-    size_t cap;
-};
-
-static void
-out_bytes(struct out *o, const void *p, size_t n)
-{
-    if (o->cap - o->len < n) {
-        o->cap = (o->len + n) * 2 + 64;
-        o->data = ds_realloc(o->data, o->cap);
-    }
-    memcpy(o->data + o->len, p, n);
-    o->len += n;
-}
-
-static void
-out_varint(struct out *o, uint64_t v)
-{
-    uint8_t b[10];
-    size_t n = 0;
-    do {
-        b[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-        v >>= 7;
-    } while (v != 0);
-    out_bytes(o, b, n);
-}
-
-/* A length-delimited field. */
-static void
-out_field(struct out *o, unsigned field, const void *p, size_t n)
-{
-    out_varint(o, (uint64_t)field << 3 | 2);
-    out_varint(o, n);
-    out_bytes(o, p, n);
-}
-
-/* The file descriptor: the set's first (only) `file` field. */
+/* The file descriptor: the set's first (only) `file` field. The set is our
+ * own, written by protoc-c at build time. */
 static int
 file_descriptor(const uint8_t **p, size_t *n)
 {
@@ -109,96 +65,82 @@ file_descriptor(const uint8_t **p, size_t *n)
     return 0;
 }
 
-/* ---- decoding ------------------------------------------------------------ */
-
-/* The request's oneof: which field, and its string. -1: malformed. */
 static int
-decode_request(const uint8_t *p, size_t n, unsigned *field, const uint8_t **value,
-               size_t *value_len)
+symbol_is_ours(const char *symbol)
 {
-    const uint8_t *end = p + n;
-    *field = 0;
-    while (p < end) {
-        uint64_t key = 0, len = 0;
-        int shift;
-        for (shift = 0; p < end && shift < 64; shift += 7) {
-            key |= (uint64_t)(*p & 0x7f) << shift;
-            if (!(*p++ & 0x80))
-                break;
-        }
-        if ((key & 7) != 2)
-            return -1;      /* every field of the request is length-delimited */
-        for (shift = 0; p < end && shift < 64; shift += 7) {
-            len |= (uint64_t)(*p & 0x7f) << shift;
-            if (!(*p++ & 0x80))
-                break;
-        }
-        if (len > (uint64_t)(end - p))
-            return -1;
-        if ((key >> 3) >= 3 && (key >> 3) <= 7) {
-            *field = (unsigned)(key >> 3);
-            *value = p;
-            *value_len = (size_t)len;
-        }
-        p += len;
-    }
-    return 0;
+    return strncmp(symbol, PACKAGE ".", strlen(PACKAGE) + 1) == 0 &&
+           symbol[strlen(PACKAGE) + 1] != '\0';
 }
 
-static int
-symbol_is_ours(const uint8_t *s, size_t n)
+/* The response to one request (its bytes): a slice the caller owns. */
+static grpc_slice
+answer(const uint8_t *bytes, size_t len)
 {
-    size_t plen = strlen(PACKAGE);
-    return n > plen && memcmp(s, PACKAGE ".", plen + 1) == 0;
-}
+    Grpc__Reflection__V1__ServerReflectionRequest *req =
+        grpc__reflection__v1__server_reflection_request__unpack(NULL, len, bytes);
+    Grpc__Reflection__V1__ServerReflectionResponse resp =
+        GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__INIT;
+    Grpc__Reflection__V1__ServiceResponse service = GRPC__REFLECTION__V1__SERVICE_RESPONSE__INIT;
+    Grpc__Reflection__V1__ServiceResponse *services[] = { &service };
+    Grpc__Reflection__V1__ListServiceResponse list =
+        GRPC__REFLECTION__V1__LIST_SERVICE_RESPONSE__INIT;
+    Grpc__Reflection__V1__FileDescriptorResponse files =
+        GRPC__REFLECTION__V1__FILE_DESCRIPTOR_RESPONSE__INIT;
+    ProtobufCBinaryData file;
+    Grpc__Reflection__V1__ErrorResponse error = GRPC__REFLECTION__V1__ERROR_RESPONSE__INIT;
 
-/* The response to one request (its raw bytes). */
-static void
-answer(struct out *o, const uint8_t *req, size_t req_len)
-{
-    unsigned field;
-    const uint8_t *value = NULL;
-    size_t value_len = 0;
-    struct out inner = { 0 };
-    int error_code = 0;
-    const char *error = NULL;
-
-    out_field(o, 2, req, req_len);
-    if (decode_request(req, req_len, &field, &value, &value_len) == -1) {
-        error_code = 3;
-        error = "malformed ServerReflectionRequest";
-    } else if (field == 7) {
-        struct out service = { 0 };
-        out_field(&service, 1, SERVICE_NAME, strlen(SERVICE_NAME));
-        out_field(&inner, 1, service.data, service.len);
-        out_field(o, 6, inner.data, inner.len);
-        free(service.data);
-    } else if ((field == 3 && value_len == strlen(FILE_NAME) &&
-                memcmp(value, FILE_NAME, value_len) == 0) ||
-               (field == 4 && symbol_is_ours(value, value_len))) {
-        const uint8_t *fd;
-        size_t fd_len;
-        if (file_descriptor(&fd, &fd_len) == 0) {
-            out_field(&inner, 1, fd, fd_len);
-            out_field(o, 4, inner.data, inner.len);
+    int found = 0;
+    resp.original_request = req;
+    switch (req != NULL ? req->message_request_case
+                        : GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST__NOT_SET) {
+    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_LIST_SERVICES:
+        service.name = SERVICE_NAME;
+        list.n_service = 1;
+        list.service = services;
+        resp.message_response_case =
+            GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_LIST_SERVICES_RESPONSE;
+        resp.list_services_response = &list;
+        break;
+    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_BY_FILENAME:
+        found = strcmp(req->file_by_filename, FILE_NAME) == 0;
+        /* fall through */
+    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL:
+        if (req->message_request_case ==
+            GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL)
+            found = symbol_is_ours(req->file_containing_symbol);
+        /* fall through */
+    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_EXTENSION:
+    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_ALL_EXTENSION_NUMBERS_OF_TYPE:
+        if (!found) {
+            error.error_code = GRPC_STATUS_NOT_FOUND;
+            error.error_message = "not found: this server describes " SERVICE_NAME " only";
+        } else if (file_descriptor((const uint8_t **)&file.data, &file.len) == 0) {
+            files.n_file_descriptor_proto = 1;
+            files.file_descriptor_proto = &file;
+            resp.message_response_case =
+                GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE;
+            resp.file_descriptor_response = &files;
         } else {
-            error_code = 13;
-            error = "the embedded descriptor is damaged";
+            error.error_code = GRPC_STATUS_INTERNAL;
+            error.error_message = "the embedded descriptor is damaged";
         }
-    } else if (field == 3 || field == 4 || field == 5 || field == 6) {
-        error_code = 5;
-        error = "not found: this server describes " SERVICE_NAME " only";
-    } else {
-        error_code = 3;
-        error = "the request asks for nothing";
+        break;
+    default:
+        error.error_code = GRPC_STATUS_INVALID_ARGUMENT;
+        error.error_message = req == NULL ? "malformed ServerReflectionRequest"
+                                          : "the request asks for nothing";
+        break;
     }
-    if (error != NULL) {
-        out_varint(&inner, 1 << 3 | 0);
-        out_varint(&inner, (uint64_t)error_code);
-        out_field(&inner, 2, error, strlen(error));
-        out_field(o, 7, inner.data, inner.len);
+    if (error.error_message != protobuf_c_empty_string) {
+        resp.message_response_case =
+            GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ERROR_RESPONSE;
+        resp.error_response = &error;
     }
-    free(inner.data);
+    grpc_slice out = grpc_slice_malloc(grpc__reflection__v1__server_reflection_response__get_packed_size(&resp));
+    grpc__reflection__v1__server_reflection_response__pack(&resp, GRPC_SLICE_START_PTR(out));
+    if (req != NULL)
+        grpc__reflection__v1__server_reflection_request__free_unpacked(req, NULL);
+    return out;
 }
 
 /* ---- the call -------------------------------------------------------------- */
@@ -277,11 +219,8 @@ on_recv(struct tag *tag, int ok)
         grpc_byte_buffer_reader_destroy(&reader);
     }
     grpc_byte_buffer_destroy(bb);
-    struct out o = { 0 };
-    answer(&o, GRPC_SLICE_START_PTR(req), GRPC_SLICE_LENGTH(req));
+    grpc_slice s = answer(GRPC_SLICE_START_PTR(req), GRPC_SLICE_LENGTH(req));
     grpc_slice_unref(req);
-    grpc_slice s = grpc_slice_from_copied_buffer((const char *)o.data, o.len);
-    free(o.data);
     r->send_buffer = grpc_raw_byte_buffer_create(&s, 1);
     grpc_slice_unref(s);
     grpc_op op;

@@ -1,45 +1,21 @@
 """Server reflection: what grpcurl asks, answered without the .proto file."""
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-REFLECTION_PROTO = """
-syntax = "proto3";
-package grpc.reflection.v1alpha;
-service ServerReflection {
-  rpc ServerReflectionInfo(stream ServerReflectionRequest) returns (stream ServerReflectionResponse);
-}
-message ServerReflectionRequest {
-  string host = 1;
-  oneof message_request {
-    string file_by_filename = 3;
-    string file_containing_symbol = 4;
-    string all_extension_numbers_of_type = 6;
-    string list_services = 7;
-  }
-}
-message ServerReflectionResponse {
-  string valid_host = 1;
-  ServerReflectionRequest original_request = 2;
-  oneof message_response {
-    FileDescriptorResponse file_descriptor_response = 4;
-    ListServiceResponse list_services_response = 6;
-    ErrorResponse error_response = 7;
-  }
-}
-message FileDescriptorResponse { repeated bytes file_descriptor_proto = 1; }
-message ListServiceResponse { repeated ServiceResponse service = 1; }
-message ServiceResponse { string name = 1; }
-message ErrorResponse { int32 error_code = 1; string error_message = 2; }
-"""
+# The vendored proto the server is built from (a v1 package; v1alpha is the
+# same on the wire), copied under a name that does not shadow grpcio.
+REFLECTION_PROTO = (Path(__file__).resolve().parents[2] / "proto" / "grpc" / "reflection" / "v1"
+                    / "reflection.proto")
 
 SERVICE = "com.agrounds.dosomething.v1.DoSomethingService"
 
 
 def reflection_module(tmp_path):
-    (tmp_path / "reflection.proto").write_text(REFLECTION_PROTO)
+    (tmp_path / "reflection.proto").write_text(REFLECTION_PROTO.read_text())
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path}",
                     f"--python_out={tmp_path}", str(tmp_path / "reflection.proto")], check=True)
     sys.path.insert(0, str(tmp_path))

@@ -25,6 +25,7 @@
 #include <yaml.h>
 
 #include "dosomething/handler.h"
+#include "core/utf8.h"
 
 /* Limits against hostile or broken files. */
 #define CONFIG_FILE_MAX      (1024 * 1024)
@@ -2291,7 +2292,7 @@ print_string(FILE *out, const char *s)
 {
     const unsigned char *p = (const unsigned char *)s;
     uint32_t cp;
-    size_t n, i;
+    size_t n;
 
     putc('"', out);
     while (*p != '\0') {
@@ -2312,25 +2313,8 @@ print_string(FILE *out, const char *s)
             p++;
             continue;
         }
-        if ((*p & 0xe0) == 0xc0) {
-            n = 2;
-            cp = *p & 0x1f;
-        } else if ((*p & 0xf0) == 0xe0) {
-            n = 3;
-            cp = *p & 0x0f;
-        } else if ((*p & 0xf8) == 0xf0) {
-            n = 4;
-            cp = *p & 0x07;
-        } else {
-            n = 0;
-            cp = 0;
-        }
-        for (i = 1; i < n; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                break;
-            cp = cp << 6 | (p[i] & 0x3f);
-        }
-        if (n == 0 || i < n) {
+        n = utf8_decode((const char *)p, strnlen((const char *)p, 4), &cp);
+        if (n == 0) {
             /* Not UTF-8 (a directory name, say): nothing in YAML says it. */
             putc(*p++, out);
             continue;

@@ -22,6 +22,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/process.h"
+#include "core/utf8.h"
 #include "workers/exec.h"
 #include "workers/module.h"
 
@@ -186,43 +187,14 @@ run_sleep(const wire_work_item *item, struct handler_output *out)
     return 0;
 }
 
-/* The length of the valid UTF-8 sequence at S, or 0. */
-static size_t
-utf8_sequence(const unsigned char *s)
-{
-    size_t len;
-    uint32_t cp;
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        len = 2;
-        cp = s[0] & 0x1f;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        len = 3;
-        cp = s[0] & 0x0f;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        len = 4;
-        cp = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)      /* also stops at the NUL */
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;                       /* overlong, out of range, or a surrogate */
-    return len;
-}
-
 void
 handler_clean_text(char *s)
 {
     unsigned char *p = (unsigned char *)s;
-    while (*p != '\0') {
-        size_t len = utf8_sequence(p);
+    size_t left = strlen(s);
+    while (left > 0) {
+        size_t len = utf8_decode((const char *)p, left, NULL);
+        left -= len == 0 ? 1 : len;
         if (len == 0) {
             *p++ = '?';
         } else if (len == 1) {

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/utf8.h"
 
 static int
 compare_strings(const void *a, const void *b)
@@ -23,10 +24,28 @@ sorted_copy(char **strings, size_t count)
     return copy;
 }
 
+/* proto3 strings must be UTF-8; a filter that is not could match nothing
+ * a valid item has, so it is an error, not a silent empty stream. */
+static int
+check_utf8(const char *name, char **strings, size_t count, char *err, size_t err_size)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (!utf8_valid(strings[i], strlen(strings[i]))) {
+            snprintf(err, err_size, "%s[%zu] is not valid UTF-8", name, i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int
 filter_init(struct filter *f, const wire_updates_request *request, char *err, size_t err_size)
 {
     memset(f, 0, sizeof *f);
+    if (check_utf8("item_ids", request->item_ids, request->n_item_ids, err, err_size) == -1 ||
+        check_utf8("kinds", request->kinds, request->n_kinds, err, err_size) == -1 ||
+        check_utf8("batches", request->batches, request->n_batches, err, err_size) == -1)
+        return -1;
     for (size_t i = 0; i < request->n_states; i++) {
         int s = (int)request->states[i];
         if (s < STATE_QUEUED || s > STATE_MAX) {

@@ -28,6 +28,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "core/process.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
@@ -301,8 +302,9 @@ take_over(struct journal_recovery *r)
         struct journal_item *ji = &r->items[i];
         wire_work_item *msg = wire_work_item_unpack(NULL, ji->raw_len, ji->raw);
         if (msg == NULL) {
-            log_error("journal: item %s in %s is not a valid WorkItem; dropping it", ji->id,
-                      r->dir);
+            char id[300];
+            log_error("journal: item \"%s\" in %s is not a valid WorkItem; dropping it",
+                      utf8_escape(id, sizeof id, ji->id), r->dir);
             dropped++;
             continue;
         }
@@ -345,8 +347,8 @@ take_over(struct journal_recovery *r)
     for (size_t i = 0; i < failed_count; i++) {
         struct item *item = failed[i];
         if (config_handler(gp.config, item->kind) == NULL)
-            snprintf(error, sizeof error, "%s; kind \"%.64s\" is no longer configured", reason,
-                     item->kind);
+            snprintf(error, sizeof error, "%s; kind \"%.*s\" is no longer configured", reason,
+                     (int)utf8_prefix(item->kind, strlen(item->kind), 64), item->kind);
         else
             snprintf(error, sizeof error, "%s; attempt %u would exceed max_attempts %u", reason,
                      item->attempt + 1, item->max_attempts);

@@ -31,6 +31,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
@@ -138,9 +139,17 @@ add_rejection(struct submit_call *c, uint32_t index, const char *id, const char 
     }
     wire_rejection *r = &c->rejections[c->rejection_count];
     wire_rejection_init(r);
-    r->id = ds_strndup(id, strnlen(id, ID_MAX));
+    /* The reply must parse: an id that is no UTF-8 is not echoed (the index
+     * names the item), a long one is cut between characters. */
+    size_t id_len = strlen(id);
+    r->id = utf8_valid(id, id_len) ? ds_strndup(id, utf8_prefix(id, id_len, ID_MAX))
+                                   : ds_strdup("");
     r->index = index;
-    r->reason = ds_strdup(reason);
+    /* Reasons quote client strings cut between characters; a reason that
+     * snprintf cut at its buffer's end may still end in half a character. */
+    r->reason = utf8_sanitize(reason, strlen(reason));
+    if (r->reason == NULL)
+        r->reason = ds_strdup(reason);
     c->rejection_ptrs[c->rejection_count++] = r;
 }
 
@@ -274,16 +283,26 @@ make_id(char *buf, size_t size)
     snprintf(buf, size, "%s-%llu", sub.id_prefix, (unsigned long long)++sub.id_counter);
 }
 
-/* Each params key and value within its length limit. */
+/* Each params key and value valid UTF-8 and within its length limit. Keys
+ * quoted in the reason are cut between characters: the reply must parse. */
 static int
 check_params(const wire_work_item *msg, char *reason, size_t size)
 {
     for (size_t i = 0; i < msg->n_params; i++) {
         const char *key = msg->params[i]->key, *value = msg->params[i]->value;
         size_t key_len = strlen(key), value_len = strlen(value);
+        if (!utf8_valid(key, key_len)) {
+            snprintf(reason, size, "param key %zu (of %zu) is not valid UTF-8", i + 1,
+                     msg->n_params);
+            return -1;
+        }
         if (key_len > DS_PARAM_KEY_MAX) {
-            snprintf(reason, size, "param key \"%.32s...\" is %zu bytes, longer than %d",
-                     key, key_len, DS_PARAM_KEY_MAX);
+            snprintf(reason, size, "param key \"%.*s...\" is %zu bytes, longer than %d",
+                     (int)utf8_prefix(key, key_len, 32), key, key_len, DS_PARAM_KEY_MAX);
+            return -1;
+        }
+        if (!utf8_valid(value, value_len)) {
+            snprintf(reason, size, "param %s: value is not valid UTF-8", key);
             return -1;
         }
         if (value_len > DS_PARAM_VALUE_MAX) {
@@ -293,6 +312,21 @@ check_params(const wire_work_item *msg, char *reason, size_t size)
         }
     }
     return 0;
+}
+
+/* proto3 strings must be UTF-8: an item holding anything else would end
+ * every subscriber's stream it reaches (stock clients fail to parse it).
+ * The name of the first field that is not, or NULL. */
+static const char *
+invalid_utf8_field(const wire_work_item *msg)
+{
+    if (!utf8_valid(msg->id, strlen(msg->id)))
+        return "id";
+    if (!utf8_valid(msg->kind, strlen(msg->kind)))
+        return "kind";
+    if (!utf8_valid(msg->batch, strlen(msg->batch)))
+        return "batch";
+    return NULL;
 }
 
 /* Validate and take one item. Returns -1 if the bytes are no WorkItem. */
@@ -309,8 +343,12 @@ take_item(struct submit_call *c, grpc_slice raw)
     const struct ds_handler_config *handler = config_handler(config, kind);
     char reason[512];
     reason[0] = '\0';
-    if (handler == NULL)
-        snprintf(reason, sizeof reason, "unknown kind \"%.64s\"", kind);
+    const char *bad_field = invalid_utf8_field(msg);
+    if (bad_field != NULL)
+        snprintf(reason, sizeof reason, "%s is not valid UTF-8", bad_field);
+    else if (handler == NULL)
+        snprintf(reason, sizeof reason, "unknown kind \"%.*s\"",
+                 (int)utf8_prefix(kind, strlen(kind), 64), kind);
     else if (strlen(msg->id) > ID_MAX)
         snprintf(reason, sizeof reason, "id is longer than %d bytes", ID_MAX);
     else if (strlen(msg->batch) > BATCH_MAX)

@@ -105,14 +105,16 @@ handler_check(const struct ds_handler_config *handler, const wire_work_item *ite
         while (r->name != NULL && strcmp(r->name, key) != 0)
             r++;
         if (r->name == NULL) {
-            snprintf(err, err_size, "kind \"%s\" takes no param \"%.64s\"", handler->kind, key);
+            snprintf(err, err_size, "kind \"%s\" takes no param \"%.*s\"", handler->kind,
+                     (int)utf8_prefix(key, strlen(key), 64), key);
             return -1;
         }
         uint64_t v;
         if (parse_uint(value, &v) == -1 || v < r->min || v > r->max) {
             snprintf(err, err_size, "param %s of kind \"%s\" must be an integer %llu..%llu, "
-                     "got \"%.64s\"", key, handler->kind, (unsigned long long)r->min,
-                     (unsigned long long)r->max, value);
+                     "got \"%.*s\"", key, handler->kind, (unsigned long long)r->min,
+                     (unsigned long long)r->max, (int)utf8_prefix(value, strlen(value), 64),
+                     value);
             return -1;
         }
     }

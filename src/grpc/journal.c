@@ -301,10 +301,18 @@ take_over(struct journal_recovery *r)
     for (size_t i = 0; i < r->count; i++) {
         struct journal_item *ji = &r->items[i];
         wire_work_item *msg = wire_work_item_unpack(NULL, ji->raw_len, ji->raw);
+        /* A journal written before items were checked for UTF-8: every
+         * update of such an item would end the streams it reaches. */
+        if (msg != NULL && (!utf8_valid(msg->id, strlen(msg->id)) ||
+                            !utf8_valid(msg->kind, strlen(msg->kind)) ||
+                            !utf8_valid(msg->batch, strlen(msg->batch)))) {
+            wire_work_item_free(msg, NULL);
+            msg = NULL;
+        }
         if (msg == NULL) {
             char id[300];
-            log_error("journal: item \"%s\" in %s is not a valid WorkItem; dropping it",
-                      utf8_escape(id, sizeof id, ji->id), r->dir);
+            log_error("journal: item \"%s\" in %s is not a valid WorkItem (or not UTF-8); "
+                      "dropping it", utf8_escape(id, sizeof id, ji->id), r->dir);
             dropped++;
             continue;
         }

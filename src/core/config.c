@@ -1417,6 +1417,7 @@ static const struct key_rule tls_rules[] = {
     { .name = "cert", .type = VALUE_PATH, CONFIG_FIELD(grpc.tls_cert), .required = 1 },
     { .name = "key", .type = VALUE_PATH, CONFIG_FIELD(grpc.tls_key), .required = 1 },
     { .name = "client_ca", .type = VALUE_PATH, CONFIG_FIELD(grpc.tls_client_ca) },
+    { .name = "scope_ids", .type = VALUE_BOOL, CONFIG_FIELD(grpc.tls_scope_ids) },
     { .name = NULL }
 };
 
@@ -1428,6 +1429,7 @@ parse_tls(struct loader *ld, struct node *value, const char *path, void *base)
     if (is_off(value)) {
         c->grpc.tls = 0;
         c->grpc.tls_cert = c->grpc.tls_key = c->grpc.tls_client_ca = NULL;
+        c->grpc.tls_scope_ids = 0;
         return;
     }
     if (value->type != NODE_MAPPING) {
@@ -1437,6 +1439,9 @@ parse_tls(struct loader *ld, struct node *value, const char *path, void *base)
     }
     c->grpc.tls = 1;
     walk_mapping(ld, value, path, tls_rules, base);
+    /* Ids are scoped to the identity of the client's certificate. */
+    if (c->grpc.tls_scope_ids && c->grpc.tls_client_ca == NULL)
+        error_at(ld, value, path, "scope_ids: on needs client_ca (client certificates)");
 }
 
 static void
@@ -2446,6 +2451,7 @@ config_print(const struct ds_config *c, FILE *out)
         print_key_string(out, "    ", "key", c->grpc.tls_key);
         if (c->grpc.tls_client_ca != NULL)
             print_key_string(out, "    ", "client_ca", c->grpc.tls_client_ca);
+        fprintf(out, "    scope_ids: %s\n", c->grpc.tls_scope_ids ? "on" : "off");
     }
     fprintf(out, "  max_concurrent_streams: %u\n", (unsigned)c->grpc.max_concurrent_streams);
     if (c->grpc.unix_mode < 0)

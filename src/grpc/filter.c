@@ -64,8 +64,34 @@ filter_init(struct filter *f, const wire_updates_request *request, char *err, si
 }
 
 void
+filter_set_scope(struct filter *f, const char *scope)
+{
+    size_t len = strlen(scope);
+    f->scope = ds_strdup(scope);
+    f->scope_len = len;
+    for (size_t i = 0; i < f->item_id_count; i++) {
+        const char *id = f->item_ids[i];
+        if (strncmp(id, scope, len) == 0) {
+            f->item_ids[i] = ds_strdup(id);
+        } else {
+            char *scoped = ds_malloc(len + strlen(id) + 1);
+            memcpy(scoped, scope, len);
+            strcpy(scoped + len, id);
+            f->item_ids[i] = scoped;
+        }
+    }
+    f->owns_item_ids = 1;
+    if (f->item_id_count > 0)
+        qsort(f->item_ids, f->item_id_count, sizeof *f->item_ids, compare_strings);
+}
+
+void
 filter_free(struct filter *f)
 {
+    if (f->owns_item_ids)
+        for (size_t i = 0; i < f->item_id_count; i++)
+            free(f->item_ids[i]);
+    free(f->scope);
     free(f->item_ids);
     free(f->kinds);
     free(f->batches);
@@ -85,6 +111,8 @@ filter_match(const struct filter *f, const char *item_id, const char *kind, cons
              unsigned state)
 {
     if (f->states != 0 && (state > 31 || !(f->states & (1u << state))))
+        return 0;
+    if (f->scope != NULL && strncmp(item_id, f->scope, f->scope_len) != 0)
         return 0;
     return in_list(f->kinds, f->kind_count, kind) &&
            in_list(f->batches, f->batch_count, batch) &&

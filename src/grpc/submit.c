@@ -35,6 +35,7 @@
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
+#include "grpc/scope.h"
 #include "workers/handler.h"
 
 /* The reply lists at most this many rejections; `rejected` is exact. */
@@ -66,6 +67,8 @@ struct submit_call {
     char *unavailable;          /* cluster mode: why the call ends with UNAVAILABLE */
     uint32_t uncertain;         /* items Redis may or may not have taken */
     uint64_t started_ms;
+    char scope[SCOPE_IDENTITY_MAX + 2];     /* grpc.tls.scope_ids: "IDENTITY/" or "" */
+    size_t scope_len;
     int status;                 /* as sent; -1: none sent */
     uint64_t accepted;
     uint64_t rejected;
@@ -349,8 +352,8 @@ take_item(struct submit_call *c, grpc_slice raw)
     else if (handler == NULL)
         snprintf(reason, sizeof reason, "unknown kind \"%.*s\"",
                  (int)utf8_prefix(kind, strlen(kind), 64), kind);
-    else if (strlen(msg->id) > ID_MAX)
-        snprintf(reason, sizeof reason, "id is longer than %d bytes", ID_MAX);
+    else if (strlen(msg->id) > ID_MAX - c->scope_len)
+        snprintf(reason, sizeof reason, "id is longer than %zu bytes", ID_MAX - c->scope_len);
     else if (strlen(msg->batch) > BATCH_MAX)
         snprintf(reason, sizeof reason, "batch is longer than %d bytes", BATCH_MAX);
     else if (msg->max_attempts > 1000)
@@ -376,13 +379,18 @@ take_item(struct submit_call *c, grpc_slice raw)
         grpc_slice_unref(raw);
         return 0;
     }
-    char id[64];
+    /* In a scope, every id (ours too) is "IDENTITY/ID": within ID_MAX. */
+    char id[ID_MAX + 1];
+    memcpy(id, c->scope, c->scope_len);
     if (msg->id[0] == '\0')
-        make_id(id, sizeof id);
+        make_id(id + c->scope_len, sizeof id - c->scope_len);
+    else
+        snprintf(id + c->scope_len, sizeof id - c->scope_len, "%s", msg->id);
     uint32_t timeout_ms = msg->timeout_ms ? msg->timeout_ms : (uint32_t)handler->timeout_ms;
     uint32_t max_attempts = msg->max_attempts ? msg->max_attempts : config->queue.max_attempts;
     struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,
-                                 msg->id[0] == '\0' ? id : NULL, handler_is_quick(handler, msg));
+                                 msg->id[0] == '\0' || c->scope_len > 0 ? id : NULL,
+                                 handler_is_quick(handler, msg));
     wire_work_item_free(msg, NULL);
     if (journal_accept(item, c, c->index) || cluster_accept(item, c, c->index)) {
         c->journaling++;
@@ -578,6 +586,16 @@ submit_call_start(grpc_call *call, grpc_byte_buffer *unused)
     op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     op.data.recv_close_on_server.cancelled = &c->cancelled;
     call_start_batch(call, &op, 1, &c->close_tag);
+    char why[256];
+    int scoped = scope_of_call(call, why, sizeof why);
+    if (scoped == -1) {
+        reply(c, GRPC_STATUS_PERMISSION_DENIED, why);
+        return;
+    }
+    if (scoped == 1) {
+        c->scope_len = strlen(why);
+        memcpy(c->scope, why, c->scope_len + 1);
+    }
     try_receive(c);
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/utf8.h"
 
 #define JSON_DEPTH_MAX 32
 
@@ -44,40 +45,6 @@ skip_space(struct parser *ps)
 {
     while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
         ps->p++;
-}
-
-/* The length of the UTF-8 sequence at p (1..4), or 0 if it is not one. */
-static size_t
-utf8_length(const unsigned char *p, const unsigned char *end)
-{
-    size_t n;
-    uint32_t cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-        n = 2;
-        cp = p[0] & 0x1f;
-    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        n = 3;
-        cp = p[0] & 0x0f;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        n = 4;
-        cp = p[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if ((size_t)(end - p) < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (p[i] & 0x3f);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
 }
 
 static size_t
@@ -163,7 +130,7 @@ parse_string(struct parser *ps, struct json *out)
             break;
         }
         if (c != '\\') {
-            size_t len = utf8_length(ps->p, ps->end);
+            size_t len = utf8_decode((const char *)ps->p, (size_t)(ps->end - ps->p), NULL);
             if (len == 0) {
                 fail(ps, "invalid UTF-8 in a string");
                 break;
@@ -461,7 +428,7 @@ json_write_string(FILE *out, const char *s, size_t len)
             putc(c, out);
             p++;
         } else {
-            size_t n = utf8_length(p, end);
+            size_t n = utf8_decode((const char *)p, (size_t)(end - p), NULL);
             if (n == 0) {
                 fputs("\\ufffd", out);
                 p++;

@@ -25,6 +25,7 @@
 #include <yaml.h>
 
 #include "dosomething/handler.h"
+#include "core/utf8.h"
 
 /* Limits against hostile or broken files. */
 #define CONFIG_FILE_MAX      (1024 * 1024)
@@ -1416,6 +1417,7 @@ static const struct key_rule tls_rules[] = {
     { .name = "cert", .type = VALUE_PATH, CONFIG_FIELD(grpc.tls_cert), .required = 1 },
     { .name = "key", .type = VALUE_PATH, CONFIG_FIELD(grpc.tls_key), .required = 1 },
     { .name = "client_ca", .type = VALUE_PATH, CONFIG_FIELD(grpc.tls_client_ca) },
+    { .name = "scope_ids", .type = VALUE_BOOL, CONFIG_FIELD(grpc.tls_scope_ids) },
     { .name = NULL }
 };
 
@@ -1427,6 +1429,7 @@ parse_tls(struct loader *ld, struct node *value, const char *path, void *base)
     if (is_off(value)) {
         c->grpc.tls = 0;
         c->grpc.tls_cert = c->grpc.tls_key = c->grpc.tls_client_ca = NULL;
+        c->grpc.tls_scope_ids = 0;
         return;
     }
     if (value->type != NODE_MAPPING) {
@@ -1436,6 +1439,9 @@ parse_tls(struct loader *ld, struct node *value, const char *path, void *base)
     }
     c->grpc.tls = 1;
     walk_mapping(ld, value, path, tls_rules, base);
+    /* Ids are scoped to the identity of the client's certificate. */
+    if (c->grpc.tls_scope_ids && c->grpc.tls_client_ca == NULL)
+        error_at(ld, value, path, "scope_ids: on needs client_ca (client certificates)");
 }
 
 static void
@@ -2291,7 +2297,7 @@ print_string(FILE *out, const char *s)
 {
     const unsigned char *p = (const unsigned char *)s;
     uint32_t cp;
-    size_t n, i;
+    size_t n;
 
     putc('"', out);
     while (*p != '\0') {
@@ -2312,25 +2318,8 @@ print_string(FILE *out, const char *s)
             p++;
             continue;
         }
-        if ((*p & 0xe0) == 0xc0) {
-            n = 2;
-            cp = *p & 0x1f;
-        } else if ((*p & 0xf0) == 0xe0) {
-            n = 3;
-            cp = *p & 0x0f;
-        } else if ((*p & 0xf8) == 0xf0) {
-            n = 4;
-            cp = *p & 0x07;
-        } else {
-            n = 0;
-            cp = 0;
-        }
-        for (i = 1; i < n; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                break;
-            cp = cp << 6 | (p[i] & 0x3f);
-        }
-        if (n == 0 || i < n) {
+        n = utf8_decode((const char *)p, strnlen((const char *)p, 4), &cp);
+        if (n == 0) {
             /* Not UTF-8 (a directory name, say): nothing in YAML says it. */
             putc(*p++, out);
             continue;
@@ -2462,6 +2451,7 @@ config_print(const struct ds_config *c, FILE *out)
         print_key_string(out, "    ", "key", c->grpc.tls_key);
         if (c->grpc.tls_client_ca != NULL)
             print_key_string(out, "    ", "client_ca", c->grpc.tls_client_ca);
+        fprintf(out, "    scope_ids: %s\n", c->grpc.tls_scope_ids ? "on" : "off");
     }
     fprintf(out, "  max_concurrent_streams: %u\n", (unsigned)c->grpc.max_concurrent_streams);
     if (c->grpc.unix_mode < 0)

@@ -112,6 +112,7 @@ struct ds_config {
         char *tls_cert;
         char *tls_key;
         char *tls_client_ca;      /* NULL: no client certificates required */
+        int tls_scope_ids;        /* ids and updates scoped to the client certificate */
         uint32_t max_concurrent_streams;  /* per connection (HTTP/2 SETTINGS) */
         int unix_mode;            /* -1: as created; else permission bits of unix: sockets */
         char *unix_owner;         /* NULL: as created; else "user" or "user:group" */

@@ -16,6 +16,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "grpc/grpc_process.h"
 
 static int access_fd = -1;
@@ -65,12 +66,15 @@ access_log_call(grpc_call *call, const char *method, int status, const char *cou
 {
     if (access_fd == -1 && log_current_level < DS_LOG_DEBUG)
         return;
-    char *peer = grpc_call_get_peer(call);
+    /* The peer comes from the connection (a unix socket's path, say):
+     * escaped like every string a log line did not make itself. */
+    char *raw_peer = grpc_call_get_peer(call), peer[300];
+    utf8_escape(peer, sizeof peer, raw_peer);
+    gpr_free(raw_peer);
     const char *name = status >= 0 && status <= 16 ? status_names[status] : "UNKNOWN";
     uint64_t ms = clock_monotonic_ms() - started_ms;
     if (access_fd == -1) {
         log_debug("%s %s %s %s %llums", peer, method, name, counts, (unsigned long long)ms);
-        gpr_free(peer);
         return;
     }
     struct timespec ts;
@@ -82,9 +86,10 @@ access_log_call(grpc_call *call, const char *method, int status, const char *cou
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, ts.tv_nsec / 1000000, peer, method, name, counts,
                      (unsigned long long)ms);
-    gpr_free(peer);
-    if (n > (int)sizeof line - 1)
+    if (n > (int)sizeof line - 1) {
         n = (int)sizeof line - 1;
+        line[n - 1] = '\n';            /* still one line */
+    }
     if (write(access_fd, line, (size_t)n) == -1 && errno != EAGAIN)
         log_syswarn("write(\"%s\") failed", access_path);
 }

@@ -32,6 +32,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "core/process.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
@@ -406,10 +407,11 @@ on_final(redisAsyncContext *ac, void *reply, void *arg)
     if (seq > 0) {
         item_finished(op->item, op->state == STATE_SUCCEEDED);
     } else {
+        char id[300];
         if (seq == -1)
-            log_warn("cluster: item %s (attempt %u) finished, but whether redis has its final "
-                     "update is unknown; if not, another instance runs it again after the "
-                     "lease", op->item->id, op->item->attempt);
+            log_warn("cluster: item \"%s\" (attempt %u) finished, but whether redis has its "
+                     "final update is unknown; if not, another instance runs it again after "
+                     "the lease", utf8_escape(id, sizeof id, op->item->id), op->item->attempt);
         item_dropped(op->item);
     }
     free(op);
@@ -429,8 +431,9 @@ cluster_final(struct item *item, enum wire_state state, pid_t worker_pid, const 
     uint8_t *encoded = updates_encode(item, state, worker_pid, result, result_len, error,
                                       state == STATE_SUCCEEDED ? 1 : 0, &len);
     if (send_update(item, 'f', item->attempt, state, encoded, len, on_final, op) == -1) {
-        log_warn("cluster: item %s finished while redis is unreachable; another instance runs "
-                 "it again after the lease", item->id);
+        char id[300];
+        log_warn("cluster: item \"%s\" finished while redis is unreachable; another instance "
+                 "runs it again after the lease", utf8_escape(id, sizeof id, item->id));
         later(drop_later, op);
     }
     free(encoded);
@@ -628,6 +631,9 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
         bad = "field q is not 0 or 1";
     else if (raw == NULL || raw->len > gp.config->grpc.max_message_size)
         bad = "field w (the WorkItem) is missing or larger than grpc.max_message_size";
+    else if (!utf8_valid(id, strlen(id)) || !utf8_valid(kind, strlen(kind)) ||
+             !utf8_valid(batch, strlen(batch)))
+        bad = "its id, kind or batch is not valid UTF-8";   /* every update would carry it */
     if (bad != NULL && key == 0) {
         log_error("cluster: %s has an entry %.*s that is no item (%s); leaving it", cl.key_work,
                   (int)(idr->len < 40 ? idr->len : 40), idr->str, bad);
@@ -650,8 +656,9 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
         return 0;
     }
     if (config_handler(gp.config, item->kind) == NULL) {
-        snprintf(error, sizeof error, "kind \"%s\" is not configured on instance %s (every "
-                 "instance of a cluster needs the same handlers)", item->kind, cl.consumer);
+        snprintf(error, sizeof error, "kind \"%.*s\" is not configured on instance %s (every "
+                 "instance of a cluster needs the same handlers)",
+                 (int)utf8_prefix(item->kind, strlen(item->kind), 64), item->kind, cl.consumer);
         queue_fail_now(item, error);
         return 0;
     }
@@ -905,7 +912,10 @@ deliver_entry(const redisReply *entry)
     uint32_t state = 0;
     if (s != NULL && s->len == 1 && s->str[0] >= '1' && s->str[0] <= '6')
         state = (uint32_t)(s->str[0] - '0');
-    if (seq == 0 || u == NULL || i == NULL || k == NULL || b == NULL || state == 0) {
+    /* Written by an instance that did not check: it would end every stream. */
+    if (seq == 0 || u == NULL || i == NULL || k == NULL || b == NULL || state == 0 ||
+        !utf8_valid(i->str, i->len) || !utf8_valid(k->str, k->len) ||
+        !utf8_valid(b->str, b->len)) {
         log_error("cluster: skipping entry %.*s of %s: it is no update",
                   (int)(entry->element[0]->len < 40 ? entry->element[0]->len : 40),
                   entry->element[0]->str, cl.key_updates);

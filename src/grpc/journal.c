@@ -28,6 +28,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "core/process.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
@@ -300,9 +301,18 @@ take_over(struct journal_recovery *r)
     for (size_t i = 0; i < r->count; i++) {
         struct journal_item *ji = &r->items[i];
         wire_work_item *msg = wire_work_item_unpack(NULL, ji->raw_len, ji->raw);
+        /* A journal written before items were checked for UTF-8: every
+         * update of such an item would end the streams it reaches. */
+        if (msg != NULL && (!utf8_valid(msg->id, strlen(msg->id)) ||
+                            !utf8_valid(msg->kind, strlen(msg->kind)) ||
+                            !utf8_valid(msg->batch, strlen(msg->batch)))) {
+            wire_work_item_free(msg, NULL);
+            msg = NULL;
+        }
         if (msg == NULL) {
-            log_error("journal: item %s in %s is not a valid WorkItem; dropping it", ji->id,
-                      r->dir);
+            char id[300];
+            log_error("journal: item \"%s\" in %s is not a valid WorkItem (or not UTF-8); "
+                      "dropping it", utf8_escape(id, sizeof id, ji->id), r->dir);
             dropped++;
             continue;
         }
@@ -345,8 +355,8 @@ take_over(struct journal_recovery *r)
     for (size_t i = 0; i < failed_count; i++) {
         struct item *item = failed[i];
         if (config_handler(gp.config, item->kind) == NULL)
-            snprintf(error, sizeof error, "%s; kind \"%.64s\" is no longer configured", reason,
-                     item->kind);
+            snprintf(error, sizeof error, "%s; kind \"%.*s\" is no longer configured", reason,
+                     (int)utf8_prefix(item->kind, strlen(item->kind), 64), item->kind);
         else
             snprintf(error, sizeof error, "%s; attempt %u would exceed max_attempts %u", reason,
                      item->attempt + 1, item->max_attempts);

@@ -21,6 +21,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
@@ -145,10 +146,14 @@ on_item_timeout(evutil_socket_t fd, short what, void *arg)
         return;
     w->timeout_key = item->key;
     w->timeout_ms = item->timeout_ms;
-    log_warn("item %s (attempt %u) timed out after %u ms on worker %ld; killing it", item->id,
-             item->attempt, item->timeout_ms, (long)w->pid);
+    char id[300], short_id[48];
+    log_warn("item \"%s\" (attempt %u) timed out after %u ms on worker %ld; killing it",
+             utf8_escape(id, sizeof id, item->id), item->attempt, item->timeout_ms,
+             (long)w->pid);
+    /* The master logs this reason as it is. */
     char reason[96];
-    int n = snprintf(reason, sizeof reason, "item %.40s timed out", item->id);
+    int n = snprintf(reason, sizeof reason, "item \"%s\" timed out",
+                     utf8_escape(short_id, sizeof short_id, item->id));
     struct ipc_worker msg = { .pid = w->pid, .slot = w->slot };
     char body[sizeof msg + sizeof reason];
     memcpy(body, &msg, sizeof msg);
@@ -273,8 +278,9 @@ queue_fail_now(struct item *item, const char *error)
 void
 item_dropped(struct item *item)
 {
-    log_debug("item %s (attempt %u) was taken over by another instance; dropping our copy",
-              item->id, item->attempt);
+    char id[300];
+    log_debug("item \"%s\" (attempt %u) was taken over by another instance; dropping our copy",
+              utf8_escape(id, sizeof id, item->id), item->attempt);
     item_free(item);
     q.count--;
     queue_room_available();
@@ -358,9 +364,12 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     case STATE_FAILED: {
         worker_remove(w, item);
         if (u.state == STATE_FAILED) {
+            /* Where a handler's error enters this process: cut between
+             * characters (updates.c replaces whatever else is not UTF-8). */
             char error[1024];
-            size_t n = rest_len < sizeof error - 1 ? rest_len : sizeof error - 1;
-            memcpy(error, rest, n);
+            const char *text = (const char *)rest;
+            size_t n = utf8_prefix(text, strnlen(text, rest_len), sizeof error - 1);
+            memcpy(error, text, n);
             error[n] = '\0';
             item_final(item, STATE_FAILED, w->pid, NULL, 0, error);
         } else {

@@ -21,10 +21,13 @@
 
 #include <event2/event.h>
 #include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "grpc/grpc_process.h"
 
 /* Calls that arrive while none of our requests is posted wait unmatched,
@@ -134,10 +137,12 @@ answer_unimplemented(grpc_call *call, const grpc_call_details *details)
     struct unimplemented_call *u = ds_calloc(1, sizeof *u);
     u->tag.done = on_unimplemented_done;
     u->call = call;
-    char text[300];
-    snprintf(text, sizeof text, "method %.*s is not implemented by dosomethingd",
-             (int)GRPC_SLICE_LENGTH(details->method),
-             (const char *)GRPC_SLICE_START_PTR(details->method));
+    /* The method is the client's :path: escaped, so the status message is
+     * UTF-8 and one line whatever the client sent. */
+    char *method = grpc_slice_to_c_string(details->method), escaped[256], text[300];
+    snprintf(text, sizeof text, "method %s is not implemented by dosomethingd",
+             utf8_escape(escaped, sizeof escaped, method));
+    gpr_free(method);
     u->details = grpc_slice_from_copied_string(text);
     grpc_op ops[3];
     memset(ops, 0, sizeof ops);

@@ -31,6 +31,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 
@@ -327,42 +328,16 @@ write_metrics(struct evbuffer *b)
 
 /* ---- GET /status ---------------------------------------------------------- */
 
-/* The length of the valid UTF-8 sequence at S, or 0. */
-static size_t
-utf8_length(const unsigned char *s)
-{
-    uint32_t cp, min;
-    size_t n;
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        n = 2, cp = s[0] & 0x1f, min = 0x80;
-    } else if ((s[0] & 0xf0) == 0xe0) {
-        n = 3, cp = s[0] & 0x0f, min = 0x800;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        n = 4, cp = s[0] & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)      /* stops at the NUL too */
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
-
 /* A JSON string. Item ids come from clients and need not be UTF-8: a byte
  * that is not part of a valid sequence becomes U+FFFD. */
 static void
 json_string(struct evbuffer *b, const char *s)
 {
     const unsigned char *p = (const unsigned char *)s;
+    size_t left = strlen(s);
     evbuffer_add(b, "\"", 1);
-    while (*p != '\0') {
-        size_t n = utf8_length(p);
+    while (left > 0) {
+        size_t n = utf8_decode((const char *)p, left, NULL);
         if (n == 0)
             evbuffer_add(b, "\\ufffd", 6);
         else if (*p == '"' || *p == '\\')
@@ -373,6 +348,7 @@ json_string(struct evbuffer *b, const char *s)
             evbuffer_add_printf(b, "\\u%04x", *p);
         else
             evbuffer_add(b, p, n);
+        left -= n == 0 ? 1 : n;
         p += n == 0 ? 1 : n;
     }
     evbuffer_add(b, "\"", 1);

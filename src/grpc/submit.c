@@ -31,9 +31,11 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
+#include "grpc/scope.h"
 #include "workers/handler.h"
 
 /* The reply lists at most this many rejections; `rejected` is exact. */
@@ -65,6 +67,8 @@ struct submit_call {
     char *unavailable;          /* cluster mode: why the call ends with UNAVAILABLE */
     uint32_t uncertain;         /* items Redis may or may not have taken */
     uint64_t started_ms;
+    char scope[SCOPE_IDENTITY_MAX + 2];     /* grpc.tls.scope_ids: "IDENTITY/" or "" */
+    size_t scope_len;
     int status;                 /* as sent; -1: none sent */
     uint64_t accepted;
     uint64_t rejected;
@@ -138,9 +142,17 @@ add_rejection(struct submit_call *c, uint32_t index, const char *id, const char 
     }
     wire_rejection *r = &c->rejections[c->rejection_count];
     wire_rejection_init(r);
-    r->id = ds_strndup(id, strnlen(id, ID_MAX));
+    /* The reply must parse: an id that is no UTF-8 is not echoed (the index
+     * names the item), a long one is cut between characters. */
+    size_t id_len = strlen(id);
+    r->id = utf8_valid(id, id_len) ? ds_strndup(id, utf8_prefix(id, id_len, ID_MAX))
+                                   : ds_strdup("");
     r->index = index;
-    r->reason = ds_strdup(reason);
+    /* Reasons quote client strings cut between characters; a reason that
+     * snprintf cut at its buffer's end may still end in half a character. */
+    r->reason = utf8_sanitize(reason, strlen(reason));
+    if (r->reason == NULL)
+        r->reason = ds_strdup(reason);
     c->rejection_ptrs[c->rejection_count++] = r;
 }
 
@@ -274,16 +286,26 @@ make_id(char *buf, size_t size)
     snprintf(buf, size, "%s-%llu", sub.id_prefix, (unsigned long long)++sub.id_counter);
 }
 
-/* Each params key and value within its length limit. */
+/* Each params key and value valid UTF-8 and within its length limit. Keys
+ * quoted in the reason are cut between characters: the reply must parse. */
 static int
 check_params(const wire_work_item *msg, char *reason, size_t size)
 {
     for (size_t i = 0; i < msg->n_params; i++) {
         const char *key = msg->params[i]->key, *value = msg->params[i]->value;
         size_t key_len = strlen(key), value_len = strlen(value);
+        if (!utf8_valid(key, key_len)) {
+            snprintf(reason, size, "param key %zu (of %zu) is not valid UTF-8", i + 1,
+                     msg->n_params);
+            return -1;
+        }
         if (key_len > DS_PARAM_KEY_MAX) {
-            snprintf(reason, size, "param key \"%.32s...\" is %zu bytes, longer than %d",
-                     key, key_len, DS_PARAM_KEY_MAX);
+            snprintf(reason, size, "param key \"%.*s...\" is %zu bytes, longer than %d",
+                     (int)utf8_prefix(key, key_len, 32), key, key_len, DS_PARAM_KEY_MAX);
+            return -1;
+        }
+        if (!utf8_valid(value, value_len)) {
+            snprintf(reason, size, "param %s: value is not valid UTF-8", key);
             return -1;
         }
         if (value_len > DS_PARAM_VALUE_MAX) {
@@ -293,6 +315,21 @@ check_params(const wire_work_item *msg, char *reason, size_t size)
         }
     }
     return 0;
+}
+
+/* proto3 strings must be UTF-8: an item holding anything else would end
+ * every subscriber's stream it reaches (stock clients fail to parse it).
+ * The name of the first field that is not, or NULL. */
+static const char *
+invalid_utf8_field(const wire_work_item *msg)
+{
+    if (!utf8_valid(msg->id, strlen(msg->id)))
+        return "id";
+    if (!utf8_valid(msg->kind, strlen(msg->kind)))
+        return "kind";
+    if (!utf8_valid(msg->batch, strlen(msg->batch)))
+        return "batch";
+    return NULL;
 }
 
 /* Validate and take one item. Returns -1 if the bytes are no WorkItem. */
@@ -309,10 +346,14 @@ take_item(struct submit_call *c, grpc_slice raw)
     const struct ds_handler_config *handler = config_handler(config, kind);
     char reason[512];
     reason[0] = '\0';
-    if (handler == NULL)
-        snprintf(reason, sizeof reason, "unknown kind \"%.64s\"", kind);
-    else if (strlen(msg->id) > ID_MAX)
-        snprintf(reason, sizeof reason, "id is longer than %d bytes", ID_MAX);
+    const char *bad_field = invalid_utf8_field(msg);
+    if (bad_field != NULL)
+        snprintf(reason, sizeof reason, "%s is not valid UTF-8", bad_field);
+    else if (handler == NULL)
+        snprintf(reason, sizeof reason, "unknown kind \"%.*s\"",
+                 (int)utf8_prefix(kind, strlen(kind), 64), kind);
+    else if (strlen(msg->id) > ID_MAX - c->scope_len)
+        snprintf(reason, sizeof reason, "id is longer than %zu bytes", ID_MAX - c->scope_len);
     else if (strlen(msg->batch) > BATCH_MAX)
         snprintf(reason, sizeof reason, "batch is longer than %d bytes", BATCH_MAX);
     else if (msg->max_attempts > 1000)
@@ -338,13 +379,18 @@ take_item(struct submit_call *c, grpc_slice raw)
         grpc_slice_unref(raw);
         return 0;
     }
-    char id[64];
+    /* In a scope, every id (ours too) is "IDENTITY/ID": within ID_MAX. */
+    char id[ID_MAX + 1];
+    memcpy(id, c->scope, c->scope_len);
     if (msg->id[0] == '\0')
-        make_id(id, sizeof id);
+        make_id(id + c->scope_len, sizeof id - c->scope_len);
+    else
+        snprintf(id + c->scope_len, sizeof id - c->scope_len, "%s", msg->id);
     uint32_t timeout_ms = msg->timeout_ms ? msg->timeout_ms : (uint32_t)handler->timeout_ms;
     uint32_t max_attempts = msg->max_attempts ? msg->max_attempts : config->queue.max_attempts;
     struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,
-                                 msg->id[0] == '\0' ? id : NULL, handler_is_quick(handler, msg));
+                                 msg->id[0] == '\0' || c->scope_len > 0 ? id : NULL,
+                                 handler_is_quick(handler, msg));
     wire_work_item_free(msg, NULL);
     if (journal_accept(item, c, c->index) || cluster_accept(item, c, c->index)) {
         c->journaling++;
@@ -540,6 +586,16 @@ submit_call_start(grpc_call *call, grpc_byte_buffer *unused)
     op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     op.data.recv_close_on_server.cancelled = &c->cancelled;
     call_start_batch(call, &op, 1, &c->close_tag);
+    char why[256];
+    int scoped = scope_of_call(call, why, sizeof why);
+    if (scoped == -1) {
+        reply(c, GRPC_STATUS_PERMISSION_DENIED, why);
+        return;
+    }
+    if (scoped == 1) {
+        c->scope_len = strlen(why);
+        memcpy(c->scope, why, c->scope_len + 1);
+    }
     try_receive(c);
 }
 

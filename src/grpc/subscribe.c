@@ -29,6 +29,7 @@
 #include "core/log.h"
 #include "grpc/cluster.h"
 #include "grpc/filter.h"
+#include "grpc/scope.h"
 #include "grpc/grpc_process.h"
 
 struct subscriber {
@@ -394,6 +395,14 @@ subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
         reject_call(s, GRPC_STATUS_INVALID_ARGUMENT, err);
         return;
     }
+    char scope[256];
+    int scoped = scope_of_call(call, scope, sizeof scope);
+    if (scoped == -1) {
+        reject_call(s, GRPC_STATUS_PERMISSION_DENIED, scope);
+        return;
+    }
+    if (scoped == 1)
+        filter_set_scope(&s->filter, scope);
     if (gp.draining) {
         reject_call(s, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
         return;

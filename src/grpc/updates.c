@@ -13,6 +13,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/process.h"
+#include "core/utf8.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
@@ -108,10 +109,23 @@ ring_append(struct update *u)
     log_.bytes += len;
 }
 
+/*
+ * Every update is encoded here, so this is where the one rule for what we
+ * send holds: every string valid UTF-8 (a stock client cannot parse a
+ * message that holds anything else, and its stream ends). Ids, kinds and
+ * batches were checked when the item was accepted; an error (a handler's,
+ * a program's stderr, a module's, one we composed around a client string)
+ * has every invalid byte replaced by U+FFFD. *SANITIZED is then the copy
+ * to free() after packing, else NULL.
+ */
 static void
 message_of(wire_update *msg, const struct item *item, enum wire_state state, pid_t worker_pid,
-           const void *result, size_t result_len, const char *error, float progress)
+           const void *result, size_t result_len, const char *error, float progress,
+           char **sanitized)
 {
+    *sanitized = error != NULL ? utf8_sanitize(error, strlen(error)) : NULL;
+    if (*sanitized != NULL)
+        error = *sanitized;
     wire_update_init(msg);
     msg->item_id = (char *)item->id;
     msg->kind = (char *)item->kind;
@@ -172,12 +186,14 @@ updates_publish(const struct item *item, enum wire_state state, pid_t worker_pid
     reserve_seqs();
 
     wire_update msg;
-    message_of(&msg, item, state, worker_pid, result, result_len, error, progress);
+    char *sanitized;
+    message_of(&msg, item, state, worker_pid, result, result_len, error, progress, &sanitized);
     msg.seq = log_.last_seq + 1;
     struct update *u = update_new(msg.seq, state, item->id, strlen(item->id), item->kind,
                                   strlen(item->kind), item->batch, strlen(item->batch),
                                   wire_update_size(&msg));
     wire_update_pack(&msg, GRPC_SLICE_START_PTR(u->encoded));
+    free(sanitized);
     deliver(u);
 }
 
@@ -187,10 +203,12 @@ updates_encode(const struct item *item, enum wire_state state, pid_t worker_pid,
                size_t *len)
 {
     wire_update msg;
-    message_of(&msg, item, state, worker_pid, result, result_len, error, progress);
+    char *sanitized;
+    message_of(&msg, item, state, worker_pid, result, result_len, error, progress, &sanitized);
     *len = wire_update_size(&msg);
     uint8_t *out = ds_malloc(*len + 1);
     wire_update_pack(&msg, out);
+    free(sanitized);
     return out;
 }
 

@@ -55,6 +55,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/process.h"
+#include "core/utf8.h"
 
 #define EXEC_CHUNK         (64u * 1024)    /* bytes per write to stdin */
 #define EXEC_STDERR_TAIL   4096            /* bytes of stderr kept for the error */
@@ -128,8 +129,10 @@ exec_check(const struct ds_handler_config *handler, const wire_work_item *item, 
         if (compare_env_names(&keys[i - 1], &keys[i]) == 0) {
             char name[96];
             exec_param_env_name(keys[i], name, sizeof name);
-            snprintf(err, err_size, "params \"%.64s\" and \"%.64s\" of kind \"%s\" would both "
-                     "be %s", keys[i - 1], keys[i], handler->kind, name);
+            snprintf(err, err_size, "params \"%.*s\" and \"%.*s\" of kind \"%s\" would both "
+                     "be %s", (int)utf8_prefix(keys[i - 1], strlen(keys[i - 1]), 64), keys[i - 1],
+                     (int)utf8_prefix(keys[i], strlen(keys[i]), 64), keys[i], handler->kind,
+                     name);
             r = -1;
         }
     }

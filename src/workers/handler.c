@@ -22,6 +22,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/process.h"
+#include "core/utf8.h"
 #include "workers/exec.h"
 #include "workers/module.h"
 
@@ -104,14 +105,16 @@ handler_check(const struct ds_handler_config *handler, const wire_work_item *ite
         while (r->name != NULL && strcmp(r->name, key) != 0)
             r++;
         if (r->name == NULL) {
-            snprintf(err, err_size, "kind \"%s\" takes no param \"%.64s\"", handler->kind, key);
+            snprintf(err, err_size, "kind \"%s\" takes no param \"%.*s\"", handler->kind,
+                     (int)utf8_prefix(key, strlen(key), 64), key);
             return -1;
         }
         uint64_t v;
         if (parse_uint(value, &v) == -1 || v < r->min || v > r->max) {
             snprintf(err, err_size, "param %s of kind \"%s\" must be an integer %llu..%llu, "
-                     "got \"%.64s\"", key, handler->kind, (unsigned long long)r->min,
-                     (unsigned long long)r->max, value);
+                     "got \"%.*s\"", key, handler->kind, (unsigned long long)r->min,
+                     (unsigned long long)r->max, (int)utf8_prefix(value, strlen(value), 64),
+                     value);
             return -1;
         }
     }
@@ -186,43 +189,14 @@ run_sleep(const wire_work_item *item, struct handler_output *out)
     return 0;
 }
 
-/* The length of the valid UTF-8 sequence at S, or 0. */
-static size_t
-utf8_sequence(const unsigned char *s)
-{
-    size_t len;
-    uint32_t cp;
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        len = 2;
-        cp = s[0] & 0x1f;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        len = 3;
-        cp = s[0] & 0x0f;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        len = 4;
-        cp = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)      /* also stops at the NUL */
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;                       /* overlong, out of range, or a surrogate */
-    return len;
-}
-
 void
 handler_clean_text(char *s)
 {
     unsigned char *p = (unsigned char *)s;
-    while (*p != '\0') {
-        size_t len = utf8_sequence(p);
+    size_t left = strlen(s);
+    while (left > 0) {
+        size_t len = utf8_decode((const char *)p, left, NULL);
+        left -= len == 0 ? 1 : len;
         if (len == 0) {
             *p++ = '?';
         } else if (len == 1) {

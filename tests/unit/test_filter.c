@@ -96,6 +96,41 @@ test_bad_state_rejected(void **state)
     assert_int_equal(filter_init(&f, &r, err, sizeof err), -1);
 }
 
+static void
+test_invalid_utf8_rejected(void **state)
+{
+    char *batches[] = { "ok", "bad\xff" };
+    wire_updates_request r = request(NULL, 0, NULL, 0, NULL, 0, batches, 2);
+    struct filter f;
+    char err[128];
+    assert_int_equal(filter_init(&f, &r, err, sizeof err), -1);
+    assert_string_equal(err, "batches[1] is not valid UTF-8");
+}
+
+static void
+test_scope(void **state)
+{
+    char *ids[] = { "job", "alice/x", "bob/job" };
+    wire_updates_request r = request(ids, 3, NULL, 0, NULL, 0, NULL, 0);
+    struct filter f;
+    char err[128];
+    assert_int_equal(filter_init(&f, &r, err, sizeof err), 0);
+    filter_set_scope(&f, "alice/");
+    /* Ids without the scope are the client's own; one with it stays. */
+    assert_true(filter_match(&f, "alice/job", "k", "", STATE_QUEUED));
+    assert_true(filter_match(&f, "alice/x", "k", "", STATE_QUEUED));
+    assert_true(filter_match(&f, "alice/bob/job", "k", "", STATE_QUEUED));
+    assert_false(filter_match(&f, "bob/job", "k", "", STATE_QUEUED));
+    assert_false(filter_match(&f, "job", "k", "", STATE_QUEUED));
+    filter_free(&f);
+    r = request(NULL, 0, NULL, 0, NULL, 0, NULL, 0);
+    assert_int_equal(filter_init(&f, &r, err, sizeof err), 0);
+    filter_set_scope(&f, "alice/");
+    assert_true(filter_match(&f, "alice/anything", "k", "", STATE_QUEUED));
+    assert_false(filter_match(&f, "alicex/y", "k", "", STATE_QUEUED));
+    filter_free(&f);
+}
+
 int
 main(void)
 {
@@ -104,6 +139,8 @@ main(void)
         cmocka_unit_test(test_every_list_must_match),
         cmocka_unit_test(test_many_ids),
         cmocka_unit_test(test_bad_state_rejected),
+        cmocka_unit_test(test_invalid_utf8_rejected),
+        cmocka_unit_test(test_scope),
     };
     return cmocka_run_group_tests_name("filter", tests, NULL, NULL);
 }

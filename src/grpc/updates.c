@@ -6,6 +6,7 @@
  * respawned grpc process continues past every seq the last one could have
  * sent: seq never goes backwards.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,8 @@ static struct {
     uint64_t reserved;          /* seqs up to this are reserved at the master */
     uint64_t origin;            /* the first seq this process could use */
     uint64_t bytes;             /* encoded size of what the ring holds */
+    uint64_t lost_through;      /* 0, or seqs up to this were lost for lost_why */
+    char lost_why[256];
 } log_;
 
 struct update *
@@ -108,9 +111,30 @@ ring_append(struct update *u)
     log_.bytes += len;
 }
 
+/*
+ * ERROR, or its first DS_UPDATE_ERROR_MAX bytes (cut on a character
+ * boundary) copied to CUT: an update must fit what every client accepts,
+ * whoever wrote the error.
+ */
+static const char *
+bounded_error(const char *error, char *cut)
+{
+    size_t len = strnlen(error, DS_UPDATE_ERROR_MAX + 1);
+    if (len <= DS_UPDATE_ERROR_MAX)
+        return error;
+    len = DS_UPDATE_ERROR_MAX;
+    while (len > 0 && ((unsigned char)error[len] & 0xc0) == 0x80)
+        len--;                  /* error[len], the first byte cut, continues a character */
+    memcpy(cut, error, len);
+    cut[len] = '\0';
+    return cut;
+}
+
+/* CUT (DS_UPDATE_ERROR_MAX + 1 bytes) holds a cut error; it must live as
+ * long as MSG. */
 static void
 message_of(wire_update *msg, const struct item *item, enum wire_state state, pid_t worker_pid,
-           const void *result, size_t result_len, const char *error, float progress)
+           const void *result, size_t result_len, const char *error, float progress, char *cut)
 {
     wire_update_init(msg);
     msg->item_id = (char *)item->id;
@@ -119,7 +143,7 @@ message_of(wire_update *msg, const struct item *item, enum wire_state state, pid
     msg->result.data = (uint8_t *)result;
     msg->result.len = result_len;
     if (error != NULL)
-        msg->error = (char *)error;
+        msg->error = (char *)bounded_error(error, cut);
     msg->progress = progress;
     msg->attempt = item->attempt;
     msg->worker_pid = worker_pid;
@@ -172,7 +196,8 @@ updates_publish(const struct item *item, enum wire_state state, pid_t worker_pid
     reserve_seqs();
 
     wire_update msg;
-    message_of(&msg, item, state, worker_pid, result, result_len, error, progress);
+    char cut[DS_UPDATE_ERROR_MAX + 1];
+    message_of(&msg, item, state, worker_pid, result, result_len, error, progress, cut);
     msg.seq = log_.last_seq + 1;
     struct update *u = update_new(msg.seq, state, item->id, strlen(item->id), item->kind,
                                   strlen(item->kind), item->batch, strlen(item->batch),
@@ -187,7 +212,8 @@ updates_encode(const struct item *item, enum wire_state state, pid_t worker_pid,
                size_t *len)
 {
     wire_update msg;
-    message_of(&msg, item, state, worker_pid, result, result_len, error, progress);
+    char cut[DS_UPDATE_ERROR_MAX + 1];
+    message_of(&msg, item, state, worker_pid, result, result_len, error, progress, cut);
     *len = wire_update_size(&msg);
     uint8_t *out = ds_malloc(*len + 1);
     wire_update_pack(&msg, out);
@@ -218,13 +244,23 @@ updates_deliver(uint64_t seq, enum wire_state state, const uint8_t *encoded, siz
 }
 
 void
-updates_restart(uint64_t last_seq, uint64_t origin)
+updates_restart(uint64_t last_seq, uint64_t origin, const char *lost)
 {
     while (log_.count > 0)
         ring_drop_oldest();
     log_.first = 0;
     log_.last_seq = last_seq;
     log_.origin = origin;
+    if (lost != NULL) {
+        log_.lost_through = last_seq;
+        snprintf(log_.lost_why, sizeof log_.lost_why, "%s", lost);
+    }
+}
+
+const char *
+updates_lost(uint64_t seq)
+{
+    return log_.lost_through != 0 && seq <= log_.lost_through ? log_.lost_why : NULL;
 }
 
 void

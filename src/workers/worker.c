@@ -37,6 +37,12 @@
 #include "workers/hygiene.h"
 #include "workers/module.h"
 
+/* Kinds are at most 64 bytes (config.c), assigned ids at most DS_ITEM_ID_MAX. */
+_Static_assert(IPC_ITEM_MAX >= DS_MESSAGE_SIZE_MAX + sizeof(struct ipc_item) + 64 +
+               DS_ITEM_ID_MAX, "an ITEM frame holds the largest WorkItem, its kind and its id");
+_Static_assert(sizeof(struct ipc_update) + DS_RESULT_SIZE_MAX <= IPC_UPDATE_MAX,
+               "an UPDATE frame holds the largest result");
+
 /* A chatty handler's progress reports are sent at most this often. */
 #define PROGRESS_INTERVAL_MS 20
 /* Write pending updates once they reach this many bytes. */
@@ -132,7 +138,7 @@ run_task(struct task *t)
 
     struct handler_output out = {
         .attempt = t->attempt,
-        .result_max = (size_t)w.config->grpc.max_message_size,
+        .result_max = (size_t)w.config->max_result_size,
         .progress = on_progress,
         .progress_arg = t,
     };
@@ -140,6 +146,15 @@ run_task(struct task *t)
     w.last_progress_ms = clock_monotonic_ms();
     int r = handler_run(t->handler, t->item, &out);
     w.current = NULL;
+    if (r == 0 && out.result_len > out.result_max) {
+        /* Every subscriber must be able to take the update: a stock gRPC
+         * client ends its stream on a message over 4 MiB. */
+        snprintf(out.error, sizeof out.error, "result of %zu bytes exceeds "
+                 "handlers.max_result_size (%zu)", out.result_len, out.result_max);
+        if (out.release != NULL)
+            out.release((void *)out.result);
+        r = -1;
+    }
     if (r == 0)
         send_update(t, STATE_SUCCEEDED, 1, out.result, out.result_len);
     else
@@ -359,8 +374,10 @@ worker_process_main(struct ds_child_start *start)
     w.run_event = event_new(w.base, -1, 0, on_run, NULL);
     w.control = channel_new(w.base, start->control_fd, "control", IPC_CONTROL_MAX,
                             on_control_frame, on_control_close, NULL);
-    w.data = channel_new(w.base, start->data_fd, "data",
-                         (uint32_t)w.config->grpc.max_message_size + 4096, on_data_frame,
+    /* Not this generation's grpc.max_message_size: items queued under an
+     * earlier, larger one come to us after a reload, and keep the limit
+     * they were accepted under. */
+    w.data = channel_new(w.base, start->data_fd, "data", IPC_ITEM_MAX, on_data_frame,
                          on_data_close, NULL);
 
     event_base_dispatch(w.base);

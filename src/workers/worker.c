@@ -43,8 +43,9 @@ _Static_assert(IPC_ITEM_MAX >= DS_MESSAGE_SIZE_MAX + sizeof(struct ipc_item) + 6
 _Static_assert(sizeof(struct ipc_update) + DS_RESULT_SIZE_MAX <= IPC_UPDATE_MAX,
                "an UPDATE frame holds the largest result");
 
-/* A chatty handler's progress reports are sent at most this often. */
-#define PROGRESS_INTERVAL_MS 20
+/* A chatty handler's progress reports are sent at most this often, on
+ * average (see on_progress). */
+#define PROGRESS_INTERVAL_NS (20u * 1000000u)
 /* Write pending updates once they reach this many bytes. */
 #define FLUSH_BYTES (256u * 1024)
 /* A recycled worker waits at most this long for the grpc process to take
@@ -68,7 +69,7 @@ static struct {
     struct event *run_event;
     struct task *head, *tail;
     struct task *current;
-    uint64_t last_progress_ms;
+    uint64_t next_progress_ns;  /* no progress report before this */
     uint64_t items_done;
     uint64_t item_limit;        /* 0: no recycling */
     int stopping;
@@ -101,10 +102,17 @@ static void
 on_progress(void *arg, float fraction)
 {
     struct task *t = arg;
-    uint64_t now = clock_monotonic_ms();
-    if (now - w.last_progress_ms < PROGRESS_INTERVAL_MS)
+    uint64_t now = clock_monotonic_ns();
+    if (now < w.next_progress_ns)
         return;
-    w.last_progress_ms = now;
+    /* On a grid while reports keep up with it: a handler reporting on a
+     * schedule of its own (sleep's steps of 20 ms end at deadlines, a
+     * little late each) keeps every report instead of losing every other
+     * one to the lateness of the one before. */
+    if (now - w.next_progress_ns < PROGRESS_INTERVAL_NS)
+        w.next_progress_ns += PROGRESS_INTERVAL_NS;
+    else
+        w.next_progress_ns = now + PROGRESS_INTERVAL_NS;
     if (fraction < 0)
         fraction = 0;
     if (fraction > 1)
@@ -143,7 +151,7 @@ run_task(struct task *t)
         .progress_arg = t,
     };
     w.current = t;
-    w.last_progress_ms = clock_monotonic_ms();
+    w.next_progress_ns = clock_monotonic_ns() + PROGRESS_INTERVAL_NS;
     int r = handler_run(t->handler, t->item, &out);
     w.current = NULL;
     if (r == 0 && out.result_len > out.result_max) {

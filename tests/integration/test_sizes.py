@@ -183,8 +183,9 @@ def test_sleep_with_many_steps_keeps_time(start_daemon):
     assert len(started) == 1
     elapsed_ms = (final.time_unix_nano - started[0].time_unix_nano) / 1e6
     # A behaviour check with a 2x margin: 100000 steps must not add up to
-    # several times the requested time.
-    assert 1000 <= elapsed_ms < 2000, f"sleep ms=1000 steps=100000 took {elapsed_ms:.0f} ms"
+    # several times the requested time (they took 12 s). No lower bound:
+    # both times are the grpc process's, when it published each update.
+    assert elapsed_ms < 2000, f"sleep ms=1000 steps=100000 took {elapsed_ms:.0f} ms"
     progress = [u for u in ups if state_name(u.state) == "PROGRESS"]
     assert 0 < len(progress) < 1000, f"{len(progress)} PROGRESS updates"
     assert FAILED not in {u.state for u in ups}

@@ -1760,7 +1760,8 @@ parse_handler(struct loader *ld, struct node *value, const char *path,
         error_at(ld, n, sub, "only for module handlers");
 }
 
-/* Given, `handlers:` replaces the default set whole. */
+/* Given, `handlers:` replaces the default set whole. Besides kinds it holds
+ * `default` (a kind) and `max_result_size`. */
 static void
 parse_handlers(struct loader *ld, struct node *value, const char *path, void *base)
 {
@@ -1792,6 +1793,10 @@ parse_handlers(struct loader *ld, struct node *value, const char *path, void *ba
         record_position(ld, sub, key->next);
         if (strcmp(key->value, "default") == 0) {
             default_node = key->next;
+            continue;
+        }
+        if (strcmp(key->value, "max_result_size") == 0) {
+            get_size(ld, key->next, sub, 0, DS_RESULT_SIZE_MAX, &c->max_result_size);
             continue;
         }
         if (!valid_name(key->value)) {
@@ -1978,6 +1983,7 @@ set_defaults(struct loader *ld)
     }
     c->handler_count = n;
     c->default_handler = c->handlers[0].kind;
+    c->max_result_size = DS_RESULT_SIZE_MAX;
 
     c->status.listen = NULL;
     c->cluster.redis = NULL;
@@ -2482,6 +2488,7 @@ config_print(const struct ds_config *c, FILE *out)
 
     fputs("handlers:\n", out);
     print_key_string(out, "  ", "default", c->default_handler);
+    fprintf(out, "  max_result_size: %s\n", format_size(c->max_result_size, buf, sizeof buf));
     for (i = 0; i < c->handler_count; i++)
         print_handler(out, &c->handlers[i]);
 

@@ -27,6 +27,16 @@
 #define DS_PARAM_KEY_MAX        128     /* bytes of each params key */
 #define DS_PARAM_VALUE_MAX      4096    /* bytes of each params value */
 
+/* No Update is larger than a stock gRPC client accepts: grpc's default max
+ * receive message size. An Update is its result plus at most
+ * DS_UPDATE_ROOM of everything else (seq, id and batch of 256 bytes each, a
+ * kind, an error of at most DS_UPDATE_ERROR_MAX, numbers), so results are
+ * bounded by handlers.max_result_size <= DS_RESULT_SIZE_MAX. */
+#define DS_UPDATE_SIZE_MAX      (4u << 20)
+#define DS_UPDATE_ROOM          (64u << 10)
+#define DS_UPDATE_ERROR_MAX     4096    /* bytes of Update.error */
+#define DS_RESULT_SIZE_MAX      (DS_UPDATE_SIZE_MAX - DS_UPDATE_ROOM)
+
 enum ds_log_level {
     DS_LOG_ERROR,
     DS_LOG_WARN,
@@ -136,6 +146,7 @@ struct ds_config {
     } updates;
 
     char *default_handler;        /* a kind present in handlers[] */
+    uint64_t max_result_size;     /* a longer result fails its item; <= DS_RESULT_SIZE_MAX */
     struct ds_handler_config *handlers;
     size_t handler_count;
 

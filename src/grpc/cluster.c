@@ -629,8 +629,10 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
         bad = "field t (timeout_ms) is not a number";
     else if (field_uint(fields, "q", 1, &quick) == -1)
         bad = "field q is not 0 or 1";
-    else if (raw == NULL || raw->len > gp.config->grpc.max_message_size)
-        bad = "field w (the WorkItem) is missing or larger than grpc.max_message_size";
+    else if (raw == NULL || raw->len > DS_MESSAGE_SIZE_MAX)
+        /* Not this config's grpc.max_message_size: an item keeps the limit
+         * it was accepted under (by another instance, or before a reload). */
+        bad = "field w (the WorkItem) is missing or larger than any grpc.max_message_size";
     else if (!utf8_valid(id, strlen(id)) || !utf8_valid(kind, strlen(kind)) ||
              !utf8_valid(batch, strlen(batch)))
         bad = "its id, kind or batch is not valid UTF-8";   /* every update would carry it */
@@ -912,13 +914,16 @@ deliver_entry(const redisReply *entry)
     uint32_t state = 0;
     if (s != NULL && s->len == 1 && s->str[0] >= '1' && s->str[0] <= '6')
         state = (uint32_t)(s->str[0] - '0');
-    /* Written by an instance that did not check: it would end every stream. */
+    /* Written by an instance that did not check: it would end every stream.
+     * 11 bytes: the seq that updates_deliver() puts in front. */
     if (seq == 0 || u == NULL || i == NULL || k == NULL || b == NULL || state == 0 ||
         !utf8_valid(i->str, i->len) || !utf8_valid(k->str, k->len) ||
-        !utf8_valid(b->str, b->len)) {
-        log_error("cluster: skipping entry %.*s of %s: it is no update",
+        !utf8_valid(b->str, b->len) || u->len > DS_UPDATE_SIZE_MAX - 11) {
+        log_error("cluster: skipping entry %.*s of %s: it is no update%s",
                   (int)(entry->element[0]->len < 40 ? entry->element[0]->len : 40),
-                  entry->element[0]->str, cl.key_updates);
+                  entry->element[0]->str, cl.key_updates,
+                  u != NULL && u->len > DS_UPDATE_SIZE_MAX - 11
+                  ? " a stock client accepts (over 4 MiB)" : "");
         if (seq > cl.last_seq)
             cl.last_seq = seq;  /* its seq is used up all the same */
         return;
@@ -926,15 +931,15 @@ deliver_entry(const redisReply *entry)
     if (cl.last_seq != 0 && seq <= cl.last_seq)
         return;
     if (cl.last_seq == 0 || seq != cl.last_seq + 1) {
+        char why[256];
         if (cl.last_seq != 0) {
-            char why[256];
             snprintf(why, sizeof why, "updates %" PRIu64 "..%" PRIu64 " are not in the "
                      "cluster's update stream (trimmed before this instance read them, or redis "
                      "lost them)", cl.last_seq + 1, seq - 1);
             log_warn("cluster: %s; ending every subscriber stream", why);
             subscribers_cut_all(why);
         }
-        updates_restart(seq - 1, cl.origin + 1);
+        updates_restart(seq - 1, cl.origin + 1, cl.last_seq != 0 ? why : NULL);
     }
     cl.last_seq = seq;
     updates_deliver(seq, (enum wire_state)state, (const uint8_t *)u->str, u->len, i->str, i->len,

@@ -143,8 +143,11 @@ void updates_deliver(uint64_t seq, enum wire_state state, const uint8_t *encoded
                      const char *batch, size_t batch_len);
 /* Forget the retained updates: the next one delivered has seq LAST_SEQ + 1.
  * Seqs from ORIGIN on are this log's to judge (a replay from an evicted one
- * is refused). */
-void updates_restart(uint64_t last_seq, uint64_t origin);
+ * is refused). LOST, if not NULL, says why updates up to LAST_SEQ are
+ * missing (a replay from one of them is refused with it). */
+void updates_restart(uint64_t last_seq, uint64_t origin, const char *lost);
+/* Why updates up to SEQ are missing, if a restart said so; else NULL. */
+const char *updates_lost(uint64_t seq);
 /* Apply a new updates.history. */
 void updates_configure(void);
 

@@ -260,6 +260,18 @@ static void
 item_final(struct item *item, enum wire_state state, pid_t worker_pid, const void *result,
            size_t result_len, const char *error)
 {
+    char too_large[128];
+    if (result_len > DS_RESULT_SIZE_MAX) {
+        /* Workers bound results by their handlers.max_result_size; this is
+         * the bound under every config: no subscriber's client can take an
+         * update with more. */
+        snprintf(too_large, sizeof too_large, "result of %zu bytes exceeds %u bytes, the "
+                 "most an update can carry", result_len, DS_RESULT_SIZE_MAX);
+        state = STATE_FAILED;
+        result = NULL;
+        result_len = 0;
+        error = too_large;
+    }
     if (journal_final(item, state, worker_pid, result, result_len, error) ||
         cluster_final(item, state, worker_pid, result, result_len, error))
         return;
@@ -413,8 +425,7 @@ workers_attach(pid_t pid, uint32_t slot, int fd)
     w->slot = slot;
     w->attached_ms = clock_monotonic_ms();
     w->timer = evtimer_new(gp.base, on_item_timeout, w);
-    w->channel = channel_new(gp.base, fd, name, IPC_CONTROL_MAX +
-                             (uint32_t)gp.config->grpc.max_message_size, on_worker_frame,
+    w->channel = channel_new(gp.base, fd, name, IPC_UPDATE_MAX, on_worker_frame,
                              on_worker_close, w);
     w->next = q.workers;
     q.workers = w;

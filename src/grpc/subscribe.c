@@ -426,11 +426,17 @@ subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
             /* Updates this process published and no longer has: a replay
              * from there would skip them without a word. Seqs from before
              * this process (a restart, an upgrade) are not ours to judge. */
-            char text[256];
-            snprintf(text, sizeof text, "replay after seq %llu: updates up to seq %llu are no "
-                     "longer retained (updates.history %llu); the oldest retained is %llu",
-                     (unsigned long long)after, (unsigned long long)first - 1,
-                     (unsigned long long)gp.config->updates.history, (unsigned long long)first);
+            char text[512];
+            const char *lost = updates_lost(after + 1);
+            if (lost != NULL)       /* not the history's doing: name the cause */
+                snprintf(text, sizeof text, "replay after seq %llu: %s; the oldest retained "
+                         "is %llu", (unsigned long long)after, lost, (unsigned long long)first);
+            else
+                snprintf(text, sizeof text, "replay after seq %llu: updates up to seq %llu are "
+                         "no longer retained (updates.history %llu); the oldest retained is %llu",
+                         (unsigned long long)after, (unsigned long long)first - 1,
+                         (unsigned long long)gp.config->updates.history,
+                         (unsigned long long)first);
             reject_call(s, GRPC_STATUS_OUT_OF_RANGE, text);
             return;
         }

@@ -6,6 +6,7 @@
  * respawned grpc process continues past every seq the last one could have
  * sent: seq never goes backwards.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,8 @@ static struct {
     uint64_t reserved;          /* seqs up to this are reserved at the master */
     uint64_t origin;            /* the first seq this process could use */
     uint64_t bytes;             /* encoded size of what the ring holds */
+    uint64_t lost_through;      /* 0, or seqs up to this were lost for lost_why */
+    char lost_why[256];
 } log_;
 
 struct update *
@@ -115,8 +118,10 @@ ring_append(struct update *u)
  * message that holds anything else, and its stream ends). Ids, kinds and
  * batches were checked when the item was accepted; an error (a handler's,
  * a program's stderr, a module's, one we composed around a client string)
- * has every invalid byte replaced by U+FFFD. *SANITIZED is then the copy
- * to free() after packing, else NULL.
+ * has every invalid byte replaced by U+FFFD, and is cut to its first
+ * DS_UPDATE_ERROR_MAX bytes on a character boundary (an update must fit
+ * what every client accepts, whoever wrote the error). *SANITIZED is then
+ * the copy to free() after packing, else NULL.
  */
 static void
 message_of(wire_update *msg, const struct item *item, enum wire_state state, pid_t worker_pid,
@@ -126,6 +131,14 @@ message_of(wire_update *msg, const struct item *item, enum wire_state state, pid
     *sanitized = error != NULL ? utf8_sanitize(error, strlen(error)) : NULL;
     if (*sanitized != NULL)
         error = *sanitized;
+    if (error != NULL && strnlen(error, DS_UPDATE_ERROR_MAX + 1) > DS_UPDATE_ERROR_MAX) {
+        size_t len = utf8_prefix(error, DS_UPDATE_ERROR_MAX + 1, DS_UPDATE_ERROR_MAX);
+        if (*sanitized == NULL)
+            *sanitized = ds_strndup(error, len);
+        else
+            (*sanitized)[len] = '\0';
+        error = *sanitized;
+    }
     wire_update_init(msg);
     msg->item_id = (char *)item->id;
     msg->kind = (char *)item->kind;
@@ -236,13 +249,23 @@ updates_deliver(uint64_t seq, enum wire_state state, const uint8_t *encoded, siz
 }
 
 void
-updates_restart(uint64_t last_seq, uint64_t origin)
+updates_restart(uint64_t last_seq, uint64_t origin, const char *lost)
 {
     while (log_.count > 0)
         ring_drop_oldest();
     log_.first = 0;
     log_.last_seq = last_seq;
     log_.origin = origin;
+    if (lost != NULL) {
+        log_.lost_through = last_seq;
+        snprintf(log_.lost_why, sizeof log_.lost_why, "%s", lost);
+    }
+}
+
+const char *
+updates_lost(uint64_t seq)
+{
+    return log_.lost_through != 0 && seq <= log_.lost_through ? log_.lost_why : NULL;
 }
 
 void

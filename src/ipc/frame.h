@@ -23,6 +23,14 @@ struct ipc_header {
 #define IPC_HEADER_SIZE   sizeof(struct ipc_header)
 #define IPC_FLAG_FD       0x0001    /* a descriptor travels with this frame */
 #define IPC_CONTROL_MAX   (1u << 20)
+/* Data channel bounds, fixed rather than taken from the config: an item
+ * keeps the limits it was accepted under, so a reload to a smaller
+ * grpc.max_message_size must not make a worker refuse an item queued
+ * before it. ITEM: the largest WorkItem any config accepts (64 MiB) with
+ * its head, kind and id. UPDATE: a result bounded by handlers.max_result_size
+ * (under 4 MiB in every config) with its head; errors are shorter. */
+#define IPC_ITEM_MAX      ((64u << 20) + (64u << 10))
+#define IPC_UPDATE_MAX    (4u << 20)
 
 enum ipc_type {
     /* control channel, master -> grpc process */

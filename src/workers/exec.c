@@ -877,7 +877,8 @@ exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
         reap(r, 1);
 
     if (r->overflow) {
-        snprintf(out->error, sizeof out->error, "output exceeds %zu bytes", r->out_max);
+        snprintf(out->error, sizeof out->error, "output exceeds handlers.max_result_size "
+                 "(%zu bytes)", r->out_max);
     } else if (WIFEXITED(r->status) && WEXITSTATUS(r->status) == 0) {
         out->result = r->out;
         out->result_len = r->out_len;

@@ -207,7 +207,8 @@ module_run(const struct ds_handler_config *handler, const wire_work_item *item,
     if (r == 0 && result.len > out->result_max) {
         if (result.release != NULL)
             result.release((void *)result.data);
-        snprintf(out->error, sizeof out->error, "output exceeds %zu bytes", out->result_max);
+        snprintf(out->error, sizeof out->error, "result of %zu bytes exceeds "
+                 "handlers.max_result_size (%zu)", result.len, out->result_max);
         return -1;
     }
     if (r == 0) {

@@ -37,8 +37,15 @@
 #include "workers/hygiene.h"
 #include "workers/module.h"
 
-/* A chatty handler's progress reports are sent at most this often. */
-#define PROGRESS_INTERVAL_MS 20
+/* Kinds are at most 64 bytes (config.c), assigned ids at most DS_ITEM_ID_MAX. */
+_Static_assert(IPC_ITEM_MAX >= DS_MESSAGE_SIZE_MAX + sizeof(struct ipc_item) + 64 +
+               DS_ITEM_ID_MAX, "an ITEM frame holds the largest WorkItem, its kind and its id");
+_Static_assert(sizeof(struct ipc_update) + DS_RESULT_SIZE_MAX <= IPC_UPDATE_MAX,
+               "an UPDATE frame holds the largest result");
+
+/* A chatty handler's progress reports are sent at most this often, on
+ * average (see on_progress). */
+#define PROGRESS_INTERVAL_NS (20u * 1000000u)
 /* Write pending updates once they reach this many bytes. */
 #define FLUSH_BYTES (256u * 1024)
 /* A recycled worker waits at most this long for the grpc process to take
@@ -62,7 +69,7 @@ static struct {
     struct event *run_event;
     struct task *head, *tail;
     struct task *current;
-    uint64_t last_progress_ms;
+    uint64_t next_progress_ns;  /* no progress report before this */
     uint64_t items_done;
     uint64_t item_limit;        /* 0: no recycling */
     int stopping;
@@ -95,10 +102,17 @@ static void
 on_progress(void *arg, float fraction)
 {
     struct task *t = arg;
-    uint64_t now = clock_monotonic_ms();
-    if (now - w.last_progress_ms < PROGRESS_INTERVAL_MS)
+    uint64_t now = clock_monotonic_ns();
+    if (now < w.next_progress_ns)
         return;
-    w.last_progress_ms = now;
+    /* On a grid while reports keep up with it: a handler reporting on a
+     * schedule of its own (sleep's steps of 20 ms end at deadlines, a
+     * little late each) keeps every report instead of losing every other
+     * one to the lateness of the one before. */
+    if (now - w.next_progress_ns < PROGRESS_INTERVAL_NS)
+        w.next_progress_ns += PROGRESS_INTERVAL_NS;
+    else
+        w.next_progress_ns = now + PROGRESS_INTERVAL_NS;
     if (fraction < 0)
         fraction = 0;
     if (fraction > 1)
@@ -132,14 +146,23 @@ run_task(struct task *t)
 
     struct handler_output out = {
         .attempt = t->attempt,
-        .result_max = (size_t)w.config->grpc.max_message_size,
+        .result_max = (size_t)w.config->max_result_size,
         .progress = on_progress,
         .progress_arg = t,
     };
     w.current = t;
-    w.last_progress_ms = clock_monotonic_ms();
+    w.next_progress_ns = clock_monotonic_ns() + PROGRESS_INTERVAL_NS;
     int r = handler_run(t->handler, t->item, &out);
     w.current = NULL;
+    if (r == 0 && out.result_len > out.result_max) {
+        /* Every subscriber must be able to take the update: a stock gRPC
+         * client ends its stream on a message over 4 MiB. */
+        snprintf(out.error, sizeof out.error, "result of %zu bytes exceeds "
+                 "handlers.max_result_size (%zu)", out.result_len, out.result_max);
+        if (out.release != NULL)
+            out.release((void *)out.result);
+        r = -1;
+    }
     if (r == 0)
         send_update(t, STATE_SUCCEEDED, 1, out.result, out.result_len);
     else
@@ -359,8 +382,10 @@ worker_process_main(struct ds_child_start *start)
     w.run_event = event_new(w.base, -1, 0, on_run, NULL);
     w.control = channel_new(w.base, start->control_fd, "control", IPC_CONTROL_MAX,
                             on_control_frame, on_control_close, NULL);
-    w.data = channel_new(w.base, start->data_fd, "data",
-                         (uint32_t)w.config->grpc.max_message_size + 4096, on_data_frame,
+    /* Not this generation's grpc.max_message_size: items queued under an
+     * earlier, larger one come to us after a reload, and keep the limit
+     * they were accepted under. */
+    w.data = channel_new(w.base, start->data_fd, "data", IPC_ITEM_MAX, on_data_frame,
                          on_data_close, NULL);
 
     event_base_dispatch(w.base);

@@ -164,8 +164,9 @@ def test_exec_timeout_kills_the_whole_process_group(start_daemon, tmp_path):
     d.wait_ready()
 
 
-def test_exec_output_larger_than_max_message_size_fails(start_daemon):
-    d = start_daemon({"grpc": {"max_message_size": "64KiB"}, "handlers": handlers(
+def test_exec_output_larger_than_max_result_size_fails(start_daemon):
+    d = start_daemon({"handlers": handlers(
+        max_result_size="64KiB",
         big={"exec": ["head", "-c", "100000", "/dev/zero"]},
         endless={"exec": ["cat", "/dev/zero"]},
         fits={"exec": ["head", "-c", "60000", "/dev/zero"]})})
@@ -174,7 +175,8 @@ def test_exec_output_larger_than_max_message_size_fails(start_daemon):
                                        {"id": "fits", "kind": "fits"}])
     for i in ("big", "endless"):
         u = final_of(sub, i)
-        assert (u.state, u.error) == (FAILED, "output exceeds 65536 bytes"), (i, u.error)
+        assert (u.state, u.error) == (FAILED, "output exceeds handlers.max_result_size "
+                                     "(65536 bytes)"), (i, u.error)
     assert final_of(sub, "fits").state == SUCCEEDED
     assert final_of(sub, "fits").result == bytes(60000)
 

@@ -555,6 +555,8 @@ test_out_of_range(void **state)
                   "2:21: grpc.max_message_size: must be 1KiB..64MiB, got 1000");
     expect_errors("grpc:\n  max_message_size: 65MiB\n",
                   "2:21: grpc.max_message_size: must be 1KiB..64MiB, got 65MiB");
+    expect_errors("handlers:\n  echo: {builtin: echo}\n  max_result_size: 4MiB\n",
+                  "3:20: handlers.max_result_size: must be 0..4032KiB, got 4MiB");
     expect_errors("grpc:\n  max_concurrent_streams: 0\n",
                   "2:27: grpc.max_concurrent_streams: must be an integer 1..100000, got 0");
     expect_errors("grpc:\n  max_concurrent_streams: 100001\n",
@@ -1339,6 +1341,7 @@ test_print_format(void **state)
     fclose(f);
     assert_non_null(strstr(text, "\nworkers:\n  count: auto\n"));
     assert_non_null(strstr(text, "\n  max_message_size: 4MiB\n"));
+    assert_non_null(strstr(text, "\n  default: \"echo\"\n  max_result_size: 4032KiB\n"));
     assert_non_null(strstr(text, "\n  max_concurrent_streams: 100\n  unix_mode: off\n"
                               "  unix_owner: off\n"));
     assert_non_null(strstr(text, "\n  max_params: 64\n"));

@@ -508,10 +508,10 @@ static void
 test_exec_output_limit(void **state)
 {
     char *big[] = { "head", "-c", "100000", "/dev/zero", NULL };
-    expect_exec_error(big, 1000, "output exceeds 1000 bytes");
+    expect_exec_error(big, 1000, "output exceeds handlers.max_result_size (1000 bytes)");
     /* Endless output: killed as soon as it passes the limit. */
     char *endless[] = { "cat", "/dev/zero", NULL };
-    expect_exec_error(endless, 1 << 20, "output exceeds 1048576 bytes");
+    expect_exec_error(endless, 1 << 20, "output exceeds handlers.max_result_size (1048576 bytes)");
 
     char *exact[] = { "head", "-c", "1000", "/dev/zero", NULL };
     struct ds_handler_config h = exec_handler(exact);
@@ -791,7 +791,7 @@ test_module_errors(void **state)
         { "error", "boom", "error: boom" },
         { "silent", "", "module test failed without saying why" },
         { "bad_utf8", "", "bad ?? byte and tab" },
-        { "size", "5000", "output exceeds 4096 bytes" },
+        { "size", "5000", "result of 5000 bytes exceeds handlers.max_result_size (4096)" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct test_item t;

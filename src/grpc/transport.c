@@ -5,8 +5,8 @@
  * gRPC tells the application nothing about connections. It does log a
  * GOAWAY it sends with an error (too_many_pings, a broken frame), at debug
  * severity whether or not tracing is on, and a keepalive ping that went
- * unanswered: those lines are logged here as notices, every other gRPC
- * line at its own level. A graceful GOAWAY (grpc.max_connection_age, a
+ * unanswered: those lines are logged here as notices, gRPC's errors as
+ * errors, the rest at debug. A graceful GOAWAY (grpc.max_connection_age, a
  * reload, a stop) is not logged by gRPC, so not here either.
  *
  * Memory: an HTTP/2 rapid reset flood makes gRPC 1.51 hold a call (~12 KB)
@@ -60,9 +60,6 @@ on_grpc_log(gpr_log_func_args *args)
     switch (args->severity) {
     case GPR_LOG_SEVERITY_ERROR:
         log_error("gRPC %s:%d: %s", args->file, args->line, text);
-        break;
-    case GPR_LOG_SEVERITY_INFO:
-        log_info("gRPC %s:%d: %s", args->file, args->line, text);
         break;
     default:
         log_debug("gRPC %s:%d: %s", args->file, args->line, text);

@@ -268,3 +268,99 @@ def test_pings_faster_than_allowed_get_a_logged_goaway(start_daemon):
     sub = watcher.subscribe(sync=True, states=[SUCCEEDED], name="pinger")
     sub.wait_end(timeout=30)
     d.wait_log(r"\[notice\] grpc \d+: gRPC: .*Sending goaway.*too_many_pings", timeout=10)
+
+
+# ---------------------------------------------------------------------------
+# TLS across reloads
+# ---------------------------------------------------------------------------
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def make_server_cert(d, ca, cn):
+    """ca.pem/ca.key (made once per CA name), and server-CN.pem/.key signed by it."""
+    if not (d / f"{ca}.pem").exists():
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                f"/CN={ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+            "-keyout", f"{cn}.key", "-out", f"{cn}.csr", cwd=d)
+    openssl("x509", "-req", "-in", f"{cn}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", f"{cn}.pem", cwd=d)
+
+
+def install(d, cn):
+    """Make CN's files the served ones, the way a renewal does: rename over."""
+    for ext in ("pem", "key"):
+        tmp = d / f"served.{ext}.new"
+        tmp.write_bytes((d / f"{cn}.{ext}").read_bytes())
+        os.rename(tmp, d / f"served.{ext}")
+
+
+def served_subject(address):
+    host, port = address.rsplit(":", 1)
+    pem = ssl.get_server_certificate((host, int(port)), timeout=10)
+    out = subprocess.run(["openssl", "x509", "-noout", "-subject"], input=pem.encode(),
+                         capture_output=True, check=True, timeout=10).stdout.decode()
+    return out.strip()
+
+
+def tls_client(address, root):
+    creds = grpc.ssl_channel_credentials(root_certificates=root.read_bytes())
+    channel = grpc.secure_channel(address, creds)
+    return channel, conftest.pb_grpc.DoSomethingServiceStub(channel)
+
+
+@conftest.pytest.mark.deadline(120)
+def test_tls_stream_survives_reloads_and_certificate_rotation(start_daemon, tmp_path):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_server_cert(pki, "ca-one", "server-one")
+    make_server_cert(pki, "ca-two", "server-two")
+    install(pki, "server-one")
+    d = start_daemon({"grpc": {"tls": {"cert": str(pki / "served.pem"),
+                                       "key": str(pki / "served.key")}},
+                      "shutdown_timeout": "1s"}, wait=False)
+    d.wait_log("listening on", timeout=10)
+    channel, stub = tls_client(d.address, pki / "ca-one.pem")
+    try:
+        updates = stub.getUpdates(conftest.pb.UpdatesRequest(states=[SUCCEEDED]))
+        got = []
+        reader = threading.Thread(target=lambda: [got.append(u.item_id) for u in updates],
+                                  daemon=True)
+        reader.start()
+
+        def submit_and_see(item_id):
+            reply = stub.doSomething(iter([conftest.pb.WorkItem(id=item_id, payload=b"x")]),
+                                     timeout=10)
+            assert reply.accepted == 1
+            wait_for(lambda: item_id in got, 15, f"{item_id} on the old TLS stream")
+
+        submit_and_see("before-reload")
+        # An unchanged config: no rebind, the stream outlives shutdown_timeout.
+        d.send_signal(conftest.signal.SIGHUP)
+        d.wait_log(r"config generation 2 applied")
+        time.sleep(2)
+        submit_and_see("after-reload")
+
+        # A renewed certificate (another CA, another name), then a reload.
+        install(pki, "server-two")
+        d.send_signal(conftest.signal.SIGHUP)
+        d.wait_log(r"config generation 3 applied")
+        wait_for(lambda: "server-two" in served_subject(d.address), 10,
+                 "new connections to get the new certificate")
+        new_channel, new_stub = tls_client(d.address, pki / "ca-two.pem")
+        try:
+            reply = new_stub.doSomething(iter([conftest.pb.WorkItem(id="new-cert",
+                                                                    payload=b"x")]), timeout=10)
+            assert reply.accepted == 1
+        finally:
+            new_channel.close()
+        time.sleep(2)
+        wait_for(lambda: "new-cert" in got, 15, "new-cert on the old TLS stream")
+        submit_and_see("after-rotation")
+        assert reader.is_alive(), "the old TLS stream ended"
+        updates.cancel()
+    finally:
+        channel.close()

@@ -1362,12 +1362,6 @@ parse_unix_owner(struct loader *ld, struct node *value, const char *path, void *
 
     if (is_off(value)) {
         c->grpc.unix_owner = NULL;
-    c->grpc.max_connection_age_ms = 0;
-    c->grpc.max_connection_age_grace_ms = 0;
-    c->grpc.keepalive.time_ms = 2 * MS_MINUTE;
-    c->grpc.keepalive.timeout_ms = 20 * MS_SECOND;
-    c->grpc.keepalive.min_ping_interval_ms = 10 * MS_SECOND;
-    c->grpc.keepalive.permit_without_calls = 1;
         return;
     }
     s = scalar(ld, value, path);
@@ -1980,6 +1974,12 @@ set_defaults(struct loader *ld)
     c->grpc.max_concurrent_streams = 100;
     c->grpc.unix_mode = -1;
     c->grpc.unix_owner = NULL;
+    c->grpc.max_connection_age_ms = 0;
+    c->grpc.max_connection_age_grace_ms = 0;
+    c->grpc.keepalive.time_ms = 2 * MS_MINUTE;
+    c->grpc.keepalive.timeout_ms = 20 * MS_SECOND;
+    c->grpc.keepalive.min_ping_interval_ms = 10 * MS_SECOND;
+    c->grpc.keepalive.permit_without_calls = 1;
 
     c->queue.capacity = 10000;
     c->queue.on_full = DS_ON_FULL_BLOCK;

@@ -453,33 +453,33 @@ server_create(int fatal_errors)
     args[nargs++] = int_arg(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, -1);
     args[nargs++] = int_arg(GRPC_ARG_MAX_CONCURRENT_STREAMS, config->grpc.max_concurrent_streams);
     /* A connection past its age gets a GOAWAY: its calls go on (up to the
-     * grace, if any), new ones go to a new connection. It is also what
-     * bounds the HTTP/2 rapid reset: gRPC 1.51 keeps every stream a client
-     * opens and resets in one read burst (a call, ~12 KB) until the burst
-     * ends, and it stops taking new streams on a connection it sent a
-     * GOAWAY. */
+     * grace, if any), new ones go to a new connection. It also limits an
+     * HTTP/2 rapid reset: gRPC 1.51 keeps a call (~12 KB) for every stream
+     * a client opens and resets while it keeps the socket full, and takes
+     * no new streams on a connection it sent a GOAWAY. */
     if (config->grpc.max_connection_age_ms > 0)
-        args[nargs++] = int_arg(GRPC_ARG_MAX_CONNECTION_AGE_MS, config->grpc.max_connection_age_ms);
+        args[nargs++] = int_arg(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                                config->grpc.max_connection_age_ms);
     if (config->grpc.max_connection_age_grace_ms > 0)
         args[nargs++] = int_arg(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
-                            config->grpc.max_connection_age_grace_ms);
+                                config->grpc.max_connection_age_grace_ms);
     /* Client pings: accepted down to min_ping_interval, with or without
      * calls (idle watch streams behind load balancers); gRPC's defaults
      * (one per 5 minutes, 2 hours without calls) end such connections with
      * GOAWAY "too_many_pings". Our own pings reap dead clients. */
     args[nargs++] = int_arg(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
-                        config->grpc.keepalive.min_ping_interval_ms);
+                            config->grpc.keepalive.min_ping_interval_ms);
     args[nargs++] = int_arg(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
-                        config->grpc.keepalive.permit_without_calls);
+                            config->grpc.keepalive.permit_without_calls);
     args[nargs++] = int_arg(GRPC_ARG_KEEPALIVE_TIME_MS, config->grpc.keepalive.time_ms > 0 ?
-                        config->grpc.keepalive.time_ms : INT_MAX);
+                            config->grpc.keepalive.time_ms : INT_MAX);
     args[nargs++] = int_arg(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, config->grpc.keepalive.timeout_ms);
     /* Else gRPC sends at most 2 pings, and one per 5 minutes, until it
      * sends data: an idle stream's peer would never be checked again. */
     args[nargs++] = int_arg(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     if (config->grpc.keepalive.time_ms > 0)
         args[nargs++] = int_arg(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS,
-                            config->grpc.keepalive.time_ms);
+                                config->grpc.keepalive.time_ms);
     grpc_channel_args channel_args = { .num_args = nargs, .args = args };
     uid_t uid = (uid_t)-1;
     gid_t gid = (gid_t)-1;

@@ -99,6 +99,7 @@ enum value_type {
     VALUE_STRING,
     VALUE_PATH,
     VALUE_OFF_PATH,               /* off (NULL) or a path */
+    VALUE_OFF_DURATION,           /* off (0) or a duration of at least min (>= 1) */
     VALUE_SECTION,
     VALUE_CUSTOM,
 };
@@ -1035,6 +1036,12 @@ apply_rule(struct loader *ld, const struct key_rule *rule, struct node *value,
         else
             get_path(ld, value, path, (char **)field);
         break;
+    case VALUE_OFF_DURATION:
+        if (is_off(value))
+            store_uint(field, rule->width, 0);
+        else if (get_duration(ld, value, path, rule->min, rule->max, &v) == 0)
+            store_uint(field, rule->width, v);
+        break;
     case VALUE_SECTION:
         walk_mapping(ld, value, path, rule->section, base);
         break;
@@ -1862,6 +1869,18 @@ static const struct key_rule workers_rules[] = {
     { .name = NULL }
 };
 
+static const struct key_rule keepalive_rules[] = {
+    { .name = "time", .type = VALUE_OFF_DURATION, CONFIG_FIELD(grpc.keepalive.time_ms),
+      .min = 100, .max = 24 * MS_HOUR },
+    { .name = "timeout", .type = VALUE_DURATION, CONFIG_FIELD(grpc.keepalive.timeout_ms),
+      .min = 100, .max = MS_HOUR },
+    { .name = "min_ping_interval", .type = VALUE_DURATION,
+      CONFIG_FIELD(grpc.keepalive.min_ping_interval_ms), .min = 100, .max = 24 * MS_HOUR },
+    { .name = "permit_without_calls", .type = VALUE_BOOL,
+      CONFIG_FIELD(grpc.keepalive.permit_without_calls) },
+    { .name = NULL }
+};
+
 static const struct key_rule grpc_rules[] = {
     { .name = "listen", .type = VALUE_CUSTOM, .parse = parse_grpc_listen },
     { .name = "max_message_size", .type = VALUE_SIZE, CONFIG_FIELD(grpc.max_message_size),
@@ -1871,6 +1890,11 @@ static const struct key_rule grpc_rules[] = {
       CONFIG_FIELD(grpc.max_concurrent_streams), .min = 1, .max = 100000 },
     { .name = "unix_mode", .type = VALUE_CUSTOM, .parse = parse_unix_mode },
     { .name = "unix_owner", .type = VALUE_CUSTOM, .parse = parse_unix_owner },
+    { .name = "max_connection_age", .type = VALUE_OFF_DURATION,
+      CONFIG_FIELD(grpc.max_connection_age_ms), .min = 100, .max = 24 * MS_HOUR },
+    { .name = "max_connection_age_grace", .type = VALUE_OFF_DURATION,
+      CONFIG_FIELD(grpc.max_connection_age_grace_ms), .min = 1, .max = 24 * MS_HOUR },
+    { .name = "keepalive", .type = VALUE_SECTION, .section = keepalive_rules },
     { .name = NULL }
 };
 
@@ -1961,6 +1985,12 @@ set_defaults(struct loader *ld)
     c->grpc.max_concurrent_streams = 100;
     c->grpc.unix_mode = -1;
     c->grpc.unix_owner = NULL;
+    c->grpc.max_connection_age_ms = 0;
+    c->grpc.max_connection_age_grace_ms = 0;
+    c->grpc.keepalive.time_ms = 2 * MS_MINUTE;
+    c->grpc.keepalive.timeout_ms = 20 * MS_SECOND;
+    c->grpc.keepalive.min_ping_interval_ms = 10 * MS_SECOND;
+    c->grpc.keepalive.permit_without_calls = 1;
 
     c->queue.capacity = 10000;
     c->queue.on_full = DS_ON_FULL_BLOCK;
@@ -2465,6 +2495,19 @@ config_print(const struct ds_config *c, FILE *out)
     else
         fprintf(out, "  unix_mode: \"0%03o\"\n", (unsigned)c->grpc.unix_mode);
     print_key_off(out, "  ", "unix_owner", c->grpc.unix_owner);
+    fprintf(out, "  max_connection_age: %s\n", c->grpc.max_connection_age_ms == 0 ? "off" :
+            format_duration(c->grpc.max_connection_age_ms, buf, sizeof buf));
+    fprintf(out, "  max_connection_age_grace: %s\n",
+            c->grpc.max_connection_age_grace_ms == 0 ? "off" :
+            format_duration(c->grpc.max_connection_age_grace_ms, buf, sizeof buf));
+    fputs("  keepalive:\n", out);
+    fprintf(out, "    time: %s\n", c->grpc.keepalive.time_ms == 0 ? "off" :
+            format_duration(c->grpc.keepalive.time_ms, buf, sizeof buf));
+    fprintf(out, "    timeout: %s\n", format_duration(c->grpc.keepalive.timeout_ms, buf, sizeof buf));
+    fprintf(out, "    min_ping_interval: %s\n",
+            format_duration(c->grpc.keepalive.min_ping_interval_ms, buf, sizeof buf));
+    fprintf(out, "    permit_without_calls: %s\n",
+            c->grpc.keepalive.permit_without_calls ? "on" : "off");
 
     fputs("queue:\n", out);
     fprintf(out, "  capacity: %llu\n", (unsigned long long)c->queue.capacity);

@@ -126,6 +126,14 @@ struct ds_config {
         uint32_t max_concurrent_streams;  /* per connection (HTTP/2 SETTINGS) */
         int unix_mode;            /* -1: as created; else permission bits of unix: sockets */
         char *unix_owner;         /* NULL: as created; else "user" or "user:group" */
+        uint64_t max_connection_age_ms;        /* 0: off; then GOAWAY (new calls elsewhere) */
+        uint64_t max_connection_age_grace_ms;  /* 0: off (open calls are never cut) */
+        struct {
+            uint64_t time_ms;                  /* our pings on idle connections; 0: off */
+            uint64_t timeout_ms;               /* no ack this long: the connection is closed */
+            uint64_t min_ping_interval_ms;     /* client pings accepted this often */
+            int permit_without_calls;          /* pings on connections without calls */
+        } keepalive;
     } grpc;
 
     struct {

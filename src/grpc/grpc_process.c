@@ -32,6 +32,7 @@
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
+#include "grpc/transport.h"
 #include "ipc/channel.h"
 
 /* After cancelling every call, wait at most this long for them to end. */
@@ -308,6 +309,7 @@ grpc_process_main(struct ds_child_start *start)
                              on_control_close, NULL);
 
     access_log_open();
+    transport_start();
     grpc_init();
     gp.cq = grpc_completion_queue_create_for_next(NULL);
     queue_init();
@@ -367,6 +369,7 @@ grpc_process_main(struct ds_child_start *start)
         channel_flush(gp.control);
         channel_free(gp.control);
     }
+    transport_stop();
     event_free(proc.stop_timer);
     event_free(proc.signal_event);
     close(proc.signal_fd);

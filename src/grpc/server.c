@@ -13,6 +13,8 @@
  * cancelled.
  */
 #include <errno.h>
+#include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,6 +286,70 @@ read_pem(const char *path)
     return text;
 }
 
+/*
+ * The TLS files, read again by gRPC's certificate config fetcher when they
+ * change: gRPC asks before each new handshake, so a renewed certificate
+ * takes effect on new connections without a rebind, and the calls open on
+ * the old ones go on. Asked on gRPC's threads, hence the lock.
+ */
+static struct {
+    pthread_mutex_t lock;
+    char *cert, *key, *ca;      /* ca NULL: no client certificates */
+    char signature[256];        /* of the files last loaded: "" none */
+} tls_files = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* Inode, size and mtime of each file, or -1 if one cannot be stat()ed. */
+static int
+tls_signature(char *buf, size_t size)
+{
+    const char *paths[3] = { tls_files.cert, tls_files.key, tls_files.ca };
+    size_t used = 0;
+    for (int i = 0; i < 3 && paths[i] != NULL; i++) {
+        struct stat st;
+        if (stat(paths[i], &st) == -1)
+            return -1;
+        used += (size_t)snprintf(buf + used, used < size ? size - used : 0, "%llu:%lld:%lld.%ld;",
+                                 (unsigned long long)st.st_ino, (long long)st.st_size,
+                                 (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+    }
+    return used < size ? 0 : -1;
+}
+
+static grpc_ssl_certificate_config_reload_status
+tls_fetch(void *unused, grpc_ssl_server_certificate_config **out)
+{
+    grpc_ssl_certificate_config_reload_status status = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_UNCHANGED;
+    char signature[sizeof tls_files.signature];
+    pthread_mutex_lock(&tls_files.lock);
+    if (tls_signature(signature, sizeof signature) == -1) {
+        /* Being replaced, say: keep what we have, unless we have nothing. */
+        if (tls_files.signature[0] == '\0')
+            status = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_FAIL;
+    } else if (strcmp(signature, tls_files.signature) != 0) {
+        char *cert = read_pem(tls_files.cert);
+        char *key = read_pem(tls_files.key);
+        char *ca = tls_files.ca != NULL ? read_pem(tls_files.ca) : NULL;
+        if (cert != NULL && key != NULL && (tls_files.ca == NULL || ca != NULL)) {
+            grpc_ssl_pem_key_cert_pair pair = { .private_key = key, .cert_chain = cert };
+            /* gRPC 1.51 asserts that a fetched config has root
+             * certificates; without client_ca no client certificate is
+             * asked for, so they are never used: our own chain will do. */
+            *out = grpc_ssl_server_certificate_config_create(ca != NULL ? ca : cert, &pair, 1);
+            if (tls_files.signature[0] != '\0')
+                log_notice("TLS: %s changed; new connections get it", tls_files.cert);
+            memcpy(tls_files.signature, signature, sizeof signature);
+            status = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_NEW;
+        } else if (tls_files.signature[0] == '\0') {
+            status = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_FAIL;
+        }
+        free(cert);
+        free(key);
+        free(ca);
+    }
+    pthread_mutex_unlock(&tls_files.lock);
+    return status;
+}
+
 /* Plaintext, or TLS (with client certificates required when client_ca is
  * set). NULL if a file cannot be read. */
 static grpc_server_credentials *
@@ -291,22 +357,32 @@ server_credentials(const struct ds_config *config)
 {
     if (!config->grpc.tls)
         return grpc_insecure_server_credentials_create();
+    /* Readable now, or the rebind (or the start) fails here. */
     char *cert = read_pem(config->grpc.tls_cert);
     char *key = read_pem(config->grpc.tls_key);
     char *ca = config->grpc.tls_client_ca ? read_pem(config->grpc.tls_client_ca) : NULL;
-    grpc_server_credentials *creds = NULL;
-    if (cert != NULL && key != NULL && (config->grpc.tls_client_ca == NULL || ca != NULL)) {
-        grpc_ssl_pem_key_cert_pair pair = { .private_key = key, .cert_chain = cert };
-        creds = grpc_ssl_server_credentials_create_ex(
-            ca, &pair, 1,
-            ca != NULL ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                       : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
-            NULL);
-    }
+    int readable = cert != NULL && key != NULL && (config->grpc.tls_client_ca == NULL || ca != NULL);
     free(cert);
     free(key);
     free(ca);
-    return creds;
+    if (!readable)
+        return NULL;
+    pthread_mutex_lock(&tls_files.lock);
+    free(tls_files.cert);
+    free(tls_files.key);
+    free(tls_files.ca);
+    tls_files.cert = ds_strdup(config->grpc.tls_cert);
+    tls_files.key = ds_strdup(config->grpc.tls_key);
+    tls_files.ca = config->grpc.tls_client_ca ? ds_strdup(config->grpc.tls_client_ca) : NULL;
+    tls_files.signature[0] = '\0';
+    pthread_mutex_unlock(&tls_files.lock);
+    grpc_ssl_server_credentials_options *options =
+        grpc_ssl_server_credentials_create_options_using_config_fetcher(
+            config->grpc.tls_client_ca != NULL
+                ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+            tls_fetch, NULL);
+    return grpc_ssl_server_credentials_create_with_options(options);
 }
 
 /* grpc.unix_owner as ids, (uid_t)-1 and (gid_t)-1 when unset. Looked up
@@ -362,20 +438,54 @@ unix_paths_set_owner_mode(const struct ds_config *config, uid_t uid, gid_t gid,
     return 0;
 }
 
+static grpc_arg
+int_arg(const char *key, int64_t value)
+{
+    grpc_arg arg = { .type = GRPC_ARG_INTEGER, .key = (char *)key,
+                     .value.integer = value > INT_MAX ? INT_MAX : (int)value };
+    return arg;
+}
+
 /* A server on every grpc.listen address of the current config, started,
  * or NULL (logged, and told to the master when fatal is set). */
 static struct server *
 server_create(int fatal_errors)
 {
     const struct ds_config *config = gp.config;
-    grpc_arg args[] = {
-        { .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-          .value.integer = (int)config->grpc.max_message_size },
-        { .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, .value.integer = -1 },
-        { .type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_CONCURRENT_STREAMS,
-          .value.integer = (int)config->grpc.max_concurrent_streams },
-    };
-    grpc_channel_args channel_args = { .num_args = 3, .args = args };
+    grpc_arg args[16];
+    size_t nargs = 0;
+    args[nargs++] = int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, config->grpc.max_message_size);
+    args[nargs++] = int_arg(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, -1);
+    args[nargs++] = int_arg(GRPC_ARG_MAX_CONCURRENT_STREAMS, config->grpc.max_concurrent_streams);
+    /* A connection past its age gets a GOAWAY: its calls go on (up to the
+     * grace, if any), new ones go to a new connection. It also limits an
+     * HTTP/2 rapid reset: gRPC 1.51 keeps a call (~12 KB) for every stream
+     * a client opens and resets while it keeps the socket full, and takes
+     * no new streams on a connection it sent a GOAWAY. */
+    if (config->grpc.max_connection_age_ms > 0)
+        args[nargs++] = int_arg(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                                config->grpc.max_connection_age_ms);
+    if (config->grpc.max_connection_age_grace_ms > 0)
+        args[nargs++] = int_arg(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                                config->grpc.max_connection_age_grace_ms);
+    /* Client pings: accepted down to min_ping_interval, with or without
+     * calls (idle watch streams behind load balancers); gRPC's defaults
+     * (one per 5 minutes, 2 hours without calls) end such connections with
+     * GOAWAY "too_many_pings". Our own pings reap dead clients. */
+    args[nargs++] = int_arg(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                            config->grpc.keepalive.min_ping_interval_ms);
+    args[nargs++] = int_arg(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+                            config->grpc.keepalive.permit_without_calls);
+    args[nargs++] = int_arg(GRPC_ARG_KEEPALIVE_TIME_MS, config->grpc.keepalive.time_ms > 0 ?
+                            config->grpc.keepalive.time_ms : INT_MAX);
+    args[nargs++] = int_arg(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, config->grpc.keepalive.timeout_ms);
+    /* Else gRPC sends at most 2 pings, and one per 5 minutes, until it
+     * sends data: an idle stream's peer would never be checked again. */
+    args[nargs++] = int_arg(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    if (config->grpc.keepalive.time_ms > 0)
+        args[nargs++] = int_arg(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS,
+                                config->grpc.keepalive.time_ms);
+    grpc_channel_args channel_args = { .num_args = nargs, .args = args };
     uid_t uid = (uid_t)-1;
     gid_t gid = (gid_t)-1;
     if (unix_owner_lookup(config, fatal_errors, &uid, &gid) == -1)
@@ -578,9 +688,17 @@ on_kept_timer(evutil_socket_t fd, short what, void *arg)
     unix_paths_settle(1, 1);
 }
 
-/* After a reload: rebind if the listen addresses, the message size limit,
- * max_concurrent_streams or the unix sockets' mode or owner changed. On
- * failure the current server keeps running. */
+static int
+same_string(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* After a reload: rebind if a listener setting changed (addresses, message
+ * size limit, streams, connection age, keepalive, the TLS file paths, the
+ * unix sockets' mode or owner): a rebind ends the open calls after
+ * shutdown_timeout, so an unchanged config rebinds nothing. On failure the
+ * current server keeps running. */
 void
 server_reconfigure(const struct ds_config *old)
 {
@@ -588,7 +706,14 @@ server_reconfigure(const struct ds_config *old)
     int changed = config->grpc.listen_count != old->grpc.listen_count ||
                   config->grpc.max_message_size != old->grpc.max_message_size ||
                   config->grpc.tls != old->grpc.tls ||
-                  config->grpc.tls ||   /* renewed certificates take effect */
+                  !same_string(config->grpc.tls_cert, old->grpc.tls_cert) ||
+                  !same_string(config->grpc.tls_key, old->grpc.tls_key) ||
+                  !same_string(config->grpc.tls_client_ca, old->grpc.tls_client_ca) ||
+                  config->grpc.max_connection_age_ms != old->grpc.max_connection_age_ms ||
+                  config->grpc.max_connection_age_grace_ms !=
+                      old->grpc.max_connection_age_grace_ms ||
+                  memcmp(&config->grpc.keepalive, &old->grpc.keepalive,
+                         sizeof config->grpc.keepalive) != 0 ||
                   config->grpc.max_concurrent_streams != old->grpc.max_concurrent_streams ||
                   config->grpc.unix_mode != old->grpc.unix_mode ||
                   (config->grpc.unix_owner == NULL) != (old->grpc.unix_owner == NULL) ||

@@ -189,6 +189,9 @@ assert_config_equal(const struct ds_config *a, const struct ds_config *b)
     assert_string_or_null_equal(a->grpc.tls_key, b->grpc.tls_key);
     assert_string_or_null_equal(a->grpc.tls_client_ca, b->grpc.tls_client_ca);
     assert_int_equal(a->grpc.max_concurrent_streams, b->grpc.max_concurrent_streams);
+    assert_int_equal(a->grpc.max_connection_age_ms, b->grpc.max_connection_age_ms);
+    assert_int_equal(a->grpc.max_connection_age_grace_ms, b->grpc.max_connection_age_grace_ms);
+    assert_memory_equal(&a->grpc.keepalive, &b->grpc.keepalive, sizeof a->grpc.keepalive);
     assert_int_equal(a->grpc.unix_mode, b->grpc.unix_mode);
     assert_string_or_null_equal(a->grpc.unix_owner, b->grpc.unix_owner);
     assert_int_equal(a->queue.max_params, b->queue.max_params);
@@ -277,6 +280,11 @@ assert_defaults(const struct ds_config *c)
     assert_int_equal(c->grpc.tls, 0);
     assert_null(c->grpc.tls_cert);
     assert_int_equal(c->grpc.max_concurrent_streams, 100);
+    assert_int_equal(c->grpc.max_connection_age_ms, 0);
+    assert_int_equal(c->grpc.keepalive.time_ms, 120000);
+    assert_int_equal(c->grpc.keepalive.timeout_ms, 20000);
+    assert_int_equal(c->grpc.keepalive.min_ping_interval_ms, 10000);
+    assert_int_equal(c->grpc.keepalive.permit_without_calls, 1);
     assert_int_equal(c->grpc.unix_mode, -1);
     assert_null(c->grpc.unix_owner);
     assert_int_equal(c->queue.capacity, 10000);

@@ -9,11 +9,18 @@
  * counters and one read of /proc/PID/stat per process.
  *
  * Reload: a changed status.listen gets its new socket bound before the old
- * one is closed; connections already accepted finish on the old one. When
- * only the host changes and the port stays (127.0.0.1:9090 to 0.0.0.0:9090),
- * the two cannot listen at once without SO_REUSEPORT, which would also let
- * a second daemon of the same user share the port unnoticed; so then the
- * old socket is closed first, and bound again if the new one fails.
+ * one is closed; connections already accepted finish on the old one.
+ *
+ * The socket has SO_REUSEPORT, as gRPC gives its own ports: a binary
+ * upgrade (USR2) starts a second instance that must bind the port while
+ * the old one still serves it, and the old one closes it when it exits.
+ * Handing the socket over instead would take a path from the old grpc
+ * process through both masters to the new one, and the new one could not
+ * start alone. The cost is the one gRPC's ports already carry: a second
+ * daemon of the same user on the same port is not refused. If the socket
+ * cannot be shared (a kernel without SO_REUSEPORT, or another program
+ * holds the port), a reload that keeps the port closes the old socket
+ * first and binds it again if the new one fails.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -577,6 +584,9 @@ listen_socket(const char *addr, char *why, size_t why_size)
             int on = 1;
             /* Lets a restarted daemon bind while old connections sit in TIME_WAIT. */
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+            /* Lets the new instance of a binary upgrade bind beside this one. */
+            if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) == -1)
+                log_syswarn("status.listen %s: setsockopt(SO_REUSEPORT) failed", addr);
             call = "bind";
             if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
                 call = "listen";

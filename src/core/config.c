@@ -24,6 +24,7 @@
 
 #include <yaml.h>
 
+#include "core/descriptors.h"
 #include "dosomething/handler.h"
 #include "core/utf8.h"
 
@@ -2138,6 +2139,26 @@ check_module(struct loader *ld, const struct ds_handler_config *h)
     dlclose(dl);
 }
 
+/* The descriptors the config needs against the hard RLIMIT_NOFILE (the
+ * master raises the soft one to it before forking). */
+static void
+check_descriptors(struct loader *ld)
+{
+    const struct ds_config *c = ld->config;
+    uint64_t needed = descriptors_needed(c), limit = descriptors_hard_limit();
+
+    if (needed <= limit)
+        return;
+    error_at(ld, find_position(ld, "workers.count"), "workers.count",
+             "%u workers need at least %llu descriptors per process (%d per worker, %d for "
+             "the process, %llu listeners, %d in reserve, %d for clients), but the hard "
+             "RLIMIT_NOFILE is %llu: lower workers.count or raise the limit (ulimit -Hn, "
+             "systemd LimitNOFILE=)", c->workers.count, (unsigned long long)needed,
+             DESCRIPTORS_PER_WORKER, DESCRIPTORS_BASE,
+             (unsigned long long)(c->grpc.listen_count + (c->status.listen != NULL)),
+             DESCRIPTORS_RESERVE, DESCRIPTORS_MIN_CLIENTS, (unsigned long long)limit);
+}
+
 static void
 check_system(struct loader *ld)
 {
@@ -2146,6 +2167,7 @@ check_system(struct loader *ld)
 
     check_user(ld);
     check_unix_owner(ld);
+    check_descriptors(ld);
     for (i = 0; i < c->handler_count; i++)
         if (c->handlers[i].type == DS_HANDLER_MODULE)
             check_module(ld, &c->handlers[i]);

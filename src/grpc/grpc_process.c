@@ -26,6 +26,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/descriptors.h"
 #include "core/log.h"
 #include "core/privileges.h"
 #include "core/process.h"
@@ -179,13 +180,32 @@ on_control_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     struct ipc_worker w;
     switch (h->type) {
     case IPC_WORKER_ATTACH:
-        if (fd == -1 || h->length != sizeof w)
+        if (!(h->flags & IPC_FLAG_FD) || h->length != sizeof w)
             break;
         memcpy(&w, body, sizeof w);
-        if (gp.stopping)
+        if (fd == -1) {
+            /* Out of descriptors: this worker goes, the queue stays. The
+             * master restarts it with backoff. */
+            char why[160];
+            int n = snprintf(why, sizeof why, "its data channel was lost in recvmsg(SCM_RIGHTS) "
+                             "(%llu of %llu descriptors open)",
+                             (unsigned long long)descriptors_open(),
+                             (unsigned long long)descriptors_limit());
+            log_error("worker %ld: %s", (long)w.pid, why);
+            struct iovec parts[2] = {
+                { .iov_base = &w, .iov_len = sizeof w },
+                { .iov_base = why, .iov_len = (size_t)n < sizeof why ? (size_t)n : sizeof why - 1 },
+            };
+            if (gp.control != NULL)
+                channel_sendv(gp.control, IPC_WORKER_LOST, parts, 2);
+            return 0;
+        }
+        if (gp.stopping) {
             close(fd);
-        else
+        } else {
             workers_attach(w.pid, w.slot, fd);
+            master_send(IPC_WORKER_ATTACHED, &w, sizeof w);
+        }
         return 0;
     case IPC_WORKER_EXITED: {
         if (h->length < sizeof w)

@@ -183,6 +183,13 @@ int server_start(void);
 void server_reconfigure(const struct ds_config *old);
 void server_shutdown(int cancel_calls);
 int server_is_shut_down(void);
+/* 0 while gRPC accepts no connection (its listener died at the descriptor
+ * limit), until it listens again. */
+int server_listening(void);
+/* How many times the listener was started again after that. */
+uint64_t server_listener_restarts(void);
+/* Any thread: gRPC logged that accept4() failed (its listener is dead). */
+void server_accept_failed(void);
 void server_destroy(void);
 
 /* access_log.c: log.access, one line per RPC */

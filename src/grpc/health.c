@@ -1,7 +1,7 @@
 /*
  * grpc.health.v1.Health, the standard service that load balancers,
  * Kubernetes probes and grpc_health_probe ask: SERVING, or NOT_SERVING
- * while the process drains.
+ * while the process drains or its listener takes no connection.
  *
  * The messages come from grpc's health.proto (proto/grpc/health/v1),
  * compiled with protoc-c.
@@ -53,8 +53,8 @@ current_status(const struct health_call *h)
 {
     if (!h->known)
         return STATUS_SERVICE_UNKNOWN;
-    return gp.draining || gp.stopping || !cluster_serving(NULL) ? STATUS_NOT_SERVING
-                                                                : STATUS_SERVING;
+    return gp.draining || gp.stopping || !cluster_serving(NULL) || !server_listening()
+               ? STATUS_NOT_SERVING : STATUS_SERVING;
 }
 
 /* Decode HealthCheckRequest: is the service one we serve? -1: malformed. */

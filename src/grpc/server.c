@@ -11,10 +11,22 @@
  * share a port with the old one), then the old one stops taking calls
  * (GOAWAY) and its calls get shutdown_timeout to end before they are
  * cancelled.
+ *
+ * Descriptors: when accept4() fails (EMFILE), gRPC 1.51 logs "Failed
+ * accept4" and never watches that listener again; nothing else tells the
+ * application. Its log lines come through transport.c, which catches that
+ * one (server_accept_failed()): the process then gives back its descriptor
+ * reserve (room for worker channels, journal files and the status port),
+ * reports NOT_SERVING, and once descriptors are free again replaces the
+ * server (the old one stops first: with SO_REUSEPORT a dead listener left
+ * open would still be handed half the new connections) and takes the
+ * reserve back.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +40,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/descriptors.h"
 #include "core/log.h"
 #include "core/utf8.h"
 #include "grpc/grpc_process.h"
@@ -110,7 +123,24 @@ static struct {
     struct event *kept_timer;
 } srv;
 
+/* How often a dead listener checks for room to listen again. */
+#define LISTENER_RETRY_MS 500
+
+/* The listener gRPC lost at EMFILE, and the descriptors kept for then. */
+static struct {
+    atomic_int accept_failed;   /* set by a gRPC thread: server_accept_failed() */
+    struct event *failed_event; /* wakes the loop for it */
+    struct event *retry_timer;
+    int dead;                   /* the current server accepts no connection */
+    uint64_t restarts;
+    int reserve[DESCRIPTORS_RESERVE];
+    int reserved;
+} lw;
+
 static void post_request(struct server *s, int method);
+static void reserve_take(void);
+static void on_accept_failed(evutil_socket_t fd, short what, void *arg);
+static void on_listener_retry(evutil_socket_t fd, short what, void *arg);
 static void server_stop(struct server *s, int cancel_calls);
 static void on_kept_timer(evutil_socket_t fd, short what, void *arg);
 
@@ -556,6 +586,9 @@ int
 server_start(void)
 {
     srv.kept_timer = evtimer_new(gp.base, on_kept_timer, NULL);
+    lw.failed_event = event_new(gp.base, -1, 0, on_accept_failed, NULL);
+    lw.retry_timer = evtimer_new(gp.base, on_listener_retry, NULL);
+    reserve_take();
     srv.current = server_create(1);
     return srv.current == NULL ? -1 : 0;
 }
@@ -748,6 +781,103 @@ server_reconfigure(const struct ds_config *old)
     evtimer_add(srv.kept_timer, &later);
 }
 
+/* ---- the listener at the descriptor limit ------------------------------ */
+
+static void
+reserve_take(void)
+{
+    while (lw.reserved < DESCRIPTORS_RESERVE) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd == -1)
+            break;
+        lw.reserve[lw.reserved++] = fd;
+    }
+}
+
+static void
+reserve_release(void)
+{
+    while (lw.reserved > 0)
+        close(lw.reserve[--lw.reserved]);
+}
+
+/* Any thread: transport.c saw gRPC log "Failed accept4". */
+void
+server_accept_failed(void)
+{
+    if (lw.failed_event != NULL && atomic_exchange(&lw.accept_failed, 1) == 0)
+        event_active(lw.failed_event, EV_READ, 0);
+}
+
+static void
+on_listener_retry(evutil_socket_t fd, short what, void *arg)
+{
+    if (!lw.dead || gp.stopping || gp.draining || srv.current == NULL)
+        return;
+    uint64_t open = descriptors_open(), limit = descriptors_limit();
+    struct timeval tv = clock_timeval_ms(LISTENER_RETRY_MS);
+    /* Room for the reserve and as much again for connections. */
+    if (open + 2 * DESCRIPTORS_RESERVE >= limit) {
+        evtimer_add(lw.retry_timer, &tv);
+        return;
+    }
+    struct server *old = srv.current;
+    srv.current = NULL;
+    unix_paths_link(gp.config, gp.config);
+    old->next = srv.retired;
+    srv.retired = old;
+    old->cancel_timer = evtimer_new(gp.base, on_cancel_timer, old);
+    struct timeval grace = clock_timeval_ms(gp.config->shutdown_timeout_ms);
+    evtimer_add(old->cancel_timer, &grace);
+    server_stop(old, 0);
+    unix_paths_restore(0);
+    srv.current = server_create(0);
+    struct timeval later = clock_timeval_ms(1000);
+    evtimer_add(srv.kept_timer, &later);
+    if (srv.current == NULL) {
+        log_error("cannot listen again on %s; trying again", old->listen);
+        srv.current = old;          /* still the one to retry from */
+        srv.retired = old->next;
+        evtimer_add(lw.retry_timer, &tv);
+        return;
+    }
+    reserve_take();
+    lw.dead = 0;
+    lw.restarts++;
+    atomic_store(&lw.accept_failed, 0);
+    log_notice("listening again on %s (%llu of %llu descriptors open); calls on the old "
+               "connections get shutdown_timeout to end", srv.current->listen,
+               (unsigned long long)descriptors_open(), (unsigned long long)limit);
+    health_changed();
+}
+
+static void
+on_accept_failed(evutil_socket_t fd, short what, void *arg)
+{
+    if (lw.dead || srv.current == NULL)
+        return;
+    lw.dead = 1;
+    reserve_release();
+    log_error("gRPC stopped accepting connections on %s: accept4() failed with %llu of %llu "
+              "descriptors open; NOT_SERVING until it listens again", srv.current->listen,
+              (unsigned long long)descriptors_open(), (unsigned long long)descriptors_limit());
+    health_changed();
+    struct timeval tv = clock_timeval_ms(LISTENER_RETRY_MS);
+    evtimer_add(lw.retry_timer, &tv);
+}
+
+int
+server_listening(void)
+{
+    return srv.current != NULL && !lw.dead;
+}
+
+uint64_t
+server_listener_restarts(void)
+{
+    return lw.restarts;
+}
+
 /* Stop taking calls (GOAWAY) everywhere; with cancel_calls, end every call
  * now (clients see UNAVAILABLE). */
 void
@@ -773,6 +903,13 @@ server_is_shut_down(void)
 void
 server_destroy(void)
 {
+    /* gRPC may log until grpc_shutdown(): the hook stays, and wakes no
+     * one (failed_event is never freed: a gRPC thread may still hold it). */
+    atomic_store(&lw.accept_failed, 1);
+    if (lw.retry_timer != NULL)
+        event_free(lw.retry_timer);
+    lw.retry_timer = NULL;
+    reserve_release();
     if (srv.kept_timer != NULL) {
         unix_paths_restore(1);
         unix_paths_settle(0, 1);

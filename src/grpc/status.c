@@ -9,11 +9,18 @@
  * counters and one read of /proc/PID/stat per process.
  *
  * Reload: a changed status.listen gets its new socket bound before the old
- * one is closed; connections already accepted finish on the old one. When
- * only the host changes and the port stays (127.0.0.1:9090 to 0.0.0.0:9090),
- * the two cannot listen at once without SO_REUSEPORT, which would also let
- * a second daemon of the same user share the port unnoticed; so then the
- * old socket is closed first, and bound again if the new one fails.
+ * one is closed; connections already accepted finish on the old one.
+ *
+ * The socket has SO_REUSEPORT, as gRPC gives its own ports: a binary
+ * upgrade (USR2) starts a second instance that must bind the port while
+ * the old one still serves it, and the old one closes it when it exits.
+ * Handing the socket over instead would take a path from the old grpc
+ * process through both masters to the new one, and the new one could not
+ * start alone. The cost is the one gRPC's ports already carry: a second
+ * daemon of the same user on the same port is not refused. If the socket
+ * cannot be shared (a kernel without SO_REUSEPORT, or another program
+ * holds the port), a reload that keeps the port closes the old socket
+ * first and binds it again if the new one fails.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,10 +33,13 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/http.h>
+#include <event2/listener.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/descriptors.h"
 #include "core/log.h"
 #include "core/utf8.h"
 #include "grpc/cluster.h"
@@ -39,6 +49,7 @@
 #define STATUS_TIMEOUT_S    10      /* an idle or slow connection is closed after this */
 #define STATUS_HEADERS_MAX  8192
 #define STATUS_BODY_MAX     8192
+#define STATUS_RESUME_MS    250     /* a paused listener looks for room again after this */
 
 #define CONTENT_TEXT        "text/plain; charset=utf-8"
 #define CONTENT_PROMETHEUS  "text/plain; version=0.0.4; charset=utf-8"
@@ -49,6 +60,8 @@ static struct {
     struct evhttp_bound_socket *bound;  /* NULL: off */
     char listen[300];                   /* the address bound; "" when off */
     uint64_t reloads;                   /* config generations applied since start */
+    struct event *resume_timer;         /* re-enables a listener paused for descriptors */
+    int paused;
 } st;
 
 /* The per-kind counters, for both formats. */
@@ -303,6 +316,19 @@ write_metrics(struct evbuffer *b)
     cluster_metrics(b);
     family(b, "draining", "gauge", "1 once a stop is under way.");
     sample(b, "draining", gp.draining || gp.stopping);
+    family(b, "grpc_listening", "gauge",
+           "1 while gRPC accepts connections; 0 once its listener died at the descriptor limit.");
+    sample(b, "grpc_listening", server_listening());
+    family(b, "grpc_listener_restarts_total", "counter",
+           "Times the gRPC listener was started again after it died.");
+    sample(b, "grpc_listener_restarts_total", server_listener_restarts());
+    family(b, "descriptors_open", "gauge", "Descriptors the grpc process holds.");
+    sample(b, "descriptors_open", descriptors_open());
+    family(b, "descriptors_limit", "gauge", "Its RLIMIT_NOFILE.");
+    sample(b, "descriptors_limit", descriptors_limit());
+    family(b, "status_paused", "gauge",
+           "1 while the status port takes no connection, to keep descriptors for gRPC.");
+    sample(b, "status_paused", st.paused);
 
     size_t n;
     struct proc_row *rows = proc_rows(&n);
@@ -392,6 +418,10 @@ write_status(struct evbuffer *b)
                         DS_VERSION, (unsigned long long)gp.generation,
                         (unsigned long long)st.reloads, gp.draining ? "true" : "false",
                         gp.stopping ? "true" : "false");
+    evbuffer_add_printf(b, "\"grpc_listening\":%s,\"descriptors\":{\"open\":%llu,\"limit\":%llu},",
+                        server_listening() ? "true" : "false",
+                        (unsigned long long)descriptors_open(),
+                        (unsigned long long)descriptors_limit());
     evbuffer_add_printf(b, "\"queue\":{\"depth\":%llu,\"waiting\":%llu,\"capacity\":%llu},",
                         (unsigned long long)queue_count(), (unsigned long long)queue_waiting(),
                         (unsigned long long)gp.config->queue.capacity);
@@ -488,6 +518,10 @@ on_request(struct evhttp_request *req, void *arg)
     } else if (gp.draining || gp.stopping) {
         evbuffer_add_printf(body, "draining\n");
         reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", CONTENT_TEXT, body);
+    } else if (!server_listening()) {
+        evbuffer_add_printf(body, "the gRPC listener accepts no connection (descriptors "
+                            "exhausted); it listens again once descriptors are free\n");
+        reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", CONTENT_TEXT, body);
     } else if (!cluster_serving(&why)) {
         evbuffer_add_printf(body, "%s\n", why);
         reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", CONTENT_TEXT, body);
@@ -499,6 +533,83 @@ on_request(struct evhttp_request *req, void *arg)
 }
 
 /* ---- listening ---------------------------------------------------------- */
+
+/*
+ * The status port must not take the descriptors gRPC accepts with (gRPC
+ * 1.51 loses its listener at EMFILE): it takes connections while a quarter
+ * of the table (at least twice the reserve) is free. Once the gRPC
+ * listener is dead, only a few descriptors for worker channels are kept,
+ * so that /healthz and /metrics can say so. evhttp cannot refuse a
+ * connection, so the listener is paused instead, and the timer looks for
+ * room again. It pauses on an accept() error too: libevent would
+ * otherwise call accept() again at once, forever (100% CPU at EMFILE).
+ */
+static int
+status_room(void)
+{
+    uint64_t limit = descriptors_limit(), open = descriptors_open();
+    uint64_t headroom = limit / 4 > 2 * DESCRIPTORS_RESERVE ? limit / 4 : 2 * DESCRIPTORS_RESERVE;
+    if (!server_listening())
+        headroom = DESCRIPTORS_RESERVE / 4;
+    return open + headroom < limit;
+}
+
+static struct evconnlistener *
+status_listener(void)
+{
+    return st.bound != NULL ? evhttp_bound_socket_get_listener(st.bound) : NULL;
+}
+
+static void
+status_pause(const char *why)
+{
+    struct evconnlistener *l = status_listener();
+    if (l == NULL)
+        return;
+    evconnlistener_disable(l);
+    if (!st.paused)
+        log_warn("status endpoint on %s: taking no connection for now: %s (%llu of %llu "
+                 "descriptors open)", st.listen, why, (unsigned long long)descriptors_open(),
+                 (unsigned long long)descriptors_limit());
+    st.paused = 1;
+    struct timeval tv = clock_timeval_ms(STATUS_RESUME_MS);
+    evtimer_add(st.resume_timer, &tv);
+}
+
+static void
+on_resume_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct evconnlistener *l = status_listener();
+    if (l == NULL || !st.paused)
+        return;
+    if (!status_room()) {
+        struct timeval tv = clock_timeval_ms(STATUS_RESUME_MS);
+        evtimer_add(st.resume_timer, &tv);
+        return;
+    }
+    st.paused = 0;
+    evconnlistener_enable(l);
+    log_notice("status endpoint on %s: taking connections again", st.listen);
+}
+
+static void
+on_accept_error(struct evconnlistener *l, void *arg)
+{
+    char why[96];
+    snprintf(why, sizeof why, "accept() failed: %s",
+             evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    status_pause(why);
+}
+
+/* evhttp asks for each new connection's bufferevent: the one place that
+ * hears of every connection. */
+static struct bufferevent *
+on_new_connection(struct event_base *base, void *arg)
+{
+    if (!status_room())
+        status_pause("descriptors are kept for gRPC");
+    return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+}
 
 /* "host:port" or "[v6]:port" (as the config checked it) into HOST and PORT. */
 static int
@@ -553,6 +664,9 @@ listen_socket(const char *addr, char *why, size_t why_size)
             int on = 1;
             /* Lets a restarted daemon bind while old connections sit in TIME_WAIT. */
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+            /* Lets the new instance of a binary upgrade bind beside this one. */
+            if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) == -1)
+                log_syswarn("status.listen %s: setsockopt(SO_REUSEPORT) failed", addr);
             call = "bind";
             if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
                 call = "listen";
@@ -603,6 +717,8 @@ status_listen(const char *addr, char *why, size_t why_size)
                                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                                    EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
         evhttp_set_gencb(st.http, on_request, NULL);
+        evhttp_set_bevcb(st.http, on_new_connection, NULL);
+        st.resume_timer = evtimer_new(gp.base, on_resume_timer, NULL);
     }
     int fd = listen_socket(addr, why, why_size);
     if (fd == -1)
@@ -614,8 +730,10 @@ status_listen(const char *addr, char *why, size_t why_size)
         errno = ENOMEM;
         return -1;
     }
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(bound), on_accept_error);
     status_close();
     st.bound = bound;
+    st.paused = 0;
     snprintf(st.listen, sizeof st.listen, "%s", addr);
     log_info("status endpoint listening on %s", addr);
     return 0;
@@ -678,6 +796,8 @@ status_reconfigure(void)
 void
 status_shutdown(void)
 {
+    if (st.resume_timer != NULL)
+        event_free(st.resume_timer);
     if (st.http != NULL)
         evhttp_free(st.http);   /* closes the socket and every connection */
     memset(&st, 0, sizeof st);

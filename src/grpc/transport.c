@@ -23,6 +23,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "grpc/grpc_process.h"
 #include "grpc/transport.h"
 
@@ -31,27 +32,14 @@
 
 static struct event *trim_timer;
 
-/* TEXT with control and non-ASCII bytes as \xNN, into BUF. */
-static const char *
-printable(const char *text, char *buf, size_t size)
-{
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)text; *p != '\0' && n + 5 < size; p++) {
-        if (*p >= 0x20 && *p < 0x7f && *p != '\\')
-            buf[n++] = (char)*p;
-        else
-            n += (size_t)snprintf(buf + n, size - n, "\\x%02x", *p);
-    }
-    buf[n] = '\0';
-    return buf;
-}
-
 /* Called on gRPC's threads: log_write() is one write() per line. */
 static void
 on_grpc_log(gpr_log_func_args *args)
 {
     char text[1024];
-    printable(args->message, text, sizeof text);
+    utf8_escape(text, sizeof text, args->message);   /* a peer may have put bytes in it */
+    if (strncmp(args->message, "Failed accept4", 14) == 0)
+        server_accept_failed();
     if (strstr(args->message, "Sending goaway") != NULL ||
         strstr(args->message, "Keepalive watchdog fired") != NULL) {
         log_notice("gRPC: %s", text);

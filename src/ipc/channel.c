@@ -31,6 +31,7 @@ struct ipc_channel {
     void *arg;
     int fds[FD_QUEUE_SIZE];     /* received with SCM_RIGHTS, not yet claimed */
     int fd_count;
+    int fds_lost;               /* dropped by the kernel (MSG_CTRUNC), not yet claimed */
     int busy;                   /* inside a callback: defer the free */
     int freed;
     int closed;
@@ -188,8 +189,15 @@ channel_fill(struct ipc_channel *ch)
     }
     if (msg.msg_controllen > 0)
         take_fds(ch, &msg);
-    if (msg.msg_flags & MSG_CTRUNC)
-        log_error("%s: descriptors were lost (control data truncated)", ch->name);
+    if (msg.msg_flags & MSG_CTRUNC) {
+        /* The kernel drops what does not fit in the descriptor table
+         * (EMFILE) and says so only with this flag. One descriptor travels
+         * per sendmsg, and recvmsg does not read past it: the frame that
+         * announced it gets -1 instead of a protocol error. */
+        ch->fds_lost++;
+        log_error("%s: recvmsg(SCM_RIGHTS): a descriptor was lost (MSG_CTRUNC: the "
+                  "descriptor table is full?)", ch->name);
+    }
     if (n == 0) {
         evbuffer_commit_space(ch->in, vec, 0);
         channel_close(ch, evbuffer_get_length(ch->in) > 0 ? "EOF inside a frame" : NULL);
@@ -230,13 +238,16 @@ channel_dispatch(struct ipc_channel *ch)
         }
         int fd = -1;
         if (h.flags & IPC_FLAG_FD) {
-            if (ch->fd_count == 0) {
+            if (ch->fd_count == 0 && ch->fds_lost > 0) {
+                ch->fds_lost--;         /* on_frame sees IPC_FLAG_FD and fd -1 */
+            } else if (ch->fd_count == 0) {
                 channel_close(ch, "protocol error: a frame announced a descriptor that did not come");
                 return -1;
+            } else {
+                fd = ch->fds[0];
+                ch->fd_count--;
+                memmove(ch->fds, ch->fds + 1, sizeof(int) * (size_t)ch->fd_count);
             }
-            fd = ch->fds[0];
-            ch->fd_count--;
-            memmove(ch->fds, ch->fds + 1, sizeof(int) * (size_t)ch->fd_count);
         }
         const uint8_t *frame = evbuffer_pullup(ch->in, (ssize_t)(IPC_HEADER_SIZE + h.length));
         if (frame == NULL) {

@@ -23,7 +23,9 @@ struct event_base;
 struct ipc_channel;
 
 /* Return 0, or -1 for a protocol error (logged by the callee): the channel
- * is then closed. fd is -1 unless the frame carried one. */
+ * is then closed. fd is -1 unless the frame carried one; a frame whose
+ * header has IPC_FLAG_FD and fd -1 lost its descriptor on the way (the
+ * receiver's descriptor table was full). */
 typedef int (*ipc_frame_fn)(void *arg, struct ipc_channel *channel,
                             const struct ipc_header *header, const uint8_t *body, int fd);
 /* The channel is closed: reason is NULL if the peer closed it (EOF, or

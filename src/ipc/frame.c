@@ -14,6 +14,8 @@ static const char *type_names[IPC_TYPE_MAX] = {
     [IPC_KILL_WORKER] = "KILL_WORKER",
     [IPC_SEQ_RESERVE] = "SEQ_RESERVE",
     [IPC_FATAL] = "FATAL",
+    [IPC_WORKER_ATTACHED] = "WORKER_ATTACHED",
+    [IPC_WORKER_LOST] = "WORKER_LOST",
     [IPC_ITEM] = "ITEM",
     [IPC_UPDATE] = "UPDATE",
 };

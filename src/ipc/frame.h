@@ -46,6 +46,8 @@ enum ipc_type {
     IPC_KILL_WORKER,            /* ipc_worker + why: an item timed out there */
     IPC_SEQ_RESERVE,            /* ipc_seq: update seqs up to this may be used */
     IPC_FATAL,                  /* text: a boot error; the grpc process exits next */
+    IPC_WORKER_ATTACHED,        /* ipc_worker: its data channel is wired in */
+    IPC_WORKER_LOST,            /* ipc_worker + why: its data channel never arrived */
     /* data channel */
     IPC_ITEM = 64,              /* grpc -> worker: ipc_item + the WorkItem message */
     IPC_UPDATE,                 /* worker -> grpc: ipc_update + result or error */

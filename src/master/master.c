@@ -29,6 +29,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/descriptors.h"
 #include "core/log.h"
 #include "core/process.h"
 #include "ipc/channel.h"
@@ -49,6 +50,8 @@ struct process {
     int retiring;               /* out of its slot: finishing its items, then exiting */
     uint64_t retire_deadline_ms;    /* then it is killed */
     int killed_by_master;       /* its death is not a crash */
+    int attached;               /* the grpc process has its data channel */
+    int channel_lost;           /* its data channel never reached the grpc process */
     char kill_reason[160];      /* why the master killed it, for the items it held */
 };
 
@@ -83,7 +86,8 @@ static struct {
     struct event *stop_timer;
     struct event *retire_timer;
     pid_t pid;
-    int serving;                /* the grpc process said READY once */
+    int serving;                /* "serving" was announced once */
+    int announce;               /* the grpc process is READY: announce once workers are wired */
     pid_t upgrade_child;        /* the new master of a USR2 upgrade, until it takes over */
     pid_t upgrade_parent;       /* the old master we take over from */
     char status[512];           /* the outcome of the last reload, for systemd */
@@ -302,6 +306,19 @@ spawn(enum ds_role role, uint32_t slot)
     return p;
 }
 
+static void slot_schedule(struct slot *slot, uint64_t delay_ms);
+
+/* Respawn SLOT after its backoff, which doubles; not counted as a crash. */
+static void
+slot_retry_later(struct slot *slot)
+{
+    uint64_t delay = slot->backoff_ms;
+    slot->backoff_ms = delay * 2 > m.config->respawn.backoff_max_ms
+                           ? m.config->respawn.backoff_max_ms : delay * 2;
+    log_notice("starting worker %u again in %llu ms", slot->index, (unsigned long long)delay);
+    slot_schedule(slot, delay);
+}
+
 static void
 slot_spawn(struct slot *slot)
 {
@@ -324,7 +341,9 @@ slot_spawn(struct slot *slot)
     }
     slot->process = spawn(DS_ROLE_WORKER, slot->index);
     if (slot->process == NULL) {
-        master_stop(MASTER_STOPPING_FAST, DS_EXIT_FAILURE);
+        /* Out of descriptors or processes for now: the grpc process and
+         * its queue keep running; this slot tries again later. */
+        slot_retry_later(slot);
         return;
     }
     worker_attach(slot->process);
@@ -486,8 +505,14 @@ process_exited(struct process *p, int status)
             if (w->role == DS_ROLE_WORKER)
                 kill_process(w, SIGKILL, "its grpc process exited");
     }
+    if (p->role == DS_ROLE_GRPC && slot != NULL) {
+        m.announce = 0;
+        for (struct process *w = m.processes; w != NULL; w = w->next)
+            w->attached = 0;
+    }
     uint64_t ran_ms = clock_monotonic_ms() - p->started_ms;
     int crash = !clean && !p->killed_by_master;
+    int channel_lost = p->channel_lost;
     process_free(p);
 
     if (m.state != MASTER_RUNNING) {
@@ -507,6 +532,10 @@ process_exited(struct process *p, int status)
     }
     if (slot == NULL)
         return;                         /* retired, or its slot is gone */
+    if (channel_lost) {
+        slot_retry_later(slot);
+        return;
+    }
     if (!crash) {
         slot->crashes = 0;
         slot->backoff_ms = m.config->respawn.backoff_min_ms;
@@ -547,6 +576,41 @@ reap(void)
 
 /* ---- messages from children ------------------------------------------- */
 
+/* Every worker slot has a worker whose data channel the grpc process took. */
+static int
+workers_wired(void)
+{
+    for (uint32_t i = 0; i < m.worker_count; i++) {
+        struct process *w = m.workers[i].process;
+        if (w == NULL || !w->attached)
+            return 0;
+    }
+    return 1;
+}
+
+/* "serving" (log, systemd, the old master of an upgrade) once the grpc
+ * process listens and holds every worker's channel: a start that cannot
+ * wire its workers never claims to serve. */
+static void
+announce_serving(void)
+{
+    if (!m.announce || m.state != MASTER_RUNNING || !workers_wired())
+        return;
+    m.announce = 0;
+    log_notice("serving (generation %llu)", (unsigned long long)m.generation);
+    if (m.serving)
+        return;
+    m.serving = 1;
+    if (m.upgrade_parent > 0) {
+        log_notice("binary upgrade: taking over from pid %ld, which now drains",
+                   (long)m.upgrade_parent);
+        if (kill(m.upgrade_parent, SIGQUIT) == -1)
+            log_syswarn("kill(%ld, SIGQUIT) failed", (long)m.upgrade_parent);
+        notify("MAINPID=%ld", (long)getpid());
+    }
+    notify("READY=1\nSTATUS=serving, generation %llu", (unsigned long long)m.generation);
+}
+
 static int
 on_child_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
                const uint8_t *body, int fd)
@@ -557,19 +621,41 @@ on_child_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
 
     switch (h->type) {
     case IPC_READY:
-        log_notice("serving (generation %llu)", (unsigned long long)m.generation);
-        if (!m.serving) {
-            m.serving = 1;
-            if (m.upgrade_parent > 0) {
-                log_notice("binary upgrade: taking over from pid %ld, which now drains",
-                           (long)m.upgrade_parent);
-                if (kill(m.upgrade_parent, SIGQUIT) == -1)
-                    log_syswarn("kill(%ld, SIGQUIT) failed", (long)m.upgrade_parent);
-                notify("MAINPID=%ld", (long)getpid());
-            }
-            notify("READY=1\nSTATUS=serving, generation %llu", (unsigned long long)m.generation);
+        if (p->role != DS_ROLE_GRPC)
+            break;
+        m.announce = 1;
+        announce_serving();
+        return 0;
+    case IPC_WORKER_ATTACHED: {
+        struct ipc_worker w;
+        if (p->role != DS_ROLE_GRPC || h->length != sizeof w)
+            break;
+        memcpy(&w, body, sizeof w);
+        struct process *wp = process_find(w.pid);
+        if (wp != NULL && wp->role == DS_ROLE_WORKER) {
+            wp->attached = 1;
+            announce_serving();
         }
         return 0;
+    }
+    case IPC_WORKER_LOST: {
+        struct ipc_worker w;
+        if (p->role != DS_ROLE_GRPC || h->length < sizeof w)
+            break;
+        memcpy(&w, body, sizeof w);
+        char reason[200];
+        size_t len = h->length - sizeof w < sizeof reason - 1 ? h->length - sizeof w
+                                                              : sizeof reason - 1;
+        memcpy(reason, body + sizeof w, len);
+        reason[len] = '\0';
+        struct process *victim = process_find(w.pid);
+        if (victim != NULL && victim->role == DS_ROLE_WORKER) {
+            log_error("worker %u (pid %ld): %s; restarting it", victim->slot, (long)w.pid, reason);
+            victim->channel_lost = 1;
+            kill_process(victim, SIGKILL, reason);
+        }
+        return 0;
+    }
     case IPC_SEQ_RESERVE: {
         struct ipc_seq s;
         if (p->role != DS_ROLE_GRPC || h->length != sizeof s)
@@ -901,6 +987,8 @@ master_run(struct ds_config *config, const char *config_file)
 
     log_notice("dosomethingd %s starting: %s, %u workers", DS_VERSION, config->path,
                config->workers.count);
+    /* Before forking: every child inherits it. */
+    descriptors_raise_limit();
     slot_init(&m.grpc, 0);
     slot_spawn(&m.grpc);
     workers_resize(config->workers.count);

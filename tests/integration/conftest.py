@@ -19,6 +19,7 @@ defaults), `client` (connected to `daemon`), `cli(*args)` (runs the binary).
 import itertools
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -290,6 +291,7 @@ class Daemon:
         self.clients = []
         self._spent_channels = []
         self.config = None
+        self.nofile = None           # (soft, hard) RLIMIT_NOFILE to start under, or None
         self.write_config(overrides)
 
     # ---- config ---------------------------------------------------------
@@ -326,12 +328,16 @@ class Daemon:
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
                 [BINARY, "-c", str(self.config_path)], cwd=self.dir,
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                preexec_fn=self._limit_descriptors if self.nofile else None)
         self.master_pid = self.proc.pid
         self.known_pids.add(self.proc.pid)
         if wait:
             self.wait_ready(workers=workers)
         return self
+
+    def _limit_descriptors(self):
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     def wait_ready(self, workers=None, timeout=READY_TIMEOUT):
         """Until the gRPC port accepts a channel and `workers` workers run."""

@@ -1,10 +1,12 @@
 /* Framing and channels: whole frames, short reads, bad headers, fd passing. */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -303,6 +305,54 @@ test_channel_passes_fd(void **state)
     pair_close(&p);
 }
 
+/* The receiver's descriptor table is full: the kernel drops the descriptor
+ * (MSG_CTRUNC). The frame still arrives, with IPC_FLAG_FD and fd -1, and
+ * the channel stays open for the next one. */
+static void
+test_channel_lost_fd_keeps_the_channel(void **state)
+{
+    struct pair p;
+    pair_open(&p, 1024);
+    struct event_base *wbase = event_base_new();
+    struct received unused = { .fd = -1 };
+    struct ipc_channel *writer = channel_new(wbase, p.fds[1], "writer", 1024, on_frame,
+                                             on_close, &unused);
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    struct ipc_worker w = { .pid = 1234, .slot = 3 };
+    assert_int_equal(channel_send_fd(writer, IPC_WORKER_ATTACH, &w, sizeof w, pipefd[1]), 0);
+
+    struct rlimit saved, low;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    low = saved;
+    low.rlim_cur = 64;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    int fillers[64], n = 0;
+    while (n < 64 && (fillers[n] = open("/dev/null", O_RDONLY)) != -1)
+        n++;
+    pair_run(&p);
+    while (n > 0)
+        close(fillers[--n]);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &saved), 0);
+    assert_int_equal(p.got.frames, 1);
+    assert_int_equal(p.got.types[0], IPC_WORKER_ATTACH);
+    assert_int_equal(p.got.fd, -1);
+    assert_int_equal(p.got.closed, 0);
+
+    /* The next descriptor comes through. */
+    assert_int_equal(channel_send_fd(writer, IPC_WORKER_ATTACH, &w, sizeof w, pipefd[0]), 0);
+    pair_run(&p);
+    assert_int_equal(p.got.frames, 2);
+    assert_true(p.got.fd >= 0);
+    assert_int_equal(p.got.closed, 0);
+    close(pipefd[0]);
+    close(pipefd[1]);
+    channel_free(writer);
+    p.fds[1] = -1;
+    event_base_free(wbase);
+    pair_close(&p);
+}
+
 static void
 test_channel_announced_fd_missing(void **state)
 {
@@ -335,6 +385,7 @@ main(void)
         cmocka_unit_test(test_channel_callback_error_closes),
         cmocka_unit_test(test_channel_passes_fd),
         cmocka_unit_test(test_channel_announced_fd_missing),
+        cmocka_unit_test(test_channel_lost_fd_keeps_the_channel),
     };
     return cmocka_run_group_tests_name("ipc", tests, NULL, NULL);
 }

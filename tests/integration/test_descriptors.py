@@ -1,0 +1,241 @@
+"""Descriptors: the budget a config needs against RLIMIT_NOFILE (-t and a
+start refuse what cannot fit), the daemon at its descriptor limit (idle
+connections to the gRPC and status ports, a worker respawn while the table
+is full), and the status port through a binary upgrade."""
+import http.client
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+
+import grpc
+import pytest
+
+import conftest
+from conftest import SUCCEEDED as SUCCEEDED_STATE, descendants, free_port, pid_alive, wait_for
+
+# Low enough that a test can fill it, high enough for 2 workers.
+LOW_LIMIT = 256
+
+
+def limited(soft, hard=None):
+    hard = soft if hard is None else hard
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def run_binary(args, nofile, cwd, timeout=30):
+    return subprocess.run([conftest.BINARY] + args, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=limited(nofile))
+
+
+def http_get(address, path, timeout=5):
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
+def metric(text, name):
+    for line in text.splitlines():
+        if line.startswith(f"dosomething_{name} "):
+            return float(line.split()[1])
+    return None
+
+
+# ---- the budget: -t and a start -------------------------------------------------
+
+def test_check_refuses_more_workers_than_descriptors_allow(make_daemon):
+    d = make_daemon({"workers": {"count": 200}})
+    r = run_binary(["-t", "-c", str(d.config_path)], LOW_LIMIT, d.dir)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "workers.count" in r.stderr and "RLIMIT_NOFILE is 256" in r.stderr, r.stderr
+    assert "test failed" in r.stderr, r.stderr
+
+    # The same config starts nothing: exit 2 with the same message, no child.
+    r = run_binary(["-c", str(d.config_path)], LOW_LIMIT, d.dir)
+    assert r.returncode == 2, (r.returncode, r.stderr, d.log_tail())
+    assert "workers.count" in r.stderr and "RLIMIT_NOFILE is 256" in r.stderr, r.stderr
+    assert "serving" not in d.log_text()
+
+    # What fits passes.
+    d.write_config({"workers": {"count": 2}})
+    r = run_binary(["-t", "-c", str(d.config_path)], LOW_LIMIT, d.dir)
+    assert r.returncode == 0, r.stderr
+
+
+def test_soft_limit_is_raised_to_the_hard_one(make_daemon):
+    d = make_daemon()
+    d.nofile = (LOW_LIMIT, 4096)
+    d.start()
+    d.wait_log(r"RLIMIT_NOFILE raised from 256 to the hard limit, 4096")
+    with open(f"/proc/{d.grpc_pid()}/limits") as f:
+        line = next(line for line in f if line.startswith("Max open files"))
+    assert line.split()[3] == "4096", line
+
+
+# ---- the status port through a binary upgrade ---------------------------------
+
+def test_usr2_with_status_listen(make_daemon):
+    status = f"127.0.0.1:{free_port()}"
+    d = make_daemon({"status": {"listen": status}})
+    d.start()
+    old_master = d.master_pid
+    assert http_get(status, "/healthz")[0] == 200
+    new_master = None
+    try:
+        d.send_signal(signal.SIGUSR2)
+        wait_for(lambda: d.read_pid_file() not in (None, old_master), 15,
+                 "the new master's pid file")
+        new_master = d.read_pid_file()
+        d.known_pids.add(new_master)
+        assert d.wait_exit(timeout=20) == 0, "the old master did not drain and exit"
+        assert "Address already in use" not in d.log_text(), d.log_tail()
+
+        def from_new():
+            code, body = http_get(status, "/status")
+            masters = [p["pid"] for p in json.loads(body)["processes"] if p["role"] == "master"]
+            return code == 200 and masters == [new_master]
+        wait_for(from_new, 10, "/status from the new instance")
+        assert http_get(status, "/healthz") == (200, "ok\n")
+        code, text = http_get(status, "/metrics")
+        assert code == 200 and metric(text, "queue_depth") == 0, text[:500]
+        assert pid_alive(new_master)
+        reply, sub = d.client().run_items([{"id": "after-upgrade", "kind": "echo",
+                                            "payload": b"x"}])
+        assert sub.states_of("after-upgrade")[-1] == "SUCCEEDED"
+    finally:
+        if new_master is not None:
+            for pid in [new_master] + descendants(new_master):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+# ---- the daemon at its descriptor limit ---------------------------------------
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+NOT_SERVING = b"\x08\x02"
+SERVING = b"\x08\x01"
+
+
+def grpc_health(client, timeout=5):
+    call = client.channel.unary_unary(HEALTH_CHECK, request_serializer=lambda b: b,
+                                      response_deserializer=lambda b: b)
+    return call(b"", timeout=timeout)
+
+
+def scrape(status, name):
+    try:
+        code, text = http_get(status, "/metrics", timeout=2)
+    except OSError:
+        return None
+    return metric(text, name) if code == 200 else None
+
+
+class IdleConnections:
+    """Plain TCP connections that never send a byte."""
+
+    def __init__(self):
+        self.socks = []
+
+    def open(self, address, count):
+        host, port = address.rsplit(":", 1)
+        for _ in range(count):
+            s = socket.socket()
+            s.settimeout(5)
+            try:
+                s.connect((host, int(port)))
+            except OSError:
+                s.close()
+                break
+            self.socks.append(s)
+        return len(self.socks)
+
+    def close(self):
+        while self.socks:
+            self.socks.pop().close()
+
+
+@pytest.fixture
+def idle():
+    conns = IdleConnections()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    yield conns
+    conns.close()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.deadline(120)
+def test_idle_grpc_connections_at_the_limit(make_daemon, idle):
+    status = f"127.0.0.1:{free_port()}"
+    d = make_daemon({"status": {"listen": status}, "workers": {"count": 2}})
+    d.nofile = (LOW_LIMIT, LOW_LIMIT)
+    d.start()
+    grpc_pid = d.grpc_pid()
+    client = d.client()
+    sub = client.subscribe(sync=True, states=[SUCCEEDED_STATE])
+    ids = [f"held-{n}" for n in range(30)]
+    reply = client.submit([{"id": i, "kind": "sleep", "params": {"ms": "300"}} for i in ids])
+    assert reply.accepted == len(ids), reply
+
+    # More idle connections than the grpc process has descriptors.
+    idle.open(d.address, LOW_LIMIT + 50)
+    wait_for(lambda: scrape(status, "grpc_listening") == 0, 30,
+             "/metrics to report the gRPC listener dead")
+    d.wait_log(r"gRPC stopped accepting connections on 127\.0\.0\.1:\d+: accept4\(\) failed")
+    code, body = http_get(status, "/healthz")
+    assert code == 503 and "descriptors exhausted" in body, (code, body)
+    assert grpc_health(client) == NOT_SERVING
+
+    # A worker respawned now still gets its channel through; nothing stops.
+    slot, victim = sorted(d.workers().items())[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: d.workers().get(slot) not in (None, victim), 20, "the worker respawned")
+    assert d.grpc_pid() == grpc_pid, d.log_tail()
+    assert pid_alive(d.master_pid)
+
+    # Once the connections go, gRPC listens again and serves new clients.
+    idle.close()
+    wait_for(lambda: scrape(status, "grpc_listening") == 1, 30, "the gRPC listener back")
+    assert scrape(status, "grpc_listener_restarts_total") == 1
+    fresh = d.client()
+    reply, _ = fresh.run_items([{"id": "after", "kind": "echo", "payload": b"x"}])
+    assert reply.accepted == 1
+    assert grpc_health(fresh) == SERVING
+    sub.wait_final(ids, timeout=60)
+    assert all(sub.states_of(i) == ["SUCCEEDED"] for i in ids)
+    assert d.grpc_pid() == grpc_pid
+
+
+@pytest.mark.deadline(120)
+def test_idle_status_connections_do_not_take_grpc_down(make_daemon, idle):
+    status = f"127.0.0.1:{free_port()}"
+    d = make_daemon({"status": {"listen": status}, "workers": {"count": 2}})
+    d.nofile = (LOW_LIMIT, LOW_LIMIT)
+    d.start()
+    grpc_pid = d.grpc_pid()
+
+    idle.open(status, 300)
+    d.wait_log(r"status endpoint on 127\.0\.0\.1:\d+: taking no connection for now")
+    # gRPC still takes new connections and calls.
+    fresh = d.client()
+    reply, _ = fresh.run_items([{"id": "during", "kind": "echo", "payload": b"x"}])
+    assert reply.accepted == 1
+    assert grpc_health(fresh) == SERVING
+    assert "gRPC stopped accepting" not in d.log_text()
+
+    idle.close()
+    wait_for(lambda: scrape(status, "status_paused") == 0, 30, "the status port back")
+    assert http_get(status, "/healthz") == (200, "ok\n")
+    assert scrape(status, "grpc_listening") == 1
+    assert d.grpc_pid() == grpc_pid

@@ -1962,7 +1962,7 @@ set_defaults(struct loader *ld)
     c->queue.journal_sync_interval_ms = 50;
 
     c->updates.history = 65536;
-    c->updates.subscriber_buffer = 4096;
+    c->updates.subscriber_buffer = 1000000;
     c->updates.history_bytes = 256u << 20;
     c->updates.max_subscribers = 1000;
     c->updates.subscribers_bytes = 512u << 20;

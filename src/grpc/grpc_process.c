@@ -44,6 +44,8 @@ static struct {
     struct event *signal_event;
     struct event *stop_timer;
     int subscribers_ended;
+    int expired;                /* the drain's deadline passed: items were abandoned */
+    char expired_why[96];
     int done;
 } proc;
 
@@ -105,6 +107,29 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
         log_warn("%llu calls did not end after being cancelled; exiting anyway",
                  (unsigned long long)gp.calls);
         finish();
+        return;
+    }
+    if (!proc.expired && !cluster_enabled()) {
+        /* Tell every subscriber what becomes of the items left, then end
+         * their streams once they have it (bounded by the grace). */
+        log_warn("shutdown_timeout (%llu ms) reached with %llu items unfinished; %s",
+                 (unsigned long long)gp.config->shutdown_timeout_ms,
+                 (unsigned long long)queue_count(),
+                 journal_enabled() ? "they stay in the queue journal for the next start"
+                                   : "they are FAILED");
+        proc.expired = 1;
+        snprintf(proc.expired_why, sizeof proc.expired_why,
+                 "graceful stop reached shutdown_timeout (%llu ms)",
+                 (unsigned long long)gp.config->shutdown_timeout_ms);
+        queue_abandon(proc.expired_why);
+        if (!proc.subscribers_ended) {
+            proc.subscribers_ended = 1;
+            subscribers_end_all();
+            health_end_all();
+        }
+        struct timeval tv = clock_timeval_ms(FAST_STOP_GRACE_MS);
+        evtimer_add(proc.stop_timer, &tv);
+        grpc_process_check_done();
         return;
     }
     log_warn("shutdown_timeout (%llu ms) reached with %llu items unfinished; stopping fast",

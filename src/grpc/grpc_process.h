@@ -87,6 +87,11 @@ void workers_exited(pid_t pid, const char *reason);
 void workers_retire(pid_t pid);
 /* Close every worker channel (they exit): the end of a graceful stop. */
 void workers_close_all(void);
+/* A graceful stop's deadline (WHY, e.g. "graceful stop reached
+ * shutdown_timeout (30000 ms)"): every item not final, now or accepted
+ * later, gets its last update now: FAILED, or with the journal RETRYING
+ * (it stays there for the next start). Not in cluster mode. */
+void queue_abandon(const char *why);
 
 /*
  * An item that takes microseconds (handler_is_quick) fills 1/16 of a

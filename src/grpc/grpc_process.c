@@ -88,7 +88,7 @@ grpc_process_check_done(void)
         workers_close_all();
     }
     if ((gp.stopping || gp.draining) && gp.calls == 0 && server_is_shut_down() &&
-        (gp.stopping || (queue_count() == 0 && cluster_idle())))
+        !handover_active() && (gp.stopping || (queue_count() == 0 && cluster_idle())))
         finish();
 }
 
@@ -118,6 +118,7 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
                  journal_enabled() ? "they stay in the queue journal for the next start"
                                    : "they are FAILED");
         proc.expired = 1;
+        handover_cancel();      /* what it has in flight comes back, abandoned */
         snprintf(proc.expired_why, sizeof proc.expired_why,
                  "graceful stop reached shutdown_timeout (%llu ms)",
                  (unsigned long long)gp.config->shutdown_timeout_ms);
@@ -149,6 +150,7 @@ stop_fast(const char *why)
         return;
     log_info("fast stop: %s", why);
     gp.stopping = 1;
+    handover_cancel();
     server_shutdown(1);
     struct timeval tv = clock_timeval_ms(FAST_STOP_GRACE_MS);
     evtimer_add(proc.stop_timer, &tv);
@@ -240,6 +242,8 @@ on_control_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     }
     case IPC_DRAIN:
         stop_graceful();
+        if (h->length == 1 && body[0] == 1 && !gp.stopping && !proc.expired)
+            handover_start();   /* a USR2 upgrade's drain */
         return 0;
     case IPC_REOPEN_LOGS:
         log_reopen();
@@ -377,6 +381,7 @@ grpc_process_main(struct ds_child_start *start)
         exit(status);
     }
     /* Every call has ended: take gRPC down in its order. */
+    handover_shutdown();
     cq_stop();
     server_destroy();
     grpc_completion_queue_destroy(gp.cq);

@@ -234,7 +234,9 @@ worker_free(struct worker *w)
 static void
 worker_maybe_release(struct worker *w)
 {
-    if ((w->retiring || (gp.draining && q.waiting == 0)) && w->held == 0 && w->channel != NULL) {
+    /* While a handover is in flight its items may come back: keep workers. */
+    if ((w->retiring || (gp.draining && q.waiting == 0 && !handover_active())) &&
+        w->held == 0 && w->channel != NULL) {
         channel_free(w->channel);
         w->channel = NULL;
     }
@@ -581,6 +583,43 @@ abandon(struct item *item, pid_t worker_pid)
         return;
     }
     item_final(item, STATE_FAILED, worker_pid, NULL, 0, reason);
+}
+
+struct item *
+queue_take_waiting(void)
+{
+    struct item *item = q.head;
+    if (item == NULL)
+        return NULL;
+    q.head = item->next;
+    if (q.head == NULL)
+        q.tail = NULL;
+    q.waiting--;
+    q.waiting_weight -= item->weight;
+    item->next = NULL;
+    return item;
+}
+
+void
+queue_give_back(struct item *item)
+{
+    if (q.abandon_why != NULL) {
+        abandon(item, 0);
+        return;
+    }
+    queue_push_front(item);
+    dispatch();
+}
+
+void
+queue_handed_over(struct item *item, const char *note)
+{
+    journal_forget(item);
+    updates_publish(item, STATE_RETRYING, 0, NULL, 0, note, 0);
+    item_free(item);
+    q.count--;
+    queue_room_available();
+    grpc_process_check_done();
 }
 
 void

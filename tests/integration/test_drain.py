@@ -187,3 +187,64 @@ def test_quit_deadline_with_journal_runs_the_rest_at_next_start(start_daemon, tm
     assert all(u.state == SUCCEEDED for u in finals.values()), \
         {i: (u.state, u.error) for i, u in finals.items() if u.state != SUCCEEDED}
     assert not set(sub2.final) & done, "an item final before the stop ran again"
+
+
+# ---- point 17: a binary upgrade hands the waiting items over -------------
+
+@pytest.mark.deadline(90)
+@pytest.mark.parametrize("journal", [False, True], ids=["memory", "journal"])
+def test_usr2_hands_waiting_items_to_the_new_instance(start_daemon, monkeypatch, tmp_path,
+                                                      journal):
+    binary = tmp_path / "dosomethingd"
+    shutil.copy(conftest.BINARY, binary)
+    monkeypatch.setattr(conftest, "BINARY", str(binary))
+    config = {"workers": {"count": 2}, "shutdown_timeout": "2s"}
+    if journal:
+        config["queue"] = {"journal": str(tmp_path / "journal")}
+    d = start_daemon(config)
+    old_master = d.master_pid
+    client = d.client()
+    old_sub = client.subscribe(sync=True, name="old")
+    # 40 x 500 ms on 2 workers: 10 s of work, far more than shutdown_timeout.
+    items = sleep_items("u", 40, 500)
+    ids = [i["id"] for i in items]
+    assert client.submit(items).accepted == 40
+    new_master = None
+    try:
+        d.send_signal(signal.SIGUSR2)
+        wait_for(lambda: d.read_pid_file() not in (None, old_master), 10,
+                 "the new master's pid file")
+        new_master = d.read_pid_file()
+        d.known_pids.add(new_master)
+        assert d.wait_exit(timeout=20) == 0, "the old master did not drain and exit"
+        # Only the new instance listens now; its log has all it published.
+        new_client = conftest.Client(d.address)
+        new_sub = new_client.subscribe(replay=True, after_seq=0, states=list(FINAL_STATES),
+                                       name="new")
+        old_sub.wait_end(timeout=10)
+        assert old_sub.error is None, f"the old instance's subscriber {old_sub.describe_end()}"
+        d.wait_log(r"handover: \d+ items handed over to the new instance")
+
+        on_old = {i for i in ids if i in old_sub.final}
+        handed = [i for i in ids if i not in on_old]
+        assert handed, "the old instance ran everything: no handover to see"
+        for i in handed:
+            last = old_sub.of(i)[-1]
+            assert last.state == RETRYING and "handed over" in last.error, \
+                (i, old_sub.states_of(i))
+        finals = new_sub.wait_final(handed, timeout=40)
+        assert all(u.state == SUCCEEDED for u in finals.values()), \
+            {i: (u.state, u.error) for i, u in finals.items() if u.state != SUCCEEDED}
+        assert all(old_sub.final[i].state == SUCCEEDED for i in on_old)
+        # Each ran once: none of the old instance's finals shows up again.
+        assert not on_old & set(new_sub.final)
+        new_sub.assert_seq_increasing()
+        assert min(u.seq for u in new_sub.snapshot()) > old_sub.last_seq()
+        new_client.close()
+    finally:
+        if new_master is not None:
+            for pid in [new_master] + descendants(new_master):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

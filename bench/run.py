@@ -653,13 +653,14 @@ class Runner:
     def daemon(self, workers=2, capacity=1000000, extra="", sub_buffer=None, queue="", grpc="",
                status=False):
         # The client shares the 2 cores with the daemon; at full speed a burst can
-        # leave a subscriber more than the default 4096 updates behind, and the
+        # leave a subscriber far behind (the default bound is 1000000 updates), and the
         # daemon then cuts it off. Throughput scenarios give each subscriber room
         # for every item (sub_buffer=N) so that the run measures delivery.
         if sub_buffer:
             # The subscriber may hold everything: neither the count nor the
             # byte bound (updates.history_bytes) may cut it off mid-run.
-            extra += f"updates: {{subscriber_buffer: {sub_buffer}, history_bytes: 64GiB}}\n"
+            extra += (f"updates: {{subscriber_buffer: {sub_buffer}, history_bytes: 64GiB, "
+                      f"subscribers_bytes: 64GiB}}\n")
         return self.start(Daemon, self.args.daemon, workers=workers, capacity=capacity,
                           extra=extra, queue=queue, grpc=grpc, status=status)
 

@@ -1922,6 +1922,8 @@ static const struct key_rule updates_rules[] = {
       .min = 1u << 20, .max = 1ull << 40 },
     { .name = "max_subscribers", .type = VALUE_UINT, CONFIG_FIELD(updates.max_subscribers),
       .min = 1, .max = 1000000 },
+    { .name = "subscribers_bytes", .type = VALUE_SIZE, CONFIG_FIELD(updates.subscribers_bytes),
+      .min = 1u << 20, .max = 1ull << 40 },
     { .name = NULL }
 };
 
@@ -2002,9 +2004,10 @@ set_defaults(struct loader *ld)
     c->queue.journal_sync_interval_ms = 50;
 
     c->updates.history = 65536;
-    c->updates.subscriber_buffer = 4096;
+    c->updates.subscriber_buffer = 1000000;
     c->updates.history_bytes = 256u << 20;
     c->updates.max_subscribers = 1000;
+    c->updates.subscribers_bytes = 512u << 20;
 
     c->handlers = pool_alloc(c->pool, n * sizeof *c->handlers);
     for (i = 0; i < n; i++) {
@@ -2550,6 +2553,8 @@ config_print(const struct ds_config *c, FILE *out)
     fprintf(out, "  subscriber_buffer: %llu\n", (unsigned long long)c->updates.subscriber_buffer);
     fprintf(out, "  history_bytes: %s\n", format_size(c->updates.history_bytes, buf, sizeof buf));
     fprintf(out, "  max_subscribers: %llu\n", (unsigned long long)c->updates.max_subscribers);
+    fprintf(out, "  subscribers_bytes: %s\n",
+            format_size(c->updates.subscribers_bytes, buf, sizeof buf));
 
     fputs("handlers:\n", out);
     print_key_string(out, "  ", "default", c->default_handler);

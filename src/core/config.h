@@ -151,6 +151,7 @@ struct ds_config {
         uint64_t subscriber_buffer;
         uint64_t history_bytes;   /* bound on the log's and each backlog's bytes */
         uint64_t max_subscribers; /* open getUpdates calls */
+        uint64_t subscribers_bytes; /* bound on the bytes of all backlogs together */
     } updates;
 
     char *default_handler;        /* a kind present in handlers[] */

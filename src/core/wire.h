@@ -20,6 +20,8 @@ typedef Com__Agrounds__Dosomething__V1__Update wire_update;
 #define wire_submit_reply_init      com__agrounds__dosomething__v1__submit_reply__init
 #define wire_submit_reply_size      com__agrounds__dosomething__v1__submit_reply__get_packed_size
 #define wire_submit_reply_pack      com__agrounds__dosomething__v1__submit_reply__pack
+#define wire_submit_reply_unpack    com__agrounds__dosomething__v1__submit_reply__unpack
+#define wire_submit_reply_free      com__agrounds__dosomething__v1__submit_reply__free_unpacked
 #define wire_updates_request_unpack com__agrounds__dosomething__v1__updates_request__unpack
 #define wire_updates_request_free   com__agrounds__dosomething__v1__updates_request__free_unpacked
 #define wire_update_init            com__agrounds__dosomething__v1__update__init

@@ -46,6 +46,8 @@ static struct {
     struct event *signal_event;
     struct event *stop_timer;
     int subscribers_ended;
+    int expired;                /* the drain's deadline passed: items were abandoned */
+    char expired_why[96];
     int done;
 } proc;
 
@@ -88,7 +90,7 @@ grpc_process_check_done(void)
         workers_close_all();
     }
     if ((gp.stopping || gp.draining) && gp.calls == 0 && server_is_shut_down() &&
-        (gp.stopping || (queue_count() == 0 && cluster_idle())))
+        !handover_active() && (gp.stopping || (queue_count() == 0 && cluster_idle())))
         finish();
 }
 
@@ -109,6 +111,30 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
         finish();
         return;
     }
+    if (!proc.expired && !cluster_enabled()) {
+        /* Tell every subscriber what becomes of the items left, then end
+         * their streams once they have it (bounded by the grace). */
+        log_warn("shutdown_timeout (%llu ms) reached with %llu items unfinished; %s",
+                 (unsigned long long)gp.config->shutdown_timeout_ms,
+                 (unsigned long long)queue_count(),
+                 journal_enabled() ? "they stay in the queue journal for the next start"
+                                   : "they are FAILED");
+        proc.expired = 1;
+        handover_cancel();      /* what it has in flight comes back, abandoned */
+        snprintf(proc.expired_why, sizeof proc.expired_why,
+                 "graceful stop reached shutdown_timeout (%llu ms)",
+                 (unsigned long long)gp.config->shutdown_timeout_ms);
+        queue_abandon(proc.expired_why);
+        if (!proc.subscribers_ended) {
+            proc.subscribers_ended = 1;
+            subscribers_end_all();
+            health_end_all();
+        }
+        struct timeval tv = clock_timeval_ms(FAST_STOP_GRACE_MS);
+        evtimer_add(proc.stop_timer, &tv);
+        grpc_process_check_done();
+        return;
+    }
     log_warn("shutdown_timeout (%llu ms) reached with %llu items unfinished; stopping fast",
              (unsigned long long)gp.config->shutdown_timeout_ms,
              (unsigned long long)queue_count());
@@ -126,6 +152,7 @@ stop_fast(const char *why)
         return;
     log_info("fast stop: %s", why);
     gp.stopping = 1;
+    handover_cancel();
     server_shutdown(1);
     struct timeval tv = clock_timeval_ms(FAST_STOP_GRACE_MS);
     evtimer_add(proc.stop_timer, &tv);
@@ -236,6 +263,8 @@ on_control_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     }
     case IPC_DRAIN:
         stop_graceful();
+        if (h->length == 1 && body[0] == 1 && !gp.stopping && !proc.expired)
+            handover_start();   /* a USR2 upgrade's drain */
         return 0;
     case IPC_REOPEN_LOGS:
         log_reopen();
@@ -374,6 +403,7 @@ grpc_process_main(struct ds_child_start *start)
         exit(status);
     }
     /* Every call has ended: take gRPC down in its order. */
+    handover_shutdown();
     cq_stop();
     server_destroy();
     grpc_completion_queue_destroy(gp.cq);

@@ -87,6 +87,29 @@ void workers_exited(pid_t pid, const char *reason);
 void workers_retire(pid_t pid);
 /* Close every worker channel (they exit): the end of a graceful stop. */
 void workers_close_all(void);
+/* A graceful stop's deadline (WHY, e.g. "graceful stop reached
+ * shutdown_timeout (30000 ms)"): every item not final, now or accepted
+ * later, gets its last update now: FAILED, or with the journal RETRYING
+ * (it stays there for the next start). Not in cluster mode. */
+void queue_abandon(const char *why);
+/* The handover of an upgrade (handover.c): the first waiting item, out of
+ * the queue but still counted, or NULL; it comes back with
+ * queue_give_back() (to the front: call in reverse order), or leaves with
+ * queue_handed_over() (published RETRYING with NOTE, forgotten here). */
+struct item *queue_take_waiting(void);
+void queue_give_back(struct item *item);
+void queue_handed_over(struct item *item, const char *note);
+
+/* ---- the handover of a binary upgrade (handover.c) --------------------- */
+
+/* Start handing the waiting items to the new instance (idempotent). */
+void handover_start(void);
+/* Stop: give back what is in flight once its call ends (cancelled now). */
+void handover_cancel(void);
+/* Is a handover call in flight? The process waits for it before exiting. */
+int handover_active(void);
+/* At exit, after the last call: release the channel. */
+void handover_shutdown(void);
 
 /*
  * An item that takes microseconds (handler_is_quick) fills 1/16 of a

@@ -272,6 +272,15 @@ journal_attempt(const struct item *item)
 }
 
 void
+journal_forget(const struct item *item)
+{
+    if (!jr.enabled)
+        return;
+    journal_store_final(&jr.store, item->key);
+    schedule_flush();
+}
+
+void
 journal_seq(uint64_t reserved)
 {
     if (!jr.enabled)

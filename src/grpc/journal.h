@@ -318,6 +318,9 @@ int journal_final(struct item *item, enum wire_state state, pid_t worker_pid,
                   const void *result, size_t result_len, const char *error);
 /* queue.c: ITEM was retried; item->attempt is the next one. */
 void journal_attempt(const struct item *item);
+/* queue.c: ITEM left this instance (handed over to the new one of an
+ * upgrade): FINAL is written, no update is published. */
+void journal_forget(const struct item *item);
 /* updates.c: seqs up to RESERVED may be used from now on. */
 void journal_seq(uint64_t reserved);
 

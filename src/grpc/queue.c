@@ -35,6 +35,7 @@ static struct {
     uint64_t journaling;        /* valid, their ACCEPT being written (journal.c) */
     uint64_t next_key;
     struct worker *workers;
+    const char *abandon_why;    /* set at a drain's deadline: see queue_abandon() */
 } q;
 
 /* ---- items --------------------------------------------------------------- */
@@ -238,7 +239,9 @@ worker_free(struct worker *w)
 static void
 worker_maybe_release(struct worker *w)
 {
-    if ((w->retiring || (gp.draining && q.waiting == 0)) && w->held == 0 && w->channel != NULL) {
+    /* While a handover is in flight its items may come back: keep workers. */
+    if ((w->retiring || (gp.draining && q.waiting == 0 && !handover_active())) &&
+        w->held == 0 && w->channel != NULL) {
         channel_free(w->channel);
         w->channel = NULL;
     }
@@ -520,9 +523,16 @@ dispatch(void)
     cluster_pull();
 }
 
+static void abandon(struct item *item, pid_t worker_pid);
+
 void
 queue_push(struct item *item)
 {
+    if (q.abandon_why != NULL) {
+        q.count++;
+        abandon(item, 0);   /* its ACCEPT was written after the deadline */
+        return;
+    }
     item->next = NULL;
     if (q.tail != NULL)
         q.tail->next = item;
@@ -568,6 +578,92 @@ queue_holds(uint64_t key)
 {
     queue_for_each(match_key, &key);
     return key == 0;
+}
+
+/*
+ * ITEM (counted in q.count, in no list) cannot run before the process
+ * exits. With a journal it stays live there (no FINAL) and runs at the next
+ * start, so it gets no final update now, only RETRYING saying so; without
+ * one it is FAILED with the reason. Either way no subscriber is left
+ * without word of it.
+ */
+static void
+abandon(struct item *item, pid_t worker_pid)
+{
+    char reason[320];
+    snprintf(reason, sizeof reason, "%s: %s", item->started ? "interrupted" : "not run",
+             q.abandon_why);
+    if (journal_enabled()) {
+        char retry[400];
+        snprintf(retry, sizeof retry, "%s; it stays in the queue journal and runs again at the "
+                 "next start", reason);
+        updates_publish(item, STATE_RETRYING, worker_pid, NULL, 0, retry, 0);
+        item_free(item);
+        q.count--;
+        return;
+    }
+    item_final(item, STATE_FAILED, worker_pid, NULL, 0, reason);
+}
+
+struct item *
+queue_take_waiting(void)
+{
+    struct item *item = q.head;
+    if (item == NULL)
+        return NULL;
+    q.head = item->next;
+    if (q.head == NULL)
+        q.tail = NULL;
+    q.waiting--;
+    q.waiting_weight -= item->weight;
+    item->next = NULL;
+    return item;
+}
+
+void
+queue_give_back(struct item *item)
+{
+    if (q.abandon_why != NULL) {
+        abandon(item, 0);
+        return;
+    }
+    queue_push_front(item);
+    dispatch();
+}
+
+void
+queue_handed_over(struct item *item, const char *note)
+{
+    journal_forget(item);
+    updates_publish(item, STATE_RETRYING, 0, NULL, 0, note, 0);
+    item_free(item);
+    q.count--;
+    queue_room_available();
+    grpc_process_check_done();
+}
+
+void
+queue_abandon(const char *why)
+{
+    if (cluster_enabled())
+        return;     /* the cluster's items are in Redis: other instances claim them */
+    q.abandon_why = why;
+    struct item *item;
+    while ((item = q.head) != NULL) {
+        q.head = item->next;
+        if (q.head == NULL)
+            q.tail = NULL;
+        q.waiting--;
+        q.waiting_weight -= item->weight;
+        abandon(item, 0);
+    }
+    for (struct worker *w = q.workers; w != NULL; w = w->next) {
+        while ((item = w->head) != NULL) {
+            worker_remove(w, item);
+            abandon(item, item->started ? w->pid : 0);
+        }
+        worker_maybe_release(w);
+    }
 }
 
 void

@@ -10,7 +10,23 @@
  * A subscriber more than updates.subscriber_buffer updates behind (or whose
  * replay cursor falls out of the log) is ended with RESOURCE_EXHAUSTED
  * naming the last seq it was sent, so it can resume from there. The
- * workers never wait for a subscriber. Beyond updates.max_subscribers open
+ * workers never wait for a subscriber.
+ *
+ * Memory: each backlog holds at most updates.history_bytes, and all of
+ * them together at most updates.subscribers_bytes; past that the
+ * subscriber with the largest backlog is cut the same way. The total is
+ * the plain sum of the backlogs' encoded bytes, although an update is
+ * shared (refcounted) by the log and every queue holding it: what the
+ * backlogs pin beyond the log would depend on what the log evicts when,
+ * and the log has its own bound, so the two bounds simply add up (log +
+ * backlogs <= history_bytes + subscribers_bytes) and a cut is predictable.
+ *
+ * During a graceful stop no subscriber is cut for being slow (the count
+ * bound): it could not come back (the listeners are closed), and
+ * shutdown_timeout bounds the wait. The byte bounds still apply then: a
+ * subscriber cut by them during a drain gets the same RESOURCE_EXHAUSTED
+ * and seq, and resumes where the work went (the new instance of an
+ * upgrade, or the next start). Beyond updates.max_subscribers open
  * calls, a new one ends at once with RESOURCE_EXHAUSTED.
  *
  * One message is in flight per call. GRPC_WRITE_BUFFER_HINT lets gRPC
@@ -67,6 +83,7 @@ static struct {
     struct subscriber *list;
     uint64_t count;
     uint64_t cut_off;
+    uint64_t bytes;             /* the sum of every queue_bytes */
 } subs;
 
 static void pump(struct subscriber *s);
@@ -94,6 +111,7 @@ queue_clear(struct subscriber *s)
         s->queue_head = (s->queue_head + 1) % s->queue_size;
         s->queue_count--;
     }
+    subs.bytes -= s->queue_bytes;
     s->queue_bytes = 0;
 }
 
@@ -228,6 +246,7 @@ next_update(struct subscriber *s, int *more)
     s->queue_head = (s->queue_head + 1) % s->queue_size;
     s->queue_count--;
     s->queue_bytes -= GRPC_SLICE_LENGTH(u->encoded);
+    subs.bytes -= GRPC_SLICE_LENGTH(u->encoded);
     *more = s->queue_count > 0;
     return u;
 }
@@ -294,17 +313,40 @@ on_close(struct tag *tag, int ok)
     subscriber_unref(s);
 }
 
+/* The backlogs together hold more than updates.subscribers_bytes: cut the
+ * subscribers with the largest until they do not. */
+static void
+enforce_total_bytes(void)
+{
+    uint64_t limit = gp.config->updates.subscribers_bytes;
+    while (subs.bytes > limit) {
+        struct subscriber *big = NULL;
+        for (struct subscriber *s = subs.list; s != NULL; s = s->next)
+            if (big == NULL || s->queue_bytes > big->queue_bytes)
+                big = s;
+        if (big == NULL || big->queue_bytes == 0)
+            return;
+        char why[192];
+        snprintf(why, sizeof why, "the backlogs of all subscribers held more than "
+                 "updates.subscribers_bytes (%llu bytes), this one's the most (%llu bytes)",
+                 (unsigned long long)limit, (unsigned long long)big->queue_bytes);
+        cut_off(big, why);
+    }
+}
+
 void
 subscribers_publish(struct update *u)
 {
-    uint64_t limit = gp.config->updates.subscriber_buffer;
+    /* A drain never cuts for slowness: the byte bounds alone apply. */
+    uint64_t limit = gp.draining ? UINT64_MAX : gp.config->updates.subscriber_buffer;
+    size_t len = GRPC_SLICE_LENGTH(u->encoded);
     struct subscriber *s = subs.list, *next;
     for (; s != NULL; s = next) {
         next = s->next;
         if (s->replaying || !matches(s, u))
             continue;
         if (s->queue_count >= limit ||
-            s->queue_bytes + GRPC_SLICE_LENGTH(u->encoded) > gp.config->updates.history_bytes) {
+            s->queue_bytes + len > gp.config->updates.history_bytes) {
             char why[128];
             if (s->queue_count >= limit)
                 snprintf(why, sizeof why, "more than %llu updates waited for it",
@@ -329,9 +371,11 @@ subscribers_publish(struct update *u)
         }
         s->queue[(s->queue_head + s->queue_count) % s->queue_size] = update_ref(u);
         s->queue_count++;
-        s->queue_bytes += GRPC_SLICE_LENGTH(u->encoded);
+        s->queue_bytes += len;
+        subs.bytes += len;
         pump(s);
     }
+    enforce_total_bytes();
 }
 
 static void

@@ -39,7 +39,8 @@ enum ipc_type {
     IPC_WORKER_RETIRE,          /* ipc_worker: dispatch no more; close when it holds nothing */
     IPC_CONFIG,                 /* ipc_config + the YAML text the master validated */
     /* control channel, master -> any child */
-    IPC_DRAIN,                  /* graceful stop: finish the work held, then exit */
+    IPC_DRAIN,                  /* graceful stop: finish the work held, then exit; to the
+                                   grpc process: a u8, 1 for the drain of a USR2 upgrade */
     IPC_REOPEN_LOGS,
     /* control channel, grpc process -> master */
     IPC_READY,                  /* listening on every address */

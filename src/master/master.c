@@ -797,11 +797,13 @@ master_stop(enum master_state how, int status)
     uint64_t grace = how == MASTER_STOPPING_FAST ? FAST_STOP_GRACE_MS
                                                  : m.config->shutdown_timeout_ms + 2000;
     struct process *g = grpc_process();
+    uint8_t upgrade = m.upgrade_child > 0;
     for (struct process *p = m.processes; p != NULL; p = p->next) {
         if (how == MASTER_STOPPING_FAST)
             kill(p->pid, SIGTERM);
         else if (p == g && p->control != NULL)
-            channel_send(p->control, IPC_DRAIN, NULL, 0);
+            /* During a USR2 upgrade the new instance takes the waiting items. */
+            channel_send(p->control, IPC_DRAIN, &upgrade, sizeof upgrade);
         else if (g == NULL)
             kill(p->pid, SIGTERM);
     }

@@ -296,7 +296,7 @@ assert_defaults(const struct ds_config *c)
     assert_int_equal(c->queue.journal_sync, DS_JOURNAL_SYNC_INTERVAL);
     assert_int_equal(c->queue.journal_sync_interval_ms, 50);
     assert_int_equal(c->updates.history, 65536);
-    assert_int_equal(c->updates.subscriber_buffer, 4096);
+    assert_int_equal(c->updates.subscriber_buffer, 1000000);
     assert_string_equal(c->default_handler, "echo");
     assert_int_equal(c->handler_count, 3);
     assert_string_equal(c->handlers[0].kind, "echo");

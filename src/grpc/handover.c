@@ -1,0 +1,355 @@
+/*
+ * The handover of a binary upgrade (USR2). The new master sends QUIT to the
+ * old one once it serves; the old master tells its grpc process that this
+ * drain is an upgrade's, and the grpc process hands the items still waiting
+ * in its queue (not yet given to a worker) to the new instance, as an
+ * ordinary client of the new instance's listener: doSomething calls of the
+ * WorkItems as their clients sent them, with the ids they were given.
+ * The items it holds on its workers it finishes itself.
+ *
+ * Why a gRPC call: the new instance accepts them through its own front door
+ * (validation, queue.capacity and its backpressure, its journal if any),
+ * with nothing new to keep compatible between two versions but the public
+ * contract; a handover file would need the new instance to look for it
+ * while it already serves, and the two masters share no channel.
+ *
+ * An item leaves this instance only once the new one's SubmitReply counts
+ * it as accepted: it is then published RETRYING here ("handed over ...";
+ * its updates continue on the new instance, under the same id) and, with a
+ * journal, its FINAL is written without a final update. An item the new
+ * instance rejects, or a call that fails, comes back to the front of this
+ * queue and runs here. A call that fails is retried a few times; a crash
+ * between the new instance's accept and our FINAL runs the item twice
+ * (at-least-once), never zero times. Calls carry at most HANDOVER_BATCH
+ * items, so that the reply names every rejection (submit.c lists 1000).
+ *
+ * Without a plain-text listener (grpc.tls on) there is no handover: the
+ * drain runs the items here, and what shutdown_timeout leaves is FAILED,
+ * or with queue.journal taken over by the new instance from the journal.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "grpc/grpc_process.h"
+
+#define HANDOVER_BATCH      1000
+#define HANDOVER_CALL_MS    10000
+#define HANDOVER_RETRY_MS   200
+#define HANDOVER_TRIES      20
+#define HANDOVER_METHOD     "/com.agrounds.dosomething.v1.DoSomethingService/doSomething"
+#define HANDOVER_NOTE       "handed over to the new instance of a binary upgrade; its " \
+                            "updates continue there"
+
+static struct {
+    int started;
+    int cancelled;
+    char target[512];
+    grpc_channel *channel;
+    grpc_call *call;            /* NULL: none in flight */
+    struct item *items[HANDOVER_BATCH];
+    uint32_t count, sent;
+    grpc_byte_buffer *send_buffer;
+    grpc_byte_buffer *reply;
+    grpc_metadata_array initial_md, trailing_md;
+    grpc_status_code status;
+    grpc_slice details;
+    struct tag send_tag, recv_tag;
+    int sending, receiving;
+    unsigned failures;
+    struct event *retry_timer;
+    uint64_t handed, given_back;
+} ho;
+
+static void next_call(void);
+
+/* The new instance's address: our first listener, a wildcard made loopback. */
+static int
+target_of(char *out, size_t size)
+{
+    const struct ds_config *c = gp.config;
+    if (c->grpc.tls || c->grpc.listen_count == 0)
+        return -1;
+    const char *listen = c->grpc.listen[0];
+    if (strncmp(listen, "0.0.0.0:", 8) == 0)
+        snprintf(out, size, "127.0.0.1:%s", listen + 8);
+    else if (strncmp(listen, "[::]:", 5) == 0)
+        snprintf(out, size, "[::1]:%s", listen + 5);
+    else
+        snprintf(out, size, "%s", listen);
+    return 0;
+}
+
+/* ITEM's WorkItem with its id as given here: the raw message with field 1
+ * (id) appended, which a decoder takes over any earlier one. */
+static grpc_byte_buffer *
+message_of(const struct item *item)
+{
+    size_t id_len = strlen(item->id), varint_len = 1;
+    for (uint64_t v = id_len; v >= 0x80; v >>= 7)
+        varint_len++;
+    grpc_slice s = grpc_slice_malloc(item->raw_len + 1 + varint_len + id_len);
+    uint8_t *p = GRPC_SLICE_START_PTR(s);
+    memcpy(p, item->raw, item->raw_len);
+    p += item->raw_len;
+    *p++ = (1 << 3) | 2;        /* field 1, length-delimited */
+    uint64_t v = id_len;
+    for (; v >= 0x80; v >>= 7)
+        *p++ = (uint8_t)(v | 0x80);
+    *p++ = (uint8_t)v;
+    memcpy(p, item->id, id_len);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
+}
+
+static void
+send_next(void)
+{
+    if (ho.sent >= ho.count || ho.sending)
+        return;
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ho.send_buffer = message_of(ho.items[ho.sent]);
+    ops[0].op = GRPC_OP_SEND_MESSAGE;
+    ops[0].data.send_message.send_message = ho.send_buffer;
+    size_t n = 1;
+    if (ho.sent + 1 == ho.count)
+        ops[n++].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ho.sending = 1;
+    call_start_batch(ho.call, ops, n, &ho.send_tag);
+}
+
+/* Every rejection's index in REPLY, as a flag per item; -1 if the reply
+ * cannot be trusted (then nothing counts as handed over). */
+static int
+rejected_of(grpc_byte_buffer *reply, uint8_t *rejected)
+{
+    if (reply == NULL)
+        return -1;
+    grpc_byte_buffer_reader reader;
+    if (!grpc_byte_buffer_reader_init(&reader, reply))
+        return -1;
+    grpc_slice slice = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+    wire_submit_reply *r = wire_submit_reply_unpack(NULL, GRPC_SLICE_LENGTH(slice),
+                                                    GRPC_SLICE_START_PTR(slice));
+    grpc_slice_unref(slice);
+    if (r == NULL)
+        return -1;
+    int ok = r->accepted + r->rejected == ho.count && r->n_rejections == r->rejected;
+    for (size_t i = 0; ok && i < r->n_rejections; i++) {
+        if (r->rejections[i]->index >= ho.count) {
+            ok = 0;
+            break;
+        }
+        rejected[r->rejections[i]->index] = 1;
+        log_info("handover: the new instance rejected item %s: %s", r->rejections[i]->id,
+                 r->rejections[i]->reason);
+    }
+    wire_submit_reply_free(r, NULL);
+    return ok ? 0 : -1;
+}
+
+static void
+on_retry_timer(evutil_socket_t fd, short what, void *arg)
+{
+    next_call();
+}
+
+/* The call is over (status in, nothing in flight): settle its items. */
+static void
+call_done(void)
+{
+    static uint8_t rejected[HANDOVER_BATCH];
+    memset(rejected, 0, ho.count);
+    int trusted = ho.status == GRPC_STATUS_OK && rejected_of(ho.reply, rejected) == 0;
+    if (!trusted) {
+        char *details = grpc_slice_to_c_string(ho.details);
+        log_warn("handover: a doSomething call to the new instance at %s failed (status %d: "
+                 "%s); its %u items stay here", ho.target, (int)ho.status, details, ho.count);
+        gpr_free(details);
+        memset(rejected, 1, ho.count);
+        ho.failures++;
+    } else {
+        ho.failures = 0;
+    }
+    /* Accepted ones leave; the others go back to the front, last first. */
+    for (uint32_t i = 0; i < ho.count; i++) {
+        if (!rejected[i]) {
+            queue_handed_over(ho.items[i], HANDOVER_NOTE);
+            ho.handed++;
+        }
+    }
+    for (uint32_t i = ho.count; i-- > 0;) {
+        if (rejected[i]) {
+            queue_give_back(ho.items[i]);
+            ho.given_back++;
+        }
+    }
+    if (ho.reply != NULL)
+        grpc_byte_buffer_destroy(ho.reply);
+    ho.reply = NULL;
+    grpc_metadata_array_destroy(&ho.initial_md);
+    grpc_metadata_array_destroy(&ho.trailing_md);
+    grpc_slice_unref(ho.details);
+    grpc_call_unref(ho.call);
+    ho.call = NULL;
+    ho.count = ho.sent = 0;
+
+    if (ho.cancelled || (!trusted && ho.failures >= HANDOVER_TRIES)) {
+        if (!ho.cancelled)
+            log_warn("handover: giving up after %u failed calls; the items left run here",
+                     ho.failures);
+        workers_close_all();
+        grpc_process_check_done();
+        return;
+    }
+    if (!trusted) {
+        struct timeval tv = clock_timeval_ms(HANDOVER_RETRY_MS);
+        evtimer_add(ho.retry_timer, &tv);
+        return;
+    }
+    next_call();
+}
+
+static void
+on_send_done(struct tag *tag, int ok)
+{
+    ho.sending = 0;
+    grpc_byte_buffer_destroy(ho.send_buffer);
+    ho.send_buffer = NULL;
+    if (ok) {
+        ho.sent++;
+        send_next();
+    } else {
+        ho.sent = ho.count;     /* the call failed: its status says how */
+    }
+    if (!ho.sending && !ho.receiving)
+        call_done();
+}
+
+static void
+on_recv_done(struct tag *tag, int ok)
+{
+    ho.receiving = 0;
+    if (!ho.sending)
+        call_done();
+}
+
+/* One call with the next waiting items, if any. */
+static void
+next_call(void)
+{
+    if (ho.call != NULL || ho.cancelled)
+        return;
+    struct item *item;
+    while (ho.count < HANDOVER_BATCH && (item = queue_take_waiting()) != NULL)
+        ho.items[ho.count++] = item;
+    if (ho.count == 0) {
+        log_notice("handover: %llu items handed over to the new instance at %s, %llu kept here",
+                   (unsigned long long)ho.handed, ho.target, (unsigned long long)ho.given_back);
+        workers_close_all();    /* those holding nothing were kept for a give-back */
+        grpc_process_check_done();
+        return;
+    }
+    gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                         gpr_time_from_millis(HANDOVER_CALL_MS, GPR_TIMESPAN));
+    grpc_slice method = grpc_slice_from_static_string(HANDOVER_METHOD);
+    ho.call = grpc_channel_create_call(ho.channel, NULL, GRPC_PROPAGATE_DEFAULTS, gp.cq, method,
+                                       NULL, deadline, NULL);
+    grpc_metadata_array_init(&ho.initial_md);
+    grpc_metadata_array_init(&ho.trailing_md);
+    ho.details = grpc_empty_slice();
+    ho.sent = 0;
+
+    grpc_op ops[4];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    /* The new instance is up (it sent QUIT), but our own listener may still
+     * be closing on the same port: wait for a connection that works. */
+    ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
+    ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[1].data.recv_initial_metadata.recv_initial_metadata = &ho.initial_md;
+    ops[2].op = GRPC_OP_RECV_MESSAGE;
+    ops[2].data.recv_message.recv_message = &ho.reply;
+    ops[3].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[3].data.recv_status_on_client.trailing_metadata = &ho.trailing_md;
+    ops[3].data.recv_status_on_client.status = &ho.status;
+    ops[3].data.recv_status_on_client.status_details = &ho.details;
+    ho.receiving = 1;
+    call_start_batch(ho.call, ops, 4, &ho.recv_tag);
+    send_next();
+}
+
+void
+handover_start(void)
+{
+    if (ho.started)
+        return;
+    ho.started = 1;
+    if (target_of(ho.target, sizeof ho.target) == -1) {
+        log_notice("handover: none with grpc.tls on; the waiting items run here");
+        return;
+    }
+    grpc_arg args[3];
+    memset(args, 0, sizeof args);
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = (char *)GRPC_ARG_ENABLE_HTTP_PROXY;
+    args[0].value.integer = 0;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
+    args[1].value.integer = 100;
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+    args[2].value.integer = 500;
+    grpc_channel_args channel_args = { .num_args = 3, .args = args };
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    ho.channel = grpc_channel_create(ho.target, creds, &channel_args);
+    grpc_channel_credentials_release(creds);
+    ho.send_tag.done = on_send_done;
+    ho.recv_tag.done = on_recv_done;
+    ho.retry_timer = evtimer_new(gp.base, on_retry_timer, NULL);
+    log_notice("handover: handing %llu waiting items to the new instance at %s",
+               (unsigned long long)queue_waiting(), ho.target);
+    next_call();
+}
+
+void
+handover_cancel(void)
+{
+    if (!ho.started || ho.cancelled)
+        return;
+    ho.cancelled = 1;
+    if (ho.retry_timer != NULL)
+        evtimer_del(ho.retry_timer);
+    if (ho.call != NULL)
+        grpc_call_cancel(ho.call, NULL);
+}
+
+int
+handover_active(void)
+{
+    return ho.call != NULL;
+}
+
+void
+handover_shutdown(void)
+{
+    if (ho.retry_timer != NULL)
+        event_free(ho.retry_timer);
+    ho.retry_timer = NULL;
+    if (ho.channel != NULL)
+        grpc_channel_destroy(ho.channel);
+    ho.channel = NULL;
+}

@@ -1,0 +1,250 @@
+"""Drains and memory: what a graceful stop (QUIT), a binary upgrade (USR2)
+and stalled subscribers do to accepted work and to the grpc process's memory.
+
+- The backlogs of all subscribers together are bounded
+  (updates.subscribers_bytes): the largest is cut with RESOURCE_EXHAUSTED
+  and the seq to resume from; RSS stays bounded.
+- During a drain no subscriber is cut for being slow.
+- At the drain deadline every item not final gets a final update (FAILED
+  with the reason), or with the journal a RETRYING saying it runs at the
+  next start, which it does.
+- A binary upgrade hands the old instance's waiting items to the new one.
+"""
+import os
+import re
+import shutil
+import signal
+import time
+
+import grpc
+import pytest
+
+import conftest
+from conftest import FAILED, FINAL_STATES, RETRYING, SUCCEEDED, descendants, wait_for
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+# ---- point 5: the total of all backlogs ----------------------------------
+
+@pytest.mark.deadline(120)
+def test_stalled_subscribers_total_backlog_is_bounded(start_daemon):
+    # Each backlog alone may hold 16 MiB, the log 16 MiB. Each stalled
+    # subscriber watches its own batch, so their backlogs share nothing:
+    # without a bound on the total, 8 of them pin 8 x 15 MiB beyond the log.
+    d = start_daemon({"workers": {"count": 2},
+                      "updates": {"history_bytes": "16MiB", "subscribers_bytes": "4MiB"}})
+    grpc_pid = d.grpc_pid()
+    # A subscriber that keeps up, to small markers only: its backlog is
+    # never the largest.
+    reader = d.client().subscribe(batches=["marker"], name="reader")
+    # Stock clients that never read: a small, fixed flow-control window so
+    # that grpcio buffers little on their side.
+    stalled = []
+    for n in range(8):
+        c = d.client(options=[("grpc.http2.bdp_probe", 0),
+                              ("grpc.http2.lookahead_bytes", 65536)])
+        stalled.append(c.subscribe(start=False, batches=[f"b{n}"], name=f"stalled{n}"))
+    time.sleep(0.5)     # every call is in before the first item
+    before = rss_kib(grpc_pid)
+
+    client = d.client()
+    payload = b"x" * (256 << 10)
+    for chunk in range(60):
+        items = [{"id": f"big{chunk}-{n}", "batch": f"b{n}", "payload": payload}
+                 for n in range(8)]
+        items.append({"id": f"marker{chunk}", "batch": "marker", "payload": b"m"})
+        assert client.submit(items).accepted == 9
+        reader.wait_final([f"marker{chunk}"], timeout=30)
+    grown_mib = (rss_kib(grpc_pid) - before) / 1024
+    # 480 updates of 256 KiB (120 MiB) published, 16 MiB of them in the log,
+    # 4 MiB more in backlogs, a few in flight.
+    assert grown_mib < 64, f"grpc process RSS grew {grown_mib:.0f} MiB"
+
+    # The reader kept up: never cut.
+    assert reader.error is None and not reader.done, reader.describe_end()
+
+    # The stalled ones: read what reaches them, then their end.
+    cut = []
+    for s in stalled:
+        s.start()
+    for s in stalled:
+        try:
+            s.wait_end(timeout=5)
+        except AssertionError:
+            s.cancel()      # not cut: its backlog stayed small enough
+            continue
+        assert s.status_code() == grpc.StatusCode.RESOURCE_EXHAUSTED, s.describe_end()
+        details = s.error.details()
+        assert "updates.subscribers_bytes" in details, details
+        m = re.search(r"last seq sent (\d+); resume with replay=true, after_seq=(\d+)", details)
+        assert m and m.group(1) == m.group(2), details
+        # It was sent exactly up to the seq it names.
+        assert s.last_seq() == int(m.group(1)), (s.last_seq(), details)
+        cut.append(s)
+    assert len(cut) >= 6, f"only {len(cut)} of 8 stalled subscribers were cut"
+    d.wait_log(r"dropping a slow subscriber: the backlogs of all subscribers")
+
+
+# ---- point 7: slow subscribers during a drain ----------------------------
+
+@pytest.mark.deadline(90)
+def test_drain_never_cuts_a_slow_subscriber(start_daemon):
+    # A tiny subscriber_buffer makes "slow" easy to be; the drain must not
+    # cut for it (the subscriber could not come back: the port is closed).
+    d = start_daemon({"workers": {"count": 1, "prefetch": 2}, "shutdown_timeout": "30s",
+                      "updates": {"subscriber_buffer": 16}})
+    client = d.client()
+    sub = d.client(options=[("grpc.http2.bdp_probe", 0)]).subscribe(
+        sync=True, states=[SUCCEEDED, FAILED], name="slow")
+    # Everything becomes final during the drain: a long item goes first on
+    # the only worker.
+    items = [{"id": "blocker", "kind": "sleep", "params": {"ms": "1500"}}]
+    items += [{"id": f"e{n}", "payload": b"y" * 1024} for n in range(3000)]
+    assert client.submit(items).accepted == len(items)
+    sub.pause()
+    d.send_signal(signal.SIGQUIT)
+    d.wait_log(r"graceful stop: \d+ items to finish")
+    time.sleep(2.5)     # the finals pile up for the paused subscriber
+    sub.resume()
+    assert d.wait_exit(timeout=40) == 0
+    sub.wait_end(timeout=10)
+    assert sub.error is None, f"the slow subscriber {sub.describe_end()}"
+    finals = {i: u.state for i, u in sub.final.items() if not conftest.is_probe(i)}
+    assert len(finals) == len(items) and set(finals.values()) == {SUCCEEDED}
+    assert "dropping a slow subscriber" not in d.log_text()
+
+
+# ---- point 17: work left at the drain deadline ---------------------------
+
+def sleep_items(prefix, count, ms):
+    return [{"id": f"{prefix}{n}", "kind": "sleep", "params": {"ms": str(ms)}}
+            for n in range(count)]
+
+
+@pytest.mark.deadline(60)
+def test_quit_deadline_fails_what_is_left_visibly(start_daemon):
+    d = start_daemon({"workers": {"count": 1}, "shutdown_timeout": "2s"})
+    client = d.client()
+    sub = client.subscribe(sync=True, name="all")
+    items = sleep_items("s", 40, 500)
+    assert client.submit(items).accepted == 40
+    d.send_signal(signal.SIGQUIT)
+    assert d.wait_exit(timeout=20) == 0
+    sub.wait_end(timeout=10)
+    assert sub.error is None, f"the subscriber {sub.describe_end()}"
+    ids = [i["id"] for i in items]
+    missing = [i for i in ids if i not in sub.final]
+    assert missing == [], f"{len(missing)} items got no final update: {missing[:5]}"
+    states = [sub.final[i].state for i in ids]
+    assert SUCCEEDED in states and FAILED in states
+    for i in ids:
+        u = sub.final[i]
+        if u.state == FAILED:
+            assert "graceful stop reached shutdown_timeout (2000 ms)" in u.error, u.error
+        assert len([x for x in sub.of(i) if x.state in FINAL_STATES]) == 1
+    sub.assert_seq_increasing()
+    d.wait_log(r"shutdown_timeout \(2000 ms\) reached with \d+ items unfinished")
+
+
+@pytest.mark.deadline(90)
+def test_quit_deadline_with_journal_runs_the_rest_at_next_start(start_daemon, tmp_path):
+    journal = tmp_path / "journal"
+    config = {"workers": {"count": 1}, "shutdown_timeout": "2s",
+              "queue": {"journal": str(journal)}}
+    d = start_daemon(config, name="first")
+    client = d.client()
+    sub = client.subscribe(sync=True, name="first")
+    items = sleep_items("j", 30, 500)
+    ids = [i["id"] for i in items]
+    assert client.submit(items).accepted == 30
+    d.send_signal(signal.SIGQUIT)
+    assert d.wait_exit(timeout=20) == 0
+    sub.wait_end(timeout=10)
+    assert sub.error is None, f"the subscriber {sub.describe_end()}"
+    done = {i for i in ids if i in sub.final}
+    assert all(sub.final[i].state == SUCCEEDED for i in done)
+    left = [i for i in ids if i not in done]
+    assert left, "the drain finished everything: the test proves nothing"
+    for i in left:
+        # Not final: told it stays in the journal for the next start.
+        last = sub.of(i)[-1]
+        assert last.state == RETRYING, (i, sub.states_of(i))
+        assert "graceful stop reached shutdown_timeout (2000 ms)" in last.error, last.error
+        assert "next start" in last.error, last.error
+
+    config["workers"]["count"] = 4
+    d2 = start_daemon(config, name="second")
+    sub2 = d2.client().subscribe(replay=True, after_seq=0, states=list(FINAL_STATES),
+                                 name="second")
+    finals = sub2.wait_final(left, timeout=40)
+    assert all(u.state == SUCCEEDED for u in finals.values()), \
+        {i: (u.state, u.error) for i, u in finals.items() if u.state != SUCCEEDED}
+    assert not set(sub2.final) & done, "an item final before the stop ran again"
+
+
+# ---- point 17: a binary upgrade hands the waiting items over -------------
+
+@pytest.mark.deadline(90)
+@pytest.mark.parametrize("journal", [False, True], ids=["memory", "journal"])
+def test_usr2_hands_waiting_items_to_the_new_instance(start_daemon, monkeypatch, tmp_path,
+                                                      journal):
+    binary = tmp_path / "dosomethingd"
+    shutil.copy(conftest.BINARY, binary)
+    monkeypatch.setattr(conftest, "BINARY", str(binary))
+    config = {"workers": {"count": 2}, "shutdown_timeout": "2s"}
+    if journal:
+        config["queue"] = {"journal": str(tmp_path / "journal")}
+    d = start_daemon(config)
+    old_master = d.master_pid
+    client = d.client()
+    old_sub = client.subscribe(sync=True, name="old")
+    # 40 x 500 ms on 2 workers: 10 s of work, far more than shutdown_timeout.
+    items = sleep_items("u", 40, 500)
+    ids = [i["id"] for i in items]
+    assert client.submit(items).accepted == 40
+    new_master = None
+    try:
+        d.send_signal(signal.SIGUSR2)
+        wait_for(lambda: d.read_pid_file() not in (None, old_master), 10,
+                 "the new master's pid file")
+        new_master = d.read_pid_file()
+        d.known_pids.add(new_master)
+        assert d.wait_exit(timeout=20) == 0, "the old master did not drain and exit"
+        # Only the new instance listens now; its log has all it published.
+        new_client = conftest.Client(d.address)
+        new_sub = new_client.subscribe(replay=True, after_seq=0, states=list(FINAL_STATES),
+                                       name="new")
+        old_sub.wait_end(timeout=10)
+        assert old_sub.error is None, f"the old instance's subscriber {old_sub.describe_end()}"
+        d.wait_log(r"handover: \d+ items handed over to the new instance")
+
+        on_old = {i for i in ids if i in old_sub.final}
+        handed = [i for i in ids if i not in on_old]
+        assert handed, "the old instance ran everything: no handover to see"
+        for i in handed:
+            last = old_sub.of(i)[-1]
+            assert last.state == RETRYING and "handed over" in last.error, \
+                (i, old_sub.states_of(i))
+        finals = new_sub.wait_final(handed, timeout=40)
+        assert all(u.state == SUCCEEDED for u in finals.values()), \
+            {i: (u.state, u.error) for i, u in finals.items() if u.state != SUCCEEDED}
+        assert all(old_sub.final[i].state == SUCCEEDED for i in on_old)
+        # Each ran once: none of the old instance's finals shows up again.
+        assert not on_old & set(new_sub.final)
+        new_sub.assert_seq_increasing()
+        assert min(u.seq for u in new_sub.snapshot()) > old_sub.last_seq()
+        new_client.close()
+    finally:
+        if new_master is not None:
+            for pid in [new_master] + descendants(new_master):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

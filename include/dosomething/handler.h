@@ -32,8 +32,14 @@
  * Workers are separate processes: the state of one is never seen by another.
  *
  * Failure. process returning -1 fails the item (FAILED, with the message).
- * A module that crashes or hangs kills its worker; the item is then retried
- * on another worker up to its max_attempts, like any worker death.
+ * A module that crashes, hangs or calls exit() (any status) kills its
+ * worker; the item is then retried on another worker up to its
+ * max_attempts, like any worker death. That death is the item's, not the
+ * worker's: it never counts toward respawn.crash_limit.
+ *
+ * Processes. Whatever process() forks (and whatever those orphan: the
+ * worker is a subreaper) is SIGKILLed when the item ends. Processes init
+ * starts live as long as the worker.
  *
  * Validation. `dosomethingd -t`, the start and every reload dlopen the
  * module in the master, look up DS_MODULE_SYMBOL, check abi_version and

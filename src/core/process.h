@@ -24,6 +24,28 @@ enum ds_role {
     DS_ROLE_WORKER,
 };
 
+/*
+ * What a worker is doing, in memory it shares with the master (one page,
+ * MAP_SHARED, mapped before the fork and unmapped in every other child):
+ * the worker stores into it, with no syscall per item; the master reads it
+ * once the worker is dead. That tells a worker that cannot start (its
+ * death counts toward respawn.crash_limit, its DS_EXIT_FATAL stops the
+ * daemon) from one that an item killed: whatever its exit status, that is
+ * the item's failure (retried, then FAILED), and the slot is respawned at
+ * once without counting a crash.
+ */
+enum ds_worker_phase {
+    DS_WORKER_STARTING = 0,     /* not ready yet: dying here is a boot failure */
+    DS_WORKER_IDLE,             /* ready, between items */
+    DS_WORKER_RUNNING,          /* running the item below */
+};
+
+struct ds_worker_status {
+    uint32_t phase;             /* enum ds_worker_phase, stored last */
+    uint32_t attempt;
+    uint64_t key;               /* the grpc process's key of the item running */
+};
+
 /* What a child is given at fork. The config belongs to the child from then on. */
 struct ds_child_start {
     enum ds_role role;
@@ -33,6 +55,7 @@ struct ds_child_start {
     int control_fd;             /* to the master */
     int data_fd;                /* worker: to the grpc process; -1 otherwise */
     uint64_t seq_start;         /* grpc: the first update seq it may use is seq_start + 1 */
+    struct ds_worker_status *status;    /* worker: shared with the master; NULL otherwise */
 };
 
 void grpc_process_main(struct ds_child_start *start) __attribute__((noreturn));

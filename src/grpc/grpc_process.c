@@ -235,15 +235,16 @@ on_control_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         }
         return 0;
     case IPC_WORKER_EXITED: {
-        if (h->length < sizeof w)
+        struct ipc_worker_exit x;
+        if (h->length < sizeof x)
             break;
-        memcpy(&w, body, sizeof w);
+        memcpy(&x, body, sizeof x);
         char reason[256];
-        size_t n = h->length - sizeof w < sizeof reason - 1 ? h->length - sizeof w
+        size_t n = h->length - sizeof x < sizeof reason - 1 ? h->length - sizeof x
                                                             : sizeof reason - 1;
-        memcpy(reason, body + sizeof w, n);
+        memcpy(reason, body + sizeof x, n);
         reason[n] = '\0';
-        workers_exited(w.pid, reason);
+        workers_exited(x.worker.pid, reason, x.running_key, x.running_attempt);
         grpc_process_check_done();
         return 0;
     }

@@ -83,7 +83,12 @@ void workers_attach(pid_t pid, uint32_t slot, int fd);
 /* The workers attached now, for /status. */
 const struct worker *workers_list(void);
 uint64_t queue_waiting(void);
-void workers_exited(pid_t pid, const char *reason);
+/* Worker PID is gone, for REASON. The item it was running (RUNNING_KEY at
+ * RUNNING_ATTEMPT, as the master read it from the worker; 0 if none) spent
+ * that attempt even if its STARTED never arrived (a quick item's waits for
+ * the next batch); the items it only held go back to the queue. */
+void workers_exited(pid_t pid, const char *reason, uint64_t running_key,
+                    uint32_t running_attempt);
 void workers_retire(pid_t pid);
 /* Close every worker channel (they exit): the end of a graceful stop. */
 void workers_close_all(void);

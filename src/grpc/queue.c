@@ -437,7 +437,7 @@ workers_attach(pid_t pid, uint32_t slot, int fd)
 }
 
 void
-workers_exited(pid_t pid, const char *reason)
+workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t running_attempt)
 {
     struct worker *w = worker_find(pid);
     if (w == NULL)
@@ -461,7 +461,8 @@ workers_exited(pid_t pid, const char *reason)
         item = held[--n];
         if (item->key == timeout_key)
             item_attempt_failed(item, pid, timed_out);
-        else if (item->started)
+        else if (item->started ||
+                 (item->key == running_key && item->attempt == running_attempt))
             item_attempt_failed(item, pid, reason);
         else
             queue_push_front(item);     /* prefetched, never run: no attempt spent */

@@ -35,7 +35,7 @@ struct ipc_header {
 enum ipc_type {
     /* control channel, master -> grpc process */
     IPC_WORKER_ATTACH = 1,      /* ipc_worker + the grpc end of its data channel */
-    IPC_WORKER_EXITED,          /* ipc_worker + why, as text */
+    IPC_WORKER_EXITED,          /* ipc_worker_exit + why, as text */
     IPC_WORKER_RETIRE,          /* ipc_worker: dispatch no more; close when it holds nothing */
     IPC_CONFIG,                 /* ipc_config + the YAML text the master validated */
     /* control channel, master -> any child */
@@ -59,6 +59,13 @@ struct ipc_worker {
     int32_t pid;
     uint32_t slot;
     uint64_t generation;
+};
+
+struct ipc_worker_exit {
+    struct ipc_worker worker;
+    uint64_t running_key;       /* the item it died running (its attempt is spent); 0: none */
+    uint32_t running_attempt;
+    uint32_t pad;
 };
 
 struct ipc_config {

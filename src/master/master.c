@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -28,6 +29,7 @@
 #include <event2/event.h>
 
 #include "core/alloc.h"
+#include "core/children.h"
 #include "core/clock.h"
 #include "core/descriptors.h"
 #include "core/log.h"
@@ -37,6 +39,8 @@
 
 /* A fast stop waits this long for children before killing them. */
 #define FAST_STOP_GRACE_MS 5000
+/* At exit, what the workers left behind gets this long to die. */
+#define STRAYS_GRACE_MS 2000
 
 struct process {
     struct process *next;
@@ -47,6 +51,7 @@ struct process {
     uint64_t started_ms;
     struct ipc_channel *control;
     int data_fd;                /* grpc end of a worker's data channel, until passed on */
+    struct ds_worker_status *status;    /* a worker's, shared with it (see process.h) */
     int retiring;               /* out of its slot: finishing its items, then exiting */
     uint64_t retire_deadline_ms;    /* then it is killed */
     int killed_by_master;       /* its death is not a crash */
@@ -91,6 +96,8 @@ static struct {
     pid_t upgrade_child;        /* the new master of a USR2 upgrade, until it takes over */
     pid_t upgrade_parent;       /* the old master we take over from */
     char status[512];           /* the outcome of the last reload, for systemd */
+    pid_t *inherited;           /* children we had before we forked any: not ours to kill */
+    size_t inherited_count;
 } m;
 
 /* A new master started by USR2 gets this: "OLD_PID SEQ_START". */
@@ -212,6 +219,8 @@ process_free(struct process *p)
     channel_free(p->control);
     if (p->data_fd != -1)
         close(p->data_fd);
+    if (p->status != NULL)
+        munmap(p->status, sizeof *p->status);
     free(p);
 }
 
@@ -243,6 +252,25 @@ worker_send(struct process *w, unsigned type, const char *text)
     channel_sendv(g->control, type, parts, 2);
 }
 
+static void
+worker_send_exited(struct process *w, const char *reason, uint64_t running_key,
+                   uint32_t running_attempt)
+{
+    struct process *g = grpc_process();
+    if (g == NULL || g->control == NULL)
+        return;
+    struct ipc_worker_exit msg = {
+        .worker = { .pid = w->pid, .slot = w->slot, .generation = w->generation },
+        .running_key = running_key,
+        .running_attempt = running_attempt,
+    };
+    struct iovec parts[2] = {
+        { .iov_base = &msg, .iov_len = sizeof msg },
+        { .iov_base = (void *)reason, .iov_len = strlen(reason) },
+    };
+    channel_sendv(g->control, IPC_WORKER_EXITED, parts, 2);
+}
+
 static struct process *
 spawn(enum ds_role role, uint32_t slot)
 {
@@ -262,21 +290,28 @@ spawn(enum ds_role role, uint32_t slot)
     }
 
     struct process *p = process_new(role, slot);
-    pid_t pid = fork();
+    pid_t pid = -1;
+    if (role == DS_ROLE_WORKER) {
+        p->status = mmap(NULL, sizeof *p->status, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (p->status == MAP_FAILED) {
+            log_syserr("mmap() of a worker's status failed");
+            p->status = NULL;
+            goto failed;
+        }
+    }
+    pid = fork();
     if (pid == -1) {
         log_syserr("fork() failed");
-        close(control[0]);
-        close(control[1]);
-        if (data[0] != -1) {
-            close(data[0]);
-            close(data[1]);
-        }
-        free(p);
-        return NULL;
+        goto failed;
     }
     if (pid == 0) {
         int keep[] = { control[1], data[1], log_file_fd() };
         child_setup(role, keep, 3);
+        /* Another worker's status is none of this child's business. */
+        for (struct process *other = m.processes; other != NULL; other = other->next)
+            if (other->status != NULL)
+                munmap(other->status, sizeof *other->status);
         struct ds_child_start start = {
             .role = role,
             .config = m.config,
@@ -286,6 +321,7 @@ spawn(enum ds_role role, uint32_t slot)
             .data_fd = data[1],
             /* slot_spawn reserved one chunk past this for the grpc process */
             .seq_start = m.seq_reserved - SEQ_RESERVE_CHUNK,
+            .status = p->status,
         };
         if (role == DS_ROLE_GRPC)
             grpc_process_main(&start);
@@ -304,6 +340,18 @@ spawn(enum ds_role role, uint32_t slot)
     m.processes = p;
     log_info("started %s, pid %ld", name, (long)pid);
     return p;
+
+failed:
+    close(control[0]);
+    close(control[1]);
+    if (data[0] != -1) {
+        close(data[0]);
+        close(data[1]);
+    }
+    if (p->status != NULL)
+        munmap(p->status, sizeof *p->status);
+    free(p);
+    return NULL;
 }
 
 static void slot_schedule(struct slot *slot, uint64_t delay_ms);
@@ -465,13 +513,22 @@ process_exited(struct process *p, int status)
     role_name(p, name, sizeof name);
     process_status_text(status, how, sizeof how);
     int clean = WIFEXITED(status) && WEXITSTATUS(status) == DS_EXIT_OK;
-    int fatal_exit = WIFEXITED(status) && WEXITSTATUS(status) == DS_EXIT_FATAL;
+    /* A worker's phase, stored by the worker itself (see process.h): once
+     * it is ready, its exit status is its items' business, DS_EXIT_FATAL
+     * included (a module may call exit(2)). */
+    uint32_t phase = p->status != NULL ? p->status->phase : DS_WORKER_STARTING;
+    uint64_t running_key = phase == DS_WORKER_RUNNING ? p->status->key : 0;
+    uint32_t running_attempt = phase == DS_WORKER_RUNNING ? p->status->attempt : 0;
+    int fatal_exit = WIFEXITED(status) && WEXITSTATUS(status) == DS_EXIT_FATAL &&
+                     (p->role == DS_ROLE_GRPC || phase == DS_WORKER_STARTING);
+    int item_death = !clean && running_key != 0;
 
     if (clean || p->retiring || m.state != MASTER_RUNNING)
         log_info("%s (pid %ld) %s", name, (long)p->pid, how);
     else
-        log_warn("%s (pid %ld) %s%s%s", name, (long)p->pid, how,
-                 p->kill_reason[0] ? ": " : "", p->kill_reason);
+        log_warn("%s (pid %ld) %s%s%s%s", name, (long)p->pid, how,
+                 p->kill_reason[0] ? ": " : "", p->kill_reason,
+                 item_death && !p->killed_by_master ? " while running an item" : "");
 
     /* Unlink it first: nothing below may find it. */
     for (struct process **pp = &m.processes; *pp != NULL; pp = &(*pp)->next) {
@@ -497,7 +554,7 @@ process_exited(struct process *p, int status)
     if (p->role == DS_ROLE_WORKER) {
         snprintf(reason, sizeof reason, "worker %ld %s%s%s%s", (long)p->pid, how,
                  p->kill_reason[0] ? " (" : "", p->kill_reason, p->kill_reason[0] ? ")" : "");
-        worker_send(p, IPC_WORKER_EXITED, reason);
+        worker_send_exited(p, reason, running_key, running_attempt);
     } else if (m.state == MASTER_RUNNING) {
         /* The workers' items died with the grpc process: start them afresh
          * with new channels for the next one. */
@@ -536,6 +593,15 @@ process_exited(struct process *p, int status)
         slot_retry_later(slot);
         return;
     }
+    if (crash && item_death) {
+        /* It started and served: an item killed it, which is that item's
+         * failure (the grpc process retries or fails it), not a worker that
+         * cannot start. Counting it would let a few poison items stop the
+         * daemon and lose every other item. */
+        log_info("respawning %s: an item killed it, which is not a crash loop", name);
+        slot_schedule(slot, 0);
+        return;
+    }
     if (!crash) {
         slot->crashes = 0;
         slot->backoff_ms = m.config->respawn.backoff_min_ms;
@@ -560,18 +626,50 @@ process_exited(struct process *p, int status)
     slot_schedule(slot, delay);
 }
 
+/* A child we forked and still know, the new master of an upgrade, or one
+ * we were started with: everything else is a stray. */
+static int
+not_a_stray(pid_t pid, void *arg)
+{
+    if (process_find(pid) != NULL || pid == m.upgrade_child)
+        return 1;
+    for (size_t i = 0; i < m.inherited_count; i++)
+        if (m.inherited[i] == pid)
+            return 1;
+    return 0;
+}
+
+/*
+ * We are a subreaper: when a worker dies, what it started (an exec program
+ * and whatever that left, its exec guard, what a module forked) becomes our
+ * child, wanted by nobody. Kill it; what it started in turn reparents to us
+ * as it dies, and reap() comes back here.
+ */
+static void
+kill_strays(void)
+{
+    int n = children_kill(not_a_stray, NULL);
+    if (n == -1)
+        log_syswarn("cannot list our children in /proc");
+    else if (n > 0)
+        log_info("killed %d process%s left behind by dead workers", n, n == 1 ? "" : "es");
+}
+
 static void
 reap(void)
 {
-    int status;
+    int status, reaped = 0;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        reaped = 1;
         struct process *p = process_find(pid);
         if (p != NULL)
             process_exited(p, status);
         else if (pid == m.upgrade_child && m.state == MASTER_RUNNING)
             upgrade_child_exited(status);
     }
+    if (reaped)
+        kill_strays();
 }
 
 /* ---- messages from children ------------------------------------------- */
@@ -981,6 +1079,9 @@ master_run(struct ds_config *config, const char *config_file)
      * (reap() takes any child), not init's, which may not reap at all. */
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) == -1)
         log_syswarn("prctl(PR_SET_CHILD_SUBREAPER) failed");
+    m.inherited = children_list(&m.inherited_count);
+    if (m.inherited == NULL)
+        m.inherited_count = 0;
     if (pidfile_write(config->pid_file) == -1)
         return DS_EXIT_FATAL;
     log_chown_to_user(log_file_fd(), config->user);
@@ -997,6 +1098,13 @@ master_run(struct ds_config *config, const char *config_file)
 
     if (m.state != MASTER_STOPPING_FAST || m.processes != NULL)
         event_base_dispatch(m.base);
+
+    /* Every child of ours is gone; what they left behind may still be dying. */
+    int strays = children_kill_all(not_a_stray, NULL, STRAYS_GRACE_MS);
+    if (strays == -1)
+        log_syswarn("killing what the workers left behind");
+    else if (strays > 0)
+        log_info("killed %d process%s left behind by workers", strays, strays == 1 ? "" : "es");
 
     pidfile_remove(m.config->pid_file);
     char oldbin[4200];
@@ -1015,5 +1123,6 @@ master_run(struct ds_config *config, const char *config_file)
     event_base_free(m.base);
     config_free(m.config);
     free(m.config_file);
+    free(m.inherited);
     return m.exit_status;
 }

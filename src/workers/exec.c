@@ -16,7 +16,9 @@
  * the buffer never grows past result_max + 1.
  *
  * An item owns nothing once it is over: when the program exits, what is left
- * of its process group (a job it put in the background) is SIGKILLed.
+ * of its process group (a job it put in the background) is SIGKILLed; what
+ * left the group (`setsid`) has reparented to the worker, a subreaper, which
+ * kills it after the item (worker.c).
  *
  * Timeouts belong to the grpc process, which has the master SIGKILL the
  * worker. The program then dies with it (PR_SET_PDEATHSIG) but its own

@@ -16,6 +16,10 @@
  *   workers.core_dumps: on|off   RLIMIT_CORE unlimited (or as high as the
  *                                hard limit allows) and dumpable, or 0 and
  *                                not dumpable; inherit leaves both
+ *
+ * And always PR_SET_CHILD_SUBREAPER: what an item starts and orphans (a
+ * `setsid` job, a double fork) becomes the worker's child, which kills it
+ * when the item is over (worker.c), instead of escaping to init.
  */
 #include "workers/hygiene.h"
 
@@ -138,6 +142,9 @@ worker_apply_hygiene(const struct ds_config *config, uint32_t slot)
     apply_nice(config->workers.nice);
     apply_nofile(config->workers.rlimit_nofile);
     apply_core_limit(config->workers.core_dumps);
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) == -1)
+        log_syswarn("prctl(PR_SET_CHILD_SUBREAPER) failed: what items orphan escapes the "
+                    "worker");
     if (privileges_drop(config->user, err, sizeof err) == -1)
         fatal(DS_EXIT_FATAL, "cannot drop privileges: %s", err);
     apply_dumpable(config->workers.core_dumps);

@@ -11,8 +11,8 @@
 
 /*
  * Apply workers.cpu_affinity, workers.nice, workers.rlimit_nofile and
- * workers.core_dumps of CONFIG to this worker (slot SLOT, from 1), and make
- * sure it runs as `user:` (if the master has not dropped it already). A
+ * workers.core_dumps of CONFIG to this worker (slot SLOT, from 1), make it
+ * a subreaper (PR_SET_CHILD_SUBREAPER), and make sure it runs as `user:` (if the master has not dropped it already). A
  * setting that cannot be applied is logged as a warning and skipped; only a
  * failed privilege drop is fatal (exit DS_EXIT_FATAL).
  */

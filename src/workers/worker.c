@@ -13,6 +13,17 @@
  * what is pending and exits 0. The items it held without starting them go
  * back to the queue without spending an attempt (the grpc process does that
  * for any worker that exits), and the master starts a new worker in the slot.
+ *
+ * The master learns what we are doing from a page we share with it (see
+ * struct ds_worker_status): STARTING until we are ready, then RUNNING with
+ * the item's key around each handler call, IDLE between. Should we die,
+ * the master charges it to that item rather than to the crash-loop breaker.
+ *
+ * An item owns nothing once it is over: after each module or exec item,
+ * every child it left (we are a subreaper: orphans from anywhere below us,
+ * `setsid` or double fork, are our children) is SIGKILLed and reaped,
+ * before its final update is sent. Spared: the exec guard, and what the
+ * modules' init started, which lives as long as the worker.
  */
 #include <errno.h>
 #include <poll.h>
@@ -27,6 +38,7 @@
 #include <event2/event.h>
 
 #include "core/alloc.h"
+#include "core/children.h"
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/process.h"
@@ -51,6 +63,8 @@ _Static_assert(sizeof(struct ipc_update) + DS_RESULT_SIZE_MAX <= IPC_UPDATE_MAX,
 /* A recycled worker waits at most this long for the grpc process to take
  * its last updates (see linger()). */
 #define LINGER_MS 2000
+/* What an item left behind gets this long to die after SIGKILL. */
+#define LEFTOVERS_GRACE_MS 1000
 
 struct task {
     struct task *next;
@@ -74,7 +88,68 @@ static struct {
     uint64_t item_limit;        /* 0: no recycling */
     int stopping;
     int recycling;
+    struct ds_worker_status *status;    /* shared with the master; may be NULL */
+    pid_t *spared;              /* children we had when ready: not an item's */
+    size_t spared_count;
 } w;
+
+/* Tell the master (see struct ds_worker_status): plain stores, the phase
+ * last, so that a RUNNING it reads always has its item's key. */
+static void
+phase_set(enum ds_worker_phase phase, const struct task *t)
+{
+    if (w.status == NULL)
+        return;
+    if (t != NULL) {
+        w.status->key = t->key;
+        w.status->attempt = t->attempt;
+    }
+    __atomic_store_n(&w.status->phase, (uint32_t)phase, __ATOMIC_RELEASE);
+}
+
+static int
+spared_child(pid_t pid, void *arg)
+{
+    if (pid == exec_guard_pid())
+        return 1;
+    for (size_t i = 0; i < w.spared_count; i++)
+        if (w.spared[i] == pid)
+            return 1;
+    return 0;
+}
+
+/* Whatever the item started and left running: a module's fork, an exec
+ * program's background job that left its process group. */
+static void
+kill_leftovers(void)
+{
+    /* With no child to spare, one waitid says whether there is anything. */
+    if (w.spared_count == 0 && exec_guard_pid() == -1 && !children_any())
+        return;
+    int n = children_kill_all(spared_child, NULL, LEFTOVERS_GRACE_MS);
+    if (n > 0)
+        log_debug("killed %d process%s the item left behind", n, n == 1 ? "" : "es");
+    else if (n == -1)
+        log_syswarn("killing what the item left behind");
+}
+
+/* The children we have once ready (the exec guard aside, which may be
+ * replaced): what the modules' init started. */
+static void
+remember_spared_children(void)
+{
+    size_t n;
+    pid_t *pids = children_list(&n);
+    if (pids == NULL) {
+        log_syswarn("cannot list our children in /proc");
+        return;
+    }
+    w.spared_count = 0;
+    for (size_t i = 0; i < n; i++)
+        if (pids[i] != exec_guard_pid())
+            pids[w.spared_count++] = pids[i];
+    w.spared = pids;
+}
 
 static void
 send_update(const struct task *t, int state, float progress, const void *bytes, size_t len)
@@ -152,7 +227,11 @@ run_task(struct task *t)
     };
     w.current = t;
     w.next_progress_ns = clock_monotonic_ns() + PROGRESS_INTERVAL_NS;
+    phase_set(DS_WORKER_RUNNING, t);
     int r = handler_run(t->handler, t->item, &out);
+    if (t->handler->type == DS_HANDLER_MODULE || t->handler->type == DS_HANDLER_EXEC)
+        kill_leftovers();
+    phase_set(DS_WORKER_IDLE, NULL);
     w.current = NULL;
     if (r == 0 && out.result_len > out.result_max) {
         /* Every subscriber must be able to take the update: a stock gRPC
@@ -355,6 +434,7 @@ worker_process_main(struct ds_child_start *start)
     proctitle_set("dosomethingd: worker %u", start->slot);
 
     w.config = start->config;
+    w.status = start->status;
     /* Before anything else: CPU, nice, limits, and `user:` if the master
      * has not dropped us to it yet; modules and programs never run as root. */
     worker_apply_hygiene(w.config, start->slot);
@@ -387,6 +467,8 @@ worker_process_main(struct ds_child_start *start)
      * they were accepted under. */
     w.data = channel_new(w.base, start->data_fd, "data", IPC_ITEM_MAX, on_data_frame,
                          on_data_close, NULL);
+    remember_spared_children();
+    phase_set(DS_WORKER_IDLE, NULL);
 
     event_base_dispatch(w.base);
 
@@ -403,6 +485,7 @@ worker_process_main(struct ds_child_start *start)
     }
     module_unload_all();
     exec_guard_stop();
+    free(w.spared);
     channel_free(w.control);
     event_free(w.run_event);
     event_base_free(w.base);

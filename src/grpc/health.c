@@ -17,6 +17,7 @@
 #include "core/alloc.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
+#include "grpc/journal.h"
 
 enum serving_status {
     STATUS_UNKNOWN = 0,
@@ -53,8 +54,8 @@ current_status(const struct health_call *h)
 {
     if (!h->known)
         return STATUS_SERVICE_UNKNOWN;
-    return gp.draining || gp.stopping || !cluster_serving(NULL) ? STATUS_NOT_SERVING
-                                                                : STATUS_SERVING;
+    return gp.draining || gp.stopping || !cluster_serving(NULL) || !journal_serving(NULL)
+           ? STATUS_NOT_SERVING : STATUS_SERVING;
 }
 
 /* Decode HealthCheckRequest: is the service one we serve? -1: malformed. */

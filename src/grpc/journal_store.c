@@ -1054,7 +1054,8 @@ whole_records(const struct journal_buf *b, size_t count, size_t avail, size_t *b
 }
 
 /*
- * The disk is full and the current segment is the only one and holds
+ * The disk is full (or the file at its size limit) and the current
+ * segment is the only one and holds
  * nothing live: every ACCEPT in it is final (its FINAL written or
  * buffered), and no older segment has items its FINALs or ATTEMPTs speak
  * of. Emptying it is then as good as writing those FINALs, and gives back
@@ -1065,7 +1066,7 @@ static int
 empty_current(struct journal_store *s, int err)
 {
     struct journal_segment *cur = current_segment(s);
-    if ((err != ENOSPC && err != EDQUOT) || s->segment_count != 1 || cur == NULL ||
+    if ((err != ENOSPC && err != EDQUOT && err != EFBIG) || s->segment_count != 1 || cur == NULL ||
         cur->live > 0 || s->fd == -1 || s->size <= JOURNAL_MAGIC_SIZE)
         return -1;
     if (ftruncate(s->fd, JOURNAL_MAGIC_SIZE) == -1) {

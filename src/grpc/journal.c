@@ -566,8 +566,8 @@ start_journaling(void)
 static void
 on_open_timer(evutil_socket_t fd, short what, void *arg)
 {
-    if (gp.stopping)
-        return;
+    if (gp.stopping || gp.draining)
+        return;         /* nothing is accepted any more: leave it to the next one */
     if (try_open() == -1) {
         log_debug("journal: still cannot open %s: %s", jr.root, jr.unavailable);
         jr.open_retry_ms = jr.open_retry_ms * 2 > OPEN_RETRY_MAX_MS ? OPEN_RETRY_MAX_MS

@@ -107,6 +107,20 @@ log_chown_to_user(int fd, const char *user)
 }
 
 void
+log_prepare_for_user(const char *path, const char *user)
+{
+    if (path == NULL || user == NULL || user[0] == '\0' || geteuid() != 0)
+        return;
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd == -1) {
+        log_syswarn("open(\"%s\") failed", path);
+        return;
+    }
+    log_chown_to_user(fd, user);
+    close(fd);
+}
+
+void
 log_set_role(const char *role)
 {
     snprintf(log_role, sizeof log_role, "%s", role);

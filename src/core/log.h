@@ -25,6 +25,9 @@ int log_file_fd(void);
 /* When running as root, hand FD's file to USER (if any), so that children
  * that dropped to it can still reopen it after a rotation. */
 void log_chown_to_user(int fd, const char *user);
+/* As root with USER set: create PATH if missing and give it to USER, so
+ * that a child running as USER can (re)open it (e.g. after a rotation). */
+void log_prepare_for_user(const char *path, const char *user);
 
 void log_write(enum ds_log_level level, int errnum, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

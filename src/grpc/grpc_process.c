@@ -365,8 +365,7 @@ grpc_process_main(struct ds_child_start *start)
     queue_init();
     /* Recovery from the journal, if any, before serving: it may move seqs on. */
     uint64_t seq_start = start->seq_start;
-    if (journal_open(&seq_start) == -1)
-        fatal(DS_EXIT_FATAL, "cannot open the queue journal");
+    journal_open(&seq_start);
     updates_init(seq_start);
     journal_recover();
     cluster_start();
@@ -384,6 +383,9 @@ grpc_process_main(struct ds_child_start *start)
     }
     if (cq_start() == -1)
         fatal(DS_EXIT_FATAL, "cannot start the completion queue thread");
+    /* What was made as root for us to write after the drop becomes the user's. */
+    if (status == DS_EXIT_OK)
+        journal_chown(gp.config->user);
     if (status == DS_EXIT_OK && privileges_drop(gp.config->user, err, sizeof err) == -1) {
         log_error("%s", err);
         master_send_now(IPC_FATAL, err, strlen(err));

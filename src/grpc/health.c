@@ -17,6 +17,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
+#include "grpc/journal.h"
 
 enum serving_status {
     STATUS_SERVING = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING,
@@ -53,7 +54,8 @@ current_status(const struct health_call *h)
 {
     if (!h->known)
         return STATUS_SERVICE_UNKNOWN;
-    return gp.draining || gp.stopping || !cluster_serving(NULL) || !server_listening()
+    return gp.draining || gp.stopping || !cluster_serving(NULL) || !journal_serving(NULL) ||
+                   !server_listening()
                ? STATUS_NOT_SERVING : STATUS_SERVING;
 }
 

@@ -18,6 +18,7 @@
  * costs.
  */
 #include <errno.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,13 @@
 /* Tests and experiments only: a smaller segment size (bytes, or 256KiB). */
 #define SEGMENT_ENV "DS_JOURNAL_SEGMENT_BYTES"
 
+/* Opening the journal again after it could not be: backoff bounds. */
+#define OPEN_RETRY_MIN_MS   250
+#define OPEN_RETRY_MAX_MS   5000
+/* Writing again what a failed flush left buffered (FINALs, ATTEMPTs). */
+#define FLUSH_RETRY_MIN_MS  50
+#define FLUSH_RETRY_MAX_MS  2000
+
 struct pending_accept {
     struct item *item;
     struct submit_call *call;
@@ -53,8 +61,21 @@ struct pending_final {
 };
 
 static struct {
-    int enabled;
+    int enabled;                /* queue.journal is set in this process */
+    int open;                   /* and its instance is open: items can be journaled */
+    char *root;                 /* queue.journal as this process started with it */
+    uint64_t segment_max;
     struct journal_store store;
+    /* While it cannot be opened: why (rejections, health), and retrying. */
+    char unavailable[256];
+    struct event *open_timer;
+    uint32_t open_retry_ms;
+    uint64_t open_attempts;
+    uint64_t pending_seq;       /* seqs reserved meanwhile, for its first SEQ */
+    /* A flush that left FINALs (or other records) buffered is retried. */
+    struct event *retry_timer;
+    uint32_t retry_ms;
+    int finals_held;            /* logged once per burst */
     struct event *flush_event;
     struct event *sync_timer;
     struct event *scan_timer;
@@ -76,6 +97,16 @@ int
 journal_enabled(void)
 {
     return jr.enabled;
+}
+
+int
+journal_serving(const char **why)
+{
+    if (!jr.enabled || jr.open)
+        return 1;
+    if (why != NULL)
+        *why = jr.unavailable;
+    return 0;
 }
 
 static const char *
@@ -127,12 +158,60 @@ arm_sync_timer(void)
     evtimer_add(jr.sync_timer, &tv);
 }
 
+static void
+arm_retry_timer(void)
+{
+    if (jr.retry_timer == NULL || evtimer_pending(jr.retry_timer, NULL))
+        return;
+    jr.retry_ms = jr.retry_ms == 0 ? FLUSH_RETRY_MIN_MS
+                  : jr.retry_ms * 2 > FLUSH_RETRY_MAX_MS ? FLUSH_RETRY_MAX_MS : jr.retry_ms * 2;
+    struct timeval tv = clock_timeval_ms(jr.retry_ms);
+    evtimer_add(jr.retry_timer, &tv);
+}
+
+static void
+publish_finals(struct pending_final *finals, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        struct pending_final *f = &finals[i];
+        updates_publish(f->item, f->state, f->worker_pid, f->result, f->result_len, f->error,
+                        f->state == STATE_SUCCEEDED ? 1 : 0);
+        item_finished(f->item, f->state == STATE_SUCCEEDED);
+        free(f->result);
+        free(f->error);
+    }
+    free(finals);
+}
+
+/* FINALS (COUNT of them) wait for the next flush that writes their FINAL
+ * records, ahead of any that came meanwhile. */
+static void
+hold_finals(struct pending_final *finals, size_t count)
+{
+    if (count == 0) {
+        free(finals);
+        return;
+    }
+    size_t total = count + jr.final_count;
+    finals = ds_realloc(finals, total * sizeof *finals);
+    if (jr.final_count > 0)
+        memcpy(finals + count, jr.finals, jr.final_count * sizeof *finals);
+    free(jr.finals);
+    jr.finals = finals;
+    jr.final_count = jr.final_cap = total;
+}
+
 /*
  * Write what is buffered; FORCE_SYNC: make it durable now whatever the
- * policy (but `never`). Then accept or reject the items waiting for it and
- * publish the final updates it wrote. Returns 0; -1 if the write failed
- * (the items were rejected); -2 if it was written but the forced sync
- * failed (the items were accepted, as `interval` would have).
+ * policy (but `never`). Then accept the items whose ACCEPT got written
+ * (all, or on a full disk those that fit) and reject the rest, and publish
+ * the final updates whose FINAL it wrote. A final update whose FINAL could
+ * not be written is not published: it waits (a timer retries the write),
+ * so a grpc process killed meanwhile leaves the item live in the journal,
+ * and whoever takes it over runs it again; no subscriber saw it final.
+ * Returns 0; -1 if the write failed (some or all items were rejected); -2
+ * if it was written but the forced sync failed (the items were accepted,
+ * as `interval` would have).
  */
 static int
 flush_now(int force_sync)
@@ -146,8 +225,26 @@ flush_now(int force_sync)
     jr.finals = NULL;
     jr.final_count = jr.final_cap = 0;
 
+    char reason[320];
+    reason[0] = '\0';
+    if (!jr.open) {
+        /* Nothing is journaled while the journal cannot be opened. */
+        snprintf(reason, sizeof reason, "%s", jr.unavailable);
+        for (size_t i = 0; i < accept_count; i++) {
+            queue_journaling(-1);
+            submit_item_journaled(accepts[i].call, accepts[i].item, accepts[i].index, reason);
+        }
+        free(accepts);
+        if (accept_count > 0)
+            queue_room_available();
+        hold_finals(finals, final_count);
+        return -1;
+    }
+
     int wrote = journal_store_has_buffered(&jr.store);
     int rc = journal_store_flush(&jr.store), err = errno;
+    size_t written = rc == -1 ? jr.store.flushed_accepts : accept_count;
+    int finals_written = rc != -1 || jr.store.flushed_other;
     if (rc == 0 && force_sync && jr.store.sync == DS_JOURNAL_SYNC_INTERVAL &&
         journal_store_sync(&jr.store) == -1) {
         err = errno;
@@ -156,16 +253,14 @@ flush_now(int force_sync)
     }
     arm_sync_timer();
 
-    char reason[160];
-    reason[0] = '\0';
     if (rc == -1) {
         snprintf(reason, sizeof reason, "journal write failed: %s", strerror(err));
         jr.failed_flushes++;
-        jr.failed_items += accept_count;
+        jr.failed_items += accept_count > written ? accept_count - written : 0;
         if (!jr.failing) {
             jr.failing = 1;
             log_error("journal: writing to %s failed: %s; the items of every flush that fails "
-                      "are rejected", jr.store.dir, strerror(err));
+                      "are rejected (those that did not fit)", jr.store.dir, strerror(err));
         }
     } else if (jr.failing && wrote) {
         log_notice("journal: writing to %s works again after %llu failed flushes (%llu items "
@@ -178,22 +273,31 @@ flush_now(int force_sync)
     for (size_t i = 0; i < accept_count; i++) {
         queue_journaling(-1);
         submit_item_journaled(accepts[i].call, accepts[i].item, accepts[i].index,
-                              rc == -1 ? reason : NULL);
+                              i < written ? NULL : reason);
     }
     free(accepts);
-    if (rc == -1 && accept_count > 0)
+    if (written < accept_count)
         queue_room_available();
 
-    /* Published even if the FINAL could not be written: the item did finish. */
-    for (size_t i = 0; i < final_count; i++) {
-        struct pending_final *f = &finals[i];
-        updates_publish(f->item, f->state, f->worker_pid, f->result, f->result_len, f->error,
-                        f->state == STATE_SUCCEEDED ? 1 : 0);
-        item_finished(f->item, f->state == STATE_SUCCEEDED);
-        free(f->result);
-        free(f->error);
+    if (finals_written) {
+        if (jr.finals_held)
+            log_notice("journal: the FINAL records waiting for %s are written; their final "
+                       "updates are published", jr.store.dir);
+        jr.finals_held = 0;
+        publish_finals(finals, final_count);
+    } else {
+        if (final_count > 0 && !jr.finals_held) {
+            jr.finals_held = 1;
+            log_error("journal: the FINAL records of %zu items cannot be written to %s (%s); "
+                      "their final updates wait until they are", final_count, jr.store.dir,
+                      strerror(err));
+        }
+        hold_finals(finals, final_count);
     }
-    free(finals);
+    if (journal_store_has_buffered(&jr.store))
+        arm_retry_timer();
+    else
+        jr.retry_ms = 0;
     return rc;
 }
 
@@ -202,6 +306,13 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 {
     jr.flush_scheduled = 0;
     flush_now(0);
+}
+
+static void
+on_retry_timer(evutil_socket_t fd, short what, void *arg)
+{
+    if (jr.open && journal_store_has_buffered(&jr.store))
+        flush_now(0);
 }
 
 static void
@@ -224,8 +335,10 @@ journal_accept(struct item *item, struct submit_call *call, uint32_t index)
 {
     if (!jr.enabled)
         return 0;
-    struct journal_accept a = accept_of(item);
-    journal_store_accept(&jr.store, &a);
+    if (jr.open) {
+        struct journal_accept a = accept_of(item);
+        journal_store_accept(&jr.store, &a);
+    }       /* else the flush rejects it: nothing is journaled */
     if (jr.accept_count == jr.accept_cap) {
         jr.accept_cap = jr.accept_cap ? jr.accept_cap * 2 : 256;
         jr.accepts = ds_realloc(jr.accepts, jr.accept_cap * sizeof *jr.accepts);
@@ -240,8 +353,8 @@ int
 journal_final(struct item *item, enum wire_state state, pid_t worker_pid, const void *result,
               size_t result_len, const char *error)
 {
-    if (!jr.enabled)
-        return 0;
+    if (!jr.open)
+        return 0;       /* no journal, or none of its items: nothing to record */
     journal_store_final(&jr.store, item->key);
     if (jr.final_count == jr.final_cap) {
         jr.final_cap = jr.final_cap ? jr.final_cap * 2 : 256;
@@ -265,7 +378,7 @@ journal_final(struct item *item, enum wire_state state, pid_t worker_pid, const 
 void
 journal_attempt(const struct item *item)
 {
-    if (!jr.enabled)
+    if (!jr.open)
         return;
     journal_store_attempt(&jr.store, item->key, item->attempt);
     schedule_flush();
@@ -285,6 +398,11 @@ journal_seq(uint64_t reserved)
 {
     if (!jr.enabled)
         return;
+    if (!jr.open) {
+        if (reserved > jr.pending_seq)
+            jr.pending_seq = reserved;
+        return;
+    }
     journal_store_seq(&jr.store, reserved);
     schedule_flush();
 }
@@ -396,8 +514,8 @@ take_over(struct journal_recovery *r)
 static void
 on_scan(evutil_socket_t fd, short what, void *arg)
 {
-    if (gp.draining || gp.stopping)
-        return;             /* leave them to a grpc process that stays */
+    if (gp.draining || gp.stopping || !jr.open)
+        return;             /* leave them to a grpc process that stays, or can */
     struct journal_recovery *dead;
     int n = journal_find_dead(jr.store.root, jr.store.name, &dead);
     if (n == -1) {
@@ -420,32 +538,102 @@ on_scan(evutil_socket_t fd, short what, void *arg)
 
 /* ---- start, reload, exit -------------------------------------------------- */
 
-int
+/* Open our instance: 0, or -1 with jr.unavailable saying why. */
+static int
+try_open(void)
+{
+    char name[64];
+    snprintf(name, sizeof name, "grpc-%013llu-%ld",
+             (unsigned long long)(clock_wall_ns() / 1000000), (long)getpid());
+    jr.open_attempts++;
+    if (journal_store_open(&jr.store, jr.root, name, gp.config->queue.journal_sync,
+                           jr.segment_max) == -1) {
+        snprintf(jr.unavailable, sizeof jr.unavailable, "journal unavailable: %s: %s",
+                 jr.root, strerror(errno));
+        return -1;
+    }
+    jr.open = 1;
+    jr.unavailable[0] = '\0';
+    if (jr.pending_seq > 0)
+        journal_store_seq(&jr.store, jr.pending_seq);
+    return 0;
+}
+
+static void
+arm_open_timer(void)
+{
+    struct timeval tv = clock_timeval_ms(jr.open_retry_ms);
+    evtimer_add(jr.open_timer, &tv);
+}
+
+/* What journal_recover does once our instance is open: take over the dead
+ * instances read at start, write our first SEQ, scan from now on. */
+static void
+start_journaling(void)
+{
+    for (size_t i = 0; i < jr.dead_count; i++)
+        if (jr.dead[i].dir != NULL)
+            take_over(&jr.dead[i]);
+    free(jr.dead);
+    jr.dead = NULL;
+    jr.dead_count = 0;
+    flush_now(1);           /* our first SEQ */
+    struct timeval tv = clock_timeval_ms(JOURNAL_SCAN_MS);
+    event_add(jr.scan_timer, &tv);
+}
+
+static void
+on_open_timer(evutil_socket_t fd, short what, void *arg)
+{
+    if (gp.stopping || gp.draining)
+        return;         /* nothing is accepted any more: leave it to the next one */
+    if (try_open() == -1) {
+        log_debug("journal: still cannot open %s: %s", jr.root, jr.unavailable);
+        jr.open_retry_ms = jr.open_retry_ms * 2 > OPEN_RETRY_MAX_MS ? OPEN_RETRY_MAX_MS
+                                                                    : jr.open_retry_ms * 2;
+        arm_open_timer();
+        return;
+    }
+    log_notice("journal: %s opened after %llu attempts; items are accepted again",
+               jr.store.dir, (unsigned long long)jr.open_attempts);
+    start_journaling();
+    health_changed();
+}
+
+/*
+ * A journal that cannot be opened (a full disk, EIO, permissions) does not
+ * stop the daemon: the grpc process serves, rejects every item with the
+ * reason (nothing is accepted unjournaled), reports NOT_SERVING, and tries
+ * again with backoff; the journals of dead instances are read now (their
+ * seqs matter at once) and taken over once ours is open.
+ */
+void
 journal_open(uint64_t *seq_start)
 {
     const struct ds_config *c = gp.config;
     if (c->queue.journal == NULL)
-        return 0;
-    char name[64];
-    snprintf(name, sizeof name, "grpc-%013llu-%ld",
-             (unsigned long long)(clock_wall_ns() / 1000000), (long)getpid());
-    uint64_t segment_max = 0;
+        return;
+    jr.root = ds_strdup(c->queue.journal);
     const char *env = getenv(SEGMENT_ENV);
-    if (env != NULL && config_parse_size(env, &segment_max) == -1) {
+    if (env != NULL && config_parse_size(env, &jr.segment_max) == -1) {
         log_warn("%s=%s is not a size; using the default", SEGMENT_ENV, env);
-        segment_max = 0;
-    }
-    if (journal_store_open(&jr.store, c->queue.journal, name, c->queue.journal_sync,
-                           segment_max) == -1) {
-        log_error("queue.journal %s cannot be used: %s", c->queue.journal, strerror(errno));
-        return -1;
+        jr.segment_max = 0;
     }
     jr.enabled = 1;
+    jr.flush_event = event_new(gp.base, -1, 0, on_flush, NULL);
+    jr.sync_timer = evtimer_new(gp.base, on_sync_timer, NULL);
+    jr.retry_timer = evtimer_new(gp.base, on_retry_timer, NULL);
+    jr.open_timer = evtimer_new(gp.base, on_open_timer, NULL);
+    jr.scan_timer = event_new(gp.base, -1, EV_PERSIST, on_scan, NULL);
+    if (try_open() == -1)
+        log_error("queue.journal %s cannot be used (%s); every item is rejected until it can, "
+                  "trying again from %d ms to every %d s", c->queue.journal, jr.unavailable,
+                  OPEN_RETRY_MIN_MS, OPEN_RETRY_MAX_MS / 1000);
 
-    uint64_t seq = journal_seq_file_read(jr.store.root), max_key = 0;
-    int n = journal_find_dead(jr.store.root, name, &jr.dead);
+    uint64_t seq = journal_seq_file_read(jr.root), max_key = 0;
+    int n = journal_find_dead(jr.root, jr.open ? jr.store.name : NULL, &jr.dead);
     if (n == -1) {
-        log_syserr("journal: opendir(\"%s\") failed", jr.store.root);
+        log_syserr("journal: opendir(\"%s\") failed", jr.root);
         n = 0;
     }
     jr.dead_count = (size_t)n;
@@ -468,13 +656,9 @@ journal_open(uint64_t *seq_start)
     }
     queue_skip_keys(max_key);
     /* updates_init reserves this much: a later start must continue past it. */
-    journal_store_seq(&jr.store, *seq_start + SEQ_RESERVE_CHUNK);
-
-    jr.flush_event = event_new(gp.base, -1, 0, on_flush, NULL);
-    jr.sync_timer = evtimer_new(gp.base, on_sync_timer, NULL);
-    jr.scan_timer = event_new(gp.base, -1, EV_PERSIST, on_scan, NULL);
-    log_info("journal: %s (journal_sync: %s)", jr.store.dir, sync_name(jr.store.sync));
-    return 0;
+    journal_seq(*seq_start + SEQ_RESERVE_CHUNK);
+    if (jr.open)
+        log_info("journal: %s (journal_sync: %s)", jr.store.dir, sync_name(jr.store.sync));
 }
 
 void
@@ -482,15 +666,28 @@ journal_recover(void)
 {
     if (!jr.enabled)
         return;
-    for (size_t i = 0; i < jr.dead_count; i++)
-        if (jr.dead[i].dir != NULL)
-            take_over(&jr.dead[i]);
-    free(jr.dead);
-    jr.dead = NULL;
-    jr.dead_count = 0;
-    flush_now(1);           /* our first SEQ */
-    struct timeval tv = clock_timeval_ms(JOURNAL_SCAN_MS);
-    event_add(jr.scan_timer, &tv);
+    if (jr.open) {
+        start_journaling();
+        return;
+    }
+    jr.open_retry_ms = OPEN_RETRY_MIN_MS;
+    arm_open_timer();
+}
+
+void
+journal_chown(const char *user)
+{
+    if (!jr.enabled || user == NULL || user[0] == '\0' || geteuid() != 0)
+        return;
+    errno = 0;
+    struct passwd *pw = getpwnam(user);
+    if (pw == NULL) {
+        log_error("journal: getpwnam(\"%s\") failed: %s", user,
+                  errno != 0 ? strerror(errno) : "no such user");
+        return;
+    }
+    if (journal_store_chown(jr.root, pw->pw_uid, pw->pw_gid) == 0)
+        log_debug("journal: %s belongs to %s", jr.root, user);
 }
 
 void
@@ -503,12 +700,12 @@ journal_configure(const struct ds_config *old)
                      "next starts");
         return;
     }
-    if (c->queue.journal == NULL || strcmp(c->queue.journal, jr.store.root) != 0)
+    if (c->queue.journal == NULL || strcmp(c->queue.journal, jr.root) != 0)
         log_warn("queue.journal: changed to %s by this reload; this grpc process keeps "
                  "journaling to %s, and what it leaves there is recovered only by a grpc "
                  "process configured with that directory", c->queue.journal != NULL
-                 ? c->queue.journal : "off", jr.store.root);
-    if (c->queue.journal_sync != jr.store.sync) {
+                 ? c->queue.journal : "off", jr.root);
+    if (jr.open && c->queue.journal_sync != jr.store.sync) {
         if (jr.store.sync != DS_JOURNAL_SYNC_NEVER && jr.store.unsynced)
             journal_store_sync(&jr.store);
         log_info("journal: journal_sync %s -> %s", sync_name(jr.store.sync),
@@ -526,7 +723,9 @@ journal_shutdown(void)
     event_free(jr.flush_event);
     event_free(jr.sync_timer);
     event_free(jr.scan_timer);
-    jr.flush_event = jr.sync_timer = jr.scan_timer = NULL;
+    event_free(jr.retry_timer);
+    event_free(jr.open_timer);
+    jr.flush_event = jr.sync_timer = jr.scan_timer = jr.retry_timer = jr.open_timer = NULL;
     for (size_t i = 0; i < jr.dead_count; i++)
         if (jr.dead[i].dir != NULL)
             journal_recovery_free(&jr.dead[i]);
@@ -543,6 +742,11 @@ journal_shutdown(void)
     free(jr.accepts);
     jr.accepts = NULL;
     jr.accept_count = jr.accept_cap = 0;
+    free(jr.root);
+    jr.root = NULL;
+    if (!jr.open)
+        return;     /* never opened: nothing of ours is anywhere */
+    jr.open = 0;
 
     int rc = journal_store_flush(&jr.store);
     if (rc == -1)

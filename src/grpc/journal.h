@@ -10,8 +10,13 @@
  *   iteration produced). A write or fsync error rejects the items of that
  *   flush ("journal write failed: ..."); nothing is silently accepted.
  * - An item's final update (SUCCEEDED, FAILED) is published only after its
- *   FINAL record is written (not fsynced): a killed grpc process never runs
- *   an item again whose final update a subscriber may have seen.
+ *   FINAL record is written (not fsynced; fsynced with `always`): a killed
+ *   grpc process never runs an item again whose final update a subscriber
+ *   may have seen. A FINAL that cannot be written (a full disk) holds its
+ *   update back, and is written again until it is.
+ * - A journal that cannot be opened (at start, a full disk) does not stop
+ *   the grpc process: it rejects every item with the reason, reports
+ *   NOT_SERVING, and tries again with backoff.
  * - Every grpc process writes its own instance directory,
  *   DIR/grpc-<start ms>-<pid>/, holding an flock on its `lock` file and
  *   segments 00000001.seg, 00000002.seg, ... At start and every 10 s it
@@ -204,6 +209,10 @@ struct journal_store {
     int unsynced;               /* written since the last fdatasync */
     int roll_next;              /* start a new segment at the next flush */
     uint64_t max_seq;           /* the largest SEQ written */
+    /* What the last flush wrote: the first flushed_accepts of its ACCEPTs,
+     * and (flushed_other) all of `other`. */
+    size_t flushed_accepts;
+    int flushed_other;
 
     /* for tests and the log */
     uint64_t flushes, bytes_written, syncs, rolls, deleted, copied;
@@ -233,12 +242,22 @@ uint64_t journal_store_live(const struct journal_store *s);
  * Write what is buffered (rolling to a new segment first when one is due),
  * then fdatasync with `always`, and delete dead segments unless the policy
  * is `interval` (journal_store_sync does it then). 0: every buffered record
- * is written. -1 (errno set): nothing of `accepts` counts (those entries are
- * gone: reject the items); `other` stays buffered for the next flush.
+ * is written. -1 (errno set): a full disk may still have taken `other` and
+ * some ACCEPTs whole: the first s->flushed_accepts ACCEPTs count (in the
+ * order they were buffered), the rest do not (those entries are gone:
+ * reject the items); s->flushed_other says whether `other` was written, or
+ * stays buffered for the next flush. The file is cut back to what counts.
+ * A disk full of a segment that holds nothing live is made room on by
+ * emptying that segment.
  */
 int journal_store_flush(struct journal_store *s);
 /* fdatasync what was written and not synced, then delete dead segments. */
 int journal_store_sync(struct journal_store *s);
+
+/* Give ROOT, its entries and those of its instance directories to UID:GID
+ * (symlinks themselves, not their targets, but for ROOT). 0, or -1 if any
+ * failed (logged). */
+int journal_store_chown(const char *root, uid_t uid, gid_t gid);
 
 /* ROOT/seq: the largest seq of instances whose files are gone. */
 uint64_t journal_seq_file_read(const char *root);
@@ -295,9 +314,11 @@ void journal_recovery_free(struct journal_recovery *r);
 struct item;
 struct submit_call;
 
-/* Before updates_init: open our instance (0, or -1: fatal, logged), read
- * the journals of dead instances, and raise *seq_start past their seqs. */
-int journal_open(uint64_t *seq_start);
+/* Before updates_init: open our instance, read the journals of dead
+ * instances, and raise *seq_start past their seqs. An instance that cannot
+ * be opened is logged and retried with backoff (see journal_serving);
+ * meanwhile every item is rejected with the reason. */
+void journal_open(uint64_t *seq_start);
 /* After updates_init, before serving: run what journal_open read. */
 void journal_recover(void);
 /* A reload: apply queue.journal_sync; a changed queue.journal needs a restart. */
@@ -306,6 +327,13 @@ void journal_configure(const struct ds_config *old);
  * if nothing is live. */
 void journal_shutdown(void);
 int journal_enabled(void);
+/* 1 unless queue.journal is set and cannot be opened (then *why, if WHY is
+ * not NULL, says why: "journal unavailable: DIR: strerror"). */
+int journal_serving(const char **why);
+/* Before the grpc process drops privileges to USER: give it the journal
+ * directory and all that is in it, so that it can roll segments, take
+ * over instances and write DIR/seq as that user. */
+void journal_chown(const char *user);
 
 /* submit.c: ITEM, the INDEX-th of CALL's stream, is valid. Returns 0 with
  * no journal (accept it now). 1: it is journaled, and
@@ -313,7 +341,8 @@ int journal_enabled(void);
 int journal_accept(struct item *item, struct submit_call *call, uint32_t index);
 /* queue.c: ITEM is final. Returns 0 with no journal (publish it now). 1:
  * the journal publishes the update and calls item_finished() once ITEM's
- * FINAL record is written. RESULT and ERROR are copied. */
+ * FINAL record is written; while it cannot be (a full disk), neither
+ * happens, and the write is retried. RESULT and ERROR are copied. */
 int journal_final(struct item *item, enum wire_state state, pid_t worker_pid,
                   const void *result, size_t result_len, const char *error);
 /* queue.c: ITEM was retried; item->attempt is the next one. */

@@ -477,7 +477,9 @@ mkdir_p(const char *path)
             continue;
         char c = *p;
         *p = '\0';
-        if (mkdir(buf, 0700) == -1 && errno != EEXIST)
+        /* Parents made here are 0755, as mkdir -p makes them: a user the
+         * grpc process drops to must be able to reach the journal. */
+        if (mkdir(buf, c == '\0' ? 0700 : 0755) == -1 && errno != EEXIST)
             return -1;
         *p = c;
         if (c == '\0')
@@ -485,9 +487,13 @@ mkdir_p(const char *path)
     }
 }
 
+/* Write all of IOV; *written (if not NULL) is what got out, also when it
+ * fails (a full disk takes a short write, then fails the rest). */
 static int
-write_full(int fd, struct iovec *iov, int count)
+write_full(int fd, struct iovec *iov, int count, size_t *written)
 {
+    if (written != NULL)
+        *written = 0;
     while (count > 0) {
         ssize_t n = writev(fd, iov, count);
         if (n == -1) {
@@ -499,6 +505,8 @@ write_full(int fd, struct iovec *iov, int count)
             errno = EIO;
             return -1;
         }
+        if (written != NULL)
+            *written += (size_t)n;
         while (count > 0 && (size_t)n >= iov->iov_len) {
             n -= (ssize_t)iov->iov_len;
             iov++;
@@ -534,6 +542,59 @@ unmap_file(const uint8_t *p, size_t size)
 {
     if (size > 0)
         munmap((void *)p, size);
+}
+
+/* ---- ownership ---------------------------------------------------------- */
+
+static int
+chown_entry(const char *path, uid_t uid, gid_t gid)
+{
+    if (lchown(path, uid, gid) == -1 && errno != ENOENT) {
+        log_syswarn("journal: lchown(\"%s\", %u, %u) failed", path, (unsigned)uid,
+                    (unsigned)gid);
+        return -1;
+    }
+    return 0;
+}
+
+int
+journal_store_chown(const char *root, uid_t uid, gid_t gid)
+{
+    /* ROOT itself may be a symlink the operator made: its target is ours. */
+    if (chown(root, uid, gid) == -1) {
+        log_syswarn("journal: chown(\"%s\", %u, %u) failed", root, (unsigned)uid,
+                    (unsigned)gid);
+        return -1;
+    }
+    int rc = 0;
+    DIR *d = opendir(root);
+    if (d == NULL)
+        return -1;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        char *path = path_join(root, de->d_name);
+        if (chown_entry(path, uid, gid) == -1)
+            rc = -1;
+        DIR *inner = strncmp(de->d_name, INSTANCE_PREFIX, strlen(INSTANCE_PREFIX)) == 0
+                     ? opendir(path) : NULL;
+        if (inner != NULL) {
+            struct dirent *ie;
+            while ((ie = readdir(inner)) != NULL) {
+                if (strcmp(ie->d_name, ".") == 0 || strcmp(ie->d_name, "..") == 0)
+                    continue;
+                char *file = path_join(path, ie->d_name);
+                if (chown_entry(file, uid, gid) == -1)
+                    rc = -1;
+                free(file);
+            }
+            closedir(inner);
+        }
+        free(path);
+    }
+    closedir(d);
+    return rc;
 }
 
 /* ---- the seq file ------------------------------------------------------- */
@@ -736,7 +797,7 @@ roll(struct journal_store *s)
         return -1;
     }
     struct iovec iov = { .iov_base = JOURNAL_MAGIC, .iov_len = JOURNAL_MAGIC_SIZE };
-    if (write_full(fd, &iov, 1) == -1 || (s->sync != DS_JOURNAL_SYNC_NEVER &&
+    if (write_full(fd, &iov, 1, NULL) == -1 || (s->sync != DS_JOURNAL_SYNC_NEVER &&
                                            (fsync(fd) == -1 || fsync_dir(s->dir) == -1))) {
         int saved = errno;
         log_syserr("journal: creating %s failed", path);
@@ -975,81 +1036,174 @@ buf_settle(struct journal_buf *b)
     }
 }
 
+/* How many of the first COUNT records of B lie whole within its first
+ * AVAIL bytes; *bytes is their size. */
+static size_t
+whole_records(const struct journal_buf *b, size_t count, size_t avail, size_t *bytes)
+{
+    size_t off = 0, n = 0;
+    while (n < count && off + JOURNAL_HEADER_SIZE <= b->len) {
+        size_t len = JOURNAL_HEADER_SIZE + (size_t)get32(b->data + off + 4);
+        if (off + len > avail)
+            break;
+        off += len;
+        n++;
+    }
+    *bytes = off;
+    return n;
+}
+
+/*
+ * The disk is full (or the file at its size limit) and the current
+ * segment is the only one and holds
+ * nothing live: every ACCEPT in it is final (its FINAL written or
+ * buffered), and no older segment has items its FINALs or ATTEMPTs speak
+ * of. Emptying it is then as good as writing those FINALs, and gives back
+ * its space, so the FINALs of a burst that filled the disk by itself can
+ * always be written. 0, or -1 if that is not the case (or cannot be done).
+ */
+static int
+empty_current(struct journal_store *s, int err)
+{
+    struct journal_segment *cur = current_segment(s);
+    if ((err != ENOSPC && err != EDQUOT && err != EFBIG) || s->segment_count != 1 || cur == NULL ||
+        cur->live > 0 || s->fd == -1 || s->size <= JOURNAL_MAGIC_SIZE)
+        return -1;
+    if (ftruncate(s->fd, JOURNAL_MAGIC_SIZE) == -1) {
+        log_syserr("journal: ftruncate() of segment %u to make room failed", s->segment);
+        return -1;
+    }
+    log_notice("journal: the disk is full and segment %u of %s holds nothing live; emptied it "
+               "to make room (%llu bytes)", s->segment, s->dir,
+               (unsigned long long)(s->size - JOURNAL_MAGIC_SIZE));
+    s->size = JOURNAL_MAGIC_SIZE;
+    s->roll_next = 0;           /* what was in doubt is gone */
+    if (s->max_seq > 0)
+        journal_encode_seq(&s->other, s->max_seq);
+    return 0;
+}
+
 int
 journal_store_flush(struct journal_store *s)
 {
-    if (!journal_store_has_buffered(s))
+    s->flushed_accepts = 0;
+    s->flushed_other = 0;
+    if (!journal_store_has_buffered(s)) {
+        s->flushed_other = 1;
         return 0;
-    int err;
+    }
+    int err = 0, emptied = 0;
+again:;
     struct journal_segment *cur = current_segment(s);
     if (s->fd == -1 || s->roll_next || s->size >= s->segment_max ||
         (s->size >= s->idle_roll && cur != NULL && cur->live == 0)) {
         if (roll(s) == -1) {
             err = errno;
+            if (!emptied && empty_current(s, err) == 0) {
+                emptied = 1;
+                goto again;
+            }
             goto failed;
         }
     }
     uint64_t base = s->size;
-    size_t other_len = s->other.len, total = s->other.len + s->accepts.len;
+    size_t other_len = s->other.len, total = s->other.len + s->accepts.len, written;
     struct iovec iov[2] = {
         { .iov_base = s->other.data, .iov_len = s->other.len },
         { .iov_base = s->accepts.data, .iov_len = s->accepts.len },
     };
-    int rc = write_full(s->fd, iov, 2);
-    if (rc == 0 && s->sync == DS_JOURNAL_SYNC_ALWAYS && fdatasync(s->fd) == -1) {
-        rc = -1;
-        s->roll_next = 1;       /* what the kernel kept of this file is in doubt */
-    }
+    int rc = write_full(s->fd, iov, 2, &written);
+    /* What of it counts: all, or (a full disk) `other` and the ACCEPTs that
+     * got out whole, or nothing. */
+    size_t keep = total, kept = s->new_count;
+    int other_done = 1, truncate_failed = 0;
     if (rc == -1) {
         err = errno;
-        if (ftruncate(s->fd, (off_t)base) == -1) {
+        size_t accept_bytes = 0;
+        other_done = written >= other_len;
+        kept = other_done ? whole_records(&s->accepts, s->new_count, written - other_len,
+                                          &accept_bytes) : 0;
+        keep = other_done ? other_len + accept_bytes : 0;
+        if (ftruncate(s->fd, (off_t)(base + keep)) == -1) {
             log_syserr("journal: ftruncate() of segment %u after a failed write failed; "
                        "cancelling its items there", s->segment);
+            truncate_failed = 1;
             s->roll_next = 1;
-            for (size_t i = 0; i < s->new_count; i++)
-                journal_encode_final(&s->other, s->new_keys[i]);
+        } else if (keep == 0 && !emptied && empty_current(s, err) == 0) {
+            emptied = 1;
+            goto again;
         }
-        goto failed;
+    }
+    if (keep > 0 && s->sync == DS_JOURNAL_SYNC_ALWAYS && fdatasync(s->fd) == -1) {
+        /* What the kernel kept of this file is in doubt: none of it counts. */
+        err = errno;
+        rc = -1;
+        s->roll_next = 1;
+        if (ftruncate(s->fd, (off_t)base) == -1)
+            truncate_failed = 1;
+        keep = kept = 0;
+        other_done = 0;
     }
 
-    s->size += total;
-    s->bytes_written += total;
-    s->flushes++;
-    if (s->sync == DS_JOURNAL_SYNC_ALWAYS)
-        s->syncs++;
-    else
-        s->unsynced = 1;
+    s->size = base + keep;
+    if (keep > 0) {
+        s->bytes_written += keep;
+        s->flushes++;
+        if (s->sync == DS_JOURNAL_SYNC_ALWAYS)
+            s->syncs++;
+        else
+            s->unsynced = 1;
+    }
     cur = current_segment(s);
-    for (size_t i = 0; i < s->copy_count; i++) {
-        struct journal_entry *e = journal_map_get(&s->entries, s->copy_keys[i]);
-        if (e == NULL || e->state != JOURNAL_ENTRY_COPYING)
-            continue;       /* final meanwhile */
-        segment_live_dec(s, e->segment);
-        e->segment = s->segment;
-        e->offset = base + e->aux;
-        e->state = JOURNAL_ENTRY_WRITTEN;
-        cur->live++;
+    if (other_done) {
+        for (size_t i = 0; i < s->copy_count; i++) {
+            struct journal_entry *e = journal_map_get(&s->entries, s->copy_keys[i]);
+            if (e == NULL || e->state != JOURNAL_ENTRY_COPYING)
+                continue;       /* final meanwhile */
+            segment_live_dec(s, e->segment);
+            e->segment = s->segment;
+            e->offset = base + e->aux;
+            e->state = JOURNAL_ENTRY_WRITTEN;
+            cur->live++;
+        }
+        s->copy_count = 0;
+        buf_settle(&s->other);
     }
     for (size_t i = 0; i < s->new_count; i++) {
         struct journal_entry *e = journal_map_get(&s->entries, s->new_keys[i]);
         if (e == NULL || e->state != JOURNAL_ENTRY_NEW)
             continue;
-        e->segment = s->segment;
-        e->offset = base + other_len + e->aux;
-        e->state = JOURNAL_ENTRY_WRITTEN;
-        cur->live++;
+        if (i < kept) {
+            e->segment = s->segment;
+            e->offset = base + other_len + e->aux;
+            e->state = JOURNAL_ENTRY_WRITTEN;
+            cur->live++;
+        } else {
+            journal_map_del(&s->entries, s->new_keys[i]);
+        }
     }
-    s->copy_count = s->new_count = 0;
-    buf_settle(&s->other);
+    /* Whatever of the rest may still be in the file is void. */
+    if (truncate_failed)
+        for (size_t i = kept; i < s->new_count; i++)
+            journal_encode_final(&s->other, s->new_keys[i]);
+    s->flushed_accepts = kept;
+    s->flushed_other = other_done;
+    s->new_count = 0;
     buf_settle(&s->accepts);
-    if (s->sync != DS_JOURNAL_SYNC_INTERVAL)
+    if (rc == 0) {
+        if (s->sync != DS_JOURNAL_SYNC_INTERVAL)
+            collect(s);
+        return 0;
+    }
+    /* A full disk frees up as dead segments go (unless copies still want
+     * their sync). */
+    if (s->sync == DS_JOURNAL_SYNC_NEVER || !s->unsynced)
         collect(s);
-    return 0;
+    errno = err;
+    return -1;
 
 failed:
     journal_store_discard_accepts(s);
-    /* A full disk frees up as dead segments go (unless copies still want
-     * their sync). */
     if (s->sync == DS_JOURNAL_SYNC_NEVER || !s->unsynced)
         collect(s);
     errno = err;

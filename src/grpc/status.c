@@ -44,6 +44,7 @@
 #include "core/utf8.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
+#include "grpc/journal.h"
 
 #define STATUS_BACKLOG      64
 #define STATUS_TIMEOUT_S    10      /* an idle or slow connection is closed after this */
@@ -522,7 +523,7 @@ on_request(struct evhttp_request *req, void *arg)
         evbuffer_add_printf(body, "the gRPC listener accepts no connection (descriptors "
                             "exhausted); it listens again once descriptors are free\n");
         reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", CONTENT_TEXT, body);
-    } else if (!cluster_serving(&why)) {
+    } else if (!cluster_serving(&why) || !journal_serving(&why)) {
         evbuffer_add_printf(body, "%s\n", why);
         reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", CONTENT_TEXT, body);
     } else {

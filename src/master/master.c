@@ -835,6 +835,7 @@ reload(void)
     m.generation++;
     log_open(config->log.file, config->log.level);
     log_chown_to_user(log_file_fd(), config->user);
+    log_prepare_for_user(config->log.access, config->user);
 
     struct process *g = grpc_process();
     if (g != NULL && g->control != NULL) {
@@ -992,7 +993,11 @@ on_signal(evutil_socket_t fd, short what, void *arg)
             master_stop(MASTER_STOPPING_GRACEFUL, DS_EXIT_OK);
             break;
         case SIGUSR1:
+            /* Made here as root and given to the user, before the children
+             * (running as it) reopen them: they may not create files there. */
             log_reopen();
+            log_chown_to_user(log_file_fd(), m.config->user);
+            log_prepare_for_user(m.config->log.access, m.config->user);
             for (struct process *p = m.processes; p != NULL; p = p->next)
                 if (p->control != NULL)
                     channel_send(p->control, IPC_REOPEN_LOGS, NULL, 0);

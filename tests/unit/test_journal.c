@@ -17,6 +17,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -697,6 +699,125 @@ test_write_failure(void **state)
     journal_recovery_free(&r);
 }
 
+/* Writes past LIMIT bytes of a file fail (EFBIG) after a short write, as
+ * on a full disk; 0 lifts it. */
+static void
+limit_file_size(rlim_t limit)
+{
+    static struct rlimit saved;
+    static int have_saved;
+    if (!have_saved) {
+        assert_int_equal(getrlimit(RLIMIT_FSIZE, &saved), 0);
+        have_saved = 1;
+        signal(SIGXFSZ, SIG_IGN);
+    }
+    struct rlimit rl = saved;
+    if (limit > 0)
+        rl.rlim_cur = limit;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
+static void
+test_short_write_keeps_what_fits(void **state)
+{
+    const char *name = "grpc-0000000000011-21";
+    struct journal_store s;
+    char path[512];
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    accept_key(&s, 1, 100);
+    accept_key(&s, 2, 100);
+    assert_int_equal(journal_store_flush(&s), 0);
+
+    /* Room for the FINAL and two and a half 4 KB ACCEPTs of five. */
+    journal_store_final(&s, 1);
+    for (uint64_t k = 10; k < 15; k++)
+        accept_key(&s, k, 4000);
+    size_t record = (s.accepts.len) / 5;
+    limit_file_size(s.size + 20 + record * 5 / 2);
+    errno = 0;
+    int rc = journal_store_flush(&s);
+    int err = errno;
+    limit_file_size(0);
+    assert_int_equal(rc, -1);
+    assert_int_equal(err, EFBIG);
+    assert_true(s.flushed_other);
+    assert_int_equal(s.flushed_accepts, 2);
+    assert_non_null(journal_map_get(&s.entries, 10));
+    assert_non_null(journal_map_get(&s.entries, 11));
+    assert_null(journal_map_get(&s.entries, 12));
+    assert_null(journal_map_get(&s.entries, 14));
+    assert_int_equal(journal_store_live(&s), 3);
+    assert_false(journal_store_has_buffered(&s));
+    /* Cut back to the last whole record: what follows lands after it. */
+    segment_file(name, s.segment, path, sizeof path);
+    assert_int_equal(file_size(path), (off_t)s.size);
+
+    accept_key(&s, 20, 10);
+    assert_int_equal(journal_store_flush(&s), 0);
+    journal_store_close(&s, 0);
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 4);
+    assert_null(find_item(&r, 1));
+    assert_non_null(find_item(&r, 2));
+    assert_non_null(find_item(&r, 10));
+    assert_non_null(find_item(&r, 11));
+    assert_null(find_item(&r, 12));
+    assert_non_null(find_item(&r, 20));
+    assert_int_equal(r.truncated, 0);
+    journal_recovery_free(&r);
+}
+
+static void
+test_full_disk_empties_a_dead_only_segment(void **state)
+{
+    const char *name = "grpc-0000000000012-22";
+    struct journal_store s;
+    char path[512];
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    journal_store_seq(&s, 5);
+    for (uint64_t k = 1; k <= 3; k++)
+        accept_key(&s, k, 4000);
+    assert_int_equal(journal_store_flush(&s), 0);
+    for (uint64_t k = 1; k <= 3; k++)
+        journal_store_final(&s, k);
+    /* No room for the FINALs; but every item of the only segment is final. */
+    limit_file_size(s.size + 10);
+    int rc = journal_store_flush(&s);
+    limit_file_size(0);
+    assert_int_equal(rc, 0);
+    assert_true(s.flushed_other);
+    segment_file(name, s.segment, path, sizeof path);
+    assert_true(file_size(path) < 200);
+    assert_int_equal(file_size(path), (off_t)s.size);
+    journal_store_close(&s, 0);
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 0);
+    assert_int_equal(r.max_seq, 5);
+    journal_recovery_free(&r);
+
+    /* With a live item there, nothing is emptied: the FINAL waits. */
+    name = "grpc-0000000000013-23";
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    accept_key(&s, 1, 4000);
+    accept_key(&s, 2, 4000);
+    assert_int_equal(journal_store_flush(&s), 0);
+    journal_store_final(&s, 1);
+    uint64_t size = s.size;
+    limit_file_size(s.size + 10);
+    rc = journal_store_flush(&s);
+    limit_file_size(0);
+    assert_int_equal(rc, -1);
+    assert_false(s.flushed_other);
+    assert_true(journal_store_has_buffered(&s));
+    assert_int_equal(s.size, size);
+    assert_int_equal(journal_store_flush(&s), 0);
+    journal_store_close(&s, 0);
+    r = read_instance(name);
+    assert_int_equal(r.count, 1);
+    assert_non_null(find_item(&r, 2));
+    journal_recovery_free(&r);
+}
+
 static void
 test_find_dead_cleans_up(void **state)
 {
@@ -758,6 +879,9 @@ main(void)
         cmocka_unit_test_setup_teardown(test_compaction_deletes_dead_segments, setup, teardown),
         cmocka_unit_test_setup_teardown(test_compaction_copies_long_lived_items, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_roll, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_short_write_keeps_what_fits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_disk_empties_a_dead_only_segment, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find_dead_cleans_up, setup, teardown),
     };

@@ -12,6 +12,11 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#else
+#define RUNNING_ON_VALGRIND 0
+#endif
 #include <event2/event.h>
 
 #include "core/log.h"
@@ -311,6 +316,11 @@ test_channel_passes_fd(void **state)
 static void
 test_channel_lost_fd_keeps_the_channel(void **state)
 {
+    /* Valgrind keeps RLIMIT_NOFILE to itself (setrlimit() does not reach
+     * the kernel), so the kernel never drops the descriptor there; the
+     * plain and ASan runs test this. */
+    if (RUNNING_ON_VALGRIND)
+        skip();
     struct pair p;
     pair_open(&p, 1024);
     struct event_base *wbase = event_base_new();

@@ -36,7 +36,10 @@
 #include "core/process.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
-#include "grpc/journal.h"
+#include "grpc/item.h"
+#include "grpc/metrics.h"
+#include "grpc/store.h"
+#include "grpc/updates.h"
 #include "workers/handler.h"
 
 #define CONNECT_TIMEOUT_MS  3000    /* for the three connections and the setup */
@@ -152,10 +155,11 @@ struct conn {
 };
 
 /* A reply owed for an item. */
+/* A script in flight for an item: the store's acceptance, or the item
+ * and the state of its final update. Freed by the reply's callback. */
 struct item_op {
-    struct item *item;
-    struct submit_call *call;   /* accept */
-    uint32_t index;
+    struct acceptance a;        /* accept */
+    struct item *item;          /* final, retry */
     enum wire_state state;      /* final */
 };
 
@@ -198,15 +202,10 @@ static struct {
     char why[400];
 } cl;
 
-int
-cluster_enabled(void)
-{
-    return cl.enabled;
-}
-
 static void session_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void read_updates(void);
 static void check_done(void);
+static void cluster_pull(void);
 
 /* ---- commands ------------------------------------------------------------ */
 
@@ -367,13 +366,14 @@ on_published(redisAsyncContext *ac, void *reply, void *arg)
     inflight_done();
 }
 
-void
-cluster_publish(const struct item *item, enum wire_state state, pid_t worker_pid,
-                float progress)
+/* STARTED or PROGRESS: every update comes back through the cluster's
+ * stream, in its order. */
+static void
+cluster_publish(const struct item *item, const struct outcome *o)
 {
     size_t len;
-    uint8_t *encoded = updates_encode(item, state, worker_pid, NULL, 0, NULL, progress, &len);
-    if (send_update(item, 'u', item->attempt, state, encoded, len, on_published, NULL) == -1)
+    uint8_t *encoded = updates_encode(item, o, &len);
+    if (send_update(item, 'u', item->attempt, o->state, encoded, len, on_published, NULL) == -1)
         note_lost_update();
     free(encoded);
 }
@@ -390,7 +390,7 @@ static void
 drop_later(evutil_socket_t fd, short what, void *arg)
 {
     struct item_op *op = arg;
-    item_dropped(op->item);
+    store_dropped(op->item);
     free(op);
 }
 
@@ -399,45 +399,43 @@ on_final(redisAsyncContext *ac, void *reply, void *arg)
 {
     struct item_op *op = arg;
     if (cl.shutting_down) {
-        item_free(op->item);
+        store_discard(op->item);
         free(op);
         return;
     }
     int64_t seq = update_result(reply, "a final update");
     if (seq > 0) {
-        item_finished(op->item, op->state == STATE_SUCCEEDED);
+        struct outcome o = { .state = op->state };     /* published through the stream */
+        store_final_written(op->item, &o);
     } else {
         char id[300];
         if (seq == -1)
             log_warn("cluster: item \"%s\" (attempt %u) finished, but whether redis has its "
                      "final update is unknown; if not, another instance runs it again after "
                      "the lease", utf8_escape(id, sizeof id, op->item->id), op->item->attempt);
-        item_dropped(op->item);
+        store_dropped(op->item);
     }
     free(op);
     inflight_done();
 }
 
-int
-cluster_final(struct item *item, enum wire_state state, pid_t worker_pid, const void *result,
-              size_t result_len, const char *error)
+/* The final update, XACK and XDEL in one script; then the item is done
+ * here (or dropped if its attempt was superseded). */
+static void
+cluster_final(struct item *item, const struct outcome *o)
 {
-    if (!cl.enabled)
-        return 0;
     struct item_op *op = ds_calloc(1, sizeof *op);
     op->item = item;
-    op->state = state;
+    op->state = o->state;
     size_t len;
-    uint8_t *encoded = updates_encode(item, state, worker_pid, result, result_len, error,
-                                      state == STATE_SUCCEEDED ? 1 : 0, &len);
-    if (send_update(item, 'f', item->attempt, state, encoded, len, on_final, op) == -1) {
+    uint8_t *encoded = updates_encode(item, o, &len);
+    if (send_update(item, 'f', item->attempt, o->state, encoded, len, on_final, op) == -1) {
         char id[300];
         log_warn("cluster: item \"%s\" finished while redis is unreachable; another instance "
                  "runs it again after the lease", utf8_escape(id, sizeof id, item->id));
         later(drop_later, op);
     }
     free(encoded);
-    return 1;
 }
 
 static void
@@ -445,35 +443,31 @@ on_retried(redisAsyncContext *ac, void *reply, void *arg)
 {
     struct item_op *op = arg;
     if (cl.shutting_down) {
-        item_free(op->item);
+        store_discard(op->item);
         free(op);
         return;
     }
-    if (update_result(reply, "a RETRYING update") > 0) {
-        op->item->attempt++;
-        queue_retry(op->item);
-    } else {
-        item_dropped(op->item);     /* another instance retries it, after the lease */
-    }
+    if (update_result(reply, "a RETRYING update") > 0)
+        store_retried(op->item);
+    else
+        store_dropped(op->item);    /* another instance retries it, after the lease */
     free(op);
     inflight_done();
 }
 
-int
-cluster_retry(struct item *item, pid_t worker_pid, const char *reason)
+/* RETRYING through Redis, then the item is queued again with the next
+ * attempt (or dropped if superseded). */
+static void
+cluster_retry(struct item *item, const struct outcome *o)
 {
-    if (!cl.enabled)
-        return 0;
     struct item_op *op = ds_calloc(1, sizeof *op);
     op->item = item;
     size_t len;
-    uint8_t *encoded = updates_encode(item, STATE_RETRYING, worker_pid, NULL, 0, reason, 0,
-                                      &len);
+    uint8_t *encoded = updates_encode(item, o, &len);
     if (send_update(item, 'r', item->attempt, STATE_RETRYING, encoded, len, on_retried,
                     op) == -1)
         later(drop_later, op);
     free(encoded);
-    return 1;
 }
 
 /* ---- accepting ----------------------------------------------------------- */
@@ -482,8 +476,7 @@ static void
 unavailable_later(evutil_socket_t fd, short what, void *arg)
 {
     struct item_op *op = arg;
-    queue_journaling(-1);
-    submit_item_unavailable(op->call, op->item, cl.why, 0);
+    store_accepted(op->a, STORE_UNAVAILABLE, cl.why);
     free(op);
 }
 
@@ -493,44 +486,41 @@ on_accepted(redisAsyncContext *ac, void *reply, void *arg)
     struct item_op *op = arg;
     redisReply *r = reply;
     if (cl.shutting_down) {
-        item_free(op->item);
+        store_discard(op->a.item);
         free(op);
         return;
     }
-    queue_journaling(-1);
     if (r == NULL) {
-        submit_item_unavailable(op->call, op->item, "cluster: the connection to redis was lost",
-                                1);
+        store_accepted(op->a, STORE_UNCERTAIN, "cluster: the connection to redis was lost");
     } else if (r->type == REDIS_REPLY_INTEGER) {
         if ((uint64_t)r->integer > cl.max_published_seq)
             cl.max_published_seq = (uint64_t)r->integer;
-        submit_item_journaled(op->call, op->item, op->index, NULL);
+        store_accepted(op->a, STORE_ACCEPTED, NULL);
     } else if (is_error(r, "NOSCRIPT")) {
         session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
-        submit_item_unavailable(op->call, op->item, cl.why, 0);
+        store_accepted(op->a, STORE_UNAVAILABLE, cl.why);
     } else {
         char why[300];
         snprintf(why, sizeof why, "cluster: redis refused the item: %.200s",
                  r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-        submit_item_journaled(op->call, op->item, op->index, why);
+        store_accepted(op->a, STORE_REJECTED, why);
     }
     free(op);
     inflight_done();
 }
 
-int
-cluster_accept(struct item *item, struct submit_call *call, uint32_t index)
+/* The entry and its QUEUED update in one script: accepted once Redis has
+ * both. The item comes back to some instance through the work stream. */
+static void
+cluster_accept(struct acceptance a)
 {
-    if (!cl.enabled)
-        return 0;
     struct item_op *op = ds_calloc(1, sizeof *op);
-    op->item = item;
-    op->call = call;
-    op->index = index;
-    queue_journaling(1);
+    op->a = a;
+    struct item *item = a.item;
 
     size_t len;
-    uint8_t *encoded = updates_encode(item, STATE_QUEUED, 0, NULL, 0, NULL, 0, &len);
+    struct outcome queued = { .state = STATE_QUEUED };
+    uint8_t *encoded = updates_encode(item, &queued, &len);
     char maxlen[24], state_s[8], max_attempts[16], timeout[16];
     snprintf(maxlen, sizeof maxlen, "%" PRIu64, gp.config->updates.history);
     snprintf(state_s, sizeof state_s, "%d", (int)STATE_QUEUED);
@@ -553,7 +543,6 @@ cluster_accept(struct item *item, struct submit_call *call, uint32_t index)
         cl.accepts_sent++;
     }
     free(encoded);
-    return 1;
 }
 
 /* ---- taking items -------------------------------------------------------- */
@@ -654,14 +643,14 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
         snprintf(error, sizeof error, "cluster: entry 0-%" PRIu64 " of %s is not a valid item: "
                  "%s", key, cl.key_work, bad);
         log_error("%s", error);
-        queue_fail_now(item, error);
+        store_fail(item, error);
         return 0;
     }
     if (config_handler(gp.config, item->kind) == NULL) {
         snprintf(error, sizeof error, "kind \"%.*s\" is not configured on instance %s (every "
                  "instance of a cluster needs the same handlers)",
                  (int)utf8_prefix(item->kind, strlen(item->kind), 64), item->kind, cl.consumer);
-        queue_fail_now(item, error);
+        store_fail(item, error);
         return 0;
     }
     if (previous != NULL) {
@@ -669,16 +658,17 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
         snprintf(reason, sizeof reason, "instance %.200s stopped renewing it (idle %" PRIu64
                  " ms)", previous, idle_ms);
         cl.claimed++;
-        if (deliveries - 1 >= max_attempts) {
+        if (!store_may_retry(item, deliveries - 1)) {
             snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, deliveries - 1,
                      max_attempts);
-            queue_fail_now(item, error);
+            store_fail(item, error);
             return 0;
         }
         metrics_kind(item->kind)->retried++;
         item->attempt = deliveries - 1;
         size_t len;
-        uint8_t *encoded = updates_encode(item, STATE_RETRYING, 0, NULL, 0, reason, 0, &len);
+        struct outcome retrying = { .state = STATE_RETRYING, .error = reason };
+        uint8_t *encoded = updates_encode(item, &retrying, &len);
         item->attempt = deliveries;
         if (send_update(item, 'u', deliveries, STATE_RETRYING, encoded, len, on_published,
                         NULL) == -1)
@@ -686,7 +676,7 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
         free(encoded);
     }
     uint32_t weight = item->weight;
-    queue_push(item);
+    store_take(item);
     return weight;
 }
 
@@ -716,12 +706,13 @@ on_pulled(redisAsyncContext *ac, void *reply, void *arg)
     cluster_pull();
 }
 
-void
+/* Local room may have appeared: take more items from Redis. */
+static void
 cluster_pull(void)
 {
     if (!cl.enabled || !cl.up || cl.failing || cl.pulling || gp.draining || gp.stopping)
         return;
-    uint32_t room = queue_local_room(), unit = cl.pull_unit ? cl.pull_unit : ITEM_WEIGHT_FULL;
+    uint32_t room = store_local_room(), unit = cl.pull_unit ? cl.pull_unit : ITEM_WEIGHT_FULL;
     if (room < unit)
         return;
     uint32_t count = room / unit;
@@ -788,7 +779,7 @@ on_renew_timer(evutil_socket_t fd, short what, void *arg)
     argv[5] = cl.consumer;
     for (int i = 0; i < 6; i++)
         lens[i] = strlen(argv[i]);
-    queue_for_each(renew_one, &b);
+    store_for_each(renew_one, &b);
     renew_flush(&b);
 }
 
@@ -814,7 +805,7 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
             e->element[4]->type != REDIS_REPLY_INTEGER)
             continue;
         uint64_t key = id_number(e->element[0]->str, e->element[0]->len);
-        if (key != 0 && queue_holds(key))
+        if (key != 0 && store_holds(key))
             continue;   /* ours, renewed late: our copy runs on */
         redisReply entry = { .type = REDIS_REPLY_ARRAY, .elements = 2, .element = e->element };
         long long deliveries = e->element[2]->integer;
@@ -852,7 +843,8 @@ outstanding(void)
     return cl.xlen + (cl.accepts_sent - cl.accepts_at_poll);
 }
 
-int
+/* Room for one more item in the shared queue (queue.capacity)? */
+static int
 cluster_has_room(void)
 {
     return outstanding() < gp.config->queue.capacity;
@@ -868,7 +860,7 @@ on_polled(redisAsyncContext *ac, void *reply, void *arg)
         cl.xlen = (uint64_t)r->integer;
         cl.accepts_at_poll = *at;
         if (cluster_has_room())
-            queue_room_available();
+            store_room_available();
     }
     free(at);
 }
@@ -968,7 +960,7 @@ on_updates(redisAsyncContext *ac, void *reply, void *arg)
         log_notice("cluster: serving; the update stream %s is read up to seq %" PRIu64,
                    cl.key_updates, cl.last_seq);
         health_changed();
-        submit_resume_blocked();
+        store_room_available();
     }
     read_updates();
     check_done();
@@ -1168,7 +1160,7 @@ session_up(void)
     cluster_pull();
     if (cl.caught_up) {
         health_changed();
-        submit_resume_blocked();
+        store_room_available();
     }
 }
 
@@ -1245,7 +1237,8 @@ on_retry(evutil_socket_t fd, short what, void *arg)
 
 /* ---- start, reload, stop ------------------------------------------------- */
 
-void
+/* After the update log: connect (in the background). */
+static void
 cluster_start(void)
 {
     const struct ds_config *c = gp.config;
@@ -1278,16 +1271,13 @@ cluster_start(void)
     on_retry(-1, 0, NULL);
 }
 
-void
+/* A reload: apply cluster.lease; a changed redis or name needs a restart. */
+static void
 cluster_configure(const struct ds_config *old)
 {
     const struct ds_config *c = gp.config;
-    if (!cl.enabled) {
-        if (c->cluster.redis != NULL)
-            log_warn("cluster: set by this reload; it takes effect when the grpc process next "
-                     "starts");
+    if (!cl.enabled)
         return;
-    }
     if (c->cluster.redis == NULL || strcmp(c->cluster.redis, old->cluster.redis) != 0 ||
         strcmp(c->cluster.name, old->cluster.name) != 0)
         log_warn("cluster: redis or name changed by this reload; this grpc process stays with "
@@ -1296,7 +1286,8 @@ cluster_configure(const struct ds_config *old)
         arm_lease_timers();
 }
 
-void
+/* At exit: drop the connections; what is pending stays in Redis. */
+static void
 cluster_shutdown(void)
 {
     if (!cl.enabled)
@@ -1319,7 +1310,9 @@ cluster_shutdown(void)
 
 /* ---- what the rest of the process asks ------------------------------------ */
 
-int
+/* Connected, and the update stream read to its end once: calls are served.
+ * If not, *why says so. */
+static int
 cluster_serving(const char **why)
 {
     if (!cl.enabled || (cl.up && cl.caught_up))
@@ -1329,7 +1322,9 @@ cluster_serving(const char **why)
     return 0;
 }
 
-int
+/* Nothing this instance wrote is waiting for Redis, and every update it
+ * published has come back through the update stream: a drain may end. */
+static int
 cluster_idle(void)
 {
     if (!cl.enabled)
@@ -1344,7 +1339,7 @@ check_done(void)
         grpc_process_check_done();
 }
 
-void
+static void
 cluster_status_json(struct evbuffer *b)
 {
     if (!cl.enabled) {
@@ -1376,7 +1371,7 @@ cluster_status_json(struct evbuffer *b)
     evbuffer_add_printf(b, "\"},");
 }
 
-void
+static void
 cluster_metrics(struct evbuffer *b)
 {
     if (!cl.enabled)
@@ -1407,3 +1402,22 @@ cluster_metrics(struct evbuffer *b)
         cl.up && cl.caught_up ? 1 : 0, outstanding(), cl.claimed, cl.reconnects, cl.superseded,
         cl.lost_updates);
 }
+
+const struct store_backend store_redis = {
+    .name = "redis",
+    .shared_log = 1,
+    .start = cluster_start,
+    .accept = cluster_accept,
+    .publish = cluster_publish,
+    .final = cluster_final,
+    .retry = cluster_retry,
+    .has_room = cluster_has_room,
+    .available = cluster_serving,
+    .serving = cluster_serving,
+    .idle = cluster_idle,
+    .pull = cluster_pull,
+    .configure = cluster_configure,
+    .shutdown = cluster_shutdown,
+    .status_json = cluster_status_json,
+    .metrics = cluster_metrics,
+};

@@ -30,10 +30,12 @@
 #include "core/log.h"
 #include "core/privileges.h"
 #include "core/process.h"
-#include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
+#include "grpc/queue.h"
+#include "grpc/store.h"
 #include "grpc/transport.h"
+#include "grpc/updates.h"
 #include "ipc/channel.h"
 
 /* After cancelling every call, wait at most this long for them to end. */
@@ -80,8 +82,8 @@ finish(void)
 void
 grpc_process_check_done(void)
 {
-    if (gp.draining && !gp.stopping && queue_count() == 0 && submit_active() == 0 &&
-        cluster_idle()) {
+    if (gp.draining && !gp.stopping && store_count() == 0 && submit_active() == 0 &&
+        store_idle()) {
         if (!proc.subscribers_ended) {
             proc.subscribers_ended = 1;
             subscribers_end_all();
@@ -90,7 +92,7 @@ grpc_process_check_done(void)
         workers_close_all();
     }
     if ((gp.stopping || gp.draining) && gp.calls == 0 && server_is_shut_down() &&
-        !handover_active() && (gp.stopping || (queue_count() == 0 && cluster_idle())))
+        !handover_active() && (gp.stopping || (store_count() == 0 && store_idle())))
         finish();
 }
 
@@ -111,20 +113,20 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
         finish();
         return;
     }
-    if (!proc.expired && !cluster_enabled()) {
+    if (!proc.expired && !store_shared_log()) {
         /* Tell every subscriber what becomes of the items left, then end
          * their streams once they have it (bounded by the grace). */
         log_warn("shutdown_timeout (%llu ms) reached with %llu items unfinished; %s",
                  (unsigned long long)gp.config->shutdown_timeout_ms,
-                 (unsigned long long)queue_count(),
-                 journal_enabled() ? "they stay in the queue journal for the next start"
+                 (unsigned long long)store_count(),
+                 store_keeps_abandoned() ? "they stay in the queue journal for the next start"
                                    : "they are FAILED");
         proc.expired = 1;
         handover_cancel();      /* what it has in flight comes back, abandoned */
         snprintf(proc.expired_why, sizeof proc.expired_why,
                  "graceful stop reached shutdown_timeout (%llu ms)",
                  (unsigned long long)gp.config->shutdown_timeout_ms);
-        queue_abandon(proc.expired_why);
+        store_abandon(proc.expired_why);
         if (!proc.subscribers_ended) {
             proc.subscribers_ended = 1;
             subscribers_end_all();
@@ -137,7 +139,7 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
     }
     log_warn("shutdown_timeout (%llu ms) reached with %llu items unfinished; stopping fast",
              (unsigned long long)gp.config->shutdown_timeout_ms,
-             (unsigned long long)queue_count());
+             (unsigned long long)store_count());
     gp.stopping = 1;
     server_shutdown(1);
     struct timeval tv = clock_timeval_ms(FAST_STOP_GRACE_MS);
@@ -164,7 +166,7 @@ stop_graceful(void)
 {
     if (gp.draining || gp.stopping)
         return;
-    log_info("graceful stop: %llu items to finish", (unsigned long long)queue_count());
+    log_info("graceful stop: %llu items to finish", (unsigned long long)store_count());
     gp.draining = 1;
     health_changed();
     server_shutdown(0);
@@ -191,11 +193,10 @@ apply_config(uint64_t generation, const char *text, size_t len)
     log_open(config->log.file, config->log.level);
     access_log_open();
     updates_configure();
-    journal_configure(old);
-    cluster_configure(old);
+    store_configure(old);
     server_reconfigure(old);
     status_reconfigure();
-    queue_room_available();
+    store_room_available();
     config_free(old);
     log_info("config generation %llu applied", (unsigned long long)generation);
 }
@@ -362,13 +363,13 @@ grpc_process_main(struct ds_child_start *start)
     transport_start();
     grpc_init();
     gp.cq = grpc_completion_queue_create_for_next(NULL);
-    queue_init();
     /* Recovery from the journal, if any, before serving: it may move seqs on. */
     uint64_t seq_start = start->seq_start;
-    journal_open(&seq_start);
+    store_on_room(submit_resume_blocked);
+    updates_listen(subscribers_publish);
+    store_init(&seq_start);
     updates_init(seq_start);
-    journal_recover();
-    cluster_start();
+    store_start();
     int status = DS_EXIT_OK;
     char err[256];
     /* Listeners are bound as whoever started us (a port under 1024 needs
@@ -402,7 +403,7 @@ grpc_process_main(struct ds_child_start *start)
     if (!server_is_shut_down()) {
         /* Calls outlived the grace: leave their teardown to exit(). */
         log_warn("exiting with %llu calls still open", (unsigned long long)gp.calls);
-        journal_shutdown();
+        store_shutdown();
         exit(status);
     }
     /* Every call has ended: take gRPC down in its order. */
@@ -411,9 +412,7 @@ grpc_process_main(struct ds_child_start *start)
     server_destroy();
     grpc_completion_queue_destroy(gp.cq);
     gp.cq = NULL;
-    journal_shutdown();
-    cluster_shutdown();
-    queue_shutdown();
+    store_shutdown();
     updates_shutdown();
     grpc_shutdown();
     status_shutdown();

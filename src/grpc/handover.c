@@ -42,6 +42,9 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "grpc/grpc_process.h"
+#include "grpc/item.h"
+#include "grpc/queue.h"
+#include "grpc/store.h"
 
 #define HANDOVER_BATCH      1000
 #define HANDOVER_CALL_MS    10000
@@ -187,13 +190,13 @@ call_done(void)
     /* Accepted ones leave; the others go back to the front, last first. */
     for (uint32_t i = 0; i < ho.count; i++) {
         if (!rejected[i]) {
-            queue_handed_over(ho.items[i], HANDOVER_NOTE);
+            store_handed_over(ho.items[i], HANDOVER_NOTE);
             ho.handed++;
         }
     }
     for (uint32_t i = ho.count; i-- > 0;) {
         if (rejected[i]) {
-            queue_give_back(ho.items[i]);
+            store_give_back(ho.items[i]);
             ho.given_back++;
         }
     }
@@ -254,7 +257,7 @@ next_call(void)
     if (ho.call != NULL || ho.cancelled)
         return;
     struct item *item;
-    while (ho.count < HANDOVER_BATCH && (item = queue_take_waiting()) != NULL)
+    while (ho.count < HANDOVER_BATCH && (item = store_take_waiting()) != NULL)
         ho.items[ho.count++] = item;
     if (ho.count == 0) {
         log_notice("handover: %llu items handed over to the new instance at %s, %llu kept here",

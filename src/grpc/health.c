@@ -15,9 +15,8 @@
 
 #include "core/alloc.h"
 #include "grpc/health/v1/health.pb-c.h"
-#include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
-#include "grpc/journal.h"
+#include "grpc/store.h"
 
 enum serving_status {
     STATUS_SERVING = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING,
@@ -54,7 +53,7 @@ current_status(const struct health_call *h)
 {
     if (!h->known)
         return STATUS_SERVICE_UNKNOWN;
-    return gp.draining || gp.stopping || !cluster_serving(NULL) || !journal_serving(NULL) ||
+    return gp.draining || gp.stopping || !store_serving(NULL) ||
                    !server_listening()
                ? STATUS_NOT_SERVING : STATUS_SERVING;
 }

@@ -1,7 +1,7 @@
 /*
- * The journal in the grpc process: what goes in it and when, group commit
- * on the loop, and taking over the journals of grpc processes that are
- * gone. The records, files and rules are in journal.h and docs/journal.md;
+ * The store's journal backend: what goes in the journal and when, group
+ * commit on the loop, and taking over the journals of grpc processes that
+ * are gone. The rules are in journal.h and docs/journal.md;
  * journal_store.c does the file work.
  *
  * Group commit: journal_accept() and journal_final() only append to the
@@ -32,7 +32,12 @@
 #include "core/utf8.h"
 #include "core/process.h"
 #include "grpc/grpc_process.h"
+#include "grpc/item.h"
 #include "grpc/journal.h"
+#include "grpc/journal_store.h"
+#include "grpc/metrics.h"
+#include "grpc/store.h"
+#include "grpc/updates.h"
 #include "workers/handler.h"
 
 /* Tests and experiments only: a smaller segment size (bytes, or 256KiB). */
@@ -45,18 +50,12 @@
 #define FLUSH_RETRY_MIN_MS  50
 #define FLUSH_RETRY_MAX_MS  2000
 
-struct pending_accept {
-    struct item *item;
-    struct submit_call *call;
-    uint32_t index;
-};
-
+/* A final update waiting for its FINAL record: the outcome, its result
+ * and error copied. */
 struct pending_final {
     struct item *item;
-    enum wire_state state;
-    pid_t worker_pid;
+    struct outcome o;
     void *result;
-    size_t result_len;
     char *error;
 };
 
@@ -80,7 +79,7 @@ static struct {
     struct event *sync_timer;
     struct event *scan_timer;
     int flush_scheduled;
-    struct pending_accept *accepts;
+    struct acceptance *accepts;
     size_t accept_count, accept_cap;
     struct pending_final *finals;
     size_t final_count, final_cap;
@@ -93,13 +92,7 @@ static struct {
     int sync_failing;
 } jr;
 
-int
-journal_enabled(void)
-{
-    return jr.enabled;
-}
-
-int
+static int
 journal_serving(const char **why)
 {
     if (!jr.enabled || jr.open)
@@ -174,9 +167,7 @@ publish_finals(struct pending_final *finals, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
         struct pending_final *f = &finals[i];
-        updates_publish(f->item, f->state, f->worker_pid, f->result, f->result_len, f->error,
-                        f->state == STATE_SUCCEEDED ? 1 : 0);
-        item_finished(f->item, f->state == STATE_SUCCEEDED);
+        store_final_written(f->item, &f->o);
         free(f->result);
         free(f->error);
     }
@@ -216,7 +207,7 @@ hold_finals(struct pending_final *finals, size_t count)
 static int
 flush_now(int force_sync)
 {
-    struct pending_accept *accepts = jr.accepts;
+    struct acceptance *accepts = jr.accepts;
     size_t accept_count = jr.accept_count;
     struct pending_final *finals = jr.finals;
     size_t final_count = jr.final_count;
@@ -230,13 +221,9 @@ flush_now(int force_sync)
     if (!jr.open) {
         /* Nothing is journaled while the journal cannot be opened. */
         snprintf(reason, sizeof reason, "%s", jr.unavailable);
-        for (size_t i = 0; i < accept_count; i++) {
-            queue_journaling(-1);
-            submit_item_journaled(accepts[i].call, accepts[i].item, accepts[i].index, reason);
-        }
+        for (size_t i = 0; i < accept_count; i++)
+            store_accepted(accepts[i], STORE_REJECTED, reason);
         free(accepts);
-        if (accept_count > 0)
-            queue_room_available();
         hold_finals(finals, final_count);
         return -1;
     }
@@ -270,14 +257,10 @@ flush_now(int force_sync)
         jr.failed_flushes = jr.failed_items = 0;
     }
 
-    for (size_t i = 0; i < accept_count; i++) {
-        queue_journaling(-1);
-        submit_item_journaled(accepts[i].call, accepts[i].item, accepts[i].index,
-                              i < written ? NULL : reason);
-    }
+    for (size_t i = 0; i < accept_count; i++)
+        store_accepted(accepts[i], i < written ? STORE_ACCEPTED : STORE_REJECTED,
+                       i < written ? NULL : reason);
     free(accepts);
-    if (written < accept_count)
-        queue_room_available();
 
     if (finals_written) {
         if (jr.finals_held)
@@ -330,31 +313,32 @@ on_sync_timer(evutil_socket_t fd, short what, void *arg)
     jr.sync_failing = 1;
 }
 
-int
-journal_accept(struct item *item, struct submit_call *call, uint32_t index)
+/* The item counts as accepted once its ACCEPT is written: the flush
+ * answers. */
+static void
+journal_accept(struct acceptance a)
 {
-    if (!jr.enabled)
-        return 0;
     if (jr.open) {
-        struct journal_accept a = accept_of(item);
-        journal_store_accept(&jr.store, &a);
+        struct journal_accept rec = accept_of(a.item);
+        journal_store_accept(&jr.store, &rec);
     }       /* else the flush rejects it: nothing is journaled */
     if (jr.accept_count == jr.accept_cap) {
         jr.accept_cap = jr.accept_cap ? jr.accept_cap * 2 : 256;
         jr.accepts = ds_realloc(jr.accepts, jr.accept_cap * sizeof *jr.accepts);
     }
-    jr.accepts[jr.accept_count++] = (struct pending_accept){ item, call, index };
-    queue_journaling(1);
+    jr.accepts[jr.accept_count++] = a;
     schedule_flush();
-    return 1;
 }
 
-int
-journal_final(struct item *item, enum wire_state state, pid_t worker_pid, const void *result,
-              size_t result_len, const char *error)
+/* The final update is published once the FINAL record is written; while
+ * it cannot be (a full disk), it waits, and the write is retried. */
+static void
+journal_final(struct item *item, const struct outcome *o)
 {
-    if (!jr.open)
-        return 0;       /* no journal, or none of its items: nothing to record */
+    if (!jr.open) {
+        store_final_written(item, o);   /* none of its items: nothing to record */
+        return;
+    }
     journal_store_final(&jr.store, item->key);
     if (jr.final_count == jr.final_cap) {
         jr.final_cap = jr.final_cap ? jr.final_cap * 2 : 256;
@@ -362,20 +346,19 @@ journal_final(struct item *item, enum wire_state state, pid_t worker_pid, const 
     }
     struct pending_final *f = &jr.finals[jr.final_count++];
     f->item = item;
-    f->state = state;
-    f->worker_pid = worker_pid;
+    f->o = *o;
     f->result = NULL;
-    f->result_len = result_len;
-    if (result_len > 0) {
-        f->result = ds_malloc(result_len);
-        memcpy(f->result, result, result_len);
+    if (o->result_len > 0) {
+        f->result = ds_malloc(o->result_len);
+        memcpy(f->result, o->result, o->result_len);
     }
-    f->error = error != NULL ? ds_strdup(error) : NULL;
+    f->error = o->error != NULL ? ds_strdup(o->error) : NULL;
+    f->o.result = f->result;
+    f->o.error = f->error;
     schedule_flush();
-    return 1;
 }
 
-void
+static void
 journal_attempt(const struct item *item)
 {
     if (!jr.open)
@@ -384,20 +367,16 @@ journal_attempt(const struct item *item)
     schedule_flush();
 }
 
-void
+static void
 journal_forget(const struct item *item)
 {
-    if (!jr.enabled)
-        return;
     journal_store_final(&jr.store, item->key);
     schedule_flush();
 }
 
-void
+static void
 journal_seq(uint64_t reserved)
 {
-    if (!jr.enabled)
-        return;
     if (!jr.open) {
         if (reserved > jr.pending_seq)
             jr.pending_seq = reserved;
@@ -451,7 +430,7 @@ take_over(struct journal_recovery *r)
                                                              : ji->quick);
         wire_work_item_free(msg, NULL);
         item->attempt = ji->attempt ? ji->attempt : 1;
-        if (handler == NULL || item->attempt >= item->max_attempts) {
+        if (handler == NULL || !store_may_retry(item, item->attempt)) {
             failed[failed_count++] = item;
             continue;
         }
@@ -469,9 +448,9 @@ take_over(struct journal_recovery *r)
         log_error("journal: cannot take over %s (%zu items) now; trying again in %d s", r->dir,
                   r->count, JOURNAL_SCAN_MS / 1000);
         for (size_t i = 0; i < run_count; i++)
-            item_free(run[i]);
+            store_discard(run[i]);
         for (size_t i = 0; i < failed_count; i++)
-            item_free(failed[i]);
+            store_discard(failed[i]);
         free(run);
         free(failed);
         journal_recovery_free(r);
@@ -487,17 +466,19 @@ take_over(struct journal_recovery *r)
         else
             snprintf(error, sizeof error, "%s; attempt %u would exceed max_attempts %u", reason,
                      item->attempt + 1, item->max_attempts);
-        updates_publish(item, STATE_FAILED, 0, NULL, 0, error, 0);
+        struct outcome o = { .state = STATE_FAILED, .error = error };
+        store_publish_local(item, &o);
         metrics_item_final(item->kind, 0, 0);
-        item_free(item);
+        store_discard(item);
     }
     for (size_t i = 0; i < run_count; i++) {
         struct item *item = run[i];
+        struct outcome o = { .state = STATE_RETRYING, .error = reason };
         item->attempt--;
-        updates_publish(item, STATE_RETRYING, 0, NULL, 0, reason, 0);
+        store_publish_local(item, &o);
         item->attempt++;
         metrics_kind(item->kind)->retried++;
-        queue_push(item);
+        store_take(item);
     }
     journal_recovery_remove(r, jr.store.sync != DS_JOURNAL_SYNC_NEVER);
     if (r->count > 0 || dropped > 0)
@@ -607,7 +588,11 @@ on_open_timer(evutil_socket_t fd, short what, void *arg)
  * again with backoff; the journals of dead instances are read now (their
  * seqs matter at once) and taken over once ours is open.
  */
-void
+/*
+ * Before the update log: open our instance, read the journals of dead
+ * instances, and raise *seq_start past their seqs.
+ */
+static void
 journal_open(uint64_t *seq_start)
 {
     const struct ds_config *c = gp.config;
@@ -654,18 +639,17 @@ journal_open(uint64_t *seq_start)
         struct ipc_seq reserved = { .seq = seq + SEQ_RESERVE_CHUNK };
         master_send(IPC_SEQ_RESERVE, &reserved, sizeof reserved);
     }
-    queue_skip_keys(max_key);
+    item_skip_keys(max_key);
     /* updates_init reserves this much: a later start must continue past it. */
     journal_seq(*seq_start + SEQ_RESERVE_CHUNK);
     if (jr.open)
         log_info("journal: %s (journal_sync: %s)", jr.store.dir, sync_name(jr.store.sync));
 }
 
-void
+/* After the update log, before serving: run what journal_open read. */
+static void
 journal_recover(void)
 {
-    if (!jr.enabled)
-        return;
     if (jr.open) {
         start_journaling();
         return;
@@ -690,16 +674,11 @@ journal_chown(const char *user)
         log_debug("journal: %s belongs to %s", jr.root, user);
 }
 
-void
+/* A reload: apply queue.journal_sync; a changed queue.journal needs a restart. */
+static void
 journal_configure(const struct ds_config *old)
 {
     const struct ds_config *c = gp.config;
-    if (!jr.enabled) {
-        if (c->queue.journal != NULL)
-            log_warn("queue.journal: set by this reload; it takes effect when the grpc process "
-                     "next starts");
-        return;
-    }
     if (c->queue.journal == NULL || strcmp(c->queue.journal, jr.root) != 0)
         log_warn("queue.journal: changed to %s by this reload; this grpc process keeps "
                  "journaling to %s, and what it leaves there is recovered only by a grpc "
@@ -714,7 +693,9 @@ journal_configure(const struct ds_config *old)
     }
 }
 
-void
+/* At exit, after the calls ended: write what is buffered; delete our files
+ * if nothing is live. */
+static void
 journal_shutdown(void)
 {
     if (!jr.enabled)
@@ -735,10 +716,8 @@ journal_shutdown(void)
     /* Only when exiting with calls still open: those never had a reply, so
      * their items were not accepted. */
     journal_store_discard_accepts(&jr.store);
-    for (size_t i = 0; i < jr.accept_count; i++) {
-        queue_journaling(-1);
-        item_free(jr.accepts[i].item);
-    }
+    for (size_t i = 0; i < jr.accept_count; i++)
+        store_discard(jr.accepts[i].item);
     free(jr.accepts);
     jr.accepts = NULL;
     jr.accept_count = jr.accept_cap = 0;
@@ -753,7 +732,7 @@ journal_shutdown(void)
         log_syserr("journal: writing to %s failed", jr.store.dir);
     /* Finished, and nobody is left to tell. */
     for (size_t i = 0; i < jr.final_count; i++) {
-        item_free(jr.finals[i].item);
+        store_discard(jr.finals[i].item);
         free(jr.finals[i].result);
         free(jr.finals[i].error);
     }
@@ -767,3 +746,18 @@ journal_shutdown(void)
                    (unsigned long long)live, jr.store.dir);
     journal_store_close(&jr.store, live == 0 && rc == 0);
 }
+
+const struct store_backend store_journal = {
+    .name = "journal",
+    .keeps_abandoned = 1,
+    .open = journal_open,
+    .start = journal_recover,
+    .accept = journal_accept,
+    .final = journal_final,
+    .attempt = journal_attempt,
+    .forget = journal_forget,
+    .seq_reserved = journal_seq,
+    .serving = journal_serving,
+    .configure = journal_configure,
+    .shutdown = journal_shutdown,
+};

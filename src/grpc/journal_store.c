@@ -22,7 +22,7 @@
 
 #include "core/alloc.h"
 #include "core/log.h"
-#include "grpc/journal.h"
+#include "grpc/journal_store.h"
 
 #define SEQ_FILE        "seq"
 #define SEQ_FILE_MAGIC  "DSJSEQ01"

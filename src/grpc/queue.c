@@ -1,15 +1,11 @@
 /*
- * The queue and dispatch: accepted items wait here until a worker has
- * room, run there, and leave when their final update is published.
- *
- * The queue's capacity counts every accepted item that is not final yet,
- * waiting or running. Each worker holds at most workers.prefetch items and
- * runs them in the order it got them; a new item goes to the worker
- * holding fewest. An item whose worker dies, or that outlives its timeout
- * (the worker is then killed), is RETRYING and queued again at the front,
- * until its max_attempts, then FAILED. An update from an attempt that is no
- * longer the item's is dropped.
+ * The queue and dispatch (queue.h says what it is). An item whose worker
+ * dies, or that outlives its timeout (the worker is then killed), is
+ * reported to the owner as a failed attempt; an update from an attempt
+ * that is no longer the item's is dropped.
  */
+#include "grpc/queue.h"
+
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,68 +18,22 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/utf8.h"
-#include "grpc/cluster.h"
-#include "grpc/grpc_process.h"
-#include "grpc/journal.h"
+#include "core/wire.h"
+#include "grpc/item.h"
+#include "grpc/metrics.h"
 #include "ipc/channel.h"
+#include "ipc/frame.h"
 
 static struct {
+    struct event_base *base;
+    const struct queue_events *ev;
+    uint32_t prefetch;          /* workers.prefetch */
     struct item *head, *tail;   /* waiting for a worker */
     uint64_t waiting;
     uint64_t waiting_weight;
-    uint64_t count;             /* accepted and not final: waiting + held */
-    uint64_t journaling;        /* valid, their ACCEPT being written (journal.c) */
-    uint64_t next_key;
+    uint64_t held;              /* at workers */
     struct worker *workers;
-    const char *abandon_why;    /* set at a drain's deadline: see queue_abandon() */
 } q;
-
-/* ---- items --------------------------------------------------------------- */
-
-struct item *
-item_make(const uint8_t *raw, size_t raw_len, const char *id, const char *batch,
-          const char *kind, uint32_t max_attempts, uint32_t timeout_ms, int quick)
-{
-    size_t id_len = strlen(id), batch_len = strlen(batch);
-    struct item *item = ds_malloc(sizeof *item + raw_len + id_len + batch_len + 2);
-    memset(item, 0, sizeof *item);
-    char *p = item->data;
-    if (raw_len > 0)
-        memcpy(p, raw, raw_len);
-    item->raw = (const uint8_t *)p;
-    item->raw_len = (uint32_t)raw_len;
-    p += raw_len;
-    item->id = memcpy(p, id, id_len + 1);
-    p += id_len + 1;
-    item->batch = memcpy(p, batch, batch_len + 1);
-    item->kind = metrics_kind(kind)->kind;
-    item->key = ++q.next_key;
-    item->attempt = 1;
-    item->max_attempts = max_attempts;
-    item->timeout_ms = timeout_ms;
-    item->accepted_ns = clock_monotonic_ns();
-    item->weight = quick ? ITEM_WEIGHT_QUICK : ITEM_WEIGHT_FULL;
-    return item;
-}
-
-struct item *
-item_new(const wire_work_item *msg, grpc_slice raw, const char *kind, uint32_t max_attempts,
-         uint32_t timeout_ms, const char *assigned_id, int quick)
-{
-    /* Copied, not referenced: the slice gRPC received may be part of a
-     * larger buffer, and its header costs as much as a small item. */
-    struct item *item = item_make(GRPC_SLICE_START_PTR(raw), GRPC_SLICE_LENGTH(raw),
-                                  assigned_id != NULL ? assigned_id : msg->id, msg->batch, kind,
-                                  max_attempts, timeout_ms, quick);
-    grpc_slice_unref(raw);
-    return item;
-}
-
-void
-item_free(struct item *item)
-{
-    free(item);
-}
 
 const struct worker *
 workers_list(void)
@@ -98,36 +48,12 @@ queue_waiting(void)
 }
 
 uint64_t
-queue_count(void)
+queue_held(void)
 {
-    return q.count + q.journaling;
-}
-
-int
-queue_has_room(void)
-{
-    if (cluster_enabled())
-        return cluster_has_room();
-    return queue_count() < gp.config->queue.capacity;
-}
-
-void
-queue_journaling(int delta)
-{
-    q.journaling += (uint64_t)(int64_t)delta;
-}
-
-void
-queue_skip_keys(uint64_t key)
-{
-    if (key > q.next_key)
-        q.next_key = key;
+    return q.held;
 }
 
 /* ---- workers ------------------------------------------------------------- */
-
-static void dispatch(void);
-static void queue_push_front(struct item *item);
 
 static struct worker *
 worker_find(pid_t pid)
@@ -153,13 +79,9 @@ on_item_timeout(evutil_socket_t fd, short what, void *arg)
              (long)w->pid);
     /* The master logs this reason as it is. */
     char reason[96];
-    int n = snprintf(reason, sizeof reason, "item \"%s\" timed out",
-                     utf8_escape(short_id, sizeof short_id, item->id));
-    struct ipc_worker msg = { .pid = w->pid, .slot = w->slot };
-    char body[sizeof msg + sizeof reason];
-    memcpy(body, &msg, sizeof msg);
-    memcpy(body + sizeof msg, reason, (size_t)n);
-    master_send(IPC_KILL_WORKER, body, sizeof msg + (size_t)n);
+    snprintf(reason, sizeof reason, "item \"%s\" timed out",
+             utf8_escape(short_id, sizeof short_id, item->id));
+    q.ev->kill_worker(w->pid, w->slot, reason);
 }
 
 /* The worker's first item is the one running (or about to): time it. */
@@ -194,6 +116,7 @@ worker_send_item(struct worker *w, struct item *item)
         w->head = item;
     w->tail = item;
     w->held_weight += item->weight;
+    q.held++;
     if (w->held++ == 0)
         worker_arm_timer(w);
 }
@@ -211,6 +134,7 @@ worker_remove(struct worker *w, struct item *item)
     if (w->tail == item)
         w->tail = prev;
     w->held--;
+    q.held--;
     w->held_weight -= item->weight;
     item->next = NULL;
     item->worker = NULL;
@@ -239,108 +163,11 @@ worker_free(struct worker *w)
 static void
 worker_maybe_release(struct worker *w)
 {
-    /* While a handover is in flight its items may come back: keep workers. */
-    if ((w->retiring || (gp.draining && q.waiting == 0 && !handover_active())) &&
-        w->held == 0 && w->channel != NULL) {
+    if ((w->retiring || (q.waiting == 0 && q.ev->draining())) && w->held == 0 &&
+        w->channel != NULL) {
         channel_free(w->channel);
         w->channel = NULL;
     }
-}
-
-void
-item_finished(struct item *item, int succeeded)
-{
-    metrics_item_final(item->kind, succeeded, clock_monotonic_ns() - item->accepted_ns);
-    item_free(item);
-    q.count--;
-    queue_room_available();
-    grpc_process_check_done();
-}
-
-/* ITEM is final: with a journal or a cluster, published once written
- * there; else now. */
-static void
-item_final(struct item *item, enum wire_state state, pid_t worker_pid, const void *result,
-           size_t result_len, const char *error)
-{
-    char too_large[128];
-    if (result_len > DS_RESULT_SIZE_MAX) {
-        /* Workers bound results by their handlers.max_result_size; this is
-         * the bound under every config: no subscriber's client can take an
-         * update with more. */
-        snprintf(too_large, sizeof too_large, "result of %zu bytes exceeds %u bytes, the "
-                 "most an update can carry", result_len, DS_RESULT_SIZE_MAX);
-        state = STATE_FAILED;
-        result = NULL;
-        result_len = 0;
-        error = too_large;
-    }
-    if (journal_final(item, state, worker_pid, result, result_len, error) ||
-        cluster_final(item, state, worker_pid, result, result_len, error))
-        return;
-    updates_publish(item, state, worker_pid, result, result_len, error,
-                    state == STATE_SUCCEEDED ? 1 : 0);
-    item_finished(item, state == STATE_SUCCEEDED);
-}
-
-void
-queue_fail_now(struct item *item, const char *error)
-{
-    q.count++;
-    item_final(item, STATE_FAILED, 0, NULL, 0, error);
-}
-
-void
-item_dropped(struct item *item)
-{
-    char id[300];
-    log_debug("item \"%s\" (attempt %u) was taken over by another instance; dropping our copy",
-              utf8_escape(id, sizeof id, item->id), item->attempt);
-    item_free(item);
-    q.count--;
-    queue_room_available();
-    grpc_process_check_done();
-    dispatch();
-}
-
-/* Attempt failed for REASON: retry it or fail it. */
-static void
-item_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
-{
-    char error[512];
-    if (item->attempt >= item->max_attempts) {
-        snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, item->attempt,
-                 item->max_attempts);
-        item_final(item, STATE_FAILED, worker_pid, NULL, 0, error);
-        return;
-    }
-    metrics_kind(item->kind)->retried++;
-    if (cluster_retry(item, worker_pid, reason))
-        return;         /* queue_retry() follows once Redis has it */
-    updates_publish(item, STATE_RETRYING, worker_pid, NULL, 0, reason, 0);
-    item->attempt++;
-    journal_attempt(item);
-    queue_push_front(item);
-}
-
-/* Back to the front of the queue: its turn comes next. */
-static void
-queue_push_front(struct item *item)
-{
-    item->started = 0;
-    item->next = q.head;
-    q.head = item;
-    if (q.tail == NULL)
-        q.tail = item;
-    q.waiting++;
-    q.waiting_weight += item->weight;
-}
-
-void
-queue_retry(struct item *item)
-{
-    queue_push_front(item);
-    dispatch();
 }
 
 static int
@@ -367,31 +194,36 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         log_debug("worker %ld: dropping an update of a superseded attempt", (long)w->pid);
         return 0;
     }
+    struct outcome o = { .state = (enum wire_state)u.state, .worker_pid = w->pid };
     switch (u.state) {
     case STATE_STARTED:
         item->started = 1;
-        updates_publish(item, STATE_STARTED, w->pid, NULL, 0, NULL, 0);
+        q.ev->update(item, &o);
         return 0;
     case STATE_PROGRESS:
-        updates_publish(item, STATE_PROGRESS, w->pid, NULL, 0, NULL, u.progress);
+        o.progress = u.progress;
+        q.ev->update(item, &o);
         return 0;
     case STATE_SUCCEEDED:
     case STATE_FAILED: {
         worker_remove(w, item);
+        char error[1024];
         if (u.state == STATE_FAILED) {
             /* Where a handler's error enters this process: cut between
              * characters (updates.c replaces whatever else is not UTF-8). */
-            char error[1024];
             const char *text = (const char *)rest;
             size_t n = utf8_prefix(text, strnlen(text, rest_len), sizeof error - 1);
             memcpy(error, text, n);
             error[n] = '\0';
-            item_final(item, STATE_FAILED, w->pid, NULL, 0, error);
+            o.error = error;
         } else {
-            item_final(item, STATE_SUCCEEDED, w->pid, rest, rest_len, NULL);
+            o.result = rest;
+            o.result_len = rest_len;
+            o.progress = 1;
         }
+        q.ev->ended(item, &o);
         w->items_done++;
-        dispatch();
+        queue_dispatch();
         worker_maybe_release(w);
         return 0;
     }
@@ -407,11 +239,7 @@ on_worker_close(void *arg, struct ipc_channel *ch, const char *reason)
     struct worker *w = arg;
     if (reason != NULL) {
         log_error("worker %ld: data channel closed: %s; killing it", (long)w->pid, reason);
-        struct ipc_worker msg = { .pid = w->pid, .slot = w->slot };
-        char body[sizeof msg + 64];
-        memcpy(body, &msg, sizeof msg);
-        int n = snprintf(body + sizeof msg, 64, "it broke the IPC protocol");
-        master_send(IPC_KILL_WORKER, body, sizeof msg + (size_t)n);
+        q.ev->kill_worker(w->pid, w->slot, "it broke the IPC protocol");
     }
     /* Its items wait for WORKER_EXITED, which says how it died. */
     channel_free(ch);
@@ -427,13 +255,13 @@ workers_attach(pid_t pid, uint32_t slot, int fd)
     w->pid = pid;
     w->slot = slot;
     w->attached_ms = clock_monotonic_ms();
-    w->timer = evtimer_new(gp.base, on_item_timeout, w);
-    w->channel = channel_new(gp.base, fd, name, IPC_UPDATE_MAX, on_worker_frame,
+    w->timer = evtimer_new(q.base, on_item_timeout, w);
+    w->channel = channel_new(q.base, fd, name, IPC_UPDATE_MAX, on_worker_frame,
                              on_worker_close, w);
     w->next = q.workers;
     q.workers = w;
     log_debug("worker %ld (slot %u) attached", (long)pid, slot);
-    dispatch();
+    queue_dispatch();
 }
 
 void
@@ -449,27 +277,28 @@ workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t run
     char timed_out[96];
     snprintf(timed_out, sizeof timed_out, "timed out after %u ms", w->timeout_ms);
     uint64_t timeout_key = w->timeout_key;
-    /* Retry in reverse: each goes to the front of the queue, so they keep
-     * their order there. prefetch bounds what a worker holds. */
+    /* Reported in reverse: a retried item goes to the front of the queue,
+     * so they keep their order there. prefetch bounds what a worker holds.
+     * The worker is gone from the list before anything can dispatch. */
     struct item **held = ds_malloc((w->held + 1) * sizeof *held), *item;
     uint32_t n = 0;
     while ((item = w->head) != NULL) {
         worker_remove(w, item);
         held[n++] = item;
     }
+    worker_free(w);
     while (n > 0) {
         item = held[--n];
         if (item->key == timeout_key)
-            item_attempt_failed(item, pid, timed_out);
+            q.ev->attempt_failed(item, pid, timed_out);
         else if (item->started ||
                  (item->key == running_key && item->attempt == running_attempt))
-            item_attempt_failed(item, pid, reason);
+            q.ev->attempt_failed(item, pid, reason);
         else
             queue_push_front(item);     /* prefetched, never run: no attempt spent */
     }
     free(held);
-    worker_free(w);
-    dispatch();
+    queue_dispatch();
 }
 
 void
@@ -489,14 +318,14 @@ workers_close_all(void)
         worker_maybe_release(w);
 }
 
-/* ---- dispatch ------------------------------------------------------------ */
+/* ---- the waiting list and dispatch ---------------------------------------- */
 
 /* The worker with most room for ITEM, or NULL if none has room. */
 static struct worker *
 least_loaded(const struct item *item)
 {
     struct worker *best = NULL;
-    uint32_t capacity = gp.config->workers.prefetch * ITEM_WEIGHT_FULL;
+    uint32_t capacity = q.prefetch * ITEM_WEIGHT_FULL;
     for (struct worker *w = q.workers; w != NULL; w = w->next) {
         if (w->channel == NULL || w->retiring || w->held_weight + item->weight > capacity)
             continue;
@@ -506,34 +335,20 @@ least_loaded(const struct item *item)
     return best;
 }
 
-static void
-dispatch(void)
+void
+queue_dispatch(void)
 {
     struct worker *w;
-    while (q.head != NULL && (w = least_loaded(q.head)) != NULL) {
-        struct item *item = q.head;
-        q.head = item->next;
-        if (q.head == NULL)
-            q.tail = NULL;
-        q.waiting--;
-        q.waiting_weight -= item->weight;
-        worker_send_item(w, item);
-    }
-    if (gp.draining)
+    while (q.head != NULL && (w = least_loaded(q.head)) != NULL)
+        worker_send_item(w, queue_take_waiting());
+    if (q.ev->draining())
         workers_close_all();
-    cluster_pull();
+    q.ev->dispatched();
 }
-
-static void abandon(struct item *item, pid_t worker_pid);
 
 void
 queue_push(struct item *item)
 {
-    if (q.abandon_why != NULL) {
-        q.count++;
-        abandon(item, 0);   /* its ACCEPT was written after the deadline */
-        return;
-    }
     item->next = NULL;
     if (q.tail != NULL)
         q.tail->next = item;
@@ -542,14 +357,54 @@ queue_push(struct item *item)
     q.tail = item;
     q.waiting++;
     q.waiting_weight += item->weight;
-    q.count++;
-    dispatch();
+}
+
+void
+queue_push_front(struct item *item)
+{
+    item->started = 0;
+    item->next = q.head;
+    q.head = item;
+    if (q.tail == NULL)
+        q.tail = item;
+    q.waiting++;
+    q.waiting_weight += item->weight;
+}
+
+struct item *
+queue_take_waiting(void)
+{
+    struct item *item = q.head;
+    if (item == NULL)
+        return NULL;
+    q.head = item->next;
+    if (q.head == NULL)
+        q.tail = NULL;
+    q.waiting--;
+    q.waiting_weight -= item->weight;
+    item->next = NULL;
+    return item;
+}
+
+void
+queue_take_all(void (*fn)(struct item *item, pid_t worker_pid))
+{
+    struct item *item;
+    while ((item = queue_take_waiting()) != NULL)
+        fn(item, 0);
+    for (struct worker *w = q.workers; w != NULL; w = w->next) {
+        while ((item = w->head) != NULL) {
+            worker_remove(w, item);
+            fn(item, item->started ? w->pid : 0);
+        }
+        worker_maybe_release(w);
+    }
 }
 
 uint32_t
 queue_local_room(void)
 {
-    uint64_t room = 0, capacity = gp.config->workers.prefetch * ITEM_WEIGHT_FULL;
+    uint64_t room = 0, capacity = q.prefetch * ITEM_WEIGHT_FULL;
     for (struct worker *w = q.workers; w != NULL; w = w->next)
         if (w->channel != NULL && !w->retiring && w->held_weight < capacity)
             room += capacity - w->held_weight;
@@ -581,111 +436,32 @@ queue_holds(uint64_t key)
     return key == 0;
 }
 
-/*
- * ITEM (counted in q.count, in no list) cannot run before the process
- * exits. With a journal it stays live there (no FINAL) and runs at the next
- * start, so it gets no final update now, only RETRYING saying so; without
- * one it is FAILED with the reason. Either way no subscriber is left
- * without word of it.
- */
-static void
-abandon(struct item *item, pid_t worker_pid)
-{
-    char reason[320];
-    snprintf(reason, sizeof reason, "%s: %s", item->started ? "interrupted" : "not run",
-             q.abandon_why);
-    if (journal_enabled()) {
-        char retry[400];
-        snprintf(retry, sizeof retry, "%s; it stays in the queue journal and runs again at the "
-                 "next start", reason);
-        updates_publish(item, STATE_RETRYING, worker_pid, NULL, 0, retry, 0);
-        item_free(item);
-        q.count--;
-        return;
-    }
-    item_final(item, STATE_FAILED, worker_pid, NULL, 0, reason);
-}
-
-struct item *
-queue_take_waiting(void)
-{
-    struct item *item = q.head;
-    if (item == NULL)
-        return NULL;
-    q.head = item->next;
-    if (q.head == NULL)
-        q.tail = NULL;
-    q.waiting--;
-    q.waiting_weight -= item->weight;
-    item->next = NULL;
-    return item;
-}
-
 void
-queue_give_back(struct item *item)
-{
-    if (q.abandon_why != NULL) {
-        abandon(item, 0);
-        return;
-    }
-    queue_push_front(item);
-    dispatch();
-}
-
-void
-queue_handed_over(struct item *item, const char *note)
-{
-    journal_forget(item);
-    updates_publish(item, STATE_RETRYING, 0, NULL, 0, note, 0);
-    item_free(item);
-    q.count--;
-    queue_room_available();
-    grpc_process_check_done();
-}
-
-void
-queue_abandon(const char *why)
-{
-    if (cluster_enabled())
-        return;     /* the cluster's items are in Redis: other instances claim them */
-    q.abandon_why = why;
-    struct item *item;
-    while ((item = q.head) != NULL) {
-        q.head = item->next;
-        if (q.head == NULL)
-            q.tail = NULL;
-        q.waiting--;
-        q.waiting_weight -= item->weight;
-        abandon(item, 0);
-    }
-    for (struct worker *w = q.workers; w != NULL; w = w->next) {
-        while ((item = w->head) != NULL) {
-            worker_remove(w, item);
-            abandon(item, item->started ? w->pid : 0);
-        }
-        worker_maybe_release(w);
-    }
-}
-
-void
-queue_init(void)
+queue_init(struct event_base *base, const struct queue_events *events, uint32_t prefetch)
 {
     memset(&q, 0, sizeof q);
+    q.base = base;
+    q.ev = events;
+    q.prefetch = prefetch;
 }
 
 void
-queue_shutdown(void)
+queue_set_prefetch(uint32_t prefetch)
+{
+    q.prefetch = prefetch;
+}
+
+void
+queue_shutdown(void (*fn)(struct item *item))
 {
     struct item *item;
-    while ((item = q.head) != NULL) {
-        q.head = item->next;
-        item_free(item);
-    }
+    while ((item = queue_take_waiting()) != NULL)
+        fn(item);
     while (q.workers != NULL) {
         struct worker *w = q.workers;
         while ((item = w->head) != NULL) {
             worker_remove(w, item);
-            item_free(item);
+            fn(item);
         }
         worker_free(w);
     }

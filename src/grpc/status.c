@@ -42,9 +42,10 @@
 #include "core/descriptors.h"
 #include "core/log.h"
 #include "core/utf8.h"
-#include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
-#include "grpc/journal.h"
+#include "grpc/queue.h"
+#include "grpc/store.h"
+#include "grpc/updates.h"
 
 #define STATUS_BACKLOG      64
 #define STATUS_TIMEOUT_S    10      /* an idle or slow connection is closed after this */
@@ -273,7 +274,7 @@ write_metrics(struct evbuffer *b)
     }
 
     family(b, "queue_depth", "gauge", "Items accepted and not final yet, waiting or running.");
-    sample(b, "queue_depth", queue_count());
+    sample(b, "queue_depth", store_count());
     family(b, "queue_waiting", "gauge", "Items waiting for a worker.");
     sample(b, "queue_waiting", queue_waiting());
     family(b, "queue_capacity", "gauge", "queue.capacity: the most items accepted and not final.");
@@ -314,7 +315,7 @@ write_metrics(struct evbuffer *b)
     family(b, "config_reloads_total", "counter",
            "Config generations this grpc process applied since it started.");
     sample(b, "config_reloads_total", st.reloads);
-    cluster_metrics(b);
+    store_metrics(b);
     family(b, "draining", "gauge", "1 once a stop is under way.");
     sample(b, "draining", gp.draining || gp.stopping);
     family(b, "grpc_listening", "gauge",
@@ -424,9 +425,9 @@ write_status(struct evbuffer *b)
                         (unsigned long long)descriptors_open(),
                         (unsigned long long)descriptors_limit());
     evbuffer_add_printf(b, "\"queue\":{\"depth\":%llu,\"waiting\":%llu,\"capacity\":%llu},",
-                        (unsigned long long)queue_count(), (unsigned long long)queue_waiting(),
+                        (unsigned long long)store_count(), (unsigned long long)queue_waiting(),
                         (unsigned long long)gp.config->queue.capacity);
-    cluster_status_json(b);
+    store_status_json(b);
     evbuffer_add_printf(b, "\"subscribers\":{\"active\":%llu,\"dropped\":%llu},"
                         "\"update_seq\":%llu,\"worker_exits\":%llu,",
                         (unsigned long long)subscribers_active(),
@@ -523,7 +524,7 @@ on_request(struct evhttp_request *req, void *arg)
         evbuffer_add_printf(body, "the gRPC listener accepts no connection (descriptors "
                             "exhausted); it listens again once descriptors are free\n");
         reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", CONTENT_TEXT, body);
-    } else if (!cluster_serving(&why) || !journal_serving(&why)) {
+    } else if (!store_serving(&why)) {
         evbuffer_add_printf(body, "%s\n", why);
         reply(req, HTTP_SERVUNAVAIL, "Service Unavailable", CONTENT_TEXT, body);
     } else {

@@ -15,9 +15,10 @@
  * whole, so it never has to guess what to send again. shutdown_timeout
  * bounds a stream that does not end.
  *
- * With queue.journal, a valid item counts as accepted only once its ACCEPT
- * record is written (journal.c calls submit_item_journaled); the reply
- * waits for the call's items still in the journal.
+ * A valid item goes to the store (store.h), which says whether it is
+ * accepted, maybe later (with queue.journal, once its ACCEPT record is
+ * written; in cluster mode, once Redis has it): the reply waits for the
+ * call's items still being written.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,10 +33,11 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/utf8.h"
-#include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
-#include "grpc/journal.h"
+#include "grpc/item.h"
+#include "grpc/metrics.h"
 #include "grpc/scope.h"
+#include "grpc/store.h"
 #include "workers/handler.h"
 
 /* The reply lists at most this many rejections; `rejected` is exact. */
@@ -60,7 +62,7 @@ struct submit_call {
     int closed;
     int cancelled;
     uint32_t index;             /* of the next item in the stream */
-    uint32_t journaling;        /* items whose ACCEPT record is being written */
+    uint32_t writing;           /* items the store has not answered for yet */
     int reply_deferred;         /* the reply waits for them: it counts them */
     grpc_status_code deferred_status;
     uint32_t invalid_index;     /* of the item that was no WorkItem */
@@ -203,25 +205,12 @@ reply(struct submit_call *c, grpc_status_code status, const char *details)
     }
 }
 
-static void
-accept_item(struct submit_call *c, struct item *item)
-{
-    c->accepted++;
-    metrics_kind(item->kind)->accepted++;
-    if (cluster_enabled()) {
-        item_free(item);        /* it is in Redis, with its QUEUED update */
-        return;
-    }
-    updates_publish(item, STATE_QUEUED, 0, NULL, 0, NULL, 0);
-    queue_push(item);
-}
-
 /* The reply (on half-close, or after an item that is no WorkItem) counts
  * every item of the call: it waits for those still in the journal. */
 static void
-reply_when_journaled(struct submit_call *c, grpc_status_code status)
+reply_when_written(struct submit_call *c, grpc_status_code status)
 {
-    if (c->journaling > 0) {
+    if (c->writing > 0) {
         c->reply_deferred = 1;
         c->deferred_status = status;
         return;
@@ -250,33 +239,34 @@ reply_when_journaled(struct submit_call *c, grpc_status_code status)
     reply(c, GRPC_STATUS_INVALID_ARGUMENT, details);
 }
 
-void
-submit_item_journaled(struct submit_call *c, struct item *item, uint32_t index,
-                      const char *error)
+/* The store's verdict on an item of C (the INDEX-th of its stream). */
+static void
+on_verdict(void *arg, uint32_t index, const struct item *item, enum store_verdict verdict,
+           const char *why)
 {
-    c->journaling--;
-    if (error == NULL) {
-        accept_item(c, item);
-    } else {
+    struct submit_call *c = arg;
+    c->writing--;
+    switch (verdict) {
+    case STORE_ACCEPTED:
+        c->accepted++;
+        metrics_kind(item->kind)->accepted++;
+        break;
+    case STORE_REJECTED:
         metrics_kind(item->kind)->rejected++;
-        add_rejection(c, index, item->id, error);
-        item_free(item);
+        add_rejection(c, index, item->id, why);
+        break;
+    case STORE_UNAVAILABLE:
+    case STORE_UNCERTAIN:
+        if (verdict == STORE_UNCERTAIN)
+            c->uncertain++;
+        if (c->unavailable == NULL)
+            c->unavailable = ds_strdup(why);
+        reply_when_written(c, GRPC_STATUS_UNAVAILABLE);
+        call_unref(c);
+        return;
     }
-    if (c->journaling == 0 && c->reply_deferred)
-        reply_when_journaled(c, c->deferred_status);
-    call_unref(c);
-}
-
-void
-submit_item_unavailable(struct submit_call *c, struct item *item, const char *why, int uncertain)
-{
-    c->journaling--;
-    if (uncertain)
-        c->uncertain++;
-    if (c->unavailable == NULL)
-        c->unavailable = ds_strdup(why);
-    item_free(item);
-    reply_when_journaled(c, GRPC_STATUS_UNAVAILABLE);
+    if (c->writing == 0 && c->reply_deferred)
+        reply_when_written(c, c->deferred_status);
     call_unref(c);
 }
 
@@ -365,7 +355,7 @@ take_item(struct submit_call *c, grpc_slice raw)
         ;   /* the reason is set */
     else if (handler_check(handler, msg, reason, sizeof reason) == -1)
         ;   /* the reason is set */
-    else if (!queue_has_room())
+    else if (!store_has_room())
         snprintf(reason, sizeof reason, "queue full (capacity %llu)",
                  (unsigned long long)config->queue.capacity);
 
@@ -392,12 +382,9 @@ take_item(struct submit_call *c, grpc_slice raw)
                                  msg->id[0] == '\0' || c->scope_len > 0 ? id : NULL,
                                  handler_is_quick(handler, msg));
     wire_work_item_free(msg, NULL);
-    if (journal_accept(item, c, c->index) || cluster_accept(item, c, c->index)) {
-        c->journaling++;
-        c->refs++;
-        return 0;
-    }
-    accept_item(c, item);
+    c->writing++;
+    c->refs++;
+    store_accept(item, on_verdict, c, c->index);
     return 0;
 }
 
@@ -428,29 +415,29 @@ on_recv_done(struct tag *tag, int ok)
         /* Cancelled or broken: what was accepted stays accepted. */
         if (bb != NULL)
             grpc_byte_buffer_destroy(bb);
-        queue_room_available();
+        submit_resume_blocked();
         call_unref(c);
         return;
     }
     if (bb == NULL) {
-        reply_when_journaled(c, GRPC_STATUS_OK);    /* the client half-closed */
-        queue_room_available();
+        reply_when_written(c, GRPC_STATUS_OK);    /* the client half-closed */
+        submit_resume_blocked();
         call_unref(c);
         return;
     }
     const char *why = c->unavailable;
-    if (why != NULL || !cluster_serving(&why)) {
+    if (why != NULL || !store_available(&why)) {
         /* Never queued here instead: the client must know. */
         grpc_byte_buffer_destroy(bb);
         if (c->unavailable == NULL)
             c->unavailable = ds_strdup(why);
-        reply_when_journaled(c, GRPC_STATUS_UNAVAILABLE);
+        reply_when_written(c, GRPC_STATUS_UNAVAILABLE);
         call_unref(c);
         return;
     }
     grpc_slice raw = message_slice(bb);
     grpc_byte_buffer_destroy(bb);
-    if (gp.config->queue.on_full == DS_ON_FULL_BLOCK && !queue_has_room()) {
+    if (gp.config->queue.on_full == DS_ON_FULL_BLOCK && !store_has_room()) {
         c->parked = raw;        /* taken when room frees up */
         c->has_parked = 1;
         block(c);
@@ -471,8 +458,8 @@ take_parked_or(struct submit_call *c, grpc_slice raw)
     if (take_item(c, raw) == -1) {
         grpc_slice_unref(raw);
         c->invalid_index = c->index;
-        reply_when_journaled(c, GRPC_STATUS_INVALID_ARGUMENT);
-        queue_room_available();
+        reply_when_written(c, GRPC_STATUS_INVALID_ARGUMENT);
+        submit_resume_blocked();
         call_unref(c);
         return -1;
     }
@@ -514,14 +501,14 @@ try_receive(struct submit_call *c)
 /* Room in the queue: take the parked items, oldest call first, and let
  * those calls read again. */
 void
-queue_room_available(void)
+submit_resume_blocked(void)
 {
     static int running;
     if (running)
         return;         /* taking an item can free room and call us again */
     running = 1;
     while (sub.blocked_head != NULL &&
-           (queue_has_room() || gp.config->queue.on_full == DS_ON_FULL_REJECT)) {
+           (store_has_room() || gp.config->queue.on_full == DS_ON_FULL_REJECT)) {
         struct submit_call *c = sub.blocked_head;
         sub.blocked_head = c->next_blocked;
         if (sub.blocked_head == NULL)
@@ -545,12 +532,6 @@ queue_room_available(void)
         call_unref(c);
     }
     running = 0;
-}
-
-void
-submit_resume_blocked(void)
-{
-    queue_room_available();
 }
 
 static void

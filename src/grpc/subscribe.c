@@ -43,10 +43,11 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
-#include "grpc/cluster.h"
 #include "grpc/filter.h"
 #include "grpc/scope.h"
 #include "grpc/grpc_process.h"
+#include "grpc/store.h"
+#include "grpc/updates.h"
 
 struct subscriber {
     struct subscriber *prev, *next;
@@ -452,7 +453,7 @@ subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
         return;
     }
     const char *why;
-    if (!cluster_serving(&why)) {
+    if (!store_available(&why)) {
         reject_call(s, GRPC_STATUS_UNAVAILABLE, why);
         return;
     }

@@ -1,11 +1,12 @@
 /*
- * The update log: every update gets the next seq, is encoded once, kept in
- * a ring of the last updates.history, and handed to the subscribers.
+ * The update log (updates.h).
  *
  * Seqs come in chunks reserved from the master ahead of use, so a
  * respawned grpc process continues past every seq the last one could have
  * sent: seq never goes backwards.
  */
+#include "grpc/updates.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,9 +16,8 @@
 #include "core/log.h"
 #include "core/process.h"
 #include "core/utf8.h"
-#include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
-#include "grpc/journal.h"
+#include "grpc/item.h"
 
 static struct {
     struct update **ring;
@@ -30,6 +30,8 @@ static struct {
     uint64_t bytes;             /* encoded size of what the ring holds */
     uint64_t lost_through;      /* 0, or seqs up to this were lost for lost_why */
     char lost_why[256];
+    void (*listener)(struct update *u);
+    void (*on_reserve)(uint64_t seq);
 } log_;
 
 struct update *
@@ -85,7 +87,8 @@ reserve_seqs(void)
     log_.reserved += SEQ_RESERVE_CHUNK;
     struct ipc_seq s = { .seq = log_.reserved };
     master_send_now(IPC_SEQ_RESERVE, &s, sizeof s);
-    journal_seq(log_.reserved);     /* for a restart of the whole daemon */
+    if (log_.on_reserve != NULL)
+        log_.on_reserve(log_.reserved);     /* for a restart of the whole daemon */
 }
 
 static void
@@ -124,10 +127,9 @@ ring_append(struct update *u)
  * the copy to free() after packing, else NULL.
  */
 static void
-message_of(wire_update *msg, const struct item *item, enum wire_state state, pid_t worker_pid,
-           const void *result, size_t result_len, const char *error, float progress,
-           char **sanitized)
+message_of(wire_update *msg, const struct item *item, const struct outcome *o, char **sanitized)
 {
+    const char *error = o->error;
     *sanitized = error != NULL ? utf8_sanitize(error, strlen(error)) : NULL;
     if (*sanitized != NULL)
         error = *sanitized;
@@ -142,14 +144,14 @@ message_of(wire_update *msg, const struct item *item, enum wire_state state, pid
     wire_update_init(msg);
     msg->item_id = (char *)item->id;
     msg->kind = (char *)item->kind;
-    msg->state = (Com__Agrounds__Dosomething__V1__State)state;
-    msg->result.data = (uint8_t *)result;
-    msg->result.len = result_len;
+    msg->state = (Com__Agrounds__Dosomething__V1__State)o->state;
+    msg->result.data = (uint8_t *)o->result;
+    msg->result.len = o->result_len;
     if (error != NULL)
         msg->error = (char *)error;
-    msg->progress = progress;
+    msg->progress = o->progress;
     msg->attempt = item->attempt;
-    msg->worker_pid = worker_pid;
+    msg->worker_pid = o->worker_pid;
     msg->time_unix_nano = clock_wall_ns();
     msg->batch = (char *)item->batch;
 }
@@ -184,25 +186,20 @@ deliver(struct update *u)
 {
     log_.last_seq = u->seq;
     ring_append(u);
-    subscribers_publish(u);
+    if (log_.listener != NULL)
+        log_.listener(u);
 }
 
 void
-updates_publish(const struct item *item, enum wire_state state, pid_t worker_pid,
-                const void *result, size_t result_len, const char *error, float progress)
+updates_publish(const struct item *item, const struct outcome *o)
 {
-    if (cluster_enabled()) {
-        /* Every update comes back through the cluster's stream, in its order. */
-        cluster_publish(item, state, worker_pid, progress);
-        return;
-    }
     reserve_seqs();
 
     wire_update msg;
     char *sanitized;
-    message_of(&msg, item, state, worker_pid, result, result_len, error, progress, &sanitized);
+    message_of(&msg, item, o, &sanitized);
     msg.seq = log_.last_seq + 1;
-    struct update *u = update_new(msg.seq, state, item->id, strlen(item->id), item->kind,
+    struct update *u = update_new(msg.seq, o->state, item->id, strlen(item->id), item->kind,
                                   strlen(item->kind), item->batch, strlen(item->batch),
                                   wire_update_size(&msg));
     wire_update_pack(&msg, GRPC_SLICE_START_PTR(u->encoded));
@@ -211,13 +208,11 @@ updates_publish(const struct item *item, enum wire_state state, pid_t worker_pid
 }
 
 uint8_t *
-updates_encode(const struct item *item, enum wire_state state, pid_t worker_pid,
-               const void *result, size_t result_len, const char *error, float progress,
-               size_t *len)
+updates_encode(const struct item *item, const struct outcome *o, size_t *len)
 {
     wire_update msg;
     char *sanitized;
-    message_of(&msg, item, state, worker_pid, result, result_len, error, progress, &sanitized);
+    message_of(&msg, item, o, &sanitized);
     *len = wire_update_size(&msg);
     uint8_t *out = ds_malloc(*len + 1);
     wire_update_pack(&msg, out);
@@ -269,9 +264,25 @@ updates_lost(uint64_t seq)
 }
 
 void
+updates_listen(void (*fn)(struct update *update))
+{
+    log_.listener = fn;
+}
+
+void
+updates_on_reserve(void (*fn)(uint64_t seq))
+{
+    log_.on_reserve = fn;
+}
+
+void
 updates_init(uint64_t seq_start)
 {
+    void (*listener)(struct update *) = log_.listener;
+    void (*on_reserve)(uint64_t) = log_.on_reserve;
     memset(&log_, 0, sizeof log_);
+    log_.listener = listener;
+    log_.on_reserve = on_reserve;
     log_.last_seq = seq_start;
     log_.origin = seq_start + 1;
     log_.reserved = seq_start + SEQ_RESERVE_CHUNK;

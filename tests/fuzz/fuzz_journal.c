@@ -44,7 +44,7 @@
 
 #include "core/alloc.h"
 #include "core/log.h"
-#include "grpc/journal.h"
+#include "grpc/journal_store.h"
 
 #define MAX_SEGMENTS 8
 

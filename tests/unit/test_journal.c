@@ -25,7 +25,7 @@
 #include <cmocka.h>
 
 #include "core/log.h"
-#include "grpc/journal.h"
+#include "grpc/journal_store.h"
 
 static char root[256];
 

@@ -1,0 +1,278 @@
+/*
+ * journal_store.c: the queue journal's files, and nothing of gRPC: records
+ * and their CRC32C, the writer over an instance directory, the reader,
+ * finding the instances of dead grpc processes. journal.h and
+ * docs/journal.md say how the grpc process uses it;
+ * tests/unit/test_journal.c and tests/fuzz/fuzz_journal.c drive it alone.
+ *
+ * On disk, all integers little-endian. A segment starts with the 8 bytes
+ * JOURNAL_MAGIC, then records:
+ *
+ *   header (12 bytes): crc32c u32 | length u32 | type u8 | flags u8 | 0 u16
+ *   body (length bytes)
+ *
+ * The CRC32C covers the 8 header bytes after it and the body. Bodies:
+ *
+ *   ACCEPT  key u64 | attempt u32 | max_attempts u32 | timeout_ms u32 |
+ *           flags u8 (1: quick) | 0 u8 | id_len u16 | kind_len u16 |
+ *           batch_len u16 | raw_len u32 | id | kind | batch | raw WorkItem
+ *   FINAL   key u64                 the item is final (or was never accepted)
+ *   ATTEMPT key u64 | attempt u32   the item was retried: this attempt is next
+ *   SEQ     seq u64                 update seqs up to this may have been used
+ *
+ * Records are order-independent within an instance: an item is live if it
+ * has an ACCEPT and no FINAL anywhere; its attempt is the largest seen.
+ */
+#ifndef DS_GRPC_JOURNAL_STORE_H
+#define DS_GRPC_JOURNAL_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "core/config.h"
+
+#define JOURNAL_MAGIC           "DSJRNL01"
+#define JOURNAL_MAGIC_SIZE      8
+#define JOURNAL_HEADER_SIZE     12
+#define JOURNAL_ACCEPT_FIXED    32
+/* A body never exceeds this: the largest WorkItem (grpc.max_message_size
+ * is at most 64 MiB) and its id, kind and batch. */
+#define JOURNAL_BODY_MAX        ((64u << 20) + (1u << 20))
+
+#define JOURNAL_SEGMENT_MAX     (64ull << 20)
+/* A segment with no live item is rolled once it has this much. */
+#define JOURNAL_IDLE_ROLL       (1ull << 20)
+/* Live items of a segment this many segments older than the current one
+ * are copied into the current one, so the old one can go. */
+#define JOURNAL_COPY_AFTER      4
+/* How often a grpc process looks for the journals of dead ones. */
+#define JOURNAL_SCAN_MS         10000
+
+enum journal_type {
+    JOURNAL_ACCEPT = 1,
+    JOURNAL_FINAL = 2,
+    JOURNAL_ATTEMPT = 3,
+    JOURNAL_SEQ = 4,
+};
+
+/* ---- records (journal_store.c) ----------------------------------------- */
+
+uint32_t journal_crc32c(uint32_t crc, const void *data, size_t len);
+/* The table-driven version, which journal_crc32c uses without SSE 4.2. */
+uint32_t journal_crc32c_table(uint32_t crc, const void *data, size_t len);
+
+struct journal_buf {
+    uint8_t *data;
+    size_t len, cap;
+};
+
+void journal_buf_free(struct journal_buf *b);
+
+/* What an ACCEPT record holds. The strings need not be NUL-terminated when
+ * decoded: they point into the record, with their lengths. */
+struct journal_accept {
+    uint64_t key;
+    uint32_t attempt;
+    uint32_t max_attempts;
+    uint32_t timeout_ms;
+    int quick;
+    const char *id, *kind, *batch;
+    size_t id_len, kind_len, batch_len;
+    const uint8_t *raw;
+    size_t raw_len;
+};
+
+struct journal_record {
+    enum journal_type type;
+    uint64_t key;               /* ACCEPT, FINAL, ATTEMPT */
+    uint32_t attempt;           /* ACCEPT, ATTEMPT */
+    uint64_t seq;               /* SEQ */
+    struct journal_accept accept;
+};
+
+/* Append one record to B; return its offset there. id/kind/batch longer
+ * than 65535 bytes are cut (callers never have such). */
+size_t journal_encode_accept(struct journal_buf *b, const struct journal_accept *a);
+size_t journal_encode_final(struct journal_buf *b, uint64_t key);
+size_t journal_encode_attempt(struct journal_buf *b, uint64_t key, uint32_t attempt);
+size_t journal_encode_seq(struct journal_buf *b, uint64_t seq);
+
+enum journal_decode {
+    JOURNAL_OK,
+    JOURNAL_TORN,               /* AVAIL ends inside the record */
+    JOURNAL_CORRUPT,            /* a bad CRC, length, type or body */
+};
+
+/* Decode the record at P (AVAIL bytes from there). JOURNAL_OK: *rec is
+ * filled (pointing into P) and *size is the record's size. Otherwise *why
+ * says what is wrong. */
+enum journal_decode journal_decode(const uint8_t *p, size_t avail, struct journal_record *rec,
+                                   size_t *size, const char **why);
+
+/* ---- a map of item keys (journal_store.c) ------------------------------ */
+
+enum journal_entry_state {
+    JOURNAL_ENTRY_WRITTEN,      /* its ACCEPT is at segment/offset */
+    JOURNAL_ENTRY_NEW,          /* its ACCEPT waits in the buffer */
+    JOURNAL_ENTRY_COPYING,      /* still at segment/offset; a copy waits in the buffer */
+};
+
+struct journal_entry {
+    uint64_t key;               /* 0: a free slot */
+    uint64_t offset;            /* of its ACCEPT record in its segment */
+    uint64_t aux;               /* NEW/COPYING: offset in the buffer; reader: item slot + 1 */
+    uint32_t segment;
+    uint32_t length;            /* of that record, header included */
+    uint32_t attempt;
+    uint8_t state;
+    uint8_t final;              /* reader: a FINAL was seen */
+};
+
+struct journal_map {
+    struct journal_entry *slots;
+    size_t capacity;            /* a power of two, or 0 */
+    size_t count;
+};
+
+struct journal_entry *journal_map_get(const struct journal_map *m, uint64_t key);
+/* The entry of KEY, added (zeroed but for the key) if missing. Pointers
+ * into the map are valid until the next put or del. */
+struct journal_entry *journal_map_put(struct journal_map *m, uint64_t key);
+void journal_map_del(struct journal_map *m, uint64_t key);
+void journal_map_free(struct journal_map *m);
+
+/* ---- the writer: one instance directory (journal_store.c) ------------- */
+
+struct journal_segment {
+    uint32_t number;
+    uint64_t live;              /* items whose ACCEPT is here and not final */
+};
+
+struct journal_store {
+    char *root;                 /* queue.journal */
+    char *name;                 /* grpc-<ms>-<pid> */
+    char *dir;                  /* root/name */
+    int lock_fd;
+    int fd;                     /* the current segment, -1 if none is open */
+    uint32_t segment;           /* its number */
+    uint64_t size;              /* its bytes, all written */
+    enum ds_journal_sync sync;
+    uint64_t segment_max;
+    uint64_t idle_roll;
+    uint32_t copy_after;
+
+    /* What the next flush writes: first `other` (FINAL, ATTEMPT, SEQ and
+     * copies), then `accepts` (new items). A failed flush drops `accepts`
+     * (its items are rejected) and keeps `other` for the next one. */
+    struct journal_buf other, accepts;
+    uint64_t *new_keys, *copy_keys;
+    size_t new_count, new_cap, copy_count, copy_cap;
+
+    struct journal_map entries;             /* live items */
+    struct journal_segment *segments;       /* ascending; the current one last */
+    size_t segment_count, segment_cap;
+    int unsynced;               /* written since the last fdatasync */
+    int roll_next;              /* start a new segment at the next flush */
+    uint64_t max_seq;           /* the largest SEQ written */
+    /* What the last flush wrote: the first flushed_accepts of its ACCEPTs,
+     * and (flushed_other) all of `other`. */
+    size_t flushed_accepts;
+    int flushed_other;
+
+    /* for tests and the log */
+    uint64_t flushes, bytes_written, syncs, rolls, deleted, copied;
+};
+
+/* Create ROOT (if need be) and the instance ROOT/NAME, locked, with its
+ * first segment. SEGMENT_MAX 0: JOURNAL_SEGMENT_MAX. 0, or -1 with errno
+ * set and the failing call logged. */
+int journal_store_open(struct journal_store *s, const char *root, const char *name,
+                       enum ds_journal_sync sync, uint64_t segment_max);
+/* Close; with REMOVE, delete the instance's files (it holds nothing live),
+ * after recording max_seq in ROOT/seq. Without, sync what is unsynced
+ * (unless `never`). Whatever is still buffered is lost: flush first. */
+void journal_store_close(struct journal_store *s, int remove);
+
+void journal_store_accept(struct journal_store *s, const struct journal_accept *a);
+void journal_store_attempt(struct journal_store *s, uint64_t key, uint32_t attempt);
+/* The item is final: FINAL is buffered, its segment has one live item less. */
+void journal_store_final(struct journal_store *s, uint64_t key);
+void journal_store_seq(struct journal_store *s, uint64_t seq);
+/* Forget the ACCEPTs buffered and not written: their items are not accepted. */
+void journal_store_discard_accepts(struct journal_store *s);
+int journal_store_has_buffered(const struct journal_store *s);
+uint64_t journal_store_live(const struct journal_store *s);
+
+/*
+ * Write what is buffered (rolling to a new segment first when one is due),
+ * then fdatasync with `always`, and delete dead segments unless the policy
+ * is `interval` (journal_store_sync does it then). 0: every buffered record
+ * is written. -1 (errno set): a full disk may still have taken `other` and
+ * some ACCEPTs whole: the first s->flushed_accepts ACCEPTs count (in the
+ * order they were buffered), the rest do not (those entries are gone:
+ * reject the items); s->flushed_other says whether `other` was written, or
+ * stays buffered for the next flush. The file is cut back to what counts.
+ * A disk full of a segment that holds nothing live is made room on by
+ * emptying that segment.
+ */
+int journal_store_flush(struct journal_store *s);
+/* fdatasync what was written and not synced, then delete dead segments. */
+int journal_store_sync(struct journal_store *s);
+
+/* Give ROOT, its entries and those of its instance directories to UID:GID
+ * (symlinks themselves, not their targets, but for ROOT). 0, or -1 if any
+ * failed (logged). */
+int journal_store_chown(const char *root, uid_t uid, gid_t gid);
+
+/* ROOT/seq: the largest seq of instances whose files are gone. */
+uint64_t journal_seq_file_read(const char *root);
+int journal_seq_file_update(const char *root, uint64_t seq, int sync);
+
+/* ---- the reader (journal_store.c) ------------------------------------- */
+
+struct journal_item {
+    uint64_t key;
+    uint32_t attempt;           /* the largest recorded: the one that ran, or was next */
+    uint32_t max_attempts;
+    uint32_t timeout_ms;
+    int quick;
+    int accepted;
+    char *id, *kind, *batch;    /* NUL-terminated */
+    uint8_t *raw;
+    size_t raw_len;
+};
+
+struct journal_recovery {
+    char *dir;                  /* root/name */
+    char *name;
+    long pid;                   /* of the grpc process that wrote it */
+    int lock_fd;                /* held while we recover it */
+    struct journal_item *items; /* after journal_read: the live ones, by key */
+    size_t count, cap;
+    uint64_t max_key;
+    uint64_t max_seq;
+    uint64_t segments;
+    uint64_t records;
+    uint64_t truncated;         /* bytes cut from a torn tail */
+    uint64_t skipped;           /* bytes of older segments skipped after a bad record */
+};
+
+/*
+ * Instances under ROOT other than SELF whose lock could be taken (their
+ * process is gone), oldest first, each with lock_fd held and dir, name and
+ * pid set. Also removes what a creator that died halfway left. Returns the
+ * count (*out is ds_malloc'ed; free each with journal_recovery_free, then
+ * *out with free()), or -1 if ROOT cannot be read.
+ */
+int journal_find_dead(const char *root, const char *self, struct journal_recovery **out);
+/* Read every segment of R->dir: R->items are the live items. A torn tail
+ * of the newest segment is truncated, a bad record in an older one ends
+ * that segment; both are logged. 0, or -1 if the directory cannot be read. */
+int journal_read(struct journal_recovery *r);
+/* Delete R's files and record its max_seq in the root's seq file. */
+int journal_recovery_remove(struct journal_recovery *r, int sync);
+/* Free R's contents and release its lock. */
+void journal_recovery_free(struct journal_recovery *r);
+
+#endif

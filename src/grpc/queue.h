@@ -1,0 +1,101 @@
+/*
+ * queue.c: the waiting list, the worker connections and dispatch.
+ *
+ * Accepted items wait here until a worker has room, run there, and leave
+ * when their attempt ends. Each worker holds at most workers.prefetch
+ * items (a quick item weighs ITEM_WEIGHT_QUICK of ITEM_WEIGHT_FULL) and
+ * runs them in the order it got them; a new item goes to the worker
+ * holding least. An item that outlives its timeout gets its worker killed.
+ *
+ * The queue knows no backend and no caller: it reports through the events
+ * table given to queue_init() (the store's). It owns the items only while
+ * they are in its lists, and frees none.
+ */
+#ifndef DS_GRPC_QUEUE_H
+#define DS_GRPC_QUEUE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+struct event_base;
+struct ipc_channel;
+struct item;
+struct outcome;
+
+/* One attached worker: the queue's own, freed when the worker is gone. */
+struct worker {
+    struct worker *next;
+    pid_t pid;
+    uint32_t slot;
+    struct ipc_channel *channel;    /* NULL once closed */
+    struct item *head, *tail;       /* held, in the order it runs them */
+    uint32_t held;
+    uint32_t held_weight;
+    int retiring;
+    uint64_t attached_ms;
+    uint64_t items_done;
+    uint64_t timeout_key;           /* the item it is being killed for */
+    uint32_t timeout_ms;
+    struct event *timer;            /* the running item's timeout */
+};
+
+/* What the queue tells its owner. Every item passed leaves the queue's
+ * lists first (but update, which leaves it where it is). */
+struct queue_events {
+    /* STARTED or PROGRESS from ITEM's worker. */
+    void (*update)(struct item *item, const struct outcome *o);
+    /* ITEM's attempt ended: SUCCEEDED or FAILED (the handler said so). */
+    void (*ended)(struct item *item, const struct outcome *o);
+    /* ITEM's attempt was spent without an answer (its worker died, or it
+     * timed out) for REASON. */
+    void (*attempt_failed)(struct item *item, pid_t worker_pid, const char *reason);
+    /* Dispatch ran: workers may have room for more (cluster pulls). */
+    void (*dispatched)(void);
+    /* A graceful stop: once nothing waits, idle workers are let go (unless
+     * items may still come back, e.g. from a handover in flight). */
+    int (*draining)(void);
+    /* Ask the master to kill worker PID (SLOT) for REASON. */
+    void (*kill_worker)(pid_t pid, uint32_t slot, const char *reason);
+};
+
+/* EVENTS (static) on BASE; PREFETCH is workers.prefetch. */
+void queue_init(struct event_base *base, const struct queue_events *events, uint32_t prefetch);
+/* A reload's workers.prefetch; the next dispatch uses it. */
+void queue_set_prefetch(uint32_t prefetch);
+/* Every item left is passed to FN (which frees it); workers are freed. */
+void queue_shutdown(void (*fn)(struct item *item));
+
+/* ITEM waits at the end (accepted), or at the front (its turn comes next:
+ * a retry, a handover given back). Neither dispatches: queue_dispatch(). */
+void queue_push(struct item *item);
+void queue_push_front(struct item *item);
+void queue_dispatch(void);
+/* The first waiting item, out of the queue, or NULL. */
+struct item *queue_take_waiting(void);
+/* Empty the queue and every worker's list, calling FN for each item (and
+ * the worker that was running it, or 0). */
+void queue_take_all(void (*fn)(struct item *item, pid_t worker_pid));
+
+uint64_t queue_waiting(void);
+/* Items held by workers. */
+uint64_t queue_held(void);
+/* Weight units (ITEM_WEIGHT_*) the workers could take beside what waits. */
+uint32_t queue_local_room(void);
+/* Call FN for every item waiting or at a worker. */
+void queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
+int queue_holds(uint64_t key);
+
+void workers_attach(pid_t pid, uint32_t slot, int fd);
+/* The workers attached now, for /status. */
+const struct worker *workers_list(void);
+/* Worker PID is gone, for REASON. The item it was running (RUNNING_KEY at
+ * RUNNING_ATTEMPT, as the master read it from the worker; 0 if none) spent
+ * that attempt even if its STARTED never arrived (a quick item's waits for
+ * the next batch); the items it only held go back to the queue. */
+void workers_exited(pid_t pid, const char *reason, uint64_t running_key,
+                    uint32_t running_attempt);
+void workers_retire(pid_t pid);
+/* Close every idle worker's channel (it exits): a graceful stop. */
+void workers_close_all(void);
+
+#endif

@@ -1,0 +1,465 @@
+/*
+ * The store (store.h says what it decides). It counts the items accepted
+ * and not final (queue.capacity), holds the retry-or-fail rule, publishes
+ * what a backend with a local update log needs published, and frees every
+ * item.
+ */
+#include "grpc/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/utf8.h"
+#include "grpc/cluster.h"
+#include "grpc/grpc_process.h"
+#include "grpc/item.h"
+#include "grpc/journal.h"
+#include "grpc/metrics.h"
+#include "grpc/queue.h"
+#include "grpc/updates.h"
+#include "ipc/frame.h"
+
+static struct {
+    const struct store_backend *b;
+    uint64_t count;             /* accepted and not final: queued, at a worker, or ending */
+    uint64_t pending;           /* handed to store_accept, the backend not done yet */
+    const char *abandon_why;    /* set at a drain's deadline: see store_abandon() */
+    void (*room)(void);
+} st;
+
+/* ---- the queue's events ---------------------------------------------------- */
+
+static void final(struct item *item, const struct outcome *o);
+
+static void
+on_update(struct item *item, const struct outcome *o)
+{
+    if (st.b->shared_log)
+        st.b->publish(item, o);
+    else
+        updates_publish(item, o);
+}
+
+static void
+on_ended(struct item *item, const struct outcome *o)
+{
+    final(item, o);
+}
+
+static void abandon(struct item *item, pid_t worker_pid);
+
+/* Back to the front of the queue; the caller dispatches. */
+static void
+requeue(struct item *item)
+{
+    if (st.abandon_why != NULL)
+        abandon(item, 0);
+    else
+        queue_push_front(item);
+}
+
+int
+store_may_retry(const struct item *item, uint32_t failed_attempt)
+{
+    return failed_attempt < item->max_attempts;
+}
+
+static void
+on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
+{
+    if (!store_may_retry(item, item->attempt)) {
+        char error[512];
+        snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, item->attempt,
+                 item->max_attempts);
+        struct outcome o = { .state = STATE_FAILED, .worker_pid = worker_pid, .error = error };
+        final(item, &o);
+        return;
+    }
+    metrics_kind(item->kind)->retried++;
+    struct outcome o = { .state = STATE_RETRYING, .worker_pid = worker_pid, .error = reason };
+    if (st.b->retry != NULL) {
+        st.b->retry(item, &o);      /* store_retried() follows */
+        return;
+    }
+    updates_publish(item, &o);
+    item->attempt++;
+    if (st.b->attempt != NULL)
+        st.b->attempt(item);
+    requeue(item);      /* workers_exited() dispatches once all are back */
+}
+
+static void
+on_dispatched(void)
+{
+    if (st.b->pull != NULL)
+        st.b->pull();
+}
+
+static int
+draining(void)
+{
+    /* While a handover is in flight its items may come back: keep workers. */
+    return gp.draining && !handover_active();
+}
+
+static void
+kill_worker(pid_t pid, uint32_t slot, const char *reason)
+{
+    struct ipc_worker msg = { .pid = pid, .slot = slot };
+    size_t n = strnlen(reason, 96);
+    char body[sizeof msg + 96];
+    memcpy(body, &msg, sizeof msg);
+    memcpy(body + sizeof msg, reason, n);
+    master_send(IPC_KILL_WORKER, body, sizeof msg + n);
+}
+
+static const struct queue_events events = {
+    .update = on_update,
+    .ended = on_ended,
+    .attempt_failed = on_attempt_failed,
+    .dispatched = on_dispatched,
+    .draining = draining,
+    .kill_worker = kill_worker,
+};
+
+/* ---- accepting -------------------------------------------------------------- */
+
+void
+store_accept(struct item *item, store_accept_fn *done, void *arg, uint32_t index)
+{
+    struct acceptance a = { .item = item, .done = done, .arg = arg, .index = index };
+    st.pending++;
+    if (st.b->accept != NULL)
+        st.b->accept(a);
+    else
+        store_accepted(a, STORE_ACCEPTED, NULL);
+}
+
+void
+store_accepted(struct acceptance a, enum store_verdict verdict, const char *why)
+{
+    struct item *item = a.item;
+    st.pending--;
+    a.done(a.arg, a.index, item, verdict, why);
+    if (verdict != STORE_ACCEPTED) {
+        item_free(item);
+        if (verdict == STORE_REJECTED)
+            store_room_available();
+        return;
+    }
+    if (st.b->shared_log) {
+        item_free(item);        /* it is in the shared queue, with its QUEUED update */
+        return;
+    }
+    struct outcome o = { .state = STATE_QUEUED };
+    updates_publish(item, &o);
+    st.count++;
+    if (st.abandon_why != NULL) {
+        abandon(item, 0);       /* written after the deadline */
+        return;
+    }
+    queue_push(item);
+    queue_dispatch();
+}
+
+void
+store_take(struct item *item)
+{
+    st.count++;
+    if (st.abandon_why != NULL) {
+        abandon(item, 0);
+        return;
+    }
+    queue_push(item);
+    queue_dispatch();
+}
+
+uint64_t
+store_count(void)
+{
+    return st.count + st.pending;
+}
+
+int
+store_has_room(void)
+{
+    if (st.b->has_room != NULL)
+        return st.b->has_room();
+    return store_count() < gp.config->queue.capacity;
+}
+
+/* ---- ending ------------------------------------------------------------------ */
+
+/* ITEM leaves: nothing more is published for it. */
+static void
+release(struct item *item)
+{
+    item_free(item);
+    st.count--;
+    store_room_available();
+    grpc_process_check_done();
+}
+
+static void
+final(struct item *item, const struct outcome *o)
+{
+    char too_large[128];
+    struct outcome bounded;
+    if (o->result_len > DS_RESULT_SIZE_MAX) {
+        /* Workers bound results by their handlers.max_result_size; this is
+         * the bound under every config: no subscriber's client can take an
+         * update with more. */
+        snprintf(too_large, sizeof too_large, "result of %zu bytes exceeds %u bytes, the "
+                 "most an update can carry", o->result_len, DS_RESULT_SIZE_MAX);
+        bounded = (struct outcome){ .state = STATE_FAILED, .worker_pid = o->worker_pid,
+                                    .error = too_large };
+        o = &bounded;
+    }
+    if (st.b->final != NULL)
+        st.b->final(item, o);   /* store_final_written() or store_dropped() follows */
+    else
+        store_final_written(item, o);
+}
+
+void
+store_final_written(struct item *item, const struct outcome *o)
+{
+    if (!st.b->shared_log)
+        updates_publish(item, o);
+    metrics_item_final(item->kind, o->state == STATE_SUCCEEDED,
+                       clock_monotonic_ns() - item->accepted_ns);
+    release(item);
+}
+
+void
+store_fail(struct item *item, const char *error)
+{
+    st.count++;
+    struct outcome o = { .state = STATE_FAILED, .error = error };
+    final(item, &o);
+}
+
+void
+store_retried(struct item *item)
+{
+    item->attempt++;
+    requeue(item);
+    queue_dispatch();
+}
+
+void
+store_dropped(struct item *item)
+{
+    char id[300];
+    log_debug("item \"%s\" (attempt %u) is no longer ours; forgetting it",
+              utf8_escape(id, sizeof id, item->id), item->attempt);
+    release(item);
+    queue_dispatch();
+}
+
+void
+store_publish_local(const struct item *item, const struct outcome *o)
+{
+    updates_publish(item, o);
+}
+
+void
+store_discard(struct item *item)
+{
+    item_free(item);
+}
+
+/* ---- a graceful stop's deadline ----------------------------------------------- */
+
+/*
+ * ITEM (counted, in no list) cannot run before the process exits. If the
+ * backend keeps it (the journal: no FINAL) it runs at the next start, so it
+ * gets no final update now, only RETRYING saying so; else it is FAILED
+ * with the reason. Either way no subscriber is left without word of it.
+ */
+static void
+abandon(struct item *item, pid_t worker_pid)
+{
+    char reason[320];
+    snprintf(reason, sizeof reason, "%s: %s", item->started ? "interrupted" : "not run",
+             st.abandon_why);
+    if (st.b->keeps_abandoned) {
+        char retry[400];
+        snprintf(retry, sizeof retry, "%s; it stays in the queue journal and runs again at the "
+                 "next start", reason);
+        struct outcome o = { .state = STATE_RETRYING, .worker_pid = worker_pid, .error = retry };
+        updates_publish(item, &o);
+        item_free(item);
+        st.count--;
+        return;
+    }
+    struct outcome o = { .state = STATE_FAILED, .worker_pid = worker_pid, .error = reason };
+    final(item, &o);
+}
+
+void
+store_abandon(const char *why)
+{
+    if (st.b->shared_log)
+        return;     /* the items are in the shared store: other instances take them */
+    st.abandon_why = why;
+    queue_take_all(abandon);
+}
+
+/* ---- the handover of an upgrade ------------------------------------------------ */
+
+struct item *
+store_take_waiting(void)
+{
+    return queue_take_waiting();
+}
+
+void
+store_give_back(struct item *item)
+{
+    requeue(item);
+    queue_dispatch();
+}
+
+void
+store_handed_over(struct item *item, const char *note)
+{
+    if (st.b->forget != NULL)
+        st.b->forget(item);
+    struct outcome o = { .state = STATE_RETRYING, .error = note };
+    updates_publish(item, &o);
+    release(item);
+}
+
+/* ---- what backends ask ------------------------------------------------------------ */
+
+uint32_t
+store_local_room(void)
+{
+    return queue_local_room();
+}
+
+int
+store_holds(uint64_t key)
+{
+    return queue_holds(key);
+}
+
+void
+store_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
+{
+    queue_for_each(fn, arg);
+}
+
+void
+store_room_available(void)
+{
+    if (st.room != NULL)
+        st.room();
+}
+
+/* ---- state ---------------------------------------------------------------------- */
+
+int
+store_available(const char **why)
+{
+    return st.b->available == NULL || st.b->available(why);
+}
+
+int
+store_serving(const char **why)
+{
+    return st.b->serving == NULL || st.b->serving(why);
+}
+
+int
+store_idle(void)
+{
+    return st.b->idle == NULL || st.b->idle();
+}
+
+int
+store_keeps_abandoned(void)
+{
+    return st.b->keeps_abandoned;
+}
+
+int
+store_shared_log(void)
+{
+    return st.b->shared_log;
+}
+
+void
+store_status_json(struct evbuffer *b)
+{
+    if (st.b->status_json != NULL)
+        st.b->status_json(b);
+    else
+        evbuffer_add_printf(b, "\"cluster\":null,");  /* /status always names it */
+}
+
+void
+store_metrics(struct evbuffer *b)
+{
+    if (st.b->metrics != NULL)
+        st.b->metrics(b);
+}
+
+/* ---- start, reload, exit ---------------------------------------------------------- */
+
+void
+store_on_room(void (*fn)(void))
+{
+    st.room = fn;
+}
+
+void
+store_init(uint64_t *seq_start)
+{
+    const struct ds_config *c = gp.config;
+    st.b = c->cluster.redis != NULL ? &store_redis
+           : c->queue.journal != NULL ? &store_journal : &store_memory;
+    queue_init(gp.base, &events, c->workers.prefetch);
+    if (st.b->open != NULL)
+        st.b->open(seq_start);
+    if (st.b->seq_reserved != NULL)
+        updates_on_reserve(st.b->seq_reserved);
+}
+
+void
+store_start(void)
+{
+    if (st.b->start != NULL)
+        st.b->start();
+}
+
+void
+store_configure(const struct ds_config *old)
+{
+    const struct ds_config *c = gp.config;
+    queue_set_prefetch(c->workers.prefetch);
+    /* A backend is chosen once: switching would strand what the old one holds. */
+    if (st.b != &store_journal && c->queue.journal != NULL)
+        log_warn("queue.journal: set by this reload; it takes effect when the grpc process "
+                 "next starts");
+    if (st.b != &store_redis && c->cluster.redis != NULL)
+        log_warn("cluster: set by this reload; it takes effect when the grpc process next "
+                 "starts");
+    if (st.b->configure != NULL)
+        st.b->configure(old);
+}
+
+void
+store_shutdown(void)
+{
+    if (st.b->shutdown != NULL)
+        st.b->shutdown();
+    queue_shutdown(item_free);
+}

@@ -1,0 +1,193 @@
+/*
+ * store.c: the one place that decides what happens to an item between its
+ * acceptance and its final update, whichever backend keeps it.
+ *
+ *   accept    submit.c hands a valid item to store_accept(); the backend
+ *             writes it (memory: nothing to write; journal: an ACCEPT
+ *             record; Redis: the work stream), then the caller's callback
+ *             hears the verdict, and an accepted item is published QUEUED
+ *             and queued (Redis: it is in the shared stream, and comes back
+ *             to some instance through store_take()).
+ *   run       queue.c dispatches it and reports what its worker says
+ *             (struct queue_events, wired here): STARTED and PROGRESS are
+ *             published, an attempt's end goes through store_outcome().
+ *   retry     the retry-or-fail rule (store_attempts_left) is written once,
+ *             here: an attempt that failed for want of a worker (a crash, a
+ *             timeout, a lost instance) runs again until max_attempts.
+ *   final     the backend records it (journal: a FINAL record; Redis: the
+ *             final script), then it is published and the item freed.
+ *
+ * Backends: store_memory.c (no backend: everything happens at once),
+ * journal.c (queue.journal) and cluster.c (cluster:, Redis). Which one is
+ * chosen once, at start (a reload cannot switch: it would strand items).
+ * A backend answers through the store_*() calls below marked "backend",
+ * never by calling submit.c, queue.c or updates.c itself.
+ *
+ * Ownership: the store owns every item handed to it and frees it
+ * (item_free is called here only).
+ */
+#ifndef DS_GRPC_STORE_H
+#define DS_GRPC_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "core/config.h"
+#include "core/wire.h"
+#include "grpc/item.h"
+
+struct evbuffer;
+struct item;
+
+/* What became of an item handed to store_accept(). */
+enum store_verdict {
+    STORE_ACCEPTED,
+    STORE_REJECTED,             /* WHY: this item is not accepted (a write failed) */
+    STORE_UNAVAILABLE,          /* WHY: the backend cannot be reached: end the call */
+    STORE_UNCERTAIN,            /* the same, and whether it took the item is unknown */
+};
+
+/* The caller's callback: INDEX (its own) and the ITEM (read-only; the
+ * store keeps or frees it after the callback returns). */
+typedef void store_accept_fn(void *arg, uint32_t index, const struct item *item,
+                             enum store_verdict verdict, const char *why);
+
+/* An accept in flight, held by value by the backend until it answers. */
+struct acceptance {
+    struct item *item;
+    store_accept_fn *done;
+    void *arg;
+    uint32_t index;
+};
+
+/*
+ * A backend. Every function may complete at once (calling the store_*
+ * answer from inside) or later from the loop.
+ */
+struct store_backend {
+    const char *name;
+    /* At start, before the update log: *SEQ_START moves past what it used. */
+    void (*open)(uint64_t *seq_start);
+    /* After the update log: recover what it holds, connect. */
+    void (*start)(void);
+    /* Updates get their seq from the backend and reach the update log
+     * through updates_deliver(), not from this process's publishing. */
+    int shared_log;
+    /* Items left at a graceful stop's deadline stay in the backend for the
+     * next start (RETRYING now), instead of FAILED. */
+    int keeps_abandoned;
+    /* Write A.item; answer with store_accepted(). */
+    void (*accept)(struct acceptance a);
+    /* shared_log: publish STARTED or PROGRESS of ITEM. */
+    void (*publish)(const struct item *item, const struct outcome *o);
+    /* Record that ITEM is final as O says; answer with store_final_written()
+     * (O's pointers are borrowed for the call only) or store_dropped(). */
+    void (*final)(struct item *item, const struct outcome *o);
+    /* ITEM (at its failed attempt) runs again: record RETRYING for O, then
+     * store_retried() (item->attempt not yet bumped) or store_dropped().
+     * NULL: nothing to record but the next attempt (attempt, below). */
+    void (*retry)(struct item *item, const struct outcome *o);
+    /* ITEM's next attempt is item->attempt (synchronous retries). */
+    void (*attempt)(const struct item *item);
+    /* ITEM is no longer ours (handed to another instance). */
+    void (*forget)(const struct item *item);
+    /* Update seqs up to SEQ may be used (for a restart of the whole daemon). */
+    void (*seq_reserved)(uint64_t seq);
+    /* Room for one more item? NULL: this process's queue.capacity. */
+    int (*has_room)(void);
+    /* Can calls be served at all? If not, *WHY says why (calls end UNAVAILABLE). */
+    int (*available)(const char **why);
+    /* Can items be accepted now? (health, /healthz) */
+    int (*serving)(const char **why);
+    /* Nothing is waiting for the backend: a drain may end. */
+    int (*idle)(void);
+    /* Local room may have appeared: take more items (Redis). */
+    void (*pull)(void);
+    void (*configure)(const struct ds_config *old);
+    void (*shutdown)(void);
+    void (*status_json)(struct evbuffer *b);
+    void (*metrics)(struct evbuffer *b);
+};
+
+extern const struct store_backend store_memory;
+
+/* Choose the backend for this config (memory, journal or Redis), open it
+ * (*SEQ_START moves past what a journal used) and wire the queue. */
+void store_init(uint64_t *seq_start);
+/* After updates_init(): recover (journal) or connect (Redis). */
+void store_start(void);
+void store_configure(const struct ds_config *old);
+void store_shutdown(void);
+/* Told when room frees up (submit.c resumes blocked calls). */
+void store_on_room(void (*fn)(void));
+
+/* ---- for submit.c, health, status, the process -------------------------- */
+
+/* Take ITEM (valid, checked against the config): DONE(ARG, INDEX, ...)
+ * hears the verdict, maybe before this returns. */
+void store_accept(struct item *item, store_accept_fn *done, void *arg, uint32_t index);
+int store_has_room(void);
+/* Items accepted (or being written) and not final. */
+uint64_t store_count(void);
+int store_available(const char **why);
+int store_serving(const char **why);
+int store_idle(void);
+/* Does the backend keep what a graceful stop leaves (journal)? */
+int store_keeps_abandoned(void);
+/* Does the backend own the update log (Redis)? */
+int store_shared_log(void);
+/* A graceful stop's deadline (WHY): every item not final, now or accepted
+ * later, gets its last update now (FAILED, or RETRYING if the backend
+ * keeps it). Not with a shared backend: other instances take them. */
+void store_abandon(const char *why);
+void store_status_json(struct evbuffer *b);
+void store_metrics(struct evbuffer *b);
+
+/* ---- the handover of an upgrade (handover.c) ----------------------------- */
+
+/* The first waiting item, out of the queue but still counted, or NULL. */
+struct item *store_take_waiting(void);
+/* Back to the front of the queue (call in reverse order). */
+void store_give_back(struct item *item);
+/* The new instance has it: published RETRYING with NOTE, forgotten here. */
+void store_handed_over(struct item *item, const char *note);
+
+/* ---- the retry-or-fail rule ---------------------------------------------- */
+
+/* ITEM's attempt FAILED_ATTEMPT was spent without an answer (a worker
+ * death, a timeout, a lost instance): may it run again? Every such path
+ * asks this, and only this. */
+int store_may_retry(const struct item *item, uint32_t failed_attempt);
+
+/* ---- answers of a backend ------------------------------------------------ */
+
+void store_accepted(struct acceptance a, enum store_verdict verdict, const char *why);
+/* O as given to backend->final(); the store publishes it (unless the
+ * backend's log is shared) and frees the item. */
+void store_final_written(struct item *item, const struct outcome *o);
+/* RETRYING is recorded: ITEM runs again, first in line. */
+void store_retried(struct item *item);
+/* ITEM is no longer ours (another instance has it, or its attempt was
+ * superseded): forget it without an update. */
+void store_dropped(struct item *item);
+/* An item the backend brings (pulled from Redis, taken over from a dead
+ * instance's journal), already published QUEUED or RETRYING: queue it. */
+void store_take(struct item *item);
+/* The same for an item that cannot run: it is FAILED with ERROR (recorded
+ * in the backend like any final). */
+void store_fail(struct item *item, const char *error);
+/* Publish O for ITEM in this process's update log (a backend's recovery). */
+void store_publish_local(const struct item *item, const struct outcome *o);
+/* Free an item the store never counted (a backend's recovery gave up on
+ * it, or the process exits with it still in a backend's hands). */
+void store_discard(struct item *item);
+/* Local room for items in weight units (ITEM_WEIGHT_*), beside those queued. */
+uint32_t store_local_room(void);
+/* Is an item with this key held here? Call FN for each held. */
+int store_holds(uint64_t key);
+void store_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
+/* Room may have appeared (a backend's capacity poll). */
+void store_room_available(void);
+
+#endif

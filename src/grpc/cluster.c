@@ -38,6 +38,7 @@
 #include "grpc/grpc_process.h"
 #include "grpc/item.h"
 #include "grpc/metrics.h"
+#include "grpc/redis_args.h"
 #include "grpc/store.h"
 #include "grpc/updates.h"
 #include "workers/handler.h"
@@ -209,29 +210,19 @@ static void cluster_pull(void);
 
 /* ---- commands ------------------------------------------------------------ */
 
-/* Send ARGC strings on CONN. -1: it cannot take commands (the session is
- * down or going): the callback will not run. */
+/* Send A on CONN. -1: it cannot take commands (the session is down or
+ * going), or A overflowed (logged): the callback will not run. */
 static int
-command(struct conn *conn, redisCallbackFn *fn, void *arg, int argc, const char **argv,
-        const size_t *lens)
+command(struct conn *conn, redisCallbackFn *fn, void *arg, struct redis_args *a)
 {
     if (!cl.up || cl.failing || conn->ac == NULL)
         return -1;
-    if (redisAsyncCommandArgv(conn->ac, fn, arg, argc, argv, lens) != REDIS_OK) {
-        session_fail("%s connection: cannot send a command", conn->name);
+    if (redis_args_send(a, conn->ac, fn, arg) == -1) {
+        if (!a->overflow)
+            session_fail("%s connection: cannot send a command", conn->name);
         return -1;
     }
     return 0;
-}
-
-/* command() for ARGC NUL-terminated strings (at most 16). */
-static int
-command_strings(struct conn *conn, redisCallbackFn *fn, void *arg, int argc, const char **argv)
-{
-    size_t lens[16];
-    for (int i = 0; i < argc; i++)
-        lens[i] = strlen(argv[i]);
-    return command(conn, fn, arg, argc, argv, lens);
 }
 
 /* The entries of an XREAD or XREADGROUP reply on one stream, or NULL (none,
@@ -299,6 +290,31 @@ inflight_done(void)
 /* ---- publishing ---------------------------------------------------------- */
 
 /*
+ * The start of every script that publishes an update (LUA_NEXT_SEQ,
+ * LUA_ADD_UPDATE): the keys, ARGV[1] floor, ARGV[2] maxlen, ARGV[3..7] the
+ * update encoded without its seq, id, kind, batch, state.
+ */
+static void
+publish_args(struct redis_args *a, enum script script, const struct item *item,
+             enum wire_state state, const uint8_t *encoded, size_t encoded_len)
+{
+    redis_args_init(a, "EVALSHA");
+    redis_args_str(a, cl.sha[script]);
+    redis_args_str(a, "4");
+    redis_args_str(a, cl.key_work);
+    redis_args_str(a, cl.key_updates);
+    redis_args_str(a, cl.key_seq);
+    redis_args_str(a, cl.key_origin);
+    redis_args_str(a, floor_arg());
+    redis_args_u64(a, gp.config->updates.history);
+    redis_args_mem(a, encoded, encoded_len);
+    redis_args_str(a, item->id);
+    redis_args_str(a, item->kind);
+    redis_args_str(a, item->batch);
+    redis_args_u64(a, (uint64_t)state);
+}
+
+/*
  * The update script for ITEM: MODE u/r/f, the attempt the entry must be at
  * (CHECK_ATTEMPT), the update encoded without its seq.
  */
@@ -306,20 +322,14 @@ static int
 send_update(const struct item *item, char mode, uint32_t check_attempt, enum wire_state state,
             const uint8_t *encoded, size_t encoded_len, redisCallbackFn *fn, void *arg)
 {
-    char maxlen[24], state_s[8], mode_s[2] = { mode, '\0' }, entry[32], attempt[16];
-    snprintf(maxlen, sizeof maxlen, "%" PRIu64, gp.config->updates.history);
-    snprintf(state_s, sizeof state_s, "%d", (int)state);
-    snprintf(entry, sizeof entry, "0-%" PRIu64, item->key);
-    snprintf(attempt, sizeof attempt, "%u", check_attempt);
-    const char *argv[] = {
-        "EVALSHA", cl.sha[SCRIPT_UPDATE], "4", cl.key_work, cl.key_updates, cl.key_seq,
-        cl.key_origin, floor_arg(), maxlen, (const char *)encoded, item->id, item->kind,
-        item->batch, state_s, mode_s, CLUSTER_GROUP, cl.consumer, entry, attempt,
-    };
-    size_t lens[sizeof argv / sizeof argv[0]];
-    for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
-        lens[i] = i == 9 ? encoded_len : strlen(argv[i]);     /* 9: bytes, not a string */
-    if (command(&cl.cmd, fn, arg, (int)(sizeof argv / sizeof argv[0]), argv, lens) == -1)
+    struct redis_args a;
+    publish_args(&a, SCRIPT_UPDATE, item, state, encoded, encoded_len);
+    redis_args_mem(&a, &mode, 1);
+    redis_args_str(&a, CLUSTER_GROUP);
+    redis_args_str(&a, cl.consumer);
+    redis_args_stream_id(&a, 0, item->key);
+    redis_args_u64(&a, check_attempt);
+    if (command(&cl.cmd, fn, arg, &a) == -1)
         return -1;
     cl.inflight++;
     return 0;
@@ -521,22 +531,13 @@ cluster_accept(struct acceptance a)
     size_t len;
     struct outcome queued = { .state = STATE_QUEUED };
     uint8_t *encoded = updates_encode(item, &queued, &len);
-    char maxlen[24], state_s[8], max_attempts[16], timeout[16];
-    snprintf(maxlen, sizeof maxlen, "%" PRIu64, gp.config->updates.history);
-    snprintf(state_s, sizeof state_s, "%d", (int)STATE_QUEUED);
-    snprintf(max_attempts, sizeof max_attempts, "%u", item->max_attempts);
-    snprintf(timeout, sizeof timeout, "%u", item->timeout_ms);
-    const char *argv[] = {
-        "EVALSHA", cl.sha[SCRIPT_ACCEPT], "4", cl.key_work, cl.key_updates, cl.key_seq,
-        cl.key_origin, floor_arg(), maxlen, (const char *)encoded, item->id, item->kind,
-        item->batch, state_s, max_attempts, timeout,
-        item->weight == ITEM_WEIGHT_QUICK ? "1" : "0", (const char *)item->raw,
-    };
-    size_t lens[sizeof argv / sizeof argv[0]];
-    for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
-        lens[i] = i == 9 ? len : i == 17 ? item->raw_len : strlen(argv[i]);   /* bytes */
-    if (command(&cl.cmd, on_accepted, op, (int)(sizeof argv / sizeof argv[0]), argv,
-                lens) == -1) {
+    struct redis_args args;
+    publish_args(&args, SCRIPT_ACCEPT, item, STATE_QUEUED, encoded, len);
+    redis_args_u64(&args, item->max_attempts);
+    redis_args_u64(&args, item->timeout_ms);
+    redis_args_str(&args, item->weight == ITEM_WEIGHT_QUICK ? "1" : "0");
+    redis_args_mem(&args, item->raw, item->raw_len);
+    if (command(&cl.cmd, on_accepted, op, &args) == -1) {
         later(unavailable_later, op);
     } else {
         cl.inflight++;
@@ -718,23 +719,26 @@ cluster_pull(void)
     uint32_t count = room / unit;
     if (count > PULL_MAX)
         count = PULL_MAX;
-    char count_s[16];
-    snprintf(count_s, sizeof count_s, "%u", count);
-    const char *argv[] = { "XREADGROUP", "GROUP", CLUSTER_GROUP, cl.consumer, "COUNT", count_s,
-                           "BLOCK", BLOCK_MS, "STREAMS", cl.key_work, ">" };
-    if (command_strings(&cl.work, on_pulled, NULL, (int)(sizeof argv / sizeof argv[0]),
-                        argv) == 0)
+    struct redis_args a;
+    redis_args_init(&a, "XREADGROUP");
+    redis_args_str(&a, "GROUP");
+    redis_args_str(&a, CLUSTER_GROUP);
+    redis_args_str(&a, cl.consumer);
+    redis_args_str(&a, "COUNT");
+    redis_args_u64(&a, count);
+    redis_args_str(&a, "BLOCK");
+    redis_args_str(&a, BLOCK_MS);
+    redis_args_str(&a, "STREAMS");
+    redis_args_str(&a, cl.key_work);
+    redis_args_str(&a, ">");
+    if (command(&cl.work, on_pulled, NULL, &a) == 0)
         cl.pulling = 1;
 }
 
 /* ---- leases -------------------------------------------------------------- */
 
-struct renew_batch {
-    const char **argv;
-    size_t *lens;
-    char (*ids)[24];
-    int argc;
-};
+/* The arguments before the ids in a renew command. */
+#define RENEW_FIXED 6
 
 static void
 on_renewed(redisAsyncContext *ac, void *reply, void *arg)
@@ -745,42 +749,41 @@ on_renewed(redisAsyncContext *ac, void *reply, void *arg)
 }
 
 static void
-renew_flush(struct renew_batch *b)
+renew_start(struct redis_args *a)
 {
-    if (b->argc > 6)
-        command(&cl.cmd, on_renewed, NULL, b->argc, b->argv, b->lens);
-    b->argc = 6;
+    redis_args_init(a, "EVALSHA");
+    redis_args_str(a, cl.sha[SCRIPT_RENEW]);
+    redis_args_str(a, "1");
+    redis_args_str(a, cl.key_work);
+    redis_args_str(a, CLUSTER_GROUP);
+    redis_args_str(a, cl.consumer);
+}
+
+/* Send the ids gathered in A, if any, and start over. */
+static void
+renew_flush(struct redis_args *a)
+{
+    if (a->argc > RENEW_FIXED)
+        command(&cl.cmd, on_renewed, NULL, a);
+    renew_start(a);
 }
 
 static void
 renew_one(const struct item *item, void *arg)
 {
-    struct renew_batch *b = arg;
-    int i = b->argc - 6;
-    snprintf(b->ids[i], sizeof b->ids[i], "0-%" PRIu64, item->key);
-    b->argv[b->argc] = b->ids[i];
-    b->lens[b->argc] = strlen(b->ids[i]);
-    if (++b->argc == 6 + RENEW_CHUNK)
-        renew_flush(b);
+    struct redis_args *a = arg;
+    redis_args_stream_id(a, 0, item->key);
+    if (a->argc == RENEW_FIXED + RENEW_CHUNK)
+        renew_flush(a);
 }
 
 static void
 on_renew_timer(evutil_socket_t fd, short what, void *arg)
 {
-    static const char *argv[6 + RENEW_CHUNK];
-    static size_t lens[6 + RENEW_CHUNK];
-    static char ids[RENEW_CHUNK][24];
-    struct renew_batch b = { argv, lens, ids, 6 };
-    argv[0] = "EVALSHA";
-    argv[1] = cl.sha[SCRIPT_RENEW];
-    argv[2] = "1";
-    argv[3] = cl.key_work;
-    argv[4] = CLUSTER_GROUP;
-    argv[5] = cl.consumer;
-    for (int i = 0; i < 6; i++)
-        lens[i] = strlen(argv[i]);
-    store_for_each(renew_one, &b);
-    renew_flush(&b);
+    static struct redis_args a;     /* static: too big for the stack to be worth it */
+    renew_start(&a);
+    store_for_each(renew_one, &a);
+    renew_flush(&a);
 }
 
 static void
@@ -825,13 +828,16 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
 {
     if (cl.claiming || gp.draining || gp.stopping)
         return;     /* a leaving instance leaves them to the others */
-    char lease[24], count[16];
-    snprintf(lease, sizeof lease, "%" PRIu64, gp.config->cluster.lease_ms);
-    snprintf(count, sizeof count, "%d", CLAIM_COUNT);
-    const char *argv[] = { "EVALSHA", cl.sha[SCRIPT_CLAIM], "1", cl.key_work, CLUSTER_GROUP,
-                           cl.consumer, lease, count };
-    if (command_strings(&cl.cmd, on_claimed, NULL, (int)(sizeof argv / sizeof argv[0]),
-                        argv) == 0)
+    struct redis_args a;
+    redis_args_init(&a, "EVALSHA");
+    redis_args_str(&a, cl.sha[SCRIPT_CLAIM]);
+    redis_args_str(&a, "1");
+    redis_args_str(&a, cl.key_work);
+    redis_args_str(&a, CLUSTER_GROUP);
+    redis_args_str(&a, cl.consumer);
+    redis_args_u64(&a, gp.config->cluster.lease_ms);
+    redis_args_u64(&a, CLAIM_COUNT);
+    if (command(&cl.cmd, on_claimed, NULL, &a) == 0)
         cl.claiming = 1;
 }
 
@@ -873,8 +879,10 @@ on_poll_timer(evutil_socket_t fd, short what, void *arg)
     /* The reply counts every accept sent before it on this connection. */
     uint64_t *at = ds_malloc(sizeof *at);
     *at = cl.accepts_sent;
-    const char *argv[] = { "XLEN", cl.key_work };
-    if (command_strings(&cl.cmd, on_polled, at, 2, argv) == 0)
+    struct redis_args a;
+    redis_args_init(&a, "XLEN");
+    redis_args_str(&a, cl.key_work);
+    if (command(&cl.cmd, on_polled, at, &a) == 0)
         cl.polling = 1;
     else
         free(at);
@@ -971,17 +979,19 @@ read_updates(void)
 {
     if (cl.reading)
         return;
-    char after[32];
-    snprintf(after, sizeof after, "0-%" PRIu64, cl.last_seq);
-    char count[16];
-    snprintf(count, sizeof count, "%d", READ_COUNT);
+    struct redis_args a;
+    redis_args_init(&a, "XREAD");
+    redis_args_str(&a, "COUNT");
+    redis_args_u64(&a, READ_COUNT);
     /* Catching up does not wait: a short read means we are there. */
-    const char *block[] = { "XREAD", "COUNT", count, "BLOCK", BLOCK_MS, "STREAMS",
-                            cl.key_updates, after };
-    const char *now[] = { "XREAD", "COUNT", count, "STREAMS", cl.key_updates, after };
-    const char **argv = cl.caught_up ? block : now;
-    int argc = cl.caught_up ? 8 : 6;
-    if (command_strings(&cl.upd, on_updates, NULL, argc, argv) == 0)
+    if (cl.caught_up) {
+        redis_args_str(&a, "BLOCK");
+        redis_args_str(&a, BLOCK_MS);
+    }
+    redis_args_str(&a, "STREAMS");
+    redis_args_str(&a, cl.key_updates);
+    redis_args_stream_id(&a, 0, cl.last_seq);
+    if (command(&cl.upd, on_updates, NULL, &a) == 0)
         cl.reading = 1;
 }
 
@@ -1122,8 +1132,9 @@ on_ping_timer(evutil_socket_t fd, short what, void *arg)
             session_fail("no answer to PING within %d ms", PING_TIMEOUT_MS);
         return;
     }
-    const char *argv[] = { "PING" };
-    if (command_strings(&cl.cmd, on_pong, NULL, 1, argv) == 0) {
+    struct redis_args a;
+    redis_args_init(&a, "PING");
+    if (command(&cl.cmd, on_pong, NULL, &a) == 0) {
         cl.ping_outstanding = 1;
         cl.ping_sent_ms = clock_monotonic_ms();
     }
@@ -1181,14 +1192,23 @@ on_connect(const redisAsyncContext *ac, int status)
     /* Everything the session needs, pipelined; session_up() after the last reply. */
     cl.up = 1;
     cl.setup_pending = SCRIPT_COUNT + 2;
+    struct redis_args a;
     for (intptr_t i = 0; i < SCRIPT_COUNT; i++) {
-        const char *argv[] = { "SCRIPT", "LOAD", script_text[i] };
-        command_strings(&cl.cmd, on_setup, (void *)i, 3, argv);
+        redis_args_init(&a, "SCRIPT");
+        redis_args_str(&a, "LOAD");
+        redis_args_str(&a, script_text[i]);
+        command(&cl.cmd, on_setup, (void *)i, &a);
     }
-    const char *group[] = { "XGROUP", "CREATE", cl.key_work, CLUSTER_GROUP, "0", "MKSTREAM" };
-    command_strings(&cl.cmd, on_setup, (void *)(intptr_t)SCRIPT_COUNT, 6, group);
-    const char *get[] = { "GET", cl.key_origin };
-    command_strings(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 1), 2, get);
+    redis_args_init(&a, "XGROUP");
+    redis_args_str(&a, "CREATE");
+    redis_args_str(&a, cl.key_work);
+    redis_args_str(&a, CLUSTER_GROUP);
+    redis_args_str(&a, "0");
+    redis_args_str(&a, "MKSTREAM");
+    command(&cl.cmd, on_setup, (void *)(intptr_t)SCRIPT_COUNT, &a);
+    redis_args_init(&a, "GET");
+    redis_args_str(&a, cl.key_origin);
+    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 1), &a);
     cl.up = 0;      /* until session_up() */
 }
 

@@ -893,8 +893,12 @@ master_stop(enum master_state how, int status)
         if (how == MASTER_STOPPING_FAST || grpc_process() == NULL)
             evtimer_del(m.workers[i].timer);
 
+    /* After shutdown_timeout the grpc process gives every item left its
+     * last update and lets subscribers read it, for up to 3 s: it gets more
+     * than that before it is killed. */
     uint64_t grace = how == MASTER_STOPPING_FAST ? FAST_STOP_GRACE_MS
-                                                 : m.config->shutdown_timeout_ms + 2000;
+                                                 : m.config->shutdown_timeout_ms +
+                                                   FAST_STOP_GRACE_MS;
     struct process *g = grpc_process();
     uint8_t upgrade = m.upgrade_child > 0;
     for (struct process *p = m.processes; p != NULL; p = p->next) {

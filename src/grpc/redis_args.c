@@ -1,0 +1,83 @@
+/* Redis command arguments (redis_args.h). */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <hiredis/hiredis.h>
+
+#include "core/log.h"
+#include "grpc/redis_args.h"
+
+void
+redis_args_init(struct redis_args *a, const char *name)
+{
+    a->argc = 0;
+    a->overflow = 0;
+    a->text_used = 0;
+    redis_args_str(a, name);
+}
+
+void
+redis_args_mem(struct redis_args *a, const void *p, size_t len)
+{
+    if (a->argc == REDIS_ARGS_MAX) {
+        a->overflow = 1;
+        return;
+    }
+    /* hiredis copies LEN bytes from the pointer: never hand it NULL. */
+    a->argv[a->argc] = len > 0 ? p : "";
+    a->len[a->argc] = len;
+    a->argc++;
+}
+
+void
+redis_args_str(struct redis_args *a, const char *s)
+{
+    redis_args_mem(a, s, strlen(s));
+}
+
+/* An argument formatted into A's text (including a NUL, handy in a debugger
+ * and for the tests, not sent). */
+static void __attribute__((format(printf, 2, 3)))
+add_text(struct redis_args *a, const char *fmt, ...)
+{
+    size_t room = sizeof a->text - a->text_used;
+    char *at = a->text + a->text_used;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(at, room, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= room || a->argc == REDIS_ARGS_MAX) {
+        a->overflow = 1;
+        return;
+    }
+    a->text_used += (size_t)n + 1;
+    redis_args_mem(a, at, (size_t)n);
+}
+
+void
+redis_args_u64(struct redis_args *a, uint64_t n)
+{
+    add_text(a, "%" PRIu64, n);
+}
+
+void
+redis_args_stream_id(struct redis_args *a, uint64_t ms, uint64_t seq)
+{
+    add_text(a, "%" PRIu64 "-%" PRIu64, ms, seq);
+}
+
+int
+redis_args_send(struct redis_args *a, redisAsyncContext *ac, redisCallbackFn *fn, void *arg)
+{
+    if (a->overflow) {
+        log_error("redis: not sending %.*s: over %d arguments or %d bytes of numbers",
+                  a->len[0] < 32 ? (int)a->len[0] : 32, a->argv[0], REDIS_ARGS_MAX,
+                  REDIS_ARGS_TEXT);
+        return -1;
+    }
+    if (redisAsyncCommandArgv(ac, fn, arg, a->argc, a->argv, a->len) != REDIS_OK)
+        return -1;
+    return 0;
+}

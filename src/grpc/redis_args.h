@@ -1,0 +1,58 @@
+/*
+ * The arguments of one Redis command, built one by one and sent with
+ * hiredis's redisAsyncCommandArgv(): each argument is a pointer and a
+ * length, so binary values (an encoded update, an item's payload) go as
+ * they are, and numbers are formatted into the struct itself.
+ */
+#ifndef DS_GRPC_REDIS_ARGS_H
+#define DS_GRPC_REDIS_ARGS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <hiredis/async.h>
+
+/* The most arguments of one command: the renew script takes 6 and up to
+ * 500 ids. */
+#define REDIS_ARGS_MAX  512
+/* Room for formatted numbers: 24 bytes an argument (a u64 is 20 digits). */
+#define REDIS_ARGS_TEXT (REDIS_ARGS_MAX * 24)
+
+/*
+ * Owned by the caller, usually on its stack; nothing to free. argv may
+ * point into text, so a struct redis_args is never copied. Arguments added
+ * by redis_args_str() and redis_args_mem() are not copied either: they
+ * must stay valid until redis_args_send() (which copies everything into
+ * hiredis's output buffer). An argument that does not fit sets overflow
+ * and is dropped, and redis_args_send() then refuses the command.
+ */
+struct redis_args {
+    int argc;
+    int overflow;
+    size_t text_used;
+    const char *argv[REDIS_ARGS_MAX];
+    size_t len[REDIS_ARGS_MAX];
+    char text[REDIS_ARGS_TEXT];
+};
+
+/* Start A with the command's NAME ("XADD", "EVALSHA"). */
+void redis_args_init(struct redis_args *a, const char *name);
+/* A NUL-terminated string, without its NUL. */
+void redis_args_str(struct redis_args *a, const char *s);
+/* LEN bytes at P, any bytes at all (P may be NULL when LEN is 0). */
+void redis_args_mem(struct redis_args *a, const void *p, size_t len);
+/* N in decimal. */
+void redis_args_u64(struct redis_args *a, uint64_t n);
+/* The stream entry ID "MS-SEQ". */
+void redis_args_stream_id(struct redis_args *a, uint64_t ms, uint64_t seq);
+/*
+ * Queue the command on AC with FN(ARG) for its reply. 0: sent, FN will
+ * run (with a NULL reply if the connection goes first). -1: not sent, FN
+ * will not run: either A overflowed (a->overflow is set and it is logged:
+ * a bug in the caller), or hiredis refused it (the connection is going
+ * away, or out of memory: for the caller to handle and log).
+ */
+int redis_args_send(struct redis_args *a, redisAsyncContext *ac, redisCallbackFn *fn,
+                    void *arg);
+
+#endif

@@ -1,0 +1,664 @@
+/*
+ * The queue and dispatch (src/grpc/queue.c) alone: a recording events
+ * table stands in for the store, and fake workers (fake_worker.h) on
+ * socketpairs read the IPC_ITEM frames and answer with IPC_UPDATE frames.
+ * Prefetch weights, order, least loaded, retiring, a worker's exit, a
+ * timeout, superseded updates, queue_take_all and queue_local_room.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <event2/event.h>
+
+#include "core/log.h"
+#include "grpc/item.h"
+#include "grpc/queue.h"
+
+#include "fake_worker.h"
+
+/* ---- the recording events table ------------------------------------------- */
+
+enum rec_type { REC_UPDATE, REC_ENDED, REC_ATTEMPT_FAILED, REC_KILL, REC_TAKEN };
+
+struct record {
+    enum rec_type type;
+    uint64_t key;
+    uint32_t attempt;
+    enum wire_state state;
+    pid_t pid;
+    uint32_t slot;
+    float progress;
+    char text[256];             /* error, reason, or the result as text */
+    size_t result_len;
+    int worker_listed;          /* PID was still in workers_list() then */
+};
+
+static struct {
+    struct event_base *base;
+    struct record r[256];
+    size_t n;
+    int draining;
+    uint64_t dispatched;
+    struct item *owned[256];    /* items the queue handed back: ours to free */
+    size_t owned_n;
+} rec;
+
+static struct fake_worker w1, w2, w3;
+
+static int
+worker_listed(pid_t pid)
+{
+    for (const struct worker *w = workers_list(); w != NULL; w = w->next)
+        if (w->pid == pid)
+            return 1;
+    return 0;
+}
+
+static struct record *
+record_new(enum rec_type type, const struct item *item)
+{
+    assert_true(rec.n < sizeof rec.r / sizeof rec.r[0]);
+    struct record *r = &rec.r[rec.n++];
+    memset(r, 0, sizeof *r);
+    r->type = type;
+    if (item != NULL) {
+        r->key = item->key;
+        r->attempt = item->attempt;
+    }
+    return r;
+}
+
+static void
+own(struct item *item)
+{
+    assert_true(rec.owned_n < sizeof rec.owned / sizeof rec.owned[0]);
+    assert_null(item->worker);
+    rec.owned[rec.owned_n++] = item;
+}
+
+static void
+on_update(struct item *item, const struct outcome *o)
+{
+    struct record *r = record_new(REC_UPDATE, item);
+    r->state = o->state;
+    r->pid = o->worker_pid;
+    r->progress = o->progress;
+}
+
+static void
+on_ended(struct item *item, const struct outcome *o)
+{
+    struct record *r = record_new(REC_ENDED, item);
+    r->state = o->state;
+    r->pid = o->worker_pid;
+    r->progress = o->progress;
+    if (o->error != NULL)
+        snprintf(r->text, sizeof r->text, "%s", o->error);
+    if (o->result != NULL) {
+        size_t n = o->result_len < sizeof r->text - 1 ? o->result_len : sizeof r->text - 1;
+        memcpy(r->text, o->result, n);
+        r->text[n] = '\0';
+    }
+    r->result_len = o->result_len;
+    own(item);
+}
+
+static void
+on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
+{
+    struct record *r = record_new(REC_ATTEMPT_FAILED, item);
+    r->pid = worker_pid;
+    snprintf(r->text, sizeof r->text, "%s", reason);
+    r->worker_listed = worker_listed(worker_pid);
+    own(item);
+}
+
+static void
+on_dispatched(void)
+{
+    rec.dispatched++;
+}
+
+static int
+on_draining(void)
+{
+    return rec.draining;
+}
+
+static void
+on_kill_worker(pid_t pid, uint32_t slot, const char *reason)
+{
+    struct record *r = record_new(REC_KILL, NULL);
+    r->pid = pid;
+    r->slot = slot;
+    snprintf(r->text, sizeof r->text, "%s", reason);
+}
+
+static const struct queue_events events = {
+    .update = on_update,
+    .ended = on_ended,
+    .attempt_failed = on_attempt_failed,
+    .dispatched = on_dispatched,
+    .draining = on_draining,
+    .kill_worker = on_kill_worker,
+};
+
+/* The records of TYPE, in order, into OUT (at most MAX); how many. */
+static size_t
+records_of(enum rec_type type, struct record **out, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < rec.n; i++)
+        if (rec.r[i].type == type && n < max)
+            out[n++] = &rec.r[i];
+    return n;
+}
+
+static size_t
+count_of(enum rec_type type)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < rec.n; i++)
+        n += rec.r[i].type == type;
+    return n;
+}
+
+struct count_arg {
+    enum rec_type type;
+    size_t count;
+};
+
+static int
+has_records(void *arg)
+{
+    struct count_arg *a = arg;
+    return count_of(a->type) >= a->count;
+}
+
+/* Run the loop until COUNT records of TYPE were made. */
+static void
+wait_records(struct fake_worker *w, enum rec_type type, size_t count)
+{
+    struct count_arg a = { .type = type, .count = count };
+    fake_loop_until(rec.base, w, has_records, &a);
+}
+
+/* ---- fixtures ----------------------------------------------------------------- */
+
+static struct item *
+new_item(const char *id, int quick, uint32_t timeout_ms)
+{
+    static const uint8_t raw[] = { 0x0a, 0x01, 'x' };
+    return item_make(raw, sizeof raw, id, "batch-1", "echo", 3, timeout_ms, quick);
+}
+
+static void
+free_item(struct item *item)
+{
+    item_free(item);
+}
+
+static int
+setup(void **state)
+{
+    log_open("stderr", DS_LOG_ERROR);
+    memset(&rec, 0, sizeof rec);
+    w1.fd = w2.fd = w3.fd = -1;
+    rec.base = event_base_new();
+    assert_non_null(rec.base);
+    queue_init(rec.base, &events, 2);
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    queue_shutdown(free_item);
+    fake_close(&w1);
+    fake_close(&w2);
+    fake_close(&w3);
+    for (size_t i = 0; i < rec.owned_n; i++)
+        item_free(rec.owned[i]);
+    event_base_free(rec.base);
+    return 0;
+}
+
+/* ---- prefetch weights ------------------------------------------------------------ */
+
+/* With prefetch 2 a worker holds 32 quick items (1/16 of a slot each). */
+static void
+test_prefetch_quick(void **state)
+{
+    fake_attach(&w1, 1001, 0);
+    char id[32];
+    for (int i = 0; i < 40; i++) {
+        snprintf(id, sizeof id, "q%d", i);
+        queue_push(new_item(id, 1, 0));
+    }
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 32);
+    fake_settle(rec.base, &w1);
+    assert_int_equal(w1.count, 32);
+    assert_int_equal(queue_held(), 32);
+    assert_int_equal(queue_waiting(), 8);
+    assert_int_equal(queue_local_room(), 0);
+    for (int i = 0; i < 32; i++) {
+        snprintf(id, sizeof id, "q%d", i);
+        assert_string_equal(w1.items[i].id, id);
+        assert_string_equal(w1.items[i].kind, "echo");
+        assert_int_equal(w1.items[i].attempt, 1);
+        assert_int_equal(w1.items[i].raw_len, 3);
+    }
+
+    /* One ends: its room goes to the next waiting. */
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_SUCCEEDED, 0, "ok", 2);
+    fake_wait_items(rec.base, &w1, 33);
+    assert_string_equal(w1.items[32].id, "q32");
+    assert_int_equal(count_of(REC_ENDED), 1);
+    assert_int_equal(queue_waiting(), 7);
+    assert_int_equal(queue_held(), 32);
+}
+
+/* With prefetch 2 a worker holds 2 full items. */
+static void
+test_prefetch_full(void **state)
+{
+    fake_attach(&w1, 1001, 0);
+    queue_push(new_item("a", 0, 0));
+    queue_push(new_item("b", 0, 0));
+    queue_push(new_item("c", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 2);
+    fake_settle(rec.base, &w1);
+    assert_int_equal(w1.count, 2);
+    assert_int_equal(queue_waiting(), 1);
+    assert_int_equal(queue_held(), 2);
+
+    /* A reload's prefetch applies at the next dispatch. */
+    queue_set_prefetch(3);
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 3);
+    assert_string_equal(w1.items[2].id, "c");
+    assert_int_equal(queue_waiting(), 0);
+}
+
+/* A new item goes to the worker holding least. */
+static void
+test_least_loaded(void **state)
+{
+    fake_attach(&w1, 1001, 0);
+    fake_attach(&w2, 1002, 1);
+    queue_push(new_item("a", 0, 0));
+    queue_dispatch();
+    queue_push(new_item("b", 0, 0));
+    queue_dispatch();
+    fake_settle(rec.base, &w1);
+    fake_settle(rec.base, &w2);
+    assert_int_equal(w1.count, 1);
+    assert_int_equal(w2.count, 1);
+    struct fake_worker *has_a = strcmp(w1.items[0].id, "a") == 0 ? &w1 : &w2;
+    struct fake_worker *has_b = has_a == &w1 ? &w2 : &w1;
+    assert_string_equal(has_b->items[0].id, "b");
+
+    /* a ends: its worker is the least loaded, c goes there. */
+    fake_send_update(rec.base, has_a, has_a->items[0].key, 1, STATE_SUCCEEDED, 0, "", 0);
+    wait_records(has_a, REC_ENDED, 1);
+    queue_push(new_item("c", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, has_a, 2);
+    assert_string_equal(has_a->items[1].id, "c");
+
+    /* b ends: quick items go to its worker while it holds less. */
+    fake_send_update(rec.base, has_b, has_b->items[0].key, 1, STATE_SUCCEEDED, 0, "", 0);
+    wait_records(has_b, REC_ENDED, 2);
+    queue_push(new_item("q1", 1, 0));
+    queue_push(new_item("q2", 1, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, has_b, 3);
+    fake_settle(rec.base, has_a);
+    assert_string_equal(has_b->items[1].id, "q1");
+    assert_string_equal(has_b->items[2].id, "q2");
+    assert_int_equal(has_a->count, 2);
+}
+
+/* ---- order -------------------------------------------------------------------------- */
+
+/* First in, first out; queue_push_front goes first. */
+static void
+test_order(void **state)
+{
+    queue_set_prefetch(4);
+    queue_push(new_item("a", 0, 0));
+    queue_push(new_item("b", 0, 0));
+    queue_push(new_item("c", 0, 0));
+    queue_push_front(new_item("d", 0, 0));
+    assert_int_equal(queue_waiting(), 4);
+    fake_attach(&w1, 1001, 0);      /* attaching dispatches */
+    fake_wait_items(rec.base, &w1, 4);
+    assert_string_equal(w1.items[0].id, "d");
+    assert_string_equal(w1.items[1].id, "a");
+    assert_string_equal(w1.items[2].id, "b");
+    assert_string_equal(w1.items[3].id, "c");
+    assert_int_equal(queue_waiting(), 0);
+    assert_int_equal(queue_held(), 4);
+    assert_true(rec.dispatched > 0);
+}
+
+/* ---- retiring ------------------------------------------------------------------------- */
+
+static void
+test_retire(void **state)
+{
+    queue_set_prefetch(1);
+    fake_attach(&w1, 1001, 0);
+    queue_push(new_item("a", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 1);
+
+    /* Retiring: it keeps what it holds, and gets nothing new. */
+    workers_retire(w1.pid);
+    queue_push(new_item("b", 0, 0));
+    queue_dispatch();
+    fake_settle(rec.base, &w1);
+    assert_false(w1.eof);
+    assert_int_equal(w1.count, 1);
+    assert_int_equal(queue_waiting(), 1);
+    assert_int_equal(queue_local_room(), 0);
+
+    fake_attach(&w2, 1002, 1);
+    fake_wait_items(rec.base, &w2, 1);
+    assert_string_equal(w2.items[0].id, "b");
+
+    /* Once it holds nothing, its channel is closed (it exits). */
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_SUCCEEDED, 0, "r", 1);
+    fake_wait_eof(rec.base, &w1);
+    assert_int_equal(count_of(REC_ENDED), 1);
+    const struct worker *w = workers_list();
+    while (w != NULL && w->pid != w1.pid)
+        w = w->next;
+    assert_non_null(w);
+    assert_null(w->channel);
+    assert_int_equal(w->items_done, 1);
+
+    /* Its exit then reports nothing, and forgets it. */
+    workers_exited(w1.pid, "exited with status 0", 0, 0);
+    assert_false(worker_listed(w1.pid));
+    assert_int_equal(count_of(REC_ATTEMPT_FAILED), 0);
+
+    /* An idle worker that retires is let go at once. */
+    fake_attach(&w3, 1003, 2);
+    workers_retire(w3.pid);
+    fake_wait_eof(rec.base, &w3);
+    assert_int_equal(w3.count, 0);
+}
+
+/* ---- a worker's exit -------------------------------------------------------------------- */
+
+/* The item it ran spent its attempt; the ones it only held go back to the
+ * front in their order; it is gone before anything is dispatched again. */
+static void
+test_exited(void **state)
+{
+    queue_set_prefetch(4);
+    fake_attach(&w1, 1001, 0);
+    const char *ids[] = { "a", "b", "c", "d", "e" };
+    for (int i = 0; i < 5; i++)
+        queue_push(new_item(ids[i], 0, 0));
+    queue_push(new_item("f", 1, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 4);
+    assert_int_equal(queue_waiting(), 2);
+
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_STARTED, 0, NULL, 0);
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_PROGRESS, 0.25f, NULL, 0);
+    wait_records(&w1, REC_UPDATE, 2);
+    struct record *u[2];
+    assert_int_equal(records_of(REC_UPDATE, u, 2), 2);
+    assert_int_equal(u[0]->state, STATE_STARTED);
+    assert_int_equal(u[0]->pid, w1.pid);
+    assert_int_equal(u[1]->state, STATE_PROGRESS);
+    assert_true(u[1]->progress > 0.24f && u[1]->progress < 0.26f);
+
+    workers_exited(w1.pid, "killed by signal 9", 0, 0);
+    struct record *f[4];
+    assert_int_equal(records_of(REC_ATTEMPT_FAILED, f, 4), 1);
+    assert_int_equal(f[0]->key, w1.items[0].key);
+    assert_int_equal(f[0]->attempt, 1);
+    assert_int_equal(f[0]->pid, w1.pid);
+    assert_string_equal(f[0]->text, "killed by signal 9");
+    assert_false(f[0]->worker_listed);
+    assert_false(worker_listed(w1.pid));
+    assert_int_equal(queue_held(), 0);
+    assert_int_equal(queue_waiting(), 5);
+
+    /* The next worker gets them in order, still at attempt 1. */
+    fake_attach(&w2, 1002, 1);
+    fake_wait_items(rec.base, &w2, 4);
+    fake_settle(rec.base, &w2);
+    assert_int_equal(w2.count, 4);
+    for (int i = 0; i < 4; i++) {
+        assert_string_equal(w2.items[i].id, ids[i + 1]);
+        assert_int_equal(w2.items[i].attempt, 1);
+        if (i < 3)
+            assert_int_equal(w2.items[i].key, w1.items[i + 1].key);
+    }
+    assert_int_equal(queue_waiting(), 1);
+}
+
+/* The item the master says it was running spent its attempt, even without
+ * a STARTED; what it wrote before it died counts. */
+static void
+test_exited_running_key(void **state)
+{
+    queue_set_prefetch(3);
+    fake_attach(&w1, 1001, 0);
+    queue_push(new_item("a", 0, 0));
+    queue_push(new_item("b", 0, 0));
+    queue_push(new_item("c", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 3);
+
+    /* a's answer is in the socket, unread, when the exit is told. */
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_SUCCEEDED, 0, "done", 4);
+    workers_exited(w1.pid, "killed by signal 11", w1.items[1].key, 1);
+    struct record *e[2], *f[2];
+    assert_int_equal(records_of(REC_ENDED, e, 2), 1);
+    assert_int_equal(e[0]->key, w1.items[0].key);
+    assert_int_equal(e[0]->state, STATE_SUCCEEDED);
+    assert_string_equal(e[0]->text, "done");
+    assert_int_equal(records_of(REC_ATTEMPT_FAILED, f, 2), 1);
+    assert_int_equal(f[0]->key, w1.items[1].key);
+    assert_string_equal(f[0]->text, "killed by signal 11");
+    assert_int_equal(queue_waiting(), 1);
+
+    /* A running key of another attempt spent nothing: c goes back. */
+    fake_attach(&w2, 1002, 1);
+    fake_wait_items(rec.base, &w2, 1);
+    assert_string_equal(w2.items[0].id, "c");
+    workers_exited(w2.pid, "killed by signal 9", w2.items[0].key, 2);
+    assert_int_equal(count_of(REC_ATTEMPT_FAILED), 1);
+    assert_int_equal(queue_waiting(), 1);
+    assert_int_equal(queue_held(), 0);
+}
+
+/* ---- a timeout ------------------------------------------------------------------------------ */
+
+static void
+test_timeout(void **state)
+{
+    fake_attach(&w1, 1001, 3);
+    queue_push(new_item("slow", 0, 20));
+    queue_push(new_item("next", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 2);
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_STARTED, 0, NULL, 0);
+
+    wait_records(&w1, REC_KILL, 1);
+    struct record *k[2];
+    assert_int_equal(records_of(REC_KILL, k, 2), 1);
+    assert_int_equal(k[0]->pid, w1.pid);
+    assert_int_equal(k[0]->slot, 3);
+    assert_string_equal(k[0]->text, "item \"slow\" timed out");
+    fake_settle(rec.base, &w1);
+    assert_int_equal(count_of(REC_KILL), 1);    /* asked once */
+
+    /* The master kills it and says so: the item timed out, whatever the
+     * signal; the other goes back. */
+    workers_exited(w1.pid, "killed by signal 9", 0, 0);
+    struct record *f[2];
+    assert_int_equal(records_of(REC_ATTEMPT_FAILED, f, 2), 1);
+    assert_int_equal(f[0]->key, w1.items[0].key);
+    assert_string_equal(f[0]->text, "timed out after 20 ms");
+    assert_int_equal(queue_waiting(), 1);
+}
+
+/* ---- superseded updates ---------------------------------------------------------------------- */
+
+static void
+test_superseded_update_dropped(void **state)
+{
+    queue_set_prefetch(1);
+    fake_attach(&w1, 1001, 0);
+    queue_push(new_item("a", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 1);
+    uint64_t key = w1.items[0].key;
+
+    /* Another attempt's, or an item it does not hold: dropped. */
+    fake_send_update(rec.base, &w1, key, 2, STATE_SUCCEEDED, 0, "old", 3);
+    fake_send_update(rec.base, &w1, key, 0, STATE_STARTED, 0, NULL, 0);
+    fake_send_update(rec.base, &w1, key + 1000, 1, STATE_FAILED, 0, "who?", 4);
+    /* Then its own: a FAILED with its error. */
+    fake_send_update(rec.base, &w1, key, 1, STATE_FAILED, 0, "handler said no", 15);
+    wait_records(&w1, REC_ENDED, 1);
+    fake_settle(rec.base, &w1);
+    assert_int_equal(rec.n, 1);
+    assert_int_equal(rec.r[0].type, REC_ENDED);
+    assert_int_equal(rec.r[0].key, key);
+    assert_int_equal(rec.r[0].state, STATE_FAILED);
+    assert_string_equal(rec.r[0].text, "handler said no");
+    assert_false(w1.eof);
+    assert_int_equal(queue_held(), 0);
+}
+
+/* ---- queue_take_all, queue_local_room ---------------------------------------------------------- */
+
+struct taken {
+    char id[32];
+    pid_t pid;
+};
+static struct taken taken[16];
+static size_t taken_n;
+
+static void
+take_one(struct item *item, pid_t worker_pid)
+{
+    assert_true(taken_n < 16);
+    assert_null(item->worker);
+    snprintf(taken[taken_n].id, sizeof taken[taken_n].id, "%s", item->id);
+    taken[taken_n++].pid = worker_pid;
+    own(item);
+}
+
+static void
+test_take_all(void **state)
+{
+    taken_n = 0;
+    queue_set_prefetch(1);
+    fake_attach(&w1, 1001, 0);
+    queue_push(new_item("a", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 1);
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_STARTED, 0, NULL, 0);
+    wait_records(&w1, REC_UPDATE, 1);
+    fake_attach(&w2, 1002, 1);
+    queue_push(new_item("b", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w2, 1);
+    queue_push(new_item("c", 0, 0));
+    queue_push(new_item("d", 1, 0));
+    queue_dispatch();
+
+    /* A graceful stop takes everything: the waiting first, then each
+     * worker's, with the worker only for an item that started. */
+    rec.draining = 1;
+    queue_take_all(take_one);
+    assert_int_equal(taken_n, 4);
+    assert_string_equal(taken[0].id, "c");
+    assert_int_equal(taken[0].pid, 0);
+    assert_string_equal(taken[1].id, "d");
+    int a = strcmp(taken[2].id, "a") == 0 ? 2 : 3;
+    int b = a == 2 ? 3 : 2;
+    assert_string_equal(taken[a].id, "a");
+    assert_int_equal(taken[a].pid, w1.pid);
+    assert_string_equal(taken[b].id, "b");
+    assert_int_equal(taken[b].pid, 0);
+    assert_int_equal(queue_waiting(), 0);
+    assert_int_equal(queue_held(), 0);
+
+    /* Draining with nothing left: the idle workers are let go. */
+    fake_wait_eof(rec.base, &w1);
+    fake_wait_eof(rec.base, &w2);
+}
+
+static void
+test_local_room(void **state)
+{
+    assert_int_equal(queue_local_room(), 0);        /* no worker */
+    fake_attach(&w1, 1001, 0);
+    assert_int_equal(queue_local_room(), 2 * ITEM_WEIGHT_FULL);
+    /* What waits takes from the room. */
+    struct item *q = new_item("q", 1, 0);
+    uint64_t key = q->key;
+    queue_push(q);
+    assert_true(queue_holds(key));
+    assert_int_equal(queue_local_room(), 2 * ITEM_WEIGHT_FULL - ITEM_WEIGHT_QUICK);
+    queue_push(new_item("f", 0, 0));
+    assert_int_equal(queue_local_room(), ITEM_WEIGHT_FULL - ITEM_WEIGHT_QUICK);
+    /* And so does what a worker holds. */
+    queue_dispatch();
+    assert_int_equal(queue_waiting(), 0);
+    assert_int_equal(queue_held(), 2);
+    assert_int_equal(queue_local_room(), ITEM_WEIGHT_FULL - ITEM_WEIGHT_QUICK);
+
+    fake_attach(&w2, 1002, 1);
+    assert_int_equal(queue_local_room(), 3 * ITEM_WEIGHT_FULL - ITEM_WEIGHT_QUICK);
+    /* A retiring worker has no room. */
+    workers_retire(w2.pid);
+    assert_int_equal(queue_local_room(), ITEM_WEIGHT_FULL - ITEM_WEIGHT_QUICK);
+    /* A reload's prefetch. */
+    queue_set_prefetch(3);
+    assert_int_equal(queue_local_room(), 2 * ITEM_WEIGHT_FULL - ITEM_WEIGHT_QUICK);
+    /* More waiting than room: none. */
+    for (int i = 0; i < 3; i++)
+        queue_push(new_item("w", 0, 0));
+    assert_int_equal(queue_local_room(), 0);
+    /* queue_holds sees waiting items and held ones alike. */
+    assert_true(queue_holds(key));
+    assert_false(queue_holds(key + 1000));
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_prefetch_quick, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prefetch_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_least_loaded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retire, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_exited, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_exited_running_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_superseded_update_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_take_all, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_local_room, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -145,8 +145,10 @@ void
 store_accepted(struct acceptance a, enum store_verdict verdict, const char *why)
 {
     struct item *item = a.item;
-    st.pending--;
+    /* Still counted while the caller hears it: a capacity check or a
+     * drain's end (store_count() == 0) from inside DONE must see it. */
     a.done(a.arg, a.index, item, verdict, why);
+    st.pending--;
     if (verdict != STORE_ACCEPTED) {
         item_free(item);
         if (verdict == STORE_REJECTED)

@@ -37,7 +37,6 @@
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
-#include "workers/handler.h"
 
 #define CONNECT_TIMEOUT_MS  3000    /* for the three connections and the setup */
 #define PING_EVERY_MS       1000

@@ -31,10 +31,10 @@ FUZZ_LDLIBS    = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -ldl
 # should not stop the fuzzers. The targets themselves build with -Werror.
 FUZZ_SRC_WARN  = $(WARNFLAGS) -Wno-error
 
-FUZZ_config_SRC = src/core/config.c src/core/log.c src/core/alloc.c src/core/utf8.c
+FUZZ_config_SRC = src/core/config.c src/core/descriptors.c src/core/log.c src/core/alloc.c src/core/utf8.c
 FUZZ_ipc_SRC    = src/ipc/frame.c src/ipc/channel.c src/core/log.c src/core/alloc.c
 FUZZ_items_SRC  = src/workers/handler.c src/workers/exec.c src/workers/module.c \
-                  src/core/kind.c src/grpc/filter.c src/core/config.c src/core/log.c src/core/alloc.c \
+                  src/core/kind.c src/core/descriptors.c src/grpc/filter.c src/core/config.c src/core/log.c src/core/alloc.c \
                   src/core/proctitle.c src/core/utf8.c $(PROTO_C)
 FUZZ_journal_SRC = src/grpc/journal_store.c src/core/log.c src/core/alloc.c
 

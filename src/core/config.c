@@ -2108,10 +2108,10 @@ check_unix_owner(struct loader *ld)
         error_at(ld, find_position(ld, "grpc.unix_owner"), "grpc.unix_owner", "%s", why);
 }
 
-/* dlopen it, find DS_MODULE_SYMBOL, check it, dlclose: the worker does the
- * same for real (src/workers/module.c). */
+/* dlopen it, find DS_MODULE_SYMBOL, check it, keep its flags, dlclose: the
+ * worker does the same for real (src/workers/module.c). */
 static void
-check_module(struct loader *ld, const struct ds_handler_config *h)
+check_module(struct loader *ld, struct ds_handler_config *h)
 {
     char key[CONFIG_KEY_PATH_MAX];
     const struct ds_module *m;
@@ -2139,6 +2139,8 @@ check_module(struct loader *ld, const struct ds_handler_config *h)
                  DS_HANDLER_ABI_VERSION);
     else if (m->process == NULL)
         error_at(ld, n, key, "%s: " DS_MODULE_SYMBOL ".process is NULL", h->module_path);
+    else
+        h->module_flags = m->flags;
     dlclose(dl);
 }
 

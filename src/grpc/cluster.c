@@ -38,7 +38,6 @@
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
 #include "grpc/redis_args.h"
-#include "workers/handler.h"
 
 #define CONNECT_TIMEOUT_MS  3000    /* for the three connections and the setup */
 #define PING_EVERY_MS       1000

@@ -117,7 +117,7 @@ int handover_active(void);
 void handover_shutdown(void);
 
 /*
- * An item that takes microseconds (handler_is_quick) fills 1/16 of a
+ * An item that takes microseconds (kind_is_quick) fills 1/16 of a
  * prefetch slot: a worker then holds up to 16 x workers.prefetch of them,
  * so quick items travel in batches instead of costing a round trip (two
  * context switches) each, while heavy items still balance 2 at a time.

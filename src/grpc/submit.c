@@ -30,13 +30,13 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/kind.h"
 #include "core/log.h"
 #include "core/utf8.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/journal.h"
 #include "grpc/scope.h"
-#include "workers/handler.h"
 
 /* The reply lists at most this many rejections; `rejected` is exact. */
 #define REJECTIONS_MAX 1000
@@ -363,7 +363,7 @@ take_item(struct submit_call *c, grpc_slice raw)
                  msg->n_params, (unsigned)config->queue.max_params);
     else if (check_params(msg, reason, sizeof reason) == -1)
         ;   /* the reason is set */
-    else if (handler_check(handler, msg, reason, sizeof reason) == -1)
+    else if (kind_check(handler, msg, reason, sizeof reason) == -1)
         ;   /* the reason is set */
     else if (!queue_has_room())
         snprintf(reason, sizeof reason, "queue full (capacity %llu)",
@@ -390,7 +390,7 @@ take_item(struct submit_call *c, grpc_slice raw)
     uint32_t max_attempts = msg->max_attempts ? msg->max_attempts : config->queue.max_attempts;
     struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,
                                  msg->id[0] == '\0' || c->scope_len > 0 ? id : NULL,
-                                 handler_is_quick(handler, msg));
+                                 kind_is_quick(handler, msg));
     wire_work_item_free(msg, NULL);
     if (journal_accept(item, c, c->index) || cluster_accept(item, c, c->index)) {
         c->journaling++;

@@ -55,9 +55,9 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/kind.h"
 #include "core/log.h"
 #include "core/process.h"
-#include "core/utf8.h"
 
 #define EXEC_CHUNK         (64u * 1024)    /* bytes per write to stdin */
 #define EXEC_STDERR_TAIL   4096            /* bytes of stderr kept for the error */
@@ -74,73 +74,6 @@ static struct {
     int fd;                                /* write end; O_NONBLOCK */
     char title[96];
 } guard = { -1, -1, "" };
-
-/* ---- names ---------------------------------------------------------------- */
-
-static char
-env_char(char c)
-{
-    if (c >= 'a' && c <= 'z')
-        return (char)(c - 'a' + 'A');
-    if ((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')
-        return c;
-    return '_';
-}
-
-size_t
-exec_param_env_name(const char *param, char *buf, size_t size)
-{
-    static const char prefix[] = "DS_PARAM_";
-    size_t n = 0;
-    for (const char *p = prefix; *p != '\0'; p++, n++)
-        if (n + 1 < size)
-            buf[n] = *p;
-    for (const char *p = param; *p != '\0'; p++, n++)
-        if (n + 1 < size)
-            buf[n] = env_char(*p);
-    if (size > 0)
-        buf[n < size ? n : size - 1] = '\0';
-    return n;
-}
-
-static int
-compare_env_names(const void *a, const void *b)
-{
-    const char *x = *(const char *const *)a, *y = *(const char *const *)b;
-    for (;; x++, y++) {
-        char cx = *x == '\0' ? '\0' : env_char(*x), cy = *y == '\0' ? '\0' : env_char(*y);
-        if (cx != cy)
-            return (unsigned char)cx < (unsigned char)cy ? -1 : 1;
-        if (cx == '\0')
-            return 0;
-    }
-}
-
-int
-exec_check(const struct ds_handler_config *handler, const wire_work_item *item, char *err,
-           size_t err_size)
-{
-    if (item->n_params < 2)
-        return 0;
-    const char **keys = ds_malloc(item->n_params * sizeof *keys);
-    for (size_t i = 0; i < item->n_params; i++)
-        keys[i] = item->params[i]->key;
-    qsort(keys, item->n_params, sizeof *keys, compare_env_names);
-    int r = 0;
-    for (size_t i = 1; i < item->n_params && r == 0; i++) {
-        if (compare_env_names(&keys[i - 1], &keys[i]) == 0) {
-            char name[96];
-            exec_param_env_name(keys[i], name, sizeof name);
-            snprintf(err, err_size, "params \"%.*s\" and \"%.*s\" of kind \"%s\" would both "
-                     "be %s", (int)utf8_prefix(keys[i - 1], strlen(keys[i - 1]), 64), keys[i - 1],
-                     (int)utf8_prefix(keys[i], strlen(keys[i]), 64), keys[i], handler->kind,
-                     name);
-            r = -1;
-        }
-    }
-    free(keys);
-    return r;
-}
 
 /* ---- the guard ------------------------------------------------------------- */
 
@@ -354,9 +287,9 @@ env_build(struct env *e, const struct ds_handler_config *handler, const wire_wor
     snprintf(number, sizeof number, "%u", attempt);
     env_set(e, "DS_ATTEMPT", number);
     for (size_t i = 0; i < item->n_params; i++) {
-        size_t len = exec_param_env_name(item->params[i]->key, NULL, 0);
+        size_t len = kind_exec_env_name(item->params[i]->key, NULL, 0);
         char *name = ds_malloc(len + 1);
-        exec_param_env_name(item->params[i]->key, name, len + 1);
+        kind_exec_env_name(item->params[i]->key, name, len + 1);
         env_add(e, env_format(name, len, item->params[i]->value));
         free(name);
     }

@@ -26,7 +26,6 @@
 
 #include "core/descriptors.h"
 #include "dosomething/handler.h"
-#include "core/utf8.h"
 
 /* Limits against hostile or broken files. */
 #define CONFIG_FILE_MAX      (1024 * 1024)

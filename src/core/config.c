@@ -494,6 +494,7 @@ printer_write(void *data, unsigned char *buffer, size_t size)
 {
     struct printer *p = data;
 
+    errno = 0;
     if (fwrite(buffer, 1, size, p->out) != size) {
         if (!p->failed)
             p->error = errno != 0 ? errno : EIO;
@@ -605,28 +606,34 @@ emit_string_list(struct printer *p, char *const *values, size_t count)
     }
 }
 
-/* Starts a stream of one document, or (document 0) ends it. */
+/* A stream of one document, whose root comes between start and end. */
 static void
-emit_document(struct printer *p, int start)
+emit_document_start(struct printer *p)
 {
     yaml_event_t event;
 
-    if (p->failed)
-        return;
-    if (start) {
+    if (!p->failed) {
         yaml_stream_start_event_initialize(&event, YAML_UTF8_ENCODING);
         emit(p, &event);
-        if (!p->failed) {
-            yaml_document_start_event_initialize(&event, NULL, NULL, NULL, 1);
-            emit(p, &event);
-        }
-    } else {
+    }
+    if (!p->failed) {
+        yaml_document_start_event_initialize(&event, NULL, NULL, NULL, 1);
+        emit(p, &event);
+    }
+}
+
+static void
+emit_document_end(struct printer *p)
+{
+    yaml_event_t event;
+
+    if (!p->failed) {
         yaml_document_end_event_initialize(&event, 1);
         emit(p, &event);
-        if (!p->failed) {
-            yaml_stream_end_event_initialize(&event);
-            emit(p, &event);
-        }
+    }
+    if (!p->failed) {
+        yaml_stream_end_event_initialize(&event);
+        emit(p, &event);
     }
 }
 
@@ -2852,16 +2859,16 @@ config_print(const struct ds_config *c, FILE *out)
     if (fputs("# effective configuration of ", out) == EOF)
         return -1;
     printer_init(&p, out);
-    emit_document(&p, 1);
+    emit_document_start(&p);
     emit_string(&p, c->path);
-    emit_document(&p, 0);
+    emit_document_end(&p);
     if (printer_finish(&p) == -1)
         return -1;
 
     printer_init(&p, out);
-    emit_document(&p, 1);
+    emit_document_start(&p);
     print_mapping(&p, top_rules, c);
-    emit_document(&p, 0);
+    emit_document_end(&p);
     if (printer_finish(&p) == -1)
         return -1;
     return fflush(out) == EOF || ferror(out) ? -1 : 0;

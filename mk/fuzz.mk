@@ -36,7 +36,8 @@ FUZZ_config_SRC = src/core/config.c src/core/log.c src/core/alloc.c src/core/utf
 FUZZ_ipc_SRC    = src/ipc/frame.c src/ipc/channel.c src/core/log.c src/core/alloc.c
 FUZZ_items_SRC  = src/workers/handler.c src/workers/exec.c src/workers/module.c \
                   src/grpc/filter.c src/core/config.c src/core/log.c src/core/alloc.c \
-                  src/core/proctitle.c src/core/utf8.c src/core/descriptors.c $(PROTO_C)
+                  src/core/proctitle.c src/core/utf8.c src/core/descriptors.c src/core/kind.c \
+                  $(PROTO_C)
 FUZZ_journal_SRC = src/grpc/journal_store.c src/core/log.c src/core/alloc.c
 
 FUZZ_OBJ = $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(1))

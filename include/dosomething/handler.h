@@ -73,7 +73,9 @@ extern "C" {
 /* struct ds_module.flags */
 /* process() takes microseconds: the host may send an item's STARTED update
  * together with the next batch instead of on its own (more throughput, and
- * STARTED may be seen only shortly before SUCCEEDED). */
+ * STARTED may be seen only shortly before SUCCEEDED), and a worker may hold
+ * 16 times as many of its items. The master reads the flags when it loads
+ * the config (start, reload). */
 #define DS_MODULE_QUICK 0x1u
 
 /* One entry of the handler's `options:` map in the config, as strings. */

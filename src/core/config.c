@@ -26,7 +26,6 @@
 
 #include "core/descriptors.h"
 #include "dosomething/handler.h"
-#include "core/utf8.h"
 
 /* Limits against hostile or broken files. */
 #define CONFIG_FILE_MAX      (1024 * 1024)
@@ -92,6 +91,7 @@ enum parse_result {
 };
 
 enum value_type {
+    VALUE_NONE,                   /* shown_as left out: the rule's print function */
     VALUE_BOOL,
     VALUE_UINT,
     VALUE_SIZE,
@@ -105,10 +105,17 @@ enum value_type {
     VALUE_CUSTOM,
 };
 
+struct printer;
+
 /*
  * One key of a mapping: where its value goes (offset and width into the
- * struct being filled) and how it is read. min and max bound numbers, sizes
- * and durations (in ms).
+ * struct being filled), how it is read, and how -T prints it back. min and
+ * max bound numbers, sizes and durations (in ms).
+ *
+ * A key of any type but VALUE_CUSTOM prints by its type, from offset. A
+ * VALUE_CUSTOM key prints as shown_as says (from offset, or its section),
+ * or else through print; one with neither makes config_print() fail, so the
+ * round-trip tests catch a key added without a way to print it.
  */
 struct key_rule {
     const char *name;
@@ -121,6 +128,8 @@ struct key_rule {
     const struct key_rule *section;
     void (*parse)(struct loader *ld, struct node *value, const char *path, void *base);
     int required;
+    enum value_type shown_as;     /* VALUE_CUSTOM: printed as this type */
+    void (*print)(struct printer *p, const struct key_rule *rule, const void *base);
 };
 
 #define CONFIG_FIELD(f)                                                 \
@@ -451,6 +460,210 @@ store_uint(void *field, size_t width, uint64_t v)
     }
 }
 
+
+static uint64_t
+load_uint(const void *field, size_t width)
+{
+    uint8_t u8;
+    uint16_t u16;
+    uint32_t u32;
+    uint64_t v;
+
+    switch (width) {
+    case 1: memcpy(&u8, field, 1); return u8;
+    case 2: memcpy(&u16, field, 2); return u16;
+    case 4: memcpy(&u32, field, 4); return u32;
+    default: memcpy(&v, field, 8); return v;
+    }
+}
+
+
+/* Printing: YAML through libyaml's emitter, for -T. */
+
+/* One config_print() call. The first failure sticks: later emits do
+ * nothing, and error keeps its errno. */
+struct printer {
+    yaml_emitter_t emitter;
+    FILE *out;
+    int failed;
+    int error;                    /* errno of the first failure */
+};
+
+static int
+printer_write(void *data, unsigned char *buffer, size_t size)
+{
+    struct printer *p = data;
+
+    errno = 0;
+    if (fwrite(buffer, 1, size, p->out) != size) {
+        if (!p->failed)
+            p->error = errno != 0 ? errno : EIO;
+        p->failed = 1;
+        return 0;
+    }
+    return 1;
+}
+
+static void
+printer_fail(struct printer *p, int error)
+{
+    if (!p->failed)
+        p->error = error;
+    p->failed = 1;
+}
+
+/* Takes EVENT whatever happens (the emitter frees it). */
+static void
+emit(struct printer *p, yaml_event_t *event)
+{
+    if (p->failed) {
+        yaml_event_delete(event);
+        return;
+    }
+    if (!yaml_emitter_emit(&p->emitter, event))
+        printer_fail(p, p->emitter.error == YAML_MEMORY_ERROR ? ENOMEM : EIO);
+}
+
+static void
+emit_scalar(struct printer *p, const char *value, yaml_scalar_style_t style)
+{
+    yaml_event_t event;
+
+    if (p->failed)
+        return;
+    /* Fails on a string that is not UTF-8 (a directory's name, say): YAML
+     * cannot say it, and -T must not print what does not load back. */
+    if (!yaml_scalar_event_initialize(&event, NULL, NULL, (yaml_char_t *)value,
+                                      (int)strlen(value), 1, 1, style)) {
+        printer_fail(p, EILSEQ);
+        return;
+    }
+    emit(p, &event);
+}
+
+/* A key, an enum name, a number, a size, a duration, on or off. */
+static void
+emit_plain(struct printer *p, const char *value)
+{
+    emit_scalar(p, value, YAML_PLAIN_SCALAR_STYLE);
+}
+
+/* Strings from the file or the system, always double-quoted, escaped where
+ * YAML needs it. */
+static void
+emit_string(struct printer *p, const char *value)
+{
+    emit_scalar(p, value, YAML_DOUBLE_QUOTED_SCALAR_STYLE);
+}
+
+static void
+emit_uint(struct printer *p, uint64_t value)
+{
+    char buf[32];
+
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)value);
+    emit_plain(p, buf);
+}
+
+static void
+emit_mapping_start(struct printer *p)
+{
+    yaml_event_t event;
+
+    if (!p->failed) {
+        yaml_mapping_start_event_initialize(&event, NULL, NULL, 1, YAML_BLOCK_MAPPING_STYLE);
+        emit(p, &event);
+    }
+}
+
+static void
+emit_mapping_end(struct printer *p)
+{
+    yaml_event_t event;
+
+    if (!p->failed) {
+        yaml_mapping_end_event_initialize(&event);
+        emit(p, &event);
+    }
+}
+
+/* [a, b, c] on one line. */
+static void
+emit_string_list(struct printer *p, char *const *values, size_t count)
+{
+    yaml_event_t event;
+    size_t i;
+
+    if (p->failed)
+        return;
+    yaml_sequence_start_event_initialize(&event, NULL, NULL, 1, YAML_FLOW_SEQUENCE_STYLE);
+    emit(p, &event);
+    for (i = 0; i < count; i++)
+        emit_string(p, values[i]);
+    if (!p->failed) {
+        yaml_sequence_end_event_initialize(&event);
+        emit(p, &event);
+    }
+}
+
+/* A stream of one document, whose root comes between start and end. */
+static void
+emit_document_start(struct printer *p)
+{
+    yaml_event_t event;
+
+    if (!p->failed) {
+        yaml_stream_start_event_initialize(&event, YAML_UTF8_ENCODING);
+        emit(p, &event);
+    }
+    if (!p->failed) {
+        yaml_document_start_event_initialize(&event, NULL, NULL, NULL, 1);
+        emit(p, &event);
+    }
+}
+
+static void
+emit_document_end(struct printer *p)
+{
+    yaml_event_t event;
+
+    if (!p->failed) {
+        yaml_document_end_event_initialize(&event, 1);
+        emit(p, &event);
+    }
+    if (!p->failed) {
+        yaml_stream_end_event_initialize(&event);
+        emit(p, &event);
+    }
+}
+
+static void
+printer_init(struct printer *p, FILE *out)
+{
+    memset(p, 0, sizeof *p);
+    p->out = out;
+    if (!yaml_emitter_initialize(&p->emitter)) {
+        printer_fail(p, ENOMEM);
+        return;
+    }
+    yaml_emitter_set_output(&p->emitter, printer_write, p);
+    yaml_emitter_set_encoding(&p->emitter, YAML_UTF8_ENCODING);
+    yaml_emitter_set_unicode(&p->emitter, 1);
+    yaml_emitter_set_indent(&p->emitter, 2);
+    yaml_emitter_set_width(&p->emitter, -1);       /* never fold a long path */
+}
+
+/* 0, or -1 with errno set. */
+static int
+printer_finish(struct printer *p)
+{
+    if (!p->failed && !yaml_emitter_flush(&p->emitter))
+        printer_fail(p, EIO);
+    yaml_emitter_delete(&p->emitter);
+    if (p->failed)
+        errno = p->error;
+    return p->failed ? -1 : 0;
+}
 
 /* The tree. */
 
@@ -1049,6 +1262,8 @@ apply_rule(struct loader *ld, const struct key_rule *rule, struct node *value,
     case VALUE_CUSTOM:
         rule->parse(ld, value, path, base);
         break;
+    case VALUE_NONE:              /* only ever a shown_as */
+        break;
     }
 }
 
@@ -1086,6 +1301,87 @@ walk_mapping(struct loader *ld, struct node *map, const char *path,
     for (i = 0; rules[i].name != NULL; i++)
         if (rules[i].required && !(seen & (1ul << i)))
             error_at(ld, map, path, "%s is required", rules[i].name);
+}
+
+
+static void print_mapping(struct printer *p, const struct key_rule *rules, const void *base);
+
+/*
+ * RULE's key and its value in BASE, read back as apply_rule() stored it and
+ * written as a user would write it (30s, 64MiB, off). A string or path that
+ * is NULL was never set and is left out.
+ */
+static void
+print_rule(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const void *field = (const char *)base + rule->offset;
+    enum value_type type = rule->type == VALUE_CUSTOM ? rule->shown_as : rule->type;
+    const char *s = NULL;
+    char buf[32];
+    uint64_t v = 0;
+
+    if (type == VALUE_NONE && rule->print != NULL) {
+        rule->print(p, rule, base);
+        return;
+    }
+    if (type == VALUE_STRING || type == VALUE_PATH || type == VALUE_OFF_PATH)
+        s = *(char *const *)field;
+    else if (type != VALUE_SECTION && type != VALUE_NONE && type != VALUE_CUSTOM)
+        v = load_uint(field, rule->width);
+    if (s == NULL && (type == VALUE_STRING || type == VALUE_PATH))
+        return;
+
+    emit_plain(p, rule->name);
+    switch (type) {
+    case VALUE_BOOL:
+        emit_plain(p, v ? "on" : "off");
+        break;
+    case VALUE_UINT:
+        emit_uint(p, v);
+        break;
+    case VALUE_SIZE:
+        emit_plain(p, format_size(v, buf, sizeof buf));
+        break;
+    case VALUE_DURATION:
+        emit_plain(p, format_duration(v, buf, sizeof buf));
+        break;
+    case VALUE_OFF_DURATION:
+        emit_plain(p, v == 0 ? "off" : format_duration(v, buf, sizeof buf));
+        break;
+    case VALUE_ENUM:
+        emit_plain(p, rule->names[v]);
+        break;
+    case VALUE_STRING:
+    case VALUE_PATH:
+        emit_string(p, s);
+        break;
+    case VALUE_OFF_PATH:
+        if (s == NULL)
+            emit_plain(p, "off");
+        else
+            emit_string(p, s);
+        break;
+    case VALUE_SECTION:
+        print_mapping(p, rule->section, base);
+        break;
+    case VALUE_CUSTOM:
+    case VALUE_NONE:
+        /* A key with no way to print it: see struct key_rule. */
+        printer_fail(p, EINVAL);
+        break;
+    }
+}
+
+/* A mapping of RULES' keys, in the tables' order. */
+static void
+print_mapping(struct printer *p, const struct key_rule *rules, const void *base)
+{
+    const struct key_rule *rule;
+
+    emit_mapping_start(p);
+    for (rule = rules; rule->name != NULL; rule++)
+        print_rule(p, rule, base);
+    emit_mapping_end(p);
 }
 
 
@@ -1137,6 +1433,18 @@ parse_workers_count(struct loader *ld, struct node *value, const char *path, voi
 }
 
 static void
+print_workers_count(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_config *c = base;
+
+    emit_plain(p, rule->name);
+    if (c->workers.count_auto)
+        emit_plain(p, "auto");
+    else
+        emit_uint(p, c->workers.count);
+}
+
+static void
 parse_workers_nice(struct loader *ld, struct node *value, const char *path, void *base)
 {
     struct ds_config *c = base;
@@ -1158,6 +1466,17 @@ parse_workers_nice(struct loader *ld, struct node *value, const char *path, void
     c->workers.nice = negative ? -(int)v : (int)v;
 }
 
+static void
+print_workers_nice(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_config *c = base;
+    char buf[16];
+
+    snprintf(buf, sizeof buf, "%d", c->workers.nice);
+    emit_plain(p, rule->name);
+    emit_plain(p, buf);
+}
+
 /* `inherit` is the default; it exists so that -T can print it. */
 static void
 parse_core_dumps(struct loader *ld, struct node *value, const char *path, void *base)
@@ -1169,6 +1488,15 @@ parse_core_dumps(struct loader *ld, struct node *value, const char *path, void *
         c->workers.core_dumps = -1;
     else if (get_bool(ld, value, path, &b) == 0)
         c->workers.core_dumps = b;
+}
+
+static void
+print_core_dumps(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_config *c = base;
+
+    emit_plain(p, rule->name);
+    emit_plain(p, c->workers.core_dumps == -1 ? "inherit" : c->workers.core_dumps ? "on" : "off");
 }
 
 /* "host:port", "[v6]:port", or (when allow_unix) "unix:PATH" made absolute. */
@@ -1302,6 +1630,15 @@ parse_grpc_listen(struct loader *ld, struct node *value, const char *path, void 
 }
 
 static void
+print_grpc_listen(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_config *c = base;
+
+    emit_plain(p, rule->name);
+    emit_string_list(p, c->grpc.listen, c->grpc.listen_count);
+}
+
+static void
 parse_journal_sync(struct loader *ld, struct node *value, const char *path, void *base)
 {
     struct ds_config *c = base;
@@ -1325,6 +1662,21 @@ parse_journal_sync(struct loader *ld, struct node *value, const char *path, void
         error_at(ld, value, path, "must be always, never or a duration such as 50ms, got %s",
                  excerpt(value->value, buf, sizeof buf));
     }
+}
+
+static void
+print_journal_sync(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_config *c = base;
+    char buf[32];
+
+    emit_plain(p, rule->name);
+    if (c->queue.journal_sync == DS_JOURNAL_SYNC_ALWAYS)
+        emit_plain(p, "always");
+    else if (c->queue.journal_sync == DS_JOURNAL_SYNC_NEVER)
+        emit_plain(p, "never");
+    else
+        emit_plain(p, format_duration(c->queue.journal_sync_interval_ms, buf, sizeof buf));
 }
 
 /* grpc.unix_mode: off, or permission bits in octal ("0660"). */
@@ -1351,6 +1703,22 @@ parse_unix_mode(struct loader *ld, struct node *value, const char *path, void *b
         return;
     }
     c->grpc.unix_mode = (int)v;
+}
+
+/* Quoted: a plain 0660 would read as a number to other YAML tools. */
+static void
+print_unix_mode(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_config *c = base;
+    char buf[16];
+
+    emit_plain(p, rule->name);
+    if (c->grpc.unix_mode < 0) {
+        emit_plain(p, "off");
+        return;
+    }
+    snprintf(buf, sizeof buf, "0%03o", (unsigned)c->grpc.unix_mode);
+    emit_string(p, buf);
 }
 
 /* grpc.unix_owner: off, "user" or "user:group" (names; that they exist is
@@ -1453,6 +1821,18 @@ parse_tls(struct loader *ld, struct node *value, const char *path, void *base)
 }
 
 static void
+print_tls(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_config *c = base;
+
+    emit_plain(p, rule->name);
+    if (c->grpc.tls)
+        print_mapping(p, tls_rules, base);
+    else
+        emit_plain(p, "off");
+}
+
+static void
 parse_status_listen(struct loader *ld, struct node *value, const char *path, void *base)
 {
     struct ds_config *c = base;
@@ -1464,7 +1844,8 @@ parse_status_listen(struct loader *ld, struct node *value, const char *path, voi
 }
 
 static const struct key_rule status_rules[] = {
-    { .name = "listen", .type = VALUE_CUSTOM, .parse = parse_status_listen },
+    { .name = "listen", .type = VALUE_CUSTOM, .parse = parse_status_listen,
+      .shown_as = VALUE_OFF_PATH, CONFIG_FIELD(status.listen) },
     { .name = NULL }
 };
 
@@ -1548,8 +1929,10 @@ parse_cluster_name(struct loader *ld, struct node *value, const char *path, void
 }
 
 static const struct key_rule cluster_rules[] = {
-    { .name = "redis", .type = VALUE_CUSTOM, .parse = parse_cluster_redis, .required = 1 },
-    { .name = "name", .type = VALUE_CUSTOM, .parse = parse_cluster_name },
+    { .name = "redis", .type = VALUE_CUSTOM, .parse = parse_cluster_redis, .required = 1,
+      .shown_as = VALUE_STRING, CONFIG_FIELD(cluster.redis) },
+    { .name = "name", .type = VALUE_CUSTOM, .parse = parse_cluster_name,
+      .shown_as = VALUE_STRING, CONFIG_FIELD(cluster.name) },
     { .name = "lease", .type = VALUE_DURATION, CONFIG_FIELD(cluster.lease_ms), .min = 300,
       .max = 3600 * MS_SECOND },
     { .name = NULL }
@@ -1570,6 +1953,18 @@ parse_cluster(struct loader *ld, struct node *value, const char *path, void *bas
         return;
     }
     walk_mapping(ld, value, path, cluster_rules, base);
+}
+
+static void
+print_cluster(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_config *c = base;
+
+    emit_plain(p, rule->name);
+    if (c->cluster.redis != NULL)
+        print_mapping(p, cluster_rules, base);
+    else
+        emit_plain(p, "off");
 }
 
 
@@ -1607,6 +2002,17 @@ parse_builtin(struct loader *ld, struct node *value, const char *path, void *bas
     }
     error_at(ld, value, path, "unknown builtin %s (there are %s)", excerpt(s, buf, sizeof buf),
              format_names(builtin_names, list, sizeof list));
+}
+
+static void
+print_builtin(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_handler_config *h = base;
+
+    if (h->type == DS_HANDLER_EXEC || h->type == DS_HANDLER_MODULE)
+        return;
+    emit_plain(p, rule->name);
+    emit_plain(p, builtin_names[h->type]);
 }
 
 static void
@@ -1658,6 +2064,17 @@ parse_exec(struct loader *ld, struct node *value, const char *path, void *base)
         h->argv = argv;
         h->argc = count;
     }
+}
+
+static void
+print_exec(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_handler_config *h = base;
+
+    if (h->type != DS_HANDLER_EXEC)
+        return;
+    emit_plain(p, rule->name);
+    emit_string_list(p, h->argv, h->argc);
 }
 
 static void
@@ -1730,14 +2147,49 @@ parse_options(struct loader *ld, struct node *value, const char *path, void *bas
     parse_string_map(ld, value, path, 0, &h->options, &h->option_count);
 }
 
+/* Left out when empty, as when never given. */
+static void
+print_string_map(struct printer *p, const char *key, const struct ds_env_var *vars,
+                 size_t count)
+{
+    size_t i;
+
+    if (count == 0)
+        return;
+    emit_plain(p, key);
+    emit_mapping_start(p);
+    for (i = 0; i < count; i++) {
+        emit_string(p, vars[i].name);
+        emit_string(p, vars[i].value);
+    }
+    emit_mapping_end(p);
+}
+
+static void
+print_env(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_handler_config *h = base;
+
+    print_string_map(p, rule->name, h->env, h->env_count);
+}
+
+static void
+print_options(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_handler_config *h = base;
+
+    print_string_map(p, rule->name, h->options, h->option_count);
+}
+
 static const struct key_rule handler_rules[] = {
-    { .name = "builtin", .type = VALUE_CUSTOM, .parse = parse_builtin },
-    { .name = "exec", .type = VALUE_CUSTOM, .parse = parse_exec },
-    { .name = "module", .type = VALUE_CUSTOM, .parse = parse_module },
+    { .name = "builtin", .type = VALUE_CUSTOM, .parse = parse_builtin, .print = print_builtin },
+    { .name = "exec", .type = VALUE_CUSTOM, .parse = parse_exec, .print = print_exec },
+    { .name = "module", .type = VALUE_CUSTOM, .parse = parse_module, .shown_as = VALUE_PATH,
+      HANDLER_FIELD(module_path) },
     { .name = "timeout", .type = VALUE_DURATION, HANDLER_FIELD(timeout_ms), .min = 0,
       .max = UINT64_MAX },
-    { .name = "env", .type = VALUE_CUSTOM, .parse = parse_env },
-    { .name = "options", .type = VALUE_CUSTOM, .parse = parse_options },
+    { .name = "env", .type = VALUE_CUSTOM, .parse = parse_env, .print = print_env },
+    { .name = "options", .type = VALUE_CUSTOM, .parse = parse_options, .print = print_options },
     { .name = NULL }
 };
 
@@ -1768,18 +2220,46 @@ parse_handler(struct loader *ld, struct node *value, const char *path,
         error_at(ld, n, sub, "only for module handlers");
 }
 
+/* `handlers.default`: a kind, so read once every kind is. */
+static void
+parse_default_handler(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    const struct ds_handler_config *found;
+    const char *s = scalar(ld, value, path);
+    char buf[48];
+
+    if (s == NULL)
+        return;
+    found = config_handler(c, s);
+    if (found == NULL) {
+        error_at(ld, value, path, "kind %s is not defined in handlers",
+                 excerpt(s, buf, sizeof buf));
+        return;
+    }
+    c->default_handler = found->kind;
+}
+
+/* The keys of `handlers:` beside the kinds. */
+static const struct key_rule handlers_rules[] = {
+    { .name = "default", .type = VALUE_CUSTOM, .parse = parse_default_handler,
+      .shown_as = VALUE_STRING, CONFIG_FIELD(default_handler) },
+    { .name = "max_result_size", .type = VALUE_SIZE, CONFIG_FIELD(max_result_size), .min = 0,
+      .max = DS_RESULT_SIZE_MAX },
+    { .name = NULL }
+};
+
 /* Given, `handlers:` replaces the default set whole. Besides kinds it holds
- * `default` (a kind) and `max_result_size`. */
+ * the keys of handlers_rules. */
 static void
 parse_handlers(struct loader *ld, struct node *value, const char *path, void *base)
 {
     struct ds_config *c = base;
     char sub[CONFIG_KEY_PATH_MAX], buf[48];
-    const struct ds_handler_config *found;
+    const struct key_rule *rule;
     struct ds_handler_config *list;
     struct node *key, *default_node = NULL;
     size_t n = 0, max;
-    const char *s;
     int too_many = 0;
 
     if (is_null(value))
@@ -1799,12 +2279,15 @@ parse_handlers(struct loader *ld, struct node *value, const char *path, void *ba
     for (key = next_key(ld, value->first, path, sub, sizeof sub); key != NULL;
          key = next_key(ld, key->next->next, path, sub, sizeof sub)) {
         record_position(ld, sub, key->next);
-        if (strcmp(key->value, "default") == 0) {
+        for (rule = handlers_rules; rule->name != NULL; rule++)
+            if (strcmp(rule->name, key->value) == 0)
+                break;
+        if (rule->parse == parse_default_handler) {
             default_node = key->next;
             continue;
         }
-        if (strcmp(key->value, "max_result_size") == 0) {
-            get_size(ld, key->next, sub, 0, DS_RESULT_SIZE_MAX, &c->max_result_size);
+        if (rule->name != NULL) {
+            apply_rule(ld, rule, key->next, sub, c);
             continue;
         }
         if (!valid_name(key->value)) {
@@ -1825,48 +2308,59 @@ parse_handlers(struct loader *ld, struct node *value, const char *path, void *ba
     }
 
     join_key(sub, sizeof sub, path, "default");
-    if (default_node != NULL) {
-        s = scalar(ld, default_node, sub);
-        if (s == NULL)
-            return;
-        found = config_handler(c, s);
-        if (found == NULL) {
-            error_at(ld, default_node, sub, "kind %s is not defined in handlers",
-                     excerpt(s, buf, sizeof buf));
-            return;
-        }
-    } else {
-        found = config_handler(c, "echo");
-        if (found == NULL) {
-            error_at(ld, value, sub, "missing, and there is no kind echo to default to");
-            return;
-        }
-    }
-    c->default_handler = found->kind;
+    if (default_node != NULL)
+        parse_default_handler(ld, default_node, sub, c);
+    else if (config_handler(c, "echo") != NULL)
+        c->default_handler = config_handler(c, "echo")->kind;
+    else
+        error_at(ld, value, sub, "missing, and there is no kind echo to default to");
 }
 
+/* The keys of handlers_rules, then each kind: the kinds are keys of the same
+ * mapping. */
+static void
+print_handlers(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_config *c = base;
+    const struct key_rule *r;
+    size_t i;
+
+    emit_plain(p, rule->name);
+    emit_mapping_start(p);
+    for (r = handlers_rules; r->name != NULL; r++)
+        print_rule(p, r, base);
+    for (i = 0; i < c->handler_count; i++) {
+        emit_string(p, c->handlers[i].kind);
+        print_mapping(p, handler_rules, &c->handlers[i]);
+    }
+    emit_mapping_end(p);
+}
 
 /* The whole file. */
 
 static const struct key_rule log_rules[] = {
     { .name = "level", .type = VALUE_ENUM, CONFIG_FIELD(log.level), .names = level_names },
-    { .name = "file", .type = VALUE_CUSTOM, .parse = parse_log_file },
+    { .name = "file", .type = VALUE_CUSTOM, .parse = parse_log_file, .shown_as = VALUE_STRING,
+      CONFIG_FIELD(log.file) },
     { .name = "access", .type = VALUE_OFF_PATH, CONFIG_FIELD(log.access) },
     { .name = NULL }
 };
 
 static const struct key_rule workers_rules[] = {
-    { .name = "count", .type = VALUE_CUSTOM, .parse = parse_workers_count },
+    { .name = "count", .type = VALUE_CUSTOM, .parse = parse_workers_count,
+      .print = print_workers_count },
     { .name = "prefetch", .type = VALUE_UINT, CONFIG_FIELD(workers.prefetch), .min = 1,
       .max = 1024 },
     { .name = "max_items", .type = VALUE_UINT, CONFIG_FIELD(workers.max_items), .min = 0,
       .max = UINT64_MAX },
     { .name = "cpu_affinity", .type = VALUE_ENUM, CONFIG_FIELD(workers.cpu_affinity),
       .names = affinity_names },
-    { .name = "nice", .type = VALUE_CUSTOM, .parse = parse_workers_nice },
+    { .name = "nice", .type = VALUE_CUSTOM, .parse = parse_workers_nice,
+      .print = print_workers_nice },
     { .name = "rlimit_nofile", .type = VALUE_UINT, CONFIG_FIELD(workers.rlimit_nofile),
       .min = 0, .max = UINT64_MAX },
-    { .name = "core_dumps", .type = VALUE_CUSTOM, .parse = parse_core_dumps },
+    { .name = "core_dumps", .type = VALUE_CUSTOM, .parse = parse_core_dumps,
+      .print = print_core_dumps },
     { .name = NULL }
 };
 
@@ -1883,14 +2377,17 @@ static const struct key_rule keepalive_rules[] = {
 };
 
 static const struct key_rule grpc_rules[] = {
-    { .name = "listen", .type = VALUE_CUSTOM, .parse = parse_grpc_listen },
+    { .name = "listen", .type = VALUE_CUSTOM, .parse = parse_grpc_listen,
+      .print = print_grpc_listen },
     { .name = "max_message_size", .type = VALUE_SIZE, CONFIG_FIELD(grpc.max_message_size),
       .min = DS_MESSAGE_SIZE_MIN, .max = DS_MESSAGE_SIZE_MAX },
-    { .name = "tls", .type = VALUE_CUSTOM, .parse = parse_tls },
+    { .name = "tls", .type = VALUE_CUSTOM, .parse = parse_tls, .print = print_tls },
     { .name = "max_concurrent_streams", .type = VALUE_UINT,
       CONFIG_FIELD(grpc.max_concurrent_streams), .min = 1, .max = 100000 },
-    { .name = "unix_mode", .type = VALUE_CUSTOM, .parse = parse_unix_mode },
-    { .name = "unix_owner", .type = VALUE_CUSTOM, .parse = parse_unix_owner },
+    { .name = "unix_mode", .type = VALUE_CUSTOM, .parse = parse_unix_mode,
+      .print = print_unix_mode },
+    { .name = "unix_owner", .type = VALUE_CUSTOM, .parse = parse_unix_owner,
+      .shown_as = VALUE_OFF_PATH, CONFIG_FIELD(grpc.unix_owner) },
     { .name = "max_connection_age", .type = VALUE_OFF_DURATION,
       CONFIG_FIELD(grpc.max_connection_age_ms), .min = 100, .max = 24 * MS_HOUR },
     { .name = "max_connection_age_grace", .type = VALUE_OFF_DURATION,
@@ -1909,7 +2406,8 @@ static const struct key_rule queue_rules[] = {
     { .name = "max_params", .type = VALUE_UINT, CONFIG_FIELD(queue.max_params), .min = 0,
       .max = 4096 },
     { .name = "journal", .type = VALUE_OFF_PATH, CONFIG_FIELD(queue.journal) },
-    { .name = "journal_sync", .type = VALUE_CUSTOM, .parse = parse_journal_sync },
+    { .name = "journal_sync", .type = VALUE_CUSTOM, .parse = parse_journal_sync,
+      .print = print_journal_sync },
     { .name = NULL }
 };
 
@@ -1948,9 +2446,11 @@ static const struct key_rule top_rules[] = {
     { .name = "grpc", .type = VALUE_SECTION, .section = grpc_rules },
     { .name = "queue", .type = VALUE_SECTION, .section = queue_rules },
     { .name = "updates", .type = VALUE_SECTION, .section = updates_rules },
-    { .name = "handlers", .type = VALUE_CUSTOM, .parse = parse_handlers },
-    { .name = "status", .type = VALUE_CUSTOM, .parse = parse_status },
-    { .name = "cluster", .type = VALUE_CUSTOM, .parse = parse_cluster },
+    { .name = "handlers", .type = VALUE_CUSTOM, .parse = parse_handlers,
+      .print = print_handlers },
+    { .name = "status", .type = VALUE_CUSTOM, .parse = parse_status,
+      .shown_as = VALUE_SECTION, .section = status_rules },
+    { .name = "cluster", .type = VALUE_CUSTOM, .parse = parse_cluster, .print = print_cluster },
     { .name = "respawn", .type = VALUE_SECTION, .section = respawn_rules },
     { .name = "shutdown_timeout", .type = VALUE_DURATION, CONFIG_FIELD(shutdown_timeout_ms),
       .min = 0, .max = MS_HOUR },
@@ -2108,10 +2608,10 @@ check_unix_owner(struct loader *ld)
         error_at(ld, find_position(ld, "grpc.unix_owner"), "grpc.unix_owner", "%s", why);
 }
 
-/* dlopen it, find DS_MODULE_SYMBOL, check it, dlclose: the worker does the
- * same for real (src/workers/module.c). */
+/* dlopen it, find DS_MODULE_SYMBOL, check it, keep its flags, dlclose: the
+ * worker does the same for real (src/workers/module.c). */
 static void
-check_module(struct loader *ld, const struct ds_handler_config *h)
+check_module(struct loader *ld, struct ds_handler_config *h)
 {
     char key[CONFIG_KEY_PATH_MAX];
     const struct ds_module *m;
@@ -2139,6 +2639,8 @@ check_module(struct loader *ld, const struct ds_handler_config *h)
                  DS_HANDLER_ABI_VERSION);
     else if (m->process == NULL)
         error_at(ld, n, key, "%s: " DS_MODULE_SYMBOL ".process is NULL", h->module_path);
+    else
+        h->module_flags = m->flags;
     dlclose(dl);
 }
 
@@ -2346,245 +2848,30 @@ config_handler(const struct ds_config *config, const char *kind)
 }
 
 
-/* Printing. */
-
 /*
- * A YAML double-quoted string. Code points YAML does not allow raw (C0 and
- * C1 controls, line and paragraph separators, BOM, non-characters) are
- * escaped; other UTF-8 passes as is.
+ * -T: the tables that read the file, walked again to write it. The first
+ * line, a comment, names the file; libyaml writes no comments, so a second
+ * emitter quotes the path into it.
  */
-static void
-print_string(FILE *out, const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    uint32_t cp;
-    size_t n;
-
-    putc('"', out);
-    while (*p != '\0') {
-        if (*p == '"' || *p == '\\') {
-            putc('\\', out);
-            putc(*p++, out);
-            continue;
-        }
-        if (*p < 0x80) {
-            if (*p == '\n')
-                fputs("\\n", out);
-            else if (*p == '\t')
-                fputs("\\t", out);
-            else if (*p < 0x20 || *p == 0x7f)
-                fprintf(out, "\\x%02X", *p);
-            else
-                putc(*p, out);
-            p++;
-            continue;
-        }
-        n = utf8_decode((const char *)p, strnlen((const char *)p, 4), &cp);
-        if (n == 0) {
-            /* Not UTF-8 (a directory name, say): nothing in YAML says it. */
-            putc(*p++, out);
-            continue;
-        }
-        if (cp >= 0x80 && cp <= 0x9f)
-            fprintf(out, "\\x%02X", (unsigned)cp);
-        else if (cp == 0x2028 || cp == 0x2029 || cp == 0xfeff || cp == 0xfffe || cp == 0xffff)
-            fprintf(out, "\\u%04X", (unsigned)cp);
-        else
-            fwrite(p, 1, n, out);
-        p += n;
-    }
-    putc('"', out);
-}
-
-static void
-print_key_string(FILE *out, const char *indent, const char *key, const char *value)
-{
-    fprintf(out, "%s%s: ", indent, key);
-    print_string(out, value);
-    putc('\n', out);
-}
-
-static void
-print_key_off(FILE *out, const char *indent, const char *key, const char *value)
-{
-    if (value == NULL)
-        fprintf(out, "%s%s: off\n", indent, key);
-    else
-        print_key_string(out, indent, key, value);
-}
-
-static void
-print_string_map(FILE *out, const char *key, const struct ds_env_var *vars, size_t count)
-{
-    size_t i;
-
-    if (count == 0)
-        return;
-    fprintf(out, "    %s:\n", key);
-    for (i = 0; i < count; i++) {
-        fputs("      ", out);
-        print_string(out, vars[i].name);
-        fputs(": ", out);
-        print_string(out, vars[i].value);
-        putc('\n', out);
-    }
-}
-
-static void
-print_handler(FILE *out, const struct ds_handler_config *h)
-{
-    char buf[32];
-    size_t i;
-
-    fputs("  ", out);
-    print_string(out, h->kind);
-    fputs(":\n", out);
-    switch (h->type) {
-    case DS_HANDLER_EXEC:
-        fputs("    exec: [", out);
-        for (i = 0; i < h->argc; i++) {
-            if (i > 0)
-                fputs(", ", out);
-            print_string(out, h->argv[i]);
-        }
-        fputs("]\n", out);
-        break;
-    case DS_HANDLER_MODULE:
-        print_key_string(out, "    ", "module", h->module_path);
-        break;
-    default:
-        fprintf(out, "    builtin: %s\n", builtin_names[h->type]);
-        break;
-    }
-    fprintf(out, "    timeout: %s\n", format_duration(h->timeout_ms, buf, sizeof buf));
-    if (h->type == DS_HANDLER_EXEC)
-        print_string_map(out, "env", h->env, h->env_count);
-    if (h->type == DS_HANDLER_MODULE)
-        print_string_map(out, "options", h->options, h->option_count);
-}
-
 int
 config_print(const struct ds_config *c, FILE *out)
 {
-    char buf[32];
-    size_t i;
+    struct printer p;
 
-    fputs("# effective configuration of ", out);
-    print_string(out, c->path);
-    putc('\n', out);
+    if (fputs("# effective configuration of ", out) == EOF)
+        return -1;
+    printer_init(&p, out);
+    emit_document_start(&p);
+    emit_string(&p, c->path);
+    emit_document_end(&p);
+    if (printer_finish(&p) == -1)
+        return -1;
 
-    fprintf(out, "daemon: %s\n", c->daemon ? "on" : "off");
-    print_key_string(out, "", "pid_file", c->pid_file);
-    print_key_string(out, "", "user", c->user);
-
-    fputs("log:\n", out);
-    fprintf(out, "  level: %s\n", level_names[c->log.level]);
-    print_key_string(out, "  ", "file", c->log.file);
-    print_key_off(out, "  ", "access", c->log.access);
-
-    fputs("workers:\n", out);
-    if (c->workers.count_auto)
-        fputs("  count: auto\n", out);
-    else
-        fprintf(out, "  count: %u\n", (unsigned)c->workers.count);
-    fprintf(out, "  prefetch: %u\n", (unsigned)c->workers.prefetch);
-    fprintf(out, "  max_items: %llu\n", (unsigned long long)c->workers.max_items);
-    fprintf(out, "  cpu_affinity: %s\n", affinity_names[c->workers.cpu_affinity ? 1 : 0]);
-    fprintf(out, "  nice: %d\n", c->workers.nice);
-    fprintf(out, "  rlimit_nofile: %llu\n", (unsigned long long)c->workers.rlimit_nofile);
-    fprintf(out, "  core_dumps: %s\n", c->workers.core_dumps == -1 ? "inherit"
-                                        : c->workers.core_dumps ? "on" : "off");
-
-    fputs("grpc:\n  listen: [", out);
-    for (i = 0; i < c->grpc.listen_count; i++) {
-        if (i > 0)
-            fputs(", ", out);
-        print_string(out, c->grpc.listen[i]);
-    }
-    fputs("]\n", out);
-    fprintf(out, "  max_message_size: %s\n",
-            format_size(c->grpc.max_message_size, buf, sizeof buf));
-    if (!c->grpc.tls) {
-        fputs("  tls: off\n", out);
-    } else {
-        fputs("  tls:\n", out);
-        print_key_string(out, "    ", "cert", c->grpc.tls_cert);
-        print_key_string(out, "    ", "key", c->grpc.tls_key);
-        if (c->grpc.tls_client_ca != NULL)
-            print_key_string(out, "    ", "client_ca", c->grpc.tls_client_ca);
-        fprintf(out, "    scope_ids: %s\n", c->grpc.tls_scope_ids ? "on" : "off");
-    }
-    fprintf(out, "  max_concurrent_streams: %u\n", (unsigned)c->grpc.max_concurrent_streams);
-    if (c->grpc.unix_mode < 0)
-        fputs("  unix_mode: off\n", out);
-    else
-        fprintf(out, "  unix_mode: \"0%03o\"\n", (unsigned)c->grpc.unix_mode);
-    print_key_off(out, "  ", "unix_owner", c->grpc.unix_owner);
-    fprintf(out, "  max_connection_age: %s\n", c->grpc.max_connection_age_ms == 0 ? "off" :
-            format_duration(c->grpc.max_connection_age_ms, buf, sizeof buf));
-    fprintf(out, "  max_connection_age_grace: %s\n",
-            c->grpc.max_connection_age_grace_ms == 0 ? "off" :
-            format_duration(c->grpc.max_connection_age_grace_ms, buf, sizeof buf));
-    fputs("  keepalive:\n", out);
-    fprintf(out, "    time: %s\n", c->grpc.keepalive.time_ms == 0 ? "off" :
-            format_duration(c->grpc.keepalive.time_ms, buf, sizeof buf));
-    fprintf(out, "    timeout: %s\n", format_duration(c->grpc.keepalive.timeout_ms, buf, sizeof buf));
-    fprintf(out, "    min_ping_interval: %s\n",
-            format_duration(c->grpc.keepalive.min_ping_interval_ms, buf, sizeof buf));
-    fprintf(out, "    permit_without_calls: %s\n",
-            c->grpc.keepalive.permit_without_calls ? "on" : "off");
-
-    fputs("queue:\n", out);
-    fprintf(out, "  capacity: %llu\n", (unsigned long long)c->queue.capacity);
-    fprintf(out, "  on_full: %s\n", on_full_names[c->queue.on_full]);
-    fprintf(out, "  max_attempts: %u\n", (unsigned)c->queue.max_attempts);
-    fprintf(out, "  max_params: %u\n", (unsigned)c->queue.max_params);
-    print_key_off(out, "  ", "journal", c->queue.journal);
-    if (c->queue.journal_sync == DS_JOURNAL_SYNC_ALWAYS)
-        fputs("  journal_sync: always\n", out);
-    else if (c->queue.journal_sync == DS_JOURNAL_SYNC_NEVER)
-        fputs("  journal_sync: never\n", out);
-    else
-        fprintf(out, "  journal_sync: %s\n",
-                format_duration(c->queue.journal_sync_interval_ms, buf, sizeof buf));
-
-    fputs("updates:\n", out);
-    fprintf(out, "  history: %llu\n", (unsigned long long)c->updates.history);
-    fprintf(out, "  subscriber_buffer: %llu\n", (unsigned long long)c->updates.subscriber_buffer);
-    fprintf(out, "  history_bytes: %s\n", format_size(c->updates.history_bytes, buf, sizeof buf));
-    fprintf(out, "  max_subscribers: %llu\n", (unsigned long long)c->updates.max_subscribers);
-    fprintf(out, "  subscribers_bytes: %s\n",
-            format_size(c->updates.subscribers_bytes, buf, sizeof buf));
-
-    fputs("handlers:\n", out);
-    print_key_string(out, "  ", "default", c->default_handler);
-    fprintf(out, "  max_result_size: %s\n", format_size(c->max_result_size, buf, sizeof buf));
-    for (i = 0; i < c->handler_count; i++)
-        print_handler(out, &c->handlers[i]);
-
-    fputs("status:\n", out);
-    print_key_off(out, "  ", "listen", c->status.listen);
-
-    if (c->cluster.redis == NULL) {
-        fputs("cluster: off\n", out);
-    } else {
-        fputs("cluster:\n", out);
-        print_key_string(out, "  ", "redis", c->cluster.redis);
-        print_key_string(out, "  ", "name", c->cluster.name);
-        fprintf(out, "  lease: %s\n", format_duration(c->cluster.lease_ms, buf, sizeof buf));
-    }
-
-    fputs("respawn:\n", out);
-    fprintf(out, "  backoff_min: %s\n",
-            format_duration(c->respawn.backoff_min_ms, buf, sizeof buf));
-    fprintf(out, "  backoff_max: %s\n",
-            format_duration(c->respawn.backoff_max_ms, buf, sizeof buf));
-    fprintf(out, "  stable_after: %s\n",
-            format_duration(c->respawn.stable_after_ms, buf, sizeof buf));
-    fprintf(out, "  crash_limit: %u\n", (unsigned)c->respawn.crash_limit);
-
-    fprintf(out, "shutdown_timeout: %s\n",
-            format_duration(c->shutdown_timeout_ms, buf, sizeof buf));
-
+    printer_init(&p, out);
+    emit_document_start(&p);
+    print_mapping(&p, top_rules, c);
+    emit_document_end(&p);
+    if (printer_finish(&p) == -1)
+        return -1;
     return fflush(out) == EOF || ferror(out) ? -1 : 0;
 }

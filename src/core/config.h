@@ -83,6 +83,10 @@ struct ds_handler_config {
     char *module_path;            /* resolved against the config directory */
     struct ds_env_var *options;   /* the module's `options:` map, as strings */
     size_t option_count;
+    /* The module's ds_module.flags (DS_MODULE_QUICK), read by config_load
+     * (the master) when it checks the module; 0 from config_load_text, which
+     * never loads a module: the master sends them with the text. */
+    uint32_t module_flags;
 };
 
 struct ds_config {

@@ -41,7 +41,6 @@
 #include "grpc/redis_args.h"
 #include "grpc/store.h"
 #include "grpc/updates.h"
-#include "workers/handler.h"
 
 #define CONNECT_TIMEOUT_MS  3000    /* for the three connections and the setup */
 #define PING_EVERY_MS       1000

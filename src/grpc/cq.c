@@ -21,6 +21,7 @@
 
 #include "core/alloc.h"
 #include "core/log.h"
+#include "grpc/call.h"
 #include "grpc/grpc_process.h"
 
 /* Events the libevent thread takes in one go before libevent runs again. */

@@ -175,9 +175,11 @@ stop_graceful(void)
     grpc_process_check_done();
 }
 
-/* A new config generation, validated by the master: apply in place. */
+/* A new config generation, validated by the master: apply in place.
+ * MODULE_FLAGS: HANDLER_COUNT of them, each handler's in order. */
 static void
-apply_config(uint64_t generation, const char *text, size_t len)
+apply_config(uint64_t generation, const uint8_t *module_flags, size_t handler_count,
+             const char *text, size_t len)
 {
     char errors[4096];
     struct ds_config *config = config_load_text(gp.config->path, text, len, errors,
@@ -187,6 +189,16 @@ apply_config(uint64_t generation, const char *text, size_t len)
                   (unsigned long long)generation, errors);
         return;
     }
+    if (config->handler_count != handler_count) {
+        log_error("config generation %llu has %zu handlers here, the master sent the flags "
+                  "of %zu; keeping generation %llu", (unsigned long long)generation,
+                  config->handler_count, handler_count, (unsigned long long)gp.generation);
+        config_free(config);
+        return;
+    }
+    for (size_t i = 0; i < handler_count; i++)
+        memcpy(&config->handlers[i].module_flags, module_flags + i * sizeof(uint32_t),
+               sizeof(uint32_t));
     struct ds_config *old = gp.config;
     gp.config = config;
     gp.generation = generation;
@@ -260,7 +272,11 @@ on_control_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         if (h->length < sizeof c)
             break;
         memcpy(&c, body, sizeof c);
-        apply_config(c.generation, (const char *)body + sizeof c, h->length - sizeof c);
+        size_t flags_len = (size_t)c.handler_count * sizeof(uint32_t);
+        if (h->length - sizeof c < flags_len)
+            break;
+        apply_config(c.generation, body + sizeof c, c.handler_count,
+                     (const char *)body + sizeof c + flags_len, h->length - sizeof c - flags_len);
         return 0;
     }
     case IPC_DRAIN:

@@ -24,11 +24,6 @@ struct event_base;
 struct ipc_channel;
 struct update;
 
-/* Every operation's tag: the completion calls done(tag, ok). */
-struct tag {
-    void (*done)(struct tag *tag, int ok);
-};
-
 /* ---- the handover of a binary upgrade (handover.c) --------------------- */
 
 /* Start handing the waiting items to the new instance (idempotent). */
@@ -123,9 +118,5 @@ void master_send_now(unsigned type, const void *body, size_t len);
 void grpc_process_call_ended(void);
 /* Something a stop waits for happened. */
 void grpc_process_check_done(void);
-
-/* Start BATCH of COUNT ops on CALL with TAG; a failure to start is a bug
- * in this process (logged, and fatal). */
-void call_start_batch(grpc_call *call, const grpc_op *ops, size_t count, struct tag *tag);
 
 #endif

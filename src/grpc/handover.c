@@ -41,6 +41,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "grpc/call.h"
 #include "grpc/grpc_process.h"
 #include "grpc/item.h"
 #include "grpc/queue.h"

@@ -15,6 +15,7 @@
 
 #include "core/alloc.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "grpc/call.h"
 #include "grpc/grpc_process.h"
 #include "grpc/store.h"
 
@@ -28,22 +29,17 @@ enum serving_status {
 #define SERVICE_NAME "com.agrounds.dosomething.v1.DoSomethingService"
 
 struct health_call {
+    struct call base;
     struct health_call *prev, *next;    /* watchers */
-    grpc_call *call;
-    int refs;
     int watching;
     int known;                  /* the service asked about exists */
     int sent_status;            /* the last status sent to a watcher, -1: none */
     int sending;
     int ending;
-    int closed;
-    int cancelled;
     grpc_byte_buffer *buffer;
     grpc_slice details;
     int has_details;
     struct tag send_tag;
-    struct tag done_tag;
-    struct tag close_tag;
 };
 
 static struct health_call *watchers;
@@ -93,17 +89,14 @@ encode_response(int status)
 }
 
 static void
-health_unref(struct health_call *h)
+health_destroy(struct call *call)
 {
-    if (--h->refs > 0)
-        return;
+    struct health_call *h = CALL_OF(call, struct health_call, base);
     if (h->buffer != NULL)
         grpc_byte_buffer_destroy(h->buffer);
     if (h->has_details)
         grpc_slice_unref(h->details);
-    grpc_call_unref(h->call);
     free(h);
-    grpc_process_call_ended();
 }
 
 static void
@@ -121,32 +114,29 @@ watcher_remove(struct health_call *h)
 }
 
 static void
-on_done(struct tag *tag, int ok)
+health_closed(struct call *call)
 {
-    health_unref((struct health_call *)((char *)tag - offsetof(struct health_call, done_tag)));
+    watcher_remove(CALL_OF(call, struct health_call, base));
 }
 
-static void
-on_close(struct tag *tag, int ok)
-{
-    struct health_call *h = (struct health_call *)((char *)tag - offsetof(struct health_call, close_tag));
-    h->closed = 1;
-    watcher_remove(h);
-    health_unref(h);
-}
+/* Health calls write no access log line. */
+static const struct call_kind health_kind = {
+    .closed = health_closed,
+    .destroy = health_destroy,
+};
 
 static void watch_pump(struct health_call *h);
 
 static void
 on_send(struct tag *tag, int ok)
 {
-    struct health_call *h = (struct health_call *)((char *)tag - offsetof(struct health_call, send_tag));
+    struct health_call *h = CALL_OF(tag, struct health_call, send_tag);
     h->sending = 0;
     grpc_byte_buffer_destroy(h->buffer);
     h->buffer = NULL;
     if (ok)
         watch_pump(h);
-    health_unref(h);
+    call_unref(&h->base);
 }
 
 static void
@@ -161,15 +151,14 @@ finish(struct health_call *h, grpc_status_code status, const char *details)
         h->has_details = 1;
         op.data.send_status_from_server.status_details = &h->details;
     }
-    h->refs++;
-    call_start_batch(h->call, &op, 1, &h->done_tag);
+    call_batch(&h->base, &op, 1, NULL);
 }
 
 /* Send the status if it changed; end the stream when asked to. */
 static void
 watch_pump(struct health_call *h)
 {
-    if (h->sending || h->closed)
+    if (h->sending || h->base.closed)
         return;
     int status = current_status(h);
     if (status != h->sent_status) {
@@ -180,8 +169,7 @@ watch_pump(struct health_call *h)
         op.op = GRPC_OP_SEND_MESSAGE;
         op.data.send_message.send_message = h->buffer;
         h->sending = 1;
-        h->refs++;
-        call_start_batch(h->call, &op, 1, &h->send_tag);
+        call_batch(&h->base, &op, 1, &h->send_tag);
         return;
     }
     if (h->ending && h->watching) {
@@ -194,20 +182,13 @@ static struct health_call *
 health_call_new(grpc_call *call)
 {
     struct health_call *h = ds_calloc(1, sizeof *h);
-    h->call = call;
-    h->refs = 1;                /* the close operation */
     h->sent_status = -1;
     h->send_tag.done = on_send;
-    h->done_tag.done = on_done;
-    h->close_tag.done = on_close;
-    grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[0].data.recv_close_on_server.cancelled = &h->cancelled;
-    call_start_batch(call, ops, 1, &h->close_tag);
-    ops[1].op = GRPC_OP_SEND_INITIAL_METADATA;
-    h->refs++;
-    call_start_batch(call, &ops[1], 1, &h->done_tag);
+    call_init(&h->base, call, &health_kind);
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_INITIAL_METADATA;
+    call_batch(&h->base, &op, 1, NULL);
     return h;
 }
 
@@ -245,8 +226,7 @@ health_check_start(grpc_call *call, grpc_byte_buffer *request)
     ops[0].data.send_message.send_message = h->buffer;
     ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[1].data.send_status_from_server.status = GRPC_STATUS_OK;
-    h->refs++;
-    call_start_batch(call, ops, 2, &h->done_tag);
+    call_batch(&h->base, ops, 2, NULL);
 }
 
 void

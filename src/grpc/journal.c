@@ -28,6 +28,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/kind.h"
 #include "core/log.h"
 #include "core/utf8.h"
 #include "core/process.h"
@@ -38,7 +39,6 @@
 #include "grpc/metrics.h"
 #include "grpc/store.h"
 #include "grpc/updates.h"
-#include "workers/handler.h"
 
 /* Tests and experiments only: a smaller segment size (bytes, or 256KiB). */
 #define SEGMENT_ENV "DS_JOURNAL_SEGMENT_BYTES"
@@ -426,7 +426,7 @@ take_over(struct journal_recovery *r)
         grpc_slice raw = grpc_slice_from_copied_buffer((const char *)ji->raw, ji->raw_len);
         struct item *item = item_new(msg, raw, handler != NULL ? handler->kind : ji->kind,
                                      ji->max_attempts ? ji->max_attempts : 1, ji->timeout_ms,
-                                     ji->id, handler != NULL ? handler_is_quick(handler, msg)
+                                     ji->id, handler != NULL ? kind_is_quick(handler, msg)
                                                              : ji->quick);
         wire_work_item_free(msg, NULL);
         item->attempt = ji->attempt ? ji->attempt : 1;

@@ -17,7 +17,7 @@
 #include <grpc/byte_buffer_reader.h>
 
 #include "core/alloc.h"
-#include "core/clock.h"
+#include "grpc/call.h"
 #include "grpc/grpc_process.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
 
@@ -30,16 +30,11 @@ extern const size_t ds_descriptor_set_len;
 #define FILE_NAME    "com/agrounds/dosomething/v1/do_something.proto"
 
 struct reflection_call {
-    grpc_call *call;
-    int refs;
+    struct call base;
     struct tag recv_tag;
     struct tag send_tag;
-    struct tag done_tag;
-    struct tag close_tag;
     grpc_byte_buffer *recv_buffer;
     grpc_byte_buffer *send_buffer;
-    int cancelled;
-    uint64_t started_ms;
 };
 
 /* ---- the answer ------------------------------------------------------------ */
@@ -146,23 +141,28 @@ answer(const uint8_t *bytes, size_t len)
 /* ---- the call -------------------------------------------------------------- */
 
 static void
-call_unref(struct reflection_call *r)
+reflection_destroy(struct call *call)
 {
-    if (--r->refs > 0)
-        return;
+    struct reflection_call *r = CALL_OF(call, struct reflection_call, base);
     if (r->recv_buffer != NULL)
         grpc_byte_buffer_destroy(r->recv_buffer);
     if (r->send_buffer != NULL)
         grpc_byte_buffer_destroy(r->send_buffer);
-    access_log_call(r->call, "ServerReflectionInfo",
-                    r->cancelled ? GRPC_STATUS_CANCELLED : GRPC_STATUS_OK, "-", r->started_ms);
-    grpc_call_unref(r->call);
     free(r);
-    grpc_process_call_ended();
 }
 
-#define CALL_OF(tag, field) \
-    ((struct reflection_call *)((char *)(tag) - offsetof(struct reflection_call, field)))
+/* The access log says whether the client saw the stream through. */
+static void
+reflection_closed(struct call *call)
+{
+    call->status = call->cancelled ? GRPC_STATUS_CANCELLED : GRPC_STATUS_OK;
+}
+
+static const struct call_kind reflection_kind = {
+    .method = "ServerReflectionInfo",
+    .closed = reflection_closed,
+    .destroy = reflection_destroy,
+};
 
 static void
 post_receive(struct reflection_call *r)
@@ -171,35 +171,28 @@ post_receive(struct reflection_call *r)
     memset(&op, 0, sizeof op);
     op.op = GRPC_OP_RECV_MESSAGE;
     op.data.recv_message.recv_message = &r->recv_buffer;
-    r->refs++;
-    call_start_batch(r->call, &op, 1, &r->recv_tag);
-}
-
-static void
-on_done(struct tag *tag, int ok)
-{
-    call_unref(CALL_OF(tag, done_tag));
+    call_batch(&r->base, &op, 1, &r->recv_tag);
 }
 
 static void
 on_send(struct tag *tag, int ok)
 {
-    struct reflection_call *r = CALL_OF(tag, send_tag);
+    struct reflection_call *r = CALL_OF(tag, struct reflection_call, send_tag);
     grpc_byte_buffer_destroy(r->send_buffer);
     r->send_buffer = NULL;
     if (ok)
         post_receive(r);
-    call_unref(r);
+    call_unref(&r->base);
 }
 
 static void
 on_recv(struct tag *tag, int ok)
 {
-    struct reflection_call *r = CALL_OF(tag, recv_tag);
+    struct reflection_call *r = CALL_OF(tag, struct reflection_call, recv_tag);
     grpc_byte_buffer *bb = r->recv_buffer;
     r->recv_buffer = NULL;
     if (!ok) {
-        call_unref(r);
+        call_unref(&r->base);
         return;
     }
     if (bb == NULL) {       /* the client is done asking */
@@ -207,9 +200,8 @@ on_recv(struct tag *tag, int ok)
         memset(&op, 0, sizeof op);
         op.op = GRPC_OP_SEND_STATUS_FROM_SERVER;
         op.data.send_status_from_server.status = GRPC_STATUS_OK;
-        r->refs++;
-        call_start_batch(r->call, &op, 1, &r->done_tag);
-        call_unref(r);
+        call_batch(&r->base, &op, 1, NULL);
+        call_unref(&r->base);
         return;
     }
     grpc_byte_buffer_reader reader;
@@ -227,35 +219,20 @@ on_recv(struct tag *tag, int ok)
     memset(&op, 0, sizeof op);
     op.op = GRPC_OP_SEND_MESSAGE;
     op.data.send_message.send_message = r->send_buffer;
-    r->refs++;
-    call_start_batch(r->call, &op, 1, &r->send_tag);
-    call_unref(r);
-}
-
-static void
-on_close(struct tag *tag, int ok)
-{
-    call_unref(CALL_OF(tag, close_tag));
+    call_batch(&r->base, &op, 1, &r->send_tag);
+    call_unref(&r->base);
 }
 
 void
 reflection_call_start(grpc_call *call, grpc_byte_buffer *unused)
 {
     struct reflection_call *r = ds_calloc(1, sizeof *r);
-    r->call = call;
-    r->refs = 1;                /* the close operation */
-    r->started_ms = clock_monotonic_ms();
     r->recv_tag.done = on_recv;
     r->send_tag.done = on_send;
-    r->done_tag.done = on_done;
-    r->close_tag.done = on_close;
-    grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[0].data.recv_close_on_server.cancelled = &r->cancelled;
-    call_start_batch(call, ops, 1, &r->close_tag);
-    ops[1].op = GRPC_OP_SEND_INITIAL_METADATA;
-    r->refs++;
-    call_start_batch(call, &ops[1], 1, &r->done_tag);
+    call_init(&r->base, call, &reflection_kind);
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_INITIAL_METADATA;
+    call_batch(&r->base, &op, 1, NULL);
     post_receive(r);
 }

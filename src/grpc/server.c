@@ -43,6 +43,7 @@
 #include "core/descriptors.h"
 #include "core/log.h"
 #include "core/utf8.h"
+#include "grpc/call.h"
 #include "grpc/grpc_process.h"
 
 /* Calls that arrive while none of our requests is posted wait unmatched,
@@ -99,12 +100,10 @@ struct request {
     grpc_byte_buffer *payload;
 };
 
-/* A call answered UNIMPLEMENTED. */
+/* A call answered UNIMPLEMENTED (not in the access log). */
 struct unimplemented_call {
-    struct tag tag;
-    grpc_call *call;
+    struct call base;
     grpc_slice details;
-    int cancelled;
 };
 
 /* A unix socket path bound by both the old and the new server. */
@@ -144,31 +143,23 @@ static void on_listener_retry(evutil_socket_t fd, short what, void *arg);
 static void server_stop(struct server *s, int cancel_calls);
 static void on_kept_timer(evutil_socket_t fd, short what, void *arg);
 
-void
-call_start_batch(grpc_call *call, const grpc_op *ops, size_t count, struct tag *tag)
+static void
+unimplemented_destroy(struct call *call)
 {
-    grpc_call_error err = grpc_call_start_batch(call, ops, count, tag, NULL);
-    if (err != GRPC_CALL_OK)
-        fatal(1, "grpc_call_start_batch() failed: %s (a bug in dosomethingd)",
-              grpc_call_error_to_string(err));
+    struct unimplemented_call *u = CALL_OF(call, struct unimplemented_call, base);
+    grpc_slice_unref(u->details);
+    free(u);
 }
 
-static void
-on_unimplemented_done(struct tag *tag, int ok)
-{
-    struct unimplemented_call *u = (struct unimplemented_call *)tag;
-    grpc_slice_unref(u->details);
-    grpc_call_unref(u->call);
-    free(u);
-    grpc_process_call_ended();
-}
+static const struct call_kind unimplemented_kind = {
+    .destroy = unimplemented_destroy,
+};
 
 static void
 answer_unimplemented(grpc_call *call, const grpc_call_details *details)
 {
     struct unimplemented_call *u = ds_calloc(1, sizeof *u);
-    u->tag.done = on_unimplemented_done;
-    u->call = call;
+    call_init(&u->base, call, &unimplemented_kind);
     /* The method is the client's :path: escaped, so the status message is
      * UTF-8 and one line whatever the client sent. */
     char *method = grpc_slice_to_c_string(details->method), escaped[256], text[300];
@@ -176,15 +167,13 @@ answer_unimplemented(grpc_call *call, const grpc_call_details *details)
              utf8_escape(escaped, sizeof escaped, method));
     gpr_free(method);
     u->details = grpc_slice_from_copied_string(text);
-    grpc_op ops[3];
+    grpc_op ops[2];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[1].data.send_status_from_server.status = GRPC_STATUS_UNIMPLEMENTED;
     ops[1].data.send_status_from_server.status_details = &u->details;
-    ops[2].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[2].data.recv_close_on_server.cancelled = &u->cancelled;
-    call_start_batch(call, ops, 3, &u->tag);
+    call_batch(&u->base, ops, 2, NULL);
 }
 
 static void
@@ -221,7 +210,6 @@ on_request(struct tag *tag, int ok)
     struct server *s = r->server;
     s->requests_posted--;
     if (ok) {
-        gp.calls++;
         if (r->method == 0)
             metrics.calls_submit++;
         else if (r->method == 1)

@@ -58,6 +58,7 @@ static void abandon(struct item *item, pid_t worker_pid);
 static void
 requeue(struct item *item)
 {
+    item->started = 0;              /* its next attempt has not started */
     if (st.abandon_why != NULL)
         abandon(item, 0);
     else
@@ -426,6 +427,8 @@ void
 store_init(uint64_t *seq_start)
 {
     const struct ds_config *c = gp.config;
+    st.count = st.pending = 0;
+    st.abandon_why = NULL;
     st.b = c->cluster.redis != NULL ? &store_redis
            : c->queue.journal != NULL ? &store_journal : &store_memory;
     queue_init(gp.base, &events, c->workers.prefetch);

@@ -31,14 +31,15 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/kind.h"
 #include "core/log.h"
 #include "core/utf8.h"
+#include "grpc/call.h"
 #include "grpc/grpc_process.h"
 #include "grpc/item.h"
 #include "grpc/metrics.h"
 #include "grpc/scope.h"
 #include "grpc/store.h"
-#include "workers/handler.h"
 
 /* The reply lists at most this many rejections; `rejected` is exact. */
 #define REJECTIONS_MAX 1000
@@ -46,21 +47,16 @@
 #define BATCH_MAX      DS_ITEM_BATCH_MAX
 
 struct submit_call {
+    struct call base;           /* a reference per item in the journal, and while blocked */
     struct submit_call *prev, *next;    /* every live call */
     struct submit_call *next_blocked;
-    grpc_call *call;
-    int refs;                   /* one per operation in flight */
     struct tag recv_tag;
-    struct tag reply_tag;
-    struct tag close_tag;
     grpc_byte_buffer *recv_buffer;
     int receiving;
     grpc_slice parked;          /* an item waiting for room in the queue */
     int has_parked;
     int blocked;
     int replied;
-    int closed;
-    int cancelled;
     uint32_t index;             /* of the next item in the stream */
     uint32_t writing;           /* items the store has not answered for yet */
     int reply_deferred;         /* the reply waits for them: it counts them */
@@ -68,10 +64,8 @@ struct submit_call {
     uint32_t invalid_index;     /* of the item that was no WorkItem */
     char *unavailable;          /* cluster mode: why the call ends with UNAVAILABLE */
     uint32_t uncertain;         /* items Redis may or may not have taken */
-    uint64_t started_ms;
     char scope[SCOPE_IDENTITY_MAX + 2];     /* grpc.tls.scope_ids: "IDENTITY/" or "" */
     size_t scope_len;
-    int status;                 /* as sent; -1: none sent */
     uint64_t accepted;
     uint64_t rejected;
     wire_rejection *rejections;
@@ -95,15 +89,17 @@ static int take_parked_or(struct submit_call *c, grpc_slice raw);
 static void block(struct submit_call *c);
 
 static void
-call_unref(struct submit_call *c)
+submit_counts(struct call *call, char *buf, size_t size)
 {
-    if (--c->refs > 0)
-        return;
-    char counts[64];
-    snprintf(counts, sizeof counts, "items=%llu/%llu", (unsigned long long)c->accepted,
+    struct submit_call *c = CALL_OF(call, struct submit_call, base);
+    snprintf(buf, size, "items=%llu/%llu", (unsigned long long)c->accepted,
              (unsigned long long)c->rejected);
-    access_log_call(c->call, "doSomething", c->status >= 0 ? c->status : GRPC_STATUS_CANCELLED,
-                    counts, c->started_ms);
+}
+
+static void
+submit_destroy(struct call *call)
+{
+    struct submit_call *c = CALL_OF(call, struct submit_call, base);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -124,13 +120,14 @@ call_unref(struct submit_call *c)
         grpc_slice_unref(c->status_details);
     if (c->has_parked)
         grpc_slice_unref(c->parked);
-    grpc_call_unref(c->call);
     free(c);
-    grpc_process_call_ended();
 }
 
-#define CALL_OF(tag, field) \
-    ((struct submit_call *)((char *)(tag) - offsetof(struct submit_call, field)))
+static const struct call_kind submit_kind = {
+    .method = "doSomething",
+    .counts = submit_counts,
+    .destroy = submit_destroy,
+};
 
 static void
 add_rejection(struct submit_call *c, uint32_t index, const char *id, const char *reason)
@@ -158,20 +155,14 @@ add_rejection(struct submit_call *c, uint32_t index, const char *id, const char 
     c->rejection_ptrs[c->rejection_count++] = r;
 }
 
-static void
-on_reply_done(struct tag *tag, int ok)
-{
-    call_unref(CALL_OF(tag, reply_tag));
-}
-
 /* Send the reply and the status; the call ends when the client has them. */
 static void
 reply(struct submit_call *c, grpc_status_code status, const char *details)
 {
-    if (c->replied || c->closed)
+    if (c->replied || c->base.closed)
         return;
     c->replied = 1;
-    c->status = status;
+    c->base.status = status;
     wire_submit_reply msg;
     wire_submit_reply_init(&msg);
     msg.accepted = c->accepted;
@@ -195,13 +186,12 @@ reply(struct submit_call *c, grpc_status_code status, const char *details)
     ops[2].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[2].data.send_status_from_server.status = status;
     ops[2].data.send_status_from_server.status_details = c->has_details ? &c->status_details : NULL;
-    c->refs++;
     /* A status other than OK goes without the message: clients ignore it. */
     if (status == GRPC_STATUS_OK)
-        call_start_batch(c->call, ops, 3, &c->reply_tag);
+        call_batch(&c->base, ops, 3, NULL);
     else {
         ops[1] = ops[2];
-        call_start_batch(c->call, ops, 2, &c->reply_tag);
+        call_batch(&c->base, ops, 2, NULL);
     }
 }
 
@@ -262,12 +252,12 @@ on_verdict(void *arg, uint32_t index, const struct item *item, enum store_verdic
         if (c->unavailable == NULL)
             c->unavailable = ds_strdup(why);
         reply_when_written(c, GRPC_STATUS_UNAVAILABLE);
-        call_unref(c);
+        call_unref(&c->base);
         return;
     }
     if (c->writing == 0 && c->reply_deferred)
         reply_when_written(c, c->deferred_status);
-    call_unref(c);
+    call_unref(&c->base);
 }
 
 static void
@@ -353,7 +343,7 @@ take_item(struct submit_call *c, grpc_slice raw)
                  msg->n_params, (unsigned)config->queue.max_params);
     else if (check_params(msg, reason, sizeof reason) == -1)
         ;   /* the reason is set */
-    else if (handler_check(handler, msg, reason, sizeof reason) == -1)
+    else if (kind_check(handler, msg, reason, sizeof reason) == -1)
         ;   /* the reason is set */
     else if (!store_has_room())
         snprintf(reason, sizeof reason, "queue full (capacity %llu)",
@@ -380,10 +370,10 @@ take_item(struct submit_call *c, grpc_slice raw)
     uint32_t max_attempts = msg->max_attempts ? msg->max_attempts : config->queue.max_attempts;
     struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,
                                  msg->id[0] == '\0' || c->scope_len > 0 ? id : NULL,
-                                 handler_is_quick(handler, msg));
+                                 kind_is_quick(handler, msg));
     wire_work_item_free(msg, NULL);
     c->writing++;
-    c->refs++;
+    call_ref(&c->base);
     store_accept(item, on_verdict, c, c->index);
     return 0;
 }
@@ -406,23 +396,23 @@ message_slice(grpc_byte_buffer *bb)
 static void
 on_recv_done(struct tag *tag, int ok)
 {
-    struct submit_call *c = CALL_OF(tag, recv_tag);
+    struct submit_call *c = CALL_OF(tag, struct submit_call, recv_tag);
     grpc_byte_buffer *bb = c->recv_buffer;
     c->recv_buffer = NULL;
     c->receiving = 0;
 
-    if (!ok || c->closed) {
+    if (!ok || c->base.closed) {
         /* Cancelled or broken: what was accepted stays accepted. */
         if (bb != NULL)
             grpc_byte_buffer_destroy(bb);
         submit_resume_blocked();
-        call_unref(c);
+        call_unref(&c->base);
         return;
     }
     if (bb == NULL) {
         reply_when_written(c, GRPC_STATUS_OK);    /* the client half-closed */
         submit_resume_blocked();
-        call_unref(c);
+        call_unref(&c->base);
         return;
     }
     const char *why = c->unavailable;
@@ -432,7 +422,7 @@ on_recv_done(struct tag *tag, int ok)
         if (c->unavailable == NULL)
             c->unavailable = ds_strdup(why);
         reply_when_written(c, GRPC_STATUS_UNAVAILABLE);
-        call_unref(c);
+        call_unref(&c->base);
         return;
     }
     grpc_slice raw = message_slice(bb);
@@ -441,13 +431,13 @@ on_recv_done(struct tag *tag, int ok)
         c->parked = raw;        /* taken when room frees up */
         c->has_parked = 1;
         block(c);
-        call_unref(c);
+        call_unref(&c->base);
         return;
     }
     if (take_parked_or(c, raw) == -1)
         return;
     try_receive(c);
-    call_unref(c);
+    call_unref(&c->base);
 }
 
 /* Take RAW as the call's next item. Returns -1 (the call unreferenced and
@@ -460,7 +450,7 @@ take_parked_or(struct submit_call *c, grpc_slice raw)
         c->invalid_index = c->index;
         reply_when_written(c, GRPC_STATUS_INVALID_ARGUMENT);
         submit_resume_blocked();
-        call_unref(c);
+        call_unref(&c->base);
         return -1;
     }
     c->index++;
@@ -473,7 +463,7 @@ block(struct submit_call *c)
     if (c->blocked)
         return;
     c->blocked = 1;
-    c->refs++;
+    call_ref(&c->base);
     c->next_blocked = NULL;
     if (sub.blocked_tail != NULL)
         sub.blocked_tail->next_blocked = c;
@@ -486,16 +476,15 @@ block(struct submit_call *c)
 static void
 try_receive(struct submit_call *c)
 {
-    if (c->receiving || c->has_parked || c->replied || c->reply_deferred || c->closed ||
+    if (c->receiving || c->has_parked || c->replied || c->reply_deferred || c->base.closed ||
         c->unavailable != NULL)
         return;
     c->receiving = 1;
-    c->refs++;
     grpc_op op;
     memset(&op, 0, sizeof op);
     op.op = GRPC_OP_RECV_MESSAGE;
     op.data.recv_message.recv_message = &c->recv_buffer;
-    call_start_batch(c->call, &op, 1, &c->recv_tag);
+    call_batch(&c->base, &op, 1, &c->recv_tag);
 }
 
 /* Room in the queue: take the parked items, oldest call first, and let
@@ -517,29 +506,21 @@ submit_resume_blocked(void)
         if (c->has_parked) {
             grpc_slice raw = c->parked;
             c->has_parked = 0;
-            if (c->closed || c->replied) {
+            if (c->base.closed || c->replied) {
                 grpc_slice_unref(raw);  /* the client gave up: never accepted */
             } else {
-                c->refs++;              /* for take_parked_or's failure path */
+                call_ref(&c->base);     /* for take_parked_or's failure path */
                 if (take_parked_or(c, raw) == -1) {
-                    call_unref(c);      /* and the blocked list's */
+                    call_unref(&c->base);   /* and the blocked list's */
                     continue;
                 }
-                c->refs--;
+                call_unref(&c->base);   /* the blocked list's is still held */
             }
         }
         try_receive(c);
-        call_unref(c);
+        call_unref(&c->base);
     }
     running = 0;
-}
-
-static void
-on_close(struct tag *tag, int ok)
-{
-    struct submit_call *c = CALL_OF(tag, close_tag);
-    c->closed = 1;
-    call_unref(c);
 }
 
 void
@@ -549,24 +530,13 @@ submit_call_start(grpc_call *call, grpc_byte_buffer *unused)
         snprintf(sub.id_prefix, sizeof sub.id_prefix, "%llx%lx",
                  (unsigned long long)(clock_wall_ns() / 1000000), (long)getpid() & 0xfff);
     struct submit_call *c = ds_calloc(1, sizeof *c);
-    c->call = call;
-    c->refs = 1;
-    c->status = -1;
-    c->started_ms = clock_monotonic_ms();
     c->recv_tag.done = on_recv_done;
-    c->reply_tag.done = on_reply_done;
-    c->close_tag.done = on_close;
     c->next = sub.list;
     if (sub.list != NULL)
         sub.list->prev = c;
     sub.list = c;
     sub.active++;
-
-    grpc_op op;
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    op.data.recv_close_on_server.cancelled = &c->cancelled;
-    call_start_batch(call, &op, 1, &c->close_tag);
+    call_init(&c->base, call, &submit_kind);
     char why[256];
     int scoped = scope_of_call(call, why, sizeof why);
     if (scoped == -1) {

@@ -41,8 +41,8 @@
 #include <grpc/byte_buffer_reader.h>
 
 #include "core/alloc.h"
-#include "core/clock.h"
 #include "core/log.h"
+#include "grpc/call.h"
 #include "grpc/filter.h"
 #include "grpc/scope.h"
 #include "grpc/grpc_process.h"
@@ -50,13 +50,9 @@
 #include "grpc/updates.h"
 
 struct subscriber {
+    struct call base;
     struct subscriber *prev, *next;
-    grpc_call *call;
-    int refs;                   /* one per operation in flight, one for the list */
-    struct tag metadata_tag;
     struct tag send_tag;
-    struct tag status_tag;
-    struct tag close_tag;
     wire_updates_request *request;
     struct filter filter;
     int replaying;
@@ -71,13 +67,10 @@ struct subscriber {
     grpc_byte_buffer *send_buffer;
     int ending;                 /* the status goes once what must be sent is */
     int status_sent;
-    int closed;                 /* the call is over */
-    int cancelled;
     grpc_status_code status;
     grpc_slice status_details;
     int has_details;
     uint64_t sent;
-    uint64_t started_ms;
 };
 
 static struct {
@@ -117,14 +110,16 @@ queue_clear(struct subscriber *s)
 }
 
 static void
-subscriber_unref(struct subscriber *s)
+subscriber_counts(struct call *call, char *buf, size_t size)
 {
-    if (--s->refs > 0)
-        return;
-    char counts[64];
-    snprintf(counts, sizeof counts, "updates=%llu", (unsigned long long)s->sent);
-    access_log_call(s->call, "getUpdates", s->status_sent ? (int)s->status : GRPC_STATUS_CANCELLED,
-                    counts, s->started_ms);
+    struct subscriber *s = CALL_OF(call, struct subscriber, base);
+    snprintf(buf, size, "updates=%llu", (unsigned long long)s->sent);
+}
+
+static void
+subscriber_destroy(struct call *call)
+{
+    struct subscriber *s = CALL_OF(call, struct subscriber, base);
     queue_clear(s);
     free(s->queue);
     filter_free(&s->filter);
@@ -132,25 +127,38 @@ subscriber_unref(struct subscriber *s)
         wire_updates_request_free(s->request, NULL);
     if (s->has_details)
         grpc_slice_unref(s->status_details);
-    grpc_call_unref(s->call);
     free(s);
-    grpc_process_call_ended();
 }
+
+static void
+subscriber_closed(struct call *call)
+{
+    struct subscriber *s = CALL_OF(call, struct subscriber, base);
+    list_remove(s);
+    queue_clear(s);
+}
+
+static const struct call_kind subscriber_kind = {
+    .method = "getUpdates",
+    .counts = subscriber_counts,
+    .closed = subscriber_closed,
+    .destroy = subscriber_destroy,
+};
 
 /* Send the final status now if nothing else is in flight; else after it. */
 static void
 send_status(struct subscriber *s)
 {
-    if (s->status_sent || s->closed || s->send_buffer != NULL)
+    if (s->status_sent || s->base.closed || s->send_buffer != NULL)
         return;
     s->status_sent = 1;
+    s->base.status = s->status;
     grpc_op op;
     memset(&op, 0, sizeof op);
     op.op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     op.data.send_status_from_server.status = s->status;
     op.data.send_status_from_server.status_details = s->has_details ? &s->status_details : NULL;
-    s->refs++;
-    call_start_batch(s->call, &op, 1, &s->status_tag);
+    call_batch(&s->base, &op, 1, NULL);
 }
 
 /* End the stream with STATUS once what must still be sent is (drop_queue:
@@ -255,7 +263,7 @@ next_update(struct subscriber *s, int *more)
 static void
 pump(struct subscriber *s)
 {
-    if (s->send_buffer != NULL || s->closed || s->status_sent)
+    if (s->send_buffer != NULL || s->base.closed || s->status_sent)
         return;
     int more;
     struct update *u = next_update(s, &more);
@@ -272,14 +280,13 @@ pump(struct subscriber *s)
     op.op = GRPC_OP_SEND_MESSAGE;
     op.flags = more ? GRPC_WRITE_BUFFER_HINT : 0;
     op.data.send_message.send_message = s->send_buffer;
-    s->refs++;
-    call_start_batch(s->call, &op, 1, &s->send_tag);
+    call_batch(&s->base, &op, 1, &s->send_tag);
 }
 
 static void
 on_send_done(struct tag *tag, int ok)
 {
-    struct subscriber *s = (struct subscriber *)((char *)tag - offsetof(struct subscriber, send_tag));
+    struct subscriber *s = CALL_OF(tag, struct subscriber, send_tag);
     grpc_byte_buffer_destroy(s->send_buffer);
     s->send_buffer = NULL;
     if (ok) {
@@ -287,31 +294,7 @@ on_send_done(struct tag *tag, int ok)
         s->sent++;
         pump(s);
     }
-    subscriber_unref(s);
-}
-
-static void
-on_status_done(struct tag *tag, int ok)
-{
-    struct subscriber *s = (struct subscriber *)((char *)tag - offsetof(struct subscriber, status_tag));
-    subscriber_unref(s);
-}
-
-static void
-on_metadata_done(struct tag *tag, int ok)
-{
-    struct subscriber *s = (struct subscriber *)((char *)tag - offsetof(struct subscriber, metadata_tag));
-    subscriber_unref(s);
-}
-
-static void
-on_close(struct tag *tag, int ok)
-{
-    struct subscriber *s = (struct subscriber *)((char *)tag - offsetof(struct subscriber, close_tag));
-    s->closed = 1;
-    list_remove(s);
-    queue_clear(s);
-    subscriber_unref(s);
+    call_unref(&s->base);
 }
 
 /* The backlogs together hold more than updates.subscribers_bytes: cut the
@@ -407,23 +390,14 @@ void
 subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
 {
     struct subscriber *s = ds_calloc(1, sizeof *s);
-    s->call = call;
-    s->refs = 1;
-    s->started_ms = clock_monotonic_ms();
-    s->metadata_tag.done = on_metadata_done;
     s->send_tag.done = on_send_done;
-    s->status_tag.done = on_status_done;
-    s->close_tag.done = on_close;
+    call_init(&s->base, call, &subscriber_kind);
 
-    grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[0].data.recv_close_on_server.cancelled = &s->cancelled;
-    call_start_batch(call, ops, 1, &s->close_tag);
+    grpc_op op;
+    memset(&op, 0, sizeof op);
     /* Headers go alone: a later message may carry the write-buffer hint. */
-    ops[1].op = GRPC_OP_SEND_INITIAL_METADATA;
-    s->refs++;
-    call_start_batch(call, &ops[1], 1, &s->metadata_tag);
+    op.op = GRPC_OP_SEND_INITIAL_METADATA;
+    call_batch(&s->base, &op, 1, NULL);
 
     char err[160];
     /* An empty message (a client that declares google.protobuf.Empty) may

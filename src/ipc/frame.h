@@ -37,7 +37,8 @@ enum ipc_type {
     IPC_WORKER_ATTACH = 1,      /* ipc_worker + the grpc end of its data channel */
     IPC_WORKER_EXITED,          /* ipc_worker_exit + why, as text */
     IPC_WORKER_RETIRE,          /* ipc_worker: dispatch no more; close when it holds nothing */
-    IPC_CONFIG,                 /* ipc_config + the YAML text the master validated */
+    IPC_CONFIG,                 /* ipc_config + handler_count u32 + the YAML text the
+                                   master validated */
     /* control channel, master -> any child */
     IPC_DRAIN,                  /* graceful stop: finish the work held, then exit; to the
                                    grpc process: a u8, 1 for the drain of a USR2 upgrade */
@@ -68,8 +69,13 @@ struct ipc_worker_exit {
     uint32_t pad;
 };
 
+/* Then handler_count uint32_t, each handler's module_flags in the order of
+ * the config's handlers: what the master learnt loading the modules, which
+ * the grpc process, parsing the text, must not dlopen to learn. */
 struct ipc_config {
     uint64_t generation;
+    uint32_t handler_count;
+    uint32_t pad;
 };
 
 struct ipc_seq {

@@ -158,12 +158,18 @@ main(int argc, char **argv)
     }
 
     if (test) {
-        if (print)
-            config_print(config, stdout);
-        else
+        int status = DS_EXIT_OK;
+        if (!print)
             fprintf(stderr, "dosomethingd: config %s is ok\n", config->path);
+        else if (config_print(config, stdout) == -1) {
+            /* EILSEQ: a path (the directory's name) that is not UTF-8. */
+            fprintf(stderr, "dosomethingd: cannot print the config: %s\n",
+                    errno == EILSEQ ? "a value is not UTF-8, which YAML cannot hold"
+                                    : strerror(errno));
+            status = DS_EXIT_FAILURE;
+        }
         config_free(config);
-        return DS_EXIT_OK;
+        return status;
     }
 
     if (log_open(config->log.file, config->log.level) == -1) {

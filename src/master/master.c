@@ -839,12 +839,18 @@ reload(void)
 
     struct process *g = grpc_process();
     if (g != NULL && g->control != NULL) {
-        struct ipc_config msg = { .generation = m.generation };
-        struct iovec parts[2] = {
+        struct ipc_config msg = { .generation = m.generation,
+                                  .handler_count = (uint32_t)config->handler_count };
+        uint32_t *flags = ds_calloc(config->handler_count + 1, sizeof *flags);
+        for (size_t i = 0; i < config->handler_count; i++)
+            flags[i] = config->handlers[i].module_flags;
+        struct iovec parts[3] = {
             { .iov_base = &msg, .iov_len = sizeof msg },
+            { .iov_base = flags, .iov_len = config->handler_count * sizeof *flags },
             { .iov_base = config->source, .iov_len = config->source_len },
         };
-        channel_sendv(g->control, IPC_CONFIG, parts, 2);
+        channel_sendv(g->control, IPC_CONFIG, parts, 3);
+        free(flags);
     }
     /* New workers for every slot; the old ones finish what they hold. */
     for (uint32_t i = 0; i < m.worker_count; i++) {

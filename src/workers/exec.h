@@ -10,11 +10,6 @@
 #include "core/wire.h"
 #include "workers/handler.h"
 
-/* 0 if ITEM's params can become distinct environment variables, else -1
- * with the reason in err (for the grpc process, before accepting it). */
-int exec_check(const struct ds_handler_config *handler, const wire_work_item *item,
-               char *err, size_t err_size);
-
 /* Run ITEM with HANDLER's program and wait for it (see handler_run). The
  * worker must ignore SIGPIPE. */
 int exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
@@ -32,10 +27,5 @@ void exec_guard_stop(void);
 
 /* The guard's pid, or -1: for tests. */
 int exec_guard_pid(void);
-
-/* Environment variable for PARAM: DS_PARAM_ + the name upper-cased, every
- * byte but [A-Z0-9_] turned into '_'. Writes at most size bytes; returns the
- * length it needs (like snprintf). */
-size_t exec_param_env_name(const char *param, char *buf, size_t size);
 
 #endif

@@ -1,6 +1,7 @@
 /*
  * The built-in handlers (echo, sha256, sleep), and the dispatch to exec
- * (exec.c) and module (module.c) handlers.
+ * (exec.c) and module (module.c) handlers. Their params, limits and which
+ * items are quick are in core/kind.c, shared with the grpc process.
  *
  *   echo    result = payload
  *   sha256  d = SHA-256(payload), then rounds-1 times d = SHA-256(d);
@@ -21,124 +22,16 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/kind.h"
 #include "core/log.h"
 #include "core/process.h"
 #include "core/utf8.h"
 #include "workers/exec.h"
 #include "workers/module.h"
 
-#define SHA256_ROUNDS_MAX 100000000ull
-#define SLEEP_MS_MAX      86400000ull
-#define SLEEP_STEPS_MAX   100000ull
-
-struct param_rule {
-    const char *name;
-    uint64_t min;
-    uint64_t max;
-    uint64_t fallback;
-};
-
-static const struct param_rule sha256_params[] = {
-    { "rounds", 1, SHA256_ROUNDS_MAX, 1 },
-    { NULL, 0, 0, 0 },
-};
-
-static const struct param_rule sleep_params[] = {
-    { "ms", 0, SLEEP_MS_MAX, 0 },
-    { "steps", 1, SLEEP_STEPS_MAX, 1 },
-    { NULL, 0, 0, 0 },
-};
-
-static const struct param_rule no_params[] = {
-    { NULL, 0, 0, 0 },
-};
-
-static const struct param_rule *
-rules_for(enum ds_handler_type type)
-{
-    switch (type) {
-    case DS_HANDLER_SHA256: return sha256_params;
-    case DS_HANDLER_SLEEP: return sleep_params;
-    default: return no_params;
-    }
-}
-
 static int
-parse_uint(const char *text, uint64_t *value)
-{
-    if (*text < '0' || *text > '9')
-        return -1;
-    errno = 0;
-    char *end;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (errno != 0 || *end != '\0')
-        return -1;
-    *value = v;
-    return 0;
-}
-
-/* The value of param NAME by RULE, or its default. Assumes handler_check passed. */
-static uint64_t
-param_value(const wire_work_item *item, const struct param_rule *rule)
-{
-    for (size_t i = 0; i < item->n_params; i++) {
-        uint64_t v;
-        if (strcmp(item->params[i]->key, rule->name) == 0 &&
-            parse_uint(item->params[i]->value, &v) == 0)
-            return v;
-    }
-    return rule->fallback;
-}
-
-int
-handler_check(const struct ds_handler_config *handler, const wire_work_item *item,
-              char *err, size_t err_size)
-{
-    if (handler->type == DS_HANDLER_EXEC)
-        return exec_check(handler, item, err, err_size);
-    if (handler->type != DS_HANDLER_ECHO && handler->type != DS_HANDLER_SHA256 &&
-        handler->type != DS_HANDLER_SLEEP)
-        return 0;
-    const struct param_rule *rules = rules_for(handler->type);
-    for (size_t i = 0; i < item->n_params; i++) {
-        const char *key = item->params[i]->key, *value = item->params[i]->value;
-        const struct param_rule *r = rules;
-        while (r->name != NULL && strcmp(r->name, key) != 0)
-            r++;
-        if (r->name == NULL) {
-            snprintf(err, err_size, "kind \"%s\" takes no param \"%.*s\"", handler->kind,
-                     (int)utf8_prefix(key, strlen(key), 64), key);
-            return -1;
-        }
-        uint64_t v;
-        if (parse_uint(value, &v) == -1 || v < r->min || v > r->max) {
-            snprintf(err, err_size, "param %s of kind \"%s\" must be an integer %llu..%llu, "
-                     "got \"%.*s\"", key, handler->kind, (unsigned long long)r->min,
-                     (unsigned long long)r->max, (int)utf8_prefix(value, strlen(value), 64),
-                     value);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-int
-handler_is_quick(const struct ds_handler_config *handler, const wire_work_item *item)
-{
-    switch (handler->type) {
-    case DS_HANDLER_ECHO:
-        return 1;
-    case DS_HANDLER_SHA256:
-        return param_value(item, &sha256_params[0]) * (item->payload.len / 64 + 1) <= 256;
-    case DS_HANDLER_MODULE:
-        return module_is_quick(handler);
-    default:
-        return 0;
-    }
-}
-
-static int
-run_sha256(const wire_work_item *item, struct handler_output *out)
+run_sha256(const struct ds_handler_config *handler, const wire_work_item *item,
+           struct handler_output *out)
 {
     /* OpenSSL 3's one-shot SHA256() looks the algorithm up on every call,
      * which costs more than hashing 32 bytes: fetch it once, reuse one
@@ -151,7 +44,7 @@ run_sha256(const wire_work_item *item, struct handler_output *out)
         if (md == NULL || ctx == NULL)
             fatal(DS_EXIT_FATAL, "OpenSSL has no SHA-256 here");
     }
-    uint64_t rounds = param_value(item, &sha256_params[0]);
+    uint64_t rounds = kind_param(handler, item, "rounds");
     uint8_t *digest = ds_malloc(SHA256_DIGEST_LENGTH);
     unsigned int len;
     EVP_DigestInit_ex(ctx, md, NULL);
@@ -186,10 +79,10 @@ sleep_until_ns(uint64_t deadline_ns)
  * worker coalesces the progress reports.
  */
 static int
-run_sleep(const wire_work_item *item, struct handler_output *out)
+run_sleep(const struct ds_handler_config *handler, const wire_work_item *item, struct handler_output *out)
 {
-    uint64_t ms = param_value(item, &sleep_params[0]);
-    uint64_t steps = param_value(item, &sleep_params[1]);
+    uint64_t ms = kind_param(handler, item, "ms");
+    uint64_t steps = kind_param(handler, item, "steps");
     uint64_t start = clock_monotonic_ns(), total_ns = ms * 1000000u;    /* < 2^47 */
     for (uint64_t i = 1; i <= steps; i++) {
         uint64_t deadline = start + total_ns / steps * i + total_ns % steps * i / steps;
@@ -232,9 +125,9 @@ handler_run(const struct ds_handler_config *handler, const wire_work_item *item,
         out->result = item->payload.data;
         return 0;
     case DS_HANDLER_SHA256:
-        return run_sha256(item, out);
+        return run_sha256(handler, item, out);
     case DS_HANDLER_SLEEP:
-        return run_sleep(item, out);
+        return run_sleep(handler, item, out);
     case DS_HANDLER_EXEC:
         return exec_run(handler, item, out);
     case DS_HANDLER_MODULE:

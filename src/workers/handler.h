@@ -1,8 +1,8 @@
 /*
- * Handlers: what runs an item of a kind. The grpc process checks an item's
- * params with handler_check() before accepting it; a worker runs it with
- * handler_run(). The built-ins are in handler.c, exec in exec.c, modules in
- * module.c.
+ * Handlers: what runs an item of a kind, in a worker, with handler_run().
+ * The built-ins are in handler.c, exec in exec.c, modules in module.c. What
+ * an item must be for its kind (checked by the grpc process before it
+ * accepts it) and which items are quick are in core/kind.h.
  */
 #ifndef DS_WORKERS_HANDLER_H
 #define DS_WORKERS_HANDLER_H
@@ -35,17 +35,9 @@ struct handler_output {
     char error[512];            /* why it failed */
 };
 
-/* 0 if ITEM's params suit the handler, else -1 with the reason in err. */
-int handler_check(const struct ds_handler_config *handler, const wire_work_item *item,
-                  char *err, size_t err_size);
-
 /* Run ITEM: 0 with the result in out, or -1 with out->error set. */
 int handler_run(const struct ds_handler_config *handler, const wire_work_item *item,
                 struct handler_output *out);
-
-/* Does ITEM take microseconds? Then its STARTED may wait to be sent with
- * the next batch of updates instead of on its own. */
-int handler_is_quick(const struct ds_handler_config *handler, const wire_work_item *item);
 
 /* Make S (NUL-terminated, changed in place) fit an Update's error string:
  * valid UTF-8 (a bad byte becomes '?'), tabs and other control characters

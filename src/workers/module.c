@@ -142,13 +142,6 @@ module_unload_all(void)
     modules.list = NULL;
 }
 
-int
-module_is_quick(const struct ds_handler_config *handler)
-{
-    const struct loaded_module *m = module_find(handler);
-    return m != NULL && (m->module->flags & DS_MODULE_QUICK) != 0;
-}
-
 static void
 host_progress(const struct ds_module_host *host, float fraction)
 {

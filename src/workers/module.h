@@ -26,7 +26,4 @@ void module_unload_all(void);
 int module_run(const struct ds_handler_config *handler, const wire_work_item *item,
                struct handler_output *out);
 
-/* Does HANDLER's module say its items are quick (DS_MODULE_QUICK)? */
-int module_is_quick(const struct ds_handler_config *handler);
-
 #endif

@@ -40,6 +40,7 @@
 #include "core/alloc.h"
 #include "core/children.h"
 #include "core/clock.h"
+#include "core/kind.h"
 #include "core/log.h"
 #include "core/process.h"
 #include "core/wire.h"
@@ -216,7 +217,7 @@ run_task(struct task *t)
         send_update(t, STATE_FAILED, 0, err, (size_t)n);
         return;
     }
-    if (!handler_is_quick(t->handler, t->item) || channel_output_pending(w.data) > FLUSH_BYTES)
+    if (!kind_is_quick(t->handler, t->item) || channel_output_pending(w.data) > FLUSH_BYTES)
         flush();
 
     struct handler_output out = {

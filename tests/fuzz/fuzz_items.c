@@ -6,8 +6,8 @@
  *
  * WorkItem: resolved to a handler as the grpc process does (empty kind: the
  * default) against a config with the builtins echo, sha256 and sleep and an
- * exec handler, then handler_check(). An accepted item also goes through
- * handler_is_quick() and, for echo and for sha256 with few rounds,
+ * exec handler, then kind_check(). An accepted item also goes through
+ * kind_is_quick() and, for echo and for sha256 with few rounds,
  * handler_run(). A refused one must leave a reason. The payload, as text,
  * goes through handler_clean_text(), which must leave valid UTF-8 of the
  * same length without control characters, and change nothing a second time.
@@ -25,6 +25,7 @@
 #include <openssl/sha.h>
 
 #include "core/config.h"
+#include "core/kind.h"
 #include "core/log.h"
 #include "core/wire.h"
 #include "grpc/filter.h"
@@ -149,8 +150,8 @@ check_work_item(const uint8_t *data, size_t size)
     if (handler != NULL) {
         char err[512];
         err[0] = '\0';
-        if (handler_check(handler, item, err, sizeof err) == 0) {
-            (void)handler_is_quick(handler, item);
+        if (kind_check(handler, item, err, sizeof err) == 0) {
+            (void)kind_is_quick(handler, item);
             struct handler_output out;
             memset(&out, 0, sizeof out);
             out.attempt = 1;
@@ -176,7 +177,7 @@ check_work_item(const uint8_t *data, size_t size)
                     out.release((void *)out.result);
             }
         } else if (err[0] == '\0' || strnlen(err, sizeof err) == sizeof err) {
-            fprintf(stderr, "handler_check refused an item without a reason\n");
+            fprintf(stderr, "kind_check refused an item without a reason\n");
             abort();
         }
     }

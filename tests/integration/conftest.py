@@ -344,7 +344,10 @@ class Daemon:
         if workers is None:
             workers = self.worker_count_configured
         deadline = time.monotonic() + timeout
-        ch = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        # Its own subchannel: one shared with earlier channels to this port
+        # may still hold the connection state of a process that is gone.
+        ch = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS +
+                                   [("grpc.use_local_subchannel_pool", 1)])
         # Closed at teardown, not now: grpc's connectivity poller thread may
         # still touch it for a moment and complains if it is closed under it.
         self._spent_channels.append((ch, time.monotonic()))

@@ -6,6 +6,8 @@ failures), and worker hygiene (recycling with workers.max_items without
 losing or re-attempting anything, user:, cpu_affinity, nice, rlimits).
 """
 import gzip
+import http.client
+import json
 import os
 import pwd
 import re
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (BINARY, FAILED, PROGRESS, REPO, RETRYING, STARTED, SUCCEEDED,
-                      missing_dependency, pid_alive, proc_stat, proc_title, run_cli, state_name,
+                      free_port, missing_dependency, pid_alive, proc_stat, proc_title, run_cli, state_name,
                       wait_for)
 
 BUILD = Path(BINARY).resolve().parent
@@ -35,12 +37,13 @@ def handlers(**kinds):
 @pytest.fixture(scope="session")
 def test_modules():
     """The test module (tests/unit/test_handlers.c built with DS_TEST_MODULE)
-    three ways: {'ok': path, 'abi99': path, 'nosym': path}. Uses the ones
+    four ways: {'ok': path, 'abi99': path, 'nosym': path, 'quick': path
+    (flagged DS_MODULE_QUICK)}. Uses the ones
     `make build/tests/test_handlers` built, or compiles them here, into a
     directory every user can read (workers may run as `user: nobody`)."""
     built = BUILD / "tests" / "modules"
     names = {"ok": "test_module.so", "abi99": "test_module_abi99.so",
-             "nosym": "test_module_nosym.so"}
+             "nosym": "test_module_nosym.so", "quick": "test_module_quick.so"}
     if all((built / n).exists() for n in names.values()):
         yield {k: built / n for k, n in names.items()}
         return
@@ -49,7 +52,8 @@ def test_modules():
         missing_dependency("no C compiler to build the test module")
     out = Path(tempfile.mkdtemp(prefix="ds-test-modules-"))
     out.chmod(0o755)
-    flags = {"ok": [], "abi99": ["-DDS_TEST_MODULE_ABI=99"], "nosym": ["-DDS_TEST_MODULE_NOSYM"]}
+    flags = {"ok": [], "abi99": ["-DDS_TEST_MODULE_ABI=99"], "nosym": ["-DDS_TEST_MODULE_NOSYM"],
+             "quick": ["-DDS_TEST_MODULE_QUICK"]}
     try:
         for key, name in names.items():
             subprocess.run([cc, "-std=gnu11", "-O2", "-shared", "-fPIC", "-D_GNU_SOURCE",
@@ -301,6 +305,49 @@ def test_reload_with_a_bad_module_keeps_running(start_daemon, test_modules):
     assert d.workers() == workers
     reply, sub = d.client().run_items([{"id": "still", "kind": "m", "payload": b"x"}])
     assert final_of(sub, "still").state == SUCCEEDED
+
+
+def worker_in_flight(status_address):
+    """{pid: in_flight} of the workers, from /status."""
+    host, port = status_address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", "/status")
+        rows = json.loads(conn.getresponse().read())["processes"]
+    finally:
+        conn.close()
+    return {r["pid"]: r["in_flight"] for r in rows if "in_flight" in r}
+
+
+@pytest.mark.deadline(90)
+def test_quick_module_items_are_weighed_as_quick_in_dispatch(start_daemon, test_modules):
+    """A module flagged DS_MODULE_QUICK: the grpc process (which never loads
+    it) learns the flag from the master, at start and on reload, and lets a
+    worker hold 16 x workers.prefetch of its items instead of prefetch."""
+    status = f"127.0.0.1:{free_port()}"
+    d = start_daemon({"workers": {"count": 1, "prefetch": 1}, "status": {"listen": status},
+                      "handlers": handlers(q={"module": str(test_modules["quick"])})})
+    c = d.client()
+
+    def fill(tag):
+        # The first item keeps the worker busy while the others queue behind it.
+        items = [{"id": f"{tag}-block", "kind": "q", "params": {"ms": "60000", "steps": "600"}}]
+        items += [{"id": f"{tag}-{i}", "kind": "q"} for i in range(20)]
+        assert c.submit(items).accepted == len(items)
+
+    fill("a")
+    first = d.workers()[1]
+    wait_for(lambda: worker_in_flight(status).get(first) == 16, 10,
+             f"worker {first} holding 16 quick items")
+
+    d.send_signal(signal.SIGHUP)
+    d.wait_log(r"config generation 2 applied")
+    # The old worker still holds its items (it retires when they are done).
+    second = wait_for(lambda: next((p for p in d.worker_slots().get(1, []) if p != first), None),
+                      10, "the worker of generation 2")
+    fill("b")
+    wait_for(lambda: worker_in_flight(status).get(second) == 16, 10,
+             f"worker {second} holding 16 quick items after the reload")
 
 
 def test_module_init_failure_is_fatal(start_daemon, test_modules):

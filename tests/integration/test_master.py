@@ -1,18 +1,22 @@
 """
 The master: process tree, supervision, signals, pid file, command line, reload.
 """
+import copy
+import grp
 import os
+import pwd
 import re
 import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import (REPO, STARTED, SUCCEEDED, is_dosomethingd, pid_alive,
-                      proc_title, run_cli, wait_for)
+from conftest import (BINARY, REPO, STARTED, SUCCEEDED, is_dosomethingd, missing_dependency,
+                      pid_alive, proc_title, run_cli, wait_for)
 
 
 # ---- helpers ---------------------------------------------------------------
@@ -240,6 +244,103 @@ def test_print_config_loads_back(make_daemon):
     r3 = run_cli("-T", "-c", again)
     assert r3.returncode == 0 and yaml.safe_load(r3.stdout) == printed, \
         f"-T of the -T output differs:\n{r.stdout}\n---\n{r3.stdout}"
+
+
+def leaf_keys(tree, prefix=""):
+    """The dotted paths of a YAML mapping's leaves."""
+    keys = set()
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            keys |= leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def print_round_trip(config_path, directory):
+    """-T of config_path, written to a file that -t accepts and whose -T is
+    the same text (but the first line, which names the file); returns the
+    first -T output, loaded."""
+    r = run_cli("-T", "-c", config_path)
+    assert r.returncode == 0, f"-T failed ({r.returncode}): {r.stderr}"
+    printed = directory / "printed.yaml"
+    printed.write_text(r.stdout)
+    r2 = run_cli("-t", "-c", printed)
+    assert r2.returncode == 0, f"-T output fails -t ({r2.returncode}): {r2.stderr}\n{r.stdout}"
+    r3 = run_cli("-T", "-c", printed)
+    body = lambda out: out.split("\n", 1)[1]
+    assert r3.returncode == 0 and body(r3.stdout) == body(r.stdout), \
+        f"-T of the -T output differs:\n{r.stdout}\n---\n{r3.stdout}"
+    return yaml.safe_load(r.stdout)
+
+
+def every_key_config(directory, module):
+    """A config that sets every key away from its default but cluster,
+    which excludes queue.journal."""
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    return {
+        "daemon": True,
+        "pid_file": "run/ds.pid",
+        "user": user,
+        "log": {"level": "debug", "file": "logs/d\"s \t\u00e9\u2028.log", "access": "a.log"},
+        "workers": {"count": 3, "prefetch": 8, "max_items": 1000, "cpu_affinity": "auto",
+                    "nice": -5, "rlimit_nofile": 4096, "core_dumps": "on"},
+        "grpc": {"listen": ["127.0.0.1:9000", "[::1]:9001", "unix:ds.sock"],
+                 "max_message_size": "1536KiB",
+                 "tls": {"cert": "c.pem", "key": "k.pem", "client_ca": "ca.pem",
+                         "scope_ids": True},
+                 "max_concurrent_streams": 7, "unix_mode": "0640",
+                 "unix_owner": f"{user}:{group}", "max_connection_age": "5m",
+                 "max_connection_age_grace": "1500ms",
+                 "keepalive": {"time": "off", "timeout": "1s", "min_ping_interval": "90s",
+                               "permit_without_calls": False}},
+        "queue": {"capacity": 5, "on_full": "reject", "max_attempts": 7, "max_params": 2,
+                  "journal": "j", "journal_sync": "1500ms"},
+        "updates": {"history": 10, "subscriber_buffer": 3, "history_bytes": "3MiB",
+                    "max_subscribers": 4, "subscribers_bytes": "2GiB"},
+        "handlers": {"default": "run", "max_result_size": 1000,
+                     "run": {"exec": ["bin/x", "a b", "q\"", ""], "timeout": "1h",
+                             "env": {"A": "1\n2", "B": ""}},
+                     "mod": {"module": str(module), "timeout": "3h",
+                             "options": {"k": "v", "n": "2"}},
+                     "nap": {"builtin": "sleep", "timeout": "250ms"}},
+        "status": {"listen": "[::1]:9090"},
+        "cluster": "off",
+        "respawn": {"backoff_min": "250ms", "backoff_max": "2m", "stable_after": "1h",
+                    "crash_limit": 3},
+        "shutdown_timeout": "0s",
+    }
+
+
+def test_print_config_round_trip_defaults(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    printed = print_round_trip(empty, tmp_path)
+    assert printed["workers"]["count"] == "auto" and printed["cluster"] is False, printed
+
+
+def test_print_config_round_trip_every_key(tmp_path):
+    module = Path(BINARY).resolve().parent / "modules" / "gzip.so"
+    if not module.exists():
+        missing_dependency(f"{module} not built; run `make`")
+    journal = every_key_config(tmp_path, module)
+    cluster = copy.deepcopy(journal)
+    cluster["queue"]["journal"] = "off"
+    cluster["cluster"] = {"redis": "redis://127.0.0.1:6380", "name": "green", "lease": "2500ms"}
+    for name, config in (("journal", journal), ("cluster", cluster)):
+        directory = tmp_path / name
+        directory.mkdir()
+        path = directory / "ds.yaml"
+        path.write_text(yaml.safe_dump(config, allow_unicode=True))
+        printed = print_round_trip(path, directory)
+        # Every key the tables know is printed, and set here: a key added to
+        # a table shows up in -T, and then belongs in this config.
+        assert leaf_keys(printed) == leaf_keys(config), \
+            f"{name}: printed {sorted(leaf_keys(printed) ^ leaf_keys(config))} differently"
+        assert printed["workers"]["nice"] == -5 and printed["grpc"]["unix_mode"] == "0640" \
+            and printed["handlers"]["run"]["env"] == {"A": "1\n2", "B": ""} \
+            and printed["log"]["file"] == f"{directory}/logs/d\"s \t\u00e9\u2028.log", printed
 
 
 def test_version_and_help():

@@ -1433,6 +1433,136 @@ test_round_trip_everything(void **state)
     config_free(c);
 }
 
+/* Print C, load the text back, print that: the two texts are the same. */
+static void
+assert_prints_stable(const struct ds_config *c,
+                     struct ds_config *(*loader)(const char *, const char *, size_t, char *,
+                                                 size_t))
+{
+    char *text1 = NULL, *text2 = NULL;
+    size_t len1 = 0, len2 = 0;
+    struct ds_config *back;
+    FILE *f;
+
+    f = open_memstream(&text1, &len1);
+    assert_non_null(f);
+    assert_int_equal(config_print(c, f), 0);
+    assert_int_equal(fclose(f), 0);
+    back = loader(c->path, text1, len1, errors, sizeof errors);
+    if (back == NULL)
+        fail_msg("printed config does not load:\n%s\n---\n%s", errors, text1);
+    f = open_memstream(&text2, &len2);
+    assert_non_null(f);
+    assert_int_equal(config_print(back, f), 0);
+    assert_int_equal(fclose(f), 0);
+    assert_string_equal(text1, text2);
+    config_free(back);
+    free(text2);
+    free(text1);
+}
+
+/* Every key of every table set away from its default, in two configs
+ * (cluster and queue.journal exclude each other). */
+static const char every_key_journal[] =
+    "daemon: on\n"
+    "pid_file: run/ds.pid\n"
+    "user: \"n\\u00f6body\"\n"
+    "log: {level: debug, file: \"logs/d\\\"s\\\\ \\t\\u2028\\x85.log\", access: a.log}\n"
+    "workers: {count: 3, prefetch: 8, max_items: 1000, cpu_affinity: auto, nice: -5,"
+    " rlimit_nofile: 4096, core_dumps: on}\n"
+    "grpc:\n"
+    "  listen: [\"0.0.0.0:9000\", \"[::1]:9001\", \"unix:ds.sock\"]\n"
+    "  max_message_size: 1536KiB\n"
+    "  tls: {cert: c.pem, key: k.pem, client_ca: ca.pem, scope_ids: on}\n"
+    "  max_concurrent_streams: 7\n"
+    "  unix_mode: \"0640\"\n"
+    "  unix_owner: \"nobody:nogroup\"\n"
+    "  max_connection_age: 5m\n"
+    "  max_connection_age_grace: 1500ms\n"
+    "  keepalive: {time: off, timeout: 1s, min_ping_interval: 90s, permit_without_calls: off}\n"
+    "queue: {capacity: 5, on_full: reject, max_attempts: 7, max_params: 2, journal: j,"
+    " journal_sync: 1500ms}\n"
+    "updates: {history: 10, subscriber_buffer: 3, history_bytes: 3MiB, max_subscribers: 4,"
+    " subscribers_bytes: 2GiB}\n"
+    "handlers:\n"
+    "  default: run\n"
+    "  max_result_size: 1000\n"
+    "  run:\n"
+    "    exec: [bin/x, \"a b\", \"q\\\"\", \"\"]\n"
+    "    env: {A: \"1\\n2\", B: \"\"}\n"
+    "    timeout: 1h\n"
+    "  mod: {module: m.so, options: {k: v, n: 2}, timeout: 3h}\n"
+    "  nap: {builtin: sleep, timeout: 250ms}\n"
+    "status: {listen: \"[::1]:9090\"}\n"
+    "respawn: {backoff_min: 250ms, backoff_max: 2m, stable_after: 1h, crash_limit: 3}\n"
+    "shutdown_timeout: 0s\n";
+
+static const char long_key_format[] =
+    "handlers: {default: run, run: {exec: [x], env: {? %0*d: v}}}\n";
+
+static void
+test_print_stable(void **state)
+{
+    struct ds_config *c = load_ok("");
+    char *long_name;
+    size_t n;
+
+    assert_prints_stable(c, config_load_text);
+    config_free(c);
+
+    c = load_unchecked_ok(every_key_journal);
+    assert_prints_stable(c, config_load_text_unchecked);
+    config_free(c);
+
+    c = load_unchecked_ok("queue: {journal_sync: always}\n"
+                          "grpc: {tls: {cert: c.pem, key: k.pem}, keepalive: {time: 1h}}\n"
+                          "cluster: {redis: \"redis://db:6380\", name: green, lease: 2500ms}\n");
+    assert_prints_stable(c, config_load_text_unchecked);
+    config_free(c);
+
+    /* A key longer than a YAML implicit key may be (1024 bytes): written
+     * as an explicit "? key" pair. */
+    n = (size_t)snprintf(NULL, 0, long_key_format, 2000, 0);
+    long_name = malloc(n + 1);
+    assert_non_null(long_name);
+    snprintf(long_name, n + 1, long_key_format, 2000, 0);
+    long_name[strchr(long_key_format, '%') - long_key_format] = 'A';
+    c = load_unchecked_ok(long_name);
+    assert_int_equal(strlen(c->handlers[0].env[0].name), 2000);
+    assert_prints_stable(c, config_load_text_unchecked);
+    config_free(c);
+    free(long_name);
+}
+
+static void
+test_print_failures(void **state)
+{
+    struct ds_config *c;
+    FILE *f;
+
+    /* The directory's name, and so pid_file, is not UTF-8: YAML cannot say
+     * it, and printing it raw would not load back. */
+    c = config_load_text("/nonexistent/lat\xe9/ds.yaml", "", 0, errors, sizeof errors);
+    assert_non_null(c);
+    f = fopen("/dev/null", "w");
+    assert_non_null(f);
+    errno = 0;
+    assert_int_equal(config_print(c, f), -1);
+    assert_int_equal(errno, EILSEQ);
+    fclose(f);
+    config_free(c);
+
+    c = load_ok("");
+    f = fopen("/dev/full", "w");
+    assert_non_null(f);
+    setvbuf(f, NULL, _IONBF, 0);
+    errno = 0;
+    assert_int_equal(config_print(c, f), -1);
+    assert_int_equal(errno, ENOSPC);
+    fclose(f);
+    config_free(c);
+}
+
 static int
 group_setup(void **state)
 {
@@ -1500,6 +1630,8 @@ main(void)
         cmocka_unit_test(test_status_and_cluster),
         cmocka_unit_test(test_limits_and_unix_sockets),
         cmocka_unit_test(test_print_format),
+        cmocka_unit_test(test_print_stable),
+        cmocka_unit_test(test_print_failures),
         cmocka_unit_test(test_round_trip_defaults),
         cmocka_unit_test(test_round_trip_nontrivial),
         cmocka_unit_test(test_round_trip_everything),

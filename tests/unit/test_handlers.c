@@ -5,8 +5,9 @@
  * checks against the system (-t), worker hygiene and the privilege drop.
  *
  * Compiled with -DDS_TEST_MODULE this file is instead a handler module the
- * tests load (mk/handlers.mk builds it three ways into build/tests/modules/:
- * as it is, with abi_version 99, and without the symbol).
+ * tests load (mk/handlers.mk builds it four ways into build/tests/modules/:
+ * as it is, with abi_version 99, without the symbol, and flagged
+ * DS_MODULE_QUICK).
  */
 #ifdef DS_TEST_MODULE
 
@@ -142,6 +143,9 @@ const struct ds_module not_the_module_symbol = {
 const struct ds_module dosomething_module = {
 #endif
     .abi_version = DS_TEST_MODULE_ABI,
+#ifdef DS_TEST_MODULE_QUICK
+    .flags = DS_MODULE_QUICK,
+#endif
     .name = "test",
     .init = test_init,
     .process = test_process,
@@ -172,7 +176,10 @@ const struct ds_module dosomething_module = {
 
 #include <cmocka.h>
 
+#include "dosomething/handler.h"
+
 #include "core/config.h"
+#include "core/kind.h"
 #include "core/privileges.h"
 #include "core/wire.h"
 #include "workers/exec.h"
@@ -602,31 +609,6 @@ test_exec_no_leaks(void **state)
     assert_int_equal(count_zombie_children(), 0);
 }
 
-static void
-test_exec_param_names(void **state)
-{
-    char buf[64];
-    assert_int_equal(exec_param_env_name("my-key.x", buf, sizeof buf), 17);
-    assert_string_equal(buf, "DS_PARAM_MY_KEY_X");
-    exec_param_env_name("Ünï", buf, sizeof buf);
-    assert_string_equal(buf, "DS_PARAM___N__");     /* two bytes each for Ü and ï */
-    assert_int_equal(exec_param_env_name("abc", buf, 12), 12);
-    assert_string_equal(buf, "DS_PARAM_AB");
-
-    char *cat[] = { "cat", NULL };
-    struct ds_handler_config h = exec_handler(cat);
-    struct test_item t;
-    char err[256];
-    item_init(&t, "x", "", 0);
-    item_param(&t, "a", "1");
-    item_param(&t, "b-c", "2");
-    item_param(&t, "d", "3");
-    assert_int_equal(handler_check(&h, &t.item, err, sizeof err), 0);
-    item_param(&t, "B_C", "4");
-    assert_int_equal(handler_check(&h, &t.item, err, sizeof err), -1);
-    assert_non_null(strstr(err, "would both be DS_PARAM_B_C"));
-}
-
 /* The guard: a worker SIGKILLed mid-item takes the program's whole process
  * group with it, grandchildren included. */
 static void
@@ -728,7 +710,7 @@ test_module_run(void **state)
     if (module_load_all(c, err, sizeof err) != 0)
         fail_msg("%s", err);
     const struct ds_handler_config *m = config_handler(c, "m"), *o = config_handler(c, "other");
-    assert_int_equal(handler_is_quick(m, NULL), 0);
+    assert_int_equal(kind_is_quick(m, NULL), 0);
 
     struct test_item t;
     item_init(&t, "id-7", "data", 4);
@@ -859,6 +841,25 @@ test_config_checks_modules_and_user(void **state)
     struct ds_config *c = config_load(path, errors, sizeof errors);
     if (c == NULL)
         fail_msg("%s", errors);
+    assert_int_equal(config_handler(c, "m")->module_flags, 0);
+    assert_false(kind_is_quick(config_handler(c, "m"), NULL));
+    config_free(c);
+
+    /* The master keeps each module's flags: dispatch weighs quick items. */
+    snprintf(yaml, sizeof yaml, "handlers:\n  default: m\n  m: {module: %s/test_module.so}\n"
+             "  q: {module: %s/test_module_quick.so}\n", modules_dir, modules_dir);
+    write_text(path, yaml);
+    c = config_load(path, errors, sizeof errors);
+    if (c == NULL)
+        fail_msg("%s", errors);
+    assert_int_equal(config_handler(c, "q")->module_flags, DS_MODULE_QUICK);
+    assert_true(kind_is_quick(config_handler(c, "q"), NULL));
+    assert_false(kind_is_quick(config_handler(c, "m"), NULL));
+    config_free(c);
+    /* A child parsing the text learns them from the master, not by loading. */
+    c = config_load_text(path, yaml, strlen(yaml), errors, sizeof errors);
+    assert_non_null(c);
+    assert_int_equal(config_handler(c, "q")->module_flags, 0);
     config_free(c);
 
     snprintf(yaml, sizeof yaml, "handlers:\n  default: m\n  m: {module: %s/test_module_abi99.so}\n",
@@ -1125,7 +1126,6 @@ main(int argc, char **argv)
         cmocka_unit_test(test_exec_no_deadlock),
         cmocka_unit_test(test_exec_background_job_killed),
         cmocka_unit_test(test_exec_no_leaks),
-        cmocka_unit_test(test_exec_param_names),
         cmocka_unit_test(test_exec_guard),
         cmocka_unit_test(test_exec_guard_lifecycle),
         cmocka_unit_test(test_module_run),

@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "core/utf8.h"
 #include "grpc/grpc_process.h"
+#include "grpc/access_log.h"
 
 static int access_fd = -1;
 static char access_path[4096];

@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "grpc/call.h"
 #include "grpc/grpc_process.h"
+#include "grpc/access_log.h"
 
 void
 call_start_batch(grpc_call *call, const grpc_op *ops, size_t count, struct tag *tag)

@@ -23,6 +23,7 @@
 #include "core/log.h"
 #include "grpc/call.h"
 #include "grpc/grpc_process.h"
+#include "grpc/cq.h"
 
 /* Events the libevent thread takes in one go before libevent runs again. */
 #define ROUND 512

@@ -22,76 +22,6 @@
 
 struct event_base;
 struct ipc_channel;
-struct update;
-
-/* ---- the handover of a binary upgrade (handover.c) --------------------- */
-
-/* Start handing the waiting items to the new instance (idempotent). */
-void handover_start(void);
-/* Stop: give back what is in flight once its call ends (cancelled now). */
-void handover_cancel(void);
-/* Is a handover call in flight? The process waits for it before exiting. */
-int handover_active(void);
-/* At exit, after the last call: release the channel. */
-void handover_shutdown(void);
-
-/* ---- calls (submit.c, subscribe.c, server.c) --------------------------- */
-
-void submit_call_start(grpc_call *call, grpc_byte_buffer *unused);
-void submit_resume_blocked(void);
-uint64_t submit_active(void);
-
-void subscribe_call_start(grpc_call *call, grpc_byte_buffer *request);
-/* Deliver an update to every subscriber whose filter matches. */
-void subscribers_publish(struct update *update);
-/* End every subscriber stream with RESOURCE_EXHAUSTED for WHY, naming the
- * last seq each was sent. */
-void subscribers_cut_all(const char *why);
-/* End every subscriber stream with OK once it has been sent all it holds. */
-void subscribers_end_all(void);
-int subscribers_flushed(void);
-uint64_t subscribers_active(void);
-
-/* reflection.c: grpc.reflection ServerReflection, for grpcurl and friends */
-void reflection_call_start(grpc_call *call, grpc_byte_buffer *unused);
-
-/* health.c: grpc.health.v1.Health */
-void health_check_start(grpc_call *call, grpc_byte_buffer *request);
-void health_watch_start(grpc_call *call, grpc_byte_buffer *request);
-/* Tell watchers the serving status changed (draining: NOT_SERVING). */
-void health_changed(void);
-/* End every Watch stream with OK (the end of a graceful stop). */
-void health_end_all(void);
-
-int server_start(void);
-void server_reconfigure(const struct ds_config *old);
-void server_shutdown(int cancel_calls);
-int server_is_shut_down(void);
-/* 0 while gRPC accepts no connection (its listener died at the descriptor
- * limit), until it listens again. */
-int server_listening(void);
-/* How many times the listener was started again after that. */
-uint64_t server_listener_restarts(void);
-/* Any thread: gRPC logged that accept4() failed (its listener is dead). */
-void server_accept_failed(void);
-void server_destroy(void);
-
-/* access_log.c: log.access, one line per RPC */
-void access_log_open(void);
-void access_log_close(void);
-/* COUNTS: e.g. "items=10/0" or "updates=42". */
-void access_log_call(grpc_call *call, const char *method, int status, const char *counts,
-                     uint64_t started_ms);
-
-/* status.c: status.listen, HTTP on the loop: /metrics, /status, /healthz */
-/* Bind status.listen if set; -1: it cannot (logged, told to the master). */
-int status_start(void);
-/* After a reload: rebind a changed status.listen (new socket first); on
- * failure the old one keeps serving. */
-void status_reconfigure(void);
-void status_shutdown(void);
-
-/* ---- the process (grpc_process.c) -------------------------------------- */
 
 struct grpc_process {
     struct event_base *base;
@@ -105,10 +35,6 @@ struct grpc_process {
 };
 
 extern struct grpc_process gp;
-
-/* The cq thread's events reach the loop here (cq.c). */
-int cq_start(void);
-void cq_stop(void);
 
 /* Send frames to the master. */
 void master_send(unsigned type, const void *body, size_t len);

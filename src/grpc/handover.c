@@ -43,6 +43,7 @@
 #include "core/log.h"
 #include "grpc/call.h"
 #include "grpc/grpc_process.h"
+#include "grpc/handover.h"
 #include "grpc/item.h"
 #include "grpc/queue.h"
 #include "grpc/store.h"

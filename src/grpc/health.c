@@ -17,6 +17,8 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc/call.h"
 #include "grpc/grpc_process.h"
+#include "grpc/health.h"
+#include "grpc/server.h"
 #include "grpc/store.h"
 
 enum serving_status {

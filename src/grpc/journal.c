@@ -33,6 +33,7 @@
 #include "core/utf8.h"
 #include "core/process.h"
 #include "grpc/grpc_process.h"
+#include "grpc/health.h"
 #include "grpc/item.h"
 #include "grpc/journal.h"
 #include "grpc/journal_store.h"

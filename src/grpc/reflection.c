@@ -19,6 +19,7 @@
 #include "core/alloc.h"
 #include "grpc/call.h"
 #include "grpc/grpc_process.h"
+#include "grpc/reflection.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
 
 /* build/gen/descriptor.c: a FileDescriptorSet holding one file. */

@@ -45,6 +45,11 @@
 #include "core/utf8.h"
 #include "grpc/call.h"
 #include "grpc/grpc_process.h"
+#include "grpc/health.h"
+#include "grpc/reflection.h"
+#include "grpc/server.h"
+#include "grpc/submit.h"
+#include "grpc/subscribe.h"
 
 /* Calls that arrive while none of our requests is posted wait unmatched,
  * and a server shutdown (a graceful stop, a reload that moves the

@@ -18,6 +18,7 @@
 #include "core/utf8.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
+#include "grpc/handover.h"
 #include "grpc/item.h"
 #include "grpc/journal.h"
 #include "grpc/metrics.h"

@@ -36,6 +36,7 @@
 #include "core/utf8.h"
 #include "grpc/call.h"
 #include "grpc/grpc_process.h"
+#include "grpc/submit.h"
 #include "grpc/item.h"
 #include "grpc/metrics.h"
 #include "grpc/scope.h"

@@ -46,6 +46,7 @@
 #include "grpc/filter.h"
 #include "grpc/scope.h"
 #include "grpc/grpc_process.h"
+#include "grpc/subscribe.h"
 #include "grpc/store.h"
 #include "grpc/updates.h"
 

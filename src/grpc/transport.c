@@ -25,6 +25,7 @@
 #include "core/log.h"
 #include "core/utf8.h"
 #include "grpc/grpc_process.h"
+#include "grpc/server.h"
 #include "grpc/transport.h"
 
 #define TRIM_INTERVAL_MS 5000

@@ -1,0 +1,17 @@
+/*
+ * handover.c: the binary upgrade's handover of waiting items to the new
+ * instance, over gRPC (a doSomething call to its first grpc.listen).
+ */
+#ifndef DS_GRPC_HANDOVER_H
+#define DS_GRPC_HANDOVER_H
+
+/* Start handing the waiting items to the new instance (idempotent). */
+void handover_start(void);
+/* Stop: give back what is in flight once its call ends (cancelled now). */
+void handover_cancel(void);
+/* Is a handover call in flight? The process waits for it before exiting. */
+int handover_active(void);
+/* At exit, after the last call: release the channel. */
+void handover_shutdown(void);
+
+#endif

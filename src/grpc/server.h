@@ -1,0 +1,25 @@
+/*
+ * server.c: the gRPC servers on grpc.listen, their methods, reloads that
+ * rebind, and the listener gRPC abandons at the descriptor limit.
+ */
+#ifndef DS_GRPC_SERVER_H
+#define DS_GRPC_SERVER_H
+
+#include <stdint.h>
+
+#include "core/config.h"
+
+int server_start(void);
+void server_reconfigure(const struct ds_config *old);
+void server_shutdown(int cancel_calls);
+int server_is_shut_down(void);
+/* 0 while gRPC accepts no connection (its listener died at the descriptor
+ * limit), until it listens again. */
+int server_listening(void);
+/* How many times the listener was started again after that. */
+uint64_t server_listener_restarts(void);
+/* Any thread: gRPC logged that accept4() failed (its listener is dead). */
+void server_accept_failed(void);
+void server_destroy(void);
+
+#endif

@@ -1,0 +1,14 @@
+/*
+ * status.c: status.listen, HTTP on the loop: /metrics, /status, /healthz.
+ */
+#ifndef DS_GRPC_STATUS_H
+#define DS_GRPC_STATUS_H
+
+/* Bind status.listen if set; -1: it cannot (logged, told to the master). */
+int status_start(void);
+/* After a reload: rebind a changed status.listen (new socket first); on
+ * failure the old one keeps serving. */
+void status_reconfigure(void);
+void status_shutdown(void);
+
+#endif

@@ -5,6 +5,7 @@
  * item.
  */
 #include "grpc/store.h"
+#include "grpc/store_memory.h"
 
 #include <stdio.h>
 #include <stdlib.h>

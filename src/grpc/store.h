@@ -110,8 +110,6 @@ struct store_backend {
     void (*metrics)(struct evbuffer *b);
 };
 
-extern const struct store_backend store_memory;
-
 /* Choose the backend for this config (memory, journal or Redis), open it
  * (*SEQ_START moves past what a journal used) and wire the queue. */
 void store_init(uint64_t *seq_start);

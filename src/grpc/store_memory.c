@@ -4,7 +4,7 @@
  * live only in this process: if it dies they are lost, and every open call
  * ends UNAVAILABLE so clients know to send them again.
  */
-#include "grpc/store.h"
+#include "grpc/store_memory.h"
 
 const struct store_backend store_memory = {
     .name = "memory",

@@ -168,7 +168,8 @@ test: deps-test
 check-asan: deps-test
 	@$(MAKE) --no-print-directory BUILD=build/asan OPTFLAGS="-O1 -g -fno-omit-frame-pointer" \
 	    SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all unit
-	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 DS_STRICT_DEPS=1 \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:handle_segv=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	    DS_STRICT_DEPS=1 DS_SANITIZED=1 \
 	    $(MAKE) --no-print-directory BUILD=build/asan \
 	    SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    OPTFLAGS="-O1 -g -fno-omit-frame-pointer" integration

@@ -65,7 +65,8 @@ def test_stalled_subscribers_total_backlog_is_bounded(start_daemon):
     grown_mib = (rss_kib(grpc_pid) - before) / 1024
     # 480 updates of 256 KiB (120 MiB) published, 16 MiB of them in the log,
     # 4 MiB more in backlogs, a few in flight.
-    assert grown_mib < 64, f"grpc process RSS grew {grown_mib:.0f} MiB"
+    if not conftest.SANITIZED:
+        assert grown_mib < 64, f"grpc process RSS grew {grown_mib:.0f} MiB"
 
     # The reader kept up: never cut.
     assert reader.error is None and not reader.done, reader.describe_end()

@@ -48,12 +48,6 @@ on_update(struct item *item, const struct outcome *o)
         updates_publish(item, o);
 }
 
-static void
-on_ended(struct item *item, const struct outcome *o)
-{
-    final(item, o);
-}
-
 static void abandon(struct item *item, pid_t worker_pid);
 
 /* Back to the front of the queue; the caller dispatches. */
@@ -124,7 +118,7 @@ kill_worker(pid_t pid, uint32_t slot, const char *reason)
 
 static const struct queue_events events = {
     .update = on_update,
-    .ended = on_ended,
+    .ended = final,             /* SUCCEEDED or FAILED, as the handler said */
     .attempt_failed = on_attempt_failed,
     .dispatched = on_dispatched,
     .draining = draining,

@@ -135,11 +135,9 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
                  "graceful stop reached shutdown_timeout (%llu ms)",
                  (unsigned long long)gp.config->shutdown_timeout_ms);
         store_abandon(proc.expired_why);
-        if (!proc.subscribers_ended) {
-            proc.subscribers_ended = 1;
-            subscribers_end_all();
-            health_end_all();
-        }
+        /* Subscribers end in grpc_process_check_done() once the store is
+         * empty: a final still being written to the journal is published
+         * then, not lost behind an ended stream. */
         struct timeval tv = clock_timeval_ms(FAST_STOP_GRACE_MS);
         evtimer_add(proc.stop_timer, &tv);
         grpc_process_check_done();

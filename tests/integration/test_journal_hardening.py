@@ -55,7 +55,9 @@ def health(client, timeout=2):
     call = client.channel.unary_unary(HEALTH_CHECK, request_serializer=lambda b: b,
                                       response_deserializer=lambda b: b)
     try:
-        return call(b"", timeout=timeout)
+        # wait_for_ready: a channel whose grpc process was just replaced
+        # may still be backing off its reconnect.
+        return call(b"", timeout=timeout, wait_for_ready=True)
     except grpc.RpcError as e:
         return e.code()
 

@@ -105,7 +105,7 @@ static const char watch[] =
 "  --item ID            updates of this item\n"
 "  --kind K             of items of this kind\n"
 "  --state S            in this state: QUEUED, STARTED, PROGRESS, SUCCEEDED,\n"
-"                       FAILED or RETRYING\n"
+"                       FAILED, RETRYING or CANCELLED\n"
 "  --batch B            of items of this batch\n"
 "\n"
 "Options:\n"

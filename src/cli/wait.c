@@ -25,6 +25,7 @@ on_update(void *arg, const wire_update *u)
             w->succeeded++;
         break;
     case STATE_FAILED:
+    case STATE_CANCELLED:
         if (!idset_take(&w->ids, u->item_id))
             break;
         w->failed++;
@@ -54,13 +55,14 @@ waiter_start(struct waiter *w, struct rpc *r, const char *batch, char **ids, siz
     wire_updates_request request;
     wire_state_value states[] = {
         (wire_state_value)STATE_SUCCEEDED, (wire_state_value)STATE_FAILED,
+        (wire_state_value)STATE_CANCELLED,
     };
     char *batches[1] = { (char *)batch };
 
     memset(w, 0, sizeof *w);
     wire_updates_request_init(&request);
     request.states = states;
-    request.n_states = 2;
+    request.n_states = sizeof states / sizeof states[0];
     if (batch != NULL) {
         request.batches = batches;
         request.n_batches = 1;

@@ -28,6 +28,7 @@ enum {
 
 static const char *const state_names[] = {
     "STATE_UNSPECIFIED", "QUEUED", "STARTED", "PROGRESS", "SUCCEEDED", "FAILED", "RETRYING",
+    "CANCELLED",
 };
 #define STATE_COUNT (sizeof state_names / sizeof state_names[0])
 
@@ -153,7 +154,7 @@ parse_options(int argc, char **argv, struct cli_options *global, struct filters 
             wire_state_value state;
             if (parse_state(optarg, &state) == -1)
                 return cli_usage_error("watch", "--state takes QUEUED, STARTED, PROGRESS, "
-                                       "SUCCEEDED, FAILED or RETRYING, not \"%s\"", optarg);
+                                       "SUCCEEDED, FAILED, RETRYING or CANCELLED, not \"%s\"", optarg);
             size_t i = 0;
             while (i < request->n_states && f->states[i] != state)
                 i++;

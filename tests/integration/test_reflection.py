@@ -54,7 +54,7 @@ def test_reflection_describes_the_service(start_daemon, tmp_path):
     blobs = by_symbol.file_descriptor_response.file_descriptor_proto
     assert blobs == by_file.file_descriptor_response.file_descriptor_proto and len(blobs) == 1
     fd = descriptor_pb2.FileDescriptorProto.FromString(blobs[0])
-    assert [m.name for m in fd.service[0].method] == ["doSomething", "getUpdates"]
+    assert [m.name for m in fd.service[0].method] == ["doSomething", "getUpdates", "getItems", "cancel", "retry"]
 
     # A client knowing only what reflection said can build a WorkItem and use it.
     pool = descriptor_pool.DescriptorPool()

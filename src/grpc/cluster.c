@@ -56,6 +56,10 @@
 #define CLAIM_COUNT         100     /* entries per claim pass */
 #define RENEW_CHUNK         500     /* ids per renew script */
 #define POLL_MS             100     /* XLEN while submissions are under way */
+/* A final item's hash expires this long after items.retention.age: the
+ * trim (every claim pass, and every final) forgets it first and keeps
+ * {NAME}:finals_bytes right; the TTL bounds memory while no instance runs. */
+#define TRIM_TTL_MARGIN_MS  "60000"
 
 /*
  * KEYS: work, updates, seq, origin. Every script that publishes an update
@@ -81,30 +85,108 @@
     "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. string.format('%.0f', " \
     "seq), 'u', ARGV[3], 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7])\n"
 
-/* accept: the QUEUED update, then the work entry (ARGV[8..11] = m t q w). */
+/*
+ * Every item known cluster-wide has a hash {NAME}:item:ID, written by the
+ * same script as its updates: k kind, b batch, s state, m max_attempts,
+ * q the seq of its latest update, x its work entry, uq its QUEUED update,
+ * us the STARTED update of its latest attempt, u its latest update (absent
+ * while it is QUEUED: uq is), and once final n (its retained bytes) and w
+ * (the WorkItem, kept for a retry of a FAILED or CANCELLED item).
+ * {NAME}:items orders every known item by its accept's seq (listing);
+ * {NAME}:finals the final ones by the time they ended (ms), and
+ * {NAME}:finals_bytes sums their n: the retention forgets the oldest
+ * finals from both, with their hashes (cluster_trim below).
+ */
+
+/* accept: KEYS work, updates, seq, origin, item, items. A known id is a
+ * duplicate (0); else the QUEUED update, the work entry (ARGV[8..11] =
+ * m t q w) and the item's hash, and the seq. */
 static const char script_accept[] =
+    "if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end\n"
     LUA_NEXT_SEQ LUA_ADD_UPDATE
-    "redis.call('XADD', KEYS[1], '0-*', 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], "
+    "local sq = string.format('%.0f', seq)\n"
+    "local e = redis.call('XADD', KEYS[1], '0-*', 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], "
     "'m', ARGV[8], 't', ARGV[9], 'q', ARGV[10], 'w', ARGV[11])\n"
+    "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
+    "'uq', ARGV[3], 'q', sq, 'x', e)\n"
+    "redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
     "return seq\n";
 
 /*
- * update: ARGV[8] mode (u: update, r: retry, f: final), ARGV[9] group,
- * ARGV[10] consumer, ARGV[11] entry id, ARGV[12] attempt. Only while the
- * entry is pending here with that delivery count; 0 if it is not.
+ * The retention: forget the oldest finals (their hash, their places in
+ * KEYS[6] items and KEYS[7] finals, their bytes in KEYS[8]) while any is
+ * older than the age or there are more than the count or bytes; at most
+ * TRIM_MAX a call. R: now ms, age ms, count, bytes, the hash key prefix.
+ */
+#define LUA_TRIM                                                                        \
+    "local function trim(r)\n"                                                          \
+    "  local cut = tonumber(r[1]) - tonumber(r[2])\n"                                   \
+    "  local count, bytes = tonumber(r[3]), tonumber(r[4])\n"                           \
+    "  for _ = 1, 100 do\n"                                                             \
+    "    local o = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')\n"                 \
+    "    if #o == 0 then redis.call('SET', KEYS[8], 0) return end\n"                    \
+    "    if tonumber(o[2]) > cut and redis.call('ZCARD', KEYS[7]) <= count and\n"       \
+    "       (tonumber(redis.call('GET', KEYS[8])) or 0) <= bytes then return end\n"     \
+    "    local k = r[5] .. o[1]\n"                                                      \
+    "    local n = tonumber(redis.call('HGET', k, 'n')) or 0\n"                         \
+    "    redis.call('DEL', k)\n"                                                        \
+    "    redis.call('ZREM', KEYS[6], o[1])\n"                                           \
+    "    redis.call('ZREM', KEYS[7], o[1])\n"                                           \
+    "    if n > 0 then redis.call('DECRBY', KEYS[8], n) end\n"                          \
+    "  end\n"                                                                           \
+    "end\n"
+
+/*
+ * update: KEYS work, updates, seq, origin, item, items, finals,
+ * finals_bytes; ARGV[8] mode (u: update, r: retry, f: final), ARGV[9]
+ * group, ARGV[10] consumer, ARGV[11] entry id, ARGV[12] attempt; for a
+ * final ARGV[13..17] the retention (LUA_TRIM). Only while the entry is
+ * pending here with that delivery count; 0 if it is not.
  */
 static const char script_update[] =
+    LUA_TRIM
     "local p = redis.call('XPENDING', KEYS[1], ARGV[9], ARGV[11], ARGV[11], 1)\n"
     "if #p == 0 or p[1][2] ~= ARGV[10] or p[1][4] ~= tonumber(ARGV[12]) then return 0 end\n"
     LUA_NEXT_SEQ LUA_ADD_UPDATE
+    "local sq, st = string.format('%.0f', seq), ARGV[7]\n"
+    "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', st, 'u', ARGV[3], 'q', sq)\n"
     "if ARGV[8] == 'f' then\n"
+    "  if st ~= '4' then\n"
+    "    local e = redis.call('XRANGE', KEYS[1], ARGV[11], ARGV[11])\n"
+    "    if #e > 0 then\n"
+    "      local f = e[1][2]\n"
+    "      for j = 1, #f, 2 do\n"
+    "        if f[j] == 'w' then redis.call('HSET', KEYS[5], 'w', f[j + 1]) end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
     "  redis.call('XACK', KEYS[1], ARGV[9], ARGV[11])\n"
     "  redis.call('XDEL', KEYS[1], ARGV[11])\n"
+    "  local n = 2 * #ARGV[4] + redis.call('HSTRLEN', KEYS[5], 'u') + "
+    "redis.call('HSTRLEN', KEYS[5], 'uq') + redis.call('HSTRLEN', KEYS[5], 'us') + "
+    "redis.call('HSTRLEN', KEYS[5], 'w') + 100\n"
+    "  redis.call('HSET', KEYS[5], 'n', n)\n"
+    "  redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[14]) + " TRIM_TTL_MARGIN_MS ")\n"
+    "  redis.call('ZADD', KEYS[7], ARGV[13], ARGV[4])\n"
+    "  redis.call('INCRBY', KEYS[8], n)\n"
+    "  trim({ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17]})\n"
     "elseif ARGV[8] == 'r' then\n"
     "  redis.call('XCLAIM', KEYS[1], ARGV[9], ARGV[10], 0, ARGV[11], 'JUSTID', "
     "'RETRYCOUNT', tonumber(ARGV[12]) + 1)\n"
+    "  redis.call('HDEL', KEYS[5], 'us')\n"
+    "elseif st == '2' then\n"
+    "  redis.call('HSET', KEYS[5], 'us', ARGV[3])\n"
+    "elseif st == '6' then\n"
+    "  redis.call('HDEL', KEYS[5], 'us')\n"
     "end\n"
     "return seq\n";
+
+/* trim: KEYS as update's (only 6, 7, 8 used), ARGV the retention: what
+ * aged out while no item ended. */
+static const char script_trim[] =
+    LUA_TRIM
+    "trim(ARGV)\n"
+    "return 0\n";
 
 /* renew: KEYS work; ARGV group, consumer, ids: reset the idle time of those
  * still pending here. */
@@ -145,10 +227,12 @@ static const char script_claim[] =
     "end\n"
     "return out\n";
 
-enum script { SCRIPT_ACCEPT, SCRIPT_UPDATE, SCRIPT_RENEW, SCRIPT_CLAIM, SCRIPT_COUNT };
+enum script {
+    SCRIPT_ACCEPT, SCRIPT_UPDATE, SCRIPT_RENEW, SCRIPT_CLAIM, SCRIPT_TRIM, SCRIPT_COUNT
+};
 
 static const char *const script_text[SCRIPT_COUNT] = {
-    script_accept, script_update, script_renew, script_claim,
+    script_accept, script_update, script_renew, script_claim, script_trim,
 };
 
 struct conn {
@@ -171,6 +255,7 @@ static struct {
     int shutting_down;
     char consumer[160];
     char key_work[96], key_updates[96], key_seq[96], key_origin[96];
+    char key_items[96], key_finals[96], key_finals_bytes[96], key_item_prefix[96];
     uint64_t floor_start;       /* updates_last_seq() when we started */
     char floor[24];             /* the seq counter starts no lower than this: floor_arg() */
     struct conn cmd, work, upd;
@@ -291,22 +376,39 @@ inflight_done(void)
 
 /* ---- publishing ---------------------------------------------------------- */
 
+/* The key of ITEM_ID's hash, in BUF (ITEM_KEY_SIZE bytes). */
+#define ITEM_KEY_SIZE (96 + DS_ITEM_ID_MAX + 1)
+static const char *
+item_key(char *buf, const char *item_id)
+{
+    snprintf(buf, ITEM_KEY_SIZE, "%s%s", cl.key_item_prefix, item_id);
+    return buf;
+}
+
 /*
  * The start of every script that publishes an update (LUA_NEXT_SEQ,
- * LUA_ADD_UPDATE): the keys, ARGV[1] floor, ARGV[2] maxlen, ARGV[3..7] the
- * update encoded without its seq, id, kind, batch, state.
+ * LUA_ADD_UPDATE): the keys (work, updates, seq, origin, the item's hash
+ * in KEY_BUF, items, and for the update script finals and finals_bytes),
+ * ARGV[1] floor, ARGV[2] maxlen, ARGV[3..7] the update encoded without
+ * its seq, id, kind, batch, state.
  */
 static void
 publish_args(struct redis_args *a, enum script script, const struct item *item,
-             enum wire_state state, const uint8_t *encoded, size_t encoded_len)
+             enum wire_state state, const uint8_t *encoded, size_t encoded_len, char *key_buf)
 {
     redis_args_init(a, "EVALSHA");
     redis_args_str(a, cl.sha[script]);
-    redis_args_str(a, "4");
+    redis_args_str(a, script == SCRIPT_ACCEPT ? "6" : "8");
     redis_args_str(a, cl.key_work);
     redis_args_str(a, cl.key_updates);
     redis_args_str(a, cl.key_seq);
     redis_args_str(a, cl.key_origin);
+    redis_args_str(a, item_key(key_buf, item->id));
+    redis_args_str(a, cl.key_items);
+    if (script != SCRIPT_ACCEPT) {
+        redis_args_str(a, cl.key_finals);
+        redis_args_str(a, cl.key_finals_bytes);
+    }
     redis_args_str(a, floor_arg());
     redis_args_u64(a, gp.config->updates.history);
     redis_args_mem(a, encoded, encoded_len);
@@ -314,6 +416,18 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
     redis_args_str(a, item->kind);
     redis_args_str(a, item->batch);
     redis_args_u64(a, (uint64_t)state);
+}
+
+/* The retention's arguments (LUA_TRIM): now, age, count, bytes, prefix. */
+static void
+retention_args(struct redis_args *a)
+{
+    /* TODO(i16-items): gp.config->items.retention once it is merged. */
+    redis_args_u64(a, clock_wall_ns() / 1000000);
+    redis_args_u64(a, 24ull * 3600 * 1000);
+    redis_args_u64(a, 1000000);
+    redis_args_u64(a, 256ull << 20);
+    redis_args_str(a, cl.key_item_prefix);
 }
 
 /*
@@ -325,12 +439,15 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
             const uint8_t *encoded, size_t encoded_len, redisCallbackFn *fn, void *arg)
 {
     struct redis_args a;
-    publish_args(&a, SCRIPT_UPDATE, item, state, encoded, encoded_len);
+    char key[ITEM_KEY_SIZE];
+    publish_args(&a, SCRIPT_UPDATE, item, state, encoded, encoded_len, key);
     redis_args_mem(&a, &mode, 1);
     redis_args_str(&a, CLUSTER_GROUP);
     redis_args_str(&a, cl.consumer);
     redis_args_stream_id(&a, 0, item->key);
     redis_args_u64(&a, check_attempt);
+    if (mode == 'f')
+        retention_args(&a);
     if (command(&cl.cmd, fn, arg, &a) == -1)
         return -1;
     cl.inflight++;
@@ -504,6 +621,8 @@ on_accepted(redisAsyncContext *ac, void *reply, void *arg)
     }
     if (r == NULL) {
         store_accepted(op->a, STORE_UNCERTAIN, "cluster: the connection to redis was lost");
+    } else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
+        store_accepted(op->a, STORE_DUPLICATE, NULL);
     } else if (r->type == REDIS_REPLY_INTEGER) {
         if ((uint64_t)r->integer > cl.max_published_seq)
             cl.max_published_seq = (uint64_t)r->integer;
@@ -534,7 +653,8 @@ cluster_accept(struct acceptance a)
     struct outcome queued = { .state = STATE_QUEUED };
     uint8_t *encoded = updates_encode(item, &queued, &len);
     struct redis_args args;
-    publish_args(&args, SCRIPT_ACCEPT, item, STATE_QUEUED, encoded, len);
+    char key[ITEM_KEY_SIZE];
+    publish_args(&args, SCRIPT_ACCEPT, item, STATE_QUEUED, encoded, len, key);
     redis_args_u64(&args, item->max_attempts);
     redis_args_u64(&args, item->timeout_ms);
     redis_args_str(&args, item->weight == ITEM_WEIGHT_QUICK ? "1" : "0");
@@ -826,6 +946,14 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
 }
 
 static void
+on_trimmed(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && !cl.shutting_down)
+        log_error("cluster: forgetting the finals past items.retention failed: %s", r->str);
+}
+
+static void
 on_claim_timer(evutil_socket_t fd, short what, void *arg)
 {
     if (cl.claiming || gp.draining || gp.stopping)
@@ -841,6 +969,18 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_u64(&a, CLAIM_COUNT);
     if (command(&cl.cmd, on_claimed, NULL, &a) == 0)
         cl.claiming = 1;
+    /* Finals that aged out while none ended (the trim of every final does
+     * the rest). */
+    redis_args_init(&a, "EVALSHA");
+    redis_args_str(&a, cl.sha[SCRIPT_TRIM]);
+    redis_args_str(&a, "8");
+    for (int i = 0; i < 5; i++)
+        redis_args_str(&a, cl.key_work);    /* only KEYS[6..8] are used */
+    redis_args_str(&a, cl.key_items);
+    redis_args_str(&a, cl.key_finals);
+    redis_args_str(&a, cl.key_finals_bytes);
+    retention_args(&a);
+    command(&cl.cmd, on_trimmed, NULL, &a);
 }
 
 /* ---- capacity ------------------------------------------------------------ */
@@ -914,7 +1054,7 @@ deliver_entry(const redisReply *entry)
     const redisReply *u = field(fields, "u"), *i = field(fields, "i"), *k = field(fields, "k");
     const redisReply *b = field(fields, "b"), *s = field(fields, "s");
     uint32_t state = 0;
-    if (s != NULL && s->len == 1 && s->str[0] >= '1' && s->str[0] <= '6')
+    if (s != NULL && s->len == 1 && s->str[0] >= '1' && s->str[0] <= '0' + STATE_MAX)
         state = (uint32_t)(s->str[0] - '0');
     /* Written by an instance that did not check: it would end every stream.
      * 11 bytes: the seq that updates_deliver() puts in front. */
@@ -1276,6 +1416,11 @@ cluster_start(void)
     snprintf(cl.key_updates, sizeof cl.key_updates, "{%s}:updates", c->cluster.name);
     snprintf(cl.key_seq, sizeof cl.key_seq, "{%s}:seq", c->cluster.name);
     snprintf(cl.key_origin, sizeof cl.key_origin, "{%s}:origin", c->cluster.name);
+    snprintf(cl.key_items, sizeof cl.key_items, "{%s}:items", c->cluster.name);
+    snprintf(cl.key_finals, sizeof cl.key_finals, "{%s}:finals", c->cluster.name);
+    snprintf(cl.key_finals_bytes, sizeof cl.key_finals_bytes, "{%s}:finals_bytes",
+             c->cluster.name);
+    snprintf(cl.key_item_prefix, sizeof cl.key_item_prefix, "{%s}:item:", c->cluster.name);
     cl.floor_start = updates_last_seq();
     cl.backoff_ms = BACKOFF_MIN_MS;
     cl.pull_unit = ITEM_WEIGHT_FULL;

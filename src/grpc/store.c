@@ -148,7 +148,7 @@ store_accepted(struct acceptance a, enum store_verdict verdict, const char *why)
     st.pending--;
     if (verdict != STORE_ACCEPTED) {
         item_free(item);
-        if (verdict == STORE_REJECTED)
+        if (verdict == STORE_REJECTED || verdict == STORE_DUPLICATE)
             store_room_available();
         return;
     }

@@ -46,6 +46,7 @@ enum store_verdict {
     STORE_REJECTED,             /* WHY: this item is not accepted (a write failed) */
     STORE_UNAVAILABLE,          /* WHY: the backend cannot be reached: end the call */
     STORE_UNCERTAIN,            /* the same, and whether it took the item is unknown */
+    STORE_DUPLICATE,            /* its id is known (live, or final and retained): not queued */
 };
 
 /* The caller's callback: INDEX (its own) and the ITEM (read-only; the

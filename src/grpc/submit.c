@@ -68,6 +68,7 @@ struct submit_call {
     char scope[SCOPE_IDENTITY_MAX + 2];     /* grpc.tls.scope_ids: "IDENTITY/" or "" */
     size_t scope_len;
     uint64_t accepted;
+    uint64_t duplicates;        /* items whose id the store knew: not queued again */
     uint64_t rejected;
     wire_rejection *rejections;
     wire_rejection **rejection_ptrs;
@@ -167,6 +168,7 @@ reply(struct submit_call *c, grpc_status_code status, const char *details)
     wire_submit_reply msg;
     wire_submit_reply_init(&msg);
     msg.accepted = c->accepted;
+    msg.duplicates = c->duplicates;
     msg.rejected = c->rejected;
     msg.n_rejections = c->rejection_count;
     msg.rejections = c->rejection_ptrs;
@@ -241,6 +243,9 @@ on_verdict(void *arg, uint32_t index, const struct item *item, enum store_verdic
     case STORE_ACCEPTED:
         c->accepted++;
         metrics_kind(item->kind)->accepted++;
+        break;
+    case STORE_DUPLICATE:
+        c->duplicates++;
         break;
     case STORE_REJECTED:
         metrics_kind(item->kind)->rejected++;

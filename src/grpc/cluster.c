@@ -35,6 +35,7 @@
 #include "core/utf8.h"
 #include "core/process.h"
 #include "grpc/cluster.h"
+#include "grpc/cluster_items.h"
 #include "grpc/grpc_process.h"
 #include "grpc/health.h"
 #include "grpc/submit.h"
@@ -1086,6 +1087,8 @@ deliver_entry(const redisReply *entry)
     cl.last_seq = seq;
     updates_deliver(seq, (enum wire_state)state, (const uint8_t *)u->str, u->len, i->str, i->len,
                     k->str, k->len, b->str, b->len);
+    if (state == STATE_SUCCEEDED || state == STATE_FAILED || state == STATE_CANCELLED)
+        cluster_items_final(i->str, i->len);
 }
 
 static void
@@ -1477,6 +1480,38 @@ cluster_shutdown(void)
 
 /* ---- what the rest of the process asks ------------------------------------ */
 
+int
+cluster_send(struct redis_args *a, redisCallbackFn *fn, void *arg)
+{
+    if (!cl.caught_up)
+        return -1;
+    return command(&cl.cmd, fn, arg, a);
+}
+
+const char *
+cluster_why(void)
+{
+    return cl.why;
+}
+
+const char *
+cluster_key_items(void)
+{
+    return cl.key_items;
+}
+
+const char *
+cluster_key_work(void)
+{
+    return cl.key_work;
+}
+
+const char *
+cluster_item_prefix(void)
+{
+    return cl.key_item_prefix;
+}
+
 /* Connected, and the update stream read to its end once: calls are served.
  * If not, *why says so. */
 static int
@@ -1587,4 +1622,6 @@ const struct store_backend store_redis = {
     .shutdown = cluster_shutdown,
     .status_json = cluster_status_json,
     .metrics = cluster_metrics,
+    .get_items = cluster_get_items,
+    .items_abort = cluster_items_abort,
 };

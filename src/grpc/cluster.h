@@ -38,4 +38,22 @@
 /* The backend (cluster:). */
 extern const struct store_backend store_redis;
 
+/* ---- for cluster_items.c: the session's command connection ------------------ */
+
+struct redis_args;
+struct redisAsyncContext;
+
+/* Send A on the command connection (in order with the item scripts); FN
+ * hears the reply (NULL if the session went first). -1: not sent (the
+ * session is down: cluster_why() says why), FN will not run. */
+int cluster_send(struct redis_args *a, void (*fn)(struct redisAsyncContext *, void *, void *),
+                 void *arg);
+/* Why the cluster cannot serve now. */
+const char *cluster_why(void);
+/* {NAME}:items, {NAME}:finals, {NAME}:finals_bytes, {NAME}:work and the
+ * prefix of the item hashes, {NAME}:item: */
+const char *cluster_key_items(void);
+const char *cluster_key_work(void);
+const char *cluster_item_prefix(void);
+
 #endif

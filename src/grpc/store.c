@@ -411,6 +411,26 @@ store_metrics(struct evbuffer *b)
         st.b->metrics(b);
 }
 
+/* ---- known items a backend keeps --------------------------------------------------- */
+
+int
+store_items_remote(void)
+{
+    return st.b->get_items != NULL;
+}
+
+struct store_items_ask *
+store_get_items(const struct store_items_query *q, store_items_fn *done, void *arg)
+{
+    return st.b->get_items(q, done, arg);
+}
+
+void
+store_items_abort(struct store_items_ask *ask)
+{
+    st.b->items_abort(ask);
+}
+
 /* ---- start, reload, exit ---------------------------------------------------------- */
 
 void

@@ -62,6 +62,32 @@ struct acceptance {
     uint32_t index;
 };
 
+/* ---- known items a backend keeps itself (Redis) ---------------------------- */
+
+/* A getItems question: REQUEST as the client sent it, IDS its item_ids as
+ * known here (a scope's prefix added: request->n_item_ids of them), and
+ * SCOPE ("" none): a listing shows only the ids that start with it. All
+ * borrowed until the answer comes or the question is given up. */
+struct store_items_query {
+    const wire_items_request *request;
+    char *const *ids;
+    const char *scope;
+};
+
+enum store_items_status {
+    STORE_ITEMS_OK,
+    STORE_ITEMS_INVALID,        /* WHY: the request cannot be answered (a bad page token) */
+    STORE_ITEMS_UNAVAILABLE,    /* WHY: the backend cannot be reached */
+};
+
+/* The answer: REPLY (with STORE_ITEMS_OK; else NULL) is valid during the
+ * call only. */
+typedef void store_items_fn(void *arg, enum store_items_status status, const char *why,
+                            const wire_items_reply *reply);
+
+/* A question in flight, owned by the backend. */
+struct store_items_ask;
+
 /*
  * A backend. Every function may complete at once (calling the store_*
  * answer from inside) or later from the loop.
@@ -107,6 +133,12 @@ struct store_backend {
     void (*pull)(void);
     void (*configure)(const struct ds_config *old);
     void (*shutdown)(void);
+    /* Known items kept by the backend (NULL: items.c keeps them here).
+     * DONE runs later, from the loop, once, unless the question is given
+     * up with items_abort() first. */
+    struct store_items_ask *(*get_items)(const struct store_items_query *q,
+                                         store_items_fn *done, void *arg);
+    void (*items_abort)(struct store_items_ask *ask);
     void (*status_json)(struct evbuffer *b);
     void (*metrics)(struct evbuffer *b);
 };
@@ -142,6 +174,15 @@ int store_shared_log(void);
 void store_abandon(const char *why);
 void store_status_json(struct evbuffer *b);
 void store_metrics(struct evbuffer *b);
+
+/* Are the known items the backend's (cluster mode)? Then getItems asks
+ * store_get_items(), not items.c. */
+int store_items_remote(void);
+/* The backend's answer to Q comes to DONE(ARG, ...) later, from the loop,
+ * unless store_items_abort() gives the returned question up first. */
+struct store_items_ask *store_get_items(const struct store_items_query *q, store_items_fn *done,
+                                        void *arg);
+void store_items_abort(struct store_items_ask *ask);
 
 /* ---- the handover of an upgrade (handover.c) ----------------------------- */
 

@@ -1,0 +1,558 @@
+/*
+ * getItems in cluster mode: the items every instance writes into Redis
+ * (cluster.c's scripts keep a hash per item and the listing order; see
+ * the comment above its accept script), read here.
+ *
+ *   by ids     one HMGET per id, pipelined on the command connection (one
+ *              round trip). With wait, the question stays open until the
+ *              update stream (which this instance reads anyway) has
+ *              delivered a final update of every requested item that was
+ *              not final: then one more lookup answers. Finals delivered
+ *              while a lookup is in flight count too, so none is missed.
+ *   by filter  one script walks {NAME}:items from the newest (or below the
+ *              page token's seq) and applies the filters in Redis, at most
+ *              LIST_SCAN items a call: a page may come back short (even
+ *              empty) with a token to go on, when few items match.
+ */
+#include "grpc/cluster_items.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "grpc/cluster.h"
+#include "grpc/grpc_process.h"
+#include "grpc/redis_args.h"
+
+#define LIMIT_DEFAULT   100
+#define LIST_SCAN       2000    /* items of {NAME}:items one listing call looks at, at most */
+#define FILTERS_MAX     400     /* kinds + states + batches of one listing */
+#define ITEM_KEY_SIZE   (96 + DS_ITEM_ID_MAX + 1)
+
+/* The fields of an item's hash a lookup reads, in this order. */
+#define ITEM_FIELDS     8
+static const char *const item_fields[ITEM_FIELDS] = { "k", "b", "s", "m", "q", "uq", "us", "u" };
+
+/*
+ * list: KEYS[1] {NAME}:items; ARGV prefix, before (0: from the newest),
+ * limit, scan, scope, the counts of kinds, states and batches, then them.
+ * Returns {next, {id, fields...}...}: next is the seq to continue below
+ * ("0": no more). Listed ids whose hash has expired are dropped here.
+ */
+static const char script_list[] =
+    "local prefix, limit, scan, scope = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]\n"
+    "local nk, ns, nb = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])\n"
+    "local kinds, states, batches, at = {}, {}, {}, 9\n"
+    "for _ = 1, nk do kinds[ARGV[at]] = true; at = at + 1 end\n"
+    "for _ = 1, ns do states[ARGV[at]] = true; at = at + 1 end\n"
+    "for _ = 1, nb do batches[ARGV[at]] = true; at = at + 1 end\n"
+    "local max = '+inf'\n"
+    "if ARGV[2] ~= '0' then max = '(' .. ARGV[2] end\n"
+    "local r = redis.call('ZREVRANGEBYSCORE', KEYS[1], max, '-inf', 'WITHSCORES', 'LIMIT', 0, "
+    "scan)\n"
+    "local out, n = {'0'}, 0\n"
+    "for j = 1, #r, 2 do\n"
+    "  local id = r[j]\n"
+    "  local f = redis.call('HMGET', prefix .. id, 'k', 'b', 's', 'm', 'q', 'uq', 'us', 'u')\n"
+    "  if not f[1] then\n"
+    "    redis.call('ZREM', KEYS[1], id)\n"
+    "  elseif (scope == '' or string.sub(id, 1, #scope) == scope) and (nk == 0 or kinds[f[1]])"
+    " and (ns == 0 or states[f[3]]) and (nb == 0 or batches[f[2]]) then\n"
+    "    n = n + 1\n"
+    "    out[n + 1] = {id, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]}\n"
+    "    if n == limit then\n"
+    "      if j + 1 < #r or #r == 2 * scan then\n"
+    "        out[1] = string.format('%.0f', tonumber(r[j + 1]))\n"
+    "      end\n"
+    "      return out\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if #r == 2 * scan then out[1] = string.format('%.0f', tonumber(r[#r])) end\n"
+    "return out\n";
+
+/* One id's lookup: its reply fills its ask's items[index]. */
+struct slot {
+    struct store_items_ask *ask;
+    size_t index;
+};
+
+/*
+ * A getItems question, owned here from cluster_get_items() until it is
+ * answered or given up, and until no reply is owed for it (the callbacks
+ * hold pointers to it): then ask_free().
+ */
+struct store_items_ask {
+    struct store_items_ask *prev, *next;    /* open questions (finals are checked) */
+    struct store_items_query q;             /* its pointers borrowed from the caller */
+    store_items_fn *done;
+    void *arg;
+    int answered;               /* or given up: DONE runs no more */
+    int waiting;                /* for finals (wait) */
+    int scheduled;              /* an answer is due from the loop */
+    uint32_t owed;              /* replies not yet in */
+    int failed;
+    char why[300];
+    size_t n;                   /* by ids: q.request->n_item_ids; listing: the page */
+    wire_known_item *items;     /* n of them, their strings owned */
+    uint8_t *found;             /* by ids: which ids are known */
+    uint8_t *final_seen;        /* by ids: a final update was delivered since the lookup */
+    struct slot *slots;
+    char next_token[32];
+};
+
+static struct store_items_ask *open_asks;
+
+/* ---- an item from its hash ------------------------------------------------ */
+
+static char *
+reply_strdup(const redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_STRING)
+        return ds_strdup("");
+    return ds_strndup(r->str, r->len);
+}
+
+static uint64_t
+reply_u64(const redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_STRING || r->len == 0 || r->len > 20)
+        return 0;
+    char buf[24];
+    memcpy(buf, r->str, r->len);
+    buf[r->len] = '\0';
+    return strtoull(buf, NULL, 10);
+}
+
+static wire_update *
+reply_update(const redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_STRING)
+        return NULL;
+    return wire_update_unpack(NULL, r->len, (const uint8_t *)r->str);
+}
+
+static int
+is_final(int state)
+{
+    return state == STATE_SUCCEEDED || state == STATE_FAILED || state == STATE_CANCELLED;
+}
+
+/* M from item ID's hash fields F (ITEM_FIELDS of them, item_fields'
+ * order). 0: the hash does not exist (never known, or forgotten). */
+static int
+fill_item(wire_known_item *m, const char *id, size_t id_len, const redisReply *const *f,
+          int with_results)
+{
+    wire_known_item_init(m);
+    if (f[0] == NULL || f[0]->type != REDIS_REPLY_STRING)
+        return 0;
+    m->id = ds_strndup(id, id_len);
+    m->kind = reply_strdup(f[0]);
+    m->batch = reply_strdup(f[1]);
+    m->state = (Com__Agrounds__Dosomething__V1__State)reply_u64(f[2]);
+    m->max_attempts = (uint32_t)reply_u64(f[3]);
+    m->last_seq = reply_u64(f[4]);
+    wire_update *queued = reply_update(f[5]), *started = reply_update(f[6]);
+    wire_update *latest = reply_update(f[7]);
+    const wire_update *u = latest != NULL ? latest : queued;
+    if (queued != NULL)
+        m->accepted_unix_nano = queued->time_unix_nano;
+    if (started != NULL)
+        m->started_unix_nano = started->time_unix_nano;
+    if (u != NULL) {
+        m->attempt = u->attempt;
+        m->progress = u->progress;
+        m->worker_pid = u->worker_pid;
+        m->cpu_usec = u->cpu_usec;
+        m->max_rss_kib = u->max_rss_kib;
+        if (u->error != NULL && u->error[0] != '\0')
+            m->error = ds_strdup(u->error);
+        if (is_final(m->state))
+            m->finished_unix_nano = u->time_unix_nano;
+        if (with_results && (int)m->state == STATE_SUCCEEDED && u->result.len > 0) {
+            m->result.data = ds_malloc(u->result.len);
+            memcpy(m->result.data, u->result.data, u->result.len);
+            m->result.len = u->result.len;
+        }
+    }
+    if (m->attempt == 0)
+        m->attempt = 1;
+    for (int i = 0; i < 3; i++) {
+        wire_update *w = i == 0 ? queued : i == 1 ? started : latest;
+        if (w != NULL)
+            wire_update_free(w, NULL);
+    }
+    return 1;
+}
+
+static void
+free_string(char *s)
+{
+    if (s != protobuf_c_empty_string)
+        free(s);
+}
+
+static void
+free_item(wire_known_item *m)
+{
+    free_string(m->id);
+    free_string(m->kind);
+    free_string(m->batch);
+    free_string(m->error);
+    free(m->result.data);
+    wire_known_item_init(m);
+}
+
+/* ---- questions -------------------------------------------------------------- */
+
+static void
+unlink_ask(struct store_items_ask *ask)
+{
+    if (ask->prev != NULL)
+        ask->prev->next = ask->next;
+    else if (open_asks == ask)
+        open_asks = ask->next;
+    if (ask->next != NULL)
+        ask->next->prev = ask->prev;
+    ask->prev = ask->next = NULL;
+}
+
+static void
+free_items(struct store_items_ask *ask)
+{
+    for (size_t i = 0; ask->items != NULL && i < ask->n; i++)
+        free_item(&ask->items[i]);
+}
+
+static void
+ask_free(struct store_items_ask *ask)
+{
+    unlink_ask(ask);
+    free_items(ask);
+    free(ask->items);
+    free(ask->found);
+    free(ask->final_seen);
+    free(ask->slots);
+    free(ask);
+}
+
+/* Free ASK if it is done with: answered (or given up) and owed nothing. */
+static void
+ask_release(struct store_items_ask *ask)
+{
+    if (ask->answered && ask->owed == 0 && !ask->scheduled)
+        ask_free(ask);
+}
+
+static void
+answer(struct store_items_ask *ask, enum store_items_status status, const char *why,
+       const wire_items_reply *reply)
+{
+    if (ask->answered)
+        return;
+    ask->answered = 1;
+    unlink_ask(ask);
+    ask->done(ask->arg, status, why, reply);
+}
+
+/* By ids: the reply from what the lookup found. */
+static void
+answer_ids(struct store_items_ask *ask)
+{
+    const wire_items_request *r = ask->q.request;
+    wire_known_item **items = ds_calloc(ask->n + 1, sizeof *items);
+    char **not_found = ds_calloc(ask->n + 1, sizeof *not_found);
+    wire_items_reply msg;
+    wire_items_reply_init(&msg);
+    for (size_t i = 0; i < ask->n; i++) {
+        if (ask->found[i])
+            items[msg.n_items++] = &ask->items[i];
+        else
+            not_found[msg.n_not_found++] = r->item_ids[i];     /* as the client sent it */
+    }
+    msg.items = items;
+    msg.not_found = not_found;
+    answer(ask, STORE_ITEMS_OK, NULL, &msg);
+    free(items);
+    free(not_found);
+}
+
+/* Is every requested item that is known final (or seen final since)? */
+static int
+all_final(const struct store_items_ask *ask)
+{
+    for (size_t i = 0; i < ask->n; i++)
+        if (ask->found[i] && !is_final(ask->items[i].state) && !ask->final_seen[i])
+            return 0;
+    return 1;
+}
+
+static void lookup(struct store_items_ask *ask);
+
+/* Every reply of a lookup is in (or it could not be sent). */
+static void
+lookup_done(struct store_items_ask *ask)
+{
+    if (ask->answered) {
+        ask_release(ask);
+        return;
+    }
+    if (ask->failed) {
+        answer(ask, ask->failed == 2 ? STORE_ITEMS_INVALID : STORE_ITEMS_UNAVAILABLE, ask->why,
+               NULL);
+        ask_release(ask);
+        return;
+    }
+    if (ask->q.request->wait && !all_final(ask)) {
+        ask->waiting = 1;       /* cluster_items_final() goes on */
+        return;
+    }
+    answer_ids(ask);
+    ask_release(ask);
+}
+
+static void
+on_later(evutil_socket_t fd, short what, void *arg)
+{
+    struct store_items_ask *ask = arg;
+    ask->scheduled = 0;
+    lookup_done(ask);
+}
+
+/* Answer ASK from the loop (it failed before anything was sent). */
+static void
+later(struct store_items_ask *ask)
+{
+    struct timeval now = { 0, 0 };
+    ask->scheduled = 1;
+    event_base_once(gp.base, -1, EV_TIMEOUT, on_later, ask, &now);
+}
+
+static void
+fail(struct store_items_ask *ask, const char *fmt, const char *detail)
+{
+    if (!ask->failed)
+        snprintf(ask->why, sizeof ask->why, fmt, detail);
+    ask->failed = 1;
+}
+
+static void
+on_item(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct slot *slot = arg;
+    struct store_items_ask *ask = slot->ask;
+    const redisReply *r = reply;
+    ask->owed--;
+    if (r == NULL)
+        fail(ask, "cluster: the connection to redis was lost%s", "");
+    else if (r->type != REDIS_REPLY_ARRAY || r->elements != ITEM_FIELDS)
+        fail(ask, "cluster: looking items up failed: %.200s",
+             r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    else if (!ask->answered) {
+        const char *id = ask->q.ids[slot->index];
+        wire_known_item *m = &ask->items[slot->index];
+        free_item(m);
+        ask->found[slot->index] = (uint8_t)fill_item(m, id, strlen(id),
+                                                     (const redisReply *const *)r->element,
+                                                     ask->q.request->with_results);
+    }
+    if (ask->owed == 0)
+        lookup_done(ask);
+}
+
+/* By ids: one HMGET per id, pipelined. */
+static void
+lookup(struct store_items_ask *ask)
+{
+    ask->failed = 0;
+    ask->waiting = 0;
+    memset(ask->final_seen, 0, ask->n);
+    for (size_t i = 0; i < ask->n; i++) {
+        struct redis_args a;
+        char key[ITEM_KEY_SIZE];
+        snprintf(key, sizeof key, "%s%s", cluster_item_prefix(), ask->q.ids[i]);
+        redis_args_init(&a, "HMGET");
+        redis_args_str(&a, key);
+        for (int f = 0; f < ITEM_FIELDS; f++)
+            redis_args_str(&a, item_fields[f]);
+        if (cluster_send(&a, on_item, &ask->slots[i]) == -1) {
+            fail(ask, "%s", cluster_why());
+            break;
+        }
+        ask->owed++;
+    }
+    if (ask->owed == 0)
+        later(ask);
+}
+
+/* ---- listing ------------------------------------------------------------------ */
+
+static void
+on_list(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct store_items_ask *ask = arg;
+    const redisReply *r = reply;
+    ask->owed--;
+    if (ask->answered) {
+        ask_release(ask);
+        return;
+    }
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING) {
+        answer(ask, STORE_ITEMS_UNAVAILABLE, r == NULL ? "cluster: the connection to redis "
+               "was lost" : r->type == REDIS_REPLY_ERROR ? r->str : "cluster: listing items: "
+               "unexpected reply", NULL);
+        ask_release(ask);
+        return;
+    }
+    ask->n = 0;
+    ask->items = ds_calloc(r->elements, sizeof *ask->items);
+    wire_known_item **items = ds_calloc(r->elements, sizeof *items);
+    for (size_t i = 1; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 1 + ITEM_FIELDS ||
+            e->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        wire_known_item *m = &ask->items[ask->n];
+        if (fill_item(m, e->element[0]->str, e->element[0]->len,
+                      (const redisReply *const *)e->element + 1, ask->q.request->with_results)) {
+            items[ask->n] = m;
+            ask->n++;
+        }
+    }
+    const redisReply *next = r->element[0];
+    wire_items_reply msg;
+    wire_items_reply_init(&msg);
+    msg.items = items;
+    msg.n_items = ask->n;
+    if (!(next->len == 1 && next->str[0] == '0') && next->len < 21) {
+        snprintf(ask->next_token, sizeof ask->next_token, "c%.*s", (int)next->len, next->str);
+        msg.next_page_token = ask->next_token;
+    }
+    answer(ask, STORE_ITEMS_OK, NULL, &msg);
+    free(items);
+    ask_release(ask);
+}
+
+/* "c" and the accept seq the next page starts below, as on_list made it. */
+static int
+parse_token(const char *token, char *digits, size_t size)
+{
+    size_t n = strlen(token);
+    if (n < 2 || n > 21 || token[0] != 'c' || n > size)
+        return -1;
+    for (size_t i = 1; i < n; i++)
+        if (token[i] < '0' || token[i] > '9')
+            return -1;
+    memcpy(digits, token + 1, n);
+    return 0;
+}
+
+static void
+list(struct store_items_ask *ask)
+{
+    const wire_items_request *q = ask->q.request;
+    char before[24] = "0";
+    if (q->page_token[0] != '\0' && parse_token(q->page_token, before, sizeof before) == -1) {
+        fail(ask, "page_token \"%.40s\" is not one this cluster gave", q->page_token);
+        ask->failed = 2;
+        later(ask);
+        return;
+    }
+    struct redis_args a;
+    redis_args_init(&a, "EVAL");
+    redis_args_str(&a, script_list);
+    redis_args_str(&a, "1");
+    redis_args_str(&a, cluster_key_items());
+    redis_args_str(&a, cluster_item_prefix());
+    redis_args_str(&a, before);
+    redis_args_u64(&a, q->limit ? q->limit : LIMIT_DEFAULT);
+    redis_args_u64(&a, LIST_SCAN);
+    redis_args_str(&a, ask->q.scope);
+    redis_args_u64(&a, q->n_kinds);
+    redis_args_u64(&a, q->n_states);
+    redis_args_u64(&a, q->n_batches);
+    for (size_t i = 0; i < q->n_kinds; i++)
+        redis_args_str(&a, q->kinds[i]);
+    for (size_t i = 0; i < q->n_states; i++)
+        redis_args_u64(&a, (uint64_t)q->states[i]);
+    for (size_t i = 0; i < q->n_batches; i++)
+        redis_args_str(&a, q->batches[i]);
+    if (cluster_send(&a, on_list, ask) == -1) {
+        fail(ask, "%s", cluster_why());
+        later(ask);
+        return;
+    }
+    ask->owed++;
+}
+
+/* ---- the backend's calls -------------------------------------------------------- */
+
+struct store_items_ask *
+cluster_get_items(const struct store_items_query *q, store_items_fn *done, void *arg)
+{
+    struct store_items_ask *ask = ds_calloc(1, sizeof *ask);
+    ask->q = *q;
+    ask->done = done;
+    ask->arg = arg;
+    const wire_items_request *r = q->request;
+    if (r->n_item_ids == 0 && r->n_kinds + r->n_states + r->n_batches > FILTERS_MAX) {
+        snprintf(ask->why, sizeof ask->why, "%zu kinds, states and batches: more than %d in "
+                 "one listing", r->n_kinds + r->n_states + r->n_batches, FILTERS_MAX);
+        ask->failed = 2;
+        later(ask);
+        return ask;
+    }
+    if (r->n_item_ids == 0) {
+        list(ask);
+        return ask;
+    }
+    ask->n = r->n_item_ids;
+    ask->items = ds_calloc(ask->n, sizeof *ask->items);
+    ask->found = ds_calloc(ask->n, 1);
+    ask->final_seen = ds_calloc(ask->n, 1);
+    ask->slots = ds_calloc(ask->n, sizeof *ask->slots);
+    for (size_t i = 0; i < ask->n; i++) {
+        wire_known_item_init(&ask->items[i]);
+        ask->slots[i] = (struct slot){ .ask = ask, .index = i };
+    }
+    ask->next = open_asks;
+    if (open_asks != NULL)
+        open_asks->prev = ask;
+    open_asks = ask;
+    lookup(ask);
+    return ask;
+}
+
+void
+cluster_items_abort(struct store_items_ask *ask)
+{
+    ask->answered = 1;
+    unlink_ask(ask);
+    ask_release(ask);
+}
+
+void
+cluster_items_final(const char *id, size_t id_len)
+{
+    for (struct store_items_ask *ask = open_asks, *next; ask != NULL; ask = next) {
+        next = ask->next;
+        int hit = 0;
+        for (size_t i = 0; i < ask->n; i++)
+            if (strncmp(ask->q.ids[i], id, id_len) == 0 && ask->q.ids[i][id_len] == '\0') {
+                ask->final_seen[i] = 1;
+                hit = 1;
+            }
+        if (hit && ask->waiting && all_final(ask))
+            lookup(ask);    /* what they became (a retry may have queued one again) */
+    }
+}

@@ -423,11 +423,11 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
 static void
 retention_args(struct redis_args *a)
 {
-    /* TODO(i16-items): gp.config->items.retention once it is merged. */
+    const struct ds_config *c = gp.config;
     redis_args_u64(a, clock_wall_ns() / 1000000);
-    redis_args_u64(a, 24ull * 3600 * 1000);
-    redis_args_u64(a, 1000000);
-    redis_args_u64(a, 256ull << 20);
+    redis_args_u64(a, c->items.retention_age_ms);
+    redis_args_u64(a, c->items.retention_count);
+    redis_args_u64(a, c->items.retention_bytes);
     redis_args_str(a, cl.key_item_prefix);
 }
 

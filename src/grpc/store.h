@@ -175,6 +175,25 @@ void store_abandon(const char *why);
 void store_status_json(struct evbuffer *b);
 void store_metrics(struct evbuffer *b);
 
+/* ---- known items (items.c keeps them; this is the way to them) ---------- */
+
+/* Is an item with this id known (accepted or being written, live, or final
+ * and retained)? Not in cluster mode: there store_accept() says
+ * STORE_DUPLICATE. */
+int store_known(const char *id);
+/* A resent known id was not queued again (metrics). */
+void store_count_duplicate(void);
+/* What store_retry() did. */
+enum store_retry_result {
+    STORE_RETRY_REQUEUED,
+    STORE_RETRY_NOT_RETRYABLE,  /* not FAILED or CANCELLED */
+    STORE_RETRY_NOT_FOUND,
+};
+/* Run the FAILED or CANCELLED item ID again from attempt 1, with its kind's
+ * handler as configured now: a new item made from its WorkItem, published
+ * QUEUED and queued. */
+enum store_retry_result store_retry(const char *id);
+
 /* Are the known items the backend's (cluster mode)? Then getItems asks
  * store_get_items(), not items.c. */
 int store_items_remote(void);

@@ -92,9 +92,10 @@
  * q the seq of its latest update, x its work entry, uq its QUEUED update,
  * us the STARTED update of its latest attempt, u its latest update (absent
  * while it is QUEUED: uq is), and once final n (its retained bytes) and w
- * (the WorkItem, kept for a retry of a FAILED or CANCELLED item).
- * {NAME}:items orders every known item by its accept's seq (listing);
- * {NAME}:finals the final ones by the time they ended (ms), and
+ * (the WorkItem, kept for a retry of a FAILED or CANCELLED item) and t
+ * (when it ended, unix ms). {NAME}:items orders every known item by its
+ * accept's seq (listing); {NAME}:finals the final ones by their final
+ * update's seq, and
  * {NAME}:finals_bytes sums their n: the retention forgets the oldest
  * finals from both, with their hashes (cluster_trim below).
  */
@@ -117,19 +118,20 @@ static const char script_accept[] =
  * The retention: forget the oldest finals (their hash, their places in
  * KEYS[6] items and KEYS[7] finals, their bytes in KEYS[8]) while any is
  * older than the age or there are more than the count or bytes; at most
- * TRIM_MAX a call. R: now ms, age ms, count, bytes, the hash key prefix.
+ * 100 a call. R: now ms, age ms, count, bytes, the hash key prefix.
  */
 #define LUA_TRIM                                                                        \
     "local function trim(r)\n"                                                          \
     "  local cut = tonumber(r[1]) - tonumber(r[2])\n"                                   \
     "  local count, bytes = tonumber(r[3]), tonumber(r[4])\n"                           \
     "  for _ = 1, 100 do\n"                                                             \
-    "    local o = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')\n"                 \
+    "    local o = redis.call('ZRANGE', KEYS[7], 0, 0)\n"                               \
     "    if #o == 0 then redis.call('SET', KEYS[8], 0) return end\n"                    \
-    "    if tonumber(o[2]) > cut and redis.call('ZCARD', KEYS[7]) <= count and\n"       \
-    "       (tonumber(redis.call('GET', KEYS[8])) or 0) <= bytes then return end\n"     \
     "    local k = r[5] .. o[1]\n"                                                      \
-    "    local n = tonumber(redis.call('HGET', k, 'n')) or 0\n"                         \
+    "    local t = redis.call('HMGET', k, 't', 'n')\n"                                  \
+    "    if (tonumber(t[1]) or 0) > cut and redis.call('ZCARD', KEYS[7]) <= count and\n"\
+    "       (tonumber(redis.call('GET', KEYS[8])) or 0) <= bytes then return end\n"     \
+    "    local n = tonumber(t[2]) or 0\n"                                               \
     "    redis.call('DEL', k)\n"                                                        \
     "    redis.call('ZREM', KEYS[6], o[1])\n"                                           \
     "    redis.call('ZREM', KEYS[7], o[1])\n"                                           \
@@ -166,9 +168,9 @@ static const char script_update[] =
     "  local n = 2 * #ARGV[4] + redis.call('HSTRLEN', KEYS[5], 'u') + "
     "redis.call('HSTRLEN', KEYS[5], 'uq') + redis.call('HSTRLEN', KEYS[5], 'us') + "
     "redis.call('HSTRLEN', KEYS[5], 'w') + 100\n"
-    "  redis.call('HSET', KEYS[5], 'n', n)\n"
+    "  redis.call('HSET', KEYS[5], 'n', n, 't', ARGV[13])\n"
     "  redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[14]) + " TRIM_TTL_MARGIN_MS ")\n"
-    "  redis.call('ZADD', KEYS[7], ARGV[13], ARGV[4])\n"
+    "  redis.call('ZADD', KEYS[7], sq, ARGV[4])\n"
     "  redis.call('INCRBY', KEYS[8], n)\n"
     "  trim({ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17]})\n"
     "elseif ARGV[8] == 'r' then\n"

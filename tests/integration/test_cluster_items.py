@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conftest import QUEUED, SUCCEEDED, STARTED, state_name
+from conftest import QUEUED, STARTED, SUCCEEDED, state_name, wait_for
 from test_cluster import (cluster_name, redis, sleep_items, start_instance,  # noqa: F401
                           wait_work_empty)
 
@@ -86,3 +86,66 @@ def test_server_assigned_ids_are_never_duplicates(redis, start_daemon):  # noqa:
         reply = d.client().submit([{"kind": "echo", "payload": b"p"}] * 5)
         assert (reply.accepted, reply.duplicates) == (5, 0), f"{d.name}: {reply}"
     wait_work_empty(redis, name)
+
+
+def item_keys(redis, name):
+    return sorted(k.decode() for k in redis.command("KEYS", f"{{{name}}}:item:*"))
+
+
+@pytest.mark.deadline(90)
+def test_retention_by_count_bounds_the_redis_keys(redis, start_daemon):  # noqa: F811
+    """items.retention.count 5: however many items end, Redis keeps the
+    hashes of the 5 newest finals (and of live items), and a fixed set of
+    other keys; a forgotten id can be submitted again."""
+    name = cluster_name()
+    keep = {"items": {"retention": {"count": 5}}}
+    a = start_instance(start_daemon, redis, name, "a", overrides=keep)
+    b = start_instance(start_daemon, redis, name, "b", overrides=keep)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    live = {"id": f"ret-{tag}-live", "kind": "sleep", "params": {"ms": "20000"}}
+    assert a.client().submit([live]).accepted == 1
+    sub.wait_state(live["id"], STARTED, timeout=10)
+    ids = []
+    for round_ in range(4):
+        for d in (a, b):
+            items = [{"id": f"ret-{tag}-{d.name}-{round_}-{i}", "kind": "echo", "payload": b"p"}
+                     for i in range(10)]
+            assert d.client().submit(items).accepted == 10
+            ids += [it["id"] for it in items]
+    sub.wait_final(ids, timeout=30)
+    keys = item_keys(redis, name)
+    finals = redis.command("ZCARD", f"{{{name}}}:finals")
+    assert finals == 5, f"{finals} finals retained, not 5"
+    assert f"{{{name}}}:item:{live['id']}" in keys, "a live item was forgotten"
+    assert len(keys) == 6, f"{len(keys)} item hashes: {keys}"
+    assert redis.command("ZCARD", f"{{{name}}}:items") == 6
+    others = {k.decode() for k in redis.command("KEYS", "*")} - set(keys)
+    assert others <= {f"{{{name}}}:{k}" for k in ("work", "updates", "seq", "origin", "items",
+                                                  "finals", "finals_bytes")}, others
+    retained = set(k.split(":item:", 1)[1] for k in keys)
+    by_end = sorted(ids, key=lambda i: sub.final[i].seq)
+    assert retained - {live["id"]} == set(by_end[-5:]), "not the newest finals were kept"
+    # Forgotten: no longer a duplicate. Retained: still one.
+    reply = b.client().submit([{"id": by_end[0], "kind": "echo"},
+                               {"id": by_end[-1], "kind": "echo"}])
+    assert (reply.accepted, reply.duplicates) == (1, 1), reply
+
+
+@pytest.mark.deadline(60)
+def test_retention_by_age_forgets_finals_never_live_items(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    short = {"items": {"retention": {"age": "1s"}}}
+    a = start_instance(start_daemon, redis, name, "a", overrides=short)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    live = {"id": f"age-{tag}-live", "kind": "sleep", "params": {"ms": "6000"}}
+    done = [{"id": f"age-{tag}-{i}", "kind": "echo", "payload": b"p"} for i in range(5)]
+    assert a.client().submit([live] + done).accepted == 6
+    sub.wait_final([it["id"] for it in done], timeout=20)
+    # The trim runs with every final and every lease/2 (0.5 s here).
+    wait_for(lambda: item_keys(redis, name) == [f"{{{name}}}:item:{live['id']}"], 10,
+             "only the live item's hash left")
+    assert redis.command("ZCARD", f"{{{name}}}:finals") == 0
+    assert redis.command("GET", f"{{{name}}}:finals_bytes") in (b"0", None)
+    sub.wait_final([live["id"]], timeout=20)

@@ -14,7 +14,8 @@
  *
  * In a scope (grpc.tls.scope_ids) ids are the scope's: a requested id
  * without the scope's prefix gets it, and a listing shows only the scope's.
- * Cluster mode is not served yet (the cluster keeps its items in Redis).
+ * In cluster mode the backend keeps the items (Redis) and answers through
+ * store_get_items(): the same reply, whichever instance is asked.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,7 @@ struct items_call {
     char scope[SCOPE_IDENTITY_MAX + 2];
     size_t scope_len;
     size_t found;               /* for the access log */
+    struct store_items_ask *ask;    /* cluster mode: the store's question in flight */
     grpc_byte_buffer *reply_buffer;
     grpc_slice details;
     int has_details;
@@ -84,7 +86,13 @@ unwait(struct items_call *c)
 static void
 items_closed(struct call *call)
 {
-    unwait(CALL_OF(call, struct items_call, base));     /* the deadline passed, say */
+    struct items_call *c = CALL_OF(call, struct items_call, base);
+    unwait(c);      /* the deadline passed, say */
+    if (c->ask != NULL) {
+        store_items_abort(c->ask);
+        c->ask = NULL;
+        call_unref(&c->base);   /* the question's */
+    }
 }
 
 static void
@@ -171,6 +179,8 @@ add_item(const struct known_item *k, void *arg)
     }
 }
 
+static void send_packed(struct items_call *c, const wire_items_reply *msg);
+
 static void
 send_reply(struct items_call *c, struct reply_builder *r, char **not_found, size_t n_not_found,
            const char *next_token)
@@ -179,7 +189,6 @@ send_reply(struct items_call *c, struct reply_builder *r, char **not_found, size
         return;
     c->replied = 1;
     c->base.status = GRPC_STATUS_OK;
-    c->found = r->count;
     r->ptrs = ds_calloc(r->count + 1, sizeof *r->ptrs);
     for (size_t i = 0; i < r->count; i++)
         r->ptrs[i] = &r->items[i];
@@ -191,12 +200,20 @@ send_reply(struct items_call *c, struct reply_builder *r, char **not_found, size
     msg.not_found = not_found;
     if (next_token != NULL)
         msg.next_page_token = (char *)next_token;
-    grpc_slice slice = grpc_slice_malloc(wire_items_reply_size(&msg));
-    wire_items_reply_pack(&msg, GRPC_SLICE_START_PTR(slice));
-    c->reply_buffer = grpc_raw_byte_buffer_create(&slice, 1);
-    grpc_slice_unref(slice);
+    send_packed(c, &msg);
     free(r->ptrs);
     free(r->items);
+}
+
+/* MSG packed and sent (the caller has set c->replied). */
+static void
+send_packed(struct items_call *c, const wire_items_reply *msg)
+{
+    c->found = msg->n_items;
+    grpc_slice slice = grpc_slice_malloc(wire_items_reply_size(msg));
+    wire_items_reply_pack(msg, GRPC_SLICE_START_PTR(slice));
+    c->reply_buffer = grpc_raw_byte_buffer_create(&slice, 1);
+    grpc_slice_unref(slice);
 
     grpc_op ops[3];
     memset(ops, 0, sizeof ops);
@@ -316,6 +333,35 @@ add_to_page(const struct known_item *k, void *arg)
     p->last_order = k->order;
 }
 
+/* ---- known items the backend keeps (cluster mode) ---------------------------------- */
+
+static void
+on_store_answer(void *arg, enum store_items_status status, const char *why,
+                const wire_items_reply *reply)
+{
+    struct items_call *c = arg;
+    c->ask = NULL;
+    if (status == STORE_ITEMS_OK) {
+        if (!c->replied && !c->base.closed) {
+            c->replied = 1;
+            c->base.status = GRPC_STATUS_OK;
+            send_packed(c, reply);
+        }
+    } else {
+        fail(c, status == STORE_ITEMS_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
+                                              : GRPC_STATUS_UNAVAILABLE, why);
+    }
+    call_unref(&c->base);       /* the question's */
+}
+
+static void
+ask_store(struct items_call *c)
+{
+    struct store_items_query q = { .request = c->request, .ids = c->ids, .scope = c->scope };
+    call_ref(&c->base);         /* the question's: on_store_answer or items_closed drops it */
+    c->ask = store_get_items(&q, on_store_answer, c);
+}
+
 /* ---- the request ------------------------------------------------------------------- */
 
 static int
@@ -398,10 +444,6 @@ get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
         fail(c, GRPC_STATUS_INVALID_ARGUMENT, err);
         return;
     }
-    if (store_shared_log()) {
-        fail(c, GRPC_STATUS_FAILED_PRECONDITION, "getItems is not served in cluster mode yet");
-        return;
-    }
     char scope[SCOPE_IDENTITY_MAX + 2];
     int scoped = scope_of_call(call, scope, sizeof scope);
     if (scoped == -1) {
@@ -427,6 +469,10 @@ get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
             memcpy(s + at, id, n + 1);
             c->ids[c->id_count++] = s;
         }
+        if (store_items_remote()) {
+            ask_store(c);
+            return;
+        }
         if (q->wait && !all_final(c)) {
             c->waiting = 1;
             call_ref(&c->base);         /* the waiting list's */
@@ -437,6 +483,10 @@ get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
             return;
         }
         reply_by_ids(c);
+        return;
+    }
+    if (store_items_remote()) {
+        ask_store(c);
         return;
     }
     uint64_t before = 0;

@@ -8,10 +8,13 @@ instance accepted or ran it.
 - Redis keeps each known item in a hash {NAME}:item:ID and the listing
   order in {NAME}:items, written by the scripts that publish its updates.
 """
+import threading
 import uuid
 
+import grpc
 import pytest
 
+from conftest import pb
 from conftest import QUEUED, STARTED, SUCCEEDED, state_name, wait_for
 from test_cluster import (cluster_name, redis, sleep_items, start_instance,  # noqa: F401
                           wait_work_empty)
@@ -149,3 +152,105 @@ def test_retention_by_age_forgets_finals_never_live_items(redis, start_daemon): 
     assert redis.command("ZCARD", f"{{{name}}}:finals") == 0
     assert redis.command("GET", f"{{{name}}}:finals_bytes") in (b"0", None)
     sub.wait_final([live["id"]], timeout=20)
+
+
+def get(client, ids=(), timeout=10, **kw):
+    return client.stub.getItems(pb.ItemsRequest(item_ids=list(ids), **kw), timeout=timeout)
+
+
+def by_id(reply):
+    return {i.id: i for i in reply.items}
+
+
+@pytest.mark.deadline(60)
+def test_get_items_on_b_for_items_accepted_on_a(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    b = start_instance(start_daemon, redis, name, "b")
+    ca, cb = a.client(), b.client()
+    tag = uuid.uuid4().hex[:8]
+    ok, bad = f"g-{tag}-ok", f"g-{tag}-slow"
+    assert ca.submit([{"id": ok, "kind": "echo", "payload": b"hello", "batch": "B"},
+                      {"id": bad, "kind": "sleep", "params": {"ms": "1500"}}]).accepted == 2
+    # wait on B ends when both are final, told by the update stream.
+    reply = get(cb, [ok, bad, "nope"], wait=True, with_results=True, timeout=20)
+    assert list(reply.not_found) == ["nope"]
+    items = by_id(reply)
+    g = items[ok]
+    assert (g.state, g.kind, g.batch, g.attempt, g.result) == (SUCCEEDED, "echo", "B", 1, b"hello")
+    assert g.accepted_unix_nano > 0 and g.started_unix_nano >= g.accepted_unix_nano
+    assert g.finished_unix_nano >= g.started_unix_nano and g.last_seq > 0
+    assert items[bad].state == SUCCEEDED and items[bad].max_attempts >= 1
+    # The same answer on A, without results unless asked.
+    ra = by_id(get(ca, [ok, bad]))
+    assert ra[ok].result == b"" and ra[ok].last_seq == g.last_seq
+    assert ra[bad] == items[bad]
+    # last_seq resumes getUpdates on either instance.
+    sub = cb.subscribe(replay=True, after_seq=g.last_seq - 1, item_ids=[ok])
+    sub.wait(lambda s: ok in s.final, 10, "the final replayed")
+    assert sub.final[ok].seq == g.last_seq
+    # Not final before the deadline: DEADLINE_EXCEEDED; a live item's state.
+    long = f"g-{tag}-long"
+    assert ca.submit([{"id": long, "kind": "sleep", "params": {"ms": "20000"}}]).accepted == 1
+    with pytest.raises(grpc.RpcError) as e:
+        get(cb, [long], wait=True, timeout=0.5)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: get(cb, [long]).items[0].state == STARTED, 10, "long STARTED seen on b")
+
+
+@pytest.mark.deadline(90)
+def test_get_items_by_filter_pages_across_instances(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    b = start_instance(start_daemon, redis, name, "b")
+    tag = uuid.uuid4().hex[:8]
+    batch = f"F-{tag}"
+    ids = [f"f-{tag}-{i:03d}" for i in range(120)]
+    assert a.client().submit([{"id": i, "kind": "echo", "batch": batch}
+                              for i in ids[:60]]).accepted == 60
+    assert b.client().submit([{"id": i, "kind": "echo", "batch": batch}
+                              for i in ids[60:]]).accepted == 60
+    assert a.client().submit([{"id": f"other-{tag}", "kind": "echo",
+                               "batch": "G"}]).accepted == 1
+    stop = threading.Event()
+
+    def more():
+        n, cc = 0, a.client()
+        while not stop.is_set() and n < 100:
+            cc.submit([{"id": f"late-{tag}-{n}", "kind": "echo", "batch": batch}])
+            n += 1
+
+    t = threading.Thread(target=more)
+    t.start()
+    try:
+        seen, token = [], ""
+        cb = b.client()
+        while True:
+            reply = cb.stub.getItems(pb.ItemsRequest(batches=[batch], limit=25,
+                                                     page_token=token), timeout=10)
+            seen += [i.id for i in reply.items]
+            token = reply.next_page_token
+            if not token:
+                break
+    finally:
+        stop.set()
+        t.join(timeout=20)
+    assert len(seen) == len(set(seen)), "an item listed twice"
+    assert set(ids) <= set(seen), f"skipped: {sorted(set(ids) - set(seen))[:5]}"
+    assert f"other-{tag}" not in seen
+    assert [s for s in seen if s.startswith("f-")] == list(reversed(ids)), "not newest first"
+    wait_work_empty(redis, name, timeout=20)
+    # Every list must match; the default limit is 100.
+    reply = a.client().stub.getItems(pb.ItemsRequest(batches=[batch], kinds=["echo"],
+                                                     states=[SUCCEEDED]), timeout=10)
+    assert len(reply.items) == 100 and reply.next_page_token
+    assert all(i.state == SUCCEEDED and i.batch == batch for i in reply.items)
+    reply = a.client().stub.getItems(pb.ItemsRequest(batches=[batch], kinds=["sleep"]),
+                                     timeout=10)
+    assert not reply.items and not reply.next_page_token
+    # Tokens are the cluster's: garbage is INVALID_ARGUMENT on every instance.
+    for d in (a, b):
+        for token in ("garbage", "p12", "c", "c12x", "c" + "9" * 30):
+            with pytest.raises(grpc.RpcError) as e:
+                d.client().stub.getItems(pb.ItemsRequest(page_token=token), timeout=5)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (token, e.value)

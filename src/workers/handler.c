@@ -31,6 +31,13 @@
 #include "workers/module.h"
 
 static int
+stop_cancelled(struct handler_output *out)
+{
+    snprintf(out->error, sizeof out->error, "cancelled");
+    return -1;
+}
+
+static int
 run_sha256(const struct ds_handler_config *handler, const wire_work_item *item,
            struct handler_output *out)
 {
@@ -107,12 +114,6 @@ sleep_until_ns(uint64_t deadline_ns, struct handler_output *out)
     return 0;
 }
 
-static int
-stop_cancelled(struct handler_output *out)
-{
-    snprintf(out->error, sizeof out->error, "cancelled");
-    return -1;
-}
 
 /*
  * Each step ends at an absolute deadline from one start, so the time spent

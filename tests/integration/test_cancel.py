@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from conftest import (REPO, SUCCEEDED, FAILED, free_port, missing_dependency, pb, pid_alive,
-                      wait_for)
+                      run_cli, wait_for)
 
 METHOD_CANCEL = "/com.agrounds.dosomething.v1.DoSomethingService/cancel"
 CANCELLED = pb.CANCELLED if pb is not None else 8
@@ -278,3 +278,17 @@ def test_cancel_unknown_and_invalid(start_daemon, tmp_path):
     # The daemon still serves.
     reply, sub = d.client().run_items([{"id": "ok", "payload": b"1"}])
     assert sub.final["ok"].state == SUCCEEDED
+
+
+@pytest.mark.parametrize("value,error", [
+    ("11m", "handlers.sleep.cancel_grace: must be 0s..10m, got 11m"),
+    ("-1s", "handlers.sleep.cancel_grace"),
+    ("soon", "handlers.sleep.cancel_grace"),
+    ([1], "handlers.sleep.cancel_grace"),
+])
+def test_cancel_grace_checked(make_daemon, tmp_path, value, error):
+    d = make_daemon({"handlers": {"default": "sleep",
+                                  "sleep": {"builtin": "sleep", "cancel_grace": value}}})
+    r = run_cli("-t", "-c", str(d.config_path))
+    assert r.returncode != 0 and error in r.stderr, (r.returncode, r.stderr)
+    assert f"{d.config_path}:" in r.stderr, r.stderr

@@ -22,7 +22,8 @@ MODULE_LIBS_gzip      = -lz
 HANDLER_TEST_MODULES  = $(BUILD)/tests/modules/test_module.so \
                         $(BUILD)/tests/modules/test_module_abi99.so \
                         $(BUILD)/tests/modules/test_module_nosym.so \
-                        $(BUILD)/tests/modules/test_module_quick.so
+                        $(BUILD)/tests/modules/test_module_quick.so \
+                        $(BUILD)/tests/modules/test_module_cancel.so
 
 .PHONY: handler-modules install-handlers
 
@@ -48,6 +49,10 @@ $(BUILD)/tests/modules/test_module_nosym.so: tests/unit/test_handlers.c include/
 $(BUILD)/tests/modules/test_module_quick.so: tests/unit/test_handlers.c include/dosomething/handler.h
 	@mkdir -p $(dir $@)
 	$(CC) $(MODULE_CFLAGS) -DDS_TEST_MODULE -DDS_TEST_MODULE_QUICK $(MODULE_LDFLAGS) -o $@ $<
+
+$(BUILD)/tests/modules/test_module_cancel.so: tests/unit/test_handlers.c include/dosomething/handler.h
+	@mkdir -p $(dir $@)
+	$(CC) $(MODULE_CFLAGS) -DDS_TEST_MODULE -DDS_TEST_MODULE_CANCEL $(MODULE_LDFLAGS) -o $@ $<
 
 # Order-only: the test loads them at run time; they are not linked in.
 $(BUILD)/tests/test_handlers: | $(HANDLER_MODULES) $(HANDLER_TEST_MODULES)

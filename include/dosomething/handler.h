@@ -50,6 +50,18 @@
  * Versioning. DS_HANDLER_ABI_VERSION changes whenever anything in this
  * file changes in a way that breaks a module built against the previous
  * one; dosomethingd loads only modules whose abi_version equals its own.
+ * DS_HANDLER_ABI_MINOR counts what was added without breaking anything:
+ * a module that uses an addition says so with the flag that came with it
+ * (a host that predates the addition never looks at it).
+ *   minor 1: cancel (DS_MODULE_CANCELLABLE, ds_module_host.cancelled).
+ *
+ * Cancel. A client may cancel an item while process() runs. A module
+ * flagged DS_MODULE_CANCELLABLE checks host->cancelled(host) now and then
+ * (as often as you like: it costs a poll() of one descriptor) and, once it
+ * returns 1, stops and returns (what it returns no longer matters: the item
+ * is CANCELLED). A module without the flag cannot be interrupted: its
+ * worker is killed (SIGKILL, no fini) and respawned, and the item is
+ * CANCELLED; other items that worker held go back to the queue.
  *
  * Ownership, in one line: what the host passes is the host's and valid only
  * during the call; what the module returns is the module's until the host
@@ -66,6 +78,7 @@ extern "C" {
 #endif
 
 #define DS_HANDLER_ABI_VERSION 1
+#define DS_HANDLER_ABI_MINOR 1
 
 /* The name of the one symbol a module exports. */
 #define DS_MODULE_SYMBOL "dosomething_module"
@@ -77,6 +90,9 @@ extern "C" {
  * 16 times as many of its items. The master reads the flags when it loads
  * the config (start, reload). */
 #define DS_MODULE_QUICK 0x1u
+/* (minor 1) process() checks host->cancelled(): a cancel stops the item,
+ * not the worker. */
+#define DS_MODULE_CANCELLABLE 0x2u
 
 /* One entry of the handler's `options:` map in the config, as strings. */
 struct ds_module_option {
@@ -111,6 +127,9 @@ struct ds_module_host {
      * stop early rather than build a larger one. */
     size_t result_max;
     void *host_data;                    /* the host's: do not touch */
+    /* (minor 1; only for a module flagged DS_MODULE_CANCELLABLE) 1 once the
+     * item is cancelled: stop and return. Never blocks. */
+    int (*cancelled)(const struct ds_module_host *host);
 };
 
 /*

@@ -2188,6 +2188,8 @@ static const struct key_rule handler_rules[] = {
       HANDLER_FIELD(module_path) },
     { .name = "timeout", .type = VALUE_DURATION, HANDLER_FIELD(timeout_ms), .min = 0,
       .max = UINT64_MAX },
+    { .name = "cancel_grace", .type = VALUE_DURATION, HANDLER_FIELD(cancel_grace_ms),
+      .min = 0, .max = CONFIG_CANCEL_GRACE_MAX_MS },
     { .name = "env", .type = VALUE_CUSTOM, .parse = parse_env, .print = print_env },
     { .name = "options", .type = VALUE_CUSTOM, .parse = parse_options, .print = print_options },
     { .name = NULL }
@@ -2303,6 +2305,7 @@ parse_handlers(struct loader *ld, struct node *value, const char *path, void *ba
             continue;
         }
         list[n].kind = pool_strdup(c->pool, key->value);
+        list[n].cancel_grace_ms = CONFIG_CANCEL_GRACE_DEFAULT_MS;
         c->handler_count = ++n;
         parse_handler(ld, key->next, sub, &list[n - 1]);
     }
@@ -2533,6 +2536,7 @@ set_defaults(struct loader *ld)
         c->handlers[i].kind = pool_strdup(c->pool, default_handlers[i].kind);
         c->handlers[i].type = default_handlers[i].type;
         c->handlers[i].timeout_ms = default_handlers[i].timeout_ms;
+        c->handlers[i].cancel_grace_ms = CONFIG_CANCEL_GRACE_DEFAULT_MS;
     }
     c->handler_count = n;
     c->default_handler = c->handlers[0].kind;

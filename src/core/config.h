@@ -69,11 +69,19 @@ struct ds_env_var {
     char *value;
 };
 
+/* handlers.<kind>.cancel_grace: default and bound (0: SIGKILL at once). */
+#define CONFIG_CANCEL_GRACE_DEFAULT_MS 5000u
+#define CONFIG_CANCEL_GRACE_MAX_MS     (10u * 60 * 1000)
+
 /* One entry of `handlers:`: the kind name and what runs it. */
 struct ds_handler_config {
     char *kind;
     enum ds_handler_type type;
     uint64_t timeout_ms;          /* 0: no timeout */
+    /* A cancelled running item: how long an exec program has between SIGTERM
+     * and SIGKILL; the grpc process kills a worker that has not answered a
+     * cancel this long (plus a margin) after it asked. */
+    uint64_t cancel_grace_ms;
     /* exec */
     char **argv;                  /* NULL-terminated */
     size_t argc;

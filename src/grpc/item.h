@@ -42,6 +42,7 @@ struct item {
     uint32_t timeout_ms;        /* 0: none */
     uint8_t started;            /* its worker said STARTED for this attempt */
     uint8_t weight;             /* of a worker's prefetch: ITEM_WEIGHT_QUICK or _FULL */
+    uint8_t cancelling;         /* its worker was asked to stop it: it ends CANCELLED */
     char data[];
 };
 

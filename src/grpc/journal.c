@@ -469,7 +469,7 @@ take_over(struct journal_recovery *r)
                      item->attempt + 1, item->max_attempts);
         struct outcome o = { .state = STATE_FAILED, .error = error };
         store_publish_local(item, &o);
-        metrics_item_final(item->kind, 0, 0);
+        metrics_item_final(item->kind, STATE_FAILED, 0);
         store_discard(item);
     }
     for (size_t i = 0; i < run_count; i++) {

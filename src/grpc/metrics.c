@@ -32,11 +32,13 @@ metrics_kind(const char *kind)
 }
 
 void
-metrics_item_final(const char *kind, int succeeded, uint64_t latency_ns)
+metrics_item_final(const char *kind, enum wire_state state, uint64_t latency_ns)
 {
     struct kind_metrics *k = metrics_kind(kind);
-    if (succeeded)
+    if (state == STATE_SUCCEEDED)
         k->succeeded++;
+    else if (state == STATE_CANCELLED)
+        k->cancelled++;
     else
         k->failed++;
     double seconds = (double)latency_ns / 1e9;

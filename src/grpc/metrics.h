@@ -8,6 +8,8 @@
 
 #include <stdint.h>
 
+#include "core/wire.h"
+
 /* Item latency, QUEUED to final, in buckets of these upper bounds (seconds). */
 #define METRICS_LATENCY_BUCKETS 14
 extern const double metrics_latency_bounds[METRICS_LATENCY_BUCKETS];
@@ -20,6 +22,7 @@ struct kind_metrics {
     uint64_t succeeded;
     uint64_t failed;
     uint64_t retried;
+    uint64_t cancelled;         /* ended CANCELLED */
     uint64_t latency_buckets[METRICS_LATENCY_BUCKETS]; /* not cumulative */
     uint64_t latency_count;
     double latency_sum;         /* seconds */
@@ -41,7 +44,7 @@ extern struct grpc_metrics metrics;
 
 /* The counters of KIND, created on first use. */
 struct kind_metrics *metrics_kind(const char *kind);
-/* An item reached its final state after LATENCY_NS since it was accepted. */
-void metrics_item_final(const char *kind, int succeeded, uint64_t latency_ns);
+/* An item reached its final STATE after LATENCY_NS since it was accepted. */
+void metrics_item_final(const char *kind, enum wire_state state, uint64_t latency_ns);
 
 #endif

@@ -144,6 +144,40 @@ worker_remove(struct worker *w, struct item *item)
     }
 }
 
+/* Is W still asked to stop an item? */
+static int
+worker_cancel_pending(const struct worker *w)
+{
+    for (const struct item *item = w->head; item != NULL; item = item->next)
+        if (item->cancelling)
+            return 1;
+    return 0;
+}
+
+/* W answered a cancel: the next one it owes gets a full wait again. */
+static void
+worker_cancel_answered(struct worker *w)
+{
+    evtimer_del(w->cancel_timer);
+    if (!worker_cancel_pending(w)) {
+        w->cancel_wait_ms = 0;
+        return;
+    }
+    struct timeval tv = clock_timeval_ms(w->cancel_wait_ms);
+    evtimer_add(w->cancel_timer, &tv);
+}
+
+static void
+on_cancel_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    if (!worker_cancel_pending(w) || w->channel == NULL)
+        return;
+    log_warn("worker %ld did not stop a cancelled item within %u ms; killing it",
+             (long)w->pid, w->cancel_wait_ms);
+    q.ev->kill_worker(w->pid, w->slot, "a cancelled item did not stop");
+}
+
 static void
 worker_free(struct worker *w)
 {
@@ -156,6 +190,7 @@ worker_free(struct worker *w)
     if (w->channel != NULL)
         channel_free(w->channel);
     event_free(w->timer);
+    event_free(w->cancel_timer);
     free(w);
 }
 
@@ -195,6 +230,30 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         return 0;
     }
     struct outcome o = { .state = (enum wire_state)u.state, .worker_pid = w->pid };
+    if (item->cancelling) {
+        /* Asked to stop: its STARTED and PROGRESS are dropped, and its end,
+         * whatever it says, is CANCELLED. */
+        switch (u.state) {
+        case STATE_STARTED:
+            item->started = 1;
+            return 0;
+        case STATE_PROGRESS:
+            return 0;
+        case STATE_SUCCEEDED:
+        case STATE_FAILED:
+        case STATE_CANCELLED:
+            worker_remove(w, item);
+            worker_cancel_answered(w);
+            q.ev->cancelled(item, w->pid);
+            w->items_done++;
+            queue_dispatch();
+            worker_maybe_release(w);
+            return 0;
+        default:
+            log_error("worker %ld: update with invalid state %u", (long)w->pid, u.state);
+            return -1;
+        }
+    }
     switch (u.state) {
     case STATE_STARTED:
         item->started = 1;
@@ -227,6 +286,10 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         worker_maybe_release(w);
         return 0;
     }
+    case STATE_CANCELLED:
+        /* Only ever sent for an item it was asked to cancel. */
+        log_error("worker %ld: CANCELLED for an item nobody cancelled", (long)w->pid);
+        return -1;
     default:
         log_error("worker %ld: update with invalid state %u", (long)w->pid, u.state);
         return -1;
@@ -256,6 +319,7 @@ workers_attach(pid_t pid, uint32_t slot, int fd)
     w->slot = slot;
     w->attached_ms = clock_monotonic_ms();
     w->timer = evtimer_new(q.base, on_item_timeout, w);
+    w->cancel_timer = evtimer_new(q.base, on_cancel_timeout, w);
     w->channel = channel_new(q.base, fd, name, IPC_UPDATE_MAX, on_worker_frame,
                              on_worker_close, w);
     w->next = q.workers;
@@ -289,7 +353,9 @@ workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t run
     worker_free(w);
     while (n > 0) {
         item = held[--n];
-        if (item->key == timeout_key)
+        if (item->cancelling)
+            q.ev->cancelled(item, pid);     /* asked to stop: it did, one way or another */
+        else if (item->key == timeout_key)
             q.ev->attempt_failed(item, pid, timed_out);
         else if (item->started ||
                  (item->key == running_key && item->attempt == running_attempt))
@@ -434,6 +500,68 @@ queue_holds(uint64_t key)
 {
     queue_for_each(match_key, &key);
     return key == 0;
+}
+
+/* Ask W to stop ITEM (GRACE_MS < 0: kill W now). */
+static void
+worker_cancel(struct worker *w, struct item *item, int64_t grace_ms)
+{
+    item->cancelling = 1;
+    if (grace_ms < 0 || w->channel == NULL) {
+        /* Its handler cannot be interrupted (or the worker is already
+         * going): the worker's death ends it (workers_exited). */
+        if (w->channel != NULL)
+            q.ev->kill_worker(w->pid, w->slot, "its item was cancelled and cannot be interrupted");
+        return;
+    }
+    struct ipc_cancel c = { .key = item->key, .attempt = item->attempt };
+    channel_send(w->channel, IPC_CANCEL, &c, sizeof c);
+    uint32_t wait_ms = (uint32_t)grace_ms + QUEUE_CANCEL_MARGIN_MS;
+    if (wait_ms > w->cancel_wait_ms)
+        w->cancel_wait_ms = wait_ms;
+    if (!evtimer_pending(w->cancel_timer, NULL)) {
+        struct timeval tv = clock_timeval_ms(w->cancel_wait_ms);
+        evtimer_add(w->cancel_timer, &tv);
+    }
+}
+
+void
+queue_cancel(const struct queue_cancel_ops *ops, void *arg)
+{
+    for (struct worker *w = q.workers; w != NULL; w = w->next) {
+        for (struct item *item = w->head; item != NULL; item = item->next) {
+            if (!ops->match(item, arg))
+                continue;
+            if (!item->cancelling)
+                worker_cancel(w, item, ops->grace_ms(item));
+            ops->asked(item, arg);
+        }
+    }
+    /* One sweep of the waiting list; the taken are ended after it, when
+     * the list is whole again (ending one may queue and dispatch more). */
+    struct item *taken = NULL, **taken_tail = &taken, *prev = NULL;
+    struct item **pp = &q.head;
+    while (*pp != NULL) {
+        struct item *item = *pp;
+        if (!ops->match(item, arg)) {
+            prev = item;
+            pp = &item->next;
+            continue;
+        }
+        *pp = item->next;
+        q.waiting--;
+        q.waiting_weight -= item->weight;
+        item->next = NULL;
+        *taken_tail = item;
+        taken_tail = &item->next;
+    }
+    q.tail = prev;
+    while (taken != NULL) {
+        struct item *item = taken;
+        taken = item->next;
+        item->next = NULL;
+        ops->taken(item, arg);
+    }
 }
 
 void

@@ -37,6 +37,8 @@ struct worker {
     uint64_t timeout_key;           /* the item it is being killed for */
     uint32_t timeout_ms;
     struct event *timer;            /* the running item's timeout */
+    struct event *cancel_timer;     /* a cancel it has not answered: then it is killed */
+    uint32_t cancel_wait_ms;        /* the longest grace + margin of those asked */
 };
 
 /* What the queue tells its owner. Every item passed leaves the queue's
@@ -49,6 +51,10 @@ struct queue_events {
     /* ITEM's attempt was spent without an answer (its worker died, or it
      * timed out) for REASON. */
     void (*attempt_failed)(struct item *item, pid_t worker_pid, const char *reason);
+    /* ITEM, whose cancel was asked (queue_cancel), has left its worker:
+     * whatever its attempt's end said (SUCCEEDED, FAILED, CANCELLED, its
+     * worker's death), it ends CANCELLED. */
+    void (*cancelled)(struct item *item, pid_t worker_pid);
     /* Dispatch ran: workers may have room for more (cluster pulls). */
     void (*dispatched)(void);
     /* A graceful stop: once nothing waits, idle workers are let go (unless
@@ -84,6 +90,26 @@ uint32_t queue_local_room(void);
 /* Call FN for every item waiting or at a worker. */
 void queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
 int queue_holds(uint64_t key);
+
+/*
+ * A cancel. One walk over the workers' lists and then the waiting list:
+ * for each item MATCH(item, ARG) accepts,
+ *   - at a worker: unless asked before, item->cancelling is set and the
+ *     worker is sent IPC_CANCEL, or killed at once if GRACE_MS(item) is
+ *     negative (a handler that cannot be interrupted); a worker that has
+ *     not answered GRACE_MS + QUEUE_CANCEL_MARGIN_MS later is killed. Then
+ *     ASKED(item, ARG); the item stays until its end (events->cancelled).
+ *   - waiting: it leaves the queue and is passed to TAKEN(item, ARG)
+ *     (which ends it), once the walk is over.
+ */
+struct queue_cancel_ops {
+    int (*match)(const struct item *item, void *arg);
+    int64_t (*grace_ms)(const struct item *item);
+    void (*asked)(const struct item *item, void *arg);
+    void (*taken)(struct item *item, void *arg);
+};
+#define QUEUE_CANCEL_MARGIN_MS 2000u
+void queue_cancel(const struct queue_cancel_ops *ops, void *arg);
 
 void workers_attach(pid_t pid, uint32_t slot, int fd);
 /* The workers attached now, for /status. */

@@ -44,6 +44,7 @@
 #include "core/log.h"
 #include "core/utf8.h"
 #include "grpc/call.h"
+#include "grpc/cancel.h"
 #include "grpc/get_items.h"
 #include "grpc/grpc_process.h"
 #include "grpc/health.h"
@@ -74,6 +75,8 @@ static const struct method methods[] = {
       GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, get_items_call_start },
     { "/com.agrounds.dosomething.v1.DoSomethingService/retry",
       GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, retry_call_start },
+    { "/com.agrounds.dosomething.v1.DoSomethingService/cancel",
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, cancel_call_start },
     { "/grpc.health.v1.Health/Check", GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
       health_check_start },
     { "/grpc.health.v1.Health/Watch", GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,

@@ -86,6 +86,8 @@ static const struct {
       offsetof(struct kind_metrics, failed) },
     { "retried", "items_retried_total", "Attempts that ended RETRYING, by kind.",
       offsetof(struct kind_metrics, retried) },
+    { "cancelled", "items_cancelled_total", "Items that ended CANCELLED, by kind.",
+      offsetof(struct kind_metrics, cancelled) },
 };
 
 #define KIND_COUNTERS (sizeof kind_counters / sizeof kind_counters[0])

@@ -7,6 +7,8 @@
 #include "grpc/store.h"
 #include "grpc/store_memory.h"
 
+#include "dosomething/handler.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +31,17 @@
 #include "grpc/updates.h"
 #include "ipc/frame.h"
 
+/* The reason of a cancel asked of a worker, until the item's end comes
+ * (few at a time: a list). The store's; freed when the item leaves. */
+struct cancel_reason {
+    struct cancel_reason *next;
+    uint64_t key;
+    char reason[];
+};
+
 static struct {
     const struct store_backend *b;
+    struct cancel_reason *cancels;  /* of the items being cancelled at a worker */
     uint64_t count;             /* accepted and not final: queued, at a worker, or ending */
     uint64_t pending;           /* handed to store_accept, the backend not done yet */
     const char *abandon_why;    /* set at a drain's deadline: see store_abandon() */
@@ -181,6 +192,108 @@ on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
     requeue(item);      /* workers_exited() dispatches once all are back */
 }
 
+/* ---- cancel ------------------------------------------------------------------ */
+
+#define CANCEL_DEFAULT_REASON "cancelled by a client"
+
+/* The reason given for KEY's cancel, out of the list (free it), or NULL. */
+static struct cancel_reason *
+cancel_reason_take(uint64_t key)
+{
+    for (struct cancel_reason **pp = &st.cancels; *pp != NULL; pp = &(*pp)->next) {
+        struct cancel_reason *c = *pp;
+        if (c->key == key) {
+            *pp = c->next;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/* ITEM ends CANCELLED for REASON (its final goes through the backend like
+ * any other: the journal records it, a restart does not run it again). */
+static void
+cancel_final(struct item *item, pid_t worker_pid, const char *reason)
+{
+    struct outcome o = { .state = STATE_CANCELLED, .worker_pid = worker_pid,
+                         .error = reason != NULL ? reason : CANCEL_DEFAULT_REASON };
+    final(item, &o);
+}
+
+static void
+on_cancelled(struct item *item, pid_t worker_pid)
+{
+    struct cancel_reason *c = cancel_reason_take(item->key);
+    item->cancelling = 0;
+    cancel_final(item, worker_pid, c != NULL ? c->reason : NULL);
+    free(c);
+}
+
+struct cancel_walk {
+    int (*match)(const struct item *item, void *arg);
+    void *arg;
+    const char *reason;
+    uint64_t count;
+};
+
+static int
+cancel_match(const struct item *item, void *arg)
+{
+    struct cancel_walk *cw = arg;
+    return cw->match(item, cw->arg);
+}
+
+/* How long ITEM's handler gets to stop; -1: it cannot be interrupted (a
+ * module without DS_MODULE_CANCELLABLE), its worker is killed. */
+static int64_t
+cancel_grace(const struct item *item)
+{
+    const struct ds_handler_config *h = config_handler(gp.config, item->kind);
+    if (h == NULL)
+        return CONFIG_CANCEL_GRACE_DEFAULT_MS;
+    if (h->type == DS_HANDLER_MODULE && !(h->module_flags & DS_MODULE_CANCELLABLE))
+        return -1;
+    return (int64_t)h->cancel_grace_ms;
+}
+
+static void
+cancel_asked(const struct item *item, void *arg)
+{
+    struct cancel_walk *cw = arg;
+    cw->count++;
+    for (const struct cancel_reason *c = st.cancels; c != NULL; c = c->next)
+        if (c->key == item->key)
+            return;             /* asked before: the first reason stands */
+    const char *reason = cw->reason != NULL ? cw->reason : CANCEL_DEFAULT_REASON;
+    size_t n = strlen(reason);
+    struct cancel_reason *keep = ds_malloc(sizeof *keep + n + 1);
+    keep->key = item->key;
+    memcpy(keep->reason, reason, n + 1);
+    keep->next = st.cancels;
+    st.cancels = keep;
+}
+
+static void
+cancel_taken(struct item *item, void *arg)
+{
+    struct cancel_walk *cw = arg;
+    cw->count++;
+    cancel_final(item, 0, cw->reason);
+}
+
+uint64_t
+store_cancel(int (*match)(const struct item *item, void *arg), void *arg, const char *reason)
+{
+    struct cancel_walk cw = { .match = match, .arg = arg, .reason = reason };
+    static const struct queue_cancel_ops ops = {
+        .match = cancel_match, .grace_ms = cancel_grace, .asked = cancel_asked,
+        .taken = cancel_taken,
+    };
+    queue_cancel(&ops, &cw);
+    queue_dispatch();
+    return cw.count;
+}
+
 static void
 on_dispatched(void)
 {
@@ -210,6 +323,7 @@ static const struct queue_events events = {
     .update = on_update,
     .ended = final,             /* SUCCEEDED or FAILED, as the handler said */
     .attempt_failed = on_attempt_failed,
+    .cancelled = on_cancelled,
     .dispatched = on_dispatched,
     .draining = draining,
     .kill_worker = kill_worker,
@@ -294,6 +408,8 @@ store_has_room(void)
 static void
 release(struct item *item)
 {
+    if (item->cancelling)       /* it left another way (a drain's deadline) */
+        free(cancel_reason_take(item->key));
     item_free(item);
     st.count--;
     store_room_available();
@@ -326,7 +442,7 @@ store_final_written(struct item *item, const struct outcome *o)
 {
     if (!st.b->shared_log)
         publish(item, o);
-    metrics_item_final(item->kind, o->state == STATE_SUCCEEDED,
+    metrics_item_final(item->kind, o->state,
                        clock_monotonic_ns() - item->accepted_ns);
     release(item);
 }

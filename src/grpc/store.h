@@ -172,6 +172,19 @@ int store_shared_log(void);
  * later, gets its last update now (FAILED, or RETRYING if the backend
  * keeps it). Not with a shared backend: other instances take them. */
 void store_abandon(const char *why);
+/*
+ * Cancel every item held here that MATCH(item, ARG) accepts, for REASON
+ * (NULL: a default naming a client; the caller checked it is UTF-8 of a
+ * bounded size). A waiting item ends CANCELLED now; one at a worker when
+ * the worker has stopped it (or was killed for not stopping), and
+ * whatever that attempt's end says, it is CANCELLED with REASON, never
+ * retried. Returns how many were cancelled (or asked again). Every
+ * backend records the final like any other; an item not held by this
+ * process (being written, or final) is not seen. MATCH must not change
+ * what the store holds.
+ */
+uint64_t store_cancel(int (*match)(const struct item *item, void *arg), void *arg,
+                      const char *reason);
 void store_status_json(struct evbuffer *b);
 void store_metrics(struct evbuffer *b);
 

@@ -53,6 +53,8 @@ enum ipc_type {
     /* data channel */
     IPC_ITEM = 64,              /* grpc -> worker: ipc_item + the WorkItem message */
     IPC_UPDATE,                 /* worker -> grpc: ipc_update + result or error */
+    IPC_CANCEL,                 /* grpc -> worker: ipc_cancel; the worker answers with
+                                   the attempt's end (CANCELLED if it stopped it) */
     IPC_TYPE_MAX
 };
 
@@ -93,11 +95,20 @@ struct ipc_item {
     uint16_t id_len;
 };
 
-/* Then the result (SUCCEEDED) or the error text (FAILED). */
+/* Stop ITEM KEY's attempt ATTEMPT: drop it if not started, stop its handler
+ * if running; a key the worker does not hold (its end is on the way) is
+ * ignored. Exactly this size. */
+struct ipc_cancel {
+    uint64_t key;
+    uint32_t attempt;
+    uint32_t pad;
+};
+
+/* Then the result (SUCCEEDED) or the error text (FAILED, CANCELLED). */
 struct ipc_update {
     uint64_t key;
     uint32_t attempt;
-    uint8_t state;              /* STARTED, PROGRESS, SUCCEEDED or FAILED */
+    uint8_t state;              /* STARTED, PROGRESS, SUCCEEDED, FAILED or CANCELLED */
     uint8_t pad[3];
     float progress;
     uint32_t pad2;

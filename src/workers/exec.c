@@ -485,6 +485,9 @@ struct run {
     int reaped;
     int status;
     uint64_t drain_deadline_ms;
+    struct handler_output *handler_out;     /* its cancel check */
+    int cancelled;              /* SIGTERM sent */
+    uint64_t kill_at_ms;        /* cancelled: SIGKILL then, unless it is gone; 0: sent */
 };
 
 static void
@@ -622,6 +625,28 @@ on_stderr(struct run *r)
 }
 
 /*
+ * The item is cancelled: SIGTERM to the program's group now, SIGKILL after
+ * handlers.<kind>.cancel_grace (see pump). The group id is safe to use
+ * until the program is reaped (reap() kills the group before it reaps).
+ */
+static void
+cancel_program(struct run *r)
+{
+    r->cancelled = 1;
+    if (r->reaped)
+        return;
+    uint64_t grace = r->handler_out->cancel_grace_ms;
+    log_debug("exec: item cancelled; SIGTERM to process group %ld, SIGKILL in %llu ms",
+              (long)r->pid, (unsigned long long)grace);
+    if (grace == 0) {
+        kill(-r->pid, SIGKILL);
+        return;
+    }
+    kill(-r->pid, SIGTERM);
+    r->kill_at_ms = clock_monotonic_ms() + grace;
+}
+
+/*
  * If the program is over (or once it is, with BLOCK): kill what it left in
  * its group, then reap it. Killing first is what makes the group id safe to
  * use: until it is reaped, the zombie keeps its pid from being reused.
@@ -656,9 +681,16 @@ pump(struct run *r)
             reap(r, 1);                 /* nothing left to read: just wait */
             continue;
         }
-        struct pollfd pfd[4];
-        int *which[4];
+        struct pollfd pfd[5];
+        int *which[5];
         nfds_t n = 0;
+        int cancel_fd = -1;
+        struct handler_output *ho = r->handler_out;
+        if (!r->cancelled && !r->reaped && ho != NULL && ho->cancelled != NULL &&
+            (cancel_fd = ho->cancel_fd(ho->cancel_arg)) != -1) {
+            pfd[n] = (struct pollfd){ .fd = cancel_fd, .events = POLLIN };
+            which[n++] = &cancel_fd;
+        }
         if (r->stdin_fd != -1) {
             pfd[n] = (struct pollfd){ .fd = r->stdin_fd, .events = POLLOUT };
             which[n++] = &r->stdin_fd;
@@ -689,6 +721,17 @@ pump(struct run *r)
         } else if (r->pid_fd == -1) {
             timeout = 50;               /* no pidfd: look for the exit now and then */
         }
+        if (!r->reaped && r->kill_at_ms != 0) {
+            uint64_t now = clock_monotonic_ms();
+            if (now >= r->kill_at_ms) {
+                log_debug("exec: pid %ld still running %llu ms after SIGTERM; SIGKILL",
+                          (long)r->pid, (unsigned long long)ho->cancel_grace_ms);
+                kill(-r->pid, SIGKILL);
+                r->kill_at_ms = 0;
+            } else if (timeout == -1 || (uint64_t)timeout > r->kill_at_ms - now) {
+                timeout = (int)(r->kill_at_ms - now);
+            }
+        }
         int ready = poll(pfd, n, timeout);
         if (ready == -1 && errno != EINTR) {
             log_syserr("poll() failed while running pid %ld; killing it", (long)r->pid);
@@ -703,7 +746,10 @@ pump(struct run *r)
         for (nfds_t i = 0; ready > 0 && i < n; i++) {
             if (pfd[i].revents == 0)
                 continue;
-            if (which[i] == &r->stdin_fd)
+            if (which[i] == &cancel_fd) {
+                if (ho->cancelled(ho->cancel_arg))
+                    cancel_program(r);
+            } else if (which[i] == &r->stdin_fd)
                 on_stdin(r);
             else if (which[i] == &r->stdout_fd)
                 on_stdout(r);
@@ -826,6 +872,7 @@ exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
     }
 
     r->pid_fd = open_pidfd(pid);
+    r->handler_out = out;
     set_nonblocking(r->stdin_fd);
     set_nonblocking(r->stdout_fd);
     set_nonblocking(r->stderr_fd);

@@ -12,6 +12,7 @@
 #include "workers/handler.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,13 @@
 #include "core/utf8.h"
 #include "workers/exec.h"
 #include "workers/module.h"
+
+static int
+stop_cancelled(struct handler_output *out)
+{
+    snprintf(out->error, sizeof out->error, "cancelled");
+    return -1;
+}
 
 static int
 run_sha256(const struct ds_handler_config *handler, const wire_work_item *item,
@@ -51,6 +59,12 @@ run_sha256(const struct ds_handler_config *handler, const wire_work_item *item,
     EVP_DigestUpdate(ctx, item->payload.data, item->payload.len);
     EVP_DigestFinal_ex(ctx, digest, &len);
     for (uint64_t i = 1; i < rounds; i++) {
+        /* A cancel is looked for now and then: one poll() per 64Ki rounds
+         * (~10 ms) costs nothing next to them. */
+        if ((i & 0xffff) == 0 && handler_wait_cancel(out, 0)) {
+            free(digest);
+            return stop_cancelled(out);
+        }
         EVP_DigestInit_ex(ctx, md, NULL);
         EVP_DigestUpdate(ctx, digest, SHA256_DIGEST_LENGTH);
         EVP_DigestFinal_ex(ctx, digest, &len);
@@ -61,15 +75,45 @@ run_sha256(const struct ds_handler_config *handler, const wire_work_item *item,
     return 0;
 }
 
-/* Sleep until DEADLINE_NS on the monotonic clock. */
-static void
-sleep_until_ns(uint64_t deadline_ns)
+int
+handler_wait_cancel(struct handler_output *out, int timeout_ms)
 {
+    if (out->cancelled == NULL)
+        return 0;
+    int fd = out->cancel_fd(out->cancel_arg);
+    if (fd == -1)
+        return out->cancelled(out->cancel_arg);
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    int n = poll(&p, 1, timeout_ms);
+    if (n == -1 && errno != EINTR)
+        return 0;
+    return out->cancelled(out->cancel_arg);
+}
+
+/* Sleep until DEADLINE_NS on the monotonic clock; 1 if the item was
+ * cancelled meanwhile (then at once). Without a cancel to watch it is one
+ * absolute sleep (no ms rounding); with one, poll()s in between. */
+static int
+sleep_until_ns(uint64_t deadline_ns, struct handler_output *out)
+{
+    if (out->cancelled != NULL && out->cancel_fd(out->cancel_arg) != -1) {
+        for (;;) {
+            uint64_t now = clock_monotonic_ns();
+            if (now + 1000000u > deadline_ns)
+                break;          /* under a millisecond left: poll() cannot time it */
+            if (handler_wait_cancel(out, (int)((deadline_ns - now) / 1000000u)))
+                return 1;
+            if (out->cancel_fd(out->cancel_arg) == -1)
+                break;
+        }
+    }
     struct timespec ts = { .tv_sec = (time_t)(deadline_ns / 1000000000u),
                            .tv_nsec = (long)(deadline_ns % 1000000000u) };
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
         ;
+    return 0;
 }
+
 
 /*
  * Each step ends at an absolute deadline from one start, so the time spent
@@ -86,8 +130,8 @@ run_sleep(const struct ds_handler_config *handler, const wire_work_item *item, s
     uint64_t start = clock_monotonic_ns(), total_ns = ms * 1000000u;    /* < 2^47 */
     for (uint64_t i = 1; i <= steps; i++) {
         uint64_t deadline = start + total_ns / steps * i + total_ns % steps * i / steps;
-        if (clock_monotonic_ns() < deadline)
-            sleep_until_ns(deadline);
+        if (clock_monotonic_ns() < deadline && sleep_until_ns(deadline, out))
+            return stop_cancelled(out);
         if (i < steps && out->progress != NULL)
             out->progress(out->progress_arg, (float)i / (float)steps);
     }

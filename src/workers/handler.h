@@ -24,6 +24,16 @@ struct handler_output {
     /* Report progress (0..1); the worker coalesces the reports. */
     void (*progress)(void *arg, float fraction);
     void *progress_arg;
+    /* Cancel (NULL: the item cannot be cancelled). cancelled(cancel_arg)
+     * reads what the grpc process sent and says whether this item is to
+     * stop; cancel_fd(cancel_arg) is a descriptor readable when there may
+     * be news (-1: none; ask again after each cancelled(), it may change).
+     * A handler that waits adds it to its wait. On cancel it stops and
+     * returns -1; the worker reports CANCELLED whatever it returns. */
+    int (*cancelled)(void *arg);
+    int (*cancel_fd)(void *arg);
+    void *cancel_arg;
+    uint64_t cancel_grace_ms;   /* exec: SIGTERM, then SIGKILL this much later */
 
     /* out */
     const uint8_t *result;      /* result_len bytes */
@@ -38,6 +48,10 @@ struct handler_output {
 /* Run ITEM: 0 with the result in out, or -1 with out->error set. */
 int handler_run(const struct ds_handler_config *handler, const wire_work_item *item,
                 struct handler_output *out);
+
+/* Has OUT's item been cancelled? Waits at most TIMEOUT_MS (-1: for ever,
+ * 0: just looks) for news from the grpc process: 1 if cancelled, else 0. */
+int handler_wait_cancel(struct handler_output *out, int timeout_ms);
 
 /* Make S (NUL-terminated, changed in place) fit an Update's error string:
  * valid UTF-8 (a bad byte becomes '?'), tabs and other control characters

@@ -154,6 +154,13 @@ host_progress(const struct ds_module_host *host, float fraction)
         out->progress(out->progress_arg, fraction);
 }
 
+static int
+host_cancelled(const struct ds_module_host *host)
+{
+    struct handler_output *out = host->host_data;
+    return handler_wait_cancel(out, 0);
+}
+
 int
 module_run(const struct ds_handler_config *handler, const wire_work_item *item,
            struct handler_output *out)
@@ -184,6 +191,7 @@ module_run(const struct ds_handler_config *handler, const wire_work_item *item,
     };
     struct ds_module_host host = {
         .progress = host_progress, .result_max = out->result_max, .host_data = out,
+        .cancelled = host_cancelled,
     };
     out->error[0] = '\0';
     struct ds_module_result result = { .error = out->error, .error_size = sizeof out->error };

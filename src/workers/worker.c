@@ -84,6 +84,7 @@ static struct {
     struct event *run_event;
     struct task *head, *tail;
     struct task *current;
+    int cancel_requested;       /* the grpc process cancelled `current` */
     uint64_t next_progress_ns;  /* no progress report before this */
     uint64_t items_done;
     uint64_t item_limit;        /* 0: no recycling */
@@ -197,6 +198,21 @@ on_progress(void *arg, float fraction)
     flush();
 }
 
+/* The handler asks whether its item is cancelled: read what has come. */
+static int
+on_cancel_check(void *arg)
+{
+    if (w.data != NULL)
+        channel_read_now(w.data);
+    return w.cancel_requested;
+}
+
+static int
+on_cancel_fd(void *arg)
+{
+    return w.data != NULL ? channel_fd(w.data) : -1;
+}
+
 static void
 task_free(struct task *t)
 {
@@ -225,8 +241,12 @@ run_task(struct task *t)
         .result_max = (size_t)w.config->max_result_size,
         .progress = on_progress,
         .progress_arg = t,
+        .cancelled = on_cancel_check,
+        .cancel_fd = on_cancel_fd,
+        .cancel_grace_ms = t->handler->cancel_grace_ms,
     };
     w.current = t;
+    w.cancel_requested = 0;
     w.next_progress_ns = clock_monotonic_ns() + PROGRESS_INTERVAL_NS;
     phase_set(DS_WORKER_RUNNING, t);
     int r = handler_run(t->handler, t->item, &out);
@@ -243,10 +263,16 @@ run_task(struct task *t)
             out.release((void *)out.result);
         r = -1;
     }
-    if (r == 0)
+    if (w.cancel_requested) {
+        /* However it ended, it ends CANCELLED (the grpc process says why). */
+        static const char cancelled[] = "cancelled while running";
+        send_update(t, STATE_CANCELLED, 0, cancelled, sizeof cancelled - 1);
+        w.cancel_requested = 0;
+    } else if (r == 0) {
         send_update(t, STATE_SUCCEEDED, 1, out.result, out.result_len);
-    else
+    } else {
         send_update(t, STATE_FAILED, 0, out.error, strlen(out.error));
+    }
     if (r == 0 && out.release != NULL)
         out.release((void *)out.result);
     w.items_done++;
@@ -377,6 +403,43 @@ take_item(const struct ipc_header *h, const uint8_t *body)
     return 0;
 }
 
+/*
+ * The grpc process cancels an item: the one running is told through its
+ * handler's cancel check (the handler stops, run_task reports CANCELLED);
+ * one held but not started is dropped here and reported CANCELLED at once.
+ * An item we do not hold has ended: its end is on its way, and that answers.
+ */
+static int
+take_cancel(const struct ipc_header *h, const uint8_t *body)
+{
+    struct ipc_cancel c;
+    if (h->length != sizeof c) {
+        log_error("data channel: CANCEL frame of %u bytes, expected %zu", h->length, sizeof c);
+        return -1;
+    }
+    memcpy(&c, body, sizeof c);
+    if (w.current != NULL && w.current->key == c.key && w.current->attempt == c.attempt) {
+        w.cancel_requested = 1;
+        return 0;
+    }
+    struct task **pp = &w.head, *prev = NULL;
+    while (*pp != NULL && ((*pp)->key != c.key || (*pp)->attempt != c.attempt)) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    struct task *t = *pp;
+    if (t == NULL)
+        return 0;
+    *pp = t->next;
+    if (w.tail == t)
+        w.tail = prev;
+    static const char dropped[] = "cancelled before it started";
+    send_update(t, STATE_CANCELLED, 0, dropped, sizeof dropped - 1);
+    task_free(t);
+    flush();
+    return 0;
+}
+
 static int
 on_data_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
               const uint8_t *body, int fd)
@@ -385,6 +448,8 @@ on_data_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         close(fd);
     if (h->type == IPC_ITEM)
         return take_item(h, body);
+    if (h->type == IPC_CANCEL)
+        return take_cancel(h, body);
     log_error("data channel: unexpected %s frame", ipc_type_name(h->type));
     return -1;
 }

@@ -46,6 +46,11 @@ struct fake_worker {
     int eof;                    /* the queue closed its end */
     struct fake_item items[128];
     size_t count;               /* items received so far */
+    struct {
+        uint64_t key;
+        uint32_t attempt;
+    } cancels[32];              /* IPC_CANCEL frames received */
+    size_t cancel_count;
 };
 
 /* Attach W as worker PID in SLOT: the queue gets the other end. */
@@ -72,7 +77,7 @@ fake_close(struct fake_worker *w)
     w->fd = -1;
 }
 
-/* Take the whole frames in w->in: IPC_ITEM only. */
+/* Take the whole frames in w->in: IPC_ITEM and IPC_CANCEL. */
 static inline void
 fake_parse(struct fake_worker *w)
 {
@@ -82,6 +87,16 @@ fake_parse(struct fake_worker *w)
         memcpy(&h, w->in + off, sizeof h);
         if (w->in_len - off < IPC_HEADER_SIZE + h.length)
             break;
+        if (h.type == IPC_CANCEL) {
+            struct ipc_cancel c;
+            assert_int_equal(h.length, sizeof c);
+            assert_true(w->cancel_count < sizeof w->cancels / sizeof w->cancels[0]);
+            memcpy(&c, w->in + off + IPC_HEADER_SIZE, sizeof c);
+            w->cancels[w->cancel_count].key = c.key;
+            w->cancels[w->cancel_count++].attempt = c.attempt;
+            off += IPC_HEADER_SIZE + h.length;
+            continue;
+        }
         assert_int_equal(h.type, IPC_ITEM);
         assert_true(h.length >= sizeof(struct ipc_item));
         struct ipc_item head;

@@ -6,8 +6,9 @@
  *
  * Compiled with -DDS_TEST_MODULE this file is instead a handler module the
  * tests load (mk/handlers.mk builds it four ways into build/tests/modules/:
- * as it is, with abi_version 99, without the symbol, and flagged
- * DS_MODULE_QUICK).
+ * as it is, with abi_version 99, without the symbol, flagged
+ * DS_MODULE_QUICK, and flagged DS_MODULE_CANCELLABLE: then the sleep of
+ * param ms checks host->cancelled() after each step).
  */
 #ifdef DS_TEST_MODULE
 
@@ -92,6 +93,12 @@ test_process(void *state, const struct ds_module_item *item, struct ds_module_re
             struct timespec ts = { .tv_sec = ms / steps / 1000,
                                    .tv_nsec = (ms / steps % 1000) * 1000000L };
             nanosleep(&ts, NULL);
+#ifdef DS_TEST_MODULE_CANCEL
+            if (host->cancelled(host)) {
+                snprintf(out->error, out->error_size, "stopped by cancel");
+                return -1;
+            }
+#endif
             if (i < steps)
                 host->progress(host, (float)i / (float)steps);
         }
@@ -145,6 +152,9 @@ const struct ds_module dosomething_module = {
     .abi_version = DS_TEST_MODULE_ABI,
 #ifdef DS_TEST_MODULE_QUICK
     .flags = DS_MODULE_QUICK,
+#endif
+#ifdef DS_TEST_MODULE_CANCEL
+    .flags = DS_MODULE_CANCELLABLE,
 #endif
     .name = "test",
     .init = test_init,

@@ -24,7 +24,8 @@
 
 /* ---- the recording events table ------------------------------------------- */
 
-enum rec_type { REC_UPDATE, REC_ENDED, REC_ATTEMPT_FAILED, REC_KILL, REC_TAKEN };
+enum rec_type { REC_UPDATE, REC_ENDED, REC_ATTEMPT_FAILED, REC_KILL, REC_TAKEN, REC_CANCELLED,
+                REC_CANCEL_ASKED, REC_CANCEL_TAKEN };
 
 struct record {
     enum rec_type type;
@@ -120,6 +121,14 @@ on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
 }
 
 static void
+on_cancelled(struct item *item, pid_t worker_pid)
+{
+    struct record *r = record_new(REC_CANCELLED, item);
+    r->pid = worker_pid;
+    own(item);
+}
+
+static void
 on_dispatched(void)
 {
     rec.dispatched++;
@@ -144,6 +153,7 @@ static const struct queue_events events = {
     .update = on_update,
     .ended = on_ended,
     .attempt_failed = on_attempt_failed,
+    .cancelled = on_cancelled,
     .dispatched = on_dispatched,
     .draining = on_draining,
     .kill_worker = on_kill_worker,
@@ -547,6 +557,144 @@ test_superseded_update_dropped(void **state)
     assert_int_equal(queue_held(), 0);
 }
 
+/* ---- queue_cancel ------------------------------------------------------------------------------ */
+
+struct cancel_arg {
+    const char *ids[8];
+    int64_t grace_ms;
+};
+
+static int
+cancel_match(const struct item *item, void *arg)
+{
+    struct cancel_arg *a = arg;
+    for (size_t i = 0; i < 8 && a->ids[i] != NULL; i++)
+        if (strcmp(a->ids[i], item->id) == 0)
+            return 1;
+    return 0;
+}
+
+static int64_t cancel_grace_value;
+
+static int64_t
+cancel_grace(const struct item *item)
+{
+    return cancel_grace_value;
+}
+
+static void
+cancel_asked(const struct item *item, void *arg)
+{
+    record_new(REC_CANCEL_ASKED, item);
+}
+
+static void
+cancel_taken(struct item *item, void *arg)
+{
+    assert_null(item->next);
+    record_new(REC_CANCEL_TAKEN, item);
+    own(item);
+}
+
+static const struct queue_cancel_ops cancel_ops = {
+    .match = cancel_match, .grace_ms = cancel_grace, .asked = cancel_asked,
+    .taken = cancel_taken,
+};
+
+static int
+has_cancels(void *arg)
+{
+    struct fake_count_arg *a = arg;
+    return a->w->cancel_count >= a->count;
+}
+
+/* Waiting items leave at once; held ones get IPC_CANCEL, their PROGRESS is
+ * dropped and their end, whatever it says, is reported as cancelled. */
+static void
+test_cancel(void **state)
+{
+    fake_attach(&w1, 1001, 0);
+    const char *ids[] = { "a", "b", "c", "d", "e" };
+    for (int i = 0; i < 5; i++)
+        queue_push(new_item(ids[i], 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 2);          /* a runs, b prefetched; c d e wait */
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_STARTED, 0, NULL, 0);
+    wait_records(&w1, REC_UPDATE, 1);
+
+    cancel_grace_value = 60000;
+    struct cancel_arg arg = { .ids = { "a", "b", "c", "e", "nope" } };
+    queue_cancel(&cancel_ops, &arg);
+    assert_int_equal(count_of(REC_CANCEL_ASKED), 2);
+    struct record *t[4];
+    assert_int_equal(records_of(REC_CANCEL_TAKEN, t, 4), 2);
+    assert_int_equal(queue_waiting(), 1);      /* d; the list is whole */
+    assert_int_equal(queue_held(), 2);
+    struct fake_count_arg ca = { .w = &w1, .count = 2 };
+    fake_loop_until(rec.base, &w1, has_cancels, &ca);
+    assert_int_equal(w1.cancels[0].key, w1.items[0].key);
+    assert_int_equal(w1.cancels[1].key, w1.items[1].key);
+    assert_int_equal(w1.cancels[0].attempt, 1);
+
+    /* Asked again: no second frame, still counted as asked. */
+    queue_cancel(&cancel_ops, &arg);
+    assert_int_equal(count_of(REC_CANCEL_ASKED), 4);
+    fake_settle(rec.base, &w1);
+    assert_int_equal(w1.cancel_count, 2);
+
+    /* a's PROGRESS is dropped; its SUCCEEDED ends it cancelled, as does
+     * b's CANCELLED; then d is dispatched and runs as usual. */
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_PROGRESS, 0.5f, NULL, 0);
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_SUCCEEDED, 0, "late", 4);
+    fake_send_update(rec.base, &w1, w1.items[1].key, 1, STATE_CANCELLED, 0, "dropped", 7);
+    wait_records(&w1, REC_CANCELLED, 2);
+    assert_int_equal(count_of(REC_UPDATE), 1);
+    assert_int_equal(count_of(REC_ENDED), 0);
+    fake_wait_items(rec.base, &w1, 3);
+    assert_string_equal(w1.items[2].id, "d");
+    fake_send_update(rec.base, &w1, w1.items[2].key, 1, STATE_SUCCEEDED, 0, "ok", 2);
+    wait_records(&w1, REC_ENDED, 1);
+    assert_int_equal(queue_held(), 0);
+    assert_int_equal(queue_waiting(), 0);
+    assert_false(w1.eof);
+}
+
+/* A handler that cannot be interrupted: its worker is killed at once; its
+ * death ends the cancelled item (not a failed attempt), the prefetched one
+ * goes back to the queue without spending an attempt. */
+static void
+test_cancel_kill(void **state)
+{
+    fake_attach(&w1, 1001, 2);
+    queue_push(new_item("a", 0, 0));
+    queue_push(new_item("b", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 2);
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_STARTED, 0, NULL, 0);
+    wait_records(&w1, REC_UPDATE, 1);
+
+    cancel_grace_value = -1;
+    struct cancel_arg arg = { .ids = { "a" } };
+    queue_cancel(&cancel_ops, &arg);
+    struct record *k[2];
+    assert_int_equal(records_of(REC_KILL, k, 2), 1);
+    assert_int_equal(k[0]->pid, w1.pid);
+    assert_int_equal(k[0]->slot, 2);
+    fake_settle(rec.base, &w1);
+    assert_int_equal(w1.cancel_count, 0);
+
+    workers_exited(w1.pid, "killed by signal 9", w1.items[0].key, 1);
+    struct record *c[2];
+    assert_int_equal(records_of(REC_CANCELLED, c, 2), 1);
+    assert_int_equal(c[0]->key, w1.items[0].key);
+    assert_int_equal(count_of(REC_ATTEMPT_FAILED), 0);
+    assert_int_equal(queue_waiting(), 1);
+    fake_attach(&w2, 1002, 2);
+    fake_wait_items(rec.base, &w2, 1);
+    assert_string_equal(w2.items[0].id, "b");
+    assert_int_equal(w2.items[0].attempt, 1);
+}
+
 /* ---- queue_take_all, queue_local_room ---------------------------------------------------------- */
 
 struct taken {
@@ -657,6 +805,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_exited_running_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_superseded_update_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_kill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_take_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_local_room, setup, teardown),
     };

@@ -1,0 +1,308 @@
+/*
+ * cancel: a unary call, CancelRequest{item_ids, batches, reason} ->
+ * CancelReply{cancelled, already_final, not_found}.
+ *
+ * What it asks of items goes through store_cancel(): one walk over what
+ * this process holds, matching the ids (sorted, found by bsearch) and the
+ * batches. A waiting item ends CANCELLED at once; a running one once its
+ * worker has stopped it (store.h says how), and it counts as cancelled now.
+ *
+ * items index: an id this process does not hold is not_found for now.
+ * Once the known-items index lands, an id it knows as final counts in
+ * already_final instead (and one it knows as live but not held here, in
+ * cluster mode, is the other instance's to cancel).
+ *
+ * With grpc.tls.scope_ids a client cancels only in its scope: its ids are
+ * scoped as at submit ("IDENTITY/ID"), and a batch matches only its items.
+ */
+#include "grpc/cancel.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+
+#include "com/agrounds/dosomething/v1/do_something.pb-c.h"
+#include "core/alloc.h"
+#include "core/config.h"
+#include "core/utf8.h"
+#include "grpc/call.h"
+#include "grpc/grpc_process.h"
+#include "grpc/item.h"
+#include "grpc/scope.h"
+#include "grpc/store.h"
+
+typedef Com__Agrounds__Dosomething__V1__CancelRequest cancel_request;
+typedef Com__Agrounds__Dosomething__V1__CancelReply cancel_reply;
+
+struct cancel_call {
+    struct call base;
+    grpc_byte_buffer *reply;
+    grpc_slice details;
+    int has_details;
+    uint64_t cancelled;
+    uint64_t not_found;
+};
+
+/* One requested id: as the client sent it, and as the store knows it. */
+struct wanted {
+    size_t index;               /* in the request */
+    char *id;                   /* scoped; ours */
+    int found;
+};
+
+struct cancel_match {
+    struct wanted *ids;         /* sorted by id, duplicates kept (all marked found) */
+    size_t id_count;
+    char **batches;             /* sorted */
+    size_t batch_count;
+    const char *scope;
+    size_t scope_len;
+};
+
+static void
+cancel_counts(struct call *call, char *buf, size_t size)
+{
+    struct cancel_call *c = CALL_OF(call, struct cancel_call, base);
+    snprintf(buf, size, "cancelled=%llu not_found=%llu", (unsigned long long)c->cancelled,
+             (unsigned long long)c->not_found);
+}
+
+static void
+cancel_destroy(struct call *call)
+{
+    struct cancel_call *c = CALL_OF(call, struct cancel_call, base);
+    if (c->reply != NULL)
+        grpc_byte_buffer_destroy(c->reply);
+    if (c->has_details)
+        grpc_slice_unref(c->details);
+    free(c);
+}
+
+static const struct call_kind cancel_kind = {
+    .method = "cancel",
+    .counts = cancel_counts,
+    .destroy = cancel_destroy,
+};
+
+static void
+finish(struct cancel_call *c, grpc_status_code status, const char *details)
+{
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    size_t n = 0;
+    if (c->reply != NULL) {
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = c->reply;
+    }
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = status;
+    if (details != NULL) {
+        c->details = grpc_slice_from_copied_string(details);
+        c->has_details = 1;
+        ops[n].data.send_status_from_server.status_details = &c->details;
+    }
+    c->base.status = (int)status;
+    call_batch(&c->base, ops, n + 1, NULL);
+}
+
+static cancel_request *
+decode(grpc_byte_buffer *bb)
+{
+    if (bb == NULL)
+        return com__agrounds__dosomething__v1__cancel_request__unpack(NULL, 0,
+                                                                       (const uint8_t *)"");
+    grpc_byte_buffer_reader reader;
+    if (!grpc_byte_buffer_reader_init(&reader, bb))
+        return NULL;
+    grpc_slice s = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+    cancel_request *req = com__agrounds__dosomething__v1__cancel_request__unpack(
+        NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+    grpc_slice_unref(s);
+    return req;
+}
+
+/* Is the request acceptable? If not, why (naming the field) into ERR. */
+static int
+check_request(const cancel_request *req, char *err, size_t err_size)
+{
+    if (req->n_item_ids > CANCEL_IDS_MAX) {
+        snprintf(err, err_size, "item_ids: %zu ids, at most %u per call", req->n_item_ids,
+                 CANCEL_IDS_MAX);
+        return -1;
+    }
+    if (req->n_batches > CANCEL_BATCHES_MAX) {
+        snprintf(err, err_size, "batches: %zu batches, at most %u per call", req->n_batches,
+                 CANCEL_BATCHES_MAX);
+        return -1;
+    }
+    if (req->n_item_ids == 0 && req->n_batches == 0) {
+        snprintf(err, err_size, "item_ids and batches are both empty: nothing to cancel");
+        return -1;
+    }
+    for (size_t i = 0; i < req->n_item_ids; i++) {
+        const char *id = req->item_ids[i];
+        size_t len = strlen(id);
+        if (!utf8_valid(id, len)) {
+            snprintf(err, err_size, "item_ids[%zu] is not valid UTF-8", i);
+            return -1;
+        }
+        if (len == 0 || len > DS_ITEM_ID_MAX) {
+            snprintf(err, err_size, "item_ids[%zu] is %zu bytes: must be 1..%u", i, len,
+                     DS_ITEM_ID_MAX);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < req->n_batches; i++) {
+        const char *b = req->batches[i];
+        size_t len = strlen(b);
+        if (!utf8_valid(b, len)) {
+            snprintf(err, err_size, "batches[%zu] is not valid UTF-8", i);
+            return -1;
+        }
+        if (len == 0 || len > DS_ITEM_ID_MAX) {
+            snprintf(err, err_size, "batches[%zu] is %zu bytes: must be 1..%u", i, len,
+                     DS_ITEM_ID_MAX);
+            return -1;
+        }
+    }
+    size_t len = strlen(req->reason);
+    if (!utf8_valid(req->reason, len)) {
+        snprintf(err, err_size, "reason is not valid UTF-8");
+        return -1;
+    }
+    if (len > CANCEL_REASON_MAX) {
+        snprintf(err, err_size, "reason is %zu bytes, at most %u", len, CANCEL_REASON_MAX);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+compare_wanted(const void *a, const void *b)
+{
+    return strcmp(((const struct wanted *)a)->id, ((const struct wanted *)b)->id);
+}
+
+static int
+compare_string(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int
+match(const struct item *item, void *arg)
+{
+    struct cancel_match *m = arg;
+    if (m->id_count > 0) {
+        struct wanted key = { .id = (char *)item->id };
+        struct wanted *w = bsearch(&key, m->ids, m->id_count, sizeof *m->ids, compare_wanted);
+        if (w != NULL) {
+            /* Every copy of a repeated id is found. */
+            for (struct wanted *p = w; p >= m->ids && strcmp(p->id, item->id) == 0; p--)
+                p->found = 1;
+            for (struct wanted *p = w + 1; p < m->ids + m->id_count &&
+                 strcmp(p->id, item->id) == 0; p++)
+                p->found = 1;
+            return 1;
+        }
+    }
+    if (m->batch_count > 0 && item->batch != NULL && item->batch[0] != '\0' &&
+        strncmp(item->id, m->scope, m->scope_len) == 0) {
+        const char *b = item->batch;
+        if (bsearch(&b, m->batches, m->batch_count, sizeof *m->batches, compare_string) != NULL)
+            return 1;
+    }
+    return 0;
+}
+
+static void
+answer(struct cancel_call *c, const cancel_request *req, const char *scope)
+{
+    struct cancel_match m = { .id_count = req->n_item_ids, .batch_count = req->n_batches,
+                              .scope = scope, .scope_len = strlen(scope) };
+    m.ids = ds_calloc(m.id_count + 1, sizeof *m.ids);
+    for (size_t i = 0; i < m.id_count; i++) {
+        const char *id = req->item_ids[i];
+        m.ids[i].index = i;
+        size_t len = strlen(id) + m.scope_len + 1;
+        m.ids[i].id = ds_malloc(len);
+        if (m.scope_len > 0 && strncmp(id, scope, m.scope_len) != 0)
+            snprintf(m.ids[i].id, len, "%s%s", scope, id);
+        else
+            snprintf(m.ids[i].id, len, "%s", id);
+    }
+    qsort(m.ids, m.id_count, sizeof *m.ids, compare_wanted);
+    m.batches = ds_calloc(m.batch_count + 1, sizeof *m.batches);
+    for (size_t i = 0; i < m.batch_count; i++)
+        m.batches[i] = req->batches[i];
+    qsort(m.batches, m.batch_count, sizeof *m.batches, compare_string);
+
+    const char *reason = req->reason[0] != '\0' ? req->reason : NULL;
+    c->cancelled = store_cancel(match, &m, reason);
+
+    /* items index: ids not held here are not_found until the index says
+     * which of them are final (already_final). In the order sent. */
+    cancel_reply reply = COM__AGROUNDS__DOSOMETHING__V1__CANCEL_REPLY__INIT;
+    reply.cancelled = c->cancelled;
+    reply.not_found = ds_calloc(m.id_count + 1, sizeof *reply.not_found);
+    uint8_t *found = ds_calloc(m.id_count + 1, 1);
+    for (size_t j = 0; j < m.id_count; j++)
+        found[m.ids[j].index] = (uint8_t)m.ids[j].found;
+    for (size_t i = 0; i < req->n_item_ids; i++)
+        if (!found[i])
+            reply.not_found[reply.n_not_found++] = req->item_ids[i];
+    free(found);
+    c->not_found = reply.n_not_found;
+    size_t size = com__agrounds__dosomething__v1__cancel_reply__get_packed_size(&reply);
+    uint8_t *bytes = ds_malloc(size + 1);
+    com__agrounds__dosomething__v1__cancel_reply__pack(&reply, bytes);
+    grpc_slice s = grpc_slice_from_copied_buffer((const char *)bytes, size);
+    c->reply = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    free(bytes);
+    free(reply.not_found);
+    for (size_t i = 0; i < m.id_count; i++)
+        free(m.ids[i].id);
+    free(m.ids);
+    free(m.batches);
+    finish(c, GRPC_STATUS_OK, NULL);
+}
+
+void
+cancel_call_start(grpc_call *call, grpc_byte_buffer *request)
+{
+    struct cancel_call *c = ds_calloc(1, sizeof *c);
+    call_init(&c->base, call, &cancel_kind);
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_INITIAL_METADATA;
+    call_batch(&c->base, &op, 1, NULL);
+
+    cancel_request *req = decode(request);
+    if (request != NULL)
+        grpc_byte_buffer_destroy(request);
+    char err[160], scope[SCOPE_IDENTITY_MAX + 2];
+    if (req == NULL) {
+        finish(c, GRPC_STATUS_INVALID_ARGUMENT, "the request is not a valid CancelRequest");
+        return;
+    }
+    const char *why;
+    if (check_request(req, err, sizeof err) == -1) {
+        finish(c, GRPC_STATUS_INVALID_ARGUMENT, err);
+    } else if (scope_of_call(call, scope, sizeof scope) == -1) {
+        finish(c, GRPC_STATUS_PERMISSION_DENIED, scope);
+    } else if (store_shared_log()) {
+        /* Cluster mode: the item may run on another instance; until a
+         * cancel can reach it there, say so rather than miss it. */
+        finish(c, GRPC_STATUS_FAILED_PRECONDITION, "cancel is not served in cluster mode yet");
+    } else if (!store_available(&why)) {
+        finish(c, GRPC_STATUS_UNAVAILABLE, why);
+    } else {
+        answer(c, req, scope);
+    }
+    com__agrounds__dosomething__v1__cancel_request__free_unpacked(req, NULL);
+}

@@ -44,6 +44,10 @@ struct cancel_call {
     int has_details;
     uint64_t cancelled;
     uint64_t not_found;
+    /* cluster mode: the store's question, and what it borrows */
+    struct store_act_ask *ask;
+    cancel_request *request;
+    char **ids;                 /* scoped */
 };
 
 /* One requested id: as the client sent it, and as the store knows it. */
@@ -71,9 +75,26 @@ cancel_counts(struct call *call, char *buf, size_t size)
 }
 
 static void
+cancel_closed(struct call *call)
+{
+    struct cancel_call *c = CALL_OF(call, struct cancel_call, base);
+    if (c->ask != NULL) {
+        store_act_abort(c->ask);
+        c->ask = NULL;
+        call_unref(&c->base);   /* the question's */
+    }
+}
+
+static void
 cancel_destroy(struct call *call)
 {
     struct cancel_call *c = CALL_OF(call, struct cancel_call, base);
+    if (c->request != NULL) {
+        for (size_t i = 0; i <= c->request->n_item_ids; i++)
+            free(c->ids[i]);    /* the last: the scope, or NULL */
+        free(c->ids);
+        com__agrounds__dosomething__v1__cancel_request__free_unpacked(c->request, NULL);
+    }
     if (c->reply != NULL)
         grpc_byte_buffer_destroy(c->reply);
     if (c->has_details)
@@ -84,6 +105,7 @@ cancel_destroy(struct call *call)
 static const struct call_kind cancel_kind = {
     .method = "cancel",
     .counts = cancel_counts,
+    .closed = cancel_closed,
     .destroy = cancel_destroy,
 };
 
@@ -272,6 +294,69 @@ answer(struct cancel_call *c, const cancel_request *req, const char *scope)
     finish(c, GRPC_STATUS_OK, NULL);
 }
 
+/* ---- cluster mode: the backend keeps the items (store_act) ---------------- */
+
+static void
+on_store_answer(void *arg, enum store_items_status status, const char *why,
+                const struct store_act_result *r)
+{
+    struct cancel_call *c = arg;
+    c->ask = NULL;
+    if (status != STORE_ITEMS_OK) {
+        finish(c, status == STORE_ITEMS_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
+                                                : GRPC_STATUS_UNAVAILABLE, why);
+        call_unref(&c->base);
+        return;
+    }
+    const cancel_request *req = c->request;
+    cancel_reply reply = COM__AGROUNDS__DOSOMETHING__V1__CANCEL_REPLY__INIT;
+    reply.cancelled = c->cancelled = r->done;
+    reply.already_final = r->skipped;
+    reply.not_found = ds_calloc(req->n_item_ids + 1, sizeof *reply.not_found);
+    for (size_t i = 0; i < req->n_item_ids; i++)
+        if (r->not_found[i])
+            reply.not_found[reply.n_not_found++] = req->item_ids[i];
+    c->not_found = reply.n_not_found;
+    size_t size = com__agrounds__dosomething__v1__cancel_reply__get_packed_size(&reply);
+    grpc_slice s = grpc_slice_malloc(size);
+    com__agrounds__dosomething__v1__cancel_reply__pack(&reply, GRPC_SLICE_START_PTR(s));
+    c->reply = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    free(reply.not_found);
+    finish(c, GRPC_STATUS_OK, NULL);
+    call_unref(&c->base);       /* the question's */
+}
+
+/* REQ is the call's from now on. */
+static void
+ask_store(struct cancel_call *c, cancel_request *req, const char *scope)
+{
+    size_t scope_len = strlen(scope);
+    c->request = req;
+    c->ids = ds_calloc(req->n_item_ids + 1, sizeof *c->ids);
+    for (size_t i = 0; i < req->n_item_ids; i++) {
+        const char *id = req->item_ids[i];
+        size_t len = strlen(id) + scope_len + 1;
+        c->ids[i] = ds_malloc(len);
+        if (scope_len > 0 && strncmp(id, scope, scope_len) != 0)
+            snprintf(c->ids[i], len, "%s%s", scope, id);
+        else
+            snprintf(c->ids[i], len, "%s", id);
+    }
+    struct store_act_query q = {
+        .act = STORE_ACT_CANCEL, .ids = c->ids, .n_ids = req->n_item_ids,
+        .batches = req->batches, .n_batches = req->n_batches,
+        .scope = scope_len > 0 ? ds_strdup(scope) : "",
+        .reason = req->reason[0] != '\0' ? req->reason : NULL,
+    };
+    if (scope_len > 0) {
+        /* The scope outlives this frame: keep it with the ids. */
+        c->ids[req->n_item_ids] = (char *)q.scope;
+    }
+    call_ref(&c->base);         /* the question's: on_store_answer or cancel_closed drops it */
+    c->ask = store_act(&q, on_store_answer, c);
+}
+
 void
 cancel_call_start(grpc_call *call, grpc_byte_buffer *request)
 {
@@ -295,12 +380,11 @@ cancel_call_start(grpc_call *call, grpc_byte_buffer *request)
         finish(c, GRPC_STATUS_INVALID_ARGUMENT, err);
     } else if (scope_of_call(call, scope, sizeof scope) == -1) {
         finish(c, GRPC_STATUS_PERMISSION_DENIED, scope);
-    } else if (store_shared_log()) {
-        /* Cluster mode: the item may run on another instance; until a
-         * cancel can reach it there, say so rather than miss it. */
-        finish(c, GRPC_STATUS_FAILED_PRECONDITION, "cancel is not served in cluster mode yet");
     } else if (!store_available(&why)) {
         finish(c, GRPC_STATUS_UNAVAILABLE, why);
+    } else if (store_items_remote()) {
+        ask_store(c, req, scope);   /* the items may run on another instance */
+        return;
     } else {
         answer(c, req, scope);
     }

@@ -61,6 +61,10 @@
  * trim (every claim pass, and every final) forgets it first and keeps
  * {NAME}:finals_bytes right; the TTL bounds memory while no instance runs. */
 #define TRIM_TTL_MARGIN_MS  "60000"
+/* {NAME}:control, the cancel requests to the instances holding items, is
+ * trimmed to about this many entries. */
+#define CONTROL_MAXLEN      "1000"
+#define CONTROL_REASON_MAX  1024    /* bytes of a cancel's reason (cancel.c's bound) */
 
 /*
  * KEYS: work, updates, seq, origin. Every script that publishes an update
@@ -115,10 +119,13 @@ static const char script_accept[] =
     "return seq\n";
 
 /*
- * The retention: forget the oldest finals (their hash, their places in
- * KEYS[6] items and KEYS[7] finals, their bytes in KEYS[8]) while any is
- * older than the age or there are more than the count or bytes; at most
- * 100 a call. R: now ms, age ms, count, bytes, the hash key prefix.
+ * The retention: trim(R) forgets the oldest finals (their hash, their
+ * places in KEYS[6] items and KEYS[7] finals, their bytes in KEYS[8])
+ * while any is older than the age or there are more than the count or
+ * bytes; at most 100 a call. R: now ms, age ms, count, bytes, the hash key
+ * prefix. keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4]) just became
+ * final with seq SQ: its work entry goes (its WorkItem kept unless it
+ * SUCCEEDED), its bytes are counted, its hash expires, then trim(R).
  */
 #define LUA_TRIM                                                                        \
     "local function trim(r)\n"                                                          \
@@ -137,6 +144,25 @@ static const char script_accept[] =
     "    redis.call('ZREM', KEYS[7], o[1])\n"                                           \
     "    if n > 0 then redis.call('DECRBY', KEYS[8], n) end\n"                          \
     "  end\n"                                                                           \
+    "end\n"                                                                             \
+    "local function keep_final(sq, entry, r)\n"                                        \
+    "  local e = redis.call('XRANGE', KEYS[1], entry, entry)\n"                         \
+    "  if #e > 0 and redis.call('HGET', KEYS[5], 's') ~= '4' then\n"                   \
+    "    local f = e[1][2]\n"                                                          \
+    "    for j = 1, #f, 2 do\n"                                                        \
+    "      if f[j] == 'w' then redis.call('HSET', KEYS[5], 'w', f[j + 1]) end\n"       \
+    "    end\n"                                                                        \
+    "  end\n"                                                                          \
+    "  redis.call('XDEL', KEYS[1], entry)\n"                                           \
+    "  redis.call('HDEL', KEYS[5], 'cr')\n"                                            \
+    "  local n = 2 * #ARGV[4] + redis.call('HSTRLEN', KEYS[5], 'u') + "                 \
+    "redis.call('HSTRLEN', KEYS[5], 'uq') + redis.call('HSTRLEN', KEYS[5], 'us') + "    \
+    "redis.call('HSTRLEN', KEYS[5], 'w') + 100\n"                                      \
+    "  redis.call('HSET', KEYS[5], 'n', n, 't', r[1])\n"                               \
+    "  redis.call('PEXPIRE', KEYS[5], tonumber(r[2]) + " TRIM_TTL_MARGIN_MS ")\n"       \
+    "  redis.call('ZADD', KEYS[7], sq, ARGV[4])\n"                                     \
+    "  redis.call('INCRBY', KEYS[8], n)\n"                                             \
+    "  trim(r)\n"                                                                      \
     "end\n"
 
 /*
@@ -154,25 +180,8 @@ static const char script_update[] =
     "local sq, st = string.format('%.0f', seq), ARGV[7]\n"
     "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', st, 'u', ARGV[3], 'q', sq)\n"
     "if ARGV[8] == 'f' then\n"
-    "  if st ~= '4' then\n"
-    "    local e = redis.call('XRANGE', KEYS[1], ARGV[11], ARGV[11])\n"
-    "    if #e > 0 then\n"
-    "      local f = e[1][2]\n"
-    "      for j = 1, #f, 2 do\n"
-    "        if f[j] == 'w' then redis.call('HSET', KEYS[5], 'w', f[j + 1]) end\n"
-    "      end\n"
-    "    end\n"
-    "  end\n"
     "  redis.call('XACK', KEYS[1], ARGV[9], ARGV[11])\n"
-    "  redis.call('XDEL', KEYS[1], ARGV[11])\n"
-    "  local n = 2 * #ARGV[4] + redis.call('HSTRLEN', KEYS[5], 'u') + "
-    "redis.call('HSTRLEN', KEYS[5], 'uq') + redis.call('HSTRLEN', KEYS[5], 'us') + "
-    "redis.call('HSTRLEN', KEYS[5], 'w') + 100\n"
-    "  redis.call('HSET', KEYS[5], 'n', n, 't', ARGV[13])\n"
-    "  redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[14]) + " TRIM_TTL_MARGIN_MS ")\n"
-    "  redis.call('ZADD', KEYS[7], sq, ARGV[4])\n"
-    "  redis.call('INCRBY', KEYS[8], n)\n"
-    "  trim({ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17]})\n"
+    "  keep_final(sq, ARGV[11], {ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17]})\n"
     "elseif ARGV[8] == 'r' then\n"
     "  redis.call('XCLAIM', KEYS[1], ARGV[9], ARGV[10], 0, ARGV[11], 'JUSTID', "
     "'RETRYCOUNT', tonumber(ARGV[12]) + 1)\n"
@@ -191,6 +200,55 @@ static const char script_trim[] =
     "trim(ARGV)\n"
     "return 0\n";
 
+/*
+ * cancel: KEYS as update's and control; ARGV[1..7] the CANCELLED update
+ * (as accept's), ARGV[8] the entry, ARGV[9] group, ARGV[10] the reason,
+ * ARGV[11..15] the retention. An entry not delivered yet is removed and
+ * the item CANCELLED at once ('c'); one an instance holds gets a request
+ * on the control stream that instance reads ('a'); 'f' final (or ending),
+ * 'n' not known.
+ */
+static const char script_cancel[] =
+    LUA_TRIM
+    "local s = redis.call('HGET', KEYS[5], 's')\n"
+    "if not s then return 'n' end\n"
+    "if s == '4' or s == '5' or s == '7' then return 'f' end\n"
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[9], ARGV[8], ARGV[8], 1)\n"
+    "if #p > 0 then\n"
+    "  redis.call('XADD', KEYS[9], 'MAXLEN', '~', " CONTROL_MAXLEN ", '*', 'c', p[1][2], "
+    "'e', ARGV[8], 'r', ARGV[10])\n"
+    "  redis.call('HSET', KEYS[5], 'cr', ARGV[10])\n"
+    "  return 'a'\n"
+    "end\n"
+    "if #redis.call('XRANGE', KEYS[1], ARGV[8], ARGV[8]) == 0 then return 'f' end\n"
+    LUA_NEXT_SEQ LUA_ADD_UPDATE
+    "local sq = string.format('%.0f', seq)\n"
+    "redis.call('HSET', KEYS[5], 's', ARGV[7], 'u', ARGV[3], 'q', sq)\n"
+    "keep_final(sq, ARGV[8], {ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]})\n"
+    "return 'c'\n";
+
+/*
+ * retry: KEYS as update's; ARGV[1..10] as accept's (the QUEUED update, m t
+ * q). A FAILED or CANCELLED item with its WorkItem is queued again as if
+ * accepted now (the seq, or 0 if it is not retryable; -1 if not known).
+ */
+static const char script_retry[] =
+    "local h = redis.call('HMGET', KEYS[5], 's', 'w', 'n')\n"
+    "if not h[1] then return -1 end\n"
+    "if (h[1] ~= '5' and h[1] ~= '7') or not h[2] then return 0 end\n"
+    LUA_NEXT_SEQ LUA_ADD_UPDATE
+    "local sq = string.format('%.0f', seq)\n"
+    "local e = redis.call('XADD', KEYS[1], '0-*', 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], "
+    "'m', ARGV[8], 't', ARGV[9], 'q', ARGV[10], 'w', h[2])\n"
+    "redis.call('HDEL', KEYS[5], 'u', 'us', 'w', 'n', 't', 'cr')\n"
+    "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
+    "'uq', ARGV[3], 'q', sq, 'x', e)\n"
+    "redis.call('PERSIST', KEYS[5])\n"
+    "redis.call('ZREM', KEYS[7], ARGV[4])\n"
+    "if h[3] then redis.call('DECRBY', KEYS[8], tonumber(h[3])) end\n"
+    "redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
+    "return seq\n";
+
 /* renew: KEYS work; ARGV group, consumer, ids: reset the idle time of those
  * still pending here. */
 static const char script_renew[] =
@@ -207,7 +265,9 @@ static const char script_renew[] =
 /*
  * claim: KEYS work; ARGV group, consumer, lease ms, count. Entries idle for
  * the lease (their holder stopped renewing them) become ours, each as
- * {id, fields, delivery count, previous holder, idle ms}. Then consumers
+ * {id, fields, delivery count, previous holder, idle ms, the reason of a
+ * cancel asked of the previous holder or nil} (ARGV[5]: the item hash
+ * prefix). Then consumers
  * that hold nothing and were not seen for the lease are removed (a live
  * one is recreated by its next read).
  */
@@ -217,7 +277,11 @@ static const char script_claim[] =
     "for _, e in ipairs(p) do\n"
     "  local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], e[1])\n"
     "  if #c > 0 and c[1] then\n"
-    "    out[#out + 1] = {c[1][1], c[1][2], e[4] + 1, e[2], e[3]}\n"
+    "    local cr = false\n"
+    "    for j = 1, #c[1][2], 2 do\n"
+    "      if c[1][2][j] == 'i' then cr = redis.call('HGET', ARGV[5] .. c[1][2][j + 1], 'cr') end\n"
+    "    end\n"
+    "    out[#out + 1] = {c[1][1], c[1][2], e[4] + 1, e[2], e[3], cr}\n"
     "  end\n"
     "end\n"
     "local cs = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])\n"
@@ -231,11 +295,13 @@ static const char script_claim[] =
     "return out\n";
 
 enum script {
-    SCRIPT_ACCEPT, SCRIPT_UPDATE, SCRIPT_RENEW, SCRIPT_CLAIM, SCRIPT_TRIM, SCRIPT_COUNT
+    SCRIPT_ACCEPT, SCRIPT_UPDATE, SCRIPT_RENEW, SCRIPT_CLAIM, SCRIPT_TRIM, SCRIPT_CANCEL,
+    SCRIPT_RETRY, SCRIPT_COUNT
 };
 
 static const char *const script_text[SCRIPT_COUNT] = {
-    script_accept, script_update, script_renew, script_claim, script_trim,
+    script_accept, script_update, script_renew, script_claim, script_trim, script_cancel,
+    script_retry,
 };
 
 struct conn {
@@ -259,6 +325,8 @@ static struct {
     char consumer[160];
     char key_work[96], key_updates[96], key_seq[96], key_origin[96];
     char key_items[96], key_finals[96], key_finals_bytes[96], key_item_prefix[96];
+    char key_control[96];
+    char control_last[48];      /* the last {NAME}:control entry read */
     uint64_t floor_start;       /* updates_last_seq() when we started */
     char floor[24];             /* the seq counter starts no lower than this: floor_arg() */
     struct conn cmd, work, upd;
@@ -289,6 +357,7 @@ static struct {
     uint64_t ping_sent_ms;
     int ping_outstanding;
     uint64_t reconnects, claimed, lost_updates, superseded, sessions;
+    uint64_t cancels;           /* cancel requests for items held here */
     char last_error[256];
     char why[400];
 } cl;
@@ -297,6 +366,8 @@ static void session_fail(const char *fmt, ...) __attribute__((format(printf, 1, 
 static void read_updates(void);
 static void check_done(void);
 static void cluster_pull(void);
+static void apply_pending_cancel(uint64_t key);
+static void remember_cancel(uint64_t key, const char *reason);
 
 /* ---- commands ------------------------------------------------------------ */
 
@@ -401,7 +472,7 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
 {
     redis_args_init(a, "EVALSHA");
     redis_args_str(a, cl.sha[script]);
-    redis_args_str(a, script == SCRIPT_ACCEPT ? "6" : "8");
+    redis_args_str(a, script == SCRIPT_ACCEPT ? "6" : script == SCRIPT_CANCEL ? "9" : "8");
     redis_args_str(a, cl.key_work);
     redis_args_str(a, cl.key_updates);
     redis_args_str(a, cl.key_seq);
@@ -412,6 +483,8 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
         redis_args_str(a, cl.key_finals);
         redis_args_str(a, cl.key_finals_bytes);
     }
+    if (script == SCRIPT_CANCEL)
+        redis_args_str(a, cl.key_control);
     redis_args_str(a, floor_arg());
     redis_args_u64(a, gp.config->updates.history);
     redis_args_mem(a, encoded, encoded_len);
@@ -803,6 +876,7 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
     }
     uint32_t weight = item->weight;
     store_take(item);
+    apply_pending_cancel(key);
     return weight;
 }
 
@@ -935,6 +1009,11 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
         uint64_t key = id_number(e->element[0]->str, e->element[0]->len);
         if (key != 0 && store_holds(key))
             continue;   /* ours, renewed late: our copy runs on */
+        if (e->elements >= 6 && e->element[5]->type == REDIS_REPLY_STRING && key != 0) {
+            char reason[CONTROL_REASON_MAX + 1];
+            snprintf(reason, sizeof reason, "%.*s", (int)e->element[5]->len, e->element[5]->str);
+            remember_cancel(key, utf8_valid(reason, strlen(reason)) ? reason : "");
+        }
         redisReply entry = { .type = REDIS_REPLY_ARRAY, .elements = 2, .element = e->element };
         long long deliveries = e->element[2]->integer;
         take_entry(&entry, deliveries > 0 && deliveries < UINT32_MAX ? (uint32_t)deliveries : 1,
@@ -970,6 +1049,7 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_str(&a, cl.consumer);
     redis_args_u64(&a, gp.config->cluster.lease_ms);
     redis_args_u64(&a, CLAIM_COUNT);
+    redis_args_str(&a, cl.key_item_prefix);
     if (command(&cl.cmd, on_claimed, NULL, &a) == 0)
         cl.claiming = 1;
     /* Finals that aged out while none ended (the trim of every final does
@@ -1093,6 +1173,100 @@ deliver_entry(const redisReply *entry)
         cluster_items_final(i->str, i->len);
 }
 
+/* ---- cancel requests (the control stream) ---------------------------------- */
+
+/*
+ * A cancel request for an item this instance is to hold but has not taken
+ * yet (its XREADGROUP or claim reply is still on its way): applied when it
+ * is taken, forgotten after PENDING_CANCEL_MS.
+ */
+#define PENDING_CANCELS     64
+#define PENDING_CANCEL_MS   30000
+static struct pending_cancel {
+    uint64_t key;               /* 0: free */
+    uint64_t at_ms;
+    char reason[CONTROL_REASON_MAX + 1];
+} pending_cancels[PENDING_CANCELS];
+
+static int
+key_matches(const struct item *item, void *arg)
+{
+    return item->key == *(const uint64_t *)arg;
+}
+
+/* Cancel the item with KEY if it is held here (1), else 0. */
+static int
+cancel_held(uint64_t key, const char *reason)
+{
+    if (!store_holds(key))
+        return 0;
+    store_cancel(key_matches, &key, reason[0] ? reason : NULL);
+    return 1;
+}
+
+static void
+remember_cancel(uint64_t key, const char *reason)
+{
+    uint64_t now = clock_monotonic_ms();
+    struct pending_cancel *slot = &pending_cancels[0];
+    for (int i = 0; i < PENDING_CANCELS; i++) {
+        struct pending_cancel *p = &pending_cancels[i];
+        if (p->key == 0 || now - p->at_ms > PENDING_CANCEL_MS) {
+            slot = p;
+            break;
+        }
+        if (p->at_ms < slot->at_ms)
+            slot = p;       /* full: the oldest goes */
+    }
+    slot->key = key;
+    slot->at_ms = now;
+    snprintf(slot->reason, sizeof slot->reason, "%s", reason);
+}
+
+/* ITEM (KEY) was just taken here: was it cancelled on its way? */
+static void
+apply_pending_cancel(uint64_t key)
+{
+    uint64_t now = clock_monotonic_ms();
+    for (int i = 0; i < PENDING_CANCELS; i++) {
+        struct pending_cancel *p = &pending_cancels[i];
+        if (p->key == key && now - p->at_ms <= PENDING_CANCEL_MS) {
+            p->key = 0;
+            cancel_held(key, p->reason);
+        }
+    }
+}
+
+/* An entry of {NAME}:control: c the consumer, e the work entry, r the
+ * reason. Ours: cancel the item through the store like a local cancel;
+ * its CANCELLED goes through the final script. */
+static void
+control_entry(const redisReply *entry)
+{
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 ||
+        entry->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const redisReply *idr = entry->element[0], *fields = entry->element[1];
+    if (idr->len < sizeof cl.control_last) {
+        memcpy(cl.control_last, idr->str, idr->len);
+        cl.control_last[idr->len] = '\0';
+    }
+    char consumer[sizeof cl.consumer], reason[CONTROL_REASON_MAX + 1];
+    const redisReply *e = field(fields, "e");
+    if (field_string(fields, "c", sizeof consumer - 1, consumer) == NULL ||
+        strcmp(consumer, cl.consumer) != 0 || e == NULL)
+        return;
+    if (field_string(fields, "r", CONTROL_REASON_MAX, reason) == NULL ||
+        !utf8_valid(reason, strlen(reason)))
+        reason[0] = '\0';
+    uint64_t key = id_number(e->str, e->len);
+    if (key == 0)
+        return;
+    cl.cancels++;
+    if (!cancel_held(key, reason))
+        remember_cancel(key, reason);
+}
+
 static void
 on_updates(redisAsyncContext *ac, void *reply, void *arg)
 {
@@ -1104,10 +1278,24 @@ on_updates(redisAsyncContext *ac, void *reply, void *arg)
         session_fail("XREAD on %s failed: %.200s", cl.key_updates, r->str);
         return;
     }
-    const redisReply *entries = stream_entries(r);
-    size_t n = entries != NULL ? entries->elements : 0;
-    for (size_t i = 0; i < n; i++)
-        deliver_entry(entries->element[i]);
+    size_t n = 0;
+    for (size_t k = 0; r->type == REDIS_REPLY_ARRAY && k < r->elements; k++) {
+        const redisReply *stream = r->element[k];
+        if (stream->type != REDIS_REPLY_ARRAY || stream->elements < 2 ||
+            stream->element[0]->type != REDIS_REPLY_STRING ||
+            stream->element[1]->type != REDIS_REPLY_ARRAY)
+            continue;
+        const redisReply *name = stream->element[0], *entries = stream->element[1];
+        if (strlen(cl.key_control) == name->len &&
+            memcmp(name->str, cl.key_control, name->len) == 0) {
+            for (size_t i = 0; i < entries->elements; i++)
+                control_entry(entries->element[i]);
+            continue;
+        }
+        n = entries->elements;
+        for (size_t i = 0; i < n; i++)
+            deliver_entry(entries->element[i]);
+    }
     if (cl.last_seq > 0)
         report_seq();
     if (n < READ_COUNT && !cl.caught_up) {
@@ -1137,7 +1325,9 @@ read_updates(void)
     }
     redis_args_str(&a, "STREAMS");
     redis_args_str(&a, cl.key_updates);
+    redis_args_str(&a, cl.key_control);
     redis_args_stream_id(&a, 0, cl.last_seq);
+    redis_args_str(&a, cl.control_last);
     if (command(&cl.upd, on_updates, NULL, &a) == 0)
         cl.reading = 1;
 }
@@ -1255,11 +1445,20 @@ on_setup(redisAsyncContext *ac, void *reply, void *arg)
                          r->str);
             return;
         }
-    } else {
+    } else if (which == SCRIPT_COUNT + 1) {
         uint64_t origin = 0;
         if (r->type == REDIS_REPLY_STRING)
             origin = strtoull(r->str, NULL, 10);
         cl.origin = origin;
+    } else if (cl.control_last[0] == '\0') {
+        /* Cancel requests from now on (a new session goes on from the last one read). */
+        snprintf(cl.control_last, sizeof cl.control_last, "0-0");
+        if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+            r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements > 0 &&
+            r->element[0]->element[0]->type == REDIS_REPLY_STRING &&
+            r->element[0]->element[0]->len < sizeof cl.control_last)
+            snprintf(cl.control_last, sizeof cl.control_last, "%.*s",
+                     (int)r->element[0]->element[0]->len, r->element[0]->element[0]->str);
     }
     if (--cl.setup_pending == 0)
         session_up();
@@ -1338,7 +1537,7 @@ on_connect(const redisAsyncContext *ac, int status)
         return;
     /* Everything the session needs, pipelined; session_up() after the last reply. */
     cl.up = 1;
-    cl.setup_pending = SCRIPT_COUNT + 2;
+    cl.setup_pending = SCRIPT_COUNT + 3;
     struct redis_args a;
     for (intptr_t i = 0; i < SCRIPT_COUNT; i++) {
         redis_args_init(&a, "SCRIPT");
@@ -1356,6 +1555,13 @@ on_connect(const redisAsyncContext *ac, int status)
     redis_args_init(&a, "GET");
     redis_args_str(&a, cl.key_origin);
     command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 1), &a);
+    redis_args_init(&a, "XREVRANGE");
+    redis_args_str(&a, cl.key_control);
+    redis_args_str(&a, "+");
+    redis_args_str(&a, "-");
+    redis_args_str(&a, "COUNT");
+    redis_args_str(&a, "1");
+    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 2), &a);
     cl.up = 0;      /* until session_up() */
 }
 
@@ -1426,6 +1632,7 @@ cluster_start(void)
     snprintf(cl.key_finals_bytes, sizeof cl.key_finals_bytes, "{%s}:finals_bytes",
              c->cluster.name);
     snprintf(cl.key_item_prefix, sizeof cl.key_item_prefix, "{%s}:item:", c->cluster.name);
+    snprintf(cl.key_control, sizeof cl.key_control, "{%s}:control", c->cluster.name);
     cl.floor_start = updates_last_seq();
     cl.backoff_ms = BACKOFF_MIN_MS;
     cl.pull_unit = ITEM_WEIGHT_FULL;
@@ -1488,6 +1695,46 @@ cluster_send(struct redis_args *a, redisCallbackFn *fn, void *arg)
     if (!cl.caught_up)
         return -1;
     return command(&cl.cmd, fn, arg, a);
+}
+
+int
+cluster_cancel_item(const char *id, const char *kind, const char *batch, uint64_t key,
+                    uint32_t attempt, const char *reason, redisCallbackFn *fn, void *arg)
+{
+    struct item *item = item_make(NULL, 0, id, batch, kind, 1, 0, 0);
+    item->key = key;
+    item->attempt = attempt ? attempt : 1;
+    struct outcome o = { .state = STATE_CANCELLED, .error = reason };
+    size_t len;
+    uint8_t *encoded = updates_encode(item, &o, &len);
+    struct redis_args a;
+    char hash_key[ITEM_KEY_SIZE];
+    publish_args(&a, SCRIPT_CANCEL, item, STATE_CANCELLED, encoded, len, hash_key);
+    redis_args_stream_id(&a, 0, key);
+    redis_args_str(&a, CLUSTER_GROUP);
+    redis_args_str(&a, reason);
+    retention_args(&a);
+    int rc = cluster_send(&a, fn, arg);
+    free(encoded);
+    store_discard(item);
+    return rc;
+}
+
+int
+cluster_requeue_item(const struct item *item, redisCallbackFn *fn, void *arg)
+{
+    size_t len;
+    struct outcome queued = { .state = STATE_QUEUED };
+    uint8_t *encoded = updates_encode(item, &queued, &len);
+    struct redis_args a;
+    char hash_key[ITEM_KEY_SIZE];
+    publish_args(&a, SCRIPT_RETRY, item, STATE_QUEUED, encoded, len, hash_key);
+    redis_args_u64(&a, item->max_attempts);
+    redis_args_u64(&a, item->timeout_ms);
+    redis_args_str(&a, item->weight == ITEM_WEIGHT_QUICK ? "1" : "0");
+    int rc = cluster_send(&a, fn, arg);
+    free(encoded);
+    return rc;
 }
 
 const char *
@@ -1626,4 +1873,6 @@ const struct store_backend store_redis = {
     .metrics = cluster_metrics,
     .get_items = cluster_get_items,
     .items_abort = cluster_items_abort,
+    .act = cluster_act,
+    .act_abort = cluster_act_abort,
 };

@@ -48,6 +48,17 @@ struct redisAsyncContext;
  * session is down: cluster_why() says why), FN will not run. */
 int cluster_send(struct redis_args *a, void (*fn)(struct redisAsyncContext *, void *, void *),
                  void *arg);
+/* Cancel item ID (of KIND and BATCH, its work entry 0-KEY, at ATTEMPT)
+ * for REASON: the cancel script; FN hears 'c' (cancelled now), 'a' (its
+ * holder is asked), 'f' (final) or 'n' (not known). */
+int cluster_cancel_item(const char *id, const char *kind, const char *batch, uint64_t key,
+                        uint32_t attempt, const char *reason,
+                        void (*fn)(struct redisAsyncContext *, void *, void *), void *arg);
+/* Queue ITEM (a retry of a FAILED or CANCELLED item; still the caller's)
+ * again: the retry script; FN hears its seq, 0 (not retryable) or -1 (not
+ * known). */
+int cluster_requeue_item(const struct item *item,
+                         void (*fn)(struct redisAsyncContext *, void *, void *), void *arg);
 /* Why the cluster cannot serve now. */
 const char *cluster_why(void);
 /* {NAME}:items, {NAME}:finals, {NAME}:finals_bytes, {NAME}:work and the

@@ -556,3 +556,366 @@ cluster_items_final(const char *id, size_t id_len)
             lookup(ask);    /* what they became (a retry may have queued one again) */
     }
 }
+
+/* ---- cancel and retry ------------------------------------------------------------ */
+
+/*
+ * Both go the same way: the items of the batches named are listed first
+ * (the list script, page by page, filtered on the states the action
+ * applies to), then every item is looked up (one HMGET each, pipelined)
+ * and acted on with one script each, which checks again what it found:
+ *
+ *   cancel  not delivered yet: removed from the work stream and CANCELLED
+ *           in the script; held by an instance (this one or another): a
+ *           request on {NAME}:control, which that instance reads with the
+ *           updates and carries out through store_cancel(), its CANCELLED
+ *           going through the final script like any final.
+ *   retry   FAILED or CANCELLED with its WorkItem kept: queued again (a
+ *           new work entry, QUEUED at attempt 1), made with this
+ *           instance's config (store_item_again).
+ */
+#define ACT_ITEMS_MAX   100000  /* items of batches one call acts on */
+#define ACT_PAGE        1000
+
+struct act_slot {
+    struct store_act_ask *ask;
+    size_t index;               /* in ids, then in found */
+};
+
+/* Owned here from cluster_act() until answered (or given up) and owed nothing. */
+struct store_act_ask {
+    struct store_act_query q;   /* its pointers borrowed from the caller */
+    store_act_fn *done;
+    void *arg;
+    int answered, scheduled, failed;
+    uint32_t owed;
+    char why[300];
+    uint64_t done_count, skipped;
+    uint8_t *not_found;         /* q.n_ids flags */
+    char **found;               /* ids of the batches' items, owned */
+    size_t n_found, cap_found;
+    struct act_slot *slots;
+};
+
+static void
+act_free(struct store_act_ask *ask)
+{
+    for (size_t i = 0; i < ask->n_found; i++)
+        free(ask->found[i]);
+    free(ask->found);
+    free(ask->not_found);
+    free(ask->slots);
+    free(ask);
+}
+
+static void
+act_release(struct store_act_ask *ask)
+{
+    if (ask->answered && ask->owed == 0 && !ask->scheduled)
+        act_free(ask);
+}
+
+static void
+act_fail(struct store_act_ask *ask, const char *why)
+{
+    if (!ask->failed)
+        snprintf(ask->why, sizeof ask->why, "%s", why);
+    ask->failed = 1;
+}
+
+/* Nothing owed: answer (unless given up) and free. */
+static void
+act_finish(struct store_act_ask *ask)
+{
+    if (!ask->answered) {
+        ask->answered = 1;
+        if (ask->failed) {
+            ask->done(ask->arg, ask->failed == 2 ? STORE_ITEMS_INVALID : STORE_ITEMS_UNAVAILABLE,
+                      ask->why, NULL);
+        } else {
+            struct store_act_result r = { .done = ask->done_count, .skipped = ask->skipped,
+                                          .not_found = ask->not_found };
+            ask->done(ask->arg, STORE_ITEMS_OK, NULL, &r);
+        }
+    }
+    act_release(ask);
+}
+
+static void
+on_act_later(evutil_socket_t fd, short what, void *arg)
+{
+    struct store_act_ask *ask = arg;
+    ask->scheduled = 0;
+    act_finish(ask);
+}
+
+static void
+act_later(struct store_act_ask *ask)
+{
+    struct timeval now = { 0, 0 };
+    ask->scheduled = 1;
+    event_base_once(gp.base, -1, EV_TIMEOUT, on_act_later, ask, &now);
+}
+
+static const char *
+act_id(const struct store_act_ask *ask, size_t index)
+{
+    return index < ask->q.n_ids ? ask->q.ids[index] : ask->found[index - ask->q.n_ids];
+}
+
+static void
+act_not_found(struct store_act_ask *ask, size_t index)
+{
+    if (index < ask->q.n_ids)
+        ask->not_found[index] = 1;     /* an item of a batch that went meanwhile: nothing */
+}
+
+static void
+on_act_script(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct act_slot *slot = arg;
+    struct store_act_ask *ask = slot->ask;
+    const redisReply *r = reply;
+    ask->owed--;
+    if (r == NULL) {
+        act_fail(ask, "cluster: the connection to redis was lost");
+    } else if (r->type == REDIS_REPLY_STRING && r->len == 1) {
+        if (r->str[0] == 'c' || r->str[0] == 'a')
+            ask->done_count++;
+        else if (r->str[0] == 'f')
+            ask->skipped++;
+        else
+            act_not_found(ask, slot->index);
+    } else if (r->type == REDIS_REPLY_INTEGER) {
+        if (r->integer > 0)
+            ask->done_count++;
+        else if (r->integer == 0)
+            ask->skipped++;
+        else
+            act_not_found(ask, slot->index);
+    } else {
+        char why[300];
+        snprintf(why, sizeof why, "cluster: %s failed: %.200s",
+                 ask->q.act == STORE_ACT_CANCEL ? "cancelling" : "retrying",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        act_fail(ask, why);
+    }
+    if (ask->owed == 0)
+        act_finish(ask);
+}
+
+/* The fields an action reads, in this order. */
+#define ACT_FIELDS 7
+static const char *const act_fields[ACT_FIELDS] = { "k", "b", "s", "u", "uq", "x", "w" };
+
+static char *
+copy_string(const redisReply *r, char *buf, size_t size)
+{
+    size_t n = r != NULL && r->type == REDIS_REPLY_STRING ? r->len : 0;
+    if (n >= size)
+        n = size - 1;
+    if (n > 0)
+        memcpy(buf, r->str, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* Item SLOT's hash F (act_fields): act on it. */
+static void
+act_on(struct act_slot *slot, const redisReply *const *f)
+{
+    struct store_act_ask *ask = slot->ask;
+    const char *id = act_id(ask, slot->index);
+    if (f[0] == NULL || f[0]->type != REDIS_REPLY_STRING) {
+        act_not_found(ask, slot->index);
+        return;
+    }
+    char kind[80], batch[DS_ITEM_BATCH_MAX + 1], why[300];
+    copy_string(f[0], kind, sizeof kind);
+    copy_string(f[1], batch, sizeof batch);
+    int state = (int)reply_u64(f[2]);
+    int rc;
+    if (ask->q.act == STORE_ACT_CANCEL) {
+        if (is_final(state)) {
+            ask->skipped++;
+            return;
+        }
+        wire_update *u = reply_update(f[3] != NULL && f[3]->type == REDIS_REPLY_STRING
+                                      ? f[3] : f[4]);
+        uint32_t attempt = u != NULL ? u->attempt : 1;
+        if (u != NULL)
+            wire_update_free(u, NULL);
+        uint64_t key = 0;
+        if (f[5] != NULL && f[5]->type == REDIS_REPLY_STRING && f[5]->len > 2 &&
+            f[5]->len < 24 && memcmp(f[5]->str, "0-", 2) == 0) {
+            char buf[24];
+            key = strtoull(copy_string(f[5], buf, sizeof buf) + 2, NULL, 10);
+        }
+        rc = cluster_cancel_item(id, kind, batch, key, attempt,
+                                 ask->q.reason != NULL ? ask->q.reason : "cancelled by a client",
+                                 on_act_script, slot);
+    } else {
+        if ((state != STATE_FAILED && state != STATE_CANCELLED) || f[6] == NULL ||
+            f[6]->type != REDIS_REPLY_STRING) {
+            ask->skipped++;
+            return;
+        }
+        struct item *item = store_item_again(id, batch, kind, (const uint8_t *)f[6]->str,
+                                             f[6]->len);
+        if (item == NULL) {
+            ask->skipped++;
+            return;
+        }
+        rc = cluster_requeue_item(item, on_act_script, slot);
+        store_discard(item);
+    }
+    if (rc == -1) {
+        snprintf(why, sizeof why, "%s", cluster_why());
+        act_fail(ask, why);
+        return;
+    }
+    ask->owed++;
+}
+
+static void
+on_act_lookup(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct act_slot *slot = arg;
+    struct store_act_ask *ask = slot->ask;
+    const redisReply *r = reply;
+    ask->owed--;
+    if (r == NULL)
+        act_fail(ask, "cluster: the connection to redis was lost");
+    else if (r->type != REDIS_REPLY_ARRAY || r->elements != ACT_FIELDS)
+        act_fail(ask, r->type == REDIS_REPLY_ERROR ? r->str : "cluster: unexpected reply");
+    else if (!ask->answered && !ask->failed)
+        act_on(slot, (const redisReply *const *)r->element);
+    if (ask->owed == 0)
+        act_finish(ask);
+}
+
+/* Every item named and found: look each up. */
+static void
+act_lookup(struct store_act_ask *ask)
+{
+    size_t n = ask->q.n_ids + ask->n_found;
+    ask->slots = ds_calloc(n + 1, sizeof *ask->slots);
+    for (size_t i = 0; i < n; i++) {
+        ask->slots[i] = (struct act_slot){ .ask = ask, .index = i };
+        struct redis_args a;
+        char key[ITEM_KEY_SIZE];
+        snprintf(key, sizeof key, "%s%s", cluster_item_prefix(), act_id(ask, i));
+        redis_args_init(&a, "HMGET");
+        redis_args_str(&a, key);
+        for (int f = 0; f < ACT_FIELDS; f++)
+            redis_args_str(&a, act_fields[f]);
+        if (cluster_send(&a, on_act_lookup, &ask->slots[i]) == -1) {
+            act_fail(ask, cluster_why());
+            break;
+        }
+        ask->owed++;
+    }
+    if (ask->owed == 0)
+        act_later(ask);
+}
+
+static void act_list(struct store_act_ask *ask, const char *before);
+
+/* A page of the batches' items. */
+static void
+on_act_list(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct store_act_ask *ask = arg;
+    const redisReply *r = reply;
+    ask->owed--;
+    if (ask->answered) {
+        act_release(ask);
+        return;
+    }
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING) {
+        act_fail(ask, r == NULL ? "cluster: the connection to redis was lost"
+                 : r->type == REDIS_REPLY_ERROR ? r->str : "cluster: unexpected reply");
+        act_finish(ask);
+        return;
+    }
+    for (size_t i = 1; i < r->elements && ask->n_found < ACT_ITEMS_MAX; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 1 ||
+            e->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        if (ask->n_found == ask->cap_found) {
+            ask->cap_found = ask->cap_found ? ask->cap_found * 2 : 64;
+            ask->found = ds_realloc(ask->found, ask->cap_found * sizeof *ask->found);
+        }
+        ask->found[ask->n_found++] = ds_strndup(e->element[0]->str, e->element[0]->len);
+    }
+    const redisReply *next = r->element[0];
+    if (!(next->len == 1 && next->str[0] == '0') && next->len < 24 &&
+        ask->n_found < ACT_ITEMS_MAX) {
+        char before[24];
+        act_list(ask, copy_string(next, before, sizeof before));
+        return;
+    }
+    act_lookup(ask);
+}
+
+static void
+act_list(struct store_act_ask *ask, const char *before)
+{
+    static const char *const cancel_states[] = { "1", "2", "3", "6" };
+    static const char *const retry_states[] = { "5", "7" };
+    int cancel = ask->q.act == STORE_ACT_CANCEL;
+    size_t n_states = cancel ? 4 : 2;
+    struct redis_args a;
+    redis_args_init(&a, "EVAL");
+    redis_args_str(&a, script_list);
+    redis_args_str(&a, "1");
+    redis_args_str(&a, cluster_key_items());
+    redis_args_str(&a, cluster_item_prefix());
+    redis_args_str(&a, before);
+    redis_args_u64(&a, ACT_PAGE);
+    redis_args_u64(&a, LIST_SCAN);
+    redis_args_str(&a, ask->q.scope);
+    redis_args_u64(&a, 0);
+    redis_args_u64(&a, n_states);
+    redis_args_u64(&a, ask->q.n_batches);
+    for (size_t i = 0; i < n_states; i++)
+        redis_args_str(&a, cancel ? cancel_states[i] : retry_states[i]);
+    for (size_t i = 0; i < ask->q.n_batches; i++)
+        redis_args_str(&a, ask->q.batches[i]);
+    if (cluster_send(&a, on_act_list, ask) == -1) {
+        act_fail(ask, cluster_why());
+        act_later(ask);
+        return;
+    }
+    ask->owed++;
+}
+
+struct store_act_ask *
+cluster_act(const struct store_act_query *q, store_act_fn *done, void *arg)
+{
+    struct store_act_ask *ask = ds_calloc(1, sizeof *ask);
+    ask->q = *q;
+    ask->done = done;
+    ask->arg = arg;
+    ask->not_found = ds_calloc(q->n_ids + 1, 1);
+    if (q->n_batches > FILTERS_MAX) {
+        snprintf(ask->why, sizeof ask->why, "%zu batches: more than %d in one call",
+                 q->n_batches, FILTERS_MAX);
+        ask->failed = 2;
+        act_later(ask);
+    } else if (q->n_batches > 0) {
+        act_list(ask, "0");
+    } else {
+        act_lookup(ask);
+    }
+    return ask;
+}
+
+void
+cluster_act_abort(struct store_act_ask *ask)
+{
+    ask->answered = 1;
+    act_release(ask);
+}

@@ -15,6 +15,10 @@
 struct store_items_ask *cluster_get_items(const struct store_items_query *q,
                                           store_items_fn *done, void *arg);
 void cluster_items_abort(struct store_items_ask *ask);
+/* The backend's act and act_abort (store.h): cancel and retry. */
+struct store_act_ask *cluster_act(const struct store_act_query *q, store_act_fn *done,
+                                  void *arg);
+void cluster_act_abort(struct store_act_ask *ask);
 /* The update stream delivered a final update of item ID (ID_LEN bytes). */
 void cluster_items_final(const char *id, size_t id_len);
 

@@ -27,6 +27,9 @@ struct retry_call {
     struct call base;
     wire_retry_request *request;
     uint64_t requeued, not_retryable;
+    /* cluster mode: the store's question, and what it borrows */
+    struct store_act_ask *ask;
+    char **ids;                 /* scoped, then the scope (or NULL) */
     grpc_byte_buffer *reply_buffer;
     grpc_slice details;
     int has_details;
@@ -41,9 +44,25 @@ retry_counts(struct call *call, char *buf, size_t size)
 }
 
 static void
+retry_closed(struct call *call)
+{
+    struct retry_call *c = CALL_OF(call, struct retry_call, base);
+    if (c->ask != NULL) {
+        store_act_abort(c->ask);
+        c->ask = NULL;
+        call_unref(&c->base);   /* the question's */
+    }
+}
+
+static void
 retry_destroy(struct call *call)
 {
     struct retry_call *c = CALL_OF(call, struct retry_call, base);
+    if (c->ids != NULL) {
+        for (size_t i = 0; i <= c->request->n_item_ids; i++)
+            free(c->ids[i]);
+        free(c->ids);
+    }
     if (c->request != NULL)
         wire_retry_request_free(c->request, NULL);
     if (c->reply_buffer != NULL)
@@ -56,6 +75,7 @@ retry_destroy(struct call *call)
 static const struct call_kind retry_kind = {
     .method = "retry",
     .counts = retry_counts,
+    .closed = retry_closed,
     .destroy = retry_destroy,
 };
 
@@ -154,6 +174,69 @@ count(struct retry_call *c, enum store_retry_result r)
         c->not_retryable++;
 }
 
+/* ---- cluster mode: the backend keeps the items (store_act) ---------------- */
+
+static grpc_byte_buffer *
+pack_reply(const wire_retry_reply *msg)
+{
+    grpc_slice slice = grpc_slice_malloc(wire_retry_reply_size(msg));
+    wire_retry_reply_pack(msg, GRPC_SLICE_START_PTR(slice));
+    grpc_byte_buffer *reply = grpc_raw_byte_buffer_create(&slice, 1);
+    grpc_slice_unref(slice);
+    return reply;
+}
+
+static void
+on_store_answer(void *arg, enum store_items_status status, const char *why,
+                const struct store_act_result *r)
+{
+    struct retry_call *c = arg;
+    c->ask = NULL;
+    if (status != STORE_ITEMS_OK) {
+        finish(c, status == STORE_ITEMS_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
+                                                : GRPC_STATUS_UNAVAILABLE, why, NULL);
+        call_unref(&c->base);
+        return;
+    }
+    const wire_retry_request *q = c->request;
+    wire_retry_reply msg;
+    wire_retry_reply_init(&msg);
+    msg.requeued = c->requeued = r->done;
+    msg.not_retryable = c->not_retryable = r->skipped;
+    char **not_found = ds_calloc(q->n_item_ids + 1, sizeof *not_found);
+    for (size_t i = 0; i < q->n_item_ids; i++)
+        if (r->not_found[i])
+            not_found[msg.n_not_found++] = q->item_ids[i];
+    msg.not_found = not_found;
+    grpc_byte_buffer *reply = pack_reply(&msg);
+    free(not_found);
+    finish(c, GRPC_STATUS_OK, NULL, reply);
+    call_unref(&c->base);       /* the question's */
+}
+
+static void
+ask_store(struct retry_call *c, const char *scope, size_t scope_len)
+{
+    const wire_retry_request *q = c->request;
+    c->ids = ds_calloc(q->n_item_ids + 1, sizeof *c->ids);
+    for (size_t i = 0; i < q->n_item_ids; i++) {
+        const char *id = q->item_ids[i];
+        size_t len = strlen(id) + scope_len + 1;
+        c->ids[i] = ds_malloc(len);
+        if (scope_len > 0 && strncmp(id, scope, scope_len) != 0)
+            snprintf(c->ids[i], len, "%s%s", scope, id);
+        else
+            snprintf(c->ids[i], len, "%s", id);
+    }
+    c->ids[q->n_item_ids] = ds_strndup(scope, scope_len);   /* outlives this frame */
+    struct store_act_query aq = {
+        .act = STORE_ACT_RETRY, .ids = c->ids, .n_ids = q->n_item_ids,
+        .batches = q->batches, .n_batches = q->n_batches, .scope = c->ids[q->n_item_ids],
+    };
+    call_ref(&c->base);         /* the question's: on_store_answer or retry_closed drops it */
+    c->ask = store_act(&aq, on_store_answer, c);
+}
+
 void
 retry_call_start(grpc_call *call, grpc_byte_buffer *request)
 {
@@ -178,11 +261,6 @@ retry_call_start(grpc_call *call, grpc_byte_buffer *request)
         finish(c, GRPC_STATUS_INVALID_ARGUMENT, err, NULL);
         return;
     }
-    if (store_shared_log()) {
-        finish(c, GRPC_STATUS_FAILED_PRECONDITION, "retry is not served in cluster mode yet",
-               NULL);
-        return;
-    }
     const char *why;
     if (!store_available(&why)) {
         finish(c, GRPC_STATUS_UNAVAILABLE, why, NULL);
@@ -195,6 +273,10 @@ retry_call_start(grpc_call *call, grpc_byte_buffer *request)
         return;
     }
     size_t scope_len = scoped == 1 ? strlen(scope) : 0;
+    if (store_items_remote()) {
+        ask_store(c, scope, scope_len);
+        return;
+    }
 
     char **not_found = ds_calloc(q->n_item_ids + 1, sizeof *not_found);
     size_t n_not_found = 0;

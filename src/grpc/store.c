@@ -101,6 +101,32 @@ on_retry_verdict(void *arg, uint32_t index, const struct item *item,
     }
 }
 
+struct item *
+store_item_again(const char *id, const char *batch, const char *kind, const uint8_t *raw,
+                 size_t raw_len)
+{
+    wire_work_item *msg = wire_work_item_unpack(NULL, raw_len, raw);
+    const struct ds_handler_config *handler = config_handler(gp.config, kind);
+    char reason[256], escaped[300];
+    if (msg == NULL || handler == NULL || kind_check(handler, msg, reason, sizeof reason) == -1) {
+        if (msg != NULL)
+            log_info("retry of item \"%s\" refused: %s", utf8_escape(escaped, sizeof escaped, id),
+                     handler == NULL ? "its kind is no longer configured" : reason);
+        if (msg != NULL)
+            wire_work_item_free(msg, NULL);
+        return NULL;
+    }
+    /* As submit.c makes it, with the config of now; the id as known (a
+     * scope's prefix, or one we assigned). */
+    uint32_t timeout_ms = msg->timeout_ms ? msg->timeout_ms : (uint32_t)handler->timeout_ms;
+    uint32_t max_attempts = msg->max_attempts ? msg->max_attempts
+                                              : gp.config->queue.max_attempts;
+    struct item *item = item_make(raw, raw_len, id, batch, handler->kind, max_attempts,
+                                  timeout_ms, kind_is_quick(handler, msg));
+    wire_work_item_free(msg, NULL);
+    return item;
+}
+
 enum store_retry_result
 store_retry(const char *id)
 {
@@ -111,26 +137,11 @@ store_retry(const char *id)
         k->extra->raw_len == 0)
         return STORE_RETRY_NOT_RETRYABLE;
     const uint8_t *raw = k->extra->data + k->extra->error_len + 1 + k->extra->result_len;
-    wire_work_item *msg = wire_work_item_unpack(NULL, k->extra->raw_len, raw);
-    const struct ds_handler_config *handler = config_handler(gp.config, k->kind);
-    char reason[256], escaped[300];
-    if (msg == NULL || handler == NULL || kind_check(handler, msg, reason, sizeof reason) == -1) {
-        if (msg != NULL)
-            log_info("retry of item \"%s\" refused: %s", utf8_escape(escaped, sizeof escaped, id),
-                     handler == NULL ? "its kind is no longer configured" : reason);
-        if (msg != NULL)
-            wire_work_item_free(msg, NULL);
+    /* Made before accepting: that replaces what K holds. */
+    struct item *item = store_item_again(k->id, known_batch(k), k->kind, raw,
+                                         k->extra->raw_len);
+    if (item == NULL)
         return STORE_RETRY_NOT_RETRYABLE;
-    }
-    /* As submit.c makes it, with the config of now; the id as known (a
-     * scope's prefix, or one we assigned). Made before accepting: that
-     * replaces what K holds. */
-    uint32_t timeout_ms = msg->timeout_ms ? msg->timeout_ms : (uint32_t)handler->timeout_ms;
-    uint32_t max_attempts = msg->max_attempts ? msg->max_attempts
-                                              : gp.config->queue.max_attempts;
-    struct item *item = item_make(raw, k->extra->raw_len, k->id, known_batch(k), handler->kind,
-                                  max_attempts, timeout_ms, kind_is_quick(handler, msg));
-    wire_work_item_free(msg, NULL);
     items_count_retry();
     store_accept(item, on_retry_verdict, NULL, 0);
     return STORE_RETRY_REQUEUED;
@@ -642,6 +653,18 @@ void
 store_items_abort(struct store_items_ask *ask)
 {
     st.b->items_abort(ask);
+}
+
+struct store_act_ask *
+store_act(const struct store_act_query *q, store_act_fn *done, void *arg)
+{
+    return st.b->act(q, done, arg);
+}
+
+void
+store_act_abort(struct store_act_ask *ask)
+{
+    st.b->act_abort(ask);
 }
 
 /* ---- start, reload, exit ---------------------------------------------------------- */

@@ -88,6 +88,33 @@ typedef void store_items_fn(void *arg, enum store_items_status status, const cha
 /* A question in flight, owned by the backend. */
 struct store_items_ask;
 
+/* cancel or retry asked of such a backend: IDS (as known here, N_IDS of
+ * them) and every item of BATCHES (whose id starts with SCOPE) that it
+ * applies to; REASON for a cancel (NULL: the default). All borrowed until
+ * the answer comes or the question is given up. */
+enum store_act { STORE_ACT_CANCEL, STORE_ACT_RETRY };
+struct store_act_query {
+    enum store_act act;
+    char *const *ids;
+    size_t n_ids;
+    char *const *batches;
+    size_t n_batches;
+    const char *scope;
+    const char *reason;
+};
+
+/* DONE: cancelled or requeued; SKIPPED: already final (cancel) or not
+ * retryable (retry); NOT_FOUND[i]: ids[i] is not known. Valid during the
+ * answer's call only. */
+struct store_act_result {
+    uint64_t done;
+    uint64_t skipped;
+    const uint8_t *not_found;
+};
+typedef void store_act_fn(void *arg, enum store_items_status status, const char *why,
+                          const struct store_act_result *result);
+struct store_act_ask;
+
 /*
  * A backend. Every function may complete at once (calling the store_*
  * answer from inside) or later from the loop.
@@ -139,6 +166,9 @@ struct store_backend {
     struct store_items_ask *(*get_items)(const struct store_items_query *q,
                                          store_items_fn *done, void *arg);
     void (*items_abort)(struct store_items_ask *ask);
+    struct store_act_ask *(*act)(const struct store_act_query *q, store_act_fn *done,
+                                 void *arg);
+    void (*act_abort)(struct store_act_ask *ask);
     void (*status_json)(struct evbuffer *b);
     void (*metrics)(struct evbuffer *b);
 };
@@ -206,6 +236,12 @@ enum store_retry_result {
  * handler as configured now: a new item made from its WorkItem, published
  * QUEUED and queued. */
 enum store_retry_result store_retry(const char *id);
+/* The item a retry of ID (in BATCH, of KIND, sent as RAW) runs: made as
+ * submit.c makes one, with the config of now, at attempt 1; NULL if it
+ * cannot run now (its kind is gone, or no longer takes it: logged). For a
+ * backend that keeps the items (Redis). */
+struct item *store_item_again(const char *id, const char *batch, const char *kind,
+                              const uint8_t *raw, size_t raw_len);
 
 /* Are the known items the backend's (cluster mode)? Then getItems asks
  * store_get_items(), not items.c. */
@@ -215,6 +251,10 @@ int store_items_remote(void);
 struct store_items_ask *store_get_items(const struct store_items_query *q, store_items_fn *done,
                                         void *arg);
 void store_items_abort(struct store_items_ask *ask);
+/* cancel or retry in such a backend: the same contract. A cancel reaches
+ * the instance that holds the item. */
+struct store_act_ask *store_act(const struct store_act_query *q, store_act_fn *done, void *arg);
+void store_act_abort(struct store_act_ask *ask);
 
 /* ---- the handover of an upgrade (handover.c) ----------------------------- */
 

@@ -17,7 +17,9 @@ import pytest
 from conftest import pb
 from conftest import QUEUED, STARTED, SUCCEEDED, state_name, wait_for
 from test_cluster import (cluster_name, redis, sleep_items, start_instance,  # noqa: F401
-                          wait_work_empty)
+                          wait_work_empty, work_len)
+
+FAILED, CANCELLED = pb.FAILED, pb.CANCELLED
 
 
 def runs_of(sub, item_id):
@@ -254,3 +256,110 @@ def test_get_items_by_filter_pages_across_instances(redis, start_daemon):  # noq
             with pytest.raises(grpc.RpcError) as e:
                 d.client().stub.getItems(pb.ItemsRequest(page_token=token), timeout=5)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (token, e.value)
+
+
+def cancel(client, ids=(), batches=(), reason="", timeout=10):
+    return client.stub.cancel(pb.CancelRequest(item_ids=list(ids), batches=list(batches),
+                                               reason=reason), timeout=timeout)
+
+
+def retry(client, ids=(), batches=(), timeout=10):
+    return client.stub.retry(pb.RetryRequest(item_ids=list(ids), batches=list(batches)),
+                             timeout=timeout)
+
+
+ONE_SLOT = {"workers": {"prefetch": 1}}
+
+
+@pytest.mark.deadline(90)
+def test_cancel_on_b_of_items_running_on_a_and_queued(redis, start_daemon):  # noqa: F811
+    """A and B have one worker holding one item each: A runs `run`, B runs
+    `hold`, and `queued` waits in Redis for room. A cancel on B reaches A's
+    worker for `run` and takes `queued` out of the stream; `hold` runs on."""
+    name = cluster_name()
+    tag = uuid.uuid4().hex[:8]
+    a = start_instance(start_daemon, redis, name, "a", workers=1, overrides=ONE_SLOT)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    run = {"id": f"c-{tag}-run", "kind": "sleep", "params": {"ms": "30000"}, "batch": "R"}
+    assert a.client().submit([run]).accepted == 1
+    assert sub.wait_state(run["id"], STARTED, timeout=10).worker_pid in a.worker_pids()
+    b = start_instance(start_daemon, redis, name, "b", workers=1, overrides=ONE_SLOT)
+    hold = {"id": f"c-{tag}-hold", "kind": "sleep", "params": {"ms": "3000"}, "batch": "H"}
+    assert b.client().submit([hold]).accepted == 1
+    assert sub.wait_state(hold["id"], STARTED, timeout=10).worker_pid in b.worker_pids()
+    queued = {"id": f"c-{tag}-queued", "kind": "echo", "batch": "Q"}
+    done = {"id": f"c-{tag}-done", "kind": "echo"}
+    assert b.client().submit([queued]).accepted == 1
+    assert work_len(redis, name) == 3, "the queued item is not waiting in the stream"
+
+    reply = cancel(b.client(), [run["id"], queued["id"], "nope"], reason="stop it")
+    assert (reply.cancelled, reply.already_final, list(reply.not_found)) == (2, 0, ["nope"])
+    got = by_id(get(b.client(), [run["id"], queued["id"]], wait=True, timeout=15))
+    for item_id in (run["id"], queued["id"]):
+        assert (got[item_id].state, got[item_id].error) == (CANCELLED, "stop it"), got[item_id]
+    sub.wait_state(run["id"], CANCELLED, timeout=10)
+    assert QUEUED in [u.state for u in sub.of(queued["id"])]
+    assert STARTED not in [u.state for u in sub.of(queued["id"])], "the queued item ran"
+    # The holder's own CANCELLED, once; nothing else disturbed.
+    assert [u.state for u in sub.of(run["id"])].count(CANCELLED) == 1
+    sub.wait_final([hold["id"]], timeout=20)
+    assert sub.final[hold["id"]].state == SUCCEEDED
+    # Final ones count in already_final; a batch's live items are cancelled.
+    assert a.client().submit([done]).accepted == 1
+    sub.wait_final([done["id"]], timeout=10)
+    reply = cancel(a.client(), [run["id"], done["id"]])
+    assert (reply.cancelled, reply.already_final) == (0, 2), reply
+    slow = [{"id": f"c-{tag}-b{i}", "kind": "sleep", "params": {"ms": "30000"}, "batch": "B2"}
+            for i in range(3)]
+    assert b.client().submit(slow).accepted == 3
+    wait_for(lambda: sum(1 for i in slow if sub.of(i["id"])) == 3, 10, "the batch queued")
+    reply = cancel(a.client(), batches=["B2"], reason="batch")
+    assert reply.cancelled == 3, reply
+    got = get(a.client(), [i["id"] for i in slow], wait=True, timeout=15)
+    assert all(i.state == CANCELLED and i.error == "batch" for i in got.items), got
+    wait_work_empty(redis, name, timeout=10)
+
+
+@pytest.mark.deadline(90)
+def test_retry_on_b_of_an_item_that_failed_on_a(redis, start_daemon, tmp_path):  # noqa: F811
+    name = cluster_name()
+    tag = uuid.uuid4().hex[:8]
+    flag = tmp_path / "fixed"
+    flaky = {"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                          "sleep": {"builtin": "sleep"}, "flaky": {"exec": ["sh", "-c", f"test -e {flag} && cat || "
+                                             f"{{ echo broken >&2; exit 3; }}"]}}}
+    a = start_instance(start_daemon, redis, name, "a", overrides=flaky)
+    b = start_instance(start_daemon, redis, name, "b", overrides=flaky)
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    bad = {"id": f"r-{tag}-bad", "kind": "flaky", "payload": b"again", "max_attempts": 1,
+           "batch": "D"}
+    ok = {"id": f"r-{tag}-ok", "kind": "echo", "payload": b"x"}
+    assert a.client().submit([bad, ok]).accepted == 2
+    got = by_id(get(b.client(), [bad["id"], ok["id"]], wait=True, timeout=20))
+    assert (got[bad["id"]].state, got[bad["id"]].error) == (FAILED, "sh exited with status 3: "
+                                                            "broken"), got[bad["id"]]
+    # The dead-letter list, on either instance.
+    dead = [i.id for i in get(a.client(), states=[FAILED], batches=["D"]).items]
+    assert dead == [bad["id"]]
+
+    flag.write_text("")
+    reply = retry(b.client(), [bad["id"], ok["id"], "nope"])
+    assert (reply.requeued, reply.not_retryable, list(reply.not_found)) == (1, 1, ["nope"])
+    got = get(a.client(), [bad["id"]], wait=True, with_results=True, timeout=20).items[0]
+    assert (got.state, got.attempt, got.result) == (SUCCEEDED, 1, b"again"), got
+    sub.wait(lambda s: s.of(bad["id"]) and s.of(bad["id"])[-1].state == SUCCEEDED, 10,
+             "the retried item's SUCCEEDED on b's subscriber")
+    states = [state_name(u.state) for u in sub.of(bad["id"])]
+    assert states.count("QUEUED") == 2 and states[-1] == "SUCCEEDED", states
+    assert not get(b.client(), states=[FAILED], batches=["D"]).items
+    # A CANCELLED item of a batch runs again too; a live one is not retryable.
+    c = {"id": f"r-{tag}-c", "kind": "sleep", "params": {"ms": "30000"}, "batch": "D2"}
+    assert a.client().submit([c]).accepted == 1
+    assert retry(a.client(), [c["id"]]).not_retryable == 1
+    assert cancel(b.client(), [c["id"]]).cancelled == 1
+    assert get(a.client(), [c["id"]], wait=True, timeout=15).items[0].state == CANCELLED
+    reply = retry(b.client(), batches=["D2"])
+    assert reply.requeued == 1, reply
+    wait_for(lambda: get(a.client(), [c["id"]]).items[0].state in (QUEUED, STARTED), 10,
+             "the cancelled item queued again")
+    assert cancel(a.client(), batches=["D2"]).cancelled == 1

@@ -106,7 +106,8 @@
 
 /* accept: KEYS work, updates, seq, origin, item, items. A known id is a
  * duplicate (0); else the QUEUED update, the work entry (ARGV[8..11] =
- * m t q w) and the item's hash, and the seq. */
+ * m t q w) and the item's hash (ARGV[12]: its priority, "" for 0), and the
+ * seq. */
 static const char script_accept[] =
     "if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end\n"
     LUA_NEXT_SEQ LUA_ADD_UPDATE
@@ -115,6 +116,7 @@ static const char script_accept[] =
     "'m', ARGV[8], 't', ARGV[9], 'q', ARGV[10], 'w', ARGV[11])\n"
     "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
     "'uq', ARGV[3], 'q', sq, 'x', e)\n"
+    "if ARGV[12] ~= '' then redis.call('HSET', KEYS[5], 'p', ARGV[12]) end\n"
     "redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
     "return seq\n";
 
@@ -229,7 +231,7 @@ static const char script_cancel[] =
 
 /*
  * retry: KEYS as update's; ARGV[1..10] as accept's (the QUEUED update, m t
- * q). A FAILED or CANCELLED item with its WorkItem is queued again as if
+ * q), ARGV[11] its priority ("" for 0). A FAILED or CANCELLED item with its WorkItem is queued again as if
  * accepted now (the seq, or 0 if it is not retryable; -1 if not known).
  */
 static const char script_retry[] =
@@ -246,6 +248,7 @@ static const char script_retry[] =
     "redis.call('PERSIST', KEYS[5])\n"
     "redis.call('ZREM', KEYS[7], ARGV[4])\n"
     "if h[3] then redis.call('DECRBY', KEYS[8], tonumber(h[3])) end\n"
+    "if ARGV[11] ~= '' then redis.call('HSET', KEYS[5], 'p', ARGV[11]) end\n"
     "redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
     "return seq\n";
 
@@ -449,6 +452,63 @@ inflight_done(void)
 }
 
 /* ---- publishing ---------------------------------------------------------- */
+
+/*
+ * WorkItem.priority (field 8) of ITEM's WorkItem as a decimal in BUF (16
+ * bytes), or "" for 0 (or a WorkItem that does not parse): getItems shows
+ * it. A walk over the top-level fields, cheaper than decoding the message.
+ */
+static const char *
+priority_arg(const struct item *item, char *buf)
+{
+    const uint8_t *p = item->raw, *end = item->raw + item->raw_len;
+    buf[0] = '\0';
+    while (p < end) {
+        uint64_t v = 0, tag = 0;
+        for (int shift = 0; p < end && shift < 64; shift += 7) {
+            tag |= (uint64_t)(*p & 0x7f) << shift;
+            if (!(*p++ & 0x80))
+                break;
+        }
+        switch (tag & 7) {
+        case 0:
+            for (int shift = 0; p < end && shift < 64; shift += 7) {
+                v |= (uint64_t)(*p & 0x7f) << shift;
+                if (!(*p++ & 0x80))
+                    break;
+            }
+            if (tag >> 3 == 8) {
+                if ((int32_t)v != 0)
+                    snprintf(buf, 16, "%d", (int)(int32_t)v);
+                return buf;
+            }
+            break;
+        case 1:
+            if (end - p < 8)
+                return buf;
+            p += 8;
+            break;
+        case 2:
+            for (int shift = 0; p < end && shift < 64; shift += 7) {
+                v |= (uint64_t)(*p & 0x7f) << shift;
+                if (!(*p++ & 0x80))
+                    break;
+            }
+            if (v > (uint64_t)(end - p))
+                return buf;
+            p += v;
+            break;
+        case 5:
+            if (end - p < 4)
+                return buf;
+            p += 4;
+            break;
+        default:
+            return buf;
+        }
+    }
+    return buf;
+}
 
 /* The key of ITEM_ID's hash, in BUF (ITEM_KEY_SIZE bytes). */
 #define ITEM_KEY_SIZE (96 + DS_ITEM_ID_MAX + 1)
@@ -735,6 +795,8 @@ cluster_accept(struct acceptance a)
     redis_args_u64(&args, item->timeout_ms);
     redis_args_str(&args, item->weight == ITEM_WEIGHT_QUICK ? "1" : "0");
     redis_args_mem(&args, item->raw, item->raw_len);
+    char priority[16];
+    redis_args_str(&args, priority_arg(item, priority));
     if (command(&cl.cmd, on_accepted, op, &args) == -1) {
         later(unavailable_later, op);
     } else {
@@ -1732,6 +1794,8 @@ cluster_requeue_item(const struct item *item, redisCallbackFn *fn, void *arg)
     redis_args_u64(&a, item->max_attempts);
     redis_args_u64(&a, item->timeout_ms);
     redis_args_str(&a, item->weight == ITEM_WEIGHT_QUICK ? "1" : "0");
+    char priority[16];
+    redis_args_str(&a, priority_arg(item, priority));
     int rc = cluster_send(&a, fn, arg);
     free(encoded);
     return rc;

@@ -38,8 +38,9 @@
 #define ITEM_KEY_SIZE   (96 + DS_ITEM_ID_MAX + 1)
 
 /* The fields of an item's hash a lookup reads, in this order. */
-#define ITEM_FIELDS     8
-static const char *const item_fields[ITEM_FIELDS] = { "k", "b", "s", "m", "q", "uq", "us", "u" };
+#define ITEM_FIELDS     9
+static const char *const item_fields[ITEM_FIELDS] = { "k", "b", "s", "m", "q", "uq", "us", "u",
+                                                      "p" };
 
 /*
  * list: KEYS[1] {NAME}:items; ARGV prefix, before (0: from the newest),
@@ -61,13 +62,14 @@ static const char script_list[] =
     "local out, n = {'0'}, 0\n"
     "for j = 1, #r, 2 do\n"
     "  local id = r[j]\n"
-    "  local f = redis.call('HMGET', prefix .. id, 'k', 'b', 's', 'm', 'q', 'uq', 'us', 'u')\n"
+    "  local f = redis.call('HMGET', prefix .. id, 'k', 'b', 's', 'm', 'q', 'uq', 'us', 'u', "
+    "'p')\n"
     "  if not f[1] then\n"
     "    redis.call('ZREM', KEYS[1], id)\n"
     "  elseif (scope == '' or string.sub(id, 1, #scope) == scope) and (nk == 0 or kinds[f[1]])"
     " and (ns == 0 or states[f[3]]) and (nb == 0 or batches[f[2]]) then\n"
     "    n = n + 1\n"
-    "    out[n + 1] = {id, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]}\n"
+    "    out[n + 1] = {id, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]}\n"
     "    if n == limit then\n"
     "      if j + 1 < #r or #r == 2 * scan then\n"
     "        out[1] = string.format('%.0f', tonumber(r[j + 1]))\n"
@@ -161,6 +163,12 @@ fill_item(wire_known_item *m, const char *id, size_t id_len, const redisReply *c
     m->state = (Com__Agrounds__Dosomething__V1__State)reply_u64(f[2]);
     m->max_attempts = (uint32_t)reply_u64(f[3]);
     m->last_seq = reply_u64(f[4]);
+    if (f[8] != NULL && f[8]->type == REDIS_REPLY_STRING && f[8]->len < 16) {
+        char p[16];
+        memcpy(p, f[8]->str, f[8]->len);
+        p[f[8]->len] = '\0';
+        m->priority = (int32_t)strtol(p, NULL, 10);
+    }
     wire_update *queued = reply_update(f[5]), *started = reply_update(f[6]);
     wire_update *latest = reply_update(f[7]);
     const wire_update *u = latest != NULL ? latest : queued;

@@ -172,8 +172,10 @@ def test_get_items_on_b_for_items_accepted_on_a(redis, start_daemon):  # noqa: F
     ca, cb = a.client(), b.client()
     tag = uuid.uuid4().hex[:8]
     ok, bad = f"g-{tag}-ok", f"g-{tag}-slow"
-    assert ca.submit([{"id": ok, "kind": "echo", "payload": b"hello", "batch": "B"},
-                      {"id": bad, "kind": "sleep", "params": {"ms": "1500"}}]).accepted == 2
+    assert ca.submit([{"id": ok, "kind": "echo", "payload": b"hello", "batch": "B",
+                       "priority": 7, "timeout_ms": 5000},
+                      {"id": bad, "kind": "sleep", "params": {"ms": "1500"},
+                       "priority": -3}]).accepted == 2
     # wait on B ends when both are final, told by the update stream.
     reply = get(cb, [ok, bad, "nope"], wait=True, with_results=True, timeout=20)
     assert list(reply.not_found) == ["nope"]
@@ -183,6 +185,7 @@ def test_get_items_on_b_for_items_accepted_on_a(redis, start_daemon):  # noqa: F
     assert g.accepted_unix_nano > 0 and g.started_unix_nano >= g.accepted_unix_nano
     assert g.finished_unix_nano >= g.started_unix_nano and g.last_seq > 0
     assert items[bad].state == SUCCEEDED and items[bad].max_attempts >= 1
+    assert (g.priority, items[bad].priority) == (7, -3)
     # The same answer on A, without results unless asked.
     ra = by_id(get(ca, [ok, bad]))
     assert ra[ok].result == b"" and ra[ok].last_seq == g.last_seq

@@ -81,6 +81,15 @@ static const char script_list[] =
     "if #r == 2 * scan then out[1] = string.format('%.0f', tonumber(r[#r])) end\n"
     "return out\n";
 
+/* The key of ID's hash in BUF (ITEM_KEY_SIZE bytes); -1 if ID is too long
+ * to be any item's. */
+static int
+item_key(char *buf, const char *id)
+{
+    int n = snprintf(buf, ITEM_KEY_SIZE, "%s%s", cluster_item_prefix(), id);
+    return n < 0 || n >= ITEM_KEY_SIZE ? -1 : 0;
+}
+
 /* One id's lookup: its reply fills its ask's items[index]. */
 struct slot {
     struct store_items_ask *ask;
@@ -387,7 +396,8 @@ lookup(struct store_items_ask *ask)
     for (size_t i = 0; i < ask->n; i++) {
         struct redis_args a;
         char key[ITEM_KEY_SIZE];
-        snprintf(key, sizeof key, "%s%s", cluster_item_prefix(), ask->q.ids[i]);
+        if (item_key(key, ask->q.ids[i]) == -1)
+            continue;   /* longer than any id: not known */
         redis_args_init(&a, "HMGET");
         redis_args_str(&a, key);
         for (int f = 0; f < ITEM_FIELDS; f++)
@@ -812,7 +822,10 @@ act_lookup(struct store_act_ask *ask)
         ask->slots[i] = (struct act_slot){ .ask = ask, .index = i };
         struct redis_args a;
         char key[ITEM_KEY_SIZE];
-        snprintf(key, sizeof key, "%s%s", cluster_item_prefix(), act_id(ask, i));
+        if (item_key(key, act_id(ask, i)) == -1) {
+            act_not_found(ask, i);  /* longer than any id: not known */
+            continue;
+        }
         redis_args_init(&a, "HMGET");
         redis_args_str(&a, key);
         for (int f = 0; f < ACT_FIELDS; f++)

@@ -8,6 +8,8 @@ instance accepted or ran it.
 - Redis keeps each known item in a hash {NAME}:item:ID and the listing
   order in {NAME}:items, written by the scripts that publish its updates.
 """
+import os
+import signal
 import threading
 import uuid
 
@@ -16,8 +18,8 @@ import pytest
 
 from conftest import pb
 from conftest import QUEUED, STARTED, SUCCEEDED, state_name, wait_for
-from test_cluster import (cluster_name, redis, sleep_items, start_instance,  # noqa: F401
-                          wait_work_empty, work_len)
+from test_cluster import (cluster_name, kill_everything, redis,  # noqa: F401
+                          sleep_items, start_instance, wait_serving, wait_work_empty, work_len)
 
 FAILED, CANCELLED = pb.FAILED, pb.CANCELLED
 
@@ -366,3 +368,62 @@ def test_retry_on_b_of_an_item_that_failed_on_a(redis, start_daemon, tmp_path): 
     wait_for(lambda: get(a.client(), [c["id"]]).items[0].state in (QUEUED, STARTED), 10,
              "the cancelled item queued again")
     assert cancel(a.client(), batches=["D2"]).cancelled == 1
+
+
+@pytest.mark.deadline(60)
+def test_cancel_reaches_the_item_when_its_holder_is_gone(redis, start_daemon):  # noqa: F811
+    """A holds a running item and stops (SIGSTOP: it never reads the cancel
+    request), then dies: B claims the item after the lease, sees the cancel
+    asked for it, and cancels it instead of running it to its end."""
+    name = cluster_name()
+    tag = uuid.uuid4().hex[:8]
+    a = start_instance(start_daemon, redis, name, "a", workers=1, overrides=ONE_SLOT)
+    sub_a = a.client().subscribe(sync=True, name="sub-a")
+    item = {"id": f"gone-{tag}", "kind": "sleep", "params": {"ms": "30000"}}
+    assert a.client().submit([item]).accepted == 1
+    sub_a.wait_state(item["id"], STARTED, timeout=10)
+    b = start_instance(start_daemon, redis, name, "b")
+    os.kill(a.grpc_pid(), signal.SIGSTOP)
+    try:
+        reply = cancel(b.client(), [item["id"]], reason="holder gone")
+        assert reply.cancelled == 1, reply
+    finally:
+        kill_everything(a)
+    got = get(b.client(), [item["id"]], wait=True, timeout=20).items[0]
+    assert (got.state, got.error) == (CANCELLED, "holder gone"), got
+    wait_work_empty(redis, name)
+
+
+@pytest.mark.deadline(60)
+def test_items_calls_while_redis_is_down_and_odd_ids(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    c = a.client()
+    # Ids no item can have: not found, by every call.
+    long_id, odd = "x" * 300, "a\u00e9\U0001f600:item:*"
+    reply = get(c, [long_id, odd, ""])
+    assert list(reply.not_found) == [long_id, odd, ""] and not reply.items
+    assert list(cancel(c, [odd]).not_found) == [odd]    # cancel refuses a long id itself
+    assert list(retry(c, [long_id, odd]).not_found) == [long_id, odd]
+    assert not get(c, batches=["no-such-batch"]).items
+    assert not cancel(c, batches=["*"]).cancelled and not retry(c, batches=["*"]).requeued
+
+    redis.kill()
+    calls = {
+        "getItems": lambda: get(c, ["x"], timeout=5),
+        "list": lambda: get(c, batches=["b"], timeout=5),
+        "wait": lambda: get(c, ["x"], wait=True, timeout=5),
+        "cancel": lambda: cancel(c, ["x"], timeout=5),
+        "retry": lambda: retry(c, ["x"], timeout=5),
+    }
+    for what, call in calls.items():
+        def unavailable():
+            try:
+                call()
+            except grpc.RpcError as e:
+                return e.code() == grpc.StatusCode.UNAVAILABLE
+            return False
+        wait_for(unavailable, 15, f"{what} UNAVAILABLE while Redis is down", interval=0.2)
+    redis.start()
+    wait_serving(a, timeout=20)
+    assert list(get(c, ["x"]).not_found) == ["x"]

@@ -101,7 +101,7 @@ store_retry(const char *id)
         return STORE_RETRY_NOT_RETRYABLE;
     const uint8_t *raw = k->extra->data + k->extra->error_len + 1 + k->extra->result_len;
     wire_work_item *msg = wire_work_item_unpack(NULL, k->extra->raw_len, raw);
-    const struct ds_handler_config *handler = config_handler(gp.config, k->kind);
+    const struct ds_handler_config *handler = config_handler(gp.config, items_kind(k));
     char reason[256], escaped[300];
     if (msg == NULL || handler == NULL || kind_check(handler, msg, reason, sizeof reason) == -1) {
         if (msg != NULL)

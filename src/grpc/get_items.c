@@ -253,6 +253,18 @@ on_change(const char *id)
     }
 }
 
+void
+get_items_end_all(void)
+{
+    while (gi.waiting != NULL) {
+        struct items_call *c = gi.waiting;
+        fail(c, GRPC_STATUS_UNAVAILABLE, "the server is shutting down before these items are "
+             "final; ask again (after a binary upgrade, the new instance knows the items it "
+             "was handed)");
+        unwait(c);
+    }
+}
+
 /* ---- by filter ------------------------------------------------------------------- */
 
 static int

@@ -393,3 +393,33 @@ def test_metrics_and_status_count_items(start_daemon, tmp_path):
     items = j["items"]
     assert items["known"] == 2 and items["by_state"]["succeeded"] == 1, items
     assert items["duplicates"] == 2 and items["retries"] == 1 and items["retained_bytes"] > 1000
+
+
+@MODES
+def test_wait_ends_with_a_graceful_stop(start_daemon, tmp_path, mode):
+    # An item a graceful stop cannot finish: FAILED (memory), or kept in the
+    # journal for the next start (RETRYING). Either way the waiting call ends.
+    d = start_daemon(config_for(mode, tmp_path, shutdown_timeout="1s"))
+    c = d.client()
+    assert c.submit([sleep_item("long", 30000)]).accepted == 1
+    result = {}
+
+    def waiter():
+        try:
+            result["reply"] = get(c, ["long"], wait=True, timeout=30)
+        except grpc.RpcError as e:
+            result["error"] = e
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.3)
+    d.send_signal(signal.SIGQUIT)     # graceful
+    t.join(timeout=25)
+    assert not t.is_alive(), "the waiting call did not end with the stop"
+    if mode == "memory":
+        assert "reply" in result, result
+        assert result["reply"].items[0].state == FAILED, result["reply"]
+    else:
+        assert "error" in result, result
+        assert result["error"].code() == grpc.StatusCode.UNAVAILABLE, result["error"]
+        assert "ask again" in result["error"].details(), result["error"]

@@ -13,6 +13,7 @@ import pytest
 
 import conftest
 from conftest import pb, wait_for, descendants
+from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
 
 QUEUED, STARTED, SUCCEEDED, FAILED, RETRYING = (pb.QUEUED, pb.STARTED, pb.SUCCEEDED, pb.FAILED,
                                                 pb.RETRYING)
@@ -423,3 +424,18 @@ def test_wait_ends_with_a_graceful_stop(start_daemon, tmp_path, mode):
         assert "error" in result, result
         assert result["error"].code() == grpc.StatusCode.UNAVAILABLE, result["error"]
         assert "ask again" in result["error"].details(), result["error"]
+
+
+# ---- cluster mode: not served yet ------------------------------------------------------------
+
+def test_cluster_mode_answers_failed_precondition(start_daemon, redis):
+    d = start_instance(start_daemon, redis, cluster_name(), "c1")
+    c = d.client()
+    for call, req in ((c.stub.getItems, pb.ItemsRequest(item_ids=["x"])),
+                      (c.stub.retry, pb.RetryRequest(item_ids=["x"]))):
+        with pytest.raises(grpc.RpcError) as e:
+            call(req, timeout=5)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, e.value
+        assert "cluster mode" in e.value.details()
+    # Items run as before (no duplicate detection across instances yet).
+    assert c.submit([{"id": "same"}]).accepted == 1

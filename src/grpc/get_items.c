@@ -24,6 +24,7 @@
 #include <grpc/byte_buffer_reader.h>
 
 #include "core/alloc.h"
+#include "core/config.h"
 #include "core/log.h"
 #include "core/utf8.h"
 #include "grpc/call.h"
@@ -135,7 +136,28 @@ struct reply_builder {
     wire_known_item **ptrs;
     size_t count, cap;
     int with_results;
+    size_t bytes;               /* an estimate of the reply's size, from above */
 };
+
+/* A reply is at most what a stock client accepts (DS_UPDATE_SIZE_MAX, as
+ * every Update): one item always fits (results are bounded below it). */
+static size_t
+item_bytes(const struct known_item *k, int with_results)
+{
+    size_t n = 128 + strlen(k->id) + strlen(known_batch(k)) + strlen(items_kind(k));
+    if (k->extra != NULL) {
+        n += k->extra->error_len;
+        if (with_results && k->state == STATE_SUCCEEDED)
+            n += k->extra->result_len;
+    }
+    return n;
+}
+
+static int
+fits(const struct reply_builder *r, const struct known_item *k)
+{
+    return r->count == 0 || r->bytes + item_bytes(k, r->with_results) <= DS_UPDATE_SIZE_MAX;
+}
 
 static void
 add_item(const struct known_item *k, void *arg)
@@ -146,6 +168,7 @@ add_item(const struct known_item *k, void *arg)
         r->items = ds_realloc(r->items, r->cap * sizeof *r->items);
     }
     wire_known_item *m = &r->items[r->count++];
+    r->bytes += item_bytes(k, r->with_results);
     wire_known_item_init(m);
     /* The strings are borrowed from the index: packed before it changes. */
     m->id = (char *)k->id;
@@ -229,6 +252,16 @@ reply_by_ids(struct items_call *c)
     size_t n_not_found = 0;
     for (size_t i = 0; i < c->id_count; i++) {
         const struct known_item *k = items_find(c->ids[i]);
+        if (k != NULL && !fits(&r, k)) {
+            char details[200];
+            snprintf(details, sizeof details, "the results of these items are more than a "
+                     "reply carries (%u bytes): the first %zu fit; ask for fewer ids at once",
+                     DS_UPDATE_SIZE_MAX, r.count);
+            free(r.items);
+            free(not_found);
+            fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, details);
+            return;
+        }
         if (k != NULL)
             add_item(k, &r);
         else
@@ -320,12 +353,16 @@ struct page {
     uint64_t last_order;
 };
 
-static void
+/* The page ends early when the next item would not fit in the reply. */
+static int
 add_to_page(const struct known_item *k, void *arg)
 {
     struct page *p = arg;
+    if (!fits(&p->r, k))
+        return -1;
     add_item(k, &p->r);
     p->last_order = (uint64_t)k->accepted_ns;
+    return 0;
 }
 
 /* ---- the request ------------------------------------------------------------------- */

@@ -204,7 +204,7 @@ next_accepted(int64_t now)
 
 size_t
 items_list(uint64_t before, int (*match)(const struct known_item *k, void *arg),
-           void *match_arg, size_t limit, void (*fn)(const struct known_item *k, void *arg),
+           void *match_arg, size_t limit, int (*fn)(const struct known_item *k, void *arg),
            void *fn_arg, int *more)
 {
     size_t i = before == 0 ? ix.order_len : order_search(before), n = 0;
@@ -220,7 +220,10 @@ items_list(uint64_t before, int (*match)(const struct known_item *k, void *arg),
             *more = 1;
             break;
         }
-        fn(k, fn_arg);
+        if (fn(k, fn_arg) == -1) {
+            *more = 1;
+            break;
+        }
         n++;
     }
     return n;

@@ -115,11 +115,12 @@ known_batch(const struct known_item *k)
 }
 int items_is_final(enum wire_state state);
 /* Newest accepted first, those with accepted_ns < BEFORE (0: from the newest),
- * matching MATCH (NULL: all): FN for each, at most LIMIT. Returns how many; *MORE is
- * set if a further one matches. */
+ * matching MATCH (NULL: all): FN for each, at most LIMIT, until FN returns -1
+ * (that one not taken). Returns how many were taken; *MORE is set if a
+ * further one matches. */
 size_t items_list(uint64_t before, int (*match)(const struct known_item *k, void *arg),
                   void *match_arg, size_t limit,
-                  void (*fn)(const struct known_item *k, void *arg), void *fn_arg, int *more);
+                  int (*fn)(const struct known_item *k, void *arg), void *fn_arg, int *more);
 /* The accepted_ns of the newest item ever accepted (a page token is at most
  * one more). */
 uint64_t items_last_order(void);

@@ -134,7 +134,7 @@ in_batches(const struct known_item *k, void *arg)
 }
 
 /* Ids first, retried after the scan: a retry changes the index. */
-static void
+static int
 collect(const struct known_item *k, void *arg)
 {
     struct batch_scan *s = arg;
@@ -143,6 +143,7 @@ collect(const struct known_item *k, void *arg)
         s->ids = ds_realloc(s->ids, s->cap * sizeof *s->ids);
     }
     s->ids[s->count++] = ds_strdup(k->id);
+    return 0;
 }
 
 static void

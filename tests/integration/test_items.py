@@ -439,3 +439,38 @@ def test_cluster_mode_answers_failed_precondition(start_daemon, redis):
         assert "cluster mode" in e.value.details()
     # Items run as before (no duplicate detection across instances yet).
     assert c.submit([{"id": "same"}]).accepted == 1
+
+
+def test_replies_stay_within_what_a_client_accepts(start_daemon, tmp_path):
+    d = start_daemon(config_for("memory", tmp_path))
+    c = d.client()
+    big = [{"id": f"big{i}", "batch": "BIG", "payload": bytes([65 + i]) * (1 << 20)}
+           for i in range(6)]
+    for it in big:      # one per call: a call is bounded by grpc.max_message_size per item
+        assert c.submit([it]).accepted == 1
+    wait_final(c, [it["id"] for it in big])
+    # A stock client (4 MiB receive limit) pages through the results.
+    stock = conftest.Client(d.address, options=[("grpc.max_receive_message_length", 4 << 20)])
+    try:
+        seen, token, pages = {}, "", 0
+        while True:
+            reply = stock.stub.getItems(pb.ItemsRequest(batches=["BIG"], with_results=True,
+                                                        limit=10, page_token=token), timeout=10)
+            pages += 1
+            for i in reply.items:
+                assert i.id not in seen
+                seen[i.id] = i.result
+            token = reply.next_page_token
+            if not token:
+                break
+        assert pages >= 2
+        assert {k: len(v) for k, v in seen.items()} == {it["id"]: 1 << 20 for it in big}
+        # By ids, more results than a reply carries: RESOURCE_EXHAUSTED, not a
+        # reply the client cannot take; without results they fit.
+        with pytest.raises(grpc.RpcError) as e:
+            get(stock, [it["id"] for it in big], with_results=True)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "fewer ids" in e.value.details()
+        assert len(get(stock, [it["id"] for it in big]).items) == 6
+    finally:
+        stock.close()

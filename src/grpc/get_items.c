@@ -12,8 +12,9 @@
  *              order of the page's last item, so the next page starts below
  *              it whatever came or went meanwhile.
  *
- * In a scope (grpc.tls.scope_ids) ids are the scope's: a requested id
- * without the scope's prefix gets it, and a listing shows only the scope's.
+ * In a scope (grpc.tls.scope_ids) ids are the scope's, as in getUpdates:
+ * a requested id gets the scope's prefix, a listing shows only the scope's
+ * items, and replies name items by their whole id ("IDENTITY/ID").
  * Cluster mode is not served yet (the cluster keeps its items in Redis).
  */
 #include <stdio.h>
@@ -467,13 +468,11 @@ get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
         for (size_t i = 0; i < q->n_item_ids; i++) {
             const char *id = q->item_ids[i];
             size_t n = strlen(id);
+            /* As getUpdates: an id asked for in a scope is always the
+             * scope's (bob's "alice/x" is "bob/alice/x"). */
             char *s = ds_malloc(c->scope_len + n + 1);
-            size_t at = 0;
-            if (c->scope_len > 0 && strncmp(id, c->scope, c->scope_len) != 0) {
-                memcpy(s, c->scope, c->scope_len);
-                at = c->scope_len;
-            }
-            memcpy(s + at, id, n + 1);
+            memcpy(s, c->scope, c->scope_len);
+            memcpy(s + c->scope_len, id, n + 1);
             c->ids[c->id_count++] = s;
         }
         if (q->wait && !all_final(c)) {

@@ -202,7 +202,7 @@ retry_call_start(grpc_call *call, grpc_byte_buffer *request)
     for (size_t i = 0; i < q->n_item_ids; i++) {
         const char *id = q->item_ids[i];
         char *scoped_id = NULL;
-        if (scope_len > 0 && strncmp(id, scope, scope_len) != 0) {
+        if (scope_len > 0) {        /* always the scope's, as in getItems */
             scoped_id = ds_malloc(scope_len + strlen(id) + 1);
             memcpy(scoped_id, scope, scope_len);
             strcpy(scoped_id + scope_len, id);

@@ -14,6 +14,7 @@ import pytest
 import conftest
 from conftest import pb, wait_for, descendants
 from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
+from test_trust import pki  # noqa: F401 (a fixture)
 
 QUEUED, STARTED, SUCCEEDED, FAILED, RETRYING = (pb.QUEUED, pb.STARTED, pb.SUCCEEDED, pb.FAILED,
                                                 pb.RETRYING)
@@ -474,3 +475,26 @@ def test_replies_stay_within_what_a_client_accepts(start_daemon, tmp_path):
         assert len(get(stock, [it["id"] for it in big]).items) == 6
     finally:
         stock.close()
+
+
+# ---- scopes (grpc.tls.scope_ids) ---------------------------------------------------------------
+
+def test_scoped_clients_see_only_their_items(start_daemon, pki):  # noqa: F811
+    from test_trust import TlsClient, start_scoped
+    d = start_scoped(start_daemon, pki)
+    alice, bob = TlsClient(d.address, pki, "alice"), TlsClient(d.address, pki, "bob")
+    d.clients += [alice, bob]
+    assert alice.submit([{"id": "job-1", "batch": "S"}]).accepted == 1
+    # The same id in another scope is another item, not a duplicate.
+    assert bob.submit([{"id": "job-1", "batch": "S", "kind": "nope"}]).rejected == 1
+    assert bob.submit([{"id": "job-1", "batch": "S"}]).accepted == 1
+    assert alice.submit([{"id": "job-1"}]).duplicates == 1
+    a = get(alice, ["job-1"], wait=True)
+    assert [i.id for i in a.items] == ["alice/job-1"]
+    # bob asking for alice's item asks for "bob/alice/job-1": unknown.
+    b = get(bob, ["alice/job-1", "job-1"])
+    assert list(b.not_found) == ["alice/job-1"] and [i.id for i in b.items] == ["bob/job-1"]
+    listed = bob.stub.getItems(pb.ItemsRequest(batches=["S"]), timeout=10)
+    assert [i.id for i in listed.items] == ["bob/job-1"]
+    r = bob.stub.retry(pb.RetryRequest(item_ids=["alice/job-1"], batches=["S"]), timeout=10)
+    assert (r.requeued, list(r.not_found)) == (0, ["alice/job-1"])

@@ -45,8 +45,8 @@ static const char *const item_fields[ITEM_FIELDS] = { "k", "b", "s", "m", "q", "
 /*
  * list: KEYS[1] {NAME}:items; ARGV prefix, before (0: from the newest),
  * limit, scan, scope, the counts of kinds, states and batches, then them.
- * Returns {next, {id, fields...}...}: next is the seq to continue below
- * ("0": no more). Listed ids whose hash has expired are dropped here.
+ * Returns {next, {id, seq, fields...}...}: next is the seq to continue
+ * below ("0": no more), seq each item's place. Listed ids whose hash has expired are dropped here.
  */
 static const char script_list[] =
     "local prefix, limit, scan, scope = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]\n"
@@ -69,7 +69,8 @@ static const char script_list[] =
     "  elseif (scope == '' or string.sub(id, 1, #scope) == scope) and (nk == 0 or kinds[f[1]])"
     " and (ns == 0 or states[f[3]]) and (nb == 0 or batches[f[2]]) then\n"
     "    n = n + 1\n"
-    "    out[n + 1] = {id, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]}\n"
+    "    out[n + 1] = {id, string.format('%.0f', tonumber(r[j + 1])), f[1], f[2], f[3], f[4], "
+    "f[5], f[6], f[7], f[8], f[9]}\n"
     "    if n == limit then\n"
     "      if j + 1 < #r or #r == 2 * scan then\n"
     "        out[1] = string.format('%.0f', tonumber(r[j + 1]))\n"
@@ -298,7 +299,14 @@ answer_ids(struct store_items_ask *ask)
     }
     msg.items = items;
     msg.not_found = not_found;
-    answer(ask, STORE_ITEMS_OK, NULL, &msg);
+    if (wire_items_reply_size(&msg) > DS_UPDATE_SIZE_MAX) {
+        char why[200];
+        snprintf(why, sizeof why, "the results of these items are more than a reply carries "
+                 "(%u bytes); ask for fewer ids at once", DS_UPDATE_SIZE_MAX);
+        answer(ask, STORE_ITEMS_TOO_LARGE, why, NULL);
+    } else {
+        answer(ask, STORE_ITEMS_OK, NULL, &msg);
+    }
     free(items);
     free(not_found);
 }
@@ -433,21 +441,32 @@ on_list(redisAsyncContext *ac, void *reply, void *arg)
         return;
     }
     ask->n = 0;
+    size_t bytes = 0;
+    const redisReply *next = r->element[0];
     ask->items = ds_calloc(r->elements, sizeof *ask->items);
     wire_known_item **items = ds_calloc(r->elements, sizeof *items);
     for (size_t i = 1; i < r->elements; i++) {
         const redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 1 + ITEM_FIELDS ||
-            e->element[0]->type != REDIS_REPLY_STRING)
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 + ITEM_FIELDS ||
+            e->element[0]->type != REDIS_REPLY_STRING ||
+            e->element[1]->type != REDIS_REPLY_STRING)
             continue;
         wire_known_item *m = &ask->items[ask->n];
-        if (fill_item(m, e->element[0]->str, e->element[0]->len,
-                      (const redisReply *const *)e->element + 1, ask->q.request->with_results)) {
-            items[ask->n] = m;
-            ask->n++;
+        if (!fill_item(m, e->element[0]->str, e->element[0]->len,
+                       (const redisReply *const *)e->element + 2, ask->q.request->with_results))
+            continue;
+        /* A reply is at most what a stock client accepts: the page ends
+         * early, before the first item that does not fit (one always does). */
+        size_t size = com__agrounds__dosomething__v1__item__get_packed_size(m) + 8;
+        if (ask->n > 0 && bytes + size > DS_UPDATE_SIZE_MAX) {
+            free_item(m);
+            next = r->element[i - 1]->element[1];
+            break;
         }
+        bytes += size;
+        items[ask->n] = m;
+        ask->n++;
     }
-    const redisReply *next = r->element[0];
     wire_items_reply msg;
     wire_items_reply_init(&msg);
     msg.items = items;

@@ -12,8 +12,9 @@
  *              order of the page's last item, so the next page starts below
  *              it whatever came or went meanwhile.
  *
- * In a scope (grpc.tls.scope_ids) ids are the scope's: a requested id
- * without the scope's prefix gets it, and a listing shows only the scope's.
+ * In a scope (grpc.tls.scope_ids) ids are the scope's, as in getUpdates:
+ * a requested id gets the scope's prefix, a listing shows only the scope's
+ * items, and replies name items by their whole id ("IDENTITY/ID").
  * In cluster mode the backend keeps the items (Redis) and answers through
  * store_get_items(): the same reply, whichever instance is asked.
  */
@@ -25,6 +26,7 @@
 #include <grpc/byte_buffer_reader.h>
 
 #include "core/alloc.h"
+#include "core/config.h"
 #include "core/log.h"
 #include "core/utf8.h"
 #include "grpc/call.h"
@@ -111,7 +113,7 @@ items_destroy(struct call *call)
     free(c);
 }
 
-static const struct call_kind items_kind = {
+static const struct call_kind items_call_kind = {
     .method = "getItems",
     .counts = items_counts,
     .closed = items_closed,
@@ -143,7 +145,28 @@ struct reply_builder {
     wire_known_item **ptrs;
     size_t count, cap;
     int with_results;
+    size_t bytes;               /* an estimate of the reply's size, from above */
 };
+
+/* A reply is at most what a stock client accepts (DS_UPDATE_SIZE_MAX, as
+ * every Update): one item always fits (results are bounded below it). */
+static size_t
+item_bytes(const struct known_item *k, int with_results)
+{
+    size_t n = 128 + strlen(k->id) + strlen(known_batch(k)) + strlen(items_kind(k));
+    if (k->extra != NULL) {
+        n += k->extra->error_len;
+        if (with_results && k->state == STATE_SUCCEEDED)
+            n += k->extra->result_len;
+    }
+    return n;
+}
+
+static int
+fits(const struct reply_builder *r, const struct known_item *k)
+{
+    return r->count == 0 || r->bytes + item_bytes(k, r->with_results) <= DS_UPDATE_SIZE_MAX;
+}
 
 static void
 add_item(const struct known_item *k, void *arg)
@@ -154,10 +177,11 @@ add_item(const struct known_item *k, void *arg)
         r->items = ds_realloc(r->items, r->cap * sizeof *r->items);
     }
     wire_known_item *m = &r->items[r->count++];
+    r->bytes += item_bytes(k, r->with_results);
     wire_known_item_init(m);
     /* The strings are borrowed from the index: packed before it changes. */
     m->id = (char *)k->id;
-    m->kind = (char *)k->kind;
+    m->kind = (char *)items_kind(k);
     m->batch = (char *)known_batch(k);
     m->state = k->state;
     m->attempt = k->attempt;
@@ -246,6 +270,16 @@ reply_by_ids(struct items_call *c)
     size_t n_not_found = 0;
     for (size_t i = 0; i < c->id_count; i++) {
         const struct known_item *k = items_find(c->ids[i]);
+        if (k != NULL && !fits(&r, k)) {
+            char details[200];
+            snprintf(details, sizeof details, "the results of these items are more than a "
+                     "reply carries (%u bytes): the first %zu fit; ask for fewer ids at once",
+                     DS_UPDATE_SIZE_MAX, r.count);
+            free(r.items);
+            free(not_found);
+            fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, details);
+            return;
+        }
         if (k != NULL)
             add_item(k, &r);
         else
@@ -270,6 +304,18 @@ on_change(const char *id)
     }
 }
 
+void
+get_items_end_all(void)
+{
+    while (gi.waiting != NULL) {
+        struct items_call *c = gi.waiting;
+        fail(c, GRPC_STATUS_UNAVAILABLE, "the server is shutting down before these items are "
+             "final; ask again (after a binary upgrade, the new instance knows the items it "
+             "was handed)");
+        unwait(c);
+    }
+}
+
 /* ---- by filter ------------------------------------------------------------------- */
 
 static int
@@ -281,7 +327,7 @@ matches(const struct known_item *k, void *arg)
         return 0;
     size_t i;
     if (q->n_kinds > 0) {
-        for (i = 0; i < q->n_kinds && strcmp(q->kinds[i], k->kind) != 0; i++)
+        for (i = 0; i < q->n_kinds && strcmp(q->kinds[i], items_kind(k)) != 0; i++)
             ;
         if (i == q->n_kinds)
             return 0;
@@ -325,12 +371,16 @@ struct page {
     uint64_t last_order;
 };
 
-static void
+/* The page ends early when the next item would not fit in the reply. */
+static int
 add_to_page(const struct known_item *k, void *arg)
 {
     struct page *p = arg;
+    if (!fits(&p->r, k))
+        return -1;
     add_item(k, &p->r);
-    p->last_order = k->order;
+    p->last_order = (uint64_t)k->accepted_ns;
+    return 0;
 }
 
 /* ---- known items the backend keeps (cluster mode) ---------------------------------- */
@@ -349,7 +399,8 @@ on_store_answer(void *arg, enum store_items_status status, const char *why,
         }
     } else {
         fail(c, status == STORE_ITEMS_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
-                                              : GRPC_STATUS_UNAVAILABLE, why);
+                : status == STORE_ITEMS_TOO_LARGE ? GRPC_STATUS_RESOURCE_EXHAUSTED
+                : GRPC_STATUS_UNAVAILABLE, why);
     }
     call_unref(&c->base);       /* the question's */
 }
@@ -427,7 +478,7 @@ void
 get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
 {
     struct items_call *c = ds_calloc(1, sizeof *c);
-    call_init(&c->base, call, &items_kind);
+    call_init(&c->base, call, &items_call_kind);
     if (!gi.listening) {
         items_on_change(on_change);
         gi.listening = 1;
@@ -460,13 +511,11 @@ get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
         for (size_t i = 0; i < q->n_item_ids; i++) {
             const char *id = q->item_ids[i];
             size_t n = strlen(id);
+            /* As getUpdates: an id asked for in a scope is always the
+             * scope's (bob's "alice/x" is "bob/alice/x"). */
             char *s = ds_malloc(c->scope_len + n + 1);
-            size_t at = 0;
-            if (c->scope_len > 0 && strncmp(id, c->scope, c->scope_len) != 0) {
-                memcpy(s, c->scope, c->scope_len);
-                at = c->scope_len;
-            }
-            memcpy(s + at, id, n + 1);
+            memcpy(s, c->scope, c->scope_len);
+            memcpy(s + c->scope_len, id, n + 1);
             c->ids[c->id_count++] = s;
         }
         if (store_items_remote()) {

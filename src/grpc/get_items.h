@@ -10,4 +10,7 @@
 /* A new getItems call with its request (destroyed here). */
 void get_items_call_start(grpc_call *call, grpc_byte_buffer *request);
 
+/* A drain's end: calls waiting for items to be final end UNAVAILABLE. */
+void get_items_end_all(void);
+
 #endif

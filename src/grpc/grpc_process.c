@@ -33,6 +33,7 @@
 #include "grpc/grpc_process.h"
 #include "grpc/access_log.h"
 #include "grpc/cq.h"
+#include "grpc/get_items.h"
 #include "grpc/handover.h"
 #include "grpc/health.h"
 #include "grpc/server.h"
@@ -96,6 +97,7 @@ grpc_process_check_done(void)
             proc.subscribers_ended = 1;
             subscribers_end_all();
             health_end_all();
+            get_items_end_all();
         }
         workers_close_all();
     }

@@ -154,7 +154,7 @@ in_batches(const struct known_item *k, void *arg)
 }
 
 /* Ids first, retried after the scan: a retry changes the index. */
-static void
+static int
 collect(const struct known_item *k, void *arg)
 {
     struct batch_scan *s = arg;
@@ -163,6 +163,7 @@ collect(const struct known_item *k, void *arg)
         s->ids = ds_realloc(s->ids, s->cap * sizeof *s->ids);
     }
     s->ids[s->count++] = ds_strdup(k->id);
+    return 0;
 }
 
 static void
@@ -223,10 +224,7 @@ ask_store(struct retry_call *c, const char *scope, size_t scope_len)
         const char *id = q->item_ids[i];
         size_t len = strlen(id) + scope_len + 1;
         c->ids[i] = ds_malloc(len);
-        if (scope_len > 0 && strncmp(id, scope, scope_len) != 0)
-            snprintf(c->ids[i], len, "%s%s", scope, id);
-        else
-            snprintf(c->ids[i], len, "%s", id);
+        snprintf(c->ids[i], len, "%.*s%s", (int)scope_len, scope, id);  /* always the scope's */
     }
     c->ids[q->n_item_ids] = ds_strndup(scope, scope_len);   /* outlives this frame */
     struct store_act_query aq = {
@@ -283,7 +281,7 @@ retry_call_start(grpc_call *call, grpc_byte_buffer *request)
     for (size_t i = 0; i < q->n_item_ids; i++) {
         const char *id = q->item_ids[i];
         char *scoped_id = NULL;
-        if (scope_len > 0 && strncmp(id, scope, scope_len) != 0) {
+        if (scope_len > 0) {        /* always the scope's, as in getItems */
             scoped_id = ds_malloc(scope_len + strlen(id) + 1);
             memcpy(scoped_id, scope, scope_len);
             strcpy(scoped_id + scope_len, id);

@@ -88,6 +88,29 @@ store_count_duplicate(void)
     items_count_duplicate();
 }
 
+static void on_retry_verdict(void *arg, uint32_t index, const struct item *item,
+                             enum store_verdict verdict, const char *why);
+
+/* A pending accept was refused: a new item is forgotten; a retried one is
+ * final again as it was (FAILED, with why its retry was refused), so that
+ * it can be retried later. Nothing is published: its last update stands. */
+static void
+refused(struct acceptance a, const char *why)
+{
+    if (!indexed())
+        return;
+    const struct known_item *k = items_find(a.item->id);
+    if (a.done != on_retry_verdict || k == NULL) {
+        items_forget(a.item);
+        return;
+    }
+    char error[320];
+    snprintf(error, sizeof error, "its retry was not accepted: %s",
+             why != NULL ? why : "no reason given");
+    struct outcome o = { .state = STATE_FAILED, .error = error };
+    items_updated(a.item, &o, k->last_seq);
+}
+
 static void
 on_retry_verdict(void *arg, uint32_t index, const struct item *item,
                  enum store_verdict verdict, const char *why)
@@ -138,7 +161,7 @@ store_retry(const char *id)
         return STORE_RETRY_NOT_RETRYABLE;
     const uint8_t *raw = k->extra->data + k->extra->error_len + 1 + k->extra->result_len;
     /* Made before accepting: that replaces what K holds. */
-    struct item *item = store_item_again(k->id, known_batch(k), k->kind, raw,
+    struct item *item = store_item_again(k->id, known_batch(k), items_kind(k), raw,
                                          k->extra->raw_len);
     if (item == NULL)
         return STORE_RETRY_NOT_RETRYABLE;
@@ -364,7 +387,7 @@ store_accepted(struct acceptance a, enum store_verdict verdict, const char *why)
     a.done(a.arg, a.index, item, verdict, why);
     st.pending--;
     if (verdict != STORE_ACCEPTED) {
-        forget(item);
+        refused(a, why);
         item_free(item);
         if (verdict == STORE_REJECTED || verdict == STORE_DUPLICATE)
             store_room_available();

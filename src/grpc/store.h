@@ -78,6 +78,7 @@ enum store_items_status {
     STORE_ITEMS_OK,
     STORE_ITEMS_INVALID,        /* WHY: the request cannot be answered (a bad page token) */
     STORE_ITEMS_UNAVAILABLE,    /* WHY: the backend cannot be reached */
+    STORE_ITEMS_TOO_LARGE,      /* WHY: the reply would be more than a client takes */
 };
 
 /* The answer: REPLY (with STORE_ITEMS_OK; else NULL) is valid during the

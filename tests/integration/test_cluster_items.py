@@ -16,6 +16,7 @@ import uuid
 import grpc
 import pytest
 
+import conftest
 from conftest import pb
 from conftest import QUEUED, STARTED, SUCCEEDED, state_name, wait_for
 from test_cluster import (cluster_name, kill_everything, redis,  # noqa: F401
@@ -427,3 +428,38 @@ def test_items_calls_while_redis_is_down_and_odd_ids(redis, start_daemon):  # no
     redis.start()
     wait_serving(a, timeout=20)
     assert list(get(c, ["x"]).not_found) == ["x"]
+
+
+@pytest.mark.deadline(60)
+def test_cluster_replies_stay_within_what_a_client_accepts(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    c = a.client()
+    tag = uuid.uuid4().hex[:8]
+    big = [{"id": f"big-{tag}-{i}", "kind": "echo", "batch": f"BIG-{tag}",
+            "payload": bytes([65 + i]) * (1 << 20)} for i in range(6)]
+    for it in big:
+        assert c.submit([it]).accepted == 1
+    get(c, [it["id"] for it in big], wait=True, timeout=20)
+    stock = conftest.Client(a.address, options=[("grpc.max_receive_message_length", 4 << 20)])
+    try:
+        seen, token, pages = {}, "", 0
+        while True:
+            reply = stock.stub.getItems(pb.ItemsRequest(batches=[f"BIG-{tag}"], with_results=True,
+                                                        limit=10, page_token=token), timeout=10)
+            pages += 1
+            for i in reply.items:
+                assert i.id not in seen
+                seen[i.id] = i.result
+            token = reply.next_page_token
+            if not token:
+                break
+        assert pages >= 2
+        assert {k: len(v) for k, v in seen.items()} == {it["id"]: 1 << 20 for it in big}
+        with pytest.raises(grpc.RpcError) as e:
+            get(stock, [it["id"] for it in big], with_results=True)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "fewer ids" in e.value.details()
+        assert len(get(stock, [it["id"] for it in big]).items) == 6
+    finally:
+        stock.close()

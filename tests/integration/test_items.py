@@ -13,6 +13,7 @@ import pytest
 
 import conftest
 from conftest import pb, wait_for, descendants
+from test_trust import pki  # noqa: F401 (a fixture)
 
 QUEUED, STARTED, SUCCEEDED, FAILED, RETRYING = (pb.QUEUED, pb.STARTED, pb.SUCCEEDED, pb.FAILED,
                                                 pb.RETRYING)
@@ -91,8 +92,6 @@ def test_duplicates_while_queued_and_running(start_daemon, tmp_path, mode):
     c.sync(sub)
     assert len([u for u in sub.of("run") if u.state == QUEUED]) == 1
     assert len([u for u in sub.of("wait") if u.state == QUEUED]) == 1
-    m = d.client().stub  # metrics through /status would need a status listener: not here
-    del m
 
 
 @MODES
@@ -370,3 +369,116 @@ def test_retry_failed_items_and_dead_letters(start_daemon, tmp_path, mode):
     with pytest.raises(grpc.RpcError) as e:
         m(bytes([0x0a, 2, 0xc3, 0x28]), timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---- observability -------------------------------------------------------------------------
+
+def test_metrics_and_status_count_items(start_daemon, tmp_path):
+    from test_status import Scrape, start_with_status, status_json
+    d = start_with_status(start_daemon, config_for("memory", tmp_path))
+    c = d.client()
+    assert c.submit([{"id": "m1", "payload": b"x" * 1000}, {"id": "m2", "kind": "bad"}]) \
+        .accepted == 2
+    wait_final(c, ["m1", "m2"])
+    assert c.submit([{"id": "m1"}, {"id": "m1"}]).duplicates == 2
+    assert c.stub.retry(pb.RetryRequest(item_ids=["m2"]), timeout=10).requeued == 1
+    wait_final(c, ["m2"])
+    s = Scrape(d.status_address)
+    assert s.get("dosomething_items_known", state="succeeded") == 1
+    assert s.get("dosomething_items_known", state="failed") == 1
+    assert s.get("dosomething_items_known", state="queued") == 0
+    assert s.get("dosomething_items_retained_bytes") > 1000
+    assert s.get("dosomething_items_duplicates_total") == 2
+    assert s.get("dosomething_items_retries_total") == 1
+    j = status_json(d.status_address)
+    items = j["items"]
+    assert items["known"] == 2 and items["by_state"]["succeeded"] == 1, items
+    assert items["duplicates"] == 2 and items["retries"] == 1 and items["retained_bytes"] > 1000
+
+
+@MODES
+def test_wait_ends_with_a_graceful_stop(start_daemon, tmp_path, mode):
+    # An item a graceful stop cannot finish: FAILED (memory), or kept in the
+    # journal for the next start (RETRYING). Either way the waiting call ends.
+    d = start_daemon(config_for(mode, tmp_path, shutdown_timeout="1s"))
+    c = d.client()
+    assert c.submit([sleep_item("long", 30000)]).accepted == 1
+    result = {}
+
+    def waiter():
+        try:
+            result["reply"] = get(c, ["long"], wait=True, timeout=30)
+        except grpc.RpcError as e:
+            result["error"] = e
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.3)
+    d.send_signal(signal.SIGQUIT)     # graceful
+    t.join(timeout=25)
+    assert not t.is_alive(), "the waiting call did not end with the stop"
+    if mode == "memory":
+        assert "reply" in result, result
+        assert result["reply"].items[0].state == FAILED, result["reply"]
+    else:
+        assert "error" in result, result
+        assert result["error"].code() == grpc.StatusCode.UNAVAILABLE, result["error"]
+        assert "ask again" in result["error"].details(), result["error"]
+
+
+def test_replies_stay_within_what_a_client_accepts(start_daemon, tmp_path):
+    d = start_daemon(config_for("memory", tmp_path))
+    c = d.client()
+    big = [{"id": f"big{i}", "batch": "BIG", "payload": bytes([65 + i]) * (1 << 20)}
+           for i in range(6)]
+    for it in big:      # one per call: a call is bounded by grpc.max_message_size per item
+        assert c.submit([it]).accepted == 1
+    wait_final(c, [it["id"] for it in big])
+    # A stock client (4 MiB receive limit) pages through the results.
+    stock = conftest.Client(d.address, options=[("grpc.max_receive_message_length", 4 << 20)])
+    try:
+        seen, token, pages = {}, "", 0
+        while True:
+            reply = stock.stub.getItems(pb.ItemsRequest(batches=["BIG"], with_results=True,
+                                                        limit=10, page_token=token), timeout=10)
+            pages += 1
+            for i in reply.items:
+                assert i.id not in seen
+                seen[i.id] = i.result
+            token = reply.next_page_token
+            if not token:
+                break
+        assert pages >= 2
+        assert {k: len(v) for k, v in seen.items()} == {it["id"]: 1 << 20 for it in big}
+        # By ids, more results than a reply carries: RESOURCE_EXHAUSTED, not a
+        # reply the client cannot take; without results they fit.
+        with pytest.raises(grpc.RpcError) as e:
+            get(stock, [it["id"] for it in big], with_results=True)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "fewer ids" in e.value.details()
+        assert len(get(stock, [it["id"] for it in big]).items) == 6
+    finally:
+        stock.close()
+
+
+# ---- scopes (grpc.tls.scope_ids) ---------------------------------------------------------------
+
+def test_scoped_clients_see_only_their_items(start_daemon, pki):  # noqa: F811
+    from test_trust import TlsClient, start_scoped
+    d = start_scoped(start_daemon, pki)
+    alice, bob = TlsClient(d.address, pki, "alice"), TlsClient(d.address, pki, "bob")
+    d.clients += [alice, bob]
+    assert alice.submit([{"id": "job-1", "batch": "S"}]).accepted == 1
+    # The same id in another scope is another item, not a duplicate.
+    assert bob.submit([{"id": "job-1", "batch": "S", "kind": "nope"}]).rejected == 1
+    assert bob.submit([{"id": "job-1", "batch": "S"}]).accepted == 1
+    assert alice.submit([{"id": "job-1"}]).duplicates == 1
+    a = get(alice, ["job-1"], wait=True)
+    assert [i.id for i in a.items] == ["alice/job-1"]
+    # bob asking for alice's item asks for "bob/alice/job-1": unknown.
+    b = get(bob, ["alice/job-1", "job-1"])
+    assert list(b.not_found) == ["alice/job-1"] and [i.id for i in b.items] == ["bob/job-1"]
+    listed = bob.stub.getItems(pb.ItemsRequest(batches=["S"]), timeout=10)
+    assert [i.id for i in listed.items] == ["bob/job-1"]
+    r = bob.stub.retry(pb.RetryRequest(item_ids=["alice/job-1"], batches=["S"]), timeout=10)
+    assert (r.requeued, list(r.not_found)) == (0, ["alice/job-1"])

@@ -227,11 +227,12 @@ in_batch(const struct known_item *k, void *arg)
 static uint64_t page_orders[64];
 static size_t page_n;
 
-static void
+static int
 collect(const struct known_item *k, void *arg)
 {
     (void)arg;
-    page_orders[page_n++] = k->order;
+    page_orders[page_n++] = (uint64_t)k->accepted_ns;
+    return 0;
 }
 
 static void

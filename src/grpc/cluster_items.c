@@ -337,9 +337,22 @@ lookup_done(struct store_items_ask *ask)
         ask_release(ask);
         return;
     }
-    if (ask->q.request->wait && !all_final(ask)) {
-        ask->waiting = 1;       /* cluster_items_final() goes on */
-        return;
+    if (ask->q.request->wait) {
+        /* Not final in the lookup: a final seen since (the lookup may have
+         * run just before it was written) asks again; one not seen yet is
+         * waited for: cluster_items_final() asks again once all are. */
+        int stale = 0;
+        for (size_t i = 0; i < ask->n; i++)
+            if (ask->found[i] && !is_final(ask->items[i].state))
+                stale |= ask->final_seen[i] ? 1 : 2;
+        if (stale & 2) {
+            ask->waiting = 1;
+            return;
+        }
+        if (stale) {
+            lookup(ask);
+            return;
+        }
     }
     answer_ids(ask);
     ask_release(ask);

@@ -1866,10 +1866,11 @@ cluster_status_json(struct evbuffer *b)
                         "\"connected\":%s,\"serving\":%s,\"outstanding\":%" PRIu64 ","
                         "\"claimed\":%" PRIu64 ",\"reconnects\":%" PRIu64 ","
                         "\"superseded\":%" PRIu64 ",\"lost_updates\":%" PRIu64 ","
-                        "\"last_error\":", c->cluster.host, c->cluster.port, c->cluster.name,
-                        cl.consumer, cl.up ? "true" : "false",
-                        cl.up && cl.caught_up ? "true" : "false", outstanding(), cl.claimed,
-                        cl.reconnects, cl.superseded, cl.lost_updates);
+                        "\"cancel_requests\":%" PRIu64 ",\"last_error\":", c->cluster.host,
+                        c->cluster.port, c->cluster.name, cl.consumer,
+                        cl.up ? "true" : "false", cl.up && cl.caught_up ? "true" : "false",
+                        outstanding(), cl.claimed, cl.reconnects, cl.superseded,
+                        cl.lost_updates, cl.cancels);
     if (cl.last_error[0] == '\0') {
         evbuffer_add_printf(b, "null},");
         return;

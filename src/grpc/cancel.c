@@ -9,8 +9,11 @@
  *
  * items index: an id this process does not hold is not_found for now.
  * Once the known-items index lands, an id it knows as final counts in
- * already_final instead (and one it knows as live but not held here, in
- * cluster mode, is the other instance's to cancel).
+ * already_final instead.
+ *
+ * In cluster mode the items are the backend's (store_items_remote()):
+ * the call asks store_act(), which cancels an item wherever it is (queued
+ * in Redis, or held by any instance) and knows which are final.
  *
  * With grpc.tls.scope_ids a client cancels only in its scope: its ids are
  * scoped as at submit ("IDENTITY/ID"), and a batch matches only its items.

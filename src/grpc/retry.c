@@ -4,7 +4,8 @@
  * WorkItem the index kept, with its kind's handler as configured now (a
  * reload can fix what made them fail), through the store (store_retry):
  * published QUEUED and queued like a new one. Other known items count as
- * not_retryable; unknown ids are listed in not_found.
+ * not_retryable; unknown ids are listed in not_found. In cluster mode
+ * the items are the backend's: store_act() does the same in Redis.
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -20,6 +20,12 @@
  * - An instance renews the items it holds every lease/3; an entry nobody
  *   renewed for cluster.lease is claimed by another instance (RETRYING,
  *   attempt + 1, FAILED past max_attempts).
+ * - Every known item has a hash {NAME}:item:ID, written by the scripts
+ *   that publish its updates, and a place in {NAME}:items (the listing);
+ *   finals are trimmed by items.retention ({NAME}:finals). A known id is a
+ *   duplicate. getItems, cancel and retry read and write them
+ *   (cluster_items.c); a cancel for an item an instance holds goes to it
+ *   through {NAME}:control, which every instance reads with the updates.
  * - Redis unreachable: doSomething fails with UNAVAILABLE, health says
  *   NOT_SERVING, the connections come back with backoff; nothing is queued
  *   locally.

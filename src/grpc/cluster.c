@@ -92,87 +92,109 @@
 
 /*
  * Every item known cluster-wide has a hash {NAME}:item:ID, written by the
- * same script as its updates: k kind, b batch, s state, m max_attempts,
- * q the seq of its latest update, x its work entry, uq its QUEUED update,
- * us the STARTED update of its latest attempt, u its latest update (absent
- * while it is QUEUED: uq is), and once final n (its retained bytes) and w
- * (the WorkItem, kept for a retry of a FAILED or CANCELLED item) and t
- * (when it ended, unix ms). {NAME}:items orders every known item by its
- * accept's seq (listing); {NAME}:finals the final ones by their final
- * update's seq, and
+ * same script as its updates: k kind, b batch, s state, m max_attempts, p
+ * priority (if not 0), q the seq of its latest update, x its work entry,
+ * ta when it was accepted and ts when its latest attempt started (unix
+ * ns), u its latest update (encoded; absent while it is QUEUED), and once
+ * final n (its retained bytes), t (when it ended, unix ms) and w (the
+ * WorkItem, kept for a retry of a FAILED or CANCELLED item). {NAME}:items
+ * orders every known item by its accept's seq (the listing);
+ * {NAME}:finals the final ones by their final update's seq, and
  * {NAME}:finals_bytes sums their n: the retention forgets the oldest
- * finals from both, with their hashes (cluster_trim below).
+ * finals from all three (LUA_TRIM). Kept small on purpose: every item
+ * pays for these writes (docs/scaling.md has the costs).
  */
 
 /* accept: KEYS work, updates, seq, origin, item, items. A known id is a
  * duplicate (0); else the QUEUED update, the work entry (ARGV[8..11] =
- * m t q w) and the item's hash (ARGV[12]: its priority, "" for 0), and the
- * seq. */
+ * m t q w) and the item's hash (ARGV[12]: its priority, "" for 0; ARGV[13]
+ * ta), and the seq. */
 static const char script_accept[] =
     "if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end\n"
     LUA_NEXT_SEQ LUA_ADD_UPDATE
     "local sq = string.format('%.0f', seq)\n"
     "local e = redis.call('XADD', KEYS[1], '0-*', 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], "
     "'m', ARGV[8], 't', ARGV[9], 'q', ARGV[10], 'w', ARGV[11])\n"
-    "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
-    "'uq', ARGV[3], 'q', sq, 'x', e)\n"
-    "if ARGV[12] ~= '' then redis.call('HSET', KEYS[5], 'p', ARGV[12]) end\n"
+    "if ARGV[12] ~= '' then\n"
+    "  redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
+    "'q', sq, 'x', e, 'ta', ARGV[13], 'p', ARGV[12])\n"
+    "else\n"
+    "  redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
+    "'q', sq, 'x', e, 'ta', ARGV[13])\n"
+    "end\n"
     "redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
     "return seq\n";
 
 /*
- * The retention: trim(R) forgets the oldest finals (their hash, their
- * places in KEYS[6] items and KEYS[7] finals, their bytes in KEYS[8])
- * while any is older than the age or there are more than the count or
- * bytes; at most 100 a call. R: now ms, age ms, count, bytes, the hash key
- * prefix. keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4]) just became
- * final with seq SQ: its work entry goes (its WorkItem kept unless it
- * SUCCEEDED), its bytes are counted, its hash expires, then trim(R).
+ * The retention. forget(ID, R): item ID leaves the hashes, the listing
+ * (KEYS[6]), the finals (KEYS[7]) and their bytes (KEYS[8]). trim(R):
+ * forget the oldest finals while any ended more than the age ago or there
+ * are more than the count or bytes, at most 100 a call (the periodic
+ * trim). keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4], state ARGV[7])
+ * just became final with seq SQ: its work entry goes (its WorkItem kept
+ * unless it SUCCEEDED), its bytes are counted, its hash expires, and the
+ * oldest finals past the count or bytes are forgotten (the age is left to
+ * the periodic trim: it costs a lookup). R: now ms, age ms, count, bytes,
+ * the hash key prefix.
  */
 #define LUA_TRIM                                                                        \
+    "local function forget(id, r)\n"                                                    \
+    "  local k = r[5] .. id\n"                                                          \
+    "  local n = tonumber(redis.call('HGET', k, 'n')) or 0\n"                           \
+    "  redis.call('DEL', k)\n"                                                          \
+    "  redis.call('ZREM', KEYS[6], id)\n"                                               \
+    "  if n > 0 then redis.call('DECRBY', KEYS[8], n) end\n"                            \
+    "end\n"                                                                             \
     "local function trim(r)\n"                                                          \
     "  local cut = tonumber(r[1]) - tonumber(r[2])\n"                                   \
     "  local count, bytes = tonumber(r[3]), tonumber(r[4])\n"                           \
     "  for _ = 1, 100 do\n"                                                             \
     "    local o = redis.call('ZRANGE', KEYS[7], 0, 0)\n"                               \
     "    if #o == 0 then redis.call('SET', KEYS[8], 0) return end\n"                    \
-    "    local k = r[5] .. o[1]\n"                                                      \
-    "    local t = redis.call('HMGET', k, 't', 'n')\n"                                  \
-    "    if (tonumber(t[1]) or 0) > cut and redis.call('ZCARD', KEYS[7]) <= count and\n"\
+    "    local t = tonumber(redis.call('HGET', r[5] .. o[1], 't')) or 0\n"              \
+    "    if t > cut and redis.call('ZCARD', KEYS[7]) <= count and\n"                    \
     "       (tonumber(redis.call('GET', KEYS[8])) or 0) <= bytes then return end\n"     \
-    "    local n = tonumber(t[2]) or 0\n"                                               \
-    "    redis.call('DEL', k)\n"                                                        \
-    "    redis.call('ZREM', KEYS[6], o[1])\n"                                           \
     "    redis.call('ZREM', KEYS[7], o[1])\n"                                           \
-    "    if n > 0 then redis.call('DECRBY', KEYS[8], n) end\n"                          \
+    "    forget(o[1], r)\n"                                                             \
     "  end\n"                                                                           \
     "end\n"                                                                             \
-    "local function keep_final(sq, entry, r)\n"                                        \
-    "  local e = redis.call('XRANGE', KEYS[1], entry, entry)\n"                         \
-    "  if #e > 0 and redis.call('HGET', KEYS[5], 's') ~= '4' then\n"                   \
-    "    local f = e[1][2]\n"                                                          \
-    "    for j = 1, #f, 2 do\n"                                                        \
-    "      if f[j] == 'w' then redis.call('HSET', KEYS[5], 'w', f[j + 1]) end\n"       \
-    "    end\n"                                                                        \
-    "  end\n"                                                                          \
-    "  redis.call('XDEL', KEYS[1], entry)\n"                                           \
-    "  redis.call('HDEL', KEYS[5], 'cr')\n"                                            \
-    "  local n = 2 * #ARGV[4] + redis.call('HSTRLEN', KEYS[5], 'u') + "                 \
-    "redis.call('HSTRLEN', KEYS[5], 'uq') + redis.call('HSTRLEN', KEYS[5], 'us') + "    \
-    "redis.call('HSTRLEN', KEYS[5], 'w') + 100\n"                                      \
-    "  redis.call('HSET', KEYS[5], 'n', n, 't', r[1])\n"                               \
-    "  redis.call('PEXPIRE', KEYS[5], tonumber(r[2]) + " TRIM_TTL_MARGIN_MS ")\n"       \
-    "  redis.call('ZADD', KEYS[7], sq, ARGV[4])\n"                                     \
-    "  redis.call('INCRBY', KEYS[8], n)\n"                                             \
-    "  trim(r)\n"                                                                      \
+    "local function keep_final(sq, entry, r)\n"                                         \
+    "  local n = 2 * #ARGV[4] + #ARGV[3] + 200\n"                                       \
+    "  if ARGV[7] ~= '4' then\n"                                                        \
+    "    local e = redis.call('XRANGE', KEYS[1], entry, entry)\n"                       \
+    "    if #e > 0 then\n"                                                              \
+    "      local f = e[1][2]\n"                                                         \
+    "      for j = 1, #f, 2 do\n"                                                       \
+    "        if f[j] == 'w' then\n"                                                     \
+    "          redis.call('HSET', KEYS[5], 'w', f[j + 1])\n"                            \
+    "          n = n + #f[j + 1]\n"                                                     \
+    "        end\n"                                                                     \
+    "      end\n"                                                                       \
+    "    end\n"                                                                         \
+    "  end\n"                                                                           \
+    "  redis.call('XDEL', KEYS[1], entry)\n"                                            \
+    "  redis.call('HSET', KEYS[5], 'n', n, 't', r[1])\n"                                \
+    "  redis.call('PEXPIRE', KEYS[5], tonumber(r[2]) + " TRIM_TTL_MARGIN_MS ")\n"        \
+    "  redis.call('ZADD', KEYS[7], sq, ARGV[4])\n"                                      \
+    "  local total, count = redis.call('INCRBY', KEYS[8], n), tonumber(r[3])\n"         \
+    "  local over = redis.call('ZCARD', KEYS[7]) - count\n"                             \
+    "  for _ = 1, 100 do\n"                                                             \
+    "    if over <= 0 and total <= tonumber(r[4]) then return end\n"                    \
+    "    local o = redis.call('ZPOPMIN', KEYS[7])\n"                                    \
+    "    if #o == 0 then return end\n"                                                  \
+    "    forget(o[1], r)\n"                                                             \
+    "    total = tonumber(redis.call('GET', KEYS[8])) or 0\n"                           \
+    "    over = over - 1\n"                                                             \
+    "  end\n"                                                                           \
     "end\n"
 
 /*
  * update: KEYS work, updates, seq, origin, item, items, finals,
  * finals_bytes; ARGV[8] mode (u: update, r: retry, f: final), ARGV[9]
  * group, ARGV[10] consumer, ARGV[11] entry id, ARGV[12] attempt; for a
- * final ARGV[13..17] the retention (LUA_TRIM). Only while the entry is
- * pending here with that delivery count; 0 if it is not.
+ * final ARGV[13..17] the retention (LUA_TRIM), for STARTED ARGV[13] ts.
+ * Only while the entry is pending here with that delivery count; 0 if it
+ * is not.
  */
 static const char script_update[] =
     LUA_TRIM
@@ -180,18 +202,20 @@ static const char script_update[] =
     "if #p == 0 or p[1][2] ~= ARGV[10] or p[1][4] ~= tonumber(ARGV[12]) then return 0 end\n"
     LUA_NEXT_SEQ LUA_ADD_UPDATE
     "local sq, st = string.format('%.0f', seq), ARGV[7]\n"
-    "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', st, 'u', ARGV[3], 'q', sq)\n"
+    "if st == '2' then\n"
+    "  redis.call('HSET', KEYS[5], 's', st, 'u', ARGV[3], 'q', sq, 'ts', ARGV[13])\n"
+    "else\n"
+    "  redis.call('HSET', KEYS[5], 's', st, 'u', ARGV[3], 'q', sq)\n"
+    "end\n"
     "if ARGV[8] == 'f' then\n"
     "  redis.call('XACK', KEYS[1], ARGV[9], ARGV[11])\n"
     "  keep_final(sq, ARGV[11], {ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17]})\n"
     "elseif ARGV[8] == 'r' then\n"
     "  redis.call('XCLAIM', KEYS[1], ARGV[9], ARGV[10], 0, ARGV[11], 'JUSTID', "
     "'RETRYCOUNT', tonumber(ARGV[12]) + 1)\n"
-    "  redis.call('HDEL', KEYS[5], 'us')\n"
-    "elseif st == '2' then\n"
-    "  redis.call('HSET', KEYS[5], 'us', ARGV[3])\n"
+    "  redis.call('HDEL', KEYS[5], 'ts')\n"
     "elseif st == '6' then\n"
-    "  redis.call('HDEL', KEYS[5], 'us')\n"
+    "  redis.call('HDEL', KEYS[5], 'ts')\n"
     "end\n"
     "return seq\n";
 
@@ -226,12 +250,13 @@ static const char script_cancel[] =
     LUA_NEXT_SEQ LUA_ADD_UPDATE
     "local sq = string.format('%.0f', seq)\n"
     "redis.call('HSET', KEYS[5], 's', ARGV[7], 'u', ARGV[3], 'q', sq)\n"
+    "redis.call('HDEL', KEYS[5], 'cr')\n"
     "keep_final(sq, ARGV[8], {ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]})\n"
     "return 'c'\n";
 
 /*
  * retry: KEYS as update's; ARGV[1..10] as accept's (the QUEUED update, m t
- * q), ARGV[11] its priority ("" for 0). A FAILED or CANCELLED item with its WorkItem is queued again as if
+ * q), ARGV[11] its priority ("" for 0), ARGV[12] ta. A FAILED or CANCELLED item with its WorkItem is queued again as if
  * accepted now (the seq, or 0 if it is not retryable; -1 if not known).
  */
 static const char script_retry[] =
@@ -242,9 +267,9 @@ static const char script_retry[] =
     "local sq = string.format('%.0f', seq)\n"
     "local e = redis.call('XADD', KEYS[1], '0-*', 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], "
     "'m', ARGV[8], 't', ARGV[9], 'q', ARGV[10], 'w', h[2])\n"
-    "redis.call('HDEL', KEYS[5], 'u', 'us', 'w', 'n', 't', 'cr')\n"
+    "redis.call('HDEL', KEYS[5], 'u', 'ts', 'w', 'n', 't', 'cr')\n"
     "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
-    "'uq', ARGV[3], 'q', sq, 'x', e)\n"
+    "'q', sq, 'x', e, 'ta', ARGV[12])\n"
     "redis.call('PERSIST', KEYS[5])\n"
     "redis.call('ZREM', KEYS[7], ARGV[4])\n"
     "if h[3] then redis.call('DECRBY', KEYS[8], tonumber(h[3])) end\n"
@@ -584,6 +609,8 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
     redis_args_u64(&a, check_attempt);
     if (mode == 'f')
         retention_args(&a);
+    else if (state == STATE_STARTED)
+        redis_args_u64(&a, clock_wall_ns());   /* ts */
     if (command(&cl.cmd, fn, arg, &a) == -1)
         return -1;
     cl.inflight++;
@@ -797,6 +824,7 @@ cluster_accept(struct acceptance a)
     redis_args_mem(&args, item->raw, item->raw_len);
     char priority[16];
     redis_args_str(&args, priority_arg(item, priority));
+    redis_args_u64(&args, clock_wall_ns());
     if (command(&cl.cmd, on_accepted, op, &args) == -1) {
         later(unavailable_later, op);
     } else {
@@ -1796,6 +1824,7 @@ cluster_requeue_item(const struct item *item, redisCallbackFn *fn, void *arg)
     redis_args_str(&a, item->weight == ITEM_WEIGHT_QUICK ? "1" : "0");
     char priority[16];
     redis_args_str(&a, priority_arg(item, priority));
+    redis_args_u64(&a, clock_wall_ns());
     int rc = cluster_send(&a, fn, arg);
     free(encoded);
     return rc;

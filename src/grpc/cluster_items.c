@@ -39,7 +39,7 @@
 
 /* The fields of an item's hash a lookup reads, in this order. */
 #define ITEM_FIELDS     9
-static const char *const item_fields[ITEM_FIELDS] = { "k", "b", "s", "m", "q", "uq", "us", "u",
+static const char *const item_fields[ITEM_FIELDS] = { "k", "b", "s", "m", "q", "ta", "ts", "u",
                                                       "p" };
 
 /*
@@ -62,7 +62,7 @@ static const char script_list[] =
     "local out, n = {'0'}, 0\n"
     "for j = 1, #r, 2 do\n"
     "  local id = r[j]\n"
-    "  local f = redis.call('HMGET', prefix .. id, 'k', 'b', 's', 'm', 'q', 'uq', 'us', 'u', "
+    "  local f = redis.call('HMGET', prefix .. id, 'k', 'b', 's', 'm', 'q', 'ta', 'ts', 'u', "
     "'p')\n"
     "  if not f[1] then\n"
     "    redis.call('ZREM', KEYS[1], id)\n"
@@ -179,13 +179,9 @@ fill_item(wire_known_item *m, const char *id, size_t id_len, const redisReply *c
         p[f[8]->len] = '\0';
         m->priority = (int32_t)strtol(p, NULL, 10);
     }
-    wire_update *queued = reply_update(f[5]), *started = reply_update(f[6]);
-    wire_update *latest = reply_update(f[7]);
-    const wire_update *u = latest != NULL ? latest : queued;
-    if (queued != NULL)
-        m->accepted_unix_nano = queued->time_unix_nano;
-    if (started != NULL)
-        m->started_unix_nano = started->time_unix_nano;
+    m->accepted_unix_nano = (int64_t)reply_u64(f[5]);
+    m->started_unix_nano = (int64_t)reply_u64(f[6]);
+    wire_update *u = reply_update(f[7]);     /* none while QUEUED */
     if (u != NULL) {
         m->attempt = u->attempt;
         m->progress = u->progress;
@@ -204,11 +200,8 @@ fill_item(wire_known_item *m, const char *id, size_t id_len, const redisReply *c
     }
     if (m->attempt == 0)
         m->attempt = 1;
-    for (int i = 0; i < 3; i++) {
-        wire_update *w = i == 0 ? queued : i == 1 ? started : latest;
-        if (w != NULL)
-            wire_update_free(w, NULL);
-    }
+    if (u != NULL)
+        wire_update_free(u, NULL);
     return 1;
 }
 
@@ -755,8 +748,8 @@ on_act_script(redisAsyncContext *ac, void *reply, void *arg)
 }
 
 /* The fields an action reads, in this order. */
-#define ACT_FIELDS 7
-static const char *const act_fields[ACT_FIELDS] = { "k", "b", "s", "u", "uq", "x", "w" };
+#define ACT_FIELDS 6
+static const char *const act_fields[ACT_FIELDS] = { "k", "b", "s", "u", "x", "w" };
 
 static char *
 copy_string(const redisReply *r, char *buf, size_t size)
@@ -790,28 +783,27 @@ act_on(struct act_slot *slot, const redisReply *const *f)
             ask->skipped++;
             return;
         }
-        wire_update *u = reply_update(f[3] != NULL && f[3]->type == REDIS_REPLY_STRING
-                                      ? f[3] : f[4]);
+        wire_update *u = reply_update(f[3]);   /* none while QUEUED: attempt 1 */
         uint32_t attempt = u != NULL ? u->attempt : 1;
         if (u != NULL)
             wire_update_free(u, NULL);
         uint64_t key = 0;
-        if (f[5] != NULL && f[5]->type == REDIS_REPLY_STRING && f[5]->len > 2 &&
-            f[5]->len < 24 && memcmp(f[5]->str, "0-", 2) == 0) {
+        if (f[4] != NULL && f[4]->type == REDIS_REPLY_STRING && f[4]->len > 2 &&
+            f[4]->len < 24 && memcmp(f[4]->str, "0-", 2) == 0) {
             char buf[24];
-            key = strtoull(copy_string(f[5], buf, sizeof buf) + 2, NULL, 10);
+            key = strtoull(copy_string(f[4], buf, sizeof buf) + 2, NULL, 10);
         }
         rc = cluster_cancel_item(id, kind, batch, key, attempt,
                                  ask->q.reason != NULL ? ask->q.reason : "cancelled by a client",
                                  on_act_script, slot);
     } else {
-        if ((state != STATE_FAILED && state != STATE_CANCELLED) || f[6] == NULL ||
-            f[6]->type != REDIS_REPLY_STRING) {
+        if ((state != STATE_FAILED && state != STATE_CANCELLED) || f[5] == NULL ||
+            f[5]->type != REDIS_REPLY_STRING) {
             ask->skipped++;
             return;
         }
-        struct item *item = store_item_again(id, batch, kind, (const uint8_t *)f[6]->str,
-                                             f[6]->len);
+        struct item *item = store_item_again(id, batch, kind, (const uint8_t *)f[5]->str,
+                                             f[5]->len);
         if (item == NULL) {
             ask->skipped++;
             return;

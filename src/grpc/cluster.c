@@ -386,6 +386,7 @@ static struct {
     int ping_outstanding;
     uint64_t reconnects, claimed, lost_updates, superseded, sessions;
     uint64_t cancels;           /* cancel requests for items held here */
+    uint64_t known[3];          /* items known, finals retained, their bytes: as last polled */
     char last_error[256];
     char why[400];
 } cl;
@@ -1126,6 +1127,21 @@ on_trimmed(redisAsyncContext *ac, void *reply, void *arg)
 }
 
 static void
+on_counted(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    intptr_t which = (intptr_t)arg;
+    if (r == NULL || cl.shutting_down)
+        return;
+    if (r->type == REDIS_REPLY_INTEGER && r->integer >= 0)
+        cl.known[which] = (uint64_t)r->integer;
+    else if (r->type == REDIS_REPLY_STRING)
+        cl.known[which] = strtoull(r->str, NULL, 10);
+    else if (r->type == REDIS_REPLY_NIL)
+        cl.known[which] = 0;
+}
+
+static void
 on_claim_timer(evutil_socket_t fd, short what, void *arg)
 {
     if (cl.claiming || gp.draining || gp.stopping)
@@ -1154,6 +1170,14 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_str(&a, cl.key_finals_bytes);
     retention_args(&a);
     command(&cl.cmd, on_trimmed, NULL, &a);
+    /* The known items, for /status and /metrics. */
+    static const char *const count_cmd[3] = { "ZCARD", "ZCARD", "GET" };
+    const char *count_key[3] = { cl.key_items, cl.key_finals, cl.key_finals_bytes };
+    for (intptr_t i = 0; i < 3; i++) {
+        redis_args_init(&a, count_cmd[i]);
+        redis_args_str(&a, count_key[i]);
+        command(&cl.cmd, on_counted, (void *)i, &a);
+    }
 }
 
 /* ---- capacity ------------------------------------------------------------ */
@@ -1895,11 +1919,13 @@ cluster_status_json(struct evbuffer *b)
                         "\"connected\":%s,\"serving\":%s,\"outstanding\":%" PRIu64 ","
                         "\"claimed\":%" PRIu64 ",\"reconnects\":%" PRIu64 ","
                         "\"superseded\":%" PRIu64 ",\"lost_updates\":%" PRIu64 ","
-                        "\"cancel_requests\":%" PRIu64 ",\"last_error\":", c->cluster.host,
+                        "\"cancel_requests\":%" PRIu64 ",\"items_known\":%" PRIu64 ","
+                        "\"finals_retained\":%" PRIu64 ",\"retained_bytes\":%" PRIu64 ","
+                        "\"last_error\":", c->cluster.host,
                         c->cluster.port, c->cluster.name, cl.consumer,
                         cl.up ? "true" : "false", cl.up && cl.caught_up ? "true" : "false",
                         outstanding(), cl.claimed, cl.reconnects, cl.superseded,
-                        cl.lost_updates, cl.cancels);
+                        cl.lost_updates, cl.cancels, cl.known[0], cl.known[1], cl.known[2]);
     if (cl.last_error[0] == '\0') {
         evbuffer_add_printf(b, "null},");
         return;
@@ -1943,9 +1969,25 @@ cluster_metrics(struct evbuffer *b)
         "# HELP dosomething_cluster_lost_updates_total Updates of running items not published "
         "because redis was unreachable.\n"
         "# TYPE dosomething_cluster_lost_updates_total counter\n"
-        "dosomething_cluster_lost_updates_total %" PRIu64 "\n",
+        "dosomething_cluster_lost_updates_total %" PRIu64 "\n"
+        "# HELP dosomething_cluster_items_known Items known cluster-wide (live and retained "
+        "finals), as last polled.\n"
+        "# TYPE dosomething_cluster_items_known gauge\n"
+        "dosomething_cluster_items_known %" PRIu64 "\n"
+        "# HELP dosomething_cluster_finals_retained Final items retained in redis "
+        "(items.retention), as last polled.\n"
+        "# TYPE dosomething_cluster_finals_retained gauge\n"
+        "dosomething_cluster_finals_retained %" PRIu64 "\n"
+        "# HELP dosomething_cluster_retained_bytes Bytes of the retained finals, as counted "
+        "for items.retention.bytes.\n"
+        "# TYPE dosomething_cluster_retained_bytes gauge\n"
+        "dosomething_cluster_retained_bytes %" PRIu64 "\n"
+        "# HELP dosomething_cluster_cancel_requests_total Cancel requests for items this "
+        "instance held.\n"
+        "# TYPE dosomething_cluster_cancel_requests_total counter\n"
+        "dosomething_cluster_cancel_requests_total %" PRIu64 "\n",
         cl.up && cl.caught_up ? 1 : 0, outstanding(), cl.claimed, cl.reconnects, cl.superseded,
-        cl.lost_updates);
+        cl.lost_updates, cl.known[0], cl.known[1], cl.known[2], cl.cancels);
 }
 
 const struct store_backend store_redis = {

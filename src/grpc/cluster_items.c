@@ -730,12 +730,14 @@ on_act_script(redisAsyncContext *ac, void *reply, void *arg)
         else
             act_not_found(ask, slot->index);
     } else if (r->type == REDIS_REPLY_INTEGER) {
-        if (r->integer > 0)
+        if (r->integer > 0) {
             ask->done_count++;
-        else if (r->integer == 0)
+            store_count_retry();
+        } else if (r->integer == 0) {
             ask->skipped++;
-        else
+        } else {
             act_not_found(ask, slot->index);
+        }
     } else {
         char why[300];
         snprintf(why, sizeof why, "cluster: %s failed: %.200s",

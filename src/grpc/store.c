@@ -88,6 +88,12 @@ store_count_duplicate(void)
     items_count_duplicate();
 }
 
+void
+store_count_retry(void)
+{
+    items_count_retry();
+}
+
 static void on_retry_verdict(void *arg, uint32_t index, const struct item *item,
                              enum store_verdict verdict, const char *why);
 

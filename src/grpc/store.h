@@ -227,6 +227,8 @@ void store_metrics(struct evbuffer *b);
 int store_known(const char *id);
 /* A resent known id was not queued again (metrics). */
 void store_count_duplicate(void);
+/* An item was queued again by a retry that a backend carried out (metrics). */
+void store_count_retry(void);
 /* What store_retry() did. */
 enum store_retry_result {
     STORE_RETRY_REQUEUED,

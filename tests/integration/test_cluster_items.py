@@ -18,8 +18,8 @@ import pytest
 
 import conftest
 from conftest import pb
-from conftest import QUEUED, STARTED, SUCCEEDED, state_name, wait_for
-from test_cluster import (cluster_name, kill_everything, redis,  # noqa: F401
+from conftest import QUEUED, STARTED, SUCCEEDED, free_port, state_name, wait_for
+from test_cluster import (cluster_name, cluster_status, kill_everything, redis,  # noqa: F401
                           sleep_items, start_instance, wait_serving, wait_work_empty, work_len)
 
 FAILED, CANCELLED = pb.FAILED, pb.CANCELLED
@@ -107,7 +107,9 @@ def test_retention_by_count_bounds_the_redis_keys(redis, start_daemon):  # noqa:
     other keys; a forgotten id can be submitted again."""
     name = cluster_name()
     keep = {"items": {"retention": {"count": 5}}}
-    a = start_instance(start_daemon, redis, name, "a", overrides=keep)
+    status = f"127.0.0.1:{free_port()}"
+    a = start_instance(start_daemon, redis, name, "a",
+                       overrides={**keep, "status": {"listen": status}})
     b = start_instance(start_daemon, redis, name, "b", overrides=keep)
     sub = a.client().subscribe(sync=True, name="sub-a")
     tag = uuid.uuid4().hex[:8]
@@ -134,6 +136,10 @@ def test_retention_by_count_bounds_the_redis_keys(redis, start_daemon):  # noqa:
     retained = set(k.split(":item:", 1)[1] for k in keys)
     by_end = sorted(ids, key=lambda i: sub.final[i].seq)
     assert retained - {live["id"]} == set(by_end[-5:]), "not the newest finals were kept"
+    # /status says so (polled every lease/2).
+    wait_for(lambda: (lambda st: (st["finals_retained"], st["items_known"]) == (5, 6))(
+        cluster_status(status)), 10, "/status cluster.finals_retained 5, items_known 6")
+    assert cluster_status(status)["retained_bytes"] > 0
     # Forgotten: no longer a duplicate. Retained: still one.
     reply = b.client().submit([{"id": by_end[0], "kind": "echo"},
                                {"id": by_end[-1], "kind": "echo"}])

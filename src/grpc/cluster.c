@@ -130,8 +130,9 @@ static const char script_accept[] =
  * (KEYS[6]), the finals (KEYS[7]) and their bytes (KEYS[8]). trim(R):
  * forget the oldest finals while any ended more than the age ago or there
  * are more than the count or bytes, at most 100 a call (the periodic
- * trim). keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4], state ARGV[7])
- * just became final with seq SQ: its work entry goes (its WorkItem kept
+ * trim). keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4], state ARGV[7],
+ * update ARGV[3]) just became final with seq SQ: its hash says so, its
+ * work entry goes (its WorkItem kept
  * unless it SUCCEEDED), its bytes are counted, its hash expires, and the
  * oldest finals past the count or bytes are forgotten (the age is left to
  * the periodic trim: it costs a lookup). R: now ms, age ms, count, bytes,
@@ -159,21 +160,25 @@ static const char script_accept[] =
     "  end\n"                                                                           \
     "end\n"                                                                             \
     "local function keep_final(sq, entry, r)\n"                                         \
-    "  local n = 2 * #ARGV[4] + #ARGV[3] + 200\n"                                       \
+    "  local n, w = 2 * #ARGV[4] + #ARGV[3] + 200, false\n"                             \
     "  if ARGV[7] ~= '4' then\n"                                                        \
     "    local e = redis.call('XRANGE', KEYS[1], entry, entry)\n"                       \
     "    if #e > 0 then\n"                                                              \
     "      local f = e[1][2]\n"                                                         \
     "      for j = 1, #f, 2 do\n"                                                       \
-    "        if f[j] == 'w' then\n"                                                     \
-    "          redis.call('HSET', KEYS[5], 'w', f[j + 1])\n"                            \
-    "          n = n + #f[j + 1]\n"                                                     \
-    "        end\n"                                                                     \
+    "        if f[j] == 'w' then w = f[j + 1] end\n"                                    \
     "      end\n"                                                                       \
     "    end\n"                                                                         \
     "  end\n"                                                                           \
     "  redis.call('XDEL', KEYS[1], entry)\n"                                            \
-    "  redis.call('HSET', KEYS[5], 'n', n, 't', r[1])\n"                                \
+    "  if w then\n"                                                                     \
+    "    n = n + #w\n"                                                                  \
+    "    redis.call('HSET', KEYS[5], 's', ARGV[7], 'u', ARGV[3], 'q', sq, 'n', n, "      \
+    "'t', r[1], 'w', w)\n"                                                              \
+    "  else\n"                                                                          \
+    "    redis.call('HSET', KEYS[5], 's', ARGV[7], 'u', ARGV[3], 'q', sq, 'n', n, "      \
+    "'t', r[1])\n"                                                                      \
+    "  end\n"                                                                           \
     "  redis.call('PEXPIRE', KEYS[5], tonumber(r[2]) + " TRIM_TTL_MARGIN_MS ")\n"        \
     "  redis.call('ZADD', KEYS[7], sq, ARGV[4])\n"                                      \
     "  local total, count = redis.call('INCRBY', KEYS[8], n), tonumber(r[3])\n"         \
@@ -204,7 +209,7 @@ static const char script_update[] =
     "local sq, st = string.format('%.0f', seq), ARGV[7]\n"
     "if st == '2' then\n"
     "  redis.call('HSET', KEYS[5], 's', st, 'u', ARGV[3], 'q', sq, 'ts', ARGV[13])\n"
-    "else\n"
+    "elseif ARGV[8] ~= 'f' then\n"
     "  redis.call('HSET', KEYS[5], 's', st, 'u', ARGV[3], 'q', sq)\n"
     "end\n"
     "if ARGV[8] == 'f' then\n"
@@ -249,7 +254,6 @@ static const char script_cancel[] =
     "if #redis.call('XRANGE', KEYS[1], ARGV[8], ARGV[8]) == 0 then return 'f' end\n"
     LUA_NEXT_SEQ LUA_ADD_UPDATE
     "local sq = string.format('%.0f', seq)\n"
-    "redis.call('HSET', KEYS[5], 's', ARGV[7], 'u', ARGV[3], 'q', sq)\n"
     "redis.call('HDEL', KEYS[5], 'cr')\n"
     "keep_final(sq, ARGV[8], {ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]})\n"
     "return 'c'\n";

@@ -99,7 +99,7 @@
  * final n (its retained bytes), t (when it ended, unix ms) and w (the
  * WorkItem, kept for a retry of a FAILED or CANCELLED item). {NAME}:items
  * orders every known item by its accept's seq (the listing);
- * {NAME}:finals the final ones by their final update's seq, and
+ * {NAME}:finals lists the final ones in the order they ended, and
  * {NAME}:finals_bytes sums their n: the retention forgets the oldest
  * finals from all three (LUA_TRIM). Kept small on purpose: every item
  * pays for these writes (docs/scaling.md has the costs).
@@ -126,37 +126,47 @@ static const char script_accept[] =
     "return seq\n";
 
 /*
- * The retention. forget(ID, R): item ID leaves the hashes, the listing
- * (KEYS[6]), the finals (KEYS[7]) and their bytes (KEYS[8]). trim(R):
- * forget the oldest finals while any ended more than the age ago or there
- * are more than the count or bytes, at most 100 a call (the periodic
- * trim). keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4], state ARGV[7],
- * update ARGV[3]) just became final with seq SQ: its hash says so, its
- * work entry goes (its WorkItem kept
- * unless it SUCCEEDED), its bytes are counted, its hash expires, and the
- * oldest finals past the count or bytes are forgotten (the age is left to
- * the periodic trim: it costs a lookup). R: now ms, age ms, count, bytes,
- * the hash key prefix.
+ * The retention. KEYS[7] {NAME}:finals lists "SEQ ID" for each final in
+ * the order they ended (SEQ: its final update's): a list, not a sorted
+ * set, because every item pays for it. An entry whose item has a newer seq
+ * since (retried, then maybe final again) is stale: skipped when popped.
+ * forget(ENTRY, R): the item of a popped entry, if current, leaves the
+ * hashes, the listing (KEYS[6]) and the bytes (KEYS[8]). trim(R): pop
+ * while the oldest ended more than the age ago or there are more entries
+ * than the count or more bytes than the bound, at most 100 a call (the
+ * periodic trim). keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4], state
+ * ARGV[7], update ARGV[3]) just became final with seq SQ: its hash says
+ * so, its work entry goes (its WorkItem kept unless it SUCCEEDED), its
+ * bytes are counted, its hash expires, and the oldest finals past the
+ * count or bytes are forgotten (the age is left to the periodic trim: it
+ * costs a lookup). R: now ms, age ms, count, bytes, the hash key prefix.
  */
 #define LUA_TRIM                                                                        \
-    "local function forget(id, r)\n"                                                    \
+    "local function forget(o, r)\n"                                              \
+    "  local sp = string.find(o, ' ', 1, true)\n"                                       \
+    "  if not sp then return end\n"                                                     \
+    "  local id = string.sub(o, sp + 1)\n"                                              \
     "  local k = r[5] .. id\n"                                                          \
-    "  local n = tonumber(redis.call('HGET', k, 'n')) or 0\n"                           \
+    "  local h = redis.call('HMGET', k, 'q', 'n')\n"                                    \
+    "  if h[1] and h[1] ~= string.sub(o, 1, sp - 1) then return end\n"                  \
     "  redis.call('DEL', k)\n"                                                          \
     "  redis.call('ZREM', KEYS[6], id)\n"                                               \
+    "  local n = tonumber(h[2]) or 0\n"                                                 \
     "  if n > 0 then redis.call('DECRBY', KEYS[8], n) end\n"                            \
     "end\n"                                                                             \
     "local function trim(r)\n"                                                          \
     "  local cut = tonumber(r[1]) - tonumber(r[2])\n"                                   \
     "  local count, bytes = tonumber(r[3]), tonumber(r[4])\n"                           \
     "  for _ = 1, 100 do\n"                                                             \
-    "    local o = redis.call('ZRANGE', KEYS[7], 0, 0)\n"                               \
-    "    if #o == 0 then redis.call('SET', KEYS[8], 0) return end\n"                    \
-    "    local t = tonumber(redis.call('HGET', r[5] .. o[1], 't')) or 0\n"              \
-    "    if t > cut and redis.call('ZCARD', KEYS[7]) <= count and\n"                    \
+    "    local o = redis.call('LINDEX', KEYS[7], 0)\n"                                  \
+    "    if not o then redis.call('SET', KEYS[8], 0) return end\n"                      \
+    "    local sp = string.find(o, ' ', 1, true) or 1\n"                                \
+    "    local h = redis.call('HMGET', r[5] .. string.sub(o, sp + 1), 'q', 't')\n"      \
+    "    if h[1] == string.sub(o, 1, sp - 1) and (tonumber(h[2]) or 0) > cut and\n"     \
+    "       redis.call('LLEN', KEYS[7]) <= count and\n"                                 \
     "       (tonumber(redis.call('GET', KEYS[8])) or 0) <= bytes then return end\n"     \
-    "    redis.call('ZREM', KEYS[7], o[1])\n"                                           \
-    "    forget(o[1], r)\n"                                                             \
+    "    redis.call('LPOP', KEYS[7])\n"                                                 \
+    "    forget(o, r)\n"                                                                \
     "  end\n"                                                                           \
     "end\n"                                                                             \
     "local function keep_final(sq, entry, r)\n"                                         \
@@ -180,14 +190,13 @@ static const char script_accept[] =
     "'t', r[1])\n"                                                                      \
     "  end\n"                                                                           \
     "  redis.call('PEXPIRE', KEYS[5], tonumber(r[2]) + " TRIM_TTL_MARGIN_MS ")\n"        \
-    "  redis.call('ZADD', KEYS[7], sq, ARGV[4])\n"                                      \
-    "  local total, count = redis.call('INCRBY', KEYS[8], n), tonumber(r[3])\n"         \
-    "  local over = redis.call('ZCARD', KEYS[7]) - count\n"                             \
+    "  local over = redis.call('RPUSH', KEYS[7], sq .. ' ' .. ARGV[4]) - tonumber(r[3])\n"\
+    "  local total = redis.call('INCRBY', KEYS[8], n)\n"                                \
     "  for _ = 1, 100 do\n"                                                             \
     "    if over <= 0 and total <= tonumber(r[4]) then return end\n"                    \
-    "    local o = redis.call('ZPOPMIN', KEYS[7])\n"                                    \
-    "    if #o == 0 then return end\n"                                                  \
-    "    forget(o[1], r)\n"                                                             \
+    "    local o = redis.call('LPOP', KEYS[7])\n"                                       \
+    "    if not o then return end\n"                                                    \
+    "    forget(o, r)\n"                                                                \
     "    total = tonumber(redis.call('GET', KEYS[8])) or 0\n"                           \
     "    over = over - 1\n"                                                             \
     "  end\n"                                                                           \
@@ -275,7 +284,6 @@ static const char script_retry[] =
     "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
     "'q', sq, 'x', e, 'ta', ARGV[12])\n"
     "redis.call('PERSIST', KEYS[5])\n"
-    "redis.call('ZREM', KEYS[7], ARGV[4])\n"
     "if h[3] then redis.call('DECRBY', KEYS[8], tonumber(h[3])) end\n"
     "if ARGV[11] ~= '' then redis.call('HSET', KEYS[5], 'p', ARGV[11]) end\n"
     "redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
@@ -1175,7 +1183,7 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
     retention_args(&a);
     command(&cl.cmd, on_trimmed, NULL, &a);
     /* The known items, for /status and /metrics. */
-    static const char *const count_cmd[3] = { "ZCARD", "ZCARD", "GET" };
+    static const char *const count_cmd[3] = { "ZCARD", "LLEN", "GET" };
     const char *count_key[3] = { cl.key_items, cl.key_finals, cl.key_finals_bytes };
     for (intptr_t i = 0; i < 3; i++) {
         redis_args_init(&a, count_cmd[i]);

@@ -125,7 +125,7 @@ def test_retention_by_count_bounds_the_redis_keys(redis, start_daemon):  # noqa:
             ids += [it["id"] for it in items]
     sub.wait_final(ids, timeout=30)
     keys = item_keys(redis, name)
-    finals = redis.command("ZCARD", f"{{{name}}}:finals")
+    finals = redis.command("LLEN", f"{{{name}}}:finals")
     assert finals == 5, f"{finals} finals retained, not 5"
     assert f"{{{name}}}:item:{live['id']}" in keys, "a live item was forgotten"
     assert len(keys) == 6, f"{len(keys)} item hashes: {keys}"
@@ -160,7 +160,7 @@ def test_retention_by_age_forgets_finals_never_live_items(redis, start_daemon): 
     # The trim runs with every final and every lease/2 (0.5 s here).
     wait_for(lambda: item_keys(redis, name) == [f"{{{name}}}:item:{live['id']}"], 10,
              "only the live item's hash left")
-    assert redis.command("ZCARD", f"{{{name}}}:finals") == 0
+    assert redis.command("LLEN", f"{{{name}}}:finals") == 0
     assert redis.command("GET", f"{{{name}}}:finals_bytes") in (b"0", None)
     sub.wait_final([live["id"]], timeout=20)
 

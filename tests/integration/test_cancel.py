@@ -218,6 +218,30 @@ def test_cancel_running_module(start_daemon, tmp_path, cancel_modules):
              "the killed worker's replacement")
 
 
+def test_cancel_unanswered_kills_the_worker(start_daemon, tmp_path, cancel_modules):
+    """A handler that says it can be cancelled but does not look in time:
+    the grpc process kills its worker cancel_grace + 2 s after asking, and
+    the item is CANCELLED, not retried; the item behind it runs."""
+    extra = {"deaf": {"module": str(cancel_modules["cancellable"]), "cancel_grace": "0s"}}
+    d = start_daemon(config(tmp_path, "memory", extra_handlers=extra))
+    c = d.client()
+    sub = c.subscribe(sync=True)
+    worker = d.worker_pids()
+    # One step of 60 s: it looks at host->cancelled() only after it.
+    start_long(d, sub, "D", kind="deaf", params={"ms": "60000", "steps": "1"})
+    c.submit([{"id": "behind", "kind": "echo", "payload": b"b"}])
+    assert cancel(d, ids=["D"], reason="deaf").cancelled == 1
+    u = sub.wait_state("D", CANCELLED, timeout=15)
+    assert u.error == "deaf", u
+    sub.wait_final(["behind"], timeout=20)
+    assert_one_final(sub, "behind", SUCCEEDED)
+    assert_one_final(sub, "D", CANCELLED)
+    assert not [x for x in sub.of("D") if x.state == pb.RETRYING], sub.states_of("D")
+    wait_for(lambda: len(d.worker_pids()) == 1 and d.worker_pids() != worker, 10,
+             "the killed worker's replacement")
+    d.wait_log("did not stop a cancelled item", timeout=5)
+
+
 def test_cancel_journal_restart_does_not_rerun(start_daemon, tmp_path):
     d = start_daemon(config(tmp_path, "journal"))
     c = d.client()

@@ -57,10 +57,6 @@
 #define CLAIM_COUNT         100     /* entries per claim pass */
 #define RENEW_CHUNK         500     /* ids per renew script */
 #define POLL_MS             100     /* XLEN while submissions are under way */
-/* A final item's hash expires this long after items.retention.age: the
- * trim (every claim pass, and every final) forgets it first and keeps
- * {NAME}:finals_bytes right; the TTL bounds memory while no instance runs. */
-#define TRIM_TTL_MARGIN_MS  "60000"
 /* {NAME}:control, the cancel requests to the instances holding items, is
  * trimmed to about this many entries. */
 #define CONTROL_MAXLEN      "1000"
@@ -137,7 +133,7 @@ static const char script_accept[] =
  * periodic trim). keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4], state
  * ARGV[7], update ARGV[3]) just became final with seq SQ: its hash says
  * so, its work entry goes (its WorkItem kept unless it SUCCEEDED), its
- * bytes are counted, its hash expires, and the oldest finals past the
+ * bytes are counted, and the oldest finals past the
  * count or bytes are forgotten (the age is left to the periodic trim: it
  * costs a lookup). R: now ms, age ms, count, bytes, the hash key prefix.
  */
@@ -189,7 +185,6 @@ static const char script_accept[] =
     "    redis.call('HSET', KEYS[5], 's', ARGV[7], 'u', ARGV[3], 'q', sq, 'n', n, "      \
     "'t', r[1])\n"                                                                      \
     "  end\n"                                                                           \
-    "  redis.call('PEXPIRE', KEYS[5], tonumber(r[2]) + " TRIM_TTL_MARGIN_MS ")\n"        \
     "  local over = redis.call('RPUSH', KEYS[7], sq .. ' ' .. ARGV[4]) - tonumber(r[3])\n"\
     "  local total = redis.call('INCRBY', KEYS[8], n)\n"                                \
     "  for _ = 1, 100 do\n"                                                             \
@@ -283,7 +278,6 @@ static const char script_retry[] =
     "redis.call('HDEL', KEYS[5], 'u', 'ts', 'w', 'n', 't', 'cr')\n"
     "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
     "'q', sq, 'x', e, 'ta', ARGV[12])\n"
-    "redis.call('PERSIST', KEYS[5])\n"
     "if h[3] then redis.call('DECRBY', KEYS[8], tonumber(h[3])) end\n"
     "if ARGV[11] ~= '' then redis.call('HSET', KEYS[5], 'p', ARGV[11]) end\n"
     "redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"

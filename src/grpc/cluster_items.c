@@ -46,7 +46,8 @@ static const char *const item_fields[ITEM_FIELDS] = { "k", "b", "s", "m", "q", "
  * list: KEYS[1] {NAME}:items; ARGV prefix, before (0: from the newest),
  * limit, scan, scope, the counts of kinds, states and batches, then them.
  * Returns {next, {id, seq, fields...}...}: next is the seq to continue
- * below ("0": no more), seq each item's place. Listed ids whose hash has expired are dropped here.
+ * below ("0": no more), seq each item's place. Listed ids whose hash is
+ * gone are dropped here.
  */
 static const char script_list[] =
     "local prefix, limit, scan, scope = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]\n"

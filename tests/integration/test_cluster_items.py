@@ -1,12 +1,22 @@
 """
 Items known cluster-wide (cluster mode): two instances on one Redis (the
 fixtures of test_cluster.py) answer the same for every item, whichever
-instance accepted or ran it.
+instance accepted or ran it (docs/scaling.md, "Known items, cluster-wide").
 
 - duplicates: an id accepted on A is a duplicate on B, while queued,
-  running and final, and in one call; the item runs once;
-- Redis keeps each known item in a hash {NAME}:item:ID and the listing
-  order in {NAME}:items, written by the scripts that publish its updates.
+  running and final, and in one call; the item runs once; server-assigned
+  ids never are;
+- getItems on B for items accepted on A: by id (results, wait, the
+  deadline, priority), by filter paged while items arrive, bad tokens;
+  replies within what a stock client accepts;
+- cancel on B of an item running on A, of one still queued in Redis, of
+  a batch, of finals (already_final), and of an item whose holder stopped
+  and died (the instance that claims it cancels it);
+- retry on B of an item that FAILED on A (after the cause was fixed), the
+  dead-letter listing, a CANCELLED item by batch;
+- retention by count (the Redis keys stay at the count plus live items,
+  /status says so) and by age; every call UNAVAILABLE while Redis is down;
+  ids no item can have.
 """
 import os
 import signal
@@ -17,8 +27,7 @@ import grpc
 import pytest
 
 import conftest
-from conftest import pb
-from conftest import QUEUED, STARTED, SUCCEEDED, free_port, state_name, wait_for
+from conftest import QUEUED, STARTED, SUCCEEDED, free_port, pb, state_name, wait_for
 from test_cluster import (cluster_name, cluster_status, kill_everything, redis,  # noqa: F401
                           sleep_items, start_instance, wait_serving, wait_work_empty, work_len)
 

@@ -478,3 +478,38 @@ def test_cluster_replies_stay_within_what_a_client_accepts(redis, start_daemon):
         assert len(get(stock, [it["id"] for it in big]).items) == 6
     finally:
         stock.close()
+
+
+@pytest.mark.deadline(60)
+def test_retention_never_forgets_a_retried_item_while_it_runs(redis, start_daemon, tmp_path):  # noqa: F811
+    """count 2: an item that FAILED is retried and runs (2 s) again while
+    more finals than the count pass; the old entry it left in the finals
+    list is skipped, not taken for it: it stays known, then ends and is
+    forgotten in its turn."""
+    name = cluster_name()
+    slow_fail = {"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                              "sleep": {"builtin": "sleep"},
+                              "slowfail": {"exec": ["sh", "-c", "sleep 2; exit 3"]}},
+                 "items": {"retention": {"count": 2}}}
+    a = start_instance(start_daemon, redis, name, "a", overrides=slow_fail)
+    c = a.client()
+    tag = uuid.uuid4().hex[:8]
+    bad = {"id": f"rr-{tag}-bad", "kind": "slowfail", "max_attempts": 1}
+    assert c.submit([bad]).accepted == 1
+    assert get(c, [bad["id"]], wait=True, timeout=20).items[0].state == FAILED
+    assert retry(c, [bad["id"]]).requeued == 1
+    wait_for(lambda: get(c, [bad["id"]]).items[0].state == STARTED, 10, "the retry running")
+    echoes = [{"id": f"rr-{tag}-e{i}", "kind": "echo"} for i in range(5)]
+    assert c.submit(echoes).accepted == 5
+    got = get(c, [e["id"] for e in echoes], wait=True, timeout=10)
+    assert len(got.not_found) == 3, got.not_found        # 5 finals, count 2
+    running = get(c, [bad["id"]]).items
+    assert running and running[0].state == STARTED, "the running retry was forgotten"
+    final = get(c, [bad["id"]], wait=True, timeout=20).items[0]
+    assert (final.state, final.attempt) == (FAILED, 1)
+    # Now it is the newest final: kept; the oldest echoes go.
+    assert c.submit([{"id": f"rr-{tag}-last", "kind": "echo"}]).accepted == 1
+    get(c, [f"rr-{tag}-last"], wait=True, timeout=10)
+    left = get(c, [e["id"] for e in echoes] + [bad["id"], f"rr-{tag}-last"])
+    assert {i.id for i in left.items} == {bad["id"], f"rr-{tag}-last"}, left
+    assert len(item_keys(redis, name)) == 2

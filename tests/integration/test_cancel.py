@@ -20,6 +20,7 @@ import pytest
 
 from conftest import (REPO, SUCCEEDED, FAILED, free_port, missing_dependency, pb, pid_alive,
                       run_cli, wait_for)
+from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
 
 METHOD_CANCEL = "/com.agrounds.dosomething.v1.DoSomethingService/cancel"
 CANCELLED = pb.CANCELLED if pb is not None else 8
@@ -339,3 +340,13 @@ def test_cancel_pending_at_graceful_stop_deadline(start_daemon, tmp_path):
     sub = d2.client().subscribe(sync=True)
     d2.client().sync(sub)
     assert not sub.of("S"), sub.states_of("S")
+
+
+def test_cancel_in_cluster_mode_is_refused(redis, start_daemon):
+    """Until a cancel can reach the instance running an item, cluster mode
+    says so rather than miss it."""
+    d = start_instance(start_daemon, redis, cluster_name(), "inst", workers=1)
+    with pytest.raises(grpc.RpcError) as e:
+        cancel(d, ids=["x"])
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, e.value
+    assert "cluster mode" in e.value.details()

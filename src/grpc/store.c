@@ -537,6 +537,11 @@ store_discard(struct item *item)
 static void
 abandon(struct item *item, pid_t worker_pid)
 {
+    if (item->cancelling) {
+        /* Its cancel was asked: it ends CANCELLED, never to run again. */
+        on_cancelled(item, worker_pid);
+        return;
+    }
     char reason[320];
     snprintf(reason, sizeof reason, "%s: %s", item->started ? "interrupted" : "not run",
              st.abandon_why);

@@ -9,6 +9,7 @@ and nothing else is disturbed.
 import http.client
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from conftest import (REPO, SUCCEEDED, FAILED, free_port, missing_dependency, pb, pid_alive,
                       run_cli, wait_for)
+from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
 
 METHOD_CANCEL = "/com.agrounds.dosomething.v1.DoSomethingService/cancel"
 CANCELLED = pb.CANCELLED if pb is not None else 8
@@ -316,3 +318,35 @@ def test_cancel_grace_checked(make_daemon, tmp_path, value, error):
     r = run_cli("-t", "-c", str(d.config_path))
     assert r.returncode != 0 and error in r.stderr, (r.returncode, r.stderr)
     assert f"{d.config_path}:" in r.stderr, r.stderr
+
+
+def test_cancel_pending_at_graceful_stop_deadline(start_daemon, tmp_path):
+    """A cancel still being carried out when a graceful stop's deadline comes:
+    the item ends CANCELLED (not RETRYING to run at the next start)."""
+    script = "trap '' TERM; sleep 60"
+    extra = {"prog": {"exec": ["sh", "-c", script], "cancel_grace": "60s"}}
+    c = config(tmp_path, "journal", extra_handlers=extra)
+    c["shutdown_timeout"] = "1s"
+    d = start_daemon(c)
+    sub = d.client().subscribe(sync=True)
+    start_long(d, sub, "S", kind="prog", params={})
+    assert cancel(d, ids=["S"], reason="bye").cancelled == 1
+    d.send_signal(signal.SIGQUIT)
+    u = sub.wait_state("S", CANCELLED, timeout=15)
+    assert u.error == "bye", u
+    assert_one_final(sub, "S", CANCELLED)
+    d.wait_exit()
+    d2 = start_daemon(config(tmp_path, "journal", extra_handlers=extra), name="again")
+    sub = d2.client().subscribe(sync=True)
+    d2.client().sync(sub)
+    assert not sub.of("S"), sub.states_of("S")
+
+
+def test_cancel_in_cluster_mode_is_refused(redis, start_daemon):
+    """Until a cancel can reach the instance running an item, cluster mode
+    says so rather than miss it."""
+    d = start_instance(start_daemon, redis, cluster_name(), "inst", workers=1)
+    with pytest.raises(grpc.RpcError) as e:
+        cancel(d, ids=["x"])
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, e.value
+    assert "cluster mode" in e.value.details()

@@ -104,7 +104,6 @@ struct slot {
  * hold pointers to it): then ask_free().
  */
 struct store_items_ask {
-    struct store_items_ask *prev, *next;    /* open questions (finals are checked) */
     struct store_items_query q;             /* its pointers borrowed from the caller */
     store_items_fn *done;
     void *arg;
@@ -118,11 +117,33 @@ struct store_items_ask {
     wire_known_item *items;     /* n of them, their strings owned */
     uint8_t *found;             /* by ids: which ids are known */
     uint8_t *final_seen;        /* by ids: a final update was delivered since the lookup */
+    struct waiter *waiters;     /* wait: one per id, in the waiters' table until answered */
     struct slot *slots;
     char next_token[32];
 };
 
-static struct store_items_ask *open_asks;
+/*
+ * The ids that calls with wait are waiting for, hashed: every final update
+ * the update stream delivers is looked up here (nothing to do when no call
+ * waits), so many waiting calls do not slow the update path.
+ */
+#define WAIT_BUCKETS 4096
+struct waiter {
+    struct waiter *next, **pprev;
+    struct store_items_ask *ask;
+    size_t index;
+    uint32_t hash;
+};
+static struct waiter *wait_buckets[WAIT_BUCKETS];
+
+static uint32_t
+hash_id(const char *id, size_t len)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)id[i]) * 16777619u;
+    return h;
+}
 
 /* ---- an item from its hash ------------------------------------------------ */
 
@@ -229,13 +250,16 @@ free_item(wire_known_item *m)
 static void
 unlink_ask(struct store_items_ask *ask)
 {
-    if (ask->prev != NULL)
-        ask->prev->next = ask->next;
-    else if (open_asks == ask)
-        open_asks = ask->next;
-    if (ask->next != NULL)
-        ask->next->prev = ask->prev;
-    ask->prev = ask->next = NULL;
+    for (size_t i = 0; ask->waiters != NULL && i < ask->n; i++) {
+        struct waiter *w = &ask->waiters[i];
+        if (w->pprev == NULL)
+            continue;
+        *w->pprev = w->next;
+        if (w->next != NULL)
+            w->next->pprev = w->pprev;
+        w->next = NULL;
+        w->pprev = NULL;
+    }
 }
 
 static void
@@ -253,6 +277,7 @@ ask_free(struct store_items_ask *ask)
     free(ask->items);
     free(ask->found);
     free(ask->final_seen);
+    free(ask->waiters);
     free(ask->slots);
     free(ask);
 }
@@ -569,10 +594,21 @@ cluster_get_items(const struct store_items_query *q, store_items_fn *done, void 
         wire_known_item_init(&ask->items[i]);
         ask->slots[i] = (struct slot){ .ask = ask, .index = i };
     }
-    ask->next = open_asks;
-    if (open_asks != NULL)
-        open_asks->prev = ask;
-    open_asks = ask;
+    if (r->wait) {
+        ask->waiters = ds_calloc(ask->n, sizeof *ask->waiters);
+        for (size_t i = 0; i < ask->n; i++) {
+            struct waiter *w = &ask->waiters[i];
+            w->ask = ask;
+            w->index = i;
+            w->hash = hash_id(q->ids[i], strlen(q->ids[i]));
+            struct waiter **head = &wait_buckets[w->hash % WAIT_BUCKETS];
+            w->next = *head;
+            if (*head != NULL)
+                (*head)->pprev = &w->next;
+            w->pprev = head;
+            *head = w;
+        }
+    }
     lookup(ask);
     return ask;
 }
@@ -588,15 +624,15 @@ cluster_items_abort(struct store_items_ask *ask)
 void
 cluster_items_final(const char *id, size_t id_len)
 {
-    for (struct store_items_ask *ask = open_asks, *next; ask != NULL; ask = next) {
-        next = ask->next;
-        int hit = 0;
-        for (size_t i = 0; i < ask->n; i++)
-            if (strncmp(ask->q.ids[i], id, id_len) == 0 && ask->q.ids[i][id_len] == '\0') {
-                ask->final_seen[i] = 1;
-                hit = 1;
-            }
-        if (hit && ask->waiting && all_final(ask))
+    uint32_t h = hash_id(id, id_len);
+    for (struct waiter *w = wait_buckets[h % WAIT_BUCKETS], *next; w != NULL; w = next) {
+        next = w->next;     /* lookup() below answers nothing at once: the list holds */
+        struct store_items_ask *ask = w->ask;
+        const char *want = ask->q.ids[w->index];
+        if (w->hash != h || strncmp(want, id, id_len) != 0 || want[id_len] != '\0')
+            continue;
+        ask->final_seen[w->index] = 1;
+        if (ask->waiting && all_final(ask))
             lookup(ask);    /* what they became (a retry may have queued one again) */
     }
 }

@@ -513,3 +513,34 @@ def test_retention_never_forgets_a_retried_item_while_it_runs(redis, start_daemo
     left = get(c, [e["id"] for e in echoes] + [bad["id"], f"rr-{tag}-last"])
     assert {i.id for i in left.items} == {bad["id"], f"rr-{tag}-last"}, left
     assert len(item_keys(redis, name)) == 2
+
+
+@pytest.mark.deadline(60)
+def test_many_waiting_calls_on_both_instances(redis, start_daemon):  # noqa: F811
+    """20 calls wait on the same items (an id twice in a call, too) on both
+    instances; every one is answered with the finals, none early."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    b = start_instance(start_daemon, redis, name, "b")
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"w-{tag}-{i}" for i in range(3)]
+    assert a.client().submit([{"id": i, "kind": "sleep", "params": {"ms": "1500"}}
+                              for i in ids]).accepted == 3
+    replies, errors = [], []
+
+    def wait_on(d, n):
+        try:
+            replies.append(get(d.client(), ids + ids[:1] + [f"none-{n}"], wait=True, timeout=30))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=wait_on, args=((a, b)[n % 2], n), daemon=True)
+               for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=40)
+    assert not errors, errors[:3]
+    assert len(replies) == 20
+    for r in replies:
+        assert len(r.items) == 4 and all(i.state == SUCCEEDED for i in r.items), r
+        assert len(r.not_found) == 1

@@ -2425,6 +2425,21 @@ static const struct key_rule updates_rules[] = {
     { .name = NULL }
 };
 
+static const struct key_rule retention_rules[] = {
+    { .name = "age", .type = VALUE_DURATION, CONFIG_FIELD(items.retention_age_ms), .min = 1,
+      .max = 3650 * 24 * MS_HOUR },
+    { .name = "count", .type = VALUE_UINT, CONFIG_FIELD(items.retention_count), .min = 0,
+      .max = 1000000000 },
+    { .name = "bytes", .type = VALUE_SIZE, CONFIG_FIELD(items.retention_bytes), .min = 0,
+      .max = 1ull << 40 },
+    { .name = NULL }
+};
+
+static const struct key_rule items_rules[] = {
+    { .name = "retention", .type = VALUE_SECTION, .section = retention_rules },
+    { .name = NULL }
+};
+
 static const struct key_rule respawn_rules[] = {
     { .name = "backoff_min", .type = VALUE_DURATION, CONFIG_FIELD(respawn.backoff_min_ms),
       .min = 1, .max = MS_HOUR },
@@ -2446,6 +2461,7 @@ static const struct key_rule top_rules[] = {
     { .name = "grpc", .type = VALUE_SECTION, .section = grpc_rules },
     { .name = "queue", .type = VALUE_SECTION, .section = queue_rules },
     { .name = "updates", .type = VALUE_SECTION, .section = updates_rules },
+    { .name = "items", .type = VALUE_SECTION, .section = items_rules },
     { .name = "handlers", .type = VALUE_CUSTOM, .parse = parse_handlers,
       .print = print_handlers },
     { .name = "status", .type = VALUE_CUSTOM, .parse = parse_status,
@@ -2506,6 +2522,9 @@ set_defaults(struct loader *ld)
     c->updates.history = 65536;
     c->updates.subscriber_buffer = 1000000;
     c->updates.history_bytes = 256u << 20;
+    c->items.retention_age_ms = 24 * MS_HOUR;
+    c->items.retention_count = 1000000;
+    c->items.retention_bytes = 256u << 20;
     c->updates.max_subscribers = 1000;
     c->updates.subscribers_bytes = 512u << 20;
 

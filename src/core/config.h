@@ -158,6 +158,14 @@ struct ds_config {
         uint64_t subscribers_bytes; /* bound on the bytes of all backlogs together */
     } updates;
 
+    struct {
+        /* How long known items stay known after their final state
+         * (items.c): whichever bound is hit first forgets the oldest final. */
+        uint64_t retention_age_ms;
+        uint64_t retention_count;
+        uint64_t retention_bytes;     /* ids, results, raw WorkItems of finals */
+    } items;
+
     char *default_handler;        /* a kind present in handlers[] */
     uint64_t max_result_size;     /* a longer result fails its item; <= DS_RESULT_SIZE_MAX */
     struct ds_handler_config *handlers;

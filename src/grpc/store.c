@@ -15,12 +15,14 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/kind.h"
 #include "core/log.h"
 #include "core/utf8.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/handover.h"
 #include "grpc/item.h"
+#include "grpc/items.h"
 #include "grpc/journal.h"
 #include "grpc/metrics.h"
 #include "grpc/queue.h"
@@ -35,6 +37,94 @@ static struct {
     void (*room)(void);
 } st;
 
+/* ---- the index of known items -------------------------------------------------- */
+
+/*
+ * Every update published here reaches the index (items.c) with its seq:
+ * this is the one place that feeds it. With a shared log (Redis) items
+ * leave this instance once accepted: the cluster keeps them, not us.
+ */
+static int
+indexed(void)
+{
+    return !st.b->shared_log;
+}
+
+static void
+publish(const struct item *item, const struct outcome *o)
+{
+    uint64_t seq = updates_publish(item, o);
+    if (indexed())
+        items_updated(item, o, seq);
+}
+
+static void
+forget(const struct item *item)
+{
+    if (indexed())
+        items_forget(item);
+}
+
+int
+store_known(const char *id)
+{
+    return indexed() && items_find(id) != NULL;
+}
+
+void
+store_count_duplicate(void)
+{
+    items_count_duplicate();
+}
+
+static void
+on_retry_verdict(void *arg, uint32_t index, const struct item *item,
+                 enum store_verdict verdict, const char *why)
+{
+    (void)arg;
+    (void)index;
+    if (verdict != STORE_ACCEPTED) {
+        char id[300];
+        log_warn("retry of item \"%s\" not accepted: %s", utf8_escape(id, sizeof id, item->id),
+                 why != NULL ? why : "no reason given");
+    }
+}
+
+enum store_retry_result
+store_retry(const char *id)
+{
+    const struct known_item *k = indexed() ? items_find(id) : NULL;
+    if (k == NULL)
+        return STORE_RETRY_NOT_FOUND;
+    if ((k->state != STATE_FAILED && k->state != STATE_CANCELLED) || k->extra == NULL ||
+        k->extra->raw_len == 0)
+        return STORE_RETRY_NOT_RETRYABLE;
+    const uint8_t *raw = k->extra->data + k->extra->error_len + 1 + k->extra->result_len;
+    wire_work_item *msg = wire_work_item_unpack(NULL, k->extra->raw_len, raw);
+    const struct ds_handler_config *handler = config_handler(gp.config, k->kind);
+    char reason[256], escaped[300];
+    if (msg == NULL || handler == NULL || kind_check(handler, msg, reason, sizeof reason) == -1) {
+        if (msg != NULL)
+            log_info("retry of item \"%s\" refused: %s", utf8_escape(escaped, sizeof escaped, id),
+                     handler == NULL ? "its kind is no longer configured" : reason);
+        if (msg != NULL)
+            wire_work_item_free(msg, NULL);
+        return STORE_RETRY_NOT_RETRYABLE;
+    }
+    /* As submit.c makes it, with the config of now; the id as known (a
+     * scope's prefix, or one we assigned). Made before accepting: that
+     * replaces what K holds. */
+    uint32_t timeout_ms = msg->timeout_ms ? msg->timeout_ms : (uint32_t)handler->timeout_ms;
+    uint32_t max_attempts = msg->max_attempts ? msg->max_attempts
+                                              : gp.config->queue.max_attempts;
+    struct item *item = item_make(raw, k->extra->raw_len, k->id, known_batch(k), handler->kind,
+                                  max_attempts, timeout_ms, kind_is_quick(handler, msg));
+    wire_work_item_free(msg, NULL);
+    items_count_retry();
+    store_accept(item, on_retry_verdict, NULL, 0);
+    return STORE_RETRY_REQUEUED;
+}
+
 /* ---- the queue's events ---------------------------------------------------- */
 
 static void final(struct item *item, const struct outcome *o);
@@ -45,7 +135,7 @@ on_update(struct item *item, const struct outcome *o)
     if (st.b->shared_log)
         st.b->publish(item, o);
     else
-        updates_publish(item, o);
+        publish(item, o);
 }
 
 static void abandon(struct item *item, pid_t worker_pid);
@@ -84,7 +174,7 @@ on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
         st.b->retry(item, &o);      /* store_retried() follows */
         return;
     }
-    updates_publish(item, &o);
+    publish(item, &o);
     item->attempt++;
     if (st.b->attempt != NULL)
         st.b->attempt(item);
@@ -132,6 +222,8 @@ store_accept(struct item *item, store_accept_fn *done, void *arg, uint32_t index
 {
     struct acceptance a = { .item = item, .done = done, .arg = arg, .index = index };
     st.pending++;
+    if (indexed())
+        items_accepting(item);      /* known while written: a resend now is a duplicate */
     if (st.b->accept != NULL)
         st.b->accept(a);
     else
@@ -147,6 +239,7 @@ store_accepted(struct acceptance a, enum store_verdict verdict, const char *why)
     a.done(a.arg, a.index, item, verdict, why);
     st.pending--;
     if (verdict != STORE_ACCEPTED) {
+        forget(item);
         item_free(item);
         if (verdict == STORE_REJECTED)
             store_room_available();
@@ -157,7 +250,7 @@ store_accepted(struct acceptance a, enum store_verdict verdict, const char *why)
         return;
     }
     struct outcome o = { .state = STATE_QUEUED };
-    updates_publish(item, &o);
+    publish(item, &o);
     st.count++;
     if (st.abandon_why != NULL) {
         abandon(item, 0);       /* written after the deadline */
@@ -170,6 +263,8 @@ store_accepted(struct acceptance a, enum store_verdict verdict, const char *why)
 void
 store_take(struct item *item)
 {
+    if (indexed() && items_find(item->id) == NULL)
+        items_accepting(item);
     st.count++;
     if (st.abandon_why != NULL) {
         abandon(item, 0);
@@ -230,7 +325,7 @@ void
 store_final_written(struct item *item, const struct outcome *o)
 {
     if (!st.b->shared_log)
-        updates_publish(item, o);
+        publish(item, o);
     metrics_item_final(item->kind, o->state == STATE_SUCCEEDED,
                        clock_monotonic_ns() - item->accepted_ns);
     release(item);
@@ -258,6 +353,7 @@ store_dropped(struct item *item)
     char id[300];
     log_debug("item \"%s\" (attempt %u) is no longer ours; forgetting it",
               utf8_escape(id, sizeof id, item->id), item->attempt);
+    forget(item);
     release(item);
     queue_dispatch();
 }
@@ -265,7 +361,7 @@ store_dropped(struct item *item)
 void
 store_publish_local(const struct item *item, const struct outcome *o)
 {
-    updates_publish(item, o);
+    publish(item, o);
 }
 
 void
@@ -293,7 +389,7 @@ abandon(struct item *item, pid_t worker_pid)
         snprintf(retry, sizeof retry, "%s; it stays in the queue journal and runs again at the "
                  "next start", reason);
         struct outcome o = { .state = STATE_RETRYING, .worker_pid = worker_pid, .error = retry };
-        updates_publish(item, &o);
+        publish(item, &o);
         item_free(item);
         st.count--;
         return;
@@ -332,7 +428,8 @@ store_handed_over(struct item *item, const char *note)
     if (st.b->forget != NULL)
         st.b->forget(item);
     struct outcome o = { .state = STATE_RETRYING, .error = note };
-    updates_publish(item, &o);
+    publish(item, &o);
+    forget(item);
     release(item);
 }
 
@@ -428,6 +525,9 @@ store_init(uint64_t *seq_start)
     st.b = c->cluster.redis != NULL ? &store_redis
            : c->queue.journal != NULL ? &store_journal : &store_memory;
     queue_init(gp.base, &events, c->workers.prefetch);
+    items_init(gp.base);
+    items_configure(c->items.retention_age_ms, c->items.retention_count,
+                    c->items.retention_bytes);
     if (st.b->open != NULL)
         st.b->open(seq_start);
     if (st.b->seq_reserved != NULL)
@@ -446,6 +546,8 @@ store_configure(const struct ds_config *old)
 {
     const struct ds_config *c = gp.config;
     queue_set_prefetch(c->workers.prefetch);
+    items_configure(c->items.retention_age_ms, c->items.retention_count,
+                    c->items.retention_bytes);
     /* A backend is chosen once: switching would strand what the old one holds. */
     if (st.b != &store_journal && c->queue.journal != NULL)
         log_warn("queue.journal: set by this reload; it takes effect when the grpc process "
@@ -463,4 +565,5 @@ store_shutdown(void)
     if (st.b->shutdown != NULL)
         st.b->shutdown();
     queue_shutdown(item_free);
+    items_shutdown();
 }

@@ -142,6 +142,24 @@ void store_abandon(const char *why);
 void store_status_json(struct evbuffer *b);
 void store_metrics(struct evbuffer *b);
 
+/* ---- known items (items.c keeps them; this is the way to them) ---------- */
+
+/* Is an item with this id known (accepted or being written, live, or final
+ * and retained)? Not in cluster mode yet: 0. */
+int store_known(const char *id);
+/* A resent known id was not queued again (metrics). */
+void store_count_duplicate(void);
+/* What store_retry() did. */
+enum store_retry_result {
+    STORE_RETRY_REQUEUED,
+    STORE_RETRY_NOT_RETRYABLE,  /* not FAILED or CANCELLED */
+    STORE_RETRY_NOT_FOUND,
+};
+/* Run the FAILED or CANCELLED item ID again from attempt 1, with its kind's
+ * handler as configured now: a new item made from its WorkItem, published
+ * QUEUED and queued. */
+enum store_retry_result store_retry(const char *id);
+
 /* ---- the handover of an upgrade (handover.c) ----------------------------- */
 
 /* The first waiting item, out of the queue but still counted, or NULL. */

@@ -69,6 +69,7 @@ struct submit_call {
     size_t scope_len;
     uint64_t accepted;
     uint64_t rejected;
+    uint64_t duplicates;        /* known ids: not queued again */
     wire_rejection *rejections;
     wire_rejection **rejection_ptrs;
     size_t rejection_count;
@@ -93,8 +94,12 @@ static void
 submit_counts(struct call *call, char *buf, size_t size)
 {
     struct submit_call *c = CALL_OF(call, struct submit_call, base);
-    snprintf(buf, size, "items=%llu/%llu", (unsigned long long)c->accepted,
-             (unsigned long long)c->rejected);
+    if (c->duplicates > 0)
+        snprintf(buf, size, "items=%llu/%llu/%llu", (unsigned long long)c->accepted,
+                 (unsigned long long)c->rejected, (unsigned long long)c->duplicates);
+    else
+        snprintf(buf, size, "items=%llu/%llu", (unsigned long long)c->accepted,
+                 (unsigned long long)c->rejected);
 }
 
 static void
@@ -168,6 +173,7 @@ reply(struct submit_call *c, grpc_status_code status, const char *details)
     wire_submit_reply_init(&msg);
     msg.accepted = c->accepted;
     msg.rejected = c->rejected;
+    msg.duplicates = c->duplicates;
     msg.n_rejections = c->rejection_count;
     msg.rejections = c->rejection_ptrs;
     grpc_slice slice = grpc_slice_malloc(wire_submit_reply_size(&msg));
@@ -342,13 +348,8 @@ take_item(struct submit_call *c, grpc_slice raw)
     else if (msg->n_params > config->queue.max_params)
         snprintf(reason, sizeof reason, "%zu params, more than queue.max_params (%u)",
                  msg->n_params, (unsigned)config->queue.max_params);
-    else if (check_params(msg, reason, sizeof reason) == -1)
-        ;   /* the reason is set */
-    else if (kind_check(handler, msg, reason, sizeof reason) == -1)
-        ;   /* the reason is set */
-    else if (!store_has_room())
-        snprintf(reason, sizeof reason, "queue full (capacity %llu)",
-                 (unsigned long long)config->queue.capacity);
+    else if (check_params(msg, reason, sizeof reason) == 0)
+        (void)kind_check(handler, msg, reason, sizeof reason);    /* sets the reason */
 
     if (reason[0] != '\0') {
         if (handler != NULL)
@@ -367,6 +368,26 @@ take_item(struct submit_call *c, grpc_slice raw)
         make_id(id + c->scope_len, sizeof id - c->scope_len);
     else
         snprintf(id + c->scope_len, sizeof id - c->scope_len, "%s", msg->id);
+    /* A known id (queued, running, final and retained, or earlier in this
+     * very call) is not queued again, and nothing is published for it.
+     * Ids we assign are new by construction. It needs no room: checked
+     * before the capacity. */
+    if (msg->id[0] != '\0' && store_known(id)) {
+        c->duplicates++;
+        store_count_duplicate();
+        wire_work_item_free(msg, NULL);
+        grpc_slice_unref(raw);
+        return 0;
+    }
+    if (!store_has_room()) {
+        snprintf(reason, sizeof reason, "queue full (capacity %llu)",
+                 (unsigned long long)config->queue.capacity);
+        metrics_kind(handler->kind)->rejected++;
+        add_rejection(c, c->index, msg->id, reason);
+        wire_work_item_free(msg, NULL);
+        grpc_slice_unref(raw);
+        return 0;
+    }
     uint32_t timeout_ms = msg->timeout_ms ? msg->timeout_ms : (uint32_t)handler->timeout_ms;
     uint32_t max_attempts = msg->max_attempts ? msg->max_attempts : config->queue.max_attempts;
     struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,

@@ -190,7 +190,7 @@ deliver(struct update *u)
         log_.listener(u);
 }
 
-void
+uint64_t
 updates_publish(const struct item *item, const struct outcome *o)
 {
     reserve_seqs();
@@ -205,6 +205,7 @@ updates_publish(const struct item *item, const struct outcome *o)
     wire_update_pack(&msg, GRPC_SLICE_START_PTR(u->encoded));
     free(sanitized);
     deliver(u);
+    return msg.seq;
 }
 
 uint8_t *

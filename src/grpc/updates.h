@@ -46,8 +46,9 @@ void updates_listen(void (*fn)(struct update *update));
 /* FN hears every reservation of seqs (up to SEQ), after the master's. */
 void updates_on_reserve(void (*fn)(uint64_t seq));
 
-/* Publish one update of ITEM: the next seq, to the log and the listener. */
-void updates_publish(const struct item *item, const struct outcome *o);
+/* Publish one update of ITEM: the next seq (returned), to the log and the
+ * listener. */
+uint64_t updates_publish(const struct item *item, const struct outcome *o);
 /* ITEM's update O encoded without its seq (ds_malloc'ed, *LEN bytes): for
  * a backend that numbers updates itself (Redis). */
 uint8_t *updates_encode(const struct item *item, const struct outcome *o, size_t *len);

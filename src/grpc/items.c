@@ -1,0 +1,602 @@
+/*
+ * The index of known items (items.h says what it keeps and for how long).
+ *
+ * Three structures, all of pointers into the same struct known_item:
+ *   by id      a chained hash table (grown at load 1)
+ *   by order   an array in acceptance order; a forgotten item leaves a
+ *              tombstone holding its order ((order << 1) | 1), so the array
+ *              stays sorted and a page token (an order) stays valid while
+ *              items come and go; compacted when half are tombstones
+ *   finals     a ring in the order items became final, which retention
+ *              forgets from; an item that runs again (retry) and ends again
+ *              has a second entry, and the older one is skipped
+ *              (final_refs counts them)
+ */
+#include "grpc/items.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "grpc/item.h"
+
+static struct {
+    struct known_item **buckets;
+    size_t bucket_count;        /* a power of 2 */
+    uintptr_t *order;           /* pointers, or tombstones: (order << 1) | 1 */
+    size_t order_len, order_cap, tombstones;
+    uint64_t next_order;
+    struct known_item **ring;   /* finals, oldest first */
+    size_t ring_head, ring_len, ring_cap;
+    uint64_t age_ns, max_count, max_bytes;
+    int64_t (*now)(void);
+    struct event *timer;
+    void (*changed)(const char *id);
+    struct items_stats stats;
+} ix;
+
+static int64_t
+wall_now(void)
+{
+    return clock_wall_ns();
+}
+
+int
+items_is_final(enum wire_state state)
+{
+    return state == STATE_SUCCEEDED || state == STATE_FAILED || state == STATE_CANCELLED;
+}
+
+static uint64_t
+hash_id(const char *id)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *id; id++)
+        h = (h ^ (uint8_t)*id) * 1099511628211ull;
+    return h;
+}
+
+static size_t
+strings_len(const struct known_item *k)
+{
+    size_t id_len = strlen(k->id);
+    return id_len + 1 + strlen(k->id + id_len + 1) + 1;
+}
+
+static size_t
+extra_size(const struct known_extra *e)
+{
+    return e == NULL ? 0 : sizeof *e + e->error_len + 1 + e->result_len + e->raw_len;
+}
+
+/* What a final holds in memory, as items.retention.bytes counts it. */
+static size_t
+bytes_of(const struct known_item *k)
+{
+    return sizeof *k + strings_len(k) + extra_size(k->extra) + 2 * sizeof(void *);
+}
+
+/* ---- by id ------------------------------------------------------------------- */
+
+static struct known_item **
+slot_of(const char *id)
+{
+    struct known_item **p = &ix.buckets[hash_id(id) & (ix.bucket_count - 1)];
+    while (*p != NULL && strcmp((*p)->id, id) != 0)
+        p = &(*p)->hash_next;
+    return p;
+}
+
+static void
+grow_buckets(void)
+{
+    size_t n = ix.bucket_count * 2;
+    struct known_item **b = ds_calloc(n, sizeof *b);
+    for (size_t i = 0; i < ix.bucket_count; i++) {
+        struct known_item *k = ix.buckets[i], *next;
+        for (; k != NULL; k = next) {
+            next = k->hash_next;
+            struct known_item **head = &b[hash_id(k->id) & (n - 1)];
+            k->hash_next = *head;
+            *head = k;
+        }
+    }
+    free(ix.buckets);
+    ix.buckets = b;
+    ix.bucket_count = n;
+}
+
+const struct known_item *
+items_find(const char *id)
+{
+    if (ix.buckets == NULL)
+        return NULL;
+    return *slot_of(id);
+}
+
+/* ---- by order ------------------------------------------------------------------ */
+
+static uint64_t
+order_at(size_t i)
+{
+    uintptr_t e = ix.order[i];
+    return (e & 1) ? (uint64_t)(e >> 1) : ((const struct known_item *)e)->order;
+}
+
+/* The first index whose order is >= ORDER. */
+static size_t
+order_search(uint64_t order)
+{
+    size_t lo = 0, hi = ix.order_len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (order_at(mid) < order)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void
+order_compact(void)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < ix.order_len; i++)
+        if (!(ix.order[i] & 1))
+            ix.order[j++] = ix.order[i];
+    ix.order_len = j;
+    ix.tombstones = 0;
+}
+
+static void
+order_remove(const struct known_item *k)
+{
+    size_t i = order_search(k->order);
+    if (i >= ix.order_len || ix.order[i] != (uintptr_t)k)
+        return;
+    ix.order[i] = ((uintptr_t)k->order << 1) | 1;
+    if (++ix.tombstones > 64 && ix.tombstones * 2 > ix.order_len)
+        order_compact();
+}
+
+uint64_t
+items_last_order(void)
+{
+    return ix.next_order;
+}
+
+size_t
+items_list(uint64_t before, int (*match)(const struct known_item *k, void *arg), void *arg,
+           size_t limit, void (*fn)(const struct known_item *k, void *arg), int *more)
+{
+    size_t i = before == 0 ? ix.order_len : order_search(before), n = 0;
+    *more = 0;
+    while (i-- > 0) {
+        uintptr_t e = ix.order[i];
+        if (e & 1)
+            continue;
+        const struct known_item *k = (const struct known_item *)e;
+        if (match != NULL && !match(k, arg))
+            continue;
+        if (n == limit) {
+            *more = 1;
+            break;
+        }
+        fn(k, arg);
+        n++;
+    }
+    return n;
+}
+
+/* ---- finals and their retention ------------------------------------------------- */
+
+static void
+ring_push(struct known_item *k)
+{
+    if (ix.ring_len == ix.ring_cap) {
+        size_t cap = ix.ring_cap ? ix.ring_cap * 2 : 64;
+        struct known_item **r = ds_calloc(cap, sizeof *r);
+        for (size_t i = 0; i < ix.ring_len; i++)
+            r[i] = ix.ring[(ix.ring_head + i) % ix.ring_cap];
+        free(ix.ring);
+        ix.ring = r;
+        ix.ring_cap = cap;
+        ix.ring_head = 0;
+    }
+    ix.ring[(ix.ring_head + ix.ring_len) % ix.ring_cap] = k;
+    ix.ring_len++;
+    k->final_refs++;
+}
+
+/* K leaves with entries in the ring (a retried item handed over): drop them. */
+static void
+ring_remove(const struct known_item *k)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < ix.ring_len; i++) {
+        struct known_item *e = ix.ring[(ix.ring_head + i) % ix.ring_cap];
+        if (e != k)
+            ix.ring[(ix.ring_head + j++) % ix.ring_cap] = e;
+    }
+    ix.ring_len = j;
+}
+
+static void
+free_known(struct known_item *k)
+{
+    if (k->final_refs > 0)
+        ring_remove(k);
+    struct known_item **p = slot_of(k->id);
+    if (*p == k)
+        *p = k->hash_next;
+    order_remove(k);
+    ix.stats.known--;
+    ix.stats.by_state[k->state]--;
+    if (items_is_final(k->state))
+        ix.stats.retained_bytes -= bytes_of(k);
+    free(k->extra);
+    free(k);
+}
+
+static void schedule_expiry(void);
+
+/* Forget the oldest finals while a bound is passed. */
+static void
+enforce(int64_t now)
+{
+    while (ix.ring_len > 0) {
+        struct known_item *k = ix.ring[ix.ring_head];
+        int stale = k->final_refs > 1 || !items_is_final(k->state);
+        uint64_t finals = ix.stats.by_state[STATE_SUCCEEDED] + ix.stats.by_state[STATE_FAILED] +
+                          ix.stats.by_state[STATE_CANCELLED];
+        if (!stale && finals <= ix.max_count && ix.stats.retained_bytes <= ix.max_bytes &&
+            k->finished_ns + (int64_t)ix.age_ns > now)
+            break;
+        ix.ring_head = (ix.ring_head + 1) % ix.ring_cap;
+        ix.ring_len--;
+        k->final_refs--;
+        if (stale)
+            continue;
+        free_known(k);
+        ix.stats.forgotten++;
+    }
+    schedule_expiry();
+}
+
+void
+items_expire(void)
+{
+    enforce(ix.now());
+}
+
+static void
+on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    items_expire();
+}
+
+/* The timer fires when the oldest final passes the age bound. */
+static void
+schedule_expiry(void)
+{
+    if (ix.timer == NULL)
+        return;
+    if (ix.ring_len == 0) {
+        evtimer_del(ix.timer);
+        return;
+    }
+    const struct known_item *k = ix.ring[ix.ring_head];
+    int64_t due = k->finished_ns + (int64_t)ix.age_ns - ix.now();
+    uint64_t ms = due <= 0 ? 0 : (uint64_t)due / 1000000 + 1;
+    struct timeval tv = clock_timeval_ms(ms);
+    evtimer_add(ix.timer, &tv);
+}
+
+/* ---- feeding ------------------------------------------------------------------- */
+
+/* WorkItem field 8 (priority) read from RAW without decoding the rest. */
+static int32_t
+priority_of(const uint8_t *raw, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint64_t tag = 0, v = 0;
+        for (int shift = 0; i < len; shift += 7) {
+            uint8_t b = raw[i++];
+            if (shift < 64)
+                tag |= (uint64_t)(b & 0x7f) << shift;
+            if (!(b & 0x80))
+                break;
+        }
+        unsigned type = tag & 7;
+        if (type == 0 || type == 2) {
+            for (int shift = 0; i < len; shift += 7) {
+                uint8_t b = raw[i++];
+                if (shift < 64)
+                    v |= (uint64_t)(b & 0x7f) << shift;
+                if (!(b & 0x80))
+                    break;
+            }
+            if (type == 0 && tag >> 3 == 8)
+                return (int32_t)v;
+            if (type == 2)
+                i += v < len - i ? v : len - i;
+        } else if (type == 1) {
+            i += 8;
+        } else if (type == 5) {
+            i += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+static struct known_item *
+make_known(const char *id, const char *batch, const char *kind)
+{
+    size_t id_len = strlen(id), batch_len = strlen(batch);
+    struct known_item *k = ds_calloc(1, sizeof *k + id_len + 1 + batch_len + 1);
+    memcpy(k->id, id, id_len);
+    memcpy(k->id + id_len + 1, batch, batch_len);
+    k->kind = kind;
+    k->state = STATE_QUEUED;
+    k->order = ++ix.next_order;
+    if (ix.buckets == NULL) {
+        ix.bucket_count = 1024;
+        ix.buckets = ds_calloc(ix.bucket_count, sizeof *ix.buckets);
+    }
+    if (ix.stats.known >= ix.bucket_count)
+        grow_buckets();
+    struct known_item **head = &ix.buckets[hash_id(id) & (ix.bucket_count - 1)];
+    k->hash_next = *head;
+    *head = k;
+    if (ix.order_len == ix.order_cap) {
+        if (ix.tombstones > 0)
+            order_compact();
+        if (ix.order_len == ix.order_cap) {
+            ix.order_cap = ix.order_cap ? ix.order_cap * 2 : 1024;
+            ix.order = ds_realloc(ix.order, ix.order_cap * sizeof *ix.order);
+        }
+    }
+    ix.order[ix.order_len++] = (uintptr_t)k;
+    ix.stats.known++;
+    ix.stats.by_state[STATE_QUEUED]++;
+    return k;
+}
+
+static void
+set_extra(struct known_item *k, const char *error, const void *result, size_t result_len,
+          const uint8_t *raw, size_t raw_len)
+{
+    free(k->extra);
+    k->extra = NULL;
+    size_t error_len = error != NULL ? strlen(error) : 0;
+    if (error_len == 0 && result_len == 0 && raw_len == 0)
+        return;
+    struct known_extra *e = ds_malloc(sizeof *e + error_len + 1 + result_len + raw_len);
+    e->error_len = (uint32_t)error_len;
+    e->result_len = (uint32_t)result_len;
+    e->raw_len = (uint32_t)raw_len;
+    if (error_len > 0)
+        memcpy(e->data, error, error_len);
+    e->data[error_len] = '\0';
+    if (result_len > 0)
+        memcpy(e->data + error_len + 1, result, result_len);
+    if (raw_len > 0)
+        memcpy(e->data + error_len + 1 + result_len, raw, raw_len);
+    k->extra = e;
+}
+
+/* A change of K begins: a final's bytes leave the count until end_change(). */
+static int
+begin_change(struct known_item *k)
+{
+    int was_final = items_is_final(k->state);
+    if (was_final)
+        ix.stats.retained_bytes -= bytes_of(k);
+    return was_final;
+}
+
+/* K's state is now STATE: a final counts in the bytes, and a new final
+ * enters the ring. */
+static void
+end_change(struct known_item *k, enum wire_state state, int was_final)
+{
+    ix.stats.by_state[k->state]--;
+    ix.stats.by_state[state]++;
+    k->state = (uint8_t)state;
+    if (!items_is_final(state))
+        return;
+    ix.stats.retained_bytes += bytes_of(k);
+    if (!was_final)
+        ring_push(k);
+}
+
+void
+items_accepting(const struct item *item)
+{
+    struct known_item *k = (struct known_item *)items_find(item->id);
+    if (k == NULL)
+        k = make_known(item->id, item->batch, item->kind);
+    int was_final = begin_change(k);    /* a retry: it runs again from attempt 1 */
+    k->kind = item->kind;
+    set_extra(k, NULL, NULL, 0, NULL, 0);
+    k->accepted_ns = ix.now();
+    k->started_ns = k->finished_ns = 0;
+    k->worker_pid = 0;
+    k->progress = 0;
+    k->priority = priority_of(item->raw, item->raw_len);
+    k->attempt = (uint16_t)item->attempt;
+    k->max_attempts = (uint16_t)item->max_attempts;
+    end_change(k, STATE_QUEUED, was_final);
+}
+
+void
+items_forget(const struct item *item)
+{
+    struct known_item *k = (struct known_item *)items_find(item->id);
+    if (k == NULL || items_is_final(k->state))
+        return;
+    free_known(k);
+    if (ix.changed != NULL)
+        ix.changed(item->id);
+}
+
+void
+items_updated(const struct item *item, const struct outcome *o, uint64_t seq)
+{
+    struct known_item *k = (struct known_item *)items_find(item->id);
+    if (k == NULL) {
+        k = make_known(item->id, item->batch, item->kind);
+        k->accepted_ns = ix.now();
+        k->priority = priority_of(item->raw, item->raw_len);
+    }
+    int was_final = begin_change(k);
+    k->last_seq = seq;
+    k->attempt = (uint16_t)item->attempt;
+    k->max_attempts = (uint16_t)item->max_attempts;
+    k->worker_pid = o->worker_pid;
+    switch (o->state) {
+    case STATE_STARTED:
+        k->started_ns = ix.now();
+        k->progress = 0;
+        break;
+    case STATE_PROGRESS:
+        k->progress = o->progress;
+        if (k->started_ns == 0)
+            k->started_ns = ix.now();
+        break;
+    case STATE_SUCCEEDED:
+        k->progress = 1;
+        break;
+    default:
+        break;
+    }
+    int final = items_is_final(o->state);
+    if (final) {
+        k->worker_pid = 0;
+        k->finished_ns = ix.now();
+        int succeeded = o->state == STATE_SUCCEEDED;
+        set_extra(k, o->error, succeeded ? o->result : NULL, succeeded ? o->result_len : 0,
+                  succeeded ? NULL : item->raw, succeeded ? 0 : item->raw_len);
+    } else if (o->state != STATE_PROGRESS) {
+        set_extra(k, o->error, NULL, 0, NULL, 0);
+    }
+    end_change(k, o->state, was_final);
+    if (final) {
+        enforce(ix.now());
+        if (ix.changed != NULL)
+            ix.changed(item->id);
+    }
+}
+
+void
+items_restore_final(const struct known_final *f)
+{
+    if (items_find(f->id) != NULL || !items_is_final(f->state))
+        return;
+    struct known_item *k = make_known(f->id, f->batch, f->kind);
+    k->attempt = (uint16_t)f->attempt;
+    k->max_attempts = (uint16_t)f->max_attempts;
+    k->priority = f->priority;
+    k->accepted_ns = f->accepted_ns;
+    k->started_ns = f->started_ns;
+    k->finished_ns = f->finished_ns;
+    k->last_seq = f->last_seq;
+    k->progress = f->state == STATE_SUCCEEDED ? 1 : 0;
+    set_extra(k, f->error, f->result, f->result_len, f->raw, f->raw_len);
+    end_change(k, f->state, 0);
+    enforce(ix.now());
+}
+
+void
+items_on_change(void (*fn)(const char *id))
+{
+    ix.changed = fn;
+}
+
+/* ---- observability ------------------------------------------------------------- */
+
+const struct items_stats *
+items_stats(void)
+{
+    return &ix.stats;
+}
+
+void
+items_count_duplicate(void)
+{
+    ix.stats.duplicates++;
+}
+
+void
+items_count_retry(void)
+{
+    ix.stats.retries++;
+}
+
+size_t
+items_overhead_bytes(void)
+{
+    /* The struct, a hash bucket's share (load <= 1), the order array's
+     * entry, the finals ring's entry, the \0s of id and batch. */
+    return sizeof(struct known_item) + sizeof(void *) + sizeof(uintptr_t) + sizeof(void *) + 2;
+}
+
+/* ---- start, reload, exit ----------------------------------------------------------- */
+
+void
+items_init(struct event_base *base)
+{
+    memset(&ix, 0, sizeof ix);
+    ix.now = wall_now;
+    ix.age_ns = 24ull * 3600 * 1000000000;
+    ix.max_count = 1000000;
+    ix.max_bytes = 256u << 20;
+    if (base != NULL)
+        ix.timer = evtimer_new(base, on_timer, NULL);
+}
+
+void
+items_configure(uint64_t age_ms, uint64_t count, uint64_t bytes)
+{
+    ix.age_ns = age_ms * 1000000;
+    ix.max_count = count;
+    ix.max_bytes = bytes;
+    enforce(ix.now());
+}
+
+void
+items_set_clock(int64_t (*now)(void))
+{
+    ix.now = now != NULL ? now : wall_now;
+}
+
+void
+items_shutdown(void)
+{
+    for (size_t i = 0; i < ix.bucket_count; i++) {
+        struct known_item *k = ix.buckets[i], *next;
+        for (; k != NULL; k = next) {
+            next = k->hash_next;
+            free(k->extra);
+            free(k);
+        }
+    }
+    free(ix.buckets);
+    free(ix.order);
+    free(ix.ring);
+    if (ix.timer != NULL)
+        event_free(ix.timer);
+    memset(&ix, 0, sizeof ix);
+    ix.now = wall_now;
+}

@@ -13,6 +13,11 @@ typedef Com__Agrounds__Dosomething__V1__Rejection wire_rejection;
 typedef Com__Agrounds__Dosomething__V1__SubmitReply wire_submit_reply;
 typedef Com__Agrounds__Dosomething__V1__UpdatesRequest wire_updates_request;
 typedef Com__Agrounds__Dosomething__V1__Update wire_update;
+typedef Com__Agrounds__Dosomething__V1__ItemsRequest wire_items_request;
+typedef Com__Agrounds__Dosomething__V1__ItemsReply wire_items_reply;
+typedef Com__Agrounds__Dosomething__V1__Item wire_known_item;
+typedef Com__Agrounds__Dosomething__V1__RetryRequest wire_retry_request;
+typedef Com__Agrounds__Dosomething__V1__RetryReply wire_retry_reply;
 
 #define wire_work_item_unpack       com__agrounds__dosomething__v1__work_item__unpack
 #define wire_work_item_free         com__agrounds__dosomething__v1__work_item__free_unpacked
@@ -27,6 +32,17 @@ typedef Com__Agrounds__Dosomething__V1__Update wire_update;
 #define wire_update_init            com__agrounds__dosomething__v1__update__init
 #define wire_update_size            com__agrounds__dosomething__v1__update__get_packed_size
 #define wire_update_pack            com__agrounds__dosomething__v1__update__pack
+#define wire_items_request_unpack   com__agrounds__dosomething__v1__items_request__unpack
+#define wire_items_request_free     com__agrounds__dosomething__v1__items_request__free_unpacked
+#define wire_items_reply_init       com__agrounds__dosomething__v1__items_reply__init
+#define wire_items_reply_size       com__agrounds__dosomething__v1__items_reply__get_packed_size
+#define wire_items_reply_pack       com__agrounds__dosomething__v1__items_reply__pack
+#define wire_known_item_init        com__agrounds__dosomething__v1__item__init
+#define wire_retry_request_unpack   com__agrounds__dosomething__v1__retry_request__unpack
+#define wire_retry_request_free     com__agrounds__dosomething__v1__retry_request__free_unpacked
+#define wire_retry_reply_init       com__agrounds__dosomething__v1__retry_reply__init
+#define wire_retry_reply_size       com__agrounds__dosomething__v1__retry_reply__get_packed_size
+#define wire_retry_reply_pack       com__agrounds__dosomething__v1__retry_reply__pack
 
 enum wire_state {
     STATE_UNSPECIFIED = COM__AGROUNDS__DOSOMETHING__V1__STATE__STATE_UNSPECIFIED,

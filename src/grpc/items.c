@@ -172,8 +172,9 @@ items_last_order(void)
 }
 
 size_t
-items_list(uint64_t before, int (*match)(const struct known_item *k, void *arg), void *arg,
-           size_t limit, void (*fn)(const struct known_item *k, void *arg), int *more)
+items_list(uint64_t before, int (*match)(const struct known_item *k, void *arg),
+           void *match_arg, size_t limit, void (*fn)(const struct known_item *k, void *arg),
+           void *fn_arg, int *more)
 {
     size_t i = before == 0 ? ix.order_len : order_search(before), n = 0;
     *more = 0;
@@ -182,13 +183,13 @@ items_list(uint64_t before, int (*match)(const struct known_item *k, void *arg),
         if (e & 1)
             continue;
         const struct known_item *k = (const struct known_item *)e;
-        if (match != NULL && !match(k, arg))
+        if (match != NULL && !match(k, match_arg))
             continue;
         if (n == limit) {
             *more = 1;
             break;
         }
-        fn(k, arg);
+        fn(k, fn_arg);
         n++;
     }
     return n;

@@ -111,11 +111,11 @@ known_batch(const struct known_item *k)
 }
 int items_is_final(enum wire_state state);
 /* Newest accepted first, those with order < BEFORE (0: from the newest),
- * matching MATCH: FN for each, at most LIMIT. Returns how many; *MORE is
+ * matching MATCH (NULL: all): FN for each, at most LIMIT. Returns how many; *MORE is
  * set if a further one matches. */
 size_t items_list(uint64_t before, int (*match)(const struct known_item *k, void *arg),
-                  void *arg, size_t limit,
-                  void (*fn)(const struct known_item *k, void *arg), int *more);
+                  void *match_arg, size_t limit,
+                  void (*fn)(const struct known_item *k, void *arg), void *fn_arg, int *more);
 /* The order a page may start before: orders up to this were given. */
 uint64_t items_last_order(void);
 /* FN hears the id of every item that became final or was forgotten. */

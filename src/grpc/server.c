@@ -44,9 +44,11 @@
 #include "core/log.h"
 #include "core/utf8.h"
 #include "grpc/call.h"
+#include "grpc/get_items.h"
 #include "grpc/grpc_process.h"
 #include "grpc/health.h"
 #include "grpc/reflection.h"
+#include "grpc/retry.h"
 #include "grpc/server.h"
 #include "grpc/submit.h"
 #include "grpc/subscribe.h"
@@ -68,6 +70,10 @@ static const struct method methods[] = {
       submit_call_start },
     { "/com.agrounds.dosomething.v1.DoSomethingService/getUpdates",
       GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, subscribe_call_start },
+    { "/com.agrounds.dosomething.v1.DoSomethingService/getItems",
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, get_items_call_start },
+    { "/com.agrounds.dosomething.v1.DoSomethingService/retry",
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, retry_call_start },
     { "/grpc.health.v1.Health/Check", GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
       health_check_start },
     { "/grpc.health.v1.Health/Watch", GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,

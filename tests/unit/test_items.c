@@ -243,7 +243,7 @@ test_paging(void **state)
         accept_one(i, i % 2 ? "odd" : "even");
     int more;
     page_n = 0;
-    size_t n = items_list(0, in_batch, "odd", 4, collect, &more);
+    size_t n = items_list(0, in_batch, "odd", 4, collect, NULL, &more);
     assert_int_equal(n, 4);
     assert_true(more);
     assert_true(page_orders[0] > page_orders[1]);   /* newest first */
@@ -263,7 +263,7 @@ test_paging(void **state)
         items_configure(3600000, 0, 1 << 30);
         items_configure(3600000, 1000, 1 << 30);
         page_n = 0;
-        n = items_list(token, in_batch, "odd", 4, collect, &more);
+        n = items_list(token, in_batch, "odd", 4, collect, NULL, &more);
         for (size_t i = 0; i < n; i++) {
             assert_true(page_orders[i] < token);
             seen[seen_n++] = page_orders[i];
@@ -298,7 +298,7 @@ test_many_tombstones(void **state)
     assert_int_equal(items_stats()->known, 10);
     int more;
     page_n = 0;
-    assert_int_equal(items_list(0, NULL, NULL, 64, collect, &more), 10);
+    assert_int_equal(items_list(0, NULL, NULL, 64, collect, NULL, &more), 10);
     assert_false(more);
     assert_non_null(items_find("r19-199"));
     assert_null(items_find("r19-189"));

@@ -582,7 +582,8 @@ take_over(struct journal_recovery *r)
     for (size_t i = 0; i < final_count; i++) {
         const struct journal_final *f = finals[i];
         struct known_final kf = {
-            .id = f->id, .kind = f->kind, .batch = f->batch,
+            /* the index keeps the kind's pointer: interned, as an item's */
+            .id = f->id, .kind = metrics_kind(f->kind)->kind, .batch = f->batch,
             .state = (enum wire_state)f->state, .attempt = f->attempt,
             .max_attempts = f->max_attempts, .priority = f->priority, .error = f->error,
             .result = f->result, .result_len = f->result_len, .raw = f->raw,

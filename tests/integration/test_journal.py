@@ -290,7 +290,9 @@ def test_torn_tail_is_truncated_and_the_daemon_serves(start_daemon, tmp_path):
 @pytest.mark.deadline(90)
 def test_journal_does_not_grow(start_daemon, tmp_path):
     journal = tmp_path / "journal"
-    d = start_daemon(journal_config(journal))
+    # No finals retained (items.retention.count 0): nothing keeps a segment
+    # but live items. (Retained finals keep theirs: test_journal_items.py.)
+    d = start_daemon({**journal_config(journal), "items": {"retention": {"count": 0}}})
     c = d.client()
     sub = c.subscribe(sync=True)
     ids = []
@@ -316,7 +318,8 @@ def test_long_lived_item_does_not_pin_the_journal(start_daemon, tmp_path, monkey
     # Small segments (a testing knob) so that 8000 items roll many of them.
     monkeypatch.setenv("DS_JOURNAL_SEGMENT_BYTES", "64KiB")
     journal = tmp_path / "journal"
-    d = start_daemon(journal_config(journal))
+    # 100 retained finals: copied forward like the long item, bounded.
+    d = start_daemon({**journal_config(journal), "items": {"retention": {"count": 100}}})
     c = d.client()
     w = Watcher(c)
     reply = c.submit([{"id": "pinned", "kind": "sleep", "params": {"ms": "30000"}}])

@@ -103,7 +103,7 @@ items_destroy(struct call *call)
     free(c);
 }
 
-static const struct call_kind items_kind = {
+static const struct call_kind items_call_kind = {
     .method = "getItems",
     .counts = items_counts,
     .closed = items_closed,
@@ -149,7 +149,7 @@ add_item(const struct known_item *k, void *arg)
     wire_known_item_init(m);
     /* The strings are borrowed from the index: packed before it changes. */
     m->id = (char *)k->id;
-    m->kind = (char *)k->kind;
+    m->kind = (char *)items_kind(k);
     m->batch = (char *)known_batch(k);
     m->state = k->state;
     m->attempt = k->attempt;
@@ -264,7 +264,7 @@ matches(const struct known_item *k, void *arg)
         return 0;
     size_t i;
     if (q->n_kinds > 0) {
-        for (i = 0; i < q->n_kinds && strcmp(q->kinds[i], k->kind) != 0; i++)
+        for (i = 0; i < q->n_kinds && strcmp(q->kinds[i], items_kind(k)) != 0; i++)
             ;
         if (i == q->n_kinds)
             return 0;
@@ -313,7 +313,7 @@ add_to_page(const struct known_item *k, void *arg)
 {
     struct page *p = arg;
     add_item(k, &p->r);
-    p->last_order = k->order;
+    p->last_order = (uint64_t)k->accepted_ns;
 }
 
 /* ---- the request ------------------------------------------------------------------- */
@@ -381,7 +381,7 @@ void
 get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
 {
     struct items_call *c = ds_calloc(1, sizeof *c);
-    call_init(&c->base, call, &items_kind);
+    call_init(&c->base, call, &items_call_kind);
     if (!gi.listening) {
         items_on_change(on_change);
         gi.listening = 1;

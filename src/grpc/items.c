@@ -2,10 +2,11 @@
  * The index of known items (items.h says what it keeps and for how long).
  *
  * Three structures, all of pointers into the same struct known_item:
- *   by id      a chained hash table (grown at load 1)
- *   by order   an array in acceptance order; a forgotten item leaves a
- *              tombstone holding its order ((order << 1) | 1), so the array
- *              stays sorted and a page token (an order) stays valid while
+ *   by id      a chained hash table (grown at load 2)
+ *   by order   an array in acceptance order (accepted_ns, unique); a
+ *              forgotten item leaves a tombstone holding its accepted_ns
+ *              ((ns << 1) | 1), so the array stays sorted and a page token
+ *              (an accepted_ns) stays valid while
  *              items come and go; compacted when half are tombstones
  *   finals     a ring in the order items became final, which retention
  *              forgets from; an item that runs again (retry) and ends again
@@ -14,6 +15,7 @@
  */
 #include "grpc/items.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -29,7 +31,9 @@ static struct {
     size_t bucket_count;        /* a power of 2 */
     uintptr_t *order;           /* pointers, or tombstones: (order << 1) | 1 */
     size_t order_len, order_cap, tombstones;
-    uint64_t next_order;
+    int64_t last_accepted;      /* the newest accepted_ns given */
+    const char **kinds;         /* interned kinds by known_item.kind_index */
+    size_t kind_count;
     struct known_item **ring;   /* finals, oldest first */
     size_t ring_head, ring_len, ring_cap;
     uint64_t age_ns, max_count, max_bytes;
@@ -78,7 +82,8 @@ extra_size(const struct known_extra *e)
 static size_t
 bytes_of(const struct known_item *k)
 {
-    return sizeof *k + strings_len(k) + extra_size(k->extra) + 2 * sizeof(void *);
+    return offsetof(struct known_item, id) + strings_len(k) + extra_size(k->extra) +
+           3 * sizeof(void *);
 }
 
 /* ---- by id ------------------------------------------------------------------- */
@@ -125,7 +130,7 @@ static uint64_t
 order_at(size_t i)
 {
     uintptr_t e = ix.order[i];
-    return (e & 1) ? (uint64_t)(e >> 1) : ((const struct known_item *)e)->order;
+    return (e & 1) ? (uint64_t)(e >> 1) : (uint64_t)((const struct known_item *)e)->accepted_ns;
 }
 
 /* The first index whose order is >= ORDER. */
@@ -157,10 +162,10 @@ order_compact(void)
 static void
 order_remove(const struct known_item *k)
 {
-    size_t i = order_search(k->order);
+    size_t i = order_search((uint64_t)k->accepted_ns);
     if (i >= ix.order_len || ix.order[i] != (uintptr_t)k)
         return;
-    ix.order[i] = ((uintptr_t)k->order << 1) | 1;
+    ix.order[i] = ((uintptr_t)k->accepted_ns << 1) | 1;
     if (++ix.tombstones > 64 && ix.tombstones * 2 > ix.order_len)
         order_compact();
 }
@@ -168,7 +173,34 @@ order_remove(const struct known_item *k)
 uint64_t
 items_last_order(void)
 {
-    return ix.next_order;
+    return (uint64_t)ix.last_accepted;
+}
+
+static uint16_t
+kind_index(const char *kind)
+{
+    for (size_t i = 0; i < ix.kind_count; i++)
+        if (ix.kinds[i] == kind)
+            return (uint16_t)i;
+    if (ix.kind_count == UINT16_MAX)
+        return 0;       /* 65535 kinds: not a config anyone runs */
+    ix.kinds = ds_realloc(ix.kinds, (ix.kind_count + 1) * sizeof *ix.kinds);
+    ix.kinds[ix.kind_count] = kind;
+    return (uint16_t)ix.kind_count++;
+}
+
+const char *
+items_kind(const struct known_item *k)
+{
+    return k->kind_index < ix.kind_count ? ix.kinds[k->kind_index] : "";
+}
+
+/* A unique, increasing accepted_ns: the listing's key. */
+static int64_t
+next_accepted(int64_t now)
+{
+    ix.last_accepted = now > ix.last_accepted ? now : ix.last_accepted + 1;
+    return ix.last_accepted;
 }
 
 size_t
@@ -348,18 +380,19 @@ static struct known_item *
 make_known(const char *id, const char *batch, const char *kind)
 {
     size_t id_len = strlen(id), batch_len = strlen(batch);
-    struct known_item *k = ds_calloc(1, sizeof *k + id_len + 1 + batch_len + 1);
+    struct known_item *k = ds_calloc(1, offsetof(struct known_item, id) + id_len + 1 +
+                                        batch_len + 1);
     memcpy(k->id, id, id_len);
     memcpy(k->id + id_len + 1, batch, batch_len);
-    k->kind = kind;
+    k->kind_index = kind_index(kind);
     k->state = STATE_QUEUED;
-    k->order = ++ix.next_order;
+    k->accepted_ns = next_accepted(ix.now());
     if (ix.buckets == NULL) {
         ix.bucket_count = 1024;
         ix.buckets = ds_calloc(ix.bucket_count, sizeof *ix.buckets);
     }
-    if (ix.stats.known >= ix.bucket_count)
-        grow_buckets();
+    if (ix.stats.known >= 2 * ix.bucket_count)
+        grow_buckets();     /* chains of 1 to 2: 4 to 8 bytes of buckets an item */
     struct known_item **head = &ix.buckets[hash_id(id) & (ix.bucket_count - 1)];
     k->hash_next = *head;
     *head = k;
@@ -432,9 +465,8 @@ items_accepting(const struct item *item)
     if (k == NULL)
         k = make_known(item->id, item->batch, item->kind);
     int was_final = begin_change(k);    /* a retry: it runs again from attempt 1 */
-    k->kind = item->kind;
+    k->kind_index = kind_index(item->kind);
     set_extra(k, NULL, NULL, 0, NULL, 0);
-    k->accepted_ns = ix.now();
     k->started_ns = k->finished_ns = 0;
     k->worker_pid = 0;
     k->progress = 0;
@@ -461,7 +493,6 @@ items_updated(const struct item *item, const struct outcome *o, uint64_t seq)
     struct known_item *k = (struct known_item *)items_find(item->id);
     if (k == NULL) {
         k = make_known(item->id, item->batch, item->kind);
-        k->accepted_ns = ix.now();
         k->priority = priority_of(item->raw, item->raw_len);
     }
     int was_final = begin_change(k);
@@ -512,7 +543,10 @@ items_restore_final(const struct known_final *f)
     k->attempt = (uint16_t)f->attempt;
     k->max_attempts = (uint16_t)f->max_attempts;
     k->priority = f->priority;
-    k->accepted_ns = f->accepted_ns;
+    /* Listed by when it is restored (accepted_ns orders the listing), its
+     * own time kept when it is the newest. */
+    if (f->accepted_ns >= k->accepted_ns)
+        k->accepted_ns = ix.last_accepted = f->accepted_ns;
     k->started_ns = f->started_ns;
     k->finished_ns = f->finished_ns;
     k->last_seq = f->last_seq;
@@ -557,9 +591,10 @@ items_count_retry(void)
 size_t
 items_overhead_bytes(void)
 {
-    /* The struct, a hash bucket's share (load <= 1), the order array's
+    /* The struct, a hash bucket's share (load 1 to 2), the order array's
      * entry, the finals ring's entry, the \0s of id and batch. */
-    return sizeof(struct known_item) + sizeof(void *) + sizeof(uintptr_t) + sizeof(void *) + 2;
+    return offsetof(struct known_item, id) + sizeof(void *) + sizeof(uintptr_t) +
+           sizeof(void *) + 2;
 }
 
 /* ---- start, reload, exit ----------------------------------------------------------- */
@@ -605,6 +640,7 @@ items_shutdown(void)
     free(ix.buckets);
     free(ix.order);
     free(ix.ring);
+    free(ix.kinds);
     if (ix.timer != NULL)
         event_free(ix.timer);
     memset(&ix, 0, sizeof ix);

@@ -42,10 +42,11 @@ struct known_extra {
  * these (see README, "Known items"). */
 struct known_item {
     struct known_item *hash_next;
-    const char *kind;           /* interned (struct item's) */
     struct known_extra *extra;  /* NULL: no error, result or raw */
-    uint64_t order;             /* acceptance order, unique: the listing's key */
-    int64_t accepted_ns;        /* unix nano */
+    /* Unix nano, unique and increasing in acceptance order (two items
+     * accepted in the same nanosecond are 1 ns apart): the listing's key.
+     * A retry keeps it. */
+    int64_t accepted_ns;
     int64_t started_ns;         /* of the latest attempt; 0: not started */
     int64_t finished_ns;        /* 0: not final */
     uint64_t last_seq;
@@ -55,8 +56,9 @@ struct known_item {
     uint16_t attempt;
     uint16_t max_attempts;
     uint16_t final_refs;        /* entries of the finals ring naming it */
+    uint16_t kind_index;        /* items_kind() */
     uint8_t state;              /* enum wire_state */
-    char id[];                  /* id \0 batch \0 */
+    char id[];                  /* id \0 batch \0: allocated to its end, not to sizeof */
 };
 
 /* What a backend restores: a final item it kept durably. */
@@ -101,6 +103,8 @@ void items_restore_final(const struct known_final *f);
 /* ---- readers ------------------------------------------------------------- */
 
 const struct known_item *items_find(const char *id);
+/* K's kind (interned, as struct item's). */
+const char *items_kind(const struct known_item *k);
 static inline const char *
 known_batch(const struct known_item *k)
 {
@@ -110,13 +114,14 @@ known_batch(const struct known_item *k)
     return p + 1;
 }
 int items_is_final(enum wire_state state);
-/* Newest accepted first, those with order < BEFORE (0: from the newest),
+/* Newest accepted first, those with accepted_ns < BEFORE (0: from the newest),
  * matching MATCH (NULL: all): FN for each, at most LIMIT. Returns how many; *MORE is
  * set if a further one matches. */
 size_t items_list(uint64_t before, int (*match)(const struct known_item *k, void *arg),
                   void *match_arg, size_t limit,
                   void (*fn)(const struct known_item *k, void *arg), void *fn_arg, int *more);
-/* The order a page may start before: orders up to this were given. */
+/* The accepted_ns of the newest item ever accepted (a page token is at most
+ * one more). */
 uint64_t items_last_order(void);
 /* FN hears the id of every item that became final or was forgotten. */
 void items_on_change(void (*fn)(const char *id));

@@ -43,6 +43,7 @@
 #include "core/log.h"
 #include "core/utf8.h"
 #include "grpc/grpc_process.h"
+#include "grpc/items.h"
 #include "grpc/server.h"
 #include "grpc/status.h"
 #include "grpc/subscribe.h"
@@ -203,6 +204,17 @@ items_done(void)
 
 /* ---- GET /metrics ------------------------------------------------------- */
 
+static const char *
+item_state_name(int state)
+{
+    static const char *const names[] = {
+        [STATE_QUEUED] = "queued", [STATE_STARTED] = "started", [STATE_PROGRESS] = "progress",
+        [STATE_SUCCEEDED] = "succeeded", [STATE_FAILED] = "failed",
+        [STATE_RETRYING] = "retrying", [STATE_CANCELLED] = "cancelled",
+    };
+    return state > 0 && state <= STATE_MAX && names[state] != NULL ? names[state] : "unknown";
+}
+
 static void
 family(struct evbuffer *b, const char *name, const char *type, const char *help)
 {
@@ -282,6 +294,23 @@ write_metrics(struct evbuffer *b)
     sample(b, "queue_waiting", queue_waiting());
     family(b, "queue_capacity", "gauge", "queue.capacity: the most items accepted and not final.");
     sample(b, "queue_capacity", gp.config->queue.capacity);
+
+    const struct items_stats *is = items_stats();
+    family(b, "items_known", "gauge", "Items known by getItems and duplicate detection, by "
+           "latest state (finals until items.retention forgets them).");
+    for (int s = STATE_QUEUED; s <= STATE_MAX; s++)
+        evbuffer_add_printf(b, "dosomething_items_known{state=\"%s\"} %llu\n", item_state_name(s),
+                            (unsigned long long)is->by_state[s]);
+    family(b, "items_retained_bytes", "gauge",
+           "Memory of the final items retained, as items.retention.bytes bounds it.");
+    sample(b, "items_retained_bytes", is->retained_bytes);
+    family(b, "items_forgotten_total", "counter", "Final items forgotten by items.retention.");
+    sample(b, "items_forgotten_total", is->forgotten);
+    family(b, "items_duplicates_total", "counter",
+           "Submitted items whose id was known: not queued again.");
+    sample(b, "items_duplicates_total", is->duplicates);
+    family(b, "items_retries_total", "counter", "FAILED or CANCELLED items run again by retry.");
+    sample(b, "items_retries_total", is->retries);
 
     family(b, "worker_in_flight", "gauge", "Items a worker holds, running or prefetched.");
     for (const struct worker *w = workers_list(); w != NULL; w = w->next)
@@ -431,6 +460,16 @@ write_status(struct evbuffer *b)
                         (unsigned long long)store_count(), (unsigned long long)queue_waiting(),
                         (unsigned long long)gp.config->queue.capacity);
     store_status_json(b);
+    const struct items_stats *is = items_stats();
+    evbuffer_add_printf(b, "\"items\":{\"known\":%llu,\"by_state\":{",
+                        (unsigned long long)is->known);
+    for (int s = STATE_QUEUED; s <= STATE_MAX; s++)
+        evbuffer_add_printf(b, "%s\"%s\":%llu", s == STATE_QUEUED ? "" : ",", item_state_name(s),
+                            (unsigned long long)is->by_state[s]);
+    evbuffer_add_printf(b, "},\"retained_bytes\":%llu,\"forgotten\":%llu,\"duplicates\":%llu,"
+                        "\"retries\":%llu},", (unsigned long long)is->retained_bytes,
+                        (unsigned long long)is->forgotten, (unsigned long long)is->duplicates,
+                        (unsigned long long)is->retries);
     evbuffer_add_printf(b, "\"subscribers\":{\"active\":%llu,\"dropped\":%llu},"
                         "\"update_seq\":%llu,\"worker_exits\":%llu,",
                         (unsigned long long)subscribers_active(),

@@ -77,6 +77,29 @@ store_count_duplicate(void)
     items_count_duplicate();
 }
 
+static void on_retry_verdict(void *arg, uint32_t index, const struct item *item,
+                             enum store_verdict verdict, const char *why);
+
+/* A pending accept was refused: a new item is forgotten; a retried one is
+ * final again as it was (FAILED, with why its retry was refused), so that
+ * it can be retried later. Nothing is published: its last update stands. */
+static void
+refused(struct acceptance a, const char *why)
+{
+    if (!indexed())
+        return;
+    const struct known_item *k = items_find(a.item->id);
+    if (a.done != on_retry_verdict || k == NULL) {
+        items_forget(a.item);
+        return;
+    }
+    char error[320];
+    snprintf(error, sizeof error, "its retry was not accepted: %s",
+             why != NULL ? why : "no reason given");
+    struct outcome o = { .state = STATE_FAILED, .error = error };
+    items_updated(a.item, &o, k->last_seq);
+}
+
 static void
 on_retry_verdict(void *arg, uint32_t index, const struct item *item,
                  enum store_verdict verdict, const char *why)
@@ -101,7 +124,7 @@ store_retry(const char *id)
         return STORE_RETRY_NOT_RETRYABLE;
     const uint8_t *raw = k->extra->data + k->extra->error_len + 1 + k->extra->result_len;
     wire_work_item *msg = wire_work_item_unpack(NULL, k->extra->raw_len, raw);
-    const struct ds_handler_config *handler = config_handler(gp.config, k->kind);
+    const struct ds_handler_config *handler = config_handler(gp.config, items_kind(k));
     char reason[256], escaped[300];
     if (msg == NULL || handler == NULL || kind_check(handler, msg, reason, sizeof reason) == -1) {
         if (msg != NULL)
@@ -239,7 +262,7 @@ store_accepted(struct acceptance a, enum store_verdict verdict, const char *why)
     a.done(a.arg, a.index, item, verdict, why);
     st.pending--;
     if (verdict != STORE_ACCEPTED) {
-        forget(item);
+        refused(a, why);
         item_free(item);
         if (verdict == STORE_REJECTED)
             store_room_available();

@@ -72,12 +72,13 @@ def submit_batches(address, prefix, total, batch, errors, accepted, kind="echo",
                      for n in range(start, min(start + batch, total))]
             # As the README tells clients: resend a call that got UNAVAILABLE,
             # or CANCELLED with no reply (a call reaching a server at the very
-            # moment it stops). A resend of items that had been accepted
-            # would show up as a duplicate final update below.
+            # moment it stops). Items of a resend that had been accepted count
+            # in duplicates (run once: a second final update would show below).
             for attempt in range(20):
                 try:
                     reply = stub.doSomething(iter(items), timeout=60)
-                    accepted.extend(it.id for it in items[:reply.accepted])
+                    rejected = {r.index for r in reply.rejections}
+                    accepted.extend(it.id for n, it in enumerate(items) if n not in rejected)
                     if reply.rejected:
                         errors.append(f"{reply.rejected} rejected: {list(reply.rejections)[:3]}")
                     break

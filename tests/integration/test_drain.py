@@ -38,8 +38,11 @@ def test_stalled_subscribers_total_backlog_is_bounded(start_daemon):
     # Each backlog alone may hold 16 MiB, the log 16 MiB. Each stalled
     # subscriber watches its own batch, so their backlogs share nothing:
     # without a bound on the total, 8 of them pin 8 x 15 MiB beyond the log.
+    # Finals keep their results for getItems (items.retention.bytes, 256 MiB
+    # by default): bounded low here, this test measures the backlogs.
     d = start_daemon({"workers": {"count": 2},
-                      "updates": {"history_bytes": "16MiB", "subscribers_bytes": "4MiB"}})
+                      "updates": {"history_bytes": "16MiB", "subscribers_bytes": "4MiB"},
+                      "items": {"retention": {"bytes": "1MiB"}}})
     grpc_pid = d.grpc_pid()
     # A subscriber that keeps up, to small markers only: its backlog is
     # never the largest.

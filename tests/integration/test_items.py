@@ -91,8 +91,6 @@ def test_duplicates_while_queued_and_running(start_daemon, tmp_path, mode):
     c.sync(sub)
     assert len([u for u in sub.of("run") if u.state == QUEUED]) == 1
     assert len([u for u in sub.of("wait") if u.state == QUEUED]) == 1
-    m = d.client().stub  # metrics through /status would need a status listener: not here
-    del m
 
 
 @MODES
@@ -370,3 +368,28 @@ def test_retry_failed_items_and_dead_letters(start_daemon, tmp_path, mode):
     with pytest.raises(grpc.RpcError) as e:
         m(bytes([0x0a, 2, 0xc3, 0x28]), timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---- observability -------------------------------------------------------------------------
+
+def test_metrics_and_status_count_items(start_daemon, tmp_path):
+    from test_status import Scrape, start_with_status, status_json
+    d = start_with_status(start_daemon, config_for("memory", tmp_path))
+    c = d.client()
+    assert c.submit([{"id": "m1", "payload": b"x" * 1000}, {"id": "m2", "kind": "bad"}]) \
+        .accepted == 2
+    wait_final(c, ["m1", "m2"])
+    assert c.submit([{"id": "m1"}, {"id": "m1"}]).duplicates == 2
+    assert c.stub.retry(pb.RetryRequest(item_ids=["m2"]), timeout=10).requeued == 1
+    wait_final(c, ["m2"])
+    s = Scrape(d.status_address)
+    assert s.get("dosomething_items_known", state="succeeded") == 1
+    assert s.get("dosomething_items_known", state="failed") == 1
+    assert s.get("dosomething_items_known", state="queued") == 0
+    assert s.get("dosomething_items_retained_bytes") > 1000
+    assert s.get("dosomething_items_duplicates_total") == 2
+    assert s.get("dosomething_items_retries_total") == 1
+    j = status_json(d.status_address)
+    items = j["items"]
+    assert items["known"] == 2 and items["by_state"]["succeeded"] == 1, items
+    assert items["duplicates"] == 2 and items["retries"] == 1 and items["retained_bytes"] > 1000

@@ -299,6 +299,7 @@ def every_key_config(directory, module):
                   "journal": "j", "journal_sync": "1500ms"},
         "updates": {"history": 10, "subscriber_buffer": 3, "history_bytes": "3MiB",
                     "max_subscribers": 4, "subscribers_bytes": "2GiB"},
+        "items": {"retention": {"age": "36h", "count": 7, "bytes": "5MiB"}},
         "handlers": {"default": "run", "max_result_size": 1000,
                      "run": {"exec": ["bin/x", "a b", "q\"", ""], "timeout": "1h",
                              "env": {"A": "1\n2", "B": ""}},

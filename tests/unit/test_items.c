@@ -231,7 +231,7 @@ static void
 collect(const struct known_item *k, void *arg)
 {
     (void)arg;
-    page_orders[page_n++] = k->order;
+    page_orders[page_n++] = (uint64_t)k->accepted_ns;
 }
 
 static void

@@ -416,6 +416,27 @@ test_abandon(void **state)
     assert_int_equal(heard.n, 9);
 }
 
+/* Known items: the store feeds the index, so a resent id is known while
+ * queued and once final; retry runs a FAILED one again from attempt 1. */
+static void
+test_known_and_retry(void **state)
+{
+    assert_false(store_known("k1"));
+    accept_item("k1", 0);
+    assert_true(store_known("k1"));
+    assert_int_equal(store_retry("k1"), STORE_RETRY_NOT_RETRYABLE);     /* queued */
+    assert_int_equal(store_retry("nope"), STORE_RETRY_NOT_FOUND);
+    store_fail(new_item("f1"), "boom");
+    assert_true(store_known("f1"));
+    size_t before = heard.n;
+    assert_int_equal(store_retry("f1"), STORE_RETRY_REQUEUED);
+    /* Published QUEUED like a new item, at attempt 1. */
+    assert_int_equal(heard.n, before + 1);
+    assert_int_equal(heard.updates[before]->state, STATE_QUEUED);
+    assert_string_equal(heard.updates[before]->item_id, "f1");
+    assert_int_equal(store_retry("f1"), STORE_RETRY_NOT_RETRYABLE);     /* queued again */
+}
+
 int
 main(void)
 {
@@ -426,6 +447,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_result_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_handover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abandon, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_known_and_retry, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

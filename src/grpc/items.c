@@ -40,6 +40,7 @@ static struct {
     int64_t (*now)(void);
     struct event *timer;
     void (*changed)(const char *id);
+    void (*forgotten)(const char *id);
     struct items_stats stats;
 } ix;
 
@@ -298,6 +299,8 @@ enforce(int64_t now)
         k->final_refs--;
         if (stale)
             continue;
+        if (ix.forgotten != NULL)
+            ix.forgotten(k->id);
         free_known(k);
         ix.stats.forgotten++;
     }
@@ -560,6 +563,12 @@ void
 items_on_change(void (*fn)(const char *id))
 {
     ix.changed = fn;
+}
+
+void
+items_on_forgotten(void (*fn)(const char *id))
+{
+    ix.forgotten = fn;
 }
 
 /* ---- observability ------------------------------------------------------------- */

@@ -126,6 +126,9 @@ size_t items_list(uint64_t before, int (*match)(const struct known_item *k, void
 uint64_t items_last_order(void);
 /* FN hears the id of every item that became final or was forgotten. */
 void items_on_change(void (*fn)(const char *id));
+/* FN hears the id of every final the retention forgets (a backend that
+ * keeps finals durably lets go of it). */
+void items_on_forgotten(void (*fn)(const char *id));
 
 /* ---- observability --------------------------------------------------------- */
 

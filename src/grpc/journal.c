@@ -35,6 +35,7 @@
 #include "grpc/grpc_process.h"
 #include "grpc/health.h"
 #include "grpc/item.h"
+#include "grpc/items.h"
 #include "grpc/journal.h"
 #include "grpc/journal_store.h"
 #include "grpc/metrics.h"
@@ -129,6 +130,70 @@ accept_of(const struct item *item)
         .raw_len = item->raw_len,
     };
     return a;
+}
+
+/*
+ * What the index needs of a final after a restart: its times (from the
+ * index: accepted, started), error, result (SUCCEEDED, already within
+ * DS_RESULT_SIZE_MAX), the WorkItem (FAILED, CANCELLED: what retry runs).
+ * last_seq is that of the update before the final one: the final update's
+ * seq is given once this record is written.
+ */
+static struct journal_done
+done_of(const struct item *item, const struct outcome *o)
+{
+    const struct known_item *k = items_find(item->id);
+    int succeeded = o->state == STATE_SUCCEEDED;
+    struct journal_done d = {
+        .key = item->key,
+        .state = (uint8_t)o->state,
+        .quick = item->weight == ITEM_WEIGHT_QUICK,
+        .attempt = item->attempt,
+        .max_attempts = item->max_attempts,
+        .timeout_ms = item->timeout_ms,
+        .priority = k != NULL ? k->priority : 0,
+        .accepted_ns = k != NULL ? k->accepted_ns : 0,
+        .started_ns = k != NULL ? k->started_ns : 0,
+        .finished_ns = clock_wall_ns(),
+        .last_seq = k != NULL ? k->last_seq : 0,
+        .id = item->id,
+        .id_len = strlen(item->id),
+        .kind = item->kind,
+        .kind_len = strlen(item->kind),
+        .batch = item->batch,
+        .batch_len = strlen(item->batch),
+        .error = o->error,
+        .error_len = o->error != NULL ? strlen(o->error) : 0,
+        .result = succeeded ? o->result : NULL,
+        .result_len = succeeded ? o->result_len : 0,
+        .raw = succeeded ? NULL : item->raw,
+        .raw_len = succeeded ? 0 : item->raw_len,
+    };
+    return d;
+}
+
+static struct journal_done
+done_of_final(const struct journal_final *f)
+{
+    struct journal_done d = {
+        .key = f->key, .state = f->state, .quick = f->quick, .attempt = f->attempt,
+        .max_attempts = f->max_attempts, .timeout_ms = f->timeout_ms, .priority = f->priority,
+        .accepted_ns = f->accepted_ns, .started_ns = f->started_ns,
+        .finished_ns = f->finished_ns, .last_seq = f->last_seq,
+        .id = f->id, .id_len = strlen(f->id), .kind = f->kind, .kind_len = strlen(f->kind),
+        .batch = f->batch, .batch_len = strlen(f->batch),
+        .error = f->error, .error_len = f->error != NULL ? strlen(f->error) : 0,
+        .result = f->result, .result_len = f->result_len, .raw = f->raw, .raw_len = f->raw_len,
+    };
+    return d;
+}
+
+/* The retention forgot ID: its DONE no longer keeps a segment. */
+static void
+on_forgotten(const char *id)
+{
+    if (jr.open)
+        journal_store_forget(&jr.store, id, strlen(id));
 }
 
 /* ---- group commit -------------------------------------------------------- */
@@ -321,6 +386,8 @@ journal_accept(struct acceptance a)
 {
     if (jr.open) {
         struct journal_accept rec = accept_of(a.item);
+        /* A retry: the id's retained final (if any) no longer counts. */
+        journal_store_forget(&jr.store, rec.id, rec.id_len);
         journal_store_accept(&jr.store, &rec);
     }       /* else the flush rejects it: nothing is journaled */
     if (jr.accept_count == jr.accept_cap) {
@@ -340,7 +407,8 @@ journal_final(struct item *item, const struct outcome *o)
         store_final_written(item, o);   /* none of its items: nothing to record */
         return;
     }
-    journal_store_final(&jr.store, item->key);
+    struct journal_done d = done_of(item, o);
+    journal_store_done(&jr.store, &d);
     if (jr.final_count == jr.final_cap) {
         jr.final_cap = jr.final_cap ? jr.final_cap * 2 : 256;
         jr.finals = ds_realloc(jr.finals, jr.final_cap * sizeof *jr.finals);
@@ -388,6 +456,16 @@ journal_seq(uint64_t reserved)
 }
 
 /* ---- taking over the journal of a dead grpc process ---------------------- */
+
+static int
+compare_finished(const void *a, const void *b)
+{
+    const struct journal_final *x = *(const struct journal_final *const *)a;
+    const struct journal_final *y = *(const struct journal_final *const *)b;
+    if (x->finished_ns != y->finished_ns)
+        return x->finished_ns < y->finished_ns ? -1 : 1;
+    return x->key < y->key ? -1 : x->key > y->key;
+}
 
 /*
  * Its live items go into our journal (attempt + 1) and, once that is
@@ -440,12 +518,31 @@ take_over(struct journal_recovery *r)
         journal_store_accept(&jr.store, &a);
         run[run_count++] = item;
     }
+    /* Its retained finals are copied into ours (those whose id we do not
+     * know already), oldest final first: the index forgets from there. */
+    struct journal_final **finals = ds_calloc(r->final_count + 1, sizeof *finals);
+    size_t final_count = 0;
+    for (size_t i = 0; i < r->final_count; i++) {
+        struct journal_final *f = &r->finals[i];
+        if (items_find(f->id) != NULL || !items_is_final((enum wire_state)f->state))
+            continue;
+        finals[final_count++] = f;
+    }
+    if (final_count > 1)
+        qsort(finals, final_count, sizeof *finals, compare_finished);
+    for (size_t i = 0; i < final_count; i++) {
+        struct journal_done d = done_of_final(finals[i]);
+        journal_store_done(&jr.store, &d);
+    }
 
     int rc = flush_now(1);
     if (rc != 0) {
         /* -2: written, not durable: cancel our copies; theirs stay. */
         for (size_t i = 0; i < run_count; i++)
             journal_store_final(&jr.store, run[i]->key);
+        for (size_t i = 0; i < final_count; i++)
+            journal_store_forget(&jr.store, finals[i]->id, strlen(finals[i]->id));
+        free(finals);
         log_error("journal: cannot take over %s (%zu items) now; trying again in %d s", r->dir,
                   r->count, JOURNAL_SCAN_MS / 1000);
         for (size_t i = 0; i < run_count; i++)
@@ -481,10 +578,26 @@ take_over(struct journal_recovery *r)
         metrics_kind(item->kind)->retried++;
         store_take(item);
     }
+    /* Known again; the retention's forgetting reaches our journal. */
+    for (size_t i = 0; i < final_count; i++) {
+        const struct journal_final *f = finals[i];
+        struct known_final kf = {
+            /* the index keeps the kind's pointer: interned, as an item's */
+            .id = f->id, .kind = metrics_kind(f->kind)->kind, .batch = f->batch,
+            .state = (enum wire_state)f->state, .attempt = f->attempt,
+            .max_attempts = f->max_attempts, .priority = f->priority, .error = f->error,
+            .result = f->result, .result_len = f->result_len, .raw = f->raw,
+            .raw_len = f->raw_len, .accepted_ns = f->accepted_ns, .started_ns = f->started_ns,
+            .finished_ns = f->finished_ns, .last_seq = f->last_seq,
+        };
+        items_restore_final(&kf);
+    }
+    free(finals);
     journal_recovery_remove(r, jr.store.sync != DS_JOURNAL_SYNC_NEVER);
-    if (r->count > 0 || dropped > 0)
+    if (r->count > 0 || dropped > 0 || final_count > 0)
         log_notice("journal: took over %s of grpc process %ld: %zu items queued again, %zu "
-                   "failed, %zu unreadable", r->dir, r->pid, run_count, failed_count, dropped);
+                   "failed, %zu unreadable, %zu finals known again", r->dir, r->pid, run_count,
+                   failed_count, dropped, final_count);
     else
         log_info("journal: removed %s of grpc process %ld: nothing in it was live", r->dir,
                  r->pid);
@@ -606,6 +719,7 @@ journal_open(uint64_t *seq_start)
         jr.segment_max = 0;
     }
     jr.enabled = 1;
+    items_on_forgotten(on_forgotten);
     jr.flush_event = event_new(gp.base, -1, 0, on_flush, NULL);
     jr.sync_timer = evtimer_new(gp.base, on_sync_timer, NULL);
     jr.retry_timer = evtimer_new(gp.base, on_retry_timer, NULL);
@@ -741,11 +855,15 @@ journal_shutdown(void)
     jr.finals = NULL;
     jr.final_count = jr.final_cap = 0;
 
-    uint64_t live = journal_store_live(&jr.store);
+    uint64_t live = journal_store_live(&jr.store), retained = journal_store_retained(&jr.store);
     if (live > 0 || rc == -1)
         log_notice("journal: %llu items stay in %s for the next grpc process",
                    (unsigned long long)live, jr.store.dir);
-    journal_store_close(&jr.store, live == 0 && rc == 0);
+    else if (retained > 0)
+        log_info("journal: %llu retained finals stay in %s for the next grpc process",
+                 (unsigned long long)retained, jr.store.dir);
+    items_on_forgotten(NULL);
+    journal_store_close(&jr.store, live == 0 && retained == 0 && rc == 0);
 }
 
 const struct store_backend store_journal = {

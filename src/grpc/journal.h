@@ -14,6 +14,14 @@
  *   grpc process never runs an item again whose final update a subscriber
  *   may have seen. A FINAL that cannot be written (a full disk) holds its
  *   update back, and is written again until it is.
+ * - A final is a DONE record with what the index of known items needs
+ *   (state, attempt, times, error, result; the WorkItem of FAILED and
+ *   CANCELLED, for retry): taking over an instance restores its retained
+ *   finals into the index (and copies them into ours), so getItems,
+ *   duplicates and retry outlive every process. A DONE keeps its segment
+ *   until items.retention forgets the item (items_on_forgotten), so the
+ *   journal is bounded by the retention plus the live items; an instance
+ *   left with retained finals only is kept at exit for the next start.
  * - A journal that cannot be opened (at start, a full disk) does not stop
  *   the grpc process: it rejects every item with the reason, reports
  *   NOT_SERVING, and tries again with backoff.
@@ -27,7 +35,7 @@
  *   same items: an instance's lock is held as long as its process lives.
  * - seq continues past every SEQ record (a reservation of update seqs) and
  *   past DIR/seq, written when an instance's files are deleted.
- * - A segment none of whose items is live is deleted (after the next sync);
+ * - A segment none of whose items is live or retained is deleted (after the next sync);
  *   a segment is rolled at 64 MiB, or at 1 MiB when none of its items is
  *   live; live items of a segment JOURNAL_COPY_AFTER segments older than
  *   the current one are copied forward, so at most that many segments (plus

@@ -249,6 +249,96 @@ journal_encode_seq(struct journal_buf *b, uint64_t seq)
     return off;
 }
 
+size_t
+journal_encode_done(struct journal_buf *b, const struct journal_done *d)
+{
+    size_t id_len = cut16(d->id_len), kind_len = cut16(d->kind_len);
+    size_t batch_len = cut16(d->batch_len), error_len = d->error_len;
+    size_t rest = JOURNAL_DONE_FIXED + id_len + kind_len + batch_len + d->result_len + d->raw_len;
+    /* Never past what a reader takes: the error gives way. */
+    if (rest + error_len > JOURNAL_BODY_MAX)
+        error_len = rest >= JOURNAL_BODY_MAX ? 0 : JOURNAL_BODY_MAX - rest;
+    uint8_t *p;
+    size_t off = record_begin(b, JOURNAL_DONE, rest + error_len, &p);
+    memset(p, 0, JOURNAL_DONE_FIXED);
+    put64(p, d->key);
+    p[8] = d->state;
+    p[9] = d->quick ? 1 : 0;
+    put32(p + 12, d->attempt);
+    put32(p + 16, d->max_attempts);
+    put32(p + 20, d->timeout_ms);
+    put32(p + 24, (uint32_t)d->priority);
+    put64(p + 32, (uint64_t)d->accepted_ns);
+    put64(p + 40, (uint64_t)d->started_ns);
+    put64(p + 48, (uint64_t)d->finished_ns);
+    put64(p + 56, d->last_seq);
+    put16(p + 64, (uint16_t)id_len);
+    put16(p + 66, (uint16_t)kind_len);
+    put16(p + 68, (uint16_t)batch_len);
+    put32(p + 72, (uint32_t)error_len);
+    put32(p + 76, (uint32_t)d->result_len);
+    put32(p + 80, (uint32_t)d->raw_len);
+    p += JOURNAL_DONE_FIXED;
+    const struct { const void *data; size_t len; } parts[] = {
+        { d->id, id_len }, { d->kind, kind_len }, { d->batch, batch_len },
+        { d->error, error_len }, { d->result, d->result_len }, { d->raw, d->raw_len },
+    };
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        if (parts[i].len > 0)
+            memcpy(p, parts[i].data, parts[i].len);
+        p += parts[i].len;
+    }
+    record_end(b, off);
+    return off;
+}
+
+uint64_t
+journal_id_hash(const char *id, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)id[i]) * 0x100000001b3ull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h ? h : 1;
+}
+
+static int
+decode_done(const uint8_t *body, uint32_t len, struct journal_record *rec)
+{
+    if (len < JOURNAL_DONE_FIXED)
+        return -1;
+    struct journal_done *d = &rec->done;
+    d->key = rec->key = get64(body);
+    d->state = body[8];
+    d->quick = body[9] & 1;
+    d->attempt = rec->attempt = get32(body + 12);
+    d->max_attempts = get32(body + 16);
+    d->timeout_ms = get32(body + 20);
+    d->priority = (int32_t)get32(body + 24);
+    d->accepted_ns = (int64_t)get64(body + 32);
+    d->started_ns = (int64_t)get64(body + 40);
+    d->finished_ns = (int64_t)get64(body + 48);
+    d->last_seq = get64(body + 56);
+    d->id_len = get16(body + 64);
+    d->kind_len = get16(body + 66);
+    d->batch_len = get16(body + 68);
+    d->error_len = get32(body + 72);
+    d->result_len = get32(body + 76);
+    d->raw_len = get32(body + 80);
+    if ((uint64_t)JOURNAL_DONE_FIXED + d->id_len + d->kind_len + d->batch_len + d->error_len +
+        d->result_len + d->raw_len != len || d->key == 0 || d->id_len == 0)
+        return -1;
+    d->id = (const char *)body + JOURNAL_DONE_FIXED;
+    d->kind = d->id + d->id_len;
+    d->batch = d->kind + d->kind_len;
+    d->error = d->batch + d->batch_len;
+    d->result = (const uint8_t *)d->error + d->error_len;
+    d->raw = d->result + d->result_len;
+    return 0;
+}
+
 enum journal_decode
 journal_decode(const uint8_t *p, size_t avail, struct journal_record *rec, size_t *size,
                const char **why)
@@ -320,6 +410,12 @@ journal_decode(const uint8_t *p, size_t avail, struct journal_record *rec, size_
             return JOURNAL_CORRUPT;
         }
         rec->seq = get64(body);
+        break;
+    case JOURNAL_DONE:
+        if (decode_done(body, len, rec) == -1) {
+            *why = "malformed DONE record";
+            return JOURNAL_CORRUPT;
+        }
         break;
     default:
         *why = "unknown record type";
@@ -695,6 +791,14 @@ segment_live_dec(struct journal_store *s, uint32_t number)
         seg->live--;
 }
 
+static void
+segment_retained_dec(struct journal_store *s, uint32_t number)
+{
+    struct journal_segment *seg = segment_find(s, number);
+    if (seg != NULL && seg->retained > 0)
+        seg->retained--;
+}
+
 static struct journal_segment *
 current_segment(struct journal_store *s)
 {
@@ -714,12 +818,12 @@ collect(struct journal_store *s)
 {
     size_t n = 0;
     char path[PATH_MAX];
-    while (n + 1 < s->segment_count && s->segments[n].live == 0) {
+    while (n + 1 < s->segment_count && s->segments[n].live == 0 && s->segments[n].retained == 0) {
         segment_path(s->dir, s->segments[n].number, path, sizeof path);
         if (unlink(path) == -1 && errno != ENOENT)
             log_syswarn("journal: unlink(\"%s\") failed", path);
         else
-            log_debug("journal: deleted %s: none of its items is live", path);
+            log_debug("journal: deleted %s: none of its items is live or retained", path);
         s->deleted++;
         n++;
     }
@@ -779,6 +883,46 @@ copy_forward(struct journal_store *s)
         e->state = JOURNAL_ENTRY_COPYING;
         keys_push(&s->copy_keys, &s->copy_count, &s->copy_cap, e->key);
         s->copied++;
+    }
+    if (fd != -1)
+        close(fd);
+    fd = -1;
+    fd_segment = 0;
+    /* Retained finals: their DONE record is copied as it is. */
+    for (size_t i = 0; i < s->retained.capacity; i++) {
+        struct journal_entry *e = &s->retained.slots[i];
+        if (e->key == 0 || e->state != JOURNAL_ENTRY_WRITTEN || e->segment > limit)
+            continue;
+        segment_path(s->dir, e->segment, path, sizeof path);
+        if (fd_segment != e->segment) {
+            if (fd != -1)
+                close(fd);
+            fd_segment = e->segment;
+            fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd == -1)
+                log_syserr("journal: open(\"%s\") failed; its retained finals stay there", path);
+        }
+        if (fd == -1)
+            continue;
+        buf_reserve(&s->other, e->length);
+        uint8_t *dst = s->other.data + s->other.len;
+        struct journal_record r;
+        size_t size;
+        const char *why = "short read";
+        ssize_t n = pread(fd, dst, e->length, (off_t)e->offset);
+        if (n != (ssize_t)e->length ||
+            journal_decode(dst, e->length, &r, &size, &why) != JOURNAL_OK ||
+            r.type != JOURNAL_DONE || journal_id_hash(r.done.id, r.done.id_len) != e->key) {
+            log_error("journal: the final of a retained item in %s at offset %llu does not "
+                      "read back (%s); it stays there", path, (unsigned long long)e->offset,
+                      r.type == JOURNAL_DONE ? why : "not it");
+            continue;
+        }
+        e->aux = s->other.len;
+        s->other.len += e->length;
+        e->state = JOURNAL_ENTRY_COPYING;
+        keys_push(&s->done_copy_keys, &s->done_copy_count, &s->done_copy_cap, e->key);
+        s->done_copied++;
     }
     if (fd != -1)
         close(fd);
@@ -948,7 +1092,10 @@ journal_store_close(struct journal_store *s, int remove)
     journal_buf_free(&s->accepts);
     free(s->new_keys);
     free(s->copy_keys);
+    free(s->done_keys);
+    free(s->done_copy_keys);
     journal_map_free(&s->entries);
+    journal_map_free(&s->retained);
     free(s->segments);
     free(s->root);
     free(s->name);
@@ -989,6 +1136,51 @@ journal_store_final(struct journal_store *s, uint64_t key)
         segment_live_dec(s, e->segment);
     journal_map_del(&s->entries, key);
     journal_encode_final(&s->other, key);
+}
+
+static void
+retained_drop(struct journal_store *s, struct journal_entry *e)
+{
+    if (e->state != JOURNAL_ENTRY_NEW)
+        segment_retained_dec(s, e->segment);
+    journal_map_del(&s->retained, e->key);
+}
+
+void
+journal_store_done(struct journal_store *s, const struct journal_done *d)
+{
+    struct journal_entry *e = journal_map_get(&s->entries, d->key);
+    if (e != NULL) {
+        if (e->state != JOURNAL_ENTRY_NEW)
+            segment_live_dec(s, e->segment);
+        journal_map_del(&s->entries, d->key);
+    }
+    uint64_t h = journal_id_hash(d->id, d->id_len);
+    e = journal_map_put(&s->retained, h);
+    if (e->state != JOURNAL_ENTRY_NEW && e->segment != 0)
+        segment_retained_dec(s, e->segment);    /* an older final of the id */
+    size_t off = journal_encode_done(&s->other, d);
+    e->state = JOURNAL_ENTRY_NEW;
+    e->segment = 0;
+    e->aux = off;
+    e->length = (uint32_t)(s->other.len - off);
+    keys_push(&s->done_keys, &s->done_count, &s->done_cap, h);
+}
+
+void
+journal_store_forget(struct journal_store *s, const char *id, size_t id_len)
+{
+    if (s->retained.count == 0)
+        return;
+    struct journal_entry *e = journal_map_get(&s->retained, journal_id_hash(id, id_len));
+    if (e != NULL)
+        retained_drop(s, e);
+}
+
+uint64_t
+journal_store_retained(const struct journal_store *s)
+{
+    return s->retained.count;
 }
 
 void
@@ -1078,6 +1270,16 @@ empty_current(struct journal_store *s, int err)
                (unsigned long long)(s->size - JOURNAL_MAGIC_SIZE));
     s->size = JOURNAL_MAGIC_SIZE;
     s->roll_next = 0;           /* what was in doubt is gone */
+    /* Its retained finals go with it (the index still answers for them
+     * until this process ends). */
+    for (size_t i = 0; i < s->retained.capacity;) {
+        struct journal_entry *e = &s->retained.slots[i];
+        if (e->key != 0 && e->state != JOURNAL_ENTRY_NEW && e->segment == s->segment)
+            journal_map_del(&s->retained, e->key);      /* shifts a later one here */
+        else
+            i++;
+    }
+    cur->retained = 0;
     if (s->max_seq > 0)
         journal_encode_seq(&s->other, s->max_seq);
     return 0;
@@ -1167,6 +1369,27 @@ again:;
             cur->live++;
         }
         s->copy_count = 0;
+        for (size_t i = 0; i < s->done_copy_count; i++) {
+            struct journal_entry *e = journal_map_get(&s->retained, s->done_copy_keys[i]);
+            if (e == NULL || e->state != JOURNAL_ENTRY_COPYING)
+                continue;       /* forgotten or final again meanwhile */
+            segment_retained_dec(s, e->segment);
+            e->segment = s->segment;
+            e->offset = base + e->aux;
+            e->state = JOURNAL_ENTRY_WRITTEN;
+            cur->retained++;
+        }
+        s->done_copy_count = 0;
+        for (size_t i = 0; i < s->done_count; i++) {
+            struct journal_entry *e = journal_map_get(&s->retained, s->done_keys[i]);
+            if (e == NULL || e->state != JOURNAL_ENTRY_NEW)
+                continue;       /* forgotten meanwhile, or listed twice */
+            e->segment = s->segment;
+            e->offset = base + e->aux;
+            e->state = JOURNAL_ENTRY_WRITTEN;
+            cur->retained++;
+        }
+        s->done_count = 0;
         buf_settle(&s->other);
     }
     for (size_t i = 0; i < s->new_count; i++) {
@@ -1275,6 +1498,38 @@ reader_item(struct reader *rd, uint64_t key)
     return it;
 }
 
+/* KEY is final (FINAL or DONE): its live slot, if any, is freed. */
+static void
+reader_end_live(struct reader *rd, uint64_t key)
+{
+    struct journal_recovery *r = rd->r;
+    struct journal_entry *e = journal_map_put(&rd->map, key);
+    if (e->aux != 0) {
+        size_t slot = e->aux - 1;
+        item_clear(&r->items[slot]);
+        memset(&r->items[slot], 0, sizeof r->items[slot]);
+        if (rd->free_count == rd->free_cap) {
+            rd->free_cap = rd->free_cap ? rd->free_cap * 2 : 64;
+            rd->free_slots = ds_realloc(rd->free_slots, rd->free_cap * sizeof *rd->free_slots);
+        }
+        rd->free_slots[rd->free_count++] = slot;
+        e->aux = 0;
+    }
+    e->final = 1;
+}
+
+static void
+final_clear(struct journal_final *f)
+{
+    free(f->id);
+    free(f->kind);
+    free(f->batch);
+    free(f->error);
+    free(f->result);
+    free(f->raw);
+    memset(f, 0, sizeof *f);
+}
+
 static void
 reader_apply(struct reader *rd, const struct journal_record *rec)
 {
@@ -1306,20 +1561,37 @@ reader_apply(struct reader *rd, const struct journal_record *rec)
         return;
     }
     case JOURNAL_FINAL:
-        e = journal_map_put(&rd->map, rec->key);
-        if (e->aux != 0) {
-            size_t slot = e->aux - 1;
-            item_clear(&r->items[slot]);
-            memset(&r->items[slot], 0, sizeof r->items[slot]);
-            if (rd->free_count == rd->free_cap) {
-                rd->free_cap = rd->free_cap ? rd->free_cap * 2 : 64;
-                rd->free_slots = ds_realloc(rd->free_slots, rd->free_cap * sizeof *rd->free_slots);
-            }
-            rd->free_slots[rd->free_count++] = slot;
-            e->aux = 0;
-        }
-        e->final = 1;
+        reader_end_live(rd, rec->key);
         return;
+    case JOURNAL_DONE: {
+        reader_end_live(rd, rec->key);
+        const struct journal_done *d = &rec->done;
+        if (r->final_count == r->final_cap) {
+            r->final_cap = r->final_cap ? r->final_cap * 2 : 64;
+            r->finals = ds_realloc(r->finals, r->final_cap * sizeof *r->finals);
+        }
+        struct journal_final *f = &r->finals[r->final_count++];
+        *f = (struct journal_final){
+            .key = d->key, .state = d->state, .quick = d->quick, .attempt = d->attempt,
+            .max_attempts = d->max_attempts, .timeout_ms = d->timeout_ms,
+            .priority = d->priority, .accepted_ns = d->accepted_ns,
+            .started_ns = d->started_ns, .finished_ns = d->finished_ns,
+            .last_seq = d->last_seq, .result_len = d->result_len, .raw_len = d->raw_len,
+        };
+        f->id = ds_strndup(d->id, d->id_len);
+        f->kind = ds_strndup(d->kind, d->kind_len);
+        f->batch = ds_strndup(d->batch, d->batch_len);
+        f->error = d->error_len > 0 ? ds_strndup(d->error, d->error_len) : NULL;
+        if (d->result_len > 0) {
+            f->result = ds_malloc(d->result_len);
+            memcpy(f->result, d->result, d->result_len);
+        }
+        if (d->raw_len > 0) {
+            f->raw = ds_malloc(d->raw_len);
+            memcpy(f->raw, d->raw, d->raw_len);
+        }
+        return;
+    }
     case JOURNAL_ATTEMPT:
         it = reader_item(rd, rec->key);
         if (rec->attempt > it->attempt)
@@ -1403,6 +1675,43 @@ compare_items(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static int
+compare_finals(const void *a, const void *b)
+{
+    uint64_t x = ((const struct journal_final *)a)->key, y = ((const struct journal_final *)b)->key;
+    return x < y ? -1 : x > y;
+}
+
+/* One final per id, the one with the largest key, and none of an id that
+ * is live (a retried item runs again under a new key). R->finals sorted. */
+static void
+finals_settle(struct journal_recovery *r)
+{
+    if (r->final_count > 1)
+        qsort(r->finals, r->final_count, sizeof *r->finals, compare_finals);
+    struct journal_map ids = { 0 };
+    for (size_t i = 0; i < r->count; i++) {
+        struct journal_item *it = &r->items[i];
+        struct journal_entry *e = journal_map_put(&ids, journal_id_hash(it->id, strlen(it->id)));
+        e->aux = 0;             /* live: no final of it counts */
+        e->final = 1;
+    }
+    /* Newest first: the first of an id wins. */
+    for (size_t i = r->final_count; i-- > 0;) {
+        struct journal_final *f = &r->finals[i];
+        struct journal_entry *e = journal_map_put(&ids, journal_id_hash(f->id, strlen(f->id)));
+        if (e->final)
+            final_clear(f);
+        e->final = 1;
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < r->final_count; i++)
+        if (r->finals[i].id != NULL)
+            r->finals[kept++] = r->finals[i];
+    r->final_count = kept;
+    journal_map_free(&ids);
+}
+
 int
 journal_read(struct journal_recovery *r)
 {
@@ -1445,6 +1754,7 @@ journal_read(struct journal_recovery *r)
     r->count = live;
     if (r->count > 1)
         qsort(r->items, r->count, sizeof *r->items, compare_items);
+    finals_settle(r);
     journal_map_free(&rd.map);
     free(rd.free_slots);
     return 0;
@@ -1456,6 +1766,9 @@ journal_recovery_free(struct journal_recovery *r)
     for (size_t i = 0; i < r->count; i++)
         item_clear(&r->items[i]);
     free(r->items);
+    for (size_t i = 0; i < r->final_count; i++)
+        final_clear(&r->finals[i]);
+    free(r->finals);
     free(r->dir);
     free(r->name);
     if (r->lock_fd != -1)

@@ -19,9 +19,19 @@
  *   FINAL   key u64                 the item is final (or was never accepted)
  *   ATTEMPT key u64 | attempt u32   the item was retried: this attempt is next
  *   SEQ     seq u64                 update seqs up to this may have been used
+ *   DONE    key u64 | state u8 | flags u8 (1: quick) | 0 u16 | attempt u32 |
+ *           max_attempts u32 | timeout_ms u32 | priority i32 | 0 u32 |
+ *           accepted_ns i64 | started_ns i64 | finished_ns i64 | last_seq u64 |
+ *           id_len u16 | kind_len u16 | batch_len u16 | 0 u16 | error_len u32 |
+ *           result_len u32 | raw_len u32 | id | kind | batch | error | result |
+ *           raw WorkItem (FAILED, CANCELLED)
+ *                                   the item is final (as FINAL), and retained:
+ *                                   enough to answer for it without its ACCEPT
  *
  * Records are order-independent within an instance: an item is live if it
- * has an ACCEPT and no FINAL anywhere; its attempt is the largest seen.
+ * has an ACCEPT and no FINAL or DONE anywhere; its attempt is the largest
+ * seen. A key is never reused (a retried item is accepted under a new key);
+ * of several DONEs of one id, the one with the largest key counts.
  */
 #ifndef DS_GRPC_JOURNAL_STORE_H
 #define DS_GRPC_JOURNAL_STORE_H
@@ -36,6 +46,7 @@
 #define JOURNAL_MAGIC_SIZE      8
 #define JOURNAL_HEADER_SIZE     12
 #define JOURNAL_ACCEPT_FIXED    32
+#define JOURNAL_DONE_FIXED      84
 /* A body never exceeds this: the largest WorkItem (grpc.max_message_size
  * is at most 64 MiB) and its id, kind and batch. */
 #define JOURNAL_BODY_MAX        ((64u << 20) + (1u << 20))
@@ -54,6 +65,7 @@ enum journal_type {
     JOURNAL_FINAL = 2,
     JOURNAL_ATTEMPT = 3,
     JOURNAL_SEQ = 4,
+    JOURNAL_DONE = 5,
 };
 
 /* ---- records (journal_store.c) ----------------------------------------- */
@@ -83,12 +95,32 @@ struct journal_accept {
     size_t raw_len;
 };
 
+/* What a DONE record holds: a final item as the index of known items
+ * needs it after a restart. Strings as in journal_accept; error_len 0: no
+ * error. state is an enum wire_state (SUCCEEDED, FAILED, CANCELLED). */
+struct journal_done {
+    uint64_t key;
+    uint8_t state;
+    int quick;
+    uint32_t attempt;
+    uint32_t max_attempts;
+    uint32_t timeout_ms;
+    int32_t priority;
+    int64_t accepted_ns, started_ns, finished_ns;
+    uint64_t last_seq;
+    const char *id, *kind, *batch, *error;
+    size_t id_len, kind_len, batch_len, error_len;
+    const uint8_t *result, *raw;
+    size_t result_len, raw_len;
+};
+
 struct journal_record {
     enum journal_type type;
-    uint64_t key;               /* ACCEPT, FINAL, ATTEMPT */
-    uint32_t attempt;           /* ACCEPT, ATTEMPT */
+    uint64_t key;               /* ACCEPT, FINAL, ATTEMPT, DONE */
+    uint32_t attempt;           /* ACCEPT, ATTEMPT, DONE */
     uint64_t seq;               /* SEQ */
     struct journal_accept accept;
+    struct journal_done done;
 };
 
 /* Append one record to B; return its offset there. id/kind/batch longer
@@ -97,6 +129,10 @@ size_t journal_encode_accept(struct journal_buf *b, const struct journal_accept 
 size_t journal_encode_final(struct journal_buf *b, uint64_t key);
 size_t journal_encode_attempt(struct journal_buf *b, uint64_t key, uint32_t attempt);
 size_t journal_encode_seq(struct journal_buf *b, uint64_t seq);
+/* id/kind/batch cut as above; error, result and raw as they are. */
+size_t journal_encode_done(struct journal_buf *b, const struct journal_done *d);
+/* The key of an id in the map of retained finals (never 0). */
+uint64_t journal_id_hash(const char *id, size_t len);
 
 enum journal_decode {
     JOURNAL_OK,
@@ -147,6 +183,7 @@ void journal_map_free(struct journal_map *m);
 struct journal_segment {
     uint32_t number;
     uint64_t live;              /* items whose ACCEPT is here and not final */
+    uint64_t retained;          /* finals whose DONE is here and not forgotten */
 };
 
 struct journal_store {
@@ -170,6 +207,11 @@ struct journal_store {
     size_t new_count, new_cap, copy_count, copy_cap;
 
     struct journal_map entries;             /* live items */
+    /* Retained finals, keyed by journal_id_hash(id): WRITTEN (DONE at
+     * segment/offset), NEW (DONE waits in `other` at aux), COPYING. */
+    struct journal_map retained;
+    uint64_t *done_keys, *done_copy_keys;
+    size_t done_count, done_cap, done_copy_count, done_copy_cap;
     struct journal_segment *segments;       /* ascending; the current one last */
     size_t segment_count, segment_cap;
     int unsynced;               /* written since the last fdatasync */
@@ -181,7 +223,7 @@ struct journal_store {
     int flushed_other;
 
     /* for tests and the log */
-    uint64_t flushes, bytes_written, syncs, rolls, deleted, copied;
+    uint64_t flushes, bytes_written, syncs, rolls, deleted, copied, done_copied;
 };
 
 /* Create ROOT (if need be) and the instance ROOT/NAME, locked, with its
@@ -199,6 +241,14 @@ void journal_store_attempt(struct journal_store *s, uint64_t key, uint32_t attem
 /* The item is final: FINAL is buffered, its segment has one live item less. */
 void journal_store_final(struct journal_store *s, uint64_t key);
 void journal_store_seq(struct journal_store *s, uint64_t seq);
+/* The item D->key is final and retained: DONE is buffered (it ends the
+ * live item as FINAL does), and keeps its segment until the id is
+ * forgotten; a retained final of the same id is forgotten. */
+void journal_store_done(struct journal_store *s, const struct journal_done *d);
+/* The index forgot the final of ID (retention), or ID runs again: its DONE
+ * no longer keeps its segment. Nothing is written. */
+void journal_store_forget(struct journal_store *s, const char *id, size_t id_len);
+uint64_t journal_store_retained(const struct journal_store *s);
 /* Forget the ACCEPTs buffered and not written: their items are not accepted. */
 void journal_store_discard_accepts(struct journal_store *s);
 int journal_store_has_buffered(const struct journal_store *s);
@@ -243,6 +293,21 @@ struct journal_item {
     size_t raw_len;
 };
 
+/* A retained final read back (a DONE record); strings NUL-terminated,
+ * error NULL if none, result/raw ds_malloc'ed (or NULL when empty). */
+struct journal_final {
+    uint64_t key;
+    uint8_t state;
+    int quick;
+    uint32_t attempt, max_attempts, timeout_ms;
+    int32_t priority;
+    int64_t accepted_ns, started_ns, finished_ns;
+    uint64_t last_seq;
+    char *id, *kind, *batch, *error;
+    uint8_t *result, *raw;
+    size_t result_len, raw_len;
+};
+
 struct journal_recovery {
     char *dir;                  /* root/name */
     char *name;
@@ -250,6 +315,10 @@ struct journal_recovery {
     int lock_fd;                /* held while we recover it */
     struct journal_item *items; /* after journal_read: the live ones, by key */
     size_t count, cap;
+    /* after journal_read: the retained finals, by key, one per id, none of
+     * an id that is live */
+    struct journal_final *finals;
+    size_t final_count, final_cap;
     uint64_t max_key;
     uint64_t max_seq;
     uint64_t segments;
@@ -266,7 +335,8 @@ struct journal_recovery {
  * *out with free()), or -1 if ROOT cannot be read.
  */
 int journal_find_dead(const char *root, const char *self, struct journal_recovery **out);
-/* Read every segment of R->dir: R->items are the live items. A torn tail
+/* Read every segment of R->dir: R->items are the live items, R->finals
+ * the retained finals. A torn tail
  * of the newest segment is truncated, a bad record in an older one ends
  * that segment; both are logged. 0, or -1 if the directory cannot be read. */
 int journal_read(struct journal_recovery *r);

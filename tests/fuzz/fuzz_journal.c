@@ -114,7 +114,7 @@ fix_crcs(uint8_t *p, size_t size)
 
 struct model_item {
     uint64_t key;
-    int accepted, final;
+    int accepted, final, done;  /* done: its first end was a DONE */
     uint32_t attempt, max_attempts, timeout_ms;
     int quick;
     const char *id, *kind, *batch;   /* point into the segment buffers */
@@ -186,6 +186,10 @@ model_apply(struct model *m, const struct journal_record *rec)
     case JOURNAL_FINAL:
         it->final = 1;
         break;
+    case JOURNAL_DONE:
+        it->final = 1;
+        it->done = 1;
+        break;
     default:
         fail("decoded a record of an unknown type");
     }
@@ -208,6 +212,18 @@ check_record(const uint8_t *p, size_t avail, const struct journal_record *rec, s
             fail("ACCEPT fields not laid out within the record");
         if (a->key == 0 || rec->key != a->key || rec->attempt != a->attempt)
             fail("ACCEPT key/attempt inconsistent");
+    } else if (rec->type == JOURNAL_DONE) {
+        const struct journal_done *d = &rec->done;
+        const uint8_t *body = p + JOURNAL_HEADER_SIZE, *end = p + len;
+        if ((const uint8_t *)d->id != body + JOURNAL_DONE_FIXED ||
+            (const uint8_t *)d->kind != (const uint8_t *)d->id + d->id_len ||
+            (const uint8_t *)d->batch != (const uint8_t *)d->kind + d->kind_len ||
+            (const uint8_t *)d->error != (const uint8_t *)d->batch + d->batch_len ||
+            d->result != (const uint8_t *)d->error + d->error_len ||
+            d->raw != d->result + d->result_len || d->raw + d->raw_len != end)
+            fail("DONE fields not laid out within the record");
+        if (d->key == 0 || rec->key != d->key || d->id_len == 0)
+            fail("DONE key or id inconsistent");
     } else if (rec->type != JOURNAL_SEQ && rec->key == 0) {
         fail("record with key 0 accepted");
     }
@@ -218,6 +234,7 @@ check_record(const uint8_t *p, size_t avail, const struct journal_record *rec, s
     case JOURNAL_FINAL: journal_encode_final(&b, rec->key); break;
     case JOURNAL_ATTEMPT: journal_encode_attempt(&b, rec->key, rec->attempt); break;
     case JOURNAL_SEQ: journal_encode_seq(&b, rec->seq); break;
+    case JOURNAL_DONE: journal_encode_done(&b, &rec->done); break;
     default: fail("decoded a record of an unknown type");
     }
     struct journal_record again;
@@ -236,6 +253,11 @@ check_record(const uint8_t *p, size_t avail, const struct journal_record *rec, s
     if (rec->type == JOURNAL_ACCEPT)
         same = same && memcmp(mine, theirs, 20) == 0 && mine[20] == (theirs[20] & 1) &&
             memcmp(mine + 22, theirs + 22, body - 22) == 0;
+    else if (rec->type == JOURNAL_DONE)   /* flags above `quick`, and the 0 fields */
+        same = same && mine[8] == theirs[8] && mine[9] == (theirs[9] & 1) &&
+            memcmp(mine, theirs, 8) == 0 && memcmp(mine + 12, theirs + 12, 16) == 0 &&
+            memcmp(mine + 32, theirs + 32, 38) == 0 &&
+            memcmp(mine + 72, theirs + 72, body - 72) == 0;
     else
         same = same && memcmp(mine, theirs, body) == 0;
     if (!same)
@@ -334,6 +356,19 @@ check_read(const struct model *m, struct journal_recovery *r, int again)
     }
     if (again && r->truncated != 0)
         fail("a second read truncated again");
+    /* Retained finals: sorted, each of a key whose end was a DONE, none
+     * of an id twice (checked by the reader's own map: here, by key). */
+    for (size_t i = 0; i < r->final_count; i++) {
+        const struct journal_final *f = &r->finals[i];
+        if (i > 0 && r->finals[i - 1].key >= f->key)
+            fail("finals not sorted by key, or a key twice");
+        const struct model_item *mi = NULL;
+        for (size_t j = 0; j < m->count; j++)
+            if (m->items[j].key == f->key)
+                mi = &m->items[j];
+        if (mi == NULL || !mi->done || f->id == NULL || f->kind == NULL || f->batch == NULL)
+            fail("a retained final that the model does not have");
+    }
     for (size_t i = 0; i < r->count; i++) {
         const struct journal_item *it = &r->items[i];
         if (i > 0 && r->items[i - 1].key >= it->key)

@@ -863,6 +863,292 @@ test_find_dead_cleans_up(void **state)
     free(dead);
 }
 
+/* ---- retained finals (DONE records) ------------------------------------- */
+
+static struct journal_done
+make_done(uint64_t key, uint8_t state, char *id, const char *error, const void *result,
+          size_t result_len, const uint8_t *raw, size_t raw_len)
+{
+    snprintf(id, 32, "item-%llu", (unsigned long long)key);
+    struct journal_done d = {
+        .key = key, .state = state, .quick = 1, .attempt = 2, .max_attempts = 3,
+        .timeout_ms = 1500, .priority = -7,
+        .accepted_ns = 1700000000000000001ll, .started_ns = 1700000000000000002ll,
+        .finished_ns = 1700000000000000003ll + (int64_t)key, .last_seq = 99 + key,
+        .id = id, .id_len = strlen(id), .kind = "echo", .kind_len = 4,
+        .batch = "b1", .batch_len = 2,
+        .error = error, .error_len = error != NULL ? strlen(error) : 0,
+        .result = result, .result_len = result_len, .raw = raw, .raw_len = raw_len,
+    };
+    return d;
+}
+
+static void
+done_key(struct journal_store *s, uint64_t key, uint8_t state)
+{
+    char id[32];
+    static const uint8_t raw[40] = { 1, 2, 3 };
+    struct journal_done d = make_done(key, state, id, state == 4 ? NULL : "it broke",
+                                      state == 4 ? "result!" : NULL, state == 4 ? 7 : 0,
+                                      state == 4 ? NULL : raw, state == 4 ? 0 : sizeof raw);
+    journal_store_done(s, &d);
+}
+
+static void
+forget_key(struct journal_store *s, uint64_t key)
+{
+    char id[32];
+    snprintf(id, sizeof id, "item-%llu", (unsigned long long)key);
+    journal_store_forget(s, id, strlen(id));
+}
+
+static const struct journal_final *
+find_final(const struct journal_recovery *r, const char *id)
+{
+    for (size_t i = 0; i < r->final_count; i++)
+        if (strcmp(r->finals[i].id, id) == 0)
+            return &r->finals[i];
+    return NULL;
+}
+
+static void
+test_done_round_trip(void **state)
+{
+    (void)state;
+    struct journal_buf b = { 0 };
+    char id[32];
+    uint8_t raw[300];
+    for (size_t i = 0; i < sizeof raw; i++)
+        raw[i] = (uint8_t)i;
+    struct journal_done d = make_done(42, 5, id, "exit status 3", NULL, 0, raw, sizeof raw);
+    size_t off = journal_encode_done(&b, &d);
+    struct journal_done e = make_done(43, 4, id, NULL, "the result", 10, NULL, 0);
+    size_t off2 = journal_encode_done(&b, &e);
+    struct journal_record rec;
+    size_t size;
+    const char *why;
+    assert_int_equal(journal_decode(b.data + off, b.len - off, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(size, off2 - off);
+    assert_int_equal(rec.type, JOURNAL_DONE);
+    assert_int_equal(rec.key, 42);
+    const struct journal_done *g = &rec.done;
+    assert_int_equal(g->state, 5);
+    assert_int_equal(g->quick, 1);
+    assert_int_equal(g->attempt, 2);
+    assert_int_equal(g->max_attempts, 3);
+    assert_int_equal(g->timeout_ms, 1500);
+    assert_int_equal(g->priority, -7);
+    assert_true(g->accepted_ns == 1700000000000000001ll);
+    assert_true(g->started_ns == 1700000000000000002ll);
+    assert_true(g->finished_ns == 1700000000000000045ll);
+    assert_int_equal(g->last_seq, 141);
+    assert_int_equal(g->error_len, 13);
+    assert_memory_equal(g->error, "exit status 3", 13);
+    assert_int_equal(g->result_len, 0);
+    assert_int_equal(g->raw_len, sizeof raw);
+    assert_memory_equal(g->raw, raw, sizeof raw);
+    assert_int_equal(journal_decode(b.data + off2, b.len - off2, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(rec.done.result_len, 10);
+    assert_memory_equal(rec.done.result, "the result", 10);
+    assert_int_equal(rec.done.error_len, 0);
+
+    /* Torn anywhere: TORN; a flipped byte: CORRUPT; lengths that do not add
+     * up (CRC fixed): CORRUPT; an empty id: CORRUPT. */
+    size_t len = off2 - off;
+    for (size_t cut = 0; cut < len; cut += 7)
+        assert_int_equal(journal_decode(b.data + off, cut, &rec, &size, &why), JOURNAL_TORN);
+    uint8_t *copy = malloc(len);
+    for (size_t at = 0; at < len; at += 5) {
+        memcpy(copy, b.data + off, len);
+        copy[at] ^= 0x40;
+        assert_int_not_equal(journal_decode(copy, len, &rec, &size, &why), JOURNAL_OK);
+    }
+    const size_t fields[] = { 64, 72, 76, 80 };
+    for (size_t i = 0; i < 4; i++) {
+        memcpy(copy, b.data + off, len);
+        copy[JOURNAL_HEADER_SIZE + fields[i]] ^= 1;
+        uint32_t crc = journal_crc32c(0, copy + 4, len - 4);
+        memcpy(copy, &crc, 4);
+        assert_int_equal(journal_decode(copy, len, &rec, &size, &why), JOURNAL_CORRUPT);
+        assert_string_equal(why, "malformed DONE record");
+    }
+    /* A body shorter than the fixed part. */
+    struct journal_buf s8 = { 0 };
+    journal_encode_final(&s8, 5);
+    s8.data[8] = JOURNAL_DONE;
+    uint32_t crc = journal_crc32c(0, s8.data + 4, s8.len - 4);
+    memcpy(s8.data, &crc, 4);
+    assert_int_equal(journal_decode(s8.data, s8.len, &rec, &size, &why), JOURNAL_CORRUPT);
+    journal_buf_free(&s8);
+    free(copy);
+    journal_buf_free(&b);
+    assert_int_not_equal(journal_id_hash("", 0), 0);
+    assert_int_not_equal(journal_id_hash("a", 1), journal_id_hash("b", 1));
+}
+
+static void
+test_done_recovered(void **state)
+{
+    (void)state;
+    const char *name = "grpc-0000000000020-30";
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    for (uint64_t k = 1; k <= 6; k++)
+        accept_key(&s, k, 100);
+    assert_int_equal(journal_store_flush(&s), 0);
+    done_key(&s, 1, 4);
+    done_key(&s, 2, 5);
+    done_key(&s, 3, 6);
+    journal_store_final(&s, 4);         /* void: not retained */
+    done_key(&s, 5, 4);
+    assert_int_equal(journal_store_flush(&s), 0);
+    forget_key(&s, 5);                  /* forgotten: its DONE stays, harmless */
+    /* Item 1 retried under a new key (7) and live again. */
+    forget_key(&s, 1);
+    char id[32];
+    struct journal_accept a = make_accept(7, 1, id, 10);
+    a.id = "item-1";
+    a.id_len = 6;
+    journal_store_accept(&s, &a);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_live(&s), 2);        /* 6, 7 */
+    assert_int_equal(journal_store_retained(&s), 2);    /* 2, 3 */
+    journal_store_close(&s, 0);
+
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 2);
+    assert_non_null(find_item(&r, 6));
+    assert_non_null(find_item(&r, 7));
+    /* 1 is live again; 5's DONE is still on disk (the index forgets it
+     * again by its own retention) */
+    assert_int_equal(r.final_count, 3);
+    assert_null(find_final(&r, "item-1"));
+    const struct journal_final *f = find_final(&r, "item-2");
+    assert_non_null(f);
+    assert_int_equal(f->key, 2);
+    assert_int_equal(f->state, 5);
+    assert_string_equal(f->error, "it broke");
+    assert_string_equal(f->kind, "echo");
+    assert_string_equal(f->batch, "b1");
+    assert_int_equal(f->raw_len, 40);
+    assert_int_equal(f->raw[2], 3);
+    assert_null(f->result);
+    f = find_final(&r, "item-5");
+    assert_non_null(f);
+    assert_int_equal(f->result_len, 7);
+    assert_memory_equal(f->result, "result!", 7);
+    assert_null(f->error);
+    assert_int_equal(f->attempt, 2);
+    assert_int_equal(f->last_seq, 104);
+    assert_non_null(find_final(&r, "item-3"));
+    journal_recovery_free(&r);
+}
+
+static void
+test_done_keeps_segments_until_forgotten(void **state)
+{
+    (void)state;
+    const char *name = "grpc-0000000000021-31";
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 4096), 0);
+    /* 40 items, each done at once: their segments hold retained finals. */
+    uint64_t key = 0;
+    for (int round = 0; round < 40; round++) {
+        accept_key(&s, ++key, 300);
+        assert_int_equal(journal_store_flush(&s), 0);
+        done_key(&s, key, round % 3 == 0 ? 5 : 4);
+        assert_int_equal(journal_store_flush(&s), 0);
+    }
+    assert_int_equal(journal_store_live(&s), 0);
+    assert_int_equal(journal_store_retained(&s), 40);
+    /* Nothing was deleted that holds a retained final, and copies keep the
+     * count of segments bounded. */
+    assert_true(s.segment_count <= JOURNAL_COPY_AFTER + 1);
+    assert_true(s.done_copied > 0);
+    uint64_t retained = 0;
+    for (size_t i = 0; i < s.segment_count; i++)
+        retained += s.segments[i].retained;
+    assert_int_equal(retained, 40);
+    /* Forget them all: only the current segment stays, with nothing. */
+    for (uint64_t k = 1; k <= key; k++)
+        forget_key(&s, k);
+    forget_key(&s, 1000);               /* unknown: nothing */
+    assert_int_equal(journal_store_retained(&s), 0);
+    accept_key(&s, ++key, 10);          /* something to flush */
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(s.segment_count, 1);
+    assert_int_equal(count_segments(instance_dir(name)), 1);
+    journal_store_close(&s, 0);
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 1);
+    journal_recovery_free(&r);
+}
+
+static void
+test_done_copied_forward(void **state)
+{
+    (void)state;
+    const char *name = "grpc-0000000000022-32";
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_INTERVAL, 4096), 0);
+    /* Item 1 is final and retained throughout; many items come and go. */
+    accept_key(&s, 1, 10);
+    assert_int_equal(journal_store_flush(&s), 0);
+    done_key(&s, 1, 5);
+    uint64_t key = 1;
+    for (int round = 0; round < 300; round++) {
+        for (int i = 0; i < 4; i++)
+            accept_key(&s, ++key, 300);
+        assert_int_equal(journal_store_flush(&s), 0);
+        assert_int_equal(journal_store_sync(&s), 0);
+        for (uint64_t k = key - 3; k <= key; k++)
+            journal_store_final(&s, k);
+        assert_true(s.segment_count <= JOURNAL_COPY_AFTER + 1);
+    }
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_true(s.done_copied >= 2);
+    assert_true(s.segments[0].number > 1);
+    assert_int_equal(journal_store_retained(&s), 1);
+    journal_store_close(&s, 0);
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 0);
+    assert_int_equal(r.final_count, 1);
+    assert_string_equal(r.finals[0].id, "item-1");
+    assert_int_equal(r.finals[0].raw_len, 40);
+    assert_string_equal(r.finals[0].error, "it broke");
+    journal_recovery_free(&r);
+}
+
+static void
+test_done_torn_tail(void **state)
+{
+    (void)state;
+    const char *name = "grpc-0000000000023-33";
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    accept_key(&s, 1, 10);
+    accept_key(&s, 2, 10);
+    assert_int_equal(journal_store_flush(&s), 0);
+    done_key(&s, 1, 4);
+    assert_int_equal(journal_store_flush(&s), 0);
+    uint64_t whole = s.size;
+    done_key(&s, 2, 4);
+    assert_int_equal(journal_store_flush(&s), 0);
+    journal_store_close(&s, 0);
+    /* The second DONE torn in the middle: item 2 is live again. */
+    char path[512];
+    segment_file(name, 1, path, sizeof path);
+    assert_int_equal(truncate(path, (off_t)whole + 30), 0);
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.truncated, 30);
+    assert_int_equal(r.count, 1);
+    assert_int_equal(r.items[0].key, 2);
+    assert_int_equal(r.final_count, 1);
+    assert_string_equal(r.finals[0].id, "item-1");
+    journal_recovery_free(&r);
+    assert_int_equal(file_size(path), (off_t)whole);
+}
+
 int
 main(void)
 {
@@ -884,6 +1170,12 @@ main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find_dead_cleans_up, setup, teardown),
+        cmocka_unit_test(test_done_round_trip),
+        cmocka_unit_test_setup_teardown(test_done_recovered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_done_keeps_segments_until_forgotten, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_done_copied_forward, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_done_torn_tail, setup, teardown),
     };
     return cmocka_run_group_tests_name("journal", tests, NULL, NULL);
 }

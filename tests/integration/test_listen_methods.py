@@ -2,7 +2,9 @@
 ({address: ..., methods: [...]}); a method its listener does not serve is
 PERMISSION_DENIED, named in the status message and in the access log.
 Health and reflection are served on every listener."""
+import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -12,7 +14,9 @@ import grpc
 import pytest
 import yaml
 
-from conftest import BINARY, SUCCEEDED, Client, free_port, run_cli, wait_for
+import conftest
+from conftest import (BINARY, FINAL_STATES, SUCCEEDED, Client, descendants, free_port, run_cli,
+                      wait_for)
 
 CHECK = "/grpc.health.v1.Health/Check"
 SERVING = b"\x08\x01"
@@ -207,6 +211,54 @@ def test_reload_with_bad_methods_keeps_the_old(start_daemon):
     assert submit_error(c).code() == grpc.StatusCode.PERMISSION_DENIED
     assert d.client().submit([{"id": unique("still"), "kind": "echo",
                                "payload": b"x"}]).accepted == 1
+
+
+# ---- binary upgrade ---------------------------------------------------------
+
+@pytest.mark.deadline(90)
+def test_usr2_hands_over_to_a_listener_serving_do_something(start_daemon, monkeypatch,
+                                                           tmp_path):
+    """The first listener serves only getUpdates: the old instance's queue
+    goes to the new one through the listener that serves doSomething."""
+    binary = tmp_path / "dosomethingd"
+    shutil.copy(conftest.BINARY, binary)
+    monkeypatch.setattr(conftest, "BINARY", str(binary))
+    watch = f"127.0.0.1:{free_port()}"
+    d = start_daemon(None, start=False)
+    d.write_config({"workers": {"count": 1}, "shutdown_timeout": "1s",
+                    "grpc": {"listen": [{"address": watch, "methods": ["getUpdates"]},
+                                        d.address]}})
+    d.start()
+    old_master = d.master_pid
+    client = d.client()
+    # 20 x 500 ms on one worker: far more than shutdown_timeout.
+    ids = [unique("u") for _ in range(20)]
+    assert client.submit([{"id": i, "kind": "sleep", "params": {"ms": "500"}}
+                          for i in ids]).accepted == 20
+    new_master = None
+    try:
+        d.send_signal(signal.SIGUSR2)
+        wait_for(lambda: d.read_pid_file() not in (None, old_master), 10,
+                 "the new master's pid file")
+        new_master = d.read_pid_file()
+        d.known_pids.add(new_master)
+        assert d.wait_exit(timeout=20) == 0, "the old master did not drain and exit"
+        d.wait_log(r"handover: \d+ items handed over to the new instance")
+        assert "PERMISSION_DENIED" not in d.log_text(), d.log_tail()
+        watcher = Client(watch)
+        d.clients.append(watcher)
+        sub = watcher.subscribe(replay=True, after_seq=0, states=list(FINAL_STATES))
+        handed = re.search(r"handover: (\d+) items handed over", d.log_text()).group(1)
+        wait_for(lambda: len(set(ids) & set(sub.final)) >= int(handed), 40,
+                 f"{handed} handed-over items to end on the new instance")
+        assert all(u.state == SUCCEEDED for u in sub.final.values())
+    finally:
+        if new_master is not None:
+            for pid in [new_master] + descendants(new_master):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 # ---- config errors ----------------------------------------------------------

@@ -1581,6 +1581,99 @@ listen_address(struct loader *ld, const struct node *n, const char *path, int al
     return pool_strdup(ld->config->pool, s);
 }
 
+static const char *const method_names[DS_METHOD_COUNT] = {
+    "doSomething", "getUpdates", "getItems", "cancel", "retry",
+};
+
+const char *
+config_method_name(unsigned index)
+{
+    return index < DS_METHOD_COUNT ? method_names[index] : "?";
+}
+
+/* A listen entry's `methods: [name, ...]`: the mask, or 0 (reported). */
+static unsigned
+listen_methods(struct loader *ld, const struct node *value, const char *path)
+{
+    char sub[CONFIG_KEY_PATH_MAX], buf[48];
+    const struct node *item;
+    unsigned mask = 0, bit, i;
+    size_t k;
+    int ok = 1;
+
+    if (value->type != NODE_SEQUENCE) {
+        error_at(ld, value, path, "must be a list of method names (doSomething, getUpdates, "
+                 "getItems, cancel, retry), got %s", node_kind(value));
+        return 0;
+    }
+    if (value->count == 0) {
+        error_at(ld, value, path, "must name at least one method (leave methods out to "
+                 "serve them all)");
+        return 0;
+    }
+    for (item = value->first, k = 0; item != NULL; item = item->next, k++) {
+        format_key(sub, sizeof sub, "%s[%zu]", path, k);
+        const char *name = scalar(ld, item, sub);
+        if (name == NULL) {
+            ok = 0;
+            continue;
+        }
+        for (i = 0; i < DS_METHOD_COUNT; i++)
+            if (strcmp(name, method_names[i]) == 0)
+                break;
+        if (i == DS_METHOD_COUNT) {
+            error_at(ld, item, sub, "unknown method \"%s\" (doSomething, getUpdates, getItems, "
+                     "cancel, retry)", excerpt(name, buf, sizeof buf));
+            ok = 0;
+            continue;
+        }
+        bit = 1u << i;
+        if (mask & bit) {
+            error_at(ld, item, sub, "duplicate method %s", name);
+            ok = 0;
+            continue;
+        }
+        mask |= bit;
+    }
+    return ok ? mask : 0;
+}
+
+/* One grpc.listen entry: an address, or {address: ADDR, methods: [...]}.
+ * Returns the address (NULL: reported) and sets *methods. */
+static char *
+listen_entry(struct loader *ld, struct node *item, const char *path, unsigned *methods)
+{
+    char sub[CONFIG_KEY_PATH_MAX], buf[48];
+    struct node *key, *address = NULL;
+    char *addr = NULL;
+    int ok = 1;
+
+    *methods = DS_METHODS_ALL;
+    if (item->type != NODE_MAPPING)
+        return listen_address(ld, item, path, 1);
+    mark_duplicates(ld, item);
+    for (key = next_key(ld, item->first, path, sub, sizeof sub); key != NULL;
+         key = next_key(ld, key->next->next, path, sub, sizeof sub)) {
+        if (strcmp(key->value, "address") == 0) {
+            address = key->next;
+            addr = listen_address(ld, address, sub, 1);
+            ok &= addr != NULL;
+        } else if (strcmp(key->value, "methods") == 0) {
+            *methods = listen_methods(ld, key->next, sub);
+            ok &= *methods != 0;
+        } else {
+            error_at(ld, key, sub, "unknown key \"%s\" in a listen entry (address, methods)",
+                     excerpt(key->value, buf, sizeof buf));
+            ok = 0;
+        }
+    }
+    if (address == NULL) {
+        error_at(ld, item, path, "a listen entry written as a mapping needs an address");
+        ok = 0;
+    }
+    return ok ? addr : NULL;
+}
+
 static void
 parse_grpc_listen(struct loader *ld, struct node *value, const char *path, void *base)
 {
@@ -1589,6 +1682,7 @@ parse_grpc_listen(struct loader *ld, struct node *value, const char *path, void 
     size_t count, n = 0, i, j;
     struct node *item;
     char **list, *addr;
+    unsigned *methods;
     int ok = 1;
 
     if (value->type == NODE_MAPPING) {
@@ -1602,13 +1696,14 @@ parse_grpc_listen(struct loader *ld, struct node *value, const char *path, void 
         return;
     }
     list = pool_alloc(c->pool, (count + 1) * sizeof *list);
+    methods = pool_alloc(c->pool, (count + 1) * sizeof *methods);
     item = value->type == NODE_SEQUENCE ? value->first : value;
     for (i = 0; i < count; i++, item = item->next) {
         if (value->type == NODE_SEQUENCE)
             format_key(sub, sizeof sub, "%s[%zu]", path, i);
         else
             format_key(sub, sizeof sub, "%s", path);
-        addr = listen_address(ld, item, sub, 1);
+        addr = listen_entry(ld, item, sub, &methods[n]);
         if (addr == NULL) {
             ok = 0;
             continue;
@@ -1625,17 +1720,61 @@ parse_grpc_listen(struct loader *ld, struct node *value, const char *path, void 
     }
     if (ok) {
         c->grpc.listen = list;
+        c->grpc.listen_methods = methods;
         c->grpc.listen_count = n;
     }
 }
 
+/* Plain addresses when every entry serves every method (as before methods
+ * existed); else a block list in which the entries that serve fewer are
+ * {address, methods} mappings. */
 static void
 print_grpc_listen(struct printer *p, const struct key_rule *rule, const void *base)
 {
     const struct ds_config *c = base;
+    yaml_event_t event;
+    size_t i;
+    unsigned m;
+    int restricted = 0;
 
     emit_plain(p, rule->name);
-    emit_string_list(p, c->grpc.listen, c->grpc.listen_count);
+    for (i = 0; i < c->grpc.listen_count; i++)
+        restricted |= c->grpc.listen_methods[i] != DS_METHODS_ALL;
+    if (!restricted) {
+        emit_string_list(p, c->grpc.listen, c->grpc.listen_count);
+        return;
+    }
+    if (p->failed)
+        return;
+    yaml_sequence_start_event_initialize(&event, NULL, NULL, 1, YAML_BLOCK_SEQUENCE_STYLE);
+    emit(p, &event);
+    for (i = 0; i < c->grpc.listen_count; i++) {
+        if (c->grpc.listen_methods[i] == DS_METHODS_ALL) {
+            emit_string(p, c->grpc.listen[i]);
+            continue;
+        }
+        emit_mapping_start(p);
+        emit_plain(p, "address");
+        emit_string(p, c->grpc.listen[i]);
+        emit_plain(p, "methods");
+        if (!p->failed) {
+            yaml_sequence_start_event_initialize(&event, NULL, NULL, 1,
+                                                 YAML_FLOW_SEQUENCE_STYLE);
+            emit(p, &event);
+        }
+        for (m = 0; m < DS_METHOD_COUNT; m++)
+            if (c->grpc.listen_methods[i] & (1u << m))
+                emit_plain(p, method_names[m]);
+        if (!p->failed) {
+            yaml_sequence_end_event_initialize(&event);
+            emit(p, &event);
+        }
+        emit_mapping_end(p);
+    }
+    if (!p->failed) {
+        yaml_sequence_end_event_initialize(&event);
+        emit(p, &event);
+    }
 }
 
 static void
@@ -2501,6 +2640,8 @@ set_defaults(struct loader *ld)
 
     c->grpc.listen = pool_alloc(c->pool, 2 * sizeof(char *));
     c->grpc.listen[0] = pool_strdup(c->pool, "127.0.0.1:8080");
+    c->grpc.listen_methods = pool_alloc(c->pool, 2 * sizeof(unsigned));
+    c->grpc.listen_methods[0] = DS_METHODS_ALL;
     c->grpc.listen_count = 1;
     c->grpc.max_message_size = 4u << 20;
     c->grpc.tls = 0;

@@ -97,6 +97,17 @@ struct ds_handler_config {
     uint32_t module_flags;
 };
 
+/* The service's methods a grpc.listen entry may serve (grpc.listen_methods);
+ * bit i is config_method_name(i). Health and reflection are not among them:
+ * every listener serves those. */
+#define DS_METHOD_DO_SOMETHING  (1u << 0)
+#define DS_METHOD_GET_UPDATES   (1u << 1)
+#define DS_METHOD_GET_ITEMS     (1u << 2)
+#define DS_METHOD_CANCEL        (1u << 3)
+#define DS_METHOD_RETRY         (1u << 4)
+#define DS_METHOD_COUNT         5
+#define DS_METHODS_ALL          ((1u << DS_METHOD_COUNT) - 1)
+
 struct ds_config {
     struct ds_pool *pool;         /* owns everything below */
 
@@ -128,6 +139,7 @@ struct ds_config {
 
     struct {
         char **listen;            /* "host:port", "[v6]:port", "unix:/abs/path" */
+        unsigned *listen_methods; /* per listen entry: the DS_METHOD_* it serves */
         size_t listen_count;
         uint64_t max_message_size;
         int tls;                  /* 0: off */
@@ -237,6 +249,10 @@ int config_parse_duration_ms(const char *text, uint64_t *ms);
 int config_parse_size(const char *text, uint64_t *bytes);
 
 const char *log_level_name(enum ds_log_level level);
+
+/* The proto's rpc name of DS_METHOD_* bit INDEX (0..DS_METHOD_COUNT-1):
+ * "doSomething", "getUpdates", ... */
+const char *config_method_name(unsigned index);
 
 /*
  * grpc.unix_owner "user" or "user:group" -> uid and gid ((gid_t)-1, for

@@ -78,14 +78,18 @@ static struct {
 
 static void next_call(void);
 
-/* The new instance's address: our first listener, a wildcard made loopback. */
+/* The new instance's address: our first listener that serves doSomething,
+ * a wildcard made loopback. */
 static int
 target_of(char *out, size_t size)
 {
     const struct ds_config *c = gp.config;
-    if (c->grpc.tls || c->grpc.listen_count == 0)
+    size_t i = 0;
+    while (i < c->grpc.listen_count && !(c->grpc.listen_methods[i] & DS_METHOD_DO_SOMETHING))
+        i++;
+    if (c->grpc.tls || i == c->grpc.listen_count)
         return -1;
-    const char *listen = c->grpc.listen[0];
+    const char *listen = c->grpc.listen[i];
     if (strncmp(listen, "0.0.0.0:", 8) == 0)
         snprintf(out, size, "127.0.0.1:%s", listen + 8);
     else if (strncmp(listen, "[::]:", 5) == 0)

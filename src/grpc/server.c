@@ -6,7 +6,17 @@
  * UNIMPLEMENTED at once (without a posted generic request, such a call
  * would hang until its deadline).
  *
- * Usually one server runs. When a reload changes grpc.listen or
+ * Who may call what: a grpc.listen entry may serve fewer methods than all
+ * (its `methods`). gRPC 1.51 tells a server call its peer, never the local
+ * address it came in on, so the listeners serving every method share one
+ * grpc_server and each listener serving fewer gets its own: a call's
+ * grpc_server names its listener. Every method is registered on every
+ * grpc_server (so the call is taken, answered and logged like any other);
+ * one its listener does not serve is answered PERMISSION_DENIED. Health
+ * and reflection are served everywhere (they are not in `methods`): a
+ * probe must work on whichever listener it is pointed at.
+ *
+ * Usually one generation of servers runs. When a reload changes grpc.listen or
  * grpc.max_message_size, a new server is bound first (SO_REUSEPORT lets it
  * share a port with the old one), then the old one stops taking calls
  * (GOAWAY) and its calls get shutdown_timeout to end before they are
@@ -40,6 +50,7 @@
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/config.h"
 #include "core/descriptors.h"
 #include "core/log.h"
 #include "core/utf8.h"
@@ -64,41 +75,58 @@ struct method {
     const char *path;
     grpc_server_register_method_payload_handling payload;
     void (*start)(grpc_call *call, grpc_byte_buffer *payload);
+    unsigned bit;               /* its DS_METHOD_*; 0: served on every listener */
 };
 
 static const struct method methods[] = {
     { "/com.agrounds.dosomething.v1.DoSomethingService/doSomething", GRPC_SRM_PAYLOAD_NONE,
-      submit_call_start },
+      submit_call_start, DS_METHOD_DO_SOMETHING },
     { "/com.agrounds.dosomething.v1.DoSomethingService/getUpdates",
-      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, subscribe_call_start },
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, subscribe_call_start, DS_METHOD_GET_UPDATES },
     { "/com.agrounds.dosomething.v1.DoSomethingService/getItems",
-      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, get_items_call_start },
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, get_items_call_start, DS_METHOD_GET_ITEMS },
     { "/com.agrounds.dosomething.v1.DoSomethingService/retry",
-      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, retry_call_start },
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, retry_call_start, DS_METHOD_RETRY },
     { "/com.agrounds.dosomething.v1.DoSomethingService/cancel",
-      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, cancel_call_start },
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, cancel_call_start, DS_METHOD_CANCEL },
     { "/grpc.health.v1.Health/Check", GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
-      health_check_start },
+      health_check_start, 0 },
     { "/grpc.health.v1.Health/Watch", GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
-      health_watch_start },
+      health_watch_start, 0 },
     { "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", GRPC_SRM_PAYLOAD_NONE,
-      reflection_call_start },
+      reflection_call_start, 0 },
     { "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", GRPC_SRM_PAYLOAD_NONE,
-      reflection_call_start },
+      reflection_call_start, 0 },
 };
 
 #define METHOD_COUNT (sizeof methods / sizeof methods[0])
 #define METHOD_OTHER (-1)
 
-struct server {
-    struct server *next;
+struct server;
+
+/* One grpc_server of a generation: the listeners serving every method, or
+ * one listener serving fewer. Owned by its struct server. */
+struct endpoint {
+    struct server *owner;
     grpc_server *server;
     void *handles[METHOD_COUNT];
+    unsigned methods;           /* the DS_METHOD_* its listeners serve */
+    char listen[512];           /* its addresses, for PERMISSION_DENIED */
+    int shut_down;
+    struct tag shutdown_tag;
+};
+
+/* A generation of servers: one per grpc.listen's method sets (above), all
+ * started, stopped and retired together. */
+struct server {
+    struct server *next;
+    struct endpoint *endpoints; /* ds_calloc'd; freed by server_free() */
+    size_t endpoint_count;
+    size_t endpoints_shut_down;
     char listen[512];           /* for the log */
     uint32_t requests_posted;
     int shutting_down;
-    int shut_down;
-    struct tag shutdown_tag;
+    int shut_down;              /* every endpoint is */
     struct event *cancel_timer;
 };
 
@@ -106,6 +134,7 @@ struct server {
 struct request {
     struct tag tag;
     struct server *server;
+    struct endpoint *endpoint;
     int method;                 /* index into methods, or METHOD_OTHER */
     grpc_call *call;
     gpr_timespec deadline;
@@ -116,6 +145,13 @@ struct request {
 
 /* A call answered UNIMPLEMENTED (not in the access log). */
 struct unimplemented_call {
+    struct call base;
+    grpc_slice details;
+};
+
+/* A call its listener does not serve, answered PERMISSION_DENIED (in the
+ * access log under the method's name). */
+struct denied_call {
     struct call base;
     grpc_slice details;
 };
@@ -150,7 +186,7 @@ static struct {
     int reserved;
 } lw;
 
-static void post_request(struct server *s, int method);
+static void post_request(struct endpoint *e, int method);
 static void reserve_take(void);
 static void on_accept_failed(evutil_socket_t fd, short what, void *arg);
 static void on_listener_retry(evutil_socket_t fd, short what, void *arg);
@@ -191,10 +227,52 @@ answer_unimplemented(grpc_call *call, const grpc_call_details *details)
 }
 
 static void
+denied_destroy(struct call *call)
+{
+    struct denied_call *d = CALL_OF(call, struct denied_call, base);
+    grpc_slice_unref(d->details);
+    free(d);
+}
+
+/* One kind per DS_METHOD_*, for the access log's method name. */
+static struct call_kind denied_kinds[DS_METHOD_COUNT];
+
+static void
+answer_denied(grpc_call *call, const struct endpoint *e, int method)
+{
+    unsigned index = (unsigned)__builtin_ctz(methods[method].bit);
+    if (denied_kinds[index].destroy == NULL) {
+        denied_kinds[index].method = config_method_name(index);
+        denied_kinds[index].destroy = denied_destroy;
+    }
+    struct denied_call *d = ds_calloc(1, sizeof *d);
+    call_init(&d->base, call, &denied_kinds[index]);
+    char served[128] = "", text[800];
+    size_t used = 0;
+    for (unsigned i = 0; i < DS_METHOD_COUNT; i++)
+        if (e->methods & (1u << i))
+            used += (size_t)snprintf(served + used, used < sizeof served ? sizeof served - used : 0,
+                                     "%s%s", used ? ", " : "", config_method_name(i));
+    snprintf(text, sizeof text, "method %s is not served on listener %s (it serves %s)",
+             config_method_name(index), e->listen, served);
+    d->details = grpc_slice_from_copied_string(text);
+    d->base.status = GRPC_STATUS_PERMISSION_DENIED;
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[1].data.send_status_from_server.status = GRPC_STATUS_PERMISSION_DENIED;
+    ops[1].data.send_status_from_server.status_details = &d->details;
+    call_batch(&d->base, ops, 2, NULL);
+}
+
+static void
 server_free(struct server *s)
 {
-    if (s->server != NULL)
-        grpc_server_destroy(s->server);
+    for (size_t i = 0; i < s->endpoint_count; i++)
+        if (s->endpoints[i].server != NULL)
+            grpc_server_destroy(s->endpoints[i].server);
+    free(s->endpoints);
     if (s->cancel_timer != NULL)
         event_free(s->cancel_timer);
     free(s);
@@ -222,6 +300,7 @@ on_request(struct tag *tag, int ok)
 {
     struct request *r = (struct request *)tag;
     struct server *s = r->server;
+    struct endpoint *e = r->endpoint;
     s->requests_posted--;
     if (ok) {
         if (r->method == 0)
@@ -230,11 +309,14 @@ on_request(struct tag *tag, int ok)
             metrics.calls_updates++;
         else
             metrics.calls_other++;
-        if (r->method == METHOD_OTHER)
+        if (r->method == METHOD_OTHER) {
             answer_unimplemented(r->call, &r->details);
-        else
+        } else if (methods[r->method].bit != 0 && !(e->methods & methods[r->method].bit)) {
+            answer_denied(r->call, e, r->method);   /* the payload is freed below */
+        } else {
             methods[r->method].start(r->call, r->payload);
-        r->payload = NULL;      /* the call's now */
+            r->payload = NULL;      /* the call's now */
+        }
     }
     if (r->payload != NULL)
         grpc_byte_buffer_destroy(r->payload);
@@ -245,26 +327,28 @@ on_request(struct tag *tag, int ok)
     free(r);
     /* ok == 0: the server is shutting down; post no more. */
     if (ok && !s->shutting_down)
-        post_request(s, method);
+        post_request(e, method);
     reap_retired();
 }
 
 static void
-post_request(struct server *s, int method)
+post_request(struct endpoint *e, int method)
 {
+    struct server *s = e->owner;
     struct request *r = ds_calloc(1, sizeof *r);
     r->tag.done = on_request;
     r->server = s;
+    r->endpoint = e;
     r->method = method;
     grpc_metadata_array_init(&r->metadata);
     grpc_call_error err;
     if (method == METHOD_OTHER) {
         grpc_call_details_init(&r->details);
-        err = grpc_server_request_call(s->server, &r->call, &r->details, &r->metadata, gp.cq,
+        err = grpc_server_request_call(e->server, &r->call, &r->details, &r->metadata, gp.cq,
                                        gp.cq, &r->tag);
     } else {
         int with_payload = methods[method].payload == GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER;
-        err = grpc_server_request_registered_call(s->server, s->handles[method], &r->call,
+        err = grpc_server_request_registered_call(e->server, e->handles[method], &r->call,
                                                   &r->deadline, &r->metadata,
                                                   with_payload ? &r->payload : NULL, gp.cq,
                                                   gp.cq, &r->tag);
@@ -524,19 +608,37 @@ server_create(int fatal_errors)
         return NULL;
 
     struct server *s = ds_calloc(1, sizeof *s);
-    s->server = grpc_server_create(&channel_args, NULL);
-    for (size_t i = 0; i < METHOD_COUNT; i++)
-        s->handles[i] = grpc_server_register_method(s->server, methods[i].path, NULL,
-                                                    methods[i].payload, 0);
-    grpc_server_register_completion_queue(s->server, gp.cq, NULL);
+    s->endpoints = ds_calloc(config->grpc.listen_count, sizeof *s->endpoints);
+    /* Each listen entry's endpoint: the one shared by those serving every
+     * method, or its own. */
+    size_t endpoint_of[config->grpc.listen_count];
+    for (size_t i = 0; i < config->grpc.listen_count; i++) {
+        unsigned served = config->grpc.listen_methods[i];
+        size_t k = 0;
+        if (served == DS_METHODS_ALL)
+            while (k < s->endpoint_count && s->endpoints[k].methods != DS_METHODS_ALL)
+                k++;
+        else
+            k = s->endpoint_count;
+        endpoint_of[i] = k;
+        if (k < s->endpoint_count)
+            continue;
+        struct endpoint *e = &s->endpoints[s->endpoint_count++];
+        e->owner = s;
+        e->methods = served;
+        e->server = grpc_server_create(&channel_args, NULL);
+        for (size_t m = 0; m < METHOD_COUNT; m++)
+            e->handles[m] = grpc_server_register_method(e->server, methods[m].path, NULL,
+                                                        methods[m].payload, 0);
+        grpc_server_register_completion_queue(e->server, gp.cq, NULL);
+    }
 
     grpc_server_credentials *creds = server_credentials(config);
     if (creds == NULL) {
         const char msg[] = "cannot set up TLS (see the lines above)";
         if (fatal_errors)
             master_send_now(IPC_FATAL, msg, sizeof msg - 1);
-        grpc_server_destroy(s->server);
-        free(s);
+        server_free(s);
         return NULL;
     }
     int failed = 0;
@@ -547,11 +649,14 @@ server_create(int fatal_errors)
     mode_t old_umask = narrow ? umask((mode_t)(~(unsigned)config->grpc.unix_mode & 0777)) : 0;
     for (size_t i = 0; i < config->grpc.listen_count; i++) {
         const char *addr = config->grpc.listen[i];
+        struct endpoint *e = &s->endpoints[endpoint_of[i]];
         used += (size_t)snprintf(s->listen + used, used < sizeof s->listen ? sizeof s->listen - used : 0,
                                  "%s%s", i ? ", " : "", addr);
         if (used >= sizeof s->listen)
             used = sizeof s->listen - 1;
-        if (grpc_server_add_http2_port(s->server, addr, creds) == 0) {
+        size_t elen = strlen(e->listen);
+        snprintf(e->listen + elen, sizeof e->listen - elen, "%s%s", elen ? ", " : "", addr);
+        if (grpc_server_add_http2_port(e->server, addr, creds) == 0) {
             char msg[512];
             int n = snprintf(msg, sizeof msg, "cannot listen on %s (in use, or not an address "
                              "of this machine?)", addr);
@@ -574,11 +679,14 @@ server_create(int fatal_errors)
         server_stop(s, 1);
         return NULL;
     }
-    grpc_server_start(s->server);
-    for (int i = 0; i < REQUESTS_PER_METHOD; i++) {
-        for (size_t m = 0; m < METHOD_COUNT; m++)
-            post_request(s, (int)m);
-        post_request(s, METHOD_OTHER);
+    for (size_t k = 0; k < s->endpoint_count; k++) {
+        struct endpoint *e = &s->endpoints[k];
+        grpc_server_start(e->server);
+        for (int i = 0; i < REQUESTS_PER_METHOD; i++) {
+            for (size_t m = 0; m < METHOD_COUNT; m++)
+                post_request(e, (int)m);
+            post_request(e, METHOD_OTHER);
+        }
     }
     log_info("listening on %s", s->listen);
     return s;
@@ -598,7 +706,11 @@ server_start(void)
 static void
 on_shutdown(struct tag *tag, int ok)
 {
-    struct server *s = (struct server *)((char *)tag - offsetof(struct server, shutdown_tag));
+    struct endpoint *e = CALL_OF(tag, struct endpoint, shutdown_tag);
+    struct server *s = e->owner;
+    e->shut_down = 1;
+    if (++s->endpoints_shut_down < s->endpoint_count)
+        return;
     s->shut_down = 1;
     if (s->cancel_timer != NULL)
         evtimer_del(s->cancel_timer);
@@ -611,11 +723,15 @@ server_stop(struct server *s, int cancel_calls)
 {
     if (!s->shutting_down) {
         s->shutting_down = 1;
-        s->shutdown_tag.done = on_shutdown;
-        grpc_server_shutdown_and_notify(s->server, gp.cq, &s->shutdown_tag);
+        for (size_t i = 0; i < s->endpoint_count; i++) {
+            struct endpoint *e = &s->endpoints[i];
+            e->shutdown_tag.done = on_shutdown;
+            grpc_server_shutdown_and_notify(e->server, gp.cq, &e->shutdown_tag);
+        }
     }
     if (cancel_calls)
-        grpc_server_cancel_all_calls(s->server);
+        for (size_t i = 0; i < s->endpoint_count; i++)
+            grpc_server_cancel_all_calls(s->endpoints[i].server);
 }
 
 static void
@@ -623,7 +739,8 @@ on_cancel_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct server *s = arg;
     log_notice("calls on %s outlived shutdown_timeout; cancelling them", s->listen);
-    grpc_server_cancel_all_calls(s->server);
+    for (size_t i = 0; i < s->endpoint_count; i++)
+        grpc_server_cancel_all_calls(s->endpoints[i].server);
 }
 
 /*
@@ -729,7 +846,8 @@ same_string(const char *a, const char *b)
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-/* After a reload: rebind if a listener setting changed (addresses, message
+/* After a reload: rebind if a listener setting changed (addresses, the
+ * methods each serves, message
  * size limit, streams, connection age, keepalive, the TLS file paths, the
  * unix sockets' mode or owner): a rebind ends the open calls after
  * shutdown_timeout, so an unchanged config rebinds nothing. On failure the
@@ -755,7 +873,8 @@ server_reconfigure(const struct ds_config *old)
                   (config->grpc.unix_owner != NULL &&
                    strcmp(config->grpc.unix_owner, old->grpc.unix_owner) != 0);
     for (size_t i = 0; !changed && i < config->grpc.listen_count; i++)
-        changed = strcmp(config->grpc.listen[i], old->grpc.listen[i]) != 0;
+        changed = strcmp(config->grpc.listen[i], old->grpc.listen[i]) != 0 ||
+                  config->grpc.listen_methods[i] != old->grpc.listen_methods[i];
     if (!changed || srv.current == NULL || gp.draining || gp.stopping)
         return;
 

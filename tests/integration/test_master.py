@@ -286,7 +286,8 @@ def every_key_config(directory, module):
         "log": {"level": "debug", "file": "logs/d\"s \t\u00e9\u2028.log", "access": "a.log"},
         "workers": {"count": 3, "prefetch": 8, "max_items": 1000, "cpu_affinity": "auto",
                     "nice": -5, "rlimit_nofile": 4096, "core_dumps": "on"},
-        "grpc": {"listen": ["127.0.0.1:9000", "[::1]:9001", "unix:ds.sock"],
+        "grpc": {"listen": ["127.0.0.1:9000", "[::1]:9001", "unix:ds.sock",
+                            {"address": "unix:admin.sock", "methods": ["getUpdates", "cancel"]}],
                  "max_message_size": "1536KiB",
                  "tls": {"cert": "c.pem", "key": "k.pem", "client_ca": "ca.pem",
                          "scope_ids": True},
@@ -341,7 +342,9 @@ def test_print_config_round_trip_every_key(tmp_path):
             f"{name}: printed {sorted(leaf_keys(printed) ^ leaf_keys(config))} differently"
         assert printed["workers"]["nice"] == -5 and printed["grpc"]["unix_mode"] == "0640" \
             and printed["handlers"]["run"]["env"] == {"A": "1\n2", "B": ""} \
-            and printed["log"]["file"] == f"{directory}/logs/d\"s \t\u00e9\u2028.log", printed
+            and printed["log"]["file"] == f"{directory}/logs/d\"s \t\u00e9\u2028.log" \
+            and printed["grpc"]["listen"][3] == {"address": f"unix:{directory}/admin.sock",
+                                                 "methods": ["getUpdates", "cancel"]}, printed
 
 
 def test_version_and_help():

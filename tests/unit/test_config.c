@@ -181,8 +181,10 @@ assert_config_equal(const struct ds_config *a, const struct ds_config *b)
     assert_int_equal(a->workers.rlimit_nofile, b->workers.rlimit_nofile);
     assert_int_equal(a->workers.core_dumps, b->workers.core_dumps);
     assert_int_equal(a->grpc.listen_count, b->grpc.listen_count);
-    for (i = 0; i < a->grpc.listen_count; i++)
+    for (i = 0; i < a->grpc.listen_count; i++) {
         assert_string_equal(a->grpc.listen[i], b->grpc.listen[i]);
+        assert_int_equal(a->grpc.listen_methods[i], b->grpc.listen_methods[i]);
+    }
     assert_int_equal(a->grpc.max_message_size, b->grpc.max_message_size);
     assert_int_equal(a->grpc.tls, b->grpc.tls);
     assert_string_or_null_equal(a->grpc.tls_cert, b->grpc.tls_cert);
@@ -415,6 +417,42 @@ test_load_text(void **state)
     assert_int_equal(c->path[0], '/');
     assert_non_null(strstr(c->path, "/conf/other.yaml"));
     config_free(c);
+}
+
+static void
+test_listen_methods(void **state)
+{
+    const char *text = "grpc:\n  listen:\n    - \"127.0.0.1:1\"\n"
+                       "    - {address: \"127.0.0.1:2\", methods: [retry, getUpdates]}\n"
+                       "    - {address: \"127.0.0.1:3\"}\n";
+    struct ds_config *c = config_load_text("/x/ds.yaml", text, strlen(text), errors,
+                                           sizeof errors);
+
+    assert_non_null(c);
+    assert_int_equal(c->grpc.listen_count, 3);
+    assert_string_equal(c->grpc.listen[1], "127.0.0.1:2");
+    assert_int_equal(c->grpc.listen_methods[0], DS_METHODS_ALL);
+    assert_int_equal(c->grpc.listen_methods[1], DS_METHOD_RETRY | DS_METHOD_GET_UPDATES);
+    assert_int_equal(c->grpc.listen_methods[2], DS_METHODS_ALL);
+    config_free(c);
+    assert_string_equal(config_method_name(0), "doSomething");
+    assert_string_equal(config_method_name(DS_METHOD_COUNT - 1), "retry");
+
+    expect_error_containing("grpc:\n  listen: [{address: \"127.0.0.1:2\", methods: [nope]}]\n",
+                            "grpc.listen[0].methods[0]: unknown method \"nope\"");
+    expect_error_containing("grpc:\n  listen: [{address: \"127.0.0.1:2\", methods: []}]\n",
+                            "grpc.listen[0].methods: must name at least one method");
+    expect_error_containing("grpc:\n  listen: [{address: \"127.0.0.1:2\", "
+                            "methods: [cancel, cancel]}]\n",
+                            "grpc.listen[0].methods[1]: duplicate method cancel");
+    expect_error_containing("grpc:\n  listen: [\"127.0.0.1:1\", {methods: [cancel]}]\n",
+                            "grpc.listen[1]: a listen entry written as a mapping needs an address");
+    expect_error_containing("grpc:\n  listen: [{address: \"127.0.0.1:2\", x: 1}]\n",
+                            "grpc.listen[0].x: unknown key \"x\"");
+    expect_error_containing("grpc:\n  listen: [{address: \"127.0.0.1:2\", address: "
+                            "\"127.0.0.1:3\"}]\n", "grpc.listen[0].address: duplicate key");
+    expect_error_containing("grpc:\n  listen: [\"127.0.0.1:2\", {address: \"127.0.0.1:2\", "
+                            "methods: [cancel]}]\n", "grpc.listen[1]: duplicate address");
 }
 
 static void
@@ -1592,6 +1630,7 @@ main(void)
         cmocka_unit_test(test_defaults_empty_sections),
         cmocka_unit_test(test_repo_config_loads),
         cmocka_unit_test(test_load_text),
+        cmocka_unit_test(test_listen_methods),
         cmocka_unit_test(test_free_null_and_handler_lookup),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_directory_is_not_a_file),

@@ -50,6 +50,8 @@ static const char submit[] =
 "  accepted N\n"
 "  rejected M\n"
 "    INDEX ID: REASON       each rejection the reply lists\n"
+"  duplicates K           items whose id the daemon already knew: not run\n"
+"                         again, so resending after an error is safe\n"
 "\n"
 "Input, one item per line:\n"
 "  plain (default)  the line without its newline is the payload\n"

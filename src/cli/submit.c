@@ -489,6 +489,8 @@ print_reply(const wire_submit_reply *r)
     if (r->rejected > r->n_rejections)
         printf("  (%llu more rejections not listed)\n",
                (unsigned long long)(r->rejected - r->n_rejections));
+    /* Ids the daemon already knew: not run again (a resend is safe). */
+    printf("duplicates %llu\n", (unsigned long long)r->duplicates);
 }
 
 /* Print what happened; returns the exit status. */

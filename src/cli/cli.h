@@ -48,10 +48,15 @@ typedef Com__Agrounds__Dosomething__V1__State wire_state_value;
 #define wire_update_unpack          com__agrounds__dosomething__v1__update__unpack
 #define wire_update_free            com__agrounds__dosomething__v1__update__free_unpacked
 
-/* Commands (submit.c, watch.c, health.c): argv[0] is the command's name. */
+/* Commands (submit.c, watch.c, health.c, items.c, cancel.c): argv[0] is
+ * the command's name. */
 int submit_main(int argc, char **argv, struct cli_options *options);
 int watch_main(int argc, char **argv, struct cli_options *options);
 int health_main(int argc, char **argv, struct cli_options *options);
+int get_main(int argc, char **argv, struct cli_options *options);
+int list_main(int argc, char **argv, struct cli_options *options);
+int cancel_main(int argc, char **argv, struct cli_options *options);
+int retry_main(int argc, char **argv, struct cli_options *options);
 
 /*
  * main.c: the global options, shared by every command's getopt_long table.
@@ -102,5 +107,9 @@ int parse_duration_ms(const char *text, int64_t *ms);
 int parse_u64(const char *text, uint64_t *value);
 /* A whole file, NUL-terminated; NULL after an error message. */
 char *read_text_file(const char *path, size_t max);
+/* "SUCCEEDED", ...; a state this client does not know as its number. */
+void cli_state_name(int state, char *out, size_t size);
+/* QUEUED ... CANCELLED, any case. Returns 0, or -1 if NAME is none. */
+int cli_parse_state(const char *name, wire_state_value *out);
 
 #endif

@@ -16,6 +16,10 @@ static const char overview[] =
 "  submit   stream work items into the daemon; print what it accepted\n"
 "  watch    print the daemon's updates as JSON lines\n"
 "  health   ask the daemon whether it serves (grpc.health.v1)\n"
+"  get      what became of items, by id (--wait: once they are final)\n"
+"  list     the items the daemon knows, newest first, by state, batch, kind\n"
+"  cancel   cancel items by id or batch\n"
+"  retry    run FAILED or CANCELLED items again, by id or batch\n"
 "  help     help COMMAND: the help of a command\n"
 "\n"
 "Global options (before or after the command):\n"
@@ -46,6 +50,8 @@ static const char submit[] =
 "  accepted N\n"
 "  rejected M\n"
 "    INDEX ID: REASON       each rejection the reply lists\n"
+"  duplicates K           items whose id the daemon already knew: not run\n"
+"                         again, so resending after an error is safe\n"
 "\n"
 "Input, one item per line:\n"
 "  plain (default)  the line without its newline is the payload\n"
@@ -71,7 +77,11 @@ static const char submit[] =
 "                         succeeded N\n"
 "                         failed M\n"
 "                           ID: ERROR\n"
-"                       and exit 1 if any failed\n"
+"                       and exit 1 if any failed (or was cancelled)\n"
+"  --results            with --wait: print each item's final update as a JSON\n"
+"                       line when it arrives, as get --json prints an item:\n"
+"                         {\"id\":\"a1\",\"state\":\"SUCCEEDED\",\"attempt\":1,\n"
+"                          \"error\":\"\",\"result_b64\":\"...\"}\n"
 "  --timeout DURATION   the deadline of the submission (default 30s; 0: none);\n"
 "                       with --wait, also of the wait (default: none)\n"
 "\n"
@@ -135,11 +145,95 @@ static const char health[] =
 "Exit status: 0 SERVING; 1 any other answer; 3 the call failed (UNAVAILABLE:\n"
 "nothing answers at --target).\n";
 
+static const char get[] =
+"usage: dosomething get [OPTIONS] ID...\n"
+"\n"
+"Ask the daemon (getItems) what became of these items and print them, a\n"
+"table for people:\n"
+"\n"
+"  ID                        STATE       ATTEMPT  KIND              BATCH             ERROR\n"
+"\n"
+"or, with --json, one JSON line per item:\n"
+"\n"
+"  {\"id\":\"a1\",\"kind\":\"sha256\",\"batch\":\"b1\",\"state\":\"SUCCEEDED\",\n"
+"   \"attempt\":1,\"max_attempts\":3,\"priority\":0,\"worker_pid\":0,\"progress\":1,\n"
+"   \"accepted_unix_nano\":...,\"started_unix_nano\":...,\"finished_unix_nano\":...,\n"
+"   \"last_seq\":42,\"cpu_usec\":0,\"max_rss_kib\":0,\"error\":\"\",\"result_b64\":\"...\"}\n"
+"\n"
+"An id the daemon does not know (never accepted, or forgotten after\n"
+"items.retention) is reported on stderr.\n"
+"\n"
+"Options:\n"
+"  --wait               answer once every known item is final\n"
+"  --results            the table shows results (--json always has them)\n"
+"  --json               JSON lines\n"
+"  --timeout DURATION   the deadline (default 30s; with --wait: none)\n"
+"\n"
+"Exit status: 0 every item found; 1 some not found; 3 the call failed\n"
+"(DEADLINE_EXCEEDED: --wait reached --timeout).\n";
+
+static const char list[] =
+"usage: dosomething list [OPTIONS]\n"
+"\n"
+"Print the items the daemon knows (getItems), newest accepted first, page by\n"
+"page, as get prints them (a table, or --json lines). Filters; each is\n"
+"repeatable, and every kind of filter given must match:\n"
+"  --state S            in this state now: QUEUED, STARTED, PROGRESS,\n"
+"                       SUCCEEDED, FAILED, RETRYING or CANCELLED\n"
+"                       (--state FAILED: the dead-letter list)\n"
+"  --batch B            of this batch\n"
+"  --kind K             of this kind\n"
+"\n"
+"Options:\n"
+"  --limit N            items per call (default 100, at most 1000)\n"
+"  --results            the table shows results (--json always has them)\n"
+"  --json               JSON lines\n"
+"  --timeout DURATION   the deadline of each page's call (default 30s)\n"
+"\n"
+"Exit status: 0 listed; 3 a call failed.\n";
+
+static const char cancel[] =
+"usage: dosomething cancel [OPTIONS] ID... | --batch B...\n"
+"\n"
+"Cancel items: queued ones at once, running ones once their handler stopped.\n"
+"Each gets one final CANCELLED update. Prints\n"
+"\n"
+"  cancelled N\n"
+"  already_final M\n"
+"  not_found K\n"
+"\n"
+"and each id not found on stderr.\n"
+"\n"
+"Options:\n"
+"  --batch B            every item of this batch that is not final (repeatable)\n"
+"  --reason R           the CANCELLED update's error\n"
+"  --timeout DURATION   the deadline (default 30s)\n"
+"\n"
+"Exit status: 0 done; 1 some ids not found; 3 the call failed.\n";
+
+static const char retry[] =
+"usage: dosomething retry [OPTIONS] ID... | --batch B...\n"
+"\n"
+"Run FAILED or CANCELLED items again from attempt 1, with their kind's\n"
+"handler as configured now (the dead-letter retry). Prints\n"
+"\n"
+"  requeued N\n"
+"  not_retryable M\n"
+"  not_found K\n"
+"\n"
+"Options:\n"
+"  --batch B            every FAILED or CANCELLED item of this batch (repeatable)\n"
+"  --timeout DURATION   the deadline (default 30s)\n"
+"\n"
+"Exit status: 0 every item requeued; 1 some not retryable or not found; 3 the\n"
+"call failed.\n";
+
 int
 help_print(const char *command, FILE *out)
 {
     static const struct { const char *name; const char *text; } topics[] = {
-        { "submit", submit }, { "watch", watch }, { "health", health },
+        { "submit", submit }, { "watch", watch }, { "health", health }, { "get", get },
+        { "list", list }, { "cancel", cancel }, { "retry", retry },
     };
 
     if (command == NULL) {
@@ -152,6 +246,7 @@ help_print(const char *command, FILE *out)
             return 0;
         }
     }
-    cli_error("no help for \"%s\": there are submit, watch and health", command);
+    cli_error("no help for \"%s\": there are submit, watch, health, get, list, cancel "
+              "and retry", command);
     return -1;
 }

@@ -18,6 +18,10 @@ static const struct {
     { "submit", submit_main },
     { "watch", watch_main },
     { "health", health_main },
+    { "get", get_main },
+    { "list", list_main },
+    { "cancel", cancel_main },
+    { "retry", retry_main },
 };
 
 void

@@ -44,6 +44,7 @@ enum {
     OPT_ID_PREFIX,
     OPT_JSON,
     OPT_WAIT,
+    OPT_RESULTS,
 };
 
 /* Items read and not sent yet, in order. */
@@ -59,6 +60,7 @@ struct submit {
     const struct cli_options *global;
     int json;
     int wait;
+    int results;                    /* --results: print each final update */
     char prefix[300];               /* of generated ids: PREFIX-N */
     const char *batch_option;       /* --batch */
     struct item_param params[PARAMS_MAX];
@@ -418,6 +420,7 @@ wait_start(struct submit *s)
     if (rc == -1)
         return -1;
     s->waiting = 1;
+    s->waiter.results = s->results;
 
     int64_t deadline = timeout == 0 ? -1 : s->start_ms + (timeout < 0 ? CLI_DEFAULT_TIMEOUT : timeout);
     struct subscription *sub = &s->waiter.sub;
@@ -486,6 +489,8 @@ print_reply(const wire_submit_reply *r)
     if (r->rejected > r->n_rejections)
         printf("  (%llu more rejections not listed)\n",
                (unsigned long long)(r->rejected - r->n_rejections));
+    /* Ids the daemon already knew: not run again (a resend is safe). */
+    printf("duplicates %llu\n", (unsigned long long)r->duplicates);
 }
 
 /* Print what happened; returns the exit status. */
@@ -571,6 +576,7 @@ parse_options(struct submit *s, int argc, char **argv, struct cli_options *globa
         { "id-prefix", required_argument, NULL, OPT_ID_PREFIX },
         { "json", no_argument, NULL, OPT_JSON },
         { "wait", no_argument, NULL, OPT_WAIT },
+        { "results", no_argument, NULL, OPT_RESULTS },
         CLI_GLOBAL_LONG_OPTIONS
     };
     int opt;
@@ -592,6 +598,7 @@ parse_options(struct submit *s, int argc, char **argv, struct cli_options *globa
             break;
         case OPT_JSON: s->json = 1; break;
         case OPT_WAIT: s->wait = 1; break;
+        case OPT_RESULTS: s->results = 1; break;
         case 'h':
             help_print("submit", stdout);
             exit(CLI_EXIT_OK);
@@ -603,6 +610,8 @@ parse_options(struct submit *s, int argc, char **argv, struct cli_options *globa
             break;
         }
     }
+    if (s->results && !s->wait)
+        return cli_usage_error("submit", "--results prints what --wait waits for: give --wait");
     return cli_options_check(global);
 }
 

@@ -1,10 +1,13 @@
 /*
- * Small things the commands share: the clock, numbers, durations, files.
+ * Small things the commands share: the clock, numbers, durations, files,
+ * the names of states.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -107,4 +110,30 @@ read_text_file(const char *path, size_t max)
     close(fd);
     text[len] = '\0';
     return text;
+}
+
+static const char *const state_names[] = {
+    "STATE_UNSPECIFIED", "QUEUED", "STARTED", "PROGRESS", "SUCCEEDED", "FAILED", "RETRYING",
+    "CANCELLED",
+};
+
+void
+cli_state_name(int state, char *out, size_t size)
+{
+    if (state >= 0 && (size_t)state < sizeof state_names / sizeof state_names[0])
+        snprintf(out, size, "%s", state_names[state]);
+    else
+        snprintf(out, size, "%d", state);
+}
+
+int
+cli_parse_state(const char *name, wire_state_value *out)
+{
+    for (unsigned i = STATE_QUEUED; i < sizeof state_names / sizeof state_names[0]; i++) {
+        if (strcasecmp(name, state_names[i]) == 0) {
+            *out = (wire_state_value)i;
+            return 0;
+        }
+    }
+    return -1;
 }

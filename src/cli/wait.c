@@ -6,13 +6,30 @@
  */
 #include "cli/wait.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/json.h"
 #include "core/alloc.h"
 
 /* Failures printed one by one; past this many only the count. */
 #define FAILURES_KEPT 10000
+
+/* --results: the final update of one item, as a JSON line. */
+static void
+print_result(const wire_update *u)
+{
+    char state[32];
+    cli_state_name((int)u->state, state, sizeof state);
+    fputs("{\"id\":", stdout);
+    json_write_string(stdout, u->item_id, strlen(u->item_id));
+    printf(",\"state\":\"%s\",\"attempt\":%u,\"error\":", state, (unsigned)u->attempt);
+    json_write_string(stdout, u->error, strlen(u->error));
+    char *b64 = base64_encode(u->result.data, u->result.len);
+    printf(",\"result_b64\":\"%s\"}\n", b64);
+    free(b64);
+}
 
 static void
 on_update(void *arg, const wire_update *u)
@@ -21,14 +38,19 @@ on_update(void *arg, const wire_update *u)
 
     switch ((int)u->state) {
     case STATE_SUCCEEDED:
-        if (idset_take(&w->ids, u->item_id))
-            w->succeeded++;
+        if (!idset_take(&w->ids, u->item_id))
+            break;
+        w->succeeded++;
+        if (w->results)
+            print_result(u);
         break;
     case STATE_FAILED:
     case STATE_CANCELLED:
         if (!idset_take(&w->ids, u->item_id))
             break;
         w->failed++;
+        if (w->results)
+            print_result(u);
         if (w->failure_count < FAILURES_KEPT) {
             if (w->failures == NULL)
                 w->failures = ds_calloc(FAILURES_KEPT, sizeof *w->failures);

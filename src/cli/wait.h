@@ -26,10 +26,12 @@ struct waiter {
     uint64_t failed;
     struct failure *failures;       /* the first FAILURES_KEPT */
     size_t failure_count;
+    int results;                    /* print each final update (submit --results) */
 };
 
 /*
- * Subscribe to the final updates (SUCCEEDED, FAILED) of the items in batch,
+ * Subscribe to the final updates (SUCCEEDED, FAILED, CANCELLED) of the
+ * items in batch,
  * or of ids[0..id_count) when batch is NULL. Returns 0 or -1.
  */
 int waiter_start(struct waiter *w, struct rpc *r, const char *batch, char **ids,

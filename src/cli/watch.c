@@ -26,12 +26,6 @@ enum {
     OPT_COUNT,
 };
 
-static const char *const state_names[] = {
-    "STATE_UNSPECIFIED", "QUEUED", "STARTED", "PROGRESS", "SUCCEEDED", "FAILED", "RETRYING",
-    "CANCELLED",
-};
-#define STATE_COUNT (sizeof state_names / sizeof state_names[0])
-
 struct watch {
     struct subscription sub;
     uint64_t count;                 /* 0: no limit */
@@ -50,10 +44,7 @@ static void
 print_update(const wire_update *u)
 {
     char state[32];
-    if ((unsigned)u->state < STATE_COUNT)
-        snprintf(state, sizeof state, "%s", state_names[u->state]);
-    else
-        snprintf(state, sizeof state, "%d", (int)u->state);
+    cli_state_name((int)u->state, state, sizeof state);
 
     printf("{\"seq\":%llu", (unsigned long long)u->seq);
     print_field("item_id", u->item_id);
@@ -92,18 +83,6 @@ on_update(void *arg, const wire_update *u)
 }
 
 static int
-parse_state(const char *name, wire_state_value *out)
-{
-    for (unsigned i = STATE_QUEUED; i < STATE_COUNT; i++) {
-        if (strcasecmp(name, state_names[i]) == 0) {
-            *out = (wire_state_value)i;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-static int
 add_filter(char **list, size_t *count, const char *what, char *value)
 {
     if (*count == FILTER_MAX)
@@ -116,7 +95,7 @@ struct filters {
     char *items[FILTER_MAX];
     char *kinds[FILTER_MAX];
     char *batches[FILTER_MAX];
-    wire_state_value states[STATE_COUNT];
+    wire_state_value states[STATE_MAX + 1];
 };
 
 static int
@@ -152,7 +131,7 @@ parse_options(int argc, char **argv, struct cli_options *global, struct filters 
             break;
         case OPT_STATE: {
             wire_state_value state;
-            if (parse_state(optarg, &state) == -1)
+            if (cli_parse_state(optarg, &state) == -1)
                 return cli_usage_error("watch", "--state takes QUEUED, STARTED, PROGRESS, "
                                        "SUCCEEDED, FAILED, RETRYING or CANCELLED, not \"%s\"", optarg);
             size_t i = 0;

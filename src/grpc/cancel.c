@@ -7,9 +7,9 @@
  * batches. A waiting item ends CANCELLED at once; a running one once its
  * worker has stopped it (store.h says how), and it counts as cancelled now.
  *
- * items index: an id this process does not hold is not_found for now.
- * Once the known-items index lands, an id it knows as final counts in
- * already_final instead.
+ * An id this process does not hold but knows as final (the index of known
+ * items, store_known_final()) counts in already_final; any other is
+ * not_found.
  *
  * In cluster mode the items are the backend's (store_items_remote()):
  * the call asks store_act(), which cancels an item wherever it is (queued
@@ -20,6 +20,7 @@
  */
 #include "grpc/cancel.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@
 #include "grpc/call.h"
 #include "grpc/grpc_process.h"
 #include "grpc/item.h"
+#include "grpc/items.h"
 #include "grpc/scope.h"
 #include "grpc/store.h"
 
@@ -244,6 +246,31 @@ match(const struct item *item, void *arg)
     return 0;
 }
 
+/* A known final item of a named batch (in scope) that is not also named by
+ * id (counted there): already final. */
+static int
+final_in_batches(const struct known_item *k, void *arg)
+{
+    const struct cancel_match *m = arg;
+    if (!items_is_final(k->state) || strncmp(k->id, m->scope, m->scope_len) != 0)
+        return 0;
+    const char *b = known_batch(k);
+    if (b[0] == '\0' ||
+        bsearch(&b, m->batches, m->batch_count, sizeof *m->batches, compare_string) == NULL)
+        return 0;
+    struct wanted key = { .id = (char *)k->id };
+    return m->id_count == 0 ||
+           bsearch(&key, m->ids, m->id_count, sizeof *m->ids, compare_wanted) == NULL;
+}
+
+static int
+count_one(const struct known_item *k, void *arg)
+{
+    (void)k;
+    (*(uint64_t *)arg)++;
+    return 0;
+}
+
 static void
 answer(struct cancel_call *c, const cancel_request *req, const char *scope)
 {
@@ -266,17 +293,32 @@ answer(struct cancel_call *c, const cancel_request *req, const char *scope)
         m.batches[i] = req->batches[i];
     qsort(m.batches, m.batch_count, sizeof *m.batches, compare_string);
 
+    /* The batches' items already final: counted before store_cancel() makes
+     * the waiting ones final. */
+    uint64_t batch_finals = 0;
+    if (m.batch_count > 0) {
+        int more;
+        items_list(0, final_in_batches, &m, SIZE_MAX, count_one, &batch_finals, &more);
+    }
     const char *reason = req->reason[0] != '\0' ? req->reason : NULL;
     c->cancelled = store_cancel(match, &m, reason);
 
-    /* items index: ids not held here are not_found until the index says
-     * which of them are final (already_final). In the order sent. */
+    /* Ids not held here: already_final if known final (an id sent twice
+     * counts once), else not_found (in the order sent, as sent). */
     cancel_reply reply = COM__AGROUNDS__DOSOMETHING__V1__CANCEL_REPLY__INIT;
     reply.cancelled = c->cancelled;
+    reply.already_final = batch_finals;
     reply.not_found = ds_calloc(m.id_count + 1, sizeof *reply.not_found);
     uint8_t *found = ds_calloc(m.id_count + 1, 1);
-    for (size_t j = 0; j < m.id_count; j++)
-        found[m.ids[j].index] = (uint8_t)m.ids[j].found;
+    for (size_t j = 0; j < m.id_count; j++) {
+        if (m.ids[j].found) {
+            found[m.ids[j].index] = 1;
+        } else if (store_known_final(m.ids[j].id)) {
+            found[m.ids[j].index] = 2;
+            if (j == 0 || strcmp(m.ids[j].id, m.ids[j - 1].id) != 0)
+                reply.already_final++;
+        }
+    }
     for (size_t i = 0; i < req->n_item_ids; i++)
         if (!found[i])
             reply.not_found[reply.n_not_found++] = req->item_ids[i];

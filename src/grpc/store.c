@@ -82,6 +82,13 @@ store_known(const char *id)
     return indexed() && items_find(id) != NULL;
 }
 
+int
+store_known_final(const char *id)
+{
+    const struct known_item *k = indexed() ? items_find(id) : NULL;
+    return k != NULL && items_is_final(k->state);
+}
+
 void
 store_count_duplicate(void)
 {

@@ -225,6 +225,8 @@ void store_metrics(struct evbuffer *b);
  * and retained)? Not in cluster mode: there store_accept() says
  * STORE_DUPLICATE. */
 int store_known(const char *id);
+/* Is ID known and final (SUCCEEDED, FAILED, CANCELLED)? As store_known(). */
+int store_known_final(const char *id);
 /* A resent known id was not queued again (metrics). */
 void store_count_duplicate(void);
 /* An item was queued again by a retry that a backend carried out (metrics). */

@@ -62,10 +62,11 @@ PROBE_PREFIX = "probe-"         # ids of the items subscribe(sync=True) submits
 if pb is not None:
     QUEUED, STARTED, PROGRESS = pb.QUEUED, pb.STARTED, pb.PROGRESS
     SUCCEEDED, FAILED, RETRYING = pb.SUCCEEDED, pb.FAILED, pb.RETRYING
-    FINAL_STATES = (pb.SUCCEEDED, pb.FAILED)
+    CANCELLED = pb.CANCELLED
+    FINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 else:  # the tests are skipped; the names only have to exist
-    QUEUED, STARTED, PROGRESS, SUCCEEDED, FAILED, RETRYING = range(1, 7)
-    FINAL_STATES = (SUCCEEDED, FAILED)
+    QUEUED, STARTED, PROGRESS, SUCCEEDED, FAILED, RETRYING, CANCELLED = range(1, 8)
+    FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 
 
 def state_name(state):

@@ -121,9 +121,10 @@ def test_cancel_queued_prefetched_and_running(start_daemon, tmp_path, mode):
         assert_one_final(sub, item_id, CANCELLED)
     assert "B1" not in [u.item_id for u in sub.updates if u.state == pb.STARTED]
     assert d.worker_pids() == worker, "a built-in sleep is stopped without killing its worker"
-    # A second cancel of a final item: held no more (already_final once the items index lands).
-    reply = cancel(d, ids=["A"])
-    assert reply.cancelled == 0 and list(reply.not_found) == ["A"], reply
+    # A second cancel of a final item: already final (the index of known items),
+    # counted once however often it is named.
+    reply = cancel(d, ids=["A", "A", "B2"])
+    assert (reply.cancelled, reply.already_final, list(reply.not_found)) == (0, 2, []), reply
     # /metrics counts them per kind.
     conn = http.client.HTTPConnection(*status.rsplit(":", 1), timeout=5)
     conn.request("GET", "/metrics")
@@ -155,6 +156,10 @@ def test_cancel_by_batch(start_daemon, tmp_path, mode):
         assert_one_final(sub, f"y{i}", SUCCEEDED)
         assert_one_final(sub, f"x{i}", CANCELLED)
     assert_one_final(sub, "run", CANCELLED)
+    # Cancelling them again: all final (the index of known items), each counted
+    # once even when also named by id.
+    reply = cancel(d, ids=["x0", "y0"], batches=["X", "Y"])
+    assert (reply.cancelled, reply.already_final, list(reply.not_found)) == (0, 10, []), reply
 
 
 def pid_file_value(path):

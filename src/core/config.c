@@ -1818,6 +1818,51 @@ print_journal_sync(struct printer *p, const struct key_rule *rule, const void *b
         emit_plain(p, format_duration(c->queue.journal_sync_interval_ms, buf, sizeof buf));
 }
 
+/* queue.retry_backoff: off, or {min: DURATION, max: DURATION}. */
+static const struct key_rule retry_backoff_rules[] = {
+    { .name = "min", .type = VALUE_DURATION, CONFIG_FIELD(queue.retry_backoff_min_ms),
+      .min = 1, .max = MS_HOUR },
+    { .name = "max", .type = VALUE_DURATION, CONFIG_FIELD(queue.retry_backoff_max_ms),
+      .min = 1, .max = 24 * MS_HOUR },
+    { .name = NULL }
+};
+
+static void
+parse_retry_backoff(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_config *c = base;
+    char buf[48], buf2[48];
+
+    if (is_off(value)) {
+        c->queue.retry_backoff_min_ms = c->queue.retry_backoff_max_ms = 0;
+        return;
+    }
+    if (value->type != NODE_MAPPING) {
+        error_at(ld, value, path, "must be off or a mapping {min: DURATION, max: DURATION}, "
+                 "got %s", is_null(value) ? "nothing" : node_kind(value));
+        return;
+    }
+    c->queue.retry_backoff_min_ms = CONFIG_RETRY_BACKOFF_MIN_MS;
+    c->queue.retry_backoff_max_ms = CONFIG_RETRY_BACKOFF_MAX_MS;
+    walk_mapping(ld, value, path, retry_backoff_rules, base);
+    if (c->queue.retry_backoff_min_ms > c->queue.retry_backoff_max_ms)
+        error_at(ld, value, path, "min (%s) is more than max (%s)",
+                 format_duration(c->queue.retry_backoff_min_ms, buf, sizeof buf),
+                 format_duration(c->queue.retry_backoff_max_ms, buf2, sizeof buf2));
+}
+
+static void
+print_retry_backoff(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_config *c = base;
+
+    emit_plain(p, rule->name);
+    if (c->queue.retry_backoff_min_ms != 0)
+        print_mapping(p, retry_backoff_rules, base);
+    else
+        emit_plain(p, "off");
+}
+
 /* grpc.unix_mode: off, or permission bits in octal ("0660"). */
 static void
 parse_unix_mode(struct loader *ld, struct node *value, const char *path, void *base)
@@ -2550,6 +2595,8 @@ static const struct key_rule queue_rules[] = {
     { .name = "journal", .type = VALUE_OFF_PATH, CONFIG_FIELD(queue.journal) },
     { .name = "journal_sync", .type = VALUE_CUSTOM, .parse = parse_journal_sync,
       .print = print_journal_sync },
+    { .name = "retry_backoff", .type = VALUE_CUSTOM, .parse = parse_retry_backoff,
+      .print = print_retry_backoff },
     { .name = NULL }
 };
 
@@ -2662,6 +2709,8 @@ set_defaults(struct loader *ld)
     c->queue.journal = NULL;
     c->queue.journal_sync = DS_JOURNAL_SYNC_INTERVAL;
     c->queue.journal_sync_interval_ms = 50;
+    c->queue.retry_backoff_min_ms = 0;
+    c->queue.retry_backoff_max_ms = 0;
 
     c->updates.history = 65536;
     c->updates.subscriber_buffer = 1000000;

@@ -26,6 +26,10 @@
 #define DS_ITEM_BATCH_MAX       256     /* bytes of WorkItem.batch */
 #define DS_PARAM_KEY_MAX        128     /* bytes of each params key */
 #define DS_PARAM_VALUE_MAX      4096    /* bytes of each params value */
+/* queue.retry_backoff: {} means these */
+#define CONFIG_RETRY_BACKOFF_MIN_MS  1000
+#define CONFIG_RETRY_BACKOFF_MAX_MS  (5 * 60 * 1000)
+#define DS_DELAY_MAX_MS         (30u * 24 * 3600 * 1000)  /* WorkItem.delay_ms: 30 days */
 
 /* No Update is larger than a stock gRPC client accepts: grpc's default max
  * receive message size. An Update is its result plus at most
@@ -168,6 +172,9 @@ struct ds_config {
         char *journal;            /* NULL: off; else an absolute directory */
         enum ds_journal_sync journal_sync;
         uint64_t journal_sync_interval_ms;
+        /* queue.retry_backoff {min, max}; min 0: off (a retry runs at once) */
+        uint64_t retry_backoff_min_ms;
+        uint64_t retry_backoff_max_ms;
     } queue;
 
     struct {

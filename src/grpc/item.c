@@ -12,6 +12,44 @@
 
 static uint64_t next_key;
 
+/* WorkItem field 8 (priority) read from RAW without decoding the rest. */
+static int32_t
+priority_of(const uint8_t *raw, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint64_t tag = 0, v = 0;
+        for (int shift = 0; i < len; shift += 7) {
+            uint8_t b = raw[i++];
+            if (shift < 64)
+                tag |= (uint64_t)(b & 0x7f) << shift;
+            if (!(b & 0x80))
+                break;
+        }
+        unsigned type = tag & 7;
+        if (type == 0 || type == 2) {
+            for (int shift = 0; i < len; shift += 7) {
+                uint8_t b = raw[i++];
+                if (shift < 64)
+                    v |= (uint64_t)(b & 0x7f) << shift;
+                if (!(b & 0x80))
+                    break;
+            }
+            if (type == 0 && tag >> 3 == 8)
+                return (int32_t)v;
+            if (type == 2)
+                i += v < len - i ? v : len - i;
+        } else if (type == 1) {
+            i += 8;
+        } else if (type == 5) {
+            i += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 0;
+}
+
 struct item *
 item_make(const uint8_t *raw, size_t raw_len, const char *id, const char *batch,
           const char *kind, uint32_t max_attempts, uint32_t timeout_ms, int quick)
@@ -35,6 +73,7 @@ item_make(const uint8_t *raw, size_t raw_len, const char *id, const char *batch,
     item->timeout_ms = timeout_ms;
     item->accepted_ns = clock_monotonic_ns();
     item->weight = quick ? ITEM_WEIGHT_QUICK : ITEM_WEIGHT_FULL;
+    item->priority = priority_of(item->raw, item->raw_len);
     return item;
 }
 

@@ -341,44 +341,6 @@ schedule_expiry(void)
 
 /* ---- feeding ------------------------------------------------------------------- */
 
-/* WorkItem field 8 (priority) read from RAW without decoding the rest. */
-static int32_t
-priority_of(const uint8_t *raw, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        uint64_t tag = 0, v = 0;
-        for (int shift = 0; i < len; shift += 7) {
-            uint8_t b = raw[i++];
-            if (shift < 64)
-                tag |= (uint64_t)(b & 0x7f) << shift;
-            if (!(b & 0x80))
-                break;
-        }
-        unsigned type = tag & 7;
-        if (type == 0 || type == 2) {
-            for (int shift = 0; i < len; shift += 7) {
-                uint8_t b = raw[i++];
-                if (shift < 64)
-                    v |= (uint64_t)(b & 0x7f) << shift;
-                if (!(b & 0x80))
-                    break;
-            }
-            if (type == 0 && tag >> 3 == 8)
-                return (int32_t)v;
-            if (type == 2)
-                i += v < len - i ? v : len - i;
-        } else if (type == 1) {
-            i += 8;
-        } else if (type == 5) {
-            i += 4;
-        } else {
-            return 0;
-        }
-    }
-    return 0;
-}
-
 static struct known_item *
 make_known(const char *id, const char *batch, const char *kind)
 {
@@ -473,7 +435,7 @@ items_accepting(const struct item *item)
     k->started_ns = k->finished_ns = 0;
     k->worker_pid = 0;
     k->progress = 0;
-    k->priority = priority_of(item->raw, item->raw_len);
+    k->priority = item->priority;
     k->attempt = (uint16_t)item->attempt;
     k->max_attempts = (uint16_t)item->max_attempts;
     end_change(k, STATE_QUEUED, was_final);
@@ -496,7 +458,7 @@ items_updated(const struct item *item, const struct outcome *o, uint64_t seq)
     struct known_item *k = (struct known_item *)items_find(item->id);
     if (k == NULL) {
         k = make_known(item->id, item->batch, item->kind);
-        k->priority = priority_of(item->raw, item->raw_len);
+        k->priority = item->priority;
     }
     int was_final = begin_change(k);
     k->last_seq = seq;

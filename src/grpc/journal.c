@@ -120,6 +120,7 @@ accept_of(const struct item *item)
         .max_attempts = item->max_attempts,
         .timeout_ms = item->timeout_ms,
         .quick = item->weight == ITEM_WEIGHT_QUICK,
+        .due_ns = item->due_ns,
         .id = item->id,
         .id_len = strlen(item->id),
         .kind = item->kind,
@@ -432,7 +433,9 @@ journal_attempt(const struct item *item)
 {
     if (!jr.open)
         return;
-    journal_store_attempt(&jr.store, item->key, item->attempt);
+    /* A due time only while it is ahead: an overdue one means nothing. */
+    uint64_t due = item->due_ns > (uint64_t)clock_wall_ns() ? item->due_ns : 0;
+    journal_store_attempt_due(&jr.store, item->key, item->attempt, due);
     schedule_flush();
 }
 
@@ -482,6 +485,7 @@ take_over(struct journal_recovery *r)
     struct item **run = ds_calloc(r->count + 1, sizeof *run);
     struct item **failed = ds_calloc(r->count + 1, sizeof *failed);
     size_t run_count = 0, failed_count = 0, dropped = 0;
+    uint64_t now_ns = (uint64_t)clock_wall_ns();
 
     for (size_t i = 0; i < r->count; i++) {
         struct journal_item *ji = &r->items[i];
@@ -509,6 +513,14 @@ take_over(struct journal_recovery *r)
                                                              : ji->quick);
         wire_work_item_free(msg, NULL);
         item->attempt = ji->attempt ? ji->attempt : 1;
+        item->due_ns = ji->due_ns;
+        /* Not due yet: its attempt cannot have started, none is spent. */
+        if (handler != NULL && item->due_ns > now_ns) {
+            struct journal_accept a = accept_of(item);
+            journal_store_accept(&jr.store, &a);
+            run[run_count++] = item;
+            continue;
+        }
         if (handler == NULL || !store_may_retry(item, item->attempt)) {
             failed[failed_count++] = item;
             continue;
@@ -571,6 +583,12 @@ take_over(struct journal_recovery *r)
     }
     for (size_t i = 0; i < run_count; i++) {
         struct item *item = run[i];
+        if (item->due_ns > now_ns) {
+            struct outcome o = { .state = STATE_QUEUED };
+            store_publish_local(item, &o);
+            store_take(item);
+            continue;
+        }
         struct outcome o = { .state = STATE_RETRYING, .error = reason };
         item->attempt--;
         store_publish_local(item, &o);

@@ -191,12 +191,12 @@ journal_encode_accept(struct journal_buf *b, const struct journal_accept *a)
     size_t batch_len = cut16(a->batch_len);
     uint8_t *p;
     size_t off = record_begin(b, JOURNAL_ACCEPT, JOURNAL_ACCEPT_FIXED + id_len + kind_len +
-                              batch_len + a->raw_len, &p);
+                              batch_len + a->raw_len + (a->due_ns ? 8 : 0), &p);
     put64(p, a->key);
     put32(p + 8, a->attempt);
     put32(p + 12, a->max_attempts);
     put32(p + 16, a->timeout_ms);
-    p[20] = a->quick ? 1 : 0;
+    p[20] = (a->quick ? 1 : 0) | (a->due_ns ? 2 : 0);
     p[21] = 0;
     put16(p + 22, (uint16_t)id_len);
     put16(p + 24, (uint16_t)kind_len);
@@ -214,6 +214,9 @@ journal_encode_accept(struct journal_buf *b, const struct journal_accept *a)
     p += batch_len;
     if (a->raw_len > 0)
         memcpy(p, a->raw, a->raw_len);
+    p += a->raw_len;
+    if (a->due_ns)
+        put64(p, a->due_ns);
     record_end(b, off);
     return off;
 }
@@ -229,14 +232,25 @@ journal_encode_final(struct journal_buf *b, uint64_t key)
 }
 
 size_t
-journal_encode_attempt(struct journal_buf *b, uint64_t key, uint32_t attempt)
+journal_encode_attempt_due(struct journal_buf *b, uint64_t key, uint32_t attempt,
+                           uint64_t due_ns)
 {
     uint8_t *p;
-    size_t off = record_begin(b, JOURNAL_ATTEMPT, 12, &p);
+    size_t off = record_begin(b, JOURNAL_ATTEMPT, due_ns ? 24 : 12, &p);
     put64(p, key);
     put32(p + 8, attempt);
+    if (due_ns) {
+        put32(p + 12, 0);
+        put64(p + 16, due_ns);
+    }
     record_end(b, off);
     return off;
+}
+
+size_t
+journal_encode_attempt(struct journal_buf *b, uint64_t key, uint32_t attempt)
+{
+    return journal_encode_attempt_due(b, key, attempt, 0);
 }
 
 size_t
@@ -376,12 +390,13 @@ journal_decode(const uint8_t *p, size_t avail, struct journal_record *rec, size_
         a->max_attempts = get32(body + 12);
         a->timeout_ms = get32(body + 16);
         a->quick = body[20] & 1;
+        size_t due_len = (body[20] & 2) ? 8 : 0;
         a->id_len = get16(body + 22);
         a->kind_len = get16(body + 24);
         a->batch_len = get16(body + 26);
         a->raw_len = get32(body + 28);
         if ((uint64_t)JOURNAL_ACCEPT_FIXED + a->id_len + a->kind_len + a->batch_len +
-            a->raw_len != len || a->key == 0) {
+            a->raw_len + due_len != len || a->key == 0) {
             *why = "malformed ACCEPT record";
             return JOURNAL_CORRUPT;
         }
@@ -389,6 +404,8 @@ journal_decode(const uint8_t *p, size_t avail, struct journal_record *rec, size_
         a->kind = a->id + a->id_len;
         a->batch = a->kind + a->kind_len;
         a->raw = (const uint8_t *)a->batch + a->batch_len;
+        if (due_len > 0)
+            a->due_ns = rec->due_ns = get64(a->raw + a->raw_len);
         break;
     }
     case JOURNAL_FINAL:
@@ -398,11 +415,13 @@ journal_decode(const uint8_t *p, size_t avail, struct journal_record *rec, size_
         }
         break;
     case JOURNAL_ATTEMPT:
-        if (len != 12 || (rec->key = get64(body)) == 0) {
+        if ((len != 12 && len != 24) || (rec->key = get64(body)) == 0) {
             *why = "malformed ATTEMPT record";
             return JOURNAL_CORRUPT;
         }
         rec->attempt = get32(body + 8);
+        if (len == 24)
+            rec->due_ns = get64(body + 16);
         break;
     case JOURNAL_SEQ:
         if (len != 8) {
@@ -879,6 +898,7 @@ copy_forward(struct journal_store *s)
             continue;
         }
         r.accept.attempt = e->attempt;
+        r.accept.due_ns = e->due_ns;
         e->aux = journal_encode_accept(&s->other, &r.accept);
         e->state = JOURNAL_ENTRY_COPYING;
         keys_push(&s->copy_keys, &s->copy_count, &s->copy_cap, e->key);
@@ -1113,17 +1133,26 @@ journal_store_accept(struct journal_store *s, const struct journal_accept *a)
     e->aux = off;
     e->length = (uint32_t)(s->accepts.len - off);
     e->attempt = a->attempt;
+    e->due_ns = a->due_ns;
     keys_push(&s->new_keys, &s->new_count, &s->new_cap, a->key);
 }
 
 void
-journal_store_attempt(struct journal_store *s, uint64_t key, uint32_t attempt)
+journal_store_attempt_due(struct journal_store *s, uint64_t key, uint32_t attempt,
+                          uint64_t due_ns)
 {
     struct journal_entry *e = journal_map_get(&s->entries, key);
     if (e == NULL)
         return;
     e->attempt = attempt;
-    journal_encode_attempt(&s->other, key, attempt);
+    e->due_ns = due_ns;
+    journal_encode_attempt_due(&s->other, key, attempt, due_ns);
+}
+
+void
+journal_store_attempt(struct journal_store *s, uint64_t key, uint32_t attempt)
+{
+    journal_store_attempt_due(s, key, attempt, 0);
 }
 
 void
@@ -1556,8 +1585,11 @@ reader_apply(struct reader *rd, const struct journal_record *rec)
         it->timeout_ms = a->timeout_ms;
         it->quick = a->quick;
         it->accepted = 1;
-        if (a->attempt > it->attempt)
+        if (a->attempt >= it->attempt) {
+            if (a->attempt > it->attempt || a->due_ns > it->due_ns)
+                it->due_ns = a->due_ns;
             it->attempt = a->attempt;
+        }
         return;
     }
     case JOURNAL_FINAL:
@@ -1594,8 +1626,11 @@ reader_apply(struct reader *rd, const struct journal_record *rec)
     }
     case JOURNAL_ATTEMPT:
         it = reader_item(rd, rec->key);
-        if (rec->attempt > it->attempt)
+        if (rec->attempt > it->attempt || (rec->attempt == it->attempt &&
+                                            rec->due_ns > it->due_ns)) {
             it->attempt = rec->attempt;
+            it->due_ns = rec->due_ns;
+        }
         return;
     case JOURNAL_SEQ:
         if (rec->seq > r->max_seq)

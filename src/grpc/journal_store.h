@@ -14,10 +14,13 @@
  * The CRC32C covers the 8 header bytes after it and the body. Bodies:
  *
  *   ACCEPT  key u64 | attempt u32 | max_attempts u32 | timeout_ms u32 |
- *           flags u8 (1: quick) | 0 u8 | id_len u16 | kind_len u16 |
- *           batch_len u16 | raw_len u32 | id | kind | batch | raw WorkItem
+ *           flags u8 (1: quick, 2: due) | 0 u8 | id_len u16 | kind_len u16 |
+ *           batch_len u16 | raw_len u32 | id | kind | batch | raw WorkItem |
+ *           [due_ns u64, with flag 2: not to start before (unix ns)]
  *   FINAL   key u64                 the item is final (or was never accepted)
- *   ATTEMPT key u64 | attempt u32   the item was retried: this attempt is next
+ *   ATTEMPT key u64 | attempt u32 [| 0 u32 | due_ns u64]
+ *                                   the item was retried: this attempt is next
+ *                                   (not before due_ns, unix, if given)
  *   SEQ     seq u64                 update seqs up to this may have been used
  *   DONE    key u64 | state u8 | flags u8 (1: quick) | 0 u16 | attempt u32 |
  *           max_attempts u32 | timeout_ms u32 | priority i32 | 0 u32 |
@@ -30,7 +33,10 @@
  *
  * Records are order-independent within an instance: an item is live if it
  * has an ACCEPT and no FINAL or DONE anywhere; its attempt is the largest
- * seen. A key is never reused (a retried item is accepted under a new key);
+ * seen, and its due time that of the record with its attempt (0: none).
+ * Journals written before due times (no flag 2, 12-byte ATTEMPTs) read the
+ * same; a binary that predates them finds an ACCEPT with a due time (only
+ * delayed or backed-off items have one) malformed. A key is never reused (a retried item is accepted under a new key);
  * of several DONEs of one id, the one with the largest key counts.
  */
 #ifndef DS_GRPC_JOURNAL_STORE_H
@@ -89,6 +95,7 @@ struct journal_accept {
     uint32_t max_attempts;
     uint32_t timeout_ms;
     int quick;
+    uint64_t due_ns;            /* 0: none (no flag 2) */
     const char *id, *kind, *batch;
     size_t id_len, kind_len, batch_len;
     const uint8_t *raw;
@@ -118,6 +125,7 @@ struct journal_record {
     enum journal_type type;
     uint64_t key;               /* ACCEPT, FINAL, ATTEMPT, DONE */
     uint32_t attempt;           /* ACCEPT, ATTEMPT, DONE */
+    uint64_t due_ns;            /* ACCEPT, ATTEMPT: 0 if none */
     uint64_t seq;               /* SEQ */
     struct journal_accept accept;
     struct journal_done done;
@@ -128,6 +136,9 @@ struct journal_record {
 size_t journal_encode_accept(struct journal_buf *b, const struct journal_accept *a);
 size_t journal_encode_final(struct journal_buf *b, uint64_t key);
 size_t journal_encode_attempt(struct journal_buf *b, uint64_t key, uint32_t attempt);
+/* The same with a due time (0: none, the short record). */
+size_t journal_encode_attempt_due(struct journal_buf *b, uint64_t key, uint32_t attempt,
+                                  uint64_t due_ns);
 size_t journal_encode_seq(struct journal_buf *b, uint64_t seq);
 /* id/kind/batch cut as above; error, result and raw as they are. */
 size_t journal_encode_done(struct journal_buf *b, const struct journal_done *d);
@@ -163,6 +174,7 @@ struct journal_entry {
     uint32_t attempt;
     uint8_t state;
     uint8_t final;              /* reader: a FINAL was seen */
+    uint64_t due_ns;            /* of its attempt (copies keep it); 0: none */
 };
 
 struct journal_map {
@@ -238,6 +250,9 @@ void journal_store_close(struct journal_store *s, int remove);
 
 void journal_store_accept(struct journal_store *s, const struct journal_accept *a);
 void journal_store_attempt(struct journal_store *s, uint64_t key, uint32_t attempt);
+/* The same, its next attempt not before DUE_NS (unix; 0: at once). */
+void journal_store_attempt_due(struct journal_store *s, uint64_t key, uint32_t attempt,
+                               uint64_t due_ns);
 /* The item is final: FINAL is buffered, its segment has one live item less. */
 void journal_store_final(struct journal_store *s, uint64_t key);
 void journal_store_seq(struct journal_store *s, uint64_t seq);
@@ -284,6 +299,7 @@ int journal_seq_file_update(const char *root, uint64_t seq, int sync);
 struct journal_item {
     uint64_t key;
     uint32_t attempt;           /* the largest recorded: the one that ran, or was next */
+    uint64_t due_ns;            /* that attempt's due time (unix ns); 0: none */
     uint32_t max_attempts;
     uint32_t timeout_ms;
     int quick;

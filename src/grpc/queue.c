@@ -21,6 +21,7 @@
 #include "core/wire.h"
 #include "grpc/item.h"
 #include "grpc/metrics.h"
+#include "grpc/waitlist.h"
 #include "ipc/channel.h"
 #include "ipc/frame.h"
 
@@ -28,9 +29,9 @@ static struct {
     struct event_base *base;
     const struct queue_events *ev;
     uint32_t prefetch;          /* workers.prefetch */
-    struct item *head, *tail;   /* waiting for a worker */
-    uint64_t waiting;
-    uint64_t waiting_weight;
+    struct waitlist wait;       /* waiting for a worker, or for their due time */
+    struct event *due_timer;    /* one, for the earliest due time */
+    uint64_t due_armed;         /* the due time it is armed for; 0: none */
     uint64_t held;              /* at workers */
     struct worker *workers;
 } q;
@@ -44,7 +45,13 @@ workers_list(void)
 uint64_t
 queue_waiting(void)
 {
-    return q.waiting;
+    return q.wait.ready;
+}
+
+uint64_t
+queue_delayed(void)
+{
+    return q.wait.heap_count;
 }
 
 uint64_t
@@ -198,7 +205,8 @@ worker_free(struct worker *w)
 static void
 worker_maybe_release(struct worker *w)
 {
-    if ((w->retiring || (q.waiting == 0 && q.ev->draining())) && w->held == 0 &&
+    if ((w->retiring || (q.wait.ready == 0 && q.wait.heap_count == 0 && q.ev->draining())) &&
+        w->held == 0 &&
         w->channel != NULL) {
         channel_free(w->channel);
         w->channel = NULL;
@@ -405,50 +413,80 @@ void
 queue_dispatch(void)
 {
     struct worker *w;
-    while (q.head != NULL && (w = least_loaded(q.head)) != NULL)
-        worker_send_item(w, queue_take_waiting());
+    struct item *item;
+    /* Highest priority first, and nothing of a lower one while it waits:
+     * a worker with room for something else but not for it gets nothing. */
+    while ((item = waitlist_peek(&q.wait)) != NULL && (w = least_loaded(item)) != NULL)
+        worker_send_item(w, waitlist_pop(&q.wait));
     if (q.ev->draining())
         workers_close_all();
     q.ev->dispatched();
 }
 
+/* The timer is armed for the earliest due time (only when that changes:
+ * a million delayed items are one timer). */
+static void
+arm_due_timer(void)
+{
+    uint64_t due = waitlist_next_due(&q.wait);
+    if (due == q.due_armed)
+        return;
+    q.due_armed = due;
+    if (due == 0) {
+        evtimer_del(q.due_timer);
+        return;
+    }
+    uint64_t now = (uint64_t)clock_wall_ns();
+    /* Rounded up: a timer that fires a little early finds nothing due. */
+    uint64_t ms = due > now ? (due - now + 999999) / 1000000 : 0;
+    struct timeval tv = clock_timeval_ms(ms);
+    evtimer_add(q.due_timer, &tv);
+}
+
+static void
+on_due(evutil_socket_t fd, short what, void *arg)
+{
+    q.due_armed = 0;
+    size_t moved = waitlist_release_due(&q.wait, (uint64_t)clock_wall_ns());
+    arm_due_timer();
+    if (moved > 0)
+        queue_dispatch();
+}
+
+/* ITEM waits for its due time, or for a worker. */
+static void
+wait_for(struct item *item, int front)
+{
+    if (item->due_ns != 0 && item->due_ns > (uint64_t)clock_wall_ns()) {
+        waitlist_delay(&q.wait, item);
+        if (q.due_armed == 0 || item->due_ns < q.due_armed)
+            arm_due_timer();
+        return;
+    }
+    waitlist_push(&q.wait, item, front);
+}
+
 void
 queue_push(struct item *item)
 {
-    item->next = NULL;
-    if (q.tail != NULL)
-        q.tail->next = item;
-    else
-        q.head = item;
-    q.tail = item;
-    q.waiting++;
-    q.waiting_weight += item->weight;
+    wait_for(item, 0);
 }
 
 void
 queue_push_front(struct item *item)
 {
     item->started = 0;
-    item->next = q.head;
-    q.head = item;
-    if (q.tail == NULL)
-        q.tail = item;
-    q.waiting++;
-    q.waiting_weight += item->weight;
+    wait_for(item, 1);
 }
 
 struct item *
 queue_take_waiting(void)
 {
-    struct item *item = q.head;
-    if (item == NULL)
-        return NULL;
-    q.head = item->next;
-    if (q.head == NULL)
-        q.tail = NULL;
-    q.waiting--;
-    q.waiting_weight -= item->weight;
-    item->next = NULL;
+    struct item *item = waitlist_pop(&q.wait);
+    if (item == NULL) {
+        item = waitlist_pop_delayed(&q.wait);
+        arm_due_timer();
+    }
     return item;
 }
 
@@ -474,14 +512,13 @@ queue_local_room(void)
     for (struct worker *w = q.workers; w != NULL; w = w->next)
         if (w->channel != NULL && !w->retiring && w->held_weight < capacity)
             room += capacity - w->held_weight;
-    return room > q.waiting_weight ? (uint32_t)(room - q.waiting_weight) : 0;
+    return room > q.wait.ready_weight ? (uint32_t)(room - q.wait.ready_weight) : 0;
 }
 
 void
 queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
 {
-    for (struct item *item = q.head; item != NULL; item = item->next)
-        fn(item, arg);
+    waitlist_for_each(&q.wait, fn, arg);
     for (struct worker *w = q.workers; w != NULL; w = w->next)
         for (struct item *item = w->head; item != NULL; item = item->next)
             fn(item, arg);
@@ -537,25 +574,12 @@ queue_cancel(const struct queue_cancel_ops *ops, void *arg)
             ops->asked(item, arg);
         }
     }
-    /* One sweep of the waiting list; the taken are ended after it, when
-     * the list is whole again (ending one may queue and dispatch more). */
-    struct item *taken = NULL, **taken_tail = &taken, *prev = NULL;
-    struct item **pp = &q.head;
-    while (*pp != NULL) {
-        struct item *item = *pp;
-        if (!ops->match(item, arg)) {
-            prev = item;
-            pp = &item->next;
-            continue;
-        }
-        *pp = item->next;
-        q.waiting--;
-        q.waiting_weight -= item->weight;
-        item->next = NULL;
-        *taken_tail = item;
-        taken_tail = &item->next;
-    }
-    q.tail = prev;
+    /* One sweep of the waiting and the delayed; the taken are ended after
+     * it, when the lists are whole again (ending one may queue and
+     * dispatch more). */
+    struct item *taken = NULL;
+    waitlist_take_matching(&q.wait, ops->match, arg, &taken);
+    arm_due_timer();
     while (taken != NULL) {
         struct item *item = taken;
         taken = item->next;
@@ -569,6 +593,7 @@ queue_init(struct event_base *base, const struct queue_events *events, uint32_t 
 {
     memset(&q, 0, sizeof q);
     q.base = base;
+    q.due_timer = evtimer_new(base, on_due, NULL);
     q.ev = events;
     q.prefetch = prefetch;
 }
@@ -593,4 +618,8 @@ queue_shutdown(void (*fn)(struct item *item))
         }
         worker_free(w);
     }
+    if (q.due_timer != NULL)
+        event_free(q.due_timer);
+    q.due_timer = NULL;
+    waitlist_free(&q.wait);
 }

@@ -71,18 +71,33 @@ void queue_set_prefetch(uint32_t prefetch);
 /* Every item left is passed to FN (which frees it); workers are freed. */
 void queue_shutdown(void (*fn)(struct item *item));
 
-/* ITEM waits at the end (accepted), or at the front (its turn comes next:
- * a retry, a handover given back). Neither dispatches: queue_dispatch(). */
+/*
+ * ITEM waits for a worker among the items of its priority (item->priority:
+ * higher first) in acceptance order (by item->key): at the end (accepted),
+ * or, looking from the front, at its place among older ones (a retry, a
+ * handover given back, an item held back and pushed again). An item whose
+ * due_ns is still ahead waits for it first (waitlist.c; one timer for the
+ * earliest), then joins the end of its priority's items. Neither
+ * dispatches: queue_dispatch().
+ *
+ * Dispatch gives the first item of the highest priority to the worker with
+ * most room for it, and nothing of a lower priority while it waits: an
+ * urgent item waits at most for what the workers already hold (a worker
+ * holds up to workers.prefetch items, ITEM_WEIGHT_FULL each).
+ */
 void queue_push(struct item *item);
 void queue_push_front(struct item *item);
 void queue_dispatch(void);
-/* The first waiting item, out of the queue, or NULL. */
+/* The first waiting item (then the first delayed one), out of the queue,
+ * or NULL. */
 struct item *queue_take_waiting(void);
 /* Empty the queue and every worker's list, calling FN for each item (and
  * the worker that was running it, or 0). */
 void queue_take_all(void (*fn)(struct item *item, pid_t worker_pid));
 
+/* Items ready and waiting for a worker; items waiting for their due time. */
 uint64_t queue_waiting(void);
+uint64_t queue_delayed(void);
 /* Items held by workers. */
 uint64_t queue_held(void);
 /* Weight units (ITEM_WEIGHT_*) the workers could take beside what waits. */
@@ -92,7 +107,8 @@ void queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
 int queue_holds(uint64_t key);
 
 /*
- * A cancel. One walk over the workers' lists and then the waiting list:
+ * A cancel. One walk over the workers' lists and then the waiting and
+ * delayed items:
  * for each item MATCH(item, ARG) accepts,
  *   - at a worker: unless asked before, item->cancelling is set and the
  *     worker is sent IPC_CANCEL, or killed at once if GRACE_MS(item) is

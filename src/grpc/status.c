@@ -294,6 +294,9 @@ write_metrics(struct evbuffer *b)
     sample(b, "queue_depth", store_count());
     family(b, "queue_waiting", "gauge", "Items waiting for a worker.");
     sample(b, "queue_waiting", queue_waiting());
+    family(b, "queue_delayed", "gauge", "Items waiting for their due time (delay_ms, retry "
+           "backoff) before they wait for a worker.");
+    sample(b, "queue_delayed", queue_delayed());
     family(b, "queue_capacity", "gauge", "queue.capacity: the most items accepted and not final.");
     sample(b, "queue_capacity", gp.config->queue.capacity);
 
@@ -458,8 +461,10 @@ write_status(struct evbuffer *b)
                         server_listening() ? "true" : "false",
                         (unsigned long long)descriptors_open(),
                         (unsigned long long)descriptors_limit());
-    evbuffer_add_printf(b, "\"queue\":{\"depth\":%llu,\"waiting\":%llu,\"capacity\":%llu},",
+    evbuffer_add_printf(b, "\"queue\":{\"depth\":%llu,\"waiting\":%llu,\"delayed\":%llu,"
+                        "\"capacity\":%llu},",
                         (unsigned long long)store_count(), (unsigned long long)queue_waiting(),
+                        (unsigned long long)queue_delayed(),
                         (unsigned long long)gp.config->queue.capacity);
     store_status_json(b);
     const struct items_stats *is = items_stats();

@@ -20,6 +20,7 @@
 #include "core/kind.h"
 #include "core/log.h"
 #include "core/utf8.h"
+#include "grpc/backoff.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/handover.h"
@@ -209,6 +210,18 @@ requeue(struct item *item)
         queue_push_front(item);
 }
 
+/* queue.retry_backoff: ITEM's next attempt waits (item->due_ns) after its
+ * attempt FAILED_ATTEMPT failed; off, it runs again at once. */
+static void
+retry_backoff(struct item *item, uint32_t failed_attempt)
+{
+    const struct ds_config *c = gp.config;
+    uint64_t ms = backoff_ms(c->queue.retry_backoff_min_ms, c->queue.retry_backoff_max_ms,
+                             failed_attempt, backoff_random());
+    if (ms > 0)
+        item->due_ns = (uint64_t)clock_wall_ns() + ms * 1000000u;
+}
+
 int
 store_may_retry(const struct item *item, uint32_t failed_attempt)
 {
@@ -233,6 +246,7 @@ on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
         return;
     }
     publish(item, &o);
+    retry_backoff(item, item->attempt);
     item->attempt++;
     if (st.b->attempt != NULL)
         st.b->attempt(item);
@@ -505,6 +519,7 @@ store_fail(struct item *item, const char *error)
 void
 store_retried(struct item *item)
 {
+    retry_backoff(item, item->attempt);
     item->attempt++;
     requeue(item);
     queue_dispatch();

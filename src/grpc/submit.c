@@ -349,6 +349,9 @@ take_item(struct submit_call *c, grpc_slice raw)
         snprintf(reason, sizeof reason, "batch is longer than %d bytes", BATCH_MAX);
     else if (msg->max_attempts > 1000)
         snprintf(reason, sizeof reason, "max_attempts %u is over 1000", msg->max_attempts);
+    else if (msg->delay_ms > DS_DELAY_MAX_MS)
+        snprintf(reason, sizeof reason, "delay_ms %u is over %u (30 days)", msg->delay_ms,
+                 (unsigned)DS_DELAY_MAX_MS);
     else if (msg->n_params > config->queue.max_params)
         snprintf(reason, sizeof reason, "%zu params, more than queue.max_params (%u)",
                  msg->n_params, (unsigned)config->queue.max_params);
@@ -397,6 +400,8 @@ take_item(struct submit_call *c, grpc_slice raw)
     struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,
                                  msg->id[0] == '\0' || c->scope_len > 0 ? id : NULL,
                                  kind_is_quick(handler, msg));
+    if (msg->delay_ms > 0)
+        item->due_ns = (uint64_t)clock_wall_ns() + (uint64_t)msg->delay_ms * 1000000u;
     wire_work_item_free(msg, NULL);
     c->writing++;
     call_ref(&c->base);

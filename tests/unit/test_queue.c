@@ -343,11 +343,14 @@ test_least_loaded(void **state)
 static void
 test_order(void **state)
 {
+    /* Acceptance order (by key), also for an item pushed back: "d",
+     * made (accepted) first and pushed back last, goes to the front. */
     queue_set_prefetch(4);
+    struct item *d = new_item("d", 0, 0);
     queue_push(new_item("a", 0, 0));
     queue_push(new_item("b", 0, 0));
     queue_push(new_item("c", 0, 0));
-    queue_push_front(new_item("d", 0, 0));
+    queue_push_front(d);
     assert_int_equal(queue_waiting(), 4);
     fake_attach(&w1, 1001, 0);      /* attaching dispatches */
     fake_wait_items(rec.base, &w1, 4);

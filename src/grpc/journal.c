@@ -586,7 +586,7 @@ take_over(struct journal_recovery *r)
         if (item->due_ns > now_ns) {
             struct outcome o = { .state = STATE_QUEUED };
             store_publish_local(item, &o);
-            store_take(item);
+            store_take_quietly(item);
             continue;
         }
         struct outcome o = { .state = STATE_RETRYING, .error = reason };
@@ -594,8 +594,10 @@ take_over(struct journal_recovery *r)
         store_publish_local(item, &o);
         item->attempt++;
         metrics_kind(item->kind)->retried++;
-        store_take(item);
+        store_take_quietly(item);
     }
+    if (run_count > 0)
+        store_dispatch();      /* once all wait: by priority */
     /* Known again; the retention's forgetting reaches our journal. */
     for (size_t i = 0; i < final_count; i++) {
         const struct journal_final *f = finals[i];

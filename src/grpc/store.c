@@ -436,7 +436,7 @@ store_accepted(struct acceptance a, enum store_verdict verdict, const char *why)
 }
 
 void
-store_take(struct item *item)
+store_take_quietly(struct item *item)
 {
     if (indexed() && items_find(item->id) == NULL)
         items_accepting(item);
@@ -446,6 +446,18 @@ store_take(struct item *item)
         return;
     }
     queue_push(item);
+}
+
+void
+store_dispatch(void)
+{
+    queue_dispatch();
+}
+
+void
+store_take(struct item *item)
+{
+    store_take_quietly(item);
     queue_dispatch();
 }
 

@@ -291,6 +291,10 @@ void store_dropped(struct item *item);
 /* An item the backend brings (pulled from Redis, taken over from a dead
  * instance's journal), already published QUEUED or RETRYING: queue it. */
 void store_take(struct item *item);
+/* The same without dispatching, for many at once (so that they run by
+ * priority, not in the order they came): then store_dispatch(). */
+void store_take_quietly(struct item *item);
+void store_dispatch(void);
 /* The same for an item that cannot run: it is FAILED with ERROR (recorded
  * in the backend like any final). */
 void store_fail(struct item *item, const char *error);

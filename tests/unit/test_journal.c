@@ -226,6 +226,69 @@ test_records_round_trip(void **state)
     journal_buf_free(&b);
 }
 
+/* Due times: an ACCEPT with flag 2 and a long ATTEMPT read back; the due
+ * time of the largest attempt counts; a copy forward keeps it. */
+static void
+test_due_times(void **state)
+{
+    struct journal_buf b = { 0 };
+    char id[32];
+    struct journal_accept a = make_accept(42, 1, id, 10);
+    a.due_ns = 1700000000123456789ull;
+    size_t second = journal_encode_accept(&b, &a);
+    second = b.len;
+    journal_encode_attempt_due(&b, 42, 2, 1800000000000000000ull);
+    journal_encode_attempt_due(&b, 42, 3, 0);
+    struct journal_record rec;
+    size_t size;
+    const char *why;
+    assert_int_equal(journal_decode(b.data, b.len, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(size, second);
+    assert_true(rec.accept.due_ns == 1700000000123456789ull && rec.due_ns == rec.accept.due_ns);
+    assert_int_equal(rec.accept.raw_len, 10);
+    assert_int_equal(rec.accept.quick, 0);
+    assert_int_equal(journal_decode(b.data + second, b.len - second, &rec, &size, &why),
+                     JOURNAL_OK);
+    assert_int_equal(size, JOURNAL_HEADER_SIZE + 24);
+    assert_int_equal(rec.attempt, 2);
+    assert_true(rec.due_ns == 1800000000000000000ull);
+    assert_int_equal(journal_decode(b.data + second + size, b.len - second - size, &rec, &size,
+                                    &why), JOURNAL_OK);
+    assert_int_equal(size, JOURNAL_HEADER_SIZE + 12);
+    assert_int_equal(rec.due_ns, 0);
+    /* Flag 2 without its 8 bytes is malformed. */
+    b.len = 0;
+    a.due_ns = 0;
+    journal_encode_accept(&b, &a);
+    b.data[JOURNAL_HEADER_SIZE + 20] |= 2;
+    uint32_t crc = journal_crc32c(0, b.data + 4, b.len - 4);
+    memcpy(b.data, &crc, 4);
+    assert_int_equal(journal_decode(b.data, b.len, &rec, &size, &why), JOURNAL_CORRUPT);
+    journal_buf_free(&b);
+
+    /* Through a store and its reader. */
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, "grpc-0000000000001-12",
+                                        DS_JOURNAL_SYNC_ALWAYS, 0), 0);
+    for (uint64_t key = 1; key <= 3; key++) {
+        struct journal_accept acc = make_accept(key, 1, id, 5);
+        acc.due_ns = key == 2 ? 0 : 1000 * key;
+        journal_store_accept(&s, &acc);
+    }
+    journal_store_attempt_due(&s, 3, 2, 99999);     /* a backed-off retry */
+    journal_store_attempt(&s, 1, 2);               /* a retry at once: no due time */
+    assert_int_equal(journal_store_flush(&s), 0);
+    journal_store_close(&s, 0);
+    struct journal_recovery r = read_instance("grpc-0000000000001-12");
+    assert_int_equal(r.count, 3);
+    assert_int_equal(r.items[0].due_ns, 0);
+    assert_int_equal(r.items[0].attempt, 2);
+    assert_int_equal(r.items[1].due_ns, 0);
+    assert_int_equal(r.items[2].due_ns, 99999);
+    assert_int_equal(r.items[2].attempt, 2);
+    journal_recovery_free(&r);
+}
+
 /* A record with a valid CRC over whatever header fields and body we give. */
 static size_t
 craft(uint8_t *out, uint32_t length, uint8_t type, const uint8_t *body)
@@ -1155,6 +1218,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crc32c),
         cmocka_unit_test(test_records_round_trip),
+        cmocka_unit_test_setup_teardown(test_due_times, setup, teardown),
         cmocka_unit_test(test_decode_errors),
         cmocka_unit_test(test_map),
         cmocka_unit_test_setup_teardown(test_store_recovery_set, setup, teardown),

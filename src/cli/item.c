@@ -12,7 +12,8 @@
 #include "cli/rpc.h"
 #include "core/alloc.h"
 
-#define ITEM_KEYS "id, kind, payload, payload_b64, params, batch, timeout_ms, max_attempts"
+#define ITEM_KEYS "id, kind, payload, payload_b64, params, batch, timeout_ms, max_attempts, " \
+                  "priority, delay_ms"
 
 void
 item_from_line(struct item *it, const char *line, size_t len)
@@ -49,6 +50,22 @@ u32_value(const struct json *v, const char *key, uint32_t *out, char *err, size_
         return -1;
     }
     *out = (uint32_t)n;
+    return 0;
+}
+
+static int
+i32_value(const struct json *v, const char *key, int32_t *out, char *err, size_t err_size)
+{
+    uint64_t n;
+    const char *text = v->type == JSON_NUMBER ? v->text : "";
+    int negative = text[0] == '-';
+
+    if (v->type != JSON_NUMBER || parse_u64(text + negative, &n) == -1 ||
+        n > (negative ? (uint64_t)INT32_MAX + 1 : (uint64_t)INT32_MAX)) {
+        snprintf(err, err_size, "%s must be an integer %d..%d", key, INT32_MIN, INT32_MAX);
+        return -1;
+    }
+    *out = negative ? (int32_t)(-(int64_t)n) : (int32_t)n;
     return 0;
 }
 
@@ -117,6 +134,14 @@ apply_key(struct item *it, const char *key, const struct json *v, char *err, siz
         return u32_value(v, key, &it->timeout_ms, err, err_size);
     if (strcmp(key, "max_attempts") == 0)
         return u32_value(v, key, &it->max_attempts, err, err_size);
+    if (strcmp(key, "priority") == 0) {
+        it->has_priority = 1;
+        return i32_value(v, key, &it->priority, err, err_size);
+    }
+    if (strcmp(key, "delay_ms") == 0) {
+        it->has_delay = 1;
+        return u32_value(v, key, &it->delay_ms, err, err_size);
+    }
     if (strcmp(key, "params") == 0)
         return params_value(v, it, err, err_size);
     if (strcmp(key, "payload_b64") == 0)
@@ -220,6 +245,8 @@ item_encode(const struct item *it, const struct item_defaults *d)
     msg.params = pointers;
     msg.timeout_ms = it->timeout_ms;
     msg.max_attempts = it->max_attempts;
+    msg.priority = it->has_priority ? it->priority : d->priority;
+    msg.delay_ms = it->has_delay ? it->delay_ms : d->delay_ms;
     msg.batch = (char *)item_batch(it, d);
 
     grpc_slice slice = grpc_slice_malloc(wire_work_item_size(&msg));

@@ -26,6 +26,9 @@ struct item {
     char *batch;
     uint32_t timeout_ms;
     uint32_t max_attempts;
+    int32_t priority;
+    uint32_t delay_ms;
+    uint8_t has_priority, has_delay;    /* given: they win over the defaults */
 };
 
 /* What applies to an item that does not say (--kind, --param, --batch). */
@@ -34,12 +37,14 @@ struct item_defaults {
     const struct item_param *params;
     size_t param_count;
     const char *batch;
+    int32_t priority;               /* --priority */
+    uint32_t delay_ms;              /* --delay */
 };
 
 /* A plain line: the payload, byte for byte. */
 void item_from_line(struct item *it, const char *line, size_t len);
 /* A JSON line {"id", "kind", "payload" | "payload_b64", "params", "batch",
- * "timeout_ms", "max_attempts"}. Returns 0, or -1 with the reason in err. */
+ * "timeout_ms", "max_attempts", "priority", "delay_ms"}. Returns 0, or -1 with the reason in err. */
 int item_from_json(struct item *it, const char *line, size_t len, char *err, size_t err_size);
 /* The batch the item is sent with. */
 const char *item_batch(const struct item *it, const struct item_defaults *defaults);

@@ -94,11 +94,11 @@ print_cell(const char *s, size_t len, int width, int last)
 static void
 print_row(struct listing *l, const wire_item *it)
 {
-    char state[32], attempt[32];
+    char state[32], attempt[32], priority[16];
     if (!l->header_printed) {
         l->header_printed = 1;
-        printf("%-24s  %-10s  %-7s  %-16s  %-16s  %s\n", "ID", "STATE", "ATTEMPT", "KIND",
-               "BATCH", l->results ? "RESULT / ERROR" : "ERROR");
+        printf("%-24s  %-10s  %-7s  %-16s  %-16s  %-11s  %s\n", "ID", "STATE", "ATTEMPT",
+               "KIND", "BATCH", "PRIORITY", l->results ? "RESULT / ERROR" : "ERROR");
     }
     cli_state_name((int)it->state, state, sizeof state);
     snprintf(attempt, sizeof attempt, "%u/%u", (unsigned)it->attempt,
@@ -108,6 +108,8 @@ print_row(struct listing *l, const wire_item *it)
     print_cell(attempt, strlen(attempt), 7, 0);
     print_cell(it->kind, strlen(it->kind), 16, 0);
     print_cell(it->batch, strlen(it->batch), 16, 0);
+    snprintf(priority, sizeof priority, "%d", (int)it->priority);
+    print_cell(priority, strlen(priority), 11, 0);
     if (it->error[0] != '\0')
         print_cell(it->error, strlen(it->error), 0, 1);
     else if (l->results && it->result.len > 0)

@@ -32,6 +32,8 @@
 #define INPUT_WAIT_MS     50
 #define FINISH_MS         5000
 #define PARAMS_MAX        256
+/* The daemon's bound of WorkItem.delay_ms (DS_DELAY_MAX_MS): 30 days. */
+#define SUBMIT_DELAY_MAX_MS (30ull * 24 * 3600 * 1000)
 /* The write-buffer hint lets gRPC hold messages back until a message
  * without it; flush at least this often, or the daemon (and --wait) sees
  * nothing of a long input until its end. */
@@ -45,6 +47,8 @@ enum {
     OPT_JSON,
     OPT_WAIT,
     OPT_RESULTS,
+    OPT_PRIORITY,
+    OPT_DELAY,
 };
 
 /* Items read and not sent yet, in order. */
@@ -577,6 +581,8 @@ parse_options(struct submit *s, int argc, char **argv, struct cli_options *globa
         { "json", no_argument, NULL, OPT_JSON },
         { "wait", no_argument, NULL, OPT_WAIT },
         { "results", no_argument, NULL, OPT_RESULTS },
+        { "priority", required_argument, NULL, OPT_PRIORITY },
+        { "delay", required_argument, NULL, OPT_DELAY },
         CLI_GLOBAL_LONG_OPTIONS
     };
     int opt;
@@ -599,6 +605,24 @@ parse_options(struct submit *s, int argc, char **argv, struct cli_options *globa
         case OPT_JSON: s->json = 1; break;
         case OPT_WAIT: s->wait = 1; break;
         case OPT_RESULTS: s->results = 1; break;
+        case OPT_PRIORITY: {
+            uint64_t n;
+            int negative = optarg[0] == '-';
+            if (parse_u64(optarg + negative, &n) == -1 ||
+                n > (negative ? (uint64_t)INT32_MAX + 1 : (uint64_t)INT32_MAX))
+                return cli_usage_error("submit", "--priority takes an integer %d..%d, got "
+                                       "\"%.32s\"", INT32_MIN, INT32_MAX, optarg);
+            s->defaults.priority = negative ? (int32_t)(-(int64_t)n) : (int32_t)n;
+            break;
+        }
+        case OPT_DELAY: {
+            int64_t ms;
+            if (parse_duration_ms(optarg, &ms) == -1 || ms > (int64_t)SUBMIT_DELAY_MAX_MS)
+                return cli_usage_error("submit", "--delay takes a duration up to 720h (30 "
+                                       "days), such as 30s or 5m, got \"%.32s\"", optarg);
+            s->defaults.delay_ms = (uint32_t)ms;
+            break;
+        }
         case 'h':
             help_print("submit", stdout);
             exit(CLI_EXIT_OK);

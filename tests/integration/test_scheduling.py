@@ -7,6 +7,7 @@ No timed assertions: order is read from update seqs, and "not before its
 due time" compares the server's STARTED time with the client's clock taken
 before the submit (the server's due time is later than that).
 """
+import json
 import os
 import signal
 import time
@@ -253,3 +254,40 @@ def test_retry_backoff_config_errors(start_daemon, tmp_path):
     good.write_text("queue:\n  retry_backoff: {}\n")
     r = run_cli("-T", "-c", str(good))
     assert r.returncode == 0 and "min: 1s" in r.stdout and "max: 5m" in r.stdout, r.stdout
+
+
+# ---- the CLI --------------------------------------------------------------------------------
+
+def test_cli_submit_priority_and_delay_then_list(daemon):
+    from test_cli import EXIT_OK, EXIT_USAGE, explain, json_lines, run
+    c = daemon.client()
+    w = Watcher(c)
+    items = [{"id": "cli-a", "kind": "echo"},
+             {"id": "cli-b", "kind": "echo", "priority": -4, "delay_ms": 0}]
+    r = run("submit", "--json", "--priority", "7", "--delay", "30s", target=daemon,
+            input=json_lines(items))
+    assert r.returncode == EXIT_OK, explain(r)
+    w.wait_final(["cli-b"], timeout=10)     # its own delay_ms 0 wins
+    r = run("list", "--state", "QUEUED", target=daemon)
+    assert r.returncode == EXIT_OK, explain(r)
+    rows = [row.split() for row in r.stdout.splitlines()]
+    assert rows[0][:6] == ["ID", "STATE", "ATTEMPT", "KIND", "BATCH", "PRIORITY"], explain(r)
+    # No batch: the BATCH cell is blank, PRIORITY comes next.
+    assert ["cli-a", "QUEUED", "1/3", "echo", "7"] in rows, explain(r)
+    c.stub.cancel(pb.CancelRequest(item_ids=["cli-a"]), timeout=10)
+    w.wait_final(["cli-a"], timeout=10)
+    assert not w.has_state("cli-a", STARTED)
+    r = run("get", "--json", "cli-a", "cli-b", target=daemon)
+    got = {i["id"]: i for i in map(json.loads, r.stdout.splitlines())}
+    assert got["cli-a"]["priority"] == 7 and got["cli-b"]["priority"] == -4, explain(r)
+    assert got["cli-a"]["state"] == "CANCELLED"
+
+    for bad in (["--priority", "2147483648"], ["--priority", "x"], ["--delay", "721h"],
+                ["--delay", "-1s"]):
+        r = run("submit", *bad, target=daemon, input="p\n")
+        assert r.returncode == EXIT_USAGE and bad[0] in r.stderr, (bad, explain(r))
+    r = run("submit", "--priority", "-2147483648", "--id-prefix", "lowest", target=daemon,
+            input="p\n")
+    assert r.returncode == EXIT_OK, explain(r)
+    w.wait_final(["lowest-1"], timeout=10)
+    w.stop()

@@ -128,7 +128,8 @@ def test_delays_start_in_order_and_never_early(start_daemon):
 
 
 def test_delay_bounds_and_cancel_of_a_delayed_item(start_daemon):
-    d = start_daemon({"queue": {"capacity": 3, "on_full": "reject"}})
+    from test_status import request, start_with_status, status_json
+    d = start_with_status(start_daemon, {"queue": {"capacity": 3, "on_full": "reject"}})
     c = d.client()
     w = Watcher(c)
     reply = c.submit([{"id": "too-late", "kind": "echo", "delay_ms": DELAY_MAX_MS + 1},
@@ -146,6 +147,10 @@ def test_delay_bounds_and_cancel_of_a_delayed_item(start_daemon):
     assert (reply.accepted, reply.rejected) == (1, 1) and "queue full" in reply.rejections[0].reason
     items = get_items(c, ["at-max", "soon", "third"])
     assert all(it.state == QUEUED for it in items.values())
+    doc = status_json(d.status_address)
+    assert doc["queue"] == {"depth": 3, "waiting": 0, "delayed": 3, "capacity": 3}, doc["queue"]
+    status, _, body = request(d.status_address, "/metrics")
+    assert status == 200 and "\ndosomething_queue_delayed 3\n" in body.decode(), body[:2000]
 
     reply = c.stub.cancel(pb.CancelRequest(item_ids=["at-max", "soon", "third"]), timeout=10)
     w.wait_final(["at-max", "soon", "third"], timeout=5)

@@ -139,6 +139,7 @@ def test_metrics_format(start_daemon):
         "dosomething_items_rejected_unknown_kind": "counter",
         "dosomething_item_latency_seconds": "histogram",
         "dosomething_queue_depth": "gauge", "dosomething_queue_waiting": "gauge",
+        "dosomething_queue_delayed": "gauge",
         "dosomething_queue_capacity": "gauge", "dosomething_worker_in_flight": "gauge",
         "dosomething_subscribers": "gauge", "dosomething_subscribers_dropped": "counter",
         "dosomething_update_seq": "gauge", "dosomething_worker_exits": "counter",
@@ -293,7 +294,7 @@ def test_status_json(start_daemon):
                       ("processes", list)):
         assert isinstance(doc.get(key), kind), f"{key}: {doc.get(key)!r}"
     assert doc["draining"] is False and doc["generation"] >= 1
-    assert doc["queue"] == {"depth": 0, "waiting": 0, "capacity": 10000}
+    assert doc["queue"] == {"depth": 0, "waiting": 0, "delayed": 0, "capacity": 10000}
     assert set(doc["kinds"]) == {"echo", "sha256", "sleep"}
     for counters in doc["kinds"].values():
         assert all(isinstance(counters[c], int) for c in KIND_COUNTERS), counters

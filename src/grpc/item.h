@@ -73,7 +73,8 @@ struct outcome {
 };
 
 /* A new item at attempt 1 with the next key; RAW (RAW_LEN bytes), ID and
- * BATCH are copied, KIND is interned. */
+ * BATCH are copied, KIND is interned; its priority is read from RAW, its
+ * due time is 0 (the caller sets one). */
 struct item *item_make(const uint8_t *raw, size_t raw_len, const char *id, const char *batch,
                        const char *kind, uint32_t max_attempts, uint32_t timeout_ms, int quick);
 /* The same from a decoded WorkItem and the slice it came in (unref'ed

@@ -1,5 +1,6 @@
 /*
- * queue.c: the waiting list, the worker connections and dispatch.
+ * queue.c: the waiting items (waitlist.c), the worker connections and
+ * dispatch.
  *
  * Accepted items wait here until a worker has room, run there, and leave
  * when their attempt ends. Each worker holds at most workers.prefetch

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 #include <event2/event.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "grpc/item.h"
 #include "grpc/queue.h"
@@ -611,6 +612,67 @@ has_cancels(void *arg)
     return a->w->cancel_count >= a->count;
 }
 
+/* Highest priority first; a worker full of a low-priority item takes no
+ * more, and the urgent item is next once it has room. */
+static void
+test_priority_dispatch(void **state)
+{
+    queue_set_prefetch(1);
+    struct item *low = new_item("low", 0, 0), *high = new_item("high", 0, 0);
+    struct item *mid = new_item("mid", 0, 0), *low2 = new_item("low2", 0, 0);
+    low->priority = low2->priority = -1;
+    high->priority = 10;
+    mid->priority = 3;
+    queue_push(low);
+    queue_push(low2);
+    queue_push(mid);
+    fake_attach(&w1, 1001, 0);
+    fake_wait_items(rec.base, &w1, 1);
+    assert_string_equal(w1.items[0].id, "mid");
+    queue_push(high);
+    queue_dispatch();
+    fake_settle(rec.base, &w1);
+    assert_int_equal(w1.count, 1);              /* full: nothing more */
+    fake_send_update(rec.base, &w1, mid->key, 1, STATE_SUCCEEDED, 1, "r", 1);
+    fake_wait_items(rec.base, &w1, 2);
+    assert_string_equal(w1.items[1].id, "high");
+    assert_int_equal(queue_waiting(), 2);
+}
+
+/* A delayed item waits for its due time under the queue's one timer, then
+ * is dispatched; a cancel finds delayed items too. */
+static void
+test_delayed(void **state)
+{
+    queue_set_prefetch(4);
+    fake_attach(&w1, 1001, 0);
+    struct item *later = new_item("later", 0, 0), *never = new_item("never", 0, 0);
+    struct item *now = new_item("now", 0, 0), *past = new_item("past", 0, 0);
+    uint64_t t = (uint64_t)clock_wall_ns();
+    later->due_ns = t + 30 * 1000000ull;
+    never->due_ns = t + 3600 * 1000000000ull;
+    past->due_ns = t - 1;
+    queue_push(later);
+    queue_push(never);
+    queue_push(now);
+    queue_push(past);
+    assert_int_equal(queue_delayed(), 2);
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 2);
+    assert_string_equal(w1.items[0].id, "now");
+    assert_string_equal(w1.items[1].id, "past");
+    fake_wait_items(rec.base, &w1, 3);
+    assert_string_equal(w1.items[2].id, "later");
+    assert_true((uint64_t)clock_wall_ns() >= later->due_ns);
+    assert_int_equal(queue_delayed(), 1);
+    assert_true(queue_holds(never->key));
+    struct cancel_arg a = { .ids = { "never" } };
+    queue_cancel(&cancel_ops, &a);
+    assert_int_equal(queue_delayed(), 0);
+    assert_int_equal(count_of(REC_CANCEL_TAKEN), 1);
+    assert_int_equal(w1.count, 3);
+}
+
 /* Waiting items leave at once; held ones get IPC_CANCEL, their PROGRESS is
  * dropped and their end, whatever it says, is reported as cancelled. */
 static void
@@ -812,6 +874,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_cancel_kill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_take_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_local_room, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_priority_dispatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delayed, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

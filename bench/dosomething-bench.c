@@ -173,6 +173,8 @@ static struct {
     uint64_t threads;
     const char *kind;
     uint64_t payload;
+    uint64_t priorities;        /* > 1: item i gets WorkItem.priority i % priorities */
+    uint64_t delay_ms;          /* WorkItem.delay_ms of every item */
     const char *param_keys[MAX_PARAMS];
     const char *param_values[MAX_PARAMS];
     size_t n_params;
@@ -228,6 +230,8 @@ usage(FILE *f)
 "      --sub-threads T    threads reading subscribers (default 1)\n"
 "      --kind KIND        WorkItem.kind (default echo)\n"
 "      --payload BYTES    payload size (default 64)\n"
+"      --priorities P     item i gets priority i %% P (default 1: all 0; at most 128)\n"
+"      --delay-ms MS      every item's delay_ms (default 0)\n"
 "      --param K=V        a handler parameter (repeatable)\n"
 "      --states LIST      subscriber filter: comma-separated state names, or 'all'\n"
 "                         (default SUCCEEDED,FAILED)\n"
@@ -290,7 +294,7 @@ parse_options(int argc, char **argv)
 {
     enum { O_SUB_THREADS = 256, O_KIND, O_PAYLOAD, O_PARAM, O_STATES, O_WINDOW, O_WAIT,
            O_SUB_READY, O_SERVER_PID, O_TIMEOUT, O_LABEL, O_ID_PREFIX, O_SINK, O_HASH_LOOP,
-           O_PROCS, O_ROUNDS, O_HASH_API, O_STALL };
+           O_PROCS, O_ROUNDS, O_HASH_API, O_STALL, O_PRIORITIES, O_DELAY_MS };
     static const struct option longopts[] = {
         { "target", required_argument, NULL, 't' },
         { "items", required_argument, NULL, 'n' },
@@ -300,6 +304,8 @@ parse_options(int argc, char **argv)
         { "sub-threads", required_argument, NULL, O_SUB_THREADS },
         { "kind", required_argument, NULL, O_KIND },
         { "payload", required_argument, NULL, O_PAYLOAD },
+        { "priorities", required_argument, NULL, O_PRIORITIES },
+        { "delay-ms", required_argument, NULL, O_DELAY_MS },
         { "param", required_argument, NULL, O_PARAM },
         { "states", required_argument, NULL, O_STATES },
         { "window", required_argument, NULL, O_WINDOW },
@@ -337,6 +343,12 @@ parse_options(int argc, char **argv)
         case O_SUB_THREADS: opt.threads = parse_u64("--sub-threads", optarg); break;
         case O_KIND: opt.kind = optarg; break;
         case O_PAYLOAD: opt.payload = parse_u64("--payload", optarg); break;
+        case O_PRIORITIES:
+            opt.priorities = parse_u64("--priorities", optarg);
+            if (opt.priorities < 1 || opt.priorities > 128)
+                die("--priorities must be 1..128");
+            break;
+        case O_DELAY_MS: opt.delay_ms = parse_u64("--delay-ms", optarg); break;
         case O_PARAM: {
             char *eq = strchr(optarg, '=');
             if (eq == NULL || eq == optarg)
@@ -1006,11 +1018,16 @@ call_send_next(struct scall *c)
     char id[96];
     int id_len = snprintf(id, sizeof id, "%s%" PRIu64, opt.id_prefix, i);
     grpc_slice slices[2];
-    slices[0] = grpc_slice_malloc((size_t)id_len + 2);
+    int with_priority = opt.priorities > 1;
+    slices[0] = grpc_slice_malloc((size_t)id_len + 2 + (with_priority ? 2 : 0));
     uint8_t *p = GRPC_SLICE_START_PTR(slices[0]);
     p[0] = 0x0a;                /* field 1, length-delimited */
     p[1] = (uint8_t)id_len;     /* < 128 */
     memcpy(p + 2, id, (size_t)id_len);
+    if (with_priority) {
+        p[2 + id_len] = 0x40;   /* field 8 (priority), varint */
+        p[3 + id_len] = (uint8_t)(i % opt.priorities);     /* < 128 */
+    }
     slices[1] = grpc_slice_ref(tmpl);
     c->send_bb = grpc_raw_byte_buffer_create(slices, 2);
     grpc_slice_unref(slices[0]);
@@ -1314,6 +1331,7 @@ build_template(void)
     item.payload.len = opt.payload;
     item.n_params = opt.n_params;
     item.params = ptrs;
+    item.delay_ms = (uint32_t)opt.delay_ms;
     size_t len = com__agrounds__dosomething__v1__work_item__get_packed_size(&item);
     tmpl = grpc_slice_malloc(len);
     com__agrounds__dosomething__v1__work_item__pack(&item, GRPC_SLICE_START_PTR(tmpl));

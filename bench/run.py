@@ -26,6 +26,8 @@ by 20 and skips 6 and J):
   J  queue.journal: scenario 1's echo load, N=100k, with the journal off and
      journal_sync never, 50ms, always (a fresh journal directory each);
      items/s and the ratio to off; idle latency with always (not in --quick)
+  P  scheduling: echo with 5 priorities mixed vs all at 0; 1M items delayed
+     by an hour (N / 20 quick): memory per item, CPU while they wait
   C  cluster mode (Redis Streams): scenario 1's echo load, N=100k, on one
      instance without cluster, 1 instance in cluster mode on a fresh
      redis-server, 2 instances on one fresh redis-server (half the calls to
@@ -962,6 +964,53 @@ class Runner:
                 self.check(f"SB {what} items/s, this tree vs {name}", "(report)",
                            f"{ia / ib:.2f}x ({ia:,.0f} vs {ib:,.0f}/s)", None)
 
+    def sp(self):
+        """Scheduling: echo with 5 priorities mixed against all at priority 0
+        (interleaved, the median of --repeat each); then 1M items delayed by
+        an hour (N / 20 with --quick): memory per item, and the CPU of the
+        whole daemon while they wait."""
+        calls = self.args.calls
+        n = self.N(100000)
+        runs = {1: [], 5: []}
+        for _ in range(self.args.repeat):
+            for prios in (1, 5):
+                d = self.daemon(sub_buffer=n)
+                runs[prios].append(self.client_once(d, n, f"SP priorities {prios}", 120,
+                                                    calls=calls, payload=64, priorities=prios))
+                self.stop(d)
+        flat = self.record("P scheduling", median_run(runs[1]), note="all priority 0")
+        mixed = self.record("P scheduling", median_run(runs[5]), note="5 priorities mixed")
+        a, b = mixed["items_per_s"], flat["items_per_s"]
+        self.check("SP echo items/s, 5 priorities vs all 0", "(report)",
+                   f"{a / b:.2f}x ({a:,.0f} vs {b:,.0f}/s)", None)
+
+        n = 1000000 if not self.args.quick else 50000
+        payload = 64
+        d = self.daemon(capacity=n + 1024)
+        r = self.record("P scheduling", self.client(
+            d, n, "SP delayed", calls=calls, subscribers=0, wait="accepted",
+            payload=payload, delay_ms=3600000, timeout=300, repeat=1),
+            note=f"{n:,} echo items, delay_ms 1h; submit only")
+        gp = [p for p in r["server_procs"] if p["name"].startswith("dosomethingd: grpc")]
+        if not gp:
+            raise BenchError("SP: no grpc process among the server's processes")
+        gp = gp[0]
+        per_item = (gp["rss_after_kb"] - gp["rss_before_kb"]) * 1024 / n
+        self.check("SP grpc RSS per delayed item, minus payload", "(report)",
+                   f"{per_item - payload:.0f} B ({per_item:.0f} B/item incl. {payload} B payload)",
+                   None)
+        time.sleep(1.0)
+        pids = descendants(d.root_pid)
+        n0 = {p: cpu_ns(p) for p in pids}
+        w0 = time.monotonic()
+        time.sleep(5.0)
+        wall = time.monotonic() - w0
+        ns = sum(cpu_ns(p) - n0[p] for p in pids if cpu_ns(p) is not None and n0[p] is not None)
+        pct = 100.0 * ns / 1e9 / wall
+        self.check(f"SP CPU of the daemon while {n:,} delayed items wait", "< 0.1%",
+                   f"{pct:.4f}% ({ns / 1e6:.2f} ms in {wall:.1f} s)", pct < 0.1)
+        self.stop(d)
+
     def idle(self):
         d = self.daemon()
         time.sleep(1.0)
@@ -1151,6 +1200,7 @@ def main():
             run.scenario(6, "1M queued items: memory per item", run.s6)
             run.scenario("J", "queue.journal off / never / 50ms / always", run.sj)
         run.scenario("C", "cluster mode: 1 instance vs single machine, 2 instances vs 1", run.sc)
+        run.scenario("P", "scheduling: 5 priorities mixed; delayed items waiting", run.sp)
         run.scenario("I", "idle CPU", run.idle)
         if args.baseline_daemon:
             run.scenario("B", f"this tree vs {args.baseline_name or args.baseline_daemon}",

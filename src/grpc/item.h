@@ -34,7 +34,9 @@ struct item {
     const char *batch;
     const uint8_t *raw;         /* the WorkItem as the client sent it */
     const char *kind;           /* interned: never freed */
-    uint64_t key;               /* unique in this process (and in the cluster) */
+    uint64_t key;               /* unique in this process (and in the cluster); it
+                                 * grows with acceptance: the queue keeps each
+                                 * priority's items in key order */
     uint64_t accepted_ns;       /* monotonic */
     /* Not to start before this (unix ns; 0: at once): WorkItem.delay_ms
      * from its acceptance, or a retry's backoff. Absolute, so that it

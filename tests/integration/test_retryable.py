@@ -282,6 +282,29 @@ def test_cluster_mode(redis, start_daemon, tmp_path):  # noqa: F811
     check_retry_then_success_and_exhaustion(d, counts)
 
 
+def test_cluster_two_instances(redis, start_daemon, tmp_path):  # noqa: F811
+    """Items asking for a retry on two instances sharing a queue: each runs
+    exactly twice (on either), ends SUCCEEDED at attempt 2, and a subscriber
+    on the other instance sees each RETRYING."""
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    name = cluster_name()
+    extra = {"queue": {"max_attempts": 3}, "handlers": retry_kinds(counts)}
+    a = start_instance(start_daemon, redis, name, "a", overrides=extra)
+    b = start_instance(start_daemon, redis, name, "b", overrides=extra)
+    watch = b.client().subscribe(replay=True, kinds=["flaky"])
+    ids = [f"f{i}" for i in range(20)]
+    reply, sub = a.client().run_items([{"id": i, "kind": "flaky"} for i in ids], timeout=60)
+    assert reply.accepted == 20
+    for i in ids:
+        f = sub.final[i]
+        assert (f.state, f.attempt, f.result) == (SUCCEEDED, 2, b"ok 2"), f
+        assert runs(counts, i) == 2
+    watch.wait(lambda s: all(i in s.final for i in ids), 30, "b's finals")
+    for i in ids:
+        assert [u.attempt for u in watch.of(i) if u.state == RETRYING] == [1], watch.of(i)
+
+
 # ---- config ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, message", [

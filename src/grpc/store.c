@@ -62,7 +62,7 @@ indexed(void)
 }
 
 static void
-publish(const struct item *item, const struct outcome *o)
+publish(struct item *item, const struct outcome *o)
 {
     uint64_t seq = updates_publish(item, o);
     if (indexed())
@@ -70,7 +70,7 @@ publish(const struct item *item, const struct outcome *o)
 }
 
 static void
-forget(const struct item *item)
+forget(struct item *item)
 {
     if (indexed())
         items_forget(item);
@@ -541,7 +541,7 @@ store_dropped(struct item *item)
 }
 
 void
-store_publish_local(const struct item *item, const struct outcome *o)
+store_publish_local(struct item *item, const struct outcome *o)
 {
     publish(item, o);
 }

@@ -41,7 +41,6 @@ struct known_extra {
 /* One known item. Kept small: a million retained finals are a million of
  * these (see README, "Known items"). */
 struct known_item {
-    struct known_item *hash_next;
     struct known_extra *extra;  /* NULL: no error, result or raw */
     /* Unix nano, unique and increasing in acceptance order (two items
      * accepted in the same nanosecond are 1 ns apart): the listing's key.

@@ -95,7 +95,19 @@ struct ds_handler_config {
      * (the master) when it checks the module; 0 from config_load_text, which
      * never loads a module: the master sends them with the text. */
     uint32_t module_flags;
+    /* Per-kind limits, applied by the grpc process (src/grpc/kind_gate.c):
+     * at most concurrency items running at once (0: unlimited), at most
+     * rate_count started per rate_interval_ms (0: no rate), and paused:
+     * accepted and queued, not started. */
+    uint32_t concurrency;
+    uint32_t rate_count;
+    uint64_t rate_interval_ms;
+    int paused;
 };
+
+/* handlers.<kind>.concurrency and rate: bounds. */
+#define CONFIG_CONCURRENCY_MAX 1000000u
+#define CONFIG_RATE_COUNT_MAX  1000000u
 
 /* The service's methods a grpc.listen entry may serve (grpc.listen_methods);
  * bit i is config_method_name(i). Health and reflection are not among them:

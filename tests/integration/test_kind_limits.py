@@ -333,3 +333,53 @@ def test_config_errors_name_the_key(start_daemon, tmp_path):
     assert r.returncode == 0, r.stderr
     assert re.search(r"rate: 6000/m", r.stdout) and re.search(r"concurrency: 4", r.stdout)
     assert re.search(r"paused: on", r.stdout)
+
+
+@pytest.mark.deadline(90)
+def test_usr2_hands_parked_items_to_the_new_instance(start_daemon, monkeypatch, tmp_path):
+    import os
+    import shutil
+    import conftest
+    from conftest import descendants
+    binary = tmp_path / "dosomethingd"
+    shutil.copy(conftest.BINARY, binary)
+    monkeypatch.setattr(conftest, "BINARY", str(binary))
+    paused = config(tmp_path, {"paused": True}, workers=2)
+    paused["shutdown_timeout"] = "2s"
+    d = start_daemon(paused)
+    old_master = d.master_pid
+    old_sub = d.client().subscribe(sync=True, name="old")
+    items = sleeps("h", 10, ms=1)
+    ids = [i["id"] for i in items]
+    assert d.client().submit(items).accepted == 10
+    old_sub.wait(lambda s: all(s.of(i) for i in ids), 10, "QUEUED")
+    new_master = None
+    try:
+        d.send_signal(signal.SIGUSR2)
+        wait_for(lambda: d.read_pid_file() not in (None, old_master), 10,
+                 "the new master's pid file")
+        new_master = d.read_pid_file()
+        d.known_pids.add(new_master)
+        assert d.wait_exit(timeout=20) == 0, "the old master did not hand over and exit"
+        d.wait_log(r"handover: 10 items handed over to the new instance")
+        for i in ids:
+            assert old_sub.of(i)[-1].state == RETRYING, (i, old_sub.states_of(i))
+        new_client = conftest.Client(d.address)
+        new_sub = new_client.subscribe(replay=True, after_seq=0, name="new")
+        time.sleep(0.3)
+        assert not (set(ids) & set(new_sub.final)), "a paused kind's item ran after the handover"
+        unpaused = config(tmp_path, {"concurrency": 1}, workers=2)
+        unpaused["shutdown_timeout"] = "2s"
+        d.write_config(unpaused)
+        os.kill(new_master, signal.SIGHUP)
+        finals = new_sub.wait_final(ids, timeout=30)
+        assert all(u.state == SUCCEEDED for u in finals.values())
+        assert started_order(new_sub, ids) == ids
+        new_client.close()
+    finally:
+        if new_master is not None:
+            for pid in [new_master] + descendants(new_master):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import FAILED, QUEUED, STARTED, SUCCEEDED, free_port, pb, wait_for
+from test_cluster import redis  # noqa: F401 (a fixture)
 
 CANCELLED = pb.CANCELLED if pb is not None else 8
 RETRYING = pb.RETRYING if pb is not None else 6
@@ -383,3 +384,40 @@ def test_usr2_hands_parked_items_to_the_new_instance(start_daemon, monkeypatch, 
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+@pytest.mark.deadline(90)
+def test_cluster_limits_per_instance_and_parked_items_stay_leased(redis, start_daemon,
+                                                                 tmp_path):
+    from test_cluster import cluster_config, cluster_name, start_instance
+    name = cluster_name()
+    status = f"127.0.0.1:{free_port()}"
+
+    def handlers(sleep):
+        h = {"default": "echo", "echo": {"builtin": "echo"}, "sleep": {"builtin": "sleep"}}
+        h["sleep"].update(sleep)
+        return h
+    paused = {"handlers": handlers({"paused": True}), "status": {"listen": status}}
+    a = start_instance(start_daemon, redis, name, "a", workers=2, overrides=paused)
+    sub = a.client().subscribe(sync=True)
+    items = sleeps("cl", 6, ms=1)
+    ids = [i["id"] for i in items]
+    assert a.client().submit(items).accepted == 6
+    wait_for(lambda: status_kinds(status)["sleep"]["parked"] == 6, 10, "6 parked on a")
+    # b would take over any item a stopped renewing; a renews the parked
+    # ones, so nothing runs while a keeps the kind paused.
+    b = start_instance(start_daemon, redis, name, "b", workers=2,
+                       overrides={"handlers": handlers({})})
+    time.sleep(3)                               # 3 leases
+    assert not [u for u in sub.snapshot() if u.item_id in set(ids) and u.state != QUEUED], \
+        "a parked item was taken over or run"
+    reload(a, cluster_config(redis, name, "1s", 2,
+                             {"handlers": handlers({"concurrency": 1}),
+                              "status": {"listen": status}}))
+    finals = sub.wait_final(ids, timeout=30)
+    assert all(u.state == SUCCEEDED and u.attempt == 1 for u in finals.values()), \
+        {i: (u.state, u.attempt) for i, u in finals.items()}
+    b_workers = set(b.worker_pids())      # b never reloads: its workers stay
+    assert not [u.item_id for u in sub.snapshot()
+                if u.item_id in set(ids) and u.state == STARTED and u.worker_pid in b_workers]
+    assert most_at_once(sub, ids) == 1

@@ -606,6 +606,25 @@ emit_string_list(struct printer *p, char *const *values, size_t count)
     }
 }
 
+/* [1, 2, 3] on one line, plain (numbers), [] when empty. */
+static void
+emit_int_list(struct printer *p, char *const *values, size_t count)
+{
+    yaml_event_t event;
+    size_t i;
+
+    if (p->failed)
+        return;
+    yaml_sequence_start_event_initialize(&event, NULL, NULL, 1, YAML_FLOW_SEQUENCE_STYLE);
+    emit(p, &event);
+    for (i = 0; i < count; i++)
+        emit_plain(p, values[i]);
+    if (!p->failed) {
+        yaml_sequence_end_event_initialize(&event);
+        emit(p, &event);
+    }
+}
+
 /* A stream of one document, whose root comes between start and end. */
 static void
 emit_document_start(struct printer *p)
@@ -2392,6 +2411,83 @@ print_rate(struct printer *p, const struct key_rule *rule, const void *base)
     emit_plain(p, "off");
 }
 
+static void
+retry_exit_codes_default(struct ds_handler_config *h)
+{
+    memset(h->retry_exit_codes, 0, sizeof h->retry_exit_codes);
+    h->retry_exit_codes[CONFIG_RETRY_EXIT_DEFAULT / 8] |= 1u << (CONFIG_RETRY_EXIT_DEFAULT % 8);
+}
+
+int
+config_retry_exit_code(const struct ds_handler_config *handler, int status)
+{
+    if (status < 1 || status > 255)
+        return 0;
+    return (handler->retry_exit_codes[status / 8] >> (status % 8)) & 1;
+}
+
+/* `retry_exit_codes: [75, ...]`: exit statuses 1..255, each once; [] is none. */
+static void
+parse_retry_exit_codes(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_handler_config *h = base;
+    char sub[CONFIG_KEY_PATH_MAX], buf[48];
+    uint8_t codes[sizeof h->retry_exit_codes] = { 0 };
+    const struct node *item;
+    uint64_t v;
+    size_t k;
+    int ok = 1;
+
+    if (value->type != NODE_SEQUENCE) {
+        error_at(ld, value, path, "must be a list of exit statuses 1..255 such as [75] "
+                 "([] for none), got %s", is_null(value) ? "nothing" : node_kind(value));
+        return;
+    }
+    for (item = value->first, k = 0; item != NULL; item = item->next, k++) {
+        format_key(sub, sizeof sub, "%s[%zu]", path, k);
+        const char *s = scalar(ld, item, sub);
+        if (s == NULL) {
+            ok = 0;
+            continue;
+        }
+        if (parse_uint(s, &v) == -1 || v < 1 || v > 255) {
+            error_at(ld, item, sub, "must be an exit status 1..255, got %s",
+                     excerpt(s, buf, sizeof buf));
+            ok = 0;
+            continue;
+        }
+        if (codes[v / 8] & (1u << (v % 8))) {
+            error_at(ld, item, sub, "duplicate exit status %u", (unsigned)v);
+            ok = 0;
+            continue;
+        }
+        codes[v / 8] |= (uint8_t)(1u << (v % 8));
+    }
+    if (ok)
+        memcpy(h->retry_exit_codes, codes, sizeof codes);
+}
+
+/* Exec handlers only, where it means something: [75], [], [3, 75]. */
+static void
+print_retry_exit_codes(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_handler_config *h = base;
+    char text[256][4], *values[255];
+    size_t n = 0;
+
+    if (h->type != DS_HANDLER_EXEC)
+        return;
+    for (int s = 1; s <= 255; s++) {
+        if (config_retry_exit_code(h, s)) {
+            snprintf(text[n], sizeof text[n], "%d", s);
+            values[n] = text[n];
+            n++;
+        }
+    }
+    emit_plain(p, rule->name);
+    emit_int_list(p, values, n);
+}
+
 static const struct key_rule handler_rules[] = {
     { .name = "builtin", .type = VALUE_CUSTOM, .parse = parse_builtin, .print = print_builtin },
     { .name = "exec", .type = VALUE_CUSTOM, .parse = parse_exec, .print = print_exec },
@@ -2401,6 +2497,8 @@ static const struct key_rule handler_rules[] = {
       .max = UINT64_MAX },
     { .name = "cancel_grace", .type = VALUE_DURATION, HANDLER_FIELD(cancel_grace_ms),
       .min = 0, .max = CONFIG_CANCEL_GRACE_MAX_MS },
+    { .name = "retry_exit_codes", .type = VALUE_CUSTOM, .parse = parse_retry_exit_codes,
+      .print = print_retry_exit_codes },
     { .name = "env", .type = VALUE_CUSTOM, .parse = parse_env, .print = print_env },
     { .name = "options", .type = VALUE_CUSTOM, .parse = parse_options, .print = print_options },
     { .name = "concurrency", .type = VALUE_UINT, HANDLER_FIELD(concurrency), .min = 0,
@@ -2431,6 +2529,10 @@ parse_handler(struct loader *ld, struct node *value, const char *path,
     n = find_position(ld, sub);
     if (n != NULL && h->type != DS_HANDLER_EXEC)
         error_at(ld, n, sub, "only for exec handlers");
+    join_key(sub, sizeof sub, path, "retry_exit_codes");
+    n = find_position(ld, sub);
+    if (n != NULL && h->type != DS_HANDLER_EXEC)
+        error_at(ld, n, sub, "only for exec handlers (a module returns DS_MODULE_RETRY)");
     join_key(sub, sizeof sub, path, "options");
     n = find_position(ld, sub);
     if (n != NULL && h->type != DS_HANDLER_MODULE)
@@ -2521,6 +2623,7 @@ parse_handlers(struct loader *ld, struct node *value, const char *path, void *ba
         }
         list[n].kind = pool_strdup(c->pool, key->value);
         list[n].cancel_grace_ms = CONFIG_CANCEL_GRACE_DEFAULT_MS;
+        retry_exit_codes_default(&list[n]);
         c->handler_count = ++n;
         parse_handler(ld, key->next, sub, &list[n - 1]);
     }
@@ -2754,6 +2857,7 @@ set_defaults(struct loader *ld)
         c->handlers[i].type = default_handlers[i].type;
         c->handlers[i].timeout_ms = default_handlers[i].timeout_ms;
         c->handlers[i].cancel_grace_ms = CONFIG_CANCEL_GRACE_DEFAULT_MS;
+        retry_exit_codes_default(&c->handlers[i]);
     }
     c->handler_count = n;
     c->default_handler = c->handlers[0].kind;

@@ -20,6 +20,7 @@
 
 #include "core/wire.h"
 
+struct known_item;
 struct worker;
 
 /*
@@ -30,6 +31,10 @@ struct worker;
 struct item {
     struct item *next;          /* in the queue, or in its worker's list */
     struct worker *worker;      /* while dispatched */
+    /* Its entry in the index of known items (items.c sets it; the entry
+     * outlives the item: only finals are forgotten, and a final item is
+     * freed). NULL: not looked up yet. */
+    struct known_item *known;
     const char *id;             /* these point into data[] */
     const char *batch;
     const uint8_t *raw;         /* the WorkItem as the client sent it */

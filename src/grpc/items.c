@@ -461,12 +461,21 @@ end_change(struct known_item *k, enum wire_state state, int was_final)
         ring_push(k);
 }
 
-void
-items_accepting(const struct item *item)
+/* ITEM's entry: the one it points to, else looked up (and remembered). */
+static struct known_item *
+entry_of(struct item *item)
 {
-    struct known_item *k = (struct known_item *)items_find(item->id);
+    if (item->known == NULL)
+        item->known = (struct known_item *)items_find(item->id);
+    return item->known;
+}
+
+void
+items_accepting(struct item *item)
+{
+    struct known_item *k = entry_of(item);
     if (k == NULL)
-        k = make_known(item->id, item->batch, item->kind);
+        k = item->known = make_known(item->id, item->batch, item->kind);
     int was_final = begin_change(k);    /* a retry: it runs again from attempt 1 */
     k->kind_index = kind_index(item->kind);
     set_extra(k, NULL, NULL, 0, NULL, 0);
@@ -480,22 +489,23 @@ items_accepting(const struct item *item)
 }
 
 void
-items_forget(const struct item *item)
+items_forget(struct item *item)
 {
-    struct known_item *k = (struct known_item *)items_find(item->id);
+    struct known_item *k = entry_of(item);
     if (k == NULL || items_is_final(k->state))
         return;
+    item->known = NULL;
     free_known(k);
     if (ix.changed != NULL)
         ix.changed(item->id);
 }
 
 void
-items_updated(const struct item *item, const struct outcome *o, uint64_t seq)
+items_updated(struct item *item, const struct outcome *o, uint64_t seq)
 {
-    struct known_item *k = (struct known_item *)items_find(item->id);
+    struct known_item *k = entry_of(item);
     if (k == NULL) {
-        k = make_known(item->id, item->batch, item->kind);
+        k = item->known = make_known(item->id, item->batch, item->kind);
         k->priority = priority_of(item->raw, item->raw_len);
     }
     int was_final = begin_change(k);
@@ -531,6 +541,7 @@ items_updated(const struct item *item, const struct outcome *o, uint64_t seq)
     }
     end_change(k, o->state, was_final);
     if (final) {
+        item->known = NULL;     /* the retention may forget it now */
         enforce(ix.now());
         if (ix.changed != NULL)
             ix.changed(item->id);

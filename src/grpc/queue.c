@@ -246,6 +246,7 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         case STATE_SUCCEEDED:
         case STATE_FAILED:
         case STATE_CANCELLED:
+        case STATE_RETRYING:
             worker_remove(w, item);
             worker_cancel_answered(w);
             q.ev->cancelled(item, w->pid);
@@ -268,10 +269,11 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         q.ev->update(item, &o);
         return 0;
     case STATE_SUCCEEDED:
-    case STATE_FAILED: {
+    case STATE_FAILED:
+    case STATE_RETRYING: {
         worker_remove(w, item);
         char error[1024];
-        if (u.state == STATE_FAILED) {
+        if (u.state != STATE_SUCCEEDED) {
             /* Where a handler's error enters this process: cut between
              * characters (updates.c replaces whatever else is not UTF-8). */
             const char *text = (const char *)rest;
@@ -284,7 +286,10 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
             o.result_len = rest_len;
             o.progress = 1;
         }
-        q.ev->ended(item, &o);
+        if (u.state == STATE_RETRYING)
+            q.ev->retry_asked(item, w->pid, error);     /* an attempt spent */
+        else
+            q.ev->ended(item, &o);
         w->items_done++;
         queue_dispatch();
         worker_maybe_release(w);

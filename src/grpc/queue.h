@@ -52,6 +52,9 @@ struct queue_events {
     /* ITEM's attempt was spent without an answer (its worker died, or it
      * timed out) for REASON. */
     void (*attempt_failed)(struct item *item, pid_t worker_pid, const char *reason);
+    /* ITEM's handler failed and asked for another attempt (RETRYING from
+     * its worker) with ERROR: an attempt spent, like attempt_failed. */
+    void (*retry_asked)(struct item *item, pid_t worker_pid, const char *error);
     /* ITEM, whose cancel was asked (queue_cancel), has left its worker:
      * whatever its attempt's end said (SUCCEEDED, FAILED, CANCELLED, its
      * worker's death), it ends CANCELLED. */

@@ -88,6 +88,9 @@ static const struct {
       offsetof(struct kind_metrics, failed) },
     { "retried", "items_retried_total", "Attempts that ended RETRYING, by kind.",
       offsetof(struct kind_metrics, retried) },
+    { "retried_asked", "items_retried_asked_total", "Attempts that ended RETRYING because "
+      "the handler asked (an exec retry_exit_codes status, a module's DS_MODULE_RETRY), by "
+      "kind.", offsetof(struct kind_metrics, retried_asked) },
     { "cancelled", "items_cancelled_total", "Items that ended CANCELLED, by kind.",
       offsetof(struct kind_metrics, cancelled) },
 };

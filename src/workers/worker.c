@@ -270,6 +270,8 @@ run_task(struct task *t)
         w.cancel_requested = 0;
     } else if (r == 0) {
         send_update(t, STATE_SUCCEEDED, 1, out.result, out.result_len);
+    } else if (r == HANDLER_RETRY) {
+        send_update(t, STATE_RETRYING, 0, out.error, strlen(out.error));
     } else {
         send_update(t, STATE_FAILED, 0, out.error, strlen(out.error));
     }

@@ -2339,6 +2339,78 @@ print_options(struct printer *p, const struct key_rule *rule, const void *base)
     print_string_map(p, rule->name, h->options, h->option_count);
 }
 
+/* handlers.<kind>.rate: off, or COUNT/UNIT with UNIT s, m or h. */
+static const struct {
+    char unit;
+    uint64_t ms;
+} rate_units[] = { { 's', MS_SECOND }, { 'm', 60 * MS_SECOND }, { 'h', 3600 * MS_SECOND } };
+
+static void
+parse_rate(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_handler_config *h = base;
+    const char *s = scalar(ld, value, path), *slash;
+    char buf[48], digits[24];
+    uint64_t count;
+    size_t i, n;
+
+    if (s == NULL)
+        return;
+    if (is_off(value)) {
+        h->rate_count = 0;
+        h->rate_interval_ms = 0;
+        return;
+    }
+    slash = strchr(s, '/');
+    if (slash == NULL) {
+        error_at(ld, value, path, "must be off or COUNT/s, COUNT/m or COUNT/h (such as 100/s), "
+                 "got %s: no '/'", excerpt(s, buf, sizeof buf));
+        return;
+    }
+    n = (size_t)(slash - s);
+    if (n == 0 || n >= sizeof digits) {
+        error_at(ld, value, path, "must be COUNT/s, COUNT/m or COUNT/h (such as 100/s), got %s: "
+                 "the count before '/' must be an integer 1..%u", excerpt(s, buf, sizeof buf),
+                 CONFIG_RATE_COUNT_MAX);
+        return;
+    }
+    memcpy(digits, s, n);
+    digits[n] = '\0';
+    if (parse_uint(digits, &count) == -1 || count < 1 || count > CONFIG_RATE_COUNT_MAX) {
+        error_at(ld, value, path, "must be COUNT/s, COUNT/m or COUNT/h (such as 100/s), got %s: "
+                 "the count before '/' must be an integer 1..%u", excerpt(s, buf, sizeof buf),
+                 CONFIG_RATE_COUNT_MAX);
+        return;
+    }
+    for (i = 0; i < sizeof rate_units / sizeof rate_units[0]; i++) {
+        if (slash[1] == rate_units[i].unit && slash[2] == '\0') {
+            h->rate_count = (uint32_t)count;
+            h->rate_interval_ms = rate_units[i].ms;
+            return;
+        }
+    }
+    error_at(ld, value, path, "must be COUNT/s, COUNT/m or COUNT/h (such as 100/s), got %s: "
+             "the unit after '/' must be s, m or h", excerpt(s, buf, sizeof buf));
+}
+
+static void
+print_rate(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_handler_config *h = base;
+    char buf[32];
+    size_t i;
+
+    emit_plain(p, rule->name);
+    for (i = 0; h->rate_count > 0 && i < sizeof rate_units / sizeof rate_units[0]; i++) {
+        if (rate_units[i].ms == h->rate_interval_ms) {
+            snprintf(buf, sizeof buf, "%u/%c", h->rate_count, rate_units[i].unit);
+            emit_plain(p, buf);
+            return;
+        }
+    }
+    emit_plain(p, "off");
+}
+
 static void
 retry_exit_codes_default(struct ds_handler_config *h)
 {
@@ -2429,6 +2501,10 @@ static const struct key_rule handler_rules[] = {
       .print = print_retry_exit_codes },
     { .name = "env", .type = VALUE_CUSTOM, .parse = parse_env, .print = print_env },
     { .name = "options", .type = VALUE_CUSTOM, .parse = parse_options, .print = print_options },
+    { .name = "concurrency", .type = VALUE_UINT, HANDLER_FIELD(concurrency), .min = 0,
+      .max = CONFIG_CONCURRENCY_MAX },
+    { .name = "rate", .type = VALUE_CUSTOM, .parse = parse_rate, .print = print_rate },
+    { .name = "paused", .type = VALUE_BOOL, HANDLER_FIELD(paused) },
     { .name = NULL }
 };
 

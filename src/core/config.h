@@ -102,8 +102,19 @@ struct ds_handler_config {
      * (the master) when it checks the module; 0 from config_load_text, which
      * never loads a module: the master sends them with the text. */
     uint32_t module_flags;
+    /* Per-kind limits, applied by the grpc process (src/grpc/kind_gate.c):
+     * at most concurrency items running at once (0: unlimited), at most
+     * rate_count started per rate_interval_ms (0: no rate), and paused:
+     * accepted and queued, not started. */
+    uint32_t concurrency;
+    uint32_t rate_count;
+    uint64_t rate_interval_ms;
+    int paused;
 };
 
+/* handlers.<kind>.concurrency and rate: bounds. */
+#define CONFIG_CONCURRENCY_MAX 1000000u
+#define CONFIG_RATE_COUNT_MAX  1000000u
 /* Does exit STATUS (0..255) of HANDLER's program ask for a retry? */
 int config_retry_exit_code(const struct ds_handler_config *handler, int status);
 

@@ -48,6 +48,7 @@ struct item {
     uint8_t started;            /* its worker said STARTED for this attempt */
     uint8_t weight;             /* of a worker's prefetch: ITEM_WEIGHT_QUICK or _FULL */
     uint8_t cancelling;         /* its worker was asked to stop it: it ends CANCELLED */
+    uint8_t gate_slot;          /* counted as running by its kind's limit (kind_gate.c) */
     char data[];
 };
 

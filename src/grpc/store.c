@@ -26,6 +26,7 @@
 #include "grpc/item.h"
 #include "grpc/items.h"
 #include "grpc/journal.h"
+#include "grpc/kind_gate.h"
 #include "grpc/metrics.h"
 #include "grpc/queue.h"
 #include "grpc/updates.h"
@@ -744,6 +745,7 @@ store_init(uint64_t *seq_start)
     st.b = c->cluster.redis != NULL ? &store_redis
            : c->queue.journal != NULL ? &store_journal : &store_memory;
     queue_init(gp.base, &events, c->workers.prefetch);
+    kind_gate_configure(c);
     items_init(gp.base);
     items_configure(c->items.retention_age_ms, c->items.retention_count,
                     c->items.retention_bytes);
@@ -776,6 +778,8 @@ store_configure(const struct ds_config *old)
                  "starts");
     if (st.b->configure != NULL)
         st.b->configure(old);
+    kind_gate_configure(c);     /* per-kind limits and pause, in place */
+    queue_dispatch();           /* what a raised limit or an unpause lets go */
 }
 
 void

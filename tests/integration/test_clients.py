@@ -420,6 +420,12 @@ def runs_handler(runs_file):
     return {"exec": ["sh", "-c", script]}
 
 
+def with_runs(runs_file):
+    """The handlers of a test config: echo, sleep and runs."""
+    return {"default": "echo", "echo": {"builtin": "echo"}, "sleep": {"builtin": "sleep"},
+            "runs": runs_handler(runs_file)}
+
+
 def count_runs(runs_file):
     counts = {}
     if runs_file.exists():
@@ -447,12 +453,13 @@ def test_a_killed_grpc_process_mid_submit_runs_each_item_once(kind, start_daemon
     resends the call with the same ids: what was accepted before the kill
     counts in duplicates, and it looks up what finished while its stream was
     broken. Every item gets exactly one final on the client's side; each ran
-    as many times as its attempt number says (a run of a duplicate would be
-    one more), at most twice (once more if the kill interrupted it)."""
+    at least once and at most as many times as its attempt number says (a
+    run of a duplicate would be one more), which is at most 2 (the journal's
+    recovery of what the kill interrupted)."""
     runs = tmp_path / "runs.txt"
     d = start_daemon({"workers": {"count": 2},
                       "queue": {"journal": str(tmp_path / "journal"), "capacity": 20},
-                      "handlers": {"runs": runs_handler(runs)}})
+                      "handlers": with_runs(runs)})
     n = 150
     ids = [f"r-{i}" for i in range(n)]
     items = write_lines(tmp_path / "items.txt",
@@ -482,9 +489,11 @@ def test_a_killed_grpc_process_mid_submit_runs_each_item_once(kind, start_daemon
     counted = count_runs(runs)
     for i in ids:
         assert conftest.state_name(known[i].state) == "SUCCEEDED", (i, known[i])
-        assert counted.get(i, 0) == known[i].attempt, \
+        # A run of a duplicate would be a run beyond the attempts. (An attempt
+        # may have no run: the item was on its way to a worker killed with
+        # the grpc process.)
+        assert 1 <= counted.get(i, 0) <= known[i].attempt <= 2, \
             f"{i}: ran {counted.get(i, 0)} times, attempt {known[i].attempt}"
-        assert known[i].attempt <= 2, (i, known[i].attempt)
 
 
 class LostLogService:
@@ -582,7 +591,7 @@ def test_items_an_earlier_run_sent_are_duplicates_looked_up_not_run(kind, start_
     the finals come from getItems, also of items still running then
     (getItems with wait)."""
     runs = tmp_path / "runs.txt"
-    d = start_daemon({"handlers": {"runs": runs_handler(runs)}})
+    d = start_daemon({"handlers": with_runs(runs)})
     cl = d.client()
     done_ids = [f"done-{i}" for i in range(5)]
     reply, _ = cl.run_items([{"id": i, "kind": "runs", "payload": i.encode(),

@@ -9,6 +9,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -240,6 +241,10 @@ def test_rapid_reset_through_nginx_reaches_the_instances_damped(start_daemon, ng
     other = RssWatch(instances[1].grpc_pid())
     try:
         peak, flood = flood_and_submit(d, front.address, client)
+    except BaseException:
+        for i in instances:     # shown with the failure: e.g. an accept4() at the limit
+            print(f"----- {i.name}'s log\n{i.log_tail(80)}", file=sys.stderr)
+        raise
     finally:
         other_peak = other.stop()
     assert flood.streams > 10000, f"the flood sent only {flood.streams} streams"

@@ -20,6 +20,7 @@
 #include "core/utf8.h"
 #include "core/wire.h"
 #include "grpc/item.h"
+#include "grpc/kind_gate.h"
 #include "grpc/metrics.h"
 #include "grpc/waitlist.h"
 #include "ipc/channel.h"
@@ -42,10 +43,12 @@ workers_list(void)
     return q.workers;
 }
 
+/* Parked items (at their kind's limit) wait too: for a drain, a handover
+ * and /status they are queued items. */
 uint64_t
 queue_waiting(void)
 {
-    return q.wait.ready;
+    return q.wait.ready + kind_gate_parked();
 }
 
 uint64_t
@@ -145,6 +148,7 @@ worker_remove(struct worker *w, struct item *item)
     w->held_weight -= item->weight;
     item->next = NULL;
     item->worker = NULL;
+    kind_gate_leave(item);      /* every end of an attempt passes here */
     if (prev == NULL) {
         w->timeout_key = 0;
         worker_arm_timer(w);
@@ -205,8 +209,8 @@ worker_free(struct worker *w)
 static void
 worker_maybe_release(struct worker *w)
 {
-    if ((w->retiring || (q.wait.ready == 0 && q.wait.heap_count == 0 && q.ev->draining())) &&
-        w->held == 0 &&
+    if ((w->retiring || (queue_waiting() == 0 && q.wait.heap_count == 0 &&
+                         q.ev->draining())) && w->held == 0 &&
         w->channel != NULL) {
         channel_free(w->channel);
         w->channel = NULL;
@@ -250,6 +254,7 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         case STATE_SUCCEEDED:
         case STATE_FAILED:
         case STATE_CANCELLED:
+        case STATE_RETRYING:
             worker_remove(w, item);
             worker_cancel_answered(w);
             q.ev->cancelled(item, w->pid);
@@ -272,10 +277,11 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         q.ev->update(item, &o);
         return 0;
     case STATE_SUCCEEDED:
-    case STATE_FAILED: {
+    case STATE_FAILED:
+    case STATE_RETRYING: {
         worker_remove(w, item);
         char error[1024];
-        if (u.state == STATE_FAILED) {
+        if (u.state != STATE_SUCCEEDED) {
             /* Where a handler's error enters this process: cut between
              * characters (updates.c replaces whatever else is not UTF-8). */
             const char *text = (const char *)rest;
@@ -288,7 +294,10 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
             o.result_len = rest_len;
             o.progress = 1;
         }
-        q.ev->ended(item, &o);
+        if (u.state == STATE_RETRYING)
+            q.ev->retry_asked(item, w->pid, error);     /* an attempt spent */
+        else
+            q.ev->ended(item, &o);
         w->items_done++;
         queue_dispatch();
         worker_maybe_release(w);
@@ -414,10 +423,16 @@ queue_dispatch(void)
 {
     struct worker *w;
     struct item *item;
+    kind_gate_release_ready();
     /* Highest priority first, and nothing of a lower one while it waits:
-     * a worker with room for something else but not for it gets nothing. */
-    while ((item = waitlist_peek(&q.wait)) != NULL && (w = least_loaded(item)) != NULL)
-        worker_send_item(w, waitlist_pop(&q.wait));
+     * a worker with room for something else but not for it gets nothing.
+     * An item its kind's limit holds back is parked by the gate, and the
+     * next one is looked at. */
+    while ((item = waitlist_peek(&q.wait)) != NULL && (w = least_loaded(item)) != NULL) {
+        item = waitlist_pop(&q.wait);
+        if (kind_gate_admit(item))
+            worker_send_item(w, item);
+    }
     if (q.ev->draining())
         workers_close_all();
     q.ev->dispatched();
@@ -479,14 +494,20 @@ queue_push_front(struct item *item)
     wait_for(item, 1);
 }
 
+/* Then the parked ones, then the delayed: they leave without running (a
+ * handover, a stop). */
 struct item *
 queue_take_waiting(void)
 {
     struct item *item = waitlist_pop(&q.wait);
+    if (item == NULL)
+        item = kind_gate_take_parked();
     if (item == NULL) {
         item = waitlist_pop_delayed(&q.wait);
         arm_due_timer();
     }
+    if (item != NULL)
+        kind_gate_leave(item);
     return item;
 }
 
@@ -519,6 +540,7 @@ void
 queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
 {
     waitlist_for_each(&q.wait, fn, arg);
+    kind_gate_for_each(fn, arg);
     for (struct worker *w = q.workers; w != NULL; w = w->next)
         for (struct item *item = w->head; item != NULL; item = item->next)
             fn(item, arg);
@@ -574,12 +596,15 @@ queue_cancel(const struct queue_cancel_ops *ops, void *arg)
             ops->asked(item, arg);
         }
     }
-    /* One sweep of the waiting and the delayed; the taken are ended after
-     * it, when the lists are whole again (ending one may queue and
-     * dispatch more). */
-    struct item *taken = NULL;
+    /* One sweep of the waiting and the delayed, then the parked; the
+     * taken are ended after it, when the lists are whole again (ending
+     * one may queue and dispatch more). */
+    struct item *taken = NULL, **taken_tail = &taken;
     waitlist_take_matching(&q.wait, ops->match, arg, &taken);
     arm_due_timer();
+    for (; *taken_tail != NULL; taken_tail = &(*taken_tail)->next)
+        kind_gate_leave(*taken_tail);   /* given back by its kind's gate: its slot */
+    kind_gate_take_matching(ops->match, arg, &taken_tail);     /* and the parked */
     while (taken != NULL) {
         struct item *item = taken;
         taken = item->next;
@@ -587,6 +612,43 @@ queue_cancel(const struct queue_cancel_ops *ops, void *arg)
         ops->taken(item, arg);
     }
 }
+
+/* ---- the kind gate's way back ------------------------------------------------ */
+
+/* FIRST.. (parked, in acceptance order) may run: each goes back to its
+ * place among the items of its priority, by its key (ahead of those
+ * accepted after it). In reverse, so that each lands at the head. */
+static void
+gate_released(struct item *first)
+{
+    struct item *chain[64], *item = first;
+    while (item != NULL) {
+        size_t n = 0;
+        while (item != NULL && n < sizeof chain / sizeof chain[0]) {
+            chain[n++] = item;
+            item = item->next;
+        }
+        while (n > 0) {
+            struct item *back = chain[--n];
+            back->started = 0;
+            waitlist_push(&q.wait, back, 1);
+        }
+    }
+}
+
+static void
+for_each_held(void (*fn)(struct item *item, void *arg), void *arg)
+{
+    for (struct worker *w = q.workers; w != NULL; w = w->next)
+        for (struct item *item = w->head; item != NULL; item = item->next)
+            fn(item, arg);
+}
+
+static const struct kind_gate_ops gate_ops = {
+    .release = gate_released,
+    .dispatch = queue_dispatch,
+    .for_each_held = for_each_held,
+};
 
 void
 queue_init(struct event_base *base, const struct queue_events *events, uint32_t prefetch)
@@ -596,6 +658,7 @@ queue_init(struct event_base *base, const struct queue_events *events, uint32_t 
     q.due_timer = evtimer_new(base, on_due, NULL);
     q.ev = events;
     q.prefetch = prefetch;
+    kind_gate_init(base, &gate_ops);
 }
 
 void
@@ -618,6 +681,7 @@ queue_shutdown(void (*fn)(struct item *item))
         }
         worker_free(w);
     }
+    kind_gate_shutdown();
     if (q.due_timer != NULL)
         event_free(q.due_timer);
     q.due_timer = NULL;

@@ -296,3 +296,27 @@ def test_cli_submit_priority_and_delay_then_list(daemon):
     assert r.returncode == EXIT_OK, explain(r)
     w.wait_final(["lowest-1"], timeout=10)
     w.stop()
+
+
+def test_retry_backoff_after_a_retryable_failure(start_daemon, tmp_path):
+    """An exec handler exiting 75 (retry_exit_codes' default) twice, then
+    succeeding: each retry waits at least min (doubling: 300 ms, 600 ms)."""
+    from test_retryable import counting, handlers
+    d = start_daemon({"workers": {"count": 1},
+                      "queue": {"retry_backoff": {"min": "300ms", "max": "2s"}},
+                      "handlers": handlers(flaky=counting(tmp_path, 3, 75))})
+    c = d.client()
+    w = Watcher(c)
+    c.submit([{"id": "flaky-1", "kind": "flaky", "max_attempts": 3}])
+    w.wait_final(["flaky-1"], timeout=20)
+    ups = w.of("flaky-1")
+    assert [u.state for u in ups if u.state in FINAL_STATES] == [SUCCEEDED], w.states("flaky-1")
+    retrying = [u for u in ups if u.state == RETRYING]
+    started = [u for u in ups if u.state == STARTED]
+    assert len(retrying) == 2 and [u.attempt for u in started] == [1, 2, 3], w.states("flaky-1")
+    for n, (r, s) in enumerate(zip(retrying, started[1:])):
+        wait_ms = 300 * 2 ** n
+        assert s.time_unix_nano >= r.time_unix_nano + wait_ms * 1_000_000, \
+            f"attempt {s.attempt} started {(s.time_unix_nano - r.time_unix_nano) / 1e6:.0f} ms " \
+            f"after RETRYING, before its {wait_ms} ms backoff"
+    w.stop()

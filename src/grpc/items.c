@@ -28,7 +28,6 @@
 #include "grpc/item.h"
 
 static struct {
-    struct event_base *base;    /* its loop's cached time is "now" */
     uint64_t *slots;            /* by id (below) */
     size_t slot_count;          /* a power of 2 */
     uintptr_t *order;           /* pointers, or tombstones: (order << 1) | 1 */
@@ -53,14 +52,9 @@ static struct {
     int untagged;               /* slots are bare addresses (below) */
 } ix;
 
-/* Wall-clock time as of this loop iteration (microseconds, no system call;
- * items made in one iteration still get distinct accepted_ns). */
 static int64_t
 wall_now(void)
 {
-    struct timeval tv;
-    if (ix.base != NULL && event_base_gettimeofday_cached(ix.base, &tv) == 0)
-        return (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000;
     return clock_wall_ns();
 }
 
@@ -678,7 +672,6 @@ void
 items_init(struct event_base *base)
 {
     memset(&ix, 0, sizeof ix);
-    ix.base = base;
     ix.now = wall_now;
     ix.age_ns = 24ull * 3600 * 1000000000;
     ix.max_count = 1000000;

@@ -672,7 +672,7 @@ test_compaction_copies_long_lived_items(void **state)
         if (round == 10)
             journal_store_attempt(&s, 1, 2);
         if (round == 150)
-            journal_store_attempt(&s, 1, 3);
+            journal_store_attempt_due(&s, 1, 3, 123456789);     /* a backoff: copies keep it */
         assert_int_equal(journal_store_flush(&s), 0);
         assert_int_equal(journal_store_sync(&s), 0);
         for (uint64_t k = key - 3; k <= key; k++)
@@ -691,6 +691,7 @@ test_compaction_copies_long_lived_items(void **state)
     assert_int_equal(r.count, 1);
     assert_int_equal(r.items[0].key, 1);
     assert_int_equal(r.items[0].attempt, 3);
+    assert_int_equal(r.items[0].due_ns, 123456789);
     assert_int_equal(r.items[0].raw_len, 500);
     assert_string_equal(r.items[0].id, "item-1");
     journal_recovery_free(&r);

@@ -900,6 +900,8 @@ copy_forward(struct journal_store *s)
         r.accept.attempt = e->attempt;
         r.accept.due_ns = e->due_ns;
         e->aux = journal_encode_accept(&s->other, &r.accept);
+        /* The copy may differ in length (a due time added or dropped). */
+        e->length = (uint32_t)(s->other.len - e->aux);
         e->state = JOURNAL_ENTRY_COPYING;
         keys_push(&s->copy_keys, &s->copy_count, &s->copy_cap, e->key);
         s->copied++;

@@ -404,8 +404,10 @@ journal_decode(const uint8_t *p, size_t avail, struct journal_record *rec, size_
         a->kind = a->id + a->id_len;
         a->batch = a->kind + a->kind_len;
         a->raw = (const uint8_t *)a->batch + a->batch_len;
-        if (due_len > 0)
-            a->due_ns = rec->due_ns = get64(a->raw + a->raw_len);
+        if (due_len > 0 && (a->due_ns = rec->due_ns = get64(a->raw + a->raw_len)) == 0) {
+            *why = "malformed ACCEPT record (due flag without a due time)";
+            return JOURNAL_CORRUPT;
+        }
         break;
     }
     case JOURNAL_FINAL:
@@ -420,8 +422,10 @@ journal_decode(const uint8_t *p, size_t avail, struct journal_record *rec, size_
             return JOURNAL_CORRUPT;
         }
         rec->attempt = get32(body + 8);
-        if (len == 24)
-            rec->due_ns = get64(body + 16);
+        if (len == 24 && (get32(body + 12) != 0 || (rec->due_ns = get64(body + 16)) == 0)) {
+            *why = "malformed ATTEMPT record";
+            return JOURNAL_CORRUPT;
+        }
         break;
     case JOURNAL_SEQ:
         if (len != 8) {

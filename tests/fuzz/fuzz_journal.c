@@ -208,7 +208,8 @@ check_record(const uint8_t *p, size_t avail, const struct journal_record *rec, s
         if ((const uint8_t *)a->id != body + JOURNAL_ACCEPT_FIXED ||
             (const uint8_t *)a->kind != (const uint8_t *)a->id + a->id_len ||
             (const uint8_t *)a->batch != (const uint8_t *)a->kind + a->kind_len ||
-            a->raw != (const uint8_t *)a->batch + a->batch_len || a->raw + a->raw_len != end)
+            a->raw != (const uint8_t *)a->batch + a->batch_len ||
+            a->raw + a->raw_len + (a->due_ns ? 8 : 0) != end)
             fail("ACCEPT fields not laid out within the record");
         if (a->key == 0 || rec->key != a->key || rec->attempt != a->attempt)
             fail("ACCEPT key/attempt inconsistent");
@@ -232,7 +233,9 @@ check_record(const uint8_t *p, size_t avail, const struct journal_record *rec, s
     switch (rec->type) {
     case JOURNAL_ACCEPT: journal_encode_accept(&b, &rec->accept); break;
     case JOURNAL_FINAL: journal_encode_final(&b, rec->key); break;
-    case JOURNAL_ATTEMPT: journal_encode_attempt(&b, rec->key, rec->attempt); break;
+    case JOURNAL_ATTEMPT:
+        journal_encode_attempt_due(&b, rec->key, rec->attempt, rec->due_ns);
+        break;
     case JOURNAL_SEQ: journal_encode_seq(&b, rec->seq); break;
     case JOURNAL_DONE: journal_encode_done(&b, &rec->done); break;
     default: fail("decoded a record of an unknown type");
@@ -243,15 +246,17 @@ check_record(const uint8_t *p, size_t avail, const struct journal_record *rec, s
     if (journal_decode(b.data, b.len, &again, &again_len, &why) != JOURNAL_OK)
         fail("a re-encoded record does not decode");
     if (again_len != len || again_len != b.len || again.type != rec->type ||
-        again.key != rec->key || again.attempt != rec->attempt || again.seq != rec->seq)
+        again.key != rec->key || again.attempt != rec->attempt || again.seq != rec->seq ||
+        again.due_ns != rec->due_ns)
         fail("a re-encoded record decodes differently");
     /* Only bits journal_decode ignores may differ: the header's flags and
-     * padding, and in ACCEPT the flag bits above `quick` and its 0 byte. */
+     * padding, and in ACCEPT the flag bits above `quick` and `due` and its
+     * 0 byte. */
     const uint8_t *mine = b.data + JOURNAL_HEADER_SIZE, *theirs = p + JOURNAL_HEADER_SIZE;
     size_t body = len - JOURNAL_HEADER_SIZE;
     int same = memcmp(b.data + 4, p + 4, 5) == 0;
     if (rec->type == JOURNAL_ACCEPT)
-        same = same && memcmp(mine, theirs, 20) == 0 && mine[20] == (theirs[20] & 1) &&
+        same = same && memcmp(mine, theirs, 20) == 0 && mine[20] == (theirs[20] & 3) &&
             memcmp(mine + 22, theirs + 22, body - 22) == 0;
     else if (rec->type == JOURNAL_DONE)   /* flags above `quick`, and the 0 fields */
         same = same && mine[8] == theirs[8] && mine[9] == (theirs[9] & 1) &&

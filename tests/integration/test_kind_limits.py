@@ -136,8 +136,15 @@ def test_rate_bound_from_started_timestamps(start_daemon, tmp_path):
 
 def test_other_kinds_unaffected_while_one_is_paused_or_limited(start_daemon, tmp_path):
     status = f"127.0.0.1:{free_port()}"
-    d = start_daemon(config(tmp_path, {"paused": True}, workers=2, status=status,
-                            extra={"slow": {"builtin": "sleep", "concurrency": 1}}))
+    conf = config(tmp_path, {"paused": True}, workers=2, status=status,
+                  extra={"slow": {"builtin": "sleep", "concurrency": 1}})
+    # prefetch 1: the worker running s0 (a full item) has no room left, so
+    # no echo waits behind it. With the default 2 it would take up to 16
+    # echoes (quick: 1/16 each) and run them when s0 ends, 30 s later
+    # (docs/scheduling.md: a worker runs what it holds in order); the
+    # echoes would then be final only after s0, and s1 started in its slot.
+    conf["workers"]["prefetch"] = 1
+    d = start_daemon(conf)
     c = d.client()
     sub = c.subscribe(sync=True)
     held = sleeps("p", 5)
@@ -146,7 +153,11 @@ def test_other_kinds_unaffected_while_one_is_paused_or_limited(start_daemon, tmp
     sub.wait_state("s0", STARTED)
     echoes = [{"id": f"e{i}", "payload": b"x"} for i in range(200)]
     assert c.submit(echoes).accepted == 200
-    sub.wait_final([e["id"] for e in echoes], timeout=30)
+    sub.wait_final([e["id"] for e in echoes], timeout=25)
+    assert "s0" not in sub.final, "s0 ended: the checks below need it running"
+    s0_worker = [u.worker_pid for u in sub.of("s0") if u.state == STARTED][0]
+    assert all(sub.final[e["id"]].worker_pid != s0_worker for e in echoes), \
+        "an echo was given to the worker running s0"
     for it in held:
         assert sub.states_of(it["id"]) == ["QUEUED"], sub.states_of(it["id"])
     assert sub.states_of("s1") == ["QUEUED"] and sub.states_of("s2") == ["QUEUED"]

@@ -36,10 +36,12 @@ struct item {
     const char *kind;           /* interned: never freed */
     uint64_t key;               /* unique in this process (and in the cluster) */
     uint64_t accepted_ns;       /* monotonic */
+    int64_t due_ns;             /* not started before (unix ns); 0: not delayed */
     uint32_t raw_len;
     uint32_t attempt;           /* the attempt running, or the next one */
     uint32_t max_attempts;
     uint32_t timeout_ms;        /* 0: none */
+    int32_t priority;           /* WorkItem.priority: higher first */
     uint8_t started;            /* its worker said STARTED for this attempt */
     uint8_t weight;             /* of a worker's prefetch: ITEM_WEIGHT_QUICK or _FULL */
     uint8_t cancelling;         /* its worker was asked to stop it: it ends CANCELLED */

@@ -640,13 +640,16 @@ uint64_t
 cluster_entry_key(const char *s, size_t len)
 {
     if (len >= 3 && s[0] == '1' && s[1] == '-') {
+        /* Its first entry is 1-0: that key is PWORK_BIT, not 0. */
         char buf[24];
         if (len >= sizeof buf)
             return 0;
         memcpy(buf, s, len);
         buf[0] = '0';
         uint64_t n = id_number(buf, len);
-        return n != 0 && !(n & PWORK_BIT) ? n | PWORK_BIT : 0;
+        if (n == 0 && !(len == 3 && s[2] == '0'))
+            return 0;
+        return n & PWORK_BIT ? 0 : n | PWORK_BIT;
     }
     uint64_t n = id_number(s, len);
     return n & PWORK_BIT ? 0 : n;

@@ -1620,10 +1620,8 @@ static void
 on_due_timer(evutil_socket_t fd, short what, void *arg)
 {
     cl.due_at_ms = 0;
-    if (cl.due_running || !cl.up || cl.failing) {
-        arm_due((int64_t)(clock_wall_ns() / 1000000) + 10);
-        return;
-    }
+    if (cl.due_running || !cl.up || cl.failing)
+        return;     /* its reply, or session_up(), sets the timer again */
     struct redis_args a;
     redis_args_init(&a, "EVALSHA");
     redis_args_str(&a, cl.sha[SCRIPT_DUE]);

@@ -23,7 +23,8 @@ HANDLER_TEST_MODULES  = $(BUILD)/tests/modules/test_module.so \
                         $(BUILD)/tests/modules/test_module_abi99.so \
                         $(BUILD)/tests/modules/test_module_nosym.so \
                         $(BUILD)/tests/modules/test_module_quick.so \
-                        $(BUILD)/tests/modules/test_module_cancel.so
+                        $(BUILD)/tests/modules/test_module_cancel.so \
+                        $(BUILD)/tests/modules/test_module_retry.so
 
 .PHONY: handler-modules install-handlers
 
@@ -53,6 +54,10 @@ $(BUILD)/tests/modules/test_module_quick.so: tests/unit/test_handlers.c include/
 $(BUILD)/tests/modules/test_module_cancel.so: tests/unit/test_handlers.c include/dosomething/handler.h
 	@mkdir -p $(dir $@)
 	$(CC) $(MODULE_CFLAGS) -DDS_TEST_MODULE -DDS_TEST_MODULE_CANCEL $(MODULE_LDFLAGS) -o $@ $<
+
+$(BUILD)/tests/modules/test_module_retry.so: tests/unit/test_handlers.c include/dosomething/handler.h
+	@mkdir -p $(dir $@)
+	$(CC) $(MODULE_CFLAGS) -DDS_TEST_MODULE -DDS_TEST_MODULE_RETRY $(MODULE_LDFLAGS) -o $@ $<
 
 # Order-only: the test loads them at run time; they are not linked in.
 $(BUILD)/tests/test_handlers: | $(HANDLER_MODULES) $(HANDLER_TEST_MODULES)

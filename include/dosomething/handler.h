@@ -32,6 +32,12 @@
  * Workers are separate processes: the state of one is never seen by another.
  *
  * Failure. process returning -1 fails the item (FAILED, with the message).
+ * A module flagged DS_MODULE_RETRYABLE may instead return DS_MODULE_RETRY
+ * (with a message, as for -1) when the failure is passing (a busy
+ * downstream, a lock held elsewhere): the attempt ends RETRYING with the
+ * message and the item runs again, on any worker, up to its max_attempts;
+ * the last attempt's DS_MODULE_RETRY fails it, saying no attempts were
+ * left. Without the flag, DS_MODULE_RETRY is a failure like -1.
  * A module that crashes, hangs or calls exit() (any status) kills its
  * worker; the item is then retried on another worker up to its
  * max_attempts, like any worker death. That death is the item's, not the
@@ -54,6 +60,7 @@
  * a module that uses an addition says so with the flag that came with it
  * (a host that predates the addition never looks at it).
  *   minor 1: cancel (DS_MODULE_CANCELLABLE, ds_module_host.cancelled).
+ *   minor 2: retry (DS_MODULE_RETRYABLE, process() returning DS_MODULE_RETRY).
  *
  * Cancel. A client may cancel an item while process() runs. A module
  * flagged DS_MODULE_CANCELLABLE checks host->cancelled(host) now and then
@@ -78,7 +85,7 @@ extern "C" {
 #endif
 
 #define DS_HANDLER_ABI_VERSION 1
-#define DS_HANDLER_ABI_MINOR 1
+#define DS_HANDLER_ABI_MINOR 2
 
 /* The name of the one symbol a module exports. */
 #define DS_MODULE_SYMBOL "dosomething_module"
@@ -93,6 +100,12 @@ extern "C" {
 /* (minor 1) process() checks host->cancelled(): a cancel stops the item,
  * not the worker. */
 #define DS_MODULE_CANCELLABLE 0x2u
+/* (minor 2) process() may return DS_MODULE_RETRY: run the item again. */
+#define DS_MODULE_RETRYABLE 0x4u
+
+/* (minor 2) What process() of a module flagged DS_MODULE_RETRYABLE returns
+ * for a failure that another attempt may not meet (see Failure above). */
+#define DS_MODULE_RETRY 1
 
 /* One entry of the handler's `options:` map in the config, as strings. */
 struct ds_module_option {
@@ -144,7 +157,8 @@ struct ds_module_host {
  *
  * Failure (return -1): write a NUL-terminated message of at most error_size
  * bytes (including the NUL) into error; the item is FAILED with it. Set data
- * only on success.
+ * only on success. A retry (return DS_MODULE_RETRY, minor 2, flagged
+ * DS_MODULE_RETRYABLE): the same, and the item is RETRYING with it.
  */
 struct ds_module_result {
     const void *data;
@@ -170,8 +184,9 @@ struct ds_module {
     int (*init)(const struct ds_module_option *options, size_t option_count, void **state,
                 char *err, size_t err_size);
 
-    /* Once per item: fill OUT (see struct ds_module_result) and return 0
-     * or -1. HOST is valid only during the call. Required. */
+    /* Once per item: fill OUT (see struct ds_module_result) and return 0,
+     * -1 or (flagged DS_MODULE_RETRYABLE) DS_MODULE_RETRY. HOST is valid
+     * only during the call. Required. */
     int (*process)(void *state, const struct ds_module_item *item,
                    struct ds_module_result *out, const struct ds_module_host *host);
 

@@ -606,6 +606,25 @@ emit_string_list(struct printer *p, char *const *values, size_t count)
     }
 }
 
+/* [1, 2, 3] on one line, plain (numbers), [] when empty. */
+static void
+emit_int_list(struct printer *p, char *const *values, size_t count)
+{
+    yaml_event_t event;
+    size_t i;
+
+    if (p->failed)
+        return;
+    yaml_sequence_start_event_initialize(&event, NULL, NULL, 1, YAML_FLOW_SEQUENCE_STYLE);
+    emit(p, &event);
+    for (i = 0; i < count; i++)
+        emit_plain(p, values[i]);
+    if (!p->failed) {
+        yaml_sequence_end_event_initialize(&event);
+        emit(p, &event);
+    }
+}
+
 /* A stream of one document, whose root comes between start and end. */
 static void
 emit_document_start(struct printer *p)
@@ -2320,6 +2339,155 @@ print_options(struct printer *p, const struct key_rule *rule, const void *base)
     print_string_map(p, rule->name, h->options, h->option_count);
 }
 
+/* handlers.<kind>.rate: off, or COUNT/UNIT with UNIT s, m or h. */
+static const struct {
+    char unit;
+    uint64_t ms;
+} rate_units[] = { { 's', MS_SECOND }, { 'm', 60 * MS_SECOND }, { 'h', 3600 * MS_SECOND } };
+
+static void
+parse_rate(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_handler_config *h = base;
+    const char *s = scalar(ld, value, path), *slash;
+    char buf[48], digits[24];
+    uint64_t count;
+    size_t i, n;
+
+    if (s == NULL)
+        return;
+    if (is_off(value)) {
+        h->rate_count = 0;
+        h->rate_interval_ms = 0;
+        return;
+    }
+    slash = strchr(s, '/');
+    if (slash == NULL) {
+        error_at(ld, value, path, "must be off or COUNT/s, COUNT/m or COUNT/h (such as 100/s), "
+                 "got %s: no '/'", excerpt(s, buf, sizeof buf));
+        return;
+    }
+    n = (size_t)(slash - s);
+    if (n == 0 || n >= sizeof digits) {
+        error_at(ld, value, path, "must be COUNT/s, COUNT/m or COUNT/h (such as 100/s), got %s: "
+                 "the count before '/' must be an integer 1..%u", excerpt(s, buf, sizeof buf),
+                 CONFIG_RATE_COUNT_MAX);
+        return;
+    }
+    memcpy(digits, s, n);
+    digits[n] = '\0';
+    if (parse_uint(digits, &count) == -1 || count < 1 || count > CONFIG_RATE_COUNT_MAX) {
+        error_at(ld, value, path, "must be COUNT/s, COUNT/m or COUNT/h (such as 100/s), got %s: "
+                 "the count before '/' must be an integer 1..%u", excerpt(s, buf, sizeof buf),
+                 CONFIG_RATE_COUNT_MAX);
+        return;
+    }
+    for (i = 0; i < sizeof rate_units / sizeof rate_units[0]; i++) {
+        if (slash[1] == rate_units[i].unit && slash[2] == '\0') {
+            h->rate_count = (uint32_t)count;
+            h->rate_interval_ms = rate_units[i].ms;
+            return;
+        }
+    }
+    error_at(ld, value, path, "must be COUNT/s, COUNT/m or COUNT/h (such as 100/s), got %s: "
+             "the unit after '/' must be s, m or h", excerpt(s, buf, sizeof buf));
+}
+
+static void
+print_rate(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_handler_config *h = base;
+    char buf[32];
+    size_t i;
+
+    emit_plain(p, rule->name);
+    for (i = 0; h->rate_count > 0 && i < sizeof rate_units / sizeof rate_units[0]; i++) {
+        if (rate_units[i].ms == h->rate_interval_ms) {
+            snprintf(buf, sizeof buf, "%u/%c", h->rate_count, rate_units[i].unit);
+            emit_plain(p, buf);
+            return;
+        }
+    }
+    emit_plain(p, "off");
+}
+
+static void
+retry_exit_codes_default(struct ds_handler_config *h)
+{
+    memset(h->retry_exit_codes, 0, sizeof h->retry_exit_codes);
+    h->retry_exit_codes[CONFIG_RETRY_EXIT_DEFAULT / 8] |= 1u << (CONFIG_RETRY_EXIT_DEFAULT % 8);
+}
+
+int
+config_retry_exit_code(const struct ds_handler_config *handler, int status)
+{
+    if (status < 1 || status > 255)
+        return 0;
+    return (handler->retry_exit_codes[status / 8] >> (status % 8)) & 1;
+}
+
+/* `retry_exit_codes: [75, ...]`: exit statuses 1..255, each once; [] is none. */
+static void
+parse_retry_exit_codes(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_handler_config *h = base;
+    char sub[CONFIG_KEY_PATH_MAX], buf[48];
+    uint8_t codes[sizeof h->retry_exit_codes] = { 0 };
+    const struct node *item;
+    uint64_t v;
+    size_t k;
+    int ok = 1;
+
+    if (value->type != NODE_SEQUENCE) {
+        error_at(ld, value, path, "must be a list of exit statuses 1..255 such as [75] "
+                 "([] for none), got %s", is_null(value) ? "nothing" : node_kind(value));
+        return;
+    }
+    for (item = value->first, k = 0; item != NULL; item = item->next, k++) {
+        format_key(sub, sizeof sub, "%s[%zu]", path, k);
+        const char *s = scalar(ld, item, sub);
+        if (s == NULL) {
+            ok = 0;
+            continue;
+        }
+        if (parse_uint(s, &v) == -1 || v < 1 || v > 255) {
+            error_at(ld, item, sub, "must be an exit status 1..255, got %s",
+                     excerpt(s, buf, sizeof buf));
+            ok = 0;
+            continue;
+        }
+        if (codes[v / 8] & (1u << (v % 8))) {
+            error_at(ld, item, sub, "duplicate exit status %u", (unsigned)v);
+            ok = 0;
+            continue;
+        }
+        codes[v / 8] |= (uint8_t)(1u << (v % 8));
+    }
+    if (ok)
+        memcpy(h->retry_exit_codes, codes, sizeof codes);
+}
+
+/* Exec handlers only, where it means something: [75], [], [3, 75]. */
+static void
+print_retry_exit_codes(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_handler_config *h = base;
+    char text[256][4], *values[255];
+    size_t n = 0;
+
+    if (h->type != DS_HANDLER_EXEC)
+        return;
+    for (int s = 1; s <= 255; s++) {
+        if (config_retry_exit_code(h, s)) {
+            snprintf(text[n], sizeof text[n], "%d", s);
+            values[n] = text[n];
+            n++;
+        }
+    }
+    emit_plain(p, rule->name);
+    emit_int_list(p, values, n);
+}
+
 static const struct key_rule handler_rules[] = {
     { .name = "builtin", .type = VALUE_CUSTOM, .parse = parse_builtin, .print = print_builtin },
     { .name = "exec", .type = VALUE_CUSTOM, .parse = parse_exec, .print = print_exec },
@@ -2329,8 +2497,14 @@ static const struct key_rule handler_rules[] = {
       .max = UINT64_MAX },
     { .name = "cancel_grace", .type = VALUE_DURATION, HANDLER_FIELD(cancel_grace_ms),
       .min = 0, .max = CONFIG_CANCEL_GRACE_MAX_MS },
+    { .name = "retry_exit_codes", .type = VALUE_CUSTOM, .parse = parse_retry_exit_codes,
+      .print = print_retry_exit_codes },
     { .name = "env", .type = VALUE_CUSTOM, .parse = parse_env, .print = print_env },
     { .name = "options", .type = VALUE_CUSTOM, .parse = parse_options, .print = print_options },
+    { .name = "concurrency", .type = VALUE_UINT, HANDLER_FIELD(concurrency), .min = 0,
+      .max = CONFIG_CONCURRENCY_MAX },
+    { .name = "rate", .type = VALUE_CUSTOM, .parse = parse_rate, .print = print_rate },
+    { .name = "paused", .type = VALUE_BOOL, HANDLER_FIELD(paused) },
     { .name = NULL }
 };
 
@@ -2355,6 +2529,10 @@ parse_handler(struct loader *ld, struct node *value, const char *path,
     n = find_position(ld, sub);
     if (n != NULL && h->type != DS_HANDLER_EXEC)
         error_at(ld, n, sub, "only for exec handlers");
+    join_key(sub, sizeof sub, path, "retry_exit_codes");
+    n = find_position(ld, sub);
+    if (n != NULL && h->type != DS_HANDLER_EXEC)
+        error_at(ld, n, sub, "only for exec handlers (a module returns DS_MODULE_RETRY)");
     join_key(sub, sizeof sub, path, "options");
     n = find_position(ld, sub);
     if (n != NULL && h->type != DS_HANDLER_MODULE)
@@ -2445,6 +2623,7 @@ parse_handlers(struct loader *ld, struct node *value, const char *path, void *ba
         }
         list[n].kind = pool_strdup(c->pool, key->value);
         list[n].cancel_grace_ms = CONFIG_CANCEL_GRACE_DEFAULT_MS;
+        retry_exit_codes_default(&list[n]);
         c->handler_count = ++n;
         parse_handler(ld, key->next, sub, &list[n - 1]);
     }
@@ -2678,6 +2857,7 @@ set_defaults(struct loader *ld)
         c->handlers[i].type = default_handlers[i].type;
         c->handlers[i].timeout_ms = default_handlers[i].timeout_ms;
         c->handlers[i].cancel_grace_ms = CONFIG_CANCEL_GRACE_DEFAULT_MS;
+        retry_exit_codes_default(&c->handlers[i]);
     }
     c->handler_count = n;
     c->default_handler = c->handlers[0].kind;

@@ -73,6 +73,9 @@ struct ds_env_var {
 #define CONFIG_CANCEL_GRACE_DEFAULT_MS 5000u
 #define CONFIG_CANCEL_GRACE_MAX_MS     (10u * 60 * 1000)
 
+/* handlers.<kind>.retry_exit_codes (exec): the default, EX_TEMPFAIL. */
+#define CONFIG_RETRY_EXIT_DEFAULT      75
+
 /* One entry of `handlers:`: the kind name and what runs it. */
 struct ds_handler_config {
     char *kind;
@@ -87,6 +90,10 @@ struct ds_handler_config {
     size_t argc;
     struct ds_env_var *env;
     size_t env_count;
+    /* Exit statuses (1..255) that end an attempt RETRYING instead of FAILED:
+     * status s is bit s % 8 of byte s / 8. {CONFIG_RETRY_EXIT_DEFAULT}
+     * unless the config says otherwise; all clear: never. */
+    uint8_t retry_exit_codes[32];
     /* module */
     char *module_path;            /* resolved against the config directory */
     struct ds_env_var *options;   /* the module's `options:` map, as strings */
@@ -95,7 +102,21 @@ struct ds_handler_config {
      * (the master) when it checks the module; 0 from config_load_text, which
      * never loads a module: the master sends them with the text. */
     uint32_t module_flags;
+    /* Per-kind limits, applied by the grpc process (src/grpc/kind_gate.c):
+     * at most concurrency items running at once (0: unlimited), at most
+     * rate_count started per rate_interval_ms (0: no rate), and paused:
+     * accepted and queued, not started. */
+    uint32_t concurrency;
+    uint32_t rate_count;
+    uint64_t rate_interval_ms;
+    int paused;
 };
+
+/* handlers.<kind>.concurrency and rate: bounds. */
+#define CONFIG_CONCURRENCY_MAX 1000000u
+#define CONFIG_RATE_COUNT_MAX  1000000u
+/* Does exit STATUS (0..255) of HANDLER's program ask for a retry? */
+int config_retry_exit_code(const struct ds_handler_config *handler, int status);
 
 /* The service's methods a grpc.listen entry may serve (grpc.listen_methods);
  * bit i is config_method_name(i). Health and reflection are not among them:

@@ -20,6 +20,7 @@
 
 #include "core/wire.h"
 
+struct known_item;
 struct worker;
 
 /*
@@ -30,6 +31,10 @@ struct worker;
 struct item {
     struct item *next;          /* in the queue, or in its worker's list */
     struct worker *worker;      /* while dispatched */
+    /* Its entry in the index of known items (items.c sets it; the entry
+     * outlives the item: only finals are forgotten, and a final item is
+     * freed). NULL: not looked up yet. */
+    struct known_item *known;
     const char *id;             /* these point into data[] */
     const char *batch;
     const uint8_t *raw;         /* the WorkItem as the client sent it */
@@ -45,6 +50,7 @@ struct item {
     uint8_t started;            /* its worker said STARTED for this attempt */
     uint8_t weight;             /* of a worker's prefetch: ITEM_WEIGHT_QUICK or _FULL */
     uint8_t cancelling;         /* its worker was asked to stop it: it ends CANCELLED */
+    uint8_t gate_slot;          /* counted as running by its kind's limit (kind_gate.c) */
     char data[];
 };
 

@@ -41,7 +41,6 @@ struct known_extra {
 /* One known item. Kept small: a million retained finals are a million of
  * these (see README, "Known items"). */
 struct known_item {
-    struct known_item *hash_next;
     struct known_extra *extra;  /* NULL: no error, result or raw */
     /* Unix nano, unique and increasing in acceptance order (two items
      * accepted in the same nanosecond are 1 ns apart): the listing's key.
@@ -89,14 +88,14 @@ void items_expire(void);
 /* ---- fed by store.c ---------------------------------------------------- */
 
 /* ITEM is being accepted: known from now on, QUEUED, live. */
-void items_accepting(const struct item *item);
+void items_accepting(struct item *item);
 /* ITEM's pending accept was refused, or ITEM is no longer ours (handed
  * over, dropped): forgotten. */
-void items_forget(const struct item *item);
+void items_forget(struct item *item);
 /* ITEM's update O was published with SEQ (a new entry if ITEM is unknown:
  * a backend's recovery). A final O keeps its result (SUCCEEDED) or ITEM's
  * raw WorkItem (FAILED, CANCELLED). */
-void items_updated(const struct item *item, const struct outcome *o, uint64_t seq);
+void items_updated(struct item *item, const struct outcome *o, uint64_t seq);
 /* A backend's durable final (journal, Redis), unless the id is known. */
 void items_restore_final(const struct known_final *f);
 

@@ -22,6 +22,7 @@ struct kind_metrics {
     uint64_t succeeded;
     uint64_t failed;
     uint64_t retried;
+    uint64_t retried_asked;     /* of those, asked by the handler (retry exit code, module) */
     uint64_t cancelled;         /* ended CANCELLED */
     uint64_t latency_buckets[METRICS_LATENCY_BUCKETS]; /* not cumulative */
     uint64_t latency_count;

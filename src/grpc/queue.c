@@ -20,6 +20,7 @@
 #include "core/utf8.h"
 #include "core/wire.h"
 #include "grpc/item.h"
+#include "grpc/kind_gate.h"
 #include "grpc/metrics.h"
 #include "ipc/channel.h"
 #include "ipc/frame.h"
@@ -41,10 +42,12 @@ workers_list(void)
     return q.workers;
 }
 
+/* Parked items (at their kind's limit) wait too: for a drain, a handover
+ * and /status they are queued items. */
 uint64_t
 queue_waiting(void)
 {
-    return q.waiting;
+    return q.waiting + kind_gate_parked();
 }
 
 uint64_t
@@ -138,6 +141,7 @@ worker_remove(struct worker *w, struct item *item)
     w->held_weight -= item->weight;
     item->next = NULL;
     item->worker = NULL;
+    kind_gate_leave(item);      /* every end of an attempt passes here */
     if (prev == NULL) {
         w->timeout_key = 0;
         worker_arm_timer(w);
@@ -198,7 +202,7 @@ worker_free(struct worker *w)
 static void
 worker_maybe_release(struct worker *w)
 {
-    if ((w->retiring || (q.waiting == 0 && q.ev->draining())) && w->held == 0 &&
+    if ((w->retiring || (queue_waiting() == 0 && q.ev->draining())) && w->held == 0 &&
         w->channel != NULL) {
         channel_free(w->channel);
         w->channel = NULL;
@@ -242,6 +246,7 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         case STATE_SUCCEEDED:
         case STATE_FAILED:
         case STATE_CANCELLED:
+        case STATE_RETRYING:
             worker_remove(w, item);
             worker_cancel_answered(w);
             q.ev->cancelled(item, w->pid);
@@ -264,10 +269,11 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         q.ev->update(item, &o);
         return 0;
     case STATE_SUCCEEDED:
-    case STATE_FAILED: {
+    case STATE_FAILED:
+    case STATE_RETRYING: {
         worker_remove(w, item);
         char error[1024];
-        if (u.state == STATE_FAILED) {
+        if (u.state != STATE_SUCCEEDED) {
             /* Where a handler's error enters this process: cut between
              * characters (updates.c replaces whatever else is not UTF-8). */
             const char *text = (const char *)rest;
@@ -280,7 +286,10 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
             o.result_len = rest_len;
             o.progress = 1;
         }
-        q.ev->ended(item, &o);
+        if (u.state == STATE_RETRYING)
+            q.ev->retry_asked(item, w->pid, error);     /* an attempt spent */
+        else
+            q.ev->ended(item, &o);
         w->items_done++;
         queue_dispatch();
         worker_maybe_release(w);
@@ -401,12 +410,18 @@ least_loaded(const struct item *item)
     return best;
 }
 
+static struct item *waiting_pop(void);
+
 void
 queue_dispatch(void)
 {
     struct worker *w;
-    while (q.head != NULL && (w = least_loaded(q.head)) != NULL)
-        worker_send_item(w, queue_take_waiting());
+    kind_gate_release_ready();
+    while (q.head != NULL && (w = least_loaded(q.head)) != NULL) {
+        struct item *item = waiting_pop();
+        if (kind_gate_admit(item))
+            worker_send_item(w, item);
+    }
     if (q.ev->draining())
         workers_close_all();
     q.ev->dispatched();
@@ -437,8 +452,8 @@ queue_push_front(struct item *item)
     q.waiting_weight += item->weight;
 }
 
-struct item *
-queue_take_waiting(void)
+static struct item *
+waiting_pop(void)
 {
     struct item *item = q.head;
     if (item == NULL)
@@ -449,6 +464,18 @@ queue_take_waiting(void)
     q.waiting--;
     q.waiting_weight -= item->weight;
     item->next = NULL;
+    return item;
+}
+
+/* Then the parked ones: they leave without running (a handover, a stop). */
+struct item *
+queue_take_waiting(void)
+{
+    struct item *item = waiting_pop();
+    if (item == NULL)
+        item = kind_gate_take_parked();
+    if (item != NULL)
+        kind_gate_leave(item);
     return item;
 }
 
@@ -482,6 +509,7 @@ queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
 {
     for (struct item *item = q.head; item != NULL; item = item->next)
         fn(item, arg);
+    kind_gate_for_each(fn, arg);
     for (struct worker *w = q.workers; w != NULL; w = w->next)
         for (struct item *item = w->head; item != NULL; item = item->next)
             fn(item, arg);
@@ -552,10 +580,12 @@ queue_cancel(const struct queue_cancel_ops *ops, void *arg)
         q.waiting--;
         q.waiting_weight -= item->weight;
         item->next = NULL;
+        kind_gate_leave(item);      /* given back by its kind's gate: its slot */
         *taken_tail = item;
         taken_tail = &item->next;
     }
     q.tail = prev;
+    kind_gate_take_matching(ops->match, arg, &taken_tail);     /* and the parked */
     while (taken != NULL) {
         struct item *item = taken;
         taken = item->next;
@@ -564,6 +594,42 @@ queue_cancel(const struct queue_cancel_ops *ops, void *arg)
     }
 }
 
+/* ---- the kind gate's way back ------------------------------------------------ */
+
+/* FIRST.. (parked, in acceptance order) may run: they were taken from the
+ * front, so they go back there, ahead of what was accepted after them. */
+static void
+gate_released(struct item *first)
+{
+    struct item *last = first;
+    for (;;) {
+        last->started = 0;
+        q.waiting++;
+        q.waiting_weight += last->weight;
+        if (last->next == NULL)
+            break;
+        last = last->next;
+    }
+    last->next = q.head;
+    q.head = first;
+    if (q.tail == NULL)
+        q.tail = last;
+}
+
+static void
+for_each_held(void (*fn)(struct item *item, void *arg), void *arg)
+{
+    for (struct worker *w = q.workers; w != NULL; w = w->next)
+        for (struct item *item = w->head; item != NULL; item = item->next)
+            fn(item, arg);
+}
+
+static const struct kind_gate_ops gate_ops = {
+    .release = gate_released,
+    .dispatch = queue_dispatch,
+    .for_each_held = for_each_held,
+};
+
 void
 queue_init(struct event_base *base, const struct queue_events *events, uint32_t prefetch)
 {
@@ -571,6 +637,7 @@ queue_init(struct event_base *base, const struct queue_events *events, uint32_t 
     q.base = base;
     q.ev = events;
     q.prefetch = prefetch;
+    kind_gate_init(base, &gate_ops);
 }
 
 void
@@ -593,4 +660,5 @@ queue_shutdown(void (*fn)(struct item *item))
         }
         worker_free(w);
     }
+    kind_gate_shutdown();
 }

@@ -5,7 +5,8 @@
  * when their attempt ends. Each worker holds at most workers.prefetch
  * items (a quick item weighs ITEM_WEIGHT_QUICK of ITEM_WEIGHT_FULL) and
  * runs them in the order it got them; a new item goes to the worker
- * holding least. An item that outlives its timeout gets its worker killed.
+ * holding least, if its kind's limits let it (kind_gate.h: an item at its
+ * kind's limit is parked there, out of the queue, until its kind has room). An item that outlives its timeout gets its worker killed.
  *
  * The queue knows no backend and no caller: it reports through the events
  * table given to queue_init() (the store's). It owns the items only while
@@ -51,6 +52,9 @@ struct queue_events {
     /* ITEM's attempt was spent without an answer (its worker died, or it
      * timed out) for REASON. */
     void (*attempt_failed)(struct item *item, pid_t worker_pid, const char *reason);
+    /* ITEM's handler failed and asked for another attempt (RETRYING from
+     * its worker) with ERROR: an attempt spent, like attempt_failed. */
+    void (*retry_asked)(struct item *item, pid_t worker_pid, const char *error);
     /* ITEM, whose cancel was asked (queue_cancel), has left its worker:
      * whatever its attempt's end said (SUCCEEDED, FAILED, CANCELLED, its
      * worker's death), it ends CANCELLED. */
@@ -76,18 +80,20 @@ void queue_shutdown(void (*fn)(struct item *item));
 void queue_push(struct item *item);
 void queue_push_front(struct item *item);
 void queue_dispatch(void);
-/* The first waiting item, out of the queue, or NULL. */
+/* The first waiting item, out of the queue, or else the oldest parked at
+ * its kind's limit (kind_gate.h), or NULL. */
 struct item *queue_take_waiting(void);
 /* Empty the queue and every worker's list, calling FN for each item (and
  * the worker that was running it, or 0). */
 void queue_take_all(void (*fn)(struct item *item, pid_t worker_pid));
 
+/* Items waiting: in the queue or parked at their kind's limit. */
 uint64_t queue_waiting(void);
 /* Items held by workers. */
 uint64_t queue_held(void);
 /* Weight units (ITEM_WEIGHT_*) the workers could take beside what waits. */
 uint32_t queue_local_room(void);
-/* Call FN for every item waiting or at a worker. */
+/* Call FN for every item waiting (parked too) or at a worker. */
 void queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
 int queue_holds(uint64_t key);
 
@@ -99,8 +105,9 @@ int queue_holds(uint64_t key);
  *     negative (a handler that cannot be interrupted); a worker that has
  *     not answered GRACE_MS + QUEUE_CANCEL_MARGIN_MS later is killed. Then
  *     ASKED(item, ARG); the item stays until its end (events->cancelled).
- *   - waiting: it leaves the queue and is passed to TAKEN(item, ARG)
- *     (which ends it), once the walk is over.
+ *   - waiting, or parked at its kind's limit: it leaves the queue (the
+ *     gate) and is passed to TAKEN(item, ARG) (which ends it), once the
+ *     walk is over.
  */
 struct queue_cancel_ops {
     int (*match)(const struct item *item, void *arg);

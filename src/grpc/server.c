@@ -28,9 +28,12 @@
  * one (server_accept_failed()): the process then gives back its descriptor
  * reserve (room for worker channels, journal files and the status port),
  * reports NOT_SERVING, and once descriptors are free again replaces the
- * server (the old one stops first: with SO_REUSEPORT a dead listener left
- * open would still be handed half the new connections) and takes the
- * reserve back.
+ * server the way a reload does, and takes the reserve back. The new server
+ * is bound before the old one stops: stopping the old one closes its
+ * listener and sends GOAWAY on its connections, and a client reconnecting
+ * at once must find a listener (stopped first, it found none: connection
+ * refused). With SO_REUSEPORT the dead listener shares the port with the
+ * new one only until server_stop() below, in the same turn of the loop.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -846,6 +849,41 @@ same_string(const char *a, const char *b)
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
+/*
+ * A new server on the current config's addresses, bound and started, then
+ * the current one retired: it stops (its listeners close, its connections
+ * get GOAWAY) and its calls get shutdown_timeout to end. The new server is
+ * bound first, so the ports are never without a listener. -1 (logged by
+ * server_create) if the new server cannot be made: the current one stays.
+ * `old` is the config the current server was made from.
+ */
+static int
+server_replace(const struct ds_config *old)
+{
+    const struct ds_config *config = gp.config;
+    struct timeval later = clock_timeval_ms(1000);
+    unix_paths_save(old);
+    struct server *s = server_create(0);
+    if (s == NULL) {
+        unix_paths_settle(1, 0);
+        evtimer_add(srv.kept_timer, &later);
+        return -1;
+    }
+    unix_paths_settle(0, 1);
+    unix_paths_link(config, old);
+    struct server *old_server = srv.current;
+    srv.current = s;
+    old_server->next = srv.retired;
+    srv.retired = old_server;
+    old_server->cancel_timer = evtimer_new(gp.base, on_cancel_timer, old_server);
+    struct timeval tv = clock_timeval_ms(config->shutdown_timeout_ms);
+    evtimer_add(old_server->cancel_timer, &tv);
+    server_stop(old_server, 0);
+    unix_paths_restore(0);
+    evtimer_add(srv.kept_timer, &later);
+    return 0;
+}
+
 /* After a reload: rebind if a listener setting changed (addresses, the
  * methods each serves, message
  * size limit, streams, connection age, keepalive, the TLS file paths, the
@@ -878,28 +916,8 @@ server_reconfigure(const struct ds_config *old)
     if (!changed || srv.current == NULL || gp.draining || gp.stopping)
         return;
 
-    unix_paths_save(old);
-    struct server *s = server_create(0);
-    if (s == NULL) {
+    if (server_replace(old) == -1)
         log_error("reload: keeping the listeners on %s", srv.current->listen);
-        unix_paths_settle(1, 0);
-        struct timeval later = clock_timeval_ms(1000);
-        evtimer_add(srv.kept_timer, &later);
-        return;
-    }
-    unix_paths_settle(0, 1);
-    unix_paths_link(config, old);
-    struct server *old_server = srv.current;
-    srv.current = s;
-    old_server->next = srv.retired;
-    srv.retired = old_server;
-    old_server->cancel_timer = evtimer_new(gp.base, on_cancel_timer, old_server);
-    struct timeval tv = clock_timeval_ms(config->shutdown_timeout_ms);
-    evtimer_add(old_server->cancel_timer, &tv);
-    server_stop(old_server, 0);
-    unix_paths_restore(0);
-    struct timeval later = clock_timeval_ms(1000);
-    evtimer_add(srv.kept_timer, &later);
 }
 
 /* ---- the listener at the descriptor limit ------------------------------ */
@@ -942,23 +960,11 @@ on_listener_retry(evutil_socket_t fd, short what, void *arg)
         evtimer_add(lw.retry_timer, &tv);
         return;
     }
-    struct server *old = srv.current;
-    srv.current = NULL;
-    unix_paths_link(gp.config, gp.config);
-    old->next = srv.retired;
-    srv.retired = old;
-    old->cancel_timer = evtimer_new(gp.base, on_cancel_timer, old);
-    struct timeval grace = clock_timeval_ms(gp.config->shutdown_timeout_ms);
-    evtimer_add(old->cancel_timer, &grace);
-    server_stop(old, 0);
-    unix_paths_restore(0);
-    srv.current = server_create(0);
-    struct timeval later = clock_timeval_ms(1000);
-    evtimer_add(srv.kept_timer, &later);
-    if (srv.current == NULL) {
-        log_error("cannot listen again on %s; trying again", old->listen);
-        srv.current = old;          /* still the one to retry from */
-        srv.retired = old->next;
+    /* The dead server's listeners stay open until the new one is bound:
+     * a client that connects now waits in their backlog (and is reset
+     * when they close) rather than being refused. */
+    if (server_replace(gp.config) == -1) {
+        log_error("cannot listen again on %s; trying again", srv.current->listen);
         evtimer_add(lw.retry_timer, &tv);
         return;
     }

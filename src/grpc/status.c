@@ -44,6 +44,7 @@
 #include "core/utf8.h"
 #include "grpc/grpc_process.h"
 #include "grpc/items.h"
+#include "grpc/kind_gate.h"
 #include "grpc/server.h"
 #include "grpc/status.h"
 #include "grpc/subscribe.h"
@@ -87,6 +88,9 @@ static const struct {
       offsetof(struct kind_metrics, failed) },
     { "retried", "items_retried_total", "Attempts that ended RETRYING, by kind.",
       offsetof(struct kind_metrics, retried) },
+    { "retried_asked", "items_retried_asked_total", "Attempts that ended RETRYING because "
+      "the handler asked (an exec retry_exit_codes status, a module's DS_MODULE_RETRY), by "
+      "kind.", offsetof(struct kind_metrics, retried_asked) },
     { "cancelled", "items_cancelled_total", "Items that ended CANCELLED, by kind.",
       offsetof(struct kind_metrics, cancelled) },
 };
@@ -288,6 +292,25 @@ write_metrics(struct evbuffer *b)
         kind_sample(b, "item_latency_seconds_count", k->kind, NULL, value);
         snprintf(value, sizeof value, "%.9g", k->latency_sum);
         kind_sample(b, "item_latency_seconds_sum", k->kind, NULL, value);
+    }
+
+    /* Per-kind limits and pause (kind_gate.h). */
+    static const struct {
+        const char *metric, *help;
+    } gate_gauges[] = {
+        { "kind_paused", "1 while handlers.<kind>.paused is on: its items are accepted, not started." },
+        { "kind_running", "Items of the kind at workers (prefetched ones count)." },
+        { "kind_parked", "Items of the kind waiting at its limit (concurrency, rate or paused)." },
+    };
+    for (size_t g = 0; g < sizeof gate_gauges / sizeof gate_gauges[0]; g++) {
+        family(b, gate_gauges[g].metric, "gauge", gate_gauges[g].help);
+        for (uint32_t i = 0; i < metrics.kind_count; i++) {
+            struct kind_gate_state gs;
+            kind_gate_state(metrics.kinds[i].kind, &gs);
+            uint64_t v = g == 0 ? (uint64_t)gs.paused : g == 1 ? gs.running : gs.parked;
+            snprintf(value, sizeof value, "%llu", (unsigned long long)v);
+            kind_sample(b, gate_gauges[g].metric, metrics.kinds[i].kind, NULL, value);
+        }
     }
 
     family(b, "queue_depth", "gauge", "Items accepted and not final yet, waiting or running.");
@@ -493,6 +516,10 @@ write_status(struct evbuffer *b)
         for (size_t c = 0; c < KIND_COUNTERS; c++)
             evbuffer_add_printf(b, "\"%s\":%llu,", kind_counters[c].json,
                                 (unsigned long long)kind_counter(k, c));
+        struct kind_gate_state gs;
+        kind_gate_state(k->kind, &gs);
+        evbuffer_add_printf(b, "\"paused\":%d,\"running\":%llu,\"parked\":%llu,", gs.paused,
+                            (unsigned long long)gs.running, (unsigned long long)gs.parked);
         /* Cumulative, as in /metrics; count is the +Inf bucket. */
         evbuffer_add_printf(b, "\"latency_seconds\":{\"count\":%llu,\"sum\":%.9g,\"buckets\":[",
                             (unsigned long long)k->latency_count, k->latency_sum);

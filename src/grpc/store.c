@@ -26,6 +26,7 @@
 #include "grpc/item.h"
 #include "grpc/items.h"
 #include "grpc/journal.h"
+#include "grpc/kind_gate.h"
 #include "grpc/metrics.h"
 #include "grpc/queue.h"
 #include "grpc/updates.h"
@@ -62,7 +63,7 @@ indexed(void)
 }
 
 static void
-publish(const struct item *item, const struct outcome *o)
+publish(struct item *item, const struct outcome *o)
 {
     uint64_t seq = updates_publish(item, o);
     if (indexed())
@@ -70,7 +71,7 @@ publish(const struct item *item, const struct outcome *o)
 }
 
 static void
-forget(const struct item *item)
+forget(struct item *item)
 {
     if (indexed())
         items_forget(item);
@@ -239,6 +240,24 @@ on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
     requeue(item);      /* workers_exited() dispatches once all are back */
 }
 
+/* The handler failed and asked for another attempt: spent like a worker
+ * death (the same rule, the same RETRYING path in every backend); its last
+ * FAILED says that no attempt was left. */
+static void
+on_retry_asked(struct item *item, pid_t worker_pid, const char *error)
+{
+    if (!store_may_retry(item, item->attempt)) {
+        char why[1100];
+        snprintf(why, sizeof why, "%s (attempt %u of %u: no attempts left)", error,
+                 item->attempt, item->max_attempts);
+        struct outcome o = { .state = STATE_FAILED, .worker_pid = worker_pid, .error = why };
+        final(item, &o);
+        return;
+    }
+    metrics_kind(item->kind)->retried_asked++;
+    on_attempt_failed(item, worker_pid, error);
+}
+
 /* ---- cancel ------------------------------------------------------------------ */
 
 #define CANCEL_DEFAULT_REASON "cancelled by a client"
@@ -370,6 +389,7 @@ static const struct queue_events events = {
     .update = on_update,
     .ended = final,             /* SUCCEEDED or FAILED, as the handler said */
     .attempt_failed = on_attempt_failed,
+    .retry_asked = on_retry_asked,
     .cancelled = on_cancelled,
     .dispatched = on_dispatched,
     .draining = draining,
@@ -522,7 +542,7 @@ store_dropped(struct item *item)
 }
 
 void
-store_publish_local(const struct item *item, const struct outcome *o)
+store_publish_local(struct item *item, const struct outcome *o)
 {
     publish(item, o);
 }
@@ -725,6 +745,7 @@ store_init(uint64_t *seq_start)
     st.b = c->cluster.redis != NULL ? &store_redis
            : c->queue.journal != NULL ? &store_journal : &store_memory;
     queue_init(gp.base, &events, c->workers.prefetch);
+    kind_gate_configure(c);
     items_init(gp.base);
     items_configure(c->items.retention_age_ms, c->items.retention_count,
                     c->items.retention_bytes);
@@ -757,6 +778,8 @@ store_configure(const struct ds_config *old)
                  "starts");
     if (st.b->configure != NULL)
         st.b->configure(old);
+    kind_gate_configure(c);     /* per-kind limits and pause, in place */
+    queue_dispatch();           /* what a raised limit or an unpause lets go */
 }
 
 void

@@ -295,7 +295,7 @@ void store_take(struct item *item);
  * in the backend like any final). */
 void store_fail(struct item *item, const char *error);
 /* Publish O for ITEM in this process's update log (a backend's recovery). */
-void store_publish_local(const struct item *item, const struct outcome *o);
+void store_publish_local(struct item *item, const struct outcome *o);
 /* Free an item the store never counted (a backend's recovery gave up on
  * it, or the process exits with it still in a backend's hands). */
 void store_discard(struct item *item);

@@ -104,11 +104,14 @@ struct ipc_cancel {
     uint32_t pad;
 };
 
-/* Then the result (SUCCEEDED) or the error text (FAILED, CANCELLED). */
+/* Then the result (SUCCEEDED) or the error text (FAILED, CANCELLED,
+ * RETRYING). RETRYING: the handler failed and asks for another attempt (the
+ * grpc process decides whether one is left); any other state is a protocol
+ * error. */
 struct ipc_update {
     uint64_t key;
     uint32_t attempt;
-    uint8_t state;              /* STARTED, PROGRESS, SUCCEEDED, FAILED or CANCELLED */
+    uint8_t state;              /* STARTED, PROGRESS, SUCCEEDED, FAILED, CANCELLED, RETRYING */
     uint8_t pad[3];
     float progress;
     uint32_t pad2;

@@ -792,9 +792,11 @@ program_name(const struct ds_handler_config *handler)
     return slash != NULL ? slash + 1 : handler->argv[0];
 }
 
+/* The error of a program that failed: "NAME exited with status 3: the last
+ * line of stderr"; "(retryable)" after the status when RETRY. */
 static void
 describe_failure(const struct ds_handler_config *handler, struct run *r,
-                 struct handler_output *out)
+                 struct handler_output *out, int retry)
 {
     char how[96], line[EXEC_LINE_MAX + 8];
     if (WIFSIGNALED(r->status)) {
@@ -803,6 +805,8 @@ describe_failure(const struct ds_handler_config *handler, struct run *r,
                  abbrev ? " (SIG" : "", abbrev ? abbrev : "", abbrev ? ")" : "");
     } else {
         process_status_text(r->status, how, sizeof how);
+        if (retry)
+            strcat(how, " (retryable)");    /* status text is under 40 bytes */
     }
     last_line(r, line, sizeof line);
     snprintf(out->error, sizeof out->error, "%s %s%s%s", program_name(handler), how,
@@ -891,8 +895,11 @@ exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
         out->release = free;
         r->out = NULL;
         result = 0;
+    } else if (WIFEXITED(r->status) && config_retry_exit_code(handler, WEXITSTATUS(r->status))) {
+        describe_failure(handler, r, out, 1);
+        result = HANDLER_RETRY;
     } else {
-        describe_failure(handler, r, out);
+        describe_failure(handler, r, out, 0);
     }
 
 done:

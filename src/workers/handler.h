@@ -45,7 +45,12 @@ struct handler_output {
     char error[512];            /* why it failed */
 };
 
-/* Run ITEM: 0 with the result in out, or -1 with out->error set. */
+/* Run ITEM: 0 with the result in out, -1 with out->error set (FAILED), or
+ * HANDLER_RETRY with out->error set: this attempt failed, but the handler
+ * asks for another (an exec retry_exit_codes status, a module's
+ * DS_MODULE_RETRY); the grpc process decides whether one is left. */
+#define HANDLER_RETRY 1
+/* Run ITEM: 0 with the result in out, -1 or HANDLER_RETRY (above). */
 int handler_run(const struct ds_handler_config *handler, const wire_work_item *item,
                 struct handler_output *out);
 

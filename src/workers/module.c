@@ -220,10 +220,13 @@ module_run(const struct ds_handler_config *handler, const wire_work_item *item,
     }
     if (result.release != NULL && result.data != NULL)
         result.release((void *)result.data);
+    /* A module built before minor 2 (or without the flag) never meant
+     * DS_MODULE_RETRY: any return but 0 fails the item, as it always did. */
+    int retry = r == DS_MODULE_RETRY && (m->module->flags & DS_MODULE_RETRYABLE);
     out->error[sizeof out->error - 1] = '\0';
     if (out->error[0] == '\0')
-        snprintf(out->error, sizeof out->error, "module %s failed without saying why",
-                 module_name(m));
+        snprintf(out->error, sizeof out->error, "module %s %s without saying why",
+                 module_name(m), retry ? "asked for a retry" : "failed");
     handler_clean_text(out->error);
-    return -1;
+    return retry ? HANDLER_RETRY : -1;
 }

@@ -233,7 +233,8 @@ run_task(struct task *t)
         send_update(t, STATE_FAILED, 0, err, (size_t)n);
         return;
     }
-    if (!kind_is_quick(t->handler, t->item) || channel_output_pending(w.data) > FLUSH_BYTES)
+    if (!kind_is_quick(t->handler, t->item) ||
+        (w.data != NULL && channel_output_pending(w.data) > FLUSH_BYTES))
         flush();
 
     struct handler_output out = {
@@ -270,6 +271,8 @@ run_task(struct task *t)
         w.cancel_requested = 0;
     } else if (r == 0) {
         send_update(t, STATE_SUCCEEDED, 1, out.result, out.result_len);
+    } else if (r == HANDLER_RETRY) {
+        send_update(t, STATE_RETRYING, 0, out.error, strlen(out.error));
     } else {
         send_update(t, STATE_FAILED, 0, out.error, strlen(out.error));
     }
@@ -310,7 +313,10 @@ static void
 on_run(evutil_socket_t fd, short what, void *arg)
 {
     struct task *t;
-    while (!recycle_due() && (t = w.head) != NULL) {
+    /* A cancel check reads the data channel mid-task: if that found it
+     * closed (the grpc process is gone), the rest is not run here: the
+     * grpc process requeues what it gave us. */
+    while (!recycle_due() && w.data != NULL && (t = w.head) != NULL) {
         w.head = t->next;
         if (w.head == NULL)
             w.tail = NULL;

@@ -43,6 +43,8 @@ handlers:
     exec: [/usr/bin/wc, -c]
     timeout: 10s
     env: {LANG: C, "DEBUG": "1"}
+    retry_exit_codes: [75, 3, 255]
+  off: {exec: [/bin/false], retry_exit_codes: []}
   mod:
     module: lib/example.so
     options: {level: "3", name: x}
@@ -131,6 +133,10 @@ def make_ipc():
         "control": control(1020, close=False) + frame(IPC_READY) + frame(IPC_SEQ_RESERVE,
             struct.pack("<Q", 65536)) + frame(IPC_WORKER_EXITED, worker + b"killed by signal 9")
             + frame(IPC_CONFIG, struct.pack("<Q", 2) + b"workers: {count: 3}\n"),
+        # A retryable end (RETRYING = 6) with its error, and one with none.
+        "updates-retrying": control(256) + frame(IPC_UPDATE, ipc_update(
+            7, 1, 6, 0.0, b"sh exited with status 75 (retryable): busy")) + frame(
+            IPC_UPDATE, ipc_update(8, 2, 6)),
         "truncated": control(64) + frame(IPC_UPDATE, b"x" * 10)[:12],
         "oversized": control(16) + frame(IPC_UPDATE, b"y" * 17),
         "unknown-type": control(64) + frame(IPC_READY) + frame(20) + frame(IPC_READY),

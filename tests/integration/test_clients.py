@@ -32,7 +32,7 @@ NODE_DIR = REPO / "contrib" / "clients" / "node"
 NODE_CLIENT = NODE_DIR / "dosomething-client.js"
 
 CLIENTS = ("python", "node")
-FINAL = ("SUCCEEDED", "FAILED")
+FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 NPM_TIMEOUT = 300
 
 # What npm prints when it cannot reach the registry.
@@ -409,3 +409,294 @@ def test_resends_an_unanswered_call_and_prints_each_item_once(kind, scripted_ser
     assert sorted(finals) == sorted(calls[0])
     s = c.summary()
     assert s["resubmitted_calls"] == 1 and s["duplicates_ignored"] == 4, s
+
+
+# ---- resending with the same ids, looking results up (getItems) ---------------
+
+def runs_handler(runs_file):
+    """An exec handler that appends the item's payload (its id) to runs_file
+    on every run, so the test counts runs, and echoes it."""
+    script = f'id=$(cat); echo "$id" >> {runs_file}; sleep 0.05; printf %s "$id"'
+    return {"exec": ["sh", "-c", script]}
+
+
+def with_runs(runs_file):
+    """The handlers of a test config: echo, sleep and runs."""
+    return {"default": "echo", "echo": {"builtin": "echo"}, "sleep": {"builtin": "sleep"},
+            "runs": runs_handler(runs_file)}
+
+
+def count_runs(runs_file):
+    counts = {}
+    if runs_file.exists():
+        for line in runs_file.read_text().split():
+            counts[line] = counts.get(line, 0) + 1
+    return counts
+
+
+def get_items(client, ids):
+    """id -> Item, by getItems (1000 ids a call)."""
+    out = {}
+    for i in range(0, len(ids), 1000):
+        reply = client.stub.getItems(conftest.pb.ItemsRequest(item_ids=ids[i:i + 1000]),
+                                     timeout=10)
+        assert not reply.not_found, reply.not_found[:5]
+        out.update({it.id: it for it in reply.items})
+    return out
+
+
+@pytest.mark.deadline(120)
+def test_a_killed_grpc_process_mid_submit_runs_each_item_once(kind, start_daemon, run_client,
+                                                              tmp_path):
+    """With the journal on, the grpc process is SIGKILLed while a submit call
+    is blocked in the middle of its chunk (the queue is full). The client
+    resends the call with the same ids: what was accepted before the kill
+    counts in duplicates, and it looks up what finished while its stream was
+    broken. Every item gets exactly one final on the client's side; each ran
+    at least once and at most as many times as its attempt number says (a
+    run of a duplicate would be one more), which is at most 2 (the journal's
+    recovery of what the kill interrupted)."""
+    runs = tmp_path / "runs.txt"
+    d = start_daemon({"workers": {"count": 2},
+                      "queue": {"journal": str(tmp_path / "journal"), "capacity": 20},
+                      "handlers": with_runs(runs)})
+    n = 150
+    ids = [f"r-{i}" for i in range(n)]
+    items = write_lines(tmp_path / "items.txt",
+                        [json.dumps({"id": i, "kind": "runs", "payload": i}) for i in ids])
+    c = run_client(kind, d.address, items, "--chunk", "100", "--deadline", "90", wait=False)
+    c.wait_records(5, timeout=30)
+    old = d.grpc_pid()
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    assert len(c.records) < 100, "the kill came after the first call's items were all final"
+    wait_for(lambda: d.grpc_pid() not in (None, old), 10, "a new grpc process")
+
+    rc = c.wait(timeout=100)
+    assert rc == 0, c.describe()
+    finals = c.finals()                             # fails on an id printed twice
+    assert sorted(finals) == sorted(ids)
+    for i in ids:
+        assert finals[i]["state"] == "SUCCEEDED" and finals[i]["result"] == i, finals[i]
+    s = c.summary()
+    assert s["accepted"] + s["duplicates"] + s["rejected"] == n, s
+    assert s["rejected"] == 0 and s["resubmitted_calls"] >= 1, s
+    # At least the 5 finals printed before the kill were accepted by the
+    # unanswered call: the resent call counted them as duplicates.
+    assert s["duplicates"] >= 5, s
+
+    known = get_items(d.client(), ids)
+    counted = count_runs(runs)
+    for i in ids:
+        assert conftest.state_name(known[i].state) == "SUCCEEDED", (i, known[i])
+        # A run of a duplicate would be a run beyond the attempts. (An attempt
+        # may have no run: the item was on its way to a worker killed with
+        # the grpc process.)
+        assert 1 <= counted.get(i, 0) <= known[i].attempt <= 2, \
+            f"{i}: ran {counted.get(i, 0)} times, attempt {known[i].attempt}"
+
+
+class LostLogService:
+    """A stand-in server whose update log is lost: it runs every item it is
+    given at once but publishes nothing, then breaks the client's first
+    update stream (UNAVAILABLE, as a dying grpc process does). Only getItems
+    knows the results."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.items = {}
+        self.subscriptions = 0
+        self.lookups = []
+
+    def doSomething(self, request_iterator, context):
+        got = list(request_iterator)
+        with self.cond:
+            for it in got:
+                self.items[it.id] = it
+            self.cond.notify_all()
+        return conftest.pb.SubmitReply(accepted=len(got))
+
+    def getUpdates(self, request, context):
+        context.send_initial_metadata(())
+        with self.cond:
+            self.subscriptions += 1
+            first = self.subscriptions == 1
+            if first:
+                self.cond.wait_for(lambda: self.items, timeout=20)
+        if first:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "scripted: the grpc process died")
+        while context.is_active():
+            time.sleep(0.1)
+
+    def getItems(self, request, context):
+        reply = conftest.pb.ItemsReply()
+        with self.cond:
+            self.lookups.append(list(request.item_ids))
+            for n, item_id in enumerate(request.item_ids):
+                it = self.items.get(item_id)
+                if it is None:
+                    reply.not_found.append(item_id)
+                    continue
+                reply.items.add(id=it.id, kind=it.kind or "echo", batch=it.batch,
+                                state=conftest.pb.SUCCEEDED, attempt=1,
+                                result=it.payload if request.with_results else b"",
+                                last_seq=100 + n)
+        return reply
+
+
+@pytest.fixture
+def lost_log_server():
+    service = LostLogService()
+    pb = conftest.pb
+    handlers = {
+        "doSomething": grpc.stream_unary_rpc_method_handler(
+            service.doSomething, request_deserializer=pb.WorkItem.FromString,
+            response_serializer=pb.SubmitReply.SerializeToString),
+        "getUpdates": grpc.unary_stream_rpc_method_handler(
+            service.getUpdates, request_deserializer=pb.UpdatesRequest.FromString,
+            response_serializer=pb.Update.SerializeToString),
+        "getItems": grpc.unary_unary_rpc_method_handler(
+            service.getItems, request_deserializer=pb.ItemsRequest.FromString,
+            response_serializer=pb.ItemsReply.SerializeToString),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(conftest.SERVICE,
+                                                                          handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    service.address = f"127.0.0.1:{port}"
+    yield service
+    server.stop(grace=0).wait(timeout=5)
+
+
+def test_results_missed_while_disconnected_come_from_getitems(kind, lost_log_server,
+                                                              run_client, tmp_path):
+    items = write_lines(tmp_path / "items.txt", [f"p{n}" for n in range(7)])
+    c = run_client(kind, lost_log_server.address, items, "--kind", "echo", "--quiet",
+                   timeout=30)
+    assert c.rc == 0, c.describe()
+    finals = c.finals()
+    assert len(finals) == 7
+    for rec in finals.values():
+        assert rec["state"] == "SUCCEEDED" and rec.get("looked_up") is True, rec
+        assert rec["result"] == f"p{rec['id'].rsplit('-', 1)[1]}", rec
+    s = c.summary()
+    assert s["looked_up"] == 7 and s["reconnects"] >= 1, s
+    assert sorted(lost_log_server.lookups[0]) == sorted(finals), lost_log_server.lookups
+
+
+def test_items_an_earlier_run_sent_are_duplicates_looked_up_not_run(kind, start_daemon,
+                                                                    run_client, tmp_path):
+    """The same ids sent again by another run (another batch): not run again;
+    the finals come from getItems, also of items still running then
+    (getItems with wait)."""
+    runs = tmp_path / "runs.txt"
+    d = start_daemon({"handlers": with_runs(runs)})
+    cl = d.client()
+    done_ids = [f"done-{i}" for i in range(5)]
+    reply, _ = cl.run_items([{"id": i, "kind": "runs", "payload": i.encode(),
+                              "batch": "earlier"} for i in done_ids])
+    assert reply.accepted == 5
+    slow_ids = [f"slow-{i}" for i in range(3)]
+    reply = cl.submit([{"id": i, "kind": "sleep", "params": {"ms": "700"}, "batch": "earlier"}
+                       for i in slow_ids])
+    assert reply.accepted == 3
+    items = write_lines(tmp_path / "items.txt",
+                        [json.dumps({"id": i, "kind": "runs", "payload": i}) for i in done_ids]
+                        + [json.dumps({"id": i, "kind": "sleep", "params": {"ms": "700"}})
+                           for i in slow_ids])
+    c = run_client(kind, d.address, items, "--deadline", "30", timeout=40)
+    assert c.rc == 0, c.describe()
+    finals = c.finals()
+    assert sorted(finals) == sorted(done_ids + slow_ids)
+    for rec in finals.values():
+        assert rec["state"] == "SUCCEEDED" and rec["looked_up"] is True, rec
+        assert rec["batch"] == "earlier", rec
+    for i in done_ids:
+        assert finals[i]["result"] == i
+    s = c.summary()
+    assert (s["accepted"], s["duplicates"], s["rejected"], s["looked_up"]) == (0, 8, 0, 8), s
+    assert count_runs(runs) == {i: 1 for i in done_ids}
+
+
+# ---- the item calls as a library ----------------------------------------------
+
+NODE_API_SCRIPT = r"""
+const { ItemsClient } = require(process.argv[1]);
+(async () => {
+  const c = ItemsClient.connect(process.argv[2]);
+  const out = {};
+  out.got = await c.getItems({ ids: ['long', 'nope'], withResults: true });
+  out.dead = await c.deadLetters({ batches: ['api'] });
+  out.cancel = await c.cancel({ ids: ['long', 'nope'], reason: 'from the api test' });
+  out.retry = await c.retry({ ids: out.dead });
+  out.waited = await c.getItems({ ids: ['long'], wait: true, timeoutMs: 10000 });
+  c.close();
+  process.stdout.write(JSON.stringify(out));
+})().catch((e) => { process.stderr.write(String(e.stack || e)); process.exit(1); });
+"""
+
+
+def api_calls(kind, address):
+    """The same calls through each client's wrappers; a dict of plain values."""
+    if kind == "node":
+        node, script = node_command()
+        r = subprocess.run([node, "-e", NODE_API_SCRIPT, script, address], capture_output=True,
+                           text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        num = int
+        return {
+            "found": [it["id"] for it in out["got"]["items"]],
+            "state": out["got"]["items"][0]["state"],
+            "not_found": out["got"]["not_found"], "dead": out["dead"],
+            "cancel": (num(out["cancel"]["cancelled"]), out["cancel"]["not_found"]),
+            "retry": (num(out["retry"]["requeued"]), num(out["retry"]["not_retryable"])),
+            "waited": (out["waited"]["items"][0]["state"], out["waited"]["items"][0]["error"]),
+        }
+    code = (
+        "import json, sys, grpc\n"
+        f"sys.path.insert(0, {str(PY_CLIENT.parent)!r})\n"
+        "import dosomething_client as dc\n"
+        "pb, pb_grpc = dc.load_stubs(None, None)\n"
+        "ch = grpc.insecure_channel(sys.argv[1])\n"
+        "c = dc.Client(pb, pb_grpc.DoSomethingServiceStub(ch))\n"
+        "got = c.get_items(['long', 'nope'], with_results=True, timeout=10)\n"
+        "dead = c.dead_letters(batches=['api'], timeout=10)\n"
+        "cancel = c.cancel(['long', 'nope'], reason='from the api test', timeout=10)\n"
+        "retry = c.retry(dead, timeout=10)\n"
+        "waited = c.get_items(['long'], wait=True, timeout=10).items[0]\n"
+        "print(json.dumps({'found': [i.id for i in got.items],\n"
+        "  'state': pb.State.Name(got.items[0].state), 'not_found': list(got.not_found),\n"
+        "  'dead': dead, 'cancel': (cancel.cancelled, list(cancel.not_found)),\n"
+        "  'retry': (retry.requeued, retry.not_retryable),\n"
+        "  'waited': (pb.State.Name(waited.state), waited.error)}))\n")
+    r = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
+                       timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    out["cancel"], out["retry"], out["waited"] = map(tuple, (out["cancel"], out["retry"],
+                                                            out["waited"]))
+    return out
+
+
+def test_getitems_cancel_and_retry_wrappers(kind, start_daemon):
+    d = start_daemon()
+    cl = d.client()
+    sub = cl.subscribe(states=[conftest.pb.STARTED, conftest.pb.FAILED])
+    reply = cl.submit([
+        {"id": "long", "kind": "sleep", "params": {"ms": "20000"}, "batch": "api"},
+        {"id": "dead", "kind": "sleep", "params": {"ms": "1000"}, "timeout_ms": 50,
+         "max_attempts": 1, "batch": "api"},
+    ])
+    assert reply.accepted == 2
+    sub.wait(lambda s: "dead" in s.final and any(
+        u.item_id == "long" and u.state == conftest.pb.STARTED for u in s.updates),
+        15, "long started, dead failed")
+    out = api_calls(kind, d.address)
+    assert out["found"] == ["long"] and out["state"] == "STARTED", out
+    assert out["not_found"] == ["nope"], out
+    assert out["dead"] == ["dead"], out
+    assert out["cancel"] == (1, ["nope"]), out
+    assert out["retry"] == (1, 0), out
+    assert out["waited"] == ("CANCELLED", "from the api test"), out

@@ -9,6 +9,7 @@ import resource
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import grpc
@@ -164,6 +165,43 @@ class IdleConnections:
             self.socks.pop().close()
 
 
+class RefusalProbe:
+    """Connects to address over and over in a thread (closing each at once),
+    recording every ECONNREFUSED, until stop()."""
+
+    def __init__(self, address):
+        host, port = address.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.attempts = 0
+        self.refused = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.done.is_set():
+            s = socket.socket()
+            s.settimeout(2)
+            try:
+                s.connect(self.target)
+            except ConnectionRefusedError:
+                self.refused.append(time.monotonic())
+            except OSError:
+                pass            # a full backlog's timeout: not a refusal
+            finally:
+                s.close()
+            self.attempts += 1
+            self.done.wait(0.001)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "the probe did not stop"
+
+
 @pytest.fixture
 def idle():
     conns = IdleConnections()
@@ -205,9 +243,23 @@ def test_idle_grpc_connections_at_the_limit(make_daemon, idle):
     assert pid_alive(d.master_pid)
 
     # Once the connections go, gRPC listens again and serves new clients.
-    idle.close()
-    wait_for(lambda: scrape(status, "grpc_listening") == 1, 30, "the gRPC listener back")
+    # The port is never without a listener meanwhile: a client connecting
+    # while the dead server is replaced (or reconnecting after its GOAWAY)
+    # is not refused.
+    prober = RefusalProbe(d.address).start()
+    try:
+        idle.close()
+        wait_for(lambda: scrape(status, "grpc_listening") == 1, 30, "the gRPC listener back")
+    finally:
+        prober.stop()
+    assert prober.attempts > 0
+    assert not prober.refused, (f"{len(prober.refused)} of {prober.attempts} connections "
+                                f"refused while the listener was replaced; log:\n{d.log_tail()}")
     assert scrape(status, "grpc_listener_restarts_total") == 1
+    # The client connected before, whose connection the old server ended
+    # with GOAWAY, goes on without waiting for ready.
+    reply = client.submit([{"id": "old-client-after", "kind": "echo", "payload": b"x"}])
+    assert reply.accepted == 1, reply
     fresh = d.client()
     reply, _ = fresh.run_items([{"id": "after", "kind": "echo", "payload": b"x"}])
     assert reply.accepted == 1

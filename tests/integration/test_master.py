@@ -303,10 +303,14 @@ def every_key_config(directory, module):
         "items": {"retention": {"age": "36h", "count": 7, "bytes": "5MiB"}},
         "handlers": {"default": "run", "max_result_size": 1000,
                      "run": {"exec": ["bin/x", "a b", "q\"", ""], "timeout": "1h",
-                             "cancel_grace": "750ms", "env": {"A": "1\n2", "B": ""}},
+                             "cancel_grace": "750ms", "env": {"A": "1\n2", "B": ""},
+                             "retry_exit_codes": [255, 3, 75],
+                             "concurrency": 3, "rate": "100/s", "paused": True},
                      "mod": {"module": str(module), "timeout": "3h", "cancel_grace": "0s",
-                             "options": {"k": "v", "n": "2"}},
-                     "nap": {"builtin": "sleep", "timeout": "250ms", "cancel_grace": "10m"}},
+                             "options": {"k": "v", "n": "2"},
+                             "concurrency": 0, "rate": "6000/m", "paused": False},
+                     "nap": {"builtin": "sleep", "timeout": "250ms", "cancel_grace": "10m",
+                             "concurrency": 1000000, "rate": "off", "paused": False}},
         "status": {"listen": "[::1]:9090"},
         "cluster": "off",
         "respawn": {"backoff_min": "250ms", "backoff_max": "2m", "stable_after": "1h",
@@ -342,6 +346,7 @@ def test_print_config_round_trip_every_key(tmp_path):
             f"{name}: printed {sorted(leaf_keys(printed) ^ leaf_keys(config))} differently"
         assert printed["workers"]["nice"] == -5 and printed["grpc"]["unix_mode"] == "0640" \
             and printed["handlers"]["run"]["env"] == {"A": "1\n2", "B": ""} \
+            and printed["handlers"]["run"]["retry_exit_codes"] == [3, 75, 255] \
             and printed["log"]["file"] == f"{directory}/logs/d\"s \t\u00e9\u2028.log" \
             and printed["grpc"]["listen"][3] == {"address": f"unix:{directory}/admin.sock",
                                                  "methods": ["getUpdates", "cancel"]}, printed

@@ -384,6 +384,10 @@ def test_rolling_restart_behind_nginx(kind, two_instances, nginx_front, start_da
     assert len(finals) == 300 and {r["state"] for r in finals.values()} == {"SUCCEEDED"}
     groups = [workers[pinned], workers[1 - pinned], set(back.worker_pids())]
     on = [sum(1 for r in finals.values() if r["worker_pid"] in w) for w in groups]
-    assert on[0] >= 30 and on[1] > 0 and on[2] > 0 and sum(on) == 300, on
+    # Finals the client looked up with getItems after a reconnect (it missed
+    # their updates) name no worker: getItems gives a worker pid only while
+    # an item runs.
+    looked_up = sum(1 for r in finals.values() if r.get("looked_up"))
+    assert on[0] >= 30 and on[1] > 0 and on[2] > 0 and sum(on) + looked_up == 300, (on, looked_up)
     s = c.summary()
     assert s["switches"] >= 1, s

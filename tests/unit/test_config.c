@@ -455,6 +455,53 @@ test_listen_methods(void **state)
                             "methods: [cancel]}]\n", "grpc.listen[1]: duplicate address");
 }
 
+/* handlers.<kind>.retry_exit_codes: [75] by default, a set of 1..255, []
+ * for none; exec only; each bad entry named by its index. */
+static void
+test_retry_exit_codes(void **state)
+{
+    const char *text = "handlers:\n  default: a\n  a: {exec: [x]}\n"
+                       "  b: {exec: [x], retry_exit_codes: []}\n"
+                       "  c: {exec: [x], retry_exit_codes: [1, 255, 3]}\n"
+                       "  s: {builtin: sleep}\n";
+    struct ds_config *c = config_load_text("/x/ds.yaml", text, strlen(text), errors,
+                                           sizeof errors);
+
+    assert_non_null(c);
+    const struct ds_handler_config *a = config_handler(c, "a"), *b = config_handler(c, "b"),
+                                   *cc = config_handler(c, "c"), *s = config_handler(c, "s");
+    for (int st = -1; st <= 256; st++) {
+        assert_int_equal(config_retry_exit_code(a, st), st == 75);
+        assert_int_equal(config_retry_exit_code(b, st), 0);
+        assert_int_equal(config_retry_exit_code(cc, st), st == 1 || st == 3 || st == 255);
+    }
+    assert_true(config_retry_exit_code(s, 75));     /* the default; only exec looks */
+    config_free(c);
+
+    expect_error_containing("handlers:\n  default: a\n  a: {exec: [x], retry_exit_codes: 75}\n",
+                            "handlers.a.retry_exit_codes: must be a list of exit statuses "
+                            "1..255 such as [75] ([] for none), got a scalar");
+    expect_error_containing("handlers:\n  default: a\n  a: {exec: [x], retry_exit_codes: [0]}\n",
+                            "handlers.a.retry_exit_codes[0]: must be an exit status 1..255, "
+                            "got 0");
+    expect_error_containing("handlers:\n  default: a\n"
+                            "  a: {exec: [x], retry_exit_codes: [3, 256]}\n",
+                            "handlers.a.retry_exit_codes[1]: must be an exit status 1..255, "
+                            "got 256");
+    expect_error_containing("handlers:\n  default: a\n"
+                            "  a: {exec: [x], retry_exit_codes: [99999999999999999999999]}\n",
+                            "handlers.a.retry_exit_codes[0]: must be an exit status 1..255");
+    expect_error_containing("handlers:\n  default: a\n"
+                            "  a: {exec: [x], retry_exit_codes: [75, 75]}\n",
+                            "handlers.a.retry_exit_codes[1]: duplicate exit status 75");
+    expect_error_containing("handlers:\n  default: a\n"
+                            "  a: {exec: [x], retry_exit_codes: [{a: 1}]}\n",
+                            "handlers.a.retry_exit_codes[0]: ");
+    expect_error_containing("handlers:\n  default: a\n"
+                            "  a: {builtin: echo, retry_exit_codes: [75]}\n",
+                            "handlers.a.retry_exit_codes: only for exec handlers");
+}
+
 static void
 test_free_null_and_handler_lookup(void **state)
 {
@@ -1631,6 +1678,7 @@ main(void)
         cmocka_unit_test(test_repo_config_loads),
         cmocka_unit_test(test_load_text),
         cmocka_unit_test(test_listen_methods),
+        cmocka_unit_test(test_retry_exit_codes),
         cmocka_unit_test(test_free_null_and_handler_lookup),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_directory_is_not_a_file),

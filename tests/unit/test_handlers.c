@@ -5,7 +5,7 @@
  * checks against the system (-t), worker hygiene and the privilege drop.
  *
  * Compiled with -DDS_TEST_MODULE this file is instead a handler module the
- * tests load (mk/handlers.mk builds it four ways into build/tests/modules/:
+ * tests load (mk/handlers.mk builds it several ways into build/tests/modules/:
  * as it is, with abi_version 99, without the symbol, flagged
  * DS_MODULE_QUICK, and flagged DS_MODULE_CANCELLABLE: then the sleep of
  * param ms checks host->cancelled() after each step).
@@ -29,7 +29,10 @@
  * params: error=MSG (fail with "error: MSG"), silent (fail with no
  * message), bad_utf8 (fail with a message that is not UTF-8), ms and steps
  * (sleep, reporting progress after each step but the last), size=N (a
- * result of N bytes 'x'), static (a result kept in the state), crash (abort).
+ * result of N bytes 'x'), static (a result kept in the state), crash (abort),
+ * retry_until=N (return DS_MODULE_RETRY, "busy at attempt A", while the
+ * attempt is under N; built with DS_TEST_MODULE_RETRY it is flagged
+ * DS_MODULE_RETRYABLE, otherwise it is a module that never asked for it).
  * Otherwise the result is "PREFIX PAYLOAD|attempt=A|id=ID|kind=K|n=N".
  */
 struct test_state {
@@ -87,6 +90,10 @@ test_process(void *state, const struct ds_module_item *item, struct ds_module_re
     }
     if (param(item, "crash") != NULL)
         abort();
+    if ((v = param(item, "retry_until")) != NULL && item->attempt < (uint32_t)atol(v)) {
+        snprintf(out->error, out->error_size, "busy at attempt %u", item->attempt);
+        return DS_MODULE_RETRY;
+    }
     if ((v = param(item, "ms")) != NULL) {
         long ms = atol(v), steps = param(item, "steps") ? atol(param(item, "steps")) : 1;
         for (long i = 1; i <= steps; i++) {
@@ -155,6 +162,9 @@ const struct ds_module dosomething_module = {
 #endif
 #ifdef DS_TEST_MODULE_CANCEL
     .flags = DS_MODULE_CANCELLABLE,
+#endif
+#ifdef DS_TEST_MODULE_RETRY
+    .flags = DS_MODULE_RETRYABLE,
 #endif
     .name = "test",
     .init = test_init,

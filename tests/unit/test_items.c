@@ -305,6 +305,56 @@ test_many_tombstones(void **state)
     assert_null(items_find("r19-189"));
 }
 
+/* By id, through growth and removals in every position of a probe run:
+ * 20000 items, every third forgotten, then the older finals forgotten by
+ * the retention; each lookup finds exactly the items still known. */
+static void
+test_lookup_through_growth_and_removal(void **state)
+{
+    (void)state;
+    enum { N = 20000 };
+    static struct item *all[N];
+    char id[32];
+    items_configure(24ull * 3600 * 1000, N, 1u << 30);
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "x-%d", i);
+        uint8_t raw[] = { 0x0a, 0x01, 'x' };
+        all[i] = item_make(raw, sizeof raw, id, "", "echo", 3, 0, 0);
+        items_accepting(all[i]);
+    }
+    for (int i = 0; i < N; i += 3) {
+        items_forget(all[i]);
+        item_free(all[i]);
+        all[i] = NULL;
+    }
+    struct outcome done = { .state = STATE_SUCCEEDED };
+    for (int i = 1; i < N; i += 3) {
+        items_updated(all[i], &done, ++seq);
+        item_free(all[i]);
+        all[i] = NULL;
+    }
+    items_configure(24ull * 3600 * 1000, N / 6, 1u << 30);     /* keeps the newest N/6 finals */
+    uint64_t found = 0, finals = 0;
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "x-%d", i);
+        const struct known_item *k = items_find(id);
+        if (i % 3 == 0 && k != NULL)
+            fail_msg("%s: forgotten, yet found", id);
+        if (i % 3 == 2 && k == NULL)
+            fail_msg("%s: live, yet not found", id);
+        if (k != NULL) {
+            assert_string_equal(k->id, id);
+            found++;
+            finals += i % 3 == 1;
+        }
+    }
+    assert_int_equal(found, items_stats()->known);
+    assert_int_equal(finals, N / 6);
+    for (int i = 0; i < N; i++)
+        if (all[i] != NULL)
+            item_free(all[i]);
+}
+
 int
 main(void)
 {
@@ -316,6 +366,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_retry_is_live_again, setup, teardown),
         cmocka_unit_test_setup_teardown(test_paging, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_tombstones, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lookup_through_growth_and_removal, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,7 +25,7 @@
 /* ---- the recording events table ------------------------------------------- */
 
 enum rec_type { REC_UPDATE, REC_ENDED, REC_ATTEMPT_FAILED, REC_KILL, REC_TAKEN, REC_CANCELLED,
-                REC_CANCEL_ASKED, REC_CANCEL_TAKEN };
+                REC_CANCEL_ASKED, REC_CANCEL_TAKEN, REC_RETRY_ASKED };
 
 struct record {
     enum rec_type type;
@@ -121,6 +121,15 @@ on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
 }
 
 static void
+on_retry_asked(struct item *item, pid_t worker_pid, const char *error)
+{
+    struct record *r = record_new(REC_RETRY_ASKED, item);
+    r->pid = worker_pid;
+    snprintf(r->text, sizeof r->text, "%s", error);
+    own(item);
+}
+
+static void
 on_cancelled(struct item *item, pid_t worker_pid)
 {
     struct record *r = record_new(REC_CANCELLED, item);
@@ -153,6 +162,7 @@ static const struct queue_events events = {
     .update = on_update,
     .ended = on_ended,
     .attempt_failed = on_attempt_failed,
+    .retry_asked = on_retry_asked,
     .cancelled = on_cancelled,
     .dispatched = on_dispatched,
     .draining = on_draining,
@@ -610,6 +620,57 @@ has_cancels(void *arg)
 
 /* Waiting items leave at once; held ones get IPC_CANCEL, their PROGRESS is
  * dropped and their end, whatever it says, is reported as cancelled. */
+/* RETRYING from a worker: the handler asks for another attempt. The item
+ * leaves the worker and is handed over with the error (up to its first
+ * NUL); the next item is dispatched; a RETRYING
+ * of a superseded attempt is dropped like any update; for an item being
+ * cancelled it is an end like any other: CANCELLED. */
+static void
+test_retry_asked(void **state)
+{
+    queue_set_prefetch(1);
+    fake_attach(&w1, 1001, 0);
+    queue_push(new_item("a", 0, 0));
+    queue_push(new_item("b", 0, 0));
+    queue_push(new_item("c", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 1);
+    uint64_t key = w1.items[0].key;
+
+    fake_send_update(rec.base, &w1, key, 2, STATE_RETRYING, 0, "old", 3);
+    fake_send_update(rec.base, &w1, key, 1, STATE_RETRYING, 0, "busy\0tail \xc3", 12);
+    wait_records(&w1, REC_RETRY_ASKED, 1);
+    fake_wait_items(rec.base, &w1, 2);
+    fake_settle(rec.base, &w1);
+    struct record *r[2];
+    assert_int_equal(records_of(REC_RETRY_ASKED, r, 2), 1);
+    assert_int_equal(r[0]->key, key);
+    assert_int_equal(r[0]->attempt, 1);
+    assert_int_equal(r[0]->pid, 1001);
+    assert_string_equal(r[0]->text, "busy");
+    assert_int_equal(count_of(REC_ENDED), 0);
+    assert_int_equal(count_of(REC_ATTEMPT_FAILED), 0);
+    assert_string_equal(w1.items[1].id, "b");
+    assert_int_equal(queue_held(), 1);
+
+    /* No error at all: still a retry, with an empty one. */
+    fake_send_update(rec.base, &w1, w1.items[1].key, 1, STATE_RETRYING, 0, NULL, 0);
+    wait_records(&w1, REC_RETRY_ASKED, 2);
+    assert_int_equal(records_of(REC_RETRY_ASKED, r, 2), 2);
+    assert_string_equal(r[1]->text, "");
+
+    /* c, cancelled while it runs, then RETRYING: it ends CANCELLED. */
+    fake_wait_items(rec.base, &w1, 3);
+    cancel_grace_value = 60000;
+    struct cancel_arg arg = { .ids = { "c" } };
+    queue_cancel(&cancel_ops, &arg);
+    fake_send_update(rec.base, &w1, w1.items[2].key, 1, STATE_RETRYING, 0, "busy", 4);
+    wait_records(&w1, REC_CANCELLED, 1);
+    assert_int_equal(count_of(REC_RETRY_ASKED), 2);
+    assert_int_equal(queue_held(), 0);
+    assert_false(w1.eof);
+}
+
 static void
 test_cancel(void **state)
 {
@@ -805,6 +866,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_exited_running_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_superseded_update_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_kill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_take_all, setup, teardown),

@@ -17,8 +17,14 @@
 //    (the batch label is unique to the run) and drops duplicates by item id.
 //  - A submit call that failed with UNAVAILABLE (or CANCELLED, which a server
 //    answers to a call that reaches it as it begins a graceful stop) is sent
-//    again whole (at-least-once: items of it may run twice; one final each
-//    is printed).
+//    again whole, with the same ids: what the first attempt got accepted the
+//    server counts in SubmitReply.duplicates and does not run again.
+//  - After its update stream was broken (and after a reply that counts
+//    duplicates) it asks getItems (by id, with results) for the items it is
+//    still waiting for, so what finished meanwhile is not lost.
+//
+// require()d as a module it exports ItemsClient: thin wrappers of getItems,
+// cancel and retry (see ../README.md).
 //  - Behind a balancer that says which instance served a call (the header
 //    x-dosomething-instance, contrib/nginx/dosomething.conf), it moves its
 //    subscription after its submissions when they land on another instance,
@@ -37,6 +43,8 @@ const PROTO_REL = path.join('com', 'agrounds', 'dosomething', 'v1', 'do_somethin
 const AFFINITY_HEADER = 'x-dosomething-affinity';
 const INSTANCE_HEADER = 'x-dosomething-instance';     // set by a balancer: who answered
 const EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_GAVE_UP = 3;
+const FINAL_STATES = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED']);
+const LOOKUP_IDS = 500;       // ids per getItems call (the server takes up to 1000)
 
 const S = grpc.status;
 const RESUMABLE = new Set([S.UNAVAILABLE, S.RESOURCE_EXHAUSTED, S.ABORTED, S.INTERNAL,
@@ -106,6 +114,90 @@ function loadService(protoArg) {
   const service = pkg.com && pkg.com.agrounds.dosomething.v1.DoSomethingService;
   if (!service) throw new UsageError(`${file}: no com.agrounds.dosomething.v1.DoSomethingService`);
   return service;
+}
+
+// ---------------------------------------------------------------------------
+// the item calls: thin wrappers
+// ---------------------------------------------------------------------------
+
+// getItems, cancel and retry of one server, as promises of the server's
+// reply (an object with the .proto's field names; uint64 counts as decimal
+// strings). A failed call rejects with grpc-js's error (.code, .details).
+//
+//   const { ItemsClient, loadService } = require('./dosomething-client.js');
+//   const c = ItemsClient.connect('127.0.0.1:8080');
+//   const reply = await c.getItems({ ids: ['img-1'], withResults: true });
+//   await c.cancel({ batches: ['job-1'], reason: 'not needed' });
+//   await c.retry({ ids: await c.deadLetters({ batches: ['job-1'] }) });
+//   c.close();
+class ItemsClient {
+  // client: a DoSomethingService client (loadService()); metadata: a
+  // function returning the grpc.Metadata to send with each call, or null.
+  constructor(client, metadata = null) {
+    this.client = client;
+    this.metadata = metadata || (() => new grpc.Metadata());
+  }
+
+  static connect(address, { proto = undefined, credentials = grpc.credentials.createInsecure() } = {}) {
+    const Service = loadService(proto);
+    return new ItemsClient(new Service(address, credentials, CHANNEL_OPTIONS));
+  }
+
+  close() { this.client.close(); }
+
+  unary(method, req, timeoutMs) {
+    const options = timeoutMs ? { deadline: new Date(Date.now() + timeoutMs) } : {};
+    return new Promise((resolve, reject) => {
+      this.client[method](req, this.metadata(), options,
+        (err, reply) => (err ? reject(err) : resolve(reply)));
+    });
+  }
+
+  // ItemsReply: the items of ids (unknown ones in not_found), or one page of
+  // the items matching kinds, states and batches. wait (by ids): the reply
+  // comes once every known one is final, or DEADLINE_EXCEEDED at timeoutMs.
+  getItems({ ids = [], kinds = [], states = [], batches = [], withResults = false, wait = false,
+             limit = 0, pageToken = '', timeoutMs = 0 } = {}) {
+    return this.unary('getItems', {
+      item_ids: ids, kinds, states, batches, with_results: withResults, wait, limit,
+      page_token: pageToken,
+    }, timeoutMs);
+  }
+
+  // Every item matching the filters, newest accepted first, page after page.
+  async listItems({ kinds = [], states = [], batches = [], withResults = false, timeoutMs = 0 } = {}) {
+    const out = [];
+    let pageToken = '';
+    do {
+      const reply = await this.getItems({ kinds, states, batches, withResults, limit: 1000, pageToken, timeoutMs });
+      out.push(...reply.items);
+      pageToken = reply.next_page_token;
+    } while (pageToken);
+    return out;
+  }
+
+  // The ids of the FAILED items (of these batches and kinds).
+  async deadLetters({ batches = [], kinds = [], timeoutMs = 0 } = {}) {
+    return (await this.listItems({ batches, kinds, states: ['FAILED'], timeoutMs })).map((it) => it.id);
+  }
+
+  // CancelReply: cancelled, already_final, not_found.
+  cancel({ ids = [], batches = [], reason = '', timeoutMs = 0 } = {}) {
+    return this.unary('cancel', { item_ids: ids, batches, reason }, timeoutMs);
+  }
+
+  // RetryReply: requeued, not_retryable, not_found.
+  retry({ ids = [], batches = [], timeoutMs = 0 } = {}) {
+    return this.unary('retry', { item_ids: ids, batches }, timeoutMs);
+  }
+}
+
+// An Update-shaped object carrying what getItems says of an item.
+function updateOfItem(item) {
+  return {
+    seq: item.last_seq, item_id: item.id, kind: item.kind, state: item.state, result: item.result,
+    error: item.error, attempt: item.attempt, worker_pid: item.worker_pid, batch: item.batch,
+  };
 }
 
 // ---------------------------------------------------------------------------
@@ -232,8 +324,17 @@ class Run {
     this.client = new Service(args.address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
     this.batches = [...new Set(items.map((it) => it.batch))].sort();
     this.ids = new Set(items.map((it) => it.id));
+    this.items_ = new ItemsClient(this.client, () => this.metadata());
 
-    this.accepted = new Set();
+    this.accepted = new Set();      // ids the server has (accepted or duplicate, in a reply)
+    this.sent = new Set();          // ids sent at least once
+    this.counts = { accepted: 0, duplicates: 0, rejected: 0 };  // SubmitReply sums
+    this.lookedUp = 0;              // finals learned from getItems, not from the stream
+    this.lookups = 0;               // getItems calls made
+    this.lookupAfterSubscribe = false;  // the stream broke: look up what is open
+    this.noLookups = false;         // the server has no getItems (UNIMPLEMENTED)
+    this.elsewhere = new Set();     // duplicates in batches the stream does not watch
+    this.waiter = null;             // the loop that waits for those with getItems
     this.final = new Map();         // id -> first final update
     this.rejected = new Map();      // id -> reason
     this.open = new Set();          // submitted, no final yet (for --window)
@@ -298,12 +399,13 @@ class Run {
     process.stdout.write(JSON.stringify(record) + '\n');
   }
 
-  emitUpdate(u) {
+  emitUpdate(u, lookedUp = false) {
     const seq = Number(u.seq);
     const rec = {
       id: u.item_id, state: u.state, kind: u.kind, batch: u.batch,
       seq: Number.isSafeInteger(seq) ? seq : u.seq, attempt: u.attempt, worker_pid: u.worker_pid,
     };
+    if (lookedUp) rec.looked_up = true;
     if (u.state === 'SUCCEEDED') {
       try { rec.result = utf8.decode(u.result); } catch (e) { /* not text */ }
       rec.result_b64 = u.result.toString('base64');
@@ -322,7 +424,7 @@ class Run {
       const after = this.fromZero ? '0' : this.lastSeq;
       const req = {
         replay: true, after_seq: after, batches: this.batches,
-        states: ['SUCCEEDED', 'FAILED', 'RETRYING'],
+        states: ['SUCCEEDED', 'FAILED', 'CANCELLED', 'RETRYING'],
       };
       const call = this.client.getUpdates(req, this.metadata(), { deadline: new Date(this.deadline) });
       this.call = call;
@@ -338,6 +440,13 @@ class Run {
         this.watchInstance = instanceOf(metadata);
         this.maybeSwitch();
         this.notify();
+        // Subscribed again after a break: what finished meanwhile (perhaps
+        // in a grpc process that died since) is in getItems; what finishes
+        // from now on comes on this stream.
+        if (this.lookupAfterSubscribe) {
+          this.lookupAfterSubscribe = false;
+          this.lookup(this.waitingFor()).then((ok) => { if (!ok) this.lookupAfterSubscribe = true; });
+        }
       });
       let endedOk = false;
       let error = null;
@@ -377,6 +486,7 @@ class Run {
         why = `${S[error.code]}: ${error.details}`;
       }
       if (!this.switching) this.reconnects++;
+      if (hadSubscription) this.lookupAfterSubscribe = true;
       const delay = Math.min(backoff.delay(), Math.max(0, this.left()));
       const resumeAfter = this.fromZero ? '0' : this.lastSeq;
       if (!this.args.quiet && (hadSubscription || Date.now() - this.lastReconnectLog >= 5000)) {
@@ -396,18 +506,100 @@ class Run {
       if (this.args.verbose) log(`${u.item_id} retrying: ${u.error}`);
       return;
     }
+    this.onFinal(u, false);
+  }
+
+  // A final update of one of our items, from the stream or getItems: printed
+  // if it is the first for its id.
+  onFinal(u, lookedUp) {
     if (this.final.has(u.item_id)) {
-      this.duplicates++;
+      if (!lookedUp) this.duplicates++;
       return;
     }
+    if (lookedUp) this.lookedUp++;
     this.final.set(u.item_id, u);
     this.open.delete(u.item_id);
     this.maybeSwitch();
     // A resent call may have been rejected while the unanswered first
     // attempt got the item accepted: it ran after all.
     if (this.rejected.delete(u.item_id)) this.accepted.add(u.item_id);
-    this.emitUpdate(u);
+    this.emitUpdate(u, lookedUp);
     this.notify();
+  }
+
+  // ---- looking up -----------------------------------------------------
+
+  // Ids sent and not known to be final or rejected.
+  waitingFor() {
+    return [...this.sent].filter((id) => !this.final.has(id) && !this.rejected.has(id)).sort();
+  }
+
+  // Ask getItems for ids (with results): record the finals among them; ids
+  // of batches the stream does not watch that are not final yet are waited
+  // for by waitLoop. false if a call failed (the caller tries again later).
+  async lookup(ids) {
+    if (this.noLookups || !ids.length) return true;
+    const todo = [];
+    for (let i = 0; i < ids.length; i += LOOKUP_IDS) todo.push(ids.slice(i, i + LOOKUP_IDS));
+    while (todo.length) {
+      const part = todo.pop();
+      let reply;
+      try {
+        this.lookups++;
+        reply = await this.items_.getItems({
+          ids: part, withResults: true, timeoutMs: Math.max(1000, Math.min(30000, this.left())),
+        });
+      } catch (e) {
+        if (e.code === S.RESOURCE_EXHAUSTED && part.length > 1) {
+          const half = part.length >> 1;    // the results do not fit one reply
+          todo.push(part.slice(0, half), part.slice(half));
+          continue;
+        }
+        if (e.code === S.UNIMPLEMENTED) {
+          this.noLookups = true;            // an older server: the stream only
+          return true;
+        }
+        if (!this.args.quiet) {
+          log(`getItems of ${part.length} items failed: ${S[e.code]}: ${e.details}; `
+              + 'looking them up again later');
+        }
+        return false;
+      }
+      for (const item of reply.items) {
+        if (FINAL_STATES.has(item.state)) this.onFinal(updateOfItem(item), true);
+        else if (!this.batches.includes(item.batch)) this.waitElsewhere(item.id);
+      }
+    }
+    return true;
+  }
+
+  // A duplicate of an item in another batch (a run sent it before): its
+  // updates do not come on our stream, so wait for it with getItems.
+  waitElsewhere(id) {
+    this.elsewhere.add(id);
+    if (!this.waiter) this.waiter = this.waitLoop().catch((e) => { this.fatal = `waiter: ${e.stack || e}`; });
+    this.notify();
+  }
+
+  async waitLoop() {
+    const backoff = new Backoff();
+    for (;;) {
+      if (!await this.waitFor(() => this.closing || this.watcherDone
+          || [...this.elsewhere].some((id) => !this.final.has(id)), 'the items of other batches')) return;
+      if (this.closing || this.watcherDone) return;
+      const ids = [...this.elsewhere].filter((id) => !this.final.has(id)).sort().slice(0, LOOKUP_IDS);
+      let reply;
+      try {
+        reply = await this.items_.getItems({
+          ids, withResults: true, wait: true, timeoutMs: Math.max(100, Math.min(30000, this.left())),
+        });
+        backoff.reset();
+      } catch (e) {
+        if (e.code !== S.DEADLINE_EXCEEDED) await sleep(Math.min(backoff.delay(), Math.max(0, this.left())));
+        continue;
+      }
+      for (const item of reply.items) if (FINAL_STATES.has(item.state)) this.onFinal(updateOfItem(item), true);
+    }
   }
 
   // Behind a balancer with affinity, a run's calls can move to another
@@ -474,7 +666,10 @@ class Run {
       for (;;) {
         // Submit only while subscribed, so that no update can be missed.
         if (!await this.waitFor(() => this.subscribed, 'a getUpdates subscription')) return false;
-        for (const it of chunk) if (!this.final.has(it.id)) this.open.add(it.id);
+        for (const it of chunk) {
+          this.sent.add(it.id);
+          if (!this.final.has(it.id)) this.open.add(it.id);
+        }
         try {
           ({ reply, where } = await this.submitOnce(messages));
           break;
@@ -484,7 +679,8 @@ class Run {
             this.notify();
             return false;
           }
-          // Unanswered: maybe none, maybe all of it was accepted. And the
+          // Unanswered: maybe none, maybe all of it was accepted. Sent again
+          // with the same ids, what was accepted counts in duplicates. The
           // server may be a new one with its own seqs.
           this.fromZero = true;
           this.resubmits++;
@@ -497,6 +693,9 @@ class Run {
         }
       }
       const rejectedAt = new Map(reply.rejections.map((r) => [r.index, r.reason]));
+      this.counts.accepted += Number(reply.accepted);
+      this.counts.duplicates += Number(reply.duplicates);
+      this.counts.rejected += Number(reply.rejected);
       if (Number(reply.rejected) > rejectedAt.size) {
         log(`the server listed ${rejectedAt.size} of ${reply.rejected} rejections`);
       }
@@ -522,6 +721,13 @@ class Run {
       }
       this.maybeSwitch();
       this.notify();
+      if (Number(reply.duplicates)) {
+        // Items the server had already (an unanswered attempt of this call,
+        // or an earlier run): some may be final, their updates published
+        // before this subscription, or in another batch.
+        const ids = chunk.filter((it, i) => !rejectedAt.has(i) && !this.final.has(it.id)).map((it) => it.id);
+        if (!await this.lookup(ids)) this.lookupAfterSubscribe = true;
+      }
     }
     this.submitting = false;
     this.notify();
@@ -549,16 +755,18 @@ class Run {
   }
 
   summarize(elapsed) {
-    let succeeded = 0, failed = 0;
+    let succeeded = 0, failed = 0, cancelled = 0;
     for (const u of this.final.values()) {
       if (u.state === 'SUCCEEDED') succeeded++;
       else if (u.state === 'FAILED') failed++;
+      else if (u.state === 'CANCELLED') cancelled++;
     }
     const openIds = [...this.accepted].filter((id) => !this.final.has(id)).sort();
     const unsent = this.ids.size - this.accepted.size - this.rejected.size;
     const summary = {
-      items: this.items.length, accepted: this.accepted.size, rejected: this.rejected.size,
-      succeeded, failed, open: openIds.length, not_submitted: unsent,
+      items: this.items.length, accepted: this.counts.accepted, duplicates: this.counts.duplicates,
+      rejected: this.counts.rejected, succeeded, failed, cancelled, open: openIds.length,
+      not_submitted: unsent, looked_up: this.lookedUp, lookups: this.lookups,
       duplicates_ignored: this.duplicates, retrying_updates: this.retriesSeen,
       reconnects: this.reconnects, resubmitted_calls: this.resubmits, switches: this.switches,
       batch: this.args.batch, seconds: Math.round(elapsed * 1000) / 1000,
@@ -567,7 +775,7 @@ class Run {
     if (this.fatal) summary.error = this.fatal;
     process.stderr.write(`summary: ${JSON.stringify(summary)}\n`);
     if (this.fatal || openIds.length || unsent) return EXIT_GAVE_UP;
-    if (failed || this.rejected.size) return EXIT_FAILED;
+    if (failed || cancelled || this.rejected.size) return EXIT_FAILED;
     return EXIT_OK;
   }
 }
@@ -678,10 +886,14 @@ async function main() {
   return new Run(Service, args, items).run();
 }
 
-main().then((code) => {
-  // Exit once stdout is flushed (it may be a pipe).
-  process.stdout.write('', () => process.exit(code));
-}, (e) => {
-  log(e.stack || String(e));
-  process.exit(EXIT_GAVE_UP);
-});
+module.exports = { ItemsClient, loadService };
+
+if (require.main === module) {
+  main().then((code) => {
+    // Exit once stdout is flushed (it may be a pipe).
+    process.stdout.write('', () => process.exit(code));
+  }, (e) => {
+    log(e.stack || String(e));
+    process.exit(EXIT_GAVE_UP);
+  });
+}

@@ -33,9 +33,13 @@ How it stays correct across disconnects (see contrib/clients/README.md):
     item id.
   - A submit call that failed with UNAVAILABLE (or CANCELLED, which a server
     answers to a call that reaches it as it begins a graceful stop) before
-    its reply arrived is sent again whole. Items the first attempt got
-    accepted then run twice (at-least-once); the item ids make the final
-    updates collapse to one.
+    its reply arrived is sent again whole, with the same ids. Items the first
+    attempt got accepted are known to the server by then: it counts them in
+    SubmitReply.duplicates and does not run them again.
+  - After its update stream was broken (and after a reply that counts
+    duplicates), it asks getItems (by id, with results) for the items it is
+    still waiting for: what finished while it was not subscribed, perhaps
+    in a grpc process that has died since, is read from there.
   - Behind a balancer that says which instance served a call (the header
     x-dosomething-instance, contrib/nginx/dosomething.conf), it moves its
     subscription after its submissions when they land on another instance,
@@ -60,6 +64,9 @@ AFFINITY_HEADER = "x-dosomething-affinity"
 INSTANCE_HEADER = "x-dosomething-instance"     # set by a balancer: who answered
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GAVE_UP = 0, 1, 2, 3
+
+FINAL_STATE_NAMES = ("SUCCEEDED", "FAILED", "CANCELLED")
+LOOKUP_IDS = 500        # ids per getItems call (the server takes up to 1000)
 
 # Status codes after which a call is worth making again.
 RESUMABLE = {
@@ -167,6 +174,73 @@ def load_stubs(stubs_dir, proto):
         if out in sys.path:
             sys.path.remove(out)
     return pb, pb_grpc
+
+
+# --------------------------------------------------------------------------
+# the item calls: thin wrappers
+# --------------------------------------------------------------------------
+
+class Client:
+    """getItems, cancel and retry of one server, as plain calls.
+
+        pb, pb_grpc = load_stubs(None, None)
+        c = Client(pb, pb_grpc.DoSomethingServiceStub(channel))
+        reply = c.get_items(["img-1"], with_results=True)      # an ItemsReply
+        c.cancel(batches=["job-1"], reason="not needed")       # a CancelReply
+        c.retry(c.dead_letters(batches=["job-1"]))             # a RetryReply
+
+    Each returns the server's reply message as it is and raises
+    grpc.RpcError as grpcio does; metadata is sent with every call (the
+    balancer affinity header, say). The channel is the caller's to close."""
+
+    def __init__(self, pb, stub, metadata=()):
+        self.pb, self.stub, self.metadata = pb, stub, tuple(metadata)
+
+    def get_items(self, ids=(), kinds=(), states=(), batches=(), with_results=False,
+                  wait=False, limit=0, page_token="", timeout=None):
+        """ItemsReply: the items of ids (unknown ones in not_found), or one
+        page of the items matching kinds, states and batches. wait (by ids):
+        the reply comes once every known one is final, or the call ends
+        DEADLINE_EXCEEDED at timeout."""
+        req = self.pb.ItemsRequest(item_ids=list(ids), kinds=list(kinds), states=list(states),
+                                   batches=list(batches), with_results=with_results,
+                                   wait=wait, limit=limit, page_token=page_token)
+        return self.stub.getItems(req, timeout=timeout, metadata=self.metadata)
+
+    def list_items(self, kinds=(), states=(), batches=(), with_results=False, timeout=None):
+        """Every item matching the filters, newest accepted first, page after page."""
+        token = ""
+        while True:
+            reply = self.get_items(kinds=kinds, states=states, batches=batches,
+                                   with_results=with_results, limit=1000, page_token=token,
+                                   timeout=timeout)
+            yield from reply.items
+            token = reply.next_page_token
+            if not token:
+                return
+
+    def dead_letters(self, batches=(), kinds=(), timeout=None):
+        """The ids of the FAILED items (of these batches and kinds)."""
+        return [it.id for it in self.list_items(kinds=kinds, batches=batches,
+                                                states=[self.pb.FAILED], timeout=timeout)]
+
+    def cancel(self, ids=(), batches=(), reason="", timeout=None):
+        """CancelReply: cancelled, already_final, not_found."""
+        req = self.pb.CancelRequest(item_ids=list(ids), batches=list(batches), reason=reason)
+        return self.stub.cancel(req, timeout=timeout, metadata=self.metadata)
+
+    def retry(self, ids=(), batches=(), timeout=None):
+        """RetryReply: requeued, not_retryable, not_found."""
+        req = self.pb.RetryRequest(item_ids=list(ids), batches=list(batches))
+        return self.stub.retry(req, timeout=timeout, metadata=self.metadata)
+
+
+def update_of_item(pb, item):
+    """An Update carrying what getItems says of an item (its latest state)."""
+    return pb.Update(seq=item.last_seq, item_id=item.id, kind=item.kind, state=item.state,
+                     result=item.result, error=item.error, attempt=item.attempt,
+                     worker_pid=item.worker_pid, batch=item.batch,
+                     cpu_usec=item.cpu_usec, max_rss_kib=item.max_rss_kib)
 
 
 # --------------------------------------------------------------------------
@@ -281,10 +355,20 @@ class Run:
         self.batches = sorted({it["batch"] for it in items}) or [args.batch]
         self.metadata = () if args.no_affinity else ((AFFINITY_HEADER, args.batch),)
         self.ids = {it["id"] for it in items}
+        self.client = Client(pb, self.stub, self.metadata)
+        self.final_states = {pb.State.Value(n) for n in FINAL_STATE_NAMES}
 
         self.cond = threading.Condition()
         self.out_lock = threading.Lock()
-        self.accepted = set()       # ids the server accepted (in a reply)
+        self.accepted = set()       # ids the server has (accepted or duplicate, in a reply)
+        self.sent = set()           # ids sent at least once
+        self.counts = {"accepted": 0, "duplicates": 0, "rejected": 0}  # SubmitReply sums
+        self.looked_up = 0          # finals learned from getItems, not from the stream
+        self.lookups = 0            # getItems calls made
+        self.lookup_after_subscribe = False  # the stream broke: look up what is open
+        self.no_lookups = False     # the server has no getItems (UNIMPLEMENTED)
+        self.elsewhere = set()      # duplicates in batches the stream does not watch
+        self.waiter = None          # the thread that waits for those with getItems
         self.final = {}             # id -> final update (the first one)
         self.rejected = {}          # id -> reason
         self.submitted_open = set() # sent, final not seen yet (for --window)
@@ -318,10 +402,12 @@ class Run:
             sys.stdout.write(line)
             sys.stdout.flush()
 
-    def emit_update(self, u):
+    def emit_update(self, u, looked_up=False):
         rec = {"id": u.item_id, "state": self.pb.State.Name(u.state), "kind": u.kind,
                "batch": u.batch, "seq": u.seq, "attempt": u.attempt,
                "worker_pid": u.worker_pid}
+        if looked_up:
+            rec["looked_up"] = True
         if u.state == self.pb.SUCCEEDED:
             try:
                 rec["result"] = u.result.decode("utf-8")
@@ -345,7 +431,8 @@ class Run:
             if self.left() <= 0:
                 return
             req = pb.UpdatesRequest(replay=True, after_seq=after, batches=self.batches,
-                                    states=[pb.SUCCEEDED, pb.FAILED, pb.RETRYING])
+                                    states=[pb.SUCCEEDED, pb.FAILED, pb.CANCELLED,
+                                            pb.RETRYING])
             call = self.stub.getUpdates(req, timeout=self.left(), metadata=self.metadata)
             with self.cond:
                 self.call = call
@@ -365,6 +452,15 @@ class Run:
                         self.watch_instance = instance_of(metadata)
                         self.maybe_switch()
                         self.cond.notify_all()
+                        lookup = self.lookup_after_subscribe
+                        self.lookup_after_subscribe = False
+                        waiting_for = self.waiting_for()
+                    # Subscribed again after a break: what finished meanwhile
+                    # (perhaps in a grpc process that died since) is in getItems;
+                    # what finishes from now on comes on this stream.
+                    if lookup and not self.lookup(waiting_for):
+                        with self.cond:
+                            self.lookup_after_subscribe = True
                 for u in call:
                     backoff.reset()
                     self.on_update(u)
@@ -400,6 +496,8 @@ class Run:
                     why = f"{code.name}: {error.details()}"
                 if not self.switching:
                     self.reconnects += 1
+                if had_subscription:
+                    self.lookup_after_subscribe = True
                 after = 0 if self.from_zero else self.last_seq
             delay = min(backoff.delay(), max(0.0, self.left()))
             if not self.args.quiet and (had_subscription
@@ -420,9 +518,18 @@ class Run:
                 if self.args.verbose:
                     log(f"{u.item_id} retrying: {u.error}")
                 return
+        self.on_final(u)
+
+    def on_final(self, u, looked_up=False):
+        """A final update of one of our items, from the stream or getItems:
+        printed if it is the first for its id."""
+        with self.cond:
             if u.item_id in self.final:
-                self.duplicates += 1
+                if not looked_up:
+                    self.duplicates += 1
                 return
+            if looked_up:
+                self.looked_up += 1
             self.final[u.item_id] = u
             self.submitted_open.discard(u.item_id)
             self.maybe_switch()
@@ -431,7 +538,80 @@ class Run:
             if self.rejected.pop(u.item_id, None) is not None:
                 self.accepted.add(u.item_id)
             self.cond.notify_all()
-        self.emit_update(u)
+        self.emit_update(u, looked_up)
+
+    # ---- looking up -----------------------------------------------------
+
+    def waiting_for(self):
+        """(Under the lock.) Ids sent and not known to be final or rejected."""
+        return sorted(self.sent - self.final.keys() - self.rejected.keys())
+
+    def lookup(self, ids):
+        """Ask getItems for ids (with results): record the finals among
+        them; ids of batches the stream does not watch that are not final
+        yet are waited for by the waiter thread. False if a call failed (the
+        caller tries again later)."""
+        if self.no_lookups or not ids:
+            return True
+        todo = [ids[i:i + LOOKUP_IDS] for i in range(0, len(ids), LOOKUP_IDS)]
+        while todo:
+            part = todo.pop()
+            try:
+                with self.cond:
+                    self.lookups += 1
+                reply = self.client.get_items(part, with_results=True,
+                                              timeout=max(1.0, min(30.0, self.left())))
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and len(part) > 1:
+                    half = len(part) // 2       # the results do not fit one reply
+                    todo += [part[:half], part[half:]]
+                    continue
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self.no_lookups = True      # an older server: the stream only
+                    return True
+                if not self.args.quiet:
+                    log(f"getItems of {len(part)} items failed: {e.code().name}: "
+                        f"{e.details()}; looking them up again later")
+                return False
+            for item in reply.items:
+                if item.state in self.final_states:
+                    self.on_final(update_of_item(self.pb, item), looked_up=True)
+                elif item.batch not in self.batches:
+                    self.wait_elsewhere(item.id)
+        return True
+
+    def wait_elsewhere(self, item_id):
+        """A duplicate of an item in another batch (a run sent it before):
+        its updates do not come on our stream, so wait for it with getItems."""
+        with self.cond:
+            self.elsewhere.add(item_id)
+            if self.waiter is None:
+                self.waiter = threading.Thread(target=self.wait_loop, name="wait", daemon=True)
+                self.waiter.start()
+            self.cond.notify_all()
+
+    def wait_loop(self):
+        backoff = Backoff()
+        while True:
+            with self.cond:
+                while not self.elsewhere - self.final.keys():
+                    if self.closing or self.fatal or self.left() <= 0:
+                        return
+                    self.cond.wait(0.5)
+                ids = sorted(self.elsewhere - self.final.keys())[:LOOKUP_IDS]
+            if self.closing or self.left() <= 0:
+                return
+            try:
+                reply = self.client.get_items(ids, with_results=True, wait=True,
+                                              timeout=max(0.1, min(30.0, self.left())))
+                backoff.reset()
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    time.sleep(min(backoff.delay(), max(0.0, self.left())))
+                continue
+            for item in reply.items:
+                if item.state in self.final_states:
+                    self.on_final(update_of_item(self.pb, item), looked_up=True)
 
     def maybe_switch(self):
         """(Under the lock.) Behind a balancer with affinity, a run's calls
@@ -494,6 +674,7 @@ class Run:
                 if not self.wait(lambda: self.subscribed, "a getUpdates subscription"):
                     return False
                 with self.cond:
+                    self.sent.update(it["id"] for it in chunk)
                     self.submitted_open.update(it["id"] for it in chunk
                                                if it["id"] not in self.final)
                 try:
@@ -510,7 +691,9 @@ class Run:
                         return False
                     with self.cond:
                         # Unanswered: maybe none, maybe all of it was accepted.
-                        # And the server may be a new one with its own seqs.
+                        # Sent again with the same ids, what was accepted counts
+                        # in duplicates. The server may be a new one with its
+                        # own seqs.
                         self.from_zero = True
                         self.resubmits += 1
                     delay = min(backoff.delay(), max(0.0, self.left()))
@@ -523,6 +706,9 @@ class Run:
             if reply.rejected and len(rejected_at) < reply.rejected:
                 log(f"the server listed {len(rejected_at)} of {reply.rejected} rejections")
             with self.cond:
+                self.counts["accepted"] += reply.accepted
+                self.counts["duplicates"] += reply.duplicates
+                self.counts["rejected"] += reply.rejected
                 for i, it in enumerate(chunk):
                     if i in rejected_at:
                         self.submitted_open.discard(it["id"])
@@ -545,6 +731,16 @@ class Run:
                 if it["id"] not in self.final:
                     self.emit({"id": it["id"], "state": "REJECTED", "kind": it["kind"],
                                "batch": it["batch"], "error": rejected_at[i]})
+            if reply.duplicates:
+                # Items the server had already (an unanswered attempt of this
+                # call, or an earlier run): some may be final, their updates
+                # published before this subscription, or in another batch.
+                with self.cond:
+                    ids = [it["id"] for i, it in enumerate(chunk)
+                           if i not in rejected_at and it["id"] not in self.final]
+                if not self.lookup(ids):
+                    with self.cond:
+                        self.lookup_after_subscribe = True
         with self.cond:
             self.submitting = False
             self.cond.notify_all()
@@ -572,12 +768,15 @@ class Run:
         with self.cond:
             succeeded = sum(1 for u in self.final.values() if u.state == pb.SUCCEEDED)
             failed = sum(1 for u in self.final.values() if u.state == pb.FAILED)
+            cancelled = sum(1 for u in self.final.values() if u.state == pb.CANCELLED)
             open_ids = sorted(self.accepted - self.final.keys())
             unsent = len(self.ids) - len(self.accepted) - len(self.rejected)
             summary = {
-                "items": len(self.items), "accepted": len(self.accepted),
-                "rejected": len(self.rejected), "succeeded": succeeded, "failed": failed,
-                "open": len(open_ids), "not_submitted": unsent,
+                "items": len(self.items), "accepted": self.counts["accepted"],
+                "duplicates": self.counts["duplicates"], "rejected": self.counts["rejected"],
+                "succeeded": succeeded, "failed": failed, "cancelled": cancelled,
+                "open": len(open_ids), "not_submitted": unsent, "looked_up": self.looked_up,
+                "lookups": self.lookups,
                 "duplicates_ignored": self.duplicates, "retrying_updates": self.retries_seen,
                 "reconnects": self.reconnects, "resubmitted_calls": self.resubmits,
                 "switches": self.switches,
@@ -590,7 +789,7 @@ class Run:
         print("summary: " + json.dumps(summary), file=sys.stderr, flush=True)
         if self.fatal or open_ids or unsent:
             return EXIT_GAVE_UP
-        if failed or self.rejected:
+        if failed or cancelled or self.rejected:
             return EXIT_FAILED
         return EXIT_OK
 

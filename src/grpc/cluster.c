@@ -1064,8 +1064,8 @@ cluster_accept(struct acceptance a)
     uint64_t now = clock_wall_ns();
     redis_args_u64(&args, now);
     int64_t due_ms = 0;
-    if (item->due_ns > 0 && (uint64_t)item->due_ns > now) {
-        due_ms = item->due_ns / 1000000 + (item->due_ns % 1000000 != 0);  /* never early */
+    if (item->due_ns > now) {
+        due_ms = (int64_t)(item->due_ns / 1000000 + (item->due_ns % 1000000 != 0)); /* never early */
         redis_args_u64(&args, (uint64_t)due_ms);
     } else {
         redis_args_str(&args, "");

@@ -41,16 +41,19 @@ struct item {
     const char *kind;           /* interned: never freed */
     uint64_t key;               /* unique in this process (and in the cluster) */
     uint64_t accepted_ns;       /* monotonic */
-    int64_t due_ns;             /* not started before (unix ns); 0: not delayed */
+    /* Not to start before this (unix ns; 0: at once): WorkItem.delay_ms
+     * from its acceptance, or a retry's backoff. Absolute, so that it
+     * survives a journal and means the same on every instance. */
+    uint64_t due_ns;
     uint32_t raw_len;
     uint32_t attempt;           /* the attempt running, or the next one */
     uint32_t max_attempts;
     uint32_t timeout_ms;        /* 0: none */
-    int32_t priority;           /* WorkItem.priority: higher first */
     uint8_t started;            /* its worker said STARTED for this attempt */
     uint8_t weight;             /* of a worker's prefetch: ITEM_WEIGHT_QUICK or _FULL */
     uint8_t cancelling;         /* its worker was asked to stop it: it ends CANCELLED */
     uint8_t gate_slot;          /* counted as running by its kind's limit (kind_gate.c) */
+    int32_t priority;           /* WorkItem.priority: higher runs first */
     char data[];
 };
 

@@ -397,9 +397,8 @@ take_item(struct submit_call *c, grpc_slice raw)
     struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,
                                  msg->id[0] == '\0' || c->scope_len > 0 ? id : NULL,
                                  kind_is_quick(handler, msg));
-    item->priority = msg->priority;
     if (msg->delay_ms > 0)
-        item->due_ns = (int64_t)clock_wall_ns() + (int64_t)msg->delay_ms * 1000000;
+        item->due_ns = (uint64_t)clock_wall_ns() + (uint64_t)msg->delay_ms * 1000000u;
     wire_work_item_free(msg, NULL);
     c->writing++;
     call_ref(&c->base);

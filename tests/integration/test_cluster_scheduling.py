@@ -179,7 +179,7 @@ def test_cancel_of_delayed_and_waiting_prioritized_items(redis, start_daemon):  
     for it in blockers:
         sub.wait_state(it["id"], STARTED, timeout=20)
     lane = {"id": f"lane-{tag}", "kind": "echo", "payload": b"p", "priority": 4}
-    later = {"id": f"later-{tag}", "kind": "echo", "payload": b"p", "delay_ms": 2**32 - 1,
+    later = {"id": f"later-{tag}", "kind": "echo", "payload": b"p", "delay_ms": 600000,
              "priority": 9}
     assert a.client().submit([lane, later]).accepted == 2
     assert redis.command("LLEN", f"{{{name}}}:prio:4") == 1

@@ -201,3 +201,30 @@ def test_cancel_of_delayed_and_waiting_prioritized_items(redis, start_daemon):  
     sub.wait_state(lane["id"], SUCCEEDED, timeout=20)
     wait_for(lambda: lanes_empty(redis, name), 5, "the lanes gone from redis")
     wait_work_empty(redis, name)
+
+
+@pytest.mark.deadline(60)
+def test_a_prioritized_item_held_by_a_killed_instance_is_claimed(redis, start_daemon):  # noqa: F811
+    """A taken prioritized item lives in {NAME}:pwork: its lease, its claim
+    after the lease (RETRYING, attempt 2) and its final work there as in
+    {NAME}:work."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", workers=1, overrides=ONE_SLOT)
+    b = start_instance(start_daemon, redis, name, "b", workers=1, overrides=ONE_SLOT)
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    tag = uuid.uuid4().hex[:8]
+    items = sleepers(f"held-{tag}", 2, 1500, priority=7)
+    assert a.client().submit(items).accepted == 2
+    a_workers, b_workers = set(a.worker_pids()), set(b.worker_pids())
+    sub.wait(lambda s: any(u.state == STARTED and u.worker_pid in a_workers
+                           for it in items for u in s.of(it["id"])), 10, "one started on a")
+    assert redis.command("XLEN", f"{{{name}}}:pwork") >= 1
+    kill_everything(a)
+    final = sub.wait_final([it["id"] for it in items], timeout=30)
+    for it in items:
+        u = final[it["id"]]
+        assert u.state == SUCCEEDED and u.worker_pid in b_workers, sub.states_of(it["id"])
+        if any(x.worker_pid in a_workers for x in sub.of(it["id"]) if x.state == STARTED):
+            assert u.attempt == 2 and "stopped renewing it" in \
+                first(sub, it["id"], pb.RETRYING).error, sub.states_of(it["id"])
+    wait_for(lambda: redis.command("XLEN", f"{{{name}}}:pwork") == 0, 5, "pwork empty")

@@ -556,6 +556,8 @@ static struct {
     int pulling;                /* an XREADGROUP (work) or a pull script (cmd) is out */
     int pull_blocked;           /* it is the XREADGROUP */
     int prio_waiting;           /* prioritized items may wait in their lanes: pull by script */
+    uint64_t wakes;             /* prio_wake() calls: one during a pull script keeps it set */
+    uint64_t wakes_at_pull;     /* ... as the pull script in flight was sent */
     int unblocking;             /* a CLIENT UNBLOCK for the XREADGROUP is out */
     long long work_client_id;   /* of the work connection, for CLIENT UNBLOCK */
     uint32_t pull_unit;         /* weight of the items lately taken */
@@ -1272,8 +1274,10 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
     uint32_t taken = 0, weight = 0;
     for (size_t i = 0; i < 3; i++)  /* above 0, 0, below 0: best first */
         take_entries(r->element[i], &taken, &weight);
-    /* Nothing at all: no lane to watch; block on the work stream again. */
-    cl.prio_waiting = taken > 0 && r->element[3]->integer > 0;
+    /* Nothing at all: no lane to watch; block on the work stream again
+     * (unless a wake came meanwhile: the lane it announced may have been
+     * filled after the script ran). */
+    cl.prio_waiting = (taken > 0 && r->element[3]->integer > 0) || cl.wakes != cl.wakes_at_pull;
     if (taken > 0)
         cl.pull_unit = weight / taken > 0 ? weight / taken : ITEM_WEIGHT_QUICK;
     cluster_pull();
@@ -1291,6 +1295,7 @@ static void
 prio_wake(void)
 {
     cl.prio_waiting = 1;
+    cl.wakes++;
     if (!cl.pulling) {
         cluster_pull();
     } else if (cl.pull_blocked && !cl.unblocking && cl.work_client_id > 0) {
@@ -1330,6 +1335,7 @@ cluster_pull(void)
         if (command(&cl.cmd, on_pulled_by_script, NULL, &a) == 0) {
             cl.pulling = 1;
             cl.pull_blocked = 0;
+            cl.wakes_at_pull = cl.wakes;
         }
         return;
     }

@@ -57,6 +57,14 @@
 #define CLAIM_COUNT         100     /* entries per claim pass */
 #define RENEW_CHUNK         500     /* ids per renew script */
 #define POLL_MS             100     /* XLEN while submissions are under way */
+#define DUE_COUNT           1000    /* delayed items moved on per due script */
+/* The due timer never sleeps longer than this: a delayed item whose QUEUED
+ * update this instance did not see (read before it started, trimmed) is
+ * still moved on in time, give or take this. */
+#define DUE_POLL_MS         1000
+/* The entries of {NAME}:pwork have IDs 1-N: an item's key is N with this
+ * bit set, so that keys stay unique across the two streams. */
+#define PWORK_BIT           (UINT64_C(1) << 63)
 /* {NAME}:control, the cancel requests to the instances holding items, is
  * trimmed to about this many entries. */
 #define CONTROL_MAXLEN      "1000"
@@ -81,10 +89,12 @@
     "end\n"                                                                             \
     "local seq = redis.call('INCR', KEYS[3])\n"
 
-/* ARGV[2] maxlen, then the update: ARGV[3..7] = u i k b s. */
-#define LUA_ADD_UPDATE                                                                  \
+/* ARGV[2] maxlen, then the update: ARGV[3..7] = u i k b s; EXTRA: more fields
+ * (a QUEUED update's p and d, see script_accept). */
+#define LUA_ADD_UPDATE_WITH(extra)                                                      \
     "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. string.format('%.0f', " \
-    "seq), 'u', ARGV[3], 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7])\n"
+    "seq), 'u', ARGV[3], 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7]" extra ")\n"
+#define LUA_ADD_UPDATE LUA_ADD_UPDATE_WITH("")
 
 /*
  * Every item known cluster-wide has a hash {NAME}:item:ID, written by the
@@ -101,23 +111,57 @@
  * pays for these writes (docs/scaling.md has the costs).
  */
 
-/* accept: KEYS work, updates, seq, origin, item, items. A known id is a
- * duplicate (0); else the QUEUED update, the work entry (ARGV[8..11] =
- * m t q w) and the item's hash (ARGV[12]: its priority, "" for 0; ARGV[13]
- * ta), and the seq. */
+/*
+ * Scheduling (docs/scaling.md, "Priorities and delays"). An item of
+ * priority 0 without a delay goes straight into {NAME}:work, as it always
+ * did: it costs nothing more. Any other waits outside the streams, its
+ * entry's fields (to: timeout, qq: quick, w: the WorkItem) in its hash
+ * and no x (work entry) yet:
+ * - delayed: in {NAME}:delayed, scored by its due time (unix ms; the hash
+ *   has it as d). script_due moves the due ones on: priority 0 into
+ *   {NAME}:work, others into their lane.
+ * - prioritized: in the lane {NAME}:prio:P (a list, in acceptance order),
+ *   with P in {NAME}:prio (a sorted set of the priorities in use, scored
+ *   by themselves). script_pull takes the highest lanes first: it adds the
+ *   item to {NAME}:pwork with ID 1-N and reads it there at once, so the
+ *   entry is pending at the taker from the start and {NAME}:pwork never
+ *   has an entry nobody took. From then on it is an entry like those of
+ *   {NAME}:work (leases, attempts, claims, final), only in the other
+ *   stream: the 1- of its ID says which.
+ */
+
+/* accept: KEYS work, updates, seq, origin, item, items, delayed, prio. A
+ * known id is a duplicate (0); else the QUEUED update, the work entry
+ * (ARGV[8..11] = m t q w) and the item's hash (ARGV[12]: its priority, ""
+ * for 0; ARGV[13] ta), and the seq. ARGV[14]: its due time (unix ms), ""
+ * if it is not delayed. A prioritized or delayed one waits instead of
+ * getting its entry, and its QUEUED update says so to every instance (p:
+ * the priority, to wake the pullers; d: the due time, for their timers). */
 static const char script_accept[] =
     "if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end\n"
-    LUA_NEXT_SEQ LUA_ADD_UPDATE
+    LUA_NEXT_SEQ
     "local sq = string.format('%.0f', seq)\n"
+    "if ARGV[12] ~= '' or ARGV[14] ~= '' then\n"
+    "  if ARGV[14] ~= '' then\n"
+    "    " LUA_ADD_UPDATE_WITH(", 'd', ARGV[14]")
+    "    redis.call('ZADD', KEYS[7], ARGV[14], ARGV[4])\n"
+    "  else\n"
+    "    " LUA_ADD_UPDATE_WITH(", 'p', ARGV[12]")
+    "    redis.call('RPUSH', KEYS[8] .. ':' .. ARGV[12], ARGV[4])\n"
+    "    redis.call('ZADD', KEYS[8], ARGV[12], ARGV[12])\n"
+    "  end\n"
+    "  redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
+    "'q', sq, 'ta', ARGV[13], 'to', ARGV[9], 'qq', ARGV[10], 'w', ARGV[11])\n"
+    "  if ARGV[12] ~= '' then redis.call('HSET', KEYS[5], 'p', ARGV[12]) end\n"
+    "  if ARGV[14] ~= '' then redis.call('HSET', KEYS[5], 'd', ARGV[14]) end\n"
+    "  redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
+    "  return seq\n"
+    "end\n"
+    LUA_ADD_UPDATE
     "local e = redis.call('XADD', KEYS[1], '0-*', 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], "
     "'m', ARGV[8], 't', ARGV[9], 'q', ARGV[10], 'w', ARGV[11])\n"
-    "if ARGV[12] ~= '' then\n"
-    "  redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
-    "'q', sq, 'x', e, 'ta', ARGV[13], 'p', ARGV[12])\n"
-    "else\n"
-    "  redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
+    "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
     "'q', sq, 'x', e, 'ta', ARGV[13])\n"
-    "end\n"
     "redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
     "return seq\n";
 
@@ -167,7 +211,10 @@ static const char script_accept[] =
     "end\n"                                                                             \
     "local function keep_final(sq, entry, r)\n"                                         \
     "  local n, w = 2 * #ARGV[4] + #ARGV[3] + 200, false\n"                             \
-    "  if ARGV[7] ~= '4' then\n"                                                        \
+    "  if entry == '' then\n"                                                           \
+    "    w = redis.call('HGET', KEYS[5], 'w')\n"                                        \
+    "    redis.call('HDEL', KEYS[5], 'to', 'qq', 'w')\n"                                \
+    "  elseif ARGV[7] ~= '4' then\n"                                                    \
     "    local e = redis.call('XRANGE', KEYS[1], entry, entry)\n"                       \
     "    if #e > 0 then\n"                                                              \
     "      local f = e[1][2]\n"                                                         \
@@ -176,7 +223,7 @@ static const char script_accept[] =
     "      end\n"                                                                       \
     "    end\n"                                                                         \
     "  end\n"                                                                           \
-    "  redis.call('XDEL', KEYS[1], entry)\n"                                            \
+    "  if entry ~= '' then redis.call('XDEL', KEYS[1], entry) end\n"                    \
     "  if w then\n"                                                                     \
     "    n = n + #w\n"                                                                  \
     "    redis.call('HSET', KEYS[5], 's', ARGV[7], 'u', ARGV[3], 'q', sq, 'n', n, "      \
@@ -198,7 +245,7 @@ static const char script_accept[] =
     "end\n"
 
 /*
- * update: KEYS work, updates, seq, origin, item, items, finals,
+ * update: KEYS the item's stream (work or pwork), updates, seq, origin, item, items, finals,
  * finals_bytes; ARGV[8] mode (u: update, r: retry, f: final), ARGV[9]
  * group, ARGV[10] consumer, ARGV[11] entry id, ARGV[12] attempt; for a
  * final ARGV[13..17] the retention (LUA_TRIM), for STARTED ARGV[13] ts.
@@ -236,18 +283,32 @@ static const char script_trim[] =
     "return 0\n";
 
 /*
- * cancel: KEYS as update's and control; ARGV[1..7] the CANCELLED update
- * (as accept's), ARGV[8] the entry, ARGV[9] group, ARGV[10] the reason,
- * ARGV[11..15] the retention. An entry not delivered yet is removed and
- * the item CANCELLED at once ('c'); one an instance holds gets a request
- * on the control stream that instance reads ('a'); 'f' final (or ending),
- * 'n' not known.
+ * cancel: KEYS as update's, control, delayed, prio; ARGV[1..7] the
+ * CANCELLED update (as accept's), ARGV[8] the entry, ARGV[9] group,
+ * ARGV[10] the reason, ARGV[11..15] the retention. An item still waiting
+ * (delayed, or in its priority's lane: it has no entry) or whose entry is
+ * not delivered yet is removed and CANCELLED at once ('c'); one an
+ * instance holds gets a request on the control stream that instance reads
+ * ('a'); 'f' final (or ending), 'n' not known.
  */
 static const char script_cancel[] =
     LUA_TRIM
-    "local s = redis.call('HGET', KEYS[5], 's')\n"
+    "local h = redis.call('HMGET', KEYS[5], 's', 'p', 'x')\n"
+    "local s = h[1]\n"
     "if not s then return 'n' end\n"
     "if s == '4' or s == '5' or s == '7' then return 'f' end\n"
+    "if not h[3] and s == '1' then\n"
+    "  if redis.call('ZREM', KEYS[10], ARGV[4]) == 0 and h[2] then\n"
+    "    local lk = KEYS[11] .. ':' .. h[2]\n"
+    "    redis.call('LREM', lk, 1, ARGV[4])\n"
+    "    if redis.call('LLEN', lk) == 0 then redis.call('ZREM', KEYS[11], h[2]) end\n"
+    "  end\n"
+    "  " LUA_NEXT_SEQ LUA_ADD_UPDATE
+    "  redis.call('HDEL', KEYS[5], 'cr')\n"
+    "  keep_final(string.format('%.0f', seq), '', "
+    "{ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]})\n"
+    "  return 'c'\n"
+    "end\n"
     "local p = redis.call('XPENDING', KEYS[1], ARGV[9], ARGV[8], ARGV[8], 1)\n"
     "if #p > 0 then\n"
     "  redis.call('XADD', KEYS[9], 'MAXLEN', '~', " CONTROL_MAXLEN ", '*', 'c', p[1][2], "
@@ -263,19 +324,33 @@ static const char script_cancel[] =
     "return 'c'\n";
 
 /*
- * retry: KEYS as update's; ARGV[1..10] as accept's (the QUEUED update, m t
- * q), ARGV[11] its priority ("" for 0), ARGV[12] ta. A FAILED or CANCELLED item with its WorkItem is queued again as if
- * accepted now (the seq, or 0 if it is not retryable; -1 if not known).
+ * retry: KEYS as update's and prio; ARGV[1..10] as accept's (the QUEUED
+ * update, m t q), ARGV[11] its priority ("" for 0), ARGV[12] ta. A FAILED
+ * or CANCELLED item with its WorkItem is queued again as if accepted now
+ * (the seq, or 0 if it is not retryable; -1 if not known): a prioritized
+ * one in its lane (its delay is not applied again).
  */
 static const char script_retry[] =
     "local h = redis.call('HMGET', KEYS[5], 's', 'w', 'n')\n"
     "if not h[1] then return -1 end\n"
     "if (h[1] ~= '5' and h[1] ~= '7') or not h[2] then return 0 end\n"
-    LUA_NEXT_SEQ LUA_ADD_UPDATE
+    LUA_NEXT_SEQ
     "local sq = string.format('%.0f', seq)\n"
+    "if ARGV[11] ~= '' then\n"
+    "  " LUA_ADD_UPDATE_WITH(", 'p', ARGV[11]")
+    "  redis.call('HDEL', KEYS[5], 'u', 'ts', 'n', 't', 'cr', 'x')\n"
+    "  redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
+    "'q', sq, 'ta', ARGV[12], 'p', ARGV[11], 'to', ARGV[9], 'qq', ARGV[10])\n"
+    "  redis.call('RPUSH', KEYS[9] .. ':' .. ARGV[11], ARGV[4])\n"
+    "  redis.call('ZADD', KEYS[9], ARGV[11], ARGV[11])\n"
+    "  if h[3] then redis.call('DECRBY', KEYS[8], tonumber(h[3])) end\n"
+    "  redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
+    "  return seq\n"
+    "end\n"
+    LUA_ADD_UPDATE
     "local e = redis.call('XADD', KEYS[1], '0-*', 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], "
     "'m', ARGV[8], 't', ARGV[9], 'q', ARGV[10], 'w', h[2])\n"
-    "redis.call('HDEL', KEYS[5], 'u', 'ts', 'w', 'n', 't', 'cr')\n"
+    "redis.call('HDEL', KEYS[5], 'u', 'ts', 'w', 'n', 't', 'cr', 'p', 'd')\n"
     "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
     "'q', sq, 'x', e, 'ta', ARGV[12])\n"
     "if h[3] then redis.call('DECRBY', KEYS[8], tonumber(h[3])) end\n"
@@ -297,7 +372,7 @@ static const char script_renew[] =
     "return n\n";
 
 /*
- * claim: KEYS work; ARGV group, consumer, lease ms, count. Entries idle for
+ * claim: KEYS work, pwork (each in turn); ARGV group, consumer, lease ms, count. Entries idle for
  * the lease (their holder stopped renewing them) become ours, each as
  * {id, fields, delivery count, previous holder, idle ms, the reason of a
  * cancel asked of the previous holder or nil} (ARGV[5]: the item hash
@@ -307,9 +382,10 @@ static const char script_renew[] =
  */
 static const char script_claim[] =
     "local out = {}\n"
-    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])\n"
+    "for _, key in ipairs(KEYS) do\n"
+    "local p = redis.call('XPENDING', key, ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])\n"
     "for _, e in ipairs(p) do\n"
-    "  local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], e[1])\n"
+    "  local c = redis.call('XCLAIM', key, ARGV[1], ARGV[2], ARGV[3], e[1])\n"
     "  if #c > 0 and c[1] then\n"
     "    local cr = false\n"
     "    for j = 1, #c[1][2], 2 do\n"
@@ -318,24 +394,119 @@ static const char script_claim[] =
     "    out[#out + 1] = {c[1][1], c[1][2], e[4] + 1, e[2], e[3], cr}\n"
     "  end\n"
     "end\n"
-    "local cs = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])\n"
+    "local cs = redis.call('XINFO', 'CONSUMERS', key, ARGV[1])\n"
     "for _, c in ipairs(cs) do\n"
     "  local f = {}\n"
     "  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end\n"
     "  if f['pending'] == 0 and f['idle'] > tonumber(ARGV[3]) and f['name'] ~= ARGV[2] then\n"
-    "    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])\n"
+    "    redis.call('XGROUP', 'DELCONSUMER', key, ARGV[1], f['name'])\n"
     "  end\n"
+    "end\n"
     "end\n"
     "return out\n";
 
+/*
+ * pull: KEYS work, pwork, prio; ARGV group, consumer, count, the item hash
+ * prefix. Up to count items for this consumer, best first: the lanes of
+ * priority above 0 from the highest, then {NAME}:work (priority 0), then
+ * the lanes below 0. Returns {entries from pwork (above 0), entries from
+ * work, entries from pwork (below 0), priorities still in use}, each
+ * entry as XREADGROUP gives it. O(log P) per lane visited, O(1) an item.
+ */
+static const char script_pull[] =
+    "local n, added = tonumber(ARGV[3]), 0\n"
+    "local function lane(p)\n"
+    "  local lk = KEYS[3] .. ':' .. p\n"
+    "  while n > 0 do\n"
+    "    local id = redis.call('LPOP', lk)\n"
+    "    if not id then break end\n"
+    "    local hk = ARGV[4] .. id\n"
+    "    local h = redis.call('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's')\n"
+    "    if h[6] and h[7] == '1' then\n"
+    "      local e = redis.call('XADD', KEYS[2], '1-*', 'i', id, 'k', h[1], 'b', h[2], "
+    "'m', h[3], 't', h[4], 'q', h[5], 'w', h[6])\n"
+    "      redis.call('HSET', hk, 'x', e)\n"
+    "      redis.call('HDEL', hk, 'w', 'to', 'qq')\n"
+    "      n, added = n - 1, added + 1\n"
+    "    end\n"
+    "  end\n"
+    "  if redis.call('LLEN', lk) == 0 then redis.call('ZREM', KEYS[3], p) end\n"
+    "end\n"
+    "local function lanes(max, min)\n"
+    "  while n > 0 do\n"
+    "    local top = redis.call('ZREVRANGEBYSCORE', KEYS[3], max, min, 'LIMIT', 0, 1)\n"
+    "    if #top == 0 then return end\n"
+    "    lane(top[1])\n"
+    "  end\n"
+    "end\n"
+    "local function read(key, count)\n"
+    "  if count <= 0 then return {} end\n"
+    "  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', count, "
+    "'STREAMS', key, '>')\n"
+    "  if not r then return {} end\n"
+    "  return r[1][2]\n"
+    "end\n"
+    "lanes('+inf', '(0')\n"
+    "local high = read(KEYS[2], added)\n"
+    "added = 0\n"
+    "local zero = read(KEYS[1], n)\n"
+    "n = n - #zero\n"
+    "lanes('(0', '-inf')\n"
+    "local low = read(KEYS[2], added)\n"
+    "return {high, zero, low, redis.call('ZCARD', KEYS[3])}\n";
+
+/*
+ * due: KEYS work, delayed, prio, control; ARGV now (unix ms), the item
+ * hash prefix, count. Up to count delayed items whose time has come move
+ * on: priority 0 into {NAME}:work, others into their lane (then a wake
+ * entry on {NAME}:control tells every instance to pull). Returns {moved,
+ * woke (0/1), the next due time or -1}.
+ */
+static const char script_due[] =
+    "local moved, woke = 0, false\n"
+    "local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])\n"
+    "for _, id in ipairs(ids) do\n"
+    "  redis.call('ZREM', KEYS[2], id)\n"
+    "  local hk = ARGV[2] .. id\n"
+    "  local h = redis.call('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's', 'p')\n"
+    "  if h[6] and h[7] == '1' then\n"
+    "    if not h[8] then\n"
+    "      local e = redis.call('XADD', KEYS[1], '0-*', 'i', id, 'k', h[1], 'b', h[2], "
+    "'m', h[3], 't', h[4], 'q', h[5], 'w', h[6])\n"
+    "      redis.call('HSET', hk, 'x', e)\n"
+    "      redis.call('HDEL', hk, 'w', 'to', 'qq')\n"
+    "    else\n"
+    "      redis.call('RPUSH', KEYS[3] .. ':' .. h[8], id)\n"
+    "      redis.call('ZADD', KEYS[3], h[8], h[8])\n"
+    "      woke = true\n"
+    "    end\n"
+    "    moved = moved + 1\n"
+    "  end\n"
+    "end\n"
+    "if woke then\n"
+    "  redis.call('XADD', KEYS[4], 'MAXLEN', '~', " CONTROL_MAXLEN ", '*', 'wake', '1')\n"
+    "end\n"
+    "local nx = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')\n"
+    "return {moved, woke and 1 or 0, nx[2] or '-1'}\n";
+
+/* size: KEYS work, pwork, delayed, prio: the items not final, cluster-wide
+ * (queue.capacity): both streams, the delayed and every lane. */
+static const char script_size[] =
+    "local n = redis.call('XLEN', KEYS[1]) + redis.call('XLEN', KEYS[2]) + "
+    "redis.call('ZCARD', KEYS[3])\n"
+    "for _, p in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do\n"
+    "  n = n + redis.call('LLEN', KEYS[4] .. ':' .. p)\n"
+    "end\n"
+    "return n\n";
+
 enum script {
     SCRIPT_ACCEPT, SCRIPT_UPDATE, SCRIPT_RENEW, SCRIPT_CLAIM, SCRIPT_TRIM, SCRIPT_CANCEL,
-    SCRIPT_RETRY, SCRIPT_COUNT
+    SCRIPT_RETRY, SCRIPT_PULL, SCRIPT_DUE, SCRIPT_SIZE, SCRIPT_COUNT
 };
 
 static const char *const script_text[SCRIPT_COUNT] = {
     script_accept, script_update, script_renew, script_claim, script_trim, script_cancel,
-    script_retry,
+    script_retry, script_pull, script_due, script_size,
 };
 
 struct conn {
@@ -360,6 +531,7 @@ static struct {
     char key_work[96], key_updates[96], key_seq[96], key_origin[96];
     char key_items[96], key_finals[96], key_finals_bytes[96], key_item_prefix[96];
     char key_control[96];
+    char key_pwork[96], key_delayed[96], key_prio[96];
     char control_last[48];      /* the last {NAME}:control entry read */
     uint64_t floor_start;       /* updates_last_seq() when we started */
     char floor[24];             /* the seq counter starts no lower than this: floor_arg() */
@@ -371,6 +543,9 @@ static struct {
     char sha[SCRIPT_COUNT][48];
     struct event *reset_event, *retry_timer, *setup_timer, *ping_timer;
     struct event *renew_timer, *claim_timer, *poll_timer;
+    struct event *due_timer;
+    int64_t due_at_ms;          /* the due timer is armed for then (unix ms); 0: not armed */
+    int due_running;
     uint64_t backoff_ms;
     /* the update stream */
     int reading;
@@ -378,7 +553,13 @@ static struct {
     uint64_t origin;
     uint64_t seq_reported;      /* to the master */
     /* the work stream */
-    int pulling;
+    int pulling;                /* an XREADGROUP (work) or a pull script (cmd) is out */
+    int pull_blocked;           /* it is the XREADGROUP */
+    int prio_waiting;           /* prioritized items may wait in their lanes: pull by script */
+    uint64_t wakes;             /* prio_wake() calls: one during a pull script keeps it set */
+    uint64_t wakes_at_pull;     /* ... as the pull script in flight was sent */
+    int unblocking;             /* a CLIENT UNBLOCK for the XREADGROUP is out */
+    long long work_client_id;   /* of the work connection, for CLIENT UNBLOCK */
     uint32_t pull_unit;         /* weight of the items lately taken */
     int claiming;
     int polling;
@@ -402,6 +583,7 @@ static void read_updates(void);
 static void check_done(void);
 static void cluster_pull(void);
 static void apply_pending_cancel(uint64_t key);
+static void arm_due(int64_t due_ms);
 static void remember_cancel(uint64_t key, const char *reason);
 
 /* ---- commands ------------------------------------------------------------ */
@@ -456,6 +638,39 @@ id_number(const char *s, size_t len)
     return n;
 }
 
+uint64_t
+cluster_entry_key(const char *s, size_t len)
+{
+    if (len >= 3 && s[0] == '1' && s[1] == '-') {
+        /* Its first entry is 1-0: that key is PWORK_BIT, not 0. */
+        char buf[24];
+        if (len >= sizeof buf)
+            return 0;
+        memcpy(buf, s, len);
+        buf[0] = '0';
+        uint64_t n = id_number(buf, len);
+        if (n == 0 && !(len == 3 && s[2] == '0'))
+            return 0;
+        return n & PWORK_BIT ? 0 : n | PWORK_BIT;
+    }
+    uint64_t n = id_number(s, len);
+    return n & PWORK_BIT ? 0 : n;
+}
+
+/* The stream that holds the entry of KEY. */
+static const char *
+stream_of(uint64_t key)
+{
+    return key & PWORK_BIT ? cl.key_pwork : cl.key_work;
+}
+
+/* The entry ID of KEY. */
+static void
+entry_arg(struct redis_args *a, uint64_t key)
+{
+    redis_args_stream_id(a, key & PWORK_BIT ? 1 : 0, key & ~PWORK_BIT);
+}
+
 /*
  * The floor for a seq counter that Redis lost (a restart without
  * persistence): past every seq this instance has seen, and not below the
@@ -486,15 +701,14 @@ inflight_done(void)
 /* ---- publishing ---------------------------------------------------------- */
 
 /*
- * WorkItem.priority (field 8) of ITEM's WorkItem as a decimal in BUF (16
- * bytes), or "" for 0 (or a WorkItem that does not parse): getItems shows
- * it. A walk over the top-level fields, cheaper than decoding the message.
+ * WorkItem.priority (field 8) of ITEM's WorkItem, 0 if it has none (or
+ * does not parse). A walk over the top-level fields, cheaper than decoding
+ * the message.
  */
-static const char *
-priority_arg(const struct item *item, char *buf)
+static int32_t
+raw_priority(const struct item *item)
 {
     const uint8_t *p = item->raw, *end = item->raw + item->raw_len;
-    buf[0] = '\0';
     while (p < end) {
         uint64_t v = 0, tag = 0;
         for (int shift = 0; p < end && shift < 64; shift += 7) {
@@ -509,15 +723,12 @@ priority_arg(const struct item *item, char *buf)
                 if (!(*p++ & 0x80))
                     break;
             }
-            if (tag >> 3 == 8) {
-                if ((int32_t)v != 0)
-                    snprintf(buf, 16, "%d", (int)(int32_t)v);
-                return buf;
-            }
+            if (tag >> 3 == 8)
+                return (int32_t)v;
             break;
         case 1:
             if (end - p < 8)
-                return buf;
+                return 0;
             p += 8;
             break;
         case 2:
@@ -527,18 +738,30 @@ priority_arg(const struct item *item, char *buf)
                     break;
             }
             if (v > (uint64_t)(end - p))
-                return buf;
+                return 0;
             p += v;
             break;
         case 5:
             if (end - p < 4)
-                return buf;
+                return 0;
             p += 4;
             break;
         default:
-            return buf;
+            return 0;
         }
     }
+    return 0;
+}
+
+/* The same as a decimal in BUF (16 bytes), or "" for 0: the scripts' form
+ * (the hash's p, the lane's name). */
+static const char *
+priority_arg(const struct item *item, char *buf)
+{
+    int32_t p = raw_priority(item);
+    buf[0] = '\0';
+    if (p != 0)
+        snprintf(buf, 16, "%d", (int)p);
     return buf;
 }
 
@@ -564,19 +787,28 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
 {
     redis_args_init(a, "EVALSHA");
     redis_args_str(a, cl.sha[script]);
-    redis_args_str(a, script == SCRIPT_ACCEPT ? "6" : script == SCRIPT_CANCEL ? "9" : "8");
-    redis_args_str(a, cl.key_work);
+    redis_args_str(a, script == SCRIPT_ACCEPT ? "8" : script == SCRIPT_CANCEL ? "11" :
+                   script == SCRIPT_RETRY ? "9" : "8");
+    redis_args_str(a, script == SCRIPT_ACCEPT || script == SCRIPT_RETRY ? cl.key_work
+                   : stream_of(item->key));
     redis_args_str(a, cl.key_updates);
     redis_args_str(a, cl.key_seq);
     redis_args_str(a, cl.key_origin);
     redis_args_str(a, item_key(key_buf, item->id));
     redis_args_str(a, cl.key_items);
-    if (script != SCRIPT_ACCEPT) {
+    if (script == SCRIPT_ACCEPT) {
+        redis_args_str(a, cl.key_delayed);
+        redis_args_str(a, cl.key_prio);
+    } else {
         redis_args_str(a, cl.key_finals);
         redis_args_str(a, cl.key_finals_bytes);
     }
-    if (script == SCRIPT_CANCEL)
+    if (script == SCRIPT_CANCEL) {
         redis_args_str(a, cl.key_control);
+        redis_args_str(a, cl.key_delayed);
+    }
+    if (script == SCRIPT_CANCEL || script == SCRIPT_RETRY)
+        redis_args_str(a, cl.key_prio);
     redis_args_str(a, floor_arg());
     redis_args_u64(a, gp.config->updates.history);
     redis_args_mem(a, encoded, encoded_len);
@@ -612,7 +844,7 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
     redis_args_mem(&a, &mode, 1);
     redis_args_str(&a, CLUSTER_GROUP);
     redis_args_str(&a, cl.consumer);
-    redis_args_stream_id(&a, 0, item->key);
+    entry_arg(&a, item->key);
     redis_args_u64(&a, check_attempt);
     if (mode == 'f')
         retention_args(&a);
@@ -831,12 +1063,22 @@ cluster_accept(struct acceptance a)
     redis_args_mem(&args, item->raw, item->raw_len);
     char priority[16];
     redis_args_str(&args, priority_arg(item, priority));
-    redis_args_u64(&args, clock_wall_ns());
+    uint64_t now = clock_wall_ns();
+    redis_args_u64(&args, now);
+    int64_t due_ms = 0;
+    if (item->due_ns > now) {
+        due_ms = (int64_t)(item->due_ns / 1000000 + (item->due_ns % 1000000 != 0)); /* never early */
+        redis_args_u64(&args, (uint64_t)due_ms);
+    } else {
+        redis_args_str(&args, "");
+    }
     if (command(&cl.cmd, on_accepted, op, &args) == -1) {
         later(unavailable_later, op);
     } else {
         cl.inflight++;
         cl.accepts_sent++;
+        if (due_ms > 0)
+            arm_due(due_ms);
     }
     free(encoded);
 }
@@ -895,13 +1137,13 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
         entry->element[0]->type != REDIS_REPLY_STRING)
         return 0;
     const redisReply *idr = entry->element[0], *fields = entry->element[1];
-    uint64_t key = id_number(idr->str, idr->len);
+    uint64_t key = cluster_entry_key(idr->str, idr->len);
     char id[DS_ITEM_ID_MAX + 1], kind[80], batch[DS_ITEM_BATCH_MAX + 1];
     uint32_t max_attempts = 0, timeout_ms = 0, quick = 0;
     const redisReply *raw = field(fields, "w");
     const char *bad = NULL;
     if (key == 0)
-        bad = "its ID is not 0-N";
+        bad = "its ID is not 0-N or 1-N";
     else if (field_string(fields, "i", DS_ITEM_ID_MAX, id) == NULL)
         bad = "field i (id) is missing or too long";
     else if (field_string(fields, "k", 64, kind) == NULL)
@@ -934,10 +1176,11 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
                                   timeout_ms, (int)quick);
     item->key = key;
     item->attempt = deliveries;
+    item->priority = raw_priority(item);
     char error[600];
     if (bad != NULL) {
-        snprintf(error, sizeof error, "cluster: entry 0-%" PRIu64 " of %s is not a valid item: "
-                 "%s", key, cl.key_work, bad);
+        snprintf(error, sizeof error, "cluster: entry %d-%" PRIu64 " of %s is not a valid "
+                 "item: %s", key & PWORK_BIT ? 1 : 0, key & ~PWORK_BIT, stream_of(key), bad);
         log_error("%s", error);
         store_fail(item, error);
         return 0;
@@ -977,6 +1220,22 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
     return weight;
 }
 
+/* Take the entries ENTRIES (as XREADGROUP gives them), counting them and
+ * their weight. */
+static void
+take_entries(const redisReply *entries, uint32_t *taken, uint32_t *weight)
+{
+    if (entries == NULL || entries->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i < entries->elements; i++) {
+        uint32_t w = take_entry(entries->element[i], 1, NULL, 0);
+        if (w > 0) {
+            (*taken)++;
+            *weight += w;
+        }
+    }
+}
+
 static void
 on_pulled(redisAsyncContext *ac, void *reply, void *arg)
 {
@@ -990,17 +1249,63 @@ on_pulled(redisAsyncContext *ac, void *reply, void *arg)
         return;
     }
     uint32_t taken = 0, weight = 0;
-    const redisReply *entries = stream_entries(r);
-    for (size_t i = 0; entries != NULL && i < entries->elements; i++) {
-        uint32_t w = take_entry(entries->element[i], 1, NULL, 0);
-        if (w > 0) {
-            taken++;
-            weight += w;
-        }
-    }
+    take_entries(stream_entries(r), &taken, &weight);
     if (taken > 0)
         cl.pull_unit = weight / taken > 0 ? weight / taken : ITEM_WEIGHT_QUICK;
     cluster_pull();
+}
+
+static void
+on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    cl.pulling = 0;
+    if (r == NULL || cl.shutting_down)
+        return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
+        r->element[3]->type != REDIS_REPLY_INTEGER) {
+        log_error("cluster: pulling items failed: %s",
+                  r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        if (is_error(r, "NOSCRIPT"))
+            session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
+        cl.prio_waiting = 0;    /* back to XREADGROUP until the next wake */
+        return;
+    }
+    uint32_t taken = 0, weight = 0;
+    for (size_t i = 0; i < 3; i++)  /* above 0, 0, below 0: best first */
+        take_entries(r->element[i], &taken, &weight);
+    /* Nothing at all: no lane to watch; block on the work stream again
+     * (unless a wake came meanwhile: the lane it announced may have been
+     * filled after the script ran). */
+    cl.prio_waiting = (taken > 0 && r->element[3]->integer > 0) || cl.wakes != cl.wakes_at_pull;
+    if (taken > 0)
+        cl.pull_unit = weight / taken > 0 ? weight / taken : ITEM_WEIGHT_QUICK;
+    cluster_pull();
+}
+
+static void
+on_unblocked(redisAsyncContext *ac, void *reply, void *arg)
+{
+    cl.unblocking = 0;
+}
+
+/* Prioritized items may be waiting: pull by script from now on, and end
+ * the XREADGROUP blocked on the work stream, if one is. */
+static void
+prio_wake(void)
+{
+    cl.prio_waiting = 1;
+    cl.wakes++;
+    if (!cl.pulling) {
+        cluster_pull();
+    } else if (cl.pull_blocked && !cl.unblocking && cl.work_client_id > 0) {
+        struct redis_args a;
+        redis_args_init(&a, "CLIENT");
+        redis_args_str(&a, "UNBLOCK");
+        redis_args_u64(&a, (uint64_t)cl.work_client_id);
+        if (command(&cl.cmd, on_unblocked, NULL, &a) == 0)
+            cl.unblocking = 1;
+    }
 }
 
 /* Local room may have appeared: take more items from Redis. */
@@ -1016,6 +1321,24 @@ cluster_pull(void)
     if (count > PULL_MAX)
         count = PULL_MAX;
     struct redis_args a;
+    if (cl.prio_waiting) {
+        redis_args_init(&a, "EVALSHA");
+        redis_args_str(&a, cl.sha[SCRIPT_PULL]);
+        redis_args_str(&a, "3");
+        redis_args_str(&a, cl.key_work);
+        redis_args_str(&a, cl.key_pwork);
+        redis_args_str(&a, cl.key_prio);
+        redis_args_str(&a, CLUSTER_GROUP);
+        redis_args_str(&a, cl.consumer);
+        redis_args_u64(&a, count);
+        redis_args_str(&a, cl.key_item_prefix);
+        if (command(&cl.cmd, on_pulled_by_script, NULL, &a) == 0) {
+            cl.pulling = 1;
+            cl.pull_blocked = 0;
+            cl.wakes_at_pull = cl.wakes;
+        }
+        return;
+    }
     redis_args_init(&a, "XREADGROUP");
     redis_args_str(&a, "GROUP");
     redis_args_str(&a, CLUSTER_GROUP);
@@ -1027,8 +1350,10 @@ cluster_pull(void)
     redis_args_str(&a, "STREAMS");
     redis_args_str(&a, cl.key_work);
     redis_args_str(&a, ">");
-    if (command(&cl.work, on_pulled, NULL, &a) == 0)
+    if (command(&cl.work, on_pulled, NULL, &a) == 0) {
         cl.pulling = 1;
+        cl.pull_blocked = 1;
+    }
 }
 
 /* ---- leases -------------------------------------------------------------- */
@@ -1044,13 +1369,14 @@ on_renewed(redisAsyncContext *ac, void *reply, void *arg)
         log_error("cluster: renewing our items failed: %s", r->str);
 }
 
+/* A renew command for the entries of STREAM (work or pwork). */
 static void
-renew_start(struct redis_args *a)
+renew_start(struct redis_args *a, const char *stream)
 {
     redis_args_init(a, "EVALSHA");
     redis_args_str(a, cl.sha[SCRIPT_RENEW]);
     redis_args_str(a, "1");
-    redis_args_str(a, cl.key_work);
+    redis_args_str(a, stream);
     redis_args_str(a, CLUSTER_GROUP);
     redis_args_str(a, cl.consumer);
 }
@@ -1061,14 +1387,15 @@ renew_flush(struct redis_args *a)
 {
     if (a->argc > RENEW_FIXED)
         command(&cl.cmd, on_renewed, NULL, a);
-    renew_start(a);
+    renew_start(a, a->argv[3]);     /* KEYS[1]: still valid, cl's */
 }
 
+/* ARG: two commands, for work and for pwork. */
 static void
 renew_one(const struct item *item, void *arg)
 {
-    struct redis_args *a = arg;
-    redis_args_stream_id(a, 0, item->key);
+    struct redis_args *a = (struct redis_args *)arg + (item->key & PWORK_BIT ? 1 : 0);
+    entry_arg(a, item->key);
     if (a->argc == RENEW_FIXED + RENEW_CHUNK)
         renew_flush(a);
 }
@@ -1076,10 +1403,12 @@ renew_one(const struct item *item, void *arg)
 static void
 on_renew_timer(evutil_socket_t fd, short what, void *arg)
 {
-    static struct redis_args a;     /* static: too big for the stack to be worth it */
-    renew_start(&a);
-    store_for_each(renew_one, &a);
-    renew_flush(&a);
+    static struct redis_args a[2];  /* static: too big for the stack to be worth it */
+    renew_start(&a[0], cl.key_work);
+    renew_start(&a[1], cl.key_pwork);
+    store_for_each(renew_one, a);
+    renew_flush(&a[0]);
+    renew_flush(&a[1]);
 }
 
 static void
@@ -1103,7 +1432,7 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
             e->element[3]->type != REDIS_REPLY_STRING ||
             e->element[4]->type != REDIS_REPLY_INTEGER)
             continue;
-        uint64_t key = id_number(e->element[0]->str, e->element[0]->len);
+        uint64_t key = cluster_entry_key(e->element[0]->str, e->element[0]->len);
         if (key != 0 && store_holds(key))
             continue;   /* ours, renewed late: our copy runs on */
         if (e->elements >= 6 && e->element[5]->type == REDIS_REPLY_STRING && key != 0) {
@@ -1120,7 +1449,7 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
     if (claimed > 0)
         log_notice("cluster: took over %zu items from instances that stopped renewing them",
                    claimed);
-    if (r->elements == CLAIM_COUNT)
+    if (r->elements >= CLAIM_COUNT)
         event_active(cl.claim_timer, EV_TIMEOUT, 0);   /* more are waiting */
 }
 
@@ -1155,8 +1484,9 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
     struct redis_args a;
     redis_args_init(&a, "EVALSHA");
     redis_args_str(&a, cl.sha[SCRIPT_CLAIM]);
-    redis_args_str(&a, "1");
+    redis_args_str(&a, "2");
     redis_args_str(&a, cl.key_work);
+    redis_args_str(&a, cl.key_pwork);
     redis_args_str(&a, CLUSTER_GROUP);
     redis_args_str(&a, cl.consumer);
     redis_args_u64(&a, gp.config->cluster.lease_ms);
@@ -1225,12 +1555,92 @@ on_poll_timer(evutil_socket_t fd, short what, void *arg)
     uint64_t *at = ds_malloc(sizeof *at);
     *at = cl.accepts_sent;
     struct redis_args a;
-    redis_args_init(&a, "XLEN");
+    redis_args_init(&a, "EVALSHA");
+    redis_args_str(&a, cl.sha[SCRIPT_SIZE]);
+    redis_args_str(&a, "4");
     redis_args_str(&a, cl.key_work);
+    redis_args_str(&a, cl.key_pwork);
+    redis_args_str(&a, cl.key_delayed);
+    redis_args_str(&a, cl.key_prio);
     if (command(&cl.cmd, on_polled, at, &a) == 0)
         cl.polling = 1;
     else
         free(at);
+}
+
+/* ---- delayed items -------------------------------------------------------- */
+
+/*
+ * One timer per instance, set to the earliest due time it knows: of the
+ * delayed items it accepted, of those whose QUEUED update it read (every
+ * instance reads them all), and the earliest still in {NAME}:delayed as
+ * the last due script saw it; never further than DUE_POLL_MS. When it
+ * fires, the due script moves what is due on. Every instance does this, so
+ * a delayed item outlives the instance that accepted it.
+ */
+static void
+arm_due(int64_t due_ms)
+{
+    if (!cl.enabled || cl.due_timer == NULL)
+        return;
+    int64_t now = (int64_t)(clock_wall_ns() / 1000000);
+    if (due_ms > now + DUE_POLL_MS)
+        due_ms = now + DUE_POLL_MS;
+    if (cl.due_at_ms != 0 && cl.due_at_ms <= due_ms)
+        return;
+    cl.due_at_ms = due_ms;
+    struct timeval tv = clock_timeval_ms(due_ms > now ? (uint64_t)(due_ms - now) : 0);
+    evtimer_add(cl.due_timer, &tv);
+}
+
+static void
+on_due(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    cl.due_running = 0;
+    if (r == NULL || cl.shutting_down)
+        return;
+    int64_t now = (int64_t)(clock_wall_ns() / 1000000);
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER) {
+        log_error("cluster: moving the delayed items that are due failed: %s",
+                  r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        if (is_error(r, "NOSCRIPT"))
+            session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
+        arm_due(now + DUE_POLL_MS);
+        return;
+    }
+    if (r->element[1]->integer)
+        prio_wake();        /* (the control stream's wake reaches the others) */
+    else if (r->element[0]->integer > 0)
+        cluster_pull();
+    long long next = -1;
+    if (r->element[2]->type == REDIS_REPLY_STRING)
+        next = strtoll(r->element[2]->str, NULL, 10);
+    else if (r->element[2]->type == REDIS_REPLY_INTEGER)
+        next = r->element[2]->integer;
+    arm_due(next >= 0 ? next : now + DUE_POLL_MS);
+}
+
+static void
+on_due_timer(evutil_socket_t fd, short what, void *arg)
+{
+    cl.due_at_ms = 0;
+    if (cl.due_running || !cl.up || cl.failing)
+        return;     /* its reply, or session_up(), sets the timer again */
+    struct redis_args a;
+    redis_args_init(&a, "EVALSHA");
+    redis_args_str(&a, cl.sha[SCRIPT_DUE]);
+    redis_args_str(&a, "4");
+    redis_args_str(&a, cl.key_work);
+    redis_args_str(&a, cl.key_delayed);
+    redis_args_str(&a, cl.key_prio);
+    redis_args_str(&a, cl.key_control);
+    redis_args_u64(&a, clock_wall_ns() / 1000000);
+    redis_args_str(&a, cl.key_item_prefix);
+    redis_args_u64(&a, DUE_COUNT);
+    if (command(&cl.cmd, on_due, NULL, &a) == 0)
+        cl.due_running = 1;
 }
 
 /* ---- the update stream --------------------------------------------------- */
@@ -1244,6 +1654,22 @@ report_seq(void)
     cl.seq_reported = cl.last_seq + SEQ_RESERVE_CHUNK;
     struct ipc_seq s = { .seq = cl.seq_reported };
     master_send(IPC_SEQ_RESERVE, &s, sizeof s);
+}
+
+/* A QUEUED update with more than the usual fields: its item waits
+ * (script_accept): p, in a priority's lane; d, delayed until then. */
+static void
+queued_waits(const redisReply *fields)
+{
+    char buf[24];
+    if (field_string(fields, "d", 20, buf) != NULL) {
+        char *end;
+        long long due = strtoll(buf, &end, 10);
+        if (*end == '\0' && due > 0)
+            arm_due(due);
+    } else if (field(fields, "p") != NULL) {
+        prio_wake();
+    }
 }
 
 static void
@@ -1291,6 +1717,8 @@ deliver_entry(const redisReply *entry)
                     k->str, k->len, b->str, b->len);
     if (state == STATE_SUCCEEDED || state == STATE_FAILED || state == STATE_CANCELLED)
         cluster_items_final(i->str, i->len);
+    else if (state == STATE_QUEUED && fields->elements > 10)
+        queued_waits(fields);
 }
 
 /* ---- cancel requests (the control stream) ---------------------------------- */
@@ -1371,6 +1799,10 @@ control_entry(const redisReply *entry)
         memcpy(cl.control_last, idr->str, idr->len);
         cl.control_last[idr->len] = '\0';
     }
+    if (field(fields, "wake") != NULL) {
+        prio_wake();    /* script_due put items in their lanes */
+        return;
+    }
     char consumer[sizeof cl.consumer], reason[CONTROL_REASON_MAX + 1];
     const redisReply *e = field(fields, "e");
     if (field_string(fields, "c", sizeof consumer - 1, consumer) == NULL ||
@@ -1379,7 +1811,7 @@ control_entry(const redisReply *entry)
     if (field_string(fields, "r", CONTROL_REASON_MAX, reason) == NULL ||
         !utf8_valid(reason, strlen(reason)))
         reason[0] = '\0';
-    uint64_t key = id_number(e->str, e->len);
+    uint64_t key = cluster_entry_key(e->str, e->len);
     if (key == 0)
         return;
     cl.cancels++;
@@ -1474,6 +1906,8 @@ stop_timers(void)
     evtimer_del(cl.renew_timer);
     evtimer_del(cl.claim_timer);
     evtimer_del(cl.poll_timer);
+    evtimer_del(cl.due_timer);
+    cl.due_at_ms = 0;
 }
 
 static void
@@ -1570,6 +2004,14 @@ on_setup(redisAsyncContext *ac, void *reply, void *arg)
         if (r->type == REDIS_REPLY_STRING)
             origin = strtoull(r->str, NULL, 10);
         cl.origin = origin;
+    } else if (which == SCRIPT_COUNT + 3) {
+        if (r->type == REDIS_REPLY_ERROR && !is_error(r, "BUSYGROUP")) {
+            session_fail("XGROUP CREATE %s %s failed: %.200s", cl.key_pwork, CLUSTER_GROUP,
+                         r->str);
+            return;
+        }
+    } else if (which == SCRIPT_COUNT + 4) {
+        cl.work_client_id = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
     } else if (cl.control_last[0] == '\0') {
         /* Cancel requests from now on (a new session goes on from the last one read). */
         snprintf(cl.control_last, sizeof cl.control_last, "0-0");
@@ -1634,7 +2076,10 @@ session_up(void)
     arm_lease_timers();
     on_renew_timer(-1, 0, NULL);    /* what we held before: renew it before anyone claims it */
     read_updates();
+    cl.prio_waiting = 1;            /* look at the lanes once */
+    cl.pull_blocked = cl.unblocking = 0;
     cluster_pull();
+    on_due_timer(-1, 0, NULL);
     if (cl.caught_up) {
         health_changed();
         store_room_available();
@@ -1657,7 +2102,7 @@ on_connect(const redisAsyncContext *ac, int status)
         return;
     /* Everything the session needs, pipelined; session_up() after the last reply. */
     cl.up = 1;
-    cl.setup_pending = SCRIPT_COUNT + 3;
+    cl.setup_pending = SCRIPT_COUNT + 5;
     struct redis_args a;
     for (intptr_t i = 0; i < SCRIPT_COUNT; i++) {
         redis_args_init(&a, "SCRIPT");
@@ -1682,6 +2127,16 @@ on_connect(const redisAsyncContext *ac, int status)
     redis_args_str(&a, "COUNT");
     redis_args_str(&a, "1");
     command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 2), &a);
+    redis_args_init(&a, "XGROUP");
+    redis_args_str(&a, "CREATE");
+    redis_args_str(&a, cl.key_pwork);
+    redis_args_str(&a, CLUSTER_GROUP);
+    redis_args_str(&a, "0");
+    redis_args_str(&a, "MKSTREAM");
+    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 3), &a);
+    redis_args_init(&a, "CLIENT");
+    redis_args_str(&a, "ID");
+    command(&cl.work, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 4), &a);
     cl.up = 0;      /* until session_up() */
 }
 
@@ -1753,6 +2208,9 @@ cluster_start(void)
              c->cluster.name);
     snprintf(cl.key_item_prefix, sizeof cl.key_item_prefix, "{%s}:item:", c->cluster.name);
     snprintf(cl.key_control, sizeof cl.key_control, "{%s}:control", c->cluster.name);
+    snprintf(cl.key_pwork, sizeof cl.key_pwork, "{%s}:pwork", c->cluster.name);
+    snprintf(cl.key_delayed, sizeof cl.key_delayed, "{%s}:delayed", c->cluster.name);
+    snprintf(cl.key_prio, sizeof cl.key_prio, "{%s}:prio", c->cluster.name);
     cl.floor_start = updates_last_seq();
     cl.backoff_ms = BACKOFF_MIN_MS;
     cl.pull_unit = ITEM_WEIGHT_FULL;
@@ -1763,6 +2221,7 @@ cluster_start(void)
     cl.renew_timer = event_new(gp.base, -1, EV_PERSIST, on_renew_timer, NULL);
     cl.claim_timer = event_new(gp.base, -1, EV_PERSIST, on_claim_timer, NULL);
     cl.poll_timer = event_new(gp.base, -1, EV_PERSIST, on_poll_timer, NULL);
+    cl.due_timer = evtimer_new(gp.base, on_due_timer, NULL);
     set_why();
     log_info("cluster: redis %s:%d, keys {%s}:*, consumer %s, lease %llu ms", c->cluster.host,
              c->cluster.port, c->cluster.name, cl.consumer,
@@ -1804,6 +2263,8 @@ cluster_shutdown(void)
     event_free(cl.renew_timer);
     event_free(cl.claim_timer);
     event_free(cl.poll_timer);
+    event_free(cl.due_timer);
+    cl.due_timer = NULL;
     cl.enabled = 0;
 }
 
@@ -1830,7 +2291,7 @@ cluster_cancel_item(const char *id, const char *kind, const char *batch, uint64_
     struct redis_args a;
     char hash_key[ITEM_KEY_SIZE];
     publish_args(&a, SCRIPT_CANCEL, item, STATE_CANCELLED, encoded, len, hash_key);
-    redis_args_stream_id(&a, 0, key);
+    entry_arg(&a, key);
     redis_args_str(&a, CLUSTER_GROUP);
     redis_args_str(&a, reason);
     retention_args(&a);

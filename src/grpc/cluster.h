@@ -65,6 +65,10 @@ int cluster_cancel_item(const char *id, const char *kind, const char *batch, uin
  * known). */
 int cluster_requeue_item(const struct item *item,
                          void (*fn)(struct redisAsyncContext *, void *, void *), void *arg);
+/* The key of an item whose entry has ID S (LEN bytes): "0-N" in {NAME}:work
+ * or "1-N" in {NAME}:pwork (a prioritized item, taken); 0 if it is
+ * neither. */
+uint64_t cluster_entry_key(const char *s, size_t len);
 /* Why the cluster cannot serve now. */
 const char *cluster_why(void);
 /* {NAME}:items, {NAME}:finals, {NAME}:finals_bytes, {NAME}:work and the

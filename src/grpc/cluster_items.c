@@ -826,12 +826,9 @@ act_on(struct act_slot *slot, const redisReply *const *f)
         uint32_t attempt = u != NULL ? u->attempt : 1;
         if (u != NULL)
             wire_update_free(u, NULL);
-        uint64_t key = 0;
-        if (f[4] != NULL && f[4]->type == REDIS_REPLY_STRING && f[4]->len > 2 &&
-            f[4]->len < 24 && memcmp(f[4]->str, "0-", 2) == 0) {
-            char buf[24];
-            key = strtoull(copy_string(f[4], buf, sizeof buf) + 2, NULL, 10);
-        }
+        uint64_t key = 0;   /* none while it waits (delayed, or in its lane) */
+        if (f[4] != NULL && f[4]->type == REDIS_REPLY_STRING)
+            key = cluster_entry_key(f[4]->str, f[4]->len);
         rc = cluster_cancel_item(id, kind, batch, key, attempt,
                                  ask->q.reason != NULL ? ask->q.reason : "cancelled by a client",
                                  on_act_script, slot);

@@ -1,0 +1,231 @@
+"""
+Priorities and delays in cluster mode (docs/scaling.md, "Priorities and
+delays"): two instances on one Redis (the fixtures of test_cluster.py).
+
+- priority: bulk items queued, then urgent ones on the other instance: the
+  urgent ones start before every bulk item still queued then, but for what
+  the instances already held (workers.prefetch per worker); items below 0
+  start after the bulk ones; the extreme priorities run; the lanes are
+  gone from Redis once empty;
+- delay: delays 0/200/400 ms start in that order and none before its due
+  time (timestamps of the updates, not timing); a delayed item waits in
+  {NAME}:delayed;
+- a delayed item accepted on A runs on B when A is killed (SIGKILL) while
+  it waits;
+- cancel on B of a delayed item and of a prioritized item waiting in its
+  lane (both leave Redis), and a retry of the latter runs it.
+"""
+import time
+import uuid
+
+import pytest
+
+from conftest import QUEUED, STARTED, SUCCEEDED, pb, state_name, wait_for
+from test_cluster import (cluster_name, kill_everything, redis,  # noqa: F401
+                          start_instance, wait_work_empty)
+from test_cluster_items import cancel, retry
+
+CANCELLED = pb.CANCELLED
+ONE_SLOT = {"workers": {"prefetch": 1}}
+
+
+def first(sub, item_id, state):
+    for u in sub.of(item_id):
+        if u.state == state:
+            return u
+    raise AssertionError(f"{item_id}: no {state_name(state)} in {sub.states_of(item_id)}")
+
+
+def sleepers(tag, n, ms, priority=0):
+    return [{"id": f"{tag}-{i}", "kind": "sleep", "params": {"ms": str(ms)},
+             "priority": priority} for i in range(n)]
+
+
+def lanes_empty(redis, name):
+    return (redis.command("ZCARD", f"{{{name}}}:prio") == 0 and
+            not redis.command("KEYS", f"{{{name}}}:prio:*"))
+
+
+@pytest.mark.deadline(120)
+def test_urgent_items_overtake_the_queued_bulk(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", workers=1, overrides=ONE_SLOT)
+    b = start_instance(start_daemon, redis, name, "b", workers=1, overrides=ONE_SLOT)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    bulk = sleepers(f"bulk-{tag}", 30, 100)
+    low = sleepers(f"low-{tag}", 3, 10, priority=-1)
+    urgent = sleepers(f"urgent-{tag}", 4, 10, priority=10)
+    assert a.client().submit(bulk).accepted == 30
+    assert a.client().submit(low).accepted == 3
+    sub.wait_state(bulk[0]["id"], STARTED, timeout=20)
+    assert b.client().submit(urgent).accepted == 4
+    ids = [it["id"] for it in bulk + low + urgent]
+    sub.wait_final(ids, timeout=60)
+    for i in ids:
+        assert sub.final[i].state == SUCCEEDED, f"{i}: {sub.states_of(i)}"
+
+    # What each instance already held when the urgent ones came (one item
+    # per worker: prefetch 1), and what it pulled before it read their
+    # QUEUED updates (at most one pull of one item): two instances.
+    bound = 4
+    urgent_queued = max(first(sub, u["id"], QUEUED).seq for u in urgent)
+    urgent_started = max(first(sub, u["id"], STARTED).seq for u in urgent)
+    late = [b_["id"] for b_ in bulk
+            if urgent_queued < first(sub, b_["id"], STARTED).seq < urgent_started]
+    assert len(late) <= bound, f"{len(late)} bulk items started before the urgent ones: {late}"
+    # Below 0: after every bulk item, but for what was held.
+    bulk_started = max(first(sub, b_["id"], STARTED).seq for b_ in bulk)
+    early = [lo["id"] for lo in low if first(sub, lo["id"], STARTED).seq < bulk_started]
+    assert len(early) <= bound, f"items of priority -1 started before the bulk: {early}"
+    # Equal priorities: in acceptance order, give or take the two instances.
+    starts = [first(sub, u["id"], STARTED).seq for u in urgent]
+    assert starts.index(max(starts)) >= len(urgent) - 2, starts
+
+    wait_for(lambda: lanes_empty(redis, name), 5, "the lanes gone from redis")
+    wait_work_empty(redis, name)
+    assert redis.command("XLEN", f"{{{name}}}:pwork") == 0
+
+
+@pytest.mark.deadline(60)
+def test_extreme_priorities_run(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    b = start_instance(start_daemon, redis, name, "b")
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    tag = uuid.uuid4().hex[:8]
+    # Ids without an item in a lane and among the delayed (written by
+    # hand, or forgotten since): skipped and cleared.
+    redis.command("RPUSH", f"{{{name}}}:prio:1", "ghost", "ghost2")
+    redis.command("ZADD", f"{{{name}}}:prio", "1", "1")
+    redis.command("ZADD", f"{{{name}}}:delayed", "1", "ghost3")
+    items = [{"id": f"x-{tag}-{p}", "kind": "echo", "payload": b"p", "priority": p}
+             for p in (2**31 - 1, -2**31, 1, -1, 0)]
+    assert a.client().submit(items).accepted == len(items)
+    final = sub.wait_final([it["id"] for it in items], timeout=20)
+    assert all(u.state == SUCCEEDED for u in final.values()), final
+    # getItems shows the priority.
+    reply = b.client().stub.getItems(pb.ItemsRequest(item_ids=[items[1]["id"]]), timeout=10)
+    assert reply.items[0].priority == -2**31, reply
+    wait_for(lambda: lanes_empty(redis, name), 5, "the lanes gone from redis")
+    wait_for(lambda: redis.command("ZCARD", f"{{{name}}}:delayed") == 0, 5,
+             "the stray delayed id gone")
+    assert not redis.command("KEYS", f"{{{name}}}:item:ghost*")
+
+
+@pytest.mark.deadline(60)
+def test_delays_start_in_order_and_never_early(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    b = start_instance(start_daemon, redis, name, "b")
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    # Submitted in the reverse order, half of them on each instance, one
+    # prioritized: the due time decides.
+    items = [{"id": f"d-{tag}-{ms}", "kind": "echo", "payload": b"p", "delay_ms": ms,
+              "priority": 5 if ms == 200 else 0} for ms in (400, 200, 0)]
+    t0 = time.time_ns()    # before any of them was accepted: due >= t0 + delay
+    assert a.client().submit(items[:2]).accepted == 2
+    assert b.client().submit(items[2:]).accepted == 1
+    final = sub.wait_final([it["id"] for it in items], timeout=20)
+    assert all(u.state == SUCCEEDED for u in final.values()), final
+    started = []
+    for it in items:
+        start = first(sub, it["id"], STARTED)
+        # The clock of one machine: due = accepted + delay >= t0 + delay.
+        assert start.time_unix_nano >= t0 + it["delay_ms"] * 10**6, \
+            f"{it['id']} started {(start.time_unix_nano - t0) / 1e6} ms after it was sent"
+        started.append((start.time_unix_nano, it["delay_ms"]))
+    assert [ms for _, ms in sorted(started)] == [0, 200, 400], started
+    assert redis.command("ZCARD", f"{{{name}}}:delayed") == 0
+    wait_work_empty(redis, name)
+
+
+@pytest.mark.deadline(90)
+def test_a_delayed_item_accepted_on_a_runs_on_b_when_a_dies(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    b = start_instance(start_daemon, redis, name, "b")
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    tag = uuid.uuid4().hex[:8]
+    items = [{"id": f"late-{tag}", "kind": "echo", "payload": b"p", "delay_ms": 3000},
+             {"id": f"late-{tag}-p", "kind": "echo", "payload": b"p", "delay_ms": 3000,
+              "priority": 3}]
+    t0 = time.time_ns()
+    assert a.client().submit(items).accepted == 2
+    assert redis.command("ZCARD", f"{{{name}}}:delayed") == 2
+    kill_everything(a)
+    final = sub.wait_final([it["id"] for it in items], timeout=30)
+    b_workers = set(b.worker_pids())
+    for it in items:
+        u = final[it["id"]]
+        assert u.state == SUCCEEDED and u.attempt == 1, sub.states_of(it["id"])
+        start = first(sub, it["id"], STARTED)
+        assert start.worker_pid in b_workers, f"ran on {start.worker_pid}, not on B {b_workers}"
+        assert start.time_unix_nano >= t0 + 3000 * 10**6, "started early"
+    assert redis.command("ZCARD", f"{{{name}}}:delayed") == 0
+    wait_for(lambda: lanes_empty(redis, name), 5, "the lanes gone from redis")
+
+
+@pytest.mark.deadline(90)
+def test_cancel_of_delayed_and_waiting_prioritized_items(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", workers=1, overrides=ONE_SLOT)
+    b = start_instance(start_daemon, redis, name, "b", workers=1, overrides=ONE_SLOT)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    # Every worker busy, so that the prioritized item waits in its lane.
+    blockers = sleepers(f"block-{tag}", 2, 20000)
+    assert a.client().submit(blockers).accepted == 2
+    for it in blockers:
+        sub.wait_state(it["id"], STARTED, timeout=20)
+    lane = {"id": f"lane-{tag}", "kind": "echo", "payload": b"p", "priority": 4}
+    later = {"id": f"later-{tag}", "kind": "echo", "payload": b"p", "delay_ms": 600000,
+             "priority": 9}
+    assert a.client().submit([lane, later]).accepted == 2
+    assert redis.command("LLEN", f"{{{name}}}:prio:4") == 1
+    assert redis.command("ZCARD", f"{{{name}}}:delayed") == 1
+
+    reply = cancel(b.client(), [lane["id"], later["id"]], reason="not now")
+    assert (reply.cancelled, reply.already_final) == (2, 0), reply
+    final = sub.wait_final([lane["id"], later["id"]], timeout=10)
+    for u in final.values():
+        assert u.state == CANCELLED and "not now" in u.error, u
+    assert redis.command("ZCARD", f"{{{name}}}:delayed") == 0
+    assert lanes_empty(redis, name)
+    assert cancel(b.client(), [lane["id"]]).already_final == 1
+
+    # Retried, it waits in its lane again, and runs once there is room.
+    assert retry(b.client(), [lane["id"]]).requeued == 1
+    assert redis.command("LLEN", f"{{{name}}}:prio:4") == 1
+    assert cancel(a.client(), [it["id"] for it in blockers]).cancelled == 2
+    sub.wait_state(lane["id"], SUCCEEDED, timeout=20)
+    wait_for(lambda: lanes_empty(redis, name), 5, "the lanes gone from redis")
+    wait_work_empty(redis, name)
+
+
+@pytest.mark.deadline(60)
+def test_a_prioritized_item_held_by_a_killed_instance_is_claimed(redis, start_daemon):  # noqa: F811
+    """A taken prioritized item lives in {NAME}:pwork: its lease, its claim
+    after the lease (RETRYING, attempt 2) and its final work there as in
+    {NAME}:work."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", workers=1, overrides=ONE_SLOT)
+    b = start_instance(start_daemon, redis, name, "b", workers=1, overrides=ONE_SLOT)
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    tag = uuid.uuid4().hex[:8]
+    items = sleepers(f"held-{tag}", 2, 1500, priority=7)
+    assert a.client().submit(items).accepted == 2
+    a_workers, b_workers = set(a.worker_pids()), set(b.worker_pids())
+    sub.wait(lambda s: any(u.state == STARTED and u.worker_pid in a_workers
+                           for it in items for u in s.of(it["id"])), 10, "one started on a")
+    assert redis.command("XLEN", f"{{{name}}}:pwork") >= 1
+    kill_everything(a)
+    final = sub.wait_final([it["id"] for it in items], timeout=30)
+    for it in items:
+        u = final[it["id"]]
+        assert u.state == SUCCEEDED and u.worker_pid in b_workers, sub.states_of(it["id"])
+        if any(x.worker_pid in a_workers for x in sub.of(it["id"]) if x.state == STARTED):
+            assert u.attempt == 2 and "stopped renewing it" in \
+                first(sub, it["id"], pb.RETRYING).error, sub.states_of(it["id"])
+    wait_for(lambda: redis.command("XLEN", f"{{{name}}}:pwork") == 0, 5, "pwork empty")

@@ -2517,7 +2517,7 @@ static void
 print_retry_exit_codes(struct printer *p, const struct key_rule *rule, const void *base)
 {
     const struct ds_handler_config *h = base;
-    char text[256][4], *values[255];
+    char text[255][12], *values[255];
     size_t n = 0;
 
     if (h->type != DS_HANDLER_EXEC)

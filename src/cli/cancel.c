@@ -66,13 +66,8 @@ parse_options(const char *command, int argc, char **argv, struct cli_options *gl
                 return cli_usage_error(command, "--reason is not valid UTF-8");
             t->reason = optarg;
             break;
-        case 'h':
-            help_print(command, stdout);
-            exit(CLI_EXIT_OK);
-        case '?':
-            return cli_usage_hint(command);
         default:
-            if (cli_global_option(opt, optarg, global) != 0)
+            if (cli_command_option(command, opt, optarg, global) == -1)
                 return CLI_EXIT_USAGE;
             break;
         }

@@ -85,6 +85,11 @@ enum {
     { NULL, 0, NULL, 0 }
 
 int cli_global_option(int opt, const char *arg, struct cli_options *options);
+/* What COMMAND's getopt loop does with an option not its own: -h prints
+ * its help and exits 0; getopt's '?' and a bad global option are said
+ * (returns -1: a usage error); a global option is taken (returns 0). */
+int cli_command_option(const char *command, int opt, const char *arg,
+                       struct cli_options *options);
 /* What the global options say together; 0 or CLI_EXIT_USAGE. */
 int cli_options_check(const struct cli_options *options);
 /* The usage error of a command: the message, then a pointer to -h. */
@@ -111,5 +116,9 @@ char *read_text_file(const char *path, size_t max);
 void cli_state_name(int state, char *out, size_t size);
 /* QUEUED ... CANCELLED, any case. Returns 0, or -1 if NAME is none. */
 int cli_parse_state(const char *name, wire_state_value *out);
+/* COMMAND's --state NAME: added to the N STATES (room for every state)
+ * unless there already. Returns 0, or CLI_EXIT_USAGE after saying why. */
+int cli_state_option(const char *command, const char *name, wire_state_value *states,
+                     size_t *n);
 
 #endif

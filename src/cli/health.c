@@ -12,20 +12,13 @@
 
 #include "cli/cli.h"
 #include "cli/rpc.h"
+#include "cli/unary.h"
 
 #define HEALTH_CHECK "/grpc.health.v1.Health/Check"
 #define SERVICE_MAX  1024
 
 enum {
     OPT_SERVICE = OPT_COMMAND_BASE,
-};
-
-struct health {
-    struct rpc_call call;
-    struct rpc_tag tag;
-    grpc_byte_buffer *send_buffer;
-    grpc_byte_buffer *recv_buffer;
-    grpc_metadata_array initial_metadata;
 };
 
 static size_t
@@ -103,11 +96,6 @@ status_name(uint64_t status)
     return status < 4 ? names[status] : NULL;
 }
 
-static void
-on_done(struct rpc_tag *tag, int ok)
-{
-}
-
 static int
 parse_options(int argc, char **argv, struct cli_options *global, const char **service)
 {
@@ -126,13 +114,8 @@ parse_options(int argc, char **argv, struct cli_options *global, const char **se
                                        SERVICE_MAX);
             *service = optarg;
             break;
-        case 'h':
-            help_print("health", stdout);
-            exit(CLI_EXIT_OK);
-        case '?':
-            return cli_usage_hint("health");
         default:
-            if (cli_global_option(opt, optarg, global) != 0)
+            if (cli_command_option("health", opt, optarg, global) == -1)
                 return CLI_EXIT_USAGE;
             break;
         }
@@ -144,7 +127,7 @@ parse_options(int argc, char **argv, struct cli_options *global, const char **se
 
 /* Print the answer; returns the exit status. */
 static int
-report(struct health *h)
+report(const struct unary_exchange *h)
 {
     if (rpc_interrupted && h->call.status == GRPC_STATUS_CANCELLED)
         return CLI_EXIT_INTERRUPTED;
@@ -177,7 +160,7 @@ int
 health_main(int argc, char **argv, struct cli_options *global)
 {
     const char *service = "";
-    struct health h;
+    struct unary_exchange h;
     struct rpc rpc;
 
     int rc = parse_options(argc, argv, global, &service);
@@ -204,33 +187,9 @@ health_main(int argc, char **argv, struct cli_options *global)
         memcpy(request + n, service, len);
         n += len;
     }
-    h.send_buffer = rpc_buffer_take(grpc_slice_from_copied_buffer((const char *)request, n));
-    grpc_metadata_array_init(&h.initial_metadata);
-
-    grpc_op ops[4];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_MESSAGE;
-    ops[0].data.send_message.send_message = h.send_buffer;
-    ops[1].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[2].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[2].data.recv_initial_metadata.recv_initial_metadata = &h.initial_metadata;
-    ops[3].op = GRPC_OP_RECV_MESSAGE;
-    ops[3].data.recv_message.recv_message = &h.recv_buffer;
-    h.tag.done = on_done;
-    if (rpc_batch(&h.call, ops, 4, &h.tag) == -1)
-        rpc_call_cancel(&h.call);
-
-    while (!h.call.ended || h.call.pending > 0) {
-        if (rpc_interrupted)
-            rpc_call_cancel(&h.call);
-        rpc_poll(&rpc, 100);
-    }
+    unary_exchange(&rpc, &h, grpc_slice_from_copied_buffer((const char *)request, n));
     rc = report(&h);
-    rpc_call_free(&h.call);
-    grpc_byte_buffer_destroy(h.send_buffer);
-    if (h.recv_buffer != NULL)
-        grpc_byte_buffer_destroy(h.recv_buffer);
-    grpc_metadata_array_destroy(&h.initial_metadata);
+    unary_exchange_free(&h);
     rpc_close(&rpc);
     return rc;
 }

@@ -10,6 +10,7 @@
 
 #include "cli/cli.h"
 #include "cli/json.h"
+#include "cli/jsonl.h"
 #include "cli/rpc.h"
 #include "cli/unary.h"
 #include "core/alloc.h"
@@ -43,39 +44,26 @@ struct listing {
 };
 
 static void
-print_field(const char *name, const char *value)
-{
-    printf(",\"%s\":", name);
-    json_write_string(stdout, value, strlen(value));
-}
-
-static void
 print_json(const wire_item *it)
 {
     char state[32];
     cli_state_name((int)it->state, state, sizeof state);
     fputs("{\"id\":", stdout);
     json_write_string(stdout, it->id, strlen(it->id));
-    print_field("kind", it->kind);
-    print_field("batch", it->batch);
-    print_field("state", state);
+    jsonl_string("kind", it->kind);
+    jsonl_string("batch", it->batch);
+    jsonl_string("state", state);
     printf(",\"attempt\":%u,\"max_attempts\":%u,\"priority\":%d,\"worker_pid\":%d",
            (unsigned)it->attempt, (unsigned)it->max_attempts, (int)it->priority,
            (int)it->worker_pid);
-    if (it->progress == it->progress)
-        printf(",\"progress\":%.9g", (double)it->progress);
-    else
-        printf(",\"progress\":null");
+    jsonl_progress(it->progress);
     printf(",\"accepted_unix_nano\":%lld,\"started_unix_nano\":%lld,"
            "\"finished_unix_nano\":%lld,\"last_seq\":%llu,\"cpu_usec\":%llu,"
            "\"max_rss_kib\":%llu", (long long)it->accepted_unix_nano,
            (long long)it->started_unix_nano, (long long)it->finished_unix_nano,
            (unsigned long long)it->last_seq, (unsigned long long)it->cpu_usec,
            (unsigned long long)it->max_rss_kib);
-    print_field("error", it->error);
-    char *b64 = base64_encode(it->result.data, it->result.len);
-    print_field("result_b64", b64);
-    free(b64);
+    jsonl_error_result(it->error, it->result.data, it->result.len);
     fputs("}\n", stdout);
 }
 
@@ -176,13 +164,8 @@ get_options(int argc, char **argv, struct cli_options *global, struct listing *l
         case OPT_RESULTS:
             l->results = 1;
             break;
-        case 'h':
-            help_print("get", stdout);
-            exit(CLI_EXIT_OK);
-        case '?':
-            return cli_usage_hint("get");
         default:
-            if (cli_global_option(opt, optarg, global) != 0)
+            if (cli_command_option("get", opt, optarg, global) == -1)
                 return CLI_EXIT_USAGE;
             break;
         }
@@ -281,32 +264,18 @@ list_options(int argc, char **argv, struct cli_options *global, struct listing *
         case OPT_BATCH:
             rc = add(f->batches, &r->n_batches, FILTER_MAX, "list", "--batch", optarg);
             break;
-        case OPT_STATE: {
-            wire_state_value state;
-            if (cli_parse_state(optarg, &state) == -1)
-                return cli_usage_error("list", "--state takes QUEUED, STARTED, PROGRESS, "
-                                       "SUCCEEDED, FAILED, RETRYING or CANCELLED, not \"%s\"",
-                                       optarg);
-            size_t i = 0;
-            while (i < r->n_states && f->states[i] != state)
-                i++;
-            if (i == r->n_states)
-                f->states[r->n_states++] = state;
+        case OPT_STATE:
+            if (cli_state_option("list", optarg, f->states, &r->n_states) != 0)
+                return CLI_EXIT_USAGE;
             break;
-        }
         case OPT_LIMIT:
             if (parse_u64(optarg, &limit) == -1 || limit == 0 || limit > PAGE_MAX)
                 return cli_usage_error("list", "--limit takes 1 to %d items per page, not "
                                        "\"%s\"", PAGE_MAX, optarg);
             r->limit = (uint32_t)limit;
             break;
-        case 'h':
-            help_print("list", stdout);
-            exit(CLI_EXIT_OK);
-        case '?':
-            return cli_usage_hint("list");
         default:
-            if (cli_global_option(opt, optarg, global) != 0)
+            if (cli_command_option("list", opt, optarg, global) == -1)
                 return CLI_EXIT_USAGE;
             break;
         }

@@ -94,6 +94,21 @@ cli_global_option(int opt, const char *arg, struct cli_options *o)
 }
 
 int
+cli_command_option(const char *command, int opt, const char *arg, struct cli_options *o)
+{
+    switch (opt) {
+    case 'h':
+        help_print(command, stdout);
+        exit(CLI_EXIT_OK);
+    case '?':
+        cli_usage_hint(command);
+        return -1;
+    default:
+        return cli_global_option(opt, arg, o) != 0 ? -1 : 0;
+    }
+}
+
+int
 cli_options_check(const struct cli_options *o)
 {
     if ((o->cert_file == NULL) != (o->key_file == NULL))

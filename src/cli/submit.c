@@ -623,13 +623,8 @@ parse_options(struct submit *s, int argc, char **argv, struct cli_options *globa
             s->defaults.delay_ms = (uint32_t)ms;
             break;
         }
-        case 'h':
-            help_print("submit", stdout);
-            exit(CLI_EXIT_OK);
-        case '?':
-            return cli_usage_hint("submit");
         default:
-            if (cli_global_option(opt, optarg, global) != 0)
+            if (cli_command_option("submit", opt, optarg, global) == -1)
                 return CLI_EXIT_USAGE;
             break;
         }

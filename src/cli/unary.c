@@ -1,5 +1,6 @@
 /*
- * One unary call, start to end: used by get, list, cancel and retry.
+ * One unary call, start to end: used by get, list, cancel and retry, and
+ * (its bytes made by hand) health.
  */
 #include "cli/unary.h"
 
@@ -10,17 +11,45 @@
 #include "cli/cli.h"
 #include "core/alloc.h"
 
-struct unary {
-    struct rpc_call call;
-    struct rpc_tag tag;
-    grpc_byte_buffer *send_buffer;
-    grpc_byte_buffer *recv_buffer;
-    grpc_metadata_array initial_metadata;
-};
-
 static void
 on_done(struct rpc_tag *tag, int ok)
 {
+}
+
+void
+unary_exchange(struct rpc *r, struct unary_exchange *x, grpc_slice request)
+{
+    x->send_buffer = rpc_buffer_take(request);
+    grpc_metadata_array_init(&x->initial_metadata);
+
+    grpc_op ops[4];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_MESSAGE;
+    ops[0].data.send_message.send_message = x->send_buffer;
+    ops[1].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[2].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[2].data.recv_initial_metadata.recv_initial_metadata = &x->initial_metadata;
+    ops[3].op = GRPC_OP_RECV_MESSAGE;
+    ops[3].data.recv_message.recv_message = &x->recv_buffer;
+    x->tag.done = on_done;
+    if (rpc_batch(&x->call, ops, 4, &x->tag) == -1)
+        rpc_call_cancel(&x->call);
+
+    while (!x->call.ended || x->call.pending > 0) {
+        if (rpc_interrupted)
+            rpc_call_cancel(&x->call);
+        rpc_poll(r, 100);
+    }
+}
+
+void
+unary_exchange_free(struct unary_exchange *x)
+{
+    rpc_call_free(&x->call);
+    grpc_byte_buffer_destroy(x->send_buffer);
+    if (x->recv_buffer != NULL)
+        grpc_byte_buffer_destroy(x->recv_buffer);
+    grpc_metadata_array_destroy(&x->initial_metadata);
 }
 
 int
@@ -28,7 +57,7 @@ unary_call(struct rpc *r, const char *path, const char *method, const ProtobufCM
            const ProtobufCMessageDescriptor *descriptor, int64_t deadline_ms,
            ProtobufCMessage **reply)
 {
-    struct unary u;
+    struct unary_exchange u;
 
     *reply = NULL;
     memset(&u, 0, sizeof u);
@@ -38,27 +67,7 @@ unary_call(struct rpc *r, const char *path, const char *method, const ProtobufCM
     size_t len = protobuf_c_message_get_packed_size(request);
     grpc_slice slice = grpc_slice_malloc(len);
     protobuf_c_message_pack(request, GRPC_SLICE_START_PTR(slice));
-    u.send_buffer = rpc_buffer_take(slice);
-    grpc_metadata_array_init(&u.initial_metadata);
-
-    grpc_op ops[4];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_MESSAGE;
-    ops[0].data.send_message.send_message = u.send_buffer;
-    ops[1].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[2].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[2].data.recv_initial_metadata.recv_initial_metadata = &u.initial_metadata;
-    ops[3].op = GRPC_OP_RECV_MESSAGE;
-    ops[3].data.recv_message.recv_message = &u.recv_buffer;
-    u.tag.done = on_done;
-    if (rpc_batch(&u.call, ops, 4, &u.tag) == -1)
-        rpc_call_cancel(&u.call);
-
-    while (!u.call.ended || u.call.pending > 0) {
-        if (rpc_interrupted)
-            rpc_call_cancel(&u.call);
-        rpc_poll(r, 100);
-    }
+    unary_exchange(r, &u, slice);
 
     int rc = CLI_EXIT_OK;
     if (rpc_interrupted && u.call.status == GRPC_STATUS_CANCELLED) {
@@ -78,10 +87,6 @@ unary_call(struct rpc *r, const char *path, const char *method, const ProtobufCM
             rc = CLI_EXIT_RPC;
         }
     }
-    rpc_call_free(&u.call);
-    grpc_byte_buffer_destroy(u.send_buffer);
-    if (u.recv_buffer != NULL)
-        grpc_byte_buffer_destroy(u.recv_buffer);
-    grpc_metadata_array_destroy(&u.initial_metadata);
+    unary_exchange_free(&u);
     return rc;
 }

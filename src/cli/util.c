@@ -127,6 +127,21 @@ cli_state_name(int state, char *out, size_t size)
 }
 
 int
+cli_state_option(const char *command, const char *name, wire_state_value *states, size_t *n)
+{
+    wire_state_value state;
+    if (cli_parse_state(name, &state) == -1)
+        return cli_usage_error(command, "--state takes QUEUED, STARTED, PROGRESS, SUCCEEDED, "
+                               "FAILED, RETRYING or CANCELLED, not \"%s\"", name);
+    size_t i = 0;
+    while (i < *n && states[i] != state)
+        i++;
+    if (i == *n)
+        states[(*n)++] = state;
+    return 0;
+}
+
+int
 cli_parse_state(const char *name, wire_state_value *out)
 {
     for (unsigned i = STATE_QUEUED; i < sizeof state_names / sizeof state_names[0]; i++) {

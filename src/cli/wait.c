@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cli/json.h"
+#include "cli/jsonl.h"
 #include "core/alloc.h"
 
 /* Failures printed one by one; past this many only the count. */
@@ -24,11 +25,9 @@ print_result(const wire_update *u)
     cli_state_name((int)u->state, state, sizeof state);
     fputs("{\"id\":", stdout);
     json_write_string(stdout, u->item_id, strlen(u->item_id));
-    printf(",\"state\":\"%s\",\"attempt\":%u,\"error\":", state, (unsigned)u->attempt);
-    json_write_string(stdout, u->error, strlen(u->error));
-    char *b64 = base64_encode(u->result.data, u->result.len);
-    printf(",\"result_b64\":\"%s\"}\n", b64);
-    free(b64);
+    printf(",\"state\":\"%s\",\"attempt\":%u", state, (unsigned)u->attempt);
+    jsonl_error_result(u->error, u->result.data, u->result.len);
+    fputs("}\n", stdout);
 }
 
 static void

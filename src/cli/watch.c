@@ -10,7 +10,7 @@
 #include <strings.h>
 
 #include "cli/cli.h"
-#include "cli/json.h"
+#include "cli/jsonl.h"
 #include "cli/rpc.h"
 #include "cli/subscription.h"
 #include "core/alloc.h"
@@ -34,34 +34,20 @@ struct watch {
 };
 
 static void
-print_field(const char *name, const char *value)
-{
-    printf(",\"%s\":", name);
-    json_write_string(stdout, value, strlen(value));
-}
-
-static void
 print_update(const wire_update *u)
 {
     char state[32];
     cli_state_name((int)u->state, state, sizeof state);
 
     printf("{\"seq\":%llu", (unsigned long long)u->seq);
-    print_field("item_id", u->item_id);
-    print_field("kind", u->kind);
-    print_field("state", state);
+    jsonl_string("item_id", u->item_id);
+    jsonl_string("kind", u->kind);
+    jsonl_string("state", state);
     printf(",\"attempt\":%u,\"worker_pid\":%d,\"time_unix_nano\":%lld", (unsigned)u->attempt,
            (int)u->worker_pid, (long long)u->time_unix_nano);
-    print_field("batch", u->batch);
-    /* float has 24 bits: 9 digits say it exactly; NaN is no JSON number. */
-    if (u->progress == u->progress)
-        printf(",\"progress\":%.9g", (double)u->progress);
-    else
-        printf(",\"progress\":null");
-    print_field("error", u->error);
-    char *b64 = base64_encode(u->result.data, u->result.len);
-    print_field("result_b64", b64);
-    free(b64);
+    jsonl_string("batch", u->batch);
+    jsonl_progress(u->progress);
+    jsonl_error_result(u->error, u->result.data, u->result.len);
     fputs("}\n", stdout);
 }
 
@@ -129,18 +115,10 @@ parse_options(int argc, char **argv, struct cli_options *global, struct filters 
         case OPT_BATCH:
             rc = add_filter(f->batches, &request->n_batches, "--batch", optarg);
             break;
-        case OPT_STATE: {
-            wire_state_value state;
-            if (cli_parse_state(optarg, &state) == -1)
-                return cli_usage_error("watch", "--state takes QUEUED, STARTED, PROGRESS, "
-                                       "SUCCEEDED, FAILED, RETRYING or CANCELLED, not \"%s\"", optarg);
-            size_t i = 0;
-            while (i < request->n_states && f->states[i] != state)
-                i++;
-            if (i == request->n_states)
-                f->states[request->n_states++] = state;
+        case OPT_STATE:
+            if (cli_state_option("watch", optarg, f->states, &request->n_states) != 0)
+                return CLI_EXIT_USAGE;
             break;
-        }
         case OPT_AFTER_SEQ:
             if (parse_u64(optarg, &request->after_seq) == -1)
                 return cli_usage_error("watch", "--after-seq takes a seq number, not \"%s\"",
@@ -152,13 +130,8 @@ parse_options(int argc, char **argv, struct cli_options *global, struct filters 
                 return cli_usage_error("watch", "--count takes a number >= 1, not \"%s\"",
                                        optarg);
             break;
-        case 'h':
-            help_print("watch", stdout);
-            exit(CLI_EXIT_OK);
-        case '?':
-            return cli_usage_hint("watch");
         default:
-            if (cli_global_option(opt, optarg, global) != 0)
+            if (cli_command_option("watch", opt, optarg, global) == -1)
                 return CLI_EXIT_USAGE;
             break;
         }

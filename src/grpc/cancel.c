@@ -25,9 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <grpc/byte_buffer.h>
-#include <grpc/byte_buffer_reader.h>
-
 #include "com/agrounds/dosomething/v1/do_something.pb-c.h"
 #include "core/alloc.h"
 #include "core/config.h"
@@ -38,19 +35,17 @@
 #include "grpc/items.h"
 #include "grpc/scope.h"
 #include "grpc/store.h"
+#include "grpc/unary.h"
 
 typedef Com__Agrounds__Dosomething__V1__CancelRequest cancel_request;
 typedef Com__Agrounds__Dosomething__V1__CancelReply cancel_reply;
 
+/* Freed by cancel_destroy() when the call's last reference goes (call.h). */
 struct cancel_call {
-    struct call base;
-    grpc_byte_buffer *reply;
-    grpc_slice details;
-    int has_details;
+    struct unary_call u;
     uint64_t cancelled;
     uint64_t not_found;
-    /* cluster mode: the store's question, and what it borrows */
-    struct store_act_ask *ask;
+    /* cluster mode: what the store's question borrows */
     cancel_request *request;
     char **ids;                 /* scoped */
 };
@@ -74,83 +69,31 @@ struct cancel_match {
 static void
 cancel_counts(struct call *call, char *buf, size_t size)
 {
-    struct cancel_call *c = CALL_OF(call, struct cancel_call, base);
+    struct cancel_call *c = CALL_OF(call, struct cancel_call, u.base);
     snprintf(buf, size, "cancelled=%llu not_found=%llu", (unsigned long long)c->cancelled,
              (unsigned long long)c->not_found);
 }
 
 static void
-cancel_closed(struct call *call)
-{
-    struct cancel_call *c = CALL_OF(call, struct cancel_call, base);
-    if (c->ask != NULL) {
-        store_act_abort(c->ask);
-        c->ask = NULL;
-        call_unref(&c->base);   /* the question's */
-    }
-}
-
-static void
 cancel_destroy(struct call *call)
 {
-    struct cancel_call *c = CALL_OF(call, struct cancel_call, base);
+    struct cancel_call *c = CALL_OF(call, struct cancel_call, u.base);
     if (c->request != NULL) {
         for (size_t i = 0; i <= c->request->n_item_ids; i++)
             free(c->ids[i]);    /* the last: the scope, or NULL */
         free(c->ids);
         com__agrounds__dosomething__v1__cancel_request__free_unpacked(c->request, NULL);
     }
-    if (c->reply != NULL)
-        grpc_byte_buffer_destroy(c->reply);
-    if (c->has_details)
-        grpc_slice_unref(c->details);
+    unary_call_free(&c->u);
     free(c);
 }
 
 static const struct call_kind cancel_kind = {
     .method = "cancel",
     .counts = cancel_counts,
-    .closed = cancel_closed,
+    .closed = unary_act_closed,
     .destroy = cancel_destroy,
 };
-
-static void
-finish(struct cancel_call *c, grpc_status_code status, const char *details)
-{
-    grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
-    size_t n = 0;
-    if (c->reply != NULL) {
-        ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n++].data.send_message.send_message = c->reply;
-    }
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = status;
-    if (details != NULL) {
-        c->details = grpc_slice_from_copied_string(details);
-        c->has_details = 1;
-        ops[n].data.send_status_from_server.status_details = &c->details;
-    }
-    c->base.status = (int)status;
-    call_batch(&c->base, ops, n + 1, NULL);
-}
-
-static cancel_request *
-decode(grpc_byte_buffer *bb)
-{
-    if (bb == NULL)
-        return com__agrounds__dosomething__v1__cancel_request__unpack(NULL, 0,
-                                                                       (const uint8_t *)"");
-    grpc_byte_buffer_reader reader;
-    if (!grpc_byte_buffer_reader_init(&reader, bb))
-        return NULL;
-    grpc_slice s = grpc_byte_buffer_reader_readall(&reader);
-    grpc_byte_buffer_reader_destroy(&reader);
-    cancel_request *req = com__agrounds__dosomething__v1__cancel_request__unpack(
-        NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
-    grpc_slice_unref(s);
-    return req;
-}
 
 /* Is the request acceptable? If not, why (naming the field) into ERR. */
 static int
@@ -170,32 +113,11 @@ check_request(const cancel_request *req, char *err, size_t err_size)
         snprintf(err, err_size, "item_ids and batches are both empty: nothing to cancel");
         return -1;
     }
-    for (size_t i = 0; i < req->n_item_ids; i++) {
-        const char *id = req->item_ids[i];
-        size_t len = strlen(id);
-        if (!utf8_valid(id, len)) {
-            snprintf(err, err_size, "item_ids[%zu] is not valid UTF-8", i);
-            return -1;
-        }
-        if (len == 0 || len > DS_ITEM_ID_MAX) {
-            snprintf(err, err_size, "item_ids[%zu] is %zu bytes: must be 1..%u", i, len,
-                     DS_ITEM_ID_MAX);
-            return -1;
-        }
-    }
-    for (size_t i = 0; i < req->n_batches; i++) {
-        const char *b = req->batches[i];
-        size_t len = strlen(b);
-        if (!utf8_valid(b, len)) {
-            snprintf(err, err_size, "batches[%zu] is not valid UTF-8", i);
-            return -1;
-        }
-        if (len == 0 || len > DS_ITEM_ID_MAX) {
-            snprintf(err, err_size, "batches[%zu] is %zu bytes: must be 1..%u", i, len,
-                     DS_ITEM_ID_MAX);
-            return -1;
-        }
-    }
+    if (unary_check_strings("item_ids", req->item_ids, req->n_item_ids, DS_ITEM_ID_MAX, err,
+                            err_size) == -1 ||
+        unary_check_strings("batches", req->batches, req->n_batches, DS_ITEM_ID_MAX, err,
+                            err_size) == -1)
+        return -1;
     size_t len = strlen(req->reason);
     if (!utf8_valid(req->reason, len)) {
         snprintf(err, err_size, "reason is not valid UTF-8");
@@ -324,35 +246,21 @@ answer(struct cancel_call *c, const cancel_request *req, const char *scope)
             reply.not_found[reply.n_not_found++] = req->item_ids[i];
     free(found);
     c->not_found = reply.n_not_found;
-    size_t size = com__agrounds__dosomething__v1__cancel_reply__get_packed_size(&reply);
-    uint8_t *bytes = ds_malloc(size + 1);
-    com__agrounds__dosomething__v1__cancel_reply__pack(&reply, bytes);
-    grpc_slice s = grpc_slice_from_copied_buffer((const char *)bytes, size);
-    c->reply = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-    free(bytes);
+    grpc_byte_buffer *packed = unary_pack(&reply.base);
     free(reply.not_found);
     for (size_t i = 0; i < m.id_count; i++)
         free(m.ids[i].id);
     free(m.ids);
     free(m.batches);
-    finish(c, GRPC_STATUS_OK, NULL);
+    unary_finish(&c->u, GRPC_STATUS_OK, NULL, packed);
 }
 
 /* ---- cluster mode: the backend keeps the items (store_act) ---------------- */
 
-static void
-on_store_answer(void *arg, enum store_items_status status, const char *why,
-                const struct store_act_result *r)
+static grpc_byte_buffer *
+act_reply(struct unary_call *u, const struct store_act_result *r)
 {
-    struct cancel_call *c = arg;
-    c->ask = NULL;
-    if (status != STORE_ITEMS_OK) {
-        finish(c, status == STORE_ITEMS_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
-                                                : GRPC_STATUS_UNAVAILABLE, why);
-        call_unref(&c->base);
-        return;
-    }
+    struct cancel_call *c = CALL_OF(u, struct cancel_call, u);
     const cancel_request *req = c->request;
     cancel_reply reply = COM__AGROUNDS__DOSOMETHING__V1__CANCEL_REPLY__INIT;
     reply.cancelled = c->cancelled = r->done;
@@ -362,14 +270,9 @@ on_store_answer(void *arg, enum store_items_status status, const char *why,
         if (r->not_found[i])
             reply.not_found[reply.n_not_found++] = req->item_ids[i];
     c->not_found = reply.n_not_found;
-    size_t size = com__agrounds__dosomething__v1__cancel_reply__get_packed_size(&reply);
-    grpc_slice s = grpc_slice_malloc(size);
-    com__agrounds__dosomething__v1__cancel_reply__pack(&reply, GRPC_SLICE_START_PTR(s));
-    c->reply = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
+    grpc_byte_buffer *packed = unary_pack(&reply.base);
     free(reply.not_found);
-    finish(c, GRPC_STATUS_OK, NULL);
-    call_unref(&c->base);       /* the question's */
+    return packed;
 }
 
 /* REQ is the call's from now on. */
@@ -398,35 +301,31 @@ ask_store(struct cancel_call *c, cancel_request *req, const char *scope)
         /* The scope outlives this frame: keep it with the ids. */
         c->ids[req->n_item_ids] = (char *)q.scope;
     }
-    call_ref(&c->base);         /* the question's: on_store_answer or cancel_closed drops it */
-    c->ask = store_act(&q, on_store_answer, c);
+    unary_ask_act(&c->u, &q, act_reply);
 }
 
 void
 cancel_call_start(grpc_call *call, grpc_byte_buffer *request)
 {
     struct cancel_call *c = ds_calloc(1, sizeof *c);
-    call_init(&c->base, call, &cancel_kind);
-    grpc_op op;
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_SEND_INITIAL_METADATA;
-    call_batch(&c->base, &op, 1, NULL);
+    call_init(&c->u.base, call, &cancel_kind);
+    unary_send_metadata(&c->u);
 
-    cancel_request *req = decode(request);
-    if (request != NULL)
-        grpc_byte_buffer_destroy(request);
+    cancel_request *req =
+        unary_decode(request, &com__agrounds__dosomething__v1__cancel_request__descriptor);
     char err[160], scope[SCOPE_IDENTITY_MAX + 2];
     if (req == NULL) {
-        finish(c, GRPC_STATUS_INVALID_ARGUMENT, "the request is not a valid CancelRequest");
+        unary_finish(&c->u, GRPC_STATUS_INVALID_ARGUMENT,
+                     "the request is not a valid CancelRequest", NULL);
         return;
     }
     const char *why;
     if (check_request(req, err, sizeof err) == -1) {
-        finish(c, GRPC_STATUS_INVALID_ARGUMENT, err);
+        unary_finish(&c->u, GRPC_STATUS_INVALID_ARGUMENT, err, NULL);
     } else if (scope_of_call(call, scope, sizeof scope) == -1) {
-        finish(c, GRPC_STATUS_PERMISSION_DENIED, scope);
+        unary_finish(&c->u, GRPC_STATUS_PERMISSION_DENIED, scope, NULL);
     } else if (!store_available(&why)) {
-        finish(c, GRPC_STATUS_UNAVAILABLE, why);
+        unary_finish(&c->u, GRPC_STATUS_UNAVAILABLE, why, NULL);
     } else if (store_items_remote()) {
         ask_store(c, req, scope);   /* the items may run on another instance */
         return;

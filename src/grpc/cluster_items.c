@@ -17,6 +17,7 @@
 #include "grpc/cluster_items.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +93,20 @@ item_key(char *buf, const char *id)
     return n < 0 || n >= ITEM_KEY_SIZE ? -1 : 0;
 }
 
+/*
+ * What both kinds of question (getItems: struct store_items_ask; cancel
+ * and retry: struct store_act_ask) count while Redis owes them replies.
+ * The first member of each, which its owner frees once question_idle().
+ */
+struct question {
+    int answered;               /* or given up: DONE runs no more */
+    int scheduled;              /* an answer is due from the loop */
+    uint32_t owed;              /* replies not yet in */
+    int failed;                 /* 1: Redis failed (UNAVAILABLE); 2: asked wrong (INVALID) */
+    char why[300];              /* of the first failure */
+    void (*due)(struct question *qn);   /* what question_later() runs */
+};
+
 /* One id's lookup: its reply fills its ask's items[index]. */
 struct slot {
     struct store_items_ask *ask;
@@ -104,15 +119,11 @@ struct slot {
  * hold pointers to it): then ask_free().
  */
 struct store_items_ask {
+    struct question qn;         /* first: question_later() hands it back */
     struct store_items_query q;             /* its pointers borrowed from the caller */
     store_items_fn *done;
     void *arg;
-    int answered;               /* or given up: DONE runs no more */
     int waiting;                /* for finals (wait) */
-    int scheduled;              /* an answer is due from the loop */
-    uint32_t owed;              /* replies not yet in */
-    int failed;
-    char why[300];
     size_t n;                   /* by ids: q.request->n_item_ids; listing: the page */
     wire_known_item *items;     /* n of them, their strings owned */
     uint8_t *found;             /* by ids: which ids are known */
@@ -247,6 +258,112 @@ free_item(wire_known_item *m)
 
 /* ---- questions -------------------------------------------------------------- */
 
+/* Is QN done with: answered (or given up), owed nothing, nothing due? */
+static int
+question_idle(const struct question *qn)
+{
+    return qn->answered && qn->owed == 0 && !qn->scheduled;
+}
+
+/* QN failed (Redis did, or could not be asked): the first why is kept. */
+static void __attribute__((format(printf, 2, 3)))
+question_fail(struct question *qn, const char *fmt, ...)
+{
+    if (!qn->failed) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(qn->why, sizeof qn->why, fmt, ap);
+        va_end(ap);
+    }
+    qn->failed = 1;
+}
+
+/* QN asks for what cannot be answered (INVALID_ARGUMENT). */
+static void __attribute__((format(printf, 2, 3)))
+question_invalid(struct question *qn, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(qn->why, sizeof qn->why, fmt, ap);
+    va_end(ap);
+    qn->failed = 2;
+}
+
+static enum store_items_status
+question_status(const struct question *qn)
+{
+    return qn->failed == 2 ? STORE_ITEMS_INVALID : STORE_ITEMS_UNAVAILABLE;
+}
+
+static void
+on_question_later(evutil_socket_t fd, short what, void *arg)
+{
+    struct question *qn = arg;
+    qn->scheduled = 0;
+    qn->due(qn);
+}
+
+/* DUE(QN) from the loop (QN failed, or asked nothing, before anything was
+ * sent: its answer must not come from inside the call that asked). */
+static void
+question_later(struct question *qn, void (*due)(struct question *qn))
+{
+    struct timeval now = { 0, 0 };
+    qn->scheduled = 1;
+    qn->due = due;
+    event_base_once(gp.base, -1, EV_TIMEOUT, on_question_later, qn, &now);
+}
+
+/* Send A for QN, its reply to FN(ARG): one more reply owed, or QN failed
+ * (-1: nothing was sent). */
+static int
+question_send(struct question *qn, struct redis_args *a, redisCallbackFn *fn, void *arg)
+{
+    if (cluster_send(a, fn, arg) == -1) {
+        question_fail(qn, "%s", cluster_why());
+        return -1;
+    }
+    qn->owed++;
+    return 0;
+}
+
+/* An HMGET of the N FIELDS of item ID's hash for QN (question_send), or 1:
+ * ID is longer than any item's (nothing sent: it is not known). */
+static int
+question_hmget(struct question *qn, const char *id, const char *const *fields, int n,
+               redisCallbackFn *fn, void *arg)
+{
+    char key[ITEM_KEY_SIZE];
+    if (item_key(key, id) == -1)
+        return 1;
+    struct redis_args a;
+    redis_args_init(&a, "HMGET");
+    redis_args_str(&a, key);
+    for (int f = 0; f < n; f++)
+        redis_args_str(&a, fields[f]);
+    return question_send(qn, &a, fn, arg);
+}
+
+/* The list script's call (script_list) into A up to its filters: the
+ * caller adds N_KINDS kinds, N_STATES states and N_BATCHES batches. */
+static void
+list_args(struct redis_args *a, const char *before, uint64_t limit, const char *scope,
+          size_t n_kinds, size_t n_states, size_t n_batches)
+{
+    redis_args_init(a, "EVAL");
+    redis_args_str(a, script_list);
+    redis_args_str(a, "1");
+    redis_args_str(a, cluster_key_items());
+    redis_args_str(a, cluster_item_prefix());
+    redis_args_str(a, before);
+    redis_args_u64(a, limit);
+    redis_args_u64(a, LIST_SCAN);
+    redis_args_str(a, scope);
+    redis_args_u64(a, n_kinds);
+    redis_args_u64(a, n_states);
+    redis_args_u64(a, n_batches);
+}
+
 static void
 unlink_ask(struct store_items_ask *ask)
 {
@@ -286,7 +403,7 @@ ask_free(struct store_items_ask *ask)
 static void
 ask_release(struct store_items_ask *ask)
 {
-    if (ask->answered && ask->owed == 0 && !ask->scheduled)
+    if (question_idle(&ask->qn))
         ask_free(ask);
 }
 
@@ -294,9 +411,9 @@ static void
 answer(struct store_items_ask *ask, enum store_items_status status, const char *why,
        const wire_items_reply *reply)
 {
-    if (ask->answered)
+    if (ask->qn.answered)
         return;
-    ask->answered = 1;
+    ask->qn.answered = 1;
     unlink_ask(ask);
     ask->done(ask->arg, status, why, reply);
 }
@@ -346,13 +463,12 @@ static void lookup(struct store_items_ask *ask);
 static void
 lookup_done(struct store_items_ask *ask)
 {
-    if (ask->answered) {
+    if (ask->qn.answered) {
         ask_release(ask);
         return;
     }
-    if (ask->failed) {
-        answer(ask, ask->failed == 2 ? STORE_ITEMS_INVALID : STORE_ITEMS_UNAVAILABLE, ask->why,
-               NULL);
+    if (ask->qn.failed) {
+        answer(ask, question_status(&ask->qn), ask->qn.why, NULL);
         ask_release(ask);
         return;
     }
@@ -377,29 +493,11 @@ lookup_done(struct store_items_ask *ask)
     ask_release(ask);
 }
 
+/* Answer ASK from the loop (question_later). */
 static void
-on_later(evutil_socket_t fd, short what, void *arg)
+lookup_due(struct question *qn)
 {
-    struct store_items_ask *ask = arg;
-    ask->scheduled = 0;
-    lookup_done(ask);
-}
-
-/* Answer ASK from the loop (it failed before anything was sent). */
-static void
-later(struct store_items_ask *ask)
-{
-    struct timeval now = { 0, 0 };
-    ask->scheduled = 1;
-    event_base_once(gp.base, -1, EV_TIMEOUT, on_later, ask, &now);
-}
-
-static void
-fail(struct store_items_ask *ask, const char *fmt, const char *detail)
-{
-    if (!ask->failed)
-        snprintf(ask->why, sizeof ask->why, fmt, detail);
-    ask->failed = 1;
+    lookup_done((struct store_items_ask *)qn);   /* its first member */
 }
 
 static void
@@ -408,13 +506,13 @@ on_item(redisAsyncContext *ac, void *reply, void *arg)
     struct slot *slot = arg;
     struct store_items_ask *ask = slot->ask;
     const redisReply *r = reply;
-    ask->owed--;
+    ask->qn.owed--;
     if (r == NULL)
-        fail(ask, "cluster: the connection to redis was lost%s", "");
+        question_fail(&ask->qn, "cluster: the connection to redis was lost");
     else if (r->type != REDIS_REPLY_ARRAY || r->elements != ITEM_FIELDS)
-        fail(ask, "cluster: looking items up failed: %.200s",
+        question_fail(&ask->qn, "cluster: looking items up failed: %.200s",
              r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-    else if (!ask->answered) {
+    else if (!ask->qn.answered) {
         const char *id = ask->q.ids[slot->index];
         wire_known_item *m = &ask->items[slot->index];
         free_item(m);
@@ -422,7 +520,7 @@ on_item(redisAsyncContext *ac, void *reply, void *arg)
                                                      (const redisReply *const *)r->element,
                                                      ask->q.request->with_results);
     }
-    if (ask->owed == 0)
+    if (ask->qn.owed == 0)
         lookup_done(ask);
 }
 
@@ -430,26 +528,15 @@ on_item(redisAsyncContext *ac, void *reply, void *arg)
 static void
 lookup(struct store_items_ask *ask)
 {
-    ask->failed = 0;
+    ask->qn.failed = 0;
     ask->waiting = 0;
     memset(ask->final_seen, 0, ask->n);
-    for (size_t i = 0; i < ask->n; i++) {
-        struct redis_args a;
-        char key[ITEM_KEY_SIZE];
-        if (item_key(key, ask->q.ids[i]) == -1)
-            continue;   /* longer than any id: not known */
-        redis_args_init(&a, "HMGET");
-        redis_args_str(&a, key);
-        for (int f = 0; f < ITEM_FIELDS; f++)
-            redis_args_str(&a, item_fields[f]);
-        if (cluster_send(&a, on_item, &ask->slots[i]) == -1) {
-            fail(ask, "%s", cluster_why());
+    for (size_t i = 0; i < ask->n; i++)
+        if (question_hmget(&ask->qn, ask->q.ids[i], item_fields, ITEM_FIELDS, on_item,
+                           &ask->slots[i]) == -1)
             break;
-        }
-        ask->owed++;
-    }
-    if (ask->owed == 0)
-        later(ask);
+    if (ask->qn.owed == 0)
+        question_later(&ask->qn, lookup_due);
 }
 
 /* ---- listing ------------------------------------------------------------------ */
@@ -459,8 +546,8 @@ on_list(redisAsyncContext *ac, void *reply, void *arg)
 {
     struct store_items_ask *ask = arg;
     const redisReply *r = reply;
-    ask->owed--;
-    if (ask->answered) {
+    ask->qn.owed--;
+    if (ask->qn.answered) {
         ask_release(ask);
         return;
     }
@@ -532,36 +619,22 @@ list(struct store_items_ask *ask)
     const wire_items_request *q = ask->q.request;
     char before[24] = "0";
     if (q->page_token[0] != '\0' && parse_token(q->page_token, before, sizeof before) == -1) {
-        fail(ask, "page_token \"%.40s\" is not one this cluster gave", q->page_token);
-        ask->failed = 2;
-        later(ask);
+        question_invalid(&ask->qn, "page_token \"%.40s\" is not one this cluster gave",
+                         q->page_token);
+        question_later(&ask->qn, lookup_due);
         return;
     }
     struct redis_args a;
-    redis_args_init(&a, "EVAL");
-    redis_args_str(&a, script_list);
-    redis_args_str(&a, "1");
-    redis_args_str(&a, cluster_key_items());
-    redis_args_str(&a, cluster_item_prefix());
-    redis_args_str(&a, before);
-    redis_args_u64(&a, q->limit ? q->limit : LIMIT_DEFAULT);
-    redis_args_u64(&a, LIST_SCAN);
-    redis_args_str(&a, ask->q.scope);
-    redis_args_u64(&a, q->n_kinds);
-    redis_args_u64(&a, q->n_states);
-    redis_args_u64(&a, q->n_batches);
+    list_args(&a, before, q->limit ? q->limit : LIMIT_DEFAULT, ask->q.scope, q->n_kinds,
+              q->n_states, q->n_batches);
     for (size_t i = 0; i < q->n_kinds; i++)
         redis_args_str(&a, q->kinds[i]);
     for (size_t i = 0; i < q->n_states; i++)
         redis_args_u64(&a, (uint64_t)q->states[i]);
     for (size_t i = 0; i < q->n_batches; i++)
         redis_args_str(&a, q->batches[i]);
-    if (cluster_send(&a, on_list, ask) == -1) {
-        fail(ask, "%s", cluster_why());
-        later(ask);
-        return;
-    }
-    ask->owed++;
+    if (question_send(&ask->qn, &a, on_list, ask) == -1)
+        question_later(&ask->qn, lookup_due);
 }
 
 /* ---- the backend's calls -------------------------------------------------------- */
@@ -575,10 +648,9 @@ cluster_get_items(const struct store_items_query *q, store_items_fn *done, void 
     ask->arg = arg;
     const wire_items_request *r = q->request;
     if (r->n_item_ids == 0 && r->n_kinds + r->n_states + r->n_batches > FILTERS_MAX) {
-        snprintf(ask->why, sizeof ask->why, "%zu kinds, states and batches: more than %d in "
-                 "one listing", r->n_kinds + r->n_states + r->n_batches, FILTERS_MAX);
-        ask->failed = 2;
-        later(ask);
+        question_invalid(&ask->qn, "%zu kinds, states and batches: more than %d in one listing",
+                         r->n_kinds + r->n_states + r->n_batches, FILTERS_MAX);
+        question_later(&ask->qn, lookup_due);
         return ask;
     }
     if (r->n_item_ids == 0) {
@@ -616,7 +688,7 @@ cluster_get_items(const struct store_items_query *q, store_items_fn *done, void 
 void
 cluster_items_abort(struct store_items_ask *ask)
 {
-    ask->answered = 1;
+    ask->qn.answered = 1;
     unlink_ask(ask);
     ask_release(ask);
 }
@@ -664,12 +736,10 @@ struct act_slot {
 
 /* Owned here from cluster_act() until answered (or given up) and owed nothing. */
 struct store_act_ask {
+    struct question qn;         /* first: question_later() hands it back */
     struct store_act_query q;   /* its pointers borrowed from the caller */
     store_act_fn *done;
     void *arg;
-    int answered, scheduled, failed;
-    uint32_t owed;
-    char why[300];
     uint64_t done_count, skipped;
     uint8_t *not_found;         /* q.n_ids flags */
     char **found;               /* ids of the batches' items, owned */
@@ -691,27 +761,18 @@ act_free(struct store_act_ask *ask)
 static void
 act_release(struct store_act_ask *ask)
 {
-    if (ask->answered && ask->owed == 0 && !ask->scheduled)
+    if (question_idle(&ask->qn))
         act_free(ask);
-}
-
-static void
-act_fail(struct store_act_ask *ask, const char *why)
-{
-    if (!ask->failed)
-        snprintf(ask->why, sizeof ask->why, "%s", why);
-    ask->failed = 1;
 }
 
 /* Nothing owed: answer (unless given up) and free. */
 static void
 act_finish(struct store_act_ask *ask)
 {
-    if (!ask->answered) {
-        ask->answered = 1;
-        if (ask->failed) {
-            ask->done(ask->arg, ask->failed == 2 ? STORE_ITEMS_INVALID : STORE_ITEMS_UNAVAILABLE,
-                      ask->why, NULL);
+    if (!ask->qn.answered) {
+        ask->qn.answered = 1;
+        if (ask->qn.failed) {
+            ask->done(ask->arg, question_status(&ask->qn), ask->qn.why, NULL);
         } else {
             struct store_act_result r = { .done = ask->done_count, .skipped = ask->skipped,
                                           .not_found = ask->not_found };
@@ -721,20 +782,11 @@ act_finish(struct store_act_ask *ask)
     act_release(ask);
 }
 
+/* Answer ASK from the loop (question_later). */
 static void
-on_act_later(evutil_socket_t fd, short what, void *arg)
+act_due(struct question *qn)
 {
-    struct store_act_ask *ask = arg;
-    ask->scheduled = 0;
-    act_finish(ask);
-}
-
-static void
-act_later(struct store_act_ask *ask)
-{
-    struct timeval now = { 0, 0 };
-    ask->scheduled = 1;
-    event_base_once(gp.base, -1, EV_TIMEOUT, on_act_later, ask, &now);
+    act_finish((struct store_act_ask *)qn);      /* its first member */
 }
 
 static const char *
@@ -756,9 +808,9 @@ on_act_script(redisAsyncContext *ac, void *reply, void *arg)
     struct act_slot *slot = arg;
     struct store_act_ask *ask = slot->ask;
     const redisReply *r = reply;
-    ask->owed--;
+    ask->qn.owed--;
     if (r == NULL) {
-        act_fail(ask, "cluster: the connection to redis was lost");
+        question_fail(&ask->qn, "cluster: the connection to redis was lost");
     } else if (r->type == REDIS_REPLY_STRING && r->len == 1) {
         if (r->str[0] == 'c' || r->str[0] == 'a')
             ask->done_count++;
@@ -776,13 +828,11 @@ on_act_script(redisAsyncContext *ac, void *reply, void *arg)
             act_not_found(ask, slot->index);
         }
     } else {
-        char why[300];
-        snprintf(why, sizeof why, "cluster: %s failed: %.200s",
-                 ask->q.act == STORE_ACT_CANCEL ? "cancelling" : "retrying",
-                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-        act_fail(ask, why);
+        question_fail(&ask->qn, "cluster: %s failed: %.200s",
+                      ask->q.act == STORE_ACT_CANCEL ? "cancelling" : "retrying",
+                      r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
     }
-    if (ask->owed == 0)
+    if (ask->qn.owed == 0)
         act_finish(ask);
 }
 
@@ -812,7 +862,7 @@ act_on(struct act_slot *slot, const redisReply *const *f)
         act_not_found(ask, slot->index);
         return;
     }
-    char kind[80], batch[DS_ITEM_BATCH_MAX + 1], why[300];
+    char kind[80], batch[DS_ITEM_BATCH_MAX + 1];
     copy_string(f[0], kind, sizeof kind);
     copy_string(f[1], batch, sizeof batch);
     int state = (int)reply_u64(f[2]);
@@ -848,11 +898,10 @@ act_on(struct act_slot *slot, const redisReply *const *f)
         store_discard(item);
     }
     if (rc == -1) {
-        snprintf(why, sizeof why, "%s", cluster_why());
-        act_fail(ask, why);
+        question_fail(&ask->qn, "%s", cluster_why());
         return;
     }
-    ask->owed++;
+    ask->qn.owed++;
 }
 
 static void
@@ -861,14 +910,15 @@ on_act_lookup(redisAsyncContext *ac, void *reply, void *arg)
     struct act_slot *slot = arg;
     struct store_act_ask *ask = slot->ask;
     const redisReply *r = reply;
-    ask->owed--;
+    ask->qn.owed--;
     if (r == NULL)
-        act_fail(ask, "cluster: the connection to redis was lost");
+        question_fail(&ask->qn, "cluster: the connection to redis was lost");
     else if (r->type != REDIS_REPLY_ARRAY || r->elements != ACT_FIELDS)
-        act_fail(ask, r->type == REDIS_REPLY_ERROR ? r->str : "cluster: unexpected reply");
-    else if (!ask->answered && !ask->failed)
+        question_fail(&ask->qn, "%s",
+                      r->type == REDIS_REPLY_ERROR ? r->str : "cluster: unexpected reply");
+    else if (!ask->qn.answered && !ask->qn.failed)
         act_on(slot, (const redisReply *const *)r->element);
-    if (ask->owed == 0)
+    if (ask->qn.owed == 0)
         act_finish(ask);
 }
 
@@ -880,24 +930,15 @@ act_lookup(struct store_act_ask *ask)
     ask->slots = ds_calloc(n + 1, sizeof *ask->slots);
     for (size_t i = 0; i < n; i++) {
         ask->slots[i] = (struct act_slot){ .ask = ask, .index = i };
-        struct redis_args a;
-        char key[ITEM_KEY_SIZE];
-        if (item_key(key, act_id(ask, i)) == -1) {
-            act_not_found(ask, i);  /* longer than any id: not known */
-            continue;
-        }
-        redis_args_init(&a, "HMGET");
-        redis_args_str(&a, key);
-        for (int f = 0; f < ACT_FIELDS; f++)
-            redis_args_str(&a, act_fields[f]);
-        if (cluster_send(&a, on_act_lookup, &ask->slots[i]) == -1) {
-            act_fail(ask, cluster_why());
+        int rc = question_hmget(&ask->qn, act_id(ask, i), act_fields, ACT_FIELDS, on_act_lookup,
+                                &ask->slots[i]);
+        if (rc == 1)
+            act_not_found(ask, i);
+        else if (rc == -1)
             break;
-        }
-        ask->owed++;
     }
-    if (ask->owed == 0)
-        act_later(ask);
+    if (ask->qn.owed == 0)
+        question_later(&ask->qn, act_due);
 }
 
 static void act_list(struct store_act_ask *ask, const char *before);
@@ -908,15 +949,15 @@ on_act_list(redisAsyncContext *ac, void *reply, void *arg)
 {
     struct store_act_ask *ask = arg;
     const redisReply *r = reply;
-    ask->owed--;
-    if (ask->answered) {
+    ask->qn.owed--;
+    if (ask->qn.answered) {
         act_release(ask);
         return;
     }
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
         r->element[0]->type != REDIS_REPLY_STRING) {
-        act_fail(ask, r == NULL ? "cluster: the connection to redis was lost"
-                 : r->type == REDIS_REPLY_ERROR ? r->str : "cluster: unexpected reply");
+        question_fail(&ask->qn, "%s", r == NULL ? "cluster: the connection to redis was lost"
+                      : r->type == REDIS_REPLY_ERROR ? r->str : "cluster: unexpected reply");
         act_finish(ask);
         return;
     }
@@ -949,28 +990,13 @@ act_list(struct store_act_ask *ask, const char *before)
     int cancel = ask->q.act == STORE_ACT_CANCEL;
     size_t n_states = cancel ? 4 : 2;
     struct redis_args a;
-    redis_args_init(&a, "EVAL");
-    redis_args_str(&a, script_list);
-    redis_args_str(&a, "1");
-    redis_args_str(&a, cluster_key_items());
-    redis_args_str(&a, cluster_item_prefix());
-    redis_args_str(&a, before);
-    redis_args_u64(&a, ACT_PAGE);
-    redis_args_u64(&a, LIST_SCAN);
-    redis_args_str(&a, ask->q.scope);
-    redis_args_u64(&a, 0);
-    redis_args_u64(&a, n_states);
-    redis_args_u64(&a, ask->q.n_batches);
+    list_args(&a, before, ACT_PAGE, ask->q.scope, 0, n_states, ask->q.n_batches);
     for (size_t i = 0; i < n_states; i++)
         redis_args_str(&a, cancel ? cancel_states[i] : retry_states[i]);
     for (size_t i = 0; i < ask->q.n_batches; i++)
         redis_args_str(&a, ask->q.batches[i]);
-    if (cluster_send(&a, on_act_list, ask) == -1) {
-        act_fail(ask, cluster_why());
-        act_later(ask);
-        return;
-    }
-    ask->owed++;
+    if (question_send(&ask->qn, &a, on_act_list, ask) == -1)
+        question_later(&ask->qn, act_due);
 }
 
 struct store_act_ask *
@@ -982,10 +1008,9 @@ cluster_act(const struct store_act_query *q, store_act_fn *done, void *arg)
     ask->arg = arg;
     ask->not_found = ds_calloc(q->n_ids + 1, 1);
     if (q->n_batches > FILTERS_MAX) {
-        snprintf(ask->why, sizeof ask->why, "%zu batches: more than %d in one call",
-                 q->n_batches, FILTERS_MAX);
-        ask->failed = 2;
-        act_later(ask);
+        question_invalid(&ask->qn, "%zu batches: more than %d in one call", q->n_batches,
+                         FILTERS_MAX);
+        question_later(&ask->qn, act_due);
     } else if (q->n_batches > 0) {
         act_list(ask, "0");
     } else {
@@ -997,6 +1022,6 @@ cluster_act(const struct store_act_query *q, store_act_fn *done, void *arg)
 void
 cluster_act_abort(struct store_act_ask *ask)
 {
-    ask->answered = 1;
+    ask->qn.answered = 1;
     act_release(ask);
 }

@@ -22,9 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <grpc/byte_buffer.h>
-#include <grpc/byte_buffer_reader.h>
-
 #include "core/alloc.h"
 #include "core/config.h"
 #include "core/log.h"
@@ -35,16 +32,17 @@
 #include "grpc/items.h"
 #include "grpc/scope.h"
 #include "grpc/store.h"
+#include "grpc/unary.h"
 
 #define LIMIT_DEFAULT 100
 #define LIMIT_MAX     1000
 #define IDS_MAX       1000
 
+/* Freed by items_destroy() when the call's last reference goes (call.h). */
 struct items_call {
-    struct call base;
+    struct unary_call u;
     struct items_call *prev, *next;     /* waiting calls */
     int waiting;
-    int replied;
     wire_items_request *request;
     char **ids;                 /* the requested ids, scoped; owned */
     size_t id_count;
@@ -52,9 +50,6 @@ struct items_call {
     size_t scope_len;
     size_t found;               /* for the access log */
     struct store_items_ask *ask;    /* cluster mode: the store's question in flight */
-    grpc_byte_buffer *reply_buffer;
-    grpc_slice details;
-    int has_details;
 };
 
 static struct {
@@ -65,7 +60,7 @@ static struct {
 static void
 items_counts(struct call *call, char *buf, size_t size)
 {
-    struct items_call *c = CALL_OF(call, struct items_call, base);
+    struct items_call *c = CALL_OF(call, struct items_call, u.base);
     snprintf(buf, size, "items=%zu", c->found);
 }
 
@@ -82,34 +77,31 @@ unwait(struct items_call *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
-    call_unref(&c->base);
+    call_unref(&c->u.base);
 }
 
 static void
 items_closed(struct call *call)
 {
-    struct items_call *c = CALL_OF(call, struct items_call, base);
+    struct items_call *c = CALL_OF(call, struct items_call, u.base);
     unwait(c);      /* the deadline passed, say */
     if (c->ask != NULL) {
         store_items_abort(c->ask);
         c->ask = NULL;
-        call_unref(&c->base);   /* the question's */
+        call_unref(&c->u.base); /* the question's */
     }
 }
 
 static void
 items_destroy(struct call *call)
 {
-    struct items_call *c = CALL_OF(call, struct items_call, base);
+    struct items_call *c = CALL_OF(call, struct items_call, u.base);
     if (c->request != NULL)
         wire_items_request_free(c->request, NULL);
     for (size_t i = 0; i < c->id_count; i++)
         free(c->ids[i]);
     free(c->ids);
-    if (c->reply_buffer != NULL)
-        grpc_byte_buffer_destroy(c->reply_buffer);
-    if (c->has_details)
-        grpc_slice_unref(c->details);
+    unary_call_free(&c->u);
     free(c);
 }
 
@@ -119,24 +111,6 @@ static const struct call_kind items_call_kind = {
     .closed = items_closed,
     .destroy = items_destroy,
 };
-
-static void
-fail(struct items_call *c, grpc_status_code status, const char *details)
-{
-    if (c->replied || c->base.closed)
-        return;
-    c->replied = 1;
-    c->base.status = status;
-    c->details = grpc_slice_from_copied_string(details);
-    c->has_details = 1;
-    grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[1].data.send_status_from_server.status = status;
-    ops[1].data.send_status_from_server.status_details = &c->details;
-    call_batch(&c->base, ops, 2, NULL);
-}
 
 /* ---- the reply ----------------------------------------------------------------- */
 
@@ -203,16 +177,22 @@ add_item(const struct known_item *k, void *arg)
     }
 }
 
-static void send_packed(struct items_call *c, const wire_items_reply *msg);
+/* MSG packed and sent, unless the call is over. */
+static void
+send_packed(struct items_call *c, const wire_items_reply *msg)
+{
+    if (unary_is_over(&c->u))
+        return;
+    c->found = msg->n_items;
+    unary_finish(&c->u, GRPC_STATUS_OK, NULL, unary_pack(&msg->base));
+}
 
 static void
 send_reply(struct items_call *c, struct reply_builder *r, char **not_found, size_t n_not_found,
            const char *next_token)
 {
-    if (c->replied || c->base.closed)
+    if (unary_is_over(&c->u))
         return;
-    c->replied = 1;
-    c->base.status = GRPC_STATUS_OK;
     r->ptrs = ds_calloc(r->count + 1, sizeof *r->ptrs);
     for (size_t i = 0; i < r->count; i++)
         r->ptrs[i] = &r->items[i];
@@ -227,26 +207,6 @@ send_reply(struct items_call *c, struct reply_builder *r, char **not_found, size
     send_packed(c, &msg);
     free(r->ptrs);
     free(r->items);
-}
-
-/* MSG packed and sent (the caller has set c->replied). */
-static void
-send_packed(struct items_call *c, const wire_items_reply *msg)
-{
-    c->found = msg->n_items;
-    grpc_slice slice = grpc_slice_malloc(wire_items_reply_size(msg));
-    wire_items_reply_pack(msg, GRPC_SLICE_START_PTR(slice));
-    c->reply_buffer = grpc_raw_byte_buffer_create(&slice, 1);
-    grpc_slice_unref(slice);
-
-    grpc_op ops[3];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = c->reply_buffer;
-    ops[2].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[2].data.send_status_from_server.status = GRPC_STATUS_OK;
-    call_batch(&c->base, ops, 3, NULL);
 }
 
 /* ---- by ids ------------------------------------------------------------------- */
@@ -277,7 +237,7 @@ reply_by_ids(struct items_call *c)
                      DS_UPDATE_SIZE_MAX, r.count);
             free(r.items);
             free(not_found);
-            fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, details);
+            unary_finish(&c->u, GRPC_STATUS_RESOURCE_EXHAUSTED, details, NULL);
             return;
         }
         if (k != NULL)
@@ -309,9 +269,9 @@ get_items_end_all(void)
 {
     while (gi.waiting != NULL) {
         struct items_call *c = gi.waiting;
-        fail(c, GRPC_STATUS_UNAVAILABLE, "the server is shutting down before these items are "
-             "final; ask again (after a binary upgrade, the new instance knows the items it "
-             "was handed)");
+        unary_finish(&c->u, GRPC_STATUS_UNAVAILABLE, "the server is shutting down before "
+                     "these items are final; ask again (after a binary upgrade, the new "
+                     "instance knows the items it was handed)", NULL);
         unwait(c);
     }
 }
@@ -392,46 +352,31 @@ on_store_answer(void *arg, enum store_items_status status, const char *why,
     struct items_call *c = arg;
     c->ask = NULL;
     if (status == STORE_ITEMS_OK) {
-        if (!c->replied && !c->base.closed) {
-            c->replied = 1;
-            c->base.status = GRPC_STATUS_OK;
-            send_packed(c, reply);
-        }
+        send_packed(c, reply);
     } else {
-        fail(c, status == STORE_ITEMS_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
-                : status == STORE_ITEMS_TOO_LARGE ? GRPC_STATUS_RESOURCE_EXHAUSTED
-                : GRPC_STATUS_UNAVAILABLE, why);
+        unary_finish(&c->u, status == STORE_ITEMS_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
+                     : status == STORE_ITEMS_TOO_LARGE ? GRPC_STATUS_RESOURCE_EXHAUSTED
+                     : GRPC_STATUS_UNAVAILABLE, why, NULL);
     }
-    call_unref(&c->base);       /* the question's */
+    call_unref(&c->u.base);     /* the question's */
 }
 
 static void
 ask_store(struct items_call *c)
 {
     struct store_items_query q = { .request = c->request, .ids = c->ids, .scope = c->scope };
-    call_ref(&c->base);         /* the question's: on_store_answer or items_closed drops it */
+    call_ref(&c->u.base);       /* the question's: on_store_answer or items_closed drops it */
     c->ask = store_get_items(&q, on_store_answer, c);
 }
 
 /* ---- the request ------------------------------------------------------------------- */
 
 static int
-check_strings(const char *name, char **strings, size_t n, char *err, size_t size)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!utf8_valid(strings[i], strlen(strings[i]))) {
-            snprintf(err, size, "%s[%zu] is not valid UTF-8", name, i);
-            return -1;
-        }
-    return 0;
-}
-
-static int
 check_request(const wire_items_request *q, char *err, size_t size)
 {
-    if (check_strings("item_ids", q->item_ids, q->n_item_ids, err, size) == -1 ||
-        check_strings("kinds", q->kinds, q->n_kinds, err, size) == -1 ||
-        check_strings("batches", q->batches, q->n_batches, err, size) == -1)
+    if (unary_check_strings("item_ids", q->item_ids, q->n_item_ids, 0, err, size) == -1 ||
+        unary_check_strings("kinds", q->kinds, q->n_kinds, 0, err, size) == -1 ||
+        unary_check_strings("batches", q->batches, q->n_batches, 0, err, size) == -1)
         return -1;
     if (!utf8_valid(q->page_token, strlen(q->page_token))) {
         snprintf(err, size, "page_token is not valid UTF-8");
@@ -458,47 +403,31 @@ check_request(const wire_items_request *q, char *err, size_t size)
     return 0;
 }
 
-static wire_items_request *
-decode(grpc_byte_buffer *bb)
-{
-    if (bb == NULL)
-        return wire_items_request_unpack(NULL, 0, (const uint8_t *)"");
-    grpc_byte_buffer_reader reader;
-    if (!grpc_byte_buffer_reader_init(&reader, bb))
-        return NULL;
-    grpc_slice slice = grpc_byte_buffer_reader_readall(&reader);
-    grpc_byte_buffer_reader_destroy(&reader);
-    wire_items_request *q = wire_items_request_unpack(NULL, GRPC_SLICE_LENGTH(slice),
-                                                      GRPC_SLICE_START_PTR(slice));
-    grpc_slice_unref(slice);
-    return q;
-}
-
 void
 get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
 {
     struct items_call *c = ds_calloc(1, sizeof *c);
-    call_init(&c->base, call, &items_call_kind);
+    call_init(&c->u.base, call, &items_call_kind);
     if (!gi.listening) {
         items_on_change(on_change);
         gi.listening = 1;
     }
-    c->request = decode(request);
-    if (request != NULL)
-        grpc_byte_buffer_destroy(request);
+    c->request =
+        unary_decode(request, &com__agrounds__dosomething__v1__items_request__descriptor);
     char err[512];
     if (c->request == NULL) {
-        fail(c, GRPC_STATUS_INVALID_ARGUMENT, "the request is not a valid ItemsRequest");
+        unary_finish(&c->u, GRPC_STATUS_INVALID_ARGUMENT,
+                     "the request is not a valid ItemsRequest", NULL);
         return;
     }
     if (check_request(c->request, err, sizeof err) == -1) {
-        fail(c, GRPC_STATUS_INVALID_ARGUMENT, err);
+        unary_finish(&c->u, GRPC_STATUS_INVALID_ARGUMENT, err, NULL);
         return;
     }
     char scope[SCOPE_IDENTITY_MAX + 2];
     int scoped = scope_of_call(call, scope, sizeof scope);
     if (scoped == -1) {
-        fail(c, GRPC_STATUS_PERMISSION_DENIED, scope);
+        unary_finish(&c->u, GRPC_STATUS_PERMISSION_DENIED, scope, NULL);
         return;
     }
     if (scoped == 1) {
@@ -524,7 +453,7 @@ get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
         }
         if (q->wait && !all_final(c)) {
             c->waiting = 1;
-            call_ref(&c->base);         /* the waiting list's */
+            call_ref(&c->u.base);       /* the waiting list's */
             c->next = gi.waiting;
             if (gi.waiting != NULL)
                 gi.waiting->prev = c;
@@ -543,7 +472,7 @@ get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
         char shown[64];
         snprintf(err, sizeof err, "page_token \"%s\" is not one this server gave (or it has "
                  "restarted since)", utf8_escape(shown, sizeof shown, q->page_token));
-        fail(c, GRPC_STATUS_INVALID_ARGUMENT, err);
+        unary_finish(&c->u, GRPC_STATUS_INVALID_ARGUMENT, err, NULL);
         return;
     }
     struct page p = { .r = { .with_results = q->with_results } };

@@ -11,54 +11,37 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <grpc/byte_buffer.h>
-#include <grpc/byte_buffer_reader.h>
-
 #include "core/alloc.h"
-#include "core/utf8.h"
 #include "grpc/call.h"
 #include "grpc/items.h"
 #include "grpc/retry.h"
 #include "grpc/scope.h"
 #include "grpc/store.h"
+#include "grpc/unary.h"
 
 #define IDS_MAX 1000
 
+/* Freed by retry_destroy() when the call's last reference goes (call.h). */
 struct retry_call {
-    struct call base;
+    struct unary_call u;
     wire_retry_request *request;
     uint64_t requeued, not_retryable;
-    /* cluster mode: the store's question, and what it borrows */
-    struct store_act_ask *ask;
+    /* cluster mode: what the store's question borrows */
     char **ids;                 /* scoped, then the scope (or NULL) */
-    grpc_byte_buffer *reply_buffer;
-    grpc_slice details;
-    int has_details;
 };
 
 static void
 retry_counts(struct call *call, char *buf, size_t size)
 {
-    struct retry_call *c = CALL_OF(call, struct retry_call, base);
+    struct retry_call *c = CALL_OF(call, struct retry_call, u.base);
     snprintf(buf, size, "items=%llu/%llu", (unsigned long long)c->requeued,
              (unsigned long long)c->not_retryable);
 }
 
 static void
-retry_closed(struct call *call)
-{
-    struct retry_call *c = CALL_OF(call, struct retry_call, base);
-    if (c->ask != NULL) {
-        store_act_abort(c->ask);
-        c->ask = NULL;
-        call_unref(&c->base);   /* the question's */
-    }
-}
-
-static void
 retry_destroy(struct call *call)
 {
-    struct retry_call *c = CALL_OF(call, struct retry_call, base);
+    struct retry_call *c = CALL_OF(call, struct retry_call, u.base);
     if (c->ids != NULL) {
         for (size_t i = 0; i <= c->request->n_item_ids; i++)
             free(c->ids[i]);
@@ -66,70 +49,16 @@ retry_destroy(struct call *call)
     }
     if (c->request != NULL)
         wire_retry_request_free(c->request, NULL);
-    if (c->reply_buffer != NULL)
-        grpc_byte_buffer_destroy(c->reply_buffer);
-    if (c->has_details)
-        grpc_slice_unref(c->details);
+    unary_call_free(&c->u);
     free(c);
 }
 
 static const struct call_kind retry_kind = {
     .method = "retry",
     .counts = retry_counts,
-    .closed = retry_closed,
+    .closed = unary_act_closed,
     .destroy = retry_destroy,
 };
-
-static void
-finish(struct retry_call *c, grpc_status_code status, const char *details,
-       grpc_byte_buffer *reply)
-{
-    c->base.status = status;
-    grpc_op ops[3];
-    memset(ops, 0, sizeof ops);
-    size_t n = 0;
-    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-    if (reply != NULL) {
-        c->reply_buffer = reply;
-        ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n++].data.send_message.send_message = reply;
-    }
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = status;
-    if (details != NULL) {
-        c->details = grpc_slice_from_copied_string(details);
-        c->has_details = 1;
-        ops[n].data.send_status_from_server.status_details = &c->details;
-    }
-    call_batch(&c->base, ops, n + 1, NULL);
-}
-
-static wire_retry_request *
-decode(grpc_byte_buffer *bb)
-{
-    if (bb == NULL)
-        return wire_retry_request_unpack(NULL, 0, (const uint8_t *)"");
-    grpc_byte_buffer_reader reader;
-    if (!grpc_byte_buffer_reader_init(&reader, bb))
-        return NULL;
-    grpc_slice slice = grpc_byte_buffer_reader_readall(&reader);
-    grpc_byte_buffer_reader_destroy(&reader);
-    wire_retry_request *q = wire_retry_request_unpack(NULL, GRPC_SLICE_LENGTH(slice),
-                                                      GRPC_SLICE_START_PTR(slice));
-    grpc_slice_unref(slice);
-    return q;
-}
-
-static int
-check_strings(const char *name, char **strings, size_t n, char *err, size_t size)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!utf8_valid(strings[i], strlen(strings[i]))) {
-            snprintf(err, size, "%s[%zu] is not valid UTF-8", name, i);
-            return -1;
-        }
-    return 0;
-}
 
 struct batch_scan {
     const wire_retry_request *q;
@@ -179,27 +108,9 @@ count(struct retry_call *c, enum store_retry_result r)
 /* ---- cluster mode: the backend keeps the items (store_act) ---------------- */
 
 static grpc_byte_buffer *
-pack_reply(const wire_retry_reply *msg)
+act_reply(struct unary_call *u, const struct store_act_result *r)
 {
-    grpc_slice slice = grpc_slice_malloc(wire_retry_reply_size(msg));
-    wire_retry_reply_pack(msg, GRPC_SLICE_START_PTR(slice));
-    grpc_byte_buffer *reply = grpc_raw_byte_buffer_create(&slice, 1);
-    grpc_slice_unref(slice);
-    return reply;
-}
-
-static void
-on_store_answer(void *arg, enum store_items_status status, const char *why,
-                const struct store_act_result *r)
-{
-    struct retry_call *c = arg;
-    c->ask = NULL;
-    if (status != STORE_ITEMS_OK) {
-        finish(c, status == STORE_ITEMS_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
-                                                : GRPC_STATUS_UNAVAILABLE, why, NULL);
-        call_unref(&c->base);
-        return;
-    }
+    struct retry_call *c = CALL_OF(u, struct retry_call, u);
     const wire_retry_request *q = c->request;
     wire_retry_reply msg;
     wire_retry_reply_init(&msg);
@@ -210,10 +121,9 @@ on_store_answer(void *arg, enum store_items_status status, const char *why,
         if (r->not_found[i])
             not_found[msg.n_not_found++] = q->item_ids[i];
     msg.not_found = not_found;
-    grpc_byte_buffer *reply = pack_reply(&msg);
+    grpc_byte_buffer *reply = unary_pack(&msg.base);
     free(not_found);
-    finish(c, GRPC_STATUS_OK, NULL, reply);
-    call_unref(&c->base);       /* the question's */
+    return reply;
 }
 
 static void
@@ -232,43 +142,42 @@ ask_store(struct retry_call *c, const char *scope, size_t scope_len)
         .act = STORE_ACT_RETRY, .ids = c->ids, .n_ids = q->n_item_ids,
         .batches = q->batches, .n_batches = q->n_batches, .scope = c->ids[q->n_item_ids],
     };
-    call_ref(&c->base);         /* the question's: on_store_answer or retry_closed drops it */
-    c->ask = store_act(&aq, on_store_answer, c);
+    unary_ask_act(&c->u, &aq, act_reply);
 }
 
 void
 retry_call_start(grpc_call *call, grpc_byte_buffer *request)
 {
     struct retry_call *c = ds_calloc(1, sizeof *c);
-    call_init(&c->base, call, &retry_kind);
-    c->request = decode(request);
-    if (request != NULL)
-        grpc_byte_buffer_destroy(request);
+    call_init(&c->u.base, call, &retry_kind);
+    c->request =
+        unary_decode(request, &com__agrounds__dosomething__v1__retry_request__descriptor);
     char err[256];
     if (c->request == NULL) {
-        finish(c, GRPC_STATUS_INVALID_ARGUMENT, "the request is not a valid RetryRequest", NULL);
+        unary_finish(&c->u, GRPC_STATUS_INVALID_ARGUMENT,
+                     "the request is not a valid RetryRequest", NULL);
         return;
     }
     const wire_retry_request *q = c->request;
-    if (check_strings("item_ids", q->item_ids, q->n_item_ids, err, sizeof err) == -1 ||
-        check_strings("batches", q->batches, q->n_batches, err, sizeof err) == -1) {
-        finish(c, GRPC_STATUS_INVALID_ARGUMENT, err, NULL);
+    if (unary_check_strings("item_ids", q->item_ids, q->n_item_ids, 0, err, sizeof err) == -1 ||
+        unary_check_strings("batches", q->batches, q->n_batches, 0, err, sizeof err) == -1) {
+        unary_finish(&c->u, GRPC_STATUS_INVALID_ARGUMENT, err, NULL);
         return;
     }
     if (q->n_item_ids > IDS_MAX) {
         snprintf(err, sizeof err, "%zu item_ids, more than %d", q->n_item_ids, IDS_MAX);
-        finish(c, GRPC_STATUS_INVALID_ARGUMENT, err, NULL);
+        unary_finish(&c->u, GRPC_STATUS_INVALID_ARGUMENT, err, NULL);
         return;
     }
     const char *why;
     if (!store_available(&why)) {
-        finish(c, GRPC_STATUS_UNAVAILABLE, why, NULL);
+        unary_finish(&c->u, GRPC_STATUS_UNAVAILABLE, why, NULL);
         return;
     }
     char scope[SCOPE_IDENTITY_MAX + 2];
     int scoped = scope_of_call(call, scope, sizeof scope);
     if (scoped == -1) {
-        finish(c, GRPC_STATUS_PERMISSION_DENIED, scope, NULL);
+        unary_finish(&c->u, GRPC_STATUS_PERMISSION_DENIED, scope, NULL);
         return;
     }
     size_t scope_len = scoped == 1 ? strlen(scope) : 0;
@@ -311,10 +220,7 @@ retry_call_start(grpc_call *call, grpc_byte_buffer *request)
     msg.not_retryable = c->not_retryable;
     msg.n_not_found = n_not_found;
     msg.not_found = not_found;
-    grpc_slice slice = grpc_slice_malloc(wire_retry_reply_size(&msg));
-    wire_retry_reply_pack(&msg, GRPC_SLICE_START_PTR(slice));
-    grpc_byte_buffer *reply = grpc_raw_byte_buffer_create(&slice, 1);
-    grpc_slice_unref(slice);
+    grpc_byte_buffer *reply = unary_pack(&msg.base);
     free(not_found);
-    finish(c, GRPC_STATUS_OK, NULL, reply);
+    unary_finish(&c->u, GRPC_STATUS_OK, NULL, reply);
 }

@@ -41,14 +41,16 @@
 #include "grpc/metrics.h"
 #include "grpc/scope.h"
 #include "grpc/store.h"
+#include "grpc/unary.h"
 
 /* The reply lists at most this many rejections; `rejected` is exact. */
 #define REJECTIONS_MAX 1000
 #define ID_MAX         DS_ITEM_ID_MAX
 #define BATCH_MAX      DS_ITEM_BATCH_MAX
 
+/* Freed by submit_destroy() when the call's last reference goes (call.h). */
 struct submit_call {
-    struct call base;           /* a reference per item in the journal, and while blocked */
+    struct unary_call u;        /* a reference per item in the journal, and while blocked */
     struct submit_call *prev, *next;    /* every live call */
     struct submit_call *next_blocked;
     struct tag recv_tag;
@@ -57,7 +59,6 @@ struct submit_call {
     grpc_slice parked;          /* an item waiting for room in the queue */
     int has_parked;
     int blocked;
-    int replied;
     uint32_t index;             /* of the next item in the stream */
     uint32_t writing;           /* items the store has not answered for yet */
     int reply_deferred;         /* the reply waits for them: it counts them */
@@ -73,9 +74,6 @@ struct submit_call {
     wire_rejection *rejections;
     wire_rejection **rejection_ptrs;
     size_t rejection_count;
-    grpc_byte_buffer *reply_buffer;
-    grpc_slice status_details;
-    int has_details;
 };
 
 static struct {
@@ -93,7 +91,7 @@ static void block(struct submit_call *c);
 static void
 submit_counts(struct call *call, char *buf, size_t size)
 {
-    struct submit_call *c = CALL_OF(call, struct submit_call, base);
+    struct submit_call *c = CALL_OF(call, struct submit_call, u.base);
     if (c->duplicates > 0)
         snprintf(buf, size, "items=%llu/%llu/%llu", (unsigned long long)c->accepted,
                  (unsigned long long)c->rejected, (unsigned long long)c->duplicates);
@@ -105,7 +103,7 @@ submit_counts(struct call *call, char *buf, size_t size)
 static void
 submit_destroy(struct call *call)
 {
-    struct submit_call *c = CALL_OF(call, struct submit_call, base);
+    struct submit_call *c = CALL_OF(call, struct submit_call, u.base);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -120,10 +118,7 @@ submit_destroy(struct call *call)
     free(c->rejections);
     free(c->rejection_ptrs);
     free(c->unavailable);
-    if (c->reply_buffer != NULL)
-        grpc_byte_buffer_destroy(c->reply_buffer);
-    if (c->has_details)
-        grpc_slice_unref(c->status_details);
+    unary_call_free(&c->u);
     if (c->has_parked)
         grpc_slice_unref(c->parked);
     free(c);
@@ -165,10 +160,8 @@ add_rejection(struct submit_call *c, uint32_t index, const char *id, const char 
 static void
 reply(struct submit_call *c, grpc_status_code status, const char *details)
 {
-    if (c->replied || c->base.closed)
+    if (unary_is_over(&c->u))
         return;
-    c->replied = 1;
-    c->base.status = status;
     wire_submit_reply msg;
     wire_submit_reply_init(&msg);
     msg.accepted = c->accepted;
@@ -176,30 +169,8 @@ reply(struct submit_call *c, grpc_status_code status, const char *details)
     msg.duplicates = c->duplicates;
     msg.n_rejections = c->rejection_count;
     msg.rejections = c->rejection_ptrs;
-    grpc_slice slice = grpc_slice_malloc(wire_submit_reply_size(&msg));
-    wire_submit_reply_pack(&msg, GRPC_SLICE_START_PTR(slice));
-    c->reply_buffer = grpc_raw_byte_buffer_create(&slice, 1);
-    grpc_slice_unref(slice);
-    if (details != NULL) {
-        c->status_details = grpc_slice_from_copied_string(details);
-        c->has_details = 1;
-    }
-
-    grpc_op ops[3];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = c->reply_buffer;
-    ops[2].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[2].data.send_status_from_server.status = status;
-    ops[2].data.send_status_from_server.status_details = c->has_details ? &c->status_details : NULL;
     /* A status other than OK goes without the message: clients ignore it. */
-    if (status == GRPC_STATUS_OK)
-        call_batch(&c->base, ops, 3, NULL);
-    else {
-        ops[1] = ops[2];
-        call_batch(&c->base, ops, 2, NULL);
-    }
+    unary_finish(&c->u, status, details, status == GRPC_STATUS_OK ? unary_pack(&msg.base) : NULL);
 }
 
 /* The reply (on half-close, or after an item that is no WorkItem) counts
@@ -263,12 +234,12 @@ on_verdict(void *arg, uint32_t index, const struct item *item, enum store_verdic
         if (c->unavailable == NULL)
             c->unavailable = ds_strdup(why);
         reply_when_written(c, GRPC_STATUS_UNAVAILABLE);
-        call_unref(&c->base);
+        call_unref(&c->u.base);
         return;
     }
     if (c->writing == 0 && c->reply_deferred)
         reply_when_written(c, c->deferred_status);
-    call_unref(&c->base);
+    call_unref(&c->u.base);
 }
 
 static void
@@ -404,7 +375,7 @@ take_item(struct submit_call *c, grpc_slice raw)
         item->due_ns = (uint64_t)clock_wall_ns() + (uint64_t)msg->delay_ms * 1000000u;
     wire_work_item_free(msg, NULL);
     c->writing++;
-    call_ref(&c->base);
+    call_ref(&c->u.base);
     store_accept(item, on_verdict, c, c->index);
     return 0;
 }
@@ -432,18 +403,18 @@ on_recv_done(struct tag *tag, int ok)
     c->recv_buffer = NULL;
     c->receiving = 0;
 
-    if (!ok || c->base.closed) {
+    if (!ok || c->u.base.closed) {
         /* Cancelled or broken: what was accepted stays accepted. */
         if (bb != NULL)
             grpc_byte_buffer_destroy(bb);
         submit_resume_blocked();
-        call_unref(&c->base);
+        call_unref(&c->u.base);
         return;
     }
     if (bb == NULL) {
         reply_when_written(c, GRPC_STATUS_OK);    /* the client half-closed */
         submit_resume_blocked();
-        call_unref(&c->base);
+        call_unref(&c->u.base);
         return;
     }
     const char *why = c->unavailable;
@@ -453,7 +424,7 @@ on_recv_done(struct tag *tag, int ok)
         if (c->unavailable == NULL)
             c->unavailable = ds_strdup(why);
         reply_when_written(c, GRPC_STATUS_UNAVAILABLE);
-        call_unref(&c->base);
+        call_unref(&c->u.base);
         return;
     }
     grpc_slice raw = message_slice(bb);
@@ -462,13 +433,13 @@ on_recv_done(struct tag *tag, int ok)
         c->parked = raw;        /* taken when room frees up */
         c->has_parked = 1;
         block(c);
-        call_unref(&c->base);
+        call_unref(&c->u.base);
         return;
     }
     if (take_parked_or(c, raw) == -1)
         return;
     try_receive(c);
-    call_unref(&c->base);
+    call_unref(&c->u.base);
 }
 
 /* Take RAW as the call's next item. Returns -1 (the call unreferenced and
@@ -481,7 +452,7 @@ take_parked_or(struct submit_call *c, grpc_slice raw)
         c->invalid_index = c->index;
         reply_when_written(c, GRPC_STATUS_INVALID_ARGUMENT);
         submit_resume_blocked();
-        call_unref(&c->base);
+        call_unref(&c->u.base);
         return -1;
     }
     c->index++;
@@ -494,7 +465,7 @@ block(struct submit_call *c)
     if (c->blocked)
         return;
     c->blocked = 1;
-    call_ref(&c->base);
+    call_ref(&c->u.base);
     c->next_blocked = NULL;
     if (sub.blocked_tail != NULL)
         sub.blocked_tail->next_blocked = c;
@@ -507,7 +478,7 @@ block(struct submit_call *c)
 static void
 try_receive(struct submit_call *c)
 {
-    if (c->receiving || c->has_parked || c->replied || c->reply_deferred || c->base.closed ||
+    if (c->receiving || c->has_parked || c->u.replied || c->reply_deferred || c->u.base.closed ||
         c->unavailable != NULL)
         return;
     c->receiving = 1;
@@ -515,7 +486,7 @@ try_receive(struct submit_call *c)
     memset(&op, 0, sizeof op);
     op.op = GRPC_OP_RECV_MESSAGE;
     op.data.recv_message.recv_message = &c->recv_buffer;
-    call_batch(&c->base, &op, 1, &c->recv_tag);
+    call_batch(&c->u.base, &op, 1, &c->recv_tag);
 }
 
 /* Room in the queue: take the parked items, oldest call first, and let
@@ -537,19 +508,19 @@ submit_resume_blocked(void)
         if (c->has_parked) {
             grpc_slice raw = c->parked;
             c->has_parked = 0;
-            if (c->base.closed || c->replied) {
+            if (c->u.base.closed || c->u.replied) {
                 grpc_slice_unref(raw);  /* the client gave up: never accepted */
             } else {
-                call_ref(&c->base);     /* for take_parked_or's failure path */
+                call_ref(&c->u.base);   /* for take_parked_or's failure path */
                 if (take_parked_or(c, raw) == -1) {
-                    call_unref(&c->base);   /* and the blocked list's */
+                    call_unref(&c->u.base); /* and the blocked list's */
                     continue;
                 }
-                call_unref(&c->base);   /* the blocked list's is still held */
+                call_unref(&c->u.base); /* the blocked list's is still held */
             }
         }
         try_receive(c);
-        call_unref(&c->base);
+        call_unref(&c->u.base);
     }
     running = 0;
 }
@@ -567,7 +538,7 @@ submit_call_start(grpc_call *call, grpc_byte_buffer *unused)
         sub.list->prev = c;
     sub.list = c;
     sub.active++;
-    call_init(&c->base, call, &submit_kind);
+    call_init(&c->u.base, call, &submit_kind);
     char why[256];
     int scoped = scope_of_call(call, why, sizeof why);
     if (scoped == -1) {

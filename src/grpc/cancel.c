@@ -204,10 +204,7 @@ answer(struct cancel_call *c, const cancel_request *req, const char *scope)
         m.ids[i].index = i;
         size_t len = strlen(id) + m.scope_len + 1;
         m.ids[i].id = ds_malloc(len);
-        if (m.scope_len > 0 && strncmp(id, scope, m.scope_len) != 0)
-            snprintf(m.ids[i].id, len, "%s%s", scope, id);
-        else
-            snprintf(m.ids[i].id, len, "%s", id);
+        snprintf(m.ids[i].id, len, "%s%s", scope, id);     /* always the scope's */
     }
     qsort(m.ids, m.id_count, sizeof *m.ids, compare_wanted);
     m.batches = ds_calloc(m.batch_count + 1, sizeof *m.batches);
@@ -286,10 +283,7 @@ ask_store(struct cancel_call *c, cancel_request *req, const char *scope)
         const char *id = req->item_ids[i];
         size_t len = strlen(id) + scope_len + 1;
         c->ids[i] = ds_malloc(len);
-        if (scope_len > 0 && strncmp(id, scope, scope_len) != 0)
-            snprintf(c->ids[i], len, "%s%s", scope, id);
-        else
-            snprintf(c->ids[i], len, "%s", id);
+        snprintf(c->ids[i], len, "%s%s", scope, id);        /* always the scope's */
     }
     struct store_act_query q = {
         .act = STORE_ACT_CANCEL, .ids = c->ids, .n_ids = req->n_item_ids,

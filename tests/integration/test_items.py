@@ -482,3 +482,6 @@ def test_scoped_clients_see_only_their_items(start_daemon, pki):  # noqa: F811
     assert [i.id for i in listed.items] == ["bob/job-1"]
     r = bob.stub.retry(pb.RetryRequest(item_ids=["alice/job-1"], batches=["S"]), timeout=10)
     assert (r.requeued, list(r.not_found)) == (0, ["alice/job-1"])
+    # cancel too: an id is always the scope's, even one that starts with it.
+    r = alice.stub.cancel(pb.CancelRequest(item_ids=["alice/job-1", "job-1"]), timeout=10)
+    assert (r.cancelled, r.already_final, list(r.not_found)) == (0, 1, ["alice/job-1"]), r

@@ -407,33 +407,48 @@ static const char script_claim[] =
 
 /*
  * pull: KEYS work, pwork, prio; ARGV group, consumer, count, the item hash
- * prefix. Up to count items for this consumer, best first: the lanes of
+ * prefix, room (the local room, in item weights), the weights of a quick
+ * and of a full item, the weight lately taken per item (the guess for
+ * {NAME}:work, whose entries cannot be weighed before they are taken). Up
+ * to count items for this consumer, best first, within room: the lanes of
  * priority above 0 from the highest, then {NAME}:work (priority 0), then
- * the lanes below 0. Returns {entries from pwork (above 0), entries from
- * work, entries from pwork (below 0), priorities still in use}, each
- * entry as XREADGROUP gives it. O(log P) per lane visited, O(1) an item.
+ * the lanes below 0. A lane item is weighed by its hash's qq before it is
+ * taken; the first one that does not fit ends the pull (a lower item must
+ * not pass it). Returns {entries from pwork (above 0), entries from work,
+ * entries from pwork (below 0), priorities still in use, 1 if a lane item
+ * did not fit}, each entry as XREADGROUP gives it. O(log P) per lane
+ * visited, O(1) an item.
  */
 static const char script_pull[] =
     "local n, added = tonumber(ARGV[3]), 0\n"
+    "local room, qw, fw, unit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), "
+    "tonumber(ARGV[8])\n"
+    "local full = 0\n"
     "local function lane(p)\n"
     "  local lk = KEYS[3] .. ':' .. p\n"
     "  while n > 0 do\n"
-    "    local id = redis.call('LPOP', lk)\n"
+    "    local id = redis.call('LINDEX', lk, 0)\n"
     "    if not id then break end\n"
     "    local hk = ARGV[4] .. id\n"
     "    local h = redis.call('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's')\n"
     "    if h[6] and h[7] == '1' then\n"
+    "      local wt = fw\n"
+    "      if h[5] == '1' then wt = qw end\n"
+    "      if wt > room then full = 1; return end\n"
+    "      redis.call('LPOP', lk)\n"
     "      local e = redis.call('XADD', KEYS[2], '1-*', 'i', id, 'k', h[1], 'b', h[2], "
     "'m', h[3], 't', h[4], 'q', h[5], 'w', h[6])\n"
     "      redis.call('HSET', hk, 'x', e)\n"
     "      redis.call('HDEL', hk, 'w', 'to', 'qq')\n"
-    "      n, added = n - 1, added + 1\n"
+    "      n, added, room = n - 1, added + 1, room - wt\n"
+    "    else\n"
+    "      redis.call('LPOP', lk)\n"
     "    end\n"
     "  end\n"
     "  if redis.call('LLEN', lk) == 0 then redis.call('ZREM', KEYS[3], p) end\n"
     "end\n"
     "local function lanes(max, min)\n"
-    "  while n > 0 do\n"
+    "  while n > 0 and full == 0 do\n"
     "    local top = redis.call('ZREVRANGEBYSCORE', KEYS[3], max, min, 'LIMIT', 0, 1)\n"
     "    if #top == 0 then return end\n"
     "    lane(top[1])\n"
@@ -449,11 +464,14 @@ static const char script_pull[] =
     "lanes('+inf', '(0')\n"
     "local high = read(KEYS[2], added)\n"
     "added = 0\n"
-    "local zero = read(KEYS[1], n)\n"
-    "n = n - #zero\n"
-    "lanes('(0', '-inf')\n"
+    "local zero = {}\n"
+    "if full == 0 then\n"
+    "  zero = read(KEYS[1], math.min(n, math.floor(room / unit)))\n"
+    "  n, room = n - #zero, room - #zero * unit\n"
+    "  lanes('(0', '-inf')\n"
+    "end\n"
     "local low = read(KEYS[2], added)\n"
-    "return {high, zero, low, redis.call('ZCARD', KEYS[3])}\n";
+    "return {high, zero, low, redis.call('ZCARD', KEYS[3]), full}\n";
 
 /*
  * due: KEYS work, delayed, prio, control; ARGV now (unix ms), the item
@@ -1262,8 +1280,8 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
     cl.pulling = 0;
     if (r == NULL || cl.shutting_down)
         return;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
-        r->element[3]->type != REDIS_REPLY_INTEGER) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
+        r->element[3]->type != REDIS_REPLY_INTEGER || r->element[4]->type != REDIS_REPLY_INTEGER) {
         log_error("cluster: pulling items failed: %s",
                   r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
         if (is_error(r, "NOSCRIPT"))
@@ -1276,8 +1294,11 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
         take_entries(r->element[i], &taken, &weight);
     /* Nothing at all: no lane to watch; block on the work stream again
      * (unless a wake came meanwhile: the lane it announced may have been
-     * filled after the script ran). */
-    cl.prio_waiting = (taken > 0 && r->element[3]->integer > 0) || cl.wakes != cl.wakes_at_pull;
+     * filled after the script ran). A lane item too heavy for the room
+     * left waits for the next pull by script, when room appears. */
+    int too_heavy = r->element[4]->integer != 0;
+    cl.prio_waiting = ((taken > 0 || too_heavy) && r->element[3]->integer > 0) ||
+                      cl.wakes != cl.wakes_at_pull;
     if (taken > 0)
         cl.pull_unit = weight / taken > 0 ? weight / taken : ITEM_WEIGHT_QUICK;
     cluster_pull();
@@ -1332,6 +1353,10 @@ cluster_pull(void)
         redis_args_str(&a, cl.consumer);
         redis_args_u64(&a, count);
         redis_args_str(&a, cl.key_item_prefix);
+        redis_args_u64(&a, room);
+        redis_args_u64(&a, ITEM_WEIGHT_QUICK);
+        redis_args_u64(&a, ITEM_WEIGHT_FULL);
+        redis_args_u64(&a, unit);
         if (command(&cl.cmd, on_pulled_by_script, NULL, &a) == 0) {
             cl.pulling = 1;
             cl.pull_blocked = 0;

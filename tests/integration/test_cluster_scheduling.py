@@ -229,3 +229,25 @@ def test_a_prioritized_item_held_by_a_killed_instance_is_claimed(redis, start_da
             assert u.attempt == 2 and "stopped renewing it" in \
                 first(sub, it["id"], pb.RETRYING).error, sub.states_of(it["id"])
     wait_for(lambda: redis.command("XLEN", f"{{{name}}}:pwork") == 0, 5, "pwork empty")
+
+
+@pytest.mark.deadline(60)
+def test_a_pull_after_quick_items_takes_only_what_the_prefetch_holds(redis, start_daemon):  # noqa: F811
+    """An instance whose latest pull took quick items (the echo probe of
+    wait_serving) takes from a lane only as many full items as its
+    prefetch holds: the second sleeper stays in its lane (for another
+    instance) while the first runs, and is pulled once room appears."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", workers=1, overrides=ONE_SLOT)
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    tag = uuid.uuid4().hex[:8]
+    items = sleepers(f"weigh-{tag}", 2, 500, priority=3)
+    assert b.client().submit(items).accepted == 2
+    sub.wait(lambda s: any(u.state == STARTED for it in items for u in s.of(it["id"])),
+             10, "one started")
+    assert redis.command("LLEN", f"{{{name}}}:prio:3") == 1
+    assert redis.command("XLEN", f"{{{name}}}:pwork") == 1
+    final = sub.wait_final([it["id"] for it in items], timeout=20)
+    assert all(final[it["id"]].state == SUCCEEDED for it in items), \
+        [sub.states_of(it["id"]) for it in items]
+    wait_for(lambda: lanes_empty(redis, name), 5, "lanes empty")

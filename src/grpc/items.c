@@ -219,6 +219,12 @@ items_find(const char *id)
     return k;
 }
 
+const struct known_item *
+items_of(const struct item *item)
+{
+    return item->known != NULL ? item->known : items_find(item->id);
+}
+
 /* Is ID surely not in the index (its last lookup missed, nothing added
  * since)? */
 static int

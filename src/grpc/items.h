@@ -102,6 +102,9 @@ void items_restore_final(const struct known_final *f);
 /* ---- readers ------------------------------------------------------------- */
 
 const struct known_item *items_find(const char *id);
+/* ITEM's entry (as items_find(item->id), without a lookup once ITEM has
+ * been through the index), or NULL. */
+const struct known_item *items_of(const struct item *item);
 /* K's kind (interned, as struct item's). */
 const char *items_kind(const struct known_item *k);
 static inline const char *

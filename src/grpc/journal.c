@@ -143,7 +143,7 @@ accept_of(const struct item *item)
 static struct journal_done
 done_of(const struct item *item, const struct outcome *o)
 {
-    const struct known_item *k = items_find(item->id);
+    const struct known_item *k = items_of(item);
     int succeeded = o->state == STATE_SUCCEEDED;
     struct journal_done d = {
         .key = item->key,

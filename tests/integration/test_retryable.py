@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (BINARY, FAILED, REPO, RETRYING, SUCCEEDED, free_port, missing_dependency,
-                      run_cli, state_name, wait_for)
+from conftest import (BINARY, FAILED, REPO, RETRYING, STARTED, SUCCEEDED, free_port,
+                      missing_dependency, run_cli, state_name, wait_for)
 from test_cluster import cluster_name, redis, start_instance  # noqa: F401
 
 BUILD = Path(BINARY).resolve().parent
@@ -280,6 +280,28 @@ def test_cluster_mode(redis, start_daemon, tmp_path):  # noqa: F811
     d = start_instance(start_daemon, redis, name, "a", overrides={
         "queue": {"max_attempts": 3}, "handlers": retry_kinds(counts)})
     check_retry_then_success_and_exhaustion(d, counts)
+
+
+def test_cluster_retry_backoff(redis, start_daemon, tmp_path):  # noqa: F811
+    """With queue.retry_backoff in cluster mode, the instance holding an item
+    that asked for a retry waits the backoff before its next attempt (its
+    lease renewed meanwhile), and the item still ends once, SUCCEEDED."""
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    name = cluster_name()
+    d = start_instance(start_daemon, redis, name, "a", overrides={
+        "queue": {"max_attempts": 3, "retry_backoff": {"min": "1s", "max": "2s"}},
+        "handlers": retry_kinds(counts)})
+    c = d.client()
+    sub = c.subscribe(sync=True)
+    c.submit([{"id": "bk", "kind": "flaky"}])
+    final = sub.wait_final(["bk"], timeout=30)["bk"]
+    assert final.state == SUCCEEDED and final.attempt == 2, final
+    retrying = [u for u in sub.of("bk") if u.state == RETRYING][0]
+    again = [u for u in sub.of("bk") if u.state == STARTED and u.attempt == 2][0]
+    assert again.time_unix_nano >= retrying.time_unix_nano + 1_000_000_000, \
+        f"retried {(again.time_unix_nano - retrying.time_unix_nano) / 1e6:.0f} ms after RETRYING"
+    assert runs(counts, "bk") == 2
 
 
 def test_cluster_two_instances(redis, start_daemon, tmp_path):  # noqa: F811

@@ -144,7 +144,7 @@ test_concurrency_parks_and_gives_back_once(void **state)
     configure(", concurrency: 2");
     struct item *it[5], *e = make("e", "echo");
     for (int i = 0; i < 5; i++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof id, "s%d", i);
         it[i] = make(id, "sleep");
     }
@@ -264,7 +264,7 @@ test_cancel_and_take_parked(void **state)
     configure(", paused: on");
     struct item *it[6];
     for (int i = 0; i < 6; i++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof id, "p%d", i);
         it[i] = make(id, "sleep");
         assert_int_equal(kind_gate_admit(it[i]), 0);
@@ -302,7 +302,7 @@ test_rate_refill_timer(void **state)
     configure(", rate: 20/s");
     struct item *it[22];
     for (int i = 0; i < 22; i++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof id, "r%d", i);
         it[i] = make(id, "sleep");
     }

@@ -403,17 +403,32 @@ workers_close_all(void)
 
 /* ---- the waiting list and dispatch ---------------------------------------- */
 
-/* The worker with most room for ITEM, or NULL if none has room. */
+/* Is W running a full-weight item (for how long, nobody knows)? */
+static int
+busy_with_full(const struct worker *w)
+{
+    return w->head != NULL && w->head->started && w->head->weight == ITEM_WEIGHT_FULL;
+}
+
+/* The worker with most room for ITEM, or NULL if none has room. One running
+ * a full-weight item comes last: what it is given waits for that item's
+ * end, however long, while another worker may be emptying a batch of quick
+ * ones. */
 static struct worker *
 least_loaded(const struct item *item)
 {
     struct worker *best = NULL;
+    int best_busy = 0;
     uint32_t capacity = q.prefetch * ITEM_WEIGHT_FULL;
     for (struct worker *w = q.workers; w != NULL; w = w->next) {
         if (w->channel == NULL || w->retiring || w->held_weight + item->weight > capacity)
             continue;
-        if (best == NULL || w->held_weight < best->held_weight)
+        int busy = busy_with_full(w);
+        if (best == NULL || busy < best_busy ||
+            (busy == best_busy && w->held_weight < best->held_weight)) {
             best = w;
+            best_busy = busy;
+        }
     }
     return best;
 }

@@ -320,3 +320,26 @@ def test_retry_backoff_after_a_retryable_failure(start_daemon, tmp_path):
             f"attempt {s.attempt} started {(s.time_unix_nano - r.time_unix_nano) / 1e6:.0f} ms " \
             f"after RETRYING, before its {wait_ms} ms backoff"
     w.stop()
+
+
+# ---- dispatch around a long item ---------------------------------------------------------
+
+def test_quick_items_go_to_the_worker_not_running_a_long_one(start_daemon):
+    """A worker running a full-weight item is the last choice: 20 echoes sent
+    while one worker sleeps 8 s all go to the other (it has room for 32 quick
+    items with workers.prefetch 2), none waits behind the sleep."""
+    d = start_daemon({"workers": {"count": 2, "prefetch": 2}})
+    c = d.client()
+    w = Watcher(c)
+    c.submit([sleep_item("long", 8000)])
+    w.wait(lambda: w.has_state("long", STARTED), 10, "long started")
+    sleeper = first(w, "long", STARTED).worker_pid
+    echoes = [{"id": f"e{i}", "payload": b"x"} for i in range(20)]
+    assert c.submit(echoes).accepted == 20
+    w.wait_final([e["id"] for e in echoes], timeout=30)
+    ran_on = {first(w, e["id"], STARTED).worker_pid for e in echoes}
+    assert sleeper not in ran_on, "an echo waited behind the 8 s sleep"
+    assert not any(u.state in FINAL_STATES for u in w.of("long")), \
+        "the echoes' finals came after the sleep's: not a test of anything"
+    c.stub.cancel(pb.CancelRequest(item_ids=["long"]), timeout=10)
+    w.stop()

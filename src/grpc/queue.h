@@ -6,8 +6,10 @@
  * when their attempt ends. Each worker holds at most workers.prefetch
  * items (a quick item weighs ITEM_WEIGHT_QUICK of ITEM_WEIGHT_FULL) and
  * runs them in the order it got them; a new item goes to the worker
- * holding least, if its kind's limits let it (kind_gate.h: an item at its
- * kind's limit is parked there, out of the queue, until its kind has room). An item that outlives its timeout gets its worker killed.
+ * holding least (one running a full-weight item last), if its kind's
+ * limits let it (kind_gate.h: an item at its kind's limit is parked
+ * there, out of the queue, until its kind has room). An item that
+ * outlives its timeout gets its worker killed.
  *
  * The queue knows no backend and no caller: it reports through the events
  * table given to queue_init() (the store's). It owns the items only while

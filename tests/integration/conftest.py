@@ -747,6 +747,18 @@ class Client:
                 s.cancel()
         self.channel.close()
 
+    # ---- getItems, cancel, retry ------------------------------------------
+
+    def get_items(self, ids=(), timeout=10, **kw):
+        """getItems by IDS (and/or the filter in KW: states, batches, wait...)."""
+        return self.stub.getItems(pb.ItemsRequest(item_ids=list(ids), **kw), timeout=timeout)
+
+    def cancel_items(self, ids=(), timeout=10, **kw):
+        return self.stub.cancel(pb.CancelRequest(item_ids=list(ids), **kw), timeout=timeout)
+
+    def retry_items(self, ids=(), timeout=10, **kw):
+        return self.stub.retry(pb.RetryRequest(item_ids=list(ids), **kw), timeout=timeout)
+
     # ---- doSomething ------------------------------------------------------
 
     def submit(self, items, timeout=60):

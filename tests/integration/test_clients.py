@@ -438,8 +438,7 @@ def get_items(client, ids):
     """id -> Item, by getItems (1000 ids a call)."""
     out = {}
     for i in range(0, len(ids), 1000):
-        reply = client.stub.getItems(conftest.pb.ItemsRequest(item_ids=ids[i:i + 1000]),
-                                     timeout=10)
+        reply = client.get_items(ids[i:i + 1000])
         assert not reply.not_found, reply.not_found[:5]
         out.update({it.id: it for it in reply.items})
     return out

@@ -175,7 +175,7 @@ def test_retention_by_age_forgets_finals_never_live_items(redis, start_daemon): 
 
 
 def get(client, ids=(), timeout=10, **kw):
-    return client.stub.getItems(pb.ItemsRequest(item_ids=list(ids), **kw), timeout=timeout)
+    return client.get_items(ids, timeout=timeout, **kw)
 
 
 def by_id(reply):

@@ -105,7 +105,7 @@ def test_extreme_priorities_run(redis, start_daemon):  # noqa: F811
     final = sub.wait_final([it["id"] for it in items], timeout=20)
     assert all(u.state == SUCCEEDED for u in final.values()), final
     # getItems shows the priority.
-    reply = b.client().stub.getItems(pb.ItemsRequest(item_ids=[items[1]["id"]]), timeout=10)
+    reply = b.client().get_items([items[1]["id"]])
     assert reply.items[0].priority == -2**31, reply
     wait_for(lambda: lanes_empty(redis, name), 5, "the lanes gone from redis")
     wait_for(lambda: redis.command("ZCARD", f"{{{name}}}:delayed") == 0, 5,

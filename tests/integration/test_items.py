@@ -31,7 +31,7 @@ def config_for(mode, tmp_path, **extra):
 
 
 def get(client, ids=(), timeout=10, **kw):
-    return client.stub.getItems(pb.ItemsRequest(item_ids=list(ids), **kw), timeout=timeout)
+    return client.get_items(ids, timeout=timeout, **kw)
 
 
 def by_id(reply):
@@ -317,7 +317,7 @@ def test_retention_by_count_forgets_finals_never_live(start_daemon, tmp_path, mo
     # over the workers (some may even wait behind "live", prefetched), and a
     # readiness probe of the fixture's may be one of them: what holds is that
     # five finals are known in all, "live" and any item not final too.
-    finals = c.stub.getItems(pb.ItemsRequest(states=[SUCCEEDED, FAILED]), timeout=10)
+    finals = c.get_items(states=[SUCCEEDED, FAILED])
     assert len(finals.items) == 5, [i.id for i in finals.items]
     reply = get(c, ids + ["live"])
     known = {i.id: i for i in reply.items}
@@ -490,5 +490,5 @@ def test_scoped_clients_see_only_their_items(start_daemon, pki):  # noqa: F811
     r = bob.stub.retry(pb.RetryRequest(item_ids=["alice/job-1"], batches=["S"]), timeout=10)
     assert (r.requeued, list(r.not_found)) == (0, ["alice/job-1"])
     # cancel too: an id is always the scope's, even one that starts with it.
-    r = alice.stub.cancel(pb.CancelRequest(item_ids=["alice/job-1", "job-1"]), timeout=10)
+    r = alice.cancel_items(["alice/job-1", "job-1"])
     assert (r.cancelled, r.already_final, list(r.not_found)) == (0, 1, ["alice/job-1"]), r

@@ -22,7 +22,7 @@ def config(tmp_path, handlers=None, **extra):
 
 
 def get(client, ids, timeout=10, **kw):
-    return client.stub.getItems(pb.ItemsRequest(item_ids=list(ids), **kw), timeout=timeout)
+    return client.get_items(ids, timeout=timeout, **kw)
 
 
 def wait_final(client, ids, timeout=30):
@@ -87,7 +87,7 @@ def test_every_item_answers_after_sigkill_of_everything(start_daemon, tmp_path):
             assert a.state == SUCCEEDED and a.result == item["payload"]
         else:
             assert a.state == FAILED and "exit" in a.error, a.error
-    dead = c2.stub.getItems(pb.ItemsRequest(states=[FAILED], batches=["B"]), timeout=10)
+    dead = c2.get_items(states=[FAILED], batches=["B"])
     assert {i.id for i in dead.items} == {f"x{i}" for i in range(10)}
 
     # Resent: all duplicates, nothing runs (no update for them).
@@ -95,7 +95,7 @@ def test_every_item_answers_after_sigkill_of_everything(start_daemon, tmp_path):
     reply = c2.submit(items)
     assert (reply.accepted, reply.duplicates, reply.rejected) == (0, 100, 0), reply
     # Retry of a FAILED one: its WorkItem came back from the journal.
-    r = c2.stub.retry(pb.RetryRequest(item_ids=["x3"]), timeout=10)
+    r = c2.retry_items(["x3"])
     assert r.requeued == 1, r
     x3 = wait_final(c2, ["x3"])["x3"]
     assert (x3.state, x3.attempt, x3.result) == (SUCCEEDED, 1, b"input 3"), x3

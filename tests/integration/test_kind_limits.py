@@ -241,8 +241,7 @@ def test_cancel_a_parked_item(start_daemon, tmp_path, mode):
     items = sleeps("k", 4, ms=1)
     assert c.submit(items).accepted == 4
     wait_for(lambda: status_kinds(status)["sleep"]["parked"] == 4, 10, "4 parked")
-    reply = c.stub.cancel(pb.CancelRequest(item_ids=["k1", "k3", "nope"], reason="not now"),
-                          timeout=10)
+    reply = c.cancel_items(["k1", "k3", "nope"], reason="not now")
     assert reply.cancelled == 2, reply
     sub.wait_final(["k1", "k3"], timeout=10)
     for i in ("k1", "k3"):

@@ -587,9 +587,10 @@ emit_mapping_end(struct printer *p)
     }
 }
 
-/* [a, b, c] on one line. */
+/* VALUES on one line, each by EMIT_ONE: [a, b, c], [] when empty. */
 static void
-emit_string_list(struct printer *p, char *const *values, size_t count)
+emit_list(struct printer *p, char *const *values, size_t count,
+          void (*emit_one)(struct printer *p, const char *value))
 {
     yaml_event_t event;
     size_t i;
@@ -599,30 +600,25 @@ emit_string_list(struct printer *p, char *const *values, size_t count)
     yaml_sequence_start_event_initialize(&event, NULL, NULL, 1, YAML_FLOW_SEQUENCE_STYLE);
     emit(p, &event);
     for (i = 0; i < count; i++)
-        emit_string(p, values[i]);
+        emit_one(p, values[i]);
     if (!p->failed) {
         yaml_sequence_end_event_initialize(&event);
         emit(p, &event);
     }
 }
 
-/* [1, 2, 3] on one line, plain (numbers), [] when empty. */
+/* Quoted strings. */
+static void
+emit_string_list(struct printer *p, char *const *values, size_t count)
+{
+    emit_list(p, values, count, emit_string);
+}
+
+/* Plain (numbers). */
 static void
 emit_int_list(struct printer *p, char *const *values, size_t count)
 {
-    yaml_event_t event;
-    size_t i;
-
-    if (p->failed)
-        return;
-    yaml_sequence_start_event_initialize(&event, NULL, NULL, 1, YAML_FLOW_SEQUENCE_STYLE);
-    emit(p, &event);
-    for (i = 0; i < count; i++)
-        emit_plain(p, values[i]);
-    if (!p->failed) {
-        yaml_sequence_end_event_initialize(&event);
-        emit(p, &event);
-    }
+    emit_list(p, values, count, emit_plain);
 }
 
 /* A stream of one document, whose root comes between start and end. */

@@ -856,6 +856,25 @@ collect(struct journal_store *s)
     }
 }
 
+/* The read descriptor of SEGMENT for a copy forward, opened once while the
+ * entries walked stay in it (*FD, *FD_SEGMENT: the caller's, closed by it);
+ * PATH gets its name. -1 if it cannot be opened (logged: its WHAT stay). */
+static int
+segment_for(const struct journal_store *s, uint32_t segment, int *fd, uint32_t *fd_segment,
+            char *path, size_t size, const char *what)
+{
+    segment_path(s->dir, segment, path, size);
+    if (*fd_segment != segment) {
+        if (*fd != -1)
+            close(*fd);
+        *fd_segment = segment;
+        *fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (*fd == -1)
+            log_syserr("journal: open(\"%s\") failed; its %s stay there", path, what);
+    }
+    return *fd;
+}
+
 /*
  * Live items of segments copy_after segments older than the current one
  * are read back and appended (with their current attempt) to `other`; the
@@ -876,16 +895,7 @@ copy_forward(struct journal_store *s)
         struct journal_entry *e = &s->entries.slots[i];
         if (e->key == 0 || e->state != JOURNAL_ENTRY_WRITTEN || e->segment > limit)
             continue;
-        segment_path(s->dir, e->segment, path, sizeof path);
-        if (fd_segment != e->segment) {
-            if (fd != -1)
-                close(fd);
-            fd_segment = e->segment;
-            fd = open(path, O_RDONLY | O_CLOEXEC);
-            if (fd == -1)
-                log_syserr("journal: open(\"%s\") failed; its live items stay there", path);
-        }
-        if (fd == -1)
+        if (segment_for(s, e->segment, &fd, &fd_segment, path, sizeof path, "live items") == -1)
             continue;
         rec.len = 0;
         buf_reserve(&rec, e->length);
@@ -919,16 +929,8 @@ copy_forward(struct journal_store *s)
         struct journal_entry *e = &s->retained.slots[i];
         if (e->key == 0 || e->state != JOURNAL_ENTRY_WRITTEN || e->segment > limit)
             continue;
-        segment_path(s->dir, e->segment, path, sizeof path);
-        if (fd_segment != e->segment) {
-            if (fd != -1)
-                close(fd);
-            fd_segment = e->segment;
-            fd = open(path, O_RDONLY | O_CLOEXEC);
-            if (fd == -1)
-                log_syserr("journal: open(\"%s\") failed; its retained finals stay there", path);
-        }
-        if (fd == -1)
+        if (segment_for(s, e->segment, &fd, &fd_segment, path, sizeof path,
+                        "retained finals") == -1)
             continue;
         buf_reserve(&s->other, e->length);
         uint8_t *dst = s->other.data + s->other.len;

@@ -16,6 +16,7 @@ Main pieces:
 Fixtures: `start_daemon(overrides)` (factory), `daemon` (started with the
 defaults), `client` (connected to `daemon`), `cli(*args)` (runs the binary).
 """
+import http.client
 import itertools
 import os
 import re
@@ -56,6 +57,10 @@ METHOD_UPDATES = f"/{SERVICE}/getUpdates"
 DEFAULT_TEST_DEADLINE = 60      # seconds per test, unless @pytest.mark.deadline(N)
 READY_TIMEOUT = 10              # seconds for a daemon to serve with all its workers
 STOP_TIMEOUT = 10               # seconds for a daemon to exit after TERM/QUIT
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+SERVING = b"\x08\x01"         # HealthCheckResponse{status: SERVING}
+NOT_SERVING = b"\x08\x02"     # HealthCheckResponse{status: NOT_SERVING}
 
 PROBE_PREFIX = "probe-"         # ids of the items subscribe(sync=True) submits
 
@@ -140,6 +145,21 @@ def wait_for(predicate, timeout, what="condition", interval=0.02):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def http_get(address, path, timeout=2):
+    """(status, body as text) of GET PATH at ADDRESS (host:port), or None if
+    nothing answers."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    except OSError:
+        return None
+    finally:
+        conn.close()
 
 
 def free_port():
@@ -746,6 +766,18 @@ class Client:
             if not s.done:
                 s.cancel()
         self.channel.close()
+
+    def health(self, timeout=2, wait_for_ready=False):
+        """The raw HealthCheckResponse of grpc.health.v1.Health/Check (SERVING,
+        NOT_SERVING), or the status code the call ended with. wait_for_ready:
+        a channel whose grpc process was just replaced may still be backing
+        off its reconnect."""
+        call = self.channel.unary_unary(HEALTH_CHECK, request_serializer=lambda b: b,
+                                        response_deserializer=lambda b: b)
+        try:
+            return call(b"", timeout=timeout, wait_for_ready=wait_for_ready)
+        except grpc.RpcError as e:
+            return e.code()
 
     # ---- getItems, cancel, retry ------------------------------------------
 

@@ -6,9 +6,6 @@ did.
 import base64
 import json
 
-import pytest
-
-from conftest import SUCCEEDED, pb, wait_for
 from test_cli import EXIT_NEGATIVE, EXIT_OK, EXIT_RPC, EXIT_USAGE, explain, json_lines, run
 
 

@@ -24,7 +24,6 @@ redis-server comes from Debian's `redis-server` package (`make deps` installs
 it); the tests are skipped if it is missing. The tests speak RESP over a
 plain socket: no Python redis client is needed.
 """
-import http.client
 import json
 import os
 import re
@@ -39,8 +38,9 @@ import grpc
 import pytest
 
 import conftest
-from conftest import (FAILED, RETRYING, STARTED, SUCCEEDED, deep_merge, free_port,
-                      missing_dependency, pid_alive, run_cli, state_name, wait_for)
+from conftest import (FAILED, NOT_SERVING, RETRYING, SERVING, STARTED, SUCCEEDED, deep_merge,
+                      free_port, http_get, missing_dependency, pid_alive, run_cli, state_name,
+                      wait_for)
 
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_START_TIMEOUT = 10
@@ -48,9 +48,6 @@ LEASE = "1s"
 LEASE_MS = 1000
 SERVE_TIMEOUT = 10          # seconds for a started instance to serve (Redis connected)
 
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-SERVING = b"\x08\x01"       # HealthCheckResponse{status: SERVING}
-NOT_SERVING = b"\x08\x02"   # HealthCheckResponse{status: NOT_SERVING}
 
 
 # --------------------------------------------------------------------------
@@ -289,31 +286,6 @@ def wait_work_empty(redis, name, timeout=5):
         wait_for(lambda: work_len(redis, name) == 0, timeout, f"XLEN {{{name}}}:work == 0")
     except AssertionError as e:
         raise AssertionError(f"{e} (it is {work_len(redis, name)})") from None
-
-
-def health(client, timeout=2):
-    """The raw HealthCheckResponse of grpc.health.v1.Health/Check, or the
-    status code the call ended with."""
-    call = client.channel.unary_unary(HEALTH_CHECK, request_serializer=lambda b: b,
-                                      response_deserializer=lambda b: b)
-    try:
-        return call(b"", timeout=timeout)
-    except grpc.RpcError as e:
-        return e.code()
-
-
-def http_get(address, path, timeout=2):
-    """(status, body) of GET path, or None if nothing answers."""
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read()
-    except OSError:
-        return None
-    finally:
-        conn.close()
 
 
 def cluster_status(address):
@@ -609,8 +581,8 @@ def test_redis_unreachable_then_back(redis, start_daemon):
     b = start_instance(start_daemon, redis, name, "b")
     sub = c.subscribe(sync=True, name="before")
     sub_b = b.client().subscribe(sync=True, name="before-b")
-    assert health(c) == SERVING
-    assert http_get(status, "/healthz") == (200, b"ok\n")
+    assert c.health() == SERVING
+    assert http_get(status, "/healthz") == (200, "ok\n")
     seq_before = max(sub.last_seq(), sub_b.last_seq())
     sub.cancel()
     sub_b.cancel()
@@ -636,17 +608,17 @@ def test_redis_unreachable_then_back(redis, start_daemon):
     assert re.search(r"cluster: redis .*unreachable", err.details() or ""), \
         f"UNAVAILABLE details: {err.details()!r}"
 
-    wait_for(lambda: health(c) == NOT_SERVING, 10, "grpc health NOT_SERVING")
+    wait_for(lambda: c.health() == NOT_SERVING, 10, "grpc health NOT_SERVING")
     wait_for(lambda: (http_get(status, "/healthz") or (0,))[0] == 503, 10, "/healthz 503")
     st = cluster_status(status)
     assert st.get("connected") is False and st.get("serving") is False and st.get("last_error"), st
 
     redis.start()                                       # same port, empty data set
     try:
-        wait_for(lambda: health(c) == SERVING, 20, "grpc health SERVING again")
+        wait_for(lambda: c.health() == SERVING, 20, "grpc health SERVING again")
     except AssertionError as e:
         raise AssertionError(f"{e}; log:\n{a.log_tail()}") from None
-    wait_for(lambda: http_get(status, "/healthz") == (200, b"ok\n"), 5, "/healthz 200 again")
+    wait_for(lambda: http_get(status, "/healthz") == (200, "ok\n"), 5, "/healthz 200 again")
     wait_serving(a, timeout=15)
     sub = c.subscribe(sync=True, name="after")
     item = {"id": "t5-after", "kind": "echo", "payload": b"back again"}

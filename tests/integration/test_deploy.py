@@ -8,7 +8,6 @@ import threading
 import time
 
 import grpc
-import pytest
 
 import conftest
 from conftest import FINAL_STATES, SUCCEEDED, descendants, pid_alive, wait_for

@@ -2,7 +2,6 @@
 start refuse what cannot fit), the daemon at its descriptor limit (idle
 connections to the gRPC and status ports, a worker respawn while the table
 is full), and the status port through a binary upgrade."""
-import http.client
 import json
 import os
 import resource
@@ -12,11 +11,11 @@ import subprocess
 import threading
 import time
 
-import grpc
 import pytest
 
 import conftest
-from conftest import SUCCEEDED as SUCCEEDED_STATE, descendants, free_port, pid_alive, wait_for
+from conftest import (NOT_SERVING, SERVING, SUCCEEDED as SUCCEEDED_STATE, descendants, free_port,
+                      http_get, pid_alive, wait_for)
 
 # Low enough that a test can fill it, high enough for 2 workers.
 LOW_LIMIT = 256
@@ -30,17 +29,6 @@ def limited(soft, hard=None):
 def run_binary(args, nofile, cwd, timeout=30):
     return subprocess.run([conftest.BINARY] + args, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=limited(nofile))
-
-
-def http_get(address, path, timeout=5):
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read().decode()
-    finally:
-        conn.close()
 
 
 def metric(text, name):
@@ -122,22 +110,11 @@ def test_usr2_with_status_listen(make_daemon):
 
 # ---- the daemon at its descriptor limit ---------------------------------------
 
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-NOT_SERVING = b"\x08\x02"
-SERVING = b"\x08\x01"
-
-
-def grpc_health(client, timeout=5):
-    call = client.channel.unary_unary(HEALTH_CHECK, request_serializer=lambda b: b,
-                                      response_deserializer=lambda b: b)
-    return call(b"", timeout=timeout)
-
-
 def scrape(status, name):
-    try:
-        code, text = http_get(status, "/metrics", timeout=2)
-    except OSError:
+    got = http_get(status, "/metrics", timeout=2)
+    if got is None:
         return None
+    code, text = got
     return metric(text, name) if code == 200 else None
 
 
@@ -233,7 +210,7 @@ def test_idle_grpc_connections_at_the_limit(make_daemon, idle):
     d.wait_log(r"gRPC stopped accepting connections on 127\.0\.0\.1:\d+: accept4\(\) failed")
     code, body = http_get(status, "/healthz")
     assert code == 503 and "descriptors exhausted" in body, (code, body)
-    assert grpc_health(client) == NOT_SERVING
+    assert client.health(timeout=5) == NOT_SERVING
 
     # A worker respawned now still gets its channel through; nothing stops.
     slot, victim = sorted(d.workers().items())[0]
@@ -263,7 +240,7 @@ def test_idle_grpc_connections_at_the_limit(make_daemon, idle):
     fresh = d.client()
     reply, _ = fresh.run_items([{"id": "after", "kind": "echo", "payload": b"x"}])
     assert reply.accepted == 1
-    assert grpc_health(fresh) == SERVING
+    assert fresh.health(timeout=5) == SERVING
     sub.wait_final(ids, timeout=60)
     assert all(sub.states_of(i) == ["SUCCEEDED"] for i in ids)
     assert d.grpc_pid() == grpc_pid
@@ -283,7 +260,7 @@ def test_idle_status_connections_do_not_take_grpc_down(make_daemon, idle):
     fresh = d.client()
     reply, _ = fresh.run_items([{"id": "during", "kind": "echo", "payload": b"x"}])
     assert reply.accepted == 1
-    assert grpc_health(fresh) == SERVING
+    assert fresh.health(timeout=5) == SERVING
     assert "gRPC stopped accepting" not in d.log_text()
 
     idle.close()

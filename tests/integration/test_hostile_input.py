@@ -12,12 +12,11 @@ Invalid UTF-8 cannot be sent through the generated stubs (they refuse to
 serialize it), so those messages are encoded here by hand and sent with an
 identity serializer.
 """
-import re
 
 import grpc
 import pytest
 
-from conftest import FAILED, METHOD_SUBMIT, METHOD_UPDATES, SUCCEEDED, pb, wait_for
+from conftest import FAILED, METHOD_SUBMIT, METHOD_UPDATES, SUCCEEDED, pb
 
 # ---- protobuf encoding by hand ------------------------------------------------
 

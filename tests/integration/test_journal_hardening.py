@@ -18,7 +18,6 @@ The journal off the happy path (issue 14, points 15, 16, 21, 23):
 """
 import contextlib
 import errno
-import http.client
 import os
 import pwd
 import shutil
@@ -28,15 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
-from conftest import (FINAL_STATES, QUEUED, RETRYING, STARTED, SUCCEEDED, Daemon, free_port,
-                      pid_alive, wait_for, work_item)
+from conftest import (FINAL_STATES, NOT_SERVING, QUEUED, RETRYING, SERVING, STARTED, SUCCEEDED,
+                      Daemon, free_port, http_get, pid_alive, wait_for, work_item)
 from test_journal import RECOVERED, Watcher, echo_items, kill_everything, segments
 
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-SERVING, NOT_SERVING = b"\x08\x01", b"\x08\x02"
 ENOSPC_TEXT = os.strerror(errno.ENOSPC)
 
 
@@ -49,30 +45,6 @@ def nobody():
 
 root_only = pytest.mark.skipif(os.geteuid() != 0 or nobody() is None,
                                reason="needs root (CI runs as root) and a user nobody")
-
-
-def health(client, timeout=2):
-    call = client.channel.unary_unary(HEALTH_CHECK, request_serializer=lambda b: b,
-                                      response_deserializer=lambda b: b)
-    try:
-        # wait_for_ready: a channel whose grpc process was just replaced
-        # may still be backing off its reconnect.
-        return call(b"", timeout=timeout, wait_for_ready=True)
-    except grpc.RpcError as e:
-        return e.code()
-
-
-def http_get(address, path, timeout=2):
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read().decode()
-    except OSError:
-        return None
-    finally:
-        conn.close()
 
 
 @contextlib.contextmanager
@@ -323,7 +295,7 @@ def test_full_disk_and_grpc_crash_keeps_serving(start_daemon, tmp_path, monkeypa
         d.wait_log(rf"queue.journal \S+ cannot be used \(journal unavailable: \S+: "
                    rf"{ENOSPC_TEXT}\); every item is rejected until it can")
         assert pid_alive(master) and d.proc.poll() is None, "the daemon stopped"
-        assert health(c) == NOT_SERVING
+        assert c.health(wait_for_ready=True) == NOT_SERVING
         code, body = http_get(status, "/healthz")
         assert code == 503 and "journal unavailable" in body and ENOSPC_TEXT in body, body
         reply = c.submit(echo_items("during", 3))
@@ -337,7 +309,7 @@ def test_full_disk_and_grpc_crash_keeps_serving(start_daemon, tmp_path, monkeypa
         d.wait_log(r"journal: \S+ opened after \d+ attempts; items are accepted again",
                    timeout=15)
         d.wait_log(rf"journal: took over \S+ of grpc process {old}: 22 items queued again")
-        assert health(c) == SERVING
+        assert c.health(wait_for_ready=True) == SERVING
         submit_until_accepted(c, echo_items("after", 5), timeout=10)
         w.wait_final([i["id"] for i in queued] + long_ids + [f"after-{i}" for i in range(5)],
                      timeout=40)

@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 
 import grpc

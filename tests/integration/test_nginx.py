@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 
 import grpc
@@ -358,7 +357,6 @@ def test_rolling_restart_behind_nginx(kind, two_instances, nginx_front, start_da
     pinned = 0 if first in workers[0] else 1
     assert first in workers[pinned], (first, workers)
     old = instances[pinned]
-    other = instances[1 - pinned]
 
     old.send_signal(signal.SIGQUIT)
     assert len(c.records) < 100, "QUIT came too late to test anything"

@@ -12,7 +12,6 @@ import os
 import signal
 import time
 
-import grpc
 import pytest
 
 from conftest import (CANCELLED, FINAL_STATES, QUEUED, RETRYING, STARTED, SUCCEEDED, pb,

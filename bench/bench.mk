@@ -47,10 +47,12 @@ bench: $(BUILD)/dosomethingd $(BENCH_BIN) $(if $(BASELINE),bench-baseline)
 bench-baseline:
 	@test -n "$(BASELINE)" || { echo "bench-baseline: set BASELINE=<git rev>"; exit 2; }
 	@rev=$$(git rev-parse --verify "$(BASELINE)^{commit}") || exit 2; \
-	if [ ! -x $(BASELINE_DIR)/build/dosomethingd ]; then \
+	if [ ! -x $(BASELINE_DIR)/build/dosomethingd ] || \
+	   [ "$$(cat $(BASELINE_DIR)/.rev 2>/dev/null)" != "$$rev" ]; then \
 	    rm -rf $(BASELINE_DIR) && mkdir -p $(BASELINE_DIR) && \
 	    git archive $$rev | tar -x -C $(BASELINE_DIR) && \
-	    $(MAKE) --no-print-directory -C $(BASELINE_DIR) all; \
+	    $(MAKE) --no-print-directory -C $(BASELINE_DIR) all && \
+	    echo "$$rev" > $(BASELINE_DIR)/.rev; \
 	fi
 
 bench-quick: $(BUILD)/dosomethingd $(BENCH_BIN) $(if $(BASELINE),bench-baseline)

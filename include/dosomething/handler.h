@@ -61,6 +61,11 @@
  * (a host that predates the addition never looks at it).
  *   minor 1: cancel (DS_MODULE_CANCELLABLE, ds_module_host.cancelled).
  *   minor 2: retry (DS_MODULE_RETRYABLE, process() returning DS_MODULE_RETRY).
+ *   minor 3: trace context (ds_module_item.traceparent and .tracestate,
+ *            appended). A host of minor 3 or later always sets them; a
+ *            module built against an older header never sees them, and
+ *            one that reads them needs such a host (DS_HANDLER_ABI_MINOR
+ *            of the dosomethingd it runs in at least 3).
  *
  * Cancel. A client may cancel an item while process() runs. A module
  * flagged DS_MODULE_CANCELLABLE checks host->cancelled(host) now and then
@@ -85,7 +90,7 @@ extern "C" {
 #endif
 
 #define DS_HANDLER_ABI_VERSION 1
-#define DS_HANDLER_ABI_MINOR 2
+#define DS_HANDLER_ABI_MINOR 3
 
 /* The name of the one symbol a module exports. */
 #define DS_MODULE_SYMBOL "dosomething_module"
@@ -129,6 +134,13 @@ struct ds_module_item {
     const struct ds_module_param *params;   /* param_count entries, in no particular order */
     size_t param_count;
     uint32_t attempt;                   /* 1 for the first try, 2 for the first retry, ... */
+    /* (minor 3) The item's W3C trace context (https://www.w3.org/TR/trace-context/),
+     * from the doSomething call's traceparent/tracestate metadata or the
+     * item's params of those names, checked by the host: NUL-terminated,
+     * NULL when the item has none. A module that calls out further passes
+     * them on (a child span's parent). */
+    const char *traceparent;
+    const char *tracestate;
 };
 
 /* What the host offers a running process() call. */

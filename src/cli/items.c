@@ -32,6 +32,7 @@ enum {
     OPT_STATE,
     OPT_BATCH,
     OPT_LIMIT,
+    OPT_TRACE,
 };
 
 /* What both commands print; the caller owns the request's lists. */
@@ -39,6 +40,7 @@ struct listing {
     items_request request;
     int json;
     int results;                /* the table: a RESULT column */
+    int trace;                  /* the table: a TRACEPARENT column */
     int header_printed;
     uint64_t printed;
 };
@@ -63,6 +65,8 @@ print_json(const wire_item *it)
            (long long)it->started_unix_nano, (long long)it->finished_unix_nano,
            (unsigned long long)it->last_seq, (unsigned long long)it->cpu_usec,
            (unsigned long long)it->max_rss_kib);
+    jsonl_string("traceparent", it->traceparent);
+    jsonl_string("tracestate", it->tracestate);
     jsonl_error_result(it->error, it->result.data, it->result.len);
     fputs("}\n", stdout);
 }
@@ -85,8 +89,11 @@ print_row(struct listing *l, const wire_item *it)
     char state[32], attempt[32], priority[16];
     if (!l->header_printed) {
         l->header_printed = 1;
-        printf("%-24s  %-10s  %-7s  %-16s  %-16s  %-11s  %s\n", "ID", "STATE", "ATTEMPT",
-               "KIND", "BATCH", "PRIORITY", l->results ? "RESULT / ERROR" : "ERROR");
+        printf("%-24s  %-10s  %-7s  %-16s  %-16s  %-11s  ", "ID", "STATE", "ATTEMPT",
+               "KIND", "BATCH", "PRIORITY");
+        if (l->trace)
+            printf("%-55s  ", "TRACEPARENT");
+        printf("%s\n", l->results ? "RESULT / ERROR" : "ERROR");
     }
     cli_state_name((int)it->state, state, sizeof state);
     snprintf(attempt, sizeof attempt, "%u/%u", (unsigned)it->attempt,
@@ -98,6 +105,9 @@ print_row(struct listing *l, const wire_item *it)
     print_cell(it->batch, strlen(it->batch), 16, 0);
     snprintf(priority, sizeof priority, "%d", (int)it->priority);
     print_cell(priority, strlen(priority), 11, 0);
+    if (l->trace)
+        print_cell(it->traceparent[0] ? it->traceparent : "-",
+                   it->traceparent[0] ? strlen(it->traceparent) : 1, 55, 0);
     if (it->error[0] != '\0')
         print_cell(it->error, strlen(it->error), 0, 1);
     else if (l->results && it->result.len > 0)
@@ -148,6 +158,7 @@ get_options(int argc, char **argv, struct cli_options *global, struct listing *l
         { "json", no_argument, NULL, OPT_JSON },
         { "wait", no_argument, NULL, OPT_WAIT },
         { "results", no_argument, NULL, OPT_RESULTS },
+        { "trace", no_argument, NULL, OPT_TRACE },
         CLI_GLOBAL_LONG_OPTIONS
     };
     int opt;
@@ -163,6 +174,9 @@ get_options(int argc, char **argv, struct cli_options *global, struct listing *l
             break;
         case OPT_RESULTS:
             l->results = 1;
+            break;
+        case OPT_TRACE:
+            l->trace = 1;
             break;
         default:
             if (cli_command_option("get", opt, optarg, global) == -1)

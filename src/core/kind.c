@@ -1,7 +1,8 @@
 /*
  * What each kind of handler asks of an item (see kind.h).
  *
- *   echo    no params; always quick
+ *   every   traceparent, tracestate: the item's W3C trace context (core/trace.h)
+ *   echo    no other params; always quick
  *   sha256  rounds 1..KIND_SHA256_ROUNDS_MAX (default 1); quick while
  *           rounds x (payload / 64 + 1) <= 256 compressions
  *   sleep   ms 0..KIND_SLEEP_MS_MAX (default 0), steps 1..KIND_SLEEP_STEPS_MAX
@@ -172,6 +173,9 @@ check_builtin(const struct ds_handler_config *handler, const wire_work_item *ite
     const struct param_rule *rules = rules_for(handler->type);
     for (size_t i = 0; i < item->n_params; i++) {
         const char *key = item->params[i]->key, *value = item->params[i]->value;
+        /* Every kind takes an item's trace context (core/trace.h). */
+        if (strcmp(key, "traceparent") == 0 || strcmp(key, "tracestate") == 0)
+            continue;
         const struct param_rule *r = rules;
         while (r->name != NULL && strcmp(r->name, key) != 0)
             r++;

@@ -1,8 +1,9 @@
 /*
  * The access log (log.access): one line per RPC, written when the call ends:
  *
- *   TIME PEER METHOD STATUS items=ACCEPTED/REJECTED|updates=SENT DURATION_ms
+ *   TIME PEER METHOD STATUS items=ACCEPTED/REJECTED|updates=SENT DURATION_ms [traceparent=TP]
  *
+ * (traceparent: a doSomething call's W3C traceparent from its metadata.)
  * Opened in the grpc process, reopened on USR1 like the error log.
  */
 #include <errno.h>
@@ -63,7 +64,7 @@ access_log_close(void)
 
 void
 access_log_call(grpc_call *call, const char *method, int status, const char *counts,
-                uint64_t started_ms)
+                uint64_t started_ms, const char *traceparent)
 {
     if (access_fd == -1 && log_current_level < DS_LOG_DEBUG)
         return;
@@ -75,7 +76,8 @@ access_log_call(grpc_call *call, const char *method, int status, const char *cou
     const char *name = status >= 0 && status <= 16 ? status_names[status] : "UNKNOWN";
     uint64_t ms = clock_monotonic_ms() - started_ms;
     if (access_fd == -1) {
-        log_debug("%s %s %s %s %llums", peer, method, name, counts, (unsigned long long)ms);
+        log_debug("%s %s %s %s %llums%s%s", peer, method, name, counts, (unsigned long long)ms,
+                  traceparent != NULL ? " traceparent=" : "", traceparent ? traceparent : "");
         return;
     }
     struct timespec ts;
@@ -83,10 +85,12 @@ access_log_call(grpc_call *call, const char *method, int status, const char *cou
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     char line[1024];
-    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s %s %s %llums\n",
+    int n = snprintf(line, sizeof line,
+                     "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s %s %s %llums%s%s\n",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, ts.tv_nsec / 1000000, peer, method, name, counts,
-                     (unsigned long long)ms);
+                     (unsigned long long)ms, traceparent != NULL ? " traceparent=" : "",
+                     traceparent != NULL ? traceparent : "");
     if (n > (int)sizeof line - 1) {
         n = (int)sizeof line - 1;
         line[n - 1] = '\n';            /* still one line */

@@ -33,7 +33,8 @@ call_unref(struct call *call)
             call->kind->counts(call, counts, sizeof counts);
         access_log_call(call->call, call->kind->method,
                         call->status >= 0 ? call->status : GRPC_STATUS_CANCELLED, counts,
-                        call->started_ms);
+                        call->started_ms,
+                        call->kind->traceparent != NULL ? call->kind->traceparent(call) : NULL);
     }
     grpc_call *grpc_call = call->call;
     call->kind->destroy(call);

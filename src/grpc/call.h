@@ -32,6 +32,9 @@ struct call_kind {
     const char *method;         /* in the access log; NULL: not logged */
     /* The access log's counts ("items=3/0"); NULL: "-". */
     void (*counts)(struct call *call, char *buf, size_t size);
+    /* The call's W3C traceparent, for the access log; NULL (or returning
+     * NULL): none. */
+    const char *(*traceparent)(struct call *call);
     /* The close op completed (call->closed is set); NULL: nothing to do. */
     void (*closed)(struct call *call);
     /* Free what the RPC holds and the struct embedding CALL. */

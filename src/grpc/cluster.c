@@ -34,6 +34,7 @@
 #include "core/log.h"
 #include "core/utf8.h"
 #include "core/process.h"
+#include "core/trace.h"
 #include "grpc/cluster.h"
 #include "grpc/cluster_items.h"
 #include "grpc/grpc_process.h"
@@ -101,7 +102,9 @@
  * same script as its updates: k kind, b batch, s state, m max_attempts, p
  * priority (if not 0), q the seq of its latest update, x its work entry,
  * ta when it was accepted and ts when its latest attempt started (unix
- * ns), u its latest update (encoded; absent while it is QUEUED), and once
+ * ns), tp and tt its W3C traceparent and tracestate (if it has a trace; its
+ * work entry's w carries them too, core/trace.h), u its latest update
+ * (encoded; absent while it is QUEUED), and once
  * final n (its retained bytes), t (when it ended, unix ms) and w (the
  * WorkItem, kept for a retry of a FAILED or CANCELLED item). {NAME}:items
  * orders every known item by its accept's seq (the listing);
@@ -134,13 +137,15 @@
  * known id is a duplicate (0); else the QUEUED update, the work entry
  * (ARGV[8..11] = m t q w) and the item's hash (ARGV[12]: its priority, ""
  * for 0; ARGV[13] ta), and the seq. ARGV[14]: its due time (unix ms), ""
- * if it is not delayed. A prioritized or delayed one waits instead of
+ * if it is not delayed. ARGV[15], ARGV[16]: its traceparent and tracestate
+ * ("" none), kept in its hash as tp and tt for getItems. A prioritized or delayed one waits instead of
  * getting its entry, and its QUEUED update says so to every instance (p:
  * the priority, to wake the pullers; d: the due time, for their timers). */
 static const char script_accept[] =
     "if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end\n"
     LUA_NEXT_SEQ
     "local sq = string.format('%.0f', seq)\n"
+    "if ARGV[15] ~= '' then redis.call('HSET', KEYS[5], 'tp', ARGV[15], 'tt', ARGV[16]) end\n"
     "if ARGV[12] ~= '' or ARGV[14] ~= '' then\n"
     "  if ARGV[14] ~= '' then\n"
     "    " LUA_ADD_UPDATE_WITH(", 'd', ARGV[14]")
@@ -957,11 +962,12 @@ on_final(redisAsyncContext *ac, void *reply, void *arg)
         struct outcome o = { .state = op->state };     /* published through the stream */
         store_final_written(op->item, &o);
     } else {
-        char id[300];
+        char id[300], trace[80];
         if (seq == -1)
             log_warn("cluster: item \"%s\" (attempt %u) finished, but whether redis has its "
                      "final update is unknown; if not, another instance runs it again after "
-                     "the lease", utf8_escape(id, sizeof id, op->item->id), op->item->attempt);
+                     "the lease%s", utf8_escape(id, sizeof id, op->item->id), op->item->attempt,
+                     item_trace_note(op->item, trace, sizeof trace));
         store_dropped(op->item);
     }
     free(op);
@@ -979,9 +985,10 @@ cluster_final(struct item *item, const struct outcome *o)
     size_t len;
     uint8_t *encoded = updates_encode(item, o, &len);
     if (send_update(item, 'f', item->attempt, o->state, encoded, len, on_final, op) == -1) {
-        char id[300];
+        char id[300], trace[80];
         log_warn("cluster: item \"%s\" finished while redis is unreachable; another instance "
-                 "runs it again after the lease", utf8_escape(id, sizeof id, item->id));
+                 "runs it again after the lease%s", utf8_escape(id, sizeof id, item->id),
+                 item_trace_note(item, trace, sizeof trace));
         later(drop_later, op);
     }
     free(encoded);
@@ -1088,6 +1095,17 @@ cluster_accept(struct acceptance a)
         due_ms = (int64_t)(item->due_ns / 1000000 + (item->due_ns % 1000000 != 0)); /* never early */
         redis_args_u64(&args, (uint64_t)due_ms);
     } else {
+        redis_args_str(&args, "");
+    }
+    struct trace_context trace;
+    if (trace_of_work_item(item->raw, item->raw_len, &trace) && trace.parent_len > 0) {
+        redis_args_mem(&args, trace.parent, trace.parent_len);
+        if (trace.state_len > 0)
+            redis_args_mem(&args, trace.state, trace.state_len);
+        else
+            redis_args_str(&args, "");
+    } else {
+        redis_args_str(&args, "");
         redis_args_str(&args, "");
     }
     if (command(&cl.cmd, on_accepted, op, &args) == -1) {

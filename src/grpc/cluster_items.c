@@ -39,9 +39,9 @@
 #define ITEM_KEY_SIZE   (96 + DS_ITEM_ID_MAX + 1)
 
 /* The fields of an item's hash a lookup reads, in this order. */
-#define ITEM_FIELDS     9
+#define ITEM_FIELDS     11
 static const char *const item_fields[ITEM_FIELDS] = { "k", "b", "s", "m", "q", "ta", "ts", "u",
-                                                      "p" };
+                                                      "p", "tp", "tt" };
 
 /*
  * list: KEYS[1] {NAME}:items; ARGV prefix, before (0: from the newest),
@@ -65,14 +65,14 @@ static const char script_list[] =
     "for j = 1, #r, 2 do\n"
     "  local id = r[j]\n"
     "  local f = redis.call('HMGET', prefix .. id, 'k', 'b', 's', 'm', 'q', 'ta', 'ts', 'u', "
-    "'p')\n"
+    "'p', 'tp', 'tt')\n"
     "  if not f[1] then\n"
     "    redis.call('ZREM', KEYS[1], id)\n"
     "  elseif (scope == '' or string.sub(id, 1, #scope) == scope) and (nk == 0 or kinds[f[1]])"
     " and (ns == 0 or states[f[3]]) and (nb == 0 or batches[f[2]]) then\n"
     "    n = n + 1\n"
     "    out[n + 1] = {id, string.format('%.0f', tonumber(r[j + 1])), f[1], f[2], f[3], f[4], "
-    "f[5], f[6], f[7], f[8], f[9]}\n"
+    "f[5], f[6], f[7], f[8], f[9], f[10], f[11]}\n"
     "    if n == limit then\n"
     "      if j + 1 < #r or #r == 2 * scan then\n"
     "        out[1] = string.format('%.0f', tonumber(r[j + 1]))\n"
@@ -214,6 +214,10 @@ fill_item(wire_known_item *m, const char *id, size_t id_len, const redisReply *c
     }
     m->accepted_unix_nano = (int64_t)reply_u64(f[5]);
     m->started_unix_nano = (int64_t)reply_u64(f[6]);
+    if (f[9] != NULL && f[9]->type == REDIS_REPLY_STRING && f[9]->len > 0) {
+        m->traceparent = reply_strdup(f[9]);
+        m->tracestate = reply_strdup(f[10]);
+    }
     wire_update *u = reply_update(f[7]);     /* none while QUEUED */
     if (u != NULL) {
         m->attempt = u->attempt;
@@ -252,6 +256,8 @@ free_item(wire_known_item *m)
     free_string(m->kind);
     free_string(m->batch);
     free_string(m->error);
+    free_string(m->traceparent);
+    free_string(m->tracestate);
     free(m->result.data);
     wire_known_item_init(m);
 }

@@ -127,7 +127,8 @@ struct reply_builder {
 static size_t
 item_bytes(const struct known_item *k, int with_results)
 {
-    size_t n = 128 + strlen(k->id) + strlen(known_batch(k)) + strlen(items_kind(k));
+    size_t n = 128 + strlen(k->id) + strlen(known_batch(k)) + strlen(items_kind(k)) +
+               strlen(known_traceparent(k)) + strlen(known_tracestate(k));
     if (k->extra != NULL) {
         n += k->extra->error_len;
         if (with_results && k->state == STATE_SUCCEEDED)
@@ -167,6 +168,8 @@ add_item(const struct known_item *k, void *arg)
     m->started_unix_nano = k->started_ns;
     m->finished_unix_nano = k->finished_ns;
     m->last_seq = k->last_seq;
+    m->traceparent = (char *)known_traceparent(k);
+    m->tracestate = (char *)known_tracestate(k);
     if (k->extra != NULL) {
         if (k->extra->error_len > 0)
             m->error = (char *)k->extra->data;

@@ -3,11 +3,13 @@
  */
 #include "grpc/item.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "core/trace.h"
 #include "grpc/metrics.h"
 
 static uint64_t next_key;
@@ -88,6 +90,16 @@ item_new(const wire_work_item *msg, grpc_slice raw, const char *kind, uint32_t m
                                   max_attempts, timeout_ms, quick);
     grpc_slice_unref(raw);
     return item;
+}
+
+const char *
+item_trace_note(const struct item *item, char *buf, size_t size)
+{
+    struct trace_context t;
+    buf[0] = '\0';
+    if (trace_of_work_item(item->raw, item->raw_len, &t) && t.parent_len == TRACE_PARENT_LEN)
+        snprintf(buf, size, " traceparent=%.*s", (int)t.parent_len, t.parent);
+    return buf;
 }
 
 void

@@ -90,6 +90,9 @@ struct item *item_make(const uint8_t *raw, size_t raw_len, const char *id, const
 struct item *item_new(const wire_work_item *msg, grpc_slice raw, const char *kind,
                       uint32_t max_attempts, uint32_t timeout_ms, const char *assigned_id,
                       int quick);
+/* " traceparent=TP" for a log line about ITEM, or "" when it has no trace
+ * (its WorkItem bytes hold it: core/trace.h); into BUF, which it returns. */
+const char *item_trace_note(const struct item *item, char *buf, size_t size);
 /* Keys up to KEY are used (by a journal this process took over). */
 void item_skip_keys(uint64_t key);
 /* Only the store calls this. */

@@ -25,6 +25,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/config.h"
+#include "core/trace.h"
 #include "grpc/item.h"
 
 static struct {
@@ -76,8 +77,8 @@ hash_id(const char *id)
 static size_t
 strings_len(const struct known_item *k)
 {
-    size_t id_len = strlen(k->id);
-    return id_len + 1 + strlen(k->id + id_len + 1) + 1;
+    const char *end = known_next_string(known_tracestate(k));
+    return (size_t)(end - k->id);
 }
 
 static size_t
@@ -448,14 +449,26 @@ schedule_expiry(void)
 
 /* ---- feeding ------------------------------------------------------------------- */
 
+/* TRACE: NULL or its trace context (checked where it came from). */
 static struct known_item *
-make_known(const char *id, const char *batch, const char *kind)
+make_known(const char *id, const char *batch, const char *kind,
+           const struct trace_context *trace)
 {
     size_t id_len = strlen(id), batch_len = strlen(batch);
+    size_t parent_len = trace != NULL ? trace->parent_len : 0;
+    size_t state_len = parent_len > 0 ? trace->state_len : 0;
     struct known_item *k = ds_calloc(1, offsetof(struct known_item, id) + id_len + 1 +
-                                        batch_len + 1);
-    memcpy(k->id, id, id_len);
-    memcpy(k->id + id_len + 1, batch, batch_len);
+                                        batch_len + 1 + parent_len + 1 + state_len + 1);
+    char *p = k->id;
+    memcpy(p, id, id_len);
+    p += id_len + 1;
+    memcpy(p, batch, batch_len);
+    p += batch_len + 1;
+    if (parent_len > 0)
+        memcpy(p, trace->parent, parent_len);
+    p += parent_len + 1;
+    if (state_len > 0)
+        memcpy(p, trace->state, state_len);
     k->kind_index = kind_index(kind);
     k->state = STATE_QUEUED;
     k->accepted_ns = next_accepted(ix.now());
@@ -531,12 +544,23 @@ entry_of(struct item *item)
     return item->known;
 }
 
+/* ITEM's entry made: with the trace its WorkItem bytes hold. */
+static struct known_item *
+make_known_of(struct item *item)
+{
+    struct trace_context t;
+    int traced = trace_of_work_item(item->raw, item->raw_len, &t) &&
+                 t.parent_len == TRACE_PARENT_LEN && memchr(t.parent, '\0', t.parent_len) == NULL &&
+                 (t.state_len == 0 || memchr(t.state, '\0', t.state_len) == NULL);
+    return item->known = make_known(item->id, item->batch, item->kind, traced ? &t : NULL);
+}
+
 void
 items_accepting(struct item *item)
 {
     struct known_item *k = entry_of(item);
     if (k == NULL)
-        k = item->known = make_known(item->id, item->batch, item->kind);
+        k = make_known_of(item);
     int was_final = begin_change(k);    /* a retry: it runs again from attempt 1 */
     k->kind_index = kind_index(item->kind);
     set_extra(k, NULL, NULL, 0, NULL, 0);
@@ -566,7 +590,7 @@ items_updated(struct item *item, const struct outcome *o, uint64_t seq)
 {
     struct known_item *k = entry_of(item);
     if (k == NULL) {
-        k = item->known = make_known(item->id, item->batch, item->kind);
+        k = make_known_of(item);
         k->priority = item->priority;
     }
     int was_final = begin_change(k);
@@ -614,7 +638,11 @@ items_restore_final(const struct known_final *f)
 {
     if (items_find(f->id) != NULL || !items_is_final(f->state))
         return;
-    struct known_item *k = make_known(f->id, f->batch, f->kind);
+    struct trace_context t = {
+        .parent = f->traceparent, .parent_len = f->traceparent ? strlen(f->traceparent) : 0,
+        .state = f->tracestate, .state_len = f->tracestate ? strlen(f->tracestate) : 0,
+    };
+    struct known_item *k = make_known(f->id, f->batch, f->kind, &t);
     k->attempt = (uint16_t)f->attempt;
     k->max_attempts = (uint16_t)f->max_attempts;
     k->priority = f->priority;
@@ -667,9 +695,10 @@ size_t
 items_overhead_bytes(void)
 {
     /* The struct, its slot by id (load 3/8 to 3/4: about 1.5 slots), the
-     * order array's entry, the finals ring's entry, the \0s of id and batch. */
+     * order array's entry, the finals ring's entry, the \0s of id, batch,
+     * traceparent and tracestate. */
     return offsetof(struct known_item, id) + 3 * sizeof(uint64_t) / 2 + sizeof(uintptr_t) +
-           sizeof(void *) + 2;
+           sizeof(void *) + 4;
 }
 
 /* ---- start, reload, exit ----------------------------------------------------------- */

@@ -57,7 +57,9 @@ struct known_item {
     uint16_t final_refs;        /* entries of the finals ring naming it */
     uint16_t kind_index;        /* items_kind() */
     uint8_t state;              /* enum wire_state */
-    char id[];                  /* id \0 batch \0: allocated to its end, not to sizeof */
+    /* id \0 batch \0 traceparent \0 tracestate \0 (each "" when none):
+     * allocated to its end, not to sizeof */
+    char id[];
 };
 
 /* What a backend restores: a final item it kept durably. */
@@ -73,6 +75,7 @@ struct known_final {
     size_t raw_len;
     int64_t accepted_ns, started_ns, finished_ns;
     uint64_t last_seq;
+    const char *traceparent, *tracestate;   /* NULL: none */
 };
 
 /* BASE (NULL in unit tests: call items_expire()) runs the age timer. */
@@ -108,12 +111,27 @@ const struct known_item *items_of(const struct item *item);
 /* K's kind (interned, as struct item's). */
 const char *items_kind(const struct known_item *k);
 static inline const char *
-known_batch(const struct known_item *k)
+known_next_string(const char *p)
 {
-    const char *p = k->id;
     while (*p)
         p++;
     return p + 1;
+}
+static inline const char *
+known_batch(const struct known_item *k)
+{
+    return known_next_string(k->id);
+}
+/* Its W3C trace context (core/trace.h), "" when none. */
+static inline const char *
+known_traceparent(const struct known_item *k)
+{
+    return known_next_string(known_batch(k));
+}
+static inline const char *
+known_tracestate(const struct known_item *k)
+{
+    return known_next_string(known_traceparent(k));
 }
 int items_is_final(enum wire_state state);
 /* Newest accepted first, those with accepted_ns < BEFORE (0: from the newest),

@@ -170,6 +170,12 @@ done_of(const struct item *item, const struct outcome *o)
         .raw = succeeded ? NULL : item->raw,
         .raw_len = succeeded ? 0 : item->raw_len,
     };
+    if (k != NULL && known_traceparent(k)[0] != '\0') {
+        d.traceparent = known_traceparent(k);
+        d.traceparent_len = strlen(d.traceparent);
+        d.tracestate = known_tracestate(k);
+        d.tracestate_len = strlen(d.tracestate);
+    }
     return d;
 }
 
@@ -185,6 +191,10 @@ done_of_final(const struct journal_final *f)
         .batch = f->batch, .batch_len = strlen(f->batch),
         .error = f->error, .error_len = f->error != NULL ? strlen(f->error) : 0,
         .result = f->result, .result_len = f->result_len, .raw = f->raw, .raw_len = f->raw_len,
+        .traceparent = f->traceparent,
+        .traceparent_len = f->traceparent != NULL ? strlen(f->traceparent) : 0,
+        .tracestate = f->tracestate,
+        .tracestate_len = f->tracestate != NULL ? strlen(f->tracestate) : 0,
     };
     return d;
 }
@@ -609,6 +619,7 @@ take_over(struct journal_recovery *r)
             .result = f->result, .result_len = f->result_len, .raw = f->raw,
             .raw_len = f->raw_len, .accepted_ns = f->accepted_ns, .started_ns = f->started_ns,
             .finished_ns = f->finished_ns, .last_seq = f->last_seq,
+            .traceparent = f->traceparent, .tracestate = f->tracestate,
         };
         items_restore_final(&kf);
     }

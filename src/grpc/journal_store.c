@@ -268,7 +268,10 @@ journal_encode_done(struct journal_buf *b, const struct journal_done *d)
 {
     size_t id_len = cut16(d->id_len), kind_len = cut16(d->kind_len);
     size_t batch_len = cut16(d->batch_len), error_len = d->error_len;
-    size_t rest = JOURNAL_DONE_FIXED + id_len + kind_len + batch_len + d->result_len + d->raw_len;
+    size_t parent_len = cut16(d->traceparent_len);
+    size_t state_len = parent_len > 0 ? cut16(d->tracestate_len) : 0;
+    size_t rest = JOURNAL_DONE_FIXED + id_len + kind_len + batch_len + d->result_len + d->raw_len +
+                  (parent_len > 0 ? 4 + parent_len + state_len : 0);
     /* Never past what a reader takes: the error gives way. */
     if (rest + error_len > JOURNAL_BODY_MAX)
         error_len = rest >= JOURNAL_BODY_MAX ? 0 : JOURNAL_BODY_MAX - rest;
@@ -277,7 +280,7 @@ journal_encode_done(struct journal_buf *b, const struct journal_done *d)
     memset(p, 0, JOURNAL_DONE_FIXED);
     put64(p, d->key);
     p[8] = d->state;
-    p[9] = d->quick ? 1 : 0;
+    p[9] = (d->quick ? 1 : 0) | (parent_len > 0 ? 2 : 0);
     put32(p + 12, d->attempt);
     put32(p + 16, d->max_attempts);
     put32(p + 20, d->timeout_ms);
@@ -301,6 +304,13 @@ journal_encode_done(struct journal_buf *b, const struct journal_done *d)
         if (parts[i].len > 0)
             memcpy(p, parts[i].data, parts[i].len);
         p += parts[i].len;
+    }
+    if (parent_len > 0) {
+        put16(p, (uint16_t)parent_len);
+        put16(p + 2, (uint16_t)state_len);
+        memcpy(p + 4, d->traceparent, parent_len);
+        if (state_len > 0)
+            memcpy(p + 4 + parent_len, d->tracestate, state_len);
     }
     record_end(b, off);
     return off;
@@ -341,8 +351,22 @@ decode_done(const uint8_t *body, uint32_t len, struct journal_record *rec)
     d->error_len = get32(body + 72);
     d->result_len = get32(body + 76);
     d->raw_len = get32(body + 80);
-    if ((uint64_t)JOURNAL_DONE_FIXED + d->id_len + d->kind_len + d->batch_len + d->error_len +
-        d->result_len + d->raw_len != len || d->key == 0 || d->id_len == 0)
+    uint64_t fixed = (uint64_t)JOURNAL_DONE_FIXED + d->id_len + d->kind_len + d->batch_len +
+                     d->error_len + d->result_len + d->raw_len;
+    d->traceparent = d->tracestate = NULL;
+    d->traceparent_len = d->tracestate_len = 0;
+    if (body[9] & 2) {
+        if (fixed + 4 > len)
+            return -1;
+        d->traceparent_len = get16(body + fixed);
+        d->tracestate_len = get16(body + fixed + 2);
+        if (d->traceparent_len == 0)
+            return -1;
+        d->traceparent = (const char *)body + fixed + 4;
+        d->tracestate = d->traceparent + d->traceparent_len;
+        fixed += 4 + d->traceparent_len + d->tracestate_len;
+    }
+    if (fixed != len || d->key == 0 || d->id_len == 0)
         return -1;
     d->id = (const char *)body + JOURNAL_DONE_FIXED;
     d->kind = d->id + d->id_len;
@@ -1564,6 +1588,8 @@ final_clear(struct journal_final *f)
     free(f->error);
     free(f->result);
     free(f->raw);
+    free(f->traceparent);
+    free(f->tracestate);
     memset(f, 0, sizeof *f);
 }
 
@@ -1629,6 +1655,10 @@ reader_apply(struct reader *rd, const struct journal_record *rec)
         if (d->raw_len > 0) {
             f->raw = ds_malloc(d->raw_len);
             memcpy(f->raw, d->raw, d->raw_len);
+        }
+        if (d->traceparent_len > 0) {
+            f->traceparent = ds_strndup(d->traceparent, d->traceparent_len);
+            f->tracestate = ds_strndup(d->tracestate, d->tracestate_len);
         }
         return;
     }

@@ -22,12 +22,14 @@
  *                                   the item was retried: this attempt is next
  *                                   (not before due_ns, unix, if given)
  *   SEQ     seq u64                 update seqs up to this may have been used
- *   DONE    key u64 | state u8 | flags u8 (1: quick) | 0 u16 | attempt u32 |
+ *   DONE    key u64 | state u8 | flags u8 (1: quick, 2: trace) | 0 u16 | attempt u32 |
  *           max_attempts u32 | timeout_ms u32 | priority i32 | 0 u32 |
  *           accepted_ns i64 | started_ns i64 | finished_ns i64 | last_seq u64 |
  *           id_len u16 | kind_len u16 | batch_len u16 | 0 u16 | error_len u32 |
  *           result_len u32 | raw_len u32 | id | kind | batch | error | result |
- *           raw WorkItem (FAILED, CANCELLED)
+ *           raw WorkItem (FAILED, CANCELLED) |
+ *           [traceparent_len u16 | tracestate_len u16 | traceparent | tracestate,
+ *           with flag 2: the item's W3C trace context]
  *                                   the item is final (as FINAL), and retained:
  *                                   enough to answer for it without its ACCEPT
  *
@@ -36,7 +38,10 @@
  * seen, and its due time that of the record with its attempt (0: none).
  * Journals written before due times (no flag 2, 12-byte ATTEMPTs) read the
  * same; a binary that predates them finds an ACCEPT with a due time (only
- * delayed or backed-off items have one) malformed. A key is never reused (a retried item is accepted under a new key);
+ * delayed or backed-off items have one) malformed. Likewise a DONE with a
+ * trace (flag 2): journals without one read the same, a binary that
+ * predates traces finds such a DONE malformed. An ACCEPT's trace needs no
+ * field: it is inside the raw WorkItem (core/trace.h). A key is never reused (a retried item is accepted under a new key);
  * of several DONEs of one id, the one with the largest key counts.
  */
 #ifndef DS_GRPC_JOURNAL_STORE_H
@@ -119,6 +124,8 @@ struct journal_done {
     size_t id_len, kind_len, batch_len, error_len;
     const uint8_t *result, *raw;
     size_t result_len, raw_len;
+    const char *traceparent, *tracestate;   /* W3C trace context */
+    size_t traceparent_len, tracestate_len; /* traceparent_len 0: none (no flag 2) */
 };
 
 struct journal_record {
@@ -322,6 +329,7 @@ struct journal_final {
     char *id, *kind, *batch, *error;
     uint8_t *result, *raw;
     size_t result_len, raw_len;
+    char *traceparent, *tracestate;     /* NULL: none */
 };
 
 struct journal_recovery {

@@ -83,10 +83,10 @@ on_item_timeout(evutil_socket_t fd, short what, void *arg)
         return;
     w->timeout_key = item->key;
     w->timeout_ms = item->timeout_ms;
-    char id[300], short_id[48];
-    log_warn("item \"%s\" (attempt %u) timed out after %u ms on worker %ld; killing it",
+    char id[300], short_id[48], trace[80];
+    log_warn("item \"%s\" (attempt %u) timed out after %u ms on worker %ld; killing it%s",
              utf8_escape(id, sizeof id, item->id), item->attempt, item->timeout_ms,
-             (long)w->pid);
+             (long)w->pid, item_trace_note(item, trace, sizeof trace));
     /* The master logs this reason as it is. */
     char reason[96];
     snprintf(reason, sizeof reason, "item \"%s\" timed out",

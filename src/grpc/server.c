@@ -79,27 +79,30 @@ struct method {
     grpc_server_register_method_payload_handling payload;
     void (*start)(grpc_call *call, grpc_byte_buffer *payload);
     unsigned bit;               /* its DS_METHOD_*; 0: served on every listener */
+    /* Instead of start, for a method that reads the call's metadata (valid
+     * only during the call to it). */
+    void (*start_with_metadata)(grpc_call *call, const grpc_metadata_array *metadata);
 };
 
 static const struct method methods[] = {
     { "/com.agrounds.dosomething.v1.DoSomethingService/doSomething", GRPC_SRM_PAYLOAD_NONE,
-      submit_call_start, DS_METHOD_DO_SOMETHING },
+      NULL, DS_METHOD_DO_SOMETHING, submit_call_start },
     { "/com.agrounds.dosomething.v1.DoSomethingService/getUpdates",
-      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, subscribe_call_start, DS_METHOD_GET_UPDATES },
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, subscribe_call_start, DS_METHOD_GET_UPDATES, NULL },
     { "/com.agrounds.dosomething.v1.DoSomethingService/getItems",
-      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, get_items_call_start, DS_METHOD_GET_ITEMS },
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, get_items_call_start, DS_METHOD_GET_ITEMS, NULL },
     { "/com.agrounds.dosomething.v1.DoSomethingService/retry",
-      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, retry_call_start, DS_METHOD_RETRY },
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, retry_call_start, DS_METHOD_RETRY, NULL },
     { "/com.agrounds.dosomething.v1.DoSomethingService/cancel",
-      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, cancel_call_start, DS_METHOD_CANCEL },
+      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, cancel_call_start, DS_METHOD_CANCEL, NULL },
     { "/grpc.health.v1.Health/Check", GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
-      health_check_start, 0 },
+      health_check_start, 0, NULL },
     { "/grpc.health.v1.Health/Watch", GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
-      health_watch_start, 0 },
+      health_watch_start, 0, NULL },
     { "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", GRPC_SRM_PAYLOAD_NONE,
-      reflection_call_start, 0 },
+      reflection_call_start, 0, NULL },
     { "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", GRPC_SRM_PAYLOAD_NONE,
-      reflection_call_start, 0 },
+      reflection_call_start, 0, NULL },
 };
 
 #define METHOD_COUNT (sizeof methods / sizeof methods[0])
@@ -316,6 +319,8 @@ on_request(struct tag *tag, int ok)
             answer_unimplemented(r->call, &r->details);
         } else if (methods[r->method].bit != 0 && !(e->methods & methods[r->method].bit)) {
             answer_denied(r->call, e, r->method);   /* the payload is freed below */
+        } else if (methods[r->method].start_with_metadata != NULL) {
+            methods[r->method].start_with_metadata(r->call, &r->metadata);
         } else {
             methods[r->method].start(r->call, r->payload);
             r->payload = NULL;      /* the call's now */

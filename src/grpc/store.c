@@ -133,9 +133,9 @@ on_retry_verdict(void *arg, uint32_t index, const struct item *item,
     (void)arg;
     (void)index;
     if (verdict != STORE_ACCEPTED) {
-        char id[300];
-        log_warn("retry of item \"%s\" not accepted: %s", utf8_escape(id, sizeof id, item->id),
-                 why != NULL ? why : "no reason given");
+        char id[300], trace[80];
+        log_warn("retry of item \"%s\" not accepted: %s%s", utf8_escape(id, sizeof id, item->id),
+                 why != NULL ? why : "no reason given", item_trace_note(item, trace, sizeof trace));
     }
 }
 
@@ -560,9 +560,10 @@ store_retried(struct item *item)
 void
 store_dropped(struct item *item)
 {
-    char id[300];
-    log_debug("item \"%s\" (attempt %u) is no longer ours; forgetting it",
-              utf8_escape(id, sizeof id, item->id), item->attempt);
+    char id[300], trace[80];
+    log_debug("item \"%s\" (attempt %u) is no longer ours; forgetting it%s",
+              utf8_escape(id, sizeof id, item->id), item->attempt,
+              item_trace_note(item, trace, sizeof trace));
     forget(item);
     release(item);
     queue_dispatch();

@@ -28,11 +28,13 @@
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
+#include <grpc/support/alloc.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/kind.h"
 #include "core/log.h"
+#include "core/trace.h"
 #include "core/utf8.h"
 #include "grpc/call.h"
 #include "grpc/grpc_process.h"
@@ -71,6 +73,11 @@ struct submit_call {
     uint64_t accepted;
     uint64_t rejected;
     uint64_t duplicates;        /* known ids: not queued again */
+    /* The call's metadata traceparent and tracestate, checked; trace
+     * points into them (parent_len 0: none). */
+    struct trace_context trace;
+    char traceparent[TRACE_PARENT_LEN + 1];
+    char tracestate[TRACE_STATE_MAX + 1];
     wire_rejection *rejections;
     wire_rejection **rejection_ptrs;
     size_t rejection_count;
@@ -124,9 +131,17 @@ submit_destroy(struct call *call)
     free(c);
 }
 
+static const char *
+submit_traceparent(struct call *call)
+{
+    struct submit_call *c = CALL_OF(call, struct submit_call, u.base);
+    return c->trace.parent_len > 0 ? c->traceparent : NULL;
+}
+
 static const struct call_kind submit_kind = {
     .method = "doSomething",
     .counts = submit_counts,
+    .traceparent = submit_traceparent,
     .destroy = submit_destroy,
 };
 
@@ -294,6 +309,38 @@ invalid_utf8_field(const wire_work_item *msg)
     return NULL;
 }
 
+/*
+ * The item of MSG (which came as RAW, unref'ed here) with its trace: the
+ * call's, or its params' (core/trace.h), kept in its WorkItem bytes. What
+ * was malformed is ignored, with a debug line naming it.
+ */
+static struct item *
+item_traced(struct submit_call *c, const wire_work_item *msg, grpc_slice raw,
+            const struct ds_handler_config *handler, const char *id, uint32_t max_attempts,
+            uint32_t timeout_ms)
+{
+    const char *assigned = msg->id[0] == '\0' || c->scope_len > 0 ? id : NULL;
+    int quick = kind_is_quick(handler, msg);
+    struct trace_context trace;
+    char why[256];
+    int rewrite = trace_choose(msg, GRPC_SLICE_START_PTR(raw), GRPC_SLICE_LENGTH(raw),
+                               &c->trace, &trace, why, sizeof why);
+    if (why[0] != '\0' && log_current_level >= DS_LOG_DEBUG) {
+        char escaped[300];
+        log_debug("item \"%s\": %s; ignored", utf8_escape(escaped, sizeof escaped, id), why);
+    }
+    if (!rewrite)
+        return item_new(msg, raw, handler->kind, max_attempts, timeout_ms, assigned, quick);
+    size_t len;
+    uint8_t *bytes = trace_rewrite(GRPC_SLICE_START_PTR(raw), GRPC_SLICE_LENGTH(raw), &trace,
+                                   &len);
+    grpc_slice_unref(raw);
+    struct item *item = item_make(bytes, len, assigned != NULL ? assigned : msg->id, msg->batch,
+                                  handler->kind, max_attempts, timeout_ms, quick);
+    free(bytes);
+    return item;
+}
+
 /* Validate and take one item. Returns -1 if the bytes are no WorkItem. */
 static int
 take_item(struct submit_call *c, grpc_slice raw)
@@ -368,9 +415,7 @@ take_item(struct submit_call *c, grpc_slice raw)
     }
     uint32_t timeout_ms = msg->timeout_ms ? msg->timeout_ms : (uint32_t)handler->timeout_ms;
     uint32_t max_attempts = msg->max_attempts ? msg->max_attempts : config->queue.max_attempts;
-    struct item *item = item_new(msg, raw, handler->kind, max_attempts, timeout_ms,
-                                 msg->id[0] == '\0' || c->scope_len > 0 ? id : NULL,
-                                 kind_is_quick(handler, msg));
+    struct item *item = item_traced(c, msg, raw, handler, id, max_attempts, timeout_ms);
     if (msg->delay_ms > 0)
         item->due_ns = (uint64_t)clock_wall_ns() + (uint64_t)msg->delay_ms * 1000000u;
     wire_work_item_free(msg, NULL);
@@ -525,8 +570,73 @@ submit_resume_blocked(void)
     running = 0;
 }
 
+/* The call's traceparent and tracestate from METADATA, if valid (a debug
+ * line says why not). Several tracestate entries are one list, joined
+ * with commas (as HTTP headers are); several traceparents are invalid. */
+static void
+call_trace(struct submit_call *c, const grpc_metadata_array *metadata)
+{
+    const grpc_slice *parent = NULL;
+    size_t parents = 0, state_len = 0;
+    int state_too_long = 0;
+    for (size_t i = 0; i < metadata->count; i++) {
+        const grpc_metadata *m = &metadata->metadata[i];
+        if (grpc_slice_str_cmp(m->key, "traceparent") == 0) {
+            parent = &m->value;
+            parents++;
+        } else if (grpc_slice_str_cmp(m->key, "tracestate") == 0) {
+            size_t n = GRPC_SLICE_LENGTH(m->value);
+            if (n == 0)
+                continue;
+            if (state_len + (state_len > 0) + n > TRACE_STATE_MAX) {
+                state_too_long = 1;
+                continue;
+            }
+            if (state_len > 0)
+                c->tracestate[state_len++] = ',';
+            memcpy(c->tracestate + state_len, GRPC_SLICE_START_PTR(m->value), n);
+            state_len += n;
+        }
+    }
+    c->tracestate[state_len] = '\0';
+    if (parents == 0)
+        return;
+    size_t len = GRPC_SLICE_LENGTH(*parent);
+    const char *bad = parents > 1 ? "appears more than once"
+                                  : trace_parent_invalid((const char *)
+                                                         GRPC_SLICE_START_PTR(*parent), len);
+    if (bad != NULL) {
+        if (log_current_level >= DS_LOG_DEBUG) {
+            char *peer = grpc_call_get_peer(c->u.base.call), escaped[300];
+            log_debug("doSomething from %s: traceparent %s; ignored (and its tracestate)",
+                      utf8_escape(escaped, sizeof escaped, peer), bad);
+            gpr_free(peer);
+        }
+        return;
+    }
+    memcpy(c->traceparent, GRPC_SLICE_START_PTR(*parent), len);
+    c->traceparent[len] = '\0';
+    c->trace.parent = c->traceparent;
+    c->trace.parent_len = len;
+    if (state_too_long)
+        bad = "is longer than 512 bytes";
+    else if (state_len > 0)
+        bad = trace_state_invalid(c->tracestate, state_len);
+    if (bad != NULL) {
+        if (log_current_level >= DS_LOG_DEBUG) {
+            char *peer = grpc_call_get_peer(c->u.base.call), escaped[300];
+            log_debug("doSomething from %s: tracestate %s; ignored",
+                      utf8_escape(escaped, sizeof escaped, peer), bad);
+            gpr_free(peer);
+        }
+        return;
+    }
+    c->trace.state = c->tracestate;
+    c->trace.state_len = state_len;
+}
+
 void
-submit_call_start(grpc_call *call, grpc_byte_buffer *unused)
+submit_call_start(grpc_call *call, const grpc_metadata_array *metadata)
 {
     if (sub.id_prefix[0] == '\0')
         snprintf(sub.id_prefix, sizeof sub.id_prefix, "%llx%lx",
@@ -539,6 +649,7 @@ submit_call_start(grpc_call *call, grpc_byte_buffer *unused)
     sub.list = c;
     sub.active++;
     call_init(&c->u.base, call, &submit_kind);
+    call_trace(c, metadata);
     char why[256];
     int scoped = scope_of_call(call, why, sizeof why);
     if (scoped == -1) {

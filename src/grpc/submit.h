@@ -9,7 +9,9 @@
 
 #include <grpc/grpc.h>
 
-void submit_call_start(grpc_call *call, grpc_byte_buffer *unused);
+/* A new doSomething call; its METADATA may carry a W3C traceparent and
+ * tracestate for its items (core/trace.h). */
+void submit_call_start(grpc_call *call, const grpc_metadata_array *metadata);
 void submit_resume_blocked(void);
 uint64_t submit_active(void);
 

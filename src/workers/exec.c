@@ -293,12 +293,15 @@ home_dir(void)
 /*
  * PATH (the daemon's) and HOME, then the handler's env: on top, then the
  * item: DS_ITEM_ID, DS_KIND, DS_ATTEMPT and DS_PARAM_<NAME> per param (the
- * config refuses env: names starting with DS_).
+ * config refuses env: names starting with DS_), and its W3C trace context
+ * as TRACEPARENT and TRACESTATE (the names OpenTelemetry's environment
+ * propagation reads), over the handler's if it set them.
  */
 static void
 env_build(struct env *e, const struct ds_handler_config *handler, const wire_work_item *item,
-          uint32_t attempt)
+          const struct handler_output *out)
 {
+    uint32_t attempt = out->attempt;
     const char *path = getenv("PATH");
     env_set(e, "PATH", path != NULL && path[0] != '\0' ? path : EXEC_DEFAULT_PATH);
     if (home_dir() != NULL)
@@ -310,6 +313,11 @@ env_build(struct env *e, const struct ds_handler_config *handler, const wire_wor
     char number[16];
     snprintf(number, sizeof number, "%u", attempt);
     env_set(e, "DS_ATTEMPT", number);
+    if (out->traceparent != NULL) {
+        env_set(e, "TRACEPARENT", out->traceparent);
+        if (out->tracestate != NULL)
+            env_set(e, "TRACESTATE", out->tracestate);
+    }
     for (size_t i = 0; i < item->n_params; i++) {
         size_t len = kind_exec_env_name(item->params[i]->key, NULL, 0);
         char *name = ds_malloc(len + 1);
@@ -823,7 +831,7 @@ exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
     int result = -1;
 
     guard_check();
-    env_build(&env, handler, item, out->attempt);
+    env_build(&env, handler, item, out);
     if (make_pipe(in) == -1 || make_pipe(outp) == -1 || make_pipe(errp) == -1 ||
         make_pipe(status) == -1) {
         snprintf(out->error, sizeof out->error, "cannot run %s: pipe2() failed: %s",

@@ -162,6 +162,16 @@ int
 handler_run(const struct ds_handler_config *handler, const wire_work_item *item,
             struct handler_output *out)
 {
+    /* A built-in has nowhere else to take a trace: it says it ran the item
+     * in it (debug: one line per item). */
+    if (out->traceparent != NULL && handler->type != DS_HANDLER_EXEC &&
+        handler->type != DS_HANDLER_MODULE && log_current_level >= DS_LOG_DEBUG) {
+        char id[300];
+        log_debug("%s: item \"%s\" (attempt %u) traceparent=%s%s%s", handler->kind,
+                  utf8_escape(id, sizeof id, item->id), out->attempt, out->traceparent,
+                  out->tracestate != NULL ? " tracestate=" : "",
+                  out->tracestate != NULL ? out->tracestate : "");
+    }
     switch (handler->type) {
     case DS_HANDLER_ECHO:
         /* The payload lives as long as the item, which outlives the send. */

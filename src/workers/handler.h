@@ -34,6 +34,10 @@ struct handler_output {
     int (*cancel_fd)(void *arg);
     void *cancel_arg;
     uint64_t cancel_grace_ms;   /* exec: SIGTERM, then SIGKILL this much later */
+    /* The item's W3C trace context (checked; NULL: none): exec programs get
+     * TRACEPARENT and TRACESTATE, modules the item's fields, built-ins log it. */
+    const char *traceparent;
+    const char *tracestate;
 
     /* out */
     const uint8_t *result;      /* result_len bytes */

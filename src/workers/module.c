@@ -188,6 +188,8 @@ module_run(const struct ds_handler_config *handler, const wire_work_item *item,
         .params = params,
         .param_count = item->n_params,
         .attempt = out->attempt,
+        .traceparent = out->traceparent,
+        .tracestate = out->tracestate,
     };
     struct ds_module_host host = {
         .progress = host_progress, .result_max = out->result_max, .host_data = out,

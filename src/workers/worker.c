@@ -43,6 +43,7 @@
 #include "core/kind.h"
 #include "core/log.h"
 #include "core/process.h"
+#include "core/trace.h"
 #include "core/wire.h"
 #include "ipc/channel.h"
 #include "workers/exec.h"
@@ -74,6 +75,9 @@ struct task {
     const struct ds_handler_config *handler;
     wire_work_item *item;
     char *kind;
+    /* The item's W3C trace context (core/trace.h), NUL-terminated; NULL:
+     * none. */
+    char *traceparent, *tracestate;
 };
 
 static struct {
@@ -219,6 +223,8 @@ task_free(struct task *t)
     if (t->item != NULL)
         wire_work_item_free(t->item, NULL);
     free(t->kind);
+    free(t->traceparent);
+    free(t->tracestate);
     free(t);
 }
 
@@ -245,6 +251,8 @@ run_task(struct task *t)
         .cancelled = on_cancel_check,
         .cancel_fd = on_cancel_fd,
         .cancel_grace_ms = t->handler->cancel_grace_ms,
+        .traceparent = t->traceparent,
+        .tracestate = t->tracestate,
     };
     w.current = t;
     w.cancel_requested = 0;
@@ -393,6 +401,15 @@ take_item(const struct ipc_header *h, const uint8_t *body)
         send_update(t, STATE_FAILED, 0, err, sizeof err - 1);
         task_free(t);
         return 0;
+    }
+    /* The grpc process checked the trace it kept in the WorkItem's bytes;
+     * checked again here, so that nothing else reaches an environment. */
+    struct trace_context trace;
+    if (trace_of_work_item(body + off, h->length - off, &trace) && trace.parent_len > 0 &&
+        trace_parent_invalid(trace.parent, trace.parent_len) == NULL) {
+        t->traceparent = ds_strndup(trace.parent, trace.parent_len);
+        if (trace.state_len > 0 && trace_state_invalid(trace.state, trace.state_len) == NULL)
+            t->tracestate = ds_strndup(trace.state, trace.state_len);
     }
     if (t->item->id[0] == '\0' && head.id_len > 0) {
         /* The id the grpc process assigned; protobuf-c frees it with the

@@ -30,6 +30,7 @@
  * message), bad_utf8 (fail with a message that is not UTF-8), ms and steps
  * (sleep, reporting progress after each step but the last), size=N (a
  * result of N bytes 'x'), static (a result kept in the state), crash (abort),
+ * trace (the result is "traceparent=TP", the item's, or "(none)"),
  * retry_until=N (return DS_MODULE_RETRY, "busy at attempt A", while the
  * attempt is under N; built with DS_TEST_MODULE_RETRY it is flagged
  * DS_MODULE_RETRYABLE, otherwise it is a module that never asked for it).
@@ -39,7 +40,7 @@ struct test_state {
     char prefix[64];
     char fini_file[512];
     unsigned long items;
-    char kept[64];
+    char kept[80];
 };
 
 static int
@@ -117,6 +118,13 @@ test_process(void *state, const struct ds_module_item *item, struct ds_module_re
         out->data = p;
         out->len = n;
         out->release = free;
+        return 0;
+    }
+    if (param(item, "trace") != NULL) {        /* minor 3 */
+        snprintf(s->kept, sizeof s->kept, "traceparent=%.55s", item->traceparent != NULL
+                 ? item->traceparent : "(none)");
+        out->data = s->kept;
+        out->len = strlen(s->kept);
         return 0;
     }
     if (param(item, "static") != NULL) {

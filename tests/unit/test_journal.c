@@ -1050,6 +1050,67 @@ test_done_round_trip(void **state)
     assert_int_not_equal(journal_id_hash("a", 1), journal_id_hash("b", 1));
 }
 
+/* A DONE with a trace (flag 2) round-trips; one without reads as before
+ * (no trace); a trace flag whose lengths do not add up is CORRUPT. */
+static void
+test_done_with_trace(void **state)
+{
+    (void)state;
+    static const char tp[] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    static const char ts[] = "congo=t61rcWkgMzE";
+    struct journal_buf b = { 0 };
+    char id[32];
+    struct journal_done d = make_done(44, 4, id, NULL, "r", 1, NULL, 0);
+    d.traceparent = tp;
+    d.traceparent_len = sizeof tp - 1;
+    d.tracestate = ts;
+    d.tracestate_len = sizeof ts - 1;
+    size_t off = journal_encode_done(&b, &d);
+    d.tracestate_len = 0;
+    size_t off2 = journal_encode_done(&b, &d);
+    struct journal_done old = make_done(45, 4, id, NULL, "r", 1, NULL, 0);
+    size_t off3 = journal_encode_done(&b, &old);
+    struct journal_record rec;
+    size_t size;
+    const char *why;
+    assert_int_equal(journal_decode(b.data + off, b.len - off, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(size, off2 - off);
+    assert_int_equal(rec.done.traceparent_len, sizeof tp - 1);
+    assert_memory_equal(rec.done.traceparent, tp, sizeof tp - 1);
+    assert_int_equal(rec.done.tracestate_len, sizeof ts - 1);
+    assert_memory_equal(rec.done.tracestate, ts, sizeof ts - 1);
+    assert_int_equal(rec.done.result_len, 1);
+    assert_int_equal(rec.done.quick, 1);
+    assert_int_equal(journal_decode(b.data + off2, b.len - off2, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(rec.done.traceparent_len, sizeof tp - 1);
+    assert_int_equal(rec.done.tracestate_len, 0);
+    assert_int_equal(journal_decode(b.data + off3, b.len - off3, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(rec.done.traceparent_len, 0);
+    assert_null(rec.done.traceparent);
+
+    /* The flag on a record without the trace, or a traceparent length
+     * past the body, or a zero one (CRC fixed): CORRUPT. */
+    size_t len = b.len - off3;
+    uint8_t *copy = malloc(off2 - off > len ? off2 - off : len);
+    memcpy(copy, b.data + off3, len);
+    copy[JOURNAL_HEADER_SIZE + 9] |= 2;
+    uint32_t crc = journal_crc32c(0, copy + 4, len - 4);
+    memcpy(copy, &crc, 4);
+    assert_int_equal(journal_decode(copy, len, &rec, &size, &why), JOURNAL_CORRUPT);
+    len = off2 - off;
+    size_t at = len - (sizeof tp - 1) - (sizeof ts - 1) - 4;
+    const uint16_t lengths[] = { 0, 1000, (uint16_t)(sizeof tp) };
+    for (size_t i = 0; i < 3; i++) {
+        memcpy(copy, b.data + off, len);
+        memcpy(copy + at, &lengths[i], 2);
+        crc = journal_crc32c(0, copy + 4, len - 4);
+        memcpy(copy, &crc, 4);
+        assert_int_equal(journal_decode(copy, len, &rec, &size, &why), JOURNAL_CORRUPT);
+    }
+    free(copy);
+    journal_buf_free(&b);
+}
+
 static void
 test_done_recovered(void **state)
 {
@@ -1222,6 +1283,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_due_times, setup, teardown),
         cmocka_unit_test(test_decode_errors),
         cmocka_unit_test(test_map),
+        cmocka_unit_test(test_done_with_trace),
         cmocka_unit_test_setup_teardown(test_store_recovery_set, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clean_close_removes_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seq_file, setup, teardown),

@@ -18,7 +18,8 @@ BUILD      ?= build
 PYTHON     ?= /usr/bin/python3
 
 CC         ?= cc
-PKGS        = grpc libprotobuf-c yaml-0.1 libevent libevent_pthreads libcrypto libsystemd hiredis
+PKGS        = grpc libprotobuf-c yaml-0.1 libevent libevent_pthreads libcrypto libsystemd hiredis \
+              libxcrypt
 OPTFLAGS   ?= -O2 -g
 WARNFLAGS   = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
               -Wno-unused-parameter
@@ -37,7 +38,7 @@ DEFINES     = -DDS_PREFIX='"$(DS_PREFIX)"' -DDS_CONF_PATH='"$(DS_CONF)"' -DDS_VE
 
 # Debian packages: to build, and to test.
 DEB_BUILD   = gcc make pkg-config libgrpc-dev libprotobuf-c-dev protobuf-c-compiler \
-              libyaml-dev libevent-dev libssl-dev libsystemd-dev libhiredis-dev
+              libyaml-dev libevent-dev libssl-dev libsystemd-dev libhiredis-dev libcrypt-dev
 DEB_TEST    = libcmocka-dev valgrind python3-grpcio python3-protobuf python3-grpc-tools \
               python3-pytest python3-yaml python3-prometheus-client openssl \
               clang libclang-rt-14-dev nginx redis-server python3-h2

@@ -26,18 +26,18 @@ FUZZ_SANFLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS    = -std=gnu11 -O1 -g -fno-omit-frame-pointer $(FUZZ_SANFLAGS) \
                  -D_GNU_SOURCE -iquote src -Iinclude -I$(BUILD)/gen \
                  $(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null) $(DEFINES)
-FUZZ_LDLIBS    = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -ldl
+FUZZ_LDLIBS    = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -ldl -lcrypt
 # The sources are others' and change under us: a clang-only warning there
 # should not stop the fuzzers. The targets themselves build with -Werror.
 FUZZ_SRC_WARN  = $(WARNFLAGS) -Wno-error
 
 FUZZ_config_SRC = src/core/config.c src/core/log.c src/core/alloc.c src/core/utf8.c \
-                  src/core/descriptors.c
+                  src/core/descriptors.c src/core/auth_file.c
 FUZZ_ipc_SRC    = src/ipc/frame.c src/ipc/channel.c src/core/log.c src/core/alloc.c
 FUZZ_items_SRC  = src/workers/handler.c src/workers/exec.c src/workers/module.c \
                   src/grpc/filter.c src/core/config.c src/core/log.c src/core/alloc.c \
                   src/core/proctitle.c src/core/utf8.c src/core/descriptors.c src/core/kind.c \
-                  $(PROTO_C)
+                  src/core/auth_file.c $(PROTO_C)
 FUZZ_journal_SRC = src/grpc/journal_store.c src/core/log.c src/core/alloc.c
 
 FUZZ_OBJ = $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(1))

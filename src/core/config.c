@@ -24,6 +24,7 @@
 
 #include <yaml.h>
 
+#include "core/auth_file.h"
 #include "core/descriptors.h"
 #include "dosomething/handler.h"
 
@@ -2045,6 +2046,7 @@ parse_status_listen(struct loader *ld, struct node *value, const char *path, voi
 static const struct key_rule status_rules[] = {
     { .name = "listen", .type = VALUE_CUSTOM, .parse = parse_status_listen,
       .shown_as = VALUE_OFF_PATH, CONFIG_FIELD(status.listen) },
+    { .name = "auth", .type = VALUE_OFF_PATH, CONFIG_FIELD(status.auth) },
     { .name = NULL }
 };
 
@@ -2055,6 +2057,7 @@ parse_status(struct loader *ld, struct node *value, const char *path, void *base
 
     if (is_off(value)) {
         c->status.listen = NULL;
+        c->status.auth = NULL;
         return;
     }
     if (value->type == NODE_SCALAR && !is_null(value)) {
@@ -2909,6 +2912,7 @@ set_defaults(struct loader *ld)
     c->max_result_size = DS_RESULT_SIZE_MAX;
 
     c->status.listen = NULL;
+    c->status.auth = NULL;
     c->cluster.redis = NULL;
     c->cluster.name = pool_strdup(c->pool, "dosomething");
     c->cluster.host = NULL;
@@ -3053,6 +3057,21 @@ check_descriptors(struct loader *ld)
              DESCRIPTORS_RESERVE, DESCRIPTORS_MIN_CLIENTS, (unsigned long long)limit);
 }
 
+/* status.auth: the user file reads, and every line of it is one we verify. */
+static void
+check_status_auth(struct loader *ld)
+{
+    const struct ds_config *c = ld->config;
+    struct auth_file f = { NULL, 0 };
+    char why[600];
+
+    if (c->status.auth == NULL)
+        return;
+    if (auth_file_load(c->status.auth, &f, why, sizeof why) == -1)
+        error_at(ld, find_position(ld, "status.auth"), "status.auth", "%s", why);
+    auth_file_free(&f);
+}
+
 static void
 check_system(struct loader *ld)
 {
@@ -3060,6 +3079,7 @@ check_system(struct loader *ld)
     size_t i;
 
     check_user(ld);
+    check_status_auth(ld);
     check_unix_owner(ld);
     check_descriptors(ld);
     for (i = 0; i < c->handler_count; i++)

@@ -221,6 +221,7 @@ struct ds_config {
 
     struct {
         char *listen;             /* NULL: off */
+        char *auth;               /* the user file of HTTP basic auth; NULL: off */
     } status;
 
     struct {

@@ -1,7 +1,9 @@
 /*
  * The status endpoint (status.listen): GET /metrics in the Prometheus text
  * format 0.0.4, GET /status (the same as JSON, plus the process table),
- * GET /healthz (200 while serving, 503 once a stop is under way).
+ * GET /healthz (200 while serving, 503 once a stop is under way). With
+ * status.auth, every path but /healthz asks for HTTP basic auth
+ * (status_auth.c).
  *
  * libevent's evhttp serves it on the grpc process's loop, the thread that
  * bumps every counter, so a request reads them without locks and the data
@@ -47,6 +49,7 @@
 #include "grpc/kind_gate.h"
 #include "grpc/server.h"
 #include "grpc/status.h"
+#include "grpc/status_auth.h"
 #include "grpc/subscribe.h"
 #include "grpc/queue.h"
 #include "grpc/store.h"
@@ -579,8 +582,12 @@ on_request(struct evhttp_request *req, void *arg)
         return;
     }
 
-    if (path == NULL || (strcmp(path, "/metrics") != 0 && strcmp(path, "/status") != 0 &&
-                         strcmp(path, "/healthz") != 0)) {
+    int refused;
+    if (path != NULL && (refused = status_auth_check(req, path, body)) != 0) {
+        reply(req, refused, refused == 429 ? "Too Many Requests" : "Unauthorized", CONTENT_TEXT,
+              body);
+    } else if (path == NULL || (strcmp(path, "/metrics") != 0 && strcmp(path, "/status") != 0 &&
+                                strcmp(path, "/healthz") != 0)) {
         evbuffer_add_printf(body, "not found\n");
         reply(req, HTTP_NOTFOUND, "Not Found", CONTENT_TEXT, body);
     } else if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) {
@@ -830,6 +837,7 @@ status_start(void)
     const char *addr = gp.config->status.listen;
     char why[256], msg[512];
     kinds_touch();
+    status_auth_configure();
     if (addr == NULL || status_listen(addr, why, sizeof why) == 0)
         return 0;
     int n = snprintf(msg, sizeof msg, "status.listen: cannot listen on %s: %s", addr, why);
@@ -846,6 +854,7 @@ status_reconfigure(void)
 
     st.reloads++;
     kinds_touch();
+    status_auth_configure();
     if (addr == NULL) {
         if (st.bound != NULL)
             log_info("status endpoint on %s closed (status.listen is off)", st.listen);
@@ -878,5 +887,6 @@ status_shutdown(void)
         event_free(st.resume_timer);
     if (st.http != NULL)
         evhttp_free(st.http);   /* closes the socket and every connection */
+    status_auth_shutdown();
     memset(&st, 0, sizeof st);
 }

@@ -274,6 +274,11 @@ def print_round_trip(config_path, directory):
     return yaml.safe_load(r.stdout)
 
 
+# A status.auth user's hash (openssl passwd -6 -salt saltsalt pw).
+STATUS_AUTH_HASH = ("$6$saltsalt$pauPrmdmG4BTE9h2HPmywiw152IFch6BJCEsaY"
+                    "6D.PLTfpV8sqvXwWdyfsgVgozkYH9B80bAip/08R2BPH2xk/")
+
+
 def every_key_config(directory, module):
     """A config that sets every key away from its default but cluster,
     which excludes queue.journal."""
@@ -312,7 +317,7 @@ def every_key_config(directory, module):
                              "concurrency": 0, "rate": "6000/m", "paused": False},
                      "nap": {"builtin": "sleep", "timeout": "250ms", "cancel_grace": "10m",
                              "concurrency": 1000000, "rate": "off", "paused": False}},
-        "status": {"listen": "[::1]:9090"},
+        "status": {"listen": "[::1]:9090", "auth": "users"},
         "cluster": "off",
         "respawn": {"backoff_min": "250ms", "backoff_max": "2m", "stable_after": "1h",
                     "crash_limit": 3},
@@ -340,6 +345,7 @@ def test_print_config_round_trip_every_key(tmp_path):
         directory.mkdir()
         path = directory / "ds.yaml"
         path.write_text(yaml.safe_dump(config, allow_unicode=True))
+        (directory / "users").write_text(f"op:{STATUS_AUTH_HASH}\n")     # status.auth
         printed = print_round_trip(path, directory)
         # Every key the tables know is printed, and set here: a key added to
         # a table shows up in -T, and then belongs in this config.

@@ -6,6 +6,7 @@ modules: the item's fields; built-ins: a debug line), show in the access
 log and in getItems, survive the journal and live in Redis in cluster mode.
 Malformed ones are ignored with a debug line naming what was wrong.
 """
+import os
 import signal
 
 import grpc
@@ -281,3 +282,64 @@ def test_a_work_item_naming_the_trace_fields_itself_is_checked(start_daemon, tmp
     except grpc.RpcError:
         pass
     assert d.client().health(timeout=10, wait_for_ready=True) == b"\x08\x01"
+
+
+def test_a_retried_item_keeps_its_trace(start_daemon, tmp_path):
+    d = start_daemon(config(tmp_path, handlers={
+        "default": "echo", "echo": {"builtin": "echo"},
+        "fail": {"exec": ["sh", "-c", 'echo "in $TRACEPARENT" >&2; exit 3']}}))
+    c = d.client()
+    submit(c, [{"id": "r", "kind": "fail", "max_attempts": 1}],
+           metadata=[("traceparent", TP), ("tracestate", TS)])
+    first = c.get_items(["r"], wait=True, timeout=30).items[0]
+    assert first.state == pb.FAILED and f"in {TP}" in first.error, first.error
+    assert c.retry_items(["r"]).requeued == 1
+    wait_for(lambda: c.get_items(["r"]).items[0].state == pb.FAILED and
+             c.get_items(["r"]).items[0].last_seq > first.last_seq, 20, "the retry's end")
+    again = c.get_items(["r"]).items[0]
+    assert f"in {TP}" in again.error and (again.traceparent, again.tracestate) == (TP, TS)
+
+
+@pytest.mark.deadline(90)
+def test_a_binary_upgrade_hands_the_trace_over(start_daemon, monkeypatch, tmp_path):
+    import shutil
+
+    import conftest
+    from conftest import descendants
+    binary = tmp_path / "dosomethingd"
+    shutil.copy(conftest.BINARY, binary)
+    monkeypatch.setattr(conftest, "BINARY", str(binary))
+    slow = {"exec": ["sh", "-c", 'sleep 0.3; printf "%s|%s" "$TRACEPARENT" "$TRACESTATE"']}
+    d = start_daemon(config(tmp_path, workers={"count": 1}, shutdown_timeout="2s",
+                            handlers={"default": "echo", "echo": {"builtin": "echo"},
+                                      "slow": slow}))
+    c = d.client()
+    ids = [f"u{i}" for i in range(12)]
+    reply = submit(c, [{"id": i, "kind": "slow"} for i in ids],
+                   metadata=[("traceparent", TP), ("tracestate", TS)])
+    assert reply.accepted == 12
+    old_master, new_master = d.master_pid, None
+    try:
+        d.send_signal(signal.SIGUSR2)
+        wait_for(lambda: d.read_pid_file() not in (None, old_master), 10, "the new master")
+        new_master = d.read_pid_file()
+        d.known_pids.add(new_master)
+        assert d.wait_exit(timeout=20) == 0
+        d.wait_log(r"handover: \d+ items handed over to the new instance")
+        nc = conftest.Client(d.address)
+        try:
+            known = nc.get_items(ids, wait=True, with_results=True, timeout=30)
+            assert known.items, "nothing was handed over"
+            for it in known.items:
+                assert it.state == SUCCEEDED, (it.id, it.error)
+                assert (it.traceparent, it.tracestate) == (TP, TS), it.id
+                assert it.result == f"{TP}|{TS}".encode(), it.id
+        finally:
+            nc.close()
+    finally:
+        if new_master is not None:
+            for pid in [new_master] + descendants(new_master):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

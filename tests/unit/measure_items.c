@@ -51,8 +51,9 @@ main(void)
     }
     struct mallinfo2 m1 = mallinfo2();
     long r1 = rss_kib();
-    printf("%llu finals: RSS +%.1f B/item, malloc'd +%.1f B/item (id 16 B + 2 NULs included), "
-           "counted by items.retention.bytes: %.1f B/item; struct known_item %zu B\n",
+    printf("%llu finals: RSS +%.1f B/item, malloc'd +%.1f B/item (id 16 B + the NULs of id, "
+           "batch, traceparent and tracestate included), counted by items.retention.bytes: "
+           "%.1f B/item; struct known_item %zu B\n",
            (unsigned long long)items_stats()->by_state[STATE_SUCCEEDED], (r1 - r0) * 1024.0 / COUNT,
            (double)(m1.uordblks + m1.hblkhd - m0.uordblks - m0.hblkhd) / COUNT,
            (double)items_stats()->retained_bytes / COUNT, sizeof(struct known_item));

@@ -2067,50 +2067,127 @@ parse_status(struct loader *ld, struct node *value, const char *path, void *base
     walk_mapping(ld, value, path, status_rules, base);
 }
 
+/*
+ * HOST[:PORT] at S, the host ending at ':' or at one of STOP: HOST a name,
+ * an IPv4 address or [IPv6]. *HOST and *LEN get the host (without
+ * brackets), *PORT the port if one is given (1..65535; else left alone).
+ * Returns what follows, or NULL if it is malformed.
+ */
+static const char *
+host_port(const char *s, const char *stop, const char **host, size_t *len, unsigned long *port)
+{
+    const char *end, *rest;
+
+    if (*s == '[') {
+        s++;
+        end = strchr(s, ']');
+        if (end == NULL || end == s)
+            return NULL;
+        rest = end + 1;
+    } else {
+        end = s;
+        while (*end != '\0' && *end != ':' && strchr(stop, *end) == NULL)
+            end++;
+        rest = end;
+    }
+    if (end == s || end - s > 255)
+        return NULL;
+    if (*rest == ':') {
+        char *after;
+        errno = 0;
+        if (rest[1] < '0' || rest[1] > '9')
+            return NULL;
+        *port = strtoul(rest + 1, &after, 10);
+        if (errno != 0 || *port == 0 || *port > 65535)
+            return NULL;
+        rest = after;
+    }
+    *host = s;
+    *len = (size_t)(end - s);
+    return rest;
+}
+
+/*
+ * sentinel://H1[:P1],H2[:P2],.../MASTER (after "sentinel://" at S): at most
+ * CONFIG_SENTINELS_MAX sentinels, each port 26379 when left out; MASTER the
+ * name the sentinels monitor the master under. -1 (reported) if malformed.
+ */
+static int
+parse_sentinels(struct loader *ld, struct node *value, const char *path, struct ds_config *c,
+                const char *s)
+{
+    struct ds_address found[CONFIG_SENTINELS_MAX];
+    size_t n = 0;
+    char buf[48];
+    const char *p = s;
+
+    for (;;) {
+        const char *host;
+        size_t len;
+        unsigned long port = 26379;
+        const char *rest = host_port(p, ",/", &host, &len, &port);
+        if (rest == NULL || (*rest != ',' && *rest != '/')) {
+            error_at(ld, value, path, "sentinel %zu: must be HOST[:PORT] with a port 1..65535, "
+                     "got %s (the form is sentinel://HOST[:PORT],HOST[:PORT]/MASTER)", n + 1,
+                     excerpt(p, buf, sizeof buf));
+            return -1;
+        }
+        if (n == CONFIG_SENTINELS_MAX) {
+            error_at(ld, value, path, "names more than %d sentinels", CONFIG_SENTINELS_MAX);
+            return -1;
+        }
+        found[n].host = pool_strndup(c->pool, host, len);
+        found[n].port = (int)port;
+        n++;
+        p = rest + 1;
+        if (*rest == '/')
+            break;
+    }
+    if (!valid_name(p)) {
+        error_at(ld, value, path, "the master's name after the last / must be 1..%d characters "
+                 "of A-Z a-z 0-9 _ . -, got %s", CONFIG_NAME_MAX,
+                 *p ? excerpt(p, buf, sizeof buf) : "nothing");
+        return -1;
+    }
+    c->cluster.sentinels = pool_alloc(c->pool, n * sizeof *c->cluster.sentinels);
+    memcpy(c->cluster.sentinels, found, n * sizeof *found);
+    c->cluster.sentinel_count = n;
+    c->cluster.master_name = pool_strdup(c->pool, p);
+    c->cluster.host = NULL;
+    return 0;
+}
+
 /* redis://HOST[:PORT][/]: HOST a name, an IPv4 address or [IPv6]; PORT 6379
- * when left out. */
+ * when left out. Or sentinel://...: parse_sentinels(). */
 static void
 parse_cluster_redis(struct loader *ld, struct node *value, const char *path, void *base)
 {
     struct ds_config *c = base;
-    const char *s = scalar(ld, value, path), *host, *end, *rest;
+    const char *s = scalar(ld, value, path), *host, *rest;
+    size_t len;
     char buf[48];
     unsigned long port = 6379;
 
     if (s == NULL)
         return;
+    if (strncmp(s, "sentinel://", 11) == 0) {
+        if (parse_sentinels(ld, value, path, c, s + 11) == 0)
+            c->cluster.redis = pool_strdup(c->pool, s);
+        return;
+    }
     if (strncmp(s, "redis://", 8) != 0 || s[8] == '\0')
         goto bad;
-    host = s + 8;
-    if (*host == '[') {
-        host++;
-        end = strchr(host, ']');
-        if (end == NULL || end == host)
-            goto bad;
-        rest = end + 1;
-    } else {
-        end = host + strcspn(host, ":/");
-        rest = end;
-    }
-    if (end == host || end - host > 255)
-        goto bad;
-    if (*rest == ':') {
-        char *stop;
-        errno = 0;
-        port = strtoul(rest + 1, &stop, 10);
-        if (stop == rest + 1 || errno != 0 || port == 0 || port > 65535)
-            goto bad;
-        rest = stop;
-    }
-    if (strcmp(rest, "") != 0 && strcmp(rest, "/") != 0)
+    rest = host_port(s + 8, "/", &host, &len, &port);
+    if (rest == NULL || (strcmp(rest, "") != 0 && strcmp(rest, "/") != 0))
         goto bad;
     c->cluster.redis = pool_strdup(c->pool, s);
-    c->cluster.host = pool_strndup(c->pool, host, (size_t)(end - host));
+    c->cluster.host = pool_strndup(c->pool, host, len);
     c->cluster.port = (int)port;
+    c->cluster.sentinel_count = 0;
     return;
 bad:
-    error_at(ld, value, path, "must be redis://HOST[:PORT], got %s",
-             excerpt(s, buf, sizeof buf));
+    error_at(ld, value, path, "must be redis://HOST[:PORT] or "
+             "sentinel://HOST[:PORT],HOST[:PORT]/MASTER, got %s", excerpt(s, buf, sizeof buf));
 }
 
 static void
@@ -2137,6 +2214,10 @@ static const struct key_rule cluster_rules[] = {
       .shown_as = VALUE_STRING, CONFIG_FIELD(cluster.name) },
     { .name = "lease", .type = VALUE_DURATION, CONFIG_FIELD(cluster.lease_ms), .min = 300,
       .max = 3600 * MS_SECOND },
+    { .name = "min_replicas_ack", .type = VALUE_UINT, CONFIG_FIELD(cluster.min_replicas_ack),
+      .min = 0, .max = 64 },
+    { .name = "replicas_ack_timeout", .type = VALUE_DURATION,
+      CONFIG_FIELD(cluster.replicas_ack_timeout_ms), .min = 10, .max = 60 * MS_SECOND },
     { .name = NULL }
 };
 
@@ -2918,6 +2999,11 @@ set_defaults(struct loader *ld)
     c->cluster.host = NULL;
     c->cluster.port = 6379;
     c->cluster.lease_ms = 10 * MS_SECOND;
+    c->cluster.sentinels = NULL;
+    c->cluster.sentinel_count = 0;
+    c->cluster.master_name = NULL;
+    c->cluster.min_replicas_ack = 0;
+    c->cluster.replicas_ack_timeout_ms = MS_SECOND;
 
     c->respawn.backoff_min_ms = 100;
     c->respawn.backoff_max_ms = 10 * MS_SECOND;

@@ -133,6 +133,16 @@ int config_retry_exit_code(const struct ds_handler_config *handler, int status);
 #define DS_METHOD_COUNT         5
 #define DS_METHODS_ALL          ((1u << DS_METHOD_COUNT) - 1)
 
+/* A host (a name, an IPv4 address or an IPv6 one without brackets) and a
+ * port; in the config's pool. */
+struct ds_address {
+    char *host;
+    int port;
+};
+
+/* At most this many sentinels in cluster.redis. */
+#define CONFIG_SENTINELS_MAX 16
+
 struct ds_config {
     struct ds_pool *pool;         /* owns everything below */
 
@@ -226,10 +236,17 @@ struct ds_config {
 
     struct {
         char *redis;              /* NULL: off; else the URL as written */
-        char *host;               /* from the URL */
+        char *host;               /* redis://: from the URL; NULL with sentinels */
         int port;
+        /* sentinel://H1:P1,H2:P2/MASTER: the sentinels (asked in turn for the
+         * master's address) and the master's name there; none with redis:// */
+        struct ds_address *sentinels;
+        size_t sentinel_count;
+        char *master_name;
         char *name;               /* prefix of the Redis keys */
         uint64_t lease_ms;        /* unrenewed this long, an item is claimed by another */
+        uint32_t min_replicas_ack;        /* accepted only once on this many replicas (WAIT) */
+        uint64_t replicas_ack_timeout_ms; /* ... within this */
     } cluster;
 
     struct {

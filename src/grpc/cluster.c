@@ -36,6 +36,7 @@
 #include "core/process.h"
 #include "core/trace.h"
 #include "grpc/cluster.h"
+#include "grpc/cluster_ack.h"
 #include "grpc/cluster_items.h"
 #include "grpc/grpc_process.h"
 #include "grpc/health.h"
@@ -44,10 +45,13 @@
 #include "grpc/item.h"
 #include "grpc/metrics.h"
 #include "grpc/redis_args.h"
+#include "grpc/resolve.h"
+#include "grpc/sentinel.h"
 #include "grpc/store.h"
 #include "grpc/updates.h"
 
 #define CONNECT_TIMEOUT_MS  3000    /* for the three connections and the setup */
+#define RESOLVE_TIMEOUT_MS  5000    /* finding the master: a DNS lookup (on top of the sentinels) */
 #define PING_EVERY_MS       1000
 #define PING_TIMEOUT_MS     3000    /* no answer: the session is dropped */
 #define BACKOFF_MIN_MS      100
@@ -522,6 +526,39 @@ static const char script_size[] =
     "end\n"
     "return n\n";
 
+/*
+ * The fence, run once per session: KEYS seq, work, pwork; ARGV the
+ * highest seq this instance has seen (0: none) and the jump. A counter
+ * that exists but is behind that seq means Redis lost writes this
+ * instance saw (a failover to a replica that had not got them, a restart
+ * from an old snapshot): the next seqs would repeat ones already
+ * delivered (and other instances, further ahead, would skip them), and
+ * the next work entries would reuse IDs that an instance may still hold.
+ * So the counter and both work streams' last IDs jump ahead by ARGV[2].
+ * An instance that comes later finds the counter ahead of what it saw
+ * and reads on (a gap: its subscribers are told, as for any lost
+ * updates). 1: it jumped.
+ */
+#define FENCE_JUMP (UINT64_C(1) << 32)
+static const char script_fence[] =
+    "local c = redis.call('GET', KEYS[1])\n"
+    "local f = tonumber(ARGV[1])\n"
+    "if c == false or f == 0 or tonumber(c) >= f then return 0 end\n"
+    "local j = tonumber(ARGV[2])\n"
+    "redis.call('SET', KEYS[1], string.format('%.0f', f + j))\n"
+    "for k = 2, 3 do\n"
+    "  if redis.call('EXISTS', KEYS[k]) == 1 then\n"
+    "    local info = redis.call('XINFO', 'STREAM', KEYS[k])\n"
+    "    for i = 1, #info, 2 do\n"
+    "      if info[i] == 'last-generated-id' then\n"
+    "        local ms, n = string.match(info[i + 1], '^(%d+)%-(%d+)$')\n"
+    "        redis.call('XSETID', KEYS[k], ms .. '-' .. string.format('%.0f', tonumber(n) + j))\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return 1\n";
+
 enum script {
     SCRIPT_ACCEPT, SCRIPT_UPDATE, SCRIPT_RENEW, SCRIPT_CLAIM, SCRIPT_TRIM, SCRIPT_CANCEL,
     SCRIPT_RETRY, SCRIPT_PULL, SCRIPT_DUE, SCRIPT_SIZE, SCRIPT_COUNT
@@ -543,6 +580,7 @@ struct conn {
  * and the state of its final update. Freed by the reply's callback. */
 struct item_op {
     struct acceptance a;        /* accept */
+    int wait;                   /* accept: ACCEPTED only after the replicas (cluster_ack.c) */
     struct item *item;          /* final, retry */
     enum wire_state state;      /* final */
 };
@@ -559,6 +597,13 @@ static struct {
     uint64_t floor_start;       /* updates_last_seq() when we started */
     char floor[24];             /* the seq counter starts no lower than this: floor_arg() */
     struct conn cmd, work, upd;
+    /* The master: cluster.redis's host, or what the sentinels named. */
+    int sentinels;              /* cluster.redis is sentinel://: sentinel.c finds it */
+    char master_name[128];
+    char master_host[256];
+    int master_port;
+    char address[64];           /* master_host resolved: what hiredis connects to */
+    struct resolve_request *resolving;
     int up;                     /* connected and set up */
     int failing;                /* the session is being dropped */
     int caught_up;              /* the update stream was read to its end */
@@ -608,6 +653,36 @@ static void cluster_pull(void);
 static void apply_pending_cancel(uint64_t key);
 static void arm_due(int64_t due_ms);
 static void remember_cancel(uint64_t key, const char *reason);
+
+/* "redis HOST:PORT", or "redis master NAME at HOST:PORT" (found through the
+ * sentinels; "redis master NAME" before they named one): for messages. */
+static const char *
+where(void)
+{
+    static char buf[448];
+    if (!cl.sentinels)
+        snprintf(buf, sizeof buf, "redis %s:%d", cl.master_host, cl.master_port);
+    else if (cl.master_host[0] == '\0')
+        snprintf(buf, sizeof buf, "redis master %s", cl.master_name);
+    else
+        snprintf(buf, sizeof buf, "redis master %s at %s:%d", cl.master_name, cl.master_host,
+                 cl.master_port);
+    return buf;
+}
+
+/* An error reply saying the node is a replica now (a failover demoted
+ * it): the session goes, to find the master again. 1 if R is one. */
+static int
+demoted(const redisReply *r)
+{
+    if (r == NULL || !(r->type == REDIS_REPLY_ERROR && strncmp(r->str, "READONLY", 8) == 0))
+        return 0;
+    if (cl.sentinels)
+        sentinel_distrust();
+    session_fail("it refused a write: it is a replica now (%.120s); finding the master again",
+                 r->str);
+    return 1;
+}
 
 /* ---- commands ------------------------------------------------------------ */
 
@@ -895,6 +970,8 @@ update_result(const redisReply *r, const char *what)
             cl.max_published_seq = (uint64_t)r->integer;
         return r->integer;
     }
+    if (demoted(r))
+        return -1;
     log_error("cluster: publishing %s failed: %s", what,
               r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
     if (is_error(r, "NOSCRIPT"))
@@ -1053,7 +1130,12 @@ on_accepted(redisAsyncContext *ac, void *reply, void *arg)
     } else if (r->type == REDIS_REPLY_INTEGER) {
         if ((uint64_t)r->integer > cl.max_published_seq)
             cl.max_published_seq = (uint64_t)r->integer;
-        store_accepted(op->a, STORE_ACCEPTED, NULL);
+        if (op->wait)
+            cluster_ack_hold(op->a);
+        else
+            store_accepted(op->a, STORE_ACCEPTED, NULL);
+    } else if (demoted(r)) {
+        store_accepted(op->a, STORE_UNAVAILABLE, cl.why);
     } else if (is_error(r, "NOSCRIPT")) {
         session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
         store_accepted(op->a, STORE_UNAVAILABLE, cl.why);
@@ -1108,9 +1190,12 @@ cluster_accept(struct acceptance a)
         redis_args_str(&args, "");
         redis_args_str(&args, "");
     }
+    op->wait = cluster_ack_wanted();
     if (command(&cl.cmd, on_accepted, op, &args) == -1) {
         later(unavailable_later, op);
     } else {
+        if (op->wait)
+            cluster_ack_sent();
         cl.inflight++;
         cl.accepts_sent++;
         if (due_ms > 0)
@@ -1936,8 +2021,8 @@ set_why(void)
         snprintf(cl.why, sizeof cl.why, "cluster: this instance is still reading the update "
                  "stream %s; try again shortly", cl.key_updates);
     else
-        snprintf(cl.why, sizeof cl.why, "cluster: redis %s:%d is unreachable (%s); nothing is "
-                 "accepted until it is back", gp.config->cluster.host, gp.config->cluster.port,
+        snprintf(cl.why, sizeof cl.why, "cluster: %s is unreachable (%s); nothing is "
+                 "accepted until it is back", where(),
                  cl.last_error[0] ? cl.last_error : "connecting");
 }
 
@@ -1965,8 +2050,7 @@ session_fail(const char *fmt, ...)
     va_end(ap);
     int was_up = cl.up && cl.caught_up;
     if (was_up || strcmp(why, cl.last_error) != 0)
-        log_error("cluster: redis %s:%d: %s%s", gp.config->cluster.host,
-                  gp.config->cluster.port, why, was_up ? "; doSomething answers UNAVAILABLE "
+        log_error("cluster: %s: %s%s", where(), why, was_up ? "; doSomething answers UNAVAILABLE "
                   "until it is back" : "");
     snprintf(cl.last_error, sizeof cl.last_error, "%s", why);
     cl.failing = 1;
@@ -1994,9 +2078,14 @@ static void
 on_reset(evutil_socket_t fd, short what, void *arg)
 {
     stop_timers();
+    if (cl.sentinels)
+        sentinel_cancel();
+    resolve_cancel(cl.resolving);
+    cl.resolving = NULL;
     free_conn(&cl.cmd);
     free_conn(&cl.work);
     free_conn(&cl.upd);
+    cluster_ack_fail(cl.why);
     cl.reading = cl.pulling = cl.claiming = cl.polling = cl.ping_outstanding = 0;
     cl.setup_pending = 0;
     if (cl.shutting_down)
@@ -2021,12 +2110,37 @@ on_disconnect(const redisAsyncContext *ac, int status)
 
 static void session_up(void);
 
+/* "master", "slave", "sentinel" from a ROLE reply; "something else" if R
+ * is none. */
+static const char *
+role_of(const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+        r->element[0]->type == REDIS_REPLY_STRING) {
+        const redisReply *e = r->element[0];
+        if (e->len == 6 && memcmp(e->str, "master", 6) == 0)
+            return "master";
+        if (e->len == 5 && memcmp(e->str, "slave", 5) == 0)
+            return "slave";
+        if (e->len == 8 && memcmp(e->str, "sentinel", 8) == 0)
+            return "sentinel";
+    }
+    return r->type == REDIS_REPLY_ERROR ? "an error" : "something else";
+}
+
+/* The highest seq this instance has seen or published. */
+static uint64_t
+fence_floor(void)
+{
+    return cl.last_seq > cl.max_published_seq ? cl.last_seq : cl.max_published_seq;
+}
+
 static void
 on_setup(redisAsyncContext *ac, void *reply, void *arg)
 {
     redisReply *r = reply;
     intptr_t which = (intptr_t)arg;
-    if (r == NULL || cl.failing)
+    if (r == NULL || cl.failing || demoted(r))
         return;
     if (which < SCRIPT_COUNT) {
         if (r->type != REDIS_REPLY_STRING || r->len >= sizeof cl.sha[0]) {
@@ -2055,6 +2169,27 @@ on_setup(redisAsyncContext *ac, void *reply, void *arg)
         }
     } else if (which == SCRIPT_COUNT + 4) {
         cl.work_client_id = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+    } else if (which == SCRIPT_COUNT + 5) {
+        const char *role = role_of(r);
+        if (strcmp(role, "master") != 0) {
+            if (cl.sentinels)
+                sentinel_distrust();
+            session_fail("it is not a master (ROLE says %s)%s", role, cl.sentinels
+                         ? "; asking the sentinels again" : ": point cluster.redis at the "
+                         "master, or at its sentinels with sentinel://");
+            return;
+        }
+    } else if (which == SCRIPT_COUNT + 6) {
+        if (r->type == REDIS_REPLY_ERROR) {
+            session_fail("the seq check failed: %.200s", r->str);
+            return;
+        }
+        if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+            log_warn("cluster: %s: its seq counter %s is behind seq %" PRIu64 ", which this "
+                     "instance has seen: redis lost writes (a failover to a replica that had "
+                     "not got them, or a restart); seqs and work entry IDs go on %llu further, "
+                     "so that none is used twice", where(), cl.key_seq, fence_floor(),
+                     (unsigned long long)FENCE_JUMP);
     } else if (cl.control_last[0] == '\0') {
         /* Cancel requests from now on (a new session goes on from the last one read). */
         snprintf(cl.control_last, sizeof cl.control_last, "0-0");
@@ -2073,18 +2208,28 @@ static void
 on_pong(redisAsyncContext *ac, void *reply, void *arg)
 {
     cl.ping_outstanding = 0;
+    const char *role = reply != NULL ? role_of(reply) : "master";
+    if (strcmp(role, "master") != 0 && !cl.failing) {
+        if (cl.sentinels)
+            sentinel_distrust();
+        session_fail("it is no longer a master (ROLE says %s); finding the master again", role);
+    }
 }
 
 static void
 on_ping_timer(evutil_socket_t fd, short what, void *arg)
 {
+    /* A WAIT for the replicas (cluster_ack.c) may be ahead of it. */
+    uint64_t timeout = PING_TIMEOUT_MS + cluster_ack_max_wait_ms();
     if (cl.ping_outstanding) {
-        if (clock_monotonic_ms() - cl.ping_sent_ms >= PING_TIMEOUT_MS)
-            session_fail("no answer to PING within %d ms", PING_TIMEOUT_MS);
+        if (clock_monotonic_ms() - cl.ping_sent_ms >= timeout)
+            session_fail("no answer to ROLE within %" PRIu64 " ms", timeout);
         return;
     }
+    /* ROLE rather than PING: a master demoted while we stay connected
+     * (a failover, a REPLICAOF) is noticed within a second. */
     struct redis_args a;
-    redis_args_init(&a, "PING");
+    redis_args_init(&a, "ROLE");
     if (command(&cl.cmd, on_pong, NULL, &a) == 0) {
         cl.ping_outstanding = 1;
         cl.ping_sent_ms = clock_monotonic_ms();
@@ -2108,9 +2253,8 @@ session_up(void)
     cl.backoff_ms = BACKOFF_MIN_MS;
     if (cl.sessions++ > 0)
         cl.reconnects++;
-    log_notice("cluster: connected to redis %s:%d as %s (group %s on %s)",
-               gp.config->cluster.host, gp.config->cluster.port, cl.consumer, CLUSTER_GROUP,
-               cl.key_work);
+    log_notice("cluster: connected to %s as %s (group %s on %s)", where(), cl.consumer,
+               CLUSTER_GROUP, cl.key_work);
     cl.last_error[0] = '\0';
     set_why();
     struct timeval ping = clock_timeval_ms(PING_EVERY_MS), poll = clock_timeval_ms(POLL_MS);
@@ -2137,6 +2281,8 @@ on_connect(const redisAsyncContext *ac, int status)
         return;
     if (status != REDIS_OK) {
         conn->ac = NULL;    /* hiredis frees it */
+        if (cl.sentinels)
+            sentinel_distrust();
         session_fail("connecting: %s", ac->errstr);
         return;
     }
@@ -2145,8 +2291,11 @@ on_connect(const redisAsyncContext *ac, int status)
         return;
     /* Everything the session needs, pipelined; session_up() after the last reply. */
     cl.up = 1;
-    cl.setup_pending = SCRIPT_COUNT + 5;
+    cl.setup_pending = SCRIPT_COUNT + 7;
     struct redis_args a;
+    /* First: anything else on a replica would fail with less to say. */
+    redis_args_init(&a, "ROLE");
+    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 5), &a);
     for (intptr_t i = 0; i < SCRIPT_COUNT; i++) {
         redis_args_init(&a, "SCRIPT");
         redis_args_str(&a, "LOAD");
@@ -2180,14 +2329,22 @@ on_connect(const redisAsyncContext *ac, int status)
     redis_args_init(&a, "CLIENT");
     redis_args_str(&a, "ID");
     command(&cl.work, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 4), &a);
+    redis_args_init(&a, "EVAL");
+    redis_args_str(&a, script_fence);
+    redis_args_str(&a, "3");
+    redis_args_str(&a, cl.key_seq);
+    redis_args_str(&a, cl.key_work);
+    redis_args_str(&a, cl.key_pwork);
+    redis_args_u64(&a, fence_floor());
+    redis_args_u64(&a, FENCE_JUMP);
+    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 6), &a);
     cl.up = 0;      /* until session_up() */
 }
 
 static int
 open_conn(struct conn *conn)
 {
-    const struct ds_config *c = gp.config;
-    redisAsyncContext *ac = redisAsyncConnect(c->cluster.host, c->cluster.port);
+    redisAsyncContext *ac = redisAsyncConnect(cl.address, cl.master_port);
     if (ac == NULL) {
         session_fail("out of memory");
         return -1;
@@ -2211,17 +2368,72 @@ open_conn(struct conn *conn)
 static void
 on_setup_timer(evutil_socket_t fd, short what, void *arg)
 {
-    session_fail("no connection after %d ms", CONNECT_TIMEOUT_MS);
+    session_fail("no connection after %d ms%s", CONNECT_TIMEOUT_MS + RESOLVE_TIMEOUT_MS,
+                 cl.sentinels ? " (and the sentinels' answers)" : "");
+}
+
+/* The master's address: connect there. */
+static void
+on_master_resolved(void *arg, const char *address, const char *why)
+{
+    cl.resolving = NULL;
+    if (address == NULL) {
+        session_fail("%s", why);
+        return;
+    }
+    snprintf(cl.address, sizeof cl.address, "%s", address);
+    if (open_conn(&cl.cmd) == -1 || open_conn(&cl.work) == -1 || open_conn(&cl.upd) == -1)
+        return;
+}
+
+/* Where the master is (cluster.redis's host, or what a sentinel said):
+ * resolve it off the loop (resolve.c), then connect. */
+static void
+on_master_found(const char *host, int port, const char *why)
+{
+    if (host == NULL) {
+        session_fail("%s", why);
+        return;
+    }
+    if (cl.sentinels && (strcmp(host, cl.master_host) != 0 || port != cl.master_port)) {
+        log_notice("cluster: sentinel %s names %s:%d as master %s", sentinel_last(), host, port,
+                   cl.master_name);
+        snprintf(cl.master_host, sizeof cl.master_host, "%s", host);
+        cl.master_port = port;
+        set_why();
+    }
+    cl.resolving = resolve_host(gp.base, cl.master_host, on_master_resolved, NULL);
+}
+
+/* +switch-master (sentinel.c): the session goes, unless it is already
+ * with the new master; the next one starts at once. */
+static void
+on_switched(const char *host, int port)
+{
+    if (strcmp(host, cl.master_host) == 0 && port == cl.master_port && cl.up)
+        return;
+    cl.backoff_ms = BACKOFF_MIN_MS;
+    if (!cl.failing && (cl.up || cl.resolving != NULL || cl.cmd.ac != NULL)) {
+        session_fail("the sentinels moved master %s to %s:%d", cl.master_name, host, port);
+    } else if (evtimer_pending(cl.retry_timer, NULL)) {
+        struct timeval tv = clock_timeval_ms(BACKOFF_MIN_MS);
+        evtimer_add(cl.retry_timer, &tv);
+    }
 }
 
 static void
 on_retry(evutil_socket_t fd, short what, void *arg)
 {
     cl.failing = 0;
-    struct timeval tv = clock_timeval_ms(CONNECT_TIMEOUT_MS);
+    uint64_t budget = CONNECT_TIMEOUT_MS + RESOLVE_TIMEOUT_MS;
+    if (cl.sentinels)
+        budget += gp.config->cluster.sentinel_count * (uint64_t)SENTINEL_ASK_TIMEOUT_MS;
+    struct timeval tv = clock_timeval_ms(budget);
     evtimer_add(cl.setup_timer, &tv);
-    if (open_conn(&cl.cmd) == -1 || open_conn(&cl.work) == -1 || open_conn(&cl.upd) == -1)
-        return;
+    if (cl.sentinels)
+        sentinel_find(on_master_found);
+    else
+        on_master_found(cl.master_host, cl.master_port, NULL);
 }
 
 /* While cl.up is set inside on_connect, command() sends: the setup needs it. */
@@ -2256,6 +2468,15 @@ cluster_start(void)
     snprintf(cl.key_prio, sizeof cl.key_prio, "{%s}:prio", c->cluster.name);
     cl.floor_start = updates_last_seq();
     cl.backoff_ms = BACKOFF_MIN_MS;
+    cl.sentinels = c->cluster.sentinel_count > 0;
+    if (cl.sentinels) {
+        snprintf(cl.master_name, sizeof cl.master_name, "%s", c->cluster.master_name);
+        sentinel_start(gp.base, c, on_switched);
+    } else {
+        snprintf(cl.master_host, sizeof cl.master_host, "%s", c->cluster.host);
+        cl.master_port = c->cluster.port;
+    }
+    cluster_ack_start(gp.base, check_done);
     cl.pull_unit = ITEM_WEIGHT_FULL;
     cl.reset_event = event_new(gp.base, -1, 0, on_reset, NULL);
     cl.retry_timer = evtimer_new(gp.base, on_retry, NULL);
@@ -2266,9 +2487,9 @@ cluster_start(void)
     cl.poll_timer = event_new(gp.base, -1, EV_PERSIST, on_poll_timer, NULL);
     cl.due_timer = evtimer_new(gp.base, on_due_timer, NULL);
     set_why();
-    log_info("cluster: redis %s:%d, keys {%s}:*, consumer %s, lease %llu ms", c->cluster.host,
-             c->cluster.port, c->cluster.name, cl.consumer,
-             (unsigned long long)c->cluster.lease_ms);
+    log_info("cluster: %s, keys {%s}:*, consumer %s, lease %llu ms, min_replicas_ack %u",
+             cl.sentinels ? c->cluster.redis : where(), c->cluster.name, cl.consumer,
+             (unsigned long long)c->cluster.lease_ms, c->cluster.min_replicas_ack);
     on_retry(-1, 0, NULL);
 }
 
@@ -2296,9 +2517,15 @@ cluster_shutdown(void)
     cl.shutting_down = 1;
     stop_timers();
     evtimer_del(cl.retry_timer);
+    cluster_ack_shutdown();
+    if (cl.sentinels)
+        sentinel_shutdown();
+    resolve_cancel(cl.resolving);
+    cl.resolving = NULL;
     free_conn(&cl.cmd);
     free_conn(&cl.work);
     free_conn(&cl.upd);
+    resolve_shutdown();
     event_free(cl.reset_event);
     event_free(cl.retry_timer);
     event_free(cl.setup_timer);
@@ -2407,7 +2634,8 @@ cluster_idle(void)
 {
     if (!cl.enabled)
         return 1;
-    return cl.inflight == 0 && (!cl.up || cl.last_seq >= cl.max_published_seq);
+    return cl.inflight == 0 && cluster_ack_held() == 0 &&
+           (!cl.up || cl.last_seq >= cl.max_published_seq);
 }
 
 static void
@@ -2425,14 +2653,18 @@ cluster_status_json(struct evbuffer *b)
         return;
     }
     const struct ds_config *c = gp.config;
-    evbuffer_add_printf(b, "\"cluster\":{\"redis\":\"%s:%d\",\"name\":\"%s\",\"consumer\":\"%s\","
+    evbuffer_add_printf(b, "\"cluster\":{\"redis\":\"%s:%d\",\"master\":\"%s\","
+                        "\"sentinel\":\"%s\",\"sentinel_watching\":%s,"
+                        "\"min_replicas_ack\":%u,\"name\":\"%s\",\"consumer\":\"%s\","
                         "\"connected\":%s,\"serving\":%s,\"outstanding\":%" PRIu64 ","
                         "\"claimed\":%" PRIu64 ",\"reconnects\":%" PRIu64 ","
                         "\"superseded\":%" PRIu64 ",\"lost_updates\":%" PRIu64 ","
                         "\"cancel_requests\":%" PRIu64 ",\"items_known\":%" PRIu64 ","
                         "\"finals_retained\":%" PRIu64 ",\"retained_bytes\":%" PRIu64 ","
-                        "\"last_error\":", c->cluster.host,
-                        c->cluster.port, c->cluster.name, cl.consumer,
+                        "\"last_error\":", cl.master_host, cl.master_port,
+                        cl.sentinels ? cl.master_name : "", cl.sentinels ? sentinel_last() : "",
+                        cl.sentinels && sentinel_watching() ? "true" : "false",
+                        c->cluster.min_replicas_ack, c->cluster.name, cl.consumer,
                         cl.up ? "true" : "false", cl.up && cl.caught_up ? "true" : "false",
                         outstanding(), cl.claimed, cl.reconnects, cl.superseded,
                         cl.lost_updates, cl.cancels, cl.known[0], cl.known[1], cl.known[2]);

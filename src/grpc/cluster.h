@@ -30,8 +30,13 @@
  *   NOT_SERVING, the connections come back with backoff; nothing is queued
  *   locally.
  *
+ * - cluster.redis may name sentinels (sentinel://...): sentinel.c finds the
+ *   master and follows failovers; the session checks ROLE on connecting
+ *   and every second. cluster.min_replicas_ack: cluster_ack.c holds the
+ *   ACCEPTED verdicts until WAIT says the replicas have the items.
+ *
  * Everything runs on the loop thread over hiredis's libevent adapter: no
- * call blocks (but the resolution of a host name when connecting).
+ * call blocks (host names are resolved by resolve.c, with evdns).
  */
 #ifndef DS_GRPC_CLUSTER_H
 #define DS_GRPC_CLUSTER_H

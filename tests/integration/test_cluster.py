@@ -103,6 +103,7 @@ class Redis:
         self.port = None
         self.proc = None
         self.log_path = self.dir / "redis.log"
+        self.extra_args = []        # more redis-server arguments (e.g. --replicaof H P)
 
     @property
     def url(self):
@@ -118,7 +119,7 @@ class Redis:
                 self.port = free_port()
             argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                     "--dir", str(self.dir), "--save", "", "--appendonly", "no",
-                    "--daemonize", "no", "--logfile", str(self.log_path)]
+                    "--daemonize", "no", "--logfile", str(self.log_path)] + self.extra_args
             with open(self.dir / "redis.stderr", "ab") as err:
                 self.proc = subprocess.Popen(argv, cwd=self.dir, stdin=subprocess.DEVNULL,
                                              stdout=err, stderr=err)

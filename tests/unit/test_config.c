@@ -1319,7 +1319,8 @@ test_status_and_cluster(void **state)
     assert_null(load_unchecked("cluster: {name: x}\n"));
     check_errors("1:10: cluster: redis is required");
     assert_null(load_unchecked("cluster: {redis: \"http://x:1\"}\n"));
-    check_errors("1:18: cluster.redis: must be redis://HOST[:PORT], got http://x:1");
+    check_errors("1:18: cluster.redis: must be redis://HOST[:PORT] or "
+                 "sentinel://HOST[:PORT],HOST[:PORT]/MASTER, got http://x:1");
     c = load_ok("cluster: {redis: \"redis://[::1]:7000/\", lease: 2s}\n");
     assert_string_equal(c->cluster.host, "::1");
     assert_int_equal(c->cluster.port, 7000);
@@ -1339,6 +1340,49 @@ test_status_and_cluster(void **state)
         assert_null(load_unchecked(yaml));
         assert_non_null(strstr(errors, "cluster.redis: must be redis://HOST[:PORT]"));
     }
+    /* sentinel:// */
+    c = load_ok("cluster: {redis: \"sentinel://10.0.0.1:26380,s2,[::1]:7/mymaster\", "
+                "min_replicas_ack: 2, replicas_ack_timeout: 250ms}\n");
+    assert_int_equal(c->cluster.sentinel_count, 3);
+    assert_null(c->cluster.host);
+    assert_string_equal(c->cluster.sentinels[0].host, "10.0.0.1");
+    assert_int_equal(c->cluster.sentinels[0].port, 26380);
+    assert_string_equal(c->cluster.sentinels[1].host, "s2");
+    assert_int_equal(c->cluster.sentinels[1].port, 26379);
+    assert_string_equal(c->cluster.sentinels[2].host, "::1");
+    assert_int_equal(c->cluster.sentinels[2].port, 7);
+    assert_string_equal(c->cluster.master_name, "mymaster");
+    assert_int_equal(c->cluster.min_replicas_ack, 2);
+    assert_int_equal(c->cluster.replicas_ack_timeout_ms, 250);
+    config_free(c);
+    c = load_ok("cluster: {redis: \"redis://h\"}\n");
+    assert_int_equal(c->cluster.sentinel_count, 0);
+    assert_int_equal(c->cluster.min_replicas_ack, 0);
+    assert_int_equal(c->cluster.replicas_ack_timeout_ms, 1000);
+    config_free(c);
+    static const struct { const char *url, *error; } bad_sentinels[] = {
+        { "sentinel://", "sentinel 1: must be HOST[:PORT]" },
+        { "sentinel:///m", "sentinel 1: must be HOST[:PORT]" },
+        { "sentinel://h:0/m", "sentinel 1: must be HOST[:PORT] with a port 1..65535" },
+        { "sentinel://h:1,h:65536/m", "sentinel 2: must be HOST[:PORT]" },
+        { "sentinel://h:1,/m", "sentinel 2: must be HOST[:PORT]" },
+        { "sentinel://h:1", "sentinel 1: must be HOST[:PORT]" },
+        { "sentinel://h:1/", "the master's name after the last / must be 1..64 characters" },
+        { "sentinel://h:1/a b", "the master's name after the last / must be" },
+        { "sentinel://h:1/m/x", "the master's name after the last / must be" },
+        { "sentinel://a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q/m", "names more than 16 sentinels" },
+    };
+    for (size_t i = 0; i < sizeof bad_sentinels / sizeof bad_sentinels[0]; i++) {
+        char yaml[128];
+        snprintf(yaml, sizeof yaml, "cluster: {redis: \"%s\"}\n", bad_sentinels[i].url);
+        assert_null(load_unchecked(yaml));
+        if (strstr(errors, bad_sentinels[i].error) == NULL || strstr(errors, "1:18: ") == NULL)
+            fail_msg("%s: got %s", bad_sentinels[i].url, errors);
+    }
+    assert_null(load_unchecked("cluster: {redis: \"redis://h\", min_replicas_ack: 65}\n"));
+    assert_non_null(strstr(errors, "cluster.min_replicas_ack"));
+    assert_null(load_unchecked("cluster: {redis: \"redis://h\", replicas_ack_timeout: 0s}\n"));
+    assert_non_null(strstr(errors, "cluster.replicas_ack_timeout"));
     assert_null(load_unchecked("cluster: {redis: \"redis://h\", lease: 10ms}\n"));
     assert_non_null(strstr(errors, "cluster.lease"));
     assert_null(load_unchecked("queue: {journal: /tmp/j}\ncluster: {redis: \"redis://h\"}\n"));

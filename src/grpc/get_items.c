@@ -170,6 +170,8 @@ add_item(const struct known_item *k, void *arg)
     m->last_seq = k->last_seq;
     m->traceparent = (char *)known_traceparent(k);
     m->tracestate = (char *)known_tracestate(k);
+    m->cpu_usec = items_cpu_usec(k);
+    m->max_rss_kib = items_max_rss_kib(k);
     if (k->extra != NULL) {
         if (k->extra->error_len > 0)
             m->error = (char *)k->extra->data;

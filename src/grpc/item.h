@@ -78,6 +78,11 @@ struct outcome {
     size_t result_len;
     const char *error;          /* FAILED, RETRYING; NULL otherwise */
     float progress;             /* PROGRESS; 1 for SUCCEEDED */
+    /* What the attempt cost (the worker measured it): on the end of an
+     * attempt that ran (SUCCEEDED, FAILED, CANCELLED, RETRYING); 0 and 0:
+     * not known (it did not run, or its worker died). */
+    uint64_t cpu_usec;
+    uint64_t max_rss_kib;
 };
 
 /* A new item at attempt 1 with the next key; RAW (RAW_LEN bytes), ID and

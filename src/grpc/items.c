@@ -305,6 +305,42 @@ items_kind(const struct known_item *k)
     return k->kind_index < ix.kind_count ? ix.kinds[k->kind_index] : "";
 }
 
+/* The CPU in 32 bits: microseconds below 2^31, else milliseconds with the
+ * top bit set (up to 24 days; more is kept as that). */
+#define CPU_MS_FLAG 0x80000000u
+
+static uint32_t
+cpu_code(uint64_t usec)
+{
+    if (usec < CPU_MS_FLAG)
+        return (uint32_t)usec;
+    uint64_t ms = usec / 1000;
+    return CPU_MS_FLAG | (uint32_t)(ms < CPU_MS_FLAG ? ms : CPU_MS_FLAG - 1);
+}
+
+uint64_t
+items_cpu_usec(const struct known_item *k)
+{
+    return k->cpu & CPU_MS_FLAG ? (uint64_t)(k->cpu & ~CPU_MS_FLAG) * 1000 : k->cpu;
+}
+
+uint64_t
+items_max_rss_kib(const struct known_item *k)
+{
+    return k->max_rss_kib;
+}
+
+/* What an attempt that ran cost; one that did not (0 and 0) leaves the
+ * latest that did. */
+static void
+set_cost(struct known_item *k, uint64_t cpu_usec, uint64_t max_rss_kib)
+{
+    if (cpu_usec == 0 && max_rss_kib == 0)
+        return;
+    k->cpu = cpu_code(cpu_usec);
+    k->max_rss_kib = max_rss_kib < UINT32_MAX ? (uint32_t)max_rss_kib : UINT32_MAX;
+}
+
 /* A unique, increasing accepted_ns: the listing's key. */
 static int64_t
 next_accepted(int64_t now)
@@ -614,6 +650,7 @@ items_updated(struct item *item, const struct outcome *o, uint64_t seq)
     default:
         break;
     }
+    set_cost(k, o->cpu_usec, o->max_rss_kib);
     int final = items_is_final(o->state);
     if (final) {
         k->worker_pid = 0;
@@ -654,6 +691,7 @@ items_restore_final(const struct known_final *f)
     k->finished_ns = f->finished_ns;
     k->last_seq = f->last_seq;
     k->progress = f->state == STATE_SUCCEEDED ? 1 : 0;
+    set_cost(k, f->cpu_usec, f->max_rss_kib);
     set_extra(k, f->error, f->result, f->result_len, f->raw, f->raw_len);
     end_change(k, f->state, 0);
     enforce(ix.now());

@@ -56,6 +56,10 @@ struct known_item {
     uint16_t max_attempts;
     uint16_t final_refs;        /* entries of the finals ring naming it */
     uint16_t kind_index;        /* items_kind() */
+    /* What its latest attempt that ran cost (items_cpu_usec(), KiB): 32
+     * bits each, which keeps a short id's entry in its malloc size class. */
+    uint32_t cpu;
+    uint32_t max_rss_kib;
     uint8_t state;              /* enum wire_state */
     /* id \0 batch \0 traceparent \0 tracestate \0 (each "" when none):
      * allocated to its end, not to sizeof */
@@ -76,6 +80,7 @@ struct known_final {
     int64_t accepted_ns, started_ns, finished_ns;
     uint64_t last_seq;
     const char *traceparent, *tracestate;   /* NULL: none */
+    uint64_t cpu_usec, max_rss_kib;     /* of its latest attempt that ran; 0: not known */
 };
 
 /* BASE (NULL in unit tests: call items_expire()) runs the age timer. */
@@ -108,6 +113,10 @@ const struct known_item *items_find(const char *id);
 /* ITEM's entry (as items_find(item->id), without a lookup once ITEM has
  * been through the index), or NULL. */
 const struct known_item *items_of(const struct item *item);
+/* K's latest attempt's CPU (exact up to 35 minutes, to the millisecond
+ * beyond) and peak memory (KiB, up to 4 TiB); 0: not known. */
+uint64_t items_cpu_usec(const struct known_item *k);
+uint64_t items_max_rss_kib(const struct known_item *k);
 /* K's kind (interned, as struct item's). */
 const char *items_kind(const struct known_item *k);
 static inline const char *

@@ -169,6 +169,12 @@ done_of(const struct item *item, const struct outcome *o)
         .result_len = succeeded ? o->result_len : 0,
         .raw = succeeded ? NULL : item->raw,
         .raw_len = succeeded ? 0 : item->raw_len,
+        /* this attempt's, or the latest that ran (a worker that died
+         * reported none) */
+        .cpu_usec = o->cpu_usec != 0 || o->max_rss_kib != 0 || k == NULL ? o->cpu_usec
+                                                                         : items_cpu_usec(k),
+        .max_rss_kib = o->cpu_usec != 0 || o->max_rss_kib != 0 || k == NULL
+                       ? o->max_rss_kib : items_max_rss_kib(k),
     };
     if (k != NULL && known_traceparent(k)[0] != '\0') {
         d.traceparent = known_traceparent(k);
@@ -195,6 +201,7 @@ done_of_final(const struct journal_final *f)
         .traceparent_len = f->traceparent != NULL ? strlen(f->traceparent) : 0,
         .tracestate = f->tracestate,
         .tracestate_len = f->tracestate != NULL ? strlen(f->tracestate) : 0,
+        .cpu_usec = f->cpu_usec, .max_rss_kib = f->max_rss_kib,
     };
     return d;
 }
@@ -620,6 +627,7 @@ take_over(struct journal_recovery *r)
             .raw_len = f->raw_len, .accepted_ns = f->accepted_ns, .started_ns = f->started_ns,
             .finished_ns = f->finished_ns, .last_seq = f->last_seq,
             .traceparent = f->traceparent, .tracestate = f->tracestate,
+            .cpu_usec = f->cpu_usec, .max_rss_kib = f->max_rss_kib,
         };
         items_restore_final(&kf);
     }

@@ -268,10 +268,12 @@ journal_encode_done(struct journal_buf *b, const struct journal_done *d)
 {
     size_t id_len = cut16(d->id_len), kind_len = cut16(d->kind_len);
     size_t batch_len = cut16(d->batch_len), error_len = d->error_len;
+    int has_cost = d->cpu_usec != 0 || d->max_rss_kib != 0;
     size_t parent_len = cut16(d->traceparent_len);
     size_t state_len = parent_len > 0 ? cut16(d->tracestate_len) : 0;
     size_t rest = JOURNAL_DONE_FIXED + id_len + kind_len + batch_len + d->result_len + d->raw_len +
-                  (parent_len > 0 ? 4 + parent_len + state_len : 0);
+                  (parent_len > 0 ? 4 + parent_len + state_len : 0) +
+                  (has_cost ? JOURNAL_DONE_COST : 0);
     /* Never past what a reader takes: the error gives way. */
     if (rest + error_len > JOURNAL_BODY_MAX)
         error_len = rest >= JOURNAL_BODY_MAX ? 0 : JOURNAL_BODY_MAX - rest;
@@ -280,7 +282,8 @@ journal_encode_done(struct journal_buf *b, const struct journal_done *d)
     memset(p, 0, JOURNAL_DONE_FIXED);
     put64(p, d->key);
     p[8] = d->state;
-    p[9] = (d->quick ? 1 : 0) | (parent_len > 0 ? 2 : 0);
+    p[9] = (d->quick ? JOURNAL_DONE_QUICK : 0) | (parent_len > 0 ? JOURNAL_DONE_HAS_TRACE : 0) |
+           (has_cost ? JOURNAL_DONE_HAS_COST : 0);
     put32(p + 12, d->attempt);
     put32(p + 16, d->max_attempts);
     put32(p + 20, d->timeout_ms);
@@ -311,6 +314,11 @@ journal_encode_done(struct journal_buf *b, const struct journal_done *d)
         memcpy(p + 4, d->traceparent, parent_len);
         if (state_len > 0)
             memcpy(p + 4 + parent_len, d->tracestate, state_len);
+        p += 4 + parent_len + state_len;
+    }
+    if (has_cost) {
+        put64(p, d->cpu_usec);
+        put64(p + 8, d->max_rss_kib);
     }
     record_end(b, off);
     return off;
@@ -336,7 +344,7 @@ decode_done(const uint8_t *body, uint32_t len, struct journal_record *rec)
     struct journal_done *d = &rec->done;
     d->key = rec->key = get64(body);
     d->state = body[8];
-    d->quick = body[9] & 1;
+    d->quick = body[9] & JOURNAL_DONE_QUICK;
     d->attempt = rec->attempt = get32(body + 12);
     d->max_attempts = get32(body + 16);
     d->timeout_ms = get32(body + 20);
@@ -355,7 +363,7 @@ decode_done(const uint8_t *body, uint32_t len, struct journal_record *rec)
                      d->error_len + d->result_len + d->raw_len;
     d->traceparent = d->tracestate = NULL;
     d->traceparent_len = d->tracestate_len = 0;
-    if (body[9] & 2) {
+    if (body[9] & JOURNAL_DONE_HAS_TRACE) {
         if (fixed + 4 > len)
             return -1;
         d->traceparent_len = get16(body + fixed);
@@ -365,6 +373,14 @@ decode_done(const uint8_t *body, uint32_t len, struct journal_record *rec)
         d->traceparent = (const char *)body + fixed + 4;
         d->tracestate = d->traceparent + d->traceparent_len;
         fixed += 4 + d->traceparent_len + d->tracestate_len;
+    }
+    d->cpu_usec = d->max_rss_kib = 0;
+    if (body[9] & JOURNAL_DONE_HAS_COST) {
+        if (fixed + JOURNAL_DONE_COST > len)
+            return -1;
+        d->cpu_usec = get64(body + fixed);
+        d->max_rss_kib = get64(body + fixed + 8);
+        fixed += JOURNAL_DONE_COST;
     }
     if (fixed != len || d->key == 0 || d->id_len == 0)
         return -1;
@@ -1643,6 +1659,7 @@ reader_apply(struct reader *rd, const struct journal_record *rec)
             .priority = d->priority, .accepted_ns = d->accepted_ns,
             .started_ns = d->started_ns, .finished_ns = d->finished_ns,
             .last_seq = d->last_seq, .result_len = d->result_len, .raw_len = d->raw_len,
+            .cpu_usec = d->cpu_usec, .max_rss_kib = d->max_rss_kib,
         };
         f->id = ds_strndup(d->id, d->id_len);
         f->kind = ds_strndup(d->kind, d->kind_len);

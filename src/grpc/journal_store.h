@@ -30,6 +30,8 @@
  *           raw WorkItem (FAILED, CANCELLED) |
  *           [traceparent_len u16 | tracestate_len u16 | traceparent | tracestate,
  *           with flag 2: the item's W3C trace context]
+ *           [cpu_usec u64 | max_rss_kib u64, with flag 4: what its latest
+ *           attempt that ran cost]
  *                                   the item is final (as FINAL), and retained:
  *                                   enough to answer for it without its ACCEPT
  *
@@ -40,7 +42,9 @@
  * same; a binary that predates them finds an ACCEPT with a due time (only
  * delayed or backed-off items have one) malformed. Likewise a DONE with a
  * trace (flag 2): journals without one read the same, a binary that
- * predates traces finds such a DONE malformed. An ACCEPT's trace needs no
+ * predates traces finds such a DONE malformed. Likewise a DONE with the cost (flag 4): without it
+ * the cost is not known, a binary that predates it finds such a DONE
+ * malformed. An ACCEPT's trace needs no
  * field: it is inside the raw WorkItem (core/trace.h). A key is never reused (a retried item is accepted under a new key);
  * of several DONEs of one id, the one with the largest key counts.
  */
@@ -58,6 +62,10 @@
 #define JOURNAL_HEADER_SIZE     12
 #define JOURNAL_ACCEPT_FIXED    32
 #define JOURNAL_DONE_FIXED      84
+#define JOURNAL_DONE_COST       16      /* the optional cost trailer (flag 4) */
+#define JOURNAL_DONE_QUICK      1       /* DONE flags */
+#define JOURNAL_DONE_HAS_TRACE  2
+#define JOURNAL_DONE_HAS_COST   4
 /* A body never exceeds this: the largest WorkItem (grpc.max_message_size
  * is at most 64 MiB) and its id, kind and batch. */
 #define JOURNAL_BODY_MAX        ((64u << 20) + (1u << 20))
@@ -126,6 +134,7 @@ struct journal_done {
     size_t result_len, raw_len;
     const char *traceparent, *tracestate;   /* W3C trace context */
     size_t traceparent_len, tracestate_len; /* traceparent_len 0: none (no flag 2) */
+    uint64_t cpu_usec, max_rss_kib;     /* 0 and 0: not known (no flag 4) */
 };
 
 struct journal_record {
@@ -330,6 +339,7 @@ struct journal_final {
     uint8_t *result, *raw;
     size_t result_len, raw_len;
     char *traceparent, *tracestate;     /* NULL: none */
+    uint64_t cpu_usec, max_rss_kib;
 };
 
 struct journal_recovery {

@@ -233,6 +233,21 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     memcpy(&u, body, sizeof u);
     const uint8_t *rest = body + sizeof u;
     size_t rest_len = h->length - sizeof u;
+    struct ipc_cost cost = { 0, 0 };
+    if (u.flags & ~IPC_UPDATE_COST) {
+        log_error("worker %ld: UPDATE frame with unknown flags 0x%x", (long)w->pid, u.flags);
+        return -1;
+    }
+    if (u.flags & IPC_UPDATE_COST) {
+        if (rest_len < sizeof cost) {
+            log_error("worker %ld: UPDATE frame of %u bytes is too short for its cost block",
+                      (long)w->pid, h->length);
+            return -1;
+        }
+        memcpy(&cost, rest, sizeof cost);
+        rest += sizeof cost;
+        rest_len -= sizeof cost;
+    }
 
     struct item *item = w->head;
     while (item != NULL && item->key != u.key)
@@ -241,7 +256,8 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         log_debug("worker %ld: dropping an update of a superseded attempt", (long)w->pid);
         return 0;
     }
-    struct outcome o = { .state = (enum wire_state)u.state, .worker_pid = w->pid };
+    struct outcome o = { .state = (enum wire_state)u.state, .worker_pid = w->pid,
+                         .cpu_usec = cost.cpu_usec, .max_rss_kib = cost.max_rss_kib };
     if (item->cancelling) {
         /* Asked to stop: its STARTED and PROGRESS are dropped, and its end,
          * whatever it says, is CANCELLED. */
@@ -257,7 +273,7 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         case STATE_RETRYING:
             worker_remove(w, item);
             worker_cancel_answered(w);
-            q.ev->cancelled(item, w->pid);
+            q.ev->cancelled(item, w->pid, &o);
             w->items_done++;
             queue_dispatch();
             worker_maybe_release(w);
@@ -295,7 +311,7 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
             o.progress = 1;
         }
         if (u.state == STATE_RETRYING)
-            q.ev->retry_asked(item, w->pid, error);     /* an attempt spent */
+            q.ev->retry_asked(item, &o);        /* an attempt spent */
         else
             q.ev->ended(item, &o);
         w->items_done++;
@@ -371,7 +387,7 @@ workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t run
     while (n > 0) {
         item = held[--n];
         if (item->cancelling)
-            q.ev->cancelled(item, pid);     /* asked to stop: it did, one way or another */
+            q.ev->cancelled(item, pid, NULL);   /* asked to stop: it did, one way or another */
         else if (item->key == timeout_key)
             q.ev->attempt_failed(item, pid, timed_out);
         else if (item->started ||

@@ -56,12 +56,14 @@ struct queue_events {
      * timed out) for REASON. */
     void (*attempt_failed)(struct item *item, pid_t worker_pid, const char *reason);
     /* ITEM's handler failed and asked for another attempt (RETRYING from
-     * its worker) with ERROR: an attempt spent, like attempt_failed. */
-    void (*retry_asked)(struct item *item, pid_t worker_pid, const char *error);
+     * its worker, O: its error, worker and cost): an attempt spent, like
+     * attempt_failed. */
+    void (*retry_asked)(struct item *item, const struct outcome *o);
     /* ITEM, whose cancel was asked (queue_cancel), has left its worker:
      * whatever its attempt's end said (SUCCEEDED, FAILED, CANCELLED, its
-     * worker's death), it ends CANCELLED. */
-    void (*cancelled)(struct item *item, pid_t worker_pid);
+     * worker's death), it ends CANCELLED. RAN: that end, for what the
+     * attempt cost; NULL if there was none (never started, worker died). */
+    void (*cancelled)(struct item *item, pid_t worker_pid, const struct outcome *ran);
     /* Dispatch ran: workers may have room for more (cluster pulls). */
     void (*dispatched)(void);
     /* A graceful stop: once nothing waits, idle workers are let go (unless

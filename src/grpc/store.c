@@ -229,19 +229,26 @@ store_may_retry(const struct item *item, uint32_t failed_attempt)
     return failed_attempt < item->max_attempts;
 }
 
+/* ITEM's attempt failed for REASON; RAN: its end, for what it cost (NULL:
+ * not known, its worker died or it timed out). */
 static void
-on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
+attempt_failed(struct item *item, pid_t worker_pid, const char *reason,
+               const struct outcome *ran)
 {
+    uint64_t cpu_usec = ran != NULL ? ran->cpu_usec : 0;
+    uint64_t max_rss_kib = ran != NULL ? ran->max_rss_kib : 0;
     if (!store_may_retry(item, item->attempt)) {
         char error[512];
         snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, item->attempt,
                  item->max_attempts);
-        struct outcome o = { .state = STATE_FAILED, .worker_pid = worker_pid, .error = error };
+        struct outcome o = { .state = STATE_FAILED, .worker_pid = worker_pid, .error = error,
+                             .cpu_usec = cpu_usec, .max_rss_kib = max_rss_kib };
         final(item, &o);
         return;
     }
     metrics_kind(item->kind)->retried++;
-    struct outcome o = { .state = STATE_RETRYING, .worker_pid = worker_pid, .error = reason };
+    struct outcome o = { .state = STATE_RETRYING, .worker_pid = worker_pid, .error = reason,
+                         .cpu_usec = cpu_usec, .max_rss_kib = max_rss_kib };
     if (st.b->retry != NULL) {
         st.b->retry(item, &o);      /* store_retried() follows */
         return;
@@ -254,22 +261,30 @@ on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
     requeue(item);      /* workers_exited() dispatches once all are back */
 }
 
+static void
+on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
+{
+    attempt_failed(item, worker_pid, reason, NULL);
+}
+
 /* The handler failed and asked for another attempt: spent like a worker
  * death (the same rule, the same RETRYING path in every backend); its last
  * FAILED says that no attempt was left. */
 static void
-on_retry_asked(struct item *item, pid_t worker_pid, const char *error)
+on_retry_asked(struct item *item, const struct outcome *ran)
 {
     if (!store_may_retry(item, item->attempt)) {
         char why[1100];
-        snprintf(why, sizeof why, "%s (attempt %u of %u: no attempts left)", error,
+        snprintf(why, sizeof why, "%s (attempt %u of %u: no attempts left)", ran->error,
                  item->attempt, item->max_attempts);
-        struct outcome o = { .state = STATE_FAILED, .worker_pid = worker_pid, .error = why };
+        struct outcome o = *ran;
+        o.state = STATE_FAILED;
+        o.error = why;
         final(item, &o);
         return;
     }
     metrics_kind(item->kind)->retried_asked++;
-    on_attempt_failed(item, worker_pid, error);
+    attempt_failed(item, ran->worker_pid, ran->error, ran);
 }
 
 /* ---- cancel ------------------------------------------------------------------ */
@@ -293,19 +308,23 @@ cancel_reason_take(uint64_t key)
 /* ITEM ends CANCELLED for REASON (its final goes through the backend like
  * any other: the journal records it, a restart does not run it again). */
 static void
-cancel_final(struct item *item, pid_t worker_pid, const char *reason)
+cancel_final(struct item *item, pid_t worker_pid, const char *reason, const struct outcome *ran)
 {
     struct outcome o = { .state = STATE_CANCELLED, .worker_pid = worker_pid,
                          .error = reason != NULL ? reason : CANCEL_DEFAULT_REASON };
+    if (ran != NULL) {
+        o.cpu_usec = ran->cpu_usec;
+        o.max_rss_kib = ran->max_rss_kib;
+    }
     final(item, &o);
 }
 
 static void
-on_cancelled(struct item *item, pid_t worker_pid)
+on_cancelled(struct item *item, pid_t worker_pid, const struct outcome *ran)
 {
     struct cancel_reason *c = cancel_reason_take(item->key);
     item->cancelling = 0;
-    cancel_final(item, worker_pid, c != NULL ? c->reason : NULL);
+    cancel_final(item, worker_pid, c != NULL ? c->reason : NULL, ran);
     free(c);
 }
 
@@ -358,7 +377,7 @@ cancel_taken(struct item *item, void *arg)
 {
     struct cancel_walk *cw = arg;
     cw->count++;
-    cancel_final(item, 0, cw->reason);
+    cancel_final(item, 0, cw->reason, NULL);
 }
 
 uint64_t
@@ -521,7 +540,8 @@ final(struct item *item, const struct outcome *o)
         snprintf(too_large, sizeof too_large, "result of %zu bytes exceeds %u bytes, the "
                  "most an update can carry", o->result_len, DS_RESULT_SIZE_MAX);
         bounded = (struct outcome){ .state = STATE_FAILED, .worker_pid = o->worker_pid,
-                                    .error = too_large };
+                                    .error = too_large, .cpu_usec = o->cpu_usec,
+                                    .max_rss_kib = o->max_rss_kib };
         o = &bounded;
     }
     if (st.b->final != NULL)
@@ -594,7 +614,7 @@ abandon(struct item *item, pid_t worker_pid)
 {
     if (item->cancelling) {
         /* Its cancel was asked: it ends CANCELLED, never to run again. */
-        on_cancelled(item, worker_pid);
+        on_cancelled(item, worker_pid, NULL);
         return;
     }
     char reason[320];

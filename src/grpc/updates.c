@@ -152,6 +152,8 @@ message_of(wire_update *msg, const struct item *item, const struct outcome *o, c
     msg->progress = o->progress;
     msg->attempt = item->attempt;
     msg->worker_pid = o->worker_pid;
+    msg->cpu_usec = o->cpu_usec;
+    msg->max_rss_kib = o->max_rss_kib;
     msg->time_unix_nano = clock_wall_ns();
     msg->batch = (char *)item->batch;
 }

@@ -104,17 +104,28 @@ struct ipc_cancel {
     uint32_t pad;
 };
 
-/* Then the result (SUCCEEDED) or the error text (FAILED, CANCELLED,
- * RETRYING). RETRYING: the handler failed and asks for another attempt (the
- * grpc process decides whether one is left); any other state is a protocol
- * error. */
+/* Then, with IPC_UPDATE_COST in flags, a struct ipc_cost; then the result
+ * (SUCCEEDED) or the error text (FAILED, CANCELLED, RETRYING). RETRYING:
+ * the handler failed and asks for another attempt (the grpc process
+ * decides whether one is left); any other state is a protocol error, and
+ * so are unknown flags and a frame too short for the cost it announces. */
 struct ipc_update {
     uint64_t key;
     uint32_t attempt;
     uint8_t state;              /* STARTED, PROGRESS, SUCCEEDED, FAILED, CANCELLED, RETRYING */
-    uint8_t pad[3];
+    uint8_t flags;              /* IPC_UPDATE_* */
+    uint8_t pad[2];
     float progress;
     uint32_t pad2;
+};
+
+#define IPC_UPDATE_COST 0x01    /* a struct ipc_cost follows the head */
+
+/* What the attempt cost, measured by the worker (workers/cost.c): on the
+ * final update of an attempt that ran. */
+struct ipc_cost {
+    uint64_t cpu_usec;          /* user + system, its processes included */
+    uint64_t max_rss_kib;       /* its peak resident memory */
 };
 
 const char *ipc_type_name(unsigned type);

@@ -74,6 +74,7 @@
 #include <sys/mman.h>
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -492,6 +493,7 @@ struct run {
     size_t tail_len;
     int reaped;
     int status;
+    uint64_t max_rss_kib;       /* its peak, from wait4 (its reaped descendants' too) */
     uint64_t drain_deadline_ms;
     struct handler_output *handler_out;     /* its cancel check */
     int cancelled;              /* SIGTERM sent */
@@ -670,8 +672,11 @@ reap(struct run *r, int block)
     if (info.si_pid != r->pid)
         return;                         /* still running */
     kill(-r->pid, SIGKILL);
-    while (waitpid(r->pid, &r->status, 0) == -1 && errno == EINTR)
+    struct rusage usage;
+    memset(&usage, 0, sizeof usage);
+    while (wait4(r->pid, &r->status, 0, &usage) == -1 && errno == EINTR)
         ;
+    r->max_rss_kib = usage.ru_maxrss > 0 ? (uint64_t)usage.ru_maxrss : 0;
     r->reaped = 1;
     close_fd(&r->pid_fd);
     close_fd(&r->stdin_fd);
@@ -912,6 +917,7 @@ exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
 
 done:
     if (r != NULL) {
+        out->child_max_rss_kib = r->max_rss_kib;
         guard_item_over(r->pid);
         close_fd(&r->stdin_fd);
         close_fd(&r->stdout_fd);

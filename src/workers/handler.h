@@ -47,6 +47,9 @@ struct handler_output {
      * the next handler_run. */
     void (*release)(void *result);
     char error[512];            /* why it failed */
+    /* exec: the program's peak resident memory (wait4's ru_maxrss, its
+     * reaped descendants included), KiB; 0 when it did not run */
+    uint64_t child_max_rss_kib;
 };
 
 /* Run ITEM: 0 with the result in out, -1 with out->error set (FAILED), or

@@ -46,6 +46,7 @@
 #include "core/trace.h"
 #include "core/wire.h"
 #include "ipc/channel.h"
+#include "workers/cost.h"
 #include "workers/exec.h"
 #include "workers/handler.h"
 #include "workers/hygiene.h"
@@ -67,6 +68,9 @@ _Static_assert(sizeof(struct ipc_update) + DS_RESULT_SIZE_MAX <= IPC_UPDATE_MAX,
 #define LINGER_MS 2000
 /* What an item left behind gets this long to die after SIGKILL. */
 #define LEFTOVERS_GRACE_MS 1000
+/* A batch of quick items is measured once (see batch_close): at most this
+ * many ends, or FLUSH_BYTES of their results, are held for it. */
+#define BATCH_MAX 64
 
 struct task {
     struct task *next;
@@ -157,19 +161,23 @@ remember_spared_children(void)
     w.spared = pids;
 }
 
+/* COST: what the attempt cost, for the final update of one that ran; else NULL. */
 static void
-send_update(const struct task *t, int state, float progress, const void *bytes, size_t len)
+send_update(const struct task *t, int state, float progress, const void *bytes, size_t len,
+            const struct ipc_cost *cost)
 {
     if (w.data == NULL)
         return;
     struct ipc_update u = {
         .key = t->key, .attempt = t->attempt, .state = (uint8_t)state, .progress = progress,
+        .flags = cost != NULL ? IPC_UPDATE_COST : 0,
     };
-    struct iovec parts[2] = {
+    struct iovec parts[3] = {
         { .iov_base = &u, .iov_len = sizeof u },
+        { .iov_base = (void *)cost, .iov_len = cost != NULL ? sizeof *cost : 0 },
         { .iov_base = (void *)bytes, .iov_len = len },
     };
-    channel_sendv(w.data, IPC_UPDATE, parts, 2);
+    channel_sendv(w.data, IPC_UPDATE, parts, 3);
 }
 
 static void
@@ -198,7 +206,7 @@ on_progress(void *arg, float fraction)
         fraction = 0;
     if (fraction > 1)
         fraction = 1;
-    send_update(t, STATE_PROGRESS, fraction, NULL, 0);
+    send_update(t, STATE_PROGRESS, fraction, NULL, 0, NULL);
     flush();
 }
 
@@ -228,19 +236,100 @@ task_free(struct task *t)
     free(t);
 }
 
+/*
+ * Quick items are measured per batch: the counters are read when the first
+ * of a run of quick items starts and after the last, and each item's end
+ * is held meanwhile (its STARTED has gone out), then sent with its share:
+ * the batch's CPU split in proportion to each handler's wall time (a clock
+ * read, ~20 ns, not a system call), and the batch's peak RSS. So an echo
+ * pays two clock reads, and the batch ~3 us, instead of ~2 us of system
+ * calls per item. The batch ends before a slow item, when BATCH_MAX ends
+ * or FLUSH_BYTES of results are held, and before the worker writes what is
+ * pending (each on_run), so an end waits no longer than it did before.
+ */
+struct held_end {
+    struct task *task;          /* freed when sent */
+    int state;
+    const void *bytes;          /* the result, or error */
+    size_t len;
+    void (*release)(void *);    /* of bytes, if not NULL */
+    uint64_t wall_ns;           /* its handler's */
+};
+
+static struct {
+    struct held_end ends[BATCH_MAX];
+    size_t count;
+    size_t bytes;
+    uint64_t wall_ns;
+    struct cost_mark mark;
+    int open;
+} batch;
+
 static void
+batch_close(void)
+{
+    if (!batch.open)
+        return;
+    batch.open = 0;
+    uint64_t cpu, peak;
+    cost_end(&batch.mark, &cpu, &peak);
+    for (size_t i = 0; i < batch.count; i++) {
+        struct held_end *e = &batch.ends[i];
+        struct ipc_cost cost = { .max_rss_kib = peak };
+        if (batch.wall_ns > 0)
+            cost.cpu_usec = (uint64_t)((double)cpu * (double)e->wall_ns / (double)batch.wall_ns);
+        else
+            cost.cpu_usec = cpu / batch.count;
+        send_update(e->task, e->state, e->state == STATE_SUCCEEDED ? 1 : 0, e->bytes, e->len,
+                    &cost);
+        if (e->release != NULL)
+            e->release((void *)e->bytes);
+        task_free(e->task);
+    }
+    batch.count = 0;
+    batch.bytes = 0;
+    batch.wall_ns = 0;
+}
+
+/* Hold T's end (the batch is open); BYTES are T's (echo: its payload),
+ * static, or copied here. */
+static void
+batch_hold(struct task *t, int state, const void *bytes, size_t len,
+           void (*release)(void *), int copy, uint64_t wall_ns)
+{
+    struct held_end *e = &batch.ends[batch.count++];
+    if (copy && len > 0) {
+        void *p = ds_malloc(len);
+        memcpy(p, bytes, len);
+        bytes = p;
+        release = free;
+    }
+    *e = (struct held_end){ .task = t, .state = state, .bytes = bytes, .len = len,
+                            .release = release, .wall_ns = wall_ns };
+    batch.bytes += len;
+    batch.wall_ns += wall_ns;
+    if (batch.count == BATCH_MAX || batch.bytes >= FLUSH_BYTES)
+        batch_close();
+}
+
+/* Run T; 1 if its end is held for its batch (T is then the batch's), 0 if
+ * it was sent (the caller frees T). */
+static int
 run_task(struct task *t)
 {
-    send_update(t, STATE_STARTED, 0, NULL, 0);
+    send_update(t, STATE_STARTED, 0, NULL, 0, NULL);
     if (t->handler == NULL) {
         char err[160];
         int n = snprintf(err, sizeof err, "kind \"%s\" is not configured in this worker's "
                          "config generation", t->kind);
-        send_update(t, STATE_FAILED, 0, err, (size_t)n);
-        return;
+        send_update(t, STATE_FAILED, 0, err, (size_t)n, NULL);
+        return 0;
     }
-    if (!kind_is_quick(t->handler, t->item) ||
-        (w.data != NULL && channel_output_pending(w.data) > FLUSH_BYTES))
+    int quick = kind_is_quick(t->handler, t->item);
+    int exec = t->handler->type == DS_HANDLER_EXEC;
+    if (!quick)
+        batch_close();
+    if (!quick || (w.data != NULL && channel_output_pending(w.data) > FLUSH_BYTES))
         flush();
 
     struct handler_output out = {
@@ -254,15 +343,34 @@ run_task(struct task *t)
         .traceparent = t->traceparent,
         .tracestate = t->tracestate,
     };
+    struct cost_mark mark;
+    uint64_t started_ns = 0;
+    if (quick) {
+        if (!batch.open) {
+            cost_begin(&batch.mark, 1);
+            batch.open = 1;
+        }
+        started_ns = clock_monotonic_ns();
+    } else {
+        cost_begin(&mark, !exec);
+    }
     w.current = t;
     w.cancel_requested = 0;
     w.next_progress_ns = clock_monotonic_ns() + PROGRESS_INTERVAL_NS;
     phase_set(DS_WORKER_RUNNING, t);
     int r = handler_run(t->handler, t->item, &out);
-    if (t->handler->type == DS_HANDLER_MODULE || t->handler->type == DS_HANDLER_EXEC)
+    if (t->handler->type == DS_HANDLER_MODULE || exec)
         kill_leftovers();
     phase_set(DS_WORKER_IDLE, NULL);
     w.current = NULL;
+    struct ipc_cost cost = { 0, 0 };
+    uint64_t wall_ns = 0;
+    if (quick)
+        wall_ns = clock_monotonic_ns() - started_ns;
+    else
+        cost_end(&mark, &cost.cpu_usec, exec ? NULL : &cost.max_rss_kib);
+    if (exec)
+        cost.max_rss_kib = out.child_max_rss_kib;
     if (r == 0 && out.result_len > out.result_max) {
         /* Every subscriber must be able to take the update: a stock gRPC
          * client ends its stream on a message over 4 MiB. */
@@ -272,21 +380,43 @@ run_task(struct task *t)
             out.release((void *)out.result);
         r = -1;
     }
+    static const char cancelled[] = "cancelled while running";
+    int state;
+    const void *bytes;
+    size_t len;
     if (w.cancel_requested) {
         /* However it ended, it ends CANCELLED (the grpc process says why). */
-        static const char cancelled[] = "cancelled while running";
-        send_update(t, STATE_CANCELLED, 0, cancelled, sizeof cancelled - 1);
+        state = STATE_CANCELLED;
+        bytes = cancelled;
+        len = sizeof cancelled - 1;
         w.cancel_requested = 0;
+        if (r == 0 && out.release != NULL)
+            out.release((void *)out.result);
     } else if (r == 0) {
-        send_update(t, STATE_SUCCEEDED, 1, out.result, out.result_len);
-    } else if (r == HANDLER_RETRY) {
-        send_update(t, STATE_RETRYING, 0, out.error, strlen(out.error));
+        state = STATE_SUCCEEDED;
+        bytes = out.result;
+        len = out.result_len;
     } else {
-        send_update(t, STATE_FAILED, 0, out.error, strlen(out.error));
+        state = r == HANDLER_RETRY ? STATE_RETRYING : STATE_FAILED;
+        bytes = out.error;
+        len = strlen(out.error);
     }
-    if (r == 0 && out.release != NULL)
-        out.release((void *)out.result);
     w.items_done++;
+    if (quick) {
+        /* Kept: a result the handler released, or its own until the next
+         * run (a module's, without release), and the error on our stack
+         * are copied; echo's payload lives in T. */
+        int copy = state == STATE_SUCCEEDED ? out.release == NULL &&
+                                              t->handler->type != DS_HANDLER_ECHO
+                                            : state != STATE_CANCELLED;
+        batch_hold(t, state, bytes, len, state == STATE_SUCCEEDED ? out.release : NULL, copy,
+                   wall_ns);
+        return 1;
+    }
+    send_update(t, state, state == STATE_SUCCEEDED ? 1 : 0, bytes, len, &cost);
+    if (state == STATE_SUCCEEDED && out.release != NULL)
+        out.release((void *)out.result);
+    return 0;
 }
 
 /* This worker's max_items, with up to 10% jitter. */
@@ -328,9 +458,10 @@ on_run(evutil_socket_t fd, short what, void *arg)
         w.head = t->next;
         if (w.head == NULL)
             w.tail = NULL;
-        run_task(t);
-        task_free(t);
+        if (!run_task(t))
+            task_free(t);
     }
+    batch_close();
     flush();
     /* Recycling: what is still queued here was never started; the grpc
      * process requeues it when the master reports our exit. */
@@ -398,7 +529,7 @@ take_item(const struct ipc_header *h, const uint8_t *body)
     t->item = wire_work_item_unpack(NULL, h->length - off, body + off);
     if (t->item == NULL) {
         static const char err[] = "the item could not be decoded";
-        send_update(t, STATE_FAILED, 0, err, sizeof err - 1);
+        send_update(t, STATE_FAILED, 0, err, sizeof err - 1, NULL);
         task_free(t);
         return 0;
     }
@@ -457,7 +588,7 @@ take_cancel(const struct ipc_header *h, const uint8_t *body)
     if (w.tail == t)
         w.tail = prev;
     static const char dropped[] = "cancelled before it started";
-    send_update(t, STATE_CANCELLED, 0, dropped, sizeof dropped - 1);
+    send_update(t, STATE_CANCELLED, 0, dropped, sizeof dropped - 1, NULL);
     task_free(t);
     flush();
     return 0;
@@ -527,6 +658,7 @@ worker_process_main(struct ds_child_start *start)
     /* Before anything else: CPU, nice, limits, and `user:` if the master
      * has not dropped us to it yet; modules and programs never run as root. */
     worker_apply_hygiene(w.config, start->slot);
+    cost_init();
     /* exec items write to pipes whose reader may be gone: EPIPE, not death. */
     signal(SIGPIPE, SIG_IGN);
     for (size_t i = 0; i < w.config->handler_count; i++) {

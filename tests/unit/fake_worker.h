@@ -203,24 +203,22 @@ fake_settle(struct event_base *base, struct fake_worker *w)
     }
 }
 
-/* Write one IPC_UPDATE for KEY at ATTEMPT in STATE, with PAYLOAD (a
- * result or an error) of LEN bytes, all of it: while the socket is full,
- * BASE runs so the queue reads. The frame is then in the socket or read,
- * not necessarily handled: run the loop. */
+/* Write one IPC_UPDATE frame: head U, then LEN bytes of BODY (a cost
+ * block, a result or an error, as U's flags say), all of it: while the
+ * socket is full, BASE runs so the queue reads. The frame is then in the
+ * socket or read, not necessarily handled: run the loop. */
 static inline void
-fake_send_update(struct event_base *base, struct fake_worker *w, uint64_t key, uint32_t attempt, enum wire_state state,
-                 float progress, const void *payload, size_t len)
+fake_send_update_frame(struct event_base *base, struct fake_worker *w,
+                       const struct ipc_update *u, const void *body, size_t len)
 {
-    struct ipc_update u = { .key = key, .attempt = attempt, .state = (uint8_t)state,
-                            .progress = progress };
-    struct ipc_header h = { .length = (uint32_t)(sizeof u + len), .type = IPC_UPDATE };
-    size_t total = sizeof h + sizeof u + len;
+    struct ipc_header h = { .length = (uint32_t)(sizeof *u + len), .type = IPC_UPDATE };
+    size_t total = sizeof h + sizeof *u + len;
     uint8_t *frame = malloc(total);
     assert_non_null(frame);
     memcpy(frame, &h, sizeof h);
-    memcpy(frame + sizeof h, &u, sizeof u);
+    memcpy(frame + sizeof h, u, sizeof *u);
     if (len > 0)
-        memcpy(frame + sizeof h + sizeof u, payload, len);
+        memcpy(frame + sizeof h + sizeof *u, body, len);
     size_t off = 0;
     while (off < total) {
         ssize_t n = write(w->fd, frame + off, total - off);
@@ -232,6 +230,17 @@ fake_send_update(struct event_base *base, struct fake_worker *w, uint64_t key, u
             fail_msg("write() failed: %s", strerror(errno));
     }
     free(frame);
+}
+
+/* One IPC_UPDATE for KEY at ATTEMPT in STATE, with PAYLOAD (a result or an
+ * error) of LEN bytes and no cost block (see fake_send_update_frame). */
+static inline void
+fake_send_update(struct event_base *base, struct fake_worker *w, uint64_t key, uint32_t attempt, enum wire_state state,
+                 float progress, const void *payload, size_t len)
+{
+    struct ipc_update u = { .key = key, .attempt = attempt, .state = (uint8_t)state,
+                            .progress = progress };
+    fake_send_update_frame(base, w, &u, payload, len);
 }
 
 #endif

@@ -1111,6 +1111,58 @@ test_done_with_trace(void **state)
     journal_buf_free(&b);
 }
 
+/* A DONE with the cost (flag 4) round-trips, with a trace before it too;
+ * one without reads as before (cost 0: not known, the journals written
+ * before it); the flag on a body without the 16 bytes is CORRUPT. */
+static void
+test_done_with_cost(void **state)
+{
+    (void)state;
+    static const char tp[] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    struct journal_buf b = { 0 };
+    char id[32];
+    struct journal_done d = make_done(46, 4, id, NULL, "r", 1, NULL, 0);
+    d.cpu_usec = 2000123;
+    d.max_rss_kib = 104857;
+    size_t off = journal_encode_done(&b, &d);
+    d.traceparent = tp;
+    d.traceparent_len = sizeof tp - 1;
+    d.cpu_usec = 0;                     /* the peak alone is enough to be kept */
+    size_t off2 = journal_encode_done(&b, &d);
+    struct journal_done old = make_done(47, 5, id, "boom", NULL, 0, NULL, 0);
+    size_t off3 = journal_encode_done(&b, &old);
+    struct journal_record rec;
+    size_t size;
+    const char *why;
+    assert_int_equal(journal_decode(b.data + off, b.len - off, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(size, off2 - off);
+    assert_int_equal(rec.done.cpu_usec, 2000123);
+    assert_int_equal(rec.done.max_rss_kib, 104857);
+    assert_int_equal(rec.done.traceparent_len, 0);
+    assert_int_equal(rec.done.result_len, 1);
+    assert_int_equal(journal_decode(b.data + off2, b.len - off2, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(size, off3 - off2);
+    assert_int_equal(rec.done.cpu_usec, 0);
+    assert_int_equal(rec.done.max_rss_kib, 104857);
+    assert_int_equal(rec.done.traceparent_len, sizeof tp - 1);
+    assert_memory_equal(rec.done.traceparent, tp, sizeof tp - 1);
+    assert_int_equal(journal_decode(b.data + off3, b.len - off3, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(rec.done.cpu_usec, 0);
+    assert_int_equal(rec.done.max_rss_kib, 0);
+    assert_int_equal(b.data[off3 + JOURNAL_HEADER_SIZE + 9] & JOURNAL_DONE_HAS_COST, 0);
+
+    /* The flag on a record without the cost (CRC fixed): CORRUPT. */
+    size_t len = b.len - off3;
+    uint8_t *copy = malloc(len);
+    memcpy(copy, b.data + off3, len);
+    copy[JOURNAL_HEADER_SIZE + 9] |= JOURNAL_DONE_HAS_COST;
+    uint32_t crc = journal_crc32c(0, copy + 4, len - 4);
+    memcpy(copy, &crc, 4);
+    assert_int_equal(journal_decode(copy, len, &rec, &size, &why), JOURNAL_CORRUPT);
+    free(copy);
+    journal_buf_free(&b);
+}
+
 static void
 test_done_recovered(void **state)
 {
@@ -1284,6 +1336,7 @@ main(void)
         cmocka_unit_test(test_decode_errors),
         cmocka_unit_test(test_map),
         cmocka_unit_test(test_done_with_trace),
+        cmocka_unit_test(test_done_with_cost),
         cmocka_unit_test_setup_teardown(test_store_recovery_set, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clean_close_removes_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seq_file, setup, teardown),

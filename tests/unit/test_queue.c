@@ -39,6 +39,7 @@ struct record {
     char text[256];             /* error, reason, or the result as text */
     size_t result_len;
     int worker_listed;          /* PID was still in workers_list() then */
+    uint64_t cpu_usec, max_rss_kib;
 };
 
 static struct {
@@ -98,6 +99,8 @@ on_ended(struct item *item, const struct outcome *o)
 {
     struct record *r = record_new(REC_ENDED, item);
     r->state = o->state;
+    r->cpu_usec = o->cpu_usec;
+    r->max_rss_kib = o->max_rss_kib;
     r->pid = o->worker_pid;
     r->progress = o->progress;
     if (o->error != NULL)
@@ -122,16 +125,18 @@ on_attempt_failed(struct item *item, pid_t worker_pid, const char *reason)
 }
 
 static void
-on_retry_asked(struct item *item, pid_t worker_pid, const char *error)
+on_retry_asked(struct item *item, const struct outcome *o)
 {
     struct record *r = record_new(REC_RETRY_ASKED, item);
-    r->pid = worker_pid;
-    snprintf(r->text, sizeof r->text, "%s", error);
+    r->pid = o->worker_pid;
+    r->cpu_usec = o->cpu_usec;
+    r->max_rss_kib = o->max_rss_kib;
+    snprintf(r->text, sizeof r->text, "%s", o->error);
     own(item);
 }
 
 static void
-on_cancelled(struct item *item, pid_t worker_pid)
+on_cancelled(struct item *item, pid_t worker_pid, const struct outcome *ran)
 {
     struct record *r = record_new(REC_CANCELLED, item);
     r->pid = worker_pid;
@@ -524,7 +529,7 @@ test_timeout(void **state)
     fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_STARTED, 0, NULL, 0);
 
     wait_records(&w1, REC_KILL, 1);
-    struct record *k[2];
+    struct record *k[2] = { NULL, NULL };
     assert_int_equal(records_of(REC_KILL, k, 2), 1);
     assert_int_equal(k[0]->pid, w1.pid);
     assert_int_equal(k[0]->slot, 3);
@@ -802,7 +807,7 @@ test_cancel_kill(void **state)
     cancel_grace_value = -1;
     struct cancel_arg arg = { .ids = { "a" } };
     queue_cancel(&cancel_ops, &arg);
-    struct record *k[2];
+    struct record *k[2] = { NULL, NULL };
     assert_int_equal(records_of(REC_KILL, k, 2), 1);
     assert_int_equal(k[0]->pid, w1.pid);
     assert_int_equal(k[0]->slot, 2);
@@ -918,6 +923,71 @@ test_local_room(void **state)
     assert_false(queue_holds(key + 1000));
 }
 
+/* An end with a cost block carries it; a frame announcing one it is too
+ * short for, or with unknown flags, is a protocol error: the worker is
+ * killed. */
+static void
+test_update_cost(void **state)
+{
+    queue_set_prefetch(1);
+    fake_attach(&w1, 1001, 0);
+    queue_push(new_item("a", 0, 0));
+    queue_push(new_item("b", 0, 0));
+    queue_push(new_item("c", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 1);
+
+    uint8_t body[sizeof(struct ipc_cost) + 2];
+    struct ipc_cost cost = { .cpu_usec = 1234567, .max_rss_kib = 89012 };
+    memcpy(body, &cost, sizeof cost);
+    memcpy(body + sizeof cost, "ok", 2);
+    struct ipc_update u = { .key = w1.items[0].key, .attempt = 1, .state = STATE_SUCCEEDED,
+                            .flags = IPC_UPDATE_COST, .progress = 1 };
+    fake_send_update_frame(rec.base, &w1, &u, body, sizeof body);
+    wait_records(&w1, REC_ENDED, 1);
+    struct record *r[1] = { NULL };
+    assert_int_equal(records_of(REC_ENDED, r, 1), 1);
+    assert_string_equal(r[0]->text, "ok");
+    assert_int_equal(r[0]->result_len, 2);
+    assert_int_equal(r[0]->cpu_usec, 1234567);
+    assert_int_equal(r[0]->max_rss_kib, 89012);
+
+    fake_wait_items(rec.base, &w1, 2);
+    memcpy(body + sizeof cost, "no", 2);
+    u.key = w1.items[1].key;
+    u.state = STATE_RETRYING;
+    fake_send_update_frame(rec.base, &w1, &u, body, sizeof body);
+    wait_records(&w1, REC_RETRY_ASKED, 1);
+    assert_int_equal(records_of(REC_RETRY_ASKED, r, 1), 1);
+    assert_string_equal(r[0]->text, "no");
+    assert_int_equal(r[0]->cpu_usec, 1234567);
+
+    /* The flag, and 8 bytes where 16 are announced. */
+    fake_wait_items(rec.base, &w1, 3);
+    u.key = w1.items[2].key;
+    u.state = STATE_SUCCEEDED;
+    fake_send_update_frame(rec.base, &w1, &u, body, 8);
+    wait_records(&w1, REC_KILL, 1);
+    assert_int_equal(records_of(REC_KILL, r, 1), 1);
+    assert_int_equal(r[0]->pid, 1001);
+    assert_string_equal(r[0]->text, "it broke the IPC protocol");
+    assert_int_equal(count_of(REC_ENDED), 1);
+
+    /* Flags nobody defined. */
+    fake_attach(&w2, 1002, 1);
+    queue_push(new_item("d", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w2, 1);
+    struct ipc_update odd = { .key = w2.items[0].key, .attempt = 1, .state = STATE_SUCCEEDED,
+                              .flags = 0x80 };
+    fake_send_update_frame(rec.base, &w2, &odd, "x", 1);
+    wait_records(&w2, REC_KILL, 2);
+    struct record *k[2] = { NULL, NULL };
+    assert_int_equal(records_of(REC_KILL, k, 2), 2);
+    assert_int_equal(k[1]->pid, 1002);
+    assert_int_equal(count_of(REC_ENDED), 1);
+}
+
 int
 main(void)
 {
@@ -938,6 +1008,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_local_room, setup, teardown),
         cmocka_unit_test_setup_teardown(test_priority_dispatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delayed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_update_cost, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

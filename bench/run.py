@@ -461,6 +461,12 @@ class Redis(Server):
             f = sock.makefile("rb")
             return _resp(f)
 
+    def cpu_s(self):
+        """used_cpu_sys + used_cpu_user of INFO cpu: Redis's own CPU so far."""
+        info = self.command("INFO", "cpu")
+        v = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        return float(v["used_cpu_sys"]) + float(v["used_cpu_user"])
+
     def stop(self):
         if self.proc is None:
             return
@@ -878,8 +884,13 @@ class Runner:
                 i.wait_cluster_serving()
             done0 = [i.items_done() for i in inst]
             kind = f"{k} dosomethingd + redis-server" if k > 1 else "dosomethingd + redis-server"
+            repeat = self.args.repeat
+            redis_cpu0 = redis.cpu_s()
             r = self.client(Group(kind, inst, [redis]), n, f"SC cluster {k}", calls=calls,
-                            payload=64)
+                            payload=64, repeat=repeat)
+            # INFO cpu over every repeat (each runs n items): Redis's CPU per item
+            r["redis_cpu_us_per_item"] = 1e6 * (redis.cpu_s() - redis_cpu0) / (n * repeat)
+            r["cpu_split_us_per_item"] = cpu_split(r, n)
             # an entry goes (XACK, XDEL) once its item is final: give the last ones a moment
             end = time.monotonic() + 2
             while (xlen := redis.command("XLEN", "{bench}:work")) and time.monotonic() < end:
@@ -897,6 +908,10 @@ class Runner:
                     note += f" (all {self.args.repeat} runs)"
             if xlen:
                 note += f", {xlen} entries left in the work stream"
+            split = r["cpu_split_us_per_item"]
+            note += (f", Redis {r['redis_cpu_us_per_item']:.1f} µs/item (INFO cpu), CPU µs/item: "
+                     + " / ".join(f"{k} {v:.1f}" for k, v in split.items()))
+            log(f"  Redis {r['redis_cpu_us_per_item']:.1f} µs/item; split µs/item {split}")
             res[k] = self.record("C cluster", r, note=note)
             for i in inst:
                 self.stop(i)
@@ -904,10 +919,14 @@ class Runner:
         a, b, c = (res[k]["items_per_s"] for k in (0, 1, 2))
         log(f"  single {a:,.0f}, cluster 1 instance {b:,.0f} ({b / a:.2f}x), "
             f"2 instances {c:,.0f} items/s ({c / b:.2f}x of 1)")
-        self.check("SC echo items/s, cluster 1 instance vs single machine", "(report)",
-                   f"{b / a:.2f}x ({b:,.0f} vs {a:,.0f}/s)", None)
-        self.check("SC echo items/s, cluster 2 instances vs 1", "(report)",
-                   f"{c / b:.2f}x ({c:,.0f} vs {b:,.0f}/s)", None)
+        self.check("SC echo items/s, cluster 1 instance vs single machine", ">= 0.5x",
+                   f"{b / a:.2f}x ({b:,.0f} vs {a:,.0f}/s)", b >= 0.5 * a)
+        self.check("SC echo items/s, cluster 2 instances vs 1", ">= 1x",
+                   f"{c / b:.2f}x ({c:,.0f} vs {b:,.0f}/s)", c >= b)
+        for k in (1, 2):
+            us = res[k]["redis_cpu_us_per_item"]
+            self.check(f"SC Redis CPU per item, {k} instance{'s' if k > 1 else ''} "
+                       "(INFO used_cpu_sys+user)", "<= 5 µs", f"{us:.1f} µs", us <= 5)
 
     def sb(self):
         """This tree against another build (make bench BASELINE=REV), in the same
@@ -1101,6 +1120,18 @@ class Runner:
                    "used during the run (noise from other jobs; the client and server excluded); "
                    "**noisy**: more than 0.25 CPU of it on average.")
         return "\n".join(out)
+
+
+def cpu_split(r, n):
+    """The CPU of a run's server processes per item, by role: the grpc
+    processes, the workers, redis-server and the rest (masters), in µs."""
+    out = {"grpc": 0.0, "workers": 0.0, "redis": 0.0, "master": 0.0}
+    for p in r.get("server_procs", []):
+        name, cpu = p.get("name") or "", p.get("cpu_s") or 0.0
+        role = ("grpc" if "grpc" in name else "workers" if "worker" in name else
+                "redis" if "redis" in name else "master")
+        out[role] += 1e6 * cpu / n
+    return out
 
 
 def median_run(runs):

@@ -63,6 +63,14 @@
 #define RENEW_CHUNK         500     /* ids per renew script */
 #define POLL_MS             100     /* XLEN while submissions are under way */
 #define DUE_COUNT           1000    /* delayed items moved on per due script */
+/* Items in one accept script at most, and accept scripts in flight at once
+ * before the next batch waits for a reply (it grows meanwhile). */
+#define ACCEPT_BATCH_MAX    512
+#define ACCEPTS_AHEAD       2
+/* Items with a script in flight (accepts, updates, finals) past which
+ * submit.c reads no more items (backpressure): memory stays bounded when
+ * Redis is slower than the clients. */
+#define INFLIGHT_MAX        8192
 /* The due timer never sleeps longer than this: a delayed item whose QUEUED
  * update this instance did not see (read before it started, trimmed) is
  * still moved on in time, give or take this. */
@@ -95,7 +103,7 @@
     "local seq = redis.call('INCR', KEYS[3])\n"
 
 /* ARGV[2] maxlen, then the update: ARGV[3..7] = u i k b s; EXTRA: more fields
- * (a QUEUED update's p and d, see script_accept). */
+ * (a QUEUED update's p and d, see script_accepts). */
 #define LUA_ADD_UPDATE_WITH(extra)                                                      \
     "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. string.format('%.0f', " \
     "seq), 'u', ARGV[3], 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7]" extra ")\n"
@@ -137,42 +145,101 @@
  *   stream: the 1- of its ID says which.
  */
 
-/* accept: KEYS work, updates, seq, origin, item, items, delayed, prio. A
- * known id is a duplicate (0); else the QUEUED update, the work entry
- * (ARGV[8..11] = m t q w) and the item's hash (ARGV[12]: its priority, ""
- * for 0; ARGV[13] ta), and the seq. ARGV[14]: its due time (unix ms), ""
- * if it is not delayed. ARGV[15], ARGV[16]: its traceparent and tracestate
- * ("" none), kept in its hash as tp and tt for getItems. A prioritized or delayed one waits instead of
- * getting its entry, and its QUEUED update says so to every instance (p:
- * the priority, to wake the pullers; d: the due time, for their timers). */
-static const char script_accept[] =
-    "if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end\n"
-    LUA_NEXT_SEQ
-    "local sq = string.format('%.0f', seq)\n"
-    "if ARGV[15] ~= '' then redis.call('HSET', KEYS[5], 'tp', ARGV[15], 'tt', ARGV[16]) end\n"
-    "if ARGV[12] ~= '' or ARGV[14] ~= '' then\n"
-    "  if ARGV[14] ~= '' then\n"
-    "    " LUA_ADD_UPDATE_WITH(", 'd', ARGV[14]")
-    "    redis.call('ZADD', KEYS[7], ARGV[14], ARGV[4])\n"
+/*
+ * The seq counter for a batch (a script that publishes many updates): as
+ * LUA_NEXT_SEQ, but read once into `seq`; the script counts on from it
+ * for each update it writes and stores the last with LUA_SEQ_STORE, so a
+ * seq is used only by an update that was written (a gap would end every
+ * subscriber's stream).
+ */
+#define LUA_SEQ_LOAD                                                                    \
+    "if redis.call('EXISTS', KEYS[3]) == 0 then\n"                                      \
+    "  local start = tonumber(ARGV[1])\n"                                               \
+    "  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)\n"            \
+    "  if #top > 0 then\n"                                                              \
+    "    local t = tonumber(string.match(top[1][1], '^0%-(%d+)$'))\n"                   \
+    "    if t ~= nil and t > start then start = t end\n"                                \
+    "  end\n"                                                                           \
+    "  redis.call('SET', KEYS[3], string.format('%.0f', start))\n"                      \
+    "  redis.call('SET', KEYS[4], string.format('%.0f', start))\n"                      \
+    "end\n"                                                                             \
+    "local seq = tonumber(redis.call('GET', KEYS[3]))\n"                                \
+    "local seq_loaded = seq\n"
+#define LUA_SEQ_STORE                                                                   \
+    "if seq ~= seq_loaded then redis.call('SET', KEYS[3], string.format('%.0f', seq)) end\n"
+
+/*
+ * accepts: the items accepted in one turn of the loop, in one call. KEYS
+ * work, updates, seq, origin, items, delayed, prio; ARGV[1] floor, ARGV[2]
+ * maxlen, ARGV[3] the item hash prefix, then ACCEPT_FIELDS per item: u i
+ * k b s (the QUEUED update), m t q w (the entry), p (priority, "" for 0),
+ * ta, d (due time, "" if not delayed), tp and tt (its traceparent and
+ * tracestate, "" none: kept in its hash for getItems). A known id is a duplicate;
+ * else the QUEUED update, the item's hash, and either its work entry or
+ * (prioritized or delayed) its place in its lane or among the delayed, its
+ * entry's fields in its hash, and a QUEUED update that says so to every
+ * instance (p: the priority, to wake the pullers; d: the due time, for
+ * their timers).
+ * Returns one reply per item: its seq, 0 for a duplicate (a known id, or
+ * one earlier in the batch), or the error of its first write (nothing of
+ * it was written: with maxmemory reached, Redis refuses every write of a
+ * script that has not written yet, so a batch is refused whole). The
+ * listing gets one ZADD for the batch.
+ */
+#define ACCEPT_FIELDS 14
+static const char script_accepts[] =
+    LUA_SEQ_LOAD
+    "local out, members, seen, prefix = {}, {}, {}, ARGV[3]\n"
+    "for o = 4, #ARGV, 14 do\n"      /* ACCEPT_FIELDS */
+    "  local u, id, k, b, s = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]\n"
+    "  local m, t, q, w = ARGV[o + 5], ARGV[o + 6], ARGV[o + 7], ARGV[o + 8]\n"
+    "  local p, ta, d, tp = ARGV[o + 9], ARGV[o + 10], ARGV[o + 11], ARGV[o + 12]\n"
+    "  local hk = prefix .. id\n"
+    "  if seen[id] or redis.call('EXISTS', hk) == 1 then\n"
+    "    out[#out + 1] = 0\n"
     "  else\n"
-    "    " LUA_ADD_UPDATE_WITH(", 'p', ARGV[12]")
-    "    redis.call('RPUSH', KEYS[8] .. ':' .. ARGV[12], ARGV[4])\n"
-    "    redis.call('ZADD', KEYS[8], ARGV[12], ARGV[12])\n"
+    "    local r\n"
+    "    if d ~= '' then r = redis.pcall('ZADD', KEYS[6], d, id)\n"
+    "    elseif p ~= '' then r = redis.pcall('RPUSH', KEYS[7] .. ':' .. p, id)\n"
+    "    else r = redis.pcall('XADD', KEYS[1], '0-*', 'i', id, 'k', k, 'b', b, 'm', m, "
+    "'t', t, 'q', q, 'w', w) end\n"
+    "    if type(r) == 'table' and r.err then\n"
+    "      out[#out + 1] = r\n"
+    "    else\n"
+    "      seen[id] = true\n"
+    "      seq = seq + 1\n"
+    "      local sq = string.format('%.0f', seq)\n"
+    "      local sid = '0-' .. sq\n"
+    "      if d ~= '' then\n"
+    "        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], sid, 'u', u, 'i', id, "
+    "'k', k, 'b', b, 's', s, 'd', d)\n"
+    "      elseif p ~= '' then\n"
+    "        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], sid, 'u', u, 'i', id, "
+    "'k', k, 'b', b, 's', s, 'p', p)\n"
+    "        redis.call('ZADD', KEYS[7], p, p)\n"
+    "      else\n"
+    "        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], sid, 'u', u, 'i', id, "
+    "'k', k, 'b', b, 's', s)\n"
+    "      end\n"
+    "      if d ~= '' or p ~= '' then\n"
+    "        redis.call('HSET', hk, 'k', k, 'b', b, 's', s, 'm', m, 'q', sq, 'ta', ta, "
+    "'to', t, 'qq', q, 'w', w)\n"
+    "        if p ~= '' then redis.call('HSET', hk, 'p', p) end\n"
+    "        if d ~= '' then redis.call('HSET', hk, 'd', d) end\n"
+    "      else\n"
+    "        redis.call('HSET', hk, 'k', k, 'b', b, 's', s, 'm', m, 'q', sq, 'x', r, "
+    "'ta', ta)\n"
+    "      end\n"
+    "      if tp ~= '' then redis.call('HSET', hk, 'tp', tp, 'tt', ARGV[o + 13]) end\n"
+    "      members[#members + 1] = sq\n"
+    "      members[#members + 1] = id\n"
+    "      out[#out + 1] = seq\n"
+    "    end\n"
     "  end\n"
-    "  redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
-    "'q', sq, 'ta', ARGV[13], 'to', ARGV[9], 'qq', ARGV[10], 'w', ARGV[11])\n"
-    "  if ARGV[12] ~= '' then redis.call('HSET', KEYS[5], 'p', ARGV[12]) end\n"
-    "  if ARGV[14] ~= '' then redis.call('HSET', KEYS[5], 'd', ARGV[14]) end\n"
-    "  redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
-    "  return seq\n"
     "end\n"
-    LUA_ADD_UPDATE
-    "local e = redis.call('XADD', KEYS[1], '0-*', 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], "
-    "'m', ARGV[8], 't', ARGV[9], 'q', ARGV[10], 'w', ARGV[11])\n"
-    "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
-    "'q', sq, 'x', e, 'ta', ARGV[13])\n"
-    "redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
-    "return seq\n";
+    LUA_SEQ_STORE
+    "if #members > 0 then redis.call('ZADD', KEYS[5], unpack(members)) end\n"
+    "return out\n";
 
 /*
  * The retention. KEYS[7] {NAME}:finals lists "SEQ ID" for each final in
@@ -293,7 +360,7 @@ static const char script_trim[] =
 
 /*
  * cancel: KEYS as update's, control, delayed, prio; ARGV[1..7] the
- * CANCELLED update (as accept's), ARGV[8] the entry, ARGV[9] group,
+ * CANCELLED update (floor, maxlen, u i k b s), ARGV[8] the entry, ARGV[9] group,
  * ARGV[10] the reason, ARGV[11..15] the retention. An item still waiting
  * (delayed, or in its priority's lane: it has no entry) or whose entry is
  * not delivered yet is removed and CANCELLED at once ('c'); one an
@@ -333,8 +400,8 @@ static const char script_cancel[] =
     "return 'c'\n";
 
 /*
- * retry: KEYS as update's and prio; ARGV[1..10] as accept's (the QUEUED
- * update, m t q), ARGV[11] its priority ("" for 0), ARGV[12] ta. A FAILED
+ * retry: KEYS as update's and prio; ARGV[1..7] floor, maxlen and the
+ * QUEUED update (u i k b s), ARGV[8..10] m t q (the entry's fields), ARGV[11] its priority ("" for 0), ARGV[12] ta. A FAILED
  * or CANCELLED item with its WorkItem is queued again as if accepted now
  * (the seq, or 0 if it is not retryable; -1 if not known): a prioritized
  * one in its lane (its delay is not applied again).
@@ -560,12 +627,12 @@ static const char script_fence[] =
     "return 1\n";
 
 enum script {
-    SCRIPT_ACCEPT, SCRIPT_UPDATE, SCRIPT_RENEW, SCRIPT_CLAIM, SCRIPT_TRIM, SCRIPT_CANCEL,
+    SCRIPT_ACCEPTS, SCRIPT_UPDATE, SCRIPT_RENEW, SCRIPT_CLAIM, SCRIPT_TRIM, SCRIPT_CANCEL,
     SCRIPT_RETRY, SCRIPT_PULL, SCRIPT_DUE, SCRIPT_SIZE, SCRIPT_COUNT
 };
 
 static const char *const script_text[SCRIPT_COUNT] = {
-    script_accept, script_update, script_renew, script_claim, script_trim, script_cancel,
+    script_accepts, script_update, script_renew, script_claim, script_trim, script_cancel,
     script_retry, script_pull, script_due, script_size,
 };
 
@@ -629,10 +696,20 @@ static struct {
     int unblocking;             /* a CLIENT UNBLOCK for the XREADGROUP is out */
     long long work_client_id;   /* of the work connection, for CLIENT UNBLOCK */
     uint32_t pull_unit;         /* weight of the items lately taken */
+    uint32_t pull_count;        /* the COUNT of the XREADGROUP in flight */
+    int pull_backlog;           /* the last XREADGROUP got all it asked for: more wait */
     int claiming;
     int polling;
     uint64_t xlen;              /* items not final, cluster-wide, as last seen */
     uint64_t accepts_sent, accepts_at_poll;
+    /* the accepts of this turn of the loop, sent by flush_accepts() */
+    struct acceptance *accepts;
+    size_t accepts_n, accepts_cap;
+    int accepts_ahead;          /* accept scripts in flight */
+    uint64_t accept_batches;    /* accept scripts sent, for /status */
+    struct redis_cmd batch_cmd; /* reused for every batch script */
+    struct event *flush_event;
+    int was_busy;               /* inflight reached INFLIGHT_MAX: see cluster_busy() */
     /* a drain waits for these */
     uint64_t inflight;
     uint64_t max_published_seq;
@@ -653,6 +730,8 @@ static void cluster_pull(void);
 static void apply_pending_cancel(uint64_t key);
 static void arm_due(int64_t due_ms);
 static void remember_cancel(uint64_t key, const char *reason);
+static void cluster_backpressure_check(void);
+static void fail_accepts(void);
 
 /* "redis HOST:PORT", or "redis master NAME at HOST:PORT" (found through the
  * sentinels; "redis master NAME" before they named one): for messages. */
@@ -793,6 +872,7 @@ static void
 inflight_done(void)
 {
     cl.inflight--;
+    cluster_backpressure_check();
     check_done();
 }
 
@@ -885,22 +965,15 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
 {
     redis_args_init(a, "EVALSHA");
     redis_args_str(a, cl.sha[script]);
-    redis_args_str(a, script == SCRIPT_ACCEPT ? "8" : script == SCRIPT_CANCEL ? "11" :
-                   script == SCRIPT_RETRY ? "9" : "8");
-    redis_args_str(a, script == SCRIPT_ACCEPT || script == SCRIPT_RETRY ? cl.key_work
-                   : stream_of(item->key));
+    redis_args_str(a, script == SCRIPT_CANCEL ? "11" : script == SCRIPT_RETRY ? "9" : "8");
+    redis_args_str(a, script == SCRIPT_RETRY ? cl.key_work : stream_of(item->key));
     redis_args_str(a, cl.key_updates);
     redis_args_str(a, cl.key_seq);
     redis_args_str(a, cl.key_origin);
     redis_args_str(a, item_key(key_buf, item->id));
     redis_args_str(a, cl.key_items);
-    if (script == SCRIPT_ACCEPT) {
-        redis_args_str(a, cl.key_delayed);
-        redis_args_str(a, cl.key_prio);
-    } else {
-        redis_args_str(a, cl.key_finals);
-        redis_args_str(a, cl.key_finals_bytes);
-    }
+    redis_args_str(a, cl.key_finals);
+    redis_args_str(a, cl.key_finals_bytes);
     if (script == SCRIPT_CANCEL) {
         redis_args_str(a, cl.key_control);
         redis_args_str(a, cl.key_delayed);
@@ -1105,6 +1178,23 @@ cluster_retry(struct item *item, const struct outcome *o)
 
 /* ---- accepting ----------------------------------------------------------- */
 
+/*
+ * The items accepted in one turn of the loop go to Redis in one script
+ * (script_accepts): they gather in cl.accepts, and a flush runs once the
+ * turn's other callbacks have (an event made active). While ACCEPTS_AHEAD
+ * batches are already in flight, a flush waits for a reply instead: under
+ * load the next batch gathers meanwhile, so a batch grows with the load
+ * (up to ACCEPT_BATCH_MAX) and Redis runs one script for many items.
+ * Every item of a batch hears its own verdict, from the script's reply.
+ */
+
+/* A batch in flight: owned by its callback, which frees it. */
+struct accept_batch {
+    int wait;                   /* ACCEPTED only after the replicas (cluster_ack.c) */
+    size_t n;
+    struct acceptance a[];
+};
+
 static void
 unavailable_later(evutil_socket_t fd, short what, void *arg)
 {
@@ -1113,95 +1203,222 @@ unavailable_later(evutil_socket_t fd, short what, void *arg)
     free(op);
 }
 
+static void flush_accepts(void);
+
+/* The verdict of item I of BATCH from R, the script's whole reply (NULL:
+ * the connection went first). */
+static void
+accept_verdict(const struct acceptance *a, int wait, const redisReply *r, const redisReply *e)
+{
+    char why[300];
+    if (r == NULL) {
+        store_accepted(*a, STORE_UNCERTAIN, "cluster: the connection to redis was lost");
+    } else if (e != NULL && e->type == REDIS_REPLY_INTEGER && e->integer == 0) {
+        store_accepted(*a, STORE_DUPLICATE, NULL);
+    } else if (e != NULL && e->type == REDIS_REPLY_INTEGER && e->integer > 0) {
+        if ((uint64_t)e->integer > cl.max_published_seq)
+            cl.max_published_seq = (uint64_t)e->integer;
+        if (wait)
+            cluster_ack_hold(*a);
+        else
+            store_accepted(*a, STORE_ACCEPTED, NULL);
+    } else if (is_error(r, "READONLY") || (e != NULL && is_error(e, "READONLY")) ||
+               is_error(r, "NOSCRIPT")) {     /* the session goes (on_accepted) */
+        store_accepted(*a, STORE_UNAVAILABLE, cl.why);
+    } else {
+        const redisReply *err = e != NULL ? e : r;
+        snprintf(why, sizeof why, "cluster: redis refused the item: %.200s",
+                 err->type == REDIS_REPLY_ERROR ? err->str : "unexpected reply");
+        store_accepted(*a, STORE_REJECTED, why);
+    }
+}
+
 static void
 on_accepted(redisAsyncContext *ac, void *reply, void *arg)
 {
-    struct item_op *op = arg;
+    struct accept_batch *b = arg;
     redisReply *r = reply;
+    cl.accepts_ahead--;
     if (cl.shutting_down) {
-        store_discard(op->a.item);
-        free(op);
+        for (size_t i = 0; i < b->n; i++)
+            store_discard(b->a[i].item);
+        free(b);
         return;
     }
-    if (r == NULL) {
-        store_accepted(op->a, STORE_UNCERTAIN, "cluster: the connection to redis was lost");
-    } else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
-        store_accepted(op->a, STORE_DUPLICATE, NULL);
-    } else if (r->type == REDIS_REPLY_INTEGER) {
-        if ((uint64_t)r->integer > cl.max_published_seq)
-            cl.max_published_seq = (uint64_t)r->integer;
-        if (op->wait)
-            cluster_ack_hold(op->a);
-        else
-            store_accepted(op->a, STORE_ACCEPTED, NULL);
-    } else if (demoted(r)) {
-        store_accepted(op->a, STORE_UNAVAILABLE, cl.why);
-    } else if (is_error(r, "NOSCRIPT")) {
+    if (r != NULL && is_error(r, "NOSCRIPT"))
         session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
-        store_accepted(op->a, STORE_UNAVAILABLE, cl.why);
-    } else {
-        char why[300];
-        snprintf(why, sizeof why, "cluster: redis refused the item: %.200s",
-                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-        store_accepted(op->a, STORE_REJECTED, why);
+    else if (r != NULL && r->type == REDIS_REPLY_ERROR && !demoted(r))
+        log_error("cluster: redis refused a batch of %zu items: %s", b->n, r->str);
+    int each = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == b->n;
+    for (size_t i = 0; each && i < b->n; i++) {
+        if (is_error(r->element[i], "READONLY")) {
+            demoted(r->element[i]);     /* a replica now: the session goes */
+            break;
+        }
     }
-    free(op);
-    inflight_done();
+    if (r != NULL && r->type != REDIS_REPLY_ERROR && !each)
+        log_error("cluster: the accept script answered %zu items with an unexpected reply",
+                  b->n);
+    for (size_t i = 0; i < b->n; i++)
+        accept_verdict(&b->a[i], b->wait, r, each ? r->element[i] : NULL);
+    cl.inflight -= b->n;
+    free(b);
+    cluster_backpressure_check();
+    flush_accepts();
+    check_done();
 }
 
-/* The entry and its QUEUED update in one script: accepted once Redis has
- * both. The item comes back to some instance through the work stream. */
+/* Item I's ACCEPT_FIELDS arguments. */
 static void
-cluster_accept(struct acceptance a)
+accept_args(struct redis_cmd *c, const struct item *item, uint64_t now)
 {
-    struct item_op *op = ds_calloc(1, sizeof *op);
-    op->a = a;
-    struct item *item = a.item;
-
     size_t len;
     struct outcome queued = { .state = STATE_QUEUED };
     uint8_t *encoded = updates_encode(item, &queued, &len);
-    struct redis_args args;
-    char key[ITEM_KEY_SIZE];
-    publish_args(&args, SCRIPT_ACCEPT, item, STATE_QUEUED, encoded, len, key);
-    redis_args_u64(&args, item->max_attempts);
-    redis_args_u64(&args, item->timeout_ms);
-    redis_args_str(&args, item->weight == ITEM_WEIGHT_QUICK ? "1" : "0");
-    redis_args_mem(&args, item->raw, item->raw_len);
+    redis_cmd_mem(c, encoded, len);
+    free(encoded);
+    redis_cmd_str(c, item->id);
+    redis_cmd_str(c, item->kind);
+    redis_cmd_str(c, item->batch);
+    redis_cmd_u64(c, STATE_QUEUED);
+    redis_cmd_u64(c, item->max_attempts);
+    redis_cmd_u64(c, item->timeout_ms);
+    redis_cmd_str(c, item->weight == ITEM_WEIGHT_QUICK ? "1" : "0");
+    redis_cmd_mem(c, item->raw, item->raw_len);
     char priority[16];
-    redis_args_str(&args, priority_arg(item, priority));
-    uint64_t now = clock_wall_ns();
-    redis_args_u64(&args, now);
-    int64_t due_ms = 0;
-    if (item->due_ns > now) {
-        due_ms = (int64_t)(item->due_ns / 1000000 + (item->due_ns % 1000000 != 0)); /* never early */
-        redis_args_u64(&args, (uint64_t)due_ms);
-    } else {
-        redis_args_str(&args, "");
-    }
+    redis_cmd_str(c, priority_arg(item, priority));
+    redis_cmd_u64(c, now);
+    if (item->due_ns > now)
+        redis_cmd_u64(c, item->due_ns / 1000000 + (item->due_ns % 1000000 != 0)); /* never early */
+    else
+        redis_cmd_str(c, "");
     struct trace_context trace;
     if (trace_of_work_item(item->raw, item->raw_len, &trace) && trace.parent_len > 0) {
-        redis_args_mem(&args, trace.parent, trace.parent_len);
-        if (trace.state_len > 0)
-            redis_args_mem(&args, trace.state, trace.state_len);
-        else
-            redis_args_str(&args, "");
+        redis_cmd_mem(c, trace.parent, trace.parent_len);
+        redis_cmd_mem(c, trace.state, trace.state_len);
     } else {
-        redis_args_str(&args, "");
-        redis_args_str(&args, "");
+        redis_cmd_str(c, "");
+        redis_cmd_str(c, "");
     }
-    op->wait = cluster_ack_wanted();
-    if (command(&cl.cmd, on_accepted, op, &args) == -1) {
-        later(unavailable_later, op);
-    } else {
-        if (op->wait)
+}
+
+/* Send what gathered in cl.accepts as one script, unless ACCEPTS_AHEAD
+ * batches are in flight (a reply flushes again). */
+static void
+flush_accepts(void)
+{
+    if (cl.accepts_n == 0 || cl.accepts_ahead >= ACCEPTS_AHEAD)
+        return;
+    size_t n = cl.accepts_n > ACCEPT_BATCH_MAX ? ACCEPT_BATCH_MAX : cl.accepts_n;
+    struct accept_batch *b = ds_malloc(sizeof *b + n * sizeof b->a[0]);
+    b->n = n;
+    b->wait = cluster_ack_wanted();
+    memcpy(b->a, cl.accepts, n * sizeof b->a[0]);
+    cl.accepts_n -= n;
+    memmove(cl.accepts, cl.accepts + n, cl.accepts_n * sizeof cl.accepts[0]);
+    struct redis_cmd *c = &cl.batch_cmd;
+    redis_cmd_init(c, "EVALSHA");
+    redis_cmd_str(c, cl.sha[SCRIPT_ACCEPTS]);
+    redis_cmd_str(c, "7");
+    redis_cmd_str(c, cl.key_work);
+    redis_cmd_str(c, cl.key_updates);
+    redis_cmd_str(c, cl.key_seq);
+    redis_cmd_str(c, cl.key_origin);
+    redis_cmd_str(c, cl.key_items);
+    redis_cmd_str(c, cl.key_delayed);
+    redis_cmd_str(c, cl.key_prio);
+    redis_cmd_str(c, floor_arg());
+    redis_cmd_u64(c, gp.config->updates.history);
+    redis_cmd_str(c, cl.key_item_prefix);
+    uint64_t now = clock_wall_ns();
+    for (size_t i = 0; i < n; i++)
+        accept_args(c, b->a[i].item, now);
+    if (cl.up && !cl.failing && cl.cmd.ac != NULL &&
+        redis_cmd_send(c, cl.cmd.ac, on_accepted, b) == 0) {
+        cl.accepts_ahead++;
+        cl.accept_batches++;
+        if (b->wait)
             cluster_ack_sent();
-        cl.inflight++;
-        cl.accepts_sent++;
-        if (due_ms > 0)
-            arm_due(due_ms);
+    } else {
+        if (cl.up && !cl.failing)
+            session_fail("command connection: cannot send a command");
+        /* Never sent: each item hears UNAVAILABLE (from the loop). */
+        for (size_t i = 0; i < n; i++) {
+            struct item_op *op = ds_calloc(1, sizeof *op);
+            op->a = b->a[i];
+            later(unavailable_later, op);
+        }
+        cl.inflight -= n;
+        free(b);
+        check_done();
     }
-    free(encoded);
+    if (cl.accepts_n > 0)
+        flush_accepts();
+}
+
+static void
+on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    flush_accepts();
+}
+
+/* The session went: the accepts not sent yet hear UNAVAILABLE (certain:
+ * Redis never saw them). */
+static void
+fail_accepts(void)
+{
+    for (size_t i = 0; i < cl.accepts_n; i++) {
+        struct item_op *op = ds_calloc(1, sizeof *op);
+        op->a = cl.accepts[i];
+        later(unavailable_later, op);
+    }
+    cl.inflight -= cl.accepts_n;
+    cl.accepts_n = 0;
+}
+
+/* The entry and its QUEUED update in one script (with the others of this
+ * turn of the loop): accepted once Redis has both. The item comes back to
+ * some instance through the work stream. */
+static void
+cluster_accept(struct acceptance a)
+{
+    if (!cl.up || cl.failing || cl.cmd.ac == NULL) {
+        struct item_op *op = ds_calloc(1, sizeof *op);
+        op->a = a;
+        later(unavailable_later, op);
+        return;
+    }
+    if (cl.accepts_n == cl.accepts_cap) {
+        cl.accepts_cap = cl.accepts_cap ? cl.accepts_cap * 2 : 256;
+        cl.accepts = ds_realloc(cl.accepts, cl.accepts_cap * sizeof cl.accepts[0]);
+    }
+    cl.accepts[cl.accepts_n++] = a;
+    cl.inflight++;
+    cl.accepts_sent++;
+    uint64_t now = clock_wall_ns();
+    if (a.item->due_ns > now)
+        arm_due((int64_t)(a.item->due_ns / 1000000 + (a.item->due_ns % 1000000 != 0)));
+    if (cl.accepts_n == 1)
+        event_active(cl.flush_event, EV_TIMEOUT, 0);
+}
+
+/* Too much in flight to Redis (INFLIGHT_MAX): submit.c reads no more items
+ * until it drains below half of it (cluster_backpressure_check()). */
+static int
+cluster_busy(void)
+{
+    if (cl.inflight >= INFLIGHT_MAX)
+        cl.was_busy = 1;
+    return cl.was_busy;
+}
+
+static void
+cluster_backpressure_check(void)
+{
+    if (cl.was_busy && cl.inflight < INFLIGHT_MAX / 2) {
+        cl.was_busy = 0;
+        store_room_available();
+    }
 }
 
 /* ---- taking items -------------------------------------------------------- */
@@ -1370,7 +1587,9 @@ on_pulled(redisAsyncContext *ac, void *reply, void *arg)
         return;
     }
     uint32_t taken = 0, weight = 0;
-    take_entries(stream_entries(r), &taken, &weight);
+    const redisReply *entries = stream_entries(r);
+    cl.pull_backlog = entries != NULL && entries->elements >= cl.pull_count;
+    take_entries(entries, &taken, &weight);
     if (taken > 0)
         cl.pull_unit = weight / taken > 0 ? weight / taken : ITEM_WEIGHT_QUICK;
     cluster_pull();
@@ -1467,6 +1686,13 @@ cluster_pull(void)
         }
         return;
     }
+    /* The guess from the items lately taken holds while a backlog streams
+     * in. Out of one (this read may block until new entries come), take no
+     * more than full items would fill: a few items accepted together, the
+     * first after a quiet spell, spread over the idle instances instead of
+     * all going to the first one that reads. */
+    if (!cl.pull_backlog && count > room / ITEM_WEIGHT_FULL)
+        count = room / ITEM_WEIGHT_FULL > 0 ? room / ITEM_WEIGHT_FULL : 1;
     redis_args_init(&a, "XREADGROUP");
     redis_args_str(&a, "GROUP");
     redis_args_str(&a, CLUSTER_GROUP);
@@ -1481,6 +1707,7 @@ cluster_pull(void)
     if (command(&cl.work, on_pulled, NULL, &a) == 0) {
         cl.pulling = 1;
         cl.pull_blocked = 1;
+        cl.pull_count = count;
     }
 }
 
@@ -1785,7 +2012,7 @@ report_seq(void)
 }
 
 /* A QUEUED update with more than the usual fields: its item waits
- * (script_accept): p, in a priority's lane; d, delayed until then. */
+ * (script_accepts): p, in a priority's lane; d, delayed until then. */
 static void
 queued_waits(const redisReply *fields)
 {
@@ -2090,6 +2317,8 @@ on_reset(evutil_socket_t fd, short what, void *arg)
     cl.setup_pending = 0;
     if (cl.shutting_down)
         return;
+    fail_accepts();
+    cluster_backpressure_check();
     struct timeval tv = clock_timeval_ms(cl.backoff_ms);
     evtimer_add(cl.retry_timer, &tv);
     cl.backoff_ms = cl.backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : cl.backoff_ms * 2;
@@ -2486,6 +2715,7 @@ cluster_start(void)
     cl.claim_timer = event_new(gp.base, -1, EV_PERSIST, on_claim_timer, NULL);
     cl.poll_timer = event_new(gp.base, -1, EV_PERSIST, on_poll_timer, NULL);
     cl.due_timer = evtimer_new(gp.base, on_due_timer, NULL);
+    cl.flush_event = event_new(gp.base, -1, 0, on_flush, NULL);
     set_why();
     log_info("cluster: %s, keys {%s}:*, consumer %s, lease %llu ms, min_replicas_ack %u",
              cl.sentinels ? c->cluster.redis : where(), c->cluster.name, cl.consumer,
@@ -2535,6 +2765,13 @@ cluster_shutdown(void)
     event_free(cl.poll_timer);
     event_free(cl.due_timer);
     cl.due_timer = NULL;
+    event_free(cl.flush_event);
+    for (size_t i = 0; i < cl.accepts_n; i++)
+        store_discard(cl.accepts[i].item);
+    free(cl.accepts);
+    cl.accepts = NULL;
+    cl.accepts_n = 0;
+    redis_cmd_free(&cl.batch_cmd);
     cl.enabled = 0;
 }
 
@@ -2741,6 +2978,7 @@ const struct store_backend store_redis = {
     .final = cluster_final,
     .retry = cluster_retry,
     .has_room = cluster_has_room,
+    .busy = cluster_busy,
     .available = cluster_serving,
     .serving = cluster_serving,
     .idle = cluster_idle,

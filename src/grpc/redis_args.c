@@ -2,10 +2,12 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <hiredis/hiredis.h>
 
+#include "core/alloc.h"
 #include "core/log.h"
 #include "grpc/redis_args.h"
 
@@ -80,4 +82,83 @@ redis_args_send(struct redis_args *a, redisAsyncContext *ac, redisCallbackFn *fn
     if (redisAsyncCommandArgv(ac, fn, arg, a->argc, a->argv, a->len) != REDIS_OK)
         return -1;
     return 0;
+}
+
+/* ---- commands of any size ------------------------------------------------ */
+
+#define HEAD_ROOM 16            /* "*" and up to 10 digits and "\r\n" */
+
+static void
+cmd_reserve(struct redis_cmd *c, size_t more)
+{
+    if (c->cap - c->len >= more)
+        return;
+    size_t cap = c->cap ? c->cap : 4096;
+    while (cap - c->len < more)
+        cap *= 2;
+    c->buf = ds_realloc(c->buf, cap);
+    c->cap = cap;
+}
+
+void
+redis_cmd_init(struct redis_cmd *c, const char *name)
+{
+    cmd_reserve(c, HEAD_ROOM);
+    c->len = HEAD_ROOM;
+    c->argc = 0;
+    redis_cmd_str(c, name);
+}
+
+void
+redis_cmd_mem(struct redis_cmd *c, const void *p, size_t len)
+{
+    cmd_reserve(c, len + 32);
+    c->len += (size_t)sprintf(c->buf + c->len, "$%zu\r\n", len);
+    if (len > 0)
+        memcpy(c->buf + c->len, p, len);
+    c->len += len;
+    c->buf[c->len++] = '\r';
+    c->buf[c->len++] = '\n';
+    c->argc++;
+}
+
+void
+redis_cmd_str(struct redis_cmd *c, const char *s)
+{
+    redis_cmd_mem(c, s, strlen(s));
+}
+
+void
+redis_cmd_u64(struct redis_cmd *c, uint64_t n)
+{
+    char buf[24];
+    int len = snprintf(buf, sizeof buf, "%" PRIu64, n);
+    redis_cmd_mem(c, buf, (size_t)len);
+}
+
+const char *
+redis_cmd_bytes(struct redis_cmd *c, size_t *len)
+{
+    char head[HEAD_ROOM + 1];
+    int n = snprintf(head, sizeof head, "*%" PRIu32 "\r\n", c->argc);
+    memcpy(c->buf + HEAD_ROOM - n, head, (size_t)n);
+    *len = c->len - (HEAD_ROOM - (size_t)n);
+    return c->buf + HEAD_ROOM - n;
+}
+
+int
+redis_cmd_send(struct redis_cmd *c, redisAsyncContext *ac, redisCallbackFn *fn, void *arg)
+{
+    size_t len;
+    const char *bytes = redis_cmd_bytes(c, &len);
+    return redisAsyncFormattedCommand(ac, fn, arg, bytes, len) == REDIS_OK ? 0 : -1;
+}
+
+void
+redis_cmd_free(struct redis_cmd *c)
+{
+    free(c->buf);
+    c->buf = NULL;
+    c->len = c->cap = 0;
+    c->argc = 0;
 }

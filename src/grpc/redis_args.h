@@ -55,4 +55,27 @@ void redis_args_stream_id(struct redis_args *a, uint64_t ms, uint64_t seq);
 int redis_args_send(struct redis_args *a, redisAsyncContext *ac, redisCallbackFn *fn,
                     void *arg);
 
+/*
+ * A command with any number of arguments of any size (the batch scripts:
+ * many items in one call), formatted as RESP into one growing buffer as
+ * the arguments are added, and handed to hiredis as it is. Owned by the
+ * caller; redis_cmd_init() may start it over (the buffer is kept),
+ * redis_cmd_free() frees the buffer.
+ */
+struct redis_cmd {
+    char *buf;                  /* HEAD_ROOM bytes for "*ARGC\r\n", then the arguments */
+    size_t len, cap;
+    uint32_t argc;
+};
+
+void redis_cmd_init(struct redis_cmd *c, const char *name);
+void redis_cmd_mem(struct redis_cmd *c, const void *p, size_t len);
+void redis_cmd_str(struct redis_cmd *c, const char *s);
+void redis_cmd_u64(struct redis_cmd *c, uint64_t n);
+/* The command as sent: its bytes (*LEN of them), valid until C changes. */
+const char *redis_cmd_bytes(struct redis_cmd *c, size_t *len);
+/* As redis_args_send(): 0 sent (hiredis copied it), -1 not (FN will not run). */
+int redis_cmd_send(struct redis_cmd *c, redisAsyncContext *ac, redisCallbackFn *fn, void *arg);
+void redis_cmd_free(struct redis_cmd *c);
+
 #endif

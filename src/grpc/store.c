@@ -514,6 +514,12 @@ store_has_room(void)
     return store_count() < gp.config->queue.capacity;
 }
 
+int
+store_busy(void)
+{
+    return st.b->busy != NULL && st.b->busy();
+}
+
 /* ---- ending ------------------------------------------------------------------ */
 
 /* ITEM leaves: nothing more is published for it. */

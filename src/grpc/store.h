@@ -151,6 +151,10 @@ struct store_backend {
     void (*seq_reserved)(uint64_t seq);
     /* Room for one more item? NULL: this process's queue.capacity. */
     int (*has_room)(void);
+    /* Too many writes in flight to the backend: read no more items from
+     * the calls (backpressure, not a rejection) until the backend calls
+     * store_room_available(). NULL: never. */
+    int (*busy)(void);
     /* Can calls be served at all? If not, *WHY says why (calls end UNAVAILABLE). */
     int (*available)(const char **why);
     /* Can items be accepted now? (health, /healthz) */
@@ -190,6 +194,9 @@ void store_on_room(void (*fn)(void));
  * hears the verdict, maybe before this returns. */
 void store_accept(struct item *item, store_accept_fn *done, void *arg, uint32_t index);
 int store_has_room(void);
+/* The backend has too much in flight: read no more items for now (it says
+ * when through the store_on_room() callback). */
+int store_busy(void);
 /* Items accepted (or being written) and not final. */
 uint64_t store_count(void);
 int store_available(const char **why);

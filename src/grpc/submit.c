@@ -5,8 +5,11 @@
  * Backpressure: every call has one receive posted. An item that arrives
  * while the queue is full is parked with its call (one per call, not yet
  * accepted), and nothing more is read from that call until room frees up:
- * HTTP/2 flow control pushes back on the client. A half-close is still
- * seen, so a call whose last item filled the queue gets its reply at once.
+ * HTTP/2 flow control pushes back on the client. The same happens, whatever
+ * queue.on_full says, while the store's backend has too many writes in
+ * flight (store_busy(): cluster mode, Redis slower than the clients). A
+ * half-close is still seen, so a call whose last item filled the queue
+ * gets its reply at once.
  * With queue.on_full: reject, such items are rejected instead. Nothing is
  * ever dropped.
  *
@@ -474,7 +477,7 @@ on_recv_done(struct tag *tag, int ok)
     }
     grpc_slice raw = message_slice(bb);
     grpc_byte_buffer_destroy(bb);
-    if (gp.config->queue.on_full == DS_ON_FULL_BLOCK && !store_has_room()) {
+    if (store_busy() || (gp.config->queue.on_full == DS_ON_FULL_BLOCK && !store_has_room())) {
         c->parked = raw;        /* taken when room frees up */
         c->has_parked = 1;
         block(c);
@@ -543,7 +546,7 @@ submit_resume_blocked(void)
     if (running)
         return;         /* taking an item can free room and call us again */
     running = 1;
-    while (sub.blocked_head != NULL &&
+    while (sub.blocked_head != NULL && !store_busy() &&
            (store_has_room() || gp.config->queue.on_full == DS_ON_FULL_REJECT)) {
         struct submit_call *c = sub.blocked_head;
         sub.blocked_head = c->next_blocked;

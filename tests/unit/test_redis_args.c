@@ -207,6 +207,59 @@ test_send(void **state)
     close(fd);
 }
 
+/* A command of any size: the same bytes as hiredis's own encoding, with
+ * binary values, an empty one, one of 100 KB (past the first buffer) and
+ * 2000 arguments (past redis_args' bound); started over, it forgets them. */
+static void
+test_cmd_any_size(void **state)
+{
+    enum { N = 2000 };
+    static const char *argv[N + 4];
+    static size_t argv_len[N + 4];
+    static char numbers[N][24];
+    static char big[100000];
+    static const unsigned char bytes[] = { 'x', 0, 0xff, '\r', '\n' };
+    memset(big, 'b', sizeof big);
+    struct redis_cmd c = { 0 };
+    for (int round = 0; round < 2; round++) {
+        redis_cmd_init(&c, "EVALSHA");
+        argv[0] = "EVALSHA";
+        argv[1] = (const char *)bytes;
+        argv[2] = "";
+        argv[3] = big;
+        redis_cmd_mem(&c, bytes, sizeof bytes);
+        redis_cmd_str(&c, "");
+        redis_cmd_mem(&c, big, sizeof big);
+        argv_len[0] = 7;
+        argv_len[1] = sizeof bytes;
+        argv_len[2] = 0;
+        argv_len[3] = sizeof big;
+        for (int i = 0; i < N; i++) {
+            uint64_t v = i == 0 ? UINT64_MAX : (uint64_t)i * 7919;
+            snprintf(numbers[i], sizeof numbers[i], "%llu", (unsigned long long)v);
+            redis_cmd_u64(&c, v);
+            argv[4 + i] = numbers[i];
+            argv_len[4 + i] = strlen(numbers[i]);
+        }
+        assert_int_equal(c.argc, N + 4);
+        char *want;
+        long long n = redisFormatCommandArgv(&want, N + 4, argv, argv_len);
+        assert_true(n > 0);
+        size_t len;
+        const char *got = redis_cmd_bytes(&c, &len);
+        assert_int_equal(len, (size_t)n);
+        assert_memory_equal(got, want, len);
+        redisFreeCommand(want);
+    }
+    redis_cmd_init(&c, "PING");
+    size_t len;
+    const char *got = redis_cmd_bytes(&c, &len);
+    assert_int_equal(len, strlen("*1\r\n$4\r\nPING\r\n"));
+    assert_memory_equal(got, "*1\r\n$4\r\nPING\r\n", len);
+    redis_cmd_free(&c);
+    assert_null(c.buf);
+}
+
 int
 main(void)
 {
@@ -216,6 +269,7 @@ main(void)
         cmocka_unit_test(test_too_many_arguments),
         cmocka_unit_test(test_too_many_digits),
         cmocka_unit_test(test_send),
+        cmocka_unit_test(test_cmd_any_size),
     };
     return cmocka_run_group_tests_name("redis_args", tests, NULL, NULL);
 }

@@ -1,0 +1,94 @@
+"""
+Cluster mode's batched writes (cluster.c: the items accepted in one turn of
+the loop go to Redis in one script, and a submit call stops being read
+while too many writes are in flight).
+
+- A Redis that refuses writes part way through a stream (maxmemory reached,
+  noeviction): every item is told the truth. Each one is either accepted,
+  and then it is in Redis (its hash exists, it reaches exactly one final
+  once Redis has room again), or rejected with Redis's reason, and then
+  nothing of it is in Redis and no subscriber ever sees it QUEUED. The
+  reply counts every item once.
+- A burst of 50,000 items in one stream: every one is accepted and reaches
+  exactly one final (the batches and the backpressure lose nothing).
+"""
+import uuid
+
+import pytest
+
+from conftest import QUEUED, SUCCEEDED, wait_for
+from test_cluster import (cluster_name, redis, start_instance,  # noqa: F401
+                          wait_work_empty)
+
+
+def used_memory(redis):
+    info = redis.command("INFO", "memory").decode()
+    return int(dict(line.split(":", 1) for line in info.splitlines()
+                    if ":" in line)["used_memory"])
+
+
+@pytest.mark.deadline(150)
+def test_items_refused_by_a_full_redis_are_each_told_the_truth(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", workers=2)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    n = 1500
+    items = [{"id": f"oom-{tag}-{i}", "kind": "echo", "payload": b"x" * 1024}
+             for i in range(n)]
+    # Room for a few hundred of them: the stream runs into the limit mid-way.
+    redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    redis.command("CONFIG", "SET", "maxmemory", used_memory(redis) + 400 * 1024)
+    try:
+        reply = a.client().submit(items, timeout=60)
+    finally:
+        redis.command("CONFIG", "SET", "maxmemory", 0)
+    assert reply.accepted + reply.rejected + reply.duplicates == n, reply
+    assert reply.duplicates == 0
+    assert reply.accepted > 0 and reply.rejected > 0, \
+        f"the limit was not reached mid-stream: {reply.accepted} accepted, {reply.rejected} rejected"
+    assert len(reply.rejections) == min(reply.rejected, 1000)
+    for r in reply.rejections:
+        assert "redis refused the item" in r.reason and "OOM" in r.reason, r
+    rejected = {r.id for r in reply.rejections}
+    # The rejections listed are of items Redis has nothing of.
+    for item_id in rejected:
+        assert redis.command("EXISTS", f"{{{name}}}:item:{item_id}") == 0, item_id
+    # Every item that is not listed as rejected and that Redis knows ran once;
+    # exactly reply.accepted of them are known.
+    known = [it["id"] for it in items
+             if redis.command("EXISTS", f"{{{name}}}:item:{it['id']}") == 1]
+    assert len(known) == reply.accepted, (len(known), reply.accepted)
+    final = sub.wait_final(known, timeout=90)
+    for item_id in known:
+        assert final[item_id].state == SUCCEEDED, sub.states_of(item_id)
+        assert [u.state for u in sub.of(item_id)].count(SUCCEEDED) == 1, sub.states_of(item_id)
+    # No QUEUED (nor anything else) for an item that was not accepted.
+    known_set = set(known)
+    for it in items:
+        if it["id"] not in known_set:
+            assert sub.of(it["id"]) == [], (it["id"], sub.states_of(it["id"]))
+    assert all(u.state != QUEUED or u.item_id in known_set or not u.item_id.startswith("oom-")
+               for u in sub.snapshot())
+    wait_work_empty(redis, name, timeout=30)
+
+
+@pytest.mark.deadline(300)
+def test_a_burst_of_50k_items_in_one_stream_reaches_one_final_each(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", workers=2)
+    sub = a.client().subscribe(sync=True, name="sub-a", states=[SUCCEEDED])
+    tag = uuid.uuid4().hex[:8]
+    n = 50000
+    items = [{"id": f"burst-{tag}-{i}", "kind": "echo", "payload": b"p"} for i in range(n)]
+    reply = a.client().submit(items, timeout=240)
+    assert (reply.accepted, reply.rejected, reply.duplicates) == (n, 0, 0), reply
+    wait_for(lambda: len([1 for it in items if it["id"] in sub.final]) == n, 240,
+             f"{n} finals")
+    ids = {it["id"] for it in items}
+    per_id = {}
+    for u in sub.snapshot():
+        if u.item_id in ids:
+            per_id[u.item_id] = per_id.get(u.item_id, 0) + 1
+    assert len(per_id) == n and set(per_id.values()) == {1}
+    wait_work_empty(redis, name, timeout=30)

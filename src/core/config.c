@@ -102,6 +102,7 @@ enum value_type {
     VALUE_PATH,
     VALUE_OFF_PATH,               /* off (NULL) or a path */
     VALUE_OFF_DURATION,           /* off (0) or a duration of at least min (>= 1) */
+    VALUE_OFF_SIZE,               /* off (0) or a size of at least min (>= 1) */
     VALUE_SECTION,
     VALUE_CUSTOM,
 };
@@ -1272,6 +1273,12 @@ apply_rule(struct loader *ld, const struct key_rule *rule, struct node *value,
         else if (get_duration(ld, value, path, rule->min, rule->max, &v) == 0)
             store_uint(field, rule->width, v);
         break;
+    case VALUE_OFF_SIZE:
+        if (is_off(value))
+            store_uint(field, rule->width, 0);
+        else if (get_size(ld, value, path, rule->min, rule->max, &v) == 0)
+            store_uint(field, rule->width, v);
+        break;
     case VALUE_SECTION:
         walk_mapping(ld, value, path, rule->section, base);
         break;
@@ -1363,6 +1370,9 @@ print_rule(struct printer *p, const struct key_rule *rule, const void *base)
         break;
     case VALUE_OFF_DURATION:
         emit_plain(p, v == 0 ? "off" : format_duration(v, buf, sizeof buf));
+        break;
+    case VALUE_OFF_SIZE:
+        emit_plain(p, v == 0 ? "off" : format_size(v, buf, sizeof buf));
         break;
     case VALUE_ENUM:
         emit_plain(p, rule->names[v]);
@@ -2630,6 +2640,10 @@ static const struct key_rule handler_rules[] = {
       .max = CONFIG_CONCURRENCY_MAX },
     { .name = "rate", .type = VALUE_CUSTOM, .parse = parse_rate, .print = print_rate },
     { .name = "paused", .type = VALUE_BOOL, HANDLER_FIELD(paused) },
+    { .name = "memory_limit", .type = VALUE_OFF_SIZE, HANDLER_FIELD(memory_limit),
+      .min = CONFIG_MEMORY_LIMIT_MIN, .max = CONFIG_MEMORY_LIMIT_MAX },
+    { .name = "cpu_limit", .type = VALUE_OFF_DURATION, HANDLER_FIELD(cpu_limit_ms),
+      .min = 1000, .max = CONFIG_CPU_LIMIT_MAX_MS },
     { .name = NULL }
 };
 
@@ -2658,6 +2672,15 @@ parse_handler(struct loader *ld, struct node *value, const char *path,
     n = find_position(ld, sub);
     if (n != NULL && h->type != DS_HANDLER_EXEC)
         error_at(ld, n, sub, "only for exec handlers (a module returns DS_MODULE_RETRY)");
+    static const char *const exec_limits[] = { "memory_limit", "cpu_limit" };
+    for (size_t i = 0; i < 2; i++) {
+        join_key(sub, sizeof sub, path, exec_limits[i]);
+        n = find_position(ld, sub);
+        uint64_t set = i == 0 ? h->memory_limit : h->cpu_limit_ms;
+        if (n != NULL && set != 0 && h->type != DS_HANDLER_EXEC)
+            error_at(ld, n, sub, "only for exec handlers (a program's own limit; built-ins "
+                     "and modules run in the worker, which has none per kind)");
+    }
     join_key(sub, sizeof sub, path, "options");
     n = find_position(ld, sub);
     if (n != NULL && h->type != DS_HANDLER_MODULE)

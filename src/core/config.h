@@ -114,7 +114,17 @@ struct ds_handler_config {
     uint32_t rate_count;
     uint64_t rate_interval_ms;
     int paused;
+    /* exec: the program's limits (src/workers/exec.c): RLIMIT_DATA of
+     * memory_limit bytes, RLIMIT_CPU of cpu_limit_ms rounded up to whole
+     * seconds; 0: none. */
+    uint64_t memory_limit;
+    uint64_t cpu_limit_ms;
 };
+
+/* handlers.<kind>.memory_limit and cpu_limit: bounds. */
+#define CONFIG_MEMORY_LIMIT_MIN  (1ull << 20)
+#define CONFIG_MEMORY_LIMIT_MAX  (1ull << 50)
+#define CONFIG_CPU_LIMIT_MAX_MS  (30ull * 24 * 3600 * 1000)
 
 /* handlers.<kind>.concurrency and rate: bounds. */
 #define CONFIG_CONCURRENCY_MAX 1000000u

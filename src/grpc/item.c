@@ -3,6 +3,8 @@
  */
 #include "grpc/item.h"
 
+#include "grpc/attempts.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,5 +114,6 @@ item_skip_keys(uint64_t key)
 void
 item_free(struct item *item)
 {
+    attempts_forget(item->key);
     free(item);
 }

@@ -20,6 +20,7 @@
 #include "core/kind.h"
 #include "core/log.h"
 #include "core/utf8.h"
+#include "grpc/attempts.h"
 #include "grpc/backoff.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
@@ -238,14 +239,20 @@ attempt_failed(struct item *item, pid_t worker_pid, const char *reason,
     uint64_t cpu_usec = ran != NULL ? ran->cpu_usec : 0;
     uint64_t max_rss_kib = ran != NULL ? ran->max_rss_kib : 0;
     if (!store_may_retry(item, item->attempt)) {
-        char error[512];
-        snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, item->attempt,
-                 item->max_attempts);
+        char error[ATTEMPTS_TEXT_MAX + 1200];
+        const char *before = attempts_of(item->key);
+        if (before != NULL)
+            snprintf(error, sizeof error, "%s; attempt %u: %.1100s (attempt %u of %u)", before,
+                     item->attempt, reason, item->attempt, item->max_attempts);
+        else
+            snprintf(error, sizeof error, "%.1100s (attempt %u of %u)", reason, item->attempt,
+                     item->max_attempts);
         struct outcome o = { .state = STATE_FAILED, .worker_pid = worker_pid, .error = error,
                              .cpu_usec = cpu_usec, .max_rss_kib = max_rss_kib };
         final(item, &o);
         return;
     }
+    attempts_note(item->key, item->attempt, reason);
     metrics_kind(item->kind)->retried++;
     struct outcome o = { .state = STATE_RETRYING, .worker_pid = worker_pid, .error = reason,
                          .cpu_usec = cpu_usec, .max_rss_kib = max_rss_kib };
@@ -274,9 +281,15 @@ static void
 on_retry_asked(struct item *item, const struct outcome *ran)
 {
     if (!store_may_retry(item, item->attempt)) {
-        char why[1100];
-        snprintf(why, sizeof why, "%s (attempt %u of %u: no attempts left)", ran->error,
-                 item->attempt, item->max_attempts);
+        char why[ATTEMPTS_TEXT_MAX + 1200];
+        const char *before = attempts_of(item->key);
+        if (before != NULL)
+            snprintf(why, sizeof why, "%s; attempt %u: %.1100s (attempt %u of %u: no attempts "
+                     "left)", before, item->attempt, ran->error, item->attempt,
+                     item->max_attempts);
+        else
+            snprintf(why, sizeof why, "%.1100s (attempt %u of %u: no attempts left)", ran->error,
+                     item->attempt, item->max_attempts);
         struct outcome o = *ran;
         o.state = STATE_FAILED;
         o.error = why;

@@ -338,6 +338,7 @@ struct spawn {
     int status_fd;              /* close-on-exec: exec's errno, if it fails */
     int guard_fd;
     pid_t parent;
+    struct rlimit data, cpu;    /* RLIMIT_DATA, RLIMIT_CPU; rlim_cur 0: none */
 };
 
 /* execve FILE like execvp, but searching S->path. Returns the errno to report. */
@@ -402,6 +403,12 @@ child_main(const struct spawn *s)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    /* The kind's limits, on the program alone (a failure leaves it without:
+     * a hard limit below ours, which then holds anyway). */
+    if (s->data.rlim_cur != 0)
+        setrlimit(RLIMIT_DATA, &s->data);
+    if (s->cpu.rlim_cur != 0)
+        setrlimit(RLIMIT_CPU, &s->cpu);
 
     int err;
     if (dup2(s->stdin_fd, 0) == -1 || dup2(s->stdout_fd, 1) == -1 ||
@@ -494,6 +501,7 @@ struct run {
     int reaped;
     int status;
     uint64_t max_rss_kib;       /* its peak, from wait4 (its reaped descendants' too) */
+    uint64_t cpu_usec;          /* its CPU, from wait4 */
     uint64_t drain_deadline_ms;
     struct handler_output *handler_out;     /* its cancel check */
     int cancelled;              /* SIGTERM sent */
@@ -677,6 +685,8 @@ reap(struct run *r, int block)
     while (wait4(r->pid, &r->status, 0, &usage) == -1 && errno == EINTR)
         ;
     r->max_rss_kib = usage.ru_maxrss > 0 ? (uint64_t)usage.ru_maxrss : 0;
+    r->cpu_usec = (uint64_t)usage.ru_utime.tv_sec * 1000000u + (uint64_t)usage.ru_utime.tv_usec +
+                  (uint64_t)usage.ru_stime.tv_sec * 1000000u + (uint64_t)usage.ru_stime.tv_usec;
     r->reaped = 1;
     close_fd(&r->pid_fd);
     close_fd(&r->stdin_fd);
@@ -826,6 +836,90 @@ describe_failure(const struct ds_handler_config *handler, struct run *r,
              line[0] ? ": " : "", line);
 }
 
+/* A signal of a crash (not one sent to stop the program: TERM, KILL, INT...). */
+static int
+crashed(int sig)
+{
+    return sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE ||
+           sig == SIGABRT || sig == SIGSYS;
+}
+
+/* ---- limits -------------------------------------------------------------- */
+
+/* 512MiB, 1GiB, 1500KiB, 1048577 (bytes): as the config writes sizes. */
+static const char *
+size_text(uint64_t v, char *buf, size_t size)
+{
+    static const char *const units[] = { "GiB", "MiB", "KiB" };
+    for (int i = 0; i < 3; i++) {
+        uint64_t unit = 1ull << (30 - 10 * i);
+        if (v >= unit && v % unit == 0) {
+            snprintf(buf, size, "%llu%s", (unsigned long long)(v / unit), units[i]);
+            return buf;
+        }
+    }
+    snprintf(buf, size, "%llu", (unsigned long long)v);
+    return buf;
+}
+
+static const char *
+duration_text(uint64_t ms, char *buf, size_t size)
+{
+    if (ms % 1000 == 0)
+        snprintf(buf, size, "%llus", (unsigned long long)(ms / 1000));
+    else
+        snprintf(buf, size, "%llums", (unsigned long long)ms);
+    return buf;
+}
+
+/* Does the stderr tail read as an allocation that failed? */
+static int
+says_out_of_memory(const struct run *r)
+{
+    static const char *const signs[] = {
+        "MemoryError", "Cannot allocate memory", "out of memory", "Out of memory",
+        "bad_alloc", "memory exhausted", "failed to allocate",
+    };
+    for (size_t i = 0; i < sizeof signs / sizeof signs[0]; i++)
+        if (memmem(r->tail, r->tail_len, signs[i], strlen(signs[i])) != NULL)
+            return 1;
+    return 0;
+}
+
+/*
+ * Was the failed program stopped by its kind's limit? CPU: it died of
+ * SIGXCPU (the soft limit) or SIGKILL (the hard one, a second later) having
+ * used at least the limit. Memory (RLIMIT_DATA makes an allocation fail;
+ * what the program then does is its own business): it failed, and either
+ * its peak came within a quarter of the limit or its stderr says an
+ * allocation failed. A program that fails for another reason after a
+ * refused allocation it does not report is not recognised: its own error
+ * stands. If so, OUT->error says which limit, then what the program said.
+ */
+static int
+limit_exceeded(const struct ds_handler_config *handler, struct run *r, struct handler_output *out)
+{
+    char limit[32], what[sizeof out->error];
+    int sig = WIFSIGNALED(r->status) ? WTERMSIG(r->status) : 0;
+    if (handler->cpu_limit_ms != 0 && (sig == SIGXCPU || sig == SIGKILL) &&
+        r->cpu_usec + 10000 >= (handler->cpu_limit_ms + 999) / 1000 * 1000000) {
+        describe_failure(handler, r, out, 0);
+        memcpy(what, out->error, sizeof what);
+        snprintf(out->error, sizeof out->error, "cpu limit %s exceeded: %.440s",
+                 duration_text(handler->cpu_limit_ms, limit, sizeof limit), what);
+        return 1;
+    }
+    if (handler->memory_limit != 0 &&
+        (r->max_rss_kib * 1024 >= handler->memory_limit / 4 * 3 || says_out_of_memory(r))) {
+        describe_failure(handler, r, out, 0);
+        memcpy(what, out->error, sizeof what);
+        snprintf(out->error, sizeof out->error, "memory limit %s exceeded: %.440s",
+                 size_text(handler->memory_limit, limit, sizeof limit), what);
+        return 1;
+    }
+    return 0;
+}
+
 int
 exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
          struct handler_output *out)
@@ -850,6 +944,13 @@ exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
         .stdin_fd = in[0], .stdout_fd = outp[1], .stderr_fd = errp[1], .status_fd = status[1],
         .guard_fd = guard.fd, .parent = getpid(),
     };
+    if (handler->memory_limit != 0)
+        s.data = (struct rlimit){ handler->memory_limit, handler->memory_limit };
+    if (handler->cpu_limit_ms != 0) {
+        /* SIGXCPU at the limit (whole seconds, rounded up), SIGKILL a second later. */
+        rlim_t seconds = (rlim_t)((handler->cpu_limit_ms + 999) / 1000);
+        s.cpu = (struct rlimit){ seconds, seconds + 1 };
+    }
 
     pid_t pid = spawn(&s);
     if (pid == -1) {
@@ -902,6 +1003,9 @@ exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
     if (r->overflow) {
         snprintf(out->error, sizeof out->error, "output exceeds handlers.max_result_size "
                  "(%zu bytes)", r->out_max);
+    } else if (!(WIFEXITED(r->status) && WEXITSTATUS(r->status) == 0) &&
+               limit_exceeded(handler, r, out)) {
+        /* FAILED, not retried: it would only be stopped again */
     } else if (WIFEXITED(r->status) && WEXITSTATUS(r->status) == 0) {
         out->result = r->out;
         out->result_len = r->out_len;
@@ -910,6 +1014,11 @@ exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
         result = 0;
     } else if (WIFEXITED(r->status) && config_retry_exit_code(handler, WEXITSTATUS(r->status))) {
         describe_failure(handler, r, out, 1);
+        result = HANDLER_RETRY;
+    } else if (WIFSIGNALED(r->status) && crashed(WTERMSIG(r->status))) {
+        /* A crash, like a worker's death: another attempt, up to
+         * max_attempts (a poison item then lists each attempt's reason). */
+        describe_failure(handler, r, out, 0);
         result = HANDLER_RETRY;
     } else {
         describe_failure(handler, r, out, 0);

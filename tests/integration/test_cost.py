@@ -10,14 +10,26 @@ by the worker: in memory, journal and cluster modes.
 - built-ins run in the worker report theirs too, quick ones (echo) per
   batch; RETRYING and FAILED ends of attempts that ran carry them;
 - getItems has them; the journal keeps them across a restart (a DONE
-  record with the cost trailer), and a journal without the trailer
-  still recovers.
+  record with the cost trailer; tests/unit/test_journal.c reads records
+  without it).
+
+Limits and poison items:
+- memory_limit on an exec program (RLIMIT_DATA): one allocating 200 MB
+  under 64MiB ends FAILED "memory limit 64MiB exceeded: ..." at once, the
+  worker and the next item fine; under 1GiB it succeeds;
+- cpu_limit (RLIMIT_CPU): a busy loop under 1s ends FAILED "cpu limit 1s
+  exceeded: ..." (SIGXCPU), not the wall-clock timeout;
+- a program that crashes (SIGSEGV) is retried like a worker death, and its
+  final FAILED lists every attempt's reason; it is in the dead-letter list;
+- bad values are config errors naming FILE:LINE:COL and the key.
 """
+import re
 import uuid
 
 import pytest
+import yaml
 
-from conftest import FAILED, RETRYING, SUCCEEDED, wait_for
+from conftest import FAILED, RETRYING, SUCCEEDED, run_cli, wait_for
 from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
 
 PY = "/usr/bin/python3"
@@ -123,3 +135,107 @@ def test_journal_restart_keeps_the_figures(start_daemon, tmp_path):
     for i in ids:
         assert got[i].state == SUCCEEDED
         assert (got[i].cpu_usec, got[i].max_rss_kib) == before[i], (i, got[i], before[i])
+
+
+# ---- memory and CPU limits, poison items ------------------------------------------
+
+# Allocates (and touches) 200 MB in one piece.
+HOG = (PY, "-c", "b = bytearray(200 << 20)\nb[::4096] = b'x' * len(b[::4096])\n"
+       "print(len(b), end='')")
+SPIN = (PY, "-c", "while True:\n    pass")
+SEGV = ("sh", "-c", "echo about to crash >&2; kill -SEGV $$")
+
+LIMITED = {
+    "hog": {"exec": list(HOG), "memory_limit": "64MiB"},
+    "roomy": {"exec": list(HOG), "memory_limit": "1GiB"},
+    "spin": {"exec": list(SPIN), "cpu_limit": "1s", "timeout": "60s"},
+    "segv": {"exec": list(SEGV)},
+}
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("mode", ["memory", "journal", "cluster"])
+def test_limits_fail_the_item_and_nothing_else(mode, start_daemon, request, tmp_path):
+    d = start_mode(mode, start_daemon, request, tmp_path,
+                   overrides={"handlers": LIMITED, "workers": {"count": 1}})
+    workers = d.worker_pids()
+    t = tag()
+    ids = {k: f"{k}-{t}" for k in ("hog", "roomy", "spin", "after")}
+    c = d.client()
+    reply, sub = c.run_items([{"id": ids["hog"], "kind": "hog"},
+                              {"id": ids["roomy"], "kind": "roomy"},
+                              {"id": ids["spin"], "kind": "spin"},
+                              {"id": ids["after"], "kind": "echo", "payload": b"fine"}],
+                             timeout=90)
+    hog, roomy, spin, after = (sub.final[ids[k]] for k in ("hog", "roomy", "spin", "after"))
+    assert (hog.state, hog.attempt) == (FAILED, 1), hog
+    assert hog.error.startswith("memory limit 64MiB exceeded: python3 exited with status 1"), \
+        hog.error
+    assert RETRYING not in [u.state for u in sub.of(ids["hog"])]
+    # the same program under a limit it fits in
+    assert (roomy.state, roomy.result) == (SUCCEEDED, str(200 << 20).encode()), roomy
+    assert roomy.max_rss_kib >= 200_000, roomy.max_rss_kib
+    assert (spin.state, spin.attempt) == (FAILED, 1), spin
+    assert spin.error.startswith("cpu limit 1s exceeded: python3 killed by signal 24 (SIGXCPU)"), \
+        spin.error
+    assert 900_000 <= spin.cpu_usec <= 3_000_000, spin.cpu_usec
+    assert (after.state, after.result) == (SUCCEEDED, b"fine")
+    # the worker lived through all of it
+    assert d.worker_pids() == workers
+    got = {it.id: it for it in c.get_items([ids["hog"], ids["spin"]]).items}
+    assert got[ids["hog"]].error == hog.error and got[ids["spin"]].error == spin.error
+
+
+@pytest.mark.deadline(90)
+@pytest.mark.parametrize("mode", ["memory", "journal", "cluster"])
+def test_poison_item_lists_every_attempt_and_is_dead_lettered(mode, start_daemon, request,
+                                                              tmp_path):
+    d = start_mode(mode, start_daemon, request, tmp_path, overrides={"handlers": LIMITED})
+    t = tag()
+    pid = f"segv-{t}"
+    c = d.client()
+    reply, sub = c.run_items([{"id": pid, "kind": "segv", "batch": f"b-{t}"}], timeout=60)
+    f = sub.final[pid]
+    assert (f.state, f.attempt) == (FAILED, 3), f
+    one = "sh killed by signal 11 (SIGSEGV): about to crash"
+    assert f.error == (f"attempt 1: {one}; attempt 2: {one}; attempt 3: {one} "
+                       "(attempt 3 of 3: no attempts left)"), f.error
+    assert [u.attempt for u in sub.of(pid) if u.state == RETRYING] == [1, 2]
+    dead = c.get_items(states=[FAILED], batches=[f"b-{t}"]).items
+    assert [(it.id, it.error) for it in dead] == [(pid, f.error)]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("memory_limit", 0, r"memory_limit: must be 1MiB\.\.1048576GiB, got 0"),
+    ("memory_limit", "-64MiB", r"memory_limit: must be a size in bytes or with KiB"),
+    ("memory_limit", "lots", r"memory_limit: must be a size in bytes or with KiB"),
+    ("memory_limit", "99999999999999999999GiB", r"memory_limit: must be 1MiB\.\.1048576GiB"),
+    ("memory_limit", "512KiB", r"memory_limit: must be 1MiB\.\.1048576GiB, got 512KiB"),
+    ("memory_limit", [1], r"memory_limit: "),
+    ("cpu_limit", "0s", r"cpu_limit: must be 1s\.\.720h, got 0s"),
+    ("cpu_limit", "-1s", r"cpu_limit: must be a duration"),
+    ("cpu_limit", "soon", r"cpu_limit: must be a duration"),
+    ("cpu_limit", 30, r"cpu_limit: needs a unit"),
+    ("cpu_limit", "99999999999999999999h", r"cpu_limit: must be 1s\.\.720h"),
+])
+def test_bad_limits_are_config_errors(make_daemon, key, value, message):
+    d = make_daemon({"handlers": {**ECHO, "x": {"exec": ["true"], key: value}}})
+    r = run_cli("-t", "-c", d.config_path)
+    assert r.returncode != 0, f"-t accepted {key}: {value!r}"
+    assert re.search(rf"{re.escape(str(d.config_path))}:\d+:\d+: handlers\.x\.{message}",
+                     r.stderr), r.stderr
+
+
+def test_limits_only_for_exec_and_printed(make_daemon):
+    d = make_daemon({"handlers": {**ECHO, "s": {"builtin": "sleep", "memory_limit": "64MiB"}}})
+    r = run_cli("-t", "-c", d.config_path)
+    assert r.returncode != 0 and re.search(r"handlers\.s\.memory_limit: only for exec",
+                                           r.stderr), r.stderr
+    d = make_daemon({"handlers": {**ECHO, "a": {"exec": ["true"], "memory_limit": "512MiB",
+                                                "cpu_limit": "30s"},
+                                  "b": {"exec": ["true"]}}})
+    r = run_cli("-T", "-c", d.config_path)
+    assert r.returncode == 0, r.stderr
+    printed = yaml.safe_load(r.stdout)["handlers"]
+    assert (printed["a"]["memory_limit"], printed["a"]["cpu_limit"]) == ("512MiB", "30s")
+    assert (printed["b"]["memory_limit"], printed["b"]["cpu_limit"]) == (False, False)  # off

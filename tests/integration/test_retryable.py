@@ -84,7 +84,9 @@ def check_retry_then_success_and_exhaustion(d, counts):
 
     always = sub.final["always"]
     assert (always.state, always.attempt) == (FAILED, 3), always
-    assert always.error == "sh exited with status 75 (retryable): busy 3 " \
+    assert always.error == "attempt 1: sh exited with status 75 (retryable): busy 1; " \
+                           "attempt 2: sh exited with status 75 (retryable): busy 2; " \
+                           "attempt 3: sh exited with status 75 (retryable): busy 3 " \
                            "(attempt 3 of 3: no attempts left)", always.error
     assert [u.attempt for u in sub.of("always") if u.state == RETRYING] == [1, 2]
     assert runs(counts, "always") == 3
@@ -232,7 +234,8 @@ def test_module_retry(start_daemon, retry_modules):
         ["busy at attempt 1", "busy at attempt 2"]
     never = sub.final["never"]
     assert (never.state, never.attempt, never.error) == \
-        (FAILED, 3, "busy at attempt 3 (attempt 3 of 3: no attempts left)"), never
+        (FAILED, 3, "attempt 1: busy at attempt 1; attempt 2: busy at attempt 2; "
+                    "attempt 3: busy at attempt 3 (attempt 3 of 3: no attempts left)"), never
     old = sub.final["old"]
     assert (old.state, old.attempt, old.error) == (FAILED, 1, "busy at attempt 1"), old
 

@@ -296,7 +296,9 @@ test_retry_then_fail(void **state)
     workers_exited(w2.pid, "killed by signal 11", w2.items[0].key, 2);
     fake_close(&w2);
     assert_int_equal(heard.n, 5);
-    assert_heard(4, "a", STATE_FAILED, 2, "killed by signal 11 (attempt 2 of 2)");
+    /* a poison item: every attempt's reason */
+    assert_heard(4, "a", STATE_FAILED, 2,
+                 "attempt 1: killed by signal 9; attempt 2: killed by signal 11 (attempt 2 of 2)");
     assert_int_equal(store_count(), 1);
 
     /* b never ran: its attempt is intact. */

@@ -83,14 +83,38 @@ print_cell(const char *s, size_t len, int width, int last)
             putchar(' ');
 }
 
+/* What the latest attempt cost, for the table: "1.52s", "830us", "104MiB";
+ * "-" when not known. */
+static void
+cost_cells(const wire_item *it, char *cpu, size_t cpu_size, char *peak, size_t peak_size)
+{
+    if (it->cpu_usec == 0 && it->max_rss_kib == 0) {
+        snprintf(cpu, cpu_size, "-");
+        snprintf(peak, peak_size, "-");
+        return;
+    }
+    if (it->cpu_usec >= 1000000)
+        snprintf(cpu, cpu_size, "%.2fs", (double)it->cpu_usec / 1e6);
+    else if (it->cpu_usec >= 1000)
+        snprintf(cpu, cpu_size, "%.1fms", (double)it->cpu_usec / 1e3);
+    else
+        snprintf(cpu, cpu_size, "%lluus", (unsigned long long)it->cpu_usec);
+    if (it->max_rss_kib >= 1024 * 1024)
+        snprintf(peak, peak_size, "%.1fGiB", (double)it->max_rss_kib / (1024.0 * 1024));
+    else if (it->max_rss_kib >= 1024)
+        snprintf(peak, peak_size, "%lluMiB", (unsigned long long)(it->max_rss_kib / 1024));
+    else
+        snprintf(peak, peak_size, "%lluKiB", (unsigned long long)it->max_rss_kib);
+}
+
 static void
 print_row(struct listing *l, const wire_item *it)
 {
     char state[32], attempt[32], priority[16];
     if (!l->header_printed) {
         l->header_printed = 1;
-        printf("%-24s  %-10s  %-7s  %-16s  %-16s  %-11s  ", "ID", "STATE", "ATTEMPT",
-               "KIND", "BATCH", "PRIORITY");
+        printf("%-24s  %-10s  %-7s  %-16s  %-16s  %-11s  %-8s  %-8s  ", "ID", "STATE",
+               "ATTEMPT", "KIND", "BATCH", "PRIORITY", "CPU", "PEAK");
         if (l->trace)
             printf("%-55s  ", "TRACEPARENT");
         printf("%s\n", l->results ? "RESULT / ERROR" : "ERROR");
@@ -105,6 +129,10 @@ print_row(struct listing *l, const wire_item *it)
     print_cell(it->batch, strlen(it->batch), 16, 0);
     snprintf(priority, sizeof priority, "%d", (int)it->priority);
     print_cell(priority, strlen(priority), 11, 0);
+    char cpu[32], peak[32];
+    cost_cells(it, cpu, sizeof cpu, peak, sizeof peak);
+    print_cell(cpu, strlen(cpu), 8, 0);
+    print_cell(peak, strlen(peak), 8, 0);
     if (l->trace)
         print_cell(it->traceparent[0] ? it->traceparent : "-",
                    it->traceparent[0] ? strlen(it->traceparent) : 1, 55, 0);

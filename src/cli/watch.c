@@ -45,6 +45,9 @@ print_update(const wire_update *u)
     jsonl_string("state", state);
     printf(",\"attempt\":%u,\"worker_pid\":%d,\"time_unix_nano\":%lld", (unsigned)u->attempt,
            (int)u->worker_pid, (long long)u->time_unix_nano);
+    /* what the attempt cost: on its end, 0 on other updates */
+    printf(",\"cpu_usec\":%llu,\"max_rss_kib\":%llu", (unsigned long long)u->cpu_usec,
+           (unsigned long long)u->max_rss_kib);
     jsonl_string("batch", u->batch);
     jsonl_progress(u->progress);
     jsonl_error_result(u->error, u->result.data, u->result.len);

@@ -14,7 +14,39 @@ const double metrics_latency_bounds[METRICS_LATENCY_BUCKETS] = {
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300,
 };
 
+/* From a quick item's microseconds to a long program's half hour; from a
+ * small program's megabyte to 16 GiB. */
+const double metrics_cpu_bounds[METRICS_COST_BUCKETS] = {
+    0.0001, 0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 1800,
+};
+const double metrics_memory_bounds[METRICS_COST_BUCKETS] = {
+    1048576.0, 4194304.0, 16777216.0, 33554432.0, 67108864.0, 134217728.0, 268435456.0,
+    536870912.0, 1073741824.0, 2147483648.0, 4294967296.0, 17179869184.0,
+};
+
 struct grpc_metrics metrics;
+
+static void
+observe(struct metrics_histogram *h, const double *bounds, double v)
+{
+    int b = 0;
+    while (b < METRICS_COST_BUCKETS - 1 && v > bounds[b])
+        b++;
+    if (v <= bounds[b])
+        h->buckets[b]++;
+    h->count++;
+    h->sum += v;
+}
+
+void
+metrics_attempt_cost(const char *kind, uint64_t cpu_usec, uint64_t max_rss_kib)
+{
+    if (cpu_usec == 0 && max_rss_kib == 0)
+        return;
+    struct kind_metrics *k = metrics_kind(kind);
+    observe(&k->cpu, metrics_cpu_bounds, (double)cpu_usec / 1e6);
+    observe(&k->memory, metrics_memory_bounds, (double)max_rss_kib * 1024);
+}
 
 struct kind_metrics *
 metrics_kind(const char *kind)

@@ -15,6 +15,18 @@
 extern const double metrics_latency_bounds[METRICS_LATENCY_BUCKETS];
 
 /* Per kind: the counters a kind's items move. */
+/* A histogram of what the attempts that ran cost (metrics_attempt_cost):
+ * buckets not cumulative, at most METRICS_COST_BUCKETS of them. */
+#define METRICS_COST_BUCKETS 12
+extern const double metrics_cpu_bounds[METRICS_COST_BUCKETS];      /* seconds */
+extern const double metrics_memory_bounds[METRICS_COST_BUCKETS];   /* bytes */
+
+struct metrics_histogram {
+    uint64_t buckets[METRICS_COST_BUCKETS];
+    uint64_t count;
+    double sum;
+};
+
 struct kind_metrics {
     char kind[65];
     uint64_t accepted;
@@ -27,6 +39,8 @@ struct kind_metrics {
     uint64_t latency_buckets[METRICS_LATENCY_BUCKETS]; /* not cumulative */
     uint64_t latency_count;
     double latency_sum;         /* seconds */
+    struct metrics_histogram cpu;       /* seconds of CPU per attempt that ran */
+    struct metrics_histogram memory;    /* peak resident bytes per attempt that ran */
 };
 
 struct grpc_metrics {
@@ -47,5 +61,8 @@ extern struct grpc_metrics metrics;
 struct kind_metrics *metrics_kind(const char *kind);
 /* An item reached its final STATE after LATENCY_NS since it was accepted. */
 void metrics_item_final(const char *kind, enum wire_state state, uint64_t latency_ns);
+/* An attempt of KIND ran and cost CPU_USEC and MAX_RSS_KIB (both 0: not
+ * known, not counted). */
+void metrics_attempt_cost(const char *kind, uint64_t cpu_usec, uint64_t max_rss_kib);
 
 #endif

@@ -262,6 +262,52 @@ kind_sample(struct evbuffer *b, const char *name, const char *kind, const char *
     evbuffer_add_printf(b, "\"} %s\n", value);
 }
 
+/* NAME, a histogram of every kind's struct metrics_histogram at OFFSET in
+ * struct kind_metrics, with BOUNDS. */
+static void
+cost_family(struct evbuffer *b, const char *name, const char *help, size_t offset,
+            const double *bounds)
+{
+    char metric[64], value[64], le[32];
+    family(b, name, "histogram", help);
+    for (uint32_t i = 0; i < metrics.kind_count; i++) {
+        const struct kind_metrics *k = &metrics.kinds[i];
+        const struct metrics_histogram *h =
+            (const struct metrics_histogram *)((const char *)k + offset);
+        uint64_t cumulative = 0;
+        snprintf(metric, sizeof metric, "%s_bucket", name);
+        for (int j = 0; j < METRICS_COST_BUCKETS; j++) {
+            cumulative += h->buckets[j];
+            snprintf(le, sizeof le, "%g", bounds[j]);
+            snprintf(value, sizeof value, "%llu", (unsigned long long)cumulative);
+            kind_sample(b, metric, k->kind, le, value);
+        }
+        snprintf(value, sizeof value, "%llu", (unsigned long long)h->count);
+        kind_sample(b, metric, k->kind, "+Inf", value);
+        snprintf(metric, sizeof metric, "%s_count", name);
+        kind_sample(b, metric, k->kind, NULL, value);
+        snprintf(metric, sizeof metric, "%s_sum", name);
+        snprintf(value, sizeof value, "%.9g", h->sum);
+        kind_sample(b, metric, k->kind, NULL, value);
+    }
+}
+
+/* ,"NAME":{"count":..,"sum":..,"buckets":[{"le":..,"count":..}...]}: cumulative. */
+static void
+json_cost(struct evbuffer *b, const char *name, const struct metrics_histogram *h,
+          const double *bounds)
+{
+    evbuffer_add_printf(b, ",\"%s\":{\"count\":%llu,\"sum\":%.9g,\"buckets\":[", name,
+                        (unsigned long long)h->count, h->sum);
+    uint64_t cumulative = 0;
+    for (int j = 0; j < METRICS_COST_BUCKETS; j++) {
+        cumulative += h->buckets[j];
+        evbuffer_add_printf(b, "%s{\"le\":%g,\"count\":%llu}", j ? "," : "", bounds[j],
+                            (unsigned long long)cumulative);
+    }
+    evbuffer_add(b, "]}", 2);
+}
+
 static void
 write_metrics(struct evbuffer *b)
 {
@@ -296,6 +342,12 @@ write_metrics(struct evbuffer *b)
         snprintf(value, sizeof value, "%.9g", k->latency_sum);
         kind_sample(b, "item_latency_seconds_sum", k->kind, NULL, value);
     }
+
+    cost_family(b, "item_cpu_seconds", "CPU (user + system) of each attempt that ran, its "
+                "processes included, by kind.", offsetof(struct kind_metrics, cpu),
+                metrics_cpu_bounds);
+    cost_family(b, "item_peak_memory_bytes", "Peak resident memory of each attempt that "
+                "ran, by kind.", offsetof(struct kind_metrics, memory), metrics_memory_bounds);
 
     /* Per-kind limits and pause (kind_gate.h). */
     static const struct {
@@ -537,7 +589,10 @@ write_status(struct evbuffer *b)
             evbuffer_add_printf(b, "%s{\"le\":%g,\"count\":%llu}", j ? "," : "",
                                 metrics_latency_bounds[j], (unsigned long long)cumulative);
         }
-        evbuffer_add(b, "]}}", 3);
+        evbuffer_add(b, "]}", 2);
+        json_cost(b, "cpu_seconds", &k->cpu, metrics_cpu_bounds);
+        json_cost(b, "peak_memory_bytes", &k->memory, metrics_memory_bounds);
+        evbuffer_add(b, "}", 1);
     }
     evbuffer_add_printf(b, "},\"processes\":[");
     size_t n;

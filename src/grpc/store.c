@@ -253,6 +253,7 @@ attempt_failed(struct item *item, pid_t worker_pid, const char *reason,
         return;
     }
     attempts_note(item->key, item->attempt, reason);
+    metrics_attempt_cost(item->kind, cpu_usec, max_rss_kib);
     metrics_kind(item->kind)->retried++;
     struct outcome o = { .state = STATE_RETRYING, .worker_pid = worker_pid, .error = reason,
                          .cpu_usec = cpu_usec, .max_rss_kib = max_rss_kib };
@@ -563,6 +564,7 @@ final(struct item *item, const struct outcome *o)
                                     .max_rss_kib = o->max_rss_kib };
         o = &bounded;
     }
+    metrics_attempt_cost(item->kind, o->cpu_usec, o->max_rss_kib);
     if (st.b->final != NULL)
         st.b->final(item, o);   /* store_final_written() or store_dropped() follows */
     else

@@ -23,13 +23,14 @@ Limits and poison items:
   final FAILED lists every attempt's reason; it is in the dead-letter list;
 - bad values are config errors naming FILE:LINE:COL and the key.
 """
+import json
 import re
 import uuid
 
 import pytest
 import yaml
 
-from conftest import FAILED, RETRYING, SUCCEEDED, run_cli, wait_for
+from conftest import FAILED, RETRYING, SUCCEEDED, free_port, http_get, run_cli, wait_for
 from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
 
 PY = "/usr/bin/python3"
@@ -239,3 +240,57 @@ def test_limits_only_for_exec_and_printed(make_daemon):
     printed = yaml.safe_load(r.stdout)["handlers"]
     assert (printed["a"]["memory_limit"], printed["a"]["cpu_limit"]) == ("512MiB", "30s")
     assert (printed["b"]["memory_limit"], printed["b"]["cpu_limit"]) == (False, False)  # off
+
+
+# ---- where the figures show --------------------------------------------------------
+
+def test_metrics_status_and_cli_show_the_cost(start_daemon):
+    from test_cli import run as cli_run  # the client binary
+
+    address = f"127.0.0.1:{free_port()}"
+    d = start_daemon({"handlers": dict(KINDS), "status": {"listen": address}})
+    t = tag()
+    touch, echo = f"touch-{t}", f"echo-{t}"
+    reply, sub = d.client().run_items([{"id": touch, "kind": "touch"},
+                                       {"id": echo, "kind": "echo", "payload": b"e"}],
+                                      timeout=60)
+    assert sub.final[touch].max_rss_kib >= 90_000
+
+    status, text = http_get(address, "/metrics")
+    assert status == 200
+
+    def value(name, kind, le=None):
+        label = f'kind="{kind}"' + (f',le="{le}"' if le else "")
+        m = re.search(rf"^dosomething_{name}{{{re.escape(label)}}} (\S+)$", text, re.M)
+        assert m, f"no {name}{{{label}}} in /metrics"
+        return float(m.group(1))
+
+    assert "# TYPE dosomething_item_cpu_seconds histogram" in text
+    assert "# TYPE dosomething_item_peak_memory_bytes histogram" in text
+    assert value("item_cpu_seconds_count", "touch") == 1
+    assert value("item_cpu_seconds_sum", "touch") > 0
+    assert value("item_peak_memory_bytes_bucket", "touch", "6.71089e+07") == 0
+    assert value("item_peak_memory_bytes_bucket", "touch", "1.34218e+08") == 1
+    assert value("item_peak_memory_bytes_bucket", "touch", "+Inf") == 1
+    assert value("item_peak_memory_bytes_count", "echo") >= 1
+
+    status, body = http_get(address, "/status")
+    kinds = json.loads(body)["kinds"]
+    assert kinds["touch"]["cpu_seconds"]["count"] == 1
+    assert kinds["touch"]["peak_memory_bytes"]["sum"] >= 90_000 * 1024
+
+    r = cli_run("get", touch, target=d)
+    assert r.returncode == 0, r.stderr
+    header, row = r.stdout.splitlines()[:2]
+    assert header.split()[6:8] == ["CPU", "PEAK"], header
+    cpu, peak = row.split()[-2:]     # no batch, no error: the last two cells
+    assert peak.endswith("MiB") and int(peak[:-3]) >= 88 and cpu != "-", row
+    r = cli_run("get", "--json", touch, target=d)
+    got = json.loads(r.stdout)
+    assert got["max_rss_kib"] == sub.final[touch].max_rss_kib
+    r = cli_run("watch", "--item", touch, "--after-seq", "0", "--count", "3", target=d,
+                timeout=20)
+    ends = [json.loads(line) for line in r.stdout.splitlines()]
+    final = [u for u in ends if u["state"] == "SUCCEEDED"]
+    assert final and final[0]["max_rss_kib"] == sub.final[touch].max_rss_kib, r.stdout
+    assert all(u["cpu_usec"] == 0 for u in ends if u["state"] != "SUCCEEDED"), r.stdout

@@ -67,6 +67,7 @@
  * before the next batch waits for a reply (it grows meanwhile). */
 #define ACCEPT_BATCH_MAX    512
 #define ACCEPTS_AHEAD       2
+#define UPDATE_BATCH_MAX    512     /* updates in one update script at most */
 /* Items with a script in flight (accepts, updates, finals) past which
  * submit.c reads no more items (backpressure): memory stays bounded when
  * Redis is slower than the clients. */
@@ -321,35 +322,95 @@ static const char script_accepts[] =
     "end\n"
 
 /*
- * update: KEYS the item's stream (work or pwork), updates, seq, origin, item, items, finals,
- * finals_bytes; ARGV[8] mode (u: update, r: retry, f: final), ARGV[9]
- * group, ARGV[10] consumer, ARGV[11] entry id, ARGV[12] attempt; for a
- * final ARGV[13..17] the retention (LUA_TRIM), for STARTED ARGV[13] ts.
- * Only while the entry is pending here with that delivery count; 0 if it
- * is not.
+ * updates: the STARTED, PROGRESS, RETRYING and final updates of the items
+ * held here, those of one turn of the loop in one call. KEYS work,
+ * updates, seq, origin, pwork, items, finals, finals_bytes; ARGV[1]
+ * floor, ARGV[2] maxlen, ARGV[3] group, ARGV[4] consumer, ARGV[5..9] the
+ * retention (LUA_TRIM), then UPDATE_FIELDS per update: its stream (0 work,
+ * 1 pwork), its entry, mode (u: update, r: retry, f: final), the attempt
+ * the entry must be at, u i k b s (the update), ts (STARTED: when, unix
+ * ns; else ""). Each is written only while its entry is pending here with
+ * that delivery count (else its reply is 0: superseded); its seq
+ * otherwise. A final also acks and deletes the entry and is kept for the
+ * retention (its hash, {NAME}:finals, the bytes): the acks, deletes, list
+ * pushes and the byte count are one command each for the whole call, and
+ * the seq counter is read and stored once.
  */
+#define UPDATE_FIELDS 10
 static const char script_update[] =
     LUA_TRIM
-    "local p = redis.call('XPENDING', KEYS[1], ARGV[9], ARGV[11], ARGV[11], 1)\n"
-    "if #p == 0 or p[1][2] ~= ARGV[10] or p[1][4] ~= tonumber(ARGV[12]) then return 0 end\n"
-    LUA_NEXT_SEQ LUA_ADD_UPDATE
-    "local sq, st = string.format('%.0f', seq), ARGV[7]\n"
-    "if st == '2' then\n"
-    "  redis.call('HSET', KEYS[5], 's', st, 'u', ARGV[3], 'q', sq, 'ts', ARGV[13])\n"
-    "elseif ARGV[8] ~= 'f' then\n"
-    "  redis.call('HSET', KEYS[5], 's', st, 'u', ARGV[3], 'q', sq)\n"
+    LUA_SEQ_LOAD
+    "local g, c = ARGV[3], ARGV[4]\n"
+    "local r = {ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]}\n"
+    "local out, acks, pushes, bytes = {}, {{}, {}}, {}, 0\n"
+    "for o = 10, #ARGV, 10 do\n"     /* UPDATE_FIELDS */
+    "  local sk, si = KEYS[1], 1\n"
+    "  if ARGV[o] == '1' then sk, si = KEYS[5], 2 end\n"
+    "  local e, mode, att = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])\n"
+    "  local u, id, k, b, st = ARGV[o + 4], ARGV[o + 5], ARGV[o + 6], ARGV[o + 7], ARGV[o + 8]\n"
+    "  local p = redis.call('XPENDING', sk, g, e, e, 1)\n"
+    "  if #p == 0 or p[1][2] ~= c or p[1][4] ~= att then\n"
+    "    out[#out + 1] = 0\n"
+    "  else\n"
+    "    seq = seq + 1\n"
+    "    local sq = string.format('%.0f', seq)\n"
+    "    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. sq, 'u', u, 'i', id, "
+    "'k', k, 'b', b, 's', st)\n"
+    "    local hk = r[5] .. id\n"
+    "    if mode == 'f' then\n"
+    "      local n, w = 2 * #id + #u + 200, false\n"
+    "      if st ~= '4' then\n"
+    "        local x = redis.call('XRANGE', sk, e, e)\n"
+    "        if #x > 0 then\n"
+    "          local f = x[1][2]\n"
+    "          for j = 1, #f, 2 do\n"
+    "            if f[j] == 'w' then w = f[j + 1] end\n"
+    "          end\n"
+    "        end\n"
+    "      end\n"
+    "      if w then\n"
+    "        n = n + #w\n"
+    "        redis.call('HSET', hk, 's', st, 'u', u, 'q', sq, 'n', n, 't', r[1], 'w', w)\n"
+    "      else\n"
+    "        redis.call('HSET', hk, 's', st, 'u', u, 'q', sq, 'n', n, 't', r[1])\n"
+    "      end\n"
+    "      acks[si][#acks[si] + 1] = e\n"
+    "      pushes[#pushes + 1] = sq .. ' ' .. id\n"
+    "      bytes = bytes + n\n"
+    "    elseif st == '2' then\n"
+    "      redis.call('HSET', hk, 's', st, 'u', u, 'q', sq, 'ts', ARGV[o + 9])\n"
+    "    else\n"
+    "      redis.call('HSET', hk, 's', st, 'u', u, 'q', sq)\n"
+    "      if mode == 'r' then\n"
+    "        redis.call('XCLAIM', sk, g, c, 0, e, 'JUSTID', 'RETRYCOUNT', att + 1)\n"
+    "        redis.call('HDEL', hk, 'ts')\n"
+    "      elseif st == '6' then\n"
+    "        redis.call('HDEL', hk, 'ts')\n"
+    "      end\n"
+    "    end\n"
+    "    out[#out + 1] = seq\n"
+    "  end\n"
     "end\n"
-    "if ARGV[8] == 'f' then\n"
-    "  redis.call('XACK', KEYS[1], ARGV[9], ARGV[11])\n"
-    "  keep_final(sq, ARGV[11], {ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17]})\n"
-    "elseif ARGV[8] == 'r' then\n"
-    "  redis.call('XCLAIM', KEYS[1], ARGV[9], ARGV[10], 0, ARGV[11], 'JUSTID', "
-    "'RETRYCOUNT', tonumber(ARGV[12]) + 1)\n"
-    "  redis.call('HDEL', KEYS[5], 'ts')\n"
-    "elseif st == '6' then\n"
-    "  redis.call('HDEL', KEYS[5], 'ts')\n"
+    LUA_SEQ_STORE
+    "for si, key in ipairs({KEYS[1], KEYS[5]}) do\n"
+    "  if #acks[si] > 0 then\n"
+    "    redis.call('XACK', key, g, unpack(acks[si]))\n"
+    "    redis.call('XDEL', key, unpack(acks[si]))\n"
+    "  end\n"
     "end\n"
-    "return seq\n";
+    "if #pushes > 0 then\n"
+    "  local over = redis.call('RPUSH', KEYS[7], unpack(pushes)) - tonumber(r[3])\n"
+    "  local total = redis.call('INCRBY', KEYS[8], bytes)\n"
+    "  for _ = 1, 100 + #pushes do\n"
+    "    if over <= 0 and total <= tonumber(r[4]) then break end\n"
+    "    local ob = redis.call('LPOP', KEYS[7])\n"
+    "    if not ob then break end\n"
+    "    forget(ob, r)\n"
+    "    total = tonumber(redis.call('GET', KEYS[8])) or 0\n"
+    "    over = over - 1\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
 
 /* trim: KEYS as update's (only 6, 7, 8 used), ARGV the retention: what
  * aged out while no item ended. */
@@ -708,6 +769,13 @@ static struct {
     int accepts_ahead;          /* accept scripts in flight */
     uint64_t accept_batches;    /* accept scripts sent, for /status */
     struct redis_cmd batch_cmd; /* reused for every batch script */
+    /* the updates of this turn of the loop (send_update(), flush_updates()) */
+    struct redis_cmd ucmd;
+    struct update_cb *ucbs;
+    size_t ucbs_n, ucbs_cap;
+    struct update_cb *unsent;   /* never sent: told from the loop */
+    size_t unsent_n;
+    uint64_t update_batches;
     struct event *flush_event;
     int was_busy;               /* inflight reached INFLIGHT_MAX: see cluster_busy() */
     /* a drain waits for these */
@@ -1002,28 +1070,140 @@ retention_args(struct redis_args *a)
 }
 
 /*
- * The update script for ITEM: MODE u/r/f, the attempt the entry must be at
- * (CHECK_ATTEMPT), the update encoded without its seq.
+ * The updates of one turn of the loop go to Redis in one script
+ * (script_update): send_update() adds one to cl.ucmd and its callback to
+ * cl.ucbs, flush_updates() sends them (from the same flush as the
+ * accepts, or at once when UPDATE_BATCH_MAX gathered), and each callback
+ * hears its own element of the reply, as it would the reply of a script
+ * of its own.
+ */
+struct update_cb {
+    redisCallbackFn *fn;
+    void *arg;
+};
+
+/* A batch of updates in flight: owned by its callback, which frees it. */
+struct update_batch {
+    size_t n;
+    struct update_cb cb[];
+};
+
+static void
+on_updated(redisAsyncContext *ac, void *reply, void *arg)
+{
+    struct update_batch *b = arg;
+    redisReply *r = reply;
+    int each = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == b->n;
+    if (r != NULL && !each && r->type != REDIS_REPLY_ERROR && !cl.shutting_down)
+        log_error("cluster: the update script answered %zu updates with an unexpected reply",
+                  b->n);
+    for (size_t i = 0; i < b->n; i++)
+        b->cb[i].fn(ac, each ? r->element[i] : r != NULL && r->type == REDIS_REPLY_ERROR ? r
+                    : NULL, b->cb[i].arg);
+    free(b);
+}
+
+static void
+flush_updates(void)
+{
+    if (cl.ucbs_n == 0)
+        return;
+    struct update_batch *b = ds_malloc(sizeof *b + cl.ucbs_n * sizeof b->cb[0]);
+    b->n = cl.ucbs_n;
+    memcpy(b->cb, cl.ucbs, b->n * sizeof b->cb[0]);
+    cl.ucbs_n = 0;
+    if (cl.up && !cl.failing && cl.cmd.ac != NULL &&
+        redis_cmd_send(&cl.ucmd, cl.cmd.ac, on_updated, b) == 0) {
+        cl.update_batches++;
+        return;
+    }
+    if (cl.up && !cl.failing)
+        session_fail("command connection: cannot send a command");
+    /* Never sent: each hears "no reply" (unknown), from the loop. */
+    cl.unsent = ds_realloc(cl.unsent, (cl.unsent_n + b->n) * sizeof cl.unsent[0]);
+    memcpy(cl.unsent + cl.unsent_n, b->cb, b->n * sizeof b->cb[0]);
+    cl.unsent_n += b->n;
+    free(b);
+    event_active(cl.flush_event, EV_TIMEOUT, 0);
+}
+
+/* The callbacks of updates that were never sent hear a NULL reply. */
+static void
+fail_unsent_updates(void)
+{
+    while (cl.unsent_n > 0) {
+        size_t n = cl.unsent_n;
+        struct update_cb *cbs = cl.unsent;
+        cl.unsent = NULL;
+        cl.unsent_n = 0;
+        for (size_t i = 0; i < n; i++)
+            cbs[i].fn(NULL, NULL, cbs[i].arg);
+        free(cbs);
+    }
+}
+
+/*
+ * The update of ITEM for the next update script: MODE u/r/f, the attempt
+ * the entry must be at (CHECK_ATTEMPT), the update encoded without its
+ * seq. FN(ARG) hears its seq, 0 (superseded) or an error or NULL
+ * (unknown). -1: the session is down, FN will not run.
  */
 static int
 send_update(const struct item *item, char mode, uint32_t check_attempt, enum wire_state state,
             const uint8_t *encoded, size_t encoded_len, redisCallbackFn *fn, void *arg)
 {
-    struct redis_args a;
-    char key[ITEM_KEY_SIZE];
-    publish_args(&a, SCRIPT_UPDATE, item, state, encoded, encoded_len, key);
-    redis_args_mem(&a, &mode, 1);
-    redis_args_str(&a, CLUSTER_GROUP);
-    redis_args_str(&a, cl.consumer);
-    entry_arg(&a, item->key);
-    redis_args_u64(&a, check_attempt);
-    if (mode == 'f')
-        retention_args(&a);
-    else if (state == STATE_STARTED)
-        redis_args_u64(&a, clock_wall_ns());   /* ts */
-    if (command(&cl.cmd, fn, arg, &a) == -1)
+    if (!cl.up || cl.failing || cl.cmd.ac == NULL)
         return -1;
+    struct redis_cmd *c = &cl.ucmd;
+    if (cl.ucbs_n == 0) {
+        redis_cmd_init(c, "EVALSHA");
+        redis_cmd_str(c, cl.sha[SCRIPT_UPDATE]);
+        redis_cmd_str(c, "8");
+        redis_cmd_str(c, cl.key_work);
+        redis_cmd_str(c, cl.key_updates);
+        redis_cmd_str(c, cl.key_seq);
+        redis_cmd_str(c, cl.key_origin);
+        redis_cmd_str(c, cl.key_pwork);
+        redis_cmd_str(c, cl.key_items);
+        redis_cmd_str(c, cl.key_finals);
+        redis_cmd_str(c, cl.key_finals_bytes);
+        redis_cmd_str(c, floor_arg());
+        redis_cmd_u64(c, gp.config->updates.history);
+        redis_cmd_str(c, CLUSTER_GROUP);
+        redis_cmd_str(c, cl.consumer);
+        const struct ds_config *cf = gp.config;
+        redis_cmd_u64(c, clock_wall_ns() / 1000000);
+        redis_cmd_u64(c, cf->items.retention_age_ms);
+        redis_cmd_u64(c, cf->items.retention_count);
+        redis_cmd_u64(c, cf->items.retention_bytes);
+        redis_cmd_str(c, cl.key_item_prefix);
+    }
+    redis_cmd_str(c, item->key & PWORK_BIT ? "1" : "0");
+    char entry[48];
+    snprintf(entry, sizeof entry, "%d-%" PRIu64, item->key & PWORK_BIT ? 1 : 0,
+             item->key & ~PWORK_BIT);
+    redis_cmd_str(c, entry);
+    redis_cmd_mem(c, &mode, 1);
+    redis_cmd_u64(c, check_attempt);
+    redis_cmd_mem(c, encoded, encoded_len);
+    redis_cmd_str(c, item->id);
+    redis_cmd_str(c, item->kind);
+    redis_cmd_str(c, item->batch);
+    redis_cmd_u64(c, (uint64_t)state);
+    if (state == STATE_STARTED)
+        redis_cmd_u64(c, clock_wall_ns());      /* ts */
+    else
+        redis_cmd_str(c, "");
+    if (cl.ucbs_n == cl.ucbs_cap) {
+        cl.ucbs_cap = cl.ucbs_cap ? cl.ucbs_cap * 2 : 256;
+        cl.ucbs = ds_realloc(cl.ucbs, cl.ucbs_cap * sizeof cl.ucbs[0]);
+    }
+    cl.ucbs[cl.ucbs_n++] = (struct update_cb){ fn, arg };
     cl.inflight++;
+    if (cl.ucbs_n >= UPDATE_BATCH_MAX)
+        flush_updates();
+    else if (cl.ucbs_n == 1)
+        event_active(cl.flush_event, EV_TIMEOUT, 0);
     return 0;
 }
 
@@ -1360,6 +1540,8 @@ static void
 on_flush(evutil_socket_t fd, short what, void *arg)
 {
     flush_accepts();
+    flush_updates();
+    fail_unsent_updates();
 }
 
 /* The session went: the accepts not sent yet hear UNAVAILABLE (certain:
@@ -2318,6 +2500,8 @@ on_reset(evutil_socket_t fd, short what, void *arg)
     if (cl.shutting_down)
         return;
     fail_accepts();
+    flush_updates();        /* the session is gone: they go to cl.unsent */
+    fail_unsent_updates();
     cluster_backpressure_check();
     struct timeval tv = clock_timeval_ms(cl.backoff_ms);
     evtimer_add(cl.retry_timer, &tv);
@@ -2772,6 +2956,13 @@ cluster_shutdown(void)
     cl.accepts = NULL;
     cl.accepts_n = 0;
     redis_cmd_free(&cl.batch_cmd);
+    for (size_t i = 0; i < cl.ucbs_n; i++)
+        cl.ucbs[i].fn(NULL, NULL, cl.ucbs[i].arg);      /* shutting down: they discard */
+    cl.ucbs_n = 0;
+    fail_unsent_updates();
+    free(cl.ucbs);
+    cl.ucbs = NULL;
+    redis_cmd_free(&cl.ucmd);
     cl.enabled = 0;
 }
 

@@ -963,6 +963,8 @@ class Runner:
                 self.stop_all()
 
         whats = ["echo", "idle", "journal"] + (["cluster"] if redis_ok else [])
+        if self.args.b_only:
+            whats = [w for w in whats if w in self.args.b_only]
         for what in whats:
             runs = {"this tree": [], name: []}
             for _ in range(self.args.repeat):       # interleaved: noise hits both alike
@@ -1200,6 +1202,8 @@ def main():
     ap.add_argument("--baseline-daemon", default=None,
                     help="another build's dosomethingd: scenario B compares this tree with it")
     ap.add_argument("--baseline-name", default=None, help="what to call it in the table")
+    ap.add_argument("--b-only", type=lambda s: s.split(","), default=None,
+                    help="scenario B: only these of echo,idle,journal,cluster")
     ap.add_argument("--repeat", type=int, default=None,
                     help="run each measurement K times, keep the median (default 3, "
                          "1 with --quick; never for scenario 6 and the seed's idle latency)")

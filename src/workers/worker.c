@@ -241,9 +241,10 @@ task_free(struct task *t)
  * of a run of quick items starts and after the last, and each item's end
  * is held meanwhile (its STARTED has gone out), then sent with its share:
  * the batch's CPU split in proportion to each handler's wall time (a clock
- * read, ~20 ns, not a system call), and the batch's peak RSS. So an echo
- * pays two clock reads, and the batch ~3 us, instead of ~2 us of system
- * calls per item. The batch ends before a slow item, when BATCH_MAX ends
+ * read, ~20 ns, not a system call), and the worker's peak RSS (not reset
+ * per batch: its peak since the last slow in-process item reset it). So an
+ * echo pays two clock reads, and the batch two getrusage (~0.7 us),
+ * instead of ~2 us of system calls per item. The batch ends before a slow item, when BATCH_MAX ends
  * or FLUSH_BYTES of results are held, and before the worker writes what is
  * pending (each on_run), so an end waits no longer than it did before.
  */
@@ -272,7 +273,7 @@ batch_close(void)
         return;
     batch.open = 0;
     uint64_t cpu, peak;
-    cost_end(&batch.mark, &cpu, &peak);
+    cost_end_quick(&batch.mark, &cpu, &peak);
     for (size_t i = 0; i < batch.count; i++) {
         struct held_end *e = &batch.ends[i];
         struct ipc_cost cost = { .max_rss_kib = peak };
@@ -347,7 +348,7 @@ run_task(struct task *t)
     uint64_t started_ns = 0;
     if (quick) {
         if (!batch.open) {
-            cost_begin(&batch.mark, 1);
+            cost_begin_quick(&batch.mark);
             batch.open = 1;
         }
         started_ns = clock_monotonic_ns();

@@ -778,6 +778,7 @@ static struct {
     uint64_t update_batches;
     struct event *flush_event;
     int was_busy;               /* inflight reached INFLIGHT_MAX: see cluster_busy() */
+    uint64_t busy_spells;       /* times it did, for /status */
     /* a drain waits for these */
     uint64_t inflight;
     uint64_t max_published_seq;
@@ -1589,8 +1590,10 @@ cluster_accept(struct acceptance a)
 static int
 cluster_busy(void)
 {
-    if (cl.inflight >= INFLIGHT_MAX)
+    if (cl.inflight >= INFLIGHT_MAX && !cl.was_busy) {
         cl.was_busy = 1;
+        cl.busy_spells++;
+    }
     return cl.was_busy;
 }
 
@@ -3089,13 +3092,16 @@ cluster_status_json(struct evbuffer *b)
                         "\"superseded\":%" PRIu64 ",\"lost_updates\":%" PRIu64 ","
                         "\"cancel_requests\":%" PRIu64 ",\"items_known\":%" PRIu64 ","
                         "\"finals_retained\":%" PRIu64 ",\"retained_bytes\":%" PRIu64 ","
+                        "\"accept_scripts\":%" PRIu64 ",\"update_scripts\":%" PRIu64 ","
+                        "\"writes_in_flight\":%" PRIu64 ",\"backpressure_spells\":%" PRIu64 ","
                         "\"last_error\":", cl.master_host, cl.master_port,
                         cl.sentinels ? cl.master_name : "", cl.sentinels ? sentinel_last() : "",
                         cl.sentinels && sentinel_watching() ? "true" : "false",
                         c->cluster.min_replicas_ack, c->cluster.name, cl.consumer,
                         cl.up ? "true" : "false", cl.up && cl.caught_up ? "true" : "false",
                         outstanding(), cl.claimed, cl.reconnects, cl.superseded,
-                        cl.lost_updates, cl.cancels, cl.known[0], cl.known[1], cl.known[2]);
+                        cl.lost_updates, cl.cancels, cl.known[0], cl.known[1], cl.known[2],
+                        cl.accept_batches, cl.update_batches, cl.inflight, cl.busy_spells);
     if (cl.last_error[0] == '\0') {
         evbuffer_add_printf(b, "null},");
         return;

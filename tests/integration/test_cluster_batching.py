@@ -16,8 +16,8 @@ import uuid
 
 import pytest
 
-from conftest import QUEUED, SUCCEEDED, wait_for
-from test_cluster import (cluster_name, redis, start_instance,  # noqa: F401
+from conftest import QUEUED, SUCCEEDED, free_port, wait_for
+from test_cluster import (cluster_name, cluster_status, redis, start_instance,  # noqa: F401
                           wait_work_empty)
 
 
@@ -76,7 +76,9 @@ def test_items_refused_by_a_full_redis_are_each_told_the_truth(redis, start_daem
 @pytest.mark.deadline(300)
 def test_a_burst_of_50k_items_in_one_stream_reaches_one_final_each(redis, start_daemon):  # noqa: F811
     name = cluster_name()
-    a = start_instance(start_daemon, redis, name, "a", workers=2)
+    status = f"127.0.0.1:{free_port()}"
+    a = start_instance(start_daemon, redis, name, "a", workers=2,
+                       overrides={"status": {"listen": status}})
     sub = a.client().subscribe(sync=True, name="sub-a", states=[SUCCEEDED])
     tag = uuid.uuid4().hex[:8]
     n = 50000
@@ -92,3 +94,7 @@ def test_a_burst_of_50k_items_in_one_stream_reaches_one_final_each(redis, start_
             per_id[u.item_id] = per_id.get(u.item_id, 0) + 1
     assert len(per_id) == n and set(per_id.values()) == {1}
     wait_work_empty(redis, name, timeout=30)
+    # Batched: fewer scripts than items and updates; nothing left in flight.
+    st = wait_for(lambda: (lambda c: c if c["writes_in_flight"] == 0 else None)(
+        cluster_status(status)), 10, "no writes in flight")
+    assert 0 < st["accept_scripts"] < n and 0 < st["update_scripts"] < 2 * n, st

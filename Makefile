@@ -41,7 +41,8 @@ DEB_BUILD   = gcc make pkg-config libgrpc-dev libprotobuf-c-dev protobuf-c-compi
               libyaml-dev libevent-dev libssl-dev libsystemd-dev libhiredis-dev libcrypt-dev
 DEB_TEST    = libcmocka-dev valgrind python3-grpcio python3-protobuf python3-grpc-tools \
               python3-pytest python3-yaml python3-prometheus-client openssl \
-              clang libclang-rt-14-dev nginx redis-server redis-sentinel python3-h2
+              clang libclang-rt-14-dev nginx redis-server redis-sentinel python3-h2 \
+              chromium chromium-driver python3-selenium
 
 PROTO       = proto/com/agrounds/dosomething/v1/do_something.proto
 PROTO_C     = $(BUILD)/gen/com/agrounds/dosomething/v1/do_something.pb-c.c
@@ -56,7 +57,7 @@ CORE_SRC    = $(wildcard src/core/*.c) $(wildcard src/ipc/*.c)
 DAEMON_SRC  = $(CORE_SRC) $(wildcard src/master/*.c) $(wildcard src/grpc/*.c) \
               $(wildcard src/workers/*.c)
 DAEMON_OBJ  = $(patsubst %.c,$(BUILD)/obj/%.o,$(DAEMON_SRC)) $(BUILD)/obj/proto.o \
-              $(BUILD)/obj/descriptor.o $(GRPC_PROTO_OBJ)
+              $(BUILD)/obj/descriptor.o $(BUILD)/obj/status_page_html.o $(GRPC_PROTO_OBJ)
 LIB_OBJ     = $(filter-out $(BUILD)/obj/src/master/main.o,$(DAEMON_OBJ))
 
 UNIT_SRC    = $(wildcard tests/unit/test_*.c)
@@ -92,6 +93,19 @@ $(BUILD)/gen/descriptor.c: $(PROTO)
 	  echo 'const size_t ds_descriptor_set_len = sizeof ds_descriptor_set;'; } > $@
 
 $(BUILD)/obj/descriptor.o: $(BUILD)/gen/descriptor.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Wno-missing-prototypes -Wno-missing-variable-declarations -c -o $@ $<
+
+# The status page (HTML, CSS, JS in one file) as a C array: od and sed, as above.
+$(BUILD)/gen/status_page_html.c: src/grpc/status_page.html
+	@mkdir -p $(BUILD)/gen
+	{ echo '#include <stddef.h>'; \
+	  echo 'const unsigned char ds_status_page[] = {'; \
+	  od -An -v -tx1 $< | sed 's/\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '};'; \
+	  echo 'const size_t ds_status_page_len = sizeof ds_status_page;'; } > $@
+
+$(BUILD)/obj/status_page_html.o: $(BUILD)/gen/status_page_html.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Wno-missing-prototypes -Wno-missing-variable-declarations -c -o $@ $<
 

@@ -31,6 +31,7 @@
 #include "core/log.h"
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
+#include "grpc/items.h"
 #include "grpc/redis_args.h"
 
 #define LIMIT_DEFAULT   100
@@ -605,31 +606,21 @@ on_list(redisAsyncContext *ac, void *reply, void *arg)
     ask_release(ask);
 }
 
-/* "c" and the accept seq the next page starts below, as on_list made it. */
-static int
-parse_token(const char *token, char *digits, size_t size)
-{
-    size_t n = strlen(token);
-    if (n < 2 || n > 21 || token[0] != 'c' || n > size)
-        return -1;
-    for (size_t i = 1; i < n; i++)
-        if (token[i] < '0' || token[i] > '9')
-            return -1;
-    memcpy(digits, token + 1, n);
-    return 0;
-}
-
 static void
 list(struct store_items_ask *ask)
 {
     const wire_items_request *q = ask->q.request;
     char before[24] = "0";
-    if (q->page_token[0] != '\0' && parse_token(q->page_token, before, sizeof before) == -1) {
+    uint64_t order = 0;
+    /* "c" and the accept seq the next page starts below, as on_list made it. */
+    if (q->page_token[0] != '\0' && items_token_decode(q->page_token, 'c', &order) == -1) {
         question_invalid(&ask->qn, "page_token \"%.40s\" is not one this cluster gave",
                          q->page_token);
         question_later(&ask->qn, lookup_due);
         return;
     }
+    if (q->page_token[0] != '\0')
+        snprintf(before, sizeof before, "%llu", (unsigned long long)order);
     struct redis_args a;
     list_args(&a, before, q->limit ? q->limit : LIMIT_DEFAULT, ask->q.scope, q->n_kinds,
               q->n_states, q->n_batches);

@@ -35,7 +35,7 @@
 #include "grpc/unary.h"
 
 #define LIMIT_DEFAULT 100
-#define LIMIT_MAX     1000
+#define LIMIT_MAX     GET_ITEMS_LIMIT_MAX
 #define IDS_MAX       1000
 
 /* Freed by items_destroy() when the call's last reference goes (call.h). */
@@ -192,12 +192,11 @@ send_packed(struct items_call *c, const wire_items_reply *msg)
     unary_finish(&c->u, GRPC_STATUS_OK, NULL, unary_pack(&msg->base));
 }
 
+/* R as a reply (and the builder's memory freed): DONE hears it. */
 static void
-send_reply(struct items_call *c, struct reply_builder *r, char **not_found, size_t n_not_found,
-           const char *next_token)
+finish_reply(struct reply_builder *r, char **not_found, size_t n_not_found,
+             const char *next_token, store_items_fn *done, void *arg)
 {
-    if (unary_is_over(&c->u))
-        return;
     r->ptrs = ds_calloc(r->count + 1, sizeof *r->ptrs);
     for (size_t i = 0; i < r->count; i++)
         r->ptrs[i] = &r->items[i];
@@ -209,7 +208,7 @@ send_reply(struct items_call *c, struct reply_builder *r, char **not_found, size
     msg.not_found = not_found;
     if (next_token != NULL)
         msg.next_page_token = (char *)next_token;
-    send_packed(c, &msg);
+    done(arg, STORE_ITEMS_OK, NULL, &msg);
     free(r->ptrs);
     free(r->items);
 }
@@ -227,14 +226,15 @@ all_final(const struct items_call *c)
     return 1;
 }
 
+/* Q's item_ids, known here as IDS, from the index. */
 static void
-reply_by_ids(struct items_call *c)
+answer_by_ids(const wire_items_request *q, char *const *ids, store_items_fn *done, void *arg)
 {
-    struct reply_builder r = { .with_results = c->request->with_results };
-    char **not_found = ds_calloc(c->id_count + 1, sizeof *not_found);
+    struct reply_builder r = { .with_results = q->with_results };
+    char **not_found = ds_calloc(q->n_item_ids + 1, sizeof *not_found);
     size_t n_not_found = 0;
-    for (size_t i = 0; i < c->id_count; i++) {
-        const struct known_item *k = items_find(c->ids[i]);
+    for (size_t i = 0; i < q->n_item_ids; i++) {
+        const struct known_item *k = items_find(ids[i]);
         if (k != NULL && !fits(&r, k)) {
             char details[200];
             snprintf(details, sizeof details, "the results of these items are more than a "
@@ -242,16 +242,25 @@ reply_by_ids(struct items_call *c)
                      DS_UPDATE_SIZE_MAX, r.count);
             free(r.items);
             free(not_found);
-            unary_finish(&c->u, GRPC_STATUS_RESOURCE_EXHAUSTED, details, NULL);
+            done(arg, STORE_ITEMS_TOO_LARGE, details, NULL);
             return;
         }
         if (k != NULL)
             add_item(k, &r);
         else
-            not_found[n_not_found++] = c->request->item_ids[i];   /* as the client sent it */
+            not_found[n_not_found++] = q->item_ids[i];    /* as the client sent it */
     }
-    send_reply(c, &r, not_found, n_not_found, NULL);
+    finish_reply(&r, not_found, n_not_found, NULL, done, arg);
     free(not_found);
+}
+
+static void on_answer(void *arg, enum store_items_status status, const char *why,
+                      const wire_items_reply *reply);
+
+static void
+reply_by_ids(struct items_call *c)
+{
+    answer_by_ids(c->request, c->ids, on_answer, c);
 }
 
 /* An item became final or was forgotten: answer the waiting calls that
@@ -283,12 +292,19 @@ get_items_end_all(void)
 
 /* ---- by filter ------------------------------------------------------------------- */
 
+/* A listing's filter: the request's lists, and the scope ("" none). */
+struct listing {
+    const wire_items_request *q;
+    const char *scope;
+    size_t scope_len;
+};
+
 static int
 matches(const struct known_item *k, void *arg)
 {
-    const struct items_call *c = arg;
-    const wire_items_request *q = c->request;
-    if (c->scope_len > 0 && strncmp(k->id, c->scope, c->scope_len) != 0)
+    const struct listing *l = arg;
+    const wire_items_request *q = l->q;
+    if (l->scope_len > 0 && strncmp(k->id, l->scope, l->scope_len) != 0)
         return 0;
     size_t i;
     if (q->n_kinds > 0) {
@@ -313,24 +329,6 @@ matches(const struct known_item *k, void *arg)
     return 1;
 }
 
-/* "p" and the acceptance order the next page starts below. */
-static int
-parse_token(const char *token, uint64_t *before)
-{
-    if (token[0] != 'p' || token[1] == '\0' || strlen(token) > 21)
-        return -1;
-    uint64_t v = 0;
-    for (const char *p = token + 1; *p; p++) {
-        if (*p < '0' || *p > '9')
-            return -1;
-        v = v * 10 + (uint64_t)(*p - '0');
-    }
-    if (v == 0 || v > items_last_order() + 1)
-        return -1;
-    *before = v;
-    return 0;
-}
-
 struct page {
     struct reply_builder r;
     uint64_t last_order;
@@ -348,14 +346,39 @@ add_to_page(const struct known_item *k, void *arg)
     return 0;
 }
 
-/* ---- known items the backend keeps (cluster mode) ---------------------------------- */
+/* Q's listing in SCOPE from the index: a page token is "p" and the
+ * acceptance order the next page starts below (items_token_*). */
+static void
+answer_listing(const wire_items_request *q, const char *scope, store_items_fn *done, void *arg)
+{
+    uint64_t before = 0;
+    if (q->page_token[0] != '\0' &&
+        (items_token_decode(q->page_token, 'p', &before) == -1 ||
+         before > items_last_order() + 1)) {
+        char shown[64], err[160];
+        snprintf(err, sizeof err, "page_token \"%s\" is not one this server gave (or it has "
+                 "restarted since)", utf8_escape(shown, sizeof shown, q->page_token));
+        done(arg, STORE_ITEMS_INVALID, err, NULL);
+        return;
+    }
+    struct listing l = { .q = q, .scope = scope, .scope_len = strlen(scope) };
+    struct page p = { .r = { .with_results = q->with_results } };
+    int more;
+    items_list(before, matches, &l, q->limit ? q->limit : LIMIT_DEFAULT, add_to_page, &p,
+               &more);
+    char token[ITEMS_TOKEN_SIZE];
+    if (more)
+        items_token_encode(token, 'p', p.last_order);
+    finish_reply(&p.r, NULL, 0, more ? token : NULL, done, arg);
+}
+
+/* ---- the answer, from here or from the backend ------------------------------------ */
 
 static void
-on_store_answer(void *arg, enum store_items_status status, const char *why,
-                const wire_items_reply *reply)
+on_answer(void *arg, enum store_items_status status, const char *why,
+          const wire_items_reply *reply)
 {
     struct items_call *c = arg;
-    c->ask = NULL;
     if (status == STORE_ITEMS_OK) {
         send_packed(c, reply);
     } else {
@@ -363,6 +386,15 @@ on_store_answer(void *arg, enum store_items_status status, const char *why,
                      : status == STORE_ITEMS_TOO_LARGE ? GRPC_STATUS_RESOURCE_EXHAUSTED
                      : GRPC_STATUS_UNAVAILABLE, why, NULL);
     }
+}
+
+static void
+on_store_answer(void *arg, enum store_items_status status, const char *why,
+                const wire_items_reply *reply)
+{
+    struct items_call *c = arg;
+    c->ask = NULL;
+    on_answer(c, status, why, reply);
     call_unref(&c->u.base);     /* the question's */
 }
 
@@ -374,10 +406,24 @@ ask_store(struct items_call *c)
     c->ask = store_get_items(&q, on_store_answer, c);
 }
 
+struct store_items_ask *
+get_items_ask(const wire_items_request *q, char *const *ids, store_items_fn *done, void *arg)
+{
+    if (store_items_remote()) {
+        struct store_items_query sq = { .request = q, .ids = ids, .scope = "" };
+        return store_get_items(&sq, done, arg);
+    }
+    if (q->n_item_ids > 0)
+        answer_by_ids(q, ids, done, arg);
+    else
+        answer_listing(q, "", done, arg);
+    return NULL;
+}
+
 /* ---- the request ------------------------------------------------------------------- */
 
-static int
-check_request(const wire_items_request *q, char *err, size_t size)
+int
+get_items_check(const wire_items_request *q, char *err, size_t size)
 {
     if (unary_check_strings("item_ids", q->item_ids, q->n_item_ids, 0, err, size) == -1 ||
         unary_check_strings("kinds", q->kinds, q->n_kinds, 0, err, size) == -1 ||
@@ -425,7 +471,7 @@ get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
                      "the request is not a valid ItemsRequest", NULL);
         return;
     }
-    if (check_request(c->request, err, sizeof err) == -1) {
+    if (get_items_check(c->request, err, sizeof err) == -1) {
         unary_finish(&c->u, GRPC_STATUS_INVALID_ARGUMENT, err, NULL);
         return;
     }
@@ -472,20 +518,5 @@ get_items_call_start(grpc_call *call, grpc_byte_buffer *request)
         ask_store(c);
         return;
     }
-    uint64_t before = 0;
-    if (q->page_token[0] != '\0' && parse_token(q->page_token, &before) == -1) {
-        char shown[64];
-        snprintf(err, sizeof err, "page_token \"%s\" is not one this server gave (or it has "
-                 "restarted since)", utf8_escape(shown, sizeof shown, q->page_token));
-        unary_finish(&c->u, GRPC_STATUS_INVALID_ARGUMENT, err, NULL);
-        return;
-    }
-    struct page p = { .r = { .with_results = q->with_results } };
-    int more;
-    items_list(before, matches, c, q->limit ? q->limit : LIMIT_DEFAULT, add_to_page, &p,
-               &more);
-    char token[32];
-    if (more)
-        snprintf(token, sizeof token, "p%llu", (unsigned long long)p.last_order);
-    send_reply(c, &p.r, NULL, 0, more ? token : NULL);
+    answer_listing(q, c->scope, on_answer, c);
 }

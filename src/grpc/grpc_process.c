@@ -195,6 +195,7 @@ apply_config(uint64_t generation, const uint8_t *module_flags, size_t handler_co
     if (config == NULL) {
         log_error("config generation %llu does not load here: %s",
                   (unsigned long long)generation, errors);
+        status_reload_failed("reload failed in the grpc process: the config does not load here");
         return;
     }
     if (config->handler_count != handler_count) {
@@ -202,6 +203,7 @@ apply_config(uint64_t generation, const uint8_t *module_flags, size_t handler_co
                   "of %zu; keeping generation %llu", (unsigned long long)generation,
                   config->handler_count, handler_count, (unsigned long long)gp.generation);
         config_free(config);
+        status_reload_failed("reload failed in the grpc process: handler flags do not match");
         return;
     }
     for (size_t i = 0; i < handler_count; i++)
@@ -292,6 +294,14 @@ on_control_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         if (h->length == 1 && body[0] == 1 && !gp.stopping && !proc.expired)
             handover_start();   /* a USR2 upgrade's drain */
         return 0;
+    case IPC_RELOAD_FAILED: {
+        char why[600];
+        size_t n = h->length < sizeof why - 1 ? h->length : sizeof why - 1;
+        memcpy(why, body, n);
+        why[n] = '\0';
+        status_reload_failed(why);
+        return 0;
+    }
     case IPC_REOPEN_LOGS:
         log_reopen();
         access_log_open();

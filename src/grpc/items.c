@@ -16,6 +16,7 @@
 #include "grpc/items.h"
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -284,6 +285,32 @@ uint64_t
 items_last_order(void)
 {
     return (uint64_t)ix.last_accepted;
+}
+
+void
+items_token_encode(char *buf, char prefix, uint64_t order)
+{
+    snprintf(buf, ITEMS_TOKEN_SIZE, "%c%llu", prefix, (unsigned long long)order);
+}
+
+int
+items_token_decode(const char *token, char prefix, uint64_t *order)
+{
+    if (token[0] != prefix || token[1] == '\0' || strlen(token) > 21)
+        return -1;
+    uint64_t v = 0;
+    for (const char *p = token + 1; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        uint64_t digit = (uint64_t)(*p - '0');
+        if (v > (UINT64_MAX - digit) / 10)
+            return -1;          /* over UINT64_MAX: not a token anyone gave */
+        v = v * 10 + digit;
+    }
+    if (v == 0)
+        return -1;
+    *order = v;
+    return 0;
 }
 
 static uint16_t

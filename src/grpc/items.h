@@ -153,6 +153,14 @@ size_t items_list(uint64_t before, int (*match)(const struct known_item *k, void
 /* The accepted_ns of the newest item ever accepted (a page token is at most
  * one more). */
 uint64_t items_last_order(void);
+/* A page token of getItems: PREFIX ('p': this index, 'c': the cluster's
+ * Redis) and the order (acceptance order, accept seq) the next page starts
+ * below, in decimal. ITEMS_TOKEN_SIZE holds any. */
+#define ITEMS_TOKEN_SIZE 24
+void items_token_encode(char *buf, char prefix, uint64_t order);
+/* *ORDER from TOKEN; -1 unless it is PREFIX and 1 to 20 digits naming a
+ * number in 1..UINT64_MAX (no overflow). */
+int items_token_decode(const char *token, char prefix, uint64_t *order);
 /* FN hears the id of every item that became final or was forgotten. */
 void items_on_change(void (*fn)(const char *id));
 /* FN hears the id of every final the retention forgets (a backend that

@@ -82,3 +82,23 @@ metrics_item_final(const char *kind, enum wire_state state, uint64_t latency_ns)
     k->latency_count++;
     k->latency_sum += seconds;
 }
+
+double
+metrics_latency_quantile(const struct kind_metrics *k, double q)
+{
+    if (k->latency_count == 0)
+        return -1;
+    double rank = q * (double)k->latency_count;
+    uint64_t below = 0;
+    for (int b = 0; b < METRICS_LATENCY_BUCKETS; b++) {
+        uint64_t in = k->latency_buckets[b];
+        if ((double)(below + in) >= rank && in > 0) {
+            double lo = b == 0 ? 0 : metrics_latency_bounds[b - 1];
+            double hi = metrics_latency_bounds[b];
+            return lo + (hi - lo) * ((rank - (double)below) / (double)in);
+        }
+        below += in;
+    }
+    /* In the +Inf bucket: the highest bound is all that is known. */
+    return metrics_latency_bounds[METRICS_LATENCY_BUCKETS - 1];
+}

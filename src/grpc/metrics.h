@@ -31,6 +31,7 @@ struct kind_metrics {
     char kind[65];
     uint64_t accepted;
     uint64_t rejected;
+    uint64_t started;           /* attempts that said STARTED */
     uint64_t succeeded;
     uint64_t failed;
     uint64_t retried;
@@ -64,5 +65,9 @@ void metrics_item_final(const char *kind, enum wire_state state, uint64_t latenc
 /* An attempt of KIND ran and cost CPU_USEC and MAX_RSS_KIB (both 0: not
  * known, not counted). */
 void metrics_attempt_cost(const char *kind, uint64_t cpu_usec, uint64_t max_rss_kib);
+
+/* The Q-quantile (0..1) of K's latency in seconds, interpolated in its
+ * bucket as Prometheus' histogram_quantile() does; -1: no item yet. */
+double metrics_latency_quantile(const struct kind_metrics *k, double q);
 
 #endif

@@ -264,6 +264,7 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         switch (u.state) {
         case STATE_STARTED:
             item->started = 1;
+            w->head_started_ms = clock_monotonic_ms();
             return 0;
         case STATE_PROGRESS:
             return 0;
@@ -286,6 +287,7 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     switch (u.state) {
     case STATE_STARTED:
         item->started = 1;
+        w->head_started_ms = clock_monotonic_ms();
         q.ev->update(item, &o);
         return 0;
     case STATE_PROGRESS:

@@ -38,6 +38,7 @@ struct worker {
     int retiring;
     uint64_t attached_ms;
     uint64_t items_done;
+    uint64_t head_started_ms;       /* monotonic: when its running item said STARTED */
     uint64_t timeout_key;           /* the item it is being killed for */
     uint32_t timeout_ms;
     struct event *timer;            /* the running item's timeout */

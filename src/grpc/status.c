@@ -50,6 +50,10 @@
 #include "grpc/server.h"
 #include "grpc/status.h"
 #include "grpc/status_auth.h"
+#include "grpc/status_http.h"
+#include "grpc/status_items.h"
+#include "grpc/status_page.h"
+#include "grpc/rates.h"
 #include "grpc/subscribe.h"
 #include "grpc/queue.h"
 #include "grpc/store.h"
@@ -70,6 +74,10 @@ static struct {
     struct evhttp_bound_socket *bound;  /* NULL: off */
     char listen[300];                   /* the address bound; "" when off */
     uint64_t reloads;                   /* config generations applied since start */
+    /* The last reload's outcome, as the master or this process saw it. */
+    int last_reload_failed;
+    uint64_t last_reload_unix;          /* 0: none since start */
+    char last_reload_message[512];
     struct event *resume_timer;         /* re-enables a listener paused for descriptors */
     int paused;
 } st;
@@ -85,6 +93,8 @@ static const struct {
       offsetof(struct kind_metrics, accepted) },
     { "rejected", "items_rejected_total", "Items rejected (bad params, queue full), by kind.",
       offsetof(struct kind_metrics, rejected) },
+    { "started", "items_started_total", "Attempts that started (STARTED from a worker), by kind.",
+      offsetof(struct kind_metrics, started) },
     { "succeeded", "items_succeeded_total", "Items that ended SUCCEEDED, by kind.",
       offsetof(struct kind_metrics, succeeded) },
     { "failed", "items_failed_total", "Items that ended FAILED, by kind.",
@@ -471,30 +481,10 @@ write_metrics(struct evbuffer *b)
 
 /* ---- GET /status ---------------------------------------------------------- */
 
-/* A JSON string. Item ids come from clients and need not be UTF-8: a byte
- * that is not part of a valid sequence becomes U+FFFD. */
 static void
 json_string(struct evbuffer *b, const char *s)
 {
-    const unsigned char *p = (const unsigned char *)s;
-    size_t left = strlen(s);
-    evbuffer_add(b, "\"", 1);
-    while (left > 0) {
-        size_t n = utf8_decode((const char *)p, left, NULL);
-        if (n == 0)
-            evbuffer_add(b, "\\ufffd", 6);
-        else if (*p == '"' || *p == '\\')
-            evbuffer_add_printf(b, "\\%c", *p);
-        else if (*p == '\n')
-            evbuffer_add(b, "\\n", 2);
-        else if (*p < 0x20 || *p == 0x7f)
-            evbuffer_add_printf(b, "\\u%04x", *p);
-        else
-            evbuffer_add(b, p, n);
-        left -= n == 0 ? 1 : n;
-        p += n == 0 ? 1 : n;
-    }
-    evbuffer_add(b, "\"", 1);
+    status_json_string(b, s);
 }
 
 static void
@@ -524,6 +514,17 @@ json_process(struct evbuffer *b, const struct proc_row *row)
         json_string(b, w->head->id);
     else
         evbuffer_add_printf(b, "null");
+    evbuffer_add_printf(b, ",\"current_kind\":");
+    if (w != NULL && w->head != NULL)
+        json_string(b, w->head->kind);
+    else
+        evbuffer_add_printf(b, "null");
+    /* How long its current item has run: from its STARTED. */
+    if (w != NULL && w->head != NULL && w->head->started && w->head_started_ms != 0)
+        evbuffer_add_printf(b, ",\"current_running_seconds\":%.3f",
+                            (double)(clock_monotonic_ms() - w->head_started_ms) / 1000.0);
+    else
+        evbuffer_add_printf(b, ",\"current_running_seconds\":null");
     evbuffer_add(b, "}", 1);
 }
 
@@ -589,12 +590,33 @@ write_status(struct evbuffer *b)
             evbuffer_add_printf(b, "%s{\"le\":%g,\"count\":%llu}", j ? "," : "",
                                 metrics_latency_bounds[j], (unsigned long long)cumulative);
         }
-        evbuffer_add(b, "]}", 2);
+        evbuffer_add(b, "]", 1);
+        static const double quantiles[] = { 0.5, 0.9, 0.99 };
+        evbuffer_add(b, ",\"quantiles\":{", 14);
+        for (size_t q = 0; q < sizeof quantiles / sizeof quantiles[0]; q++) {
+            double v = metrics_latency_quantile(k, quantiles[q]);
+            evbuffer_add_printf(b, q ? ",\"p%g\":" : "\"p%g\":", quantiles[q] * 100);
+            if (v < 0)
+                evbuffer_add(b, "null", 4);
+            else
+                evbuffer_add_printf(b, "%.6g", v);
+        }
+        evbuffer_add(b, "}}", 2);
         json_cost(b, "cpu_seconds", &k->cpu, metrics_cpu_bounds);
         json_cost(b, "peak_memory_bytes", &k->memory, metrics_memory_bounds);
         evbuffer_add(b, "}", 1);
     }
-    evbuffer_add_printf(b, "},\"processes\":[");
+    evbuffer_add_printf(b, "},\"last_reload\":");
+    if (st.last_reload_unix == 0) {
+        evbuffer_add(b, "null", 4);
+    } else {
+        evbuffer_add_printf(b, "{\"ok\":%s,\"unix\":%llu,\"message\":",
+                            st.last_reload_failed ? "false" : "true",
+                            (unsigned long long)st.last_reload_unix);
+        json_string(b, st.last_reload_message);
+        evbuffer_add(b, "}", 1);
+    }
+    evbuffer_add_printf(b, ",\"processes\":[");
     size_t n;
     struct proc_row *rows = proc_rows(&n);
     for (size_t i = 0; i < n; i++) {
@@ -612,16 +634,7 @@ static void
 reply(struct evhttp_request *req, int code, const char *reason, const char *type,
       struct evbuffer *body)
 {
-    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
-    char length[32];
-    snprintf(length, sizeof length, "%zu", evbuffer_get_length(body));
-    evhttp_add_header(headers, "Content-Type", type);
-    evhttp_add_header(headers, "Content-Length", length);
-    evhttp_add_header(headers, "Cache-Control", "no-store");
-    /* evhttp would send a body with HEAD: the length says what GET sends. */
-    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD)
-        evbuffer_drain(body, evbuffer_get_length(body));
-    evhttp_send_reply(req, code, reason, body);
+    status_reply(req, code, reason, type, body);
 }
 
 static void
@@ -642,13 +655,18 @@ on_request(struct evhttp_request *req, void *arg)
         reply(req, refused, refused == 429 ? "Too Many Requests" : "Unauthorized", CONTENT_TEXT,
               body);
     } else if (path == NULL || (strcmp(path, "/metrics") != 0 && strcmp(path, "/status") != 0 &&
-                                strcmp(path, "/healthz") != 0)) {
+                                strcmp(path, "/healthz") != 0 && !status_page_serves(path) &&
+                                !status_items_serves(path))) {
         evbuffer_add_printf(body, "not found\n");
         reply(req, HTTP_NOTFOUND, "Not Found", CONTENT_TEXT, body);
     } else if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
         evbuffer_add_printf(body, "method not allowed\n");
         reply(req, 405, "Method Not Allowed", CONTENT_TEXT, body);
+    } else if (status_page_serves(path)) {
+        status_page_request(req, path);
+    } else if (status_items_serves(path)) {
+        status_items_request(req, path);
     } else if (strcmp(path, "/metrics") == 0) {
         write_metrics(body);
         reply(req, HTTP_OK, "OK", CONTENT_PROMETHEUS, body);
@@ -893,6 +911,7 @@ status_start(void)
     char why[256], msg[512];
     kinds_touch();
     status_auth_configure();
+    rates_start(gp.base);
     if (addr == NULL || status_listen(addr, why, sizeof why) == 0)
         return 0;
     int n = snprintf(msg, sizeof msg, "status.listen: cannot listen on %s: %s", addr, why);
@@ -908,6 +927,10 @@ status_reconfigure(void)
     char why[256], again[256], old[sizeof st.listen];
 
     st.reloads++;
+    st.last_reload_failed = 0;
+    st.last_reload_unix = (uint64_t)(clock_wall_ns() / 1000000000);
+    snprintf(st.last_reload_message, sizeof st.last_reload_message,
+             "config generation %llu applied", (unsigned long long)gp.generation);
     kinds_touch();
     status_auth_configure();
     if (addr == NULL) {
@@ -936,8 +959,18 @@ status_reconfigure(void)
 }
 
 void
+status_reload_failed(const char *why)
+{
+    st.last_reload_failed = 1;
+    st.last_reload_unix = (uint64_t)(clock_wall_ns() / 1000000000);
+    snprintf(st.last_reload_message, sizeof st.last_reload_message, "%s", why);
+}
+
+void
 status_shutdown(void)
 {
+    status_items_shutdown();
+    rates_shutdown();
     if (st.resume_timer != NULL)
         event_free(st.resume_timer);
     if (st.http != NULL)

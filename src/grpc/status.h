@@ -1,5 +1,6 @@
 /*
- * status.c: status.listen, HTTP on the loop: /metrics, /status, /healthz.
+ * status.c: status.listen, HTTP on the loop: /metrics, /status, /healthz; the page
+ * (status_page.c) and the known items (status_items.c) hook in here.
  */
 #ifndef DS_GRPC_STATUS_H
 #define DS_GRPC_STATUS_H
@@ -10,5 +11,8 @@ int status_start(void);
  * failure the old one keeps serving. */
 void status_reconfigure(void);
 void status_shutdown(void);
+/* A reload failed (the master's FILE:LINE:COL message, or why this
+ * process could not apply it): shown as the last reload's outcome. */
+void status_reload_failed(const char *why);
 
 #endif

@@ -193,6 +193,8 @@ static void final(struct item *item, const struct outcome *o);
 static void
 on_update(struct item *item, const struct outcome *o)
 {
+    if (o->state == STATE_STARTED)
+        metrics_kind(item->kind)->started++;
     if (st.b->shared_log)
         st.b->publish(item, o);
     else

@@ -50,6 +50,8 @@ enum ipc_type {
     IPC_FATAL,                  /* text: a boot error; the grpc process exits next */
     IPC_WORKER_ATTACHED,        /* ipc_worker: its data channel is wired in */
     IPC_WORKER_LOST,            /* ipc_worker + why: its data channel never arrived */
+    /* control channel, master -> grpc process */
+    IPC_RELOAD_FAILED,          /* text: why (FILE:LINE:COL: reason), for /status */
     /* data channel */
     IPC_ITEM = 64,              /* grpc -> worker: ipc_item + the WorkItem message */
     IPC_UPDATE,                 /* worker -> grpc: ipc_update + result or error */

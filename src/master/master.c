@@ -822,6 +822,9 @@ reload(void)
                   (unsigned long long)m.generation);
         snprintf(m.status, sizeof m.status, "reload failed: %.480s", errors);
         notify("READY=1\nSTATUS=%s", m.status);
+        struct process *gr = grpc_process();
+        if (gr != NULL && gr->control != NULL)
+            channel_send(gr->control, IPC_RELOAD_FAILED, m.status, strlen(m.status));
         return;
     }
     char kept[256] = "";

@@ -333,7 +333,7 @@ def test_paths_and_methods(start_daemon):
     status, headers, body = request(a, "/healthz")
     assert (status, body) == (200, b"ok\n") and headers["content-type"].startswith("text/plain")
     assert request(a, "/metrics?x=1")[0] == 200
-    for path in ("/", "/metric", "/metrics/", "/status.json", "/healthz/x", "/favicon.ico"):
+    for path in ("/metric", "/metrics/", "/status.json", "/healthz/x", "/favicon.ico", "/index.html"):
         status, _, body = request(a, path)
         assert (status, body) == (404, b"not found\n"), f"GET {path}: {status} {body!r}"
     for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):

@@ -33,6 +33,11 @@ by 20 and skips 6 and J):
      redis-server, 2 instances on one fresh redis-server (half the calls to
      each, the subscriber on the first); items/s, 1 vs single and 2 vs 1
      (skipped when the build refuses `cluster:` or there is no redis-server)
+  D  the status page open: scenario 1's echo load (N=500k) on a daemon without
+     status.listen, then on one with the page open in headless Chromium
+     (chromium, chromium-driver, python3-selenium) polling /status and /rates
+     every second and the item lists every 3 s, in the same run; items/s and
+     the ratio (the browser shares the machine's cores, as it would)
   I  idle CPU of the whole daemon over 5 s
 """
 import argparse
@@ -694,6 +699,32 @@ class Runner:
                    f"{100 * r_raw:.0f}% ({a['items_per_s']:,.0f} vs {c['items_per_s']:,.0f}/s)",
                    r_raw >= 0.5)
 
+    def sd(self):
+        calls = self.args.calls
+        # Longer than scenario 1 (200k take ~1.5 s) so that the page polls
+        # several times during each run.
+        n = self.N(500000)
+        d = self.daemon(sub_buffer=n)
+        a = self.record("D echo 64 B, page", self.client(d, n, "SD without page", calls=calls,
+                                                         payload=64), note="no status.listen")
+        self.stop(d)
+        d = self.daemon(sub_buffer=n, status=True)
+        page = Dashboard(self.workdir, d.status_port)
+        try:
+            polls0 = page.polls()
+            b = self.record("D echo 64 B, page", self.client(d, n, "SD with page", calls=calls,
+                                                             payload=64))
+            polls = page.polls() - polls0
+        finally:
+            page.close()
+            self.stop(d)
+        b["note"] = f"the status page open in headless Chromium ({polls} polls during the runs)"
+        if polls < 1:
+            raise BenchError("the page did not poll during the run")
+        ratio = b["items_per_s"] / a["items_per_s"]
+        self.check("D echo items/s with the status page open vs without", "(info)",
+                   f"{ratio:.2f}x ({b['items_per_s']:,.0f} vs {a['items_per_s']:,.0f}/s)", None)
+
     def s2(self):
         d = self.daemon()
         a = self.record("2 idle latency", self.client(d, self.N(1000, 5), "S2 daemon", calls=1,
@@ -1124,6 +1155,53 @@ class Runner:
         return "\n".join(out)
 
 
+class Dashboard:
+    """The status page of the daemon on STATUS_PORT open in headless Chromium
+    (selenium + chromedriver), polling as it does for a person; close()
+    kills chromedriver and everything it started."""
+
+    def __init__(self, workdir, status_port):
+        try:
+            from selenium import webdriver
+            from selenium.webdriver.chrome.service import Service
+        except ImportError:
+            raise BenchError("python3-selenium is not installed (apt-get install chromium "
+                             "chromium-driver python3-selenium)")
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = "/usr/bin/chromium"
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1280,1800", "--no-first-run",
+                    f"--user-data-dir={os.path.join(workdir, 'chromium')}"):
+            opts.add_argument(arg)
+        self.service = Service("/usr/bin/chromedriver")
+        self.driver = webdriver.Chrome(service=self.service, options=opts)
+        self.driver.set_page_load_timeout(30)
+        self.driver.get(f"http://127.0.0.1:{status_port}/")
+        deadline = time.monotonic() + 30
+        while self.polls() < 2:
+            if time.monotonic() > deadline:
+                self.close()
+                raise BenchError("the status page did not poll within 30 s")
+            time.sleep(0.2)
+
+    def polls(self):
+        t = self.driver.find_element("id", "polls").text
+        return int(t) if t.isdigit() else 0
+
+    def close(self):
+        pid = self.service.process.pid if self.service.process else None
+        pids = (set(descendants(pid)) | {pid}) if pid else set()
+        try:
+            self.driver.quit()
+        except Exception:   # noqa: BLE001 - killed below anyway
+            pass
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def cpu_split(r, n):
     """The CPU of a run's server processes per item, by role: the grpc
     processes, the workers, redis-server and the rest (masters), in µs."""
@@ -1236,6 +1314,7 @@ def main():
             run.scenario("J", "queue.journal off / never / 50ms / always", run.sj)
         run.scenario("C", "cluster mode: 1 instance vs single machine, 2 instances vs 1", run.sc)
         run.scenario("P", "scheduling: 5 priorities mixed; delayed items waiting", run.sp)
+        run.scenario("D", "scenario 1 with the status page open in headless Chromium", run.sd)
         run.scenario("I", "idle CPU", run.idle)
         if args.baseline_daemon:
             run.scenario("B", f"this tree vs {args.baseline_name or args.baseline_daemon}",

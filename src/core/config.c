@@ -2623,6 +2623,45 @@ print_retry_exit_codes(struct printer *p, const struct key_rule *rule, const voi
     emit_int_list(p, values, n);
 }
 
+/* handlers.<kind>.cache: off, or {size: SIZE, ttl: DURATION}, both required. */
+static const struct key_rule cache_rules[] = {
+    { .name = "size", .type = VALUE_SIZE, HANDLER_FIELD(cache_size), .min = 1,
+      .max = CONFIG_CACHE_SIZE_MAX, .required = 1 },
+    { .name = "ttl", .type = VALUE_DURATION, HANDLER_FIELD(cache_ttl_ms),
+      .min = CONFIG_CACHE_TTL_MIN_MS, .max = CONFIG_CACHE_TTL_MAX_MS, .required = 1 },
+    { .name = NULL }
+};
+
+static void
+parse_cache(struct loader *ld, struct node *value, const char *path, void *base)
+{
+    struct ds_handler_config *h = base;
+
+    if (is_off(value)) {
+        h->cache_size = h->cache_ttl_ms = 0;
+        return;
+    }
+    if (value->type != NODE_MAPPING) {
+        error_at(ld, value, path, "must be off or a mapping {size: SIZE, ttl: DURATION} such "
+                 "as {size: 256MiB, ttl: 1h}, got %s", is_null(value) ? "nothing"
+                 : node_kind(value));
+        return;
+    }
+    walk_mapping(ld, value, path, cache_rules, base);
+}
+
+static void
+print_cache(struct printer *p, const struct key_rule *rule, const void *base)
+{
+    const struct ds_handler_config *h = base;
+
+    emit_plain(p, rule->name);
+    if (h->cache_size != 0)
+        print_mapping(p, cache_rules, base);
+    else
+        emit_plain(p, "off");
+}
+
 static const struct key_rule handler_rules[] = {
     { .name = "builtin", .type = VALUE_CUSTOM, .parse = parse_builtin, .print = print_builtin },
     { .name = "exec", .type = VALUE_CUSTOM, .parse = parse_exec, .print = print_exec },
@@ -2644,6 +2683,7 @@ static const struct key_rule handler_rules[] = {
       .min = CONFIG_MEMORY_LIMIT_MIN, .max = CONFIG_MEMORY_LIMIT_MAX },
     { .name = "cpu_limit", .type = VALUE_OFF_DURATION, HANDLER_FIELD(cpu_limit_ms),
       .min = 1000, .max = CONFIG_CPU_LIMIT_MAX_MS },
+    { .name = "cache", .type = VALUE_CUSTOM, .parse = parse_cache, .print = print_cache },
     { .name = NULL }
 };
 

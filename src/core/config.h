@@ -119,12 +119,22 @@ struct ds_handler_config {
      * seconds; 0: none. */
     uint64_t memory_limit;
     uint64_t cpu_limit_ms;
+    /* handlers.<kind>.cache {size, ttl} (src/grpc/result_cache.c): the
+     * kind is deterministic, its SUCCEEDED results are kept up to
+     * cache_size bytes (LRU) for cache_ttl_ms each; cache_size 0: off. */
+    uint64_t cache_size;
+    uint64_t cache_ttl_ms;
 };
 
 /* handlers.<kind>.memory_limit and cpu_limit: bounds. */
 #define CONFIG_MEMORY_LIMIT_MIN  (1ull << 20)
 #define CONFIG_MEMORY_LIMIT_MAX  (1ull << 50)
 #define CONFIG_CPU_LIMIT_MAX_MS  (30ull * 24 * 3600 * 1000)
+
+/* handlers.<kind>.cache: bounds. */
+#define CONFIG_CACHE_SIZE_MAX   (1ull << 40)                    /* 1 TiB */
+#define CONFIG_CACHE_TTL_MIN_MS 100ull
+#define CONFIG_CACHE_TTL_MAX_MS (365ull * 24 * 3600 * 1000)     /* a year */
 
 /* handlers.<kind>.concurrency and rate: bounds. */
 #define CONFIG_CONCURRENCY_MAX 1000000u

@@ -83,6 +83,7 @@ struct outcome {
      * not known (it did not run, or its worker died). */
     uint64_t cpu_usec;
     uint64_t max_rss_kib;
+    uint8_t cached;             /* SUCCEEDED from the result cache or a merged run (merge.h) */
 };
 
 /* A new item at attempt 1 with the next key; RAW (RAW_LEN bytes), ID and

@@ -56,6 +56,7 @@
 #include "grpc/rates.h"
 #include "grpc/subscribe.h"
 #include "grpc/queue.h"
+#include "grpc/result_cache.h"
 #include "grpc/store.h"
 #include "grpc/updates.h"
 
@@ -441,6 +442,7 @@ write_metrics(struct evbuffer *b)
            "Config generations this grpc process applied since it started.");
     sample(b, "config_reloads_total", st.reloads);
     store_metrics(b);
+    result_cache_metrics(b);
     family(b, "draining", "gauge", "1 once a stop is under way.");
     sample(b, "draining", gp.draining || gp.stopping);
     family(b, "grpc_listening", "gauge",
@@ -546,6 +548,7 @@ write_status(struct evbuffer *b)
                         (unsigned long long)queue_delayed(),
                         (unsigned long long)gp.config->queue.capacity);
     store_status_json(b);
+    result_cache_status_json(b);
     const struct items_stats *is = items_stats();
     evbuffer_add_printf(b, "\"items\":{\"known\":%llu,\"by_state\":{",
                         (unsigned long long)is->known);

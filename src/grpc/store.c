@@ -29,6 +29,8 @@
 #include "grpc/items.h"
 #include "grpc/journal.h"
 #include "grpc/kind_gate.h"
+#include "grpc/merge.h"
+#include "grpc/result_cache.h"
 #include "grpc/metrics.h"
 #include "grpc/queue.h"
 #include "grpc/updates.h"
@@ -404,6 +406,9 @@ store_cancel(int (*match)(const struct item *item, void *arg), void *arg, const 
         .match = cancel_match, .grace_ms = cancel_grace, .asked = cancel_asked,
         .taken = cancel_taken,
     };
+    /* Merged items first: a cancelled leader releases those left, and
+     * one of them may then lead a run that this cancel matches too. */
+    merge_cancel(cancel_match, cancel_taken, &cw);
     queue_cancel(&ops, &cw);
     queue_dispatch();
     return cw.count;
@@ -433,6 +438,39 @@ kill_worker(pid_t pid, uint32_t slot, const char *reason)
     memcpy(body + sizeof msg, reason, n);
     master_send(IPC_KILL_WORKER, body, sizeof msg + n);
 }
+
+/* ---- the result cache's events (merge.h) -------------------------------------- */
+
+static void
+merge_served(struct item *item, const void *result, size_t len)
+{
+    struct outcome o = { .state = STATE_SUCCEEDED, .result = result, .result_len = len,
+                         .progress = 1, .cached = 1 };
+    final(item, &o);
+}
+
+static void
+merge_failed(struct item *item, const char *error)
+{
+    struct outcome o = { .state = STATE_FAILED, .error = error };
+    final(item, &o);
+}
+
+static void
+merge_run(struct item *item)
+{
+    if (st.abandon_why != NULL)
+        abandon(item, 0);
+    else
+        queue_push(item);
+}
+
+static const struct merge_events merge_ev = {
+    .served = merge_served,
+    .failed = merge_failed,
+    .run = merge_run,
+    .dispatch = queue_dispatch,
+};
 
 static const struct queue_events events = {
     .update = on_update,
@@ -486,6 +524,8 @@ store_accepted(struct acceptance a, enum store_verdict verdict, const char *why)
         abandon(item, 0);       /* written after the deadline */
         return;
     }
+    if (merge_admit(item))
+        return;                 /* served from the cache, or waits for an identical run */
     queue_push(item);
     queue_dispatch();
 }
@@ -500,6 +540,8 @@ store_take_quietly(struct item *item)
         abandon(item, 0);
         return;
     }
+    if (merge_admit(item))
+        return;
     queue_push(item);
 }
 
@@ -542,6 +584,7 @@ store_busy(void)
 static void
 release(struct item *item)
 {
+    merge_gone(item);           /* a leader leaving: its merged items run on their own */
     if (item->cancelling)       /* it left another way (a drain's deadline) */
         free(cancel_reason_take(item->key));
     item_free(item);
@@ -567,6 +610,7 @@ final(struct item *item, const struct outcome *o)
         o = &bounded;
     }
     metrics_attempt_cost(item->kind, o->cpu_usec, o->max_rss_kib);
+    merge_ended(item, o);       /* items merged into its run: served, failed or released */
     if (st.b->final != NULL)
         st.b->final(item, o);   /* store_final_written() or store_dropped() follows */
     else
@@ -663,6 +707,7 @@ store_abandon(const char *why)
     if (st.b->shared_log)
         return;     /* the items are in the shared store: other instances take them */
     st.abandon_why = why;
+    merge_take_all(abandon);    /* first: then no leader's end releases anything */
     queue_take_all(abandon);
 }
 
@@ -703,13 +748,14 @@ store_local_room(void)
 int
 store_holds(uint64_t key)
 {
-    return queue_holds(key);
+    return queue_holds(key) || merge_holds(key);
 }
 
 void
 store_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
 {
     queue_for_each(fn, arg);
+    merge_for_each(fn, arg);
 }
 
 void
@@ -820,6 +866,9 @@ store_init(uint64_t *seq_start)
     items_init(gp.base);
     items_configure(c->items.retention_age_ms, c->items.retention_count,
                     c->items.retention_bytes);
+    result_cache_init(gp.base);
+    merge_init(&merge_ev, NULL);
+    merge_configure(c);
     if (st.b->open != NULL)
         st.b->open(seq_start);
     if (st.b->seq_reserved != NULL)
@@ -829,6 +878,7 @@ store_init(uint64_t *seq_start)
 void
 store_start(void)
 {
+    merge_start();              /* cached results first: recovered items may hit them */
     if (st.b->start != NULL)
         st.b->start();
 }
@@ -849,6 +899,7 @@ store_configure(const struct ds_config *old)
                  "starts");
     if (st.b->configure != NULL)
         st.b->configure(old);
+    merge_configure(c);         /* cache sizes and ttls, in place */
     kind_gate_configure(c);     /* per-kind limits and pause, in place */
     queue_dispatch();           /* what a raised limit or an unpause lets go */
 }
@@ -859,5 +910,7 @@ store_shutdown(void)
     if (st.b->shutdown != NULL)
         st.b->shutdown();
     queue_shutdown(item_free);
+    merge_shutdown(item_free);
+    result_cache_shutdown();
     items_shutdown();
 }

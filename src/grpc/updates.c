@@ -156,6 +156,7 @@ message_of(wire_update *msg, const struct item *item, const struct outcome *o, c
     msg->max_rss_kib = o->max_rss_kib;
     msg->time_unix_nano = clock_wall_ns();
     msg->batch = (char *)item->batch;
+    msg->cached = o->cached != 0;
 }
 
 /* The update's struct, its strings copied, ENCODED_LEN bytes of slice to fill. */

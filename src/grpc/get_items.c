@@ -161,7 +161,7 @@ add_item(const struct known_item *k, void *arg)
     m->state = k->state;
     m->attempt = k->attempt;
     m->max_attempts = k->max_attempts;
-    m->progress = k->progress;
+    m->progress = items_progress(k);
     m->worker_pid = k->worker_pid;
     m->priority = k->priority;
     m->accepted_unix_nano = k->accepted_ns;

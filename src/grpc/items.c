@@ -351,6 +351,22 @@ items_cpu_usec(const struct known_item *k)
     return k->cpu & CPU_MS_FLAG ? (uint64_t)(k->cpu & ~CPU_MS_FLAG) * 1000 : k->cpu;
 }
 
+static uint16_t
+progress_code(float p)
+{
+    if (!(p > 0))
+        return 0;
+    if (p >= 1)
+        return UINT16_MAX;
+    return (uint16_t)(p * UINT16_MAX + 0.5f);
+}
+
+float
+items_progress(const struct known_item *k)
+{
+    return k->progress == UINT16_MAX ? 1.0f : (float)k->progress / UINT16_MAX;
+}
+
 uint64_t
 items_max_rss_kib(const struct known_item *k)
 {
@@ -667,12 +683,12 @@ items_updated(struct item *item, const struct outcome *o, uint64_t seq)
         k->progress = 0;
         break;
     case STATE_PROGRESS:
-        k->progress = o->progress;
+        k->progress = progress_code(o->progress);
         if (k->started_ns == 0)
             k->started_ns = ix.now();
         break;
     case STATE_SUCCEEDED:
-        k->progress = 1;
+        k->progress = progress_code(1);
         break;
     default:
         break;
@@ -717,7 +733,7 @@ items_restore_final(const struct known_final *f)
     k->started_ns = f->started_ns;
     k->finished_ns = f->finished_ns;
     k->last_seq = f->last_seq;
-    k->progress = f->state == STATE_SUCCEEDED ? 1 : 0;
+    k->progress = progress_code(f->state == STATE_SUCCEEDED ? 1 : 0);
     set_cost(k, f->cpu_usec, f->max_rss_kib);
     set_extra(k, f->error, f->result, f->result_len, f->raw, f->raw_len);
     end_change(k, f->state, 0);

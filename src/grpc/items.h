@@ -51,15 +51,16 @@ struct known_item {
     uint64_t last_seq;
     int32_t worker_pid;         /* while running */
     int32_t priority;
-    float progress;
+    /* What its latest attempt that ran cost (items_cpu_usec(), KiB): 32
+     * bits each, and progress in 16, which keeps the entry of a 16-byte id
+     * and no trace in the 96-byte malloc size class (measure_items). */
+    uint32_t cpu;
+    uint32_t max_rss_kib;
+    uint16_t progress;          /* items_progress(): 0..1 in 1/65535 steps */
     uint16_t attempt;
     uint16_t max_attempts;
     uint16_t final_refs;        /* entries of the finals ring naming it */
     uint16_t kind_index;        /* items_kind() */
-    /* What its latest attempt that ran cost (items_cpu_usec(), KiB): 32
-     * bits each, which keeps a short id's entry in its malloc size class. */
-    uint32_t cpu;
-    uint32_t max_rss_kib;
     uint8_t state;              /* enum wire_state */
     /* id \0 batch \0 traceparent \0 tracestate \0 (each "" when none):
      * allocated to its end, not to sizeof */
@@ -116,6 +117,8 @@ const struct known_item *items_of(const struct item *item);
 /* K's latest attempt's CPU (exact up to 35 minutes, to the millisecond
  * beyond) and peak memory (KiB, up to 4 TiB); 0: not known. */
 uint64_t items_cpu_usec(const struct known_item *k);
+/* K's progress, 0..1 (exact at 0 and 1). */
+float items_progress(const struct known_item *k);
 uint64_t items_max_rss_kib(const struct known_item *k);
 /* K's kind (interned, as struct item's). */
 const char *items_kind(const struct known_item *k);

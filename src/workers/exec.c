@@ -888,8 +888,9 @@ says_out_of_memory(const struct run *r)
 
 /*
  * Was the failed program stopped by its kind's limit? CPU: it died of
- * SIGXCPU (the soft limit) or SIGKILL (the hard one, a second later) having
- * used at least the limit. Memory (RLIMIT_DATA makes an allocation fail;
+ * SIGXCPU (the soft limit: only the kernel sends it for that; wait4 may
+ * count a little under the limit then, the kernel's check is per tick) or
+ * of SIGKILL (the hard one, a second later) having used 90% of it or more. Memory (RLIMIT_DATA makes an allocation fail;
  * what the program then does is its own business): it failed, and either
  * its peak came within a quarter of the limit or its stderr says an
  * allocation failed. A program that fails for another reason after a
@@ -901,8 +902,9 @@ limit_exceeded(const struct ds_handler_config *handler, struct run *r, struct ha
 {
     char limit[32], what[sizeof out->error];
     int sig = WIFSIGNALED(r->status) ? WTERMSIG(r->status) : 0;
-    if (handler->cpu_limit_ms != 0 && (sig == SIGXCPU || sig == SIGKILL) &&
-        r->cpu_usec + 10000 >= (handler->cpu_limit_ms + 999) / 1000 * 1000000) {
+    uint64_t limit_usec = (handler->cpu_limit_ms + 999) / 1000 * 1000000;
+    if (handler->cpu_limit_ms != 0 &&
+        (sig == SIGXCPU || (sig == SIGKILL && r->cpu_usec >= limit_usec / 10 * 9))) {
         describe_failure(handler, r, out, 0);
         memcpy(what, out->error, sizeof what);
         snprintf(out->error, sizeof out->error, "cpu limit %s exceeded: %.440s",

@@ -173,8 +173,8 @@ def _accepted(d, probe):
 
 
 class Load:
-    """Calls of 10 echo items each, one after another, on each instance,
-    until stopped. Records per call: the ids it sent, and OK (with the
+    """Calls of 25 echo items each, one after another, on two threads per
+    instance, until stopped. Records per call: the ids it sent, and OK (with the
     reply) or the status code and details."""
 
     def __init__(self, instances, tag):
@@ -183,19 +183,19 @@ class Load:
         self.calls = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(d,), daemon=True)
-                        for d in instances]
+        self.threads = [threading.Thread(target=self._run, args=(d, t), daemon=True)
+                        for d in instances for t in range(2)]
 
     def start(self):
         for t in self.threads:
             t.start()
         return self
 
-    def _run(self, d):
+    def _run(self, d, thread):
         c = d.client()
         n = 0
         while not self.stop.is_set():
-            ids = [f"{self.tag}-{d.name}-{n}-{k}" for k in range(10)]
+            ids = [f"{self.tag}-{d.name}{thread}-{n}-{k}" for k in range(25)]
             n += 1
             items = [{"id": i, "kind": "echo", "payload": i.encode()} for i in ids]
             started = time.monotonic()
@@ -247,7 +247,7 @@ def run_failover(redis_set, start_daemon, ack):
     old = redis_set.primary
     load = Load([a, b], f"fo{ack}").start()
     try:
-        wait_for(lambda: len(load.accepted_ids()) >= 200, 20, "200 items accepted before the kill")
+        wait_for(lambda: len(load.accepted_ids()) >= 1000, 30, "1000 items accepted before the kill")
         old.kill()                                         # SIGKILL, mid-load
         t_kill = time.monotonic()
         wait_for(lambda: all(s.master() == ("127.0.0.1", redis_set.replica.port)
@@ -317,6 +317,48 @@ def test_failover_without_min_replicas_ack_counts_the_loss(redis_set, start_daem
     assert unavailable, "no call saw the failover"
     assert all(re.search(r"cluster: .*(unreachable|lost|replica)", d or "") for d in unavailable), \
         unavailable[:5]
+
+
+@pytest.mark.deadline(120)
+def test_a_demoted_master_is_left_for_the_promoted_one(redis_set, start_daemon):
+    """SENTINEL FAILOVER: the old master stays up and becomes a replica of
+    the new one. The instances' connections to it stay open: they leave it
+    (+switch-master, ROLE, READONLY or a blocked read ended by the
+    demotion, whichever comes first) and write to the new master; with
+    min_replicas_ack 1 (the demoted node is its replica) no accepted item
+    is lost and none has two finals."""
+    name = cluster_name()
+    url = redis_set.url()
+    a = wait_serving(start_daemon(instance_config(url, name, ack=1), name="a"))
+    b = wait_serving(start_daemon(instance_config(url, name, ack=1), name="b"))
+    load = Load([a, b], "demote").start()
+    try:
+        wait_for(lambda: len(load.accepted_ids()) >= 500, 30, "500 items accepted")
+        assert redis_set.sentinels[0].command("SENTINEL", "FAILOVER", MASTER) == "OK"
+        wait_for(lambda: all(s.master() == ("127.0.0.1", redis_set.replica.port)
+                             for s in redis_set.sentinels), 30,
+                 "every sentinel naming the replica as master")
+        mark = len(load.calls)
+        wait_for(lambda: load.ok_since(mark) == {"a", "b"}, 40,
+                 "both instances accepting again after the failover")
+    finally:
+        load.finish()
+    for who, ids, (code, details), took in load.calls:
+        assert code in ("OK", grpc.StatusCode.UNAVAILABLE), f"{who}: {code}: {details}"
+        assert took < CALL_DEADLINE + 2, f"{who}: a call took {took:.1f} s"
+    accepted = load.accepted_ids()
+    for k in range(0, len(accepted), 500):
+        reply = a.client().get_items(accepted[k:k + 500], timeout=30, wait=True)
+        assert not reply.not_found, f"accepted items lost: {list(reply.not_found)[:5]}"
+        assert all(it.state == SUCCEEDED for it in reply.items)
+    finals = finals_in_stream(redis_set.replica, name)
+    assert all(finals.get(i) == 1 for i in accepted), \
+        [(i, finals.get(i)) for i in accepted if finals.get(i) != 1][:5]
+    for d in (a, b):
+        assert re.search(rf"connected to redis master mymaster at 127\.0\.0\.1:"
+                         rf"{redis_set.replica.port}", d.log_text()), d.log_tail()
+    # the old master is a replica now, and nobody writes to it
+    assert b"role:slave" in redis_set.primary.command("INFO", "replication")
 
 
 def test_sentinel_config_errors(tmp_path):

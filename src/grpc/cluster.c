@@ -708,7 +708,6 @@ struct conn {
  * and the state of its final update. Freed by the reply's callback. */
 struct item_op {
     struct acceptance a;        /* accept */
-    int wait;                   /* accept: ACCEPTED only after the replicas (cluster_ack.c) */
     struct item *item;          /* final, retry */
     enum wire_state state;      /* final */
 };

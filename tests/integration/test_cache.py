@@ -412,3 +412,50 @@ def test_uncached_kinds_and_unreadable_params_are_untouched(request, start_daemo
     m = s.metrics()
     assert ("cache_hits_total", "echo") not in m
     assert m[("cache_misses_total", "sha256")] == 0
+
+
+# ---- journal: the cache survives restarts ---------------------------------------------
+
+@pytest.mark.deadline(120)
+def test_journal_restart_keeps_the_cache_and_a_corrupt_file_is_skipped(request, start_daemon,
+                                                                       tmp_path):
+    s = Setup(request, start_daemon, tmp_path, "journal", {"size": "1MiB", "ttl": "1h"})
+    c = s.d.client()
+    tag = uuid.uuid4().hex[:8]
+    first = run(c, [sha_item(f"{tag}-1", payload=b"keep", rounds=1000),
+                    sha_item(f"{tag}-2", payload=b"keep too", rounds=1000)])
+    assert not first.final[f"{tag}-1"].cached
+    s.d.stop()
+
+    # Restarted on the same journal: served from the cache, no run.
+    s.start({"size": "1MiB", "ttl": "1h"}, name="second")
+    c = s.d.client()
+    again = run(c, [sha_item(f"{tag}-3", payload=b"keep", rounds=1000)])
+    assert again.final[f"{tag}-3"].cached and not runs_of(again, [f"{tag}-3"])
+    assert again.final[f"{tag}-3"].result == sha256_rounds(b"keep", 1000)
+    s.d.stop()
+
+    # A corrupt file: a warning, the results before the damage kept, the
+    # start goes on, and the file works again afterwards.
+    path = tmp_path / "journal" / "result-cache"
+    data = bytearray(path.read_bytes())
+    assert data[:8] == b"DSCACHE1"
+    data[-3] ^= 0xFF                 # inside the last record's result
+    path.write_bytes(bytes(data) + b"\x07garbage")
+    s.start({"size": "1MiB", "ttl": "1h"}, name="third")
+    assert "checksum does not match" in s.d.log_text() or "cut short" in s.d.log_text()
+    c = s.d.client()
+    after = run(c, [sha_item(f"{tag}-4", payload=b"keep", rounds=1000),
+                    sha_item(f"{tag}-5", payload=b"keep too", rounds=1000)])
+    assert after.final[f"{tag}-4"].result == sha256_rounds(b"keep", 1000)
+    assert after.final[f"{tag}-5"].result == sha256_rounds(b"keep too", 1000)
+    s.d.stop()
+
+    # Garbage from the first byte: ignored, replaced.
+    path.write_bytes(b"not a cache file at all")
+    s.start({"size": "1MiB", "ttl": "1h"}, name="fourth")
+    assert "does not start with DSCACHE1" in s.d.log_text()
+    c = s.d.client()
+    last = run(c, [sha_item(f"{tag}-6", payload=b"keep", rounds=1000)])
+    assert not last.final[f"{tag}-6"].cached
+    assert path.read_bytes()[:8] == b"DSCACHE1"

@@ -31,6 +31,7 @@
 #include "grpc/kind_gate.h"
 #include "grpc/merge.h"
 #include "grpc/cache_file.h"
+#include "grpc/cache_redis.h"
 #include "grpc/result_cache.h"
 #include "grpc/metrics.h"
 #include "grpc/queue.h"
@@ -868,7 +869,8 @@ store_init(uint64_t *seq_start)
     items_configure(c->items.retention_age_ms, c->items.retention_count,
                     c->items.retention_bytes);
     result_cache_init(gp.base);
-    merge_init(&merge_ev, st.b == &store_journal ? &cache_file : NULL);
+    merge_init(&merge_ev, st.b == &store_redis ? &cache_redis
+                          : st.b == &store_journal ? &cache_file : NULL);
     merge_configure(c);
     if (st.b->open != NULL)
         st.b->open(seq_start);

@@ -459,3 +459,35 @@ def test_journal_restart_keeps_the_cache_and_a_corrupt_file_is_skipped(request, 
     last = run(c, [sha_item(f"{tag}-6", payload=b"keep", rounds=1000)])
     assert not last.final[f"{tag}-6"].cached
     assert path.read_bytes()[:8] == b"DSCACHE1"
+
+
+# ---- cluster: the cache is shared through Redis ---------------------------------------
+
+@pytest.mark.deadline(120)
+def test_cluster_instances_share_the_cache_through_redis(request, start_daemon, tmp_path):
+    s = Setup(request, start_daemon, tmp_path, "cluster", {"size": "1MiB", "ttl": "1h"})
+    a = s.d
+    b = s.start({"size": "1MiB", "ttl": "1h"}, name="b")    # the same cluster
+    tag = uuid.uuid4().hex[:8]
+    first = run(a.client(), [sha_item(f"{tag}-1", payload=b"shared", rounds=1000)])
+    assert not first.final[f"{tag}-1"].cached
+    keys = s.redis.command("KEYS", f"{{{s.name}}}:cache:*")
+    assert len(keys) == 1, keys
+    ttl = s.redis.command("PTTL", keys[0])
+    assert 0 < ttl <= 3600 * 1000
+
+    # b never ran it: it asks Redis, and serves it without a run.
+    sub = b.client().subscribe(sync=True)
+    assert b.client().submit([sha_item(f"{tag}-2", payload=b"shared", rounds=1000)]).accepted == 1
+    sub.wait_final([f"{tag}-2"], timeout=30)
+    assert sub.final[f"{tag}-2"].state == SUCCEEDED and sub.final[f"{tag}-2"].cached
+    assert sub.final[f"{tag}-2"].result == sha256_rounds(b"shared", 1000)
+    assert not runs_of(sub, [f"{tag}-2"])
+
+    # A key Redis does not have: a miss, the item runs (nothing waits).
+    s.redis.command("DEL", keys[0])
+    c = a.client()
+    sub = c.subscribe(sync=True)
+    assert c.submit([sha_item(f"{tag}-3", payload=b"other", rounds=1000)]).accepted == 1
+    sub.wait_final([f"{tag}-3"], timeout=30)
+    assert sub.final[f"{tag}-3"].result == sha256_rounds(b"other", 1000)

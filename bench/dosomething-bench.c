@@ -175,6 +175,7 @@ static struct {
     uint64_t payload;
     uint64_t priorities;        /* > 1: item i gets WorkItem.priority i % priorities */
     uint64_t delay_ms;          /* WorkItem.delay_ms of every item */
+    uint64_t same;              /* 0, or R: items i and j have the same payload iff i/R == j/R */
     const char *param_keys[MAX_PARAMS];
     const char *param_values[MAX_PARAMS];
     size_t n_params;
@@ -232,6 +233,7 @@ usage(FILE *f)
 "      --payload BYTES    payload size (default 64)\n"
 "      --priorities P     item i gets priority i %% P (default 1: all 0; at most 128)\n"
 "      --delay-ms MS      every item's delay_ms (default 0)\n"
+"      --same R           payload \"distinct-<i/R>\": each payload sent by R items in a row\n"
 "      --param K=V        a handler parameter (repeatable)\n"
 "      --states LIST      subscriber filter: comma-separated state names, or 'all'\n"
 "                         (default SUCCEEDED,FAILED)\n"
@@ -294,7 +296,7 @@ parse_options(int argc, char **argv)
 {
     enum { O_SUB_THREADS = 256, O_KIND, O_PAYLOAD, O_PARAM, O_STATES, O_WINDOW, O_WAIT,
            O_SUB_READY, O_SERVER_PID, O_TIMEOUT, O_LABEL, O_ID_PREFIX, O_SINK, O_HASH_LOOP,
-           O_PROCS, O_ROUNDS, O_HASH_API, O_STALL, O_PRIORITIES, O_DELAY_MS };
+           O_PROCS, O_ROUNDS, O_HASH_API, O_STALL, O_PRIORITIES, O_DELAY_MS, O_SAME };
     static const struct option longopts[] = {
         { "target", required_argument, NULL, 't' },
         { "items", required_argument, NULL, 'n' },
@@ -307,6 +309,7 @@ parse_options(int argc, char **argv)
         { "priorities", required_argument, NULL, O_PRIORITIES },
         { "delay-ms", required_argument, NULL, O_DELAY_MS },
         { "param", required_argument, NULL, O_PARAM },
+        { "same", required_argument, NULL, O_SAME },
         { "states", required_argument, NULL, O_STATES },
         { "window", required_argument, NULL, O_WINDOW },
         { "wait", required_argument, NULL, O_WAIT },
@@ -349,6 +352,7 @@ parse_options(int argc, char **argv)
                 die("--priorities must be 1..128");
             break;
         case O_DELAY_MS: opt.delay_ms = parse_u64("--delay-ms", optarg); break;
+        case O_SAME: opt.same = parse_u64("--same", optarg); break;
         case O_PARAM: {
             char *eq = strchr(optarg, '=');
             if (eq == NULL || eq == optarg)
@@ -1017,7 +1021,7 @@ call_send_next(struct scall *c)
     /* The id field, then the shared rest of the item (fields may come in any order). */
     char id[96];
     int id_len = snprintf(id, sizeof id, "%s%" PRIu64, opt.id_prefix, i);
-    grpc_slice slices[2];
+    grpc_slice slices[3];
     int with_priority = opt.priorities > 1;
     slices[0] = grpc_slice_malloc((size_t)id_len + 2 + (with_priority ? 2 : 0));
     uint8_t *p = GRPC_SLICE_START_PTR(slices[0]);
@@ -1029,9 +1033,22 @@ call_send_next(struct scall *c)
         p[3 + id_len] = (uint8_t)(i % opt.priorities);     /* < 128 */
     }
     slices[1] = grpc_slice_ref(tmpl);
-    c->send_bb = grpc_raw_byte_buffer_create(slices, 2);
-    grpc_slice_unref(slices[0]);
-    grpc_slice_unref(slices[1]);
+    size_t n_slices = 2;
+    if (opt.same > 0) {
+        /* --same R: a payload of its own for every R items in a row (the
+         * last payload field wins over the template's). */
+        char distinct[32];
+        int len = snprintf(distinct, sizeof distinct, "distinct-%" PRIu64, i / opt.same);
+        slices[2] = grpc_slice_malloc((size_t)len + 2);
+        uint8_t *q = GRPC_SLICE_START_PTR(slices[2]);
+        q[0] = 0x1a;            /* field 3 (payload), length-delimited */
+        q[1] = (uint8_t)len;    /* < 128 */
+        memcpy(q + 2, distinct, (size_t)len);
+        n_slices = 3;
+    }
+    c->send_bb = grpc_raw_byte_buffer_create(slices, n_slices);
+    for (size_t s = 0; s < n_slices; s++)
+        grpc_slice_unref(slices[s]);
 
     grpc_op ops[2];
     memset(ops, 0, sizeof ops);

@@ -26,6 +26,10 @@ by 20 and skips 6 and J):
   J  queue.journal: scenario 1's echo load, N=100k, with the journal off and
      journal_sync never, 50ms, always (a fresh journal directory each);
      items/s and the ratio to off; idle latency with always (not in --quick)
+  K  the result cache: sha256 rounds=10000, N=4000 (N / 10 quick), every
+     second item repeating the one before (client --same 2: 50% repeated),
+     handlers.sha256.cache on vs off, a fresh daemon for each run (a warm
+     cache would serve a repeat whole), interleaved; items/s and the ratio
   P  scheduling: echo with 5 priorities mixed vs all at 0; 1M items delayed
      by an hour (N / 20 quick): memory per item, CPU while they wait
   C  cluster mode (Redis Streams): scenario 1's echo load, N=100k, on one
@@ -883,6 +887,33 @@ class Runner:
         self.check("SJ idle latency p50, journal_sync always", "(report)",
                    f"{la['p50']:.3f} ms (p99 {la['p99']:.3f} ms)", None)
 
+    def sk(self):
+        """The result cache: sha256 rounds=10000 items of which every second
+        repeats the one before (50% repeated), with handlers.sha256.cache on
+        and off, in the same run; the ratio of items/s."""
+        calls = self.args.calls
+        n = self.N(4000, 10)
+        runs = {"off": [], "on": []}
+        # A fresh daemon for each run (a warm cache would serve a repeat whole),
+        # cache off and on interleaved so that noise hits both alike.
+        for _ in range(self.args.repeat):
+            for cache in ("off", "on"):
+                setting = "{size: 64MiB, ttl: 1h}" if cache == "on" else "off"
+                extra = ("handlers:\n  echo: {builtin: echo}\n"
+                         f"  sha256: {{builtin: sha256, timeout: 60s, cache: {setting}}}\n")
+                d = self.daemon(sub_buffer=n, extra=extra)
+                runs[cache].append(self.client(
+                    d, n, f"SK cache {cache}", repeat=1, calls=calls, kind="sha256",
+                    param=["rounds=10000"], same=2))
+                self.stop(d)
+        res = {cache: self.record("K result cache", median_run(runs[cache]),
+                                  note=f"sha256 rounds=10000, 50% repeated, cache {cache}")
+               for cache in ("off", "on")}
+        on, off = res["on"]["items_per_s"], res["off"]["items_per_s"]
+        log(f"  cache on: {on:,.0f} items/s, off: {off:,.0f} items/s, {on / off:.2f}x")
+        self.check("SK sha256 50% repeated, cache on vs off", "(report)",
+                   f"{on / off:.2f}x ({on:,.0f} vs {off:,.0f}/s)", None)
+
     def cluster_unsupported(self):
         """Why scenario C cannot run here (a str), or None."""
         if not os.access(REDIS, os.X_OK):
@@ -1312,6 +1343,7 @@ def main():
         if not args.quick:
             run.scenario(6, "1M queued items: memory per item", run.s6)
             run.scenario("J", "queue.journal off / never / 50ms / always", run.sj)
+        run.scenario("K", "result cache: sha256 50% repeated, cache on vs off", run.sk)
         run.scenario("C", "cluster mode: 1 instance vs single machine, 2 instances vs 1", run.sc)
         run.scenario("P", "scheduling: 5 priorities mixed; delayed items waiting", run.sp)
         run.scenario("D", "scenario 1 with the status page open in headless Chromium", run.sd)

@@ -491,3 +491,24 @@ def test_cluster_instances_share_the_cache_through_redis(request, start_daemon, 
     assert c.submit([sha_item(f"{tag}-3", payload=b"other", rounds=1000)]).accepted == 1
     sub.wait_final([f"{tag}-3"], timeout=30)
     assert sub.final[f"{tag}-3"].result == sha256_rounds(b"other", 1000)
+
+
+def test_graceful_stop_finishes_the_merged_items_with_their_run(request, start_daemon,
+                                                                 tmp_path):
+    """SIGQUIT while a run has items merged into it: the run finishes and
+    every merged item ends SUCCEEDED with its result before the daemon exits."""
+    s = Setup(request, start_daemon, tmp_path, "memory", {"size": "1MiB", "ttl": "1h"})
+    c = s.d.client()
+    sub = c.subscribe(sync=True)
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"{tag}-{n}" for n in range(4)]
+    items = [{"id": i, "kind": "sleep", "payload": b"q", "params": {"ms": "1000"}} for i in ids]
+    assert c.submit(items[:1]).accepted == 1
+    sub.wait_state(ids[0], STARTED, timeout=20)
+    assert c.submit(items[1:]).accepted == 3
+    wait_for(lambda: s.counter("merges", "sleep") == 3, 20, "3 merged items")
+    s.d.send_signal(signal.SIGQUIT)
+    sub.wait_final(ids, timeout=30)
+    assert [sub.final[i].state for i in ids] == [SUCCEEDED] * 4
+    assert [sub.final[i].cached for i in ids] == [False, True, True, True]
+    s.d.wait_exit()

@@ -311,12 +311,17 @@ def every_key_config(directory, module):
                      "run": {"exec": ["bin/x", "a b", "q\"", ""], "timeout": "1h",
                              "cancel_grace": "750ms", "env": {"A": "1\n2", "B": ""},
                              "retry_exit_codes": [255, 3, 75],
-                             "concurrency": 3, "rate": "100/s", "paused": True},
+                             "concurrency": 3, "rate": "100/s", "paused": True,
+                             "memory_limit": "64MiB", "cpu_limit": "30s",
+                             "cache": {"size": "1MiB", "ttl": "10m"}},
                      "mod": {"module": str(module), "timeout": "3h", "cancel_grace": "0s",
                              "options": {"k": "v", "n": "2"},
-                             "concurrency": 0, "rate": "6000/m", "paused": False},
+                             "concurrency": 0, "rate": "6000/m", "paused": False,
+                             "memory_limit": "off", "cpu_limit": "off", "cache": "off"},
                      "nap": {"builtin": "sleep", "timeout": "250ms", "cancel_grace": "10m",
-                             "concurrency": 1000000, "rate": "off", "paused": False}},
+                             "concurrency": 1000000, "rate": "off", "paused": False,
+                             "memory_limit": "off", "cpu_limit": "off",
+                             "cache": {"size": "256MiB", "ttl": "1h"}}},
         "status": {"listen": "[::1]:9090", "auth": "users"},
         "cluster": "off",
         "respawn": {"backoff_min": "250ms", "backoff_max": "2m", "stable_after": "1h",
@@ -339,7 +344,8 @@ def test_print_config_round_trip_every_key(tmp_path):
     journal = every_key_config(tmp_path, module)
     cluster = copy.deepcopy(journal)
     cluster["queue"]["journal"] = "off"
-    cluster["cluster"] = {"redis": "redis://127.0.0.1:6380", "name": "green", "lease": "2500ms"}
+    cluster["cluster"] = {"redis": "redis://127.0.0.1:6380", "name": "green", "lease": "2500ms",
+                          "min_replicas_ack": 1, "replicas_ack_timeout": "2s"}
     for name, config in (("journal", journal), ("cluster", cluster)):
         directory = tmp_path / name
         directory.mkdir()

@@ -91,8 +91,11 @@ finish(void)
 void
 grpc_process_check_done(void)
 {
+    /* A call matched just before the shutdown may still be on its way to
+     * us: its items would be accepted after the streams that tell their
+     * finals had ended. The streams end once no request is left. */
     if (gp.draining && !gp.stopping && store_count() == 0 && submit_active() == 0 &&
-        store_idle()) {
+        store_idle() && !server_requests_pending()) {
         if (!proc.subscribers_ended) {
             proc.subscribers_ended = 1;
             subscribers_end_all();

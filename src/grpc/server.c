@@ -336,7 +336,10 @@ on_request(struct tag *tag, int ok)
     /* ok == 0: the server is shutting down; post no more. */
     if (ok && !s->shutting_down)
         post_request(e, method);
-    reap_retired();
+    int last = s->shutting_down && s->requests_posted == 0;
+    reap_retired();                     /* may free s */
+    if (last)
+        grpc_process_check_done();      /* a drain may wait for this */
 }
 
 static void
@@ -1030,6 +1033,17 @@ server_is_shut_down(void)
         if (!s->shut_down)
             return 0;
     return 1;
+}
+
+int
+server_requests_pending(void)
+{
+    if (srv.current != NULL && srv.current->requests_posted > 0)
+        return 1;
+    for (struct server *s = srv.retired; s != NULL; s = s->next)
+        if (s->requests_posted > 0)
+            return 1;
+    return 0;
 }
 
 void

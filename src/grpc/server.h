@@ -13,6 +13,10 @@ int server_start(void);
 void server_reconfigure(const struct ds_config *old);
 void server_shutdown(int cancel_calls);
 int server_is_shut_down(void);
+/* After server_shutdown(): 1 while a request posted to gRPC has not come
+ * back, through which a call can still arrive (gRPC fails them all soon
+ * after the shutdown). */
+int server_requests_pending(void);
 /* 0 while gRPC accepts no connection (its listener died at the descriptor
  * limit), until it listens again. */
 int server_listening(void);

@@ -312,7 +312,7 @@ def test_resumes_across_a_graceful_restart(kind, start_daemon, run_client, tmp_p
     b_workers = set(b.worker_pids())
 
     rc = c.wait(timeout=60)
-    assert rc == 0, c.describe()
+    assert rc == 0, f"{c.describe()}\nold daemon:\n{a.log_tail()}\nnew daemon:\n{b.log_tail()}"
     finals = c.finals()
     assert len(finals) == 200 and {r["state"] for r in finals.values()} == {"SUCCEEDED"}
     by = {"a": 0, "b": 0}

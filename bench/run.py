@@ -38,10 +38,12 @@ by 20 and skips 6 and J):
      each, the subscriber on the first); items/s, 1 vs single and 2 vs 1
      (skipped when the build refuses `cluster:` or there is no redis-server)
   D  the status page open: scenario 1's echo load (N=500k) on a daemon without
-     status.listen, then on one with the page open in headless Chromium
-     (chromium, chromium-driver, python3-selenium) polling /status and /rates
-     every second and the item lists every 3 s, in the same run; items/s and
-     the ratio (the browser shares the machine's cores, as it would)
+     status.listen; with it and headless Chromium open on a blank page (the
+     browser's own cost); with the page open in headless Chromium (chromium,
+     chromium-driver, python3-selenium) polling /status and /rates every
+     second and the item lists every 3 s; with 100 connections at once every
+     second to the page's JSON endpoints (no browser); all in the same run.
+     Server CPU per item and items/s, each against the run without
   I  idle CPU of the whole daemon over 5 s
 """
 import argparse
@@ -708,26 +710,60 @@ class Runner:
         # Longer than scenario 1 (200k take ~1.5 s) so that the page polls
         # several times during each run.
         n = self.N(500000)
-        d = self.daemon(sub_buffer=n)
-        a = self.record("D echo 64 B, page", self.client(d, n, "SD without page", calls=calls,
-                                                         payload=64), note="no status.listen")
-        self.stop(d)
-        d = self.daemon(sub_buffer=n, status=True)
-        page = Dashboard(self.workdir, d.status_port)
-        try:
-            polls0 = page.polls()
-            b = self.record("D echo 64 B, page", self.client(d, n, "SD with page", calls=calls,
-                                                             payload=64))
-            polls = page.polls() - polls0
-        finally:
-            page.close()
-            self.stop(d)
-        b["note"] = f"the status page open in headless Chromium ({polls} polls during the runs)"
-        if polls < 1:
-            raise BenchError("the page did not poll during the run")
-        ratio = b["items_per_s"] / a["items_per_s"]
-        self.check("D echo items/s with the status page open vs without", "(info)",
-                   f"{ratio:.2f}x ({b['items_per_s']:,.0f} vs {a['items_per_s']:,.0f}/s)", None)
+        runs = {}
+
+        def one(key, note, status=False, page=None, burst=False):
+            d = self.daemon(sub_buffer=n, status=status)
+            dash = hammer = None
+            try:
+                if page is not None:
+                    dash = Dashboard(self.workdir, d.status_port, page=page)
+                    polls0 = dash.polls() if page else 0
+                if burst:
+                    hammer = Burst(d.status_port)
+                r = self.client(d, n, f"SD {key}", calls=calls, payload=64)
+                if page:
+                    polls = dash.polls() - polls0
+                    note += f" ({polls} polls during the runs)"
+                    if polls < 1:
+                        raise BenchError("the page did not poll during the run")
+                if hammer is not None:
+                    note += f" ({hammer.summary()})"
+            finally:
+                if hammer is not None:
+                    hammer.stop()
+                if dash is not None:
+                    dash.close()
+                self.stop(d)
+            runs[key] = self.record("D echo 64 B, page", r, note=note)
+
+        one("without", "no status.listen")
+        one("blank", "status.listen; headless Chromium open on a blank page", status=True,
+            page=False)
+        one("page", "the status page open in headless Chromium", status=True, page=True)
+        one("burst", "status.listen; every second 100 connections at once to /status, "
+            "/rates, /items?state=FAILED and /batches", status=True, burst=True)
+
+        def cpu(r):
+            return 1e6 * r["server_cpu_s"] / r["n"]
+
+        base = runs["without"]
+        for key, what in (("page", "the status page open"),
+                          ("burst", "100-connection bursts on the page's endpoints")):
+            r = runs[key]
+            self.check(f"D server CPU per item, {what} vs without", "<= 1.05x",
+                       f"{cpu(r) / cpu(base):.2f}x ({cpu(r):.1f} vs {cpu(base):.1f} us)",
+                       cpu(r) <= 1.05 * cpu(base))
+        r = runs["burst"]
+        ratio = r["items_per_s"] / base["items_per_s"]
+        self.check("D echo items/s with 100-connection bursts vs without", ">= 0.95x",
+                   f"{ratio:.2f}x ({r['items_per_s']:,.0f} vs {base['items_per_s']:,.0f}/s)",
+                   ratio >= 0.95)
+        page, blank = runs["page"], runs["blank"]
+        self.check("D echo items/s with the page open vs Chromium on a blank page", "(info)",
+                   f"{page['items_per_s'] / blank['items_per_s']:.2f}x "
+                   f"({page['items_per_s']:,.0f} vs {blank['items_per_s']:,.0f}/s; without "
+                   f"Chromium {base['items_per_s']:,.0f}/s: the browser shares the 2 cores)", None)
 
     def s2(self):
         d = self.daemon()
@@ -1191,7 +1227,7 @@ class Dashboard:
     (selenium + chromedriver), polling as it does for a person; close()
     kills chromedriver and everything it started."""
 
-    def __init__(self, workdir, status_port):
+    def __init__(self, workdir, status_port, page=True):
         try:
             from selenium import webdriver
             from selenium.webdriver.chrome.service import Service
@@ -1207,6 +1243,10 @@ class Dashboard:
         self.service = Service("/usr/bin/chromedriver")
         self.driver = webdriver.Chrome(service=self.service, options=opts)
         self.driver.set_page_load_timeout(30)
+        if not page:
+            # The browser's own cost on the machine, without the page.
+            self.driver.get("data:text/html,<p>blank</p>")
+            return
         self.driver.get(f"http://127.0.0.1:{status_port}/")
         deadline = time.monotonic() + 30
         while self.polls() < 2:
@@ -1231,6 +1271,55 @@ class Dashboard:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+class Burst:
+    """Every second, 100 connections at once to the status endpoint, each
+    asking one of the page's JSON endpoints (in turn), on threads, until
+    stop(). Counts answers and failures."""
+
+    PATHS = ("/status", "/rates", "/items?state=FAILED&limit=50", "/batches")
+    CONNECTIONS = 100
+
+    def __init__(self, status_port):
+        import threading
+        self.port = status_port
+        self.ok = self.failed = self.bursts = 0
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def fetch(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+                r.read()
+            with self.lock:
+                self.ok += 1
+        except Exception:   # noqa: BLE001 - counted
+            with self.lock:
+                self.failed += 1
+
+    def loop(self):
+        import threading
+        while not self.done.is_set():
+            t0 = time.monotonic()
+            threads = [threading.Thread(target=self.fetch, args=(self.PATHS[i % len(self.PATHS)],))
+                       for i in range(self.CONNECTIONS)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(15)
+            self.bursts += 1
+            self.done.wait(max(0.0, 1.0 - (time.monotonic() - t0)))
+
+    def summary(self):
+        with self.lock:
+            return f"{self.bursts} bursts, {self.ok} answers, {self.failed} failed"
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(30)
 
 
 def cpu_split(r, n):
@@ -1346,7 +1435,7 @@ def main():
         run.scenario("K", "result cache: sha256 50% repeated, cache on vs off", run.sk)
         run.scenario("C", "cluster mode: 1 instance vs single machine, 2 instances vs 1", run.sc)
         run.scenario("P", "scheduling: 5 priorities mixed; delayed items waiting", run.sp)
-        run.scenario("D", "scenario 1 with the status page open in headless Chromium", run.sd)
+        run.scenario("D", "scenario 1 with the status page open, and under 100-connection bursts", run.sd)
         run.scenario("I", "idle CPU", run.idle)
         if args.baseline_daemon:
             run.scenario("B", f"this tree vs {args.baseline_name or args.baseline_daemon}",

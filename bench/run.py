@@ -478,6 +478,18 @@ class Redis(Server):
         v = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
         return float(v["used_cpu_sys"]) + float(v["used_cpu_user"])
 
+    def commandstats(self, items):
+        """INFO commandstats divided by ITEMS: {command: (calls, µs)}, the
+        costliest first."""
+        out = {}
+        for line in self.command("INFO", "commandstats").splitlines():
+            if not line.startswith("cmdstat_"):
+                continue
+            name, rest = line[len("cmdstat_"):].split(":", 1)
+            v = dict(kv.split("=", 1) for kv in rest.split(","))
+            out[name] = (int(v["calls"]) / items, int(v["usec"]) / items)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
+
     def stop(self):
         if self.proc is None:
             return
@@ -983,9 +995,13 @@ class Runner:
             done0 = [i.items_done() for i in inst]
             kind = f"{k} dosomethingd + redis-server" if k > 1 else "dosomethingd + redis-server"
             repeat = self.args.repeat
+            redis.command("CONFIG", "RESETSTAT")
             redis_cpu0 = redis.cpu_s()
             r = self.client(Group(kind, inst, [redis]), n, f"SC cluster {k}", calls=calls,
                             payload=64, repeat=repeat)
+            # INFO commandstats over every repeat: where Redis's time goes,
+            # per item (the calls inside the scripts are counted too)
+            r["redis_commandstats_per_item"] = redis.commandstats(n * repeat)
             # INFO cpu over every repeat (each runs n items): Redis's CPU per item
             r["redis_cpu_us_per_item"] = 1e6 * (redis.cpu_s() - redis_cpu0) / (n * repeat)
             r["cpu_split_us_per_item"] = cpu_split(r, n)
@@ -1010,6 +1026,9 @@ class Runner:
             note += (f", Redis {r['redis_cpu_us_per_item']:.1f} µs/item (INFO cpu), CPU µs/item: "
                      + " / ".join(f"{k} {v:.1f}" for k, v in split.items()))
             log(f"  Redis {r['redis_cpu_us_per_item']:.1f} µs/item; split µs/item {split}")
+            log("  Redis commands per item (calls, µs): " + ", ".join(
+                f"{c} {v[0]:.2f} {v[1]:.1f}"
+                for c, v in r["redis_commandstats_per_item"].items()))
             res[k] = self.record("C cluster", r, note=note)
             for i in inst:
                 self.stop(i)

@@ -331,7 +331,7 @@ static const char script_accepts[] =
  * the entry must be at, u i k b s (the update), ts (STARTED: when, unix
  * ns; else ""). Each is written only while its entry is pending here with
  * that delivery count (else its reply is 0: superseded); its seq
- * otherwise. A final also acks and deletes the entry and is kept for the
+ * otherwise (the check is one XPENDING per stream for the whole call). A final also acks and deletes the entry and is kept for the
  * retention (its hash, {NAME}:finals, the bytes): the acks, deletes, list
  * pushes and the byte count are one command each for the whole call, and
  * the seq counter is read and stored once.
@@ -343,13 +343,38 @@ static const char script_update[] =
     "local g, c = ARGV[3], ARGV[4]\n"
     "local r = {ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]}\n"
     "local out, acks, pushes, bytes = {}, {{}, {}}, {}, 0\n"
+    /* The attempt check of the whole batch: one XPENDING of this
+     * consumer's entries per stream, over the range the batch touches
+     * (what it holds besides is bounded by its prefetch). pend[e]: the
+     * delivery count of entry e, if pending here. A reply that filled
+     * the count may have left some out: those are asked one by one. */
+    "local pend, lo, hi, full = {}, {}, {}, {}\n"
+    "for o = 10, #ARGV, 10 do\n"
+    "  local si = ARGV[o] == '1' and 2 or 1\n"
+    "  local n = tonumber(string.sub(ARGV[o + 1], 3))\n"
+    "  if not lo[si] or n < lo[si] then lo[si] = n end\n"
+    "  if not hi[si] or n > hi[si] then hi[si] = n end\n"
+    "end\n"
+    "for si, key in ipairs({KEYS[1], KEYS[5]}) do\n"
+    "  if lo[si] then\n"
+    "    local pre = si == 1 and '0-' or '1-'\n"
+    "    local ps = redis.call('XPENDING', key, g, pre .. string.format('%.0f', lo[si]), "
+    "pre .. string.format('%.0f', hi[si]), 10000, c)\n"
+    "    for _, x in ipairs(ps) do pend[x[1]] = x[4] end\n"
+    "    full[si] = #ps >= 10000\n"
+    "  end\n"
+    "end\n"
     "for o = 10, #ARGV, 10 do\n"     /* UPDATE_FIELDS */
     "  local sk, si = KEYS[1], 1\n"
     "  if ARGV[o] == '1' then sk, si = KEYS[5], 2 end\n"
     "  local e, mode, att = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])\n"
     "  local u, id, k, b, st = ARGV[o + 4], ARGV[o + 5], ARGV[o + 6], ARGV[o + 7], ARGV[o + 8]\n"
-    "  local p = redis.call('XPENDING', sk, g, e, e, 1)\n"
-    "  if #p == 0 or p[1][2] ~= c or p[1][4] ~= att then\n"
+    "  local d = pend[e]\n"
+    "  if d == nil and full[si] then\n"
+    "    local p = redis.call('XPENDING', sk, g, e, e, 1)\n"
+    "    if #p > 0 and p[1][2] == c then d = p[1][4] end\n"
+    "  end\n"
+    "  if d ~= att then\n"
     "    out[#out + 1] = 0\n"
     "  else\n"
     "    seq = seq + 1\n"
@@ -383,6 +408,7 @@ static const char script_update[] =
     "      redis.call('HSET', hk, 's', st, 'u', u, 'q', sq)\n"
     "      if mode == 'r' then\n"
     "        redis.call('XCLAIM', sk, g, c, 0, e, 'JUSTID', 'RETRYCOUNT', att + 1)\n"
+    "        pend[e] = att + 1\n"
     "        redis.call('HDEL', hk, 'ts')\n"
     "      elseif st == '6' then\n"
     "        redis.call('HDEL', hk, 'ts')\n"

@@ -48,6 +48,8 @@ print_update(const wire_update *u)
     /* what the attempt cost: on its end, 0 on other updates */
     printf(",\"cpu_usec\":%llu,\"max_rss_kib\":%llu", (unsigned long long)u->cpu_usec,
            (unsigned long long)u->max_rss_kib);
+    /* SUCCEEDED from the result cache or a merged run: no attempt of its own */
+    printf(",\"cached\":%s", u->cached ? "true" : "false");
     jsonl_string("batch", u->batch);
     jsonl_progress(u->progress);
     jsonl_error_result(u->error, u->result.data, u->result.len);

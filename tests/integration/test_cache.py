@@ -512,3 +512,21 @@ def test_graceful_stop_finishes_the_merged_items_with_their_run(request, start_d
     assert [sub.final[i].state for i in ids] == [SUCCEEDED] * 4
     assert [sub.final[i].cached for i in ids] == [False, True, True, True]
     s.d.wait_exit()
+
+
+def test_cli_watch_shows_cached(request, start_daemon, tmp_path):
+    """`dosomething watch` prints Update.cached: false on the run's final,
+    true on the final an identical item got from the cache."""
+    import json
+    from test_cli import EXIT_OK, explain
+    from test_cli import run as cli
+    s = Setup(request, start_daemon, tmp_path, "memory", {"size": "1MiB", "ttl": "1h"})
+    c = s.d.client()
+    run(c, [sha_item("w-run", rounds=1000)])
+    run(c, [sha_item("w-hit", rounds=1000)])
+    r = cli("watch", "--after-seq", "0", "--state", "SUCCEEDED", "--item", "w-run", "--item",
+            "w-hit", "--count", "2", target=s.d)
+    assert r.returncode == EXIT_OK, explain(r)
+    lines = {u["item_id"]: u for u in map(json.loads, r.stdout.splitlines())}
+    assert lines["w-run"]["cached"] is False and lines["w-hit"]["cached"] is True, explain(r)
+    assert lines["w-hit"]["result_b64"] == lines["w-run"]["result_b64"], explain(r)

@@ -29,7 +29,7 @@ CLI = os.environ.get("DS_CLI") or str(Path(BINARY).with_name("dosomething"))
 EXIT_OK, EXIT_NEGATIVE, EXIT_USAGE, EXIT_RPC = 0, 1, 2, 3
 
 UPDATE_KEYS = {"seq", "item_id", "kind", "state", "attempt", "worker_pid", "time_unix_nano",
-               "cpu_usec", "max_rss_kib", "batch", "progress", "error", "result_b64"}
+               "cpu_usec", "max_rss_kib", "cached", "batch", "progress", "error", "result_b64"}
 
 
 def run(*args, target=None, input=None, timeout=30, env=None):

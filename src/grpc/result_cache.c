@@ -21,6 +21,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "grpc/metrics.h"
+#include "grpc/status.h"
 
 #define SWEEP_MS 5000   /* expired entries are freed at least this often */
 
@@ -438,21 +439,6 @@ static const struct {
       offsetof(struct cache_kind_stats, entries) },
 };
 
-/* Kinds are config keys: no quote or backslash can reach a label, but a
- * label is escaped all the same. */
-static void
-label(struct evbuffer *b, const char *s)
-{
-    for (const char *p = s; *p != '\0'; p++) {
-        if (*p == '\\' || *p == '"')
-            evbuffer_add_printf(b, "\\%c", *p);
-        else if (*p == '\n')
-            evbuffer_add(b, "\\n", 2);
-        else
-            evbuffer_add(b, p, 1);
-    }
-}
-
 void
 result_cache_metrics(struct evbuffer *b)
 {
@@ -464,7 +450,7 @@ result_cache_metrics(struct evbuffer *b)
             uint64_t v = *(const uint64_t *)((const char *)&rc.kinds[i].stats +
                                              families[f].offset);
             evbuffer_add_printf(b, "dosomething_%s{kind=\"", families[f].name);
-            label(b, rc.kinds[i].kind);
+            status_label_value(b, rc.kinds[i].kind);
             evbuffer_add_printf(b, "\"} %llu\n", (unsigned long long)v);
         }
     }
@@ -477,7 +463,7 @@ result_cache_status_json(struct evbuffer *b)
     for (size_t i = 0; i < rc.count; i++) {
         const struct cache_kind *k = &rc.kinds[i];
         evbuffer_add_printf(b, "%s\"", i > 0 ? "," : "");
-        label(b, k->kind);  /* a config key: JSON-safe as a label is */
+        status_label_value(b, k->kind);  /* a config key: JSON-safe as a label is */
         evbuffer_add_printf(b, "\":{\"size\":%llu,\"ttl_ms\":%llu,\"bytes\":%llu,"
                             "\"entries\":%llu,\"hits\":%llu,\"misses\":%llu,\"merges\":%llu,"
                             "\"evictions\":%llu,\"expired\":%llu}",

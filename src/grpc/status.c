@@ -248,9 +248,8 @@ sample(struct evbuffer *b, const char *name, uint64_t value)
     evbuffer_add_printf(b, "dosomething_%s %llu\n", name, (unsigned long long)value);
 }
 
-/* A label value: backslash, double quote and newline escaped. */
-static void
-label_value(struct evbuffer *b, const char *s)
+void
+status_label_value(struct evbuffer *b, const char *s)
 {
     for (const char *p = s; *p != '\0'; p++) {
         if (*p == '\\' || *p == '"')
@@ -267,7 +266,7 @@ kind_sample(struct evbuffer *b, const char *name, const char *kind, const char *
             const char *value)
 {
     evbuffer_add_printf(b, "dosomething_%s{kind=\"", name);
-    label_value(b, kind);
+    status_label_value(b, kind);
     if (le != NULL)
         evbuffer_add_printf(b, "\",le=\"%s", le);
     evbuffer_add_printf(b, "\"} %s\n", value);

@@ -14,5 +14,9 @@ void status_shutdown(void);
 /* A reload failed (the master's FILE:LINE:COL message, or why this
  * process could not apply it): shown as the last reload's outcome. */
 void status_reload_failed(const char *why);
+/* A Prometheus label value into B: backslash, double quote and newline
+ * escaped. */
+struct evbuffer;
+void status_label_value(struct evbuffer *b, const char *s);
 
 #endif

@@ -252,6 +252,16 @@ def descendants(root):
     return out
 
 
+def kill_tree(root):
+    """SIGKILL root and every live descendant of it (a new master a test
+    started by an upgrade, and what it forked)."""
+    for pid in [root] + descendants(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def listening_inodes(port):
     """Socket inodes listening on TCP port (this network namespace)."""
     inodes = set()

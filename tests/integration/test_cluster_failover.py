@@ -29,7 +29,6 @@ processes (Debian's redis-sentinel) watching it with short timeouts
 Every redis-server, redis-sentinel and daemon started is killed at the end.
 """
 import re
-import signal
 import socket
 import subprocess
 import threading

@@ -10,7 +10,7 @@ import time
 import grpc
 
 import conftest
-from conftest import FINAL_STATES, SUCCEEDED, descendants, pid_alive, wait_for
+from conftest import FINAL_STATES, SUCCEEDED, kill_tree, pid_alive, wait_for
 
 
 class ResumingSubscriber:
@@ -218,11 +218,7 @@ def test_usr2_binary_upgrade_under_load(start_daemon, monkeypatch, tmp_path):
     finally:
         sub.close()
         if new_master is not None:
-            for pid in [new_master] + descendants(new_master):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_tree(new_master)
 
 
 def test_sd_notify_protocol(start_daemon, monkeypatch, tmp_path):

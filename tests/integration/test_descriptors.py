@@ -14,7 +14,7 @@ import time
 import pytest
 
 import conftest
-from conftest import (NOT_SERVING, SERVING, SUCCEEDED as SUCCEEDED_STATE, descendants, free_port,
+from conftest import (NOT_SERVING, SERVING, SUCCEEDED as SUCCEEDED_STATE, kill_tree, free_port,
                       http_get, pid_alive, wait_for)
 
 # Low enough that a test can fill it, high enough for 2 workers.
@@ -101,11 +101,7 @@ def test_usr2_with_status_listen(make_daemon):
         assert sub.states_of("after-upgrade")[-1] == "SUCCEEDED"
     finally:
         if new_master is not None:
-            for pid in [new_master] + descendants(new_master):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_tree(new_master)
 
 
 # ---- the daemon at its descriptor limit ---------------------------------------

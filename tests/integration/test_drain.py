@@ -10,7 +10,6 @@ and stalled subscribers do to accepted work and to the grpc process's memory.
   next start, which it does.
 - A binary upgrade hands the old instance's waiting items to the new one.
 """
-import os
 import re
 import shutil
 import signal
@@ -20,7 +19,7 @@ import grpc
 import pytest
 
 import conftest
-from conftest import FAILED, FINAL_STATES, RETRYING, SUCCEEDED, descendants, wait_for
+from conftest import FAILED, FINAL_STATES, RETRYING, SUCCEEDED, kill_tree, wait_for
 
 
 def rss_kib(pid):
@@ -247,8 +246,4 @@ def test_usr2_hands_waiting_items_to_the_new_instance(start_daemon, monkeypatch,
         new_client.close()
     finally:
         if new_master is not None:
-            for pid in [new_master] + descendants(new_master):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_tree(new_master)

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 import conftest
-from conftest import pb, wait_for, descendants
+from conftest import pb, wait_for, kill_tree
 from test_trust import pki  # noqa: F401 (a fixture)
 
 QUEUED, STARTED, SUCCEEDED, FAILED, RETRYING = (pb.QUEUED, pb.STARTED, pb.SUCCEEDED, pb.FAILED,
@@ -141,11 +141,7 @@ def test_duplicates_after_usr2_upgrade(start_daemon, monkeypatch, tmp_path, mode
             nc.close()
     finally:
         if new_master is not None:
-            for pid in [new_master] + descendants(new_master):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_tree(new_master)
 
 
 @pytest.mark.deadline(60)

@@ -265,6 +265,10 @@ def test_slot_given_back_on_worker_death_and_cancel(start_daemon, tmp_path):
                      {"id": "cancelled", "kind": "sleep", "params": long},
                      {"id": "last", "kind": "sleep", "params": {"ms": "1"}}]).accepted == 3
     started = sub.wait_state("dies", STARTED)
+    # The call's items are read one by one: "dies" can start before the
+    # next one is read, and its STARTED come before their QUEUED.
+    sub.wait_state("cancelled", QUEUED)
+    sub.wait_state("last", QUEUED)
     assert sub.states_of("cancelled") == ["QUEUED"]
     import os
     os.kill(started.worker_pid, signal.SIGKILL)
@@ -351,7 +355,7 @@ def test_usr2_hands_parked_items_to_the_new_instance(start_daemon, monkeypatch, 
     import os
     import shutil
     import conftest
-    from conftest import descendants
+    from conftest import kill_tree
     binary = tmp_path / "dosomethingd"
     shutil.copy(conftest.BINARY, binary)
     monkeypatch.setattr(conftest, "BINARY", str(binary))
@@ -389,11 +393,7 @@ def test_usr2_hands_parked_items_to_the_new_instance(start_daemon, monkeypatch, 
         new_client.close()
     finally:
         if new_master is not None:
-            for pid in [new_master] + descendants(new_master):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_tree(new_master)
 
 
 @pytest.mark.deadline(90)

@@ -2,7 +2,6 @@
 ({address: ..., methods: [...]}); a method its listener does not serve is
 PERMISSION_DENIED, named in the status message and in the access log.
 Health and reflection are served on every listener."""
-import os
 import re
 import shutil
 import signal
@@ -14,7 +13,7 @@ import pytest
 import yaml
 
 import conftest
-from conftest import (BINARY, FINAL_STATES, SUCCEEDED, Client, descendants, free_port, run_cli,
+from conftest import (BINARY, FINAL_STATES, SUCCEEDED, Client, kill_tree, free_port, run_cli,
                       wait_for)
 
 CHECK = "/grpc.health.v1.Health/Check"
@@ -253,11 +252,7 @@ def test_usr2_hands_over_to_a_listener_serving_do_something(start_daemon, monkey
         assert all(u.state == SUCCEEDED for u in sub.final.values())
     finally:
         if new_master is not None:
-            for pid in [new_master] + descendants(new_master):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_tree(new_master)
 
 
 # ---- config errors ----------------------------------------------------------

@@ -16,7 +16,6 @@ import re
 import signal
 import socket
 import threading
-import time
 import urllib.parse
 import uuid
 

@@ -6,7 +6,6 @@ modules: the item's fields; built-ins: a debug line), show in the access
 log and in getItems, survive the journal and live in Redis in cluster mode.
 Malformed ones are ignored with a debug line naming what was wrong.
 """
-import os
 import signal
 
 import grpc
@@ -305,7 +304,7 @@ def test_a_binary_upgrade_hands_the_trace_over(start_daemon, monkeypatch, tmp_pa
     import shutil
 
     import conftest
-    from conftest import descendants
+    from conftest import kill_tree
     binary = tmp_path / "dosomethingd"
     shutil.copy(conftest.BINARY, binary)
     monkeypatch.setattr(conftest, "BINARY", str(binary))
@@ -338,8 +337,4 @@ def test_a_binary_upgrade_hands_the_trace_over(start_daemon, monkeypatch, tmp_pa
             nc.close()
     finally:
         if new_master is not None:
-            for pid in [new_master] + descendants(new_master):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_tree(new_master)

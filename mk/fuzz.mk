@@ -34,7 +34,7 @@ FUZZ_SRC_WARN  = $(WARNFLAGS) -Wno-error
 FUZZ_config_SRC = src/core/config.c src/core/log.c src/core/alloc.c src/core/utf8.c \
                   src/core/descriptors.c src/core/auth_file.c
 FUZZ_ipc_SRC    = src/ipc/frame.c src/ipc/channel.c src/core/log.c src/core/alloc.c
-FUZZ_items_SRC  = src/workers/handler.c src/workers/exec.c src/workers/module.c \
+FUZZ_items_SRC  = src/workers/handler.c src/workers/exec.c src/workers/module.c src/workers/limits.c \
                   src/grpc/filter.c src/core/config.c src/core/log.c src/core/alloc.c \
                   src/core/proctitle.c src/core/utf8.c src/core/descriptors.c src/core/kind.c \
                   src/core/auth_file.c $(PROTO_C)

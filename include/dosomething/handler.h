@@ -43,6 +43,15 @@
  * max_attempts, like any worker death. That death is the item's, not the
  * worker's: it never counts toward respawn.crash_limit.
  *
+ * Limits. A kind configured with memory_limit or cpu_limit is watched while
+ * process() runs: the worker's resident memory growth since the call began
+ * and its CPU time (all its threads). Over either, the worker is killed
+ * (SIGKILL, no fini) and respawned, and the item is FAILED ("memory limit
+ * 64MiB exceeded: ..."), not retried. During such a call malloc() may also
+ * return NULL (RLIMIT_DATA, at twice the limit): fail the item saying so
+ * ("Cannot allocate memory", "out of memory"): the item is FAILED for the
+ * limit, and the worker replaced once it has reported it.
+ *
  * Processes. Whatever process() forks (and whatever those orphan: the
  * worker is a subreaper) is SIGKILLed when the item ends. Processes init
  * starts live as long as the worker.

@@ -2712,15 +2712,6 @@ parse_handler(struct loader *ld, struct node *value, const char *path,
     n = find_position(ld, sub);
     if (n != NULL && h->type != DS_HANDLER_EXEC)
         error_at(ld, n, sub, "only for exec handlers (a module returns DS_MODULE_RETRY)");
-    static const char *const exec_limits[] = { "memory_limit", "cpu_limit" };
-    for (size_t i = 0; i < 2; i++) {
-        join_key(sub, sizeof sub, path, exec_limits[i]);
-        n = find_position(ld, sub);
-        uint64_t set = i == 0 ? h->memory_limit : h->cpu_limit_ms;
-        if (n != NULL && set != 0 && h->type != DS_HANDLER_EXEC)
-            error_at(ld, n, sub, "only for exec handlers (a program's own limit; built-ins "
-                     "and modules run in the worker, which has none per kind)");
-    }
     join_key(sub, sizeof sub, path, "options");
     n = find_position(ld, sub);
     if (n != NULL && h->type != DS_HANDLER_MODULE)

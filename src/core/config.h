@@ -114,9 +114,11 @@ struct ds_handler_config {
     uint32_t rate_count;
     uint64_t rate_interval_ms;
     int paused;
-    /* exec: the program's limits (src/workers/exec.c): RLIMIT_DATA of
-     * memory_limit bytes, RLIMIT_CPU of cpu_limit_ms rounded up to whole
-     * seconds; 0: none. */
+    /* An attempt's limits; 0: none. exec: the program's (src/workers/exec.c),
+     * RLIMIT_DATA of memory_limit bytes, RLIMIT_CPU of cpu_limit_ms rounded
+     * up to whole seconds. Built-ins and modules (src/workers/limits.c): the
+     * worker's resident memory growth and CPU time while it runs the
+     * attempt; a worker over either is killed and respawned. */
     uint64_t memory_limit;
     uint64_t cpu_limit_ms;
     /* handlers.<kind>.cache {size, ttl} (src/grpc/result_cache.c): the

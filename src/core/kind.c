@@ -215,6 +215,10 @@ kind_check(const struct ds_handler_config *handler, const wire_work_item *item, 
 int
 kind_is_quick(const struct ds_handler_config *handler, const wire_work_item *item)
 {
+    /* A limited attempt is watched on its own (workers/limits.c), not
+     * measured in a batch. */
+    if (handler->memory_limit != 0 || handler->cpu_limit_ms != 0)
+        return 0;
     switch (handler->type) {
     case DS_HANDLER_ECHO:
         return 1;

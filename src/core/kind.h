@@ -33,7 +33,8 @@ int kind_check(const struct ds_handler_config *handler, const wire_work_item *it
  * small payload, a module whose ds_module.flags has DS_MODULE_QUICK (as the
  * master read them when it loaded the config: handler->module_flags).
  * ITEM may be NULL for a module. A quick item weighs less in dispatch and
- * its STARTED may wait for the next batch of updates.
+ * its STARTED may wait for the next batch of updates. Never an item of a
+ * kind with memory_limit or cpu_limit: each attempt is watched on its own.
  */
 int kind_is_quick(const struct ds_handler_config *handler, const wire_work_item *item);
 

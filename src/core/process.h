@@ -40,10 +40,29 @@ enum ds_worker_phase {
     DS_WORKER_RUNNING,          /* running the item below */
 };
 
+/* ds_worker_status.limit_hit: which limit the item running went over. */
+enum ds_limit_hit {
+    DS_LIMIT_NONE = 0,
+    DS_LIMIT_MEMORY,
+    DS_LIMIT_CPU,
+};
+
 struct ds_worker_status {
     uint32_t phase;             /* enum ds_worker_phase, stored last */
     uint32_t attempt;
     uint64_t key;               /* the grpc process's key of the item running */
+    /*
+     * A built-in or module item over its kind's memory_limit or cpu_limit
+     * (workers/limits.c): the worker stores why and what the attempt cost,
+     * limit_hit last, then kills itself. The master then ends that attempt
+     * FAILED with limit_reason (not retried), and respawns the worker
+     * without counting a crash.
+     */
+    uint32_t limit_hit;         /* enum ds_limit_hit */
+    uint32_t pad;
+    uint64_t limit_cpu_usec;
+    uint64_t limit_max_rss_kib;
+    char limit_reason[200];     /* NUL-terminated */
 };
 
 /* What a child is given at fork. The config belongs to the child from then on. */

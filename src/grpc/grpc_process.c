@@ -270,7 +270,9 @@ on_control_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
                                                             : sizeof reason - 1;
         memcpy(reason, body + sizeof x, n);
         reason[n] = '\0';
-        workers_exited(x.worker.pid, reason, x.running_key, x.running_attempt);
+        struct ipc_cost limit_cost = { .cpu_usec = x.cpu_usec, .max_rss_kib = x.max_rss_kib };
+        workers_exited(x.worker.pid, reason, x.running_key, x.running_attempt,
+                       (x.flags & IPC_EXIT_LIMIT) ? &limit_cost : NULL);
         grpc_process_check_done();
         return 0;
     }

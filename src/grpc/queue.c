@@ -364,7 +364,8 @@ workers_attach(pid_t pid, uint32_t slot, int fd)
 }
 
 void
-workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t running_attempt)
+workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t running_attempt,
+               const struct ipc_cost *limit_cost)
 {
     struct worker *w = worker_find(pid);
     if (w == NULL)
@@ -388,15 +389,22 @@ workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t run
     worker_free(w);
     while (n > 0) {
         item = held[--n];
-        if (item->cancelling)
+        int running = item->key == running_key && item->attempt == running_attempt;
+        if (item->cancelling) {
             q.ev->cancelled(item, pid, NULL);   /* asked to stop: it did, one way or another */
-        else if (item->key == timeout_key)
+        } else if (running && limit_cost != NULL) {
+            /* As exec's limits end an attempt: FAILED, not retried. */
+            struct outcome o = { .state = STATE_FAILED, .worker_pid = pid, .error = reason,
+                                 .cpu_usec = limit_cost->cpu_usec,
+                                 .max_rss_kib = limit_cost->max_rss_kib };
+            q.ev->ended(item, &o);
+        } else if (item->key == timeout_key) {
             q.ev->attempt_failed(item, pid, timed_out);
-        else if (item->started ||
-                 (item->key == running_key && item->attempt == running_attempt))
+        } else if (item->started || running) {
             q.ev->attempt_failed(item, pid, reason);
-        else
+        } else {
             queue_push_front(item);     /* prefetched, never run: no attempt spent */
+        }
     }
     free(held);
     queue_dispatch();

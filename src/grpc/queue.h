@@ -139,15 +139,19 @@ struct queue_cancel_ops {
 #define QUEUE_CANCEL_MARGIN_MS 2000u
 void queue_cancel(const struct queue_cancel_ops *ops, void *arg);
 
+struct ipc_cost;
 void workers_attach(pid_t pid, uint32_t slot, int fd);
 /* The workers attached now, for /status. */
 const struct worker *workers_list(void);
 /* Worker PID is gone, for REASON. The item it was running (RUNNING_KEY at
  * RUNNING_ATTEMPT, as the master read it from the worker; 0 if none) spent
  * that attempt even if its STARTED never arrived (a quick item's waits for
- * the next batch); the items it only held go back to the queue. */
+ * the next batch); the items it only held go back to the queue. LIMIT_COST
+ * not NULL: that item went over its kind's memory_limit or cpu_limit (the
+ * worker killed itself): its attempt ends FAILED with REASON and this cost,
+ * not retried. */
 void workers_exited(pid_t pid, const char *reason, uint64_t running_key,
-                    uint32_t running_attempt);
+                    uint32_t running_attempt, const struct ipc_cost *limit_cost);
 void workers_retire(pid_t pid);
 /* Close every idle worker's channel (it exits): a graceful stop. */
 void workers_close_all(void);

@@ -70,8 +70,14 @@ struct ipc_worker_exit {
     struct ipc_worker worker;
     uint64_t running_key;       /* the item it died running (its attempt is spent); 0: none */
     uint32_t running_attempt;
-    uint32_t pad;
+    uint32_t flags;             /* IPC_EXIT_* */
+    /* IPC_EXIT_LIMIT: what the running item's attempt cost */
+    uint64_t cpu_usec;
+    uint64_t max_rss_kib;
 };
+/* The running item went over its kind's memory_limit or cpu_limit (the text
+ * says which): its attempt ends FAILED with it, not retried. */
+#define IPC_EXIT_LIMIT 0x01
 
 /* Then handler_count uint32_t, each handler's module_flags in the order of
  * the config's handlers: what the master learnt loading the modules, which

@@ -252,9 +252,11 @@ worker_send(struct process *w, unsigned type, const char *text)
     channel_sendv(g->control, type, parts, 2);
 }
 
+/* LIMIT: the running item went over a limit (W's status says which and
+ * what it cost); its attempt ends FAILED with REASON. */
 static void
 worker_send_exited(struct process *w, const char *reason, uint64_t running_key,
-                   uint32_t running_attempt)
+                   uint32_t running_attempt, int limit)
 {
     struct process *g = grpc_process();
     if (g == NULL || g->control == NULL)
@@ -263,6 +265,9 @@ worker_send_exited(struct process *w, const char *reason, uint64_t running_key,
         .worker = { .pid = w->pid, .slot = w->slot, .generation = w->generation },
         .running_key = running_key,
         .running_attempt = running_attempt,
+        .flags = limit ? IPC_EXIT_LIMIT : 0,
+        .cpu_usec = limit ? w->status->limit_cpu_usec : 0,
+        .max_rss_kib = limit ? w->status->limit_max_rss_kib : 0,
     };
     struct iovec parts[2] = {
         { .iov_base = &msg, .iov_len = sizeof msg },
@@ -522,9 +527,19 @@ process_exited(struct process *p, int status)
     int fatal_exit = WIFEXITED(status) && WEXITSTATUS(status) == DS_EXIT_FATAL &&
                      (p->role == DS_ROLE_GRPC || phase == DS_WORKER_STARTING);
     int item_death = !clean && running_key != 0;
+    /* Killed by itself for a limit its item went over (workers/limits.c):
+     * the reason is its own. */
+    int limit = item_death && __atomic_load_n(&p->status->limit_hit, __ATOMIC_ACQUIRE) !=
+                              DS_LIMIT_NONE;
+    char limit_reason[sizeof p->status->limit_reason];
+    if (limit)
+        snprintf(limit_reason, sizeof limit_reason, "%.*s",
+                 (int)sizeof limit_reason - 1, p->status->limit_reason);
 
     if (clean || p->retiring || m.state != MASTER_RUNNING)
         log_info("%s (pid %ld) %s", name, (long)p->pid, how);
+    else if (limit)
+        log_warn("%s (pid %ld) %s: %s", name, (long)p->pid, how, limit_reason);
     else
         log_warn("%s (pid %ld) %s%s%s%s", name, (long)p->pid, how,
                  p->kill_reason[0] ? ": " : "", p->kill_reason,
@@ -552,9 +567,13 @@ process_exited(struct process *p, int status)
         slot->process = NULL;
 
     if (p->role == DS_ROLE_WORKER) {
-        snprintf(reason, sizeof reason, "worker %ld %s%s%s%s", (long)p->pid, how,
-                 p->kill_reason[0] ? " (" : "", p->kill_reason, p->kill_reason[0] ? ")" : "");
-        worker_send_exited(p, reason, running_key, running_attempt);
+        if (limit)
+            snprintf(reason, sizeof reason, "%s", limit_reason);
+        else
+            snprintf(reason, sizeof reason, "worker %ld %s%s%s%s", (long)p->pid, how,
+                     p->kill_reason[0] ? " (" : "", p->kill_reason,
+                     p->kill_reason[0] ? ")" : "");
+        worker_send_exited(p, reason, running_key, running_attempt, limit);
     } else if (m.state == MASTER_RUNNING) {
         /* The workers' items died with the grpc process: start them afresh
          * with new channels for the next one. */
@@ -598,7 +617,8 @@ process_exited(struct process *p, int status)
          * failure (the grpc process retries or fails it), not a worker that
          * cannot start. Counting it would let a few poison items stop the
          * daemon and lose every other item. */
-        log_info("respawning %s: an item killed it, which is not a crash loop", name);
+        log_info("respawning %s: an item %s, which is not a crash loop", name,
+                 limit ? "went over its limit there" : "killed it");
         slot_schedule(slot, 0);
         return;
     }

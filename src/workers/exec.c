@@ -59,6 +59,7 @@
  * took 2-4 times as long as either.
  */
 #include "workers/exec.h"
+#include "workers/limits.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -846,44 +847,11 @@ crashed(int sig)
 
 /* ---- limits -------------------------------------------------------------- */
 
-/* 512MiB, 1GiB, 1500KiB, 1048577 (bytes): as the config writes sizes. */
-static const char *
-size_text(uint64_t v, char *buf, size_t size)
-{
-    static const char *const units[] = { "GiB", "MiB", "KiB" };
-    for (int i = 0; i < 3; i++) {
-        uint64_t unit = 1ull << (30 - 10 * i);
-        if (v >= unit && v % unit == 0) {
-            snprintf(buf, size, "%llu%s", (unsigned long long)(v / unit), units[i]);
-            return buf;
-        }
-    }
-    snprintf(buf, size, "%llu", (unsigned long long)v);
-    return buf;
-}
-
-static const char *
-duration_text(uint64_t ms, char *buf, size_t size)
-{
-    if (ms % 1000 == 0)
-        snprintf(buf, size, "%llus", (unsigned long long)(ms / 1000));
-    else
-        snprintf(buf, size, "%llums", (unsigned long long)ms);
-    return buf;
-}
-
 /* Does the stderr tail read as an allocation that failed? */
 static int
 says_out_of_memory(const struct run *r)
 {
-    static const char *const signs[] = {
-        "MemoryError", "Cannot allocate memory", "out of memory", "Out of memory",
-        "bad_alloc", "memory exhausted", "failed to allocate",
-    };
-    for (size_t i = 0; i < sizeof signs / sizeof signs[0]; i++)
-        if (memmem(r->tail, r->tail_len, signs[i], strlen(signs[i])) != NULL)
-            return 1;
-    return 0;
+    return limits_says_out_of_memory(r->tail, r->tail_len);
 }
 
 /*
@@ -900,23 +868,23 @@ says_out_of_memory(const struct run *r)
 static int
 limit_exceeded(const struct ds_handler_config *handler, struct run *r, struct handler_output *out)
 {
-    char limit[32], what[sizeof out->error];
+    char limit[64], what[sizeof out->error];
     int sig = WIFSIGNALED(r->status) ? WTERMSIG(r->status) : 0;
     uint64_t limit_usec = (handler->cpu_limit_ms + 999) / 1000 * 1000000;
     if (handler->cpu_limit_ms != 0 &&
         (sig == SIGXCPU || (sig == SIGKILL && r->cpu_usec >= limit_usec / 10 * 9))) {
         describe_failure(handler, r, out, 0);
         memcpy(what, out->error, sizeof what);
-        snprintf(out->error, sizeof out->error, "cpu limit %s exceeded: %.440s",
-                 duration_text(handler->cpu_limit_ms, limit, sizeof limit), what);
+        limits_cpu_text(handler->cpu_limit_ms, limit, sizeof limit);
+        snprintf(out->error, sizeof out->error, "%s: %.440s", limit, what);
         return 1;
     }
     if (handler->memory_limit != 0 &&
         (r->max_rss_kib * 1024 >= handler->memory_limit / 4 * 3 || says_out_of_memory(r))) {
         describe_failure(handler, r, out, 0);
         memcpy(what, out->error, sizeof what);
-        snprintf(out->error, sizeof out->error, "memory limit %s exceeded: %.440s",
-                 size_text(handler->memory_limit, limit, sizeof limit), what);
+        limits_memory_text(handler->memory_limit, limit, sizeof limit);
+        snprintf(out->error, sizeof out->error, "%s: %.440s", limit, what);
         return 1;
     }
     return 0;

@@ -18,6 +18,8 @@
  * struct ds_worker_status): STARTING until we are ready, then RUNNING with
  * the item's key around each handler call, IDLE between. Should we die,
  * the master charges it to that item rather than to the crash-loop breaker.
+ * An item of a kind with memory_limit or cpu_limit is watched while it runs
+ * (limits.c): over a limit, we die, having said why in that page.
  *
  * An item owns nothing once it is over: after each module or exec item,
  * every child it left (we are a subreaper: orphans from anywhere below us,
@@ -50,6 +52,7 @@
 #include "workers/exec.h"
 #include "workers/handler.h"
 #include "workers/hygiene.h"
+#include "workers/limits.h"
 #include "workers/module.h"
 
 /* Kinds are at most 64 bytes (config.c), assigned ids at most DS_ITEM_ID_MAX. */
@@ -98,6 +101,7 @@ static struct {
     uint64_t item_limit;        /* 0: no recycling */
     int stopping;
     int recycling;
+    int retire_now;             /* an item went over its memory limit: a new worker takes over */
     struct ds_worker_status *status;    /* shared with the master; may be NULL */
     pid_t *spared;              /* children we had when ready: not an item's */
     size_t spared_count;
@@ -313,6 +317,39 @@ batch_hold(struct task *t, int state, const void *bytes, size_t len,
         batch_close();
 }
 
+/*
+ * A limited built-in or module whose attempt ended (limits.c; one caught
+ * going over while it ran never gets here: its worker is killed): did it
+ * go over its memory limit? It grew past it between two samples; or it
+ * failed, having grown by three quarters of it or saying an allocation
+ * failed (RLIMIT_DATA refused one), as exec.c judges a program. If so,
+ * OUT->error says which limit, then what the handler said.
+ */
+static int
+over_memory_limit(const struct ds_handler_config *handler, int r, struct handler_output *out,
+                  const struct limits_seen *seen)
+{
+    uint64_t limit = handler->memory_limit;
+    if (limit == 0)
+        return 0;
+    char head[64], what[sizeof out->error];
+    limits_memory_text(limit, head, sizeof head);
+    if (seen->memory_growth > limit) {
+        if (r != 0)
+            snprintf(what, sizeof what, "%s", out->error);
+        snprintf(out->error, sizeof out->error, "%s: it grew by %llu MiB%s%.400s", head,
+                 (unsigned long long)(seen->memory_growth >> 20), r != 0 ? ": " : "",
+                 r != 0 ? what : "");
+        return 1;
+    }
+    if (r == 0 || !(seen->memory_growth >= limit / 4 * 3 ||
+                    limits_says_out_of_memory(out->error, strlen(out->error))))
+        return 0;
+    snprintf(what, sizeof what, "%s", out->error);
+    snprintf(out->error, sizeof out->error, "%s: %.440s", head, what);
+    return 1;
+}
+
 /* Run T; 1 if its end is held for its batch (T is then the batch's), 0 if
  * it was sent (the caller frees T). */
 static int
@@ -359,7 +396,13 @@ run_task(struct task *t)
     w.cancel_requested = 0;
     w.next_progress_ns = clock_monotonic_ns() + PROGRESS_INTERVAL_NS;
     phase_set(DS_WORKER_RUNNING, t);
+    int limited = limits_apply_to(t->handler);
+    if (limited)
+        limits_arm(t->handler, w.status);
     int r = handler_run(t->handler, t->item, &out);
+    struct limits_seen seen = { 0 };
+    if (limited)
+        limits_disarm(&seen);
     if (t->handler->type == DS_HANDLER_MODULE || exec)
         kill_leftovers();
     phase_set(DS_WORKER_IDLE, NULL);
@@ -380,6 +423,13 @@ run_task(struct task *t)
         if (out.release != NULL)
             out.release((void *)out.result);
         r = -1;
+    }
+    if (limited && !w.cancel_requested && over_memory_limit(t->handler, r, &out, &seen)) {
+        /* What it holds may stay held: a new worker takes the next item. */
+        if (r == 0 && out.release != NULL)
+            out.release((void *)out.result);
+        r = -1;
+        w.retire_now = 1;
     }
     static const char cancelled[] = "cancelled while running";
     int state;
@@ -438,6 +488,13 @@ pick_item_limit(uint64_t max_items)
 static int
 recycle_due(void)
 {
+    if (w.retire_now) {
+        if (!w.recycling)
+            log_info("exiting so that a new worker takes the next item: the last one went "
+                     "over its memory limit");
+        w.recycling = 1;
+        return 1;
+    }
     if (w.item_limit == 0 || w.items_done < w.item_limit)
         return 0;
     if (!w.recycling)

@@ -22,6 +22,16 @@ Limits and poison items:
 - a program that crashes (SIGSEGV) is retried like a worker death, and its
   final FAILED lists every attempt's reason; it is in the dead-letter list;
 - bad values are config errors naming FILE:LINE:COL and the key.
+
+The same limits on built-ins and modules, which run in the worker
+(src/workers/limits.c): a module touching 200 MB under 64MiB, or asking
+for it in one malloc (RLIMIT_DATA refuses it), and sha256 with a huge
+rounds under cpu_limit 1s end FAILED "memory limit 64MiB exceeded: ..." /
+"cpu limit 1s exceeded: ..." on their first attempt, the worker respawned;
+what it held goes back to the queue unspent, and the next items (of that
+kind and others) succeed. Limit kills never count toward
+respawn.crash_limit; an unlimited item after a limited one that fitted
+runs on the same worker.
 """
 import json
 import re
@@ -32,6 +42,7 @@ import yaml
 
 from conftest import FAILED, RETRYING, SUCCEEDED, free_port, http_get, run_cli, wait_for
 from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
+from test_handlers import test_modules  # noqa: F401 (a fixture: the test module, built)
 
 PY = "/usr/bin/python3"
 ECHO = {"default": "echo", "echo": {"builtin": "echo"}}
@@ -227,19 +238,143 @@ def test_bad_limits_are_config_errors(make_daemon, key, value, message):
                      r.stderr), r.stderr
 
 
-def test_limits_only_for_exec_and_printed(make_daemon):
-    d = make_daemon({"handlers": {**ECHO, "s": {"builtin": "sleep", "memory_limit": "64MiB"}}})
+@pytest.mark.parametrize("key, value, message", [
+    ("memory_limit", "512KiB", r"memory_limit: must be 1MiB\.\.1048576GiB, got 512KiB"),
+    ("cpu_limit", "0s", r"cpu_limit: must be 1s\.\.720h, got 0s"),
+    ("cpu_limit", 30, r"cpu_limit: needs a unit"),
+])
+@pytest.mark.parametrize("handler", [{"builtin": "sha256"}, {"module": "MODULE"}])
+def test_bad_limits_on_builtins_and_modules(make_daemon, test_modules, handler, key, value,
+                                           message):
+    h = {k: str(test_modules["ok"]) if v == "MODULE" else v for k, v in handler.items()}
+    d = make_daemon({"handlers": {**ECHO, "x": {**h, key: value}}})
     r = run_cli("-t", "-c", d.config_path)
-    assert r.returncode != 0 and re.search(r"handlers\.s\.memory_limit: only for exec",
-                                           r.stderr), r.stderr
+    assert r.returncode != 0, f"-t accepted {key}: {value!r}"
+    assert re.search(rf"{re.escape(str(d.config_path))}:\d+:\d+: handlers\.x\.{message}",
+                     r.stderr), r.stderr
+
+
+def test_limits_for_every_handler_and_printed(make_daemon, test_modules):
     d = make_daemon({"handlers": {**ECHO, "a": {"exec": ["true"], "memory_limit": "512MiB",
                                                 "cpu_limit": "30s"},
-                                  "b": {"exec": ["true"]}}})
+                                  "b": {"exec": ["true"]},
+                                  "s": {"builtin": "sleep", "memory_limit": "64MiB"},
+                                  "h": {"builtin": "sha256", "cpu_limit": "2s"},
+                                  "m": {"module": str(test_modules["ok"]),
+                                        "memory_limit": "1GiB", "cpu_limit": "1m"}}})
     r = run_cli("-T", "-c", d.config_path)
     assert r.returncode == 0, r.stderr
     printed = yaml.safe_load(r.stdout)["handlers"]
     assert (printed["a"]["memory_limit"], printed["a"]["cpu_limit"]) == ("512MiB", "30s")
     assert (printed["b"]["memory_limit"], printed["b"]["cpu_limit"]) == (False, False)  # off
+    assert (printed["s"]["memory_limit"], printed["s"]["cpu_limit"]) == ("64MiB", False)
+    assert (printed["h"]["memory_limit"], printed["h"]["cpu_limit"]) == (False, "2s")
+    assert (printed["m"]["memory_limit"], printed["m"]["cpu_limit"]) == ("1GiB", "1m")
+
+
+# ---- the same limits on built-ins and modules (run in the worker) -------------------
+
+def in_worker_kinds(test_modules):
+    module = str(test_modules["ok"])
+    return {
+        "mhog": {"module": module, "memory_limit": "64MiB"},
+        "mroomy": {"module": module, "memory_limit": "1GiB", "cpu_limit": "30s"},
+        "mspin": {"module": module, "cpu_limit": "1s", "timeout": "60s"},
+        "hash": {"builtin": "sha256", "cpu_limit": "1s", "timeout": "60s"},
+    }
+
+
+@pytest.mark.deadline(150)
+@pytest.mark.parametrize("mode", ["memory", "journal", "cluster"])
+def test_builtin_and_module_limits(mode, start_daemon, request, tmp_path, test_modules):
+    d = start_mode(mode, start_daemon, request, tmp_path,
+                   overrides={"handlers": in_worker_kinds(test_modules),
+                              "workers": {"count": 1}})
+    c = d.client()
+    t = tag()
+    names = ("hog", "once", "fits", "spin", "hash", "after", "echo")
+    ids = {k: f"{k}-{t}" for k in names}
+    items = [{"id": ids["hog"], "kind": "mhog", "params": {"alloc_mb": "200"}},
+             {"id": ids["once"], "kind": "mhog", "params": {"alloc_once_mb": "200"}},
+             {"id": ids["fits"], "kind": "mhog", "params": {"alloc_mb": "20"}},
+             {"id": ids["spin"], "kind": "mspin", "params": {"spin_ms": "20000"}},
+             {"id": ids["hash"], "kind": "hash", "payload": b"x",
+              "params": {"rounds": "100000000"}},
+             {"id": ids["after"], "kind": "hash", "payload": b"x", "params": {"rounds": "1000"}},
+             {"id": ids["echo"], "kind": "echo", "payload": b"fine"}]
+    first = d.worker_pids()
+    reply, sub = c.run_items(items, timeout=120)
+    assert reply.accepted == len(items)
+    f = {k: sub.final[ids[k]] for k in names}
+    for k in ("hog", "once", "spin", "hash"):
+        assert (f[k].state, f[k].attempt) == (FAILED, 1), (k, f[k])
+        assert RETRYING not in [u.state for u in sub.of(ids[k])], k
+    # caught by the sampler (or, on a starved machine, refused by RLIMIT_DATA)
+    assert f["hog"].error.startswith("memory limit 64MiB exceeded: "), f["hog"].error
+    # one malloc of 200 MB is over RLIMIT_DATA (the worker's data + 2 x 64MiB): refused
+    assert f["once"].error == ("memory limit 64MiB exceeded: cannot allocate 200 MiB: Cannot "
+                               "allocate memory"), f["once"].error
+    assert f["spin"].error.startswith("cpu limit 1s exceeded: it used 1."), f["spin"].error
+    assert f["hash"].error.startswith("cpu limit 1s exceeded: it used 1."), f["hash"].error
+    for k in ("spin", "hash"):
+        # generous bounds: the machine is shared; the watchdog samples every 10 ms
+        assert 1_000_000 <= f[k].cpu_usec <= 1_500_000, (k, f[k].cpu_usec)
+        assert f[k].max_rss_kib > 1000, (k, f[k].max_rss_kib)
+    assert (f["fits"].state, f["fits"].result) == (SUCCEEDED, b"allocated 20 MiB"), f["fits"]
+    assert (f["after"].state, len(f["after"].result)) == (SUCCEEDED, 32), f["after"]
+    assert (f["echo"].state, f["echo"].result) == (SUCCEEDED, b"fine"), f["echo"]
+    for u in sub.updates:
+        # what a dying worker held came back without spending an attempt
+        assert u.attempt == 1, u
+    got = {it.id: it for it in c.get_items(list(ids.values())).items}
+    for k in ("hog", "once", "spin", "hash"):
+        assert (got[ids[k]].state, got[ids[k]].error) == (FAILED, f[k].error), k
+        assert got[ids[k]].cpu_usec == f[k].cpu_usec, k
+    # four workers stopped (three killed, one exited after its refused
+    # allocation), each replaced
+    wait_for(lambda: len(d.worker_pids()) == 1, 10, "the worker respawned")
+    assert not set(d.worker_pids()) & set(first)
+    log = d.log_text()
+    assert len(re.findall(r"killed by signal 9: (memory|cpu) limit", log)) == 3, log
+    assert "an item went over its limit there, which is not a crash loop" in log
+
+
+@pytest.mark.deadline(120)
+def test_limit_kills_are_not_a_crash_loop(start_daemon, test_modules):
+    d = start_daemon({"handlers": {**ECHO, **in_worker_kinds(test_modules)},
+                      "workers": {"count": 1},
+                      "respawn": {"backoff_min": "100ms", "backoff_max": "1s",
+                                  "stable_after": "60s", "crash_limit": 3}})
+    c = d.client()
+    t = tag()
+    hogs = [f"hog{i}-{t}" for i in range(5)]
+    items = [{"id": i, "kind": "mhog", "params": {"alloc_mb": "200"}} for i in hogs]
+    items.append({"id": f"echo-{t}", "kind": "echo", "payload": b"still here"})
+    reply, sub = c.run_items(items, timeout=90)
+    for i in hogs:
+        assert (sub.final[i].state, sub.final[i].attempt) == (FAILED, 1), sub.final[i]
+        assert sub.final[i].error.startswith("memory limit 64MiB exceeded"), sub.final[i]
+    assert sub.final[f"echo-{t}"].result == b"still here"
+    assert d.proc.poll() is None, "the master gave up"
+    assert "crashed" not in d.log_text()
+
+
+@pytest.mark.deadline(60)
+def test_unlimited_item_after_a_limited_one_on_the_same_worker(start_daemon, test_modules):
+    d = start_daemon({"handlers": {**ECHO, **in_worker_kinds(test_modules)},
+                      "workers": {"count": 1}})
+    c = d.client()
+    workers = d.worker_pids()
+    t = tag()
+    reply, sub = c.run_items([{"id": f"fits-{t}", "kind": "mroomy",
+                               "params": {"alloc_mb": "100"}},
+                              {"id": f"spun-{t}", "kind": "mroomy", "params": {"spin_ms": "200"}},
+                              {"id": f"echo-{t}", "kind": "echo", "payload": b"e"}], timeout=30)
+    assert sub.final[f"fits-{t}"].result == b"allocated 100 MiB", sub.final[f"fits-{t}"]
+    assert sub.final[f"fits-{t}"].max_rss_kib >= 100_000
+    assert sub.final[f"spun-{t}"].result == b"spun", sub.final[f"spun-{t}"]
+    assert sub.final[f"echo-{t}"].result == b"e"
+    assert d.worker_pids() == workers
 
 
 # ---- where the figures show --------------------------------------------------------

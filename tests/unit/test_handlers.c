@@ -33,7 +33,11 @@
  * trace (the result is "traceparent=TP", the item's, or "(none)"),
  * retry_until=N (return DS_MODULE_RETRY, "busy at attempt A", while the
  * attempt is under N; built with DS_TEST_MODULE_RETRY it is flagged
- * DS_MODULE_RETRYABLE, otherwise it is a module that never asked for it).
+ * DS_MODULE_RETRYABLE, otherwise it is a module that never asked for it),
+ * alloc_mb=N (allocate and touch N MiB, 1 MiB at a time, then free it: the
+ * result is "allocated N MiB"), alloc_once_mb=N (the same in one malloc;
+ * fails with "cannot allocate N MiB: Cannot allocate memory" if refused),
+ * spin_ms=N (burn N ms of CPU time; the result is "spun").
  * Otherwise the result is "PREFIX PAYLOAD|attempt=A|id=ID|kind=K|n=N".
  */
 struct test_state {
@@ -91,6 +95,45 @@ test_process(void *state, const struct ds_module_item *item, struct ds_module_re
     }
     if (param(item, "crash") != NULL)
         abort();
+    if ((v = param(item, "alloc_mb")) != NULL || (v = param(item, "alloc_once_mb")) != NULL) {
+        size_t mb = (size_t)atol(v), chunks = param(item, "alloc_mb") != NULL ? mb : 1;
+        size_t chunk = (mb << 20) / chunks;
+        char **held = calloc(chunks + 1, sizeof *held);
+        for (size_t i = 0; i < chunks; i++) {
+            held[i] = malloc(chunk);
+            if (held[i] == NULL) {
+                snprintf(out->error, out->error_size, "cannot allocate %zu MiB: Cannot "
+                         "allocate memory", mb);
+                while (i > 0)
+                    free(held[--i]);
+                free(held);
+                return -1;
+            }
+            for (size_t j = 0; j < chunk; j += 4096)
+                held[i][j] = 1;
+        }
+        for (size_t i = 0; i < chunks; i++)
+            free(held[i]);
+        free(held);
+        snprintf(s->kept, sizeof s->kept, "allocated %zu MiB", mb);
+        out->data = s->kept;
+        out->len = strlen(s->kept);
+        return 0;
+    }
+    if ((v = param(item, "spin_ms")) != NULL) {
+        struct timespec t0, t;
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+        volatile unsigned long spins = 0;
+        do {
+            for (int i = 0; i < 100000; i++)
+                spins++;
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+        } while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 <
+                 atol(v));
+        out->data = "spun";
+        out->len = 4;
+        return 0;
+    }
     if ((v = param(item, "retry_until")) != NULL && item->attempt < (uint32_t)atol(v)) {
         snprintf(out->error, out->error_size, "busy at attempt %u", item->attempt);
         return DS_MODULE_RETRY;

@@ -416,7 +416,7 @@ test_retire(void **state)
     assert_int_equal(w->items_done, 1);
 
     /* Its exit then reports nothing, and forgets it. */
-    workers_exited(w1.pid, "exited with status 0", 0, 0);
+    workers_exited(w1.pid, "exited with status 0", 0, 0, NULL);
     assert_false(worker_listed(w1.pid));
     assert_int_equal(count_of(REC_ATTEMPT_FAILED), 0);
 
@@ -454,7 +454,7 @@ test_exited(void **state)
     assert_int_equal(u[1]->state, STATE_PROGRESS);
     assert_true(u[1]->progress > 0.24f && u[1]->progress < 0.26f);
 
-    workers_exited(w1.pid, "killed by signal 9", 0, 0);
+    workers_exited(w1.pid, "killed by signal 9", 0, 0, NULL);
     struct record *f[4];
     assert_int_equal(records_of(REC_ATTEMPT_FAILED, f, 4), 1);
     assert_int_equal(f[0]->key, w1.items[0].key);
@@ -495,7 +495,7 @@ test_exited_running_key(void **state)
 
     /* a's answer is in the socket, unread, when the exit is told. */
     fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_SUCCEEDED, 0, "done", 4);
-    workers_exited(w1.pid, "killed by signal 11", w1.items[1].key, 1);
+    workers_exited(w1.pid, "killed by signal 11", w1.items[1].key, 1, NULL);
     struct record *e[2], *f[2];
     assert_int_equal(records_of(REC_ENDED, e, 2), 1);
     assert_int_equal(e[0]->key, w1.items[0].key);
@@ -510,7 +510,7 @@ test_exited_running_key(void **state)
     fake_attach(&w2, 1002, 1);
     fake_wait_items(rec.base, &w2, 1);
     assert_string_equal(w2.items[0].id, "c");
-    workers_exited(w2.pid, "killed by signal 9", w2.items[0].key, 2);
+    workers_exited(w2.pid, "killed by signal 9", w2.items[0].key, 2, NULL);
     assert_int_equal(count_of(REC_ATTEMPT_FAILED), 1);
     assert_int_equal(queue_waiting(), 1);
     assert_int_equal(queue_held(), 0);
@@ -539,7 +539,7 @@ test_timeout(void **state)
 
     /* The master kills it and says so: the item timed out, whatever the
      * signal; the other goes back. */
-    workers_exited(w1.pid, "killed by signal 9", 0, 0);
+    workers_exited(w1.pid, "killed by signal 9", 0, 0, NULL);
     struct record *f[2];
     assert_int_equal(records_of(REC_ATTEMPT_FAILED, f, 2), 1);
     assert_int_equal(f[0]->key, w1.items[0].key);
@@ -814,7 +814,7 @@ test_cancel_kill(void **state)
     fake_settle(rec.base, &w1);
     assert_int_equal(w1.cancel_count, 0);
 
-    workers_exited(w1.pid, "killed by signal 9", w1.items[0].key, 1);
+    workers_exited(w1.pid, "killed by signal 9", w1.items[0].key, 1, NULL);
     struct record *c[2];
     assert_int_equal(records_of(REC_CANCELLED, c, 2), 1);
     assert_int_equal(c[0]->key, w1.items[0].key);

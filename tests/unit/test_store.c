@@ -274,7 +274,7 @@ test_retry_then_fail(void **state)
     fake_send_update(gp.base, &w1, w1.items[0].key, 1, STATE_STARTED, 0, NULL, 0);
     wait_heard(&w1, 3);
 
-    workers_exited(w1.pid, "killed by signal 9", 0, 0);
+    workers_exited(w1.pid, "killed by signal 9", 0, 0, NULL);
     fake_close(&w1);
     assert_int_equal(heard.n, 4);
     wire_update *m = heard_update(3);
@@ -293,7 +293,7 @@ test_retry_then_fail(void **state)
     assert_string_equal(w2.items[0].id, "a");
     assert_int_equal(w2.items[0].attempt, 2);
     /* The master says it was running a (no STARTED came): the last attempt. */
-    workers_exited(w2.pid, "killed by signal 11", w2.items[0].key, 2);
+    workers_exited(w2.pid, "killed by signal 11", w2.items[0].key, 2, NULL);
     fake_close(&w2);
     assert_int_equal(heard.n, 5);
     /* a poison item: every attempt's reason */

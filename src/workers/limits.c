@@ -1,0 +1,319 @@
+/*
+ * memory_limit and cpu_limit (limits.h).
+ *
+ * An exec program is limited by the kernel (exec.c: RLIMIT_DATA and
+ * RLIMIT_CPU on the child). A built-in or a module runs in the worker,
+ * whose rlimits are for the whole process and its whole life, and cannot
+ * be interrupted safely halfway: so a thread of the worker watches the
+ * attempt, and a worker whose attempt went over dies (SIGKILL, no fini),
+ * having said why in the page it shares with the master. The master
+ * respawns it at once: like an item that crashed its worker, it does not
+ * count toward respawn.crash_limit; unlike it, the attempt ends FAILED,
+ * not retried (it would only be stopped again), as exec's does.
+ *
+ * What is measured, every LIMITS_SAMPLE_MS while an attempt is armed:
+ * - memory: the worker's resident set (/proc/self/statm) less what it was
+ *   when the attempt started: what the attempt made resident, whoever
+ *   frees it (a module's threads included). Between two samples a handler
+ *   can fault in at most some tens of MB; an allocation larger than that
+ *   in one go meets RLIMIT_DATA (the worker's data at the start plus twice
+ *   the limit), and fails: the handler sees malloc() return NULL, and an
+ *   attempt that then fails saying so (limits_says_out_of_memory) or after
+ *   growing by three quarters of the limit is told apart by the worker
+ *   (worker.c), as exec.c tells a program's.
+ * - CPU: CLOCK_PROCESS_CPUTIME_ID, every thread of the worker (what a
+ *   module forks is not in it), less what it was at the start.
+ *
+ * Costs: nothing for a kind without limits (no thread, no call). For a
+ * limited attempt, the arm and disarm (a statm read, a clock read, a
+ * condition signal, two setrlimit) take ~10 us, and each sample ~5 us of
+ * the watching thread: 0.05% of a core while the attempt runs.
+ */
+#include "workers/limits.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+
+/* The watcher's stack: it calls snprintf and little else. */
+#define WATCH_STACK (128u * 1024)
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pthread_t thread;
+    int started;                /* 1: running; -1: could not start */
+    int statm_fd;
+    uint64_t page_size;
+    struct rlimit data_saved;   /* RLIMIT_DATA as we found it */
+    int data_lowered;           /* set by this attempt's arm */
+    /* under lock */
+    int armed;
+    uint64_t memory_limit;      /* bytes; 0: none */
+    uint64_t cpu_limit_ns;      /* 0: none */
+    uint64_t rss_start;         /* bytes */
+    uint64_t cpu_start_ns;
+    uint64_t peak_growth;       /* bytes */
+    struct ds_worker_status *status;
+} wd = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .statm_fd = -1,
+};
+
+/* ---- how it is said ------------------------------------------------------ */
+
+/* 512MiB, 1GiB, 1500KiB, 1048577 (bytes): as the config writes sizes. */
+static const char *
+size_text(uint64_t v, char *buf, size_t size)
+{
+    static const char *const units[] = { "GiB", "MiB", "KiB" };
+    for (int i = 0; i < 3; i++) {
+        uint64_t unit = 1ull << (30 - 10 * i);
+        if (v >= unit && v % unit == 0) {
+            snprintf(buf, size, "%llu%s", (unsigned long long)(v / unit), units[i]);
+            return buf;
+        }
+    }
+    snprintf(buf, size, "%llu", (unsigned long long)v);
+    return buf;
+}
+
+static const char *
+duration_text(uint64_t ms, char *buf, size_t size)
+{
+    if (ms % 1000 == 0)
+        snprintf(buf, size, "%llus", (unsigned long long)(ms / 1000));
+    else
+        snprintf(buf, size, "%llums", (unsigned long long)ms);
+    return buf;
+}
+
+int
+limits_memory_text(uint64_t bytes, char *buf, size_t size)
+{
+    char v[32];
+    return snprintf(buf, size, "memory limit %s exceeded", size_text(bytes, v, sizeof v));
+}
+
+int
+limits_cpu_text(uint64_t ms, char *buf, size_t size)
+{
+    char v[32];
+    return snprintf(buf, size, "cpu limit %s exceeded", duration_text(ms, v, sizeof v));
+}
+
+int
+limits_says_out_of_memory(const char *text, size_t len)
+{
+    static const char *const signs[] = {
+        "MemoryError", "Cannot allocate memory", "out of memory", "Out of memory",
+        "bad_alloc", "memory exhausted", "failed to allocate",
+    };
+    for (size_t i = 0; i < sizeof signs / sizeof signs[0]; i++)
+        if (memmem(text, len, signs[i], strlen(signs[i])) != NULL)
+            return 1;
+    return 0;
+}
+
+int
+limits_apply_to(const struct ds_handler_config *handler)
+{
+    return handler->type != DS_HANDLER_EXEC &&
+           (handler->memory_limit != 0 || handler->cpu_limit_ms != 0);
+}
+
+/* ---- the watchdog -------------------------------------------------------- */
+
+/* Our resident set and data (bytes), from /proc/self/statm; -1 if unread. */
+static int
+read_statm(uint64_t *rss, uint64_t *data)
+{
+    char buf[160];
+    ssize_t n = pread(wd.statm_fd, buf, sizeof buf - 1, 0);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    unsigned long long size, resident, shared, text, lib, dat;
+    if (sscanf(buf, "%llu %llu %llu %llu %llu %llu", &size, &resident, &shared, &text, &lib,
+               &dat) != 6)
+        return -1;
+    *rss = resident * wd.page_size;
+    *data = dat * wd.page_size;
+    return 0;
+}
+
+static uint64_t
+process_cpu_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == -1)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The attempt went over (under lock): say so to the master, and die. */
+static void
+over(int which, uint64_t growth, uint64_t cpu_ns, uint64_t rss)
+{
+    struct ds_worker_status *s = wd.status;
+    if (s != NULL) {
+        char head[64], used[64];
+        if (which == DS_LIMIT_MEMORY) {
+            limits_memory_text(wd.memory_limit, head, sizeof head);
+            snprintf(used, sizeof used, "it grew by %llu MiB",
+                     (unsigned long long)(growth >> 20));
+        } else {
+            limits_cpu_text(wd.cpu_limit_ns / 1000000, head, sizeof head);
+            snprintf(used, sizeof used, "it used %.2f s of CPU", (double)cpu_ns / 1e9);
+        }
+        snprintf(s->limit_reason, sizeof s->limit_reason, "%s: %s in worker %ld, which was "
+                 "stopped", head, used, (long)getpid());
+        struct rusage self;
+        uint64_t peak = getrusage(RUSAGE_SELF, &self) == 0 && self.ru_maxrss > 0
+                            ? (uint64_t)self.ru_maxrss : 0;
+        s->limit_cpu_usec = cpu_ns / 1000;
+        s->limit_max_rss_kib = rss / 1024 > peak ? rss / 1024 : peak;
+        __atomic_store_n(&s->limit_hit, (uint32_t)which, __ATOMIC_RELEASE);
+    }
+    kill(getpid(), SIGKILL);
+    for (;;)
+        pause();
+}
+
+/* One look at the armed attempt (under lock). */
+static void
+sample(void)
+{
+    uint64_t rss = 0, data, growth = 0;
+    if (read_statm(&rss, &data) == 0 && rss > wd.rss_start)
+        growth = rss - wd.rss_start;
+    if (growth > wd.peak_growth)
+        wd.peak_growth = growth;
+    uint64_t now = process_cpu_ns(), cpu = now > wd.cpu_start_ns ? now - wd.cpu_start_ns : 0;
+    if (wd.memory_limit != 0 && growth > wd.memory_limit)
+        over(DS_LIMIT_MEMORY, growth, cpu, rss);
+    if (wd.cpu_limit_ns != 0 && cpu >= wd.cpu_limit_ns)
+        over(DS_LIMIT_CPU, growth, cpu, rss);
+}
+
+static void *
+watch(void *arg)
+{
+    pthread_mutex_lock(&wd.lock);
+    for (;;) {
+        while (!wd.armed)
+            pthread_cond_wait(&wd.cond, &wd.lock);
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += LIMITS_SAMPLE_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        int r;
+        while ((r = pthread_cond_timedwait(&wd.cond, &wd.lock, &until)) == 0 && wd.armed)
+            ;           /* woken by an arm: keep the schedule */
+        if (wd.armed)
+            sample();
+    }
+    return NULL;
+}
+
+static int
+start(void)
+{
+    wd.page_size = (uint64_t)sysconf(_SC_PAGESIZE);
+    wd.statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (wd.statm_fd == -1) {
+        log_syserr("memory_limit and cpu_limit: cannot open /proc/self/statm");
+        return -1;
+    }
+    if (getrlimit(RLIMIT_DATA, &wd.data_saved) == -1) {
+        log_syserr("getrlimit(RLIMIT_DATA) failed");
+        return -1;
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&wd.cond, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, WATCH_STACK);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    /* Signals stay the main thread's business. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int err = pthread_create(&wd.thread, &attr, watch, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (err != 0) {
+        log_error("memory_limit and cpu_limit: pthread_create() failed: %s", strerror(err));
+        return -1;
+    }
+    return 0;
+}
+
+void
+limits_arm(const struct ds_handler_config *handler, struct ds_worker_status *status)
+{
+    if (wd.started == 0)
+        wd.started = start() == 0 ? 1 : -1;
+    if (wd.started != 1)
+        return;         /* said once: the limits are not enforced in this worker */
+    uint64_t rss = 0, data = 0;
+    read_statm(&rss, &data);
+    uint64_t cpu = process_cpu_ns();
+    pthread_mutex_lock(&wd.lock);
+    wd.memory_limit = handler->memory_limit;
+    wd.cpu_limit_ns = handler->cpu_limit_ms * 1000000u;
+    wd.rss_start = rss;
+    wd.cpu_start_ns = cpu;
+    wd.peak_growth = 0;
+    wd.status = status;
+    wd.armed = 1;
+    pthread_cond_signal(&wd.cond);
+    pthread_mutex_unlock(&wd.lock);
+
+    wd.data_lowered = 0;
+    if (handler->memory_limit != 0 && data != 0) {
+        rlim_t want = data + 2 * handler->memory_limit;
+        if (wd.data_saved.rlim_cur != RLIM_INFINITY && want > wd.data_saved.rlim_cur)
+            want = wd.data_saved.rlim_cur;
+        struct rlimit rl = { want, wd.data_saved.rlim_max };
+        if (setrlimit(RLIMIT_DATA, &rl) == 0)
+            wd.data_lowered = 1;
+        else
+            log_syswarn("setrlimit(RLIMIT_DATA, %llu) failed", (unsigned long long)want);
+    }
+}
+
+void
+limits_disarm(struct limits_seen *seen)
+{
+    seen->memory_growth = 0;
+    if (wd.started != 1)
+        return;
+    if (wd.data_lowered && setrlimit(RLIMIT_DATA, &wd.data_saved) == -1)
+        log_syswarn("restoring RLIMIT_DATA failed");
+    wd.data_lowered = 0;
+    pthread_mutex_lock(&wd.lock);
+    /* One last look: a short attempt may have ended between two samples. */
+    uint64_t rss, data;
+    if (wd.memory_limit != 0 && read_statm(&rss, &data) == 0 && rss > wd.rss_start &&
+        rss - wd.rss_start > wd.peak_growth)
+        wd.peak_growth = rss - wd.rss_start;
+    wd.armed = 0;
+    seen->memory_growth = wd.peak_growth;
+    pthread_mutex_unlock(&wd.lock);
+}

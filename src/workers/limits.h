@@ -1,0 +1,53 @@
+/*
+ * handlers.<kind>.memory_limit and cpu_limit: how an attempt that went over
+ * is told (shared by exec.c, which limits the program it runs, and the
+ * worker), and the watchdog that enforces them on the built-ins and
+ * modules, which run in the worker itself (see limits.c).
+ */
+#ifndef DS_WORKERS_LIMITS_H
+#define DS_WORKERS_LIMITS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/process.h"
+
+/* "memory limit 64MiB exceeded" (BYTES), "cpu limit 2s exceeded" (MS), as
+ * the config writes the value; the length written, as snprintf. */
+int limits_memory_text(uint64_t bytes, char *buf, size_t size);
+int limits_cpu_text(uint64_t ms, char *buf, size_t size);
+
+/* Does TEXT (LEN bytes, not NUL-terminated) read as an allocation that
+ * failed ("Cannot allocate memory", "MemoryError", ...)? */
+int limits_says_out_of_memory(const char *text, size_t len);
+
+/* Does HANDLER (a built-in or module) have a limit for the watchdog? */
+int limits_apply_to(const struct ds_handler_config *handler);
+
+/*
+ * Around one attempt of a limited built-in or module (limits_apply_to):
+ * limits_arm before the handler runs, limits_disarm once it has returned.
+ * While armed, a thread samples every LIMITS_SAMPLE_MS the worker's
+ * resident memory (its growth since the arm) and its CPU time (since the
+ * arm); and the worker's RLIMIT_DATA is its data at the arm plus twice the
+ * memory limit, so that an allocation faster than the sampler fails rather
+ * than take the machine. An attempt over a limit cannot be stopped safely
+ * from outside the handler: the thread writes why into STATUS (the page
+ * shared with the master, struct ds_worker_status), then SIGKILLs the
+ * worker; the master tells the grpc process, which ends the attempt FAILED
+ * with that text, and respawns the worker.
+ *
+ * The thread is started by the first limits_arm, so that a worker with no
+ * limited kind has none. Both calls come from the worker's one thread.
+ */
+#define LIMITS_SAMPLE_MS 10
+void limits_arm(const struct ds_handler_config *handler, struct ds_worker_status *status);
+
+/* What the attempt did: its largest resident memory growth seen (bytes). */
+struct limits_seen {
+    uint64_t memory_growth;
+};
+void limits_disarm(struct limits_seen *seen);
+
+#endif

@@ -83,6 +83,9 @@
  * trimmed to about this many entries. */
 #define CONTROL_MAXLEN      "1000"
 #define CONTROL_REASON_MAX  1024    /* bytes of a cancel's reason (cancel.c's bound) */
+/* {NAME}:want_started lives this long unless the instance with a
+ * subscriber that wants STARTED renews it (every PING_EVERY_MS). */
+#define WANT_TTL_MS         5000
 
 /*
  * KEYS: work, updates, seq, origin. Every script that publishes an update
@@ -324,14 +327,17 @@ static const char script_accepts[] =
 /*
  * updates: the STARTED, PROGRESS, RETRYING and final updates of the items
  * held here, those of one turn of the loop in one call. KEYS work,
- * updates, seq, origin, pwork, items, finals, finals_bytes; ARGV[1]
+ * updates, seq, origin, pwork, items, finals, finals_bytes, want_started; ARGV[1]
  * floor, ARGV[2] maxlen, ARGV[3] group, ARGV[4] consumer, ARGV[5..9] the
  * retention (LUA_TRIM), then UPDATE_FIELDS per update: its stream (0 work,
- * 1 pwork), its entry, mode (u: update, r: retry, f: final), the attempt
- * the entry must be at, u i k b s (the update), ts (STARTED: when, unix
- * ns; else ""). Each is written only while its entry is pending here with
- * that delivery count (else its reply is 0: superseded); its seq
- * otherwise (the check is one XPENDING per stream for the whole call). A final also acks and deletes the entry and is kept for the
+ * 1 pwork), its entry, mode (u: update, r: retry, f: final, o: a STARTED
+ * written only if some subscriber of some instance wants STARTED, i.e.
+ * KEYS[9] {NAME}:want_started exists, else its reply is -1: folded), the
+ * attempt the entry must be at, u i k b s (the update), ts (STARTED, and
+ * the final of a quick item, whose STARTED may have been folded: when,
+ * unix ns; else ""). Each is written only while its entry is pending here
+ * with that delivery count (else its reply is 0: superseded); its seq
+ * otherwise. The check is one XPENDING per stream for the whole call. A final also acks and deletes the entry and is kept for the
  * retention (its hash, {NAME}:finals, the bytes): the acks, deletes, list
  * pushes and the byte count are one command each for the whole call, and
  * the seq counter is read and stored once.
@@ -364,6 +370,7 @@ static const char script_update[] =
     "    full[si] = #ps >= 10000\n"
     "  end\n"
     "end\n"
+    "local want\n"
     "for o = 10, #ARGV, 10 do\n"     /* UPDATE_FIELDS */
     "  local sk, si = KEYS[1], 1\n"
     "  if ARGV[o] == '1' then sk, si = KEYS[5], 2 end\n"
@@ -374,7 +381,10 @@ static const char script_update[] =
     "    local p = redis.call('XPENDING', sk, g, e, e, 1)\n"
     "    if #p > 0 and p[1][2] == c then d = p[1][4] end\n"
     "  end\n"
-    "  if d ~= att then\n"
+    "  if mode == 'o' and want == nil then want = redis.call('EXISTS', KEYS[9]) == 1 end\n"
+    "  if mode == 'o' and not want then\n"
+    "    out[#out + 1] = -1\n"
+    "  elseif d ~= att then\n"
     "    out[#out + 1] = 0\n"
     "  else\n"
     "    seq = seq + 1\n"
@@ -393,12 +403,13 @@ static const char script_update[] =
     "          end\n"
     "        end\n"
     "      end\n"
+    "      local hf = {'s', st, 'u', u, 'q', sq, 'n', n, 't', r[1]}\n"
     "      if w then\n"
     "        n = n + #w\n"
-    "        redis.call('HSET', hk, 's', st, 'u', u, 'q', sq, 'n', n, 't', r[1], 'w', w)\n"
-    "      else\n"
-    "        redis.call('HSET', hk, 's', st, 'u', u, 'q', sq, 'n', n, 't', r[1])\n"
+    "        hf[8], hf[11], hf[12] = n, 'w', w\n"
     "      end\n"
+    "      if ARGV[o + 9] ~= '' then hf[#hf + 1], hf[#hf + 2] = 'ts', ARGV[o + 9] end\n"
+    "      redis.call('HSET', hk, unpack(hf))\n"
     "      acks[si][#acks[si] + 1] = e\n"
     "      pushes[#pushes + 1] = sq .. ' ' .. id\n"
     "      bytes = bytes + n\n"
@@ -744,7 +755,7 @@ static struct {
     char consumer[160];
     char key_work[96], key_updates[96], key_seq[96], key_origin[96];
     char key_items[96], key_finals[96], key_finals_bytes[96], key_item_prefix[96];
-    char key_control[96];
+    char key_control[96], key_want_started[96];
     char key_pwork[96], key_delayed[96], key_prio[96];
     char control_last[48];      /* the last {NAME}:control entry read */
     uint64_t floor_start;       /* updates_last_seq() when we started */
@@ -811,6 +822,7 @@ static struct {
     uint64_t ping_sent_ms;
     int ping_outstanding;
     uint64_t reconnects, claimed, lost_updates, superseded, sessions;
+    uint64_t started_folded;    /* STARTED of quick items nobody wanted: not written */
     uint64_t cancels;           /* cancel requests for items held here */
     uint64_t known[3];          /* items known, finals retained, their bytes: as last polled */
     char last_error[256];
@@ -1169,14 +1181,15 @@ fail_unsent_updates(void)
 }
 
 /*
- * The update of ITEM for the next update script: MODE u/r/f, the attempt
+ * The update of ITEM for the next update script: MODE u/r/f/o, the attempt
  * the entry must be at (CHECK_ATTEMPT), the update encoded without its
- * seq. FN(ARG) hears its seq, 0 (superseded) or an error or NULL
+ * seq, TS the start time for the item's hash (unix ns, 0: none). FN(ARG) hears its seq, 0 (superseded) or an error or NULL
  * (unknown). -1: the session is down, FN will not run.
  */
 static int
 send_update(const struct item *item, char mode, uint32_t check_attempt, enum wire_state state,
-            const uint8_t *encoded, size_t encoded_len, redisCallbackFn *fn, void *arg)
+            const uint8_t *encoded, size_t encoded_len, uint64_t ts, redisCallbackFn *fn,
+            void *arg)
 {
     if (!cl.up || cl.failing || cl.cmd.ac == NULL)
         return -1;
@@ -1184,7 +1197,7 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
     if (cl.ucbs_n == 0) {
         redis_cmd_init(c, "EVALSHA");
         redis_cmd_str(c, cl.sha[SCRIPT_UPDATE]);
-        redis_cmd_str(c, "8");
+        redis_cmd_str(c, "9");
         redis_cmd_str(c, cl.key_work);
         redis_cmd_str(c, cl.key_updates);
         redis_cmd_str(c, cl.key_seq);
@@ -1193,6 +1206,7 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
         redis_cmd_str(c, cl.key_items);
         redis_cmd_str(c, cl.key_finals);
         redis_cmd_str(c, cl.key_finals_bytes);
+        redis_cmd_str(c, cl.key_want_started);
         redis_cmd_str(c, floor_arg());
         redis_cmd_u64(c, gp.config->updates.history);
         redis_cmd_str(c, CLUSTER_GROUP);
@@ -1216,8 +1230,8 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
     redis_cmd_str(c, item->kind);
     redis_cmd_str(c, item->batch);
     redis_cmd_u64(c, (uint64_t)state);
-    if (state == STATE_STARTED)
-        redis_cmd_u64(c, clock_wall_ns());      /* ts */
+    if (ts != 0)
+        redis_cmd_u64(c, ts);
     else
         redis_cmd_str(c, "");
     if (cl.ucbs_n == cl.ucbs_cap) {
@@ -1271,21 +1285,48 @@ on_published(redisAsyncContext *ac, void *reply, void *arg)
 {
     if (cl.shutting_down)
         return;
-    if (update_result(reply, "an update") == -1)
+    const redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer < 0)
+        cl.started_folded++;    /* no subscriber anywhere wanted it */
+    else if (update_result(reply, "an update") == -1)
         note_lost_update();
     inflight_done();
 }
 
 /* STARTED or PROGRESS: every update comes back through the cluster's
- * stream, in its order. */
+ * stream, in its order. The STARTED of a quick item is folded into its
+ * final (not written at all; the final sets its hash's start time) unless
+ * a subscriber of this instance, or of another one ({NAME}:want_started,
+ * checked by the script), lets STARTED through: its final follows at
+ * once, so nobody else misses it (getItems shows it QUEUED meanwhile). */
 static void
 cluster_publish(const struct item *item, const struct outcome *o)
 {
     size_t len;
     uint8_t *encoded = updates_encode(item, o, &len);
-    if (send_update(item, 'u', item->attempt, o->state, encoded, len, on_published, NULL) == -1)
+    char mode = o->state == STATE_STARTED && item->weight == ITEM_WEIGHT_QUICK &&
+                subscribers_wanting_started() == 0 ? 'o' : 'u';
+    uint64_t ts = o->state == STATE_STARTED ? clock_wall_ns() : 0;
+    if (send_update(item, mode, item->attempt, o->state, encoded, len, ts, on_published,
+                    NULL) == -1)
         note_lost_update();
     free(encoded);
+}
+
+/* Tell every instance that a subscriber here wants STARTED updates: the
+ * key lives WANT_TTL_MS, refreshed every second while one is connected. */
+static void
+publish_want_started(void)
+{
+    if (subscribers_wanting_started() == 0 || !cl.up || cl.failing)
+        return;
+    struct redis_args a;
+    redis_args_init(&a, "SET");
+    redis_args_str(&a, cl.key_want_started);
+    redis_args_str(&a, cl.consumer);
+    redis_args_str(&a, "PX");
+    redis_args_u64(&a, WANT_TTL_MS);
+    command(&cl.cmd, NULL, NULL, &a);
 }
 
 /* Run FN(ARG) from the loop, not from inside the caller. */
@@ -1338,9 +1379,12 @@ cluster_final(struct item *item, const struct outcome *o)
     struct item_op *op = ds_calloc(1, sizeof *op);
     op->item = item;
     op->state = o->state;
+    /* A quick item's STARTED may have been folded (cluster_publish): its
+     * start time comes with the final, taken before the final's own. */
+    uint64_t ts = item->weight == ITEM_WEIGHT_QUICK ? clock_wall_ns() : 0;
     size_t len;
     uint8_t *encoded = updates_encode(item, o, &len);
-    if (send_update(item, 'f', item->attempt, o->state, encoded, len, on_final, op) == -1) {
+    if (send_update(item, 'f', item->attempt, o->state, encoded, len, ts, on_final, op) == -1) {
         char id[300], trace[80];
         log_warn("cluster: item \"%s\" finished while redis is unreachable; another instance "
                  "runs it again after the lease%s", utf8_escape(id, sizeof id, item->id),
@@ -1376,7 +1420,7 @@ cluster_retry(struct item *item, const struct outcome *o)
     op->item = item;
     size_t len;
     uint8_t *encoded = updates_encode(item, o, &len);
-    if (send_update(item, 'r', item->attempt, STATE_RETRYING, encoded, len, on_retried,
+    if (send_update(item, 'r', item->attempt, STATE_RETRYING, encoded, len, 0, on_retried,
                     op) == -1)
         later(drop_later, op);
     free(encoded);
@@ -1757,7 +1801,7 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
         struct outcome retrying = { .state = STATE_RETRYING, .error = reason };
         uint8_t *encoded = updates_encode(item, &retrying, &len);
         item->attempt = deliveries;
-        if (send_update(item, 'u', deliveries, STATE_RETRYING, encoded, len, on_published,
+        if (send_update(item, 'u', deliveries, STATE_RETRYING, encoded, len, 0, on_published,
                         NULL) == -1)
             note_lost_update();
         free(encoded);
@@ -2675,6 +2719,7 @@ on_ping_timer(evutil_socket_t fd, short what, void *arg)
         cl.ping_outstanding = 1;
         cl.ping_sent_ms = clock_monotonic_ms();
     }
+    publish_want_started();
 }
 
 static void
@@ -2701,6 +2746,7 @@ session_up(void)
     struct timeval ping = clock_timeval_ms(PING_EVERY_MS), poll = clock_timeval_ms(POLL_MS);
     evtimer_add(cl.ping_timer, &ping);
     evtimer_add(cl.poll_timer, &poll);
+    publish_want_started();
     arm_lease_timers();
     on_renew_timer(-1, 0, NULL);    /* what we held before: renew it before anyone claims it */
     read_updates();
@@ -2904,6 +2950,8 @@ cluster_start(void)
              c->cluster.name);
     snprintf(cl.key_item_prefix, sizeof cl.key_item_prefix, "{%s}:item:", c->cluster.name);
     snprintf(cl.key_control, sizeof cl.key_control, "{%s}:control", c->cluster.name);
+    snprintf(cl.key_want_started, sizeof cl.key_want_started, "{%s}:want_started",
+             c->cluster.name);
     snprintf(cl.key_pwork, sizeof cl.key_pwork, "{%s}:pwork", c->cluster.name);
     snprintf(cl.key_delayed, sizeof cl.key_delayed, "{%s}:delayed", c->cluster.name);
     snprintf(cl.key_prio, sizeof cl.key_prio, "{%s}:prio", c->cluster.name);
@@ -3119,14 +3167,15 @@ cluster_status_json(struct evbuffer *b)
                         "\"finals_retained\":%" PRIu64 ",\"retained_bytes\":%" PRIu64 ","
                         "\"accept_scripts\":%" PRIu64 ",\"update_scripts\":%" PRIu64 ","
                         "\"writes_in_flight\":%" PRIu64 ",\"backpressure_spells\":%" PRIu64 ","
-                        "\"last_error\":", cl.master_host, cl.master_port,
+                        "\"started_folded\":%" PRIu64 ",\"last_error\":", cl.master_host, cl.master_port,
                         cl.sentinels ? cl.master_name : "", cl.sentinels ? sentinel_last() : "",
                         cl.sentinels && sentinel_watching() ? "true" : "false",
                         c->cluster.min_replicas_ack, c->cluster.name, cl.consumer,
                         cl.up ? "true" : "false", cl.up && cl.caught_up ? "true" : "false",
                         outstanding(), cl.claimed, cl.reconnects, cl.superseded,
                         cl.lost_updates, cl.cancels, cl.known[0], cl.known[1], cl.known[2],
-                        cl.accept_batches, cl.update_batches, cl.inflight, cl.busy_spells);
+                        cl.accept_batches, cl.update_batches, cl.inflight, cl.busy_spells,
+                        cl.started_folded);
     if (cl.last_error[0] == '\0') {
         evbuffer_add_printf(b, "null},");
         return;
@@ -3205,6 +3254,7 @@ const struct store_backend store_redis = {
     .serving = cluster_serving,
     .idle = cluster_idle,
     .pull = cluster_pull,
+    .want_started = publish_want_started,
     .configure = cluster_configure,
     .shutdown = cluster_shutdown,
     .status_json = cluster_status_json,

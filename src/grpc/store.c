@@ -580,6 +580,13 @@ store_busy(void)
     return st.b->busy != NULL && st.b->busy();
 }
 
+void
+store_subscribers_want_started(void)
+{
+    if (st.b->want_started != NULL)
+        st.b->want_started();
+}
+
 /* ---- ending ------------------------------------------------------------------ */
 
 /* ITEM leaves: nothing more is published for it. */

@@ -163,6 +163,9 @@ struct store_backend {
     int (*idle)(void);
     /* Local room may have appeared: take more items (Redis). */
     void (*pull)(void);
+    /* A subscriber whose filter lets STARTED through came while there
+     * was none (Redis: say so at once to every instance). NULL: nothing. */
+    void (*want_started)(void);
     void (*configure)(const struct ds_config *old);
     void (*shutdown)(void);
     /* Known items kept by the backend (NULL: items.c keeps them here).
@@ -197,6 +200,8 @@ int store_has_room(void);
 /* The backend has too much in flight: read no more items for now (it says
  * when through the store_on_room() callback). */
 int store_busy(void);
+/* The first subscriber that wants STARTED updates came (subscribe.c). */
+void store_subscribers_want_started(void);
 /* Items accepted (or being written) and not final. */
 uint64_t store_count(void);
 int store_available(const char **why);

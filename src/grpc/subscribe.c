@@ -72,6 +72,7 @@ struct subscriber {
     grpc_slice status_details;
     int has_details;
     uint64_t sent;
+    int wants_started;          /* its filter lets STARTED through (counted) */
 };
 
 static struct {
@@ -79,6 +80,7 @@ static struct {
     uint64_t count;
     uint64_t cut_off;
     uint64_t bytes;             /* the sum of every queue_bytes */
+    uint64_t want_started;      /* subscribers whose filter lets STARTED through */
 } subs;
 
 static void pump(struct subscriber *s);
@@ -96,6 +98,8 @@ list_remove(struct subscriber *s)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
     subs.count--;
+    if (s->wants_started)
+        subs.want_started--;
 }
 
 static void
@@ -468,6 +472,9 @@ subscribe_call_start(grpc_call *call, grpc_byte_buffer *request)
         subs.list->prev = s;
     subs.list = s;
     subs.count++;
+    s->wants_started = s->filter.states == 0 || (s->filter.states & (1u << STATE_STARTED));
+    if (s->wants_started && subs.want_started++ == 0)
+        store_subscribers_want_started();
     pump(s);
 }
 
@@ -505,4 +512,10 @@ uint64_t
 subscribers_active(void)
 {
     return subs.count;
+}
+
+uint64_t
+subscribers_wanting_started(void)
+{
+    return subs.want_started;
 }

@@ -21,5 +21,9 @@ void subscribers_cut_all(const char *why);
 void subscribers_end_all(void);
 int subscribers_flushed(void);
 uint64_t subscribers_active(void);
+/* Subscribers whose filter lets STARTED updates through (cluster mode
+ * publishes that there are some: STARTED of quick items is written to
+ * Redis only then). */
+uint64_t subscribers_wanting_started(void);
 
 #endif

@@ -11,12 +11,18 @@ while too many writes are in flight).
   reply counts every item once.
 - A burst of 50,000 items in one stream: every one is accepted and reaches
   exactly one final (the batches and the backpressure lose nothing).
+- The STARTED of a quick item is not written to Redis while no subscriber
+  of any instance lets STARTED through ({NAME}:want_started, which an
+  instance with such a subscriber keeps alive): its final carries its start
+  time; a subscriber that wants STARTED on the other instance gets it for
+  items run anywhere, and once it is gone (the key expires) STARTED is
+  folded again. A full item's STARTED is always written.
 """
 import uuid
 
 import pytest
 
-from conftest import QUEUED, SUCCEEDED, free_port, wait_for
+from conftest import QUEUED, STARTED, SUCCEEDED, free_port, wait_for
 from test_cluster import (cluster_name, cluster_status, redis, start_instance,  # noqa: F401
                           wait_work_empty)
 
@@ -98,3 +104,73 @@ def test_a_burst_of_50k_items_in_one_stream_reaches_one_final_each(redis, start_
     st = wait_for(lambda: (lambda c: c if c["writes_in_flight"] == 0 else None)(
         cluster_status(status)), 10, "no writes in flight")
     assert 0 < st["accept_scripts"] < n and 0 < st["update_scripts"] < 2 * n, st
+
+
+def states_in_stream(redis, name, ids):
+    """item id -> the states of its updates in {NAME}:updates, in order."""
+    got = {i: [] for i in ids}
+    for _, fields in redis.command("XRANGE", f"{{{name}}}:updates", "-", "+"):
+        for item_id, state in updates_of_entry(fields):
+            if item_id in got:
+                got[item_id].append(state)
+    return got
+
+
+def updates_of_entry(fields):
+    """(item id, state) of each update an entry of {NAME}:updates holds."""
+    f = dict(zip(fields[::2], fields[1::2]))
+    return [(f[b"i"].decode(), int(f[b"s"]))]
+
+
+@pytest.mark.deadline(120)
+def test_started_of_quick_items_is_folded_while_no_subscriber_wants_it(redis, start_daemon):  # noqa: F811
+    name = cluster_name()
+    sa, sb = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    a = start_instance(start_daemon, redis, name, "a", workers=1,
+                       overrides={"status": {"listen": sa}})
+    b = start_instance(start_daemon, redis, name, "b", workers=1,
+                       overrides={"status": {"listen": sb}})
+    want = f"{{{name}}}:want_started"
+    sub_a = a.client().subscribe(sync=True, name="sub-a", states=[SUCCEEDED])
+    assert redis.command("EXISTS", want) == 0
+    tag = uuid.uuid4().hex[:8]
+
+    def run(label, client, sub):
+        items = [{"id": f"fold-{tag}-{label}-{i}", "kind": "echo", "payload": b"e"}
+                 for i in range(20)]
+        items.append({"id": f"fold-{tag}-{label}-sleep", "kind": "sleep",
+                      "params": {"ms": "20"}})
+        reply = client.submit(items, timeout=30)
+        assert (reply.accepted, reply.rejected) == (len(items), 0), reply
+        ids = [it["id"] for it in items]
+        sub.wait_final(ids, timeout=30)
+        return ids, states_in_stream(redis, name, ids)
+
+    # nobody wants STARTED: echo items go QUEUED, SUCCEEDED; sleep keeps it
+    ids, got = run("folded", a.client(), sub_a)
+    for item_id in ids[:-1]:
+        assert got[item_id] == [QUEUED, SUCCEEDED], (item_id, got[item_id])
+    assert got[ids[-1]] == [QUEUED, STARTED, SUCCEEDED], got[ids[-1]]
+    folded = sum(cluster_status(s)["started_folded"] for s in (sa, sb))
+    assert folded >= 20, folded
+    # getItems (on the other instance) still has a start time for them
+    reply = b.client().get_items(ids[:3])
+    for g in reply.items:
+        assert g.state == SUCCEEDED and g.started_unix_nano >= g.accepted_unix_nano > 0, g
+        assert g.finished_unix_nano >= g.started_unix_nano, g
+
+    # a subscriber on b that wants every state: STARTED is written again,
+    # for the items whichever instance runs them
+    sub_b = b.client().subscribe(sync=True, name="sub-b")
+    wait_for(lambda: redis.command("EXISTS", want) == 1, 10, f"{want} set")
+    ids, got = run("wanted", a.client(), sub_b)
+    for item_id in ids:
+        assert got[item_id] == [QUEUED, STARTED, SUCCEEDED], (item_id, got[item_id])
+        assert [u.state for u in sub_b.of(item_id)] == [QUEUED, STARTED, SUCCEEDED]
+
+    # it goes: the key expires (no instance renews it), folding again
+    sub_b.cancel()
+    wait_for(lambda: redis.command("EXISTS", want) == 0, 20, f"{want} expired")
+    ids, got = run("again", a.client(), sub_a)
+    for item_id in ids[:-1]:
+        assert got[item_id] == [QUEUED, SUCCEEDED], (item_id, got[item_id])

@@ -57,7 +57,7 @@
 #define BACKOFF_MIN_MS      100
 #define BACKOFF_MAX_MS      5000
 #define BLOCK_MS            "1000"  /* XREAD(GROUP) BLOCK: an idle round trip a second */
-#define READ_COUNT          1000    /* updates per XREAD */
+#define READ_COUNT          100     /* entries per XREAD (a batch's entry holds up to 512 updates) */
 #define PULL_MAX            1000    /* items per XREADGROUP */
 #define CLAIM_COUNT         100     /* entries per claim pass */
 #define RENEW_CHUNK         500     /* ids per renew script */
@@ -106,12 +106,49 @@
     "end\n"                                                                             \
     "local seq = redis.call('INCR', KEYS[3])\n"
 
+/* The update stream keeps about ARGV[2] (updates.history) updates: its
+ * entries below seq - ARGV[2] go (MINID ~: whole nodes at a time). By seq,
+ * not by entries, since an entry may hold many updates (LUA_BATCH). */
+#define LUA_MINID                                                                       \
+    "string.format('0-%.0f', math.max(0, seq - tonumber(ARGV[2])))"
+
 /* ARGV[2] maxlen, then the update: ARGV[3..7] = u i k b s; EXTRA: more fields
- * (a QUEUED update's p and d, see script_accepts). */
+ * (a QUEUED update's P, see script_retry). An entry of one update, in
+ * layout 2 (LUA_BATCH) like every entry this version writes. */
 #define LUA_ADD_UPDATE_WITH(extra)                                                      \
-    "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. string.format('%.0f', " \
-    "seq), 'u', ARGV[3], 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7]" extra ")\n"
+    "redis.call('XADD', KEYS[2], 'MINID', '~', " LUA_MINID ", '0-' .. string.format('%.0f', " \
+    "seq), 'U', ARGV[3], 'I', ARGV[4], 'K', ARGV[5], 'B', ARGV[6], 'S', ARGV[7]" extra ")\n"
 #define LUA_ADD_UPDATE LUA_ADD_UPDATE_WITH("")
+
+/*
+ * The updates a batch script writes go into one entry of {NAME}:updates
+ * (layout 2): its ID is 0-LAST, LAST the seq of its last update, and it
+ * holds the updates LAST-N+1 .. LAST in order, each as the fields U (the
+ * update encoded without its seq), I, K, B, S (id, kind, batch, state) and
+ * for a waiting QUEUED one P (priority) or D (due time). Upper case, so
+ * that a reader of layout 1, which looks for u, skips the entry loudly
+ * ("it is no update") instead of taking its first update for its last.
+ * ups_add(...) counts the next seq and adds its fields; ups_flush() writes
+ * the entry (at most UPS_MAX fields each: Lua's unpack() takes 8000).
+ * Needs LUA_SEQ_LOAD's `seq` and ARGV[2].
+ */
+#define LUA_BATCH                                                                       \
+    "local ups = {}\n"                                                                  \
+    "local function ups_flush()\n"                                                      \
+    "  if #ups == 0 then return end\n"                                                  \
+    "  redis.call('XADD', KEYS[2], 'MINID', '~', " LUA_MINID ", "                        \
+    "'0-' .. string.format('%.0f', seq), unpack(ups))\n"                                \
+    "  ups = {}\n"                                                                      \
+    "end\n"                                                                             \
+    "local function ups_add(u, id, k, b, s, xk, xv)\n"                                  \
+    "  if #ups >= 6000 then ups_flush() end\n"                                          \
+    "  seq = seq + 1\n"                                                                 \
+    "  local n = #ups\n"                                                                \
+    "  ups[n + 1], ups[n + 2], ups[n + 3], ups[n + 4], ups[n + 5] = 'U', u, 'I', id, 'K'\n" \
+    "  ups[n + 6], ups[n + 7], ups[n + 8], ups[n + 9], ups[n + 10] = k, 'B', b, 'S', s\n" \
+    "  if xk then ups[n + 11], ups[n + 12] = xk, xv end\n"                              \
+    "  return seq\n"                                                                    \
+    "end\n"
 
 /*
  * Every item known cluster-wide has a hash {NAME}:item:ID, written by the
@@ -193,6 +230,7 @@
 #define ACCEPT_FIELDS 14
 static const char script_accepts[] =
     LUA_SEQ_LOAD
+    LUA_BATCH
     "local out, members, seen, prefix = {}, {}, {}, ARGV[3]\n"
     "for o = 4, #ARGV, 14 do\n"      /* ACCEPT_FIELDS */
     "  local u, id, k, b, s = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]\n"
@@ -211,20 +249,15 @@ static const char script_accepts[] =
     "      out[#out + 1] = r\n"
     "    else\n"
     "      seen[id] = true\n"
-    "      seq = seq + 1\n"
-    "      local sq = string.format('%.0f', seq)\n"
-    "      local sid = '0-' .. sq\n"
     "      if d ~= '' then\n"
-    "        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], sid, 'u', u, 'i', id, "
-    "'k', k, 'b', b, 's', s, 'd', d)\n"
+    "        ups_add(u, id, k, b, s, 'D', d)\n"
     "      elseif p ~= '' then\n"
-    "        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], sid, 'u', u, 'i', id, "
-    "'k', k, 'b', b, 's', s, 'p', p)\n"
+    "        ups_add(u, id, k, b, s, 'P', p)\n"
     "        redis.call('ZADD', KEYS[7], p, p)\n"
     "      else\n"
-    "        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], sid, 'u', u, 'i', id, "
-    "'k', k, 'b', b, 's', s)\n"
+    "        ups_add(u, id, k, b, s)\n"
     "      end\n"
+    "      local sq = string.format('%.0f', seq)\n"
     "      if d ~= '' or p ~= '' then\n"
     "        redis.call('HSET', hk, 'k', k, 'b', b, 's', s, 'm', m, 'q', sq, 'ta', ta, "
     "'to', t, 'qq', q, 'w', w)\n"
@@ -241,6 +274,7 @@ static const char script_accepts[] =
     "    end\n"
     "  end\n"
     "end\n"
+    "ups_flush()\n"
     LUA_SEQ_STORE
     "if #members > 0 then redis.call('ZADD', KEYS[5], unpack(members)) end\n"
     "return out\n";
@@ -346,6 +380,7 @@ static const char script_accepts[] =
 static const char script_update[] =
     LUA_TRIM
     LUA_SEQ_LOAD
+    LUA_BATCH
     "local g, c = ARGV[3], ARGV[4]\n"
     "local r = {ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]}\n"
     "local out, acks, pushes, bytes = {}, {{}, {}}, {}, 0\n"
@@ -387,10 +422,8 @@ static const char script_update[] =
     "  elseif d ~= att then\n"
     "    out[#out + 1] = 0\n"
     "  else\n"
-    "    seq = seq + 1\n"
+    "    ups_add(u, id, k, b, st)\n"
     "    local sq = string.format('%.0f', seq)\n"
-    "    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. sq, 'u', u, 'i', id, "
-    "'k', k, 'b', b, 's', st)\n"
     "    local hk = r[5] .. id\n"
     "    if mode == 'f' then\n"
     "      local n, w = 2 * #id + #u + 200, false\n"
@@ -428,6 +461,7 @@ static const char script_update[] =
     "    out[#out + 1] = seq\n"
     "  end\n"
     "end\n"
+    "ups_flush()\n"
     LUA_SEQ_STORE
     "for si, key in ipairs({KEYS[1], KEYS[5]}) do\n"
     "  if #acks[si] > 0 then\n"
@@ -511,7 +545,7 @@ static const char script_retry[] =
     LUA_NEXT_SEQ
     "local sq = string.format('%.0f', seq)\n"
     "if ARGV[11] ~= '' then\n"
-    "  " LUA_ADD_UPDATE_WITH(", 'p', ARGV[11]")
+    "  " LUA_ADD_UPDATE_WITH(", 'P', ARGV[11]")
     "  redis.call('HDEL', KEYS[5], 'u', 'ts', 'n', 't', 'cr', 'x')\n"
     "  redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
     "'q', sq, 'ta', ARGV[12], 'p', ARGV[11], 'to', ARGV[9], 'qq', ARGV[10])\n"
@@ -704,6 +738,45 @@ static const char script_size[] =
  * and reads on (a gap: its subscribers are told, as for any lost
  * updates). 1: it jumped.
  */
+/*
+ * The layout check, run once per session before anything is written:
+ * KEYS layout, updates, work; ARGV[1] CLUSTER_LAYOUT, ARGV[2] the lease
+ * (ms), ARGV[3] the group. {NAME}:layout says which layout the cluster's
+ * keys are in. Layout 1 (before the update stream had entries of many
+ * updates) never wrote it: keys without it but with an update stream are
+ * layout 1. This version reads layout 1's entries, but layout 1 cannot
+ * read layout 2's, so while an instance of layout 1 may be running (a
+ * consumer of the work stream active within the lease) the answer is
+ * "busy NAME IDLE" and the session fails (retried with backoff); else the
+ * key is set to 2 ("set": new; "upgraded": there were layout 1 keys).
+ * "other V": the key says another layout (a newer version's).
+ */
+#define CLUSTER_LAYOUT "2"
+static const char script_layout[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v then\n"
+    "  if v == ARGV[1] then return 'ok' end\n"
+    "  return 'other ' .. v\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[2]) == 0 then\n"
+    "  redis.call('SET', KEYS[1], ARGV[1])\n"
+    "  return 'set'\n"
+    "end\n"
+    "local ok, cs = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[3], ARGV[3])\n"
+    "if ok then\n"
+    "  for _, c in ipairs(cs) do\n"
+    "    local name, idle = '?', nil\n"
+    "    for j = 1, #c - 1, 2 do\n"
+    "      if c[j] == 'name' then name = c[j + 1] elseif c[j] == 'idle' then idle = c[j + 1] end\n"
+    "    end\n"
+    "    if idle and idle < tonumber(ARGV[2]) then\n"
+    "      return 'busy ' .. name .. ' ' .. idle\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('SET', KEYS[1], ARGV[1])\n"
+    "return 'upgraded'\n";
+
 #define FENCE_JUMP (UINT64_C(1) << 32)
 static const char script_fence[] =
     "local c = redis.call('GET', KEYS[1])\n"
@@ -755,7 +828,7 @@ static struct {
     char consumer[160];
     char key_work[96], key_updates[96], key_seq[96], key_origin[96];
     char key_items[96], key_finals[96], key_finals_bytes[96], key_item_prefix[96];
-    char key_control[96], key_want_started[96];
+    char key_control[96], key_want_started[96], key_layout[96];
     char key_pwork[96], key_delayed[96], key_prio[96];
     char control_last[48];      /* the last {NAME}:control entry read */
     uint64_t floor_start;       /* updates_last_seq() when we started */
@@ -2265,32 +2338,36 @@ report_seq(void)
     master_send(IPC_SEQ_RESERVE, &s, sizeof s);
 }
 
-/* A QUEUED update with more than the usual fields: its item waits
- * (script_accepts): p, in a priority's lane; d, delayed until then. */
+/* One update of an entry of the update stream: its fields (NULL: absent). */
+struct entry_update {
+    const redisReply *u, *i, *k, *b, *s;
+    const redisReply *p, *d;    /* a QUEUED update of an item that waits */
+};
+
+/* A QUEUED update of an item that waits (script_accepts): p, in a
+ * priority's lane; d, delayed until then. */
 static void
-queued_waits(const redisReply *fields)
+queued_waits(const struct entry_update *e)
 {
-    char buf[24];
-    if (field_string(fields, "d", 20, buf) != NULL) {
-        char *end;
+    if (e->d != NULL) {
+        char buf[24], *end;
+        if (e->d->len == 0 || e->d->len >= sizeof buf)
+            return;
+        memcpy(buf, e->d->str, e->d->len);
+        buf[e->d->len] = '\0';
         long long due = strtoll(buf, &end, 10);
         if (*end == '\0' && due > 0)
             arm_due(due);
-    } else if (field(fields, "p") != NULL) {
+    } else if (e->p != NULL) {
         prio_wake();
     }
 }
 
+/* The update with SEQ, E, of the entry with ID ENTRY. */
 static void
-deliver_entry(const redisReply *entry)
+deliver_update(uint64_t seq, const struct entry_update *e, const redisReply *entry)
 {
-    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 ||
-        entry->element[0]->type != REDIS_REPLY_STRING)
-        return;
-    const redisReply *fields = entry->element[1];
-    uint64_t seq = id_number(entry->element[0]->str, entry->element[0]->len);
-    const redisReply *u = field(fields, "u"), *i = field(fields, "i"), *k = field(fields, "k");
-    const redisReply *b = field(fields, "b"), *s = field(fields, "s");
+    const redisReply *u = e->u, *i = e->i, *k = e->k, *b = e->b, *s = e->s;
     uint32_t state = 0;
     if (s != NULL && s->len == 1 && s->str[0] >= '1' && s->str[0] <= '0' + STATE_MAX)
         state = (uint32_t)(s->str[0] - '0');
@@ -2299,9 +2376,8 @@ deliver_entry(const redisReply *entry)
     if (seq == 0 || u == NULL || i == NULL || k == NULL || b == NULL || state == 0 ||
         !utf8_valid(i->str, i->len) || !utf8_valid(k->str, k->len) ||
         !utf8_valid(b->str, b->len) || u->len > DS_UPDATE_SIZE_MAX - 11) {
-        log_error("cluster: skipping entry %.*s of %s: it is no update%s",
-                  (int)(entry->element[0]->len < 40 ? entry->element[0]->len : 40),
-                  entry->element[0]->str, cl.key_updates,
+        log_error("cluster: skipping seq %" PRIu64 " in entry %.*s of %s: it is no update%s",
+                  seq, (int)(entry->len < 40 ? entry->len : 40), entry->str, cl.key_updates,
                   u != NULL && u->len > DS_UPDATE_SIZE_MAX - 11
                   ? " a stock client accepts (over 4 MiB)" : "");
         if (seq > cl.last_seq)
@@ -2326,8 +2402,73 @@ deliver_entry(const redisReply *entry)
                     k->str, k->len, b->str, b->len);
     if (state == STATE_SUCCEEDED || state == STATE_FAILED || state == STATE_CANCELLED)
         cluster_items_final(i->str, i->len);
-    else if (state == STATE_QUEUED && fields->elements > 10)
-        queued_waits(fields);
+    else if (state == STATE_QUEUED)
+        queued_waits(e);
+}
+
+/* Is R the one-letter string C? */
+static int
+is_letter(const redisReply *r, char c)
+{
+    return r->type == REDIS_REPLY_STRING && r->len == 1 && r->str[0] == c;
+}
+
+/*
+ * An entry of the update stream: layout 1 (u i k b s, and p or d), one
+ * update, its seq the entry's ID 0-SEQ, written by an older version (read
+ * for what it left in the stream); or layout 2 (LUA_BATCH: U I K B S, and
+ * P or D, once per update), N updates whose last has the seq of the
+ * entry's ID, what this version writes (one update: script_cancel,
+ * script_retry; a batch: the accepts and the updates).
+ */
+static void
+deliver_entry(const redisReply *entry)
+{
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 ||
+        entry->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const redisReply *fields = entry->element[1], *id = entry->element[0];
+    uint64_t last = id_number(id->str, id->len);
+    struct entry_update e = { 0 };
+    if (fields->type != REDIS_REPLY_ARRAY || fields->elements < 2 ||
+        !is_letter(fields->element[0], 'U')) {
+        e = (struct entry_update){ field(fields, "u"), field(fields, "i"), field(fields, "k"),
+                                   field(fields, "b"), field(fields, "s"), field(fields, "p"),
+                                   field(fields, "d") };
+        deliver_update(last, &e, id);
+        return;
+    }
+    uint64_t n = 0;
+    for (size_t j = 0; j + 1 < fields->elements; j += 2)
+        n += is_letter(fields->element[j], 'U');
+    if (n > last) {             /* no seq for them all: no update of ours */
+        deliver_update(last, &e, id);
+        return;
+    }
+    uint64_t seq = last - n + 1;
+    int have = 0;
+    for (size_t j = 0; j + 1 < fields->elements; j += 2) {
+        const redisReply *key = fields->element[j], *v = fields->element[j + 1];
+        if (key->type != REDIS_REPLY_STRING || key->len != 1 || v->type != REDIS_REPLY_STRING)
+            continue;
+        switch (key->str[0]) {
+        case 'U':
+            if (have)
+                deliver_update(seq++, &e, id);
+            e = (struct entry_update){ .u = v };
+            have = 1;
+            break;
+        case 'I': e.i = v; break;
+        case 'K': e.k = v; break;
+        case 'B': e.b = v; break;
+        case 'S': e.s = v; break;
+        case 'P': e.p = v; break;
+        case 'D': e.d = v; break;
+        default: break;
+        }
+    }
+    if (have)
+        deliver_update(seq, &e, id);
 }
 
 /* ---- cancel requests (the control stream) ---------------------------------- */
@@ -2620,6 +2761,36 @@ fence_floor(void)
     return cl.last_seq > cl.max_published_seq ? cl.last_seq : cl.max_published_seq;
 }
 
+/* The reply of script_layout: 1 if this instance may go on. */
+static int
+layout_checked(const redisReply *r)
+{
+    const struct ds_config *c = gp.config;
+    if (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS) {
+        session_fail("the layout check failed: %.200s",
+                     r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        return 0;
+    }
+    if (strncmp(r->str, "busy ", 5) == 0) {
+        /* "busy CONSUMER IDLE_MS" */
+        session_fail("cluster %s is in use by an older dosomethingd (Redis layout 1: consumer "
+                     "%.100s ms ago), which cannot read layout %s: stop every older instance",
+                     c->cluster.name, r->str + 5, CLUSTER_LAYOUT);
+        return 0;
+    }
+    if (strncmp(r->str, "other ", 6) == 0) {
+        session_fail("{%s}:layout is %.20s: another dosomethingd version's Redis layout; "
+                     "this one (%s) reads and writes layout %s only", c->cluster.name,
+                     r->str + 6, DS_VERSION, CLUSTER_LAYOUT);
+        return 0;
+    }
+    if (strcmp(r->str, "upgraded") == 0)
+        log_notice("cluster: {%s} moves from Redis layout 1 to layout %s (no older instance "
+                   "has been active for cluster.lease): from now on only this version's "
+                   "instances may join it", c->cluster.name, CLUSTER_LAYOUT);
+    return 1;
+}
+
 static void
 on_setup(redisAsyncContext *ac, void *reply, void *arg)
 {
@@ -2675,6 +2846,9 @@ on_setup(redisAsyncContext *ac, void *reply, void *arg)
                      "not got them, or a restart); seqs and work entry IDs go on %llu further, "
                      "so that none is used twice", where(), cl.key_seq, fence_floor(),
                      (unsigned long long)FENCE_JUMP);
+    } else if (which == SCRIPT_COUNT + 7) {
+        if (!layout_checked(r))
+            return;
     } else if (cl.control_last[0] == '\0') {
         /* Cancel requests from now on (a new session goes on from the last one read). */
         snprintf(cl.control_last, sizeof cl.control_last, "0-0");
@@ -2778,11 +2952,22 @@ on_connect(const redisAsyncContext *ac, int status)
         return;
     /* Everything the session needs, pipelined; session_up() after the last reply. */
     cl.up = 1;
-    cl.setup_pending = SCRIPT_COUNT + 7;
+    cl.setup_pending = SCRIPT_COUNT + 8;
     struct redis_args a;
     /* First: anything else on a replica would fail with less to say. */
     redis_args_init(&a, "ROLE");
     command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 5), &a);
+    /* Then: nothing is written in a layout another instance cannot read. */
+    redis_args_init(&a, "EVAL");
+    redis_args_str(&a, script_layout);
+    redis_args_str(&a, "3");
+    redis_args_str(&a, cl.key_layout);
+    redis_args_str(&a, cl.key_updates);
+    redis_args_str(&a, cl.key_work);
+    redis_args_str(&a, CLUSTER_LAYOUT);
+    redis_args_u64(&a, gp.config->cluster.lease_ms);
+    redis_args_str(&a, CLUSTER_GROUP);
+    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 7), &a);
     for (intptr_t i = 0; i < SCRIPT_COUNT; i++) {
         redis_args_init(&a, "SCRIPT");
         redis_args_str(&a, "LOAD");
@@ -2952,6 +3137,7 @@ cluster_start(void)
     snprintf(cl.key_control, sizeof cl.key_control, "{%s}:control", c->cluster.name);
     snprintf(cl.key_want_started, sizeof cl.key_want_started, "{%s}:want_started",
              c->cluster.name);
+    snprintf(cl.key_layout, sizeof cl.key_layout, "{%s}:layout", c->cluster.name);
     snprintf(cl.key_pwork, sizeof cl.key_pwork, "{%s}:pwork", c->cluster.name);
     snprintf(cl.key_delayed, sizeof cl.key_delayed, "{%s}:delayed", c->cluster.name);
     snprintf(cl.key_prio, sizeof cl.key_prio, "{%s}:prio", c->cluster.name);

@@ -9,10 +9,12 @@
  *   group "dosomethingd", each only as much as its workers have room for.
  *   An item counts as accepted once a script has added its entry and its
  *   QUEUED update; its final update, XACK and XDEL happen in one script.
- * - {NAME}:updates is the update log: entry 0-SEQ holds the Update (its seq
- *   is the entry's position, counted by {NAME}:seq), trimmed to about
- *   updates.history. Every instance reads all of it and serves its
- *   subscribers from it: one order, replay from any instance.
+ * - {NAME}:updates is the update log: entry 0-LAST holds the Updates one
+ *   script wrote, the last with seq LAST (counted by {NAME}:seq), the
+ *   others counting down (layout 2, {NAME}:layout; cluster.c's LUA_BATCH),
+ *   trimmed by seq to about updates.history. Every instance reads all of
+ *   it and serves its subscribers from it: one order, replay from any
+ *   instance.
  * - The attempt of an item is its entry's delivery count. A script
  *   publishes an item's update only while the entry is still pending at
  *   this instance with that count, so an update of a superseded attempt is

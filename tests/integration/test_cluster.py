@@ -289,6 +289,33 @@ def wait_work_empty(redis, name, timeout=5):
         raise AssertionError(f"{e} (it is {work_len(redis, name)})") from None
 
 
+def entry_updates(entry_id, fields):
+    """(seq, item id, state) of each update of an entry of {NAME}:updates:
+    one (fields u i k b s, ID 0-SEQ), or a batch (U I K B S per update, the
+    last one's seq the ID, the ones before it counting down)."""
+    ms, last = entry_id.decode().split("-")
+    assert ms == "0", f"update entry id {entry_id!r} is not 0-SEQ"
+    pairs = list(zip(fields[::2], fields[1::2]))
+    if not pairs or pairs[0][0] != b"U":
+        f = dict(pairs)
+        return [(int(last), f.get(b"i", b"").decode(), int(f.get(b"s", b"0")))]
+    ups = []
+    for k, v in pairs:
+        if k == b"U":
+            ups.append({})
+        ups[-1][k] = v
+    first = int(last) - len(ups) + 1
+    return [(first + n, u[b"I"].decode(), int(u[b"S"])) for n, u in enumerate(ups)]
+
+
+def stream_updates(redis, name, start="-"):
+    """(seq, item id, state) of every update in {NAME}:updates from entry START on."""
+    out = []
+    for entry_id, fields in redis.command("XRANGE", f"{{{name}}}:updates", start, "+"):
+        out += entry_updates(entry_id, fields)
+    return out
+
+
 def cluster_status(address):
     got = http_get(address, "/status")
     assert got is not None and got[0] == 200, f"/status answered {got}"
@@ -555,13 +582,7 @@ def test_replay_on_another_instance_has_no_gap(redis, start_daemon):
     assert replay.error is None, replay.describe_end()
 
     # The update stream in Redis holds the same seqs, items and states.
-    entries = redis.command("XRANGE", f"{{{name}}}:updates", f"(0-{after}", "+")
-    in_redis = []
-    for entry_id, fields in entries:
-        f = dict(zip(fields[::2], fields[1::2]))
-        ms, seq = entry_id.decode().split("-")
-        assert ms == "0", f"update entry id {entry_id!r} is not 0-SEQ"
-        in_redis.append((int(seq), f.get(b"i", b"").decode(), int(f.get(b"s", b"0"))))
+    in_redis = [u for u in stream_updates(redis, name, f"(0-{after}") if u[0] > after]
     assert in_redis == [(u.seq, u.item_id, u.state) for u in expected], \
         f"{{{name}}}:updates after 0-{after}:\n{in_redis}\na saw\n" \
         f"{[(u.seq, u.item_id, u.state) for u in expected]}"
@@ -633,6 +654,69 @@ def test_redis_unreachable_then_back(redis, start_daemon):
     # Redis came back empty; seq still goes on from where it was.
     assert final.seq > seq_before, \
         f"seq went back after Redis restarted empty: {final.seq} after {seq_before}"
+
+
+# --------------------------------------------------------------------------
+# 5b. the Redis layout
+# --------------------------------------------------------------------------
+
+@pytest.mark.deadline(60)
+def test_an_older_layout_in_use_is_refused_then_taken_over(redis, start_daemon):
+    """{NAME}:updates without {NAME}:layout is layout 1 (before batched
+    update entries). While a consumer of the work stream was active within
+    the lease (an older instance running), a new instance refuses to write
+    (UNAVAILABLE, saying why); once none is, it moves the cluster to layout
+    2 and reads the old entries. A layout it does not know is refused."""
+    name = cluster_name()
+    old_item = "t5b-old"
+    encoded = conftest.pb.Update(item_id=old_item, kind="echo", state=conftest.QUEUED,
+                                 attempt=1).SerializeToString()
+    redis.command("XADD", f"{{{name}}}:updates", "0-7", "u", encoded, "i", old_item,
+                  "k", "echo", "b", "", "s", "1")
+    redis.command("SET", f"{{{name}}}:seq", "7")
+    # an older instance that just took an item (and finished it)
+    redis.command("XGROUP", "CREATE", f"{{{name}}}:work", "dosomethingd", "0", "MKSTREAM")
+    entry = redis.command("XADD", f"{{{name}}}:work", "0-1", "i", "t5b-w", "k", "echo")
+    redis.command("XREADGROUP", "GROUP", "dosomethingd", "old-host-1-1", "COUNT", "1",
+                  "STREAMS", f"{{{name}}}:work", ">")
+    redis.command("XACK", f"{{{name}}}:work", "dosomethingd", entry)
+    redis.command("XDEL", f"{{{name}}}:work", entry)
+    d = start_daemon(cluster_config(redis, name, lease="60s"), name="a")
+    c = d.client()
+
+    def refused():
+        try:
+            c.submit([{"id": f"t5b-{uuid.uuid4().hex[:6]}", "kind": "echo"}], timeout=5)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE and "older dosomethingd" in e.details():
+                return e
+            return None
+        raise AssertionError("an item was accepted while a layout 1 instance is active")
+    err = wait_for(refused, 15, "UNAVAILABLE naming the older instance", interval=0.2)
+    assert "old-host-1-1" in err.details() and "layout 2" in err.details(), err.details()
+    assert redis.command("EXISTS", f"{{{name}}}:layout") == 0
+    # the older instance is gone
+    redis.command("XGROUP", "DELCONSUMER", f"{{{name}}}:work", "dosomethingd", "old-host-1-1")
+    wait_serving(d, timeout=20)
+    assert redis.command("GET", f"{{{name}}}:layout") == b"2"
+    d.wait_log(r"moves from Redis layout 1 to layout 2")
+    sub = c.subscribe(replay=True, name="replay")
+    sub.wait(lambda s: old_item in s.by_id, 10, "the layout 1 entry")
+    assert [u.seq for u in sub.snapshot() if u.item_id == old_item] == [7]
+    d.stop()
+
+    other = cluster_name()
+    redis.command("SET", f"{{{other}}}:layout", "3")
+    d = start_daemon(cluster_config(redis, other), name="b")
+    c = d.client()
+
+    def refused_other():
+        try:
+            c.submit([{"id": f"t5b-{uuid.uuid4().hex[:6]}", "kind": "echo"}], timeout=5)
+        except grpc.RpcError as e:
+            return e if "layout is 3" in (e.details() or "") else None
+        raise AssertionError("an item was accepted in an unknown layout")
+    wait_for(refused_other, 15, "UNAVAILABLE naming layout 3", interval=0.2)
 
 
 # --------------------------------------------------------------------------

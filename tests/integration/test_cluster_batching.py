@@ -24,7 +24,7 @@ import pytest
 
 from conftest import QUEUED, STARTED, SUCCEEDED, free_port, wait_for
 from test_cluster import (cluster_name, cluster_status, redis, start_instance,  # noqa: F401
-                          wait_work_empty)
+                          stream_updates, wait_work_empty)
 
 
 def used_memory(redis):
@@ -109,17 +109,10 @@ def test_a_burst_of_50k_items_in_one_stream_reaches_one_final_each(redis, start_
 def states_in_stream(redis, name, ids):
     """item id -> the states of its updates in {NAME}:updates, in order."""
     got = {i: [] for i in ids}
-    for _, fields in redis.command("XRANGE", f"{{{name}}}:updates", "-", "+"):
-        for item_id, state in updates_of_entry(fields):
-            if item_id in got:
-                got[item_id].append(state)
+    for _, item_id, state in stream_updates(redis, name):
+        if item_id in got:
+            got[item_id].append(state)
     return got
-
-
-def updates_of_entry(fields):
-    """(item id, state) of each update an entry of {NAME}:updates holds."""
-    f = dict(zip(fields[::2], fields[1::2]))
-    return [(f[b"i"].decode(), int(f[b"s"]))]
 
 
 @pytest.mark.deadline(120)

@@ -41,7 +41,7 @@ import pytest
 import conftest
 from conftest import (NOT_SERVING, SERVING, SUCCEEDED, free_port, missing_dependency,
                       run_cli, wait_for)
-from test_cluster import Redis, cluster_name, redis_binary
+from test_cluster import Redis, cluster_name, redis_binary, stream_updates
 
 REDIS_SENTINEL = "/usr/bin/redis-sentinel"
 MASTER = "mymaster"
@@ -230,10 +230,8 @@ class Load:
 def finals_in_stream(redis, name):
     """item id -> the number of final updates {NAME}:updates holds of it."""
     counts = {}
-    for _, fields in redis.command("XRANGE", f"{{{name}}}:updates", "-", "+"):
-        f = dict(zip(fields[::2], fields[1::2]))
-        if int(f[b"s"]) in FINAL_STATES:
-            i = f[b"i"].decode()
+    for _, i, state in stream_updates(redis, name):
+        if state in FINAL_STATES:
             counts[i] = counts.get(i, 0) + 1
     return counts
 

@@ -142,7 +142,7 @@ def test_retention_by_count_bounds_the_redis_keys(redis, start_daemon):  # noqa:
     others = {k.decode() for k in redis.command("KEYS", "*")} - set(keys)
     assert others <= {f"{{{name}}}:{k}" for k in ("work", "pwork", "updates", "seq", "origin",
                                                   "items", "finals", "finals_bytes",
-                                                  "want_started")}, others
+                                                  "want_started", "layout")}, others
     retained = set(k.split(":item:", 1)[1] for k in keys)
     by_end = sorted(ids, key=lambda i: sub.final[i].seq)
     assert retained - {live["id"]} == set(by_end[-5:]), "not the newest finals were kept"

@@ -106,11 +106,28 @@
     "end\n"                                                                             \
     "local seq = redis.call('INCR', KEYS[3])\n"
 
-/* The update stream keeps about ARGV[2] (updates.history) updates: its
- * entries below seq - ARGV[2] go (MINID ~: whole nodes at a time). By seq,
- * not by entries, since an entry may hold many updates (LUA_BATCH). */
-#define LUA_MINID                                                                       \
-    "string.format('0-%.0f', math.max(0, seq - tonumber(ARGV[2])))"
+/*
+ * The update stream keeps about ARGV[2] (updates.history) updates: its
+ * entries below minid(SEQ) go (MINID ~: whole nodes at a time), SEQ the
+ * newest. By seq, not by entries, since an entry may hold many updates
+ * (LUA_BATCH). The seqs a fence skipped ({NAME}:seq_jump, "FROM TO":
+ * script_fence) hold no updates, so they are not counted. KEYS[3] is
+ * {NAME}:seq.
+ */
+#define LUA_MINID_FN                                                                    \
+    "local function minid(top)\n"                                                       \
+    "  local lo = top - tonumber(ARGV[2])\n"                                            \
+    "  if lo <= 0 then return '0-0' end\n"                                              \
+    "  local jv = redis.call('GET', string.sub(KEYS[3], 1, -4) .. 'seq_jump')\n"        \
+    "  if jv then\n"                                                                    \
+    "    local from, to = string.match(jv, '^(%d+) (%d+)$')\n"                          \
+    "    from, to = tonumber(from), tonumber(to)\n"                                     \
+    "    if from and lo < to then lo = lo - (to - from) end\n"                          \
+    "    if lo <= 0 then return '0-0' end\n"                                            \
+    "  end\n"                                                                           \
+    "  return string.format('0-%.0f', lo)\n"                                            \
+    "end\n"
+#define LUA_MINID "minid(seq)"
 
 /* ARGV[2] maxlen, then the update: ARGV[3..7] = u i k b s; EXTRA: more fields
  * (a QUEUED update's P, see script_retry). An entry of one update, in
@@ -133,6 +150,7 @@
  * Needs LUA_SEQ_LOAD's `seq` and ARGV[2].
  */
 #define LUA_BATCH                                                                       \
+    LUA_MINID_FN                                                                        \
     "local ups = {}\n"                                                                  \
     "local function ups_flush()\n"                                                      \
     "  if #ups == 0 then return end\n"                                                  \
@@ -501,6 +519,7 @@ static const char script_trim[] =
  */
 static const char script_cancel[] =
     LUA_TRIM
+    LUA_MINID_FN
     "local h = redis.call('HMGET', KEYS[5], 's', 'p', 'x')\n"
     "local s = h[1]\n"
     "if not s then return 'n' end\n"
@@ -539,6 +558,7 @@ static const char script_cancel[] =
  * one in its lane (its delay is not applied again).
  */
 static const char script_retry[] =
+    LUA_MINID_FN
     "local h = redis.call('HMGET', KEYS[5], 's', 'w', 'n')\n"
     "if not h[1] then return -1 end\n"
     "if (h[1] ~= '5' and h[1] ~= '7') or not h[2] then return 0 end\n"
@@ -726,14 +746,15 @@ static const char script_size[] =
     "return n\n";
 
 /*
- * The fence, run once per session: KEYS seq, work, pwork; ARGV the
+ * The fence, run once per session: KEYS seq, work, pwork, seq_jump; ARGV the
  * highest seq this instance has seen (0: none) and the jump. A counter
  * that exists but is behind that seq means Redis lost writes this
  * instance saw (a failover to a replica that had not got them, a restart
  * from an old snapshot): the next seqs would repeat ones already
  * delivered (and other instances, further ahead, would skip them), and
  * the next work entries would reuse IDs that an instance may still hold.
- * So the counter and both work streams' last IDs jump ahead by ARGV[2].
+ * So the counter and both work streams' last IDs jump ahead by ARGV[2]
+ * ({NAME}:seq_jump keeps "FROM TO", for the update stream's trimming).
  * An instance that comes later finds the counter ahead of what it saw
  * and reads on (a gap: its subscribers are told, as for any lost
  * updates). 1: it jumped.
@@ -784,6 +805,7 @@ static const char script_fence[] =
     "if c == false or f == 0 or tonumber(c) >= f then return 0 end\n"
     "local j = tonumber(ARGV[2])\n"
     "redis.call('SET', KEYS[1], string.format('%.0f', f + j))\n"
+    "redis.call('SET', KEYS[4], string.format('%.0f %.0f', tonumber(c), f + j))\n"
     "for k = 2, 3 do\n"
     "  if redis.call('EXISTS', KEYS[k]) == 1 then\n"
     "    local info = redis.call('XINFO', 'STREAM', KEYS[k])\n"
@@ -828,7 +850,7 @@ static struct {
     char consumer[160];
     char key_work[96], key_updates[96], key_seq[96], key_origin[96];
     char key_items[96], key_finals[96], key_finals_bytes[96], key_item_prefix[96];
-    char key_control[96], key_want_started[96], key_layout[96];
+    char key_control[96], key_want_started[96], key_layout[96], key_seq_jump[96];
     char key_pwork[96], key_delayed[96], key_prio[96];
     char control_last[48];      /* the last {NAME}:control entry read */
     uint64_t floor_start;       /* updates_last_seq() when we started */
@@ -3003,10 +3025,11 @@ on_connect(const redisAsyncContext *ac, int status)
     command(&cl.work, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 4), &a);
     redis_args_init(&a, "EVAL");
     redis_args_str(&a, script_fence);
-    redis_args_str(&a, "3");
+    redis_args_str(&a, "4");
     redis_args_str(&a, cl.key_seq);
     redis_args_str(&a, cl.key_work);
     redis_args_str(&a, cl.key_pwork);
+    redis_args_str(&a, cl.key_seq_jump);
     redis_args_u64(&a, fence_floor());
     redis_args_u64(&a, FENCE_JUMP);
     command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 6), &a);
@@ -3138,6 +3161,8 @@ cluster_start(void)
     snprintf(cl.key_want_started, sizeof cl.key_want_started, "{%s}:want_started",
              c->cluster.name);
     snprintf(cl.key_layout, sizeof cl.key_layout, "{%s}:layout", c->cluster.name);
+    /* LUA_MINID_FN makes it from {NAME}:seq */
+    snprintf(cl.key_seq_jump, sizeof cl.key_seq_jump, "{%s}:seq_jump", c->cluster.name);
     snprintf(cl.key_pwork, sizeof cl.key_pwork, "{%s}:pwork", c->cluster.name);
     snprintf(cl.key_delayed, sizeof cl.key_delayed, "{%s}:delayed", c->cluster.name);
     snprintf(cl.key_prio, sizeof cl.key_prio, "{%s}:prio", c->cluster.name);

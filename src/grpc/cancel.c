@@ -217,7 +217,8 @@ answer(struct cancel_call *c, const cancel_request *req, const char *scope)
     uint64_t batch_finals = 0;
     if (m.batch_count > 0) {
         int more;
-        items_list(0, final_in_batches, &m, SIZE_MAX, count_one, &batch_finals, &more);
+        items_list(0, (1u << STATE_SUCCEEDED) | (1u << STATE_FAILED) | (1u << STATE_CANCELLED),
+                   final_in_batches, &m, SIZE_MAX, count_one, &batch_finals, &more);
     }
     const char *reason = req->reason[0] != '\0' ? req->reason : NULL;
     c->cancelled = store_cancel(match, &m, reason);

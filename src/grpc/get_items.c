@@ -364,8 +364,12 @@ answer_listing(const wire_items_request *q, const char *scope, store_items_fn *d
     struct listing l = { .q = q, .scope = scope, .scope_len = strlen(scope) };
     struct page p = { .r = { .with_results = q->with_results } };
     int more;
-    items_list(before, matches, &l, q->limit ? q->limit : LIMIT_DEFAULT, add_to_page, &p,
-               &more);
+    unsigned states = 0;
+    for (size_t i = 0; i < q->n_states; i++)
+        if ((unsigned)q->states[i] <= STATE_MAX)
+            states |= 1u << q->states[i];
+    items_list(before, states, matches, &l, q->limit ? q->limit : LIMIT_DEFAULT, add_to_page,
+               &p, &more);
     char token[ITEMS_TOKEN_SIZE];
     if (more)
         items_token_encode(token, 'p', p.last_order);

@@ -12,6 +12,10 @@
  *              forgets from; an item that runs again (retry) and ends again
  *              has a second entry, and the older one is skipped
  *              (final_refs counts them)
+ *   rare       the FAILED and the CANCELLED items, each an array in
+ *              acceptance order: the dead-letter list is listed from there
+ *              without walking every known item (few are in these states;
+ *              an insert or removal is a binary search and a memmove)
  */
 #include "grpc/items.h"
 
@@ -38,6 +42,10 @@ static struct {
     const char **kinds;         /* interned kinds by known_item.kind_index */
     size_t kind_count;
     struct known_item **ring;   /* finals, oldest first */
+    struct rare {               /* rare_of(): FAILED, CANCELLED */
+        struct known_item **v;  /* by accepted_ns, oldest first */
+        size_t len, cap;
+    } rare[2];
     size_t ring_head, ring_len, ring_cap;
     uint64_t age_ns, max_count, max_bytes;
     int64_t (*now)(void);
@@ -392,18 +400,127 @@ next_accepted(int64_t now)
     return ix.last_accepted;
 }
 
-size_t
-items_list(uint64_t before, int (*match)(const struct known_item *k, void *arg),
-           void *match_arg, size_t limit, int (*fn)(const struct known_item *k, void *arg),
-           void *fn_arg, int *more)
+/* ---- the rare states' arrays ---------------------------------------------------- */
+
+#define RARE_STATES ((1u << STATE_FAILED) | (1u << STATE_CANCELLED))
+
+static struct rare *
+rare_of(unsigned state)
 {
-    size_t i = before == 0 ? ix.order_len : order_search(before), n = 0;
-    *more = 0;
-    while (i-- > 0) {
-        uintptr_t e = ix.order[i];
-        if (e & 1)
+    return state == STATE_FAILED ? &ix.rare[0] : state == STATE_CANCELLED ? &ix.rare[1] : NULL;
+}
+
+/* The index in R of the first entry with accepted_ns >= NS. */
+static size_t
+rare_search(const struct rare *r, int64_t ns)
+{
+    size_t lo = 0, hi = r->len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (r->v[mid]->accepted_ns < ns)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void
+rare_add(struct known_item *k)
+{
+    struct rare *r = rare_of(k->state);
+    if (r == NULL)
+        return;
+    if (r->len == r->cap) {
+        r->cap = r->cap ? r->cap * 2 : 64;
+        r->v = ds_realloc(r->v, r->cap * sizeof *r->v);
+    }
+    size_t i = rare_search(r, k->accepted_ns);
+    memmove(r->v + i + 1, r->v + i, (r->len - i) * sizeof *r->v);
+    r->v[i] = k;
+    r->len++;
+}
+
+static void
+rare_remove(const struct known_item *k)
+{
+    struct rare *r = rare_of(k->state);
+    if (r == NULL)
+        return;
+    size_t i = rare_search(r, k->accepted_ns);
+    if (i == r->len || r->v[i] != k)
+        return;     /* not there: cannot happen (accepted_ns is unique) */
+    memmove(r->v + i, r->v + i + 1, (r->len - i - 1) * sizeof *r->v);
+    r->len--;
+}
+
+/* The newest of the rare arrays' next entries: the listing of rare states
+ * merges them from their ends. */
+static const struct known_item *
+rare_next(unsigned states, size_t pos[2])
+{
+    const struct known_item *best = NULL;
+    int from = -1;
+    for (int a = 0; a < 2; a++) {
+        unsigned state = a == 0 ? STATE_FAILED : STATE_CANCELLED;
+        if (!(states & (1u << state)) || pos[a] == 0)
             continue;
-        const struct known_item *k = (const struct known_item *)e;
+        const struct known_item *k = ix.rare[a].v[pos[a] - 1];
+        if (best == NULL || k->accepted_ns > best->accepted_ns) {
+            best = k;
+            from = a;
+        }
+    }
+    if (from >= 0)
+        pos[from]--;
+    return best;
+}
+
+size_t
+items_list(uint64_t before, unsigned states,
+           int (*match)(const struct known_item *k, void *arg), void *match_arg, size_t limit,
+           int (*fn)(const struct known_item *k, void *arg), void *fn_arg, int *more)
+{
+    int rare = states != 0 && (states & ~RARE_STATES) == 0;
+    size_t pos[2] = { 0, 0 };
+    size_t i = 0;
+    if (rare) {
+        for (int a = 0; a < 2; a++)
+            pos[a] = before == 0 ? ix.rare[a].len : rare_search(&ix.rare[a], (int64_t)before);
+    } else {
+        i = before == 0 ? ix.order_len : order_search(before);
+    }
+    /* From the newest, once every item in STATES is seen, none is left. */
+    uint64_t left = UINT64_MAX;
+    if (states != 0 && before == 0) {
+        left = 0;
+        for (unsigned s = 0; s <= STATE_MAX; s++)
+            if (states & (1u << s))
+                left += ix.stats.by_state[s];
+    }
+    size_t n = 0;
+    *more = 0;
+    for (;;) {
+        const struct known_item *k;
+        if (left == 0)
+            break;
+        if (rare) {
+            if ((k = rare_next(states, pos)) == NULL)
+                break;
+        } else {
+            if (i == 0)
+                break;
+            uintptr_t e = ix.order[--i];
+            if (e & 1)
+                continue;
+            k = (const struct known_item *)e;
+        }
+        if (states != 0) {
+            if (!(states & (1u << k->state)))
+                continue;
+            if (left != UINT64_MAX)
+                left--;
+        }
         if (match != NULL && !match(k, match_arg))
             continue;
         if (n == limit) {
@@ -459,6 +576,7 @@ free_known(struct known_item *k)
         ring_remove(k);
     index_remove(k);
     order_remove(k);
+    rare_remove(k);
     ix.stats.known--;
     ix.stats.by_state[k->state]--;
     if (items_is_final(k->state))
@@ -606,7 +724,11 @@ end_change(struct known_item *k, enum wire_state state, int was_final)
 {
     ix.stats.by_state[k->state]--;
     ix.stats.by_state[state]++;
-    k->state = (uint8_t)state;
+    if (k->state != state) {
+        rare_remove(k);
+        k->state = (uint8_t)state;
+        rare_add(k);
+    }
     if (!items_is_final(state))
         return;
     ix.stats.retained_bytes += bytes_of(k);
@@ -823,6 +945,8 @@ items_shutdown(void)
     free(ix.slots);
     free(ix.order);
     free(ix.ring);
+    free(ix.rare[0].v);
+    free(ix.rare[1].v);
     free(ix.kinds);
     if (ix.timer != NULL)
         event_free(ix.timer);

@@ -147,12 +147,15 @@ known_tracestate(const struct known_item *k)
 }
 int items_is_final(enum wire_state state);
 /* Newest accepted first, those with accepted_ns < BEFORE (0: from the newest),
- * matching MATCH (NULL: all): FN for each, at most LIMIT, until FN returns -1
- * (that one not taken). Returns how many were taken; *MORE is set if a
- * further one matches. */
-size_t items_list(uint64_t before, int (*match)(const struct known_item *k, void *arg),
-                  void *match_arg, size_t limit,
-                  int (*fn)(const struct known_item *k, void *arg), void *fn_arg, int *more);
+ * in STATES (a mask of 1 << state; 0: any) and matching MATCH (NULL: all):
+ * FN for each, at most LIMIT, until FN returns -1 (that one not taken).
+ * Returns how many were taken; *MORE is set if a further one matches.
+ * FAILED and CANCELLED alone are listed from their own arrays, not by
+ * walking every item. */
+size_t items_list(uint64_t before, unsigned states,
+                  int (*match)(const struct known_item *k, void *arg), void *match_arg,
+                  size_t limit, int (*fn)(const struct known_item *k, void *arg), void *fn_arg,
+                  int *more);
 /* The accepted_ns of the newest item ever accepted (a page token is at most
  * one more). */
 uint64_t items_last_order(void);

@@ -206,7 +206,8 @@ retry_call_start(grpc_call *call, grpc_byte_buffer *request)
     if (q->n_batches > 0) {
         struct batch_scan s = { .q = q, .scope = scope, .scope_len = scope_len };
         int more;
-        items_list(0, in_batches, &s, SIZE_MAX, collect, &s, &more);
+        items_list(0, (1u << STATE_FAILED) | (1u << STATE_CANCELLED), in_batches, &s, SIZE_MAX,
+                   collect, &s, &more);
         for (size_t i = 0; i < s.count; i++) {
             count(c, store_retry(s.ids[i]));
             free(s.ids[i]);

@@ -244,7 +244,7 @@ test_paging(void **state)
         accept_one(i, i % 2 ? "odd" : "even");
     int more;
     page_n = 0;
-    size_t n = items_list(0, in_batch, "odd", 4, collect, NULL, &more);
+    size_t n = items_list(0, 0, in_batch, "odd", 4, collect, NULL, &more);
     assert_int_equal(n, 4);
     assert_true(more);
     assert_true(page_orders[0] > page_orders[1]);   /* newest first */
@@ -264,7 +264,7 @@ test_paging(void **state)
         items_configure(3600000, 0, 1 << 30);
         items_configure(3600000, 1000, 1 << 30);
         page_n = 0;
-        n = items_list(token, in_batch, "odd", 4, collect, NULL, &more);
+        n = items_list(token, 0, in_batch, "odd", 4, collect, NULL, &more);
         for (size_t i = 0; i < n; i++) {
             assert_true(page_orders[i] < token);
             seen[seen_n++] = page_orders[i];
@@ -299,10 +299,88 @@ test_many_tombstones(void **state)
     assert_int_equal(items_stats()->known, 10);
     int more;
     page_n = 0;
-    assert_int_equal(items_list(0, NULL, NULL, 64, collect, NULL, &more), 10);
+    assert_int_equal(items_list(0, 0, NULL, NULL, 64, collect, NULL, &more), 10);
     assert_false(more);
     assert_non_null(items_find("r19-199"));
     assert_null(items_find("r19-189"));
+}
+
+/* The rare states (FAILED, CANCELLED) are listed from their own arrays:
+ * the same items, in the same order, as a walk of every item would give,
+ * through pages, retries (FAILED -> QUEUED leaves the list) and the
+ * retention forgetting them; and a listing by a state none is in. */
+static int
+any_item(const struct known_item *k, void *arg)
+{
+    (void)k;
+    (void)arg;
+    return 1;
+}
+
+static size_t
+list_all(uint64_t before, unsigned states, size_t limit, int *more)
+{
+    page_n = 0;
+    return items_list(before, states, any_item, NULL, limit, collect, NULL, more);
+}
+
+static void
+test_rare_states_listed_from_their_arrays(void **state)
+{
+    (void)state;
+    unsigned failed = 1u << STATE_FAILED, cancelled = 1u << STATE_CANCELLED;
+    items_configure(3600000, 1000, 1 << 30);
+    for (int i = 0; i < 60; i++)
+        accept_one(i, "b");
+    /* Final out of acceptance order: 59 first, then down. */
+    for (int i = 59; i >= 0; i--)
+        if (i % 7 == 0)
+            finish(i, STATE_FAILED, NULL);
+        else if (i % 11 == 0)
+            finish(i, STATE_CANCELLED, NULL);
+        else if (i % 2 == 0)
+            finish(i, STATE_SUCCEEDED, "ok");
+    int more;
+    /* 0, 7, ..., 56: 9 FAILED; 11, 22, 33, 44, 55: 5 CANCELLED. */
+    assert_int_equal(list_all(0, failed, 64, &more), 9);
+    assert_false(more);
+    for (size_t i = 1; i < page_n; i++)
+        assert_true(page_orders[i] < page_orders[i - 1]);
+    assert_int_equal(list_all(0, failed | cancelled, 64, &more), 14);
+    /* Pages of 4 over both: the same 14, newest first. */
+    uint64_t all[64];
+    size_t all_n = page_n;
+    memcpy(all, page_orders, sizeof all);
+    size_t seen = 0;
+    uint64_t token = 0;
+    do {
+        size_t n = list_all(token, failed | cancelled, 4, &more);
+        for (size_t i = 0; i < n; i++)
+            assert_true(page_orders[i] == all[seen++]);
+        token = page_orders[n - 1];
+    } while (more);
+    assert_int_equal(seen, all_n);
+    /* No item is STARTED: nothing to list, and no walk needed to know. */
+    assert_int_equal(list_all(0, 1u << STATE_STARTED, 64, &more), 0);
+    /* Live ones (the odd, never finished, not 7s or 11s): the walk. */
+    size_t queued = list_all(0, 1u << STATE_QUEUED, 64, &more);
+    assert_int_equal(queued, 60 - 9 - 5 - 23);
+    /* A retried FAILED item is live again and leaves the FAILED list. */
+    const struct known_item *k = items_find("i14");
+    assert_non_null(k);
+    assert_int_equal(k->state, STATE_FAILED);
+    struct item *again = item_make((const uint8_t *)"", 0, "i14", "b", "echo", 3, 0, 0);
+    items_accepting(again);
+    live[14] = again;
+    assert_int_equal(list_all(0, failed, 64, &more), 8);
+    finish(14, STATE_CANCELLED, NULL);
+    assert_int_equal(list_all(0, cancelled, 64, &more), 6);
+    /* The retention forgets the oldest finals: they leave the lists. */
+    items_configure(3600000, 3, 1 << 30);
+    size_t left = list_all(0, failed | cancelled, 64, &more);
+    assert_true(left <= 3);
+    assert_int_equal(items_stats()->by_state[STATE_FAILED] +
+                     items_stats()->by_state[STATE_CANCELLED], left);
 }
 
 /* By id, through growth and removals in every position of a probe run:
@@ -366,6 +444,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_retry_is_live_again, setup, teardown),
         cmocka_unit_test_setup_teardown(test_paging, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_tombstones, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rare_states_listed_from_their_arrays, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_lookup_through_growth_and_removal, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -42,7 +42,7 @@ DEB_BUILD   = gcc make pkg-config libgrpc-dev libprotobuf-c-dev protobuf-c-compi
 DEB_TEST    = libcmocka-dev valgrind python3-grpcio python3-protobuf python3-grpc-tools \
               python3-pytest python3-yaml python3-prometheus-client openssl \
               clang libclang-rt-14-dev nginx redis-server redis-sentinel python3-h2 \
-              chromium chromium-driver python3-selenium
+              chromium chromium-driver python3-selenium curl
 
 PROTO       = proto/com/agrounds/dosomething/v1/do_something.proto
 PROTO_C     = $(BUILD)/gen/com/agrounds/dosomething/v1/do_something.pb-c.c

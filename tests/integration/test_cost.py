@@ -374,6 +374,23 @@ def test_limit_kills_are_not_a_crash_loop(start_daemon, test_modules):
 
 
 @pytest.mark.deadline(60)
+def test_module_threads_count_and_are_stopped(start_daemon, test_modules):
+    """cpu_limit counts every thread of the worker: two threads of the module
+    spinning reach 1 s of CPU in about half a second, and die with it."""
+    d = start_daemon({"handlers": {**ECHO, **in_worker_kinds(test_modules)},
+                      "workers": {"count": 1}})
+    t = tag()
+    reply, sub = d.client().run_items(
+        [{"id": f"spin-{t}", "kind": "mspin", "params": {"spin_ms": "20000", "spin_threads": "2"}},
+         {"id": f"echo-{t}", "kind": "echo", "payload": b"e"}], timeout=30)
+    f = sub.final[f"spin-{t}"]
+    assert (f.state, f.attempt) == (FAILED, 1), f
+    assert f.error.startswith("cpu limit 1s exceeded: it used 1."), f.error
+    assert 1_000_000 <= f.cpu_usec <= 1_500_000, f.cpu_usec
+    assert sub.final[f"echo-{t}"].result == b"e"
+
+
+@pytest.mark.deadline(60)
 def test_unlimited_item_after_a_limited_one_on_the_same_worker(start_daemon, test_modules):
     d = start_daemon({"handlers": {**ECHO, **in_worker_kinds(test_modules)},
                       "workers": {"count": 1}})

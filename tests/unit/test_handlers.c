@@ -12,6 +12,7 @@
  */
 #ifdef DS_TEST_MODULE
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +38,8 @@
  * alloc_mb=N (allocate and touch N MiB, 1 MiB at a time, then free it: the
  * result is "allocated N MiB"), alloc_once_mb=N (the same in one malloc;
  * fails with "cannot allocate N MiB: Cannot allocate memory" if refused),
- * spin_ms=N (burn N ms of CPU time; the result is "spun").
+ * spin_ms=N (burn N ms of CPU time; the result is "spun"; with
+ * spin_threads=T, in T threads at once, each N ms of its own).
  * Otherwise the result is "PREFIX PAYLOAD|attempt=A|id=ID|kind=K|n=N".
  */
 struct test_state {
@@ -73,6 +75,22 @@ param(const struct ds_module_item *item, const char *key)
     for (size_t i = 0; i < item->param_count; i++)
         if (strcmp(item->params[i].key, key) == 0)
             return item->params[i].value;
+    return NULL;
+}
+
+/* Burn *MS ms of this thread's CPU time. */
+static void *
+spin(void *ms)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+    volatile unsigned long spins = 0;
+    do {
+        for (int i = 0; i < 100000; i++)
+            spins++;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 <
+             *(long *)ms);
     return NULL;
 }
 
@@ -121,15 +139,18 @@ test_process(void *state, const struct ds_module_item *item, struct ds_module_re
         return 0;
     }
     if ((v = param(item, "spin_ms")) != NULL) {
-        struct timespec t0, t;
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
-        volatile unsigned long spins = 0;
-        do {
-            for (int i = 0; i < 100000; i++)
-                spins++;
-            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-        } while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 <
-                 atol(v));
+        static long ms;
+        ms = atol(v);
+        long n = param(item, "spin_threads") ? atol(param(item, "spin_threads")) : 0;
+        pthread_t threads[16];
+        if (n > 16)
+            n = 16;
+        for (long i = 0; i < n; i++)
+            pthread_create(&threads[i], NULL, spin, &ms);
+        if (n == 0)
+            spin(&ms);
+        for (long i = 0; i < n; i++)
+            pthread_join(threads[i], NULL);
         out->data = "spun";
         out->len = 4;
         return 0;

@@ -131,23 +131,24 @@
 
 /* ARGV[2] maxlen, then the update: ARGV[3..7] = u i k b s; EXTRA: more fields
  * (a QUEUED update's P, see script_retry). An entry of one update, in
- * layout 2 (LUA_BATCH) like every entry this version writes. */
+ * layout 3 (LUA_BATCH) like every entry this version writes. */
 #define LUA_ADD_UPDATE_WITH(extra)                                                      \
     "redis.call('XADD', KEYS[2], 'MINID', '~', " LUA_MINID ", '0-' .. string.format('%.0f', " \
-    "seq), 'U', ARGV[3], 'I', ARGV[4], 'K', ARGV[5], 'B', ARGV[6], 'S', ARGV[7]" extra ")\n"
+    "seq), 'U', ARGV[3]" extra ")\n"
 #define LUA_ADD_UPDATE LUA_ADD_UPDATE_WITH("")
 
 /*
  * The updates a batch script writes go into one entry of {NAME}:updates
- * (layout 2): its ID is 0-LAST, LAST the seq of its last update, and it
- * holds the updates LAST-N+1 .. LAST in order, each as the fields U (the
- * update encoded without its seq), I, K, B, S (id, kind, batch, state) and
- * for a waiting QUEUED one P (priority) or D (due time). Upper case, so
- * that a reader of layout 1, which looks for u, skips the entry loudly
- * ("it is no update") instead of taking its first update for its last.
- * ups_add(...) counts the next seq and adds its fields; ups_flush() writes
- * the entry (at most UPS_MAX fields each: Lua's unpack() takes 8000).
- * Needs LUA_SEQ_LOAD's `seq` and ARGV[2].
+ * (layout 3): its ID is 0-LAST, LAST the seq of its last update, and it
+ * holds the updates LAST-N+1 .. LAST in order, each as the field U (the
+ * Update encoded without its seq: its item_id, kind, state and batch are
+ * in it, and readers take them from there) and for a waiting QUEUED one P
+ * (priority) or D (due time). Upper case, so that a reader of layout 1,
+ * which looks for u, skips the entry loudly ("it is no update") instead
+ * of taking its first update for its last. ups_add(...) counts the next
+ * seq and adds its fields; ups_flush() writes the entry (at most about
+ * 6000 fields each: Lua's unpack() takes 8000). Needs LUA_SEQ_LOAD's
+ * `seq` and ARGV[2].
  */
 #define LUA_BATCH                                                                       \
     LUA_MINID_FN                                                                        \
@@ -158,13 +159,12 @@
     "'0-' .. string.format('%.0f', seq), unpack(ups))\n"                                \
     "  ups = {}\n"                                                                      \
     "end\n"                                                                             \
-    "local function ups_add(u, id, k, b, s, xk, xv)\n"                                  \
+    "local function ups_add(u, xk, xv)\n"                                               \
     "  if #ups >= 6000 then ups_flush() end\n"                                          \
     "  seq = seq + 1\n"                                                                 \
     "  local n = #ups\n"                                                                \
-    "  ups[n + 1], ups[n + 2], ups[n + 3], ups[n + 4], ups[n + 5] = 'U', u, 'I', id, 'K'\n" \
-    "  ups[n + 6], ups[n + 7], ups[n + 8], ups[n + 9], ups[n + 10] = k, 'B', b, 'S', s\n" \
-    "  if xk then ups[n + 11], ups[n + 12] = xk, xv end\n"                              \
+    "  ups[n + 1], ups[n + 2] = 'U', u\n"                                               \
+    "  if xk then ups[n + 3], ups[n + 4] = xk, xv end\n"                                \
     "  return seq\n"                                                                    \
     "end\n"
 
@@ -268,12 +268,12 @@ static const char script_accepts[] =
     "    else\n"
     "      seen[id] = true\n"
     "      if d ~= '' then\n"
-    "        ups_add(u, id, k, b, s, 'D', d)\n"
+    "        ups_add(u, 'D', d)\n"
     "      elseif p ~= '' then\n"
-    "        ups_add(u, id, k, b, s, 'P', p)\n"
+    "        ups_add(u, 'P', p)\n"
     "        redis.call('ZADD', KEYS[7], p, p)\n"
     "      else\n"
-    "        ups_add(u, id, k, b, s)\n"
+    "        ups_add(u)\n"
     "      end\n"
     "      local sq = string.format('%.0f', seq)\n"
     "      if d ~= '' or p ~= '' then\n"
@@ -440,7 +440,7 @@ static const char script_update[] =
     "  elseif d ~= att then\n"
     "    out[#out + 1] = 0\n"
     "  else\n"
-    "    ups_add(u, id, k, b, st)\n"
+    "    ups_add(u)\n"
     "    local sq = string.format('%.0f', seq)\n"
     "    local hk = r[5] .. id\n"
     "    if mode == 'f' then\n"
@@ -765,21 +765,25 @@ static const char script_size[] =
  * (ms), ARGV[3] the group. {NAME}:layout says which layout the cluster's
  * keys are in. Layout 1 (before the update stream had entries of many
  * updates) never wrote it: keys without it but with an update stream are
- * layout 1. This version reads layout 1's entries, but layout 1 cannot
- * read layout 2's, so while an instance of layout 1 may be running (a
- * consumer of the work stream active within the lease) the answer is
- * "busy NAME IDLE" and the session fails (retried with backoff); else the
- * key is set to 2 ("set": new; "upgraded": there were layout 1 keys).
- * "other V": the key says another layout (a newer version's).
+ * layout 1. Layout 2 had the id, kind, batch and state of each update
+ * beside it in the entry; layout 3 only in the encoded update. This
+ * version reads all three, but the older ones cannot read layout 3, so
+ * while an instance of an older layout may be running (a consumer of the
+ * work stream active within the lease) the answer is "busy OLD NAME IDLE"
+ * and the session fails (retried with backoff); else the key is set to
+ * ours ("set": new; "upgraded OLD": there were older keys). "other V": the
+ * key says a layout above ours (a newer version's).
  */
-#define CLUSTER_LAYOUT "2"
+#define CLUSTER_LAYOUT "3"
 static const char script_layout[] =
     "local v = redis.call('GET', KEYS[1])\n"
+    "local old = '1'\n"
     "if v then\n"
     "  if v == ARGV[1] then return 'ok' end\n"
-    "  return 'other ' .. v\n"
-    "end\n"
-    "if redis.call('EXISTS', KEYS[2]) == 0 then\n"
+    "  local n = tonumber(v)\n"
+    "  if not n or n > tonumber(ARGV[1]) or n < 1 then return 'other ' .. v end\n"
+    "  old = v\n"
+    "elseif redis.call('EXISTS', KEYS[2]) == 0 then\n"
     "  redis.call('SET', KEYS[1], ARGV[1])\n"
     "  return 'set'\n"
     "end\n"
@@ -791,12 +795,12 @@ static const char script_layout[] =
     "      if c[j] == 'name' then name = c[j + 1] elseif c[j] == 'idle' then idle = c[j + 1] end\n"
     "    end\n"
     "    if idle and idle < tonumber(ARGV[2]) then\n"
-    "      return 'busy ' .. name .. ' ' .. idle\n"
+    "      return 'busy ' .. old .. ' ' .. name .. ' ' .. idle\n"
     "    end\n"
     "  end\n"
     "end\n"
     "redis.call('SET', KEYS[1], ARGV[1])\n"
-    "return 'upgraded'\n";
+    "return 'upgraded ' .. old\n";
 
 #define FENCE_JUMP (UINT64_C(1) << 32)
 static const char script_fence[] =
@@ -2360,11 +2364,110 @@ report_seq(void)
     master_send(IPC_SEQ_RESERVE, &s, sizeof s);
 }
 
+/* A string of an update: where, how long; p NULL: absent. */
+struct entry_str {
+    const char *p;
+    size_t len;
+};
+
 /* One update of an entry of the update stream: its fields (NULL: absent). */
 struct entry_update {
-    const redisReply *u, *i, *k, *b, *s;
+    const redisReply *u;        /* the Update encoded without its seq */
+    struct entry_str i, k, b;   /* item_id, kind, batch */
+    uint32_t state;             /* 0: unknown */
     const redisReply *p, *d;    /* a QUEUED update of an item that waits */
 };
+
+/* A string field as an entry_str. */
+static struct entry_str
+reply_str(const redisReply *r)
+{
+    return r != NULL ? (struct entry_str){ r->str, r->len } : (struct entry_str){ NULL, 0 };
+}
+
+/* A protobuf varint at BUF[*I] (LEN bytes in all); -1 if malformed. */
+static int
+varint(const uint8_t *buf, size_t len, size_t *i, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64 && *i < len; shift += 7) {
+        uint8_t c = buf[(*i)++];
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/*
+ * Layout 3 keeps an update's item_id (2), kind (3), state (4) and batch
+ * (11) only inside the encoded Update: take them from there (E->u). A
+ * field given beside it (layout 2's I K B S) wins. -1 if U is malformed.
+ */
+static int
+update_fields(struct entry_update *e)
+{
+    const uint8_t *buf = (const uint8_t *)e->u->str;
+    size_t len = e->u->len, i = 0;
+    struct entry_str id = { NULL, 0 }, kind = { NULL, 0 }, batch = { "", 0 };
+    uint64_t state = 0;
+    while (i < len) {
+        uint64_t tag, v;
+        if (varint(buf, len, &i, &tag) == -1)
+            return -1;
+        switch (tag & 7) {
+        case 0:
+            if (varint(buf, len, &i, &v) == -1)
+                return -1;
+            if (tag >> 3 == 4)
+                state = v;
+            break;
+        case 1:
+            if (len - i < 8)
+                return -1;
+            i += 8;
+            break;
+        case 2:
+            if (varint(buf, len, &i, &v) == -1 || v > len - i)
+                return -1;
+            if (tag >> 3 == 2)
+                id = (struct entry_str){ (const char *)buf + i, (size_t)v };
+            else if (tag >> 3 == 3)
+                kind = (struct entry_str){ (const char *)buf + i, (size_t)v };
+            else if (tag >> 3 == 11)
+                batch = (struct entry_str){ (const char *)buf + i, (size_t)v };
+            i += (size_t)v;
+            break;
+        case 5:
+            if (len - i < 4)
+                return -1;
+            i += 4;
+            break;
+        default:
+            return -1;
+        }
+    }
+    if (e->i.p == NULL)
+        e->i = id;
+    if (e->k.p == NULL)
+        e->k = kind;
+    if (e->b.p == NULL)
+        e->b = batch;
+    if (e->state == 0 && state <= STATE_MAX)
+        e->state = (uint32_t)state;
+    return 0;
+}
+
+/* A state field ("1".."7") as a state, 0 if it is none. */
+static uint32_t
+state_of(const redisReply *s)
+{
+    if (s != NULL && s->len == 1 && s->str[0] >= '1' && s->str[0] <= '0' + STATE_MAX)
+        return (uint32_t)(s->str[0] - '0');
+    return 0;
+}
 
 /* A QUEUED update of an item that waits (script_accepts): p, in a
  * priority's lane; d, delayed until then. */
@@ -2387,17 +2490,17 @@ queued_waits(const struct entry_update *e)
 
 /* The update with SEQ, E, of the entry with ID ENTRY. */
 static void
-deliver_update(uint64_t seq, const struct entry_update *e, const redisReply *entry)
+deliver_update(uint64_t seq, struct entry_update *e, const redisReply *entry)
 {
-    const redisReply *u = e->u, *i = e->i, *k = e->k, *b = e->b, *s = e->s;
-    uint32_t state = 0;
-    if (s != NULL && s->len == 1 && s->str[0] >= '1' && s->str[0] <= '0' + STATE_MAX)
-        state = (uint32_t)(s->str[0] - '0');
+    const redisReply *u = e->u;
+    int parsed = u != NULL && update_fields(e) == 0;
+    const struct entry_str *i = &e->i, *k = &e->k, *b = &e->b;
+    uint32_t state = e->state;
     /* Written by an instance that did not check: it would end every stream.
      * 11 bytes: the seq that updates_deliver() puts in front. */
-    if (seq == 0 || u == NULL || i == NULL || k == NULL || b == NULL || state == 0 ||
-        !utf8_valid(i->str, i->len) || !utf8_valid(k->str, k->len) ||
-        !utf8_valid(b->str, b->len) || u->len > DS_UPDATE_SIZE_MAX - 11) {
+    if (seq == 0 || !parsed || i->p == NULL || k->p == NULL || b->p == NULL || state == 0 ||
+        !utf8_valid(i->p, i->len) || !utf8_valid(k->p, k->len) ||
+        !utf8_valid(b->p, b->len) || u->len > DS_UPDATE_SIZE_MAX - 11) {
         log_error("cluster: skipping seq %" PRIu64 " in entry %.*s of %s: it is no update%s",
                   seq, (int)(entry->len < 40 ? entry->len : 40), entry->str, cl.key_updates,
                   u != NULL && u->len > DS_UPDATE_SIZE_MAX - 11
@@ -2420,10 +2523,10 @@ deliver_update(uint64_t seq, const struct entry_update *e, const redisReply *ent
         updates_restart(seq - 1, cl.origin + 1, cl.last_seq != 0 ? why : NULL);
     }
     cl.last_seq = seq;
-    updates_deliver(seq, (enum wire_state)state, (const uint8_t *)u->str, u->len, i->str, i->len,
-                    k->str, k->len, b->str, b->len);
+    updates_deliver(seq, (enum wire_state)state, (const uint8_t *)u->str, u->len, i->p, i->len,
+                    k->p, k->len, b->p, b->len);
     if (state == STATE_SUCCEEDED || state == STATE_FAILED || state == STATE_CANCELLED)
-        cluster_items_final(i->str, i->len);
+        cluster_items_final(i->p, i->len);
     else if (state == STATE_QUEUED)
         queued_waits(e);
 }
@@ -2438,10 +2541,11 @@ is_letter(const redisReply *r, char c)
 /*
  * An entry of the update stream: layout 1 (u i k b s, and p or d), one
  * update, its seq the entry's ID 0-SEQ, written by an older version (read
- * for what it left in the stream); or layout 2 (LUA_BATCH: U I K B S, and
- * P or D, once per update), N updates whose last has the seq of the
- * entry's ID, what this version writes (one update: script_cancel,
- * script_retry; a batch: the accepts and the updates).
+ * for what it left in the stream); or layouts 2 and 3 (LUA_BATCH: U, in
+ * layout 2 with I K B S, and P or D, once per update), N updates whose
+ * last has the seq of the entry's ID; this version writes layout 3 (one
+ * update: script_cancel, script_retry; a batch: the accepts and the
+ * updates).
  */
 static void
 deliver_entry(const redisReply *entry)
@@ -2454,9 +2558,11 @@ deliver_entry(const redisReply *entry)
     struct entry_update e = { 0 };
     if (fields->type != REDIS_REPLY_ARRAY || fields->elements < 2 ||
         !is_letter(fields->element[0], 'U')) {
-        e = (struct entry_update){ field(fields, "u"), field(fields, "i"), field(fields, "k"),
-                                   field(fields, "b"), field(fields, "s"), field(fields, "p"),
-                                   field(fields, "d") };
+        e = (struct entry_update){ .u = field(fields, "u"), .i = reply_str(field(fields, "i")),
+                                   .k = reply_str(field(fields, "k")),
+                                   .b = reply_str(field(fields, "b")),
+                                   .state = state_of(field(fields, "s")),
+                                   .p = field(fields, "p"), .d = field(fields, "d") };
         deliver_update(last, &e, id);
         return;
     }
@@ -2480,10 +2586,10 @@ deliver_entry(const redisReply *entry)
             e = (struct entry_update){ .u = v };
             have = 1;
             break;
-        case 'I': e.i = v; break;
-        case 'K': e.k = v; break;
-        case 'B': e.b = v; break;
-        case 'S': e.s = v; break;
+        case 'I': e.i = reply_str(v); break;   /* layout 2 */
+        case 'K': e.k = reply_str(v); break;
+        case 'B': e.b = reply_str(v); break;
+        case 'S': e.state = state_of(v); break;
         case 'P': e.p = v; break;
         case 'D': e.d = v; break;
         default: break;
@@ -2793,11 +2899,11 @@ layout_checked(const redisReply *r)
                      r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
         return 0;
     }
-    if (strncmp(r->str, "busy ", 5) == 0) {
-        /* "busy CONSUMER IDLE_MS" */
-        session_fail("cluster %s is in use by an older dosomethingd (Redis layout 1: consumer "
+    if (strncmp(r->str, "busy ", 5) == 0 && r->len > 7) {
+        /* "busy OLD CONSUMER IDLE_MS" */
+        session_fail("cluster %s is in use by an older dosomethingd (Redis layout %c: consumer "
                      "%.100s ms ago), which cannot read layout %s: stop every older instance",
-                     c->cluster.name, r->str + 5, CLUSTER_LAYOUT);
+                     c->cluster.name, r->str[5], r->str + 7, CLUSTER_LAYOUT);
         return 0;
     }
     if (strncmp(r->str, "other ", 6) == 0) {
@@ -2806,10 +2912,11 @@ layout_checked(const redisReply *r)
                      r->str + 6, DS_VERSION, CLUSTER_LAYOUT);
         return 0;
     }
-    if (strcmp(r->str, "upgraded") == 0)
-        log_notice("cluster: {%s} moves from Redis layout 1 to layout %s (no older instance "
-                   "has been active for cluster.lease): from now on only this version's "
-                   "instances may join it", c->cluster.name, CLUSTER_LAYOUT);
+    if (strncmp(r->str, "upgraded ", 9) == 0)
+        log_notice("cluster: {%s} moves from Redis layout %.20s to layout %s (no older "
+                   "instance has been active for cluster.lease): from now on only this "
+                   "version's instances may join it", c->cluster.name, r->str + 9,
+                   CLUSTER_LAYOUT);
     return 1;
 }
 

@@ -291,21 +291,18 @@ def wait_work_empty(redis, name, timeout=5):
 
 def entry_updates(entry_id, fields):
     """(seq, item id, state) of each update of an entry of {NAME}:updates:
-    one (fields u i k b s, ID 0-SEQ), or a batch (U I K B S per update, the
-    last one's seq the ID, the ones before it counting down)."""
+    one (layout 1: fields u i k b s, ID 0-SEQ), or a batch (layout 3: a
+    field U per update, the Update encoded without its seq; the last one's
+    seq is the ID, the ones before it count down)."""
     ms, last = entry_id.decode().split("-")
     assert ms == "0", f"update entry id {entry_id!r} is not 0-SEQ"
     pairs = list(zip(fields[::2], fields[1::2]))
     if not pairs or pairs[0][0] != b"U":
         f = dict(pairs)
         return [(int(last), f.get(b"i", b"").decode(), int(f.get(b"s", b"0")))]
-    ups = []
-    for k, v in pairs:
-        if k == b"U":
-            ups.append({})
-        ups[-1][k] = v
+    ups = [conftest.pb.Update.FromString(v) for k, v in pairs if k == b"U"]
     first = int(last) - len(ups) + 1
-    return [(first + n, u[b"I"].decode(), int(u[b"S"])) for n, u in enumerate(ups)]
+    return [(first + n, u.item_id, u.state) for n, u in enumerate(ups)]
 
 
 def stream_updates(redis, name, start="-"):
@@ -666,7 +663,7 @@ def test_an_older_layout_in_use_is_refused_then_taken_over(redis, start_daemon):
     update entries). While a consumer of the work stream was active within
     the lease (an older instance running), a new instance refuses to write
     (UNAVAILABLE, saying why); once none is, it moves the cluster to layout
-    2 and reads the old entries. A layout it does not know is refused."""
+    3 and reads the old entries. A later layout (4) is refused."""
     name = cluster_name()
     old_item = "t5b-old"
     encoded = conftest.pb.Update(item_id=old_item, kind="echo", state=conftest.QUEUED,
@@ -693,20 +690,21 @@ def test_an_older_layout_in_use_is_refused_then_taken_over(redis, start_daemon):
             return None
         raise AssertionError("an item was accepted while a layout 1 instance is active")
     err = wait_for(refused, 15, "UNAVAILABLE naming the older instance", interval=0.2)
-    assert "old-host-1-1" in err.details() and "layout 2" in err.details(), err.details()
+    assert "old-host-1-1" in err.details() and "layout 1" in err.details() \
+        and "layout 3" in err.details(), err.details()
     assert redis.command("EXISTS", f"{{{name}}}:layout") == 0
     # the older instance is gone
     redis.command("XGROUP", "DELCONSUMER", f"{{{name}}}:work", "dosomethingd", "old-host-1-1")
     wait_serving(d, timeout=20)
-    assert redis.command("GET", f"{{{name}}}:layout") == b"2"
-    d.wait_log(r"moves from Redis layout 1 to layout 2")
+    assert redis.command("GET", f"{{{name}}}:layout") == b"3"
+    d.wait_log(r"moves from Redis layout 1 to layout 3")
     sub = c.subscribe(replay=True, name="replay")
     sub.wait(lambda s: old_item in s.by_id, 10, "the layout 1 entry")
     assert [u.seq for u in sub.snapshot() if u.item_id == old_item] == [7]
     d.stop()
 
     other = cluster_name()
-    redis.command("SET", f"{{{other}}}:layout", "3")
+    redis.command("SET", f"{{{other}}}:layout", "4")
     d = start_daemon(cluster_config(redis, other), name="b")
     c = d.client()
 
@@ -714,9 +712,9 @@ def test_an_older_layout_in_use_is_refused_then_taken_over(redis, start_daemon):
         try:
             c.submit([{"id": f"t5b-{uuid.uuid4().hex[:6]}", "kind": "echo"}], timeout=5)
         except grpc.RpcError as e:
-            return e if "layout is 3" in (e.details() or "") else None
+            return e if "layout is 4" in (e.details() or "") else None
         raise AssertionError("an item was accepted in an unknown layout")
-    wait_for(refused_other, 15, "UNAVAILABLE naming layout 3", interval=0.2)
+    wait_for(refused_other, 15, "UNAVAILABLE naming layout 4", interval=0.2)
 
 
 # --------------------------------------------------------------------------

@@ -11,7 +11,7 @@
  *   QUEUED update; its final update, XACK and XDEL happen in one script.
  * - {NAME}:updates is the update log: entry 0-LAST holds the Updates one
  *   script wrote, the last with seq LAST (counted by {NAME}:seq), the
- *   others counting down (layout 2, {NAME}:layout; cluster.c's LUA_BATCH),
+ *   others counting down (layout 3, {NAME}:layout; cluster.c's LUA_BATCH),
  *   trimmed by seq to about updates.history. Every instance reads all of
  *   it and serves its subscribers from it: one order, replay from any
  *   instance.

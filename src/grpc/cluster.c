@@ -57,7 +57,7 @@
 #define BACKOFF_MIN_MS      100
 #define BACKOFF_MAX_MS      5000
 #define BLOCK_MS            "1000"  /* XREAD(GROUP) BLOCK: an idle round trip a second */
-#define READ_COUNT          100     /* entries per XREAD (a batch's entry holds up to 512 updates) */
+#define READ_COUNT          100     /* entries per XREAD (an entry: up to 512 updates) */
 #define PULL_MAX            1000    /* items per XREADGROUP */
 #define CLAIM_COUNT         100     /* entries per claim pass */
 #define RENEW_CHUNK         500     /* ids per renew script */
@@ -389,7 +389,8 @@ static const char script_accepts[] =
  * the final of a quick item, whose STARTED may have been folded: when,
  * unix ns; else ""). Each is written only while its entry is pending here
  * with that delivery count (else its reply is 0: superseded); its seq
- * otherwise. The check is one XPENDING per stream for the whole call. A final also acks and deletes the entry and is kept for the
+ * otherwise. The check is one XPENDING per stream for the whole call. A
+ * final also acks and deletes the entry and is kept for the
  * retention (its hash, {NAME}:finals, the bytes): the acks, deletes, list
  * pushes and the byte count are one command each for the whole call, and
  * the seq counter is read and stored once.
@@ -1282,8 +1283,9 @@ fail_unsent_updates(void)
 /*
  * The update of ITEM for the next update script: MODE u/r/f/o, the attempt
  * the entry must be at (CHECK_ATTEMPT), the update encoded without its
- * seq, TS the start time for the item's hash (unix ns, 0: none). FN(ARG) hears its seq, 0 (superseded) or an error or NULL
- * (unknown). -1: the session is down, FN will not run.
+ * seq, TS the start time for the item's hash (unix ns, 0: none). FN(ARG)
+ * hears its seq, 0 (superseded) or an error or NULL (unknown). -1: the
+ * session is down, FN will not run.
  */
 static int
 send_update(const struct item *item, char mode, uint32_t check_attempt, enum wire_state state,
@@ -3485,7 +3487,8 @@ cluster_status_json(struct evbuffer *b)
                         "\"finals_retained\":%" PRIu64 ",\"retained_bytes\":%" PRIu64 ","
                         "\"accept_scripts\":%" PRIu64 ",\"update_scripts\":%" PRIu64 ","
                         "\"writes_in_flight\":%" PRIu64 ",\"backpressure_spells\":%" PRIu64 ","
-                        "\"started_folded\":%" PRIu64 ",\"last_error\":", cl.master_host, cl.master_port,
+                        "\"started_folded\":%" PRIu64 ",\"last_error\":",
+                        cl.master_host, cl.master_port,
                         cl.sentinels ? cl.master_name : "", cl.sentinels ? sentinel_last() : "",
                         cl.sentinels && sentinel_watching() ? "true" : "false",
                         c->cluster.min_replicas_ack, c->cluster.name, cl.consumer,

@@ -116,7 +116,8 @@ def states_in_stream(redis, name, ids):
 
 
 @pytest.mark.deadline(120)
-def test_started_of_quick_items_is_folded_while_no_subscriber_wants_it(redis, start_daemon):  # noqa: F811
+def test_started_of_quick_items_is_folded_while_no_subscriber_wants_it(  # noqa: F811
+        redis, start_daemon):  # noqa: F811
     name = cluster_name()
     sa, sb = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     a = start_instance(start_daemon, redis, name, "a", workers=1,

@@ -110,8 +110,8 @@
  * The update stream keeps about ARGV[2] (updates.history) updates: its
  * entries below minid(SEQ) go (MINID ~: whole nodes at a time), SEQ the
  * newest. By seq, not by entries, since an entry may hold many updates
- * (LUA_BATCH). The seqs a fence skipped ({NAME}:seq_jump, "FROM TO":
- * script_fence) hold no updates, so they are not counted. KEYS[3] is
+ * (LUA_BATCH). The seqs the fences skipped ({NAME}:seq_jump, "FROM TO ..."
+ * oldest first: script_fence) hold no updates, so they are not counted. KEYS[3] is
  * {NAME}:seq.
  */
 #define LUA_MINID_FN                                                                    \
@@ -120,9 +120,13 @@
     "  if lo <= 0 then return '0-0' end\n"                                              \
     "  local jv = redis.call('GET', string.sub(KEYS[3], 1, -4) .. 'seq_jump')\n"        \
     "  if jv then\n"                                                                    \
-    "    local from, to = string.match(jv, '^(%d+) (%d+)$')\n"                          \
-    "    from, to = tonumber(from), tonumber(to)\n"                                     \
-    "    if from and lo < to then lo = lo - (to - from) end\n"                          \
+    "    local js = {}\n"                                                               \
+    "    for from, to in string.gmatch(jv, '(%d+) (%d+)') do\n"                         \
+    "      js[#js + 1] = {tonumber(from), tonumber(to)}\n"                              \
+    "    end\n"                                                                         \
+    "    for i = #js, 1, -1 do\n"                                                       \
+    "      if lo < js[i][2] then lo = lo - (js[i][2] - js[i][1]) end\n"                 \
+    "    end\n"                                                                         \
     "    if lo <= 0 then return '0-0' end\n"                                            \
     "  end\n"                                                                           \
     "  return string.format('0-%.0f', lo)\n"                                            \
@@ -755,7 +759,8 @@ static const char script_size[] =
  * delivered (and other instances, further ahead, would skip them), and
  * the next work entries would reuse IDs that an instance may still hold.
  * So the counter and both work streams' last IDs jump ahead by ARGV[2]
- * ({NAME}:seq_jump keeps "FROM TO", for the update stream's trimming).
+ * ({NAME}:seq_jump keeps "FROM TO" of the last 16 jumps, oldest first, for
+ * the update stream's trimming, which skips them all).
  * An instance that comes later finds the counter ahead of what it saw
  * and reads on (a gap: its subscribers are told, as for any lost
  * updates). 1: it jumped.
@@ -810,7 +815,12 @@ static const char script_fence[] =
     "if c == false or f == 0 or tonumber(c) >= f then return 0 end\n"
     "local j = tonumber(ARGV[2])\n"
     "redis.call('SET', KEYS[1], string.format('%.0f', f + j))\n"
-    "redis.call('SET', KEYS[4], string.format('%.0f %.0f', tonumber(c), f + j))\n"
+    "local jumps = redis.call('GET', KEYS[4]) or ''\n"
+    "jumps = jumps .. string.format(' %.0f %.0f', tonumber(c), f + j)\n"
+    "local pairs_kept = {}\n"
+    "for p in string.gmatch(jumps, '%d+ %d+') do pairs_kept[#pairs_kept + 1] = p end\n"
+    "local first = #pairs_kept > 16 and #pairs_kept - 15 or 1\n"
+    "redis.call('SET', KEYS[4], table.concat(pairs_kept, ' ', first))\n"
     "for k = 2, 3 do\n"
     "  if redis.call('EXISTS', KEYS[k]) == 1 then\n"
     "    local info = redis.call('XINFO', 'STREAM', KEYS[k])\n"
@@ -1415,7 +1425,10 @@ cluster_publish(const struct item *item, const struct outcome *o)
 }
 
 /* Tell every instance that a subscriber here wants STARTED updates: the
- * key lives WANT_TTL_MS, refreshed every second while one is connected. */
+ * key lives WANT_TTL_MS beyond the longest our connection may be held up
+ * (a WAIT for the replicas, cluster_ack.c, ahead of the SET; longer, and
+ * the session fails anyway), refreshed every second while one is
+ * connected. */
 static void
 publish_want_started(void)
 {
@@ -1426,7 +1439,7 @@ publish_want_started(void)
     redis_args_str(&a, cl.key_want_started);
     redis_args_str(&a, cl.consumer);
     redis_args_str(&a, "PX");
-    redis_args_u64(&a, WANT_TTL_MS);
+    redis_args_u64(&a, WANT_TTL_MS + PING_TIMEOUT_MS + cluster_ack_max_wait_ms());
     command(&cl.cmd, NULL, NULL, &a);
 }
 
@@ -3011,6 +3024,7 @@ on_ping_timer(evutil_socket_t fd, short what, void *arg)
 {
     /* A WAIT for the replicas (cluster_ack.c) may be ahead of it. */
     uint64_t timeout = PING_TIMEOUT_MS + cluster_ack_max_wait_ms();
+    publish_want_started();
     if (cl.ping_outstanding) {
         if (clock_monotonic_ms() - cl.ping_sent_ms >= timeout)
             session_fail("no answer to ROLE within %" PRIu64 " ms", timeout);
@@ -3024,7 +3038,6 @@ on_ping_timer(evutil_socket_t fd, short what, void *arg)
         cl.ping_outstanding = 1;
         cl.ping_sent_ms = clock_monotonic_ms();
     }
-    publish_want_started();
 }
 
 static void

@@ -17,7 +17,7 @@
  *   frees it (a module's threads included). Between two samples a handler
  *   can fault in at most some tens of MB; an allocation larger than that
  *   in one go meets RLIMIT_DATA (the worker's data at the start plus twice
- *   the limit), and fails: the handler sees malloc() return NULL, and an
+ *   the limit and DATA_SLACK), and fails: the handler sees malloc() return NULL, and an
  *   attempt that then fails saying so (limits_says_out_of_memory) or after
  *   growing by three quarters of the limit is told apart by the worker
  *   (worker.c), as exec.c tells a program's.
@@ -45,6 +45,12 @@
 #include <unistd.h>
 
 #include "core/log.h"
+
+/* Room under the lowered RLIMIT_DATA for the worker's own allocations
+ * during the attempt: a module's cancel check reads the next item frames
+ * (up to 4 MiB each, workers.prefetch of them), and a failed ds_malloc
+ * of the worker's would abort it, not stop the attempt for its limit. */
+#define DATA_SLACK (64ull << 20)
 
 /* The watcher's stack: it calls snprintf and little else. */
 #define WATCH_STACK (128u * 1024)
@@ -304,7 +310,7 @@ limits_arm(const struct ds_handler_config *handler, struct ds_worker_status *sta
 
     wd.data_lowered = 0;
     if (handler->memory_limit != 0 && data != 0) {
-        rlim_t want = data + 2 * handler->memory_limit;
+        rlim_t want = data + 2 * handler->memory_limit + DATA_SLACK;
         if (wd.data_saved.rlim_cur != RLIM_INFINITY && want > wd.data_saved.rlim_cur)
             want = wd.data_saved.rlim_cur;
         struct rlimit rl = { want, wd.data_saved.rlim_max };

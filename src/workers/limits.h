@@ -31,7 +31,7 @@ int limits_apply_to(const struct ds_handler_config *handler);
  * While armed, a thread samples every LIMITS_SAMPLE_MS the worker's
  * resident memory (its growth since the arm) and its CPU time (since the
  * arm); and the worker's RLIMIT_DATA is its data at the arm plus twice the
- * memory limit, so that an allocation faster than the sampler fails rather
+ * memory limit and 64 MiB, so that an allocation faster than the sampler fails rather
  * than take the machine. An attempt over a limit cannot be stopped safely
  * from outside the handler: the thread writes why into STATUS (the page
  * shared with the master, struct ds_worker_status), then SIGKILLs the

@@ -154,7 +154,7 @@ test_data_backstop_and_disarm(void **state)
 #ifdef __SANITIZE_ADDRESS__
     void *big = NULL;           /* ASan aborts on a refused allocation: not tried */
 #else
-    void *big = malloc(64ull << 20);
+    void *big = malloc(256ull << 20);
 #endif
     struct limits_seen seen;
     limits_disarm(&seen);

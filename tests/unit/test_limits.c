@@ -53,9 +53,7 @@ test_texts(void **state)
     assert_false(limits_apply_to(&h));
 }
 
-/* Under valgrind, which runs one thread at a time, keeps RLIMIT_DATA to
- * itself and checks a killed child for leaks, only the texts and the
- * bookkeeping are tested. */
+/* Valgrind keeps RLIMIT_DATA to itself: the backstop is not seen there. */
 static int
 under_valgrind(void)
 {
@@ -104,6 +102,11 @@ touch_256_mib(void)
         if (p == NULL)
             _exit(3);           /* refused before the sampler saw it: a slow machine */
         memset(p, 1, 1 << 20);
+        /* 1 MiB a millisecond, as a handler that computes as it goes; it
+         * also lets valgrind, which runs one thread at a time, run the
+         * watcher */
+        struct timespec ms = { 0, 1000000 };
+        nanosleep(&ms, NULL);
     }
     _exit(4);                   /* never stopped */
 }
@@ -111,23 +114,22 @@ touch_256_mib(void)
 static void
 test_cpu_limit_kills(void **state)
 {
-    if (under_valgrind())
-        skip();
     struct ds_handler_config h = { .type = DS_HANDLER_SHA256, .cpu_limit_ms = 1000 };
     struct ds_worker_status page;
     int status = run_child(&h, spin_forever, &page);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     assert_int_equal(page.limit_hit, DS_LIMIT_CPU);
-    assert_true(strncmp(page.limit_reason, "cpu limit 1s exceeded: it used 1.", 33) == 0);
-    assert_true(page.limit_cpu_usec >= 1000000 && page.limit_cpu_usec < 3000000);
+    assert_true(strncmp(page.limit_reason, "cpu limit 1s exceeded: it used ", 31) == 0);
+    /* Valgrind runs one thread at a time: a spinning one holds the watcher
+     * back for a while, and the stop comes late. */
+    uint64_t most = under_valgrind() ? 60000000 : 3000000;
+    assert_true(page.limit_cpu_usec >= 1000000 && page.limit_cpu_usec < most);
     assert_true(page.limit_max_rss_kib > 0);
 }
 
 static void
 test_memory_limit_kills(void **state)
 {
-    if (under_valgrind())
-        skip();
     struct ds_handler_config h = { .type = DS_HANDLER_MODULE, .memory_limit = 64ull << 20 };
     struct ds_worker_status page;
     int status = run_child(&h, touch_256_mib, &page);

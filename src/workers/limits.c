@@ -325,6 +325,7 @@ void
 limits_disarm(struct limits_seen *seen)
 {
     seen->memory_growth = 0;
+    seen->cpu_ns = 0;
     if (wd.started != 1)
         return;
     if (wd.data_lowered && setrlimit(RLIMIT_DATA, &wd.data_saved) == -1)
@@ -336,6 +337,10 @@ limits_disarm(struct limits_seen *seen)
     if (wd.memory_limit != 0 && read_statm(&rss, &data) == 0 && rss > wd.rss_start &&
         rss - wd.rss_start > wd.peak_growth)
         wd.peak_growth = rss - wd.rss_start;
+    if (wd.cpu_limit_ns != 0) {
+        uint64_t now = process_cpu_ns();
+        seen->cpu_ns = now > wd.cpu_start_ns ? now - wd.cpu_start_ns : 0;
+    }
     wd.armed = 0;
     seen->memory_growth = wd.peak_growth;
     pthread_mutex_unlock(&wd.lock);

@@ -44,9 +44,13 @@ int limits_apply_to(const struct ds_handler_config *handler);
 #define LIMITS_SAMPLE_MS 10
 void limits_arm(const struct ds_handler_config *handler, struct ds_worker_status *status);
 
-/* What the attempt did: its largest resident memory growth seen (bytes). */
+/* What the attempt did: its largest resident memory growth seen (bytes),
+ * and the CPU it used (ns, measured only when it had a cpu_limit: an
+ * attempt that ended between two samples may have gone over by up to
+ * one, and the caller fails it all the same). */
 struct limits_seen {
     uint64_t memory_growth;
+    uint64_t cpu_ns;
 };
 void limits_disarm(struct limits_seen *seen);
 

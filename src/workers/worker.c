@@ -350,6 +350,27 @@ over_memory_limit(const struct ds_handler_config *handler, int r, struct handler
     return 1;
 }
 
+/*
+ * A limited attempt that returned with more CPU than handler's cpu_limit
+ * (it ended between two of the watcher's samples) fails all the same, as
+ * it would have a tick later: OUT->error says so, then what the handler
+ * said. 1 if it did.
+ */
+static int
+over_cpu_limit(const struct ds_handler_config *handler, int r, struct handler_output *out,
+               const struct limits_seen *seen)
+{
+    uint64_t limit_ns = handler->cpu_limit_ms * 1000000u;
+    if (limit_ns == 0 || seen->cpu_ns < limit_ns)
+        return 0;
+    char head[64], what[sizeof out->error];
+    limits_cpu_text(handler->cpu_limit_ms, head, sizeof head);
+    snprintf(what, sizeof what, "%s", r != 0 ? out->error : "");
+    snprintf(out->error, sizeof out->error, "%s: it used %.2f s of CPU%s%.400s", head,
+             (double)seen->cpu_ns / 1e9, r != 0 ? ": " : "", what);
+    return 1;
+}
+
 /* Run T; 1 if its end is held for its batch (T is then the batch's), 0 if
  * it was sent (the caller frees T). */
 static int
@@ -430,6 +451,10 @@ run_task(struct task *t)
             out.release((void *)out.result);
         r = -1;
         w.retire_now = 1;
+    } else if (limited && !w.cancel_requested && over_cpu_limit(t->handler, r, &out, &seen)) {
+        if (r == 0 && out.release != NULL)
+            out.release((void *)out.result);
+        r = -1;
     }
     static const char cancelled[] = "cancelled while running";
     int state;

@@ -178,6 +178,31 @@ test_data_backstop_and_disarm(void **state)
     assert_int_equal(page.limit_hit, DS_LIMIT_NONE);
 }
 
+/* The CPU an attempt used is measured at the disarm, when it has a
+ * cpu_limit (the worker fails one that ended over it between two samples). */
+static void
+test_disarm_measures_cpu(void **state)
+{
+    (void)state;
+    struct ds_handler_config h = { .type = DS_HANDLER_MODULE, .cpu_limit_ms = 600000 };
+    struct ds_worker_status page;
+    memset(&page, 0, sizeof page);
+    limits_arm(&h, &page);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+    do
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 30000000L);
+    struct limits_seen seen;
+    limits_disarm(&seen);
+    assert_true(seen.cpu_ns >= 30000000u);
+    assert_int_equal(page.limit_hit, DS_LIMIT_NONE);
+    struct ds_handler_config m = { .type = DS_HANDLER_MODULE, .memory_limit = 64ull << 20 };
+    limits_arm(&m, &page);
+    limits_disarm(&seen);
+    assert_true(seen.cpu_ns == 0);      /* no cpu_limit: not measured */
+}
+
 int
 main(void)
 {
@@ -186,6 +211,7 @@ main(void)
         cmocka_unit_test(test_cpu_limit_kills),
         cmocka_unit_test(test_memory_limit_kills),
         cmocka_unit_test(test_data_backstop_and_disarm),
+        cmocka_unit_test(test_disarm_measures_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,6 +19,7 @@ defaults), `client` (connected to `daemon`), `cli(*args)` (runs the binary).
 import http.client
 import itertools
 import os
+import random
 import re
 import resource
 import signal
@@ -162,7 +163,31 @@ def http_get(address, path, timeout=2):
         conn.close()
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_ports = random.Random()
+
+
 def free_port():
+    """A loopback port nothing listens on, from below the ephemeral range
+    when there is room there: a port the kernel hands out (bind to 0) is
+    also what it picks for the next outgoing connection, which then holds
+    it when the daemon binds it."""
+    for _ in range(100 if _EPHEMERAL_LOW > 12000 else 0):
+        port = _ports.randrange(10000, _EPHEMERAL_LOW)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -172,7 +172,7 @@ valgrind: $(UNIT_BIN)
 
 integration: $(BUILD)/dosomethingd pystubs
 	DS_BINARY=$(CURDIR)/$(BUILD)/dosomethingd DS_PYSTUBS=$(CURDIR)/$(BUILD)/py \
-	    $(PYTHON) -m pytest -q -rs -p no:cacheprovider $(or $(TESTS),tests/integration) $(PYTEST_ARGS)
+	    $(PYTHON) -m pytest -q -rs --durations=15 -p no:cacheprovider $(or $(TESTS),tests/integration) $(PYTEST_ARGS)
 
 # make test installed every dependency: a test that finds one missing fails
 # (DS_STRICT_DEPS) instead of skipping, so a broken set-up cannot look green.

@@ -63,6 +63,7 @@
 #define RENEW_CHUNK         500     /* ids per renew script */
 #define POLL_MS             100     /* XLEN while submissions are under way */
 #define DUE_COUNT           1000    /* delayed items moved on per due script */
+#define PULL_RETRY_MS       1000    /* after a pull script failed (maxmemory, BUSY) */
 /* Items in one accept script at most, and accept scripts in flight at once
  * before the next batch waits for a reply (it grows meanwhile). */
 #define ACCEPT_BATCH_MAX    512
@@ -886,6 +887,7 @@ static struct {
     struct event *reset_event, *retry_timer, *setup_timer, *ping_timer;
     struct event *renew_timer, *claim_timer, *poll_timer;
     struct event *due_timer;
+    struct event *pull_timer;   /* a failed pull script is tried again */
     int64_t due_at_ms;          /* the due timer is armed for then (unix ms); 0: not armed */
     int due_running;
     uint64_t backoff_ms;
@@ -898,6 +900,7 @@ static struct {
     int pulling;                /* an XREADGROUP (work) or a pull script (cmd) is out */
     int pull_blocked;           /* it is the XREADGROUP */
     int prio_waiting;           /* prioritized items may wait in their lanes: pull by script */
+    int pull_paused;            /* a pull script failed: none until pull_timer */
     uint64_t wakes;             /* prio_wake() calls: one during a pull script keeps it set */
     uint64_t wakes_at_pull;     /* ... as the pull script in flight was sent */
     int unblocking;             /* a CLIENT UNBLOCK for the XREADGROUP is out */
@@ -1974,9 +1977,16 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
         r->element[3]->type != REDIS_REPLY_INTEGER || r->element[4]->type != REDIS_REPLY_INTEGER) {
         log_error("cluster: pulling items failed: %s",
                   r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-        if (is_error(r, "NOSCRIPT"))
+        if (is_error(r, "NOSCRIPT")) {
             session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
-        cl.prio_waiting = 0;    /* back to XREADGROUP until the next wake */
+            return;
+        }
+        /* Tried again in a while, by script (the lanes it was to look at
+         * may hold items): an idle instance has nothing else that would
+         * pull, and a room change each would only fail the same way. */
+        cl.pull_paused = 1;
+        struct timeval tv = clock_timeval_ms(PULL_RETRY_MS);
+        evtimer_add(cl.pull_timer, &tv);
         return;
     }
     uint32_t taken = 0, weight = 0;
@@ -2019,11 +2029,20 @@ prio_wake(void)
     }
 }
 
+static void
+on_pull_timer(evutil_socket_t fd, short what, void *arg)
+{
+    cl.pull_paused = 0;
+    cl.prio_waiting = 1;
+    cluster_pull();
+}
+
 /* Local room may have appeared: take more items from Redis. */
 static void
 cluster_pull(void)
 {
-    if (!cl.enabled || !cl.up || cl.failing || cl.pulling || gp.draining || gp.stopping)
+    if (!cl.enabled || !cl.up || cl.failing || cl.pulling || cl.pull_paused || gp.draining ||
+        gp.stopping)
         return;
     uint32_t room = store_local_room(), unit = cl.pull_unit ? cl.pull_unit : ITEM_WEIGHT_FULL;
     if (room < unit)
@@ -2800,6 +2819,8 @@ stop_timers(void)
     evtimer_del(cl.claim_timer);
     evtimer_del(cl.poll_timer);
     evtimer_del(cl.due_timer);
+    evtimer_del(cl.pull_timer);
+    cl.pull_paused = 0;
     cl.due_at_ms = 0;
 }
 
@@ -3308,6 +3329,7 @@ cluster_start(void)
     cl.claim_timer = event_new(gp.base, -1, EV_PERSIST, on_claim_timer, NULL);
     cl.poll_timer = event_new(gp.base, -1, EV_PERSIST, on_poll_timer, NULL);
     cl.due_timer = evtimer_new(gp.base, on_due_timer, NULL);
+    cl.pull_timer = evtimer_new(gp.base, on_pull_timer, NULL);
     cl.flush_event = event_new(gp.base, -1, 0, on_flush, NULL);
     set_why();
     log_info("cluster: %s, keys {%s}:*, consumer %s, lease %llu ms, min_replicas_ack %u",
@@ -3358,6 +3380,7 @@ cluster_shutdown(void)
     event_free(cl.poll_timer);
     event_free(cl.due_timer);
     cl.due_timer = NULL;
+    event_free(cl.pull_timer);
     event_free(cl.flush_event);
     for (size_t i = 0; i < cl.accepts_n; i++)
         store_discard(cl.accepts[i].item);

@@ -13,7 +13,8 @@ delays"): two instances on one Redis (the fixtures of test_cluster.py).
 - a delayed item accepted on A runs on B when A is killed (SIGKILL) while
   it waits;
 - cancel on B of a delayed item and of a prioritized item waiting in its
-  lane (both leave Redis), and a retry of the latter runs it.
+  lane (both leave Redis), and a retry of the latter runs it;
+- a pull script that Redis fails is tried again.
 """
 import time
 import uuid
@@ -251,3 +252,28 @@ def test_a_pull_after_quick_items_takes_only_what_the_prefetch_holds(redis, star
     assert all(final[it["id"]].state == SUCCEEDED for it in items), \
         [sub.states_of(it["id"]) for it in items]
     wait_for(lambda: lanes_empty(redis, name), 5, "lanes empty")
+
+
+@pytest.mark.deadline(60)
+def test_a_failed_pull_script_is_tried_again(redis, start_daemon):  # noqa: F811
+    """A pull by script that Redis fails (here WRONGTYPE: a lane names an
+    item whose key is not a hash; in production maxmemory or BUSY) is tried
+    again a second later, on an idle instance too, which has nothing else
+    that would pull: the prioritized item waiting behind it runs once the
+    cause is gone."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", workers=1, overrides=ONE_SLOT)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    bad = f"{{{name}}}:item:bad-{tag}"
+    redis.command("SET", bad, "not a hash")
+    redis.command("RPUSH", f"{{{name}}}:prio:7", f"bad-{tag}")
+    redis.command("ZADD", f"{{{name}}}:prio", "7", "7")
+    item = {"id": f"p-{tag}", "kind": "echo", "payload": b"p", "priority": 5}
+    assert a.client().submit([item]).accepted == 1
+    a.wait_log(r"pulling items failed: .*WRONGTYPE", timeout=10)
+    assert SUCCEEDED not in sub.states_of(item["id"])
+    redis.command("DEL", bad)       # the lane's entry is now stale: skipped
+    final = sub.wait_final([item["id"]], timeout=10)
+    assert final[item["id"]].state == SUCCEEDED, final
+    wait_for(lambda: lanes_empty(redis, name), 5, "the lanes gone from redis")

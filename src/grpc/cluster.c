@@ -3370,7 +3370,6 @@ cluster_shutdown(void)
     free_conn(&cl.cmd);
     free_conn(&cl.work);
     free_conn(&cl.upd);
-    resolve_shutdown();
     event_free(cl.reset_event);
     event_free(cl.retry_timer);
     event_free(cl.setup_timer);

@@ -36,6 +36,7 @@
 #include "grpc/get_items.h"
 #include "grpc/handover.h"
 #include "grpc/health.h"
+#include "grpc/resolve.h"
 #include "grpc/server.h"
 #include "grpc/status.h"
 #include "grpc/submit.h"
@@ -455,6 +456,7 @@ grpc_process_main(struct ds_child_start *start)
     updates_shutdown();
     grpc_shutdown();
     status_shutdown();
+    resolve_shutdown();     /* after all who ask it: cluster, sentinels, status */
 
     if (gp.control != NULL) {
         channel_flush(gp.control);

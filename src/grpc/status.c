@@ -11,7 +11,10 @@
  * counters and one read of /proc/PID/stat per process.
  *
  * Reload: a changed status.listen gets its new socket bound before the old
- * one is closed; connections already accepted finish on the old one.
+ * one is closed; connections already accepted finish on the old one. A
+ * host name is resolved with getaddrinfo() at start (before any item
+ * flows), but on reload off the loop (resolve.c): a DNS server that does
+ * not answer would otherwise hold every item up for its timeouts.
  *
  * The socket has SO_REUSEPORT, as gRPC gives its own ports: a binary
  * upgrade (USR2) starts a second instance that must bind the port while
@@ -26,6 +29,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -54,6 +58,7 @@
 #include "grpc/status_items.h"
 #include "grpc/status_page.h"
 #include "grpc/rates.h"
+#include "grpc/resolve.h"
 #include "grpc/subscribe.h"
 #include "grpc/queue.h"
 #include "grpc/result_cache.h"
@@ -73,7 +78,10 @@
 static struct {
     struct evhttp *http;                /* NULL until status.listen is first set */
     struct evhttp_bound_socket *bound;  /* NULL: off */
-    char listen[300];                   /* the address bound; "" when off */
+    char listen[300];                   /* the address bound, as configured; "" when off */
+    char bound_at[300];                 /* ... as numbers: "127.0.0.1:9090" */
+    struct resolve_request *resolving;  /* a reload's status.listen name being looked up */
+    char resolving_addr[300];           /* ... that status.listen */
     uint64_t reloads;                   /* config generations applied since start */
     /* The last reload's outcome, as the master or this process saw it. */
     int last_reload_failed;
@@ -797,7 +805,7 @@ split_address(const char *addr, char *host, size_t host_size, const char **port)
  * addresses gets the first this machine has: an address in use is an
  * error, not a reason to try the next one. */
 static int
-listen_socket(const char *addr, char *why, size_t why_size)
+listen_socket(const char *addr, char *why, size_t why_size, char *at, size_t at_size)
 {
     char host[300];
     const char *port;
@@ -830,8 +838,15 @@ listen_socket(const char *addr, char *why, size_t why_size)
             call = "bind";
             if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
                 call = "listen";
-                if (listen(fd, STATUS_BACKLOG) == 0)
+                if (listen(fd, STATUS_BACKLOG) == 0) {
+                    char h[300];
+                    if (getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, NULL, 0,
+                                    NI_NUMERICHOST) != 0)
+                        snprintf(h, sizeof h, "%s", host);
+                    snprintf(at, at_size, ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h,
+                             port);
                     break;
+                }
             }
         }
         saved = errno;
@@ -855,12 +870,14 @@ status_close(void)
         evhttp_del_accept_socket(st.http, st.bound);   /* closes the socket */
     st.bound = NULL;
     st.listen[0] = '\0';
+    st.bound_at[0] = '\0';
 }
 
-/* Serve on ADDR, then close what served before. -1: nothing changed, errno
- * set, the reason in WHY. */
+/* Serve on ADDR (status.listen), bound at BIND_AT (ADDR resolved, or NULL
+ * to resolve it here: it blocks on a name), then close what served before.
+ * -1: nothing changed, errno set, the reason in WHY. */
 static int
-status_listen(const char *addr, char *why, size_t why_size)
+status_listen(const char *addr, const char *bind_at, char *why, size_t why_size)
 {
     if (st.http == NULL) {
         st.http = evhttp_new(gp.base);
@@ -880,7 +897,8 @@ status_listen(const char *addr, char *why, size_t why_size)
         evhttp_set_bevcb(st.http, on_new_connection, NULL);
         st.resume_timer = evtimer_new(gp.base, on_resume_timer, NULL);
     }
-    int fd = listen_socket(addr, why, why_size);
+    char at[sizeof st.bound_at];
+    int fd = listen_socket(bind_at != NULL ? bind_at : addr, why, why_size, at, sizeof at);
     if (fd == -1)
         return -1;
     struct evhttp_bound_socket *bound = evhttp_accept_socket_with_handle(st.http, fd);
@@ -895,7 +913,11 @@ status_listen(const char *addr, char *why, size_t why_size)
     st.bound = bound;
     st.paused = 0;
     snprintf(st.listen, sizeof st.listen, "%s", addr);
-    log_info("status endpoint listening on %s", addr);
+    snprintf(st.bound_at, sizeof st.bound_at, "%s", at);
+    if (strcmp(addr, at) == 0)
+        log_info("status endpoint listening on %s", addr);
+    else
+        log_info("status endpoint listening on %s (%s)", addr, at);
     return 0;
 }
 
@@ -914,7 +936,7 @@ status_start(void)
     kinds_touch();
     status_auth_configure();
     rates_start(gp.base);
-    if (addr == NULL || status_listen(addr, why, sizeof why) == 0)
+    if (addr == NULL || status_listen(addr, NULL, why, sizeof why) == 0)
         return 0;
     int n = snprintf(msg, sizeof msg, "status.listen: cannot listen on %s: %s", addr, why);
     log_error("%s", msg);
@@ -922,11 +944,58 @@ status_start(void)
     return -1;
 }
 
+/* A reload's status.listen ADDR, bound at BIND_AT (numbers): served there,
+ * or the reason logged and what served before kept. */
+static void
+listen_on_reload(const char *addr, const char *bind_at)
+{
+    char why[256], again[256], old[sizeof st.listen], old_at[sizeof st.bound_at];
+    if (status_listen(addr, bind_at, why, sizeof why) == 0)
+        return;
+    if (errno == EADDRINUSE && st.bound != NULL && same_port(bind_at, st.bound_at)) {
+        snprintf(old, sizeof old, "%s", st.listen);
+        snprintf(old_at, sizeof old_at, "%s", st.bound_at);
+        status_close();
+        if (status_listen(addr, bind_at, why, sizeof why) == 0)
+            return;
+        if (status_listen(old, old_at, again, sizeof again) == -1) {
+            log_error("reload: status.listen: cannot listen on %s: %s; nor on %s again: %s; "
+                      "the status endpoint is off", addr, why, old, again);
+            return;
+        }
+    }
+    log_error("reload: status.listen: cannot listen on %s: %s; keeping %s", addr, why,
+              st.bound != NULL ? st.listen : "it off");
+}
+
+static void
+on_listen_resolved(void *arg, const char *address, const char *why)
+{
+    (void)arg;
+    st.resolving = NULL;
+    char host[300], at[sizeof st.bound_at];
+    const char *port;
+    if (address == NULL || split_address(st.resolving_addr, host, sizeof host, &port) == -1) {
+        log_error("reload: status.listen: cannot listen on %s: %s; keeping %s",
+                  st.resolving_addr, address == NULL ? why : "not host:port",
+                  st.bound != NULL ? st.listen : "it off");
+        return;
+    }
+    snprintf(at, sizeof at, strchr(address, ':') != NULL ? "[%s]:%s" : "%s:%s", address, port);
+    listen_on_reload(st.resolving_addr, at);
+}
+
+static void
+resolving_cancel(void)
+{
+    resolve_cancel(st.resolving);
+    st.resolving = NULL;
+}
+
 void
 status_reconfigure(void)
 {
     const char *addr = gp.config->status.listen;
-    char why[256], again[256], old[sizeof st.listen];
 
     st.reloads++;
     st.last_reload_failed = 0;
@@ -936,28 +1005,30 @@ status_reconfigure(void)
     kinds_touch();
     status_auth_configure();
     if (addr == NULL) {
+        resolving_cancel();
         if (st.bound != NULL)
             log_info("status endpoint on %s closed (status.listen is off)", st.listen);
         status_close();
         return;
     }
-    if (st.bound != NULL && strcmp(addr, st.listen) == 0)
+    if (st.bound != NULL && strcmp(addr, st.listen) == 0) {
+        resolving_cancel();     /* back to what serves */
         return;
-    if (status_listen(addr, why, sizeof why) == 0)
-        return;
-    if (errno == EADDRINUSE && st.bound != NULL && same_port(addr, st.listen)) {
-        snprintf(old, sizeof old, "%s", st.listen);
-        status_close();
-        if (status_listen(addr, why, sizeof why) == 0)
-            return;
-        if (status_listen(old, again, sizeof again) == -1) {
-            log_error("reload: status.listen: cannot listen on %s: %s; nor on %s again: %s; "
-                      "the status endpoint is off", addr, why, old, again);
-            return;
-        }
     }
-    log_error("reload: status.listen: cannot listen on %s: %s; keeping %s", addr, why,
-              st.bound != NULL ? st.listen : "it off");
+    if (st.resolving != NULL && strcmp(addr, st.resolving_addr) == 0)
+        return;                 /* on its way */
+    resolving_cancel();
+    char host[300];
+    const char *port;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (split_address(addr, host, sizeof host, &port) == 0 &&
+        inet_pton(AF_INET, host, &a4) != 1 && inet_pton(AF_INET6, host, &a6) != 1) {
+        snprintf(st.resolving_addr, sizeof st.resolving_addr, "%s", addr);
+        st.resolving = resolve_host(gp.base, host, on_listen_resolved, NULL);
+        return;
+    }
+    listen_on_reload(addr, addr);
 }
 
 void
@@ -971,6 +1042,7 @@ status_reload_failed(const char *why)
 void
 status_shutdown(void)
 {
+    resolving_cancel();
     status_items_shutdown();
     rates_shutdown();
     if (st.resume_timer != NULL)

@@ -432,3 +432,37 @@ def test_reload_moves_the_status_endpoint(start_daemon):
     reload(d, {"status": {"listen": first}})
     wait_for(lambda: healthz(first) == (200, b"ok\n"), 5, f"/healthz on {first}")
     assert status_json(first)["config_reloads"] == 5
+
+
+@pytest.mark.deadline(90)
+def test_reload_resolves_a_status_host_name_without_blocking(start_daemon):
+    """On reload a host name in status.listen is looked up off the loop
+    (evdns: /etc/hosts, then DNS); a name that does not resolve is logged
+    and what served before keeps serving; a name replaced by another reload
+    before its answer came is dropped (whichever comes first, the last
+    reload's address serves)."""
+    d = start_with_status(start_daemon)
+    first = d.status_address
+    port = free_port()
+    named = f"localhost:{port}"
+    reload(d, {"status": {"listen": named}})
+    d.wait_log(rf"status endpoint listening on localhost:{port} \(127\.0\.0\.1:{port}\)")
+    wait_for(lambda: healthz(f"127.0.0.1:{port}") == (200, b"ok\n"), 5, f"/healthz on {named}")
+    wait_for(lambda: refused(first), 5, f"{first} to close")
+
+    bad = f"no-such-host.invalid:{free_port()}"
+    reload(d, {"status": {"listen": bad}})
+    d.wait_log(rf"reload: status\.listen: cannot listen on {re.escape(bad)}: cannot resolve "
+               rf"its host name: .*; keeping localhost:{port}", timeout=30)
+    assert healthz(f"127.0.0.1:{port}") == (200, b"ok\n")
+    client = d.client()
+    reply, _ = client.run_items([{"id": "after-bad-name", "kind": "echo", "payload": b"x"}])
+    assert reply.accepted == 1
+
+    # Two reloads in a row: the second's address wins.
+    reload(d, {"status": {"listen": f"localhost:{free_port()}"}})
+    third = f"127.0.0.1:{free_port()}"
+    reload(d, {"status": {"listen": third}})
+    wait_for(lambda: healthz(third) == (200, b"ok\n"), 10, f"/healthz on {third}")
+    doc = status_json(third)
+    assert doc["config_reloads"] == 4, doc

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -233,9 +234,19 @@ file_start(void)
     cf.path = ds_malloc(n + sizeof "/result-cache");
     memcpy(cf.path, dir, n);
     memcpy(cf.path + n, "/result-cache", sizeof "/result-cache");
-    int fd = open(cf.path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO there would block the open, and with it the start. */
+    int fd = open(cf.path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd == -1 && errno == ENOENT) {
         cf.absent = 1;          /* a journal without a cached kind gets no file */
+        return;
+    }
+    struct stat sb;
+    if (fd != -1 && (fstat(fd, &sb) == -1 || !S_ISREG(sb.st_mode))) {
+        /* Not ours to replace (a directory, a FIFO, ...): left as it is,
+         * and the cache is this process's only. */
+        log_warn("cache: %s is not a regular file; no result is read back from it or kept "
+                 "there for the next start", cf.path);
+        close(fd);
         return;
     }
     if (fd != -1) {
@@ -264,8 +275,15 @@ file_stored(const char *kind, const uint8_t key[CACHE_KEY_SIZE], const void *res
     if (write_all(cf.fd, r, n) == -1) {
         log_syswarn("cache: appending to %s failed; results are not kept for the next start "
                     "until it is rewritten", cf.path);
+        /* Back to its last whole record: a torn one would hold bytes of a
+         * full disk (the journal's records share it) until the next start,
+         * and end the reading there with a warning. */
+        if (ftruncate(cf.fd, (off_t)cf.file_bytes) == -1)
+            log_syswarn("cache: ftruncate(\"%s\") failed", cf.path);
         close(cf.fd);
         cf.fd = -1;
+        free(r);
+        return;
     }
     free(r);
     cf.file_bytes += n;

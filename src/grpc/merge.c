@@ -325,6 +325,8 @@ merge_looked_up(const char *kind, const uint8_t key[CACHE_KEY_SIZE], int found,
                 const void *result, size_t len, uint64_t stored_ms)
 {
     struct cache_kind *k = result_cache_kind(kind);
+    if (found && len > result_cache_result_max())
+        found = 0;      /* kept under a larger handlers.max_result_size: a run fails it */
     if (found && k != NULL && result_cache_put(k, key, result, len, stored_ms) == -1 &&
         now_ms() >= stored_ms + result_cache_ttl_ms(k))
         found = 0;      /* expired on the way */

@@ -55,6 +55,7 @@ static struct {
     size_t nbuckets;            /* a power of 2, or 0 */
     size_t entries;
     uint64_t bytes;
+    uint64_t result_max;        /* handlers.max_result_size in force */
     struct event *sweep;
 } rc;
 
@@ -244,8 +245,18 @@ result_cache_configure(const struct ds_config *c)
     }
     uint64_t now_ms = (uint64_t)clock_wall_ns() / 1000000u;
     rc.enabled = 0;
+    rc.result_max = c->max_result_size;
     for (size_t i = 0; i < rc.count; i++) {
         struct cache_kind *k = &rc.kinds[i];
+        /* A result longer than handlers.max_result_size is not served: a
+         * run of the item would fail it (the bound was lowered). */
+        for (struct cache_entry *e = k->age_head, *next; e != NULL; e = next) {
+            next = e->age_next;
+            if (e->len > rc.result_max) {
+                k->stats.evictions++;
+                drop(e);
+            }
+        }
         const struct ds_handler_config *h = config_handler(c, k->kind);
         uint8_t digest[CACHE_KEY_SIZE];
         if (h == NULL || h->cache_size == 0) {
@@ -338,7 +349,7 @@ result_cache_put(struct cache_kind *k, const uint8_t key[CACHE_KEY_SIZE], const 
 {
     uint64_t now_ms = (uint64_t)clock_wall_ns() / 1000000u;
     if (k->size == 0 || sizeof(struct cache_entry) + len > k->size || len > UINT32_MAX ||
-        now_ms >= stored_ms + k->ttl_ms)
+        len > rc.result_max || now_ms >= stored_ms + k->ttl_ms)
         return -1;
     struct cache_entry *old = find(key);
     if (old != NULL)
@@ -399,6 +410,12 @@ result_cache_for_each(void (*fn)(const struct cache_kind *k, const uint8_t key[C
     for (size_t i = 0; i < rc.count; i++)
         for (const struct cache_entry *e = rc.kinds[i].age_head; e != NULL; e = e->age_next)
             fn(&rc.kinds[i], e->key, e->result, e->len, e->stored_ms, arg);
+}
+
+uint64_t
+result_cache_result_max(void)
+{
+    return rc.result_max;
 }
 
 uint64_t

@@ -10,7 +10,7 @@
  * store, and a sweep every few seconds). A reload applies at once: a
  * smaller size evicts, a changed ttl applies to the entries already held,
  * a kind whose cache is off (or gone) or whose handler definition changed
- * is emptied.
+ * is emptied, a lowered handlers.max_result_size drops the entries over it.
  *
  * What to do with an item (serve it, merge it with a run in flight, run
  * it) is merge.c's; where entries survive the process (the journal's
@@ -66,7 +66,8 @@ int result_cache_get(struct cache_kind *k, const uint8_t key[CACHE_KEY_SIZE], ui
                      const void **result, size_t *len);
 /* Keep RESULT (LEN bytes) for KEY, as stored at STORED_MS (unix ms):
  * replaces what KEY held, evicts for room. 0, or -1 if it is not kept
- * (larger than the kind's size, or already expired). */
+ * (larger than the kind's size or than handlers.max_result_size, or
+ * already expired). */
 int result_cache_put(struct cache_kind *k, const uint8_t key[CACHE_KEY_SIZE], const void *result,
                      size_t len, uint64_t stored_ms);
 /* Count an item served, run or merged. */
@@ -79,6 +80,9 @@ void result_cache_for_each(void (*fn)(const struct cache_kind *k,
                                       const uint8_t key[CACHE_KEY_SIZE], const void *result,
                                       size_t len, uint64_t stored_ms, void *arg),
                            void *arg);
+/* handlers.max_result_size in force: no longer result is kept or served
+ * (a reload that lowers it drops the entries over it). */
+uint64_t result_cache_result_max(void);
 /* The bytes of all entries held. */
 uint64_t result_cache_bytes(void);
 void result_cache_stats(const struct cache_kind *k, struct cache_kind_stats *out);

@@ -673,3 +673,36 @@ def test_duplicate_and_empty_param_keys(request, start_daemon, tmp_path):
         assert reply.rejected == 1
     assert s.d.grpc_pid() is not None
     assert http_get(s.status, "/metrics")[0] == 200
+
+
+@pytest.mark.deadline(90)
+def test_a_cached_result_over_a_lowered_max_result_size_is_not_served(request, start_daemon,
+                                                                       tmp_path, mode):
+    """handlers.max_result_size lowered by a reload (or a restart on the
+    journal's file, or another cluster instance's Redis entry): a result
+    kept before under the larger bound is not served (a run of the item
+    would fail it); results within the new bound still are."""
+    big, small = b"B" * 10000, b"s" * 100
+    s = Overridden(request, start_daemon, tmp_path, mode, CACHE, extra=blob_handlers(),
+                   overrides={"handlers": {"max_result_size": "64KiB"}})
+    c = s.d.client()
+    tag = uuid.uuid4().hex[:8]
+    run(c, [blob(f"{tag}-big1", big), blob(f"{tag}-small1", small)])
+    s.overrides = {"handlers": {"max_result_size": "1KiB"}}
+    if mode == "memory":
+        s.reload(CACHE)
+        assert "reload failed" not in s.d.log_text()
+    elif mode == "journal":
+        s.d.stop()
+        s.start(CACHE, name="second")
+    else:
+        # Another instance of the cluster, alone (the first, with the old
+        # bound, would take items from the shared queue): Redis has it.
+        s.d.stop()
+        s.start(CACHE, name="second")
+    c = s.d.client()
+    sub = run(c, [blob(f"{tag}-big2", big), blob(f"{tag}-small2", small)])
+    f = sub.final[f"{tag}-big2"]
+    assert f.state == FAILED and not f.cached, (f.state, f.cached, len(f.result))
+    assert "max_result_size" in f.error, f.error
+    assert sub.final[f"{tag}-small2"].cached and sub.final[f"{tag}-small2"].result == small

@@ -133,6 +133,7 @@ configure(uint64_t size, uint64_t ttl_ms)
     handler.cache_ttl_ms = ttl_ms;
     config.handlers = &handler;
     config.handler_count = 1;
+    config.max_result_size = DS_RESULT_SIZE_MAX;    /* config_load's default */
     result_cache_configure(&config);
 }
 

@@ -706,3 +706,37 @@ def test_a_cached_result_over_a_lowered_max_result_size_is_not_served(request, s
     assert f.state == FAILED and not f.cached, (f.state, f.cached, len(f.result))
     assert "max_result_size" in f.error, f.error
     assert sub.final[f"{tag}-small2"].cached and sub.final[f"{tag}-small2"].result == small
+
+
+@pytest.mark.deadline(90)
+def test_reloads_adding_and_removing_many_cached_kinds_keep_what_is_held(request,
+                                                                         start_daemon,
+                                                                         tmp_path):
+    """The table of cached kinds grows (it moves in memory) while results
+    are held, kinds go and come back: what is held stays served, /status
+    and /metrics stay whole."""
+    import json
+    s = Setup(request, start_daemon, tmp_path, "memory", CACHE, extra=blob_handlers())
+    c = s.d.client()
+    tag = uuid.uuid4().hex[:8]
+    run(c, [blob(f"{tag}-{n}", f"held {n}".encode()) for n in range(5)])
+    for step in range(4):
+        more = {f"k{step}x{n}": {"builtin": "echo", "cache": dict(CACHE)} for n in range(30)}
+        s.reload(CACHE, extra=blob_handlers(**more))
+        assert "reload failed" not in s.d.log_text()
+        kind = f"k{step}x29"
+        sub = run(c, [{"id": f"{tag}-{kind}-{n}", "kind": kind, "payload": b"m"}
+                      for n in range(2)])
+        assert [sub.final[f"{tag}-{kind}-{n}"].result for n in range(2)] == [b"m", b"m"]
+        held = run(c, [blob(f"{tag}-again{step}-{n}", f"held {n}".encode()) for n in range(5)])
+        assert all(held.final[f"{tag}-again{step}-{n}"].cached for n in range(5))
+    s.reload(CACHE, extra=blob_handlers())          # the 120 kinds gone
+    s.reload(CACHE, extra=blob_handlers(k0x0={"builtin": "echo", "cache": dict(CACHE)}))
+    back = run(c, [{"id": f"{tag}-back", "kind": "k0x0", "payload": b"m"}])
+    assert not back.final[f"{tag}-back"].cached      # dropped when it went
+    status = http_get(s.status, "/status")
+    assert status[0] == 200
+    cache = json.loads(status[1])["cache"]
+    assert cache["blob"]["entries"] == 5 and cache["k0x0"]["size"] > 0
+    assert cache["k1x0"]["size"] == 0
+    assert s.counter("entries", "blob") == 5

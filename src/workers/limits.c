@@ -20,7 +20,9 @@
  *   the limit and DATA_SLACK), and fails: the handler sees malloc() return NULL, and an
  *   attempt that then fails saying so (limits_says_out_of_memory) or after
  *   growing by three quarters of the limit is told apart by the worker
- *   (worker.c), as exec.c tells a program's.
+ *   (worker.c), as exec.c tells a program's. What the worker itself
+ *   takes in meanwhile (its cancel checks read the next items) is not the
+ *   attempt's: see limits_own_begin.
  * - CPU: CLOCK_PROCESS_CPUTIME_ID, every thread of the worker (what a
  *   module forks is not in it), less what it was at the start.
  *
@@ -35,6 +37,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -47,8 +50,8 @@
 #include "core/log.h"
 
 /* Room under the lowered RLIMIT_DATA for the worker's own allocations
- * during the attempt: a module's cancel check reads the next item frames
- * (up to 4 MiB each, workers.prefetch of them), and a failed ds_malloc
+ * during the attempt (its updates; the next items a cancel check reads
+ * have RLIMIT_DATA lifted for them, limits_own_begin): a failed ds_malloc
  * of the worker's would abort it, not stop the attempt for its limit. */
 #define DATA_SLACK (64ull << 20)
 
@@ -64,8 +67,12 @@ static struct {
     uint64_t page_size;
     struct rlimit data_saved;   /* RLIMIT_DATA as we found it */
     int data_lowered;           /* set by this attempt's arm */
-    /* under lock */
+    rlim_t data_want;           /* the soft RLIMIT_DATA for this attempt */
+    uint64_t own_rss, own_data; /* bytes, at limits_own_begin */
+    /* under lock (own and memory_limit: the worker's thread, which alone
+     * writes them, reads them without) */
     int armed;
+    int own;                    /* between limits_own_begin and _end: memory not sampled */
     int idle;                   /* the watcher waits for an arm, not for its next tick */
     uint64_t memory_limit;      /* bytes; 0: none */
     uint64_t cpu_limit_ns;      /* 0: none */
@@ -203,7 +210,7 @@ static void
 sample(void)
 {
     uint64_t rss = 0, data, growth = 0;
-    if (wd.memory_limit != 0 && read_statm(&rss, &data) == 0 && rss > wd.rss_start)
+    if (wd.memory_limit != 0 && !wd.own && read_statm(&rss, &data) == 0 && rss > wd.rss_start)
         growth = rss - wd.rss_start;
     if (growth > wd.peak_growth)
         wd.peak_growth = growth;
@@ -285,6 +292,20 @@ start(void)
     return 0;
 }
 
+/* RLIMIT_DATA to wd.data_want (not above the limit we found); -1 if refused. */
+static int
+lower_data(void)
+{
+    rlim_t want = wd.data_want;
+    if (wd.data_saved.rlim_cur != RLIM_INFINITY && want > wd.data_saved.rlim_cur)
+        want = wd.data_saved.rlim_cur;
+    struct rlimit rl = { want, wd.data_saved.rlim_max };
+    if (setrlimit(RLIMIT_DATA, &rl) == 0)
+        return 0;
+    log_syswarn("setrlimit(RLIMIT_DATA, %llu) failed", (unsigned long long)want);
+    return -1;
+}
+
 void
 limits_arm(const struct ds_handler_config *handler, struct ds_worker_status *status)
 {
@@ -310,15 +331,56 @@ limits_arm(const struct ds_handler_config *handler, struct ds_worker_status *sta
 
     wd.data_lowered = 0;
     if (handler->memory_limit != 0 && data != 0) {
-        rlim_t want = data + 2 * handler->memory_limit + DATA_SLACK;
-        if (wd.data_saved.rlim_cur != RLIM_INFINITY && want > wd.data_saved.rlim_cur)
-            want = wd.data_saved.rlim_cur;
-        struct rlimit rl = { want, wd.data_saved.rlim_max };
-        if (setrlimit(RLIMIT_DATA, &rl) == 0)
-            wd.data_lowered = 1;
-        else
-            log_syswarn("setrlimit(RLIMIT_DATA, %llu) failed", (unsigned long long)want);
+        wd.data_want = data + 2 * handler->memory_limit + DATA_SLACK;
+        wd.data_lowered = lower_data() == 0;
     }
+}
+
+/*
+ * The worker's own reading of its data channel while an attempt is armed
+ * (a cancel check takes in the next items: up to 16 x workers.prefetch
+ * quick ones of up to 4 MiB each, more than DATA_SLACK) makes resident
+ * what is the worker's queue, not the attempt's: the sampler does not look
+ * at memory meanwhile, RLIMIT_DATA is the worker's own again, and the end
+ * moves the attempt's starting point (its resident memory and its
+ * RLIMIT_DATA) up by what the read added. What the handler's own threads
+ * allocate during that read is excused with it: a read is short.
+ */
+void
+limits_own_begin(int fd)
+{
+    if (wd.started != 1 || wd.memory_limit == 0)
+        return;         /* the worker's thread wrote it: no lock to read it */
+    /* A module may check for a cancel in a tight loop: the statm reads and
+     * setrlimits (~10 us) only when something is to be read. */
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    if (poll(&p, 1, 0) != 1)
+        return;
+    pthread_mutex_lock(&wd.lock);
+    if (wd.armed && wd.memory_limit != 0 && read_statm(&wd.own_rss, &wd.own_data) == 0)
+        wd.own = 1;
+    pthread_mutex_unlock(&wd.lock);
+    if (wd.own && wd.data_lowered && setrlimit(RLIMIT_DATA, &wd.data_saved) == -1)
+        log_syswarn("restoring RLIMIT_DATA failed");
+}
+
+void
+limits_own_end(void)
+{
+    if (!wd.own)
+        return;
+    uint64_t rss, data;
+    pthread_mutex_lock(&wd.lock);
+    if (read_statm(&rss, &data) == 0) {
+        if (rss > wd.own_rss)
+            wd.rss_start += rss - wd.own_rss;
+        if (data > wd.own_data)
+            wd.data_want += data - wd.own_data;
+    }
+    wd.own = 0;
+    pthread_mutex_unlock(&wd.lock);
+    if (wd.data_lowered)
+        wd.data_lowered = lower_data() == 0;
 }
 
 void
@@ -342,6 +404,7 @@ limits_disarm(struct limits_seen *seen)
         seen->cpu_ns = now > wd.cpu_start_ns ? now - wd.cpu_start_ns : 0;
     }
     wd.armed = 0;
+    wd.memory_limit = 0;        /* limits_own_begin reads it unlocked */
     seen->memory_growth = wd.peak_growth;
     pthread_mutex_unlock(&wd.lock);
 }

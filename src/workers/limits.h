@@ -44,6 +44,16 @@ int limits_apply_to(const struct ds_handler_config *handler);
 #define LIMITS_SAMPLE_MS 10
 void limits_arm(const struct ds_handler_config *handler, struct ds_worker_status *status);
 
+/*
+ * Around the worker's own reading of its data channel FD while an attempt
+ * may be armed (its cancel checks): what that read makes resident (the
+ * next items) is not the attempt's, and is not refused by its RLIMIT_DATA.
+ * Nothing unless an attempt with a memory limit is armed and FD has
+ * something to read.
+ */
+void limits_own_begin(int fd);
+void limits_own_end(void);
+
 /* What the attempt did: its largest resident memory growth seen (bytes),
  * and the CPU it used (ns, measured only when it had a cpu_limit: an
  * attempt that ended between two samples may have gone over by up to

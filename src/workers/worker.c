@@ -218,8 +218,13 @@ on_progress(void *arg, float fraction)
 static int
 on_cancel_check(void *arg)
 {
-    if (w.data != NULL)
+    if (w.data != NULL) {
+        /* The next items that come are the worker's queue, not a limited
+         * attempt's memory (limits.h). */
+        limits_own_begin(channel_fd(w.data));
         channel_read_now(w.data);
+        limits_own_end();
+    }
     return w.cancel_requested;
 }
 

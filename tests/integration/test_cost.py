@@ -40,8 +40,8 @@ import uuid
 import pytest
 import yaml
 
-from conftest import (FAILED, RETRYING, SANITIZED, SUCCEEDED, free_port, http_get, run_cli,
-                      wait_for)
+from conftest import (FAILED, RETRYING, SANITIZED, STARTED, SUCCEEDED, free_port, http_get,
+                      run_cli, wait_for)
 from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
 from test_handlers import test_modules  # noqa: F401 (a fixture: the test module, built)
 
@@ -460,3 +460,33 @@ def test_metrics_status_and_cli_show_the_cost(start_daemon):
     final = [u for u in ends if u["state"] == "SUCCEEDED"]
     assert final and final[0]["max_rss_kib"] == sub.final[touch].max_rss_kib, r.stdout
     assert all(u["cpu_usec"] == 0 for u in ends if u["state"] != "SUCCEEDED"), r.stdout
+
+
+@pytest.mark.deadline(90)
+@pytest.mark.parametrize("limit", ["1MiB", "16MiB"])
+def test_items_read_during_a_limited_attempt_are_not_its_memory(start_daemon, limit):
+    """While a limited attempt runs, its cancel checks read the next items
+    the grpc process sends (up to 16 x workers.prefetch quick ones, each up to
+    grpc.max_message_size): that memory is the worker's queue, not the
+    attempt's. It must not count toward the attempt's memory_limit, nor
+    meet the RLIMIT_DATA lowered for it (a refused allocation of the
+    worker's own would abort it)."""
+    d = start_daemon({"workers": {"count": 1, "prefetch": 2},
+                      "handlers": {**ECHO, "nap": {"builtin": "sleep", "memory_limit": limit}}})
+    workers = d.worker_pids()
+    c = d.client()
+    sub = c.subscribe(sync=True)
+    t = tag()
+    nap = f"nap-{t}"
+    assert c.submit([{"id": nap, "kind": "nap", "params": {"ms": "3000", "steps": "30"}}]
+                    ).accepted == 1
+    sub.wait_state(nap, STARTED, timeout=10)
+    big = [{"id": f"e{i}-{t}", "kind": "echo", "payload": bytes([65 + i % 26]) * (3 << 20)}
+           for i in range(40)]
+    assert c.submit(big).accepted == len(big)
+    f = sub.wait_final([nap] + [b["id"] for b in big], timeout=60)
+    assert (f[nap].state, f[nap].attempt) == (SUCCEEDED, 1), f[nap]
+    for b in big:
+        assert (f[b["id"]].state, f[b["id"]].attempt) == (SUCCEEDED, 1), f[b["id"]]
+        assert f[b["id"]].result == b["payload"]
+    assert d.worker_pids() == workers

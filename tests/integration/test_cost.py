@@ -32,16 +32,27 @@ what it held goes back to the queue unspent, and the next items (of that
 kind and others) succeed. Limit kills never count toward
 respawn.crash_limit; an unlimited item after a limited one that fitted
 runs on the same worker.
+
+Trying to break them: workers dropped to `user: nobody` (root only); a
+reload while limited attempts run (each keeps the limit it started with);
+limit kills while the worker holds prefetched items (each item ends once,
+attempt 1); 10k tiny items of limited kinds; a module's threads and forks;
+values just out of range and at the bounds; the cost on every kind of end
+(CANCELLED too), across a journal restart; the next items a worker reads
+during a memory-limited attempt are not counted as its memory.
 """
 import json
+import os
+import pwd
 import re
+import signal
 import uuid
 
 import pytest
 import yaml
 
-from conftest import (FAILED, RETRYING, SANITIZED, STARTED, SUCCEEDED, free_port, http_get,
-                      run_cli, wait_for)
+from conftest import (CANCELLED, FAILED, RETRYING, SANITIZED, STARTED, SUCCEEDED, free_port,
+                      http_get, run_cli, state_name, wait_for)
 from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
 from test_handlers import test_modules  # noqa: F401 (a fixture: the test module, built)
 
@@ -462,6 +473,341 @@ def test_metrics_status_and_cli_show_the_cost(start_daemon):
     assert all(u["cpu_usec"] == 0 for u in ends if u["state"] != "SUCCEEDED"), r.stdout
 
 
+# ---- trying to break them ----------------------------------------------------------
+
+def nobody():
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+
+
+def data_limit(pid):
+    """The soft and hard 'Max data size' of PID, as /proc/PID/limits says."""
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max data size"):
+                return tuple(line.split()[3:5])
+    raise AssertionError(f"no Max data size in /proc/{pid}/limits")
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.skipif(os.geteuid() != 0 or nobody() is None, reason="needs root and a user nobody")
+def test_limits_hold_for_workers_dropped_to_a_user(start_daemon, test_modules):
+    """Started as root with user: nobody, the worker (and what it runs) is
+    unprivileged: exec programs still get their RLIMIT_DATA / RLIMIT_CPU, the
+    watchdog still reads /proc/self/statm and lowers RLIMIT_DATA for an
+    attempt, and puts the soft limit back after it (an unprivileged process
+    cannot raise its hard limit: it must never have lowered it)."""
+    pw = nobody()
+    module = str(test_modules["ok"])
+    d = start_daemon({"user": "nobody", "workers": {"count": 1},
+                      "handlers": {**ECHO, **LIMITED,
+                                   "mhog": {"module": module, "memory_limit": "64MiB"},
+                                   "mspin": {"module": module, "cpu_limit": "1s",
+                                             "timeout": "60s"},
+                                   "free": {"module": module}}})
+    worker = d.worker_pids()[0]
+    assert int(open(f"/proc/{worker}/status").read().split("Uid:\t")[1].split()[0]) == pw.pw_uid
+    before = data_limit(worker)
+    c = d.client()
+    t = tag()
+    # exec: killed by the kernel's limits, the worker untouched
+    reply, sub = c.run_items([{"id": f"hog-{t}", "kind": "hog"},
+                              {"id": f"spin-{t}", "kind": "spin"},
+                              {"id": f"roomy-{t}", "kind": "roomy"}], timeout=60)
+    hog, spin, roomy = (sub.final[f"{k}-{t}"] for k in ("hog", "spin", "roomy"))
+    assert (hog.state, hog.attempt) == (FAILED, 1), hog
+    assert hog.error.startswith("memory limit 64MiB exceeded: python3 exited with status 1"), \
+        hog.error
+    assert (spin.state, spin.attempt) == (FAILED, 1), spin
+    assert spin.error.startswith("cpu limit 1s exceeded: python3 killed by signal 24"), spin.error
+    assert 900_000 <= spin.cpu_usec, spin.cpu_usec
+    assert roomy.state == SUCCEEDED and roomy.max_rss_kib >= 200_000, roomy
+    assert d.worker_pids() == [worker]
+
+    # a module attempt that fits: RLIMIT_DATA lowered for it, and put back
+    # after it, hard limit untouched, so that an unlimited item may then ask
+    # for more than the lowered limit in one malloc
+    reply, sub = c.run_items([{"id": f"fits-{t}", "kind": "mhog",
+                               "params": {"alloc_mb": "20"}},
+                              {"id": f"big-{t}", "kind": "free",
+                               "params": {"alloc_once_mb": "400"}}], timeout=60)
+    fits, big = sub.final[f"fits-{t}"], sub.final[f"big-{t}"]
+    assert (fits.state, fits.result) == (SUCCEEDED, b"allocated 20 MiB"), fits
+    assert fits.max_rss_kib > 20_000 and fits.cpu_usec > 0, fits
+    assert (big.state, big.result) == (SUCCEEDED, b"allocated 400 MiB"), big
+    assert d.worker_pids() == [worker]
+    assert data_limit(worker) == before
+
+    # over a limit: the watchdog (reading statm as nobody) kills the worker
+    reply, sub = c.run_items([{"id": f"mhog-{t}", "kind": "mhog", "params": {"alloc_mb": "200"}},
+                              {"id": f"mspin-{t}", "kind": "mspin",
+                               "params": {"spin_ms": "20000"}},
+                              {"id": f"echo-{t}", "kind": "echo", "payload": b"e"}], timeout=60)
+    mhog, mspin = sub.final[f"mhog-{t}"], sub.final[f"mspin-{t}"]
+    assert (mhog.state, mhog.attempt) == (FAILED, 1), mhog
+    assert mhog.error.startswith("memory limit 64MiB exceeded: "), mhog.error
+    assert (mspin.state, mspin.attempt) == (FAILED, 1), mspin
+    assert mspin.error.startswith("cpu limit 1s exceeded: it used 1."), mspin.error
+    assert 1_000_000 <= mspin.cpu_usec and mspin.max_rss_kib > 1000, mspin
+    assert sub.final[f"echo-{t}"].result == b"e"
+    log = d.log_text()
+    for bad in ("cannot open /proc/self/statm", "setrlimit(RLIMIT_DATA", "restoring RLIMIT_DATA",
+                "getrlimit(RLIMIT_DATA"):
+        assert bad not in log, log
+
+
+@pytest.mark.deadline(120)
+def test_reload_keeps_the_limit_a_running_attempt_started_with(start_daemon, test_modules):
+    """SIGHUP while limited attempts run: each keeps the limit of the config
+    it started under (old workers finish their items, DESIGN.md): one whose
+    limit is lowered by the reload succeeds; one whose limit is raised is
+    still stopped by the old one, FAILED (not RETRYING, although its worker
+    was retiring); the items after the reload get the new limits."""
+    module = str(test_modules["ok"])
+
+    def config(lower, higher):
+        # a retiring worker gets shutdown_timeout to finish (then it is
+        # killed, its item retried): more than a busy machine could need
+        return {"workers": {"count": 2, "prefetch": 1}, "shutdown_timeout": "120s",
+                "handlers": {**ECHO,
+                             "down": {"module": module, "cpu_limit": lower, "timeout": "60s"},
+                             "up": {"module": module, "cpu_limit": higher,
+                                    "timeout": "60s"}}}
+
+    d = start_daemon(config("30s", "3s"))
+    c = d.client()
+    t = tag()
+    sub = c.subscribe(sync=True)
+    ids = {"down": f"down-{t}", "up": f"up-{t}"}
+    assert c.submit([{"id": ids["down"], "kind": "down", "params": {"spin_ms": "2000"}},
+                     {"id": ids["up"], "kind": "up",
+                      "params": {"spin_ms": "20000"}}]).accepted == 2
+    for i in ids.values():
+        sub.wait_state(i, STARTED, timeout=10)
+    old = set(d.worker_pids())
+    d.write_config(config("1s", "30s"))
+    d.send_signal(signal.SIGHUP)
+    d.wait_log(r"config generation 2 applied")
+    f = sub.wait_final(list(ids.values()), timeout=60)
+    assert (f[ids["down"]].state, f[ids["down"]].result) == (SUCCEEDED, b"spun"), f[ids["down"]]
+    assert f[ids["down"]].cpu_usec >= 1_900_000, f[ids["down"]]
+    up = f[ids["up"]]
+    assert (up.state, up.attempt) == (FAILED, 1), up
+    assert up.error.startswith("cpu limit 3s exceeded: it used 3."), up.error
+    assert int(re.search(r"in worker (\d+)", up.error).group(1)) in old, (up.error, old)
+    assert f[ids["down"]].worker_pid in old
+    assert 3_000_000 <= up.cpu_usec and up.max_rss_kib > 1000, up
+    assert RETRYING not in [u.state for u in sub.of(ids["up"])]
+
+    # the new generation's limits
+    after = {"down": f"down2-{t}", "up": f"up2-{t}"}
+    reply, sub2 = c.run_items([{"id": after["down"], "kind": "down",
+                                "params": {"spin_ms": "20000"}},
+                               {"id": after["up"], "kind": "up",
+                                "params": {"spin_ms": "3500"}}], timeout=60)
+    down2, up2 = sub2.final[after["down"]], sub2.final[after["up"]]
+    assert (down2.state, down2.attempt) == (FAILED, 1), down2
+    assert down2.error.startswith("cpu limit 1s exceeded: it used 1."), down2.error
+    assert (up2.state, up2.result) == (SUCCEEDED, b"spun"), up2
+    assert d.proc.poll() is None
+    wait_for(lambda: len(d.worker_pids()) == 2, 10, "two workers")
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("mode", ["memory", "journal"])
+def test_limit_kills_with_prefetched_items_end_each_item_once(mode, start_daemon, request,
+                                                              tmp_path, test_modules):
+    """A worker holding workers.prefetch items dies over a limit (or exits
+    after a refused allocation): what it held comes back unspent; every item
+    has exactly one final update, every update is attempt 1."""
+    module = str(test_modules["ok"])
+    d = start_mode(mode, start_daemon, request, tmp_path,
+                   overrides={"workers": {"count": 1, "prefetch": 6},
+                              "handlers": {"mhog": {"module": module, "memory_limit": "64MiB"},
+                                           "mspin": {"module": module, "cpu_limit": "1s",
+                                                     "timeout": "60s"},
+                                           "hash": {"builtin": "sha256",
+                                                    "memory_limit": "64MiB",
+                                                    "cpu_limit": "1s"}}})
+    t = tag()
+    items, expect = [], {}
+    for r in range(4):
+        batch = [("hog", "mhog", {"alloc_mb": "200"}, FAILED),
+                 ("e1", "echo", {}, SUCCEEDED),
+                 ("h1", "hash", {"rounds": "1000"}, SUCCEEDED),
+                 ("fits", "mhog", {"alloc_mb": "10"}, SUCCEEDED),
+                 ("spin", "mspin", {"spin_ms": "20000"}, FAILED),
+                 ("e2", "echo", {}, SUCCEEDED),
+                 ("h2", "hash", {"rounds": "10"}, SUCCEEDED)]
+        if not SANITIZED:
+            batch.append(("once", "mhog", {"alloc_once_mb": "300"}, FAILED))
+        batch.append(("e3", "echo", {}, SUCCEEDED))
+        for name, kind, params, state in batch:
+            i = f"{name}{r}-{t}"
+            items.append({"id": i, "kind": kind, "params": params, "payload": b"p"})
+            expect[i] = state
+    reply, sub = d.client().run_items(items, timeout=100)
+    assert reply.accepted == len(items)
+    for i, state in expect.items():
+        ends = [u for u in sub.of(i) if u.state in (SUCCEEDED, FAILED, CANCELLED, RETRYING)]
+        assert len(ends) == 1, (i, ends)
+        assert ends[0].state == state, (i, ends[0])
+        assert ends[0].max_rss_kib > 0, (i, ends[0])
+        assert all(u.attempt == 1 for u in sub.of(i)), (i, sub.of(i))
+        assert [state_name(u.state) for u in sub.of(i)].count("STARTED") == 1, (i, sub.of(i))
+    assert d.proc.poll() is None
+
+
+@pytest.mark.deadline(120)
+def test_many_quick_items_of_a_limited_kind(start_daemon, test_modules):
+    """10k tiny items of limited kinds in one submit: each is watched (armed
+    and disarmed, RLIMIT_DATA lowered and put back), no worker dies, every
+    final carries its cost."""
+    module = str(test_modules["ok"])
+    d = start_daemon({"workers": {"count": 2},
+                      "handlers": {**ECHO,
+                                   "hash": {"builtin": "sha256", "memory_limit": "64MiB",
+                                            "cpu_limit": "1s"},
+                                   "m": {"module": module, "memory_limit": "1MiB",
+                                         "cpu_limit": "1s"}}})
+    workers = sorted(d.worker_pids())
+    t = tag()
+    items = [{"id": f"h{n}-{t}", "kind": "hash", "payload": b"x", "params": {"rounds": "1"}}
+             if n % 2 else {"id": f"m{n}-{t}", "kind": "m", "payload": b"x"}
+             for n in range(10_000)]
+    reply, sub = d.client().run_items(items, timeout=100)
+    assert reply.accepted == len(items)
+    cpu = 0
+    for it in items:
+        f = sub.final[it["id"]]
+        assert (f.state, f.attempt) == (SUCCEEDED, 1), f
+        assert f.max_rss_kib > 0, f
+        cpu += f.cpu_usec
+    assert cpu > 0
+    assert sorted(d.worker_pids()) == workers
+    log = d.log_text()
+    assert "RLIMIT_DATA" not in log and "killed by signal" not in log, log
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("mode", ["memory", "journal"])
+def test_cost_on_every_kind_of_end(mode, start_daemon, request, tmp_path, test_modules):
+    """SUCCEEDED, FAILED (the handler's error; a limit's), CANCELLED while
+    running, RETRYING: each end of an attempt that ran carries its cost, and
+    getItems gives the latest's (after a restart too, with a journal); an item
+    cancelled before it ran has none (0 and 0: never ran)."""
+    module = str(test_modules["ok"])
+    overrides = {"workers": {"count": 1, "prefetch": 1},
+                 "handlers": {"sleep": {"builtin": "sleep"},
+                              "bad": {"exec": ["sh", "-c", "echo no >&2; exit 3"]},
+                              "m": {"module": module},
+                              "mspin": {"module": module, "cpu_limit": "1s", "timeout": "60s"}}}
+    d = start_mode(mode, start_daemon, request, tmp_path, overrides=overrides)
+    c = d.client()
+    t = tag()
+    ids = {k: f"{k}-{t}" for k in ("ok", "flaky", "bad", "merr", "spin", "running", "queued")}
+    sub = c.subscribe(sync=True)
+    assert c.submit([{"id": ids["ok"], "kind": "touch"},
+                     {"id": ids["flaky"], "kind": "flaky"},
+                     {"id": ids["bad"], "kind": "bad"},
+                     {"id": ids["merr"], "kind": "m", "params": {"error": "boom"}},
+                     {"id": ids["spin"], "kind": "mspin", "params": {"spin_ms": "20000"}},
+                     {"id": ids["running"], "kind": "sleep",
+                      "params": {"ms": "30000", "steps": "3000"}},
+                     {"id": ids["queued"], "kind": "sleep", "params": {"ms": "1"}}]).accepted == 7
+    sub.wait_state(ids["running"], STARTED, timeout=60)
+    c.cancel_items([ids["running"], ids["queued"]])
+    f = sub.wait_final(list(ids.values()), timeout=60)
+    expect = {"ok": SUCCEEDED, "flaky": SUCCEEDED, "bad": FAILED, "merr": FAILED, "spin": FAILED,
+              "running": CANCELLED, "queued": CANCELLED}
+    for k, state in expect.items():
+        assert f[ids[k]].state == state, (k, f[ids[k]])
+    assert f[ids["bad"]].error == "sh exited with status 3: no", f[ids["bad"]].error
+    assert f[ids["spin"]].error.startswith("cpu limit 1s exceeded"), f[ids["spin"]].error
+    for k in ("ok", "flaky", "bad", "merr", "spin", "running"):
+        assert f[ids[k]].max_rss_kib > 0, (k, f[ids[k]])
+    assert f[ids["spin"]].cpu_usec >= 1_000_000, f[ids["spin"]]
+    assert (f[ids["queued"]].cpu_usec, f[ids["queued"]].max_rss_kib) == (0, 0), f[ids["queued"]]
+    retrying = [u for u in sub.of(ids["flaky"]) if u.state == RETRYING]
+    assert len(retrying) == 1 and retrying[0].max_rss_kib > 0, retrying
+
+    def figures(items):
+        return {it.id: (it.state, it.cpu_usec, it.max_rss_kib) for it in items}
+
+    want = {i: (f[i].state, f[i].cpu_usec, f[i].max_rss_kib) for i in ids.values()}
+    assert figures(c.get_items(list(ids.values())).items) == want
+    if mode == "journal":
+        d.kill_all()
+        d2 = start_mode(mode, start_daemon, request, tmp_path, overrides=overrides,
+                        name="again")
+        got = {}
+
+        def known():
+            got.update(figures(d2.client().get_items(list(ids.values())).items))
+            return len(got) == len(ids)
+
+        wait_for(known, 20, "the finals known again")
+        assert got == want
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("memory_limit", 1, r"memory_limit: must be 1MiB\.\.1048576GiB, got 1\b"),
+    ("memory_limit", "1048575", r"memory_limit: must be 1MiB\.\.1048576GiB, got 1048575\b"),
+    ("memory_limit", "1048577GiB", r"memory_limit: must be 1MiB\.\.1048576GiB"),
+    ("memory_limit", "1025TiB", r"memory_limit: must be "),
+    ("cpu_limit", "999ms", r"cpu_limit: must be 1s\.\.720h, got 999ms"),
+    ("cpu_limit", "1ms", r"cpu_limit: must be 1s\.\.720h, got 1ms"),
+    ("cpu_limit", "721h", r"cpu_limit: must be 1s\.\.720h, got 721h"),
+    ("cpu_limit", "2592001s", r"cpu_limit: must be 1s\.\.720h"),
+    ("cpu_limit", "", r"cpu_limit: "),
+    ("memory_limit", "", r"memory_limit: "),
+])
+@pytest.mark.parametrize("handler", [{"exec": ["true"]}, {"builtin": "sha256"}])
+def test_limits_just_out_of_range_are_config_errors(make_daemon, handler, key, value, message):
+    d = make_daemon({"handlers": {**ECHO, "x": {**handler, key: value}}})
+    r = run_cli("-t", "-c", d.config_path)
+    assert r.returncode != 0, f"-t accepted {key}: {value!r}"
+    assert re.search(rf"{re.escape(str(d.config_path))}:\d+:\d+: handlers\.x\.{message}",
+                     r.stderr), r.stderr
+
+
+@pytest.mark.deadline(60)
+def test_limits_at_the_bounds_are_accepted_and_run(start_daemon, test_modules):
+    """The smallest and largest values each key takes: accepted, printed, and
+    items of those kinds run (a limit of 1048576GiB is no limit in effect:
+    RLIMIT_DATA at 1 PiB, and twice it for the watchdog, do not overflow)."""
+    module = str(test_modules["ok"])
+    kinds = {"emin": {"exec": ["printf", "ok"], "memory_limit": "1MiB", "cpu_limit": "1s"},
+             "emax": {"exec": ["printf", "ok"], "memory_limit": "1048576GiB",
+                      "cpu_limit": "720h"},
+             "efrac": {"exec": ["printf", "ok"], "cpu_limit": "1500ms"},
+             "mmax": {"module": module, "memory_limit": "1048576GiB", "cpu_limit": "720h"},
+             "hmax": {"builtin": "sha256", "memory_limit": "1048576GiB", "cpu_limit": "720h"},
+             "hmin": {"builtin": "sha256", "memory_limit": "1MiB", "cpu_limit": "1s"}}
+    d = start_daemon({"workers": {"count": 1}, "handlers": {**ECHO, **kinds}}, wait=False)
+    r = run_cli("-T", "-c", d.config_path)
+    assert r.returncode == 0, r.stderr
+    printed = yaml.safe_load(r.stdout)["handlers"]
+    assert (printed["emin"]["memory_limit"], printed["emin"]["cpu_limit"]) == ("1MiB", "1s")
+    assert (printed["emax"]["memory_limit"], printed["emax"]["cpu_limit"]) == \
+        ("1048576GiB", "720h")
+    assert printed["efrac"]["cpu_limit"] == "1500ms"
+    d.wait_ready()
+    t = tag()
+    items = [{"id": f"{k}-{t}", "kind": k, "payload": b"x"} for k in kinds]
+    items.append({"id": f"big-{t}", "kind": "mmax", "params": {"alloc_once_mb": "300"}})
+    reply, sub = d.client().run_items(items, timeout=40)
+    for k in ("emax", "efrac"):
+        assert (sub.final[f"{k}-{t}"].state, sub.final[f"{k}-{t}"].result) == (SUCCEEDED, b"ok")
+    # printf fits in 1MiB of data
+    assert sub.final[f"emin-{t}"].state == SUCCEEDED, sub.final[f"emin-{t}"]
+    for k in ("mmax", "hmax", "hmin"):
+        assert sub.final[f"{k}-{t}"].state == SUCCEEDED, sub.final[f"{k}-{t}"]
+    assert sub.final[f"big-{t}"].result == b"allocated 300 MiB", sub.final[f"big-{t}"]
+
+
 @pytest.mark.deadline(90)
 @pytest.mark.parametrize("limit", ["1MiB", "16MiB"])
 def test_items_read_during_a_limited_attempt_are_not_its_memory(start_daemon, limit):
@@ -490,3 +836,55 @@ def test_items_read_during_a_limited_attempt_are_not_its_memory(start_daemon, li
         assert (f[b["id"]].state, f[b["id"]].attempt) == (SUCCEEDED, 1), f[b["id"]]
         assert f[b["id"]].result == b["payload"]
     assert d.worker_pids() == workers
+
+
+@pytest.mark.deadline(120)
+def test_module_threads_and_forks_under_limits(start_daemon, test_modules):
+    """Memory a module's thread makes resident is the attempt's (the worker's
+    RSS): over the limit, FAILED on its first attempt, the worker replaced.
+    What it forks is not measured by the watchdog (docs/handlers.md): a child
+    burning 1.5 s of CPU under cpu_limit 1s succeeds, and its CPU is in the
+    cost (reaped); a child has the RLIMIT_DATA the worker had when it forked
+    (lowered for the attempt): 300 MiB under memory_limit 64MiB is refused
+    to it, 20 MiB is not; a child left running is killed when the attempt
+    ends. No crash loop, the next items run."""
+    module = str(test_modules["ok"])
+    d = start_daemon({"workers": {"count": 1},
+                      "handlers": {**ECHO,
+                                   "mhog": {"module": module, "memory_limit": "64MiB"},
+                                   "mspin": {"module": module, "cpu_limit": "1s",
+                                             "timeout": "60s"}}})
+    c = d.client()
+    t = tag()
+    items = {"thread": ("mhog", {"thread_alloc_mb": "200"}),
+             "fork_fits": ("mhog", {"fork_alloc_mb": "20"}),
+             "fork_big": ("mhog", {"fork_alloc_mb": "300"}),
+             "fork_spin": ("mspin", {"fork_spin_ms": "1500"}),
+             "fork_left": ("mspin", {"fork_spin_ms": "100", "fork_leave": ""}),
+             "echo": ("echo", {})}
+    ids = {k: f"{k}-{t}" for k in items}
+    reply, sub = c.run_items([{"id": ids[k], "kind": kind, "params": params, "payload": b"e"}
+                              for k, (kind, params) in items.items()], timeout=100)
+    f = {k: sub.final[i] for k, i in ids.items()}
+    assert (f["thread"].state, f["thread"].attempt) == (FAILED, 1), f["thread"]
+    assert f["thread"].error.startswith("memory limit 64MiB exceeded: "), f["thread"].error
+    assert f["thread"].max_rss_kib > 0, f["thread"]
+    assert (f["fork_fits"].state, f["fork_fits"].result) == (SUCCEEDED, b"child exited 0"), \
+        f["fork_fits"]
+    # (ASan's allocator aborts when RLIMIT_DATA refuses it memory)
+    refused = (b"child exited 1", b"child exited -1") if SANITIZED else (b"child exited 1",)
+    assert f["fork_big"].state == SUCCEEDED and f["fork_big"].result in refused, f["fork_big"]
+    assert (f["fork_spin"].state, f["fork_spin"].result) == (SUCCEEDED, b"child exited 0"), \
+        f["fork_spin"]
+    assert f["fork_spin"].cpu_usec >= 1_400_000, f["fork_spin"]
+    assert (f["fork_left"].state, f["fork_left"].result) == (SUCCEEDED, b"left"), f["fork_left"]
+    assert f["echo"].result == b"e"
+    for u in sub.updates:
+        assert u.attempt == 1, u
+    assert d.proc.poll() is None
+    wait_for(lambda: len(d.worker_pids()) == 1, 10, "one worker")
+    # nothing the items forked is still running (killed before the end was sent)
+    for w in d.worker_pids():
+        with open(f"/proc/{w}/task/{w}/children") as kids:
+            assert kids.read().split() == [], w
+    assert "crashed" not in d.log_text()

@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <dosomething/handler.h>
 
@@ -39,7 +41,13 @@
  * result is "allocated N MiB"), alloc_once_mb=N (the same in one malloc;
  * fails with "cannot allocate N MiB: Cannot allocate memory" if refused),
  * spin_ms=N (burn N ms of CPU time; the result is "spun"; with
- * spin_threads=T, in T threads at once, each N ms of its own).
+ * spin_threads=T, in T threads at once, each N ms of its own),
+ * thread_alloc_mb=N (alloc_mb in a thread of its own, joined; "allocated N
+ * MiB in a thread", or fails as alloc_once_mb does),
+ * fork_alloc_mb=N or fork_spin_ms=N (alloc_mb or spin_ms in a forked
+ * child, waited for: the result is "child exited S", S its status, 1 if
+ * an allocation was refused; with fork_leave, not waited for: the result
+ * is "left", the child spinning until killed).
  * Otherwise the result is "PREFIX PAYLOAD|attempt=A|id=ID|kind=K|n=N".
  */
 struct test_state {
@@ -94,6 +102,28 @@ spin(void *ms)
     return NULL;
 }
 
+/* Allocate and touch *MB MiB, 1 MiB at a time, then free it: NULL, or
+ * (void *)1 if an allocation was refused. */
+static void *
+touch_mb(void *mb)
+{
+    size_t n = *(size_t *)mb;
+    char **held = calloc(n + 1, sizeof *held);
+    void *r = NULL;
+    for (size_t i = 0; i < n && r == NULL; i++) {
+        held[i] = malloc(1 << 20);
+        if (held[i] == NULL)
+            r = (void *)1;
+        else
+            for (size_t j = 0; j < (1 << 20); j += 4096)
+                held[i][j] = 1;
+    }
+    for (size_t i = 0; i < n; i++)
+        free(held[i]);
+    free(held);
+    return r;
+}
+
 static int
 test_process(void *state, const struct ds_module_item *item, struct ds_module_result *out,
              const struct ds_module_host *host)
@@ -113,6 +143,48 @@ test_process(void *state, const struct ds_module_item *item, struct ds_module_re
     }
     if (param(item, "crash") != NULL)
         abort();
+    if ((v = param(item, "thread_alloc_mb")) != NULL) {
+        static size_t mb;
+        mb = (size_t)atol(v);
+        pthread_t thread;
+        void *refused = (void *)1;
+        if (pthread_create(&thread, NULL, touch_mb, &mb) == 0)
+            pthread_join(thread, &refused);
+        if (refused) {
+            snprintf(out->error, out->error_size, "cannot allocate %zu MiB in a thread: "
+                     "Cannot allocate memory", mb);
+            return -1;
+        }
+        snprintf(s->kept, sizeof s->kept, "allocated %zu MiB in a thread", mb);
+        out->data = s->kept;
+        out->len = strlen(s->kept);
+        return 0;
+    }
+    if ((v = param(item, "fork_alloc_mb")) != NULL || (v = param(item, "fork_spin_ms")) != NULL) {
+        static size_t mb;
+        static long ms;
+        int alloc = param(item, "fork_alloc_mb") != NULL;
+        mb = (size_t)atol(v);
+        ms = atol(v);
+        pid_t pid = fork();
+        if (pid == 0) {
+            if (param(item, "fork_leave") != NULL)
+                for (;;)
+                    spin(&ms);
+            _exit(alloc ? touch_mb(&mb) != NULL : (spin(&ms), 0));
+        }
+        int status = -1;
+        if (pid > 0 && param(item, "fork_leave") == NULL)
+            waitpid(pid, &status, 0);
+        if (param(item, "fork_leave") != NULL)
+            snprintf(s->kept, sizeof s->kept, "left");
+        else
+            snprintf(s->kept, sizeof s->kept, "child exited %d",
+                     WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        out->data = s->kept;
+        out->len = strlen(s->kept);
+        return 0;
+    }
     if ((v = param(item, "alloc_mb")) != NULL || (v = param(item, "alloc_once_mb")) != NULL) {
         size_t mb = (size_t)atol(v), chunks = param(item, "alloc_mb") != NULL ? mb : 1;
         size_t chunk = (mb << 20) / chunks;

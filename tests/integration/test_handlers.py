@@ -186,7 +186,7 @@ def test_exec_output_larger_than_max_result_size_fails(start_daemon):
 
 
 @pytest.mark.deadline(240)
-def test_exec_10k_items_leak_nothing(start_daemon):
+def test_exec_3k_items_leak_nothing(start_daemon):
     d = start_daemon({"workers": {"count": 2}, "queue": {"capacity": 20000},
                       "handlers": handlers(cat={"exec": ["cat"]})})
     c = d.client()
@@ -195,7 +195,8 @@ def test_exec_10k_items_leak_nothing(start_daemon):
     workers = d.workers()
     before = {pid: fd_count(pid) for pid in workers.values()}
 
-    n = 10000
+    # A descriptor or a child leaked per item shows as thousands here.
+    n = 3000
     items = [{"id": f"c{i}", "kind": "cat", "payload": b"item %d" % i} for i in range(n)]
     t0 = time.monotonic()
     reply, sub = c.run_items(items, timeout=200)
@@ -204,7 +205,7 @@ def test_exec_10k_items_leak_nothing(start_daemon):
     bad = [(i["id"], state_name(sub.final[i["id"]].state), sub.final[i["id"]].error)
            for i in items if sub.final[i["id"]].result != i["payload"]]
     assert not bad, f"{len(bad)} wrong, e.g. {bad[:3]}"
-    print(f"10k exec items: {elapsed:.1f} s ({n / elapsed:.0f}/s)")
+    print(f"{n} exec items: {elapsed:.1f} s ({n / elapsed:.0f}/s)")
 
     assert d.workers() == workers, "a worker was replaced"
     after = {pid: fd_count(pid) for pid in workers.values()}

@@ -375,17 +375,23 @@ def start_merged(s, sub, tag, n=3, **kw):
     return ids
 
 
-@pytest.mark.deadline(90)
-def test_leader_worker_killed_merged_items_wait_for_its_retry(request, start_daemon,
-                                                              tmp_path, mode):
+def merged_then_leader_killed(request, start_daemon, tmp_path, mode, max_attempts):
+    """Four merged items, the leader's worker SIGKILLed: (gate flag, client,
+    subscription, ids)."""
     flag = tmp_path / "open"
     s = Setup(request, start_daemon, tmp_path, mode, CACHE, extra=gate_handlers(flag))
     c = s.d.client()
     sub = c.subscribe(sync=True)
-    tag = uuid.uuid4().hex[:8]
-    ids = start_merged(s, sub, tag, max_attempts=3)
+    ids = start_merged(s, sub, uuid.uuid4().hex[:8], max_attempts=max_attempts)
     pid = [u for u in sub.of(ids[0]) if u.state == STARTED][0].worker_pid
     os.kill(pid, signal.SIGKILL)
+    return flag, c, sub, ids
+
+
+@pytest.mark.deadline(90)
+def test_leader_worker_killed_merged_items_wait_for_its_retry(request, start_daemon,
+                                                              tmp_path, mode):
+    flag, c, sub, ids = merged_then_leader_killed(request, start_daemon, tmp_path, mode, 3)
     sub.wait_state(ids[0], RETRYING, timeout=20)
     flag.write_text("")
     sub.wait_final(ids, timeout=40)
@@ -400,14 +406,7 @@ def test_leader_worker_killed_merged_items_wait_for_its_retry(request, start_dae
 def test_leader_worker_killed_on_its_last_attempt_fails_the_merged_items(request,
                                                                         start_daemon,
                                                                         tmp_path):
-    flag = tmp_path / "open"
-    s = Setup(request, start_daemon, tmp_path, "journal", CACHE, extra=gate_handlers(flag))
-    c = s.d.client()
-    sub = c.subscribe(sync=True)
-    tag = uuid.uuid4().hex[:8]
-    ids = start_merged(s, sub, tag, max_attempts=1)
-    pid = [u for u in sub.of(ids[0]) if u.state == STARTED][0].worker_pid
-    os.kill(pid, signal.SIGKILL)
+    flag, c, sub, ids = merged_then_leader_killed(request, start_daemon, tmp_path, "journal", 1)
     sub.wait_final(ids, timeout=30)
     assert [sub.final[i].state for i in ids] == [FAILED] * 4
     assert "signal 9" in sub.final[ids[0]].error
@@ -416,6 +415,7 @@ def test_leader_worker_killed_on_its_last_attempt_fails_the_merged_items(request
         assert "signal 9" in sub.final[i].error
     # Nothing was cached: the same item runs again (and now gets through).
     flag.write_text("")
+    tag = uuid.uuid4().hex[:8]
     again = run(c, [gate_item(f"{tag}-again")])
     assert again.final[f"{tag}-again"].state == SUCCEEDED
     assert not again.final[f"{tag}-again"].cached and ran(again, f"{tag}-again")

@@ -375,6 +375,16 @@ def start_merged(s, sub, tag, n=3, **kw):
     return ids
 
 
+def one_run_for_all(sub, ids):
+    """The merged items IDS all end SUCCEEDED with the gate's one run: the
+    first ran it, the others have it cached."""
+    sub.wait_final(ids, timeout=40)
+    assert [sub.final[i].state for i in ids] == [SUCCEEDED] * 4, \
+        [(sub.final[i].state, sub.final[i].error) for i in ids]
+    assert {sub.final[i].result for i in ids} == {b"open\n"}
+    assert [sub.final[i].cached for i in ids] == [False, True, True, True]
+
+
 def merged_then_leader_killed(request, start_daemon, tmp_path, mode, max_attempts):
     """Four merged items, the leader's worker SIGKILLed: (gate flag, client,
     subscription, ids)."""
@@ -394,11 +404,7 @@ def test_leader_worker_killed_merged_items_wait_for_its_retry(request, start_dae
     flag, c, sub, ids = merged_then_leader_killed(request, start_daemon, tmp_path, mode, 3)
     sub.wait_state(ids[0], RETRYING, timeout=20)
     flag.write_text("")
-    sub.wait_final(ids, timeout=40)
-    assert [sub.final[i].state for i in ids] == [SUCCEEDED] * 4, \
-        [(sub.final[i].state, sub.final[i].error) for i in ids]
-    assert {sub.final[i].result for i in ids} == {b"open\n"}
-    assert [sub.final[i].cached for i in ids] == [False, True, True, True]
+    one_run_for_all(sub, ids)
     assert all(not runs_of(sub, [i]) for i in ids[1:])
 
 
@@ -443,11 +449,7 @@ def test_reload_while_items_are_merged(request, start_daemon, tmp_path, mode, ch
     assert "reload failed" not in s.d.log_text()
     s.extra = extra
     flag.write_text("")
-    sub.wait_final(ids, timeout=40)
-    assert [sub.final[i].state for i in ids] == [SUCCEEDED] * 4, \
-        [(sub.final[i].state, sub.final[i].error) for i in ids]
-    assert {sub.final[i].result for i in ids} == {b"open\n"}
-    assert [sub.final[i].cached for i in ids] == [False, True, True, True]
+    one_run_for_all(sub, ids)
     # Afterwards: nothing of the old config is served.
     reply, later = c.run_items([gate_item(f"{tag}-later")], timeout=30)
     if change == "kind removed":

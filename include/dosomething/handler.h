@@ -78,7 +78,8 @@
  *
  * Cancel. A client may cancel an item while process() runs. A module
  * flagged DS_MODULE_CANCELLABLE checks host->cancelled(host) now and then
- * (as often as you like: it costs a poll() of one descriptor) and, once it
+ * (as often as you like: it costs a poll() of one descriptor, and under a
+ * memory_limit, when items for the worker wait, ~10 us more) and, once it
  * returns 1, stops and returns (what it returns no longer matters: the item
  * is CANCELLED). A module without the flag cannot be interrupted: its
  * worker is killed (SIGKILL, no fini) and respawned, and the item is

@@ -241,12 +241,14 @@ file_start(void)
         return;
     }
     struct stat sb;
-    if (fd != -1 && (fstat(fd, &sb) == -1 || !S_ISREG(sb.st_mode))) {
+    if ((fd == -1 && errno == ENXIO) ||         /* a socket */
+        (fd != -1 && (fstat(fd, &sb) == -1 || !S_ISREG(sb.st_mode)))) {
         /* Not ours to replace (a directory, a FIFO, ...): left as it is,
          * and the cache is this process's only. */
         log_warn("cache: %s is not a regular file; no result is read back from it or kept "
                  "there for the next start", cf.path);
-        close(fd);
+        if (fd != -1)
+            close(fd);
         return;
     }
     if (fd != -1) {

@@ -900,7 +900,7 @@ static struct {
     int pulling;                /* an XREADGROUP (work) or a pull script (cmd) is out */
     int pull_blocked;           /* it is the XREADGROUP */
     int prio_waiting;           /* prioritized items may wait in their lanes: pull by script */
-    int pull_paused;            /* a pull script failed: none until pull_timer */
+    int pull_paused;            /* a pull script failed: none until pull_timer (XREADGROUP goes on) */
     uint64_t wakes;             /* prio_wake() calls: one during a pull script keeps it set */
     uint64_t wakes_at_pull;     /* ... as the pull script in flight was sent */
     int unblocking;             /* a CLIENT UNBLOCK for the XREADGROUP is out */
@@ -1981,12 +1981,14 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
             session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
             return;
         }
-        /* Tried again in a while, by script (the lanes it was to look at
-         * may hold items): an idle instance has nothing else that would
-         * pull, and a room change each would only fail the same way. */
+        /* The script is tried again in a while (the lanes it was to look
+         * at may hold items, and an idle instance has nothing else that
+         * would pull); meanwhile the work stream is read as usual, so a
+         * cause that lasts (a bad key in a lane) stops no other item. */
         cl.pull_paused = 1;
         struct timeval tv = clock_timeval_ms(PULL_RETRY_MS);
         evtimer_add(cl.pull_timer, &tv);
+        cluster_pull();
         return;
     }
     uint32_t taken = 0, weight = 0;
@@ -2033,16 +2035,14 @@ static void
 on_pull_timer(evutil_socket_t fd, short what, void *arg)
 {
     cl.pull_paused = 0;
-    cl.prio_waiting = 1;
-    cluster_pull();
+    prio_wake();
 }
 
 /* Local room may have appeared: take more items from Redis. */
 static void
 cluster_pull(void)
 {
-    if (!cl.enabled || !cl.up || cl.failing || cl.pulling || cl.pull_paused || gp.draining ||
-        gp.stopping)
+    if (!cl.enabled || !cl.up || cl.failing || cl.pulling || gp.draining || gp.stopping)
         return;
     uint32_t room = store_local_room(), unit = cl.pull_unit ? cl.pull_unit : ITEM_WEIGHT_FULL;
     if (room < unit)
@@ -2051,7 +2051,7 @@ cluster_pull(void)
     if (count > PULL_MAX)
         count = PULL_MAX;
     struct redis_args a;
-    if (cl.prio_waiting) {
+    if (cl.prio_waiting && !cl.pull_paused) {
         redis_args_init(&a, "EVALSHA");
         redis_args_str(&a, cl.sha[SCRIPT_PULL]);
         redis_args_str(&a, "3");

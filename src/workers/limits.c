@@ -29,7 +29,8 @@
  * Costs: nothing for a kind without limits (no thread, no call). For a
  * limited attempt, the arm and disarm: a CPU clock read (a system call,
  * 1.4 us on this VM), and with a memory limit two statm reads (2-3 us
- * each) and two setrlimit (1.3 us each): ~10 us. The watcher costs a tick
+ * each) and two setrlimit (1.3 us each): ~10 us; the same again for a
+ * cancel check that finds items to read (limits_own_begin). The watcher costs a tick
  * (~5 us) per LIMITS_SAMPLE_MS while limited attempts run, whatever their
  * number.
  */

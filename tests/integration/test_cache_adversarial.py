@@ -10,6 +10,7 @@ nothing asserts a duration, and every wait is bounded.
 """
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -268,7 +269,7 @@ def test_cache_file_garbage_and_a_4gib_record_length(request, start_daemon, tmp_
 
 
 @pytest.mark.deadline(90)
-def test_cache_file_that_is_a_directory_or_a_fifo(request, start_daemon, tmp_path):
+def test_cache_file_that_is_a_directory_a_fifo_or_a_socket(request, start_daemon, tmp_path):
     """DIR/result-cache not a regular file: the start goes on with a warning
     naming it, items run (and are cached in memory), accepted items are kept."""
     s = journal_cache_setup(request, start_daemon, tmp_path, paused=True)
@@ -289,7 +290,12 @@ def test_cache_file_that_is_a_directory_or_a_fifo(request, start_daemon, tmp_pat
             p.unlink()
         os.mkfifo(p)
 
-    for name, damage in (("dir", make_dir), ("fifo", make_fifo)):
+    def make_socket(p):
+        p.unlink()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as u:
+            u.bind(str(p))      # the socket file stays once closed
+
+    for name, damage in (("dir", make_dir), ("fifo", make_fifo), ("socket", make_socket)):
         c = restart_with_held_items(s, tag, name, damage)
         log = s.d.log_text()
         assert str(path) in log and "not a regular file" in log, s.d.log_tail()

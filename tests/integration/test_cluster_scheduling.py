@@ -260,7 +260,7 @@ def test_a_failed_pull_script_is_tried_again(redis, start_daemon):  # noqa: F811
     item whose key is not a hash; in production maxmemory or BUSY) is tried
     again a second later, on an idle instance too, which has nothing else
     that would pull: the prioritized item waiting behind it runs once the
-    cause is gone."""
+    cause is gone; items of priority 0 are taken meanwhile."""
     name = cluster_name()
     a = start_instance(start_daemon, redis, name, "a", workers=1, overrides=ONE_SLOT)
     sub = a.client().subscribe(sync=True, name="sub-a")
@@ -272,6 +272,10 @@ def test_a_failed_pull_script_is_tried_again(redis, start_daemon):  # noqa: F811
     item = {"id": f"p-{tag}", "kind": "echo", "payload": b"p", "priority": 5}
     assert a.client().submit([item]).accepted == 1
     a.wait_log(r"pulling items failed: .*WRONGTYPE", timeout=10)
+    # Meanwhile items of priority 0 are taken as usual.
+    plain = {"id": f"z-{tag}", "kind": "echo", "payload": b"z"}
+    assert a.client().submit([plain]).accepted == 1
+    assert sub.wait_final([plain["id"]], timeout=10)[plain["id"]].state == SUCCEEDED
     assert SUCCEEDED not in sub.states_of(item["id"])
     redis.command("DEL", bad)       # the lane's entry is now stale: skipped
     final = sub.wait_final([item["id"]], timeout=10)

@@ -553,12 +553,12 @@ take_all(void (*fn)(struct item *item, pid_t worker_pid), void (*free_fn)(struct
         struct item *head = detach(r);
         if (r->looking_up) {
             struct item *leader = r->leader;
-            map_del(leader->key);
             leader->next = head;
             head = leader;
         }
-        r->leader = NULL;
-        r->looking_up = 0;
+        /* run_free() drops the leader's entry too: a running leader is
+         * the queue's to end, and its end must find no run here (it was
+         * read after the free). */
         run_free(r);
         *tail = head;
         while (*tail != NULL)

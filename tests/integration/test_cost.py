@@ -852,6 +852,11 @@ def test_module_threads_and_forks_under_limits(start_daemon, test_modules):
              "fork_spin": ("mspin", {"fork_spin_ms": "1500"}),
              "fork_left": ("mspin", {"fork_spin_ms": "100", "fork_leave": ""}),
              "echo": ("echo", {})}
+    if SANITIZED:
+        # ASan's own allocator, refused memory by RLIMIT_DATA in a forked
+        # child of a threaded worker, fails a CHECK and may hang there
+        # instead of exiting: the refusal is tested by the plain build.
+        del items["fork_big"]
     ids = {k: f"{k}-{t}" for k in items}
     reply, sub = c.run_items([{"id": ids[k], "kind": kind, "params": params, "payload": b"e"}
                               for k, (kind, params) in items.items()], timeout=100)
@@ -861,9 +866,9 @@ def test_module_threads_and_forks_under_limits(start_daemon, test_modules):
     assert f["thread"].max_rss_kib > 0, f["thread"]
     assert (f["fork_fits"].state, f["fork_fits"].result) == (SUCCEEDED, b"child exited 0"), \
         f["fork_fits"]
-    # (ASan's allocator aborts when RLIMIT_DATA refuses it memory)
-    refused = (b"child exited 1", b"child exited -1") if SANITIZED else (b"child exited 1",)
-    assert f["fork_big"].state == SUCCEEDED and f["fork_big"].result in refused, f["fork_big"]
+    if not SANITIZED:
+        assert (f["fork_big"].state, f["fork_big"].result) == (SUCCEEDED, b"child exited 1"), \
+            f["fork_big"]
     assert (f["fork_spin"].state, f["fork_spin"].result) == (SUCCEEDED, b"child exited 0"), \
         f["fork_spin"]
     assert f["fork_spin"].cpu_usec >= 1_400_000, f["fork_spin"]

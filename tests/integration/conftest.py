@@ -19,6 +19,7 @@ defaults), `client` (connected to `daemon`), `cli(*args)` (runs the binary).
 import http.client
 import itertools
 import os
+import pwd
 import random
 import re
 import resource
@@ -133,6 +134,21 @@ def missing_dependency(reason):
     if STRICT_DEPS:
         pytest.fail(f"missing dependency (make test installs it): {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture
+def nobody_user():
+    """The passwd entry of user nobody, for a test of `user:` (the daemon
+    started as root drops to it). Not root, or no such user: a missing
+    dependency (make test runs as root, as its apt-get needs)."""
+    try:
+        pw = pwd.getpwnam("nobody")
+    except KeyError:
+        pw = None
+    if os.geteuid() != 0 or pw is None:
+        missing_dependency("needs root (to start the daemon with user: nobody) and a user "
+                           "nobody")
+    return pw
 
 
 def wait_for(predicate, timeout, what="condition", interval=0.02):

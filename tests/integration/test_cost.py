@@ -42,8 +42,6 @@ values just out of range and at the bounds; the cost on every kind of end
 during a memory-limited attempt are not counted as its memory.
 """
 import json
-import os
-import pwd
 import re
 import signal
 import uuid
@@ -486,13 +484,6 @@ def test_metrics_status_and_cli_show_the_cost(start_daemon):
 
 # ---- trying to break them ----------------------------------------------------------
 
-def nobody():
-    try:
-        return pwd.getpwnam("nobody")
-    except KeyError:
-        return None
-
-
 def data_limit(pid):
     """The soft and hard 'Max data size' of PID, as /proc/PID/limits says."""
     with open(f"/proc/{pid}/limits") as f:
@@ -503,14 +494,13 @@ def data_limit(pid):
 
 
 @pytest.mark.deadline(120)
-@pytest.mark.skipif(os.geteuid() != 0 or nobody() is None, reason="needs root and a user nobody")
-def test_limits_hold_for_workers_dropped_to_a_user(start_daemon, test_modules):
+def test_limits_hold_for_workers_dropped_to_a_user(start_daemon, test_modules, nobody_user):
     """Started as root with user: nobody, the worker (and what it runs) is
     unprivileged: exec programs still get their RLIMIT_DATA / RLIMIT_CPU, the
     watchdog still reads /proc/self/statm and lowers RLIMIT_DATA for an
     attempt, and puts the soft limit back after it (an unprivileged process
     cannot raise its hard limit: it must never have lowered it)."""
-    pw = nobody()
+    pw = nobody_user
     module = str(test_modules["ok"])
     d = start_daemon({"user": "nobody", "workers": {"count": 1},
                       "handlers": {**ECHO, **LIMITED,

@@ -9,7 +9,6 @@ import gzip
 import http.client
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -429,17 +428,6 @@ def test_worker_hygiene_settings(start_daemon):
     assert final_of(sub, "ok").result == b"fine"
 
 
-def nobody():
-    try:
-        return pwd.getpwnam("nobody")
-    except KeyError:
-        return None
-
-
-root_only = pytest.mark.skipif(os.geteuid() != 0 or nobody() is None,
-                               reason="needs root and a user nobody")
-
-
 def uids(pid):
     return [int(x) for x in proc_status(pid)["Uid"].split()]
 
@@ -448,9 +436,8 @@ def gids(pid):
     return [int(x) for x in proc_status(pid)["Gid"].split()]
 
 
-@root_only
-def test_workers_drop_to_user(start_daemon, test_modules):
-    pw = nobody()
+def test_workers_drop_to_user(start_daemon, test_modules, nobody_user):
+    pw = nobody_user
     d = start_daemon({"user": "nobody", "handlers": handlers(
         whoami={"exec": ["sh", "-c", "printf '%s %s %s' $(id -u) $(id -g) \"$HOME\""]},
         m={"module": str(test_modules["ok"])})})
@@ -469,10 +456,9 @@ def test_workers_drop_to_user(start_daemon, test_modules):
         wait_for(lambda: not pid_alive(pid), 5, f"worker {pid} to die with the master")
 
 
-@root_only
-def test_grpc_process_drops_to_user(start_daemon):
+def test_grpc_process_drops_to_user(start_daemon, nobody_user):
     """Needs privileges_drop() called in the master's child_setup for the grpc process."""
-    pw = nobody()
+    pw = nobody_user
     d = start_daemon({"user": "nobody"})
     grpc_pid = d.grpc_pid()
     assert uids(grpc_pid) == [pw.pw_uid] * 4, f"grpc process: Uid {uids(grpc_pid)}"

@@ -19,7 +19,6 @@ The journal off the happy path (issue 14, points 15, 16, 21, 23):
 import contextlib
 import errno
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -34,17 +33,6 @@ from conftest import (FINAL_STATES, NOT_SERVING, QUEUED, RETRYING, SERVING, STAR
 from test_journal import RECOVERED, Watcher, echo_items, kill_everything, segments
 
 ENOSPC_TEXT = os.strerror(errno.ENOSPC)
-
-
-def nobody():
-    try:
-        return pwd.getpwnam("nobody")
-    except KeyError:
-        return None
-
-
-root_only = pytest.mark.skipif(os.geteuid() != 0 or nobody() is None,
-                               reason="needs root (CI runs as root) and a user nobody")
 
 
 @contextlib.contextmanager
@@ -98,15 +86,14 @@ def submit_until_accepted(client, items, timeout):
 # ---- 15: user: with queue.journal -----------------------------------------
 
 
-@root_only
 @pytest.mark.deadline(150)
-def test_user_nobody_rolls_segments_recovers_and_reopens_logs(monkeypatch):
+def test_user_nobody_rolls_segments_recovers_and_reopens_logs(monkeypatch, nobody_user):
     """Journal under `user: nobody`: a first run as root leaves a dead
     instance (root's files); the next run, as nobody, takes it over, rolls
     many segments (2.4 MB through 64 KiB segments), is killed with items
     left, and the run after recovers them; the error log and the access
     log are reopened on USR1 as nobody."""
-    pw = nobody()
+    pw = nobody_user
     monkeypatch.setenv("DS_JOURNAL_SEGMENT_BYTES", "64KiB")
     # Not under pytest's tmp_path: its parents are root's 0700, and nobody
     # must reach the log files (USR1) and the journal.

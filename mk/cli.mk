@@ -10,7 +10,8 @@
 
 CLI_SRC     = $(wildcard src/cli/*.c)
 CLI_OBJ     = $(patsubst %.c,$(BUILD)/obj/%.o,$(CLI_SRC)) \
-              $(BUILD)/obj/src/core/alloc.o $(BUILD)/obj/src/core/utf8.o \
+              $(BUILD)/obj/src/core/alloc.o $(BUILD)/obj/src/core/pbwire.o \
+              $(BUILD)/obj/src/core/utf8.o \
               $(BUILD)/obj/proto.o
 MAN_PAGES   = man/dosomething.1 man/dosomething.yaml.5 man/dosomethingd.8
 

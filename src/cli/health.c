@@ -13,6 +13,7 @@
 #include "cli/cli.h"
 #include "cli/rpc.h"
 #include "cli/unary.h"
+#include "core/pbwire.h"
 
 #define HEALTH_CHECK "/grpc.health.v1.Health/Check"
 #define SERVICE_MAX  1024
@@ -21,72 +22,19 @@ enum {
     OPT_SERVICE = OPT_COMMAND_BASE,
 };
 
-static size_t
-put_varint(uint8_t *out, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        out[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    out[n++] = (uint8_t)v;
-    return n;
-}
-
-static int
-get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-    *v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-        if (*p >= end)
-            return -1;
-        uint8_t b = *(*p)++;
-        *v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80))
-            return 0;
-    }
-    return -1;
-}
-
 /* The status field of a HealthCheckResponse; unknown fields are skipped.
  * Returns 0, or -1 if the bytes are no such message. */
 static int
 decode_status(const uint8_t *p, size_t len, uint64_t *status)
 {
-    const uint8_t *end = p + len;
-    uint64_t key, v;
-
+    size_t i = 0;
+    struct pbwire_field f;
+    int r;
     *status = 0;                        /* proto3: absent is UNKNOWN */
-    while (p < end) {
-        if (get_varint(&p, end, &key) == -1 || key >> 3 == 0)
-            return -1;
-        switch (key & 7) {
-        case 0:
-            if (get_varint(&p, end, &v) == -1)
-                return -1;
-            if (key >> 3 == 1)
-                *status = v;
-            break;
-        case 1:
-            if (end - p < 8)
-                return -1;
-            p += 8;
-            break;
-        case 2:
-            if (get_varint(&p, end, &v) == -1 || v > (uint64_t)(end - p))
-                return -1;
-            p += v;
-            break;
-        case 5:
-            if (end - p < 4)
-                return -1;
-            p += 4;
-            break;
-        default:
-            return -1;
-        }
-    }
-    return 0;
+    while ((r = pbwire_next(p, len, &i, &f)) == 1)
+        if (f.number == 1 && f.type == PBWIRE_VARINT)
+            *status = f.value;
+    return r;
 }
 
 static const char *
@@ -183,7 +131,7 @@ health_main(int argc, char **argv, struct cli_options *global)
     size_t n = 0;
     if (len > 0) {
         request[n++] = 0x0a;
-        n += put_varint(request + n, len);
+        n = (size_t)(pbwire_put_varint(request + n, len) - request);
         memcpy(request + n, service, len);
         n += len;
     }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/pbwire.h"
 
 static int
 lower_hex(char c)
@@ -170,79 +171,25 @@ trace_state_invalid(const char *s, size_t len)
 
 /* ---- the trace fields of WorkItem bytes ---------------------------------- */
 
-static int
-read_varint(const uint8_t *p, size_t len, size_t *i, uint64_t *v)
-{
-    *v = 0;
-    for (int shift = 0; *i < len; shift += 7) {
-        uint8_t b = p[(*i)++];
-        if (shift < 64)
-            *v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80))
-            return 0;
-    }
-    return -1;
-}
-
-/* The top-level field at RAW[*I]: its number, and for a length-delimited
- * one its bytes; *I moves past it. -1 at the end or on a malformed field. */
-static int
-next_field(const uint8_t *raw, size_t len, size_t *i, uint64_t *number, size_t *start,
-           size_t *flen)
-{
-    uint64_t tag, v;
-    if (*i >= len || read_varint(raw, len, i, &tag) == -1)
-        return -1;
-    *number = tag >> 3;
-    *start = *i;
-    switch (tag & 7) {
-    case 0:
-        if (read_varint(raw, len, i, &v) == -1)
-            return -1;
-        break;
-    case 1:
-        if (len - *i < 8)
-            return -1;
-        *i += 8;
-        break;
-    case 2:
-        if (read_varint(raw, len, i, &v) == -1 || v > len - *i)
-            return -1;
-        *start = *i;
-        *flen = (size_t)v;
-        *i += (size_t)v;
-        return 2;
-    case 5:
-        if (len - *i < 4)
-            return -1;
-        *i += 4;
-        break;
-    default:
-        return -1;
-    }
-    return (int)(tag & 7);
-}
-
 int
 trace_of_work_item(const uint8_t *raw, size_t len, struct trace_context *out)
 {
     memset(out, 0, sizeof *out);
     int found = 0;
-    size_t i = 0, start = 0, flen = 0;
-    uint64_t number;
-    int type;
-    while ((type = next_field(raw, len, &i, &number, &start, &flen)) != -1) {
-        if (number == TRACE_FIELD_PARENT) {
+    size_t i = 0;
+    struct pbwire_field f;
+    while (pbwire_next(raw, len, &i, &f) == 1) {
+        if (f.number == TRACE_FIELD_PARENT) {
             found = 1;
-            if (type == 2) {
-                out->parent = (const char *)raw + start;
-                out->parent_len = flen;
+            if (f.type == PBWIRE_LEN) {
+                out->parent = (const char *)f.bytes;
+                out->parent_len = f.len;
             }
-        } else if (number == TRACE_FIELD_STATE) {
+        } else if (f.number == TRACE_FIELD_STATE) {
             found = 1;
-            if (type == 2) {
-                out->state = (const char *)raw + start;
-                out->state_len = flen;
+            if (f.type == PBWIRE_LEN) {
+                out->state = (const char *)f.bytes;
+                out->state_len = f.len;
             }
         }
     }
@@ -325,33 +272,11 @@ trace_choose(const wire_work_item *msg, const uint8_t *raw, size_t raw_len,
     return in_raw || out->parent_len > 0;
 }
 
-static size_t
-varint_size(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static uint8_t *
-put_varint(uint8_t *p, uint64_t v)
-{
-    while (v >= 0x80) {
-        *p++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t)v;
-    return p;
-}
-
 static uint8_t *
 put_string(uint8_t *p, uint32_t number, const char *s, size_t len)
 {
-    p = put_varint(p, (uint64_t)number << 3 | 2);
-    p = put_varint(p, len);
+    p = pbwire_put_varint(p, (uint64_t)number << 3 | 2);
+    p = pbwire_put_varint(p, len);
     memcpy(p, s, len);
     return p + len;
 }
@@ -361,16 +286,16 @@ trace_rewrite(const uint8_t *raw, size_t len, const struct trace_context *ctx, s
 {
     size_t extra = 0;
     if (ctx->parent_len > 0)
-        extra += varint_size((uint64_t)TRACE_FIELD_PARENT << 3) + varint_size(ctx->parent_len) +
-                 ctx->parent_len;
+        extra += pbwire_varint_size((uint64_t)TRACE_FIELD_PARENT << 3) +
+                 pbwire_varint_size(ctx->parent_len) + ctx->parent_len;
     if (ctx->parent_len > 0 && ctx->state_len > 0)
-        extra += varint_size((uint64_t)TRACE_FIELD_STATE << 3) + varint_size(ctx->state_len) +
-                 ctx->state_len;
+        extra += pbwire_varint_size((uint64_t)TRACE_FIELD_STATE << 3) +
+                 pbwire_varint_size(ctx->state_len) + ctx->state_len;
     uint8_t *buf = ds_malloc(len + extra + 1), *p = buf;
-    size_t i = 0, start, flen, from = 0;
-    uint64_t number;
-    while (next_field(raw, len, &i, &number, &start, &flen) != -1) {
-        if (number == TRACE_FIELD_PARENT || number == TRACE_FIELD_STATE) {
+    size_t i = 0, from = 0;
+    struct pbwire_field f;
+    while (pbwire_next(raw, len, &i, &f) == 1) {
+        if (f.number == TRACE_FIELD_PARENT || f.number == TRACE_FIELD_STATE) {
             /* from..here is copied; the field itself (its tag at `from`
              * onwards up to i) is not */
             from = i;

@@ -32,6 +32,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/pbwire.h"
 #include "core/utf8.h"
 #include "core/process.h"
 #include "core/trace.h"
@@ -2419,22 +2420,6 @@ reply_str(const redisReply *r)
     return r != NULL ? (struct entry_str){ r->str, r->len } : (struct entry_str){ NULL, 0 };
 }
 
-/* A protobuf varint at BUF[*I] (LEN bytes in all); -1 if malformed. */
-static int
-varint(const uint8_t *buf, size_t len, size_t *i, uint64_t *out)
-{
-    uint64_t v = 0;
-    for (int shift = 0; shift < 64 && *i < len; shift += 7) {
-        uint8_t c = buf[(*i)++];
-        v |= (uint64_t)(c & 0x7f) << shift;
-        if (!(c & 0x80)) {
-            *out = v;
-            return 0;
-        }
-    }
-    return -1;
-}
-
 /*
  * Layout 3 keeps an update's item_id (2), kind (3), state (4) and batch
  * (11) only inside the encoded Update: take them from there (E->u). A
@@ -2447,42 +2432,21 @@ update_fields(struct entry_update *e)
     size_t len = e->u->len, i = 0;
     struct entry_str id = { NULL, 0 }, kind = { NULL, 0 }, batch = { "", 0 };
     uint64_t state = 0;
-    while (i < len) {
-        uint64_t tag, v;
-        if (varint(buf, len, &i, &tag) == -1)
-            return -1;
-        switch (tag & 7) {
-        case 0:
-            if (varint(buf, len, &i, &v) == -1)
-                return -1;
-            if (tag >> 3 == 4)
-                state = v;
-            break;
-        case 1:
-            if (len - i < 8)
-                return -1;
-            i += 8;
-            break;
-        case 2:
-            if (varint(buf, len, &i, &v) == -1 || v > len - i)
-                return -1;
-            if (tag >> 3 == 2)
-                id = (struct entry_str){ (const char *)buf + i, (size_t)v };
-            else if (tag >> 3 == 3)
-                kind = (struct entry_str){ (const char *)buf + i, (size_t)v };
-            else if (tag >> 3 == 11)
-                batch = (struct entry_str){ (const char *)buf + i, (size_t)v };
-            i += (size_t)v;
-            break;
-        case 5:
-            if (len - i < 4)
-                return -1;
-            i += 4;
-            break;
-        default:
-            return -1;
-        }
+    struct pbwire_field f;
+    int r;
+    while ((r = pbwire_next(buf, len, &i, &f)) == 1) {
+        struct entry_str s = { (const char *)f.bytes, f.len };
+        if (f.number == 4 && f.type == PBWIRE_VARINT)
+            state = f.value;
+        else if (f.number == 2 && f.type == PBWIRE_LEN)
+            id = s;
+        else if (f.number == 3 && f.type == PBWIRE_LEN)
+            kind = s;
+        else if (f.number == 11 && f.type == PBWIRE_LEN)
+            batch = s;
     }
+    if (r == -1)
+        return -1;
     if (e->i.p == NULL)
         e->i = id;
     if (e->k.p == NULL)

@@ -46,6 +46,7 @@
 #include "grpc/item.h"
 #include "grpc/metrics.h"
 #include "grpc/redis_args.h"
+#include "grpc/redis_reply.h"
 #include "grpc/resolve.h"
 #include "grpc/sentinel.h"
 #include "grpc/store.h"
@@ -65,6 +66,7 @@
 #define POLL_MS             100     /* XLEN while submissions are under way */
 #define DUE_COUNT           1000    /* delayed items moved on per due script */
 #define PULL_RETRY_MS       1000    /* after a pull script failed (maxmemory, BUSY) */
+#define READ_BUF_KEEP       (1u << 20)  /* hiredis's read buffer, kept when empty */
 /* Items in one accept script at most, and accept scripts in flight at once
  * before the next batch waits for a reply (it grows meanwhile). */
 #define ACCEPT_BATCH_MAX    512
@@ -850,6 +852,7 @@ struct conn {
     redisAsyncContext *ac;      /* NULL once hiredis freed it, or before connecting */
     const char *name;
     int connected;
+    struct reply_pool replies;  /* its replies are built in it (kept across sessions) */
 };
 
 /* A reply owed for an item. */
@@ -3161,6 +3164,12 @@ open_conn(struct conn *conn)
     conn->ac = ac;
     conn->connected = 0;
     ac->data = conn;
+    /* hiredis frees its read buffer whenever it empties with over 16 KiB
+     * spare, and a batch's reply is read into a new one: keep up to
+     * READ_BUF_KEEP (a large malloc and free an item batch cost a tenth of
+     * the grpc process in cluster mode, most of it glibc consolidating). */
+    ac->c.reader->maxbuf = READ_BUF_KEEP;
+    redis_reply_install(ac->c.reader, &conn->replies);
     redisLibeventAttach(ac, gp.base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
@@ -3334,6 +3343,11 @@ cluster_shutdown(void)
     free_conn(&cl.cmd);
     free_conn(&cl.work);
     free_conn(&cl.upd);
+    /* (a free hiredis deferred, in a callback, returns its reply's blocks
+     * to these pools later: static storage, still there) */
+    redis_reply_pool_free(&cl.cmd.replies);
+    redis_reply_pool_free(&cl.work.replies);
+    redis_reply_pool_free(&cl.upd.replies);
     event_free(cl.reset_event);
     event_free(cl.retry_timer);
     event_free(cl.setup_timer);

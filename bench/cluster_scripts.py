@@ -87,6 +87,7 @@ def measure(r, path):
     s = scripts_of(path)
     acc, upd = s["script_accepts"], s["script_update"]
     new = "KEYS[9]" in upd      # the update script that can fold STARTED
+    l4 = "latest(r[6]" in upd   # layout 4: {NAME}:latest after the retention's prefix
     sa, su = r.cmd("SCRIPT", "LOAD", acc), r.cmd("SCRIPT", "LOAD", upd)
     uq = b"\x12\x10exp-item-0000000\x1a\x04echo \x01@\x01P\xde\xb5\xc7\xf0\x80\x90\xb1\xf7\x18"
     us = b"\x12\x10exp-item-0000000\x1a\x04echo \x02(\x01@\x01P\xde\xb5\xc7\xf0\x80\x90\xb1\xf7\x18"
@@ -115,7 +116,8 @@ def measure(r, path):
     half = B // 2
     for n in range(2 * N):
         args = ["EVALSHA", su, str(len(keys))] + keys + \
-            ["0", "65536", "g", "c", "1796589754034", "0", "1000000", "1000000000", K("item:")]
+            ["0", "65536", "g", "c", "1796589754034", "0", "1000000", "1000000000", K("item:")] + \
+            ([K("latest")] if l4 else [])
         for i in range(half):
             j = n * half + i
             args += ["0", ids[j], "o" if new else "u", "1", us, f"x{j}", "echo", "", "2",

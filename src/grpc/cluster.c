@@ -178,18 +178,22 @@
 
 /*
  * Every item known cluster-wide has a hash {NAME}:item:ID, written by the
- * same script as its updates: k kind, b batch, s state, m max_attempts, p
- * priority (if not 0), q the seq of its latest update, x its work entry,
- * ta when it was accepted and ts when its latest attempt started (unix
- * ns), tp and tt its W3C traceparent and tracestate (if it has a trace; its
- * work entry's w carries them too, core/trace.h), u its latest update
- * (encoded; absent while it is QUEUED), and once
- * final n (its retained bytes), t (when it ended, unix ms) and w (the
- * WorkItem, kept for a retry of a FAILED or CANCELLED item). {NAME}:items
+ * script that queues it: k kind, b batch, s 1 (QUEUED), m max_attempts, p
+ * priority (if not 0), q the seq of its QUEUED update, x its work entry,
+ * ta when it was accepted (unix ns), tp and tt its W3C traceparent and
+ * tracestate (if it has a trace; its work entry's w carries them too,
+ * core/trace.h), and once final w (the WorkItem, kept for a retry of a
+ * FAILED or CANCELLED item). Every update after the QUEUED one goes to
+ * {NAME}:latest instead (layout 4, cluster.h: its state, seq, end time,
+ * retained bytes, attempt start and the update, one field per item,
+ * written for a whole update script at once), so the hash is written once
+ * and stays small. A hash of layout 3 has s, q, u, ts, n and t of its own:
+ * readers take {NAME}:latest's when there is one, else the hash's
+ * (latest(), final_of(), cluster_items.c's fields()). {NAME}:items
  * orders every known item by its accept's seq (the listing);
  * {NAME}:finals lists the final ones in the order they ended, and
- * {NAME}:finals_bytes sums their n: the retention forgets the oldest
- * finals from all three (LUA_TRIM). Kept small on purpose: every item
+ * {NAME}:finals_bytes sums their retained bytes: the retention forgets the
+ * oldest finals from all of these (LUA_TRIM). Kept small on purpose: every item
  * pays for these writes (docs/scaling.md has the costs).
  */
 
@@ -310,28 +314,39 @@ static const char script_accepts[] =
  * the order they ended (SEQ: its final update's): a list, not a sorted
  * set, because every item pays for it. An entry whose item has a newer seq
  * since (retried, then maybe final again) is stale: skipped when popped.
- * forget(ENTRY, R): the item of a popped entry, if current, leaves the
- * hashes, the listing (KEYS[6]) and the bytes (KEYS[8]). trim(R): pop
+ * final_of(HASH, ID, R): an item's seq, bytes and end time (its latest
+ * update's, or its hash's: layout 3). forget(ENTRY, R): the item of a
+ * popped entry, if current, leaves its hash, {NAME}:latest, the listing
+ * (KEYS[6]) and the bytes (KEYS[8]). trim(R): pop
  * while the oldest ended more than the age ago or there are more entries
  * than the count or more bytes than the bound, at most 100 a call (the
  * periodic trim). keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4], state
- * ARGV[7], update ARGV[3]) just became final with seq SQ: its hash says
- * so, its work entry goes (its WorkItem kept unless it SUCCEEDED), its
- * bytes are counted, and the oldest finals past the
- * count or bytes are forgotten (the age is left to the periodic trim: it
- * costs a lookup). R: now ms, age ms, count, bytes, the hash key prefix.
+ * ARGV[7], update ARGV[3]) just became final with seq SQ: its latest
+ * update says so, its work entry goes (its WorkItem kept in its hash
+ * unless it SUCCEEDED), its bytes are counted, and the oldest finals past
+ * the count or bytes are forgotten (the age is left to the periodic trim:
+ * it costs a lookup). R: now ms, age ms, count, bytes, the hash key
+ * prefix, {NAME}:latest.
  */
 #define LUA_TRIM                                                                        \
-    "local function forget(o, r)\n"                                              \
+    CLUSTER_LUA_LATEST                                                                  \
+    "local function final_of(k, id, r)\n"                                               \
+    "  local l = latest(r[6], id)\n"                                                    \
+    "  if l then return l.q, l.n, l.t end\n"                                            \
+    "  local h = redis.call('HMGET', k, 'q', 'n', 't')\n"                               \
+    "  return h[1], h[2], h[3]\n"                                                       \
+    "end\n"                                                                             \
+    "local function forget(o, r)\n"                                                     \
     "  local sp = string.find(o, ' ', 1, true)\n"                                       \
     "  if not sp then return end\n"                                                     \
     "  local id = string.sub(o, sp + 1)\n"                                              \
     "  local k = r[5] .. id\n"                                                          \
-    "  local h = redis.call('HMGET', k, 'q', 'n')\n"                                    \
-    "  if h[1] and h[1] ~= string.sub(o, 1, sp - 1) then return end\n"                  \
+    "  local q, n = final_of(k, id, r)\n"                                               \
+    "  if q and q ~= string.sub(o, 1, sp - 1) then return end\n"                        \
     "  redis.call('DEL', k)\n"                                                          \
+    "  redis.call('HDEL', r[6], id)\n"                                                  \
     "  redis.call('ZREM', KEYS[6], id)\n"                                               \
-    "  local n = tonumber(h[2]) or 0\n"                                                 \
+    "  n = tonumber(n) or 0\n"                                                          \
     "  if n > 0 then redis.call('DECRBY', KEYS[8], n) end\n"                            \
     "end\n"                                                                             \
     "local function trim(r)\n"                                                          \
@@ -341,8 +356,9 @@ static const char script_accepts[] =
     "    local o = redis.call('LINDEX', KEYS[7], 0)\n"                                  \
     "    if not o then redis.call('SET', KEYS[8], 0) return end\n"                      \
     "    local sp = string.find(o, ' ', 1, true) or 1\n"                                \
-    "    local h = redis.call('HMGET', r[5] .. string.sub(o, sp + 1), 'q', 't')\n"      \
-    "    if h[1] == string.sub(o, 1, sp - 1) and (tonumber(h[2]) or 0) > cut and\n"     \
+    "    local id = string.sub(o, sp + 1)\n"                                            \
+    "    local q, _, t = final_of(r[5] .. id, id, r)\n"                                 \
+    "    if q == string.sub(o, 1, sp - 1) and (tonumber(t) or 0) > cut and\n"           \
     "       redis.call('LLEN', KEYS[7]) <= count and\n"                                 \
     "       (tonumber(redis.call('GET', KEYS[8])) or 0) <= bytes then return end\n"     \
     "    redis.call('LPOP', KEYS[7])\n"                                                 \
@@ -366,12 +382,13 @@ static const char script_accepts[] =
     "  if entry ~= '' then redis.call('XDEL', KEYS[1], entry) end\n"                    \
     "  if w then\n"                                                                     \
     "    n = n + #w\n"                                                                  \
-    "    redis.call('HSET', KEYS[5], 's', ARGV[7], 'u', ARGV[3], 'q', sq, 'n', n, "      \
-    "'t', r[1], 'w', w)\n"                                                              \
-    "  else\n"                                                                          \
-    "    redis.call('HSET', KEYS[5], 's', ARGV[7], 'u', ARGV[3], 'q', sq, 'n', n, "      \
-    "'t', r[1])\n"                                                                      \
+    "    redis.call('HSET', KEYS[5], 'w', w)\n"                                         \
     "  end\n"                                                                           \
+    "  local l = latest(r[6], ARGV[4])\n"                                               \
+    "  local ts = l and l.ts or ''\n"                                                   \
+    "  if ts == '' then ts = redis.call('HGET', KEYS[5], 'ts') or '' end\n"             \
+    "  redis.call('HSET', r[6], ARGV[4], ARGV[7] .. ' ' .. sq .. ' ' .. r[1] .. ' ' .. "  \
+    "n .. ' ' .. ts .. ' ' .. ARGV[3])\n"                                               \
     "  local over = redis.call('RPUSH', KEYS[7], sq .. ' ' .. ARGV[4]) - tonumber(r[3])\n"\
     "  local total = redis.call('INCRBY', KEYS[8], n)\n"                                \
     "  for _ = 1, 100 do\n"                                                             \
@@ -388,7 +405,7 @@ static const char script_accepts[] =
  * updates: the STARTED, PROGRESS, RETRYING and final updates of the items
  * held here, those of one turn of the loop in one call. KEYS work,
  * updates, seq, origin, pwork, items, finals, finals_bytes, want_started; ARGV[1]
- * floor, ARGV[2] maxlen, ARGV[3] group, ARGV[4] consumer, ARGV[5..9] the
+ * floor, ARGV[2] maxlen, ARGV[3] group, ARGV[4] consumer, ARGV[5..10] the
  * retention (LUA_TRIM), then UPDATE_FIELDS per update: its stream (0 work,
  * 1 pwork), its entry, mode (u: update, r: retry, f: final, o: a STARTED
  * written only if some subscriber of some instance wants STARTED, i.e.
@@ -399,9 +416,13 @@ static const char script_accepts[] =
  * with that delivery count (else its reply is 0: superseded); its seq
  * otherwise. The check is one XPENDING per stream for the whole call. A
  * final also acks and deletes the entry and is kept for the
- * retention (its hash, {NAME}:finals, the bytes): the acks, deletes, list
- * pushes and the byte count are one command each for the whole call, and
- * the seq counter is read and stored once.
+ * retention ({NAME}:finals, the bytes). Every update written is its
+ * item's latest ({NAME}:latest, cluster.h): the acks, deletes, list
+ * pushes, latest updates and the byte count are one command each for the
+ * whole call, and the seq counter is read and stored once; per item only
+ * a failed final (its WorkItem into its hash), a retry and the PROGRESS or
+ * final of an item that is not quick (its attempt's start, from its last
+ * update) cost a command of their own.
  */
 #define UPDATE_FIELDS 10
 static const char script_update[] =
@@ -409,15 +430,15 @@ static const char script_update[] =
     LUA_SEQ_LOAD
     LUA_BATCH
     "local g, c = ARGV[3], ARGV[4]\n"
-    "local r = {ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]}\n"
-    "local out, acks, pushes, bytes = {}, {{}, {}}, {}, 0\n"
+    "local r = {ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]}\n"
+    "local out, acks, pushes, bytes, lat = {}, {{}, {}}, {}, 0, {}\n"
     /* The attempt check of the whole batch: one XPENDING of this
      * consumer's entries per stream, over the range the batch touches
      * (what it holds besides is bounded by its prefetch). pend[e]: the
      * delivery count of entry e, if pending here. A reply that filled
      * the count may have left some out: those are asked one by one. */
     "local pend, lo, hi, full = {}, {}, {}, {}\n"
-    "for o = 10, #ARGV, 10 do\n"
+    "for o = 11, #ARGV, 10 do\n"
     "  local si = ARGV[o] == '1' and 2 or 1\n"
     "  local n = tonumber(string.sub(ARGV[o + 1], 3))\n"
     "  if not lo[si] or n < lo[si] then lo[si] = n end\n"
@@ -433,7 +454,7 @@ static const char script_update[] =
     "  end\n"
     "end\n"
     "local want\n"
-    "for o = 10, #ARGV, 10 do\n"     /* UPDATE_FIELDS */
+    "for o = 11, #ARGV, 10 do\n"     /* UPDATE_FIELDS */
     "  local sk, si = KEYS[1], 1\n"
     "  if ARGV[o] == '1' then sk, si = KEYS[5], 2 end\n"
     "  local e, mode, att = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])\n"
@@ -452,8 +473,17 @@ static const char script_update[] =
     "    ups_add(u)\n"
     "    local sq = string.format('%.0f', seq)\n"
     "    local hk = r[5] .. id\n"
+    /* the start time: given with STARTED and a quick item's final, else
+     * that of the attempt's STARTED (none once RETRYING) */
+    "    local ts = ARGV[o + 9]\n"
+    "    if ts == '' and st ~= '6' and mode ~= 'r' then\n"
+    "      local l = latest(r[6], id)\n"
+    "      if l then ts = l.ts else ts = redis.call('HGET', hk, 'ts') or '' end\n"
+    "    end\n"
+    "    local t, n = '0', 0\n"
     "    if mode == 'f' then\n"
-    "      local n, w = 2 * #id + #u + 200, false\n"
+    "      local w = false\n"
+    "      n = 2 * #id + #u + 200\n"
     "      if st ~= '4' then\n"
     "        local x = redis.call('XRANGE', sk, e, e)\n"
     "        if #x > 0 then\n"
@@ -463,33 +493,31 @@ static const char script_update[] =
     "          end\n"
     "        end\n"
     "      end\n"
-    "      local hf = {'s', st, 'u', u, 'q', sq, 'n', n, 't', r[1]}\n"
     "      if w then\n"
     "        n = n + #w\n"
-    "        hf[8], hf[11], hf[12] = n, 'w', w\n"
+    "        redis.call('HSET', hk, 'w', w)\n"
     "      end\n"
-    "      if ARGV[o + 9] ~= '' then hf[#hf + 1], hf[#hf + 2] = 'ts', ARGV[o + 9] end\n"
-    "      redis.call('HSET', hk, unpack(hf))\n"
+    "      t = r[1]\n"
     "      acks[si][#acks[si] + 1] = e\n"
     "      pushes[#pushes + 1] = sq .. ' ' .. id\n"
     "      bytes = bytes + n\n"
-    "    elseif st == '2' then\n"
-    "      redis.call('HSET', hk, 's', st, 'u', u, 'q', sq, 'ts', ARGV[o + 9])\n"
-    "    else\n"
-    "      redis.call('HSET', hk, 's', st, 'u', u, 'q', sq)\n"
-    "      if mode == 'r' then\n"
-    "        redis.call('XCLAIM', sk, g, c, 0, e, 'JUSTID', 'RETRYCOUNT', att + 1)\n"
-    "        pend[e] = att + 1\n"
-    "        redis.call('HDEL', hk, 'ts')\n"
-    "      elseif st == '6' then\n"
-    "        redis.call('HDEL', hk, 'ts')\n"
-    "      end\n"
+    "    elseif mode == 'r' then\n"
+    "      redis.call('XCLAIM', sk, g, c, 0, e, 'JUSTID', 'RETRYCOUNT', att + 1)\n"
+    "      pend[e] = att + 1\n"
+    "      redis.call('HDEL', hk, 'ts')\n"
+    "    elseif st == '6' then\n"
+    "      redis.call('HDEL', hk, 'ts')\n"
     "    end\n"
+    "    lat[#lat + 1] = id\n"
+    "    lat[#lat + 1] = st .. ' ' .. sq .. ' ' .. t .. ' ' .. n .. ' ' .. ts .. ' ' .. u\n"
     "    out[#out + 1] = seq\n"
     "  end\n"
     "end\n"
     "ups_flush()\n"
     LUA_SEQ_STORE
+    "for i = 1, #lat, 6000 do\n"
+    "  redis.call('HSET', r[6], unpack(lat, i, math.min(i + 5999, #lat)))\n"
+    "end\n"
     "for si, key in ipairs({KEYS[1], KEYS[5]}) do\n"
     "  if #acks[si] > 0 then\n"
     "    redis.call('XACK', key, g, unpack(acks[si]))\n"
@@ -520,7 +548,7 @@ static const char script_trim[] =
 /*
  * cancel: KEYS as update's, control, delayed, prio; ARGV[1..7] the
  * CANCELLED update (floor, maxlen, u i k b s), ARGV[8] the entry, ARGV[9] group,
- * ARGV[10] the reason, ARGV[11..15] the retention. An item still waiting
+ * ARGV[10] the reason, ARGV[11..16] the retention. An item still waiting
  * (delayed, or in its priority's lane: it has no entry) or whose entry is
  * not delivered yet is removed and CANCELLED at once ('c'); one an
  * instance holds gets a request on the control stream that instance reads
@@ -532,6 +560,8 @@ static const char script_cancel[] =
     "local h = redis.call('HMGET', KEYS[5], 's', 'p', 'x')\n"
     "local s = h[1]\n"
     "if not s then return 'n' end\n"
+    "local l = latest(ARGV[16], ARGV[4])\n"
+    "if l then s = l.s end\n"
     "if s == '4' or s == '5' or s == '7' then return 'f' end\n"
     "if not h[3] and s == '1' then\n"
     "  if redis.call('ZREM', KEYS[10], ARGV[4]) == 0 and h[2] then\n"
@@ -542,7 +572,7 @@ static const char script_cancel[] =
     "  " LUA_NEXT_SEQ LUA_ADD_UPDATE
     "  redis.call('HDEL', KEYS[5], 'cr')\n"
     "  keep_final(string.format('%.0f', seq), '', "
-    "{ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]})\n"
+    "{ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]})\n"
     "  return 'c'\n"
     "end\n"
     "local p = redis.call('XPENDING', KEYS[1], ARGV[9], ARGV[8], ARGV[8], 1)\n"
@@ -556,22 +586,26 @@ static const char script_cancel[] =
     LUA_NEXT_SEQ LUA_ADD_UPDATE
     "local sq = string.format('%.0f', seq)\n"
     "redis.call('HDEL', KEYS[5], 'cr')\n"
-    "keep_final(sq, ARGV[8], {ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]})\n"
+    "keep_final(sq, ARGV[8], {ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]})\n"
     "return 'c'\n";
 
 /*
- * retry: KEYS as update's and prio; ARGV[1..7] floor, maxlen and the
+ * retry: KEYS as update's, prio and latest; ARGV[1..7] floor, maxlen and the
  * QUEUED update (u i k b s), ARGV[8..10] m t q (the entry's fields), ARGV[11] its priority ("" for 0), ARGV[12] ta. A FAILED
  * or CANCELLED item with its WorkItem is queued again as if accepted now
  * (the seq, or 0 if it is not retryable; -1 if not known): a prioritized
  * one in its lane (its delay is not applied again).
  */
 static const char script_retry[] =
+    CLUSTER_LUA_LATEST
     LUA_MINID_FN
     "local h = redis.call('HMGET', KEYS[5], 's', 'w', 'n')\n"
     "if not h[1] then return -1 end\n"
+    "local l = latest(KEYS[10], ARGV[4])\n"
+    "if l then h[1], h[3] = l.s, l.n end\n"
     "if (h[1] ~= '5' and h[1] ~= '7') or not h[2] then return 0 end\n"
     LUA_NEXT_SEQ
+    "redis.call('HDEL', KEYS[10], ARGV[4])\n"
     "local sq = string.format('%.0f', seq)\n"
     "if ARGV[11] ~= '' then\n"
     "  " LUA_ADD_UPDATE_WITH(", 'P', ARGV[11]")
@@ -643,7 +677,7 @@ static const char script_claim[] =
     "return out\n";
 
 /*
- * pull: KEYS work, pwork, prio; ARGV group, consumer, count, the item hash
+ * pull: KEYS work, pwork, prio, latest; ARGV group, consumer, count, the item hash
  * prefix, room (the local room, in item weights), the weights of a quick
  * and of a full item, the weight lately taken per item (the guess for
  * {NAME}:work, whose entries cannot be weighed before they are taken). Up
@@ -668,7 +702,7 @@ static const char script_pull[] =
     "    if not id then break end\n"
     "    local hk = ARGV[4] .. id\n"
     "    local h = redis.call('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's')\n"
-    "    if h[6] and h[7] == '1' then\n"
+    "    if h[6] and h[7] == '1' and redis.call('HEXISTS', KEYS[4], id) == 0 then\n"
     "      local wt = fw\n"
     "      if h[5] == '1' then wt = qw end\n"
     "      if wt > room then full = 1; return end\n"
@@ -711,7 +745,7 @@ static const char script_pull[] =
     "return {high, zero, low, redis.call('ZCARD', KEYS[3]), full}\n";
 
 /*
- * due: KEYS work, delayed, prio, control; ARGV now (unix ms), the item
+ * due: KEYS work, delayed, prio, control, latest; ARGV now (unix ms), the item
  * hash prefix, count. Up to count delayed items whose time has come move
  * on: priority 0 into {NAME}:work, others into their lane (then a wake
  * entry on {NAME}:control tells every instance to pull). Returns {moved,
@@ -724,7 +758,7 @@ static const char script_due[] =
     "  redis.call('ZREM', KEYS[2], id)\n"
     "  local hk = ARGV[2] .. id\n"
     "  local h = redis.call('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's', 'p')\n"
-    "  if h[6] and h[7] == '1' then\n"
+    "  if h[6] and h[7] == '1' and redis.call('HEXISTS', KEYS[5], id) == 0 then\n"
     "    if not h[8] then\n"
     "      local e = redis.call('XADD', KEYS[1], '0-*', 'i', id, 'k', h[1], 'b', h[2], "
     "'m', h[3], 't', h[4], 'q', h[5], 'w', h[6])\n"
@@ -776,15 +810,17 @@ static const char script_size[] =
  * keys are in. Layout 1 (before the update stream had entries of many
  * updates) never wrote it: keys without it but with an update stream are
  * layout 1. Layout 2 had the id, kind, batch and state of each update
- * beside it in the entry; layout 3 only in the encoded update. This
- * version reads all three, but the older ones cannot read layout 3, so
- * while an instance of an older layout may be running (a consumer of the
+ * beside it in the entry; layout 3 only in the encoded update. Layout 4
+ * keeps an item's updates after QUEUED in {NAME}:latest, not in its hash
+ * (cluster.h). This version reads all four, but the older ones cannot
+ * read the newer layouts (a layout 3 instance would see layout 4's items
+ * QUEUED forever), so while an instance of an older layout may be running (a consumer of the
  * work stream active within the lease) the answer is "busy OLD NAME IDLE"
  * and the session fails (retried with backoff); else the key is set to
  * ours ("set": new; "upgraded OLD": there were older keys). "other V": the
  * key says a layout above ours (a newer version's).
  */
-#define CLUSTER_LAYOUT "3"
+#define CLUSTER_LAYOUT "4"
 static const char script_layout[] =
     "local v = redis.call('GET', KEYS[1])\n"
     "local old = '1'\n"
@@ -871,7 +907,7 @@ static struct {
     char key_work[96], key_updates[96], key_seq[96], key_origin[96];
     char key_items[96], key_finals[96], key_finals_bytes[96], key_item_prefix[96];
     char key_control[96], key_want_started[96], key_layout[96], key_seq_jump[96];
-    char key_pwork[96], key_delayed[96], key_prio[96];
+    char key_pwork[96], key_delayed[96], key_prio[96], key_latest[96];
     char control_last[48];      /* the last {NAME}:control entry read */
     uint64_t floor_start;       /* updates_last_seq() when we started */
     char floor[24];             /* the seq counter starts no lower than this: floor_arg() */
@@ -1188,7 +1224,7 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
 {
     redis_args_init(a, "EVALSHA");
     redis_args_str(a, cl.sha[script]);
-    redis_args_str(a, script == SCRIPT_CANCEL ? "11" : script == SCRIPT_RETRY ? "9" : "8");
+    redis_args_str(a, script == SCRIPT_CANCEL ? "11" : script == SCRIPT_RETRY ? "10" : "8");
     redis_args_str(a, script == SCRIPT_RETRY ? cl.key_work : stream_of(item->key));
     redis_args_str(a, cl.key_updates);
     redis_args_str(a, cl.key_seq);
@@ -1203,6 +1239,8 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
     }
     if (script == SCRIPT_CANCEL || script == SCRIPT_RETRY)
         redis_args_str(a, cl.key_prio);
+    if (script == SCRIPT_RETRY)
+        redis_args_str(a, cl.key_latest);
     redis_args_str(a, floor_arg());
     redis_args_u64(a, gp.config->updates.history);
     redis_args_mem(a, encoded, encoded_len);
@@ -1212,7 +1250,8 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
     redis_args_u64(a, (uint64_t)state);
 }
 
-/* The retention's arguments (LUA_TRIM): now, age, count, bytes, prefix. */
+/* The retention's arguments (LUA_TRIM): now, age, count, bytes, prefix,
+ * {NAME}:latest. */
 static void
 retention_args(struct redis_args *a)
 {
@@ -1222,6 +1261,7 @@ retention_args(struct redis_args *a)
     redis_args_u64(a, c->items.retention_count);
     redis_args_u64(a, c->items.retention_bytes);
     redis_args_str(a, cl.key_item_prefix);
+    redis_args_str(a, cl.key_latest);
 }
 
 /*
@@ -1335,6 +1375,7 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
         redis_cmd_u64(c, cf->items.retention_count);
         redis_cmd_u64(c, cf->items.retention_bytes);
         redis_cmd_str(c, cl.key_item_prefix);
+        redis_cmd_str(c, cl.key_latest);
     }
     redis_cmd_str(c, item->key & PWORK_BIT ? "1" : "0");
     char entry[48];
@@ -2058,10 +2099,11 @@ cluster_pull(void)
     if (cl.prio_waiting && !cl.pull_paused) {
         redis_args_init(&a, "EVALSHA");
         redis_args_str(&a, cl.sha[SCRIPT_PULL]);
-        redis_args_str(&a, "3");
+        redis_args_str(&a, "4");
         redis_args_str(&a, cl.key_work);
         redis_args_str(&a, cl.key_pwork);
         redis_args_str(&a, cl.key_prio);
+        redis_args_str(&a, cl.key_latest);
         redis_args_str(&a, CLUSTER_GROUP);
         redis_args_str(&a, cl.consumer);
         redis_args_u64(&a, count);
@@ -2377,11 +2419,12 @@ on_due_timer(evutil_socket_t fd, short what, void *arg)
     struct redis_args a;
     redis_args_init(&a, "EVALSHA");
     redis_args_str(&a, cl.sha[SCRIPT_DUE]);
-    redis_args_str(&a, "4");
+    redis_args_str(&a, "5");
     redis_args_str(&a, cl.key_work);
     redis_args_str(&a, cl.key_delayed);
     redis_args_str(&a, cl.key_prio);
     redis_args_str(&a, cl.key_control);
+    redis_args_str(&a, cl.key_latest);
     redis_args_u64(&a, clock_wall_ns() / 1000000);
     redis_args_str(&a, cl.key_item_prefix);
     redis_args_u64(&a, DUE_COUNT);
@@ -3282,6 +3325,7 @@ cluster_start(void)
     snprintf(cl.key_pwork, sizeof cl.key_pwork, "{%s}:pwork", c->cluster.name);
     snprintf(cl.key_delayed, sizeof cl.key_delayed, "{%s}:delayed", c->cluster.name);
     snprintf(cl.key_prio, sizeof cl.key_prio, "{%s}:prio", c->cluster.name);
+    snprintf(cl.key_latest, sizeof cl.key_latest, "{%s}:latest", c->cluster.name);
     cl.floor_start = updates_last_seq();
     cl.backoff_ms = BACKOFF_MIN_MS;
     cl.sentinels = c->cluster.sentinel_count > 0;
@@ -3450,6 +3494,12 @@ const char *
 cluster_item_prefix(void)
 {
     return cl.key_item_prefix;
+}
+
+const char *
+cluster_key_latest(void)
+{
+    return cl.key_latest;
 }
 
 /* Connected, and the update stream read to its end once: calls are served.

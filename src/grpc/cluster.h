@@ -78,10 +78,35 @@ int cluster_requeue_item(const struct item *item,
 uint64_t cluster_entry_key(const char *s, size_t len);
 /* Why the cluster cannot serve now. */
 const char *cluster_why(void);
-/* {NAME}:items, {NAME}:finals, {NAME}:finals_bytes, {NAME}:work and the
- * prefix of the item hashes, {NAME}:item: */
+/* {NAME}:items, {NAME}:finals, {NAME}:finals_bytes, {NAME}:work, the
+ * prefix of the item hashes, {NAME}:item:, and {NAME}:latest */
 const char *cluster_key_items(void);
 const char *cluster_key_work(void);
 const char *cluster_item_prefix(void);
+const char *cluster_key_latest(void);
+
+/*
+ * Layout 4: an item's latest update since it was queued is not in its
+ * hash but in the hash {NAME}:latest, field the item's id, value
+ * "S Q T N TS U": its state, that update's seq, when it ended (unix ms; 0
+ * unless final), its retained bytes (0 unless final), when its attempt
+ * started (unix ns; empty if not known), a space, then the Update encoded
+ * without its seq. An item without one is QUEUED (its hash's s and q),
+ * or was written by layout 3 (its hash's s, q, t, n, ts and u).
+ * Kept apart because an update with its result is longer than Redis's
+ * hash-max-listpack-value (64 B): written into the item's hash it turned
+ * the hash into a hash table, most of the cost of a final in Redis.
+ * CLUSTER_LUA_LATEST defines, for the scripts of cluster.c and
+ * cluster_items.c, latest(LK, ID): nil, or ID's {s, q, t, n, ts, u} in
+ * {NAME}:latest LK.
+ */
+#define CLUSTER_LUA_LATEST                                                              \
+    "local function latest(lk, id)\n"                                                   \
+    "  local v = redis.call('HGET', lk, id)\n"                                          \
+    "  if not v then return nil end\n"                                                 \
+    "  local _, e, s, q, t, n, ts = string.find(v, '^(%d+) (%d+) (%d+) (%d+) (%d*) ')\n" \
+    "  if not e then return nil end\n"                                                 \
+    "  return {s = s, q = q, t = t, n = n, ts = ts, u = string.sub(v, e + 1)}\n"       \
+    "end\n"
 
 #endif

@@ -3,7 +3,8 @@
  * (cluster.c's scripts keep a hash per item and the listing order; see
  * the comment above its accept script), read here.
  *
- *   by ids     one HMGET per id, pipelined on the command connection (one
+ *   by ids     one lookup (script_lookup: the item's hash and its latest
+ *              update) per id, pipelined on the command connection (one
  *              round trip). With wait, the question stays open until the
  *              update stream (which this instance reads anyway) has
  *              delivered a final update of every requested item that was
@@ -45,13 +46,41 @@ static const char *const item_fields[ITEM_FIELDS] = { "k", "b", "s", "m", "q", "
                                                       "p", "tp", "tt" };
 
 /*
- * list: KEYS[1] {NAME}:items; ARGV prefix, before (0: from the newest),
+ * fields(HK, LK, ID, NAMES): the fields NAMES of ID's hash HK, those of
+ * its latest update (s, q, ts, u) taken from {NAME}:latest LK when it has
+ * one there (layout 4: cluster.h), as HMGET gives them.
+ */
+#define LUA_FIELDS                                                                      \
+    CLUSTER_LUA_LATEST                                                                  \
+    "local function fields(hk, lk, id, names)\n"                                        \
+    "  local f = redis.call('HMGET', hk, unpack(names))\n"                              \
+    "  local l = latest(lk, id)\n"                                                      \
+    "  if not l then return f end\n"                                                    \
+    "  for i, name in ipairs(names) do\n"                                               \
+    "    if name == 's' then f[i] = l.s\n"                                              \
+    "    elseif name == 'q' then f[i] = l.q\n"                                          \
+    "    elseif name == 'u' then f[i] = l.u\n"                                          \
+    "    elseif name == 'ts' and l.ts ~= '' then f[i] = l.ts end\n"                     \
+    "  end\n"                                                                           \
+    "  return f\n"                                                                      \
+    "end\n"
+
+/* lookup: KEYS[1] the item's hash, KEYS[2] {NAME}:latest; ARGV[1] its id,
+ * then the names of the fields wanted: their values, in that order. */
+static const char script_lookup[] =
+    LUA_FIELDS
+    "return fields(KEYS[1], KEYS[2], ARGV[1], {unpack(ARGV, 2)})\n";
+
+/*
+ * list: KEYS[1] {NAME}:items, KEYS[2] {NAME}:latest; ARGV prefix, before (0: from the newest),
  * limit, scan, scope, the counts of kinds, states and batches, then them.
  * Returns {next, {id, seq, fields...}...}: next is the seq to continue
  * below ("0": no more), seq each item's place. Listed ids whose hash is
  * gone are dropped here.
  */
 static const char script_list[] =
+    LUA_FIELDS
+    "local names = {'k', 'b', 's', 'm', 'q', 'ta', 'ts', 'u', 'p', 'tp', 'tt'}\n"
     "local prefix, limit, scan, scope = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]\n"
     "local nk, ns, nb = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])\n"
     "local kinds, states, batches, at = {}, {}, {}, 9\n"
@@ -65,8 +94,7 @@ static const char script_list[] =
     "local out, n = {'0'}, 0\n"
     "for j = 1, #r, 2 do\n"
     "  local id = r[j]\n"
-    "  local f = redis.call('HMGET', prefix .. id, 'k', 'b', 's', 'm', 'q', 'ta', 'ts', 'u', "
-    "'p', 'tp', 'tt')\n"
+    "  local f = fields(prefix .. id, KEYS[2], id, names)\n"
     "  if not f[1] then\n"
     "    redis.call('ZREM', KEYS[1], id)\n"
     "  elseif (scope == '' or string.sub(id, 1, #scope) == scope) and (nk == 0 or kinds[f[1]])"
@@ -334,18 +362,23 @@ question_send(struct question *qn, struct redis_args *a, redisCallbackFn *fn, vo
     return 0;
 }
 
-/* An HMGET of the N FIELDS of item ID's hash for QN (question_send), or 1:
- * ID is longer than any item's (nothing sent: it is not known). */
+/* The N FIELDS of item ID (script_lookup, as an HMGET of its hash would
+ * give them) for QN (question_send), or 1: ID is longer than any item's
+ * (nothing sent: it is not known). */
 static int
-question_hmget(struct question *qn, const char *id, const char *const *fields, int n,
+question_lookup(struct question *qn, const char *id, const char *const *fields, int n,
                redisCallbackFn *fn, void *arg)
 {
     char key[ITEM_KEY_SIZE];
     if (item_key(key, id) == -1)
         return 1;
     struct redis_args a;
-    redis_args_init(&a, "HMGET");
+    redis_args_init(&a, "EVAL");
+    redis_args_str(&a, script_lookup);
+    redis_args_str(&a, "2");
     redis_args_str(&a, key);
+    redis_args_str(&a, cluster_key_latest());
+    redis_args_str(&a, id);
     for (int f = 0; f < n; f++)
         redis_args_str(&a, fields[f]);
     return question_send(qn, &a, fn, arg);
@@ -359,8 +392,9 @@ list_args(struct redis_args *a, const char *before, uint64_t limit, const char *
 {
     redis_args_init(a, "EVAL");
     redis_args_str(a, script_list);
-    redis_args_str(a, "1");
+    redis_args_str(a, "2");
     redis_args_str(a, cluster_key_items());
+    redis_args_str(a, cluster_key_latest());
     redis_args_str(a, cluster_item_prefix());
     redis_args_str(a, before);
     redis_args_u64(a, limit);
@@ -531,7 +565,7 @@ on_item(redisAsyncContext *ac, void *reply, void *arg)
         lookup_done(ask);
 }
 
-/* By ids: one HMGET per id, pipelined. */
+/* By ids: one lookup per id, pipelined. */
 static void
 lookup(struct store_items_ask *ask)
 {
@@ -539,7 +573,7 @@ lookup(struct store_items_ask *ask)
     ask->waiting = 0;
     memset(ask->final_seen, 0, ask->n);
     for (size_t i = 0; i < ask->n; i++)
-        if (question_hmget(&ask->qn, ask->q.ids[i], item_fields, ITEM_FIELDS, on_item,
+        if (question_lookup(&ask->qn, ask->q.ids[i], item_fields, ITEM_FIELDS, on_item,
                            &ask->slots[i]) == -1)
             break;
     if (ask->qn.owed == 0)
@@ -711,7 +745,7 @@ cluster_items_final(const char *id, size_t id_len)
 /*
  * Both go the same way: the items of the batches named are listed first
  * (the list script, page by page, filtered on the states the action
- * applies to), then every item is looked up (one HMGET each, pipelined)
+ * applies to), then every item is looked up (one lookup each, pipelined)
  * and acted on with one script each, which checks again what it found:
  *
  *   cancel  not delivered yet: removed from the work stream and CANCELLED
@@ -927,7 +961,7 @@ act_lookup(struct store_act_ask *ask)
     ask->slots = ds_calloc(n + 1, sizeof *ask->slots);
     for (size_t i = 0; i < n; i++) {
         ask->slots[i] = (struct act_slot){ .ask = ask, .index = i };
-        int rc = question_hmget(&ask->qn, act_id(ask, i), act_fields, ACT_FIELDS, on_act_lookup,
+        int rc = question_lookup(&ask->qn, act_id(ask, i), act_fields, ACT_FIELDS, on_act_lookup,
                                 &ask->slots[i]);
         if (rc == 1)
             act_not_found(ask, i);

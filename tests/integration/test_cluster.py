@@ -663,7 +663,7 @@ def test_an_older_layout_in_use_is_refused_then_taken_over(redis, start_daemon):
     update entries). While a consumer of the work stream was active within
     the lease (an older instance running), a new instance refuses to write
     (UNAVAILABLE, saying why); once none is, it moves the cluster to layout
-    3 and reads the old entries. A later layout (4) is refused."""
+    4 and reads the old entries. A later layout (5) is refused."""
     name = cluster_name()
     old_item = "t5b-old"
     encoded = conftest.pb.Update(item_id=old_item, kind="echo", state=conftest.QUEUED,
@@ -691,20 +691,20 @@ def test_an_older_layout_in_use_is_refused_then_taken_over(redis, start_daemon):
         raise AssertionError("an item was accepted while a layout 1 instance is active")
     err = wait_for(refused, 15, "UNAVAILABLE naming the older instance", interval=0.2)
     assert "old-host-1-1" in err.details() and "layout 1" in err.details() \
-        and "layout 3" in err.details(), err.details()
+        and "layout 4" in err.details(), err.details()
     assert redis.command("EXISTS", f"{{{name}}}:layout") == 0
     # the older instance is gone
     redis.command("XGROUP", "DELCONSUMER", f"{{{name}}}:work", "dosomethingd", "old-host-1-1")
     wait_serving(d, timeout=20)
-    assert redis.command("GET", f"{{{name}}}:layout") == b"3"
-    d.wait_log(r"moves from Redis layout 1 to layout 3")
+    assert redis.command("GET", f"{{{name}}}:layout") == b"4"
+    d.wait_log(r"moves from Redis layout 1 to layout 4")
     sub = c.subscribe(replay=True, name="replay")
     sub.wait(lambda s: old_item in s.by_id, 10, "the layout 1 entry")
     assert [u.seq for u in sub.snapshot() if u.item_id == old_item] == [7]
     d.stop()
 
     other = cluster_name()
-    redis.command("SET", f"{{{other}}}:layout", "4")
+    redis.command("SET", f"{{{other}}}:layout", "5")
     d = start_daemon(cluster_config(redis, other), name="b")
     c = d.client()
 
@@ -712,9 +712,9 @@ def test_an_older_layout_in_use_is_refused_then_taken_over(redis, start_daemon):
         try:
             c.submit([{"id": f"t5b-{uuid.uuid4().hex[:6]}", "kind": "echo"}], timeout=5)
         except grpc.RpcError as e:
-            return e if "layout is 4" in (e.details() or "") else None
+            return e if "layout is 5" in (e.details() or "") else None
         raise AssertionError("an item was accepted in an unknown layout")
-    wait_for(refused_other, 15, "UNAVAILABLE naming layout 4", interval=0.2)
+    wait_for(refused_other, 15, "UNAVAILABLE naming layout 5", interval=0.2)
 
 
 # --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ instance accepted or ran it (docs/scaling.md, "Known items, cluster-wide").
 import os
 import signal
 import threading
+import time
 import uuid
 
 import grpc
@@ -83,12 +84,22 @@ def test_duplicates_across_instances_run_once(redis, start_daemon):  # noqa: F81
             states.count("SUCCEEDED") == 1 and "STARTED" in states, f"{item_id}: {states}"
     wait_work_empty(redis, name)
 
-    # What Redis holds for it: its hash and its place in the listing.
+    # What Redis holds for it (layout 4): its hash, its latest update in
+    # {NAME}:latest ("S Q T N TS " and the update), its place in the listing.
     key = f"{{{name}}}:item:{echo['id']}"
     h = redis.command("HGETALL", key)
     fields = dict(zip(h[0::2], h[1::2]))
-    assert fields[b"s"] == str(SUCCEEDED).encode() and fields[b"k"] == b"echo", fields
+    assert fields[b"k"] == b"echo" and b"u" not in fields, fields
     assert b"w" not in fields, "a SUCCEEDED item keeps no WorkItem"
+    # the update with its result is kept out of the hash, so the hash stays
+    # a listpack (a hash table costs Redis more than the rest of the final)
+    assert redis.command("OBJECT", "ENCODING", key) == b"listpack"
+    latest = redis.command("HGET", f"{{{name}}}:latest", echo["id"])
+    head = latest.split(b" ", 5)
+    assert head[0] == str(SUCCEEDED).encode() and int(head[1]) > 0 and int(head[2]) > 0 \
+        and int(head[3]) > 0, head[:5]
+    u = pb.Update.FromString(head[5])
+    assert (u.item_id, u.state) == (echo["id"], SUCCEEDED), u
     assert redis.command("ZSCORE", f"{{{name}}}:items", echo["id"]) is not None
     # Bounded by the retention's trim, not by a TTL (test_retention_*).
     assert redis.command("PTTL", key) == -1
@@ -142,7 +153,11 @@ def test_retention_by_count_bounds_the_redis_keys(redis, start_daemon):  # noqa:
     others = {k.decode() for k in redis.command("KEYS", "*")} - set(keys)
     assert others <= {f"{{{name}}}:{k}" for k in ("work", "pwork", "updates", "seq", "origin",
                                                   "items", "finals", "finals_bytes",
-                                                  "want_started", "layout")}, others
+                                                  "want_started", "layout",
+                                                  "latest")}, others
+    # the latest updates of exactly the retained items (the finals and the live one)
+    assert sorted(f"{{{name}}}:item:{i.decode()}" for i in
+                  redis.command("HKEYS", f"{{{name}}}:latest")) == keys
     retained = set(k.split(":item:", 1)[1] for k in keys)
     by_end = sorted(ids, key=lambda i: sub.final[i].seq)
     assert retained - {live["id"]} == set(by_end[-5:]), "not the newest finals were kept"
@@ -172,6 +187,7 @@ def test_retention_by_age_forgets_finals_never_live_items(redis, start_daemon): 
              "only the live item's hash left")
     assert redis.command("LLEN", f"{{{name}}}:finals") == 0
     assert redis.command("GET", f"{{{name}}}:finals_bytes") in (b"0", None)
+    assert redis.command("HKEYS", f"{{{name}}}:latest") == [live["id"].encode()]
     sub.wait_final([live["id"]], timeout=20)
 
 
@@ -545,3 +561,57 @@ def test_many_waiting_calls_on_both_instances(redis, start_daemon):  # noqa: F81
     for r in replies:
         assert len(r.items) == 4 and all(i.state == SUCCEEDED for i in r.items), r
         assert len(r.not_found) == 1
+
+
+@pytest.mark.deadline(60)
+def test_items_written_by_layout_3_are_read_retried_and_forgotten(redis, start_daemon):  # noqa: F811
+    """Layout 4 keeps an item's latest update in {NAME}:latest; items that
+    layout 3 wrote (their latest update, end time and bytes in their hash)
+    are still read as they were after the upgrade: getItems by id and by
+    filter, with results; a FAILED one is retried (and runs, and its new
+    final is in {NAME}:latest); the retention forgets an old one."""
+    name = cluster_name()
+    tag = uuid.uuid4().hex[:8]
+    failed, done = f"l3-{tag}-failed", f"l3-{tag}-done"
+    now_ms = int(time.time() * 1000)
+    item = f"{{{name}}}:item:"
+    for seq, item_id, state, extra in (
+            (3, failed, FAILED, {"error": "old error"}),
+            (4, done, SUCCEEDED, {"result": b"old result"})):
+        u = pb.Update(item_id=item_id, kind="echo", state=state, attempt=1,
+                      time_unix_nano=now_ms * 1000000, **extra).SerializeToString()
+        fields = ["k", "echo", "b", "L3", "s", str(state), "m", "1", "q", str(seq + 2),
+                  "ta", str((now_ms - 5000) * 1000000), "ts", str((now_ms - 4000) * 1000000),
+                  "u", u, "n", "400", "t", str(now_ms)]
+        if state == FAILED:
+            fields += ["w", pb.WorkItem(id=item_id, kind="echo", payload=b"again",
+                                        batch="L3").SerializeToString()]
+        redis.command("HSET", item + item_id, *fields)
+        redis.command("ZADD", f"{{{name}}}:items", str(seq), item_id)
+        redis.command("RPUSH", f"{{{name}}}:finals", f"{seq + 2} {item_id}")
+    redis.command("SET", f"{{{name}}}:finals_bytes", "800")
+    redis.command("SET", f"{{{name}}}:seq", "6")
+    redis.command("SET", f"{{{name}}}:layout", "3")
+    a = start_instance(start_daemon, redis, name, "a",
+                       overrides={"items": {"retention": {"count": 3}}})
+    a.wait_log(r"moves from Redis layout 3 to layout 4")
+    assert redis.command("GET", f"{{{name}}}:layout") == b"4"
+    c = a.client()
+    got = by_id(get(c, [failed, done], with_results=True))
+    assert (got[failed].state, got[failed].error, got[failed].batch) == \
+        (FAILED, "old error", "L3"), got[failed]
+    assert (got[done].state, got[done].result) == (SUCCEEDED, b"old result"), got[done]
+    assert got[done].started_unix_nano == (now_ms - 4000) * 1000000
+    assert [i.id for i in get(c, states=[FAILED], batches=["L3"]).items] == [failed]
+    # retried: runs, and its new final is layout 4's
+    assert retry(c, [failed]).requeued == 1
+    again = get(c, [failed], wait=True, with_results=True, timeout=20).items[0]
+    assert (again.state, again.result) == (SUCCEEDED, b"again"), again
+    assert redis.command("HGET", f"{{{name}}}:latest", failed).startswith(b"%d " % SUCCEEDED)
+    # the retention (count 3) forgets the oldest final, layout 3's `done`,
+    # as three new items end
+    items = [{"id": f"l3-{tag}-new-{i}", "kind": "echo", "payload": b"n"} for i in range(3)]
+    assert c.submit(items).accepted == 3
+    get(c, [it["id"] for it in items], wait=True, timeout=20)
+    wait_for(lambda: redis.command("EXISTS", item + done) == 0, 10, "the layout 3 final forgotten")
+    assert list(get(c, [done]).not_found) == [done]

@@ -99,8 +99,9 @@ def measure(r, path):
         r.cmd("XGROUP", "CREATE", K(stream), "g", "0", "MKSTREAM")
     c0 = r.cpu()
     for n in range(N):
-        args = ["EVALSHA", sa, "7", K("work"), K("updates"), K("seq"), K("origin"), K("items"),
-                K("delayed"), K("prio"), "0", "65536", K("item:")]
+        keys = [K("work"), K("updates"), K("seq"), K("origin"), K("items"), K("delayed"),
+                K("prio")] + ([K("latest")] if "KEYS[8]" in acc else [])
+        args = ["EVALSHA", sa, str(len(keys))] + keys + ["0", "65536", K("item:")]
         for i in range(B):
             args += [uq, f"x{n * B + i}", "echo", "", "1", "3", "0", "1", w, "",
                      "1796589754034000000", "", "", ""]

@@ -241,7 +241,7 @@
 
 /*
  * accepts: the items accepted in one turn of the loop, in one call. KEYS
- * work, updates, seq, origin, items, delayed, prio; ARGV[1] floor, ARGV[2]
+ * work, updates, seq, origin, items, delayed, prio, latest; ARGV[1] floor, ARGV[2]
  * maxlen, ARGV[3] the item hash prefix, then ACCEPT_FIELDS per item: u i
  * k b s (the QUEUED update), m t q w (the entry), p (priority, "" for 0),
  * ta, d (due time, "" if not delayed), tp and tt (its traceparent and
@@ -261,7 +261,7 @@
 static const char script_accepts[] =
     LUA_SEQ_LOAD
     LUA_BATCH
-    "local out, members, seen, prefix = {}, {}, {}, ARGV[3]\n"
+    "local out, members, seen, prefix, fresh = {}, {}, {}, ARGV[3], {}\n"
     "for o = 4, #ARGV, 14 do\n"      /* ACCEPT_FIELDS */
     "  local u, id, k, b, s = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]\n"
     "  local m, t, q, w = ARGV[o + 5], ARGV[o + 6], ARGV[o + 7], ARGV[o + 8]\n"
@@ -300,6 +300,7 @@ static const char script_accepts[] =
     "      if tp ~= '' then redis.call('HSET', hk, 'tp', tp, 'tt', ARGV[o + 13]) end\n"
     "      members[#members + 1] = sq\n"
     "      members[#members + 1] = id\n"
+    "      fresh[#fresh + 1] = id\n"
     "      out[#out + 1] = seq\n"
     "    end\n"
     "  end\n"
@@ -307,6 +308,9 @@ static const char script_accepts[] =
     "ups_flush()\n"
     LUA_SEQ_STORE
     "if #members > 0 then redis.call('ZADD', KEYS[5], unpack(members)) end\n"
+    /* a field left by an item whose hash alone went (a DEL by hand, an
+     * eviction) would make the new item look final */
+    "if #fresh > 0 then redis.call('HDEL', KEYS[8], unpack(fresh)) end\n"
     "return out\n";
 
 /*
@@ -420,9 +424,11 @@ static const char script_accepts[] =
  * item's latest ({NAME}:latest, cluster.h): the acks, deletes, list
  * pushes, latest updates and the byte count are one command each for the
  * whole call, and the seq counter is read and stored once; per item only
- * a failed final (its WorkItem into its hash), a retry and the PROGRESS or
- * final of an item that is not quick (its attempt's start, from its last
- * update) cost a command of their own.
+ * a final other than SUCCEEDED (its WorkItem into its hash), a RETRYING
+ * (the XCLAIM of a retry, the HDEL of a layout 3 hash's ts) and the
+ * PROGRESS or final of an item that is not quick, when its STARTED is not
+ * in the same call (its attempt's start, from its last update) cost
+ * commands of their own.
  */
 #define UPDATE_FIELDS 10
 static const char script_update[] =
@@ -431,7 +437,7 @@ static const char script_update[] =
     LUA_BATCH
     "local g, c = ARGV[3], ARGV[4]\n"
     "local r = {ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]}\n"
-    "local out, acks, pushes, bytes, lat = {}, {{}, {}}, {}, 0, {}\n"
+    "local out, acks, pushes, bytes, lat, tsof = {}, {{}, {}}, {}, 0, {}, {}\n"
     /* The attempt check of the whole batch: one XPENDING of this
      * consumer's entries per stream, over the range the batch touches
      * (what it holds besides is bounded by its prefetch). pend[e]: the
@@ -476,10 +482,16 @@ static const char script_update[] =
     /* the start time: given with STARTED and a quick item's final, else
      * that of the attempt's STARTED (none once RETRYING) */
     "    local ts = ARGV[o + 9]\n"
-    "    if ts == '' and st ~= '6' and mode ~= 'r' then\n"
-    "      local l = latest(r[6], id)\n"
-    "      if l then ts = l.ts else ts = redis.call('HGET', hk, 'ts') or '' end\n"
+    "    if st == '6' or mode == 'r' then\n"
+    "      ts = ''\n"
+    "    elseif ts == '' then\n"
+    "      ts = tsof[id]\n"      /* an update of this call (its STARTED)... */
+    "      if ts == nil then\n"  /* ...else the one before it */
+    "        local l = latest(r[6], id)\n"
+    "        if l then ts = l.ts else ts = redis.call('HGET', hk, 'ts') or '' end\n"
+    "      end\n"
     "    end\n"
+    "    tsof[id] = ts\n"
     "    local t, n = '0', 0\n"
     "    if mode == 'f' then\n"
     "      local w = false\n"
@@ -506,7 +518,7 @@ static const char script_update[] =
     "      pend[e] = att + 1\n"
     "      redis.call('HDEL', hk, 'ts')\n"
     "    elseif st == '6' then\n"
-    "      redis.call('HDEL', hk, 'ts')\n"
+    "      redis.call('HDEL', hk, 'ts')\n"    /* (a layout 3 hash's) */
     "    end\n"
     "    lat[#lat + 1] = id\n"
     "    lat[#lat + 1] = st .. ' ' .. sq .. ' ' .. t .. ' ' .. n .. ' ' .. ts .. ' ' .. u\n"
@@ -874,14 +886,22 @@ static const char script_fence[] =
     "end\n"
     "return 1\n";
 
+/* lookup (getItems, cancel and retry by id: cluster_lookup_start()):
+ * KEYS[1] the item's hash, KEYS[2] {NAME}:latest; ARGV[1] its id, then
+ * the names of the fields wanted: their values, in that order, as an
+ * HMGET of a layout 3 hash would give them (CLUSTER_LUA_FIELDS). */
+static const char script_lookup[] =
+    CLUSTER_LUA_FIELDS
+    "return fields(KEYS[1], KEYS[2], ARGV[1], {unpack(ARGV, 2)})\n";
+
 enum script {
     SCRIPT_ACCEPTS, SCRIPT_UPDATE, SCRIPT_RENEW, SCRIPT_CLAIM, SCRIPT_TRIM, SCRIPT_CANCEL,
-    SCRIPT_RETRY, SCRIPT_PULL, SCRIPT_DUE, SCRIPT_SIZE, SCRIPT_COUNT
+    SCRIPT_RETRY, SCRIPT_PULL, SCRIPT_DUE, SCRIPT_SIZE, SCRIPT_LOOKUP, SCRIPT_COUNT
 };
 
 static const char *const script_text[SCRIPT_COUNT] = {
     script_accepts, script_update, script_renew, script_claim, script_trim, script_cancel,
-    script_retry, script_pull, script_due, script_size,
+    script_retry, script_pull, script_due, script_size, script_lookup,
 };
 
 struct conn {
@@ -1214,8 +1234,8 @@ item_key(char *buf, const char *item_id)
 /*
  * The start of every script that publishes an update (LUA_NEXT_SEQ,
  * LUA_ADD_UPDATE): the keys (work, updates, seq, origin, the item's hash
- * in KEY_BUF, items, and for the update script finals and finals_bytes),
- * ARGV[1] floor, ARGV[2] maxlen, ARGV[3..7] the update encoded without
+ * in KEY_BUF, items, finals and finals_bytes; then for cancel control,
+ * delayed and prio, for retry prio and latest), ARGV[1] floor, ARGV[2] maxlen, ARGV[3..7] the update encoded without
  * its seq, id, kind, batch, state.
  */
 static void
@@ -1340,7 +1360,8 @@ fail_unsent_updates(void)
 /*
  * The update of ITEM for the next update script: MODE u/r/f/o, the attempt
  * the entry must be at (CHECK_ATTEMPT), the update encoded without its
- * seq, TS the start time for the item's hash (unix ns, 0: none). FN(ARG)
+ * seq, TS the start time of its attempt (unix ns, 0: that of its last
+ * update). FN(ARG)
  * hears its seq, 0 (superseded) or an error or NULL (unknown). -1: the
  * session is down, FN will not run.
  */
@@ -1454,7 +1475,7 @@ on_published(redisAsyncContext *ac, void *reply, void *arg)
 
 /* STARTED or PROGRESS: every update comes back through the cluster's
  * stream, in its order. The STARTED of a quick item is folded into its
- * final (not written at all; the final sets its hash's start time) unless
+ * final (not written at all; the final carries its start time) unless
  * a subscriber of this instance, or of another one ({NAME}:want_started,
  * checked by the script), lets STARTED through: its final follows at
  * once, so nobody else misses it (getItems shows it QUEUED meanwhile). */
@@ -1731,7 +1752,7 @@ flush_accepts(void)
     struct redis_cmd *c = &cl.batch_cmd;
     redis_cmd_init(c, "EVALSHA");
     redis_cmd_str(c, cl.sha[SCRIPT_ACCEPTS]);
-    redis_cmd_str(c, "7");
+    redis_cmd_str(c, "8");
     redis_cmd_str(c, cl.key_work);
     redis_cmd_str(c, cl.key_updates);
     redis_cmd_str(c, cl.key_seq);
@@ -1739,6 +1760,7 @@ flush_accepts(void)
     redis_cmd_str(c, cl.key_items);
     redis_cmd_str(c, cl.key_delayed);
     redis_cmd_str(c, cl.key_prio);
+    redis_cmd_str(c, cl.key_latest);
     redis_cmd_str(c, floor_arg());
     redis_cmd_u64(c, gp.config->updates.history);
     redis_cmd_str(c, cl.key_item_prefix);
@@ -3500,6 +3522,17 @@ const char *
 cluster_key_latest(void)
 {
     return cl.key_latest;
+}
+
+void
+cluster_lookup_start(struct redis_args *a, const char *hash_key, const char *id)
+{
+    redis_args_init(a, "EVALSHA");
+    redis_args_str(a, cl.sha[SCRIPT_LOOKUP]);
+    redis_args_str(a, "2");
+    redis_args_str(a, hash_key);
+    redis_args_str(a, cl.key_latest);
+    redis_args_str(a, id);
 }
 
 /* Connected, and the update stream read to its end once: calls are served.

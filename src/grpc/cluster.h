@@ -84,6 +84,11 @@ const char *cluster_key_items(void);
 const char *cluster_key_work(void);
 const char *cluster_item_prefix(void);
 const char *cluster_key_latest(void);
+/* Start A as the lookup script's call (getItems, cancel, retry by id) for
+ * item ID, whose hash is HASH_KEY: the caller adds the names of the
+ * fields it wants, and hears their values as an HMGET would give them,
+ * those of the latest update taken from {NAME}:latest (CLUSTER_LUA_FIELDS). */
+void cluster_lookup_start(struct redis_args *a, const char *hash_key, const char *id);
 
 /*
  * Layout 4: an item's latest update since it was queued is not in its
@@ -107,6 +112,27 @@ const char *cluster_key_latest(void);
     "  local _, e, s, q, t, n, ts = string.find(v, '^(%d+) (%d+) (%d+) (%d+) (%d*) ')\n" \
     "  if not e then return nil end\n"                                                 \
     "  return {s = s, q = q, t = t, n = n, ts = ts, u = string.sub(v, e + 1)}\n"       \
+    "end\n"
+
+/*
+ * CLUSTER_LUA_FIELDS defines fields(HK, LK, ID, NAMES): the fields NAMES
+ * of ID's hash HK, those of its latest update (s, q, ts, u) taken from
+ * {NAME}:latest LK when it has one there, as HMGET gives them: what the
+ * readers of cluster_items.c ask for, in either layout.
+ */
+#define CLUSTER_LUA_FIELDS                                                              \
+    CLUSTER_LUA_LATEST                                                                  \
+    "local function fields(hk, lk, id, names)\n"                                        \
+    "  local f = redis.call('HMGET', hk, unpack(names))\n"                              \
+    "  local l = latest(lk, id)\n"                                                      \
+    "  if not l then return f end\n"                                                    \
+    "  for i, name in ipairs(names) do\n"                                               \
+    "    if name == 's' then f[i] = l.s\n"                                              \
+    "    elseif name == 'q' then f[i] = l.q\n"                                          \
+    "    elseif name == 'u' then f[i] = l.u\n"                                          \
+    "    elseif name == 'ts' and l.ts ~= '' then f[i] = l.ts end\n"                     \
+    "  end\n"                                                                           \
+    "  return f\n"                                                                      \
     "end\n"
 
 #endif

@@ -3,8 +3,8 @@
  * (cluster.c's scripts keep a hash per item and the listing order; see
  * the comment above its accept script), read here.
  *
- *   by ids     one lookup (script_lookup: the item's hash and its latest
- *              update) per id, pipelined on the command connection (one
+ *   by ids     one lookup (cluster.c's lookup script: the item's hash and
+ *              its latest update) per id, pipelined on the command connection (one
  *              round trip). With wait, the question stays open until the
  *              update stream (which this instance reads anyway) has
  *              delivered a final update of every requested item that was
@@ -46,32 +46,6 @@ static const char *const item_fields[ITEM_FIELDS] = { "k", "b", "s", "m", "q", "
                                                       "p", "tp", "tt" };
 
 /*
- * fields(HK, LK, ID, NAMES): the fields NAMES of ID's hash HK, those of
- * its latest update (s, q, ts, u) taken from {NAME}:latest LK when it has
- * one there (layout 4: cluster.h), as HMGET gives them.
- */
-#define LUA_FIELDS                                                                      \
-    CLUSTER_LUA_LATEST                                                                  \
-    "local function fields(hk, lk, id, names)\n"                                        \
-    "  local f = redis.call('HMGET', hk, unpack(names))\n"                              \
-    "  local l = latest(lk, id)\n"                                                      \
-    "  if not l then return f end\n"                                                    \
-    "  for i, name in ipairs(names) do\n"                                               \
-    "    if name == 's' then f[i] = l.s\n"                                              \
-    "    elseif name == 'q' then f[i] = l.q\n"                                          \
-    "    elseif name == 'u' then f[i] = l.u\n"                                          \
-    "    elseif name == 'ts' and l.ts ~= '' then f[i] = l.ts end\n"                     \
-    "  end\n"                                                                           \
-    "  return f\n"                                                                      \
-    "end\n"
-
-/* lookup: KEYS[1] the item's hash, KEYS[2] {NAME}:latest; ARGV[1] its id,
- * then the names of the fields wanted: their values, in that order. */
-static const char script_lookup[] =
-    LUA_FIELDS
-    "return fields(KEYS[1], KEYS[2], ARGV[1], {unpack(ARGV, 2)})\n";
-
-/*
  * list: KEYS[1] {NAME}:items, KEYS[2] {NAME}:latest; ARGV prefix, before (0: from the newest),
  * limit, scan, scope, the counts of kinds, states and batches, then them.
  * Returns {next, {id, seq, fields...}...}: next is the seq to continue
@@ -79,7 +53,7 @@ static const char script_lookup[] =
  * gone are dropped here.
  */
 static const char script_list[] =
-    LUA_FIELDS
+    CLUSTER_LUA_FIELDS
     "local names = {'k', 'b', 's', 'm', 'q', 'ta', 'ts', 'u', 'p', 'tp', 'tt'}\n"
     "local prefix, limit, scan, scope = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]\n"
     "local nk, ns, nb = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])\n"
@@ -362,7 +336,7 @@ question_send(struct question *qn, struct redis_args *a, redisCallbackFn *fn, vo
     return 0;
 }
 
-/* The N FIELDS of item ID (script_lookup, as an HMGET of its hash would
+/* The N FIELDS of item ID (cluster_lookup_start(), as an HMGET of its hash would
  * give them) for QN (question_send), or 1: ID is longer than any item's
  * (nothing sent: it is not known). */
 static int
@@ -373,12 +347,7 @@ question_lookup(struct question *qn, const char *id, const char *const *fields, 
     if (item_key(key, id) == -1)
         return 1;
     struct redis_args a;
-    redis_args_init(&a, "EVAL");
-    redis_args_str(&a, script_lookup);
-    redis_args_str(&a, "2");
-    redis_args_str(&a, key);
-    redis_args_str(&a, cluster_key_latest());
-    redis_args_str(&a, id);
+    cluster_lookup_start(&a, key, id);
     for (int f = 0; f < n; f++)
         redis_args_str(&a, fields[f]);
     return question_send(qn, &a, fn, arg);

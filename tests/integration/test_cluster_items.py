@@ -615,3 +615,22 @@ def test_items_written_by_layout_3_are_read_retried_and_forgotten(redis, start_d
     get(c, [it["id"] for it in items], wait=True, timeout=20)
     wait_for(lambda: redis.command("EXISTS", item + done) == 0, 10, "the layout 3 final forgotten")
     assert list(get(c, [done]).not_found) == [done]
+
+
+@pytest.mark.deadline(60)
+def test_start_times_of_items_that_are_not_quick(redis, start_daemon):  # noqa: F811
+    """An item that is not quick (sleep) has its STARTED written, and its
+    PROGRESS and final carry its attempt's start from it, also when they
+    come in the same update script as the STARTED (a short attempt):
+    getItems shows every item's start, between its acceptance and its
+    end."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", workers=2)
+    tag = uuid.uuid4().hex[:8]
+    items = [{"id": f"ts-{tag}-{i}", "kind": "sleep", "params": {"ms": "0"}} for i in range(300)]
+    assert a.client().submit(items).accepted == len(items)
+    got = get(a.client(), [it["id"] for it in items], wait=True, timeout=40).items
+    assert len(got) == len(items)
+    for it in got:
+        assert it.state == SUCCEEDED, it
+        assert 0 < it.accepted_unix_nano <= it.started_unix_nano <= it.finished_unix_nano, it

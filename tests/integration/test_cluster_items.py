@@ -634,3 +634,22 @@ def test_start_times_of_items_that_are_not_quick(redis, start_daemon):  # noqa: 
     for it in got:
         assert it.state == SUCCEEDED, it
         assert 0 < it.accepted_unix_nano <= it.started_unix_nano <= it.finished_unix_nano, it
+
+
+@pytest.mark.deadline(60)
+def test_a_leftover_latest_update_does_not_stop_a_new_waiting_item(redis, start_daemon):  # noqa: F811
+    """A {NAME}:latest field whose item hash went (a DEL by hand) must not
+    make a new delayed or prioritized item of that id look taken: the pull
+    and the due script would drop it. The accept clears it for those."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    tag = uuid.uuid4().hex[:8]
+    delayed, prio = f"lo-{tag}-delayed", f"lo-{tag}-prio"
+    for item_id in (delayed, prio):
+        redis.command("HSET", f"{{{name}}}:latest", item_id, b"4 1 1 1  stale")
+    assert a.client().submit([{"id": delayed, "kind": "echo", "payload": b"d", "delay_ms": 300},
+                              {"id": prio, "kind": "echo", "payload": b"p",
+                               "priority": 5}]).accepted == 2
+    got = by_id(get(a.client(), [delayed, prio], wait=True, with_results=True, timeout=20))
+    assert (got[delayed].state, got[delayed].result) == (SUCCEEDED, b"d"), got[delayed]
+    assert (got[prio].state, got[prio].result) == (SUCCEEDED, b"p"), got[prio]

@@ -191,13 +191,29 @@ _EPHEMERAL_LOW = _ephemeral_low()
 _ports = random.Random()
 
 
+def _port_range():
+    """[LOW, HIGH) of free_port()'s choice: below the ephemeral range, and
+    under pytest-xdist (make integration runs two workers) a part of it per
+    worker, so that two tests never pick the same port at once."""
+    low, high = 10000, _EPHEMERAL_LOW
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")      # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1 and high - low > 2000:
+        i, span = int(worker[2:]), (high - low) // count
+        low, high = low + i * span, low + (i + 1) * span
+    return low, high
+
+
+_PORT_LOW, _PORT_HIGH = _port_range()
+
+
 def free_port():
     """A loopback port nothing listens on, from below the ephemeral range
     when there is room there: a port the kernel hands out (bind to 0) is
     also what it picks for the next outgoing connection, which then holds
     it when the daemon binds it."""
-    for _ in range(100 if _EPHEMERAL_LOW > 12000 else 0):
-        port = _ports.randrange(10000, _EPHEMERAL_LOW)
+    for _ in range(100 if _PORT_HIGH - _PORT_LOW > 1000 else 0):
+        port = _ports.randrange(_PORT_LOW, _PORT_HIGH)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))

@@ -200,7 +200,11 @@ def test_limits_fail_the_item_and_nothing_else(mode, start_daemon, request, tmp_
     assert (spin.state, spin.attempt) == (FAILED, 1), spin
     assert spin.error.startswith("cpu limit 1s exceeded: python3 killed by signal 24 (SIGXCPU)"), \
         spin.error
-    assert 900_000 <= spin.cpu_usec <= 3_000_000, spin.cpu_usec
+    # The kernel sends SIGXCPU when its tick-sampled CPU time reaches the
+    # limit; wait4 reports the scheduler's precise time, which is lower on
+    # a busy machine (a tick is charged whole to the task it finds running):
+    # 854 ms for a 1 s limit was seen with the suite's two workers.
+    assert 500_000 <= spin.cpu_usec <= 3_000_000, spin.cpu_usec
     assert (after.state, after.result) == (SUCCEEDED, b"fine")
     # the worker lived through all of it
     assert d.worker_pids() == workers
@@ -523,7 +527,7 @@ def test_limits_hold_for_workers_dropped_to_a_user(start_daemon, test_modules, n
         hog.error
     assert (spin.state, spin.attempt) == (FAILED, 1), spin
     assert spin.error.startswith("cpu limit 1s exceeded: python3 killed by signal 24"), spin.error
-    assert 900_000 <= spin.cpu_usec, spin.cpu_usec
+    assert 500_000 <= spin.cpu_usec, spin.cpu_usec     # (SIGXCPU is per tick: see above)
     assert roomy.state == SUCCEEDED and roomy.max_rss_kib >= 200_000, roomy
     assert d.worker_pids() == [worker]
 

@@ -188,8 +188,8 @@
  * retained bytes, attempt start and the update, one field per item,
  * written for a whole update script at once), so the hash is written once
  * and stays small. A hash of layout 3 has s, q, u, ts, n and t of its own:
- * readers take {NAME}:latest's when there is one, else the hash's
- * (latest(), final_of(), cluster_items.c's fields()). {NAME}:items
+ * readers take {NAME}:latest's when there is one past the hash's q, else
+ * the hash's (latest(), final_of(), cluster_items.c's fields()). {NAME}:items
  * orders every known item by its accept's seq (the listing);
  * {NAME}:finals lists the final ones in the order they ended, and
  * {NAME}:finals_bytes sums their retained bytes: the retention forgets the
@@ -241,7 +241,7 @@
 
 /*
  * accepts: the items accepted in one turn of the loop, in one call. KEYS
- * work, updates, seq, origin, items, delayed, prio, latest; ARGV[1] floor, ARGV[2]
+ * work, updates, seq, origin, items, delayed, prio; ARGV[1] floor, ARGV[2]
  * maxlen, ARGV[3] the item hash prefix, then ACCEPT_FIELDS per item: u i
  * k b s (the QUEUED update), m t q w (the entry), p (priority, "" for 0),
  * ta, d (due time, "" if not delayed), tp and tt (its traceparent and
@@ -261,7 +261,7 @@
 static const char script_accepts[] =
     LUA_SEQ_LOAD
     LUA_BATCH
-    "local out, members, seen, prefix, fresh = {}, {}, {}, ARGV[3], {}\n"
+    "local out, members, seen, prefix = {}, {}, {}, ARGV[3]\n"
     "for o = 4, #ARGV, 14 do\n"      /* ACCEPT_FIELDS */
     "  local u, id, k, b, s = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]\n"
     "  local m, t, q, w = ARGV[o + 5], ARGV[o + 6], ARGV[o + 7], ARGV[o + 8]\n"
@@ -300,7 +300,6 @@ static const char script_accepts[] =
     "      if tp ~= '' then redis.call('HSET', hk, 'tp', tp, 'tt', ARGV[o + 13]) end\n"
     "      members[#members + 1] = sq\n"
     "      members[#members + 1] = id\n"
-    "      if d ~= '' or p ~= '' then fresh[#fresh + 1] = id end\n"
     "      out[#out + 1] = seq\n"
     "    end\n"
     "  end\n"
@@ -308,12 +307,6 @@ static const char script_accepts[] =
     "ups_flush()\n"
     LUA_SEQ_STORE
     "if #members > 0 then redis.call('ZADD', KEYS[5], unpack(members)) end\n"
-    /* a field left by an item whose hash alone went (a DEL by hand; an
-     * eviction, were it allowed) would make a new waiting item of that id
-     * look taken, and pull and due would drop it: cleared for those (an
-     * item of the work stream runs anyway, and its STARTED replaces the
-     * field; a cleanup for every item cost Redis 0.5 µs each) */
-    "if #fresh > 0 then redis.call('HDEL', KEYS[8], unpack(fresh)) end\n"
     "return out\n";
 
 /*
@@ -338,9 +331,9 @@ static const char script_accepts[] =
 #define LUA_TRIM                                                                        \
     CLUSTER_LUA_LATEST                                                                  \
     "local function final_of(k, id, r)\n"                                               \
-    "  local l = latest(r[6], id)\n"                                                    \
-    "  if l then return l.q, l.n, l.t end\n"                                            \
     "  local h = redis.call('HMGET', k, 'q', 'n', 't')\n"                               \
+    "  local l = latest(r[6], id, h[1])\n"                                              \
+    "  if l then return l.q, l.n, l.t end\n"                                            \
     "  return h[1], h[2], h[3]\n"                                                       \
     "end\n"                                                                             \
     "local function forget(o, r)\n"                                                     \
@@ -391,7 +384,7 @@ static const char script_accepts[] =
     "    n = n + #w\n"                                                                  \
     "    redis.call('HSET', KEYS[5], 'w', w)\n"                                         \
     "  end\n"                                                                           \
-    "  local l = latest(r[6], ARGV[4])\n"                                               \
+    "  local l = latest(r[6], ARGV[4], redis.call('HGET', KEYS[5], 'q'))\n"             \
     "  local ts = l and l.ts or ''\n"                                                   \
     "  if ts == '' then ts = redis.call('HGET', KEYS[5], 'ts') or '' end\n"             \
     "  redis.call('HSET', r[6], ARGV[4], ARGV[7] .. ' ' .. sq .. ' ' .. r[1] .. ' ' .. "  \
@@ -572,10 +565,10 @@ static const char script_trim[] =
 static const char script_cancel[] =
     LUA_TRIM
     LUA_MINID_FN
-    "local h = redis.call('HMGET', KEYS[5], 's', 'p', 'x')\n"
+    "local h = redis.call('HMGET', KEYS[5], 's', 'p', 'x', 'q')\n"
     "local s = h[1]\n"
     "if not s then return 'n' end\n"
-    "local l = latest(ARGV[16], ARGV[4])\n"
+    "local l = latest(ARGV[16], ARGV[4], h[4])\n"
     "if l then s = l.s end\n"
     "if s == '4' or s == '5' or s == '7' then return 'f' end\n"
     "if not h[3] and s == '1' then\n"
@@ -614,9 +607,9 @@ static const char script_cancel[] =
 static const char script_retry[] =
     CLUSTER_LUA_LATEST
     LUA_MINID_FN
-    "local h = redis.call('HMGET', KEYS[5], 's', 'w', 'n')\n"
+    "local h = redis.call('HMGET', KEYS[5], 's', 'w', 'n', 'q')\n"
     "if not h[1] then return -1 end\n"
-    "local l = latest(KEYS[10], ARGV[4])\n"
+    "local l = latest(KEYS[10], ARGV[4], h[4])\n"
     "if l then h[1], h[3] = l.s, l.n end\n"
     "if (h[1] ~= '5' and h[1] ~= '7') or not h[2] then return 0 end\n"
     LUA_NEXT_SEQ
@@ -706,6 +699,7 @@ static const char script_claim[] =
  * visited, O(1) an item.
  */
 static const char script_pull[] =
+    CLUSTER_LUA_LATEST
     "local n, added = tonumber(ARGV[3]), 0\n"
     "local room, qw, fw, unit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), "
     "tonumber(ARGV[8])\n"
@@ -716,8 +710,8 @@ static const char script_pull[] =
     "    local id = redis.call('LINDEX', lk, 0)\n"
     "    if not id then break end\n"
     "    local hk = ARGV[4] .. id\n"
-    "    local h = redis.call('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's')\n"
-    "    if h[6] and h[7] == '1' and redis.call('HEXISTS', KEYS[4], id) == 0 then\n"
+    "    local h = redis.call('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's', 'q')\n"
+    "    if h[6] and h[7] == '1' and not latest(KEYS[4], id, h[8]) then\n"
     "      local wt = fw\n"
     "      if h[5] == '1' then wt = qw end\n"
     "      if wt > room then full = 1; return end\n"
@@ -767,13 +761,14 @@ static const char script_pull[] =
  * woke (0/1), the next due time or -1}.
  */
 static const char script_due[] =
+    CLUSTER_LUA_LATEST
     "local moved, woke = 0, false\n"
     "local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])\n"
     "for _, id in ipairs(ids) do\n"
     "  redis.call('ZREM', KEYS[2], id)\n"
     "  local hk = ARGV[2] .. id\n"
-    "  local h = redis.call('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's', 'p')\n"
-    "  if h[6] and h[7] == '1' and redis.call('HEXISTS', KEYS[5], id) == 0 then\n"
+    "  local h = redis.call('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's', 'p', 'q')\n"
+    "  if h[6] and h[7] == '1' and not latest(KEYS[5], id, h[9]) then\n"
     "    if not h[8] then\n"
     "      local e = redis.call('XADD', KEYS[1], '0-*', 'i', id, 'k', h[1], 'b', h[2], "
     "'m', h[3], 't', h[4], 'q', h[5], 'w', h[6])\n"
@@ -1755,7 +1750,7 @@ flush_accepts(void)
     struct redis_cmd *c = &cl.batch_cmd;
     redis_cmd_init(c, "EVALSHA");
     redis_cmd_str(c, cl.sha[SCRIPT_ACCEPTS]);
-    redis_cmd_str(c, "8");
+    redis_cmd_str(c, "7");
     redis_cmd_str(c, cl.key_work);
     redis_cmd_str(c, cl.key_updates);
     redis_cmd_str(c, cl.key_seq);
@@ -1763,7 +1758,6 @@ flush_accepts(void)
     redis_cmd_str(c, cl.key_items);
     redis_cmd_str(c, cl.key_delayed);
     redis_cmd_str(c, cl.key_prio);
-    redis_cmd_str(c, cl.key_latest);
     redis_cmd_str(c, floor_arg());
     redis_cmd_u64(c, gp.config->updates.history);
     redis_cmd_str(c, cl.key_item_prefix);

@@ -102,15 +102,17 @@ void cluster_lookup_start(struct redis_args *a, const char *hash_key, const char
  * hash-max-listpack-value (64 B): written into the item's hash it turned
  * the hash into a hash table, most of the cost of a final in Redis.
  * CLUSTER_LUA_LATEST defines, for the scripts of cluster.c and
- * cluster_items.c, latest(LK, ID): nil, or ID's {s, q, t, n, ts, u} in
- * {NAME}:latest LK.
+ * cluster_items.c, latest(LK, ID, HQ): nil, or ID's {s, q, t, n, ts, u} in
+ * {NAME}:latest LK. HQ, the q of ID's hash: a field whose seq is not past
+ * it is an earlier item's of that id (its hash deleted by hand, and the id
+ * accepted again) and is not ID's: nil.
  */
 #define CLUSTER_LUA_LATEST                                                              \
-    "local function latest(lk, id)\n"                                                   \
+    "local function latest(lk, id, hq)\n"                                               \
     "  local v = redis.call('HGET', lk, id)\n"                                          \
     "  if not v then return nil end\n"                                                 \
     "  local _, e, s, q, t, n, ts = string.find(v, '^(%d+) (%d+) (%d+) (%d+) (%d*) ')\n" \
-    "  if not e then return nil end\n"                                                 \
+    "  if not e or (hq and tonumber(q) <= tonumber(hq)) then return nil end\n"         \
     "  return {s = s, q = q, t = t, n = n, ts = ts, u = string.sub(v, e + 1)}\n"       \
     "end\n"
 
@@ -123,8 +125,8 @@ void cluster_lookup_start(struct redis_args *a, const char *hash_key, const char
 #define CLUSTER_LUA_FIELDS                                                              \
     CLUSTER_LUA_LATEST                                                                  \
     "local function fields(hk, lk, id, names)\n"                                        \
-    "  local f = redis.call('HMGET', hk, unpack(names))\n"                              \
-    "  local l = latest(lk, id)\n"                                                      \
+    "  local f = redis.call('HMGET', hk, 'q', unpack(names))\n"                         \
+    "  local l = latest(lk, id, table.remove(f, 1))\n"                                  \
     "  if not l then return f end\n"                                                    \
     "  for i, name in ipairs(names) do\n"                                               \
     "    if name == 's' then f[i] = l.s\n"                                              \

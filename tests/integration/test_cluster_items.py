@@ -637,19 +637,35 @@ def test_start_times_of_items_that_are_not_quick(redis, start_daemon):  # noqa: 
 
 
 @pytest.mark.deadline(60)
-def test_a_leftover_latest_update_does_not_stop_a_new_waiting_item(redis, start_daemon):  # noqa: F811
-    """A {NAME}:latest field whose item hash went (a DEL by hand) must not
-    make a new delayed or prioritized item of that id look taken: the pull
-    and the due script would drop it. The accept clears it for those."""
+def test_a_leftover_latest_update_is_not_a_new_items(redis, start_daemon):  # noqa: F811
+    """A {NAME}:latest field whose item hash went (a DEL by hand; its
+    retention entry still listed) is an earlier item's: a new item of that
+    id (delayed, prioritized or not) runs, getItems does not take the old
+    field for its state, and popping the old item's retention entry does
+    not forget the new one (the field's seq is not past the new hash's)."""
     name = cluster_name()
-    a = start_instance(start_daemon, redis, name, "a")
+    a = start_instance(start_daemon, redis, name, "a",
+                       overrides={"items": {"retention": {"count": 5}}})
     tag = uuid.uuid4().hex[:8]
-    delayed, prio = f"lo-{tag}-delayed", f"lo-{tag}-prio"
-    for item_id in (delayed, prio):
+    delayed, prio, plain = f"lo-{tag}-delayed", f"lo-{tag}-prio", f"lo-{tag}-plain"
+    trigger = f"lo-{tag}-trigger"
+    for item_id in (delayed, prio, plain):
         redis.command("HSET", f"{{{name}}}:latest", item_id, b"4 1 1 1  stale")
-    assert a.client().submit([{"id": delayed, "kind": "echo", "payload": b"d", "delay_ms": 300},
-                              {"id": prio, "kind": "echo", "payload": b"p",
-                               "priority": 5}]).accepted == 2
-    got = by_id(get(a.client(), [delayed, prio], wait=True, with_results=True, timeout=20))
+        redis.command("RPUSH", f"{{{name}}}:finals", f"1 {item_id}")
+    assert a.client().submit([{"id": delayed, "kind": "echo", "payload": b"d",
+                               "delay_ms": 1500},
+                              {"id": prio, "kind": "echo", "payload": b"p", "priority": 5},
+                              {"id": plain, "kind": "sleep", "params": {"ms": "500"}}]
+                             ).accepted == 3
+    # not the old field's state (it said SUCCEEDED)
+    assert get(a.client(), [plain]).items[0].state in (QUEUED, STARTED)
+    # its final pops the old entries while the delayed item waits
+    assert a.client().submit([{"id": trigger, "kind": "echo", "payload": b"t"}]).accepted == 1
+    got = by_id(get(a.client(), [delayed, prio, plain, trigger], wait=True, with_results=True,
+                    timeout=20))
     assert (got[delayed].state, got[delayed].result) == (SUCCEEDED, b"d"), got[delayed]
     assert (got[prio].state, got[prio].result) == (SUCCEEDED, b"p"), got[prio]
+    assert got[plain].state == SUCCEEDED, got[plain]
+    assert got[trigger].state == SUCCEEDED, got[trigger]
+    for item_id in (delayed, prio, plain, trigger):
+        assert redis.command("EXISTS", f"{{{name}}}:item:{item_id}") == 1, item_id

@@ -113,8 +113,23 @@ class Load:
         assert self.error is None, f"the load failed: {self.error!r}"
 
 
+# The page re-renders its tables on every poll, so an element found in one
+# WebDriver call may be gone by the next (StaleElementReferenceException):
+# everything is read in one script, run between two of the page's renders.
 def text_of(driver, element_id):
-    return driver.find_element("id", element_id).text
+    return texts(driver, f"#{element_id}")[0]
+
+
+def texts(driver, selector):
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText);",
+        selector)
+
+
+def attributes(driver, selector, *names):
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]),"
+        " e => arguments[1].map(n => e.getAttribute(n)));", selector, list(names))
 
 
 def number(s):
@@ -138,8 +153,8 @@ def test_dashboard_in_chromium_under_load(start_daemon, browser):
 
     # the batch's counts (before the load: /batches shows the newest 1000 items)
     def batch_row():
-        rows = browser.find_elements("css selector", f'#batches tbody tr[data-batch="b-{tag}"]')
-        return rows[0].text if rows else None
+        rows = texts(browser, f'#batches tbody tr[data-batch="b-{tag}"]')
+        return rows[0] if rows else None
     cells = wait_for(batch_row, 20, "the batch on the page").split()
     assert cells == [f"b-{tag}", "2", "0", "0", "1", "1", "0"], cells
 
@@ -149,8 +164,8 @@ def test_dashboard_in_chromium_under_load(start_daemon, browser):
 
         # the process table holds every worker's pid, and the master and grpc process
         def pids_shown():
-            rows = browser.find_elements("css selector", "#procs tbody tr")
-            return {(r.get_attribute("data-role"), int(r.get_attribute("data-pid"))) for r in rows}
+            return {(role, int(pid)) for role, pid in
+                    attributes(browser, "#procs tbody tr", "data-role", "data-pid")}
         shown = wait_for(lambda: {("worker", p) for p in d.worker_pids()} <= pids_shown() and
                          pids_shown(), 20, "the workers' pids on the page")
         assert ("grpc", d.grpc_pid()) in shown and ("master", d.master_pid) in shown
@@ -163,10 +178,9 @@ def test_dashboard_in_chromium_under_load(start_daemon, browser):
 
         # the dead-letter list holds the FAILED item, as getItems lists it
         assert bad in [i.id for i in c.get_items(states=[FAILED]).items]
-        wait_for(lambda: browser.find_elements("css selector", f'#failed tbody tr[data-id="{bad}"]'),
-                 20, "the FAILED item in the dead-letter list")
-        row = browser.find_element("css selector", f'#failed tbody tr[data-id="{bad}"]')
-        assert "bad input" in row.text
+        row = wait_for(lambda: texts(browser, f'#failed tbody tr[data-id="{bad}"]'),
+                       20, "the FAILED item in the dead-letter list")
+        assert "bad input" in row[0]
 
         # an item looked up by id: what getItems says
         g = c.get_items([good], with_results=True).items[0]
@@ -174,9 +188,9 @@ def test_dashboard_in_chromium_under_load(start_daemon, browser):
         box.clear()
         box.send_keys(good)
         browser.find_element("id", "lookup-go").click()
-        field = lambda name: browser.find_element(  # noqa: E731
-            "css selector", f'#item-detail dd[data-field="{name}"]').text
-        wait_for(lambda: browser.find_elements("css selector", '#item-detail dd[data-field="state"]'),
+        field = lambda name: texts(  # noqa: E731
+            browser, f'#item-detail dd[data-field="{name}"]')[0]
+        wait_for(lambda: texts(browser, '#item-detail dd[data-field="state"]'),
                  20, "the looked-up item")
         assert field("id") == good and field("state") == "SUCCEEDED" and g.state == SUCCEEDED
         assert field("attempt") == f"{g.attempt} of {g.max_attempts}"

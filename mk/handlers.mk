@@ -24,7 +24,8 @@ HANDLER_TEST_MODULES  = $(BUILD)/tests/modules/test_module.so \
                         $(BUILD)/tests/modules/test_module_nosym.so \
                         $(BUILD)/tests/modules/test_module_quick.so \
                         $(BUILD)/tests/modules/test_module_cancel.so \
-                        $(BUILD)/tests/modules/test_module_retry.so
+                        $(BUILD)/tests/modules/test_module_retry.so \
+                        $(BUILD)/tests/modules/test_module_quick_retry.so
 
 .PHONY: handler-modules install-handlers
 
@@ -71,3 +72,8 @@ install-handlers: $(HANDLER_MODULES)
 	    -e 's|@MODULEDIR@|$(HANDLER_MODULEDIR)|g' -e 's|@ABI_VERSION@|$(HANDLER_ABI_VERSION)|g' \
 	    contrib/pkgconfig/dosomething.pc.in > $(DESTDIR)$(PREFIX)/share/pkgconfig/dosomething.pc
 	install -m 755 $(HANDLER_MODULES) $(DESTDIR)$(HANDLER_MODULEDIR)/
+
+$(BUILD)/tests/modules/test_module_quick_retry.so: tests/unit/test_handlers.c include/dosomething/handler.h
+	@mkdir -p $(dir $@)
+	$(CC) $(MODULE_CFLAGS) -DDS_TEST_MODULE -DDS_TEST_MODULE_QUICK -DDS_TEST_MODULE_RETRY \
+	    $(MODULE_LDFLAGS) -o $@ $<

@@ -407,17 +407,19 @@ static const char script_accepts[] =
  * updates, seq, origin, pwork, items, finals, finals_bytes, want_started; ARGV[1]
  * floor, ARGV[2] maxlen, ARGV[3] group, ARGV[4] consumer, ARGV[5..10] the
  * retention (LUA_TRIM), then UPDATE_FIELDS per update: its stream (0 work,
- * 1 pwork), its entry, mode (u: update, r: retry, f: final, o: a STARTED
- * written only if some subscriber of some instance wants STARTED, i.e.
- * KEYS[9] {NAME}:want_started exists, else its reply is -1: folded), the
- * attempt the entry must be at, u i k b s (the update), ts (STARTED, and
- * the final of a quick item, whose STARTED may have been folded: when,
- * unix ns; else ""). Each is written only while its entry is pending here
- * with that delivery count (else its reply is 0: superseded); its seq
- * otherwise. The check is one XPENDING per stream for the whole call. A
- * final also acks and deletes the entry and is kept for the
- * retention ({NAME}:finals, the bytes). Every update written is its
- * item's latest ({NAME}:latest, cluster.h): the acks, deletes, list
+ * 1 pwork), its entry, mode (u: update, r: retry, f: final), the attempt
+ * the entry must be at, u (the update), its item's id, its state, ts (the
+ * start time of its attempt, unix ns, when given: with STARTED and with
+ * the update that carries a folded one; else ""), and s0: "" or the
+ * STARTED of a quick item that the instance did not send on its own
+ * (cluster_publish()), written just before this update if some subscriber
+ * of some instance wants STARTED now (KEYS[9] {NAME}:want_started exists),
+ * else not at all (folded). Each is written only while its entry is
+ * pending here with that delivery count (else its reply is 0:
+ * superseded); its seq otherwise. The check is one XPENDING per stream
+ * for the whole call. A final also acks and deletes the entry and is kept
+ * for the retention ({NAME}:finals, the bytes). Every update written is
+ * its item's latest ({NAME}:latest, cluster.h): the acks, deletes, list
  * pushes, latest updates and the byte count are one command each for the
  * whole call, and the seq counter is read and stored once; per item only
  * a final other than SUCCEEDED (its WorkItem into its hash), a RETRYING
@@ -426,7 +428,7 @@ static const char script_accepts[] =
  * in the same call (its attempt's start, from its last update) cost
  * commands of their own.
  */
-#define UPDATE_FIELDS 10
+#define UPDATE_FIELDS 9
 static const char script_update[] =
     LUA_TRIM
     LUA_SEQ_LOAD
@@ -440,7 +442,7 @@ static const char script_update[] =
      * delivery count of entry e, if pending here. A reply that filled
      * the count may have left some out: those are asked one by one. */
     "local pend, lo, hi, full = {}, {}, {}, {}\n"
-    "for o = 11, #ARGV, 10 do\n"
+    "for o = 11, #ARGV, 9 do\n"
     "  local si = ARGV[o] == '1' and 2 or 1\n"
     "  local n = tonumber(string.sub(ARGV[o + 1], 3))\n"
     "  if not lo[si] or n < lo[si] then lo[si] = n end\n"
@@ -456,28 +458,29 @@ static const char script_update[] =
     "  end\n"
     "end\n"
     "local want\n"
-    "for o = 11, #ARGV, 10 do\n"     /* UPDATE_FIELDS */
+    "for o = 11, #ARGV, 9 do\n"      /* UPDATE_FIELDS */
     "  local sk, si = KEYS[1], 1\n"
     "  if ARGV[o] == '1' then sk, si = KEYS[5], 2 end\n"
     "  local e, mode, att = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])\n"
-    "  local u, id, k, b, st = ARGV[o + 4], ARGV[o + 5], ARGV[o + 6], ARGV[o + 7], ARGV[o + 8]\n"
+    "  local u, id, st, s0 = ARGV[o + 4], ARGV[o + 5], ARGV[o + 6], ARGV[o + 8]\n"
     "  local d = pend[e]\n"
     "  if d == nil and full[si] then\n"
     "    local p = redis.call('XPENDING', sk, g, e, e, 1)\n"
     "    if #p > 0 and p[1][2] == c then d = p[1][4] end\n"
     "  end\n"
-    "  if mode == 'o' and want == nil then want = redis.call('EXISTS', KEYS[9]) == 1 end\n"
-    "  if mode == 'o' and not want then\n"
-    "    out[#out + 1] = -1\n"
-    "  elseif d ~= att then\n"
+    "  if d ~= att then\n"
     "    out[#out + 1] = 0\n"
     "  else\n"
+    "    if s0 ~= '' then\n"
+    "      if want == nil then want = redis.call('EXISTS', KEYS[9]) == 1 end\n"
+    "      if want then ups_add(s0) end\n"
+    "    end\n"
     "    ups_add(u)\n"
     "    local sq = string.format('%.0f', seq)\n"
     "    local hk = r[5] .. id\n"
     /* the start time: given with STARTED and a quick item's final, else
      * that of the attempt's STARTED (none once RETRYING) */
-    "    local ts = ARGV[o + 9]\n"
+    "    local ts = ARGV[o + 7]\n"
     "    if st == '6' or mode == 'r' then\n"
     "      ts = ''\n"
     "    elseif ts == '' then\n"
@@ -993,7 +996,7 @@ static struct {
     uint64_t ping_sent_ms;
     int ping_outstanding;
     uint64_t reconnects, claimed, lost_updates, superseded, sessions;
-    uint64_t started_folded;    /* STARTED of quick items nobody wanted: not written */
+    uint64_t started_folded;    /* STARTED of quick items not sent on their own */
     uint64_t cancels;           /* cancel requests for items held here */
     uint64_t known[3];          /* items known, finals retained, their bytes: as last polled */
     char last_error[256];
@@ -1356,17 +1359,17 @@ fail_unsent_updates(void)
 }
 
 /*
- * The update of ITEM for the next update script: MODE u/r/f/o, the attempt
+ * The update of ITEM for the next update script: MODE u/r/f, the attempt
  * the entry must be at (CHECK_ATTEMPT), the update encoded without its
  * seq, TS the start time of its attempt (unix ns, 0: that of its last
- * update). FN(ARG)
- * hears its seq, 0 (superseded) or an error or NULL (unknown). -1: the
- * session is down, FN will not run.
+ * update), S0 (S0_LEN bytes) NULL or the STARTED folded into it
+ * (take_folded_started()). FN(ARG) hears its seq, 0 (superseded) or an
+ * error or NULL (unknown). -1: the session is down, FN will not run.
  */
 static int
 send_update(const struct item *item, char mode, uint32_t check_attempt, enum wire_state state,
-            const uint8_t *encoded, size_t encoded_len, uint64_t ts, redisCallbackFn *fn,
-            void *arg)
+            const uint8_t *encoded, size_t encoded_len, uint64_t ts, const uint8_t *s0,
+            size_t s0_len, redisCallbackFn *fn, void *arg)
 {
     if (!cl.up || cl.failing || cl.cmd.ac == NULL)
         return -1;
@@ -1405,13 +1408,12 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
     redis_cmd_u64(c, check_attempt);
     redis_cmd_mem(c, encoded, encoded_len);
     redis_cmd_str(c, item->id);
-    redis_cmd_str(c, item->kind);
-    redis_cmd_str(c, item->batch);
     redis_cmd_u64(c, (uint64_t)state);
     if (ts != 0)
         redis_cmd_u64(c, ts);
     else
         redis_cmd_str(c, "");
+    redis_cmd_mem(c, s0 != NULL ? s0 : (const uint8_t *)"", s0 != NULL ? s0_len : 0);
     if (cl.ucbs_n == cl.ucbs_cap) {
         cl.ucbs_cap = cl.ucbs_cap ? cl.ucbs_cap * 2 : 256;
         cl.ucbs = ds_realloc(cl.ucbs, cl.ucbs_cap * sizeof cl.ucbs[0]);
@@ -1463,32 +1465,53 @@ on_published(redisAsyncContext *ac, void *reply, void *arg)
 {
     if (cl.shutting_down)
         return;
-    const redisReply *r = reply;
-    if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer < 0)
-        cl.started_folded++;    /* no subscriber anywhere wanted it */
-    else if (update_result(reply, "an update") == -1)
+    if (update_result(reply, "an update") == -1)
         note_lost_update();
     inflight_done();
 }
 
-/* STARTED or PROGRESS: every update comes back through the cluster's
- * stream, in its order. The STARTED of a quick item is folded into its
- * final (not written at all; the final carries its start time) unless
- * a subscriber of this instance, or of another one ({NAME}:want_started,
- * checked by the script), lets STARTED through: its final follows at
- * once, so nobody else misses it (getItems shows it QUEUED meanwhile). */
-static void
-cluster_publish(const struct item *item, const struct outcome *o)
+/* The STARTED of ITEM's attempt if it was folded (cluster_publish()),
+ * encoded for the update that follows it (*LEN bytes; the caller frees
+ * it), once: NULL if there is none. */
+static uint8_t *
+take_folded_started(struct item *item, pid_t worker_pid, size_t *len)
 {
-    size_t len;
+    if (!item->started_unsent)
+        return NULL;
+    item->started_unsent = 0;
+    if (!item->started)
+        return NULL;            /* requeued since: that attempt never went on */
+    struct outcome started = { .state = STATE_STARTED, .worker_pid = worker_pid };
+    return updates_encode(item, &started, len);
+}
+
+/* STARTED or PROGRESS: every update comes back through the cluster's
+ * stream, in its order. The STARTED of a quick item is folded (as on one
+ * machine) while no subscriber of this instance lets STARTED through: not
+ * sent now, but with the item's next update (its final, within
+ * microseconds), and written by that update's script just before it only
+ * if a subscriber of another instance wants STARTED then
+ * ({NAME}:want_started): nobody who wants STARTED misses it, it is only
+ * as late as the item is quick (getItems elsewhere shows it QUEUED
+ * meanwhile), and the final carries its start time either way. */
+static void
+cluster_publish(struct item *item, const struct outcome *o)
+{
+    if (o->state == STATE_STARTED && item->weight == ITEM_WEIGHT_QUICK &&
+        subscribers_wanting_started() == 0) {
+        item->started_unsent = 1;
+        cl.started_folded++;
+        return;
+    }
+    size_t len, s0_len = 0;
+    uint8_t *s0 = take_folded_started(item, o->worker_pid, &s0_len);
     uint8_t *encoded = updates_encode(item, o, &len);
-    char mode = o->state == STATE_STARTED && item->weight == ITEM_WEIGHT_QUICK &&
-                subscribers_wanting_started() == 0 ? 'o' : 'u';
-    uint64_t ts = o->state == STATE_STARTED ? clock_wall_ns() : 0;
-    if (send_update(item, mode, item->attempt, o->state, encoded, len, ts, on_published,
-                    NULL) == -1)
+    uint64_t ts = o->state == STATE_STARTED || s0 != NULL ? clock_wall_ns() : 0;
+    if (send_update(item, 'u', item->attempt, o->state, encoded, len, ts, s0, s0_len,
+                    on_published, NULL) == -1)
         note_lost_update();
     free(encoded);
+    free(s0);
 }
 
 /* Tell every instance that a subscriber here wants STARTED updates: the
@@ -1563,9 +1586,11 @@ cluster_final(struct item *item, const struct outcome *o)
     /* A quick item's STARTED may have been folded (cluster_publish): its
      * start time comes with the final, taken before the final's own. */
     uint64_t ts = item->weight == ITEM_WEIGHT_QUICK ? clock_wall_ns() : 0;
-    size_t len;
+    size_t len, s0_len = 0;
+    uint8_t *s0 = take_folded_started(item, o->worker_pid, &s0_len);
     uint8_t *encoded = updates_encode(item, o, &len);
-    if (send_update(item, 'f', item->attempt, o->state, encoded, len, ts, on_final, op) == -1) {
+    if (send_update(item, 'f', item->attempt, o->state, encoded, len, ts, s0, s0_len, on_final,
+                    op) == -1) {
         char id[300], trace[80];
         log_warn("cluster: item \"%s\" finished while redis is unreachable; another instance "
                  "runs it again after the lease%s", utf8_escape(id, sizeof id, item->id),
@@ -1573,6 +1598,7 @@ cluster_final(struct item *item, const struct outcome *o)
         later(drop_later, op);
     }
     free(encoded);
+    free(s0);
 }
 
 static void
@@ -1599,12 +1625,14 @@ cluster_retry(struct item *item, const struct outcome *o)
 {
     struct item_op *op = ds_calloc(1, sizeof *op);
     op->item = item;
-    size_t len;
+    size_t len, s0_len = 0;
+    uint8_t *s0 = take_folded_started(item, o->worker_pid, &s0_len);
     uint8_t *encoded = updates_encode(item, o, &len);
-    if (send_update(item, 'r', item->attempt, STATE_RETRYING, encoded, len, 0, on_retried,
-                    op) == -1)
+    if (send_update(item, 'r', item->attempt, STATE_RETRYING, encoded, len, 0, s0, s0_len,
+                    on_retried, op) == -1)
         later(drop_later, op);
     free(encoded);
+    free(s0);
 }
 
 /* ---- accepting ----------------------------------------------------------- */
@@ -1982,8 +2010,8 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
         struct outcome retrying = { .state = STATE_RETRYING, .error = reason };
         uint8_t *encoded = updates_encode(item, &retrying, &len);
         item->attempt = deliveries;
-        if (send_update(item, 'u', deliveries, STATE_RETRYING, encoded, len, 0, on_published,
-                        NULL) == -1)
+        if (send_update(item, 'u', deliveries, STATE_RETRYING, encoded, len, 0, NULL, 0,
+                        on_published, NULL) == -1)
             note_lost_update();
         free(encoded);
     }

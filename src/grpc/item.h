@@ -55,6 +55,7 @@ struct item {
     uint8_t weight;             /* of a worker's prefetch: ITEM_WEIGHT_QUICK or _FULL */
     uint8_t cancelling;         /* its worker was asked to stop it: it ends CANCELLED */
     uint8_t gate_slot;          /* counted as running by its kind's limit (kind_gate.c) */
+    uint8_t started_unsent;     /* cluster: this attempt's STARTED went with its next update */
     int32_t priority;           /* WorkItem.priority: higher runs first */
     char data[];
 };

@@ -135,7 +135,7 @@ struct store_backend {
     /* Write A.item; answer with store_accepted(). */
     void (*accept)(struct acceptance a);
     /* shared_log: publish STARTED or PROGRESS of ITEM. */
-    void (*publish)(const struct item *item, const struct outcome *o);
+    void (*publish)(struct item *item, const struct outcome *o);
     /* Record that ITEM is final as O says; answer with store_final_written()
      * (O's pointers are borrowed for the call only) or store_dropped(). */
     void (*final)(struct item *item, const struct outcome *o);

@@ -23,10 +23,12 @@ import pwd
 import random
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -134,6 +136,47 @@ def missing_dependency(reason):
     if STRICT_DEPS:
         pytest.fail(f"missing dependency (make test installs it): {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+# The test module (tests/unit/test_handlers.c built with DS_TEST_MODULE):
+# each variant's file under build/tests/modules (mk/handlers.mk) and the
+# macros it is built with.
+TEST_MODULES = {
+    "ok": ("test_module.so", []),
+    "abi99": ("test_module_abi99.so", ["-DDS_TEST_MODULE_ABI=99"]),
+    "nosym": ("test_module_nosym.so", ["-DDS_TEST_MODULE_NOSYM"]),
+    "quick": ("test_module_quick.so", ["-DDS_TEST_MODULE_QUICK"]),
+    "cancellable": ("test_module_cancel.so", ["-DDS_TEST_MODULE_CANCEL"]),
+    "retry": ("test_module_retry.so", ["-DDS_TEST_MODULE_RETRY"]),
+    "quick_retry": ("test_module_quick_retry.so",
+                    ["-DDS_TEST_MODULE_QUICK", "-DDS_TEST_MODULE_RETRY"]),
+}
+
+
+def built_test_modules(*variants):
+    """A generator for a fixture: {variant: path} of the TEST_MODULES
+    VARIANTS, the ones `make` built next to the binary, or else compiled
+    here into a temporary directory every user can read (workers may run
+    as `user: nobody`), removed afterwards."""
+    built = Path(BINARY).resolve().parent / "tests" / "modules"
+    if all((built / TEST_MODULES[v][0]).exists() for v in variants):
+        yield {v: built / TEST_MODULES[v][0] for v in variants}
+        return
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        missing_dependency("no C compiler to build the test module")
+    out = Path(tempfile.mkdtemp(prefix="ds-test-modules-"))
+    out.chmod(0o755)
+    try:
+        for v in variants:
+            name, flags = TEST_MODULES[v]
+            subprocess.run([cc, "-std=gnu11", "-O2", "-shared", "-fPIC", "-D_GNU_SOURCE",
+                            f"-I{REPO / 'include'}", "-DDS_TEST_MODULE", *flags, "-o",
+                            str(out / name), str(REPO / "tests" / "unit" / "test_handlers.c")],
+                           check=True)
+        yield {v: out / TEST_MODULES[v][0] for v in variants}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,18 +7,13 @@ worker is killed). Every cancelled item gets exactly one final, CANCELLED,
 and nothing else is disturbed.
 """
 import http.client
-import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 
-from conftest import (REPO, SUCCEEDED, FAILED, free_port, missing_dependency, pb, pid_alive,
+from conftest import (SUCCEEDED, FAILED, built_test_modules, free_port, pb, pid_alive,
                       run_cli, wait_for)
 from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
 
@@ -32,21 +27,8 @@ LONG = {"ms": "60000", "steps": "600"}
 def cancel_modules():
     """The test module built plain (cannot be interrupted) and flagged
     DS_MODULE_CANCELLABLE (its sleep checks host->cancelled())."""
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    if cc is None:
-        missing_dependency("no C compiler to build the test module")
-    out = Path(tempfile.mkdtemp(prefix="ds-cancel-modules-"))
-    out.chmod(0o755)
-    paths = {}
-    for name, flags in (("plain", []), ("cancellable", ["-DDS_TEST_MODULE_CANCEL"])):
-        path = out / f"{name}.so"
-        subprocess.run([cc, "-std=gnu11", "-O2", "-shared", "-fPIC", "-D_GNU_SOURCE",
-                        f"-I{REPO / 'include'}", "-DDS_TEST_MODULE", *flags, "-o", str(path),
-                        str(REPO / "tests" / "unit" / "test_handlers.c")], check=True)
-        path.chmod(0o755)
-        paths[name] = path
-    yield paths
-    shutil.rmtree(out, ignore_errors=True)
+    for paths in built_test_modules("ok", "cancellable"):
+        yield {"plain": paths["ok"], "cancellable": paths["cancellable"]}
 
 
 def config(tmp_path, mode, workers=1, extra_handlers=None, status=None):

@@ -22,9 +22,11 @@ import uuid
 
 import pytest
 
-from conftest import QUEUED, STARTED, SUCCEEDED, free_port, wait_for
+from conftest import (PROGRESS, QUEUED, RETRYING, STARTED, SUCCEEDED, built_test_modules,
+                      free_port, wait_for)
 from test_cluster import (cluster_name, cluster_status, redis, start_instance,  # noqa: F401
                           stream_updates, wait_work_empty)
+from test_handlers import handlers
 
 
 def used_memory(redis):
@@ -168,3 +170,58 @@ def test_started_of_quick_items_is_folded_while_no_subscriber_wants_it(  # noqa:
     ids, got = run("again", a.client(), sub_a)
     for item_id in ids[:-1]:
         assert got[item_id] == [QUEUED, SUCCEEDED], (item_id, got[item_id])
+
+
+@pytest.fixture(scope="module")
+def quick_retry_module():
+    """The test module flagged DS_MODULE_QUICK and DS_MODULE_RETRYABLE."""
+    for paths in built_test_modules("quick_retry"):
+        yield paths["quick_retry"]
+
+
+@pytest.mark.deadline(120)
+def test_a_folded_started_goes_with_the_items_next_update(redis, start_daemon,  # noqa: F811
+                                                          quick_retry_module):
+    """An instance none of whose subscribers wants STARTED does not send a
+    quick item's STARTED on its own: it goes with the item's next update
+    (its final, its RETRYING or its PROGRESS), and the update script writes
+    it just before that update only while {NAME}:want_started says a
+    subscriber elsewhere wants STARTED (set here by hand, as another
+    instance would). Either way every other update is written, in order."""
+    name = cluster_name()
+    sa = f"127.0.0.1:{free_port()}"
+    a = start_instance(start_daemon, redis, name, "a", workers=1,
+                       overrides={"status": {"listen": sa},
+                                  "handlers": handlers(q={"module": str(quick_retry_module)})})
+    want = f"{{{name}}}:want_started"
+    sub = a.client().subscribe(sync=True, name="sub-a", states=[SUCCEEDED])
+    tag = uuid.uuid4().hex[:8]
+
+    def run(label):
+        items = {f"ok-{tag}-{label}": {"kind": "q", "payload": b"x"},
+                 f"retry-{tag}-{label}": {"kind": "q", "params": {"retry_until": "2"},
+                                          "max_attempts": 2},
+                 f"steps-{tag}-{label}": {"kind": "q", "params": {"ms": "30", "steps": "3"}}}
+        folded = cluster_status(sa)["started_folded"]
+        reply = a.client().submit([{"id": i, **it} for i, it in items.items()], timeout=30)
+        assert (reply.accepted, reply.rejected) == (3, 0), reply
+        sub.wait_final(list(items), timeout=30)
+        # every attempt's STARTED was folded here (no subscriber of a wants it)
+        got = states_in_stream(redis, name, list(items))
+        assert cluster_status(sa)["started_folded"] - folded == 4, got
+        return [got[i] for i in items]
+
+    redis.command("SET", want, "the test", "PX", "60000")
+    ok, retry, steps = run("wanted")
+    assert ok == [QUEUED, STARTED, SUCCEEDED], ok
+    assert retry == [QUEUED, STARTED, RETRYING, STARTED, SUCCEEDED], retry
+    # (a quick item's PROGRESS may be coalesced: at least one is written)
+    assert steps[:3] == [QUEUED, STARTED, PROGRESS] and steps[-1] == SUCCEEDED, steps
+    assert set(steps[3:-1]) <= {PROGRESS}, steps
+
+    redis.command("DEL", want)
+    ok, retry, steps = run("unwanted")
+    assert ok == [QUEUED, SUCCEEDED], ok
+    assert retry == [QUEUED, RETRYING, SUCCEEDED], retry
+    assert steps[:2] == [QUEUED, PROGRESS] and steps[-1] == SUCCEEDED, steps
+    assert set(steps[2:-1]) <= {PROGRESS}, steps

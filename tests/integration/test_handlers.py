@@ -10,17 +10,14 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import (BINARY, FAILED, PROGRESS, REPO, RETRYING, STARTED, SUCCEEDED,
+from conftest import (BINARY, FAILED, PROGRESS, RETRYING, STARTED, SUCCEEDED, built_test_modules,
                       free_port, missing_dependency, pid_alive, proc_stat, proc_title, run_cli, state_name,
                       wait_for)
 
@@ -35,33 +32,9 @@ def handlers(**kinds):
 
 @pytest.fixture(scope="session")
 def test_modules():
-    """The test module (tests/unit/test_handlers.c built with DS_TEST_MODULE)
-    four ways: {'ok': path, 'abi99': path, 'nosym': path, 'quick': path
-    (flagged DS_MODULE_QUICK)}. Uses the ones
-    `make build/tests/test_handlers` built, or compiles them here, into a
-    directory every user can read (workers may run as `user: nobody`)."""
-    built = BUILD / "tests" / "modules"
-    names = {"ok": "test_module.so", "abi99": "test_module_abi99.so",
-             "nosym": "test_module_nosym.so", "quick": "test_module_quick.so"}
-    if all((built / n).exists() for n in names.values()):
-        yield {k: built / n for k, n in names.items()}
-        return
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    if cc is None:
-        missing_dependency("no C compiler to build the test module")
-    out = Path(tempfile.mkdtemp(prefix="ds-test-modules-"))
-    out.chmod(0o755)
-    flags = {"ok": [], "abi99": ["-DDS_TEST_MODULE_ABI=99"], "nosym": ["-DDS_TEST_MODULE_NOSYM"],
-             "quick": ["-DDS_TEST_MODULE_QUICK"]}
-    try:
-        for key, name in names.items():
-            subprocess.run([cc, "-std=gnu11", "-O2", "-shared", "-fPIC", "-D_GNU_SOURCE",
-                            f"-I{REPO / 'include'}", "-DDS_TEST_MODULE", *flags[key], "-o",
-                            str(out / name), str(REPO / "tests" / "unit" / "test_handlers.c")],
-                           check=True)
-        yield {k: out / n for k, n in names.items()}
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    """The test module four ways: {'ok': path, 'abi99': path, 'nosym': path,
+    'quick': path (flagged DS_MODULE_QUICK)} (conftest.TEST_MODULES)."""
+    yield from built_test_modules("ok", "abi99", "nosym", "quick")
 
 
 @pytest.fixture

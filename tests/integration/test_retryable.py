@@ -8,19 +8,15 @@ were left; any other failure is FAILED at once. In memory, journal and
 cluster modes; the config checks; reload.
 """
 import http.client
-import os
 import re
-import shutil
 import signal
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import (BINARY, FAILED, REPO, RETRYING, STARTED, SUCCEEDED, free_port,
-                      missing_dependency, run_cli, state_name, wait_for)
+from conftest import (BINARY, FAILED, RETRYING, STARTED, SUCCEEDED, built_test_modules, free_port,
+                      run_cli, state_name, wait_for)
 from test_cluster import cluster_name, redis, start_instance  # noqa: F401
 
 BUILD = Path(BINARY).resolve().parent
@@ -191,28 +187,10 @@ def test_reload_applies_retry_exit_codes(start_daemon, tmp_path):
 
 @pytest.fixture(scope="module")
 def retry_modules():
-    """The test module (tests/unit/test_handlers.c with DS_TEST_MODULE) plain
-    and flagged DS_MODULE_RETRYABLE (DS_TEST_MODULE_RETRY)."""
-    built = BUILD / "tests" / "modules"
-    names = {"plain": "test_module.so", "retry": "test_module_retry.so"}
-    if all((built / n).exists() for n in names.values()):
-        yield {k: built / n for k, n in names.items()}
-        return
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    if cc is None:
-        missing_dependency("no C compiler to build the test module")
-    out = Path(tempfile.mkdtemp(prefix="ds-test-modules-"))
-    out.chmod(0o755)
-    flags = {"plain": [], "retry": ["-DDS_TEST_MODULE_RETRY"]}
-    try:
-        for key, name in names.items():
-            subprocess.run([cc, "-std=gnu11", "-O2", "-shared", "-fPIC", "-D_GNU_SOURCE",
-                            f"-I{REPO / 'include'}", "-DDS_TEST_MODULE", *flags[key], "-o",
-                            str(out / name), str(REPO / "tests" / "unit" / "test_handlers.c")],
-                           check=True)
-        yield {k: out / n for k, n in names.items()}
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    """The test module plain and flagged DS_MODULE_RETRYABLE
+    (conftest.TEST_MODULES)."""
+    for paths in built_test_modules("ok", "retry"):
+        yield {"plain": paths["ok"], "retry": paths["retry"]}
 
 
 def test_module_retry(start_daemon, retry_modules):

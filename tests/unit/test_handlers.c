@@ -295,21 +295,32 @@ test_fini(void *state)
     free(s);
 }
 
+
+/* The flags the build asks for: DS_TEST_MODULE_QUICK, _CANCEL, _RETRY, any of them. */
+#ifdef DS_TEST_MODULE_QUICK
+#define TEST_FLAG_QUICK DS_MODULE_QUICK
+#else
+#define TEST_FLAG_QUICK 0
+#endif
+#ifdef DS_TEST_MODULE_CANCEL
+#define TEST_FLAG_CANCEL DS_MODULE_CANCELLABLE
+#else
+#define TEST_FLAG_CANCEL 0
+#endif
+#ifdef DS_TEST_MODULE_RETRY
+#define TEST_FLAG_RETRY DS_MODULE_RETRYABLE
+#else
+#define TEST_FLAG_RETRY 0
+#endif
+#define TEST_MODULE_FLAGS (TEST_FLAG_QUICK | TEST_FLAG_CANCEL | TEST_FLAG_RETRY)
+
 #ifdef DS_TEST_MODULE_NOSYM
 const struct ds_module not_the_module_symbol = {
 #else
 const struct ds_module dosomething_module = {
 #endif
     .abi_version = DS_TEST_MODULE_ABI,
-#ifdef DS_TEST_MODULE_QUICK
-    .flags = DS_MODULE_QUICK,
-#endif
-#ifdef DS_TEST_MODULE_CANCEL
-    .flags = DS_MODULE_CANCELLABLE,
-#endif
-#ifdef DS_TEST_MODULE_RETRY
-    .flags = DS_MODULE_RETRYABLE,
-#endif
+    .flags = TEST_MODULE_FLAGS,
     .name = "test",
     .init = test_init,
     .process = test_process,

@@ -180,7 +180,9 @@
  * Every item known cluster-wide has a hash {NAME}:item:ID, written by the
  * script that queues it: k kind, b batch, s 1 (QUEUED), m max_attempts, p
  * priority (if not 0), q the seq of its QUEUED update, x its work entry,
- * ta when it was accepted (unix ns), tp and tt its W3C traceparent and
+ * ta when it was accepted (unix ns), rd when the next attempt of a retry
+ * waiting its backoff is due (unix ms: for an instance that takes it over
+ * from a holder that died meanwhile), tp and tt its W3C traceparent and
  * tracestate (if it has a trace; its work entry's w carries them too,
  * core/trace.h), and once final w (the WorkItem, kept for a retry of a
  * FAILED or CANCELLED item). Every update after the QUEUED one goes to
@@ -410,7 +412,9 @@ static const char script_accepts[] =
  * 1 pwork), its entry, mode (u: update, r: retry, f: final), the attempt
  * the entry must be at, u (the update), its item's id, its state, ts (the
  * start time of its attempt, unix ns, when given: with STARTED and with
- * the update that carries a folded one; else ""), and s0: "" or the
+ * the update that carries a folded one; else ""; for a retry, when its
+ * next attempt is due, unix ms, "" at once: its hash's rd, for an
+ * instance that takes it over), and s0: "" or the
  * STARTED of a quick item that the instance did not send on its own
  * (cluster_publish()), written just before this update if some subscriber
  * of some instance wants STARTED now (KEYS[9] {NAME}:want_started exists),
@@ -515,7 +519,12 @@ static const char script_update[] =
     "    elseif mode == 'r' then\n"
     "      redis.call('XCLAIM', sk, g, c, 0, e, 'JUSTID', 'RETRYCOUNT', att + 1)\n"
     "      pend[e] = att + 1\n"
-    "      redis.call('HDEL', hk, 'ts')\n"
+    "      if ARGV[o + 7] ~= '' then\n"
+    "        redis.call('HSET', hk, 'rd', ARGV[o + 7])\n"
+    "        redis.call('HDEL', hk, 'ts')\n"
+    "      else\n"
+    "        redis.call('HDEL', hk, 'ts', 'rd')\n"
+    "      end\n"
     "    elseif st == '6' then\n"
     "      redis.call('HDEL', hk, 'ts')\n"    /* (a layout 3 hash's) */
     "    end\n"
@@ -657,7 +666,8 @@ static const char script_renew[] =
  * claim: KEYS work, pwork (each in turn); ARGV group, consumer, lease ms, count. Entries idle for
  * the lease (their holder stopped renewing them) become ours, each as
  * {id, fields, delivery count, previous holder, idle ms, the reason of a
- * cancel asked of the previous holder or nil} (ARGV[5]: the item hash
+ * cancel asked of the previous holder or nil, when a retry's next attempt
+ * is due (its hash's rd, unix ms) or nil} (ARGV[5]: the item hash
  * prefix). Then consumers
  * that hold nothing and were not seen for the lease are removed (a live
  * one is recreated by its next read).
@@ -669,11 +679,13 @@ static const char script_claim[] =
     "for _, e in ipairs(p) do\n"
     "  local c = redis.call('XCLAIM', key, ARGV[1], ARGV[2], ARGV[3], e[1])\n"
     "  if #c > 0 and c[1] then\n"
-    "    local cr = false\n"
+    "    local h = {false, false}\n"
     "    for j = 1, #c[1][2], 2 do\n"
-    "      if c[1][2][j] == 'i' then cr = redis.call('HGET', ARGV[5] .. c[1][2][j + 1], 'cr') end\n"
+    "      if c[1][2][j] == 'i' then\n"
+    "        h = redis.call('HMGET', ARGV[5] .. c[1][2][j + 1], 'cr', 'rd')\n"
+    "      end\n"
     "    end\n"
-    "    out[#out + 1] = {c[1][1], c[1][2], e[4] + 1, e[2], e[3], cr}\n"
+    "    out[#out + 1] = {c[1][1], c[1][2], e[4] + 1, e[2], e[3], h[1], h[2]}\n"
     "  end\n"
     "end\n"
     "local cs = redis.call('XINFO', 'CONSUMERS', key, ARGV[1])\n"
@@ -1362,7 +1374,7 @@ fail_unsent_updates(void)
  * The update of ITEM for the next update script: MODE u/r/f, the attempt
  * the entry must be at (CHECK_ATTEMPT), the update encoded without its
  * seq, TS the start time of its attempt (unix ns, 0: that of its last
- * update), S0 (S0_LEN bytes) NULL or the STARTED folded into it
+ * update; for a retry, when its next attempt is due: unix ms, 0 at once), S0 (S0_LEN bytes) NULL or the STARTED folded into it
  * (take_folded_started()). FN(ARG) hears its seq, 0 (superseded) or an
  * error or NULL (unknown). -1: the session is down, FN will not run.
  */
@@ -1628,7 +1640,9 @@ cluster_retry(struct item *item, const struct outcome *o)
     size_t len, s0_len = 0;
     uint8_t *s0 = take_folded_started(item, o->worker_pid, &s0_len);
     uint8_t *encoded = updates_encode(item, o, &len);
-    if (send_update(item, 'r', item->attempt, STATE_RETRYING, encoded, len, 0, s0, s0_len,
+    uint64_t due_ms = item->due_ns > (uint64_t)clock_wall_ns() ?
+                      item->due_ns / 1000000 + (item->due_ns % 1000000 != 0) : 0; /* never early */
+    if (send_update(item, 'r', item->attempt, STATE_RETRYING, encoded, len, due_ms, s0, s0_len,
                     on_retried, op) == -1)
         later(drop_later, op);
     free(encoded);
@@ -1926,13 +1940,31 @@ field_uint(const redisReply *fields, const char *name, uint32_t max, uint32_t *o
     return 0;
 }
 
+/* A string reply holding a unix time in ms (at most 15 digits): 0, or -1. */
+static int
+reply_ms(const redisReply *r, uint64_t *out)
+{
+    if (r->type != REDIS_REPLY_STRING || r->len == 0 || r->len > 15)
+        return -1;
+    uint64_t v = 0;
+    for (size_t i = 0; i < r->len; i++) {
+        if (r->str[i] < '0' || r->str[i] > '9')
+            return -1;
+        v = v * 10 + (uint64_t)(r->str[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
 /*
- * An entry of the work stream becomes an item here, at attempt DELIVERIES.
- * PREVIOUS: the instance it was claimed from (NULL: read fresh), idle for
- * IDLE_MS. Returns the item's weight, or 0 if it was not queued.
+ * An entry of the work stream becomes an item here, at attempt DELIVERIES,
+ * not to start before DUE_MS (unix ms; 0: at once). PREVIOUS: the
+ * instance it was claimed from (NULL: read fresh), idle for IDLE_MS.
+ * Returns the item's weight, or 0 if it was not queued.
  */
 static uint32_t
-take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, uint64_t idle_ms)
+take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, uint64_t idle_ms,
+           uint64_t due_ms)
 {
     if (entry == NULL || entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 ||
         entry->element[0]->type != REDIS_REPLY_STRING)
@@ -2015,6 +2047,8 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
             note_lost_update();
         free(encoded);
     }
+    if (due_ms > (uint64_t)clock_wall_ns() / 1000000)
+        item->due_ns = due_ms * 1000000;    /* the backoff of a retry its holder waited */
     uint32_t weight = item->weight;
     store_take(item);
     apply_pending_cancel(key);
@@ -2029,7 +2063,7 @@ take_entries(const redisReply *entries, uint32_t *taken, uint32_t *weight)
     if (entries == NULL || entries->type != REDIS_REPLY_ARRAY)
         return;
     for (size_t i = 0; i < entries->elements; i++) {
-        uint32_t w = take_entry(entries->element[i], 1, NULL, 0);
+        uint32_t w = take_entry(entries->element[i], 1, NULL, 0, 0);
         if (w > 0) {
             (*taken)++;
             *weight += w;
@@ -2275,10 +2309,13 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
             snprintf(reason, sizeof reason, "%.*s", (int)e->element[5]->len, e->element[5]->str);
             remember_cancel(key, utf8_valid(reason, strlen(reason)) ? reason : "");
         }
+        uint64_t due_ms = 0;
+        if (e->elements >= 7 && reply_ms(e->element[6], &due_ms) == -1)
+            due_ms = 0;     /* none (or not a time): at once */
         redisReply entry = { .type = REDIS_REPLY_ARRAY, .elements = 2, .element = e->element };
         long long deliveries = e->element[2]->integer;
         take_entry(&entry, deliveries > 0 && deliveries < UINT32_MAX ? (uint32_t)deliveries : 1,
-                   e->element[3]->str, (uint64_t)e->element[4]->integer);
+                   e->element[3]->str, (uint64_t)e->element[4]->integer, due_ms);
         claimed++;
     }
     if (claimed > 0)

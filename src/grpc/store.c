@@ -264,6 +264,7 @@ attempt_failed(struct item *item, pid_t worker_pid, const char *reason,
     struct outcome o = { .state = STATE_RETRYING, .worker_pid = worker_pid, .error = reason,
                          .cpu_usec = cpu_usec, .max_rss_kib = max_rss_kib };
     if (st.b->retry != NULL) {
+        retry_backoff(item, item->attempt);
         st.b->retry(item, &o);      /* store_retried() follows */
         return;
     }
@@ -647,8 +648,7 @@ store_fail(struct item *item, const char *error)
 void
 store_retried(struct item *item)
 {
-    retry_backoff(item, item->attempt);
-    item->attempt++;
+    item->attempt++;            /* due when the backend was told (retry_backoff()) */
     requeue(item);
     queue_dispatch();
 }

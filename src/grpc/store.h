@@ -139,9 +139,11 @@ struct store_backend {
     /* Record that ITEM is final as O says; answer with store_final_written()
      * (O's pointers are borrowed for the call only) or store_dropped(). */
     void (*final)(struct item *item, const struct outcome *o);
-    /* ITEM (at its failed attempt) runs again: record RETRYING for O, then
-     * store_retried() (item->attempt not yet bumped) or store_dropped().
-     * NULL: nothing to record but the next attempt (attempt, below). */
+    /* ITEM (at its failed attempt) runs again: record RETRYING for O and
+     * when the next attempt is due (item->due_ns, set by the retry's
+     * backoff; 0: at once), then store_retried() (item->attempt not yet
+     * bumped) or store_dropped(). NULL: nothing to record but the next
+     * attempt (attempt, below). */
     void (*retry)(struct item *item, const struct outcome *o);
     /* ITEM's next attempt is item->attempt (synchronous retries). */
     void (*attempt)(const struct item *item);

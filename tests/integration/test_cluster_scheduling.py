@@ -11,7 +11,8 @@ delays"): two instances on one Redis (the fixtures of test_cluster.py).
   time (timestamps of the updates, not timing); a delayed item waits in
   {NAME}:delayed;
 - a delayed item accepted on A runs on B when A is killed (SIGKILL) while
-  it waits;
+  it waits; so does a retry waiting its backoff (queue.retry_backoff), not
+  before its due time;
 - cancel on B of a delayed item and of a prioritized item waiting in its
   lane (both leave Redis), and a retry of the latter runs it;
 - a pull script that Redis fails is tried again.
@@ -21,9 +22,11 @@ import uuid
 
 import pytest
 
-from conftest import QUEUED, STARTED, SUCCEEDED, pb, state_name, wait_for
+from conftest import (QUEUED, RETRYING, STARTED, SUCCEEDED, built_test_modules, pb, state_name,
+                      wait_for)
 from test_cluster import (cluster_name, kill_everything, redis,  # noqa: F401
-                          start_instance, wait_work_empty)
+                          start_instance, stream_updates, wait_work_empty)
+from test_handlers import handlers
 from test_cluster_items import cancel, retry
 
 CANCELLED = pb.CANCELLED
@@ -166,6 +169,50 @@ def test_a_delayed_item_accepted_on_a_runs_on_b_when_a_dies(redis, start_daemon)
         assert start.time_unix_nano >= t0 + 3000 * 10**6, "started early"
     assert redis.command("ZCARD", f"{{{name}}}:delayed") == 0
     wait_for(lambda: lanes_empty(redis, name), 5, "the lanes gone from redis")
+
+
+@pytest.fixture(scope="module")
+def retry_module():
+    """The test module flagged DS_MODULE_RETRYABLE (retry_until=N)."""
+    for paths in built_test_modules("retry"):
+        yield paths["retry"]
+
+
+@pytest.mark.deadline(90)
+def test_a_retry_waiting_its_backoff_on_a_runs_on_b_when_a_dies(  # noqa: F811
+        redis, start_daemon, retry_module):
+    """A's item asked for another attempt; A waits the backoff (8 s) in its
+    own queue and dies meanwhile. B takes the item over after the lease
+    (1 s), and its next attempt still waits for the due time A was waiting
+    for (the item's hash keeps it: rd), instead of running at once."""
+    name = cluster_name()
+    backoff = 8000
+    config = {"queue": {"retry_backoff": {"min": f"{backoff}ms", "max": f"{backoff}ms"}},
+              "handlers": handlers(r={"module": str(retry_module)})}
+    a = start_instance(start_daemon, redis, name, "a", overrides=config)
+    item_id = f"backoff-{uuid.uuid4().hex[:8]}"
+    assert a.client().submit([{"id": item_id, "kind": "r", "params": {"retry_until": "2"},
+                               "max_attempts": 5}]).accepted == 1
+    wait_for(lambda: RETRYING in [s for _, i, s in stream_updates(redis, name) if i == item_id],
+             20, f"{item_id} RETRYING on a")
+    b = start_instance(start_daemon, redis, name, "b", overrides=config)
+    kill_everything(a)
+    killed = time.time_ns()
+    sub = b.client().subscribe(replay=True, item_ids=[item_id], name="sub-b")
+    final = sub.wait_final([item_id], timeout=40)[item_id]
+    assert final.state == SUCCEEDED, sub.states_of(item_id)
+    ups = sub.of(item_id)
+    retrying = next(u for u in ups if u.state == RETRYING)      # a's, at attempt 1
+    assert killed < retrying.time_unix_nano + (backoff - 2000) * 10**6, \
+        "a died too late for the test: its backoff was nearly over"
+    b_workers = set(b.worker_pids())
+    later = [u for u in ups if u.state == STARTED and u.attempt > retrying.attempt]
+    assert later and all(u.worker_pid in b_workers for u in later), sub.states_of(item_id)
+    # the due time is taken just before the RETRYING update's own time
+    early = retrying.time_unix_nano + (backoff - 100) * 10**6
+    assert later[0].time_unix_nano >= early, \
+        f"started {(later[0].time_unix_nano - retrying.time_unix_nano) / 1e6:.0f} ms after " \
+        f"RETRYING, within its {backoff} ms backoff"
 
 
 @pytest.mark.deadline(90)

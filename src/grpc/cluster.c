@@ -87,6 +87,9 @@
  * trimmed to about this many entries. */
 #define CONTROL_MAXLEN      "1000"
 #define CONTROL_REASON_MAX  1024    /* bytes of a cancel's reason (cancel.c's bound) */
+/* A retry's due time taken over from another instance is at most this far
+ * ahead: the longest queue.retry_backoff.max. */
+#define RETRY_DUE_MAX_MS    (UINT64_C(24) * 3600 * 1000)
 /* {NAME}:want_started lives this long unless the instance with a
  * subscriber that wants STARTED renews it (every PING_EVERY_MS). */
 #define WANT_TTL_MS         5000
@@ -629,7 +632,7 @@ static const char script_retry[] =
     "local sq = string.format('%.0f', seq)\n"
     "if ARGV[11] ~= '' then\n"
     "  " LUA_ADD_UPDATE_WITH(", 'P', ARGV[11]")
-    "  redis.call('HDEL', KEYS[5], 'u', 'ts', 'n', 't', 'cr', 'x')\n"
+    "  redis.call('HDEL', KEYS[5], 'u', 'ts', 'n', 't', 'cr', 'x', 'rd')\n"
     "  redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
     "'q', sq, 'ta', ARGV[12], 'p', ARGV[11], 'to', ARGV[9], 'qq', ARGV[10])\n"
     "  redis.call('RPUSH', KEYS[9] .. ':' .. ARGV[11], ARGV[4])\n"
@@ -641,7 +644,7 @@ static const char script_retry[] =
     LUA_ADD_UPDATE
     "local e = redis.call('XADD', KEYS[1], '0-*', 'i', ARGV[4], 'k', ARGV[5], 'b', ARGV[6], "
     "'m', ARGV[8], 't', ARGV[9], 'q', ARGV[10], 'w', h[2])\n"
-    "redis.call('HDEL', KEYS[5], 'u', 'ts', 'w', 'n', 't', 'cr', 'p', 'd')\n"
+    "redis.call('HDEL', KEYS[5], 'u', 'ts', 'w', 'n', 't', 'cr', 'p', 'd', 'rd')\n"
     "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
     "'q', sq, 'x', e, 'ta', ARGV[12])\n"
     "if h[3] then redis.call('DECRBY', KEYS[8], tonumber(h[3])) end\n"
@@ -1509,11 +1512,13 @@ take_folded_started(struct item *item, pid_t worker_pid, size_t *len)
 static void
 cluster_publish(struct item *item, const struct outcome *o)
 {
-    if (o->state == STATE_STARTED && item->weight == ITEM_WEIGHT_QUICK &&
-        subscribers_wanting_started() == 0) {
-        item->started_unsent = 1;
-        cl.started_folded++;
-        return;
+    if (o->state == STATE_STARTED) {
+        item->started_unsent = item->weight == ITEM_WEIGHT_QUICK &&
+                               subscribers_wanting_started() == 0;
+        if (item->started_unsent) {
+            cl.started_folded++;
+            return;
+        }
     }
     size_t len, s0_len = 0;
     uint8_t *s0 = take_folded_started(item, o->worker_pid, &s0_len);
@@ -2047,8 +2052,12 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
             note_lost_update();
         free(encoded);
     }
-    if (due_ms > (uint64_t)clock_wall_ns() / 1000000)
-        item->due_ns = due_ms * 1000000;    /* the backoff of a retry its holder waited */
+    /* The backoff of a retry its holder waited; at most the longest one a
+     * config may have from now (a clock far behind the holder's, a bad rd). */
+    uint64_t now_ms = (uint64_t)clock_wall_ns() / 1000000;
+    if (due_ms > now_ms)
+        item->due_ns = (due_ms - now_ms > RETRY_DUE_MAX_MS ? now_ms + RETRY_DUE_MAX_MS
+                        : due_ms) * 1000000;
     uint32_t weight = item->weight;
     store_take(item);
     apply_pending_cancel(key);

@@ -174,6 +174,7 @@ def built_test_modules(*variants):
                             f"-I{REPO / 'include'}", "-DDS_TEST_MODULE", *flags, "-o",
                             str(out / name), str(REPO / "tests" / "unit" / "test_handlers.c")],
                            check=True)
+            (out / name).chmod(0o755)   # whatever the umask
         yield {v: out / TEST_MODULES[v][0] for v in variants}
     finally:
         shutil.rmtree(out, ignore_errors=True)

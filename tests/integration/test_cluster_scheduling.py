@@ -11,21 +11,22 @@ delays"): two instances on one Redis (the fixtures of test_cluster.py).
   time (timestamps of the updates, not timing); a delayed item waits in
   {NAME}:delayed;
 - a delayed item accepted on A runs on B when A is killed (SIGKILL) while
-  it waits; so does a retry waiting its backoff (queue.retry_backoff), not
-  before its due time;
+  it waits; so does a retry waiting its backoff (queue.retry_backoff) when
+  its holder dies, not before its due time;
 - cancel on B of a delayed item and of a prioritized item waiting in its
   lane (both leave Redis), and a retry of the latter runs it;
 - a pull script that Redis fails is tried again.
 """
+import signal
 import time
 import uuid
 
 import pytest
 
-from conftest import (QUEUED, RETRYING, STARTED, SUCCEEDED, built_test_modules, pb, state_name,
-                      wait_for)
+from conftest import (QUEUED, RETRYING, STARTED, SUCCEEDED, built_test_modules, deep_merge, pb,
+                      state_name, wait_for)
 from test_cluster import (cluster_name, kill_everything, redis,  # noqa: F401
-                          start_instance, stream_updates, wait_work_empty)
+                          start_instance, wait_work_empty)
 from test_handlers import handlers
 from test_cluster_items import cancel, retry
 
@@ -178,41 +179,86 @@ def retry_module():
         yield paths["retry"]
 
 
+def item_updates(redis, name, item_id):
+    """Every Update of ITEM_ID in {NAME}:updates, decoded, in order."""
+    out = []
+    for _, fields in redis.command("XRANGE", f"{{{name}}}:updates", "-", "+"):
+        out += [pb.Update.FromString(v) for k, v in zip(fields[::2], fields[1::2]) if k == b"U"]
+    return [u for u in out if u.item_id == item_id]
+
+
 @pytest.mark.deadline(90)
-def test_a_retry_waiting_its_backoff_on_a_runs_on_b_when_a_dies(  # noqa: F811
+def test_a_retry_waiting_its_backoff_runs_elsewhere_when_its_holder_dies(  # noqa: F811
         redis, start_daemon, retry_module):
-    """A's item asked for another attempt; A waits the backoff (8 s) in its
-    own queue and dies meanwhile. B takes the item over after the lease
-    (1 s), and its next attempt still waits for the due time A was waiting
-    for (the item's hash keeps it: rd), instead of running at once."""
+    """An item asked for another attempt; the instance holding it waits the
+    backoff (8 s) in its own queue and dies meanwhile. The other one takes
+    the item over after the lease (1 s), and its next attempt still waits
+    for the due time the holder was waiting for (the item's hash keeps it:
+    rd), instead of running at once."""
     name = cluster_name()
     backoff = 8000
     config = {"queue": {"retry_backoff": {"min": f"{backoff}ms", "max": f"{backoff}ms"}},
               "handlers": handlers(r={"module": str(retry_module)})}
     a = start_instance(start_daemon, redis, name, "a", overrides=config)
+    b = start_instance(start_daemon, redis, name, "b", overrides=config)
     item_id = f"backoff-{uuid.uuid4().hex[:8]}"
     assert a.client().submit([{"id": item_id, "kind": "r", "params": {"retry_until": "2"},
                                "max_attempts": 5}]).accepted == 1
-    wait_for(lambda: RETRYING in [s for _, i, s in stream_updates(redis, name) if i == item_id],
-             20, f"{item_id} RETRYING on a")
-    b = start_instance(start_daemon, redis, name, "b", overrides=config)
-    kill_everything(a)
+    ups = wait_for(lambda: (lambda u: u if RETRYING in [x.state for x in u] else None)(
+        item_updates(redis, name, item_id)), 20, f"{item_id} RETRYING")
+    started = next(u for u in ups if u.state == STARTED)
+    holder, other = (a, b) if started.worker_pid in a.worker_pids() else (b, a)
+    assert started.worker_pid in holder.worker_pids(), (started, a.worker_pids(), b.worker_pids())
+    kill_everything(holder)
     killed = time.time_ns()
-    sub = b.client().subscribe(replay=True, item_ids=[item_id], name="sub-b")
+    sub = other.client().subscribe(replay=True, item_ids=[item_id], name="sub")
     final = sub.wait_final([item_id], timeout=40)[item_id]
     assert final.state == SUCCEEDED, sub.states_of(item_id)
     ups = sub.of(item_id)
-    retrying = next(u for u in ups if u.state == RETRYING)      # a's, at attempt 1
-    assert killed < retrying.time_unix_nano + (backoff - 2000) * 10**6, \
-        "a died too late for the test: its backoff was nearly over"
-    b_workers = set(b.worker_pids())
+    retrying = next(u for u in ups if u.state == RETRYING)      # the holder's, at attempt 1
+    # (what the test is about: the holder died while the backoff ran)
+    assert killed < retrying.time_unix_nano + (backoff - 1000) * 10**6, \
+        "the holder died too late for the test: its backoff was nearly over"
+    workers = set(other.worker_pids())
     later = [u for u in ups if u.state == STARTED and u.attempt > retrying.attempt]
-    assert later and all(u.worker_pid in b_workers for u in later), sub.states_of(item_id)
+    assert later and all(u.worker_pid in workers for u in later), sub.states_of(item_id)
     # the due time is taken just before the RETRYING update's own time
     early = retrying.time_unix_nano + (backoff - 100) * 10**6
     assert later[0].time_unix_nano >= early, \
         f"started {(later[0].time_unix_nano - retrying.time_unix_nano) / 1e6:.0f} ms after " \
         f"RETRYING, within its {backoff} ms backoff"
+
+
+@pytest.mark.deadline(60)
+def test_the_backoff_due_time_is_kept_until_a_retry_call(  # noqa: F811
+        redis, start_daemon, retry_module):
+    """The RETRYING's script keeps the next attempt's due time in the item's
+    hash (rd: what an instance taking it over waits for); a client's retry
+    of the item (here after a cancel during the backoff) removes it, so
+    that a takeover of the new run does not wait for the old time."""
+    name = cluster_name()
+    config = {"queue": {"retry_backoff": {"min": "30s", "max": "30s"}},
+              "handlers": handlers(r={"module": str(retry_module)})}
+    a = start_instance(start_daemon, redis, name, "a", overrides=config)
+    item_id = f"rd-{uuid.uuid4().hex[:8]}"
+    key = f"{{{name}}}:item:{item_id}"
+    assert a.client().submit([{"id": item_id, "kind": "r", "params": {"retry_until": "2"},
+                               "max_attempts": 5}]).accepted == 1
+    ups = wait_for(lambda: (lambda u: u if RETRYING in [x.state for x in u] else None)(
+        item_updates(redis, name, item_id)), 20, f"{item_id} RETRYING")
+    retrying = next(u for u in ups if u.state == RETRYING)
+    rd = int(redis.command("HGET", key, "rd"))
+    assert retrying.time_unix_nano // 10**6 + 29000 <= rd <= \
+        retrying.time_unix_nano // 10**6 + 31000, (rd, retrying.time_unix_nano)
+    assert cancel(a.client(), [item_id]).cancelled == 1
+    assert redis.command("HGET", key, "rd") is not None     # a final keeps it...
+    # paused, the kind's items are queued but not started (a new attempt
+    # would ask for a retry again, with a due time of its own)
+    a.write_config(deep_merge(a.config, {"handlers": {"r": {"paused": True}}}))
+    a.send_signal(signal.SIGHUP)
+    a.wait_log(r"config generation 2 applied")
+    assert retry(a.client(), [item_id]).requeued == 1
+    assert redis.command("HEXISTS", key, "rd") == 0         # ...a retry call does not
 
 
 @pytest.mark.deadline(90)

@@ -666,12 +666,14 @@ static const char script_renew[] =
     "return n\n";
 
 /*
- * claim: KEYS work, pwork (each in turn); ARGV group, consumer, lease ms, count. Entries idle for
- * the lease (their holder stopped renewing them) become ours, each as
- * {id, fields, delivery count, previous holder, idle ms, the reason of a
- * cancel asked of the previous holder or nil, when a retry's next attempt
- * is due (its hash's rd, unix ms) or nil} (ARGV[5]: the item hash
- * prefix). Then consumers
+ * claim: KEYS work, pwork (each in turn); ARGV group, consumer, lease ms, count, the item
+ * hash prefix, now (unix ms). Entries idle for the lease (their holder
+ * stopped renewing them) become ours, each as {id, fields, delivery
+ * count, previous holder, idle ms, the reason of a cancel asked of the
+ * previous holder or nil, when a retry's next attempt is due (its hash's
+ * rd, unix ms) or nil, 1 if that is still ahead}. An item whose next
+ * attempt was still waiting its backoff never started it: it keeps its
+ * delivery count (the attempt it waits for). Then consumers
  * that hold nothing and were not seen for the lease are removed (a live
  * one is recreated by its next read).
  */
@@ -682,13 +684,17 @@ static const char script_claim[] =
     "for _, e in ipairs(p) do\n"
     "  local c = redis.call('XCLAIM', key, ARGV[1], ARGV[2], ARGV[3], e[1])\n"
     "  if #c > 0 and c[1] then\n"
-    "    local h = {false, false}\n"
+    "    local h, d, waiting = {false, false}, e[4] + 1, 0\n"
     "    for j = 1, #c[1][2], 2 do\n"
     "      if c[1][2][j] == 'i' then\n"
     "        h = redis.call('HMGET', ARGV[5] .. c[1][2][j + 1], 'cr', 'rd')\n"
     "      end\n"
     "    end\n"
-    "    out[#out + 1] = {c[1][1], c[1][2], e[4] + 1, e[2], e[3], h[1], h[2]}\n"
+    "    if h[2] and (tonumber(h[2]) or 0) > tonumber(ARGV[6]) then\n"
+    "      redis.call('XCLAIM', key, ARGV[1], ARGV[2], 0, e[1], 'RETRYCOUNT', e[4], 'JUSTID')\n"
+    "      d, waiting = e[4], 1\n"
+    "    end\n"
+    "    out[#out + 1] = {c[1][1], c[1][2], d, e[2], e[3], h[1], h[2], waiting}\n"
     "  end\n"
     "end\n"
     "local cs = redis.call('XINFO', 'CONSUMERS', key, ARGV[1])\n"
@@ -1961,15 +1967,21 @@ reply_ms(const redisReply *r, uint64_t *out)
     return 0;
 }
 
+/* How an entry was taken over from another instance (script_claim). */
+struct claim {
+    const char *previous;       /* the instance that stopped renewing it */
+    uint64_t idle_ms;           /* for this long */
+    uint64_t due_ms;            /* its next attempt not before (unix ms; 0: at once) */
+    int waiting;                /* that attempt was waiting its backoff: it never started */
+};
+
 /*
- * An entry of the work stream becomes an item here, at attempt DELIVERIES,
- * not to start before DUE_MS (unix ms; 0: at once). PREVIOUS: the
- * instance it was claimed from (NULL: read fresh), idle for IDLE_MS.
- * Returns the item's weight, or 0 if it was not queued.
+ * An entry of the work stream becomes an item here, at attempt DELIVERIES.
+ * CLAIM: how it was taken over (NULL: read fresh). Returns the item's
+ * weight, or 0 if it was not queued.
  */
 static uint32_t
-take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, uint64_t idle_ms,
-           uint64_t due_ms)
+take_entry(const redisReply *entry, uint32_t deliveries, const struct claim *claim)
 {
     if (entry == NULL || entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 ||
         entry->element[0]->type != REDIS_REPLY_STRING)
@@ -2030,11 +2042,12 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
         store_fail(item, error);
         return 0;
     }
-    if (previous != NULL) {
+    if (claim != NULL)
+        cl.claimed++;
+    if (claim != NULL && !claim->waiting) {
         char reason[320];
         snprintf(reason, sizeof reason, "instance %.200s stopped renewing it (idle %" PRIu64
-                 " ms)", previous, idle_ms);
-        cl.claimed++;
+                 " ms)", claim->previous, claim->idle_ms);
         if (!store_may_retry(item, deliveries - 1)) {
             snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, deliveries - 1,
                      max_attempts);
@@ -2055,9 +2068,9 @@ take_entry(const redisReply *entry, uint32_t deliveries, const char *previous, u
     /* The backoff of a retry its holder waited; at most the longest one a
      * config may have from now (a clock far behind the holder's, a bad rd). */
     uint64_t now_ms = (uint64_t)clock_wall_ns() / 1000000;
-    if (due_ms > now_ms)
-        item->due_ns = (due_ms - now_ms > RETRY_DUE_MAX_MS ? now_ms + RETRY_DUE_MAX_MS
-                        : due_ms) * 1000000;
+    if (claim != NULL && claim->due_ms > now_ms)
+        item->due_ns = (claim->due_ms - now_ms > RETRY_DUE_MAX_MS ? now_ms + RETRY_DUE_MAX_MS
+                        : claim->due_ms) * 1000000;
     uint32_t weight = item->weight;
     store_take(item);
     apply_pending_cancel(key);
@@ -2072,7 +2085,7 @@ take_entries(const redisReply *entries, uint32_t *taken, uint32_t *weight)
     if (entries == NULL || entries->type != REDIS_REPLY_ARRAY)
         return;
     for (size_t i = 0; i < entries->elements; i++) {
-        uint32_t w = take_entry(entries->element[i], 1, NULL, 0, 0);
+        uint32_t w = take_entry(entries->element[i], 1, NULL);
         if (w > 0) {
             (*taken)++;
             *weight += w;
@@ -2318,13 +2331,16 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
             snprintf(reason, sizeof reason, "%.*s", (int)e->element[5]->len, e->element[5]->str);
             remember_cancel(key, utf8_valid(reason, strlen(reason)) ? reason : "");
         }
-        uint64_t due_ms = 0;
-        if (e->elements >= 7 && reply_ms(e->element[6], &due_ms) == -1)
-            due_ms = 0;     /* none (or not a time): at once */
+        struct claim claim = { .previous = e->element[3]->str,
+                               .idle_ms = (uint64_t)e->element[4]->integer };
+        if (e->elements >= 7 && reply_ms(e->element[6], &claim.due_ms) == -1)
+            claim.due_ms = 0;   /* none (or not a time): at once */
+        claim.waiting = e->elements >= 8 && e->element[7]->type == REDIS_REPLY_INTEGER &&
+                        e->element[7]->integer == 1;
         redisReply entry = { .type = REDIS_REPLY_ARRAY, .elements = 2, .element = e->element };
         long long deliveries = e->element[2]->integer;
         take_entry(&entry, deliveries > 0 && deliveries < UINT32_MAX ? (uint32_t)deliveries : 1,
-                   e->element[3]->str, (uint64_t)e->element[4]->integer, due_ms);
+                   &claim);
         claimed++;
     }
     if (claimed > 0)
@@ -2373,6 +2389,7 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_u64(&a, gp.config->cluster.lease_ms);
     redis_args_u64(&a, CLAIM_COUNT);
     redis_args_str(&a, cl.key_item_prefix);
+    redis_args_u64(&a, (uint64_t)clock_wall_ns() / 1000000);
     if (command(&cl.cmd, on_claimed, NULL, &a) == 0)
         cl.claiming = 1;
     /* Finals that aged out while none ended (the trim of every final does

@@ -194,7 +194,8 @@ def test_a_retry_waiting_its_backoff_runs_elsewhere_when_its_holder_dies(  # noq
     backoff (8 s) in its own queue and dies meanwhile. The other one takes
     the item over after the lease (1 s), and its next attempt still waits
     for the due time the holder was waiting for (the item's hash keeps it:
-    rd), instead of running at once."""
+    rd), instead of running at once; and it is the attempt the holder
+    waited for (attempt 2, not a further one: it never started)."""
     name = cluster_name()
     backoff = 8000
     config = {"queue": {"retry_backoff": {"min": f"{backoff}ms", "max": f"{backoff}ms"}},
@@ -222,6 +223,9 @@ def test_a_retry_waiting_its_backoff_runs_elsewhere_when_its_holder_dies(  # noq
     workers = set(other.worker_pids())
     later = [u for u in ups if u.state == STARTED and u.attempt > retrying.attempt]
     assert later and all(u.worker_pid in workers for u in later), sub.states_of(item_id)
+    # the attempt it waited for never started: the takeover spent none
+    assert [u.state for u in ups].count(RETRYING) == 1, sub.states_of(item_id)
+    assert later[0].attempt == retrying.attempt + 1 == final.attempt, (later[0], final)
     # the due time is taken just before the RETRYING update's own time
     early = retrying.time_unix_nano + (backoff - 100) * 10**6
     assert later[0].time_unix_nano >= early, \

@@ -187,6 +187,22 @@ def item_updates(redis, name, item_id):
     return [u for u in out if u.item_id == item_id]
 
 
+def backoff_config(module, ms):
+    """queue.retry_backoff of MS ms exactly, and kind r: the test module
+    MODULE (retry_until=N: another attempt until attempt N)."""
+    return {"queue": {"retry_backoff": {"min": f"{ms}ms", "max": f"{ms}ms"}},
+            "handlers": handlers(r={"module": str(module)})}
+
+
+def submit_until_retrying(d, redis, name, item_id):
+    """Submit ITEM_ID (kind r, asking for attempt 2) to D; its updates
+    once its first attempt ended RETRYING."""
+    assert d.client().submit([{"id": item_id, "kind": "r", "params": {"retry_until": "2"},
+                               "max_attempts": 5}]).accepted == 1
+    return wait_for(lambda: (lambda u: u if RETRYING in [x.state for x in u] else None)(
+        item_updates(redis, name, item_id)), 20, f"{item_id} RETRYING")
+
+
 @pytest.mark.deadline(90)
 def test_a_retry_waiting_its_backoff_runs_elsewhere_when_its_holder_dies(  # noqa: F811
         redis, start_daemon, retry_module):
@@ -198,15 +214,11 @@ def test_a_retry_waiting_its_backoff_runs_elsewhere_when_its_holder_dies(  # noq
     waited for (attempt 2, not a further one: it never started)."""
     name = cluster_name()
     backoff = 8000
-    config = {"queue": {"retry_backoff": {"min": f"{backoff}ms", "max": f"{backoff}ms"}},
-              "handlers": handlers(r={"module": str(retry_module)})}
+    config = backoff_config(retry_module, backoff)
     a = start_instance(start_daemon, redis, name, "a", overrides=config)
     b = start_instance(start_daemon, redis, name, "b", overrides=config)
     item_id = f"backoff-{uuid.uuid4().hex[:8]}"
-    assert a.client().submit([{"id": item_id, "kind": "r", "params": {"retry_until": "2"},
-                               "max_attempts": 5}]).accepted == 1
-    ups = wait_for(lambda: (lambda u: u if RETRYING in [x.state for x in u] else None)(
-        item_updates(redis, name, item_id)), 20, f"{item_id} RETRYING")
+    ups = submit_until_retrying(a, redis, name, item_id)
     started = next(u for u in ups if u.state == STARTED)
     holder, other = (a, b) if started.worker_pid in a.worker_pids() else (b, a)
     assert started.worker_pid in holder.worker_pids(), (started, a.worker_pids(), b.worker_pids())
@@ -241,15 +253,11 @@ def test_the_backoff_due_time_is_kept_until_a_retry_call(  # noqa: F811
     of the item (here after a cancel during the backoff) removes it, so
     that a takeover of the new run does not wait for the old time."""
     name = cluster_name()
-    config = {"queue": {"retry_backoff": {"min": "30s", "max": "30s"}},
-              "handlers": handlers(r={"module": str(retry_module)})}
-    a = start_instance(start_daemon, redis, name, "a", overrides=config)
+    a = start_instance(start_daemon, redis, name, "a",
+                       overrides=backoff_config(retry_module, 30000))
     item_id = f"rd-{uuid.uuid4().hex[:8]}"
     key = f"{{{name}}}:item:{item_id}"
-    assert a.client().submit([{"id": item_id, "kind": "r", "params": {"retry_until": "2"},
-                               "max_attempts": 5}]).accepted == 1
-    ups = wait_for(lambda: (lambda u: u if RETRYING in [x.state for x in u] else None)(
-        item_updates(redis, name, item_id)), 20, f"{item_id} RETRYING")
+    ups = submit_until_retrying(a, redis, name, item_id)
     retrying = next(u for u in ups if u.state == RETRYING)
     rd = int(redis.command("HGET", key, "rd"))
     assert retrying.time_unix_nano // 10**6 + 29000 <= rd <= \

@@ -673,7 +673,8 @@ static const char script_renew[] =
  * previous holder or nil, when a retry's next attempt is due (its hash's
  * rd, unix ms) or nil, 1 if that is still ahead}. An item whose next
  * attempt was still waiting its backoff never started it: it keeps its
- * delivery count (the attempt it waits for). Then consumers
+ * delivery count (the attempt it waits for). An rd that is not 1 to 15
+ * digits (written by hand) is not waited for: the item runs at once. Then consumers
  * that hold nothing and were not seen for the lease are removed (a live
  * one is recreated by its next read).
  */
@@ -690,7 +691,8 @@ static const char script_claim[] =
     "        h = redis.call('HMGET', ARGV[5] .. c[1][2][j + 1], 'cr', 'rd')\n"
     "      end\n"
     "    end\n"
-    "    if h[2] and (tonumber(h[2]) or 0) > tonumber(ARGV[6]) then\n"
+    "    if h[2] and #h[2] <= 15 and string.match(h[2], '^%d+$') and\n"
+    "       tonumber(h[2]) > tonumber(ARGV[6]) then\n"
     "      redis.call('XCLAIM', key, ARGV[1], ARGV[2], 0, e[1], 'RETRYCOUNT', e[4], 'JUSTID')\n"
     "      d, waiting = e[4], 1\n"
     "    end\n"
@@ -1951,22 +1953,6 @@ field_uint(const redisReply *fields, const char *name, uint32_t max, uint32_t *o
     return 0;
 }
 
-/* A string reply holding a unix time in ms (at most 15 digits): 0, or -1. */
-static int
-reply_ms(const redisReply *r, uint64_t *out)
-{
-    if (r->type != REDIS_REPLY_STRING || r->len == 0 || r->len > 15)
-        return -1;
-    uint64_t v = 0;
-    for (size_t i = 0; i < r->len; i++) {
-        if (r->str[i] < '0' || r->str[i] > '9')
-            return -1;
-        v = v * 10 + (uint64_t)(r->str[i] - '0');
-    }
-    *out = v;
-    return 0;
-}
-
 /* How an entry was taken over from another instance (script_claim). */
 struct claim {
     const char *previous;       /* the instance that stopped renewing it */
@@ -2333,7 +2319,7 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
         }
         struct claim claim = { .previous = e->element[3]->str,
                                .idle_ms = (uint64_t)e->element[4]->integer };
-        if (e->elements >= 7 && reply_ms(e->element[6], &claim.due_ms) == -1)
+        if (e->elements >= 7 && redis_reply_u64(e->element[6], 15, &claim.due_ms) == -1)
             claim.due_ms = 0;   /* none (or not a time): at once */
         claim.waiting = e->elements >= 8 && e->element[7]->type == REDIS_REPLY_INTEGER &&
                         e->element[7]->integer == 1;
@@ -2368,7 +2354,7 @@ on_counted(redisAsyncContext *ac, void *reply, void *arg)
     if (r->type == REDIS_REPLY_INTEGER && r->integer >= 0)
         cl.known[which] = (uint64_t)r->integer;
     else if (r->type == REDIS_REPLY_STRING)
-        cl.known[which] = strtoull(r->str, NULL, 10);
+        (void)redis_reply_u64(r, 19, &cl.known[which]);    /* not a count: the last stands */
     else if (r->type == REDIS_REPLY_NIL)
         cl.known[which] = 0;
 }
@@ -3099,8 +3085,10 @@ on_setup(redisAsyncContext *ac, void *reply, void *arg)
         }
     } else if (which == SCRIPT_COUNT + 1) {
         uint64_t origin = 0;
-        if (r->type == REDIS_REPLY_STRING)
-            origin = strtoull(r->str, NULL, 10);
+        if (r->type == REDIS_REPLY_STRING && redis_reply_u64(r, 19, &origin) == -1) {
+            session_fail("%s is not a number: %.40s", cl.key_origin, r->str);
+            return;
+        }
         cl.origin = origin;
     } else if (which == SCRIPT_COUNT + 3) {
         if (r->type == REDIS_REPLY_ERROR && !is_error(r, "BUSYGROUP")) {

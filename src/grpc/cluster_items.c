@@ -34,6 +34,7 @@
 #include "grpc/grpc_process.h"
 #include "grpc/items.h"
 #include "grpc/redis_args.h"
+#include "grpc/redis_reply.h"
 
 #define LIMIT_DEFAULT   100
 #define LIST_SCAN       2000    /* items of {NAME}:items one listing call looks at, at most */
@@ -172,12 +173,8 @@ reply_strdup(const redisReply *r)
 static uint64_t
 reply_u64(const redisReply *r)
 {
-    if (r == NULL || r->type != REDIS_REPLY_STRING || r->len == 0 || r->len > 20)
-        return 0;
-    char buf[24];
-    memcpy(buf, r->str, r->len);
-    buf[r->len] = '\0';
-    return strtoull(buf, NULL, 10);
+    uint64_t v = 0;
+    return redis_reply_u64(r, 19, &v) == 0 ? v : 0;
 }
 
 static wire_update *

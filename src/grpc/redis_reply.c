@@ -189,3 +189,20 @@ redis_reply_pool_free(struct reply_pool *pool)
     pool->free_n = 0;
     pool->building = NULL;
 }
+
+int
+redis_reply_u64(const redisReply *r, size_t max_digits, uint64_t *out)
+{
+    if (max_digits > 19)
+        max_digits = 19;
+    if (r == NULL || r->type != REDIS_REPLY_STRING || r->len == 0 || r->len > max_digits)
+        return -1;
+    uint64_t v = 0;
+    for (size_t i = 0; i < r->len; i++) {
+        if (r->str[i] < '0' || r->str[i] > '9')
+            return -1;
+        v = v * 10 + (uint64_t)(r->str[i] - '0');
+    }
+    *out = v;
+    return 0;
+}

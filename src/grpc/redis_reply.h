@@ -16,8 +16,9 @@
 #define DS_GRPC_REDIS_REPLY_H
 
 #include <stddef.h>
+#include <stdint.h>
 
-#include <hiredis/read.h>
+#include <hiredis/hiredis.h>
 
 struct reply_block;
 
@@ -40,5 +41,13 @@ struct reply_pool {
 void redis_reply_install(redisReader *reader, struct reply_pool *pool);
 /* Free the blocks POOL keeps (no reply of it may be alive). */
 void redis_reply_pool_free(struct reply_pool *pool);
+
+/*
+ * A string reply R that is a decimal number of 1 to MAX_DIGITS digits
+ * (at most 19: it fits) and nothing else: into *OUT, 0. Anything else (an
+ * empty string, a sign, a space, more digits, another type): -1, *OUT
+ * untouched. What Redis gives back was written by someone; read strictly.
+ */
+int redis_reply_u64(const redisReply *r, size_t max_digits, uint64_t *out);
 
 #endif

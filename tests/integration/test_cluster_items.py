@@ -637,7 +637,7 @@ def test_start_times_of_items_that_are_not_quick(redis, start_daemon):  # noqa: 
 
 
 @pytest.mark.deadline(60)
-def test_a_leftover_latest_update_is_not_a_new_items(redis, start_daemon):  # noqa: F811
+def test_a_leftover_latest_update_is_no_new_item(redis, start_daemon):  # noqa: F811
     """A {NAME}:latest field whose item hash went (a DEL by hand; its
     retention entry still listed) is an earlier item's: a new item of that
     id (delayed, prioritized or not) runs, getItems does not take the old

@@ -245,6 +245,42 @@ def test_a_retry_waiting_its_backoff_runs_elsewhere_when_its_holder_dies(  # noq
         f"RETRYING, within its {backoff} ms backoff"
 
 
+@pytest.mark.deadline(90)
+@pytest.mark.parametrize("rd", [None, "not-a-time", "9" * 20])
+def test_a_takeover_does_not_wait_for_a_due_time_that_is_not_one(  # noqa: F811
+        redis, start_daemon, retry_module, rd):
+    """The holder of an item waiting a long backoff dies after the item's
+    rd was removed or overwritten by hand with something that is not a
+    unix time in ms (1 to 15 digits). The instance taking it over runs it
+    at once, as a takeover of a running item (one more attempt), instead
+    of waiting for ever or failing the claim."""
+    name = cluster_name()
+    backoff = 60000
+    config = backoff_config(retry_module, backoff)
+    a = start_instance(start_daemon, redis, name, "a", overrides=config)
+    b = start_instance(start_daemon, redis, name, "b", overrides=config)
+    item_id = f"bad-rd-{uuid.uuid4().hex[:8]}"
+    key = f"{{{name}}}:item:{item_id}"
+    ups = submit_until_retrying(a, redis, name, item_id)
+    if rd is None:
+        redis.command("HDEL", key, "rd")
+    else:
+        redis.command("HSET", key, "rd", rd)
+    started = next(u for u in ups if u.state == STARTED)
+    holder, other = (a, b) if started.worker_pid in a.worker_pids() else (b, a)
+    kill_everything(holder)
+    sub = other.client().subscribe(replay=True, item_ids=[item_id], name="sub")
+    final = sub.wait_final([item_id], timeout=40)[item_id]
+    assert final.state == SUCCEEDED, sub.states_of(item_id)
+    ups = sub.of(item_id)
+    retrying = next(u for u in ups if u.state == RETRYING)
+    later = [u for u in ups if u.state == STARTED and u.attempt > retrying.attempt]
+    assert later and later[0].worker_pid in other.worker_pids(), sub.states_of(item_id)
+    assert later[0].time_unix_nano < retrying.time_unix_nano + (backoff // 2) * 10**6, \
+        "the takeover waited for a due time that was not one"
+    assert final.attempt == 3, sub.states_of(item_id)      # the takeover counted one
+
+
 @pytest.mark.deadline(60)
 def test_the_backoff_due_time_is_kept_until_a_retry_call(  # noqa: F811
         redis, start_daemon, retry_module):

@@ -163,6 +163,40 @@ test_half_read_and_errors(void **state)
     (void)state;
 }
 
+/* Numbers read strictly: only 1 to max digits, nothing around them. */
+static void
+test_u64(void **state)
+{
+    struct { const char *s; size_t max; int ok; uint64_t v; } cases[] = {
+        { "0", 15, 0, 0 },
+        { "1765000000000", 15, 0, 1765000000000ull },
+        { "999999999999999", 15, 0, 999999999999999ull },
+        { "1000000000000000", 15, -1, 0 },              /* 16 digits */
+        { "18446744073709551615", 20, -1, 0 },          /* 20: over 19 */
+        { "9999999999999999999", 19, 0, 9999999999999999999ull },
+        { "", 15, -1, 0 },
+        { "-1", 15, -1, 0 },
+        { "+1", 15, -1, 0 },
+        { " 1", 15, -1, 0 },
+        { "1 ", 15, -1, 0 },
+        { "1e9", 15, -1, 0 },
+        { "not-a-time", 15, -1, 0 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        redisReply r = { .type = REDIS_REPLY_STRING, .str = (char *)cases[i].s,
+                         .len = strlen(cases[i].s) };
+        uint64_t v = 42;
+        assert_int_equal(redis_reply_u64(&r, cases[i].max, &v), cases[i].ok);
+        assert_true(v == (cases[i].ok == 0 ? cases[i].v : 42));
+    }
+    redisReply n = { .type = REDIS_REPLY_INTEGER, .integer = 5 };
+    uint64_t v = 42;
+    assert_int_equal(redis_reply_u64(&n, 15, &v), -1);
+    assert_int_equal(redis_reply_u64(NULL, 15, &v), -1);
+    assert_true(v == 42);
+    (void)state;
+}
+
 int
 main(void)
 {
@@ -171,6 +205,7 @@ main(void)
         cmocka_unit_test(test_byte_at_a_time),
         cmocka_unit_test(test_big_and_many),
         cmocka_unit_test(test_half_read_and_errors),
+        cmocka_unit_test(test_u64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

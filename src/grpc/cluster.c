@@ -260,19 +260,24 @@
  * one earlier in the batch), or the error of its first write (nothing of
  * it was written: with maxmemory reached, Redis refuses every write of a
  * script that has not written yet, so a batch is refused whole). The
- * listing gets one ZADD for the batch.
+ * listing gets one ZADD for the batch, and the duplicate check one EXISTS
+ * of all its ids (each id's own only when that finds one).
  */
 #define ACCEPT_FIELDS 14
 static const char script_accepts[] =
     LUA_SEQ_LOAD
     LUA_BATCH
     "local out, members, seen, prefix = {}, {}, {}, ARGV[3]\n"
+    /* one EXISTS for the batch; each item's own only if some id is known */
+    "local hks = {}\n"
+    "for o = 4, #ARGV, 14 do hks[#hks + 1] = prefix .. ARGV[o + 1] end\n"
+    "local known = #hks > 0 and redis.call('EXISTS', unpack(hks)) > 0\n"
     "for o = 4, #ARGV, 14 do\n"      /* ACCEPT_FIELDS */
     "  local u, id, k, b, s = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]\n"
     "  local m, t, q, w = ARGV[o + 5], ARGV[o + 6], ARGV[o + 7], ARGV[o + 8]\n"
     "  local p, ta, d, tp = ARGV[o + 9], ARGV[o + 10], ARGV[o + 11], ARGV[o + 12]\n"
-    "  local hk = prefix .. id\n"
-    "  if seen[id] or redis.call('EXISTS', hk) == 1 then\n"
+    "  local hk = hks[(o - 4) / 14 + 1]\n"
+    "  if seen[id] or (known and redis.call('EXISTS', hk) == 1) then\n"
     "    out[#out + 1] = 0\n"
     "  else\n"
     "    local r\n"

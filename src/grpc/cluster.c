@@ -2503,12 +2503,27 @@ on_due(redisAsyncContext *ac, void *reply, void *arg)
         prio_wake();        /* (the control stream's wake reaches the others) */
     else if (r->element[0]->integer > 0)
         cluster_pull();
-    long long next = -1;
-    if (r->element[2]->type == REDIS_REPLY_STRING)
-        next = strtoll(r->element[2]->str, NULL, 10);
-    else if (r->element[2]->type == REDIS_REPLY_INTEGER)
-        next = r->element[2]->integer;
-    arm_due(next >= 0 ? next : now + DUE_POLL_MS);
+    /* The earliest score left in {NAME}:delayed ("-1": none), a due time
+     * in unix ms; anything else (inf, 1e+20: written by hand) is never due:
+     * polled as usual, not read as 0 (at once, again and again). */
+    const redisReply *nx = r->element[2];
+    uint64_t next = 0;
+    if (nx->type == REDIS_REPLY_INTEGER && nx->integer >= 0) {
+        arm_due(nx->integer);
+    } else if (redis_reply_u64(nx, 15, &next) == 0) {
+        arm_due((int64_t)next);
+    } else {
+        static char warned[40];     /* the last score warned of: once each */
+        char score[40] = "(not a string)";
+        if (nx->type == REDIS_REPLY_STRING)
+            snprintf(score, sizeof score, "%.*s", (int)(nx->len < 32 ? nx->len : 32), nx->str);
+        if (strcmp(score, "-1") != 0 && strcmp(score, warned) != 0) {
+            log_warn("cluster: %s holds a member whose score %s is not a due time (unix ms): "
+                     "it never runs; remove it (ZREM)", cl.key_delayed, score);
+            snprintf(warned, sizeof warned, "%s", score);
+        }
+        arm_due(now + DUE_POLL_MS);
+    }
 }
 
 static void

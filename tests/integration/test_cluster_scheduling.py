@@ -422,3 +422,37 @@ def test_a_failed_pull_script_is_tried_again(redis, start_daemon):  # noqa: F811
     final = sub.wait_final([item["id"]], timeout=10)
     assert final[item["id"]].state == SUCCEEDED, final
     wait_for(lambda: lanes_empty(redis, name), 5, "the lanes gone from redis")
+
+
+def evalsha_calls(redis):
+    for line in redis.command("INFO", "commandstats").decode().splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+@pytest.mark.deadline(60)
+def test_a_delayed_entry_whose_score_is_no_time(redis, start_daemon):  # noqa: F811
+    """A member of {NAME}:delayed whose score is not a time in ms (inf,
+    1e+20: written by hand) is never due: the due script is run again at
+    its usual poll, not at once and again (it was: the score read as 0),
+    the instance says which key holds it, and delayed items run."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    tag = uuid.uuid4().hex[:8]
+    redis.command("ZADD", f"{{{name}}}:delayed", "inf", f"inf-{tag}")
+    a.wait_log(r"\{%s\}:delayed holds a member whose score inf" % name, timeout=10)
+    before = evalsha_calls(redis)
+    time.sleep(2)
+    assert evalsha_calls(redis) - before < 50, "the due script runs in a loop"
+    redis.command("ZREM", f"{{{name}}}:delayed", f"inf-{tag}")
+    redis.command("ZADD", f"{{{name}}}:delayed", "1e20", f"big-{tag}")
+    a.wait_log(r"\{%s\}:delayed holds a member whose score 1e\+20" % name, timeout=10)
+    before = evalsha_calls(redis)
+    time.sleep(2)
+    assert evalsha_calls(redis) - before < 50, "the due script runs in a loop"
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    item = {"id": f"d-{tag}", "kind": "echo", "payload": b"d", "delay_ms": 300}
+    assert a.client().submit([item]).accepted == 1
+    assert sub.wait_final([item["id"]], timeout=10)[item["id"]].state == SUCCEEDED
+    assert a.grpc_pid() is not None

@@ -2707,14 +2707,24 @@ is_letter(const redisReply *r, char c)
  * update: script_cancel, script_retry; a batch: the accepts and the
  * updates).
  */
-static void
+static int
 deliver_entry(const redisReply *entry)
 {
     if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 2 ||
         entry->element[0]->type != REDIS_REPLY_STRING)
-        return;
+        return 0;
     const redisReply *fields = entry->element[1], *id = entry->element[0];
     uint64_t last = id_number(id->str, id->len);
+    if (last == 0) {
+        /* Read from 0-SEQ, it would come back with every read; and every
+         * update written after it (0-SEQ) fails: the session waits. */
+        session_fail("%s has an entry %.*s that no instance wrote (not 0-SEQ), after which no "
+                     "update can be added: XDEL it, then XSETID %s 0-SEQ (SEQ: GET %s)",
+                     cl.key_updates, (int)(id->len < 40 ? id->len : 40), id->str,
+                     cl.key_updates, cl.key_seq);
+        cl.backoff_ms = BACKOFF_MAX_MS;     /* (a session came up) until someone removes it */
+        return -1;
+    }
     struct entry_update e = { 0 };
     if (fields->type != REDIS_REPLY_ARRAY || fields->elements < 2 ||
         !is_letter(fields->element[0], 'U')) {
@@ -2724,14 +2734,14 @@ deliver_entry(const redisReply *entry)
                                    .state = state_of(field(fields, "s")),
                                    .p = field(fields, "p"), .d = field(fields, "d") };
         deliver_update(last, &e, id);
-        return;
+        return 0;
     }
     uint64_t n = 0;
     for (size_t j = 0; j + 1 < fields->elements; j += 2)
         n += is_letter(fields->element[j], 'U');
     if (n > last) {             /* no seq for them all: no update of ours */
         deliver_update(last, &e, id);
-        return;
+        return 0;
     }
     uint64_t seq = last - n + 1;
     int have = 0;
@@ -2757,6 +2767,7 @@ deliver_entry(const redisReply *entry)
     }
     if (have)
         deliver_update(seq, &e, id);
+    return 0;
 }
 
 /* ---- cancel requests (the control stream) ---------------------------------- */
@@ -2884,7 +2895,8 @@ on_updates(redisAsyncContext *ac, void *reply, void *arg)
         }
         n = entries->elements;
         for (size_t i = 0; i < n; i++)
-            deliver_entry(entries->element[i]);
+            if (deliver_entry(entries->element[i]) == -1)
+                return;
     }
     if (cl.last_seq > 0)
         report_seq();

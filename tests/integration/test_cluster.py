@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import uuid
 
 import grpc
@@ -651,6 +652,42 @@ def test_redis_unreachable_then_back(redis, start_daemon):
     # Redis came back empty; seq still goes on from where it was.
     assert final.seq > seq_before, \
         f"seq went back after Redis restarted empty: {final.seq} after {seq_before}"
+
+
+def command_calls(redis, command):
+    for line in redis.command("INFO", "commandstats").decode().splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+@pytest.mark.deadline(60)
+def test_an_update_entry_no_instance_wrote(redis, start_daemon):
+    """An entry of {NAME}:updates whose ID is not 0-SEQ (an XADD by hand
+    with *) is no update, and no update can be added after it (every
+    instance writes 0-SEQ): the instance says so, naming the key, the entry
+    and what to do, and waits for it like for an unreachable Redis, instead
+    of reading the entry again and again (it did: XREAD from 0-SEQ returned
+    it each time, logged each time); it serves again once it is removed."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    c = a.client()
+    key = f"{{{name}}}:updates"
+    bad = redis.command("XADD", key, "*", "x", "y").decode()
+    a.wait_log(r"%s has an entry %s that no instance wrote" % (re.escape(key), bad),
+               timeout=10)
+    before = command_calls(redis, "xread")
+    time.sleep(2)
+    assert command_calls(redis, "xread") - before < 50, "the update stream is read in a loop"
+    assert len(re.findall("that no instance wrote", a.log_text())) < 10, a.log_tail()
+    assert c.health() == NOT_SERVING
+    redis.command("XDEL", key, bad)
+    redis.command("XSETID", key, f"0-{int(redis.command('GET', f'{{{name}}}:seq'))}")
+    wait_for(lambda: c.health() == SERVING, 20, "grpc health SERVING again")
+    sub = c.subscribe(sync=True, name="after")
+    item = {"id": f"t5-entry-{uuid.uuid4().hex[:8]}", "kind": "echo", "payload": b"x"}
+    assert c.submit_retrying([item], timeout=15).accepted == 1
+    assert sub.wait_final([item["id"]], timeout=10)[item["id"]].state == SUCCEEDED
 
 
 # --------------------------------------------------------------------------

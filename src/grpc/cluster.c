@@ -3117,6 +3117,10 @@ on_setup(redisAsyncContext *ac, void *reply, void *arg)
         }
     } else if (which == SCRIPT_COUNT + 1) {
         uint64_t origin = 0;
+        if (r->type == REDIS_REPLY_ERROR) {     /* WRONGTYPE: not 0, as if none */
+            session_fail("GET %s failed: %.200s", cl.key_origin, r->str);
+            return;
+        }
         if (r->type == REDIS_REPLY_STRING && redis_reply_u64(r, 19, &origin) == -1) {
             session_fail("%s is not a number: %.40s", cl.key_origin, r->str);
             return;

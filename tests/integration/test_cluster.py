@@ -690,6 +690,20 @@ def test_an_update_entry_no_instance_wrote(redis, start_daemon):
     assert sub.wait_final([item["id"]], timeout=10)[item["id"]].state == SUCCEEDED
 
 
+@pytest.mark.deadline(60)
+def test_an_origin_key_of_the_wrong_type(redis, start_daemon):
+    """{NAME}:origin that is not a string (WRONGTYPE) is not taken for no
+    origin (0): the instance says which key, serves nothing until it is
+    fixed, and then serves."""
+    name = cluster_name()
+    redis.command("HSET", f"{{{name}}}:origin", "x", "1")
+    a = start_daemon(cluster_config(redis, name), name="a")
+    a.wait_log(r"GET \{%s\}:origin failed: WRONGTYPE" % name, timeout=10)
+    assert a.client().health() == NOT_SERVING
+    redis.command("DEL", f"{{{name}}}:origin")
+    wait_serving(a)
+
+
 # --------------------------------------------------------------------------
 # 5b. the Redis layout
 # --------------------------------------------------------------------------

@@ -669,3 +669,31 @@ def test_a_leftover_latest_update_is_no_new_item(redis, start_daemon):  # noqa: 
     assert got[trigger].state == SUCCEEDED, got[trigger]
     for item_id in (delayed, prio, plain, trigger):
         assert redis.command("EXISTS", f"{{{name}}}:item:{item_id}") == 1, item_id
+
+
+@pytest.mark.deadline(60)
+def test_an_item_hash_whose_seq_is_no_number(redis, start_daemon):  # noqa: F811
+    """An item's hash whose q (its QUEUED update's seq) is not a number
+    (written by hand) is read as if q were not there: its latest update in
+    {NAME}:latest is its own. It stopped every script that read it (latest()
+    compared nil with a number): getItems of it and every listing across it
+    failed, and so did the update scripts while it was the oldest retained
+    final (their trim reads it: "publishing a final update failed")."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a",
+                       overrides={"items": {"retention": {"count": 3}}})
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    bad = {"id": f"nq-{tag}-bad", "kind": "echo", "payload": b"b"}
+    assert a.client().submit([bad]).accepted == 1
+    sub.wait_final([bad["id"]], timeout=10)
+    redis.command("HSET", f"{{{name}}}:item:{bad['id']}", "q", "not a seq")
+    got = get(a.client(), [bad["id"]], with_results=True)
+    assert (got.items[0].state, got.items[0].result) == (SUCCEEDED, b"b"), got
+    assert bad["id"] in [m.id for m in get(a.client()).items]
+    # the next finals push it out of the retention (count 3): the trim reads it
+    items = [{"id": f"nq-{tag}-{i}", "kind": "echo", "payload": b"p"} for i in range(5)]
+    assert a.client().submit(items).accepted == 5
+    finals = sub.wait_final([it["id"] for it in items], timeout=10)
+    assert all(u.state == SUCCEEDED for u in finals.values()), finals
+    assert "failed" not in a.log_text(), a.log_tail()

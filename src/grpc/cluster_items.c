@@ -177,6 +177,23 @@ reply_u64(const redisReply *r)
     return redis_reply_u64(r, 19, &v) == 0 ? v : 0;
 }
 
+/* A priority as the accept script wrote it (-?digits, an int32), else 0:
+ * a hash edited by hand shows priority 0, not a number's prefix. */
+static int32_t
+reply_priority(const redisReply *r)
+{
+    uint64_t v = 0;
+    if (r == NULL || r->type != REDIS_REPLY_STRING || r->len < 1)
+        return 0;
+    int neg = r->str[0] == '-';
+    redisReply digits = { .type = REDIS_REPLY_STRING, .str = r->str + neg,
+                          .len = r->len - (size_t)neg };
+    if (redis_reply_u64(&digits, 10, &v) == -1 || v > (neg ? UINT64_C(2147483648)
+                                                          : UINT64_C(2147483647)))
+        return 0;
+    return neg ? (int32_t)(-(int64_t)v) : (int32_t)v;
+}
+
 static wire_update *
 reply_update(const redisReply *r)
 {
@@ -206,12 +223,7 @@ fill_item(wire_known_item *m, const char *id, size_t id_len, const redisReply *c
     m->state = (Com__Agrounds__Dosomething__V1__State)reply_u64(f[2]);
     m->max_attempts = (uint32_t)reply_u64(f[3]);
     m->last_seq = reply_u64(f[4]);
-    if (f[8] != NULL && f[8]->type == REDIS_REPLY_STRING && f[8]->len < 16) {
-        char p[16];
-        memcpy(p, f[8]->str, f[8]->len);
-        p[f[8]->len] = '\0';
-        m->priority = (int32_t)strtol(p, NULL, 10);
-    }
+    m->priority = reply_priority(f[8]);
     m->accepted_unix_nano = (int64_t)reply_u64(f[5]);
     m->started_unix_nano = (int64_t)reply_u64(f[6]);
     if (f[9] != NULL && f[9]->type == REDIS_REPLY_STRING && f[9]->len > 0) {
@@ -880,14 +892,18 @@ act_on(struct act_slot *slot, const redisReply *const *f)
                                  ask->q.reason != NULL ? ask->q.reason : "cancelled by a client",
                                  on_act_script, slot);
     } else {
-        if ((state != STATE_FAILED && state != STATE_CANCELLED) || f[5] == NULL ||
-            f[5]->type != REDIS_REPLY_STRING) {
+        if (state != STATE_FAILED && state != STATE_CANCELLED) {
             ask->skipped++;
             return;
         }
-        struct item *item = store_item_again(id, batch, kind, (const uint8_t *)f[5]->str,
-                                             f[5]->len);
+        struct item *item = NULL;
+        if (f[5] != NULL && f[5]->type == REDIS_REPLY_STRING)
+            item = store_item_again(id, batch, kind, (const uint8_t *)f[5]->str, f[5]->len);
         if (item == NULL) {
+            /* Every FAILED or CANCELLED item keeps its WorkItem: this one's
+             * hash was edited or lost it. */
+            log_warn("cluster: retry of item \"%s\" skipped: %s%s has no WorkItem (w) that "
+                     "decodes", id, cluster_item_prefix(), id);
             ask->skipped++;
             return;
         }

@@ -336,18 +336,38 @@ watch_lost(const char *why)
                           ? WATCH_BACKOFF_MAX_MS : sn.watch_backoff_ms * 2;
 }
 
+/* A port as a sentinel writes it (1 to 5 digits, 1..65535), or -1. */
+static int
+port_of(const char *s)
+{
+    int port = 0;
+    size_t n = strlen(s);
+    if (n == 0 || n > 5)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        port = port * 10 + (s[i] - '0');
+    }
+    return port >= 1 && port <= 65535 ? port : -1;
+}
+
 /* "MASTER OLDIP OLDPORT NEWIP NEWPORT" */
 static void
 switch_message(const char *s, size_t len)
 {
-    char buf[600], name[128], old_host[256], new_host[256];
-    int old_port, new_port;
+    char buf[600], name[128], old_host[256], new_host[256], old_p[8], new_p[8];
+    int old_port = -1, new_port = -1;
     if (len >= sizeof buf)
         return;
     memcpy(buf, s, len);
     buf[len] = '\0';
-    if (sscanf(buf, "%127s %255s %d %255s %d", name, old_host, &old_port, new_host,
-               &new_port) != 5 || new_port < 1 || new_port > 65535) {
+    if (sscanf(buf, "%127s %255s %7s %255s %7s", name, old_host, old_p, new_host,
+               new_p) == 5) {
+        old_port = port_of(old_p);
+        new_port = port_of(new_p);
+    }
+    if (new_port == -1) {
         log_warn("cluster: sentinel %s:%d sent a +switch-master that does not parse: %.200s",
                  sn.list[sn.watch_at].host, sn.list[sn.watch_at].port, buf);
         return;

@@ -697,3 +697,36 @@ def test_an_item_hash_whose_seq_is_no_number(redis, start_daemon):  # noqa: F811
     finals = sub.wait_final([it["id"] for it in items], timeout=10)
     assert all(u.state == SUCCEEDED for u in finals.values()), finals
     assert "failed" not in a.log_text(), a.log_tail()
+
+
+@pytest.mark.deadline(60)
+def test_an_item_hash_with_a_bad_priority_or_no_workitem(redis, start_daemon):  # noqa: F811
+    """A priority edited by hand into something that is not an int32 shows
+    as 0 in getItems (it showed the number's prefix: "12abc" as 12, 11
+    digits wrapped); a CANCELLED item whose WorkItem was removed from its
+    hash is skipped by retry with a warning naming the item and its key
+    (it was skipped in silence), and the other items of the call requeue."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    tag = uuid.uuid4().hex[:8]
+    ok = {"id": f"bp-{tag}-ok", "kind": "echo", "payload": b"x", "priority": -7}
+    assert a.client().submit([ok]).accepted == 1
+    assert get(a.client(), [ok["id"]], wait=True, timeout=10).items[0].priority == -7
+    key = f"{{{name}}}:item:{ok['id']}"
+    for bad in ("12abc", "99999999999", "+5", " 5", "-", "2147483648"):
+        redis.command("HSET", key, "p", bad)
+        assert get(a.client(), [ok["id"]]).items[0].priority == 0, bad
+    redis.command("HSET", key, "p", "-2147483648")
+    assert get(a.client(), [ok["id"]]).items[0].priority == -2147483648
+    # Two sleeping items cancelled; one loses its WorkItem by hand.
+    c = [{"id": f"bp-{tag}-c{i}", "kind": "sleep", "params": {"ms": "30000"}} for i in range(2)]
+    assert a.client().submit(c).accepted == 2
+    assert cancel(a.client(), [x["id"] for x in c]).cancelled == 2
+    got = get(a.client(), [x["id"] for x in c], wait=True, timeout=15).items
+    assert [m.state for m in got] == [CANCELLED, CANCELLED], got
+    redis.command("HDEL", f"{{{name}}}:item:{c[0]['id']}", "w")
+    reply = retry(a.client(), [x["id"] for x in c])
+    assert (reply.requeued, reply.not_retryable) == (1, 1), reply
+    a.wait_log(rf'retry of item "{c[0]["id"]}" skipped: \{{{name}\}}:item:{c[0]["id"]} has no '
+               r"WorkItem \(w\) that decodes")
+    assert cancel(a.client(), [c[1]["id"]]).cancelled == 1

@@ -33,7 +33,7 @@ has the numbers.
 import sys
 import time
 
-from cluster_scripts import Conn, N, B, REDIS, measure  # noqa: F401
+from cluster_scripts import N, B, measure, redis_server
 
 ACCEPT = r"""
 local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -194,24 +194,8 @@ def measure_chunks(r, chunk, floor=False):
 
 
 def main():
-    import shutil
-    import socket
-    import subprocess
-    import tempfile
     chunks = [int(a) for a in sys.argv[1:]] or [64, 512]
-    d = tempfile.mkdtemp(prefix="cluster-chunks-")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", d], stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                r = Conn(port)
-                break
-            except OSError:
-                time.sleep(0.05)
+    with redis_server() as r:
         print("µs of Redis CPU per item: accept, xreadgroup, final, total")
         rounds = {}
         for _ in range(5):
@@ -226,10 +210,6 @@ def main():
         for name, vs in rounds.items():
             m = [min(v[i] for v in vs) for i in range(4)]
             print(f"{name:28s} {m[0]:6.2f} {m[1]:6.2f} {m[2]:6.2f} {m[3]:6.2f}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

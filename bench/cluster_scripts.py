@@ -15,6 +15,7 @@ which then sends it with the final, as each tree's script takes it). INFO cpu
 (used_cpu_sys + used_cpu_user) before and after each step, divided by the
 items. Three rounds per file, interleaved; docs/scaling.md has the numbers.
 """
+import contextlib
 import os
 import re
 import shutil
@@ -140,8 +141,10 @@ def measure(r, path):
     return [1e6 * (b - a) / it for a, b in ((c0, c1), (c1, c2), (c2, c3), (c0, c3))]
 
 
-def main():
-    paths = sys.argv[1:] or ["src/grpc/cluster.c"]
+@contextlib.contextmanager
+def redis_server():
+    """A Conn to a fresh redis-server of its own (a free loopback port, a
+    temp dir, no persistence), killed and removed at the end."""
     d = tempfile.mkdtemp(prefix="cluster-scripts-")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,15 +158,21 @@ def main():
                 break
             except OSError:
                 time.sleep(0.05)
+        yield r
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main():
+    paths = sys.argv[1:] or ["src/grpc/cluster.c"]
+    with redis_server() as r:
         print("µs of Redis CPU per item: accept, xreadgroup, started+final, total")
         for _ in range(3):
             for p in paths:
                 a, x, u, t = measure(r, p)
                 print(f"{p}: {a:6.2f} {x:6.2f} {u:6.2f} {t:6.2f}", flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

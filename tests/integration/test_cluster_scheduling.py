@@ -194,6 +194,26 @@ def backoff_config(module, ms):
             "handlers": handlers(r={"module": str(module)})}
 
 
+def two_retrying(redis, start_daemon, module, backoff, item_id, edit=None):
+    """Instances a and b of a new cluster with BACKOFF_CONFIG(MODULE,
+    BACKOFF); ITEM_ID submitted to a until its first attempt ended
+    RETRYING; EDIT(name) then (a change by hand in Redis); then the
+    instance running it is killed. Returns (the other instance, the
+    killed one's worker pids, when it was killed in ns)."""
+    name = cluster_name()
+    config = backoff_config(module, backoff)
+    a = start_instance(start_daemon, redis, name, "a", overrides=config)
+    b = start_instance(start_daemon, redis, name, "b", overrides=config)
+    ups = submit_until_retrying(a, redis, name, item_id)
+    if edit is not None:
+        edit(name)
+    started = next(u for u in ups if u.state == STARTED)
+    holder, other = (a, b) if started.worker_pid in a.worker_pids() else (b, a)
+    assert started.worker_pid in holder.worker_pids(), (started, a.worker_pids(), b.worker_pids())
+    kill_everything(holder)
+    return other, time.time_ns()
+
+
 def submit_until_retrying(d, redis, name, item_id):
     """Submit ITEM_ID (kind r, asking for attempt 2) to D; its updates
     once its first attempt ended RETRYING."""
@@ -212,18 +232,9 @@ def test_a_retry_waiting_its_backoff_runs_elsewhere_when_its_holder_dies(  # noq
     for the due time the holder was waiting for (the item's hash keeps it:
     rd), instead of running at once; and it is the attempt the holder
     waited for (attempt 2, not a further one: it never started)."""
-    name = cluster_name()
     backoff = 8000
-    config = backoff_config(retry_module, backoff)
-    a = start_instance(start_daemon, redis, name, "a", overrides=config)
-    b = start_instance(start_daemon, redis, name, "b", overrides=config)
     item_id = f"backoff-{uuid.uuid4().hex[:8]}"
-    ups = submit_until_retrying(a, redis, name, item_id)
-    started = next(u for u in ups if u.state == STARTED)
-    holder, other = (a, b) if started.worker_pid in a.worker_pids() else (b, a)
-    assert started.worker_pid in holder.worker_pids(), (started, a.worker_pids(), b.worker_pids())
-    kill_everything(holder)
-    killed = time.time_ns()
+    other, killed = two_retrying(redis, start_daemon, retry_module, backoff, item_id)
     sub = other.client().subscribe(replay=True, item_ids=[item_id], name="sub")
     final = sub.wait_final([item_id], timeout=40)[item_id]
     assert final.state == SUCCEEDED, sub.states_of(item_id)
@@ -254,21 +265,16 @@ def test_a_takeover_does_not_wait_for_a_due_time_that_is_not_one(  # noqa: F811
     unix time in ms (1 to 15 digits). The instance taking it over runs it
     at once, as a takeover of a running item (one more attempt), instead
     of waiting for ever or failing the claim."""
-    name = cluster_name()
     backoff = 60000
-    config = backoff_config(retry_module, backoff)
-    a = start_instance(start_daemon, redis, name, "a", overrides=config)
-    b = start_instance(start_daemon, redis, name, "b", overrides=config)
     item_id = f"bad-rd-{uuid.uuid4().hex[:8]}"
-    key = f"{{{name}}}:item:{item_id}"
-    ups = submit_until_retrying(a, redis, name, item_id)
-    if rd is None:
-        redis.command("HDEL", key, "rd")
-    else:
-        redis.command("HSET", key, "rd", rd)
-    started = next(u for u in ups if u.state == STARTED)
-    holder, other = (a, b) if started.worker_pid in a.worker_pids() else (b, a)
-    kill_everything(holder)
+
+    def edit(name):
+        key = f"{{{name}}}:item:{item_id}"
+        if rd is None:
+            redis.command("HDEL", key, "rd")
+        else:
+            redis.command("HSET", key, "rd", rd)
+    other, _ = two_retrying(redis, start_daemon, retry_module, backoff, item_id, edit)
     sub = other.client().subscribe(replay=True, item_ids=[item_id], name="sub")
     final = sub.wait_final([item_id], timeout=40)[item_id]
     assert final.state == SUCCEEDED, sub.states_of(item_id)

@@ -1619,8 +1619,8 @@ cluster_final(struct item *item, const struct outcome *o)
     size_t len, s0_len = 0;
     uint8_t *s0 = take_folded_started(item, o->worker_pid, &s0_len);
     uint8_t *encoded = updates_encode(item, o, &len);
-    if (send_update(item, 'f', item->attempt, o->state, encoded, len, ts, s0, s0_len, on_final,
-                    op) == -1) {
+    if (send_update(item, 'f', item->attempt + item->claimed_past_max, o->state, encoded, len,
+                    ts, s0, s0_len, on_final, op) == -1) {
         char id[300], trace[80];
         log_warn("cluster: item \"%s\" finished while redis is unreachable; another instance "
                  "runs it again after the lease%s", utf8_escape(id, sizeof id, item->id),
@@ -2042,6 +2042,11 @@ take_entry(const redisReply *entry, uint32_t deliveries, const struct claim *cla
         if (!store_may_retry(item, deliveries - 1)) {
             snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, deliveries - 1,
                      max_attempts);
+            /* The FAILED is of the attempt that stopped, as its error says
+             * (not of one past max_attempts that never ran); the final
+             * script still checks the entry's delivery count. */
+            item->attempt = deliveries - 1;
+            item->claimed_past_max = 1;
             store_fail(item, error);
             return 0;
         }

@@ -56,6 +56,8 @@ struct item {
     uint8_t cancelling;         /* its worker was asked to stop it: it ends CANCELLED */
     uint8_t gate_slot;          /* counted as running by its kind's limit (kind_gate.c) */
     uint8_t started_unsent;     /* cluster: this attempt's STARTED went with its next update */
+    uint8_t claimed_past_max;   /* cluster: taken over past max_attempts: its entry's delivery
+                                 * count is attempt + 1 (its FAILED names the last attempt) */
     int32_t priority;           /* WorkItem.priority: higher runs first */
     char data[];
 };

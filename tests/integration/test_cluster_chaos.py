@@ -1,0 +1,438 @@
+"""
+Chaos in cluster mode (docs/scaling.md, "Cluster mode" and "What it
+guarantees"): three instances on one Redis, one cluster name, lease 1 s,
+2 workers each, under a steady load of ~3000 items, while
+
+- one instance is SIGKILLed with all its processes (kill_everything) and a
+  new one with the same cluster name is started in its place;
+- the grpc process of another is SIGSTOPped for 4 lease times, then
+  SIGCONTed: the items it held are taken over by the others, and the
+  updates it sends when it wakes (its workers ran on) are dropped;
+- a third is reloaded (SIGHUP, with workers.count 2 -> 3).
+
+The load: doSomething streams of 10 to 60 items, each to an instance drawn
+at random, every item with a client-chosen id: quick echo items, sleep
+items of a few ms, some prioritized, some delayed, some of the retry test
+module that ask for another attempt and then succeed, and some designed to
+fail (an error at once, or asking for more attempts than they may have).
+A call that fails (UNAVAILABLE, its stream broken by the kill, or its
+deadline passed on the stopped instance) is resent, same ids, to another
+instance: what Redis already took counts as duplicates, the rest is
+accepted.
+
+Afterwards a subscriber replaying from seq 0 on a surviving instance must
+see, for every id ever accepted, exactly one QUEUED and exactly one final
+update (SUCCEEDED; FAILED only for the items designed to fail), nothing
+after it, seqs strictly increasing; getItems on another surviving instance
+agrees with that final; the replies of the calls add up; and no process
+died that the test did not kill, nothing in the logs says crash, assert or
+sanitizer.
+
+DS_CHAOS_SEED=N replays the same load and choice of instances (the timing
+is the daemon's own).
+"""
+import collections
+import os
+import random
+import re
+import signal
+import threading
+import time
+
+import grpc
+import conftest
+import pytest
+
+from conftest import (CANCELLED, FAILED, FINAL_STATES, QUEUED, RETRYING, SUCCEEDED, deep_merge,
+                      free_port, is_probe, state_name)
+from test_cluster import (cluster_name, cluster_status, kill_everything, redis,  # noqa: F401
+                          start_instance, wait_work_empty)
+from test_cluster_scheduling import retry_module  # noqa: F401
+
+LEASE = "1s"
+LEASE_S = 1.0
+ITEMS = 3000
+PRODUCERS = 3
+RATE = 100                  # items per second each producer sends
+MAX_ATTEMPTS = 8            # takeovers cost attempts too: the items meant to succeed must
+CALL_TIMEOUT = 2            # seconds: a call to the stopped instance ends DEADLINE_EXCEEDED
+RESEND_FOR = 30             # seconds a batch may take to be resent until some instance takes it
+STOP_FOR = 4.0              # seconds the grpc process is stopped (4 leases)
+DRAIN_TIMEOUT = 30
+RESENDABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+              grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+
+# Lines a healthy instance never logs; and the master's line for a child's
+# death (as in test_chaos.py).
+CRASH = re.compile(r".*(crash|assert|ASan|AddressSanitizer|LeakSanitizer|sanitizer|"
+                   r"runtime error:|SIGSEGV|SIGABRT|core dumped).*", re.IGNORECASE)
+DEATH = re.compile(r"(?P<role>worker|grpc process)(?: \d+)? \(pid (?P<pid>\d+)\) "
+                   r"(?:killed by signal (?P<signal>\d+)|exited with status (?P<status>\d+)).*")
+
+
+def config(module, workers=2):
+    return {"workers": {"count": workers},
+            "queue": {"max_attempts": MAX_ATTEMPTS,
+                      "retry_backoff": {"min": "20ms", "max": "100ms"}},
+            "handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                         "sleep": {"builtin": "sleep"}, "r": {"module": str(module)}},
+            "respawn": {"crash_limit": 100}}
+
+
+def make_items(rng, tag, n):
+    """N items, and {id: 'succeed' | 'fail'}: what each is meant to end as."""
+    items, meant = [], {}
+    for i in range(n):
+        item_id = f"{tag}-{i}"
+        r = rng.random()
+        it = {"id": item_id}
+        if r < 0.45:
+            it.update(kind="echo", payload=f"echo {item_id}".encode())
+        elif r < 0.76:
+            it.update(kind="sleep", params={"ms": str(rng.randint(2, 8))})
+        elif r < 0.80:          # long enough to be running at a kill or a stop
+            it.update(kind="sleep", params={"ms": str(rng.randint(100, 300))})
+        elif r < 0.88:          # asks for a second attempt, then succeeds
+            it.update(kind="r", payload=b"r", params={"retry_until": "2"})
+        elif r < 0.94:          # fails at once
+            it.update(kind="r", params={"error": "meant to fail"})
+            meant[item_id] = "fail"
+        else:                   # asks for more attempts than it may have
+            it.update(kind="r", params={"retry_until": "100"}, max_attempts=2)
+            meant[item_id] = "fail"
+        meant.setdefault(item_id, "succeed")
+        if rng.random() < 0.15:
+            it["priority"] = rng.choice([-3, -1, 1, 2, 5, 100])
+        if rng.random() < 0.10:
+            it["delay_ms"] = rng.randint(1, 300)
+        items.append(it)
+    return items, meant
+
+
+class Producer:
+    """Submits the items in streams to random live instances; resends a
+    failed call with the same ids to another instance until one answers."""
+
+    def __init__(self, rng, items, pick):
+        self.rng = rng
+        self.items = items
+        self.pick = pick                # (exclude) -> a Daemon
+        self.replies = []               # (ids, reply, instance name, resend number)
+        self.failures = collections.Counter()   # status code -> calls that failed
+        self.resends = 0
+        self.clients = {}               # instance name -> its Client (one channel each)
+        self.error = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="producer", daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def _run(self):
+        try:
+            pos = 0
+            while pos < len(self.items):
+                n = self.rng.randint(10, 60)
+                self._send(self.items[pos:pos + n])
+                pos += n
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            self.error = e
+        finally:
+            self.done.set()
+
+    def _stream(self, batch):
+        """The items of a call, paced at RATE per producer: the streams are
+        open most of the time, so a kill or a stop catches some half sent."""
+        t0 = time.monotonic()
+        for n, it in enumerate(batch):
+            time.sleep(max(0.0, t0 + n / RATE - time.monotonic()))
+            yield it
+
+    def _send(self, batch):
+        deadline = time.monotonic() + RESEND_FOR
+        last = None
+        tries = 0
+        while True:
+            d = self.pick(exclude=last)
+            try:
+                if d.name not in self.clients:
+                    self.clients[d.name] = d.client()
+                reply = self.clients[d.name].submit(self._stream(batch), timeout=CALL_TIMEOUT)
+                self.replies.append(([it["id"] for it in batch], reply, d.name, tries))
+                return
+            except grpc.RpcError as e:
+                code = e.code()
+                self.failures[(d.name, str(code))] += 1
+                if code not in RESENDABLE or time.monotonic() > deadline:
+                    raise AssertionError(f"submit to {d.name} failed with {code}: "
+                                         f"{e.details()}") from None
+            last = d
+            tries += 1
+            self.resends += 1
+            time.sleep(0.05)
+
+
+def unexpected_deaths(d, killed):
+    """The master's death lines of D that the test did not cause: a pid
+    we SIGKILLed, a worker retired by the reload (status 0)."""
+    out = []
+    for m in DEATH.finditer(d.log_text()):
+        if m.group("status") == "0" and m.group("role") == "worker":
+            continue
+        if m.group("signal") == "9" and int(m.group("pid")) in killed:
+            continue
+        out.append(f"{d.name}: {m.group(0)}")
+    return out
+
+
+@pytest.mark.deadline(150)
+def test_cluster_survives_kill_stop_and_reload_under_load(redis, start_daemon,  # noqa: F811
+                                                         retry_module, capsys):  # noqa: F811
+    seed = int(os.environ.get("DS_CHAOS_SEED") or random.SystemRandom().randrange(1 << 32))
+    rng = random.Random(seed)
+    with capsys.disabled():
+        print(f"\n[cluster chaos] seed {seed} (DS_CHAOS_SEED={seed} replays the load)")
+    name = cluster_name()
+    conf = config(retry_module)
+    status = {}                         # instance name -> its status page's address
+
+    def start(n):
+        status[n] = f"127.0.0.1:{free_port()}"
+        return start_instance(start_daemon, redis, name, n, lease=LEASE,
+                              overrides=deep_merge(conf, {"status": {"listen": status[n]}}))
+    instances = {n: start(n) for n in ("a", "b", "c")}
+    live = dict(instances)              # the ones the producer may pick
+    lock = threading.Lock()
+    pick_rng = random.Random(rng.random())
+
+    def pick(exclude=None):
+        with lock:
+            choice = [d for d in live.values() if d is not exclude] or list(live.values())
+            return pick_rng.choice(choice)
+
+    items, meant = make_items(random.Random(rng.random()), f"cc-{name}", ITEMS)
+    by_id = {it["id"]: it for it in items}
+    share = -(-len(items) // PRODUCERS)
+    producers = [Producer(random.Random(rng.random()), items[k:k + share], pick).start()
+                 for k in range(0, len(items), share)]
+    killed = set()
+    actions = []
+    t0 = time.monotonic()
+
+    def act(what):
+        actions.append(f"{time.monotonic() - t0:.1f}s {what}")
+
+    # 1. SIGKILL a (all its processes), start d in its place.
+    time.sleep(1.5)
+    a = instances["a"]
+    with lock:
+        del live["a"]
+    a_pids = [p for p in [a.grpc_pid(), a.master_pid] + a.worker_pids() if p is not None]
+    killed.update(a_pids)
+    kill_everything(a)
+    act(f"killed a {a_pids}")
+    d = start("d")
+    instances["d"] = d
+    with lock:
+        live["d"] = d
+    act("started d")
+
+    # 2. SIGSTOP b's grpc process for 3.5 leases; 3. reload c meanwhile.
+    b, c = instances["b"], instances["c"]
+    b_grpc = b.grpc_pid()
+    assert b_grpc is not None, b.children()
+    os.kill(b_grpc, signal.SIGSTOP)
+    act(f"stopped b's grpc process {b_grpc}")
+    try:
+        time.sleep(1.0)
+        c.write_config(deep_merge(c.config, {"workers": {"count": 3}}))
+        c.send_signal(signal.SIGHUP)
+        act("reloaded c (workers 3)")
+        time.sleep(STOP_FOR - 1.0)
+    finally:
+        os.kill(b_grpc, signal.SIGCONT)
+    act(f"continued b's grpc process {b_grpc}")
+
+    for p in producers:
+        p.done.wait(timeout=max(0.1, t0 + 60 - time.monotonic()))
+    assert all(p.done.is_set() for p in producers), \
+        f"the producers did not finish in 60 s; actions {actions}"
+    act("producers done")
+    context = f"seed {seed}; actions {actions}"
+    errors = [p.error for p in producers if p.error is not None]
+    assert not errors, f"producer: {errors}; {context}"
+    replies = [r for p in producers for r in p.replies]
+    failures = sum((p.failures for p in producers), collections.Counter())
+    resends = sum(p.resends for p in producers)
+
+    # ---- the replies add up --------------------------------------------------
+    submitted = set()
+    accepted_total = 0
+    rejections = []
+    for ids, reply, inst, tries in replies:
+        submitted.update(ids)
+        accepted_total += reply.accepted
+        assert reply.accepted + reply.duplicates + reply.rejected == len(ids), \
+            f"{inst}: a reply that does not add up for {len(ids)} items: {reply}; {context}"
+        if tries == 0:
+            assert reply.duplicates == 0, \
+                f"{inst}: {reply.duplicates} duplicates in a first send of new ids: " \
+                f"{ids[:3]}...; {context}"
+        rejections += [(inst, r.id, r.reason) for r in reply.rejections]
+    assert submitted == set(by_id), f"{len(set(by_id) - submitted)} items never sent; {context}"
+    assert not rejections, f"items rejected: {rejections[:5]}; {context}"
+
+    # ---- replay on a survivor: one QUEUED and one final per item -----------------
+    survivors = [c, d, b]
+    sub = survivors[0].client().subscribe(replay=True, name="replay-c")
+    try:
+        sub.wait_final(submitted, timeout=DRAIN_TIMEOUT)
+    except AssertionError as e:
+        missing = sorted(submitted - set(sub.final))[:10]
+        raise AssertionError(f"{e}; e.g. {[(i, sub.states_of(i)) for i in missing[:5]]}; "
+                             f"{context}") from None
+    wait_work_empty(redis, name, timeout=10)
+    time.sleep(2 * LEASE_S)             # any late (stale) update has time to show up
+    sub.assert_seq_increasing()
+    ups = sub.snapshot()
+    seen = {u.item_id for u in ups}
+    unknown = sorted(i for i in seen - submitted if not is_probe(i))
+    assert not unknown, f"updates of items never submitted: {unknown[:5]}; {context}"
+
+    per_id = collections.defaultdict(list)
+    for u in ups:
+        per_id[u.item_id].append(u)
+    two_queued, two_finals, after_final, wrong_end, wrong_result = [], [], [], [], []
+    bad_attempts = []
+    for item_id in sorted(seen):
+        lst = per_id[item_id]
+        states = [u.state for u in lst]
+        if states.count(QUEUED) != 1:
+            two_queued.append((item_id, [state_name(s) for s in states]))
+        finals = [n for n, s in enumerate(states) if s in FINAL_STATES]
+        if len(finals) != 1:
+            two_finals.append((item_id, [(u.seq, state_name(u.state), u.attempt, u.worker_pid)
+                                         for u in lst]))
+        elif finals[0] != len(lst) - 1:
+            after_final.append((item_id, [state_name(s) for s in states]))
+        if is_probe(item_id) or not finals:
+            continue
+        # attempts never go back, and never past the item's max_attempts
+        attempts = [u.attempt for u in lst if u.state != QUEUED]
+        cap = by_id[item_id].get("max_attempts", MAX_ATTEMPTS)
+        if attempts != sorted(attempts) or (attempts and not 1 <= attempts[-1] <= cap):
+            bad_attempts.append((item_id, [(state_name(u.state), u.attempt) for u in lst]))
+        final = lst[finals[-1]]
+        want = SUCCEEDED if meant[item_id] == "succeed" else FAILED
+        if final.state != want:
+            wrong_end.append((item_id, state_name(final.state), final.attempt, final.error,
+                              [state_name(s) for s in states]))
+        elif final.state == SUCCEEDED and by_id[item_id].get("kind") == "echo" \
+                and final.result != by_id[item_id]["payload"]:
+            wrong_result.append((item_id, final.result[:40]))
+
+    accepted_ids = {i for i in seen if not is_probe(i)}
+    # Every item was sent until some call answered for it: accepted there,
+    # or a duplicate of what an earlier (failed) call got into Redis.
+    assert accepted_ids == submitted, \
+        f"{len(submitted - accepted_ids)} items answered for but never QUEUED: " \
+        f"{sorted(submitted - accepted_ids)[:5]}; {context}"
+    assert accepted_total <= len(submitted), (accepted_total, len(submitted))
+
+    counters = {inst.name: {k: v for k, v in cluster_status(status[inst.name]).items()
+                            if k in ("claimed", "superseded", "lost_updates", "reconnects")}
+                for inst in (b, c, d)}
+    retrying = [u for u in ups if u.state == RETRYING]
+    takeovers = [u for u in retrying if "stopped renewing" in u.error]
+    summary = (f"[cluster chaos] seed {seed}: items {len(submitted)}, calls "
+               f"{len(replies)}, resends {resends}, accepted by answered calls "
+               f"{accepted_total}, failed calls {dict(failures)}, updates {len(ups)}, "
+               f"RETRYING {len(retrying)} (takeovers {len(takeovers)}), "
+               f"FAILED {sum(1 for i in submitted if sub.final[i].state == FAILED)}, "
+               f"CANCELLED {sum(1 for i in submitted if sub.final[i].state == CANCELLED)}; "
+               f"cluster counters {counters}; "
+               f"actions {actions}")
+    with capsys.disabled():
+        print(summary)
+
+    assert not two_finals, f"{len(two_finals)} items without exactly one final: " \
+        f"{two_finals[:3]}; {context}"
+    assert not two_queued, f"{len(two_queued)} items without exactly one QUEUED: " \
+        f"{two_queued[:3]}; {context}"
+    assert not after_final, f"{len(after_final)} items with updates after their final: " \
+        f"{after_final[:3]}; {context}"
+    assert not wrong_end, f"{len(wrong_end)} items ended other than meant: " \
+        f"{wrong_end[:3]}; {context}"
+    assert not wrong_result, f"echo results wrong: {wrong_result[:3]}; {context}"
+    assert not bad_attempts, f"{len(bad_attempts)} items whose attempts go back or past " \
+        f"max_attempts: {bad_attempts[:3]}; {context}"
+    assert takeovers, f"no item was taken over from a and b: {summary}"
+    lost = {n: v["lost_updates"] for n, v in counters.items() if v.get("lost_updates")}
+    assert not lost, f"instances that lost updates: {lost}; {context}"
+
+    # ---- getItems on another survivor agrees with the final -------------------
+    gi = survivors[1].client()
+    disagree = []
+    ids = sorted(submitted)
+    for k in range(0, len(ids), 200):
+        reply = gi.get_items(ids[k:k + 200], with_results=True)
+        assert not reply.not_found, f"getItems does not know {list(reply.not_found)[:5]}; " \
+            f"{context}"
+        for it in reply.items:
+            f = sub.final[it.id]
+            got = (state_name(it.state), it.attempt, it.last_seq, it.error,
+                   it.result if it.state == SUCCEEDED else b"")
+            want = (state_name(f.state), f.attempt, f.seq, f.error,
+                    f.result if f.state == SUCCEEDED else b"")
+            if got != want:
+                disagree.append((it.id, got, want))
+    assert not disagree, f"{len(disagree)} items where getItems and the final disagree " \
+        f"(getItems, final): {disagree[:3]}; {context}"
+
+    # ---- nobody crashed --------------------------------------------------------
+    for inst in (b, c, d):
+        assert inst.proc.poll() is None, f"{inst.name}'s master exited with " \
+            f"{inst.proc.returncode}; {context}; log:\n{inst.log_tail()}"
+    crashes = [f"{inst.name}: {m.group(0)}" for inst in instances.values()
+               for m in CRASH.finditer(inst.log_text())]
+    assert not crashes, f"crash reports in the logs: {crashes[:5]}; {context}"
+    deaths = [x for inst in instances.values() for x in unexpected_deaths(inst, killed)]
+    assert not deaths, f"deaths the test did not cause: {deaths[:5]}; {context}"
+
+
+# ---- what the chaos found, each on its own ---------------------------------------
+
+@pytest.mark.deadline(60)
+def test_a_takeover_past_max_attempts_fails_the_last_attempt(redis, start_daemon):  # noqa: F811
+    """An item at its last attempt (max_attempts 1) is held by an instance
+    that stops renewing it (SIGKILL). The other one takes it over and ends
+    it FAILED: of attempt 1, the one that stopped, as its error says, not
+    of an attempt 2 past max_attempts that never ran (the chaos test saw
+    'FAILED' at attempt 3 of an item with max_attempts 2); getItems says
+    the same."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", lease=LEASE,
+                       overrides={"workers": {"prefetch": 1}})
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE)
+    item_id = f"last-{name}"
+    # whichever instance starts it is killed
+    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "20000"},
+                               "max_attempts": 1}]).accepted == 1
+    started = sub.wait_state(item_id, conftest.STARTED, timeout=10)
+    holder, other = (a, b) if started.worker_pid in a.worker_pids() else (b, a)
+    assert started.worker_pid in holder.worker_pids(), (started, a.worker_pids(), b.worker_pids())
+    kill_everything(holder)
+    watcher = sub if other is a else other.client().subscribe(replay=True, item_ids=[item_id],
+                                                               name="sub-b")
+    final = watcher.wait_final([item_id], timeout=20)[item_id]
+    assert final.state == FAILED, watcher.states_of(item_id)
+    assert "stopped renewing it" in final.error and final.error.endswith("(attempt 1 of 1)"), \
+        final.error
+    assert final.attempt == 1, \
+        f"FAILED at attempt {final.attempt} of an item with max_attempts 1: {final.error!r}"
+    got = other.client().get_items([item_id]).items[0]
+    assert (got.state, got.attempt, got.max_attempts, got.last_seq) == \
+        (FAILED, 1, 1, final.seq), got
+    wait_work_empty(redis, name)

@@ -73,7 +73,7 @@ DEATH = re.compile(r"(?P<role>worker|grpc process)(?: \d+)? \(pid (?P<pid>\d+)\)
 def config(module, workers=2):
     return {"workers": {"count": workers},
             "queue": {"max_attempts": MAX_ATTEMPTS,
-                      "retry_backoff": {"min": "20ms", "max": "100ms"}},
+                      "retry_backoff": {"min": "50ms", "max": "400ms"}},
             "handlers": {"default": "echo", "echo": {"builtin": "echo"},
                          "sleep": {"builtin": "sleep"}, "r": {"module": str(module)}},
             "respawn": {"crash_limit": 100}}
@@ -103,8 +103,11 @@ def make_items(rng, tag, n):
         meant.setdefault(item_id, "succeed")
         if rng.random() < 0.15:
             it["priority"] = rng.choice([-3, -1, 1, 2, 5, 100])
-        if rng.random() < 0.10:
+        r = rng.random()
+        if r < 0.10:
             it["delay_ms"] = rng.randint(1, 300)
+        elif r < 0.12:          # still waiting at the kill or the stop
+            it["delay_ms"] = rng.randint(500, 2000)
         items.append(it)
     return items, meant
 
@@ -173,6 +176,10 @@ class Producer:
             time.sleep(0.05)
 
 
+def brief(u):
+    return None if u is None else (u.seq, u.item_id, state_name(u.state), u.attempt)
+
+
 def unexpected_deaths(d, killed):
     """The master's death lines of D that the test did not cause: a pid
     we SIGKILLed, a worker retired by the reload (status 0)."""
@@ -202,6 +209,10 @@ def test_cluster_survives_kill_stop_and_reload_under_load(redis, start_daemon,  
         return start_instance(start_daemon, redis, name, n, lease=LEASE,
                               overrides=deep_merge(conf, {"status": {"listen": status[n]}}))
     instances = {n: start(n) for n in ("a", "b", "c")}
+    # Subscribers open through the chaos (replaying from 0): the one on b
+    # across its stop, the one on d from its start; each must get what
+    # the replay at the end gets, in the same order with the same seqs.
+    watchers = [instances[n].client().subscribe(replay=True, name=f"live-{n}") for n in "bc"]
     live = dict(instances)              # the ones the producer may pick
     lock = threading.Lock()
     pick_rng = random.Random(rng.random())
@@ -233,6 +244,7 @@ def test_cluster_survives_kill_stop_and_reload_under_load(redis, start_daemon,  
     kill_everything(a)
     act(f"killed a {a_pids}")
     d = start("d")
+    watchers.append(d.client().subscribe(replay=True, name="live-d"))
     instances["d"] = d
     with lock:
         live["d"] = d
@@ -371,6 +383,27 @@ def test_cluster_survives_kill_stop_and_reload_under_load(redis, start_daemon,  
     lost = {n: v["lost_updates"] for n, v in counters.items() if v.get("lost_updates")}
     assert not lost, f"instances that lost updates: {lost}; {context}"
 
+    # ---- the subscribers open through the chaos got the same updates ------------
+    for w in watchers:
+        end = w.describe_end()
+        assert not w.done or w.status_code() == grpc.StatusCode.RESOURCE_EXHAUSTED, \
+            f"{w.name}: {end}; {context}"
+        w.assert_seq_increasing()
+        got = w.snapshot()
+        upto = min(got[-1].seq if got else 0, ups[-1].seq)
+        mine = [u for u in got if u.seq <= upto]
+        theirs = [u for u in ups if u.seq <= upto]
+        if mine != theirs:
+            seqs = {u.seq for u in mine}
+            missing = [brief(u) for u in theirs if u.seq not in seqs]
+            other = {u.seq: u for u in theirs}
+            differ = [(brief(u), brief(other.get(u.seq)) if u.seq in other else None)
+                      for u in mine if other.get(u.seq) != u]
+            raise AssertionError(
+                f"{w.name} ({end}, {len(got)} updates) and the replay on c disagree up to seq "
+                f"{upto}: {len(missing)} updates missing, e.g. {missing[:3]}; {len(differ)} "
+                f"different or extra (its, replay's), e.g. {differ[:3]}; {context}")
+
     # ---- getItems on another survivor agrees with the final -------------------
     gi = survivors[1].client()
     disagree = []
@@ -389,6 +422,22 @@ def test_cluster_survives_kill_stop_and_reload_under_load(redis, start_daemon,  
                 disagree.append((it.id, got, want))
     assert not disagree, f"{len(disagree)} items where getItems and the final disagree " \
         f"(getItems, final): {disagree[:3]}; {context}"
+    # no delayed item started before its due time (accepted + delay), one
+    # clock: every instance runs on this machine
+    early = []
+    delayed = sorted(i for i in submitted if by_id[i].get("delay_ms"))
+    for k in range(0, len(delayed), 200):
+        for it in gi.get_items(delayed[k:k + 200]).items:
+            due = it.accepted_unix_nano + by_id[it.id]["delay_ms"] * 10**6
+            starts = [u.time_unix_nano for u in per_id[it.id] if u.state == conftest.STARTED]
+            if starts and min(starts) < due:
+                early.append((it.id, by_id[it.id]["delay_ms"], (due - min(starts)) / 1e6))
+    assert not early, f"{len(early)} delayed items started early (id, delay, ms early): " \
+        f"{early[:5]}; {context}"
+    # nothing left waiting in Redis
+    left = {k: redis.command(cmd, f"{{{name}}}:{k}") for k, cmd in
+            (("pwork", "XLEN"), ("delayed", "ZCARD"), ("prio", "ZCARD"))}
+    assert not any(left.values()), f"left in redis: {left}; {context}"
 
     # ---- nobody crashed --------------------------------------------------------
     for inst in (b, c, d):

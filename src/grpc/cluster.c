@@ -1759,9 +1759,10 @@ on_accepted(redisAsyncContext *ac, void *reply, void *arg)
     check_done();
 }
 
-/* Item I's ACCEPT_FIELDS arguments. */
+/* Item I's ACCEPT_FIELDS arguments; NOW the wall clock and MONO the
+ * monotonic one. */
 static void
-accept_args(struct redis_cmd *c, const struct item *item, uint64_t now)
+accept_args(struct redis_cmd *c, const struct item *item, uint64_t now, uint64_t mono)
 {
     size_t len;
     struct outcome queued = { .state = STATE_QUEUED };
@@ -1778,7 +1779,11 @@ accept_args(struct redis_cmd *c, const struct item *item, uint64_t now)
     redis_cmd_mem(c, item->raw, item->raw_len);
     char priority[16];
     redis_cmd_str(c, priority_arg(item, priority));
-    redis_cmd_u64(c, now);
+    /* Accepted when it arrived (its due time counts from then), not when
+     * its batch is sent: that may be later (ACCEPTS_AHEAD), and getItems's
+     * accepted + delay would then be after its start. */
+    uint64_t waited = mono > item->accepted_ns ? mono - item->accepted_ns : 0;
+    redis_cmd_u64(c, waited < now ? now - waited : now);
     if (item->due_ns > now)
         redis_cmd_u64(c, item->due_ns / 1000000 + (item->due_ns % 1000000 != 0)); /* never early */
     else
@@ -1821,9 +1826,9 @@ flush_accepts(void)
     redis_cmd_str(c, floor_arg());
     redis_cmd_u64(c, gp.config->updates.history);
     redis_cmd_str(c, cl.key_item_prefix);
-    uint64_t now = clock_wall_ns();
+    uint64_t now = clock_wall_ns(), mono = clock_monotonic_ns();
     for (size_t i = 0; i < n; i++)
-        accept_args(c, b->a[i].item, now);
+        accept_args(c, b->a[i].item, now, mono);
     if (cl.up && !cl.failing && cl.cmd.ac != NULL &&
         redis_cmd_send(c, cl.cmd.ac, on_accepted, b) == 0) {
         cl.accepts_ahead++;

@@ -57,7 +57,7 @@ RATE = 100                  # items per second each producer sends
 MAX_ATTEMPTS = 8            # takeovers cost attempts too: the items meant to succeed must
 CALL_TIMEOUT = 2            # seconds: a call to the stopped instance ends DEADLINE_EXCEEDED
 RESEND_FOR = 30             # seconds a batch may take to be resent until some instance takes it
-STOP_FOR = 4.0              # seconds the grpc process is stopped (4 leases)
+STOP_FOR = float(os.environ.get("DS_CHAOS_STOP", "4.0"))             # seconds the grpc process is stopped (4 leases)
 DRAIN_TIMEOUT = 30
 RESENDABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
@@ -485,3 +485,44 @@ def test_a_takeover_past_max_attempts_fails_the_last_attempt(redis, start_daemon
     assert (got.state, got.attempt, got.max_attempts, got.last_seq) == \
         (FAILED, 1, 1, final.seq), got
     wait_work_empty(redis, name)
+
+
+@pytest.mark.deadline(60)
+def test_a_delayed_item_held_before_its_batch_is_sent_starts_after_accepted_plus_delay(  # noqa: F811
+        redis, start_daemon):
+    """Two accept scripts are in flight (Redis paused: CLIENT PAUSE WRITE),
+    so the next item waits in its instance before its batch is sent. Its
+    due time counts from its arrival; getItems's accepted must be that
+    moment too, not the later send (the chaos test saw delayed items
+    start up to 5 ms before getItems's accepted + delay_ms)."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", lease=LEASE)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = name
+    pause_ms = 800
+    redis.command("CLIENT", "PAUSE", str(pause_ms), "WRITE")
+    t0 = time.monotonic()
+    replies = []
+
+    def send(items):
+        replies.append(a.client().submit(items, timeout=20))
+    threads = [threading.Thread(target=send, args=([{"id": f"{tag}-hold{n}", "kind": "echo",
+                                                     "payload": b"p"}],), daemon=True)
+               for n in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)        # each in a batch of its own: two scripts in flight
+    late = {"id": f"{tag}-late", "kind": "echo", "payload": b"p", "delay_ms": 200}
+    send([late])            # waits for a reply to either script, then its own
+    for t in threads:
+        t.join(timeout=20)
+    assert time.monotonic() - t0 >= pause_ms / 1000 - 0.1, "redis was not paused"
+    assert [r.accepted for r in replies] == [1, 1, 1], replies
+    sub.wait_final([late["id"]], timeout=20)
+    started = [u for u in sub.of(late["id"]) if u.state == conftest.STARTED]
+    assert started, sub.states_of(late["id"])
+    got = a.client().get_items([late["id"]]).items[0]
+    due = got.accepted_unix_nano + late["delay_ms"] * 10**6
+    assert started[0].time_unix_nano >= due, \
+        f"started {(due - started[0].time_unix_nano) / 1e6:.1f} ms before getItems's " \
+        f"accepted + delay_ms"

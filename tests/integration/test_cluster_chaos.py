@@ -333,7 +333,11 @@ def test_cluster_survives_kill_stop_and_reload_under_load(redis, start_daemon,  
         # attempts never go back, and never past the item's max_attempts
         attempts = [u.attempt for u in lst if u.state != QUEUED]
         cap = by_id[item_id].get("max_attempts", MAX_ATTEMPTS)
-        if attempts != sorted(attempts) or (attempts and not 1 <= attempts[-1] <= cap):
+        # QUEUED first; after RETRYING of attempt N, attempt N + 1
+        after_retrying = all(nxt.attempt == u.attempt + 1 for u, nxt in zip(lst, lst[1:])
+                             if u.state == RETRYING)
+        if attempts != sorted(attempts) or (attempts and not 1 <= attempts[-1] <= cap) \
+                or states[0] != QUEUED or not after_retrying:
             bad_attempts.append((item_id, [(state_name(u.state), u.attempt) for u in lst]))
         final = lst[finals[-1]]
         want = SUCCEEDED if meant[item_id] == "succeed" else FAILED
@@ -377,8 +381,9 @@ def test_cluster_survives_kill_stop_and_reload_under_load(redis, start_daemon,  
     assert not wrong_end, f"{len(wrong_end)} items ended other than meant: " \
         f"{wrong_end[:3]}; {context}"
     assert not wrong_result, f"echo results wrong: {wrong_result[:3]}; {context}"
-    assert not bad_attempts, f"{len(bad_attempts)} items whose attempts go back or past " \
-        f"max_attempts: {bad_attempts[:3]}; {context}"
+    assert not bad_attempts, f"{len(bad_attempts)} items whose attempts go back, past " \
+        f"max_attempts, or do not follow QUEUED, RETRYING N, attempt N + 1: " \
+        f"{bad_attempts[:3]}; {context}"
     assert takeovers, f"no item was taken over from a and b: {summary}"
     lost = {n: v["lost_updates"] for n, v in counters.items() if v.get("lost_updates")}
     assert not lost, f"instances that lost updates: {lost}; {context}"

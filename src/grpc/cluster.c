@@ -672,43 +672,52 @@ static const char script_renew[] =
 
 /*
  * claim: KEYS work, pwork (each in turn); ARGV group, consumer, lease ms, count, the item
- * hash prefix, now (unix ms). Entries idle for the lease (their holder
- * stopped renewing them) become ours, each as {id, fields, delivery
- * count, previous holder, idle ms, the reason of a cancel asked of the
- * previous holder or nil, when a retry's next attempt is due (its hash's
- * rd, unix ms) or nil, 1 if that is still ahead}. An item whose next
- * attempt was still waiting its backoff never started it: it keeps its
- * delivery count (the attempt it waits for). An rd that is not 1 to 15
- * digits (written by hand) is not waited for: the item runs at once. Then consumers
- * that hold nothing and were not seen for the lease are removed (a live
- * one is recreated by its next read).
+ * hash prefix, now (unix ms), the prefix of the lease keys. Entries that
+ * their holder stopped renewing for its lease become ours: the lease its
+ * {NAME}:lease:CONSUMER says (publish_lease()), or ours if it says none
+ * (an older version, or an instance gone longer than that key lives), so
+ * that instances reloaded to different leases (a rolling change of
+ * cluster.lease) never take over what a live one renews on its own
+ * schedule. Each as {id, fields, delivery count, previous holder, idle
+ * ms, the reason of a cancel asked of the previous holder or nil, when a
+ * retry's next attempt is due (its hash's rd, unix ms) or nil, 1 if that
+ * is still ahead}, at most count. An item whose next attempt was still
+ * waiting its backoff never started it: it keeps its delivery count (the
+ * attempt it waits for). An rd that is not 1 to 15 digits (written by
+ * hand) is not waited for: the item runs at once. Consumers that hold
+ * nothing and were not seen for their lease are removed (a live one is
+ * recreated by its next read).
  */
 static const char script_claim[] =
-    "local out = {}\n"
+    "local out, max = {}, tonumber(ARGV[4])\n"
     "for _, key in ipairs(KEYS) do\n"
-    "local p = redis.call('XPENDING', key, ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])\n"
-    "for _, e in ipairs(p) do\n"
-    "  local c = redis.call('XCLAIM', key, ARGV[1], ARGV[2], ARGV[3], e[1])\n"
-    "  if #c > 0 and c[1] then\n"
-    "    local h, d, waiting = {false, false}, e[4] + 1, 0\n"
-    "    for j = 1, #c[1][2], 2 do\n"
-    "      if c[1][2][j] == 'i' then\n"
-    "        h = redis.call('HMGET', ARGV[5] .. c[1][2][j + 1], 'cr', 'rd')\n"
-    "      end\n"
-    "    end\n"
-    "    if h[2] and #h[2] <= 15 and string.match(h[2], '^%d+$') and\n"
-    "       tonumber(h[2]) > tonumber(ARGV[6]) then\n"
-    "      redis.call('XCLAIM', key, ARGV[1], ARGV[2], 0, e[1], 'RETRYCOUNT', e[4], 'JUSTID')\n"
-    "      d, waiting = e[4], 1\n"
-    "    end\n"
-    "    out[#out + 1] = {c[1][1], c[1][2], d, e[2], e[3], h[1], h[2], waiting}\n"
-    "  end\n"
-    "end\n"
-    "local cs = redis.call('XINFO', 'CONSUMERS', key, ARGV[1])\n"
-    "for _, c in ipairs(cs) do\n"
+    "for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', key, ARGV[1])) do\n"
     "  local f = {}\n"
     "  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end\n"
-    "  if f['pending'] == 0 and f['idle'] > tonumber(ARGV[3]) and f['name'] ~= ARGV[2] then\n"
+    "  local lease = tonumber(redis.call('GET', ARGV[7] .. f['name']) or '')\n"
+    "  if not lease or lease < 1 then lease = tonumber(ARGV[3]) end\n"
+    "  if f['pending'] > 0 and #out < max then\n"
+    "    local p = redis.call('XPENDING', key, ARGV[1], 'IDLE', lease, '-', '+', max - #out, "
+    "f['name'])\n"
+    "    for _, e in ipairs(p) do\n"
+    "      local c = redis.call('XCLAIM', key, ARGV[1], ARGV[2], lease, e[1])\n"
+    "      if #c > 0 and c[1] then\n"
+    "        local h, d, waiting = {false, false}, e[4] + 1, 0\n"
+    "        for j = 1, #c[1][2], 2 do\n"
+    "          if c[1][2][j] == 'i' then\n"
+    "            h = redis.call('HMGET', ARGV[5] .. c[1][2][j + 1], 'cr', 'rd')\n"
+    "          end\n"
+    "        end\n"
+    "        if h[2] and #h[2] <= 15 and string.match(h[2], '^%d+$') and\n"
+    "           tonumber(h[2]) > tonumber(ARGV[6]) then\n"
+    "          redis.call('XCLAIM', key, ARGV[1], ARGV[2], 0, e[1], 'RETRYCOUNT', e[4], "
+    "'JUSTID')\n"
+    "          d, waiting = e[4], 1\n"
+    "        end\n"
+    "        out[#out + 1] = {c[1][1], c[1][2], d, e[2], e[3], h[1], h[2], waiting}\n"
+    "      end\n"
+    "    end\n"
+    "  elseif f['pending'] == 0 and f['idle'] > lease and f['name'] ~= ARGV[2] then\n"
     "    redis.call('XGROUP', 'DELCONSUMER', key, ARGV[1], f['name'])\n"
     "  end\n"
     "end\n"
@@ -956,6 +965,7 @@ static struct {
     char key_work[96], key_updates[96], key_seq[96], key_origin[96];
     char key_items[96], key_finals[96], key_finals_bytes[96], key_item_prefix[96];
     char key_control[96], key_want_started[96], key_layout[96], key_seq_jump[96];
+    char key_lease_prefix[96], key_lease[256];   /* {NAME}:lease:, and ours */
     char key_pwork[96], key_delayed[96], key_prio[96], key_latest[96];
     char control_last[48];      /* the last {NAME}:control entry read */
     uint64_t floor_start;       /* updates_last_seq() when we started */
@@ -2293,6 +2303,31 @@ renew_one(const struct item *item, void *arg)
 }
 
 static void
+on_lease_published(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && !cl.shutting_down)
+        log_error("cluster: publishing our lease in %s failed: %s", cl.key_lease, r->str);
+}
+
+/* Tell the claimers our lease ({NAME}:lease:CONSUMER), after the renewals
+ * of what we hold (on the same connection: a shorter lease is announced
+ * only once everything we hold was renewed under it); it lives two leases,
+ * renewed with every renewal. */
+static void
+publish_lease(void)
+{
+    uint64_t lease = gp.config->cluster.lease_ms;
+    struct redis_args a;
+    redis_args_init(&a, "SET");
+    redis_args_str(&a, cl.key_lease);
+    redis_args_u64(&a, lease);
+    redis_args_str(&a, "PX");
+    redis_args_u64(&a, 2 * lease);
+    command(&cl.cmd, on_lease_published, NULL, &a);
+}
+
+static void
 on_renew_timer(evutil_socket_t fd, short what, void *arg)
 {
     static struct redis_args a[2];  /* static: too big for the stack to be worth it */
@@ -2301,6 +2336,7 @@ on_renew_timer(evutil_socket_t fd, short what, void *arg)
     store_for_each(renew_one, a);
     renew_flush(&a[0]);
     renew_flush(&a[1]);
+    publish_lease();
 }
 
 static void
@@ -2391,6 +2427,7 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_u64(&a, CLAIM_COUNT);
     redis_args_str(&a, cl.key_item_prefix);
     redis_args_u64(&a, (uint64_t)clock_wall_ns() / 1000000);
+    redis_args_str(&a, cl.key_lease_prefix);
     if (command(&cl.cmd, on_claimed, NULL, &a) == 0)
         cl.claiming = 1;
     /* Finals that aged out while none ended (the trim of every final does
@@ -3461,6 +3498,8 @@ cluster_start(void)
              c->cluster.name);
     snprintf(cl.key_item_prefix, sizeof cl.key_item_prefix, "{%s}:item:", c->cluster.name);
     snprintf(cl.key_control, sizeof cl.key_control, "{%s}:control", c->cluster.name);
+    snprintf(cl.key_lease_prefix, sizeof cl.key_lease_prefix, "{%s}:lease:", c->cluster.name);
+    snprintf(cl.key_lease, sizeof cl.key_lease, "%s%s", cl.key_lease_prefix, cl.consumer);
     snprintf(cl.key_want_started, sizeof cl.key_want_started, "{%s}:want_started",
              c->cluster.name);
     snprintf(cl.key_layout, sizeof cl.key_layout, "{%s}:layout", c->cluster.name);
@@ -3510,8 +3549,10 @@ cluster_configure(const struct ds_config *old)
         strcmp(c->cluster.name, old->cluster.name) != 0)
         log_warn("cluster: redis or name changed by this reload; this grpc process stays with "
                  "%s and {%s}:* until it next starts", old->cluster.redis, old->cluster.name);
-    if (c->cluster.lease_ms != old->cluster.lease_ms && cl.up)
+    if (c->cluster.lease_ms != old->cluster.lease_ms && cl.up) {
+        on_renew_timer(-1, 0, NULL);    /* renewed, then the new lease announced */
         arm_lease_timers();
+    }
 }
 
 /* At exit: drop the connections; what is pending stays in Redis. */

@@ -547,14 +547,19 @@ def test_a_reload_to_a_longer_lease_keeps_its_items(redis, start_daemon):  # noq
     once on a reload, "kill -HUP on each instance, any order"): a is
     reloaded first, from 1 s to 6 s; b still has 1 s. Nothing stopped, so
     no item may be taken over ("stopped renewing it") from a while it runs
-    it. An instance renews every lease/3 of its own lease and claims what is
-    idle for its own: b claims what a renews only every 2 s."""
+    it. An instance renews every lease/3 of its own lease; b claimed what
+    was idle for b's lease, so what a renews only every 2 s (2-4 of 6 items
+    here) ran twice. Each instance now says its lease in
+    {NAME}:lease:CONSUMER and claimers wait for the holder's. Then a dies:
+    b takes its items over after a's 6 s, not its own 1 s."""
     name = cluster_name()
     a = start_instance(start_daemon, redis, name, "a", lease="1s")
     b = start_instance(start_daemon, redis, name, "b", lease="1s")
     a.write_config(deep_merge(a.config, {"cluster": {"lease": "6s"}}))
     a.send_signal(signal.SIGHUP)
     a.wait_log("config generation 2 applied")
+    leases = sorted(redis.command("GET", k) for k in redis.command("KEYS", f"{{{name}}}:lease:*"))
+    assert leases == [b"1000", b"6000"], leases
     sub = b.client().subscribe(sync=True, name="sub-b")
     ids = [f"long-{name}-{i}" for i in range(6)]
     assert a.client().submit([{"id": i, "kind": "sleep", "params": {"ms": "3000"}}
@@ -563,9 +568,24 @@ def test_a_reload_to_a_longer_lease_keeps_its_items(redis, start_daemon):  # noq
     assert all(u.state == SUCCEEDED for u in final.values()), \
         {i: sub.states_of(i) for i in ids}
     taken = {i: [u.error for u in sub.of(i) if u.state == RETRYING] for i in ids}
-    taken = {i: e for i, e in taken.items() if e}
-    if taken:
-        pytest.xfail(f"defect, not fixed: with different leases (a rolling reload of "
-                     f"cluster.lease) an instance takes over the running items of a live one "
-                     f"that renews every lease/3 of its own, longer lease; {len(taken)} of "
-                     f"{len(ids)} taken over, e.g. {list(taken.items())[:2]}")
+    assert not any(taken.values()), taken
+    # a dies holding items (b's grpc process stopped meanwhile, so that a
+    # takes them): b takes them over after a's lease, not after its own
+    more = [f"late-{name}-{i}" for i in range(2)]
+    b_grpc = b.grpc_pid()
+    os.kill(b_grpc, signal.SIGSTOP)
+    try:
+        sub_a = a.client().subscribe(sync=True, name="sub-a")
+        assert a.client().submit([{"id": i, "kind": "sleep", "params": {"ms": "60000"}}
+                                  for i in more]).accepted == len(more)
+        for i in more:
+            sub_a.wait_state(i, conftest.STARTED, timeout=20)
+    finally:
+        os.kill(b_grpc, signal.SIGCONT)
+    kill_everything(a)
+    killed = time.monotonic()
+    for i in more:
+        sub.wait(lambda s, i=i: RETRYING in [u.state for u in s.of(i)], 30, f"{i} taken over")
+    waited = time.monotonic() - killed
+    assert waited > 3.5, f"taken over {waited:.1f} s after a died, within a's 6 s lease " \
+        "(renewed every 2 s)"

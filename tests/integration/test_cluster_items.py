@@ -151,6 +151,10 @@ def test_retention_by_count_bounds_the_redis_keys(redis, start_daemon):  # noqa:
     assert len(keys) == 6, f"{len(keys)} item hashes: {keys}"
     assert redis.command("ZCARD", f"{{{name}}}:items") == 6
     others = {k.decode() for k in redis.command("KEYS", "*")} - set(keys)
+    # each instance's lease (one key a live instance, expiring after it)
+    leases = {k for k in others if k.startswith(f"{{{name}}}:lease:")}
+    assert len(leases) <= 2 and all(redis.command("PTTL", k) > 0 for k in leases), leases
+    others -= leases
     assert others <= {f"{{{name}}}:{k}" for k in ("work", "pwork", "updates", "seq", "origin",
                                                   "items", "finals", "finals_bytes",
                                                   "want_started", "layout",

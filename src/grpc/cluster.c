@@ -725,6 +725,25 @@ static const char script_claim[] =
     "return out\n";
 
 /*
+ * A waiting item's work entry is made of its hash's k b m to qq w (read by
+ * HMGET in that order into H, then what the caller wants). bad_entry(H):
+ * what is wrong with them (the first one missing), or nil. An XADD of a
+ * missing one (a hash edited by hand) failed the whole script after the
+ * item had left its place (lost, the others a turn late), and so did an
+ * item key that is no hash (WRONGTYPE), before it left its lane (every
+ * pull of the lanes failed for good). The scripts that move waiting items
+ * on (due, pull) read the hash with redis.pcall, skip such an item alone
+ * and name it and the reason to the instance, which logs them
+ * (log_bad_items()).
+ */
+#define LUA_BAD_ENTRY_FN                                                                \
+    "local function bad_entry(h)\n"                                                     \
+    "  for i, f in ipairs({'k', 'b', 'm', 'to', 'qq'}) do\n"                            \
+    "    if not h[i] then return 'its hash has no ' .. f end\n"                         \
+    "  end\n"                                                                           \
+    "end\n"
+
+/*
  * pull: KEYS work, pwork, prio, latest; ARGV group, consumer, count, the item hash
  * prefix, room (the local room, in item weights), the weights of a quick
  * and of a full item, the weight lately taken per item (the guess for
@@ -733,14 +752,17 @@ static const char script_claim[] =
  * priority above 0 from the highest, then {NAME}:work (priority 0), then
  * the lanes below 0. A lane item is weighed by its hash's qq before it is
  * taken; the first one that does not fit ends the pull (a lower item must
- * not pass it). Returns {entries from pwork (above 0), entries from work,
+ * not pass it). A lane item that cannot be taken (its key no hash, a
+ * field of its entry missing: bad_entry()) leaves its lane alone, its hash
+ * untouched. Returns {entries from pwork (above 0), entries from work,
  * entries from pwork (below 0), priorities still in use, 1 if a lane item
- * did not fit}, each entry as XREADGROUP gives it. O(log P) per lane
- * visited, O(1) an item.
+ * did not fit, {id, reason, ...} of those that cannot be taken}, each
+ * entry as XREADGROUP gives it. O(log P) per lane visited, O(1) an item.
  */
 static const char script_pull[] =
     CLUSTER_LUA_LATEST
-    "local n, added = tonumber(ARGV[3]), 0\n"
+    LUA_BAD_ENTRY_FN
+    "local n, added, bad = tonumber(ARGV[3]), 0, {}\n"
     "local room, qw, fw, unit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), "
     "tonumber(ARGV[8])\n"
     "local full = 0\n"
@@ -750,8 +772,14 @@ static const char script_pull[] =
     "    local id = redis.call('LINDEX', lk, 0)\n"
     "    if not id then break end\n"
     "    local hk = ARGV[4] .. id\n"
-    "    local h = redis.call('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's', 'q')\n"
-    "    if h[6] and h[7] == '1' and not latest(KEYS[4], id, h[8]) then\n"
+    "    local h = redis.pcall('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's', 'q')\n"
+    "    local why = h.err\n"
+    "    local waiting = not why and h[6] and h[7] == '1' and not latest(KEYS[4], id, h[8])\n"
+    "    if waiting then why = bad_entry(h) end\n"
+    "    if why then\n"
+    "      redis.call('LPOP', lk)\n"
+    "      bad[#bad + 1], bad[#bad + 2] = id, why\n"
+    "    elseif waiting then\n"
     "      local wt = fw\n"
     "      if h[5] == '1' then wt = qw end\n"
     "      if wt > room then full = 1; return end\n"
@@ -791,24 +819,37 @@ static const char script_pull[] =
     "  lanes('(0', '-inf')\n"
     "end\n"
     "local low = read(KEYS[2], added)\n"
-    "return {high, zero, low, redis.call('ZCARD', KEYS[3]), full}\n";
+    "return {high, zero, low, redis.call('ZCARD', KEYS[3]), full, bad}\n";
 
 /*
  * due: KEYS work, delayed, prio, control, latest; ARGV now (unix ms), the item
  * hash prefix, count. Up to count delayed items whose time has come move
  * on: priority 0 into {NAME}:work, others into their lane (then a wake
- * entry on {NAME}:control tells every instance to pull). Returns {moved,
- * woke (0/1), the next due time or -1}.
+ * entry on {NAME}:control tells every instance to pull). One that cannot
+ * (its key no hash, a field of its entry missing: bad_entry(), a p that
+ * is no integer) leaves {NAME}:delayed alone, its hash untouched. Returns
+ * {moved, woke (0/1), the next due time or -1, {id, reason, ...} of those}.
  */
 static const char script_due[] =
     CLUSTER_LUA_LATEST
-    "local moved, woke = 0, false\n"
+    LUA_BAD_ENTRY_FN
+    "local moved, woke, bad = 0, false, {}\n"
     "local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])\n"
     "for _, id in ipairs(ids) do\n"
     "  redis.call('ZREM', KEYS[2], id)\n"
     "  local hk = ARGV[2] .. id\n"
-    "  local h = redis.call('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's', 'p', 'q')\n"
-    "  if h[6] and h[7] == '1' and not latest(KEYS[5], id, h[9]) then\n"
+    "  local h = redis.pcall('HMGET', hk, 'k', 'b', 'm', 'to', 'qq', 'w', 's', 'p', 'q')\n"
+    "  local why = h.err\n"
+    "  local waiting = not why and h[6] and h[7] == '1' and not latest(KEYS[5], id, h[9])\n"
+    "  if waiting then\n"
+    "    why = bad_entry(h)\n"
+    "    if not why and h[8] and not string.match(h[8], '^%-?%d+$') then\n"
+    "      why = 'its p (priority) ' .. h[8] .. ' is no integer'\n"
+    "    end\n"
+    "  end\n"
+    "  if why then\n"
+    "    bad[#bad + 1], bad[#bad + 2] = id, why\n"
+    "  elseif waiting then\n"
     "    if not h[8] then\n"
     "      local e = redis.call('XADD', KEYS[1], '0-*', 'i', id, 'k', h[1], 'b', h[2], "
     "'m', h[3], 't', h[4], 'q', h[5], 'w', h[6])\n"
@@ -826,7 +867,7 @@ static const char script_due[] =
     "  redis.call('XADD', KEYS[4], 'MAXLEN', '~', " CONTROL_MAXLEN ", '*', 'wake', '1')\n"
     "end\n"
     "local nx = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')\n"
-    "return {moved, woke and 1 or 0, nx[2] or '-1'}\n";
+    "return {moved, woke and 1 or 0, nx[2] or '-1', bad}\n";
 
 /* size: KEYS work, pwork, delayed, prio: the items not final, cluster-wide
  * (queue.capacity): both streams, the delayed and every lane. */
@@ -2104,6 +2145,28 @@ take_entries(const redisReply *entries, uint32_t *taken, uint32_t *weight)
     }
 }
 
+/*
+ * BAD: the {id, reason, ...} of the waiting items a script (due, pull)
+ * could not move on for their data (LUA_BAD_ENTRY_FN), each taken out of
+ * WHERE, so named here once: its hash is left as it was, for a cancel or
+ * a repair.
+ */
+static void
+log_bad_items(const redisReply *bad, const char *where)
+{
+    if (bad->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i + 1 < bad->elements; i += 2) {
+        const redisReply *id = bad->element[i], *why = bad->element[i + 1];
+        if (id->type != REDIS_REPLY_STRING || why->type != REDIS_REPLY_STRING)
+            continue;
+        log_error("cluster: %s%.*s cannot run: %.*s; taken out of %s, it waits no more "
+                  "(cancel it, or repair its hash and put it back)", cl.key_item_prefix,
+                  (int)id->len, id->str, (int)(why->len < 200 ? why->len : 200), why->str,
+                  where);
+    }
+}
+
 static void
 on_pulled(redisAsyncContext *ac, void *reply, void *arg)
 {
@@ -2132,7 +2195,7 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
     cl.pulling = 0;
     if (r == NULL || cl.shutting_down)
         return;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 6 ||
         r->element[3]->type != REDIS_REPLY_INTEGER || r->element[4]->type != REDIS_REPLY_INTEGER) {
         log_error("cluster: pulling items failed: %s",
                   r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
@@ -2143,13 +2206,16 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
         /* The script is tried again in a while (the lanes it was to look
          * at may hold items, and an idle instance has nothing else that
          * would pull); meanwhile the work stream is read as usual, so a
-         * cause that lasts (a bad key in a lane) stops no other item. */
+         * cause that lasts (a lane's key that is no list) stops no other item. */
         cl.pull_paused = 1;
         struct timeval tv = clock_timeval_ms(PULL_RETRY_MS);
         evtimer_add(cl.pull_timer, &tv);
         cluster_pull();
         return;
     }
+    char lanes[128];
+    snprintf(lanes, sizeof lanes, "its lane (%s:P)", cl.key_prio);
+    log_bad_items(r->element[5], lanes);
     uint32_t taken = 0, weight = 0;
     for (size_t i = 0; i < 3; i++)  /* above 0, 0, below 0: best first */
         take_entries(r->element[i], &taken, &weight);
@@ -2537,7 +2603,7 @@ on_due(redisAsyncContext *ac, void *reply, void *arg)
     if (r == NULL || cl.shutting_down)
         return;
     int64_t now = (int64_t)(clock_wall_ns() / 1000000);
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
         r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER) {
         log_error("cluster: moving the delayed items that are due failed: %s",
                   r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
@@ -2546,6 +2612,7 @@ on_due(redisAsyncContext *ac, void *reply, void *arg)
         arm_due(now + DUE_POLL_MS);
         return;
     }
+    log_bad_items(r->element[3], cl.key_delayed);
     if (r->element[1]->integer)
         prio_wake();        /* (the control stream's wake reaches the others) */
     else if (r->element[0]->integer > 0)

@@ -403,8 +403,8 @@ def test_a_pull_after_quick_items_takes_only_what_the_prefetch_holds(redis, star
 
 @pytest.mark.deadline(60)
 def test_a_failed_pull_script_is_tried_again(redis, start_daemon):  # noqa: F811
-    """A pull by script that Redis fails (here WRONGTYPE: a lane names an
-    item whose key is not a hash; in production maxmemory or BUSY) is tried
+    """A pull by script that Redis fails (here WRONGTYPE: a lane's key is
+    no list; in production maxmemory or BUSY) is tried
     again a second later, on an idle instance too, which has nothing else
     that would pull: the prioritized item waiting behind it runs once the
     cause is gone; items of priority 0 are taken meanwhile."""
@@ -412,9 +412,8 @@ def test_a_failed_pull_script_is_tried_again(redis, start_daemon):  # noqa: F811
     a = start_instance(start_daemon, redis, name, "a", workers=1, overrides=ONE_SLOT)
     sub = a.client().subscribe(sync=True, name="sub-a")
     tag = uuid.uuid4().hex[:8]
-    bad = f"{{{name}}}:item:bad-{tag}"
-    redis.command("SET", bad, "not a hash")
-    redis.command("RPUSH", f"{{{name}}}:prio:7", f"bad-{tag}")
+    bad = f"{{{name}}}:prio:7"
+    redis.command("SET", bad, "not a list")
     redis.command("ZADD", f"{{{name}}}:prio", "7", "7")
     item = {"id": f"p-{tag}", "kind": "echo", "payload": b"p", "priority": 5}
     assert a.client().submit([item]).accepted == 1
@@ -424,9 +423,41 @@ def test_a_failed_pull_script_is_tried_again(redis, start_daemon):  # noqa: F811
     assert a.client().submit([plain]).accepted == 1
     assert sub.wait_final([plain["id"]], timeout=10)[plain["id"]].state == SUCCEEDED
     assert SUCCEEDED not in sub.states_of(item["id"])
-    redis.command("DEL", bad)       # the lane's entry is now stale: skipped
+    redis.command("DEL", bad)       # the lane is now empty: dropped
     final = sub.wait_final([item["id"]], timeout=10)
     assert final[item["id"]].state == SUCCEEDED, final
+    wait_for(lambda: lanes_empty(redis, name), 5, "the lanes gone from redis")
+
+
+@pytest.mark.deadline(60)
+def test_a_lane_item_whose_hash_is_bad_stops_no_other(redis, start_daemon):  # noqa: F811
+    """Items in a lane whose hash lacks a field of their work entry (qq) or
+    whose key is no hash (written by hand) stopped the pull script: the
+    first was lost (popped, then an XADD of nil), the second stopped every
+    pull of the lanes for good (HMGET's WRONGTYPE before the pop: "pulling
+    items failed" every second), and the items behind them never ran. Now
+    each is named in the log with its key and what is wrong, taken out of
+    its lane with its hash as it was, and the items behind it run."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    pre = f"{{{name}}}:item:"
+    redis.command("HSET", pre + f"nq-{tag}", "k", "echo", "b", "", "s", "1", "m", "1",
+                  "to", "0", "w", "x", "q", "1")
+    redis.command("SET", pre + f"nh-{tag}", "not a hash")
+    redis.command("RPUSH", f"{{{name}}}:prio:7", f"nq-{tag}", f"nh-{tag}")
+    redis.command("ZADD", f"{{{name}}}:prio", "7", "7")
+    items = [{"id": f"p-{tag}-{i}", "kind": "echo", "payload": b"p", "priority": 7}
+             for i in range(3)]
+    assert a.client().submit(items).accepted == 3
+    final = sub.wait_final([it["id"] for it in items], timeout=10)
+    assert all(u.state == SUCCEEDED for u in final.values()), final
+    a.wait_log(r"\{%s\}:item:nq-%s cannot run: its hash has no qq; taken out of its lane "
+               r"\(\{%s\}:prio:P\)" % (name, tag, name), timeout=5)
+    a.wait_log(r"\{%s\}:item:nh-%s cannot run: WRONGTYPE" % (name, tag), timeout=5)
+    assert "failed" not in a.log_text(), a.log_tail()
+    assert redis.command("HGET", pre + f"nq-{tag}", "w") == b"x"   # left as it was
     wait_for(lambda: lanes_empty(redis, name), 5, "the lanes gone from redis")
 
 
@@ -462,3 +493,47 @@ def test_a_delayed_entry_whose_score_is_no_time(redis, start_daemon):  # noqa: F
     assert a.client().submit([item]).accepted == 1
     assert sub.wait_final([item["id"]], timeout=10)[item["id"]].state == SUCCEEDED
     assert a.grpc_pid() is not None
+
+
+@pytest.mark.deadline(60)
+def test_a_delayed_item_whose_hash_is_bad_stops_no_other(redis, start_daemon):  # noqa: F811
+    """Delayed items whose hash lacks a field of their work entry (to),
+    whose p is no integer, or whose key is no hash (written by hand) each
+    stopped the due script when they came due (an XADD of nil, a ZADD of
+    no number, HMGET's WRONGTYPE: "moving the delayed items that are due
+    failed", the item already out of {NAME}:delayed: lost), and the items
+    due after them waited a turn each. Now each is named in the log with its
+    key and what is wrong, left out of {NAME}:delayed with its hash as it
+    was, and the others run in time."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    # the same due time: the bad ones (their ids sort first) come first
+    bad = [{"id": f"a-{tag}-{i}", "kind": "echo", "payload": b"b", "delay_ms": 1500}
+           for i in range(3)]
+    good = [{"id": f"b-{tag}-{i}", "kind": "echo", "payload": b"g", "delay_ms": 1500}
+            for i in range(3)]
+    t0 = time.time_ns()
+    assert a.client().submit(bad + good).accepted == 6
+    pre = f"{{{name}}}:item:"
+    redis.command("HDEL", pre + bad[0]["id"], "to")
+    redis.command("HSET", pre + bad[1]["id"], "p", "high")
+    redis.command("DEL", pre + bad[2]["id"])
+    redis.command("SET", pre + bad[2]["id"], "not a hash")
+    final = sub.wait_final([it["id"] for it in good], timeout=10)
+    assert all(u.state == SUCCEEDED for u in final.values()), final
+    for it in good:
+        late = (first(sub, it["id"], STARTED).time_unix_nano - t0) / 1e6 - 1500
+        assert late < 900, f"{it['id']} started {late} ms after its due time"
+    a.wait_log(r"\{%s\}:item:%s cannot run: its hash has no to; taken out of \{%s\}:delayed"
+               % (name, bad[0]["id"], name), timeout=5)
+    a.wait_log(r"\{%s\}:item:%s cannot run: its p \(priority\) high is no integer"
+               % (name, bad[1]["id"]), timeout=5)
+    a.wait_log(r"\{%s\}:item:%s cannot run: WRONGTYPE" % (name, bad[2]["id"]), timeout=5)
+    assert "failed" not in a.log_text(), a.log_tail()
+    assert redis.command("ZCARD", f"{{{name}}}:delayed") == 0
+    assert redis.command("HGET", pre + bad[0]["id"], "w") is not None   # left as it was
+    assert not redis.command("KEYS", f"{{{name}}}:prio*")
+    # a cancel ends it
+    assert cancel(a.client(), [bad[0]["id"]]).cancelled == 1

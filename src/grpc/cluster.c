@@ -337,11 +337,27 @@ static const char script_accepts[] =
  * the count or bytes are forgotten (the age is left to the periodic trim:
  * it costs a lookup). R: now ms, age ms, count, bytes, the hash key
  * prefix, {NAME}:latest.
+ * hash_call(CMD, K, ID, ...): redis.call of CMD on ID's hash K, but a key
+ * that is no hash (WRONGTYPE: written by hand) is as an empty hash (nil)
+ * and goes into `bad` ({id, error, ...}, each id once, for the instance
+ * to log: log_bad_items()): it failed the whole script, every update of
+ * the call with it (their finals unknown, run again elsewhere, this one
+ * again and again), or every trim while it was the oldest final. The
+ * retention deletes such a key when it forgets the item.
  */
 #define LUA_TRIM                                                                        \
     CLUSTER_LUA_LATEST                                                                  \
+    "local bad, bad_seen = {}, {}\n"                                                    \
+    "local function hash_call(cmd, k, id, ...)\n"                                       \
+    "  local v = redis.pcall(cmd, k, ...)\n"                                            \
+    "  if type(v) ~= 'table' or not v.err then return v end\n"                          \
+    "  if not bad_seen[id] then\n"                                                      \
+    "    bad_seen[id] = true\n"                                                         \
+    "    bad[#bad + 1], bad[#bad + 2] = id, v.err\n"                                    \
+    "  end\n"                                                                           \
+    "end\n"                                                                             \
     "local function final_of(k, id, r)\n"                                               \
-    "  local h = redis.call('HMGET', k, 'q', 'n', 't')\n"                               \
+    "  local h = hash_call('HMGET', k, id, 'q', 'n', 't') or {}\n"                      \
     "  local l = latest(r[6], id, h[1])\n"                                              \
     "  if l then return l.q, l.n, l.t end\n"                                            \
     "  return h[1], h[2], h[3]\n"                                                       \
@@ -438,7 +454,8 @@ static const char script_accepts[] =
  * (the XCLAIM of a retry, the HDEL of a layout 3 hash's ts) and the
  * PROGRESS or final of an item that is not quick, when its STARTED is not
  * in the same call (its attempt's start, from its last update) cost
- * commands of their own.
+ * commands of their own. After the replies, LUA_TRIM's bad: the item keys
+ * that are no hash (hash_call()), which no longer fail the call.
  */
 #define UPDATE_FIELDS 9
 static const char script_update[] =
@@ -499,7 +516,7 @@ static const char script_update[] =
     "      ts = tsof[id]\n"      /* an update of this call (its STARTED)... */
     "      if ts == nil then\n"  /* ...else the one before it */
     "        local l = latest(r[6], id)\n"
-    "        if l then ts = l.ts else ts = redis.call('HGET', hk, 'ts') or '' end\n"
+    "        if l then ts = l.ts else ts = hash_call('HGET', hk, id, 'ts') or '' end\n"
     "      end\n"
     "    end\n"
     "    tsof[id] = ts\n"
@@ -518,7 +535,7 @@ static const char script_update[] =
     "      end\n"
     "      if w then\n"
     "        n = n + #w\n"
-    "        redis.call('HSET', hk, 'w', w)\n"
+    "        hash_call('HSET', hk, id, 'w', w)\n"
     "      end\n"
     "      t = r[1]\n"
     "      acks[si][#acks[si] + 1] = e\n"
@@ -528,13 +545,13 @@ static const char script_update[] =
     "      redis.call('XCLAIM', sk, g, c, 0, e, 'JUSTID', 'RETRYCOUNT', att + 1)\n"
     "      pend[e] = att + 1\n"
     "      if ARGV[o + 7] ~= '' then\n"
-    "        redis.call('HSET', hk, 'rd', ARGV[o + 7])\n"
-    "        redis.call('HDEL', hk, 'ts')\n"
+    "        hash_call('HSET', hk, id, 'rd', ARGV[o + 7])\n"
+    "        hash_call('HDEL', hk, id, 'ts')\n"
     "      else\n"
-    "        redis.call('HDEL', hk, 'ts', 'rd')\n"
+    "        hash_call('HDEL', hk, id, 'ts', 'rd')\n"
     "      end\n"
     "    elseif st == '6' then\n"
-    "      redis.call('HDEL', hk, 'ts')\n"    /* (a layout 3 hash's) */
+    "      hash_call('HDEL', hk, id, 'ts')\n"    /* (a layout 3 hash's) */
     "    end\n"
     "    lat[#lat + 1] = id\n"
     "    lat[#lat + 1] = st .. ' ' .. sq .. ' ' .. t .. ' ' .. n .. ' ' .. ts .. ' ' .. u\n"
@@ -564,14 +581,15 @@ static const char script_update[] =
     "    over = over - 1\n"
     "  end\n"
     "end\n"
+    "out[#out + 1] = bad\n"
     "return out\n";
 
 /* trim: KEYS as update's (only 6, 7, 8 used), ARGV the retention: what
- * aged out while no item ended. */
+ * aged out while no item ended. Returns LUA_TRIM's bad. */
 static const char script_trim[] =
     LUA_TRIM
     "trim(ARGV)\n"
-    "return 0\n";
+    "return bad\n";
 
 /*
  * cancel: KEYS as update's, control, delayed, prio; ARGV[1..7] the
@@ -1383,15 +1401,47 @@ struct update_batch {
     struct update_cb cb[];
 };
 
+/*
+ * BAD: the {id, reason, ...} of the items a script left alone for their
+ * data, logged here, each as "KEY HEAD: REASON TAIL": those of waiting
+ * items it could not move on (LUA_BAD_ENTRY_FN: HEAD "cannot run", TAIL
+ * where it was taken out of), named once since they left it, their hash
+ * left as it was, for a cancel or a repair; and item keys that are no hash
+ * (LUA_TRIM's hash_call(): log_bad_hashes()), named each time they are
+ * met (rarely: an update of their item, its trim).
+ */
+static void
+log_bad_items(const redisReply *bad, const char *head, const char *tail)
+{
+    if (bad->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i + 1 < bad->elements; i += 2) {
+        const redisReply *id = bad->element[i], *why = bad->element[i + 1];
+        if (id->type != REDIS_REPLY_STRING || why->type != REDIS_REPLY_STRING)
+            continue;
+        log_error("cluster: %s%.*s %s: %.*s%s", cl.key_item_prefix, (int)id->len, id->str,
+                  head, (int)(why->len < 200 ? why->len : 200), why->str, tail);
+    }
+}
+
+static void
+log_bad_hashes(const redisReply *bad)
+{
+    log_bad_items(bad, "is no item hash", "; its item's updates are written without it "
+                  "(delete the key: the retention does when it forgets the item)");
+}
+
 static void
 on_updated(redisAsyncContext *ac, void *reply, void *arg)
 {
     struct update_batch *b = arg;
     redisReply *r = reply;
-    int each = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == b->n;
+    int each = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == b->n + 1;
     if (r != NULL && !each && r->type != REDIS_REPLY_ERROR && !cl.shutting_down)
         log_error("cluster: the update script answered %zu updates with an unexpected reply",
                   b->n);
+    if (each && !cl.shutting_down)
+        log_bad_hashes(r->element[b->n]);
     for (size_t i = 0; i < b->n; i++)
         b->cb[i].fn(ac, each ? r->element[i] : r != NULL && r->type == REDIS_REPLY_ERROR ? r
                     : NULL, b->cb[i].arg);
@@ -2145,28 +2195,6 @@ take_entries(const redisReply *entries, uint32_t *taken, uint32_t *weight)
     }
 }
 
-/*
- * BAD: the {id, reason, ...} of the waiting items a script (due, pull)
- * could not move on for their data (LUA_BAD_ENTRY_FN), each taken out of
- * WHERE, so named here once: its hash is left as it was, for a cancel or
- * a repair.
- */
-static void
-log_bad_items(const redisReply *bad, const char *where)
-{
-    if (bad->type != REDIS_REPLY_ARRAY)
-        return;
-    for (size_t i = 0; i + 1 < bad->elements; i += 2) {
-        const redisReply *id = bad->element[i], *why = bad->element[i + 1];
-        if (id->type != REDIS_REPLY_STRING || why->type != REDIS_REPLY_STRING)
-            continue;
-        log_error("cluster: %s%.*s cannot run: %.*s; taken out of %s, it waits no more "
-                  "(cancel it, or repair its hash and put it back)", cl.key_item_prefix,
-                  (int)id->len, id->str, (int)(why->len < 200 ? why->len : 200), why->str,
-                  where);
-    }
-}
-
 static void
 on_pulled(redisAsyncContext *ac, void *reply, void *arg)
 {
@@ -2213,9 +2241,10 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
         cluster_pull();
         return;
     }
-    char lanes[128];
-    snprintf(lanes, sizeof lanes, "its lane (%s:P)", cl.key_prio);
-    log_bad_items(r->element[5], lanes);
+    char tail[200];
+    snprintf(tail, sizeof tail, "; taken out of its lane (%s:P), it waits no more (cancel it, "
+             "or repair its hash and put it back)", cl.key_prio);
+    log_bad_items(r->element[5], "cannot run", tail);
     uint32_t taken = 0, weight = 0;
     for (size_t i = 0; i < 3; i++)  /* above 0, 0, below 0: best first */
         take_entries(r->element[i], &taken, &weight);
@@ -2457,8 +2486,12 @@ static void
 on_trimmed(redisAsyncContext *ac, void *reply, void *arg)
 {
     redisReply *r = reply;
-    if (r != NULL && r->type == REDIS_REPLY_ERROR && !cl.shutting_down)
+    if (r == NULL || cl.shutting_down)
+        return;
+    if (r->type == REDIS_REPLY_ERROR)
         log_error("cluster: forgetting the finals past items.retention failed: %s", r->str);
+    else
+        log_bad_hashes(r);
 }
 
 static void
@@ -2612,7 +2645,10 @@ on_due(redisAsyncContext *ac, void *reply, void *arg)
         arm_due(now + DUE_POLL_MS);
         return;
     }
-    log_bad_items(r->element[3], cl.key_delayed);
+    char tail[200];
+    snprintf(tail, sizeof tail, "; taken out of %s, it waits no more (cancel it, or repair "
+             "its hash and put it back)", cl.key_delayed);
+    log_bad_items(r->element[3], "cannot run", tail);
     if (r->element[1]->integer)
         prio_wake();        /* (the control stream's wake reaches the others) */
     else if (r->element[0]->integer > 0)

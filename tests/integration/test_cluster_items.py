@@ -734,3 +734,46 @@ def test_an_item_hash_with_a_bad_priority_or_no_workitem(redis, start_daemon):  
     a.wait_log(rf'retry of item "{c[0]["id"]}" skipped: \{{{name}\}}:item:{c[0]["id"]} has no '
                r"WorkItem \(w\) that decodes")
     assert cancel(a.client(), [c[1]["id"]]).cancelled == 1
+
+
+def test_an_item_key_that_is_no_hash_stops_no_update(redis, start_daemon):  # noqa: F811
+    """An item whose key is no hash (replaced by hand while it runs) failed
+    every update script that wrote its hash (its RETRYING: rd, ts; its
+    FAILED final: w), and with it every other update of that call
+    ("publishing ... failed: WRONGTYPE": their finals unknown, run again
+    elsewhere); its own final never went (run again and again); then the
+    trim of the retention, which reads it. Now its updates are written
+    without its hash, the key is named in the log, and the retention
+    deletes it when it forgets the item."""
+    name = cluster_name()
+    slow_fail = {"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                              "slowfail": {"exec": ["sh", "-c", "sleep 1; exit 3"],
+                                           "retry_exit_codes": [3]}},
+                 "items": {"retention": {"count": 2}}}
+    a = start_instance(start_daemon, redis, name, "a", overrides=slow_fail)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    bad = {"id": f"nh-{tag}", "kind": "slowfail", "max_attempts": 2}
+    assert a.client().submit([bad]).accepted == 1
+    sub.wait_state(bad["id"], STARTED)
+    key = f"{{{name}}}:item:{bad['id']}"
+    redis.command("DEL", key)
+    redis.command("SET", key, "not a hash")
+    # echoes all along: their updates share the update scripts of its own
+    echoes = []
+    for i in range(25):
+        echoes.append({"id": f"e-{tag}-{i}", "kind": "echo", "payload": b"e"})
+        assert a.client().submit([echoes[-1]]).accepted == 1
+        time.sleep(0.1)
+    final = sub.wait_final([bad["id"]], timeout=10)[bad["id"]]
+    assert (final.state, final.attempt) == (FAILED, 2), final
+    finals = sub.wait_final([e["id"] for e in echoes], timeout=10)
+    assert all(u.state == SUCCEEDED for u in finals.values()), finals
+    a.wait_log(r"\{%s\}:item:%s is no item hash: WRONGTYPE" % (name, bad["id"]), timeout=5)
+    # the next finals push it out of the retention (count 2)
+    more = [{"id": f"m-{tag}-{i}", "kind": "echo", "payload": b"m"} for i in range(3)]
+    assert a.client().submit(more).accepted == 3
+    sub.wait_final([m["id"] for m in more], timeout=10)
+    wait_for(lambda: redis.command("EXISTS", key) == 0, 5, "the key deleted by the retention")
+    assert "publishing" not in a.log_text(), a.log_tail()
+    assert "retention failed" not in a.log_text(), a.log_tail()

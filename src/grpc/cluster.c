@@ -986,7 +986,8 @@ static const char script_fence[] =
 /* lookup (getItems, cancel and retry by id: cluster_lookup_start()):
  * KEYS[1] the item's hash, KEYS[2] {NAME}:latest; ARGV[1] its id, then
  * the names of the fields wanted: their values, in that order, as an
- * HMGET of a layout 3 hash would give them (CLUSTER_LUA_FIELDS). */
+ * HMGET of a layout 3 hash would give them (CLUSTER_LUA_FIELDS); for a
+ * key that is no hash, HMGET's error (WRONGTYPE). */
 static const char script_lookup[] =
     CLUSTER_LUA_FIELDS
     "return fields(KEYS[1], KEYS[2], ARGV[1], {unpack(ARGV, 2)})\n";

@@ -122,12 +122,15 @@ void cluster_lookup_start(struct redis_args *a, const char *hash_key, const char
  * CLUSTER_LUA_FIELDS defines fields(HK, LK, ID, NAMES): the fields NAMES
  * of ID's hash HK, those of its latest update (s, q, ts, u) taken from
  * {NAME}:latest LK when it has one there, as HMGET gives them: what the
- * readers of cluster_items.c ask for, in either layout.
+ * readers of cluster_items.c ask for, in either layout. An HK that is no
+ * hash (written by hand) gives HMGET's error ({err = ...}) for the caller
+ * to skip that item alone: raised, it failed the whole listing.
  */
 #define CLUSTER_LUA_FIELDS                                                              \
     CLUSTER_LUA_LATEST                                                                  \
     "local function fields(hk, lk, id, names)\n"                                        \
-    "  local f = redis.call('HMGET', hk, 'q', unpack(names))\n"                         \
+    "  local f = redis.pcall('HMGET', hk, 'q', unpack(names))\n"                        \
+    "  if f.err then return f end\n"                                                    \
     "  local l = latest(lk, id, table.remove(f, 1))\n"                                  \
     "  if not l then return f end\n"                                                    \
     "  for i, name in ipairs(names) do\n"                                               \

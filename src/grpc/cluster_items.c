@@ -51,7 +51,9 @@ static const char *const item_fields[ITEM_FIELDS] = { "k", "b", "s", "m", "q", "
  * limit, scan, scope, the counts of kinds, states and batches, then them.
  * Returns {next, {id, seq, fields...}...}: next is the seq to continue
  * below ("0": no more), seq each item's place. Listed ids whose hash is
- * gone are dropped here.
+ * gone are dropped here; one whose key is no hash (written by hand) is
+ * left in {NAME}:items but not listed: {id, HMGET's error} instead, which
+ * the instance logs (warn_no_hash()).
  */
 static const char script_list[] =
     CLUSTER_LUA_FIELDS
@@ -70,12 +72,14 @@ static const char script_list[] =
     "for j = 1, #r, 2 do\n"
     "  local id = r[j]\n"
     "  local f = fields(prefix .. id, KEYS[2], id, names)\n"
-    "  if not f[1] then\n"
+    "  if f.err then\n"
+    "    out[#out + 1] = {id, f.err}\n"
+    "  elseif not f[1] then\n"
     "    redis.call('ZREM', KEYS[1], id)\n"
     "  elseif (scope == '' or string.sub(id, 1, #scope) == scope) and (nk == 0 or kinds[f[1]])"
     " and (ns == 0 or states[f[3]]) and (nb == 0 or batches[f[2]]) then\n"
     "    n = n + 1\n"
-    "    out[n + 1] = {id, string.format('%.0f', tonumber(r[j + 1])), f[1], f[2], f[3], f[4], "
+    "    out[#out + 1] = {id, string.format('%.0f', tonumber(r[j + 1])), f[1], f[2], f[3], f[4], "
     "f[5], f[6], f[7], f[8], f[9], f[10], f[11]}\n"
     "    if n == limit then\n"
     "      if j + 1 < #r or #r == 2 * scan then\n"
@@ -161,6 +165,41 @@ hash_id(const char *id, size_t len)
 }
 
 /* ---- an item from its hash ------------------------------------------------ */
+
+/*
+ * Item ID's key (ID_LEN bytes) is no hash (written by hand; ERR: Redis's
+ * error): the item is as unknown to getItems, cancel and retry, and the
+ * others are answered. Logged once in a row (listings repeat).
+ */
+static void
+warn_no_hash(const char *id, size_t id_len, const redisReply *err)
+{
+    static char last[DS_ITEM_ID_MAX + 1];
+    char msg[DS_ITEM_ID_MAX + 1];
+    snprintf(msg, sizeof msg, "%.*s", (int)id_len, id);
+    if (strcmp(msg, last) == 0)
+        return;
+    snprintf(last, sizeof last, "%s", msg);
+    log_warn("cluster: %s%s is no item hash (%.*s): that item is left out as unknown "
+             "(delete the key)", cluster_item_prefix(), msg,
+             (int)(err->len < 200 ? err->len : 200), err->str);
+}
+
+static int
+is_wrongtype(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_ERROR && strncmp(r->str, "WRONGTYPE", 9) == 0;
+}
+
+/* An entry E of the list script's reply that is {id, error}: a listed
+ * id whose key is no hash. */
+static void
+list_no_hash(const redisReply *e)
+{
+    if (e->type == REDIS_REPLY_ARRAY && e->elements == 2 &&
+        e->element[0]->type == REDIS_REPLY_STRING && e->element[1]->type == REDIS_REPLY_STRING)
+        warn_no_hash(e->element[0]->str, e->element[0]->len, e->element[1]);
+}
 
 static char *
 reply_strdup(const redisReply *r)
@@ -528,7 +567,10 @@ on_item(redisAsyncContext *ac, void *reply, void *arg)
     ask->qn.owed--;
     if (r == NULL)
         question_fail(&ask->qn, "cluster: the connection to redis was lost");
-    else if (r->type != REDIS_REPLY_ARRAY || r->elements != ITEM_FIELDS)
+    else if (is_wrongtype(r)) {
+        const char *id = ask->q.ids[slot->index];
+        warn_no_hash(id, strlen(id), r);            /* not found */
+    } else if (r->type != REDIS_REPLY_ARRAY || r->elements != ITEM_FIELDS)
         question_fail(&ask->qn, "cluster: looking items up failed: %.200s",
              r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
     else if (!ask->qn.answered) {
@@ -580,11 +622,12 @@ on_list(redisAsyncContext *ac, void *reply, void *arg)
     }
     ask->n = 0;
     size_t bytes = 0;
-    const redisReply *next = r->element[0];
+    const redisReply *next = r->element[0], *last = NULL;
     ask->items = ds_calloc(r->elements, sizeof *ask->items);
     wire_known_item **items = ds_calloc(r->elements, sizeof *items);
     for (size_t i = 1; i < r->elements; i++) {
         const redisReply *e = r->element[i];
+        list_no_hash(e);
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 + ITEM_FIELDS ||
             e->element[0]->type != REDIS_REPLY_STRING ||
             e->element[1]->type != REDIS_REPLY_STRING)
@@ -598,9 +641,10 @@ on_list(redisAsyncContext *ac, void *reply, void *arg)
         size_t size = com__agrounds__dosomething__v1__item__get_packed_size(m) + 8;
         if (ask->n > 0 && bytes + size > DS_UPDATE_SIZE_MAX) {
             free_item(m);
-            next = r->element[i - 1]->element[1];
+            next = last;        /* the page's last item (not an entry without a hash) */
             break;
         }
+        last = e->element[1];
         bytes += size;
         items[ask->n] = m;
         ask->n++;
@@ -926,7 +970,12 @@ on_act_lookup(redisAsyncContext *ac, void *reply, void *arg)
     ask->qn.owed--;
     if (r == NULL)
         question_fail(&ask->qn, "cluster: the connection to redis was lost");
-    else if (r->type != REDIS_REPLY_ARRAY || r->elements != ACT_FIELDS)
+    else if (is_wrongtype(r)) {
+        const char *id = act_id(ask, slot->index);
+        warn_no_hash(id, strlen(id), r);
+        if (!ask->qn.answered && !ask->qn.failed)
+            act_not_found(ask, slot->index);
+    } else if (r->type != REDIS_REPLY_ARRAY || r->elements != ACT_FIELDS)
         question_fail(&ask->qn, "%s",
                       r->type == REDIS_REPLY_ERROR ? r->str : "cluster: unexpected reply");
     else if (!ask->qn.answered && !ask->qn.failed)
@@ -976,7 +1025,8 @@ on_act_list(redisAsyncContext *ac, void *reply, void *arg)
     }
     for (size_t i = 1; i < r->elements && ask->n_found < ACT_ITEMS_MAX; i++) {
         const redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements < 1 ||
+        list_no_hash(e);
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 + ITEM_FIELDS ||
             e->element[0]->type != REDIS_REPLY_STRING)
             continue;
         if (ask->n_found == ask->cap_found) {

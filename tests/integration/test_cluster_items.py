@@ -777,3 +777,36 @@ def test_an_item_key_that_is_no_hash_stops_no_update(redis, start_daemon):  # no
     wait_for(lambda: redis.command("EXISTS", key) == 0, 5, "the key deleted by the retention")
     assert "publishing" not in a.log_text(), a.log_tail()
     assert "retention failed" not in a.log_text(), a.log_tail()
+
+
+@pytest.mark.deadline(60)
+def test_a_listed_item_key_that_is_no_hash_hides_no_other(redis, start_daemon):  # noqa: F811
+    """An item of {NAME}:items whose key is no hash (replaced by hand) made
+    the list script fail (HMGET's WRONGTYPE): every listing across it, and
+    every cancel and retry by batch, failed UNAVAILABLE; a getItems by ids
+    that named it failed for all its ids. Now it is as unknown there (not
+    listed, not found), the others are answered, and the log names its
+    key."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    items = [{"id": f"nl-{tag}-{i}", "kind": "echo", "payload": b"e", "batch": f"b-{tag}"}
+             for i in range(3)]
+    assert a.client().submit(items).accepted == 3
+    sub.wait_final([it["id"] for it in items], timeout=10)
+    bad = items[1]["id"]
+    key = f"{{{name}}}:item:{bad}"
+    redis.command("DEL", key)
+    redis.command("SET", key, "not a hash")
+    good = {items[0]["id"], items[2]["id"]}
+    listed = {m.id for m in get(a.client(), batches=[f"b-{tag}"]).items}
+    assert listed == good, listed
+    got = get(a.client(), [it["id"] for it in items])
+    assert ({m.id for m in got.items}, list(got.not_found)) == (good, [bad]), got
+    assert cancel(a.client(), batches=[f"b-{tag}"]).cancelled == 0
+    assert retry(a.client(), batches=[f"b-{tag}"]).requeued == 0
+    reply = cancel(a.client(), [bad])
+    assert list(reply.not_found) == [bad], reply
+    a.wait_log(r"\{%s\}:item:%s is no item hash" % (name, bad), timeout=5)
+    assert "failed" not in a.log_text(), a.log_tail()

@@ -702,7 +702,10 @@ static const char script_renew[] =
  * is still ahead}, at most count. An item whose next attempt was still
  * waiting its backoff never started it: it keeps its delivery count (the
  * attempt it waits for). An rd that is not 1 to 15 digits (written by
- * hand) is not waited for: the item runs at once. Consumers that hold
+ * hand) is not waited for: the item runs at once; so does one whose key
+ * is no hash (written by hand: WRONGTYPE failed every claim script that
+ * took it, and it never ran again), with a 9th element naming the key for
+ * the log. Consumers that hold
  * nothing and were not seen for their lease are removed (a live one is
  * recreated by its next read).
  */
@@ -720,10 +723,14 @@ static const char script_claim[] =
     "    for _, e in ipairs(p) do\n"
     "      local c = redis.call('XCLAIM', key, ARGV[1], ARGV[2], lease, e[1])\n"
     "      if #c > 0 and c[1] then\n"
-    "        local h, d, waiting = {false, false}, e[4] + 1, 0\n"
+    "        local h, d, waiting, bad = {false, false}, e[4] + 1, 0, false\n"
     "        for j = 1, #c[1][2], 2 do\n"
     "          if c[1][2][j] == 'i' then\n"
-    "            h = redis.call('HMGET', ARGV[5] .. c[1][2][j + 1], 'cr', 'rd')\n"
+    "            h = redis.pcall('HMGET', ARGV[5] .. c[1][2][j + 1], 'cr', 'rd')\n"
+    "            if h.err then\n"
+    "              bad = ARGV[5] .. c[1][2][j + 1] .. ' is no item hash (' .. h.err .. ')'\n"
+    "              h = {false, false}\n"
+    "            end\n"
     "          end\n"
     "        end\n"
     "        if h[2] and #h[2] <= 15 and string.match(h[2], '^%d+$') and\n"
@@ -732,7 +739,7 @@ static const char script_claim[] =
     "'JUSTID')\n"
     "          d, waiting = e[4], 1\n"
     "        end\n"
-    "        out[#out + 1] = {c[1][1], c[1][2], d, e[2], e[3], h[1], h[2], waiting}\n"
+    "        out[#out + 1] = {c[1][1], c[1][2], d, e[2], e[3], h[1], h[2], waiting, bad}\n"
     "      end\n"
     "    end\n"
     "  elseif f['pending'] == 0 and f['idle'] > lease and f['name'] ~= ARGV[2] then\n"
@@ -2470,6 +2477,11 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
             claim.due_ms = 0;   /* none (or not a time): at once */
         claim.waiting = e->elements >= 8 && e->element[7]->type == REDIS_REPLY_INTEGER &&
                         e->element[7]->integer == 1;
+        if (e->elements >= 9 && e->element[8]->type == REDIS_REPLY_STRING)
+            log_warn("cluster: %.*s: the item taken over runs without it (no cancel asked "
+                     "of its holder, no retry's due time)",
+                     (int)(e->element[8]->len < 400 ? e->element[8]->len : 400),
+                     e->element[8]->str);
         redisReply entry = { .type = REDIS_REPLY_ARRAY, .elements = 2, .element = e->element };
         long long deliveries = e->element[2]->integer;
         take_entry(&entry, deliveries > 0 && deliveries < UINT32_MAX ? (uint32_t)deliveries : 1,

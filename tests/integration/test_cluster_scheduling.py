@@ -32,6 +32,7 @@ from test_cluster_items import cancel, retry
 
 CANCELLED = pb.CANCELLED
 ONE_SLOT = {"workers": {"prefetch": 1}}
+NO_HASH = "(the key no hash)"
 
 
 def first(sub, item_id, state):
@@ -198,8 +199,8 @@ def two_retrying(redis, start_daemon, module, backoff, item_id, edit=None):
     """Instances a and b of a new cluster with BACKOFF_CONFIG(MODULE,
     BACKOFF); ITEM_ID submitted to a until its first attempt ended
     RETRYING; EDIT(name) then (a change by hand in Redis); then the
-    instance running it is killed. Returns (the other instance, the
-    killed one's worker pids, when it was killed in ns)."""
+    instance running it is killed. Returns (the other instance, when the
+    holder was killed in ns, the cluster's name)."""
     name = cluster_name()
     config = backoff_config(module, backoff)
     a = start_instance(start_daemon, redis, name, "a", overrides=config)
@@ -211,7 +212,7 @@ def two_retrying(redis, start_daemon, module, backoff, item_id, edit=None):
     holder, other = (a, b) if started.worker_pid in a.worker_pids() else (b, a)
     assert started.worker_pid in holder.worker_pids(), (started, a.worker_pids(), b.worker_pids())
     kill_everything(holder)
-    return other, time.time_ns()
+    return other, time.time_ns(), name
 
 
 def submit_until_retrying(d, redis, name, item_id):
@@ -234,7 +235,7 @@ def test_a_retry_waiting_its_backoff_runs_elsewhere_when_its_holder_dies(  # noq
     waited for (attempt 2, not a further one: it never started)."""
     backoff = 8000
     item_id = f"backoff-{uuid.uuid4().hex[:8]}"
-    other, killed = two_retrying(redis, start_daemon, retry_module, backoff, item_id)
+    other, killed, _ = two_retrying(redis, start_daemon, retry_module, backoff, item_id)
     sub = other.client().subscribe(replay=True, item_ids=[item_id], name="sub")
     final = sub.wait_final([item_id], timeout=40)[item_id]
     assert final.state == SUCCEEDED, sub.states_of(item_id)
@@ -257,14 +258,18 @@ def test_a_retry_waiting_its_backoff_runs_elsewhere_when_its_holder_dies(  # noq
 
 
 @pytest.mark.deadline(90)
-@pytest.mark.parametrize("rd", [None, "not-a-time", "9" * 20])
+@pytest.mark.parametrize("rd", [None, "not-a-time", "9" * 20, NO_HASH])
 def test_a_takeover_does_not_wait_for_a_due_time_that_is_not_one(  # noqa: F811
         redis, start_daemon, retry_module, rd):
     """The holder of an item waiting a long backoff dies after the item's
     rd was removed or overwritten by hand with something that is not a
-    unix time in ms (1 to 15 digits). The instance taking it over runs it
-    at once, as a takeover of a running item (one more attempt), instead
-    of waiting for ever or failing the claim."""
+    unix time in ms (1 to 15 digits), or its whole key replaced by one that
+    is no hash. The instance taking it over runs it at once, as a takeover
+    of a running item (one more attempt), instead of waiting for ever or
+    failing the claim (the key that is no hash failed every claim script
+    that took the item with WRONGTYPE: it never ran again, and the entries
+    after it waited a lease); the key that is no hash is named in the
+    log."""
     backoff = 60000
     item_id = f"bad-rd-{uuid.uuid4().hex[:8]}"
 
@@ -272,9 +277,12 @@ def test_a_takeover_does_not_wait_for_a_due_time_that_is_not_one(  # noqa: F811
         key = f"{{{name}}}:item:{item_id}"
         if rd is None:
             redis.command("HDEL", key, "rd")
+        elif rd == NO_HASH:
+            redis.command("DEL", key)
+            redis.command("SET", key, "not a hash")
         else:
             redis.command("HSET", key, "rd", rd)
-    other, _ = two_retrying(redis, start_daemon, retry_module, backoff, item_id, edit)
+    other, _, name = two_retrying(redis, start_daemon, retry_module, backoff, item_id, edit)
     sub = other.client().subscribe(replay=True, item_ids=[item_id], name="sub")
     final = sub.wait_final([item_id], timeout=40)[item_id]
     assert final.state == SUCCEEDED, sub.states_of(item_id)
@@ -285,6 +293,9 @@ def test_a_takeover_does_not_wait_for_a_due_time_that_is_not_one(  # noqa: F811
     assert later[0].time_unix_nano < retrying.time_unix_nano + (backoff // 2) * 10**6, \
         "the takeover waited for a due time that was not one"
     assert final.attempt == 3, sub.states_of(item_id)      # the takeover counted one
+    if rd == NO_HASH:
+        other.wait_log(r"\{%s\}:item:%s is no item hash \(WRONGTYPE" % (name, item_id))
+        assert "claiming" not in other.log_text(), other.log_tail()
 
 
 @pytest.mark.deadline(60)

@@ -852,7 +852,8 @@ static const char script_pull[] =
  * on: priority 0 into {NAME}:work, others into their lane (then a wake
  * entry on {NAME}:control tells every instance to pull). One that cannot
  * (its key no hash, a field of its entry missing: bad_entry(), a p that
- * is no integer) leaves {NAME}:delayed alone, its hash untouched. Returns
+ * is no integer but 0: the lane of 0 is never pulled) leaves
+ * {NAME}:delayed alone, its hash untouched. Returns
  * {moved, woke (0/1), the next due time or -1, {id, reason, ...} of those}.
  */
 static const char script_due[] =
@@ -868,8 +869,8 @@ static const char script_due[] =
     "  local waiting = not why and h[6] and h[7] == '1' and not latest(KEYS[5], id, h[9])\n"
     "  if waiting then\n"
     "    why = bad_entry(h)\n"
-    "    if not why and h[8] and not string.match(h[8], '^%-?%d+$') then\n"
-    "      why = 'its p (priority) ' .. h[8] .. ' is no integer'\n"
+    "    if not why and h[8] and (not string.match(h[8], '^%-?%d+$') or tonumber(h[8]) == 0) then\n"
+    "      why = 'its p (priority) ' .. h[8] .. ' is no integer but 0'\n"
     "    end\n"
     "  end\n"
     "  if why then\n"

@@ -344,6 +344,12 @@ static const char script_accepts[] =
  * the call with it (their finals unknown, run again elsewhere, this one
  * again and again), or every trim while it was the oldest final. The
  * retention deletes such a key when it forgets the item.
+ * add_bytes(N): the bytes (KEYS[8]) plus N, their new sum; when they are
+ * no integer (written by hand: INCRBY failed every script that counted a
+ * final, so every final's reply was an error and nothing was forgotten
+ * past the count any more) they start again at N, and `bytes_bad` says
+ * what they held, for the instance to log (once: they are a number
+ * again).
  */
 #define LUA_TRIM                                                                        \
     CLUSTER_LUA_LATEST                                                                  \
@@ -355,6 +361,16 @@ static const char script_accepts[] =
     "    bad_seen[id] = true\n"                                                         \
     "    bad[#bad + 1], bad[#bad + 2] = id, v.err\n"                                    \
     "  end\n"                                                                           \
+    "end\n"                                                                             \
+    "local bytes_bad = false\n"                                                         \
+    "local function add_bytes(n)\n"                                                     \
+    "  local v = redis.pcall('INCRBY', KEYS[8], n)\n"                                   \
+    "  if type(v) == 'number' then return v end\n"                                      \
+    "  local was = redis.pcall('GET', KEYS[8])\n"                                       \
+    "  if type(was) ~= 'string' then was = v.err end\n"                                 \
+    "  bytes_bad = KEYS[8] .. ' held no integer (' .. string.sub(was, 1, 60) .. ')'\n"  \
+    "  redis.call('SET', KEYS[8], math.max(n, 0))\n"                                    \
+    "  return math.max(n, 0)\n"                                                         \
     "end\n"                                                                             \
     "local function final_of(k, id, r)\n"                                               \
     "  local h = hash_call('HMGET', k, id, 'q', 'n', 't') or {}\n"                      \
@@ -373,7 +389,7 @@ static const char script_accepts[] =
     "  redis.call('HDEL', r[6], id)\n"                                                  \
     "  redis.call('ZREM', KEYS[6], id)\n"                                               \
     "  n = tonumber(n) or 0\n"                                                          \
-    "  if n > 0 then redis.call('DECRBY', KEYS[8], n) end\n"                            \
+    "  if n > 0 then add_bytes(-n) end\n"                                               \
     "end\n"                                                                             \
     "local function trim(r)\n"                                                          \
     "  local cut = tonumber(r[1]) - tonumber(r[2])\n"                                   \
@@ -416,7 +432,7 @@ static const char script_accepts[] =
     "  redis.call('HSET', r[6], ARGV[4], ARGV[7] .. ' ' .. sq .. ' ' .. r[1] .. ' ' .. "  \
     "n .. ' ' .. ts .. ' ' .. ARGV[3])\n"                                               \
     "  local over = redis.call('RPUSH', KEYS[7], sq .. ' ' .. ARGV[4]) - tonumber(r[3])\n"\
-    "  local total = redis.call('INCRBY', KEYS[8], n)\n"                                \
+    "  local total = add_bytes(n)\n"                                                    \
     "  for _ = 1, 100 do\n"                                                             \
     "    if over <= 0 and total <= tonumber(r[4]) then return end\n"                    \
     "    local o = redis.call('LPOP', KEYS[7])\n"                                       \
@@ -454,8 +470,9 @@ static const char script_accepts[] =
  * (the XCLAIM of a retry, the HDEL of a layout 3 hash's ts) and the
  * PROGRESS or final of an item that is not quick, when its STARTED is not
  * in the same call (its attempt's start, from its last update) cost
- * commands of their own. After the replies, LUA_TRIM's bad: the item keys
- * that are no hash (hash_call()), which no longer fail the call.
+ * commands of their own. After the replies, LUA_TRIM's bad (the item keys
+ * that are no hash: hash_call()) and bytes_bad (add_bytes()), which no
+ * longer fail the call.
  */
 #define UPDATE_FIELDS 9
 static const char script_update[] =
@@ -571,7 +588,7 @@ static const char script_update[] =
     "end\n"
     "if #pushes > 0 then\n"
     "  local over = redis.call('RPUSH', KEYS[7], unpack(pushes)) - tonumber(r[3])\n"
-    "  local total = redis.call('INCRBY', KEYS[8], bytes)\n"
+    "  local total = add_bytes(bytes)\n"
     "  for _ = 1, 100 + #pushes do\n"
     "    if over <= 0 and total <= tonumber(r[4]) then break end\n"
     "    local ob = redis.call('LPOP', KEYS[7])\n"
@@ -582,14 +599,15 @@ static const char script_update[] =
     "  end\n"
     "end\n"
     "out[#out + 1] = bad\n"
+    "out[#out + 1] = bytes_bad\n"
     "return out\n";
 
 /* trim: KEYS as update's (only 6, 7, 8 used), ARGV the retention: what
- * aged out while no item ended. Returns LUA_TRIM's bad. */
+ * aged out while no item ended. Returns LUA_TRIM's {bad, bytes_bad}. */
 static const char script_trim[] =
     LUA_TRIM
     "trim(ARGV)\n"
-    "return bad\n";
+    "return {bad, bytes_bad}\n";
 
 /*
  * cancel: KEYS as update's, control, delayed, prio; ARGV[1..7] the
@@ -1416,7 +1434,7 @@ struct update_batch {
  * items it could not move on (LUA_BAD_ENTRY_FN: HEAD "cannot run", TAIL
  * where it was taken out of), named once since they left it, their hash
  * left as it was, for a cancel or a repair; and item keys that are no hash
- * (LUA_TRIM's hash_call(): log_bad_hashes()), named each time they are
+ * (LUA_TRIM's hash_call(): log_bad_counts()), named each time they are
  * met (rarely: an update of their item, its trim).
  */
 static void
@@ -1433,11 +1451,19 @@ log_bad_items(const redisReply *bad, const char *head, const char *tail)
     }
 }
 
+/* LUA_TRIM's bad (the item keys that are no hash) and bytes_bad (nil, or
+ * what {NAME}:finals_bytes held that was no integer), from the update
+ * and trim scripts. */
 static void
-log_bad_hashes(const redisReply *bad)
+log_bad_counts(const redisReply *bad, const redisReply *bytes_bad)
 {
     log_bad_items(bad, "is no item hash", "; its item's updates are written without it "
                   "(delete the key: the retention does when it forgets the item)");
+    if (bytes_bad->type == REDIS_REPLY_STRING)
+        log_warn("cluster: %.*s: the sum of the retained bytes starts again from the finals "
+                 "kept since (items.retention.bytes counts fewer until the older ones are "
+                 "forgotten)", (int)(bytes_bad->len < 300 ? bytes_bad->len : 300),
+                 bytes_bad->str);
 }
 
 static void
@@ -1445,12 +1471,12 @@ on_updated(redisAsyncContext *ac, void *reply, void *arg)
 {
     struct update_batch *b = arg;
     redisReply *r = reply;
-    int each = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == b->n + 1;
+    int each = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == b->n + 2;
     if (r != NULL && !each && r->type != REDIS_REPLY_ERROR && !cl.shutting_down)
         log_error("cluster: the update script answered %zu updates with an unexpected reply",
                   b->n);
     if (each && !cl.shutting_down)
-        log_bad_hashes(r->element[b->n]);
+        log_bad_counts(r->element[b->n], r->element[b->n + 1]);
     for (size_t i = 0; i < b->n; i++)
         b->cb[i].fn(ac, each ? r->element[i] : r != NULL && r->type == REDIS_REPLY_ERROR ? r
                     : NULL, b->cb[i].arg);
@@ -2504,8 +2530,8 @@ on_trimmed(redisAsyncContext *ac, void *reply, void *arg)
         return;
     if (r->type == REDIS_REPLY_ERROR)
         log_error("cluster: forgetting the finals past items.retention failed: %s", r->str);
-    else
-        log_bad_hashes(r);
+    else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2)
+        log_bad_counts(r->element[0], r->element[1]);
 }
 
 static void

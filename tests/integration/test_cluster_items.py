@@ -810,3 +810,27 @@ def test_a_listed_item_key_that_is_no_hash_hides_no_other(redis, start_daemon): 
     assert list(reply.not_found) == [bad], reply
     a.wait_log(r"\{%s\}:item:%s is no item hash" % (name, bad), timeout=5)
     assert "failed" not in a.log_text(), a.log_tail()
+
+
+@pytest.mark.deadline(60)
+def test_a_byte_count_that_is_no_number_stops_no_final(redis, start_daemon):  # noqa: F811
+    """{NAME}:finals_bytes (the retained finals' bytes, for
+    items.retention.bytes) written by hand as no integer made every script
+    that counts a final fail (INCRBY: "publishing a final update failed:
+    ERR value is not an integer": the reply of every final of the cluster an
+    error, "whether redis has its final update is unknown", and nothing
+    forgotten past the retention any more). Now the count starts again from
+    the bytes of that call's finals, and the log says so, naming the key."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    key = f"{{{name}}}:finals_bytes"
+    redis.command("SET", key, "lots")
+    tag = uuid.uuid4().hex[:8]
+    items = [{"id": f"fb-{tag}-{i}", "kind": "echo", "payload": b"e"} for i in range(5)]
+    assert a.client().submit(items).accepted == 5
+    finals = sub.wait_final([it["id"] for it in items], timeout=10)
+    assert all(u.state == SUCCEEDED for u in finals.values()), finals
+    a.wait_log(r"\{%s\}:finals_bytes held no integer \(lots\)" % name, timeout=5)
+    assert "publishing" not in a.log_text(), a.log_tail()
+    assert int(redis.command("GET", key)) > 0

@@ -658,11 +658,19 @@ static const char script_cancel[] =
  * QUEUED update (u i k b s), ARGV[8..10] m t q (the entry's fields), ARGV[11] its priority ("" for 0), ARGV[12] ta. A FAILED
  * or CANCELLED item with its WorkItem is queued again as if accepted now
  * (the seq, or 0 if it is not retryable; -1 if not known): a prioritized
- * one in its lane (its delay is not applied again).
+ * one in its lane (its delay is not applied again). unkeep(N): its N
+ * retained bytes leave {NAME}:finals_bytes; when that is no integer (or N
+ * no number: both written by hand) it is left to the next final's
+ * add_bytes() (LUA_TRIM), which starts it again and says so: the DECRBY
+ * came after the item was queued again, and failed the call.
  */
 static const char script_retry[] =
     CLUSTER_LUA_LATEST
     LUA_MINID_FN
+    "local function unkeep(n)\n"
+    "  n = tonumber(n)\n"
+    "  if n then redis.pcall('DECRBY', KEYS[8], n) end\n"
+    "end\n"
     "local h = redis.call('HMGET', KEYS[5], 's', 'w', 'n', 'q')\n"
     "if not h[1] then return -1 end\n"
     "local l = latest(KEYS[10], ARGV[4], h[4])\n"
@@ -678,7 +686,7 @@ static const char script_retry[] =
     "'q', sq, 'ta', ARGV[12], 'p', ARGV[11], 'to', ARGV[9], 'qq', ARGV[10])\n"
     "  redis.call('RPUSH', KEYS[9] .. ':' .. ARGV[11], ARGV[4])\n"
     "  redis.call('ZADD', KEYS[9], ARGV[11], ARGV[11])\n"
-    "  if h[3] then redis.call('DECRBY', KEYS[8], tonumber(h[3])) end\n"
+    "  unkeep(h[3])\n"
     "  redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
     "  return seq\n"
     "end\n"
@@ -688,7 +696,7 @@ static const char script_retry[] =
     "redis.call('HDEL', KEYS[5], 'u', 'ts', 'w', 'n', 't', 'cr', 'p', 'd', 'rd')\n"
     "redis.call('HSET', KEYS[5], 'k', ARGV[5], 'b', ARGV[6], 's', ARGV[7], 'm', ARGV[8], "
     "'q', sq, 'x', e, 'ta', ARGV[12])\n"
-    "if h[3] then redis.call('DECRBY', KEYS[8], tonumber(h[3])) end\n"
+    "unkeep(h[3])\n"
     "if ARGV[11] ~= '' then redis.call('HSET', KEYS[5], 'p', ARGV[11]) end\n"
     "redis.call('ZADD', KEYS[6], sq, ARGV[4])\n"
     "return seq\n";

@@ -834,3 +834,29 @@ def test_a_byte_count_that_is_no_number_stops_no_final(redis, start_daemon):  # 
     a.wait_log(r"\{%s\}:finals_bytes held no integer \(lots\)" % name, timeout=5)
     assert "publishing" not in a.log_text(), a.log_tail()
     assert int(redis.command("GET", key)) > 0
+
+
+@pytest.mark.deadline(60)
+def test_a_retry_while_the_byte_count_is_no_number(redis, start_daemon):  # noqa: F811
+    """A retry of a FAILED item while {NAME}:finals_bytes is no integer
+    (written by hand) queued the item again, then failed on the DECRBY of
+    its bytes: the call answered UNAVAILABLE ("retrying failed: ERR value
+    is not an integer") though the item was queued, and was left out of
+    the listing's new place. Now the retry is answered (requeued), the item
+    runs again, and its final restarts the count, saying so."""
+    name = cluster_name()
+    fail = {"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                         "fail": {"exec": ["sh", "-c", "exit 3"]}}}
+    a = start_instance(start_daemon, redis, name, "a", overrides=fail)
+    c = a.client()
+    tag = uuid.uuid4().hex[:8]
+    item = {"id": f"rb-{tag}", "kind": "fail", "max_attempts": 1}
+    assert c.submit([item]).accepted == 1
+    assert get(c, [item["id"]], wait=True, timeout=10).items[0].state == FAILED
+    redis.command("SET", f"{{{name}}}:finals_bytes", "lots")
+    assert retry(c, [item["id"]]).requeued == 1
+    final = get(c, [item["id"]], wait=True, timeout=10).items[0]
+    assert (final.state, final.attempt) == (FAILED, 1), final
+    assert item["id"] == get(c, states=[FAILED]).items[0].id      # the newest of the listing
+    a.wait_log(r"\{%s\}:finals_bytes held no integer \(lots\)" % name, timeout=5)
+    assert "retrying failed" not in a.log_text(), a.log_tail()

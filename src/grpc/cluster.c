@@ -878,8 +878,8 @@ static const char script_pull[] =
  * on: priority 0 into {NAME}:work, others into their lane (then a wake
  * entry on {NAME}:control tells every instance to pull). One that cannot
  * (its key no hash, a field of its entry missing: bad_entry(), a p that
- * is no integer but 0: the lane of 0 is never pulled) leaves
- * {NAME}:delayed alone, its hash untouched. Returns
+ * is no integer but 0: the lane of 0 is never pulled, a lane that is no
+ * list) leaves {NAME}:delayed alone, its hash untouched. Returns
  * {moved, woke (0/1), the next due time or -1, {id, reason, ...} of those}.
  */
 static const char script_due[] =
@@ -898,6 +898,11 @@ static const char script_due[] =
     "    if not why and h[8] and (not string.match(h[8], '^%-?%d+$') or tonumber(h[8]) == 0) then\n"
     "      why = 'its p (priority) ' .. h[8] .. ' is no integer but 0'\n"
     "    end\n"
+    "    if not why and h[8] then\n"
+    "      local lk = KEYS[3] .. ':' .. h[8]\n"
+    "      local r = redis.pcall('RPUSH', lk, id)\n"
+    "      if type(r) == 'table' then why = 'its lane ' .. lk .. ' is no list (' .. r.err .. ')' end\n"
+    "    end\n"
     "  end\n"
     "  if why then\n"
     "    bad[#bad + 1], bad[#bad + 2] = id, why\n"
@@ -907,8 +912,7 @@ static const char script_due[] =
     "'m', h[3], 't', h[4], 'q', h[5], 'w', h[6])\n"
     "      redis.call('HSET', hk, 'x', e)\n"
     "      redis.call('HDEL', hk, 'w', 'to', 'qq')\n"
-    "    else\n"
-    "      redis.call('RPUSH', KEYS[3] .. ':' .. h[8], id)\n"
+    "    else\n"      /* (pushed into its lane above) */
     "      redis.call('ZADD', KEYS[3], h[8], h[8])\n"
     "      woke = true\n"
     "    end\n"

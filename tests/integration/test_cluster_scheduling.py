@@ -510,7 +510,8 @@ def test_a_delayed_entry_whose_score_is_no_time(redis, start_daemon):  # noqa: F
 def test_a_delayed_item_whose_hash_is_bad_stops_no_other(redis, start_daemon):  # noqa: F811
     """Delayed items whose hash lacks a field of their work entry (to),
     whose p is no integer (or 0: its lane was never pulled, the item
-    waited for ever), or whose key is no hash (written by hand) each
+    waited for ever), whose lane is no list, or whose key is no hash
+    (written by hand) each
     stopped the due script when they came due (an XADD of nil, a ZADD of
     no number, HMGET's WRONGTYPE: "moving the delayed items that are due
     failed", the item already out of {NAME}:delayed: lost), and the items
@@ -523,17 +524,19 @@ def test_a_delayed_item_whose_hash_is_bad_stops_no_other(redis, start_daemon):  
     tag = uuid.uuid4().hex[:8]
     # the same due time: the bad ones (their ids sort first) come first
     bad = [{"id": f"a-{tag}-{i}", "kind": "echo", "payload": b"b", "delay_ms": 1500}
-           for i in range(4)]
+           for i in range(5)]
     good = [{"id": f"b-{tag}-{i}", "kind": "echo", "payload": b"g", "delay_ms": 1500}
             for i in range(3)]
     t0 = time.time_ns()
-    assert a.client().submit(bad + good).accepted == 7
+    assert a.client().submit(bad + good).accepted == 8
     pre = f"{{{name}}}:item:"
     redis.command("HDEL", pre + bad[0]["id"], "to")
     redis.command("HSET", pre + bad[1]["id"], "p", "high")
     redis.command("DEL", pre + bad[2]["id"])
     redis.command("SET", pre + bad[2]["id"], "not a hash")
     redis.command("HSET", pre + bad[3]["id"], "p", "0")
+    redis.command("HSET", pre + bad[4]["id"], "p", "9")
+    redis.command("SET", f"{{{name}}}:prio:9", "not a list")
     final = sub.wait_final([it["id"] for it in good], timeout=10)
     assert all(u.state == SUCCEEDED for u in final.values()), final
     for it in good:
@@ -546,9 +549,11 @@ def test_a_delayed_item_whose_hash_is_bad_stops_no_other(redis, start_daemon):  
     a.wait_log(r"\{%s\}:item:%s cannot run: its p \(priority\) 0 is no integer but 0"
                % (name, bad[3]["id"]), timeout=5)
     a.wait_log(r"\{%s\}:item:%s cannot run: WRONGTYPE" % (name, bad[2]["id"]), timeout=5)
+    a.wait_log(r"\{%s\}:item:%s cannot run: its lane \{%s\}:prio:9 is no list \(WRONGTYPE"
+               % (name, bad[4]["id"], name), timeout=5)
     assert "failed" not in a.log_text(), a.log_tail()
     assert redis.command("ZCARD", f"{{{name}}}:delayed") == 0
     assert redis.command("HGET", pre + bad[0]["id"], "w") is not None   # left as it was
-    assert not redis.command("KEYS", f"{{{name}}}:prio*")
+    assert redis.command("KEYS", f"{{{name}}}:prio*") == [f"{{{name}}}:prio:9".encode()]
     # a cancel ends it
     assert cancel(a.client(), [bad[0]["id"]]).cancelled == 1

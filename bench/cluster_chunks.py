@@ -27,7 +27,7 @@ attempt of their own), cancel and retry by id, lanes and delays, the
 retention's trimming, getItems reading chunks. Same items as
 bench/cluster_scripts.py (40 accept scripts of 512 echo items, then update
 scripts of 256 finals), interleaved with the daemon's own scripts of
-src/grpc/cluster.c; INFO cpu before and after each step. docs/scaling.md
+src/grpc/cluster_scripts.c; INFO cpu before and after each step. docs/scaling.md
 has the numbers.
 """
 import sys
@@ -199,7 +199,7 @@ def main():
         print("µs of Redis CPU per item: accept, xreadgroup, final, total")
         rounds = {}
         for _ in range(5):
-            row = {"today (src/grpc/cluster.c)": measure(r, "src/grpc/cluster.c")}
+            row = {"today (cluster_scripts.c)": measure(r, "src/grpc/cluster_scripts.c")}
             for ch in chunks:
                 row[f"chunks of {ch}"] = measure_chunks(r, ch)
             row[f"chunks of {chunks[0]}, no records"] = measure_chunks(r, chunks[0], True)

@@ -4,8 +4,10 @@ Redis's own CPU per item for cluster mode's batch scripts, measured alone:
 
     /usr/bin/python3 bench/cluster_scripts.py [CLUSTER_C ...]
 
-For each cluster.c given (default: src/grpc/cluster.c; e.g. an older one from
-`git show REV:src/grpc/cluster.c > /tmp/old.c`), the accept and update scripts
+For each file of scripts given (default: src/grpc/cluster_scripts.c; e.g. an
+older tree's from `git show REV:src/grpc/cluster_scripts.c > /tmp/old.c`, or
+before the scripts had a file of their own, REV:src/grpc/cluster.c), the
+accept and update scripts
 are taken out of its C string literals and run on a fresh redis-server (a
 free loopback port, its own temp dir, killed at the end) the way an instance
 batches them: 40 accept scripts of 512 echo items (64 B WorkItems), an
@@ -168,7 +170,7 @@ def redis_server():
 
 
 def main():
-    paths = sys.argv[1:] or ["src/grpc/cluster.c"]
+    paths = sys.argv[1:] or ["src/grpc/cluster_scripts.c"]
     with redis_server() as r:
         print("µs of Redis CPU per item: accept, xreadgroup, started+final, total")
         for _ in range(3):

@@ -10,8 +10,15 @@
  * KEYS: work, updates, seq, origin. Every script that publishes an update
  * starts with this: the seq counter, created on first use no lower than
  * the caller's floor (ARGV[1]) nor than the stream's newest entry (a Redis
- * that lost the counter and kept the stream), then the next seq.
+ * that lost the counter and kept the stream), then the next seq. A
+ * counter that is not one (edited by hand: no integer, another type) ends
+ * the script with an error naming it (a batch's, LUA_SEQ_LOAD, before it
+ * writes anything), where every accept and update failed on Lua's
+ * arithmetic on nil.
  */
+#define LUA_SEQ_BAD                                                                     \
+    "'ERR ' .. KEYS[3] .. ' is no seq counter (an integer below 2^53): '"        \
+    " .. 'delete it, and it starts again past the newest update of ' .. KEYS[2]"
 #define LUA_NEXT_SEQ                                                                    \
     "if redis.call('EXISTS', KEYS[3]) == 0 then\n"                                      \
     "  local start = tonumber(ARGV[1])\n"                                               \
@@ -23,7 +30,8 @@
     "  redis.call('SET', KEYS[3], string.format('%.0f', start))\n"                      \
     "  redis.call('SET', KEYS[4], string.format('%.0f', start))\n"                      \
     "end\n"                                                                             \
-    "local seq = redis.call('INCR', KEYS[3])\n"
+    "local seq = redis.pcall('INCR', KEYS[3])\n"                                        \
+    "if type(seq) ~= 'number' then return redis.error_reply(" LUA_SEQ_BAD ") end\n"
 
 /*
  * The update stream keeps about ARGV[2] (updates.history) updates: its
@@ -151,7 +159,12 @@
     "  redis.call('SET', KEYS[3], string.format('%.0f', start))\n"                      \
     "  redis.call('SET', KEYS[4], string.format('%.0f', start))\n"                      \
     "end\n"                                                                             \
-    "local seq = tonumber(redis.call('GET', KEYS[3]))\n"                                \
+    "local seq = redis.pcall('GET', KEYS[3])\n"                                         \
+    "if type(seq) ~= 'string' or #seq > 16 or not string.match(seq, '^%d+$') or\n"        \
+    "   tonumber(seq) >= 2^53 then\n"                                                   \
+    "  return redis.error_reply(" LUA_SEQ_BAD ")\n"                                      \
+    "end\n"                                                                             \
+    "seq = tonumber(seq)\n"                                                              \
     "local seq_loaded = seq\n"
 #define LUA_SEQ_STORE                                                                   \
     "if seq ~= seq_loaded then redis.call('SET', KEYS[3], string.format('%.0f', seq)) end\n"

@@ -704,6 +704,40 @@ def test_an_origin_key_of_the_wrong_type(redis, start_daemon):
     wait_serving(a)
 
 
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("bad", ["garbage", "1e30", "hash"])
+def test_a_seq_counter_that_is_no_number(redis, start_daemon, bad):
+    """{NAME}:seq edited by hand into something that is not a counter: the
+    items of a submit are rejected, their reason naming the key and what to
+    do (it was Lua's "arithmetic on a nil value"), nothing
+    of them is written, and once the key is deleted the counter starts again
+    past the newest update: no seq is used twice."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    assert a.client().submit([{"id": "seq-1", "kind": "echo", "payload": b"1"}]).accepted == 1
+    first = sub.wait_final(["seq-1"], timeout=10)["seq-1"]
+    sub.cancel()
+    key = f"{{{name}}}:seq"
+    redis.command("DEL", key)
+    if bad == "hash":
+        redis.command("HSET", key, "x", "1")
+    else:
+        redis.command("SET", key, bad)
+    reply = a.client().submit([{"id": "seq-2", "kind": "echo", "payload": b"2"}])
+    assert (reply.accepted, reply.rejected) == (0, 1), reply
+    assert f"{key} is no seq counter" in reply.rejections[0].reason, reply
+    assert redis.command("EXISTS", f"{{{name}}}:item:seq-2") == 0
+    redis.command("DEL", key)
+    assert a.client().submit([{"id": "seq-2", "kind": "echo", "payload": b"2"}]).accepted == 1
+    # (the counter starts again at the clock, past the stream: a gap, which
+    # ends the streams of subscribers, resumable, as for any lost updates)
+    sub2 = a.client().subscribe(replay=True, item_ids=["seq-1", "seq-2"], name="sub-2")
+    again = sub2.wait_final(["seq-2"], timeout=10)["seq-2"]
+    assert again.seq > first.seq, (first, again)
+    sub2.assert_seq_increasing()
+
+
 # --------------------------------------------------------------------------
 # 5b. the Redis layout
 # --------------------------------------------------------------------------

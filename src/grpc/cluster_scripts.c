@@ -642,7 +642,10 @@ static const char script_renew[] =
  * hash prefix, now (unix ms), the prefix of the lease keys. Entries that
  * their holder stopped renewing for its lease become ours: the lease its
  * {NAME}:lease:CONSUMER says (publish_lease()), or ours if it says none
- * (an older version, or an instance gone longer than that key lives), so
+ * (an older version, or an instance gone longer than that key lives) or
+ * holds something else than 1 to 15 digits (written by hand: GET of
+ * another type, XPENDING IDLE of a fraction or of more digits failed
+ * every claim script), so
  * that instances reloaded to different leases (a rolling change of
  * cluster.lease) never take over what a live one renews on its own
  * schedule. Each as {id, fields, delivery count, previous holder, idle
@@ -664,8 +667,13 @@ static const char script_claim[] =
     "for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', key, ARGV[1])) do\n"
     "  local f = {}\n"
     "  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end\n"
-    "  local lease = tonumber(redis.call('GET', ARGV[7] .. f['name']) or '')\n"
-    "  if not lease or lease < 1 then lease = tonumber(ARGV[3]) end\n"
+    "  local lease = redis.pcall('GET', ARGV[7] .. f['name'])\n"
+    "  if type(lease) ~= 'string' or #lease > 15 or not string.match(lease, '^%d+$') or\n"
+    "     tonumber(lease) < 1 then\n"
+    "    lease = tonumber(ARGV[3])\n"
+    "  else\n"
+    "    lease = tonumber(lease)\n"
+    "  end\n"
     "  if f['pending'] > 0 and #out < max then\n"
     "    local p = redis.call('XPENDING', key, ARGV[1], 'IDLE', lease, '-', '+', max - #out, "
     "f['name'])\n"

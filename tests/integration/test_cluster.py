@@ -494,6 +494,43 @@ def test_items_of_a_killed_instance_finish_on_the_other(redis, start_daemon):
 
 
 @pytest.mark.deadline(60)
+@pytest.mark.parametrize("bad", ["hash", "1.5", "99999999999999999999"])
+def test_a_lease_key_that_is_no_lease_stops_no_claim(redis, start_daemon, bad):
+    """{NAME}:lease:CONSUMER of a dead instance edited by hand into
+    something that is no lease (another type, a fraction, more digits than
+    a lease has): its items are still taken over (after the claimer's own
+    lease), and so are every other instance's: the claim script does not
+    fail for everyone (GET's WRONGTYPE, XPENDING's "not an integer")."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    b = start_instance(start_daemon, redis, name, "b")
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    b_workers = set(b.worker_pids())
+    long = sleep_items(f"lk-{bad[:4]}", 6, ms=1500)
+    assert b.client().submit(long).accepted == len(long)
+
+    def started_on_b(s):
+        return {u.item_id for u in s.updates if u.state == STARTED and u.worker_pid in b_workers}
+    sub.wait(lambda s: len(started_on_b(s)) >= 1, 10, "a sleep started on b's workers")
+    b_grpc = b.grpc_pid()
+    kill_everything(b)
+    consumers = [c for key in ("work", "pwork")
+                 for c in redis.command("XINFO", "CONSUMERS", f"{{{name}}}:{key}", "dosomethingd")]
+    dead = [dict(zip(c[::2], c[1::2]))[b"name"].decode() for c in consumers]
+    dead = [c for c in dead if f"-{b_grpc}-" in c]
+    assert dead, consumers
+    key = f"{{{name}}}:lease:{dead[0]}"
+    redis.command("DEL", key)
+    if bad == "hash":
+        redis.command("HSET", key, "x", "1")
+    else:
+        redis.command("SET", key, bad)
+    final = sub.wait_final([it["id"] for it in long], timeout=30)
+    assert all(u.state == SUCCEEDED for u in final.values()), final
+    assert "claiming the items of lost instances failed" not in a.log_text(), a.log_tail()
+
+
+@pytest.mark.deadline(60)
 def test_a_graceful_stop_finishes_what_it_holds_and_leaves_the_rest(redis, start_daemon):
     """QUIT on B while its workers run items: B finishes those (attempt 1,
     no RETRYING, no take-over), exits 0, and the items it never took run

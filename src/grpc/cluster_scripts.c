@@ -11,10 +11,11 @@
  * starts with this: the seq counter, created on first use no lower than
  * the caller's floor (ARGV[1]) nor than the stream's newest entry (a Redis
  * that lost the counter and kept the stream), then the next seq. A
- * counter that is not one (edited by hand: no integer, another type) ends
- * the script with an error naming it (a batch's, LUA_SEQ_LOAD, before it
- * writes anything), where every accept and update failed on Lua's
- * arithmetic on nil.
+ * counter that is not one (edited by hand: no integer, another type, 2^53
+ * or more: INCR takes it, but Lua's number loses its last digit, and the
+ * update went under a seq the counter gives again) ends the script with an
+ * error naming it (a batch's, LUA_SEQ_LOAD, before it writes anything),
+ * where every accept and update failed on Lua's arithmetic on nil.
  */
 #define LUA_SEQ_BAD                                                                     \
     "'ERR ' .. KEYS[3] .. ' is no seq counter (an integer below 2^53): '"        \
@@ -31,7 +32,7 @@
     "  redis.call('SET', KEYS[4], string.format('%.0f', start))\n"                      \
     "end\n"                                                                             \
     "local seq = redis.pcall('INCR', KEYS[3])\n"                                        \
-    "if type(seq) ~= 'number' then return redis.error_reply(" LUA_SEQ_BAD ") end\n"
+    "if type(seq) ~= 'number' or seq >= 2^53 then return redis.error_reply(" LUA_SEQ_BAD ") end\n"
 
 /*
  * The update stream keeps about ARGV[2] (updates.history) updates: its

@@ -775,6 +775,32 @@ def test_a_seq_counter_that_is_no_number(redis, start_daemon, bad):
     sub2.assert_seq_increasing()
 
 
+@pytest.mark.deadline(60)
+def test_a_seq_counter_past_2_53_stops_a_cancel_too(redis, start_daemon):
+    """{NAME}:seq set by hand to 2^53 or more is no counter for the batch
+    scripts (LUA_SEQ_LOAD); nor for those that take one seq at a time
+    (LUA_NEXT_SEQ: cancel, retry), where INCR succeeds but Lua's number
+    loses the seq's last digit: their update must not be written under a
+    seq that is not the counter's."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    c = a.client()
+    ids = [f"big-{i}" for i in range(2)]
+    assert c.submit([{"id": i, "kind": "echo", "payload": b"x", "delay_ms": 60000}
+                     for i in ids]).accepted == 2
+    key = f"{{{name}}}:seq"
+    redis.command("SET", key, str(2**53 + 1))
+    for i in ids:
+        try:
+            reply = c.cancel_items([i])
+            raise AssertionError(f"cancel of {i} answered {reply}")
+        except grpc.RpcError as e:
+            assert f"{key} is no seq counter" in e.details(), e.details()
+    top = redis.command("XREVRANGE", f"{{{name}}}:updates", "+", "-", "COUNT", "1")
+    seq = int(top[0][0].decode().split("-")[1])
+    assert seq < 2**53, f"an update was written with seq {seq}; counter {redis.command('GET', key)}"
+
+
 # --------------------------------------------------------------------------
 # 5b. the Redis layout
 # --------------------------------------------------------------------------

@@ -880,7 +880,10 @@ static const char script_size[] =
  * the update stream's trimming, which skips them all).
  * An instance that comes later finds the counter ahead of what it saw
  * and reads on (a gap: its subscribers are told, as for any lost
- * updates). 1: it jumped.
+ * updates). 1: it jumped. A counter that is no integer below 2^53
+ * (written by hand) is an error naming it, as in the other scripts (the
+ * session waits until it is deleted): Lua's compare of nil, or GET's
+ * WRONGTYPE, named nothing.
  */
 /*
  * The layout check, run once per session before anything is written:
@@ -927,9 +930,15 @@ const char script_layout[] =
     "return 'upgraded ' .. old\n";
 
 const char script_fence[] =
-    "local c = redis.call('GET', KEYS[1])\n"
+    "local c = redis.pcall('GET', KEYS[1])\n"
     "local f = tonumber(ARGV[1])\n"
-    "if c == false or f == 0 or tonumber(c) >= f then return 0 end\n"
+    "if c == false or f == 0 then return 0 end\n"
+    "if type(c) ~= 'string' or #c > 16 or not string.match(c, '^%d+$') or\n"
+    "   tonumber(c) >= 2^53 then\n"
+    "  return redis.error_reply('ERR ' .. KEYS[1] .. ' is no seq counter (an integer below '"
+    " .. '2^53): delete it, and it starts again past the newest update')\n"
+    "end\n"
+    "if tonumber(c) >= f then return 0 end\n"
     "local j = tonumber(ARGV[2])\n"
     "redis.call('SET', KEYS[1], string.format('%.0f', f + j))\n"
     "local jumps = redis.call('GET', KEYS[4]) or ''\n"

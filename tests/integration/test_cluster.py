@@ -801,6 +801,59 @@ def test_a_seq_counter_past_2_53_stops_a_cancel_too(redis, start_daemon):
     assert seq < 2**53, f"an update was written with seq {seq}; counter {redis.command('GET', key)}"
 
 
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("bad", ["garbage", "hash"])
+def test_a_seq_counter_that_is_no_number_across_a_reconnect(redis, start_daemon, bad):
+    """As test_a_seq_counter_that_is_no_number, but the instance's
+    connections drop meanwhile: the fence of the seq counter at the start
+    of its next session names the key and what to do (it failed on Lua's
+    compare of nil, or GET's WRONGTYPE, naming nothing), and once the key
+    is deleted the session comes up and serves."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    assert a.client().submit([{"id": "rc-1", "kind": "echo", "payload": b"1"}]).accepted == 1
+    first = sub.wait_final(["rc-1"], timeout=10)["rc-1"]
+    sub.cancel()
+    key = f"{{{name}}}:seq"
+    redis.command("DEL", key)
+    if bad == "hash":
+        redis.command("HSET", key, "x", "1")
+    else:
+        redis.command("SET", key, bad)
+    redis.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    a.wait_log(r"the seq check failed: .*%s is no seq counter" % re.escape(key), timeout=10)
+    assert a.client().health() == NOT_SERVING
+    redis.command("DEL", key)
+    wait_serving(a, timeout=20)
+    sub2 = a.client().subscribe(sync=True, name="sub-2")
+    assert a.client().submit([{"id": "rc-2", "kind": "echo", "payload": b"2"}]).accepted == 1
+    assert sub2.wait_final(["rc-2"], timeout=10)["rc-2"].seq > first.seq
+
+
+@pytest.mark.deadline(60)
+def test_a_seq_counter_behind_what_the_instance_saw_jumps_ahead(redis, start_daemon):
+    """Redis lost writes (here: the counter set back by hand) while an
+    instance was connected: the fence at the start of its next session
+    moves the counter ahead past what it saw, and the next update's seq is
+    past the last one delivered."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    assert a.client().submit([{"id": "fj-1", "kind": "echo", "payload": b"1"}]).accepted == 1
+    first = sub.wait_final(["fj-1"], timeout=10)["fj-1"]
+    sub.cancel()
+    key = f"{{{name}}}:seq"
+    redis.command("SET", key, "5")
+    redis.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    a.wait_log(r"its seq counter %s is behind seq" % re.escape(key), timeout=10)
+    assert int(redis.command("GET", key)) > first.seq
+    wait_serving(a, timeout=20)
+    sub2 = a.client().subscribe(sync=True, name="sub-2")
+    assert a.client().submit([{"id": "fj-2", "kind": "echo", "payload": b"2"}]).accepted == 1
+    assert sub2.wait_final(["fj-2"], timeout=10)["fj-2"].seq > first.seq
+
+
 # --------------------------------------------------------------------------
 # 5b. the Redis layout
 # --------------------------------------------------------------------------

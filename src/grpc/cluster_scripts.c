@@ -274,7 +274,9 @@ static const char script_accepts[] =
  * final, so every final's reply was an error and nothing was forgotten
  * past the count any more) they start again at N, and `bytes_bad` says
  * what they held, for the instance to log (once: they are a number
- * again).
+ * again). trim() reads them as 0 when they are not even a string (GET's
+ * WRONGTYPE failed every periodic trim while no item ended, logged every
+ * lease/2).
  */
 #define LUA_TRIM                                                                        \
     CLUSTER_LUA_LATEST                                                                  \
@@ -327,7 +329,7 @@ static const char script_accepts[] =
     "    local q, _, t = final_of(r[5] .. id, id, r)\n"                                 \
     "    if q == string.sub(o, 1, sp - 1) and (tonumber(t) or 0) > cut and\n"           \
     "       redis.call('LLEN', KEYS[7]) <= count and\n"                                 \
-    "       (tonumber(redis.call('GET', KEYS[8])) or 0) <= bytes then return end\n"     \
+    "       (tonumber(redis.pcall('GET', KEYS[8])) or 0) <= bytes then return end\n"    \
     "    redis.call('LPOP', KEYS[7])\n"                                                 \
     "    forget(o, r)\n"                                                                \
     "  end\n"                                                                           \

@@ -837,6 +837,30 @@ def test_a_byte_count_that_is_no_number_stops_no_final(redis, start_daemon):  # 
 
 
 @pytest.mark.deadline(60)
+def test_a_byte_count_of_another_type_stops_no_periodic_trim(redis, start_daemon):  # noqa: F811
+    """{NAME}:finals_bytes of another type than a string (written by hand)
+    while no item ends: the periodic trim (every lease/2) still forgets the
+    finals past items.retention.age, instead of failing on GET's WRONGTYPE
+    each time ("forgetting the finals past items.retention failed") until
+    some final's count starts the bytes again."""
+    name = cluster_name()
+    short = {"items": {"retention": {"age": "1s"}}}
+    a = start_instance(start_daemon, redis, name, "a", overrides=short)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    items = [{"id": f"bt-{tag}-{i}", "kind": "echo", "payload": b"e"} for i in range(3)]
+    assert a.client().submit(items).accepted == 3
+    sub.wait_final([it["id"] for it in items], timeout=10)
+    key = f"{{{name}}}:finals_bytes"
+    redis.command("DEL", key)
+    redis.command("HSET", key, "x", "1")
+    wait_for(lambda: redis.command("LLEN", f"{{{name}}}:finals") == 0, 10,
+             "the finals forgotten after their age")
+    assert "forgetting the finals past items.retention failed" not in a.log_text(), \
+        a.log_tail()
+
+
+@pytest.mark.deadline(60)
 def test_a_retry_while_the_byte_count_is_no_number(redis, start_daemon):  # noqa: F811
     """A retry of a FAILED item while {NAME}:finals_bytes is no integer
     (written by hand) queued the item again, then failed on the DECRBY of

@@ -93,7 +93,6 @@
  * subscriber that wants STARTED renews it (every PING_EVERY_MS). */
 #define WANT_TTL_MS         5000
 
-
 struct conn {
     redisAsyncContext *ac;      /* NULL once hiredis freed it, or before connecting */
     const char *name;
@@ -1174,8 +1173,9 @@ struct claim {
 };
 
 /*
- * An entry of the work stream becomes an item here, at attempt DELIVERIES.
- * CLAIM: how it was taken over (NULL: read fresh). Returns the item's
+ * An entry of the work stream becomes an item here, at attempt DELIVERIES
+ * (its delivery count; one taken over past max_attempts ends FAILED at the
+ * attempt before). CLAIM: how it was taken over (NULL: read fresh). Returns the item's
  * weight, or 0 if it was not queued.
  */
 static uint32_t

@@ -870,24 +870,6 @@ static const char script_size[] =
     "return n\n";
 
 /*
- * The fence, run once per session: KEYS seq, work, pwork, seq_jump; ARGV the
- * highest seq this instance has seen (0: none) and the jump. A counter
- * that exists but is behind that seq means Redis lost writes this
- * instance saw (a failover to a replica that had not got them, a restart
- * from an old snapshot): the next seqs would repeat ones already
- * delivered (and other instances, further ahead, would skip them), and
- * the next work entries would reuse IDs that an instance may still hold.
- * So the counter and both work streams' last IDs jump ahead by ARGV[2]
- * ({NAME}:seq_jump keeps "FROM TO" of the last 16 jumps, oldest first, for
- * the update stream's trimming, which skips them all).
- * An instance that comes later finds the counter ahead of what it saw
- * and reads on (a gap: its subscribers are told, as for any lost
- * updates). 1: it jumped. A counter that is no integer below 2^53
- * (written by hand) is an error naming it, as in the other scripts (the
- * session waits until it is deleted): Lua's compare of nil, or GET's
- * WRONGTYPE, named nothing.
- */
-/*
  * The layout check, run once per session before anything is written:
  * KEYS layout, updates, work; ARGV[1] CLUSTER_LAYOUT, ARGV[2] the lease
  * (ms), ARGV[3] the group. {NAME}:layout says which layout the cluster's
@@ -931,6 +913,24 @@ const char script_layout[] =
     "redis.call('SET', KEYS[1], ARGV[1])\n"
     "return 'upgraded ' .. old\n";
 
+/*
+ * The fence, run once per session: KEYS seq, work, pwork, seq_jump; ARGV the
+ * highest seq this instance has seen (0: none) and the jump. A counter
+ * that exists but is behind that seq means Redis lost writes this
+ * instance saw (a failover to a replica that had not got them, a restart
+ * from an old snapshot): the next seqs would repeat ones already
+ * delivered (and other instances, further ahead, would skip them), and
+ * the next work entries would reuse IDs that an instance may still hold.
+ * So the counter and both work streams' last IDs jump ahead by ARGV[2]
+ * ({NAME}:seq_jump keeps "FROM TO" of the last 16 jumps, oldest first, for
+ * the update stream's trimming, which skips them all).
+ * An instance that comes later finds the counter ahead of what it saw
+ * and reads on (a gap: its subscribers are told, as for any lost
+ * updates). 1: it jumped. A counter that is no integer below 2^53
+ * (written by hand) is an error naming it, as in the other scripts (the
+ * session waits until it is deleted): Lua's compare of nil, or GET's
+ * WRONGTYPE, named nothing.
+ */
 const char script_fence[] =
     "local c = redis.pcall('GET', KEYS[1])\n"
     "local f = tonumber(ARGV[1])\n"

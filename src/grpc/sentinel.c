@@ -357,16 +357,14 @@ static void
 switch_message(const char *s, size_t len)
 {
     char buf[600], name[128], old_host[256], new_host[256], old_p[8], new_p[8];
-    int old_port = -1, new_port = -1;
+    int new_port = -1;
     if (len >= sizeof buf)
         return;
     memcpy(buf, s, len);
     buf[len] = '\0';
     if (sscanf(buf, "%127s %255s %7s %255s %7s", name, old_host, old_p, new_host,
-               new_p) == 5) {
-        old_port = port_of(old_p);
-        new_port = port_of(new_p);
-    }
+               new_p) == 5)
+        new_port = port_of(new_p);     /* the old one is only shown */
     if (new_port == -1) {
         log_warn("cluster: sentinel %s:%d sent a +switch-master that does not parse: %.200s",
                  sn.list[sn.watch_at].host, sn.list[sn.watch_at].port, buf);
@@ -374,8 +372,8 @@ switch_message(const char *s, size_t len)
     }
     if (strcmp(name, sn.master) != 0)
         return;
-    log_notice("cluster: sentinel %s:%d: master %s moved from %s:%d to %s:%d",
-               sn.list[sn.watch_at].host, sn.list[sn.watch_at].port, name, old_host, old_port,
+    log_notice("cluster: sentinel %s:%d: master %s moved from %s:%s to %s:%d",
+               sn.list[sn.watch_at].host, sn.list[sn.watch_at].port, name, old_host, old_p,
                new_host, new_port);
     sn.switched(new_host, new_port);
 }

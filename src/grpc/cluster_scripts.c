@@ -20,7 +20,7 @@
 #define LUA_SEQ_BAD                                                                     \
     "'ERR ' .. KEYS[3] .. ' is no seq counter (an integer below 2^53): '"        \
     " .. 'delete it, and it starts again past the newest update of ' .. KEYS[2]"
-#define LUA_NEXT_SEQ                                                                    \
+#define LUA_SEQ_INIT                                                                    \
     "if redis.call('EXISTS', KEYS[3]) == 0 then\n"                                      \
     "  local start = tonumber(ARGV[1])\n"                                               \
     "  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)\n"            \
@@ -30,7 +30,9 @@
     "  end\n"                                                                           \
     "  redis.call('SET', KEYS[3], string.format('%.0f', start))\n"                      \
     "  redis.call('SET', KEYS[4], string.format('%.0f', start))\n"                      \
-    "end\n"                                                                             \
+    "end\n"
+#define LUA_NEXT_SEQ                                                                    \
+    LUA_SEQ_INIT                                                                        \
     "local seq = redis.pcall('INCR', KEYS[3])\n"                                        \
     "if type(seq) ~= 'number' or seq >= 2^53 then return redis.error_reply(" LUA_SEQ_BAD ") end\n"
 
@@ -150,16 +152,7 @@
  * subscriber's stream).
  */
 #define LUA_SEQ_LOAD                                                                    \
-    "if redis.call('EXISTS', KEYS[3]) == 0 then\n"                                      \
-    "  local start = tonumber(ARGV[1])\n"                                               \
-    "  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)\n"            \
-    "  if #top > 0 then\n"                                                              \
-    "    local t = tonumber(string.match(top[1][1], '^0%-(%d+)$'))\n"                   \
-    "    if t ~= nil and t > start then start = t end\n"                                \
-    "  end\n"                                                                           \
-    "  redis.call('SET', KEYS[3], string.format('%.0f', start))\n"                      \
-    "  redis.call('SET', KEYS[4], string.format('%.0f', start))\n"                      \
-    "end\n"                                                                             \
+    LUA_SEQ_INIT                                                                        \
     "local seq = redis.pcall('GET', KEYS[3])\n"                                         \
     "if type(seq) ~= 'string' or #seq > 16 or not string.match(seq, '^%d+$') or\n"        \
     "   tonumber(seq) >= 2^53 then\n"                                                   \

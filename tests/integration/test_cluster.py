@@ -741,6 +741,25 @@ def test_an_origin_key_of_the_wrong_type(redis, start_daemon):
     wait_serving(a)
 
 
+def spoiled_seq(redis, start_daemon, bad, item_id):
+    """A new cluster's instance a, which ran ITEM_ID; then {NAME}:seq set
+    by hand to BAD ("hash": a hash; a number: set back). Returns (a, the name, the key, the
+    item's final update)."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a")
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    assert a.client().submit([{"id": item_id, "kind": "echo", "payload": b"1"}]).accepted == 1
+    first = sub.wait_final([item_id], timeout=10)[item_id]
+    sub.cancel()
+    key = f"{{{name}}}:seq"
+    redis.command("DEL", key)
+    if bad == "hash":
+        redis.command("HSET", key, "x", "1")
+    else:
+        redis.command("SET", key, bad)
+    return a, name, key, first
+
+
 @pytest.mark.deadline(60)
 @pytest.mark.parametrize("bad", ["garbage", "1e30", "hash"])
 def test_a_seq_counter_that_is_no_number(redis, start_daemon, bad):
@@ -749,18 +768,7 @@ def test_a_seq_counter_that_is_no_number(redis, start_daemon, bad):
     do (it was Lua's "arithmetic on a nil value"), nothing
     of them is written, and once the key is deleted the counter starts again
     past the newest update: no seq is used twice."""
-    name = cluster_name()
-    a = start_instance(start_daemon, redis, name, "a")
-    sub = a.client().subscribe(sync=True, name="sub-a")
-    assert a.client().submit([{"id": "seq-1", "kind": "echo", "payload": b"1"}]).accepted == 1
-    first = sub.wait_final(["seq-1"], timeout=10)["seq-1"]
-    sub.cancel()
-    key = f"{{{name}}}:seq"
-    redis.command("DEL", key)
-    if bad == "hash":
-        redis.command("HSET", key, "x", "1")
-    else:
-        redis.command("SET", key, bad)
+    a, name, key, first = spoiled_seq(redis, start_daemon, bad, "seq-1")
     reply = a.client().submit([{"id": "seq-2", "kind": "echo", "payload": b"2"}])
     assert (reply.accepted, reply.rejected) == (0, 1), reply
     assert f"{key} is no seq counter" in reply.rejections[0].reason, reply
@@ -809,18 +817,7 @@ def test_a_seq_counter_that_is_no_number_across_a_reconnect(redis, start_daemon,
     of its next session names the key and what to do (it failed on Lua's
     compare of nil, or GET's WRONGTYPE, naming nothing), and once the key
     is deleted the session comes up and serves."""
-    name = cluster_name()
-    a = start_instance(start_daemon, redis, name, "a")
-    sub = a.client().subscribe(sync=True, name="sub-a")
-    assert a.client().submit([{"id": "rc-1", "kind": "echo", "payload": b"1"}]).accepted == 1
-    first = sub.wait_final(["rc-1"], timeout=10)["rc-1"]
-    sub.cancel()
-    key = f"{{{name}}}:seq"
-    redis.command("DEL", key)
-    if bad == "hash":
-        redis.command("HSET", key, "x", "1")
-    else:
-        redis.command("SET", key, bad)
+    a, name, key, first = spoiled_seq(redis, start_daemon, bad, "rc-1")
     redis.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     a.wait_log(r"the seq check failed: .*%s is no seq counter" % re.escape(key), timeout=10)
     assert a.client().health() == NOT_SERVING
@@ -837,14 +834,7 @@ def test_a_seq_counter_behind_what_the_instance_saw_jumps_ahead(redis, start_dae
     instance was connected: the fence at the start of its next session
     moves the counter ahead past what it saw, and the next update's seq is
     past the last one delivered."""
-    name = cluster_name()
-    a = start_instance(start_daemon, redis, name, "a")
-    sub = a.client().subscribe(sync=True, name="sub-a")
-    assert a.client().submit([{"id": "fj-1", "kind": "echo", "payload": b"1"}]).accepted == 1
-    first = sub.wait_final(["fj-1"], timeout=10)["fj-1"]
-    sub.cancel()
-    key = f"{{{name}}}:seq"
-    redis.command("SET", key, "5")
+    a, name, key, first = spoiled_seq(redis, start_daemon, "5", "fj-1")
     redis.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     a.wait_log(r"its seq counter %s is behind seq" % re.escape(key), timeout=10)
     assert int(redis.command("GET", key)) > first.seq

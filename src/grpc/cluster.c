@@ -1891,14 +1891,9 @@ static void
 queued_waits(const struct entry_update *e)
 {
     if (e->d != NULL) {
-        char buf[24], *end;
-        if (e->d->len == 0 || e->d->len >= sizeof buf)
-            return;
-        memcpy(buf, e->d->str, e->d->len);
-        buf[e->d->len] = '\0';
-        long long due = strtoll(buf, &end, 10);
-        if (*end == '\0' && due > 0)
-            arm_due(due);
+        uint64_t due = 0;
+        if (redis_reply_u64(e->d, 15, &due) == 0 && due > 0)
+            arm_due((int64_t)due);
     } else if (e->p != NULL) {
         prio_wake();
     }

@@ -17,9 +17,22 @@
  * error naming it (a batch's, LUA_SEQ_LOAD, before it writes anything),
  * where every accept and update failed on Lua's arithmetic on nil.
  */
-#define LUA_SEQ_BAD                                                                     \
-    "'ERR ' .. KEYS[3] .. ' is no seq counter (an integer below 2^53): '"        \
-    " .. 'delete it, and it starts again past the newest update of ' .. KEYS[2]"
+#define LUA_SEQ_BAD(key)                                                                \
+    "'ERR ' .. " key " .. ' is no seq counter (an integer below 2^53): delete it, and it '" \
+    " .. 'starts again past the newest update'"
+/* uint(V, DIGITS): V as a number if it is a string of 1 to DIGITS (at most
+ * 16) digits below 2^53 (what Lua's numbers hold exactly), else nil: how
+ * the scripts read a value a hand may have written (a seq, a lease, a due
+ * time). */
+#define LUA_UINT_FN                                                                     \
+    "local function uint(v, digits)\n"                                                   \
+    "  if type(v) ~= 'string' or #v > digits or not string.match(v, '^%d+$') then\n"     \
+    "    return nil\n"                                                                   \
+    "  end\n"                                                                            \
+    "  local n = tonumber(v)\n"                                                          \
+    "  if n >= 2^53 then return nil end\n"                                               \
+    "  return n\n"                                                                       \
+    "end\n"
 #define LUA_SEQ_INIT                                                                    \
     "if redis.call('EXISTS', KEYS[3]) == 0 then\n"                                      \
     "  local start = tonumber(ARGV[1])\n"                                               \
@@ -34,7 +47,7 @@
 #define LUA_NEXT_SEQ                                                                    \
     LUA_SEQ_INIT                                                                        \
     "local seq = redis.pcall('INCR', KEYS[3])\n"                                        \
-    "if type(seq) ~= 'number' or seq >= 2^53 then return redis.error_reply(" LUA_SEQ_BAD ") end\n"
+    "if type(seq) ~= 'number' or seq >= 2^53 then return redis.error_reply(" LUA_SEQ_BAD("KEYS[3]") ") end\n"
 
 /*
  * The update stream keeps about ARGV[2] (updates.history) updates: its
@@ -153,12 +166,9 @@
  */
 #define LUA_SEQ_LOAD                                                                    \
     LUA_SEQ_INIT                                                                        \
-    "local seq = redis.pcall('GET', KEYS[3])\n"                                         \
-    "if type(seq) ~= 'string' or #seq > 16 or not string.match(seq, '^%d+$') or\n"        \
-    "   tonumber(seq) >= 2^53 then\n"                                                   \
-    "  return redis.error_reply(" LUA_SEQ_BAD ")\n"                                      \
-    "end\n"                                                                             \
-    "seq = tonumber(seq)\n"                                                              \
+    LUA_UINT_FN                                                                         \
+    "local seq = uint(redis.pcall('GET', KEYS[3]), 16)\n"                               \
+    "if not seq then return redis.error_reply(" LUA_SEQ_BAD("KEYS[3]") ") end\n"          \
     "local seq_loaded = seq\n"
 #define LUA_SEQ_STORE                                                                   \
     "if seq ~= seq_loaded then redis.call('SET', KEYS[3], string.format('%.0f', seq)) end\n"
@@ -658,18 +668,14 @@ static const char script_renew[] =
  * recreated by its next read).
  */
 static const char script_claim[] =
+    LUA_UINT_FN
     "local out, max = {}, tonumber(ARGV[4])\n"
     "for _, key in ipairs(KEYS) do\n"
     "for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', key, ARGV[1])) do\n"
     "  local f = {}\n"
     "  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end\n"
-    "  local lease = redis.pcall('GET', ARGV[7] .. f['name'])\n"
-    "  if type(lease) ~= 'string' or #lease > 15 or not string.match(lease, '^%d+$') or\n"
-    "     tonumber(lease) < 1 then\n"
-    "    lease = tonumber(ARGV[3])\n"
-    "  else\n"
-    "    lease = tonumber(lease)\n"
-    "  end\n"
+    "  local lease = uint(redis.pcall('GET', ARGV[7] .. f['name']), 15)\n"
+    "  if not lease or lease < 1 then lease = tonumber(ARGV[3]) end\n"
     "  if f['pending'] > 0 and #out < max then\n"
     "    local p = redis.call('XPENDING', key, ARGV[1], 'IDLE', lease, '-', '+', max - #out, "
     "f['name'])\n"
@@ -686,8 +692,8 @@ static const char script_claim[] =
     "            end\n"
     "          end\n"
     "        end\n"
-    "        if h[2] and #h[2] <= 15 and string.match(h[2], '^%d+$') and\n"
-    "           tonumber(h[2]) > tonumber(ARGV[6]) then\n"
+    "        local rd = uint(h[2], 15)\n"
+    "        if rd and rd > tonumber(ARGV[6]) then\n"
     "          redis.call('XCLAIM', key, ARGV[1], ARGV[2], 0, e[1], 'RETRYCOUNT', e[4], "
     "'JUSTID')\n"
     "          d, waiting = e[4], 1\n"
@@ -925,15 +931,13 @@ const char script_layout[] =
  * WRONGTYPE, named nothing.
  */
 const char script_fence[] =
+    LUA_UINT_FN
     "local c = redis.pcall('GET', KEYS[1])\n"
     "local f = tonumber(ARGV[1])\n"
     "if c == false or f == 0 then return 0 end\n"
-    "if type(c) ~= 'string' or #c > 16 or not string.match(c, '^%d+$') or\n"
-    "   tonumber(c) >= 2^53 then\n"
-    "  return redis.error_reply('ERR ' .. KEYS[1] .. ' is no seq counter (an integer below '"
-    " .. '2^53): delete it, and it starts again past the newest update')\n"
-    "end\n"
-    "if tonumber(c) >= f then return 0 end\n"
+    "c = uint(c, 16)\n"
+    "if not c then return redis.error_reply(" LUA_SEQ_BAD("KEYS[1]") ") end\n"
+    "if c >= f then return 0 end\n"
     "local j = tonumber(ARGV[2])\n"
     "redis.call('SET', KEYS[1], string.format('%.0f', f + j))\n"
     "local jumps = redis.call('GET', KEYS[4]) or ''\n"

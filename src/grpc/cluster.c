@@ -656,6 +656,15 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
     return 0;
 }
 
+/* The delivery count ITEM's entry has while this copy of it is the one
+ * that runs (the update script's check): its attempt, one more when it
+ * was taken over past max_attempts (its updates name the last attempt). */
+static uint32_t
+entry_count(const struct item *item)
+{
+    return item->attempt + item->claimed_past_max;
+}
+
 /* The reply of the update script: the seq used, 0 if superseded, -1 if
  * unknown (no reply, or an error: logged). */
 static int64_t
@@ -738,7 +747,7 @@ cluster_publish(struct item *item, const struct outcome *o)
     uint8_t *s0 = take_folded_started(item, o->worker_pid, &s0_len);
     uint8_t *encoded = updates_encode(item, o, &len);
     uint64_t ts = o->state == STATE_STARTED || s0 != NULL ? clock_wall_ns() : 0;
-    if (send_update(item, 'u', item->attempt, o->state, encoded, len, ts, s0, s0_len,
+    if (send_update(item, 'u', entry_count(item), o->state, encoded, len, ts, s0, s0_len,
                     on_published, NULL) == -1)
         note_lost_update();
     free(encoded);
@@ -820,8 +829,8 @@ cluster_final(struct item *item, const struct outcome *o)
     size_t len, s0_len = 0;
     uint8_t *s0 = take_folded_started(item, o->worker_pid, &s0_len);
     uint8_t *encoded = updates_encode(item, o, &len);
-    if (send_update(item, 'f', item->attempt + item->claimed_past_max, o->state, encoded, len,
-                    ts, s0, s0_len, on_final, op) == -1) {
+    if (send_update(item, 'f', entry_count(item), o->state, encoded, len, ts, s0, s0_len,
+                    on_final, op) == -1) {
         char id[300], trace[80];
         log_warn("cluster: item \"%s\" finished while redis is unreachable; another instance "
                  "runs it again after the lease%s", utf8_escape(id, sizeof id, item->id),
@@ -861,8 +870,8 @@ cluster_retry(struct item *item, const struct outcome *o)
     uint8_t *encoded = updates_encode(item, o, &len);
     uint64_t due_ms = item->due_ns > (uint64_t)clock_wall_ns() ?
                       item->due_ns / 1000000 + (item->due_ns % 1000000 != 0) : 0; /* never early */
-    if (send_update(item, 'r', item->attempt, STATE_RETRYING, encoded, len, due_ms, s0, s0_len,
-                    on_retried, op) == -1)
+    if (send_update(item, 'r', entry_count(item), STATE_RETRYING, encoded, len, due_ms, s0,
+                    s0_len, on_retried, op) == -1)
         later(drop_later, op);
     free(encoded);
     free(s0);
@@ -1172,6 +1181,53 @@ struct claim {
     int waiting;                /* that attempt was waiting its backoff: it never started */
 };
 
+/* Why an attempt taken over ended: CLAIM's holder stopped renewing it. In
+ * BUF (SIZE bytes). */
+static const char *
+claim_reason(const struct claim *claim, char *buf, size_t size)
+{
+    snprintf(buf, size, "instance %.200s stopped renewing it (idle %" PRIu64 " ms)",
+             claim->previous, claim->idle_ms);
+    return buf;
+}
+
+/*
+ * A claim counted DELIVERIES for ITEM's entry: the attempt before, which
+ * CLAIM's holder stopped renewing, ends as RETRYING naming it, and ITEM
+ * goes on as attempt DELIVERIES (0). Or that attempt was its last (-1):
+ * ITEM stays at it (attempt DELIVERIES - 1, claimed_past_max: its updates
+ * name the last attempt, not one past max_attempts that never ran, while
+ * the update script still checks the entry's count), and the caller ends
+ * it FAILED (its error in ERROR, SIZE bytes) or lets a copy of it that
+ * already runs here finish.
+ */
+static int
+claimed_attempt(struct item *item, uint32_t deliveries, const struct claim *claim,
+                char *error, size_t size)
+{
+    char reason[320];
+    claim_reason(claim, reason, sizeof reason);
+    if (!store_may_retry(item, deliveries - 1)) {
+        snprintf(error, size, "%s (attempt %u of %u)", reason, deliveries - 1,
+                 item->max_attempts);
+        item->attempt = deliveries - 1;
+        item->claimed_past_max = 1;
+        return -1;
+    }
+    metrics_kind(item->kind)->retried++;
+    item->attempt = deliveries - 1;
+    item->claimed_past_max = 0;
+    size_t len;
+    struct outcome retrying = { .state = STATE_RETRYING, .error = reason };
+    uint8_t *encoded = updates_encode(item, &retrying, &len);
+    item->attempt = deliveries;
+    if (send_update(item, 'u', deliveries, STATE_RETRYING, encoded, len, 0, NULL, 0,
+                    on_published, NULL) == -1)
+        note_lost_update();
+    free(encoded);
+    return 0;
+}
+
 /*
  * An entry of the work stream becomes an item here, at attempt DELIVERIES
  * (its delivery count; one taken over past max_attempts ends FAILED at the
@@ -1242,31 +1298,10 @@ take_entry(const redisReply *entry, uint32_t deliveries, const struct claim *cla
     }
     if (claim != NULL)
         cl.claimed++;
-    if (claim != NULL && !claim->waiting) {
-        char reason[320];
-        snprintf(reason, sizeof reason, "instance %.200s stopped renewing it (idle %" PRIu64
-                 " ms)", claim->previous, claim->idle_ms);
-        if (!store_may_retry(item, deliveries - 1)) {
-            snprintf(error, sizeof error, "%s (attempt %u of %u)", reason, deliveries - 1,
-                     max_attempts);
-            /* The FAILED is of the attempt that stopped, as its error says
-             * (not of one past max_attempts that never ran); the final
-             * script still checks the entry's delivery count. */
-            item->attempt = deliveries - 1;
-            item->claimed_past_max = 1;
-            store_fail(item, error);
-            return 0;
-        }
-        metrics_kind(item->kind)->retried++;
-        item->attempt = deliveries - 1;
-        size_t len;
-        struct outcome retrying = { .state = STATE_RETRYING, .error = reason };
-        uint8_t *encoded = updates_encode(item, &retrying, &len);
-        item->attempt = deliveries;
-        if (send_update(item, 'u', deliveries, STATE_RETRYING, encoded, len, 0, NULL, 0,
-                        on_published, NULL) == -1)
-            note_lost_update();
-        free(encoded);
+    if (claim != NULL && !claim->waiting &&
+        claimed_attempt(item, deliveries, claim, error, sizeof error) == -1) {
+        store_fail(item, error);
+        return 0;
     }
     /* The backoff of a retry its holder waited; at most the longest one a
      * config may have from now (a clock far behind the holder's, a bad rd). */
@@ -1536,6 +1571,73 @@ on_renew_timer(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
+on_count_restored(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && !cl.shutting_down)
+        log_error("cluster: setting the delivery count of an item we renewed late back "
+                  "failed: %s (its final will be dropped as superseded, and it runs again "
+                  "after the lease)", r->str);
+}
+
+/*
+ * A claim gave us an entry whose item we still hold (ITEM, a copy that
+ * runs or waits here), counting DELIVERIES. Its updates check the
+ * entry's count (entry_count()): without this, our copy's final was
+ * dropped as superseded and the item ran once more after the lease.
+ * - Our own renewal came late (we were stopped, or our loop held up past
+ *   the lease): nothing ended, so the count is set back to our copy's
+ *   (XCLAIM RETRYCOUNT; sent on the connection our updates take after it).
+ * - Another instance had taken it over from us (we were stopped past our
+ *   lease while our blocked read was given it, or while we ran it) and
+ *   stopped renewing it in turn: its attempt ended like any taken over
+ *   (RETRYING naming it; none if it was waiting its backoff, as its holder
+ *   said RETRYING then) and our copy goes on as the attempt the entry
+ *   counts, saying STARTED again if it runs; at the last attempt it goes
+ *   on as that one. A cancel asked of that holder applies to our copy.
+ */
+static void
+adopt_claimed(struct item *item, uint32_t deliveries, const struct claim *claim,
+              const char *cancel_reason)
+{
+    if (strcmp(claim->previous, cl.consumer) == 0) {
+        struct redis_args a;
+        redis_args_init(&a, "XCLAIM");
+        redis_args_str(&a, stream_of(item->key));
+        redis_args_str(&a, CLUSTER_GROUP);
+        redis_args_str(&a, cl.consumer);
+        redis_args_str(&a, "0");
+        entry_arg(&a, item->key);
+        redis_args_str(&a, "RETRYCOUNT");
+        redis_args_u64(&a, entry_count(item));
+        redis_args_str(&a, "JUSTID");
+        command(&cl.cmd, on_count_restored, NULL, &a);
+        return;
+    }
+    char error[600];
+    if (claim->waiting) {
+        item->attempt = deliveries;
+        item->claimed_past_max = 0;
+    } else {
+        (void)claimed_attempt(item, deliveries, claim, error, sizeof error);
+    }
+    cl.claimed++;
+    char id[300];
+    log_notice("cluster: item \"%s\", which instance %.200s stopped renewing, runs on here "
+               "as attempt %u (our copy of it was never stopped)",
+               utf8_escape(id, sizeof id, item->id), claim->previous, item->attempt);
+    if (item->started && !item->started_unsent) {
+        struct outcome started = { .state = STATE_STARTED,
+                                   .worker_pid = store_worker_pid(item) };
+        cluster_publish(item, &started);
+    }
+    if (cancel_reason != NULL) {
+        remember_cancel(item->key, cancel_reason);
+        apply_pending_cancel(item->key);
+    }
+}
+
+static void
 on_claimed(redisAsyncContext *ac, void *reply, void *arg)
 {
     redisReply *r = reply;
@@ -1557,12 +1659,11 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
             e->element[4]->type != REDIS_REPLY_INTEGER)
             continue;
         uint64_t key = cluster_entry_key(e->element[0]->str, e->element[0]->len);
-        if (key != 0 && store_holds(key))
-            continue;   /* ours, renewed late: our copy runs on */
+        char reason[CONTROL_REASON_MAX + 1];
+        const char *cancel = NULL;
         if (e->elements >= 6 && e->element[5]->type == REDIS_REPLY_STRING && key != 0) {
-            char reason[CONTROL_REASON_MAX + 1];
             snprintf(reason, sizeof reason, "%.*s", (int)e->element[5]->len, e->element[5]->str);
-            remember_cancel(key, utf8_valid(reason, strlen(reason)) ? reason : "");
+            cancel = utf8_valid(reason, strlen(reason)) ? reason : "";
         }
         struct claim claim = { .previous = e->element[3]->str,
                                .idle_ms = (uint64_t)e->element[4]->integer };
@@ -1575,10 +1676,17 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
                      "of its holder, no retry's due time)",
                      (int)(e->element[8]->len < 400 ? e->element[8]->len : 400),
                      e->element[8]->str);
+        long long count = e->element[2]->integer;
+        uint32_t deliveries = count > 0 && count < UINT32_MAX ? (uint32_t)count : 1;
+        struct item *held = key != 0 ? store_held(key) : NULL;
+        if (held != NULL) {
+            adopt_claimed(held, deliveries, &claim, cancel);
+            continue;
+        }
+        if (cancel != NULL)
+            remember_cancel(key, cancel);
         redisReply entry = { .type = REDIS_REPLY_ARRAY, .elements = 2, .element = e->element };
-        long long deliveries = e->element[2]->integer;
-        take_entry(&entry, deliveries > 0 && deliveries < UINT32_MAX ? (uint32_t)deliveries : 1,
-                   &claim);
+        take_entry(&entry, deliveries, &claim);
         claimed++;
     }
     if (claimed > 0)
@@ -2046,7 +2154,7 @@ key_matches(const struct item *item, void *arg)
 static int
 cancel_held(uint64_t key, const char *reason)
 {
-    if (!store_holds(key))
+    if (store_held(key) == NULL)
         return 0;
     store_cancel(key_matches, &key, reason[0] ? reason : NULL);
     return 1;

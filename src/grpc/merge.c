@@ -447,13 +447,18 @@ merge_gone(const struct item *item)
 
 /* ---- what the store asks ------------------------------------------------------------ */
 
-int
-merge_holds(uint64_t key)
+struct item *
+merge_find(uint64_t key)
 {
     struct run *r = map_get(key);
     if (r == NULL)
-        return 0;
-    return r->leader == NULL || r->leader->key != key || r->looking_up;
+        return NULL;
+    if (r->leader != NULL && r->leader->key == key)
+        return r->looking_up ? r->leader : NULL;
+    for (struct item *it = r->head; it != NULL; it = it->next)
+        if (it->key == key)
+            return it;
+    return NULL;
 }
 
 void

@@ -77,9 +77,9 @@ void merge_ended(struct item *item, const struct outcome *o);
  * led a run, the merged items are released. */
 void merge_gone(const struct item *item);
 
-/* Is the item with KEY waiting here? (A queued or running leader is the
- * queue's.) */
-int merge_holds(uint64_t key);
+/* The item with KEY if it waits here, else NULL. (A queued or running
+ * leader is the queue's.) */
+struct item *merge_find(uint64_t key);
 /* FN for every item waiting here. */
 void merge_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
 /* Every item waiting here that MATCH(item, ARG) accepts leaves and is

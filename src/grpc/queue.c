@@ -108,7 +108,8 @@ worker_arm_timer(struct worker *w)
 static void
 worker_send_item(struct worker *w, struct item *item)
 {
-    struct ipc_item head = { .key = item->key, .attempt = item->attempt,
+    item->run_attempt = item->attempt;
+    struct ipc_item head = { .key = item->key, .attempt = item->run_attempt,
                              .kind_len = (uint16_t)strlen(item->kind),
                              .id_len = (uint16_t)strlen(item->id) };
     struct iovec parts[4] = {
@@ -252,7 +253,7 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     struct item *item = w->head;
     while (item != NULL && item->key != u.key)
         item = item->next;
-    if (item == NULL || item->attempt != u.attempt) {
+    if (item == NULL || item->run_attempt != u.attempt) {
         log_debug("worker %ld: dropping an update of a superseded attempt", (long)w->pid);
         return 0;
     }
@@ -389,7 +390,7 @@ workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t run
     worker_free(w);
     while (n > 0) {
         item = held[--n];
-        int running = item->key == running_key && item->attempt == running_attempt;
+        int running = item->key == running_key && item->run_attempt == running_attempt;
         if (item->cancelling) {
             q.ev->cancelled(item, pid, NULL);   /* asked to stop: it did, one way or another */
         } else if (running && limit_cost != NULL) {
@@ -587,19 +588,25 @@ queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
             fn(item, arg);
 }
 
+struct find {
+    uint64_t key;
+    struct item *found;
+};
+
 static void
 match_key(const struct item *item, void *arg)
 {
-    uint64_t *key = arg;
-    if (item->key == *key)
-        *key = 0;
+    struct find *f = arg;
+    if (item->key == f->key)
+        f->found = (struct item *)item;     /* ours: const only for the walkers */
 }
 
-int
-queue_holds(uint64_t key)
+struct item *
+queue_find(uint64_t key)
 {
-    queue_for_each(match_key, &key);
-    return key == 0;
+    struct find f = { key, NULL };
+    queue_for_each(match_key, &f);
+    return f.found;
 }
 
 /* Ask W to stop ITEM (GRACE_MS < 0: kill W now). */
@@ -614,7 +621,7 @@ worker_cancel(struct worker *w, struct item *item, int64_t grace_ms)
             q.ev->kill_worker(w->pid, w->slot, "its item was cancelled and cannot be interrupted");
         return;
     }
-    struct ipc_cancel c = { .key = item->key, .attempt = item->attempt };
+    struct ipc_cancel c = { .key = item->key, .attempt = item->run_attempt };
     channel_send(w->channel, IPC_CANCEL, &c, sizeof c);
     uint32_t wait_ms = (uint32_t)grace_ms + QUEUE_CANCEL_MARGIN_MS;
     if (wait_ms > w->cancel_wait_ms)

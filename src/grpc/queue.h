@@ -115,7 +115,8 @@ uint64_t queue_held(void);
 uint32_t queue_local_room(void);
 /* Call FN for every item waiting (parked too) or at a worker. */
 void queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
-int queue_holds(uint64_t key);
+/* The item with KEY if it waits (parked too) or is at a worker, else NULL. */
+struct item *queue_find(uint64_t key);
 
 /*
  * A cancel. One walk over the workers' lists and then the waiting and

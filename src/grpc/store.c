@@ -754,10 +754,17 @@ store_local_room(void)
     return queue_local_room();
 }
 
-int
-store_holds(uint64_t key)
+struct item *
+store_held(uint64_t key)
 {
-    return queue_holds(key) || merge_holds(key);
+    struct item *item = queue_find(key);
+    return item != NULL ? item : merge_find(key);
+}
+
+pid_t
+store_worker_pid(const struct item *item)
+{
+    return item->worker != NULL ? item->worker->pid : 0;
 }
 
 void

@@ -319,8 +319,11 @@ void store_publish_local(struct item *item, const struct outcome *o);
 void store_discard(struct item *item);
 /* Local room for items in weight units (ITEM_WEIGHT_*), beside those queued. */
 uint32_t store_local_room(void);
-/* Is an item with this key held here? Call FN for each held. */
-int store_holds(uint64_t key);
+/* The item with KEY if it is held here (queued, at a worker or merged),
+ * else NULL; it stays the store's. Call FN for each held. */
+struct item *store_held(uint64_t key);
+/* The pid of the worker that holds ITEM (one of store_held()'s), 0 if none. */
+pid_t store_worker_pid(const struct item *item);
 void store_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
 /* Room may have appeared (a backend's capacity poll). */
 void store_room_available(void);

@@ -33,8 +33,10 @@ is the daemon's own); DS_CHAOS_STOP=S stops b's grpc process S seconds.
 
 Then what the chaos found, each on its own: a takeover past max_attempts
 (FAILED of the attempt that stopped), a delayed item whose accept batch
-waited (starts after getItems's accepted + delay), and a rolling reload
-of cluster.lease (xfail: a live instance's items are taken over).
+waited (starts after getItems's accepted + delay), a rolling reload of
+cluster.lease (a live instance's items were taken over), and a copy that
+was never stopped while its entry was taken over and came back (its
+final was dropped as superseded: it ran again, or ended FAILED).
 """
 import collections
 import os
@@ -550,8 +552,9 @@ def test_a_reload_to_a_longer_lease_keeps_its_items(redis, start_daemon):  # noq
     it. An instance renews every lease/3 of its own lease; b claimed what
     was idle for b's lease, so what a renews only every 2 s (2-4 of 6 items
     here) ran twice. Each instance now says its lease in
-    {NAME}:lease:CONSUMER and claimers wait for the holder's. Then a dies:
-    b takes its items over after a's 6 s, not its own 1 s."""
+    {NAME}:lease:CONSUMER and claimers wait for the holder's. Then a dies
+    holding items: c (lease 1 s, started once a runs them, b gone so that
+    they are a's) takes them over after a's 6 s, not its own 1 s."""
     name = cluster_name()
     a = start_instance(start_daemon, redis, name, "a", lease="1s")
     b = start_instance(start_daemon, redis, name, "b", lease="1s")
@@ -569,29 +572,102 @@ def test_a_reload_to_a_longer_lease_keeps_its_items(redis, start_daemon):  # noq
         {i: sub.states_of(i) for i in ids}
     taken = {i: [u.error for u in sub.of(i) if u.state == RETRYING] for i in ids}
     assert not any(taken.values()), taken
-    # a dies holding items (b's grpc process stopped meanwhile, so that a
-    # takes them): b takes them over after a's lease, not after its own
+    # a dies holding items (b stopped first, so that they are a's: a
+    # stopped grpc process's blocked read may still be given some, see
+    # below); c takes them over after a's lease, not after its own
+    b.stop()
     more = [f"late-{name}-{i}" for i in range(2)]
-    b_grpc = b.grpc_pid()
-    os.kill(b_grpc, signal.SIGSTOP)
-    try:
-        sub_a = a.client().subscribe(sync=True, name="sub-a")
-        assert a.client().submit([{"id": i, "kind": "sleep", "params": {"ms": "60000"}}
-                                  for i in more]).accepted == len(more)
-        for i in more:
-            sub_a.wait_state(i, conftest.STARTED, timeout=20)
-    finally:
-        os.kill(b_grpc, signal.SIGCONT)
-    # (b's XREADGROUP, blocked when it stopped, may still have been given an
-    # item, which a then took over from b after b's 1 s, while b, woken,
-    # runs its own copy: only the items a took first tell a's lease)
-    firsts = [i for i in more if RETRYING not in [u.state for u in sub_a.of(i)]]
-    assert firsts, {i: sub_a.states_of(i) for i in more}
+    sub_a = a.client().subscribe(sync=True, name="sub-a")
+    assert a.client().submit([{"id": i, "kind": "sleep", "params": {"ms": "60000"}}
+                              for i in more]).accepted == len(more)
+    for i in more:
+        sub_a.wait_state(i, conftest.STARTED, timeout=20)
+    c = start_instance(start_daemon, redis, name, "c", lease="1s")
+    sub_c = c.client().subscribe(sync=True, name="sub-c")
     kill_everything(a)
     killed = time.monotonic()
-    for i in firsts:
-        sub.wait(lambda s, i=i: RETRYING in [u.state for u in s.of(i)], 30,
-                 f"{i} taken over from a")
+    for i in more:
+        sub_c.wait(lambda s, i=i: RETRYING in [u.state for u in s.of(i)], 30,
+                   f"{i} taken over from a")
     waited = time.monotonic() - killed
     assert waited > 3.5, f"taken over {waited:.1f} s after a died, within a's 6 s lease " \
         "(renewed every 2 s)"
+
+
+def pending_entry(redis, name):
+    """(entry id, holder, delivery count) of the one pending work entry."""
+    p = redis.command("XPENDING", f"{{{name}}}:work", "dosomethingd", "-", "+", "10")
+    assert len(p) == 1, p
+    return p[0][0], p[0][1], int(p[0][3])
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("max_attempts", [3, 2])
+def test_a_copy_taken_over_and_back_runs_on_as_the_attempt_counted(redis,  # noqa: F811
+                                                                   start_daemon, max_attempts):
+    """b runs an item; another instance takes it over (here "ghost", by
+    hand: XCLAIM, delivery count 2), as happens when b was stopped past its
+    lease while its blocked read was given the item, and stops renewing it
+    in turn. b claims it back (count 3) while its own copy still runs:
+    that copy goes on as attempt 3 (RETRYING of ghost's attempt 2, STARTED
+    3) and its final counts. Before, b's final was dropped as superseded
+    (its copy still said attempt 1) and the item ran once more after the
+    lease, as attempt 4, past max_attempts 3: FAILED. With max_attempts 2,
+    ghost's attempt was the last: b's copy goes on as it (STARTED 2, its
+    final at attempt 2, not 3 past max_attempts)."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE)
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    item_id = f"back-{name}"
+    ms = 6000
+    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": str(ms)},
+                               "max_attempts": max_attempts}]).accepted == 1
+    started = sub.wait_state(item_id, conftest.STARTED, timeout=10)
+    entry, holder, count = pending_entry(redis, name)
+    assert count == 1, (entry, holder, count)
+    redis.command("XCLAIM", f"{{{name}}}:work", "dosomethingd", "ghost", "0", entry)
+    final = sub.wait_final([item_id], timeout=30)[item_id]
+    ups = [(state_name(u.state), u.attempt) for u in sub.of(item_id)]
+    if max_attempts == 3:
+        assert ups == [("QUEUED", 1), ("STARTED", 1), ("RETRYING", 2), ("STARTED", 3),
+                       ("SUCCEEDED", 3)], ups
+        retrying = [u for u in sub.of(item_id) if u.state == RETRYING][0]
+        assert "instance ghost stopped renewing it" in retrying.error, retrying.error
+    else:
+        assert ups == [("QUEUED", 1), ("STARTED", 1), ("STARTED", 2), ("SUCCEEDED", 2)], ups
+    ran_s = (final.time_unix_nano - started.time_unix_nano) / 1e9
+    assert ran_s < 2 * ms / 1000, f"final {ran_s:.1f} s after the first STARTED: it ran twice"
+    b.wait_log(r'item "back-.*", which instance ghost stopped renewing, runs on here as '
+               rf'attempt {final.attempt}')
+    wait_work_empty(redis, name)
+
+
+@pytest.mark.deadline(60)
+def test_an_item_renewed_late_by_its_holder_keeps_its_attempt(redis, start_daemon):  # noqa: F811
+    """b's own renewal comes late (its entry idle past the lease, set by
+    hand: XCLAIM IDLE, as after a stop or a held-up loop): its claim may
+    take the entry back from itself before its renewal, counting a
+    delivery. Nothing ended, so the count is set back and the copy's
+    final counts: attempt 1, one STARTED, no RETRYING. Before, the final
+    was dropped as superseded and the item ran again after the lease.
+    (Which of b's timers comes first after each hand edit is b's own
+    choice: five rounds.)"""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE)
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    item_id = f"late-{name}"
+    assert b.client().submit([{"id": item_id, "kind": "sleep",
+                               "params": {"ms": "5000"}}]).accepted == 1
+    sub.wait_state(item_id, conftest.STARTED, timeout=10)
+    entry, holder, _ = pending_entry(redis, name)
+    for _ in range(5):
+        redis.command("XCLAIM", f"{{{name}}}:work", "dosomethingd", holder, "0", entry,
+                      "IDLE", "100000", "JUSTID")
+        time.sleep(0.7)
+        assert pending_entry(redis, name)[1:] in ((holder, 1), (holder, 2)), \
+            pending_entry(redis, name)
+    final = sub.wait_final([item_id], timeout=30)[item_id]
+    ups = [(state_name(u.state), u.attempt) for u in sub.of(item_id)]
+    assert ups == [("QUEUED", 1), ("STARTED", 1), ("SUCCEEDED", 1)], ups
+    assert final.state == SUCCEEDED
+    wait_work_empty(redis, name)

@@ -680,7 +680,7 @@ test_delayed(void **state)
     assert_string_equal(w1.items[2].id, "later");
     assert_true((uint64_t)clock_wall_ns() >= later->due_ns);
     assert_int_equal(queue_delayed(), 1);
-    assert_true(queue_holds(never->key));
+    assert_non_null(queue_find(never->key));
     struct cancel_arg a = { .ids = { "never" } };
     queue_cancel(&cancel_ops, &a);
     assert_int_equal(queue_delayed(), 0);
@@ -896,7 +896,7 @@ test_local_room(void **state)
     struct item *q = new_item("q", 1, 0);
     uint64_t key = q->key;
     queue_push(q);
-    assert_true(queue_holds(key));
+    assert_non_null(queue_find(key));
     assert_int_equal(queue_local_room(), 2 * ITEM_WEIGHT_FULL - ITEM_WEIGHT_QUICK);
     queue_push(new_item("f", 0, 0));
     assert_int_equal(queue_local_room(), ITEM_WEIGHT_FULL - ITEM_WEIGHT_QUICK);
@@ -918,9 +918,9 @@ test_local_room(void **state)
     for (int i = 0; i < 3; i++)
         queue_push(new_item("w", 0, 0));
     assert_int_equal(queue_local_room(), 0);
-    /* queue_holds sees waiting items and held ones alike. */
-    assert_true(queue_holds(key));
-    assert_false(queue_holds(key + 1000));
+    /* queue_find sees waiting items and held ones alike. */
+    assert_non_null(queue_find(key));
+    assert_null(queue_find(key + 1000));
 }
 
 /* An end with a cost block carries it; a frame announcing one it is too

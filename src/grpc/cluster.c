@@ -1571,49 +1571,50 @@ on_renew_timer(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-on_count_restored(redisAsyncContext *ac, void *reply, void *arg)
+on_count_set(redisAsyncContext *ac, void *reply, void *arg)
 {
     redisReply *r = reply;
     if (r != NULL && r->type == REDIS_REPLY_ERROR && !cl.shutting_down)
-        log_error("cluster: setting the delivery count of an item we renewed late back "
-                  "failed: %s (its final will be dropped as superseded, and it runs again "
+        log_error("cluster: setting the delivery count of an item claimed back from ourselves "
+                  "failed: %s (its updates will be dropped as superseded, and it runs again "
                   "after the lease)", r->str);
 }
 
+/* Set the delivery count of our entry KEY to COUNT, before the updates
+ * that check it (they follow on the same connection). */
+static void
+set_count(uint64_t key, uint32_t count)
+{
+    struct redis_args a;
+    redis_args_init(&a, "XCLAIM");
+    redis_args_str(&a, stream_of(key));
+    redis_args_str(&a, CLUSTER_GROUP);
+    redis_args_str(&a, cl.consumer);
+    redis_args_str(&a, "0");
+    entry_arg(&a, key);
+    redis_args_str(&a, "RETRYCOUNT");
+    redis_args_u64(&a, count);
+    redis_args_str(&a, "JUSTID");
+    command(&cl.cmd, on_count_set, NULL, &a);
+}
+
 /*
- * A claim gave us an entry whose item we still hold (ITEM, a copy that
- * runs or waits here), counting DELIVERIES. Its updates check the
- * entry's count (entry_count()): without this, our copy's final was
- * dropped as superseded and the item ran once more after the lease.
- * - Our own renewal came late (we were stopped, or our loop held up past
- *   the lease): nothing ended, so the count is set back to our copy's
- *   (XCLAIM RETRYCOUNT; sent on the connection our updates take after it).
- * - Another instance had taken it over from us (we were stopped past our
- *   lease while our blocked read was given it, or while we ran it) and
- *   stopped renewing it in turn: its attempt ended like any taken over
- *   (RETRYING naming it; none if it was waiting its backoff, as its holder
- *   said RETRYING then) and our copy goes on as the attempt the entry
- *   counts, saying STARTED again if it runs; at the last attempt it goes
- *   on as that one. A cancel asked of that holder applies to our copy.
+ * A claim gave us an entry, counting DELIVERIES, whose item we still hold
+ * (ITEM, a copy that runs or waits here), from another instance that had
+ * taken it over from us (we were stopped past our lease while our
+ * blocked read was given it, or while we ran it) and stopped renewing it
+ * in turn. Its attempt ended like any taken over (RETRYING naming it;
+ * none if it was waiting its backoff, as its holder said RETRYING then)
+ * and our copy goes on as the attempt the entry counts (its updates
+ * check it: entry_count()), saying STARTED again if it runs; at the last
+ * attempt it goes on as that one. A cancel asked of that holder applies
+ * to our copy. Before, our copy's final was dropped as superseded and the
+ * item ran once more after the lease.
  */
 static void
 adopt_claimed(struct item *item, uint32_t deliveries, const struct claim *claim,
               const char *cancel_reason)
 {
-    if (strcmp(claim->previous, cl.consumer) == 0) {
-        struct redis_args a;
-        redis_args_init(&a, "XCLAIM");
-        redis_args_str(&a, stream_of(item->key));
-        redis_args_str(&a, CLUSTER_GROUP);
-        redis_args_str(&a, cl.consumer);
-        redis_args_str(&a, "0");
-        entry_arg(&a, item->key);
-        redis_args_str(&a, "RETRYCOUNT");
-        redis_args_u64(&a, entry_count(item));
-        redis_args_str(&a, "JUSTID");
-        command(&cl.cmd, on_count_restored, NULL, &a);
-        return;
-    }
     char error[600];
     if (claim->waiting) {
         item->attempt = deliveries;
@@ -1678,11 +1679,18 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
                      e->element[8]->str);
         long long count = e->element[2]->integer;
         uint32_t deliveries = count > 0 && count < UINT32_MAX ? (uint32_t)count : 1;
+        /* Ours (our renewal came late): script_claim kept its count. */
+        int ours = strcmp(claim.previous, cl.consumer) == 0;
         struct item *held = key != 0 ? store_held(key) : NULL;
         if (held != NULL) {
-            adopt_claimed(held, deliveries, &claim, cancel);
-            continue;
+            if (!ours)
+                adopt_claimed(held, deliveries, &claim, cancel);
+            else if (entry_count(held) != deliveries)
+                set_count(key, entry_count(held));  /* never seen: our copy's holds */
+            continue;   /* ours, renewed late: our copy runs on */
         }
+        if (ours && !claim.waiting && key != 0)
+            set_count(key, ++deliveries);   /* we lost what we were given: one delivery */
         if (cancel != NULL)
             remember_cancel(key, cancel);
         redisReply entry = { .type = REDIS_REPLY_ARRAY, .elements = 2, .element = e->element };

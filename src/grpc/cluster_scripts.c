@@ -663,7 +663,10 @@ static const char script_renew[] =
  * hand) is not waited for: the item runs at once; so does one whose key
  * is no hash (written by hand: WRONGTYPE failed every claim script that
  * took it, and it never ran again), with a 9th element naming the key for
- * the log. Consumers that hold
+ * the log. An entry of our own (our renewal came late) keeps its delivery
+ * count: the copy we hold of it runs on, and its updates in flight still
+ * count; the instance counts one itself if it holds none
+ * (cluster.c adopt_claimed()). Consumers that hold
  * nothing and were not seen for their lease are removed (a live one is
  * recreated by its next read).
  */
@@ -679,10 +682,16 @@ static const char script_claim[] =
     "  if f['pending'] > 0 and #out < max then\n"
     "    local p = redis.call('XPENDING', key, ARGV[1], 'IDLE', lease, '-', '+', max - #out, "
     "f['name'])\n"
+    "    local mine = f['name'] == ARGV[2]\n"
     "    for _, e in ipairs(p) do\n"
-    "      local c = redis.call('XCLAIM', key, ARGV[1], ARGV[2], lease, e[1])\n"
+    "      local c\n"
+    "      if mine then\n"
+    "        c = redis.call('XCLAIM', key, ARGV[1], ARGV[2], lease, e[1], 'RETRYCOUNT', e[4])\n"
+    "      else\n"
+    "        c = redis.call('XCLAIM', key, ARGV[1], ARGV[2], lease, e[1])\n"
+    "      end\n"
     "      if #c > 0 and c[1] then\n"
-    "        local h, d, waiting, bad = {false, false}, e[4] + 1, 0, false\n"
+    "        local h, d, waiting, bad = {false, false}, mine and e[4] or e[4] + 1, 0, false\n"
     "        for j = 1, #c[1][2], 2 do\n"
     "          if c[1][2][j] == 'i' then\n"
     "            h = redis.pcall('HMGET', ARGV[5] .. c[1][2][j + 1], 'cr', 'rd')\n"

@@ -100,13 +100,14 @@ struct conn {
     struct reply_pool replies;  /* its replies are built in it (kept across sessions) */
 };
 
-/* A reply owed for an item. */
 /* A script in flight for an item: the store's acceptance, or the item
- * and the state of its final update. Freed by the reply's callback. */
+ * and the state of its final update. Freed by the reply's callback (a
+ * final's or retry's by ending_free()). */
 struct item_op {
     struct acceptance a;        /* accept */
     struct item *item;          /* final, retry */
     enum wire_state state;      /* final */
+    struct item_op *prev, *next;    /* final, retry: in cl.ending */
 };
 
 static struct {
@@ -168,6 +169,8 @@ static struct {
     int accepts_ahead;          /* accept scripts in flight */
     uint64_t accept_batches;    /* accept scripts sent, for /status */
     struct redis_cmd batch_cmd; /* reused for every batch script */
+    /* the finals and retries sent and not answered (ending_op()) */
+    struct item_op *ending;
     /* the updates of this turn of the loop (send_update(), flush_updates()) */
     struct redis_cmd ucmd;
     struct update_cb *ucbs;
@@ -781,12 +784,49 @@ later(void (*fn)(evutil_socket_t, short, void *), void *arg)
     event_base_once(gp.base, -1, EV_TIMEOUT, fn, arg, &now);
 }
 
+/* The op of ITEM's final or retry, in cl.ending until its reply (its
+ * item is no longer the store's meanwhile: ending_holds()). */
+static struct item_op *
+ending_op(struct item *item)
+{
+    struct item_op *op = ds_calloc(1, sizeof *op);
+    op->item = item;
+    op->next = cl.ending;
+    if (cl.ending != NULL)
+        cl.ending->prev = op;
+    cl.ending = op;
+    return op;
+}
+
+static void
+ending_free(struct item_op *op)
+{
+    if (op->prev != NULL)
+        op->prev->next = op->next;
+    else
+        cl.ending = op->next;
+    if (op->next != NULL)
+        op->next->prev = op->prev;
+    free(op);
+}
+
+/* Is the final or retry of the item with KEY on its way? (A walk: only
+ * claims ask, and they are rare.) */
+static int
+ending_holds(uint64_t key)
+{
+    for (const struct item_op *op = cl.ending; op != NULL; op = op->next)
+        if (op->item->key == key)
+            return 1;
+    return 0;
+}
+
 static void
 drop_later(evutil_socket_t fd, short what, void *arg)
 {
     struct item_op *op = arg;
     store_dropped(op->item);
-    free(op);
+    ending_free(op);
 }
 
 static void
@@ -795,7 +835,7 @@ on_final(redisAsyncContext *ac, void *reply, void *arg)
     struct item_op *op = arg;
     if (cl.shutting_down) {
         store_discard(op->item);
-        free(op);
+        ending_free(op);
         return;
     }
     int64_t seq = update_result(reply, "a final update");
@@ -811,7 +851,7 @@ on_final(redisAsyncContext *ac, void *reply, void *arg)
                      item_trace_note(op->item, trace, sizeof trace));
         store_dropped(op->item);
     }
-    free(op);
+    ending_free(op);
     inflight_done();
 }
 
@@ -820,8 +860,7 @@ on_final(redisAsyncContext *ac, void *reply, void *arg)
 static void
 cluster_final(struct item *item, const struct outcome *o)
 {
-    struct item_op *op = ds_calloc(1, sizeof *op);
-    op->item = item;
+    struct item_op *op = ending_op(item);
     op->state = o->state;
     /* A quick item's STARTED may have been folded (cluster_publish): its
      * start time comes with the final, taken before the final's own. */
@@ -847,14 +886,14 @@ on_retried(redisAsyncContext *ac, void *reply, void *arg)
     struct item_op *op = arg;
     if (cl.shutting_down) {
         store_discard(op->item);
-        free(op);
+        ending_free(op);
         return;
     }
     if (update_result(reply, "a RETRYING update") > 0)
         store_retried(op->item);
     else
         store_dropped(op->item);    /* another instance retries it, after the lease */
-    free(op);
+    ending_free(op);
     inflight_done();
 }
 
@@ -863,8 +902,7 @@ on_retried(redisAsyncContext *ac, void *reply, void *arg)
 static void
 cluster_retry(struct item *item, const struct outcome *o)
 {
-    struct item_op *op = ds_calloc(1, sizeof *op);
-    op->item = item;
+    struct item_op *op = ending_op(item);
     size_t len, s0_len = 0;
     uint8_t *s0 = take_folded_started(item, o->worker_pid, &s0_len);
     uint8_t *encoded = updates_encode(item, o, &len);
@@ -1199,7 +1237,8 @@ claim_reason(const struct claim *claim, char *buf, size_t size)
  * name the last attempt, not one past max_attempts that never ran, while
  * the update script still checks the entry's count), and the caller ends
  * it FAILED (its error in ERROR, SIZE bytes) or lets a copy of it that
- * already runs here finish.
+ * was already here go on (adopt_claimed(): that adds no run, the count
+ * was spent by a delivery to this copy).
  */
 static int
 claimed_attempt(struct item *item, uint32_t deliveries, const struct claim *claim,
@@ -1625,7 +1664,7 @@ adopt_claimed(struct item *item, uint32_t deliveries, const struct claim *claim,
     cl.claimed++;
     char id[300];
     log_notice("cluster: item \"%s\", which instance %.200s stopped renewing, runs on here "
-               "as attempt %u (our copy of it was never stopped)",
+               "as attempt %u (the copy we were given before it took the item over)",
                utf8_escape(id, sizeof id, item->id), claim->previous, item->attempt);
     if (item->started && !item->started_unsent) {
         struct outcome started = { .state = STATE_STARTED,
@@ -1689,6 +1728,12 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
                 set_count(key, entry_count(held));  /* never seen: our copy's holds */
             continue;   /* ours, renewed late: our copy runs on */
         }
+        /* Ours, and its final or retry is on its way (we were stopped
+         * as it ended): if it lands, the entry goes; if not, the next
+         * claim takes it. (Another's: that final will be dropped as
+         * superseded, and the item runs again.) */
+        if (ours && key != 0 && ending_holds(key))
+            continue;
         if (ours && !claim.waiting && key != 0)
             set_count(key, ++deliveries);   /* we lost what we were given: one delivery */
         if (cancel != NULL)

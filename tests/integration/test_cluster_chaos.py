@@ -638,7 +638,7 @@ def test_a_copy_taken_over_and_back_runs_on_as_the_attempt_counted(redis,  # noq
     ran_s = (final.time_unix_nano - started.time_unix_nano) / 1e9
     assert ran_s < 2 * ms / 1000, f"final {ran_s:.1f} s after the first STARTED: it ran twice"
     b.wait_log(r'item "back-.*", which instance ghost stopped renewing, runs on here as '
-               rf'attempt {final.attempt}')
+               rf'attempt {final.attempt} \(the copy we were given')
     wait_work_empty(redis, name)
 
 
@@ -701,3 +701,39 @@ def test_an_entry_given_to_us_but_lost_counts_a_delivery(redis, start_daemon):  
     retrying = [u for u in sub.of(lost) if u.state == RETRYING][0]
     assert f"instance {holder.decode()} stopped renewing it" in retrying.error, retrying.error
     wait_work_empty(redis, name)
+
+
+@pytest.mark.deadline(90)
+def test_an_item_that_ended_while_its_instance_was_stopped_is_not_run_again(  # noqa: F811
+        redis, start_daemon):
+    """b's grpc process is stopped past its lease while its worker finishes
+    an item. Woken, it sends the final and claims its own idle entries in
+    the same turn: the claim keeps the entry's count, the final lands, and
+    the claim's reply must not take the entry as one b lost (its item no
+    longer held, its final on its way): before, b ran the item again (its
+    updates dropped, the log saying 'took over'), or the final was dropped
+    behind set_count and the item ran as attempt 2. Which of b's timers
+    comes first is b's own choice: six rounds."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE)
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    grpc_pid = b.grpc_pid()
+    ids = []
+    for n in range(6):
+        item_id = f"stopped-{name}-{n}"
+        ids.append(item_id)
+        assert b.client().submit([{"id": item_id, "kind": "sleep",
+                                   "params": {"ms": "1100"}}]).accepted == 1
+        sub.wait_state(item_id, conftest.STARTED, timeout=10)
+        os.kill(grpc_pid, signal.SIGSTOP)
+        try:
+            time.sleep(2.3)
+        finally:
+            os.kill(grpc_pid, signal.SIGCONT)
+        sub.wait_final([item_id], timeout=20)
+        ups = [(state_name(u.state), u.attempt) for u in sub.of(item_id)]
+        assert ups == [("QUEUED", 1), ("STARTED", 1), ("SUCCEEDED", 1)], (n, ups)
+        wait_work_empty(redis, name)
+    time.sleep(LEASE_S * 1.5)      # a second run would be taken and logged by now
+    assert "took over" not in b.log_text(), \
+        [line for line in b.log_text().splitlines() if "took over" in line]

@@ -737,3 +737,382 @@ def test_an_item_that_ended_while_its_instance_was_stopped_is_not_run_again(  # 
     time.sleep(LEASE_S * 1.5)      # a second run would be taken and logged by now
     assert "took over" not in b.log_text(), \
         [line for line in b.log_text().splitlines() if "took over" in line]
+
+
+# ---- a copy taken over and back: cancels, retries, prefetch, max_attempts -----------
+
+def ghost_claim(redis, name, entry):
+    """Another instance ("ghost") takes ENTRY over (XCLAIM counts a delivery)
+    and then never renews it: the entry comes back to b after the lease."""
+    redis.command("XCLAIM", f"{{{name}}}:work", "dosomethingd", "ghost", "0", entry)
+
+
+def ups_of(sub, item_id):
+    return [(state_name(u.state), u.attempt) for u in sub.of(item_id)]
+
+
+def one_final(sub, item_id, settle=LEASE_S * 2):
+    """The item's updates after a quiet while (a second final, or a run
+    after the final, would come within a lease or two): exactly one final,
+    the last update, attempts never going back."""
+    time.sleep(settle)
+    ups = ups_of(sub, item_id)
+    finals = [u for u in sub.of(item_id) if u.state in FINAL_STATES]
+    assert len(finals) == 1, ups
+    assert sub.of(item_id)[-1].state in FINAL_STATES, ups
+    attempts = [a for _, a in ups]
+    assert attempts == sorted(attempts), ups
+    return finals[0]
+
+
+def no_crash(*instances):
+    for inst in instances:
+        assert inst.proc.poll() is None, f"{inst.name} exited: {inst.log_tail()}"
+        crashes = [m.group(0) for m in CRASH.finditer(inst.log_text())]
+        assert not crashes, crashes[:5]
+        deaths = unexpected_deaths(inst.name, inst.log_text(), set())
+        assert not deaths, deaths[:5]
+
+
+def agrees(client, item_id, final):
+    got = client.get_items([item_id]).items[0]
+    assert (got.state, got.attempt, got.last_seq) == (final.state, final.attempt, final.seq), \
+        (got, brief(final))
+    return got
+
+
+@pytest.mark.deadline(60)
+def test_a_copy_adopted_back_and_then_cancelled_ends_cancelled_once(redis,  # noqa: F811
+                                                                     start_daemon):
+    """The ghost trick (test_a_copy_taken_over_and_back_runs_on_as_the_attempt_counted);
+    once b's copy runs on as attempt 3, a client cancels it: one final,
+    CANCELLED at attempt 3, the copy not run again; getItems says STARTED
+    at attempt 3 before the cancel, and agrees with the final after it."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE)
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    item_id = f"cancel-back-{name}"
+    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "20000"},
+                               "max_attempts": 3}]).accepted == 1
+    sub.wait_state(item_id, conftest.STARTED, timeout=10)
+    entry, _, _ = pending_entry(redis, name)
+    ghost_claim(redis, name, entry)
+    sub.wait_state(item_id, conftest.STARTED, timeout=15, attempt=3)
+    got = b.client().get_items([item_id]).items[0]
+    assert (got.state, got.attempt) == (conftest.STARTED, 3), got
+    reply = b.client().cancel_items([item_id], reason="stop it")
+    assert reply.cancelled == 1, reply
+    final = sub.wait_final([item_id], timeout=15)[item_id]
+    assert (final.state, final.attempt) == (CANCELLED, 3), ups_of(sub, item_id)
+    one_final(sub, item_id)
+    agrees(b.client(), item_id, final)
+    wait_work_empty(redis, name)
+    no_crash(b)
+
+
+@pytest.mark.deadline(60)
+def test_a_cancel_asked_of_the_ghost_applies_to_the_copy_claimed_back(redis,  # noqa: F811
+                                                                       start_daemon):
+    """The cancel comes while ghost holds the entry: it is addressed to
+    ghost ({NAME}:control) and kept in the hash (cr). When b claims the
+    entry back, its copy (still running) is cancelled: one final,
+    CANCELLED, well before the copy's 20 s; getItems agrees."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE)
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    item_id = f"cancel-ghost-{name}"
+    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "20000"},
+                               "max_attempts": 3}]).accepted == 1
+    started = sub.wait_state(item_id, conftest.STARTED, timeout=10)
+    entry, _, _ = pending_entry(redis, name)
+    ghost_claim(redis, name, entry)
+    reply = b.client().cancel_items([item_id], reason="stop it")
+    assert reply.cancelled == 1, reply
+    assert redis.command("HGET", f"{{{name}}}:item:{item_id}", "cr") == b"stop it"
+    final = sub.wait_final([item_id], timeout=15)[item_id]
+    assert final.state == CANCELLED, ups_of(sub, item_id)
+    assert "stop it" in final.error, final.error
+    assert (final.time_unix_nano - started.time_unix_nano) / 1e9 < 10, ups_of(sub, item_id)
+    one_final(sub, item_id)
+    agrees(b.client(), item_id, final)
+    wait_work_empty(redis, name)
+    no_crash(b)
+
+
+def keep_ghost_renewing(redis, name, entry, seconds):
+    """Ghost renews ENTRY (XCLAIM JUSTID: no delivery counted) for SECONDS."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        redis.command("XCLAIM", f"{{{name}}}:work", "dosomethingd", "ghost", "0", entry,
+                      "JUSTID")
+        time.sleep(0.2)
+
+
+def entries(redis, name):
+    """[(entry id, holder, count)] of the pending work entries, oldest first."""
+    p = redis.command("XPENDING", f"{{{name}}}:work", "dosomethingd", "-", "+", "10")
+    return [(e[0], e[1], int(e[3])) for e in p]
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("max_attempts", [3, 2])
+def test_a_copy_waiting_its_backoff_taken_over_and_back_runs_once(redis,  # noqa: F811
+                                                                   start_daemon, retry_module,
+                                                                   max_attempts):
+    """A retry-module item's attempt 1 asks for another (retry_backoff 3 s);
+    while b's copy waits its backoff, ghost takes the entry and stops
+    renewing it (taken as script_claim takes an entry whose retry is not
+    due: its delivery count kept); b claims it back, still waiting: the
+    copy goes on as attempt 2 and ends once, SUCCEEDED at 2 (a plain
+    XCLAIM here counted one more delivery and the copy ran as attempt 3,
+    past max_attempts 2: not what a real instance's claim does); getItems
+    agrees."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE,
+                       overrides={"queue": {"retry_backoff": {"min": "3000ms", "max": "3000ms"}},
+                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                                               "sleep": {"builtin": "sleep"},
+                                               "r": {"module": str(retry_module)}}})
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    item_id = f"backoff-{name}"
+    assert b.client().submit([{"id": item_id, "kind": "r", "payload": b"r",
+                               "params": {"retry_until": "2"},
+                               "max_attempts": max_attempts}]).accepted == 1
+    sub.wait_state(item_id, RETRYING, timeout=10)
+    entry, holder, count = pending_entry(redis, name)
+    assert count == 2, (entry, holder, count)   # the retry counted attempt 2's delivery
+    # as script_claim takes an entry whose retry is not due yet: its count kept
+    redis.command("XCLAIM", f"{{{name}}}:work", "dosomethingd", "ghost", "0", entry,
+                  "RETRYCOUNT", str(count))
+    final = sub.wait_final([item_id], timeout=20)[item_id]
+    one_final(sub, item_id)
+    ups = ups_of(sub, item_id)
+    assert final.state == SUCCEEDED, ups
+    assert final.attempt == 2, ups
+    agrees(b.client(), item_id, final)
+    wait_work_empty(redis, name)
+    no_crash(b)
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("kind", ["r", "sleep", "echo"])
+@pytest.mark.parametrize("ghost_holds", [4.0, 0.0])
+def test_a_prefetched_copy_taken_over_and_back_ends_once(  # noqa: F811
+        redis, start_daemon, retry_module, kind, ghost_holds):
+    """b's one worker is busy and has the item prefetched (workers.prefetch
+    4) when ghost takes its entry. ghost_holds 4: ghost keeps renewing it
+    for 4 s, the busy item (1.5 s) ends meanwhile, and the copy runs and
+    ends (asks for a retry: kind r, backoff 200 ms; or succeeds) while
+    ghost holds the entry; then ghost stops and b claims it back.
+    ghost_holds 0: ghost stops at once and b claims the entry back while
+    its copy still waits at the worker, not started (the busy item runs
+    4 s). Exactly one final, SUCCEEDED, at most at max_attempts; nothing
+    left; getItems agrees."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=1,
+                       overrides={"workers": {"prefetch": 4},
+                                  "queue": {"retry_backoff": {"min": "200ms", "max": "200ms"}},
+                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                                               "sleep": {"builtin": "sleep"},
+                                               "r": {"module": str(retry_module)}}})
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    busy, item_id = f"busy-{name}", f"pf-{kind}-{name}"
+    busy_ms = 1500 if ghost_holds else 4000
+    assert b.client().submit([{"id": busy, "kind": "sleep",
+                               "params": {"ms": str(busy_ms)}}]).accepted == 1
+    sub.wait_state(busy, conftest.STARTED, timeout=10)
+    item = {"id": item_id, "kind": kind, "max_attempts": 5}
+    if kind == "r":
+        item.update(payload=b"r", params={"retry_until": "2"})
+    elif kind == "sleep":
+        item.update(params={"ms": "10"})
+    else:
+        item.update(payload=b"hello")
+    assert b.client().submit([item]).accepted == 1
+    conftest.wait_for(lambda: len(entries(redis, name)) == 2, 5, "the item's entry read by b")
+    entry = entries(redis, name)[1][0]
+    assert sub.states_of(item_id) == ["QUEUED"], sub.states_of(item_id)
+    ghost_claim(redis, name, entry)
+    keep_ghost_renewing(redis, name, entry, ghost_holds)
+    if not ghost_holds:
+        b.wait_log(r'item "pf-.*", which instance ghost stopped renewing, runs on here as '
+                   r'attempt 3', timeout=10)
+        assert conftest.STARTED not in [u.state for u in sub.of(item_id)], \
+            ups_of(sub, item_id)
+    final = sub.wait_final([busy, item_id], timeout=20)
+    one_final(sub, item_id)
+    ups = ups_of(sub, item_id)
+    assert final[busy].state == SUCCEEDED and final[busy].attempt == 1, sub.states_of(busy)
+    assert final[item_id].state == SUCCEEDED, ups
+    assert final[item_id].attempt <= 5, ups
+    agrees(b.client(), item_id, final[item_id])
+    wait_work_empty(redis, name)
+    no_crash(b)
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.xfail(strict=True, reason="claimed_attempt() (src/grpc/cluster.c) puts a copy "
+                   "claimed back past max_attempts at attempt deliveries - 1 without bounding "
+                   "it by max_attempts: with max_attempts 1 and a delivery count of 3 the "
+                   "copy goes on, and SUCCEEDS, as attempt 2 of 1")
+def test_a_copy_at_max_attempts_1_taken_over_and_back_ends_at_attempt_1(redis,  # noqa: F811
+                                                                        start_daemon):
+    """max_attempts 1, the ghost trick: ghost's takeover (count 2) is
+    past max (a real instance would end it FAILED at attempt 1, here it
+    stops before that final lands), and b's claim back counts 3. b's copy
+    must go on as the last attempt, 1, and its SUCCEEDED count: one final,
+    at attempt 1, never an attempt 2 of max_attempts 1. It goes on as
+    attempt 2 (deliveries - 1), SUCCEEDED at 2; getItems says the same."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE)
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    item_id = f"max1-{name}"
+    ms = 5000
+    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": str(ms)},
+                               "max_attempts": 1}]).accepted == 1
+    started = sub.wait_state(item_id, conftest.STARTED, timeout=10)
+    entry, _, _ = pending_entry(redis, name)
+    ghost_claim(redis, name, entry)
+    final = sub.wait_final([item_id], timeout=30)[item_id]
+    one_final(sub, item_id)
+    ups = ups_of(sub, item_id)
+    assert (final.time_unix_nano - started.time_unix_nano) / 1e9 < 2 * ms / 1000, ups
+    got = agrees(b.client(), item_id, final)
+    assert got.max_attempts == 1, got
+    wait_work_empty(redis, name)
+    no_crash(b)
+    assert (final.state, final.attempt) == (SUCCEEDED, 1), ups
+    assert all(a == 1 for _, a in ups), ups
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.xfail(strict=True, reason="a copy prefetched at a worker (queue.c "
+                   "worker_send_item: the IPC's attempt is item->attempt when it is sent) and "
+                   "adopted before it starts (cluster.c adopt_claimed) runs its handler as "
+                   "attempt 1 while its updates say attempt 3: the retry module asks for "
+                   "another attempt, and at max_attempts 3 the item ends FAILED")
+def test_a_prefetched_copy_adopted_before_it_starts_runs_as_the_attempt_counted(  # noqa: F811
+        redis, start_daemon, retry_module):
+    """b's one worker is busy (4 s) with the retry-module item prefetched
+    (workers.prefetch 4, retry_until 2, max_attempts 3) when ghost takes
+    its entry and stops renewing it at once: b claims it back while its
+    copy waits at the worker, not started, and adopts it as attempt 3
+    (RETRYING 2 naming ghost). The handler must be told attempt 3 as the
+    updates say: it then succeeds (retry_until 2), SUCCEEDED at 3 with
+    'attempt=3' in its result. The worker was given attempt 1 at the
+    prefetch: the handler asks for another attempt ("busy at attempt 1"),
+    and the item, at its last attempt, ends FAILED."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=1,
+                       overrides={"workers": {"prefetch": 4},
+                                  "queue": {"retry_backoff": {"min": "200ms", "max": "200ms"}},
+                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                                               "sleep": {"builtin": "sleep"},
+                                               "r": {"module": str(retry_module)}}})
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    busy, item_id = f"busy-{name}", f"pfr-{name}"
+    assert b.client().submit([{"id": busy, "kind": "sleep",
+                               "params": {"ms": "4000"}}]).accepted == 1
+    sub.wait_state(busy, conftest.STARTED, timeout=10)
+    assert b.client().submit([{"id": item_id, "kind": "r", "payload": b"r",
+                               "params": {"retry_until": "2"},
+                               "max_attempts": 3}]).accepted == 1
+    conftest.wait_for(lambda: len(entries(redis, name)) == 2, 5, "the item's entry read by b")
+    ghost_claim(redis, name, entries(redis, name)[1][0])
+    b.wait_log(r'item "pfr-.*", which instance ghost stopped renewing, runs on here as '
+               r'attempt 3', timeout=10)
+    assert conftest.STARTED not in [u.state for u in sub.of(item_id)], ups_of(sub, item_id)
+    final = sub.wait_final([busy, item_id], timeout=20)
+    one_final(sub, item_id)
+    ups = ups_of(sub, item_id)
+    agrees(b.client(), item_id, final[item_id])
+    wait_work_empty(redis, name)
+    no_crash(b)
+    assert (final[item_id].state, final[item_id].attempt) == (SUCCEEDED, 3), \
+        (ups, final[item_id].error)
+    assert b"attempt=3" in final[item_id].result, final[item_id].result
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("copy", ["waiting", "ended"])
+def test_a_cancel_asked_of_the_ghost_ends_the_item_once(redis, start_daemon,  # noqa: F811
+                                                       retry_module, copy):
+    """A cancel asked while ghost holds the entry, when b's copy is not
+    running: waiting its retry's backoff (3 s; ghost took the entry as
+    script_claim takes one not due: its count kept), or already ended
+    while ghost held the entry (kept renewed 2.5 s: its SUCCEEDED dropped
+    as superseded). b claims the entry back with the hash's cr: one
+    final, CANCELLED with the reason, nothing run after it; getItems
+    agrees."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE,
+                       overrides={"queue": {"retry_backoff": {"min": "3000ms", "max": "3000ms"}},
+                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                                               "sleep": {"builtin": "sleep"},
+                                               "r": {"module": str(retry_module)}}})
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    item_id = f"cancel-{copy}-{name}"
+    if copy == "waiting":
+        assert b.client().submit([{"id": item_id, "kind": "r", "payload": b"r",
+                                   "params": {"retry_until": "2"},
+                                   "max_attempts": 3}]).accepted == 1
+        sub.wait_state(item_id, RETRYING, timeout=10)
+        entry, _, count = pending_entry(redis, name)
+        redis.command("XCLAIM", f"{{{name}}}:work", "dosomethingd", "ghost", "0", entry,
+                      "RETRYCOUNT", str(count))
+    else:
+        assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "1000"},
+                                   "max_attempts": 3}]).accepted == 1
+        sub.wait_state(item_id, conftest.STARTED, timeout=10)
+        entry, _, _ = pending_entry(redis, name)
+        ghost_claim(redis, name, entry)
+        keep_ghost_renewing(redis, name, entry, 2.5)
+        assert not [u for u in sub.of(item_id) if u.state in FINAL_STATES], \
+            ups_of(sub, item_id)
+    reply = b.client().cancel_items([item_id], reason="stop it")
+    assert reply.cancelled == 1, reply
+    final = sub.wait_final([item_id], timeout=15)[item_id]
+    one_final(sub, item_id, settle=LEASE_S * 3)
+    ups = ups_of(sub, item_id)
+    assert final.state == CANCELLED and "stop it" in final.error, (ups, final.error)
+    assert conftest.STARTED not in [state for state, a in ups if a > 1], ups
+    agrees(b.client(), item_id, final)
+    wait_work_empty(redis, name)
+    no_crash(b)
+
+
+@pytest.mark.deadline(90)
+def test_many_copies_taken_over_and_back_at_once_each_end_once(redis,  # noqa: F811
+                                                               start_daemon):
+    """Twelve items on b (2 workers, prefetch 4: some run, some wait at a
+    worker, some in b's queue); ghost takes every pending entry at once
+    and stops renewing them; b claims them back together. Every item ends
+    once, SUCCEEDED, at an attempt no greater than max_attempts 3; getItems
+    agrees; nothing left."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE,
+                       overrides={"workers": {"prefetch": 4}})
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    ids = [f"many-{name}-{i}" for i in range(12)]
+    assert b.client().submit([{"id": i, "kind": "sleep", "params": {"ms": "1500"},
+                               "max_attempts": 3} for i in ids]).accepted == len(ids)
+    sub.wait_state(ids[0], conftest.STARTED, timeout=10)
+    pending = entries(redis, name)
+    assert pending, pending
+    for entry, _, _ in pending:
+        ghost_claim(redis, name, entry)
+    final = sub.wait_final(ids, timeout=40)
+    time.sleep(LEASE_S * 2)
+    bad = {}
+    for i in ids:
+        ups = ups_of(sub, i)
+        finals = [u for u in sub.of(i) if u.state in FINAL_STATES]
+        if len(finals) != 1 or sub.of(i)[-1].state not in FINAL_STATES or \
+                final[i].state != SUCCEEDED or final[i].attempt > 3:
+            bad[i] = ups
+    assert not bad, bad
+    got = {it.id: it for it in b.client().get_items(ids).items}
+    assert all((got[i].state, got[i].attempt) == (final[i].state, final[i].attempt)
+               for i in ids), {i: (got[i].state, got[i].attempt, brief(final[i])) for i in ids}
+    wait_work_empty(redis, name)
+    no_crash(b)

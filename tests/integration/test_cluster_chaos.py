@@ -765,12 +765,15 @@ def one_final(sub, item_id, settle=LEASE_S * 2):
     return finals[0]
 
 
-def no_crash(*instances):
+def no_crash(*instances, timed_out=()):
+    """No instance exited, no crash line; no worker died but those killed
+    for the timeout of an item in TIMED_OUT."""
     for inst in instances:
         assert inst.proc.poll() is None, f"{inst.name} exited: {inst.log_tail()}"
         crashes = [m.group(0) for m in CRASH.finditer(inst.log_text())]
         assert not crashes, crashes[:5]
-        deaths = unexpected_deaths(inst.name, inst.log_text(), set())
+        deaths = [d for d in unexpected_deaths(inst.name, inst.log_text(), set())
+                  if not any(d.endswith(f'item "{i}" timed out') for i in timed_out)]
         assert not deaths, deaths[:5]
 
 
@@ -1116,3 +1119,66 @@ def test_many_copies_taken_over_and_back_at_once_each_end_once(redis,  # noqa: F
                for i in ids), {i: (got[i].state, got[i].attempt, brief(final[i])) for i in ids}
     wait_work_empty(redis, name)
     no_crash(b)
+
+
+@pytest.mark.deadline(60)
+def test_a_cancel_asked_of_the_ghost_cancels_a_prefetched_copy(redis,  # noqa: F811
+                                                               start_daemon):
+    """b's one worker is busy (4 s) with the item prefetched (prefetch 4)
+    when ghost takes the item's entry and a client cancels it (asked of
+    ghost: control + cr). b claims it back before its copy starts: the
+    copy is cancelled at the worker, never started; one final, CANCELLED;
+    the busy item is not disturbed; getItems agrees."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=1,
+                       overrides={"workers": {"prefetch": 4}})
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    busy, item_id = f"busy-{name}", f"pfc-{name}"
+    assert b.client().submit([{"id": busy, "kind": "sleep",
+                               "params": {"ms": "4000"}}]).accepted == 1
+    sub.wait_state(busy, conftest.STARTED, timeout=10)
+    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "10"},
+                               "max_attempts": 3}]).accepted == 1
+    conftest.wait_for(lambda: len(entries(redis, name)) == 2, 5, "the item's entry read by b")
+    ghost_claim(redis, name, entries(redis, name)[1][0])
+    reply = b.client().cancel_items([item_id], reason="stop it")
+    assert reply.cancelled == 1, reply
+    final = sub.wait_final([busy, item_id], timeout=20)
+    one_final(sub, item_id)
+    ups = ups_of(sub, item_id)
+    assert final[item_id].state == CANCELLED and "stop it" in final[item_id].error, ups
+    assert conftest.STARTED not in [u.state for u in sub.of(item_id)], ups
+    assert (final[busy].state, final[busy].attempt) == (SUCCEEDED, 1), sub.states_of(busy)
+    agrees(b.client(), item_id, final[item_id])
+    wait_work_empty(redis, name)
+    no_crash(b)
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("max_attempts", [3, 4])
+def test_a_copy_adopted_then_timed_out_ends_once(redis, start_daemon,  # noqa: F811
+                                                 max_attempts):
+    """The ghost trick on an item whose timeout (2 s) ends its run (3 s):
+    the copy, adopted as attempt 3, times out. At max_attempts 3 that was
+    the last: FAILED at 3; at 4, attempt 4 runs and times out too: FAILED
+    at 4. One final either way, nothing run past max_attempts; getItems
+    agrees."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE,
+                       overrides={"queue": {"retry_backoff": {"min": "50ms", "max": "50ms"}}})
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    item_id = f"timeout-{name}"
+    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "3000"},
+                               "timeout_ms": 2000,
+                               "max_attempts": max_attempts}]).accepted == 1
+    sub.wait_state(item_id, conftest.STARTED, timeout=10)
+    entry, _, _ = pending_entry(redis, name)
+    ghost_claim(redis, name, entry)
+    final = sub.wait_final([item_id], timeout=30)[item_id]
+    one_final(sub, item_id)
+    ups = ups_of(sub, item_id)
+    assert (final.state, final.attempt) == (FAILED, max_attempts), (ups, final.error)
+    assert max(a for _, a in ups) <= max_attempts, ups
+    agrees(b.client(), item_id, final)
+    wait_work_empty(redis, name)
+    no_crash(b, timed_out=[item_id])

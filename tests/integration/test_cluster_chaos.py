@@ -909,7 +909,7 @@ def test_a_prefetched_copy_taken_over_and_back_ends_once(  # noqa: F811
     ghost holds the entry; then ghost stops and b claims it back.
     ghost_holds 0: ghost stops at once and b claims the entry back while
     its copy still waits at the worker, not started (the busy item runs
-    4 s). Exactly one final, SUCCEEDED, at most at max_attempts; nothing
+    6 s). Exactly one final, SUCCEEDED, at most at max_attempts; nothing
     left; getItems agrees."""
     name = cluster_name()
     b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=1,
@@ -920,7 +920,7 @@ def test_a_prefetched_copy_taken_over_and_back_ends_once(  # noqa: F811
                                                "r": {"module": str(retry_module)}}})
     sub = b.client().subscribe(sync=True, name="sub-b")
     busy, item_id = f"busy-{name}", f"pf-{kind}-{name}"
-    busy_ms = 1500 if ghost_holds else 4000
+    busy_ms = 1500 if ghost_holds else 6000
     assert b.client().submit([{"id": busy, "kind": "sleep",
                                "params": {"ms": str(busy_ms)}}]).accepted == 1
     sub.wait_state(busy, conftest.STARTED, timeout=10)

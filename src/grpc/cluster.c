@@ -1219,6 +1219,34 @@ struct claim {
     int waiting;                /* that attempt was waiting its backoff: it never started */
 };
 
+static void
+on_count_set(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && !cl.shutting_down)
+        log_error("cluster: setting the delivery count of an entry we claimed failed: %s "
+                  "(its item's updates will be dropped as superseded, and it runs again after "
+                  "the lease)", r->str);
+}
+
+/* Set the delivery count of our entry KEY to COUNT, before the updates
+ * that check it (they follow on the same connection). */
+static void
+set_count(uint64_t key, uint32_t count)
+{
+    struct redis_args a;
+    redis_args_init(&a, "XCLAIM");
+    redis_args_str(&a, stream_of(key));
+    redis_args_str(&a, CLUSTER_GROUP);
+    redis_args_str(&a, cl.consumer);
+    redis_args_str(&a, "0");
+    entry_arg(&a, key);
+    redis_args_str(&a, "RETRYCOUNT");
+    redis_args_u64(&a, count);
+    redis_args_str(&a, "JUSTID");
+    command(&cl.cmd, on_count_set, NULL, &a);
+}
+
 /* Why an attempt taken over ended: CLAIM's holder stopped renewing it. In
  * BUF (SIZE bytes). */
 static const char *
@@ -1247,6 +1275,13 @@ claimed_attempt(struct item *item, uint32_t deliveries, const struct claim *clai
     char reason[320];
     claim_reason(claim, reason, sizeof reason);
     if (!store_may_retry(item, deliveries - 1)) {
+        if (deliveries - 1 > item->max_attempts) {
+            /* Counted past the last attempt more than once (a claimer
+             * whose FAILED never landed): back to last + 1, so that the
+             * updates name the last attempt. */
+            deliveries = item->max_attempts + 1;
+            set_count(item->key, deliveries);
+        }
         snprintf(error, size, "%s (attempt %u of %u)", reason, deliveries - 1,
                  item->max_attempts);
         item->attempt = deliveries - 1;
@@ -1607,34 +1642,6 @@ on_renew_timer(evutil_socket_t fd, short what, void *arg)
     renew_flush(&a[0]);
     renew_flush(&a[1]);
     publish_lease();
-}
-
-static void
-on_count_set(redisAsyncContext *ac, void *reply, void *arg)
-{
-    redisReply *r = reply;
-    if (r != NULL && r->type == REDIS_REPLY_ERROR && !cl.shutting_down)
-        log_error("cluster: setting the delivery count of an item claimed back from ourselves "
-                  "failed: %s (its updates will be dropped as superseded, and it runs again "
-                  "after the lease)", r->str);
-}
-
-/* Set the delivery count of our entry KEY to COUNT, before the updates
- * that check it (they follow on the same connection). */
-static void
-set_count(uint64_t key, uint32_t count)
-{
-    struct redis_args a;
-    redis_args_init(&a, "XCLAIM");
-    redis_args_str(&a, stream_of(key));
-    redis_args_str(&a, CLUSTER_GROUP);
-    redis_args_str(&a, cl.consumer);
-    redis_args_str(&a, "0");
-    entry_arg(&a, key);
-    redis_args_str(&a, "RETRYCOUNT");
-    redis_args_u64(&a, count);
-    redis_args_str(&a, "JUSTID");
-    command(&cl.cmd, on_count_set, NULL, &a);
 }
 
 /*

@@ -595,6 +595,17 @@ def test_a_reload_to_a_longer_lease_keeps_its_items(redis, start_daemon):  # noq
         "(renewed every 2 s)"
 
 
+def retrying(retry_module, backoff, prefetch=None):
+    """An instance's overrides: the retry test module as kind r (beside echo
+    and sleep), queue.retry_backoff BACKOFF, and workers.prefetch if given."""
+    o = {"queue": {"retry_backoff": {"min": backoff, "max": backoff}},
+         "handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                      "sleep": {"builtin": "sleep"}, "r": {"module": str(retry_module)}}}
+    if prefetch is not None:
+        o["workers"] = {"prefetch": prefetch}
+    return o
+
+
 def pending_entry(redis, name):
     """(entry id, holder, delivery count) of the one pending work entry."""
     p = redis.command("XPENDING", f"{{{name}}}:work", "dosomethingd", "-", "+", "10")
@@ -873,10 +884,7 @@ def test_a_copy_waiting_its_backoff_taken_over_and_back_runs_once(redis,  # noqa
     agrees."""
     name = cluster_name()
     b = start_instance(start_daemon, redis, name, "b", lease=LEASE,
-                       overrides={"queue": {"retry_backoff": {"min": "3000ms", "max": "3000ms"}},
-                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
-                                               "sleep": {"builtin": "sleep"},
-                                               "r": {"module": str(retry_module)}}})
+                       overrides=retrying(retry_module, "3000ms"))
     sub = b.client().subscribe(sync=True, name="sub-b")
     item_id = f"backoff-{name}"
     assert b.client().submit([{"id": item_id, "kind": "r", "payload": b"r",
@@ -914,11 +922,7 @@ def test_a_prefetched_copy_taken_over_and_back_ends_once(  # noqa: F811
     left; getItems agrees."""
     name = cluster_name()
     b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=1,
-                       overrides={"workers": {"prefetch": 4},
-                                  "queue": {"retry_backoff": {"min": "200ms", "max": "200ms"}},
-                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
-                                               "sleep": {"builtin": "sleep"},
-                                               "r": {"module": str(retry_module)}}})
+                       overrides=retrying(retry_module, "200ms", prefetch=4))
     sub = b.client().subscribe(sync=True, name="sub-b")
     busy, item_id = f"busy-{name}", f"pf-{kind}-{name}"
     busy_ms = 1500 if ghost_holds else 6000
@@ -1005,11 +1009,7 @@ def test_a_prefetched_copy_adopted_before_it_starts_runs_as_the_attempt_counted(
     and the item, at its last attempt, ends FAILED."""
     name = cluster_name()
     b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=1,
-                       overrides={"workers": {"prefetch": 4},
-                                  "queue": {"retry_backoff": {"min": "200ms", "max": "200ms"}},
-                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
-                                               "sleep": {"builtin": "sleep"},
-                                               "r": {"module": str(retry_module)}}})
+                       overrides=retrying(retry_module, "200ms", prefetch=4))
     sub = b.client().subscribe(sync=True, name="sub-b")
     busy, item_id = f"busy-{name}", f"pfr-{name}"
     assert b.client().submit([{"id": busy, "kind": "sleep",
@@ -1047,10 +1047,7 @@ def test_a_cancel_asked_of_the_ghost_ends_the_item_once(redis, start_daemon,  # 
     agrees."""
     name = cluster_name()
     b = start_instance(start_daemon, redis, name, "b", lease=LEASE,
-                       overrides={"queue": {"retry_backoff": {"min": "3000ms", "max": "3000ms"}},
-                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
-                                               "sleep": {"builtin": "sleep"},
-                                               "r": {"module": str(retry_module)}}})
+                       overrides=retrying(retry_module, "3000ms"))
     sub = b.client().subscribe(sync=True, name="sub-b")
     item_id = f"cancel-{copy}-{name}"
     if copy == "waiting":

@@ -1247,16 +1247,6 @@ set_count(uint64_t key, uint32_t count)
     command(&cl.cmd, on_count_set, NULL, &a);
 }
 
-/* Why an attempt taken over ended: CLAIM's holder stopped renewing it. In
- * BUF (SIZE bytes). */
-static const char *
-claim_reason(const struct claim *claim, char *buf, size_t size)
-{
-    snprintf(buf, size, "instance %.200s stopped renewing it (idle %" PRIu64 " ms)",
-             claim->previous, claim->idle_ms);
-    return buf;
-}
-
 /*
  * A claim counted DELIVERIES for ITEM's entry: the attempt before, which
  * CLAIM's holder stopped renewing, ends as RETRYING naming it, and ITEM
@@ -1273,7 +1263,8 @@ claimed_attempt(struct item *item, uint32_t deliveries, const struct claim *clai
                 char *error, size_t size)
 {
     char reason[320];
-    claim_reason(claim, reason, sizeof reason);
+    snprintf(reason, sizeof reason, "instance %.200s stopped renewing it (idle %" PRIu64 " ms)",
+             claim->previous, claim->idle_ms);
     if (!store_may_retry(item, deliveries - 1)) {
         if (deliveries - 1 > item->max_attempts) {
             /* Counted past the last attempt more than once (a claimer

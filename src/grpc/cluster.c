@@ -1668,6 +1668,8 @@ adopt_claimed(struct item *item, uint32_t deliveries, const struct claim *claim,
         struct outcome started = { .state = STATE_STARTED,
                                    .worker_pid = store_worker_pid(item) };
         cluster_publish(item, &started);
+    } else {
+        store_reattempt(item);  /* its handler is told the attempt it now is */
     }
     if (cancel_reason != NULL) {
         remember_cancel(item->key, cancel_reason);

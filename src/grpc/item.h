@@ -49,8 +49,10 @@ struct item {
     uint64_t due_ns;
     uint32_t raw_len;
     uint32_t attempt;           /* the attempt running, or the next one */
-    uint32_t run_attempt;       /* the attempt its worker was given (the IPC's: attempt may
+    uint32_t run_attempt;       /* the attempt its worker runs (the IPC's: attempt may
                                  * move on while it runs, cluster.c adopt_claimed()) */
+    uint32_t asked_attempt;     /* its worker was asked to run it as this instead, if not
+                                 * started (queue_reattempt); its next update says; 0: not */
     uint32_t max_attempts;
     uint32_t timeout_ms;        /* 0: none */
     uint8_t started;            /* its worker said STARTED for this attempt */

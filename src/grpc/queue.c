@@ -109,6 +109,7 @@ static void
 worker_send_item(struct worker *w, struct item *item)
 {
     item->run_attempt = item->attempt;
+    item->asked_attempt = 0;
     struct ipc_item head = { .key = item->key, .attempt = item->run_attempt,
                              .kind_len = (uint16_t)strlen(item->kind),
                              .id_len = (uint16_t)strlen(item->id) };
@@ -218,6 +219,22 @@ worker_maybe_release(struct worker *w)
     }
 }
 
+/*
+ * An update of ATTEMPT is of ITEM's attempt at its worker: run_attempt, or
+ * the one its worker was asked to run instead (queue_reattempt), which
+ * the worker did if it had not started it. The first update says which.
+ */
+static int
+worker_runs(struct item *item, uint32_t attempt)
+{
+    if (item->asked_attempt != 0 && attempt == item->asked_attempt)
+        item->run_attempt = attempt;
+    else if (attempt != item->run_attempt)
+        return 0;
+    item->asked_attempt = 0;
+    return 1;
+}
+
 static int
 on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
                 const uint8_t *body, int fd)
@@ -253,7 +270,7 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     struct item *item = w->head;
     while (item != NULL && item->key != u.key)
         item = item->next;
-    if (item == NULL || item->run_attempt != u.attempt) {
+    if (item == NULL || !worker_runs(item, u.attempt)) {
         log_debug("worker %ld: dropping an update of a superseded attempt", (long)w->pid);
         return 0;
     }
@@ -390,7 +407,9 @@ workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t run
     worker_free(w);
     while (n > 0) {
         item = held[--n];
-        int running = item->key == running_key && item->run_attempt == running_attempt;
+        int running = item->key == running_key &&
+                      (item->run_attempt == running_attempt ||
+                       (item->asked_attempt != 0 && item->asked_attempt == running_attempt));
         if (item->cancelling) {
             q.ev->cancelled(item, pid, NULL);   /* asked to stop: it did, one way or another */
         } else if (running && limit_cost != NULL) {
@@ -607,6 +626,20 @@ queue_find(uint64_t key)
     struct find f = { key, NULL };
     queue_for_each(match_key, &f);
     return f.found;
+}
+
+void
+queue_reattempt(struct item *item)
+{
+    struct worker *w = item->worker;
+    if (w == NULL || w->channel == NULL || item->started || item->cancelling ||
+        item->attempt == item->run_attempt)
+        return;
+    /* Named by the attempt given: a worker that renumbered it keeps that too. */
+    struct ipc_reattempt r = { .key = item->key, .attempt = item->run_attempt,
+                               .new_attempt = item->attempt };
+    channel_send(w->channel, IPC_REATTEMPT, &r, sizeof r);
+    item->asked_attempt = item->attempt;
 }
 
 /* Ask W to stop ITEM (GRACE_MS < 0: kill W now). */

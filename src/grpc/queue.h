@@ -117,6 +117,10 @@ uint32_t queue_local_room(void);
 void queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
 /* The item with KEY if it waits (parked too) or is at a worker, else NULL. */
 struct item *queue_find(uint64_t key);
+/* ITEM's attempt moved on (item->attempt): if a worker holds it and has not
+ * said STARTED, it is asked to run it as that one (IPC_REATTEMPT). One that
+ * started runs on as it was given; one waiting here is sent as attempt. */
+void queue_reattempt(struct item *item);
 
 /*
  * A cancel. One walk over the workers' lists and then the waiting and

@@ -768,6 +768,12 @@ store_worker_pid(const struct item *item)
 }
 
 void
+store_reattempt(struct item *item)
+{
+    queue_reattempt(item);
+}
+
+void
 store_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
 {
     queue_for_each(fn, arg);

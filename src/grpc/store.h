@@ -324,6 +324,9 @@ uint32_t store_local_room(void);
 struct item *store_held(uint64_t key);
 /* The pid of the worker that holds ITEM (one of store_held()'s), 0 if none. */
 pid_t store_worker_pid(const struct item *item);
+/* ITEM's attempt (one of store_held()'s) moved on: a copy not started runs as
+ * that one (queue_reattempt()). */
+void store_reattempt(struct item *item);
 void store_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
 /* Room may have appeared (a backend's capacity poll). */
 void store_room_available(void);

@@ -20,6 +20,7 @@ static const char *type_names[IPC_TYPE_MAX] = {
     [IPC_ITEM] = "ITEM",
     [IPC_UPDATE] = "UPDATE",
     [IPC_CANCEL] = "CANCEL",
+    [IPC_REATTEMPT] = "REATTEMPT",
 };
 
 const char *

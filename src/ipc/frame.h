@@ -57,6 +57,7 @@ enum ipc_type {
     IPC_UPDATE,                 /* worker -> grpc: ipc_update + result or error */
     IPC_CANCEL,                 /* grpc -> worker: ipc_cancel; the worker answers with
                                    the attempt's end (CANCELLED if it stopped it) */
+    IPC_REATTEMPT,              /* grpc -> worker: ipc_reattempt; no answer */
     IPC_TYPE_MAX
 };
 
@@ -110,6 +111,18 @@ struct ipc_cancel {
     uint64_t key;
     uint32_t attempt;
     uint32_t pad;
+};
+
+/* Run ITEM KEY, given as attempt ATTEMPT (its ITEM frame's), as attempt
+ * NEW_ATTEMPT if it has not started: in cluster mode the attempt of a
+ * copy waiting at its worker can move on (grpc/cluster.c adopt_claimed()).
+ * One that started runs on as it started; a key the worker does not hold
+ * is ignored. The worker's updates say which attempt it ran; a CANCEL may
+ * name either until its first one. Exactly this size. */
+struct ipc_reattempt {
+    uint64_t key;
+    uint32_t attempt;
+    uint32_t new_attempt;
 };
 
 /* Then, with IPC_UPDATE_COST in flags, a struct ipc_cost; then the result

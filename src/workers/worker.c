@@ -78,7 +78,8 @@ _Static_assert(sizeof(struct ipc_update) + DS_RESULT_SIZE_MAX <= IPC_UPDATE_MAX,
 struct task {
     struct task *next;
     uint64_t key;
-    uint32_t attempt;
+    uint32_t attempt;           /* the handler's and its updates' */
+    uint32_t given_attempt;     /* the ITEM frame's: a REATTEMPT names it, a CANCEL may */
     const struct ds_handler_config *handler;
     wire_work_item *item;
     char *kind;
@@ -611,6 +612,7 @@ take_item(const struct ipc_header *h, const uint8_t *body)
     struct task *t = ds_calloc(1, sizeof *t);
     t->key = head.key;
     t->attempt = head.attempt;
+    t->given_attempt = head.attempt;
     t->kind = ds_strndup((const char *)body + sizeof head, head.kind_len);
     const char *id = (const char *)body + sizeof head + head.kind_len;
     size_t off = sizeof head + head.kind_len + head.id_len;
@@ -645,6 +647,15 @@ take_item(const struct ipc_header *h, const uint8_t *body)
     return 0;
 }
 
+/* T is the grpc process's KEY, ATTEMPT: as given, or as renumbered before
+ * it started (take_reattempt; the grpc process learns which from its
+ * first update). */
+static int
+task_is(const struct task *t, uint64_t key, uint32_t attempt)
+{
+    return t->key == key && (t->attempt == attempt || t->given_attempt == attempt);
+}
+
 /*
  * The grpc process cancels an item: the one running is told through its
  * handler's cancel check (the handler stops, run_task reports CANCELLED);
@@ -660,12 +671,12 @@ take_cancel(const struct ipc_header *h, const uint8_t *body)
         return -1;
     }
     memcpy(&c, body, sizeof c);
-    if (w.current != NULL && w.current->key == c.key && w.current->attempt == c.attempt) {
+    if (w.current != NULL && task_is(w.current, c.key, c.attempt)) {
         w.cancel_requested = 1;
         return 0;
     }
     struct task **pp = &w.head, *prev = NULL;
-    while (*pp != NULL && ((*pp)->key != c.key || (*pp)->attempt != c.attempt)) {
+    while (*pp != NULL && !task_is(*pp, c.key, c.attempt)) {
         prev = *pp;
         pp = &(*pp)->next;
     }
@@ -682,6 +693,35 @@ take_cancel(const struct ipc_header *h, const uint8_t *body)
     return 0;
 }
 
+/*
+ * The grpc process renumbers an item's attempt (cluster mode: the entry of a
+ * copy waiting here came back to it counting more deliveries). Only one not
+ * started takes it: the handler of one running has its number already, and
+ * its updates tell the grpc process it ran as given.
+ */
+static int
+take_reattempt(const struct ipc_header *h, const uint8_t *body)
+{
+    struct ipc_reattempt r;
+    if (h->length != sizeof r) {
+        log_error("data channel: REATTEMPT frame of %u bytes, expected %zu", h->length,
+                  sizeof r);
+        return -1;
+    }
+    memcpy(&r, body, sizeof r);
+    if (r.new_attempt == 0) {
+        log_error("data channel: REATTEMPT frame to attempt 0");
+        return -1;
+    }
+    for (struct task *t = w.head; t != NULL; t = t->next) {
+        if (t->key == r.key && t->given_attempt == r.attempt) {
+            t->attempt = r.new_attempt;
+            break;
+        }
+    }
+    return 0;
+}
+
 static int
 on_data_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
               const uint8_t *body, int fd)
@@ -692,6 +732,8 @@ on_data_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         return take_item(h, body);
     if (h->type == IPC_CANCEL)
         return take_cancel(h, body);
+    if (h->type == IPC_REATTEMPT)
+        return take_reattempt(h, body);
     log_error("data channel: unexpected %s frame", ipc_type_name(h->type));
     return -1;
 }

@@ -991,11 +991,6 @@ def test_a_copy_at_max_attempts_1_taken_over_and_back_ends_at_attempt_1(redis,  
 
 
 @pytest.mark.deadline(60)
-@pytest.mark.xfail(strict=True, reason="a copy prefetched at a worker (queue.c "
-                   "worker_send_item: the IPC's attempt is item->attempt when it is sent) and "
-                   "adopted before it starts (cluster.c adopt_claimed) runs its handler as "
-                   "attempt 1 while its updates say attempt 3: the retry module asks for "
-                   "another attempt, and at max_attempts 3 the item ends FAILED")
 def test_a_prefetched_copy_adopted_before_it_starts_runs_as_the_attempt_counted(  # noqa: F811
         redis, start_daemon, retry_module):
     """b's one worker is busy (4 s) with the retry-module item prefetched
@@ -1005,8 +1000,9 @@ def test_a_prefetched_copy_adopted_before_it_starts_runs_as_the_attempt_counted(
     (RETRYING 2 naming ghost). The handler must be told attempt 3 as the
     updates say: it then succeeds (retry_until 2), SUCCEEDED at 3 with
     'attempt=3' in its result. The worker was given attempt 1 at the
-    prefetch: the handler asks for another attempt ("busy at attempt 1"),
-    and the item, at its last attempt, ends FAILED."""
+    prefetch and is told 3 (IPC_REATTEMPT); before, its handler asked for
+    another attempt ("busy at attempt 1"), and the item, at its last
+    attempt, ended FAILED."""
     name = cluster_name()
     b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=1,
                        overrides=retrying(retry_module, "200ms", prefetch=4))

@@ -51,6 +51,8 @@ struct fake_worker {
         uint32_t attempt;
     } cancels[32];              /* IPC_CANCEL frames received */
     size_t cancel_count;
+    struct ipc_reattempt reattempts[32];    /* IPC_REATTEMPT frames received */
+    size_t reattempt_count;
 };
 
 /* Attach W as worker PID in SLOT: the queue gets the other end. */
@@ -77,7 +79,7 @@ fake_close(struct fake_worker *w)
     w->fd = -1;
 }
 
-/* Take the whole frames in w->in: IPC_ITEM and IPC_CANCEL. */
+/* Take the whole frames in w->in: IPC_ITEM, IPC_CANCEL and IPC_REATTEMPT. */
 static inline void
 fake_parse(struct fake_worker *w)
 {
@@ -94,6 +96,14 @@ fake_parse(struct fake_worker *w)
             memcpy(&c, w->in + off + IPC_HEADER_SIZE, sizeof c);
             w->cancels[w->cancel_count].key = c.key;
             w->cancels[w->cancel_count++].attempt = c.attempt;
+            off += IPC_HEADER_SIZE + h.length;
+            continue;
+        }
+        if (h.type == IPC_REATTEMPT) {
+            assert_int_equal(h.length, sizeof(struct ipc_reattempt));
+            assert_true(w->reattempt_count < sizeof w->reattempts / sizeof w->reattempts[0]);
+            memcpy(&w->reattempts[w->reattempt_count++], w->in + off + IPC_HEADER_SIZE,
+                   sizeof(struct ipc_reattempt));
             off += IPC_HEADER_SIZE + h.length;
             continue;
         }

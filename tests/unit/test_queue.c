@@ -627,6 +627,93 @@ has_cancels(void *arg)
     return a->w->cancel_count >= a->count;
 }
 
+/* ---- queue_reattempt ---------------------------------------------------------------------------- */
+
+/*
+ * A copy at a worker whose attempt moves on (cluster adoption) is renumbered
+ * if not started: the worker is told (IPC_REATTEMPT naming the attempt it
+ * was given), and its first update says which it ran: the new one (it had
+ * not started), or the given one (it had), after which the other is
+ * superseded. A cancel meanwhile names the given one; a worker's death
+ * while it ran either spends the attempt.
+ */
+static void
+test_reattempt(void **state)
+{
+    queue_set_prefetch(4);
+    fake_attach(&w1, 1001, 0);
+    queue_push(new_item("a", 0, 0));
+    queue_push(new_item("b", 0, 0));
+    queue_push(new_item("c", 0, 0));
+    queue_push(new_item("d", 0, 0));
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 4);
+    uint64_t ka = w1.items[0].key, kb = w1.items[1].key, kc = w1.items[2].key,
+             kd = w1.items[3].key;
+
+    /* d started (its STARTED came): nothing to tell; the same attempt: nothing. */
+    fake_send_update(rec.base, &w1, kd, 1, STATE_STARTED, 0, NULL, 0);
+    wait_records(&w1, REC_UPDATE, 1);
+    struct item *d = queue_find(kd);
+    d->attempt = 2;
+    queue_reattempt(d);
+    queue_reattempt(queue_find(kc));
+    fake_settle(rec.base, &w1);
+    assert_int_equal(w1.reattempt_count, 0);
+
+    struct item *a = queue_find(ka), *b = queue_find(kb), *c = queue_find(kc);
+    a->attempt = 3;
+    queue_reattempt(a);
+    b->attempt = 2;
+    queue_reattempt(b);
+    c->attempt = 2;
+    queue_reattempt(c);
+    fake_settle(rec.base, &w1);
+    assert_int_equal(w1.reattempt_count, 3);
+    assert_int_equal(w1.reattempts[0].key, ka);
+    assert_int_equal(w1.reattempts[0].attempt, 1);
+    assert_int_equal(w1.reattempts[0].new_attempt, 3);
+
+    /* a had not started: it runs as 3; an update of 1 is then superseded. */
+    fake_send_update(rec.base, &w1, ka, 3, STATE_STARTED, 0, NULL, 0);
+    wait_records(&w1, REC_UPDATE, 2);
+    fake_send_update(rec.base, &w1, ka, 1, STATE_FAILED, 0, "old", 3);
+    fake_send_update(rec.base, &w1, ka, 3, STATE_SUCCEEDED, 0, "new", 3);
+    wait_records(&w1, REC_ENDED, 1);
+    struct record *e[4];
+    assert_int_equal(records_of(REC_ENDED, e, 4), 1);
+    assert_int_equal(e[0]->key, ka);
+    assert_string_equal(e[0]->text, "new");
+
+    /* b had started as given: it runs on as 1; an update of 2 is superseded. */
+    fake_send_update(rec.base, &w1, kb, 1, STATE_STARTED, 0, NULL, 0);
+    wait_records(&w1, REC_UPDATE, 3);
+    fake_send_update(rec.base, &w1, kb, 2, STATE_FAILED, 0, "renumbered", 10);
+    fake_send_update(rec.base, &w1, kb, 1, STATE_SUCCEEDED, 0, "given", 5);
+    wait_records(&w1, REC_ENDED, 2);
+    assert_int_equal(records_of(REC_ENDED, e, 4), 2);
+    assert_int_equal(e[1]->key, kb);
+    assert_string_equal(e[1]->text, "given");
+
+    /* c, asked and not answered: a cancel names the attempt given. */
+    struct cancel_arg ca = { .ids = { "c" } };
+    cancel_grace_value = 1000;
+    queue_cancel(&cancel_ops, &ca);
+    fake_settle(rec.base, &w1);
+    assert_int_equal(w1.cancel_count, 1);
+    assert_int_equal(w1.cancels[0].key, kc);
+    assert_int_equal(w1.cancels[0].attempt, 1);
+
+    /* The worker dies running c as renumbered (and d as given): both spent. */
+    workers_exited(w1.pid, "killed by signal 9", kc, 2, NULL);
+    assert_int_equal(count_of(REC_CANCELLED), 1);           /* c: asked to stop */
+    struct record *f[2];
+    assert_int_equal(records_of(REC_ATTEMPT_FAILED, f, 2), 1);
+    assert_int_equal(f[0]->key, kd);                        /* d: it had started */
+    assert_int_equal(queue_waiting(), 0);
+    assert_int_equal(queue_held(), 0);
+}
+
 /* Highest priority first; a worker full of a low-priority item takes no
  * more, and the urgent item is next once it has room. */
 static void
@@ -1001,6 +1088,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_exited_running_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_superseded_update_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reattempt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_kill, setup, teardown),

@@ -939,6 +939,7 @@ def test_a_prefetched_copy_taken_over_and_back_ends_once(  # noqa: F811
     assert b.client().submit([item]).accepted == 1
     conftest.wait_for(lambda: len(entries(redis, name)) == 2, 5, "the item's entry read by b")
     entry = entries(redis, name)[1][0]
+    sub.wait_state(item_id, QUEUED)     # it comes back through Redis: maybe after the entry
     assert sub.states_of(item_id) == ["QUEUED"], sub.states_of(item_id)
     ghost_claim(redis, name, entry)
     keep_ghost_renewing(redis, name, entry, ghost_holds)

@@ -1293,6 +1293,19 @@ claimed_attempt(struct item *item, uint32_t deliveries, const struct claim *clai
     return 0;
 }
 
+/* When the retry the previous holder of CLAIM's entry waited for is due
+ * (unix ns), at most the longest backoff a config may have from now (a
+ * clock far behind the holder's, a bad rd); 0: none, or not ahead. */
+static uint64_t
+claim_due_ns(const struct claim *claim)
+{
+    uint64_t now_ms = (uint64_t)clock_wall_ns() / 1000000;
+    if (claim->due_ms <= now_ms)
+        return 0;
+    return (claim->due_ms - now_ms > RETRY_DUE_MAX_MS ? now_ms + RETRY_DUE_MAX_MS
+            : claim->due_ms) * 1000000;
+}
+
 /*
  * An entry of the work stream becomes an item here, at attempt DELIVERIES
  * (its delivery count; one taken over past max_attempts ends FAILED at the
@@ -1368,12 +1381,9 @@ take_entry(const redisReply *entry, uint32_t deliveries, const struct claim *cla
         store_fail(item, error);
         return 0;
     }
-    /* The backoff of a retry its holder waited; at most the longest one a
-     * config may have from now (a clock far behind the holder's, a bad rd). */
-    uint64_t now_ms = (uint64_t)clock_wall_ns() / 1000000;
-    if (claim != NULL && claim->due_ms > now_ms)
-        item->due_ns = (claim->due_ms - now_ms > RETRY_DUE_MAX_MS ? now_ms + RETRY_DUE_MAX_MS
-                        : claim->due_ms) * 1000000;
+    uint64_t due_ns = claim != NULL ? claim_due_ns(claim) : 0;
+    if (due_ns != 0)
+        item->due_ns = due_ns;  /* the backoff of a retry its holder waited */
     uint32_t weight = item->weight;
     store_take(item);
     apply_pending_cancel(key);
@@ -1656,6 +1666,12 @@ adopt_claimed(struct item *item, uint32_t deliveries, const struct claim *claim,
     if (claim->waiting) {
         item->attempt = deliveries;
         item->claimed_past_max = 0;
+        /* The holder had it wait a backoff: a copy waiting here waits the rest. */
+        uint64_t due_ns = claim_due_ns(claim);
+        if (due_ns > item->due_ns) {
+            item->due_ns = due_ns;
+            store_retime(item);
+        }
     } else {
         (void)claimed_attempt(item, deliveries, claim, error, sizeof error);
     }

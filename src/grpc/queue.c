@@ -628,6 +628,27 @@ queue_find(uint64_t key)
     return f.found;
 }
 
+static int
+is_item(const struct item *item, void *arg)
+{
+    return item == arg;
+}
+
+void
+queue_retime(struct item *item)
+{
+    struct item *taken = NULL, **tail = &taken;
+    waitlist_take_matching(&q.wait, is_item, item, &taken);
+    if (taken == NULL)
+        kind_gate_take_matching(is_item, item, &tail);
+    if (taken == NULL)
+        return;         /* at a worker */
+    kind_gate_leave(item);  /* it passes its kind's gate again when due */
+    item->next = NULL;
+    wait_for(item, 1);
+    arm_due_timer();
+}
+
 void
 queue_reattempt(struct item *item)
 {

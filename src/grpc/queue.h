@@ -121,6 +121,10 @@ struct item *queue_find(uint64_t key);
  * said STARTED, it is asked to run it as that one (IPC_REATTEMPT). One that
  * started runs on as it was given; one waiting here is sent as attempt. */
 void queue_reattempt(struct item *item);
+/* ITEM's due_ns moved: if it waits here (not at a worker), it waits for
+ * that. One walk over the waiting items: for the rare event (cluster.c
+ * adopt_claimed()), not for a hot path. */
+void queue_retime(struct item *item);
 
 /*
  * A cancel. One walk over the workers' lists and then the waiting and

@@ -774,6 +774,12 @@ store_reattempt(struct item *item)
 }
 
 void
+store_retime(struct item *item)
+{
+    queue_retime(item);
+}
+
+void
 store_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
 {
     queue_for_each(fn, arg);

@@ -327,6 +327,9 @@ pid_t store_worker_pid(const struct item *item);
 /* ITEM's attempt (one of store_held()'s) moved on: a copy not started runs as
  * that one (queue_reattempt()). */
 void store_reattempt(struct item *item);
+/* ITEM (one of store_held()'s) is not to start before its due_ns, which
+ * moved: if it waits here, it waits for that (queue_retime()). */
+void store_retime(struct item *item);
 void store_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
 /* Room may have appeared (a backend's capacity poll). */
 void store_room_available(void);

@@ -907,6 +907,50 @@ def test_a_copy_waiting_its_backoff_taken_over_and_back_runs_once(redis,  # noqa
 
 
 @pytest.mark.deadline(60)
+def test_a_copy_waiting_here_waits_the_rest_of_the_backoff_its_holder_announced(  # noqa: F811
+        redis, start_daemon):
+    """b runs one sleep item at a time (handlers.sleep.concurrency 1) and
+    is busy with one (3 s) when the item, a short sleep, is read and parked
+    at the kind's limit; ghost takes its entry and (as an instance whose
+    attempt asked for a retry does) writes when its next attempt is due
+    into the item's hash, 5 s ahead, then stops renewing. b claims the
+    entry back as waiting (its count kept) and adopts its copy as attempt
+    2: the copy must wait until then, not start when the busy item ends
+    (before, it did: the rest of the backoff was skipped). One final,
+    SUCCEEDED at 2, started after the due time."""
+    name = cluster_name()
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=2,
+                       overrides={"workers": {"prefetch": 1},
+                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                                               "sleep": {"builtin": "sleep",
+                                                         "concurrency": 1}}})
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    busy, item_id = f"busy-{name}", f"due-{name}"
+    assert b.client().submit([{"id": busy, "kind": "sleep",
+                               "params": {"ms": "3000"}}]).accepted == 1
+    sub.wait_state(busy, conftest.STARTED, timeout=10)
+    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "10"},
+                               "max_attempts": 3}]).accepted == 1
+    conftest.wait_for(lambda: len(entries(redis, name)) == 2, 5, "the item's entry read by b")
+    ghost_claim(redis, name, entries(redis, name)[1][0])
+    due_ms = int(time.time() * 1000) + 5000
+    redis.command("HSET", f"{{{name}}}:item:{item_id}", "rd", str(due_ms))
+    b.wait_log(r'item "due-.*", which instance ghost stopped renewing, runs on here as '
+               r'attempt 2', timeout=10)
+    final = sub.wait_final([busy, item_id], timeout=20)
+    one_final(sub, item_id)
+    ups = ups_of(sub, item_id)
+    assert (final[item_id].state, final[item_id].attempt) == (SUCCEEDED, 2), ups
+    started = [u for u in sub.of(item_id) if u.state == conftest.STARTED]
+    assert started, ups
+    early_ms = (due_ms * 1_000_000 - started[0].time_unix_nano) / 1e6
+    assert early_ms <= 0, f"started {early_ms:.0f} ms before its due time"
+    agrees(b.client(), item_id, final[item_id])
+    wait_work_empty(redis, name)
+    no_crash(b)
+
+
+@pytest.mark.deadline(60)
 @pytest.mark.parametrize("kind", ["r", "echo"])
 @pytest.mark.parametrize("ghost_holds", [4.0, 0.0])
 def test_a_prefetched_copy_taken_over_and_back_ends_once(  # noqa: F811

@@ -714,6 +714,35 @@ test_reattempt(void **state)
     assert_int_equal(queue_held(), 0);
 }
 
+/* A waiting item whose due time moved waits for it; one that is due again
+ * is ready; one at a worker is left where it is. */
+static void
+test_retime(void **state)
+{
+    queue_set_prefetch(1);
+    struct item *a = new_item("a", 0, 0), *b = new_item("b", 0, 0);
+    queue_push(a);
+    queue_push(b);
+    assert_int_equal(queue_waiting(), 2);
+    a->due_ns = (uint64_t)clock_wall_ns() + 3600ull * 1000000000;
+    queue_retime(a);
+    assert_int_equal(queue_waiting(), 1);
+    assert_int_equal(queue_delayed(), 1);
+    a->due_ns = (uint64_t)clock_wall_ns() - 1;
+    queue_retime(a);
+    assert_int_equal(queue_waiting(), 2);
+    assert_int_equal(queue_delayed(), 0);
+
+    fake_attach(&w1, 1001, 0);
+    fake_wait_items(rec.base, &w1, 1);
+    struct item *held = queue_find(w1.items[0].key);
+    held->due_ns = (uint64_t)clock_wall_ns() + 3600ull * 1000000000;
+    queue_retime(held);
+    assert_int_equal(queue_held(), 1);
+    assert_int_equal(queue_delayed(), 0);
+    assert_ptr_equal(queue_find(w1.items[0].key)->worker, held->worker);
+}
+
 /* Highest priority first; a worker full of a low-priority item takes no
  * more, and the urgent item is next once it has room. */
 static void
@@ -1089,6 +1118,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_superseded_update_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reattempt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retime, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_kill, setup, teardown),

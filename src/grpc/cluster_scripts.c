@@ -5,6 +5,10 @@
 /* {NAME}:control, the cancel requests to the instances holding items, is
  * trimmed to about this many entries. */
 #define CONTROL_MAXLEN "1000"
+/* A number as a Lua literal: the scripts step through ARGV by the field
+ * counts cluster.c sends (cluster_scripts.h). */
+#define LUA_NUM_(n) #n
+#define LUA_NUM(n) LUA_NUM_(n)
 
 /*
  * KEYS: work, updates, seq, origin. Every script that publishes an update
@@ -198,9 +202,9 @@ static const char script_accepts[] =
     "local out, members, seen, prefix = {}, {}, {}, ARGV[3]\n"
     /* one EXISTS for the batch; each item's own only if some id is known */
     "local hks = {}\n"
-    "for o = 4, #ARGV, 14 do hks[#hks + 1] = prefix .. ARGV[o + 1] end\n"
+    "for o = 4, #ARGV, " LUA_NUM(ACCEPT_FIELDS) " do hks[#hks + 1] = prefix .. ARGV[o + 1] end\n"
     "local known = #hks > 0 and redis.call('EXISTS', unpack(hks)) > 0\n"
-    "for o = 4, #ARGV, 14 do\n"      /* ACCEPT_FIELDS */
+    "for o = 4, #ARGV, " LUA_NUM(ACCEPT_FIELDS) " do\n"
     "  local u, id, k, b, s = ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]\n"
     "  local m, t, q, w = ARGV[o + 5], ARGV[o + 6], ARGV[o + 7], ARGV[o + 8]\n"
     "  local p, ta, d, tp = ARGV[o + 9], ARGV[o + 10], ARGV[o + 11], ARGV[o + 12]\n"
@@ -417,7 +421,7 @@ static const char script_update[] =
      * delivery count of entry e, if pending here. A reply that filled
      * the count may have left some out: those are asked one by one. */
     "local pend, lo, hi, full = {}, {}, {}, {}\n"
-    "for o = 11, #ARGV, 9 do\n"
+    "for o = 11, #ARGV, " LUA_NUM(UPDATE_FIELDS) " do\n"
     "  local si = ARGV[o] == '1' and 2 or 1\n"
     "  local n = tonumber(string.sub(ARGV[o + 1], 3))\n"
     "  if not lo[si] or n < lo[si] then lo[si] = n end\n"
@@ -433,7 +437,7 @@ static const char script_update[] =
     "  end\n"
     "end\n"
     "local want\n"
-    "for o = 11, #ARGV, 9 do\n"      /* UPDATE_FIELDS */
+    "for o = 11, #ARGV, " LUA_NUM(UPDATE_FIELDS) " do\n"
     "  local sk, si = KEYS[1], 1\n"
     "  if ARGV[o] == '1' then sk, si = KEYS[5], 2 end\n"
     "  local e, mode, att = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])\n"

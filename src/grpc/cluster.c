@@ -1569,12 +1569,36 @@ cluster_pull(void)
 /* The arguments before the ids in a renew command. */
 #define RENEW_FIXED 6
 
+/*
+ * The entries a renewal found no longer ours: another instance took them
+ * over (we were stopped past our lease), or they ended there. A copy that
+ * still waits here is left to that instance instead of running for
+ * nothing (its updates would be dropped as superseded); one at a worker
+ * runs on. Should the entry come back to us, a claim takes it afresh.
+ */
 static void
 on_renewed(redisAsyncContext *ac, void *reply, void *arg)
 {
     redisReply *r = reply;
-    if (r != NULL && r->type == REDIS_REPLY_ERROR && !cl.shutting_down)
-        log_error("cluster: renewing our items failed: %s", r->str);
+    if (r == NULL || cl.shutting_down)
+        return;
+    if (r->type != REDIS_REPLY_ARRAY) {
+        log_error("cluster: renewing our items failed: %s",
+                  r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        return;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        uint64_t key = e->type == REDIS_REPLY_STRING ? cluster_entry_key(e->str, e->len) : 0;
+        struct item *item = key != 0 ? store_held(key) : NULL;
+        if (item == NULL)
+            continue;
+        char id[300];
+        utf8_escape(id, sizeof id, item->id);   /* before store_lost() frees it */
+        if (store_lost(item))
+            log_notice("cluster: item \"%s\", which another instance took over while it "
+                       "waited here, is left to it", id);
+    }
 }
 
 /* A renew command for the entries of STREAM (work or pwork). */

@@ -635,17 +635,19 @@ static const char script_retry[] =
     "return seq\n";
 
 /* renew: KEYS work; ARGV group, consumer, ids: reset the idle time of those
- * still pending here. */
+ * still pending here; returns the others (another instance took them over,
+ * or they ended there). */
 static const char script_renew[] =
-    "local n = 0\n"
+    "local lost = {}\n"
     "for i = 3, #ARGV do\n"
     "  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)\n"
     "  if #p > 0 and p[1][2] == ARGV[2] then\n"
     "    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')\n"
-    "    n = n + 1\n"
+    "  else\n"
+    "    lost[#lost + 1] = ARGV[i]\n"
     "  end\n"
     "end\n"
-    "return n\n";
+    "return lost\n";
 
 /*
  * claim: KEYS work, pwork (each in turn); ARGV group, consumer, lease ms, count, the item

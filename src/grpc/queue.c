@@ -634,18 +634,27 @@ is_item(const struct item *item, void *arg)
     return item == arg;
 }
 
-void
-queue_retime(struct item *item)
+int
+queue_take(struct item *item)
 {
     struct item *taken = NULL, **tail = &taken;
     waitlist_take_matching(&q.wait, is_item, item, &taken);
     if (taken == NULL)
         kind_gate_take_matching(is_item, item, &tail);
     if (taken == NULL)
-        return;         /* at a worker */
-    kind_gate_leave(item);  /* it passes its kind's gate again when due */
+        return 0;       /* at a worker */
+    arm_due_timer();
+    kind_gate_leave(item);
     item->next = NULL;
-    wait_for(item, 1);
+    return 1;
+}
+
+void
+queue_retime(struct item *item)
+{
+    if (!queue_take(item))
+        return;
+    wait_for(item, 1);  /* it passes its kind's gate again when due */
     arm_due_timer();
 }
 

@@ -125,6 +125,10 @@ void queue_reattempt(struct item *item);
  * that. One walk over the waiting items: for the rare event (cluster.c
  * adopt_claimed()), not for a hot path. */
 void queue_retime(struct item *item);
+/* Take ITEM out of the queue if it waits there (parked or delayed too):
+ * 1, and it is the caller's; 0 if it is at a worker. One walk, as
+ * queue_retime(). */
+int queue_take(struct item *item);
 
 /*
  * A cancel. One walk over the workers' lists and then the waiting and

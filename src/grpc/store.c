@@ -779,6 +779,15 @@ store_retime(struct item *item)
     queue_retime(item);
 }
 
+int
+store_lost(struct item *item)
+{
+    if (!queue_take(item))
+        return 0;
+    store_dropped(item);
+    return 1;
+}
+
 void
 store_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
 {

@@ -330,6 +330,11 @@ void store_reattempt(struct item *item);
 /* ITEM (one of store_held()'s) is not to start before its due_ns, which
  * moved: if it waits here, it waits for that (queue_retime()). */
 void store_retime(struct item *item);
+/* ITEM's (one of store_held()'s) entry is no longer ours (another instance
+ * took it over, or it ended there): a copy waiting here is forgotten
+ * (store_dropped(); returns 1). One at a worker runs on: its updates are
+ * dropped as superseded. */
+int store_lost(struct item *item);
 void store_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
 /* Room may have appeared (a backend's capacity poll). */
 void store_room_available(void);

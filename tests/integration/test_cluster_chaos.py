@@ -951,6 +951,50 @@ def test_a_copy_waiting_here_waits_the_rest_of_the_backoff_its_holder_announced(
 
 
 @pytest.mark.deadline(60)
+def test_a_copy_waiting_here_taken_over_is_left_to_its_new_holder(  # noqa: F811
+        redis, start_daemon):
+    """b runs one sleep item at a time (handlers.sleep.concurrency 1) and
+    is busy with one (3 s) while the item waits here, parked at the
+    kind's limit, when ghost takes its entry over and keeps renewing it
+    (5 s). b's next renewal finds the entry no longer its own and forgets
+    its copy: when the busy item ends, nothing runs it for nothing (before,
+    it ran and its updates were dropped as superseded). Once ghost stops,
+    b takes the entry over as any: RETRYING naming ghost, then SUCCEEDED
+    at attempt 3; one final; getItems agrees."""
+    name, status = cluster_name(), f"127.0.0.1:{free_port()}"
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=2,
+                       overrides={"workers": {"prefetch": 1}, "status": {"listen": status},
+                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                                               "sleep": {"builtin": "sleep",
+                                                         "concurrency": 1}}})
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    busy, item_id = f"busy-{name}", f"left-{name}"
+    assert b.client().submit([{"id": busy, "kind": "sleep",
+                               "params": {"ms": "3000"}}]).accepted == 1
+    sub.wait_state(busy, conftest.STARTED, timeout=10)
+    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "10"},
+                               "max_attempts": 3}]).accepted == 1
+    conftest.wait_for(lambda: len(entries(redis, name)) == 2, 5, "the item's entry read by b")
+    entry = entries(redis, name)[1][0]
+    ghost_claim(redis, name, entry)
+    keep_ghost_renewing(redis, name, entry, 1.5)
+    b.wait_log(r'item "left-.*", which another instance took over while it waited here, '
+               r'is left to it', timeout=5)
+    keep_ghost_renewing(redis, name, entry, 3.5)
+    sub.wait_final([busy], timeout=10)
+    assert cluster_status(status)["superseded"] == 0, cluster_status(status)
+    final = sub.wait_final([item_id], timeout=20)[item_id]
+    one_final(sub, item_id)
+    ups = ups_of(sub, item_id)
+    assert (final.state, final.attempt) == (SUCCEEDED, 3), ups
+    assert [a for s, a in ups if s == "RETRYING"] == [2], ups
+    assert cluster_status(status)["superseded"] == 0, cluster_status(status)
+    agrees(b.client(), item_id, final)
+    wait_work_empty(redis, name)
+    no_crash(b)
+
+
+@pytest.mark.deadline(60)
 @pytest.mark.parametrize("kind", ["r", "echo"])
 @pytest.mark.parametrize("ghost_holds", [4.0, 0.0])
 def test_a_prefetched_copy_taken_over_and_back_ends_once(  # noqa: F811

@@ -715,7 +715,7 @@ test_reattempt(void **state)
 }
 
 /* A waiting item whose due time moved waits for it; one that is due again
- * is ready; one at a worker is left where it is. */
+ * is ready; one at a worker is left where it is. queue_take() likewise. */
 static void
 test_retime(void **state)
 {
@@ -741,6 +741,17 @@ test_retime(void **state)
     assert_int_equal(queue_held(), 1);
     assert_int_equal(queue_delayed(), 0);
     assert_ptr_equal(queue_find(w1.items[0].key)->worker, held->worker);
+
+    /* queue_take: a waiting one (delayed too) is the caller's; a held one stays. */
+    struct item *waiting = held == a ? b : a;
+    waiting->due_ns = (uint64_t)clock_wall_ns() + 3600ull * 1000000000;
+    queue_retime(waiting);
+    assert_int_equal(queue_take(held), 0);
+    assert_int_equal(queue_take(waiting), 1);
+    own(waiting);
+    assert_int_equal(queue_delayed(), 0);
+    assert_int_equal(queue_waiting(), 0);
+    assert_int_equal(queue_held(), 1);
 }
 
 /* Highest priority first; a worker full of a low-priority item takes no

@@ -106,19 +106,21 @@ int help_print(const char *command, FILE *out);
 
 /* util.c */
 int64_t clock_now_ms(void);
-/* "30s", "500ms", "5m", "1h", "0" -> ms. Returns 0, or -1 if malformed. */
-int parse_duration_ms(const char *text, int64_t *ms);
-/* A decimal uint64_t, the whole string. Returns 0 or -1. */
-int parse_u64(const char *text, uint64_t *value);
 /* A whole file, NUL-terminated; NULL after an error message. */
 char *read_text_file(const char *path, size_t max);
-/* "SUCCEEDED", ...; a state this client does not know as its number. */
-void cli_state_name(int state, char *out, size_t size);
-/* QUEUED ... CANCELLED, any case. Returns 0, or -1 if NAME is none. */
-int cli_parse_state(const char *name, wire_state_value *out);
 /* COMMAND's --state NAME: added to the N STATES (room for every state)
  * unless there already. Returns 0, or CLI_EXIT_USAGE after saying why. */
 int cli_state_option(const char *command, const char *name, wire_state_value *states,
                      size_t *n);
+
+/* parse.c: no messages, the caller says what was wrong. */
+/* "30s", "500ms", "5m", "1h", "0" -> ms. Returns 0, or -1 if malformed. */
+int parse_duration_ms(const char *text, int64_t *ms);
+/* A decimal uint64_t, the whole string. Returns 0 or -1. */
+int parse_u64(const char *text, uint64_t *value);
+/* "SUCCEEDED", ...; a state this client does not know as its number. */
+void cli_state_name(int state, char *out, size_t size);
+/* QUEUED ... CANCELLED, any case. Returns 0, or -1 if NAME is none. */
+int cli_parse_state(const char *name, wire_state_value *out);
 
 #endif

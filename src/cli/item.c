@@ -1,5 +1,6 @@
 /*
- * Items: from a line, from a JSON line, to a WorkItem on the wire.
+ * Items: from a line, from a JSON line. To the wire: item_wire.c (the
+ * only part that needs gRPC).
  */
 #include "cli/item.h"
 
@@ -9,7 +10,6 @@
 
 #include "cli/cli.h"
 #include "cli/json.h"
-#include "cli/rpc.h"
 #include "core/alloc.h"
 
 #define ITEM_KEYS "id, kind, payload, payload_b64, params, batch, timeout_ms, max_attempts, " \
@@ -204,57 +204,6 @@ item_batch(const struct item *it, const struct item_defaults *d)
     if (it->batch != NULL)
         return it->batch;
     return d->batch != NULL ? d->batch : "";
-}
-
-grpc_byte_buffer *
-item_encode(const struct item *it, const struct item_defaults *d)
-{
-    size_t max = it->param_count + d->param_count;
-    wire_param *entries = ds_calloc(max + 1, sizeof *entries);
-    wire_param **pointers = ds_calloc(max + 1, sizeof *pointers);
-    size_t n = 0;
-
-    /* The item's own params, then the defaults it does not override. */
-    for (size_t i = 0; i < it->param_count; i++) {
-        wire_param_init(&entries[n]);
-        entries[n].key = it->params[i].key;
-        entries[n].value = it->params[i].value;
-        pointers[n] = &entries[n];
-        n++;
-    }
-    for (size_t i = 0; i < d->param_count; i++) {
-        size_t j = 0;
-        while (j < it->param_count && strcmp(it->params[j].key, d->params[i].key) != 0)
-            j++;
-        if (j < it->param_count)
-            continue;
-        wire_param_init(&entries[n]);
-        entries[n].key = d->params[i].key;
-        entries[n].value = d->params[i].value;
-        pointers[n] = &entries[n];
-        n++;
-    }
-
-    wire_work_item msg;
-    wire_work_item_init(&msg);
-    msg.id = it->id != NULL ? it->id : (char *)"";
-    msg.kind = (char *)(it->kind != NULL ? it->kind : d->kind != NULL ? d->kind : "");
-    msg.payload.data = it->payload;
-    msg.payload.len = it->payload_len;
-    msg.n_params = n;
-    msg.params = pointers;
-    msg.timeout_ms = it->timeout_ms;
-    msg.max_attempts = it->max_attempts;
-    msg.priority = it->has_priority ? it->priority : d->priority;
-    msg.delay_ms = it->has_delay ? it->delay_ms : d->delay_ms;
-    msg.batch = (char *)item_batch(it, d);
-
-    grpc_slice slice = grpc_slice_malloc(wire_work_item_size(&msg));
-    wire_work_item_pack(&msg, GRPC_SLICE_START_PTR(slice));
-    grpc_byte_buffer *bb = rpc_buffer_take(slice);
-    free(entries);
-    free(pointers);
-    return bb;
 }
 
 void

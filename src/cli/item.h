@@ -1,14 +1,12 @@
 /*
- * Work items as the user writes them (a plain line, or a JSON line) and
- * as the wire carries them.
+ * Work items as the user writes them (a plain line, or a JSON line);
+ * item_wire.h puts them on the wire.
  */
 #ifndef DS_CLI_ITEM_H
 #define DS_CLI_ITEM_H
 
 #include <stddef.h>
 #include <stdint.h>
-
-#include <grpc/grpc.h>
 
 struct item_param {
     char *key;
@@ -48,8 +46,6 @@ void item_from_line(struct item *it, const char *line, size_t len);
 int item_from_json(struct item *it, const char *line, size_t len, char *err, size_t err_size);
 /* The batch the item is sent with. */
 const char *item_batch(const struct item *it, const struct item_defaults *defaults);
-/* The WorkItem's bytes, ready to send. */
-grpc_byte_buffer *item_encode(const struct item *it, const struct item_defaults *defaults);
 void item_free(struct item *it);
 
 #endif

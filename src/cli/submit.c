@@ -17,6 +17,7 @@
 #include "cli/cli.h"
 #include "cli/input.h"
 #include "cli/item.h"
+#include "cli/item_wire.h"
 #include "cli/progress.h"
 #include "cli/rpc.h"
 #include "cli/wait.h"

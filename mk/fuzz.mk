@@ -8,7 +8,7 @@
 #                           tests/fuzz/corpus/ through every target once (CI)
 #   make fuzz-build         just the binaries: $(BUILD)/fuzz/fuzz_TARGET
 #
-# FUZZ_TARGETS="config ipc items journal" picks targets, FUZZ_FLAGS adds libFuzzer
+# FUZZ_TARGETS="config ipc items journal cli" picks targets, FUZZ_FLAGS adds libFuzzer
 # options (e.g. -jobs=2). tests/fuzz/README.md says what each target checks.
 #
 # The targets (tests/fuzz/fuzz_*.c) are linked against the few sources they
@@ -19,7 +19,7 @@ FUZZ_CC       ?= clang
 FUZZ_SECONDS  ?= 60
 FUZZ_FLAGS    ?=
 FUZZ_DIR       = $(BUILD)/fuzz
-FUZZ_TARGETS   = config ipc items journal
+FUZZ_TARGETS   = config ipc items journal cli
 FUZZ_BINS      = $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_TARGETS))
 FUZZ_PKGS      = yaml-0.1 libprotobuf-c libevent libcrypto
 FUZZ_SANFLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=undefined
@@ -39,6 +39,8 @@ FUZZ_items_SRC  = src/workers/handler.c src/workers/exec.c src/workers/module.c 
                   src/core/proctitle.c src/core/utf8.c src/core/descriptors.c src/core/kind.c \
                   src/core/auth_file.c $(PROTO_C)
 FUZZ_journal_SRC = src/grpc/journal_store.c src/core/log.c src/core/alloc.c
+FUZZ_cli_SRC    = src/cli/json.c src/cli/item.c src/cli/base64.c src/cli/parse.c \
+                  src/core/alloc.c src/core/utf8.c
 
 FUZZ_OBJ = $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(1))
 

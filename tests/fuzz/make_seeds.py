@@ -9,6 +9,9 @@ config: the shipped config and a few small ones (every section, exec, module,
 ipc:    3 control bytes (see fuzz_ipc.c), then frames as a peer sends them.
 items:  encoded WorkItems and UpdatesRequests (the target decodes every
         input as both).
+cli:    lines as a user gives them to `dosomething submit --json` (and
+        base64, numbers, durations, state names: the target reads every
+        input as all of them).
 """
 import os
 import shutil
@@ -177,10 +180,49 @@ def make_items():
     write("items", "bad-utf8", b"\xc3\x28\xed\xa0\x80\xf4\x90\x80\x80\x7f")
 
 
+# ---- cli -------------------------------------------------------------------
+
+CLI_SEEDS = {
+    "item-full": '{"id": "a1", "kind": "echo", "payload": "hello", "batch": "b", '
+                 '"timeout_ms": 5000, "max_attempts": 3, "priority": -7, "delay_ms": 0, '
+                 '"params": {"rounds": 10, "verbose": true, "name": "x"}}',
+    "item-b64": '{"payload_b64": "AAEC/w==", "kind": "sha256"}',
+    "item-null": '{"id": null, "payload": null, "params": null}',
+    "item-escapes": '{"payload": "\\u00e9\\ud83d\\ude00\\n\\t\\"\\\\\\/\\b\\f\\r"}',
+    "item-nul-id": '{"id": "a\\u0000b"}',
+    "item-unknown-key": '{"idd": "x"}',
+    "item-twice": '{"id": "a", "id": "b"}',
+    "item-both-payloads": '{"payload": "a", "payload_b64": "YQ=="}',
+    "item-big-numbers": '{"priority": -2147483649, "timeout_ms": 4294967296, '
+                        '"delay_ms": 1e3, "max_attempts": 18446744073709551616}',
+    "item-param-twice": '{"params": {"a": 1, "a": 2}}',
+    "item-utf8-key": '{"\u00e9t\u00e9": 1, "params": {"\u00e9": [1]}}',
+    "json-array": '[1, -0.5e+10, "s", true, false, null, {}, []]',
+    "json-deep": "[" * 40 + "]" * 40,
+    "json-surrogates": '"\\ud800\\udc00 \\udfff \\ud800x"',
+    "json-bad-utf8": b'{"payload": "\xc3\x28\xed\xa0\x80\xf4\x90\x80\x80"}',
+    "line-nul": b"plain\x00line",
+    "b64-unpadded": "YWJjZA",
+    "b64-bad-tail": "YR==",
+    "u64-max": "18446744073709551615",
+    "u64-over": "18446744073709551616",
+    "duration-ms": "500ms",
+    "duration-h": "2562047788015h",
+    "duration-zero": "0",
+    "state": "succeeded",
+}
+
+
+def make_cli():
+    for name, text in CLI_SEEDS.items():
+        write("cli", name, text)
+
+
 if __name__ == "__main__":
     (HERE / "corpus" / "config").mkdir(parents=True, exist_ok=True)
     make_config()
     make_ipc()
     make_items()
-    for t in ("config", "ipc", "items"):
+    make_cli()
+    for t in ("config", "ipc", "items", "cli"):
         print(t, len(list((HERE / "corpus" / t).iterdir())), "seeds")

@@ -157,8 +157,13 @@ parse_string(struct parser *ps, struct json *out)
         case 't': buf[n++] = '\t'; continue;
         case 'u': break;
         default:
+            /* The reason goes to a terminal: a byte that is not printable
+             * ASCII is said in hex, as in fail_unexpected(). */
             ps->p--;
-            fail(ps, "unknown escape \\%c", c);
+            if (c > 0x20 && c < 0x7f)
+                fail(ps, "unknown escape \\%c", c);
+            else
+                fail(ps, "unknown escape: byte 0x%02x after a backslash", c);
             free(buf);
             return -1;
         }

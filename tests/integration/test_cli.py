@@ -305,6 +305,50 @@ def test_missing_file_exits_2_before_connecting(tmp_path):
     assert "nope.txt" in r.stderr
 
 
+# ---- what a user can get wrong: input -------------------------------------------
+#
+# Each ends with a message naming what was wrong and an exit status, never a
+# crash (a negative returncode) or a hang (every run is bounded).
+
+LINE_MAX = 64 << 20         # input.c's LINE_MAX_LEN (DS_MESSAGE_SIZE_MAX)
+
+
+def run_bytes(*args, target=None, input=b"", timeout=30):
+    """run() for input that is not text: bytes in, bytes out."""
+    argv = [CLI]
+    if target is not None:
+        argv += ["--target", target if isinstance(target, str) else target.address]
+    argv += [str(a) for a in args]
+    return subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+
+
+def said(r):
+    """stderr as text: it must be UTF-8 without control characters but newlines,
+    whatever the input held (it goes to the user's terminal)."""
+    assert r.returncode >= 0, f"killed by signal {-r.returncode}: {r.stderr!r}"
+    err = r.stderr.decode("utf-8")
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", err), f"control characters in {err!r}"
+    return err
+
+
+def json_line(size, pad=b"a"):
+    """A JSON item line of exactly SIZE bytes (without the newline)."""
+    head, tail = b'{"payload": "', b'"}'
+    return head + pad * (size - len(head) - len(tail)) + tail
+
+
+def test_submit_json_bad_escape_byte_is_named_in_hex(daemon):
+    """fuzz regression cli/json-unknown-escape-byte: the byte after the
+    backslash went to the terminal as it was."""
+    r = run_bytes("submit", "--json", target=daemon, input=b'{"payload": "\\\x83"}\n'
+                  b'{"payload": "\\\x1b[2J"}\n')
+    err = said(r)
+    assert r.returncode == EXIT_USAGE, err
+    assert "stdin:1: at column 15: unknown escape: byte 0x83 after a backslash" in err, err
+    assert "stdin:2: at column 15: unknown escape: byte 0x1b after a backslash" in err, err
+    assert counts(r.stdout.decode()) == {"accepted": 0, "rejected": 0}
+
+
 # ---- help and the manual -------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["submit", "watch", "health"])

@@ -11,9 +11,55 @@
 #include "cli/cli.h"
 #include "cli/json.h"
 #include "core/alloc.h"
+#include "core/utf8.h"
 
 #define ITEM_KEYS "id, kind, payload, payload_b64, params, batch, timeout_ms, max_attempts, " \
                   "priority, delay_ms"
+/* Of a name the user wrote, this many bytes go into a message; escaped
+ * (6 bytes a byte at most) with "..." it fits in NAME_BUF. */
+#define NAME_SHOWN 64
+#define NAME_BUF   (NAME_SHOWN * 6 + 8)
+
+static const char *const item_keys[] = {
+    "id", "kind", "payload", "payload_b64", "params", "batch", "timeout_ms", "max_attempts",
+    "priority", "delay_ms",
+};
+
+/*
+ * A name the user wrote (a key), for a message in BUF (NAME_BUF bytes): its
+ * first NAME_SHOWN bytes, cut between characters, escaped as JSON escapes a string. The
+ * message goes to a terminal, and a key may hold control characters or
+ * \u0000 (which would also cut it short).
+ */
+static const char *
+name_text(const struct json *name, char *buf, size_t size)
+{
+    size_t shown = utf8_prefix(name->text, name->length, NAME_SHOWN), n = 0;
+
+    for (size_t i = 0; i < shown && n + 7 < size; i++) {
+        unsigned char c = (unsigned char)name->text[i];
+        if (c == '"' || c == '\\')
+            n += (size_t)snprintf(buf + n, size - n, "\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            n += (size_t)snprintf(buf + n, size - n, "\\u%04x", c);
+        else
+            buf[n++] = (char)c;
+    }
+    buf[n] = '\0';
+    if (shown < name->length && n + 4 < size)
+        strcpy(buf + n, "...");
+    return buf;
+}
+
+/* Is KEY one of the item's, exactly (a \u0000 in it makes it none)? */
+static int
+item_key(const struct json *key)
+{
+    for (size_t i = 0; i < sizeof item_keys / sizeof item_keys[0]; i++)
+        if (key->length == strlen(item_keys[i]) && memcmp(key->text, item_keys[i], key->length) == 0)
+            return 1;
+    return 0;
+}
 
 void
 item_from_line(struct item *it, const char *line, size_t len)
@@ -80,8 +126,8 @@ params_value(const struct json *v, struct item *it, char *err, size_t err_size)
     it->params = ds_calloc(v->count / 2 + 1, sizeof *it->params);
     for (size_t i = 0; i < v->count; i += 2) {
         const struct json *key = &v->items[i], *value = &v->items[i + 1];
-        char path[96];
-        snprintf(path, sizeof path, "params.%.64s", key->text);
+        char name[NAME_BUF], path[sizeof name + 8];
+        snprintf(path, sizeof path, "params.%s", name_text(key, name, sizeof name));
         if (key->length == 0 || memchr(key->text, '\0', key->length) != NULL) {
             snprintf(err, err_size, "params: a name must be a non-empty string without \\u0000");
             return -1;
@@ -146,19 +192,16 @@ apply_key(struct item *it, const char *key, const struct json *v, char *err, siz
         return params_value(v, it, err, err_size);
     if (strcmp(key, "payload_b64") == 0)
         return payload_b64_value(v, it, err, err_size);
-    if (strcmp(key, "payload") == 0) {
-        if (v->type != JSON_STRING) {
-            snprintf(err, err_size, "payload must be a string (payload_b64 for bytes), got %s",
-                     json_type_name(v->type));
-            return -1;
-        }
-        it->payload = ds_malloc(v->length ? v->length : 1);
-        memcpy(it->payload, v->text, v->length);
-        it->payload_len = v->length;
-        return 0;
+    /* payload: item_from_json() lets no other key through */
+    if (v->type != JSON_STRING) {
+        snprintf(err, err_size, "payload must be a string (payload_b64 for bytes), got %s",
+                 json_type_name(v->type));
+        return -1;
     }
-    snprintf(err, err_size, "unknown key \"%.64s\" (there are " ITEM_KEYS ")", key);
-    return -1;
+    it->payload = ds_malloc(v->length ? v->length : 1);
+    memcpy(it->payload, v->text, v->length);
+    it->payload_len = v->length;
+    return 0;
 }
 
 int
@@ -176,10 +219,19 @@ item_from_json(struct item *it, const char *line, size_t len, char *err, size_t 
         return -1;
     }
     for (size_t i = 0; i < root.count && rc == 0; i += 2) {
+        /* Known keys only, null or not: a misspelt key is never silently
+         * dropped. From here on a key holds no \u0000. */
+        if (!item_key(&root.items[i])) {
+            char name[NAME_BUF];
+            snprintf(err, err_size, "unknown key \"%s\" (there are " ITEM_KEYS ")",
+                     name_text(&root.items[i], name, sizeof name));
+            rc = -1;
+            break;
+        }
         const char *key = root.items[i].text;
         for (size_t j = 0; j < i; j += 2) {
             if (strcmp(root.items[j].text, key) == 0) {
-                snprintf(err, err_size, "key \"%.64s\" given twice", key);
+                snprintf(err, err_size, "key \"%s\" given twice", key);
                 rc = -1;
             }
         }

@@ -349,6 +349,41 @@ def test_submit_json_bad_escape_byte_is_named_in_hex(daemon):
     assert counts(r.stdout.decode()) == {"accepted": 0, "rejected": 0}
 
 
+def test_submit_json_unknown_key_with_null_is_refused(daemon):
+    """fuzz regression cli/item-unknown-key-null: a misspelt key was dropped
+    when its value was null."""
+    r = run("submit", "--json", target=daemon,
+            input='{"payload": "x", "prority": null}\n{"payload": "y", "priority": null}\n')
+    assert r.returncode == EXIT_USAGE, explain(r)
+    assert 'stdin:1: unknown key "prority" (there are id, kind,' in r.stderr, explain(r)
+    assert "stdin:2" not in r.stderr, explain(r)         # a known key may be null
+    assert counts(r.stdout) == {"accepted": 1, "rejected": 0}, explain(r)
+
+
+def test_submit_json_key_with_nul_is_unknown(daemon):
+    """fuzz regression cli/item-key-with-nul: "id\\u0000x" was taken for "id"."""
+    r = run("submit", "--json", target=daemon,
+            input='{"id\\u0000x": "taken", "payload": "p"}\n')
+    assert r.returncode == EXIT_USAGE, explain(r)
+    assert 'stdin:1: unknown key "id\\u0000x"' in r.stderr, explain(r)
+    assert counts(r.stdout) == {"accepted": 0, "rejected": 0}, explain(r)
+
+
+def test_submit_json_key_control_characters_are_escaped(daemon):
+    """fuzz regression cli/item-key-control-characters: a key's escape
+    sequence reached the terminal raw; a long key is cut between characters."""
+    long_key = "\u00e9" * 40                    # 80 bytes: cut at 64, not inside a character
+    r = run_bytes("submit", "--json", target=daemon, input=(
+        '{"a\\u001b[2Jb": 1}\n'
+        '{"params": {"x\\u001b[31m": []}}\n'
+        + json.dumps({long_key: 1}) + "\n").encode())
+    err = said(r)
+    assert r.returncode == EXIT_USAGE, err
+    assert 'stdin:1: unknown key "a\\u001b[2Jb"' in err, err
+    assert "stdin:2: params.x\\u001b[31m must be a string, got an array" in err, err
+    assert f'stdin:3: unknown key "{long_key[:32]}..."' in err, err
+
+
 # ---- help and the manual -------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["submit", "watch", "health"])

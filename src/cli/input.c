@@ -87,6 +87,14 @@ make_room(struct input *in)
     }
 }
 
+static int
+line_too_long(struct input *in)
+{
+    cli_error("%s:%llu: line longer than %u bytes", in->name, (unsigned long long)in->line + 1,
+              (unsigned)LINE_MAX_LEN);
+    return -1;
+}
+
 int
 input_next(struct input *in, int timeout_ms, char **line, size_t *len)
 {
@@ -96,6 +104,10 @@ input_next(struct input *in, int timeout_ms, char **line, size_t *len)
         char *nl = memchr(in->buf + in->scan, '\n', in->end - in->scan);
         if (nl != NULL || (in->at_eof && in->end > in->start)) {
             size_t stop = nl != NULL ? (size_t)(nl - in->buf) : in->end;
+            /* The check below sees only a line still without its end; one
+             * whose end came in the same read() as its last bytes is here. */
+            if (stop - in->start > LINE_MAX_LEN)
+                return line_too_long(in);
             *line = in->buf + in->start;
             *len = stop - in->start;
             in->start = in->scan = nl != NULL ? stop + 1 : stop;
@@ -107,11 +119,8 @@ input_next(struct input *in, int timeout_ms, char **line, size_t *len)
             next_file(in);
             continue;
         }
-        if (in->end - in->start > LINE_MAX_LEN) {
-            cli_error("%s:%llu: line longer than %u bytes", in->name,
-                      (unsigned long long)in->line + 1, (unsigned)LINE_MAX_LEN);
-            return -1;
-        }
+        if (in->end - in->start > LINE_MAX_LEN)
+            return line_too_long(in);
         if (in->start > in->size / 2 || in->size - in->end < READ_CHUNK)
             make_room(in);
 

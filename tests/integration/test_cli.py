@@ -384,6 +384,37 @@ def test_submit_json_key_control_characters_are_escaped(daemon):
     assert f'stdin:3: unknown key "{long_key[:32]}..."' in err, err
 
 
+def test_submit_line_over_the_max_is_refused(daemon, tmp_path):
+    """A line one byte over the client's limit stops the input with a message
+    naming where; what came before it is sent. From stdin and from a file,
+    where the line's end comes in the same read() as its last bytes."""
+    good = b'{"id": "before", "payload": "x"}\n'
+    big = good + json_line(LINE_MAX + 1) + b"\n" + b'{"id": "after", "payload": "y"}\n'
+    r = run_bytes("submit", "--json", target=daemon, input=big, timeout=60)
+    err = said(r)
+    assert r.returncode == EXIT_USAGE, err
+    assert f"stdin:2: line longer than {LINE_MAX} bytes" in err, err
+    assert counts(r.stdout.decode()) == {"accepted": 1, "rejected": 0}, err
+
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(big)
+    r = run_bytes("submit", "--json", path, target=daemon, timeout=60)
+    err = said(r)
+    assert r.returncode == EXIT_USAGE, err
+    assert f"big.jsonl:2: line longer than {LINE_MAX} bytes" in err, err
+
+
+def test_submit_line_at_the_max_goes_to_the_server(daemon):
+    """Exactly at the limit the client takes the line; this daemon's
+    max_message_size (4 MiB) is what refuses it, and the client says so."""
+    r = run_bytes("submit", "--json", target=daemon, input=json_line(LINE_MAX) + b"\n",
+                  timeout=60)
+    err = said(r)
+    assert "longer than" not in err, err
+    assert r.returncode == EXIT_RPC, err
+    assert "doSomething" in err and "RESOURCE_EXHAUSTED" in err and "larger than max" in err, err
+
+
 # ---- help and the manual -------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["submit", "watch", "health"])

@@ -384,6 +384,96 @@ def test_submit_json_key_control_characters_are_escaped(daemon):
     assert f'stdin:3: unknown key "{long_key[:32]}..."' in err, err
 
 
+def test_submit_json_invalid_utf8_is_named(daemon):
+    r = run_bytes("submit", "--json", target=daemon,
+                  input=b'{"payload": "\xc3\x28"}\n{"\xff": 1}\n{"payload": "\xed\xa0\x80"}\n')
+    err = said(r)
+    assert r.returncode == EXIT_USAGE, err
+    assert "stdin:1: at column 14: invalid UTF-8 in a string" in err, err
+    assert "stdin:2: at column 3: invalid UTF-8 in a string" in err, err
+    assert "stdin:3: at column 14: invalid UTF-8 in a string" in err, err   # a surrogate
+    assert "3 input lines skipped" in err, err
+
+
+def test_submit_plain_lines_are_bytes_nul_and_invalid_utf8_too(daemon):
+    """A plain line is the payload byte for byte: not UTF-8, a NUL, a CR."""
+    payloads = [b"\xff\xfe", b"a\x00b", b"\x00", b"\xc3\x28 \r"]
+    r = run_bytes("submit", "--id-prefix", "raw", target=daemon,
+                  input=b"".join(p + b"\n" for p in payloads))
+    assert r.returncode == EXIT_OK, said(r)
+    ids = [f"raw-{n}" for n in range(1, len(payloads) + 1)]
+    finals = final_updates(daemon.client(), ids)
+    assert [finals[i].result for i in ids] == payloads
+
+
+def test_submit_json_nul_byte_in_a_line(daemon):
+    r = run_bytes("submit", "--json", target=daemon, input=(
+        b'{"payload": "a\x00b"}\n'             # raw NUL in a string
+        b'{"payload": "a"}\x00\n'              # after the value
+        b'\x00\n'
+        b'{"id": "nul-ok", "payload": "a\\u0000b"}\n'))   # escaped, in bytes: fine
+    err = said(r)
+    assert r.returncode == EXIT_USAGE, err
+    assert "stdin:1: at column 15: control character in a string (escape it)" in err, err
+    assert "stdin:2: at column 17: text after the value" in err, err
+    assert "stdin:3: at column 1: unexpected byte 0x00" in err, err
+    assert counts(r.stdout.decode()) == {"accepted": 1, "rejected": 0}, err
+    assert final_updates(daemon.client(), ["nul-ok"])["nul-ok"].result == b"a\x00b"
+
+
+def test_submit_json_id_with_nul_is_refused(daemon):
+    r = run("submit", "--json", target=daemon, input='{"id": "a\\u0000b", "payload": "x"}\n')
+    assert r.returncode == EXIT_USAGE, explain(r)
+    assert "stdin:1: id must not contain \\u0000" in r.stderr, explain(r)
+
+
+def test_submit_json_line_that_is_not_an_object(daemon):
+    r = run("submit", "--json", target=daemon,
+            input='[{"payload": "x"}]\n42\n"text"\nnull\ntrue\n-1e999\n')
+    assert r.returncode == EXIT_USAGE, explain(r)
+    for n, what in enumerate(["an array", "a number", "a string", "null", "a boolean",
+                              "a number"], 1):
+        assert f"stdin:{n}: a line must be a JSON object, got {what}; line skipped" in r.stderr, \
+            explain(r)
+    assert counts(r.stdout) == {"accepted": 0, "rejected": 0}, explain(r)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("priority", "2147483648", "priority must be an integer -2147483648..2147483647"),
+    ("priority", "-2147483649", "priority must be an integer -2147483648..2147483647"),
+    ("priority", "99999999999999999999999999", "priority must be an integer"),
+    ("priority", "1e400", "priority must be an integer"),
+    ("priority", "1.0", "priority must be an integer"),
+    ("priority", '"5"', "priority must be an integer"),
+    ("delay_ms", "4294967296", "delay_ms must be an integer 0..4294967295"),
+    ("delay_ms", "-1", "delay_ms must be an integer 0..4294967295"),
+    ("delay_ms", "18446744073709551616", "delay_ms must be an integer 0..4294967295"),
+    ("timeout_ms", "-0.5", "timeout_ms must be an integer 0..4294967295"),
+    ("max_attempts", "1e3", "max_attempts must be an integer 0..4294967295"),
+    ("params", '{"n": {"deep": 1}}', "params.n must be a string, got an object"),
+])
+def test_submit_json_numbers_out_of_range(daemon, field, value, words):
+    r = run("submit", "--json", target=daemon,
+            input=f'{{"payload": "x", "{field}": {value}}}\n', timeout=20)
+    assert r.returncode == EXIT_USAGE, explain(r)
+    assert f"stdin:1: {words}" in r.stderr, explain(r)
+    assert counts(r.stdout) == {"accepted": 0, "rejected": 0}, explain(r)
+
+
+def test_submit_json_numbers_at_their_limits(daemon):
+    """The extremes the client takes; the daemon has the last word on
+    max_attempts (1000) and delay_ms (30 days), and says so per item."""
+    items = [{"id": "lo", "payload": "x", "priority": -2147483648, "timeout_ms": 4294967295},
+             {"id": "hi", "payload": "x", "priority": 2147483647, "max_attempts": 4294967295},
+             {"id": "late", "payload": "x", "delay_ms": 4294967295}]
+    r = run("submit", "--json", target=daemon, input=json_lines(items))
+    assert r.returncode == EXIT_NEGATIVE, explain(r)
+    assert counts(r.stdout) == {"accepted": 1, "rejected": 2}, explain(r)
+    assert re.search(r"^  1 hi: max_attempts 4294967295 is over 1000$", r.stdout, re.M), explain(r)
+    assert re.search(r"^  2 late: delay_ms 4294967295 is over 2592000000 \(30 days\)$",
+                     r.stdout, re.M), explain(r)
+
+
 def test_submit_line_over_the_max_is_refused(daemon, tmp_path):
     """A line one byte over the client's limit stops the input with a message
     naming where; what came before it is sent. From stdin and from a file,
@@ -413,6 +503,52 @@ def test_submit_line_at_the_max_goes_to_the_server(daemon):
     assert "longer than" not in err, err
     assert r.returncode == EXIT_RPC, err
     assert "doSomething" in err and "RESOURCE_EXHAUSTED" in err and "larger than max" in err, err
+
+
+# ---- what a user can get wrong: options -----------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["--timeout", "soon", "health"], '--timeout takes a duration such as 500ms'),
+    (["--timeout", "-5s", "health"], '--timeout takes a duration such as 500ms'),
+    (["--timeout", "", "health"], '--timeout takes a duration such as 500ms'),
+    (["--timeout", "1.5s", "submit"], '--timeout takes a duration such as 500ms'),
+    (["--timeout", "5S", "watch"], '--timeout takes a duration such as 500ms'),
+    (["--timeout", "99999999999999999999s", "health"], '--timeout takes a duration'),
+    (["--timeout", "9223372036854775807ms", "health"], '--timeout takes a duration'),
+    (["--timeout", "2562047788016h", "health"], '--timeout takes a duration'),
+    (["submit", "--timeout", "-1ms"], '--timeout takes a duration'),
+    (["submit", "--delay", "721h"], "--delay takes a duration up to 720h (30 days)"),
+    (["submit", "--delay", "-1s"], "--delay takes a duration up to 720h (30 days)"),
+    (["submit", "--delay", "99999999999999999999h"], "--delay takes a duration up to 720h"),
+    (["submit", "--delay", "5"], "--delay takes a duration up to 720h"),
+    (["submit", "--priority", "2147483648"], "--priority takes an integer -2147483648..2147483647"),
+    (["submit", "--priority", "-2147483649"], "--priority takes an integer"),
+    (["submit", "--priority", "1e3"], "--priority takes an integer"),
+    (["submit", "--priority", "-"], "--priority takes an integer"),
+    (["watch", "--after-seq", "-1"], "--after-seq takes a seq number"),
+    (["watch", "--after-seq", "18446744073709551616"], "--after-seq takes a seq number"),
+    (["watch", "--count", "18446744073709551616"], "--count takes a number >= 1"),
+    (["watch", "--count", "-3"], "--count takes a number >= 1"),
+    (["watch", "--state", "succeeded\x1b"], "--state takes QUEUED"),
+    (["list", "--limit", "99999999999999999999"], "--limit takes 1 to"),
+])
+def test_bad_numbers_and_durations_are_usage_errors(args, words):
+    r = run(*args, target="127.0.0.1:1", input="", timeout=10)
+    assert r.returncode == EXIT_USAGE, explain(r)
+    assert r.stderr.startswith("dosomething: ") and words in r.stderr, explain(r)
+    assert r.stdout == "", explain(r)
+
+
+def test_largest_timeout_is_taken_without_overflow(daemon):
+    """The largest --timeout the client takes (INT64_MAX / 2 ms) is a
+    deadline far away, not one that wrapped into the past."""
+    largest = f"{(2**63 - 1) // 2}ms"
+    r = run("--timeout", largest, "health", target=daemon, timeout=20)
+    assert r.returncode == EXIT_OK and r.stdout == "SERVING\n", explain(r)
+    r = run("--timeout", largest, "submit", "--wait", target=daemon, input="x\n", timeout=20)
+    assert r.returncode == EXIT_OK, explain(r)
+    assert counts(r.stdout) == {"accepted": 1, "rejected": 0, "succeeded": 1, "failed": 0}, \
+        explain(r)
 
 
 # ---- help and the manual -------------------------------------------------------

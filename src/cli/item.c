@@ -20,16 +20,18 @@
 #define NAME_SHOWN 64
 #define NAME_BUF   (NAME_SHOWN * 6 + 8)
 
+/* The keys ITEM_KEYS names. */
 static const char *const item_keys[] = {
     "id", "kind", "payload", "payload_b64", "params", "batch", "timeout_ms", "max_attempts",
     "priority", "delay_ms",
 };
 
 /*
- * A name the user wrote (a key), for a message in BUF (NAME_BUF bytes): its
- * first NAME_SHOWN bytes, cut between characters, escaped as JSON escapes a string. The
- * message goes to a terminal, and a key may hold control characters or
- * \u0000 (which would also cut it short).
+ * A name the user wrote (a key), for a message in BUF (NAME_BUF bytes):
+ * its first NAME_SHOWN bytes, cut between characters, with '"', '\\' and
+ * control characters escaped as in JSON. The message goes to a terminal,
+ * and a key may hold control characters or \u0000 (which would also cut
+ * it short).
  */
 static const char *
 name_text(const struct json *name, char *buf, size_t size)
@@ -56,7 +58,8 @@ static int
 item_key(const struct json *key)
 {
     for (size_t i = 0; i < sizeof item_keys / sizeof item_keys[0]; i++)
-        if (key->length == strlen(item_keys[i]) && memcmp(key->text, item_keys[i], key->length) == 0)
+        if (key->length == strlen(item_keys[i]) &&
+            memcmp(key->text, item_keys[i], key->length) == 0)
             return 1;
     return 0;
 }

@@ -114,7 +114,8 @@ int cli_state_option(const char *command, const char *name, wire_state_value *st
                      size_t *n);
 
 /* parse.c: no messages, the caller says what was wrong. */
-/* "30s", "500ms", "5m", "1h", "0" -> ms. Returns 0, or -1 if malformed. */
+/* "30s", "500ms", "5m", "1h", "0" -> ms. Returns 0, -1 if malformed, or -2
+ * if more than INT64_MAX / 2 ms (room to add it to a clock). */
 int parse_duration_ms(const char *text, int64_t *ms);
 /* A decimal uint64_t, the whole string. Returns 0 or -1. */
 int parse_u64(const char *text, uint64_t *value);

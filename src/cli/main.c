@@ -80,11 +80,15 @@ cli_global_option(int opt, const char *arg, struct cli_options *o)
         o->key_file = arg;
         o->tls = 1;
         return 0;
-    case OPT_TIMEOUT:
-        if (parse_duration_ms(arg, &o->timeout_ms) == -1)
+    case OPT_TIMEOUT: {
+        int rc = parse_duration_ms(arg, &o->timeout_ms);
+        if (rc == -2)
+            return cli_usage_error(NULL, "--timeout \"%s\" is too long (0 for none)", arg);
+        if (rc != 0)
             return cli_usage_error(NULL, "--timeout takes a duration such as 500ms, 30s, 5m "
                                    "or 1h (0: none), not \"%s\"", arg);
         return 0;
+    }
     case OPT_VERSION:
         printf("dosomething %s\n", DS_VERSION);
         exit(CLI_EXIT_OK);

@@ -38,6 +38,7 @@ parse_duration_ms(const char *text, int64_t *ms)
     };
     const char *p = text;
     int64_t n = 0;
+    int too_large = 0;          /* said only if the unit is right: -1 first */
 
     if (strcmp(text, "0") == 0) {
         *ms = 0;
@@ -47,13 +48,14 @@ parse_duration_ms(const char *text, int64_t *ms)
         return -1;
     for (; *p >= '0' && *p <= '9'; p++) {
         if (n > (INT64_MAX - 9) / 10)
-            return -1;
-        n = n * 10 + (*p - '0');
+            too_large = 1;
+        else
+            n = n * 10 + (*p - '0');
     }
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
         if (strcmp(p, units[i].unit) == 0) {
-            if (n > INT64_MAX / units[i].scale / 2)
-                return -1;
+            if (too_large || n > INT64_MAX / units[i].scale / 2)
+                return -2;
             *ms = n * units[i].scale;
             return 0;
         }

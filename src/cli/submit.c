@@ -618,7 +618,7 @@ parse_options(struct submit *s, int argc, char **argv, struct cli_options *globa
         }
         case OPT_DELAY: {
             int64_t ms;
-            if (parse_duration_ms(optarg, &ms) == -1 || ms > (int64_t)SUBMIT_DELAY_MAX_MS)
+            if (parse_duration_ms(optarg, &ms) != 0 || ms > (int64_t)SUBMIT_DELAY_MAX_MS)
                 return cli_usage_error("submit", "--delay takes a duration up to 720h (30 "
                                        "days), such as 30s or 5m, got \"%.32s\"", optarg);
             s->defaults.delay_ms = (uint32_t)ms;

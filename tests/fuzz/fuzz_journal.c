@@ -15,9 +15,7 @@
  * journal of a dead one. Every record is also decoded with journal_decode()
  * here, to build the expected outcome independently.
  *
- * FUZZ_JOURNAL_VERBOSE=1 in the environment prints what each read found;
- * FUZZ_JOURNAL_SKIP_EMPTY=1 skips inputs that make no segment file (a known
- * bug: regressions/journal/empty-instance-qsort-null).
+ * FUZZ_JOURNAL_VERBOSE=1 in the environment prints what each read found.
  *
  * Checked beyond "no crash, leak or UB":
  *   - journal_decode(): a record it accepts lies within what it was given,
@@ -465,13 +463,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < n; i++) {
         seg_path(path, sizeof path, (unsigned)i + 1);
         write_file(path, copy + start[i], end[i] - start[i]);
-    }
-
-    /* regressions/journal/empty-instance-qsort-null: until journal_read()
-     * is fixed, FUZZ_JOURNAL_SKIP_EMPTY=1 lets a run get past it. */
-    if (n == 0 && getenv("FUZZ_JOURNAL_SKIP_EMPTY") != NULL) {
-        free(copy);
-        return 0;
     }
 
     struct model m;

@@ -2889,6 +2889,9 @@ cluster_start(void)
         return;
     memset(&cl, 0, sizeof cl);
     cl.enabled = 1;
+    cl.cmd.name = "command";    /* in session_fail()'s reasons: the log, UNAVAILABLE details */
+    cl.work.name = "work";
+    cl.upd.name = "update";
     char host[64] = "";
     gethostname(host, sizeof host - 1);
     snprintf(cl.consumer, sizeof cl.consumer, "%s-%ld-%llu", host[0] ? host : "host",

@@ -22,7 +22,8 @@
  * Handing the socket over instead would take a path from the old grpc
  * process through both masters to the new one, and the new one could not
  * start alone. The cost is the one gRPC's ports already carry: a second
- * daemon of the same user on the same port is not refused. If the socket
+ * daemon of the same user could bind the same port; the master refuses to
+ * start on an address in use (master/listen_probe.h). If the socket
  * cannot be shared (a kernel without SO_REUSEPORT, or another program
  * holds the port), a reload that keeps the port closes the old socket
  * first and binds it again if the new one fails.
@@ -43,6 +44,7 @@
 #include <event2/http.h>
 #include <event2/listener.h>
 
+#include "core/address.h"
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/descriptors.h"
@@ -779,27 +781,6 @@ on_new_connection(struct event_base *base, void *arg)
     return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 }
 
-/* "host:port" or "[v6]:port" (as the config checked it) into HOST and PORT. */
-static int
-split_address(const char *addr, char *host, size_t host_size, const char **port)
-{
-    const char *colon = strrchr(addr, ':');
-    if (colon == NULL)
-        return -1;
-    const char *start = addr;
-    size_t len = (size_t)(colon - addr);
-    if (len >= 2 && addr[0] == '[' && addr[len - 1] == ']') {
-        start++;
-        len -= 2;
-    }
-    if (len >= host_size)
-        return -1;
-    memcpy(host, start, len);
-    host[len] = '\0';
-    *port = colon + 1;
-    return 0;
-}
-
 /* A listening socket on what ADDR resolves to, or -1 with errno set and the
  * failed call and its error in WHY. A name that resolves to several
  * addresses gets the first this machine has: an address in use is an
@@ -809,7 +790,7 @@ listen_socket(const char *addr, char *why, size_t why_size, char *at, size_t at_
 {
     char host[300];
     const char *port;
-    if (split_address(addr, host, sizeof host, &port) == -1) {
+    if (address_split(addr, host, sizeof host, &port) == -1) {
         snprintf(why, why_size, "not host:port");
         errno = EINVAL;
         return -1;
@@ -975,7 +956,7 @@ on_listen_resolved(void *arg, const char *address, const char *why)
     st.resolving = NULL;
     char host[300], at[sizeof st.bound_at];
     const char *port;
-    if (address == NULL || split_address(st.resolving_addr, host, sizeof host, &port) == -1) {
+    if (address == NULL || address_split(st.resolving_addr, host, sizeof host, &port) == -1) {
         log_error("reload: status.listen: cannot listen on %s: %s; keeping %s",
                   st.resolving_addr, address == NULL ? why : "not host:port",
                   st.bound != NULL ? st.listen : "it off");
@@ -1022,7 +1003,7 @@ status_reconfigure(void)
     const char *port;
     struct in_addr a4;
     struct in6_addr a6;
-    if (split_address(addr, host, sizeof host, &port) == 0 &&
+    if (address_split(addr, host, sizeof host, &port) == 0 &&
         inet_pton(AF_INET, host, &a4) != 1 && inet_pton(AF_INET6, host, &a6) != 1) {
         snprintf(st.resolving_addr, sizeof st.resolving_addr, "%s", addr);
         st.resolving = resolve_host(gp.base, host, on_listen_resolved, NULL);

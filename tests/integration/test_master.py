@@ -7,6 +7,7 @@ import os
 import pwd
 import re
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (BINARY, REPO, STARTED, SUCCEEDED, is_dosomethingd, missing_dependency,
-                      pid_alive, proc_title, run_cli, wait_for)
+from conftest import (BINARY, REPO, STARTED, SUCCEEDED, free_port, is_dosomethingd,
+                      missing_dependency, pid_alive, proc_title, run_cli, wait_for)
 
 
 # ---- helpers ---------------------------------------------------------------
@@ -514,3 +515,61 @@ def test_daemon_mode_detaches(make_daemon):
     assert r.returncode == 0, f"-s stop failed: {r.stderr}"
     d.wait_exit()
     wait_for(lambda: not d.pid_path.exists(), 5, "the pid file to be removed")
+
+
+# ---- a second daemon on the same addresses ----------------------------------------
+
+def refused_start(start_daemon, overrides, name):
+    """Start a daemon that must refuse to: exit 1, nothing forked, the log
+    naming why; return its log."""
+    d = start_daemon(overrides, wait=False, name=name)
+    status = d.wait_exit(timeout=15)
+    log = d.log_text()
+    assert status == 1, f"exited {status}; log:\n{log}"
+    assert "started grpc process" not in log, log
+    assert not d.pid_path.exists(), "the pid file outlived the refused start"
+    return log
+
+
+def test_a_second_daemon_on_the_same_port_is_refused(start_daemon):
+    """gRPC's ports have SO_REUSEPORT: a second daemon (another pid file)
+    on the same port would share the first one's clients. It is refused
+    at start, naming the address; the first serves on."""
+    first = start_daemon(name="first")
+    log = refused_start(start_daemon, {"grpc": {"listen": [first.address]}}, "second")
+    assert f"grpc.listen {first.address} is in use by another process (bind() without " \
+           "SO_REUSEPORT failed: Address already in use): another dosomethingd with " \
+           "another pid_file? Not starting" in log, log
+    assert_serving(first)
+
+
+def test_a_second_daemon_on_the_same_unix_socket_is_refused(start_daemon, tmp_path):
+    """gRPC unlinks a unix socket's path before binding it: a second daemon
+    would take every new client of the first. Refused at start."""
+    path = tmp_path / "ds.sock"
+    first = start_daemon({"grpc": {"listen": [f"unix:{path}"]}}, name="first",
+                         wait=False)
+    first.wait_log(r"serving \(generation 1\)", timeout=15)
+    log = refused_start(start_daemon, {"grpc": {"listen": [f"unix:{path}"]}}, "second")
+    assert f"grpc.listen unix:{path} is in use by another process (a process accepts " \
+           "connections on it)" in log, log
+    assert path.exists() and first.proc.poll() is None
+
+
+def test_a_stale_unix_socket_file_does_not_stop_a_start(start_daemon, tmp_path):
+    """A socket file nobody accepts on (a daemon that was SIGKILLed) is no
+    reason to refuse: gRPC replaces it."""
+    path = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()                   # the file stays, nothing listens
+    d = start_daemon({"grpc": {"listen": [f"unix:{path}", f"127.0.0.1:{free_port()}"]}})
+    assert d.proc.poll() is None
+
+
+def test_a_second_daemon_on_the_same_status_port_is_refused(start_daemon):
+    status = f"127.0.0.1:{free_port()}"
+    first = start_daemon({"status": {"listen": status}}, name="first")
+    log = refused_start(start_daemon, {"status": {"listen": status}}, "second")
+    assert f"status.listen {status} is in use by another process" in log, log
+    assert_serving(first)

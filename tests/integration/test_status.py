@@ -388,8 +388,21 @@ def test_status_listen_in_use_at_start_is_fatal(start_daemon):
         status = d.wait_exit(timeout=15)
     assert status == 1, f"master exited {status}; log:\n{d.log_tail()}"
     log = d.log_text()
-    assert f"status.listen: cannot listen on {address}: bind() failed: Address already in use" \
-        in log, log
+    # Held without SO_REUSEPORT: the master's check finds it before any bind.
+    assert f"status.listen {address} is in use by another process (bind() without " \
+           "SO_REUSEPORT failed: Address already in use); not starting" in log, log
+
+
+def test_status_listen_not_of_this_machine_at_start_is_fatal(start_daemon):
+    """An address no interface has (TEST-NET-1): the grpc process's bind
+    fails, a boot error (status 2): the master does not respawn it."""
+    address = f"192.0.2.1:{free_port()}"
+    d = start_daemon({"status": {"listen": address}}, wait=False)
+    status = d.wait_exit(timeout=15)
+    assert status == 1, f"master exited {status}; log:\n{d.log_tail()}"
+    log = d.log_text()
+    assert f"status.listen: cannot listen on {address}: bind() failed: Cannot assign " \
+           "requested address" in log, log
     assert "exited with status 2" in log, log
 
 

@@ -1,0 +1,71 @@
+#include "master/listen_probe.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "core/address.h"
+
+/* A unix path is served if a connect() to it is taken (a stale socket
+ * file refuses it). */
+static int
+unix_in_use(const char *path, char *why, size_t why_size)
+{
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof sun.sun_path)
+        return 0;
+    strcpy(sun.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return 0;
+    int served = connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0;
+    close(fd);
+    if (served)
+        snprintf(why, why_size, "a process accepts connections on it");
+    return served;
+}
+
+/* A TCP address is served if a bind() without SO_REUSEPORT fails with
+ * EADDRINUSE (SO_REUSEADDR: a port whose old connections wait in
+ * TIME_WAIT is free). Every address a name resolves to is tried. */
+static int
+tcp_in_use(const char *addr, char *why, size_t why_size)
+{
+    char host[300];
+    const char *port;
+    if (address_split(addr, host, sizeof host, &port) == -1)
+        return 0;
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+    struct addrinfo *list;
+    if (getaddrinfo(host[0] != '\0' ? host : NULL, port, &hints, &list) != 0)
+        return 0;
+    int served = 0;
+    for (struct addrinfo *ai = list; ai != NULL && !served; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd == -1)
+            continue;
+        int on = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == -1 && errno == EADDRINUSE) {
+            served = 1;
+            snprintf(why, why_size, "bind() without SO_REUSEPORT failed: %s",
+                     strerror(EADDRINUSE));
+        }
+        close(fd);
+    }
+    freeaddrinfo(list);
+    return served;
+}
+
+int
+listen_probe_in_use(const char *addr, char *why, size_t why_size)
+{
+    if (strncmp(addr, "unix:", 5) == 0)
+        return unix_in_use(addr + 5, why, why_size);
+    return tcp_in_use(addr, why, why_size);
+}

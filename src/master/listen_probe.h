@@ -1,0 +1,26 @@
+/*
+ * Before a start binds anything: is an address it is to listen on already
+ * served by another process?
+ *
+ * gRPC's ports have SO_REUSEPORT (the new instance of a binary upgrade
+ * binds beside the old one, and so does status.listen), and gRPC unlinks a
+ * unix socket's path before it binds it. So a second daemon started on the
+ * same address by mistake (another config, another pid file) is not
+ * refused: on a TCP port the two share the clients (of the same user; the
+ * kernel refuses another user's), on a unix path the new one takes them
+ * all. A start that is not an upgrade asks first, and refuses to start.
+ */
+#ifndef DS_MASTER_LISTEN_PROBE_H
+#define DS_MASTER_LISTEN_PROBE_H
+
+#include <stddef.h>
+
+/*
+ * ADDR ("host:port", "[v6]:port" or "unix:/path") as the config checked
+ * it: 1 if another process serves it (WHY says how we know), else 0,
+ * also when it cannot tell (a name that does not resolve, an address not
+ * of this machine): the bind that follows reports those.
+ */
+int listen_probe_in_use(const char *addr, char *why, size_t why_size);
+
+#endif

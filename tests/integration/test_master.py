@@ -563,7 +563,8 @@ def test_a_stale_unix_socket_file_does_not_stop_a_start(start_daemon, tmp_path):
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(path))
     s.close()                   # the file stays, nothing listens
-    d = start_daemon({"grpc": {"listen": [f"unix:{path}", f"127.0.0.1:{free_port()}"]}})
+    d = start_daemon({"grpc": {"listen": [f"unix:{path}"]}}, wait=False)
+    d.wait_log(r"serving \(generation 1\)", timeout=15)
     assert d.proc.poll() is None
 
 

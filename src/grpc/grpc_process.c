@@ -164,7 +164,15 @@ stop_fast(const char *why)
 {
     if (gp.stopping)
         return;
-    log_info("fast stop: %s", why);
+    uint64_t left = store_count();
+    if (left == 0)
+        log_info("fast stop: %s", why);
+    else
+        log_warn("fast stop: %s; %llu items unfinished: %s", why, (unsigned long long)left,
+                 store_shared_log() ? "the other instances take them over after the lease"
+                 : store_keeps_abandoned() ? "they stay in the queue journal and run at the "
+                                             "next start"
+                 : "they are lost (no queue.journal)");
     gp.stopping = 1;
     handover_cancel();
     server_shutdown(1);

@@ -537,14 +537,27 @@ process_exited(struct process *p, int status)
         snprintf(limit_reason, sizeof limit_reason, "%.*s",
                  (int)sizeof limit_reason - 1, p->status->limit_reason);
 
-    if (clean || p->retiring || m.state != MASTER_RUNNING)
+    if (p->role == DS_ROLE_GRPC && m.state == MASTER_STOPPING_GRACEFUL && !clean &&
+        !p->killed_by_master) {
+        /* Not respawned to drain: say what became of its work, and exit
+         * with a failure (the init system sees that the stop was not clean). */
+        log_error("%s (pid %ld) %s during the graceful stop; the items it held %s", name,
+                  (long)p->pid, how,
+                  m.config->cluster.redis != NULL
+                      ? "are taken over by the other instances after the lease"
+                  : m.config->queue.journal != NULL
+                      ? "stay in the queue journal and run at the next start"
+                      : "are lost (no queue.journal), and its calls ended UNAVAILABLE");
+        m.exit_status = DS_EXIT_FAILURE;
+    } else if (clean || p->retiring || m.state != MASTER_RUNNING) {
         log_info("%s (pid %ld) %s", name, (long)p->pid, how);
-    else if (limit)
+    } else if (limit) {
         log_warn("%s (pid %ld) %s: %s", name, (long)p->pid, how, limit_reason);
-    else
+    } else {
         log_warn("%s (pid %ld) %s%s%s%s", name, (long)p->pid, how,
                  p->kill_reason[0] ? ": " : "", p->kill_reason,
                  item_death && !p->killed_by_master ? " while running an item" : "");
+    }
 
     /* Unlink it first: nothing below may find it. */
     for (struct process **pp = &m.processes; *pp != NULL; pp = &(*pp)->next) {
@@ -1008,6 +1021,7 @@ static void
 on_signal(evutil_socket_t fd, short what, void *arg)
 {
     struct signalfd_siginfo si;
+    int reopened;
     while (read(m.signal_fd, &si, sizeof si) == sizeof si) {
         switch (si.ssi_signo) {
         case SIGCHLD:
@@ -1016,6 +1030,8 @@ on_signal(evutil_socket_t fd, short what, void *arg)
         case SIGHUP:
             if (m.state == MASTER_RUNNING)
                 reload();
+            else
+                log_notice("SIGHUP: no reload while stopping");
             break;
         case SIGTERM:
         case SIGINT:
@@ -1029,17 +1045,23 @@ on_signal(evutil_socket_t fd, short what, void *arg)
         case SIGUSR1:
             /* Made here as root and given to the user, before the children
              * (running as it) reopen them: they may not create files there. */
-            log_reopen();
+            reopened = log_reopen() == 0;
+            if (!reopened)
+                log_error("SIGUSR1: the log file could not be opened again (above); the "
+                          "master logs on to the file it had");
             log_chown_to_user(log_file_fd(), m.config->user);
             log_prepare_for_user(m.config->log.access, m.config->user);
             for (struct process *p = m.processes; p != NULL; p = p->next)
                 if (p->control != NULL)
                     channel_send(p->control, IPC_REOPEN_LOGS, NULL, 0);
-            log_notice("log files reopened");
+            if (reopened)
+                log_notice("SIGUSR1: log files reopened (each child reopens its own)");
             break;
         case SIGUSR2:
             if (m.state == MASTER_RUNNING)
                 upgrade();
+            else
+                log_notice("SIGUSR2: no binary upgrade while stopping");
             break;
         case SIGTTIN:
             if (m.state == MASTER_RUNNING && m.worker_count < DS_WORKERS_MAX) {

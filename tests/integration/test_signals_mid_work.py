@@ -1,0 +1,116 @@
+"""Signals at a bad moment, with work in flight: what the daemon says and
+how it exits.
+
+- The grpc process dies during a graceful stop (QUIT: what `systemctl
+  stop` sends; or an old master draining after USR2): it is not respawned
+  to drain, so the master says what became of the items it held (lost
+  without a journal, kept with one) and exits with a failure, so that the
+  init system sees the stop was not clean. With a journal the next start
+  runs them.
+- A fast stop (TERM, INT) with items unfinished says how many and what
+  becomes of them.
+- HUP and USR2 while stopping are not acted on, and say so.
+- A USR1 whose log file cannot be opened again says so, and does not claim
+  the logs were reopened.
+"""
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from conftest import STARTED, SUCCEEDED, pid_alive, wait_for
+
+
+def busy_daemon(start_daemon, overrides=None, items=6):
+    """One worker, prefetch 1, a subscriber, ITEMS sleeps of 1 s submitted
+    and the first one running."""
+    d = start_daemon({"workers": {"count": 1, "prefetch": 1}, "shutdown_timeout": "30s",
+                      **(overrides or {})})
+    c = d.client()
+    sub = c.subscribe(sync=True)
+    ids = [f"s{i}" for i in range(items)]
+    assert c.submit([{"id": i, "kind": "sleep", "params": {"ms": "1000"}}
+                     for i in ids]).accepted == items
+    sub.wait_state(ids[0], STARTED, timeout=10)
+    return d, sub, ids
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("journal", [False, True])
+def test_the_grpc_process_killed_during_a_graceful_stop(start_daemon, tmp_path, journal):
+    overrides = {"queue": {"journal": str(tmp_path / "journal")}} if journal else {}
+    d, sub, ids = busy_daemon(start_daemon, overrides)
+    grpc = d.grpc_pid()
+    d.send_signal(signal.SIGQUIT)
+    d.wait_log(r"graceful stop", timeout=5)
+    os.kill(grpc, signal.SIGKILL)
+    status = d.wait_exit(timeout=15)
+    log = d.log_text()
+    assert status == 1, f"exit status {status}; log:\n{log}"
+    fate = ("stay in the queue journal and run at the next start" if journal
+            else "are lost (no queue.journal), and its calls ended UNAVAILABLE")
+    assert f"grpc process (pid {grpc}) killed by signal 9 during the graceful stop; the " \
+           f"items it held {fate}" in log, log
+    sub.wait_end(timeout=10)
+    if journal:
+        # The next start on the same journal runs each of them.
+        again = start_daemon(overrides, name="again")
+        finals = again.client().subscribe(sync=True, replay=True).wait_final(ids, timeout=30)
+        assert all(f.state == SUCCEEDED for f in finals.values()), finals
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("journal", [False, True])
+def test_a_fast_stop_with_items_unfinished_says_what_becomes_of_them(start_daemon, tmp_path,
+                                                                     journal):
+    overrides = {"queue": {"journal": str(tmp_path / "journal")}} if journal else {}
+    d, sub, ids = busy_daemon(start_daemon, overrides)
+    children = d.all_child_pids()
+    status = d.stop(signal.SIGTERM, timeout=15)
+    assert status == 0, f"exit status {status}; log:\n{d.log_tail()}"
+    fate = ("they stay in the queue journal and run at the next start" if journal
+            else "they are lost (no queue.journal)")
+    d.wait_log(re.escape(f"fast stop: Terminated; {len(ids)} items unfinished: {fate}"),
+               timeout=5)
+    wait_for(lambda: not any(pid_alive(p) for p in children), 5, "every child gone")
+
+
+@pytest.mark.deadline(60)
+def test_reload_and_upgrade_while_stopping_are_not_acted_on(start_daemon):
+    d, sub, ids = busy_daemon(start_daemon, items=2)
+    d.send_signal(signal.SIGQUIT)
+    d.wait_log(r"graceful stop", timeout=5)
+    d.send_signal(signal.SIGHUP)
+    d.send_signal(signal.SIGUSR2)
+    d.wait_log(r"SIGHUP: no reload while stopping", timeout=5)
+    d.wait_log(r"SIGUSR2: no binary upgrade while stopping", timeout=5)
+    status = d.wait_exit(timeout=15)
+    assert status == 0, f"exit status {status}; log:\n{d.log_tail()}"
+    finals = sub.wait_final(ids, timeout=5)
+    assert all(f.state == SUCCEEDED for f in finals.values()), finals
+    log = d.log_text()
+    assert "reloaded" not in log and "binary upgrade: started" not in log, log
+
+
+def test_a_log_reopen_that_fails_says_so(start_daemon, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    d = start_daemon({"log": {"file": str(logs / "ds.log")}})
+    moved = tmp_path / "logs.old"
+    logs.rename(moved)          # the path's directory is gone: open() fails
+    d.send_signal(signal.SIGUSR1)
+    old = moved / "ds.log"
+    wait_for(lambda: "SIGUSR1: the log file could not be opened again" in old.read_text(), 5,
+             "the master's error in the file it logs on to")
+    time.sleep(0.5)
+    text = old.read_text()
+    assert f'open("{logs / "ds.log"}") failed: No such file or directory' in text, text
+    assert "log files reopened" not in text, text
+    # Put back, a USR1 reopens: the new file gets the line.
+    logs.mkdir()
+    d.send_signal(signal.SIGUSR1)
+    wait_for(lambda: (logs / "ds.log").exists() and
+             "SIGUSR1: log files reopened" in (logs / "ds.log").read_text(), 5,
+             "the reopened log")

@@ -382,14 +382,15 @@ over_cpu_limit(const struct ds_handler_config *handler, int r, struct handler_ou
 static int
 run_task(struct task *t)
 {
-    send_update(t, STATE_STARTED, 0, NULL, 0, NULL);
     if (t->handler == NULL) {
-        char err[160];
-        int n = snprintf(err, sizeof err, "kind \"%s\" is not configured in this worker's "
-                         "config generation", t->kind);
+        /* A reload removed its kind after it was accepted: it never starts. */
+        char err[200];
+        int n = snprintf(err, sizeof err, "kind \"%.64s\" is no longer configured (a reload "
+                         "removed it); not run", t->kind);
         send_update(t, STATE_FAILED, 0, err, (size_t)n, NULL);
         return 0;
     }
+    send_update(t, STATE_STARTED, 0, NULL, 0, NULL);
     int quick = kind_is_quick(t->handler, t->item);
     int exec = t->handler->type == DS_HANDLER_EXEC;
     if (!quick)

@@ -3,9 +3,9 @@ A kind removed from the config while items of it are live.
 
 - memory mode, a reload: the item running finishes on its old worker; the
   ones queued go to the new worker, which fails each once, naming the kind
-  (src/workers/worker.c: `kind "slow" is not configured in this worker's
-  config generation`), without a retry; a new item of the kind is rejected,
-  naming it.
+  (src/workers/worker.c: `kind "slow" is no longer configured (a reload
+  removed it); not run`), without a retry and without a STARTED; a new
+  item of the kind is rejected, naming it.
 - journal mode, the whole daemon killed and restarted without the kind:
   each recovered item ends once, FAILED (`...; kind "slow" is no longer
   configured`, docs/journal.md).
@@ -79,8 +79,10 @@ def test_reload_without_a_kind_fails_its_queued_items_once(start_daemon):
     for it in queued:
         finals = finals_of(ups, it["id"])
         assert len(finals) == 1 and finals[0].state == FAILED, went(ups, it["id"])
-        assert finals[0].error == ('kind "slow" is not configured in this worker\'s config '
-                                   'generation'), went(ups, it["id"])
+        assert finals[0].error == ('kind "slow" is no longer configured (a reload removed '
+                                   'it); not run'), went(ups, it["id"])
+        assert STARTED not in [u.state for u in ups if u.item_id == it["id"]], \
+            went(ups, it["id"])
         assert finals[0].worker_pid != old_worker and finals[0].attempt == 1, \
             went(ups, it["id"])
     sub.assert_seq_increasing()

@@ -655,7 +655,7 @@ queue_retime(struct item *item)
     if (!queue_take(item))
         return;
     wait_for(item, 1);  /* it passes its kind's gate again when due */
-    arm_due_timer();
+    queue_dispatch();   /* if it is due already */
 }
 
 void

@@ -58,7 +58,6 @@ class Setup:
     def __init__(self, request, start_daemon, tmp_path, mode, cache, extra=None, workers=2):
         self.mode = mode
         self.tmp_path = tmp_path
-        self.status = f"127.0.0.1:{free_port()}"
         self.redis = request.getfixturevalue("redis") if mode == "cluster" else None
         self.name = f"t-{uuid.uuid4().hex[:12]}" if mode == "cluster" else None
         self.start_daemon = start_daemon
@@ -72,6 +71,9 @@ class Setup:
                       self.name)
 
     def start(self, cache, name=None):
+        # A status port of its own: a second instance beside the first must
+        # not share it (the master refuses an address another process serves).
+        self.status = f"127.0.0.1:{free_port()}"
         d = self.start_daemon(self.config(cache), name=name)
         if self.mode == "cluster":
             wait_serving(d)

@@ -2953,8 +2953,11 @@ cluster_configure(const struct ds_config *old)
     const struct ds_config *c = gp.config;
     if (!cl.enabled)
         return;
-    if (c->cluster.redis == NULL || strcmp(c->cluster.redis, old->cluster.redis) != 0 ||
-        strcmp(c->cluster.name, old->cluster.name) != 0)
+    if (c->cluster.redis == NULL)
+        log_warn("cluster: turned off by this reload; this grpc process stays with %s and "
+                 "{%s}:* until it next starts", old->cluster.redis, old->cluster.name);
+    else if (strcmp(c->cluster.redis, old->cluster.redis) != 0 ||
+             strcmp(c->cluster.name, old->cluster.name) != 0)
         log_warn("cluster: redis or name changed by this reload; this grpc process stays with "
                  "%s and {%s}:* until it next starts", old->cluster.redis, old->cluster.name);
     if (c->cluster.lease_ms != old->cluster.lease_ms && cl.up) {

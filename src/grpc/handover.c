@@ -16,9 +16,10 @@
  * An item leaves this instance only once the new one's SubmitReply counts
  * it as accepted: it is then published RETRYING here ("handed over ...";
  * its updates continue on the new instance, under the same id) and, with a
- * journal, its FINAL is written without a final update. An item the new
- * instance rejects, or a call that fails, comes back to the front of this
- * queue and runs here. A call that fails is retried a few times; a crash
+ * journal, its FINAL is written without a final update; so does one it
+ * counts as a duplicate (it knows it already, from a call cut after it took
+ * it). An item the new instance rejects, or a call that fails, comes back
+ * to the front of this queue and runs here. A call that fails is retried a few times; a crash
  * between the new instance's accept and our FINAL runs the item twice
  * (at-least-once), never zero times. Calls carry at most HANDOVER_BATCH
  * items, so that the reply names every rejection (submit.c lists 1000).
@@ -140,7 +141,11 @@ send_next(void)
 }
 
 /* Every rejection's index in REPLY, as a flag per item; -1 if the reply
- * cannot be trusted (then nothing counts as handed over). */
+ * cannot be trusted (then nothing counts as handed over). An item counted
+ * in duplicates is known there already (a call before this one was cut
+ * after the new instance took it, or its journal brought it back): it is
+ * there as much as an accepted one, and running it here too would run it
+ * twice. */
 static int
 rejected_of(grpc_byte_buffer *reply, uint8_t *rejected)
 {
@@ -156,7 +161,8 @@ rejected_of(grpc_byte_buffer *reply, uint8_t *rejected)
     grpc_slice_unref(slice);
     if (r == NULL)
         return -1;
-    int ok = r->accepted + r->rejected == ho.count && r->n_rejections == r->rejected;
+    int ok = r->accepted + r->rejected + r->duplicates == ho.count &&
+             r->n_rejections == r->rejected;
     for (size_t i = 0; ok && i < r->n_rejections; i++) {
         if (r->rejections[i]->index >= ho.count) {
             ok = 0;
@@ -183,11 +189,17 @@ call_done(void)
     static uint8_t rejected[HANDOVER_BATCH];
     memset(rejected, 0, ho.count);
     int trusted = ho.status == GRPC_STATUS_OK && rejected_of(ho.reply, rejected) == 0;
-    if (!trusted) {
+    if (!trusted && ho.status == GRPC_STATUS_OK) {
+        log_warn("handover: the new instance at %s answered a doSomething call of %u items "
+                 "with a reply that does not account for each of them; they stay here",
+                 ho.target, ho.count);
+    } else if (!trusted) {
         char *details = grpc_slice_to_c_string(ho.details);
         log_warn("handover: a doSomething call to the new instance at %s failed (status %d: "
                  "%s); its %u items stay here", ho.target, (int)ho.status, details, ho.count);
         gpr_free(details);
+    }
+    if (!trusted) {
         memset(rejected, 1, ho.count);
         ho.failures++;
     } else {

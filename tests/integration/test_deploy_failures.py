@@ -5,15 +5,16 @@ USR2 comes twice. The old master keeps its pid file and keeps serving; a
 later upgrade still works.
 """
 import os
+import re
 import shutil
 import signal
 import socket
-import time
 
 import pytest
 
 import conftest
 from conftest import SUCCEEDED, kill_tree, pid_alive, wait_for
+from test_deploy import ResumingSubscriber
 
 FAILED_LINE = (r"binary upgrade failed: the new master \(pid (?P<pid>\d+)\) (?P<how>[^;\n]+); "
                r"this one keeps serving")
@@ -170,5 +171,116 @@ def test_usr2_twice_upgrades_once(start_daemon, monkeypatch, tmp_path):
         d.wait_ready()
         echo_end_to_end(d, "after-double-usr2")
     finally:
+        if new_master is not None:
+            kill_tree(new_master)
+
+
+def grpc_child(master):
+    """The pid of MASTER's grpc process, or None."""
+    for pid in conftest.all_pids():
+        st = conftest.proc_stat(pid)
+        if st is not None and st[1] == master and st[0] not in ("Z", "X") \
+                and (conftest.proc_title(pid) or "").startswith("dosomethingd: grpc"):
+            return pid
+    return None
+
+
+@pytest.mark.deadline(120)
+def test_usr2_handover_cut_by_a_killed_grpc_process_loses_nothing(start_daemon, tmp_path):
+    """The old instance hands its waiting items over; the new instance's grpc
+    process is SIGKILLed as the handover begins (its master respawns it). With
+    queue.journal (shared by both), every item ends, none is lost: what the
+    dead process had accepted is recovered from its journal, what a failed
+    call carried stays with the old instance (handover.c: "its N items stay
+    here") or goes over again."""
+    journal = tmp_path / "journal"
+    d = start_daemon({"workers": {"count": 1, "prefetch": 1}, "shutdown_timeout": "30s",
+                      "queue": {"journal": str(journal)}})
+    old_master = d.master_pid
+    c = d.client()
+    sub = ResumingSubscriber(d.address)
+    new_master = None
+    try:
+        watch = c.subscribe(sync=True, name="old")
+        assert c.submit([{"id": "long", "kind": "sleep", "params": {"ms": "3000"}}]).accepted == 1
+        watch.wait_state("long", conftest.STARTED)
+        count = 3000
+        ids = [f"h{i:04d}" for i in range(count)]
+        reply = c.submit([{"id": i, "kind": "echo", "payload": i.encode()} for i in ids])
+        assert reply.accepted == count
+        watch.wait(lambda s: all(i in s.by_id for i in ids), 10, "every QUEUED")
+
+        d.send_signal(signal.SIGUSR2)
+        wait_for(lambda: d.read_pid_file() not in (None, old_master), 10,
+                 "the new master's pid file")
+        new_master = d.read_pid_file()
+        d.known_pids.add(new_master)
+        first_grpc = wait_for(lambda: grpc_child(new_master), 10, "the new grpc process")
+        # Killed once it has journaled some of the items handed to it (a
+        # tight poll: a call of 1000 items takes a few ms): the call is cut
+        # after the new instance took part of it.
+        segment = wait_for(lambda: next(journal.glob(f"grpc-*-{first_grpc}/00000001.seg"), None),
+                           10, "the new grpc process's journal")
+        base = segment.stat().st_size
+        wait_for(lambda: segment.stat().st_size > base + 2000, 10,
+                 "the first items handed over in the new journal", interval=0.0002)
+        os.kill(first_grpc, signal.SIGKILL)
+        m = d.wait_log(r"handover: handing (\d+) waiting items to the new instance")
+        assert int(m.group(1)) >= count - 20, m.group(0)
+
+        assert d.wait_exit(timeout=40) == 0, "the old master did not drain and exit"
+        log = d.log_text()
+        handed = re.search(r"handover: (\d+) items handed over to the new instance at "
+                                    r"\S+, (\d+) kept here", log)
+        assert handed or "handover: giving up after" in log, log[-3000:]
+        d.master_pid, d.proc = new_master, None
+        d.wait_ready()
+
+        # None is lost: the new instance knows every item, final (the old
+        # instance's finals once it took its journal over).
+        def lookup():
+            """({id: state}, [not found]) of every item, 1000 ids a call."""
+            states, missing = {}, []
+            every = ids + ["long"]
+            for n in range(0, len(every), 1000):
+                reply = c.stub.getItems(conftest.pb.ItemsRequest(item_ids=every[n:n + 1000]),
+                                        timeout=10, wait_for_ready=True)
+                states.update((it.id, it.state) for it in reply.items)
+                missing += list(reply.not_found)
+            return states, missing
+
+        def all_final():
+            states, missing = lookup()
+            return (not missing and all(s in conftest.FINAL_STATES for s in states.values())
+                    and states)
+        try:
+            states = wait_for(all_final, 40, "every item final on the new instance")
+        except AssertionError:
+            states, missing = lookup()
+            raise AssertionError(
+                f"not found: {len(missing)} e.g. {missing[:5]}; not final: "
+                f"{[(i, s) for i, s in states.items() if s not in conftest.FINAL_STATES][:5]}; "
+                f"log:\n{d.log_tail(60)}") from None
+        assert set(states.values()) == {SUCCEEDED}
+        # A subscriber that follows (resuming) saw each end once. Not the
+        # finals the killed process published (its update log died with it;
+        # the journal brought them back as known finals), and an item the
+        # new instance had taken from the cut call must not run here too:
+        # the only worker here is busy with "long" all through.
+        took = d.wait_log(rf"journal: took over \S+ of grpc process {first_grpc}: \d+ items queued "
+                          rf"again, 0 failed, 0 unreadable, (\d+) finals known again")
+        unseen = int(took.group(1))
+
+        def seen_enough():
+            with sub.lock:
+                return sum(1 for i in ids if i in sub.final) >= count - unseen
+        wait_for(seen_enough, 20, f"the final updates of all but {unseen} items")
+        with sub.lock:
+            finals = {i: sub.final[i] for i in ids if i in sub.final}
+        dups = {i: [conftest.state_name(s) for s in f] for i, f in finals.items() if len(f) != 1}
+        assert dups == {}, f"{len(dups)} items ended more than once: {list(dups.items())[:5]}"
+        assert not re.search(r"handover: .*reply that does not account", d.log_text())
+    finally:
+        sub.close()
         if new_master is not None:
             kill_tree(new_master)

@@ -19,10 +19,11 @@
  * journal, its FINAL is written without a final update; so does one it
  * counts as a duplicate (it knows it already, from a call cut after it took
  * it). An item the new instance rejects, or a call that fails, comes back
- * to the front of this queue and runs here. A call that fails is retried a few times; a crash
- * between the new instance's accept and our FINAL runs the item twice
- * (at-least-once), never zero times. Calls carry at most HANDOVER_BATCH
- * items, so that the reply names every rejection (submit.c lists 1000).
+ * to the front of this queue and runs here. A call that fails is retried a
+ * few times; a crash between the new instance's accept and our FINAL runs
+ * the item twice (at-least-once), never zero times. Calls carry at most
+ * HANDOVER_BATCH items, so that the reply names every rejection (submit.c
+ * lists 1000).
  *
  * Without a plain-text listener (grpc.tls on) there is no handover: the
  * drain runs the items here, and what shutdown_timeout leaves is FAILED,

@@ -91,6 +91,7 @@ static struct {
     struct event *signal_event;
     struct event *stop_timer;
     struct event *retire_timer;
+    struct event *upgrade_timer;        /* the new master of an upgrade must serve by then */
     pid_t pid;
     int serving;                /* "serving" was announced once */
     int announce;               /* the grpc process is READY: announce once workers are wired */
@@ -107,6 +108,12 @@ static struct {
  * publishing while it drains (16M updates is far more than a drain of a
  * full default queue makes). */
 #define UPGRADE_SEQ_GAP (1ull << 24)
+/* A new master that does not serve within this (UPGRADE_TIMEOUT_ENV: ms, for
+ * the tests) is killed and the upgrade fails: one that hangs (a deadlocked
+ * start, an executable that is not ours) would refuse every later USR2 and
+ * keep our pid file at FILE.oldbin. Long: a start reads the journal. */
+#define UPGRADE_TIMEOUT_MS (5 * 60 * 1000)
+#define UPGRADE_TIMEOUT_ENV "DS_UPGRADE_TIMEOUT_MS"
 
 /*
  * Where seqs start: past the last one reserved, and never below the wall
@@ -961,6 +968,14 @@ master_stop(enum master_state how, int status)
     evtimer_add(m.stop_timer, &tv);
 }
 
+static uint64_t
+upgrade_timeout_ms(void)
+{
+    const char *env = getenv(UPGRADE_TIMEOUT_ENV);
+    long long ms = env != NULL ? atoll(env) : 0;
+    return ms > 0 ? (uint64_t)ms : UPGRADE_TIMEOUT_MS;
+}
+
 /*
  * USR2: start the executable on disk (a deploy replaced it) beside this
  * master. It binds the same ports (SO_REUSEPORT), and once it serves it
@@ -1002,6 +1017,20 @@ upgrade(void)
     }
     m.upgrade_child = pid;
     log_notice("binary upgrade: started %s as pid %ld", master_executable, (long)pid);
+    struct timeval tv = clock_timeval_ms(upgrade_timeout_ms());
+    evtimer_add(m.upgrade_timer, &tv);
+}
+
+static void
+on_upgrade_timer(evutil_socket_t fd, short what, void *arg)
+{
+    if (m.upgrade_child <= 0 || m.state != MASTER_RUNNING)
+        return;     /* it failed already, or it serves and we drain */
+    log_error("binary upgrade: the new master (pid %ld) does not serve after %llu ms; "
+              "killing it", (long)m.upgrade_child, (unsigned long long)upgrade_timeout_ms());
+    if (kill(m.upgrade_child, SIGKILL) == -1)
+        log_syswarn("kill(%ld, SIGKILL) failed", (long)m.upgrade_child);
+    /* reap() hears it: upgrade_child_exited() takes the pid file back. */
 }
 
 static void
@@ -1011,6 +1040,7 @@ upgrade_child_exited(int status)
     log_error("binary upgrade failed: the new master (pid %ld) %s; this one keeps serving",
               (long)m.upgrade_child, process_status_text(status, how, sizeof how));
     m.upgrade_child = 0;
+    evtimer_del(m.upgrade_timer);
     snprintf(oldbin, sizeof oldbin, "%s.oldbin", m.config->pid_file);
     if (rename(oldbin, m.config->pid_file) == -1)
         log_syserr("rename(\"%s\", \"%s\") failed", oldbin, m.config->pid_file);
@@ -1176,6 +1206,7 @@ master_run(struct ds_config *config, const char *config_file)
     log_chown_to_user(log_file_fd(), config->user);
     m.stop_timer = evtimer_new(m.base, on_stop_timer, NULL);
     m.retire_timer = evtimer_new(m.base, on_retire_timer, NULL);
+    m.upgrade_timer = evtimer_new(m.base, on_upgrade_timer, NULL);
 
     log_notice("dosomethingd %s starting: %s, %u workers", DS_VERSION, config->path,
                config->workers.count);
@@ -1207,6 +1238,7 @@ master_run(struct ds_config *config, const char *config_file)
     event_free(m.grpc.timer);
     event_free(m.stop_timer);
     event_free(m.retire_timer);
+    event_free(m.upgrade_timer);
     event_free(m.signal_event);
     close(m.signal_fd);
     event_base_free(m.base);

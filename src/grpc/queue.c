@@ -220,17 +220,28 @@ worker_maybe_release(struct worker *w)
 }
 
 /*
- * An update of ATTEMPT is of ITEM's attempt at its worker: run_attempt, or
- * the one its worker was asked to run instead (queue_reattempt), which
- * the worker did if it had not started it. The first update says which.
+ * Does ATTEMPT name ITEM's attempt at its worker? run_attempt, or, while it
+ * was asked to renumber it (queue_reattempt: asked_attempt), any number
+ * from run_attempt to asked_attempt: the worker took each REATTEMPT that
+ * came before it started the item (a second one may have come after), and
+ * attempts only grow. Its first update says which, and the worker renumbers
+ * nothing it started: that one holds from then on.
  */
+static int
+worker_may_run(const struct item *item, uint32_t attempt)
+{
+    return attempt == item->run_attempt ||
+           (item->asked_attempt != 0 && attempt > item->run_attempt &&
+            attempt <= item->asked_attempt);
+}
+
+/* The same, for an update of ATTEMPT: from then on, the one it runs. */
 static int
 worker_runs(struct item *item, uint32_t attempt)
 {
-    if (item->asked_attempt != 0 && attempt == item->asked_attempt)
-        item->run_attempt = attempt;
-    else if (attempt != item->run_attempt)
+    if (!worker_may_run(item, attempt))
         return 0;
+    item->run_attempt = attempt;
     item->asked_attempt = 0;
     return 1;
 }
@@ -407,9 +418,7 @@ workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t run
     worker_free(w);
     while (n > 0) {
         item = held[--n];
-        int running = item->key == running_key &&
-                      (item->run_attempt == running_attempt ||
-                       (item->asked_attempt != 0 && item->asked_attempt == running_attempt));
+        int running = item->key == running_key && worker_may_run(item, running_attempt);
         if (item->cancelling) {
             q.ev->cancelled(item, pid, NULL);   /* asked to stop: it did, one way or another */
         } else if (running && limit_cost != NULL) {

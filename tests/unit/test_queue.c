@@ -634,22 +634,26 @@ has_cancels(void *arg)
  * if not started: the worker is told (IPC_REATTEMPT naming the attempt it
  * was given), and its first update says which it ran: the new one (it had
  * not started), or the given one (it had), after which the other is
- * superseded. A cancel meanwhile names the given one; a worker's death
- * while it ran either spends the attempt.
+ * superseded; asked twice, the one it took before it started holds (a
+ * second REATTEMPT it got after starting left an item stuck at its worker,
+ * every update dropped). A cancel meanwhile names the given one; a worker's
+ * death while it ran a renumbered one spends the attempt.
  */
 static void
 test_reattempt(void **state)
 {
-    queue_set_prefetch(4);
+    queue_set_prefetch(6);
     fake_attach(&w1, 1001, 0);
     queue_push(new_item("a", 0, 0));
     queue_push(new_item("b", 0, 0));
     queue_push(new_item("c", 0, 0));
     queue_push(new_item("d", 0, 0));
+    queue_push(new_item("e", 0, 0));
+    queue_push(new_item("f", 0, 0));
     queue_dispatch();
-    fake_wait_items(rec.base, &w1, 4);
+    fake_wait_items(rec.base, &w1, 6);
     uint64_t ka = w1.items[0].key, kb = w1.items[1].key, kc = w1.items[2].key,
-             kd = w1.items[3].key;
+             kd = w1.items[3].key, ke = w1.items[4].key, kf = w1.items[5].key;
 
     /* d started (its STARTED came): nothing to tell; the same attempt: nothing. */
     fake_send_update(rec.base, &w1, kd, 1, STATE_STARTED, 0, NULL, 0);
@@ -695,6 +699,33 @@ test_reattempt(void **state)
     assert_int_equal(e[1]->key, kb);
     assert_string_equal(e[1]->text, "given");
 
+    /* e, asked twice (1 -> 2, then 1 -> 3): the worker had taken the first
+     * and started it before the second came. Its STARTED of 2 holds. */
+    struct item *ei = queue_find(ke);
+    ei->attempt = 2;
+    queue_reattempt(ei);
+    ei->attempt = 3;
+    queue_reattempt(ei);
+    fake_settle(rec.base, &w1);
+    assert_int_equal(w1.reattempt_count, 5);
+    assert_int_equal(w1.reattempts[4].attempt, 1);      /* named by the attempt given */
+    assert_int_equal(w1.reattempts[4].new_attempt, 3);
+    fake_send_update(rec.base, &w1, ke, 2, STATE_STARTED, 0, NULL, 0);
+    wait_records(&w1, REC_UPDATE, 4);
+    fake_send_update(rec.base, &w1, ke, 3, STATE_FAILED, 0, "not it", 6);
+    fake_send_update(rec.base, &w1, ke, 2, STATE_SUCCEEDED, 0, "second", 6);
+    wait_records(&w1, REC_ENDED, 3);
+    assert_int_equal(records_of(REC_ENDED, e, 4), 3);
+    assert_int_equal(e[2]->key, ke);
+    assert_string_equal(e[2]->text, "second");
+
+    /* f, asked 1 -> 2 and not answered: its worker's death running it as 2
+     * spends the attempt (it ran), as one running as 1 would. */
+    struct item *fi = queue_find(kf);
+    fi->attempt = 2;
+    queue_reattempt(fi);
+    fake_settle(rec.base, &w1);
+
     /* c, asked and not answered: a cancel names the attempt given. */
     struct cancel_arg ca = { .ids = { "c" } };
     cancel_grace_value = 1000;
@@ -704,12 +735,13 @@ test_reattempt(void **state)
     assert_int_equal(w1.cancels[0].key, kc);
     assert_int_equal(w1.cancels[0].attempt, 1);
 
-    /* The worker dies running c as renumbered (and d as given): both spent. */
-    workers_exited(w1.pid, "killed by signal 9", kc, 2, NULL);
-    assert_int_equal(count_of(REC_CANCELLED), 1);           /* c: asked to stop */
-    struct record *f[2];
-    assert_int_equal(records_of(REC_ATTEMPT_FAILED, f, 2), 1);
-    assert_int_equal(f[0]->key, kd);                        /* d: it had started */
+    /* The worker dies running f as renumbered: f and d (started) are spent,
+     * c (asked to stop) is cancelled. */
+    workers_exited(w1.pid, "killed by signal 9", kf, 2, NULL);
+    assert_int_equal(count_of(REC_CANCELLED), 1);
+    struct record *f[3];
+    assert_int_equal(records_of(REC_ATTEMPT_FAILED, f, 3), 2);
+    assert_true((f[0]->key == kd && f[1]->key == kf) || (f[0]->key == kf && f[1]->key == kd));
     assert_int_equal(queue_waiting(), 0);
     assert_int_equal(queue_held(), 0);
 }

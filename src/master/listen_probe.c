@@ -9,9 +9,12 @@
 #include <unistd.h>
 
 #include "core/address.h"
+#include "core/config.h"
+#include "core/log.h"
 
-/* A unix path is served if a connect() to it is taken (a stale socket
- * file refuses it). */
+/* A unix path is served if a connect() to it is taken, or would wait
+ * (EAGAIN: a listener whose backlog is full; non-blocking, so that a hung
+ * one cannot hold the start up). A stale socket file refuses it. */
 static int
 unix_in_use(const char *path, char *why, size_t why_size)
 {
@@ -19,13 +22,13 @@ unix_in_use(const char *path, char *why, size_t why_size)
     if (strlen(path) >= sizeof sun.sun_path)
         return 0;
     strcpy(sun.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1)
         return 0;
-    int served = connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0;
+    int served = connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0 || errno == EAGAIN;
     close(fd);
     if (served)
-        snprintf(why, why_size, "a process accepts connections on it");
+        snprintf(why, why_size, "a process listens on it");
     return served;
 }
 
@@ -68,4 +71,25 @@ listen_probe_in_use(const char *addr, char *why, size_t why_size)
     if (strncmp(addr, "unix:", 5) == 0)
         return unix_in_use(addr + 5, why, why_size);
     return tcp_in_use(addr, why, why_size);
+}
+
+int
+listen_probe_config(const struct ds_config *config)
+{
+    int found = 0;
+    char why[200];
+    for (size_t i = 0; i < config->grpc.listen_count; i++) {
+        if (listen_probe_in_use(config->grpc.listen[i], why, sizeof why)) {
+            log_error("grpc.listen %s is in use by another process (%s): is another "
+                      "dosomethingd serving it? Not starting", config->grpc.listen[i], why);
+            found = 1;
+        }
+    }
+    if (config->status.listen != NULL &&
+        listen_probe_in_use(config->status.listen, why, sizeof why)) {
+        log_error("status.listen %s is in use by another process (%s); not starting",
+                  config->status.listen, why);
+        found = 1;
+    }
+    return found;
 }

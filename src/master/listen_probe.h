@@ -15,6 +15,14 @@
 
 #include <stddef.h>
 
+struct ds_config;
+
+/* Is an address of CONFIG's (grpc.listen, status.listen) served by another
+ * process? Each one is logged. Asked before the master detaches (daemon:
+ * on), so that the refusal reaches whoever started it; not by the new
+ * master of a binary upgrade, which binds beside the old one. */
+int listen_probe_config(const struct ds_config *config);
+
 /*
  * ADDR ("host:port", "[v6]:port" or "unix:/path") as the config checked
  * it: 1 if another process serves it (WHY says how we know), else 0,

@@ -14,6 +14,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/process.h"
+#include "master/listen_probe.h"
 #include "master/master.h"
 
 static void
@@ -176,8 +177,14 @@ main(int argc, char **argv)
         config_free(config);
         return DS_EXIT_FATAL;
     }
-    /* A new master of a binary upgrade is already detached. */
-    if (config->daemon && getenv("DOSOMETHINGD_UPGRADE") == NULL && daemonize(config) == -1) {
+    /* A new master of a binary upgrade binds beside the old one, and is
+     * already detached. */
+    int upgrading = getenv("DOSOMETHINGD_UPGRADE") != NULL;
+    if (!upgrading && listen_probe_config(config)) {
+        config_free(config);
+        return DS_EXIT_FAILURE;
+    }
+    if (config->daemon && !upgrading && daemonize(config) == -1) {
         config_free(config);
         return DS_EXIT_FATAL;
     }

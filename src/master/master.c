@@ -35,7 +35,6 @@
 #include "core/log.h"
 #include "core/process.h"
 #include "ipc/channel.h"
-#include "master/listen_probe.h"
 #include "master/master.h"
 
 /* A fast stop waits this long for children before killing them. */
@@ -1137,30 +1136,6 @@ signals_init(void)
     return 0;
 }
 
-/* Is an address of CONFIG's served by another process already (not the old
- * master of an upgrade: the caller asks only when there is none)? Logged. */
-static int
-listening_elsewhere(const struct ds_config *config)
-{
-    int found = 0;
-    char why[200];
-    for (size_t i = 0; i < config->grpc.listen_count; i++) {
-        if (listen_probe_in_use(config->grpc.listen[i], why, sizeof why)) {
-            log_error("grpc.listen %s is in use by another process (%s): another "
-                      "dosomethingd with another pid_file? Not starting", config->grpc.listen[i],
-                      why);
-            found = 1;
-        }
-    }
-    if (config->status.listen != NULL &&
-        listen_probe_in_use(config->status.listen, why, sizeof why)) {
-        log_error("status.listen %s is in use by another process (%s); not starting",
-                  config->status.listen, why);
-        found = 1;
-    }
-    return found;
-}
-
 int
 master_run(struct ds_config *config, const char *config_file)
 {
@@ -1199,10 +1174,6 @@ master_run(struct ds_config *config, const char *config_file)
         m.inherited_count = 0;
     if (pidfile_write(config->pid_file) == -1)
         return DS_EXIT_FATAL;
-    if (m.upgrade_parent == 0 && listening_elsewhere(config)) {
-        pidfile_remove(config->pid_file);
-        return DS_EXIT_FAILURE;
-    }
     log_chown_to_user(log_file_fd(), config->user);
     m.stop_timer = evtimer_new(m.base, on_stop_timer, NULL);
     m.retire_timer = evtimer_new(m.base, on_retire_timer, NULL);

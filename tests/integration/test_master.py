@@ -538,8 +538,8 @@ def test_a_second_daemon_on_the_same_port_is_refused(start_daemon):
     first = start_daemon(name="first")
     log = refused_start(start_daemon, {"grpc": {"listen": [first.address]}}, "second")
     assert f"grpc.listen {first.address} is in use by another process (bind() without " \
-           "SO_REUSEPORT failed: Address already in use): another dosomethingd with " \
-           "another pid_file? Not starting" in log, log
+           "SO_REUSEPORT failed: Address already in use): is another dosomethingd serving " \
+           "it? Not starting" in log, log
     assert_serving(first)
 
 
@@ -551,8 +551,8 @@ def test_a_second_daemon_on_the_same_unix_socket_is_refused(start_daemon, tmp_pa
                          wait=False)
     first.wait_log(r"serving \(generation 1\)", timeout=15)
     log = refused_start(start_daemon, {"grpc": {"listen": [f"unix:{path}"]}}, "second")
-    assert f"grpc.listen unix:{path} is in use by another process (a process accepts " \
-           "connections on it)" in log, log
+    assert f"grpc.listen unix:{path} is in use by another process (a process listens " \
+           "on it)" in log, log
     assert path.exists() and first.proc.poll() is None
 
 
@@ -573,4 +573,18 @@ def test_a_second_daemon_on_the_same_status_port_is_refused(start_daemon):
     first = start_daemon({"status": {"listen": status}}, name="first")
     log = refused_start(start_daemon, {"status": {"listen": status}}, "second")
     assert f"status.listen {status} is in use by another process" in log, log
+    assert_serving(first)
+
+
+def test_a_detaching_start_on_an_address_in_use_fails_before_it_detaches(start_daemon):
+    """daemon: on: the refusal comes before the fork, so the command that
+    started it exits 1 and the message reaches its stderr (log.file:
+    stderr); after the fork it would exit 0 and the line go to /dev/null."""
+    first = start_daemon(name="first")
+    d = start_daemon({"daemon": True, "log": {"file": "stderr"},
+                      "grpc": {"listen": [first.address]}}, wait=False, name="second")
+    status = d.wait_exit(timeout=15)
+    err = d.stderr_path.read_text()
+    assert status == 1, f"exited {status}; stderr:\n{err}"
+    assert f"grpc.listen {first.address} is in use by another process" in err, err
     assert_serving(first)

@@ -94,6 +94,10 @@ static struct {
     pid_t pid;
     int serving;                /* "serving" was announced once */
     int announce;               /* the grpc process is READY: announce once workers are wired */
+    /* What becomes of the grpc process's items if it dies, by the config it
+     * was started with (its store is chosen once: a reload does not change
+     * it). Static text. */
+    const char *grpc_items_fate;
     pid_t upgrade_child;        /* the new master of a USR2 upgrade, until it takes over */
     pid_t upgrade_parent;       /* the old master we take over from */
     char status[512];           /* the outcome of the last reload, for systemd */
@@ -389,6 +393,12 @@ slot_spawn(struct slot *slot)
             return;
         /* A new grpc process starts seqs past every one the old could use. */
         m.seq_reserved += SEQ_RESERVE_CHUNK;
+        m.grpc_items_fate =
+            m.config->cluster.redis != NULL
+                ? "are taken over by the other instances after the lease"
+            : m.config->queue.journal != NULL
+                ? "stay in the queue journal (the next grpc process to read it runs them)"
+                : "are lost (no queue.journal), and its calls ended UNAVAILABLE";
         slot->process = spawn(DS_ROLE_GRPC, 0);
         if (slot->process == NULL) {
             master_stop(MASTER_STOPPING_FAST, DS_EXIT_FAILURE);
@@ -548,13 +558,9 @@ process_exited(struct process *p, int status)
         /* Not respawned to drain: say what became of its work, and exit
          * with a failure (the init system sees that the stop was not clean). */
         log_error("%s (pid %ld) %s during the graceful stop; the items it held %s", name,
-                  (long)p->pid, how,
-                  m.config->cluster.redis != NULL
-                      ? "are taken over by the other instances after the lease"
-                  : m.config->queue.journal != NULL
-                      ? "stay in the queue journal and run at the next start"
-                      : "are lost (no queue.journal), and its calls ended UNAVAILABLE");
-        m.exit_status = DS_EXIT_FAILURE;
+                  (long)p->pid, how, m.grpc_items_fate);
+        if (m.exit_status < DS_EXIT_FAILURE)
+            m.exit_status = DS_EXIT_FAILURE;
     } else if (clean || p->retiring || m.state != MASTER_RUNNING) {
         log_info("%s (pid %ld) %s", name, (long)p->pid, how);
     } else if (limit) {

@@ -49,8 +49,8 @@ def test_the_grpc_process_killed_during_a_graceful_stop(start_daemon, tmp_path, 
     status = d.wait_exit(timeout=15)
     log = d.log_text()
     assert status == 1, f"exit status {status}; log:\n{log}"
-    fate = ("stay in the queue journal and run at the next start" if journal
-            else "are lost (no queue.journal), and its calls ended UNAVAILABLE")
+    fate = ("stay in the queue journal (the next grpc process to read it runs them)"
+            if journal else "are lost (no queue.journal), and its calls ended UNAVAILABLE")
     assert f"grpc process (pid {grpc}) killed by signal 9 during the graceful stop; the " \
            f"items it held {fate}" in log, log
     sub.wait_end(timeout=10)

@@ -99,6 +99,7 @@ static struct {
      * it). Static text. */
     const char *grpc_items_fate;
     pid_t upgrade_child;        /* the new master of a USR2 upgrade, until it takes over */
+    pid_t upgrade_stopping;     /* that one, told to stop: it did not serve in time */
     pid_t upgrade_parent;       /* the old master we take over from */
     char status[512];           /* the outcome of the last reload, for systemd */
     pid_t *inherited;           /* children we had before we forked any: not ours to kill */
@@ -117,6 +118,8 @@ static struct {
  * keep our pid file at FILE.oldbin. Long: a start reads the journal. */
 #define UPGRADE_TIMEOUT_MS (5 * 60 * 1000)
 #define UPGRADE_TIMEOUT_ENV "DS_UPGRADE_TIMEOUT_MS"
+/* Then it gets this long to stop on SIGTERM before SIGKILL. */
+#define UPGRADE_KILL_GRACE_MS 5000
 
 /*
  * Where seqs start: past the last one reserved, and never below the wall
@@ -1031,8 +1034,20 @@ on_upgrade_timer(evutil_socket_t fd, short what, void *arg)
 {
     if (m.upgrade_child <= 0 || m.state != MASTER_RUNNING)
         return;     /* it failed already, or it serves and we drain */
-    log_error("binary upgrade: the new master (pid %ld) does not serve after %llu ms; "
-              "killing it", (long)m.upgrade_child, (unsigned long long)upgrade_timeout_ms());
+    if (m.upgrade_stopping != m.upgrade_child) {
+        /* TERM first: a fast stop ends its calls and its children itself
+         * (killed outright, they would fall to us as strays). */
+        log_error("binary upgrade: the new master (pid %ld) does not serve after %llu ms; "
+                  "stopping it", (long)m.upgrade_child, (unsigned long long)upgrade_timeout_ms());
+        m.upgrade_stopping = m.upgrade_child;
+        if (kill(m.upgrade_child, SIGTERM) == -1)
+            log_syswarn("kill(%ld, SIGTERM) failed", (long)m.upgrade_child);
+        struct timeval tv = clock_timeval_ms(UPGRADE_KILL_GRACE_MS);
+        evtimer_add(m.upgrade_timer, &tv);
+        return;
+    }
+    log_error("binary upgrade: the new master (pid %ld) did not stop; killing it",
+              (long)m.upgrade_child);
     if (kill(m.upgrade_child, SIGKILL) == -1)
         log_syswarn("kill(%ld, SIGKILL) failed", (long)m.upgrade_child);
     /* reap() hears it: upgrade_child_exited() takes the pid file back. */
@@ -1074,6 +1089,12 @@ on_signal(evutil_socket_t fd, short what, void *arg)
             master_stop(MASTER_STOPPING_FAST, DS_EXIT_OK);
             break;
         case SIGQUIT:
+            if (m.upgrade_stopping > 0 && (pid_t)si.ssi_pid == m.upgrade_stopping) {
+                /* It came to serve as we gave up on it: we serve on. */
+                log_notice("SIGQUIT from the new master (pid %ld), which is being stopped: "
+                           "ignored", (long)si.ssi_pid);
+                break;
+            }
             log_notice("%s: graceful stop", strsignal((int)si.ssi_signo));
             master_stop(MASTER_STOPPING_GRACEFUL, DS_EXIT_OK);
             break;

@@ -70,19 +70,20 @@ def upgrade_succeeds(d, tmp_path, binary):
 
 
 @pytest.mark.deadline(90)
-@pytest.mark.parametrize("how", ["exit2", "bad_config", "port_taken", "hang"])
+@pytest.mark.parametrize("how", ["exit2", "bad_config", "port_taken", "hang", "hang_past_term"])
 def test_usr2_new_master_fails_the_old_one_keeps_serving(start_daemon, monkeypatch, tmp_path,
                                                          how):
     """The new executable exits at once (exit2), the real one cannot read the
     config (bad_config), it starts and its grpc process cannot bind an
     address the new config adds (port_taken), or it never serves nor exits
-    (hang: killed after the upgrade's timeout, DS_UPGRADE_TIMEOUT_MS here,
-    5 minutes by default; before, every later USR2 was refused as "under
-    way" and the pid file stayed at .oldbin): the old master logs it, takes
+    (hang: stopped with TERM after the upgrade's timeout, DS_UPGRADE_TIMEOUT_MS
+    here, 5 minutes by default, and KILLed 5 s later if it ignores that,
+    hang_past_term; before, every later USR2 was refused as "under way" and
+    the pid file stayed at .oldbin): the old master logs it, takes
     its pid file back and serves on; a reload works; once the cause is gone
     the next USR2 upgrades."""
     binary = copied_binary(tmp_path, monkeypatch)
-    if how == "hang":
+    if how.startswith("hang"):
         monkeypatch.setenv("DS_UPGRADE_TIMEOUT_MS", "1500")
     d = start_daemon()
     old_master = d.master_pid
@@ -94,6 +95,8 @@ def test_usr2_new_master_fails_the_old_one_keeps_serving(start_daemon, monkeypat
             install(tmp_path, binary, content="#!/bin/sh\nexit 2\n")
         elif how == "hang":
             install(tmp_path, binary, content="#!/bin/sh\nexec sleep 600\n")
+        elif how == "hang_past_term":       # SIG_IGN survives the exec
+            install(tmp_path, binary, content="#!/bin/sh\ntrap '' TERM\nexec sleep 600\n")
         elif how == "bad_config":
             install(tmp_path, binary, source=real_binary())
             d.write_config(text=d.config_path.read_text() + "\nworkers: [oops\n")
@@ -111,10 +114,15 @@ def test_usr2_new_master_fails_the_old_one_keeps_serving(start_daemon, monkeypat
         assert failed_pid != old_master
         if how == "exit2":
             assert m.group("how") == "exited with status 2", m.group(0)
-        elif how == "hang":
-            assert m.group("how") == "killed by signal 9", m.group(0)
+        elif how.startswith("hang"):
             assert f"binary upgrade: the new master (pid {failed_pid}) does not serve after " \
-                   "1500 ms; killing it" in d.log_text()
+                   "1500 ms; stopping it" in d.log_text()
+            if how == "hang":
+                assert m.group("how") == "killed by signal 15", m.group(0)
+            else:
+                assert m.group("how") == "killed by signal 9", m.group(0)
+                assert f"binary upgrade: the new master (pid {failed_pid}) did not stop; " \
+                       "killing it" in d.log_text()
         else:
             assert "exited with status" in m.group("how"), m.group(0)
         d.wait_log(rf"binary upgrade: started {binary} as pid {failed_pid}")

@@ -29,7 +29,7 @@ key_name(const uint8_t key[CACHE_KEY_SIZE], char *out, size_t size)
 {
     char hex[2 * CACHE_KEY_SIZE + 1];
     cache_key_hex(key, hex);
-    snprintf(out, size, "{%s}:cache:%s", gp.config->cluster.name, hex);
+    snprintf(out, size, "{%s}:cache:%s", cluster_settings()->name, hex);
 }
 
 static void

@@ -114,6 +114,11 @@ static struct {
     int enabled;
     int shutting_down;
     char consumer[160];
+    /* The settings this process runs with, from its start: a reload
+     * changes lease, min_replicas_ack and replicas_ack_timeout at once and
+     * the rest at the next start; one that turns cluster: off changes none
+     * (its defaults would have shortened the lease, dropped the WAIT). */
+    struct cluster_settings set;
     char key_work[96], key_updates[96], key_seq[96], key_origin[96];
     char key_items[96], key_finals[96], key_finals_bytes[96], key_item_prefix[96];
     char key_control[96], key_want_started[96], key_layout[96], key_seq_jump[96];
@@ -1647,7 +1652,7 @@ on_lease_published(redisAsyncContext *ac, void *reply, void *arg)
 static void
 publish_lease(void)
 {
-    uint64_t lease = gp.config->cluster.lease_ms;
+    uint64_t lease = cl.set.lease_ms;
     struct redis_args a;
     redis_args_init(&a, "SET");
     redis_args_str(&a, cl.key_lease);
@@ -1829,7 +1834,7 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_str(&a, cl.key_pwork);
     redis_args_str(&a, CLUSTER_GROUP);
     redis_args_str(&a, cl.consumer);
-    redis_args_u64(&a, gp.config->cluster.lease_ms);
+    redis_args_u64(&a, cl.set.lease_ms);
     redis_args_u64(&a, CLAIM_COUNT);
     redis_args_str(&a, cl.key_item_prefix);
     redis_args_u64(&a, (uint64_t)clock_wall_ns() / 1000000);
@@ -2660,7 +2665,7 @@ on_ping_timer(evutil_socket_t fd, short what, void *arg)
 static void
 arm_lease_timers(void)
 {
-    uint64_t lease = gp.config->cluster.lease_ms;
+    uint64_t lease = cl.set.lease_ms;
     struct timeval renew = clock_timeval_ms(lease / 3), claim = clock_timeval_ms(lease / 2);
     evtimer_add(cl.renew_timer, &renew);
     evtimer_add(cl.claim_timer, &claim);
@@ -2726,7 +2731,7 @@ on_connect(const redisAsyncContext *ac, int status)
     redis_args_str(&a, cl.key_updates);
     redis_args_str(&a, cl.key_work);
     redis_args_str(&a, CLUSTER_LAYOUT);
-    redis_args_u64(&a, gp.config->cluster.lease_ms);
+    redis_args_u64(&a, cl.set.lease_ms);
     redis_args_str(&a, CLUSTER_GROUP);
     command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 7), &a);
     for (intptr_t i = 0; i < SCRIPT_COUNT; i++) {
@@ -2867,7 +2872,7 @@ on_retry(evutil_socket_t fd, short what, void *arg)
     cl.failing = 0;
     uint64_t budget = CONNECT_TIMEOUT_MS + RESOLVE_TIMEOUT_MS;
     if (cl.sentinels)
-        budget += gp.config->cluster.sentinel_count * (uint64_t)SENTINEL_ASK_TIMEOUT_MS;
+        budget += cl.set.sentinel_count * (uint64_t)SENTINEL_ASK_TIMEOUT_MS;
     struct timeval tv = clock_timeval_ms(budget);
     evtimer_add(cl.setup_timer, &tv);
     if (cl.sentinels)
@@ -2919,6 +2924,11 @@ cluster_start(void)
     snprintf(cl.key_latest, sizeof cl.key_latest, "{%s}:latest", c->cluster.name);
     cl.floor_start = updates_last_seq();
     cl.backoff_ms = BACKOFF_MIN_MS;
+    snprintf(cl.set.name, sizeof cl.set.name, "%s", c->cluster.name);
+    cl.set.sentinel_count = c->cluster.sentinel_count;
+    cl.set.lease_ms = c->cluster.lease_ms;
+    cl.set.min_replicas_ack = c->cluster.min_replicas_ack;
+    cl.set.replicas_ack_timeout_ms = c->cluster.replicas_ack_timeout_ms;
     cl.sentinels = c->cluster.sentinel_count > 0;
     if (cl.sentinels) {
         snprintf(cl.master_name, sizeof cl.master_name, "%s", c->cluster.master_name);
@@ -2946,24 +2956,38 @@ cluster_start(void)
     on_retry(-1, 0, NULL);
 }
 
-/* A reload: apply cluster.lease; a changed redis or name needs a restart. */
+/* A reload: apply cluster.lease, min_replicas_ack and replicas_ack_timeout;
+ * a changed redis or name needs a restart, and so does turning it off. */
 static void
 cluster_configure(const struct ds_config *old)
 {
     const struct ds_config *c = gp.config;
     if (!cl.enabled)
         return;
-    if (c->cluster.redis == NULL)
+    if (c->cluster.redis == NULL) {
         log_warn("cluster: turned off by this reload; this grpc process stays with %s and "
-                 "{%s}:* until it next starts", old->cluster.redis, old->cluster.name);
-    else if (strcmp(c->cluster.redis, old->cluster.redis) != 0 ||
-             strcmp(c->cluster.name, old->cluster.name) != 0)
-        log_warn("cluster: redis or name changed by this reload; this grpc process stays with "
-                 "%s and {%s}:* until it next starts", old->cluster.redis, old->cluster.name);
-    if (c->cluster.lease_ms != old->cluster.lease_ms && cl.up) {
-        on_renew_timer(-1, 0, NULL);    /* renewed, then the new lease announced */
-        arm_lease_timers();
+                 "{%s}:* until it next starts", old->cluster.redis, cl.set.name);
+        return;
     }
+    if (strcmp(c->cluster.redis, old->cluster.redis) != 0 ||
+        strcmp(c->cluster.name, cl.set.name) != 0)
+        log_warn("cluster: redis or name changed by this reload; this grpc process stays with "
+                 "%s and {%s}:* until it next starts", old->cluster.redis, cl.set.name);
+    cl.set.min_replicas_ack = c->cluster.min_replicas_ack;
+    cl.set.replicas_ack_timeout_ms = c->cluster.replicas_ack_timeout_ms;
+    if (c->cluster.lease_ms != cl.set.lease_ms) {
+        cl.set.lease_ms = c->cluster.lease_ms;
+        if (cl.up) {
+            on_renew_timer(-1, 0, NULL);    /* renewed, then the new lease announced */
+            arm_lease_timers();
+        }
+    }
+}
+
+const struct cluster_settings *
+cluster_settings(void)
+{
+    return &cl.set;
 }
 
 /* At exit: drop the connections; what is pending stays in Redis. */
@@ -3146,7 +3170,6 @@ cluster_status_json(struct evbuffer *b)
         evbuffer_add_printf(b, "\"cluster\":null,");
         return;
     }
-    const struct ds_config *c = gp.config;
     evbuffer_add_printf(b, "\"cluster\":{\"redis\":\"%s:%d\",\"master\":\"%s\","
                         "\"sentinel\":\"%s\",\"sentinel_watching\":%s,"
                         "\"min_replicas_ack\":%u,\"name\":\"%s\",\"consumer\":\"%s\","
@@ -3161,7 +3184,7 @@ cluster_status_json(struct evbuffer *b)
                         cl.master_host, cl.master_port,
                         cl.sentinels ? cl.master_name : "", cl.sentinels ? sentinel_last() : "",
                         cl.sentinels && sentinel_watching() ? "true" : "false",
-                        c->cluster.min_replicas_ack, c->cluster.name, cl.consumer,
+                        cl.set.min_replicas_ack, cl.set.name, cl.consumer,
                         cl.up ? "true" : "false", cl.up && cl.caught_up ? "true" : "false",
                         outstanding(), cl.claimed, cl.reconnects, cl.superseded,
                         cl.lost_updates, cl.cancels, cl.known[0], cl.known[1], cl.known[2],

@@ -78,6 +78,16 @@ int cluster_requeue_item(const struct item *item,
 uint64_t cluster_entry_key(const char *s, size_t len);
 /* Why the cluster cannot serve now. */
 const char *cluster_why(void);
+
+/* The cluster settings this process runs with (cluster.c's; static). */
+struct cluster_settings {
+    char name[65];                      /* cluster.name: 1..64 characters */
+    size_t sentinel_count;
+    uint64_t lease_ms;
+    uint32_t min_replicas_ack;
+    uint64_t replicas_ack_timeout_ms;
+};
+const struct cluster_settings *cluster_settings(void);
 /* {NAME}:items, {NAME}:finals, {NAME}:finals_bytes, {NAME}:work, the
  * prefix of the item hashes, {NAME}:item:, and {NAME}:latest */
 const char *cluster_key_items(void);

@@ -102,9 +102,9 @@ send_wait(void)
 {
     if (ack.waiting || ack.pending == 0)
         return;
-    const struct ds_config *c = gp.config;
-    ack.wait_n = c->cluster.min_replicas_ack ? c->cluster.min_replicas_ack : 1;
-    ack.wait_ms = c->cluster.replicas_ack_timeout_ms;
+    const struct cluster_settings *set = cluster_settings();
+    ack.wait_n = set->min_replicas_ack ? set->min_replicas_ack : 1;
+    ack.wait_ms = set->replicas_ack_timeout_ms;
     struct redis_args a;
     redis_args_init(&a, "WAIT");
     redis_args_u64(&a, ack.wait_n);
@@ -136,7 +136,7 @@ cluster_ack_start(struct event_base *base, void (*settled)(void))
 int
 cluster_ack_wanted(void)
 {
-    return gp.config->cluster.min_replicas_ack > 0;
+    return cluster_settings()->min_replicas_ack > 0;
 }
 
 void
@@ -181,8 +181,8 @@ cluster_ack_held(void)
 uint64_t
 cluster_ack_max_wait_ms(void)
 {
-    return gp.config->cluster.min_replicas_ack > 0 ? gp.config->cluster.replicas_ack_timeout_ms
-                                                    : 0;
+    const struct cluster_settings *set = cluster_settings();
+    return set->min_replicas_ack > 0 ? set->replicas_ack_timeout_ms : 0;
 }
 
 void

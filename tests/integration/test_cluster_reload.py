@@ -9,6 +9,7 @@ reload) uses the new setting.
 import os
 import re
 import signal
+import time
 
 import pytest
 
@@ -99,7 +100,7 @@ def test_reload_turning_cluster_on_applies_when_the_grpc_process_next_starts(red
 def test_reload_turning_cluster_off_or_renaming_it_applies_when_the_grpc_process_next_starts(
         redis, start_daemon, change):
     name = cluster_name()
-    d = start_daemon(cluster_config(redis, name, overrides=held()))
+    d = start_daemon(cluster_config(redis, name, lease="3s", overrides=held()))
     wait_serving(d)
     c = d.client()
     other = cluster_name()
@@ -109,7 +110,15 @@ def test_reload_turning_cluster_off_or_renaming_it_applies_when_the_grpc_process
     what = "turned off" if change == "off" else "redis or name changed"
     d.wait_log(re.escape(CHANGED.format(what=what, redis=redis.url, name=name)))
 
-    # Until the grpc process restarts, it stays with the old keys.
+    # Until the grpc process restarts, it stays with the old keys. Turned
+    # off, it keeps its lease too (the default, 10 s, is not taken; before,
+    # it was, and min_replicas_ack fell to 0); renamed, the new lease (1 s)
+    # applies at once, as a lease does. Its renewal says it again.
+    lease_keys = redis.command("KEYS", f"{{{name}}}:lease:*")
+    assert len(lease_keys) == 1, lease_keys
+    time.sleep(1.5)
+    want = b"3000" if change == "off" else b"1000"
+    assert redis.command("GET", lease_keys[0]) == want, redis.command("GET", lease_keys[0])
     submit_held(c, ["before-1", "before-2"])
     assert item_key(redis, name, "before-1") and item_key(redis, name, "before-2")
     assert work_len(redis, name) == 2

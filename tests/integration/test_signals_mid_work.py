@@ -23,15 +23,15 @@ import pytest
 from conftest import STARTED, SUCCEEDED, pid_alive, wait_for
 
 
-def busy_daemon(start_daemon, overrides=None, items=6):
-    """One worker, prefetch 1, a subscriber, ITEMS sleeps of 1 s submitted
+def busy_daemon(start_daemon, overrides=None, items=6, ms=1000):
+    """One worker, prefetch 1, a subscriber, ITEMS sleeps of MS ms submitted
     and the first one running."""
     d = start_daemon({"workers": {"count": 1, "prefetch": 1}, "shutdown_timeout": "30s",
                       **(overrides or {})})
     c = d.client()
     sub = c.subscribe(sync=True)
     ids = [f"s{i}" for i in range(items)]
-    assert c.submit([{"id": i, "kind": "sleep", "params": {"ms": "1000"}}
+    assert c.submit([{"id": i, "kind": "sleep", "params": {"ms": str(ms)}}
                      for i in ids]).accepted == items
     sub.wait_state(ids[0], STARTED, timeout=10)
     return d, sub, ids
@@ -66,7 +66,9 @@ def test_the_grpc_process_killed_during_a_graceful_stop(start_daemon, tmp_path, 
 def test_a_fast_stop_with_items_unfinished_says_what_becomes_of_them(start_daemon, tmp_path,
                                                                      journal):
     overrides = {"queue": {"journal": str(tmp_path / "journal")}} if journal else {}
-    d, sub, ids = busy_daemon(start_daemon, overrides)
+    # Sleeps far longer than the test: whenever the TERM is handled, none of
+    # them has finished, so the count is exact. The fast stop kills them.
+    d, sub, ids = busy_daemon(start_daemon, overrides, ms=20000)
     children = d.all_child_pids()
     status = d.stop(signal.SIGTERM, timeout=15)
     assert status == 0, f"exit status {status}; log:\n{d.log_tail()}"

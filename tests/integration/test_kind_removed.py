@@ -13,7 +13,8 @@ A kind removed from the config while items of it are live.
   that had it: each ends once, FAILED naming the kind and the instance
   (docs/scaling.md, "Configuration").
 
-Kind `slow` is the sleep builtin under another name.
+Kind `slow` is the sleep builtin under another name (in the reload test, a
+program that ends once the test releases it).
 """
 import re
 import signal
@@ -47,15 +48,22 @@ def went(updates, item_id):
 
 
 @pytest.mark.deadline(60)
-def test_reload_without_a_kind_fails_its_queued_items_once(start_daemon):
+def test_reload_without_a_kind_fails_its_queued_items_once(start_daemon, tmp_path):
     # prefetch 1: the old worker holds the item it runs and nothing else
     # (one it had prefetched would run there, under the old config).
     workers = {"workers": {"count": 1, "prefetch": 1}}
-    d = start_daemon({**workers, **handlers(WITH_SLOW)})
+    # Here `slow` is a program that ends (exit 0) once GATE exists: "run"
+    # holds the old worker until the queued ones have ended, however long
+    # the reload takes (had it ended first, the old worker would have run
+    # one of them under the old config).
+    gate = tmp_path / "release-run"
+    gated = {**WITH_SLOW, "slow": {"exec": ["/bin/sh", "-c",
+                                            f'while [ ! -e "{gate}" ]; do sleep 0.02; done']}}
+    d = start_daemon({**workers, **handlers(gated)})
     old_worker = d.worker_pids()[0]
     c = d.client()
     sub = c.subscribe(sync=True)
-    running = {"id": "run", "kind": "slow", "params": {"ms": "1500"}}
+    running = {"id": "run", "kind": "slow"}
     queued = slow_items("q", 5, 100)
     assert c.submit([running]).accepted == 1
     sub.wait_state("run", STARTED)
@@ -69,6 +77,9 @@ def test_reload_without_a_kind_fails_its_queued_items_once(start_daemon):
     d.wait_log(r"reloaded .*generation 2")
 
     ids = ["run"] + [it["id"] for it in queued]
+    sub.wait_final(ids[1:], timeout=15)
+    assert not finals_of(sub.snapshot(), "run"), went(sub.snapshot(), "run")
+    gate.touch()
     sub.wait_final(ids, timeout=15)
     # Anything late (a second final, a retry) would come before this probe.
     c.sync(sub)

@@ -863,6 +863,30 @@ def keep_ghost_renewing(redis, name, entry, seconds):
         time.sleep(0.2)
 
 
+class GhostRenewing:
+    """Ghost renews ENTRY (as keep_ghost_renewing does) every 0.2 s in a
+    thread of its own, from the start of the with block to its end."""
+
+    def __init__(self, redis, name, entry):
+        self.redis, self.name, self.entry = redis, name, entry
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="ghost", daemon=True)
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.redis.command("XCLAIM", f"{{{self.name}}}:work", "dosomethingd", "ghost", "0",
+                               self.entry, "JUSTID")
+            self.stop.wait(0.2)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
 def entries(redis, name):
     """[(entry id, holder, count)] of the pending work entries, oldest first."""
     p = redis.command("XPENDING", f"{{{name}}}:work", "dosomethingd", "-", "+", "10")
@@ -960,9 +984,10 @@ def test_a_copy_waiting_here_waits_the_rest_of_the_backoff_its_holder_announced(
 def test_a_copy_waiting_here_taken_over_is_left_to_its_new_holder(  # noqa: F811
         redis, start_daemon):
     """b runs one sleep item at a time (handlers.sleep.concurrency 1) and
-    is busy with one (3 s) while the item waits here, parked at the
-    kind's limit, when ghost takes its entry over and keeps renewing it
-    (5 s). b's next renewal finds the entry no longer its own and forgets
+    is busy with one (20 s, cancelled once b has forgotten the copy) while
+    the item waits here, parked at the kind's limit, when ghost takes its
+    entry over and keeps renewing it (until two leases after the busy item
+    ended). b's next renewal finds the entry no longer its own and forgets
     its copy: when the busy item ends, nothing runs it for nothing (before,
     it ran and its updates were dropped as superseded). Once ghost stops,
     b takes the entry over as any: RETRYING naming ghost, then SUCCEEDED
@@ -975,20 +1000,26 @@ def test_a_copy_waiting_here_taken_over_is_left_to_its_new_holder(  # noqa: F811
                                                          "concurrency": 1}}})
     sub = b.client().subscribe(sync=True, name="sub-b")
     busy, item_id = f"busy-{name}", f"left-{name}"
+    # The busy item holds the kind's one slot until cancelled below, once
+    # the copy is forgotten, however long that took.
     assert b.client().submit([{"id": busy, "kind": "sleep",
-                               "params": {"ms": "3000"}}]).accepted == 1
+                               "params": {"ms": "20000"}}]).accepted == 1
     sub.wait_state(busy, conftest.STARTED, timeout=10)
     assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "10"},
                                "max_attempts": 3}]).accepted == 1
     conftest.wait_for(lambda: len(entries(redis, name)) == 2, 5, "the item's entry read by b")
     entry = entries(redis, name)[1][0]
     ghost_claim(redis, name, entry)
-    keep_ghost_renewing(redis, name, entry, 1.5)
-    b.wait_log(r'item "left-.*", which another instance took over while it waited here, '
-               r'is left to it', timeout=5)
-    keep_ghost_renewing(redis, name, entry, 3.5)
-    sub.wait_final([busy], timeout=10)
-    assert cluster_status(status)["superseded"] == 0, cluster_status(status)
+    # ghost renews all along: an entry idle a lease could be claimed back
+    # by b (its copy adopted) before the line comes.
+    with GhostRenewing(redis, name, entry):
+        b.wait_log(r'item "left-.*", which another instance took over while it waited here, '
+                   r'is left to it', timeout=10)
+        assert b.client().cancel_items([busy], reason="done").cancelled == 1
+        sub.wait_final([busy], timeout=10)
+        # A copy still here would run now, while ghost holds the entry.
+        time.sleep(LEASE_S * 2)
+        assert cluster_status(status)["superseded"] == 0, cluster_status(status)
     final = sub.wait_final([item_id], timeout=20)[item_id]
     one_final(sub, item_id)
     ups = ups_of(sub, item_id)

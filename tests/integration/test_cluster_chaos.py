@@ -934,7 +934,8 @@ def test_a_copy_waiting_its_backoff_taken_over_and_back_runs_once(redis,  # noqa
 def test_a_copy_waiting_here_waits_the_rest_of_the_backoff_its_holder_announced(  # noqa: F811
         redis, start_daemon):
     """b runs one sleep item at a time (handlers.sleep.concurrency 1) and
-    is busy with one (3 s) when the item, a short sleep, is read and parked
+    is busy with one (20 s, cancelled once b has dealt with the entry) when
+    the item, a short sleep, is read and parked
     at the kind's limit; ghost takes its entry and (as an instance whose
     attempt asked for a retry does) writes when its next attempt is due
     into the item's hash, 5 s ahead, then stops renewing. b claims the
@@ -952,8 +953,11 @@ def test_a_copy_waiting_here_waits_the_rest_of_the_backoff_its_holder_announced(
                                                          "concurrency": 1}}})
     sub = b.client().subscribe(sync=True, name="sub-b")
     busy, item_id = f"busy-{name}", f"due-{name}"
+    # The busy item holds the kind's one slot until cancelled below, after
+    # the copy was forgotten or adopted, however long that took (had it
+    # ended first, the parked copy would have started at once, as attempt 1).
     assert b.client().submit([{"id": busy, "kind": "sleep",
-                               "params": {"ms": "3000"}}]).accepted == 1
+                               "params": {"ms": "20000"}}]).accepted == 1
     sub.wait_state(busy, conftest.STARTED, timeout=10)
     assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "10"},
                                "max_attempts": 3}]).accepted == 1
@@ -967,6 +971,7 @@ def test_a_copy_waiting_here_waits_the_rest_of_the_backoff_its_holder_announced(
     b.wait_log(r'item "due-.*", which (instance ghost stopped renewing, runs on here as '
                r'attempt 2|another instance took over while it waited here, is left to it)',
                timeout=10)
+    assert b.client().cancel_items([busy], reason="done").cancelled == 1
     final = sub.wait_final([busy, item_id], timeout=20)
     one_final(sub, item_id)
     ups = ups_of(sub, item_id)

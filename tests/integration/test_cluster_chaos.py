@@ -930,6 +930,30 @@ def test_a_copy_waiting_its_backoff_taken_over_and_back_runs_once(redis,  # noqa
     no_crash(b)
 
 
+def parked_copy(redis, start_daemon, name, prefix, overrides=None):
+    """Instance b, running one sleep item at a time (handlers.sleep
+    .concurrency 1), busy with one (20 s: the caller cancels it) while the
+    item PREFIX-NAME (a short sleep, max_attempts 3) waits here, parked at
+    the kind's limit, its entry read by b. Returns b, a subscriber, the
+    busy item's id, the item's id and its entry."""
+    b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=2,
+                       overrides=deep_merge({"workers": {"prefetch": 1},
+                                             "handlers": {"default": "echo",
+                                                          "echo": {"builtin": "echo"},
+                                                          "sleep": {"builtin": "sleep",
+                                                                    "concurrency": 1}}},
+                                            overrides))
+    sub = b.client().subscribe(sync=True, name="sub-b")
+    busy, item_id = f"busy-{name}", f"{prefix}-{name}"
+    assert b.client().submit([{"id": busy, "kind": "sleep",
+                               "params": {"ms": "20000"}}]).accepted == 1
+    sub.wait_state(busy, conftest.STARTED, timeout=10)
+    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "10"},
+                               "max_attempts": 3}]).accepted == 1
+    conftest.wait_for(lambda: len(entries(redis, name)) == 2, 5, "the item's entry read by b")
+    return b, sub, busy, item_id, entries(redis, name)[1][0]
+
+
 @pytest.mark.deadline(60)
 def test_a_copy_waiting_here_waits_the_rest_of_the_backoff_its_holder_announced(  # noqa: F811
         redis, start_daemon):
@@ -946,23 +970,11 @@ def test_a_copy_waiting_here_waits_the_rest_of_the_backoff_its_holder_announced(
     busy item ends (before, an adopted copy did: the rest of the backoff
     was skipped). One final, SUCCEEDED at 2, started after the due time."""
     name = cluster_name()
-    b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=2,
-                       overrides={"workers": {"prefetch": 1},
-                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
-                                               "sleep": {"builtin": "sleep",
-                                                         "concurrency": 1}}})
-    sub = b.client().subscribe(sync=True, name="sub-b")
-    busy, item_id = f"busy-{name}", f"due-{name}"
     # The busy item holds the kind's one slot until cancelled below, after
     # the copy was forgotten or adopted, however long that took (had it
     # ended first, the parked copy would have started at once, as attempt 1).
-    assert b.client().submit([{"id": busy, "kind": "sleep",
-                               "params": {"ms": "20000"}}]).accepted == 1
-    sub.wait_state(busy, conftest.STARTED, timeout=10)
-    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "10"},
-                               "max_attempts": 3}]).accepted == 1
-    conftest.wait_for(lambda: len(entries(redis, name)) == 2, 5, "the item's entry read by b")
-    ghost_claim(redis, name, entries(redis, name)[1][0])
+    b, sub, busy, item_id, entry = parked_copy(redis, start_daemon, name, "due")
+    ghost_claim(redis, name, entry)
     due_ms = int(time.time() * 1000) + 5000
     redis.command("HSET", f"{{{name}}}:item:{item_id}", "rd", str(due_ms))
     # b's renewal, finding the entry ghost's, forgets its copy (and its
@@ -998,22 +1010,10 @@ def test_a_copy_waiting_here_taken_over_is_left_to_its_new_holder(  # noqa: F811
     b takes the entry over as any: RETRYING naming ghost, then SUCCEEDED
     at attempt 3; one final; getItems agrees."""
     name, status = cluster_name(), f"127.0.0.1:{free_port()}"
-    b = start_instance(start_daemon, redis, name, "b", lease=LEASE, workers=2,
-                       overrides={"workers": {"prefetch": 1}, "status": {"listen": status},
-                                  "handlers": {"default": "echo", "echo": {"builtin": "echo"},
-                                               "sleep": {"builtin": "sleep",
-                                                         "concurrency": 1}}})
-    sub = b.client().subscribe(sync=True, name="sub-b")
-    busy, item_id = f"busy-{name}", f"left-{name}"
     # The busy item holds the kind's one slot until cancelled below, once
     # the copy is forgotten, however long that took.
-    assert b.client().submit([{"id": busy, "kind": "sleep",
-                               "params": {"ms": "20000"}}]).accepted == 1
-    sub.wait_state(busy, conftest.STARTED, timeout=10)
-    assert b.client().submit([{"id": item_id, "kind": "sleep", "params": {"ms": "10"},
-                               "max_attempts": 3}]).accepted == 1
-    conftest.wait_for(lambda: len(entries(redis, name)) == 2, 5, "the item's entry read by b")
-    entry = entries(redis, name)[1][0]
+    b, sub, busy, item_id, entry = parked_copy(redis, start_daemon, name, "left",
+                                               {"status": {"listen": status}})
     ghost_claim(redis, name, entry)
     # ghost renews all along: an entry idle a lease could be claimed back
     # by b (its copy adopted) before the line comes.

@@ -104,8 +104,19 @@ def test_user_nobody_rolls_segments_recovers_and_reopens_logs(monkeypatch, nobod
     journal = base / "lib" / "dosomething" / "journal"      # made by the daemon, parents too
     daemons = []
 
+    # The items a kill must find unfinished wait behind two of kind hold_X,
+    # which end (exit 0) once base/gate-X exists: made after the kill, so
+    # the next run finishes them at once. (Sleeps of 4 s, before, could end
+    # on a loaded machine before the kill, and the items behind them with
+    # them: the next run then had nothing to recover.)
+    def hold(gate):
+        return {"exec": ["/bin/sh", "-c", f'while [ ! -e "{base / gate}" ]; do sleep 0.02; done']}
+    handlers = {"default": "echo", "echo": {"builtin": "echo"}, "sleep": {"builtin": "sleep"},
+                "hold_root": hold("gate-root"), "hold_nobody": hold("gate-nobody")}
+
     def start(name, user):
         config = {"workers": {"count": 2}, "queue": {"journal": str(journal)},
+                  "handlers": handlers,
                   "log": {"access": str(logs / f"{name}-access.log")}}
         if user:
             config["user"] = "nobody"
@@ -118,16 +129,17 @@ def test_user_nobody_rolls_segments_recovers_and_reopens_logs(monkeypatch, nobod
         # A run as root, killed with items left: its instance is root's.
         d1 = start("root", user=False)
         w1 = Watcher(d1.client())
-        reply = d1.client().submit([{"id": f"r-long-{i}", "kind": "sleep",
-                                     "params": {"ms": "4000"}} for i in range(2)])
+        reply = d1.client().submit([{"id": f"r-long-{i}", "kind": "hold_root"}
+                                    for i in range(2)])
         assert reply.accepted == 2
         w1.wait(lambda: all(w1.has_state(f"r-long-{i}", STARTED) for i in range(2)), 10,
-                "both sleeps started")
+                "both holds started")
         first = echo_items("root", 20)
         assert d1.client().submit(first).accepted == 20
         w1.wait(lambda: all(w1.has_state(i["id"], QUEUED) for i in first), 10, "QUEUED")
         w1.stop()
         kill_everything(d1)
+        (base / "gate-root").touch()
 
         d2 = start("nobody", user=True)
         grpc_pid = d2.grpc_pid()
@@ -190,16 +202,16 @@ def test_user_nobody_rolls_segments_recovers_and_reopens_logs(monkeypatch, nobod
         assert "failed" not in log_path.read_text(), log_path.read_text()
 
         # Killed with items left; the next run (nobody again) recovers them.
-        reply = c2.submit([{"id": f"n-long-{i}", "kind": "sleep", "params": {"ms": "4000"}}
-                           for i in range(2)])
+        reply = c2.submit([{"id": f"n-long-{i}", "kind": "hold_nobody"} for i in range(2)])
         assert reply.accepted == 2
         w2.wait(lambda: all(w2.has_state(f"n-long-{i}", STARTED) for i in range(2)), 10,
-                "both sleeps started")
+                "both holds started")
         second = echo_items("nobody", 20)
         assert c2.submit(second).accepted == 20
         w2.wait(lambda: all(w2.has_state(i["id"], QUEUED) for i in second), 10, "QUEUED")
         w2.stop()
         kill_everything(d2)
+        (base / "gate-nobody").touch()
 
         d3 = start("again", user=True)
         d3.wait_log(r"journal: took over \S+ of grpc process \d+: \d+ items queued again")

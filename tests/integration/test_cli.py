@@ -569,3 +569,22 @@ def test_help_names_only_options_the_manual_documents(command):
 def test_version():
     r = run("--version")
     assert r.returncode == EXIT_OK and re.fullmatch(r"dosomething \d+\.\d+\.\d+\n", r.stdout)
+
+
+def test_a_message_quoting_what_the_user_typed_shows_control_bytes_escaped():
+    """An option's value goes into the usage error: its control characters
+    (an ESC that would clear the screen) and the bytes that are not UTF-8
+    (or a character a "%.32s" cut in half) reach the terminal as \\xHH; what
+    is valid UTF-8 stays as it is."""
+    value = os.fsencode("X\x1b[2Jq") + b"\xc3"
+    r = subprocess.run([CLI, "watch", "--state", value], capture_output=True, timeout=30)
+    assert r.returncode == EXIT_USAGE, r
+    assert b"\x1b" not in r.stderr and b"\xc3" not in r.stderr, r.stderr
+    assert b'not "X\\x1b[2Jq\\xc3"' in r.stderr, r.stderr
+    r = subprocess.run([CLI, "submit", "--delay", "caf\u00e9\x01".encode()],
+                       capture_output=True, timeout=30)
+    assert r.returncode == EXIT_USAGE, r
+    assert 'got "caf\u00e9\\x01"'.encode() in r.stderr, r.stderr
+    r = subprocess.run([CLI, "submit", "--delay", b"\xc2\x9b2J"], capture_output=True,
+                       timeout=30)             # C1 CSI
+    assert b'got "\\xc2\\x9b2J"' in r.stderr, r.stderr

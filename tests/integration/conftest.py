@@ -894,9 +894,12 @@ class Client:
 
     # ---- getItems, cancel, retry ------------------------------------------
 
-    def get_items(self, ids=(), timeout=10, **kw):
-        """getItems by IDS (and/or the filter in KW: states, batches, wait...)."""
-        return self.stub.getItems(pb.ItemsRequest(item_ids=list(ids), **kw), timeout=timeout)
+    def get_items(self, ids=(), timeout=10, wait_for_ready=False, **kw):
+        """getItems by IDS (and/or the filter in KW: states, batches, wait...).
+        wait_for_ready: wait (up to timeout) for a channel still backing off
+        from a process that was killed, instead of failing UNAVAILABLE."""
+        return self.stub.getItems(pb.ItemsRequest(item_ids=list(ids), **kw), timeout=timeout,
+                                  wait_for_ready=wait_for_ready)
 
     def cancel_items(self, ids=(), timeout=10, **kw):
         return self.stub.cancel(pb.CancelRequest(item_ids=list(ids), **kw), timeout=timeout)

@@ -69,7 +69,7 @@ def test_a_call_cut_off_from_redis_says_what_was_accepted_and_a_resend_runs_each
     killer.start()
     c = a.client()
     try:
-        reply = c.stub.doSomething(stream(), timeout=30)
+        reply = c.submit(stream(), timeout=30)
         raise AssertionError(f"the call ended OK, not UNAVAILABLE (the kill came "
                              f"{'before' if killed.is_set() else 'after'} its end): {reply}")
     except grpc.RpcError as e:

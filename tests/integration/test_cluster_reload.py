@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import SUCCEEDED, pb, wait_for
+from conftest import SUCCEEDED, wait_for
 from test_cluster import (cluster_config, cluster_name, redis, wait_serving,  # noqa: F401
                           work_len)
 
@@ -88,8 +88,7 @@ def test_reload_turning_cluster_on_applies_when_the_grpc_process_next_starts(red
     wait_serving(d)
     d.wait_log(uses(redis, name))
     # The memory queue died with its process; what comes now is in Redis.
-    assert c.stub.getItems(pb.ItemsRequest(item_ids=["mem-1"]), timeout=10,
-                           wait_for_ready=True).not_found == ["mem-1"]
+    assert c.get_items(["mem-1"], wait_for_ready=True).not_found == ["mem-1"]
     submit_held(c, ["redis-1", "redis-2"])
     assert item_key(redis, name, "redis-1") and item_key(redis, name, "redis-2")
     assert work_len(redis, name) == 2

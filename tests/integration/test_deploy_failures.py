@@ -263,8 +263,7 @@ def test_usr2_handover_cut_by_a_killed_grpc_process_loses_nothing(start_daemon, 
             states, missing = {}, []
             every = ids + ["long"]
             for n in range(0, len(every), 1000):
-                reply = c.stub.getItems(conftest.pb.ItemsRequest(item_ids=every[n:n + 1000]),
-                                        timeout=10, wait_for_ready=True)
+                reply = c.get_items(every[n:n + 1000], wait_for_ready=True)
                 states.update((it.id, it.state) for it in reply.items)
                 missing += list(reply.not_found)
             return states, missing

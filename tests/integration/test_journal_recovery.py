@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUEUED, STARTED, SUCCEEDED, pb, wait_for
+from conftest import QUEUED, STARTED, SUCCEEDED, wait_for
 from test_journal import (Watcher, assert_recovered_once, echo_items,
                           journal_config, kill_everything, segments)
 
@@ -43,9 +43,7 @@ def kill_grpc(d):
 
 def not_found(client, ids):
     # wait_for_ready: the channel may still be backing off from the killed process.
-    reply = client.stub.getItems(pb.ItemsRequest(item_ids=list(ids)), timeout=10,
-                                 wait_for_ready=True)
-    return set(reply.not_found)
+    return set(client.get_items(ids, wait_for_ready=True).not_found)
 
 
 # --------------------------------------------------------------------------

@@ -47,6 +47,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <grpc/byte_buffer.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
@@ -155,9 +156,11 @@ struct unimplemented_call {
     grpc_slice details;
 };
 
-/* A call its listener does not serve, answered PERMISSION_DENIED (in the
- * access log under the method's name). */
-struct denied_call {
+/* A call answered at once with an error: one its listener does not serve
+ * (PERMISSION_DENIED), or whose request is over grpc.max_message_size
+ * (RESOURCE_EXHAUSTED). In the access log under the method's name. Freed
+ * by refused_destroy() with its last reference. */
+struct refused_call {
     struct call base;
     grpc_slice details;
 };
@@ -233,26 +236,44 @@ answer_unimplemented(grpc_call *call, const grpc_call_details *details)
 }
 
 static void
-denied_destroy(struct call *call)
+refused_destroy(struct call *call)
 {
-    struct denied_call *d = CALL_OF(call, struct denied_call, base);
+    struct refused_call *d = CALL_OF(call, struct refused_call, base);
     grpc_slice_unref(d->details);
     free(d);
 }
 
-/* One kind per DS_METHOD_*, for the access log's method name. */
-static struct call_kind denied_kinds[DS_METHOD_COUNT];
+/* One kind per DS_METHOD_*, for the access log's method name; the methods
+ * served everywhere (health) are not logged. */
+static struct call_kind refused_kinds[DS_METHOD_COUNT + 1];
+
+static void
+answer_refused(grpc_call *call, int method, grpc_status_code status, const char *text)
+{
+    unsigned index = DS_METHOD_COUNT;
+    if (methods[method].bit != 0)
+        index = (unsigned)__builtin_ctz(methods[method].bit);
+    if (refused_kinds[index].destroy == NULL) {
+        refused_kinds[index].method = index < DS_METHOD_COUNT ? config_method_name(index) : NULL;
+        refused_kinds[index].destroy = refused_destroy;
+    }
+    struct refused_call *d = ds_calloc(1, sizeof *d);
+    call_init(&d->base, call, &refused_kinds[index]);
+    d->details = grpc_slice_from_copied_string(text);
+    d->base.status = status;
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[1].data.send_status_from_server.status = status;
+    ops[1].data.send_status_from_server.status_details = &d->details;
+    call_batch(&d->base, ops, 2, NULL);
+}
 
 static void
 answer_denied(grpc_call *call, const struct endpoint *e, int method)
 {
     unsigned index = (unsigned)__builtin_ctz(methods[method].bit);
-    if (denied_kinds[index].destroy == NULL) {
-        denied_kinds[index].method = config_method_name(index);
-        denied_kinds[index].destroy = denied_destroy;
-    }
-    struct denied_call *d = ds_calloc(1, sizeof *d);
-    call_init(&d->base, call, &denied_kinds[index]);
     char served[128] = "", text[800];
     size_t used = 0;
     for (unsigned i = 0; i < DS_METHOD_COUNT; i++)
@@ -261,15 +282,23 @@ answer_denied(grpc_call *call, const struct endpoint *e, int method)
                                      "%s%s", used ? ", " : "", config_method_name(i));
     snprintf(text, sizeof text, "method %s is not served on listener %s (it serves %s)",
              config_method_name(index), e->listen, served);
-    d->details = grpc_slice_from_copied_string(text);
-    d->base.status = GRPC_STATUS_PERMISSION_DENIED;
-    grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[1].data.send_status_from_server.status = GRPC_STATUS_PERMISSION_DENIED;
-    ops[1].data.send_status_from_server.status_details = &d->details;
-    call_batch(&d->base, ops, 2, NULL);
+    answer_refused(call, method, GRPC_STATUS_PERMISSION_DENIED, text);
+}
+
+/* A request (the one message of a call that has one) over
+ * grpc.max_message_size: gRPC read it (receive_limit()), we refuse it. */
+static int
+answer_if_too_large(grpc_call *call, int method, grpc_byte_buffer *payload)
+{
+    size_t len = payload != NULL ? grpc_byte_buffer_length(payload) : 0;
+    uint64_t max = gp.config->grpc.max_message_size;
+    if (len <= max)
+        return 0;
+    char text[200];
+    snprintf(text, sizeof text, "the request is %zu bytes, over grpc.max_message_size (%llu)",
+             len, (unsigned long long)max);
+    answer_refused(call, method, GRPC_STATUS_RESOURCE_EXHAUSTED, text);
+    return 1;
 }
 
 static void
@@ -319,6 +348,8 @@ on_request(struct tag *tag, int ok)
             answer_unimplemented(r->call, &r->details);
         } else if (methods[r->method].bit != 0 && !(e->methods & methods[r->method].bit)) {
             answer_denied(r->call, e, r->method);   /* the payload is freed below */
+        } else if (answer_if_too_large(r->call, r->method, r->payload)) {
+            ;                                       /* the payload is freed below */
         } else if (methods[r->method].start_with_metadata != NULL) {
             methods[r->method].start_with_metadata(r->call, &r->metadata);
         } else {
@@ -565,6 +596,18 @@ unix_paths_set_owner_mode(const struct ds_config *config, uid_t uid, gid_t gid,
     return 0;
 }
 
+/* What gRPC reads of one message before it ends the call itself
+ * (RESOURCE_EXHAUSTED, the client not told which items were accepted):
+ * twice grpc.max_message_size, and at least 1 MiB more. A message between
+ * the two is read and answered by us: an item gets a Rejection naming the
+ * sizes (submit.c), a request RESOURCE_EXHAUSTED (answer_if_too_large()). */
+static int64_t
+receive_limit(uint64_t max)
+{
+    uint64_t limit = max * 2 > max + (1u << 20) ? max * 2 : max + (1u << 20);
+    return limit > INT_MAX ? INT_MAX : (int64_t)limit;
+}
+
 static grpc_arg
 int_arg(const char *key, int64_t value)
 {
@@ -581,7 +624,8 @@ server_create(int fatal_errors)
     const struct ds_config *config = gp.config;
     grpc_arg args[16];
     size_t nargs = 0;
-    args[nargs++] = int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, config->grpc.max_message_size);
+    args[nargs++] = int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                             receive_limit(config->grpc.max_message_size));
     args[nargs++] = int_arg(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, -1);
     args[nargs++] = int_arg(GRPC_ARG_MAX_CONCURRENT_STREAMS, config->grpc.max_concurrent_streams);
     /* A connection past its age gets a GOAWAY: its calls go on (up to the

@@ -359,7 +359,11 @@ take_item(struct submit_call *c, grpc_slice raw)
     char reason[512];
     reason[0] = '\0';
     const char *bad_field = invalid_utf8_field(msg);
-    if (bad_field != NULL)
+    if (GRPC_SLICE_LENGTH(raw) > config->grpc.max_message_size)
+        snprintf(reason, sizeof reason, "item is %zu bytes, over grpc.max_message_size (%llu)",
+                 (size_t)GRPC_SLICE_LENGTH(raw),
+                 (unsigned long long)config->grpc.max_message_size);
+    else if (bad_field != NULL)
         snprintf(reason, sizeof reason, "%s is not valid UTF-8", bad_field);
     else if (handler == NULL)
         snprintf(reason, sizeof reason, "unknown kind \"%.*s\"",

@@ -484,13 +484,14 @@ def test_garbage_does_not_kill_the_server(daemon):
     assert daemon.grpc_pid() == grpc_pid, "the grpc process died and was respawned"
 
 
-def test_oversized_message_is_resource_exhausted(start_daemon):
+def test_oversized_item_is_rejected(start_daemon):
+    """Over grpc.max_message_size: a Rejection, the call goes on
+    (test_message_size.py has the limits in every mode)."""
     d = start_daemon({"grpc": {"max_message_size": "64KiB"}})
     client = d.client()
-    with pytest.raises(grpc.RpcError) as e:
-        client.submit([{"id": "big", "payload": b"x" * (100 * 1024)}], timeout=10)
-    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, \
-        f"{e.value.code()}: {e.value.details()}"
+    reply = client.submit([{"id": "big", "payload": b"x" * (100 * 1024)}], timeout=10)
+    assert (reply.accepted, reply.rejected) == (0, 1), reply
+    assert "over grpc.max_message_size (65536)" in reply.rejections[0].reason, reply
     reply, sub = client.run_items([{"id": "fits", "payload": b"y" * (32 * 1024)}])
     assert sub.final["fits"].result == b"y" * (32 * 1024)
 

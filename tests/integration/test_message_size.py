@@ -12,7 +12,7 @@ before the store).
 import grpc
 import pytest
 
-from conftest import HEALTH_CHECK, SUCCEEDED, pb, state_name
+from conftest import HEALTH_CHECK, SUCCEEDED, pb, pb_grpc, state_name
 from test_cluster import cluster_config, redis, wait_serving  # noqa: F401
 
 MAX = 64 * 1024
@@ -138,3 +138,25 @@ def test_subscribe_and_health_requests_over_the_limit(start_daemon):
         check(b"\x0a" + varint(len(name)) + name, timeout=10)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
     assert c.health() == b"\x08\x01"       # SERVING
+
+
+def test_compressed_items_are_judged_by_their_size_decompressed(start_daemon):
+    """A gzip-compressed message is a few hundred bytes on the wire; the
+    limit is on what it decompresses to (a small compressed message must not
+    slip a large item in)."""
+    d = start_daemon({"grpc": {"max_message_size": f"{MAX // 1024}KiB"}})
+    channel = grpc.insecure_channel(d.address, compression=grpc.Compression.Gzip)
+    try:
+        stub = pb_grpc.DoSomethingServiceStub(channel)
+        items = [item_of_size("fits", MAX), item_of_size("inflates-over", MAX + 1),
+                 item_of_size("inflates-far", GRPC_READS - 64)]
+        reply = stub.doSomething(iter(items), timeout=30)
+        assert (reply.accepted, reply.rejected) == (1, 2), reply
+        assert [r.index for r in reply.rejections] == [1, 2], reply
+        assert reply.rejections[0].reason == \
+            f"item is {MAX + 1} bytes, over grpc.max_message_size ({MAX})", reply
+        with pytest.raises(grpc.RpcError) as e:
+            stub.doSomething(iter([item_of_size("bomb", GRPC_READS + 1)]), timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+    finally:
+        channel.close()

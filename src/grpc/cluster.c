@@ -40,7 +40,11 @@
 #include "grpc/cluster.h"
 #include "grpc/cluster_ack.h"
 #include "grpc/cluster_items.h"
+#include "grpc/cluster_read.h"
 #include "grpc/cluster_scripts.h"
+#include "grpc/cluster_state.h"
+#include "grpc/cluster_take.h"
+#include "grpc/cluster_write.h"
 #include "grpc/grpc_process.h"
 #include "grpc/health.h"
 #include "grpc/submit.h"
@@ -56,11 +60,6 @@
 
 #define CONNECT_TIMEOUT_MS  3000    /* for the three connections and the setup */
 #define RESOLVE_TIMEOUT_MS  5000    /* finding the master: a DNS lookup (on top of the sentinels) */
-#define PING_EVERY_MS       1000
-#define PING_TIMEOUT_MS     3000    /* no answer: the session is dropped */
-#define BACKOFF_MIN_MS      100
-#define BACKOFF_MAX_MS      5000
-#define BLOCK_MS            "1000"  /* XREAD(GROUP) BLOCK: an idle round trip a second */
 #define READ_COUNT          100     /* entries per XREAD (an entry: up to 512 updates) */
 #define PULL_MAX            1000    /* items per XREADGROUP */
 #define CLAIM_COUNT         100     /* entries per claim pass */
@@ -82,23 +81,12 @@
  * update this instance did not see (read before it started, trimmed) is
  * still moved on in time, give or take this. */
 #define DUE_POLL_MS         1000
-/* The entries of {NAME}:pwork have IDs 1-N: an item's key is N with this
- * bit set, so that keys stay unique across the two streams. */
-#define PWORK_BIT           (UINT64_C(1) << 63)
-#define CONTROL_REASON_MAX  1024    /* bytes of a cancel's reason (cancel.c's bound) */
 /* A retry's due time taken over from another instance is at most this far
  * ahead: the longest queue.retry_backoff.max. */
 #define RETRY_DUE_MAX_MS    (UINT64_C(24) * 3600 * 1000)
 /* {NAME}:want_started lives this long unless the instance with a
  * subscriber that wants STARTED renews it (every PING_EVERY_MS). */
 #define WANT_TTL_MS         5000
-
-struct conn {
-    redisAsyncContext *ac;      /* NULL once hiredis freed it, or before connecting */
-    const char *name;
-    int connected;
-    struct reply_pool replies;  /* its replies are built in it (kept across sessions) */
-};
 
 /* A script in flight for an item: the store's acceptance, or the item
  * and the state of its final update. Freed by the reply's callback (a
@@ -110,105 +98,8 @@ struct item_op {
     struct item_op *prev, *next;    /* final, retry: in cl.ending */
 };
 
-static struct {
-    int enabled;
-    int shutting_down;
-    char consumer[160];
-    /* The settings this process runs with, from its start: a reload
-     * changes lease, min_replicas_ack and replicas_ack_timeout at once and
-     * the rest at the next start; one that turns cluster: off changes none
-     * (its defaults would have shortened the lease, dropped the WAIT). */
-    struct cluster_settings set;
-    char key_work[96], key_updates[96], key_seq[96], key_origin[96];
-    char key_items[96], key_finals[96], key_finals_bytes[96], key_item_prefix[96];
-    char key_control[96], key_want_started[96], key_layout[96], key_seq_jump[96];
-    char key_lease_prefix[96], key_lease[256];   /* {NAME}:lease:, and ours */
-    char key_pwork[96], key_delayed[96], key_prio[96], key_latest[96];
-    char control_last[48];      /* the last {NAME}:control entry read */
-    uint64_t floor_start;       /* updates_last_seq() when we started */
-    char floor[24];             /* the seq counter starts no lower than this: floor_arg() */
-    struct conn cmd, work, upd;
-    /* The master: cluster.redis's host, or what the sentinels named. */
-    int sentinels;              /* cluster.redis is sentinel://: sentinel.c finds it */
-    char master_name[128];
-    char master_host[256];
-    int master_port;
-    char address[64];           /* master_host resolved: what hiredis connects to */
-    struct resolve_request *resolving;
-    int up;                     /* connected and set up */
-    int failing;                /* the session is being dropped */
-    int caught_up;              /* the update stream was read to its end */
-    int setup_pending;
-    char sha[SCRIPT_COUNT][48];
-    struct event *reset_event, *retry_timer, *setup_timer, *ping_timer;
-    struct event *renew_timer, *claim_timer, *poll_timer;
-    struct event *due_timer;
-    struct event *pull_timer;   /* a failed pull script is tried again */
-    int64_t due_at_ms;          /* the due timer is armed for then (unix ms); 0: not armed */
-    int due_running;
-    uint64_t backoff_ms;
-    /* the update stream */
-    int reading;
-    uint64_t last_seq;          /* delivered; 0: none yet */
-    uint64_t origin;
-    uint64_t seq_reported;      /* to the master */
-    /* the work stream */
-    int pulling;                /* an XREADGROUP (work) or a pull script (cmd) is out */
-    int pull_blocked;           /* it is the XREADGROUP */
-    int prio_waiting;           /* prioritized items may wait in their lanes: pull by script */
-    int pull_paused;            /* a pull script failed: none until pull_timer (XREADGROUP goes on) */
-    uint64_t wakes;             /* prio_wake() calls: one during a pull script keeps it set */
-    uint64_t wakes_at_pull;     /* ... as the pull script in flight was sent */
-    int unblocking;             /* a CLIENT UNBLOCK for the XREADGROUP is out */
-    long long work_client_id;   /* of the work connection, for CLIENT UNBLOCK */
-    uint32_t pull_unit;         /* weight of the items lately taken */
-    uint32_t pull_count;        /* the COUNT of the XREADGROUP in flight */
-    int pull_backlog;           /* the last XREADGROUP got all it asked for: more wait */
-    int claiming;
-    int polling;
-    uint64_t xlen;              /* items not final, cluster-wide, as last seen */
-    uint64_t accepts_sent, accepts_at_poll;
-    /* the accepts of this turn of the loop, sent by flush_accepts() */
-    struct acceptance *accepts;
-    size_t accepts_n, accepts_cap;
-    int accepts_ahead;          /* accept scripts in flight */
-    uint64_t accept_batches;    /* accept scripts sent, for /status */
-    struct redis_cmd batch_cmd; /* reused for every batch script */
-    /* the finals and retries sent and not answered (ending_op()) */
-    struct item_op *ending;
-    /* the updates of this turn of the loop (send_update(), flush_updates()) */
-    struct redis_cmd ucmd;
-    struct update_cb *ucbs;
-    size_t ucbs_n, ucbs_cap;
-    struct update_cb *unsent;   /* never sent: told from the loop */
-    size_t unsent_n;
-    uint64_t update_batches;
-    struct event *flush_event;
-    int was_busy;               /* inflight reached INFLIGHT_MAX: see cluster_busy() */
-    uint64_t busy_spells;       /* times it did, for /status */
-    /* a drain waits for these */
-    uint64_t inflight;
-    uint64_t max_published_seq;
-    /* for /status and the log */
-    uint64_t ping_sent_ms;
-    int ping_outstanding;
-    uint64_t reconnects, claimed, lost_updates, superseded, sessions;
-    uint64_t started_folded;    /* STARTED of quick items not sent on their own */
-    uint64_t cancels;           /* cancel requests for items held here */
-    uint64_t known[3];          /* items known, finals retained, their bytes: as last polled */
-    char last_error[256];
-    char why[400];
-} cl;
-
-static void session_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void read_updates(void);
-static void check_done(void);
-static void cluster_pull(void);
-static void apply_pending_cancel(uint64_t key);
-static void arm_due(int64_t due_ms);
-static void remember_cancel(uint64_t key, const char *reason);
-static void cluster_backpressure_check(void);
-static void fail_accepts(void);
+/* The session's state, shared by the cluster files (cluster_state.h). */
+struct cluster_state cl;
 
 /* "redis HOST:PORT", or "redis master NAME at HOST:PORT" (found through the
  * sentinels; "redis master NAME" before they named one): for messages. */
@@ -228,15 +119,15 @@ where(void)
 
 /* An error reply saying the node is a replica now (a failover demoted
  * it): the session goes, to find the master again. 1 if R is one. */
-static int
-demoted(const redisReply *r)
+int
+cluster_demoted(const redisReply *r)
 {
     if (r == NULL || !(r->type == REDIS_REPLY_ERROR && strncmp(r->str, "READONLY", 8) == 0))
         return 0;
     if (cl.sentinels)
         sentinel_distrust();
-    session_fail("it refused a write: it is a replica now (%.120s); finding the master again",
-                 r->str);
+    cluster_session_fail("it refused a write: it is a replica now (%.120s); finding the master "
+                         "again", r->str);
     return 1;
 }
 
@@ -244,14 +135,14 @@ demoted(const redisReply *r)
 
 /* Send A on CONN. -1: it cannot take commands (the session is down or
  * going), or A overflowed (logged): the callback will not run. */
-static int
-command(struct conn *conn, redisCallbackFn *fn, void *arg, struct redis_args *a)
+int
+cluster_command(struct conn *conn, redisCallbackFn *fn, void *arg, struct redis_args *a)
 {
     if (!cl.up || cl.failing || conn->ac == NULL)
         return -1;
     if (redis_args_send(a, conn->ac, fn, arg) == -1) {
         if (!a->overflow)
-            session_fail("%s connection: cannot send a command", conn->name);
+            cluster_session_fail("%s connection: cannot send a command", conn->name);
         return -1;
     }
     return 0;
@@ -271,15 +162,15 @@ stream_entries(const redisReply *r)
     return stream->element[1];
 }
 
-static int
-is_error(const redisReply *r, const char *prefix)
+int
+cluster_is_error(const redisReply *r, const char *prefix)
 {
     return r->type == REDIS_REPLY_ERROR && strncmp(r->str, prefix, strlen(prefix)) == 0;
 }
 
 /* The "N" of a stream ID "0-N", or 0 if it is not one. */
-static uint64_t
-id_number(const char *s, size_t len)
+uint64_t
+cluster_id_number(const char *s, size_t len)
 {
     if (len < 3 || len > 22 || s[0] != '0' || s[1] != '-')
         return 0;
@@ -302,25 +193,25 @@ cluster_entry_key(const char *s, size_t len)
             return 0;
         memcpy(buf, s, len);
         buf[0] = '0';
-        uint64_t n = id_number(buf, len);
+        uint64_t n = cluster_id_number(buf, len);
         if (n == 0 && !(len == 3 && s[2] == '0'))
             return 0;
         return n & PWORK_BIT ? 0 : n | PWORK_BIT;
     }
-    uint64_t n = id_number(s, len);
+    uint64_t n = cluster_id_number(s, len);
     return n & PWORK_BIT ? 0 : n;
 }
 
 /* The stream that holds the entry of KEY. */
-static const char *
-stream_of(uint64_t key)
+const char *
+cluster_stream_of(uint64_t key)
 {
     return key & PWORK_BIT ? cl.key_pwork : cl.key_work;
 }
 
 /* The entry ID of KEY. */
-static void
-entry_arg(struct redis_args *a, uint64_t key)
+void
+cluster_entry_arg(struct redis_args *a, uint64_t key)
 {
     redis_args_stream_id(a, key & PWORK_BIT ? 1 : 0, key & ~PWORK_BIT);
 }
@@ -331,8 +222,8 @@ entry_arg(struct redis_args *a, uint64_t key)
  * wall clock in microseconds, as the master does for a fresh start, so that
  * no instance of the cluster sees seq go back whichever reconnects first.
  */
-static const char *
-floor_arg(void)
+const char *
+cluster_floor_arg(void)
 {
     uint64_t floor = clock_wall_ns() / 1000;
     if (cl.floor_start > floor)
@@ -350,7 +241,7 @@ inflight_done(void)
 {
     cl.inflight--;
     cluster_backpressure_check();
-    check_done();
+    cluster_check_done();
 }
 
 /* ---- publishing ---------------------------------------------------------- */
@@ -360,8 +251,8 @@ inflight_done(void)
  * does not parse). A walk over the top-level fields, cheaper than decoding
  * the message.
  */
-static int32_t
-raw_priority(const struct item *item)
+int32_t
+cluster_raw_priority(const struct item *item)
 {
     const uint8_t *p = item->raw, *end = item->raw + item->raw_len;
     while (p < end) {
@@ -410,10 +301,10 @@ raw_priority(const struct item *item)
 
 /* The same as a decimal in BUF (16 bytes), or "" for 0: the scripts' form
  * (the hash's p, the lane's name). */
-static const char *
-priority_arg(const struct item *item, char *buf)
+const char *
+cluster_priority_arg(const struct item *item, char *buf)
 {
-    int32_t p = raw_priority(item);
+    int32_t p = cluster_raw_priority(item);
     buf[0] = '\0';
     if (p != 0)
         snprintf(buf, 16, "%d", (int)p);
@@ -443,7 +334,7 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
     redis_args_init(a, "EVALSHA");
     redis_args_str(a, cl.sha[script]);
     redis_args_str(a, script == SCRIPT_CANCEL ? "11" : script == SCRIPT_RETRY ? "10" : "8");
-    redis_args_str(a, script == SCRIPT_RETRY ? cl.key_work : stream_of(item->key));
+    redis_args_str(a, script == SCRIPT_RETRY ? cl.key_work : cluster_stream_of(item->key));
     redis_args_str(a, cl.key_updates);
     redis_args_str(a, cl.key_seq);
     redis_args_str(a, cl.key_origin);
@@ -459,7 +350,7 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
         redis_args_str(a, cl.key_prio);
     if (script == SCRIPT_RETRY)
         redis_args_str(a, cl.key_latest);
-    redis_args_str(a, floor_arg());
+    redis_args_str(a, cluster_floor_arg());
     redis_args_u64(a, gp.config->updates.history);
     redis_args_mem(a, encoded, encoded_len);
     redis_args_str(a, item->id);
@@ -470,8 +361,8 @@ publish_args(struct redis_args *a, enum script script, const struct item *item,
 
 /* The retention's arguments (LUA_TRIM): now, age, count, bytes, prefix,
  * {NAME}:latest. */
-static void
-retention_args(struct redis_args *a)
+void
+cluster_retention_args(struct redis_args *a)
 {
     const struct ds_config *c = gp.config;
     redis_args_u64(a, clock_wall_ns() / 1000000);
@@ -484,16 +375,12 @@ retention_args(struct redis_args *a)
 
 /*
  * The updates of one turn of the loop go to Redis in one script
- * (script_update): send_update() adds one to cl.ucmd and its callback to
- * cl.ucbs, flush_updates() sends them (from the same flush as the
+ * (script_update): cluster_send_update() adds one to cl.ucmd and its callback to
+ * cl.ucbs, cluster_flush_updates() sends them (from the same flush as the
  * accepts, or at once when UPDATE_BATCH_MAX gathered), and each callback
  * hears its own element of the reply, as it would the reply of a script
- * of its own.
+ * of its own. (struct update_cb is in cluster_state.h: cl holds them.)
  */
-struct update_cb {
-    redisCallbackFn *fn;
-    void *arg;
-};
 
 /* A batch of updates in flight: owned by its callback, which frees it. */
 struct update_batch {
@@ -507,11 +394,11 @@ struct update_batch {
  * items it could not move on (LUA_BAD_ENTRY_FN: HEAD "cannot run", TAIL
  * where it was taken out of), named once since they left it, their hash
  * left as it was, for a cancel or a repair; and item keys that are no hash
- * (LUA_TRIM's hash_call(): log_bad_counts()), named each time they are
+ * (LUA_TRIM's hash_call(): cluster_log_bad_counts()), named each time they are
  * met (rarely: an update of their item, its trim).
  */
-static void
-log_bad_items(const redisReply *bad, const char *head, const char *tail)
+void
+cluster_log_bad_items(const redisReply *bad, const char *head, const char *tail)
 {
     if (bad->type != REDIS_REPLY_ARRAY)
         return;
@@ -527,11 +414,11 @@ log_bad_items(const redisReply *bad, const char *head, const char *tail)
 /* LUA_TRIM's bad (the item keys that are no hash) and bytes_bad (nil, or
  * what {NAME}:finals_bytes held that was no integer), from the update
  * and trim scripts. */
-static void
-log_bad_counts(const redisReply *bad, const redisReply *bytes_bad)
+void
+cluster_log_bad_counts(const redisReply *bad, const redisReply *bytes_bad)
 {
-    log_bad_items(bad, "is no item hash", "; its item's updates are written without it "
-                  "(delete the key: the retention does when it forgets the item)");
+    cluster_log_bad_items(bad, "is no item hash", "; its item's updates are written without it "
+                          "(delete the key: the retention does when it forgets the item)");
     if (bytes_bad->type == REDIS_REPLY_STRING)
         log_warn("cluster: %.*s: the sum of the retained bytes starts again from the finals "
                  "kept since (items.retention.bytes counts fewer until the older ones are "
@@ -549,15 +436,15 @@ on_updated(redisAsyncContext *ac, void *reply, void *arg)
         log_error("cluster: the update script answered %zu updates with an unexpected reply",
                   b->n);
     if (each && !cl.shutting_down)
-        log_bad_counts(r->element[b->n], r->element[b->n + 1]);
+        cluster_log_bad_counts(r->element[b->n], r->element[b->n + 1]);
     for (size_t i = 0; i < b->n; i++)
         b->cb[i].fn(ac, each ? r->element[i] : r != NULL && r->type == REDIS_REPLY_ERROR ? r
                     : NULL, b->cb[i].arg);
     free(b);
 }
 
-static void
-flush_updates(void)
+void
+cluster_flush_updates(void)
 {
     if (cl.ucbs_n == 0)
         return;
@@ -571,7 +458,7 @@ flush_updates(void)
         return;
     }
     if (cl.up && !cl.failing)
-        session_fail("command connection: cannot send a command");
+        cluster_session_fail("command connection: cannot send a command");
     /* Never sent: each hears "no reply" (unknown), from the loop. */
     cl.unsent = ds_realloc(cl.unsent, (cl.unsent_n + b->n) * sizeof cl.unsent[0]);
     memcpy(cl.unsent + cl.unsent_n, b->cb, b->n * sizeof b->cb[0]);
@@ -581,8 +468,8 @@ flush_updates(void)
 }
 
 /* The callbacks of updates that were never sent hear a NULL reply. */
-static void
-fail_unsent_updates(void)
+void
+cluster_fail_unsent_updates(void)
 {
     while (cl.unsent_n > 0) {
         size_t n = cl.unsent_n;
@@ -603,10 +490,10 @@ fail_unsent_updates(void)
  * (take_folded_started()). FN(ARG) hears its seq, 0 (superseded) or an
  * error or NULL (unknown). -1: the session is down, FN will not run.
  */
-static int
-send_update(const struct item *item, char mode, uint32_t check_attempt, enum wire_state state,
-            const uint8_t *encoded, size_t encoded_len, uint64_t ts, const uint8_t *s0,
-            size_t s0_len, redisCallbackFn *fn, void *arg)
+int
+cluster_send_update(const struct item *item, char mode, uint32_t check_attempt,
+                    enum wire_state state, const uint8_t *encoded, size_t encoded_len, uint64_t ts,
+                    const uint8_t *s0, size_t s0_len, redisCallbackFn *fn, void *arg)
 {
     if (!cl.up || cl.failing || cl.cmd.ac == NULL)
         return -1;
@@ -624,7 +511,7 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
         redis_cmd_str(c, cl.key_finals);
         redis_cmd_str(c, cl.key_finals_bytes);
         redis_cmd_str(c, cl.key_want_started);
-        redis_cmd_str(c, floor_arg());
+        redis_cmd_str(c, cluster_floor_arg());
         redis_cmd_u64(c, gp.config->updates.history);
         redis_cmd_str(c, CLUSTER_GROUP);
         redis_cmd_str(c, cl.consumer);
@@ -658,7 +545,7 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
     cl.ucbs[cl.ucbs_n++] = (struct update_cb){ fn, arg };
     cl.inflight++;
     if (cl.ucbs_n >= UPDATE_BATCH_MAX)
-        flush_updates();
+        cluster_flush_updates();
     else if (cl.ucbs_n == 1)
         event_active(cl.flush_event, EV_TIMEOUT, 0);
     return 0;
@@ -667,8 +554,8 @@ send_update(const struct item *item, char mode, uint32_t check_attempt, enum wir
 /* The delivery count ITEM's entry has while this copy of it is the one
  * that runs (the update script's check): its attempt, one more when it
  * was taken over past max_attempts (its updates name the last attempt). */
-static uint32_t
-entry_count(const struct item *item)
+uint32_t
+cluster_entry_count(const struct item *item)
 {
     return item->attempt + item->claimed_past_max;
 }
@@ -689,30 +576,30 @@ update_result(const redisReply *r, const char *what)
             cl.max_published_seq = (uint64_t)r->integer;
         return r->integer;
     }
-    if (demoted(r))
+    if (cluster_demoted(r))
         return -1;
     log_error("cluster: publishing %s failed: %s", what,
               r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-    if (is_error(r, "NOSCRIPT"))
-        session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
+    if (cluster_is_error(r, "NOSCRIPT"))
+        cluster_session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
     return -1;
 }
 
-static void
-note_lost_update(void)
+void
+cluster_note_lost_update(void)
 {
     if (cl.lost_updates++ == 0 || cl.lost_updates % 1000 == 0)
         log_warn("cluster: %" PRIu64 " updates of running items could not be published "
                  "(redis unreachable); their final updates still will be", cl.lost_updates);
 }
 
-static void
-on_published(redisAsyncContext *ac, void *reply, void *arg)
+void
+cluster_on_published(redisAsyncContext *ac, void *reply, void *arg)
 {
     if (cl.shutting_down)
         return;
     if (update_result(reply, "an update") == -1)
-        note_lost_update();
+        cluster_note_lost_update();
     inflight_done();
 }
 
@@ -740,7 +627,7 @@ take_folded_started(struct item *item, pid_t worker_pid, size_t *len)
  * ({NAME}:want_started): nobody who wants STARTED misses it, it is only
  * as late as the item is quick (getItems elsewhere shows it QUEUED
  * meanwhile), and the final carries its start time either way. */
-static void
+void
 cluster_publish(struct item *item, const struct outcome *o)
 {
     if (o->state == STATE_STARTED) {
@@ -755,9 +642,9 @@ cluster_publish(struct item *item, const struct outcome *o)
     uint8_t *s0 = take_folded_started(item, o->worker_pid, &s0_len);
     uint8_t *encoded = updates_encode(item, o, &len);
     uint64_t ts = o->state == STATE_STARTED || s0 != NULL ? clock_wall_ns() : 0;
-    if (send_update(item, 'u', entry_count(item), o->state, encoded, len, ts, s0, s0_len,
-                    on_published, NULL) == -1)
-        note_lost_update();
+    if (cluster_send_update(item, 'u', cluster_entry_count(item), o->state, encoded, len, ts, s0,
+                            s0_len, cluster_on_published, NULL) == -1)
+        cluster_note_lost_update();
     free(encoded);
     free(s0);
 }
@@ -767,8 +654,8 @@ cluster_publish(struct item *item, const struct outcome *o)
  * (a WAIT for the replicas, cluster_ack.c, ahead of the SET; longer, and
  * the session fails anyway), refreshed every second while one is
  * connected. */
-static void
-publish_want_started(void)
+void
+cluster_publish_want_started(void)
 {
     if (subscribers_wanting_started() == 0 || !cl.up || cl.failing)
         return;
@@ -778,7 +665,7 @@ publish_want_started(void)
     redis_args_str(&a, cl.consumer);
     redis_args_str(&a, "PX");
     redis_args_u64(&a, WANT_TTL_MS + PING_TIMEOUT_MS + cluster_ack_max_wait_ms());
-    command(&cl.cmd, NULL, NULL, &a);
+    cluster_command(&cl.cmd, NULL, NULL, &a);
 }
 
 /* Run FN(ARG) from the loop, not from inside the caller. */
@@ -790,7 +677,7 @@ later(void (*fn)(evutil_socket_t, short, void *), void *arg)
 }
 
 /* The op of ITEM's final or retry, in cl.ending until its reply (its
- * item is no longer the store's meanwhile: ending_holds()). */
+ * item is no longer the store's meanwhile: cluster_ending_holds()). */
 static struct item_op *
 ending_op(struct item *item)
 {
@@ -817,8 +704,8 @@ ending_free(struct item_op *op)
 
 /* Is the final or retry of the item with KEY on its way? (A walk: only
  * claims ask, and they are rare.) */
-static int
-ending_holds(uint64_t key)
+int
+cluster_ending_holds(uint64_t key)
 {
     for (const struct item_op *op = cl.ending; op != NULL; op = op->next)
         if (op->item->key == key)
@@ -862,7 +749,7 @@ on_final(redisAsyncContext *ac, void *reply, void *arg)
 
 /* The final update, XACK and XDEL in one script; then the item is done
  * here (or dropped if its attempt was superseded). */
-static void
+void
 cluster_final(struct item *item, const struct outcome *o)
 {
     struct item_op *op = ending_op(item);
@@ -873,8 +760,8 @@ cluster_final(struct item *item, const struct outcome *o)
     size_t len, s0_len = 0;
     uint8_t *s0 = take_folded_started(item, o->worker_pid, &s0_len);
     uint8_t *encoded = updates_encode(item, o, &len);
-    if (send_update(item, 'f', entry_count(item), o->state, encoded, len, ts, s0, s0_len,
-                    on_final, op) == -1) {
+    if (cluster_send_update(item, 'f', cluster_entry_count(item), o->state, encoded, len, ts, s0,
+                            s0_len, on_final, op) == -1) {
         char id[300], trace[80];
         log_warn("cluster: item \"%s\" finished while redis is unreachable; another instance "
                  "runs it again after the lease%s", utf8_escape(id, sizeof id, item->id),
@@ -904,7 +791,7 @@ on_retried(redisAsyncContext *ac, void *reply, void *arg)
 
 /* RETRYING through Redis, then the item is queued again with the next
  * attempt (or dropped if superseded). */
-static void
+void
 cluster_retry(struct item *item, const struct outcome *o)
 {
     struct item_op *op = ending_op(item);
@@ -913,8 +800,8 @@ cluster_retry(struct item *item, const struct outcome *o)
     uint8_t *encoded = updates_encode(item, o, &len);
     uint64_t due_ms = item->due_ns > (uint64_t)clock_wall_ns() ?
                       item->due_ns / 1000000 + (item->due_ns % 1000000 != 0) : 0; /* never early */
-    if (send_update(item, 'r', entry_count(item), STATE_RETRYING, encoded, len, due_ms, s0,
-                    s0_len, on_retried, op) == -1)
+    if (cluster_send_update(item, 'r', cluster_entry_count(item), STATE_RETRYING, encoded, len,
+                            due_ms, s0, s0_len, on_retried, op) == -1)
         later(drop_later, op);
     free(encoded);
     free(s0);
@@ -966,8 +853,8 @@ accept_verdict(const struct acceptance *a, int wait, const redisReply *r, const 
             cluster_ack_hold(*a);
         else
             store_accepted(*a, STORE_ACCEPTED, NULL);
-    } else if (is_error(r, "READONLY") || (e != NULL && is_error(e, "READONLY")) ||
-               is_error(r, "NOSCRIPT")) {     /* the session goes (on_accepted) */
+    } else if (cluster_is_error(r, "READONLY") || (e != NULL && cluster_is_error(e, "READONLY")) ||
+               cluster_is_error(r, "NOSCRIPT")) {     /* the session goes (on_accepted) */
         store_accepted(*a, STORE_UNAVAILABLE, cl.why);
     } else {
         const redisReply *err = e != NULL ? e : r;
@@ -989,14 +876,14 @@ on_accepted(redisAsyncContext *ac, void *reply, void *arg)
         free(b);
         return;
     }
-    if (r != NULL && is_error(r, "NOSCRIPT"))
-        session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
-    else if (r != NULL && r->type == REDIS_REPLY_ERROR && !demoted(r))
+    if (r != NULL && cluster_is_error(r, "NOSCRIPT"))
+        cluster_session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
+    else if (r != NULL && r->type == REDIS_REPLY_ERROR && !cluster_demoted(r))
         log_error("cluster: redis refused a batch of %zu items: %s", b->n, r->str);
     int each = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == b->n;
     for (size_t i = 0; each && i < b->n; i++) {
-        if (is_error(r->element[i], "READONLY")) {
-            demoted(r->element[i]);     /* a replica now: the session goes */
+        if (cluster_is_error(r->element[i], "READONLY")) {
+            cluster_demoted(r->element[i]);     /* a replica now: the session goes */
             break;
         }
     }
@@ -1009,7 +896,7 @@ on_accepted(redisAsyncContext *ac, void *reply, void *arg)
     free(b);
     cluster_backpressure_check();
     flush_accepts();
-    check_done();
+    cluster_check_done();
 }
 
 /* Item I's ACCEPT_FIELDS arguments; NOW the wall clock and MONO the
@@ -1031,7 +918,7 @@ accept_args(struct redis_cmd *c, const struct item *item, uint64_t now, uint64_t
     redis_cmd_str(c, item->weight == ITEM_WEIGHT_QUICK ? "1" : "0");
     redis_cmd_mem(c, item->raw, item->raw_len);
     char priority[16];
-    redis_cmd_str(c, priority_arg(item, priority));
+    redis_cmd_str(c, cluster_priority_arg(item, priority));
     /* Accepted when it arrived (its due time counts from then), not when
      * its batch is sent: that may be later (ACCEPTS_AHEAD), and getItems's
      * accepted + delay would then be after its start. */
@@ -1076,7 +963,7 @@ flush_accepts(void)
     redis_cmd_str(c, cl.key_items);
     redis_cmd_str(c, cl.key_delayed);
     redis_cmd_str(c, cl.key_prio);
-    redis_cmd_str(c, floor_arg());
+    redis_cmd_str(c, cluster_floor_arg());
     redis_cmd_u64(c, gp.config->updates.history);
     redis_cmd_str(c, cl.key_item_prefix);
     uint64_t now = clock_wall_ns(), mono = clock_monotonic_ns();
@@ -1090,7 +977,7 @@ flush_accepts(void)
             cluster_ack_sent();
     } else {
         if (cl.up && !cl.failing)
-            session_fail("command connection: cannot send a command");
+            cluster_session_fail("command connection: cannot send a command");
         /* Never sent: each item hears UNAVAILABLE (from the loop). */
         for (size_t i = 0; i < n; i++) {
             struct item_op *op = ds_calloc(1, sizeof *op);
@@ -1099,24 +986,24 @@ flush_accepts(void)
         }
         cl.inflight -= n;
         free(b);
-        check_done();
+        cluster_check_done();
     }
     if (cl.accepts_n > 0)
         flush_accepts();
 }
 
-static void
-on_flush(evutil_socket_t fd, short what, void *arg)
+void
+cluster_on_flush(evutil_socket_t fd, short what, void *arg)
 {
     flush_accepts();
-    flush_updates();
-    fail_unsent_updates();
+    cluster_flush_updates();
+    cluster_fail_unsent_updates();
 }
 
 /* The session went: the accepts not sent yet hear UNAVAILABLE (certain:
  * Redis never saw them). */
-static void
-fail_accepts(void)
+void
+cluster_fail_accepts(void)
 {
     for (size_t i = 0; i < cl.accepts_n; i++) {
         struct item_op *op = ds_calloc(1, sizeof *op);
@@ -1130,7 +1017,7 @@ fail_accepts(void)
 /* The entry and its QUEUED update in one script (with the others of this
  * turn of the loop): accepted once Redis has both. The item comes back to
  * some instance through the work stream. */
-static void
+void
 cluster_accept(struct acceptance a)
 {
     if (!cl.up || cl.failing || cl.cmd.ac == NULL) {
@@ -1148,14 +1035,14 @@ cluster_accept(struct acceptance a)
     cl.accepts_sent++;
     uint64_t now = clock_wall_ns();
     if (a.item->due_ns > now)
-        arm_due((int64_t)(a.item->due_ns / 1000000 + (a.item->due_ns % 1000000 != 0)));
+        cluster_arm_due((int64_t)(a.item->due_ns / 1000000 + (a.item->due_ns % 1000000 != 0)));
     if (cl.accepts_n == 1)
         event_active(cl.flush_event, EV_TIMEOUT, 0);
 }
 
 /* Too much in flight to Redis (INFLIGHT_MAX): submit.c reads no more items
  * until it drains below half of it (cluster_backpressure_check()). */
-static int
+int
 cluster_busy(void)
 {
     if (cl.inflight >= INFLIGHT_MAX && !cl.was_busy) {
@@ -1165,7 +1052,7 @@ cluster_busy(void)
     return cl.was_busy;
 }
 
-static void
+void
 cluster_backpressure_check(void)
 {
     if (cl.was_busy && cl.inflight < INFLIGHT_MAX / 2) {
@@ -1176,8 +1063,8 @@ cluster_backpressure_check(void)
 
 /* ---- taking items -------------------------------------------------------- */
 
-static const redisReply *
-field(const redisReply *fields, const char *name)
+const redisReply *
+cluster_field(const redisReply *fields, const char *name)
 {
     if (fields == NULL || fields->type != REDIS_REPLY_ARRAY)
         return NULL;
@@ -1191,10 +1078,10 @@ field(const redisReply *fields, const char *name)
 }
 
 /* A field as a NUL-terminated string of at most MAX bytes, or NULL. */
-static const char *
-field_string(const redisReply *fields, const char *name, size_t max, char *buf)
+const char *
+cluster_field_string(const redisReply *fields, const char *name, size_t max, char *buf)
 {
-    const redisReply *v = field(fields, name);
+    const redisReply *v = cluster_field(fields, name);
     if (v == NULL || v->len > max || memchr(v->str, '\0', v->len) != NULL)
         return NULL;
     memcpy(buf, v->str, v->len);
@@ -1206,7 +1093,7 @@ static int
 field_uint(const redisReply *fields, const char *name, uint32_t max, uint32_t *out)
 {
     char buf[16], *end;
-    if (field_string(fields, name, 10, buf) == NULL || buf[0] == '\0')
+    if (cluster_field_string(fields, name, 10, buf) == NULL || buf[0] == '\0')
         return -1;
     errno = 0;
     unsigned long v = strtoul(buf, &end, 10);
@@ -1241,15 +1128,15 @@ set_count(uint64_t key, uint32_t count)
 {
     struct redis_args a;
     redis_args_init(&a, "XCLAIM");
-    redis_args_str(&a, stream_of(key));
+    redis_args_str(&a, cluster_stream_of(key));
     redis_args_str(&a, CLUSTER_GROUP);
     redis_args_str(&a, cl.consumer);
     redis_args_str(&a, "0");
-    entry_arg(&a, key);
+    cluster_entry_arg(&a, key);
     redis_args_str(&a, "RETRYCOUNT");
     redis_args_u64(&a, count);
     redis_args_str(&a, "JUSTID");
-    command(&cl.cmd, on_count_set, NULL, &a);
+    cluster_command(&cl.cmd, on_count_set, NULL, &a);
 }
 
 /*
@@ -1291,9 +1178,9 @@ claimed_attempt(struct item *item, uint32_t deliveries, const struct claim *clai
     struct outcome retrying = { .state = STATE_RETRYING, .error = reason };
     uint8_t *encoded = updates_encode(item, &retrying, &len);
     item->attempt = deliveries;
-    if (send_update(item, 'u', deliveries, STATE_RETRYING, encoded, len, 0, NULL, 0,
-                    on_published, NULL) == -1)
-        note_lost_update();
+    if (cluster_send_update(item, 'u', deliveries, STATE_RETRYING, encoded, len, 0, NULL, 0,
+                            cluster_on_published, NULL) == -1)
+        cluster_note_lost_update();
     free(encoded);
     return 0;
 }
@@ -1327,15 +1214,15 @@ take_entry(const redisReply *entry, uint32_t deliveries, const struct claim *cla
     uint64_t key = cluster_entry_key(idr->str, idr->len);
     char id[DS_ITEM_ID_MAX + 1], kind[80], batch[DS_ITEM_BATCH_MAX + 1];
     uint32_t max_attempts = 0, timeout_ms = 0, quick = 0;
-    const redisReply *raw = field(fields, "w");
+    const redisReply *raw = cluster_field(fields, "w");
     const char *bad = NULL;
     if (key == 0)
         bad = "its ID is not 0-N or 1-N";
-    else if (field_string(fields, "i", DS_ITEM_ID_MAX, id) == NULL)
+    else if (cluster_field_string(fields, "i", DS_ITEM_ID_MAX, id) == NULL)
         bad = "field i (id) is missing or too long";
-    else if (field_string(fields, "k", 64, kind) == NULL)
+    else if (cluster_field_string(fields, "k", 64, kind) == NULL)
         bad = "field k (kind) is missing or too long";
-    else if (field_string(fields, "b", DS_ITEM_BATCH_MAX, batch) == NULL)
+    else if (cluster_field_string(fields, "b", DS_ITEM_BATCH_MAX, batch) == NULL)
         bad = "field b (batch) is missing or too long";
     else if (field_uint(fields, "m", 1000, &max_attempts) == -1 || max_attempts == 0)
         bad = "field m (max_attempts) is not 1..1000";
@@ -1363,11 +1250,12 @@ take_entry(const redisReply *entry, uint32_t deliveries, const struct claim *cla
                                   timeout_ms, (int)quick);
     item->key = key;
     item->attempt = deliveries;
-    item->priority = raw_priority(item);
+    item->priority = cluster_raw_priority(item);
     char error[600];
     if (bad != NULL) {
         snprintf(error, sizeof error, "cluster: entry %d-%" PRIu64 " of %s is not a valid "
-                 "item: %s", key & PWORK_BIT ? 1 : 0, key & ~PWORK_BIT, stream_of(key), bad);
+                 "item: %s", key & PWORK_BIT ? 1 : 0, key & ~PWORK_BIT, cluster_stream_of(key),
+                 bad);
         log_error("%s", error);
         store_fail(item, error);
         return 0;
@@ -1391,7 +1279,7 @@ take_entry(const redisReply *entry, uint32_t deliveries, const struct claim *cla
         item->due_ns = due_ns;  /* the backoff of a retry its holder waited */
     uint32_t weight = item->weight;
     store_take(item);
-    apply_pending_cancel(key);
+    cluster_apply_pending_cancel(key);
     return weight;
 }
 
@@ -1420,7 +1308,7 @@ on_pulled(redisAsyncContext *ac, void *reply, void *arg)
         return;
     if (r->type == REDIS_REPLY_ERROR) {
         log_error("cluster: XREADGROUP on %s failed: %s", cl.key_work, r->str);
-        session_fail("XREADGROUP failed: %.200s", r->str);
+        cluster_session_fail("XREADGROUP failed: %.200s", r->str);
         return;
     }
     uint32_t taken = 0, weight = 0;
@@ -1443,8 +1331,8 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
         r->element[3]->type != REDIS_REPLY_INTEGER || r->element[4]->type != REDIS_REPLY_INTEGER) {
         log_error("cluster: pulling items failed: %s",
                   r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-        if (is_error(r, "NOSCRIPT")) {
-            session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
+        if (cluster_is_error(r, "NOSCRIPT")) {
+            cluster_session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
             return;
         }
         /* The script is tried again in a while (the lanes it was to look
@@ -1460,7 +1348,7 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
     char tail[200];
     snprintf(tail, sizeof tail, "; taken out of its lane (%s:P), it waits no more (cancel it, "
              "or repair its hash and put it back)", cl.key_prio);
-    log_bad_items(r->element[5], "cannot run", tail);
+    cluster_log_bad_items(r->element[5], "cannot run", tail);
     uint32_t taken = 0, weight = 0;
     for (size_t i = 0; i < 3; i++)  /* above 0, 0, below 0: best first */
         take_entries(r->element[i], &taken, &weight);
@@ -1484,8 +1372,8 @@ on_unblocked(redisAsyncContext *ac, void *reply, void *arg)
 
 /* Prioritized items may be waiting: pull by script from now on, and end
  * the XREADGROUP blocked on the work stream, if one is. */
-static void
-prio_wake(void)
+void
+cluster_prio_wake(void)
 {
     cl.prio_waiting = 1;
     cl.wakes++;
@@ -1496,20 +1384,20 @@ prio_wake(void)
         redis_args_init(&a, "CLIENT");
         redis_args_str(&a, "UNBLOCK");
         redis_args_u64(&a, (uint64_t)cl.work_client_id);
-        if (command(&cl.cmd, on_unblocked, NULL, &a) == 0)
+        if (cluster_command(&cl.cmd, on_unblocked, NULL, &a) == 0)
             cl.unblocking = 1;
     }
 }
 
-static void
-on_pull_timer(evutil_socket_t fd, short what, void *arg)
+void
+cluster_on_pull_timer(evutil_socket_t fd, short what, void *arg)
 {
     cl.pull_paused = 0;
-    prio_wake();
+    cluster_prio_wake();
 }
 
 /* Local room may have appeared: take more items from Redis. */
-static void
+void
 cluster_pull(void)
 {
     if (!cl.enabled || !cl.up || cl.failing || cl.pulling || gp.draining || gp.stopping)
@@ -1537,7 +1425,7 @@ cluster_pull(void)
         redis_args_u64(&a, ITEM_WEIGHT_QUICK);
         redis_args_u64(&a, ITEM_WEIGHT_FULL);
         redis_args_u64(&a, unit);
-        if (command(&cl.cmd, on_pulled_by_script, NULL, &a) == 0) {
+        if (cluster_command(&cl.cmd, on_pulled_by_script, NULL, &a) == 0) {
             cl.pulling = 1;
             cl.pull_blocked = 0;
             cl.wakes_at_pull = cl.wakes;
@@ -1562,7 +1450,7 @@ cluster_pull(void)
     redis_args_str(&a, "STREAMS");
     redis_args_str(&a, cl.key_work);
     redis_args_str(&a, ">");
-    if (command(&cl.work, on_pulled, NULL, &a) == 0) {
+    if (cluster_command(&cl.work, on_pulled, NULL, &a) == 0) {
         cl.pulling = 1;
         cl.pull_blocked = 1;
         cl.pull_count = count;
@@ -1623,7 +1511,7 @@ static void
 renew_flush(struct redis_args *a)
 {
     if (a->argc > RENEW_FIXED)
-        command(&cl.cmd, on_renewed, NULL, a);
+        cluster_command(&cl.cmd, on_renewed, NULL, a);
     renew_start(a, a->argv[3]);     /* KEYS[1]: still valid, cl's */
 }
 
@@ -1632,7 +1520,7 @@ static void
 renew_one(const struct item *item, void *arg)
 {
     struct redis_args *a = (struct redis_args *)arg + (item->key & PWORK_BIT ? 1 : 0);
-    entry_arg(a, item->key);
+    cluster_entry_arg(a, item->key);
     if (a->argc == RENEW_FIXED + RENEW_CHUNK)
         renew_flush(a);
 }
@@ -1659,11 +1547,11 @@ publish_lease(void)
     redis_args_u64(&a, lease);
     redis_args_str(&a, "PX");
     redis_args_u64(&a, 2 * lease);
-    command(&cl.cmd, on_lease_published, NULL, &a);
+    cluster_command(&cl.cmd, on_lease_published, NULL, &a);
 }
 
-static void
-on_renew_timer(evutil_socket_t fd, short what, void *arg)
+void
+cluster_on_renew_timer(evutil_socket_t fd, short what, void *arg)
 {
     static struct redis_args a[2];  /* static: too big for the stack to be worth it */
     renew_start(&a[0], cl.key_work);
@@ -1682,7 +1570,7 @@ on_renew_timer(evutil_socket_t fd, short what, void *arg)
  * in turn. Its attempt ended like any taken over (RETRYING naming it;
  * none if it was waiting its backoff, as its holder said RETRYING then)
  * and our copy goes on as the attempt the entry counts (its updates
- * check it: entry_count()), saying STARTED again if it runs; at the last
+ * check it: cluster_entry_count()), saying STARTED again if it runs; at the last
  * attempt it goes on as that one. A cancel asked of that holder applies
  * to our copy. Before, our copy's final was dropped as superseded and the
  * item ran once more after the lease.
@@ -1717,8 +1605,8 @@ adopt_claimed(struct item *item, uint32_t deliveries, const struct claim *claim,
         store_reattempt(item);  /* its handler is told the attempt it now is */
     }
     if (cancel_reason != NULL) {
-        remember_cancel(item->key, cancel_reason);
-        apply_pending_cancel(item->key);
+        cluster_remember_cancel(item->key, cancel_reason);
+        cluster_apply_pending_cancel(item->key);
     }
 }
 
@@ -1769,20 +1657,20 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
         if (held != NULL) {
             if (!ours)
                 adopt_claimed(held, deliveries, &claim, cancel);
-            else if (entry_count(held) != deliveries)
-                set_count(key, entry_count(held));  /* never seen: our copy's holds */
+            else if (cluster_entry_count(held) != deliveries)
+                set_count(key, cluster_entry_count(held));  /* never seen: our copy's holds */
             continue;   /* ours, renewed late: our copy runs on */
         }
         /* Ours, and its final or retry is on its way (we were stopped
          * as it ended): if it lands, the entry goes; if not, the next
          * claim takes it. (Another's: that final will be dropped as
          * superseded, and the item runs again.) */
-        if (ours && key != 0 && ending_holds(key))
+        if (ours && key != 0 && cluster_ending_holds(key))
             continue;
         if (ours && !claim.waiting && key != 0)
             set_count(key, ++deliveries);   /* we lost what we were given: one delivery */
         if (cancel != NULL)
-            remember_cancel(key, cancel);
+            cluster_remember_cancel(key, cancel);
         redisReply entry = { .type = REDIS_REPLY_ARRAY, .elements = 2, .element = e->element };
         take_entry(&entry, deliveries, &claim);
         claimed++;
@@ -1803,7 +1691,7 @@ on_trimmed(redisAsyncContext *ac, void *reply, void *arg)
     if (r->type == REDIS_REPLY_ERROR)
         log_error("cluster: forgetting the finals past items.retention failed: %s", r->str);
     else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2)
-        log_bad_counts(r->element[0], r->element[1]);
+        cluster_log_bad_counts(r->element[0], r->element[1]);
 }
 
 static void
@@ -1821,8 +1709,8 @@ on_counted(redisAsyncContext *ac, void *reply, void *arg)
         cl.known[which] = 0;
 }
 
-static void
-on_claim_timer(evutil_socket_t fd, short what, void *arg)
+void
+cluster_on_claim_timer(evutil_socket_t fd, short what, void *arg)
 {
     if (cl.claiming || gp.draining || gp.stopping)
         return;     /* a leaving instance leaves them to the others */
@@ -1839,7 +1727,7 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_str(&a, cl.key_item_prefix);
     redis_args_u64(&a, (uint64_t)clock_wall_ns() / 1000000);
     redis_args_str(&a, cl.key_lease_prefix);
-    if (command(&cl.cmd, on_claimed, NULL, &a) == 0)
+    if (cluster_command(&cl.cmd, on_claimed, NULL, &a) == 0)
         cl.claiming = 1;
     /* Finals that aged out while none ended (the trim of every final does
      * the rest). */
@@ -1851,31 +1739,31 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_str(&a, cl.key_items);
     redis_args_str(&a, cl.key_finals);
     redis_args_str(&a, cl.key_finals_bytes);
-    retention_args(&a);
-    command(&cl.cmd, on_trimmed, NULL, &a);
+    cluster_retention_args(&a);
+    cluster_command(&cl.cmd, on_trimmed, NULL, &a);
     /* The known items, for /status and /metrics. */
     static const char *const count_cmd[3] = { "ZCARD", "LLEN", "GET" };
     const char *count_key[3] = { cl.key_items, cl.key_finals, cl.key_finals_bytes };
     for (intptr_t i = 0; i < 3; i++) {
         redis_args_init(&a, count_cmd[i]);
         redis_args_str(&a, count_key[i]);
-        command(&cl.cmd, on_counted, (void *)i, &a);
+        cluster_command(&cl.cmd, on_counted, (void *)i, &a);
     }
 }
 
 /* ---- capacity ------------------------------------------------------------ */
 
-static uint64_t
-outstanding(void)
+uint64_t
+cluster_outstanding(void)
 {
     return cl.xlen + (cl.accepts_sent - cl.accepts_at_poll);
 }
 
 /* Room for one more item in the shared queue (queue.capacity)? */
-static int
+int
 cluster_has_room(void)
 {
-    return outstanding() < gp.config->queue.capacity;
+    return cluster_outstanding() < gp.config->queue.capacity;
 }
 
 static void
@@ -1893,8 +1781,8 @@ on_polled(redisAsyncContext *ac, void *reply, void *arg)
     free(at);
 }
 
-static void
-on_poll_timer(evutil_socket_t fd, short what, void *arg)
+void
+cluster_on_poll_timer(evutil_socket_t fd, short what, void *arg)
 {
     if (cl.polling || submit_active() == 0)
         return;
@@ -1909,7 +1797,7 @@ on_poll_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_str(&a, cl.key_pwork);
     redis_args_str(&a, cl.key_delayed);
     redis_args_str(&a, cl.key_prio);
-    if (command(&cl.cmd, on_polled, at, &a) == 0)
+    if (cluster_command(&cl.cmd, on_polled, at, &a) == 0)
         cl.polling = 1;
     else
         free(at);
@@ -1925,8 +1813,8 @@ on_poll_timer(evutil_socket_t fd, short what, void *arg)
  * fires, the due script moves what is due on. Every instance does this, so
  * a delayed item outlives the instance that accepted it.
  */
-static void
-arm_due(int64_t due_ms)
+void
+cluster_arm_due(int64_t due_ms)
 {
     if (!cl.enabled || cl.due_timer == NULL)
         return;
@@ -1952,17 +1840,17 @@ on_due(redisAsyncContext *ac, void *reply, void *arg)
         r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER) {
         log_error("cluster: moving the delayed items that are due failed: %s",
                   r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-        if (is_error(r, "NOSCRIPT"))
-            session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
-        arm_due(now + DUE_POLL_MS);
+        if (cluster_is_error(r, "NOSCRIPT"))
+            cluster_session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
+        cluster_arm_due(now + DUE_POLL_MS);
         return;
     }
     char tail[200];
     snprintf(tail, sizeof tail, "; taken out of %s, it waits no more (cancel it, or repair "
              "its hash and put it back)", cl.key_delayed);
-    log_bad_items(r->element[3], "cannot run", tail);
+    cluster_log_bad_items(r->element[3], "cannot run", tail);
     if (r->element[1]->integer)
-        prio_wake();        /* (the control stream's wake reaches the others) */
+        cluster_prio_wake();        /* (the control stream's wake reaches the others) */
     else if (r->element[0]->integer > 0)
         cluster_pull();
     /* The earliest score left in {NAME}:delayed ("-1": none), a due time
@@ -1971,9 +1859,9 @@ on_due(redisAsyncContext *ac, void *reply, void *arg)
     const redisReply *nx = r->element[2];
     uint64_t next = 0;
     if (nx->type == REDIS_REPLY_INTEGER && nx->integer >= 0) {
-        arm_due(nx->integer);
+        cluster_arm_due(nx->integer);
     } else if (redis_reply_u64(nx, 15, &next) == 0) {
-        arm_due((int64_t)next);
+        cluster_arm_due((int64_t)next);
     } else {
         static char warned[40];     /* the last score warned of: once each */
         char score[40] = "(not a string)";
@@ -1984,12 +1872,12 @@ on_due(redisAsyncContext *ac, void *reply, void *arg)
                      "it never runs; remove it (ZREM)", cl.key_delayed, score);
             snprintf(warned, sizeof warned, "%s", score);
         }
-        arm_due(now + DUE_POLL_MS);
+        cluster_arm_due(now + DUE_POLL_MS);
     }
 }
 
-static void
-on_due_timer(evutil_socket_t fd, short what, void *arg)
+void
+cluster_on_due_timer(evutil_socket_t fd, short what, void *arg)
 {
     cl.due_at_ms = 0;
     if (cl.due_running || !cl.up || cl.failing)
@@ -2006,7 +1894,7 @@ on_due_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_u64(&a, clock_wall_ns() / 1000000);
     redis_args_str(&a, cl.key_item_prefix);
     redis_args_u64(&a, DUE_COUNT);
-    if (command(&cl.cmd, on_due, NULL, &a) == 0)
+    if (cluster_command(&cl.cmd, on_due, NULL, &a) == 0)
         cl.due_running = 1;
 }
 
@@ -2099,9 +1987,9 @@ queued_waits(const struct entry_update *e)
     if (e->d != NULL) {
         uint64_t due = 0;
         if (redis_reply_u64(e->d, 15, &due) == 0 && due > 0)
-            arm_due((int64_t)due);
+            cluster_arm_due((int64_t)due);
     } else if (e->p != NULL) {
-        prio_wake();
+        cluster_prio_wake();
     }
 }
 
@@ -2171,25 +2059,28 @@ deliver_entry(const redisReply *entry)
         entry->element[0]->type != REDIS_REPLY_STRING)
         return 0;
     const redisReply *fields = entry->element[1], *id = entry->element[0];
-    uint64_t last = id_number(id->str, id->len);
+    uint64_t last = cluster_id_number(id->str, id->len);
     if (last == 0) {
         /* Read from 0-SEQ, it would come back with every read; and every
          * update written after it (0-SEQ) fails: the session waits. */
-        session_fail("%s has an entry %.*s that no instance wrote (not 0-SEQ), after which no "
-                     "update can be added: XDEL it, then XSETID %s 0-SEQ (SEQ: GET %s)",
-                     cl.key_updates, (int)(id->len < 40 ? id->len : 40), id->str,
-                     cl.key_updates, cl.key_seq);
+        cluster_session_fail("%s has an entry %.*s that no instance wrote (not 0-SEQ), after "
+                             "which no update can be added: XDEL it, then XSETID %s 0-SEQ "
+                             "(SEQ: GET %s)",
+                             cl.key_updates, (int)(id->len < 40 ? id->len : 40), id->str,
+                             cl.key_updates, cl.key_seq);
         cl.backoff_ms = BACKOFF_MAX_MS;     /* (a session came up) until someone removes it */
         return -1;
     }
     struct entry_update e = { 0 };
     if (fields->type != REDIS_REPLY_ARRAY || fields->elements < 2 ||
         !is_letter(fields->element[0], 'U')) {
-        e = (struct entry_update){ .u = field(fields, "u"), .i = reply_str(field(fields, "i")),
-                                   .k = reply_str(field(fields, "k")),
-                                   .b = reply_str(field(fields, "b")),
-                                   .state = state_of(field(fields, "s")),
-                                   .p = field(fields, "p"), .d = field(fields, "d") };
+        e = (struct entry_update){ .u = cluster_field(fields, "u"),
+                                   .i = reply_str(cluster_field(fields, "i")),
+                                   .k = reply_str(cluster_field(fields, "k")),
+                                   .b = reply_str(cluster_field(fields, "b")),
+                                   .state = state_of(cluster_field(fields, "s")),
+                                   .p = cluster_field(fields, "p"),
+                                   .d = cluster_field(fields, "d") };
         deliver_update(last, &e, id);
         return 0;
     }
@@ -2258,8 +2149,8 @@ cancel_held(uint64_t key, const char *reason)
     return 1;
 }
 
-static void
-remember_cancel(uint64_t key, const char *reason)
+void
+cluster_remember_cancel(uint64_t key, const char *reason)
 {
     uint64_t now = clock_monotonic_ms();
     struct pending_cancel *slot = &pending_cancels[0];
@@ -2278,8 +2169,8 @@ remember_cancel(uint64_t key, const char *reason)
 }
 
 /* ITEM (KEY) was just taken here: was it cancelled on its way? */
-static void
-apply_pending_cancel(uint64_t key)
+void
+cluster_apply_pending_cancel(uint64_t key)
 {
     uint64_t now = clock_monotonic_ms();
     for (int i = 0; i < PENDING_CANCELS; i++) {
@@ -2305,16 +2196,16 @@ control_entry(const redisReply *entry)
         memcpy(cl.control_last, idr->str, idr->len);
         cl.control_last[idr->len] = '\0';
     }
-    if (field(fields, "wake") != NULL) {
-        prio_wake();    /* script_due put items in their lanes */
+    if (cluster_field(fields, "wake") != NULL) {
+        cluster_prio_wake();    /* script_due put items in their lanes */
         return;
     }
     char consumer[sizeof cl.consumer], reason[CONTROL_REASON_MAX + 1];
-    const redisReply *e = field(fields, "e");
-    if (field_string(fields, "c", sizeof consumer - 1, consumer) == NULL ||
+    const redisReply *e = cluster_field(fields, "e");
+    if (cluster_field_string(fields, "c", sizeof consumer - 1, consumer) == NULL ||
         strcmp(consumer, cl.consumer) != 0 || e == NULL)
         return;
-    if (field_string(fields, "r", CONTROL_REASON_MAX, reason) == NULL ||
+    if (cluster_field_string(fields, "r", CONTROL_REASON_MAX, reason) == NULL ||
         !utf8_valid(reason, strlen(reason)))
         reason[0] = '\0';
     uint64_t key = cluster_entry_key(e->str, e->len);
@@ -2322,7 +2213,7 @@ control_entry(const redisReply *entry)
         return;
     cl.cancels++;
     if (!cancel_held(key, reason))
-        remember_cancel(key, reason);
+        cluster_remember_cancel(key, reason);
 }
 
 static void
@@ -2333,7 +2224,7 @@ on_updates(redisAsyncContext *ac, void *reply, void *arg)
     if (r == NULL || cl.shutting_down)
         return;
     if (r->type == REDIS_REPLY_ERROR) {
-        session_fail("XREAD on %s failed: %.200s", cl.key_updates, r->str);
+        cluster_session_fail("XREAD on %s failed: %.200s", cl.key_updates, r->str);
         return;
     }
     size_t n = 0;
@@ -2364,12 +2255,12 @@ on_updates(redisAsyncContext *ac, void *reply, void *arg)
         health_changed();
         store_room_available();
     }
-    read_updates();
-    check_done();
+    cluster_read_updates();
+    cluster_check_done();
 }
 
-static void
-read_updates(void)
+void
+cluster_read_updates(void)
 {
     if (cl.reading)
         return;
@@ -2387,7 +2278,7 @@ read_updates(void)
     redis_args_str(&a, cl.key_control);
     redis_args_stream_id(&a, 0, cl.last_seq);
     redis_args_str(&a, cl.control_last);
-    if (command(&cl.upd, on_updates, NULL, &a) == 0)
+    if (cluster_command(&cl.upd, on_updates, NULL, &a) == 0)
         cl.reading = 1;
 }
 
@@ -2419,8 +2310,8 @@ stop_timers(void)
     cl.due_at_ms = 0;
 }
 
-static void
-session_fail(const char *fmt, ...)
+void
+cluster_session_fail(const char *fmt, ...)
 {
     if (cl.failing || cl.shutting_down)
         return;
@@ -2471,14 +2362,14 @@ on_reset(evutil_socket_t fd, short what, void *arg)
     cl.setup_pending = 0;
     if (cl.shutting_down)
         return;
-    fail_accepts();
-    flush_updates();        /* the session is gone: they go to cl.unsent */
-    fail_unsent_updates();
+    cluster_fail_accepts();
+    cluster_flush_updates();        /* the session is gone: they go to cl.unsent */
+    cluster_fail_unsent_updates();
     cluster_backpressure_check();
     struct timeval tv = clock_timeval_ms(cl.backoff_ms);
     evtimer_add(cl.retry_timer, &tv);
     cl.backoff_ms = cl.backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : cl.backoff_ms * 2;
-    check_done();
+    cluster_check_done();
 }
 
 static void
@@ -2489,8 +2380,8 @@ on_disconnect(const redisAsyncContext *ac, int status)
         return;     /* we freed it */
     conn->ac = NULL;
     conn->connected = 0;
-    session_fail("%s connection lost: %s", conn->name,
-                 ac->errstr[0] ? ac->errstr : "closed by the server");
+    cluster_session_fail("%s connection lost: %s", conn->name,
+                         ac->errstr[0] ? ac->errstr : "closed by the server");
 }
 
 static void session_up(void);
@@ -2526,21 +2417,22 @@ layout_checked(const redisReply *r)
 {
     const struct ds_config *c = gp.config;
     if (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS) {
-        session_fail("the layout check failed: %.200s",
-                     r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        cluster_session_fail("the layout check failed: %.200s",
+                             r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
         return 0;
     }
     if (strncmp(r->str, "busy ", 5) == 0 && r->len > 7) {
         /* "busy OLD CONSUMER IDLE_MS" */
-        session_fail("cluster %s is in use by an older dosomethingd (Redis layout %c: consumer "
-                     "%.100s ms ago), which cannot read layout %s: stop every older instance",
-                     c->cluster.name, r->str[5], r->str + 7, CLUSTER_LAYOUT);
+        cluster_session_fail("cluster %s is in use by an older dosomethingd (Redis layout %c: "
+                             "consumer %.100s ms ago), which cannot read layout %s: stop every "
+                             "older instance",
+                             c->cluster.name, r->str[5], r->str + 7, CLUSTER_LAYOUT);
         return 0;
     }
     if (strncmp(r->str, "other ", 6) == 0) {
-        session_fail("{%s}:layout is %.20s: another dosomethingd version's Redis layout; "
-                     "this one (%s) reads and writes layout %s only", c->cluster.name,
-                     r->str + 6, DS_VERSION, CLUSTER_LAYOUT);
+        cluster_session_fail("{%s}:layout is %.20s: another dosomethingd version's Redis layout; "
+                             "this one (%s) reads and writes layout %s only", c->cluster.name,
+                             r->str + 6, DS_VERSION, CLUSTER_LAYOUT);
         return 0;
     }
     if (strncmp(r->str, "upgraded ", 9) == 0)
@@ -2556,37 +2448,37 @@ on_setup(redisAsyncContext *ac, void *reply, void *arg)
 {
     redisReply *r = reply;
     intptr_t which = (intptr_t)arg;
-    if (r == NULL || cl.failing || demoted(r))
+    if (r == NULL || cl.failing || cluster_demoted(r))
         return;
     if (which < SCRIPT_COUNT) {
         if (r->type != REDIS_REPLY_STRING || r->len >= sizeof cl.sha[0]) {
-            session_fail("SCRIPT LOAD failed: %.200s",
-                         r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            cluster_session_fail("SCRIPT LOAD failed: %.200s",
+                                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
             return;
         }
         memcpy(cl.sha[which], r->str, r->len);
         cl.sha[which][r->len] = '\0';
     } else if (which == SCRIPT_COUNT) {
-        if (r->type == REDIS_REPLY_ERROR && !is_error(r, "BUSYGROUP")) {
-            session_fail("XGROUP CREATE %s %s failed: %.200s", cl.key_work, CLUSTER_GROUP,
-                         r->str);
+        if (r->type == REDIS_REPLY_ERROR && !cluster_is_error(r, "BUSYGROUP")) {
+            cluster_session_fail("XGROUP CREATE %s %s failed: %.200s", cl.key_work, CLUSTER_GROUP,
+                                 r->str);
             return;
         }
     } else if (which == SCRIPT_COUNT + 1) {
         uint64_t origin = 0;
         if (r->type == REDIS_REPLY_ERROR) {     /* WRONGTYPE: not 0, as if none */
-            session_fail("GET %s failed: %.200s", cl.key_origin, r->str);
+            cluster_session_fail("GET %s failed: %.200s", cl.key_origin, r->str);
             return;
         }
         if (r->type == REDIS_REPLY_STRING && redis_reply_u64(r, 19, &origin) == -1) {
-            session_fail("%s is not a number: %.40s", cl.key_origin, r->str);
+            cluster_session_fail("%s is not a number: %.40s", cl.key_origin, r->str);
             return;
         }
         cl.origin = origin;
     } else if (which == SCRIPT_COUNT + 3) {
-        if (r->type == REDIS_REPLY_ERROR && !is_error(r, "BUSYGROUP")) {
-            session_fail("XGROUP CREATE %s %s failed: %.200s", cl.key_pwork, CLUSTER_GROUP,
-                         r->str);
+        if (r->type == REDIS_REPLY_ERROR && !cluster_is_error(r, "BUSYGROUP")) {
+            cluster_session_fail("XGROUP CREATE %s %s failed: %.200s", cl.key_pwork, CLUSTER_GROUP,
+                                 r->str);
             return;
         }
     } else if (which == SCRIPT_COUNT + 4) {
@@ -2596,14 +2488,14 @@ on_setup(redisAsyncContext *ac, void *reply, void *arg)
         if (strcmp(role, "master") != 0) {
             if (cl.sentinels)
                 sentinel_distrust();
-            session_fail("it is not a master (ROLE says %s)%s", role, cl.sentinels
-                         ? "; asking the sentinels again" : ": point cluster.redis at the "
-                         "master, or at its sentinels with sentinel://");
+            cluster_session_fail("it is not a master (ROLE says %s)%s", role, cl.sentinels
+                                 ? "; asking the sentinels again" : ": point cluster.redis at the "
+                                 "master, or at its sentinels with sentinel://");
             return;
         }
     } else if (which == SCRIPT_COUNT + 6) {
         if (r->type == REDIS_REPLY_ERROR) {
-            session_fail("the seq check failed: %.200s", r->str);
+            cluster_session_fail("the seq check failed: %.200s", r->str);
             return;
         }
         if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
@@ -2637,7 +2529,8 @@ on_pong(redisAsyncContext *ac, void *reply, void *arg)
     if (strcmp(role, "master") != 0 && !cl.failing) {
         if (cl.sentinels)
             sentinel_distrust();
-        session_fail("it is no longer a master (ROLE says %s); finding the master again", role);
+        cluster_session_fail("it is no longer a master (ROLE says %s); finding the master again",
+                             role);
     }
 }
 
@@ -2646,17 +2539,17 @@ on_ping_timer(evutil_socket_t fd, short what, void *arg)
 {
     /* A WAIT for the replicas (cluster_ack.c) may be ahead of it. */
     uint64_t timeout = PING_TIMEOUT_MS + cluster_ack_max_wait_ms();
-    publish_want_started();
+    cluster_publish_want_started();
     if (cl.ping_outstanding) {
         if (clock_monotonic_ms() - cl.ping_sent_ms >= timeout)
-            session_fail("no answer to ROLE within %" PRIu64 " ms", timeout);
+            cluster_session_fail("no answer to ROLE within %" PRIu64 " ms", timeout);
         return;
     }
     /* ROLE rather than PING: a master demoted while we stay connected
      * (a failover, a REPLICAOF) is noticed within a second. */
     struct redis_args a;
     redis_args_init(&a, "ROLE");
-    if (command(&cl.cmd, on_pong, NULL, &a) == 0) {
+    if (cluster_command(&cl.cmd, on_pong, NULL, &a) == 0) {
         cl.ping_outstanding = 1;
         cl.ping_sent_ms = clock_monotonic_ms();
     }
@@ -2686,14 +2579,15 @@ session_up(void)
     struct timeval ping = clock_timeval_ms(PING_EVERY_MS), poll = clock_timeval_ms(POLL_MS);
     evtimer_add(cl.ping_timer, &ping);
     evtimer_add(cl.poll_timer, &poll);
-    publish_want_started();
+    cluster_publish_want_started();
     arm_lease_timers();
-    on_renew_timer(-1, 0, NULL);    /* what we held before: renew it before anyone claims it */
-    read_updates();
+    /* what we held before: renew it before anyone claims it */
+    cluster_on_renew_timer(-1, 0, NULL);
+    cluster_read_updates();
     cl.prio_waiting = 1;            /* look at the lanes once */
     cl.pull_blocked = cl.unblocking = 0;
     cluster_pull();
-    on_due_timer(-1, 0, NULL);
+    cluster_on_due_timer(-1, 0, NULL);
     if (cl.caught_up) {
         health_changed();
         store_room_available();
@@ -2710,7 +2604,7 @@ on_connect(const redisAsyncContext *ac, int status)
         conn->ac = NULL;    /* hiredis frees it */
         if (cl.sentinels)
             sentinel_distrust();
-        session_fail("connecting: %s", ac->errstr);
+        cluster_session_fail("connecting: %s", ac->errstr);
         return;
     }
     conn->connected = 1;
@@ -2722,7 +2616,7 @@ on_connect(const redisAsyncContext *ac, int status)
     struct redis_args a;
     /* First: anything else on a replica would fail with less to say. */
     redis_args_init(&a, "ROLE");
-    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 5), &a);
+    cluster_command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 5), &a);
     /* Then: nothing is written in a layout another instance cannot read. */
     redis_args_init(&a, "EVAL");
     redis_args_str(&a, script_layout);
@@ -2733,12 +2627,12 @@ on_connect(const redisAsyncContext *ac, int status)
     redis_args_str(&a, CLUSTER_LAYOUT);
     redis_args_u64(&a, cl.set.lease_ms);
     redis_args_str(&a, CLUSTER_GROUP);
-    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 7), &a);
+    cluster_command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 7), &a);
     for (intptr_t i = 0; i < SCRIPT_COUNT; i++) {
         redis_args_init(&a, "SCRIPT");
         redis_args_str(&a, "LOAD");
         redis_args_str(&a, script_text[i]);
-        command(&cl.cmd, on_setup, (void *)i, &a);
+        cluster_command(&cl.cmd, on_setup, (void *)i, &a);
     }
     redis_args_init(&a, "XGROUP");
     redis_args_str(&a, "CREATE");
@@ -2746,27 +2640,27 @@ on_connect(const redisAsyncContext *ac, int status)
     redis_args_str(&a, CLUSTER_GROUP);
     redis_args_str(&a, "0");
     redis_args_str(&a, "MKSTREAM");
-    command(&cl.cmd, on_setup, (void *)(intptr_t)SCRIPT_COUNT, &a);
+    cluster_command(&cl.cmd, on_setup, (void *)(intptr_t)SCRIPT_COUNT, &a);
     redis_args_init(&a, "GET");
     redis_args_str(&a, cl.key_origin);
-    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 1), &a);
+    cluster_command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 1), &a);
     redis_args_init(&a, "XREVRANGE");
     redis_args_str(&a, cl.key_control);
     redis_args_str(&a, "+");
     redis_args_str(&a, "-");
     redis_args_str(&a, "COUNT");
     redis_args_str(&a, "1");
-    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 2), &a);
+    cluster_command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 2), &a);
     redis_args_init(&a, "XGROUP");
     redis_args_str(&a, "CREATE");
     redis_args_str(&a, cl.key_pwork);
     redis_args_str(&a, CLUSTER_GROUP);
     redis_args_str(&a, "0");
     redis_args_str(&a, "MKSTREAM");
-    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 3), &a);
+    cluster_command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 3), &a);
     redis_args_init(&a, "CLIENT");
     redis_args_str(&a, "ID");
-    command(&cl.work, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 4), &a);
+    cluster_command(&cl.work, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 4), &a);
     redis_args_init(&a, "EVAL");
     redis_args_str(&a, script_fence);
     redis_args_str(&a, "4");
@@ -2776,7 +2670,7 @@ on_connect(const redisAsyncContext *ac, int status)
     redis_args_str(&a, cl.key_seq_jump);
     redis_args_u64(&a, fence_floor());
     redis_args_u64(&a, FENCE_JUMP);
-    command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 6), &a);
+    cluster_command(&cl.cmd, on_setup, (void *)(intptr_t)(SCRIPT_COUNT + 6), &a);
     cl.up = 0;      /* until session_up() */
 }
 
@@ -2785,14 +2679,14 @@ open_conn(struct conn *conn)
 {
     redisAsyncContext *ac = redisAsyncConnect(cl.address, cl.master_port);
     if (ac == NULL) {
-        session_fail("out of memory");
+        cluster_session_fail("out of memory");
         return -1;
     }
     if (ac->err) {
         char why[160];
         snprintf(why, sizeof why, "connecting: %s", ac->errstr);
         redisAsyncFree(ac);
-        session_fail("%s", why);
+        cluster_session_fail("%s", why);
         return -1;
     }
     conn->ac = ac;
@@ -2813,8 +2707,8 @@ open_conn(struct conn *conn)
 static void
 on_setup_timer(evutil_socket_t fd, short what, void *arg)
 {
-    session_fail("no connection after %d ms%s", CONNECT_TIMEOUT_MS + RESOLVE_TIMEOUT_MS,
-                 cl.sentinels ? " (and the sentinels' answers)" : "");
+    cluster_session_fail("no connection after %d ms%s", CONNECT_TIMEOUT_MS + RESOLVE_TIMEOUT_MS,
+                         cl.sentinels ? " (and the sentinels' answers)" : "");
 }
 
 /* The master's address: connect there. */
@@ -2823,7 +2717,7 @@ on_master_resolved(void *arg, const char *address, const char *why)
 {
     cl.resolving = NULL;
     if (address == NULL) {
-        session_fail("%s", why);
+        cluster_session_fail("%s", why);
         return;
     }
     snprintf(cl.address, sizeof cl.address, "%s", address);
@@ -2837,7 +2731,7 @@ static void
 on_master_found(const char *host, int port, const char *why)
 {
     if (host == NULL) {
-        session_fail("%s", why);
+        cluster_session_fail("%s", why);
         return;
     }
     if (cl.sentinels && (strcmp(host, cl.master_host) != 0 || port != cl.master_port)) {
@@ -2859,7 +2753,7 @@ on_switched(const char *host, int port)
         return;
     cl.backoff_ms = BACKOFF_MIN_MS;
     if (!cl.failing && (cl.up || cl.resolving != NULL || cl.cmd.ac != NULL)) {
-        session_fail("the sentinels moved master %s to %s:%d", cl.master_name, host, port);
+        cluster_session_fail("the sentinels moved master %s to %s:%d", cl.master_name, host, port);
     } else if (evtimer_pending(cl.retry_timer, NULL)) {
         struct timeval tv = clock_timeval_ms(BACKOFF_MIN_MS);
         evtimer_add(cl.retry_timer, &tv);
@@ -2881,7 +2775,7 @@ on_retry(evutil_socket_t fd, short what, void *arg)
         on_master_found(cl.master_host, cl.master_port, NULL);
 }
 
-/* While cl.up is set inside on_connect, command() sends: the setup needs it. */
+/* While cl.up is set inside on_connect, cluster_command() sends: the setup needs it. */
 
 /* ---- start, reload, stop ------------------------------------------------- */
 
@@ -2894,7 +2788,8 @@ cluster_start(void)
         return;
     memset(&cl, 0, sizeof cl);
     cl.enabled = 1;
-    cl.cmd.name = "command";    /* in session_fail()'s reasons: the log, UNAVAILABLE details */
+    /* in cluster_session_fail()'s reasons: the log, UNAVAILABLE details */
+    cl.cmd.name = "command";
     cl.work.name = "work";
     cl.upd.name = "update";
     char host[64] = "";
@@ -2937,18 +2832,18 @@ cluster_start(void)
         snprintf(cl.master_host, sizeof cl.master_host, "%s", c->cluster.host);
         cl.master_port = c->cluster.port;
     }
-    cluster_ack_start(gp.base, check_done);
+    cluster_ack_start(gp.base, cluster_check_done);
     cl.pull_unit = ITEM_WEIGHT_FULL;
     cl.reset_event = event_new(gp.base, -1, 0, on_reset, NULL);
     cl.retry_timer = evtimer_new(gp.base, on_retry, NULL);
     cl.setup_timer = evtimer_new(gp.base, on_setup_timer, NULL);
     cl.ping_timer = event_new(gp.base, -1, EV_PERSIST, on_ping_timer, NULL);
-    cl.renew_timer = event_new(gp.base, -1, EV_PERSIST, on_renew_timer, NULL);
-    cl.claim_timer = event_new(gp.base, -1, EV_PERSIST, on_claim_timer, NULL);
-    cl.poll_timer = event_new(gp.base, -1, EV_PERSIST, on_poll_timer, NULL);
-    cl.due_timer = evtimer_new(gp.base, on_due_timer, NULL);
-    cl.pull_timer = evtimer_new(gp.base, on_pull_timer, NULL);
-    cl.flush_event = event_new(gp.base, -1, 0, on_flush, NULL);
+    cl.renew_timer = event_new(gp.base, -1, EV_PERSIST, cluster_on_renew_timer, NULL);
+    cl.claim_timer = event_new(gp.base, -1, EV_PERSIST, cluster_on_claim_timer, NULL);
+    cl.poll_timer = event_new(gp.base, -1, EV_PERSIST, cluster_on_poll_timer, NULL);
+    cl.due_timer = evtimer_new(gp.base, cluster_on_due_timer, NULL);
+    cl.pull_timer = evtimer_new(gp.base, cluster_on_pull_timer, NULL);
+    cl.flush_event = event_new(gp.base, -1, 0, cluster_on_flush, NULL);
     set_why();
     log_info("cluster: %s, keys {%s}:*, consumer %s, lease %llu ms, min_replicas_ack %u",
              cl.sentinels ? c->cluster.redis : where(), c->cluster.name, cl.consumer,
@@ -2978,7 +2873,7 @@ cluster_configure(const struct ds_config *old)
     if (c->cluster.lease_ms != cl.set.lease_ms) {
         cl.set.lease_ms = c->cluster.lease_ms;
         if (cl.up) {
-            on_renew_timer(-1, 0, NULL);    /* renewed, then the new lease announced */
+            cluster_on_renew_timer(-1, 0, NULL);    /* renewed, then the new lease announced */
             arm_lease_timers();
         }
     }
@@ -3032,7 +2927,7 @@ cluster_shutdown(void)
     for (size_t i = 0; i < cl.ucbs_n; i++)
         cl.ucbs[i].fn(NULL, NULL, cl.ucbs[i].arg);      /* shutting down: they discard */
     cl.ucbs_n = 0;
-    fail_unsent_updates();
+    cluster_fail_unsent_updates();
     free(cl.ucbs);
     cl.ucbs = NULL;
     redis_cmd_free(&cl.ucmd);
@@ -3046,7 +2941,7 @@ cluster_send(struct redis_args *a, redisCallbackFn *fn, void *arg)
 {
     if (!cl.caught_up)
         return -1;
-    return command(&cl.cmd, fn, arg, a);
+    return cluster_command(&cl.cmd, fn, arg, a);
 }
 
 int
@@ -3062,10 +2957,10 @@ cluster_cancel_item(const char *id, const char *kind, const char *batch, uint64_
     struct redis_args a;
     char hash_key[ITEM_KEY_SIZE];
     publish_args(&a, SCRIPT_CANCEL, item, STATE_CANCELLED, encoded, len, hash_key);
-    entry_arg(&a, key);
+    cluster_entry_arg(&a, key);
     redis_args_str(&a, CLUSTER_GROUP);
     redis_args_str(&a, reason);
-    retention_args(&a);
+    cluster_retention_args(&a);
     int rc = cluster_send(&a, fn, arg);
     free(encoded);
     store_discard(item);
@@ -3085,7 +2980,7 @@ cluster_requeue_item(const struct item *item, redisCallbackFn *fn, void *arg)
     redis_args_u64(&a, item->timeout_ms);
     redis_args_str(&a, item->weight == ITEM_WEIGHT_QUICK ? "1" : "0");
     char priority[16];
-    redis_args_str(&a, priority_arg(item, priority));
+    redis_args_str(&a, cluster_priority_arg(item, priority));
     redis_args_u64(&a, clock_wall_ns());
     int rc = cluster_send(&a, fn, arg);
     free(encoded);
@@ -3156,8 +3051,8 @@ cluster_idle(void)
            (!cl.up || cl.last_seq >= cl.max_published_seq);
 }
 
-static void
-check_done(void)
+void
+cluster_check_done(void)
 {
     if (gp.draining && cluster_idle())
         grpc_process_check_done();
@@ -3186,7 +3081,7 @@ cluster_status_json(struct evbuffer *b)
                         cl.sentinels && sentinel_watching() ? "true" : "false",
                         cl.set.min_replicas_ack, cl.set.name, cl.consumer,
                         cl.up ? "true" : "false", cl.up && cl.caught_up ? "true" : "false",
-                        outstanding(), cl.claimed, cl.reconnects, cl.superseded,
+                        cluster_outstanding(), cl.claimed, cl.reconnects, cl.superseded,
                         cl.lost_updates, cl.cancels, cl.known[0], cl.known[1], cl.known[2],
                         cl.accept_batches, cl.update_batches, cl.inflight, cl.busy_spells,
                         cl.started_folded);
@@ -3250,8 +3145,8 @@ cluster_metrics(struct evbuffer *b)
         "instance held.\n"
         "# TYPE dosomething_cluster_cancel_requests_total counter\n"
         "dosomething_cluster_cancel_requests_total %" PRIu64 "\n",
-        cl.up && cl.caught_up ? 1 : 0, outstanding(), cl.claimed, cl.reconnects, cl.superseded,
-        cl.lost_updates, cl.known[0], cl.known[1], cl.known[2], cl.cancels);
+        cl.up && cl.caught_up ? 1 : 0, cluster_outstanding(), cl.claimed, cl.reconnects,
+        cl.superseded, cl.lost_updates, cl.known[0], cl.known[1], cl.known[2], cl.cancels);
 }
 
 const struct store_backend store_redis = {
@@ -3268,7 +3163,7 @@ const struct store_backend store_redis = {
     .serving = cluster_serving,
     .idle = cluster_idle,
     .pull = cluster_pull,
-    .want_started = publish_want_started,
+    .want_started = cluster_publish_want_started,
     .configure = cluster_configure,
     .shutdown = cluster_shutdown,
     .status_json = cluster_status_json,

@@ -2,6 +2,21 @@
  * Cluster mode: the queue and the update log in Redis Streams (cluster.h
  * has the contract, docs/scaling.md the story).
  *
+ * This file: the store's backend (store_redis) and what cluster.h offers
+ * the rest of the process (settings, keys, sending on the command
+ * connection, the cancel and retry scripts, /status and /metrics), the
+ * session with Redis, and the helpers every part uses. The parts share
+ * its state, `cl` (cluster_state.h):
+ *
+ *   cluster_write.c    accepting items and publishing their updates,
+ *                      finals and retries (the accept and update
+ *                      scripts); backpressure
+ *   cluster_take.c     taking items: pulling, renewals and our lease,
+ *                      claims, delayed items, the capacity poll
+ *   cluster_read.c     reading the update stream and the control stream
+ *   cluster_scripts.c  the Lua scripts; cluster_items.c getItems, cancel
+ *                      and retry by id; cluster_ack.c min_replicas_ack
+ *
  * Three connections, all on the loop through hiredis's libevent adapter:
  * `command` carries the scripts (accept, update, renew, claim) and the
  * capacity poll, in order; `work` blocks in XREADGROUP for new items;
@@ -15,8 +30,13 @@
  * seq and its update entry, an item's entry and its QUEUED update, an
  * update and the check that the attempt is still this instance's, a final
  * update and the XACK.
+ *
+ * The session (here): finding the master (through the sentinels when
+ * cluster.redis names them; its host resolved off the loop), the three
+ * connections, the setup pipelined once they are up (ROLE, the layout
+ * check, SCRIPT LOAD, the groups, the seq fence), a ROLE every second,
+ * and on_reset() dropping it all for a new one with backoff.
  */
-#include <errno.h>
 #include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -30,13 +50,8 @@
 #include <hiredis/hiredis.h>
 #include <hiredis/adapters/libevent.h>
 
-#include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
-#include "core/pbwire.h"
-#include "core/utf8.h"
-#include "core/process.h"
-#include "core/trace.h"
 #include "grpc/cluster.h"
 #include "grpc/cluster_ack.h"
 #include "grpc/cluster_items.h"
@@ -47,10 +62,7 @@
 #include "grpc/cluster_write.h"
 #include "grpc/grpc_process.h"
 #include "grpc/health.h"
-#include "grpc/submit.h"
-#include "grpc/subscribe.h"
 #include "grpc/item.h"
-#include "grpc/metrics.h"
 #include "grpc/redis_args.h"
 #include "grpc/redis_reply.h"
 #include "grpc/resolve.h"

@@ -6,7 +6,7 @@
  * trimmed to about this many entries. */
 #define CONTROL_MAXLEN "1000"
 /* A number as a Lua literal: the scripts step through ARGV by the field
- * counts cluster.c sends (cluster_scripts.h). */
+ * counts cluster_write.c sends (cluster_scripts.h). */
 #define LUA_NUM_(n) #n
 #define LUA_NUM(n) LUA_NUM_(n)
 
@@ -672,7 +672,7 @@ static const char script_renew[] =
  * the log. An entry of our own (our renewal came late) keeps its delivery
  * count: the copy we hold of it runs on, and its updates in flight still
  * count; the instance counts one itself if it holds none
- * (cluster.c adopt_claimed()). Consumers that hold
+ * (cluster_take.c adopt_claimed()). Consumers that hold
  * nothing and were not seen for their lease are removed (a live one is
  * recreated by its next read).
  */

@@ -50,7 +50,7 @@ struct item {
     uint32_t raw_len;
     uint32_t attempt;           /* the attempt running, or the next one */
     uint32_t run_attempt;       /* the attempt its worker runs (the IPC's: attempt may
-                                 * move on while it runs, cluster.c adopt_claimed()) */
+                                 * move on while it runs, cluster_take.c adopt_claimed()) */
     uint32_t asked_attempt;     /* its worker was asked to run it as this instead, if not
                                  * started (queue_reattempt); its next update says; 0: not */
     uint32_t max_attempts;

@@ -122,7 +122,7 @@ struct item *queue_find(uint64_t key);
  * started runs on as it was given; one waiting here is sent as attempt. */
 void queue_reattempt(struct item *item);
 /* ITEM's due_ns moved: if it waits here (not at a worker), it waits for
- * that. One walk over the waiting items: for the rare event (cluster.c
+ * that. One walk over the waiting items: for the rare event (cluster_take.c
  * adopt_claimed()), not for a hot path. */
 void queue_retime(struct item *item);
 /* Take ITEM out of the queue if it waits there (parked or delayed too):

@@ -115,7 +115,8 @@ struct ipc_cancel {
 
 /* Run ITEM KEY, given as attempt ATTEMPT (its ITEM frame's), as attempt
  * NEW_ATTEMPT if it has not started: in cluster mode the attempt of a
- * copy waiting at its worker can move on (grpc/cluster.c adopt_claimed()).
+ * copy waiting at its worker can move on (grpc/cluster_take.c
+ * adopt_claimed()).
  * One that started runs on as it started; a key the worker does not hold
  * is ignored. The worker's updates say which attempt it ran; a CANCEL may
  * name either until its first one. Exactly this size. */

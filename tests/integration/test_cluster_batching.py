@@ -1,7 +1,7 @@
 """
-Cluster mode's batched writes (cluster.c: the items accepted in one turn of
-the loop go to Redis in one script, and a submit call stops being read
-while too many writes are in flight).
+Cluster mode's batched writes (cluster_write.c: the items accepted in one
+turn of the loop go to Redis in one script, and a submit call stops being
+read while too many writes are in flight).
 
 - A Redis that refuses writes part way through a stream (maxmemory reached,
   noeviction): every item is told the truth. Each one is either accepted,

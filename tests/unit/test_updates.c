@@ -381,7 +381,7 @@ test_error_sanitized_and_cut(void **state)
     wire_update_free(m, NULL);
 
     /* updates_deliver puts its seq in front, and hands it on like the rest
-     * (a stream that jumps ahead restarts the log first, as cluster.c does). */
+     * (a stream that jumps ahead restarts the log first, as cluster_read.c does). */
     updates_restart(76, 1, NULL);
     updates_deliver(77, STATE_FAILED, bytes, len, "item-a", 6, "echo", 4, "batch-a", 7);
     free(bytes);

@@ -48,9 +48,10 @@ uint32_t cluster_entry_count(const struct item *item);
 /* Is the final or retry of the item with KEY on its way? */
 int cluster_ending_holds(uint64_t key);
 
-/* The session went: the accepts not sent hear UNAVAILABLE; the updates
- * gathered are sent (or, unsendable, kept for fail_unsent_updates()), and
- * those never sent hear a NULL reply. */
+/* The session went (on_reset()): the accepts not sent hear UNAVAILABLE;
+ * the updates gathered are sent or, unsendable, kept for
+ * cluster_fail_unsent_updates(), which tells those never sent a NULL
+ * reply. */
 void cluster_fail_accepts(void);
 void cluster_flush_updates(void);
 void cluster_fail_unsent_updates(void);

@@ -85,6 +85,7 @@ finish(void)
     if (proc.done)
         return;
     proc.done = 1;
+    handover_end();     /* a drain may end while a failed call waits to be retried */
     event_base_loopbreak(gp.base);
 }
 

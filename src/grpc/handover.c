@@ -75,10 +75,115 @@ static struct {
     int sending, receiving;
     unsigned failures;
     struct event *retry_timer;
-    uint64_t handed, given_back;
+    uint64_t handed;            /* items the new instance took (each leaves once) */
+    int ended;                  /* the summary is logged */
+    /* The keys of the items given back (by a rejection or a failed call) and
+     * not handed over since: a set, so that an item given back and sent
+     * again counts once. Open addressing, linear probing; 0 is free (keys
+     * start at 1), UINT64_MAX a removed entry. */
+    uint64_t *back;
+    size_t back_size, back_used, back_count;
 } ho;
 
+#define BACK_REMOVED UINT64_MAX
+
 static void next_call(void);
+
+static size_t
+back_slot(uint64_t key)
+{
+    size_t mask = ho.back_size - 1, i = (size_t)(key * 0x9E3779B97F4A7C15ull) & mask;
+    size_t removed = ho.back_size;
+    while (ho.back[i] != 0 && ho.back[i] != key) {
+        if (ho.back[i] == BACK_REMOVED && removed == ho.back_size)
+            removed = i;
+        i = (i + 1) & mask;
+    }
+    return ho.back[i] == 0 && removed != ho.back_size ? removed : i;
+}
+
+static void
+back_add(uint64_t key)
+{
+    if (key == 0 || key == BACK_REMOVED)
+        return;     /* not a key item.c hands out */
+    if ((ho.back_used + 1) * 2 > ho.back_size) {
+        uint64_t *old = ho.back;
+        size_t old_size = ho.back_size;
+        ho.back_size = old_size == 0 ? 1024 : ho.back_count * 4 > old_size ? old_size * 2
+                                                                          : old_size;
+        ho.back = ds_calloc(ho.back_size, sizeof *ho.back);
+        ho.back_used = ho.back_count = 0;
+        for (size_t i = 0; i < old_size; i++)
+            if (old[i] != 0 && old[i] != BACK_REMOVED)
+                back_add(old[i]);
+        free(old);
+    }
+    size_t i = back_slot(key);
+    if (ho.back[i] == key)
+        return;
+    if (ho.back[i] == 0)
+        ho.back_used++;
+    ho.back[i] = key;
+    ho.back_count++;
+}
+
+static void
+back_remove(uint64_t key)
+{
+    if (ho.back_size == 0 || key == 0 || key == BACK_REMOVED)
+        return;
+    size_t mask = ho.back_size - 1, i = (size_t)(key * 0x9E3779B97F4A7C15ull) & mask;
+    while (ho.back[i] != 0) {
+        if (ho.back[i] == key) {
+            ho.back[i] = BACK_REMOVED;
+            ho.back_count--;
+            return;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+static int
+back_has(uint64_t key)
+{
+    if (ho.back_size == 0 || key == 0 || key == BACK_REMOVED)
+        return 0;
+    size_t mask = ho.back_size - 1, i = (size_t)(key * 0x9E3779B97F4A7C15ull) & mask;
+    while (ho.back[i] != 0) {
+        if (ho.back[i] == key)
+            return 1;
+        i = (i + 1) & mask;
+    }
+    return 0;
+}
+
+/* Waiting here (not at a worker) and never given back: not sent at all. */
+static void
+count_unsent(const struct item *item, void *arg)
+{
+    if (item->worker == NULL && !back_has(item->key))
+        (*(uint64_t *)arg)++;
+}
+
+/* The handover is over, whichever way (every item sent, calls that kept
+ * failing, a cancel, the process's end): one line with each item counted
+ * once. Kept here: given back and not handed over since (they run here, or
+ * ran), and those still waiting that were never sent (a handover cut
+ * short). */
+static void
+log_summary(void)
+{
+    if (!ho.started || ho.ended || ho.channel == NULL)
+        return;
+    ho.ended = 1;
+    uint64_t unsent = 0;
+    queue_for_each(count_unsent, &unsent);
+    log_notice("handover: %llu items handed over to the new instance at %s, %llu kept here "
+               "(%llu given back, %llu not sent)", (unsigned long long)ho.handed, ho.target,
+               (unsigned long long)(ho.back_count + unsent), (unsigned long long)ho.back_count,
+               (unsigned long long)unsent);
+}
 
 /* The new instance's address: our first listener that serves doSomething,
  * a wildcard made loopback. */
@@ -209,14 +314,15 @@ call_done(void)
     /* Accepted ones leave; the others go back to the front, last first. */
     for (uint32_t i = 0; i < ho.count; i++) {
         if (!rejected[i]) {
+            back_remove(ho.items[i]->key);
             store_handed_over(ho.items[i], HANDOVER_NOTE);
             ho.handed++;
         }
     }
     for (uint32_t i = ho.count; i-- > 0;) {
         if (rejected[i]) {
+            back_add(ho.items[i]->key);
             store_give_back(ho.items[i]);
-            ho.given_back++;
         }
     }
     if (ho.reply != NULL)
@@ -233,6 +339,7 @@ call_done(void)
         if (!ho.cancelled)
             log_warn("handover: giving up after %u failed calls; the items left run here",
                      ho.failures);
+        log_summary();
         workers_close_all();
         grpc_process_check_done();
         return;
@@ -279,8 +386,7 @@ next_call(void)
     while (ho.count < HANDOVER_BATCH && (item = store_take_waiting()) != NULL)
         ho.items[ho.count++] = item;
     if (ho.count == 0) {
-        log_notice("handover: %llu items handed over to the new instance at %s, %llu kept here",
-                   (unsigned long long)ho.handed, ho.target, (unsigned long long)ho.given_back);
+        log_summary();
         workers_close_all();    /* those holding nothing were kept for a give-back */
         grpc_process_check_done();
         return;
@@ -356,7 +462,17 @@ handover_cancel(void)
     if (ho.retry_timer != NULL)
         evtimer_del(ho.retry_timer);
     if (ho.call != NULL)
-        grpc_call_cancel(ho.call, NULL);
+        grpc_call_cancel(ho.call, NULL);    /* call_done() logs the summary */
+    else
+        log_summary();      /* between calls (a retry's wait): over now */
+}
+
+void
+handover_end(void)
+{
+    if (ho.retry_timer != NULL)
+        evtimer_del(ho.retry_timer);
+    log_summary();
 }
 
 int
@@ -368,6 +484,10 @@ handover_active(void)
 void
 handover_shutdown(void)
 {
+    handover_end();
+    free(ho.back);
+    ho.back = NULL;
+    ho.back_size = ho.back_used = ho.back_count = 0;
     if (ho.retry_timer != NULL)
         event_free(ho.retry_timer);
     ho.retry_timer = NULL;

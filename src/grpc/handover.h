@@ -11,6 +11,10 @@ void handover_start(void);
 void handover_cancel(void);
 /* Is a handover call in flight? The process waits for it before exiting. */
 int handover_active(void);
+/* The process ends (the drain is done, or a stop cuts it): a handover
+ * still waiting to retry a failed call is over; its summary line is logged
+ * (once, whichever way it ended). */
+void handover_end(void);
 /* At exit, after the last call: release the channel. */
 void handover_shutdown(void);
 

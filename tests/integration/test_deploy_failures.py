@@ -303,3 +303,87 @@ def test_usr2_handover_cut_by_a_killed_grpc_process_loses_nothing(start_daemon, 
         sub.close()
         if new_master is not None:
             kill_tree(new_master)
+
+
+SUMMARY_LINE = (r"handover: (?P<handed>\d+) items handed over to the new instance at \S+, "
+                r"(?P<kept>\d+) kept here(?: \((?P<back>\d+) given back, (?P<unsent>\d+) not "
+                r"sent\))?")
+
+
+@pytest.mark.deadline(90)
+@pytest.mark.parametrize("release", ["queue_empties_while_an_item_runs", "after_two_failures",
+                                     "after_giving_up"])
+def test_usr2_handover_whose_calls_fail_logs_one_summary_of_distinct_items(
+        start_daemon, monkeypatch, tmp_path, release):
+    """Every handover call fails (the new instance serves only getUpdates on
+    the address the old one hands over to: PERMISSION_DENIED), so the same
+    five waiting items are given back and sent again, call after call, while
+    both workers are held by gated items. Released: one worker once two
+    calls have failed, so the items run here while the other still holds its
+    item and the next call finds the queue empty (before, its summary
+    counted each give-back: 5 per failed call); both workers once two calls
+    have failed, so the drain ends while the handover waits to retry
+    (before, the process exited without the summary line); both once the
+    handover gave up (before, no summary either). Each way the summary is
+    logged once and counts each item once."""
+    binary = copied_binary(tmp_path, monkeypatch)
+    gates = [tmp_path / "gate0", tmp_path / "gate1"]
+
+    def hold(gate):
+        return {"exec": ["/bin/sh", "-c", f'while [ ! -e "{gate}" ]; do sleep 0.02; done']}
+    handlers = {"default": "echo", "echo": {"builtin": "echo"}, "sleep": {"builtin": "sleep"},
+                "hold0": hold(gates[0]), "hold1": hold(gates[1])}
+    d = start_daemon({"workers": {"count": 2, "prefetch": 1}, "shutdown_timeout": "60s",
+                      "handlers": handlers})
+    old_master = d.master_pid
+    c = d.client()
+    new_master = None
+    try:
+        watch = c.subscribe(sync=True, name="old")
+        for n in range(2):
+            assert c.submit([{"id": f"held{n}", "kind": f"hold{n}"}]).accepted == 1
+            watch.wait_state(f"held{n}", conftest.STARTED)
+        ids = [f"w{i}" for i in range(5)]
+        assert c.submit([{"id": i, "kind": "sleep", "params": {"ms": "1"}}
+                         for i in ids]).accepted == 5
+        watch.wait(lambda s: all(i in s.by_id for i in ids), 10, "every QUEUED")
+
+        # The new instance: the old one's address serves getUpdates only.
+        other = f"127.0.0.1:{conftest.free_port()}"
+        d.write_config(conftest.deep_merge(d.config, {"grpc": {"listen": [
+            {"address": d.address, "methods": ["getUpdates"]}, other]}}))
+        install(tmp_path, binary, source=real_binary())
+        d.send_signal(signal.SIGUSR2)
+        wait_for(lambda: d.read_pid_file() not in (None, old_master), 10,
+                 "the new master's pid file")
+        new_master = d.read_pid_file()
+        d.known_pids.add(new_master)
+        d.wait_log(r"handover: handing 5 waiting items to the new instance")
+        failed = r"handover: a doSomething call to the new instance at \S+ failed"
+        if release == "after_giving_up":
+            d.wait_log(r"handover: giving up after 20 failed calls", timeout=40)
+        else:
+            wait_for(lambda: len(re.findall(failed, d.log_text())) >= 2, 20,
+                     "two failed handover calls")
+        if release == "queue_empties_while_an_item_runs":
+            gates[1].touch()
+            watch.wait_final(ids, timeout=20)
+            d.wait_log(r"handover: \d+ items handed over to the new instance", timeout=20)
+        for gate in gates:
+            gate.touch()
+
+        assert d.wait_exit(timeout=30) == 0, "the old master did not drain and exit"
+        log = d.log_text()
+        summaries = list(re.finditer(SUMMARY_LINE, log))
+        assert len(summaries) == 1, log[-3000:]
+        m = summaries[0]
+        assert (m.group("handed"), m.group("kept"), m.group("back"), m.group("unsent")) == \
+            ("0", "5", "5", "0"), m.group(0)
+        # They ran here, each once.
+        finals = watch.wait_final(ids + ["held0", "held1"], timeout=10)
+        assert all(u.state == SUCCEEDED for u in finals.values()), finals
+    finally:
+        for gate in gates:
+            gate.touch()
+        if new_master is not None:
+            kill_tree(new_master)

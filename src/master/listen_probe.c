@@ -34,9 +34,43 @@ unix_in_use(const char *path, char *why, size_t why_size)
 
 /* A TCP address is served if a bind() without SO_REUSEPORT fails with
  * EADDRINUSE (SO_REUSEADDR: a port whose old connections wait in
- * TIME_WAIT is free). Every address a name resolves to is tried. */
+ * TIME_WAIT is free). Which of LIST's addresses are tried is which the
+ * listener binds: every one (gRPC binds every address of a name), or, with
+ * FIRST_ONLY, the first this machine has, as status.c listen_socket()
+ * walks them: an address whose socket() or bind() fails with EAFNOSUPPORT
+ * or EADDRNOTAVAIL is passed over, the first that binds is the one, and
+ * any other failure ends the walk (the listener fails there; its bind
+ * reports it). */
+int
+listen_probe_addresses(const struct addrinfo *list, int first_only, char *why, size_t why_size)
+{
+    for (const struct addrinfo *ai = list; ai != NULL; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        int err = 0, served = 0;
+        if (fd == -1) {
+            err = errno;
+        } else {
+            int on = 1;
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == -1) {
+                err = errno;
+                served = err == EADDRINUSE;
+            }
+            close(fd);
+        }
+        if (served) {
+            snprintf(why, why_size, "bind() without SO_REUSEPORT failed: %s",
+                     strerror(EADDRINUSE));
+            return 1;
+        }
+        if (first_only && err != EAFNOSUPPORT && err != EADDRNOTAVAIL)
+            return 0;   /* the one it binds (err 0), or where it fails */
+    }
+    return 0;
+}
+
 static int
-tcp_in_use(const char *addr, char *why, size_t why_size)
+tcp_in_use(const char *addr, int first_only, char *why, size_t why_size)
 {
     char host[300];
     const char *port;
@@ -47,30 +81,17 @@ tcp_in_use(const char *addr, char *why, size_t why_size)
     struct addrinfo *list;
     if (getaddrinfo(host[0] != '\0' ? host : NULL, port, &hints, &list) != 0)
         return 0;
-    int served = 0;
-    for (struct addrinfo *ai = list; ai != NULL && !served; ai = ai->ai_next) {
-        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd == -1)
-            continue;
-        int on = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == -1 && errno == EADDRINUSE) {
-            served = 1;
-            snprintf(why, why_size, "bind() without SO_REUSEPORT failed: %s",
-                     strerror(EADDRINUSE));
-        }
-        close(fd);
-    }
+    int served = listen_probe_addresses(list, first_only, why, why_size);
     freeaddrinfo(list);
     return served;
 }
 
 int
-listen_probe_in_use(const char *addr, char *why, size_t why_size)
+listen_probe_in_use(const char *addr, int first_only, char *why, size_t why_size)
 {
     if (strncmp(addr, "unix:", 5) == 0)
         return unix_in_use(addr + 5, why, why_size);
-    return tcp_in_use(addr, why, why_size);
+    return tcp_in_use(addr, first_only, why, why_size);
 }
 
 int
@@ -79,14 +100,15 @@ listen_probe_config(const struct ds_config *config)
     int found = 0;
     char why[200];
     for (size_t i = 0; i < config->grpc.listen_count; i++) {
-        if (listen_probe_in_use(config->grpc.listen[i], why, sizeof why)) {
+        if (listen_probe_in_use(config->grpc.listen[i], 0, why, sizeof why)) {
             log_error("grpc.listen %s is in use by another process (%s): is another "
                       "dosomethingd serving it? Not starting", config->grpc.listen[i], why);
             found = 1;
         }
     }
+    /* status.c binds one address of a name (the first it can), gRPC all. */
     if (config->status.listen != NULL &&
-        listen_probe_in_use(config->status.listen, why, sizeof why)) {
+        listen_probe_in_use(config->status.listen, 1, why, sizeof why)) {
         log_error("status.listen %s is in use by another process (%s); not starting",
                   config->status.listen, why);
         found = 1;

@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 
+struct addrinfo;
 struct ds_config;
 
 /* Is an address of CONFIG's (grpc.listen, status.listen) served by another
@@ -27,8 +28,15 @@ int listen_probe_config(const struct ds_config *config);
  * ADDR ("host:port", "[v6]:port" or "unix:/path") as the config checked
  * it: 1 if another process serves it (WHY says how we know), else 0,
  * also when it cannot tell (a name that does not resolve, an address not
- * of this machine): the bind that follows reports those.
+ * of this machine): the bind that follows reports those. Of a name's
+ * addresses, those its listener binds: all (grpc.listen: gRPC binds every
+ * one), or with FIRST_ONLY the first this machine has (status.listen:
+ * status.c binds only that one; another process on a later address of
+ * the name is no conflict).
  */
-int listen_probe_in_use(const char *addr, char *why, size_t why_size);
+int listen_probe_in_use(const char *addr, int first_only, char *why, size_t why_size);
+/* The same for LIST, getaddrinfo()'s answer (tests build their own). */
+int listen_probe_addresses(const struct addrinfo *list, int first_only, char *why,
+                           size_t why_size);
 
 #endif

@@ -576,6 +576,58 @@ def test_a_second_daemon_on_the_same_status_port_is_refused(start_daemon):
     assert_serving(first)
 
 
+def localhost_addresses():
+    """What getaddrinfo() gives for localhost here (AI_PASSIVE, as the
+    daemon asks), in its order, each once: (family, address)."""
+    seen = []
+    for family, _, _, _, sa in socket.getaddrinfo("localhost", None, socket.AF_UNSPEC,
+                                                  socket.SOCK_STREAM, 0, socket.AI_PASSIVE):
+        if (family, sa[0]) not in seen:
+            seen.append((family, sa[0]))
+    return seen
+
+
+def listening_on(family, address, port=0):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((address, port))
+    s.listen(1)
+    return s
+
+
+def test_status_listen_on_a_name_checks_only_the_address_it_binds(start_daemon):
+    """localhost with two addresses (127.0.0.1 and ::1): status.c binds the
+    first only, so another process on the second is no conflict for
+    status.listen (before, the check refused the start); gRPC binds every
+    address of a name, so for grpc.listen it still is. The logic alone is
+    covered without the resolver by tests/unit/test_listen_probe.c."""
+    addresses = localhost_addresses()
+    if len(addresses) < 2:
+        pytest.skip(f"localhost resolves to {[a for _, a in addresses]} only on this machine "
+                    "(no ::1 localhost in /etc/hosts): no second address to hold")
+    (family1, first), (family2, second) = addresses[:2]
+    try:
+        holder = listening_on(family2, second)
+    except OSError as e:
+        pytest.skip(f"cannot listen on localhost's second address {second}: {e}")
+    with holder:
+        port = holder.getsockname()[1]
+        try:
+            listening_on(family1, first, port).close()      # free on the first?
+        except OSError as e:
+            pytest.skip(f"port {port} is taken on {first} too: {e}")
+        d = start_daemon({"status": {"listen": f"localhost:{port}"}}, wait=False)
+        d.wait_log(r"serving \(generation 1\)", timeout=15)
+        assert d.proc.poll() is None
+        assert "in use by another process" not in d.log_text(), d.log_tail()
+        d.wait_log(rf"status endpoint listening on localhost:{port}")
+
+        log = refused_start(start_daemon, {"grpc": {"listen": [f"localhost:{port}"]}},
+                            "grpc-on-localhost")
+        assert f"grpc.listen localhost:{port} is in use by another process" in log, log
+
+
 def test_a_detaching_start_on_an_address_in_use_fails_before_it_detaches(start_daemon):
     """daemon: on: the refusal comes before the fork, so the command that
     started it exits 1 and the message reaches its stderr (log.file:

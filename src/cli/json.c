@@ -433,10 +433,16 @@ json_write_string(FILE *out, const char *s, size_t len)
             putc(c, out);
             p++;
         } else {
-            size_t n = utf8_decode((const char *)p, (size_t)(end - p), NULL);
+            uint32_t cp;
+            size_t n = utf8_decode((const char *)p, (size_t)(end - p), &cp);
             if (n == 0) {
                 fputs("\\ufffd", out);
                 p++;
+            } else if (cp >= 0x80 && cp <= 0x9f) {
+                /* C1 controls (U+009B is a CSI): valid JSON raw, but they
+                 * reach terminals; escaped like C0's. */
+                fprintf(out, "\\u%04x", (unsigned)cp);
+                p += n;
             } else {
                 fwrite(p, 1, n, out);
                 p += n;

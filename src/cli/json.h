@@ -36,7 +36,8 @@ int json_parse(const char *text, size_t len, struct json *out, char *err, size_t
 void json_free(struct json *value);
 const char *json_type_name(enum json_type type);
 
-/* A JSON string of len bytes; bytes that are not UTF-8 become U+FFFD. */
+/* A JSON string of len bytes; bytes that are not UTF-8 become U+FFFD; control
+ * characters (C0, DEL, C1: U+0080..U+009F) are escaped (\n, \u001b, \u009b). */
 void json_write_string(FILE *out, const char *s, size_t len);
 
 /* base64 (RFC 4648, with padding). */

@@ -588,3 +588,25 @@ def test_a_message_quoting_what_the_user_typed_shows_control_bytes_escaped():
     r = subprocess.run([CLI, "submit", "--delay", b"\xc2\x9b2J"], capture_output=True,
                        timeout=30)             # C1 CSI
     assert b'got "\\xc2\\x9b2J"' in r.stderr, r.stderr
+
+
+def test_json_output_escapes_c1_control_characters(daemon):
+    """Strings in the JSON lines (an item's id, batch, error) with C1
+    controls (U+0080..U+009F; U+009B is a CSI a terminal acts on) are
+    written escaped, \\u009b, like C0's, not as their raw UTF-8 bytes; the
+    line still decodes to the same string."""
+    item_id = "c1-\u009b2J-\u0085-\u0080\u009f-caf\u00e9"
+    batch = "b\u009b31m"
+    line = json.dumps({"id": item_id, "payload": "x", "batch": batch})
+    r = run_bytes("submit", "--json", "--wait", target=daemon, input=(line + "\n").encode())
+    assert r.returncode == EXIT_OK, r
+    w = run_bytes("watch", "--after-seq", "0", "--item", item_id, "--count", "1",
+                  target=daemon, timeout=20)
+    assert w.returncode == EXIT_OK, w
+    out = w.stdout
+    for raw in (b"\xc2\x80", b"\xc2\x85", b"\xc2\x9b", b"\xc2\x9f"):
+        assert raw not in out, out
+    assert b'"c1-\\u009b2J-\\u0085-\\u0080\\u009f-caf\xc3\xa9"' in out, out
+    assert b'"b\\u009b31m"' in out, out
+    u = json.loads(out.decode("utf-8"))
+    assert u["item_id"] == item_id and u["batch"] == batch, u

@@ -40,7 +40,7 @@ FUZZ_items_SRC  = src/workers/handler.c src/workers/exec.c src/workers/module.c 
                   src/core/auth_file.c $(PROTO_C)
 FUZZ_journal_SRC = src/grpc/journal_store.c src/core/log.c src/core/alloc.c
 FUZZ_cli_SRC    = src/cli/json.c src/cli/item.c src/cli/base64.c src/cli/parse.c \
-                  src/core/alloc.c src/core/utf8.c
+                  src/core/alloc.c src/core/utf8.c $(PROTO_C)
 
 FUZZ_OBJ = $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(1))
 

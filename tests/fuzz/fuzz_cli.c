@@ -11,13 +11,16 @@
  *   item_from_json() (a line of submit --json): a refusal has a reason,
  *     NUL-terminated, valid UTF-8, without control characters (it is
  *     printed on the user's terminal); an accepted line used only the item
- *     keys, exactly as spelled. item_from_line(): the payload is the line.
+ *     keys, exactly as spelled: the WorkItem fields of do_something.proto
+ *     (its protoc-c descriptor, not item.c's list) and payload_b64; each
+ *     of them is taken. item_from_line(): the payload is the line.
  *   base64_decode(): what it accepts re-encodes to the input (padding
  *     aside); base64_encode() of the input decodes back to it.
  * And, as a NUL-terminated copy, to parse_u64(), parse_duration_ms() and
  * cli_parse_state(), each compared with a simple reference.
  *
- * Links json.c, item.c, base64.c and parse.c of src/cli, never gRPC.
+ * Links json.c, item.c, base64.c and parse.c of src/cli and the contract's
+ * protoc-c code (for WorkItem's descriptor), never gRPC.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -28,6 +31,7 @@
 
 #include "cli/cli.h"
 #include "cli/item.h"
+#include "com/agrounds/dosomething/v1/do_something.pb-c.h"
 #include "cli/json.h"
 #include "core/utf8.h"
 
@@ -131,19 +135,52 @@ printable(const char *s)
     return utf8_valid(s, strlen(s));
 }
 
-static const char *const item_keys[] = {
-    "id", "kind", "payload", "payload_b64", "params", "batch", "timeout_ms", "max_attempts",
-    "priority", "delay_ms",
-};
+/*
+ * The keys a line may use, taken from the contract, not from item.c (whose
+ * own list a copy here would only repeat, a wrong key included): the fields
+ * of the WorkItem message as do_something.proto names them (protoc-c's
+ * descriptor of it), and payload_b64, the one key of the CLI's own
+ * (payload as base64, for bytes: dosomething(1)).
+ */
+#define WORK_ITEM_DESCRIPTOR com__agrounds__dosomething__v1__work_item__descriptor
+#define CLI_ONLY_KEY         "payload_b64"
+
+static int
+same_name(const struct json *key, const char *name)
+{
+    return key->length == strlen(name) && memcmp(key->text, name, key->length) == 0;
+}
 
 static int
 item_key(const struct json *key)
 {
-    for (size_t i = 0; i < sizeof item_keys / sizeof item_keys[0]; i++)
-        if (key->length == strlen(item_keys[i]) &&
-            memcmp(key->text, item_keys[i], key->length) == 0)
+    const ProtobufCMessageDescriptor *d = &WORK_ITEM_DESCRIPTOR;
+    for (unsigned i = 0; i < d->n_fields; i++)
+        if (same_name(key, d->fields[i].name))
             return 1;
-    return 0;
+    return same_name(key, CLI_ONLY_KEY);
+}
+
+/* Once: each of those keys is taken (with null, which is as if it were not
+ * there): item.c knows every field of the contract. */
+static void
+check_every_key_taken(void)
+{
+    static int done;
+    const ProtobufCMessageDescriptor *d = &WORK_ITEM_DESCRIPTOR;
+    if (done)
+        return;
+    done = 1;
+    CHECK(d->n_fields >= 9, "WorkItem has %u fields in the descriptor", d->n_fields);
+    for (unsigned i = 0; i <= d->n_fields; i++) {
+        const char *name = i < d->n_fields ? d->fields[i].name : CLI_ONLY_KEY;
+        char line[128], err[600];
+        struct item it;
+        snprintf(line, sizeof line, "{\"%s\": null}", name);
+        CHECK(item_from_json(&it, line, strlen(line), err, sizeof err) == 0,
+              "item_from_json() refuses the WorkItem key %s: %s", name, err);
+        item_free(&it);
+    }
 }
 
 static void
@@ -301,6 +338,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * duplicate-key check is quadratic: keep each run fast. */
     if (size > 64 * 1024)
         return 0;
+    check_every_key_taken();
     fuzz_json((const char *)data, size);
     fuzz_item((const char *)data, size);
     fuzz_base64(data, size);

@@ -180,6 +180,17 @@ kind_gate_leave(struct item *item)
         gate.ready = 1;
 }
 
+void
+kind_gate_leave_unstarted(struct item *item)
+{
+    if (!item->gate_slot)
+        return;         /* parked, or never limited: it took no token */
+    struct gate_kind *k = find(item->kind);
+    if (k != NULL)
+        token_bucket_give_back(&k->bucket, clock_monotonic_ns());
+    kind_gate_leave(item);
+}
+
 /* ---- reload ---------------------------------------------------------------- */
 
 /* A kind limited now for the first time counts what its workers hold. */

@@ -64,6 +64,14 @@ void kind_gate_release_ready(void);
  * slot it held, if any, is given back (once: it is then cleared). */
 void kind_gate_leave(struct item *item);
 
+/* ITEM leaves the queue before a worker got it (a re-time that makes it
+ * wait again, a cancel, a handover, a stop): as kind_gate_leave(), and if
+ * the gate had released it, the rate token it took then goes back to its
+ * kind's bucket: it did not start, and when it is let through again it
+ * takes one then. So an item spends one token per start, however often it
+ * was released and taken back. */
+void kind_gate_leave_unstarted(struct item *item);
+
 /* Parked items, in all kinds. */
 uint64_t kind_gate_parked(void);
 /* The oldest parked item (lowest key), out of the gate, or NULL. */

@@ -577,7 +577,7 @@ queue_take_waiting(void)
         arm_due_timer();
     }
     if (item != NULL)
-        kind_gate_leave(item);
+        kind_gate_leave_unstarted(item);
     return item;
 }
 
@@ -653,7 +653,7 @@ queue_take(struct item *item)
     if (taken == NULL)
         return 0;       /* at a worker */
     arm_due_timer();
-    kind_gate_leave(item);
+    kind_gate_leave_unstarted(item);    /* queue_retime(): its next release takes one */
     item->next = NULL;
     return 1;
 }
@@ -723,7 +723,7 @@ queue_cancel(const struct queue_cancel_ops *ops, void *arg)
     waitlist_take_matching(&q.wait, ops->match, arg, &taken);
     arm_due_timer();
     for (; *taken_tail != NULL; taken_tail = &(*taken_tail)->next)
-        kind_gate_leave(*taken_tail);   /* given back by its kind's gate: its slot */
+        kind_gate_leave_unstarted(*taken_tail);     /* released by its kind's gate */
     kind_gate_take_matching(ops->match, arg, &taken_tail);     /* and the parked */
     while (taken != NULL) {
         struct item *item = taken;

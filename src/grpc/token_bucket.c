@@ -45,6 +45,16 @@ token_bucket_take(struct token_bucket *b, uint64_t now_ns)
     return 1;
 }
 
+void
+token_bucket_give_back(struct token_bucket *b, uint64_t now_ns)
+{
+    if (b->count == 0)
+        return;
+    refill(b, now_ns);
+    uint64_t full = b->count * b->interval_ns;
+    b->units = full - b->units <= b->interval_ns ? full : b->units + b->interval_ns;
+}
+
 uint64_t
 token_bucket_wait_ns(struct token_bucket *b, uint64_t now_ns)
 {

@@ -26,6 +26,9 @@ void token_bucket_set(struct token_bucket *b, uint64_t count, uint64_t interval_
                       uint64_t now_ns);
 /* Take a token at NOW_NS: 1 if there was one (always, unlimited), else 0. */
 int token_bucket_take(struct token_bucket *b, uint64_t now_ns);
+/* A token taken and not used (what it was for did not start) goes back at
+ * NOW_NS: never more than the bucket holds (COUNT). */
+void token_bucket_give_back(struct token_bucket *b, uint64_t now_ns);
 /* How long after NOW_NS until a token is there (0: now), in ns. */
 uint64_t token_bucket_wait_ns(struct token_bucket *b, uint64_t now_ns);
 

@@ -17,8 +17,11 @@
 #include <event2/event.h>
 
 #include "core/clock.h"
+#include "core/config.h"
 #include "core/log.h"
 #include "grpc/item.h"
+#include "grpc/kind_gate.h"
+#include "grpc/metrics.h"
 #include "grpc/queue.h"
 
 #include "fake_worker.h"
@@ -786,6 +789,88 @@ test_retime(void **state)
     assert_int_equal(queue_held(), 1);
 }
 
+/* The kind gate configured with HANDLERS for kind sleep (the previous
+ * config freed); NULL: free it. */
+static void
+gate_configure(const char *handlers)
+{
+    static struct ds_config *config;
+    if (config != NULL)
+        config_free(config);
+    config = NULL;
+    if (handlers == NULL)
+        return;
+    char text[512], errors[1024];
+    snprintf(text, sizeof text, "handlers:\n  echo: {builtin: echo}\n  sleep: {builtin: sleep, %s}\n",
+             handlers);
+    config = config_load_text("test.yaml", text, strlen(text), errors, sizeof errors);
+    if (config == NULL)
+        fail_msg("config: %s", errors);
+    kind_gate_configure(config);
+}
+
+static uint64_t
+sleep_parked(void)
+{
+    struct kind_gate_state s;
+    kind_gate_state(metrics_kind("sleep")->kind, &s);
+    return s.parked;
+}
+
+/* An item of a rate-limited kind that its gate released (taking the rate
+ * token for it) but no worker took yet, re-timed to wait again
+ * (queue_retime: cluster.c adopt_claimed()), gives that token back: once
+ * due and let through again it takes one, one in all. Before, it had left
+ * the first one spent and waited for a second (here a minute's refill).
+ * The rate still holds: the next item of the kind finds no token. */
+static void
+test_retime_of_a_released_item_spends_one_token(void **state)
+{
+    static const uint8_t raw[] = { 0x0a, 0x01, 'x' };
+    queue_set_prefetch(1);
+    gate_configure("rate: 1/m, paused: on");    /* one token, the next a minute later */
+    fake_attach(&w1, 1001, 0);
+    struct item *a = item_make(raw, sizeof raw, "a", "batch-1", "sleep", 3, 0, 0);
+    queue_push(a);
+    queue_dispatch();
+    assert_int_equal(sleep_parked(), 1);        /* paused */
+    queue_push(new_item("e", 0, 0));            /* an echo fills w1 (prefetch 1) */
+    queue_dispatch();
+    fake_wait_items(rec.base, &w1, 1);
+    assert_string_equal(w1.items[0].id, "e");
+
+    gate_configure("rate: 1/m");                /* unpaused; the same rate keeps its token */
+    queue_dispatch();                           /* a is released with the token; w1 is full */
+    assert_int_equal(sleep_parked(), 0);
+    assert_int_equal(a->gate_slot, 1);
+    assert_null(a->worker);
+
+    a->due_ns = (uint64_t)clock_wall_ns() + 3600ull * 1000000000;
+    queue_retime(a);                            /* it waits again */
+    assert_int_equal(queue_delayed(), 1);
+    assert_int_equal(a->gate_slot, 0);
+    a->due_ns = (uint64_t)clock_wall_ns() - 1;
+    queue_retime(a);                            /* due again */
+    assert_int_equal(queue_delayed(), 0);
+
+    /* e ends: a goes to w1 at once, on the token it gave back. */
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_SUCCEEDED, 0, "", 0);
+    wait_records(&w1, REC_ENDED, 1);
+    assert_int_equal(sleep_parked(), 0);
+    assert_non_null(a->worker);
+    fake_wait_items(rec.base, &w1, 2);
+    assert_string_equal(w1.items[1].id, "a");
+
+    /* One token spent in all: the next sleep item waits for the refill. */
+    fake_send_update(rec.base, &w1, w1.items[1].key, 1, STATE_SUCCEEDED, 0, "", 0);
+    wait_records(&w1, REC_ENDED, 2);
+    queue_push(item_make(raw, sizeof raw, "b", "batch-1", "sleep", 3, 0, 0));
+    queue_dispatch();
+    assert_int_equal(sleep_parked(), 1);
+    assert_int_equal(queue_held(), 0);
+    gate_configure(NULL);
+}
+
 /* Highest priority first; a worker full of a low-priority item takes no
  * more, and the urgent item is next once it has room. */
 static void
@@ -1162,6 +1247,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_superseded_update_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reattempt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retime, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retime_of_a_released_item_spends_one_token, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_retry_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_kill, setup, teardown),

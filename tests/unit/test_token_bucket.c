@@ -2,7 +2,8 @@
  * The token bucket of handlers.<kind>.rate (src/grpc/token_bucket.c)
  * alone, on made-up times: the burst, the refill, never more than
  * COUNT + COUNT x elapsed / INTERVAL, the wait it announces, a reload that
- * keeps or resets it, and the largest rate without overflow.
+ * keeps or resets it, the largest rate without overflow, and a token given
+ * back (never above COUNT).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -118,6 +119,34 @@ test_clock_going_back_adds_nothing(void **state)
     assert_int_equal(token_bucket_take(&b, 6 * S), 1);
 }
 
+static void
+test_give_back(void **state)
+{
+    struct token_bucket b = { 0 };
+    token_bucket_set(&b, 2, 1000, 0);
+    assert_int_equal(token_bucket_take(&b, 0), 1);
+    assert_int_equal(token_bucket_take(&b, 0), 1);
+    assert_int_equal(token_bucket_take(&b, 0), 0);
+    token_bucket_give_back(&b, 0);              /* one unused: it is there again */
+    assert_int_equal(token_bucket_take(&b, 0), 1);
+    assert_int_equal(token_bucket_take(&b, 0), 0);
+    /* Never above the burst: full, a give-back adds nothing. */
+    token_bucket_give_back(&b, 5 * S);
+    int n = 0;
+    while (token_bucket_take(&b, 5 * S))
+        n++;
+    assert_int_equal(n, 2);
+    /* Half a token refilled plus one given back: one and a half. */
+    token_bucket_give_back(&b, 5 * S + 250 * MS);
+    assert_int_equal(token_bucket_take(&b, 5 * S + 250 * MS), 1);
+    assert_int_equal(token_bucket_take(&b, 5 * S + 250 * MS), 0);
+    assert_int_equal(token_bucket_wait_ns(&b, 5 * S + 250 * MS), 250 * MS);
+    /* Unlimited: nothing to give back. */
+    token_bucket_set(&b, 0, 0, 0);
+    token_bucket_give_back(&b, 0);
+    assert_int_equal(b.units, 0);
+}
+
 int
 main(void)
 {
@@ -129,6 +158,7 @@ main(void)
         cmocka_unit_test(test_reload_keeps_or_resets),
         cmocka_unit_test(test_largest_rate_no_overflow),
         cmocka_unit_test(test_clock_going_back_adds_nothing),
+        cmocka_unit_test(test_give_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -105,8 +105,8 @@ run(const char *command, int argc, char **argv, struct cli_options *global)
     int rc = parse_options(command, argc, argv, global, &t);
     if (rc != 0)
         return rc;
-    if (rpc_open(&rpc, global) == -1)
-        return CLI_EXIT_RPC;
+    if ((rc = rpc_open(&rpc, global)) != 0)
+        return rc;
     int64_t timeout = global->timeout_ms >= 0 ? global->timeout_ms : CLI_DEFAULT_TIMEOUT;
     int64_t deadline = timeout > 0 ? clock_now_ms() + timeout : -1;
     ProtobufCMessage *msg;

@@ -79,6 +79,12 @@ report(const struct unary_exchange *h)
 {
     if (rpc_interrupted && h->call.status == GRPC_STATUS_CANCELLED)
         return CLI_EXIT_INTERRUPTED;
+    if (h->call.status == GRPC_STATUS_NOT_FOUND) {
+        /* The health protocol's answer for a service the server does not
+         * know (Check has no SERVICE_UNKNOWN of its own; Watch does). */
+        printf("SERVICE_UNKNOWN\n");
+        return CLI_EXIT_NEGATIVE;
+    }
     if (h->call.status != GRPC_STATUS_OK) {
         rpc_report(&h->call);
         if (h->call.status == GRPC_STATUS_UNIMPLEMENTED)
@@ -115,8 +121,8 @@ health_main(int argc, char **argv, struct cli_options *global)
     if (rc != 0)
         return rc;
     memset(&h, 0, sizeof h);
-    if (rpc_open(&rpc, global) == -1)
-        return CLI_EXIT_RPC;
+    if ((rc = rpc_open(&rpc, global)) != 0)
+        return rc;
 
     int64_t timeout = global->timeout_ms < 0 ? CLI_DEFAULT_TIMEOUT : global->timeout_ms;
     if (rpc_call_start(&rpc, &h.call, HEALTH_CHECK, "Health/Check",

@@ -236,8 +236,8 @@ get_main(int argc, char **argv, struct cli_options *global)
     int rc = get_options(argc, argv, global, &l);
     if (rc != 0)
         return rc;
-    if (rpc_open(&rpc, global) == -1)
-        return CLI_EXIT_RPC;
+    if ((rc = rpc_open(&rpc, global)) != 0)
+        return rc;
     /* --wait waits as long as it takes unless --timeout says otherwise. */
     int64_t timeout = global->timeout_ms >= 0 ? global->timeout_ms
                       : l.request.wait ? 0 : CLI_DEFAULT_TIMEOUT;
@@ -347,9 +347,9 @@ list_main(int argc, char **argv, struct cli_options *global)
         free(f);
         return rc;
     }
-    if (rpc_open(&rpc, global) == -1) {
+    if ((rc = rpc_open(&rpc, global)) != 0) {
         free(f);
-        return CLI_EXIT_RPC;
+        return rc;
     }
     /* The timeout bounds each page, not the listing. */
     int64_t timeout = global->timeout_ms >= 0 ? global->timeout_ms : CLI_DEFAULT_TIMEOUT;

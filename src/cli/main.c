@@ -208,6 +208,6 @@ main(int argc, char **argv)
             return commands[i].main(argc - optind, argv + optind, &o);
         }
     }
-    return cli_usage_error(NULL, "unknown command \"%s\" (there are submit, watch, health "
-                           "and help)", name);
+    return cli_usage_error(NULL, "unknown command \"%s\" (there are submit, watch, health, "
+                           "get, list, cancel, retry and help)", name);
 }

@@ -72,7 +72,7 @@ rpc_open(struct rpc *r, const struct cli_options *o)
                                              : grpc_insecure_credentials_create();
     if (creds == NULL) {
         grpc_shutdown();
-        return -1;
+        return CLI_EXIT_USAGE;      /* a TLS file the user named */
     }
     char agent[64];
     snprintf(agent, sizeof agent, "dosomething/%s", DS_VERSION);
@@ -92,7 +92,7 @@ rpc_open(struct rpc *r, const struct cli_options *o)
     if (r->channel == NULL) {
         cli_error("cannot create a channel to %s", o->target);
         grpc_shutdown();
-        return -1;
+        return CLI_EXIT_RPC;
     }
     r->cq = grpc_completion_queue_create_for_next(NULL);
     return 0;
@@ -273,7 +273,7 @@ rpc_report(const struct rpc_call *c)
     cli_error("%s (to %s): %s: %.*s", c->method_name, c->target, rpc_status_name(c->status),
               (int)len, details);
     if (c->status == GRPC_STATUS_DEADLINE_EXCEEDED)
-        cli_error("the deadline is --timeout (default 30s; 0 for none)");
+        cli_error("the deadline is --timeout: raise it, or 0 for none");
 }
 
 grpc_byte_buffer *

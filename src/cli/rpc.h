@@ -51,7 +51,9 @@ struct rpc_call {
     void *owner;
 };
 
-/* grpc_init, credentials (TLS per options) and the channel. Prints why on -1. */
+/* grpc_init, credentials (TLS per options) and the channel. Returns 0, or
+ * the exit status after printing why: CLI_EXIT_USAGE for a TLS file that
+ * cannot be read (the user named it), CLI_EXIT_RPC for the channel. */
 int rpc_open(struct rpc *r, const struct cli_options *options);
 /* Shut the queue down and release everything; no call may be left. */
 void rpc_close(struct rpc *r);

@@ -652,10 +652,8 @@ submit_main(int argc, char **argv, struct cli_options *global)
         goto out;
     }
     progress_init(&s->progress);
-    if (rpc_open(&s->rpc, global) == -1) {
-        rc = CLI_EXIT_RPC;
+    if ((rc = rpc_open(&s->rpc, global)) != 0)
         goto out_input;
-    }
     if (s->wait && wait_start(s) == -1) {
         rc = CLI_EXIT_RPC;
     } else if (call_start(s) == -1) {

@@ -192,9 +192,9 @@ watch_main(int argc, char **argv, struct cli_options *global)
         free(f);
         return rc;
     }
-    if (rpc_open(&rpc, global) == -1) {
+    if ((rc = rpc_open(&rpc, global)) != 0) {
         free(f);
-        return CLI_EXIT_RPC;
+        return rc;
     }
     int64_t deadline = global->timeout_ms > 0 ? clock_now_ms() + global->timeout_ms : -1;
     if (subscription_start(&w.sub, &rpc, &request, deadline, on_update, &w) == -1) {

@@ -3212,6 +3212,34 @@ check_status_auth(struct loader *ld)
     auth_file_free(&f);
 }
 
+/* A grpc.tls file: readable now (the grpc process reads them before it
+ * drops privileges, as whoever starts the daemon) and PEM, so that -t and a
+ * reload catch what the start would fail on. */
+static void
+check_pem(struct loader *ld, const char *key, const char *path)
+{
+    char buf[4096];
+    int fd;
+    ssize_t n;
+
+    if (path == NULL)
+        return;
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd == -1) {
+        error_at(ld, find_position(ld, key), key, "cannot open %s: %s", path, strerror(errno));
+        return;
+    }
+    /* The first block names what it is: "-----BEGIN ..." near the top. */
+    n = read(fd, buf, sizeof buf - 1);
+    if (n == -1)
+        error_at(ld, find_position(ld, key), key, "cannot read %s: %s", path, strerror(errno));
+    else if (buf[n] = '\0', memmem(buf, (size_t)n, "-----BEGIN ", 11) == NULL)
+        error_at(ld, find_position(ld, key), key,
+                 "%s is not a PEM file (no \"-----BEGIN \" in its first %zu bytes)", path,
+                 sizeof buf - 1);
+    close(fd);
+}
+
 static void
 check_system(struct loader *ld)
 {
@@ -3220,6 +3248,11 @@ check_system(struct loader *ld)
 
     check_user(ld);
     check_status_auth(ld);
+    if (c->grpc.tls) {
+        check_pem(ld, "grpc.tls.cert", c->grpc.tls_cert);
+        check_pem(ld, "grpc.tls.key", c->grpc.tls_key);
+        check_pem(ld, "grpc.tls.client_ca", c->grpc.tls_client_ca);
+    }
     check_unix_owner(ld);
     check_descriptors(ld);
     for (i = 0; i < c->handler_count; i++)

@@ -542,6 +542,44 @@ def test_bad_numbers_and_durations_are_usage_errors(args, words):
     assert r.stdout == "", explain(r)
 
 
+@pytest.mark.parametrize("command", ["health", "submit", "watch", "get", "list", "cancel",
+                                     "retry"])
+def test_unreadable_tls_file_is_a_usage_error(tmp_path, command):
+    """man 1: an unreadable file is exit 2, whichever command reads it."""
+    args = {"get": ["get", "x"], "cancel": ["cancel", "x"], "retry": ["retry", "x"]}
+    for path in (tmp_path / "missing.pem", tmp_path):
+        r = run("--ca", str(path), *args.get(command, [command]), target="127.0.0.1:1",
+                input="x\n", timeout=10)
+        assert r.returncode == EXIT_USAGE, explain(r)
+        assert f"cannot open {path}" in r.stderr or f"{path}:" in r.stderr, explain(r)
+
+
+def test_unknown_command_names_every_command():
+    r = run("bogus", target="127.0.0.1:1", timeout=10)
+    assert r.returncode == EXIT_USAGE, explain(r)
+    for name in ("submit", "watch", "health", "get", "list", "cancel", "retry", "help"):
+        assert name in r.stderr, explain(r)
+
+
+def test_health_of_an_unknown_service_is_service_unknown(daemon):
+    r = run("health", "--service", "no.such.Service", target=daemon)
+    assert r.returncode == EXIT_NEGATIVE, explain(r)
+    assert r.stdout == "SERVICE_UNKNOWN\n", explain(r)
+
+
+def test_deadline_hint_names_no_wrong_default(daemon):
+    """get --wait has no deadline by default: the hint after a
+    DEADLINE_EXCEEDED must not claim one."""
+    client_reply = run("submit", "--json", target=daemon,
+                       input='{"id": "slow", "kind": "sleep", "params": {"ms": "5000"}}\n')
+    assert client_reply.returncode == EXIT_OK, explain(client_reply)
+    r = run("--timeout", "300ms", "get", "--wait", "slow", target=daemon)
+    assert r.returncode == EXIT_RPC, explain(r)
+    assert "DEADLINE_EXCEEDED" in r.stderr, explain(r)
+    assert "default 30s" not in r.stderr, explain(r)
+    assert "the deadline is --timeout" in r.stderr, explain(r)
+
+
 def test_largest_timeout_is_taken_without_overflow(daemon):
     """The largest --timeout the client takes (INT64_MAX / 2 ms) is a
     deadline far away, not one that wrapped into the past."""

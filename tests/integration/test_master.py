@@ -353,6 +353,8 @@ def test_print_config_round_trip_every_key(tmp_path):
         path = directory / "ds.yaml"
         path.write_text(yaml.safe_dump(config, allow_unicode=True))
         (directory / "users").write_text(f"op:{STATUS_AUTH_HASH}\n")     # status.auth
+        for pem in ("c.pem", "k.pem", "ca.pem"):       # grpc.tls: -t reads them
+            (directory / pem).write_text("-----BEGIN X-----\nAA==\n-----END X-----\n")
         printed = print_round_trip(path, directory)
         # Every key the tables know is printed, and set here: a key added to
         # a table shows up in -T, and then belongs in this config.

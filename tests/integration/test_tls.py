@@ -1,4 +1,5 @@
 """TLS and mutual TLS on the gRPC port, with a throwaway CA made by openssl."""
+import signal
 import subprocess
 
 import grpc
@@ -91,3 +92,38 @@ def test_unreadable_certificate_is_a_boot_error(start_daemon, tmp_path):
                                        "key": str(tmp_path / "missing.key")}}}, wait=False)
     assert d.wait_exit(timeout=10) != 0
     assert "missing.pem" in d.log_text()
+
+
+@pytest.mark.parametrize("which", ["cert", "key", "client_ca"])
+def test_config_check_reads_the_tls_files(make_daemon, pki, tmp_path, which):
+    """-t catches what the start would fail on: a TLS file missing, a
+    directory, or no PEM; the error names the key and the file (exit 2, a
+    config error, not a start that fails later with 1)."""
+    (tmp_path / "not.pem").write_text("just text\n")
+    for bad, words in ((tmp_path / "missing.pem", "cannot open"),
+                       (tmp_path, "cannot read"),
+                       (tmp_path / "not.pem", "is not a PEM file")):
+        tls = {"cert": str(pki / "server.pem"), "key": str(pki / "server.key"),
+               "client_ca": str(pki / "ca.pem")}
+        tls[which] = str(bad)
+        d = make_daemon({"grpc": {"tls": tls}})
+        for flag in ("-t", None):
+            args = [conftest.BINARY, "-c", str(d.config_path)] + ([flag] if flag else [])
+            r = subprocess.run(args, capture_output=True, text=True, timeout=15)
+            assert r.returncode == 2, f"{flag}: {r.returncode}: {r.stderr}"
+            assert f"grpc.tls.{which}: " in r.stderr and words in r.stderr, r.stderr
+            assert str(bad) in r.stderr, r.stderr
+
+
+def test_reload_to_an_unreadable_certificate_keeps_serving(start_daemon, pki, tmp_path):
+    d = start_tls(start_daemon, pki)
+    channel, stub = tls_stub(d.address, pki)
+    try:
+        assert submit_one(stub, "before").accepted == 1
+        d.write_config({"grpc": {"tls": {"cert": str(tmp_path / "gone.pem"),
+                                         "key": str(pki / "server.key")}}})
+        d.send_signal(signal.SIGHUP)
+        d.wait_log(r"reload failed: .*grpc\.tls\.cert: cannot open .*gone\.pem")
+        assert submit_one(stub, "after").accepted == 1
+    finally:
+        channel.close()

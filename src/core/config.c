@@ -385,10 +385,11 @@ parse_with_unit(const char *text, const char *const *units, const uint64_t *scal
     return PARSE_SYNTAX;
 }
 
-static const char *const duration_units[] = { "ms", "s", "m", "h", NULL };
-static const uint64_t duration_scales[] = { 1, MS_SECOND, MS_MINUTE, MS_HOUR };
-static const char *const size_units[] = { "KiB", "MiB", "GiB", NULL };
-static const uint64_t size_scales[] = { 1ull << 10, 1ull << 20, 1ull << 30 };
+static const char *const duration_units[] = { "ms", "s", "m", "h", "d", NULL };
+static const uint64_t duration_scales[] = { 1, MS_SECOND, MS_MINUTE, MS_HOUR, 24 * MS_HOUR };
+static const char *const size_units[] = { "KiB", "MiB", "GiB", "TiB", NULL };
+static const uint64_t size_scales[] = { 1ull << 10, 1ull << 20, 1ull << 30, 1ull << 40 };
+#define SIZE_UNITS (sizeof size_scales / sizeof size_scales[0])
 
 static enum parse_result
 parse_duration(const char *text, uint64_t *ms)
@@ -436,7 +437,7 @@ format_size(uint64_t bytes, char *buf, size_t size)
 {
     int i;
 
-    for (i = 2; i >= 0; i--) {
+    for (i = (int)SIZE_UNITS - 1; i >= 0; i--) {
         if (bytes != 0 && bytes % size_scales[i] == 0) {
             snprintf(buf, size, "%llu%s", (unsigned long long)(bytes / size_scales[i]),
                      size_units[i]);
@@ -1022,11 +1023,11 @@ get_duration(struct loader *ld, const struct node *n, const char *path, uint64_t
         }
         break;
     case PARSE_NO_UNIT:
-        error_at(ld, n, path, "needs a unit: ms, s, m or h, got %s",
+        error_at(ld, n, path, "needs a unit: ms, s, m, h or d, got %s",
                  excerpt(s, buf, sizeof buf));
         return -1;
     case PARSE_SYNTAX:
-        error_at(ld, n, path, "must be a duration such as 500ms, 30s, 5m or 1h, got %s",
+        error_at(ld, n, path, "must be a duration such as 500ms, 30s, 5m, 1h or 7d, got %s",
                  excerpt(s, buf, sizeof buf));
         return -1;
     case PARSE_OVERFLOW:
@@ -1059,7 +1060,7 @@ get_size(struct loader *ld, const struct node *n, const char *path, uint64_t min
         break;
     case PARSE_SYNTAX:
     case PARSE_NO_UNIT:
-        error_at(ld, n, path, "must be a size in bytes or with KiB, MiB or GiB, got %s",
+        error_at(ld, n, path, "must be a size in bytes or with KiB, MiB, GiB or TiB, got %s",
                  excerpt(s, buf, sizeof buf));
         return -1;
     case PARSE_OVERFLOW:

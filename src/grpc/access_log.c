@@ -44,7 +44,11 @@ access_log_open(void)
         return;
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd == -1) {
-        log_syserr("open(\"%s\") failed; access log off", path);
+        if (access_fd != -1)
+            log_syserr("open(\"%s\") failed; the access log goes on in the file open before",
+                       path);
+        else
+            log_syserr("open(\"%s\") failed; access log off", path);
         return;
     }
     if (access_fd != -1)

@@ -78,6 +78,10 @@ static struct {
     struct event_base *base;
     struct ds_config *config;
     char *config_file;
+    /* As at start (ours, freed at exit): a reload that changes pid_file or
+     * daemon keeps these until a restart. */
+    char *pid_file;
+    int daemon;
     uint64_t generation;
     struct process *processes;  /* every child alive */
     struct slot grpc;
@@ -877,9 +881,9 @@ reload(void)
         return;
     }
     char kept[256] = "";
-    if (strcmp(config->pid_file, m.config->pid_file) != 0)
+    if (strcmp(config->pid_file, m.pid_file) != 0)
         strcat(kept, " pid_file");
-    if (config->daemon != m.config->daemon)
+    if (config->daemon != m.daemon)
         strcat(kept, " daemon");
 
     struct ds_config *old = m.config;
@@ -999,9 +1003,9 @@ upgrade(void)
         return;
     }
     char oldbin[4200];
-    snprintf(oldbin, sizeof oldbin, "%s.oldbin", m.config->pid_file);
-    if (rename(m.config->pid_file, oldbin) == -1) {
-        log_syserr("binary upgrade: rename(\"%s\", \"%s\") failed", m.config->pid_file, oldbin);
+    snprintf(oldbin, sizeof oldbin, "%s.oldbin", m.pid_file);
+    if (rename(m.pid_file, oldbin) == -1) {
+        log_syserr("binary upgrade: rename(\"%s\", \"%s\") failed", m.pid_file, oldbin);
         return;
     }
     char env[64];
@@ -1010,7 +1014,7 @@ upgrade(void)
     pid_t pid = fork();
     if (pid == -1) {
         log_syserr("binary upgrade: fork() failed");
-        rename(oldbin, m.config->pid_file);
+        rename(oldbin, m.pid_file);
         return;
     }
     if (pid == 0) {
@@ -1061,9 +1065,9 @@ upgrade_child_exited(int status)
               (long)m.upgrade_child, process_status_text(status, how, sizeof how));
     m.upgrade_child = 0;
     evtimer_del(m.upgrade_timer);
-    snprintf(oldbin, sizeof oldbin, "%s.oldbin", m.config->pid_file);
-    if (rename(oldbin, m.config->pid_file) == -1)
-        log_syserr("rename(\"%s\", \"%s\") failed", oldbin, m.config->pid_file);
+    snprintf(oldbin, sizeof oldbin, "%s.oldbin", m.pid_file);
+    if (rename(oldbin, m.pid_file) == -1)
+        log_syserr("rename(\"%s\", \"%s\") failed", oldbin, m.pid_file);
     notify("MAINPID=%ld\nSTATUS=binary upgrade failed", (long)getpid());
 }
 
@@ -1201,6 +1205,8 @@ master_run(struct ds_config *config, const char *config_file)
         m.inherited_count = 0;
     if (pidfile_write(config->pid_file) == -1)
         return DS_EXIT_FATAL;
+    m.pid_file = ds_strdup(config->pid_file);
+    m.daemon = config->daemon;
     log_chown_to_user(log_file_fd(), config->user);
     m.stop_timer = evtimer_new(m.base, on_stop_timer, NULL);
     m.retire_timer = evtimer_new(m.base, on_retire_timer, NULL);
@@ -1224,9 +1230,9 @@ master_run(struct ds_config *config, const char *config_file)
     else if (strays > 0)
         log_info("killed %d process%s left behind by workers", strays, strays == 1 ? "" : "es");
 
-    pidfile_remove(m.config->pid_file);
+    pidfile_remove(m.pid_file);
     char oldbin[4200];
-    snprintf(oldbin, sizeof oldbin, "%s.oldbin", m.config->pid_file);
+    snprintf(oldbin, sizeof oldbin, "%s.oldbin", m.pid_file);
     pidfile_remove(oldbin);
     log_notice("exiting with status %d", m.exit_status);
 
@@ -1242,6 +1248,7 @@ master_run(struct ds_config *config, const char *config_file)
     event_base_free(m.base);
     config_free(m.config);
     free(m.config_file);
+    free(m.pid_file);
     free(m.inherited);
     return m.exit_status;
 }

@@ -482,6 +482,32 @@ def test_reload_with_invalid_config_keeps_running(daemon):
     assert_serving(daemon)
 
 
+def test_reload_that_moves_the_pid_file_keeps_the_running_one(daemon):
+    """pid_file needs a restart: a reload that changes it says so, one back
+    to the running value does not, and the stop removes the file the master
+    wrote (before, it removed the path of the last config it read: the
+    running pid file stayed behind, and a file at the other path was
+    removed)."""
+    other = daemon.dir / "other.pid"
+    other.write_text("not ours\n")
+    daemon.write_config({"pid_file": "other.pid"})
+    daemon.send_signal(signal.SIGHUP)
+    m = daemon.wait_log(r"reloaded .*generation 2.*")
+    assert "kept their old value: pid_file" in m.group(0), m.group(0)
+    daemon.write_config({})
+    daemon.send_signal(signal.SIGHUP)
+    m = daemon.wait_log(r"reloaded .*generation 3.*")
+    assert "kept their old value" not in m.group(0), m.group(0)
+    daemon.write_config({"pid_file": "other.pid"})
+    daemon.send_signal(signal.SIGHUP)
+    daemon.wait_log(r"reloaded .*generation 4")
+    assert daemon.pid_path.exists()
+    daemon.send_signal(signal.SIGQUIT)
+    assert daemon.wait_exit() == 0
+    assert not daemon.pid_path.exists(), "the running pid file was left behind"
+    assert other.read_text() == "not ours\n"
+
+
 def test_ttin_ttou_change_worker_count(daemon):
     daemon.send_signal(signal.SIGTTIN)
     wait_worker_count(daemon, 3)

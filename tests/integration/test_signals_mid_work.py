@@ -99,17 +99,24 @@ def test_reload_and_upgrade_while_stopping_are_not_acted_on(start_daemon):
 def test_a_log_reopen_that_fails_says_so(start_daemon, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
-    d = start_daemon({"log": {"file": str(logs / "ds.log")}})
+    d = start_daemon({"log": {"file": str(logs / "ds.log"), "access": str(logs / "access.log")}})
     moved = tmp_path / "logs.old"
     logs.rename(moved)          # the path's directory is gone: open() fails
     d.send_signal(signal.SIGUSR1)
     old = moved / "ds.log"
     wait_for(lambda: "SIGUSR1: the log file could not be opened again" in old.read_text(), 5,
              "the master's error in the file it logs on to")
-    time.sleep(0.5)
+    wait_for(lambda: "access.log\") failed" in old.read_text(), 5, "the access log's error")
     text = old.read_text()
     assert f'open("{logs / "ds.log"}") failed: No such file or directory' in text, text
     assert "log files reopened" not in text, text
+    # The access log goes on in the file it had open, and the line says so.
+    assert "the access log goes on in the file open before" in text, text
+    assert "access log off" not in text, text
+    before = (moved / "access.log").read_text()
+    d.client().submit([{"id": "after-usr1", "payload": b"x"}])
+    wait_for(lambda: (moved / "access.log").read_text() != before, 5,
+             "the next call's line in the access log open before")
     # Put back, a USR1 reopens: the new file gets the line.
     logs.mkdir()
     d.send_signal(signal.SIGUSR1)

@@ -330,6 +330,24 @@ next_random(uint32_t *state)
 
 /* Defaults and the repo's config. */
 
+/* The largest units the docs write their ranges in: TiB and d (days). */
+static void
+test_tib_and_days(void **state)
+{
+    (void)state;
+    struct ds_config *c = load_ok("updates: {history_bytes: 1TiB}\n"
+                                  "handlers:\n  echo: {builtin: echo, timeout: 2d}\n");
+    assert_int_equal(c->updates.history_bytes, 1ull << 40);
+    assert_int_equal(config_handler(c, "echo")->timeout_ms, 2ull * 24 * 3600 * 1000);
+    config_free(c);
+    c = load_ok("updates: {history_bytes: 1024GiB}\n");
+    assert_int_equal(c->updates.history_bytes, 1ull << 40);
+    config_free(c);
+    expect_errors("updates: {history_bytes: 1PiB}\n",
+                  "1:26: updates.history_bytes: must be a size in bytes or with KiB, MiB, GiB or "
+                  "TiB, got 1PiB");
+}
+
 static void
 test_defaults_empty_file(void **state)
 {
@@ -676,17 +694,17 @@ test_out_of_range(void **state)
 static void
 test_bad_size_and_duration_syntax(void **state)
 {
-    expect_errors("shutdown_timeout: 30\n", "1:19: shutdown_timeout: needs a unit: ms, s, m or h, got 30");
+    expect_errors("shutdown_timeout: 30\n", "1:19: shutdown_timeout: needs a unit: ms, s, m, h or d, got 30");
     expect_errors("shutdown_timeout: 1.5s\n",
-                  "1:19: shutdown_timeout: must be a duration such as 500ms, 30s, 5m or 1h, got 1.5s");
-    expect_errors("handlers:\n  echo: {builtin: echo, timeout: 10d}\n",
-                  "2:34: handlers.echo.timeout: must be a duration such as 500ms, 30s, 5m or 1h, got 10d");
+                  "1:19: shutdown_timeout: must be a duration such as 500ms, 30s, 5m, 1h or 7d, got 1.5s");
+    expect_errors("handlers:\n  echo: {builtin: echo, timeout: 10w}\n",
+                  "2:34: handlers.echo.timeout: must be a duration such as 500ms, 30s, 5m, 1h or 7d, got 10w");
     expect_errors("handlers:\n  echo: {builtin: echo, timeout: 99999999999999h}\n",
                   "2:34: handlers.echo.timeout: too large, got 99999999999999h");
     expect_errors("grpc:\n  max_message_size: 4MB\n",
-                  "2:21: grpc.max_message_size: must be a size in bytes or with KiB, MiB or GiB, got 4MB");
+                  "2:21: grpc.max_message_size: must be a size in bytes or with KiB, MiB, GiB or TiB, got 4MB");
     expect_errors("grpc:\n  max_message_size: 1.5MiB\n",
-                  "2:21: grpc.max_message_size: must be a size in bytes or with KiB, MiB or GiB, got 1.5MiB");
+                  "2:21: grpc.max_message_size: must be a size in bytes or with KiB, MiB, GiB or TiB, got 1.5MiB");
     expect_errors("grpc:\n  max_message_size: 99999999999GiB\n",
                   "2:21: grpc.max_message_size: must be 1KiB..64MiB, got 99999999999GiB");
 }
@@ -923,9 +941,11 @@ test_parse_duration_table(void **state)
         { "2 s", 2000 },
         { "1500ms", 1500 },
         { "5124095576030h", 5124095576030ull * 3600000 },
+        { "1d", 86400000 },
+        { "365d", 365ull * 86400000 },
     };
     static const char *const bad[] = {
-        "", "30", "0", "1.5s", "-1s", "+1s", "1d", "ms", "s", "1S", "1 sec", "1s ", " 1s",
+        "", "30", "0", "1.5s", "-1s", "+1s", "1w", "1D", "ms", "s", "1S", "1 sec", "1s ", " 1s",
         "1h30m", "5124095576031h", "99999999999999999999ms", "1e3ms",
     };
     uint64_t v;
@@ -1715,6 +1735,7 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tib_and_days),
         cmocka_unit_test(test_defaults_empty_file),
         cmocka_unit_test(test_defaults_comments_only),
         cmocka_unit_test(test_defaults_document_marker_only),

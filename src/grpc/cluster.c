@@ -67,6 +67,7 @@
 #include "grpc/redis_reply.h"
 #include "grpc/resolve.h"
 #include "grpc/sentinel.h"
+#include "grpc/status_http.h"
 #include "grpc/store.h"
 #include "grpc/updates.h"
 
@@ -1176,10 +1177,23 @@ cluster_status_json(struct evbuffer *b)
         evbuffer_add_printf(b, "\"cluster\":null,");
         return;
     }
-    evbuffer_add_printf(b, "\"cluster\":{\"redis\":\"%s:%d\",\"master\":\"%s\","
-                        "\"sentinel\":\"%s\",\"sentinel_watching\":%s,"
-                        "\"min_replicas_ack\":%u,\"name\":\"%s\",\"consumer\":\"%s\","
-                        "\"connected\":%s,\"serving\":%s,\"outstanding\":%" PRIu64 ","
+    /* Every string here may come from outside (a sentinel's answer, the
+     * host name, Redis's error): escaped. */
+    char redis[300];
+    snprintf(redis, sizeof redis, "%s:%d", cl.master_host, cl.master_port);
+    evbuffer_add_printf(b, "\"cluster\":{\"redis\":");
+    status_json_string(b, redis);
+    evbuffer_add_printf(b, ",\"master\":");
+    status_json_string(b, cl.sentinels ? cl.master_name : "");
+    evbuffer_add_printf(b, ",\"sentinel\":");
+    status_json_string(b, cl.sentinels ? sentinel_last() : "");
+    evbuffer_add_printf(b, ",\"sentinel_watching\":%s,\"min_replicas_ack\":%u,\"name\":",
+                        cl.sentinels && sentinel_watching() ? "true" : "false",
+                        cl.set.min_replicas_ack);
+    status_json_string(b, cl.set.name);
+    evbuffer_add_printf(b, ",\"consumer\":");
+    status_json_string(b, cl.consumer);
+    evbuffer_add_printf(b, ",\"connected\":%s,\"serving\":%s,\"outstanding\":%" PRIu64 ","
                         "\"claimed\":%" PRIu64 ",\"reconnects\":%" PRIu64 ","
                         "\"superseded\":%" PRIu64 ",\"lost_updates\":%" PRIu64 ","
                         "\"cancel_requests\":%" PRIu64 ",\"items_known\":%" PRIu64 ","
@@ -1187,29 +1201,16 @@ cluster_status_json(struct evbuffer *b)
                         "\"accept_scripts\":%" PRIu64 ",\"update_scripts\":%" PRIu64 ","
                         "\"writes_in_flight\":%" PRIu64 ",\"backpressure_spells\":%" PRIu64 ","
                         "\"started_folded\":%" PRIu64 ",\"last_error\":",
-                        cl.master_host, cl.master_port,
-                        cl.sentinels ? cl.master_name : "", cl.sentinels ? sentinel_last() : "",
-                        cl.sentinels && sentinel_watching() ? "true" : "false",
-                        cl.set.min_replicas_ack, cl.set.name, cl.consumer,
                         cl.up ? "true" : "false", cl.up && cl.caught_up ? "true" : "false",
                         cluster_outstanding(), cl.claimed, cl.reconnects, cl.superseded,
                         cl.lost_updates, cl.cancels, cl.known[0], cl.known[1], cl.known[2],
                         cl.accept_batches, cl.update_batches, cl.inflight, cl.busy_spells,
                         cl.started_folded);
-    if (cl.last_error[0] == '\0') {
-        evbuffer_add_printf(b, "null},");
-        return;
-    }
-    evbuffer_add(b, "\"", 1);
-    for (const char *p = cl.last_error; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            evbuffer_add_printf(b, "\\%c", *p);
-        else if ((unsigned char)*p < 0x20)
-            evbuffer_add_printf(b, "\\u%04x", (unsigned)(unsigned char)*p);
-        else
-            evbuffer_add(b, p, 1);
-    }
-    evbuffer_add_printf(b, "\"},");
+    if (cl.last_error[0] == '\0')
+        evbuffer_add_printf(b, "null");
+    else
+        status_json_string(b, cl.last_error);
+    evbuffer_add_printf(b, "},");
 }
 
 static void

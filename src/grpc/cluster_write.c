@@ -101,9 +101,17 @@ on_updated(redisAsyncContext *ac, void *reply, void *arg)
                   b->n);
     if (each && !cl.shutting_down)
         cluster_log_bad_counts(r->element[b->n], r->element[b->n + 1]);
+    /* An error for the whole script (OOM, READONLY, NOSCRIPT) is logged and
+     * acted on once, not once per update; each update is then as unknown
+     * as one whose reply was lost. */
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && !cl.shutting_down &&
+        !cluster_demoted(r)) {
+        log_error("cluster: the update script failed for %zu updates: %s", b->n, r->str);
+        if (cluster_is_error(r, "NOSCRIPT"))
+            cluster_session_fail("redis forgot our scripts (SCRIPT FLUSH?)");
+    }
     for (size_t i = 0; i < b->n; i++)
-        b->cb[i].fn(ac, each ? r->element[i] : r != NULL && r->type == REDIS_REPLY_ERROR ? r
-                    : NULL, b->cb[i].arg);
+        b->cb[i].fn(ac, each ? r->element[i] : NULL, b->cb[i].arg);
     free(b);
 }
 

@@ -225,3 +225,38 @@ def test_a_folded_started_goes_with_the_items_next_update(redis, start_daemon,  
     assert retry == [QUEUED, RETRYING, SUCCEEDED], retry
     assert steps[:2] == [QUEUED, PROGRESS] and steps[-1] == SUCCEEDED, steps
     assert set(steps[2:-1]) <= {PROGRESS}, steps
+
+
+@pytest.mark.deadline(90)
+def test_finals_refused_by_a_full_redis_log_once_a_script_and_run_again(  # noqa: F811
+        redis, start_daemon):
+    """A whole update script refused (maxmemory reached, noeviction: Redis
+    refuses a script's first write) is one log line naming how many updates
+    it carried, not one per update (up to 512 a script); each final is then
+    unknown, and the item runs again after the lease once Redis has room:
+    one SUCCEEDED each in the end."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", workers=4)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"full-{tag}-{i}" for i in range(4)]
+    assert a.client().submit([{"id": i, "kind": "sleep", "params": {"ms": "1500"}}
+                              for i in ids]).accepted == 4
+    for i in ids:
+        sub.wait_state(i, STARTED, timeout=10)
+    redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    redis.command("CONFIG", "SET", "maxmemory", 1)
+    try:
+        a.wait_log(r"cluster: the update script failed for \d+ updates: OOM", timeout=20)
+        wait_for(lambda: a.log_text().count("finished, but whether redis has its final update "
+                                            "is unknown") >= 4, 20, "every final unknown")
+    finally:
+        redis.command("CONFIG", "SET", "maxmemory", 0)
+    log = a.log_text()
+    assert "publishing a final update failed" not in log, a.log_tail()
+    assert log.count("the update script failed for") <= 4, a.log_tail()
+    finals = sub.wait_final(ids, timeout=40)
+    for i in ids:
+        assert finals[i].state == SUCCEEDED, sub.states_of(i)
+        assert [u.state for u in sub.of(i)].count(SUCCEEDED) == 1, sub.states_of(i)
+    wait_work_empty(redis, name, timeout=30)

@@ -18,9 +18,9 @@
  * its updates continue on the new instance, under the same id) and, with a
  * journal, its FINAL is written without a final update; so does one it
  * counts as a duplicate (it knows it already, from a call cut after it took
- * it). An item the new instance rejects, or a call that fails, comes back
- * to the front of this queue and runs here. A call that fails is retried a
- * few times; a crash between the new instance's accept and our FINAL runs
+ * it). An item the new instance rejects comes back to the front of this
+ * queue and runs here: it is not sent again. The items of a call that fails
+ * come back too, and are sent again: a call is retried a few times; a crash between the new instance's accept and our FINAL runs
  * the item twice (at-least-once), never zero times. Calls carry at most
  * HANDOVER_BATCH items, so that the reply names every rejection (submit.c
  * lists 1000).
@@ -58,6 +58,16 @@
 #define HANDOVER_NOTE       "handed over to the new instance of a binary upgrade; its " \
                             "updates continue there"
 
+/* A set of item keys: open addressing, linear probing; 0 is free (keys
+ * start at 1), KEYSET_REMOVED a removed entry. Owned by ho, freed by
+ * keyset_free() at the handover's end. */
+struct keyset {
+    uint64_t *keys;
+    size_t size, used, count;
+};
+
+#define KEYSET_REMOVED UINT64_MAX
+
 static struct {
     int started;
     int cancelled;
@@ -77,92 +87,96 @@ static struct {
     struct event *retry_timer;
     uint64_t handed;            /* items the new instance took (each leaves once) */
     int ended;                  /* the summary is logged */
-    /* The keys of the items given back (by a rejection or a failed call) and
-     * not handed over since: a set, so that an item given back and sent
-     * again counts once. Open addressing, linear probing; 0 is free (keys
-     * start at 1), UINT64_MAX a removed entry. */
-    uint64_t *back;
-    size_t back_size, back_used, back_count;
+    /* The items given back (by a rejection or a failed call) and not
+     * handed over since, so that an item given back and sent again counts
+     * once; and those the new instance rejected, which are not sent again
+     * (they run here: a call after call resending them was a busy loop). */
+    struct keyset back, refused;
 } ho;
-
-#define BACK_REMOVED UINT64_MAX
 
 static void next_call(void);
 
 static size_t
-back_slot(uint64_t key)
+keyset_slot(const struct keyset *set, uint64_t key)
 {
-    size_t mask = ho.back_size - 1, i = (size_t)(key * 0x9E3779B97F4A7C15ull) & mask;
-    size_t removed = ho.back_size;
-    while (ho.back[i] != 0 && ho.back[i] != key) {
-        if (ho.back[i] == BACK_REMOVED && removed == ho.back_size)
+    size_t mask = set->size - 1, i = (size_t)(key * 0x9E3779B97F4A7C15ull) & mask;
+    size_t removed = set->size;
+    while (set->keys[i] != 0 && set->keys[i] != key) {
+        if (set->keys[i] == KEYSET_REMOVED && removed == set->size)
             removed = i;
         i = (i + 1) & mask;
     }
-    return ho.back[i] == 0 && removed != ho.back_size ? removed : i;
+    return set->keys[i] == 0 && removed != set->size ? removed : i;
 }
 
 static void
-back_add(uint64_t key)
+keyset_add(struct keyset *set, uint64_t key)
 {
-    if (key == 0 || key == BACK_REMOVED)
+    if (key == 0 || key == KEYSET_REMOVED)
         return;     /* not a key item.c hands out */
-    if ((ho.back_used + 1) * 2 > ho.back_size) {
-        uint64_t *old = ho.back;
-        size_t old_size = ho.back_size;
-        ho.back_size = old_size == 0 ? 1024 : ho.back_count * 4 > old_size ? old_size * 2
-                                                                          : old_size;
-        ho.back = ds_calloc(ho.back_size, sizeof *ho.back);
-        ho.back_used = ho.back_count = 0;
+    if ((set->used + 1) * 2 > set->size) {
+        uint64_t *old = set->keys;
+        size_t old_size = set->size;
+        set->size = old_size == 0 ? 1024 : set->count * 4 > old_size ? old_size * 2 : old_size;
+        set->keys = ds_calloc(set->size, sizeof *set->keys);
+        set->used = set->count = 0;
         for (size_t i = 0; i < old_size; i++)
-            if (old[i] != 0 && old[i] != BACK_REMOVED)
-                back_add(old[i]);
+            if (old[i] != 0 && old[i] != KEYSET_REMOVED)
+                keyset_add(set, old[i]);
         free(old);
     }
-    size_t i = back_slot(key);
-    if (ho.back[i] == key)
+    size_t i = keyset_slot(set, key);
+    if (set->keys[i] == key)
         return;
-    if (ho.back[i] == 0)
-        ho.back_used++;
-    ho.back[i] = key;
-    ho.back_count++;
+    if (set->keys[i] == 0)
+        set->used++;
+    set->keys[i] = key;
+    set->count++;
+}
+
+/* Where KEY is in SET, or SIZE if it is not. */
+static size_t
+keyset_find(const struct keyset *set, uint64_t key)
+{
+    if (set->size == 0 || key == 0 || key == KEYSET_REMOVED)
+        return set->size;
+    size_t mask = set->size - 1, i = (size_t)(key * 0x9E3779B97F4A7C15ull) & mask;
+    while (set->keys[i] != 0) {
+        if (set->keys[i] == key)
+            return i;
+        i = (i + 1) & mask;
+    }
+    return set->size;
 }
 
 static void
-back_remove(uint64_t key)
+keyset_remove(struct keyset *set, uint64_t key)
 {
-    if (ho.back_size == 0 || key == 0 || key == BACK_REMOVED)
-        return;
-    size_t mask = ho.back_size - 1, i = (size_t)(key * 0x9E3779B97F4A7C15ull) & mask;
-    while (ho.back[i] != 0) {
-        if (ho.back[i] == key) {
-            ho.back[i] = BACK_REMOVED;
-            ho.back_count--;
-            return;
-        }
-        i = (i + 1) & mask;
+    size_t i = keyset_find(set, key);
+    if (i != set->size) {
+        set->keys[i] = KEYSET_REMOVED;
+        set->count--;
     }
 }
 
 static int
-back_has(uint64_t key)
+keyset_has(const struct keyset *set, uint64_t key)
 {
-    if (ho.back_size == 0 || key == 0 || key == BACK_REMOVED)
-        return 0;
-    size_t mask = ho.back_size - 1, i = (size_t)(key * 0x9E3779B97F4A7C15ull) & mask;
-    while (ho.back[i] != 0) {
-        if (ho.back[i] == key)
-            return 1;
-        i = (i + 1) & mask;
-    }
-    return 0;
+    return keyset_find(set, key) != set->size;
+}
+
+static void
+keyset_free(struct keyset *set)
+{
+    free(set->keys);
+    memset(set, 0, sizeof *set);
 }
 
 /* Waiting here (not at a worker) and never given back: not sent at all. */
 static void
 count_unsent(const struct item *item, void *arg)
 {
-    if (item->worker == NULL && !back_has(item->key))
+    if (item->worker == NULL && !keyset_has(&ho.back, item->key))
         (*(uint64_t *)arg)++;
 }
 
@@ -181,7 +195,7 @@ log_summary(void)
     queue_for_each(count_unsent, &unsent);
     log_notice("handover: %llu items handed over to the new instance at %s, %llu kept here "
                "(%llu given back, %llu not sent)", (unsigned long long)ho.handed, ho.target,
-               (unsigned long long)(ho.back_count + unsent), (unsigned long long)ho.back_count,
+               (unsigned long long)(ho.back.count + unsent), (unsigned long long)ho.back.count,
                (unsigned long long)unsent);
 }
 
@@ -314,14 +328,16 @@ call_done(void)
     /* Accepted ones leave; the others go back to the front, last first. */
     for (uint32_t i = 0; i < ho.count; i++) {
         if (!rejected[i]) {
-            back_remove(ho.items[i]->key);
+            keyset_remove(&ho.back, ho.items[i]->key);
             store_handed_over(ho.items[i], HANDOVER_NOTE);
             ho.handed++;
         }
     }
     for (uint32_t i = ho.count; i-- > 0;) {
         if (rejected[i]) {
-            back_add(ho.items[i]->key);
+            keyset_add(&ho.back, ho.items[i]->key);
+            if (trusted)
+                keyset_add(&ho.refused, ho.items[i]->key);
             store_give_back(ho.items[i]);
         }
     }
@@ -382,9 +398,24 @@ next_call(void)
 {
     if (ho.call != NULL || ho.cancelled)
         return;
-    struct item *item;
-    while (ho.count < HANDOVER_BATCH && (item = store_take_waiting()) != NULL)
-        ho.items[ho.count++] = item;
+    /* Those the new instance rejected stay here: they go back to the front,
+     * in their order, once the batch is taken. */
+    struct item *item, **refused = NULL;
+    size_t refused_n = 0, refused_cap = 0;
+    while (ho.count < HANDOVER_BATCH && (item = store_take_waiting()) != NULL) {
+        if (!keyset_has(&ho.refused, item->key)) {
+            ho.items[ho.count++] = item;
+            continue;
+        }
+        if (refused_n == refused_cap) {
+            refused_cap = refused_cap ? refused_cap * 2 : 64;
+            refused = ds_realloc(refused, refused_cap * sizeof *refused);
+        }
+        refused[refused_n++] = item;
+    }
+    while (refused_n > 0)
+        store_give_back(refused[--refused_n]);
+    free(refused);
     if (ho.count == 0) {
         log_summary();
         workers_close_all();    /* those holding nothing were kept for a give-back */
@@ -485,9 +516,8 @@ void
 handover_shutdown(void)
 {
     handover_end();
-    free(ho.back);
-    ho.back = NULL;
-    ho.back_size = ho.back_used = ho.back_count = 0;
+    keyset_free(&ho.back);
+    keyset_free(&ho.refused);
     if (ho.retry_timer != NULL)
         event_free(ho.retry_timer);
     ho.retry_timer = NULL;

@@ -387,3 +387,62 @@ def test_usr2_handover_whose_calls_fail_logs_one_summary_of_distinct_items(
             gate.touch()
         if new_master is not None:
             kill_tree(new_master)
+
+
+@pytest.mark.deadline(90)
+def test_usr2_handover_does_not_resend_an_item_the_new_instance_rejected(
+        start_daemon, monkeypatch, tmp_path):
+    """The new instance's config has no kind "oldonly": it rejects that
+    item (unknown kind), which comes back here and runs here once a worker
+    is free. Before, it went back to the front of the queue and the next
+    call sent it again at once: call after call, a busy loop (with a log
+    line each) for as long as both workers here were held. Now it is sent
+    once, the handover ends, and the summary counts it kept."""
+    binary = copied_binary(tmp_path, monkeypatch)
+    gates = [tmp_path / "gate0", tmp_path / "gate1"]
+
+    def hold(gate):
+        return {"exec": ["/bin/sh", "-c", f'while [ ! -e "{gate}" ]; do sleep 0.02; done']}
+    handlers = {"default": "echo", "echo": {"builtin": "echo"}, "sleep": {"builtin": "sleep"},
+                "hold0": hold(gates[0]), "hold1": hold(gates[1]),
+                "oldonly": {"builtin": "sleep"}}
+    d = start_daemon({"workers": {"count": 2, "prefetch": 1}, "shutdown_timeout": "60s",
+                      "handlers": handlers})
+    old_master = d.master_pid
+    c = d.client()
+    new_master = None
+    try:
+        watch = c.subscribe(sync=True, name="old")
+        for n in range(2):
+            assert c.submit([{"id": f"held{n}", "kind": f"hold{n}"}]).accepted == 1
+            watch.wait_state(f"held{n}", conftest.STARTED)
+        items = [{"id": "r0", "kind": "oldonly", "params": {"ms": "1"}},
+                 {"id": "a1", "kind": "sleep", "params": {"ms": "1"}},
+                 {"id": "a2", "kind": "sleep", "params": {"ms": "1"}}]
+        assert c.submit(items).accepted == 3
+        watch.wait(lambda s: all(i["id"] in s.by_id for i in items), 10, "every QUEUED")
+
+        # The new instance's config: the same without "oldonly".
+        config = dict(d.config, handlers={k: v for k, v in handlers.items() if k != "oldonly"})
+        d.write_config(text=conftest.dump_config(config))
+        install(tmp_path, binary, source=real_binary())
+        d.send_signal(signal.SIGUSR2)
+        wait_for(lambda: d.read_pid_file() not in (None, old_master), 10,
+                 "the new master's pid file")
+        new_master = d.read_pid_file()
+        d.known_pids.add(new_master)
+        m = d.wait_log(SUMMARY_LINE, timeout=20)
+        assert (m.group("handed"), m.group("kept"), m.group("back")) == ("2", "1", "1"), \
+            m.group(0)
+        log = d.log_text()
+        assert log.count("handover: the new instance rejected item r0") == 1, log[-3000:]
+        for gate in gates:
+            gate.touch()
+        assert d.wait_exit(timeout=30) == 0, "the old master did not drain and exit"
+        finals = watch.wait_final(["r0", "held0", "held1"], timeout=10)
+        assert all(u.state == SUCCEEDED for u in finals.values()), finals
+    finally:
+        for gate in gates:
+            gate.touch()
+        if new_master is not None:
+            kill_tree(new_master)

@@ -13,6 +13,7 @@
 #include "cli/jsonl.h"
 #include "cli/rpc.h"
 #include "cli/unary.h"
+#include "core/utf8.h"
 #include "core/alloc.h"
 
 #define FILTER_MAX   1024
@@ -71,13 +72,13 @@ print_json(const wire_item *it)
     fputs("}\n", stdout);
 }
 
-/* A table cell: at most WIDTH bytes of S, control characters as '?'. */
+/* A table cell: at most WIDTH bytes of S (cut between characters), as a
+ * terminal shows them (cli_put_shown(): control characters as \xHH). */
 static void
 print_cell(const char *s, size_t len, int width, int last)
 {
-    size_t n = len < (size_t)width || last ? len : (size_t)width;
-    for (size_t i = 0; i < n; i++)
-        putchar((unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i]);
+    size_t n = len < (size_t)width || last ? len : utf8_prefix(s, len, (size_t)width);
+    cli_put_shown(stdout, s, n);
     if (!last)
         for (size_t i = n; i < (size_t)width + 2; i++)
             putchar(' ');

@@ -25,29 +25,6 @@ static const struct {
     { "retry", retry_main },
 };
 
-/* A message's LEN bytes at TEXT on stderr as a terminal shows them: a
- * control character (C0, DEL, C1) or a byte that is no part of valid UTF-8
- * is written as \xHH. Messages quote what the user typed (an option's
- * value, a file's line), and a "%.32s" may cut a character in half. */
-static void
-put_shown(const char *text, size_t len)
-{
-    for (size_t i = 0; i < len;) {
-        unsigned char c = (unsigned char)text[i];
-        size_t n = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
-        int shown = n > 0 && i + n <= len && (n == 1 || utf8_valid(text + i, n)) &&
-                    c >= 0x20 && c != 0x7f &&
-                    !(c == 0xc2 && (unsigned char)text[i + 1] < 0xa0);   /* C1 */
-        if (!shown) {
-            fprintf(stderr, "\\x%02x", c);
-            i++;
-            continue;
-        }
-        fwrite(text + i, 1, n, stderr);
-        i += n;
-    }
-}
-
 static void
 say(const char *fmt, va_list ap)
 {
@@ -55,7 +32,7 @@ say(const char *fmt, va_list ap)
     int n = vsnprintf(buf, sizeof buf, fmt, ap);
     fputs("dosomething: ", stderr);
     if (n > 0)
-        put_shown(buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+        cli_put_shown(stderr, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
     fputc('\n', stderr);
 }
 

@@ -488,9 +488,14 @@ print_reply(const wire_submit_reply *r)
 {
     printf("accepted %llu\n", (unsigned long long)r->accepted);
     printf("rejected %llu\n", (unsigned long long)r->rejected);
-    for (size_t i = 0; i < r->n_rejections; i++)
-        printf("  %u %s: %s\n", (unsigned)r->rejections[i]->index, r->rejections[i]->id,
-               r->rejections[i]->reason);
+    for (size_t i = 0; i < r->n_rejections; i++) {
+        const wire_rejection *rj = r->rejections[i];
+        printf("  %u ", (unsigned)rj->index);
+        cli_put_shown(stdout, rj->id, strlen(rj->id));
+        fputs(": ", stdout);
+        cli_put_shown(stdout, rj->reason, strlen(rj->reason));
+        putchar('\n');
+    }
     if (r->rejected > r->n_rejections)
         printf("  (%llu more rejections not listed)\n",
                (unsigned long long)(r->rejected - r->n_rejections));

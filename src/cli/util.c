@@ -12,6 +12,26 @@
 
 #include "cli/cli.h"
 #include "core/alloc.h"
+#include "core/utf8.h"
+
+void
+cli_put_shown(FILE *out, const char *text, size_t len)
+{
+    for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)text[i];
+        size_t n = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
+        int shown = n > 0 && i + n <= len && (n == 1 || utf8_valid(text + i, n)) &&
+                    c >= 0x20 && c != 0x7f &&
+                    !(c == 0xc2 && (unsigned char)text[i + 1] < 0xa0);   /* C1 */
+        if (!shown) {
+            fprintf(out, "\\x%02x", c);
+            i++;
+            continue;
+        }
+        fwrite(text + i, 1, n, out);
+        i += n;
+    }
+}
 
 int64_t
 clock_now_ms(void)

@@ -122,9 +122,14 @@ waiter_print(const struct waiter *w, FILE *out)
 {
     fprintf(out, "succeeded %llu\n", (unsigned long long)w->succeeded);
     fprintf(out, "failed %llu\n", (unsigned long long)w->failed);
-    for (size_t i = 0; i < w->failure_count; i++)
-        fprintf(out, "  %s: %s\n", w->failures[i].id,
-                w->failures[i].error[0] ? w->failures[i].error : "no reason given");
+    for (size_t i = 0; i < w->failure_count; i++) {
+        const char *error = w->failures[i].error[0] ? w->failures[i].error : "no reason given";
+        fputs("  ", out);
+        cli_put_shown(out, w->failures[i].id, strlen(w->failures[i].id));
+        fputs(": ", out);
+        cli_put_shown(out, error, strlen(error));
+        fputc('\n', out);
+    }
     if (w->failed > w->failure_count)
         fprintf(out, "  (%llu more failures not listed)\n",
                 (unsigned long long)(w->failed - w->failure_count));

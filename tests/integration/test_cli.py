@@ -648,3 +648,26 @@ def test_json_output_escapes_c1_control_characters(daemon):
     assert b'"b\\u009b31m"' in out, out
     u = json.loads(out.decode("utf-8"))
     assert u["item_id"] == item_id and u["batch"] == batch, u
+
+
+def test_plain_text_output_shows_control_characters_escaped(start_daemon):
+    """Ids, errors and rejection reasons come from clients and programs: the
+    plain-text outputs (submit's rejections, --wait's failures, get's table)
+    show their control characters (C0, DEL, C1: U+009B is a CSI) as \\xHH
+    instead of sending them to the terminal."""
+    d = start_daemon({"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                                   "bad": {"exec": ["/bin/sh", "-c",
+                                                    "printf 'x\\302\\233z' >&2; exit 1"]}}})
+    lines = [{"id": "f\u001bi\u009b", "kind": "bad"}, {"id": "r\u001b", "kind": "no\u009bsuch"}]
+    r = run_bytes("submit", "--json", "--wait", target=d,
+                  input="".join(json.dumps(x) + "\n" for x in lines).encode())
+    out = r.stdout.decode("utf-8")
+    assert r.returncode == EXIT_NEGATIVE, (r.returncode, out, r.stderr)
+    assert '  1 r\\x1b: unknown kind "no\\xc2\\x9bsuch"' in out, out
+    assert "  f\\x1bi\\xc2\\x9b: sh exited with status 1: x\\xc2\\x9bz" in out, out
+    r = run_bytes("get", "f\u001bi\u009b", target=d)
+    out = r.stdout.decode("utf-8")
+    assert r.returncode == EXIT_OK, (out, r.stderr)
+    assert "f\\x1bi\\xc2\\x9b" in out and "x\\xc2\\x9bz" in out, out
+    for r_out in (out,):
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f\u0080-\u009f]", r_out), repr(r_out)

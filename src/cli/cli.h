@@ -109,8 +109,9 @@ int64_t clock_now_ms(void);
 /* LEN bytes at TEXT on OUT as a terminal shows them: a control character
  * (C0, DEL, C1) or a byte that is no part of valid UTF-8 is written as
  * \xHH. For whatever the output quotes that the user or the server wrote
- * (messages, ids, errors, rejections' reasons). */
-void cli_put_shown(FILE *out, const char *text, size_t len);
+ * (messages, ids, errors, rejections' reasons). Returns the columns
+ * written (a character one: wide characters are not told apart). */
+size_t cli_put_shown(FILE *out, const char *text, size_t len);
 /* A whole file, NUL-terminated; NULL after an error message. */
 char *read_text_file(const char *path, size_t max);
 /* COMMAND's --state NAME: added to the N STATES (room for every state)

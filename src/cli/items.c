@@ -73,14 +73,15 @@ print_json(const wire_item *it)
 }
 
 /* A table cell: at most WIDTH bytes of S (cut between characters), as a
- * terminal shows them (cli_put_shown(): control characters as \xHH). */
+ * terminal shows them (cli_put_shown(): control characters as \xHH),
+ * padded to WIDTH + 2 columns unless it is the last. */
 static void
 print_cell(const char *s, size_t len, int width, int last)
 {
     size_t n = len < (size_t)width || last ? len : utf8_prefix(s, len, (size_t)width);
-    cli_put_shown(stdout, s, n);
+    size_t columns = cli_put_shown(stdout, s, n);
     if (!last)
-        for (size_t i = n; i < (size_t)width + 2; i++)
+        for (size_t i = columns; i < (size_t)width + 2; i++)
             putchar(' ');
 }
 

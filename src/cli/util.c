@@ -14,9 +14,10 @@
 #include "core/alloc.h"
 #include "core/utf8.h"
 
-void
+size_t
 cli_put_shown(FILE *out, const char *text, size_t len)
 {
+    size_t columns = 0;
     for (size_t i = 0; i < len;) {
         unsigned char c = (unsigned char)text[i];
         size_t n = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
@@ -25,12 +26,15 @@ cli_put_shown(FILE *out, const char *text, size_t len)
                     !(c == 0xc2 && (unsigned char)text[i + 1] < 0xa0);   /* C1 */
         if (!shown) {
             fprintf(out, "\\x%02x", c);
+            columns += 4;
             i++;
             continue;
         }
         fwrite(text + i, 1, n, out);
+        columns++;
         i += n;
     }
+    return columns;
 }
 
 int64_t

@@ -36,6 +36,8 @@ struct reflection_call {
     struct tag send_tag;
     grpc_byte_buffer *recv_buffer;
     grpc_byte_buffer *send_buffer;
+    grpc_slice details;         /* of a status we end the call with; ours */
+    int refused;                /* ended RESOURCE_EXHAUSTED: a request too large */
 };
 
 /* ---- the answer ------------------------------------------------------------ */
@@ -149,6 +151,7 @@ reflection_destroy(struct call *call)
         grpc_byte_buffer_destroy(r->recv_buffer);
     if (r->send_buffer != NULL)
         grpc_byte_buffer_destroy(r->send_buffer);
+    grpc_slice_unref(r->details);
     free(r);
 }
 
@@ -156,7 +159,9 @@ reflection_destroy(struct call *call)
 static void
 reflection_closed(struct call *call)
 {
-    call->status = call->cancelled ? GRPC_STATUS_CANCELLED : GRPC_STATUS_OK;
+    struct reflection_call *r = CALL_OF(call, struct reflection_call, base);
+    call->status = call->cancelled ? GRPC_STATUS_CANCELLED
+                   : r->refused ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_OK;
 }
 
 static const struct call_kind reflection_kind = {
@@ -193,6 +198,24 @@ on_recv(struct tag *tag, int ok)
     grpc_byte_buffer *bb = r->recv_buffer;
     r->recv_buffer = NULL;
     if (!ok) {
+        call_unref(&r->base);
+        return;
+    }
+    size_t len = bb != NULL ? grpc_byte_buffer_length(bb) : 0;
+    if (len > gp.config->grpc.max_message_size) {
+        /* gRPC reads up to twice the limit (server.c): the limit is ours. */
+        char text[200];
+        snprintf(text, sizeof text, "the request is %zu bytes, over grpc.max_message_size (%llu)",
+                 len, (unsigned long long)gp.config->grpc.max_message_size);
+        grpc_byte_buffer_destroy(bb);
+        r->details = grpc_slice_from_copied_string(text);
+        r->refused = 1;
+        grpc_op op;
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        op.data.send_status_from_server.status = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        op.data.send_status_from_server.status_details = &r->details;
+        call_batch(&r->base, &op, 1, NULL);
         call_unref(&r->base);
         return;
     }

@@ -659,15 +659,20 @@ def test_plain_text_output_shows_control_characters_escaped(start_daemon):
                                    "bad": {"exec": ["/bin/sh", "-c",
                                                     "printf 'x\\302\\233z' >&2; exit 1"]}}})
     lines = [{"id": "f\u001bi\u009b", "kind": "bad"}, {"id": "r\u001b", "kind": "no\u009bsuch"}]
+    raw = re.compile("[\x00-\x09\x0b-\x1f\x7f\u0080-\u009f]")
     r = run_bytes("submit", "--json", "--wait", target=d,
                   input="".join(json.dumps(x) + "\n" for x in lines).encode())
     out = r.stdout.decode("utf-8")
     assert r.returncode == EXIT_NEGATIVE, (r.returncode, out, r.stderr)
     assert '  1 r\\x1b: unknown kind "no\\xc2\\x9bsuch"' in out, out
     assert "  f\\x1bi\\xc2\\x9b: sh exited with status 1: x\\xc2\\x9bz" in out, out
-    r = run_bytes("get", "f\u001bi\u009b", target=d)
-    out = r.stdout.decode("utf-8")
-    assert r.returncode == EXIT_OK, (out, r.stderr)
-    assert "f\\x1bi\\xc2\\x9b" in out and "x\\xc2\\x9bz" in out, out
-    for r_out in (out,):
-        assert not re.search("[\x00-\x09\x0b-\x1f\x7f\u0080-\u009f]", r_out), repr(r_out)
+    assert not raw.search(out), repr(out)
+    for args in (["get", "f\u001bi\u009b"], ["list", "--state", "FAILED"]):
+        r = run_bytes(*args, target=d)
+        out = r.stdout.decode("utf-8")
+        assert r.returncode == EXIT_OK, (args, out, r.stderr)
+        assert "f\\x1bi\\xc2\\x9b" in out and "x\\xc2\\x9bz" in out, out
+        assert not raw.search(out), repr(out)
+        # The escapes count in the columns: the cells after the id line up.
+        header, row = out.splitlines()[:2]
+        assert row.index("FAILED") == header.index("STATE"), out

@@ -160,3 +160,24 @@ def test_compressed_items_are_judged_by_their_size_decompressed(start_daemon):
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
     finally:
         channel.close()
+
+
+def test_reflection_request_over_the_limit(start_daemon):
+    """A ServerReflectionInfo stream's request over the limit ends it with
+    RESOURCE_EXHAUSTED and both sizes, like the other methods' requests; one
+    within the limit is answered."""
+    d = start_daemon({"grpc": {"max_message_size": f"{MAX // 1024}KiB"}})
+    c = d.client()
+    info = c.channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                   request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+    host = b"h" * (MAX + 10)
+    big = b"\x0a" + varint(len(host)) + host            # field 1: host
+    with pytest.raises(grpc.RpcError) as e:
+        list(info(iter([big]), timeout=10))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+    assert e.value.details() == \
+        f"the request is {len(big)} bytes, over grpc.max_message_size ({MAX})", e.value.details()
+    list_services = b"\x3a\x00"                          # field 7: list_services ""
+    replies = list(info(iter([list_services]), timeout=10))
+    assert len(replies) == 1 and b"DoSomethingService" in replies[0], replies

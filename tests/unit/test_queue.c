@@ -819,7 +819,7 @@ sleep_parked(void)
 
 /* An item of a rate-limited kind that its gate released (taking the rate
  * token for it) but no worker took yet, re-timed to wait again
- * (queue_retime: cluster.c adopt_claimed()), gives that token back: once
+ * (queue_retime: cluster_take.c adopt_claimed()), gives that token back: once
  * due and let through again it takes one, one in all. Before, it had left
  * the first one spent and waited for a second (here a minute's refill).
  * The rate still holds: the next item of the kind finds no token. */

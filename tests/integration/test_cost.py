@@ -232,11 +232,11 @@ def test_poison_item_lists_every_attempt_and_is_dead_lettered(mode, start_daemon
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("memory_limit", 0, r"memory_limit: must be 1MiB\.\.1048576GiB, got 0"),
+    ("memory_limit", 0, r"memory_limit: must be 1MiB\.\.1024TiB, got 0"),
     ("memory_limit", "-64MiB", r"memory_limit: must be a size in bytes or with KiB"),
     ("memory_limit", "lots", r"memory_limit: must be a size in bytes or with KiB"),
-    ("memory_limit", "99999999999999999999GiB", r"memory_limit: must be 1MiB\.\.1048576GiB"),
-    ("memory_limit", "512KiB", r"memory_limit: must be 1MiB\.\.1048576GiB, got 512KiB"),
+    ("memory_limit", "99999999999999999999GiB", r"memory_limit: must be 1MiB\.\.1024TiB"),
+    ("memory_limit", "512KiB", r"memory_limit: must be 1MiB\.\.1024TiB, got 512KiB"),
     ("memory_limit", [1], r"memory_limit: "),
     ("cpu_limit", "0s", r"cpu_limit: must be 1s\.\.720h, got 0s"),
     ("cpu_limit", "-1s", r"cpu_limit: must be a duration"),
@@ -244,9 +244,9 @@ def test_poison_item_lists_every_attempt_and_is_dead_lettered(mode, start_daemon
     ("cpu_limit", 30, r"cpu_limit: needs a unit"),
     ("cpu_limit", "99999999999999999999h", r"cpu_limit: must be 1s\.\.720h"),
     # just out of range
-    ("memory_limit", 1, r"memory_limit: must be 1MiB\.\.1048576GiB, got 1\b"),
-    ("memory_limit", "1048575", r"memory_limit: must be 1MiB\.\.1048576GiB, got 1048575\b"),
-    ("memory_limit", "1048577GiB", r"memory_limit: must be 1MiB\.\.1048576GiB"),
+    ("memory_limit", 1, r"memory_limit: must be 1MiB\.\.1024TiB, got 1\b"),
+    ("memory_limit", "1048575", r"memory_limit: must be 1MiB\.\.1024TiB, got 1048575\b"),
+    ("memory_limit", "1048577GiB", r"memory_limit: must be 1MiB\.\.1024TiB"),
     ("memory_limit", "1025TiB", r"memory_limit: must be "),
     ("cpu_limit", "999ms", r"cpu_limit: must be 1s\.\.720h, got 999ms"),
     ("cpu_limit", "1ms", r"cpu_limit: must be 1s\.\.720h, got 1ms"),
@@ -264,7 +264,7 @@ def test_bad_limits_are_config_errors(make_daemon, key, value, message):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("memory_limit", "512KiB", r"memory_limit: must be 1MiB\.\.1048576GiB, got 512KiB"),
+    ("memory_limit", "512KiB", r"memory_limit: must be 1MiB\.\.1024TiB, got 512KiB"),
     ("cpu_limit", "0s", r"cpu_limit: must be 1s\.\.720h, got 0s"),
     ("cpu_limit", 30, r"cpu_limit: needs a unit"),
 ])
@@ -776,7 +776,7 @@ def test_limits_at_the_bounds_are_accepted_and_run(start_daemon, test_modules):
     printed = yaml.safe_load(r.stdout)["handlers"]
     assert (printed["emin"]["memory_limit"], printed["emin"]["cpu_limit"]) == ("1MiB", "1s")
     assert (printed["emax"]["memory_limit"], printed["emax"]["cpu_limit"]) == \
-        ("1048576GiB", "720h")
+        ("1024TiB", "720h")     # printed in the largest exact unit
     assert printed["efrac"]["cpu_limit"] == "1500ms"
     d.wait_ready()
     t = tag()

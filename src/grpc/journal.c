@@ -456,6 +456,17 @@ journal_attempt(const struct item *item)
     schedule_flush();
 }
 
+/* A graceful stop leaves ITEM live, at an attempt that has not started:
+ * whoever takes it over spends none for it. */
+static void
+journal_unstarted(const struct item *item)
+{
+    if (!jr.open)
+        return;
+    journal_store_unstarted(&jr.store, item->key);
+    schedule_flush();
+}
+
 static void
 journal_forget(const struct item *item)
 {
@@ -490,7 +501,9 @@ compare_finished(const void *a, const void *b)
 /*
  * Its live items go into our journal (attempt + 1) and, once that is
  * durable, are published RETRYING and queued, or FAILED if that attempt
- * would exceed their max_attempts; then its files go. If our write fails,
+ * would exceed their max_attempts; then its files go. Those not due yet,
+ * and those a graceful stop recorded as not started, keep their attempt
+ * (published QUEUED). If our write fails,
  * nothing of it is used and its lock is released: the next scan retries.
  */
 static void
@@ -501,7 +514,8 @@ take_over(struct journal_recovery *r)
              "%ld is gone)", r->pid);
     struct item **run = ds_calloc(r->count + 1, sizeof *run);
     struct item **failed = ds_calloc(r->count + 1, sizeof *failed);
-    size_t run_count = 0, failed_count = 0, dropped = 0;
+    uint8_t *waits_again = ds_calloc(r->count + 1, 1);     /* run[i] spent no attempt */
+    size_t run_count = 0, failed_count = 0, dropped = 0, unstarted = 0;
     uint64_t now_ns = (uint64_t)clock_wall_ns();
 
     for (size_t i = 0; i < r->count; i++) {
@@ -531,10 +545,15 @@ take_over(struct journal_recovery *r)
         wire_work_item_free(msg, NULL);
         item->attempt = ji->attempt ? ji->attempt : 1;
         item->due_ns = ji->due_ns;
-        /* Not due yet: its attempt cannot have started, none is spent. */
-        if (handler != NULL && item->due_ns > now_ns) {
+        /* Not due yet: its attempt cannot have started, none is spent.
+         * Nor for one a graceful stop recorded as not started (a crash
+         * records nothing: an item only waiting then spends an attempt). */
+        if (handler != NULL && (item->due_ns > now_ns || ji->unstarted)) {
+            if (item->due_ns <= now_ns)
+                unstarted++;
             struct journal_accept a = accept_of(item);
             journal_store_accept(&jr.store, &a);
+            waits_again[run_count] = 1;
             run[run_count++] = item;
             continue;
         }
@@ -580,6 +599,7 @@ take_over(struct journal_recovery *r)
             store_discard(failed[i]);
         free(run);
         free(failed);
+        free(waits_again);
         journal_recovery_free(r);
         return;
     }
@@ -600,7 +620,8 @@ take_over(struct journal_recovery *r)
     }
     for (size_t i = 0; i < run_count; i++) {
         struct item *item = run[i];
-        if (item->due_ns > now_ns) {
+        if (waits_again[i]) {
+            /* No attempt spent: it waits again as it did. */
             struct outcome o = { .state = STATE_QUEUED };
             store_publish_local(item, &o);
             store_take_quietly(item);
@@ -633,15 +654,20 @@ take_over(struct journal_recovery *r)
     }
     free(finals);
     journal_recovery_remove(r, jr.store.sync != DS_JOURNAL_SYNC_NEVER);
+    char note[128] = "";
+    if (unstarted > 0)
+        snprintf(note, sizeof note, " (%zu of them had not started when a graceful stop "
+                 "ended: no attempt spent)", unstarted);
     if (r->count > 0 || dropped > 0 || final_count > 0)
         log_notice("journal: took over %s of grpc process %ld: %zu items queued again, %zu "
-                   "failed, %zu unreadable, %zu finals known again", r->dir, r->pid, run_count,
-                   failed_count, dropped, final_count);
+                   "failed, %zu unreadable, %zu finals known again%s", r->dir, r->pid, run_count,
+                   failed_count, dropped, final_count, note);
     else
         log_info("journal: removed %s of grpc process %ld: nothing in it was live", r->dir,
                  r->pid);
     free(run);
     free(failed);
+    free(waits_again);
     journal_recovery_free(r);
 }
 
@@ -914,6 +940,7 @@ const struct store_backend store_journal = {
     .final = journal_final,
     .attempt = journal_attempt,
     .forget = journal_forget,
+    .unstarted = journal_unstarted,
     .seq_reserved = journal_seq,
     .serving = journal_serving,
     .configure = journal_configure,

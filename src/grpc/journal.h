@@ -31,7 +31,9 @@
  *   takes over the instances whose lock it can take (their process is
  *   gone): their live items are written to its own journal, then published
  *   RETRYING (attempt + 1; FAILED past max_attempts) and queued, and their
- *   files deleted. Two grpc processes (a USR2 upgrade) never replay the
+ *   files deleted. An item a graceful stop recorded as not started (or one
+ *   not due yet) spends no attempt: it is queued again as it was (QUEUED).
+ *   Two grpc processes (a USR2 upgrade) never replay the
  *   same items: an instance's lock is held as long as its process lives.
  * - seq continues past every SEQ record (a reservation of update seqs) and
  *   past DIR/seq, written when an instance's files are deleted.

@@ -196,7 +196,8 @@ journal_encode_accept(struct journal_buf *b, const struct journal_accept *a)
     put32(p + 8, a->attempt);
     put32(p + 12, a->max_attempts);
     put32(p + 16, a->timeout_ms);
-    p[20] = (a->quick ? 1 : 0) | (a->due_ns ? 2 : 0);
+    p[20] = (a->quick ? JOURNAL_ACCEPT_QUICK : 0) | (a->due_ns ? JOURNAL_ACCEPT_DUE : 0) |
+            (a->unstarted ? JOURNAL_ACCEPT_UNSTARTED : 0);
     p[21] = 0;
     put16(p + 22, (uint16_t)id_len);
     put16(p + 24, (uint16_t)kind_len);
@@ -232,19 +233,26 @@ journal_encode_final(struct journal_buf *b, uint64_t key)
 }
 
 size_t
-journal_encode_attempt_due(struct journal_buf *b, uint64_t key, uint32_t attempt,
-                           uint64_t due_ns)
+journal_encode_attempt_flags(struct journal_buf *b, uint64_t key, uint32_t attempt,
+                             uint64_t due_ns, uint32_t flags)
 {
     uint8_t *p;
-    size_t off = record_begin(b, JOURNAL_ATTEMPT, due_ns ? 24 : 12, &p);
+    size_t off = record_begin(b, JOURNAL_ATTEMPT, due_ns || flags ? 24 : 12, &p);
     put64(p, key);
     put32(p + 8, attempt);
-    if (due_ns) {
-        put32(p + 12, 0);
+    if (due_ns || flags) {
+        put32(p + 12, flags);
         put64(p + 16, due_ns);
     }
     record_end(b, off);
     return off;
+}
+
+size_t
+journal_encode_attempt_due(struct journal_buf *b, uint64_t key, uint32_t attempt,
+                           uint64_t due_ns)
+{
+    return journal_encode_attempt_flags(b, key, attempt, due_ns, 0);
 }
 
 size_t
@@ -429,8 +437,9 @@ journal_decode(const uint8_t *p, size_t avail, struct journal_record *rec, size_
         a->attempt = rec->attempt = get32(body + 8);
         a->max_attempts = get32(body + 12);
         a->timeout_ms = get32(body + 16);
-        a->quick = body[20] & 1;
-        size_t due_len = (body[20] & 2) ? 8 : 0;
+        a->quick = body[20] & JOURNAL_ACCEPT_QUICK;
+        a->unstarted = rec->unstarted = (body[20] & JOURNAL_ACCEPT_UNSTARTED) != 0;
+        size_t due_len = (body[20] & JOURNAL_ACCEPT_DUE) ? 8 : 0;
         a->id_len = get16(body + 22);
         a->kind_len = get16(body + 24);
         a->batch_len = get16(body + 26);
@@ -462,9 +471,16 @@ journal_decode(const uint8_t *p, size_t avail, struct journal_record *rec, size_
             return JOURNAL_CORRUPT;
         }
         rec->attempt = get32(body + 8);
-        if (len == 24 && (get32(body + 12) != 0 || (rec->due_ns = get64(body + 16)) == 0)) {
-            *why = "malformed ATTEMPT record";
-            return JOURNAL_CORRUPT;
+        if (len == 24) {
+            /* A due time, or flags, or both. */
+            uint32_t flags = get32(body + 12);
+            rec->due_ns = get64(body + 16);
+            if ((flags & ~(uint32_t)JOURNAL_ATTEMPT_UNSTARTED) != 0 ||
+                (flags == 0 && rec->due_ns == 0)) {
+                *why = "malformed ATTEMPT record";
+                return JOURNAL_CORRUPT;
+            }
+            rec->unstarted = (flags & JOURNAL_ATTEMPT_UNSTARTED) != 0;
         }
         break;
     case JOURNAL_SEQ:
@@ -953,6 +969,7 @@ copy_forward(struct journal_store *s)
         }
         r.accept.attempt = e->attempt;
         r.accept.due_ns = e->due_ns;
+        r.accept.unstarted = e->unstarted;
         e->aux = journal_encode_accept(&s->other, &r.accept);
         /* The copy may differ in length (a due time added or dropped). */
         e->length = (uint32_t)(s->other.len - e->aux);
@@ -1182,6 +1199,7 @@ journal_store_accept(struct journal_store *s, const struct journal_accept *a)
     e->length = (uint32_t)(s->accepts.len - off);
     e->attempt = a->attempt;
     e->due_ns = a->due_ns;
+    e->unstarted = a->unstarted != 0;
     keys_push(&s->new_keys, &s->new_count, &s->new_cap, a->key);
 }
 
@@ -1194,7 +1212,19 @@ journal_store_attempt_due(struct journal_store *s, uint64_t key, uint32_t attemp
         return;
     e->attempt = attempt;
     e->due_ns = due_ns;
+    e->unstarted = 0;
     journal_encode_attempt_due(&s->other, key, attempt, due_ns);
+}
+
+void
+journal_store_unstarted(struct journal_store *s, uint64_t key)
+{
+    struct journal_entry *e = journal_map_get(&s->entries, key);
+    if (e == NULL || e->unstarted)
+        return;
+    e->unstarted = 1;
+    journal_encode_attempt_flags(&s->other, key, e->attempt, e->due_ns,
+                                 JOURNAL_ATTEMPT_UNSTARTED);
 }
 
 void
@@ -1638,6 +1668,9 @@ reader_apply(struct reader *rd, const struct journal_record *rec)
         if (a->attempt >= it->attempt) {
             if (a->attempt > it->attempt || a->due_ns > it->due_ns)
                 it->due_ns = a->due_ns;
+            if (a->attempt > it->attempt)
+                it->unstarted = 0;
+            it->unstarted |= a->unstarted;
             it->attempt = a->attempt;
         }
         return;
@@ -1681,10 +1714,16 @@ reader_apply(struct reader *rd, const struct journal_record *rec)
     }
     case JOURNAL_ATTEMPT:
         it = reader_item(rd, rec->key);
-        if (rec->attempt > it->attempt || (rec->attempt == it->attempt &&
-                                            rec->due_ns > it->due_ns)) {
+        if (rec->attempt > it->attempt) {
+            it->unstarted = 0;
+            it->due_ns = 0;
+        }
+        if (rec->attempt >= it->attempt) {
+            /* An unstarted mark names the attempt it was written at. */
+            it->unstarted |= rec->unstarted;
+            if (rec->due_ns > it->due_ns)
+                it->due_ns = rec->due_ns;
             it->attempt = rec->attempt;
-            it->due_ns = rec->due_ns;
         }
         return;
     case JOURNAL_SEQ:

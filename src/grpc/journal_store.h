@@ -14,13 +14,17 @@
  * The CRC32C covers the 8 header bytes after it and the body. Bodies:
  *
  *   ACCEPT  key u64 | attempt u32 | max_attempts u32 | timeout_ms u32 |
- *           flags u8 (1: quick, 2: due) | 0 u8 | id_len u16 | kind_len u16 |
+ *           flags u8 (1: quick, 2: due, 4: unstarted) | 0 u8 | id_len u16 | kind_len u16 |
  *           batch_len u16 | raw_len u32 | id | kind | batch | raw WorkItem |
  *           [due_ns u64, with flag 2: not to start before (unix ns)]
  *   FINAL   key u64                 the item is final (or was never accepted)
- *   ATTEMPT key u64 | attempt u32 [| 0 u32 | due_ns u64]
+ *   ATTEMPT key u64 | attempt u32 [| flags u32 | due_ns u64]
  *                                   the item was retried: this attempt is next
- *                                   (not before due_ns, unix, if given)
+ *                                   (not before due_ns, unix, if not 0);
+ *                                   flag 1 (unstarted): a graceful stop left
+ *                                   the item with this attempt not started,
+ *                                   so taking it over spends none (due_ns
+ *                                   may then be 0)
  *   SEQ     seq u64                 update seqs up to this may have been used
  *   DONE    key u64 | state u8 | flags u8 (1: quick, 2: trace) | 0 u16 | attempt u32 |
  *           max_attempts u32 | timeout_ms u32 | priority i32 | 0 u32 |
@@ -44,7 +48,10 @@
  * trace (flag 2): journals without one read the same, a binary that
  * predates traces finds such a DONE malformed. Likewise a DONE with the cost (flag 4): without it
  * the cost is not known, a binary that predates it finds such a DONE
- * malformed. An ACCEPT's trace needs no
+ * malformed. Likewise an unstarted ATTEMPT (flag 1), and the unstarted
+ * flag (4) of an ACCEPT, which a copy carries forward: an item is
+ * unstarted if the record with its (largest) attempt says so; a binary
+ * that predates them finds such records malformed. An ACCEPT's trace needs no
  * field: it is inside the raw WorkItem (core/trace.h). A key is never reused (a retried item is accepted under a new key);
  * of several DONEs of one id, the one with the largest key counts.
  */
@@ -66,6 +73,10 @@
 #define JOURNAL_DONE_QUICK      1       /* DONE flags */
 #define JOURNAL_DONE_HAS_TRACE  2
 #define JOURNAL_DONE_HAS_COST   4
+#define JOURNAL_ACCEPT_QUICK     1      /* ACCEPT flags */
+#define JOURNAL_ACCEPT_DUE       2
+#define JOURNAL_ACCEPT_UNSTARTED 4
+#define JOURNAL_ATTEMPT_UNSTARTED 1     /* ATTEMPT flags */
 /* A body never exceeds this: the largest WorkItem (grpc.max_message_size
  * is at most 64 MiB) and its id, kind and batch. */
 #define JOURNAL_BODY_MAX        ((64u << 20) + (1u << 20))
@@ -109,6 +120,7 @@ struct journal_accept {
     uint32_t timeout_ms;
     int quick;
     uint64_t due_ns;            /* 0: none (no flag 2) */
+    int unstarted;              /* flag 4: this attempt has not started (a graceful stop) */
     const char *id, *kind, *batch;
     size_t id_len, kind_len, batch_len;
     const uint8_t *raw;
@@ -142,6 +154,7 @@ struct journal_record {
     uint64_t key;               /* ACCEPT, FINAL, ATTEMPT, DONE */
     uint32_t attempt;           /* ACCEPT, ATTEMPT, DONE */
     uint64_t due_ns;            /* ACCEPT, ATTEMPT: 0 if none */
+    int unstarted;              /* ACCEPT, ATTEMPT: that attempt has not started */
     uint64_t seq;               /* SEQ */
     struct journal_accept accept;
     struct journal_done done;
@@ -155,6 +168,9 @@ size_t journal_encode_attempt(struct journal_buf *b, uint64_t key, uint32_t atte
 /* The same with a due time (0: none, the short record). */
 size_t journal_encode_attempt_due(struct journal_buf *b, uint64_t key, uint32_t attempt,
                                   uint64_t due_ns);
+/* The same, FLAGS (JOURNAL_ATTEMPT_UNSTARTED) with it: the long record. */
+size_t journal_encode_attempt_flags(struct journal_buf *b, uint64_t key, uint32_t attempt,
+                                    uint64_t due_ns, uint32_t flags);
 size_t journal_encode_seq(struct journal_buf *b, uint64_t seq);
 /* id/kind/batch cut as above; error, result and raw as they are. */
 size_t journal_encode_done(struct journal_buf *b, const struct journal_done *d);
@@ -190,6 +206,7 @@ struct journal_entry {
     uint32_t attempt;
     uint8_t state;
     uint8_t final;              /* reader: a FINAL was seen */
+    uint8_t unstarted;          /* its attempt has not started (copies keep it) */
     uint64_t due_ns;            /* of its attempt (copies keep it); 0: none */
 };
 
@@ -269,6 +286,9 @@ void journal_store_attempt(struct journal_store *s, uint64_t key, uint32_t attem
 /* The same, its next attempt not before DUE_NS (unix; 0: at once). */
 void journal_store_attempt_due(struct journal_store *s, uint64_t key, uint32_t attempt,
                                uint64_t due_ns);
+/* A graceful stop leaves KEY live with its attempt not started: an
+ * unstarted ATTEMPT is buffered, and whoever takes it over spends none. */
+void journal_store_unstarted(struct journal_store *s, uint64_t key);
 /* The item is final: FINAL is buffered, its segment has one live item less. */
 void journal_store_final(struct journal_store *s, uint64_t key);
 void journal_store_seq(struct journal_store *s, uint64_t seq);
@@ -316,6 +336,7 @@ struct journal_item {
     uint64_t key;
     uint32_t attempt;           /* the largest recorded: the one that ran, or was next */
     uint64_t due_ns;            /* that attempt's due time (unix ns); 0: none */
+    int unstarted;              /* that attempt has not started (a graceful stop said so) */
     uint32_t max_attempts;
     uint32_t timeout_ms;
     int quick;

@@ -702,6 +702,10 @@ abandon(struct item *item, pid_t worker_pid)
                  "next start", reason);
         struct outcome o = { .state = STATE_RETRYING, .worker_pid = worker_pid, .error = retry };
         publish(item, &o);
+        /* One that never started keeps its attempt: it was not run. One
+         * interrupted spent it, as in a worker's death. */
+        if (!item->started && st.b->unstarted != NULL)
+            st.b->unstarted(item);
         item_free(item);
         st.count--;
         return;

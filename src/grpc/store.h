@@ -149,6 +149,10 @@ struct store_backend {
     void (*attempt)(const struct item *item);
     /* ITEM is no longer ours (handed to another instance). */
     void (*forget)(const struct item *item);
+    /* keeps_abandoned: a graceful stop leaves ITEM, whose attempt
+     * (item->attempt) has not started: taking it over spends none. NULL:
+     * nothing to record. */
+    void (*unstarted)(const struct item *item);
     /* Update seqs up to SEQ may be used (for a restart of the whole daemon). */
     void (*seq_reserved)(uint64_t seq);
     /* Room for one more item? NULL: this process's queue.capacity. */

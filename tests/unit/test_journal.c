@@ -289,6 +289,87 @@ test_due_times(void **state)
     journal_recovery_free(&r);
 }
 
+/* A graceful stop's unstarted mark: on ATTEMPT (flag 1) and on a copied
+ * ACCEPT (flag 4); it names the attempt it was written at. */
+static void
+test_unstarted(void **state)
+{
+    struct journal_buf b = { 0 };
+    char id[32];
+    struct journal_record rec;
+    size_t size;
+    const char *why;
+    journal_encode_attempt_flags(&b, 5, 2, 0, JOURNAL_ATTEMPT_UNSTARTED);
+    assert_int_equal(journal_decode(b.data, b.len, &rec, &size, &why), JOURNAL_OK);
+    assert_int_equal(size, JOURNAL_HEADER_SIZE + 24);
+    assert_true(rec.unstarted && rec.attempt == 2 && rec.due_ns == 0);
+    /* An unknown flag is malformed; so is a long record with neither. */
+    b.data[JOURNAL_HEADER_SIZE + 12] = 3;
+    uint32_t crc = journal_crc32c(0, b.data + 4, b.len - 4);
+    memcpy(b.data, &crc, 4);
+    assert_int_equal(journal_decode(b.data, b.len, &rec, &size, &why), JOURNAL_CORRUPT);
+    b.data[JOURNAL_HEADER_SIZE + 12] = 0;
+    crc = journal_crc32c(0, b.data + 4, b.len - 4);
+    memcpy(b.data, &crc, 4);
+    assert_int_equal(journal_decode(b.data, b.len, &rec, &size, &why), JOURNAL_CORRUPT);
+    b.len = 0;
+    struct journal_accept a = make_accept(6, 3, id, 10);
+    a.unstarted = 1;
+    journal_encode_accept(&b, &a);
+    assert_int_equal(journal_decode(b.data, b.len, &rec, &size, &why), JOURNAL_OK);
+    assert_true(rec.accept.unstarted && rec.unstarted && rec.accept.due_ns == 0);
+    journal_buf_free(&b);
+
+    /* Through a store and its reader: 1 unstarted; 2 unstarted, then a
+     * later attempt (it ran again); 3 unstarted with a due time; 4 not. */
+    const char *name = "grpc-0000000000001-13";
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_ALWAYS, 0), 0);
+    for (uint64_t key = 1; key <= 4; key++)
+        accept_key(&s, key, 5);
+    assert_int_equal(journal_store_flush(&s), 0);
+    journal_store_unstarted(&s, 1);
+    journal_store_unstarted(&s, 2);
+    journal_store_attempt(&s, 2, 2);
+    journal_store_attempt_due(&s, 3, 2, 77777);
+    journal_store_unstarted(&s, 3);
+    assert_int_equal(journal_store_flush(&s), 0);
+    journal_store_close(&s, 0);
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 4);
+    const struct journal_item *it = find_item(&r, 1);
+    assert_true(it->unstarted && it->attempt == 1);
+    it = find_item(&r, 2);
+    assert_true(!it->unstarted && it->attempt == 2);
+    it = find_item(&r, 3);
+    assert_true(it->unstarted && it->attempt == 2 && it->due_ns == 77777);
+    it = find_item(&r, 4);
+    assert_true(!it->unstarted && it->attempt == 1);
+    journal_recovery_free(&r);
+
+    /* Copied forward, an ACCEPT carries the mark. */
+    name = "grpc-0000000000001-14";
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_INTERVAL, 4096), 0);
+    accept_key(&s, 1, 500);
+    journal_store_unstarted(&s, 1);
+    uint64_t key = 1;
+    for (int round = 0; round < 100; round++) {
+        for (int i = 0; i < 4; i++)
+            accept_key(&s, ++key, 300);
+        assert_int_equal(journal_store_flush(&s), 0);
+        assert_int_equal(journal_store_sync(&s), 0);
+        for (uint64_t k = key - 3; k <= key; k++)
+            journal_store_final(&s, k);
+    }
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_true(s.copied >= 1 && s.segments[0].number > 1);
+    journal_store_close(&s, 0);
+    r = read_instance(name);
+    assert_int_equal(r.count, 1);
+    assert_true(r.items[0].unstarted && r.items[0].attempt == 1);
+    journal_recovery_free(&r);
+}
+
 /* A record with a valid CRC over whatever header fields and body we give. */
 static size_t
 craft(uint8_t *out, uint32_t length, uint8_t type, const uint8_t *body)
@@ -1333,6 +1414,7 @@ main(void)
         cmocka_unit_test(test_crc32c),
         cmocka_unit_test(test_records_round_trip),
         cmocka_unit_test_setup_teardown(test_due_times, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unstarted, setup, teardown),
         cmocka_unit_test(test_decode_errors),
         cmocka_unit_test(test_map),
         cmocka_unit_test(test_done_with_trace),

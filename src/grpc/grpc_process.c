@@ -11,7 +11,12 @@
  * their end, lets the queue run empty,
  * delivers the updates, ends the subscriber streams with OK, releases the
  * workers and exits; bounded by shutdown_timeout, after which it logs what
- * is left and stops fast.
+ * is left, has the workers stop what they run (store_abandon(): each item
+ * gets its last update once its handler has stopped, a worker that has not
+ * within QUEUE_STOP_WAIT_MS is killed), ends the streams and exits; past
+ * FAST_STOP_GRACE_MS more it stops fast. A cluster instance stops fast at
+ * the deadline (what it leaves stays in Redis); its workers stop what they
+ * run once it is gone.
  */
 #include <errno.h>
 #include <signal.h>
@@ -138,6 +143,8 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
                                    : "they are FAILED");
         proc.expired = 1;
         handover_cancel();      /* what it has in flight comes back, abandoned */
+        /* What waits gets its last update now; what runs once it has
+         * stopped (within QUEUE_STOP_WAIT_MS: its worker is killed then). */
         snprintf(proc.expired_why, sizeof proc.expired_why,
                  "graceful stop reached shutdown_timeout (%llu ms)",
                  (unsigned long long)gp.config->shutdown_timeout_ms);

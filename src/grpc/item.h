@@ -58,6 +58,8 @@ struct item {
     uint8_t started;            /* its worker said STARTED for this attempt */
     uint8_t weight;             /* of a worker's prefetch: ITEM_WEIGHT_QUICK or _FULL */
     uint8_t cancelling;         /* its worker was asked to stop it: it ends CANCELLED */
+    uint8_t stop_asked;         /* ... by a graceful stop's deadline (queue_stop_all), not
+                                 * by a cancel: its end is the stop's (store.c) */
     uint8_t gate_slot;          /* counted as running by its kind's limit (kind_gate.c) */
     uint8_t started_unsent;     /* cluster: this attempt's STARTED went with its next update */
     uint8_t claimed_past_max;   /* cluster: taken over past max_attempts: its entry's delivery

@@ -35,6 +35,8 @@ static struct {
     uint64_t due_armed;         /* the due time it is armed for; 0: none */
     uint64_t held;              /* at workers */
     struct worker *workers;
+    struct event *stop_timer;   /* a graceful stop's deadline: workers not done are killed */
+    uint32_t stop_wait_ms;
 } q;
 
 const struct worker *
@@ -157,12 +159,13 @@ worker_remove(struct worker *w, struct item *item)
     }
 }
 
-/* Is W still asked to stop an item? */
+/* Is W still asked to stop an item by a cancel? (What a graceful stop
+ * asked has its own bound: q.stop_timer.) */
 static int
 worker_cancel_pending(const struct worker *w)
 {
     for (const struct item *item = w->head; item != NULL; item = item->next)
-        if (item->cancelling)
+        if (item->cancelling && !item->stop_asked)
             return 1;
     return 0;
 }
@@ -287,9 +290,25 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     }
     struct outcome o = { .state = (enum wire_state)u.state, .worker_pid = w->pid,
                          .cpu_usec = cost.cpu_usec, .max_rss_kib = cost.max_rss_kib };
+    char error[1024];
+    if (u.state == STATE_SUCCEEDED) {
+        o.result = rest;
+        o.result_len = rest_len;
+        o.progress = 1;
+    } else if (u.state == STATE_FAILED || u.state == STATE_RETRYING ||
+               u.state == STATE_CANCELLED) {
+        /* Where a handler's error enters this process: cut between
+         * characters (updates.c replaces whatever else is not UTF-8). */
+        const char *text = (const char *)rest;
+        size_t n = utf8_prefix(text, strnlen(text, rest_len), sizeof error - 1);
+        memcpy(error, text, n);
+        error[n] = '\0';
+        o.error = error;
+    }
     if (item->cancelling) {
         /* Asked to stop: its STARTED and PROGRESS are dropped, and its end,
-         * whatever it says, is CANCELLED. */
+         * whatever it says, is CANCELLED (a graceful stop's: the store
+         * decides, see queue_stop_all). */
         switch (u.state) {
         case STATE_STARTED:
             item->started = 1;
@@ -327,20 +346,6 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     case STATE_FAILED:
     case STATE_RETRYING: {
         worker_remove(w, item);
-        char error[1024];
-        if (u.state != STATE_SUCCEEDED) {
-            /* Where a handler's error enters this process: cut between
-             * characters (updates.c replaces whatever else is not UTF-8). */
-            const char *text = (const char *)rest;
-            size_t n = utf8_prefix(text, strnlen(text, rest_len), sizeof error - 1);
-            memcpy(error, text, n);
-            error[n] = '\0';
-            o.error = error;
-        } else {
-            o.result = rest;
-            o.result_len = rest_len;
-            o.progress = 1;
-        }
         if (u.state == STATE_RETRYING)
             q.ev->retry_asked(item, &o);        /* an attempt spent */
         else
@@ -420,6 +425,8 @@ workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t run
         item = held[--n];
         int running = item->key == running_key && worker_may_run(item, running_attempt);
         if (item->cancelling) {
+            if (running)
+                item->started = 1;      /* its STARTED may not have come (a quick item's) */
             q.ev->cancelled(item, pid, NULL);   /* asked to stop: it did, one way or another */
         } else if (running && limit_cost != NULL) {
             /* As exec's limits end an attempt: FAILED, not retried. */
@@ -581,18 +588,64 @@ queue_take_waiting(void)
     return item;
 }
 
+/* Ask W to stop ITEM without waiting for it (GRACE_MS < 0: kill W now,
+ * for KILL_WHY). */
+static void
+worker_ask_stop(struct worker *w, struct item *item, int64_t grace_ms, const char *kill_why)
+{
+    item->cancelling = 1;
+    if (w->channel == NULL)
+        return;         /* going already: its death ends the item (workers_exited) */
+    if (grace_ms < 0) {
+        q.ev->kill_worker(w->pid, w->slot, kill_why);
+        return;
+    }
+    struct ipc_cancel c = { .key = item->key, .attempt = item->run_attempt };
+    channel_send(w->channel, IPC_CANCEL, &c, sizeof c);
+}
+
+static void
+on_stop_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    for (struct worker *w = q.workers; w != NULL; w = w->next) {
+        if (w->head == NULL)
+            continue;
+        log_warn("worker %ld did not stop its items within %u ms of the graceful stop's "
+                 "deadline; killing it", (long)w->pid, q.stop_wait_ms);
+        q.ev->kill_worker(w->pid, w->slot, "it did not stop its items at the graceful stop's "
+                          "deadline");
+    }
+}
+
 void
-queue_take_all(void (*fn)(struct item *item, pid_t worker_pid))
+queue_stop_all(void (*taken)(struct item *item, pid_t worker_pid),
+               int64_t (*grace_ms)(const struct item *item), uint32_t wait_ms)
 {
     struct item *item;
     while ((item = queue_take_waiting()) != NULL)
-        fn(item, 0);
+        taken(item, 0);
+    int held = 0;
     for (struct worker *w = q.workers; w != NULL; w = w->next) {
-        while ((item = w->head) != NULL) {
-            worker_remove(w, item);
-            fn(item, item->started ? w->pid : 0);
+        int killed = 0;
+        for (item = w->head; item != NULL; item = item->next) {
+            held = 1;
+            if (item->cancelling)
+                continue;       /* a cancel asked it already: it ends CANCELLED */
+            item->stop_asked = 1;
+            if (killed) {
+                item->cancelling = 1;   /* its worker's death ends it */
+                continue;
+            }
+            int64_t grace = grace_ms(item);
+            worker_ask_stop(w, item, grace, "its item cannot be interrupted and a graceful "
+                            "stop reached its deadline");
+            killed = grace < 0;
         }
-        worker_maybe_release(w);
+    }
+    if (held) {
+        q.stop_wait_ms = wait_ms;
+        struct timeval tv = clock_timeval_ms(wait_ms);
+        evtimer_add(q.stop_timer, &tv);
     }
 }
 
@@ -685,16 +738,11 @@ queue_reattempt(struct item *item)
 static void
 worker_cancel(struct worker *w, struct item *item, int64_t grace_ms)
 {
-    item->cancelling = 1;
-    if (grace_ms < 0 || w->channel == NULL) {
-        /* Its handler cannot be interrupted (or the worker is already
-         * going): the worker's death ends it (workers_exited). */
-        if (w->channel != NULL)
-            q.ev->kill_worker(w->pid, w->slot, "its item was cancelled and cannot be interrupted");
+    /* Its handler cannot be interrupted (or the worker is already going):
+     * the worker's death ends it (workers_exited). */
+    worker_ask_stop(w, item, grace_ms, "its item was cancelled and cannot be interrupted");
+    if (grace_ms < 0 || w->channel == NULL)
         return;
-    }
-    struct ipc_cancel c = { .key = item->key, .attempt = item->run_attempt };
-    channel_send(w->channel, IPC_CANCEL, &c, sizeof c);
     uint32_t wait_ms = (uint32_t)grace_ms + QUEUE_CANCEL_MARGIN_MS;
     if (wait_ms > w->cancel_wait_ms)
         w->cancel_wait_ms = wait_ms;
@@ -776,6 +824,7 @@ queue_init(struct event_base *base, const struct queue_events *events, uint32_t 
     memset(&q, 0, sizeof q);
     q.base = base;
     q.due_timer = evtimer_new(base, on_due, NULL);
+    q.stop_timer = evtimer_new(base, on_stop_timeout, NULL);
     q.ev = events;
     q.prefetch = prefetch;
     kind_gate_init(base, &gate_ops);
@@ -805,5 +854,8 @@ queue_shutdown(void (*fn)(struct item *item))
     if (q.due_timer != NULL)
         event_free(q.due_timer);
     q.due_timer = NULL;
+    if (q.stop_timer != NULL)
+        event_free(q.stop_timer);
+    q.stop_timer = NULL;
     waitlist_free(&q.wait);
 }

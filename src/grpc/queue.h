@@ -63,7 +63,11 @@ struct queue_events {
     /* ITEM, whose cancel was asked (queue_cancel), has left its worker:
      * whatever its attempt's end said (SUCCEEDED, FAILED, CANCELLED, its
      * worker's death), it ends CANCELLED. RAN: that end, for what the
-     * attempt cost; NULL if there was none (never started, worker died). */
+     * attempt cost (and its result or error); NULL if there was none
+     * (never started, worker died). The same for an item a graceful
+     * stop's deadline asked to stop (queue_stop_all: item->stop_asked),
+     * whose end is the owner's to decide. item->started says whether it
+     * started (its worker said so, or died running it). */
     void (*cancelled)(struct item *item, pid_t worker_pid, const struct outcome *ran);
     /* Dispatch ran: workers may have room for more (cluster pulls). */
     void (*dispatched)(void);
@@ -101,9 +105,20 @@ void queue_dispatch(void);
 /* The first waiting item, out of the queue, or else the oldest parked at
  * its kind's limit (kind_gate.h), or else the first delayed one, or NULL. */
 struct item *queue_take_waiting(void);
-/* Empty the queue and every worker's list, calling FN for each item (and
- * the worker that was running it, or 0). */
-void queue_take_all(void (*fn)(struct item *item, pid_t worker_pid));
+/*
+ * A graceful stop's deadline: every item waiting (parked and delayed too)
+ * leaves the queue through TAKEN(item, 0); every item a worker holds is
+ * asked to stop as a cancel asks it (IPC_CANCEL, or its worker killed at
+ * once if GRACE_MS(item) is negative), with item->stop_asked set, and
+ * stays until its worker answers: then it ends through events->cancelled
+ * (RAN: what it ended with, maybe by itself before the stop reached it;
+ * NULL: its worker died). One whose cancel was asked before is left to
+ * that cancel. A worker still holding items WAIT_MS later is killed, and
+ * with it whatever it runs.
+ */
+#define QUEUE_STOP_WAIT_MS 2000u
+void queue_stop_all(void (*taken)(struct item *item, pid_t worker_pid),
+                    int64_t (*grace_ms)(const struct item *item), uint32_t wait_ms);
 
 /* Items waiting: in the queue or parked at their kind's limit; items
  * waiting for their due time (delay_ms, retry backoff). */

@@ -340,11 +340,39 @@ cancel_final(struct item *item, pid_t worker_pid, const char *reason, const stru
     final(item, &o);
 }
 
+/*
+ * A graceful stop's deadline asked ITEM's worker to stop it (store_abandon),
+ * and its handler has stopped: only now does it get its last update, so
+ * nothing it runs outlives that. RAN: how its attempt ended (NULL: its
+ * worker died). One that ended by itself before the stop reached it keeps
+ * that end; one that asked for another attempt spent this one, and the
+ * next is not run (requeue() abandons it).
+ */
+static void
+stopped(struct item *item, pid_t worker_pid, const struct outcome *ran)
+{
+    if (ran != NULL && (ran->state == STATE_SUCCEEDED || ran->state == STATE_FAILED)) {
+        final(item, ran);
+        return;
+    }
+    if (ran != NULL && ran->state == STATE_RETRYING) {
+        on_retry_asked(item, ran);
+        return;
+    }
+    abandon(item, item->started ? worker_pid : 0);
+}
+
 static void
 on_cancelled(struct item *item, pid_t worker_pid, const struct outcome *ran)
 {
     struct cancel_reason *c = cancel_reason_take(item->key);
     item->cancelling = 0;
+    if (c == NULL && item->stop_asked) {
+        item->stop_asked = 0;
+        stopped(item, worker_pid, ran);
+        return;
+    }
+    item->stop_asked = 0;
     cancel_final(item, worker_pid, c != NULL ? c->reason : NULL, ran);
     free(c);
 }
@@ -680,10 +708,11 @@ store_discard(struct item *item)
 /* ---- a graceful stop's deadline ----------------------------------------------- */
 
 /*
- * ITEM (counted, in no list) cannot run before the process exits. If the
- * backend keeps it (the journal: no FINAL) it runs at the next start, so it
- * gets no final update now, only RETRYING saying so; else it is FAILED
- * with the reason. Either way no subscriber is left without word of it.
+ * ITEM (counted, in no list; if it was running, its handler has stopped)
+ * cannot run before the process exits. If the backend keeps it (the
+ * journal: no FINAL) it runs at the next start, so it gets no final update
+ * now, only RETRYING saying so; else it is FAILED with the reason. Either
+ * way no subscriber is left without word of it.
  */
 static void
 abandon(struct item *item, pid_t worker_pid)
@@ -721,7 +750,10 @@ store_abandon(const char *why)
         return;     /* the items are in the shared store: other instances take them */
     st.abandon_why = why;
     merge_take_all(abandon);    /* first: then no leader's end releases anything */
-    queue_take_all(abandon);
+    /* What waits goes now; what runs is stopped first, as a cancel stops
+     * it (its worker killed if it has not within QUEUE_STOP_WAIT_MS), and
+     * goes when it has (on_cancelled). */
+    queue_stop_all(abandon, cancel_grace, QUEUE_STOP_WAIT_MS);
 }
 
 /* ---- the handover of an upgrade ------------------------------------------------ */

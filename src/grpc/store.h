@@ -218,8 +218,11 @@ int store_keeps_abandoned(void);
 /* Does the backend own the update log (Redis)? */
 int store_shared_log(void);
 /* A graceful stop's deadline (WHY): every item not final, now or accepted
- * later, gets its last update now (FAILED, or RETRYING if the backend
- * keeps it). Not with a shared backend: other instances take them. */
+ * later, gets its last update (FAILED, or RETRYING if the backend keeps
+ * it): at once, or for one at a worker once the worker has stopped it
+ * (queue_stop_all(): as a cancel stops it, the worker killed if it has not
+ * within QUEUE_STOP_WAIT_MS; one that ends by itself first keeps its end).
+ * Not with a shared backend: other instances take them. */
 void store_abandon(const char *why);
 /*
  * Cancel every item held here that MATCH(item, ARG) accepts, for REASON

@@ -742,9 +742,17 @@ on_data_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
 static void
 on_data_close(void *arg, struct ipc_channel *ch, const char *reason)
 {
-    /* The grpc process retired us (it holds nothing of ours) or is gone. */
+    /* The grpc process retired us (it holds nothing of ours) or is gone.
+     * If we are running an item (a handler's cancel check read this), its
+     * end has nobody to go to: it is stopped as a cancel stops it, not left
+     * to run on until the master kills us (a graceful stop whose grpc
+     * process stopped fast, or died). */
     if (reason != NULL)
         log_error("data channel closed: %s", reason);
+    if (w.current != NULL) {
+        log_info("the grpc process is gone: stopping the item running here");
+        w.cancel_requested = 1;
+    }
     channel_free(ch);
     w.data = NULL;
     w.stopping = 1;

@@ -5,12 +5,28 @@
   start runs it at the same attempt, however many graceful stops it waits
   through. One that was running was interrupted: that attempt is spent, as
   in a worker's death.
+- An item running at the deadline is stopped as a cancel stops it (an exec
+  program gets SIGTERM; a worker that has not stopped it 2 s after the
+  deadline is killed), and its last update (FAILED "interrupted: ...", or
+  RETRYING with the journal) is published only once its handler has
+  stopped: nothing it runs outlives that update, and the daemon exits
+  without the master's last-resort kill (shutdown_timeout + 5 s). A module
+  that cannot be interrupted has its worker killed at the deadline.
+- Cluster mode publishes nothing for what it leaves (other instances take
+  it from Redis); its workers stop what they run once its grpc process,
+  which stops fast at the deadline, is gone.
 """
 import signal
+import time
 
 import pytest
 
-from conftest import FAILED, QUEUED, RETRYING, STARTED, SUCCEEDED, state_name
+from conftest import (FAILED, QUEUED, RETRYING, STARTED, SUCCEEDED, pid_alive, state_name,
+                      wait_for)
+from test_cancel import cancel_modules  # noqa: F401 (a fixture)
+from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
+
+MASTER_KILL = "did not stop in time; killing it"
 
 
 def journal_config(tmp_path, extra=None):
@@ -93,3 +109,154 @@ def test_unstarted_items_keep_their_attempt_across_graceful_stops(start_daemon, 
         assert (finals[i].state, finals[i].attempt) == (SUCCEEDED, 1), (i, finals[i])
     d3.wait_log(r"journal: took over \S+ of grpc process \d+: 2 items queued again, 1 failed",
                 timeout=10)
+
+
+def exec_config(tmp_path, script, grace="5s", journal=False):
+    c = {"workers": {"count": 1, "prefetch": 2}, "shutdown_timeout": "1s",
+         "handlers": {"default": "sleep", "sleep": {"builtin": "sleep"},
+                      "echo": {"builtin": "echo"},
+                      "prog": {"exec": ["sh", "-c", script], "cancel_grace": grace}}}
+    if journal:
+        c["queue"] = {"journal": str(tmp_path / "journal")}
+    return c
+
+
+def wait_file(path, timeout=10):
+    wait_for(lambda: path.exists() and path.read_text().strip() != "", timeout, f"{path}")
+    return path.read_text().strip()
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("mode", ["memory", "journal"])
+def test_a_running_exec_program_is_stopped_before_its_last_update(start_daemon, tmp_path,
+                                                                  mode):
+    """The program runs far past the deadline. It gets SIGTERM (its trap
+    writes `stopped`), and only then is its last update published; it never
+    reaches its side effect. An item prefetched behind it is not run."""
+    pid_file, stopped, side = tmp_path / "pid", tmp_path / "stopped", tmp_path / "side-effect"
+    script = (f"trap 'echo term > {stopped}; exit 143' TERM; echo $$ > {pid_file}; "
+              f"sleep 30 & wait $!; date +%s.%N > {side}")
+    d = start_daemon(exec_config(tmp_path, script, journal=mode == "journal"))
+    sub = d.client().subscribe(sync=True)
+    assert d.client().submit([{"id": "P", "kind": "prog"},
+                              {"id": "behind", "kind": "sleep",
+                               "params": {"ms": "10"}}]).accepted == 2
+    sub.wait_state("P", STARTED, timeout=10)
+    sub.wait_state("behind", QUEUED, timeout=10)
+    pid = int(wait_file(pid_file))
+    t0 = time.monotonic()
+    d.send_signal(signal.SIGQUIT)
+    expected = FAILED if mode == "memory" else RETRYING
+
+    def last_update():
+        updates = sub.of("P")
+        if updates and updates[-1].state == expected:
+            # Seen by the subscriber: the program must be gone by now.
+            return (stopped.exists(), pid_alive(pid))
+        return None
+    seen = sub.wait(lambda s: last_update(), 15, "P's last update")
+    assert seen == (True, False), f"when P's last update came: (stopped, alive) = {seen}"
+    u = last_of(sub, "P")
+    assert u.error.startswith("interrupted: graceful stop reached shutdown_timeout (1000 ms)"), \
+        u.error
+    status = d.wait_exit(timeout=15)
+    elapsed = time.monotonic() - t0
+    assert status == 0, d.log_tail()
+    assert MASTER_KILL not in d.log_text(), d.log_text()
+    assert elapsed < 4.5, f"exited {elapsed:.1f} s after QUIT (shutdown_timeout 1s)"
+    b = last_of(sub, "behind")
+    assert b.state == (FAILED if mode == "memory" else RETRYING), sub.states_of("behind")
+    assert b.error.startswith("not run: "), b.error
+    assert STARTED not in [x.state for x in sub.of("behind")], sub.states_of("behind")
+    assert not side.exists(), "the program ran on after its last update"
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("mode", ["memory", "journal"])
+def test_a_program_that_ignores_sigterm_is_killed_2s_after_the_deadline(start_daemon,
+                                                                        tmp_path, mode):
+    """cancel_grace 60s and SIGTERM ignored: the worker is killed (and the
+    program with it) 2 s after the deadline; the last update comes after
+    that, and the daemon exits without the master's last-resort kill."""
+    pid_file = tmp_path / "pid"
+    script = f"trap '' TERM; echo $$ > {pid_file}; sleep 30"
+    d = start_daemon(exec_config(tmp_path, script, grace="60s", journal=mode == "journal"))
+    worker = d.worker_pids()[0]
+    sub = d.client().subscribe(sync=True)
+    assert d.client().submit([{"id": "P", "kind": "prog"}]).accepted == 1
+    sub.wait_state("P", STARTED, timeout=10)
+    pid = int(wait_file(pid_file))
+    t0 = time.monotonic()
+    d.send_signal(signal.SIGQUIT)
+    expected = FAILED if mode == "memory" else RETRYING
+    sub.wait(lambda s: s.by_id.get("P", [None])[-1] is not None and
+             s.by_id["P"][-1].state == expected, 15, "P's last update")
+    assert not pid_alive(worker), "the last update came before the worker was stopped"
+    u = last_of(sub, "P")
+    assert u.error.startswith("interrupted: graceful stop reached shutdown_timeout"), u.error
+    status = d.wait_exit(timeout=15)
+    elapsed = time.monotonic() - t0
+    assert status == 0, d.log_tail()
+    log = d.log_text()
+    assert MASTER_KILL not in log, log
+    assert "did not stop its items within 2000 ms of the graceful stop's deadline" in log, log
+    assert elapsed < 5, f"exited {elapsed:.1f} s after QUIT (shutdown_timeout 1s)"
+    wait_for(lambda: not pid_alive(pid), 5, "the program gone")
+
+
+@pytest.mark.deadline(60)
+def test_cluster_a_running_exec_program_is_stopped_at_the_deadline(redis, start_daemon,
+                                                                   tmp_path):
+    """Cluster mode publishes nothing for what it leaves (it stays in Redis
+    for the other instances, after the lease) and its grpc process stops
+    fast at the deadline; its workers stop what they run once it is gone,
+    as a cancel would, instead of running on until the master kills them."""
+    stopped = tmp_path / "stopped"
+    script = f"trap 'echo term > {stopped}; exit 143' TERM; sleep 30 & wait $!"
+    overrides = exec_config(tmp_path, script)
+    d = start_instance(start_daemon, redis, cluster_name(), "inst", workers=1,
+                       overrides=overrides)
+    sub = d.client().subscribe()
+    assert d.client().submit([{"id": "P", "kind": "prog"}]).accepted == 1
+    sub.wait_state("P", STARTED, timeout=10)
+    t0 = time.monotonic()
+    d.send_signal(signal.SIGQUIT)
+    status = d.wait_exit(timeout=15)
+    elapsed = time.monotonic() - t0
+    assert status == 0, d.log_tail()
+    log = d.log_text()
+    assert MASTER_KILL not in log, log
+    assert stopped.exists(), "the program was not stopped (SIGTERM)"
+    assert elapsed < 4.5, f"exited {elapsed:.1f} s after QUIT (shutdown_timeout 1s)"
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("mode", ["memory", "journal"])
+def test_a_module_that_cannot_be_interrupted_has_its_worker_killed(start_daemon, tmp_path,
+                                                                   cancel_modules, mode):
+    """A module without DS_MODULE_CANCELLABLE cannot be stopped: its worker
+    is killed at the deadline (not 2 s later), and then the item gets its
+    last update; the item it held behind it was not run."""
+    c = exec_config(tmp_path, "true", journal=mode == "journal")
+    c["handlers"]["plain"] = {"module": str(cancel_modules["plain"])}
+    d = start_daemon(c)
+    worker = d.worker_pids()[0]
+    sub = d.client().subscribe(sync=True)
+    assert d.client().submit([
+        {"id": "M", "kind": "plain", "params": {"ms": "60000", "steps": "1"}},
+        {"id": "behind", "kind": "plain", "params": {"ms": "10"}, "payload": b"p"}]
+    ).accepted == 2
+    sub.wait_state("M", STARTED, timeout=10)
+    sub.wait_state("behind", QUEUED, timeout=10)
+    t0 = time.monotonic()
+    d.send_signal(signal.SIGQUIT)
+    expected = FAILED if mode == "memory" else RETRYING
+    sub.wait(lambda s: s.by_id["M"][-1].state == expected, 15, "M's last update")
+    assert not pid_alive(worker), "the last update came before the worker was stopped"
+    assert last_of(sub, "M").error.startswith("interrupted: "), sub.of("M")
+    assert last_of(sub, "behind").error.startswith("not run: "), sub.of("behind")
+    assert d.wait_exit(timeout=15) == 0, d.log_tail()
+    elapsed = time.monotonic() - t0
+    log = d.log_text()
+    assert MASTER_KILL not in log and "did not stop its items" not in log, log
+    assert elapsed < 3, f"exited {elapsed:.1f} s after QUIT (shutdown_timeout 1s)"

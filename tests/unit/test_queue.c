@@ -3,7 +3,7 @@
  * table stands in for the store, and fake workers (fake_worker.h) on
  * socketpairs read the IPC_ITEM frames and answer with IPC_UPDATE frames.
  * Prefetch weights, order, least loaded, retiring, a worker's exit, a
- * timeout, superseded updates, queue_take_all and queue_local_room.
+ * timeout, superseded updates, queue_stop_all and queue_local_room.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1070,7 +1070,7 @@ test_cancel_kill(void **state)
     assert_int_equal(w2.items[0].attempt, 1);
 }
 
-/* ---- queue_take_all, queue_local_room ---------------------------------------------------------- */
+/* ---- queue_stop_all, queue_local_room ---------------------------------------------------------- */
 
 struct taken {
     char id[32];
@@ -1090,44 +1090,57 @@ take_one(struct item *item, pid_t worker_pid)
 }
 
 static void
-test_take_all(void **state)
+test_stop_all(void **state)
 {
     taken_n = 0;
-    queue_set_prefetch(1);
+    queue_set_prefetch(2);
     fake_attach(&w1, 1001, 0);
     queue_push(new_item("a", 0, 0));
+    queue_push(new_item("b", 0, 0));
     queue_dispatch();
-    fake_wait_items(rec.base, &w1, 1);
+    fake_wait_items(rec.base, &w1, 2);
     fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_STARTED, 0, NULL, 0);
     wait_records(&w1, REC_UPDATE, 1);
     fake_attach(&w2, 1002, 1);
-    queue_push(new_item("b", 0, 0));
+    queue_push(new_item("c", 0, 0));
     queue_dispatch();
     fake_wait_items(rec.base, &w2, 1);
-    queue_push(new_item("c", 0, 0));
-    queue_push(new_item("d", 1, 0));
+    queue_push(new_item("d", 0, 0));
+    queue_push(new_item("e", 1, 0));
     queue_dispatch();
+    assert_int_equal(queue_waiting(), 1);       /* w2 holds c and d */
 
-    /* A graceful stop takes everything: the waiting first, then each
-     * worker's, with the worker only for an item that started. */
+    /* A graceful stop's deadline: the waiting leave at once; what the
+     * workers hold is asked to stop and stays until they answer. */
     rec.draining = 1;
-    queue_take_all(take_one);
-    assert_int_equal(taken_n, 4);
-    assert_string_equal(taken[0].id, "c");
+    cancel_grace_value = 5000;
+    queue_stop_all(take_one, cancel_grace, 300);
+    assert_int_equal(taken_n, 1);
+    assert_string_equal(taken[0].id, "e");
     assert_int_equal(taken[0].pid, 0);
-    assert_string_equal(taken[1].id, "d");
-    int a = strcmp(taken[2].id, "a") == 0 ? 2 : 3;
-    int b = a == 2 ? 3 : 2;
-    assert_string_equal(taken[a].id, "a");
-    assert_int_equal(taken[a].pid, w1.pid);
-    assert_string_equal(taken[b].id, "b");
-    assert_int_equal(taken[b].pid, 0);
     assert_int_equal(queue_waiting(), 0);
-    assert_int_equal(queue_held(), 0);
+    assert_int_equal(queue_held(), 4);
+    struct fake_count_arg ca = { .w = &w1, .count = 2 };
+    fake_loop_until(rec.base, &w1, has_cancels, &ca);
+    ca = (struct fake_count_arg){ .w = &w2, .count = 2 };
+    fake_loop_until(rec.base, &w2, has_cancels, &ca);
 
-    /* Draining with nothing left: the idle workers are let go. */
-    fake_wait_eof(rec.base, &w1);
-    fake_wait_eof(rec.base, &w2);
+    /* w1 answers: a was cancelled running, b before it started. */
+    fake_send_update(rec.base, &w1, w1.items[0].key, 1, STATE_CANCELLED, 0, "x", 1);
+    fake_send_update(rec.base, &w1, w1.items[1].key, 1, STATE_CANCELLED, 0, "y", 1);
+    wait_records(&w1, REC_CANCELLED, 2);
+    fake_wait_eof(rec.base, &w1);               /* holding nothing: let go */
+    assert_int_equal(count_of(REC_KILL), 0);
+    /* w2 does not answer: killed once the wait is over, not before. */
+    wait_records(&w2, REC_KILL, 1);
+    struct record *k[2];
+    assert_int_equal(records_of(REC_KILL, k, 2), 1);
+    assert_int_equal(k[0]->pid, 1002);
+    assert_non_null(strstr(k[0]->text, "graceful stop's deadline"));
+    workers_exited(1002, "killed", 0, 0, NULL);
+    assert_int_equal(count_of(REC_CANCELLED), 4);
+    assert_int_equal(queue_held(), 0);
+    assert_int_equal(queue_waiting(), 0);       /* nothing went back to the queue */
 }
 
 static void
@@ -1252,7 +1265,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_retry_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_kill, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_take_all, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_local_room, setup, teardown),
         cmocka_unit_test_setup_teardown(test_priority_dispatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delayed, setup, teardown),

@@ -380,6 +380,12 @@ test_handover(void **state)
  * accepted after it fails at once), and the store's state is the
  * process's own, not reset by store_init().
  */
+static int
+w1_has_cancels(void *arg)
+{
+    return w1.cancel_count >= *(size_t *)arg;
+}
+
 static void
 test_abandon(void **state)
 {
@@ -392,17 +398,33 @@ test_abandon(void **state)
     wait_heard(&w1, 4);
 
     store_abandon("the grpc process is stopping");
-    assert_int_equal(store_count(), 0);
+    /* The waiting one at once; what the worker holds is asked to stop
+     * (IPC_CANCEL), and gets its last word once the worker answers. */
+    assert_int_equal(store_count(), 2);
     assert_int_equal(queue_waiting(), 0);
-    assert_int_equal(queue_held(), 0);
-    assert_int_equal(heard.n, 7);
-    /* The waiting first, then what the worker held. */
+    assert_int_equal(queue_held(), 2);
+    assert_int_equal(heard.n, 5);
     assert_heard(4, "c", STATE_FAILED, 1, "not run: the grpc process is stopping");
-    assert_heard(5, "a", STATE_FAILED, 1, "interrupted: the grpc process is stopping");
-    assert_heard(6, "b", STATE_FAILED, 1, "not run: the grpc process is stopping");
-    wire_update *m = heard_update(5);
+    size_t cancels = 2;
+    fake_loop_until(gp.base, &w1, w1_has_cancels, &cancels);
+    assert_int_equal(w1.cancels[0].key, w1.items[0].key);
+    assert_int_equal(w1.cancels[1].key, w1.items[1].key);
+    /* A PROGRESS on the way is dropped; b was never started. */
+    fake_send_update(gp.base, &w1, w1.items[0].key, 1, STATE_PROGRESS, 0, NULL, 0);
+    fake_send_update(gp.base, &w1, w1.items[1].key, 1, STATE_CANCELLED, 0,
+                     "cancelled before it started", 27);
+    wait_heard(&w1, 6);
+    assert_heard(5, "b", STATE_FAILED, 1, "not run: the grpc process is stopping");
+    assert_int_equal(store_count(), 1);
+    fake_send_update(gp.base, &w1, w1.items[0].key, 1, STATE_CANCELLED, 0,
+                     "cancelled while running", 23);
+    wait_heard(&w1, 7);
+    assert_heard(6, "a", STATE_FAILED, 1, "interrupted: the grpc process is stopping");
+    wire_update *m = heard_update(6);
     assert_int_equal(m->worker_pid, 2001);
     wire_update_free(m, NULL);
+    assert_int_equal(store_count(), 0);
+    assert_int_equal(queue_held(), 0);
 
     /* An item accepted after the deadline gets its last word at once. */
     accept_item("d", 3);
@@ -416,6 +438,28 @@ test_abandon(void **state)
     fake_send_update(gp.base, &w1, w1.items[0].key, 1, STATE_SUCCEEDED, 0, NULL, 0);
     fake_settle(gp.base, &w1);
     assert_int_equal(heard.n, 9);
+}
+
+/* At a graceful stop's deadline, an item that ends by itself before the
+ * stop reaches it keeps that end. */
+static void
+test_abandon_overtaken(void **state)
+{
+    accept_item("a", 0);
+    fake_attach(&w1, 2001, 0);
+    fake_wait_items(gp.base, &w1, 1);
+    fake_send_update(gp.base, &w1, w1.items[0].key, 1, STATE_STARTED, 0, NULL, 0);
+    wait_heard(&w1, 2);
+    store_abandon("the grpc process is stopping");
+    assert_int_equal(store_count(), 1);
+    fake_send_update(gp.base, &w1, w1.items[0].key, 1, STATE_SUCCEEDED, 0, "ok", 2);
+    wait_heard(&w1, 3);
+    wire_update *m = heard_update(2);
+    assert_string_equal(m->item_id, "a");
+    assert_int_equal(m->state, STATE_SUCCEEDED);
+    assert_int_equal(m->result.len, 2);
+    wire_update_free(m, NULL);
+    assert_int_equal(store_count(), 0);
 }
 
 /* Known items: the store feeds the index, so a resent id is known while
@@ -449,6 +493,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_result_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_handover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abandon, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_abandon_overtaken, setup, teardown),
         cmocka_unit_test_setup_teardown(test_known_and_retry, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

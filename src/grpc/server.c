@@ -150,16 +150,11 @@ struct request {
     grpc_byte_buffer *payload;
 };
 
-/* A call answered UNIMPLEMENTED (not in the access log). */
-struct unimplemented_call {
-    struct call base;
-    grpc_slice details;
-};
-
-/* A call answered at once with an error: one its listener does not serve
+/* A call answered at once with an error: a method we do not know
+ * (UNIMPLEMENTED, not in the access log), one its listener does not serve
  * (PERMISSION_DENIED), or whose request is over grpc.max_message_size
- * (RESOURCE_EXHAUSTED). In the access log under the method's name. Freed
- * by refused_destroy() with its last reference. */
+ * (RESOURCE_EXHAUSTED); the last two in the access log under the method's
+ * name. Freed by refused_destroy() with its last reference. */
 struct refused_call {
     struct call base;
     grpc_slice details;
@@ -203,39 +198,6 @@ static void server_stop(struct server *s, int cancel_calls);
 static void on_kept_timer(evutil_socket_t fd, short what, void *arg);
 
 static void
-unimplemented_destroy(struct call *call)
-{
-    struct unimplemented_call *u = CALL_OF(call, struct unimplemented_call, base);
-    grpc_slice_unref(u->details);
-    free(u);
-}
-
-static const struct call_kind unimplemented_kind = {
-    .destroy = unimplemented_destroy,
-};
-
-static void
-answer_unimplemented(grpc_call *call, const grpc_call_details *details)
-{
-    struct unimplemented_call *u = ds_calloc(1, sizeof *u);
-    call_init(&u->base, call, &unimplemented_kind);
-    /* The method is the client's :path: escaped, so the status message is
-     * UTF-8 and one line whatever the client sent. */
-    char *method = grpc_slice_to_c_string(details->method), escaped[256], text[300];
-    snprintf(text, sizeof text, "method %s is not implemented by dosomethingd",
-             utf8_escape(escaped, sizeof escaped, method));
-    gpr_free(method);
-    u->details = grpc_slice_from_copied_string(text);
-    grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[1].data.send_status_from_server.status = GRPC_STATUS_UNIMPLEMENTED;
-    ops[1].data.send_status_from_server.status_details = &u->details;
-    call_batch(&u->base, ops, 2, NULL);
-}
-
-static void
 refused_destroy(struct call *call)
 {
     struct refused_call *d = CALL_OF(call, struct refused_call, base);
@@ -244,14 +206,14 @@ refused_destroy(struct call *call)
 }
 
 /* One kind per DS_METHOD_*, for the access log's method name; the methods
- * served everywhere (health) are not logged. */
+ * served everywhere (health) and unknown ones (METHOD_OTHER) are not logged. */
 static struct call_kind refused_kinds[DS_METHOD_COUNT + 1];
 
 static void
 answer_refused(grpc_call *call, int method, grpc_status_code status, const char *text)
 {
     unsigned index = DS_METHOD_COUNT;
-    if (methods[method].bit != 0)
+    if (method != METHOD_OTHER && methods[method].bit != 0)
         index = (unsigned)__builtin_ctz(methods[method].bit);
     if (refused_kinds[index].destroy == NULL) {
         refused_kinds[index].method = index < DS_METHOD_COUNT ? config_method_name(index) : NULL;
@@ -268,6 +230,18 @@ answer_refused(grpc_call *call, int method, grpc_status_code status, const char 
     ops[1].data.send_status_from_server.status = status;
     ops[1].data.send_status_from_server.status_details = &d->details;
     call_batch(&d->base, ops, 2, NULL);
+}
+
+static void
+answer_unimplemented(grpc_call *call, const grpc_call_details *details)
+{
+    /* The method is the client's :path: escaped, so the status message is
+     * UTF-8 and one line whatever the client sent. */
+    char *method = grpc_slice_to_c_string(details->method), escaped[256], text[300];
+    snprintf(text, sizeof text, "method %s is not implemented by dosomethingd",
+             utf8_escape(escaped, sizeof escaped, method));
+    gpr_free(method);
+    answer_refused(call, METHOD_OTHER, GRPC_STATUS_UNIMPLEMENTED, text);
 }
 
 static void

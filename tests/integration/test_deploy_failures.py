@@ -310,6 +310,27 @@ SUMMARY_LINE = (r"handover: (?P<handed>\d+) items handed over to the new instanc
                 r"sent\))?")
 
 
+def both_workers_held(start_daemon, tmp_path, extra_handlers=None):
+    """A daemon of two workers (prefetch 1), each running an item (held0,
+    held1) that ends only once the test creates its gate file (tmp_path /
+    gate0, gate1). Returns the daemon, the gates, a subscriber that saw both
+    start, and the handlers config."""
+    gates = [tmp_path / "gate0", tmp_path / "gate1"]
+
+    def hold(gate):
+        return {"exec": ["/bin/sh", "-c", f'while [ ! -e "{gate}" ]; do sleep 0.02; done']}
+    handlers = {"default": "echo", "echo": {"builtin": "echo"}, "sleep": {"builtin": "sleep"},
+                "hold0": hold(gates[0]), "hold1": hold(gates[1]), **(extra_handlers or {})}
+    d = start_daemon({"workers": {"count": 2, "prefetch": 1}, "shutdown_timeout": "60s",
+                      "handlers": handlers})
+    c = d.client()
+    watch = c.subscribe(sync=True, name="old")
+    for n in range(2):
+        assert c.submit([{"id": f"held{n}", "kind": f"hold{n}"}]).accepted == 1
+        watch.wait_state(f"held{n}", conftest.STARTED)
+    return d, gates, watch, handlers
+
+
 @pytest.mark.deadline(90)
 @pytest.mark.parametrize("release", ["queue_empties_while_an_item_runs", "after_two_failures",
                                      "after_giving_up"])
@@ -327,22 +348,11 @@ def test_usr2_handover_whose_calls_fail_logs_one_summary_of_distinct_items(
     handover gave up (before, no summary either). Each way the summary is
     logged once and counts each item once."""
     binary = copied_binary(tmp_path, monkeypatch)
-    gates = [tmp_path / "gate0", tmp_path / "gate1"]
-
-    def hold(gate):
-        return {"exec": ["/bin/sh", "-c", f'while [ ! -e "{gate}" ]; do sleep 0.02; done']}
-    handlers = {"default": "echo", "echo": {"builtin": "echo"}, "sleep": {"builtin": "sleep"},
-                "hold0": hold(gates[0]), "hold1": hold(gates[1])}
-    d = start_daemon({"workers": {"count": 2, "prefetch": 1}, "shutdown_timeout": "60s",
-                      "handlers": handlers})
+    d, gates, watch, handlers = both_workers_held(start_daemon, tmp_path)
     old_master = d.master_pid
     c = d.client()
     new_master = None
     try:
-        watch = c.subscribe(sync=True, name="old")
-        for n in range(2):
-            assert c.submit([{"id": f"held{n}", "kind": f"hold{n}"}]).accepted == 1
-            watch.wait_state(f"held{n}", conftest.STARTED)
         ids = [f"w{i}" for i in range(5)]
         assert c.submit([{"id": i, "kind": "sleep", "params": {"ms": "1"}}
                          for i in ids]).accepted == 5
@@ -399,23 +409,12 @@ def test_usr2_handover_does_not_resend_an_item_the_new_instance_rejected(
     line each) for as long as both workers here were held. Now it is sent
     once, the handover ends, and the summary counts it kept."""
     binary = copied_binary(tmp_path, monkeypatch)
-    gates = [tmp_path / "gate0", tmp_path / "gate1"]
-
-    def hold(gate):
-        return {"exec": ["/bin/sh", "-c", f'while [ ! -e "{gate}" ]; do sleep 0.02; done']}
-    handlers = {"default": "echo", "echo": {"builtin": "echo"}, "sleep": {"builtin": "sleep"},
-                "hold0": hold(gates[0]), "hold1": hold(gates[1]),
-                "oldonly": {"builtin": "sleep"}}
-    d = start_daemon({"workers": {"count": 2, "prefetch": 1}, "shutdown_timeout": "60s",
-                      "handlers": handlers})
+    d, gates, watch, handlers = both_workers_held(start_daemon, tmp_path,
+                                                  {"oldonly": {"builtin": "sleep"}})
     old_master = d.master_pid
     c = d.client()
     new_master = None
     try:
-        watch = c.subscribe(sync=True, name="old")
-        for n in range(2):
-            assert c.submit([{"id": f"held{n}", "kind": f"hold{n}"}]).accepted == 1
-            watch.wait_state(f"held{n}", conftest.STARTED)
         items = [{"id": "r0", "kind": "oldonly", "params": {"ms": "1"}},
                  {"id": "a1", "kind": "sleep", "params": {"ms": "1"}},
                  {"id": "a2", "kind": "sleep", "params": {"ms": "1"}}]

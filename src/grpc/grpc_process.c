@@ -55,6 +55,11 @@
 
 /* After cancelling every call, wait at most this long for them to end. */
 #define FAST_STOP_GRACE_MS 3000
+/* After a graceful stop's deadline and FAST_STOP_GRACE_MS, the calls that
+ * have not ended are cancelled and get this long: the whole stays within
+ * the master's own grace after shutdown_timeout (5 s: master.c), past which
+ * it kills us and the clients see UNAVAILABLE instead of their status. */
+#define CANCELLED_CALLS_GRACE_MS 1500
 
 struct grpc_process gp;
 
@@ -162,7 +167,8 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
              (unsigned long long)store_count());
     gp.stopping = 1;
     server_shutdown(1);
-    struct timeval tv = clock_timeval_ms(FAST_STOP_GRACE_MS);
+    struct timeval tv = clock_timeval_ms(proc.expired ? CANCELLED_CALLS_GRACE_MS
+                                                      : FAST_STOP_GRACE_MS);
     evtimer_add(proc.stop_timer, &tv);
     grpc_process_check_done();
 }

@@ -958,7 +958,8 @@ master_stop(enum master_state how, int status)
     /* After shutdown_timeout the grpc process stops what still runs (it
      * has us kill a worker that has not within 2 s: QUEUE_STOP_WAIT_MS),
      * gives every item left its last update and lets subscribers read it,
-     * for up to 3 s: it gets more than that before it is killed. This is
+     * for up to 3 s, then cancels the calls left and gives them 1.5 s: it
+     * gets more than that before it is killed. This is
      * the last resort, for whatever did not end then. */
     uint64_t grace = how == MASTER_STOPPING_FAST ? FAST_STOP_GRACE_MS
                                                  : m.config->shutdown_timeout_ms +

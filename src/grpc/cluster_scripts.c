@@ -665,7 +665,9 @@ static const char script_renew[] =
  * retry's next attempt is due (its hash's rd, unix ms) or nil, 1 if that
  * is still ahead}, at most count. An item whose next attempt was still
  * waiting its backoff never started it: it keeps its delivery count (the
- * attempt it waits for). An rd that is not 1 to 15 digits (written by
+ * attempt it waits for); so does one its holder handed back unstarted at
+ * a graceful stop's deadline (its hash's hu, which the claim deletes:
+ * script_hand_back), with the 8th element 1 too. An rd that is not 1 to 15 digits (written by
  * hand) is not waited for: the item runs at once; so does one whose key
  * is no hash (written by hand: WRONGTYPE failed every claim script that
  * took it, and it never ran again), with a 9th element naming the key for
@@ -697,21 +699,24 @@ static const char script_claim[] =
     "        c = redis.call('XCLAIM', key, ARGV[1], ARGV[2], lease, e[1])\n"
     "      end\n"
     "      if #c > 0 and c[1] then\n"
-    "        local h, d, waiting, bad = {false, false}, mine and e[4] or e[4] + 1, 0, false\n"
+    "        local h, d, waiting, bad = {false, false, false}, mine and e[4] or e[4] + 1, 0, false\n"
+    "        local hk\n"
     "        for j = 1, #c[1][2], 2 do\n"
     "          if c[1][2][j] == 'i' then\n"
-    "            h = redis.pcall('HMGET', ARGV[5] .. c[1][2][j + 1], 'cr', 'rd')\n"
+    "            hk = ARGV[5] .. c[1][2][j + 1]\n"
+    "            h = redis.pcall('HMGET', hk, 'cr', 'rd', 'hu')\n"
     "            if h.err then\n"
-    "              bad = ARGV[5] .. c[1][2][j + 1] .. ' is no item hash (' .. h.err .. ')'\n"
-    "              h = {false, false}\n"
+    "              bad = hk .. ' is no item hash (' .. h.err .. ')'\n"
+    "              h, hk = {false, false, false}, nil\n"
     "            end\n"
     "          end\n"
     "        end\n"
     "        local rd = uint(h[2], 15)\n"
-    "        if rd and rd > tonumber(ARGV[6]) then\n"
+    "        if (rd and rd > tonumber(ARGV[6])) or h[3] then\n"
     "          redis.call('XCLAIM', key, ARGV[1], ARGV[2], 0, e[1], 'RETRYCOUNT', e[4], "
     "'JUSTID')\n"
     "          d, waiting = e[4], 1\n"
+    "          if h[3] then redis.call('HDEL', hk, 'hu') end\n"
     "        end\n"
     "        out[#out + 1] = {c[1][1], c[1][2], d, e[2], e[3], h[1], h[2], waiting, bad}\n"
     "      end\n"
@@ -983,7 +988,31 @@ static const char script_lookup[] =
     CLUSTER_LUA_FIELDS
     "return fields(KEYS[1], KEYS[2], ARGV[1], {unpack(ARGV, 2)})\n";
 
+/* hand_back (a fast stop at a graceful stop's deadline: cluster_hand_back()):
+ * KEYS[1] a work stream; ARGV group, consumer, the item hash prefix, then
+ * for each item waiting at the stopping instance (never started there) its
+ * entry id, its delivery count and its id. An entry still pending at the
+ * consumer with that count gets `hu` in its item's hash (the claim keeps
+ * its count: no attempt spent, no RETRYING) and an idle time past any
+ * lease (the other instances claim it at their next pass, not after the
+ * lease). Returns how many were handed back. */
+static const char script_hand_back[] =
+    "local n = 0\n"
+    "for i = 4, #ARGV - 2, 3 do\n"
+    "  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])\n"
+    "  if p[1] and tonumber(p[1][4]) == tonumber(ARGV[i + 1]) then\n"
+    "    local hk = ARGV[3] .. ARGV[i + 2]\n"
+    "    if redis.call('TYPE', hk).ok == 'hash' then\n"
+    "      redis.call('HSET', hk, 'hu', 1)\n"
+    "      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', 1099511627776, "
+    "'RETRYCOUNT', p[1][4], 'JUSTID')\n"
+    "      n = n + 1\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
 const char *const script_text[SCRIPT_COUNT] = {
     script_accepts, script_update, script_renew, script_claim, script_trim, script_cancel,
-    script_retry, script_pull, script_due, script_size, script_lookup,
+    script_retry, script_pull, script_due, script_size, script_lookup, script_hand_back,
 };

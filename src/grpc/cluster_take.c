@@ -49,6 +49,7 @@
 #define PULL_MAX            1000    /* items per XREADGROUP */
 #define CLAIM_COUNT         100     /* entries per claim pass */
 #define RENEW_CHUNK         500     /* ids per renew script */
+#define HAND_BACK_CHUNK     150     /* items per hand-back script (3 arguments each) */
 #define DUE_COUNT           1000    /* delayed items moved on per due script */
 #define PULL_RETRY_MS       1000    /* after a pull script failed (maxmemory, BUSY) */
 /* The due timer never sleeps longer than this: a delayed item whose QUEUED
@@ -882,4 +883,96 @@ cluster_on_due_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_u64(&a, DUE_COUNT);
     if (cluster_command(&cl.cmd, on_due, NULL, &a) == 0)
         cl.due_running = 1;
+}
+
+/* ---- a graceful stop's deadline ---------------------------------------------------- */
+
+static void
+on_handed_back(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redisReply *r = reply;
+    cl.handing_back--;
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+        log_info("cluster: %lld items waiting here handed back to the other instances at "
+                 "their attempt", r->integer);
+    else if (r != NULL && r->type == REDIS_REPLY_ERROR)
+        log_error("cluster: handing back the items waiting here failed: %s; the other "
+                  "instances take them over after the lease", r->str);
+    grpc_process_check_done();
+}
+
+static void
+hand_back_start(struct redis_args *a, const char *stream)
+{
+    redis_args_init(a, "EVALSHA");
+    redis_args_str(a, cl.sha[SCRIPT_HAND_BACK]);
+    redis_args_str(a, "1");
+    redis_args_str(a, stream);
+    redis_args_str(a, CLUSTER_GROUP);
+    redis_args_str(a, cl.consumer);
+    redis_args_str(a, cl.key_item_prefix);
+}
+
+static void
+hand_back_send(struct redis_args *a)
+{
+    if (cluster_command(&cl.cmd, on_handed_back, NULL, a) == 0)
+        cl.handing_back++;
+}
+
+/*
+ * The items waiting here (never started here: not given to a worker) leave
+ * this process, and their entries go back to the other instances at the
+ * count they have, at once (script_hand_back): before, they were taken
+ * over only after the lease, each as one more attempt, so that an item
+ * stopped this way at every deploy could end FAILED without ever running.
+ * Those at a worker stay pending here: taken over after the lease (one
+ * may have started).
+ */
+void
+cluster_hand_back(void)
+{
+    if (!cl.up || cl.failing || cl.cmd.ac == NULL)
+        return;     /* no session: they are taken over after the lease */
+    struct item **items = NULL, *item;
+    size_t n = 0, cap = 0;
+    while ((item = store_take_waiting()) != NULL) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 256;
+            items = ds_realloc(items, cap * sizeof *items);
+        }
+        items[n++] = item;
+    }
+    /* The arguments point into the items: sent (copied) before they go. */
+    struct redis_args a[2];
+    size_t in[2] = { 0, 0 };
+    hand_back_start(&a[0], cl.key_work);
+    hand_back_start(&a[1], cl.key_pwork);
+    for (size_t i = 0; i < n; i++) {
+        if (items[i]->key == 0)
+            continue;
+        int s = items[i]->key & PWORK_BIT ? 1 : 0;
+        cluster_entry_arg(&a[s], items[i]->key);
+        redis_args_u64(&a[s], cluster_entry_count(items[i]));
+        redis_args_str(&a[s], items[i]->id);
+        if (++in[s] == HAND_BACK_CHUNK) {
+            hand_back_send(&a[s]);
+            in[s] = 0;
+            hand_back_start(&a[s], s ? cl.key_pwork : cl.key_work);
+        }
+    }
+    for (int s = 0; s < 2; s++)
+        if (in[s] > 0)
+            hand_back_send(&a[s]);
+    if (n > 0)
+        log_notice("cluster: handing %zu items waiting here back to the other instances", n);
+    for (size_t i = 0; i < n; i++)
+        store_dropped(items[i]);
+    free(items);
+}
+
+int
+cluster_handing_back(void)
+{
+    return cl.handing_back > 0;
 }

@@ -24,6 +24,11 @@ void cluster_arm_due(int64_t due_ms);
  * items not final cluster-wide, as last polled (plus the accepts since). */
 int cluster_has_room(void);
 uint64_t cluster_outstanding(void);
+/* A graceful stop's deadline: the items waiting here go back to the other
+ * instances at their attempt (script_hand_back), and while its answer is
+ * awaited, cluster_handing_back() says so. */
+void cluster_hand_back(void);
+int cluster_handing_back(void);
 
 /* The timers cluster.c creates and arms (cl.pull_timer, renew_timer,
  * claim_timer, poll_timer, due_timer). */

@@ -117,7 +117,8 @@ grpc_process_check_done(void)
         workers_close_all();
     }
     if ((gp.stopping || gp.draining) && gp.calls == 0 && server_is_shut_down() &&
-        !handover_active() && (gp.stopping || (store_count() == 0 && store_idle())))
+        !handover_active() && !store_handing_back() &&
+        (gp.stopping || (store_count() == 0 && store_idle())))
         finish();
 }
 
@@ -165,6 +166,11 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
     log_warn("shutdown_timeout (%llu ms) reached with %llu items unfinished; stopping fast",
              (unsigned long long)gp.config->shutdown_timeout_ms,
              (unsigned long long)store_count());
+    /* Cluster: what waits here goes back to the other instances at once,
+     * at its attempt (it never started here); what runs is taken over
+     * after the lease. */
+    if (!proc.expired)
+        store_hand_back();
     gp.stopping = 1;
     server_shutdown(1);
     struct timeval tv = clock_timeval_ms(proc.expired ? CANCELLED_CALLS_GRACE_MS

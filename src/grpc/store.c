@@ -756,6 +756,19 @@ store_abandon(const char *why)
     queue_stop_all(abandon, cancel_grace, QUEUE_STOP_WAIT_MS);
 }
 
+void
+store_hand_back(void)
+{
+    if (st.b->hand_back != NULL)
+        st.b->hand_back();
+}
+
+int
+store_handing_back(void)
+{
+    return st.b->handing_back != NULL && st.b->handing_back();
+}
+
 /* ---- the handover of an upgrade ------------------------------------------------ */
 
 struct item *

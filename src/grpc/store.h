@@ -167,6 +167,13 @@ struct store_backend {
     int (*serving)(const char **why);
     /* Nothing is waiting for the backend: a drain may end. */
     int (*idle)(void);
+    /* shared_log: a graceful stop's deadline stops this instance fast: give
+     * the items waiting here (none of them started here) back to the other
+     * instances at once, at the attempt they are at; handing_back() says
+     * while the answer is awaited (grpc_process_check_done() is called once
+     * it came). NULL: nothing to give back. */
+    void (*hand_back)(void);
+    int (*handing_back)(void);
     /* Local room may have appeared: take more items (Redis). */
     void (*pull)(void);
     /* A subscriber whose filter lets STARTED through came while there
@@ -224,6 +231,10 @@ int store_shared_log(void);
  * within QUEUE_STOP_WAIT_MS; one that ends by itself first keeps its end).
  * Not with a shared backend: other instances take them. */
 void store_abandon(const char *why);
+/* A shared backend's part of a graceful stop's deadline (store_backend's
+ * hand_back), and whether it still awaits its answer. */
+void store_hand_back(void);
+int store_handing_back(void);
 /*
  * Cancel every item held here that MATCH(item, ARG) accepts, for REASON
  * (NULL: a default naming a client; the caller checked it is UTF-8 of a

@@ -260,3 +260,40 @@ def test_a_module_that_cannot_be_interrupted_has_its_worker_killed(start_daemon,
     log = d.log_text()
     assert MASTER_KILL not in log and "did not stop its items" not in log, log
     assert elapsed < 3, f"exited {elapsed:.1f} s after QUIT (shutdown_timeout 1s)"
+
+
+@pytest.mark.deadline(60)
+def test_cluster_items_waiting_at_the_deadline_go_back_at_their_attempt(redis, start_daemon):
+    """Instance a holds items of a paused kind (pulled from Redis, waiting
+    at the kind's gate) when a graceful stop reaches shutdown_timeout: it
+    hands their entries back (script_hand_back), so instance b claims them
+    at once as the attempt they were at: no RETRYING, attempt 1 (before,
+    after the lease, each as one more attempt: a deploy whose stop reached
+    its deadline every time could fail items that never ran)."""
+    name = cluster_name()
+    held = {"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                         "work": {"builtin": "sleep", "paused": True}},
+            "shutdown_timeout": "1s"}
+    a = start_instance(start_daemon, redis, name, "a", workers=1, lease="9s", overrides=held)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    ids = [f"w{i}" for i in range(3)]
+    assert a.client().submit([{"id": i, "kind": "work", "params": {"ms": "1"},
+                               "max_attempts": 2} for i in ids]).accepted == 3
+    sub.wait(lambda s: all(i in s.by_id for i in ids), 10, "every QUEUED")
+    # Every entry read by a (pending at its consumer).
+    wait_for(lambda: len(redis.command("XPENDING", f"{{{name}}}:work", "dosomethingd",
+                                       "-", "+", 10)) == 3, 10, "a holding the three entries")
+    b = start_instance(start_daemon, redis, name, "b", workers=1, lease="9s",
+                       overrides={"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                                               "work": {"builtin": "sleep"}}})
+    watch = b.client().subscribe(sync=True, name="sub-b")
+    log = quit_and_wait(a)
+    # b takes them at its next claim pass (every 3 s), before a's 9 s lease.
+    finals = watch.wait_final(ids, timeout=20)
+    for i in ids:
+        assert state_name(finals[i].state) == "SUCCEEDED", watch.states_of(i)
+        assert finals[i].attempt == 1, watch.states_of(i)
+        assert RETRYING not in [u.state for u in watch.of(i)], watch.states_of(i)
+    assert "handing 3 items waiting here back to the other instances" in log, log
+    for i in ids:
+        assert redis.command("HGET", f"{{{name}}}:item:{i}", "hu") is None, i

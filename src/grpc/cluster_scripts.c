@@ -666,8 +666,8 @@ static const char script_renew[] =
  * is still ahead}, at most count. An item whose next attempt was still
  * waiting its backoff never started it: it keeps its delivery count (the
  * attempt it waits for); so does one its holder handed back unstarted at
- * a graceful stop's deadline (its hash's hu, which the claim deletes:
- * script_hand_back), with the 8th element 1 too. An rd that is not 1 to 15 digits (written by
+ * a graceful stop's deadline (its hash's hu names this entry and count;
+ * the claim deletes it: script_hand_back), with the 8th element 1 too. An rd that is not 1 to 15 digits (written by
  * hand) is not waited for: the item runs at once; so does one whose key
  * is no hash (written by hand: WRONGTYPE failed every claim script that
  * took it, and it never ran again), with a 9th element naming the key for
@@ -712,12 +712,14 @@ static const char script_claim[] =
     "          end\n"
     "        end\n"
     "        local rd = uint(h[2], 15)\n"
+    "        local hu = h[3]\n"
+    "        if hu and hu ~= e[1] .. ' ' .. e[4] then h[3] = false end\n"
     "        if (rd and rd > tonumber(ARGV[6])) or h[3] then\n"
     "          redis.call('XCLAIM', key, ARGV[1], ARGV[2], 0, e[1], 'RETRYCOUNT', e[4], "
     "'JUSTID')\n"
     "          d, waiting = e[4], 1\n"
-    "          if h[3] then redis.call('HDEL', hk, 'hu') end\n"
     "        end\n"
+    "        if hu then redis.call('HDEL', hk, 'hu') end\n"
     "        out[#out + 1] = {c[1][1], c[1][2], d, e[2], e[3], h[1], h[2], waiting, bad}\n"
     "      end\n"
     "    end\n"
@@ -992,8 +994,10 @@ static const char script_lookup[] =
  * KEYS[1] a work stream; ARGV group, consumer, the item hash prefix, then
  * for each item waiting at the stopping instance (never started there) its
  * entry id, its delivery count and its id. An entry still pending at the
- * consumer with that count gets `hu` in its item's hash (the claim keeps
- * its count: no attempt spent, no RETRYING) and an idle time past any
+ * consumer with that count gets `hu` ("ENTRY COUNT") in its item's hash
+ * (a claim of that entry at that count keeps it: no attempt spent, no
+ * RETRYING; any claim deletes it, so a mark no claim of this version took
+ * is honoured for nothing else) and an idle time past any
  * lease (the other instances claim it at their next pass, not after the
  * lease). Returns how many were handed back. */
 static const char script_hand_back[] =
@@ -1003,7 +1007,7 @@ static const char script_hand_back[] =
     "  if p[1] and tonumber(p[1][4]) == tonumber(ARGV[i + 1]) then\n"
     "    local hk = ARGV[3] .. ARGV[i + 2]\n"
     "    if redis.call('TYPE', hk).ok == 'hash' then\n"
-    "      redis.call('HSET', hk, 'hu', 1)\n"
+    "      redis.call('HSET', hk, 'hu', ARGV[i] .. ' ' .. p[1][4])\n"
     "      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', 1099511627776, "
     "'RETRYCOUNT', p[1][4], 'JUSTID')\n"
     "      n = n + 1\n"

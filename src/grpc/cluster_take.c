@@ -920,20 +920,11 @@ hand_back_send(struct redis_args *a)
         cl.handing_back++;
 }
 
-/*
- * The items waiting here (never started here: not given to a worker) leave
- * this process, and their entries go back to the other instances at the
- * count they have, at once (script_hand_back): before, they were taken
- * over only after the lease, each as one more attempt, so that an item
- * stopped this way at every deploy could end FAILED without ever running.
- * Those at a worker stay pending here: taken over after the lease (one
- * may have started).
- */
-void
-cluster_hand_back(void)
+/* One pass of cluster_hand_back() over the items waiting now: how many
+ * it took out of the queue (*SENT: how many of them it handed back). */
+static size_t
+hand_back_pass(size_t *sent)
 {
-    if (!cl.up || cl.failing || cl.cmd.ac == NULL)
-        return;     /* no session: they are taken over after the lease */
     struct item **items = NULL, *item;
     size_t n = 0, cap = 0;
     while ((item = store_take_waiting()) != NULL) {
@@ -949,12 +940,15 @@ cluster_hand_back(void)
     hand_back_start(&a[0], cl.key_work);
     hand_back_start(&a[1], cl.key_pwork);
     for (size_t i = 0; i < n; i++) {
-        if (items[i]->key == 0)
+        /* A copy kept at its last attempt past max_attempts (adopt_claimed)
+         * is left to the lease: a claim at its count would run it past. */
+        if (items[i]->key == 0 || items[i]->claimed_past_max)
             continue;
         int s = items[i]->key & PWORK_BIT ? 1 : 0;
         cluster_entry_arg(&a[s], items[i]->key);
         redis_args_u64(&a[s], cluster_entry_count(items[i]));
         redis_args_str(&a[s], items[i]->id);
+        (*sent)++;
         if (++in[s] == HAND_BACK_CHUNK) {
             hand_back_send(&a[s]);
             in[s] = 0;
@@ -964,11 +958,36 @@ cluster_hand_back(void)
     for (int s = 0; s < 2; s++)
         if (in[s] > 0)
             hand_back_send(&a[s]);
-    if (n > 0)
-        log_notice("cluster: handing %zu items waiting here back to the other instances", n);
     for (size_t i = 0; i < n; i++)
         store_dropped(items[i]);
     free(items);
+    return n;
+}
+
+/*
+ * The items waiting here (never started here: not given to a worker) leave
+ * this process, and their entries go back to the other instances at the
+ * count they have, for their next claim pass (script_hand_back): before,
+ * they were taken over only after the lease, each as one more attempt, so
+ * that an item stopped this way at every deploy could end FAILED without
+ * ever running. Those at a worker stay pending here: taken over after the
+ * lease (one may have started).
+ */
+void
+cluster_hand_back(void)
+{
+    if (!cl.up || cl.failing || cl.cmd.ac == NULL)
+        return;     /* no session: they are taken over after the lease */
+    /* This turn's RETRYINGs first: the script compares the counts. */
+    cluster_flush_updates();
+    size_t sent = 0;
+    /* Again while a pass took some: dropping a merge's leader queues the
+     * items merged into it (merge.c). */
+    while (hand_back_pass(&sent) > 0)
+        ;
+    if (sent > 0)
+        log_notice("cluster: handing %zu items waiting here back to the other instances",
+                   sent);
 }
 
 int

@@ -24,7 +24,8 @@ import pytest
 from conftest import (FAILED, QUEUED, RETRYING, STARTED, SUCCEEDED, pid_alive, state_name,
                       wait_for)
 from test_cancel import cancel_modules  # noqa: F401 (a fixture)
-from test_cluster import cluster_name, redis, start_instance  # noqa: F401 (redis: a fixture)
+from test_cluster import (cluster_name, kill_everything, redis,  # noqa: F401 (a fixture)
+                          start_instance)
 
 MASTER_KILL = "did not stop in time; killing it"
 
@@ -288,7 +289,7 @@ def test_cluster_items_waiting_at_the_deadline_go_back_at_their_attempt(redis, s
                                                "work": {"builtin": "sleep"}}})
     watch = b.client().subscribe(sync=True, name="sub-b")
     log = quit_and_wait(a)
-    # b takes them at its next claim pass (every 3 s), before a's 9 s lease.
+    # b takes them at its next claim pass (every lease/2), before a's 9 s lease.
     finals = watch.wait_final(ids, timeout=20)
     for i in ids:
         assert state_name(finals[i].state) == "SUCCEEDED", watch.states_of(i)
@@ -297,3 +298,26 @@ def test_cluster_items_waiting_at_the_deadline_go_back_at_their_attempt(redis, s
     assert "handing 3 items waiting here back to the other instances" in log, log
     for i in ids:
         assert redis.command("HGET", f"{{{name}}}:item:{i}", "hu") is None, i
+
+
+@pytest.mark.deadline(60)
+def test_cluster_a_stale_hand_back_mark_spends_the_attempt_as_any_takeover(redis, start_daemon):
+    """A hand-back mark names its entry and count: one left behind (a claim
+    by an older version does not delete it) or written by hand does not
+    make a later takeover free. a runs the item and dies; b claims it after
+    the lease as attempt 2 with RETRYING, and deletes the mark."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", workers=1)
+    on_a = a.client().subscribe(sync=True, name="sub-a")
+    assert a.client().submit([{"id": "S", "kind": "sleep", "params": {"ms": "2000"},
+                               "max_attempts": 3}]).accepted == 1
+    on_a.wait_state("S", STARTED, timeout=10)
+    # b only now: the item runs on a.
+    b = start_instance(start_daemon, redis, name, "b", workers=1)
+    watch = b.client().subscribe(sync=True, name="sub-b")
+    redis.command("HSET", f"{{{name}}}:item:S", "hu", "0-999999 1")
+    kill_everything(a)
+    final = watch.wait_final(["S"], timeout=20)["S"]
+    assert state_name(final.state) == "SUCCEEDED" and final.attempt == 2, watch.states_of("S")
+    assert RETRYING in [u.state for u in watch.of("S")], watch.states_of("S")
+    assert redis.command("HGET", f"{{{name}}}:item:S", "hu") is None

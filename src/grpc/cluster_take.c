@@ -482,15 +482,23 @@ on_renewed(redisAsyncContext *ac, void *reply, void *arg)
 }
 
 /* A renew command for the entries of STREAM (work or pwork). */
+/* A script on one work stream as our consumer: EVALSHA SHA 1 STREAM GROUP
+ * CONSUMER, the script's own arguments to follow. */
 static void
-renew_start(struct redis_args *a, const char *stream)
+stream_script_start(struct redis_args *a, enum script script, const char *stream)
 {
     redis_args_init(a, "EVALSHA");
-    redis_args_str(a, cl.sha[SCRIPT_RENEW]);
+    redis_args_str(a, cl.sha[script]);
     redis_args_str(a, "1");
     redis_args_str(a, stream);
     redis_args_str(a, CLUSTER_GROUP);
     redis_args_str(a, cl.consumer);
+}
+
+static void
+renew_start(struct redis_args *a, const char *stream)
+{
+    stream_script_start(a, SCRIPT_RENEW, stream);
 }
 
 /* Send the ids gathered in A, if any, and start over. */
@@ -904,12 +912,7 @@ on_handed_back(redisAsyncContext *ac, void *reply, void *arg)
 static void
 hand_back_start(struct redis_args *a, const char *stream)
 {
-    redis_args_init(a, "EVALSHA");
-    redis_args_str(a, cl.sha[SCRIPT_HAND_BACK]);
-    redis_args_str(a, "1");
-    redis_args_str(a, stream);
-    redis_args_str(a, CLUSTER_GROUP);
-    redis_args_str(a, cl.consumer);
+    stream_script_start(a, SCRIPT_HAND_BACK, stream);
     redis_args_str(a, cl.key_item_prefix);
 }
 

@@ -119,7 +119,8 @@ def test_request_over_the_limit_is_resource_exhausted(start_daemon, method):
     ids = list(request.item_ids)
     while type(request)(item_ids=ids).ByteSize() > MAX:
         ids.pop()
-    getattr(c.stub, name)(type(request)(item_ids=ids), timeout=10)
+    reply = getattr(c.stub, name)(type(request)(item_ids=ids), timeout=10)
+    assert sorted(reply.not_found) == sorted(ids), reply     # none of them exists
 
 
 def test_subscribe_and_health_requests_over_the_limit(start_daemon):

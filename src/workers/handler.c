@@ -141,21 +141,31 @@ run_sleep(const struct ds_handler_config *handler, const wire_work_item *item, s
 void
 handler_clean_text(char *s)
 {
-    unsigned char *p = (unsigned char *)s;
+    /* In place, never longer: a C1 control (two bytes) becomes one space. */
+    unsigned char *p = (unsigned char *)s, *out = p;
     size_t left = strlen(s);
     while (left > 0) {
-        size_t len = utf8_decode((const char *)p, left, NULL);
-        left -= len == 0 ? 1 : len;
+        uint32_t cp = 0;
+        size_t len = utf8_decode((const char *)p, left, &cp);
         if (len == 0) {
-            *p++ = '?';
-        } else if (len == 1) {
-            if (*p < 0x20 || *p == 0x7f)
-                *p = ' ';
+            *out++ = '?';
             p++;
-        } else {
-            p += len;
+            left--;
+            continue;
         }
+        left -= len;
+        if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f)) {
+            /* C0, DEL and C1 (U+0080..U+009F, valid UTF-8 that a terminal
+             * takes as a control: CSI is U+009B). */
+            *out++ = ' ';
+            p += len;
+            continue;
+        }
+        memmove(out, p, len);
+        out += len;
+        p += len;
     }
+    *out = '\0';
 }
 
 int

@@ -67,7 +67,8 @@ int handler_wait_cancel(struct handler_output *out, int timeout_ms);
 
 /* Make S (NUL-terminated, changed in place) fit an Update's error string:
  * valid UTF-8 (a bad byte becomes '?'), tabs and other control characters
- * turned into spaces. For text from programs and modules. */
+ * (C0, DEL, and C1: U+0080..U+009F) turned into one space each, so S may
+ * get shorter, never longer. For text from programs and modules. */
 void handler_clean_text(char *s);
 
 #endif

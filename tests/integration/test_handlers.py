@@ -118,6 +118,17 @@ def test_exec_failure_is_final_with_status_and_stderr(start_daemon):
         assert RETRYING not in [u.state for u in sub.of(i)]
 
 
+def test_exec_stderr_control_characters_become_spaces(start_daemon):
+    # C1 controls (U+0080..U+009F) are valid UTF-8, but a terminal acts on
+    # them (U+009B is CSI): each becomes one space in the error, as C0 ones do.
+    script = r"printf 'caf\303\251 \302\23331mred\302\2330m\033[1m\tx\302\205y\n' >&2; exit 1"
+    d = start_daemon({"handlers": handlers(c1={"exec": ["sh", "-c", script]})})
+    reply, sub = d.client().run_items([{"id": "c", "kind": "c1"}])
+    assert reply.accepted == 1
+    c = final_of(sub, "c")
+    assert (c.state, c.error) == (FAILED, "sh exited with status 1: caf\u00e9  31mred 0m [1m x y")
+
+
 @pytest.mark.deadline(60)
 def test_exec_timeout_kills_the_whole_process_group(start_daemon, tmp_path):
     pids = tmp_path / "pids"

@@ -1158,6 +1158,16 @@ test_clean_text(void **state)
     assert_string_equal(s, "ok \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 bad ? ??? ??   .");
 }
 
+/* C1 controls are valid UTF-8 but a terminal acts on them (U+009B is CSI):
+ * each becomes one space, as a C0 one does; U+00A0 and up stay. */
+static void
+test_clean_text_c1(void **state)
+{
+    char s[] = "a\xc2\x80" "b\xc2\x9b" "31mc\xc2\x9f\xc2\xa0" "d\x1b[0m";
+    handler_clean_text(s);
+    assert_string_equal(s, "a b 31mc \xc2\xa0" "d [0m");
+}
+
 static void
 test_cpu_for_slot(void **state)
 {
@@ -1309,6 +1319,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_config_checks_modules_and_user),
         cmocka_unit_test(test_gzip_module),
         cmocka_unit_test(test_clean_text),
+        cmocka_unit_test(test_clean_text_c1),
         cmocka_unit_test(test_cpu_for_slot),
         cmocka_unit_test(test_hygiene_applied),
         cmocka_unit_test(test_privileges_drop),

@@ -25,7 +25,8 @@ HANDLER_TEST_MODULES  = $(BUILD)/tests/modules/test_module.so \
                         $(BUILD)/tests/modules/test_module_quick.so \
                         $(BUILD)/tests/modules/test_module_cancel.so \
                         $(BUILD)/tests/modules/test_module_retry.so \
-                        $(BUILD)/tests/modules/test_module_quick_retry.so
+                        $(BUILD)/tests/modules/test_module_quick_retry.so \
+                        $(BUILD)/tests/modules/test_module_quick_cancel.so
 
 .PHONY: handler-modules install-handlers
 
@@ -76,4 +77,9 @@ install-handlers: $(HANDLER_MODULES)
 $(BUILD)/tests/modules/test_module_quick_retry.so: tests/unit/test_handlers.c include/dosomething/handler.h
 	@mkdir -p $(dir $@)
 	$(CC) $(MODULE_CFLAGS) -DDS_TEST_MODULE -DDS_TEST_MODULE_QUICK -DDS_TEST_MODULE_RETRY \
+	    $(MODULE_LDFLAGS) -o $@ $<
+
+$(BUILD)/tests/modules/test_module_quick_cancel.so: tests/unit/test_handlers.c include/dosomething/handler.h
+	@mkdir -p $(dir $@)
+	$(CC) $(MODULE_CFLAGS) -DDS_TEST_MODULE -DDS_TEST_MODULE_QUICK -DDS_TEST_MODULE_CANCEL \
 	    $(MODULE_LDFLAGS) -o $@ $<

@@ -306,13 +306,17 @@ on_worker_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         o.error = error;
     }
     if (item->cancelling) {
-        /* Asked to stop: its STARTED and PROGRESS are dropped, and its end,
-         * whatever it says, is CANCELLED (a graceful stop's: the store
-         * decides, see queue_stop_all). */
+        /* Asked to stop: its PROGRESS is dropped, and its end, whatever it
+         * says, is CANCELLED (a graceful stop's: the store decides, see
+         * queue_stop_all). Its STARTED is not: the handler did start (the
+         * stop crossed it, or a quick item's STARTED waited in its
+         * worker's batch), and a subscriber sees QUEUED, STARTED, then
+         * the end, never an end after a start it was not told of. */
         switch (u.state) {
         case STATE_STARTED:
             item->started = 1;
             w->head_started_ms = clock_monotonic_ms();
+            q.ev->update(item, &o);
             return 0;
         case STATE_PROGRESS:
             return 0;
@@ -425,8 +429,14 @@ workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t run
         item = held[--n];
         int running = item->key == running_key && worker_may_run(item, running_attempt);
         if (item->cancelling) {
-            if (running)
-                item->started = 1;      /* its STARTED may not have come (a quick item's) */
+            if (running && !item->started) {
+                /* Its STARTED did not come (a quick item's waits in its
+                 * worker's batch, lost with it), but it ran: published
+                 * before its end, as the worker would have. */
+                struct outcome started = { .state = STATE_STARTED, .worker_pid = pid };
+                item->started = 1;
+                q.ev->update(item, &started);
+            }
             q.ev->cancelled(item, pid, NULL);   /* asked to stop: it did, one way or another */
         } else if (running && limit_cost != NULL) {
             /* As exec's limits end an attempt: FAILED, not retried. */

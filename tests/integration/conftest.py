@@ -150,6 +150,8 @@ TEST_MODULES = {
     "retry": ("test_module_retry.so", ["-DDS_TEST_MODULE_RETRY"]),
     "quick_retry": ("test_module_quick_retry.so",
                     ["-DDS_TEST_MODULE_QUICK", "-DDS_TEST_MODULE_RETRY"]),
+    "quick_cancel": ("test_module_quick_cancel.so",
+                     ["-DDS_TEST_MODULE_QUICK", "-DDS_TEST_MODULE_CANCEL"]),
 }
 
 

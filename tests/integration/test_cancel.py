@@ -207,6 +207,39 @@ def test_cancel_running_module(start_daemon, tmp_path, cancel_modules):
              "the killed worker's replacement")
 
 
+@pytest.fixture
+def quick_cancel_module():
+    """The test module flagged DS_MODULE_QUICK and DS_MODULE_CANCELLABLE."""
+    for paths in built_test_modules("quick_cancel"):
+        yield paths["quick_cancel"]
+
+
+@pytest.mark.parametrize("mode", ["memory", "journal", "cluster"])
+def test_cancel_of_a_started_quick_item_keeps_its_started(start_daemon, tmp_path,
+                                                         quick_cancel_module, request, mode):
+    """A quick item's STARTED waits in its worker's batch until its end: it
+    reaches the grpc process after the cancel, with the CANCELLED. The item
+    did start: QUEUED, STARTED, CANCELLED (the STARTED was dropped)."""
+    mark = tmp_path / "mark"
+    extra = {"qc": {"module": str(quick_cancel_module)}}
+    if mode == "cluster":
+        d = start_instance(start_daemon, request.getfixturevalue("redis"), cluster_name(),
+                           "inst", workers=1, overrides={"handlers": {
+                               "default": "echo", "echo": {"builtin": "echo"}, **extra}})
+    else:
+        d = start_daemon(config(tmp_path, mode, extra_handlers=extra))
+    sub = d.client().subscribe(sync=True)
+    # Steps of 1 s: the module looks at its cancel after the first, before
+    # any PROGRESS (which would flush the STARTED).
+    assert d.client().submit([{"id": "Q", "kind": "qc", "params": {
+        "ms": "60000", "steps": "60", "mark": str(mark)}}]).accepted == 1
+    wait_for(mark.exists, 10, "the module to start Q")
+    assert cancel(d, ids=["Q"]).cancelled == 1
+    sub.wait_state("Q", CANCELLED, timeout=10)
+    assert_one_final(sub, "Q", CANCELLED)
+    assert sub.states_of("Q") == ["QUEUED", "STARTED", "CANCELLED"], sub.of("Q")
+
+
 def test_cancel_unanswered_kills_the_worker(start_daemon, tmp_path, cancel_modules):
     """A handler that says it can be cancelled but does not look in time:
     the grpc process kills its worker cancel_grace + 2 s after asking, and

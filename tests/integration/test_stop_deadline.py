@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from conftest import (FAILED, QUEUED, RETRYING, STARTED, SUCCEEDED, pid_alive, state_name,
-                      wait_for)
+from conftest import (FAILED, QUEUED, RETRYING, STARTED, SUCCEEDED, built_test_modules,
+                      pid_alive, state_name, wait_for)
 from test_cancel import cancel_modules  # noqa: F401 (a fixture)
 from test_cluster import (cluster_name, kill_everything, redis,  # noqa: F401 (a fixture)
                           start_instance)
@@ -261,6 +261,42 @@ def test_a_module_that_cannot_be_interrupted_has_its_worker_killed(start_daemon,
     log = d.log_text()
     assert MASTER_KILL not in log and "did not stop its items" not in log, log
     assert elapsed < 3, f"exited {elapsed:.1f} s after QUIT (shutdown_timeout 1s)"
+
+
+@pytest.fixture
+def quick_modules():
+    """The test module flagged DS_MODULE_QUICK, plain and cancellable."""
+    yield from built_test_modules("quick", "quick_cancel")
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("mode", ["memory", "journal"])
+@pytest.mark.parametrize("module", ["quick_cancel", "quick"])
+def test_a_started_that_happened_comes_before_the_last_update(start_daemon, tmp_path,
+                                                              quick_modules, mode, module):
+    """A quick item's STARTED waits in its worker's batch until its end. A
+    graceful stop's deadline asks it to stop: the cancellable module does,
+    and its STARTED comes with its end, after the ask; the other has its
+    worker killed, and the STARTED with it. Either way it ran, and the
+    subscriber sees QUEUED, STARTED, then its last update (the STARTED was
+    dropped: QUEUED then "interrupted")."""
+    mark = tmp_path / "mark"
+    c = exec_config(tmp_path, "true", journal=mode == "journal")
+    c["handlers"]["q"] = {"module": str(quick_modules[module])}
+    d = start_daemon(c)
+    sub = d.client().subscribe(sync=True)
+    # Steps of 1.5 s: the cancellable one looks at its cancel after the
+    # first, past the deadline, before any PROGRESS (which would flush).
+    assert d.client().submit([{"id": "Q", "kind": "q", "params": {
+        "ms": "60000", "steps": "40", "mark": str(mark)}}]).accepted == 1
+    wait_for(mark.exists, 10, "the module to start Q")
+    d.send_signal(signal.SIGQUIT)
+    expected = FAILED if mode == "memory" else RETRYING
+    sub.wait(lambda s: s.by_id.get("Q") and s.by_id["Q"][-1].state == expected, 15,
+             "Q's last update")
+    assert sub.states_of("Q") == ["QUEUED", "STARTED", state_name(expected)], sub.of("Q")
+    assert last_of(sub, "Q").error.startswith("interrupted: "), sub.of("Q")
+    assert d.wait_exit(timeout=15) == 0, d.log_tail()
 
 
 @pytest.mark.deadline(60)

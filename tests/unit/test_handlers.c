@@ -8,7 +8,7 @@
  * tests load (mk/handlers.mk builds it several ways into build/tests/modules/:
  * as it is, with abi_version 99, without the symbol, flagged
  * DS_MODULE_QUICK, and flagged DS_MODULE_CANCELLABLE: then the sleep of
- * param ms checks host->cancelled() after each step).
+ * param ms checks host->cancelled() after each step; both flags too).
  */
 #ifdef DS_TEST_MODULE
 
@@ -29,7 +29,8 @@
 /*
  * options: prefix (prepended to results), fail_init (init fails with it),
  * fini_file (fini appends "fini N" to it, N = items processed).
- * params: error=MSG (fail with "error: MSG"), silent (fail with no
+ * params: mark=PATH (create PATH first: the item has started, whether or
+ * not its STARTED was sent yet), error=MSG (fail with "error: MSG"), silent (fail with no
  * message), bad_utf8 (fail with a message that is not UTF-8), ms and steps
  * (sleep, reporting progress after each step but the last), size=N (a
  * result of N bytes 'x'), static (a result kept in the state), crash (abort),
@@ -131,6 +132,11 @@ test_process(void *state, const struct ds_module_item *item, struct ds_module_re
     struct test_state *s = state;
     const char *v;
     s->items++;
+    if ((v = param(item, "mark")) != NULL) {
+        FILE *f = fopen(v, "w");
+        if (f != NULL)
+            fclose(f);
+    }
     if ((v = param(item, "error")) != NULL) {
         snprintf(out->error, out->error_size, "error: %s", v);
         return -1;

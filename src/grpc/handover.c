@@ -19,7 +19,8 @@
  * journal, its FINAL is written without a final update; so does one it
  * counts as a duplicate (it knows it already, from a call cut after it took
  * it). An item the new instance rejects comes back to the front of this
- * queue and runs here: it is not sent again. The items of a call that fails
+ * queue and runs here: it is not sent again (it is kept, item->kept_here,
+ * where the next calls' take does not walk it). The items of a call that fails
  * come back too, and are sent again: a call is retried a few times; a crash between the new instance's accept and our FINAL runs
  * the item twice (at-least-once), never zero times. Calls carry at most
  * HANDOVER_BATCH items, so that the reply names every rejection (submit.c
@@ -89,9 +90,12 @@ static struct {
     int ended;                  /* the summary is logged */
     /* The items given back (by a rejection or a failed call) and not
      * handed over since, so that an item given back and sent again counts
-     * once; and those the new instance rejected, which are not sent again
-     * (they run here: a call after call resending them was a busy loop). */
-    struct keyset back, refused;
+     * once. Those the new instance rejected are not sent again (they run
+     * here: call after call resending them was a busy loop): they are kept
+     * (store_keep_here), and wait where store_take_sendable() does not
+     * look, so that no call walks past them (each did, at the front of the
+     * queue: quadratic with many). */
+    struct keyset back;
 } ho;
 
 static void next_call(void);
@@ -337,8 +341,9 @@ call_done(void)
         if (rejected[i]) {
             keyset_add(&ho.back, ho.items[i]->key);
             if (trusted)
-                keyset_add(&ho.refused, ho.items[i]->key);
-            store_give_back(ho.items[i]);
+                store_keep_here(ho.items[i]);
+            else
+                store_give_back(ho.items[i]);
         }
     }
     if (ho.reply != NULL)
@@ -398,24 +403,9 @@ next_call(void)
 {
     if (ho.call != NULL || ho.cancelled)
         return;
-    /* Those the new instance rejected stay here: they go back to the front,
-     * in their order, once the batch is taken. */
-    struct item *item, **refused = NULL;
-    size_t refused_n = 0, refused_cap = 0;
-    while (ho.count < HANDOVER_BATCH && (item = store_take_waiting()) != NULL) {
-        if (!keyset_has(&ho.refused, item->key)) {
-            ho.items[ho.count++] = item;
-            continue;
-        }
-        if (refused_n == refused_cap) {
-            refused_cap = refused_cap ? refused_cap * 2 : 64;
-            refused = ds_realloc(refused, refused_cap * sizeof *refused);
-        }
-        refused[refused_n++] = item;
-    }
-    while (refused_n > 0)
-        store_give_back(refused[--refused_n]);
-    free(refused);
+    struct item *item;
+    while (ho.count < HANDOVER_BATCH && (item = store_take_sendable()) != NULL)
+        ho.items[ho.count++] = item;
     if (ho.count == 0) {
         log_summary();
         workers_close_all();    /* those holding nothing were kept for a give-back */
@@ -517,7 +507,6 @@ handover_shutdown(void)
 {
     handover_end();
     keyset_free(&ho.back);
-    keyset_free(&ho.refused);
     if (ho.retry_timer != NULL)
         event_free(ho.retry_timer);
     ho.retry_timer = NULL;

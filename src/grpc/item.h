@@ -64,6 +64,8 @@ struct item {
     uint8_t started_unsent;     /* cluster: this attempt's STARTED went with its next update */
     uint8_t claimed_past_max;   /* cluster: taken over past max_attempts: its entry's delivery
                                  * count is attempt + 1 (its FAILED names the last attempt) */
+    uint8_t kept_here;          /* a binary upgrade's new instance refused it: it runs here,
+                                 * and waits where no handover takes it (queue.c q.kept) */
     int32_t priority;           /* WorkItem.priority: higher runs first */
     char data[];
 };

@@ -20,6 +20,11 @@
 #include "grpc/metrics.h"
 #include "grpc/token_bucket.h"
 
+/* Parked items by key, linked by item->next. */
+struct park_list {
+    struct item *head, *tail;
+};
+
 /* One kind's limits and lists: the gate's, in gate.kinds. */
 struct gate_kind {
     const char *kind;           /* interned: item->kind */
@@ -28,7 +33,8 @@ struct gate_kind {
     uint32_t concurrency;       /* 0: unlimited */
     struct token_bucket bucket; /* count 0: no rate */
     uint64_t running;           /* items holding a slot (item->gate_slot) */
-    struct item *head, *tail;   /* parked, by key */
+    struct park_list list;      /* parked */
+    struct park_list kept;      /* parked, item->kept_here: a handover does not take them */
     uint64_t parked;
 };
 
@@ -82,19 +88,26 @@ on_refill(evutil_socket_t fd, short what, void *arg)
     gate.ops->dispatch();
 }
 
-/* Into K's list by key: at the tail unless it is older (a retry, an item
- * given back by a worker that died or by a handover). */
+static int
+has_parked(const struct gate_kind *k)
+{
+    return k->list.head != NULL || k->kept.head != NULL;
+}
+
+/* Into its list of K by key: at the tail unless it is older (a retry, an
+ * item given back by a worker that died or by a handover). */
 static void
 park(struct gate_kind *k, struct item *item)
 {
+    struct park_list *l = item->kept_here ? &k->kept : &k->list;
     item->next = NULL;
-    if (k->tail == NULL) {
-        k->head = k->tail = item;
-    } else if (k->tail->key < item->key) {
-        k->tail->next = item;
-        k->tail = item;
+    if (l->tail == NULL) {
+        l->head = l->tail = item;
+    } else if (l->tail->key < item->key) {
+        l->tail->next = item;
+        l->tail = item;
     } else {
-        struct item **pp = &k->head;
+        struct item **pp = &l->head;
         while ((*pp)->key < item->key)
             pp = &(*pp)->next;
         item->next = *pp;
@@ -104,13 +117,24 @@ park(struct gate_kind *k, struct item *item)
     gate.parked++;
 }
 
-static struct item *
-unpark(struct gate_kind *k)
+/* The list of K whose head is oldest (WITH_KEPT 0: the kept one is not
+ * looked at), or NULL if they are empty. */
+static struct park_list *
+oldest_list(struct gate_kind *k, int with_kept)
 {
-    struct item *item = k->head;
-    k->head = item->next;
-    if (k->head == NULL)
-        k->tail = NULL;
+    struct park_list *l = k->list.head != NULL ? &k->list : NULL;
+    if (with_kept && k->kept.head != NULL && (l == NULL || k->kept.head->key < l->head->key))
+        l = &k->kept;
+    return l;
+}
+
+static struct item *
+unpark(struct gate_kind *k, struct park_list *l)
+{
+    struct item *item = l->head;
+    l->head = item->next;
+    if (l->head == NULL)
+        l->tail = NULL;
     item->next = NULL;
     k->parked--;
     gate.parked--;
@@ -125,7 +149,7 @@ kind_gate_admit(struct item *item)
     struct gate_kind *k = find(item->kind);
     if (k == NULL)
         return 1;
-    if (k->head != NULL || !has_room(k)) {
+    if (has_parked(k) || !has_room(k)) {
         park(k, item);
         return 0;
     }
@@ -150,12 +174,12 @@ kind_gate_release_ready(void)
     for (size_t i = 0; i < gate.count; i++) {
         struct gate_kind *k = &gate.kinds[i];
         struct item *first = NULL, **tail = &first;
-        while (k->head != NULL && has_room(k)) {
+        while (has_parked(k) && has_room(k)) {
             if (!token_bucket_take(&k->bucket, now)) {
                 arm_refill(k, now);
                 break;
             }
-            struct item *item = unpark(k);
+            struct item *item = unpark(k, oldest_list(k, 1));
             item->gate_slot = 1;
             k->running++;
             *tail = item;
@@ -176,7 +200,7 @@ kind_gate_leave(struct item *item)
     if (k == NULL)
         return;
     k->running--;
-    if (k->head != NULL)
+    if (has_parked(k))
         gate.ready = 1;
 }
 
@@ -240,7 +264,7 @@ kind_gate_configure(const struct ds_config *c)
             k->paused = 0;
             k->concurrency = 0;
             token_bucket_set(&k->bucket, 0, 0, now);
-            if (k->running == 0 && k->head == NULL)
+            if (k->running == 0 && !has_parked(k))
                 continue;
         }
         gate.kinds[kept++] = *k;
@@ -276,23 +300,53 @@ kind_gate_parked(void)
 }
 
 struct item *
-kind_gate_take_parked(void)
+kind_gate_take_parked(int with_kept)
 {
     struct gate_kind *oldest = NULL;
+    struct park_list *oldest_l = NULL;
     for (size_t i = 0; i < gate.count; i++) {
         struct gate_kind *k = &gate.kinds[i];
-        if (k->head != NULL && (oldest == NULL || k->head->key < oldest->head->key))
+        struct park_list *l = oldest_list(k, with_kept);
+        if (l != NULL && (oldest_l == NULL || l->head->key < oldest_l->head->key)) {
             oldest = k;
+            oldest_l = l;
+        }
     }
-    return oldest != NULL ? unpark(oldest) : NULL;
+    return oldest != NULL ? unpark(oldest, oldest_l) : NULL;
 }
 
 void
 kind_gate_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
 {
-    for (size_t i = 0; i < gate.count; i++)
-        for (const struct item *item = gate.kinds[i].head; item != NULL; item = item->next)
+    for (size_t i = 0; i < gate.count; i++) {
+        for (const struct item *item = gate.kinds[i].list.head; item != NULL; item = item->next)
             fn(item, arg);
+        for (const struct item *item = gate.kinds[i].kept.head; item != NULL; item = item->next)
+            fn(item, arg);
+    }
+}
+
+static void
+take_matching_from(struct gate_kind *k, struct park_list *l,
+                   int (*match)(const struct item *item, void *arg), void *arg,
+                   struct item ***tail)
+{
+    struct item **pp = &l->head, *prev = NULL;
+    while (*pp != NULL) {
+        struct item *item = *pp;
+        if (!match(item, arg)) {
+            prev = item;
+            pp = &item->next;
+            continue;
+        }
+        *pp = item->next;
+        item->next = NULL;
+        k->parked--;
+        gate.parked--;
+        **tail = item;
+        *tail = &item->next;
+    }
+    l->tail = prev;
 }
 
 void
@@ -300,23 +354,8 @@ kind_gate_take_matching(int (*match)(const struct item *item, void *arg), void *
                         struct item ***tail)
 {
     for (size_t i = 0; i < gate.count; i++) {
-        struct gate_kind *k = &gate.kinds[i];
-        struct item **pp = &k->head, *prev = NULL;
-        while (*pp != NULL) {
-            struct item *item = *pp;
-            if (!match(item, arg)) {
-                prev = item;
-                pp = &item->next;
-                continue;
-            }
-            *pp = item->next;
-            item->next = NULL;
-            k->parked--;
-            gate.parked--;
-            **tail = item;
-            *tail = &item->next;
-        }
-        k->tail = prev;
+        take_matching_from(&gate.kinds[i], &gate.kinds[i].list, match, arg, tail);
+        take_matching_from(&gate.kinds[i], &gate.kinds[i].kept, match, arg, tail);
     }
 }
 

@@ -74,8 +74,10 @@ void kind_gate_leave_unstarted(struct item *item);
 
 /* Parked items, in all kinds. */
 uint64_t kind_gate_parked(void);
-/* The oldest parked item (lowest key), out of the gate, or NULL. */
-struct item *kind_gate_take_parked(void);
+/* The oldest parked item (lowest key), out of the gate, or NULL; WITH_KEPT
+ * 0: not one with item->kept_here (those wait in lists of their own, so
+ * that a handover never walks them). */
+struct item *kind_gate_take_parked(int with_kept);
 void kind_gate_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
 /* Parked items MATCH accepts leave the gate, appended to the chain whose
  * last next pointer is *TAIL (which then points at the new last one's). */

@@ -31,6 +31,8 @@ static struct {
     const struct queue_events *ev;
     uint32_t prefetch;          /* workers.prefetch */
     struct waitlist wait;       /* waiting for a worker, or for their due time */
+    struct waitlist kept;       /* the same, of items kept here (item->kept_here): a
+                                 * handover's take never walks them (queue_take_waiting) */
     struct event *due_timer;    /* one, for the earliest due time */
     uint64_t due_armed;         /* the due time it is armed for; 0: none */
     uint64_t held;              /* at workers */
@@ -50,13 +52,13 @@ workers_list(void)
 uint64_t
 queue_waiting(void)
 {
-    return q.wait.ready + kind_gate_parked();
+    return q.wait.ready + q.kept.ready + kind_gate_parked();
 }
 
 uint64_t
 queue_delayed(void)
 {
-    return q.wait.heap_count;
+    return q.wait.heap_count + q.kept.heap_count;
 }
 
 uint64_t
@@ -214,7 +216,7 @@ worker_free(struct worker *w)
 static void
 worker_maybe_release(struct worker *w)
 {
-    if ((w->retiring || (queue_waiting() == 0 && q.wait.heap_count == 0 &&
+    if ((w->retiring || (queue_waiting() == 0 && queue_delayed() == 0 &&
                          q.ev->draining())) && w->held == 0 &&
         w->channel != NULL) {
         channel_free(w->channel);
@@ -505,18 +507,29 @@ least_loaded(const struct item *item)
     return best;
 }
 
+/* The list whose first item runs next: the highest priority, and at the
+ * same priority a kept one (given back to the front of the queue). */
+static struct waitlist *
+next_list(void)
+{
+    struct item *a = waitlist_peek(&q.kept), *b = waitlist_peek(&q.wait);
+    return a != NULL && (b == NULL || a->priority >= b->priority) ? &q.kept : &q.wait;
+}
+
 void
 queue_dispatch(void)
 {
     struct worker *w;
     struct item *item;
+    struct waitlist *from;
     kind_gate_release_ready();
     /* Highest priority first, and nothing of a lower one while it waits:
      * a worker with room for something else but not for it gets nothing.
      * An item its kind's limit holds back is parked by the gate, and the
      * next one is looked at. */
-    while ((item = waitlist_peek(&q.wait)) != NULL && (w = least_loaded(item)) != NULL) {
-        item = waitlist_pop(&q.wait);
+    while ((item = waitlist_peek(from = next_list())) != NULL &&
+           (w = least_loaded(item)) != NULL) {
+        item = waitlist_pop(from);
         if (kind_gate_admit(item))
             worker_send_item(w, item);
     }
@@ -530,7 +543,9 @@ queue_dispatch(void)
 static void
 arm_due_timer(void)
 {
-    uint64_t due = waitlist_next_due(&q.wait);
+    uint64_t due = waitlist_next_due(&q.wait), kept_due = waitlist_next_due(&q.kept);
+    if (kept_due != 0 && (due == 0 || kept_due < due))
+        due = kept_due;
     if (due == q.due_armed)
         return;
     q.due_armed = due;
@@ -549,7 +564,8 @@ static void
 on_due(evutil_socket_t fd, short what, void *arg)
 {
     q.due_armed = 0;
-    size_t moved = waitlist_release_due(&q.wait, (uint64_t)clock_wall_ns());
+    uint64_t now = (uint64_t)clock_wall_ns();
+    size_t moved = waitlist_release_due(&q.wait, now) + waitlist_release_due(&q.kept, now);
     arm_due_timer();
     if (moved > 0)
         queue_dispatch();
@@ -559,13 +575,14 @@ on_due(evutil_socket_t fd, short what, void *arg)
 static void
 wait_for(struct item *item, int front)
 {
+    struct waitlist *wl = item->kept_here ? &q.kept : &q.wait;
     if (item->due_ns != 0 && item->due_ns > (uint64_t)clock_wall_ns()) {
-        waitlist_delay(&q.wait, item);
+        waitlist_delay(wl, item);
         if (q.due_armed == 0 || item->due_ns < q.due_armed)
             arm_due_timer();
         return;
     }
-    waitlist_push(&q.wait, item, front);
+    waitlist_push(wl, item, front);
 }
 
 void
@@ -582,15 +599,21 @@ queue_push_front(struct item *item)
 }
 
 /* Then the parked ones, then the delayed: they leave without running (a
- * handover, a stop). */
+ * handover, a stop). Kept ones wait apart, so that a handover, which
+ * leaves them here, never walks them: each call of one is O(1) (O(log n)
+ * for a delayed item) however many are kept. */
 struct item *
-queue_take_waiting(void)
+queue_take_waiting(int with_kept)
 {
     struct item *item = waitlist_pop(&q.wait);
+    if (item == NULL && with_kept)
+        item = waitlist_pop(&q.kept);
     if (item == NULL)
-        item = kind_gate_take_parked();
+        item = kind_gate_take_parked(with_kept);
     if (item == NULL) {
         item = waitlist_pop_delayed(&q.wait);
+        if (item == NULL && with_kept)
+            item = waitlist_pop_delayed(&q.kept);
         arm_due_timer();
     }
     if (item != NULL)
@@ -632,7 +655,7 @@ queue_stop_all(void (*taken)(struct item *item, pid_t worker_pid),
                int64_t (*grace_ms)(const struct item *item), uint32_t wait_ms)
 {
     struct item *item;
-    while ((item = queue_take_waiting()) != NULL)
+    while ((item = queue_take_waiting(1)) != NULL)
         taken(item, 0);
     int held = 0;
     for (struct worker *w = q.workers; w != NULL; w = w->next) {
@@ -666,12 +689,14 @@ queue_local_room(void)
     for (struct worker *w = q.workers; w != NULL; w = w->next)
         if (w->channel != NULL && !w->retiring && w->held_weight < capacity)
             room += capacity - w->held_weight;
-    return room > q.wait.ready_weight ? (uint32_t)(room - q.wait.ready_weight) : 0;
+    uint64_t ready_weight = q.wait.ready_weight + q.kept.ready_weight;
+    return room > ready_weight ? (uint32_t)(room - ready_weight) : 0;
 }
 
 void
 queue_for_each(void (*fn)(const struct item *item, void *arg), void *arg)
 {
+    waitlist_for_each(&q.kept, fn, arg);
     waitlist_for_each(&q.wait, fn, arg);
     kind_gate_for_each(fn, arg);
     for (struct worker *w = q.workers; w != NULL; w = w->next)
@@ -710,7 +735,7 @@ int
 queue_take(struct item *item)
 {
     struct item *taken = NULL, **tail = &taken;
-    waitlist_take_matching(&q.wait, is_item, item, &taken);
+    waitlist_take_matching(item->kept_here ? &q.kept : &q.wait, is_item, item, &taken);
     if (taken == NULL)
         kind_gate_take_matching(is_item, item, &tail);
     if (taken == NULL)
@@ -778,6 +803,7 @@ queue_cancel(const struct queue_cancel_ops *ops, void *arg)
      * taken are ended after it, when the lists are whole again (ending
      * one may queue and dispatch more). */
     struct item *taken = NULL, **taken_tail = &taken;
+    waitlist_take_matching(&q.kept, ops->match, arg, &taken);
     waitlist_take_matching(&q.wait, ops->match, arg, &taken);
     arm_due_timer();
     for (; *taken_tail != NULL; taken_tail = &(*taken_tail)->next)
@@ -809,7 +835,7 @@ gate_released(struct item *first)
         while (n > 0) {
             struct item *back = chain[--n];
             back->started = 0;
-            waitlist_push(&q.wait, back, 1);
+            waitlist_push(back->kept_here ? &q.kept : &q.wait, back, 1);
         }
     }
 }
@@ -850,7 +876,7 @@ void
 queue_shutdown(void (*fn)(struct item *item))
 {
     struct item *item;
-    while ((item = queue_take_waiting()) != NULL)
+    while ((item = queue_take_waiting(1)) != NULL)
         fn(item);
     while (q.workers != NULL) {
         struct worker *w = q.workers;
@@ -868,4 +894,5 @@ queue_shutdown(void (*fn)(struct item *item))
         event_free(q.stop_timer);
     q.stop_timer = NULL;
     waitlist_free(&q.wait);
+    waitlist_free(&q.kept);
 }

@@ -103,8 +103,10 @@ void queue_push(struct item *item);
 void queue_push_front(struct item *item);
 void queue_dispatch(void);
 /* The first waiting item, out of the queue, or else the oldest parked at
- * its kind's limit (kind_gate.h), or else the first delayed one, or NULL. */
-struct item *queue_take_waiting(void);
+ * its kind's limit (kind_gate.h), or else the first delayed one, or NULL.
+ * WITH_KEPT 0: none with item->kept_here (what a handover refused), which
+ * wait apart and are not walked: O(1) a call however many they are. */
+struct item *queue_take_waiting(int with_kept);
 /*
  * A graceful stop's deadline: every item waiting (parked and delayed too)
  * leaves the queue through TAKEN(item, 0); every item a worker holds is

@@ -774,7 +774,13 @@ store_handing_back(void)
 struct item *
 store_take_waiting(void)
 {
-    return queue_take_waiting();
+    return queue_take_waiting(1);
+}
+
+struct item *
+store_take_sendable(void)
+{
+    return queue_take_waiting(0);
 }
 
 void
@@ -782,6 +788,13 @@ store_give_back(struct item *item)
 {
     requeue(item);
     queue_dispatch();
+}
+
+void
+store_keep_here(struct item *item)
+{
+    item->kept_here = 1;
+    store_give_back(item);
 }
 
 void

@@ -295,10 +295,15 @@ void store_act_abort(struct store_act_ask *ask);
 
 /* ---- the handover of an upgrade (handover.c) ----------------------------- */
 
-/* The first waiting item, out of the queue but still counted, or NULL. */
+/* The first waiting item, out of the queue but still counted, or NULL.
+ * store_take_sendable(): the same, never one kept by store_keep_here(). */
 struct item *store_take_waiting(void);
+struct item *store_take_sendable(void);
 /* Back to the front of the queue (call in reverse order). */
 void store_give_back(struct item *item);
+/* The same, for good: the new instance refused ITEM, it runs here, and
+ * store_take_sendable() never returns it again. */
+void store_keep_here(struct item *item);
 /* The new instance has it: published RETRYING with NOTE, forgotten here. */
 void store_handed_over(struct item *item, const char *note);
 

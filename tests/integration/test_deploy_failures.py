@@ -399,6 +399,57 @@ def test_usr2_handover_whose_calls_fail_logs_one_summary_of_distinct_items(
             kill_tree(new_master)
 
 
+@pytest.mark.deadline(120)
+def test_usr2_handover_with_many_rejected_items_sends_each_once(start_daemon, monkeypatch,
+                                                                 tmp_path):
+    """2400 waiting items, every other one of a kind the new instance does
+    not have, some of a higher priority: three calls of at most 1000, each
+    leaving its rejected items here, which the next calls do not take
+    again (they wait apart from what is still to send: no call walks past
+    them). Each is sent once, the summary counts every item once, and the
+    rejected ones run here once the workers are free."""
+    binary = copied_binary(tmp_path, monkeypatch)
+    d, gates, watch, handlers = both_workers_held(start_daemon, tmp_path,
+                                                  {"oldonly": {"builtin": "sleep"}})
+    old_master = d.master_pid
+    c = d.client()
+    new_master = None
+    try:
+        items = [{"id": f"i{n}", "kind": "oldonly" if n % 2 else "sleep",
+                  "params": {"ms": "0"}, "priority": 1 if n % 3 == 0 else 0}
+                 for n in range(2400)]
+        rejected = {i["id"] for i in items if i["kind"] == "oldonly"}
+        assert c.submit(items).accepted == 2400
+        watch.wait(lambda s: all(i["id"] in s.by_id for i in items), 20, "every QUEUED")
+
+        config = dict(d.config, handlers={k: v for k, v in handlers.items() if k != "oldonly"})
+        d.write_config(text=conftest.dump_config(config))
+        install(tmp_path, binary, source=real_binary())
+        d.send_signal(signal.SIGUSR2)
+        wait_for(lambda: d.read_pid_file() not in (None, old_master), 10,
+                 "the new master's pid file")
+        new_master = d.read_pid_file()
+        d.known_pids.add(new_master)
+        m = d.wait_log(SUMMARY_LINE, timeout=30)
+        assert (m.group("handed"), m.group("kept"), m.group("back"), m.group("unsent")) == \
+            ("1200", "1200", "1200", "0"), m.group(0)
+        named = re.findall(r"handover: the new instance rejected item (\S+):", d.log_text())
+        assert len(named) == 1200 and set(named) == rejected, \
+            f"{len(named)} rejections logged, {len(set(named))} distinct"
+        assert d.log_text().count("handover: a doSomething call") == 0
+        for gate in gates:
+            gate.touch()
+        assert d.wait_exit(timeout=30) == 0, "the old master did not drain and exit"
+        finals = watch.wait_final(sorted(rejected), timeout=20)
+        assert all(u.state == SUCCEEDED for u in finals.values())
+        assert all(watch.states_of(i).count("STARTED") == 1 for i in rejected)
+    finally:
+        for gate in gates:
+            gate.touch()
+        if new_master is not None:
+            kill_tree(new_master)
+
+
 @pytest.mark.deadline(90)
 def test_usr2_handover_does_not_resend_an_item_the_new_instance_rejected(
         start_daemon, monkeypatch, tmp_path):

@@ -116,7 +116,7 @@ static int
 teardown(void **state)
 {
     struct item *item;
-    while ((item = kind_gate_take_parked()) != NULL)
+    while ((item = kind_gate_take_parked(1)) != NULL)
         item_free(item);
     kind_gate_shutdown();
     if (fq.config != NULL)
@@ -287,12 +287,57 @@ test_cancel_and_take_parked(void **state)
     assert_int_equal(kind_gate_admit(late), 0);
     const char *expect[] = { "p0", "p2", "p4", "p8" };
     for (int i = 0; i < 4; i++) {
-        struct item *item = kind_gate_take_parked();
+        struct item *item = kind_gate_take_parked(1);
         assert_non_null(item);
         assert_string_equal(item->id, expect[i]);
         item_free(item);
     }
-    assert_null(kind_gate_take_parked());
+    assert_null(kind_gate_take_parked(1));
+    assert_int_equal(kind_gate_parked(), 0);
+}
+
+/* Items kept here by a handover (item->kept_here) park in lists of their
+ * own: take_parked(0) never returns (nor walks) them, take_parked(1) and a
+ * release take every parked item by key, kept or not. */
+static void
+test_kept_parked_apart(void **state)
+{
+    configure(", paused: on");
+    struct item *it[5];
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "p%d", i);
+        it[i] = make(id, "sleep");
+        it[i]->kept_here = i % 2 == 0;      /* p0, p2, p4 */
+        assert_int_equal(kind_gate_admit(it[i]), 0);
+    }
+    assert_int_equal(kind_gate_parked(), 5);
+    assert_int_equal(parked("sleep"), 5);
+    count_each_n = 0;
+    kind_gate_for_each(count_each, NULL);
+    assert_int_equal(count_each_n, 5);
+    struct item *item = kind_gate_take_parked(0);
+    assert_string_equal(item->id, "p1");
+    item_free(item);
+    item = kind_gate_take_parked(0);
+    assert_string_equal(item->id, "p3");
+    item_free(item);
+    assert_null(kind_gate_take_parked(0));
+    assert_int_equal(kind_gate_parked(), 3);
+    /* A kept one given back parks among the kept, by key. */
+    item = kind_gate_take_parked(1);
+    assert_string_equal(item->id, "p0");
+    assert_int_equal(kind_gate_admit(item), 0);
+    /* Unpaused: released by key, the kept too. */
+    configure("");
+    kind_gate_release_ready();
+    const char *expect[] = { "p0", "p2", "p4" };
+    assert_int_equal(fq.released_n, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_string_equal(fq.released[i]->id, expect[i]);
+        kind_gate_leave(fq.released[i]);
+        item_free(fq.released[i]);
+    }
     assert_int_equal(kind_gate_parked(), 0);
 }
 
@@ -341,6 +386,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_reload_lowers_raises_and_counts_held, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_cancel_and_take_parked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kept_parked_apart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_refill_timer, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

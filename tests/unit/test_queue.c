@@ -898,6 +898,62 @@ test_priority_dispatch(void **state)
     assert_int_equal(queue_waiting(), 2);
 }
 
+/* What a handover refused is kept here (item->kept_here): it waits apart,
+ * so that queue_take_waiting(0), a handover's take, never returns nor
+ * walks it (ready or delayed), however often the handover takes; it is
+ * still waiting (counted, found, cancelled, taken by a stop) and is
+ * dispatched first among the items of its priority, as one given back to
+ * the front of the queue was. */
+static void
+test_kept_items_wait_apart(void **state)
+{
+    queue_set_prefetch(1);
+    struct item *k = new_item("k", 0, 0), *kd = new_item("kd", 0, 0);     /* the oldest */
+    struct item *a = new_item("a", 0, 0), *b = new_item("b", 0, 0);
+    struct item *h = new_item("h", 0, 0);
+    queue_push(k);
+    queue_push(kd);
+    queue_push(a);
+    queue_push(b);
+    /* The handover takes k and kd, and the new instance refuses them. */
+    assert_ptr_equal(queue_take_waiting(0), k);
+    assert_ptr_equal(queue_take_waiting(0), kd);
+    k->kept_here = kd->kept_here = 1;
+    kd->due_ns = (uint64_t)clock_wall_ns() + 3600 * 1000000000ull;
+    queue_push_front(kd);
+    queue_push_front(k);
+    assert_int_equal(queue_waiting(), 3);
+    assert_int_equal(queue_delayed(), 1);
+    assert_ptr_equal(queue_find(k->key), k);
+    assert_ptr_equal(queue_find(kd->key), kd);
+    /* Call after call, the take starts past them. */
+    for (int round = 0; round < 3; round++) {
+        assert_ptr_equal(queue_take_waiting(0), a);
+        assert_ptr_equal(queue_take_waiting(0), b);
+        assert_null(queue_take_waiting(0));
+        queue_push_front(b);        /* a failed call gives them back */
+        queue_push_front(a);
+    }
+    /* Workers take k first at its priority, after a higher one. */
+    h->priority = 1;
+    queue_push(h);
+    fake_attach(&w1, 1001, 0);
+    fake_wait_items(rec.base, &w1, 1);
+    assert_string_equal(w1.items[0].id, "h");
+    fake_send_update(rec.base, &w1, h->key, 1, STATE_SUCCEEDED, 1, "r", 1);
+    fake_wait_items(rec.base, &w1, 2);
+    assert_string_equal(w1.items[1].id, "k");
+    fake_send_update(rec.base, &w1, k->key, 1, STATE_SUCCEEDED, 1, "r", 1);
+    fake_wait_items(rec.base, &w1, 3);
+    assert_string_equal(w1.items[2].id, "a");
+    /* A stop takes every waiting item, the kept too. */
+    assert_ptr_equal(queue_take_waiting(1), b);
+    assert_ptr_equal(queue_take_waiting(1), kd);
+    assert_null(queue_take_waiting(1));
+    own(b);
+    own(kd);
+}
+
 /* A delayed item waits for its due time under the queue's one timer, then
  * is dispatched; a cancel finds delayed items too. */
 static void
@@ -1269,6 +1325,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_local_room, setup, teardown),
         cmocka_unit_test_setup_teardown(test_priority_dispatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delayed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kept_items_wait_apart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_update_cost, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -12,4 +12,13 @@
  * not fit in HOST_SIZE. */
 int address_split(const char *addr, char *host, size_t host_size, const char **port);
 
+struct addrinfo;
+
+/* Of LIST, a name's addresses as a resolver answered (getaddrinfo() at a
+ * start, evdns at a reload, resolve.c), the one a listener of one address
+ * (status.listen) binds: the first IPv4 one if there is one, else the
+ * first IPv6 one; NULL if neither. One rule for the start, a reload and
+ * the master's listen probe, whatever order the resolver gave. */
+const struct addrinfo *address_pick(const struct addrinfo *list);
+
 #endif

@@ -3,6 +3,7 @@
  * One evdns base for the process, made at the first name to resolve.
  */
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,8 +14,13 @@
 #include <event2/event.h>
 #include <event2/util.h>
 
+#include "core/address.h"
 #include "core/alloc.h"
 #include "grpc/resolve.h"
+
+#ifndef EVENT__HAVE_STRUCT_ADDRINFO
+#error "libevent's evutil_addrinfo is not struct addrinfo: address_pick() needs it"
+#endif
 
 /* Owned by resolve.c from resolve_host() until FN has run or it is
  * cancelled. */
@@ -76,15 +82,8 @@ on_dns(int result, struct evutil_addrinfo *res, void *arg)
         snprintf(r->why, sizeof r->why, "cannot resolve its host name: %s",
                  evutil_gai_strerror(result));
     } else {
-        const struct evutil_addrinfo *pick = NULL;
-        for (const struct evutil_addrinfo *a = res; a != NULL; a = a->ai_next) {
-            if (a->ai_family == AF_INET) {
-                pick = a;
-                break;
-            }
-            if (pick == NULL && a->ai_family == AF_INET6)
-                pick = a;
-        }
+        /* evutil_addrinfo is struct addrinfo here (the build checks). */
+        const struct addrinfo *pick = address_pick(res);
         const void *addr = NULL;
         if (pick != NULL && pick->ai_family == AF_INET)
             addr = &((const struct sockaddr_in *)(const void *)pick->ai_addr)->sin_addr;

@@ -782,9 +782,10 @@ on_new_connection(struct event_base *base, void *arg)
 }
 
 /* A listening socket on what ADDR resolves to, or -1 with errno set and the
- * failed call and its error in WHY. A name that resolves to several
- * addresses gets the first this machine has: an address in use is an
- * error, not a reason to try the next one. */
+ * failed call and its error in WHY. Of a name's addresses, the one
+ * address_pick() picks (the first IPv4, else the first IPv6): the same
+ * rule as a reload's lookup (resolve.c) and the master's listen probe, so
+ * that a name binds the same address at a start and at a reload. */
 static int
 listen_socket(const char *addr, char *why, size_t why_size, char *at, size_t at_size)
 {
@@ -804,44 +805,45 @@ listen_socket(const char *addr, char *why, size_t why_size, char *at, size_t at_
         errno = EADDRNOTAVAIL;
         return -1;
     }
-    int fd = -1, saved = 0;
-    for (struct addrinfo *ai = list; ai != NULL; ai = ai->ai_next) {
-        const char *call = "socket";
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+    const struct addrinfo *ai = address_pick(list);
+    if (ai == NULL) {
+        freeaddrinfo(list);
+        snprintf(why, why_size, "its host name has no IPv4 or IPv6 address");
+        errno = EADDRNOTAVAIL;
+        return -1;
+    }
+    const char *call = "socket";
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
                     ai->ai_protocol);
-        if (fd != -1) {
-            int on = 1;
-            /* Lets a restarted daemon bind while old connections sit in TIME_WAIT. */
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-            /* Lets the new instance of a binary upgrade bind beside this one. */
-            if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) == -1)
-                log_syswarn("status.listen %s: setsockopt(SO_REUSEPORT) failed", addr);
-            call = "bind";
-            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-                call = "listen";
-                if (listen(fd, STATUS_BACKLOG) == 0) {
-                    char h[300];
-                    if (getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, NULL, 0,
-                                    NI_NUMERICHOST) != 0)
-                        snprintf(h, sizeof h, "%s", host);
-                    snprintf(at, at_size, ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h,
-                             port);
-                    break;
-                }
+    if (fd != -1) {
+        int on = 1;
+        /* Lets a restarted daemon bind while old connections sit in TIME_WAIT. */
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+        /* Lets the new instance of a binary upgrade bind beside this one. */
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) == -1)
+            log_syswarn("status.listen %s: setsockopt(SO_REUSEPORT) failed", addr);
+        call = "bind";
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+            call = "listen";
+            if (listen(fd, STATUS_BACKLOG) == 0) {
+                char h[300];
+                if (getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, NULL, 0,
+                                NI_NUMERICHOST) != 0)
+                    snprintf(h, sizeof h, "%s", host);
+                snprintf(at, at_size, ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h,
+                         port);
+                freeaddrinfo(list);
+                return fd;
             }
         }
-        saved = errno;
-        snprintf(why, why_size, "%s() failed: %s", call, strerror(saved));
-        if (fd != -1)
-            close(fd);
-        fd = -1;
-        if (saved != EAFNOSUPPORT && saved != EADDRNOTAVAIL)
-            break;
     }
+    int saved = errno;
+    snprintf(why, why_size, "%s() failed: %s", call, strerror(saved));
+    if (fd != -1)
+        close(fd);
     freeaddrinfo(list);
-    if (fd == -1)
-        errno = saved;
-    return fd;
+    errno = saved;
+    return -1;
 }
 
 static void

@@ -36,36 +36,34 @@ unix_in_use(const char *path, char *why, size_t why_size)
  * EADDRINUSE (SO_REUSEADDR: a port whose old connections wait in
  * TIME_WAIT is free). Which of LIST's addresses are tried is which the
  * listener binds: every one (gRPC binds every address of a name), or, with
- * FIRST_ONLY, the first this machine has, as status.c listen_socket()
- * walks them: an address whose socket() or bind() fails with EAFNOSUPPORT
- * or EADDRNOTAVAIL is passed over, the first that binds is the one, and
- * any other failure ends the walk (the listener fails there; its bind
- * reports it). */
+ * FIRST_ONLY, the one address_pick() picks, as status.c listen_socket()
+ * and a reload do (the first IPv4, else the first IPv6). */
+static int
+served(const struct addrinfo *ai, char *why, size_t why_size)
+{
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd == -1)
+        return 0;
+    int on = 1, in_use = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == -1)
+        in_use = errno == EADDRINUSE;
+    close(fd);
+    if (in_use)
+        snprintf(why, why_size, "bind() without SO_REUSEPORT failed: %s", strerror(EADDRINUSE));
+    return in_use;
+}
+
 int
 listen_probe_addresses(const struct addrinfo *list, int first_only, char *why, size_t why_size)
 {
-    for (const struct addrinfo *ai = list; ai != NULL; ai = ai->ai_next) {
-        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        int err = 0, served = 0;
-        if (fd == -1) {
-            err = errno;
-        } else {
-            int on = 1;
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-            if (bind(fd, ai->ai_addr, ai->ai_addrlen) == -1) {
-                err = errno;
-                served = err == EADDRINUSE;
-            }
-            close(fd);
-        }
-        if (served) {
-            snprintf(why, why_size, "bind() without SO_REUSEPORT failed: %s",
-                     strerror(EADDRINUSE));
-            return 1;
-        }
-        if (first_only && err != EAFNOSUPPORT && err != EADDRNOTAVAIL)
-            return 0;   /* the one it binds (err 0), or where it fails */
+    if (first_only) {
+        const struct addrinfo *pick = address_pick(list);
+        return pick != NULL && served(pick, why, why_size);
     }
+    for (const struct addrinfo *ai = list; ai != NULL; ai = ai->ai_next)
+        if (served(ai, why, why_size))
+            return 1;
     return 0;
 }
 
@@ -106,7 +104,7 @@ listen_probe_config(const struct ds_config *config)
             found = 1;
         }
     }
-    /* status.c binds one address of a name (the first it can), gRPC all. */
+    /* status.c binds one address of a name (address_pick()), gRPC all. */
     if (config->status.listen != NULL &&
         listen_probe_in_use(config->status.listen, 1, why, sizeof why)) {
         log_error("status.listen %s is in use by another process (%s); not starting",

@@ -30,9 +30,9 @@ int listen_probe_config(const struct ds_config *config);
  * also when it cannot tell (a name that does not resolve, an address not
  * of this machine): the bind that follows reports those. Of a name's
  * addresses, those its listener binds: all (grpc.listen: gRPC binds every
- * one), or with FIRST_ONLY the first this machine has (status.listen:
- * status.c binds only that one; another process on a later address of
- * the name is no conflict).
+ * one), or with FIRST_ONLY the one address_pick() picks (status.listen:
+ * status.c binds only that one, at a start and at a reload; another
+ * process on another address of the name is no conflict).
  */
 int listen_probe_in_use(const char *addr, int first_only, char *why, size_t why_size);
 /* The same for LIST, getaddrinfo()'s answer (tests build their own). */

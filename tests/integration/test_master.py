@@ -625,16 +625,20 @@ def listening_on(family, address, port=0):
 
 
 def test_status_listen_on_a_name_checks_only_the_address_it_binds(start_daemon):
-    """localhost with two addresses (127.0.0.1 and ::1): status.c binds the
-    first only, so another process on the second is no conflict for
-    status.listen (before, the check refused the start); gRPC binds every
-    address of a name, so for grpc.listen it still is. The logic alone is
-    covered without the resolver by tests/unit/test_listen_probe.c."""
+    """localhost with two addresses (127.0.0.1 and ::1): status.c binds one,
+    the first IPv4 (address_pick(), as a reload does, in whatever order
+    getaddrinfo() gives them), so another process on the other is no
+    conflict for status.listen (before, the check refused the start); gRPC
+    binds every address of a name, so for grpc.listen it still is. The
+    logic alone is covered without the resolver by
+    tests/unit/test_listen_probe.c."""
     addresses = localhost_addresses()
     if len(addresses) < 2:
         pytest.skip(f"localhost resolves to {[a for _, a in addresses]} only on this machine "
                     "(no ::1 localhost in /etc/hosts): no second address to hold")
-    (family1, first), (family2, second) = addresses[:2]
+    v4 = [a for a in addresses if a[0] == socket.AF_INET]
+    family1, first = v4[0] if v4 else addresses[0]
+    family2, second = next(a for a in addresses if a != (family1, first))
     try:
         holder = listening_on(family2, second)
     except OSError as e:
@@ -650,6 +654,7 @@ def test_status_listen_on_a_name_checks_only_the_address_it_binds(start_daemon):
         assert d.proc.poll() is None
         assert "in use by another process" not in d.log_text(), d.log_tail()
         d.wait_log(rf"status endpoint listening on localhost:{port}")
+        assert first in d.log_text(), d.log_tail()
 
         log = refused_start(start_daemon, {"grpc": {"listen": [f"localhost:{port}"]}},
                             "grpc-on-localhost")

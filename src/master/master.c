@@ -93,6 +93,7 @@ static struct {
     int signal_fd;
     struct event *signal_event;
     struct event *stop_timer;
+    uint64_t drain_deadline_ms; /* a graceful stop's: shutdown_timeout after it began */
     struct event *retire_timer;
     struct event *upgrade_timer;        /* the new master of an upgrade must serve by then */
     pid_t pid;
@@ -426,10 +427,30 @@ slot_spawn(struct slot *slot)
     worker_attach(slot->process);
 }
 
+/*
+ * Does a graceful stop still want a worker lost now replaced? Until its
+ * deadline, yes: the items the lost one held come back (a retry of the
+ * one it ran, those it had prefetched) and others may wait, and with one
+ * worker nothing else would run them (they would end "not run" at the
+ * deadline). From the deadline on, no: the grpc process gives a worker
+ * nothing more (store_abandon takes every waiting item, and a retry is
+ * abandoned, not queued; in cluster mode it exits), so a new one would be
+ * started only to be released at once.
+ */
+static int
+drain_wants_workers(void)
+{
+    return m.state == MASTER_STOPPING_GRACEFUL && grpc_process() != NULL &&
+           clock_monotonic_ms() < m.drain_deadline_ms;
+}
+
 static void
 on_respawn_timer(evutil_socket_t fd, short what, void *arg)
 {
-    slot_spawn(arg);
+    struct slot *slot = arg;
+    if (m.state != MASTER_RUNNING && slot != &m.grpc && !drain_wants_workers())
+        return;         /* due during a stop, past what it needs */
+    slot_spawn(slot);
 }
 
 static void
@@ -625,10 +646,10 @@ process_exited(struct process *p, int status)
     process_free(p);
 
     if (m.state != MASTER_RUNNING) {
-        /* A worker lost while the queue drains is replaced; one the grpc
-         * process released (a clean exit) is done. */
-        if (m.state == MASTER_STOPPING_GRACEFUL && slot != NULL && slot != &m.grpc &&
-            !clean && grpc_process() != NULL)
+        /* A worker lost while the queue drains is replaced, until the
+         * drain's deadline (drain_wants_workers); one the grpc process
+         * released (a clean exit) is done. */
+        if (slot != NULL && slot != &m.grpc && !clean && drain_wants_workers())
             slot_schedule(slot, 0);
         if (m.processes == NULL)
             event_base_loopbreak(m.base);
@@ -949,6 +970,7 @@ master_stop(enum master_state how, int status)
     if (m.state == MASTER_STOPPING_FAST || m.state == how)
         return;
     m.state = how;
+    m.drain_deadline_ms = clock_monotonic_ms() + m.config->shutdown_timeout_ms;
     notify("STOPPING=1\nSTATUS=%s", how == MASTER_STOPPING_FAST ? "stopping" : "draining");
     evtimer_del(m.grpc.timer);
     for (uint32_t i = 0; i < m.worker_count; i++)

@@ -62,6 +62,23 @@ def test_the_grpc_process_killed_during_a_graceful_stop(start_daemon, tmp_path, 
 
 
 @pytest.mark.deadline(60)
+def test_a_worker_killed_during_a_graceful_stop_is_replaced_to_finish_the_queue(start_daemon):
+    """One worker, items waiting, QUIT, then the worker is SIGKILLed before
+    the deadline: it is replaced (nothing else would run what waits and
+    the retry of the one it ran), every item succeeds, exit 0. Past the
+    deadline a lost worker is not replaced (test_stop_deadline.py)."""
+    d, sub, ids = busy_daemon(start_daemon, items=3, ms=300)
+    worker = d.worker_pids()[0]
+    d.send_signal(signal.SIGQUIT)
+    d.wait_log(r"graceful stop", timeout=5)
+    os.kill(worker, signal.SIGKILL)
+    finals = sub.wait_final(ids, timeout=20)
+    assert all(f.state == SUCCEEDED for f in finals.values()), finals
+    assert d.wait_exit(timeout=15) == 0, d.log_tail()
+    assert len(re.findall(r"started worker 1, pid", d.log_text())) == 2, d.log_text()
+
+
+@pytest.mark.deadline(60)
 @pytest.mark.parametrize("journal", [False, True])
 def test_a_fast_stop_with_items_unfinished_says_what_becomes_of_them(start_daemon, tmp_path,
                                                                      journal):

@@ -16,6 +16,7 @@
   it from Redis); its workers stop what they run once its grpc process,
   which stops fast at the deadline, is gone.
 """
+import re
 import signal
 import time
 
@@ -261,6 +262,9 @@ def test_a_module_that_cannot_be_interrupted_has_its_worker_killed(start_daemon,
     log = d.log_text()
     assert MASTER_KILL not in log and "did not stop its items" not in log, log
     assert elapsed < 3, f"exited {elapsed:.1f} s after QUIT (shutdown_timeout 1s)"
+    # Killed at the deadline, it is not replaced: past it the grpc process
+    # gives a worker nothing (before, one more started, to be let go at once).
+    assert len(re.findall(r"started worker \S+, pid", log)) == 1, log
 
 
 @pytest.fixture

@@ -481,7 +481,6 @@ on_renewed(redisAsyncContext *ac, void *reply, void *arg)
     }
 }
 
-/* A renew command for the entries of STREAM (work or pwork). */
 /* A script on one work stream as our consumer: EVALSHA SHA 1 STREAM GROUP
  * CONSUMER, the script's own arguments to follow. */
 static void
@@ -495,6 +494,7 @@ stream_script_start(struct redis_args *a, enum script script, const char *stream
     redis_args_str(a, cl.consumer);
 }
 
+/* A renew command for the entries of STREAM (work or pwork). */
 static void
 renew_start(struct redis_args *a, const char *stream)
 {

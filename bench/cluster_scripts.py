@@ -2,7 +2,7 @@
 """
 Redis's own CPU per item for cluster mode's batch scripts, measured alone:
 
-    /usr/bin/python3 bench/cluster_scripts.py [CLUSTER_C ...]
+    /usr/bin/python3 bench/cluster_scripts.py [--retention COUNT] [CLUSTER_C ...]
 
 For each file of scripts given (default: src/grpc/cluster_scripts.c; e.g. an
 older tree's from `git show REV:src/grpc/cluster_scripts.c > /tmp/old.c`, or
@@ -16,6 +16,10 @@ and final (64 B results; STARTED folded: by the script, or by the instance,
 which then sends it with the final, as each tree's script takes it). INFO cpu
 (used_cpu_sys + used_cpu_user) before and after each step, divided by the
 items. Three rounds per file, interleaved; docs/scaling.md has the numbers.
+--retention COUNT: the update scripts keep at most COUNT finals
+(items.retention.count, 1000000 by default): below the 20480 items, every
+final past the first COUNT also forgets the oldest one, as in a cluster
+that has run past its retention.
 """
 import contextlib
 import os
@@ -32,16 +36,24 @@ N, B = 40, 512
 
 
 def scripts_of(path):
-    """{name: Lua text} of every `static const char script_X[]` in PATH."""
-    src = open(path).read().replace("\\\n", " ")
+    """{name: Lua text} of every `static const char script_X[]` in PATH (the
+    macros of the cluster.h and cluster_scripts.h beside it, if any, included)."""
+    src = open(path).read()
+    for h in ("cluster.h", "cluster_scripts.h"):    # CLUSTER_LUA_LATEST, UPDATE_FIELDS
+        header = os.path.join(os.path.dirname(path), h)
+        if os.path.exists(header):
+            src = open(header).read() + src
+    src = src.replace("\\\n", " ")
     macros = {m.group(1): m.group(2) for m in
               re.finditer(r"^#define (\w+)[ \t]+(.*)$", src, re.M)}
 
     def text(expr):
         expr = re.sub(r"/\*.*?\*/", "", expr, flags=re.S)
         out = []
-        for t in re.findall(r'"(?:[^"\\]|\\.)*"|\w+', expr):
-            if t.startswith('"'):
+        for t in re.findall(r'"(?:[^"\\]|\\.)*"|LUA_NUM\(\w+\)|\w+', expr):
+            if t.startswith("LUA_NUM("):      # LUA_NUM(X): X's number as a string
+                out.append(macros.get(t[8:-1], t[8:-1]).strip())
+            elif t.startswith('"'):
                 out.append(t[1:-1].encode().decode("unicode_escape"))
             elif t in macros:
                 out.append(text(macros[t]))
@@ -87,7 +99,7 @@ class Conn:
         return float(v["used_cpu_sys"]) + float(v["used_cpu_user"])
 
 
-def measure(r, path):
+def measure(r, path, retention="1000000"):
     s = scripts_of(path)
     acc, upd = s["script_accepts"], s["script_update"]
     new = "KEYS[9]" in upd      # the update script that can fold STARTED
@@ -122,7 +134,7 @@ def measure(r, path):
     half = B // 2
     for n in range(2 * N):
         args = ["EVALSHA", su, str(len(keys))] + keys + \
-            ["0", "65536", "g", "c", "1796589754034", "0", "1000000", "1000000000", K("item:")] + \
+            ["0", "65536", "g", "c", "1796589754034", "0", retention, "1000000000", K("item:")] + \
             ([K("latest")] if l4 else [])
         for i in range(half):
             j = n * half + i
@@ -170,12 +182,15 @@ def redis_server():
 
 
 def main():
-    paths = sys.argv[1:] or ["src/grpc/cluster_scripts.c"]
+    args, retention = sys.argv[1:], "1000000"
+    if args[:1] == ["--retention"] and len(args) > 1:
+        retention, args = args[1], args[2:]
+    paths = args or ["src/grpc/cluster_scripts.c"]
     with redis_server() as r:
         print("µs of Redis CPU per item: accept, xreadgroup, started+final, total")
         for _ in range(3):
             for p in paths:
-                a, x, u, t = measure(r, p)
+                a, x, u, t = measure(r, p, retention)
                 print(f"{p}: {a:6.2f} {x:6.2f} {u:6.2f} {t:6.2f}", flush=True)
 
 

@@ -969,8 +969,11 @@ class Runner:
         return None
 
     def cluster_daemon(self, redis, n):
-        return self.daemon(sub_buffer=n, status=True,
-                           extra=f"cluster: {{redis: \"{redis.url}\", name: bench, lease: 10s}}\n")
+        extra = f"cluster: {{redis: \"{redis.url}\", name: bench, lease: 10s}}\n"
+        if self.args.c_retention is not None:
+            # steady state: past COUNT finals every final forgets the oldest
+            extra += f"items: {{retention: {{count: {self.args.c_retention}}}}}\n"
+        return self.daemon(sub_buffer=n, status=True, extra=extra)
 
     def sc(self):
         """cluster mode on Redis Streams: scenario 1's echo load on one
@@ -1414,6 +1417,10 @@ def main():
     ap.add_argument("--baseline-name", default=None, help="what to call it in the table")
     ap.add_argument("--b-only", type=lambda s: s.split(","), default=None,
                     help="scenario B: only these of echo,idle,journal,cluster")
+    ap.add_argument("--c-retention", type=int, default=None, metavar="COUNT",
+                    help="cluster instances keep at most COUNT finals (items.retention.count): "
+                         "with a COUNT below the items run, every final also forgets an older "
+                         "one, as in a cluster that has run for a while")
     ap.add_argument("--repeat", type=int, default=None,
                     help="run each measurement K times, keep the median (default 3, "
                          "1 with --quick; never for scenario 6 and the seed's idle latency)")

@@ -113,19 +113,22 @@ void cluster_lookup_start(struct redis_args *a, const char *hash_key, const char
  * the hash into a hash table, most of the cost of a final in Redis.
  * CLUSTER_LUA_LATEST defines, for the scripts of cluster.c and
  * cluster_items.c, latest(LK, ID, HQ): nil, or ID's {s, q, t, n, ts, u} in
- * {NAME}:latest LK. HQ, the q of ID's hash: a field whose seq is not past
- * it is an earlier item's of that id (its hash deleted by hand, and the id
- * accepted again) and is not ID's: nil. An HQ that is not a number (written
+ * {NAME}:latest LK (latest_of(V, HQ): the same of a field V already read).
+ * HQ, the q of ID's hash: a field whose seq is not past it is an earlier
+ * item's of that id (its hash deleted by hand, and the id accepted again)
+ * and is not ID's: nil. An HQ that is not a number (written
  * by hand) is as none: a nil compared would stop every script reading ID.
  */
 #define CLUSTER_LUA_LATEST                                                              \
-    "local function latest(lk, id, hq)\n"                                               \
-    "  local v = redis.call('HGET', lk, id)\n"                                          \
+    "local function latest_of(v, hq)\n"                                                 \
     "  if not v then return nil end\n"                                                 \
     "  local _, e, s, q, t, n, ts = string.find(v, '^(%d+) (%d+) (%d+) (%d+) (%d*) ')\n" \
     "  hq = hq and tonumber(hq)\n"                                                     \
     "  if not e or (hq and tonumber(q) <= hq) then return nil end\n"                  \
     "  return {s = s, q = q, t = t, n = n, ts = ts, u = string.sub(v, e + 1)}\n"       \
+    "end\n"                                                                             \
+    "local function latest(lk, id, hq)\n"                                               \
+    "  return latest_of(redis.call('HGET', lk, id), hq)\n"                              \
     "end\n"
 
 /*

@@ -262,7 +262,16 @@ static const char script_accepts[] =
  * (KEYS[6]) and the bytes (KEYS[8]). trim(R): pop
  * while the oldest ended more than the age ago or there are more entries
  * than the count or more bytes than the bound, at most 100 a call (the
- * periodic trim). keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4], state
+ * periodic trim). shrink(R, OVER, TOTAL, BUDGET, GUESS): the same for the
+ * finals just pushed (OVER entries past the count, TOTAL the bytes; the
+ * age is left to trim()): pops them in batches (OVER, or GUESS while only
+ * the bytes are over: about one old final per new one), at most BUDGET in
+ * all, and forget_popped() forgets each batch's current items with one
+ * DEL, HDEL, ZREM and INCRBY, reading their latest updates with one HMGET
+ * (their hashes' q and n stay one HMGET each), and puts back the entries
+ * it did not need once both bounds hold. In a cluster that has run past
+ * its retention every final forgets one: one command per item instead of
+ * eight (docs/scaling.md, "Capacity model"). keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4], state
  * ARGV[7], update ARGV[3]) just became final with seq SQ: its latest
  * update says so, its work entry goes (its WorkItem kept in its hash
  * unless it SUCCEEDED), its bytes are counted, and the oldest finals past
@@ -325,6 +334,48 @@ static const char script_accepts[] =
     "  n = tonumber(n) or 0\n"                                                          \
     "  if n > 0 then add_bytes(-n) end\n"                                               \
     "end\n"                                                                             \
+    "local function forget_popped(obs, r, over, total)\n"                               \
+    "  local bound, ids, dels, gone, freed = tonumber(r[4]), {}, {}, {}, 0\n"           \
+    "  for i, o in ipairs(obs) do ids[i] = string.match(o, '^[^ ]* (.*)$') or '' end\n" \
+    "  local ls = redis.call('HMGET', r[6], unpack(ids))\n"                             \
+    "  for i, o in ipairs(obs) do\n"                                                    \
+    "    if over <= 0 and total <= bound then\n"                                        \
+    "      local back = {}\n"                                                           \
+    "      for j = #obs, i, -1 do back[#back + 1] = obs[j] end\n"                       \
+    "      redis.call('LPUSH', KEYS[7], unpack(back))\n"                                \
+    "      break\n"                                                                     \
+    "    end\n"                                                                         \
+    "    over = over - 1\n"                                                             \
+    "    local id = ids[i]\n"                                                           \
+    "    if string.find(o, ' ', 1, true) then\n"                                        \
+    "      local k = r[5] .. id\n"                                                      \
+    "      local h = hash_call('HMGET', k, id, 'q', 'n') or {}\n"                       \
+    "      local q, n = h[1], h[2]\n"                                                   \
+    "      local l = latest_of(ls[i], q)\n"                                             \
+    "      if l then q, n = l.q, l.n end\n"                                             \
+    "      if not q or q == string.match(o, '^[^ ]*') then\n"                           \
+    "        dels[#dels + 1], gone[#gone + 1] = k, id\n"                                \
+    "        n = tonumber(n) or 0\n"                                                    \
+    "        if n > 0 then freed, total = freed + n, total - n end\n"                   \
+    "      end\n"                                                                       \
+    "    end\n"                                                                         \
+    "  end\n"                                                                           \
+    "  if #dels > 0 then\n"                                                             \
+    "    redis.call('DEL', unpack(dels))\n"                                             \
+    "    redis.call('HDEL', r[6], unpack(gone))\n"                                      \
+    "    redis.call('ZREM', KEYS[6], unpack(gone))\n"                                   \
+    "  end\n"                                                                           \
+    "  if freed > 0 then total = add_bytes(-freed) end\n"                               \
+    "  return over, total\n"                                                            \
+    "end\n"                                                                             \
+    "local function shrink(r, over, total, budget, guess)\n"                            \
+    "  while budget > 0 and (over > 0 or total > tonumber(r[4])) do\n"                  \
+    "    local obs = redis.call('LPOP', KEYS[7], math.min(budget, math.max(over, guess)))\n"\
+    "    if not obs then return end\n"                                                  \
+    "    budget = budget - #obs\n"                                                      \
+    "    over, total = forget_popped(obs, r, over, total)\n"                            \
+    "  end\n"                                                                           \
+    "end\n"                                                                             \
     "local function trim(r)\n"                                                          \
     "  local cut = tonumber(r[1]) - tonumber(r[2])\n"                                   \
     "  local count, bytes = tonumber(r[3]), tonumber(r[4])\n"                           \
@@ -366,15 +417,7 @@ static const char script_accepts[] =
     "  redis.call('HSET', r[6], ARGV[4], ARGV[7] .. ' ' .. sq .. ' ' .. r[1] .. ' ' .. "  \
     "n .. ' ' .. ts .. ' ' .. ARGV[3])\n"                                               \
     "  local over = redis.call('RPUSH', KEYS[7], sq .. ' ' .. ARGV[4]) - tonumber(r[3])\n"\
-    "  local total = add_bytes(n)\n"                                                    \
-    "  for _ = 1, 100 do\n"                                                             \
-    "    if over <= 0 and total <= tonumber(r[4]) then return end\n"                    \
-    "    local o = redis.call('LPOP', KEYS[7])\n"                                       \
-    "    if not o then return end\n"                                                    \
-    "    forget(o, r)\n"                                                                \
-    "    total = tonumber(redis.call('GET', KEYS[8])) or 0\n"                           \
-    "    over = over - 1\n"                                                             \
-    "  end\n"                                                                           \
+    "  shrink(r, over, add_bytes(n), 100, 1)\n"                                          \
     "end\n"
 
 /*
@@ -521,15 +564,7 @@ static const char script_update[] =
     "end\n"
     "if #pushes > 0 then\n"
     "  local over = redis.call('RPUSH', KEYS[7], unpack(pushes)) - tonumber(r[3])\n"
-    "  local total = add_bytes(bytes)\n"
-    "  for _ = 1, 100 + #pushes do\n"
-    "    if over <= 0 and total <= tonumber(r[4]) then break end\n"
-    "    local ob = redis.call('LPOP', KEYS[7])\n"
-    "    if not ob then break end\n"
-    "    forget(ob, r)\n"
-    "    total = tonumber(redis.call('GET', KEYS[8])) or 0\n"
-    "    over = over - 1\n"
-    "  end\n"
+    "  shrink(r, over, add_bytes(bytes), 100 + #pushes, #pushes)\n"
     "end\n"
     "out[#out + 1] = bad\n"
     "out[#out + 1] = bytes_bad\n"

@@ -176,6 +176,61 @@ def test_retention_by_count_bounds_the_redis_keys(redis, start_daemon):  # noqa:
 
 
 @pytest.mark.deadline(60)
+def test_retention_by_bytes_keeps_the_newest_finals_that_fit(redis, start_daemon):  # noqa: F811
+    """items.retention.bytes 4KiB: finals that end many to an update script
+    are forgotten in batches (as many old ones as the new ones push out),
+    and the batch's entries that were not needed are put back (small
+    finals after big ones: one big one makes room for several): what stays
+    is exactly the newest finals that fit, their bytes what the counter
+    says, and the list, the listing, the latest updates and the hashes
+    agree."""
+    name = cluster_name()
+    bound = 4096
+    a = start_instance(start_daemon, redis, name, "a",
+                       overrides={"items": {"retention": {"bytes": bound}}})
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    ids = []
+    for round_, size in enumerate((1000, 1000, 10, 10, 10)):
+        items = [{"id": f"rb-{tag}-{round_}-{i:02d}", "kind": "echo", "payload": b"x" * size}
+                 for i in range(40)]
+        assert a.client().submit(items).accepted == 40
+        ids += [it["id"] for it in items]
+        sub.wait_final([it["id"] for it in items], timeout=30)
+
+    def retained_bytes(item_id):
+        # what the daemon counts for a final: its id twice, its update
+        # without the seq, 200 (docs/scaling.md, "Retention")
+        u = pb.Update()
+        u.CopyFrom(sub.final[item_id])
+        u.seq = 0
+        return 2 * len(item_id.encode()) + u.ByteSize() + 200
+
+    total = int(redis.command("GET", f"{{{name}}}:finals_bytes"))
+    latest = redis.command("HGETALL", f"{{{name}}}:latest")
+    kept = {latest[i].decode(): int(latest[i + 1].split(b" ")[3])
+            for i in range(0, len(latest), 2)}
+    assert kept == {i: retained_bytes(i) for i in kept}, "bytes counted per final"
+    assert sum(kept.values()) == total, (total, kept)
+    assert total <= bound, f"{total} bytes retained, bound {bound}"
+    by_end = sorted(ids, key=lambda i: sub.final[i].seq)
+    assert set(kept) == set(by_end[-len(kept):]), "not the newest finals were kept"
+    # not one more forgotten than the bound needed
+    newest_forgotten = by_end[-len(kept) - 1]
+    assert total + retained_bytes(newest_forgotten) > bound, \
+        f"{total} bytes kept of {bound}: {newest_forgotten} would have fit"
+    finals = [e.decode().split(" ", 1)[1]
+              for e in redis.command("LRANGE", f"{{{name}}}:finals", 0, -1)]
+    assert finals == by_end[-len(kept):], "the finals list is not the newest, oldest first"
+    assert item_keys(redis, name) == sorted(f"{{{name}}}:item:{i}" for i in kept)
+    assert redis.command("ZCARD", f"{{{name}}}:items") == len(kept)
+    # forgotten: accepted again; kept: a duplicate
+    reply = a.client().submit([{"id": by_end[0], "kind": "echo"},
+                               {"id": by_end[-1], "kind": "echo"}])
+    assert (reply.accepted, reply.duplicates) == (1, 1), reply
+
+
+@pytest.mark.deadline(60)
 def test_retention_by_age_forgets_finals_never_live_items(redis, start_daemon):  # noqa: F811
     name = cluster_name()
     short = {"items": {"retention": {"age": "1s"}}}

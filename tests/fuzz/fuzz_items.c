@@ -28,6 +28,7 @@
 #include "core/config.h"
 #include "core/kind.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "core/wire.h"
 #include "grpc/filter.h"
 #include "workers/handler.h"
@@ -221,14 +222,22 @@ check_updates_request(const uint8_t *data, size_t size)
     struct filter f;
     char err[160];
     err[0] = '\0';
-    int all_states_valid = 1;
+    /* filter_init() refuses a state no update has and a string that is
+     * not UTF-8 (protobuf-c does not check proto3 strings), and only those */
+    int all_valid = 1;
     for (size_t i = 0; i < req->n_states; i++)
         if ((int)req->states[i] < STATE_QUEUED || (int)req->states[i] > STATE_MAX)
-            all_states_valid = 0;
+            all_valid = 0;
+    char **lists[] = { req->item_ids, req->kinds, req->batches };
+    size_t counts[] = { req->n_item_ids, req->n_kinds, req->n_batches };
+    for (size_t l = 0; l < 3; l++)
+        for (size_t i = 0; i < counts[l]; i++)
+            if (!utf8_valid(lists[l][i], strlen(lists[l][i])))
+                all_valid = 0;
     int r = filter_init(&f, req, err, sizeof err);
-    if (r != (all_states_valid ? 0 : -1) || (r == -1 && err[0] == '\0')) {
-        fprintf(stderr, "filter_init returned %d (states valid: %d, err \"%s\")\n", r,
-                all_states_valid, err);
+    if (r != (all_valid ? 0 : -1) || (r == -1 && err[0] == '\0')) {
+        fprintf(stderr, "filter_init returned %d (states and strings valid: %d, err \"%s\")\n",
+                r, all_valid, err);
         abort();
     }
     if (r == -1) {

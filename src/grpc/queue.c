@@ -430,15 +430,15 @@ workers_exited(pid_t pid, const char *reason, uint64_t running_key, uint32_t run
     while (n > 0) {
         item = held[--n];
         int running = item->key == running_key && worker_may_run(item, running_attempt);
+        if (running && !item->started) {
+            /* Its STARTED did not come (a quick item's waits in its
+             * worker's batch, lost with it), but it ran: published before
+             * its end or its RETRYING, as the worker would have. */
+            struct outcome started = { .state = STATE_STARTED, .worker_pid = pid };
+            item->started = 1;
+            q.ev->update(item, &started);
+        }
         if (item->cancelling) {
-            if (running && !item->started) {
-                /* Its STARTED did not come (a quick item's waits in its
-                 * worker's batch, lost with it), but it ran: published
-                 * before its end, as the worker would have. */
-                struct outcome started = { .state = STATE_STARTED, .worker_pid = pid };
-                item->started = 1;
-                q.ev->update(item, &started);
-            }
             q.ev->cancelled(item, pid, NULL);   /* asked to stop: it did, one way or another */
         } else if (running && limit_cost != NULL) {
             /* As exec's limits end an attempt: FAILED, not retried. */

@@ -7,6 +7,7 @@ worker is killed). Every cancelled item gets exactly one final, CANCELLED,
 and nothing else is disturbed.
 """
 import http.client
+import os
 import signal
 import time
 
@@ -238,6 +239,32 @@ def test_cancel_of_a_started_quick_item_keeps_its_started(start_daemon, tmp_path
     sub.wait_state("Q", CANCELLED, timeout=10)
     assert_one_final(sub, "Q", CANCELLED)
     assert sub.states_of("Q") == ["QUEUED", "STARTED", "CANCELLED"], sub.of("Q")
+
+
+@pytest.mark.parametrize("mode", ["memory", "journal", "cluster"])
+def test_a_worker_killed_under_a_started_quick_item_keeps_its_started(
+        start_daemon, tmp_path, quick_cancel_module, request, mode):
+    """The same STARTED, waiting in its worker's batch, when the worker is
+    killed (no cancel, no stop): the master says it was running the item,
+    so the item did start: QUEUED, STARTED, RETRYING (the STARTED was
+    lost with the worker: QUEUED, RETRYING), then its next attempt."""
+    mark = tmp_path / "mark"
+    extra = {"qc": {"module": str(quick_cancel_module)}}
+    if mode == "cluster":
+        d = start_instance(start_daemon, request.getfixturevalue("redis"), cluster_name(),
+                           "inst", workers=1, overrides={"handlers": {
+                               "default": "echo", "echo": {"builtin": "echo"}, **extra}})
+    else:
+        d = start_daemon(config(tmp_path, mode, extra_handlers=extra))
+    sub = d.client().subscribe(sync=True)
+    assert d.client().submit([{"id": "Q", "kind": "qc", "params": {
+        "ms": "60000", "steps": "60", "mark": str(mark)}}]).accepted == 1
+    wait_for(mark.exists, 10, "the module to start Q")
+    os.kill(d.worker_pids()[0], signal.SIGKILL)
+    sub.wait_state("Q", pb.RETRYING, timeout=10)
+    assert sub.states_of("Q")[:3] == ["QUEUED", "STARTED", "RETRYING"], sub.of("Q")
+    assert cancel(d, ids=["Q"]).cancelled == 1     # its next attempt: not waited for
+    sub.wait_state("Q", pb.CANCELLED, timeout=10)
 
 
 def test_cancel_unanswered_kills_the_worker(start_daemon, tmp_path, cancel_modules):

@@ -292,12 +292,14 @@ test_retry_then_fail(void **state)
     fake_wait_items(gp.base, &w2, 1);
     assert_string_equal(w2.items[0].id, "a");
     assert_int_equal(w2.items[0].attempt, 2);
-    /* The master says it was running a (no STARTED came): the last attempt. */
+    /* The master says it was running a (no STARTED came, lost with the
+     * worker): its STARTED, then the last attempt's end. */
     workers_exited(w2.pid, "killed by signal 11", w2.items[0].key, 2, NULL);
     fake_close(&w2);
-    assert_int_equal(heard.n, 5);
+    assert_int_equal(heard.n, 6);
+    assert_heard(4, "a", STATE_STARTED, 2, NULL);
     /* a poison item: every attempt's reason */
-    assert_heard(4, "a", STATE_FAILED, 2,
+    assert_heard(5, "a", STATE_FAILED, 2,
                  "attempt 1: killed by signal 9; attempt 2: killed by signal 11 (attempt 2 of 2)");
     assert_int_equal(store_count(), 1);
 
@@ -307,8 +309,8 @@ test_retry_then_fail(void **state)
     assert_string_equal(w1.items[0].id, "b");
     assert_int_equal(w1.items[0].attempt, 1);
     fake_send_update(gp.base, &w1, w1.items[0].key, 1, STATE_SUCCEEDED, 0, NULL, 0);
-    wait_heard(&w1, 6);
-    assert_heard(5, "b", STATE_SUCCEEDED, 1, NULL);
+    wait_heard(&w1, 7);
+    assert_heard(6, "b", STATE_SUCCEEDED, 1, NULL);
     assert_int_equal(store_count(), 0);
 }
 

@@ -256,23 +256,29 @@ static const char script_accepts[] =
  * the order they ended (SEQ: its final update's): a list, not a sorted
  * set, because every item pays for it. An entry whose item has a newer seq
  * since (retried, then maybe final again) is stale: skipped when popped.
- * final_of(HASH, ID, R): an item's seq, bytes and end time (its latest
- * update's, or its hash's: layout 3). forget(ENTRY, R): the item of a
- * popped entry, if current, leaves its hash, {NAME}:latest, the listing
- * (KEYS[6]) and the bytes (KEYS[8]). trim(R): pop
- * while the oldest ended more than the age ago or there are more entries
- * than the count or more bytes than the bound, at most 100 a call (the
- * periodic trim). shrink(R, OVER, TOTAL, BUDGET, GUESS): the same for the
- * finals just pushed (OVER entries past the count, TOTAL the bytes; the
- * age is left to trim()): pops them in batches (OVER, or GUESS while only
- * the bytes are over: about one old final per new one), at most BUDGET in
- * all, and forget_popped() forgets each batch's current items with one
- * DEL, HDEL, ZREM and INCRBY, reading their latest updates with one HMGET
- * (their hashes' q and n stay one HMGET each), and puts back the entries
- * it did not need once both bounds hold. In a cluster that has run past
- * its retention every final forgets one: one command per item instead of
- * eight (docs/scaling.md, "Capacity model"). keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4], state
- * ARGV[7], update ARGV[3]) just became final with seq SQ: its latest
+ * entry_final(ENTRY, ID, LV, R): whether ENTRY (of item ID, LV its field
+ * of {NAME}:latest) is its item's last final, the item's retained bytes
+ * and end time (its latest update's, or its hash's: layout 3).
+ * read_entries(ENTRIES, R): their ids, and their fields of {NAME}:latest
+ * in one HMGET. forget_ids(IDS, BYTES, TOTAL, R): the items leave their
+ * hashes, {NAME}:latest, the listing (KEYS[6]) and the bytes (KEYS[8]),
+ * one command each for all of them; returns the bytes left.
+ * shrink(R, OVER, TOTAL, BUDGET, GUESS): after finals were pushed (OVER
+ * entries past the count, TOTAL the bytes), pops the oldest in batches
+ * (OVER, or GUESS while only the bytes are over: about one old final per
+ * new one), at most BUDGET in all; forget_popped() forgets each batch's
+ * current items and puts back the entries it did not need once both
+ * bounds hold. trim(R), the periodic trim: the oldest finals that ended
+ * more than the age ago or are past the count or the bytes (the first
+ * 100, looked at in one LRANGE), with one LTRIM; true when all 100 went
+ * (the instance calls again at once: the age is applied only here, and
+ * 100 a lease/2 fell behind any cluster ending more than 200 items a
+ * second for a lease of 1 s). Per forgotten final only its hash is read
+ * on its own: in a cluster that has run past its retention every final
+ * forgets one, and one by one that was eight commands each
+ * (docs/scaling.md, "Capacity model").
+ * keep_final(SQ, ENTRY, R): item KEYS[5] (ARGV[4], state ARGV[7], update
+ * ARGV[3]) just became final with seq SQ: its latest
  * update says so, its work entry goes (its WorkItem kept in its hash
  * unless it SUCCEEDED), its bytes are counted, and the oldest finals past
  * the count or bytes are forgotten (the age is left to the periodic trim:
@@ -315,29 +321,33 @@ static const char script_accepts[] =
     "  redis.call('SET', KEYS[8], math.max(n, 0))\n"                                    \
     "  return math.max(n, 0)\n"                                                         \
     "end\n"                                                                             \
-    "local function final_of(k, id, r)\n"                                               \
-    "  local h = hash_call('HMGET', k, id, 'q', 'n', 't') or {}\n"                      \
-    "  local l = latest(r[6], id, h[1])\n"                                              \
-    "  if l then return l.q, l.n, l.t end\n"                                            \
-    "  return h[1], h[2], h[3]\n"                                                       \
+    "local function entry_final(o, id, lv, r)\n"                                        \
+    "  if not string.find(o, ' ', 1, true) then return false, 0 end\n"                  \
+    "  local h = hash_call('HMGET', r[5] .. id, id, 'q', 'n', 't') or {}\n"             \
+    "  local q, n, t = h[1], h[2], h[3]\n"                                              \
+    "  local l = latest_of(lv, q)\n"                                                    \
+    "  if l then q, n, t = l.q, l.n, l.t end\n"                                         \
+    "  return not q or q == string.match(o, '^[^ ]*'), tonumber(n) or 0, t\n"           \
     "end\n"                                                                             \
-    "local function forget(o, r)\n"                                                     \
-    "  local sp = string.find(o, ' ', 1, true)\n"                                       \
-    "  if not sp then return end\n"                                                     \
-    "  local id = string.sub(o, sp + 1)\n"                                              \
-    "  local k = r[5] .. id\n"                                                          \
-    "  local q, n = final_of(k, id, r)\n"                                               \
-    "  if q and q ~= string.sub(o, 1, sp - 1) then return end\n"                        \
-    "  redis.call('DEL', k)\n"                                                          \
-    "  redis.call('HDEL', r[6], id)\n"                                                  \
-    "  redis.call('ZREM', KEYS[6], id)\n"                                               \
-    "  n = tonumber(n) or 0\n"                                                          \
-    "  if n > 0 then add_bytes(-n) end\n"                                               \
+    "local function read_entries(obs, r)\n"                                             \
+    "  local ids = {}\n"                                                                \
+    "  for i, o in ipairs(obs) do ids[i] = string.match(o, '^[^ ]* (.*)$') or '' end\n" \
+    "  return ids, redis.call('HMGET', r[6], unpack(ids))\n"                            \
+    "end\n"                                                                             \
+    "local function forget_ids(ids, bytes, total, r)\n"                                 \
+    "  if #ids > 0 then\n"                                                              \
+    "    local ks = {}\n"                                                               \
+    "    for i, id in ipairs(ids) do ks[i] = r[5] .. id end\n"                          \
+    "    redis.call('DEL', unpack(ks))\n"                                               \
+    "    redis.call('HDEL', r[6], unpack(ids))\n"                                       \
+    "    redis.call('ZREM', KEYS[6], unpack(ids))\n"                                    \
+    "  end\n"                                                                           \
+    "  if bytes > 0 then return add_bytes(-bytes) end\n"                                \
+    "  return total\n"                                                                  \
     "end\n"                                                                             \
     "local function forget_popped(obs, r, over, total)\n"                               \
-    "  local bound, ids, dels, gone, freed = tonumber(r[4]), {}, {}, {}, 0\n"           \
-    "  for i, o in ipairs(obs) do ids[i] = string.match(o, '^[^ ]* (.*)$') or '' end\n" \
-    "  local ls = redis.call('HMGET', r[6], unpack(ids))\n"                             \
+    "  local bound, gone, bytes = tonumber(r[4]), {}, 0\n"                              \
+    "  local ids, ls = read_entries(obs, r)\n"                                          \
     "  for i, o in ipairs(obs) do\n"                                                    \
     "    if over <= 0 and total <= bound then\n"                                        \
     "      local back = {}\n"                                                           \
@@ -346,27 +356,13 @@ static const char script_accepts[] =
     "      break\n"                                                                     \
     "    end\n"                                                                         \
     "    over = over - 1\n"                                                             \
-    "    local id = ids[i]\n"                                                           \
-    "    if string.find(o, ' ', 1, true) then\n"                                        \
-    "      local k = r[5] .. id\n"                                                      \
-    "      local h = hash_call('HMGET', k, id, 'q', 'n') or {}\n"                       \
-    "      local q, n = h[1], h[2]\n"                                                   \
-    "      local l = latest_of(ls[i], q)\n"                                             \
-    "      if l then q, n = l.q, l.n end\n"                                             \
-    "      if not q or q == string.match(o, '^[^ ]*') then\n"                           \
-    "        dels[#dels + 1], gone[#gone + 1] = k, id\n"                                \
-    "        n = tonumber(n) or 0\n"                                                    \
-    "        if n > 0 then freed, total = freed + n, total - n end\n"                   \
-    "      end\n"                                                                       \
+    "    local cur, n = entry_final(o, ids[i], ls[i], r)\n"                             \
+    "    if cur then\n"                                                                 \
+    "      gone[#gone + 1] = ids[i]\n"                                                  \
+    "      if n > 0 then bytes, total = bytes + n, total - n end\n"                     \
     "    end\n"                                                                         \
     "  end\n"                                                                           \
-    "  if #dels > 0 then\n"                                                             \
-    "    redis.call('DEL', unpack(dels))\n"                                             \
-    "    redis.call('HDEL', r[6], unpack(gone))\n"                                      \
-    "    redis.call('ZREM', KEYS[6], unpack(gone))\n"                                   \
-    "  end\n"                                                                           \
-    "  if freed > 0 then total = add_bytes(-freed) end\n"                               \
-    "  return over, total\n"                                                            \
+    "  return over, forget_ids(gone, bytes, total, r)\n"                                \
     "end\n"                                                                             \
     "local function shrink(r, over, total, budget, guess)\n"                            \
     "  while budget > 0 and (over > 0 or total > tonumber(r[4])) do\n"                  \
@@ -377,20 +373,27 @@ static const char script_accepts[] =
     "  end\n"                                                                           \
     "end\n"                                                                             \
     "local function trim(r)\n"                                                          \
-    "  local cut = tonumber(r[1]) - tonumber(r[2])\n"                                   \
-    "  local count, bytes = tonumber(r[3]), tonumber(r[4])\n"                           \
-    "  for _ = 1, 100 do\n"                                                             \
-    "    local o = redis.call('LINDEX', KEYS[7], 0)\n"                                  \
-    "    if not o then redis.call('SET', KEYS[8], 0) return end\n"                      \
-    "    local sp = string.find(o, ' ', 1, true) or 1\n"                                \
-    "    local id = string.sub(o, sp + 1)\n"                                            \
-    "    local q, _, t = final_of(r[5] .. id, id, r)\n"                                 \
-    "    if q == string.sub(o, 1, sp - 1) and (tonumber(t) or 0) > cut and\n"           \
-    "       redis.call('LLEN', KEYS[7]) <= count and\n"                                 \
-    "       (tonumber(redis.pcall('GET', KEYS[8])) or 0) <= bytes then return end\n"    \
-    "    redis.call('LPOP', KEYS[7])\n"                                                 \
-    "    forget(o, r)\n"                                                                \
+    "  local cut, count, bound = tonumber(r[1]) - tonumber(r[2]), tonumber(r[3]), tonumber(r[4])\n"\
+    "  local obs = redis.call('LRANGE', KEYS[7], 0, 99)\n"                              \
+    "  if #obs == 0 then redis.call('SET', KEYS[8], 0) return false end\n"              \
+    "  local len = redis.call('LLEN', KEYS[7])\n"                                       \
+    "  local total = tonumber(redis.pcall('GET', KEYS[8])) or 0\n"                      \
+    "  local ids, ls = read_entries(obs, r)\n"                                          \
+    "  local gone, bytes, k = {}, 0, 0\n"                                               \
+    "  for i, o in ipairs(obs) do\n"                                                    \
+    "    local cur, n, t = entry_final(o, ids[i], ls[i], r)\n"                          \
+    "    if cur and (tonumber(t) or 0) > cut and len - k <= count and total <= bound then\n"\
+    "      break\n"                                                                     \
+    "    end\n"                                                                         \
+    "    k = k + 1\n"                                                                   \
+    "    if cur then\n"                                                                 \
+    "      gone[#gone + 1] = ids[i]\n"                                                  \
+    "      if n > 0 then bytes, total = bytes + n, total - n end\n"                     \
+    "    end\n"                                                                         \
     "  end\n"                                                                           \
+    "  if k > 0 then redis.call('LTRIM', KEYS[7], k, -1) end\n"                         \
+    "  forget_ids(gone, bytes, total, r)\n"                                             \
+    "  return k == 100\n"                                                               \
     "end\n"                                                                             \
     "local function keep_final(sq, entry, r)\n"                                         \
     "  local n, w = 2 * #ARGV[4] + #ARGV[3] + 200, false\n"                             \
@@ -571,11 +574,13 @@ static const char script_update[] =
     "return out\n";
 
 /* trim: KEYS as update's (only 6, 7, 8 used), ARGV the retention: what
- * aged out while no item ended. Returns LUA_TRIM's {bad, bytes_bad}. */
+ * aged out (and what is past the count or the bytes while no item ended).
+ * Returns LUA_TRIM's {bad, bytes_bad} and 1 if there may be more to do
+ * (it forgot the 100 it looks at), else 0. */
 static const char script_trim[] =
     LUA_TRIM
-    "trim(ARGV)\n"
-    "return {bad, bytes_bad}\n";
+    "local more = trim(ARGV)\n"
+    "return {bad, bytes_bad, more and 1 or 0}\n";
 
 /*
  * cancel: KEYS as update's, control, delayed, prio; ARGV[1..7] the

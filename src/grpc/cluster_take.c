@@ -677,16 +677,41 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
         event_active(cl.claim_timer, EV_TIMEOUT, 0);   /* more are waiting */
 }
 
+static void trim(void);
+
+/* A trim that forgot all it looked at goes on at once: the age is applied
+ * only here, and a lease/2 between trims fell behind any busy cluster. */
 static void
 on_trimmed(redisAsyncContext *ac, void *reply, void *arg)
 {
     redisReply *r = reply;
     if (r == NULL || cl.shutting_down)
         return;
-    if (r->type == REDIS_REPLY_ERROR)
+    if (r->type == REDIS_REPLY_ERROR) {
         log_error("cluster: forgetting the finals past items.retention failed: %s", r->str);
-    else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2)
+    } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
         cluster_log_bad_counts(r->element[0], r->element[1]);
+        if (r->element[2]->type == REDIS_REPLY_INTEGER && r->element[2]->integer == 1)
+            trim();
+    }
+}
+
+/* Finals that aged out (and, while none ended, those past the count or
+ * the bytes: the trim of every final does the rest). */
+static void
+trim(void)
+{
+    struct redis_args a;
+    redis_args_init(&a, "EVALSHA");
+    redis_args_str(&a, cl.sha[SCRIPT_TRIM]);
+    redis_args_str(&a, "8");
+    for (int i = 0; i < 5; i++)
+        redis_args_str(&a, cl.key_work);    /* only KEYS[6..8] are used */
+    redis_args_str(&a, cl.key_items);
+    redis_args_str(&a, cl.key_finals);
+    redis_args_str(&a, cl.key_finals_bytes);
+    cluster_retention_args(&a);
+    cluster_command(&cl.cmd, on_trimmed, NULL, &a);
 }
 
 static void
@@ -724,18 +749,7 @@ cluster_on_claim_timer(evutil_socket_t fd, short what, void *arg)
     redis_args_str(&a, cl.key_lease_prefix);
     if (cluster_command(&cl.cmd, on_claimed, NULL, &a) == 0)
         cl.claiming = 1;
-    /* Finals that aged out while none ended (the trim of every final does
-     * the rest). */
-    redis_args_init(&a, "EVALSHA");
-    redis_args_str(&a, cl.sha[SCRIPT_TRIM]);
-    redis_args_str(&a, "8");
-    for (int i = 0; i < 5; i++)
-        redis_args_str(&a, cl.key_work);    /* only KEYS[6..8] are used */
-    redis_args_str(&a, cl.key_items);
-    redis_args_str(&a, cl.key_finals);
-    redis_args_str(&a, cl.key_finals_bytes);
-    cluster_retention_args(&a);
-    cluster_command(&cl.cmd, on_trimmed, NULL, &a);
+    trim();
     /* The known items, for /status and /metrics. */
     static const char *const count_cmd[3] = { "ZCARD", "LLEN", "GET" };
     const char *count_key[3] = { cl.key_items, cl.key_finals, cl.key_finals_bytes };

@@ -250,6 +250,30 @@ def test_retention_by_age_forgets_finals_never_live_items(redis, start_daemon): 
     sub.wait_final([live["id"]], timeout=20)
 
 
+@pytest.mark.deadline(90)
+def test_retention_by_age_keeps_up_with_many_finals(redis, start_daemon):  # noqa: F811
+    """The age is applied by the periodic trim (every lease/2), which looks
+    at 100 finals a call: it goes on at once while it forgets all it looked
+    at. Before, 3000 finals past a 1 s age took 30 trims, 150 s with a
+    lease of 10 s (the retention fell behind any cluster ending more than
+    20 items a second per instance); now one trim period and its chain."""
+    name = cluster_name()
+    a = start_instance(start_daemon, redis, name, "a", lease="10s",
+                       overrides={"items": {"retention": {"age": "1s"}}})
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    tag = uuid.uuid4().hex[:8]
+    items = [{"id": f"agemany-{tag}-{i}", "kind": "echo", "payload": b"p"} for i in range(3000)]
+    assert a.client().submit(items).accepted == 3000
+    sub.wait_final([it["id"] for it in items], timeout=60)
+    # the first trim more than 1 s after the last final: within 5 s (lease/2)
+    wait_for(lambda: redis.command("LLEN", f"{{{name}}}:finals") == 0, 15,
+             "every final forgotten")
+    assert item_keys(redis, name) == []
+    assert redis.command("ZCARD", f"{{{name}}}:items") == 0
+    assert redis.command("HLEN", f"{{{name}}}:latest") == 0
+    assert redis.command("GET", f"{{{name}}}:finals_bytes") in (b"0", None)
+
+
 def get(client, ids=(), timeout=10, **kw):
     return client.get_items(ids, timeout=timeout, **kw)
 

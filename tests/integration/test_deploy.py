@@ -258,7 +258,12 @@ def test_failed_rebind_keeps_the_unix_socket(start_daemon, tmp_path):
     must leave the old socket reachable at its path."""
     path = tmp_path / "ds.sock"
     d = start_daemon({"grpc": {"listen": [d_addr := f"unix:{path}"]}}, wait=False)
-    conftest.wait_for(lambda: path.exists(), 10, "the unix socket")
+    # Not path.exists(): gRPC binds the socket (the file appears) before it
+    # listens on it, and a connect() in between is refused; serves() does
+    # not wait for ready, so it failed when the grpc process was preempted
+    # there (a loaded machine). The master logs this once the grpc process
+    # has started its server.
+    d.wait_log(r"serving \(generation 1\)", timeout=15)
 
     def serves():
         channel = grpc.insecure_channel(d_addr)

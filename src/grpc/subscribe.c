@@ -32,15 +32,34 @@
  * One message is in flight per call. GRPC_WRITE_BUFFER_HINT lets gRPC
  * coalesce writes, and is set only while another message is already
  * waiting, so that the last one is always flushed.
+ *
+ * A clean end (OK, at the end of a drain) waits until END_QUIET_MS have
+ * passed since the last update went to that subscriber. The drain's
+ * GOAWAY is out, so gRPC shuts the connection down (shutdown(SHUT_RDWR),
+ * close) the moment its last stream has written its trailers. A client
+ * answers DATA frames (WINDOW_UPDATE, a BDP ping); such an answer that
+ * arrives after that shutdown, or is still unread at the close, makes the
+ * kernel reset the connection. The trailers are in the client's socket
+ * before the reset, but a client that writes again before it has read
+ * them fails the stream with UNAVAILABLE "Broken pipe" instead of OK
+ * (grpcio under load, at the end of a USR2 drain: the last items' finals
+ * went out, and the trailers less than a millisecond after them; the
+ * reset came in most runs, the failure when the client's reading thread
+ * was late). Once the client has answered the last update, and we have
+ * read that, the trailers are the last thing either side sends and the
+ * connection closes without a reset. A subscriber cut with an error
+ * (RESOURCE_EXHAUSTED, a rejected request) ends at once.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "grpc/call.h"
 #include "grpc/filter.h"
@@ -49,6 +68,9 @@
 #include "grpc/subscribe.h"
 #include "grpc/store.h"
 #include "grpc/updates.h"
+
+/* A clean end waits this long after the subscriber's last update (see above). */
+#define END_QUIET_MS 200
 
 struct subscriber {
     struct call base;
@@ -65,6 +87,8 @@ struct subscriber {
     uint64_t queue_bytes;
     uint64_t last_sent;         /* the last seq sent (0: none yet) */
     uint64_t sending_seq;
+    uint64_t last_send_ms;      /* monotonic: the last update handed to gRPC, or its end */
+    struct event *quiet_timer;  /* a clean end waiting for END_QUIET_MS (holds a ref) */
     grpc_byte_buffer *send_buffer;
     int ending;                 /* the status goes once what must be sent is */
     int status_sent;
@@ -125,6 +149,8 @@ static void
 subscriber_destroy(struct call *call)
 {
     struct subscriber *s = CALL_OF(call, struct subscriber, base);
+    if (s->quiet_timer != NULL)
+        event_free(s->quiet_timer);
     queue_clear(s);
     free(s->queue);
     filter_free(&s->filter);
@@ -266,6 +292,34 @@ next_update(struct subscriber *s, int *more)
 }
 
 static void
+on_quiet_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct subscriber *s = arg;
+    pump(s);
+    call_unref(&s->base);
+}
+
+/* Everything is sent: the status now, or (a clean end) once END_QUIET_MS
+ * have passed since the last update. */
+static void
+end_when_quiet(struct subscriber *s)
+{
+    uint64_t now = clock_monotonic_ms();
+    if (s->status != GRPC_STATUS_OK || s->last_send_ms == 0 ||
+        now >= s->last_send_ms + END_QUIET_MS) {
+        send_status(s);
+        return;
+    }
+    if (s->quiet_timer == NULL)
+        s->quiet_timer = evtimer_new(gp.base, on_quiet_timer, s);
+    if (evtimer_pending(s->quiet_timer, NULL))
+        return;
+    struct timeval tv = clock_timeval_ms(s->last_send_ms + END_QUIET_MS - now);
+    call_ref(&s->base);
+    evtimer_add(s->quiet_timer, &tv);
+}
+
+static void
 pump(struct subscriber *s)
 {
     if (s->send_buffer != NULL || s->base.closed || s->status_sent)
@@ -274,11 +328,12 @@ pump(struct subscriber *s)
     struct update *u = next_update(s, &more);
     if (u == NULL) {
         if (s->ending)
-            send_status(s);
+            end_when_quiet(s);
         return;
     }
     s->send_buffer = grpc_raw_byte_buffer_create(&u->encoded, 1);
     s->sending_seq = u->seq;
+    s->last_send_ms = clock_monotonic_ms();
     update_unref(u);
     grpc_op op;
     memset(&op, 0, sizeof op);
@@ -294,6 +349,7 @@ on_send_done(struct tag *tag, int ok)
     struct subscriber *s = CALL_OF(tag, struct subscriber, send_tag);
     grpc_byte_buffer_destroy(s->send_buffer);
     s->send_buffer = NULL;
+    s->last_send_ms = clock_monotonic_ms();
     if (ok) {
         s->last_sent = s->sending_seq;
         s->sent++;

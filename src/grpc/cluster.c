@@ -470,7 +470,7 @@ on_reset(evutil_socket_t fd, short what, void *arg)
     free_conn(&cl.work);
     free_conn(&cl.upd);
     cluster_ack_fail(cl.why);
-    cl.reading = cl.pulling = cl.claiming = cl.polling = cl.ping_outstanding = 0;
+    cl.reading = cl.pulling = cl.claiming = cl.trimming = cl.polling = cl.ping_outstanding = 0;
     cl.setup_pending = 0;
     if (cl.shutting_down)
         return;

@@ -258,7 +258,9 @@ static const char script_accepts[] =
  * since (retried, then maybe final again) is stale: skipped when popped.
  * entry_final(ENTRY, ID, LV, R): whether ENTRY (of item ID, LV its field
  * of {NAME}:latest) is its item's last final, the item's retained bytes
- * and end time (its latest update's, or its hash's: layout 3).
+ * (0 when they are no whole number below 2^53: a hash edited by hand, on
+ * which INCRBY would fail and reset the count) and end time (its latest
+ * update's, or its hash's: layout 3).
  * read_entries(ENTRIES, R): their ids, and their fields of {NAME}:latest
  * in one HMGET. forget_ids(IDS, BYTES, TOTAL, R): the items leave their
  * hashes, {NAME}:latest, the listing (KEYS[6]) and the bytes (KEYS[8]),
@@ -270,7 +272,8 @@ static const char script_accepts[] =
  * current items and puts back the entries it did not need once both
  * bounds hold. trim(R), the periodic trim: the oldest finals that ended
  * more than the age ago or are past the count or the bytes (the first
- * 100, looked at in one LRANGE), with one LTRIM; true when all 100 went
+ * 100, looked at in one LRANGE), with one LTRIM (the bytes are 0 again
+ * once the list is empty: whatever they drifted by is gone); true when all 100 went
  * (the instance calls again at once: the age is applied only here, and
  * 100 a lease/2 fell behind any cluster ending more than 200 items a
  * second for a lease of 1 s). Per forgotten final only its hash is read
@@ -327,7 +330,9 @@ static const char script_accepts[] =
     "  local q, n, t = h[1], h[2], h[3]\n"                                              \
     "  local l = latest_of(lv, q)\n"                                                    \
     "  if l then q, n, t = l.q, l.n, l.t end\n"                                         \
-    "  return not q or q == string.match(o, '^[^ ]*'), tonumber(n) or 0, t\n"           \
+    "  n = tonumber(n)\n"                                                               \
+    "  if not n or n < 0 or n >= 2^53 or n ~= math.floor(n) then n = 0 end\n"           \
+    "  return not q or q == string.match(o, '^[^ ]*'), n, t\n"                          \
     "end\n"                                                                             \
     "local function read_entries(obs, r)\n"                                             \
     "  local ids = {}\n"                                                                \
@@ -393,6 +398,7 @@ static const char script_accepts[] =
     "  end\n"                                                                           \
     "  if k > 0 then redis.call('LTRIM', KEYS[7], k, -1) end\n"                         \
     "  forget_ids(gone, bytes, total, r)\n"                                             \
+    "  if k == len then redis.call('SET', KEYS[8], 0) end\n"                            \
     "  return k == 100\n"                                                               \
     "end\n"                                                                             \
     "local function keep_final(sq, entry, r)\n"                                         \

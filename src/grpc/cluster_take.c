@@ -685,6 +685,7 @@ static void
 on_trimmed(redisAsyncContext *ac, void *reply, void *arg)
 {
     redisReply *r = reply;
+    cl.trimming = 0;
     if (r == NULL || cl.shutting_down)
         return;
     if (r->type == REDIS_REPLY_ERROR) {
@@ -697,10 +698,13 @@ on_trimmed(redisAsyncContext *ac, void *reply, void *arg)
 }
 
 /* Finals that aged out (and, while none ended, those past the count or
- * the bytes: the trim of every final does the rest). */
+ * the bytes: the trim of every final does the rest). One chain at a time:
+ * the timer does not start another while one goes on. */
 static void
 trim(void)
 {
+    if (cl.trimming)
+        return;
     struct redis_args a;
     redis_args_init(&a, "EVALSHA");
     redis_args_str(&a, cl.sha[SCRIPT_TRIM]);
@@ -711,7 +715,8 @@ trim(void)
     redis_args_str(&a, cl.key_finals);
     redis_args_str(&a, cl.key_finals_bytes);
     cluster_retention_args(&a);
-    cluster_command(&cl.cmd, on_trimmed, NULL, &a);
+    if (cluster_command(&cl.cmd, on_trimmed, NULL, &a) == 0)
+        cl.trimming = 1;
 }
 
 static void

@@ -508,12 +508,16 @@ least_loaded(const struct item *item)
 }
 
 /* The list whose first item runs next: the highest priority, and at the
- * same priority a kept one (given back to the front of the queue). */
+ * same priority the one accepted first (the smaller key), as if the kept
+ * ones waited among the others. */
 static struct waitlist *
 next_list(void)
 {
     struct item *a = waitlist_peek(&q.kept), *b = waitlist_peek(&q.wait);
-    return a != NULL && (b == NULL || a->priority >= b->priority) ? &q.kept : &q.wait;
+    if (a == NULL || b == NULL)
+        return a != NULL ? &q.kept : &q.wait;
+    return a->priority > b->priority || (a->priority == b->priority && a->key < b->key) ?
+           &q.kept : &q.wait;
 }
 
 void

@@ -405,9 +405,10 @@ def test_usr2_handover_with_many_rejected_items_sends_each_once(start_daemon, mo
     """2400 waiting items, every other one of a kind the new instance does
     not have, some of a higher priority: three calls of at most 1000, each
     leaving its rejected items here, which the next calls do not take
-    again (they wait apart from what is still to send: no call walks past
-    them). Each is sent once, the summary counts every item once, and the
-    rejected ones run here once the workers are free."""
+    again. Each is sent once, the summary counts every item once, and the
+    rejected ones run here once the workers are free. (That no call walks
+    past them, the cost this guards, is test_queue.c's
+    test_kept_items_wait_apart: this test sees only the behaviour.)"""
     binary = copied_binary(tmp_path, monkeypatch)
     d, gates, watch, handlers = both_workers_held(start_daemon, tmp_path,
                                                   {"oldonly": {"builtin": "sleep"}})

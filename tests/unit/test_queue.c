@@ -902,8 +902,8 @@ test_priority_dispatch(void **state)
  * so that queue_take_waiting(0), a handover's take, never returns nor
  * walks it (ready or delayed), however often the handover takes; it is
  * still waiting (counted, found, cancelled, taken by a stop) and is
- * dispatched first among the items of its priority, as one given back to
- * the front of the queue was. */
+ * dispatched in its place among the items of its priority (acceptance
+ * order: k is the oldest), as one given back to the queue was. */
 static void
 test_kept_items_wait_apart(void **state)
 {
@@ -934,7 +934,7 @@ test_kept_items_wait_apart(void **state)
         queue_push_front(b);        /* a failed call gives them back */
         queue_push_front(a);
     }
-    /* Workers take k first at its priority, after a higher one. */
+    /* Workers take k first at its priority (the oldest), after a higher one. */
     h->priority = 1;
     queue_push(h);
     fake_attach(&w1, 1001, 0);

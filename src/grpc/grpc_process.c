@@ -139,6 +139,10 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
         finish();
         return;
     }
+    /* Before any kill it asks for: the master replaces no worker lost from
+     * now on (nothing more will be given to one). */
+    if (!proc.expired)
+        master_send(IPC_DEADLINE, NULL, 0);
     if (!proc.expired && !store_shared_log()) {
         /* Tell every subscriber what becomes of the items left, then end
          * their streams once they have it (bounded by the grace). */

@@ -52,6 +52,9 @@ enum ipc_type {
     IPC_WORKER_LOST,            /* ipc_worker + why: its data channel never arrived */
     /* control channel, master -> grpc process */
     IPC_RELOAD_FAILED,          /* text: why (FILE:LINE:COL: reason), for /status */
+    /* control channel, grpc process -> master */
+    IPC_DEADLINE,               /* no body: a graceful stop reached shutdown_timeout here;
+                                   a worker lost from now on is not replaced */
     /* data channel */
     IPC_ITEM = 64,              /* grpc -> worker: ipc_item + the WorkItem message */
     IPC_UPDATE,                 /* worker -> grpc: ipc_update + result or error */

@@ -94,6 +94,7 @@ static struct {
     struct event *signal_event;
     struct event *stop_timer;
     uint64_t drain_deadline_ms; /* a graceful stop's: shutdown_timeout after it began */
+    int drain_expired;          /* the grpc process said its deadline came (IPC_DEADLINE) */
     struct event *retire_timer;
     struct event *upgrade_timer;        /* the new master of an upgrade must serve by then */
     pid_t pid;
@@ -435,13 +436,15 @@ slot_spawn(struct slot *slot)
  * deadline). From the deadline on, no: the grpc process gives a worker
  * nothing more (store_abandon takes every waiting item, and a retry is
  * abandoned, not queued; in cluster mode it exits), so a new one would be
- * started only to be released at once.
+ * started only to be released at once. The deadline is the grpc process's
+ * (IPC_DEADLINE, sent before the kills it asks for then), or ours if it
+ * has not said so by then.
  */
 static int
 drain_wants_workers(void)
 {
     return m.state == MASTER_STOPPING_GRACEFUL && grpc_process() != NULL &&
-           clock_monotonic_ms() < m.drain_deadline_ms;
+           !m.drain_expired && clock_monotonic_ms() < m.drain_deadline_ms;
 }
 
 static void
@@ -837,6 +840,15 @@ on_child_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
             m.seq_reserved = s.seq;
         return 0;
     }
+    case IPC_DEADLINE:
+        /* Its deadline's timer can fire a little before ours (each counts
+         * from its own moment, libevent from the time its loop turn
+         * began), and the kills it asks for at the deadline come after
+         * this on the same channel. */
+        if (p->role != DS_ROLE_GRPC)
+            break;
+        m.drain_expired = 1;
+        return 0;
     case IPC_KILL_WORKER: {
         struct ipc_worker w;
         if (p->role != DS_ROLE_GRPC || h->length < sizeof w)

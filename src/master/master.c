@@ -176,6 +176,11 @@ grpc_process(void)
 
 /* ---- children ---------------------------------------------------------- */
 
+/* What the master acts on and its workers ignore (exec.c gives the
+ * programs they run the default dispositions back). */
+static const int master_only_signals[] = { SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTTIN,
+                                           SIGTTOU, SIGWINCH };
+
 /* In a new child: drop everything of the master's but KEEP (-1 ends it). */
 static void
 child_close_fds(const int *keep, int count)
@@ -214,6 +219,14 @@ child_setup(enum ds_role role, const int *keep, int count)
      * root-only settings (nice, rlimits); the grpc process once its
      * listeners are bound. */
     if (role == DS_ROLE_WORKER) {
+        /* The master's signals are not a worker's: one sent to every
+         * process of the daemon (`systemctl kill -s USR2`, whose default is
+         * every process of the unit, `pkill -HUP`, a terminal's hangup)
+         * killed each worker with the items it ran. Ignored before the
+         * mask opens, which drops one already pending. A worker stops
+         * through its control channel, TERM or KILL. */
+        for (size_t i = 0; i < sizeof master_only_signals / sizeof master_only_signals[0]; i++)
+            signal(master_only_signals[i], SIG_IGN);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -1055,9 +1068,17 @@ upgrade(void)
         return;
     }
     if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
+        /* The master's own signals stay blocked through the exec: one that
+         * comes before the new master reads them (a HUP, the USR2 of a
+         * `systemctl kill` that also reaches the processes forked
+         * meanwhile) waits for its signalfd instead of killing it with its
+         * default action. TERM and INT do not: they stop a new master that
+         * hangs (on_upgrade_timer), whatever the executable is. */
+        sigset_t keep;
+        sigemptyset(&keep);
+        for (size_t i = 0; i < sizeof master_only_signals / sizeof master_only_signals[0]; i++)
+            sigaddset(&keep, master_only_signals[i]);
+        sigprocmask(SIG_SETMASK, &keep, NULL);
         setenv(UPGRADE_ENV, env, 1);
         char *argv[] = { master_executable, "-c", m.config->path, NULL };
         execv(master_executable, argv);
@@ -1155,7 +1176,12 @@ on_signal(evutil_socket_t fd, short what, void *arg)
                 log_notice("SIGUSR1: log files reopened (each child reopens its own)");
             break;
         case SIGUSR2:
-            if (m.state == MASTER_RUNNING)
+            if (m.upgrade_parent > 0 && !m.serving)
+                /* Meant for the master we take over from (a `systemctl
+                 * kill` reaches every process of the unit, us too). */
+                log_notice("SIGUSR2: this master is the new one of a binary upgrade and does "
+                           "not serve yet; ignored");
+            else if (m.state == MASTER_RUNNING)
                 upgrade();
             else
                 log_notice("SIGUSR2: no binary upgrade while stopping");

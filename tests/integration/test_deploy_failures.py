@@ -1,7 +1,8 @@
 """
 The binary upgrade (README "Binary upgrade", src/master/master.c upgrade(),
 upgrade_child_exited()) when it goes wrong: the new master fails to start,
-USR2 comes twice. The old master keeps its pid file and keeps serving; a
+USR2 comes twice, USR2 reaches every process of the daemon (`systemctl
+kill -s USR2`, whose default is every process of the unit). The old master keeps its pid file and keeps serving; a
 later upgrade still works.
 """
 import os
@@ -9,11 +10,13 @@ import re
 import shutil
 import signal
 import socket
+import threading
+import time
 
 import pytest
 
 import conftest
-from conftest import SUCCEEDED, kill_tree, pid_alive, wait_for
+from conftest import SUCCEEDED, descendants, kill_tree, pid_alive, wait_for
 from test_deploy import ResumingSubscriber
 
 FAILED_LINE = (r"binary upgrade failed: the new master \(pid (?P<pid>\d+)\) (?P<how>[^;\n]+); "
@@ -495,5 +498,70 @@ def test_usr2_handover_does_not_resend_an_item_the_new_instance_rejected(
     finally:
         for gate in gates:
             gate.touch()
+        if new_master is not None:
+            kill_tree(new_master)
+
+
+@pytest.mark.deadline(60)
+def test_usr2_sent_to_every_process_upgrades_once_and_kills_no_item(start_daemon, monkeypatch,
+                                                                    tmp_path):
+    """USR2 to every process of the daemon, each once, again and again until
+    no new one appears, as `systemctl kill -s USR2` does: the processes the
+    upgrade forks meanwhile (the new master, its children) get it too.
+    Before, every worker died with the item it ran (FAILED at max_attempts
+    1), and the new master died of it (its default action, before it reads
+    its signals) or started an upgrade of its own. Now the workers ignore
+    it, the new master ignores it until it serves, and one upgrade runs:
+    the items finish on the old instance."""
+    binary = copied_binary(tmp_path, monkeypatch)
+    d = start_daemon({"workers": {"count": 2, "prefetch": 1}, "shutdown_timeout": "20s"})
+    old_master = d.master_pid
+    c = d.client()
+    sub = c.subscribe(sync=True)
+    ids = ["a", "b"]
+    assert c.submit([{"id": i, "kind": "sleep", "params": {"ms": "1500"}, "max_attempts": 1}
+                     for i in ids]).accepted == 2
+    for i in ids:
+        sub.wait_state(i, conftest.STARTED, timeout=10)
+    install(tmp_path, binary, source=real_binary())
+    signalled = set()
+    done = threading.Event()
+
+    def storm():
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end and not done.is_set():
+            for pid in [old_master] + descendants(old_master):
+                if pid not in signalled:
+                    signalled.add(pid)
+                    try:
+                        os.kill(pid, signal.SIGUSR2)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.001)
+
+    t = threading.Thread(target=storm, daemon=True)
+    t.start()
+    new_master = None
+    try:
+        t.join(5)
+        started = d.wait_log(r"binary upgrade: started \S+ as pid (\d+)")
+        new_master = int(started.group(1))
+        d.known_pids.add(new_master)
+        assert new_master in signalled, "the storm did not reach the new master"
+        finals = sub.wait_final(ids, timeout=15)
+        assert all(f.state == SUCCEEDED and f.attempt == 1 for f in finals.values()), \
+            {i: sub.states_of(i) for i in ids}
+        assert d.wait_exit(timeout=20) == 0, "the old master did not drain and exit"
+        log = d.log_text()
+        assert "killed by signal" not in log, log
+        assert log.count("binary upgrade: started") == 1, log
+        assert log.count(f"binary upgrade: taking over from pid {old_master}") == 1, log
+        assert "binary upgrade failed" not in log, log
+        assert d.read_pid_file() == new_master
+        d.master_pid, d.proc = new_master, None
+        d.wait_ready()
+        echo_end_to_end(d, "after-usr2-to-all")
+    finally:
+        done.set()
         if new_master is not None:
             kill_tree(new_master)

@@ -12,6 +12,11 @@ how it exits.
 - HUP and USR2 while stopping are not acted on, and say so.
 - A USR1 whose log file cannot be opened again says so, and does not claim
   the logs were reopened.
+- HUP, USR1 or QUIT sent to every process of the daemon (a `pkill -HUP`,
+  `systemctl kill`, whose default is every process of the unit, a
+  terminal's hangup) kill no worker: they are the master's, and the items
+  the workers run go on (before, each worker died with its item: FAILED at
+  max_attempts 1). The USR2 of an upgrade: test_deploy_failures.py.
 """
 import os
 import re
@@ -20,7 +25,7 @@ import time
 
 import pytest
 
-from conftest import STARTED, SUCCEEDED, pid_alive, wait_for
+from conftest import STARTED, SUCCEEDED, descendants, pid_alive, wait_for
 
 
 def busy_daemon(start_daemon, overrides=None, items=6, ms=1000):
@@ -111,6 +116,36 @@ def test_reload_and_upgrade_while_stopping_are_not_acted_on(start_daemon):
     assert all(f.state == SUCCEEDED for f in finals.values()), finals
     log = d.log_text()
     assert "reloaded" not in log and "binary upgrade: started" not in log, log
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT],
+                         ids=["HUP", "USR1", "QUIT"])
+def test_a_signal_sent_to_every_process_kills_no_worker(start_daemon, sig):
+    d = start_daemon({"workers": {"count": 2, "prefetch": 1}, "shutdown_timeout": "20s"})
+    c = d.client()
+    sub = c.subscribe(sync=True)
+    ids = ["a", "b"]
+    assert c.submit([{"id": i, "kind": "sleep", "params": {"ms": "800"}, "max_attempts": 1}
+                     for i in ids]).accepted == 2
+    for i in ids:
+        sub.wait_state(i, STARTED, timeout=10)
+    workers = d.worker_pids()
+    for pid in [d.master_pid] + descendants(d.master_pid):
+        os.kill(pid, sig)
+    finals = sub.wait_final(ids, timeout=10)
+    assert all(f.state == SUCCEEDED and f.attempt == 1 for f in finals.values()), \
+        {i: sub.states_of(i) for i in ids}
+    log = d.log_text()
+    assert "killed by signal" not in log, log
+    if sig == signal.SIGQUIT:
+        assert d.wait_exit(timeout=15) == 0, d.log_tail()
+    else:
+        # USR1: the same workers (HUP's reload replaces them, each once
+        # its item has ended).
+        if sig == signal.SIGUSR1:
+            assert sorted(d.worker_pids()) == sorted(workers), d.log_tail()
+        assert pid_alive(d.master_pid)
 
 
 def test_a_log_reopen_that_fails_says_so(start_daemon, tmp_path):

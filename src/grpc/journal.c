@@ -77,6 +77,8 @@ static struct {
     struct event *retry_timer;
     uint32_t retry_ms;
     int finals_held;            /* logged once per burst */
+    /* Unstarted marks (a graceful stop's) buffered and not written yet. */
+    size_t unstarted_pending;
     struct event *flush_event;
     struct event *sync_timer;
     struct event *scan_timer;
@@ -347,6 +349,7 @@ flush_now(int force_sync)
     free(accepts);
 
     if (finals_written) {
+        jr.unstarted_pending = 0;
         if (jr.finals_held)
             log_notice("journal: the FINAL records waiting for %s are written; their final "
                        "updates are published", jr.store.dir);
@@ -463,7 +466,7 @@ journal_unstarted(const struct item *item)
 {
     if (!jr.open)
         return;
-    journal_store_unstarted(&jr.store, item->key);
+    jr.unstarted_pending += (size_t)journal_store_unstarted(&jr.store, item->key);
     schedule_flush();
 }
 
@@ -908,8 +911,17 @@ journal_shutdown(void)
     jr.open = 0;
 
     int rc = journal_store_flush(&jr.store);
-    if (rc == -1)
+    if (rc == -1) {
+        int err = errno;
         log_syserr("journal: writing to %s failed", jr.store.dir);
+        /* Nothing is lost, but the promise of no attempt spent is. */
+        if (!jr.store.flushed_other && jr.unstarted_pending > 0)
+            log_error("journal: the records of %zu items a graceful stop left unstarted could "
+                      "not be written (%s): the next start takes them over as after a crash, "
+                      "each as its next attempt (FAILED if that exceeds its max_attempts)",
+                      jr.unstarted_pending, strerror(err));
+    }
+    jr.unstarted_pending = 0;
     /* Finished, and nobody is left to tell. */
     for (size_t i = 0; i < jr.final_count; i++) {
         store_discard(jr.finals[i].item);

@@ -1216,15 +1216,16 @@ journal_store_attempt_due(struct journal_store *s, uint64_t key, uint32_t attemp
     journal_encode_attempt_due(&s->other, key, attempt, due_ns);
 }
 
-void
+int
 journal_store_unstarted(struct journal_store *s, uint64_t key)
 {
     struct journal_entry *e = journal_map_get(&s->entries, key);
     if (e == NULL || e->unstarted)
-        return;
+        return 0;
     e->unstarted = 1;
     journal_encode_attempt_flags(&s->other, key, e->attempt, e->due_ns,
                                  JOURNAL_ATTEMPT_UNSTARTED);
+    return 1;
 }
 
 void

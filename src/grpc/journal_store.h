@@ -287,8 +287,9 @@ void journal_store_attempt(struct journal_store *s, uint64_t key, uint32_t attem
 void journal_store_attempt_due(struct journal_store *s, uint64_t key, uint32_t attempt,
                                uint64_t due_ns);
 /* A graceful stop leaves KEY live with its attempt not started: an
- * unstarted ATTEMPT is buffered, and whoever takes it over spends none. */
-void journal_store_unstarted(struct journal_store *s, uint64_t key);
+ * unstarted ATTEMPT is buffered, and whoever takes it over spends none.
+ * Returns 1 if it buffered one, 0 if KEY is not live or already so. */
+int journal_store_unstarted(struct journal_store *s, uint64_t key);
 /* The item is final: FINAL is buffered, its segment has one live item less. */
 void journal_store_final(struct journal_store *s, uint64_t key);
 void journal_store_seq(struct journal_store *s, uint64_t seq);

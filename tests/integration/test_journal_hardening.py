@@ -15,6 +15,10 @@ The journal off the happy path (issue 14, points 15, 16, 21, 23):
 - A flush larger than the room left accepts what fits (the ASan build,
   slower, batched all 60 items of test_full_disk_rejects_and_recovers into
   flushes that each failed whole).
+- A graceful stop reaching shutdown_timeout on a full disk: the records
+  saying which items it left unstarted cannot be written. Nothing is lost:
+  the next start takes them over as after a crash, each as its next
+  attempt, and the stop says so (before, only "writing ... failed").
 """
 import contextlib
 import errno
@@ -369,3 +373,43 @@ def test_flush_larger_than_room_accepts_what_fits(start_daemon, tmp_path, monkey
             assert [u.state for u in finals_of(w, i)] == [SUCCEEDED], w.states(i)
         assert not any(w.of(i) for i in rejected), "a rejected item was published"
         w.stop()
+
+
+# ---- a graceful stop's unstarted records on a full disk --------------------
+
+
+@pytest.mark.deadline(60)
+def test_full_disk_at_a_graceful_stop_spends_an_attempt_and_loses_nothing(start_daemon,
+                                                                          tmp_path):
+    """300 items wait behind `long` when QUIT reaches shutdown_timeout on a
+    full disk: their unstarted records (300 x 36 bytes, more than a page's
+    slack) are not written. The stop exits 0 and says what that means; the
+    next start runs every item, the waiters as attempt 2."""
+    with small_disk(tmp_path / "small", "512k") as disk:
+        config = {"workers": {"count": 1, "prefetch": 1}, "shutdown_timeout": "500ms",
+                  "queue": {"journal": str(disk / "journal"), "max_attempts": 2}}
+        d = start_daemon(config, name="first")
+        c = d.client()
+        waiters = [f"w{i}" for i in range(300)]
+        items = [{"id": "long", "kind": "sleep", "params": {"ms": "1500"}}] + \
+            [{"id": i, "kind": "sleep", "params": {"ms": "1"}} for i in waiters]
+        w = Watcher(c)
+        assert c.submit(items).accepted == len(items)
+        w.wait(lambda: w.has_state("long", STARTED), 10, "long started")
+        filler = fill(disk)
+        d.send_signal(signal.SIGQUIT)
+        assert d.wait_exit(timeout=15) == 0, d.log_tail()
+        w.stop()
+        d.wait_log(r"journal: the records of 300 items a graceful stop left unstarted could "
+                   rf"not be written \({ENOSPC_TEXT}\): the next start takes them over as "
+                   r"after a crash, each as its next attempt", timeout=1)
+        filler.unlink()
+
+        again = start_daemon(config, name="again")
+        sub = again.client().subscribe(sync=True, replay=True)
+        finals = sub.wait_final(["long"] + waiters, timeout=30)
+        assert {(f.state, f.attempt) for f in finals.values()} == {(SUCCEEDED, 2)}, \
+            {i: sub.states_of(i) for i, f in finals.items() if (f.state, f.attempt) !=
+             (SUCCEEDED, 2)}
+        again.wait_log(r"journal: took over \S+ of grpc process \d+: 301 items queued again, "
+                       r"0 failed", timeout=5)

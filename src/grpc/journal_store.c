@@ -1734,7 +1734,14 @@ reader_apply(struct reader *rd, const struct journal_record *rec)
     }
 }
 
-static void
+/*
+ * -1 if the segment cannot be opened or mapped (descriptors or memory
+ * exhausted, EIO, EACCES, EPERM): logged, and nothing of the instance may
+ * be taken over then. A takeover without it ran the items of the others
+ * and removed the whole directory, this segment with the items only it
+ * holds. A file that is no segment is skipped (0).
+ */
+static int
 read_segment(struct reader *rd, uint32_t number, int newest)
 {
     struct journal_recovery *r = rd->r;
@@ -1742,15 +1749,17 @@ read_segment(struct reader *rd, uint32_t number, int newest)
     segment_path(r->dir, number, path, sizeof path);
     int fd = open(path, (newest ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd == -1) {
-        log_syserr("journal: open(\"%s\") failed; skipping it", path);
-        return;
+        log_syserr("journal: open(\"%s\") failed; %s is not taken over while it cannot be "
+                   "read", path, r->dir);
+        return -1;
     }
     size_t size;
     const uint8_t *buf = map_file(fd, &size);
     if (buf == NULL) {
-        log_syserr("journal: reading %s failed; skipping it", path);
+        log_syserr("journal: reading %s failed; %s is not taken over while it cannot be read",
+                   path, r->dir);
         close(fd);
-        return;
+        return -1;
     }
     r->segments++;
     if (size < JOURNAL_MAGIC_SIZE || memcmp(buf, JOURNAL_MAGIC, JOURNAL_MAGIC_SIZE) != 0) {
@@ -1761,7 +1770,7 @@ read_segment(struct reader *rd, uint32_t number, int newest)
                      "skipping it (%zu bytes)", path, size);
         unmap_file(buf, size);
         close(fd);
-        return;
+        return 0;
     }
     size_t off = JOURNAL_MAGIC_SIZE, cut = size;
     while (off < size) {
@@ -1789,6 +1798,7 @@ read_segment(struct reader *rd, uint32_t number, int newest)
     if (cut < size && ftruncate(fd, (off_t)cut) == -1)
         log_syserr("journal: ftruncate(\"%s\", %zu) failed", path, cut);
     close(fd);
+    return 0;
 }
 
 static int
@@ -1868,9 +1878,16 @@ journal_read(struct journal_recovery *r)
         qsort(numbers, count, sizeof *numbers, compare_u32);
 
     struct reader rd = { .r = r };
-    for (size_t i = 0; i < count; i++)
-        read_segment(&rd, numbers[i], i + 1 == count);
+    int rc = 0;
+    for (size_t i = 0; i < count && rc == 0; i++)
+        rc = read_segment(&rd, numbers[i], i + 1 == count);
     free(numbers);
+    if (rc == -1) {
+        /* The caller frees R, its lock with it: a later scan tries again. */
+        journal_map_free(&rd.map);
+        free(rd.free_slots);
+        return -1;
+    }
 
     /* Keep what was accepted and is not final (free slots have key 0). */
     size_t live = 0;

@@ -394,7 +394,8 @@ int journal_find_dead(const char *root, const char *self, struct journal_recover
 /* Read every segment of R->dir: R->items are the live items, R->finals
  * the retained finals. A torn tail
  * of the newest segment is truncated, a bad record in an older one ends
- * that segment; both are logged. 0, or -1 if the directory cannot be read. */
+ * that segment; both are logged. 0, or -1 if the directory or one of its
+ * segments cannot be read (logged; R is to be freed, not taken over). */
 int journal_read(struct journal_recovery *r);
 /* Delete R's files and record its max_seq in the root's seq file. */
 int journal_recovery_remove(struct journal_recovery *r, int sync);

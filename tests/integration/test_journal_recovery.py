@@ -7,11 +7,16 @@ queue.journal, the less travelled paths:
   only the directory configured then;
 - damage in an older segment and a file that is no segment (docs/journal.md,
   "Torn and corrupt records"): logged, the rest of that segment is skipped,
-  the daemon starts and every item whose ACCEPT survived runs exactly once.
+  the daemon starts and every item whose ACCEPT survived runs exactly once;
+- a segment that cannot be opened (EMFILE, EIO, EACCES; here EPERM, an
+  immutable file): the instance is not taken over, and stays whole for a
+  later try (before, its other segments were taken over and the whole
+  directory removed: the items of that segment were lost).
 """
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -321,3 +326,51 @@ def test_corrupt_older_segment_and_a_junk_file(start_daemon, tmp_path, monkeypat
     assert reply.accepted == 5
     assert all(sub.final[f"fresh-{i}"].state == SUCCEEDED for i in range(5))
     assert not first.parent.exists()
+
+
+# --------------------------------------------------------------------------
+# a segment that cannot be opened
+# --------------------------------------------------------------------------
+
+def chattr(flag, path):
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True)
+
+
+@pytest.mark.deadline(60)
+def test_a_segment_that_cannot_be_opened_keeps_its_instance_whole(start_daemon, tmp_path):
+    journal = tmp_path / "journal"
+    config = {**journal_config(journal), "workers": {"count": 1, "prefetch": 1}}
+    d1 = start_daemon(config, name="first")
+    c1 = d1.client()
+    w1 = Watcher(c1)
+    assert c1.submit([{"id": "pin", "kind": "sleep", "params": {"ms": "30000"}}]).accepted == 1
+    w1.wait(lambda: w1.has_state("pin", STARTED), 10, "the long item started")
+    items = echo_items("w", 5)
+    assert c1.submit(items).accepted == 5
+    w1.stop()
+    kill_everything(d1)
+    [dead] = instance_dirs(journal)
+    segs = sorted(dead.glob("*.seg"))
+    assert segs
+    # The newest segment is opened read-write (a torn tail is cut): an
+    # immutable file refuses that, even to root.
+    r = chattr("+i", segs[-1])
+    if r.returncode != 0:
+        pytest.skip(f"chattr +i: {r.stderr.strip()}")
+    try:
+        # Dead instances are read before the start serves.
+        d2 = start_daemon(config, name="second")
+        assert sorted(dead.glob("*.seg")) == segs and (dead / "lock").exists(), \
+            (sorted(dead.iterdir()), d2.log_tail())
+        ids = ["pin"] + [i["id"] for i in items]
+        assert not_found(d2.client(), ids) == set(ids)
+        d2.wait_log(rf"journal: open\(\"{re.escape(str(segs[-1]))}\"\) failed; "
+                    rf"{re.escape(str(dead))} is not taken over while it cannot be read")
+        d2.stop()
+    finally:
+        chattr("-i", segs[-1])
+    # Readable again: the next start takes every item over.
+    d3 = start_daemon(config, name="third")
+    d3.wait_log(rf"journal: took over {re.escape(str(dead))} of grpc process \d+: 6 items "
+                rf"queued again")
+    assert not_found(d3.client(), ids) == set()

@@ -998,8 +998,16 @@ hand_back_pass(size_t *sent)
 void
 cluster_hand_back(void)
 {
-    if (!cl.up || cl.failing || cl.cmd.ac == NULL)
-        return;     /* no session: they are taken over after the lease */
+    if (!cl.up || cl.failing || cl.cmd.ac == NULL) {
+        /* No session: they are taken over after the lease. Said, since the
+         * docs promise them back at once. */
+        if (store_count() > 0)
+            log_warn("cluster: no Redis session at the deadline: nothing can be handed back; "
+                     "the other instances take the %llu items here over after the lease "
+                     "(%llu ms), each as its next attempt", (unsigned long long)store_count(),
+                     (unsigned long long)cl.set.lease_ms);
+        return;
+    }
     /* This turn's RETRYINGs first: the script compares the counts. */
     cluster_flush_updates();
     size_t sent = 0;

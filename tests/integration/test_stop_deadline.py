@@ -14,7 +14,9 @@
   that cannot be interrupted has its worker killed at the deadline.
 - Cluster mode publishes nothing for what it leaves (other instances take
   it from Redis); its workers stop what they run once its grpc process,
-  which stops fast at the deadline, is gone.
+  which stops fast at the deadline, is gone. Without a Redis session at
+  the deadline nothing can be handed back: the stop says so and ends on
+  time.
 """
 import re
 import signal
@@ -361,3 +363,33 @@ def test_cluster_a_stale_hand_back_mark_spends_the_attempt_as_any_takeover(redis
     assert state_name(final.state) == "SUCCEEDED" and final.attempt == 2, watch.states_of("S")
     assert RETRYING in [u.state for u in watch.of("S")], watch.states_of("S")
     assert redis.command("HGET", f"{{{name}}}:item:S", "hu") is None
+
+
+@pytest.mark.deadline(60)
+def test_cluster_without_redis_at_the_deadline_says_so_and_stops_on_time(redis, start_daemon):
+    """Redis dies just before the deadline, the instance holding items of a
+    paused kind: nothing can be handed back. The stop ends within the
+    deadline's bound and says what becomes of the items (before: nothing,
+    though the docs promise them back at once)."""
+    name = cluster_name()
+    held = {"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                         "work": {"builtin": "sleep", "paused": True}},
+            "shutdown_timeout": "1s"}
+    a = start_instance(start_daemon, redis, name, "a", workers=1, lease="9s", overrides=held)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    ids = [f"w{i}" for i in range(3)]
+    assert a.client().submit([{"id": i, "kind": "work", "params": {"ms": "1"}}
+                              for i in ids]).accepted == 3
+    sub.wait(lambda s: all(i in s.by_id for i in ids), 10, "every QUEUED")
+    a.send_signal(signal.SIGQUIT)
+    t0 = time.monotonic()
+    a.wait_log(r"graceful stop: \d+ items to finish", timeout=5)
+    redis.kill()
+    assert a.wait_exit(timeout=15) == 0, a.log_tail()
+    elapsed = time.monotonic() - t0
+    log = a.log_text()
+    assert elapsed < 4, f"exited {elapsed:.1f} s after QUIT (shutdown_timeout 1s); log:\n{log}"
+    assert MASTER_KILL not in log, log
+    assert "cluster: no Redis session at the deadline: nothing can be handed back; the other " \
+           "instances take the 3 items here over after the lease (9000 ms), each as its next " \
+           "attempt" in log, log

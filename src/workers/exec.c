@@ -551,11 +551,23 @@ make_pipe(int p[2])
     p[0] = above_stdio(p[0]);
     p[1] = above_stdio(p[1]);
     if (p[0] == -1 || p[1] == -1) {
+        int err = errno;
         close_fd(&p[0]);
         close_fd(&p[1]);
+        errno = err;
         return -1;
     }
     return 0;
+}
+
+/* ERR says the worker's (or the machine's) resources ran short, not that
+ * the program cannot run: another attempt may find them (EMFILE, ENFILE:
+ * descriptors; EAGAIN: processes; ENOMEM; ETXTBSY: the program is being
+ * replaced, a deploy). */
+static int
+resources_short(int err)
+{
+    return err == EMFILE || err == ENFILE || err == EAGAIN || err == ENOMEM || err == ETXTBSY;
 }
 
 static void
@@ -903,9 +915,14 @@ exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
     env_build(&env, handler, item, out);
     if (make_pipe(in) == -1 || make_pipe(outp) == -1 || make_pipe(errp) == -1 ||
         make_pipe(status) == -1) {
+        int err = errno;
         snprintf(out->error, sizeof out->error, "cannot run %s: pipe2() failed: %s",
-                 program_name(handler), strerror(errno));
+                 program_name(handler), strerror(err));
         log_syserr("pipe2() failed");
+        /* Not the item's failure: before, FAILED at once (no attempt left
+         * to the descriptors freed a moment later). */
+        if (resources_short(err))
+            result = HANDLER_RETRY;
         goto done;
     }
     const char *path = env_get(&env, "PATH");
@@ -924,9 +941,12 @@ exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
 
     pid_t pid = spawn(&s);
     if (pid == -1) {
+        int err = errno;
         snprintf(out->error, sizeof out->error, "cannot run %s: fork() failed: %s",
-                 program_name(handler), strerror(errno));
+                 program_name(handler), strerror(err));
         log_syserr("fork() failed");
+        if (resources_short(err))
+            result = HANDLER_RETRY;
         goto done;
     }
 
@@ -956,6 +976,8 @@ exec_run(const struct ds_handler_config *handler, const wire_work_item *item,
         reap(r, 1);
         snprintf(out->error, sizeof out->error, "cannot execute %s: %s", handler->argv[0],
                  strerror(child_errno));
+        if (resources_short(child_errno))
+            result = HANDLER_RETRY;
         goto done;
     }
 

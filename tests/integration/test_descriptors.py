@@ -1,7 +1,8 @@
 """Descriptors: the budget a config needs against RLIMIT_NOFILE (-t and a
 start refuse what cannot fit), the daemon at its descriptor limit (idle
 connections to the gRPC and status ports, a worker respawn while the table
-is full), and the status port through a binary upgrade."""
+is full, a worker that cannot open the pipes of an exec program), and the
+status port through a binary upgrade."""
 import json
 import os
 import resource
@@ -264,3 +265,40 @@ def test_idle_status_connections_do_not_take_grpc_down(make_daemon, idle):
     assert http_get(status, "/healthz") == (200, "ok\n")
     assert scrape(status, "grpc_listening") == 1
     assert d.grpc_pid() == grpc_pid
+
+
+def lowest_free_fd(pid):
+    used = {int(n) for n in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+@pytest.mark.deadline(60)
+def test_an_exec_item_whose_worker_has_no_descriptor_left_is_retried(make_daemon):
+    """The worker's table is full (its soft RLIMIT_NOFILE lowered to its
+    lowest free descriptor) when an exec item comes: pipe2() fails. That is
+    the worker's shortage, not the item's failure: RETRYING, and once
+    descriptors are free again the next attempt runs it (before: FAILED at
+    once, "cannot run cat: pipe2() failed: Too many open files")."""
+    if os.geteuid() != 0:
+        pytest.skip("prlimit on another process needs root")
+    d = make_daemon({"workers": {"count": 1},
+                     "queue": {"retry_backoff": {"min": "1s", "max": "1s"}},
+                     "handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                                  "cat": {"exec": ["/bin/cat"]}}})
+    d.start()
+    [worker] = d.worker_pids()
+    soft, hard = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+    c = d.client()
+    sub = c.subscribe(sync=True)
+    resource.prlimit(worker, resource.RLIMIT_NOFILE, (lowest_free_fd(worker), hard))
+    try:
+        assert c.submit([{"id": "x", "kind": "cat", "payload": b"hello",
+                          "max_attempts": 3}]).accepted == 1
+        u = sub.wait_state("x", conftest.RETRYING, timeout=10)
+        assert u.error == "cannot run cat: pipe2() failed: Too many open files", u.error
+    finally:
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard))
+    final = sub.wait_final(["x"], timeout=10)["x"]
+    assert final.state == SUCCEEDED_STATE and final.attempt == 2 and final.result == b"hello", \
+        sub.states_of("x")
+    assert d.worker_pids() == [worker]

@@ -60,6 +60,14 @@
  * the master's own grace after shutdown_timeout (5 s: master.c), past which
  * it kills us and the clients see UNAVAILABLE instead of their status. */
 #define CANCELLED_CALLS_GRACE_MS 1500
+/* A drain with nothing left to do but connections its clients keep open
+ * closes them this long after: gRPC's server shutdown waits for every
+ * connection to close, and gRPC C-core clients (Python, C++, Ruby, PHP)
+ * keep an idle one open after GOAWAY, so that a graceful stop with any
+ * client connected lasted until shutdown_timeout (30 s by default), and 3 s
+ * more outside cluster mode. The grace lets a request sent before the
+ * client read the GOAWAY arrive. */
+#define IDLE_CONNECTIONS_GRACE_MS 1000
 
 struct grpc_process gp;
 
@@ -67,6 +75,7 @@ static struct {
     int signal_fd;
     struct event *signal_event;
     struct event *stop_timer;
+    struct event *idle_timer;   /* IDLE_CONNECTIONS_GRACE_MS */
     int subscribers_ended;
     int expired;                /* the drain's deadline passed: items were abandoned */
     char expired_why[96];
@@ -99,6 +108,24 @@ finish(void)
     event_base_loopbreak(gp.base);
 }
 
+/* A graceful stop's work is done; only the server's shutdown is not. */
+static int
+drained_but_connections(void)
+{
+    return gp.draining && !gp.stopping && proc.subscribers_ended && gp.calls == 0 &&
+           !server_is_shut_down() && !server_requests_pending() && submit_active() == 0 &&
+           !handover_active() && !store_handing_back() && store_count() == 0 && store_idle();
+}
+
+static void
+on_idle_timer(evutil_socket_t fd, short what, void *arg)
+{
+    if (!drained_but_connections())
+        return;
+    log_info("graceful stop: everything is done; closing the connections clients keep open");
+    server_shutdown(1);     /* no call is left to cancel: it closes the connections */
+}
+
 /* Is a stop under way, and is everything it waits for done? */
 void
 grpc_process_check_done(void)
@@ -115,6 +142,11 @@ grpc_process_check_done(void)
             get_items_end_all();
         }
         workers_close_all();
+    }
+    if (drained_but_connections() && proc.idle_timer != NULL &&
+        !evtimer_pending(proc.idle_timer, NULL)) {
+        struct timeval tv = clock_timeval_ms(IDLE_CONNECTIONS_GRACE_MS);
+        evtimer_add(proc.idle_timer, &tv);
     }
     if ((gp.stopping || gp.draining) && gp.calls == 0 && server_is_shut_down() &&
         !handover_active() && !store_handing_back() &&
@@ -427,6 +459,7 @@ grpc_process_main(struct ds_child_start *start)
     if (signals_init() == -1)
         exit(DS_EXIT_FATAL);
     proc.stop_timer = evtimer_new(gp.base, on_stop_timer, NULL);
+    proc.idle_timer = evtimer_new(gp.base, on_idle_timer, NULL);
     gp.control = channel_new(gp.base, start->control_fd, "control", IPC_CONTROL_MAX +
                              (uint32_t)gp.config->grpc.max_message_size, on_control_frame,
                              on_control_close, NULL);
@@ -496,6 +529,7 @@ grpc_process_main(struct ds_child_start *start)
     }
     transport_stop();
     event_free(proc.stop_timer);
+    event_free(proc.idle_timer);
     event_free(proc.signal_event);
     close(proc.signal_fd);
     event_base_free(gp.base);

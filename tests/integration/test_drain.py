@@ -9,6 +9,10 @@ and stalled subscribers do to accepted work and to the grpc process's memory.
   with the reason), or with the journal a RETRYING saying it runs at the
   next start, which it does.
 - A binary upgrade hands the old instance's waiting items to the new one.
+- A client that keeps its connection open (gRPC C-core clients do, after
+  GOAWAY) does not hold a graceful stop with nothing left to do until
+  shutdown_timeout: its connection is closed a second after the drain is
+  done.
 """
 import re
 import shutil
@@ -247,3 +251,29 @@ def test_usr2_hands_waiting_items_to_the_new_instance(start_daemon, monkeypatch,
     finally:
         if new_master is not None:
             kill_tree(new_master)
+
+
+@pytest.mark.deadline(60)
+def test_an_idle_client_connection_does_not_hold_a_graceful_stop(start_daemon):
+    """Before, gRPC's server shutdown waited for the client's idle
+    connection, which a grpcio client never closes after GOAWAY: every
+    graceful stop with a client connected lasted shutdown_timeout (+3 s),
+    logging "shutdown_timeout (20000 ms) reached with 0 items unfinished"."""
+    d = start_daemon({"shutdown_timeout": "20s"})
+    c = d.client()
+    ids = [f"e{i}" for i in range(5)]
+    assert c.submit([{"id": i, "kind": "echo", "payload": b"x"} for i in ids]).accepted == 5
+    # No stream open (a subscriber's, which ends at the drain, takes its
+    # connection with it): the connection is idle when GOAWAY comes.
+    wait_for(lambda: all(i.state == SUCCEEDED for i in c.get_items(ids).items), 10,
+             "every item SUCCEEDED")
+    time.sleep(0.5)
+    d.send_signal(signal.SIGQUIT)
+    t0 = time.monotonic()
+    assert d.wait_exit(timeout=30) == 0, d.log_tail()
+    elapsed = time.monotonic() - t0
+    log = d.log_text()
+    assert elapsed < 4, f"exited {elapsed:.1f} s after QUIT; log:\n{log}"
+    assert "reached with" not in log, log
+    assert "graceful stop: everything is done; closing the connections clients keep open" \
+        in log, log

@@ -1,8 +1,9 @@
 """Descriptors: the budget a config needs against RLIMIT_NOFILE (-t and a
 start refuse what cannot fit), the daemon at its descriptor limit (idle
 connections to the gRPC and status ports, a worker respawn while the table
-is full, a worker that cannot open the pipes of an exec program), and the
-status port through a binary upgrade."""
+is full, a worker that cannot open the pipes of an exec program, a journal
+that cannot open its next segment), and the status port through a binary
+upgrade."""
 import json
 import os
 import resource
@@ -302,3 +303,39 @@ def test_an_exec_item_whose_worker_has_no_descriptor_left_is_retried(make_daemon
     assert final.state == SUCCEEDED_STATE and final.attempt == 2 and final.result == b"hello", \
         sub.states_of("x")
     assert d.worker_pids() == [worker]
+
+
+@pytest.mark.deadline(60)
+def test_a_journal_roll_without_a_descriptor_rejects_then_recovers(make_daemon, tmp_path,
+                                                                   monkeypatch):
+    """The grpc process's table is full when the journal must open its next
+    segment (4 KiB segments, 5 KB items: every flush rolls): the item is
+    rejected with the reason, the line says so, an item accepted before is
+    untouched, and once descriptors are free the next item is accepted and
+    the log says writing works again. (Checked: this already held.)"""
+    if os.geteuid() != 0:
+        pytest.skip("prlimit on another process needs root")
+    monkeypatch.setenv("DS_JOURNAL_SEGMENT_BYTES", "4KiB")
+    d = make_daemon({"workers": {"count": 1}, "queue": {"journal": str(tmp_path / "journal")}})
+    d.start()
+    c = d.client()
+    sub = c.subscribe(sync=True)
+    assert c.submit([{"id": "pin", "kind": "sleep", "params": {"ms": "1500"},
+                      "payload": b"p" * 5000}]).accepted == 1
+    sub.wait_state("pin", conftest.STARTED, timeout=10)
+    grpc_pid = d.grpc_pid()
+    soft, hard = resource.prlimit(grpc_pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(grpc_pid, resource.RLIMIT_NOFILE, (lowest_free_fd(grpc_pid), hard))
+    try:
+        reply = c.submit([{"id": "during", "kind": "echo", "payload": b"d" * 5000}])
+    finally:
+        resource.prlimit(grpc_pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert reply.rejected == 1, reply
+    assert reply.rejections[0].reason == "journal write failed: Too many open files", reply
+    d.wait_log(r"journal: open\(\"\S+\.seg\"\) failed: Too many open files")
+    reply = c.submit([{"id": "after", "kind": "echo", "payload": b"a" * 5000}])
+    assert reply.accepted == 1, reply
+    finals = sub.wait_final(["pin", "after"], timeout=15)
+    assert all(f.state == SUCCEEDED_STATE for f in finals.values()), finals
+    d.wait_log(r"journal: writing to \S+ works again after 1 failed flushes \(1 items rejected\)")
+    assert d.grpc_pid() == grpc_pid

@@ -1188,6 +1188,19 @@ on_signal(evutil_socket_t fd, short what, void *arg)
             break;
         case SIGTTIN:
             if (m.state == MASTER_RUNNING && m.worker_count < DS_WORKERS_MAX) {
+                /* The budget a config's workers.count is checked against
+                 * (config.c): past it the grpc process's table filled up
+                 * (worker channels lost, calls hanging). */
+                uint64_t needed = descriptors_needed(m.config) -
+                                  (uint64_t)m.config->workers.count * DESCRIPTORS_PER_WORKER +
+                                  ((uint64_t)m.worker_count + 1) * DESCRIPTORS_PER_WORKER;
+                if (needed > descriptors_limit()) {
+                    log_warn("SIGTTIN: %u workers would need %llu descriptors, more than "
+                             "RLIMIT_NOFILE (%llu); staying at %u", m.worker_count + 1,
+                             (unsigned long long)needed,
+                             (unsigned long long)descriptors_limit(), m.worker_count);
+                    break;
+                }
                 workers_resize(m.worker_count + 1);
                 log_notice("SIGTTIN: %u workers", m.worker_count);
             }

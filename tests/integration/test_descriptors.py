@@ -108,6 +108,27 @@ def test_usr2_with_status_listen(make_daemon):
             kill_tree(new_master)
 
 
+@pytest.mark.deadline(60)
+def test_ttin_stops_at_the_descriptor_budget(make_daemon):
+    """SIGTTIN is held to the budget -t and a reload hold workers.count to:
+    at 256 descriptors, 47 workers (2 each, 64 + 32 + 64 + a listener
+    besides). Before, each TTIN added one: past about 95 the grpc process's
+    table was full, worker channels were lost ("recvmsg(SCM_RIGHTS): a
+    descriptor was lost") and calls hung."""
+    d = make_daemon({"workers": {"count": 2}})
+    d.nofile = (LOW_LIMIT, LOW_LIMIT)
+    d.start()
+    for _ in range(60):
+        d.send_signal(signal.SIGTTIN)
+        time.sleep(0.005)
+    d.wait_log(r"SIGTTIN: 48 workers would need 257 descriptors, more than RLIMIT_NOFILE "
+               r"\(256\); staying at 47")
+    wait_for(lambda: len(d.worker_slots()) == 47, 20, "47 workers")
+    reply, _ = d.client().run_items([{"id": "x", "kind": "echo", "payload": b"x"}])
+    assert reply.accepted == 1
+    assert "SIGTTIN: 48 workers\n" not in d.log_text()
+
+
 # ---- the daemon at its descriptor limit ---------------------------------------
 
 def scrape(status, name):

@@ -925,6 +925,10 @@ on_handed_back(redisAsyncContext *ac, void *reply, void *arg)
     else if (r != NULL && r->type == REDIS_REPLY_ERROR)
         log_error("cluster: handing back the items waiting here failed: %s; the other "
                   "instances take them over after the lease", r->str);
+    else if (r == NULL)
+        log_error("cluster: handing back the items waiting here got no answer (the connection "
+                  "to redis is gone); unless it ran, the other instances take them over after "
+                  "the lease");
     grpc_process_check_done();
 }
 

@@ -393,3 +393,43 @@ def test_cluster_without_redis_at_the_deadline_says_so_and_stops_on_time(redis, 
     assert "cluster: no Redis session at the deadline: nothing can be handed back; the other " \
            "instances take the 3 items here over after the lease (9000 ms), each as its next " \
            "attempt" in log, log
+
+
+@pytest.mark.deadline(60)
+def test_cluster_a_hand_back_cut_off_says_so_and_the_items_are_taken_over(redis, start_daemon):
+    """The hand-back script waits behind CLIENT PAUSE WRITE when the
+    connection is killed: it never ran. The stop ends on time and says the
+    hand-back got no answer (before: nothing), and b takes the items over
+    after the lease, none lost."""
+    name = cluster_name()
+    held = {"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                         "work": {"builtin": "sleep", "paused": True}},
+            "shutdown_timeout": "1s"}
+    a = start_instance(start_daemon, redis, name, "a", workers=1, lease="2s", overrides=held)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    ids = [f"w{i}" for i in range(3)]
+    assert a.client().submit([{"id": i, "kind": "work", "params": {"ms": "1"},
+                               "max_attempts": 3} for i in ids]).accepted == 3
+    sub.wait(lambda s: all(i in s.by_id for i in ids), 10, "every QUEUED")
+    wait_for(lambda: len(redis.command("XPENDING", f"{{{name}}}:work", "dosomethingd",
+                                       "-", "+", 10)) == 3, 10, "a holding the three entries")
+    b = start_instance(start_daemon, redis, name, "b", workers=1, lease="2s",
+                       overrides={"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                                               "work": {"builtin": "sleep"}}})
+    watch = b.client().subscribe(sync=True, name="sub-b")
+    a.send_signal(signal.SIGQUIT)
+    t0 = time.monotonic()
+    a.wait_log(r"graceful stop: \d+ items to finish", timeout=5)
+    redis.command("CLIENT", "PAUSE", "1500", "WRITE")
+    a.wait_log(r"cluster: handing 3 items waiting here back to the other instances", timeout=5)
+    redis.command("CLIENT", "KILL", "TYPE", "normal")
+    assert a.wait_exit(timeout=15) == 0, a.log_tail()
+    assert time.monotonic() - t0 < 5, a.log_tail()
+    log = a.log_text()
+    assert MASTER_KILL not in log, log
+    assert "cluster: handing back the items waiting here got no answer (the connection to " \
+           "redis is gone); unless it ran, the other instances take them over after the " \
+           "lease" in log, log
+    finals = watch.wait_final(ids, timeout=20)
+    assert all(state_name(f.state) == "SUCCEEDED" for f in finals.values()), \
+        {i: watch.states_of(i) for i in ids}

@@ -90,6 +90,9 @@ static struct {
     /* Read by journal_open, run by journal_recover. */
     struct journal_recovery *dead;
     size_t dead_count;
+    /* Our directory was removed under us (journal_store_removed): nothing
+     * more is accepted until a restart; jr.unavailable says why. */
+    int removed;
     /* A failing disk is logged once per burst. */
     int failing;
     uint64_t failed_flushes, failed_items;
@@ -99,7 +102,7 @@ static struct {
 static int
 journal_serving(const char **why)
 {
-    if (!jr.enabled || jr.open)
+    if (!jr.enabled || (jr.open && !jr.removed))
         return 1;
     if (why != NULL)
         *why = jr.unavailable;
@@ -314,6 +317,32 @@ flush_now(int force_sync)
         return -1;
     }
 
+    int removed_now = !jr.removed && journal_store_removed(&jr.store);
+    if (removed_now) {
+        /* Before, items went on being accepted into files nobody can read
+         * again: lost at the next restart, and nothing said so. */
+        jr.removed = 1;
+        snprintf(jr.unavailable, sizeof jr.unavailable, "journal unavailable: %s was removed",
+                 jr.store.dir);
+    }
+    if (jr.removed) {
+        /* What else is buffered (FINALs) is written as ever: the final
+         * updates wait for nothing that could make them durable now. */
+        snprintf(reason, sizeof reason, "%s", jr.unavailable);
+        journal_store_discard_accepts(&jr.store);
+        for (size_t i = 0; i < accept_count; i++)
+            store_accepted(accepts[i], STORE_REJECTED, reason);
+        free(accepts);
+        accepts = NULL;
+        accept_count = 0;
+    }
+    if (removed_now) {
+        log_error("journal: %s was removed under this process: every item is rejected until "
+                  "the daemon restarts (a new grpc process makes a new journal); the %llu items "
+                  "it holds are no longer journaled: a stop or a crash loses them", jr.store.dir,
+                  (unsigned long long)journal_store_live(&jr.store));
+        health_changed();
+    }
     int wrote = journal_store_has_buffered(&jr.store);
     int rc = journal_store_flush(&jr.store), err = errno;
     size_t written = rc == -1 ? jr.store.flushed_accepts : accept_count;
@@ -677,7 +706,7 @@ take_over(struct journal_recovery *r)
 static void
 on_scan(evutil_socket_t fd, short what, void *arg)
 {
-    if (gp.draining || gp.stopping || !jr.open)
+    if (gp.draining || gp.stopping || !jr.open || jr.removed)
         return;             /* leave them to a grpc process that stays, or can */
     struct journal_recovery *dead;
     int n = journal_find_dead(jr.store.root, jr.store.name, &dead);

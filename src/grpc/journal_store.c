@@ -1318,6 +1318,13 @@ journal_store_has_buffered(const struct journal_store *s)
     return s->other.len > 0 || s->accepts.len > 0;
 }
 
+int
+journal_store_removed(const struct journal_store *s)
+{
+    struct stat st;
+    return s->fd != -1 && fstat(s->fd, &st) == 0 && st.st_nlink == 0;
+}
+
 uint64_t
 journal_store_live(const struct journal_store *s)
 {

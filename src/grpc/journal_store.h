@@ -304,6 +304,9 @@ uint64_t journal_store_retained(const struct journal_store *s);
 /* Forget the ACCEPTs buffered and not written: their items are not accepted. */
 void journal_store_discard_accepts(struct journal_store *s);
 int journal_store_has_buffered(const struct journal_store *s);
+/* Is the segment being written gone from the file system (its directory
+ * removed under us: nlink 0)? What is written to it is then lost. */
+int journal_store_removed(const struct journal_store *s);
 uint64_t journal_store_live(const struct journal_store *s);
 
 /*

@@ -15,6 +15,11 @@ The journal off the happy path (issue 14, points 15, 16, 21, 23):
 - A flush larger than the room left accepts what fits (the ASan build,
   slower, batched all 60 items of test_full_disk_rejects_and_recovers into
   flushes that each failed whole).
+- The journal directory removed under a running daemon (a tmp cleaner, an
+  rm -rf): items were accepted into files no one could read again, lost at
+  the next restart, silently. Now every item is rejected with the reason,
+  health says NOT_SERVING, the log says what is at stake, and finals are
+  still published.
 - A graceful stop reaching shutdown_timeout on a full disk: the records
   saying which items it left unstarted cannot be written. Nothing is lost:
   the next start takes them over as after a crash, each as its next
@@ -23,6 +28,7 @@ The journal off the happy path (issue 14, points 15, 16, 21, 23):
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -413,3 +419,32 @@ def test_full_disk_at_a_graceful_stop_spends_an_attempt_and_loses_nothing(start_
              (SUCCEEDED, 2)}
         again.wait_log(r"journal: took over \S+ of grpc process \d+: 301 items queued again, "
                        r"0 failed", timeout=5)
+
+
+# ---- the journal directory removed under the daemon ------------------------
+
+
+@pytest.mark.deadline(60)
+def test_journal_removed_under_the_daemon_rejects_instead_of_losing(start_daemon, tmp_path):
+    journal = tmp_path / "journal"
+    d = start_daemon({"workers": {"count": 1, "prefetch": 1},
+                      "queue": {"journal": str(journal)}})
+    c = d.client()
+    w = Watcher(c)
+    assert c.submit([{"id": "pin", "kind": "sleep", "params": {"ms": "1000"}}]).accepted == 1
+    w.wait(lambda: w.has_state("pin", STARTED), 10, "pin started")
+    [instance] = list(journal.glob("grpc-*"))
+    shutil.rmtree(journal)
+    reply = c.submit([{"id": f"x{i}", "kind": "echo", "payload": b"x"} for i in range(3)])
+    assert reply.rejected == 3, reply
+    assert {r.reason for r in reply.rejections} == \
+        {f"journal unavailable: {instance} was removed"}, reply
+    d.wait_log(rf"journal: {re.escape(str(instance))} was removed under this process: every "
+               r"item is rejected until the daemon restarts \(a new grpc process makes a new "
+               r"journal\); the 1 items it holds are no longer journaled: a stop or a crash "
+               r"loses them")
+    assert c.health() == NOT_SERVING
+    # What it holds still ends, and its final update is published.
+    w.wait_final(["pin"], timeout=10)
+    assert [u.state for u in finals_of(w, "pin")] == [SUCCEEDED]
+    w.stop()

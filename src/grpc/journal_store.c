@@ -1319,10 +1319,12 @@ journal_store_has_buffered(const struct journal_store *s)
 }
 
 int
-journal_store_removed(const struct journal_store *s)
+journal_store_removed(struct journal_store *s)
 {
     struct stat st;
-    return s->fd != -1 && fstat(s->fd, &st) == 0 && st.st_nlink == 0;
+    if (!s->removed && s->fd != -1 && fstat(s->fd, &st) == 0 && st.st_nlink == 0)
+        s->removed = 1;
+    return s->removed;
 }
 
 uint64_t
@@ -1412,8 +1414,9 @@ journal_store_flush(struct journal_store *s)
     int err = 0, emptied = 0;
 again:;
     struct journal_segment *cur = current_segment(s);
-    if (s->fd == -1 || s->roll_next || s->size >= s->segment_max ||
-        (s->size >= s->idle_roll && cur != NULL && cur->live == 0)) {
+    if (s->fd == -1 || (!s->removed &&
+                        (s->roll_next || s->size >= s->segment_max ||
+                         (s->size >= s->idle_roll && cur != NULL && cur->live == 0)))) {
         if (roll(s) == -1) {
             err = errno;
             if (!emptied && empty_current(s, err) == 0) {

@@ -261,6 +261,7 @@ struct journal_store {
     size_t segment_count, segment_cap;
     int unsynced;               /* written since the last fdatasync */
     int roll_next;              /* start a new segment at the next flush */
+    int removed;                /* journal_store_removed() said so: never roll */
     uint64_t max_seq;           /* the largest SEQ written */
     /* What the last flush wrote: the first flushed_accepts of its ACCEPTs,
      * and (flushed_other) all of `other`. */
@@ -305,8 +306,11 @@ uint64_t journal_store_retained(const struct journal_store *s);
 void journal_store_discard_accepts(struct journal_store *s);
 int journal_store_has_buffered(const struct journal_store *s);
 /* Is the segment being written gone from the file system (its directory
- * removed under us: nlink 0)? What is written to it is then lost. */
-int journal_store_removed(const struct journal_store *s);
+ * removed under us: nlink 0)? What is written to it is then lost. Once it
+ * said so, the store rolls to no new segment (it could not be made in a
+ * directory that is gone: the FINALs still written to the unlinked file,
+ * whatever its size, would be held forever instead). */
+int journal_store_removed(struct journal_store *s);
 uint64_t journal_store_live(const struct journal_store *s);
 
 /*

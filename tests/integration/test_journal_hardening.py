@@ -448,3 +448,31 @@ def test_journal_removed_under_the_daemon_rejects_instead_of_losing(start_daemon
     w.wait_final(["pin"], timeout=10)
     assert [u.state for u in finals_of(w, "pin")] == [SUCCEEDED]
     w.stop()
+
+
+def test_journal_removed_with_a_full_segment_still_publishes_the_finals(start_daemon, tmp_path,
+                                                                        monkeypatch):
+    """The same with the segment being written already past its size: the
+    next flush rolled to a new segment, which cannot be made in a directory
+    that is gone, so the FINALs were held (retried every 2 s, forever) and
+    the item it held never got its final update. Now nothing rolls once the
+    directory is gone: they go to the unlinked file, and are published."""
+    monkeypatch.setenv("DS_JOURNAL_SEGMENT_BYTES", "16KiB")
+    journal = tmp_path / "journal"
+    d = start_daemon({"workers": {"count": 2, "prefetch": 1},
+                      "queue": {"journal": str(journal)}})
+    c = d.client()
+    w = Watcher(c)
+    assert c.submit([{"id": "pin", "kind": "sleep", "params": {"ms": "2000"}}]).accepted == 1
+    w.wait(lambda: w.has_state("pin", STARTED), 10, "pin started")
+    # Their ACCEPTs fill a segment, their FINALs (with the results) the next
+    # one past its 16 KiB, with nothing live in it.
+    big = [{"id": f"big{i}", "kind": "echo", "payload": b"b" * 1024} for i in range(24)]
+    assert c.submit(big).accepted == 24
+    w.wait_final([it["id"] for it in big], timeout=10)
+    time.sleep(0.3)     # their FINALs are flushed
+    shutil.rmtree(journal)
+    w.wait_final(["pin"], timeout=10)
+    assert finals_of(w, "pin")[-1].state == SUCCEEDED
+    assert "cannot be written" not in d.log_text(), d.log_tail()
+    w.stop()

@@ -54,7 +54,10 @@
  *
  * Processes. Whatever process() forks (and whatever those orphan: the
  * worker is a subreaper) is SIGKILLed when the item ends. Processes init
- * starts live as long as the worker.
+ * starts live as long as the worker. The worker ignores SIGHUP, SIGQUIT,
+ * SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU and SIGWINCH (they are the master's),
+ * and a program it execs inherits them ignored: set them back to SIG_DFL
+ * in the child before exec if the program acts on them.
  *
  * Validation. `dosomethingd -t`, the start and every reload dlopen the
  * module in the master, look up DS_MODULE_SYMBOL, check abi_version and

@@ -48,6 +48,7 @@
 #include "grpc/subscribe.h"
 #include "grpc/journal.h"
 #include "grpc/queue.h"
+#include "grpc/reflection.h"
 #include "grpc/store.h"
 #include "grpc/transport.h"
 #include "grpc/updates.h"
@@ -140,6 +141,7 @@ grpc_process_check_done(void)
             subscribers_end_all();
             health_end_all();
             get_items_end_all();
+            reflection_end_all();
         }
         workers_close_all();
     }

@@ -38,7 +38,11 @@ struct reflection_call {
     grpc_byte_buffer *send_buffer;
     grpc_slice details;         /* of a status we end the call with; ours */
     int refused;                /* ended RESOURCE_EXHAUSTED: a request too large */
+    struct reflection_call *prev, *next;    /* in open_calls until destroyed */
 };
+
+/* Every reflection call not destroyed, for reflection_end_all(). */
+static struct reflection_call *open_calls;
 
 /* ---- the answer ------------------------------------------------------------ */
 
@@ -147,6 +151,12 @@ static void
 reflection_destroy(struct call *call)
 {
     struct reflection_call *r = CALL_OF(call, struct reflection_call, base);
+    if (r->prev != NULL)
+        r->prev->next = r->next;
+    else
+        open_calls = r->next;
+    if (r->next != NULL)
+        r->next->prev = r->prev;
     if (r->recv_buffer != NULL)
         grpc_byte_buffer_destroy(r->recv_buffer);
     if (r->send_buffer != NULL)
@@ -254,9 +264,21 @@ reflection_call_start(grpc_call *call, grpc_byte_buffer *unused)
     r->recv_tag.done = on_recv;
     r->send_tag.done = on_send;
     call_init(&r->base, call, &reflection_kind);
+    r->next = open_calls;
+    if (open_calls != NULL)
+        open_calls->prev = r;
+    open_calls = r;
     grpc_op op;
     memset(&op, 0, sizeof op);
     op.op = GRPC_OP_SEND_INITIAL_METADATA;
     call_batch(&r->base, &op, 1, NULL);
     post_receive(r);
+}
+
+void
+reflection_end_all(void)
+{
+    for (struct reflection_call *r = open_calls; r != NULL; r = r->next)
+        grpc_call_cancel_with_status(r->base.call, GRPC_STATUS_UNAVAILABLE,
+                                     "the server is stopping", NULL);
 }

@@ -9,5 +9,9 @@
 #include <grpc/grpc.h>
 
 void reflection_call_start(grpc_call *call, grpc_byte_buffer *unused);
+/* A graceful stop's drain: every open reflection stream ends UNAVAILABLE
+ * (a client such as grpcurl or grpcui held the stop until shutdown_timeout:
+ * such a stream never ends by itself). */
+void reflection_end_all(void);
 
 #endif

@@ -17,6 +17,7 @@ and stalled subscribers do to accepted work and to the grpc process's memory.
 import re
 import shutil
 import signal
+import threading
 import time
 
 import grpc
@@ -251,6 +252,39 @@ def test_usr2_hands_waiting_items_to_the_new_instance(start_daemon, monkeypatch,
     finally:
         if new_master is not None:
             kill_tree(new_master)
+
+
+@pytest.mark.deadline(60)
+def test_an_open_reflection_stream_does_not_hold_a_graceful_stop(start_daemon):
+    """A reflection stream (grpcurl, grpcui, evans hold one open) never
+    ends by itself: the drain ends it UNAVAILABLE, as it ends subscribers,
+    health watches and getItems waits (it held the stop until
+    shutdown_timeout, then the fast stop)."""
+    d = start_daemon({"shutdown_timeout": "20s"})
+    channel = grpc.insecure_channel(d.address)
+    done = threading.Event()
+
+    def requests():
+        yield b"\x3a\x00"          # list_services: ""
+        done.wait(30)
+
+    call = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=lambda b: b, response_deserializer=lambda b: b)(requests(), timeout=30)
+    try:
+        assert next(call)                # answered: the stream is open
+        t0 = time.monotonic()
+        d.send_signal(signal.SIGQUIT)
+        with pytest.raises(grpc.RpcError) as e:
+            next(call)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value
+        assert d.wait_exit(timeout=30) == 0, d.log_tail()
+        elapsed = time.monotonic() - t0
+        assert "reached with" not in d.log_text(), d.log_text()
+        assert elapsed < 15, f"exited {elapsed:.1f} s after QUIT (shutdown_timeout 20s)"
+    finally:
+        done.set()
+        channel.close()
 
 
 @pytest.mark.deadline(60)

@@ -215,14 +215,13 @@ def quick_cancel_module():
         yield paths["quick_cancel"]
 
 
-@pytest.mark.parametrize("mode", ["memory", "journal", "cluster"])
-def test_cancel_of_a_started_quick_item_keeps_its_started(start_daemon, tmp_path,
-                                                         quick_cancel_module, request, mode):
-    """A quick item's STARTED waits in its worker's batch until its end: it
-    reaches the grpc process after the cancel, with the CANCELLED. The item
-    did start: QUEUED, STARTED, CANCELLED (the STARTED was dropped)."""
+def quick_item_started(start_daemon, tmp_path, module, request, mode):
+    """A daemon of one worker in MODE, a subscriber, and the quick module's
+    item Q running (its STARTED waiting in the worker's batch). Steps of
+    1 s: the module looks at a cancel after the first, before any PROGRESS
+    (which would flush the STARTED)."""
     mark = tmp_path / "mark"
-    extra = {"qc": {"module": str(quick_cancel_module)}}
+    extra = {"qc": {"module": str(module)}}
     if mode == "cluster":
         d = start_instance(start_daemon, request.getfixturevalue("redis"), cluster_name(),
                            "inst", workers=1, overrides={"handlers": {
@@ -230,11 +229,19 @@ def test_cancel_of_a_started_quick_item_keeps_its_started(start_daemon, tmp_path
     else:
         d = start_daemon(config(tmp_path, mode, extra_handlers=extra))
     sub = d.client().subscribe(sync=True)
-    # Steps of 1 s: the module looks at its cancel after the first, before
-    # any PROGRESS (which would flush the STARTED).
     assert d.client().submit([{"id": "Q", "kind": "qc", "params": {
         "ms": "60000", "steps": "60", "mark": str(mark)}}]).accepted == 1
     wait_for(mark.exists, 10, "the module to start Q")
+    return d, sub
+
+
+@pytest.mark.parametrize("mode", ["memory", "journal", "cluster"])
+def test_cancel_of_a_started_quick_item_keeps_its_started(start_daemon, tmp_path,
+                                                         quick_cancel_module, request, mode):
+    """A quick item's STARTED waits in its worker's batch until its end: it
+    reaches the grpc process after the cancel, with the CANCELLED. The item
+    did start: QUEUED, STARTED, CANCELLED (the STARTED was dropped)."""
+    d, sub = quick_item_started(start_daemon, tmp_path, quick_cancel_module, request, mode)
     assert cancel(d, ids=["Q"]).cancelled == 1
     sub.wait_state("Q", CANCELLED, timeout=10)
     assert_one_final(sub, "Q", CANCELLED)
@@ -248,18 +255,7 @@ def test_a_worker_killed_under_a_started_quick_item_keeps_its_started(
     killed (no cancel, no stop): the master says it was running the item,
     so the item did start: QUEUED, STARTED, RETRYING (the STARTED was
     lost with the worker: QUEUED, RETRYING), then its next attempt."""
-    mark = tmp_path / "mark"
-    extra = {"qc": {"module": str(quick_cancel_module)}}
-    if mode == "cluster":
-        d = start_instance(start_daemon, request.getfixturevalue("redis"), cluster_name(),
-                           "inst", workers=1, overrides={"handlers": {
-                               "default": "echo", "echo": {"builtin": "echo"}, **extra}})
-    else:
-        d = start_daemon(config(tmp_path, mode, extra_handlers=extra))
-    sub = d.client().subscribe(sync=True)
-    assert d.client().submit([{"id": "Q", "kind": "qc", "params": {
-        "ms": "60000", "steps": "60", "mark": str(mark)}}]).accepted == 1
-    wait_for(mark.exists, 10, "the module to start Q")
+    d, sub = quick_item_started(start_daemon, tmp_path, quick_cancel_module, request, mode)
     os.kill(d.worker_pids()[0], signal.SIGKILL)
     sub.wait_state("Q", pb.RETRYING, timeout=10)
     assert sub.states_of("Q")[:3] == ["QUEUED", "STARTED", "RETRYING"], sub.of("Q")

@@ -305,6 +305,28 @@ def test_a_started_that_happened_comes_before_the_last_update(start_daemon, tmp_
     assert d.wait_exit(timeout=15) == 0, d.log_tail()
 
 
+def holding_three_and_b(redis, start_daemon, name, lease, max_attempts):  # noqa: F811
+    """Instance a (shutdown_timeout 1s) holding three items w0..w2 of a
+    paused kind (pulled from Redis: every entry pending at a, waiting at
+    the kind's gate), and instance b that can run them, with a subscriber:
+    (a, b, ids, b's subscriber)."""
+    held = {"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                         "work": {"builtin": "sleep", "paused": True}},
+            "shutdown_timeout": "1s"}
+    a = start_instance(start_daemon, redis, name, "a", workers=1, lease=lease, overrides=held)
+    sub = a.client().subscribe(sync=True, name="sub-a")
+    ids = [f"w{i}" for i in range(3)]
+    assert a.client().submit([{"id": i, "kind": "work", "params": {"ms": "1"},
+                               "max_attempts": max_attempts} for i in ids]).accepted == 3
+    sub.wait(lambda s: all(i in s.by_id for i in ids), 10, "every QUEUED")
+    wait_for(lambda: len(redis.command("XPENDING", f"{{{name}}}:work", "dosomethingd",
+                                       "-", "+", 10)) == 3, 10, "a holding the three entries")
+    b = start_instance(start_daemon, redis, name, "b", workers=1, lease=lease,
+                       overrides={"handlers": {"default": "echo", "echo": {"builtin": "echo"},
+                                               "work": {"builtin": "sleep"}}})
+    return a, b, ids, b.client().subscribe(sync=True, name="sub-b")
+
+
 @pytest.mark.deadline(60)
 def test_cluster_items_waiting_at_the_deadline_go_back_at_their_attempt(redis, start_daemon):
     """Instance a holds items of a paused kind (pulled from Redis, waiting
@@ -314,22 +336,7 @@ def test_cluster_items_waiting_at_the_deadline_go_back_at_their_attempt(redis, s
     after the lease, each as one more attempt: a deploy whose stop reached
     its deadline every time could fail items that never ran)."""
     name = cluster_name()
-    held = {"handlers": {"default": "echo", "echo": {"builtin": "echo"},
-                         "work": {"builtin": "sleep", "paused": True}},
-            "shutdown_timeout": "1s"}
-    a = start_instance(start_daemon, redis, name, "a", workers=1, lease="9s", overrides=held)
-    sub = a.client().subscribe(sync=True, name="sub-a")
-    ids = [f"w{i}" for i in range(3)]
-    assert a.client().submit([{"id": i, "kind": "work", "params": {"ms": "1"},
-                               "max_attempts": 2} for i in ids]).accepted == 3
-    sub.wait(lambda s: all(i in s.by_id for i in ids), 10, "every QUEUED")
-    # Every entry read by a (pending at its consumer).
-    wait_for(lambda: len(redis.command("XPENDING", f"{{{name}}}:work", "dosomethingd",
-                                       "-", "+", 10)) == 3, 10, "a holding the three entries")
-    b = start_instance(start_daemon, redis, name, "b", workers=1, lease="9s",
-                       overrides={"handlers": {"default": "echo", "echo": {"builtin": "echo"},
-                                               "work": {"builtin": "sleep"}}})
-    watch = b.client().subscribe(sync=True, name="sub-b")
+    a, b, ids, watch = holding_three_and_b(redis, start_daemon, name, "9s", 2)
     log = quit_and_wait(a)
     # b takes them at its next claim pass (every lease/2), before a's 9 s lease.
     finals = watch.wait_final(ids, timeout=20)
@@ -402,21 +409,7 @@ def test_cluster_a_hand_back_cut_off_says_so_and_the_items_are_taken_over(redis,
     hand-back got no answer (before: nothing), and b takes the items over
     after the lease, none lost."""
     name = cluster_name()
-    held = {"handlers": {"default": "echo", "echo": {"builtin": "echo"},
-                         "work": {"builtin": "sleep", "paused": True}},
-            "shutdown_timeout": "1s"}
-    a = start_instance(start_daemon, redis, name, "a", workers=1, lease="2s", overrides=held)
-    sub = a.client().subscribe(sync=True, name="sub-a")
-    ids = [f"w{i}" for i in range(3)]
-    assert a.client().submit([{"id": i, "kind": "work", "params": {"ms": "1"},
-                               "max_attempts": 3} for i in ids]).accepted == 3
-    sub.wait(lambda s: all(i in s.by_id for i in ids), 10, "every QUEUED")
-    wait_for(lambda: len(redis.command("XPENDING", f"{{{name}}}:work", "dosomethingd",
-                                       "-", "+", 10)) == 3, 10, "a holding the three entries")
-    b = start_instance(start_daemon, redis, name, "b", workers=1, lease="2s",
-                       overrides={"handlers": {"default": "echo", "echo": {"builtin": "echo"},
-                                               "work": {"builtin": "sleep"}}})
-    watch = b.client().subscribe(sync=True, name="sub-b")
+    a, b, ids, watch = holding_three_and_b(redis, start_daemon, name, "2s", 3)
     a.send_signal(signal.SIGQUIT)
     t0 = time.monotonic()
     a.wait_log(r"graceful stop: \d+ items to finish", timeout=5)

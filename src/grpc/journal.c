@@ -962,7 +962,14 @@ journal_shutdown(void)
     jr.final_count = jr.final_cap = 0;
 
     uint64_t live = journal_store_live(&jr.store), retained = journal_store_retained(&jr.store);
-    if (live > 0 || rc == -1)
+    if (jr.removed && live > 0)
+        log_error("journal: %s was removed under this process: nothing stays for the next "
+                  "grpc process, and the %llu items not final are lost", jr.store.dir,
+                  (unsigned long long)live);
+    else if (jr.removed)
+        log_notice("journal: %s was removed under this process: nothing stays for the next "
+                   "grpc process", jr.store.dir);
+    else if (live > 0 || rc == -1)
         log_notice("journal: %llu items stay in %s for the next grpc process",
                    (unsigned long long)live, jr.store.dir);
     else if (retained > 0)

@@ -725,7 +725,7 @@ abandon(struct item *item, pid_t worker_pid)
     char reason[320];
     snprintf(reason, sizeof reason, "%s: %s", item->started ? "interrupted" : "not run",
              st.abandon_why);
-    if (st.b->keeps_abandoned) {
+    if (store_keeps_abandoned()) {
         char retry[400];
         snprintf(retry, sizeof retry, "%s; it stays in the queue journal and runs again at the "
                  "next start", reason);
@@ -884,10 +884,12 @@ store_idle(void)
     return st.b->idle == NULL || st.b->idle();
 }
 
+/* Not while the backend does not serve: a journal whose directory was
+ * removed keeps nothing for the next start. */
 int
 store_keeps_abandoned(void)
 {
-    return st.b->keeps_abandoned;
+    return st.b->keeps_abandoned && store_serving(NULL);
 }
 
 int

@@ -220,7 +220,8 @@ uint64_t store_count(void);
 int store_available(const char **why);
 int store_serving(const char **why);
 int store_idle(void);
-/* Does the backend keep what a graceful stop leaves (journal)? */
+/* Does the backend keep what a graceful stop leaves (journal, while it
+ * serves: not once its directory was removed)? */
 int store_keeps_abandoned(void);
 /* Does the backend own the update log (Redis)? */
 int store_shared_log(void);

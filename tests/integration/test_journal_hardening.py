@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (FINAL_STATES, NOT_SERVING, QUEUED, RETRYING, SERVING, STARTED, SUCCEEDED,
+from conftest import (FAILED, FINAL_STATES, NOT_SERVING, QUEUED, RETRYING, SERVING, STARTED, SUCCEEDED,
                       Daemon, free_port, http_get, pid_alive, wait_for, work_item)
 from test_journal import RECOVERED, Watcher, echo_items, kill_everything, segments
 
@@ -475,4 +475,33 @@ def test_journal_removed_with_a_full_segment_still_publishes_the_finals(start_da
     w.wait_final(["pin"], timeout=10)
     assert finals_of(w, "pin")[-1].state == SUCCEEDED
     assert "cannot be written" not in d.log_text(), d.log_tail()
+    w.stop()
+
+
+def test_journal_removed_then_a_stop_deadline_says_the_items_are_lost(start_daemon, tmp_path):
+    """Items held when the journal directory was removed cannot stay in it:
+    a graceful stop's deadline ends them FAILED (not RETRYING "it stays in
+    the queue journal and runs again at the next start", which was false),
+    and the stop says nothing stays (not "2 retained finals stay in DIR")."""
+    journal = tmp_path / "journal"
+    d = start_daemon({"workers": {"count": 1, "prefetch": 1}, "shutdown_timeout": "1s",
+                      "queue": {"journal": str(journal)}})
+    c = d.client()
+    w = Watcher(c)
+    assert c.submit([{"id": "long", "kind": "sleep", "params": {"ms": "60000"}},
+                     {"id": "behind", "kind": "echo", "payload": b"x"}]).accepted == 2
+    w.wait(lambda: w.has_state("long", STARTED), 10, "long started")
+    shutil.rmtree(journal)
+    assert c.submit([{"id": "x", "kind": "echo"}]).rejected == 1     # noticed
+    d.send_signal(signal.SIGQUIT)
+    w.wait_final(["long", "behind"], timeout=15)
+    for i in ("long", "behind"):
+        last = finals_of(w, i)[-1]
+        assert last.state == FAILED, (i, last)
+        assert "stays in the queue journal" not in last.error, last
+    assert d.wait_exit(timeout=15) == 0, d.log_tail()
+    log = d.log_text()
+    assert "they are FAILED" in log, log
+    assert "was removed under this process: nothing stays for the next grpc process" in log, log
+    assert "stay in" not in log, log
     w.stop()

@@ -402,6 +402,20 @@ def test_usr2_handover_whose_calls_fail_logs_one_summary_of_distinct_items(
             kill_tree(new_master)
 
 
+def upgrade_without_oldonly(d, tmp_path, binary, handlers, old_master):
+    """A USR2 to a new binary whose config lacks the kind "oldonly" (the
+    new instance rejects its items); the new master's pid, once written."""
+    config = dict(d.config, handlers={k: v for k, v in handlers.items() if k != "oldonly"})
+    d.write_config(text=conftest.dump_config(config))
+    install(tmp_path, binary, source=real_binary())
+    d.send_signal(signal.SIGUSR2)
+    wait_for(lambda: d.read_pid_file() not in (None, old_master), 10,
+             "the new master's pid file")
+    new_master = d.read_pid_file()
+    d.known_pids.add(new_master)
+    return new_master
+
+
 @pytest.mark.deadline(120)
 def test_usr2_handover_with_many_rejected_items_sends_each_once(start_daemon, monkeypatch,
                                                                  tmp_path):
@@ -426,14 +440,7 @@ def test_usr2_handover_with_many_rejected_items_sends_each_once(start_daemon, mo
         assert c.submit(items).accepted == 2400
         watch.wait(lambda s: all(i["id"] in s.by_id for i in items), 20, "every QUEUED")
 
-        config = dict(d.config, handlers={k: v for k, v in handlers.items() if k != "oldonly"})
-        d.write_config(text=conftest.dump_config(config))
-        install(tmp_path, binary, source=real_binary())
-        d.send_signal(signal.SIGUSR2)
-        wait_for(lambda: d.read_pid_file() not in (None, old_master), 10,
-                 "the new master's pid file")
-        new_master = d.read_pid_file()
-        d.known_pids.add(new_master)
+        new_master = upgrade_without_oldonly(d, tmp_path, binary, handlers, old_master)
         m = d.wait_log(SUMMARY_LINE, timeout=30)
         assert (m.group("handed"), m.group("kept"), m.group("back"), m.group("unsent")) == \
             ("1200", "1200", "1200", "0"), m.group(0)
@@ -476,15 +483,7 @@ def test_usr2_handover_does_not_resend_an_item_the_new_instance_rejected(
         assert c.submit(items).accepted == 3
         watch.wait(lambda s: all(i["id"] in s.by_id for i in items), 10, "every QUEUED")
 
-        # The new instance's config: the same without "oldonly".
-        config = dict(d.config, handlers={k: v for k, v in handlers.items() if k != "oldonly"})
-        d.write_config(text=conftest.dump_config(config))
-        install(tmp_path, binary, source=real_binary())
-        d.send_signal(signal.SIGUSR2)
-        wait_for(lambda: d.read_pid_file() not in (None, old_master), 10,
-                 "the new master's pid file")
-        new_master = d.read_pid_file()
-        d.known_pids.add(new_master)
+        new_master = upgrade_without_oldonly(d, tmp_path, binary, handlers, old_master)
         m = d.wait_log(SUMMARY_LINE, timeout=20)
         assert (m.group("handed"), m.group("kept"), m.group("back")) == ("2", "1", "1"), \
             m.group(0)

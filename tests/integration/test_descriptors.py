@@ -4,6 +4,7 @@ connections to the gRPC and status ports, a worker respawn while the table
 is full, a worker that cannot open the pipes of an exec program, a journal
 that cannot open its next segment, a cluster instance that cannot open a
 socket to Redis again), and the status port through a binary upgrade."""
+import contextlib
 import json
 import os
 import resource
@@ -296,6 +297,25 @@ def lowest_free_fd(pid):
     return next(n for n in range(len(used) + 1) if n not in used)
 
 
+@contextlib.contextmanager
+def fd_limit(pid, soft=None):
+    """PID's soft RLIMIT_NOFILE at SOFT (None: its lowest free descriptor,
+    so its table is full) for the block, then back. Skips only where this
+    user may not do that (prlimit on another process and reading its
+    /proc/PID/fd need root, or the same user and a dumpable process),
+    naming the error."""
+    try:
+        was = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        to = lowest_free_fd(pid) if soft is None else soft
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (to, was[1]))
+    except PermissionError as e:
+        pytest.skip(f"cannot lower the descriptor limit of pid {pid} here: {e}")
+    try:
+        yield
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, was)
+
+
 @pytest.mark.deadline(60)
 def test_an_exec_item_whose_worker_has_no_descriptor_left_is_retried(make_daemon):
     """The worker's table is full (its soft RLIMIT_NOFILE lowered to its
@@ -303,25 +323,19 @@ def test_an_exec_item_whose_worker_has_no_descriptor_left_is_retried(make_daemon
     the worker's shortage, not the item's failure: RETRYING, and once
     descriptors are free again the next attempt runs it (before: FAILED at
     once, "cannot run cat: pipe2() failed: Too many open files")."""
-    if os.geteuid() != 0:
-        pytest.skip("prlimit on another process needs root")
     d = make_daemon({"workers": {"count": 1},
                      "queue": {"retry_backoff": {"min": "1s", "max": "1s"}},
                      "handlers": {"default": "echo", "echo": {"builtin": "echo"},
                                   "cat": {"exec": ["/bin/cat"]}}})
     d.start()
     [worker] = d.worker_pids()
-    soft, hard = resource.prlimit(worker, resource.RLIMIT_NOFILE)
     c = d.client()
     sub = c.subscribe(sync=True)
-    resource.prlimit(worker, resource.RLIMIT_NOFILE, (lowest_free_fd(worker), hard))
-    try:
+    with fd_limit(worker):
         assert c.submit([{"id": "x", "kind": "cat", "payload": b"hello",
                           "max_attempts": 3}]).accepted == 1
         u = sub.wait_state("x", conftest.RETRYING, timeout=10)
         assert u.error == "cannot run cat: pipe2() failed: Too many open files", u.error
-    finally:
-        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard))
     final = sub.wait_final(["x"], timeout=10)["x"]
     assert final.state == SUCCEEDED_STATE and final.attempt == 2 and final.result == b"hello", \
         sub.states_of("x")
@@ -336,8 +350,6 @@ def test_a_journal_roll_without_a_descriptor_rejects_then_recovers(make_daemon, 
     rejected with the reason, the line says so, an item accepted before is
     untouched, and once descriptors are free the next item is accepted and
     the log says writing works again. (Checked: this already held.)"""
-    if os.geteuid() != 0:
-        pytest.skip("prlimit on another process needs root")
     monkeypatch.setenv("DS_JOURNAL_SEGMENT_BYTES", "4KiB")
     d = make_daemon({"workers": {"count": 1}, "queue": {"journal": str(tmp_path / "journal")}})
     d.start()
@@ -347,12 +359,8 @@ def test_a_journal_roll_without_a_descriptor_rejects_then_recovers(make_daemon, 
                       "payload": b"p" * 5000}]).accepted == 1
     sub.wait_state("pin", conftest.STARTED, timeout=10)
     grpc_pid = d.grpc_pid()
-    soft, hard = resource.prlimit(grpc_pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(grpc_pid, resource.RLIMIT_NOFILE, (lowest_free_fd(grpc_pid), hard))
-    try:
+    with fd_limit(grpc_pid):
         reply = c.submit([{"id": "during", "kind": "echo", "payload": b"d" * 5000}])
-    finally:
-        resource.prlimit(grpc_pid, resource.RLIMIT_NOFILE, (soft, hard))
     assert reply.rejected == 1, reply
     assert reply.rejections[0].reason == "journal write failed: Too many open files", reply
     d.wait_log(r"journal: open\(\"\S+\.seg\"\) failed: Too many open files")
@@ -371,21 +379,15 @@ def test_a_redis_reconnect_without_a_descriptor_says_why_and_recovers(redis, sta
     call is answered UNAVAILABLE naming the reason, the log says it, and
     once descriptors are back the instance connects and serves again, the
     same grpc process. (Checked: this already held.)"""
-    if os.geteuid() != 0:
-        pytest.skip("prlimit on another process needs root")
     a = start_instance(start_daemon, redis, cluster_name(), "a", workers=1, lease="3s")
     c = a.client()
     grpc_pid = a.grpc_pid()
-    soft, hard = resource.prlimit(grpc_pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(grpc_pid, resource.RLIMIT_NOFILE, (8, hard))
-    try:
+    with fd_limit(grpc_pid, 8):
         redis.command("CLIENT", "KILL", "TYPE", "normal")
         a.wait_log(r"cluster: redis \S+: connecting: Can't create socket: Too many open files")
         with pytest.raises(grpc.RpcError) as e:
             c.submit([{"id": "during", "kind": "echo", "payload": b"x"}], timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value
         assert "Too many open files" in e.value.details(), e.value.details()
-    finally:
-        resource.prlimit(grpc_pid, resource.RLIMIT_NOFILE, (soft, hard))
     wait_serving(a)
     assert a.grpc_pid() == grpc_pid

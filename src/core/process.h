@@ -75,6 +75,11 @@ struct ds_child_start {
     int data_fd;                /* worker: to the grpc process; -1 otherwise */
     uint64_t seq_start;         /* grpc: the first update seq it may use is seq_start + 1 */
     struct ds_worker_status *status;    /* worker: shared with the master; NULL otherwise */
+    /* grpc: bind the listeners only once the store serves (the new master
+     * of a USR2 upgrade, before it took over: the old instance serves
+     * meanwhile, and a client sent to us must not meet a store that cannot
+     * take its items yet) */
+    int bind_when_serving;
 };
 
 void grpc_process_main(struct ds_child_start *start) __attribute__((noreturn));

@@ -61,7 +61,6 @@
 #include "grpc/cluster_take.h"
 #include "grpc/cluster_write.h"
 #include "grpc/grpc_process.h"
-#include "grpc/health.h"
 #include "grpc/item.h"
 #include "grpc/redis_args.h"
 #include "grpc/redis_reply.h"
@@ -440,8 +439,10 @@ cluster_session_fail(const char *fmt, ...)
     cl.failing = 1;
     cl.up = 0;
     set_why();
-    if (was_up)
-        health_changed();
+    /* The first failure also ends the first attempt (cluster_starting()). */
+    int first = cl.failures++ == 0;
+    if (was_up || first)
+        store_serving_changed();
     event_active(cl.reset_event, EV_TIMEOUT, 0);
 }
 
@@ -701,7 +702,7 @@ session_up(void)
     cluster_pull();
     cluster_on_due_timer(-1, 0, NULL);
     if (cl.caught_up) {
-        health_changed();
+        store_serving_changed();
         store_room_available();
     }
 }
@@ -1152,6 +1153,14 @@ cluster_serving(const char **why)
     return 0;
 }
 
+/* The first session is still being set up (neither serving nor failed
+ * yet): a start reports where it stands once that is known. */
+static int
+cluster_starting(void)
+{
+    return cl.enabled && cl.failures == 0 && !(cl.up && cl.caught_up);
+}
+
 /* Nothing this instance wrote is waiting for Redis, and every update it
  * published has come back through the update stream: a drain may end. */
 static int
@@ -1273,6 +1282,7 @@ const struct store_backend store_redis = {
     .busy = cluster_busy,
     .available = cluster_serving,
     .serving = cluster_serving,
+    .starting = cluster_starting,
     .idle = cluster_idle,
     .hand_back = cluster_hand_back,
     .handing_back = cluster_handing_back,

@@ -32,7 +32,6 @@
 #include "grpc/cluster_state.h"
 #include "grpc/cluster_take.h"
 #include "grpc/grpc_process.h"
-#include "grpc/health.h"
 #include "grpc/redis_args.h"
 #include "grpc/redis_reply.h"
 #include "grpc/store.h"
@@ -395,7 +394,7 @@ on_updates(redisAsyncContext *ac, void *reply, void *arg)
         cl.caught_up = 1;
         log_notice("cluster: serving; the update stream %s is read up to seq %" PRIu64,
                    cl.key_updates, cl.last_seq);
-        health_changed();
+        store_serving_changed();
         store_room_available();
     }
     cluster_read_updates();

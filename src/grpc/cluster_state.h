@@ -153,6 +153,7 @@ struct cluster_state {
     uint64_t ping_sent_ms;
     int ping_outstanding;
     uint64_t reconnects, claimed, lost_updates, superseded, sessions;
+    uint64_t failures;          /* sessions that failed (or never came up) */
     uint64_t started_folded;    /* STARTED of quick items not sent on their own */
     uint64_t cancels;           /* cancel requests for items held here */
     uint64_t known[3];          /* items known, finals retained, their bytes: as last polled */

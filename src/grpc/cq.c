@@ -122,8 +122,12 @@ cq_start(void)
 void
 cq_stop(void)
 {
-    if (!cq.running)
+    if (!cq.running) {
+        /* Never started (a stop before the listeners were bound): the
+         * queue must still be shut down before it is destroyed. */
+        grpc_completion_queue_shutdown(gp.cq);
         return;
+    }
     grpc_completion_queue_shutdown(gp.cq);
     /* The thread may be parked waiting for us: drain until it is free. */
     for (;;) {

@@ -81,6 +81,14 @@ static struct {
     int expired;                /* the drain's deadline passed: items were abandoned */
     char expired_why[96];
     int done;
+    /* Readiness (report_ready): the listeners wait for the store (the new
+     * instance of an upgrade), they are bound, the master was told so
+     * (IPC_READY, the store not serving yet), told that the store serves. */
+    int bind_when_serving;
+    int bound;
+    int ready_sent;
+    int serving_sent;
+    int status;                 /* the exit status bind_and_serve() decided */
 } proc;
 
 void
@@ -445,6 +453,88 @@ signals_init(void)
     return 0;
 }
 
+/*
+ * What the master hears (IPC_READY): once the listeners are bound, whether
+ * the store can take items, and if not why; once it can, IPC_READY again
+ * (serving). The master says "serving" (and hands an upgrade over) only
+ * then: listening alone is not serving while a Redis session or a journal
+ * is not open yet.
+ */
+static void
+report_ready(void)
+{
+    if (!proc.bound || proc.serving_sent || gp.stopping || gp.draining)
+        return;
+    const char *why = NULL;
+    int serving = store_serving(&why);
+    if (!serving && (proc.ready_sent || store_starting()))
+        return;     /* nothing new to say, or not yet: its first attempt is under way */
+    uint8_t body[1 + 255];
+    size_t len = 1;
+    body[0] = (uint8_t)serving;
+    if (!serving && why != NULL) {
+        len += strnlen(why, sizeof body - 1);
+        memcpy(body + 1, why, len - 1);
+    }
+    master_send(IPC_READY, body, len);
+    proc.ready_sent = 1;
+    proc.serving_sent = serving;
+}
+
+/* Bind the listeners, drop privileges, tell the master; proc.status says
+ * whether that failed (the process then exits once the server that
+ * started has shut down). */
+static void
+bind_and_serve(void)
+{
+    char err[256];
+    proc.bound = 1;
+    /* Listeners are bound as whoever started us (a port under 1024 needs
+     * root); nothing after this runs as root. */
+    if (server_start() == -1) {
+        proc.status = DS_EXIT_FATAL;
+        gp.stopping = 1;
+        server_shutdown(1);
+    } else if (status_start() == -1) {
+        proc.status = DS_EXIT_FATAL;
+        stop_fast("status.listen cannot be bound");
+    }
+    if (cq_start() == -1)
+        fatal(DS_EXIT_FATAL, "cannot start the completion queue thread");
+    /* What was made as root for us to write after the drop becomes the user's. */
+    if (proc.status == DS_EXIT_OK)
+        journal_chown(gp.config->user);
+    if (proc.status == DS_EXIT_OK && privileges_drop(gp.config->user, err, sizeof err) == -1) {
+        log_error("%s", err);
+        master_send_now(IPC_FATAL, err, strlen(err));
+        proc.status = DS_EXIT_FATAL;
+        stop_fast("cannot drop privileges");
+    }
+    if (proc.status == DS_EXIT_OK)
+        report_ready();
+}
+
+/* The store serves now, or its first attempt failed: the new instance of
+ * an upgrade binds its listeners once it serves, a bound one tells the
+ * master. */
+static void
+on_store_serving_changed(void)
+{
+    if (gp.stopping || gp.draining)
+        return;
+    if (proc.bind_when_serving) {
+        if (!store_serving(NULL))
+            return;
+        proc.bind_when_serving = 0;
+        log_notice("binary upgrade: the store serves; listening");
+        bind_and_serve();
+        if (proc.status != DS_EXIT_OK && server_is_shut_down())
+            event_base_loopbreak(gp.base);
+        return;
+    }
+    report_ready();
+}
+
 void
 grpc_process_main(struct ds_child_start *start)
 {
@@ -473,39 +563,23 @@ grpc_process_main(struct ds_child_start *start)
     /* Recovery from the journal, if any, before serving: it may move seqs on. */
     uint64_t seq_start = start->seq_start;
     store_on_room(submit_resume_blocked);
+    store_on_serving_changed(on_store_serving_changed);
     updates_listen(subscribers_publish);
     store_init(&seq_start);
     updates_init(seq_start);
     store_start();
-    int status = DS_EXIT_OK;
-    char err[256];
-    /* Listeners are bound as whoever started us (a port under 1024 needs
-     * root); nothing after this runs as root. */
-    if (server_start() == -1) {
-        status = DS_EXIT_FATAL;
-        gp.stopping = 1;
-        server_shutdown(1);
-    } else if (status_start() == -1) {
-        status = DS_EXIT_FATAL;
-        stop_fast("status.listen cannot be bound");
+    proc.status = DS_EXIT_OK;
+    const char *why = NULL;
+    if (start->bind_when_serving && !store_serving(&why)) {
+        log_notice("binary upgrade: listening once the store serves (%s); the old instance "
+                   "serves meanwhile", why);
+        proc.bind_when_serving = 1;
+    } else {
+        bind_and_serve();
     }
-    if (cq_start() == -1)
-        fatal(DS_EXIT_FATAL, "cannot start the completion queue thread");
-    /* What was made as root for us to write after the drop becomes the user's. */
-    if (status == DS_EXIT_OK)
-        journal_chown(gp.config->user);
-    if (status == DS_EXIT_OK && privileges_drop(gp.config->user, err, sizeof err) == -1) {
-        log_error("%s", err);
-        master_send_now(IPC_FATAL, err, strlen(err));
-        status = DS_EXIT_FATAL;
-        stop_fast("cannot drop privileges");
-    }
-    if (status == DS_EXIT_OK) {
-        master_send(IPC_READY, NULL, 0);
-        event_base_dispatch(gp.base);
-    } else if (!server_is_shut_down()) {
-        event_base_dispatch(gp.base);   /* the server started: until it has shut down */
-    }
+    if (proc.status == DS_EXIT_OK || !server_is_shut_down())
+        event_base_dispatch(gp.base);   /* failed: until the server that started has shut down */
+    int status = proc.status;
 
     if (!server_is_shut_down()) {
         /* Calls outlived the grace: leave their teardown to exit(). */

@@ -33,7 +33,6 @@
 #include "core/utf8.h"
 #include "core/process.h"
 #include "grpc/grpc_process.h"
-#include "grpc/health.h"
 #include "grpc/item.h"
 #include "grpc/items.h"
 #include "grpc/journal.h"
@@ -341,7 +340,7 @@ flush_now(int force_sync)
                   "the daemon restarts (a new grpc process makes a new journal); the %llu items "
                   "it holds are no longer journaled: a stop or a crash loses them", jr.store.dir,
                   (unsigned long long)journal_store_live(&jr.store));
-        health_changed();
+        store_serving_changed();
     }
     int wrote = journal_store_has_buffered(&jr.store);
     int rc = journal_store_flush(&jr.store), err = errno;
@@ -789,7 +788,7 @@ on_open_timer(evutil_socket_t fd, short what, void *arg)
     log_notice("journal: %s opened after %llu attempts; items are accepted again",
                jr.store.dir, (unsigned long long)jr.open_attempts);
     start_journaling();
-    health_changed();
+    store_serving_changed();
 }
 
 /*

@@ -25,6 +25,7 @@
 #include "grpc/cluster.h"
 #include "grpc/grpc_process.h"
 #include "grpc/handover.h"
+#include "grpc/health.h"
 #include "grpc/item.h"
 #include "grpc/items.h"
 #include "grpc/journal.h"
@@ -52,6 +53,7 @@ static struct {
     uint64_t count;             /* accepted and not final: queued, at a worker, or ending */
     uint64_t pending;           /* handed to store_accept, the backend not done yet */
     const char *abandon_why;    /* set at a drain's deadline: see store_abandon() */
+    void (*serving_changed)(void);  /* store_on_serving_changed() */
     void (*room)(void);
 } st;
 
@@ -864,6 +866,14 @@ store_room_available(void)
         st.room();
 }
 
+void
+store_serving_changed(void)
+{
+    health_changed();
+    if (st.serving_changed != NULL)
+        st.serving_changed();
+}
+
 /* ---- state ---------------------------------------------------------------------- */
 
 int
@@ -876,6 +886,12 @@ int
 store_serving(const char **why)
 {
     return st.b->serving == NULL || st.b->serving(why);
+}
+
+int
+store_starting(void)
+{
+    return st.b->starting != NULL && st.b->starting();
 }
 
 int
@@ -952,6 +968,12 @@ void
 store_on_room(void (*fn)(void))
 {
     st.room = fn;
+}
+
+void
+store_on_serving_changed(void (*fn)(void))
+{
+    st.serving_changed = fn;
 }
 
 void

@@ -163,8 +163,13 @@ struct store_backend {
     int (*busy)(void);
     /* Can calls be served at all? If not, *WHY says why (calls end UNAVAILABLE). */
     int (*available)(const char **why);
-    /* Can items be accepted now? (health, /healthz) */
+    /* Can items be accepted now? (health, /healthz) The backend calls
+     * store_serving_changed() whenever the answer may have changed. */
     int (*serving)(const char **why);
+    /* Not serving yet, and its first attempt to (a Redis session) has no
+     * outcome yet: the process waits for it before it tells the master
+     * that it listens without serving. NULL: never. */
+    int (*starting)(void);
     /* Nothing is waiting for the backend: a drain may end. */
     int (*idle)(void);
     /* shared_log: a graceful stop's deadline stops this instance fast: give
@@ -203,6 +208,11 @@ void store_configure(const struct ds_config *old);
 void store_shutdown(void);
 /* Told when room frees up (submit.c resumes blocked calls). */
 void store_on_room(void (*fn)(void));
+/* Told when store_serving() may have changed (after health watchers):
+ * the process binds its listeners, or tells the master it serves, only
+ * once the backend can take items (a Redis session is open and its update
+ * stream read; a journal is open). */
+void store_on_serving_changed(void (*fn)(void));
 
 /* ---- for submit.c, health, status, the process -------------------------- */
 
@@ -219,6 +229,7 @@ void store_subscribers_want_started(void);
 uint64_t store_count(void);
 int store_available(const char **why);
 int store_serving(const char **why);
+int store_starting(void);
 int store_idle(void);
 /* Does the backend keep what a graceful stop leaves (journal, while it
  * serves: not once its directory was removed)? */
@@ -362,5 +373,9 @@ int store_lost(struct item *item);
 void store_for_each(void (*fn)(const struct item *item, void *arg), void *arg);
 /* Room may have appeared (a backend's capacity poll). */
 void store_room_available(void);
+/* The backend's serving() may answer otherwise now (a session opened or
+ * was lost, a journal opened or was removed): health watchers and the
+ * store_on_serving_changed() callback hear it. */
+void store_serving_changed(void);
 
 #endif

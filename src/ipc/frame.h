@@ -44,7 +44,9 @@ enum ipc_type {
                                    grpc process: a u8, 1 for the drain of a USR2 upgrade */
     IPC_REOPEN_LOGS,
     /* control channel, grpc process -> master */
-    IPC_READY,                  /* listening on every address */
+    IPC_READY,                  /* listening on every address: a u8, 1 if the store
+                                   serves (takes items), else 0 + why not; sent again
+                                   with 1 once it does */
     IPC_KILL_WORKER,            /* ipc_worker + why: an item timed out there */
     IPC_SEQ_RESERVE,            /* ipc_seq: update seqs up to this may be used */
     IPC_FATAL,                  /* text: a boot error; the grpc process exits next */

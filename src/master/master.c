@@ -100,6 +100,9 @@ static struct {
     pid_t pid;
     int serving;                /* "serving" was announced once */
     int announce;               /* the grpc process is READY: announce once workers are wired */
+    /* What its last IPC_READY said: the store takes items, or why not. */
+    int store_serving;
+    char store_why[256];
     /* What becomes of the grpc process's items if it dies, by the config it
      * was started with (its store is chosen once: a reload does not change
      * it). Static text. */
@@ -360,6 +363,7 @@ spawn(enum ds_role role, uint32_t slot)
             /* slot_spawn reserved one chunk past this for the grpc process */
             .seq_start = m.seq_reserved - SEQ_RESERVE_CHUNK,
             .status = p->status,
+            .bind_when_serving = m.upgrade_parent > 0 && !m.serving,
         };
         if (role == DS_ROLE_GRPC)
             grpc_process_main(&start);
@@ -777,17 +781,37 @@ workers_wired(void)
 }
 
 /* "serving" (log, systemd, the old master of an upgrade) once the grpc
- * process listens and holds every worker's channel: a start that cannot
- * wire its workers never claims to serve. */
+ * process listens, its store takes items (a Redis session, a journal
+ * open), and it holds every worker's channel: a start that cannot wire its
+ * workers never claims to serve. Listening with the store not serving yet
+ * (Redis down at a start) is said as such: systemd hears READY=1 then (the
+ * daemon started, and /healthz, health and every call say why it cannot
+ * take items), "serving" follows once the store serves. The handover of
+ * an upgrade waits for that: the old instance drains only once this one
+ * can take its work (the grpc process of a new master does not even bind
+ * before: bind_when_serving). */
 static void
 announce_serving(void)
 {
     if (!m.announce || m.state != MASTER_RUNNING || !workers_wired())
         return;
     m.announce = 0;
-    log_notice("serving (generation %llu)", (unsigned long long)m.generation);
-    if (m.serving)
+    if (!m.store_serving) {
+        if (m.upgrade_parent > 0 && !m.serving) {
+            log_notice("binary upgrade: listening, but not serving yet (%s); pid %ld serves "
+                       "until this one does", m.store_why, (long)m.upgrade_parent);
+            return;
+        }
+        log_warn("listening (generation %llu), but not serving yet: %s",
+                 (unsigned long long)m.generation, m.store_why);
+        notify("READY=1\nSTATUS=listening, not serving yet: %s", m.store_why);
         return;
+    }
+    log_notice("serving (generation %llu)", (unsigned long long)m.generation);
+    if (m.serving) {
+        notify("STATUS=serving, generation %llu", (unsigned long long)m.generation);
+        return;
+    }
     m.serving = 1;
     if (m.upgrade_parent > 0) {
         log_notice("binary upgrade: taking over from pid %ld, which now drains",
@@ -808,12 +832,18 @@ on_child_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         close(fd);                      /* children never send descriptors */
 
     switch (h->type) {
-    case IPC_READY:
-        if (p->role != DS_ROLE_GRPC)
+    case IPC_READY: {
+        if (p->role != DS_ROLE_GRPC || h->length < 1)
             break;
+        m.store_serving = body[0] == 1;
+        size_t len = h->length - 1 < sizeof m.store_why - 1 ? h->length - 1
+                                                              : sizeof m.store_why - 1;
+        memcpy(m.store_why, body + 1, len);
+        m.store_why[len] = '\0';
         m.announce = 1;
         announce_serving();
         return 0;
+    }
     case IPC_WORKER_ATTACHED: {
         struct ipc_worker w;
         if (p->role != DS_ROLE_GRPC || h->length != sizeof w)

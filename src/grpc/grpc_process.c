@@ -81,13 +81,12 @@ static struct {
     int expired;                /* the drain's deadline passed: items were abandoned */
     char expired_why[96];
     int done;
-    /* Readiness (report_ready): the listeners wait for the store (the new
-     * instance of an upgrade), they are bound, the master was told so
-     * (IPC_READY, the store not serving yet), told that the store serves. */
-    int bind_when_serving;
-    int bound;
-    int ready_sent;
-    int serving_sent;
+    /* Readiness (report_ready). */
+    int bind_when_serving;      /* the new instance of an upgrade: bind once the store serves
+                                   (until then it runs as whoever started it, root maybe) */
+    int bound;                  /* bind_and_serve() ran */
+    int ready_sent;             /* the master heard IPC_READY */
+    int serving_sent;           /* ... saying that the store serves */
     int status;                 /* the exit status bind_and_serve() decided */
 } proc;
 

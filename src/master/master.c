@@ -840,6 +840,9 @@ on_child_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
                                                               : sizeof m.store_why - 1;
         memcpy(m.store_why, body + 1, len);
         m.store_why[len] = '\0';
+        for (char *c = m.store_why; *c != '\0'; c++)
+            if (*c == '\n' || *c == '\r')
+                *c = ' ';               /* one line for the log and for STATUS= */
         m.announce = 1;
         announce_serving();
         return 0;

@@ -12,8 +12,10 @@ and stalled subscribers do to accepted work and to the grpc process's memory.
 - A client that keeps its connection open (gRPC C-core clients do, after
   GOAWAY) does not hold a graceful stop with nothing left to do until
   shutdown_timeout: its connection is closed a second after the drain is
-  done.
+  done. A subscriber that stops reading is not such a client: it gets
+  every final and its OK when it reads again.
 """
+import json
 import re
 import shutil
 import signal
@@ -127,6 +129,80 @@ def test_drain_never_cuts_a_slow_subscriber(start_daemon):
     finals = {i: u.state for i, u in sub.final.items() if not conftest.is_probe(i)}
     assert len(finals) == len(items) and set(finals.values()) == {SUCCEEDED}
     assert "dropping a slow subscriber" not in d.log_text()
+
+
+# ---- a stalled subscriber's tail at a graceful stop ----------------------
+
+def status_json(d):
+    got = conftest.http_get(d.status_address, "/status")
+    assert got is not None and got[0] == 200, \
+        f"/status answered {got!r} (the daemon exited?); log:\n{d.log_tail()}"
+    return json.loads(got[1])
+
+
+# A client that lets grpcio buffer as little as it can: no BDP-driven window
+# growth, a 64 KiB stream window.
+SMALL_WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]
+
+
+@pytest.mark.deadline(150)
+@pytest.mark.parametrize("window", ["small_window", "default_window"])
+@pytest.mark.parametrize("reader", ["paused", "never_read"])
+def test_graceful_stop_delivers_a_stalled_subscribers_tail(start_daemon, window, reader):
+    """A subscriber that stops reading (or never started) while a graceful
+    stop finishes the work still gets every final, in full, and the clean
+    end (OK) once it reads again: its updates wait behind HTTP/2 flow
+    control, and the stop waits for them (bounded by shutdown_timeout)
+    instead of closing its connection a second after the work is done, as
+    it does an idle client's."""
+    status_address = f"127.0.0.1:{conftest.free_port()}"
+    d = start_daemon({"workers": {"count": 1, "prefetch": 2}, "shutdown_timeout": "40s",
+                      "status": {"listen": status_address}})
+    d.status_address = status_address
+    sub_client = d.client(options=SMALL_WINDOW if window == "small_window" else [])
+    if reader == "paused":
+        sub = sub_client.subscribe(sync=True, name="stalled")
+        sub.pause()
+    else:
+        sub = sub_client.subscribe(start=False, name="stalled")
+        wait_for(lambda: status_json(d)["subscribers"]["active"] == 1, 10,
+                 "the subscriber's call at the server")
+    # 240 results of 48 KiB (11 MiB): the 64 KiB window, grpcio's buffers and
+    # both sockets' many times over. A long item first on the only worker:
+    # most finals are published during the drain.
+    size = 48 << 10
+    ids = [f"big{n}" for n in range(240)]
+    payloads = {i: n.to_bytes(4, "big") * (size // 4) for n, i in enumerate(ids)}
+    items = [{"id": "blocker", "kind": "sleep", "params": {"ms": "1000"}}]
+    items += [{"id": i, "payload": payloads[i]} for i in ids]
+    assert d.client().submit(items).accepted == len(items)
+    d.send_signal(signal.SIGQUIT)
+    d.wait_log(r"graceful stop: \d+ items to finish")
+    # Every item final and the streams told to end: only the stalled
+    # subscriber is left. Then well past the second an idle connection gets.
+    wait_for(lambda: status_json(d)["queue"]["depth"] == 0 and
+             status_json(d)["subscribers"]["active"] == 0, 30, "the work done")
+    time.sleep(3)
+    # The stop waits for it: its call is still open.
+    assert status_json(d)["calls"]["open"] == 1, d.log_tail()
+    assert sub.done is False, sub.describe_end()
+    if reader == "paused":
+        sub.resume()
+    else:
+        sub.start()
+    assert d.wait_exit(timeout=60) == 0, d.log_tail()
+    sub.wait_end(timeout=10)
+    log = d.log_text()
+    assert sub.error is None, f"the stalled subscriber {sub.describe_end()}; log:\n{log[-3000:]}"
+    finals = {i: u for i, u in sub.final.items() if not conftest.is_probe(i)}
+    missing = sorted(set(ids) - set(finals))
+    assert not missing, f"{len(missing)} finals missing, e.g. {missing[:5]}"
+    assert finals["blocker"].state == SUCCEEDED
+    for i in ids:
+        assert finals[i].state == SUCCEEDED and finals[i].result == payloads[i], i
+    sub.assert_seq_increasing()
+    assert "reached with" not in log, log
+    assert "dropping a slow subscriber" not in log, log
 
 
 # ---- point 17: work left at the drain deadline ---------------------------

@@ -67,8 +67,31 @@
  * keep an idle one open after GOAWAY, so that a graceful stop with any
  * client connected lasted until shutdown_timeout (30 s by default), and 3 s
  * more outside cluster mode. The grace lets a request sent before the
- * client read the GOAWAY arrive. */
+ * client read the GOAWAY arrive.
+ *
+ * The close cannot cut a stream's tail (a subscriber that reads slowly, or
+ * not at all for a while): it comes only with gp.calls at 0, and a call
+ * counts until its close op (RECV_CLOSE_ON_SERVER) completes, which gRPC's
+ * HTTP/2 transport does once the stream is closed both ways; on the server
+ * that is when its trailers (the status) are framed, and they are framed
+ * only after every message before them has passed flow control (or when
+ * the stream is cancelled). So a client that does not read keeps the stop
+ * waiting, bounded by shutdown_timeout. What is framed is written: the
+ * transport delays a close until the write under way is done, so those
+ * bytes are in the kernel before shutdown(2), which sends them before the
+ * FIN. But the kernel may not have delivered them: a client whose process
+ * is stopped (a pause, a debugger, a machine under memory pressure) or
+ * slow to read its socket leaves them in our send queue, and a closed
+ * socket answers the first frame that client sends when it runs again (a
+ * keepalive ping, a WINDOW_UPDATE) with a reset that drops them: the
+ * subscriber lost the tail of its updates, and saw UNAVAILABLE
+ * "Connection reset by peer" instead of its OK. So the close also waits
+ * until the clients have acknowledged every byte of their connections
+ * (server_connections_unacked(), looked at every UNACKED_RECHECK_MS),
+ * bounded by shutdown_timeout; an idle client acknowledges at once
+ * (test_drain.py: the "tail" tests). */
 #define IDLE_CONNECTIONS_GRACE_MS 1000
+#define UNACKED_RECHECK_MS 100
 
 struct grpc_process gp;
 
@@ -76,7 +99,8 @@ static struct {
     int signal_fd;
     struct event *signal_event;
     struct event *stop_timer;
-    struct event *idle_timer;   /* IDLE_CONNECTIONS_GRACE_MS */
+    struct event *idle_timer;   /* IDLE_CONNECTIONS_GRACE_MS, then UNACKED_RECHECK_MS */
+    uint64_t unacked_logged;    /* the unacknowledged bytes last logged (0: none yet) */
     int subscribers_ended;
     int expired;                /* the drain's deadline passed: items were abandoned */
     char expired_why[96];
@@ -130,6 +154,17 @@ on_idle_timer(evutil_socket_t fd, short what, void *arg)
 {
     if (!drained_but_connections())
         return;
+    uint64_t unacked = server_connections_unacked();
+    if (unacked > 0) {
+        /* Once, and again only if it grew (it does not while clients read). */
+        if (unacked > proc.unacked_logged)
+            log_info("graceful stop: everything is done; waiting for clients to receive the "
+                     "%llu bytes still on their connections", (unsigned long long)unacked);
+        proc.unacked_logged = unacked;
+        struct timeval tv = clock_timeval_ms(UNACKED_RECHECK_MS);
+        evtimer_add(proc.idle_timer, &tv);
+        return;
+    }
     log_info("graceful stop: everything is done; closing the connections clients keep open");
     server_shutdown(1);     /* no call is left to cancel: it closes the connections */
 }
@@ -178,6 +213,25 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
         log_warn("%llu calls did not end after being cancelled; exiting anyway",
                  (unsigned long long)gp.calls);
         finish();
+        return;
+    }
+    if (drained_but_connections()) {
+        /* Only connections are left, with bytes their clients have not
+         * taken (on_idle_timer), or still in their grace. */
+        uint64_t unacked = server_connections_unacked();
+        if (unacked > 0)
+            log_warn("shutdown_timeout (%llu ms) reached with everything done but %llu bytes "
+                     "clients have not received; closing their connections",
+                     (unsigned long long)gp.config->shutdown_timeout_ms,
+                     (unsigned long long)unacked);
+        else
+            log_info("graceful stop: everything is done; closing the connections clients "
+                     "keep open");
+        gp.stopping = 1;
+        server_shutdown(1);
+        struct timeval tv = clock_timeval_ms(FAST_STOP_GRACE_MS);
+        evtimer_add(proc.stop_timer, &tv);
+        grpc_process_check_done();
         return;
     }
     /* Before any kill it asks for: the master replaces no worker lost from

@@ -35,15 +35,21 @@
  * refused). With SO_REUSEPORT the dead listener shares the port with the
  * new one only until server_stop() below, in the same turn of the loop.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -52,6 +58,7 @@
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
 
+#include "core/address.h"
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/config.h"
@@ -131,6 +138,8 @@ struct server {
     size_t endpoint_count;
     size_t endpoints_shut_down;
     char listen[512];           /* for the log */
+    char **addresses;           /* its grpc.listen entries (ds_strdup'd, freed with it) */
+    size_t address_count;
     uint32_t requests_posted;
     int shutting_down;
     int shut_down;              /* every endpoint is */
@@ -282,6 +291,9 @@ server_free(struct server *s)
         if (s->endpoints[i].server != NULL)
             grpc_server_destroy(s->endpoints[i].server);
     free(s->endpoints);
+    for (size_t i = 0; i < s->address_count; i++)
+        free(s->addresses[i]);
+    free(s->addresses);
     if (s->cancel_timer != NULL)
         event_free(s->cancel_timer);
     free(s);
@@ -638,6 +650,9 @@ server_create(int fatal_errors)
 
     struct server *s = ds_calloc(1, sizeof *s);
     s->endpoints = ds_calloc(config->grpc.listen_count, sizeof *s->endpoints);
+    s->addresses = ds_calloc(config->grpc.listen_count, sizeof *s->addresses);
+    for (size_t i = 0; i < config->grpc.listen_count; i++)
+        s->addresses[s->address_count++] = ds_strdup(config->grpc.listen[i]);
     /* Each listen entry's endpoint: the one shared by those serving every
      * method, or its own. */
     size_t endpoint_of[config->grpc.listen_count];
@@ -1051,6 +1066,88 @@ server_is_shut_down(void)
         if (!s->shut_down)
             return 0;
     return 1;
+}
+
+/* Is the socket FD's local address (LOCAL, LEN bytes) that of one of the
+ * servers' grpc.listen entries? A TCP one matches by port alone: the host
+ * may be a name or a wildcard, and an outgoing connection of this process
+ * (Redis) cannot have a port a listener holds on its address. */
+static int
+is_listen_address(const struct sockaddr_storage *local, socklen_t len)
+{
+    unsigned port = 0;
+    const char *path = NULL;
+    size_t path_len = 0;
+    if (local->ss_family == AF_INET) {
+        port = ntohs(((const struct sockaddr_in *)local)->sin_port);
+    } else if (local->ss_family == AF_INET6) {
+        port = ntohs(((const struct sockaddr_in6 *)local)->sin6_port);
+    } else if (local->ss_family == AF_UNIX && len > offsetof(struct sockaddr_un, sun_path) &&
+               ((const struct sockaddr_un *)local)->sun_path[0] != '\0') {
+        /* Not a socketpair's (no name); not always NUL-terminated. */
+        path = ((const struct sockaddr_un *)local)->sun_path;
+        path_len = strnlen(path, len - offsetof(struct sockaddr_un, sun_path));
+    } else {
+        return 0;
+    }
+    struct server *gens[] = { srv.current, srv.retired };
+    for (size_t g = 0; g < 2; g++) {
+        for (struct server *s = gens[g]; s != NULL; s = g == 0 ? NULL : s->next) {
+            for (size_t i = 0; i < s->address_count; i++) {
+                const char *addr = s->addresses[i];
+                if (strncmp(addr, "unix:", 5) == 0) {
+                    if (path != NULL && strlen(addr + 5) == path_len &&
+                        memcmp(path, addr + 5, path_len) == 0)
+                        return 1;
+                    continue;
+                }
+                char host[256];
+                const char *p;
+                if (path == NULL && address_split(addr, host, sizeof host, &p) == 0 &&
+                    (unsigned)strtoul(p, NULL, 10) == port)
+                    return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+uint64_t
+server_connections_unacked(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL) {
+        log_syswarn("opendir(/proc/self/fd) failed");
+        return 0;
+    }
+    uint64_t total = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        int fd = atoi(e->d_name);
+        /* gRPC's descriptors, used from its threads: these only look, and
+         * one closed and reused meanwhile is only looked at. */
+        struct stat st;
+        int type = 0, listening = 0;
+        socklen_t optlen = sizeof type;
+        if (fd == dirfd(d) || fstat(fd, &st) == -1 || !S_ISSOCK(st.st_mode) ||
+            getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &optlen) == -1 || type != SOCK_STREAM)
+            continue;
+        optlen = sizeof listening;
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &optlen) == -1 || listening)
+            continue;
+        struct sockaddr_storage local;
+        socklen_t len = sizeof local;
+        int queued = 0;
+        if (getsockname(fd, (struct sockaddr *)&local, &len) == -1 ||
+            !is_listen_address(&local, len) || ioctl(fd, SIOCOUTQ, &queued) == -1)
+            continue;
+        if (queued > 0)
+            total += (uint64_t)queued;
+    }
+    closedir(d);
+    return total;
 }
 
 int

@@ -17,6 +17,12 @@ int server_is_shut_down(void);
  * back, through which a call can still arrive (gRPC fails them all soon
  * after the shutdown). */
 int server_requests_pending(void);
+/* The bytes the kernel holds on the servers' connections that their
+ * clients have not acknowledged yet (SIOCOUTQ): written by gRPC, not yet
+ * in the client's hands. Closing such a connection loses them if the
+ * client sends anything afterwards (a ping, a WINDOW_UPDATE): the kernel
+ * answers with a reset and drops what it had not delivered. */
+uint64_t server_connections_unacked(void);
 /* 0 while gRPC accepts no connection (its listener died at the descriptor
  * limit), until it listens again. */
 int server_listening(void);

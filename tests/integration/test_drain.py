@@ -12,13 +12,17 @@ and stalled subscribers do to accepted work and to the grpc process's memory.
 - A client that keeps its connection open (gRPC C-core clients do, after
   GOAWAY) does not hold a graceful stop with nothing left to do until
   shutdown_timeout: its connection is closed a second after the drain is
-  done. A subscriber that stops reading is not such a client: it gets
-  every final and its OK when it reads again.
+  done, once its client has acknowledged what was written on it. A
+  subscriber that stops reading (or whose process is stopped) is not such
+  a client: it gets every final and its OK when it reads again.
 """
 import json
+import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -140,6 +144,14 @@ def status_json(d):
     return json.loads(got[1])
 
 
+def work_done(d):
+    """The daemon has no item left, or has exited already."""
+    got = conftest.http_get(d.status_address, "/status")
+    if got is None:
+        return d.proc.poll() is not None
+    return got[0] == 200 and json.loads(got[1])["queue"]["depth"] == 0
+
+
 # A client that lets grpcio buffer as little as it can: no BDP-driven window
 # growth, a 64 KiB stream window.
 SMALL_WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]
@@ -203,6 +215,101 @@ def test_graceful_stop_delivers_a_stalled_subscribers_tail(start_daemon, window,
     sub.assert_seq_increasing()
     assert "reached with" not in log, log
     assert "dropping a slow subscriber" not in log, log
+
+
+# Subscribers in a process of their own, which the test stops (SIGSTOP):
+# nothing reads their sockets, not even grpcio's own threads. Each is on
+# its own channel (connection), with keepalive pings as clients of
+# long-lived streams set them (behind load balancers, say): once the
+# process runs again, its first frame may well be a ping. It prints "open"
+# once its calls are made, then for each the ids it read and how the
+# stream ended.
+STOPPED_SUBSCRIBERS = r"""
+import json, sys, threading, grpc
+from com.agrounds.dosomething.v1 import do_something_pb2 as pb
+from com.agrounds.dosomething.v1 import do_something_pb2_grpc as pb_grpc
+options = [("grpc.max_receive_message_length", -1),
+           ("grpc.keepalive_time_ms", 500), ("grpc.keepalive_timeout_ms", 20000),
+           ("grpc.http2.max_pings_without_data", 0),
+           ("grpc.keepalive_permit_without_calls", 1),
+           ("grpc.use_local_subchannel_pool", 1)]      # a connection each
+if sys.argv[2] == "small_window":
+    options += [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]
+calls = [pb_grpc.DoSomethingServiceStub(grpc.insecure_channel(sys.argv[1], options=options))
+         .getUpdates(pb.UpdatesRequest(states=[pb.SUCCEEDED])) for _ in range(int(sys.argv[3]))]
+print("open", flush=True)
+results = [None] * len(calls)
+def read(n):
+    ids, error = [], None
+    try:
+        for u in calls[n]:
+            ids.append(u.item_id)
+    except grpc.RpcError as e:
+        error = f"{e.code()}: {e.details()}"
+    results[n] = {"ids": ids, "error": error}
+threads = [threading.Thread(target=read, args=(n,)) for n in range(len(calls))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(results), flush=True)
+"""
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("window", ["default_window", "small_window"])
+def test_graceful_stop_tail_reaches_a_stopped_client_process(start_daemon, window):
+    """Subscribers whose whole process is stopped (a pause, a debugger, a
+    machine under memory pressure) while a graceful stop finishes. Within
+    grpcio's default window (about 4 MiB here) gRPC writes everything,
+    status included, into the socket and the calls end, but most of it
+    still waits in our kernel's send queue (the stopped client's receive
+    buffer is full). Closing the connections then, as an idle client's a
+    second after the work is done, made the first frame a client sent when
+    it ran again (a keepalive ping) meet a closed socket: a reset, the rest
+    dropped, UNAVAILABLE "Connection reset by peer" after 1 to 4 of 51
+    updates (in 4 runs of 5 before the close waited for the clients to
+    acknowledge what is on their connections). Beyond its
+    window (64 KiB) the calls stay open and the stop waits anyway. Either
+    way each reads every final and the clean end."""
+    status_address = f"127.0.0.1:{conftest.free_port()}"
+    d = start_daemon({"workers": {"count": 1, "prefetch": 2}, "shutdown_timeout": "40s",
+                      "status": {"listen": status_address}})
+    d.status_address = status_address
+    env = dict(os.environ, PYTHONPATH=conftest.PYSTUBS)
+    streams = 6
+    client = subprocess.Popen([sys.executable, "-c", STOPPED_SUBSCRIBERS, d.address, window,
+                               str(streams)], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert client.stdout.readline().strip() == "open"
+        wait_for(lambda: status_json(d)["subscribers"]["active"] == streams, 10,
+                 "the subscribers' calls at the server")
+        os.kill(client.pid, signal.SIGSTOP)
+        # 50 results of 40 KiB (2 MiB) for each: beyond 64 KiB, within 4 MiB.
+        ids = [f"big{n}" for n in range(50)]
+        items = [{"id": "blocker", "kind": "sleep", "params": {"ms": "300"}}]
+        items += [{"id": i, "payload": i.encode() * (40000 // len(i))} for i in ids]
+        assert d.client().submit(items).accepted == len(items)
+        d.close_clients()
+        d.send_signal(signal.SIGQUIT)
+        d.wait_log(r"graceful stop: \d+ items to finish")
+        wait_for(lambda: work_done(d), 30, "the work done")
+        time.sleep(2.5)     # well past the idle connections' grace
+        os.kill(client.pid, signal.SIGCONT)
+        assert d.wait_exit(timeout=40) == 0, d.log_tail()
+        out, _ = client.communicate(timeout=30)
+        log = d.log_text()
+        for n, result in enumerate(json.loads(out)):
+            assert result["error"] is None, \
+                f"stopped subscriber {n} ended {result['error']} after " \
+                f"{len(result['ids'])} updates; log:\n{log[-3000:]}"
+            assert sorted(result["ids"]) == sorted(ids + ["blocker"]), (n, result["ids"])
+        assert "reached with" not in log, log
+    finally:
+        if client.poll() is None:
+            os.kill(client.pid, signal.SIGCONT)
+            client.kill()
+            client.wait()
 
 
 # ---- point 17: work left at the drain deadline ---------------------------

@@ -18,6 +18,7 @@
  * costs.
  */
 #include <errno.h>
+#include <limits.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,7 +68,7 @@ static struct {
     uint64_t segment_max;
     struct journal_store store;
     /* While it cannot be opened: why (rejections, health), and retrying. */
-    char unavailable[256];
+    char unavailable[768];
     struct event *open_timer;
     uint32_t open_retry_ms;
     uint64_t open_attempts;
@@ -89,9 +90,14 @@ static struct {
     /* Read by journal_open, run by journal_recover. */
     struct journal_recovery *dead;
     size_t dead_count;
-    /* Our directory was removed under us (journal_store_removed): nothing
-     * more is accepted until a restart; jr.unavailable says why. */
+    /* Our directory (or a segment still needed) was removed under us
+     * (journal_store_removed) and could not be made again: nothing is
+     * accepted until it can (open_timer retries); jr.unavailable says why,
+     * rebuild_why what failed last (logged again only when it changes). */
     int removed;
+    char rebuild_why[512];
+    uint64_t rebuild_attempts;
+    uint64_t rebuilds_synced;   /* jr.store.rebuilds when a forced flush last worked */
     /* A failing disk is logged once per burst. */
     int failing;
     uint64_t failed_flushes, failed_items;
@@ -280,6 +286,58 @@ hold_finals(struct pending_final *finals, size_t count)
     jr.final_count = jr.final_cap = total;
 }
 
+static void arm_open_timer(void);
+
+/* The log line of a rebuild that worked: what it took. */
+static void
+log_rebuilt(const char *how)
+{
+    log_notice("journal: %s %s; its %llu live items and %llu retained finals are written "
+               "to segment %u anew", how, jr.store.dir,
+               (unsigned long long)journal_store_live(&jr.store),
+               (unsigned long long)journal_store_retained(&jr.store), jr.store.segment);
+}
+
+/*
+ * Is our journal whole? When a file of it lost its name (its directory
+ * removed, a cleaner deleting segments), it is made again at once: a new
+ * segment with a record of every item held (journal_store_rebuild), which
+ * the flush under way writes and syncs. If that cannot be done (the parent
+ * not writable, a full disk), every item is rejected (jr.unavailable),
+ * health says NOT_SERVING, and open_timer tries again with backoff; what
+ * is buffered meanwhile goes to the file that lost its name (the final
+ * updates wait for nothing that could make them durable now). 1: whole.
+ */
+static int
+journal_whole(void)
+{
+    if (jr.removed)
+        return 0;
+    if (!journal_store_removed(&jr.store))
+        return 1;
+    char why[sizeof jr.rebuild_why];
+    if (journal_store_rebuild(&jr.store, why, sizeof why) == 0) {
+        log_rebuilt("files of this process's journal were removed under it; made again");
+        return 1;
+    }
+    jr.removed = 1;
+    jr.rebuild_attempts = 1;
+    journal_store_discard_accepts(&jr.store);     /* rejected: not held, not counted */
+    snprintf(jr.rebuild_why, sizeof jr.rebuild_why, "%s", why);
+    snprintf(jr.unavailable, sizeof jr.unavailable,
+             "journal unavailable: %s was removed and cannot be made again: %.500s", jr.store.dir,
+             why);
+    log_error("journal: %s was removed under this process and cannot be made again (%s): "
+              "every item is rejected until it can (trying again every %d s at most); the "
+              "%llu items it holds are journaled nowhere meanwhile: a crash loses them",
+              jr.store.dir, why, OPEN_RETRY_MAX_MS / 1000,
+              (unsigned long long)journal_store_live(&jr.store));
+    store_serving_changed();
+    jr.open_retry_ms = OPEN_RETRY_MIN_MS;
+    arm_open_timer();
+    return 0;
+}
+
 /*
  * Write what is buffered; FORCE_SYNC: make it durable now whatever the
  * policy (but `never`). Then accept the items whose ACCEPT got written
@@ -304,7 +362,7 @@ flush_now(int force_sync)
     jr.finals = NULL;
     jr.final_count = jr.final_cap = 0;
 
-    char reason[320];
+    char reason[sizeof jr.unavailable];
     reason[0] = '\0';
     if (!jr.open) {
         /* Nothing is journaled while the journal cannot be opened. */
@@ -316,14 +374,8 @@ flush_now(int force_sync)
         return -1;
     }
 
-    int removed_now = !jr.removed && journal_store_removed(&jr.store);
-    if (removed_now) {
-        /* Before, items went on being accepted into files nobody can read
-         * again: lost at the next restart, and nothing said so. */
-        jr.removed = 1;
-        snprintf(jr.unavailable, sizeof jr.unavailable, "journal unavailable: %s was removed",
-                 jr.store.dir);
-    }
+    if (journal_whole() && jr.store.rebuilds != jr.rebuilds_synced)
+        force_sync = 1;     /* the copies of a rebuild: durable at once, whatever the policy */
     if (jr.removed) {
         /* What else is buffered (FINALs) is written as ever: the final
          * updates wait for nothing that could make them durable now. */
@@ -335,13 +387,6 @@ flush_now(int force_sync)
         accepts = NULL;
         accept_count = 0;
     }
-    if (removed_now) {
-        log_error("journal: %s was removed under this process: every item is rejected until "
-                  "the daemon restarts (a new grpc process makes a new journal); the %llu items "
-                  "it holds are no longer journaled: a stop or a crash loses them", jr.store.dir,
-                  (unsigned long long)journal_store_live(&jr.store));
-        store_serving_changed();
-    }
     int wrote = journal_store_has_buffered(&jr.store);
     int rc = journal_store_flush(&jr.store), err = errno;
     size_t written = rc == -1 ? jr.store.flushed_accepts : accept_count;
@@ -352,6 +397,8 @@ flush_now(int force_sync)
         rc = -2;
         log_error("journal: fdatasync() of %s failed: %s", jr.store.dir, strerror(err));
     }
+    if (rc == 0 && force_sync)
+        jr.rebuilds_synced = jr.store.rebuilds;
     arm_sync_timer();
 
     if (rc == -1) {
@@ -705,7 +752,13 @@ take_over(struct journal_recovery *r)
 static void
 on_scan(evutil_socket_t fd, short what, void *arg)
 {
-    if (gp.draining || gp.stopping || !jr.open || jr.removed)
+    if (!jr.open || jr.removed)
+        return;
+    /* An idle process notices a removal too, and makes its journal again
+     * before anything needs it. */
+    if (journal_store_removed(&jr.store))
+        flush_now(1);
+    if (gp.draining || gp.stopping || jr.removed)
         return;             /* leave them to a grpc process that stays, or can */
     struct journal_recovery *dead;
     int n = journal_find_dead(jr.store.root, jr.store.name, &dead);
@@ -773,9 +826,45 @@ start_journaling(void)
     event_add(jr.scan_timer, &tv);
 }
 
+/* Our journal was removed and could not be made again: try again (also
+ * while stopping: what a crash would lose is still held). */
+static void
+retry_rebuild(void)
+{
+    char why[sizeof jr.rebuild_why];
+    jr.rebuild_attempts++;
+    if (journal_store_rebuild(&jr.store, why, sizeof why) == -1) {
+        if (strcmp(why, jr.rebuild_why) != 0) {
+            log_error("journal: %s still cannot be made again, now: %s", jr.store.dir, why);
+            snprintf(jr.rebuild_why, sizeof jr.rebuild_why, "%s", why);
+            snprintf(jr.unavailable, sizeof jr.unavailable,
+                     "journal unavailable: %s was removed and cannot be made again: %.500s",
+                     jr.store.dir, why);
+        }
+        jr.open_retry_ms = jr.open_retry_ms * 2 > OPEN_RETRY_MAX_MS ? OPEN_RETRY_MAX_MS
+                                                                    : jr.open_retry_ms * 2;
+        arm_open_timer();
+        return;
+    }
+    char how[96];
+    snprintf(how, sizeof how, "made again after %llu attempts (items are accepted again):",
+             (unsigned long long)jr.rebuild_attempts);
+    log_rebuilt(how);
+    jr.removed = 0;
+    jr.unavailable[0] = '\0';
+    jr.rebuild_why[0] = '\0';
+    flush_now(1);
+    store_serving_changed();
+}
+
 static void
 on_open_timer(evutil_socket_t fd, short what, void *arg)
 {
+    if (jr.open) {
+        if (jr.removed)
+            retry_rebuild();
+        return;
+    }
     if (gp.stopping || gp.draining)
         return;         /* nothing is accepted any more: leave it to the next one */
     if (try_open() == -1) {
@@ -881,6 +970,9 @@ journal_chown(const char *user)
                   errno != 0 ? strerror(errno) : "no such user");
         return;
     }
+    /* What a rebuild gives the directory if it has to make it again. */
+    jr.store.root_uid = pw->pw_uid;
+    jr.store.root_gid = pw->pw_gid;
     if (journal_store_chown(jr.root, pw->pw_uid, pw->pw_gid) == 0)
         log_debug("journal: %s belongs to %s", jr.root, user);
 }

@@ -903,6 +903,8 @@ collect(struct journal_store *s)
             log_syswarn("journal: unlink(\"%s\") failed", path);
         else
             log_debug("journal: deleted %s: none of its items is live or retained", path);
+        if (s->segments[n].fd != -1)
+            close(s->segments[n].fd);
         s->deleted++;
         n++;
     }
@@ -912,46 +914,40 @@ collect(struct journal_store *s)
     }
 }
 
-/* The read descriptor of SEGMENT for a copy forward, opened once while the
- * entries walked stay in it (*FD, *FD_SEGMENT: the caller's, closed by it);
- * PATH gets its name. -1 if it cannot be opened (logged: its WHAT stay). */
+/* The read descriptor of SEGMENT for a copy (the segment's own: it reads
+ * also once the file lost its name); PATH gets its name. -1 if it has
+ * none (logged once per segment walked: its WHAT stay there). */
 static int
-segment_for(const struct journal_store *s, uint32_t segment, int *fd, uint32_t *fd_segment,
-            char *path, size_t size, const char *what)
+segment_for(struct journal_store *s, uint32_t segment, uint32_t *logged, char *path,
+            size_t size, const char *what)
 {
     segment_path(s->dir, segment, path, size);
-    if (*fd_segment != segment) {
-        if (*fd != -1)
-            close(*fd);
-        *fd_segment = segment;
-        *fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (*fd == -1)
-            log_syserr("journal: open(\"%s\") failed; its %s stay there", path, what);
-    }
-    return *fd;
+    struct journal_segment *seg = segment_find(s, segment);
+    if (seg != NULL && seg->fd != -1)
+        return seg->fd;
+    if (*logged != segment)
+        log_error("journal: segment %s cannot be read back; its %s stay there", path, what);
+    *logged = segment;
+    return -1;
 }
 
 /*
- * Live items of segments copy_after segments older than the current one
- * are read back and appended (with their current attempt) to `other`; the
- * flush under way writes them, and their old segment dies once it has.
+ * Live items and retained finals written to segments up to LIMIT are read
+ * back and appended (items with their current attempt) to `other`; the
+ * flush under way writes them, and their old segments die once it has.
  */
 static void
-copy_forward(struct journal_store *s)
+copy_live(struct journal_store *s, uint32_t limit)
 {
-    if (s->segment <= s->copy_after || s->segment_count == 0 ||
-        s->segments[0].number > s->segment - s->copy_after)
-        return;
-    uint32_t limit = s->segment - s->copy_after;
-    int fd = -1;
-    uint32_t fd_segment = 0;
+    int fd;
+    uint32_t logged = 0;
     struct journal_buf rec = { 0 };
     char path[PATH_MAX];
     for (size_t i = 0; i < s->entries.capacity; i++) {
         struct journal_entry *e = &s->entries.slots[i];
         if (e->key == 0 || e->state != JOURNAL_ENTRY_WRITTEN || e->segment > limit)
             continue;
-        if (segment_for(s, e->segment, &fd, &fd_segment, path, sizeof path, "live items") == -1)
+        if ((fd = segment_for(s, e->segment, &logged, path, sizeof path, "live items")) == -1)
             continue;
         rec.len = 0;
         buf_reserve(&rec, e->length);
@@ -977,17 +973,14 @@ copy_forward(struct journal_store *s)
         keys_push(&s->copy_keys, &s->copy_count, &s->copy_cap, e->key);
         s->copied++;
     }
-    if (fd != -1)
-        close(fd);
-    fd = -1;
-    fd_segment = 0;
+    logged = 0;
     /* Retained finals: their DONE record is copied as it is. */
     for (size_t i = 0; i < s->retained.capacity; i++) {
         struct journal_entry *e = &s->retained.slots[i];
         if (e->key == 0 || e->state != JOURNAL_ENTRY_WRITTEN || e->segment > limit)
             continue;
-        if (segment_for(s, e->segment, &fd, &fd_segment, path, sizeof path,
-                        "retained finals") == -1)
+        if ((fd = segment_for(s, e->segment, &logged, path, sizeof path,
+                              "retained finals")) == -1)
             continue;
         buf_reserve(&s->other, e->length);
         uint8_t *dst = s->other.data + s->other.len;
@@ -1009,28 +1002,49 @@ copy_forward(struct journal_store *s)
         keys_push(&s->done_copy_keys, &s->done_copy_count, &s->done_copy_cap, e->key);
         s->done_copied++;
     }
-    if (fd != -1)
-        close(fd);
     journal_buf_free(&rec);
 }
 
+/* Live items of segments copy_after segments older than the current one
+ * are copied forward, so that at most that many segments stay. */
+static void
+copy_forward(struct journal_store *s)
+{
+    if (s->segment <= s->copy_after || s->segment_count == 0 ||
+        s->segments[0].number > s->segment - s->copy_after)
+        return;
+    copy_live(s, s->segment - s->copy_after);
+}
+
+/*
+ * Make segment NUMBER (the magic, synced with its directory unless
+ * `never`) and make it the current one. 0, or -1 with errno set and WHY
+ * saying which call failed (nothing logged).
+ */
 static int
-roll(struct journal_store *s)
+segment_make(struct journal_store *s, uint32_t number, char *why, size_t why_size)
 {
     char path[PATH_MAX];
-    uint32_t number = s->segment + 1;
     segment_path(s->dir, number, path, sizeof path);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
     if (fd == -1) {
-        log_syserr("journal: open(\"%s\") failed", path);
+        int saved = errno;
+        snprintf(why, why_size, "open(\"%s\"): %s", path, strerror(saved));
+        errno = saved;
         return -1;
     }
+    int rfd = open(path, O_RDONLY | O_CLOEXEC);
     struct iovec iov = { .iov_base = JOURNAL_MAGIC, .iov_len = JOURNAL_MAGIC_SIZE };
-    if (write_full(fd, &iov, 1, NULL) == -1 || (s->sync != DS_JOURNAL_SYNC_NEVER &&
-                                           (fsync(fd) == -1 || fsync_dir(s->dir) == -1))) {
+    const char *call = rfd == -1 ? "open(O_RDONLY)" : "write()";
+    if (rfd == -1 || write_full(fd, &iov, 1, NULL) == -1 ||
+        (s->sync != DS_JOURNAL_SYNC_NEVER &&
+         ((call = "fsync()", fsync(fd) == -1) ||
+          (call = "fsync() of its directory", fsync_dir(s->dir) == -1)))) {
         int saved = errno;
-        log_syserr("journal: creating %s failed", path);
+        snprintf(why, why_size, "creating %s: %s: %s", path, call, strerror(saved));
         close(fd);
+        if (rfd != -1)
+            close(rfd);
         unlink(path);
         errno = saved;
         return -1;
@@ -1045,15 +1059,28 @@ roll(struct journal_store *s)
     s->segment = number;
     s->size = JOURNAL_MAGIC_SIZE;
     s->roll_next = 0;
-    s->rolls++;
     if (s->segment_count == s->segment_cap) {
         s->segment_cap = s->segment_cap ? s->segment_cap * 2 : 8;
         s->segments = ds_realloc(s->segments, s->segment_cap * sizeof *s->segments);
     }
-    s->segments[s->segment_count++] = (struct journal_segment){ .number = number };
+    s->segments[s->segment_count++] = (struct journal_segment){ .number = number, .fd = rfd };
     /* The segment holding the last SEQ may go: every segment repeats it. */
     if (s->max_seq > 0)
         journal_encode_seq(&s->other, s->max_seq);
+    return 0;
+}
+
+static int
+roll(struct journal_store *s)
+{
+    char why[PATH_MAX + 128];
+    if (segment_make(s, s->segment + 1, why, sizeof why) == -1) {
+        int saved = errno;
+        log_error("journal: %s", why);
+        errno = saved;
+        return -1;
+    }
+    s->rolls++;
     copy_forward(s);
     return 0;
 }
@@ -1093,6 +1120,12 @@ journal_store_open(struct journal_store *s, const char *root, const char *name,
         saved = errno;
         log_syserr("journal: cannot create %s", root);
         goto fail;
+    }
+    struct stat st;
+    if (stat(root, &st) == 0) {
+        s->root_mode = st.st_mode & 07777;
+        s->root_uid = st.st_uid;
+        s->root_gid = st.st_gid;
     }
     /* Made under a temporary name and renamed once locked, so that nobody
      * scanning sees it unlocked. */
@@ -1173,6 +1206,9 @@ journal_store_close(struct journal_store *s, int remove)
         close(s->fd);
     if (s->lock_fd != -1)
         close(s->lock_fd);
+    for (size_t i = 0; i < s->segment_count; i++)
+        if (s->segments[i].fd != -1)
+            close(s->segments[i].fd);
     journal_buf_free(&s->other);
     journal_buf_free(&s->accepts);
     free(s->new_keys);
@@ -1318,13 +1354,146 @@ journal_store_has_buffered(const struct journal_store *s)
     return s->other.len > 0 || s->accepts.len > 0;
 }
 
+static int
+unlinked(int fd)
+{
+    struct stat st;
+    return fd != -1 && fstat(fd, &st) == 0 && st.st_nlink == 0;
+}
+
 int
 journal_store_removed(struct journal_store *s)
 {
+    if (s->removed)
+        return 1;
+    /* The lock too: without it, another grpc process would take this
+     * instance for a dead one once it is made again. */
+    int gone = unlinked(s->fd) || unlinked(s->lock_fd);
+    for (size_t i = 0; !gone && i < s->segment_count; i++) {
+        const struct journal_segment *seg = &s->segments[i];
+        /* A dead segment may go (collect deletes it at the next sync). */
+        if ((seg->live > 0 || seg->retained > 0 || seg->number == s->segment) && !seg->gone &&
+            unlinked(seg->fd))
+            gone = 1;
+    }
+    s->removed = gone;
+    return gone;
+}
+
+/* A new lock file in DIR, locked before it gets its name (so that nobody
+ * scanning sees it unlocked), in place of whatever was there: its fd, or
+ * -1 with errno set and WHY filled. */
+static int
+lock_make(const char *dir, char *why, size_t why_size)
+{
+    char path[PATH_MAX + 16], tmp[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/" LOCK_FILE, dir);
+    snprintf(tmp, sizeof tmp, "%s/" LOCK_FILE ".new", dir);
+    unlink(tmp);        /* left by an attempt that failed */
+    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    const char *call = "open()";
+    if (fd == -1 || (call = "flock()", flock(fd, LOCK_EX | LOCK_NB) == -1) ||
+        (call = "rename()", rename(tmp, path) == -1)) {
+        int saved = errno;
+        snprintf(why, why_size, "%s of %s: %s", call, tmp, strerror(saved));
+        if (fd != -1) {
+            close(fd);
+            unlink(tmp);
+        }
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+/* Make ROOT/NAME again as journal_store_open did (ROOT too if it is gone,
+ * with its mode and owner). 0, or -1 with errno set and WHY filled. */
+static int
+dir_make(struct journal_store *s, char *why, size_t why_size)
+{
+    int saved;
     struct stat st;
-    if (!s->removed && s->fd != -1 && fstat(s->fd, &st) == 0 && st.st_nlink == 0)
-        s->removed = 1;
-    return s->removed;
+    int root_gone = stat(s->root, &st) == -1 && errno == ENOENT;
+    if (mkdir_p(s->root) == -1) {
+        saved = errno;
+        snprintf(why, why_size, "mkdir(\"%s\"): %s", s->root, strerror(saved));
+        errno = saved;
+        return -1;
+    }
+    if (root_gone && s->root_mode != 0) {
+        /* As it was: a user the process dropped to cannot give it to
+         * another, but it is that user's already (journal_chown). */
+        if (chmod(s->root, s->root_mode) == -1)
+            log_syswarn("journal: chmod(\"%s\", %o) failed", s->root, (unsigned)s->root_mode);
+        if (geteuid() == 0 && chown(s->root, s->root_uid, s->root_gid) == -1)
+            log_syswarn("journal: chown(\"%s\") failed", s->root);
+    }
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.new", s->dir);
+    /* Left by an attempt that failed: ours (our pid is in the name). */
+    char stale[PATH_MAX + 16];
+    snprintf(stale, sizeof stale, "%s/" LOCK_FILE ".new", tmp);
+    unlink(stale);
+    snprintf(stale, sizeof stale, "%s/" LOCK_FILE, tmp);
+    unlink(stale);
+    rmdir(tmp);
+    if (mkdir(tmp, 0700) == -1) {
+        saved = errno;
+        snprintf(why, why_size, "mkdir(\"%s\"): %s", tmp, strerror(saved));
+        errno = saved;
+        return -1;
+    }
+    int fd = lock_make(tmp, why, why_size);
+    if (fd == -1) {
+        saved = errno;
+        rmdir(tmp);
+        errno = saved;
+        return -1;
+    }
+    if (rename(tmp, s->dir) == -1) {
+        saved = errno;
+        snprintf(why, why_size, "rename(\"%s\", \"%s\"): %s", tmp, s->dir, strerror(saved));
+        close(fd);
+        unlink(stale);
+        rmdir(tmp);
+        errno = saved;
+        return -1;
+    }
+    if (s->lock_fd != -1)
+        close(s->lock_fd);
+    s->lock_fd = fd;
+    if (s->sync != DS_JOURNAL_SYNC_NEVER && fsync_dir(s->root) == -1) {
+        saved = errno;
+        snprintf(why, why_size, "fsync() of %s: %s", s->root, strerror(saved));
+        errno = saved;
+        return -1;      /* the next attempt finds the directory there */
+    }
+    return 0;
+}
+
+int
+journal_store_rebuild(struct journal_store *s, char *why, size_t why_size)
+{
+    struct stat st;
+    if (stat(s->dir, &st) == -1 || !S_ISDIR(st.st_mode)) {
+        if (dir_make(s, why, why_size) == -1)
+            return -1;
+    } else if (unlinked(s->lock_fd)) {
+        int fd = lock_make(s->dir, why, why_size);
+        if (fd == -1)
+            return -1;
+        close(s->lock_fd);
+        s->lock_fd = fd;
+    }
+    if (segment_make(s, s->segment + 1, why, why_size) == -1)
+        return -1;
+    for (size_t i = 0; i + 1 < s->segment_count; i++)
+        s->segments[i].gone = unlinked(s->segments[i].fd);
+    s->removed = 0;
+    s->rebuilds++;
+    /* Everything, the current segment's too: its name may be gone. */
+    copy_live(s, s->segment - 1);
+    return 0;
 }
 
 uint64_t

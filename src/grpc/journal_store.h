@@ -227,6 +227,13 @@ void journal_map_free(struct journal_map *m);
 
 struct journal_segment {
     uint32_t number;
+    /* Read-only, opened as the segment is made and closed as it goes:
+     * copies read their records back through it (also once its name is
+     * gone), and fstat() of it says whether it still has a name. */
+    int fd;
+    /* Its name was found gone and journal_store_rebuild() copied what it
+     * could read of it: not a reason to rebuild again. */
+    int gone;
     uint64_t live;              /* items whose ACCEPT is here and not final */
     uint64_t retained;          /* finals whose DONE is here and not forgotten */
 };
@@ -262,6 +269,11 @@ struct journal_store {
     int unsynced;               /* written since the last fdatasync */
     int roll_next;              /* start a new segment at the next flush */
     int removed;                /* journal_store_removed() said so: never roll */
+    /* ROOT as it was at open (journal_chown may change the owner): what a
+     * journal_store_rebuild() that has to make it again gives it. */
+    mode_t root_mode;
+    uid_t root_uid;
+    gid_t root_gid;
     uint64_t max_seq;           /* the largest SEQ written */
     /* What the last flush wrote: the first flushed_accepts of its ACCEPTs,
      * and (flushed_other) all of `other`. */
@@ -269,7 +281,7 @@ struct journal_store {
     int flushed_other;
 
     /* for tests and the log */
-    uint64_t flushes, bytes_written, syncs, rolls, deleted, copied, done_copied;
+    uint64_t flushes, bytes_written, syncs, rolls, deleted, copied, done_copied, rebuilds;
 };
 
 /* Create ROOT (if need be) and the instance ROOT/NAME, locked, with its
@@ -305,12 +317,28 @@ uint64_t journal_store_retained(const struct journal_store *s);
 /* Forget the ACCEPTs buffered and not written: their items are not accepted. */
 void journal_store_discard_accepts(struct journal_store *s);
 int journal_store_has_buffered(const struct journal_store *s);
-/* Is the segment being written gone from the file system (its directory
- * removed under us: nlink 0)? What is written to it is then lost. Once it
- * said so, the store rolls to no new segment (it could not be made in a
- * directory that is gone: the FINALs still written to the unlinked file,
- * whatever its size, would be held forever instead). */
+/* Has a file this instance depends on lost its name: a segment still
+ * holding live items or retained finals, the current one, or the lock (the
+ * directory or files in it removed under us: st_nlink 0)? What is written
+ * there is then lost at the next restart. Once it said so, the store rolls
+ * to no new segment until journal_store_rebuild() succeeds (it could not
+ * be made in a directory that is gone: the FINALs still written to the
+ * unlinked file, whatever its size, would be held forever instead). */
 int journal_store_removed(struct journal_store *s);
+/*
+ * After journal_store_removed(): make the instance whole again. The
+ * directory (and ROOT, and its parents, as journal_store_open made them;
+ * ROOT with the mode and owner it had) is made again if it is gone, under
+ * a temporary name and locked before it gets its own, as at open; a lock
+ * that lost its name is replaced. Then a new segment is made (synced with
+ * its directory unless `never`) and every live item and retained final is
+ * copied into `other`, to be written by the next flush: the old segments
+ * die once it has, as after a copy forward. 0, or -1 with errno set and
+ * WHY (WHY_SIZE bytes) saying which call failed; nothing is logged (the
+ * caller retries, and logs changes only). Items the records of which no
+ * longer read back are logged and left where they were.
+ */
+int journal_store_rebuild(struct journal_store *s, char *why, size_t why_size);
 uint64_t journal_store_live(const struct journal_store *s);
 
 /*

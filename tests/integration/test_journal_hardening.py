@@ -424,30 +424,143 @@ def test_full_disk_at_a_graceful_stop_spends_an_attempt_and_loses_nothing(start_
 # ---- the journal directory removed under the daemon ------------------------
 
 
-@pytest.mark.deadline(60)
-def test_journal_removed_under_the_daemon_rejects_instead_of_losing(start_daemon, tmp_path):
+def wait_restart_finals(again, ids, timeout=60):
+    """After a power cut: every id runs to a final update, SUCCEEDED. (No
+    sync: a probe would wait behind the items; the replay has them all.)"""
+    sub = again.client().subscribe(replay=True)
+    finals = sub.wait_final(ids, timeout=timeout)
+    bad = {i: (f.state, f.error) for i, f in finals.items() if f.state != SUCCEEDED}
+    assert not bad, bad
+    sub.cancel()
+
+
+@pytest.mark.deadline(120)
+def test_journal_removed_under_the_daemon_is_made_again_and_loses_nothing(start_daemon,
+                                                                           tmp_path):
+    """rm -rf of the journal while the daemon holds items (one running, five
+    queued behind it): before, every item was rejected from then on, and a
+    crash lost those held. Now the grpc process makes its directory again
+    (the journal root with the mode it had), writes every item it holds to
+    a new segment, serves again, and a power cut after that loses nothing:
+    the restart runs every accepted item to its final."""
     journal = tmp_path / "journal"
-    d = start_daemon({"workers": {"count": 1, "prefetch": 1},
-                      "queue": {"journal": str(journal)}})
+    config = {"workers": {"count": 1, "prefetch": 1}, "queue": {"journal": str(journal)}}
+    d = start_daemon(config, name="first")
     c = d.client()
     w = Watcher(c)
-    assert c.submit([{"id": "pin", "kind": "sleep", "params": {"ms": "1000"}}]).accepted == 1
+    held = [{"id": "pin", "kind": "sleep", "params": {"ms": "15000"}}] + \
+        [{"id": f"q{i}", "kind": "echo", "payload": b"q"} for i in range(5)]
+    assert c.submit(held).accepted == len(held)
+    w.wait(lambda: w.has_state("pin", STARTED), 10, "pin started")
+    [instance] = list(journal.glob("grpc-*"))
+    mode = journal.stat().st_mode
+    shutil.rmtree(journal)
+    new = [{"id": f"x{i}", "kind": "echo", "payload": b"x"} for i in range(3)]
+    reply = c.submit(new)
+    assert reply.accepted == 3, reply
+    d.wait_log(r"journal: files of this process's journal were removed under it; made again "
+               rf"{re.escape(str(instance))}; its \d+ live items and 0 retained finals are "
+               r"written to segment 2 anew")
+    assert c.health() == SERVING
+    assert instance.is_dir() and [p.name for p in segments(journal)] == ["00000002.seg"], \
+        list(journal.rglob("*"))
+    assert journal.stat().st_mode == mode
+    assert not w.has_state("pin", SUCCEEDED), "pin ended before the power cut: too fast"
+    w.stop()
+    kill_everything(d)
+
+    again = start_daemon(config, name="again")
+    wait_restart_finals(again, [it["id"] for it in held + new])
+    again.wait_log(r"journal: took over \S+ of grpc process \d+: 9 items queued again, "
+                   r"0 failed", timeout=5)
+
+
+@pytest.mark.deadline(90)
+def test_journal_removed_and_blocked_rejects_until_it_can_be_made_again(start_daemon,
+                                                                        tmp_path):
+    """The same with a regular file where the journal was: it cannot be made
+    again, so every item is rejected with the reason, health says
+    NOT_SERVING, finals are still published, and the log says so once (not
+    at every attempt). Once the file goes, the journal is made again with
+    what the daemon holds, and items are accepted; a power cut after that
+    loses none of them."""
+    journal = tmp_path / "journal"
+    config = {"workers": {"count": 1, "prefetch": 1}, "queue": {"journal": str(journal)}}
+    d = start_daemon(config, name="first")
+    c = d.client()
+    w = Watcher(c)
+    assert c.submit([{"id": "pin", "kind": "sleep", "params": {"ms": "1000"}},
+                     {"id": "long", "kind": "sleep", "params": {"ms": "20000"}}]).accepted == 2
     w.wait(lambda: w.has_state("pin", STARTED), 10, "pin started")
     [instance] = list(journal.glob("grpc-*"))
     shutil.rmtree(journal)
+    journal.write_text("in the way\n")
     reply = c.submit([{"id": f"x{i}", "kind": "echo", "payload": b"x"} for i in range(3)])
     assert reply.rejected == 3, reply
     assert {r.reason for r in reply.rejections} == \
-        {f"journal unavailable: {instance} was removed"}, reply
-    d.wait_log(rf"journal: {re.escape(str(instance))} was removed under this process: every "
-               r"item is rejected until the daemon restarts \(a new grpc process makes a new "
-               r"journal\); the 1 items it holds are no longer journaled: a stop or a crash "
-               r"loses them")
+        {f"journal unavailable: {instance} was removed and cannot be made again: "
+         f"mkdir(\"{instance}.new\"): Not a directory"}, reply
+    d.wait_log(rf"journal: {re.escape(str(instance))} was removed under this process and "
+               r"cannot be made again \(mkdir\(.*\): Not a directory\): every item is "
+               r"rejected until it can \(trying again every 5 s at most\); the 2 items it "
+               r"holds are journaled nowhere meanwhile: a crash loses them")
     assert c.health() == NOT_SERVING
     # What it holds still ends, and its final update is published.
     w.wait_final(["pin"], timeout=10)
     assert [u.state for u in finals_of(w, "pin")] == [SUCCEEDED]
+    time.sleep(3)       # several attempts (250 ms, 500 ms, 1 s, ...)
+    assert c.submit([{"id": "y", "kind": "echo"}]).rejected == 1
+    log = d.log_text()
+    assert log.count("cannot be made again") == 1, log
+    assert "still cannot be made again" not in log, log
+
+    journal.unlink()
+    wait_for(lambda: c.health() == SERVING, 20, "serving again")
+    d.wait_log(r"journal: made again after \d+ attempts \(items are accepted again\): "
+               rf"{re.escape(str(instance))}; its 1 live items")
+    assert c.submit([{"id": "z", "kind": "echo", "payload": b"z"}]).accepted == 1
+    assert instance.is_dir()
     w.stop()
+    kill_everything(d)
+
+    again = start_daemon(config, name="again")
+    wait_restart_finals(again, ["long", "z"])
+
+
+@pytest.mark.deadline(120)
+def test_an_older_segment_deleted_alone_is_written_anew(start_daemon, tmp_path, monkeypatch):
+    """A cleaner deleting an older segment alone (not the one being
+    written): before, only the current segment's link count was checked, so
+    nothing was seen, and the items recorded only there were lost at the
+    next restart. Now the live items are written to a new segment."""
+    monkeypatch.setenv("DS_JOURNAL_SEGMENT_BYTES", "16KiB")
+    journal = tmp_path / "journal"
+    config = {"workers": {"count": 2, "prefetch": 1}, "queue": {"journal": str(journal)}}
+    d = start_daemon(config, name="first")
+    c = d.client()
+    w = Watcher(c)
+    assert c.submit([{"id": "pin", "kind": "sleep", "params": {"ms": "15000"}}]).accepted == 1
+    w.wait(lambda: w.has_state("pin", STARTED), 10, "pin started")
+    # Their ACCEPTs fill segment 1 past its 16 KiB: the next flush rolls.
+    big = [{"id": f"big{i}", "kind": "echo", "payload": b"b" * 1024} for i in range(16)]
+    assert c.submit(big).accepted == 16
+    w.wait_final([it["id"] for it in big], timeout=20)
+    wait_for(lambda: len(segments(journal)) >= 2, 10, "a second segment")
+    [instance] = list(journal.glob("grpc-*"))
+    first = instance / "00000001.seg"
+    assert first.exists(), segments(journal)     # kept: pin is live there
+    first.unlink()
+    assert c.submit([{"id": "poke", "kind": "echo", "payload": b"p"}]).accepted == 1
+    d.wait_log(r"journal: files of this process's journal were removed under it; made again "
+               rf"{re.escape(str(instance))}; its \d+ live items")
+    assert c.health() == SERVING
+    assert not w.has_state("pin", SUCCEEDED), "pin ended before the power cut: too fast"
+    w.stop()
+    kill_everything(d)
+
+    # (poke may have ended before: its final is then known, not published.)
+    again = start_daemon(config, name="again")
+    wait_restart_finals(again, ["pin"])
 
 
 def test_journal_removed_with_a_full_segment_still_publishes_the_finals(start_daemon, tmp_path,
@@ -479,8 +592,9 @@ def test_journal_removed_with_a_full_segment_still_publishes_the_finals(start_da
 
 
 def test_journal_removed_then_a_stop_deadline_says_the_items_are_lost(start_daemon, tmp_path):
-    """Items held when the journal directory was removed cannot stay in it:
-    a graceful stop's deadline ends them FAILED (not RETRYING "it stays in
+    """Items held when the journal directory was removed (and cannot be made
+    again: a file is in its way) cannot stay in it: a graceful stop's
+    deadline ends them FAILED (not RETRYING "it stays in
     the queue journal and runs again at the next start", which was false),
     and the stop says nothing stays (not "2 retained finals stay in DIR")."""
     journal = tmp_path / "journal"
@@ -492,6 +606,7 @@ def test_journal_removed_then_a_stop_deadline_says_the_items_are_lost(start_daem
                      {"id": "behind", "kind": "echo", "payload": b"x"}]).accepted == 2
     w.wait(lambda: w.has_state("long", STARTED), 10, "long started")
     shutil.rmtree(journal)
+    journal.write_text("in the way\n")
     assert c.submit([{"id": "x", "kind": "echo"}]).rejected == 1     # noticed
     d.send_signal(signal.SIGQUIT)
     w.wait_final(["long", "behind"], timeout=15)

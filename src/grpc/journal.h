@@ -35,6 +35,14 @@
  *   not due yet) spends no attempt: it is queued again as it was (QUEUED).
  *   Two grpc processes (a USR2 upgrade) never replay the
  *   same items: an instance's lock is held as long as its process lives.
+ * - Files of our instance removed under us (an rm -rf of DIR, a cleaner
+ *   deleting segments: a link count of 0 on the lock, the current segment
+ *   or one still holding live items or retained finals) are seen before
+ *   the next write and at every scan: the instance is made again (DIR too,
+ *   as it was) with a new segment holding every item held and retained
+ *   final, synced, before anything else counts. If it cannot be, items
+ *   are rejected ("journal unavailable: ... was removed and cannot be
+ *   made again: ...") and it is retried with backoff.
  * - seq continues past every SEQ record (a reservation of update seqs) and
  *   past DIR/seq, written when an instance's files are deleted.
  * - A segment none of whose items is live or retained is deleted (after the next sync);

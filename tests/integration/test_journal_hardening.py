@@ -17,9 +17,14 @@ The journal off the happy path (issue 14, points 15, 16, 21, 23):
   flushes that each failed whole).
 - The journal directory removed under a running daemon (a tmp cleaner, an
   rm -rf): items were accepted into files no one could read again, lost at
-  the next restart, silently. Now every item is rejected with the reason,
-  health says NOT_SERVING, the log says what is at stake, and finals are
-  still published.
+  the next restart, silently. Then every item was rejected until a
+  restart, and a crash lost what the daemon held. Now the journal is made
+  again with every item held, and a power cut after that loses nothing;
+  while it cannot be made again (a file in the way), every item is
+  rejected with the reason, health says NOT_SERVING, the log says what is
+  at stake (once), and finals are still published. An older segment
+  deleted alone is seen too (only the current one's link count was
+  checked).
 - A graceful stop reaching shutdown_timeout on a full disk: the records
   saying which items it left unstarted cannot be written. Nothing is lost:
   the next start takes them over as after a crash, each as its next

@@ -1407,6 +1407,87 @@ test_done_torn_tail(void **state)
     assert_int_equal(file_size(path), (off_t)whole);
 }
 
+/* Files removed under the writer: an older segment alone, the whole root,
+ * then the root's name taken by a file. Every live item (with its latest
+ * attempt) and retained final is written anew, and reads back. */
+static void
+test_rebuild_after_removal(void **state)
+{
+    (void)state;
+    const char *name = "grpc-0000000000041-51";
+    char jroot[600], path[800], why[512];
+    struct journal_store s;
+    snprintf(jroot, sizeof jroot, "%s/j", root);
+    assert_int_equal(journal_store_open(&s, jroot, name, DS_JOURNAL_SYNC_INTERVAL, 4096), 0);
+    accept_key(&s, 1, 500);             /* in segment 1 for good */
+    accept_key(&s, 2, 100);
+    assert_int_equal(journal_store_flush(&s), 0);
+    done_key(&s, 2, 4);
+    journal_store_attempt(&s, 1, 3);
+    uint64_t key = 2;
+    for (int round = 0; round < 25; round++) {
+        accept_key(&s, ++key, 300);
+        assert_int_equal(journal_store_flush(&s), 0);
+        journal_store_final(&s, key);
+    }
+    accept_key(&s, ++key, 300);         /* live, in the current segment */
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_sync(&s), 0);
+    assert_true(s.segment >= 3 && s.segments[0].number == 1);
+    assert_int_equal(journal_store_removed(&s), 0);
+
+    /* A cleaner deletes segment 1 alone. */
+    char jdir[700];
+    snprintf(jdir, sizeof jdir, "%s/%s", jroot, name);
+    snprintf(path, sizeof path, "%s/%08u.seg", jdir, 1u);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(journal_store_removed(&s), 1);
+    assert_int_equal(journal_store_rebuild(&s, why, sizeof why), 0);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_sync(&s), 0);
+    assert_int_equal(journal_store_removed(&s), 0);
+    assert_int_equal(s.segment_count, 1);
+
+    /* The whole root goes, then a file takes its name. */
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", jroot);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(journal_store_removed(&s), 1);
+    int fd = open(jroot, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd != -1);
+    close(fd);
+    assert_int_equal(journal_store_rebuild(&s, why, sizeof why), -1);
+    assert_non_null(strstr(why, "Not a directory"));
+    assert_int_equal(journal_store_removed(&s), 1);
+    journal_store_attempt(&s, 1, 4);            /* meanwhile, to the unlinked file */
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(unlink(jroot), 0);
+    assert_int_equal(journal_store_rebuild(&s, why, sizeof why), 0);
+    struct stat st;
+    assert_int_equal(stat(jroot, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_sync(&s), 0);
+    assert_int_equal(journal_store_removed(&s), 0);
+    assert_int_equal(count_segments(jdir), 1);
+    journal_store_close(&s, 0);
+
+    /* Read as a dead instance. */
+    struct journal_recovery *dead;
+    assert_int_equal(journal_find_dead(jroot, "grpc-self", &dead), 1);
+    assert_int_equal(journal_read(&dead[0]), 0);
+    assert_int_equal(dead[0].count, 2);
+    const struct journal_item *it = find_item(&dead[0], 1);
+    assert_non_null(it);
+    assert_int_equal(it->attempt, 4);
+    assert_int_equal(it->raw_len, 500);
+    assert_non_null(find_item(&dead[0], key));
+    assert_int_equal(dead[0].final_count, 1);
+    assert_non_null(find_final(&dead[0], "item-2"));
+    journal_recovery_free(&dead[0]);
+    free(dead);
+}
+
 int
 main(void)
 {
@@ -1437,6 +1518,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_done_keeps_segments_until_forgotten, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_done_copied_forward, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rebuild_after_removal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_torn_tail, setup, teardown),
     };
     return cmocka_run_group_tests_name("journal", tests, NULL, NULL);

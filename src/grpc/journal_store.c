@@ -1914,6 +1914,39 @@ reader_apply(struct reader *rd, const struct journal_record *rec)
 }
 
 /*
+ * PATH, named as a segment, is not a regular file (ST): nothing in it is
+ * read. What taking the instance over then deletes (a FIFO, a socket, a
+ * device node, a symlink: unlink() takes the name only) is skipped; an
+ * empty directory is removed now. One with something in it would stay, and
+ * the instance with it, to be taken over (its items run) again at the next
+ * scan: -1, the instance is not taken over while it is there.
+ */
+static int
+skip_irregular(struct journal_recovery *r, const char *path, const struct stat *st)
+{
+    const char *what = S_ISDIR(st->st_mode) ? "a directory" : S_ISFIFO(st->st_mode) ? "a FIFO"
+                       : S_ISSOCK(st->st_mode) ? "a socket" : S_ISCHR(st->st_mode) ||
+                       S_ISBLK(st->st_mode) ? "a device" : S_ISLNK(st->st_mode) ? "a dangling symlink"
+                       : "not a regular file";
+    if (S_ISDIR(st->st_mode)) {
+        struct stat lst;
+        /* A symlink to a directory: unlink() takes the link. */
+        int link = lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode);
+        if (!link && rmdir(path) == -1) {
+            log_syserr("journal: %s is a directory, not a segment, and cannot be removed; %s is "
+                       "not taken over while it is there", path, r->dir);
+            return -1;
+        }
+        if (!link) {
+            log_warn("journal: %s was an empty directory, not a segment; removed it", path);
+            return 0;
+        }
+    }
+    log_warn("journal: %s is %s, not a segment; skipping it", path, what);
+    return 0;
+}
+
+/*
  * -1 if the segment cannot be opened or mapped (descriptors or memory
  * exhausted, EIO, EACCES, EPERM): logged, and nothing of the instance may
  * be taken over then. A takeover without it ran the items of the others
@@ -1926,11 +1959,39 @@ read_segment(struct reader *rd, uint32_t number, int newest)
     struct journal_recovery *r = rd->r;
     char path[PATH_MAX];
     segment_path(r->dir, number, path, sizeof path);
-    int fd = open(path, (newest ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    /* Only a regular file is read: opening a FIFO would block the loop for
+     * good, a directory or a device cannot be mapped (and the instance
+     * would then never be taken over). */
+    struct stat st;
+    if (stat(path, &st) == 0 ? !S_ISREG(st.st_mode)
+                             : errno == ENOENT && lstat(path, &st) == 0)    /* dangling */
+        return skip_irregular(r, path, &st);
+    /* O_NONBLOCK: should it become a FIFO meanwhile, this does not wait. */
+    int fd = open(path, (newest ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    int readonly = 0;
+    if (fd == -1 && newest && errno == EACCES &&
+        faccessat(AT_FDCWD, r->dir, W_OK | X_OK, AT_EACCESS) == 0) {
+        /* Read-write is only to cut a torn tail, and the files go once
+         * they are taken over (the directory lets us delete them): read
+         * it as it is. */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+        if (fd != -1) {
+            readonly = 1;
+            log_notice("journal: %s cannot be opened read-write (%s); reading it read-only: "
+                       "a torn tail stays as it is (the files go once taken over)", path,
+                       strerror(EACCES));
+        } else {
+            errno = EACCES;
+        }
+    }
     if (fd == -1) {
         log_syserr("journal: open(\"%s\") failed; %s is not taken over while it cannot be "
                    "read", path, r->dir);
         return -1;
+    }
+    if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+        close(fd);
+        return skip_irregular(r, path, &st);
     }
     size_t size;
     const uint8_t *buf = map_file(fd, &size);
@@ -1974,7 +2035,7 @@ read_segment(struct reader *rd, uint32_t number, int newest)
         off += len;
     }
     unmap_file(buf, size);
-    if (cut < size && ftruncate(fd, (off_t)cut) == -1)
+    if (cut < size && !readonly && ftruncate(fd, (off_t)cut) == -1)
         log_syserr("journal: ftruncate(\"%s\", %zu) failed", path, cut);
     close(fd);
     return 0;

@@ -11,17 +11,24 @@ queue.journal, the less travelled paths:
 - a segment that cannot be opened (EMFILE, EIO, EACCES; here EPERM, an
   immutable file): the instance is not taken over, and stays whole for a
   later try (before, its other segments were taken over and the whole
-  directory removed: the items of that segment were lost).
+  directory removed: the items of that segment were lost);
+- a newest segment that can be read but not written (EACCES: 0444 under
+  `user: nobody`) is read read-only and taken over (before: never, an
+  error every 10 s), and files named as segments that are not regular
+  files (a FIFO, a directory) are skipped (before: a FIFO blocked the start
+  for good, a directory kept the instance from ever being taken over).
 """
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import QUEUED, STARTED, SUCCEEDED, wait_for
+from conftest import QUEUED, STARTED, SUCCEEDED, Daemon, wait_for
 from test_journal import (Watcher, assert_recovered_once, echo_items,
                           journal_config, kill_everything, segments)
 
@@ -374,3 +381,91 @@ def test_a_segment_that_cannot_be_opened_keeps_its_instance_whole(start_daemon, 
     d3.wait_log(rf"journal: took over {re.escape(str(dead))} of grpc process \d+: 6 items "
                 rf"queued again")
     assert not_found(d3.client(), ids) == set()
+
+
+# --------------------------------------------------------------------------
+# a segment that can only be read, and files that are no segments
+# --------------------------------------------------------------------------
+
+def leave_dead_instance(start_daemon, journal):
+    """A daemon killed with 6 items left (pin running, 5 queued behind it):
+    its instance directory and those items."""
+    config = {**journal_config(journal), "workers": {"count": 1, "prefetch": 1}}
+    d = start_daemon(config, name="first")
+    c = d.client()
+    w = Watcher(c)
+    assert c.submit([{"id": "pin", "kind": "sleep", "params": {"ms": "20000"}}]).accepted == 1
+    w.wait(lambda: w.has_state("pin", STARTED), 10, "the long item started")
+    items = echo_items("w", 5)
+    assert c.submit(items).accepted == 5
+    w.stop()
+    kill_everything(d)
+    [dead] = instance_dirs(journal)
+    return dead, ["pin"] + [i["id"] for i in items]
+
+
+@pytest.mark.deadline(90)
+def test_segments_that_are_no_regular_files_are_skipped(start_daemon, tmp_path):
+    journal = tmp_path / "journal"
+    dead, ids = leave_dead_instance(start_daemon, journal)
+    segs = sorted(dead.glob("*.seg"))
+    last = int(segs[-1].name[:8])
+    for seg in reversed(segs):          # one up: a FIFO takes number 1
+        seg.rename(dead / f"{int(seg.name[:8]) + 1:08d}.seg")
+    fifo = dead / "00000001.seg"
+    os.mkfifo(fifo)
+    directory = dead / f"{last + 2:08d}.seg"    # the newest
+    directory.mkdir()
+
+    config = {**journal_config(journal), "workers": {"count": 2}}
+    d2 = start_daemon(config, name="second")
+    d2.wait_log(rf"journal: {re.escape(str(fifo))} is a FIFO, not a segment; skipping it")
+    d2.wait_log(rf"journal: {re.escape(str(directory))} was an empty directory, not a "
+                r"segment; removed it")
+    d2.wait_log(rf"journal: took over {re.escape(str(dead))} of grpc process \d+: 6 items "
+                r"queued again")
+    assert not dead.exists(), sorted(dead.iterdir())
+    assert not_found(d2.client(), ids) == set()
+
+
+@pytest.mark.deadline(120)
+def test_a_newest_segment_that_can_only_be_read_is_taken_over(start_daemon, tmp_path,
+                                                              nobody_user):
+    """Under `user: nobody` a dead instance turns up (moved in while the
+    daemon runs: its scans run as nobody) whose newest segment nobody may
+    read but not write (0444, nobody's). It is read read-only and taken
+    over, its files removed; its items run."""
+    pw = nobody_user
+    dead, ids = leave_dead_instance(start_daemon, tmp_path / "journal")
+    for p in [dead] + list(dead.iterdir()):
+        os.chown(p, pw.pw_uid, pw.pw_gid)
+    newest = sorted(dead.glob("*.seg"))[-1]
+    newest.chmod(0o444)
+
+    # Not under pytest's tmp_path: its parents are root's 0700.
+    base = Path(tempfile.mkdtemp(prefix="ds-journal-ro-"))
+    base.chmod(0o755)
+    journal = base / "journal"
+    d = None
+    try:
+        d = Daemon(base / "second", {**journal_config(journal), "user": "nobody"},
+                   name="second")
+        (base / "second").chmod(0o755)
+        d.start()
+        wait_for(lambda: list(journal.glob("grpc-*")), 10, "its instance")
+        moved = journal / dead.name
+        shutil.move(str(dead), str(moved))      # another file system: copied, with modes
+        for p in [moved] + list(moved.iterdir()):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+        (moved / newest.name).chmod(0o444)
+        d.wait_log(rf"journal: {re.escape(str(moved / newest.name))} cannot be opened "
+                   r"read-write \(Permission denied\); reading it read-only", timeout=25)
+        d.wait_log(rf"journal: took over {re.escape(str(moved))} of grpc process \d+: 6 "
+                   r"items queued again", timeout=5)
+        wait_for(lambda: not moved.exists(), 10, "the dead instance removed")
+        assert not_found(d.client(), ids) == set()
+        assert "is not taken over" not in d.log_text(), d.log_tail()
+    finally:
+        if d is not None:
+            d.kill_all()
+        shutil.rmtree(base, ignore_errors=True)

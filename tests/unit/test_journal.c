@@ -1488,6 +1488,49 @@ test_rebuild_after_removal(void **state)
     free(dead);
 }
 
+/* Names of segments that are no regular files: a FIFO (opening it would
+ * block), an empty directory (removed), a dangling symlink are skipped and
+ * the rest read; a directory with something in it keeps the instance from
+ * being read (it would outlive the take-over). */
+static void
+test_irregular_segments_skipped(void **state)
+{
+    (void)state;
+    const char *name = "grpc-0000000000042-52";
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    for (uint64_t key = 1; key <= 3; key++)
+        accept_key(&s, key, 100);
+    assert_int_equal(journal_store_flush(&s), 0);
+    journal_store_close(&s, 0);
+    char fifo[512], dir[512], link[512], inner[600];
+    snprintf(fifo, sizeof fifo, "%s/%s/00000002.seg", root, name);
+    snprintf(dir, sizeof dir, "%s/%s/00000003.seg", root, name);
+    snprintf(link, sizeof link, "%s/%s/00000004.seg", root, name);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    assert_int_equal(symlink("/nonexistent/x.seg", link), 0);
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 3);
+    assert_int_equal(r.segments, 1);
+    journal_recovery_free(&r);
+    struct stat st;
+    assert_int_equal(stat(dir, &st), -1);                  /* removed: it was empty */
+
+    /* A directory with something in it: not read (-1), left as it is. */
+    assert_int_equal(mkdir(dir, 0700), 0);
+    snprintf(inner, sizeof inner, "%s/x", dir);
+    int fd = open(inner, O_WRONLY | O_CREAT, 0600);
+    assert_true(fd != -1);
+    close(fd);
+    struct journal_recovery *dead;
+    assert_int_equal(journal_find_dead(root, "grpc-self", &dead), 1);
+    assert_int_equal(journal_read(&dead[0]), -1);
+    journal_recovery_free(&dead[0]);
+    free(dead);
+    assert_int_equal(stat(inner, &st), 0);
+}
+
 int
 main(void)
 {
@@ -1519,6 +1562,7 @@ main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_done_copied_forward, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rebuild_after_removal, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_irregular_segments_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_torn_tail, setup, teardown),
     };
     return cmocka_run_group_tests_name("journal", tests, NULL, NULL);

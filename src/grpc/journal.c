@@ -18,7 +18,6 @@
  * costs.
  */
 #include <errno.h>
-#include <limits.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -232,7 +232,7 @@ int store_serving(const char **why);
 int store_starting(void);
 int store_idle(void);
 /* Does the backend keep what a graceful stop leaves (journal, while it
- * serves: not once its directory was removed)? */
+ * serves: not while its directory is removed and cannot be made again)? */
 int store_keeps_abandoned(void);
 /* Does the backend own the update log (Redis)? */
 int store_shared_log(void);

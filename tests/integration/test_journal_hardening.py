@@ -573,8 +573,9 @@ def test_journal_removed_with_a_full_segment_still_publishes_the_finals(start_da
     """The same with the segment being written already past its size: the
     next flush rolled to a new segment, which cannot be made in a directory
     that is gone, so the FINALs were held (retried every 2 s, forever) and
-    the item it held never got its final update. Now nothing rolls once the
-    directory is gone: they go to the unlinked file, and are published."""
+    the item it held never got its final update. Now the journal is made
+    again with a new segment (and while it cannot be, nothing rolls: the
+    records go to the unlinked file); the finals are published."""
     monkeypatch.setenv("DS_JOURNAL_SEGMENT_BYTES", "16KiB")
     journal = tmp_path / "journal"
     d = start_daemon({"workers": {"count": 2, "prefetch": 1},

@@ -89,6 +89,10 @@ static struct {
     /* Read by journal_open, run by journal_recover. */
     struct journal_recovery *dead;
     size_t dead_count;
+    /* Names of the dead instances the last pass could not read (each
+     * ds_malloc'ed, as the array): why is logged once, not every scan. */
+    char **unreadable;
+    size_t unreadable_count;
     /* Our directory (or a segment still needed) was removed under us
      * (journal_store_removed) and could not be made again: nothing is
      * accepted until it can (open_timer retries); jr.unavailable says why,
@@ -748,6 +752,42 @@ take_over(struct journal_recovery *r)
     journal_recovery_free(r);
 }
 
+static int
+was_unreadable(const char *name)
+{
+    for (size_t i = 0; i < jr.unreadable_count; i++)
+        if (strcmp(jr.unreadable[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+/* The unreadable of this pass (NAMES, COUNT: taken) replace the last's. */
+static void
+unreadable_replace(char **names, size_t count)
+{
+    for (size_t i = 0; i < jr.unreadable_count; i++)
+        free(jr.unreadable[i]);
+    free(jr.unreadable);
+    jr.unreadable = names;
+    jr.unreadable_count = count;
+}
+
+/* Read R (quietly if it failed at the last pass too): 0, or -1 with R
+ * freed and its name added to FAILED (*COUNT of them, room for all). */
+static int
+read_dead(struct journal_recovery *r, char **failed, size_t *count)
+{
+    r->quiet = was_unreadable(r->name);
+    if (journal_read(r) == 0)
+        return 0;
+    if (!r->quiet)
+        log_notice("journal: %s is tried again every %d s; why it cannot be read is logged "
+                   "at debug level from now on, until it can", r->dir, JOURNAL_SCAN_MS / 1000);
+    failed[(*count)++] = ds_strdup(r->name);
+    journal_recovery_free(r);
+    return -1;
+}
+
 static void
 on_scan(evutil_socket_t fd, short what, void *arg)
 {
@@ -765,11 +805,11 @@ on_scan(evutil_socket_t fd, short what, void *arg)
         log_syserr("journal: opendir(\"%s\") failed", jr.store.root);
         return;
     }
+    char **failed = ds_calloc((size_t)n + 1, sizeof *failed);
+    size_t failed_count = 0;
     for (int i = 0; i < n; i++) {
-        if (journal_read(&dead[i]) == -1) {
-            journal_recovery_free(&dead[i]);
+        if (read_dead(&dead[i], failed, &failed_count) == -1)
             continue;
-        }
         if (dead[i].max_seq > updates_last_seq())
             log_warn("journal: %s reserved update seqs up to %llu, past ours (%llu)",
                      dead[i].dir, (unsigned long long)dead[i].max_seq,
@@ -777,6 +817,7 @@ on_scan(evutil_socket_t fd, short what, void *arg)
         take_over(&dead[i]);
     }
     free(dead);
+    unreadable_replace(failed, failed_count);
 }
 
 /* ---- start, reload, exit -------------------------------------------------- */
@@ -921,12 +962,12 @@ journal_open(uint64_t *seq_start)
         n = 0;
     }
     jr.dead_count = (size_t)n;
+    char **failed = ds_calloc(jr.dead_count + 1, sizeof *failed);
+    size_t failed_count = 0;
     for (size_t i = 0; i < jr.dead_count; i++) {
         struct journal_recovery *r = &jr.dead[i];
-        if (journal_read(r) == -1) {
-            journal_recovery_free(r);
+        if (read_dead(r, failed, &failed_count) == -1)
             continue;
-        }
         if (r->max_seq > seq)
             seq = r->max_seq;
         if (r->max_key > max_key)
@@ -938,6 +979,7 @@ journal_open(uint64_t *seq_start)
         struct ipc_seq reserved = { .seq = seq + SEQ_RESERVE_CHUNK };
         master_send(IPC_SEQ_RESERVE, &reserved, sizeof reserved);
     }
+    unreadable_replace(failed, failed_count);
     item_skip_keys(max_key);
     /* updates_init reserves this much: a later start must continue past it. */
     journal_seq(*seq_start + SEQ_RESERVE_CHUNK);
@@ -1014,6 +1056,7 @@ journal_shutdown(void)
             journal_recovery_free(&jr.dead[i]);
     free(jr.dead);
     jr.dead = NULL;
+    unreadable_replace(NULL, 0);
 
     /* Only when exiting with calls still open: those never had a reply, so
      * their items were not accepted. */

@@ -1913,6 +1913,15 @@ reader_apply(struct reader *rd, const struct journal_record *rec)
     }
 }
 
+/* Why an instance cannot be read is logged as an error the first time
+ * only (R->quiet: the caller saw it fail before): it is tried again every
+ * scan. */
+static enum ds_log_level
+read_error_level(const struct journal_recovery *r)
+{
+    return r->quiet ? DS_LOG_DEBUG : DS_LOG_ERROR;
+}
+
 /*
  * PATH, named as a segment, is not a regular file (ST): nothing in it is
  * read. What taking the instance over then deletes (a FIFO, a socket, a
@@ -1933,7 +1942,8 @@ skip_irregular(struct journal_recovery *r, const char *path, const struct stat *
         /* A symlink to a directory: unlink() takes the link. */
         int link = lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode);
         if (!link && rmdir(path) == -1) {
-            log_syserr("journal: %s is a directory, not a segment, and cannot be removed; %s is "
+            log_at(read_error_level(r), errno, "journal: %s is a directory, not a segment, and "
+                   "cannot be removed; %s is "
                        "not taken over while it is there", path, r->dir);
             return -1;
         }
@@ -1985,7 +1995,8 @@ read_segment(struct reader *rd, uint32_t number, int newest)
         }
     }
     if (fd == -1) {
-        log_syserr("journal: open(\"%s\") failed; %s is not taken over while it cannot be "
+        log_at(read_error_level(r), errno, "journal: open(\"%s\") failed; %s is not taken "
+               "over while it cannot be "
                    "read", path, r->dir);
         return -1;
     }
@@ -1996,7 +2007,8 @@ read_segment(struct reader *rd, uint32_t number, int newest)
     size_t size;
     const uint8_t *buf = map_file(fd, &size);
     if (buf == NULL) {
-        log_syserr("journal: reading %s failed; %s is not taken over while it cannot be read",
+        log_at(read_error_level(r), errno, "journal: reading %s failed; %s is not taken over "
+               "while it cannot be read",
                    path, r->dir);
         close(fd);
         return -1;
@@ -2097,7 +2109,7 @@ journal_read(struct journal_recovery *r)
 {
     DIR *d = opendir(r->dir);
     if (d == NULL) {
-        log_syserr("journal: opendir(\"%s\") failed", r->dir);
+        log_at(read_error_level(r), errno, "journal: opendir(\"%s\") failed", r->dir);
         return -1;
     }
     uint32_t *numbers = NULL;

@@ -404,6 +404,9 @@ struct journal_recovery {
     char *name;
     long pid;                   /* of the grpc process that wrote it */
     int lock_fd;                /* held while we recover it */
+    /* Set by the caller: journal_read failed on it before, so why it
+     * cannot be read is logged at debug level (it is tried every scan). */
+    int quiet;
     struct journal_item *items; /* after journal_read: the live ones, by key */
     size_t count, cap;
     /* after journal_read: the retained finals, by key, one per id, none of

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -373,6 +374,13 @@ def test_a_segment_that_cannot_be_opened_keeps_its_instance_whole(start_daemon, 
         assert not_found(d2.client(), ids) == set(ids)
         d2.wait_log(rf"journal: open\(\"{re.escape(str(segs[-1]))}\"\) failed; "
                     rf"{re.escape(str(dead))} is not taken over while it cannot be read")
+        d2.wait_log(rf"journal: {re.escape(str(dead))} is tried again every 10 s; why it "
+                    r"cannot be read is logged at debug level from now on, until it can")
+        # The scan 10 s on tries again, and does not log it again (it did,
+        # every 10 s).
+        time.sleep(12)
+        assert d2.log_text().count("is not taken over while it cannot be read") == 1, \
+            d2.log_tail()
         d2.stop()
     finally:
         chattr("-i", segs[-1])

@@ -480,6 +480,62 @@ def test_journal_removed_under_the_daemon_is_made_again_and_loses_nothing(start_
                    r"0 failed", timeout=5)
 
 
+@pytest.mark.deadline(120)
+def test_journal_removed_under_user_nobody_is_made_again_as_at_start(nobody_user):
+    """Started as root with `user: nobody`: the journal was made as root and
+    given to nobody before the drop. Removed, it is made again by nobody:
+    DIR with the mode it had and nobody's, as after the start (its parent
+    lets nobody write); a power cut after that loses nothing."""
+    pw = nobody_user
+    base = Path(tempfile.mkdtemp(prefix="ds-journal-remade-"))
+    base.chmod(0o755)
+    lib = base / "lib"
+    lib.mkdir(mode=0o755)
+    os.chown(lib, pw.pw_uid, pw.pw_gid)
+    journal = lib / "journal"
+    config = {"workers": {"count": 1, "prefetch": 1}, "queue": {"journal": str(journal)},
+              "user": "nobody"}
+    daemons = []
+
+    def start(name):
+        d = Daemon(base / name, config, name=name)
+        (base / name).chmod(0o755)
+        daemons.append(d)
+        return d.start()
+
+    try:
+        d = start("first")
+        c = d.client()
+        w = Watcher(c)
+        held = [{"id": "pin", "kind": "sleep", "params": {"ms": "15000"}},
+                {"id": "q", "kind": "echo", "payload": b"q"}]
+        assert c.submit(held).accepted == 2
+        w.wait(lambda: w.has_state("pin", STARTED), 10, "pin started")
+        [instance] = list(journal.glob("grpc-*"))
+        before = {p: (p.stat().st_mode, p.stat().st_uid) for p in (journal, instance)}
+        assert before[journal][1] == pw.pw_uid, before
+        shutil.rmtree(journal)
+        assert c.submit([{"id": "x", "kind": "echo", "payload": b"x"}]).accepted == 1
+        d.wait_log(r"journal: files of this process's journal were removed under it; made "
+                   rf"again {re.escape(str(instance))}")
+        after = {p: (p.stat().st_mode, p.stat().st_uid) for p in (journal, instance)}
+        assert after == before, (before, after)
+        assert all(p.stat().st_uid == pw.pw_uid for p in instance.iterdir())
+        assert not w.has_state("pin", SUCCEEDED), "pin ended before the power cut: too fast"
+        w.stop()
+        kill_everything(d)
+
+        again = start("again")
+        sub = again.client().subscribe(replay=True)
+        finals = sub.wait_final(["pin", "q", "x"], timeout=60)
+        assert {f.state for f in finals.values()} == {SUCCEEDED}, finals
+        sub.cancel()
+    finally:
+        for d in daemons:
+            d.kill_all()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.deadline(90)
 def test_journal_removed_and_blocked_rejects_until_it_can_be_made_again(start_daemon,
                                                                         tmp_path):

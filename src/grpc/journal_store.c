@@ -1029,7 +1029,7 @@ segment_make(struct journal_store *s, uint32_t number, char *why, size_t why_siz
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
     if (fd == -1) {
         int saved = errno;
-        snprintf(why, why_size, "open(\"%s\"): %s", path, strerror(saved));
+        snprintf(why, why_size, "open(\"%s\") failed: %s", path, strerror(saved));
         errno = saved;
         return -1;
     }
@@ -1041,7 +1041,7 @@ segment_make(struct journal_store *s, uint32_t number, char *why, size_t why_siz
          ((call = "fsync()", fsync(fd) == -1) ||
           (call = "fsync() of its directory", fsync_dir(s->dir) == -1)))) {
         int saved = errno;
-        snprintf(why, why_size, "creating %s: %s: %s", path, call, strerror(saved));
+        snprintf(why, why_size, "creating %s failed (%s): %s", path, call, strerror(saved));
         close(fd);
         if (rfd != -1)
             close(rfd);
@@ -1395,7 +1395,7 @@ lock_make(const char *dir, char *why, size_t why_size)
     if (fd == -1 || (call = "flock()", flock(fd, LOCK_EX | LOCK_NB) == -1) ||
         (call = "rename()", rename(tmp, path) == -1)) {
         int saved = errno;
-        snprintf(why, why_size, "%s of %s: %s", call, tmp, strerror(saved));
+        snprintf(why, why_size, "%s of %s failed: %s", call, tmp, strerror(saved));
         if (fd != -1) {
             close(fd);
             unlink(tmp);
@@ -1416,7 +1416,7 @@ dir_make(struct journal_store *s, char *why, size_t why_size)
     int root_gone = stat(s->root, &st) == -1 && errno == ENOENT;
     if (mkdir_p(s->root) == -1) {
         saved = errno;
-        snprintf(why, why_size, "mkdir(\"%s\"): %s", s->root, strerror(saved));
+        snprintf(why, why_size, "mkdir(\"%s\") failed: %s", s->root, strerror(saved));
         errno = saved;
         return -1;
     }
@@ -1439,7 +1439,7 @@ dir_make(struct journal_store *s, char *why, size_t why_size)
     rmdir(tmp);
     if (mkdir(tmp, 0700) == -1) {
         saved = errno;
-        snprintf(why, why_size, "mkdir(\"%s\"): %s", tmp, strerror(saved));
+        snprintf(why, why_size, "mkdir(\"%s\") failed: %s", tmp, strerror(saved));
         errno = saved;
         return -1;
     }
@@ -1452,7 +1452,8 @@ dir_make(struct journal_store *s, char *why, size_t why_size)
     }
     if (rename(tmp, s->dir) == -1) {
         saved = errno;
-        snprintf(why, why_size, "rename(\"%s\", \"%s\"): %s", tmp, s->dir, strerror(saved));
+        snprintf(why, why_size, "rename(\"%s\", \"%s\") failed: %s", tmp, s->dir,
+                 strerror(saved));
         close(fd);
         unlink(stale);
         rmdir(tmp);
@@ -1464,7 +1465,7 @@ dir_make(struct journal_store *s, char *why, size_t why_size)
     s->lock_fd = fd;
     if (s->sync != DS_JOURNAL_SYNC_NEVER && fsync_dir(s->root) == -1) {
         saved = errno;
-        snprintf(why, why_size, "fsync() of %s: %s", s->root, strerror(saved));
+        snprintf(why, why_size, "fsync() of %s failed: %s", s->root, strerror(saved));
         errno = saved;
         return -1;      /* the next attempt finds the directory there */
     }

@@ -560,9 +560,9 @@ def test_journal_removed_and_blocked_rejects_until_it_can_be_made_again(start_da
     assert reply.rejected == 3, reply
     assert {r.reason for r in reply.rejections} == \
         {f"journal unavailable: {instance} was removed and cannot be made again: "
-         f"mkdir(\"{instance}.new\"): Not a directory"}, reply
+         f"mkdir(\"{instance}.new\") failed: Not a directory"}, reply
     d.wait_log(rf"journal: {re.escape(str(instance))} was removed under this process and "
-               r"cannot be made again \(mkdir\(.*\): Not a directory\): every item is "
+               r"cannot be made again \(mkdir\(.*\) failed: Not a directory\): every item is "
                r"rejected until it can \(trying again every 5 s at most\); the 2 items it "
                r"holds are journaled nowhere meanwhile: a crash loses them")
     assert c.health() == NOT_SERVING

@@ -1469,6 +1469,15 @@ dir_make(struct journal_store *s, char *why, size_t why_size)
         errno = saved;
         return -1;      /* the next attempt finds the directory there */
     }
+    /* ROOT's own name, if it was made again: a power cut keeps it too. */
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", s->root);
+    char *slash = strrchr(parent, '/');
+    if (root_gone && s->sync != DS_JOURNAL_SYNC_NEVER && slash != NULL) {
+        slash[slash == parent] = '\0';     /* "/x": "/" */
+        if (fsync_dir(parent) == -1)
+            log_syswarn("journal: fsync() of %s failed", parent);
+    }
     return 0;
 }
 

@@ -111,6 +111,9 @@ static struct {
     pid_t upgrade_stopping;     /* that one, told to stop: it did not serve in time */
     pid_t upgrade_parent;       /* the old master we take over from */
     char status[512];           /* the outcome of the last reload, for systemd */
+    /* A HUP came while the workers the last reload retired still finish
+     * their items: reload once they are gone (reload_when_done). */
+    int reload_pending;
     pid_t *inherited;           /* children we had before we forked any: not ours to kill */
     size_t inherited_count;
 } m;
@@ -151,6 +154,7 @@ static int on_child_frame(void *arg, struct ipc_channel *ch, const struct ipc_he
                           const uint8_t *body, int fd);
 static void on_child_close(void *arg, struct ipc_channel *ch, const char *reason);
 static void upgrade_child_exited(int status);
+static void reload_when_done(void);
 
 static const char *
 role_name(const struct process *p, char *buf, size_t size)
@@ -764,6 +768,8 @@ reap(void)
     }
     if (reaped)
         kill_strays();
+    if (reaped)
+        reload_when_done();
 }
 
 /* ---- messages from children ------------------------------------------- */
@@ -1009,6 +1015,61 @@ reload(void)
     config_free(old);
 }
 
+/* Workers of an older generation still alive: retired by the last reload
+ * (or a TTOU before it), finishing the items they hold; each is gone within
+ * shutdown_timeout (on_retire_timer kills it then). */
+static uint32_t
+workers_of_old_generations(void)
+{
+    uint32_t n = 0;
+    for (struct process *p = m.processes; p != NULL; p = p->next)
+        if (p->role == DS_ROLE_WORKER && p->generation < m.generation)
+            n++;
+    return n;
+}
+
+/*
+ * SIGHUP. While the workers the last reload retired still run their items,
+ * a reload would retire the new generation too (holding the items it took
+ * since), and a burst of HUPs would leave a generation per HUP running
+ * side by side, workers.count many times over. So overlapping HUPs are
+ * coalesced: the first reloads; those that come while its old workers are
+ * still there are one reload more, once they are gone, which reads the
+ * file then (the last HUP's content). One line in the log per coalesced
+ * burst, not per HUP.
+ */
+static void
+reload_requested(void)
+{
+    uint32_t old = workers_of_old_generations();
+    if (old == 0) {
+        reload();
+        return;
+    }
+    if (m.reload_pending)
+        return;
+    m.reload_pending = 1;
+    log_notice("SIGHUP: %u worker%s of an older generation still finish%s %s items; "
+               "reloading %s again once they have exited (within shutdown_timeout, %llu ms)",
+               old, old == 1 ? "" : "s", old == 1 ? "es" : "", old == 1 ? "its" : "their",
+               m.config_file, (unsigned long long)m.config->shutdown_timeout_ms);
+    snprintf(m.status, sizeof m.status, "reload queued: generation %llu's old workers finish "
+             "their items", (unsigned long long)m.generation);
+    notify("STATUS=%s", m.status);
+}
+
+/* A process exited: the reload a HUP left pending may run now. */
+static void
+reload_when_done(void)
+{
+    if (!m.reload_pending || m.state != MASTER_RUNNING || workers_of_old_generations() > 0)
+        return;
+    m.reload_pending = 0;
+    log_notice("reloading %s (a SIGHUP came while the previous reload's workers finished "
+               "their items)", m.config_file);
+    reload();
+}
+
 static void
 on_stop_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -1027,6 +1088,9 @@ master_stop(enum master_state how, int status)
         m.exit_status = status;
     if (m.state == MASTER_STOPPING_FAST || m.state == how)
         return;
+    if (m.reload_pending)
+        log_notice("the reload a SIGHUP left pending is not done: stopping");
+    m.reload_pending = 0;
     m.state = how;
     m.drain_deadline_ms = clock_monotonic_ms() + m.config->shutdown_timeout_ms;
     notify("STOPPING=1\nSTATUS=%s", how == MASTER_STOPPING_FAST ? "stopping" : "draining");
@@ -1174,7 +1238,7 @@ on_signal(evutil_socket_t fd, short what, void *arg)
             break;
         case SIGHUP:
             if (m.state == MASTER_RUNNING)
-                reload();
+                reload_requested();
             else
                 log_notice("SIGHUP: no reload while stopping");
             break;

@@ -1,0 +1,84 @@
+"""Reload (SIGHUP) under stress: overlapping reloads, and reloads at bad
+moments (see README, Reload).
+
+A reload retires every worker of the running generation (they finish the
+items they hold, then exit) and starts a new one. A HUP that comes while
+the workers a reload retired still finish their items does not retire
+another generation: it is logged, and one more reload runs (reading the
+file again) once they are gone. So a burst of HUPs (a deploy tool's, then
+a config-management run's) makes at most two generations, whatever its
+length, and the workers end on the file as it was at the last HUP.
+"""
+import re
+import signal
+import time
+
+import pytest
+
+from conftest import FINAL_STATES, STARTED, SUCCEEDED, wait_for
+
+
+def started_workers(d):
+    return len(re.findall(r"started worker \d+, pid", d.log_text()))
+
+
+def wait_worker_count(d, n, timeout=20):
+    def ok():
+        slots = d.worker_slots()
+        return sorted(slots) == list(range(1, n + 1)) and all(len(p) == 1 for p in slots.values())
+    try:
+        wait_for(ok, timeout, f"{n} workers, none retiring")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; have {d.worker_slots()}; log:\n{d.log_tail()}") from None
+
+
+def busy(start_daemon, items=8, ms=1500, overrides=None):
+    d = start_daemon({"workers": {"count": 2, "prefetch": 1}, "shutdown_timeout": "30s",
+                      **(overrides or {})})
+    c = d.client()
+    sub = c.subscribe(sync=True)
+    ids = [f"r{i}" for i in range(items)]
+    reply = c.submit([{"id": i, "kind": "sleep", "params": {"ms": str(ms)}} for i in ids])
+    assert reply.accepted == items, reply
+    sub.wait_state(ids[0], STARTED, timeout=10)
+    return d, sub, ids
+
+
+def assert_each_succeeded_once(sub, ids, timeout=60):
+    finals = sub.wait_final(ids, timeout=timeout)
+    bad = {i: f for i, f in finals.items() if f.state != SUCCEEDED}
+    assert not bad, f"items not SUCCEEDED: {bad}"
+    for i in ids:
+        n = [u for u in sub.of(i) if u.state in FINAL_STATES]
+        assert len(n) == 1, f"{i}: {len(n)} final updates: {sub.states_of(i)}"
+    sub.assert_seq_increasing()
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("hups", [10, 1000])
+def test_a_burst_of_hups_makes_at_most_two_generations(start_daemon, hups):
+    """HUPs in a burst while items run: before, each one the master read
+    retired every worker and started a full new set (a generation per HUP,
+    each holding the items it had taken: workers.count exceeded many times
+    over). Now: the first reloads, the others are coalesced into one more
+    reload once the first one's retired workers are gone, which reads the
+    file as the last HUP left it."""
+    d, sub, ids = busy(start_daemon)
+    d.write_config({"workers": {"count": 4, "prefetch": 1}, "shutdown_timeout": "30s"})
+    for n in range(hups):
+        if n == hups - 1:
+            d.write_config({"workers": {"count": 3, "prefetch": 1}, "shutdown_timeout": "30s"})
+        d.send_signal(signal.SIGHUP)
+        time.sleep(0.03 if hups <= 10 else 0.0005)
+    assert_each_succeeded_once(sub, ids)
+    # The last HUP's file: 3 workers, and nothing retiring left.
+    wait_worker_count(d, 3)
+    d.wait_log(r"reloaded .*: generation \d+, 3 workers")
+    spawned = started_workers(d)
+    # 2 at the start, at most 4 for the first reload, 3 for the coalesced one.
+    assert spawned <= 2 + 4 + 3, \
+        f"{spawned} workers started for a burst of {hups} HUPs; log:\n{d.log_tail(80)}"
+    assert d.proc.poll() is None, "the master exited"
+    log = d.log_text()
+    assert len(re.findall(r"SIGHUP: .* older generation", log)) == 1, log
+    assert "reloading " in log and "a SIGHUP came while" in log, log

@@ -3319,6 +3319,7 @@ load(const char *file, const char *text, size_t len, char *errors, size_t errors
 
     ld.scratch = pool_create();
     if (parse_tree(&ld, text, len, &root) == 0) {
+        c->empty = root == NULL;
         walk_root(&ld, root);
         check_config(&ld);
         if (check != LOAD_UNCHECKED)

@@ -172,6 +172,8 @@ struct ds_config {
     char *dir;                    /* its directory: relative paths start here */
     char *source;                 /* the file's text, as parsed */
     size_t source_len;
+    int empty;                    /* no YAML document (0 bytes, blank, comments only):
+                                   * every setting is its default */
 
     int daemon;
     char *pid_file;               /* absolute */

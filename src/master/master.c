@@ -943,6 +943,26 @@ on_child_close(void *arg, struct ipc_channel *ch, const char *reason)
 
 /* ---- reload, stop, signals -------------------------------------------- */
 
+/* A reload that changes nothing: say why (ERRORS: one line per error),
+ * in the log, to systemd and to the grpc process (for /status). */
+static void
+reload_failed(char *errors)
+{
+    for (char *nl; (nl = strchr(errors, '\n')) != NULL;) {
+        if (nl[1] == '\0')
+            *nl = '\0';
+        else
+            *nl = ';';
+    }
+    log_error("reload failed: %s; keeping generation %llu", errors,
+              (unsigned long long)m.generation);
+    snprintf(m.status, sizeof m.status, "reload failed: %.480s", errors);
+    notify("READY=1\nSTATUS=%s", m.status);
+    struct process *gr = grpc_process();
+    if (gr != NULL && gr->control != NULL)
+        channel_send(gr->control, IPC_RELOAD_FAILED, m.status, strlen(m.status));
+}
+
 static void
 reload(void)
 {
@@ -950,19 +970,19 @@ reload(void)
     notify_reloading();
     struct ds_config *config = config_load(m.config_file, errors, sizeof errors);
     if (config == NULL) {
-        for (char *nl; (nl = strchr(errors, '\n')) != NULL;) {
-            if (nl[1] == '\0')
-                *nl = '\0';
-            else
-                *nl = ';';
-        }
-        log_error("reload failed: %s; keeping generation %llu", errors,
-                  (unsigned long long)m.generation);
-        snprintf(m.status, sizeof m.status, "reload failed: %.480s", errors);
-        notify("READY=1\nSTATUS=%s", m.status);
-        struct process *gr = grpc_process();
-        if (gr != NULL && gr->control != NULL)
-            channel_send(gr->control, IPC_RELOAD_FAILED, m.status, strlen(m.status));
+        reload_failed(errors);
+        return;
+    }
+    if (config->empty) {
+        /* Caught between a truncation and a write (an editor, a deploy
+         * tool, `> FILE`): taken as it is, it reset every setting, the
+         * listen address and the log file included. A start may run on the
+         * defaults; a reload does not go back to them by accident. */
+        snprintf(errors, sizeof errors, "%s: no settings (the file is %s); a reload does not "
+                 "reset every setting to its default", config->path,
+                 config->source_len == 0 ? "empty" : "blank or only comments");
+        config_free(config);
+        reload_failed(errors);
         return;
     }
     char kept[256] = "";

@@ -82,3 +82,34 @@ def test_a_burst_of_hups_makes_at_most_two_generations(start_daemon, hups):
     log = d.log_text()
     assert len(re.findall(r"SIGHUP: .* older generation", log)) == 1, log
     assert "reloading " in log and "a SIGHUP came while" in log, log
+
+
+# ---- a file that is not what it should be -----------------------------------
+
+def assert_kept(d, before_workers, generation=1):
+    """The reload changed nothing: same workers, same listener, serving."""
+    assert d.proc.poll() is None, "the master exited"
+    assert d.workers() == before_workers, f"workers changed: {before_workers} -> {d.workers()}"
+    c = d.client()
+    reply, sub = c.run_items([{"id": f"after-{time.monotonic_ns()}", "kind": "echo",
+                               "payload": b"x"}], timeout=15)
+    assert reply.accepted == 1, reply
+    assert f"generation {generation + 1}" not in d.log_text(), d.log_tail()
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# being written\n"],
+                         ids=["0-bytes", "blank", "comments"])
+def test_a_reload_of_an_empty_file_keeps_the_config(start_daemon, text):
+    """A config file caught empty (truncated by an editor or a deploy tool
+    before it writes, `> FILE`) used to reload as every default: the
+    listener moved to 127.0.0.1:8080 and the log to stderr. A reload now
+    refuses a file with no settings, naming it."""
+    d = start_daemon()
+    workers = d.workers()
+    d.write_config(text=text)
+    d.send_signal(signal.SIGHUP)
+    m = d.wait_log(r"reload failed: .*")
+    assert str(d.config_path) in m.group(0) and "no settings" in m.group(0), m.group(0)
+    assert "keeping generation 1" in m.group(0), m.group(0)
+    time.sleep(0.3)
+    assert_kept(d, workers)

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -3347,9 +3348,30 @@ read_file(struct loader *ld, size_t *len)
     char *text;
     int fd;
 
-    fd = open(ld->file, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO put at the config's path would block open()
+     * until a writer came, forever perhaps, and the master with it (a
+     * reload runs on its loop). Nothing but a regular file is read. */
+    fd = open(ld->file, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd == -1) {
         error_mark(ld, 0, 0, "cannot open: %s", strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == -1) {
+        error_mark(ld, 0, 0, "cannot read: %s", strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        error_mark(ld, 0, 0, "cannot read: %s", strerror(EISDIR));
+        close(fd);
+        return NULL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        error_mark(ld, 0, 0, "cannot read: not a regular file (%s)",
+                   S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISSOCK(st.st_mode) ? "a socket"
+                   : S_ISCHR(st.st_mode) ? "a character device" : "a block device");
+        close(fd);
         return NULL;
     }
     text = ds_malloc(CONFIG_FILE_MAX + 1);

@@ -9,6 +9,7 @@ file again) once they are gone. So a burst of HUPs (a deploy tool's, then
 a config-management run's) makes at most two generations, whatever its
 length, and the workers end on the file as it was at the last HUP.
 """
+import os
 import re
 import signal
 import time
@@ -113,3 +114,34 @@ def test_a_reload_of_an_empty_file_keeps_the_config(start_daemon, text):
     assert "keeping generation 1" in m.group(0), m.group(0)
     time.sleep(0.3)
     assert_kept(d, workers)
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_reload_of_a_file_that_is_not_a_regular_file_keeps_the_config(start_daemon, kind):
+    """The config path replaced by a FIFO: the master's reload used to
+    block in open() until a writer came (forever): no supervision, no
+    signals acted on, a stop hung. Now a reload of anything but a regular
+    file fails at once, naming what it is, and the master goes on."""
+    d = start_daemon()
+    workers = d.workers()
+    text = d.config_path.read_text()
+    d.config_path.unlink()
+    if kind == "fifo":
+        os.mkfifo(d.config_path)
+    else:
+        d.config_path.mkdir()
+    d.send_signal(signal.SIGHUP)
+    m = d.wait_log(r"reload failed: .*")
+    assert str(d.config_path) in m.group(0), m.group(0)
+    assert ("a FIFO" if kind == "fifo" else "a directory") in m.group(0), m.group(0)
+    assert_kept(d, workers)
+    # The master acts on the next HUP: the file back, a reload.
+    if kind == "fifo":
+        d.config_path.unlink()
+    else:
+        d.config_path.rmdir()
+    d.config_path.write_text(text)
+    d.send_signal(signal.SIGHUP)
+    d.wait_log(r"reloaded .*generation 2")
+    assert d.stop(signal.SIGQUIT) == 0, d.log_tail()

@@ -556,6 +556,22 @@ test_directory_is_not_a_file(void **state)
     assert_string_equal(errors, want);
 }
 
+/* A FIFO at the config's path blocked open() (and a reload the master)
+ * until a writer came. */
+static void
+test_fifo_is_not_a_file(void **state)
+{
+    char want[PATH_MAX + 64];
+    const char *path = tmp_file("fifo.yaml");
+
+    unlink(path);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    assert_null(config_load(path, errors, sizeof errors));
+    snprintf(want, sizeof want, "%s: cannot read: not a regular file (a FIFO)", path);
+    assert_string_equal(errors, want);
+    unlink(path);
+}
+
 static void
 test_file_size_limit(void **state)
 {
@@ -1747,6 +1763,7 @@ main(void)
         cmocka_unit_test(test_free_null_and_handler_lookup),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_directory_is_not_a_file),
+        cmocka_unit_test(test_fifo_is_not_a_file),
         cmocka_unit_test(test_file_size_limit),
         cmocka_unit_test(test_error_position_example),
         cmocka_unit_test(test_unknown_key),

@@ -28,8 +28,11 @@ static int
 open_log_file(const char *path)
 {
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd == -1)
-        log_write(DS_LOG_ERROR, errno, "open(\"%s\") failed", path);
+    if (fd == -1) {
+        int e = errno;      /* for the caller, which may say more */
+        log_write(DS_LOG_ERROR, e, "open(\"%s\") failed", path);
+        errno = e;
+    }
     return fd;
 }
 
@@ -48,6 +51,7 @@ log_open(const char *file, enum ds_log_level level)
         return 0;
     if (strlen(file) >= sizeof log_path) {
         log_error("log file path too long: %s", file);
+        errno = ENAMETOOLONG;
         return -1;
     }
     int fd = open_log_file(file);

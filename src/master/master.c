@@ -985,6 +985,20 @@ reload(void)
         reload_failed(errors);
         return;
     }
+    /* The log file first, while nothing has changed yet: one that cannot be
+     * opened (a missing directory, a directory) used to leave every
+     * process logging to the old file while the rest of the config went
+     * live. log_open() keeps the old file when it fails. */
+    enum ds_log_level level = log_current_level;
+    if (log_open(config->log.file, config->log.level) == -1) {
+        int e = errno;
+        log_current_level = level;
+        snprintf(errors, sizeof errors, "%s: log.file: cannot open %s: %s", config->path,
+                 config->log.file, strerror(e));
+        config_free(config);
+        reload_failed(errors);
+        return;
+    }
     char kept[256] = "";
     if (strcmp(config->pid_file, m.pid_file) != 0)
         strcat(kept, " pid_file");
@@ -994,7 +1008,6 @@ reload(void)
     struct ds_config *old = m.config;
     m.config = config;
     m.generation++;
-    log_open(config->log.file, config->log.level);
     log_chown_to_user(log_file_fd(), config->user);
     log_prepare_for_user(config->log.access, config->user);
 

@@ -145,3 +145,21 @@ def test_a_reload_of_a_file_that_is_not_a_regular_file_keeps_the_config(start_da
     d.send_signal(signal.SIGHUP)
     d.wait_log(r"reloaded .*generation 2")
     assert d.stop(signal.SIGQUIT) == 0, d.log_tail()
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory"])
+def test_a_reload_to_a_log_file_that_cannot_be_opened_keeps_the_config(start_daemon, where):
+    """log.file changed to a path that cannot be opened: the reload used to
+    apply everything else and log only `open("PATH") failed` (to the old
+    file, which the master, the grpc process and the workers kept while the
+    config named the other). Now it is a failed reload naming the key."""
+    d = start_daemon()
+    workers = d.workers()
+    path = "/nonexistent-dir/ds.log" if where == "missing-dir" else str(d.dir)
+    d.write_config({"log": {"file": path}})
+    d.send_signal(signal.SIGHUP)
+    m = d.wait_log(r"reload failed: .*")
+    assert f"log.file: cannot open {path}" in m.group(0), m.group(0)
+    assert "keeping generation 1" in m.group(0), m.group(0)
+    time.sleep(0.3)
+    assert_kept(d, workers)

@@ -112,6 +112,8 @@ static struct {
     int ready_sent;             /* the master heard IPC_READY */
     int serving_sent;           /* ... saying that the store serves */
     int status;                 /* the exit status bind_and_serve() decided */
+    char *user;                 /* the config's at our start: `user` needs a restart
+                                 * (ours for the process's life) */
 } proc;
 
 void
@@ -340,6 +342,9 @@ apply_config(uint64_t generation, const uint8_t *module_flags, size_t handler_co
     for (size_t i = 0; i < handler_count; i++)
         memcpy(&config->handlers[i].module_flags, module_flags + i * sizeof(uint32_t),
                sizeof(uint32_t));
+    /* `user` needs a restart (the master keeps it too): this process runs
+     * as the one it started with. */
+    config->user = proc.user;
     struct ds_config *old = gp.config;
     gp.config = config;
     gp.generation = generation;
@@ -595,6 +600,7 @@ grpc_process_main(struct ds_child_start *start)
     proctitle_set("dosomethingd: grpc");
     gp.config = start->config;
     gp.generation = start->generation;
+    proc.user = ds_strdup(gp.config->user);
 
     if (evthread_use_pthreads() == -1)
         fatal(DS_EXIT_FATAL, "evthread_use_pthreads() failed");

@@ -78,10 +78,11 @@ static struct {
     struct event_base *base;
     struct ds_config *config;
     char *config_file;
-    /* As at start (ours, freed at exit): a reload that changes pid_file or
-     * daemon keeps these until a restart. */
+    /* As at start (ours, freed at exit): a reload that changes pid_file,
+     * daemon or user keeps these until a restart. */
     char *pid_file;
     int daemon;
+    char *user;
     uint64_t generation;
     struct process *processes;  /* every child alive */
     struct slot grpc;
@@ -1004,6 +1005,13 @@ reload(void)
         strcat(kept, " pid_file");
     if (config->daemon != m.daemon)
         strcat(kept, " daemon");
+    if (strcmp(config->user, m.user) != 0) {
+        /* The grpc process keeps the user it dropped to (it cannot take
+         * another); new workers under another one, and the log files
+         * given to it, left it unable to reopen its logs. */
+        strcat(kept, " user");
+        config->user = m.user;
+    }
 
     struct ds_config *old = m.config;
     m.config = config;
@@ -1413,6 +1421,7 @@ master_run(struct ds_config *config, const char *config_file)
         return DS_EXIT_FATAL;
     m.pid_file = ds_strdup(config->pid_file);
     m.daemon = config->daemon;
+    m.user = ds_strdup(config->user);
     log_chown_to_user(log_file_fd(), config->user);
     m.stop_timer = evtimer_new(m.base, on_stop_timer, NULL);
     m.retire_timer = evtimer_new(m.base, on_retire_timer, NULL);
@@ -1455,6 +1464,7 @@ master_run(struct ds_config *config, const char *config_file)
     config_free(m.config);
     free(m.config_file);
     free(m.pid_file);
+    free(m.user);
     free(m.inherited);
     return m.exit_status;
 }

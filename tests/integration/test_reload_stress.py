@@ -10,13 +10,14 @@ a config-management run's) makes at most two generations, whatever its
 length, and the workers end on the file as it was at the last HUP.
 """
 import os
+import pwd
 import re
 import signal
 import time
 
 import pytest
 
-from conftest import FINAL_STATES, STARTED, SUCCEEDED, wait_for
+from conftest import FINAL_STATES, STARTED, SUCCEEDED, nobody_user, wait_for  # noqa: F401
 
 
 def started_workers(d):
@@ -163,3 +164,36 @@ def test_a_reload_to_a_log_file_that_cannot_be_opened_keeps_the_config(start_dae
     assert "keeping generation 1" in m.group(0), m.group(0)
     time.sleep(0.3)
     assert_kept(d, workers)
+
+
+def uid_of(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+
+
+def test_a_reload_that_changes_user_keeps_the_running_one(start_daemon, nobody_user):
+    """`user` changed by a reload (as root): the grpc process cannot change
+    its user, yet the new workers ran as the new one and the master gave
+    the log files to it, so the grpc process (the old user) could no longer
+    reopen them (USR1, logrotate) nor its access log. `user` now needs a restart, like pid_file: the
+    reload says so and keeps it."""
+    other = "daemon"
+    try:
+        other_pw = pwd.getpwnam(other)
+    except KeyError:
+        pytest.skip("no user daemon")
+    overrides = {"user": "nobody", "log": {"access": "access.log"}}
+    d = start_daemon(overrides)
+    d.write_config({**overrides, "user": other})
+    d.send_signal(signal.SIGHUP)
+    m = d.wait_log(r"reloaded .*generation 2.*")
+    assert "kept their old value: user" in m.group(0), m.group(0)
+    wait_worker_count(d, 2)
+    pids = d.worker_pids() + [d.grpc_pid()]
+    assert {uid_of(p) for p in pids} == {nobody_user.pw_uid}, \
+        f"uids {[(p, uid_of(p)) for p in pids]}"
+    for f in (d.log_path, d.dir / "access.log"):
+        assert f.stat().st_uid != other_pw.pw_uid, f"{f} was given to {other}"
+    c = d.client()
+    reply, sub = c.run_items([{"id": "after", "kind": "echo", "payload": b"x"}])
+    assert sub.final["after"].state == SUCCEEDED

@@ -1,8 +1,10 @@
 #include "master/listen_probe.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -38,6 +40,22 @@ unix_in_use(const char *path, char *why, size_t why_size)
  * listener binds: every one (gRPC binds every address of a name), or, with
  * FIRST_ONLY, the one address_pick() picks, as status.c listen_socket()
  * and a reload do (the first IPv4, else the first IPv6). */
+/* Would a bind with SO_REUSEPORT, as gRPC's and the status server's, take
+ * AI beside whoever holds it (a process of the same user that set it too)? */
+static int
+shareable(const struct addrinfo *ai)
+{
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd == -1)
+        return 0;
+    int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on);
+    int ok = bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+    close(fd);
+    return ok;
+}
+
 static int
 served(const struct addrinfo *ai, char *why, size_t why_size)
 {
@@ -54,21 +72,30 @@ served(const struct addrinfo *ai, char *why, size_t why_size)
     return in_use;
 }
 
-int
-listen_probe_addresses(const struct addrinfo *list, int first_only, char *why, size_t why_size)
+/* SHARED_ONLY: only an address a bind with SO_REUSEPORT would share. */
+static int
+addresses_in_use(const struct addrinfo *list, int first_only, int shared_only, char *why,
+                 size_t why_size)
 {
     if (first_only) {
         const struct addrinfo *pick = address_pick(list);
-        return pick != NULL && served(pick, why, why_size);
+        return pick != NULL && served(pick, why, why_size) &&
+               (!shared_only || shareable(pick));
     }
     for (const struct addrinfo *ai = list; ai != NULL; ai = ai->ai_next)
-        if (served(ai, why, why_size))
+        if (served(ai, why, why_size) && (!shared_only || shareable(ai)))
             return 1;
     return 0;
 }
 
+int
+listen_probe_addresses(const struct addrinfo *list, int first_only, char *why, size_t why_size)
+{
+    return addresses_in_use(list, first_only, 0, why, why_size);
+}
+
 static int
-tcp_in_use(const char *addr, int first_only, char *why, size_t why_size)
+tcp_in_use(const char *addr, int first_only, int shared_only, char *why, size_t why_size)
 {
     char host[300];
     const char *port;
@@ -79,7 +106,7 @@ tcp_in_use(const char *addr, int first_only, char *why, size_t why_size)
     struct addrinfo *list;
     if (getaddrinfo(host[0] != '\0' ? host : NULL, port, &hints, &list) != 0)
         return 0;
-    int served = listen_probe_addresses(list, first_only, why, why_size);
+    int served = addresses_in_use(list, first_only, shared_only, why, why_size);
     freeaddrinfo(list);
     return served;
 }
@@ -89,7 +116,20 @@ listen_probe_in_use(const char *addr, int first_only, char *why, size_t why_size
 {
     if (strncmp(addr, "unix:", 5) == 0)
         return unix_in_use(addr + 5, why, why_size);
-    return tcp_in_use(addr, first_only, why, why_size);
+    return tcp_in_use(addr, first_only, 0, why, why_size);
+}
+
+int
+listen_probe_shared(const char *addr, int first_only, char *why, size_t why_size)
+{
+    /* gRPC unlinks a unix socket's path and binds it: it takes them all. */
+    if (strncmp(addr, "unix:", 5) == 0)
+        return unix_in_use(addr + 5, why, why_size);
+    if (!tcp_in_use(addr, first_only, 1, why, why_size))
+        return 0;
+    snprintf(why, why_size, "it accepts a bind with SO_REUSEPORT beside it: the two would "
+             "share its clients");
+    return 1;
 }
 
 int
@@ -112,4 +152,71 @@ listen_probe_config(const struct ds_config *config)
         found = 1;
     }
     return found;
+}
+
+/* Add to INODES (up to MAX) the sockets listening on TCP PORT in TABLE
+ * (/proc/net/tcp or tcp6); returns the new count. */
+static size_t
+listening_inodes(const char *table, unsigned port, unsigned long *inodes, size_t n, size_t max)
+{
+    FILE *f = fopen(table, "re");
+    if (f == NULL)
+        return n;
+    char line[512];
+    if (fgets(line, sizeof line, f) == NULL) {      /* the header */
+        fclose(f);
+        return n;
+    }
+    while (n < max && fgets(line, sizeof line, f) != NULL) {
+        char local[128], remote[128], state[8];
+        unsigned long inode;
+        /* sl local rem st tx:rx tr:when retrnsmt uid timeout inode */
+        if (sscanf(line, "%*s %127s %127s %7s %*s %*s %*s %*s %*s %lu", local, remote, state,
+                   &inode) != 4 || strcmp(state, "0A") != 0)
+            continue;
+        const char *colon = strrchr(local, ':');
+        if (colon != NULL && strtoul(colon + 1, NULL, 16) == port)
+            inodes[n++] = inode;
+    }
+    fclose(f);
+    return n;
+}
+
+int
+listen_probe_held_by(pid_t pid, const char *addr)
+{
+    char host[300];
+    const char *port_text;
+    if (strncmp(addr, "unix:", 5) == 0 ||
+        address_split(addr, host, sizeof host, &port_text) == -1)
+        return 0;
+    unsigned port = (unsigned)strtoul(port_text, NULL, 10);
+    unsigned long inodes[64];
+    size_t n = listening_inodes("/proc/net/tcp", port, inodes, 0, 64);
+    n = listening_inodes("/proc/net/tcp6", port, inodes, n, 64);
+    if (n == 0)
+        return 0;
+    char dir[64], link[128], target[64];
+    snprintf(dir, sizeof dir, "/proc/%ld/fd", (long)pid);
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return 0;
+    int held = 0;
+    struct dirent *e;
+    while (!held && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(link, sizeof link, "%s/%.20s", dir, e->d_name);
+        ssize_t len = readlink(link, target, sizeof target - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        unsigned long inode;
+        if (sscanf(target, "socket:[%lu]", &inode) != 1)
+            continue;
+        for (size_t i = 0; i < n && !held; i++)
+            held = inodes[i] == inode;
+    }
+    closedir(d);
+    return held;
 }

@@ -14,6 +14,7 @@
 #define DS_MASTER_LISTEN_PROBE_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 struct addrinfo;
 struct ds_config;
@@ -35,6 +36,17 @@ int listen_probe_config(const struct ds_config *config);
  * process on another address of the name is no conflict).
  */
 int listen_probe_in_use(const char *addr, int first_only, char *why, size_t why_size);
+/*
+ * For a reload, which binds beside what holds an address only when the
+ * holder let it (SO_REUSEPORT, same user: another dosomethingd), else
+ * fails to bind and keeps the old listener: 1 if another process serves
+ * ADDR and our listener would share it (a unix path: would take it over).
+ */
+int listen_probe_shared(const char *addr, int first_only, char *why, size_t why_size);
+/* Does PID hold a socket listening on ADDR's TCP port (any host)? Then a
+ * reload to ADDR moves our own listener (127.0.0.1:80 to 0.0.0.0:80), and
+ * a probe would find it. 0 for a unix path, or when it cannot tell. */
+int listen_probe_held_by(pid_t pid, const char *addr);
 /* The same for LIST, getaddrinfo()'s answer (tests build their own). */
 int listen_probe_addresses(const struct addrinfo *list, int first_only, char *why,
                            size_t why_size);

@@ -35,6 +35,7 @@
 #include "core/log.h"
 #include "core/process.h"
 #include "ipc/channel.h"
+#include "master/listen_probe.h"
 #include "master/master.h"
 
 /* A fast stop waits this long for children before killing them. */
@@ -964,6 +965,55 @@ reload_failed(char *errors)
         channel_send(gr->control, IPC_RELOAD_FAILED, m.status, strlen(m.status));
 }
 
+/* Does the running config, or the grpc process, listen on ADDR? Then a
+ * probe would find our own listener: a reload that keeps an address, or
+ * moves ours to another host on the same port (127.0.0.1:80 to
+ * 0.0.0.0:80). The grpc process's sockets count, not only the config: a
+ * reload whose bind failed left the old listener with it. */
+static int
+listening_on(const char *addr)
+{
+    for (size_t i = 0; i < m.config->grpc.listen_count; i++)
+        if (strcmp(m.config->grpc.listen[i], addr) == 0)
+            return 1;
+    if (m.config->status.listen != NULL && strcmp(m.config->status.listen, addr) == 0)
+        return 1;
+    struct process *g = grpc_process();
+    return g != NULL && listen_probe_held_by(g->pid, addr);
+}
+
+/*
+ * The addresses CONFIG listens on that the running one does not, served by
+ * another process that our listener would share (listen_probe_shared()):
+ * gRPC and the status server bind with SO_REUSEPORT, so a reload onto
+ * another dosomethingd's port bound beside it and shared its clients (a
+ * start refuses any address in use). One that the bind would fail on (a
+ * holder without SO_REUSEPORT) is not refused here: the grpc process keeps
+ * the old listener and says so. Each one goes to ERRORS, a line each;
+ * returns how many.
+ */
+static int
+reload_addresses_taken(const struct ds_config *config, char *errors, size_t size)
+{
+    char why[200];
+    size_t used = 0;
+    int found = 0;
+    for (size_t i = 0; i <= config->grpc.listen_count; i++) {
+        int grpc = i < config->grpc.listen_count;
+        const char *a = grpc ? config->grpc.listen[i] : config->status.listen;
+        /* status.c binds one address of a name (address_pick()), gRPC all. */
+        if (a == NULL || listening_on(a) || !listen_probe_shared(a, !grpc, why, sizeof why))
+            continue;
+        found++;
+        if (used < size)
+            used += (size_t)snprintf(errors + used, size - used, "%s%s: %s.listen %s is in use "
+                                     "by another process (%s): is another dosomethingd "
+                                     "serving it?", used ? "\n" : "", config->path,
+                                     grpc ? "grpc" : "status", a, why);
+    }
+    return found;
+}
+
 static void
 reload(void)
 {
@@ -982,6 +1032,11 @@ reload(void)
         snprintf(errors, sizeof errors, "%s: no settings (the file is %s); a reload does not "
                  "reset every setting to its default", config->path,
                  config->source_len == 0 ? "empty" : "blank or only comments");
+        config_free(config);
+        reload_failed(errors);
+        return;
+    }
+    if (reload_addresses_taken(config, errors, sizeof errors) > 0) {
         config_free(config);
         reload_failed(errors);
         return;

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from conftest import FINAL_STATES, STARTED, SUCCEEDED, nobody_user, wait_for  # noqa: F401
+from conftest import (FINAL_STATES, STARTED, SUCCEEDED, free_port, nobody_user,  # noqa: F401
+                      owns_listener, wait_for)
 
 
 def started_workers(d):
@@ -197,3 +198,28 @@ def test_a_reload_that_changes_user_keeps_the_running_one(start_daemon, nobody_u
     c = d.client()
     reply, sub = c.run_items([{"id": "after", "kind": "echo", "payload": b"x"}])
     assert sub.final["after"].state == SUCCEEDED
+
+
+@pytest.mark.parametrize("key", ["grpc", "status"])
+def test_a_reload_onto_an_address_another_daemon_serves_is_refused(start_daemon, key):
+    """A reload that moves a listener onto the port another dosomethingd
+    serves: gRPC and the status server bind with SO_REUSEPORT, so the
+    reload bound beside it and the two shared its clients (a start asks
+    first and refuses; a reload did not). Now the reload fails naming the
+    address, and each keeps its own."""
+    other_status = free_port()
+    other = start_daemon({"status": {"listen": f"127.0.0.1:{other_status}"}}, name="other")
+    d = start_daemon(name="d")
+    workers = d.workers()
+    taken = other.port if key == "grpc" else other_status
+    if key == "grpc":
+        d.write_config({"grpc": {"listen": [f"127.0.0.1:{taken}"]}})
+    else:
+        d.write_config({"status": {"listen": f"127.0.0.1:{taken}"}})
+    d.send_signal(signal.SIGHUP)
+    m = d.wait_log(r"reload failed: .*")
+    assert f"{key}.listen 127.0.0.1:{taken} is in use by another process" in m.group(0), \
+        m.group(0)
+    time.sleep(0.5)
+    assert not owns_listener(d.grpc_pid(), taken), f"{d.name} listens on {taken} too"
+    assert_kept(d, workers)

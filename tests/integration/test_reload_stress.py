@@ -223,3 +223,26 @@ def test_a_reload_onto_an_address_another_daemon_serves_is_refused(start_daemon,
     time.sleep(0.5)
     assert not owns_listener(d.grpc_pid(), taken), f"{d.name} listens on {taken} too"
     assert_kept(d, workers)
+
+
+@pytest.mark.parametrize("case", ["100MB", "invalid", "binary"])
+def test_a_reload_of_a_broken_file_keeps_the_config(start_daemon, case):
+    """Already right, kept as such: a file of 100 MB (sparse: its size is
+    what counts), one that does not parse, one of binary bytes."""
+    d = start_daemon()
+    workers = d.workers()
+    if case == "100MB":
+        with open(d.config_path, "r+b") as f:
+            f.truncate(100 << 20)
+        why = "too large (more than 1 MiB)"
+    elif case == "invalid":
+        d.write_config(text="workers: {count: [\n")
+        why = str(d.config_path) + ":"
+    else:
+        d.config_path.write_bytes(bytes(range(256)) * 64)
+        why = str(d.config_path) + ":"
+    d.send_signal(signal.SIGHUP)
+    m = d.wait_log(r"reload failed: .*")
+    assert why in m.group(0) and "keeping generation 1" in m.group(0), m.group(0)
+    time.sleep(0.3)
+    assert_kept(d, workers)

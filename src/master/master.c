@@ -768,10 +768,10 @@ reap(void)
         else if (pid == m.upgrade_child && m.state == MASTER_RUNNING)
             upgrade_child_exited(status);
     }
-    if (reaped)
+    if (reaped) {
         kill_strays();
-    if (reaped)
         reload_when_done();
+    }
 }
 
 /* ---- messages from children ------------------------------------------- */

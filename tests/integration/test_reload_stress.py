@@ -246,3 +246,21 @@ def test_a_reload_of_a_broken_file_keeps_the_config(start_daemon, case):
     assert why in m.group(0) and "keeping generation 1" in m.group(0), m.group(0)
     time.sleep(0.3)
     assert_kept(d, workers)
+
+
+@pytest.mark.deadline(60)
+def test_a_graceful_stop_drops_a_pending_reload_and_finishes_the_items(start_daemon):
+    """HUP, HUP (coalesced: pending), then QUIT before the old workers are
+    done: the stop says the pending reload is not done, no reload happens
+    during the drain, every item ends once, exit 0."""
+    d, sub, ids = busy(start_daemon, items=4, ms=1500)
+    d.send_signal(signal.SIGHUP)
+    d.wait_log(r"reloaded .*generation 2")
+    d.send_signal(signal.SIGHUP)
+    d.wait_log(r"SIGHUP: .* older generation")
+    d.send_signal(signal.SIGQUIT)
+    assert_each_succeeded_once(sub, ids)
+    assert d.wait_exit(timeout=30) == 0, d.log_tail()
+    log = d.log_text()
+    assert "the reload a SIGHUP left pending is not done: stopping" in log, log
+    assert "generation 3" not in log, log

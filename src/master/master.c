@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <dirent.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,8 @@
 #include "master/listen_probe.h"
 #include "master/master.h"
 
+/* A reload's trial load in a child (reload_trial()) gets this long. */
+#define RELOAD_TRIAL_MS 10000
 /* A fast stop waits this long for children before killing them. */
 #define FAST_STOP_GRACE_MS 5000
 /* At exit, what the workers left behind gets this long to die. */
@@ -1014,11 +1017,79 @@ reload_addresses_taken(const struct ds_config *config, char *errors, size_t size
     return found;
 }
 
+/*
+ * Load the config file in a child first. Loading checks each handler
+ * module by dlopen()ing it, which runs its ELF constructors: in the master,
+ * a module file replaced by one whose constructor aborts, exits or hangs
+ * took the master down (or hung it), and every process and item with it.
+ * 0: the child loaded it, or found it invalid (the master's own load then
+ * says why), or no child could be made (the master loads it as before);
+ * -1: the child died or hung, said in ERRORS.
+ */
+static int
+reload_trial(char *errors, size_t size)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) == -1) {
+        log_syswarn("reload: pipe2() failed; loading the config without a trial");
+        return 0;
+    }
+    pid_t pid = fork();
+    if (pid == -1) {
+        log_syswarn("reload: fork() failed; loading the config without a trial");
+        close(fds[0]);
+        close(fds[1]);
+        return 0;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        char errs[64];
+        struct ds_config *c = config_load(m.config_file, errs, sizeof errs);
+        /* A byte: the load came back (a constructor that calls exit()
+         * never gets here, whatever its status). */
+        char done = c != NULL ? 'y' : 'n';
+        if (write(fds[1], &done, 1) != 1)
+            _exit(DS_EXIT_FATAL);
+        _exit(DS_EXIT_OK);
+    }
+    close(fds[1]);
+    struct pollfd pfd = { .fd = fds[0], .events = POLLIN };
+    int r;
+    do
+        r = poll(&pfd, 1, RELOAD_TRIAL_MS);
+    while (r == -1 && errno == EINTR);
+    char done = 0;
+    if (r > 0 && read(fds[0], &done, 1) != 1)
+        done = 0;
+    close(fds[0]);
+    if (r == 0)
+        kill(pid, SIGKILL);
+    int status;
+    while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+        ;
+    if (done != 0 && WIFEXITED(status) && WEXITSTATUS(status) == DS_EXIT_OK)
+        return 0;
+    char how[96];
+    if (r == 0)
+        snprintf(how, sizeof how, "did not end within %d ms", RELOAD_TRIAL_MS);
+    else
+        process_status_text(status, how, sizeof how);
+    snprintf(errors, size, "%s: loading it in a child process first (which loads its handler "
+             "modules, running their constructors), the child %s; not loading it in the "
+             "master", m.config_file, how);
+    return -1;
+}
+
 static void
 reload(void)
 {
     char errors[8192];
     notify_reloading();
+    if (reload_trial(errors, sizeof errors) == -1) {
+        reload_failed(errors);
+        return;
+    }
     struct ds_config *config = config_load(m.config_file, errors, sizeof errors);
     if (config == NULL) {
         reload_failed(errors);

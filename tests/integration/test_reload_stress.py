@@ -12,12 +12,15 @@ length, and the workers end on the file as it was at the last HUP.
 import os
 import pwd
 import re
+import shutil
+import subprocess
 import signal
 import time
 
 import pytest
 
-from conftest import (FINAL_STATES, STARTED, SUCCEEDED, free_port, nobody_user,  # noqa: F401
+from conftest import (FINAL_STATES, STARTED, SUCCEEDED, free_port, missing_dependency,
+                      nobody_user,  # noqa: F401
                       owns_listener, wait_for)
 
 
@@ -264,3 +267,38 @@ def test_a_graceful_stop_drops_a_pending_reload_and_finishes_the_items(start_dae
     log = d.log_text()
     assert "the reload a SIGHUP left pending is not done: stopping" in log, log
     assert "generation 3" not in log, log
+
+
+def build_so(tmp_path, name, source):
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        missing_dependency("no C compiler to build the test module")
+    src = tmp_path / f"{name}.c"
+    src.write_text(source)
+    out = tmp_path / f"{name}.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(out), str(src)], check=True)
+    return out
+
+
+@pytest.mark.deadline(90)
+@pytest.mark.parametrize("how", ["abort", "exit", "hang"])
+def test_a_reload_whose_module_crashes_when_loaded_keeps_the_master(start_daemon, tmp_path,
+                                                                    how):
+    """A reload checks each handler module by loading it, which runs its
+    ELF constructors: it did so in the master itself, so a module file
+    replaced by one whose constructor aborts, exits or hangs killed (or
+    hung) the master, and every process and item with it. The check now
+    runs in a child process first: the reload fails naming what happened
+    and the master serves on."""
+    body = {"abort": "abort();", "exit": "exit(3);", "hang": "for (;;) pause();"}[how]
+    so = build_so(tmp_path, f"bad_{how}",
+                  "#include <stdlib.h>\n#include <unistd.h>\n"
+                  f"__attribute__((constructor)) static void bad(void) {{ {body} }}\n")
+    d = start_daemon()
+    workers = d.workers()
+    d.write_config({"handlers": {"bad": {"module": str(so)}}})
+    d.send_signal(signal.SIGHUP)
+    m = d.wait_log(r"reload failed: .*", timeout=40)
+    assert "keeping generation 1" in m.group(0), m.group(0)
+    assert d.proc.poll() is None, f"the master exited; log:\n{d.log_tail()}"
+    assert_kept(d, workers)

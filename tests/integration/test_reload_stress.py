@@ -8,19 +8,26 @@ another generation: it is logged, and one more reload runs (reading the
 file again) once they are gone. So a burst of HUPs (a deploy tool's, then
 a config-management run's) makes at most two generations, whatever its
 length, and the workers end on the file as it was at the last HUP.
+
+A reload at a bad moment, or of a file that is not what it should be,
+fails with one line naming what was wrong and changes nothing: an empty
+file (caught mid-write), a FIFO or a directory, a log.file that cannot be
+opened, an address another dosomethingd serves, a handler module whose
+constructor aborts, exits or hangs (tried in a child first), a file of
+100 MB or of binary bytes. `user` needs a restart. A graceful stop drops a
+pending reload and says so.
 """
 import os
 import pwd
 import re
 import shutil
-import subprocess
 import signal
+import subprocess
 import time
 
 import pytest
 
 from conftest import (FINAL_STATES, STARTED, SUCCEEDED, free_port, missing_dependency,
-                      nobody_user,  # noqa: F401
                       owns_listener, wait_for)
 
 

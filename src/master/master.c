@@ -119,6 +119,7 @@ static struct {
     /* A HUP came while the workers the last reload retired still finish
      * their items: reload once they are gone (reload_when_done). */
     int reload_pending;
+    int hup_stopping_said;      /* "no reload while stopping" was logged: once per stop */
     pid_t *inherited;           /* children we had before we forked any: not ours to kill */
     size_t inherited_count;
 } m;
@@ -1404,10 +1405,13 @@ on_signal(evutil_socket_t fd, short what, void *arg)
             reap();
             break;
         case SIGHUP:
-            if (m.state == MASTER_RUNNING)
+            if (m.state == MASTER_RUNNING) {
                 reload_requested();
-            else
-                log_notice("SIGHUP: no reload while stopping");
+            } else if (!m.hup_stopping_said) {
+                /* Once: a storm of HUPs (a retry loop) wrote a line each. */
+                m.hup_stopping_said = 1;
+                log_notice("SIGHUP: no reload while stopping (further ones are not logged)");
+            }
             break;
         case SIGTERM:
         case SIGINT:

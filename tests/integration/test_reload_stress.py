@@ -309,3 +309,20 @@ def test_a_reload_whose_module_crashes_when_loaded_keeps_the_master(start_daemon
     assert "keeping generation 1" in m.group(0), m.group(0)
     assert d.proc.poll() is None, f"the master exited; log:\n{d.log_tail()}"
     assert_kept(d, workers)
+
+
+@pytest.mark.deadline(60)
+def test_a_hup_storm_during_a_graceful_stop_logs_one_line(start_daemon):
+    """HUPs while stopping are not acted on, and each said so: a storm of
+    them (a config-management loop, `pkill -HUP` in a retry loop) wrote a
+    line per HUP. Now the first one says so, once per stop."""
+    d, sub, ids = busy(start_daemon, items=2, ms=1500)
+    d.send_signal(signal.SIGQUIT)
+    d.wait_log(r"graceful stop")
+    for _ in range(300):
+        d.send_signal(signal.SIGHUP)
+        time.sleep(0.001)
+    assert_each_succeeded_once(sub, ids)
+    assert d.wait_exit(timeout=30) == 0, d.log_tail()
+    lines = re.findall(r"SIGHUP: no reload while stopping.*", d.log_text())
+    assert len(lines) == 1, f"{len(lines)} lines: {lines[:3]}"

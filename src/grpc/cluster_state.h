@@ -123,6 +123,8 @@ struct cluster_state {
     uint32_t pull_count;        /* the COUNT of the XREADGROUP in flight */
     int pull_backlog;           /* the last XREADGROUP got all it asked for: more wait */
     int claiming;
+    int taking;                 /* the entries of a pull's or claim's reply are being taken:
+                                 * a drain's workers stay until the last is (cluster_taking) */
     int trimming;               /* a trim (chain) is in flight: cluster_take.c trim() */
     int handing_back;           /* hand-back scripts out (a graceful stop's deadline) */
     int polling;

@@ -301,10 +301,13 @@ on_pulled(redisAsyncContext *ac, void *reply, void *arg)
     uint32_t taken = 0, weight = 0;
     const redisReply *entries = stream_entries(r);
     cl.pull_backlog = entries != NULL && entries->elements >= cl.pull_count;
+    cl.taking = 1;
     take_entries(entries, &taken, &weight);
+    cl.taking = 0;
     if (taken > 0)
         cl.pull_unit = weight / taken > 0 ? weight / taken : ITEM_WEIGHT_QUICK;
     cluster_pull();
+    cluster_check_done();       /* a drain waits for what a pull may bring */
 }
 
 static void
@@ -330,6 +333,7 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
         struct timeval tv = clock_timeval_ms(PULL_RETRY_MS);
         evtimer_add(cl.pull_timer, &tv);
         cluster_pull();
+        cluster_check_done();
         return;
     }
     char tail[200];
@@ -337,8 +341,10 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
              "or repair its hash and put it back)", cl.key_prio);
     cluster_log_bad_items(r->element[5], "cannot run", tail);
     uint32_t taken = 0, weight = 0;
+    cl.taking = 1;
     for (size_t i = 0; i < 3; i++)  /* above 0, 0, below 0: best first */
         take_entries(r->element[i], &taken, &weight);
+    cl.taking = 0;
     /* Nothing at all: no lane to watch; block on the work stream again
      * (unless a wake came meanwhile: the lane it announced may have been
      * filled after the script ran). A lane item too heavy for the room
@@ -349,12 +355,28 @@ on_pulled_by_script(redisAsyncContext *ac, void *reply, void *arg)
     if (taken > 0)
         cl.pull_unit = weight / taken > 0 ? weight / taken : ITEM_WEIGHT_QUICK;
     cluster_pull();
+    cluster_check_done();
 }
 
 static void
 on_unblocked(redisAsyncContext *ac, void *reply, void *arg)
 {
     cl.unblocking = 0;
+}
+
+/* End the XREADGROUP blocked on the work stream, if one is: it answers
+ * what it has (nothing, or entries that came just before). */
+static void
+unblock_pull(void)
+{
+    if (!cl.pulling || !cl.pull_blocked || cl.unblocking || cl.work_client_id <= 0)
+        return;
+    struct redis_args a;
+    redis_args_init(&a, "CLIENT");
+    redis_args_str(&a, "UNBLOCK");
+    redis_args_u64(&a, (uint64_t)cl.work_client_id);
+    if (cluster_command(&cl.cmd, on_unblocked, NULL, &a) == 0)
+        cl.unblocking = 1;
 }
 
 /* Prioritized items may be waiting: pull by script from now on, and end
@@ -364,16 +386,28 @@ cluster_prio_wake(void)
 {
     cl.prio_waiting = 1;
     cl.wakes++;
-    if (!cl.pulling) {
+    if (!cl.pulling)
         cluster_pull();
-    } else if (cl.pull_blocked && !cl.unblocking && cl.work_client_id > 0) {
-        struct redis_args a;
-        redis_args_init(&a, "CLIENT");
-        redis_args_str(&a, "UNBLOCK");
-        redis_args_u64(&a, (uint64_t)cl.work_client_id);
-        if (cluster_command(&cl.cmd, on_unblocked, NULL, &a) == 0)
-            cl.unblocking = 1;
-    }
+    else
+        unblock_pull();
+}
+
+/* Before, the XREADGROUP sent before the drain blocked on until its
+ * timeout and took what was accepted meanwhile (by this instance's calls
+ * under way as by any other): the drain had released its workers, and
+ * that item waited here for shutdown_timeout, to be handed back then.
+ * Now it ends at once, and a drain keeps its workers (and an upgrade's
+ * handover waits) while cluster_taking() says items may still come. */
+void
+cluster_drain(void)
+{
+    unblock_pull();
+}
+
+int
+cluster_taking(void)
+{
+    return cl.enabled && (cl.pulling || cl.claiming || cl.taking);
 }
 
 void
@@ -615,8 +649,10 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
     if (r->type != REDIS_REPLY_ARRAY) {
         log_error("cluster: claiming the items of lost instances failed: %s",
                   r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        cluster_check_done();
         return;
     }
+    cl.taking = 1;
     size_t claimed = 0;
     for (size_t i = 0; i < r->elements; i++) {
         const redisReply *e = r->element[i];
@@ -670,11 +706,13 @@ on_claimed(redisAsyncContext *ac, void *reply, void *arg)
         take_entry(&entry, deliveries, &claim);
         claimed++;
     }
+    cl.taking = 0;
     if (claimed > 0)
         log_notice("cluster: took over %zu items from instances that stopped renewing them",
                    claimed);
     if (r->elements >= CLAIM_COUNT)
         event_active(cl.claim_timer, EV_TIMEOUT, 0);   /* more are waiting */
+    cluster_check_done();
 }
 
 static void trim(void);

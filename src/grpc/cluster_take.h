@@ -18,6 +18,11 @@
 void cluster_pull(void);
 /* Prioritized items may be waiting: pull by script from now on. */
 void cluster_prio_wake(void);
+/* A graceful stop began: the XREADGROUP blocked on the work stream ends
+ * now (none is sent again); cluster_taking() says while a pull or a claim
+ * whose answer may bring items here is out, or its entries being taken. */
+void cluster_drain(void);
+int cluster_taking(void);
 /* A delayed item is due at DUE_MS (unix ms): the due timer fires by then. */
 void cluster_arm_due(int64_t due_ms);
 /* Room for one more item in the shared queue (queue.capacity)? And the

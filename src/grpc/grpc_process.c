@@ -8,7 +8,9 @@
  * Stops: a fast stop (TERM, or the master gone) cancels every call
  * (clients see UNAVAILABLE) and exits. A graceful stop (DRAIN from the
  * master on QUIT) stops taking calls, reads the submit calls under way to
- * their end, lets the queue run empty,
+ * their end (keeping the workers while items may still come, so that
+ * those run at once: grpc_process_items_may_come()), lets the queue run
+ * empty,
  * delivers the updates, ends the subscriber streams with OK, releases the
  * workers and exits; bounded by shutdown_timeout, after which it logs what
  * is left, has the workers stop what they run (store_abandon(): each item
@@ -142,12 +144,18 @@ finish(void)
     event_base_loopbreak(gp.base);
 }
 
+int
+grpc_process_items_may_come(void)
+{
+    return submit_active() > 0 || server_requests_pending() || store_taking();
+}
+
 /* A graceful stop's work is done; only the server's shutdown is not. */
 static int
 drained_but_connections(void)
 {
     return gp.draining && !gp.stopping && proc.subscribers_ended && gp.calls == 0 &&
-           !server_is_shut_down() && !server_requests_pending() && submit_active() == 0 &&
+           !server_is_shut_down() && !grpc_process_items_may_come() &&
            !handover_active() && !store_handing_back() && store_count() == 0 && store_idle();
 }
 
@@ -175,19 +183,24 @@ on_idle_timer(evutil_socket_t fd, short what, void *arg)
 void
 grpc_process_check_done(void)
 {
+    /* Items may have come, or stopped coming: a handover waiting for them
+     * sends them or ends. */
+    handover_poll();
+    /* An idle worker goes once nothing waits and nothing more can come
+     * (worker_maybe_release(), store.c's draining()): until then an item a
+     * call under way still brings runs at once, not at shutdown_timeout. */
+    if (gp.draining && !gp.stopping)
+        workers_close_all();
     /* A call matched just before the shutdown may still be on its way to
      * us: its items would be accepted after the streams that tell their
      * finals had ended. The streams end once no request is left. */
-    if (gp.draining && !gp.stopping && store_count() == 0 && submit_active() == 0 &&
-        store_idle() && !server_requests_pending()) {
-        if (!proc.subscribers_ended) {
-            proc.subscribers_ended = 1;
-            subscribers_end_all();
-            health_end_all();
-            get_items_end_all();
-            reflection_end_all();
-        }
-        workers_close_all();
+    if (gp.draining && !gp.stopping && store_count() == 0 && !grpc_process_items_may_come() &&
+        store_idle() && !proc.subscribers_ended) {
+        proc.subscribers_ended = 1;
+        subscribers_end_all();
+        health_end_all();
+        get_items_end_all();
+        reflection_end_all();
     }
     if (drained_but_connections() && proc.idle_timer != NULL &&
         !evtimer_pending(proc.idle_timer, NULL)) {
@@ -196,7 +209,7 @@ grpc_process_check_done(void)
     }
     if ((gp.stopping || gp.draining) && gp.calls == 0 && server_is_shut_down() &&
         !handover_active() && !store_handing_back() &&
-        (gp.stopping || (store_count() == 0 && store_idle())))
+        (gp.stopping || (store_count() == 0 && store_idle() && !store_taking())))
         finish();
 }
 
@@ -310,6 +323,7 @@ stop_graceful(void)
     log_info("graceful stop: %llu items to finish", (unsigned long long)store_count());
     gp.draining = 1;
     health_changed();
+    store_drain();
     server_shutdown(0);
     struct timeval tv = clock_timeval_ms(gp.config->shutdown_timeout_ms);
     evtimer_add(proc.stop_timer, &tv);

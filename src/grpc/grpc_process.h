@@ -44,5 +44,10 @@ void master_send_now(unsigned type, const void *body, size_t len);
 void grpc_process_call_ended(void);
 /* Something a stop waits for happened. */
 void grpc_process_check_done(void);
+/* Can items still come to this process? A submit call under way (a drain
+ * reads it to its end), one matched just before the server's shutdown, or
+ * a take from a shared backend in flight (store_taking()) may bring more:
+ * a drain keeps its workers (and an upgrade its handover) until none can. */
+int grpc_process_items_may_come(void);
 
 #endif

@@ -5,7 +5,11 @@
  * in its queue (not yet given to a worker) to the new instance, as an
  * ordinary client of the new instance's listener: doSomething calls of the
  * WorkItems as their clients sent them, with the ids they were given.
- * The items it holds on its workers it finishes itself.
+ * The items it holds on its workers it finishes itself. The submit calls
+ * under way are read to their end: what they bring after the first look
+ * (and, in cluster mode, what a pull still in flight takes) is handed over
+ * as it comes, or given to a worker kept here until nothing more can come;
+ * never left waiting for shutdown_timeout.
  *
  * Why a gRPC call: the new instance accepts them through its own front door
  * (validation, queue.capacity and its backpressure, its journal if any),
@@ -84,6 +88,7 @@ static struct {
     grpc_slice details;
     struct tag send_tag, recv_tag;
     int sending, receiving;
+    int waiting;                /* nothing to send, but items may still come: see next_call() */
     unsigned failures;
     struct event *retry_timer;
     uint64_t handed;            /* items the new instance took (each leaves once) */
@@ -397,15 +402,26 @@ on_recv_done(struct tag *tag, int ok)
         call_done();
 }
 
-/* One call with the next waiting items, if any. */
+/* One call with the next waiting items, if any. With none, the handover
+ * is over unless items may still come (grpc_process_items_may_come(): a
+ * submit call under way, an accept still being written, a pull from Redis
+ * in flight): it then waits for them (ho.waiting; handover_poll() looks
+ * again), so that an item accepted after the first look is handed over at
+ * once too, or runs on a worker kept here meanwhile, instead of waiting
+ * for shutdown_timeout on a process whose workers were released. */
 static void
 next_call(void)
 {
     if (ho.call != NULL || ho.cancelled)
         return;
+    ho.waiting = 0;
     struct item *item;
     while (ho.count < HANDOVER_BATCH && (item = store_take_sendable()) != NULL)
         ho.items[ho.count++] = item;
+    if (ho.count == 0 && !gp.stopping && grpc_process_items_may_come()) {
+        ho.waiting = 1;
+        return;
+    }
     if (ho.count == 0) {
         log_summary();
         workers_close_all();    /* those holding nothing were kept for a give-back */
@@ -475,11 +491,19 @@ handover_start(void)
 }
 
 void
+handover_poll(void)
+{
+    if (ho.waiting && !ho.cancelled)
+        next_call();
+}
+
+void
 handover_cancel(void)
 {
     if (!ho.started || ho.cancelled)
         return;
     ho.cancelled = 1;
+    ho.waiting = 0;
     if (ho.retry_timer != NULL)
         evtimer_del(ho.retry_timer);
     if (ho.call != NULL)
@@ -499,7 +523,7 @@ handover_end(void)
 int
 handover_active(void)
 {
-    return ho.call != NULL;
+    return ho.call != NULL || (ho.waiting && !gp.stopping);     /* a fast stop waits for none */
 }
 
 void

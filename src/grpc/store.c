@@ -452,13 +452,19 @@ on_dispatched(void)
 {
     if (st.b->pull != NULL)
         st.b->pull();
+    /* An item that came late to a drain (and found no worker with room)
+     * is handed over too, while the handover waits for such. */
+    if (gp.draining)
+        handover_poll();
 }
 
+/* May the queue release its idle workers? While a handover is in flight its
+ * items may come back, and while items may still come (a call under way, a
+ * pull in flight) they must find a worker: keep them. */
 static int
 draining(void)
 {
-    /* While a handover is in flight its items may come back: keep workers. */
-    return gp.draining && !handover_active();
+    return gp.draining && !handover_active() && !grpc_process_items_may_come();
 }
 
 static void
@@ -898,6 +904,19 @@ int
 store_idle(void)
 {
     return st.b->idle == NULL || st.b->idle();
+}
+
+void
+store_drain(void)
+{
+    if (st.b->drain != NULL)
+        st.b->drain();
+}
+
+int
+store_taking(void)
+{
+    return st.b->taking != NULL && st.b->taking();
 }
 
 /* Not while the backend does not serve: a journal whose directory was

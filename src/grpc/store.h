@@ -172,6 +172,13 @@ struct store_backend {
     int (*starting)(void);
     /* Nothing is waiting for the backend: a drain may end. */
     int (*idle)(void);
+    /* A graceful stop began: take no more items (Redis: end the pull that
+     * blocks on the work stream now, not at its timeout). NULL: nothing. */
+    void (*drain)(void);
+    /* A take is in flight (Redis: a pull or a claim) whose answer may
+     * bring items here: a drain keeps its workers, and does not end,
+     * until it came. NULL: never. */
+    int (*taking)(void);
     /* shared_log: a graceful stop's deadline stops this instance fast: give
      * the items waiting here (none of them started here) back to the other
      * instances at once, at the attempt they are at; handing_back() says
@@ -231,6 +238,10 @@ int store_available(const char **why);
 int store_serving(const char **why);
 int store_starting(void);
 int store_idle(void);
+/* A graceful stop began (store_backend's drain). */
+void store_drain(void);
+/* Can a take in flight still bring items here (store_backend's taking)? */
+int store_taking(void);
 /* Does the backend keep what a graceful stop leaves (journal, while it
  * serves: not while its directory is removed and cannot be made again)? */
 int store_keeps_abandoned(void);

@@ -147,7 +147,8 @@ finish(void)
 int
 grpc_process_items_may_come(void)
 {
-    return submit_active() > 0 || server_requests_pending() || store_taking();
+    return submit_active() > 0 || server_requests_pending() || store_accepting() ||
+           store_taking();
 }
 
 /* A graceful stop's work is done; only the server's shutdown is not. */

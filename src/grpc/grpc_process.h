@@ -45,8 +45,9 @@ void grpc_process_call_ended(void);
 /* Something a stop waits for happened. */
 void grpc_process_check_done(void);
 /* Can items still come to this process? A submit call under way (a drain
- * reads it to its end), one matched just before the server's shutdown, or
- * a take from a shared backend in flight (store_taking()) may bring more:
+ * reads it to its end), one matched just before the server's shutdown, an
+ * accept still being written (a retry's too), or a take from a shared
+ * backend in flight (store_taking()) may bring more:
  * a drain keeps its workers (and an upgrade its handover) until none can. */
 int grpc_process_items_may_come(void);
 

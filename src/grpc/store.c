@@ -604,6 +604,12 @@ store_count(void)
 }
 
 int
+store_accepting(void)
+{
+    return st.pending > 0;
+}
+
+int
 store_has_room(void)
 {
     if (st.b->has_room != NULL)

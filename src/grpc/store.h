@@ -234,6 +234,9 @@ int store_busy(void);
 void store_subscribers_want_started(void);
 /* Items accepted (or being written) and not final. */
 uint64_t store_count(void);
+/* Items handed to store_accept() whose verdict has not come yet (a journal
+ * write, a Redis accept): accepted, they are queued here (not with Redis). */
+int store_accepting(void);
 int store_available(const char **why);
 int store_serving(const char **why);
 int store_starting(void);

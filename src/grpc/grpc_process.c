@@ -97,6 +97,8 @@
 
 struct grpc_process gp;
 
+static void bind_now(const char *why);
+
 static struct {
     int signal_fd;
     struct event *signal_event;
@@ -459,6 +461,10 @@ on_control_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
         log_reopen();
         access_log_open();
         return 0;
+    case IPC_BIND_NOW:
+        /* Nothing else listens now: serve (or say why not) as at a start. */
+        bind_now("the old master is gone");
+        return 0;
     default:
         break;
     }
@@ -587,6 +593,19 @@ bind_and_serve(void)
         report_ready();
 }
 
+/* The new instance of an upgrade stops waiting (WHY) and binds. */
+static void
+bind_now(const char *why)
+{
+    if (!proc.bind_when_serving || gp.stopping || gp.draining)
+        return;
+    proc.bind_when_serving = 0;
+    log_notice("binary upgrade: %s; listening", why);
+    bind_and_serve();
+    if (proc.status != DS_EXIT_OK && server_is_shut_down())
+        event_base_loopbreak(gp.base);
+}
+
 /* The store serves now, or its first attempt failed: the new instance of
  * an upgrade binds its listeners once it serves, a bound one tells the
  * master. */
@@ -596,13 +615,8 @@ on_store_serving_changed(void)
     if (gp.stopping || gp.draining)
         return;
     if (proc.bind_when_serving) {
-        if (!store_serving(NULL))
-            return;
-        proc.bind_when_serving = 0;
-        log_notice("binary upgrade: the store serves; listening");
-        bind_and_serve();
-        if (proc.status != DS_EXIT_OK && server_is_shut_down())
-            event_base_loopbreak(gp.base);
+        if (store_serving(NULL))
+            bind_now("the store serves");
         return;
     }
     report_ready();

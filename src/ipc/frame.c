@@ -18,6 +18,7 @@ static const char *type_names[IPC_TYPE_MAX] = {
     [IPC_WORKER_LOST] = "WORKER_LOST",
     [IPC_RELOAD_FAILED] = "RELOAD_FAILED",
     [IPC_DEADLINE] = "DEADLINE",
+    [IPC_BIND_NOW] = "BIND_NOW",
     [IPC_ITEM] = "ITEM",
     [IPC_UPDATE] = "UPDATE",
     [IPC_CANCEL] = "CANCEL",

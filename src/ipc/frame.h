@@ -57,6 +57,9 @@ enum ipc_type {
     /* control channel, grpc process -> master */
     IPC_DEADLINE,               /* no body: a graceful stop reached shutdown_timeout here;
                                    a worker lost from now on is not replaced */
+    /* control channel, master -> grpc process */
+    IPC_BIND_NOW,               /* no body: the old master of an upgrade is gone; bind
+                                   at once (bind_when_serving ends) */
     /* data channel */
     IPC_ITEM = 64,              /* grpc -> worker: ipc_item + the WorkItem message */
     IPC_UPDATE,                 /* worker -> grpc: ipc_update + result or error */

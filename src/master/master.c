@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <dirent.h>
 #include <poll.h>
 #include <signal.h>
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -114,7 +116,10 @@ static struct {
     const char *grpc_items_fate;
     pid_t upgrade_child;        /* the new master of a USR2 upgrade, until it takes over */
     pid_t upgrade_stopping;     /* that one, told to stop: it did not serve in time */
-    pid_t upgrade_parent;       /* the old master we take over from */
+    pid_t upgrade_parent;       /* the old master we take over from, while it lives and
+                                   we have not told it to drain (then 0) */
+    int upgrade_parent_fd;      /* its pidfd (-1: none; pidfd_open unavailable) */
+    struct event *upgrade_parent_event; /* readable pidfd: it exited; else a 1 s poll */
     char status[512];           /* the outcome of the last reload, for systemd */
     /* A HUP came while the workers the last reload retired still finish
      * their items: reload once they are gone (reload_when_done). */
@@ -138,6 +143,9 @@ static struct {
 #define UPGRADE_TIMEOUT_ENV "DS_UPGRADE_TIMEOUT_MS"
 /* Then it gets this long to stop on SIGTERM before SIGKILL. */
 #define UPGRADE_KILL_GRACE_MS 5000
+/* Without a pidfd, the new master of an upgrade looks this often whether
+ * the old one is still its parent. */
+#define UPGRADE_PARENT_POLL_MS 1000
 
 /*
  * Where seqs start: past the last one reserved, and never below the wall
@@ -792,6 +800,107 @@ workers_wired(void)
     return 1;
 }
 
+/* ---- the old master of an upgrade -------------------------------------- */
+
+/*
+ * The new master of an upgrade waits (its grpc process unbound:
+ * bind_when_serving) until its store serves, then tells the old master to
+ * drain. The old master's upgrade timeout cannot end that wait if the old
+ * master dies (killed, crashed): so we watch it. Gone, it is forgotten: we
+ * never signal its pid again (it may be reused), and our grpc process binds
+ * at once (IPC_BIND_NOW) as at a plain start, since nothing else listens.
+ * Watched by its pidfd (which also signals it without a pid race), or, on a
+ * kernel without pidfd_open, by polling getppid(): we are its child, so the
+ * pid stays its while getppid() returns it.
+ */
+static void
+upgrade_parent_forget(void)
+{
+    m.upgrade_parent = 0;
+    if (m.upgrade_parent_event != NULL) {
+        event_free(m.upgrade_parent_event);
+        m.upgrade_parent_event = NULL;
+    }
+    if (m.upgrade_parent_fd != -1) {
+        close(m.upgrade_parent_fd);
+        m.upgrade_parent_fd = -1;
+    }
+}
+
+/* Is the old master still alive (not a zombie, not gone)? */
+static int
+upgrade_parent_alive(void)
+{
+    if (m.upgrade_parent <= 0 || getppid() != m.upgrade_parent)
+        return 0;
+    if (m.upgrade_parent_fd == -1)
+        return 1;
+    /* A pidfd polls readable once its process has exited. */
+    struct pollfd pfd = { .fd = m.upgrade_parent_fd, .events = POLLIN };
+    return poll(&pfd, 1, 0) == 0;
+}
+
+static void
+upgrade_parent_gone(void)
+{
+    log_warn("binary upgrade: the old master (pid %ld) is gone before this one served; "
+             "this one listens now and serves alone", (long)m.upgrade_parent);
+    upgrade_parent_forget();
+    struct process *g = grpc_process();
+    if (g != NULL && g->control != NULL)
+        channel_send(g->control, IPC_BIND_NOW, NULL, 0);
+    /* A grpc process started from now on binds at once (spawn()). */
+    notify("MAINPID=%ld", (long)getpid());
+}
+
+static void
+on_upgrade_parent(evutil_socket_t fd, short what, void *arg)
+{
+    if (m.upgrade_parent <= 0 || upgrade_parent_alive())
+        return;
+    upgrade_parent_gone();
+}
+
+/* At start: watch the old master, or see that it is gone already. */
+static void
+upgrade_parent_watch(void)
+{
+    m.upgrade_parent_fd = pidfd_open(m.upgrade_parent, 0);
+    if (m.upgrade_parent_fd == -1 && errno != ESRCH)
+        log_syswarn("binary upgrade: pidfd_open(%ld) failed; polling for the old master",
+                    (long)m.upgrade_parent);
+    /* Opened first, then checked: the pidfd is of our parent, not of a reuse. */
+    if (!upgrade_parent_alive()) {
+        upgrade_parent_gone();
+        return;
+    }
+    if (m.upgrade_parent_fd != -1) {
+        m.upgrade_parent_event = event_new(m.base, m.upgrade_parent_fd, EV_READ | EV_PERSIST,
+                                           on_upgrade_parent, NULL);
+        event_add(m.upgrade_parent_event, NULL);
+    } else {
+        m.upgrade_parent_event = event_new(m.base, -1, EV_PERSIST, on_upgrade_parent, NULL);
+        struct timeval tv = clock_timeval_ms(UPGRADE_PARENT_POLL_MS);
+        event_add(m.upgrade_parent_event, &tv);
+    }
+}
+
+/* Our store serves: tell the old master to drain, then forget it. */
+static void
+upgrade_parent_quit(void)
+{
+    if (!upgrade_parent_alive()) {
+        log_warn("binary upgrade: the old master (pid %ld) is gone already",
+                 (long)m.upgrade_parent);
+    } else if (m.upgrade_parent_fd != -1) {
+        if (pidfd_send_signal(m.upgrade_parent_fd, SIGQUIT, NULL, 0) == -1 && errno != ESRCH)
+            log_syswarn("pidfd_send_signal(%ld, SIGQUIT) failed", (long)m.upgrade_parent);
+    } else if (kill(m.upgrade_parent, SIGQUIT) == -1) {
+        log_syswarn("kill(%ld, SIGQUIT) failed", (long)m.upgrade_parent);
+    }
+    upgrade_parent_forget();
+}
+
 /* "serving" (log, systemd, the old master of an upgrade) once the grpc
  * process listens, its store takes items (a Redis session, a journal
  * open), and it holds every worker's channel: a start that cannot wire its
@@ -828,8 +937,7 @@ announce_serving(void)
     if (m.upgrade_parent > 0) {
         log_notice("binary upgrade: taking over from pid %ld, which now drains",
                    (long)m.upgrade_parent);
-        if (kill(m.upgrade_parent, SIGQUIT) == -1)
-            log_syswarn("kill(%ld, SIGQUIT) failed", (long)m.upgrade_parent);
+        upgrade_parent_quit();
         notify("MAINPID=%ld", (long)getpid());
     }
     notify("READY=1\nSTATUS=serving, generation %llu", (unsigned long long)m.generation);
@@ -1530,6 +1638,7 @@ master_run(struct ds_config *config, const char *config_file)
         }
         unsetenv(UPGRADE_ENV);
     }
+    m.upgrade_parent_fd = -1;
     log_set_role("master");
     proctitle_set("dosomethingd: master");
 
@@ -1556,6 +1665,8 @@ master_run(struct ds_config *config, const char *config_file)
     m.stop_timer = evtimer_new(m.base, on_stop_timer, NULL);
     m.retire_timer = evtimer_new(m.base, on_retire_timer, NULL);
     m.upgrade_timer = evtimer_new(m.base, on_upgrade_timer, NULL);
+    if (m.upgrade_parent > 0)
+        upgrade_parent_watch();
 
     log_notice("dosomethingd %s starting: %s, %u workers", DS_VERSION, config->path,
                config->workers.count);
@@ -1588,6 +1699,7 @@ master_run(struct ds_config *config, const char *config_file)
     event_free(m.stop_timer);
     event_free(m.retire_timer);
     event_free(m.upgrade_timer);
+    upgrade_parent_forget();
     event_free(m.signal_event);
     close(m.signal_fd);
     event_base_free(m.base);

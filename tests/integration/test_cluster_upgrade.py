@@ -378,3 +378,91 @@ def test_usr2_with_a_journal_the_new_instance_cannot_open_keeps_the_old_one(
             if new_master is not None:
                 kill_tree(new_master)
             d.kill_all()
+
+
+def grpc_child(master):
+    """The grpc process of a master (by its title), or None."""
+    for pid in conftest.descendants(master):
+        if "dosomethingd: grpc" in (conftest.proc_title(pid) or ""):
+            return pid
+    return None
+
+
+@pytest.mark.deadline(150)
+def test_usr2_whose_old_master_dies_while_the_new_one_waits_listens_at_once(
+        redis, proxy, start_daemon, monkeypatch, tmp_path):  # noqa: F811
+    """The old master dies (SIGKILL) while the new one waits for its store
+    to serve: the new one stops waiting, listens at once (answering NOT
+    SERVING until Redis is reachable), never signals the old pid, and serves
+    once Redis is reachable; it does not stop at the upgrade's timeout."""
+    binary = copied_binary(tmp_path, monkeypatch)
+    monkeypatch.setenv("DS_UPGRADE_TIMEOUT_MS", "600000")
+    name = cluster_name()
+    config = cluster_config(redis, name, overrides={"shutdown_timeout": "10s"})
+    config["cluster"]["redis"] = proxy.url
+    d = start_daemon(config, name="a")
+    wait_serving(d)
+    old_master = d.master_pid
+    new_master = None
+    try:
+        proxy.refuse = True
+        new_master = usr2(d, tmp_path, binary)
+        d.wait_log(r"binary upgrade: listening once the store serves", timeout=30)
+        os.kill(old_master, signal.SIGKILL)
+        d.wait_exit(timeout=10)
+        wait_for(lambda: grpc_child(old_master) is None and not pid_alive(old_master), 10,
+                 "the old instance gone")
+        d.master_pid, d.proc = new_master, None
+        d.wait_log(rf"binary upgrade: the old master \(pid {old_master}\) is gone", timeout=10)
+        wait_for(lambda: conftest.owns_listener(grpc_child(new_master), d.port), 20,
+                 "the new instance listening")
+        proxy.refuse = False
+        wait_serving(d)
+        d.wait_log(r"serving \(generation 1\)", timeout=10)
+        log = d.log_text()
+        assert "taking over from pid" not in log, log
+        assert f"kill({old_master}, SIGQUIT)" not in log, log
+        assert pid_alive(new_master)
+    finally:
+        if new_master is not None:
+            kill_tree(new_master)
+
+
+@pytest.mark.deadline(150)
+def test_usr2_reload_while_the_new_instance_waits_does_not_open_the_status_endpoint(
+        redis, proxy, start_daemon, monkeypatch, tmp_path):  # noqa: F811
+    """A HUP to the new master while its grpc process waits for its store
+    applies the config there, but binds nothing: the status endpoint opens
+    with the gRPC listeners, once the store serves (as the user of the
+    config), on the address of the config then in force."""
+    binary = copied_binary(tmp_path, monkeypatch)
+    monkeypatch.setenv("DS_UPGRADE_TIMEOUT_MS", "600000")
+    name = cluster_name()
+    config = cluster_config(redis, name, overrides={"shutdown_timeout": "10s"})
+    config["cluster"]["redis"] = proxy.url
+    status_port = conftest.free_port()
+    config["status"] = {"listen": f"127.0.0.1:{status_port}"}
+    d = start_daemon(config, name="a")
+    wait_serving(d)
+    old_master = d.master_pid
+    new_master = None
+    try:
+        proxy.refuse = True
+        new_master = usr2(d, tmp_path, binary)
+        d.wait_log(r"binary upgrade: listening once the store serves", timeout=30)
+        new_grpc = grpc_child(new_master)
+        assert new_grpc is not None
+        os.kill(new_master, signal.SIGHUP)
+        d.wait_log(r"config generation 2 applied", timeout=10)
+        assert not conftest.owns_listener(new_grpc, status_port), \
+            f"the waiting instance bound status.listen; log:\n{d.log_tail()}"
+        assert not conftest.owns_listener(new_grpc, d.port)
+        proxy.refuse = False
+        d.wait_log(rf"binary upgrade: taking over from pid {old_master}, which now drains",
+                   timeout=30)
+        assert d.wait_exit(timeout=30) == 0, "the old master did not drain and exit"
+        wait_for(lambda: conftest.owns_listener(new_grpc, status_port), 10,
+                 "the status endpoint bound with the listeners")
+    finally:
+        if new_master is not None:
+            kill_tree(new_master)

@@ -80,6 +80,7 @@
 static struct {
     struct evhttp *http;                /* NULL until status.listen is first set */
     struct evhttp_bound_socket *bound;  /* NULL: off */
+    int started;                /* status_start() ran: the process binds its listeners */
     char listen[300];                   /* the address bound, as configured; "" when off */
     char bound_at[300];                 /* ... as numbers: "127.0.0.1:9090" */
     struct resolve_request *resolving;  /* a reload's status.listen name being looked up */
@@ -916,6 +917,7 @@ status_start(void)
 {
     const char *addr = gp.config->status.listen;
     char why[256], msg[512];
+    st.started = 1;
     kinds_touch();
     status_auth_configure();
     rates_start(gp.base);
@@ -985,6 +987,11 @@ status_reconfigure(void)
     st.last_reload_unix = (uint64_t)(clock_wall_ns() / 1000000000);
     snprintf(st.last_reload_message, sizeof st.last_reload_message,
              "config generation %llu applied", (unsigned long long)gp.generation);
+    /* The new instance of an upgrade binds nothing before its store serves
+     * (and runs as root meanwhile): status_start() binds the address of
+     * the config in force then. */
+    if (!st.started)
+        return;
     kinds_touch();
     status_auth_configure();
     if (addr == NULL) {

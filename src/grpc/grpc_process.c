@@ -114,7 +114,7 @@ static struct {
                                    (until then it runs as whoever started it, root maybe) */
     int bound;                  /* bind_and_serve() ran */
     int ready_sent;             /* the master heard IPC_READY */
-    int serving_sent;           /* ... saying that the store serves */
+    int serving_sent;           /* ... and the last one said that the store serves */
     int status;                 /* the exit status bind_and_serve() decided */
     char *user;                 /* the config's at our start: `user` needs a restart
                                  * (ours for the process's life) */
@@ -533,21 +533,24 @@ signals_init(void)
 }
 
 /*
- * What the master hears (IPC_READY): once the listeners are bound, whether
- * the store can take items, and if not why; once it can, IPC_READY again
- * (serving). The master says "serving" (and hands an upgrade over) only
- * then: listening alone is not serving while a Redis session or a journal
- * is not open yet.
+ * What the master hears (IPC_READY), a state report: once the listeners
+ * are bound, whether the store can take items, and if not why; then again
+ * at every change of that (serving, not serving: Redis lost). The master
+ * says "serving" (and hands an upgrade over) only while the last report
+ * says so: listening alone is not serving while a Redis session or a
+ * journal is not open yet, or lost.
  */
 static void
 report_ready(void)
 {
-    if (!proc.bound || proc.serving_sent || gp.stopping || gp.draining)
+    if (!proc.bound || gp.stopping || gp.draining)
         return;
     const char *why = NULL;
     int serving = store_serving(&why);
-    if (!serving && (proc.ready_sent || store_starting()))
-        return;     /* nothing new to say, or not yet: its first attempt is under way */
+    if (proc.ready_sent && serving == proc.serving_sent)
+        return;     /* nothing new to say (a new reason alone is not worth a report) */
+    if (!proc.ready_sent && !serving && store_starting())
+        return;     /* not yet: its first attempt is under way */
     uint8_t body[1 + 255];
     size_t len = 1;
     body[0] = (uint8_t)serving;

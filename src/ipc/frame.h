@@ -46,7 +46,7 @@ enum ipc_type {
     /* control channel, grpc process -> master */
     IPC_READY,                  /* listening on every address: a u8, 1 if the store
                                    serves (takes items), else 0 + why not; sent again
-                                   with 1 once it does */
+                                   at every change of that (a state report) */
     IPC_KILL_WORKER,            /* ipc_worker + why: an item timed out there */
     IPC_SEQ_RESERVE,            /* ipc_seq: update seqs up to this may be used */
     IPC_FATAL,                  /* text: a boot error; the grpc process exits next */

@@ -910,7 +910,10 @@ upgrade_parent_quit(void)
  * take items), "serving" follows once the store serves. The handover of
  * an upgrade waits for that: the old instance drains only once this one
  * can take its work (the grpc process of a new master does not even bind
- * before: bind_when_serving). */
+ * before: bind_when_serving). Every IPC_READY is the grpc process's latest
+ * state (its store lost after it served is reported too), and this acts on
+ * the latest when the workers are wired: a store lost between a READY(1)
+ * and the wiring holds the handover. */
 static void
 announce_serving(void)
 {
@@ -921,6 +924,13 @@ announce_serving(void)
         if (m.upgrade_parent > 0 && !m.serving) {
             log_notice("binary upgrade: listening, but not serving yet (%s); pid %ld serves "
                        "until this one does", m.store_why, (long)m.upgrade_parent);
+            return;
+        }
+        if (m.serving) {
+            /* It served and lost its store (Redis gone): said, not hidden. */
+            log_warn("not serving (generation %llu): %s", (unsigned long long)m.generation,
+                     m.store_why);
+            notify("STATUS=not serving: %s", m.store_why);
             return;
         }
         log_warn("listening (generation %llu), but not serving yet: %s",

@@ -111,6 +111,17 @@ class RedisProxy:
             except OSError:
                 pass
 
+    def cut(self):
+        """Close every connection made (Redis lost for whoever used them)."""
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
     def close(self):
         self.closed = True
         self.listener.close()
@@ -466,3 +477,51 @@ def test_usr2_reload_while_the_new_instance_waits_does_not_open_the_status_endpo
     finally:
         if new_master is not None:
             kill_tree(new_master)
+
+
+@pytest.mark.deadline(90)
+def test_losing_redis_after_serving_is_reported_to_the_master(
+        redis, proxy, start_daemon, monkeypatch, tmp_path):  # noqa: F811
+    """IPC_READY is a state report: the grpc process tells its master when
+    its store stops serving too, not only the first time it serves. The
+    master logs and tells systemd "not serving" (and would not hand an
+    upgrade over on the stale "serving"), then "serving" again."""
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    name = cluster_name()
+    config = cluster_config(redis, name)
+    config["cluster"]["redis"] = proxy.url
+    try:
+        d = start_daemon(config, name="a")
+        wait_serving(d)
+
+        def expect(word):
+            seen = []
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    msg = sock.recv(4096).decode()
+                except socket.timeout:
+                    break
+                seen.append(msg)
+                if word in msg:
+                    return msg
+            raise AssertionError(f"no {word} notification (had {seen}); log:\n{d.log_tail()}")
+
+        expect("STATUS=serving, generation 1")
+        proxy.refuse = True
+        proxy.cut()
+        msg = expect("STATUS=not serving")
+        assert re.search(r"STATUS=not serving: cluster: redis \S+ is unreachable", msg), msg
+        d.wait_log(r"not serving \(generation 1\): cluster: redis", timeout=5)
+        proxy.refuse = False
+        expect("STATUS=serving, generation 1")
+        wait_serving(d)
+        assert len(re.findall(r"master \d+: serving \(generation 1\)", d.log_text())) == 2, \
+            d.log_text()
+        assert d.stop() == 0
+    finally:
+        sock.close()

@@ -64,6 +64,7 @@ struct process {
     int attached;               /* the grpc process has its data channel */
     int channel_lost;           /* its data channel never reached the grpc process */
     char kill_reason[160];      /* why the master killed it, for the items it held */
+    int exited;                 /* reaped: what it sent is read for its data only */
 };
 
 struct slot {
@@ -646,6 +647,7 @@ process_exited(struct process *p, int status)
     }
     /* Whatever it sent before dying is still to be read (a READY, a seq
      * reservation): take it before the channel goes. */
+    p->exited = 1;
     if (p->control != NULL)
         channel_read_now(p->control);
 
@@ -965,6 +967,8 @@ on_child_frame(void *arg, struct ipc_channel *ch, const struct ipc_header *h,
     case IPC_READY: {
         if (p->role != DS_ROLE_GRPC || h->length < 1)
             break;
+        if (p->exited || p != m.grpc.process)
+            return 0;   /* left by a grpc process that is gone: it serves nothing */
         m.store_serving = body[0] == 1;
         size_t len = h->length - 1 < sizeof m.store_why - 1 ? h->length - 1
                                                               : sizeof m.store_why - 1;

@@ -525,3 +525,46 @@ def test_losing_redis_after_serving_is_reported_to_the_master(
         assert d.stop() == 0
     finally:
         sock.close()
+
+
+@pytest.mark.deadline(90)
+def test_a_ready_left_by_a_dead_grpc_process_is_not_announced(
+        redis, proxy, start_daemon, monkeypatch, tmp_path):  # noqa: F811
+    """The grpc process reports its store serving again and dies before
+    the master read that: the master, reading what the dead process left
+    (a seq reservation matters), does not announce "serving" for it; the
+    next grpc process's own report does."""
+    name = cluster_name()
+    config = cluster_config(redis, name)
+    config["cluster"]["redis"] = proxy.url
+    d = start_daemon(config, name="a")
+    wait_serving(d)
+    first = d.grpc_pid()
+    proxy.refuse = True
+    proxy.cut()
+    d.wait_log(r"not serving \(generation 1\)", timeout=20)
+    worker = d.worker_pids()[0]
+    os.kill(d.master_pid, signal.SIGSTOP)
+    try:
+        # A child's death first, so that the master, resumed, reaps the
+        # grpc process before it reads that one's channel: the frames are
+        # read then by process_exited().
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(worker), 10, "the worker dead")
+        proxy.refuse = False
+        # Its READY(1) waits unread in the master's channel.
+        wait_for(lambda: d.log_text().count(f"grpc {first}: cluster: connected to redis") == 2,
+                 20, "the grpc process connected again")
+        time.sleep(0.5)     # and its report sent
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(first), 10, "the grpc process dead")
+    finally:
+        os.kill(d.master_pid, signal.SIGCONT)
+    d.wait_log(rf"started grpc process, pid (?!{first}\b)\d+", timeout=20)
+    wait_serving(d)
+    log = d.log_text()
+    died = log.index(f"grpc process (pid {first})")
+    respawned = re.search(r"started grpc process, pid \d+", log[died:]).start() + died
+    assert not re.search(r"master \d+: serving \(generation", log[died:respawned]), \
+        log[died - 300:respawned + 100]
+    assert d.stop() == 0

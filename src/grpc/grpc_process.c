@@ -111,7 +111,8 @@ static struct {
     int done;
     /* Readiness (report_ready). */
     int bind_when_serving;      /* the new instance of an upgrade: bind once the store serves
-                                   (until then it runs as whoever started it, root maybe) */
+                                   (until then it runs as whoever started it, root maybe:
+                                   see grpc_process_main) */
     int bound;                  /* bind_and_serve() ran */
     int ready_sent;             /* the master heard IPC_READY */
     int serving_sent;           /* ... and the last one said that the store serves */
@@ -661,6 +662,17 @@ grpc_process_main(struct ds_child_start *start)
     store_start();
     proc.status = DS_EXIT_OK;
     const char *why = NULL;
+    /* The new instance of an upgrade waits unbound, as whoever started us
+     * (root with user:), for up to the upgrade's timeout: its Redis
+     * session, the update stream read and the journal's retries run as
+     * root meanwhile. It cannot drop before binding: its listeners share
+     * the old instance's ports through SO_REUSEPORT, which the kernel
+     * grants only to sockets of the same owner uid as the ones bound there
+     * (the old instance bound as root, before its drop), whatever the
+     * capabilities (dropped to user: nobody first, the bind failed with
+     * EADDRINUSE). Creating the sockets early and keeping them unaccepted
+     * would queue clients' connections on the waiting instance. So it
+     * drops right after binding (bind_and_serve), as a plain start does. */
     if (start->bind_when_serving && !store_serving(&why)) {
         log_notice("binary upgrade: listening once the store serves (%s); the old instance "
                    "serves meanwhile", why);

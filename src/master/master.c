@@ -14,7 +14,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <dirent.h>
 #include <poll.h>
 #include <signal.h>

@@ -14,11 +14,15 @@ and stalled subscribers do to accepted work and to the grpc process's memory.
   shutdown_timeout: its connection is closed a second after the drain is
   done, once its client has acknowledged what was written on it. A
   subscriber that stops reading (or whose process is stopped) is not such
-  a client: it gets every final and its OK when it reads again.
+  a client: it gets every final and its OK when it reads again, also when
+  the grpc process has no descriptor left. A client that is gone (nothing
+  acknowledged, the kernel retransmitting) is not waited for.
 """
+import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -295,6 +299,217 @@ def test_graceful_stop_tail_reaches_a_stopped_client_process(start_daemon, windo
         d.wait_log(r"graceful stop: \d+ items to finish")
         wait_for(lambda: work_done(d), 30, "the work done")
         time.sleep(2.5)     # well past the idle connections' grace
+        os.kill(client.pid, signal.SIGCONT)
+        assert d.wait_exit(timeout=40) == 0, d.log_tail()
+        out, _ = client.communicate(timeout=30)
+        log = d.log_text()
+        for n, result in enumerate(json.loads(out)):
+            assert result["error"] is None, \
+                f"stopped subscriber {n} ended {result['error']} after " \
+                f"{len(result['ids'])} updates; log:\n{log[-3000:]}"
+            assert sorted(result["ids"]) == sorted(ids + ["blocker"]), (n, result["ids"])
+        assert "reached with" not in log, log
+    finally:
+        if client.poll() is None:
+            os.kill(client.pid, signal.SIGCONT)
+            client.kill()
+            client.wait()
+
+
+@pytest.fixture
+def far_network():
+    """A network namespace joined to ours by a veth pair, for a client the
+    test can make vanish without a trace: no iptables or nft here, so
+    drop() gives the namespace a blackhole route to us, and nothing its
+    kernel sends reaches us any more (no ACK, no reset), as from a machine
+    powered off or behind a NAT mapping that expired. Yields an object with
+    .ours (our address on the link), .run (the command prefix that runs a
+    program in the namespace) and .drop(). Skips where this user cannot
+    make namespaces and links (root, iproute2)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and ip(8) for a network namespace")
+    pid = os.getpid()
+    name = f"dsfar{pid}"
+    ours_if, theirs_if = f"dsf{pid}h", f"dsf{pid}c"
+    # 198.18.0.0/15: the benchmarking range, in no one's routes here.
+    base = f"198.{18 + (pid >> 14) % 2}.{(pid >> 6) & 255}.{(pid & 63) * 4}"
+    prefix = base.rsplit(".", 1)[0] + "."
+    last = int(base.rsplit(".", 1)[1])
+    ours, theirs = prefix + str(last + 1), prefix + str(last + 2)
+
+    def ip(*args):
+        r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+        if r.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+    class Net:
+        pass
+    net = Net()
+    net.ours, net.run = ours, ["ip", "netns", "exec", name]
+    net.drop = lambda: ip("-n", name, "route", "add", "blackhole", f"{ours}/32")
+    made = False
+    try:
+        try:
+            ip("netns", "add", name)
+            made = True
+            ip("link", "add", ours_if, "type", "veth", "peer", "name", theirs_if,
+               "netns", name)
+            ip("addr", "add", f"{ours}/30", "dev", ours_if)
+            ip("link", "set", ours_if, "up")
+            ip("-n", name, "addr", "add", f"{theirs}/30", "dev", theirs_if)
+            ip("-n", name, "link", "set", theirs_if, "up")
+            ip("-n", name, "link", "set", "lo", "up")
+        except (RuntimeError, OSError) as e:
+            pytest.skip(f"cannot make a network namespace here: {e}")
+        yield net
+    finally:
+        if made:
+            # Its end of the pair goes with it, and ours with that.
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+# A client on a connection of its own (keepalive pings, as clients of
+# long-lived streams set them) with a subscriber's stream open; it prints
+# "open" once its call is made, then waits until killed.
+FAR_SUBSCRIBER = r"""
+import sys, threading, grpc
+from com.agrounds.dosomething.v1 import do_something_pb2 as pb
+from com.agrounds.dosomething.v1 import do_something_pb2_grpc as pb_grpc
+options = [("grpc.keepalive_time_ms", 500), ("grpc.keepalive_timeout_ms", 20000),
+           ("grpc.http2.max_pings_without_data", 0),
+           ("grpc.keepalive_permit_without_calls", 1)]
+call = pb_grpc.DoSomethingServiceStub(grpc.insecure_channel(sys.argv[1], options=options)) \
+    .getUpdates(pb.UpdatesRequest(states=[pb.SUCCEEDED]))
+print("open", flush=True)
+threading.Thread(target=lambda: [u for u in call], daemon=True).start()
+threading.Event().wait()
+"""
+
+
+@pytest.mark.deadline(120)
+def test_a_gone_client_does_not_hold_a_graceful_stop(start_daemon, far_network):
+    """A client that is gone (its machine off, its NAT mapping expired)
+    never acknowledges what the stop writes on its connection (its last
+    updates, its stream's OK, GOAWAY, a ping): the kernel retransmits into
+    the void. The stop waited for those bytes until shutdown_timeout, or
+    20 s when gRPC gave up on the ping it sends with GOAWAY, at every
+    restart. It waits for live clients only: one whose connection makes no
+    progress for 2 s while the kernel retransmits is closed."""
+    status_address = f"127.0.0.1:{conftest.free_port()}"
+    far = f"{far_network.ours}:{conftest.free_port()}"
+    d = start_daemon(start=False)
+    d.write_config({"grpc": {"listen": [d.address, far]}, "shutdown_timeout": "60s",
+                    "status": {"listen": status_address}})
+    d.start()
+    d.status_address = status_address
+    env = dict(os.environ, PYTHONPATH=conftest.PYSTUBS)
+    client = subprocess.Popen(far_network.run + [sys.executable, "-c", FAR_SUBSCRIBER, far],
+                              stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert client.stdout.readline().strip() == "open"
+        wait_for(lambda: status_json(d)["subscribers"]["active"] == 1, 10,
+                 "the far subscriber's call at the server")
+        far_network.drop()
+        os.kill(client.pid, signal.SIGSTOP)
+        ids = [f"e{i}" for i in range(5)]
+        c = d.client()
+        assert c.submit([{"id": i, "kind": "echo", "payload": b"x" * 1000}
+                         for i in ids]).accepted == 5
+        wait_for(lambda: all(i.state == SUCCEEDED for i in c.get_items(ids).items), 10,
+                 "every item SUCCEEDED")
+        d.close_clients()
+        d.send_signal(signal.SIGQUIT)
+        t0 = time.monotonic()
+        assert d.wait_exit(timeout=70) == 0, d.log_tail()
+        elapsed = time.monotonic() - t0
+        log = d.log_text()
+        # Before, 20 s: gRPC's own close, when the ping it sends with GOAWAY
+        # is not answered (else shutdown_timeout, the shorter one).
+        assert elapsed < 12, f"exited {elapsed:.1f} s after QUIT; log:\n{log}"
+        assert "reached with" not in log, log
+        assert re.search(r"graceful stop: not waiting for the \d+ bytes on 1 connection", log), log
+    finally:
+        if client.poll() is None:
+            os.kill(client.pid, signal.SIGCONT)
+            client.kill()
+            client.wait()
+
+
+@contextlib.contextmanager
+def descriptors_full(pid):
+    """PID's descriptor table kept full for the block: its soft
+    RLIMIT_NOFILE at its lowest free descriptor, and again every 20 ms (a
+    descriptor it closes makes no lasting room), then back. Skips where
+    this user may not (test_descriptors.fd_limit)."""
+    from test_descriptors import fd_limit, lowest_free_fd
+    done = threading.Event()
+
+    def squeeze():
+        while not done.wait(0.02):
+            try:
+                hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free_fd(pid), hard))
+            except (ProcessLookupError, FileNotFoundError):
+                return
+    with fd_limit(pid):
+        t = threading.Thread(target=squeeze, daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            done.set()
+            t.join()
+
+
+@pytest.mark.deadline(120)
+@pytest.mark.parametrize("full_from", ["the_wait", "the_stop"])
+def test_graceful_stop_tail_waits_at_the_descriptor_limit(start_daemon, full_from):
+    """The stopped client of the test above, while the grpc process has no
+    descriptor left (its table full, as under a flood of connections),
+    from the wait for the clients on, or from before the stop: reading
+    /proc/self/fd then failed (EMFILE), which counted as "every byte
+    acknowledged", and the connections were closed under the stopped
+    client. The directory is opened as the stop starts (with a descriptor
+    of the reserve if need be) and kept: the stop still waits, and the
+    client gets its tail once it runs again."""
+    status_address = f"127.0.0.1:{conftest.free_port()}"
+    d = start_daemon({"workers": {"count": 1, "prefetch": 2}, "shutdown_timeout": "40s",
+                      "status": {"listen": status_address}})
+    d.status_address = status_address
+    grpc_pid = d.grpc_pid()
+    env = dict(os.environ, PYTHONPATH=conftest.PYSTUBS)
+    streams = 2
+    client = subprocess.Popen([sys.executable, "-c", STOPPED_SUBSCRIBERS, d.address,
+                               "default_window", str(streams)],
+                              stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert client.stdout.readline().strip() == "open"
+        wait_for(lambda: status_json(d)["subscribers"]["active"] == streams, 10,
+                 "the subscribers' calls at the server")
+        os.kill(client.pid, signal.SIGSTOP)
+        ids = [f"big{n}" for n in range(50)]
+        items = [{"id": "blocker", "kind": "sleep", "params": {"ms": "300"}}]
+        items += [{"id": i, "payload": i.encode() * (40000 // len(i))} for i in ids]
+        assert d.client().submit(items).accepted == len(items)
+        d.close_clients()
+        alive = False
+        try:
+            with contextlib.ExitStack() as full:
+                if full_from == "the_stop":
+                    full.enter_context(descriptors_full(grpc_pid))
+                d.send_signal(signal.SIGQUIT)
+                # Not /status: it takes no connection at the limit.
+                d.wait_log(r"waiting for clients to receive the \d+ bytes", timeout=30)
+                if full_from == "the_wait":
+                    full.enter_context(descriptors_full(grpc_pid))
+                time.sleep(2.5)     # many looks at the connections
+                alive = conftest.pid_alive(grpc_pid)
+        except ProcessLookupError:      # gone before its limit could be put back
+            pass
+        log = d.log_text()
+        assert alive, f"the grpc process exited with its clients stopped; log:\n{log}"
+        assert "closing the connections clients keep open" not in log, log
+        assert "opendir(/proc/self/fd) failed" not in log, log
         os.kill(client.pid, signal.SIGCONT)
         assert d.wait_exit(timeout=40) == 0, d.log_tail()
         out, _ = client.communicate(timeout=30)

@@ -48,6 +48,7 @@
 #include "grpc/status.h"
 #include "grpc/submit.h"
 #include "grpc/subscribe.h"
+#include "grpc/tcp_peer.h"
 #include "grpc/journal.h"
 #include "grpc/queue.h"
 #include "grpc/reflection.h"
@@ -89,11 +90,18 @@
  * subscriber lost the tail of its updates, and saw UNAVAILABLE
  * "Connection reset by peer" instead of its OK. So the close also waits
  * until the clients have acknowledged every byte of their connections
- * (server_connections_unacked(), looked at every UNACKED_RECHECK_MS),
- * bounded by shutdown_timeout; an idle client acknowledges at once
- * (test_drain.py: the "tail" tests). */
+ * (read it, on a unix socket: server_connections_unacked(), looked at every UNACKED_RECHECK_MS, less
+ * often with many descriptors), bounded by shutdown_timeout; an idle
+ * client acknowledges at once (test_drain.py: the "tail" tests). Not for
+ * a client that is gone (its machine off, its NAT mapping expired): it
+ * would never acknowledge, and hold every stop until shutdown_timeout (or
+ * until gRPC gives up the ping it sends with GOAWAY, 20 s); tcp_peer.h
+ * says how it is told from a client that only does not read. If
+ * /proc/self/fd cannot be read, the stop does not know and waits (opened
+ * as the stop starts and kept, it can be read at the descriptor limit). */
 #define IDLE_CONNECTIONS_GRACE_MS 1000
 #define UNACKED_RECHECK_MS 100
+#define UNACKED_RECHECK_DESCRIPTORS 1000   /* a look UNACKED_RECHECK_MS longer for each */
 
 struct grpc_process gp;
 
@@ -168,17 +176,28 @@ on_idle_timer(evutil_socket_t fd, short what, void *arg)
 {
     if (!drained_but_connections())
         return;
-    uint64_t unacked = server_connections_unacked();
-    if (unacked > 0) {
+    struct unacked u;
+    int known = server_connections_unacked(&u) == 0;
+    if (!known || u.bytes > 0) {
         /* Once, and again only if it grew (it does not while clients read). */
-        if (unacked > proc.unacked_logged)
+        if (known && u.bytes > proc.unacked_logged)
             log_info("graceful stop: everything is done; waiting for clients to receive the "
-                     "%llu bytes still on their connections", (unsigned long long)unacked);
-        proc.unacked_logged = unacked;
-        struct timeval tv = clock_timeval_ms(UNACKED_RECHECK_MS);
+                     "%llu bytes still on their connections", (unsigned long long)u.bytes);
+        if (known)
+            proc.unacked_logged = u.bytes;
+        /* A look costs a few system calls a descriptor: with many of
+         * them, look less often. */
+        struct timeval tv = clock_timeval_ms(UNACKED_RECHECK_MS *
+                                             (1 + u.descriptors / UNACKED_RECHECK_DESCRIPTORS));
         evtimer_add(proc.idle_timer, &tv);
         return;
     }
+    if (u.gone > 0)
+        log_warn("graceful stop: not waiting for the %llu bytes on %llu connection%s whose "
+                 "client%s acknowledged nothing for %d s while the kernel retransmitted: "
+                 "gone, it seems", (unsigned long long)u.gone_bytes,
+                 (unsigned long long)u.gone, u.gone == 1 ? "" : "s", u.gone == 1 ? "" : "s",
+                 TCP_PEER_SILENT_MS / 1000);
     log_info("graceful stop: everything is done; closing the connections clients keep open");
     server_shutdown(1);     /* no call is left to cancel: it closes the connections */
 }
@@ -237,12 +256,16 @@ on_stop_timer(evutil_socket_t fd, short what, void *arg)
     if (drained_but_connections()) {
         /* Only connections are left, with bytes their clients have not
          * taken (on_idle_timer), or still in their grace. */
-        uint64_t unacked = server_connections_unacked();
-        if (unacked > 0)
+        struct unacked u;
+        if (server_connections_unacked(&u) == -1)
+            log_warn("shutdown_timeout (%llu ms) reached with everything done but the "
+                     "connections, not knowing what their clients have not received; "
+                     "closing them", (unsigned long long)gp.config->shutdown_timeout_ms);
+        else if (u.bytes + u.gone_bytes > 0)
             log_warn("shutdown_timeout (%llu ms) reached with everything done but %llu bytes "
                      "clients have not received; closing their connections",
                      (unsigned long long)gp.config->shutdown_timeout_ms,
-                     (unsigned long long)unacked);
+                     (unsigned long long)(u.bytes + u.gone_bytes));
         else
             log_info("graceful stop: everything is done; closing the connections clients "
                      "keep open");
@@ -328,6 +351,7 @@ stop_graceful(void)
     gp.draining = 1;
     health_changed();
     store_drain();
+    server_connections_watch();     /* before the descriptors may run out */
     server_shutdown(0);
     struct timeval tv = clock_timeval_ms(gp.config->shutdown_timeout_ms);
     evtimer_add(proc.stop_timer, &tv);

@@ -89,16 +89,17 @@
  * keepalive ping, a WINDOW_UPDATE) with a reset that drops them: the
  * subscriber lost the tail of its updates, and saw UNAVAILABLE
  * "Connection reset by peer" instead of its OK. So the close also waits
- * until the clients have acknowledged every byte of their connections
- * (read it, on a unix socket: server_connections_unacked(), looked at every UNACKED_RECHECK_MS, less
- * often with many descriptors), bounded by shutdown_timeout; an idle
- * client acknowledges at once (test_drain.py: the "tail" tests). Not for
- * a client that is gone (its machine off, its NAT mapping expired): it
- * would never acknowledge, and hold every stop until shutdown_timeout (or
- * until gRPC gives up the ping it sends with GOAWAY, 20 s); tcp_peer.h
- * says how it is told from a client that only does not read. If
- * /proc/self/fd cannot be read, the stop does not know and waits (opened
- * as the stop starts and kept, it can be read at the descriptor limit). */
+ * until the clients have acknowledged (on a unix socket: read) every byte
+ * of their connections (server_connections_unacked(), looked at every
+ * UNACKED_RECHECK_MS, less often with many descriptors), bounded by
+ * shutdown_timeout; an idle client acknowledges at once (test_drain.py:
+ * the "tail" tests). Not for a client that is gone (its machine off, its
+ * NAT mapping expired): it would never acknowledge, and hold every stop
+ * until shutdown_timeout (or until gRPC gives up the ping it sends with
+ * GOAWAY, 20 s); tcp_peer.h says how it is told from a client that only
+ * does not read. If /proc/self/fd cannot be read, the stop does not know
+ * and waits (opened as the stop starts and kept, it can be read at the
+ * descriptor limit). */
 #define IDLE_CONNECTIONS_GRACE_MS 1000
 #define UNACKED_RECHECK_MS 100
 #define UNACKED_RECHECK_DESCRIPTORS 1000   /* a look UNACKED_RECHECK_MS longer for each */

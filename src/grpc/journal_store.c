@@ -1369,11 +1369,18 @@ journal_store_removed(struct journal_store *s)
     /* The lock too: without it, another grpc process would take this
      * instance for a dead one once it is made again. */
     int gone = unlinked(s->fd) || unlinked(s->lock_fd);
-    for (size_t i = 0; !gone && i < s->segment_count; i++) {
+    /* The dead prefix may go (collect deletes it at the next sync); from
+     * the first segment with something live or retained on, every one is
+     * needed, dead or not: a later one may hold the FINAL (or ATTEMPT) of
+     * an item whose ACCEPT is in an earlier one, which would run again
+     * (or with fresh attempts) at the next start without it. */
+    size_t first = 0;
+    while (first + 1 < s->segment_count && s->segments[first].live == 0 &&
+           s->segments[first].retained == 0)
+        first++;
+    for (size_t i = first; !gone && i < s->segment_count; i++) {
         const struct journal_segment *seg = &s->segments[i];
-        /* A dead segment may go (collect deletes it at the next sync). */
-        if ((seg->live > 0 || seg->retained > 0 || seg->number == s->segment) && !seg->gone &&
-            unlinked(seg->fd))
+        if (!seg->gone && unlinked(seg->fd))
             gone = 1;
     }
     s->removed = gone;

@@ -317,8 +317,10 @@ uint64_t journal_store_retained(const struct journal_store *s);
 /* Forget the ACCEPTs buffered and not written: their items are not accepted. */
 void journal_store_discard_accepts(struct journal_store *s);
 int journal_store_has_buffered(const struct journal_store *s);
-/* Has a file this instance depends on lost its name: a segment still
- * holding live items or retained finals, the current one, or the lock (the
+/* Has a file this instance depends on lost its name: any segment from the
+ * first one holding live items or retained finals on (a later one may hold
+ * the FINALs or ATTEMPTs of items accepted in an earlier one; only the
+ * dead prefix before it may go), the current one, or the lock (the
  * directory or files in it removed under us: st_nlink 0)? What is written
  * there is then lost at the next restart. Once it said so, the store rolls
  * to no new segment until journal_store_rebuild() succeeds (it could not

@@ -1531,6 +1531,65 @@ test_irregular_segments_skipped(void **state)
     assert_int_equal(stat(inner, &st), 0);
 }
 
+/* A segment with nothing live or retained in it, after one that has: it
+ * holds the FINAL of an item whose ACCEPT is in that older one, so a
+ * cleaner deleting it alone must be seen (else the item runs again at the
+ * next start). */
+static void
+test_nonprefix_dead_segment_deleted(void **state)
+{
+    (void)state;
+    const char *name = "grpc-0000000000043-53";
+    char path[512], why[512];
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    accept_key(&s, 1, 100);             /* live in segment 1 */
+    accept_key(&s, 2, 100);             /* its FINAL goes to segment 2 */
+    assert_int_equal(journal_store_flush(&s), 0);
+    s.roll_next = 1;
+    journal_store_final(&s, 2);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(s.segment, 2);
+    s.roll_next = 1;
+    accept_key(&s, 3, 100);             /* live in segment 3, the current one */
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(s.segment, 3);
+    assert_int_equal(s.segment_count, 3);
+    assert_int_equal(journal_store_removed(&s), 0);
+
+    segment_file(name, 2, path, sizeof path);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(journal_store_removed(&s), 1);
+    assert_int_equal(journal_store_rebuild(&s, why, sizeof why), 0);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_removed(&s), 0);
+    journal_store_close(&s, 0);
+
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 2);
+    assert_non_null(find_item(&r, 1));
+    assert_null(find_item(&r, 2));
+    assert_non_null(find_item(&r, 3));
+    journal_recovery_free(&r);
+
+    /* A dead prefix may go: nothing is said of it. */
+    name = "grpc-0000000000044-54";
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    accept_key(&s, 1, 100);
+    assert_int_equal(journal_store_flush(&s), 0);
+    journal_store_final(&s, 1);
+    s.roll_next = 1;
+    accept_key(&s, 2, 100);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(s.segment, 2);
+    if (s.segment_count == 2) {         /* not collected yet */
+        segment_file(name, 1, path, sizeof path);
+        assert_int_equal(unlink(path), 0);
+        assert_int_equal(journal_store_removed(&s), 0);
+    }
+    journal_store_close(&s, 0);
+}
+
 int
 main(void)
 {
@@ -1564,6 +1623,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_rebuild_after_removal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_irregular_segments_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_torn_tail, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nonprefix_dead_segment_deleted, setup, teardown),
     };
     return cmocka_run_group_tests_name("journal", tests, NULL, NULL);
 }

@@ -101,6 +101,13 @@ static struct {
     char rebuild_why[512];
     uint64_t rebuild_attempts;
     uint64_t rebuilds_synced;   /* jr.store.rebuilds when a forced flush last worked */
+    /* A rebuild worked, but the forced flush of its copies did not (a full
+     * disk): what we hold is journaled nowhere until it does. Items are
+     * rejected meanwhile (jr.unavailable says why), health says
+     * NOT_SERVING, the retry timer writes again. rebuilt_how: what the log
+     * says once they are written. */
+    int copies_unwritten;
+    char rebuilt_how[96];
     /* A failing disk is logged once per burst. */
     int failing;
     uint64_t failed_flushes, failed_items;
@@ -110,7 +117,7 @@ static struct {
 static int
 journal_serving(const char **why)
 {
-    if (!jr.enabled || (jr.open && !jr.removed))
+    if (!jr.enabled || (jr.open && !jr.removed && !jr.copies_unwritten))
         return 1;
     if (why != NULL)
         *why = jr.unavailable;
@@ -291,7 +298,8 @@ hold_finals(struct pending_final *finals, size_t count)
 
 static void arm_open_timer(void);
 
-/* The log line of a rebuild that worked: what it took. */
+/* The log line of a rebuild whose copies are written (and synced): what
+ * it took. */
 static void
 log_rebuilt(const char *how)
 {
@@ -299,6 +307,40 @@ log_rebuilt(const char *how)
                "to segment %u anew", how, jr.store.dir,
                (unsigned long long)journal_store_live(&jr.store),
                (unsigned long long)journal_store_retained(&jr.store), jr.store.segment);
+}
+
+/*
+ * After the forced flush of a rebuild's copies (RC as flush_now's, ERR its
+ * errno): written and synced, it is whole again and says so; otherwise
+ * what we hold is journaled nowhere (the files that had it lost their
+ * names, the copies wait in memory): say so once, reject items and say
+ * NOT_SERVING until a flush writes them (the retry timer tries again).
+ */
+static void
+rebuilt_settle(int rc, int err)
+{
+    if (rc == 0) {
+        log_rebuilt(jr.rebuilt_how);
+        if (jr.copies_unwritten) {
+            jr.copies_unwritten = 0;
+            jr.unavailable[0] = '\0';
+            store_serving_changed();
+        }
+        return;
+    }
+    if (jr.copies_unwritten)
+        return;
+    jr.copies_unwritten = 1;
+    snprintf(jr.unavailable, sizeof jr.unavailable,
+             "journal unavailable: %s was removed and made again, but what it holds cannot "
+             "be written there: %s", jr.store.dir, strerror(err));
+    log_error("journal: %s was removed under this process and made again, but writing its %llu "
+              "live items and %llu retained finals there failed (%s): every item is rejected "
+              "until they are written (trying again); they are journaled nowhere meanwhile: "
+              "a crash loses them", jr.store.dir,
+              (unsigned long long)journal_store_live(&jr.store),
+              (unsigned long long)journal_store_retained(&jr.store), strerror(err));
+    store_serving_changed();
 }
 
 /*
@@ -320,7 +362,9 @@ journal_whole(void)
         return 1;
     char why[sizeof jr.rebuild_why];
     if (journal_store_rebuild(&jr.store, why, sizeof why) == 0) {
-        log_rebuilt("files of this process's journal were removed under it; made again");
+        /* Logged once the flush under way has written the copies. */
+        snprintf(jr.rebuilt_how, sizeof jr.rebuilt_how,
+                 "files of this process's journal were removed under it; made again");
         return 1;
     }
     jr.removed = 1;
@@ -377,9 +421,11 @@ flush_now(int force_sync)
         return -1;
     }
 
-    if (journal_whole() && jr.store.rebuilds != jr.rebuilds_synced)
+    int rebuilt = journal_whole() && jr.store.rebuilds != jr.rebuilds_synced;
+    if (rebuilt)
         force_sync = 1;     /* the copies of a rebuild: durable at once, whatever the policy */
-    if (jr.removed) {
+    int refused = jr.removed || jr.copies_unwritten;
+    if (refused) {
         /* What else is buffered (FINALs) is written as ever: the final
          * updates wait for nothing that could make them durable now. */
         snprintf(reason, sizeof reason, "%s", jr.unavailable);
@@ -402,6 +448,8 @@ flush_now(int force_sync)
     }
     if (rc == 0 && force_sync)
         jr.rebuilds_synced = jr.store.rebuilds;
+    if (rebuilt)
+        rebuilt_settle(rc, err);
     arm_sync_timer();
 
     if (rc == -1) {
@@ -442,7 +490,7 @@ flush_now(int force_sync)
         }
         hold_finals(finals, final_count);
     }
-    if (journal_store_has_buffered(&jr.store))
+    if (journal_store_has_buffered(&jr.store) || jr.copies_unwritten)
         arm_retry_timer();
     else
         jr.retry_ms = 0;
@@ -459,7 +507,7 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 static void
 on_retry_timer(evutil_socket_t fd, short what, void *arg)
 {
-    if (jr.open && journal_store_has_buffered(&jr.store))
+    if (jr.open && (journal_store_has_buffered(&jr.store) || jr.copies_unwritten))
         flush_now(0);
 }
 
@@ -886,10 +934,10 @@ retry_rebuild(void)
         arm_open_timer();
         return;
     }
-    char how[96];
-    snprintf(how, sizeof how, "made again after %llu attempts (items are accepted again):",
+    /* Logged once the flush below has written the copies. */
+    snprintf(jr.rebuilt_how, sizeof jr.rebuilt_how,
+             "made again after %llu attempts (items are accepted again):",
              (unsigned long long)jr.rebuild_attempts);
-    log_rebuilt(how);
     jr.removed = 0;
     jr.unavailable[0] = '\0';
     jr.rebuild_why[0] = '\0';

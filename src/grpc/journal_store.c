@@ -1492,9 +1492,11 @@ int
 journal_store_rebuild(struct journal_store *s, char *why, size_t why_size)
 {
     struct stat st;
+    int remade = 0;
     if (stat(s->dir, &st) == -1 || !S_ISDIR(st.st_mode)) {
         if (dir_make(s, why, why_size) == -1)
             return -1;
+        remade = 1;
     } else if (unlinked(s->lock_fd)) {
         int fd = lock_make(s->dir, why, why_size);
         if (fd == -1)
@@ -1505,11 +1507,25 @@ journal_store_rebuild(struct journal_store *s, char *why, size_t why_size)
     if (segment_make(s, s->segment + 1, why, why_size) == -1)
         return -1;
     for (size_t i = 0; i + 1 < s->segment_count; i++)
-        s->segments[i].gone = unlinked(s->segments[i].fd);
+        /* In a directory made again, none of the old ones has its name
+         * (one hard-linked elsewhere, a backup, still has a link). */
+        s->segments[i].gone = s->segments[i].gone || remade || unlinked(s->segments[i].fd);
     s->removed = 0;
     s->rebuilds++;
     /* Everything, the current segment's too: its name may be gone. */
     copy_live(s, s->segment - 1);
+    /* What could be read of the segments whose names are gone is in
+     * `other` now (and stays there, COPYING, while a flush fails): their
+     * descriptors go at once, so that their blocks are freed (a full disk
+     * someone removed files from to make room gets it) and a segment stuck
+     * in the kept prefix holds no descriptor. What could not be read
+     * cannot be later either. */
+    for (size_t i = 0; i + 1 < s->segment_count; i++) {
+        if (s->segments[i].gone && s->segments[i].fd != -1) {
+            close(s->segments[i].fd);
+            s->segments[i].fd = -1;
+        }
+    }
     return 0;
 }
 

@@ -229,10 +229,12 @@ struct journal_segment {
     uint32_t number;
     /* Read-only, opened as the segment is made and closed as it goes:
      * copies read their records back through it (also once its name is
-     * gone), and fstat() of it says whether it still has a name. */
+     * gone), and fstat() of it says whether it still has a name. -1 once
+     * gone: closed, its blocks freed. */
     int fd;
-    /* Its name was found gone and journal_store_rebuild() copied what it
-     * could read of it: not a reason to rebuild again. */
+    /* Its name was found gone (or its directory made again) and
+     * journal_store_rebuild() copied what it could read of it: not a
+     * reason to rebuild again. */
     int gone;
     uint64_t live;              /* items whose ACCEPT is here and not final */
     uint64_t retained;          /* finals whose DONE is here and not forgotten */
@@ -335,7 +337,10 @@ int journal_store_removed(struct journal_store *s);
  * that lost its name is replaced. Then a new segment is made (synced with
  * its directory unless `never`) and every live item and retained final is
  * copied into `other`, to be written by the next flush: the old segments
- * die once it has, as after a copy forward. 0, or -1 with errno set and
+ * die once it has, as after a copy forward. The descriptors of those whose
+ * names are gone (all, when the directory was made again) are closed at
+ * once, so that their space is freed; the copies wait in `other` while a
+ * flush fails. 0, or -1 with errno set and
  * WHY (WHY_SIZE bytes) saying which call failed; nothing is logged (the
  * caller retries, and logs changes only). Items the records of which no
  * longer read back are logged and left where they were.

@@ -685,3 +685,102 @@ def test_journal_removed_then_a_stop_deadline_says_the_items_are_lost(start_daem
     assert "was removed under this process: nothing stays for the next grpc process" in log, log
     assert "stay in" not in log, log
     w.stop()
+
+
+def free_pages(filler, pages):
+    """Give PAGES pages of FILLER's back to its full disk."""
+    size = filler.stat().st_size
+    os.truncate(filler, size - pages * 4096)
+
+
+@pytest.mark.deadline(120)
+def test_journal_removed_on_a_full_disk_frees_its_space_for_the_copies(start_daemon, tmp_path):
+    """rm -rf of the journal on a full disk, to make room: the rebuild's new
+    segment fits, the copies of what it holds (a 40 KiB item) do not while
+    the removed segments are still open. Before, their descriptors stayed
+    open (their blocks allocated), the write of the copies failed, yet the
+    log said they were written anew, and a power cut lost every item held.
+    Now the removed segments are closed once copied: their space is free,
+    the copies are written, and the restart runs every item."""
+    with small_disk(tmp_path / "small") as disk:
+        journal = disk / "journal"
+        config = {"workers": {"count": 1, "prefetch": 1}, "queue": {"journal": str(journal)}}
+        d = start_daemon(config, name="first")
+        c = d.client()
+        w = Watcher(c)
+        held = [{"id": "pin", "kind": "sleep", "params": {"ms": "20000"}},
+                {"id": "big", "kind": "echo", "payload": b"b" * 40960}]
+        assert c.submit(held).accepted == 2
+        w.wait(lambda: w.has_state("pin", STARTED), 10, "pin started")
+        free_pages(fill(disk), 2)
+        [instance] = list(journal.glob("grpc-*"))
+        shutil.rmtree(journal)
+        reply = c.submit([{"id": "poke", "kind": "echo"}])
+        assert reply.accepted == 1, (reply, d.log_tail())
+        d.wait_log(r"journal: files of this process's journal were removed under it; made again "
+                   rf"{re.escape(str(instance))}; its \d+ live items and 0 retained finals are "
+                   r"written to segment 2 anew")
+        assert c.health() == SERVING
+        assert "failed" not in d.log_text(), d.log_tail()
+        assert not w.has_state("pin", SUCCEEDED), "pin ended before the power cut: too fast"
+        w.stop()
+        kill_everything(d)
+        (disk / "filler").unlink()
+
+        again = start_daemon(config, name="again")
+        wait_restart_finals(again, ["pin", "big"])
+
+
+@pytest.mark.deadline(120)
+def test_journal_removed_and_copies_that_do_not_fit_are_not_said_written(start_daemon,
+                                                                         tmp_path):
+    """The same, with the removed segment's blocks kept by a hard link (a
+    backup): the copies cannot be written. Before, the log said they were
+    written anew and health said SERVING while what the daemon held was
+    journaled nowhere. Now it says so (once), rejects every item with the
+    reason and says NOT_SERVING until the copies are written; once there is
+    room they are, it serves again, and a power cut after that loses
+    nothing."""
+    with small_disk(tmp_path / "small") as disk:
+        journal = disk / "journal"
+        config = {"workers": {"count": 1, "prefetch": 1}, "queue": {"journal": str(journal)}}
+        d = start_daemon(config, name="first")
+        c = d.client()
+        w = Watcher(c)
+        held = [{"id": "pin", "kind": "sleep", "params": {"ms": "20000"}},
+                {"id": "big", "kind": "echo", "payload": b"b" * 40960}]
+        assert c.submit(held).accepted == 2
+        w.wait(lambda: w.has_state("pin", STARTED), 10, "pin started")
+        filler = fill(disk)
+        free_pages(filler, 2)
+        [instance] = list(journal.glob("grpc-*"))
+        backup = disk / "backup.seg"
+        os.link(instance / "00000001.seg", backup)
+        shutil.rmtree(journal)
+        reply = c.submit([{"id": "poke", "kind": "echo"}])
+        assert reply.rejected == 1, reply
+        d.wait_log(rf"journal: {re.escape(str(instance))} was removed under this process and "
+                   r"made again, but writing its 2 live items and 0 retained finals there "
+                   rf"failed \({ENOSPC_TEXT}\): every item is rejected until they are written")
+        assert "anew" not in d.log_text(), d.log_tail()
+        assert c.health() == NOT_SERVING
+        reply = c.submit([{"id": "x", "kind": "echo"}])
+        assert {r.reason for r in reply.rejections} == \
+            {f"journal unavailable: {instance} was removed and made again, but what it holds "
+             f"cannot be written there: {ENOSPC_TEXT}"}, reply
+
+        time.sleep(3)       # several retries (50 ms, 100 ms, ...): the copies still do not fit
+        assert c.health() == NOT_SERVING, d.log_tail()
+        backup.unlink()
+        filler.unlink()
+        wait_for(lambda: c.health() == SERVING, 20, "serving again")
+        d.wait_log(r"journal: files of this process's journal were removed under it; made again "
+                   rf"{re.escape(str(instance))}; its 2 live items and 0 retained finals are "
+                   r"written to segment 2 anew")
+        assert c.submit([{"id": "z", "kind": "echo", "payload": b"z"}]).accepted == 1
+        assert not w.has_state("pin", SUCCEEDED), "pin ended before the power cut: too fast"
+        w.stop()
+        kill_everything(d)
+
+        again = start_daemon(config, name="again")
+        wait_restart_finals(again, ["pin", "big", "z"])

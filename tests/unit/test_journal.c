@@ -1590,6 +1590,58 @@ test_nonprefix_dead_segment_deleted(void **state)
     journal_store_close(&s, 0);
 }
 
+/* The directory removed, made again, and the write of the copies fails (a
+ * full disk): the descriptors of the segments whose names are gone are
+ * closed at once (their space is given back: removing files to make room
+ * works), the copies wait in the buffer, and the next flush that works
+ * writes them all. */
+static void
+test_rebuild_copy_write_fails(void **state)
+{
+    (void)state;
+    const char *name = "grpc-0000000000045-55";
+    char why[512], cmd[600];
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_NEVER, 0), 0);
+    accept_key(&s, 1, 300);
+    accept_key(&s, 2, 300);
+    assert_int_equal(journal_store_flush(&s), 0);
+    done_key(&s, 2, 4);
+    s.roll_next = 1;
+    accept_key(&s, 3, 300);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(s.segment_count, 2);
+
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", instance_dir(name));
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(journal_store_removed(&s), 1);
+    assert_int_equal(journal_store_rebuild(&s, why, sizeof why), 0);
+    assert_int_equal(s.segment, 3);
+    for (size_t i = 0; i + 1 < s.segment_count; i++) {
+        assert_true(s.segments[i].gone);
+        assert_int_equal(s.segments[i].fd, -1);         /* closed: its blocks are free */
+    }
+    limit_file_size(s.size);
+    int rc = journal_store_flush(&s);
+    limit_file_size(0);
+    assert_int_equal(rc, -1);
+    assert_false(s.flushed_other);
+    assert_true(journal_store_has_buffered(&s));
+    assert_int_equal(journal_store_live(&s), 2);
+    /* No longer removed (a new segment is there), but the copies are not written. */
+    assert_int_equal(journal_store_removed(&s), 0);
+    assert_int_equal(journal_store_flush(&s), 0);
+    journal_store_close(&s, 0);
+
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 2);
+    assert_non_null(find_item(&r, 1));
+    assert_non_null(find_item(&r, 3));
+    assert_int_equal(r.final_count, 1);
+    assert_non_null(find_final(&r, "item-2"));
+    journal_recovery_free(&r);
+}
+
 int
 main(void)
 {
@@ -1624,6 +1676,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_irregular_segments_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_torn_tail, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nonprefix_dead_segment_deleted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rebuild_copy_write_fails, setup, teardown),
     };
     return cmocka_run_group_tests_name("journal", tests, NULL, NULL);
 }

@@ -393,7 +393,9 @@ journal_whole(void)
  * not be written is not published: it waits (a timer retries the write),
  * so a grpc process killed meanwhile leaves the item live in the journal,
  * and whoever takes it over runs it again; no subscriber saw it final.
- * Returns 0; -1 if the write failed (some or all items were rejected); -2
+ * Returns 0; -1 if the write failed (some or all items were rejected), or
+ * if the ACCEPTs buffered were dropped unwritten because the journal is
+ * not whole (removed and not made again, or its copies not written); -2
  * if it was written but the forced sync failed (the items were accepted,
  * as `interval` would have).
  */
@@ -494,7 +496,10 @@ flush_now(int force_sync)
         arm_retry_timer();
     else
         jr.retry_ms = 0;
-    return rc;
+    /* A take-over's ACCEPTs dropped so: not a success, or it would queue
+     * the items and delete the dead instance's files, the only ones that
+     * have them. */
+    return rc == 0 && refused ? -1 : rc;
 }
 
 static void
@@ -714,7 +719,8 @@ take_over(struct journal_recovery *r)
 
     int rc = flush_now(1);
     if (rc != 0) {
-        /* -2: written, not durable: cancel our copies; theirs stay. */
+        /* -2: written, not durable: cancel our copies; theirs stay. -1:
+         * not written (or dropped: our journal is not whole): theirs stay. */
         for (size_t i = 0; i < run_count; i++)
             journal_store_final(&jr.store, run[i]->key);
         for (size_t i = 0; i < final_count; i++)

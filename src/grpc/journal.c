@@ -1126,7 +1126,30 @@ journal_shutdown(void)
         return;     /* never opened: nothing of ours is anywhere */
     jr.open = 0;
 
+    /* Files removed since the last write or scan: made again now, or the
+     * last records go to files with no name and nothing stays. */
+    int rebuilt = 0;
+    if (!jr.removed && journal_store_removed(&jr.store)) {
+        char why[sizeof jr.rebuild_why];
+        if (journal_store_rebuild(&jr.store, why, sizeof why) == 0) {
+            rebuilt = 1;
+        } else {
+            jr.removed = 1;
+            log_error("journal: %s was removed under this process and cannot be made again "
+                      "(%s)", jr.store.dir, why);
+        }
+    }
     int rc = journal_store_flush(&jr.store);
+    /* The copies of a rebuild: durable now whatever the policy (a clean
+     * close syncs too, but would not say whether it worked). */
+    if (rc == 0 && (rebuilt || jr.copies_unwritten) &&
+        jr.store.sync == DS_JOURNAL_SYNC_INTERVAL && journal_store_sync(&jr.store) == -1)
+        rc = -1;
+    if (rebuilt && rc == 0)
+        log_rebuilt("files of this process's journal were removed under it; made again");
+    else if ((rebuilt || jr.copies_unwritten) && rc == -1)
+        jr.removed = 1;     /* what it holds is written nowhere: nothing stays */
+    jr.copies_unwritten = 0;
     if (rc == -1) {
         int err = errno;
         log_syserr("journal: writing to %s failed", jr.store.dir);

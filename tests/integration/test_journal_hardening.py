@@ -784,3 +784,34 @@ def test_journal_removed_and_copies_that_do_not_fit_are_not_said_written(start_d
 
         again = start_daemon(config, name="again")
         wait_restart_finals(again, ["pin", "big", "z"])
+
+
+@pytest.mark.deadline(120)
+def test_journal_removed_just_before_a_stop_is_made_again_by_it(start_daemon, tmp_path):
+    """rm -rf of the journal, then TERM before any write or scan noticed it:
+    the stop's last write did not check, went to files with no name, and
+    the log said "2 items stay in DIR for the next grpc process" while
+    nothing stayed: the next start lost them. Now the stop makes the
+    journal again first; the next start runs both."""
+    journal = tmp_path / "journal"
+    config = {"workers": {"count": 1, "prefetch": 1}, "queue": {"journal": str(journal)}}
+    d = start_daemon(config, name="first")
+    c = d.client()
+    w = Watcher(c)
+    held = [{"id": "pin", "kind": "sleep", "params": {"ms": "3000"}},
+            {"id": "q", "kind": "echo", "payload": b"q"}]
+    assert c.submit(held).accepted == 2
+    w.wait(lambda: w.has_state("pin", STARTED), 10, "pin started")
+    [instance] = list(journal.glob("grpc-*"))
+    w.stop()
+    shutil.rmtree(journal)
+    d.send_signal(signal.SIGTERM)
+    d.wait_exit(timeout=15)
+    log = d.log_text()
+    assert re.search(r"journal: files of this process's journal were removed under it; made "
+                     rf"again {re.escape(str(instance))}; its 2 live items", log), log
+    assert f"journal: 2 items stay in {instance} for the next grpc process" in log, log
+    assert instance.is_dir(), list(journal.rglob("*"))
+
+    again = start_daemon(config, name="again")
+    wait_restart_finals(again, ["pin", "q"])

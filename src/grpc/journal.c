@@ -440,8 +440,29 @@ flush_now(int force_sync)
     }
     int wrote = journal_store_has_buffered(&jr.store);
     int rc = journal_store_flush(&jr.store), err = errno;
-    size_t written = rc == -1 ? jr.store.flushed_accepts : accept_count;
     int finals_written = rc != -1 || jr.store.flushed_other;
+    if (rc == 0 && wrote && accept_count > 0 && jr.store.sync == DS_JOURNAL_SYNC_ALWAYS &&
+        journal_store_removed(&jr.store)) {
+        /* Removed between the check above and the write: with `always`
+         * the items are acked as durable, and they are in files with no
+         * name. Made whole again (the rebuild copies them too) and written
+         * again before they are; else they are not accepted. */
+        int whole = journal_whole();
+        rebuilt = whole;
+        force_sync = 1;
+        rc = whole ? journal_store_flush(&jr.store) : -1;
+        err = whole ? errno : ENOENT;
+        if (rc != 0) {
+            for (size_t i = 0; i < accept_count; i++)
+                journal_store_final(&jr.store, accepts[i].item->key);
+            rc = -1;
+            jr.store.flushed_accepts = 0;
+            /* FINALs in the first write: published as while removed, or
+             * held until the copies (theirs among them) are written. */
+            finals_written = !whole || jr.store.flushed_other;
+        }
+    }
+    size_t written = rc == -1 ? jr.store.flushed_accepts : accept_count;
     if (rc == 0 && force_sync && jr.store.sync == DS_JOURNAL_SYNC_INTERVAL &&
         journal_store_sync(&jr.store) == -1) {
         err = errno;

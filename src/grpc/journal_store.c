@@ -639,14 +639,20 @@ fsync_dir(const char *path)
     return rc;
 }
 
+/* PATH and its parents, as mkdir -p. *MADE_AT (if not NULL): the offset in
+ * PATH of the '/' before the first level it made (SIZE_MAX: none), so that
+ * the caller can sync each new entry in its parent. */
 static int
-mkdir_p(const char *path)
+mkdir_p(const char *path, size_t *made_at)
 {
     char buf[PATH_MAX];
+    if (made_at != NULL)
+        *made_at = SIZE_MAX;
     if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
         errno = ENAMETOOLONG;
         return -1;
     }
+    size_t slash = 0;
     for (char *p = buf + 1;; p++) {
         if (*p != '/' && *p != '\0')
             continue;
@@ -654,11 +660,16 @@ mkdir_p(const char *path)
         *p = '\0';
         /* Parents made here are 0755, as mkdir -p makes them: a user the
          * grpc process drops to must be able to reach the journal. */
-        if (mkdir(buf, c == '\0' ? 0700 : 0755) == -1 && errno != EEXIST)
+        if (mkdir(buf, c == '\0' ? 0700 : 0755) == 0) {
+            if (made_at != NULL && *made_at == SIZE_MAX)
+                *made_at = slash;
+        } else if (errno != EEXIST) {
             return -1;
+        }
         *p = c;
         if (c == '\0')
             return 0;
+        slash = (size_t)(p - buf);
     }
 }
 
@@ -1085,6 +1096,8 @@ roll(struct journal_store *s)
     return 0;
 }
 
+static int dir_sync(struct journal_store *s, char *why, size_t why_size);
+
 int
 journal_store_open(struct journal_store *s, const char *root, const char *name,
                    enum ds_journal_sync sync, uint64_t segment_max)
@@ -1099,6 +1112,7 @@ journal_store_open(struct journal_store *s, const char *root, const char *name,
     s->segment_max = segment_max ? segment_max : JOURNAL_SEGMENT_MAX;
     s->idle_roll = s->segment_max < JOURNAL_IDLE_ROLL ? s->segment_max : JOURNAL_IDLE_ROLL;
     s->copy_after = JOURNAL_COPY_AFTER;
+    s->parents_from = SIZE_MAX;
 
     size_t dir_len = strlen(s->dir);
     if (dir_len + 32 > PATH_MAX) {
@@ -1116,7 +1130,7 @@ journal_store_open(struct journal_store *s, const char *root, const char *name,
     memcpy(tmp + dir_len, ".new", 5);
     lock = path_join(tmp, LOCK_FILE);
     int saved;
-    if (mkdir_p(root) == -1) {
+    if (mkdir_p(root, &s->parents_from) == -1) {
         saved = errno;
         log_syserr("journal: cannot create %s", root);
         goto fail;
@@ -1147,9 +1161,12 @@ journal_store_open(struct journal_store *s, const char *root, const char *name,
     }
     free(tmp);
     free(lock);
-    if (sync != DS_JOURNAL_SYNC_NEVER && fsync_dir(root) == -1) {
+    /* Its name in ROOT, and the names of ROOT and the parents made here. */
+    s->dir_unsynced = 1;
+    char why[PATH_MAX + 64];
+    if (dir_sync(s, why, sizeof why) == -1) {
         saved = errno;
-        log_syserr("journal: fsync() of %s failed", root);
+        log_error("journal: %s", why);
         journal_store_close(s, 1);
         errno = saved;
         return -1;
@@ -1413,6 +1430,51 @@ lock_make(const char *dir, char *why, size_t why_size)
     return fd;
 }
 
+/*
+ * Make durable what dir_make made again: the instance's name in ROOT, and
+ * the names of ROOT and its parents it made, each in its parent (a power
+ * cut keeps them too). What fails stays to do: every rebuild tries again
+ * (the next attempt finds the directory there, and would not know). 0, or
+ * -1 with errno set and WHY filled.
+ */
+static int
+dir_sync(struct journal_store *s, char *why, size_t why_size)
+{
+    if (s->sync == DS_JOURNAL_SYNC_NEVER) {
+        s->dir_unsynced = 0;
+        s->parents_from = SIZE_MAX;
+        return 0;
+    }
+    char path[PATH_MAX];
+    if (s->dir_unsynced) {
+        if (fsync_dir(s->root) == -1) {
+            snprintf(path, sizeof path, "%s", s->root);
+            goto failed;
+        }
+        s->dir_unsynced = 0;
+    }
+    /* Each '/' at or after parents_from ends the parent of a level made
+     * again ("/" itself if it is the first). */
+    size_t len = strlen(s->root);
+    for (size_t j = s->parents_from; s->parents_from != SIZE_MAX && j < len; j++) {
+        if (s->root[j] != '/')
+            continue;
+        memcpy(path, s->root, j);
+        path[0] = '/';
+        path[j > 0 ? j : 1] = '\0';
+        if (fsync_dir(path) == -1)
+            goto failed;
+    }
+    s->parents_from = SIZE_MAX;
+    return 0;
+
+failed:;
+    int saved = errno;
+    snprintf(why, why_size, "fsync() of %s failed: %s", path, strerror(saved));
+    errno = saved;
+    return -1;
+}
+
 /* Make ROOT/NAME again as journal_store_open did (ROOT too if it is gone,
  * with its mode and owner). 0, or -1 with errno set and WHY filled. */
 static int
@@ -1421,12 +1483,17 @@ dir_make(struct journal_store *s, char *why, size_t why_size)
     int saved;
     struct stat st;
     int root_gone = stat(s->root, &st) == -1 && errno == ENOENT;
-    if (mkdir_p(s->root) == -1) {
+    size_t made_at;
+    if (mkdir_p(s->root, &made_at) == -1) {
         saved = errno;
         snprintf(why, why_size, "mkdir(\"%s\") failed: %s", s->root, strerror(saved));
         errno = saved;
         return -1;
     }
+    /* Levels made again: their names synced by dir_sync (the shallowest
+     * wins, should an attempt that failed have made some already). */
+    if (made_at != SIZE_MAX && made_at < s->parents_from)
+        s->parents_from = made_at;
     if (root_gone && s->root_mode != 0) {
         /* As it was: a user the process dropped to cannot give it to
          * another, but it is that user's already (journal_chown). */
@@ -1470,22 +1537,8 @@ dir_make(struct journal_store *s, char *why, size_t why_size)
     if (s->lock_fd != -1)
         close(s->lock_fd);
     s->lock_fd = fd;
-    if (s->sync != DS_JOURNAL_SYNC_NEVER && fsync_dir(s->root) == -1) {
-        saved = errno;
-        snprintf(why, why_size, "fsync() of %s failed: %s", s->root, strerror(saved));
-        errno = saved;
-        return -1;      /* the next attempt finds the directory there */
-    }
-    /* ROOT's own name, if it was made again: a power cut keeps it too. */
-    char parent[PATH_MAX];
-    snprintf(parent, sizeof parent, "%s", s->root);
-    char *slash = strrchr(parent, '/');
-    if (root_gone && s->sync != DS_JOURNAL_SYNC_NEVER && slash != NULL) {
-        slash[slash == parent] = '\0';     /* "/x": "/" */
-        if (fsync_dir(parent) == -1)
-            log_syswarn("journal: fsync() of %s failed", parent);
-    }
-    return 0;
+    s->dir_unsynced = 1;
+    return dir_sync(s, why, why_size);
 }
 
 int
@@ -1497,6 +1550,8 @@ journal_store_rebuild(struct journal_store *s, char *why, size_t why_size)
         if (dir_make(s, why, why_size) == -1)
             return -1;
         remade = 1;
+    } else if (dir_sync(s, why, why_size) == -1) {
+        return -1;      /* what a failed attempt made is not durable yet */
     } else if (unlinked(s->lock_fd)) {
         int fd = lock_make(s->dir, why, why_size);
         if (fd == -1)

@@ -276,6 +276,12 @@ struct journal_store {
     mode_t root_mode;
     uid_t root_uid;
     gid_t root_gid;
+    /* What a rebuild made again and could not sync yet (retried by the
+     * next one): the instance's name in ROOT; and the names of the levels
+     * of ROOT from the one after the '/' at offset parents_from on
+     * (SIZE_MAX: none). */
+    int dir_unsynced;
+    size_t parents_from;
     uint64_t max_seq;           /* the largest SEQ written */
     /* What the last flush wrote: the first flushed_accepts of its ACCEPTs,
      * and (flushed_other) all of `other`. */

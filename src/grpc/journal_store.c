@@ -1098,6 +1098,17 @@ roll(struct journal_store *s)
 
 static int dir_sync(struct journal_store *s, char *why, size_t why_size);
 
+/* Remember which directory DIR/NAME is (dir_replaced compares). */
+static void
+dir_identify(struct journal_store *s)
+{
+    struct stat st;
+    if (stat(s->dir, &st) == 0) {
+        s->dir_dev = st.st_dev;
+        s->dir_ino = st.st_ino;
+    }
+}
+
 int
 journal_store_open(struct journal_store *s, const char *root, const char *name,
                    enum ds_journal_sync sync, uint64_t segment_max)
@@ -1161,6 +1172,7 @@ journal_store_open(struct journal_store *s, const char *root, const char *name,
     }
     free(tmp);
     free(lock);
+    dir_identify(s);
     /* Its name in ROOT, and the names of ROOT and the parents made here. */
     s->dir_unsynced = 1;
     char why[PATH_MAX + 64];
@@ -1378,6 +1390,17 @@ unlinked(int fd)
     return fd != -1 && fstat(fd, &st) == 0 && st.st_nlink == 0;
 }
 
+/* Is DIR/NAME no longer the directory we made (moved away, its name or
+ * ROOT's symlink gone, another directory in its place)? Link counts do
+ * not say: a mv keeps them. */
+static int
+dir_replaced(const struct journal_store *s, struct stat *st)
+{
+    if (stat(s->dir, st) == -1)
+        return errno == ENOENT || errno == ENOTDIR;
+    return !S_ISDIR(st->st_mode) || st->st_dev != s->dir_dev || st->st_ino != s->dir_ino;
+}
+
 int
 journal_store_removed(struct journal_store *s)
 {
@@ -1385,7 +1408,8 @@ journal_store_removed(struct journal_store *s)
         return 1;
     /* The lock too: without it, another grpc process would take this
      * instance for a dead one once it is made again. */
-    int gone = unlinked(s->fd) || unlinked(s->lock_fd);
+    struct stat st;
+    int gone = unlinked(s->fd) || unlinked(s->lock_fd) || dir_replaced(s, &st);
     /* The dead prefix may go (collect deletes it at the next sync); from
      * the first segment with something live or retained on, every one is
      * needed, dead or not: a later one may hold the FINAL (or ATTEMPT) of
@@ -1537,6 +1561,7 @@ dir_make(struct journal_store *s, char *why, size_t why_size)
     if (s->lock_fd != -1)
         close(s->lock_fd);
     s->lock_fd = fd;
+    dir_identify(s);
     s->dir_unsynced = 1;
     return dir_sync(s, why, why_size);
 }
@@ -1552,6 +1577,17 @@ journal_store_rebuild(struct journal_store *s, char *why, size_t why_size)
         remade = 1;
     } else if (dir_sync(s, why, why_size) == -1) {
         return -1;      /* what a failed attempt made is not durable yet */
+    } else if (st.st_dev != s->dir_dev || st.st_ino != s->dir_ino) {
+        /* Another directory in its place (ours moved away): ours now,
+         * with a lock of ours; nothing of the old one is in it. */
+        int fd = lock_make(s->dir, why, why_size);
+        if (fd == -1)
+            return -1;
+        close(s->lock_fd);
+        s->lock_fd = fd;
+        s->dir_dev = st.st_dev;
+        s->dir_ino = st.st_ino;
+        remade = 1;
     } else if (unlinked(s->lock_fd)) {
         int fd = lock_make(s->dir, why, why_size);
         if (fd == -1)

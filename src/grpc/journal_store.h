@@ -282,6 +282,10 @@ struct journal_store {
      * (SIZE_MAX: none). */
     int dir_unsynced;
     size_t parents_from;
+    /* Which directory DIR/NAME is: a mv, or another directory in its
+     * place, changes no link count. */
+    dev_t dir_dev;
+    ino_t dir_ino;
     uint64_t max_seq;           /* the largest SEQ written */
     /* What the last flush wrote: the first flushed_accepts of its ACCEPTs,
      * and (flushed_other) all of `other`. */

@@ -1642,6 +1642,47 @@ test_rebuild_copy_write_fails(void **state)
     journal_recovery_free(&r);
 }
 
+/* The instance directory moved away (mv), or replaced by another one: no
+ * link count changes, but nothing is in DIR/NAME any more. Seen, made
+ * whole again (a new lock in the new directory), and read back. */
+static void
+test_rebuild_after_dir_moved(void **state)
+{
+    (void)state;
+    const char *name = "grpc-0000000000046-56";
+    char why[512], moved[600], path[700];
+    struct journal_store s;
+    assert_int_equal(journal_store_open(&s, root, name, DS_JOURNAL_SYNC_INTERVAL, 0), 0);
+    accept_key(&s, 1, 100);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_removed(&s), 0);
+
+    snprintf(moved, sizeof moved, "%s/elsewhere", root);
+    assert_int_equal(rename(instance_dir(name), moved), 0);
+    assert_int_equal(journal_store_removed(&s), 1);
+    assert_int_equal(journal_store_rebuild(&s, why, sizeof why), 0);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_removed(&s), 0);
+
+    /* An empty directory put in its place. */
+    snprintf(path, sizeof path, "%s/%s", root, "elsewhere2");
+    assert_int_equal(rename(instance_dir(name), path), 0);
+    assert_int_equal(mkdir(instance_dir(name), 0700), 0);
+    assert_int_equal(journal_store_removed(&s), 1);
+    assert_int_equal(journal_store_rebuild(&s, why, sizeof why), 0);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_sync(&s), 0);
+    assert_int_equal(journal_store_removed(&s), 0);
+    snprintf(path, sizeof path, "%s/lock", instance_dir(name));
+    assert_true(file_size(path) >= 0);
+    journal_store_close(&s, 0);
+
+    struct journal_recovery r = read_instance(name);
+    assert_int_equal(r.count, 1);
+    assert_non_null(find_item(&r, 1));
+    journal_recovery_free(&r);
+}
+
 int
 main(void)
 {
@@ -1677,6 +1718,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_done_torn_tail, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nonprefix_dead_segment_deleted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rebuild_copy_write_fails, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rebuild_after_dir_moved, setup, teardown),
     };
     return cmocka_run_group_tests_name("journal", tests, NULL, NULL);
 }

@@ -1390,6 +1390,38 @@ unlinked(int fd)
     return fd != -1 && fstat(fd, &st) == 0 && st.st_nlink == 0;
 }
 
+/* Has the file of FD (ours, at PATH) lost that name: unlinked, or another
+ * file there? A backup's hard link keeps the link count above 0 when a
+ * cleaner deletes our name. */
+static int
+name_lost(int fd, const char *path)
+{
+    struct stat st, named;
+    if (fd == -1 || fstat(fd, &st) == -1)
+        return 0;
+    if (st.st_nlink == 0)
+        return 1;
+    if (lstat(path, &named) == -1)
+        return errno == ENOENT || errno == ENOTDIR;
+    return named.st_dev != st.st_dev || named.st_ino != st.st_ino;
+}
+
+static int
+lock_lost(const struct journal_store *s)
+{
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/" LOCK_FILE, s->dir);
+    return name_lost(s->lock_fd, path);
+}
+
+static int
+segment_lost(const struct journal_store *s, const struct journal_segment *seg)
+{
+    char path[PATH_MAX];
+    segment_path(s->dir, seg->number, path, sizeof path);
+    return name_lost(seg->fd, path);
+}
+
 /* Is DIR/NAME no longer the directory we made (moved away, its name or
  * ROOT's symlink gone, another directory in its place)? Link counts do
  * not say: a mv keeps them. */
@@ -1409,7 +1441,7 @@ journal_store_removed(struct journal_store *s)
     /* The lock too: without it, another grpc process would take this
      * instance for a dead one once it is made again. */
     struct stat st;
-    int gone = unlinked(s->fd) || unlinked(s->lock_fd) || dir_replaced(s, &st);
+    int gone = unlinked(s->fd) || lock_lost(s) || dir_replaced(s, &st);
     /* The dead prefix may go (collect deletes it at the next sync); from
      * the first segment with something live or retained on, every one is
      * needed, dead or not: a later one may hold the FINAL (or ATTEMPT) of
@@ -1421,7 +1453,7 @@ journal_store_removed(struct journal_store *s)
         first++;
     for (size_t i = first; !gone && i < s->segment_count; i++) {
         const struct journal_segment *seg = &s->segments[i];
-        if (!seg->gone && unlinked(seg->fd))
+        if (!seg->gone && segment_lost(s, seg))
             gone = 1;
     }
     s->removed = gone;
@@ -1588,7 +1620,7 @@ journal_store_rebuild(struct journal_store *s, char *why, size_t why_size)
         s->dir_dev = st.st_dev;
         s->dir_ino = st.st_ino;
         remade = 1;
-    } else if (unlinked(s->lock_fd)) {
+    } else if (lock_lost(s)) {
         int fd = lock_make(s->dir, why, why_size);
         if (fd == -1)
             return -1;
@@ -1600,7 +1632,8 @@ journal_store_rebuild(struct journal_store *s, char *why, size_t why_size)
     for (size_t i = 0; i + 1 < s->segment_count; i++)
         /* In a directory made again, none of the old ones has its name
          * (one hard-linked elsewhere, a backup, still has a link). */
-        s->segments[i].gone = s->segments[i].gone || remade || unlinked(s->segments[i].fd);
+        s->segments[i].gone = s->segments[i].gone || remade ||
+                              segment_lost(s, &s->segments[i]);
     s->removed = 0;
     s->rebuilds++;
     /* Everything, the current segment's too: its name may be gone. */

@@ -1642,9 +1642,10 @@ test_rebuild_copy_write_fails(void **state)
     journal_recovery_free(&r);
 }
 
-/* The instance directory moved away (mv), or replaced by another one: no
- * link count changes, but nothing is in DIR/NAME any more. Seen, made
- * whole again (a new lock in the new directory), and read back. */
+/* The instance directory moved away (mv), or replaced by another one, or
+ * a segment's name deleted while a backup's hard link keeps it: no link
+ * count goes to 0, but nothing is in DIR/NAME any more. Seen, made whole
+ * again (a new lock in the new directory), and read back. */
 static void
 test_rebuild_after_dir_moved(void **state)
 {
@@ -1675,6 +1676,18 @@ test_rebuild_after_dir_moved(void **state)
     assert_int_equal(journal_store_removed(&s), 0);
     snprintf(path, sizeof path, "%s/lock", instance_dir(name));
     assert_true(file_size(path) >= 0);
+
+    /* A backup hard-links the current segment, then a cleaner deletes it
+     * from the directory: its link count is 1, its name is gone. */
+    char backup[600];
+    snprintf(backup, sizeof backup, "%s/backup.seg", root);
+    segment_file(name, s.segment, path, sizeof path);
+    assert_int_equal(link(path, backup), 0);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(journal_store_removed(&s), 1);
+    assert_int_equal(journal_store_rebuild(&s, why, sizeof why), 0);
+    assert_int_equal(journal_store_flush(&s), 0);
+    assert_int_equal(journal_store_removed(&s), 0);
     journal_store_close(&s, 0);
 
     struct journal_recovery r = read_instance(name);

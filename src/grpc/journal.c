@@ -1166,8 +1166,9 @@ journal_shutdown(void)
     if (rc == 0 && (rebuilt || jr.copies_unwritten) &&
         jr.store.sync == DS_JOURNAL_SYNC_INTERVAL && journal_store_sync(&jr.store) == -1)
         rc = -1;
-    if (rebuilt && rc == 0)
-        log_rebuilt("files of this process's journal were removed under it; made again");
+    if ((rebuilt || jr.copies_unwritten) && rc == 0)
+        log_rebuilt(rebuilt ? "files of this process's journal were removed under it; made "
+                    "again" : jr.rebuilt_how);
     else if ((rebuilt || jr.copies_unwritten) && rc == -1)
         jr.removed = 1;     /* what it holds is written nowhere: nothing stays */
     jr.copies_unwritten = 0;

@@ -1428,6 +1428,8 @@ segment_lost(const struct journal_store *s, const struct journal_segment *seg)
 static int
 dir_replaced(const struct journal_store *s, struct stat *st)
 {
+    if (s->dir_ino == 0)
+        return 0;       /* not known (its stat failed at open) */
     if (stat(s->dir, st) == -1)
         return errno == ENOENT || errno == ENOTDIR;
     return !S_ISDIR(st->st_mode) || st->st_dev != s->dir_dev || st->st_ino != s->dir_ino;
@@ -1609,7 +1611,7 @@ journal_store_rebuild(struct journal_store *s, char *why, size_t why_size)
         remade = 1;
     } else if (dir_sync(s, why, why_size) == -1) {
         return -1;      /* what a failed attempt made is not durable yet */
-    } else if (st.st_dev != s->dir_dev || st.st_ino != s->dir_ino) {
+    } else if (s->dir_ino != 0 && (st.st_dev != s->dir_dev || st.st_ino != s->dir_ino)) {
         /* Another directory in its place (ours moved away): ours now,
          * with a lock of ours; nothing of the old one is in it. */
         int fd = lock_make(s->dir, why, why_size);

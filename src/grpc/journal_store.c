@@ -2111,7 +2111,10 @@ skip_irregular(struct journal_recovery *r, const char *path, const struct stat *
             return 0;
         }
     }
-    log_warn("journal: %s is %s, not a segment; skipping it", path, what);
+    /* Once: an instance that is not taken over (another segment cannot
+     * be read) is read again at every scan. */
+    log_at(r->quiet ? DS_LOG_DEBUG : DS_LOG_WARN, 0, "journal: %s is %s, not a segment; "
+           "skipping it", path, what);
     return 0;
 }
 

@@ -328,12 +328,13 @@ rebuilt_settle(int rc, int err)
         }
         return;
     }
-    if (jr.copies_unwritten)
-        return;
-    jr.copies_unwritten = 1;
+    /* The reason again also when it stays (a rebuild since cleared it). */
     snprintf(jr.unavailable, sizeof jr.unavailable,
              "journal unavailable: %s was removed and made again, but what it holds cannot "
              "be written there: %s", jr.store.dir, strerror(err));
+    if (jr.copies_unwritten)
+        return;
+    jr.copies_unwritten = 1;
     log_error("journal: %s was removed under this process and made again, but writing its %llu "
               "live items and %llu retained finals there failed (%s): every item is rejected "
               "until they are written (trying again); they are journaled nowhere meanwhile: "

@@ -3339,19 +3339,23 @@ load(const char *file, const char *text, size_t len, char *errors, size_t errors
     return c;
 }
 
-/* At most CONFIG_FILE_MAX bytes; a larger file is an error, not cut short. */
+/* At most CONFIG_FILE_MAX bytes; a larger file is an error, not cut short.
+ * REGULAR_ONLY (a reload): nothing but a regular file, opened without
+ * blocking; otherwise (start, -t) a pipe or a device is read too
+ * (`-c /dev/stdin`, `-c <(...)`, `-c /dev/null`). */
 static char *
-read_file(struct loader *ld, size_t *len)
+read_file(struct loader *ld, size_t *len, int regular_only)
 {
     size_t n = 0;
     ssize_t r;
     char *text;
     int fd;
 
-    /* O_NONBLOCK: a FIFO put at the config's path would block open()
-     * until a writer came, forever perhaps, and the master with it (a
-     * reload runs on its loop). Nothing but a regular file is read. */
-    fd = open(ld->file, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    /* O_NONBLOCK at a reload: a FIFO put at the config's path would block
+     * open() until a writer came, forever perhaps, and the master with it
+     * (a reload runs on its loop). At start or -t, waiting for the writer
+     * is what the operator asked for. */
+    fd = open(ld->file, O_RDONLY | O_CLOEXEC | (regular_only ? O_NONBLOCK : 0));
     if (fd == -1) {
         error_mark(ld, 0, 0, "cannot open: %s", strerror(errno));
         return NULL;
@@ -3367,10 +3371,10 @@ read_file(struct loader *ld, size_t *len)
         close(fd);
         return NULL;
     }
-    if (!S_ISREG(st.st_mode)) {
-        error_mark(ld, 0, 0, "cannot read: not a regular file (%s)",
-                   S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISSOCK(st.st_mode) ? "a socket"
-                   : S_ISCHR(st.st_mode) ? "a character device" : "a block device");
+    if (regular_only && !S_ISREG(st.st_mode)) {
+        error_mark(ld, 0, 0, "cannot read: not a regular file (%s); a reload reads only a "
+                   "regular file", S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISSOCK(st.st_mode)
+                   ? "a socket" : S_ISCHR(st.st_mode) ? "a character device" : "a block device");
         close(fd);
         return NULL;
     }
@@ -3399,8 +3403,8 @@ read_file(struct loader *ld, size_t *len)
     return text;
 }
 
-struct ds_config *
-config_load(const char *file, char *errors, size_t errors_size)
+static struct ds_config *
+load_file(const char *file, char *errors, size_t errors_size, int regular_only)
 {
     struct ds_config *c;
     struct loader ld;
@@ -3413,12 +3417,24 @@ config_load(const char *file, char *errors, size_t errors_size)
     ld.errors_size = errors_size;
     reset_errors(errors, errors_size);
 
-    text = read_file(&ld, &len);
+    text = read_file(&ld, &len, regular_only);
     if (text == NULL)
         return NULL;
     c = load(file, text, len, errors, errors_size, LOAD_CHECKED_SYSTEM);
     free(text);
     return c;
+}
+
+struct ds_config *
+config_load(const char *file, char *errors, size_t errors_size)
+{
+    return load_file(file, errors, errors_size, 0);
+}
+
+struct ds_config *
+config_load_for_reload(const char *file, char *errors, size_t errors_size)
+{
+    return load_file(file, errors, errors_size, 1);
 }
 
 struct ds_config *

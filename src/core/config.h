@@ -292,6 +292,13 @@ struct ds_config {
 struct ds_config *config_load(const char *file, char *errors, size_t errors_size);
 
 /*
+ * As config_load, but FILE must be a regular file (opened without
+ * blocking): a reload, in the master, must not wait on a FIFO put at the
+ * config's path. Start and -t read a pipe or a device too (-c /dev/stdin).
+ */
+struct ds_config *config_load_for_reload(const char *file, char *errors, size_t errors_size);
+
+/*
  * As config_load, but parse TEXT (len bytes) as if it were the contents of
  * FILE: used by a child that receives the text the master validated.
  */

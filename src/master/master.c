@@ -1167,7 +1167,7 @@ reload_trial(char *errors, size_t size)
         close(fds[0]);
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         char errs[64];
-        struct ds_config *c = config_load(m.config_file, errs, sizeof errs);
+        struct ds_config *c = config_load_for_reload(m.config_file, errs, sizeof errs);
         /* A byte: the load came back (a constructor that calls exit()
          * never gets here, whatever its status). */
         char done = c != NULL ? 'y' : 'n';
@@ -1212,7 +1212,7 @@ reload(void)
         reload_failed(errors);
         return;
     }
-    struct ds_config *config = config_load(m.config_file, errors, sizeof errors);
+    struct ds_config *config = config_load_for_reload(m.config_file, errors, sizeof errors);
     if (config == NULL) {
         reload_failed(errors);
         return;

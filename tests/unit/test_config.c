@@ -557,19 +557,48 @@ test_directory_is_not_a_file(void **state)
 }
 
 /* A FIFO at the config's path blocked open() (and a reload the master)
- * until a writer came. */
+ * until a writer came: a reload reads only a regular file. */
 static void
 test_fifo_is_not_a_file(void **state)
 {
-    char want[PATH_MAX + 64];
+    char want[PATH_MAX + 96];
     const char *path = tmp_file("fifo.yaml");
 
     unlink(path);
     assert_int_equal(mkfifo(path, 0600), 0);
-    assert_null(config_load(path, errors, sizeof errors));
-    snprintf(want, sizeof want, "%s: cannot read: not a regular file (a FIFO)", path);
+    assert_null(config_load_for_reload(path, errors, sizeof errors));
+    snprintf(want, sizeof want, "%s: cannot read: not a regular file (a FIFO); a reload reads "
+             "only a regular file", path);
     assert_string_equal(errors, want);
+    assert_null(config_load_for_reload("/dev/null", errors, sizeof errors));
+    assert_non_null(strstr(errors, "(a character device)"));
     unlink(path);
+}
+
+/* Start and -t read a pipe or a device as before: `cat FILE | dosomethingd
+ * -t -c /dev/stdin`, `-c <(...)`, `-c /dev/null` (the defaults). */
+static void
+test_pipe_and_device_at_start(void **state)
+{
+    static const char text[] = "workers:\n  count: 3\n";
+    char path[64];
+    int fds[2];
+    struct ds_config *c;
+
+    assert_int_equal(pipe(fds), 0);
+    assert_int_equal(write(fds[1], text, sizeof text - 1), (ssize_t)(sizeof text - 1));
+    close(fds[1]);
+    snprintf(path, sizeof path, "/dev/fd/%d", fds[0]);
+    c = config_load(path, errors, sizeof errors);
+    assert_non_null(c);
+    assert_int_equal(c->workers.count, 3);
+    config_free(c);
+    close(fds[0]);
+
+    c = config_load("/dev/null", errors, sizeof errors);
+    assert_non_null(c);
+    assert_true(c->empty);
+    config_free(c);
 }
 
 static void
@@ -1764,6 +1793,7 @@ main(void)
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_directory_is_not_a_file),
         cmocka_unit_test(test_fifo_is_not_a_file),
+        cmocka_unit_test(test_pipe_and_device_at_start),
         cmocka_unit_test(test_file_size_limit),
         cmocka_unit_test(test_error_position_example),
         cmocka_unit_test(test_unknown_key),

@@ -41,18 +41,40 @@ unix_in_use(const char *path, char *why, size_t why_size)
  * FIRST_ONLY, the one address_pick() picks, as status.c listen_socket()
  * and a reload do (the first IPv4, else the first IPv6). */
 /* Would a bind with SO_REUSEPORT, as gRPC's and the status server's, take
- * AI beside whoever holds it (a process of the same user that set it too)? */
+ * AI beside whoever holds it (a process of the same user that set it too)?
+ * Linux shares a port only between sockets created by one effective uid.
+ * At a reload the listener is bound by the grpc process, which by then
+ * runs as `user:`; a probe made as root (the master) failed beside another
+ * daemon's listener made by its own reload (owned by that user) and
+ * refused nothing, while our grpc process, the same user, shared it. So,
+ * with OWNER not (uid_t)-1, the socket is made and bound as OWNER: seteuid
+ * and back, the master being single-threaded. A port below 1024 then
+ * fails with EACCES, as the grpc process's bind would: not shared. */
 static int
-shareable(const struct addrinfo *ai)
+shareable(const struct addrinfo *ai, uid_t owner)
 {
+    uid_t was = geteuid();
+    int as_owner = owner != (uid_t)-1 && owner != was;
+    if (as_owner && seteuid(owner) == -1) {
+        log_syswarn("listen probe: seteuid(%u) failed; probing as uid %u", (unsigned)owner,
+                    (unsigned)was);
+        as_owner = 0;
+    }
+    int ok = 0;
     int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd == -1)
-        return 0;
-    int on = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on);
-    int ok = bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
-    close(fd);
+    if (fd != -1) {
+        int on = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on);
+        ok = bind(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+        close(fd);
+    }
+    if (as_owner && seteuid(was) == -1) {
+        /* Cannot happen (the saved uid is WAS); a master that is not root
+         * any more could neither reload nor signal its children. */
+        log_syserr("listen probe: seteuid(%u) back failed", (unsigned)was);
+        abort();
+    }
     return ok;
 }
 
@@ -74,16 +96,16 @@ served(const struct addrinfo *ai, char *why, size_t why_size)
 
 /* SHARED_ONLY: only an address a bind with SO_REUSEPORT would share. */
 static int
-addresses_in_use(const struct addrinfo *list, int first_only, int shared_only, char *why,
-                 size_t why_size)
+addresses_in_use(const struct addrinfo *list, int first_only, int shared_only, uid_t owner,
+                 char *why, size_t why_size)
 {
     if (first_only) {
         const struct addrinfo *pick = address_pick(list);
         return pick != NULL && served(pick, why, why_size) &&
-               (!shared_only || shareable(pick));
+               (!shared_only || shareable(pick, owner));
     }
     for (const struct addrinfo *ai = list; ai != NULL; ai = ai->ai_next)
-        if (served(ai, why, why_size) && (!shared_only || shareable(ai)))
+        if (served(ai, why, why_size) && (!shared_only || shareable(ai, owner)))
             return 1;
     return 0;
 }
@@ -91,11 +113,12 @@ addresses_in_use(const struct addrinfo *list, int first_only, int shared_only, c
 int
 listen_probe_addresses(const struct addrinfo *list, int first_only, char *why, size_t why_size)
 {
-    return addresses_in_use(list, first_only, 0, why, why_size);
+    return addresses_in_use(list, first_only, 0, (uid_t)-1, why, why_size);
 }
 
 static int
-tcp_in_use(const char *addr, int first_only, int shared_only, char *why, size_t why_size)
+tcp_in_use(const char *addr, int first_only, int shared_only, uid_t owner, char *why,
+           size_t why_size)
 {
     char host[300];
     const char *port;
@@ -106,7 +129,7 @@ tcp_in_use(const char *addr, int first_only, int shared_only, char *why, size_t 
     struct addrinfo *list;
     if (getaddrinfo(host[0] != '\0' ? host : NULL, port, &hints, &list) != 0)
         return 0;
-    int served = addresses_in_use(list, first_only, shared_only, why, why_size);
+    int served = addresses_in_use(list, first_only, shared_only, owner, why, why_size);
     freeaddrinfo(list);
     return served;
 }
@@ -116,16 +139,16 @@ listen_probe_in_use(const char *addr, int first_only, char *why, size_t why_size
 {
     if (strncmp(addr, "unix:", 5) == 0)
         return unix_in_use(addr + 5, why, why_size);
-    return tcp_in_use(addr, first_only, 0, why, why_size);
+    return tcp_in_use(addr, first_only, 0, (uid_t)-1, why, why_size);
 }
 
 int
-listen_probe_shared(const char *addr, int first_only, char *why, size_t why_size)
+listen_probe_shared(const char *addr, int first_only, uid_t owner, char *why, size_t why_size)
 {
     /* gRPC unlinks a unix socket's path and binds it: it takes them all. */
     if (strncmp(addr, "unix:", 5) == 0)
         return unix_in_use(addr + 5, why, why_size);
-    if (!tcp_in_use(addr, first_only, 1, why, why_size))
+    if (!tcp_in_use(addr, first_only, 1, owner, why, why_size))
         return 0;
     snprintf(why, why_size, "it accepts a bind with SO_REUSEPORT beside it: the two would "
              "share its clients");

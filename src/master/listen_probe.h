@@ -38,11 +38,15 @@ int listen_probe_config(const struct ds_config *config);
 int listen_probe_in_use(const char *addr, int first_only, char *why, size_t why_size);
 /*
  * For a reload, which binds beside what holds an address only when the
- * holder let it (SO_REUSEPORT, same user: another dosomethingd), else
+ * holder let it (SO_REUSEPORT, same owner uid: another dosomethingd), else
  * fails to bind and keeps the old listener: 1 if another process serves
  * ADDR and our listener would share it (a unix path: would take it over).
+ * OWNER: the uid the grpc process binds as at a reload (`user:`'s when the
+ * master runs as root), the probe's socket is made as it; (uid_t)-1: as
+ * the caller is.
  */
-int listen_probe_shared(const char *addr, int first_only, char *why, size_t why_size);
+int listen_probe_shared(const char *addr, int first_only, uid_t owner, char *why,
+                        size_t why_size);
 /* Does PID hold a socket listening on ADDR's TCP port (any host)? Then a
  * reload to ADDR moves our own listener (127.0.0.1:80 to 0.0.0.0:80), and
  * a probe would find it. 0 for a unix path, or when it cannot tell. */

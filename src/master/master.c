@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <dirent.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1123,11 +1124,20 @@ reload_addresses_taken(const struct ds_config *config, char *errors, size_t size
     char why[200];
     size_t used = 0;
     int found = 0;
+    /* The grpc process binds a reload's listeners as the user it dropped
+     * to (m.user, which a reload does not change), and the kernel shares a
+     * port only between sockets of one owner: probe as that user. */
+    uid_t owner = (uid_t)-1;
+    if (geteuid() == 0 && m.user != NULL && m.user[0] != '\0') {
+        struct passwd *pw = getpwnam(m.user);
+        if (pw != NULL)
+            owner = pw->pw_uid;
+    }
     for (size_t i = 0; i <= config->grpc.listen_count; i++) {
         int grpc = i < config->grpc.listen_count;
         const char *a = grpc ? config->grpc.listen[i] : config->status.listen;
         /* status.c binds one address of a name (address_pick()), gRPC all. */
-        if (a == NULL || listening_on(a) || !listen_probe_shared(a, !grpc, why, sizeof why))
+        if (a == NULL || listening_on(a) || !listen_probe_shared(a, !grpc, owner, why, sizeof why))
             continue;
         found++;
         if (used < size)

@@ -235,6 +235,41 @@ def test_a_reload_onto_an_address_another_daemon_serves_is_refused(start_daemon,
     assert_kept(d, workers)
 
 
+@pytest.mark.parametrize("key", ["grpc", "status"])
+def test_a_reload_onto_an_address_another_daemon_got_by_a_reload_is_refused(
+        start_daemon, nobody_user, key):
+    """Both daemons `user: nobody`, started as root; "other" moves to P2 by a
+    reload, so its listener on P2 is owned by nobody (its grpc process binds
+    it after dropping root). Linux shares a port with SO_REUSEPORT only
+    between sockets of one owner: the master's probe, made as root, failed
+    to bind beside it and so refused nothing, while d's grpc process
+    (nobody too) then bound beside it. The probe now binds as the grpc
+    process's user: the reload is refused."""
+    overrides = {"user": "nobody"}
+    other = start_daemon(overrides, name="other")
+    p2 = free_port()
+    if key == "grpc":
+        other.write_config({**overrides, "grpc": {"listen": [f"127.0.0.1:{p2}"]}})
+    else:
+        other.write_config({**overrides, "status": {"listen": f"127.0.0.1:{p2}"}})
+    other.send_signal(signal.SIGHUP)
+    other.wait_log(r"reloaded .*generation 2")
+    wait_for(lambda: owns_listener(other.grpc_pid(), p2), 20, f"other listens on {p2}")
+    d = start_daemon(overrides, name="d")
+    workers = d.workers()
+    if key == "grpc":
+        d.write_config({**overrides, "grpc": {"listen": [f"127.0.0.1:{p2}"]}})
+    else:
+        d.write_config({**overrides, "status": {"listen": f"127.0.0.1:{p2}"}})
+    d.send_signal(signal.SIGHUP)
+    m = d.wait_log(r"reload(ed .*generation 2| failed: ).*")
+    assert f"{key}.listen 127.0.0.1:{p2} is in use by another process" in m.group(0), \
+        m.group(0)
+    time.sleep(0.5)
+    assert not owns_listener(d.grpc_pid(), p2), f"{d.name} listens on {p2} too"
+    assert_kept(d, workers)
+
+
 @pytest.mark.parametrize("case", ["100MB", "invalid", "binary"])
 def test_a_reload_of_a_broken_file_keeps_the_config(start_daemon, case):
     """Already right, kept as such: a file of 100 MB (sparse: its size is

@@ -1155,33 +1155,43 @@ reload_addresses_taken(const struct ds_config *config, char *errors, size_t size
  * a module file replaced by one whose constructor aborts, exits or hangs
  * took the master down (or hung it), and every process and item with it.
  * 0: the child loaded it, or found it invalid (the master's own load then
- * says why), or no child could be made (the master loads it as before);
- * -1: the child died or hung, said in ERRORS.
+ * says why); -1: the child died or hung, or none could be made, said in
+ * ERRORS. No child, no reload: loading in the master instead went on to
+ * retire every worker, and a master that cannot fork makes no new ones.
  */
 static int
 reload_trial(char *errors, size_t size)
 {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) == -1) {
-        log_syswarn("reload: pipe2() failed; loading the config without a trial");
-        return 0;
+        snprintf(errors, size, "cannot make the child that loads it first (pipe2() failed: %s)",
+                 strerror(errno));
+        return -1;
     }
     pid_t pid = fork();
     if (pid == -1) {
-        log_syswarn("reload: fork() failed; loading the config without a trial");
+        snprintf(errors, size, "cannot fork the child that loads it first (fork() failed: %s)",
+                 strerror(errno));
         close(fds[0]);
         close(fds[1]);
-        return 0;
+        return -1;
     }
     if (pid == 0) {
-        close(fds[0]);
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        /* Only stdin, stdout, stderr and the pipe: the master's control
+         * sockets, signalfd, pidfds and log files held by a child that
+         * outlives the trial (killed, but stuck in the kernel) kept a
+         * peer's EOF from coming. The pipe goes to 3, the rest is closed. */
+        int w = fds[1];
+        if (w != 3 && (w = dup2(fds[1], 3)) == -1)
+            _exit(DS_EXIT_FATAL);
+        close_range(4, ~0u, 0);
         char errs[64];
         struct ds_config *c = config_load_for_reload(m.config_file, errs, sizeof errs);
         /* A byte: the load came back (a constructor that calls exit()
          * never gets here, whatever its status). */
         char done = c != NULL ? 'y' : 'n';
-        if (write(fds[1], &done, 1) != 1)
+        if (write(w, &done, 1) != 1)
             _exit(DS_EXIT_FATAL);
         _exit(DS_EXIT_OK);
     }
@@ -1191,20 +1201,35 @@ reload_trial(char *errors, size_t size)
     do
         r = poll(&pfd, 1, RELOAD_TRIAL_MS);
     while (r == -1 && errno == EINTR);
+    int poll_errno = r == -1 ? errno : 0;
     char done = 0;
     if (r > 0 && read(fds[0], &done, 1) != 1)
         done = 0;
     close(fds[0]);
-    if (r == 0)
+    int status = 0;
+    pid_t waited;
+    if (r > 0) {
+        /* The byte came, or EOF: the child is exiting. */
+        while ((waited = waitpid(pid, &status, 0)) == -1 && errno == EINTR)
+            ;
+    } else {
+        /* Timeout, or poll() failed: kill it, and do not wait for it (a
+         * child stuck in the kernel, a hung NFS mount, would hang the
+         * master): reap() collects it when it dies, or kill_strays(). */
         kill(pid, SIGKILL);
-    int status;
-    while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
-        ;
-    if (done != 0 && WIFEXITED(status) && WEXITSTATUS(status) == DS_EXIT_OK)
+        waited = waitpid(pid, &status, WNOHANG);
+    }
+    if (r > 0 && done != 0 && waited == pid && WIFEXITED(status) &&
+        WEXITSTATUS(status) == DS_EXIT_OK)
         return 0;
     char how[96];
     if (r == 0)
         snprintf(how, sizeof how, "did not end within %d ms", RELOAD_TRIAL_MS);
+    else if (r == -1)
+        snprintf(how, sizeof how, "could not be waited for (poll() failed: %s)",
+                 strerror(poll_errno));
+    else if (waited != pid)
+        snprintf(how, sizeof how, "could not be waited for (waitpid() failed)");
     else
         process_status_text(status, how, sizeof how);
     snprintf(errors, size, "%s: loading it in a child process first (which loads its handler "

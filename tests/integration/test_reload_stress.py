@@ -346,6 +346,63 @@ def test_a_reload_whose_module_crashes_when_loaded_keeps_the_master(start_daemon
     assert_kept(d, workers)
 
 
+def master_children(d):
+    with open(f"/proc/{d.master_pid}/task/{d.master_pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+@pytest.mark.deadline(90)
+def test_the_reload_trial_child_holds_none_of_the_masters_descriptors(start_daemon, tmp_path):
+    """The trial child (fork of the master) held the master's descriptors:
+    control sockets, signalfd, log file. One stuck in the kernel after its
+    SIGKILL kept them open, so a worker whose master end closed saw no EOF.
+    It now holds stdin, stdout, stderr and its pipe (fd 3) only."""
+    so = build_so(tmp_path, "hang", "#include <unistd.h>\n"
+                  "__attribute__((constructor)) static void hang(void) { for (;;) pause(); }\n")
+    d = start_daemon()
+    workers = d.workers()
+    known = set(d.worker_pids()) | {d.grpc_pid()}
+    d.write_config({"handlers": {"hang": {"module": str(so)}}})
+    d.send_signal(signal.SIGHUP)
+    trial = []
+
+    def found():
+        trial[:] = [p for p in master_children(d) - known
+                    if os.path.exists(f"/proc/{p}/fd")]
+        return trial
+    wait_for(found, 20, "the trial child")
+    fds = sorted(int(f) for f in os.listdir(f"/proc/{trial[0]}/fd"))
+    assert fds == [0, 1, 2, 3], \
+        f"fds {[(f, os.readlink(f'/proc/{trial[0]}/fd/{f}')) for f in fds]}"
+    m = d.wait_log(r"reload failed: .*", timeout=40)
+    assert "did not end within" in m.group(0), m.group(0)
+    assert_kept(d, workers)
+
+
+@pytest.mark.deadline(60)
+def test_a_reload_that_cannot_make_its_trial_child_fails(start_daemon):
+    """pipe2() or fork() failing for the trial child used to load the
+    config in the master instead: the reload went on, retired every
+    worker, and a master short of processes or descriptors then could not
+    make new ones. Now the reload fails and keeps everything. (pipe2() is
+    made to fail here, by a soft RLIMIT_NOFILE of 3 on the master; fork()
+    cannot be made to fail for root without a pids cgroup.)"""
+    import resource
+    d = start_daemon()
+    workers = d.workers()
+    d.write_config({"workers": {"count": 3}})
+    old = resource.prlimit(d.master_pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(d.master_pid, resource.RLIMIT_NOFILE, (3, old[1]))
+    try:
+        d.send_signal(signal.SIGHUP)
+        m = d.wait_log(r"reload failed: .*")
+    finally:
+        resource.prlimit(d.master_pid, resource.RLIMIT_NOFILE, old)
+    assert "cannot make the child that loads it first (pipe2() failed: Too many open files)" \
+        in m.group(0) and "keeping generation 1" in m.group(0), m.group(0)
+    assert_kept(d, workers)
+
+
 @pytest.mark.deadline(60)
 def test_a_hup_storm_during_a_graceful_stop_logs_one_line(start_daemon):
     """HUPs while stopping are not acted on, and each said so: a storm of

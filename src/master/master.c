@@ -1373,8 +1373,13 @@ reload_requested(void)
     if (m.reload_pending)
         return;
     m.reload_pending = 1;
-    log_notice("SIGHUP: %u worker%s of an older generation still finish%s %s items; "
-               "reloading %s again once they have exited (within shutdown_timeout, %llu ms)",
+    /* Said plainly: an operator whose HUP sends a fix for the last
+     * reload must know that it waits, up to shutdown_timeout, for the
+     * workers that reload retired. (Retired workers that hold no item
+     * exit at once: only their items are waited for.) */
+    log_notice("SIGHUP: %u worker%s of an older generation still finish%s %s items; this "
+               "reload waits for them: reloading %s once they have exited (at most "
+               "shutdown_timeout, %llu ms, after they were retired; then they are killed)",
                old, old == 1 ? "" : "s", old == 1 ? "es" : "", old == 1 ? "its" : "their",
                m.config_file, (unsigned long long)m.config->shutdown_timeout_ms);
     snprintf(m.status, sizeof m.status, "reload queued: generation %llu's old workers finish "

@@ -260,6 +260,51 @@ print(json.dumps(results), flush=True)
 """
 
 
+@contextlib.contextmanager
+def stopped_subscribers(d, address, window="default_window", streams=2):
+    """STREAMS subscribers of D at ADDRESS (STOPPED_SUBSCRIBERS), their
+    process stopped (SIGSTOP) once every call is open at the server; yields
+    the process, killed at the end if still there."""
+    env = dict(os.environ, PYTHONPATH=conftest.PYSTUBS)
+    client = subprocess.Popen([sys.executable, "-c", STOPPED_SUBSCRIBERS, address, window,
+                               str(streams)], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert client.stdout.readline().strip() == "open"
+        wait_for(lambda: status_json(d)["subscribers"]["active"] == streams, 10,
+                 "the subscribers' calls at the server")
+        os.kill(client.pid, signal.SIGSTOP)
+        yield client
+    finally:
+        if client.poll() is None:
+            os.kill(client.pid, signal.SIGCONT)
+            client.kill()
+            client.wait()
+
+
+def tail_items(prefix, count, size):
+    """COUNT items of about SIZE bytes each behind a 300 ms blocker: their
+    ids and the items."""
+    ids = [f"{prefix}{n}" for n in range(count)]
+    items = [{"id": "blocker", "kind": "sleep", "params": {"ms": "300"}}]
+    items += [{"id": i, "payload": i.encode() * (size // len(i))} for i in ids]
+    return ids, items
+
+
+def assert_every_tail_received(d, client, ids):
+    """The stopped CLIENT runs again: D exits cleanly, and each of its
+    subscribers read every final of IDS (and the blocker's) and its clean end."""
+    os.kill(client.pid, signal.SIGCONT)
+    assert d.wait_exit(timeout=40) == 0, d.log_tail()
+    out, _ = client.communicate(timeout=30)
+    log = d.log_text()
+    for n, result in enumerate(json.loads(out)):
+        assert result["error"] is None, \
+            f"stopped subscriber {n} ended {result['error']} after " \
+            f"{len(result['ids'])} updates; log:\n{log[-3000:]}"
+        assert sorted(result["ids"]) == sorted(ids + ["blocker"]), (n, result["ids"])
+    assert "reached with" not in log, log
+
+
 @pytest.mark.deadline(120)
 @pytest.mark.parametrize("window", ["default_window", "small_window"])
 def test_graceful_stop_tail_reaches_a_stopped_client_process(start_daemon, window):
@@ -280,40 +325,16 @@ def test_graceful_stop_tail_reaches_a_stopped_client_process(start_daemon, windo
     d = start_daemon({"workers": {"count": 1, "prefetch": 2}, "shutdown_timeout": "40s",
                       "status": {"listen": status_address}})
     d.status_address = status_address
-    env = dict(os.environ, PYTHONPATH=conftest.PYSTUBS)
-    streams = 6
-    client = subprocess.Popen([sys.executable, "-c", STOPPED_SUBSCRIBERS, d.address, window,
-                               str(streams)], stdout=subprocess.PIPE, env=env, text=True)
-    try:
-        assert client.stdout.readline().strip() == "open"
-        wait_for(lambda: status_json(d)["subscribers"]["active"] == streams, 10,
-                 "the subscribers' calls at the server")
-        os.kill(client.pid, signal.SIGSTOP)
+    with stopped_subscribers(d, d.address, window, streams=6) as client:
         # 50 results of 40 KiB (2 MiB) for each: beyond 64 KiB, within 4 MiB.
-        ids = [f"big{n}" for n in range(50)]
-        items = [{"id": "blocker", "kind": "sleep", "params": {"ms": "300"}}]
-        items += [{"id": i, "payload": i.encode() * (40000 // len(i))} for i in ids]
+        ids, items = tail_items("big", 50, 40000)
         assert d.client().submit(items).accepted == len(items)
         d.close_clients()
         d.send_signal(signal.SIGQUIT)
         d.wait_log(r"graceful stop: \d+ items to finish")
         wait_for(lambda: work_done(d), 30, "the work done")
         time.sleep(2.5)     # well past the idle connections' grace
-        os.kill(client.pid, signal.SIGCONT)
-        assert d.wait_exit(timeout=40) == 0, d.log_tail()
-        out, _ = client.communicate(timeout=30)
-        log = d.log_text()
-        for n, result in enumerate(json.loads(out)):
-            assert result["error"] is None, \
-                f"stopped subscriber {n} ended {result['error']} after " \
-                f"{len(result['ids'])} updates; log:\n{log[-3000:]}"
-            assert sorted(result["ids"]) == sorted(ids + ["blocker"]), (n, result["ids"])
-        assert "reached with" not in log, log
-    finally:
-        if client.poll() is None:
-            os.kill(client.pid, signal.SIGCONT)
-            client.kill()
-            client.wait()
+        assert_every_tail_received(d, client, ids)
 
 
 @pytest.fixture
@@ -451,42 +472,17 @@ def test_graceful_stop_tail_reaches_a_stopped_client_on_a_unix_socket(make_daemo
                     "grpc": {"listen": [d.address, "unix:ds.sock"]}})
     d.start()
     d.status_address = status_address
-    env = dict(os.environ, PYTHONPATH=conftest.PYSTUBS)
-    streams = 2
-    client = subprocess.Popen([sys.executable, "-c", STOPPED_SUBSCRIBERS,
-                               f"unix:{d.dir / 'ds.sock'}", "default_window", str(streams)],
-                              stdout=subprocess.PIPE, env=env, text=True)
-    try:
-        assert client.stdout.readline().strip() == "open"
-        wait_for(lambda: status_json(d)["subscribers"]["active"] == streams, 10,
-                 "the subscribers' calls at the server")
-        os.kill(client.pid, signal.SIGSTOP)
+    with stopped_subscribers(d, f"unix:{d.dir / 'ds.sock'}") as client:
         # Little enough for the socket's buffers: gRPC writes it all and
         # the calls end.
-        ids = [f"small{n}" for n in range(20)]
-        items = [{"id": "blocker", "kind": "sleep", "params": {"ms": "300"}}]
-        items += [{"id": i, "payload": i.encode() * (1000 // len(i))} for i in ids]
+        ids, items = tail_items("small", 20, 1000)
         assert d.client().submit(items).accepted == len(items)
         d.close_clients()
         d.send_signal(signal.SIGQUIT)
         d.wait_log(r"graceful stop: \d+ items to finish")
         wait_for(lambda: work_done(d), 30, "the work done")
         time.sleep(2.5)     # well past the idle connections' grace
-        os.kill(client.pid, signal.SIGCONT)
-        assert d.wait_exit(timeout=40) == 0, d.log_tail()
-        out, _ = client.communicate(timeout=30)
-        log = d.log_text()
-        for n, result in enumerate(json.loads(out)):
-            assert result["error"] is None, \
-                f"stopped subscriber {n} ended {result['error']} after " \
-                f"{len(result['ids'])} updates; log:\n{log[-3000:]}"
-            assert sorted(result["ids"]) == sorted(ids + ["blocker"]), (n, result["ids"])
-        assert "reached with" not in log, log
-    finally:
-        if client.poll() is None:
-            os.kill(client.pid, signal.SIGCONT)
-            client.kill()
-            client.wait()
+        assert_every_tail_received(d, client, ids)
 
 
 @contextlib.contextmanager
@@ -531,19 +527,8 @@ def test_graceful_stop_tail_waits_at_the_descriptor_limit(start_daemon, full_fro
                       "status": {"listen": status_address}})
     d.status_address = status_address
     grpc_pid = d.grpc_pid()
-    env = dict(os.environ, PYTHONPATH=conftest.PYSTUBS)
-    streams = 2
-    client = subprocess.Popen([sys.executable, "-c", STOPPED_SUBSCRIBERS, d.address,
-                               "default_window", str(streams)],
-                              stdout=subprocess.PIPE, env=env, text=True)
-    try:
-        assert client.stdout.readline().strip() == "open"
-        wait_for(lambda: status_json(d)["subscribers"]["active"] == streams, 10,
-                 "the subscribers' calls at the server")
-        os.kill(client.pid, signal.SIGSTOP)
-        ids = [f"big{n}" for n in range(50)]
-        items = [{"id": "blocker", "kind": "sleep", "params": {"ms": "300"}}]
-        items += [{"id": i, "payload": i.encode() * (40000 // len(i))} for i in ids]
+    with stopped_subscribers(d, d.address) as client:
+        ids, items = tail_items("big", 50, 40000)
         assert d.client().submit(items).accepted == len(items)
         d.close_clients()
         alive = False
@@ -564,21 +549,7 @@ def test_graceful_stop_tail_waits_at_the_descriptor_limit(start_daemon, full_fro
         assert alive, f"the grpc process exited with its clients stopped; log:\n{log}"
         assert "closing the connections clients keep open" not in log, log
         assert "opendir(/proc/self/fd) failed" not in log, log
-        os.kill(client.pid, signal.SIGCONT)
-        assert d.wait_exit(timeout=40) == 0, d.log_tail()
-        out, _ = client.communicate(timeout=30)
-        log = d.log_text()
-        for n, result in enumerate(json.loads(out)):
-            assert result["error"] is None, \
-                f"stopped subscriber {n} ended {result['error']} after " \
-                f"{len(result['ids'])} updates; log:\n{log[-3000:]}"
-            assert sorted(result["ids"]) == sorted(ids + ["blocker"]), (n, result["ids"])
-        assert "reached with" not in log, log
-    finally:
-        if client.poll() is None:
-            os.kill(client.pid, signal.SIGCONT)
-            client.kill()
-            client.wait()
+        assert_every_tail_received(d, client, ids)
 
 
 # ---- point 17: work left at the drain deadline ---------------------------

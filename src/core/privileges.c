@@ -3,12 +3,17 @@
  */
 #include "core/privileges.h"
 
+#include "core/log.h"
+
 #include <errno.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <sys/syscall.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -59,4 +64,64 @@ privileges_drop(const char *user, char *err, size_t err_size)
             raise(death_signal);        /* the parent died while we were unprotected */
     }
     return 0;
+}
+
+/* CAP_NET_BIND_SERVICE into the effective set (it stays in the permitted
+ * one while the real and saved uids are root's). Raw capget/capset: libcap
+ * may not be installed. */
+static int
+raise_net_bind_service(void)
+{
+    struct __user_cap_header_struct head = { .version = _LINUX_CAPABILITY_VERSION_3 };
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    if (syscall(SYS_capget, &head, data) == -1)
+        return -1;
+    data[CAP_TO_INDEX(CAP_NET_BIND_SERVICE)].effective |= CAP_TO_MASK(CAP_NET_BIND_SERVICE);
+    return (int)syscall(SYS_capset, &head, data);
+}
+
+static gid_t bind_saved_gid;    /* the effective gid before privileges_bind_as() */
+
+int
+privileges_bind_as(const char *user)
+{
+    if (user == NULL || user[0] == '\0' || geteuid() != 0)
+        return 0;
+    errno = 0;
+    struct passwd *pw = getpwnam(user);
+    if (pw == NULL || pw->pw_uid == 0) {
+        if (pw == NULL)
+            log_warn("user \"%s\": %s; binding as root", user,
+                     errno != 0 ? strerror(errno) : "no such user");
+        return 0;
+    }
+    uid_t uid = pw->pw_uid;
+    gid_t gid = pw->pw_gid;
+    bind_saved_gid = getegid();
+    if (setegid(gid) == -1) {
+        log_syswarn("setegid(%u) failed; binding as root", (unsigned)gid);
+        return 0;
+    }
+    if (seteuid(uid) == -1) {
+        log_syswarn("seteuid(%u) failed; binding as root", (unsigned)uid);
+        privileges_bind_done();
+        return 0;
+    }
+    /* Not fatal: a port of 1024 or more binds without it. */
+    if (raise_net_bind_service() == -1)
+        log_syswarn("capset(CAP_NET_BIND_SERVICE) failed: a port below 1024 binds as root");
+    return 1;
+}
+
+void
+privileges_bind_done(void)
+{
+    /* Back to euid 0: the kernel gives the effective set its permitted
+     * capabilities again. */
+    if ((geteuid() != 0 && seteuid(0) == -1) || setegid(bind_saved_gid) == -1) {
+        /* Cannot happen (the saved ids are root's); going on as the user
+         * would fail later in stranger ways. */
+        log_syserr("cannot become root again after binding");
+        abort();
+    }
 }

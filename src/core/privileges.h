@@ -22,4 +22,24 @@
  */
 int privileges_drop(const char *user, char *err, size_t err_size);
 
+/*
+ * Listener sockets are owned by USER, as the ones a reload binds (after
+ * privileges_drop()): Linux lets sockets share a port with SO_REUSEPORT
+ * only if one effective uid created them all, so a start's listener made
+ * as root could be shared neither by a reload (as USER) nor, once a reload
+ * bound one as USER, by the new instance of a binary upgrade (as root).
+ *
+ * privileges_bind_as(USER): when root and USER names another user, make
+ * the effective gid and uid USER's (the real and saved ones stay root's,
+ * so privileges_bind_done() can come back) and raise CAP_NET_BIND_SERVICE
+ * into the effective set, so that a port below 1024 binds as before.
+ * Returns 1 when it switched (then call privileges_bind_done() before
+ * anything else), 0 when nothing changed (not root, no user, or it failed:
+ * logged; the caller binds as root, as before). glibc applies set*id to
+ * every thread of the process (gRPC's too): call it from one thread at a
+ * time, around socket() and bind() only.
+ */
+int privileges_bind_as(const char *user);
+void privileges_bind_done(void);
+
 #endif

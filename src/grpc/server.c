@@ -64,6 +64,7 @@
 #include "core/config.h"
 #include "core/descriptors.h"
 #include "core/log.h"
+#include "core/privileges.h"
 #include "core/utf8.h"
 #include "grpc/call.h"
 #include "grpc/cancel.h"
@@ -603,6 +604,35 @@ int_arg(const char *key, int64_t value)
     return arg;
 }
 
+/*
+ * Bind ADDR for SERVER as USER (privileges.h: every TCP listener is the
+ * user's, whether a start, a reload or an upgrade bound it, so that they
+ * share ports). Unix sockets are bound as before (as root at a start):
+ * the path's directory and grpc.unix_owner decide who reaches them, and
+ * they do not share a path. If the bind as USER fails, it is tried again
+ * as root: the first upgrade from a binary that bound its start listeners
+ * as root must share their root-owned ports. gRPC says only that it
+ * failed (port 0), not why. The port gRPC bound, or 0.
+ */
+static int
+add_port(grpc_server *server, const char *addr, grpc_server_credentials *creds,
+         const char *user)
+{
+    int as_user = strncmp(addr, "unix:", 5) != 0 && strncmp(addr, "unix-abstract:", 14) != 0 &&
+                  privileges_bind_as(user);
+    int port = grpc_server_add_http2_port(server, addr, creds);
+    if (as_user) {
+        privileges_bind_done();
+        if (port == 0) {
+            port = grpc_server_add_http2_port(server, addr, creds);
+            if (port != 0)
+                log_notice("%s: bound as root (its port is root's, from an older "
+                           "instance?): a reload cannot share it", addr);
+        }
+    }
+    return port;
+}
+
 /* A server on every grpc.listen address of the current config, started,
  * or NULL (logged, and told to the master when fatal is set). */
 static struct server *
@@ -701,7 +731,7 @@ server_create(int fatal_errors)
             used = sizeof s->listen - 1;
         size_t elen = strlen(e->listen);
         snprintf(e->listen + elen, sizeof e->listen - elen, "%s%s", elen ? ", " : "", addr);
-        if (grpc_server_add_http2_port(e->server, addr, creds) == 0) {
+        if (add_port(e->server, addr, creds, config->user) == 0) {
             char msg[512];
             int n = snprintf(msg, sizeof msg, "cannot listen on %s (in use, or not an address "
                              "of this machine?)", addr);

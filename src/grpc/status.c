@@ -49,6 +49,7 @@
 #include "core/clock.h"
 #include "core/descriptors.h"
 #include "core/log.h"
+#include "core/privileges.h"
 #include "core/utf8.h"
 #include "grpc/grpc_process.h"
 #include "grpc/items.h"
@@ -782,6 +783,31 @@ on_new_connection(struct event_base *base, void *arg)
     return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 }
 
+/* A socket bound to AI (ADDR, for a warning), or -1 with errno set and
+ * the call that failed in *CALL. */
+static int
+bound_socket(const struct addrinfo *ai, const char *addr, const char **call)
+{
+    *call = "socket";
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+    if (fd == -1)
+        return -1;
+    int on = 1;
+    /* Lets a restarted daemon bind while old connections sit in TIME_WAIT. */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    /* Lets the new instance of a binary upgrade bind beside this one. */
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) == -1)
+        log_syswarn("status.listen %s: setsockopt(SO_REUSEPORT) failed", addr);
+    *call = "bind";
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+        return fd;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+}
+
 /* A listening socket on what ADDR resolves to, or -1 with errno set and the
  * failed call and its error in WHY. Of a name's addresses, the one
  * address_pick() picks (the first IPv4, else the first IPv6): the same
@@ -813,29 +839,30 @@ listen_socket(const char *addr, char *why, size_t why_size, char *at, size_t at_
         errno = EADDRNOTAVAIL;
         return -1;
     }
-    const char *call = "socket";
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    ai->ai_protocol);
+    const char *call;
+    /* As `user:`, as the grpc listeners (server.c add_port(): one owner
+     * per shared port), else as root: an older instance's is root's. */
+    int as_user = privileges_bind_as(gp.config->user);
+    int fd = bound_socket(ai, addr, &call);
+    if (as_user) {
+        privileges_bind_done();
+        if (fd == -1) {
+            fd = bound_socket(ai, addr, &call);
+            if (fd != -1)
+                log_notice("status.listen %s: bound as root (its port is root's, from an "
+                           "older instance?): a reload cannot share it", addr);
+        }
+    }
     if (fd != -1) {
-        int on = 1;
-        /* Lets a restarted daemon bind while old connections sit in TIME_WAIT. */
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-        /* Lets the new instance of a binary upgrade bind beside this one. */
-        if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) == -1)
-            log_syswarn("status.listen %s: setsockopt(SO_REUSEPORT) failed", addr);
-        call = "bind";
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-            call = "listen";
-            if (listen(fd, STATUS_BACKLOG) == 0) {
-                char h[300];
-                if (getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, NULL, 0,
-                                NI_NUMERICHOST) != 0)
-                    snprintf(h, sizeof h, "%s", host);
-                snprintf(at, at_size, ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h,
-                         port);
-                freeaddrinfo(list);
-                return fd;
-            }
+        call = "listen";
+        if (listen(fd, STATUS_BACKLOG) == 0) {
+            char h[300];
+            if (getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, NULL, 0,
+                            NI_NUMERICHOST) != 0)
+                snprintf(h, sizeof h, "%s", host);
+            snprintf(at, at_size, ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, port);
+            freeaddrinfo(list);
+            return fd;
         }
     }
     int saved = errno;

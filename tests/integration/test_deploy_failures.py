@@ -5,6 +5,7 @@ USR2 comes twice, USR2 reaches every process of the daemon (`systemctl
 kill -s USR2`, whose default is every process of the unit). The old master keeps its pid file and keeps serving; a
 later upgrade still works.
 """
+import http.client
 import os
 import re
 import shutil
@@ -568,19 +569,15 @@ def test_usr2_sent_to_every_process_upgrades_once_and_kills_no_item(start_daemon
 
 
 @pytest.mark.deadline(90)
-@pytest.mark.xfail(strict=True, reason="known, documented in README (Binary upgrade): the new "
-                   "grpc process binds as root, the reload's listener is the user's")
 def test_usr2_after_a_reload_moved_a_listener_with_user(start_daemon, monkeypatch, tmp_path,
                                                         nobody_user):
-    """`user: nobody`, started as root. A listener bound at the start is
-    root's (the grpc process binds before it drops root); one added by a
-    reload is nobody's (it binds after). Linux shares a port with
-    SO_REUSEPORT only between sockets of one owner, and the new master's
-    grpc process of a USR2 upgrade binds as root: beside the reload's
-    listener its bind fails, and so does the upgrade ("binary upgrade
-    failed: ... exited with status 1"). Not fixed: binding per address as
-    the owner of what the old instance holds needs src/grpc/server.c to
-    bind address by address. Strict xfail: it says so when it passes."""
+    """`user: nobody`, started as root. Linux shares a port with
+    SO_REUSEPORT only between sockets of one owner uid. A listener added by
+    a reload is nobody's (the grpc process binds it after dropping root);
+    the new master's grpc process of a USR2 upgrade, root until it binds,
+    binds as nobody too (privileges_bind_as), so it shares the reload's
+    port. It bound as root and failed ("binary upgrade failed: ... exited
+    with status 1")."""
     binary = copied_binary(tmp_path, monkeypatch)
     d = start_daemon({"user": "nobody"})
     p2 = free_port()
@@ -595,6 +592,39 @@ def test_usr2_after_a_reload_moved_a_listener_with_user(start_daemon, monkeypatc
         d.master_pid, d.proc = new_master, None
         d.wait_ready()
         echo_end_to_end(d, "after-upgrade")
+    finally:
+        if new_master is not None:
+            kill_tree(new_master)
+
+
+@pytest.mark.deadline(90)
+def test_usr2_after_a_reload_moved_status_listen_with_user(start_daemon, monkeypatch, tmp_path,
+                                                         nobody_user):
+    """The status.listen counterpart: a reload moves the status endpoint to
+    a port bound as nobody; the upgrade's new grpc process binds it as
+    nobody too, beside it, and serves it (it bound as root and failed:
+    "status.listen: cannot listen on ...: bind() failed: Address already
+    in use")."""
+    binary = copied_binary(tmp_path, monkeypatch)
+    d = start_daemon({"user": "nobody", "status": {"listen": f"127.0.0.1:{free_port()}"}})
+    s2 = free_port()
+    d.write_config({"user": "nobody", "status": {"listen": f"127.0.0.1:{s2}"}})
+    d.send_signal(signal.SIGHUP)
+    d.wait_log(r"reloaded .*generation 2")
+    wait_for(lambda: owns_listener(d.grpc_pid(), s2), 20, f"the grpc process listens on {s2}")
+    new_master = None
+    try:
+        new_master = upgrade_succeeds(d, tmp_path, binary)
+        d.master_pid, d.proc = new_master, None
+        d.wait_ready()
+        wait_for(lambda: owns_listener(d.grpc_pid(), s2), 20,
+                 f"the new grpc process listens on {s2}")
+        conn = http.client.HTTPConnection("127.0.0.1", s2, timeout=5)
+        try:
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
     finally:
         if new_master is not None:
             kill_tree(new_master)

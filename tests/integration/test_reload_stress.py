@@ -273,15 +273,14 @@ def test_a_reload_onto_an_address_another_daemon_got_by_a_reload_is_refused(
     assert_kept(d, workers)
 
 
-@pytest.mark.xfail(strict=True, reason="known, documented in README (Binary upgrade): the "
-                   "start's listener is root's, the reload binds as the user")
 def test_a_reload_that_adds_an_address_and_keeps_the_start_one_with_user(start_daemon,
                                                                          nobody_user):
-    """`user: nobody`, started as root: the start's listener is root's. A
-    reload that adds an address binds every address anew, as nobody: the
-    kept one cannot share the root socket (one owner per SO_REUSEPORT
-    group), so the grpc process keeps the old listeners and the added
-    address is not served. In src/grpc/server.c, not fixed here."""
+    """`user: nobody`, started as root. A reload that adds an address
+    binds every address anew, as nobody; the kept one shares the start's
+    socket, which is nobody's too (the start binds as the user, see
+    privileges_bind_as), so the added address is served. The start's was
+    root's and the reload kept the old listeners (one owner per
+    SO_REUSEPORT group)."""
     d = start_daemon({"user": "nobody"})
     p2 = free_port()
     d.write_config({"user": "nobody", "grpc": {"listen": [d.address, f"127.0.0.1:{p2}"]}})

@@ -381,6 +381,22 @@ def listening_inodes(port):
     return inodes
 
 
+def listener_uids(port):
+    """Owner uids of the sockets listening on TCP port (this network namespace)."""
+    uids = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                uids.add(int(fields[7]))
+    return uids
+
+
 def owns_listener(pid, port):
     """Does pid hold a socket listening on port?"""
     wanted = {f"socket:[{i}]" for i in listening_inodes(port)}

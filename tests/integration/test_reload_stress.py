@@ -22,13 +22,14 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
 import pytest
 
 from conftest import (FINAL_STATES, STARTED, SUCCEEDED, free_port, missing_dependency,
-                      owns_listener, wait_for)
+                      listener_uids, owns_listener, wait_for)
 
 
 def started_workers(d):
@@ -289,6 +290,39 @@ def test_a_reload_that_adds_an_address_and_keeps_the_start_one_with_user(start_d
     wait_for(lambda: owns_listener(d.grpc_pid(), p2) or "keeping the listeners" in d.log_text(),
              20, f"listening on {p2}, or keeping the old listeners")
     assert "keeping the listeners" not in d.log_text(), d.log_tail()
+    assert listener_uids(p2) == listener_uids(d.port) == {nobody_user.pw_uid}
+
+
+def free_port_below_1024():
+    """A TCP port below 1024 free on 127.0.0.1 (we run as root), or None."""
+    for port in range(1000, 600, -7):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            pass
+        finally:
+            s.close()
+    return None
+
+
+def test_listeners_are_the_users_with_user(start_daemon, nobody_user):
+    """`user: nobody`, started as root: the start binds the grpc and the
+    status listeners as nobody (what a reload binds as, so that they share
+    ports), a port below 1024 too (CAP_NET_BIND_SERVICE raised for the
+    bind). They were root's. (A reload, with no capability left, still
+    cannot bind a port below 1024: README, Binary upgrade.)"""
+    low = free_port_below_1024()
+    if low is None:
+        pytest.skip("no free port below 1024")
+    status = free_port()
+    d = start_daemon(start=False)
+    d.port, d.address = low, f"127.0.0.1:{low}"
+    d.write_config({"user": "nobody", "status": {"listen": f"127.0.0.1:{status}"}})
+    d.start()
+    assert listener_uids(low) == {nobody_user.pw_uid}
+    assert listener_uids(status) == {nobody_user.pw_uid}
 
 
 @pytest.mark.parametrize("case", ["100MB", "invalid", "binary"])

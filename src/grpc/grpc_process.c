@@ -597,8 +597,10 @@ bind_and_serve(void)
 {
     char err[256];
     proc.bound = 1;
-    /* Listeners are bound as whoever started us (a port under 1024 needs
-     * root); nothing after this runs as root. */
+    /* TCP listeners are bound as `user:` when we run as root (server.c
+     * add_port(), status.c listen_socket(): one owner for the sockets
+     * that share a port, whichever of a start, a reload or an upgrade
+     * bound them); nothing after this runs as root. */
     if (server_start() == -1) {
         proc.status = DS_EXIT_FATAL;
         gp.stopping = 1;
@@ -690,14 +692,13 @@ grpc_process_main(struct ds_child_start *start)
     /* The new instance of an upgrade waits unbound, as whoever started us
      * (root with user:), for up to the upgrade's timeout: its Redis
      * session, the update stream read and the journal's retries run as
-     * root meanwhile. It cannot drop before binding: its listeners share
-     * the old instance's ports through SO_REUSEPORT, which the kernel
-     * grants only to sockets of the same owner uid as the ones bound there
-     * (the old instance bound as root, before its drop), whatever the
-     * capabilities (dropped to user: nobody first, the bind failed with
-     * EADDRINUSE). Creating the sockets early and keeping them unaccepted
-     * would queue clients' connections on the waiting instance. So it
-     * drops right after binding (bind_and_serve), as a plain start does. */
+     * root meanwhile. It binds as the user (privileges_bind_as()), as the
+     * old instance's start and reloads did, so that its listeners share
+     * their ports through SO_REUSEPORT (granted only between sockets of
+     * one owner uid). Creating the sockets early and keeping them
+     * unaccepted would queue clients' connections on the waiting
+     * instance. So it drops right after binding (bind_and_serve), as a
+     * plain start does. */
     if (start->bind_when_serving && !store_serving(&why)) {
         log_notice("binary upgrade: listening once the store serves (%s); the old instance "
                    "serves meanwhile", why);

@@ -339,6 +339,7 @@ const struct ds_module dosomething_module = {
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pwd.h>
 #include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -1241,6 +1242,42 @@ test_hygiene_applied(void **state)
 }
 
 static void
+test_privileges_bind_as(void **state)
+{
+    /* Nothing to do: no user, or root itself. */
+    assert_int_equal(privileges_bind_as(""), 0);
+    assert_int_equal(privileges_bind_as(NULL), 0);
+    if (geteuid() != 0) {
+        assert_int_equal(privileges_bind_as("nobody"), 0);     /* not root */
+        skip();
+    }
+    assert_int_equal(privileges_bind_as("root"), 0);
+    struct passwd *pw = getpwnam("nobody");
+    if (pw == NULL)
+        skip();
+    uid_t uid = pw->pw_uid;
+    gid_t gid = pw->pw_gid;
+    /* In a child: the credentials are the whole process's. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (privileges_bind_as("nobody") != 1)
+            _exit(10);
+        uid_t r, e, s;
+        getresuid(&r, &e, &s);
+        if (r != 0 || e != uid || s != 0 || getegid() != gid)
+            _exit(11);
+        privileges_bind_done();
+        if (geteuid() != 0 || getegid() != 0)
+            _exit(12);
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+static void
 test_privileges_drop(void **state)
 {
     char err[256] = "";
@@ -1329,6 +1366,7 @@ main(int argc, char **argv)
         cmocka_unit_test(test_cpu_for_slot),
         cmocka_unit_test(test_hygiene_applied),
         cmocka_unit_test(test_privileges_drop),
+        cmocka_unit_test(test_privileges_bind_as),
     };
 
     /* What a worker does: a program that does not read all of its stdin

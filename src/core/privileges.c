@@ -80,7 +80,45 @@ raise_net_bind_service(void)
     return (int)syscall(SYS_capset, &head, data);
 }
 
-static gid_t bind_saved_gid;    /* the effective gid before privileges_bind_as() */
+/* Between privileges_bind_as() and privileges_bind_done() (one thread). */
+static struct {
+    int active;                 /* switched to the user's ids */
+    int paused;                 /* root's again for a moment: privileges_bind_pause() */
+    uid_t uid;
+    gid_t gid;
+    gid_t saved_gid;            /* the effective gid before */
+} bind_ids;
+
+/* Root's effective ids again (the saved ones are root's: it cannot fail;
+ * going on as the user would fail later in stranger ways). */
+static void
+become_root(void)
+{
+    if ((geteuid() != 0 && seteuid(0) == -1) || setegid(bind_ids.saved_gid) == -1) {
+        log_syserr("cannot become root again after binding");
+        abort();
+    }
+}
+
+/* The user's effective ids, CAP_NET_BIND_SERVICE raised: 0, or -1 (logged;
+ * root's ids kept). */
+static int
+become_user(void)
+{
+    if (setegid(bind_ids.gid) == -1) {
+        log_syswarn("setegid(%u) failed; binding as root", (unsigned)bind_ids.gid);
+        return -1;
+    }
+    if (seteuid(bind_ids.uid) == -1) {
+        log_syswarn("seteuid(%u) failed; binding as root", (unsigned)bind_ids.uid);
+        become_root();
+        return -1;
+    }
+    /* Not fatal: a port of 1024 or more binds without it. */
+    if (raise_net_bind_service() == -1)
+        log_syswarn("capset(CAP_NET_BIND_SERVICE) failed: a port below 1024 binds as root");
+    return 0;
+}
 
 int
 privileges_bind_as(const char *user)
@@ -95,33 +133,40 @@ privileges_bind_as(const char *user)
                      errno != 0 ? strerror(errno) : "no such user");
         return 0;
     }
-    uid_t uid = pw->pw_uid;
-    gid_t gid = pw->pw_gid;
-    bind_saved_gid = getegid();
-    if (setegid(gid) == -1) {
-        log_syswarn("setegid(%u) failed; binding as root", (unsigned)gid);
+    bind_ids.uid = pw->pw_uid;
+    bind_ids.gid = pw->pw_gid;
+    bind_ids.saved_gid = getegid();
+    if (become_user() == -1)
         return 0;
-    }
-    if (seteuid(uid) == -1) {
-        log_syswarn("seteuid(%u) failed; binding as root", (unsigned)uid);
-        privileges_bind_done();
-        return 0;
-    }
-    /* Not fatal: a port of 1024 or more binds without it. */
-    if (raise_net_bind_service() == -1)
-        log_syswarn("capset(CAP_NET_BIND_SERVICE) failed: a port below 1024 binds as root");
+    bind_ids.active = 1;
     return 1;
 }
 
 void
 privileges_bind_done(void)
 {
+    bind_ids.active = bind_ids.paused = 0;
     /* Back to euid 0: the kernel gives the effective set its permitted
      * capabilities again. */
-    if ((geteuid() != 0 && seteuid(0) == -1) || setegid(bind_saved_gid) == -1) {
-        /* Cannot happen (the saved ids are root's); going on as the user
-         * would fail later in stranger ways. */
-        log_syserr("cannot become root again after binding");
-        abort();
-    }
+    become_root();
+}
+
+int
+privileges_bind_pause(void)
+{
+    if (!bind_ids.active || bind_ids.paused)
+        return 0;
+    become_root();
+    bind_ids.paused = 1;
+    return 1;
+}
+
+void
+privileges_bind_resume(void)
+{
+    if (!bind_ids.active || !bind_ids.paused)
+        return;
+    bind_ids.paused = 0;
+    if (become_user() == -1)
+        bind_ids.active = 0;    /* root's ids: the bind goes on as root */
 }

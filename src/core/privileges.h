@@ -41,5 +41,11 @@ int privileges_drop(const char *user, char *err, size_t err_size);
  */
 int privileges_bind_as(const char *user);
 void privileges_bind_done(void);
+/* Within privileges_bind_as() .. privileges_bind_done(): root's ids for a
+ * moment, to read a file only root may (a TLS key gRPC fetches while it
+ * binds); 1 if it switched, then privileges_bind_resume() after. 0 outside
+ * (nothing changes: a reload's or a handshake's fetch runs as it is). */
+int privileges_bind_pause(void);
+void privileges_bind_resume(void);
 
 #endif

@@ -466,6 +466,10 @@ tls_fetch(void *unused, grpc_ssl_server_certificate_config **out)
 {
     grpc_ssl_certificate_config_reload_status status = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_UNCHANGED;
     char signature[sizeof tls_files.signature];
+    /* gRPC fetches the first config as it binds (add_port()), when this
+     * thread has the user's ids: the files are read as root then, as at a
+     * start before (a key only root reads is the usual case). */
+    int paused = privileges_bind_pause();
     pthread_mutex_lock(&tls_files.lock);
     if (tls_signature(signature, sizeof signature) == -1) {
         /* Being replaced, say: keep what we have, unless we have nothing. */
@@ -493,6 +497,8 @@ tls_fetch(void *unused, grpc_ssl_server_certificate_config **out)
         free(ca);
     }
     pthread_mutex_unlock(&tls_files.lock);
+    if (paused)
+        privileges_bind_resume();
     return status;
 }
 
@@ -626,8 +632,8 @@ add_port(grpc_server *server, const char *addr, grpc_server_credentials *creds,
         if (port == 0) {
             port = grpc_server_add_http2_port(server, addr, creds);
             if (port != 0)
-                log_notice("%s: bound as root (its port is root's, from an older "
-                           "instance?): a reload cannot share it", addr);
+                log_notice("%s: the bind as %s failed, as root it worked (a port an older "
+                           "instance bound as root?): a reload cannot share it", addr, user);
         }
     }
     return port;

@@ -1,4 +1,6 @@
 """TLS and mutual TLS on the gRPC port, with a throwaway CA made by openssl."""
+import os
+import pwd
 import signal
 import subprocess
 
@@ -127,3 +129,29 @@ def test_reload_to_an_unreadable_certificate_keeps_serving(start_daemon, pki, tm
         assert submit_one(stub, "after").accepted == 1
     finally:
         channel.close()
+
+
+def test_tls_key_only_root_reads_with_user(start_daemon, pki):
+    """The usual set-up: started as root with `user:`, a key only root
+    reads. The listener is bound with the user's ids (so that a reload and
+    an upgrade share its port), but gRPC reads the TLS files as it binds:
+    they are read as root then, as before; nothing is refused, the port is
+    the user's."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (start as root with user:)")
+    for f in ("server.key", "server.pem"):
+        os.chown(pki / f, 0, 0)
+        os.chmod(pki / f, 0o600)
+    tls = {"cert": str(pki / "server.pem"), "key": str(pki / "server.key")}
+    d = start_daemon({"user": "nobody", "grpc": {"tls": tls}}, wait=False)
+    conftest.wait_for(lambda: "listening on" in d.log_text(), 10, "the TLS listener")
+    channel, stub = tls_stub(d.address, pki)
+    try:
+        assert submit_one(stub, "k1").accepted == 1
+    finally:
+        channel.close()
+    log = d.log_text()
+    assert "Permission denied" not in log, log
+    assert "as root it worked" not in log, log
+    port = int(d.address.rsplit(":", 1)[1])
+    assert conftest.listener_uids(port) == {pwd.getpwnam("nobody").pw_uid}

@@ -442,7 +442,9 @@ flush_now(int force_sync)
     int wrote = journal_store_has_buffered(&jr.store);
     int rc = journal_store_flush(&jr.store), err = errno;
     int finals_written = rc != -1 || jr.store.flushed_other;
-    if (rc == 0 && wrote && accept_count > 0 && jr.store.sync == DS_JOURNAL_SYNC_ALWAYS &&
+    /* (force_sync: a take-over's ACCEPTs, written by the store, count too) */
+    if (rc == 0 && wrote && (accept_count > 0 || force_sync) &&
+        jr.store.sync == DS_JOURNAL_SYNC_ALWAYS &&
         journal_store_removed(&jr.store)) {
         /* Removed between the check above and the write: with `always`
          * the items are acked as durable, and they are in files with no
@@ -873,7 +875,7 @@ on_scan(evutil_socket_t fd, short what, void *arg)
      * before anything needs it. */
     if (journal_store_removed(&jr.store))
         flush_now(1);
-    if (gp.draining || gp.stopping || jr.removed)
+    if (gp.draining || gp.stopping || jr.removed || jr.copies_unwritten)
         return;             /* leave them to a grpc process that stays, or can */
     struct journal_recovery *dead;
     int n = journal_find_dead(jr.store.root, jr.store.name, &dead);

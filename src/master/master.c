@@ -1185,7 +1185,10 @@ reload_trial(char *errors, size_t size)
         int w = fds[1];
         if (w != 3 && (w = dup2(fds[1], 3)) == -1)
             _exit(DS_EXIT_FATAL);
-        close_range(4, ~0u, 0);
+        fcntl(w, F_SETFD, FD_CLOEXEC);     /* not for what a constructor runs */
+        if (close_range(4, ~0u, 0) == -1)  /* before Linux 5.9 */
+            for (int fd = 4; fd < 1024; fd++)
+                close(fd);
         char errs[64];
         struct ds_config *c = config_load_for_reload(m.config_file, errs, sizeof errs);
         /* A byte: the load came back (a constructor that calls exit()
@@ -1209,9 +1212,21 @@ reload_trial(char *errors, size_t size)
     int status = 0;
     pid_t waited;
     if (r > 0) {
-        /* The byte came, or EOF: the child is exiting. */
-        while ((waited = waitpid(pid, &status, 0)) == -1 && errno == EINTR)
-            ;
+        /* The byte came, or EOF: the child is exiting, or should be. Not
+         * waited for without bound either: a constructor that closed our
+         * pipe and hangs, or a thread of it stuck in the kernel, would
+         * hang the master in waitpid(). */
+        uint64_t deadline = clock_monotonic_ms() + RELOAD_TRIAL_MS;
+        while ((waited = waitpid(pid, &status, WNOHANG)) == 0 &&
+               clock_monotonic_ms() < deadline) {
+            struct timespec pause = { .tv_nsec = 10 * 1000 * 1000 };
+            nanosleep(&pause, NULL);
+        }
+        if (waited == 0) {
+            kill(pid, SIGKILL);     /* reap() or kill_strays() collect it */
+            waited = waitpid(pid, &status, WNOHANG);
+            r = 0;                  /* "did not end within" */
+        }
     } else {
         /* Timeout, or poll() failed: kill it, and do not wait for it (a
          * child stuck in the kernel, a hung NFS mount, would hang the

@@ -365,9 +365,9 @@ def kill_tree(root):
             pass
 
 
-def listening_inodes(port):
-    """Socket inodes listening on TCP port (this network namespace)."""
-    inodes = set()
+def tcp_listeners(port):
+    """The /proc/net/tcp{,6} rows (split) of the sockets listening on TCP
+    port (this network namespace)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -377,24 +377,17 @@ def listening_inodes(port):
         for line in lines:
             fields = line.split()
             if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    return inodes
+                yield fields
+
+
+def listening_inodes(port):
+    """Socket inodes listening on TCP port (this network namespace)."""
+    return {fields[9] for fields in tcp_listeners(port)}
 
 
 def listener_uids(port):
     """Owner uids of the sockets listening on TCP port (this network namespace)."""
-    uids = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                lines = f.readlines()[1:]
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                uids.add(int(fields[7]))
-    return uids
+    return {int(fields[7]) for fields in tcp_listeners(port)}
 
 
 def owns_listener(pid, port):

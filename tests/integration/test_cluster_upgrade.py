@@ -133,6 +133,22 @@ class RedisProxy:
                     pass
 
 
+def expect_notification(sock, word, d):
+    """The first systemd notification on SOCK (a datagram socket) holding
+    WORD, within 20 s; else fail with what came and D's log."""
+    seen = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            msg = sock.recv(4096).decode()
+        except socket.timeout:
+            break
+        seen.append(msg)
+        if word in msg:
+            return msg
+    raise AssertionError(f"no {word} notification (had {seen}); log:\n{d.log_tail()}")
+
+
 @pytest.fixture
 def proxy(redis):  # noqa: F811 - the fixture imported above
     p = RedisProxy(redis.port)
@@ -319,17 +335,7 @@ def test_a_start_with_redis_down_is_ready_but_says_serving_only_with_redis(
         d = start_daemon(config, name="a")
 
         def expect(word):
-            seen = []
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                try:
-                    msg = sock.recv(4096).decode()
-                except socket.timeout:
-                    break
-                seen.append(msg)
-                if word in msg:
-                    return msg
-            raise AssertionError(f"no {word} notification (had {seen}); log:\n{d.log_tail()}")
+            return expect_notification(sock, word, d)
 
         msg = expect("READY=1")
         assert re.search(r"STATUS=listening, not serving yet: cluster: redis \S+ is "
@@ -499,17 +505,7 @@ def test_losing_redis_after_serving_is_reported_to_the_master(
         wait_serving(d)
 
         def expect(word):
-            seen = []
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                try:
-                    msg = sock.recv(4096).decode()
-                except socket.timeout:
-                    break
-                seen.append(msg)
-                if word in msg:
-                    return msg
-            raise AssertionError(f"no {word} notification (had {seen}); log:\n{d.log_tail()}")
+            return expect_notification(sock, word, d)
 
         expect("STATUS=serving, generation 1")
         proxy.refuse = True
